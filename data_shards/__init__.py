@@ -1,0 +1,1 @@
+"""megastride.data_shards"""

@@ -1,0 +1,28 @@
+"""megastride.kernels: attention patterns, the exact reference attention and the Triton kernels.
+
+Importing this package needs only torch; Triton is imported when a CUDA (or interpreted) kernel runs.
+"""
+
+from .attention import sparse_attention
+from .patterns import (
+    AttentionPattern,
+    HeadPattern,
+    Layout,
+    build_layout,
+    dense,
+    fixed,
+    fixed_per_head,
+    local,
+    merged,
+    multi_head,
+    optimal_stride,
+    same_for_all_heads,
+    strided,
+)
+from .reference import naive_attention, reference_attention
+
+__all__ = [
+    "AttentionPattern", "HeadPattern", "Layout", "build_layout", "dense", "fixed", "fixed_per_head",
+    "local", "merged", "multi_head", "optimal_stride", "same_for_all_heads", "strided",
+    "naive_attention", "reference_attention", "sparse_attention",
+]

@@ -1,0 +1,35 @@
+"""The public attention entry point: Triton kernels on CUDA, the exact reference elsewhere."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .patterns import Layout
+from .reference import reference_attention
+
+
+def _use_triton(q: torch.Tensor) -> bool:
+    if os.environ.get("MEGASTRIDE_ATTENTION", "").lower() == "reference":
+        return False
+    if q.is_cuda:
+        return True
+    # the Triton interpreter runs the kernels on CPU tensors (tests); opt in explicitly
+    return os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("MEGASTRIDE_ATTENTION", "").lower() == "triton"
+
+
+def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout,
+                     scale: float | None = None) -> torch.Tensor:
+    """Causal block-sparse attention of (B, H, T, D) tensors under ``layout``.
+
+    On CUDA tensors this runs the Triton kernels; on CPU the chunked reference (exact, slower).
+    Set MEGASTRIDE_ATTENTION=reference to force the reference anywhere.
+    """
+    if q.shape[-2] != layout.seq_len:
+        raise ValueError(f"inputs have {q.shape[-2]} positions but the layout was built for {layout.seq_len}")
+    if _use_triton(q):
+        from .blocksparse import blocksparse_attention  # imported lazily: needs triton
+
+        return blocksparse_attention(q, k, v, layout, scale=scale)
+    return reference_attention(q, k, v, layout, scale=scale)

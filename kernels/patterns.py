@@ -1,0 +1,601 @@
+"""Sparse Transformer attention patterns (Child et al. 2019, section 4) as data.
+
+Two levels, kept separate on purpose:
+
+* **Token level** -- what the paper defines. A head's pattern is a union of *components*
+  (``Dense``, ``Local``, ``Stride``, ``Window``, ``Summary``), always intersected with causality
+  (key j <= query i). ``HeadPattern.allows(i, j)`` evaluates the paper's formulas directly; the
+  reference attention uses nothing else.
+* **Block level** -- what a kernel visits. ``build_layout`` compresses a pattern for one sequence
+  length and block size into CSR lists of key blocks per query block (and the transpose for the
+  backward pass), split into *full* blocks (every pair allowed: no mask) and *partial* blocks (the
+  kernel re-evaluates the components inside the tile). Nothing is ever stored as a dense n x n or
+  (heads, nb, nb) tensor: memory is O(non-zero blocks).
+
+The strided half is laid out the way the reference code computes it: the sequence viewed as
+[n/l, l] and transposed, so keys with equal i mod l become neighbours and the strided half is a
+causal block-diagonal pattern with groups of n/l ("permuted part"). It is combined with the local
+half through the two parts' log-sum-exps, each key counted exactly once (the permuted part skips
+the offsets the local half already covers).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence, Union
+
+import torch
+
+# ---------------------------------------------------------------------------------------------
+# Token level: components and head patterns
+# ---------------------------------------------------------------------------------------------
+
+# Integer codes shared with the kernels (one row (kind, a, b, c) per component).
+KIND_NONE, KIND_DENSE, KIND_LOCAL, KIND_STRIDE, KIND_WINDOW, KIND_SUMMARY = -1, 0, 1, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class Dense:
+    """Every earlier key: j <= i."""
+
+    def allows(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        return torch.ones(torch.broadcast_shapes(i.shape, j.shape), dtype=torch.bool, device=i.device)
+
+    def code(self) -> tuple[int, int, int, int]:
+        return (KIND_DENSE, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class Local:
+    """The previous ``width`` positions including i: j in [i - width + 1, i] (first half of strided)."""
+
+    width: int
+
+    def allows(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        return (i - j) < self.width
+
+    def code(self) -> tuple[int, int, int, int]:
+        return (KIND_LOCAL, self.width, 0, 0)
+
+
+@dataclass(frozen=True)
+class Stride:
+    """Every ``stride``-th earlier key: (i - j) mod stride == 0 (second half of strided)."""
+
+    stride: int
+
+    def allows(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        return torch.remainder(i - j, self.stride) == 0
+
+    def code(self) -> tuple[int, int, int, int]:
+        return (KIND_STRIDE, self.stride, 0, 0)
+
+
+@dataclass(frozen=True)
+class Window:
+    """The query's own window of ``size``: floor(j / size) == floor(i / size) (fixed, A1)."""
+
+    size: int
+
+    def allows(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        return torch.div(i, self.size, rounding_mode="floor") == torch.div(j, self.size, rounding_mode="floor")
+
+    def code(self) -> tuple[int, int, int, int]:
+        return (KIND_WINDOW, self.size, 0, 0)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Summary columns of every window (fixed, A2): j mod size in [size - (index+1)*width, size - index*width).
+
+    ``index`` 0 is the paper's set (the last ``width`` positions of each window); the reference
+    block code gives head h the summary slot ``h % num_patterns`` so heads together cover more.
+    """
+
+    size: int
+    width: int
+    index: int = 0
+
+    @property
+    def lo(self) -> int:
+        return self.size - (self.index + 1) * self.width
+
+    @property
+    def hi(self) -> int:
+        return self.size - self.index * self.width
+
+    def allows(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        r = torch.remainder(j, self.size)
+        return ((r >= self.lo) & (r < self.hi)).expand(torch.broadcast_shapes(i.shape, j.shape))
+
+    def code(self) -> tuple[int, int, int, int]:
+        return (KIND_SUMMARY, self.size, self.lo, self.hi)
+
+
+Component = Union[Dense, Local, Stride, Window, Summary]
+
+
+@dataclass(frozen=True)
+class HeadPattern:
+    """One head's pattern: the union of its components, intersected with causality."""
+
+    components: tuple[Component, ...]
+    name: str = ""
+
+    def allows(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """Token-level truth: may query position i attend to key position j (broadcasting)."""
+        out = j <= i
+        union = torch.zeros_like(out)
+        for comp in self.components:
+            union = union | comp.allows(i, j)
+        return out & union
+
+    def validate(self, seq_len: int) -> None:
+        """Raise ValueError naming the problem if the pattern's parameters are unusable."""
+        if not self.components:
+            raise ValueError(f"pattern {self.name or '?'} has no components")
+        for comp in self.components:
+            for key, value in vars(comp).items():
+                if value < (0 if key == "index" else 1):
+                    raise ValueError(f"pattern {self.name or '?'}: {type(comp).__name__}.{key}={value} must be positive")
+            if isinstance(comp, Summary) and comp.lo < 0:
+                raise ValueError(
+                    f"pattern {self.name or '?'}: summary slot {comp.index} of width {comp.width} "
+                    f"does not fit in a window of {comp.size}"
+                )
+
+
+def dense() -> HeadPattern:
+    """Full causal attention."""
+    return HeadPattern((Dense(),), name="dense")
+
+
+def local(stride: int) -> HeadPattern:
+    """The local half of strided attention: the previous ``stride`` positions."""
+    return HeadPattern((Local(stride),), name=f"local({stride})")
+
+
+def strided_half(stride: int) -> HeadPattern:
+    """The strided half alone: every stride-th earlier position."""
+    return HeadPattern((Stride(stride),), name=f"stride({stride})")
+
+
+def strided(stride: int) -> HeadPattern:
+    """The paper's strided pattern: local(l) merged with every l-th position."""
+    return HeadPattern((Local(stride), Stride(stride)), name=f"strided({stride})")
+
+
+def fixed_window(stride: int) -> HeadPattern:
+    """A1 of the fixed pattern alone: the query's own window of ``stride``."""
+    return HeadPattern((Window(stride),), name=f"window({stride})")
+
+
+def summary(stride: int, width: int, index: int = 0) -> HeadPattern:
+    """A2 of the fixed pattern alone: the summary columns of every window."""
+    return HeadPattern((Summary(stride, width, index),), name=f"summary({stride},{width},{index})")
+
+
+def fixed(stride: int, width: int, index: int = 0) -> HeadPattern:
+    """The paper's fixed pattern: own window (A1) merged with every window's summary columns (A2)."""
+    return HeadPattern((Window(stride), Summary(stride, width, index)), name=f"fixed({stride},{width})")
+
+
+def merged(*patterns: HeadPattern) -> HeadPattern:
+    """One head attending to the union of several patterns ("merged" in the paper)."""
+    comps: list[Component] = []
+    for p in patterns:
+        comps += [c for c in p.components if c not in comps]
+    return HeadPattern(tuple(comps), name="+".join(p.name for p in patterns))
+
+
+@dataclass(frozen=True)
+class AttentionPattern:
+    """A pattern for every head of one attention layer ("multi-head" when heads differ)."""
+
+    heads: tuple[HeadPattern, ...]
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.heads)
+
+    def mask(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """(H, len(rows), len(cols)) boolean token mask; True where attention is allowed."""
+        i, j = rows[:, None], cols[None, :]
+        return torch.stack([h.allows(i, j) for h in self.heads])
+
+    def to_dense_mask(self, seq_len: int) -> torch.Tensor:
+        """(H, n, n) boolean mask, for small n only (tests and pictures)."""
+        pos = torch.arange(seq_len)
+        return self.mask(pos, pos)
+
+
+def same_for_all_heads(pattern: HeadPattern, num_heads: int) -> AttentionPattern:
+    """Every head uses the same pattern (the paper's "merged" heads)."""
+    return AttentionPattern((pattern,) * num_heads)
+
+
+def multi_head(patterns: Sequence[HeadPattern], num_heads: int) -> AttentionPattern:
+    """Head h uses patterns[h % len(patterns)] (the paper's "multi-head" combination)."""
+    if not patterns:
+        raise ValueError("multi_head needs at least one pattern")
+    return AttentionPattern(tuple(patterns[h % len(patterns)] for h in range(num_heads)))
+
+
+def fixed_per_head(stride: int, width: int, num_heads: int, num_patterns: int) -> AttentionPattern:
+    """The reference block code's fixed variant: head h reads summary slot h % num_patterns."""
+    return AttentionPattern(tuple(fixed(stride, width, h % num_patterns) for h in range(num_heads)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Block level: compressed layouts
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BlockCSR:
+    """Non-zero blocks of one head's part, by query-block row and (transposed) by key-block column.
+
+    ``row_full_ptr[r]:row_full_ptr[r+1]`` slices ``row_full_idx`` to the key blocks of query block r
+    where every pair is allowed; ``row_part_*`` the blocks that need the in-tile mask. ``col_*`` hold
+    the transpose (query blocks per key block) for dK/dV. Indices are sorted ascending.
+    """
+
+    row_full_ptr: torch.Tensor
+    row_full_idx: torch.Tensor
+    row_part_ptr: torch.Tensor
+    row_part_idx: torch.Tensor
+    col_full_ptr: torch.Tensor
+    col_full_idx: torch.Tensor
+    col_part_ptr: torch.Tensor
+    col_part_idx: torch.Tensor
+
+    def tensors(self) -> list[torch.Tensor]:
+        return list(vars(self).values())
+
+    @property
+    def nnz(self) -> int:
+        return self.row_full_idx.numel() + self.row_part_idx.numel()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def to(self, device: torch.device | str) -> "BlockCSR":
+        return BlockCSR(*(t.to(device) for t in self.tensors()))
+
+
+@dataclass
+class LayoutPart:
+    """One kernel launch worth of heads sharing an ordering of the sequence.
+
+    ``permute_stride`` is None for natural order, or l: the part works on the sequence permuted by
+    position i -> (i mod l) * (n / l) + i // l. ``components[h]`` are the in-tile predicates of head
+    ``heads[h]`` in the part's own coordinates, and ``min_offset[h]`` strengthens causality to
+    j <= i - min_offset (the permuted strided half skips offsets its local half already covers).
+    """
+
+    permute_stride: int | None
+    heads: tuple[int, ...]
+    components: tuple[tuple[Component, ...], ...]
+    min_offset: tuple[int, ...]
+    csr: list[BlockCSR]  # unique block structures
+    head_csr: tuple[int, ...]  # heads[h] uses csr[head_csr[h]]
+    _codes: torch.Tensor | None = field(default=None, repr=False)
+
+    def component_codes(self) -> torch.Tensor:
+        """(len(heads), K, 4) int32 table of (kind, a, b, c) per component, KIND_NONE padded."""
+        if self._codes is None:
+            k = max(len(c) for c in self.components)
+            codes = torch.full((len(self.heads), k, 4), 0, dtype=torch.int32)
+            codes[..., 0] = KIND_NONE
+            for h, comps in enumerate(self.components):
+                for m, comp in enumerate(comps):
+                    codes[h, m] = torch.tensor(comp.code(), dtype=torch.int32)
+            self._codes = codes
+        return self._codes
+
+    def allows(self, h: int, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """The part's predicate for its h-th head in part coordinates (what a kernel evaluates)."""
+        ok = (i - j) >= self.min_offset[h]
+        union = torch.zeros_like(ok)
+        for comp in self.components[h]:
+            union = union | comp.allows(i, j)
+        return ok & union
+
+
+@dataclass
+class Layout:
+    """A pattern compressed for one sequence length and block size."""
+
+    pattern: AttentionPattern
+    seq_len: int
+    block: int
+    parts: list[LayoutPart]
+
+    @property
+    def num_heads(self) -> int:
+        return self.pattern.num_heads
+
+    @property
+    def num_blocks(self) -> int:
+        return self.seq_len // self.block
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of block metadata (all parts, unique structures only)."""
+        return sum(c.nbytes for p in self.parts for c in p.csr)
+
+    def to(self, device: torch.device | str) -> "Layout":
+        parts = [
+            LayoutPart(p.permute_stride, p.heads, p.components, p.min_offset, [c.to(device) for c in p.csr], p.head_csr)
+            for p in self.parts
+        ]
+        return Layout(self.pattern, self.seq_len, self.block, parts)
+
+    def permutation(self, stride: int) -> torch.Tensor:
+        """perm with x_part = x[..., perm, :]: part position p holds natural position perm[p]."""
+        n = self.seq_len
+        return torch.arange(n).view(n // stride, stride).t().reshape(-1)  # (l, n/l) flattened
+
+    def density(self) -> float:
+        """Fraction of causal pairs (i >= j) that are attended, averaged over heads (token level)."""
+        allowed = sum(self.count_pairs(h) for h in range(self.num_heads))
+        return allowed / (self.num_heads * self.seq_len * (self.seq_len + 1) / 2)
+
+    def count_pairs(self, head: int) -> int:
+        """Number of allowed (i, j) pairs of one head, counted from the blocks (O(nnz * block))."""
+        total = 0
+        for part in self.parts:
+            if head not in part.heads:
+                continue
+            h = part.heads.index(head)
+            csr = part.csr[part.head_csr[h]]
+            total += csr.row_full_idx.numel() * self.block * self.block
+            rows = _rows_of(csr.row_part_ptr)
+            for start in range(0, rows.numel(), 4096):
+                r, c = rows[start : start + 4096], csr.row_part_idx[start : start + 4096]
+                total += int(_tile_mask(part, h, r, c, self.block).sum())
+        return total
+
+    def to_dense_mask(self) -> torch.Tensor:
+        """(H, n, n) boolean mask rebuilt from the compressed blocks (small n only).
+
+        Independent of ``pattern.mask``: it expands each listed block, applies the part's in-tile
+        predicate on partial blocks, and undoes the part's permutation -- exactly what a kernel sees.
+        """
+        n, b = self.seq_len, self.block
+        mask = torch.zeros(self.num_heads, n, n, dtype=torch.bool)
+        for part in self.parts:
+            perm = self.permutation(part.permute_stride) if part.permute_stride else torch.arange(n)
+            for h, head in enumerate(part.heads):
+                local = torch.zeros(n, n, dtype=torch.bool)  # in part coordinates
+                csr = part.csr[part.head_csr[h]].to("cpu")
+                for full, ptr, idx in ((True, csr.row_full_ptr, csr.row_full_idx), (False, csr.row_part_ptr, csr.row_part_idx)):
+                    rows = _rows_of(ptr)
+                    for r, c in zip(rows.tolist(), idx.tolist()):
+                        rr, cc = torch.arange(r * b, r * b + b)[:, None], torch.arange(c * b, c * b + b)[None, :]
+                        tile = torch.ones(b, b, dtype=torch.bool) if full else part.allows(h, rr, cc)
+                        local[r * b : r * b + b, c * b : c * b + b] |= tile
+                # part position p is natural position perm[p]
+                mask[head][perm[:, None], perm[None, :]] |= local
+        return mask
+
+    def describe(self) -> str:
+        """A few human-readable lines: parts, heads, non-zero blocks, metadata bytes."""
+        lines = [f"n={self.seq_len} block={self.block} heads={self.num_heads} metadata={self.nbytes / 2**20:.2f} MiB"]
+        for p in self.parts:
+            order = f"permuted by stride {p.permute_stride}" if p.permute_stride else "natural order"
+            nnz = [p.csr[c].nnz for c in p.head_csr]
+            lines.append(f"  part ({order}): heads {list(p.heads)} non-zero blocks per head {nnz}")
+        return "\n".join(lines)
+
+
+def _rows_of(ptr: torch.Tensor) -> torch.Tensor:
+    """Row index of every CSR entry."""
+    counts = (ptr[1:] - ptr[:-1]).long()
+    return torch.repeat_interleave(torch.arange(counts.numel(), device=ptr.device), counts)
+
+
+def _tile_mask(part: LayoutPart, h: int, r: torch.Tensor, c: torch.Tensor, b: int) -> torch.Tensor:
+    """(len(r), b, b) in-tile masks of blocks (r, c) for the part's h-th head."""
+    off = torch.arange(b, device=r.device)
+    i = (r.long()[:, None, None] * b) + off[None, :, None]
+    j = (c.long()[:, None, None] * b) + off[None, None, :]
+    return part.allows(h, i, j)
+
+
+# --- exact per-component block classification -------------------------------------------------
+# For a tile of query rows [r0, r1] and key columns [c0, c1] (inclusive) and causality
+# j <= i - m, each function returns (any, full): does some pair / every pair satisfy the component.
+# The difference D = i - j takes every integer value in [r0 - c1, r1 - c0] over such a tile.
+
+
+def _classify(comp: Component, r0, r1, c0, c1, m: int):
+    dmin, dmax = r0 - c1, r1 - c0
+    causal_any, causal_full = dmax >= m, dmin >= m
+    if isinstance(comp, Dense):
+        return causal_any, causal_full
+    if isinstance(comp, Local):
+        return causal_any & (dmin <= comp.width - 1), causal_full & (dmax <= comp.width - 1)
+    if isinstance(comp, Stride):
+        lo = torch.clamp(dmin, min=m)
+        first = torch.div(lo + comp.stride - 1, comp.stride, rounding_mode="floor") * comp.stride
+        full = causal_full if comp.stride == 1 else torch.zeros_like(causal_full)
+        return causal_any & (first <= dmax), full
+    if isinstance(comp, Window):
+        return _classify_window(comp.size, r0, r1, c0, c1, m)
+    if isinstance(comp, Summary):
+        s, lo, hi = comp.size, comp.lo, comp.hi
+        base, rem = torch.div(c0, s, rounding_mode="floor") * s, torch.remainder(c0, s)
+        first = torch.where(rem < lo, base + lo, torch.where(rem < hi, c0, base + s + lo))
+        any_ = (first <= c1) & (first <= r1 - m)
+        same = torch.div(c0, s, rounding_mode="floor") == torch.div(c1, s, rounding_mode="floor")
+        full = causal_full & same & (rem >= lo) & (torch.remainder(c1, s) < hi)
+        return any_, full
+    raise TypeError(f"unknown component {comp!r}")
+
+
+def _classify_window(s: int, r0, r1, c0, c1, m: int):
+    def win(x):
+        return torch.div(x, s, rounding_mode="floor")
+
+    # windows touched by both the row range and the column range; interior ones lie inside both
+    w_lo, w_hi = torch.maximum(win(r0), win(c0)), torch.minimum(win(r1), win(c1))
+    overlap = w_lo <= w_hi
+
+    def best(w):  # the largest i - j with i and j both in window w (and in the tile)
+        imax = torch.minimum(r1, w * s + s - 1)
+        jmin = torch.maximum(c0, w * s)
+        return imax - jmin
+
+    gap = torch.maximum(best(w_lo), best(w_hi))
+    gap = torch.where(w_hi - w_lo >= 2, torch.clamp(gap, min=s - 1), gap)
+    any_ = overlap & (gap >= m)
+    full = (win(r0) == win(c1)) & (win(c0) == win(r1)) & (r0 - c1 >= m)
+    return any_, full
+
+
+# --- candidate generation: a superset of the blocks a component touches, O(its nnz) -------------
+
+
+def _expand(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (row, col) with lo <= col <= hi per entry (empty where hi < lo)."""
+    counts = torch.clamp(hi - lo + 1, min=0)
+    r = torch.repeat_interleave(rows, counts)
+    start = torch.repeat_interleave(lo - torch.cumsum(counts, 0) + counts, counts)
+    c = start + torch.arange(r.numel(), device=rows.device)
+    return r, c
+
+
+def _candidates(comp: Component, nb: int, b: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = torch.arange(nb, device=device)
+    r0 = rows * b
+    if isinstance(comp, (Dense, Stride)):
+        return _expand(rows, torch.zeros_like(rows), rows)
+    if isinstance(comp, Local):
+        return _expand(rows, torch.clamp(r0 - comp.width + 1, min=0) // b, rows)
+    if isinstance(comp, Window):
+        return _expand(rows, (r0 // comp.size) * comp.size // b, rows)
+    if isinstance(comp, Summary):
+        # one (row, window) pair per window that starts at or before the row's last position
+        nwin = (r0 + b - 1) // comp.size + 1
+        rw = torch.repeat_interleave(rows, nwin)
+        w = torch.arange(rw.numel(), device=device) - torch.repeat_interleave(torch.cumsum(nwin, 0) - nwin, nwin)
+        lo = (w * comp.size + comp.lo) // b
+        hi = torch.minimum((w * comp.size + comp.hi - 1) // b, rw)
+        return _expand(rw, lo, hi)
+    raise TypeError(f"unknown component {comp!r}")
+
+
+def _block_csr(components: Sequence[Component], min_offset: int, n: int, b: int, device) -> BlockCSR:
+    """Exact block classification of a union of components (in one ordering) as a BlockCSR."""
+    nb = n // b
+    keys, fulls = [], []
+    for comp in components:
+        r, c = _candidates(comp, nb, b, device)
+        any_, full = _classify(comp, r * b, r * b + b - 1, c * b, c * b + b - 1, min_offset)
+        keys.append((r * nb + c)[any_])
+        fulls.append(full[any_])
+    key = torch.cat(keys)
+    full = torch.cat(fulls).to(torch.uint8)
+    uniq, inverse = torch.unique(key, return_inverse=True)  # sorted: row-major order
+    is_full = torch.zeros(uniq.numel(), dtype=torch.uint8, device=device).scatter_reduce(0, inverse, full, "amax").bool()
+    rows, cols = torch.div(uniq, nb, rounding_mode="floor"), torch.remainder(uniq, nb)
+    return _csr_pair(rows, cols, is_full, nb)
+
+
+def _csr_pair(rows, cols, is_full, nb) -> BlockCSR:
+    def csr(major, minor, select):
+        major, minor = major[select], minor[select]
+        order = torch.argsort(major * nb + minor)
+        ptr = torch.zeros(nb + 1, dtype=torch.int64, device=major.device)
+        ptr[1:] = torch.cumsum(torch.bincount(major, minlength=nb), 0)
+        return ptr.to(torch.int32), minor[order].to(torch.int32)
+
+    return BlockCSR(
+        *csr(rows, cols, is_full), *csr(rows, cols, ~is_full), *csr(cols, rows, is_full), *csr(cols, rows, ~is_full)
+    )
+
+
+def _split_head(pattern: HeadPattern, n: int, b: int):
+    """(natural components, permuted (stride, min_offset) or None) for one head.
+
+    The strided half goes to a permuted part when the reference code's layout applies: exactly one
+    Stride(l), every other component a Local, n divisible by l and n/l by the block. The permuted
+    part then skips the first ceil(w/l) offsets of each group, which Local(w) already covers, so
+    every key is counted once.
+    """
+    strides = [c for c in pattern.components if isinstance(c, Stride)]
+    others = [c for c in pattern.components if not isinstance(c, Stride)]
+    if len(strides) != 1 or not all(isinstance(c, Local) for c in others):
+        return list(pattern.components), None
+    l = strides[0].stride
+    if n % l or (n // l) % b or l == 1:
+        return list(pattern.components), None
+    width = max((c.width for c in others), default=0)
+    return others, (l, -(-width // l))
+
+
+def build_layout(pattern: AttentionPattern | HeadPattern, seq_len: int, block: int = 128,
+                 num_heads: int | None = None, device: torch.device | str = "cpu") -> Layout:
+    """Compress ``pattern`` for ``seq_len`` tokens in ``block``-sized tiles.
+
+    Runs on ``device`` (vectorised torch; on a GPU the 1M-token layouts build in milliseconds).
+    Raises ValueError naming the problem for lengths not divisible by the block and bad parameters.
+    """
+    if isinstance(pattern, HeadPattern):
+        pattern = same_for_all_heads(pattern, num_heads or 1)
+    if block <= 0 or seq_len <= 0:
+        raise ValueError(f"sequence length {seq_len} and block size {block} must be positive")
+    if seq_len % block:
+        raise ValueError(f"sequence length {seq_len} is not divisible by the attention block size {block}")
+    for head in pattern.heads:
+        head.validate(seq_len)
+    natural: dict[int, tuple] = {}
+    permuted: dict[int, dict[int, tuple]] = {}
+    for h, head in enumerate(pattern.heads):
+        comps, perm = _split_head(head, seq_len, block)
+        if comps:
+            natural[h] = (tuple(comps), 0)
+        if perm:
+            l, offset = perm
+            permuted.setdefault(l, {})[h] = ((Window(seq_len // l),), offset)
+    parts = [_make_part(None, natural, seq_len, block, device)] if natural else []
+    parts += [_make_part(l, heads, seq_len, block, device) for l, heads in sorted(permuted.items())]
+    return Layout(pattern, seq_len, block, parts)
+
+
+def _make_part(stride, heads: dict[int, tuple], n: int, b: int, device) -> LayoutPart:
+    unique: dict[tuple, int] = {}
+    csrs, head_csr = [], []
+    for comps, offset in heads.values():
+        key = (comps, offset)
+        if key not in unique:
+            unique[key] = len(csrs)
+            csrs.append(_block_csr(comps, offset, n, b, device))
+        head_csr.append(unique[key])
+    return LayoutPart(
+        permute_stride=stride,
+        heads=tuple(heads),
+        components=tuple(v[0] for v in heads.values()),
+        min_offset=tuple(v[1] for v in heads.values()),
+        csr=csrs,
+        head_csr=tuple(head_csr),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Named patterns, as configs spell them
+# ---------------------------------------------------------------------------------------------
+
+
+def optimal_stride(seq_len: int, kind: str, width: int = 128, block: int = 128) -> int:
+    """The paper's cost-optimal stride, rounded to a block multiple dividing n where possible.
+
+    l ~ sqrt(n) for strided, l ~ sqrt(c * n) for fixed (section 4.3).
+    """
+    target = math.sqrt(seq_len * (width if kind == "fixed" else 1))
+    best = max(block, int(round(target / block)) * block)
+    divisors = [d for d in range(block, seq_len + 1, block) if seq_len % d == 0]
+    return min(divisors, key=lambda d: abs(d - target)) if divisors else best

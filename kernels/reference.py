@@ -1,0 +1,69 @@
+"""Pure-PyTorch attention from the paper's token-level formulas: the reference and the CPU path.
+
+Exact by construction: the mask comes from ``AttentionPattern.mask`` (the formulas of section 4),
+never from the compressed block layout the kernels use. Queries are processed in chunks and each
+chunk is recomputed in the backward pass, so memory stays O(chunk * n) rather than O(n^2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from .patterns import AttentionPattern, Layout
+
+
+def _chunk_attention(q, k, v, mask, scale):
+    # q (B, H, C, D), k/v (B, H, N, D), mask (H, C, N)
+    acc = torch.promote_types(q.dtype, torch.float32)  # fp32 for fp16/bf16 inputs, fp64 stays fp64
+    scores = torch.matmul(q, k.transpose(-1, -2)).to(acc) * scale  # (B, H, C, N)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)  # (B, H, C); -inf for rows with no key
+    safe_lse = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    probs = torch.exp(scores - safe_lse[..., None])  # exp(-inf) = 0 on masked keys
+    out = torch.matmul(probs.to(v.dtype), v)  # (B, H, C, D)
+    return out, lse
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        pattern: Layout | AttentionPattern, scale: float | None = None,
+                        query_chunk: int = 512, return_lse: bool = False):
+    """Causal pattern-masked softmax attention on (B, H, T, D) tensors.
+
+    ``pattern`` is a Layout (its token-level pattern is used) or an AttentionPattern. Rows with no
+    allowed key (possible for a lone summary pattern) output zeros and have lse = -inf. Scores and
+    softmax are computed in float32; the matmuls run in the inputs' dtype (so a bf16 call is the
+    "low-precision reference" of the three-way test).
+    """
+    attn = pattern.pattern if isinstance(pattern, Layout) else pattern
+    if q.dim() != 4 or q.shape != k.shape or k.shape != v.shape:
+        raise ValueError(f"q, k, v must share one (B, H, T, D) shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    batch, heads, seq_len, head_dim = q.shape
+    if heads != attn.num_heads:
+        raise ValueError(f"inputs have {heads} heads but the pattern has {attn.num_heads}")
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    keys = torch.arange(seq_len, device=q.device)
+    outs, lses = [], []
+    for start in range(0, seq_len, query_chunk):
+        rows = keys[start : start + query_chunk]
+        mask = attn.mask(rows, keys)  # (H, C, N)
+        qc = q[:, :, start : start + query_chunk]
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            out, lse = checkpoint(_chunk_attention, qc, k, v, mask, scale, use_reentrant=False)
+        else:
+            out, lse = _chunk_attention(qc, k, v, mask, scale)
+        outs.append(out)
+        lses.append(lse)
+    out = torch.cat(outs, dim=2)
+    return (out, torch.cat(lses, dim=2)) if return_lse else out
+
+
+def naive_attention(q, k, v, mask: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Textbook softmax(QK^T * scale + mask) V with a dense (H, T, T) boolean mask, in float64."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.matmul(q.double(), k.double().transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    return torch.matmul(probs, v.double())
