@@ -49,10 +49,13 @@ class Part:
 # --- sources ------------------------------------------------------------------------------------
 
 def split_tag(spec: str) -> tuple[str | None, str]:
-    """``'valid=path'`` -> ('valid', 'path'); a plain path -> (None, path)."""
+    """``'valid=path'`` -> ('valid', 'path'); a plain path or ``'train=path'`` -> (None, path).
+
+    Untagged and train-tagged sources form one pool whose tail becomes valid/test by fraction.
+    """
     head, sep, tail = spec.partition("=")
     if sep and head in SPLITS:
-        return head, tail
+        return (None if head == "train" else head), tail
     return None, spec
 
 
@@ -147,7 +150,7 @@ def plan_splits(parts: list[Part], valid_fraction: float, test_fraction: float) 
     pool = sum(p.count for p in parts if p.split is None)
     carve = {}
     for name, f in (("valid", valid_fraction), ("test", test_fraction)):
-        carve[name] = 0 if sizes[name] or f == 0 else max(1, round(pool * f))
+        carve[name] = 0 if sizes[name] or f == 0 or pool == 0 else max(1, round(pool * f))
     sizes["train"] += pool - carve["valid"] - carve["test"]
     sizes["valid"] += carve["valid"]
     sizes["test"] += carve["test"]
