@@ -1,0 +1,79 @@
+"""Integrity: a missing, truncated or corrupt chunk, a wrong version or modality -> one-line StoreError."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from megastride.data_shards import StoreError, build_loader, eval_windows, open_store, write_bytes_store
+from megastride.data_shards import writing
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A 3-shard bytes store (train/c/0..2) of random bytes."""
+    monkeypatch.setattr(writing, "CHUNK_BYTES", 1024)
+    monkeypatch.setattr(writing, "SHARD_BYTES", 8192)
+    (tmp_path / "f").write_bytes(np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    return write_bytes_store([str(tmp_path / "f")], tmp_path / "s.zarr", valid_fraction=0, progress=False)
+
+
+def _one_line_error(fn, match):
+    with pytest.raises(StoreError, match=match) as e:
+        fn()
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_missing_chunk_is_named(store):
+    """Deleting a shard (zarr would read it as zeros) fails at open, naming the chunk key."""
+    os.remove(os.path.join(store, "train", "c", "1"))
+    msg = _one_line_error(lambda: open_store(store), "missing chunk train/c/1")
+    assert store in msg
+
+
+def test_truncated_chunk_is_named(store):
+    """A shard cut short fails at open with its recorded and actual sizes."""
+    path = os.path.join(store, "train", "c", "2")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:-7])
+    _one_line_error(lambda: build_loader(store, seq_len=100), f"truncated chunk train/c/2: {len(data) - 7} bytes, expected {len(data)}")
+
+
+@pytest.mark.parametrize("where", [10, -30])
+def test_corrupt_chunk_is_named_when_read(store, where):
+    """A flipped byte in chunk data or in the shard index is caught by crc32c when read."""
+    path = os.path.join(store, "train", "c", "1")
+    data = bytearray(open(path, "rb").read())
+    data[where] ^= 0x5A
+    open(path, "wb").write(bytes(data))
+    open_store(store)  # same size: only reading finds it
+    msg = _one_line_error(lambda: list(eval_windows(store, split="train", seq_len=1000)), "corrupt chunk train/c/")
+    assert "train/c/1" in msg and "checksum" in msg.lower()
+
+
+def _edit_attrs(store, **changes):
+    path = os.path.join(store, "zarr.json")
+    meta = json.load(open(path))
+    meta["attributes"]["megastride"].update(changes)
+    json.dump(meta, open(path, "w"))
+
+
+def test_wrong_format_version_and_incomplete_store(store):
+    """Another format version or a store not marked complete is refused by name."""
+    _edit_attrs(store, format_version=2)
+    _one_line_error(lambda: open_store(store), "format version 2, this megastride reads version 1")
+    _edit_attrs(store, format_version=1, complete=False)
+    _one_line_error(lambda: open_store(store), "incomplete store")
+
+
+def test_modality_mismatch_and_non_stores(store, tmp_path):
+    """A modality other than the model's, a plain zarr group or no store at all: clear errors."""
+    _one_line_error(lambda: open_store(store, modality="audio"), "modality is 'bytes' but the model config expects 'audio'")
+    _one_line_error(lambda: open_store(tmp_path / "nothing"), "no store here")
+    import zarr
+    zarr.open_group(tmp_path / "plain.zarr", mode="w")
+    _one_line_error(lambda: open_store(tmp_path / "plain.zarr"), "not a megastride store")
