@@ -7,7 +7,7 @@ import os
 import torch
 
 from .patterns import Layout
-from .reference import reference_attention
+from .reference import masked_sdpa_attention
 
 
 def _use_triton(q: torch.Tensor) -> bool:
@@ -23,8 +23,8 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
                      scale: float | None = None) -> torch.Tensor:
     """Causal block-sparse attention of (B, H, T, D) tensors under ``layout``.
 
-    On CUDA tensors this runs the Triton kernels; on CPU the chunked reference (exact, slower).
-    Set MEGASTRIDE_ATTENTION=reference to force the reference anywhere.
+    On CUDA tensors this runs the Triton kernels; on CPU the exact token mask through torch's SDPA
+    (chunked over queries). Set MEGASTRIDE_ATTENTION=reference to force that path anywhere.
     """
     if q.shape[-2] != layout.seq_len:
         raise ValueError(f"inputs have {q.shape[-2]} positions but the layout was built for {layout.seq_len}")
@@ -32,4 +32,4 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
         from .blocksparse import blocksparse_attention  # imported lazily: needs triton
 
         return blocksparse_attention(q, k, v, layout, scale=scale)
-    return reference_attention(q, k, v, layout, scale=scale)
+    return masked_sdpa_attention(q, k, v, layout, scale=scale)

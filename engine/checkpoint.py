@@ -1,0 +1,82 @@
+"""Checkpoints that resume exactly: DeepSpeed states plus step, data position and every RNG."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .distributed import barrier
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def tag_for(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def save_checkpoint(engine, root: Path, step: int, client_state: dict, rank: int, keep: int) -> Path:
+    """Save through DeepSpeed (which writes ``latest`` last), then this rank's RNG, then prune."""
+    tag = tag_for(step)
+    engine.save_checkpoint(str(root), tag=tag, client_state=client_state)
+    torch.save(rng_state(), root / tag / f"rng_rank{rank}.pt")
+    barrier()
+    if rank == 0:
+        _prune(root, keep)
+    barrier()
+    return root / tag
+
+
+def _prune(root: Path, keep: int) -> None:
+    latest = (root / "latest").read_text().strip() if (root / "latest").exists() else None
+    tags = sorted(p.name for p in root.glob("step*") if p.is_dir())
+    for tag in tags[:-keep]:
+        if tag != latest:
+            shutil.rmtree(root / tag, ignore_errors=True)
+
+
+def has_checkpoint(root: Path) -> bool:
+    return (root / "latest").is_file()
+
+
+def load_checkpoint(engine, root: Path, rank: int) -> dict:
+    """Load the newest checkpoint into ``engine``; returns its client state (step, data, ...)."""
+    path, client_state = engine.load_checkpoint(str(root))
+    if path is None:
+        raise FileNotFoundError(f"checkpoint directory {root} has a 'latest' file but no loadable checkpoint")
+    rng_file = root / (root / "latest").read_text().strip() / f"rng_rank{rank}.pt"
+    if rng_file.exists():  # absent when resuming on more ranks than saved: those ranks keep fresh seeds
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    return client_state or {}
+
+
+def latest_model_state(root: Path) -> dict:
+    """The newest checkpoint's model weights as a plain fp32 state dict (for eval and sampling)."""
+    if not has_checkpoint(root):
+        raise FileNotFoundError(f"no checkpoint in {root} (expected a 'latest' file written by training)")
+    tag = (root / "latest").read_text().strip()
+    states = root / tag / "mp_rank_00_model_states.pt"
+    if not states.exists():
+        raise FileNotFoundError(f"checkpoint {root / tag} has no mp_rank_00_model_states.pt")
+    module = torch.load(states, map_location="cpu", weights_only=False).get("module")
+    if not module:  # ZeRO-3 keeps parameters partitioned: gather them from the optimizer shards
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        module = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+    return {k: v.float() for k, v in module.items()}

@@ -1,0 +1,58 @@
+"""The DeepSpeed JSON, generated from the config tree (never edited by hand)."""
+
+from __future__ import annotations
+
+from .config import Config, ConfigError
+
+
+def deepspeed_config(cfg: Config, world_size: int) -> dict:
+    """DeepSpeed's config dict for ``cfg`` on ``world_size`` data-parallel ranks."""
+    t = cfg.train
+    return {
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "train_batch_size": t.micro_batch_size * t.grad_accum * world_size,
+        "gradient_clipping": t.grad_clip,
+        "steps_per_print": 2**31 - 1,  # megastride logs itself
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "zero_optimization": _zero(cfg),
+        "fp16": {
+            "enabled": t.precision == "fp16",
+            "loss_scale": 0,  # 0 = dynamic
+            "initial_scale_power": t.loss_scale.initial_scale_power,
+            "loss_scale_window": t.loss_scale.window,
+            "hysteresis": t.loss_scale.hysteresis,
+            "min_loss_scale": t.loss_scale.min_scale,
+        },
+        "bf16": {"enabled": t.precision == "bf16"},
+        "activation_checkpointing": {
+            "partition_activations": t.partition_activations,
+            "cpu_checkpointing": t.cpu_checkpointing,
+            "contiguous_memory_optimization": False,
+            "synchronize_checkpoint_boundary": False,
+            "profile": False,
+        },
+    }
+
+
+def _zero(cfg: Config) -> dict:
+    t = cfg.train
+    zero: dict = {"stage": t.zero_stage, "overlap_comm": t.zero_stage > 0, "contiguous_gradients": t.zero_stage > 0}
+    if t.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if t.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return zero
+
+
+def check_zero_options(cfg: Config) -> None:
+    """Raise ValueError naming the key for option combinations DeepSpeed would reject later."""
+    t = cfg.train
+    if t.offload_optimizer and t.zero_stage == 0:
+        raise ConfigError("train.offload_optimizer needs train.zero_stage >= 1")
+    if t.offload_params and t.zero_stage != 3:
+        raise ConfigError("train.offload_params needs train.zero_stage = 3")
+    if t.precision == "fp16" and t.zero_stage == 0 and t.offload_optimizer:
+        raise ConfigError("train.precision=fp16 with offload needs train.zero_stage >= 1")

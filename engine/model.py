@@ -1,0 +1,196 @@
+"""The Sparse Transformer (Child et al. 2019, sections 5-6) over a byte vocabulary.
+
+Single-device code only: no torch.distributed, no deepspeed. Activation checkpointing, ZeRO and
+the like are applied from outside (``engine.parallel``) through ``SparseTransformer.block_runner``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from megastride.kernels import Layout, build_layout, sparse_attention
+from megastride.kernels.patterns import AttentionPattern
+
+from .config import ModelConfig
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """The paper's GELU approximation: x * sigmoid(1.702 x)."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+class SparseAttention(nn.Module):
+    """Multi-head attention under one layer's sparse pattern."""
+
+    def __init__(self, cfg: ModelConfig, pattern_fn: Callable[[int], AttentionPattern]):
+        super().__init__()
+        self.n_heads, self.block = cfg.n_heads, cfg.attention.block
+        self.qk_head, self.v_head = cfg.qk_width // cfg.n_heads, cfg.d_model // cfg.n_heads
+        self.q = nn.Linear(cfg.d_model, cfg.qk_width)
+        self.k = nn.Linear(cfg.d_model, cfg.qk_width)
+        self.v = nn.Linear(cfg.d_model, cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)  # W_p: scaled by 1/sqrt(2N) at init
+        self.pattern_fn = pattern_fn
+        self._layouts: dict[tuple[int, str], Layout] = {}
+
+    def layout(self, seq_len: int, device: torch.device) -> Layout:
+        """The compressed layout for this length on this device (built once, cached)."""
+        key = (seq_len, str(device))
+        if key not in self._layouts:
+            self._layouts[key] = build_layout(self.pattern_fn(seq_len), seq_len, self.block, device=device)
+        return self._layouts[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.n_heads, self.qk_head).transpose(1, 2)  # (B, H, T, Dqk)
+        k = self.k(x).view(b, t, self.n_heads, self.qk_head).transpose(1, 2)  # (B, H, T, Dqk)
+        v = self.v(x).view(b, t, self.n_heads, self.v_head).transpose(1, 2)  # (B, H, T, Dv)
+        scale = 1.0 / math.sqrt(self.qk_head)
+        if self.qk_head != self.v_head:
+            # the kernels take one head dim: zero-padding q and k leaves q.k unchanged (exact)
+            width = max(self.qk_head, self.v_head)
+            q, k = F.pad(q, (0, width - self.qk_head)), F.pad(k, (0, width - self.qk_head))
+            v = F.pad(v, (0, width - self.v_head))
+        out = sparse_attention(q, k, v, self.layout(t, x.device), scale=scale)[..., : self.v_head]
+        return self.proj(out.transpose(1, 2).reshape(b, t, -1))  # (B, T, D)
+
+
+class FeedForward(nn.Module):
+    """W2(GELU(W1 x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.ffn_width)
+        self.proj = nn.Linear(cfg.ffn_width, cfg.d_model)  # W2: scaled by 1/sqrt(2N) at init
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    """Pre-activation residual block; dropout only where the residual is added."""
+
+    def __init__(self, cfg: ModelConfig, pattern_fn: Callable[[int], AttentionPattern]):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn = SparseAttention(cfg, pattern_fn)
+        self.ffn = FeedForward(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x)))
+        return x + self.drop(self.ffn(self.ln2(x)))
+
+
+class PositionEmbedding(nn.Module):
+    """Learned, factorised position embeddings summed over the data's own coordinates.
+
+    1-D data ("window"): window index t // W and offset t % W, W the pattern's stride.
+    Images ("image"): row, column and channel of byte t in an (H, W, C) raster.
+    "absolute": one embedding per position (for comparison).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        kind, n, d = cfg.embedding.kind, cfg.seq_len, cfg.d_model
+        if kind == "image":
+            self.sizes = tuple(cfg.embedding.image_shape)  # (H, W, C)
+        elif kind == "window":
+            window = cfg.position_window()
+            self.sizes = (-(-n // window), window)  # (windows, offsets)
+        else:
+            self.sizes = (n,)
+        self.tables = nn.ModuleList(nn.Embedding(s, d) for s in self.sizes)
+
+    def coordinates(self, t: int, device) -> list[torch.Tensor]:
+        pos = torch.arange(t, device=device)
+        coords = []
+        for size in reversed(self.sizes):  # innermost coordinate first
+            coords.append(pos % size)
+            pos = pos // size
+        return coords[::-1]
+
+    def forward(self, t: int, device) -> torch.Tensor:
+        if t > math.prod(self.sizes):
+            raise ValueError(f"sequence of {t} positions is longer than the model's context {math.prod(self.sizes)}")
+        return sum(table(c) for table, c in zip(self.tables, self.coordinates(t, device)))  # (T, D)
+
+
+class SparseTransformer(nn.Module):
+    """Byte-level Sparse Transformer: embeddings, N residual blocks, final LN, 256-way logits."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = PositionEmbedding(cfg)
+        self.blocks = nn.ModuleList(Block(cfg, self._pattern_fn(r)) for r in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        # how each block is run: plain by default; engine.parallel swaps in recomputation
+        self.block_runner: Callable[[nn.Module, torch.Tensor], torch.Tensor] = lambda block, x: block(x)
+        self.reset_parameters()
+
+    def _pattern_fn(self, layer: int) -> Callable[[int], AttentionPattern]:
+        return lambda seq_len: self.cfg.patterns(seq_len)[layer]
+
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) weights, zero biases, unit LayerNorms; W_p and W2 scaled by 1/sqrt(2N)."""
+        std = self.cfg.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, 0.0, std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            for proj in (block.attn.proj, block.ffn.proj):
+                nn.init.normal_(proj.weight, 0.0, std / math.sqrt(2 * self.cfg.n_layers))
+
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B, T) byte ids -> (B, T, D) final-LN hidden states."""
+        if idx.dim() != 2:
+            raise ValueError(f"expected (batch, time) byte ids, got shape {tuple(idx.shape)}")
+        x = self.tok(idx) + self.pos(idx.shape[1], idx.device)
+        for block in self.blocks:
+            x = self.block_runner(block, x)
+        return self.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, 256) without targets; with targets the mean cross-entropy in nats.
+
+        The loss never materialises (B, T, 256) logits at once: the output layer and the loss run
+        over ``loss_chunk`` positions at a time, each chunk recomputed in backward.
+        """
+        h = self.hidden(idx)
+        if targets is None:
+            return self.head(h)
+        return chunked_cross_entropy(h, self.head.weight, targets, self.cfg.loss_chunk)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok.weight.numel() + sum(t.weight.numel() for t in self.pos.tables)
+        return n
+
+
+def _chunk_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = F.linear(h, weight).float()  # (chunk, V)
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def chunked_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Mean next-byte cross-entropy (nats) of hidden states h (B, T, D) under output weights (V, D)."""
+    flat_h, flat_t = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
+    total = h.new_zeros((), dtype=torch.float32)
+    for start in range(0, flat_t.numel(), chunk):
+        args = (flat_h[start : start + chunk], weight, flat_t[start : start + chunk])
+        if torch.is_grad_enabled() and h.requires_grad:
+            total = total + torch.utils.checkpoint.checkpoint(_chunk_loss, *args, use_reentrant=False)
+        else:
+            total = total + _chunk_loss(*args)
+    return total / flat_t.numel()

@@ -1,0 +1,184 @@
+"""The training loop: DeepSpeed engine, streaming data, evaluation, checkpoints, metrics."""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from megastride.data_shards import build_loader, eval_windows, open_store
+
+from . import checkpoint as ckpt
+from .config import Config, ConfigError
+from .deepspeed_config import check_zero_options, deepspeed_config
+from .distributed import all_reduce_sum, barrier, init_distributed
+from .metrics import MetricsWriter, Progress, bits_per_byte
+from .model import SparseTransformer
+from .parallel import apply_activation_checkpointing, build_optimizer
+from .run_dir import checkpoint_dir, prepare_run_dir, tensorboard_dir
+from .schedule import build_scheduler
+
+
+@dataclass
+class TrainResult:
+    step: int
+    train_bpb: float | None
+    valid_bpb: float | None
+    run_dir: Path
+    tensorboard_dir: Path
+
+
+def check_data(cfg: Config) -> None:
+    """Fail early, in one line, if the store is missing or does not fit the model."""
+    store = open_store(cfg.data.path)
+    want = "image" if cfg.model.embedding.kind == "image" else None
+    if want and store.modality != want:
+        raise ConfigError(f"data store {cfg.data.path} holds {store.modality} data but model.embedding.kind is image")
+    if not want and store.modality == "image":
+        raise ConfigError(f"data store {cfg.data.path} holds images: set model.embedding.kind=image and its image_shape")
+    for split in (cfg.data.train_split, cfg.data.valid_split):
+        if split not in store.split_sizes:
+            raise ConfigError(f"data store {cfg.data.path} has no split {split!r} (has {sorted(store.split_sizes)})")
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB -> GB (process peak RSS)
+
+
+class Trainer:
+    """Owns the engine, the loaders and the run directory for one training run."""
+
+    def __init__(self, cfg: Config):
+        check_zero_options(cfg)
+        check_data(cfg)
+        self.cfg = cfg
+        self.rank, self.world, self.device = init_distributed()
+        self.ds_config = deepspeed_config(cfg, self.world)
+        if self.rank == 0:
+            prepare_run_dir(cfg, self.ds_config)
+        barrier()
+        self.engine = self._build_engine()
+        self.loader = build_loader(
+            cfg.data.path, split=cfg.data.train_split, seq_len=cfg.model.seq_len,
+            micro_batch_size=cfg.train.micro_batch_size, seed=cfg.run.seed, rank=self.rank,
+            world_size=self.world, num_workers=cfg.data.num_workers, prefetch=cfg.data.prefetch,
+        )
+        self.step = 0
+        self.ckpt_root = checkpoint_dir(cfg)
+        if cfg.run.resume == "auto" and ckpt.has_checkpoint(self.ckpt_root):
+            self._resume()
+        self.metrics = MetricsWriter(Path(cfg.run.dir), tensorboard_dir(cfg), enabled=self.rank == 0)
+
+    def _build_engine(self):
+        import deepspeed
+
+        torch.manual_seed(self.cfg.run.seed)  # identical init on every rank (DeepSpeed also broadcasts)
+        model = SparseTransformer(self.cfg.model)
+        apply_activation_checkpointing(model, self.cfg.train)
+        optimizer = build_optimizer(model, self.cfg.train, self.device)
+        t = self.cfg.train
+        scheduler = build_scheduler(optimizer, t.warmup_steps, t.steps, t.min_lr_ratio)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                               config=self.ds_config)
+        if t.compile:
+            engine.compile()
+        torch.manual_seed(self.cfg.run.seed * 1000 + self.rank)  # dropout streams differ per rank
+        return engine
+
+    def _resume(self) -> None:
+        state = ckpt.load_checkpoint(self.engine, self.ckpt_root, self.rank)
+        self.step = int(state["step"])
+        self.loader.load_state_dict(state["data"])
+
+    # -- one optimizer step -------------------------------------------------------------------
+
+    def _batches(self):
+        it = iter(self.loader)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(it)
+            yield batch, time.perf_counter() - t0
+
+    def train_step(self, batches) -> tuple[float, float]:
+        """grad_accum micro-batches and one optimizer step; returns (mean loss in nats, data wait s)."""
+        self.engine.train()
+        losses, wait = [], 0.0
+        for _ in range(self.cfg.train.grad_accum):
+            batch, waited = next(batches)
+            wait += waited
+            batch = batch.to(self.device, non_blocking=True).long()
+            loss = self.engine(batch[:, :-1], batch[:, 1:])
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.detach().float())
+        return float(torch.stack(losses).mean()), wait
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, split: str | None = None, windows: int | None = None) -> float:
+        """Bits per byte over deterministic non-overlapping windows, summed over all ranks."""
+        self.engine.eval()
+        nats, count = 0.0, 0
+        for batch in eval_windows(self.cfg.data.path, split=split or self.cfg.data.valid_split,
+                                  seq_len=self.cfg.model.seq_len, max_windows=windows or self.cfg.train.eval_windows,
+                                  rank=self.rank, world_size=self.world):
+            batch = batch.to(self.device).long()
+            loss = self.engine(batch[:, :-1], batch[:, 1:])
+            nats += float(loss) * batch[:, 1:].numel()
+            count += batch[:, 1:].numel()
+        nats, count = all_reduce_sum([nats, count], self.device)
+        return bits_per_byte(nats / max(count, 1))
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        cfg, t = self.cfg, self.cfg.train
+        progress = Progress(t.steps, self.step, enabled=self.rank == 0 and cfg.run.progress)
+        batches = self._batches()
+        tokens_per_step = t.micro_batch_size * t.grad_accum * self.world * cfg.model.seq_len
+        train_bpb = valid_bpb = None
+        while self.step < t.steps:
+            start = time.perf_counter()
+            loss, wait = self.train_step(batches)
+            elapsed = time.perf_counter() - start
+            self.step += 1
+            mean_loss, mean_wait = (v / self.world for v in all_reduce_sum([loss, wait], self.device))
+            train_bpb = bits_per_byte(mean_loss)
+            progress.update({"bpb": f"{train_bpb:.3f}", "tok/s": f"{tokens_per_step / elapsed:,.0f}"})
+            if self.step % t.log_every == 0 or self.step == t.steps:
+                self._log_train(train_bpb, elapsed, mean_wait, tokens_per_step)
+            if self.step % t.eval_every == 0 or self.step == t.steps:
+                valid_bpb = self.evaluate()
+                self.metrics.scalars(self.step, {"valid/bits_per_byte": valid_bpb})
+                progress.write(f"step {self.step}: valid {valid_bpb:.4f} bits/byte")
+            if (t.save_every and self.step % t.save_every == 0) or self.step == t.steps:
+                self.save()
+        progress.close()
+        self.metrics.close()
+        return TrainResult(self.step, train_bpb, valid_bpb, Path(cfg.run.dir), tensorboard_dir(cfg))
+
+    def _log_train(self, bpb: float, elapsed: float, wait: float, tokens: int) -> None:
+        opt = self.engine.optimizer
+        scale = getattr(opt, "cur_scale", None) or getattr(getattr(opt, "loss_scaler", None), "cur_scale", None)
+        norm = self.engine.get_global_grad_norm()
+        self.metrics.scalars(self.step, {
+            "train/bits_per_byte": bpb,
+            "train/lr": self.engine.get_lr()[0],
+            "train/grad_norm": float(norm) if norm is not None else None,
+            "train/loss_scale": float(scale) if scale is not None else None,
+            "train/skipped_steps": float(self.engine.skipped_steps),
+            "perf/tokens_per_s": tokens / elapsed,
+            "perf/step_time_s": elapsed,
+            "perf/data_wait_fraction": wait / elapsed,
+            "perf/peak_memory_gb": peak_memory_gb(self.device),
+        })
+
+    def save(self) -> Path:
+        state = {"step": self.step, "data": self.loader.state_dict(), "world_size": self.world}
+        return ckpt.save_checkpoint(self.engine, self.ckpt_root, self.step, state, self.rank, self.cfg.train.keep_checkpoints)
