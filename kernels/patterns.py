@@ -522,7 +522,8 @@ def _split_head(pattern: HeadPattern, n: int, b: int):
     """(natural components, permuted (stride, min_offset) or None) for one head.
 
     The strided half goes to a permuted part when the reference code's layout applies: exactly one
-    Stride(l), every other component a Local, n divisible by l and n/l by the block. The permuted
+    Stride(l), every other component a Local, and n divisible by l. (When n/l is not a multiple of
+    the block, tiles straddle two groups and are masked inside: still far denser than natural order.) The permuted
     part then skips the first ceil(w/l) offsets of each group, which Local(w) already covers, so
     every key is counted once.
     """
@@ -531,7 +532,7 @@ def _split_head(pattern: HeadPattern, n: int, b: int):
     if len(strides) != 1 or not all(isinstance(c, Local) for c in others):
         return list(pattern.components), None
     l = strides[0].stride
-    if n % l or (n // l) % b or l == 1:
+    if n % l or l == 1:
         return list(pattern.components), None
     width = max((c.width for c in others), default=0)
     return others, (l, -(-width // l))
