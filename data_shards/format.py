@@ -19,10 +19,13 @@ import fsspec
 import numpy as np
 import zarr
 
+from .fastread import ChunkError, ChunkReader
+
 FORMAT_VERSION = 1
 ATTRS_KEY = "megastride"
 MODALITIES = ("bytes", "image", "audio")
 SPLITS = ("train", "valid", "test")
+DECODE_THREADS = os.cpu_count() or 1  # threads decoding chunks, per process
 
 
 class StoreError(Exception):
@@ -61,6 +64,7 @@ class Store:
             for name, s in meta["splits"].items()
         }
         self._arrays: dict[str, zarr.Array] = {}
+        self._readers: dict = {}
 
     # --- the attributes the engine reads -------------------------------------------------------
     @property
@@ -107,23 +111,54 @@ class Store:
         ndim = 4 if self.modality == "image" else 1
         return f"{split}/c/{shard}" + "/0" * (ndim - 1)
 
+    def chunk_reader(self, split: str):
+        """The fast shard reader of a split (see fastread.py), or None to read through zarr."""
+        if split not in self._readers:
+            info = self.split(split)
+            self._readers[split] = ChunkReader.maybe(self._fs, self._root, split, self.array(split),
+                                                     info.shard_nbytes, DECODE_THREADS)
+        return self._readers[split]
+
+    def read_rows(self, split: str, starts, length: int) -> np.ndarray:
+        """(len(starts), length * element bytes) uint8: elements [s, s + length) for each start s.
+
+        Elements are bytes (1-D) or whole images; reads and decodes all rows' chunks in parallel.
+        """
+        starts = [int(s) for s in np.asarray(starts).reshape(-1)]
+        info = self.split(split)
+        for s in starts:
+            if s < 0 or s + length > info.size:
+                raise ValueError(f"{self.url}: {split}[{s}:{s + length}] is outside the split of {info.size}")
+        fast = self.chunk_reader(split)
+        elem = int(np.prod(self.sample_shape)) if self.sample_shape else 1
+        out = np.empty((len(starts), length * elem), dtype=np.uint8)
+        if fast is not None:
+            try:
+                fast.read_many([(s, s + length) for s in starts], out)
+            except ChunkError as e:
+                kind = "missing" if e.problem == "missing" else "truncated" if e.problem.startswith("truncated") else "corrupt"
+                raise StoreError(f"{self.url}: {kind} chunk {e.key}: {_one_line(e.problem)}") from None
+            return out
+        for i, s in enumerate(starts):
+            out[i] = self._zarr_read(split, s, s + length).reshape(-1)
+        return out
+
     def read(self, split: str, start: int, stop: int) -> np.ndarray:
-        """Elements [start, stop) of a split (bytes, or samples of images), errors naming chunks."""
+        """Elements [start, stop) of a split: (n,) bytes or (n, H, W, C) images."""
+        out = self.read_rows(split, [start], stop - start)
+        return out.reshape((stop - start,) + (self.sample_shape or ()))
+
+    def read_samples(self, split: str, indices) -> np.ndarray:
+        """Samples at ``indices`` (any order) of an image split: (len(indices), H, W, C)."""
+        return self.read_rows(split, indices, 1).reshape((-1,) + self.sample_shape)
+
+    def _zarr_read(self, split: str, start: int, stop: int) -> np.ndarray:
         try:
             return self.array(split)[start:stop]
         except StoreError:
             raise
         except Exception as e:  # noqa: BLE001 - decode errors name no key; we add it
             self._raise_read_error(split, start, stop, e)
-
-    def read_samples(self, split: str, indices: np.ndarray) -> np.ndarray:
-        """Samples at ``indices`` (any order) of an image split: (len(indices), H, W, C)."""
-        try:
-            return self.array(split).get_orthogonal_selection((np.asarray(indices, dtype=np.int64),))
-        except StoreError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            self._raise_read_error(split, int(np.min(indices)), int(np.max(indices)) + 1, e)
 
     def _raise_read_error(self, split: str, start: int, stop: int, err: Exception):
         info = self.split(split)

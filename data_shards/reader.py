@@ -13,7 +13,6 @@ import multiprocessing as mp
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -24,7 +23,6 @@ from .partition import batch_positions, eval_indices, worker_steps
 from .shuffle import ShuffledStream
 
 STATE_VERSION = 1
-READ_THREADS = 16  # windows of one batch read at once; zarr decodes each window's chunks in parallel too
 
 
 def check_seq_len(store: Store, split: str, seq_len: int) -> None:
@@ -48,26 +46,16 @@ class BatchReader:
         self.image = store.modality == "image"
         n = store.split(split).size
         self.stream = ShuffledStream(n, seed, None if self.image else seq_len)
-        self._pool = None
 
     def read(self, positions: range | np.ndarray) -> np.ndarray:
         """(B, L+1) uint8: windows of L+1 bytes, or a 0 byte followed by each image's bytes."""
         starts = self.stream.starts(np.asarray(positions, dtype=np.int64))
-        out = np.empty((len(starts), self.seq_len + 1), dtype=np.uint8)
         if self.image:
+            out = np.empty((len(starts), self.seq_len + 1), dtype=np.uint8)
             out[:, 0] = 0
-            out[:, 1:] = self.store.read_samples(self.split, starts).reshape(len(starts), -1)
+            out[:, 1:] = self.store.read_rows(self.split, starts, 1)
             return out
-        if len(starts) == 1:
-            self._read_row(out, 0, int(starts[0]))
-            return out
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(min(READ_THREADS, len(starts)), thread_name_prefix="megastride-read")
-        list(self._pool.map(lambda i: self._read_row(out, i, int(starts[i])), range(len(starts))))
-        return out
-
-    def _read_row(self, out: np.ndarray, i: int, start: int) -> None:
-        out[i] = self.store.read(self.split, start, start + self.seq_len + 1)
+        return self.store.read_rows(self.split, starts, self.seq_len + 1)
 
 
 class WindowDataset(IterableDataset):

@@ -1,0 +1,55 @@
+"""`megastride bench data`: windows/s and MB/s of the store reader beside numpy.memmap."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+PROG = "megastride bench data"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    p.add_argument("--size-mb", type=float, default=256, help="data size in MiB (default 256)")
+    p.add_argument("--data", choices=["stdlib", "random"], default="stdlib",
+                   help="stdlib: Python's sources repeated (real text); random: incompressible bytes")
+    p.add_argument("--lengths", default="65536,1048576", help="comma-separated window lengths L")
+    p.add_argument("--compressor", default="zstd", choices=["zstd", "zstd1", "lz4", "none"])
+    p.add_argument("--seconds", type=float, default=3.0, help="time per reader and length")
+    p.add_argument("--batch-mb", type=float, default=8.0, help="bytes per micro-batch; B = this // L")
+    p.add_argument("--threads", type=int, default=None, help="decode threads (default: all cores)")
+    p.add_argument("--no-remote", action="store_true", help="skip the loopback HTTP store")
+    p.add_argument("--workdir", default=None, help="where to write the data (default: a temp folder)")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from megastride.data_shards.bench import run_bench
+
+    try:
+        lengths = [int(x) for x in args.lengths.split(",") if x]
+    except ValueError:
+        print(f"{PROG}: error: --lengths must be integers, got {args.lengths!r}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="megastride-bench-") as tmp:
+        result = run_bench(args.workdir or tmp, size_mb=args.size_mb, lengths=lengths, kind=args.data,
+                           compressor=args.compressor, seconds=args.seconds, batch_bytes=int(args.batch_mb * (1 << 20)),
+                           threads=args.threads, remote=not args.no_remote, progress=not args.quiet)
+    print(f"data {result['data']}, {result['size_bytes'] / 2**20:.0f} MiB, {result['compressor']} ratio "
+          f"{result['compression_ratio']}, write {result['write_MB_per_s']} MB/s, {result['threads']} threads")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
