@@ -200,6 +200,9 @@ class RunConfig(_Strict):
     dir: str = "runs/default"
     seed: int = 0
     resume: Literal["auto", "never"] = "auto"  # auto: continue from the newest checkpoint in dir
+    # steps this job runs before it checkpoints and exits (0 = until train.steps); for time-sliced
+    # cluster jobs: the schedule still follows train.steps, and the next job resumes exactly
+    stop_after: int = Field(0, ge=0)
     progress: bool = True
 
 

@@ -69,6 +69,7 @@ class Trainer:
             world_size=self.world, num_workers=cfg.data.num_workers, prefetch=cfg.data.prefetch,
         )
         self.step = 0
+        self._grad_norm: float | None = None
         self.ckpt_root = checkpoint_dir(cfg)
         if cfg.run.resume == "auto" and ckpt.has_checkpoint(self.ckpt_root):
             self._resume()
@@ -114,9 +115,18 @@ class Trainer:
             batch = batch.to(self.device, non_blocking=True).long()
             loss = self.engine(batch[:, :-1], batch[:, 1:])
             self.engine.backward(loss)
+            if self.engine.is_gradient_accumulation_boundary():
+                self._grad_norm = self._local_grad_norm()
             self.engine.step()
             losses.append(loss.detach().float())
         return float(torch.stack(losses).mean()), wait
+
+    def _local_grad_norm(self) -> float | None:
+        """Pre-clipping gradient norm where DeepSpeed does not report one (plain fp32, no ZeRO)."""
+        if self.cfg.train.zero_stage or self.cfg.train.precision != "fp32":
+            return None
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        return float(torch.nn.utils.get_total_norm(grads)) if grads else None
 
     # -- evaluation ---------------------------------------------------------------------------
 
@@ -143,7 +153,8 @@ class Trainer:
         batches = self._batches()
         tokens_per_step = t.micro_batch_size * t.grad_accum * self.world * cfg.model.seq_len
         train_bpb = valid_bpb = None
-        while self.step < t.steps:
+        last = min(t.steps, self.step + cfg.run.stop_after) if cfg.run.stop_after else t.steps
+        while self.step < last:
             start = time.perf_counter()
             loss, wait = self.train_step(batches)
             elapsed = time.perf_counter() - start
@@ -157,7 +168,7 @@ class Trainer:
                 valid_bpb = self.evaluate()
                 self.metrics.scalars(self.step, {"valid/bits_per_byte": valid_bpb})
                 progress.write(f"step {self.step}: valid {valid_bpb:.4f} bits/byte")
-            if (t.save_every and self.step % t.save_every == 0) or self.step == t.steps:
+            if (t.save_every and self.step % t.save_every == 0) or self.step == last:
                 self.save()
         progress.close()
         self.metrics.close()
@@ -167,6 +178,7 @@ class Trainer:
         opt = self.engine.optimizer
         scale = getattr(opt, "cur_scale", None) or getattr(getattr(opt, "loss_scaler", None), "cur_scale", None)
         norm = self.engine.get_global_grad_norm()
+        norm = self._grad_norm if norm is None else norm
         self.metrics.scalars(self.step, {
             "train/bits_per_byte": bpb,
             "train/lr": self.engine.get_lr()[0],
@@ -178,6 +190,13 @@ class Trainer:
             "perf/data_wait_fraction": wait / elapsed,
             "perf/peak_memory_gb": peak_memory_gb(self.device),
         })
+
+    def close(self) -> None:
+        """Stop loader threads/workers and leave the process group (clean exit on every rank)."""
+        self.loader.close()
+        barrier()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
     def save(self) -> Path:
         state = {"step": self.step, "data": self.loader.state_dict(), "world_size": self.world}

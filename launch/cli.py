@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"megastride: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(SUBCOMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    code = int(module.main(rest) or 0)
+    if hasattr(module, "exit_now"):  # commands that started communication threads leave hard
+        module.exit_now(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,42 @@
+"""Shared fixtures: a small real text store, and a tiny training config that runs in seconds."""
+
+import os
+import sysconfig
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def text_store(tmp_path_factory) -> str:
+    """A bytes store of the standard library's json package (real text, ~100 KB)."""
+    from megastride.data_shards import write_bytes_store
+
+    out = tmp_path_factory.mktemp("data") / "json.zarr"
+    source = Path(sysconfig.get_paths()["stdlib"]) / "json"
+    return str(write_bytes_store([str(source)], out, valid_fraction=0.1, progress=False))
+
+
+@pytest.fixture
+def tiny_config(tmp_path, text_store):
+    """Write a tiny (2-layer, d=32, 128-token) config; returns a function taking overrides."""
+
+    def make(**sections) -> Path:
+        tree = {
+            "run": {"dir": str(tmp_path / "run"), "seed": 1, "progress": False},
+            "data": {"path": text_store},
+            "model": {"seq_len": 128, "d_model": 32, "n_layers": 2, "n_heads": 2,
+                      "attention": {"block": 32, "layers": ["fixed(32,8)", "strided(32)"]}},
+            "train": {"steps": 4, "micro_batch_size": 2, "lr": 3e-3, "warmup_steps": 1, "log_every": 1,
+                      "eval_every": 2, "eval_windows": 4},
+        }
+        for section, values in sections.items():
+            tree[section].update(values)
+        path = tmp_path / "tiny.yaml"
+        path.write_text(yaml.safe_dump(tree))
+        return path
+
+    return make

@@ -1,0 +1,83 @@
+"""The config tree: strict keys and types, overrides, shape checks, generated DeepSpeed JSON."""
+
+from pathlib import Path
+
+import pytest
+
+from megastride.engine.config import ConfigError, config_from_dict, dump_config, load_config
+from megastride.engine.deepspeed_config import check_zero_options, deepspeed_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("tree,message", [
+    ({"train": {"stepz": 3}}, "train.stepz: unknown key"),
+    ({"bogus": {}}, "bogus: unknown key"),
+    ({"train": {"steps": "many"}}, "train.steps: Input should be a valid integer"),
+    ({"train": {"steps": 0}}, "train.steps: Input should be greater than 0"),
+    ({"train": {"precision": "fp8"}}, "train.precision"),
+    ({"model": {"d_model": 100, "n_heads": 3}}, "n_heads=3 does not divide d_model=100"),
+    ({"model": {"seq_len": 1000}}, "seq_len=1000 is not divisible by attention.block=64"),
+    ({"model": {"attention": {"layers": ["fixd(8)"]}}}, "unknown attention pattern 'fixd(8)'"),
+    ({"model": {"attention": {"layers": ["fixed(8)"]}}}, "takes 2 argument"),
+    ({"model": {"embedding": {"kind": "image"}}}, "image_shape"),
+])
+def test_errors_name_the_key(tree, message):
+    """Unknown keys, wrong types and impossible shapes give one line that names the problem."""
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(tree, "cfg.yaml")
+    text = str(err.value)
+    assert message in text and text.startswith("cfg.yaml: ") and "\n" not in text
+
+
+def test_overrides_apply_typed_values(tmp_path):
+    """--set values are parsed as YAML scalars and validated like the file."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  steps: 10\n")
+    cfg = load_config(path, ["train.steps=50", "train.lr=3e-4", "run.dir=/tmp/x", "train.betas=[0.9, 0.99]",
+                             "model.attention.layers=['strided(64)']"])
+    assert (cfg.train.steps, cfg.train.lr, cfg.run.dir, cfg.train.betas) == (50, 3e-4, "/tmp/x", (0.9, 0.99))
+    assert cfg.model.attention.layers == ("strided(64)",)
+    with pytest.raises(ConfigError, match="train.nope: unknown key"):
+        load_config(path, ["train.nope=1"])
+    with pytest.raises(ConfigError, match="must look like"):
+        load_config(path, ["train.steps"])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    """A missing file or broken YAML is a one-line ConfigError naming the file."""
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_every_shipped_config_validates_and_round_trips():
+    """Every YAML in configs/ validates, and the dumped resolved tree loads back to the same config."""
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        assert config_from_dict(__import__("yaml").safe_load(dump_config(cfg))) == cfg, path.name
+
+
+def test_deepspeed_json_follows_tree():
+    """The DeepSpeed config is derived from the tree: batch sizes, ZeRO, precision, loss scaling, clipping."""
+    cfg = config_from_dict({"train": {"micro_batch_size": 3, "grad_accum": 4, "zero_stage": 2, "precision": "fp16",
+                                      "grad_clip": 0.5, "loss_scale": {"initial_scale_power": 12}}})
+    ds = deepspeed_config(cfg, world_size=8)
+    assert ds["train_batch_size"] == 3 * 4 * 8
+    assert ds["zero_optimization"]["stage"] == 2 and ds["gradient_clipping"] == 0.5
+    assert ds["fp16"]["enabled"] and ds["fp16"]["loss_scale"] == 0 and ds["fp16"]["initial_scale_power"] == 12
+    assert not ds["bf16"]["enabled"]
+    off = deepspeed_config(config_from_dict({"train": {"zero_stage": 3, "offload_optimizer": True, "offload_params": True}}), 1)
+    assert off["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert off["zero_optimization"]["offload_param"]["device"] == "cpu"
+
+
+def test_impossible_zero_combinations_are_rejected():
+    """Offload without the ZeRO stage it needs is a clear error before DeepSpeed starts."""
+    with pytest.raises(ConfigError, match="offload_optimizer needs train.zero_stage"):
+        check_zero_options(config_from_dict({"train": {"offload_optimizer": True}}))
+    with pytest.raises(ConfigError, match="offload_params needs train.zero_stage = 3"):
+        check_zero_options(config_from_dict({"train": {"zero_stage": 2, "offload_params": True}}))

@@ -1,0 +1,193 @@
+"""Patterns against the paper's formulas (section 4), written here independently of the code."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from megastride.kernels import patterns as P
+
+# --- the paper's definitions, in plain numpy loops over (i, j) --------------------------------
+
+
+def paper_mask(kind: str, n: int, l: int = 0, c: int = 0, slot: int = 0) -> np.ndarray:
+    """Dense (n, n) mask straight from SPEC.md section 1; causal j <= i always."""
+    m = np.zeros((n, n), dtype=bool)
+    for i in range(n):
+        for j in range(i + 1):
+            if kind == "dense":
+                ok = True
+            elif kind == "local":
+                ok = i - l + 1 <= j <= i
+            elif kind == "strided":  # local + strided halves
+                ok = (i - l + 1 <= j <= i) or (i - j) % l == 0
+            elif kind == "stride_only":
+                ok = (i - j) % l == 0
+            elif kind == "fixed":  # A1 own window, A2 summary slot of every window
+                own = j // l == i // l
+                lo, hi = l - (slot + 1) * c, l - slot * c
+                ok = own or lo <= j % l < hi
+            else:
+                raise AssertionError(kind)
+            m[i, j] = ok
+    return m
+
+
+def build(pattern, n, block, heads=1):
+    return P.build_layout(pattern, n, block, num_heads=heads)
+
+
+CASES = [(n, b) for n, b in [(64, 8), (96, 16), (128, 16), (192, 32), (256, 64)]]
+STRIDES = [4, 8, 12, 16, 32]
+
+
+@pytest.mark.parametrize("n,block", CASES)
+@pytest.mark.parametrize("l", STRIDES)
+def test_strided_and_local_match_paper(n, block, l):
+    """local, strided and the strided half alone equal the paper's definitions, token by token."""
+    for kind, pat in [("local", P.local(l)), ("strided", P.strided(l)), ("stride_only", P.strided_half(l))]:
+        want = torch.from_numpy(paper_mask(kind, n, l))
+        assert torch.equal(pat.allows(torch.arange(n)[:, None], torch.arange(n)[None, :]), want), kind
+        assert torch.equal(build(pat, n, block).to_dense_mask()[0], want), (kind, "compressed layout")
+
+
+@pytest.mark.parametrize("n,block", CASES)
+@pytest.mark.parametrize("l,c", [(8, 2), (12, 4), (16, 4), (16, 8), (32, 8), (32, 32)])
+def test_fixed_matches_paper(n, block, l, c):
+    """fixed(l, c) = own window (A1) union the last c positions of every window (A2)."""
+    want = torch.from_numpy(paper_mask("fixed", n, l, c))
+    assert torch.equal(P.fixed(l, c).allows(torch.arange(n)[:, None], torch.arange(n)[None, :]), want)
+    assert torch.equal(build(P.fixed(l, c), n, block).to_dense_mask()[0], want)
+
+
+def test_dense_is_causal_lower_triangle():
+    """dense = every j <= i, and its layout lists every lower-triangular block."""
+    lay = build(P.dense(), 128, 16)
+    assert torch.equal(lay.to_dense_mask()[0], torch.from_numpy(paper_mask("dense", 128)))
+    assert lay.parts[0].csr[0].nnz == 8 * 9 // 2
+
+
+def test_fixed_per_head_summary_slots():
+    """The reference code's variant: head h reads summary slot h % k of every window."""
+    n, l, c, heads, k = 128, 32, 8, 6, 3
+    lay = P.build_layout(P.fixed_per_head(l, c, heads, k), n, 16)
+    got = lay.to_dense_mask()
+    for h in range(heads):
+        assert torch.equal(got[h], torch.from_numpy(paper_mask("fixed", n, l, c, slot=h % k))), h
+    assert not torch.equal(got[0], got[1])
+
+
+def test_merged_is_union_and_multi_head_assigns_round_robin():
+    """merged = union of the patterns' masks; multi-head gives head h pattern h % p."""
+    n = 128
+    fixed, strided = paper_mask("fixed", n, 16, 4), paper_mask("strided", n, 16)
+    lay = P.build_layout(P.same_for_all_heads(P.merged(P.fixed(16, 4), P.strided(16)), 2), n, 16)
+    assert torch.equal(lay.to_dense_mask()[1], torch.from_numpy(fixed | strided))
+    lay = P.build_layout(P.multi_head([P.fixed(16, 4), P.strided(16), P.local(16)], 5), n, 16)
+    want = [fixed, strided, paper_mask("local", n, 16)]
+    for h, m in enumerate(lay.to_dense_mask()):
+        assert torch.equal(m, torch.from_numpy(want[h % 3])), h
+
+
+@pytest.mark.parametrize("n,block,l", [(256, 16, 16), (256, 32, 8), (192, 16, 12)])
+def test_strided_half_runs_permuted_without_double_counting(n, block, l):
+    """The strided half goes to a permuted part and never repeats a key the local half holds."""
+    lay = build(P.strided(l), n, block)
+    assert [p.permute_stride for p in lay.parts] == [None, l]
+    natural, permuted = lay.parts
+    pos = torch.arange(n)
+    perm = lay.permutation(l)
+    local_mask = natural.allows(0, pos[:, None], pos[None, :]) & (pos[None, :] <= pos[:, None])
+    perm_mask = torch.zeros(n, n, dtype=torch.bool)
+    perm_mask[perm[:, None], perm[None, :]] = permuted.allows(0, pos[:, None], pos[None, :])
+    assert not (local_mask & perm_mask).any()
+    assert torch.equal(local_mask | perm_mask, torch.from_numpy(paper_mask("strided", n, l)))
+
+
+def test_block_lists_are_exact():
+    """Every listed block has an allowed pair, every full block is entirely allowed, none is missing."""
+    n, block = 256, 16
+    pattern = P.multi_head([P.fixed(24, 8), P.strided(16), P.summary(32, 8), P.local(40)], 4)
+    lay = P.build_layout(pattern, n, block)
+    for part in lay.parts:
+        for h in range(len(part.heads)):
+            csr = part.csr[part.head_csr[h]]
+            pos = torch.arange(n)
+            truth = part.allows(h, pos[:, None], pos[None, :]).view(n // block, block, n // block, block)
+            any_, all_ = truth.any(3).any(1), truth.all(3).all(1)  # (nb, nb)
+            rows = P._rows_of(csr.row_full_ptr)
+            listed_full = torch.zeros_like(any_)
+            listed_full[rows.long(), csr.row_full_idx.long()] = True
+            rows = P._rows_of(csr.row_part_ptr)
+            listed_part = torch.zeros_like(any_)
+            listed_part[rows.long(), csr.row_part_idx.long()] = True
+            assert torch.equal(listed_full | listed_part, any_)
+            assert not (listed_full & ~all_).any()
+            assert not (listed_full & listed_part).any()
+
+
+def test_transposed_lists_match_rows():
+    """The column lists (for dK/dV) are the exact transpose of the row lists."""
+    lay = P.build_layout(P.fixed(32, 8), 256, 16, num_heads=1)
+    csr = lay.parts[0].csr[0]
+    for kind in ("full", "part"):
+        rp, ri = getattr(csr, f"row_{kind}_ptr"), getattr(csr, f"row_{kind}_idx")
+        cp, ci = getattr(csr, f"col_{kind}_ptr"), getattr(csr, f"col_{kind}_idx")
+        by_row = set(zip(P._rows_of(rp).tolist(), ri.tolist()))
+        by_col = set(zip(ci.tolist(), P._rows_of(cp).tolist()))
+        assert by_row == by_col
+
+
+def test_layout_memory_is_proportional_to_nonzero_blocks():
+    """Metadata grows with the non-zero blocks, far below a dense (nb, nb) layout at 1M tokens."""
+    n, block = 2**20, 128
+    lay = P.build_layout(P.fixed(P.optimal_stride(n, "fixed", 128), 128), n, block, num_heads=8)
+    nnz = lay.parts[0].csr[0].nnz
+    assert lay.nbytes <= 2 * 4 * nnz + 4 * 4 * (n // block + 1)  # two int32 indices per block + four pointer arrays
+    assert lay.nbytes < 16 * 2**20
+    assert len(lay.parts[0].csr) == 1  # identical heads share one structure
+
+
+def test_density_of_fixed_pattern_at_long_lengths():
+    """Density vs causal falls like the paper's O(sqrt n) cost (SPEC table: 0.234 at 8K, 0.062 at 128K)."""
+    got = {}
+    for n in (8192, 131072):
+        l = P.optimal_stride(n, "fixed", 128)
+        lay = P.build_layout(P.fixed(l, 128), n, 128)
+        nb = n // 128
+        got[n] = lay.parts[0].csr[0].nnz / (nb * (nb + 1) / 2)
+    assert got[8192] == pytest.approx(0.234, abs=0.03)
+    assert got[131072] == pytest.approx(0.062, abs=0.01)
+
+
+def test_count_pairs_matches_dense_mask():
+    """count_pairs (block-wise) equals the number of True entries of the token mask."""
+    pattern = P.multi_head([P.fixed(16, 4), P.strided(16)], 2)
+    lay = P.build_layout(pattern, 128, 16)
+    dense = pattern.to_dense_mask(128)
+    assert [lay.count_pairs(h) for h in range(2)] == [int(dense[h].sum()) for h in range(2)]
+
+
+@pytest.mark.parametrize("n,block,msg", [(100, 16, "not divisible"), (0, 16, "positive")])
+def test_bad_lengths_raise_clear_errors(n, block, msg):
+    """Lengths not divisible by the block (or empty) are rejected with a message naming them."""
+    with pytest.raises(ValueError, match=msg):
+        P.build_layout(P.dense(), n, block)
+
+
+def test_bad_parameters_raise_clear_errors():
+    """Zero strides and summary slots that do not fit the window are rejected by name."""
+    with pytest.raises(ValueError, match="must be positive"):
+        P.build_layout(P.local(0), 64, 16)
+    with pytest.raises(ValueError, match="does not fit"):
+        P.build_layout(P.fixed(16, 8, index=2), 64, 16)
+
+
+def test_optimal_stride_follows_paper():
+    """l ~ sqrt(n) for strided and sqrt(c n) for fixed, a block multiple dividing n."""
+    assert P.optimal_stride(2**16, "strided", block=64) == 256
+    assert P.optimal_stride(2**17, "fixed", 128, 128) == 4096
+    for n, kind in itertools.product([12288, 65536, 2**20], ["fixed", "strided"]):
+        l = P.optimal_stride(n, kind, 128, 128)
+        assert n % l == 0 and l % 128 == 0
