@@ -15,20 +15,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def env_from_scheduler(env: dict[str, str]) -> dict[str, str]:
+    """torch.distributed variables (RANK, WORLD_SIZE, LOCAL_RANK, ...) derived from mpirun or srun.
+
+    Returns only what is missing: the deepspeed launcher and torchrun set them already. Open MPI
+    exports OMPI_COMM_WORLD_*, Slurm SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID; MASTER_ADDR must
+    come from the job script (launch/ shows how) unless the job runs on one node.
+    """
+    if "RANK" in env:
+        return {}
+    for rank, size, local in (("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+                              ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
+                              ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")):
+        if rank in env and size in env:
+            out = {"RANK": env[rank], "WORLD_SIZE": env[size], "LOCAL_RANK": env.get(local, "0")}
+            out["MASTER_ADDR"] = env.get("MASTER_ADDR", "127.0.0.1")
+            out["MASTER_PORT"] = env.get("MASTER_PORT", "29500")
+            return out
+    return {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": env.get("MASTER_PORT") or str(_free_port())}
+
+
 def init_distributed() -> tuple[int, int, torch.device]:
     """Start the process group (NCCL on GPUs, gloo on CPU) and return (rank, world size, device).
 
-    Works under the deepspeed launcher, torchrun, mpirun/srun (DeepSpeed discovers MPI ranks) and
+    Works under the deepspeed launcher, torchrun, mpirun and srun (see ``env_from_scheduler``) and
     as a plain single process (the environment is filled in for a world of one).
     """
     import deepspeed
 
-    if not any(k in os.environ for k in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID")):
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.update(env_from_scheduler(dict(os.environ)))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, verbose=False)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():

@@ -1,0 +1,65 @@
+"""Loading a trained run for evaluation and sampling (single process, no DeepSpeed engine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import Config, ConfigError, load_config
+from .metrics import bits_per_byte
+from .model import SparseTransformer
+
+
+def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[Config, SparseTransformer]:
+    """The run's resolved config and its newest checkpoint's weights, in eval mode."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml")
+    model = SparseTransformer(cfg.model)
+    model.load_state_dict(ckpt.latest_model_state(run_dir / "checkpoints"))
+    return cfg, model.to(device).eval()
+
+
+@torch.no_grad()
+def evaluate_bpb(model: SparseTransformer, windows, device) -> tuple[float, int]:
+    """Bits per byte of the model over an iterable of (1, L+1) byte windows; returns (bpb, bytes)."""
+    nats, count = 0.0, 0
+    for batch in windows:
+        batch = batch.to(device).long()
+        nats += float(model(batch[:, :-1], batch[:, 1:])) * batch[:, 1:].numel()
+        count += batch[:, 1:].numel()
+    return bits_per_byte(nats / max(count, 1)), count
+
+
+@torch.no_grad()
+def sample(model: SparseTransformer, prompt: bytes, length: int, temperature: float = 1.0,
+           top_k: int = 0, generator: torch.Generator | None = None, device="cpu") -> bytes:
+    """Generate ``length`` bytes after ``prompt``, one at a time (full recompute over the context).
+
+    The context is right-padded to a block multiple; causality makes the padding invisible.
+    """
+    cfg = model.cfg
+    out = list(prompt) or [0]
+    block = cfg.attention.block
+    for _ in range(length):
+        ctx = out[-cfg.seq_len :]
+        padded = len(ctx) + (-len(ctx)) % block
+        idx = torch.zeros(1, padded, dtype=torch.long, device=device)
+        idx[0, : len(ctx)] = torch.tensor(ctx, device=device)
+        logits = model.head(model.hidden(idx)[0, len(ctx) - 1]).float()
+        out.append(_draw(logits, temperature, top_k, generator))
+    return bytes(out[len(prompt) or 1 :])
+
+
+def _draw(logits: torch.Tensor, temperature: float, top_k: int, generator) -> int:
+    if temperature <= 0:
+        return int(logits.argmax())
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, -1).cpu()
+    return int(torch.multinomial(probs, 1, generator=generator))

@@ -1,0 +1,25 @@
+"""`megastride config CONFIG [--set k=v] [--deepspeed --world-size N]`: print the resolved tree or DeepSpeed JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from megastride.launch.errors import user_errors
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="megastride config", description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--deepspeed", action="store_true", help="print the generated DeepSpeed JSON instead")
+    parser.add_argument("--world-size", type=int, default=1)
+    args = parser.parse_args(argv)
+    with user_errors("megastride config"):
+        from megastride.engine.config import dump_config, load_config
+        from megastride.engine.deepspeed_config import check_zero_options, deepspeed_config
+
+        cfg = load_config(args.config, args.overrides)
+        check_zero_options(cfg)
+    print(json.dumps(deepspeed_config(cfg, args.world_size), indent=2) if args.deepspeed else dump_config(cfg), end="\n")
+    return 0

@@ -1,0 +1,58 @@
+"""Hostfiles for the deepspeed launcher: `HOST slots=N` per line, checked before a job starts.
+
+    python -m megastride.launch.hostfile HOSTFILE     # prints the nodes and slots, or one error line
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+_LINE = re.compile(r"^(?P<host>[A-Za-z0-9_.\-]+)\s+slots\s*=\s*(?P<slots>\S+)$")
+
+
+class HostfileError(ValueError):
+    """A malformed hostfile; the message names the file and line."""
+
+
+def parse_hostfile(path: str | Path) -> dict[str, int]:
+    """{host: slots} in file order; '#' comments and blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise HostfileError(f"hostfile {path} does not exist")
+    hosts: dict[str, int] = {}
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = _LINE.match(line)
+        if not m:
+            raise HostfileError(f"{path}:{number}: expected 'HOST slots=N', got {line!r}")
+        host, slots = m.group("host"), m.group("slots")
+        if not slots.isdigit() or int(slots) < 1:
+            raise HostfileError(f"{path}:{number}: slots must be a positive integer, got {slots!r}")
+        if host in hosts:
+            raise HostfileError(f"{path}:{number}: host {host} is listed twice")
+        hosts[host] = int(slots)
+    if not hosts:
+        raise HostfileError(f"hostfile {path} lists no hosts")
+    return hosts
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m megastride.launch.hostfile HOSTFILE", file=sys.stderr)
+        return 2
+    try:
+        hosts = parse_hostfile(argv[0])
+    except HostfileError as err:
+        print(f"hostfile: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(hosts)} node(s), {sum(hosts.values())} rank(s): " + ", ".join(f"{h}={s}" for h, s in hosts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

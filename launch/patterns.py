@@ -1,0 +1,74 @@
+"""`megastride patterns show|draw SPEC`: inspect a pattern's compressed layout or draw it as a PNG.
+
+    megastride patterns show "fixed(128,32)" --seq-len 12288 --block 128 --heads 8
+    megastride patterns draw "strided(16)" --seq-len 256 --block 16 --out strided.png
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from megastride.launch.errors import user_errors
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="megastride patterns", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["show", "draw"])
+    parser.add_argument("spec", help="layer pattern, e.g. 'fixed(128,32)', 'strided(auto)', 'local(64)|strided_half(64)'")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--block", type=int, default=16)
+    parser.add_argument("--heads", type=int, default=1)
+    parser.add_argument("--head", type=int, default=0, help="head to draw")
+    parser.add_argument("--out", default="pattern.png")
+    parser.add_argument("--scale", type=int, default=0, help="pixels per token (draw; 0 = fit to ~768 px)")
+    return parser.parse_args(argv)
+
+
+def draw(layout, head: int, path: str, scale: int) -> None:
+    """Token mask of one head (white = attended) over a grey block grid; blocks for large n."""
+    import numpy as np
+    from PIL import Image
+
+    n, b = layout.seq_len, layout.block
+    if n > 4096:  # a token picture would be too large: one pixel per block (white full, grey partial)
+        from megastride.kernels.patterns import _rows_of
+
+        grid = np.zeros((n // b, n // b), dtype=np.uint8)
+        for part in [p for p in layout.parts if head in p.heads]:
+            if part.permute_stride is not None:
+                print(f"note: the strided half (permuted by {part.permute_stride}) has no natural block picture; not drawn")
+                continue
+            csr = part.csr[part.head_csr[part.heads.index(head)]]
+            for value, ptr, idx in ((255, csr.row_full_ptr, csr.row_full_idx), (160, csr.row_part_ptr, csr.row_part_idx)):
+                grid[_rows_of(ptr).numpy(), idx.numpy()] = value
+        pixels = grid
+    else:
+        mask = layout.to_dense_mask()[head].numpy()
+        pixels = np.where(mask, 255, 0).astype(np.uint8)
+        pixels[(np.arange(n) % b == 0)[:, None] & ~mask] = 60  # block grid rows
+        pixels[(np.arange(n) % b == 0)[None, :] & ~mask] = 60  # block grid columns
+    scale = scale or max(1, 768 // pixels.shape[0])
+    Image.fromarray(pixels).resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST).save(path)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    with user_errors("megastride patterns"):
+        from megastride.engine.config import ConfigError, layer_pattern
+        from megastride.kernels import build_layout
+
+        try:
+            pattern = layer_pattern(args.spec, args.heads, args.seq_len, args.block)
+            layout = build_layout(pattern, args.seq_len, args.block)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if not 0 <= args.head < args.heads:
+            raise ConfigError(f"--head {args.head} is not one of the {args.heads} heads")
+    if args.action == "show":
+        print(layout.describe())
+        if args.seq_len <= 65536:
+            print(f"density vs causal: {layout.density():.4f}")
+        return 0
+    draw(layout, args.head, args.out, args.scale)
+    print(f"wrote {args.out}")
+    return 0
