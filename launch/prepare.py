@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--test-fraction", type=float, default=0.0, help="tail kept for test, after valid (default 0)")
         s.add_argument("--compressor", default="zstd", choices=["zstd", "zstd1", "lz4", "none"], help="inner chunk compressor (default zstd level 3)")
         s.add_argument("--force", action="store_true", help="replace an existing store")
+        s.add_argument("--if-missing", action="store_true",
+                       help="keep an existing complete store at OUT and exit 0 (for scripts)")
         s.add_argument("--quiet", action="store_true", help="no progress bar")
         if kind == "audio":
             s.add_argument("--sample-rate", type=int, default=12_000, help="output sample rate in Hz (default 12000, as the paper)")
@@ -48,6 +50,9 @@ def _run(args) -> int:
         meta["n_sources"] = len(store.sources)
         print(json.dumps(meta, indent=2))
         return 0
+    if args.if_missing and not args.force and _complete(ds, args.out):
+        print(f"{args.out} already holds a complete store; kept (--if-missing)")
+        return 0
     common = dict(valid_fraction=args.valid_fraction, test_fraction=args.test_fraction,
                   progress=not args.quiet, force=args.force, compressor=args.compressor)
     if args.kind in ("text", "bytes"):
@@ -60,6 +65,15 @@ def _run(args) -> int:
     sizes = ", ".join(f"{k} {v:,}" for k, v in store.split_sizes.items())
     print(f"wrote {out}: {store.modality}, {sizes}" + (f", samples {store.sample_shape}" if store.sample_shape else ""))
     return 0
+
+
+def _complete(ds, out: str) -> bool:
+    """True if OUT opens as a valid store (a half-written or corrupt one is not kept)."""
+    try:
+        ds.open_store(out)
+    except ds.StoreError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,18 @@ import yaml
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """GPU tests are skipped (not faked) where torch sees no CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def text_store(tmp_path_factory) -> str:
     """A bytes store of the standard library's json package (real text, ~100 KB)."""
