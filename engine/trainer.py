@@ -57,6 +57,8 @@ class Trainer:
         check_zero_options(cfg)
         check_data(cfg)
         self.cfg = cfg
+        if cfg.train.precision == "fp16" and not torch.cuda.is_available():
+            raise ConfigError("train.precision=fp16 needs a CUDA GPU (DeepSpeed has no fp16 on CPU); use bf16 or fp32")
         self.rank, self.world, self.device = init_distributed()
         self.ds_config = deepspeed_config(cfg, self.world)
         if self.rank == 0:

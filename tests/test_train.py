@@ -105,3 +105,13 @@ def test_user_errors_are_one_line(tiny_config, tmp_path, override, message):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("megastride train: error: ") and message in lines[-1], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_fp16_on_cpu_is_a_clear_error(tiny_config):
+    """DeepSpeed has no fp16 on CPU: say so in one line instead of a DeepSpeed traceback."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is supported on this machine")
+    proc = train(tiny_config(), "train.precision=fp16", timeout=120)
+    assert proc.returncode == 2 and "fp16 needs a CUDA GPU" in proc.stderr.splitlines()[-1]
