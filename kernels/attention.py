@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from .patterns import Layout
+from .patterns import Dense, Layout
 from .reference import masked_sdpa_attention
 
 
@@ -19,6 +19,10 @@ def _use_triton(q: torch.Tensor) -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("MEGASTRIDE_ATTENTION", "").lower() == "triton"
 
 
+def _is_dense(layout: Layout) -> bool:
+    return all(head.components == (Dense(),) for head in layout.pattern.heads)
+
+
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout,
                      scale: float | None = None) -> torch.Tensor:
     """Causal block-sparse attention of (B, H, T, D) tensors under ``layout``.
@@ -28,6 +32,9 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
     """
     if q.shape[-2] != layout.seq_len:
         raise ValueError(f"inputs have {q.shape[-2]} positions but the layout was built for {layout.seq_len}")
+    if q.is_cuda and _is_dense(layout) and os.environ.get("MEGASTRIDE_ATTENTION", "").lower() != "reference":
+        # plain causal attention: torch's SDPA (FlashAttention) is the kernel to beat, not to redo
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     if _use_triton(q):
         from .blocksparse import blocksparse_attention  # imported lazily: needs triton
 
