@@ -51,6 +51,17 @@ def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return (np.fft.irfft(out, n_out) * (n_out / n)).astype(np.float32)
 
 
+def fit_frames(mono: np.ndarray, frames: int) -> np.ndarray:
+    """Trim or zero-pad a decoded track to the header's frame count, which the store was planned with.
+
+    Ogg Vorbis headers can be off by a few hundred frames from what the decoder yields (seen on
+    Debian's wesnoth music: 0.1 s in a 3.5-minute track); silence at the end is the honest fill.
+    """
+    if len(mono) >= frames:
+        return mono[:frames]
+    return np.concatenate([mono, np.zeros(frames - len(mono), dtype=mono.dtype)])
+
+
 def _probe(path: str, rate: int, split, display) -> Part:
     sf = _soundfile()
     try:
@@ -77,7 +88,7 @@ def write_audio_store(sources: str | Sequence[str], out: str | os.PathLike, samp
     def stream(part: Part) -> Iterator[np.ndarray]:
         data, rate = _soundfile().read(part.path, dtype="float32", always_2d=True)
         mono = data.mean(axis=1)  # (frames,)
-        yield mulaw_encode(resample(mono, rate, sample_rate))
+        yield mulaw_encode(resample(fit_frames(mono, part.extra["frames"]), rate, sample_rate))
 
     extra = {"sample_rate": int(sample_rate), "encoding": "mu-law", "mu": MU}
     return write_store(os.fspath(out), "audio", parts, stream, valid_fraction=valid_fraction,

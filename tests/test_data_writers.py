@@ -231,3 +231,14 @@ def test_prepare_cli_writes_and_reports_errors_in_one_line(tmp_path, capsys):
     assert "not an IDX file" in capsys.readouterr().err
     assert prepare.main(["info", str(tmp_path / "s.zarr")]) == 0
     assert '"modality": "bytes"' in capsys.readouterr().out
+
+
+def test_audio_frames_fit_the_planned_length():
+    """A decoder that yields fewer or more frames than the header is trimmed or padded with silence."""
+    import numpy as np
+
+    from megastride.data_shards.write_audio import fit_frames
+
+    x = np.arange(5, dtype=np.float32)
+    assert fit_frames(x, 3).tolist() == [0, 1, 2]
+    assert fit_frames(x, 7).tolist() == [0, 1, 2, 3, 4, 0, 0]
