@@ -1,0 +1,366 @@
+"""Training-step cost vs sequence length: dense vs fixed vs strided (`megastride bench scaling`).
+
+Each measurement builds the model for one (attention kind, length), runs real optimizer steps --
+forward, backward, gradient clipping, fused AdamW -- in a plain torch loop (bf16 autocast on CUDA,
+every block recomputed in backward as ``train.checkpoint_activations`` says), and records the
+median step time of the timed steps after warm-up, tokens/s, the allocator's peak, MFU and the
+planner's prediction of that peak (``engine.plan``, runtime "torch"). DeepSpeed is not needed.
+
+A series stops at an out-of-memory error, at a length the planner says will not fit, or when the
+series' time budget cannot cover the next length at the step time extrapolated from the last.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import plan as planner
+from .config import Config, ConfigError, config_from_dict, load_config
+from .loglog import plot_loglog, tail_slope
+from .model import SparseTransformer
+from .parallel import apply_activation_checkpointing, build_optimizer
+
+# the SPEC's sweep patterns; fixed: l ~ sqrt(c n) with one summary block (c = the block size)
+KINDS = {"dense": "dense", "fixed": "fixed(auto,{block})", "strided": "strided(auto)"}
+DEFAULT_LENGTHS = (1024, 4096, 16384, 65536, 262144, 1048576)
+SLOPE_FROM = 16384  # slopes are fitted where attention, not per-step overhead, dominates
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# Paper Table 2: each data set's own config at its own context, three attention patterns
+TABLE2 = {
+    "enwik8": ("enwik8.yaml", {"dense": "dense", "fixed": "fixed(128,32)", "strided": "strided(128)"}),
+    "cifar10": ("cifar10.yaml", {"dense": "dense", "fixed": "fixed(96,16)", "strided": "strided(96)"}),
+}
+# --validate-plan: (label, kind, index into the lengths, overrides)
+VALIDATION = (
+    ("fixed", "fixed", 0, []),
+    ("fixed", "fixed", 1, []),
+    ("fixed", "fixed", 2, []),
+    ("strided", "strided", 1, []),
+    ("dense", "dense", 0, []),
+    ("fixed, no recompute", "fixed", 0, ["train.checkpoint_activations=false"]),
+    ("fixed, fp32", "fixed", 0, ["train.precision=fp32"]),
+    ("fixed, 2 sequences", "fixed", 1, ["train.micro_batch_size=2"]),
+)
+VALIDATION_LENGTHS = (12288, 65536, 262144)
+
+
+@dataclass
+class Options:
+    device: str = "cuda"
+    steps: int = 3  # timed steps (the median is reported)
+    warmup: int = 1  # untimed steps first: autotuning, optimizer state allocation
+    budget_s: float = 100.0  # wall time per series
+    memory_fraction: float = 0.95  # skip lengths the planner puts above this share of the GPU
+    batch: int | None = None  # sequences per step (default: the config's micro-batch size)
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class Row:
+    """One measurement (or a skipped one: status says why)."""
+
+    kind: str
+    pattern: str
+    seq_len: int
+    batch: int
+    status: str  # ok | oom | skipped (memory) | skipped (time)
+    step_s: float | None = None
+    tokens_per_s: float | None = None
+    peak_gb: float | None = None
+    plan_gb: float | None = None
+    plan_error_pct: float | None = None
+    mfu: float | None = None
+    tflops: float | None = None
+    density: float | None = None
+    params: int | None = None
+    non_embedding_params: int | None = None
+    layers: int | None = None
+    d_model: int | None = None
+    precision: str = ""
+    recompute: bool | None = None
+    label: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# One measurement
+# ---------------------------------------------------------------------------------------------
+
+
+def config_for(base: Config, spec: str, seq_len: int, overrides: list[str] = ()) -> Config:
+    """``base`` at ``seq_len`` with every layer on ``spec``, run as a plain one-GPU loop."""
+    from .config import apply_overrides
+
+    tree = apply_overrides(base.model_dump(), list(overrides))
+    m = tree["model"]
+    m["seq_len"], m["attention"]["layers"] = seq_len, [spec.format(block=m["attention"]["block"])]
+    if m["embedding"]["kind"] == "image" and math.prod(m["embedding"]["image_shape"]) != seq_len:
+        m["embedding"] = {"kind": "window", "window": "auto", "image_shape": None}
+    tree["train"].update(zero_stage=0, offload_optimizer=False, offload_params=False,
+                         partition_activations=False, cpu_checkpointing=False, compile=False)
+    return config_from_dict(tree, source=f"bench config {spec} at {seq_len}")
+
+
+def _autocast(cfg: Config, device: torch.device):
+    if cfg.train.precision == "fp16":
+        raise ConfigError("bench scaling times bf16 or fp32 steps (fp16 needs loss scaling): set train.precision")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
+
+
+def _train_step(model, optimizer, batch: torch.Tensor, autocast) -> None:
+    with autocast:
+        loss = model(batch[:, :-1], batch[:, 1:])
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(cfg: Config, device: torch.device, batch: int, steps: int, warmup: int) -> tuple[float, float | None]:
+    """(median step seconds, peak allocated bytes over the timed steps or None off CUDA)."""
+    torch.manual_seed(cfg.run.seed)
+    model = SparseTransformer(cfg.model).to(device)
+    apply_activation_checkpointing(model, cfg.train)
+    optimizer = build_optimizer(model, cfg.train, device)
+    data = torch.randint(0, cfg.model.vocab_size, (batch, cfg.model.seq_len + 1), device=device)
+    autocast = _autocast(cfg, device)
+    for _ in range(warmup):
+        _train_step(model, optimizer, data, autocast)
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        _train_step(model, optimizer, data, autocast)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return statistics.median(times), peak
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def predicted(cfg: Config, batch: int) -> planner.Plan:
+    """The planner's view of one bench step (plain torch loop, one GPU)."""
+    return planner.plan(cfg, cfg.model.seq_len, 1, runtime="torch", micro_batch=batch)
+
+
+def _base_row(kind: str, cfg: Config, batch: int, status: str, p: planner.Plan, label: str = "") -> Row:
+    m = cfg.model
+    return Row(kind=kind, pattern=m.attention.layers[0], seq_len=m.seq_len, batch=batch, status=status,
+               plan_gb=p.peak_bytes / planner.GB, density=p.density, params=p.params,
+               non_embedding_params=p.non_embedding_params, layers=m.n_layers, d_model=m.d_model,
+               precision=cfg.train.precision, recompute=cfg.train.checkpoint_activations, label=label or kind)
+
+
+def measure(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
+    """Time one (kind, length) configuration; out-of-memory and plan-says-no become statuses."""
+    device = torch.device(opts.device)
+    batch = opts.batch or cfg.train.micro_batch_size
+    p = predicted(cfg, batch)
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        if p.peak_bytes > opts.memory_fraction * total:
+            return _base_row(kind, cfg, batch, "skipped (memory)", p, label)
+    try:
+        step_s, peak = time_steps(cfg, device, batch, opts.steps, opts.warmup)
+    except torch.cuda.OutOfMemoryError:
+        row = _base_row(kind, cfg, batch, "oom", p, label)
+    else:
+        row = _finish(_base_row(kind, cfg, batch, "ok", p, label), p, step_s, peak)
+    _free(device)
+    return row
+
+
+def _finish(row: Row, p: planner.Plan, step_s: float, peak: float | None) -> Row:
+    row.step_s, row.tokens_per_s = step_s, row.batch * row.seq_len / step_s
+    row.mfu, row.tflops = p.mfu(step_s), p.flops / step_s / 1e12
+    if peak is not None:
+        row.peak_gb = peak / planner.GB
+        row.plan_error_pct = 100.0 * (row.plan_gb - row.peak_gb) / row.peak_gb
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# Series, sweep, Table 2, plan validation
+# ---------------------------------------------------------------------------------------------
+
+
+def _predict_step(done: list[Row], seq_len: int, kind: str) -> float | None:
+    ok = [r for r in done if r.status == "ok"]
+    if not ok:
+        return None
+    slope = tail_slope([r.seq_len for r in ok], [r.step_s for r in ok], SLOPE_FROM) if len(ok) > 1 else None
+    exponent = max(1.0, slope if slope is not None else (2.0 if kind == "dense" else 1.5))
+    return ok[-1].step_s * (seq_len / ok[-1].seq_len) ** exponent
+
+
+def run_series(base: Config, kind: str, spec: str, lengths: list[int], opts: Options) -> list[Row]:
+    """One attention kind over increasing lengths, within the series' time budget."""
+    rows: list[Row] = []
+    start = time.perf_counter()
+    for n in sorted(lengths):
+        cfg = config_for(base, spec, n)
+        guess = _predict_step(rows, n, kind)
+        left = opts.budget_s - (time.perf_counter() - start)
+        if guess is not None and guess * (opts.steps + opts.warmup) > left:
+            batch = opts.batch or cfg.train.micro_batch_size
+            rows.append(_base_row(kind, cfg, batch, "skipped (time)", predicted(cfg, batch)))
+            opts.log(f"{kind:>8} n={n:>9,}: skipped, ~{guess:.1f} s/step would exceed the series budget")
+            continue
+        row = measure(kind, cfg, opts)
+        rows.append(row)
+        opts.log(describe(row))
+        if row.status in ("oom", "skipped (memory)"):
+            break
+    return rows
+
+
+def describe(row: Row) -> str:
+    """One log line per measurement."""
+    head = f"{row.label:>8} n={row.seq_len:>9,} x{row.batch}"
+    plan_gb = "?" if row.plan_gb is None else f"{row.plan_gb:.2f}"
+    if row.status != "ok" or row.step_s is None:
+        return f"{head}: {row.status} (plan {plan_gb} GB)"
+    peak = f"peak {row.peak_gb:.2f} GB " if row.peak_gb is not None else ""
+    err = f" ({row.plan_error_pct:+.1f}%)" if row.plan_error_pct is not None else ""
+    return (f"{head}: {row.step_s:.4f} s/step, {row.tokens_per_s:,.0f} tok/s, MFU {row.mfu:.3f}, "
+            f"{peak}plan {plan_gb} GB{err}")
+
+
+def sweep(base: Config, kinds: list[str], lengths: list[int], opts: Options) -> list[Row]:
+    """Every kind over the lengths; an out-of-memory error ends that kind's series only."""
+    rows = []
+    for kind in kinds:
+        rows += run_series(base, kind, KINDS[kind], lengths, opts)
+    return rows
+
+
+def table2(opts: Options, config_dir: Path = CONFIGS, overrides: list[str] = ()) -> list[Row]:
+    """Paper Table 2's shape: each data set's config at its context, dense vs fixed vs strided."""
+    rows = []
+    for name, (file, specs) in TABLE2.items():
+        base = load_config(config_dir / file, list(overrides))
+        for kind, spec in specs.items():
+            cfg = config_for(base, spec, base.model.seq_len)
+            row = measure(kind, cfg, opts, label=f"{name} {kind}")
+            rows.append(row)
+            opts.log(describe(row))
+    return rows
+
+
+def validate_plan(base: Config, opts: Options, lengths: list[int] = VALIDATION_LENGTHS,
+                  cases=VALIDATION) -> list[Row]:
+    """Measured vs predicted peak memory over configurations differing in length, pattern,
+    recomputation, precision and batch."""
+    rows = []
+    for label, kind, index, overrides in cases:
+        n = lengths[min(index, len(lengths) - 1)]
+        cfg = config_for(base, KINDS[kind], n, overrides)
+        row = measure(kind, cfg, replace(opts, batch=None), label=label)
+        rows.append(row)
+        opts.log(describe(row))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------
+
+
+def slopes(rows: list[Row], min_len: int = SLOPE_FROM) -> dict[str, float | None]:
+    """Fitted log-log slope of step time vs length per kind (over lengths >= min_len if >= 2)."""
+    out = {}
+    for kind in dict.fromkeys(r.kind for r in rows):
+        ok = [r for r in rows if r.kind == kind and r.status == "ok"]
+        out[kind] = tail_slope([r.seq_len for r in ok], [r.step_s for r in ok], min_len) if len(ok) > 1 else None
+    return out
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(Row)])
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+
+
+def write_json(rows: list[Row], path: Path, meta: dict) -> None:
+    path.write_text(json.dumps({"meta": meta, "slopes": slopes(rows), "rows": [asdict(r) for r in rows]}, indent=2))
+
+
+def write_tensorboard(rows: list[Row], log_dir: Path, prefix: str = "scaling") -> None:
+    """Scalars per kind with the sequence length as the step: step_s, tokens_per_s, mfu, peak/plan GB."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(log_dir))
+    for r in (r for r in rows if r.status == "ok"):
+        for key in ("step_s", "tokens_per_s", "mfu", "peak_gb", "plan_gb"):
+            value = getattr(r, key)
+            if value is not None:
+                writer.add_scalar(f"{prefix}/{r.label}/{key}", value, r.seq_len)
+    writer.close()
+
+
+def plot(rows: list[Row], path: Path) -> str:
+    """Log-log step time vs length per kind, fitted slopes in the legend; returns the backend."""
+    fitted = slopes(rows)
+    series = {}
+    for kind, slope in fitted.items():
+        ok = [r for r in rows if r.kind == kind and r.status == "ok"]
+        label = f"{kind} (slope {slope:.2f})" if slope is not None else kind
+        series[label] = ([r.seq_len for r in ok], [r.step_s for r in ok])
+    return plot_loglog(series, str(path), "training step time vs sequence length",
+                       "sequence length (tokens)", "seconds per step")
+
+
+def write_outputs(rows: list[Row], out: Path, name: str, meta: dict, with_plot: bool) -> list[Path]:
+    """CSV, JSON and TensorBoard scalars (and the PNG for sweeps) under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.csv", out / f"{name}.json"]
+    write_csv(rows, paths[0])
+    write_json(rows, paths[1], meta)
+    write_tensorboard(rows, out / "tensorboard", prefix=name)
+    if with_plot:
+        paths.append(out / f"{name}.png")
+        meta["plot_backend"] = plot(rows, paths[-1])
+    return paths
+
+
+def markdown_table(rows: list[Row]) -> str:
+    """The rows as a Markdown table (what goes into docs/scaling.md)."""
+    head = "| config | n | batch | status | s/step | tokens/s | MFU | peak GB | plan GB | plan error |"
+    lines = [head, "|" + "---|" * 10]
+    fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
+    for r in rows:
+        lines.append(f"| {r.label} | {r.seq_len:,} | {r.batch} | {r.status} | {fmt(r.step_s, '.4f')} | "
+                     f"{fmt(r.tokens_per_s, ',.0f')} | {fmt(r.mfu, '.3f')} | {fmt(r.peak_gb, '.2f')} | "
+                     f"{fmt(r.plan_gb, '.2f')} | {fmt(r.plan_error_pct, '+.1f')}{'' if r.plan_error_pct is None else '%'} |")
+    return "\n".join(lines)
+
+
+def environment() -> dict:
+    """What ran the benchmark: torch version and the device."""
+    meta = {"torch": torch.__version__, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if torch.cuda.is_available():
+        meta["gpu"] = torch.cuda.get_device_name()
+    return meta

@@ -1,0 +1,465 @@
+"""Predict per-GPU memory and step FLOPs of a config before queuing it (`megastride plan`).
+
+Everything is arithmetic on the config except two cheap, exact pieces of real data: the parameter
+count (the model built on the ``meta`` device, so it never drifts from ``engine.model``) and the
+attention layouts (``kernels.patterns.build_layout`` at the planned length, for their metadata bytes
+and unmasked pair counts).
+
+Memory is predicted as the bytes the caching allocator has handed out (``max_memory_allocated``)
+at each phase of a step -- forward, loss, the first and the last block of the backward pass, the
+optimizer step -- and the plan's peak is the largest. Two runtimes:
+
+* ``deepspeed`` (``megastride train``): 16-bit weights and gradients with fp32 master weights and
+  Adam moments in the optimizer for bf16/fp16; fp32 everything for fp32. ZeRO stage 1 shards the
+  optimizer states over the data-parallel world, stage 2 also the gradients, stage 3 also the
+  weights; offload moves the optimizer states (and, stage 3, the weights) to host memory.
+* ``torch`` (``megastride bench scaling``): fp32 weights, gradients and AdamW moments, bf16
+  ``torch.autocast`` (which keeps fp32 residuals and casts each matmul input), one GPU.
+
+The per-token byte counts of one residual block follow ``engine.model`` op by op (see
+``block_saved_bytes``); the constants that could not be derived (kernel workspaces, DeepSpeed
+buckets) are named at the top so a calibration against measured peaks is a one-line change.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+
+from .config import Config, ModelConfig, config_from_dict
+
+H200_PEAK_FLOPS = 790e12  # measured bf16 matrix rate of one H200 (SPEC section 3)
+GB = 1e9
+DEEPSPEED_BUCKET = 500_000_000  # elements: DeepSpeed's default reduce/allgather bucket (stages 1-2)
+DEEPSPEED_PREFETCH = 50_000_000  # elements: DeepSpeed's default stage-3 prefetch bucket
+LN_STATS = 8  # bytes per token per LayerNorm: fp32 mean and rstd
+LSE = 4  # bytes per token per head: the fp32 log-sum-exp the attention saves
+RUNTIMES = ("deepspeed", "torch")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters and unmasked pairs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    total: int
+    non_embedding: int  # everything but the byte and position embeddings (the head is a matmul)
+    per_block: int
+
+
+def count_params(model: ModelConfig) -> ParamCount:
+    """Exact parameter counts, from the real model built on the meta device (no memory, no init cost)."""
+    return _count_params_cached(model.model_dump_json())
+
+
+@lru_cache(maxsize=32)
+def _count_params_cached(model_json: str) -> ParamCount:
+    import torch
+
+    from .model import SparseTransformer
+
+    model_cfg = ModelConfig.model_validate_json(model_json)
+    with torch.device("meta"):
+        model = SparseTransformer(model_cfg)
+    per_block = sum(p.numel() for p in model.blocks[0].parameters())
+    return ParamCount(model.num_params(), model.num_params(non_embedding=True), per_block)
+
+
+def _query_counts(component, i):
+    """Allowed keys j <= i of one component, for every query i (an int64 tensor), or None."""
+    from megastride.kernels import patterns as P
+
+    import torch
+
+    if isinstance(component, P.Dense):
+        return i + 1
+    if isinstance(component, P.Local):
+        return torch.clamp(i + 1, max=component.width)
+    if isinstance(component, P.Stride):
+        return i // component.stride + 1
+    if isinstance(component, P.Window):
+        return i % component.size + 1
+    if isinstance(component, P.Summary):
+        m, s, w = i + 1, component.size, component.hi - component.lo
+        return (m // s) * w + torch.clamp(m % s - component.lo, min=0, max=w)
+    return None
+
+
+def _overlap_counts(a, b, i):
+    """Keys both components allow, for the merged pairs the named patterns use, or None."""
+    from megastride.kernels import patterns as P
+
+    import torch
+
+    if isinstance(a, P.Stride):
+        a, b = b, a
+    if isinstance(a, P.Local) and isinstance(b, P.Stride):  # offsets k*l below the local width
+        return torch.minimum(i // b.stride, torch.tensor((a.width - 1) // b.stride)) + 1
+    if isinstance(a, P.Summary):
+        a, b = b, a
+    if isinstance(a, P.Window) and isinstance(b, P.Summary) and a.size == b.size:  # summary slots in own window
+        return torch.clamp(i % a.size + 1 - b.lo, min=0, max=b.hi - b.lo)
+    return None
+
+
+def closed_form_pairs(head, seq_len: int) -> int | None:
+    """Unmasked (i, j) pairs of one head pattern in O(n) arithmetic; None for unions it cannot do.
+
+    Covers one component, or two whose overlap has a formula (strided = local + stride, fixed =
+    window + summary). Agrees with ``Layout.count_pairs`` (tested) and takes milliseconds at 1M.
+    """
+    import torch
+
+    comps = head.components
+    i = torch.arange(seq_len, dtype=torch.int64)
+    if len(comps) == 1:
+        counts = _query_counts(comps[0], i)
+    elif len(comps) == 2:
+        a, b = (_query_counts(c, i) for c in comps)
+        overlap = _overlap_counts(comps[0], comps[1], i)
+        counts = None if a is None or b is None or overlap is None else a + b - overlap
+    else:
+        counts = None
+    return None if counts is None else int(counts.sum())
+
+
+def layer_pairs(pattern, seq_len: int, layout=None) -> list[int]:
+    """Unmasked pairs per head of one layer: closed form where known, else counted from the layout."""
+    out = []
+    for h, head in enumerate(pattern.heads):
+        pairs = closed_form_pairs(head, seq_len)
+        if pairs is None:
+            pairs = layout.count_pairs(h)
+        out.append(pairs)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout metadata
+# ---------------------------------------------------------------------------------------------
+
+
+def dense_layout_nbytes(seq_len: int, block: int) -> int:
+    """Metadata bytes of the dense pattern's layout without building it (quadratic at long n)."""
+    nb = seq_len // block
+    nnz = nb * (nb + 1) // 2
+    return 4 * (nb + 1) * 4 + 2 * nnz * 4  # 4 int32 pointer arrays; row + column int32 indices
+
+
+@dataclass
+class LayoutStats:
+    nbytes: int  # metadata bytes, all layers (each attention module caches its own layout)
+    pairs: list[list[int]]  # per layer, per head
+
+
+def layout_stats(model: ModelConfig, seq_len: int) -> LayoutStats:
+    """Build each distinct layer pattern once at ``seq_len`` for metadata bytes and pair counts."""
+    from megastride.kernels.patterns import Dense, build_layout
+
+    cache: dict = {}
+    nbytes, pairs = 0, []
+    for pattern in model.patterns(seq_len):
+        if pattern not in cache:
+            if all(h.components == (Dense(),) for h in pattern.heads):
+                size, layout = dense_layout_nbytes(seq_len, model.attention.block), None
+            else:
+                layout = build_layout(pattern, seq_len, model.attention.block)
+                size = layout.nbytes
+            cache[pattern] = (size, layer_pairs(pattern, seq_len, layout))
+        nbytes += cache[pattern][0]
+        pairs.append(cache[pattern][1])
+    return LayoutStats(nbytes, pairs)
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs
+# ---------------------------------------------------------------------------------------------
+
+
+def attention_flops(model: ModelConfig, pairs: list[list[int]], sequences: int) -> float:
+    """Forward + backward FLOPs of QK^T and PV over the unmasked pairs: 12 * pairs * d per layer.
+
+    Per head: 2 * pairs * (qk_head + v_head) forward, three times that with backward; this is
+    the issue's 12 * pairs * d * layers when the query-key width equals d.
+    """
+    head_width = (model.qk_width + model.d_model) / model.n_heads
+    return 6.0 * head_width * sequences * sum(sum(layer) for layer in pairs)
+
+
+def step_flops(model: ModelConfig, params: ParamCount, pairs: list[list[int]], seq_len: int, sequences: int) -> float:
+    """MFU numerator: 6 * non-embedding params * tokens + 12 * pairs * d * layers."""
+    return 6.0 * params.non_embedding * seq_len * sequences + attention_flops(model, pairs, sequences)
+
+
+def mfu(flops: float, step_s: float, peak_flops: float = H200_PEAK_FLOPS) -> float:
+    """Model FLOPs utilisation of one step."""
+    return flops / step_s / peak_flops
+
+
+# ---------------------------------------------------------------------------------------------
+# Bytes per element and per token
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Element sizes of one runtime + precision: weights, grads, optimizer state per parameter,
+    the residual stream, matmul inputs/outputs, and whether autocast keeps cast copies."""
+
+    weight: int
+    grad: int
+    optimizer: int  # fp32 master (16-bit only) + Adam m + v
+    residual: int
+    compute: int
+    autocast: bool
+
+
+def precision_of(runtime: str, precision: str) -> Precision:
+    """Element sizes for ``runtime`` (deepspeed | torch) and ``precision`` (fp32 | bf16 | fp16)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
+    if precision == "fp32":
+        return Precision(4, 4, 8, 4, 4, False)
+    if runtime == "torch":  # fp32 weights; autocast: fp32 residuals, 16-bit matmuls
+        return Precision(4, 4, 8, 4, 2, True)
+    return Precision(2, 2, 12, 2, 2, False)
+
+
+def block_saved_bytes(model: ModelConfig, prec: Precision) -> float:
+    """Bytes per token one residual block keeps for its backward pass (engine.model, op by op).
+
+    x1 = x + attn(LN1 x): the residual LN2 saves; LN outputs as matmul inputs (under autocast
+    each of q, k, v saves its own cast copy, fc one); q, k, v as the attention saves them
+    (zero-padded to one head width when query-key and value widths differ); the attention output
+    and its (B, T, D) re-layout for proj; fc output, sigmoid and GELU output; LN statistics, the
+    attention's log-sum-exp, dropout masks.
+    """
+    d, f, c = model.d_model, model.ffn_width, prec.compute
+    ln_inputs = (4 if prec.autocast else 2) * c * d
+    width = _attention_width(model)
+    qkv = c * (2 * model.qk_width + d) if width == d == model.qk_width else 3 * c * width
+    attn_out = c * width + c * d
+    ffn = 3 * c * f
+    stats = 2 * LN_STATS + LSE * model.n_heads + (2 * d if model.dropout > 0 else 0)
+    return prec.residual * d + ln_inputs + qkv + attn_out + ffn + stats
+
+
+def _attention_width(model: ModelConfig) -> int:
+    """Total head width the attention runs at: q, k and v are padded to the wider head."""
+    return max(model.qk_width, model.d_model) // model.n_heads * model.n_heads
+
+
+def attention_workspace_bytes(model: ModelConfig, prec: Precision, seq_len: int) -> float:
+    """Bytes per token the attention backward adds: dq, dk, dv, the fp32 row sums (delta), and for
+    every head of a permuted (strided-half) part the gathered q, k, v, o and its own lse."""
+    d, h, c = model.d_model, model.n_heads, prec.compute
+    permuted_heads = _permuted_heads(model, seq_len)
+    gathered = permuted_heads / h * (4 * c * d) + permuted_heads * LSE
+    return 3 * c * _attention_width(model) + LSE * h + gathered
+
+
+def _permuted_heads(model: ModelConfig, seq_len: int) -> int:
+    from megastride.kernels.patterns import _split_head
+
+    worst = 0
+    for pattern in model.patterns(seq_len)[: len(model.attention.layers)]:
+        worst = max(worst, sum(_split_head(hp, seq_len, model.attention.block)[1] is not None for hp in pattern.heads))
+    return worst
+
+
+def backward_transient_bytes(model: ModelConfig, prec: Precision) -> float:
+    """Bytes per token of gradients in flight inside one block's backward: the residual gradient
+    and its accumulator, and the GELU product's two input gradients (the block's largest moment;
+    the GELU output's own gradient replaces the saved output it frees)."""
+    return 2 * prec.residual * model.d_model + 2 * prec.compute * model.ffn_width
+
+
+def loss_chunk_bytes(model: ModelConfig, prec: Precision, tokens: int) -> float:
+    """The chunked output layer's working set: one chunk's logits, their fp32 copy, log-softmax
+    and its gradient (the chunk is recomputed in backward)."""
+    chunk = min(model.loss_chunk, tokens)
+    return chunk * model.vocab_size * (prec.compute + 4 + 4 + 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """Predicted per-GPU memory (bytes, itemised by phase) and FLOPs of one optimizer step."""
+
+    seq_len: int
+    micro_batch: int
+    grad_accum: int
+    world_size: int
+    runtime: str
+    precision: str
+    zero_stage: int
+    checkpoint_activations: bool
+    params: int
+    non_embedding_params: int
+    phases: dict[str, dict[str, float]]  # phase -> item -> bytes allocated on one GPU
+    cpu: dict[str, float]  # item -> bytes held in host memory per rank (offload)
+    flops: float  # one optimizer step on one GPU (all micro-batches)
+    attention_pairs: int  # unmasked pairs summed over layers and heads, one sequence
+    density: float  # attention_pairs / (layers * heads * n (n + 1) / 2)
+    layout_bytes: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=lambda p: sum(self.phases[p].values()))
+
+    @property
+    def peak_bytes(self) -> float:
+        return sum(self.phases[self.peak_phase].values())
+
+    @property
+    def items(self) -> dict[str, float]:
+        """The itemised bytes at the predicted peak."""
+        return self.phases[self.peak_phase]
+
+    def fits(self, gpu_bytes: float) -> bool:
+        """True if the predicted peak fits in ``gpu_bytes`` of GPU memory."""
+        return self.peak_bytes <= gpu_bytes
+
+    def mfu(self, step_s: float, peak_flops: float = H200_PEAK_FLOPS) -> float:
+        return mfu(self.flops, step_s, peak_flops)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(peak_phase=self.peak_phase, peak_bytes=self.peak_bytes, peak_gb=self.peak_bytes / GB)
+        return out
+
+    def table(self, gpu_bytes: float | None = None) -> str:
+        """Human-readable summary: the peak's items, the other phases, host bytes, FLOPs."""
+        head = (f"plan: n={self.seq_len:,} x {self.micro_batch} seq/micro-batch x {self.grad_accum} accum, "
+                f"world {self.world_size}, {self.runtime} {self.precision}, ZeRO {self.zero_stage}, "
+                f"recompute {'on' if self.checkpoint_activations else 'off'}")
+        lines = [head, f"params {self.params / 1e6:.1f}M ({self.non_embedding_params / 1e6:.1f}M non-embedding); "
+                       f"attention density {self.density:.4f} of causal", "",
+                 f"per-GPU memory at the peak ({self.peak_phase}):"]
+        lines += [f"  {name:<34} {value / GB:10.3f} GB" for name, value in self.items.items() if value]
+        lines.append(f"  {'total':<34} {self.peak_bytes / GB:10.3f} GB")
+        lines.append("other phases: " + ", ".join(
+            f"{p} {sum(v.values()) / GB:.2f} GB" for p, v in self.phases.items() if p != self.peak_phase))
+        if any(self.cpu.values()):
+            lines.append("host memory per rank: " + ", ".join(f"{k} {v / GB:.2f} GB" for k, v in self.cpu.items() if v))
+        tokens = self.seq_len * self.micro_batch * self.grad_accum
+        lines.append(f"step FLOPs per GPU {self.flops:.3e} ({tokens:,} tokens); at MFU 0.45 on an H200: "
+                     f"{self.flops / (0.45 * H200_PEAK_FLOPS):.3f} s/step")
+        if gpu_bytes:
+            verdict = "fits" if self.fits(gpu_bytes) else "does NOT fit"
+            lines.append(f"{verdict} in {gpu_bytes / GB:.0f} GB ({self.peak_bytes / gpu_bytes:.0%} used)")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: str = "deepspeed",
+         micro_batch: int | None = None) -> Plan:
+    """Predict per-GPU memory and step FLOPs of ``cfg`` at ``seq_len`` on ``world_size`` GPUs.
+
+    ``runtime``: "deepspeed" (what ``megastride train`` runs) or "torch" (a plain fp32-weight loop
+    with bf16 autocast and fused AdamW, what ``megastride bench scaling`` runs; ZeRO is ignored).
+    """
+    if world_size < 1:
+        raise ValueError(f"world size must be at least 1, got {world_size}")
+    model = _at_length(cfg, seq_len).model
+    t = cfg.train
+    prec = precision_of(runtime, t.precision)
+    params = count_params(model)
+    stats = layout_stats(model, model.seq_len)
+    batch = micro_batch or t.micro_batch_size
+    weights, cpu = _weight_bytes(cfg, params.total, prec, runtime, world_size)
+    phases = _phases(model, t.checkpoint_activations, prec, params, weights, stats.nbytes, batch * model.seq_len, runtime)
+    pairs = sum(sum(layer) for layer in stats.pairs)
+    causal = model.n_layers * model.n_heads * model.seq_len * (model.seq_len + 1) / 2
+    return Plan(
+        seq_len=model.seq_len, micro_batch=batch, grad_accum=t.grad_accum, world_size=world_size, runtime=runtime,
+        precision=t.precision, zero_stage=t.zero_stage if runtime == "deepspeed" else 0,
+        checkpoint_activations=t.checkpoint_activations, params=params.total,
+        non_embedding_params=params.non_embedding, phases=phases, cpu=cpu,
+        flops=step_flops(model, params, stats.pairs, model.seq_len, batch * t.grad_accum),
+        attention_pairs=pairs, density=pairs / causal, layout_bytes=stats.nbytes, notes=_notes(cfg, runtime, world_size),
+    )
+
+
+def _at_length(cfg: Config, seq_len: int | None) -> Config:
+    """The config with model.seq_len = seq_len (image embeddings become 1-D windows off their size)."""
+    if not seq_len or seq_len == cfg.model.seq_len:
+        return cfg
+    tree = cfg.model_dump()
+    tree["model"]["seq_len"] = seq_len
+    if tree["model"]["embedding"]["kind"] == "image":
+        tree["model"]["embedding"] = {"kind": "window", "window": "auto", "image_shape": None}
+    return config_from_dict(tree, source=f"config at seq_len={seq_len}")
+
+
+def _weight_bytes(cfg: Config, n_params: int, prec: Precision, runtime: str, world: int):
+    """(GPU items, host items): weights, gradients, optimizer states under ZeRO and offload."""
+    t = cfg.train
+    stage = t.zero_stage if runtime == "deepspeed" else 0
+    params, grads, optim = n_params * prec.weight, n_params * prec.grad, n_params * prec.optimizer
+    optim /= world if stage >= 1 else 1
+    grads /= world if stage >= 2 else 1
+    params /= world if stage >= 3 else 1
+    gpu = {"parameters": params, "gradients": grads, "optimizer states": optim, "ZeRO buffers": 0.0}
+    cpu = {"parameters": 0.0, "optimizer states": 0.0}
+    if runtime == "deepspeed" and t.offload_optimizer and stage >= 1:
+        cpu["optimizer states"], gpu["optimizer states"] = optim, 0.0
+    if runtime == "deepspeed" and t.offload_params and stage == 3:
+        cpu["parameters"], gpu["parameters"] = params, 0.0
+    if stage in (1, 2):
+        gpu["ZeRO buffers"] = min(DEEPSPEED_BUCKET, n_params) * prec.grad
+    elif stage == 3:
+        gpu["ZeRO buffers"] = 2 * min(DEEPSPEED_PREFETCH, n_params) * prec.weight
+    return gpu, cpu
+
+
+def _phases(model: ModelConfig, recompute: bool, prec: Precision, params: ParamCount, weights: dict,
+            layout_bytes: int, tokens: int, runtime: str) -> dict[str, dict[str, float]]:
+    """Allocated bytes at forward end, loss backward, first and last block backward, optimizer step."""
+    L, d = model.n_layers, model.d_model
+    resid = tokens * prec.residual * d  # one (B, T, D) residual
+    hidden = tokens * (prec.residual if prec.autocast else prec.compute) * d  # final-LN output
+    block = tokens * block_saved_bytes(model, prec)
+    attn = tokens * attention_workspace_bytes(model, prec, model.seq_len)
+    transient = tokens * backward_transient_bytes(model, prec)
+    chunk = loss_chunk_bytes(model, prec, tokens)
+    cast = 2 * params.total if prec.autocast else 0.0  # bf16 copies of the weights autocast caches
+    grads_persist = runtime == "deepspeed"  # torch: zero_grad(set_to_none) frees them between steps
+    static = {k: v for k, v in weights.items() if k != "gradients"} | {"layouts": float(layout_bytes)}
+    grads = weights["gradients"]
+    kept = (L + 1) * resid if recompute else (L + 1) * resid + L * block
+    first = {"block inputs": L * resid} if recompute else {"saved activations": L * (resid + block)}
+    last = {"block inputs": resid} if recompute else {"saved activations": resid + block}
+    working = {"one block recomputed": block if recompute else 0.0, "attention workspace": attn,
+               "backward transients": transient}
+    def g(fraction: float) -> dict:  # noqa: E306 - gradients present at this moment
+        return {"gradients": grads if grads_persist else grads * fraction}
+    return {
+        "forward": static | g(0) | {"activations": kept + hidden, "loss (chunked)": chunk, "autocast weight copies": cast},
+        "loss backward": static | g(0) | {"activations": kept + 2 * hidden, "loss (chunked)": 2 * chunk,
+                                          "autocast weight copies": 0.0 if recompute else cast},
+        "backward, last block": static | g(0) | first | working | {"autocast weight copies": 0.0 if recompute else cast},
+        "backward, first block": static | g(1) | last | working | {"autocast weight copies": cast / L},
+        "optimizer step": static | g(1),
+    }
+
+
+def _notes(cfg: Config, runtime: str, world: int) -> list[str]:
+    notes = []
+    if runtime == "torch" and (cfg.train.zero_stage or world > 1):
+        notes.append("runtime torch ignores ZeRO and plans one GPU")
+    if runtime == "deepspeed" and cfg.train.zero_stage and world == 1:
+        notes.append("ZeRO on one GPU shards nothing; its buffers still cost memory")
+    return notes

@@ -1,0 +1,120 @@
+"""`megastride bench scaling`: training-step cost vs sequence length, dense vs fixed vs strided.
+
+    megastride bench scaling --device cuda --config configs/enwik8.yaml --out runs/scaling
+    megastride bench scaling --device cuda --table2 --out runs/scaling
+    megastride bench scaling --device cuda --validate-plan --out runs/scaling
+    megastride bench scaling --device cpu --quick --set model.n_layers=2 --set model.d_model=64
+
+Writes scaling.csv/.json/.png (sweep), table2.csv/.json (--table2), plan_check.csv/.json
+(--validate-plan) and TensorBoard scalars under OUT/tensorboard. docs/scaling.md explains the method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from megastride.launch.errors import user_errors
+
+PROG = "megastride bench scaling"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=None, help="model size for the sweep (default: configs/enwik8.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted config override (repeatable); applies to --table2 configs too")
+    p.add_argument("--lengths", default=None, help="comma-separated sequence lengths "
+                   "(sweep default 1024,4096,...,1048576; --validate-plan default 12288,65536,262144)")
+    p.add_argument("--kinds", default="dense,fixed,strided", help="attention kinds of the sweep")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per point (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per point")
+    p.add_argument("--batch", type=int, default=None, help="sequences per step (default: the config's micro-batch)")
+    p.add_argument("--budget-s", type=float, default=100.0, help="wall seconds per sweep series")
+    p.add_argument("--memory-fraction", type=float, default=0.95,
+                   help="skip points the planner puts above this share of GPU memory")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--out", default="runs/scaling", help="output folder")
+    p.add_argument("--quick", action="store_true", help="two short lengths, one timed step: a smoke test")
+    p.add_argument("--table2", action="store_true", help="the paper's Table 2 (enwik8 at 12,288, CIFAR-10 at 3,072)")
+    p.add_argument("--validate-plan", action="store_true", help="measured vs planned peak at 8 configurations")
+    p.add_argument("--all", action="store_true", help="sweep, --table2 and --validate-plan in one run")
+    return p.parse_args(argv)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    from megastride.engine.config import ConfigError
+
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise ConfigError(f"{what} must be positive integers, got {text!r}")
+    return values
+
+
+def _check(args: argparse.Namespace) -> None:
+    import torch
+
+    from megastride.engine.bench_scaling import KINDS
+    from megastride.engine.config import ConfigError
+
+    unknown = [k for k in args.kinds.split(",") if k not in KINDS]
+    if unknown:
+        raise ConfigError(f"--kinds: unknown kind {unknown[0]!r} (known: {', '.join(KINDS)})")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but torch sees no CUDA GPU (use --device cpu for a smoke test)")
+    if args.steps < 1 or args.warmup < 0:
+        raise ConfigError("--steps must be >= 1 and --warmup >= 0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    with user_errors(PROG):
+        from megastride.engine import bench_scaling as B
+        from megastride.engine.config import load_config
+
+        _check(args)
+        base = load_config(args.config or B.CONFIGS / "enwik8.yaml", args.overrides)
+        lengths = _ints(args.lengths, "--lengths") if args.lengths else None
+        opts = B.Options(device=args.device, steps=1 if args.quick else args.steps, warmup=args.warmup,
+                         budget_s=args.budget_s, memory_fraction=args.memory_fraction, batch=args.batch)
+        meta = B.environment() | {"config": str(args.config), "overrides": args.overrides, "device": args.device,
+                                  "steps": opts.steps, "warmup": opts.warmup}
+        out = Path(args.out)
+        sweep = args.all or not (args.table2 or args.validate_plan)
+        if sweep:
+            sweep_lengths = lengths or (list(B.DEFAULT_LENGTHS[:2]) if args.quick else list(B.DEFAULT_LENGTHS))
+            _report(B, B.sweep(base, args.kinds.split(","), sweep_lengths, opts), out, "scaling", meta, True)
+        if args.table2 or args.all:
+            _report(B, B.table2(opts, overrides=args.overrides), out, "table2", meta, False)
+        if args.validate_plan or args.all:
+            rows = B.validate_plan(base, opts, lengths or list(B.VALIDATION_LENGTHS))
+            _report(B, rows, out, "plan_check", meta, False)
+            _plan_verdict(rows)
+    return 0
+
+
+def _report(B, rows, out: Path, name: str, meta: dict, with_plot: bool) -> None:
+    paths = B.write_outputs(rows, out, name, dict(meta), with_plot)
+    print(B.markdown_table(rows))
+    fitted = {k: v for k, v in B.slopes(rows).items() if v is not None}
+    if with_plot and fitted:
+        print("fitted slopes (step time ~ n^slope): " + ", ".join(f"{k} {v:.2f}" for k, v in fitted.items()))
+    print("wrote " + ", ".join(str(p) for p in paths) + f", {out / 'tensorboard'}")
+
+
+def _plan_verdict(rows) -> None:
+    errors = [abs(r.plan_error_pct) for r in rows if r.plan_error_pct is not None]
+    if errors:
+        within = sum(e <= 15 for e in errors)
+        print(f"planner within 15% of the measured peak at {within} of {len(errors)} configurations "
+              f"(worst {max(errors):.1f}%)")
+    else:
+        print("no measured peaks (peak memory is measured on CUDA only)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

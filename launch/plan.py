@@ -1,0 +1,54 @@
+"""`megastride plan CONFIG`: predict per-GPU memory and step FLOPs before queuing a job.
+
+    megastride plan configs/enwik8.yaml --seq-len 1048576 --world-size 8
+    megastride plan configs/enwik8.yaml --set train.zero_stage=2 --set train.offload_optimizer=true --json
+
+Exit status 0 if the plan fits in --gpu-memory-gb, 1 if it does not, 2 for a user error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from megastride.launch.errors import user_errors
+
+PROG = "megastride plan"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. --set train.zero_stage=2 (repeatable)")
+    p.add_argument("--seq-len", type=int, default=None, help="plan at this length (default: model.seq_len)")
+    p.add_argument("--world-size", type=int, default=1, help="data-parallel GPUs (ZeRO shards over them)")
+    p.add_argument("--gpu-memory-gb", type=float, default=141.0, help="memory of one GPU (H200: 141)")
+    p.add_argument("--runtime", choices=["deepspeed", "torch"], default="deepspeed",
+                   help="deepspeed: megastride train; torch: the plain loop of megastride bench scaling")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    with user_errors(PROG):
+        from megastride.engine.config import ConfigError, load_config
+        from megastride.engine.deepspeed_config import check_zero_options
+        from megastride.engine.plan import plan
+
+        if args.world_size < 1 or (args.seq_len is not None and args.seq_len < 1) or args.gpu_memory_gb <= 0:
+            raise ConfigError("--seq-len, --world-size and --gpu-memory-gb must be positive")
+        cfg = load_config(args.config, args.overrides)
+        check_zero_options(cfg)
+        try:
+            result = plan(cfg, args.seq_len, args.world_size, runtime=args.runtime)
+        except ValueError as err:  # e.g. a length the block size does not divide
+            raise ConfigError(str(err).splitlines()[0]) from None
+    gpu_bytes = args.gpu_memory_gb * 1e9
+    print(result.json() if args.json else result.table(gpu_bytes))
+    return 0 if result.fits(gpu_bytes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

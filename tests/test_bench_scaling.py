@@ -1,0 +1,139 @@
+"""`megastride bench scaling` bookkeeping at tiny sizes on CPU: rows, files, slopes, skips, TensorBoard."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from megastride.engine import bench_scaling as B
+from megastride.engine.config import config_from_dict
+from megastride.engine.loglog import fit_slope, plot_loglog, tail_slope
+from megastride.launch.bench_scaling import main as bench_main
+
+TINY = ["model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.attention.block=32",
+        "model.dropout=0.0", "train.precision=fp32"]
+
+
+def tiny_base(precision="fp32"):
+    tree = {"model": {"seq_len": 128, "d_model": 32, "n_layers": 1, "n_heads": 2,
+                      "attention": {"block": 32, "layers": ["fixed(64,16)"]}}, "train": {"precision": precision}}
+    return config_from_dict(tree)
+
+
+def quiet(**kw):
+    return B.Options(device="cpu", steps=1, warmup=1, log=lambda line: None, **kw)
+
+
+def test_fit_slope_recovers_known_exponents():
+    """Least squares on log-log data recovers a power law's exponent and prefactor."""
+    xs = [1024 * 4**k for k in range(6)]
+    for exponent in (1.0, 1.5, 2.0):
+        slope, intercept = fit_slope(xs, [3e-9 * x**exponent for x in xs])
+        assert slope == pytest.approx(exponent) and math.exp(intercept) == pytest.approx(3e-9)
+    noisy = [2e-6 * x**1.5 * (1.0 + 0.02 * (-1) ** k) for k, x in enumerate(xs)]
+    assert fit_slope(xs, noisy)[0] == pytest.approx(1.5, abs=0.02)
+    overhead = [0.05 + 1e-9 * x**2 for x in xs]  # constant overhead bends the short end only
+    assert tail_slope(xs, overhead, 65536) == pytest.approx(2.0, abs=0.1)
+    with pytest.raises(ValueError):
+        fit_slope([1.0], [2.0])
+
+
+def test_sweep_writes_csv_json_png_and_tensorboard(tmp_path, capsys):
+    """A tiny CPU sweep writes one CSV row per (kind, length), slopes, a log-log PNG and TB scalars."""
+    out = tmp_path / "scaling"
+    args = ["--device", "cpu", "--lengths", "64,128,256", "--steps", "1", "--out", str(out)]
+    assert bench_main(args + [x for s in TINY for x in ("--set", s)]) == 0
+    assert "fitted slopes" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out / "scaling.csv")))
+    assert [(r["kind"], int(r["seq_len"])) for r in rows] == [(k, n) for k in B.KINDS for n in (64, 128, 256)]
+    assert all(r["status"] == "ok" and float(r["step_s"]) > 0 and float(r["plan_gb"]) > 0 for r in rows)
+    assert {r["pattern"] for r in rows} == {"dense", "fixed(auto,32)", "strided(auto)"}
+    row = rows[-1]
+    assert float(row["tokens_per_s"]) == pytest.approx(256 / float(row["step_s"]), rel=1e-6)
+    data = json.loads((out / "scaling.json").read_text())
+    assert set(data["slopes"]) == set(B.KINDS) and len(data["rows"]) == 9 and data["meta"]["device"] == "cpu"
+    with Image.open(out / "scaling.png") as img:
+        assert img.size[0] >= 600 and img.format == "PNG"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {f"scaling/{k}/{m}" for k in B.KINDS for m in ("step_s", "tokens_per_s", "mfu", "plan_gb")} <= tags
+    assert [e.step for e in acc.Scalars("scaling/fixed/step_s")] == [64, 128, 256]
+
+
+def test_series_stops_at_oom_and_the_next_series_runs(monkeypatch):
+    """An out-of-memory error ends its series only; the row records it."""
+    def fake(cfg, device, batch, steps, warmup):
+        if cfg.model.seq_len >= 128 and cfg.model.attention.layers[0] == "dense":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return 0.001 * cfg.model.seq_len, None
+
+    monkeypatch.setattr(B, "time_steps", fake)
+    rows = B.sweep(tiny_base(), ["dense", "fixed"], [64, 128, 256], quiet())
+    assert [(r.kind, r.seq_len, r.status) for r in rows] == [
+        ("dense", 64, "ok"), ("dense", 128, "oom"), ("fixed", 64, "ok"), ("fixed", 128, "ok"), ("fixed", 256, "ok")]
+    assert rows[0].mfu > 0 and rows[1].step_s is None
+
+
+def test_time_budget_skips_lengths_it_cannot_afford(monkeypatch):
+    """After the first point, lengths whose extrapolated steps exceed the budget are skipped."""
+    monkeypatch.setattr(B, "time_steps", lambda cfg, *a: (1.0 * (cfg.model.seq_len / 64) ** 2, None))
+    rows = B.run_series(tiny_base(), "dense", "dense", [64, 128, 256], quiet(budget_s=10.0))
+    assert [r.status for r in rows] == ["ok", "ok", "skipped (time)"]  # 2 steps x 4 s fit; 2 x 16 s do not
+    assert B.slopes(rows)["dense"] == pytest.approx(2.0)
+
+
+def test_table2_builds_each_datasets_config_and_pattern(monkeypatch):
+    """Table 2 times enwik8 at 12,288 and CIFAR-10 at 3,072 under dense, fixed and strided."""
+    seen = []
+
+    def fake(kind, cfg, opts, label=""):
+        seen.append((label, cfg.model.seq_len, cfg.model.attention.layers[0], cfg.model.n_layers, cfg.train.zero_stage))
+        return B.Row(kind=kind, pattern="", seq_len=cfg.model.seq_len, batch=1, status="ok", label=label)
+
+    monkeypatch.setattr(B, "measure", fake)
+    rows = B.table2(quiet())
+    assert [s[:3] for s in seen] == [
+        ("enwik8 dense", 12288, "dense"), ("enwik8 fixed", 12288, "fixed(128,32)"), ("enwik8 strided", 12288, "strided(128)"),
+        ("cifar10 dense", 3072, "dense"), ("cifar10 fixed", 3072, "fixed(96,16)"), ("cifar10 strided", 3072, "strided(96)")]
+    assert {s[3] for s in seen[:3]} == {30} and {s[3] for s in seen[3:]} == {128}
+    assert {s[4] for s in seen} == {0} and len(rows) == 6  # a plain loop: no ZeRO
+
+
+def test_validate_plan_covers_distinct_configurations(tmp_path):
+    """--validate-plan measures at least five distinct configurations and records the planner's view."""
+    rows = B.validate_plan(tiny_base("bf16"), quiet(), lengths=[64, 128, 256])
+    keys = {(r.pattern, r.seq_len, r.batch, r.precision, r.recompute) for r in rows}
+    assert len(rows) >= 5 and len(keys) == len(rows)
+    assert all(r.status == "ok" and r.plan_gb > 0 and r.peak_gb is None for r in rows)  # no CUDA peak here
+    assert "| fixed, fp32 |" in B.markdown_table(rows)
+
+
+def test_pil_plot_without_matplotlib(tmp_path, monkeypatch):
+    """The PIL fallback draws a log-log PNG when matplotlib is missing."""
+    import builtins
+
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name.startswith("matplotlib") else real_import(name, *a, **k))
+    path = tmp_path / "p.png"
+    backend = plot_loglog({"a (slope 2.00)": ([1024, 4096], [0.1, 1.6]), "empty": ([], [])}, str(path), "t", "x", "y")
+    assert backend == "pil"
+    with Image.open(path) as img:
+        colors = img.convert("RGB").getcolors(1 << 16)
+    assert len(colors) > 3  # something besides white, black and grid grey was drawn
+
+
+def test_cli_user_errors_are_one_line(capsys):
+    """Bad kinds, lengths or devices exit 2 with one `megastride bench scaling: error:` line."""
+    for args in (["--kinds", "dense,banded"], ["--lengths", "12k"], ["--device", "cuda"] if not torch.cuda.is_available() else ["--steps", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            bench_main(["--device", "cpu", *args] if args[0] != "--device" else args)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("megastride bench scaling: error: ") and "\n" not in err

@@ -1,0 +1,139 @@
+"""The memory and FLOPs planner: exact parameter and layout bytes, ZeRO arithmetic, pair counts."""
+
+import json
+
+import pytest
+import torch
+
+from megastride.engine.config import config_from_dict, layer_pattern
+from megastride.engine.model import SparseTransformer
+from megastride.engine.plan import (
+    GB,
+    closed_form_pairs,
+    count_params,
+    dense_layout_nbytes,
+    layer_pairs,
+    plan,
+    step_flops,
+)
+from megastride.kernels import build_layout
+from megastride.launch.plan import main as plan_main
+
+
+def config(layers=("fixed(64,16)",), model=None, **train):
+    tree = {"model": {"seq_len": 512, "d_model": 64, "n_layers": 3, "n_heads": 4,
+                      "attention": {"block": 32, "layers": list(layers)}, **(model or {})},
+            "train": {"precision": "bf16", **train}}
+    return config_from_dict(tree)
+
+
+def test_param_bytes_match_the_real_model():
+    """Parameter bytes are the real model's element count times the runtime's weight size."""
+    cfg = config(model={"qk_mult": 0.5, "ffn_mult": 2.0})
+    n = sum(p.numel() for p in SparseTransformer(cfg.model).parameters())
+    assert count_params(cfg.model).total == n
+    step = lambda p: p.phases["optimizer step"]  # noqa: E731
+    assert step(plan(cfg, runtime="torch"))["parameters"] == 4 * n  # fp32 weights under autocast
+    assert step(plan(cfg, runtime="deepspeed"))["parameters"] == 2 * n  # bf16 weights
+    ds = step(plan(cfg, runtime="deepspeed"))
+    assert ds["optimizer states"] == 12 * n  # fp32 master + Adam m, v
+    fp32 = step(plan(config(model={"qk_mult": 0.5, "ffn_mult": 2.0}, precision="fp32"), runtime="deepspeed"))
+    assert fp32["optimizer states"] == 8 * n and fp32["gradients"] == 4 * n
+
+
+def test_zero_stages_shard_over_the_world():
+    """Stage 1 shards optimizer states, stage 2 also gradients, stage 3 also weights."""
+    n = count_params(config().model).total
+    for stage, sharded in ((1, {"optimizer states"}), (2, {"optimizer states", "gradients"}),
+                           (3, {"optimizer states", "gradients", "parameters"})):
+        one = plan(config(zero_stage=stage), world_size=1).phases["optimizer step"]
+        eight = plan(config(zero_stage=stage), world_size=8).phases["optimizer step"]
+        for item in ("parameters", "gradients", "optimizer states"):
+            assert eight[item] == pytest.approx(one[item] / (8 if item in sharded else 1)), (stage, item)
+    assert plan(config(zero_stage=0), world_size=8).phases["optimizer step"]["optimizer states"] == 12 * n
+
+
+def test_offload_moves_bytes_to_the_host():
+    """Optimizer offload moves the optimizer states to CPU; stage-3 parameter offload the weights."""
+    base = plan(config(zero_stage=2), world_size=4)
+    off = plan(config(zero_stage=2, offload_optimizer=True), world_size=4)
+    assert off.items["optimizer states"] == 0
+    assert off.cpu["optimizer states"] == base.phases["optimizer step"]["optimizer states"] > 0
+    assert off.peak_bytes < base.peak_bytes
+    both = plan(config(zero_stage=3, offload_optimizer=True, offload_params=True), world_size=4)
+    assert both.items["parameters"] == 0 and both.cpu["parameters"] > 0
+
+
+@pytest.mark.parametrize("spec", ["dense", "local(48)", "strided(64)", "strided(48)", "fixed(64,16)",
+                                  "fixed(128,32)", "fixed(64,16,per_head=2)", "window(64)", "summary(64,16)",
+                                  "stride(32)"])
+def test_closed_form_pairs_equal_block_counting(spec):
+    """The O(n) closed form of unmasked pairs equals counting inside the compressed blocks."""
+    pattern = layer_pattern(spec.replace("stride(", "strided_half("), 2, 768, 32)
+    layout = build_layout(pattern, 768, 32)
+    for h, head in enumerate(pattern.heads):
+        assert closed_form_pairs(head, 768) == layout.count_pairs(h), (spec, h)
+
+
+def test_layer_pairs_falls_back_to_counting():
+    """Unions without a closed form (three components) are counted from the layout."""
+    pattern = layer_pattern("fixed(64,16)+strided(32)", 2, 512, 32)
+    assert closed_form_pairs(pattern.heads[0], 512) is None
+    layout = build_layout(pattern, 512, 32)
+    assert layer_pairs(pattern, 512, layout) == [layout.count_pairs(0), layout.count_pairs(1)]
+
+
+def test_layout_bytes_are_the_models_layouts():
+    """Layout metadata equals the sum over the model's per-layer cached layouts; dense has a closed form."""
+    cfg = config(layers=("fixed(64,16)", "strided(64)", "dense"))
+    model = SparseTransformer(cfg.model)
+    real = sum(b.attn.layout(512, torch.device("cpu")).nbytes for b in model.blocks)
+    assert plan(cfg).layout_bytes == real
+    for n, b in ((512, 32), (4096, 128)):
+        assert dense_layout_nbytes(n, b) == build_layout(layer_pattern("dense", 1, n, b), n, b).nbytes
+
+
+def test_step_flops_match_the_issue_formula():
+    """FLOPs = 6 * non-embedding params * tokens + 12 * unmasked pairs * d * layers (qk width = d)."""
+    cfg = config(micro_batch_size=2, grad_accum=3)
+    p = plan(cfg)
+    layout = build_layout(cfg.model.patterns()[0], 512, 32)
+    pairs = sum(layout.count_pairs(h) for h in range(4)) / 4  # per head, all heads alike
+    tokens = 512 * 2 * 3
+    expected = 6 * SparseTransformer(cfg.model).num_params(non_embedding=True) * tokens + 12 * pairs * 64 * 3 * 6
+    assert p.flops == pytest.approx(expected)
+    assert p.mfu(1.0, peak_flops=p.flops) == pytest.approx(1.0)
+    assert step_flops(cfg.model, count_params(cfg.model), [[0] * 4] * 3, 512, 1) == pytest.approx(
+        6 * count_params(cfg.model).non_embedding * 512)
+
+
+def test_memory_grows_with_length_and_without_recompute():
+    """The peak grows with length and batch, recompute lowers it, and the items sum to the peak."""
+    cfg = config()
+    peaks = [plan(cfg, n, runtime="torch").peak_bytes for n in (512, 2048, 8192)]
+    assert peaks == sorted(peaks) and peaks[-1] > 3 * peaks[0]
+    on, off = plan(cfg, 4096), plan(config(checkpoint_activations=False), 4096)
+    assert off.peak_bytes > on.peak_bytes
+    assert plan(config(micro_batch_size=4), 4096).peak_bytes > on.peak_bytes
+    assert sum(on.items.values()) == on.peak_bytes
+    assert on.fits(on.peak_bytes) and not on.fits(on.peak_bytes - 1)
+    assert plan(cfg, 1 << 16).density < plan(cfg, 512).density  # fixed(64,16): sparser at length
+
+
+def test_plan_cli_table_json_and_exit_codes(tmp_path, capsys):
+    """`megastride plan` prints a table or JSON; 0 if it fits, 1 if not, 2 for user errors."""
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps({"model": {"seq_len": 512, "d_model": 64, "n_layers": 2, "n_heads": 4,
+                                          "attention": {"block": 32, "layers": ["strided(auto)"]}}}))
+    assert plan_main([str(path), "--seq-len", "1024"]) == 0
+    assert "total" in capsys.readouterr().out
+    assert plan_main([str(path), "--json", "--world-size", "2"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["world_size"] == 2 and data["peak_gb"] == pytest.approx(data["peak_bytes"] / GB)
+    assert plan_main([str(path), "--gpu-memory-gb", "0.001"]) == 1
+    for bad in (["--seq-len", "1000"], ["--set", "train.zero_stage=7"], ["--set", "train.offload_params=true"]):
+        with pytest.raises(SystemExit) as exit_:
+            plan_main([str(path), *bad])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("megastride plan: error: ") and "\n" not in err
