@@ -177,8 +177,7 @@ class Trainer:
         return TrainResult(self.step, train_bpb, valid_bpb, Path(cfg.run.dir), tensorboard_dir(cfg))
 
     def _log_train(self, bpb: float, elapsed: float, wait: float, tokens: int) -> None:
-        opt = self.engine.optimizer
-        scale = getattr(opt, "cur_scale", None) or getattr(getattr(opt, "loss_scaler", None), "cur_scale", None)
+        scale = self._loss_scale() if self.cfg.train.precision == "fp16" else None
         norm = self.engine.get_global_grad_norm()
         norm = self._grad_norm if norm is None else norm
         self.metrics.scalars(self.step, {
@@ -199,6 +198,15 @@ class Trainer:
         barrier()
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+    def _loss_scale(self) -> float | None:
+        """The dynamic fp16 loss scale, wherever this DeepSpeed optimizer keeps it."""
+        opt = self.engine.optimizer
+        for holder in (opt, getattr(opt, "loss_scale_config", None), getattr(opt, "loss_scaler", None)):
+            scale = getattr(holder, "cur_scale", None)
+            if isinstance(scale, (int, float)) or torch.is_tensor(scale):
+                return float(scale)
+        return None
 
     def save(self) -> Path:
         state = {"step": self.step, "data": self.loader.state_dict(), "world_size": self.world}
