@@ -282,6 +282,7 @@ class LayoutPart:
     csr: list[BlockCSR]  # unique block structures
     head_csr: tuple[int, ...]  # heads[h] uses csr[head_csr[h]]
     _codes: torch.Tensor | None = field(default=None, repr=False)
+    kernel_cache: dict = field(default_factory=dict, repr=False, compare=False)  # packed metadata, per device
 
     def component_codes(self) -> torch.Tensor:
         """(len(heads), K, 4) int32 table of (kind, a, b, c) per component, KIND_NONE padded."""
@@ -312,6 +313,7 @@ class Layout:
     seq_len: int
     block: int
     parts: list[LayoutPart]
+    kernel_cache: dict = field(default_factory=dict, repr=False, compare=False)  # kernel-side state (op id)
 
     @property
     def num_heads(self) -> int:

@@ -1,0 +1,647 @@
+"""Block-sparse causal attention in Triton over the compressed layouts of ``patterns``.
+
+FlashAttention-2 style: one program per (query tile, batch x head of a part) walks the key blocks of
+its row (the *full* blocks without a mask, then the *partial* ones with the part's token predicate),
+keeping an online softmax in fp32 and saving the log-sum-exp (base 2). The backward pass is a
+delta = rowsum(dO * O) pass, a dQ kernel over the row lists and a dK/dV kernel over the transposed
+(column) lists: every output element is written by exactly one program, so no atomics.
+
+A layout may split a head over several *parts* (the strided pattern: its local half in natural
+order, its strided half on the sequence permuted by i -> (i mod l) * (n / l) + i // l, where keys
+with equal i mod l are neighbours and the tiles are dense). Permuted parts read and write natural
+positions by index arithmetic in the loads (no gather copy). Parts after the first merge into the
+running output through the two log-sum-exps (LOAD_PREV); the backward of every part uses the merged
+lse and delta and adds its gradients to the earlier parts' ones.
+
+All base offsets are int64: B*H*T*D passes 2**31 elements at a few million tokens.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import weakref
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .patterns import Layout, LayoutPart
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+LOG2E = 1.4426950408889634
+_HEAD_DIMS = (16, 32, 64, 128, 256)
+
+# ---------------------------------------------------------------------------------------------
+# Triton kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _natural(p, perm_g, perm_l, PERMUTED: tl.constexpr):
+    """Natural sequence position (int64) of part position p (the inverse of the part's permutation)."""
+    if PERMUTED:
+        return (p % perm_g).to(tl.int64) * perm_l + (p // perm_g).to(tl.int64)
+    else:
+        return p.to(tl.int64)
+
+
+@triton.jit
+def _allowed(i, j, CODES, min_off, NCOMP: tl.constexpr, KINDS: tl.constexpr):
+    """The part's token predicate (``LayoutPart.allows``) on broadcastable 2-D query i and key j positions.
+
+    KINDS has bit (1 << kind) set for each component kind present in the part: the others compile away.
+    """
+    d = i - j
+    ok = d < d  # all False, broadcast shape
+    for m in tl.static_range(NCOMP):
+        kind = tl.load(CODES + 4 * m)
+        a = tl.maximum(tl.load(CODES + 4 * m + 1), 1)  # KIND_NONE padding rows have a = 0
+        if KINDS & 1:  # dense
+            ok = ok | (kind == 0)
+        if KINDS & 2:  # local: i - j < width
+            ok = ok | ((kind == 1) & (d < a))
+        if KINDS & 4:  # stride: (i - j) % l == 0
+            ok = ok | ((kind == 2) & (d % a == 0))
+        if KINDS & 8:  # window: same window of size a
+            ok = ok | ((kind == 3) & (i // a == j // a))
+        if KINDS & 16:  # summary: lo <= j % a < hi
+            r = j % a
+            ok = ok | ((kind == 4) & (r >= tl.load(CODES + 4 * m + 2)) & (r < tl.load(CODES + 4 * m + 3)))
+    return ok & (d >= min_off)
+
+
+@triton.jit
+def _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
+    """One key tile of the online softmax (scores in base-2 units)."""
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+    if MASKED:
+        s = tl.where(ok, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    if MASKED:  # a row may have seen no key yet: keep exp2(-inf - -inf) from making NaN
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_use = m_new
+    p = tl.math.exp2(s - m_use[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL_IDX, PART_PTR, PART_IDX,
+                stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                stride_ob, stride_oh, stride_ot, stride_lb, stride_lh,
+                part_heads, num_blocks, perm_g, perm_l, qk_scale,
+                BUCKET: tl.constexpr, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
+                NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # the last query tiles have the longest rows: start them first
+    tile = tl.num_programs(0) - 1 - tl.program_id(0)
+    row_block = tile // (BLOCK // BLOCK_M)
+    batch = (tl.program_id(1) // part_heads).to(tl.int64)
+    hp = tl.program_id(1) % part_heads
+    head = tl.load(HEADS + hp).to(tl.int64)
+    csr = tl.load(HEAD_CSR + hp)
+    min_off = tl.load(MIN_OFF + hp)
+    codes = CODES + hp * (NCOMP * 4)
+    Q += batch * stride_qb + head * stride_qh
+    K += batch * stride_kb + head * stride_kh
+    V += batch * stride_vb + head * stride_vh
+
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # part coordinates
+    offs_d = tl.arange(0, HEAD_DIM)
+    rows = _natural(offs_m, perm_g, perm_l, PERMUTED)
+    q = tl.load(Q + rows[:, None] * stride_qt + offs_d[None, :])
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    ptr = csr.to(tl.int64) * (num_blocks + 1) + row_block
+
+    for e in range(tl.load(FULL_PTR + ptr), tl.load(FULL_PTR + ptr + 1)):
+        col_block = tl.load(FULL_IDX + e)
+        for s in tl.static_range(BLOCK // BLOCK_N):
+            cols = _natural(col_block * BLOCK + s * BLOCK_N + tl.arange(0, BLOCK_N), perm_g, perm_l, PERMUTED)
+            k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :])
+            v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :])
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, 0, False, DOT_PREC)
+
+    last_row = tile * BLOCK_M + BLOCK_M - 1
+    for e in range(tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)):
+        col_block = tl.load(PART_IDX + e)
+        for s in tl.static_range(BLOCK // BLOCK_N):
+            first_col = col_block * BLOCK + s * BLOCK_N
+            if first_col <= last_row - min_off:  # skip sub-tiles wholly above the (shifted) diagonal
+                offs_n = first_col + tl.arange(0, BLOCK_N)
+                cols = _natural(offs_n, perm_g, perm_l, PERMUTED)
+                k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :])
+                v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :])
+                ok = _allowed(offs_m[:, None], offs_n[None, :], codes, min_off, NCOMP, KINDS)
+                acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, True, DOT_PREC)
+
+    empty = l_i == 0.0  # rows with no key in this part: lse = -inf, output 0
+    lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+    o = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse_ptrs = LSE + batch * stride_lb + head * stride_lh + rows
+    o_ptrs = O + batch * stride_ob + head * stride_oh + rows[:, None] * stride_ot + offs_d[None, :]
+    if LOAD_PREV:  # merge with the earlier parts of this head through the two log-sum-exps
+        lse_prev = tl.load(lse_ptrs)
+        top = tl.maximum(lse_prev, lse)
+        top = tl.where(top == float("-inf"), 0.0, top)
+        w_prev = tl.math.exp2(lse_prev - top)
+        w_new = tl.math.exp2(lse - top)
+        total = w_prev + w_new
+        o = (tl.load(o_ptrs) * w_prev[:, None] + o * w_new[:, None]) / tl.where(total == 0.0, 1.0, total)[:, None]
+        lse = tl.where(total == 0.0, float("-inf"), top + tl.math.log2(tl.where(total == 0.0, 1.0, total)))
+    tl.store(o_ptrs, o.to(O.dtype.element_ty))
+    tl.store(lse_ptrs, lse)
+
+
+@triton.jit
+def _delta_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_ot, stride_db, stride_dh, stride_dt,
+                  stride_lb, stride_lh, heads, seq_len, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
+    """delta = rowsum(dO * O) in fp32, the softmax backward's per-row constant."""
+    batch = (tl.program_id(1) // heads).to(tl.int64)
+    head = (tl.program_id(1) % heads).to(tl.int64)
+    offs_t = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_d = tl.arange(0, HEAD_DIM)
+    live = offs_t < seq_len
+    o = tl.load(O + batch * stride_ob + head * stride_oh + offs_t[:, None] * stride_ot + offs_d[None, :],
+                mask=live[:, None], other=0.0)
+    do = tl.load(DO + batch * stride_db + head * stride_dh + offs_t[:, None] * stride_dt + offs_d[None, :],
+                 mask=live[:, None], other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + batch * stride_lb + head * stride_lh + offs_t, delta, mask=live)
+
+
+@triton.jit
+def _dq_step(dq, q, do, k, v, lse, delta, qk_scale, ok, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+    p = tl.math.exp2(s - lse[:, None])
+    if MASKED:
+        p = tl.where(ok, p, 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+    ds = p * (dp - delta[:, None])
+    return dq + tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+                   FULL_PTR, FULL_IDX, PART_PTR, PART_IDX,
+                   stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                   stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
+                   part_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
+                   BUCKET: tl.constexpr, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
+                   NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    tile = tl.num_programs(0) - 1 - tl.program_id(0)
+    row_block = tile // (BLOCK // BLOCK_M)
+    batch = (tl.program_id(1) // part_heads).to(tl.int64)
+    hp = tl.program_id(1) % part_heads
+    head = tl.load(HEADS + hp).to(tl.int64)
+    csr = tl.load(HEAD_CSR + hp)
+    min_off = tl.load(MIN_OFF + hp)
+    codes = CODES + hp * (NCOMP * 4)
+    K += batch * stride_kb + head * stride_kh
+    V += batch * stride_vb + head * stride_vh
+
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    rows = _natural(offs_m, perm_g, perm_l, PERMUTED)
+    q = tl.load(Q + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qt + offs_d[None, :])
+    do = tl.load(DO + batch * stride_dob + head * stride_doh + rows[:, None] * stride_dot + offs_d[None, :])
+    lse = tl.load(LSE + batch * stride_lb + head * stride_lh + rows)
+    delta = tl.load(DELTA + batch * stride_lb + head * stride_lh + rows)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    ptr = csr.to(tl.int64) * (num_blocks + 1) + row_block
+
+    for e in range(tl.load(FULL_PTR + ptr), tl.load(FULL_PTR + ptr + 1)):
+        col_block = tl.load(FULL_IDX + e)
+        for s in tl.static_range(BLOCK // BLOCK_N):
+            cols = _natural(col_block * BLOCK + s * BLOCK_N + tl.arange(0, BLOCK_N), perm_g, perm_l, PERMUTED)
+            k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :])
+            v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :])
+            dq = _dq_step(dq, q, do, k, v, lse, delta, qk_scale, 0, False, DOT_PREC)
+
+    last_row = tile * BLOCK_M + BLOCK_M - 1
+    for e in range(tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)):
+        col_block = tl.load(PART_IDX + e)
+        for s in tl.static_range(BLOCK // BLOCK_N):
+            first_col = col_block * BLOCK + s * BLOCK_N
+            if first_col <= last_row - min_off:
+                offs_n = first_col + tl.arange(0, BLOCK_N)
+                cols = _natural(offs_n, perm_g, perm_l, PERMUTED)
+                k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :])
+                v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :])
+                ok = _allowed(offs_m[:, None], offs_n[None, :], codes, min_off, NCOMP, KINDS)
+                dq = _dq_step(dq, q, do, k, v, lse, delta, qk_scale, ok, True, DOT_PREC)
+
+    dq_ptrs = DQ + batch * stride_dqb + head * stride_dqh + rows[:, None] * stride_dqt + offs_d[None, :]
+    dq = dq * sm_scale
+    if LOAD_PREV:
+        dq += tl.load(dq_ptrs)
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty))
+
+
+@triton.jit
+def _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, ok, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
+    st = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # (keys, queries)
+    pt = tl.math.exp2(st - lse[None, :])
+    if MASKED:
+        pt = tl.where(ok, pt, 0.0)
+    dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PREC)
+    dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+    dst = pt * (dpt - delta[None, :])
+    dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PREC)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+                     FULL_PTR, FULL_IDX, PART_PTR, PART_IDX,
+                     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                     stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
+                     stride_dvb, stride_dvh, stride_dvt, stride_lb, stride_lh,
+                     part_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
+                     BUCKET: tl.constexpr, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
+                     NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # one program per key tile of BLOCK_N keys; query tiles of BLOCK_M rows from the column lists
+    tile = tl.program_id(0)  # the first key blocks have the longest columns: they start first
+    col_block = tile // (BLOCK // BLOCK_N)
+    batch = (tl.program_id(1) // part_heads).to(tl.int64)
+    hp = tl.program_id(1) % part_heads
+    head = tl.load(HEADS + hp).to(tl.int64)
+    csr = tl.load(HEAD_CSR + hp)
+    min_off = tl.load(MIN_OFF + hp)
+    codes = CODES + hp * (NCOMP * 4)
+    Q += batch * stride_qb + head * stride_qh
+    DO += batch * stride_dob + head * stride_doh
+    LSE += batch * stride_lb + head * stride_lh
+    DELTA += batch * stride_lb + head * stride_lh
+
+    offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    cols = _natural(offs_n, perm_g, perm_l, PERMUTED)
+    k = tl.load(K + batch * stride_kb + head * stride_kh + cols[:, None] * stride_kt + offs_d[None, :])
+    v = tl.load(V + batch * stride_vb + head * stride_vh + cols[:, None] * stride_vt + offs_d[None, :])
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    ptr = csr.to(tl.int64) * (num_blocks + 1) + col_block
+
+    for e in range(tl.load(FULL_PTR + ptr), tl.load(FULL_PTR + ptr + 1)):
+        row_block = tl.load(FULL_IDX + e)
+        for s in tl.static_range(BLOCK // BLOCK_M):
+            rows = _natural(row_block * BLOCK + s * BLOCK_M + tl.arange(0, BLOCK_M), perm_g, perm_l, PERMUTED)
+            q = tl.load(Q + rows[:, None] * stride_qt + offs_d[None, :])
+            do = tl.load(DO + rows[:, None] * stride_dot + offs_d[None, :])
+            lse = tl.load(LSE + rows)
+            delta = tl.load(DELTA + rows)
+            dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, 0, False, DOT_PREC)
+
+    first_col = tile * BLOCK_N
+    for e in range(tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)):
+        row_block = tl.load(PART_IDX + e)
+        for s in tl.static_range(BLOCK // BLOCK_M):
+            first_row = row_block * BLOCK + s * BLOCK_M
+            if first_row + BLOCK_M - 1 - min_off >= first_col:  # skip sub-tiles wholly above the diagonal
+                offs_m = first_row + tl.arange(0, BLOCK_M)
+                rows = _natural(offs_m, perm_g, perm_l, PERMUTED)
+                q = tl.load(Q + rows[:, None] * stride_qt + offs_d[None, :])
+                do = tl.load(DO + rows[:, None] * stride_dot + offs_d[None, :])
+                lse = tl.load(LSE + rows)
+                delta = tl.load(DELTA + rows)
+                ok = _allowed(offs_m[None, :], offs_n[:, None], codes, min_off, NCOMP, KINDS)  # (keys, queries)
+                dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, ok, True, DOT_PREC)
+
+    dk_ptrs = DK + batch * stride_dkb + head * stride_dkh + cols[:, None] * stride_dkt + offs_d[None, :]
+    dv_ptrs = DV + batch * stride_dvb + head * stride_dvh + cols[:, None] * stride_dvt + offs_d[None, :]
+    dk = dk * sm_scale
+    if LOAD_PREV:
+        dk += tl.load(dk_ptrs)
+        dv += tl.load(dv_ptrs)
+    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty))
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty))
+
+
+# --- autotuning: configs declared once per kernel, pruned to the layout's block and head dim ------
+
+_TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_PREV"]
+
+
+def _tiles(values):
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in values]
+
+
+# (BLOCK_M, BLOCK_N, warps, stages); BLOCK_M is the program's tile in the forward and dQ kernels, the
+# inner (query) sub-tile in dK/dV; entries larger than the layout block are pruned.
+_FWD_TILES = _tiles([(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 3)])
+_DQ_TILES = _tiles([(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 4)])
+_DKDV_TILES = _tiles([(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 4)])
+
+
+def _prune(configs, named_args, **kwargs):
+    block, head_dim = kwargs["BLOCK"], kwargs["HEAD_DIM"]
+    keep = [c for c in configs if c.kwargs["BLOCK_M"] <= block and c.kwargs["BLOCK_N"] <= block]
+    if head_dim > 128:
+        keep = [c for c in keep if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64] or keep
+    return keep or [triton.Config({"BLOCK_M": block, "BLOCK_N": block}, num_warps=4, num_stages=2)]
+
+
+def _autotuned(kernel, configs, outputs):
+    # outputs are restored between trials: parts after the first accumulate into them
+    return triton.autotune(configs=configs, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune},
+                           restore_value=outputs)(kernel)
+
+
+_fwd_tuned = _autotuned(_fwd_kernel, _FWD_TILES, ["O", "LSE"])
+_dq_tuned = _autotuned(_bwd_dq_kernel, _DQ_TILES, ["DQ"])
+_dkdv_tuned = _autotuned(_bwd_dkdv_kernel, _DKDV_TILES, ["DK", "DV"])
+
+
+# Tests set this to fill every output buffer with NaN first: proves the kernels write each element.
+POISON = False
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    return torch.full(shape, float("nan"), dtype=dtype, device=device) if POISON else torch.empty(shape, dtype=dtype, device=device)
+
+
+def _fixed_tiles(block: int) -> dict | None:
+    """Tiles without autotuning: under the interpreter (no timing there) or when forced for a test.
+
+    MEGASTRIDE_BLOCKSPARSE_TILES="M,N" forces the tiles; the interpreter default uses half-block
+    sub-tiles so the tests exercise the sub-tiling paths.
+    """
+    forced = os.environ.get("MEGASTRIDE_BLOCKSPARSE_TILES")
+    if forced:
+        m, n = (min(int(x), block) for x in forced.split(","))
+        return {"BLOCK_M": m, "BLOCK_N": n, "num_warps": 4, "num_stages": 2}
+    if _INTERPRET:
+        half = max(16, block // 2)
+        return {"BLOCK_M": half, "BLOCK_N": half}
+    return None
+
+
+def _bucket(seq_len: int) -> int:
+    """Autotuning bucket of a sequence length: long runs share one entry instead of re-tuning per length."""
+    return 0 if seq_len <= 8192 else 1 if seq_len <= 65536 else 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _PartMeta:
+    """A part's layout packed for the kernels on one device (built once per layout and device)."""
+
+    heads: torch.Tensor  # (Hp,) int32 head index in the layer
+    head_csr: torch.Tensor  # (Hp,) int32 which packed CSR the head uses
+    min_off: torch.Tensor  # (Hp,) int32
+    codes: torch.Tensor  # (Hp, NCOMP, 4) int32
+    lists: dict[str, torch.Tensor]  # row_full_ptr ... col_part_idx, CSRs concatenated
+    ncomp: int
+    kinds: int
+    perm_g: int
+    perm_l: int
+
+    @property
+    def permuted(self) -> bool:
+        return self.perm_l > 1
+
+
+def _pack_lists(part: LayoutPart, device) -> dict[str, torch.Tensor]:
+    """Concatenate the part's unique CSRs (pointers rebased) so one launch serves every head."""
+    names = ["row_full", "row_part", "col_full", "col_part"]
+    out = {}
+    for name in names:
+        ptrs = [getattr(c, f"{name}_ptr").to(device) for c in part.csr]
+        idxs = [getattr(c, f"{name}_idx").to(device) for c in part.csr]
+        if len(part.csr) == 1:  # the common uniform-head case: no copy
+            ptr, idx = ptrs[0], idxs[0]
+        else:
+            base = torch.tensor([0] + [i.numel() for i in idxs[:-1]], device=device).cumsum(0)
+            ptr = torch.cat([p + b for p, b in zip(ptrs, base.to(torch.int32))])
+            idx = torch.cat(idxs)
+        out[f"{name}_ptr"] = ptr.to(torch.int32).contiguous()
+        out[f"{name}_idx"] = (idx if idx.numel() else torch.zeros(1, dtype=torch.int32, device=device)).contiguous()
+    return out
+
+
+def _part_meta(part: LayoutPart, n: int, device: torch.device) -> _PartMeta:
+    key = ("blocksparse", str(device))
+    if key not in part.kernel_cache:
+        codes = part.component_codes()
+        kinds = 0
+        for kind in codes[..., 0].unique().tolist():
+            kinds |= (1 << kind) if kind >= 0 else 0
+        as_i32 = lambda x: torch.tensor(x, dtype=torch.int32, device=device)  # noqa: E731
+        part.kernel_cache[key] = _PartMeta(
+            heads=as_i32(part.heads), head_csr=as_i32(part.head_csr), min_off=as_i32(part.min_offset),
+            codes=codes.to(device).contiguous(), lists=_pack_lists(part, device), ncomp=codes.shape[1], kinds=kinds,
+            perm_g=n // part.permute_stride if part.permute_stride else 1, perm_l=part.permute_stride or 1,
+        )
+    return part.kernel_cache[key]
+
+
+def _strides(*tensors) -> list[int]:
+    return [s for t in tensors for s in t.stride()[:3]]
+
+
+def _launch(tuned, kernel, grid, args, consts):
+    tiles = _fixed_tiles(consts["BLOCK"])
+    if tiles is None:
+        tuned[grid](*args, **consts)
+    else:
+        kernel[grid](*args, **consts, **tiles)
+
+
+def _common(layout: Layout, meta: _PartMeta, q: torch.Tensor, load_prev: bool) -> dict:
+    return dict(BUCKET=_bucket(layout.seq_len), BLOCK=layout.block, HEAD_DIM=q.shape[-1], PERMUTED=meta.permuted,
+                NCOMP=meta.ncomp, KINDS=meta.kinds, LOAD_PREV=load_prev,
+                DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
+
+
+def _check_inputs(q, k, v, layout: Layout) -> None:
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"q, k, v must share one (B, H, T, D) shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"q, k, v must share one dtype of float16, bfloat16, float32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v are on different devices: {q.device}, {k.device}, {v.device}")
+    _, heads, seq_len, head_dim = q.shape
+    if seq_len != layout.seq_len or heads != layout.num_heads:
+        raise ValueError(f"inputs have {heads} heads x {seq_len} positions; the layout is for "
+                         f"{layout.num_heads} heads x {layout.seq_len}")
+    if head_dim not in _HEAD_DIMS:
+        raise ValueError(f"head dim {head_dim} is not one of {_HEAD_DIMS} (blocksparse_attention pads others)")
+    if layout.block < 16 or layout.block & (layout.block - 1):
+        raise ValueError(f"the kernels need a power-of-two block of at least 16, got {layout.block}")
+    for t in (q, k, v):
+        if t.stride(-1) != 1:
+            raise ValueError("q, k, v must be contiguous in the head dim")
+
+
+def _schedule(layout: Layout):
+    """(part, load_prev, fresh heads) per launch: heads seen in an earlier part accumulate."""
+    seen: set[int] = set()
+    for part in layout.parts:
+        prev = [h in seen for h in part.heads]
+        yield part, any(prev), [h for h, p in zip(part.heads, prev) if not p]
+        seen.update(part.heads)
+    if len(seen) != layout.num_heads:
+        raise ValueError(f"layout covers heads {sorted(seen)} of {layout.num_heads}")
+
+
+def _accumulates(layout: Layout) -> bool:
+    heads = [h for p in layout.parts for h in p.heads]
+    return len(heads) != len(set(heads))
+
+
+def _forward(q, k, v, layout: Layout, scale: float):
+    """(out, lse in base 2) of block-sparse attention; out in q's dtype, lse (B, H, T) fp32."""
+    _check_inputs(q, k, v, layout)
+    batch, heads, seq_len, head_dim = q.shape
+    multi = _accumulates(layout)
+    out = _empty(q.shape, torch.float32 if multi else q.dtype, q.device)
+    lse = _empty((batch, heads, seq_len), torch.float32, q.device)
+    for part, load_prev, fresh in _schedule(layout):
+        meta = _part_meta(part, seq_len, q.device)
+        if load_prev and fresh:  # heads that start in this merging part merge with "nothing yet"
+            out[:, fresh] = 0.0
+            lse[:, fresh] = float("-inf")
+        lists = meta.lists
+        args = (q, k, v, out, lse, meta.heads, meta.head_csr, meta.min_off, meta.codes,
+                lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
+                *_strides(q, k, v, out), lse.stride(0), lse.stride(1),
+                len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E)
+        grid = lambda m: (seq_len // m["BLOCK_M"], batch * len(part.heads))  # noqa: E731
+        _launch(_fwd_tuned, _fwd_kernel, grid, args, _common(layout, meta, q, load_prev))
+    return (out.to(q.dtype) if multi else out), lse
+
+
+def _backward(do, q, k, v, out, lse, layout: Layout, scale: float):
+    """(dq, dk, dv) given the merged output and lse of ``_forward``."""
+    batch, heads, seq_len, head_dim = q.shape
+    do = do if do.stride(-1) == 1 else do.contiguous()
+    delta = _empty(lse.shape, torch.float32, lse.device)
+    block_t = 64
+    _delta_kernel[(triton.cdiv(seq_len, block_t), batch * heads)](
+        out, do, delta, *_strides(out, do), delta.stride(0), delta.stride(1), heads, seq_len,
+        HEAD_DIM=head_dim, BLOCK_T=block_t)
+    grad_dtype = torch.float32 if _accumulates(layout) else q.dtype
+    dq, dk, dv = (_empty(q.shape, grad_dtype, q.device) for _ in range(3))
+    for part, load_prev, fresh in _schedule(layout):
+        meta = _part_meta(part, seq_len, q.device)
+        if load_prev and fresh:
+            for g in (dq, dk, dv):
+                g[:, fresh] = 0.0
+        lists = meta.lists
+        consts = _common(layout, meta, q, load_prev)
+        common = (len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E, scale)
+        args = (q, k, v, do, dq, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
+                lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
+                *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *common)
+        grid = lambda m: (seq_len // m["BLOCK_M"], batch * len(part.heads))  # noqa: E731
+        _launch(_dq_tuned, _bwd_dq_kernel, grid, args, consts)
+        args = (q, k, v, do, dk, dv, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
+                lists["col_full_ptr"], lists["col_full_idx"], lists["col_part_ptr"], lists["col_part_idx"],
+                *_strides(q, k, v, do, dk, dv), lse.stride(0), lse.stride(1), *common)
+        grid = lambda m: (seq_len // m["BLOCK_N"], batch * len(part.heads))  # noqa: E731
+        _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, args, consts)
+    return tuple(g.to(q.dtype) for g in (dq, dk, dv))
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd: a torch.library custom op (so torch.compile traces through it) with its backward
+# ---------------------------------------------------------------------------------------------
+
+# Layouts are Python objects: the op takes an int id, resolved here. Weak values: a dropped
+# layout frees its metadata; ids are never reused, so a compiled graph cannot pick up another one.
+_LAYOUTS: "weakref.WeakValueDictionary[int, Layout]" = weakref.WeakValueDictionary()
+_NEXT_ID = itertools.count(1)
+
+
+def layout_id(layout: Layout) -> int:
+    """The registry id of ``layout`` (assigned on first use)."""
+    if "op_id" not in layout.kernel_cache:
+        layout.kernel_cache["op_id"] = next(_NEXT_ID)
+        _LAYOUTS[layout.kernel_cache["op_id"]] = layout
+    return layout.kernel_cache["op_id"]
+
+
+def _layout(key: int) -> Layout:
+    try:
+        return _LAYOUTS[key]
+    except KeyError:
+        raise RuntimeError(f"block-sparse layout {key} was freed while an op still refers to it") from None
+
+
+@torch.library.custom_op("megastride::blocksparse_fwd", mutates_args=())
+def blocksparse_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: int,
+                    scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse base 2) of block-sparse attention under registered layout ``layout``."""
+    return _forward(q, k, v, _layout(layout), scale)
+
+
+@blocksparse_fwd.register_fake
+def _(q, k, v, layout, scale):
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("megastride::blocksparse_bwd", mutates_args=())
+def blocksparse_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                    lse: torch.Tensor, layout: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) of ``blocksparse_fwd``."""
+    return _backward(do, q, k, v, out, lse, _layout(layout), scale)
+
+
+@blocksparse_bwd.register_fake
+def _(do, q, k, v, out, lse, layout, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, layout, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.layout, ctx.scale = layout, scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward_op(ctx, grad_out, grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = blocksparse_bwd(grad_out, q, k, v, out, lse, ctx.layout, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+blocksparse_fwd.register_autograd(_backward_op, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public function
+# ---------------------------------------------------------------------------------------------
+
+
+def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout,
+                          scale: float | None = None) -> torch.Tensor:
+    """Causal block-sparse attention of (B, H, T, D) tensors under ``layout``; differentiable.
+
+    Equals ``reference_attention(q, k, v, layout)`` (rows without keys give 0). fp16, bf16 and fp32;
+    head dims other than 16/32/64/128/256 are zero-padded (exact: q.k and the output are unchanged).
+    """
+    head_dim = q.shape[-1]
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    width = next((d for d in _HEAD_DIMS if d >= head_dim), None)
+    if width is None:
+        raise ValueError(f"head dim {head_dim} is larger than the kernels' {_HEAD_DIMS[-1]}")
+    if width != head_dim:
+        pad = lambda t: torch.nn.functional.pad(t, (0, width - head_dim))  # noqa: E731
+        return blocksparse_attention(pad(q), pad(k), pad(v), layout, scale)[..., :head_dim]
+    out, _ = blocksparse_fwd(q, k, v, layout_id(layout), scale)
+    return out
