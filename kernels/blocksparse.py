@@ -91,28 +91,34 @@ def _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, MASKED: tl.constexpr, DOT_PR
     return acc, l_i, m_new
 
 
-@triton.jit
-def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL_IDX, PART_PTR, PART_IDX,
+_NO_SPECIALIZE = ["part_heads", "batch_heads", "num_blocks", "perm_g", "perm_l", "BUCKET"]
+
+
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
+def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER,
                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                 stride_ob, stride_oh, stride_ot, stride_lb, stride_lh,
-                part_heads, num_blocks, perm_g, perm_l, qk_scale,
-                BUCKET: tl.constexpr, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
+                part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale,
+                BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
                 NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # the last query tiles have the longest rows: start them first
-    tile = tl.num_programs(0) - 1 - tl.program_id(0)
-    row_block = tile // (BLOCK // BLOCK_M)
-    batch = (tl.program_id(1) // part_heads).to(tl.int64)
-    hp = tl.program_id(1) % part_heads
+    # one program per (query tile, batch x head); heads vary fastest and the query blocks come in
+    # ORDER (longest row first) so the heaviest tiles of every head start first
+    bh = tl.program_id(0) % batch_heads
+    tile = tl.program_id(0) // batch_heads
+    batch = (bh // part_heads).to(tl.int64)
+    hp = bh % part_heads
     head = tl.load(HEADS + hp).to(tl.int64)
     csr = tl.load(HEAD_CSR + hp)
+    row_block = tl.load(ORDER + csr.to(tl.int64) * num_blocks + tile // (BLOCK // BLOCK_M))
+    first_row = row_block * BLOCK + (tile % (BLOCK // BLOCK_M)) * BLOCK_M
     min_off = tl.load(MIN_OFF + hp)
     codes = CODES + hp * (NCOMP * 4)
     Q += batch * stride_qb + head * stride_qh
     K += batch * stride_kb + head * stride_kh
     V += batch * stride_vb + head * stride_vh
 
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # part coordinates
+    offs_m = first_row + tl.arange(0, BLOCK_M)  # part coordinates
     offs_d = tl.arange(0, HEAD_DIM)
     rows = _natural(offs_m, perm_g, perm_l, PERMUTED)
     q = tl.load(Q + rows[:, None] * stride_qt + offs_d[None, :])
@@ -129,7 +135,7 @@ def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL
             v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :])
             acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, 0, False, DOT_PREC)
 
-    last_row = tile * BLOCK_M + BLOCK_M - 1
+    last_row = first_row + BLOCK_M - 1
     for e in range(tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)):
         col_block = tl.load(PART_IDX + e)
         for s in tl.static_range(BLOCK // BLOCK_N):
@@ -188,27 +194,31 @@ def _dq_step(dq, q, do, k, v, lse, delta, qk_scale, ok, MASKED: tl.constexpr, DO
     return dq + tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                   FULL_PTR, FULL_IDX, PART_PTR, PART_IDX,
+                   FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER,
                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                    stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
-                   part_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                   BUCKET: tl.constexpr, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
+                   part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
+                   BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
                    NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    tile = tl.num_programs(0) - 1 - tl.program_id(0)
-    row_block = tile // (BLOCK // BLOCK_M)
-    batch = (tl.program_id(1) // part_heads).to(tl.int64)
-    hp = tl.program_id(1) % part_heads
+    # one program per (query tile, batch x head); heads vary fastest and the query blocks come in
+    # ORDER (longest row first) so the heaviest tiles of every head start first
+    bh = tl.program_id(0) % batch_heads
+    tile = tl.program_id(0) // batch_heads
+    batch = (bh // part_heads).to(tl.int64)
+    hp = bh % part_heads
     head = tl.load(HEADS + hp).to(tl.int64)
     csr = tl.load(HEAD_CSR + hp)
+    row_block = tl.load(ORDER + csr.to(tl.int64) * num_blocks + tile // (BLOCK // BLOCK_M))
+    first_row = row_block * BLOCK + (tile % (BLOCK // BLOCK_M)) * BLOCK_M
     min_off = tl.load(MIN_OFF + hp)
     codes = CODES + hp * (NCOMP * 4)
     K += batch * stride_kb + head * stride_kh
     V += batch * stride_vb + head * stride_vh
 
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = first_row + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     rows = _natural(offs_m, perm_g, perm_l, PERMUTED)
     q = tl.load(Q + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qt + offs_d[None, :])
@@ -226,7 +236,7 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
             v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :])
             dq = _dq_step(dq, q, do, k, v, lse, delta, qk_scale, 0, False, DOT_PREC)
 
-    last_row = tile * BLOCK_M + BLOCK_M - 1
+    last_row = first_row + BLOCK_M - 1
     for e in range(tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)):
         col_block = tl.load(PART_IDX + e)
         for s in tl.static_range(BLOCK // BLOCK_N):
@@ -259,23 +269,26 @@ def _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, ok, MASKED: tl.constex
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                     FULL_PTR, FULL_IDX, PART_PTR, PART_IDX,
+                     FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER,
                      stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                      stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                      stride_dvb, stride_dvh, stride_dvt, stride_lb, stride_lh,
-                     part_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                     BUCKET: tl.constexpr, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
+                     part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
+                     BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
                      NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # one program per key tile of BLOCK_N keys; query tiles of BLOCK_M rows from the column lists
-    tile = tl.program_id(0)  # the first key blocks have the longest columns: they start first
-    col_block = tile // (BLOCK // BLOCK_N)
-    batch = (tl.program_id(1) // part_heads).to(tl.int64)
-    hp = tl.program_id(1) % part_heads
+    bh = tl.program_id(0) % batch_heads
+    tile = tl.program_id(0) // batch_heads
+    batch = (bh // part_heads).to(tl.int64)
+    hp = bh % part_heads
     head = tl.load(HEADS + hp).to(tl.int64)
     csr = tl.load(HEAD_CSR + hp)
+    # key blocks in ORDER, longest column first (the fixed pattern's summary columns are long)
+    col_block = tl.load(ORDER + csr.to(tl.int64) * num_blocks + tile // (BLOCK // BLOCK_N))
+    first_col = col_block * BLOCK + (tile % (BLOCK // BLOCK_N)) * BLOCK_N
     min_off = tl.load(MIN_OFF + hp)
     codes = CODES + hp * (NCOMP * 4)
     Q += batch * stride_qb + head * stride_qh
@@ -283,7 +296,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, 
     LSE += batch * stride_lb + head * stride_lh
     DELTA += batch * stride_lb + head * stride_lh
 
-    offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = first_col + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     cols = _natural(offs_n, perm_g, perm_l, PERMUTED)
     k = tl.load(K + batch * stride_kb + head * stride_kh + cols[:, None] * stride_kt + offs_d[None, :])
@@ -302,7 +315,6 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, 
             delta = tl.load(DELTA + rows)
             dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, 0, False, DOT_PREC)
 
-    first_col = tile * BLOCK_N
     for e in range(tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)):
         row_block = tl.load(PART_IDX + e)
         for s in tl.static_range(BLOCK // BLOCK_M):
@@ -332,28 +344,32 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, 
 _TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_PREV"]
 
 
-def _tiles(values):
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in values]
+# (BLOCK_M, BLOCK_N, warps, stages) per layout block. BLOCK_M is the program's tile in the forward and
+# dQ kernels and the inner (query) sub-tile in dK/dV. Few on purpose: every config is one more
+# compile per kernel variant. Starting points: Triton's fused-attention tutorial on Hopper.
+_FWD_TILES = {128: [(128, 64, 4, 3), (128, 128, 8, 3)], 64: [(64, 64, 4, 3)]}
+_DQ_TILES = {128: [(128, 32, 4, 5), (128, 64, 8, 3)], 64: [(64, 32, 4, 4)]}
+_DKDV_TILES = {128: [(32, 128, 4, 5), (64, 128, 8, 3)], 64: [(32, 64, 4, 4)]}
 
 
-# (BLOCK_M, BLOCK_N, warps, stages); BLOCK_M is the program's tile in the forward and dQ kernels, the
-# inner (query) sub-tile in dK/dV; entries larger than the layout block are pruned.
-_FWD_TILES = _tiles([(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 3)])
-_DQ_TILES = _tiles([(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 4)])
-_DKDV_TILES = _tiles([(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 4)])
+def _configs(table):
+    values = {v for vs in table.values() for v in vs}
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in sorted(values)]
 
 
-def _prune(configs, named_args, **kwargs):
-    block, head_dim = kwargs["BLOCK"], kwargs["HEAD_DIM"]
-    keep = [c for c in configs if c.kwargs["BLOCK_M"] <= block and c.kwargs["BLOCK_N"] <= block]
-    if head_dim > 128:
-        keep = [c for c in keep if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64] or keep
-    return keep or [triton.Config({"BLOCK_M": block, "BLOCK_N": block}, num_warps=4, num_stages=2)]
+def _pruner(table):
+    def prune(configs, named_args, **kwargs):
+        block = kwargs["BLOCK"]
+        wanted = table.get(block) or [(min(block, 64), min(block, 64), 4, 2)]
+        keep = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
+        return keep or [triton.Config({"BLOCK_M": min(block, 64), "BLOCK_N": min(block, 64)}, num_warps=4, num_stages=2)]
+
+    return prune
 
 
-def _autotuned(kernel, configs, outputs):
+def _autotuned(kernel, table, outputs):
     # outputs are restored between trials: parts after the first accumulate into them
-    return triton.autotune(configs=configs, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune},
+    return triton.autotune(configs=_configs(table), key=_TUNE_KEY, prune_configs_by={"early_config_prune": _pruner(table)},
                            restore_value=outputs)(kernel)
 
 
@@ -430,6 +446,9 @@ def _pack_lists(part: LayoutPart, device) -> dict[str, torch.Tensor]:
             idx = torch.cat(idxs)
         out[f"{name}_ptr"] = ptr.to(torch.int32).contiguous()
         out[f"{name}_idx"] = (idx if idx.numel() else torch.zeros(1, dtype=torch.int32, device=device)).contiguous()
+    for side in ("row", "col"):  # (num csr, nb) blocks by descending work: longest first (LPT order)
+        work = [(getattr(c, f"{side}_full_ptr").diff() + getattr(c, f"{side}_part_ptr").diff()).to(device) for c in part.csr]
+        out[f"{side}_order"] = torch.stack([torch.argsort(-w.long(), stable=True) for w in work]).to(torch.int32).contiguous()
     return out
 
 
@@ -447,6 +466,16 @@ def _part_meta(part: LayoutPart, n: int, device: torch.device) -> _PartMeta:
             perm_g=n // part.permute_stride if part.permute_stride else 1, perm_l=part.permute_stride or 1,
         )
     return part.kernel_cache[key]
+
+
+def metadata_bytes(layout: Layout) -> int:
+    """Bytes of block metadata the kernels hold for ``layout``: its CSRs plus packed copies and orders."""
+    own = {t.data_ptr() for p in layout.parts for c in p.csr for t in c.tensors()}
+    extra = 0
+    for part in layout.parts:
+        for key, meta in part.kernel_cache.items():
+            extra += sum(t.numel() * t.element_size() for t in meta.lists.values() if t.data_ptr() not in own)
+    return layout.nbytes + extra
 
 
 def _strides(*tensors) -> list[int]:
@@ -517,10 +546,10 @@ def _forward(q, k, v, layout: Layout, scale: float):
             lse[:, fresh] = float("-inf")
         lists = meta.lists
         args = (q, k, v, out, lse, meta.heads, meta.head_csr, meta.min_off, meta.codes,
-                lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
+                lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"], lists["row_order"],
                 *_strides(q, k, v, out), lse.stride(0), lse.stride(1),
-                len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E)
-        grid = lambda m: (seq_len // m["BLOCK_M"], batch * len(part.heads))  # noqa: E731
+                len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E)
+        grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
         _launch(_fwd_tuned, _fwd_kernel, grid, args, _common(layout, meta, q, load_prev))
     return (out.to(q.dtype) if multi else out), lse
 
@@ -543,16 +572,16 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float):
                 g[:, fresh] = 0.0
         lists = meta.lists
         consts = _common(layout, meta, q, load_prev)
-        common = (len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E, scale)
+        common = (len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E, scale)
         args = (q, k, v, do, dq, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
-                lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
+                lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"], lists["row_order"],
                 *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *common)
-        grid = lambda m: (seq_len // m["BLOCK_M"], batch * len(part.heads))  # noqa: E731
+        grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
         _launch(_dq_tuned, _bwd_dq_kernel, grid, args, consts)
         args = (q, k, v, do, dk, dv, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
-                lists["col_full_ptr"], lists["col_full_idx"], lists["col_part_ptr"], lists["col_part_idx"],
+                lists["col_full_ptr"], lists["col_full_idx"], lists["col_part_ptr"], lists["col_part_idx"], lists["col_order"],
                 *_strides(q, k, v, do, dk, dv), lse.stride(0), lse.stride(1), *common)
-        grid = lambda m: (seq_len // m["BLOCK_N"], batch * len(part.heads))  # noqa: E731
+        grid = lambda m: (seq_len // m["BLOCK_N"] * batch * len(part.heads),)  # noqa: E731
         _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, args, consts)
     return tuple(g.to(q.dtype) for g in (dq, dk, dv))
 

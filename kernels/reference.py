@@ -29,13 +29,14 @@ def _chunk_attention(q, k, v, mask, scale):
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         pattern: Layout | AttentionPattern, scale: float | None = None,
-                        query_chunk: int = 512, return_lse: bool = False):
+                        query_chunk: int = 512, return_lse: bool = False, rows: torch.Tensor | None = None):
     """Causal pattern-masked softmax attention on (B, H, T, D) tensors.
 
     ``pattern`` is a Layout (its token-level pattern is used) or an AttentionPattern. Rows with no
     allowed key (possible for a lone summary pattern) output zeros and have lse = -inf. Scores and
     softmax are computed in float32; the matmuls run in the inputs' dtype (so a bf16 call is the
-    "low-precision reference" of the three-way test).
+    "low-precision reference" of the three-way test). ``rows`` (optional, 1-D positions) computes only
+    those query rows, against all keys: (B, H, len(rows), D) -- how long sequences are spot-checked.
     """
     attn = pattern.pattern if isinstance(pattern, Layout) else pattern
     if q.dim() != 4 or q.shape != k.shape or k.shape != v.shape:
@@ -45,11 +46,12 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         raise ValueError(f"inputs have {heads} heads but the pattern has {attn.num_heads}")
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     keys = torch.arange(seq_len, device=q.device)
+    queries = keys if rows is None else rows.to(q.device)
     outs, lses = [], []
-    for start in range(0, seq_len, query_chunk):
-        rows = keys[start : start + query_chunk]
-        mask = attn.mask(rows, keys)  # (H, C, N)
-        qc = q[:, :, start : start + query_chunk]
+    for start in range(0, queries.numel(), query_chunk):
+        chunk = queries[start : start + query_chunk]
+        mask = attn.mask(chunk, keys)  # (H, C, N)
+        qc = q[:, :, start : start + query_chunk] if rows is None else q[:, :, chunk]
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
             out, lse = checkpoint(_chunk_attention, qc, k, v, mask, scale, use_reentrant=False)
         else:

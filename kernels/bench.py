@@ -1,0 +1,299 @@
+"""Attention benchmark: our block-sparse kernels, FlexAttention and dense causal SDPA in one process.
+
+For every (pattern, length, heads x head dim) case: build our layout and Flex's BlockMask for exactly
+the same token predicate (Flex's mask_mod written in natural order, as a user would write it),
+check our output and Flex's against the reference on sampled rows, then time forward and
+forward+backward with ``triton.testing.do_bench`` (median). TFLOP/s count only attended pairs:
+forward 4 * pairs * D, forward+backward 3.5x that (SPEC.md section 3).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from . import patterns as P
+from .reference import reference_attention
+
+# SPEC.md section 3's strided table (l per n); other lengths use the cost-optimal stride
+SPEC_STRIDES = {3072: 96, 12288: 128, 65536: 256, 262144: 512, 1048576: 1024}
+FIXED_SUMMARY = 128  # "one summary block per window" with 128-blocks
+
+
+@dataclass
+class Case:
+    pattern: str  # "fixed" or "strided"
+    seq_len: int
+    heads: int
+    head_dim: int
+    batch: int = 1
+
+
+@dataclass
+class Result:
+    case: Case
+    stride: int
+    block: int
+    density: float
+    pairs: int
+    timings: dict = field(default_factory=dict)  # "<impl>_<fwd|fwdbwd>_ms", "..._tflops", "<impl>_peak_mb"
+    notes: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self.case), "stride": self.stride, "block": self.block, "density": self.density,
+                "pairs": self.pairs, **self.timings, "notes": self.notes}
+
+
+def case_pattern(case: Case) -> tuple[P.AttentionPattern, int, int, object]:
+    """(pattern, stride, block, Flex mask_mod) of a benchmark case."""
+    n = case.seq_len
+    if case.pattern == "fixed":
+        l, c = P.optimal_stride(n, "fixed", FIXED_SUMMARY, 128), FIXED_SUMMARY
+        pattern = P.same_for_all_heads(P.fixed(l, c), case.heads)
+
+        def mask_mod(b, h, q, kv):
+            return (kv <= q) & ((q // l == kv // l) | (kv % l >= l - c))
+
+        return pattern, l, 128, mask_mod
+    if case.pattern == "strided":
+        l = SPEC_STRIDES.get(n) or P.optimal_stride(n, "strided", block=64)
+        # the permuted half is dense when its groups (n / l) fill whole blocks
+        block = 128 if (n // l) % 128 == 0 else 64
+        pattern = P.same_for_all_heads(P.strided(l), case.heads)
+
+        def mask_mod(b, h, q, kv):
+            return (kv <= q) & (((q - kv) < l) | ((q - kv) % l == 0))
+
+        return pattern, l, block, mask_mod
+    raise ValueError(f"unknown benchmark pattern {case.pattern!r} (fixed, strided)")
+
+
+def count_pairs(layout: P.Layout) -> int:
+    """Attended (i, j) pairs summed over heads (uniform layouts count one head)."""
+    heads = layout.pattern.heads
+    if all(h == heads[0] for h in heads):
+        return layout.count_pairs(0) * len(heads)
+    return sum(layout.count_pairs(h) for h in range(len(heads)))
+
+
+def _tflops(pairs: int, head_dim: int, ms: float, backward: bool) -> float:
+    flops = 4.0 * pairs * head_dim * (3.5 if backward else 1.0)
+    return flops / (ms * 1e-3) / 1e12
+
+
+def _bench(fn, leaves=()) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=list(leaves), return_mode="median"))
+
+
+def _peak_mb(fn) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def _sample_rows(n: int, count: int, device) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(n)
+    rows = torch.cat([torch.tensor([0, n - 1]), torch.randint(0, n, (count - 2,), generator=gen)])
+    return rows.unique().to(device)
+
+
+def check_rows(out: torch.Tensor, q, k, v, layout, rows: torch.Tensor) -> dict:
+    """Max error of ``out`` on sampled rows vs the fp32 reference, beside the bf16 reference's own."""
+    chunk = max(1, 2**28 // (q.shape[0] * q.shape[1] * q.shape[2]))  # keep (B, H, chunk, n) fp32 under 1 GiB
+    ref = reference_attention(q.float(), k.float(), v.float(), layout, rows=rows, query_chunk=chunk)
+    low = reference_attention(q, k, v, layout, rows=rows, query_chunk=chunk)
+    got = out[:, :, rows].float()
+    return {"max_err": (got - ref).abs().max().item(), "ref_lowprec_max_err": (low.float() - ref).abs().max().item(),
+            "max_abs": ref.abs().max().item()}
+
+
+def _our_fn(layout):
+    from .blocksparse import blocksparse_attention
+
+    return lambda q, k, v: blocksparse_attention(q, k, v, layout)
+
+
+def _flex_fn(mask_mod, n, device, result: Result):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    start = time.perf_counter()
+    block_mask = create_block_mask(mask_mod, None, None, n, n, device=device, BLOCK_SIZE=128, _compile=True)
+    torch.cuda.synchronize()
+    result.timings["flex_mask_build_ms"] = (time.perf_counter() - start) * 1e3
+    result.timings["flex_mask_mb"] = (torch.cuda.memory_allocated() - base) / 2**20
+    compiled = _flex_compiled()
+    return lambda q, k, v: compiled(q, k, v, block_mask=block_mask)
+
+
+_FLEX = None
+
+
+def _flex_compiled():
+    global _FLEX
+    if _FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX = torch.compile(flex_attention)
+    return _FLEX
+
+
+def _sdpa_fn():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def run(q, k, v):
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    return run
+
+
+def _time_impl(name, fn, q, k, v, do, result: Result, pairs: int) -> None:
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+
+    def fwd():
+        with torch.no_grad():
+            fn(q, k, v)
+
+    def fwdbwd():
+        fn(*leaves).backward(do)
+
+    fwdbwd()  # compile / autotune outside the timings
+    fwd()
+    t = result.timings
+    t[f"{name}_fwd_ms"] = _bench(fwd)
+    t[f"{name}_fwdbwd_ms"] = _bench(fwdbwd, leaves)
+    t[f"{name}_fwd_tflops"] = _tflops(pairs, q.shape[-1], t[f"{name}_fwd_ms"], False)
+    t[f"{name}_fwdbwd_tflops"] = _tflops(pairs, q.shape[-1], t[f"{name}_fwdbwd_ms"], True)
+    t[f"{name}_peak_mb"] = _peak_mb(fwdbwd)
+
+
+def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count: int = 32,
+             flex_max: dict | None = None, dense_max: int = 262144, log=print) -> Result:
+    """Check, then time our kernel and the peers on one case."""
+    device = torch.device("cuda")
+    pattern, stride, block, mask_mod = case_pattern(case)
+    n = case.seq_len
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    layout = P.build_layout(pattern, n, block, device=device)
+    torch.cuda.synchronize()
+    build_ms = (time.perf_counter() - start) * 1e3
+    pairs = count_pairs(layout) * case.batch
+    density = pairs / (case.batch * case.heads * n * (n + 1) / 2)
+    result = Result(case, stride, block, density, pairs)
+    result.timings["layout_build_ms"] = build_ms
+    gen = torch.Generator(device=device).manual_seed(0)
+    shape = (case.batch, case.heads, n, case.head_dim)
+    q, k, v, do = (torch.randn(shape, device=device, dtype=dtype, generator=gen) for _ in range(4))
+    rows = _sample_rows(n, check_rows_count, device)
+
+    ours = _our_fn(layout)
+    with torch.no_grad():
+        result.timings["ours_check"] = check_rows(ours(q, k, v), q, k, v, layout, rows)
+    from .blocksparse import metadata_bytes
+
+    result.timings["ours_layout_mb"] = metadata_bytes(layout) / 2**20
+    _time_impl("ours", ours, q, k, v, do, result, pairs)
+    log(f"  ours  {result.timings['ours_fwdbwd_ms']:.3f} ms f+b")
+    flex_limit = (flex_max or {}).get(case.pattern, 1 << 62)
+    if "flex" in peers and n <= flex_limit:
+        try:
+            flex = _flex_fn(mask_mod, n, device, result)
+            with torch.no_grad():
+                result.timings["flex_check"] = check_rows(flex(q, k, v), q, k, v, layout, rows)
+            _time_impl("flex", flex, q, k, v, do, result, pairs)
+            log(f"  flex  {result.timings['flex_fwdbwd_ms']:.3f} ms f+b")
+        except Exception as err:  # a peer failing is a result, not a crash
+            result.notes.append(f"flex failed: {type(err).__name__}: {str(err)[:300]}")
+            log(f"  flex failed: {err!r}"[:400])
+        finally:
+            torch.cuda.empty_cache()
+    elif "flex" in peers:
+        result.notes.append(f"flex skipped above n={flex_limit} for {case.pattern} (minutes per step)")
+    if "sdpa" in peers and n <= dense_max:
+        dense_pairs = case.batch * case.heads * n * (n + 1) // 2
+        _time_impl("sdpa", _sdpa_fn(), q, k, v, do, result, dense_pairs)
+        log(f"  sdpa  {result.timings['sdpa_fwdbwd_ms']:.3f} ms f+b")
+    elif "sdpa" in peers:
+        result.notes.append(f"dense SDPA skipped above n={dense_max}")
+    return result
+
+
+def run_bench(cases: list[Case], peers: set[str], out_dir: str | None = None, log=print, **kw) -> list[Result]:
+    """Run every case; write JSON and a markdown table after each (partial results survive a timeout)."""
+    results = []
+    for case in cases:
+        log(f"{case.pattern} n={case.seq_len} H={case.heads} D={case.head_dim}")
+        try:
+            results.append(run_case(case, peers, log=log, **kw))
+        except torch.cuda.OutOfMemoryError as err:
+            log(f"  out of memory: {str(err)[:200]}")
+        torch.cuda.empty_cache()
+        if out_dir:
+            write_outputs(results, out_dir)
+    return results
+
+
+def environment() -> dict:
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    return {"device": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
+            "triton": triton.__version__, "cuda": torch.version.cuda,
+            "date": time.strftime("%Y-%m-%d"), "dtype": "bfloat16", "batch": 1}
+
+
+def _fmt(x, digits=2) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.{digits}f}" if x < 1000 else f"{x:,.0f}"
+
+
+def table(results: list[Result]) -> str:
+    """Markdown table: one row per case, ours beside Flex and dense SDPA."""
+    head = ("| pattern | n | H×D | density | ours fwd ms | ours f+b ms | ours f+b TFLOP/s | Flex fwd ms | Flex f+b ms "
+            "| Flex f+b TFLOP/s | SDPA dense f+b ms | f+b speed-up vs Flex | ours peak MB | Flex peak MB "
+            "| our layout MB | Flex BlockMask MB |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        t = r.timings.get
+        speedup = t("flex_fwdbwd_ms") / t("ours_fwdbwd_ms") if t("flex_fwdbwd_ms") else None
+        lines.append(
+            f"| {r.case.pattern} (l={r.stride}, block {r.block}) | {r.case.seq_len:,} | {r.case.heads}×{r.case.head_dim} "
+            f"| {r.density:.4f} | {_fmt(t('ours_fwd_ms'), 3)} | {_fmt(t('ours_fwdbwd_ms'), 3)} "
+            f"| {_fmt(t('ours_fwdbwd_tflops'), 0)} | {_fmt(t('flex_fwd_ms'), 3)} | {_fmt(t('flex_fwdbwd_ms'), 3)} "
+            f"| {_fmt(t('flex_fwdbwd_tflops'), 0)} | {_fmt(t('sdpa_fwdbwd_ms'), 3)} "
+            f"| {_fmt(speedup)}{'×' if speedup else ''} | {_fmt(t('ours_peak_mb'), 0)} | {_fmt(t('flex_peak_mb'), 0)} "
+            f"| {_fmt(t('ours_layout_mb'))} | {_fmt(t('flex_mask_mb'))} |")
+    return "\n".join(lines)
+
+
+def write_outputs(results: list[Result], out_dir: str) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "bench_attention.json"), "w") as f:
+        json.dump({"environment": environment(), "results": [r.as_dict() for r in results]}, f, indent=1)
+    with open(os.path.join(out_dir, "bench_attention.md"), "w") as f:
+        env = environment()
+        f.write(f"{env['device']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
+                f"{env['date']}, bf16, B=1\n\n{table(results)}\n")
+        notes = [f"- {r.case.pattern} n={r.case.seq_len} {r.case.heads}x{r.case.head_dim}: {n}"
+                 for r in results for n in r.notes]
+        if notes:
+            f.write("\n" + "\n".join(notes) + "\n")
+
+
+def flop_floor_ms(pairs: int, head_dim: int, rate_tflops: float = 790.0) -> float:
+    """Forward+backward time at the H200's measured bf16 matrix rate (a floor, not a target)."""
+    return 4.0 * pairs * head_dim * 3.5 / (rate_tflops * 1e12) * 1e3 if pairs else math.nan

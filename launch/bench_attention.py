@@ -1,0 +1,62 @@
+"""`megastride bench attention`: our block-sparse kernels vs FlexAttention vs dense SDPA on one GPU."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+PROG = "megastride bench attention"
+LENGTHS = "3072,12288,65536,262144,1048576"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    p.add_argument("--lengths", default=LENGTHS, help=f"comma-separated sequence lengths (default {LENGTHS})")
+    p.add_argument("--patterns", default="fixed,strided", help="comma-separated: fixed, strided")
+    p.add_argument("--configs", default="8x64,2x128", help="comma-separated HEADSxHEAD_DIM (default 8x64,2x128)")
+    p.add_argument("--peers", default="flex,sdpa", help="comma-separated peers to time beside ours: flex, sdpa")
+    p.add_argument("--dense-max", type=int, default=262144, help="longest length for dense SDPA (default 262144)")
+    p.add_argument("--flex-strided-max", type=int, default=262144,
+                   help="longest length for Flex on the strided pattern (default 262144: seconds per step beyond)")
+    p.add_argument("--quick", action="store_true", help="lengths 12288,65536, config 8x64 only")
+    p.add_argument("--out", default=None, help="folder for bench_attention.md and bench_attention.json")
+    return p
+
+
+def _cases(args):
+    from megastride.kernels.bench import Case
+
+    lengths = [12288, 65536] if args.quick else [int(x) for x in args.lengths.split(",") if x]
+    configs = ["8x64"] if args.quick else [c for c in args.configs.split(",") if c]
+    cases = []
+    for config in configs:
+        heads, head_dim = (int(x) for x in config.lower().split("x"))
+        for pattern in [p for p in args.patterns.split(",") if p]:
+            cases += [Case(pattern, n, heads, head_dim) for n in lengths]
+    return cases
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print(f"{PROG}: error: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    from megastride.kernels.bench import run_bench, table
+
+    try:
+        cases = _cases(args)
+    except ValueError as err:
+        print(f"{PROG}: error: bad --lengths or --configs ({err})", file=sys.stderr)
+        return 2
+    results = run_bench(cases, set(args.peers.split(",")), out_dir=args.out, dense_max=args.dense_max,
+                        flex_max={"strided": args.flex_strided_max}, log=lambda s: print(s, flush=True))
+    print(table(results))
+    if args.out:
+        print(f"wrote {args.out}/bench_attention.md and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
