@@ -143,9 +143,15 @@ _FLEX = None
 def _flex_compiled():
     global _FLEX
     if _FLEX is None:
+        import torch._dynamo
         from torch.nn.attention.flex_attention import flex_attention
 
-        _FLEX = torch.compile(flex_attention)
+        # static shapes as Flex's own benchmarks use: every length and mask_mod gets its own kernel.
+        # (Default automatic-dynamic compiles a slower symbolic kernel after the second length and
+        # hits the recompile limit, after which Flex silently runs unfused.)
+        torch._dynamo.config.recompile_limit = 512
+        torch._dynamo.config.accumulated_recompile_limit = 4096
+        _FLEX = torch.compile(flex_attention, dynamic=False)
     return _FLEX
 
 

@@ -620,7 +620,8 @@ def blocksparse_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: i
 
 @blocksparse_fwd.register_fake
 def _(q, k, v, layout, scale):
-    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+    # the kernels write fresh contiguous tensors whatever the inputs' strides
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @torch.library.custom_op("megastride::blocksparse_bwd", mutates_args=())
@@ -632,7 +633,7 @@ def blocksparse_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
 
 @blocksparse_bwd.register_fake
 def _(do, q, k, v, out, lse, layout, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):

@@ -153,12 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m megastride.kernels.gpu_check", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=None, help="folder for gpu_check.json")
     parser.add_argument("--no-long", action="store_true", help="skip the 4,194,304-token run")
+    parser.add_argument("--only", default="", help="comma-separated substrings: run only checks whose name has one")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_check: needs a CUDA GPU", file=sys.stderr)
         return 2
     results, failed = [], False
+    only = [x for x in args.only.split(",") if x]
     for name, run in checks(long=not args.no_long):
+        if only and not any(x in name for x in only):
+            continue
         try:
             got = run()
         except Exception as err:  # report and go on: one broken case should not hide the others

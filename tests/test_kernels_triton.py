@@ -126,8 +126,8 @@ def test_padded_head_dim_and_custom_scale():
 def test_custom_op_registration():
     """The torch.library op passes opcheck (schema, fake tensor, autograd registration)."""
     layout = P.build_layout(P.strided(8), 128, 32, num_heads=2)
-    q, k, v, _ = _inputs(1, 2, 128, 16, torch.float32, 9)
-    args = [t.requires_grad_() for t in (q, k, v)] + [blocksparse.layout_id(layout), 0.25]
+    q, k, v, _ = _inputs(1, 128, 2, 16, torch.float32, 9)  # (B, T, H, D) viewed as (B, H, T, D), as the model does
+    args = [t.transpose(1, 2).requires_grad_() for t in (q, k, v)] + [blocksparse.layout_id(layout), 0.25]
     torch.library.opcheck(blocksparse.blocksparse_fwd, args,
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
