@@ -146,12 +146,13 @@ def _flex_compiled():
         import torch._dynamo
         from torch.nn.attention.flex_attention import flex_attention
 
-        # static shapes as Flex's own benchmarks use: every length and mask_mod gets its own kernel.
-        # (Default automatic-dynamic compiles a slower symbolic kernel after the second length and
-        # hits the recompile limit, after which Flex silently runs unfused.)
+        # torch.compile's defaults, as a user would call it (automatic dynamic shapes after the second
+        # length). The limits are raised because past the default 8 recompiles Flex silently falls back
+        # to its unfused eager path. (dynamic=False, one static kernel per length, did not finish
+        # compiling its first case in 200 s on the H200 on 2026-11-29.)
         torch._dynamo.config.recompile_limit = 512
         torch._dynamo.config.accumulated_recompile_limit = 4096
-        _FLEX = torch.compile(flex_attention, dynamic=False)
+        _FLEX = torch.compile(flex_attention)
     return _FLEX
 
 
