@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One batched GPU session (the device tool's H200): GPU tests, a short million-length training run
+# on real 12 kHz audio, the scaling sweep and the planner check. Results and logs under OUT.
+#   bash launch/h200_checks.sh OUT [AUDIO_STORE]
+set -uo pipefail
+OUT=$(realpath -m "${1:?usage: $0 OUT [AUDIO_STORE]}"); AUDIO=${2:-data/music12k.zarr}
+mkdir -p "$OUT"; cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+ms() { python3 -m megastride.launch.cli "$@"; }
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/env.log"
+python3 -c "import torch, triton, deepspeed; print('torch', torch.__version__, 'triton', triton.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 | tail -1 | tee -a "$OUT/env.log"
+date -u | tee -a "$OUT/env.log"
+# 1. GPU-only tests: fp16 dynamic loss scaling, bf16 training through the Triton kernels
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_train_gpu.py 2>&1 | tail -15 | tee "$OUT/pytest_gpu.log"
+# 2. ~95M model, 1,048,576-token windows of real audio, a short run: does the loss fall, how fast
+timeout "${TRAIN_S:-300}" python3 -m megastride.launch.cli train configs/music_1m.yaml --set data.path="$AUDIO" \
+  --set run.dir=/tmp/music_1m --set train.steps="${STEPS:-16}" --set train.warmup_steps=4 --set train.lr=1e-3 \
+  --set train.eval_every=1000 --set run.progress=false 2>&1 | grep -v "^\[20" | tail -8 | tee "$OUT/train_1m.log"
+cp /tmp/music_1m/metrics.jsonl "$OUT/train_1m_metrics.jsonl" 2>/dev/null
+# 3. scaling sweep (same model size) and the planner check against measured peaks
+timeout "${SWEEP_S:-200}" python3 -m megastride.launch.cli bench scaling --device cuda --config configs/enwik8.yaml \
+  --set model.dropout=0 --lengths 12288,65536,262144,1048576 --steps 2 --warmup 1 --out /tmp/scaling 2>&1 | tail -20 | tee "$OUT/scaling.log"
+timeout "${PLAN_S:-120}" python3 -m megastride.launch.cli bench scaling --device cuda --config configs/enwik8.yaml \
+  --set model.dropout=0 --validate-plan --steps 1 --warmup 1 --out /tmp/scaling 2>&1 | tail -14 | tee -a "$OUT/scaling.log"
+cp /tmp/scaling/scaling.csv /tmp/scaling/scaling.png /tmp/scaling/plan_check.csv "$OUT/" 2>/dev/null
+ls "$OUT"
