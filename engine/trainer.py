@@ -202,7 +202,8 @@ class Trainer:
     def _loss_scale(self) -> float | None:
         """The dynamic fp16 loss scale, wherever this DeepSpeed optimizer keeps it."""
         opt = self.engine.optimizer
-        for holder in (opt, getattr(opt, "loss_scale_config", None), getattr(opt, "loss_scaler", None)):
+        # the live value: fp16 optimizers keep it in loss_scale_config, ZeRO in loss_scaler
+        for holder in (getattr(opt, "loss_scale_config", None), getattr(opt, "loss_scaler", None), opt):
             scale = getattr(holder, "cur_scale", None)
             if isinstance(scale, (int, float)) or torch.is_tensor(scale):
                 return float(scale)
