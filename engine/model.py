@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from megastride.kernels import Layout, build_layout, sparse_attention
+from megastride.kernels import Layout, sparse_attention
+from megastride.kernels.attention import layout_for
 from megastride.kernels.patterns import AttentionPattern
 
 from .config import ModelConfig
@@ -42,7 +43,7 @@ class SparseAttention(nn.Module):
         """The compressed layout for this length on this device (built once, cached)."""
         key = (seq_len, str(device))
         if key not in self._layouts:
-            self._layouts[key] = build_layout(self.pattern_fn(seq_len), seq_len, self.block, device=device)
+            self._layouts[key] = layout_for(self.pattern_fn(seq_len), seq_len, self.block, device)
         return self._layouts[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from .patterns import Dense, Layout
+from .patterns import AttentionPattern, Dense, Layout, build_layout
 from .reference import masked_sdpa_attention
 
 
@@ -20,7 +20,24 @@ def _use_triton(q: torch.Tensor) -> bool:
 
 
 def _is_dense(layout: Layout) -> bool:
-    return all(head.components == (Dense(),) for head in layout.pattern.heads)
+    return _all_dense(layout.pattern)
+
+
+def _all_dense(pattern: AttentionPattern) -> bool:
+    return all(head.components == (Dense(),) for head in pattern.heads)
+
+
+def layout_for(pattern: AttentionPattern, seq_len: int, block: int, device: torch.device | str) -> Layout:
+    """The layout ``sparse_attention`` needs on ``device``: without block lists for plain dense heads.
+
+    Dense heads run SDPA on CUDA and the masked SDPA path on CPU, neither of which reads the block
+    lists, and a dense layout is quadratic in n (8 GB over 30 layers at 1M tokens).
+    """
+    if _all_dense(pattern) and not (str(device) == "cpu" and _use_triton(torch.empty(0))):
+        if seq_len % block:
+            raise ValueError(f"sequence length {seq_len} is not divisible by the attention block size {block}")
+        return Layout(pattern, seq_len, block, parts=[])
+    return build_layout(pattern, seq_len, block, device=device)
 
 
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout,

@@ -136,3 +136,10 @@ def test_paper_configs_have_paper_sizes():
         with torch.device("meta"):
             model = SparseTransformer(cfg.model)
         assert model.num_params() / 1e6 == pytest.approx(millions, rel=0.02), name
+
+
+def test_dense_layers_build_no_block_lists():
+    """Dense heads never read block lists, so the model does not build the quadratic dense layout."""
+    model = SparseTransformer(tiny(("dense",)))
+    layout = model.blocks[0].attn.layout(128, torch.device("cpu"))
+    assert layout.parts == [] and layout.seq_len == 128
