@@ -229,20 +229,16 @@ def _format_error(err: ValidationError, source: str) -> str:
     return f"{source}: {key}: {msg}{more}"
 
 
-def _parse_value(raw: str) -> Any:
-    """Override values are YAML scalars/lists: 50, 3e-4, true, fp16, [0.9, 0.95]."""
-    value = yaml.safe_load(raw)
-    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
-        return float(value)  # YAML 1.1 reads 3e-4 as a string
-    return value
+_SCIENTIFIC = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
-def _numbers(tree: Any) -> Any:
+def _normalise(tree: Any) -> Any:
+    """YAML 1.1 reads 3e-4 as a string: make it a float; lists become tuples for strict pydantic."""
     if isinstance(tree, dict):
-        return {k: _numbers(v) for k, v in tree.items()}
+        return {k: _normalise(v) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [_numbers(v) for v in tree]
-    if isinstance(tree, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", tree):
+        return tuple(_normalise(v) for v in tree)
+    if isinstance(tree, str) and _SCIENTIFIC.fullmatch(tree):
         return float(tree)
     return tree
 
@@ -260,23 +256,14 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise ConfigError(f"override {dotted}: {part} is not a section")
             node = child
-        node[parts[-1]] = _parse_value(raw)
-    return tree
-
-
-def _lists_to_tuples(tree: Any) -> Any:
-    # strict pydantic accepts tuples for tuple fields only when given tuples or (in JSON) lists
-    if isinstance(tree, dict):
-        return {k: _lists_to_tuples(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return tuple(_lists_to_tuples(v) for v in tree)
+        node[parts[-1]] = yaml.safe_load(raw)  # YAML scalars/lists: 50, 3e-4, true, [0.9, 0.95]
     return tree
 
 
 def config_from_dict(tree: dict, source: str = "config") -> Config:
     """Validate a raw tree; raise ConfigError with one line naming the offending key."""
     try:
-        return Config.model_validate(_lists_to_tuples(_numbers(tree)))
+        return Config.model_validate(_normalise(tree))
     except ValidationError as err:
         raise ConfigError(_format_error(err, source)) from None
 

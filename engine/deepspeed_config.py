@@ -54,5 +54,3 @@ def check_zero_options(cfg: Config) -> None:
         raise ConfigError("train.offload_optimizer needs train.zero_stage >= 1")
     if t.offload_params and t.zero_stage != 3:
         raise ConfigError("train.offload_params needs train.zero_stage = 3")
-    if t.precision == "fp16" and t.zero_stage == 0 and t.offload_optimizer:
-        raise ConfigError("train.precision=fp16 with offload needs train.zero_stage >= 1")

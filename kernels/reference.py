@@ -27,6 +27,25 @@ def _chunk_attention(q, k, v, mask, scale):
     return out, lse
 
 
+def _query_chunks(attn: AttentionPattern, q: torch.Tensor, query_chunk: int, rows: torch.Tensor | None = None):
+    """(query rows (B, H, C, D), their token mask (H, C, N)) chunk by chunk, in order."""
+    keys = torch.arange(q.shape[-2], device=q.device)
+    queries = keys if rows is None else rows.to(q.device)
+    for start in range(0, queries.numel(), query_chunk):
+        chunk = queries[start : start + query_chunk]
+        qc = q[:, :, start : start + query_chunk] if rows is None else q[:, :, chunk]
+        yield qc, attn.mask(chunk, keys)
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _maybe_recompute(fn, grad: bool, *args):
+    """fn(*args), recomputed in backward when a gradient is needed (memory O(chunk * n))."""
+    return checkpoint(fn, *args, use_reentrant=False) if grad else fn(*args)
+
+
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         pattern: Layout | AttentionPattern, scale: float | None = None,
                         query_chunk: int = 512, return_lse: bool = False, rows: torch.Tensor | None = None):
@@ -45,17 +64,10 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if heads != attn.num_heads:
         raise ValueError(f"inputs have {heads} heads but the pattern has {attn.num_heads}")
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
-    keys = torch.arange(seq_len, device=q.device)
-    queries = keys if rows is None else rows.to(q.device)
+    grad = _needs_grad(q, k, v)
     outs, lses = [], []
-    for start in range(0, queries.numel(), query_chunk):
-        chunk = queries[start : start + query_chunk]
-        mask = attn.mask(chunk, keys)  # (H, C, N)
-        qc = q[:, :, start : start + query_chunk] if rows is None else q[:, :, chunk]
-        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-            out, lse = checkpoint(_chunk_attention, qc, k, v, mask, scale, use_reentrant=False)
-        else:
-            out, lse = _chunk_attention(qc, k, v, mask, scale)
+    for qc, mask in _query_chunks(attn, q, query_chunk, rows):
+        out, lse = _maybe_recompute(_chunk_attention, grad, qc, k, v, mask, scale)
         outs.append(out)
         lses.append(lse)
     out = torch.cat(outs, dim=2)
@@ -83,15 +95,10 @@ def masked_sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pat
     (where SDPA would give NaN) go through the reference instead.
     """
     attn = pattern.pattern if isinstance(pattern, Layout) else pattern
-    seq_len = q.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    keys = torch.arange(seq_len, device=q.device)
-    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    grad = _needs_grad(q, k, v)
     outs = []
-    for start in range(0, seq_len, query_chunk):
-        rows = keys[start : start + query_chunk]
-        mask = attn.mask(rows, keys)  # (H, C, N)
-        qc = q[:, :, start : start + query_chunk]
+    for qc, mask in _query_chunks(attn, q, query_chunk):
         fn = _chunk_sdpa if bool(mask.any(-1).all()) else (lambda *a: _chunk_attention(*a)[0])
-        outs.append(checkpoint(fn, qc, k, v, mask, scale, use_reentrant=False) if grad else fn(qc, k, v, mask, scale))
+        outs.append(_maybe_recompute(fn, grad, qc, k, v, mask, scale))
     return torch.cat(outs, dim=2)

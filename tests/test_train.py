@@ -25,8 +25,8 @@ def train(config: Path, *overrides: str, nprocs: int = 1, timeout: int = 400) ->
         cmd = [sys.executable, "-m", "megastride.launch.cli", "train", str(config), *sets]
     else:
         script = Path(__file__).resolve().parents[1] / "launch" / "train.py"
-        cmd = ["deepspeed", "--num_gpus", str(nprocs), "--master_port", str(_port()), str(script), str(config), *sets]
-        cmd[0] = str(Path(sys.executable).parent / "deepspeed")
+        launcher = str(Path(sys.executable).parent / "deepspeed")
+        cmd = [launcher, "--num_gpus", str(nprocs), "--master_port", str(_port()), str(script), str(config), *sets]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
 
 
