@@ -143,13 +143,6 @@ def layer_pairs(pattern, seq_len: int, layout=None) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def dense_layout_nbytes(seq_len: int, block: int) -> int:
-    """Metadata bytes of the dense pattern's layout without building it (quadratic at long n)."""
-    nb = seq_len // block
-    nnz = nb * (nb + 1) // 2
-    return 4 * (nb + 1) * 4 + 2 * nnz * 4  # 4 int32 pointer arrays; row + column int32 indices
-
-
 @dataclass
 class LayoutStats:
     nbytes: int  # metadata bytes, all layers (each attention module caches its own layout)
@@ -165,7 +158,8 @@ def layout_stats(model: ModelConfig, seq_len: int) -> LayoutStats:
     for pattern in model.patterns(seq_len):
         if pattern not in cache:
             if all(h.components == (Dense(),) for h in pattern.heads):
-                size, layout = dense_layout_nbytes(seq_len, model.attention.block), None
+                # dense layers run causal SDPA and keep no block lists (kernels.attention.layout_for)
+                size, layout = 0, None
             else:
                 layout = build_layout(pattern, seq_len, model.attention.block)
                 size = layout.nbytes
