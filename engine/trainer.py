@@ -50,6 +50,27 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB -> GB (process peak RSS)
 
 
+def fp16_loss_left_unscaled(engine) -> bool:
+    """True where DeepSpeed's fp16 optimizer unscales gradients that engine.backward never scaled.
+
+    With fp16 at ZeRO stage 0 the engine wraps the optimizer in FP16_(Unfused)Optimizer, whose step()
+    divides every gradient by the loss scale and checks for overflow, but engine.backward() (0.19)
+    only scales the loss for ZeRO optimizers (deepspeedai/DeepSpeed#8393): updates come out
+    loss_scale times too small and no step ever overflows. The trainer then scales the loss itself,
+    exactly as FP16_Optimizer.backward() would. Detected from the engine's code, so a DeepSpeed
+    that fixes it (a fp16 branch in engine.backward) turns this off instead of scaling twice.
+    """
+    import inspect
+
+    from deepspeed.runtime.base_optimizer import ZeROOptimizer
+
+    opt = engine.optimizer
+    config = getattr(opt, "loss_scale_config", None)
+    if not engine.fp16_enabled() or isinstance(opt, ZeROOptimizer) or not getattr(config, "use_grad_scaling", False):
+        return False
+    return "fp16_enabled" not in inspect.getsource(type(engine).backward)
+
+
 class Trainer:
     """Owns the engine, the loaders and the run directory for one training run."""
 
@@ -91,6 +112,7 @@ class Trainer:
         if t.compile:
             engine.compile()
         torch.manual_seed(self.cfg.run.seed * 1000 + self.rank)  # dropout streams differ per rank
+        self._prescale = fp16_loss_left_unscaled(engine)
         return engine
 
     def _resume(self) -> None:
@@ -116,12 +138,15 @@ class Trainer:
             wait += waited
             batch = batch.to(self.device, non_blocking=True).long()
             loss = self.engine(batch[:, :-1], batch[:, 1:])
-            self.engine.backward(loss)
+            self.engine.backward(loss * self._manual_scale() if self._prescale else loss)
             if self.engine.is_gradient_accumulation_boundary():
                 self._grad_norm = self._local_grad_norm()
             self.engine.step()
             losses.append(loss.detach().float())
         return float(torch.stack(losses).mean()), wait
+
+    def _manual_scale(self) -> float:
+        return float(self.engine.optimizer.loss_scale_config.cur_scale)
 
     def _local_grad_norm(self) -> float | None:
         """Pre-clipping gradient norm where DeepSpeed does not report one (plain fp32, no ZeRO)."""

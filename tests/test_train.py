@@ -115,3 +115,43 @@ def test_fp16_on_cpu_is_a_clear_error(tiny_config):
         pytest.skip("fp16 is supported on this machine")
     proc = train(tiny_config(), "train.precision=fp16", timeout=120)
     assert proc.returncode == 2 and "fp16 needs a CUDA GPU" in proc.stderr.splitlines()[-1]
+
+
+def test_fp16_zero0_loss_scaling_workaround_is_detected_from_the_engine():
+    """The trainer scales fp16 losses itself only where DeepSpeed's engine.backward leaves them unscaled."""
+    from types import SimpleNamespace
+
+    from deepspeed.runtime.base_optimizer import DeepSpeedOptimizer, ZeROOptimizer
+
+    from megastride.engine.trainer import fp16_loss_left_unscaled
+
+    class Unscaled:  # the shape of DeepSpeed 0.19's engine.backward: scales only for ZeRO optimizers
+        def backward(self, loss):
+            return loss
+
+    class Fixed:  # a DeepSpeed that routes fp16 ZeRO-0 losses through the optimizer's scaling
+        def backward(self, loss):
+            return loss * 2 if self.fp16_enabled() else loss
+
+    class FP16(DeepSpeedOptimizer):
+        loss_scale_config = SimpleNamespace(use_grad_scaling=True, cur_scale=2.0**16)
+
+    class Zero(ZeROOptimizer):
+        loss_scale_config = SimpleNamespace(use_grad_scaling=True, cur_scale=2.0**16)
+
+    def engine(cls, opt, fp16=True):
+        e = cls()
+        e.optimizer, e.fp16_enabled = opt, (lambda: fp16)
+        return e
+
+    assert fp16_loss_left_unscaled(engine(Unscaled, FP16()))
+    assert not fp16_loss_left_unscaled(engine(Fixed, FP16()))
+    assert not fp16_loss_left_unscaled(engine(Unscaled, Zero()))
+    assert not fp16_loss_left_unscaled(engine(Unscaled, FP16(), fp16=False))
+    import deepspeed
+
+    if deepspeed.__version__ == "0.19.8":  # the version pinned for CI: known to need the workaround
+        from deepspeed.runtime.engine import DeepSpeedEngine
+
+        bare = type("Engine", (DeepSpeedEngine,), {"__init__": lambda self: None})  # its real backward
+        assert fp16_loss_left_unscaled(engine(bare, FP16()))
