@@ -113,6 +113,10 @@ def run_bench(workdir: str, size_mb: float = 256, lengths=(65_536, 1_048_576), k
             readers = {"numpy.memmap": memmap_reader(raw, n, L, 0),
                        "store local": BatchReader(store, "train", L, 0).read,
                        "zarr API local": zarr_api_reader(store, L, 0)}
+            per_chunk = open_store(url)  # the fast path decoding chunk by chunk on threads, for comparison
+            if getattr(per_chunk.chunk_reader("train"), "batched", False):
+                per_chunk.chunk_reader("train").batched = False
+                readers["store local per-chunk"] = BatchReader(per_chunk, "train", L, 0).read
             ld_read, ld = loader_reader(url, L, batch, 0)
             readers["loader local"] = ld_read
             if server is not None:

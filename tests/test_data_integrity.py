@@ -55,6 +55,33 @@ def test_corrupt_chunk_is_named_when_read(store, where):
     assert "train/c/1" in msg and "checksum" in msg.lower()
 
 
+@pytest.mark.parametrize("batched", [True, False], ids=["batched-zstd", "per-chunk"])
+def test_chunk_that_passes_its_checksum_but_does_not_decode_is_named(store, batched, monkeypatch):
+    """Garbage stored with a valid crc32c (a writer bug, not bit rot) fails in zstd, named by chunk."""
+    import google_crc32c
+
+    from megastride.data_shards.fastread import ChunkReader
+
+    path = os.path.join(store, "train", "c", "1")
+    data = bytearray(open(path, "rb").read())
+    per_shard = 8192 // 1024
+    index = np.frombuffer(bytes(data[-(16 * per_shard + 4):-4]), dtype="<u8").reshape(per_shard, 2)
+    offset, size = (int(x) for x in index[3])
+    data[offset:offset + size - 4] = b"\xff" * (size - 4)
+    data[offset + size - 4:offset + size] = google_crc32c.value(bytes(data[offset:offset + size - 4])).to_bytes(4, "little")
+    open(path, "wb").write(bytes(data))
+    maybe = ChunkReader.maybe
+
+    def pick(*args):
+        reader = maybe(*args)
+        reader.batched = batched and reader.batched
+        return reader
+
+    monkeypatch.setattr(ChunkReader, "maybe", pick)
+    msg = _one_line_error(lambda: list(eval_windows(store, split="train", seq_len=1000)), "corrupt chunk train/c/1")
+    assert "inner chunk 3 does not decode" in msg
+
+
 def _edit_attrs(store, **changes):
     path = os.path.join(store, "zarr.json")
     meta = json.load(open(path))
