@@ -127,19 +127,23 @@ class ChunkReader:
     def key(self, shard: int) -> str:
         return f"{self.split}/c/{shard}{self.trailing}"
 
+    def _fd(self, shard: int) -> int:
+        """An open descriptor of a local shard file (opened once, shared by the threads)."""
+        fd = self._fds.get(shard)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(shard)
+                if fd is None:
+                    try:
+                        fd = self._fds[shard] = os.open(f"{self.path}/c/{shard}{self.trailing}", os.O_RDONLY)
+                    except FileNotFoundError:
+                        raise ChunkError(self.key(shard), "missing") from None
+        return fd
+
     def _fetch(self, shard: int, start: int, stop: int) -> bytes:
         key = self.key(shard)
         if self.local:
-            fd = self._fds.get(shard)
-            if fd is None:
-                with self._lock:
-                    fd = self._fds.get(shard)
-                    if fd is None:
-                        try:
-                            fd = self._fds[shard] = os.open(f"{self.path}/c/{shard}{self.trailing}", os.O_RDONLY)
-                        except FileNotFoundError:
-                            raise ChunkError(key, "missing") from None
-            data = os.pread(fd, stop - start, start)
+            data = os.pread(self._fd(shard), stop - start, start)
         else:
             try:
                 data = self.fs.cat_file(f"{self.path}/c/{shard}{self.trailing}", start=start, end=stop)
@@ -217,70 +221,93 @@ class ChunkReader:
             a = b
 
     # --- batched zstd decoding ----------------------------------------------------------------
-    def _fetch_run(self, start: int, stop: int):
-        """The stored bytes of the inner chunks holding elements [start, stop) (one shard)."""
-        c0, c1 = start // self.chunk, (stop - 1) // self.chunk
-        shard = c0 // self.per_shard
-        rows = self.index(shard)[c0 - shard * self.per_shard: c1 - shard * self.per_shard + 1]
-        if (rows == MISSING).any():
-            raise ChunkError(self.key(shard), "an inner chunk is missing from the shard index")
-        offsets, sizes = rows[:, 0].tolist(), rows[:, 1].tolist()
-        lo_byte = min(offsets)
-        data = self._fetch(shard, lo_byte, max(o + n for o, n in zip(offsets, sizes)))
-        return shard, c0, [o - lo_byte for o in offsets], sizes, data
+    def _fetch_into(self, shard: int, start: int, stop: int, dest: memoryview) -> None:
+        """Stored bytes [start, stop) of a shard into ``dest`` (pread straight into it locally)."""
+        if not self.local:
+            dest[:] = self._fetch(shard, start, stop)
+            return
+        got = os.preadv(self._fd(shard), [dest], start)
+        if got != stop - start:
+            raise ChunkError(self.key(shard), f"truncated (read {got} of {stop - start} bytes at offset {start})")
 
-    def _check(self, shard: int, inner: int, data: bytes, base: int, offset: int, size: int) -> None:
-        """Compare a stored inner chunk's crc32c (its last 4 bytes) with its body."""
-        if size < 4:
-            raise ChunkError(self.key(shard), f"inner chunk {inner} is {size} bytes, too short for its checksum")
-        stored = int.from_bytes(data[offset + size - 4: offset + size], "little")
-        body = _CRC32C(base + offset, size - 4) if _CRC32C else google_crc32c.value(data[offset:offset + size - 4])
-        if body != stored:
-            raise ChunkError(self.key(shard), f"inner chunk {inner} checksum mismatch")
-
-    def _read_batched(self, jobs) -> None:
-        """Fetch and check every job's chunks, decode all of them in one multi-threaded zstd call."""
-        if self.local or len(jobs) == 1:
-            fetched = [self._fetch_run(a, b) for _, a, b in jobs]
-        else:  # remote: overlap the requests' latency
-            fetched = list(self.pool.map(lambda job: self._fetch_run(job[1], job[2]), jobs))
-        buffers, places = [], []
-        for (dest, start, stop), (shard, c0, offsets, sizes, data) in zip(jobs, fetched):
-            base = np.frombuffer(data, dtype=np.uint8).ctypes.data if _CRC32C else 0
+    def _read_batched(self, ranges: list[tuple[int, int]], out: np.ndarray) -> None:
+        """All chunks of all ranges at once: index rows gathered with numpy, one read per run of
+        chunks into one buffer, crc32c checks, one multi-threaded zstd call, then the copies out."""
+        span = self.chunk * self.per_shard
+        runs = []  # (row of out, first element, end element, byte position in the row)
+        for i, (a, b) in enumerate(ranges):
             pos = 0
-            for k, (offset, size) in enumerate(zip(offsets, sizes)):
-                chunk = c0 + k
-                inner = chunk % self.per_shard
-                self._check(shard, inner, data, base, offset, size)
-                a, b = max(start, chunk * self.chunk), min(stop, (chunk + 1) * self.chunk)
-                lo, hi = (a - chunk * self.chunk) * self.elem, (b - chunk * self.chunk) * self.elem
-                places.append((dest[pos:pos + hi - lo], lo, hi, shard, inner))
-                pos += hi - lo
-            segments = np.array([(o, n - 4) for o, n in zip(offsets, sizes)], dtype="<u8")
-            buffers.append(zstandard.BufferWithSegments(data, segments.tobytes()))
-        frames = zstandard.BufferWithSegmentsCollection(*buffers)
+            while a < b:
+                e = min(b, (a // span + 1) * span)
+                runs.append((i, a, e, pos))
+                pos += (e - a) * self.elem
+                a = e
+        row, rs, re_, rpos = (np.array(x, dtype=np.int64) for x in zip(*runs))
+        c0, counts = rs // self.chunk, (re_ - 1) // self.chunk - rs // self.chunk + 1
+        first = np.cumsum(counts) - counts  # index of each run's first chunk
+        run_of = np.repeat(np.arange(len(runs)), counts)
+        chunk = c0[run_of] + np.arange(int(counts.sum())) - first[run_of]
+        shard = chunk // self.per_shard
+        rows = np.empty((len(chunk), 2), dtype=np.int64)
+        for s in np.unique(shard).tolist():
+            m = shard == s
+            r = self.index(s)[chunk[m] - s * self.per_shard]
+            if (r == MISSING).any():
+                raise ChunkError(self.key(s), "an inner chunk is missing from the shard index")
+            rows[m] = r.astype(np.int64)
+        offsets, sizes = rows[:, 0], rows[:, 1]
+        if (sizes < 4).any():
+            k = int(np.argmax(sizes < 4))
+            raise ChunkError(self.key(int(shard[k])), f"inner chunk {int(chunk[k] % self.per_shard)} is too short for its checksum")
+        lo_byte = np.minimum.reduceat(offsets, first)
+        nbytes = np.maximum.reduceat(offsets + sizes, first) - lo_byte
+        base = np.cumsum(nbytes) - nbytes
+        buf = np.empty(int(nbytes.sum()), dtype=np.uint8)
+        view = memoryview(buf)
+        fetches = [(int(shard[first[j]]), int(lo_byte[j]), int(lo_byte[j] + nbytes[j]), view[base[j]:base[j] + nbytes[j]])
+                   for j in range(len(runs))]
+        if self.local or len(fetches) == 1:
+            for f in fetches:
+                self._fetch_into(*f)
+        else:  # remote: overlap the requests' latency
+            list(self.pool.map(lambda f: self._fetch_into(*f), fetches))
+
+        seg = base[run_of] + offsets - lo_byte[run_of]  # where each chunk's stored bytes start in buf
+        body = sizes - 4
+        end = seg + body
+        stored = (buf[end].astype(np.uint32) | buf[end + 1].astype(np.uint32) << 8
+                  | buf[end + 2].astype(np.uint32) << 16 | buf[end + 3].astype(np.uint32) << 24).tolist()
+        addr = buf.ctypes.data
+        for k, (p, n) in enumerate(zip(seg.tolist(), body.tolist())):
+            crc = _CRC32C(addr + p, n) if _CRC32C else google_crc32c.value(buf[p:p + n].tobytes())
+            if crc != stored[k]:
+                raise ChunkError(self.key(int(shard[k])), f"inner chunk {int(chunk[k] % self.per_shard)} checksum mismatch")
+
+        frames = zstandard.BufferWithSegments(buf, np.stack([seg, body], axis=1).astype("<u8").tobytes())
         try:
-            # sizes come from the frame headers (python-zstandard 0.25 rejects decompressed_sizes
-            # with a collection); a frame decoding to another size is caught below
             decoded = zstandard.ZstdDecompressor().multi_decompress_to_buffer(
-                frames, threads=max(1, min(self.threads, len(places))))
+                frames, decompressed_sizes=np.full(len(chunk), self.chunk_bytes, dtype="<u8").tobytes(),
+                threads=max(1, min(self.threads, len(chunk))))
         except (zstandard.ZstdError, ValueError) as e:  # a bad frame (header, data or size)
             item = re.search(r"item (\d+)", str(e))
-            _, _, _, shard, inner = places[int(item.group(1)) if item else 0]
-            raise ChunkError(self.key(shard), f"inner chunk {inner} does not decode ({e})") from None
-        for i, (dest, lo, hi, shard, inner) in enumerate(places):
-            plain = np.frombuffer(decoded[i], dtype=np.uint8)
-            if len(plain) != self.chunk_bytes:
-                raise ChunkError(self.key(shard),
-                                 f"inner chunk {inner} decodes to {len(plain)} bytes, expected {self.chunk_bytes}")
-            dest[:] = plain[lo:hi]
+            k = int(item.group(1)) if item else 0
+            raise ChunkError(self.key(int(shard[k])), f"inner chunk {int(chunk[k] % self.per_shard)} does not decode ({e})") from None
+
+        # elements [a, b) of each chunk land at byte dpos of their row
+        a = np.maximum(rs[run_of], chunk * self.chunk)
+        b = np.minimum(re_[run_of], (chunk + 1) * self.chunk)
+        lo, hi = (a - chunk * self.chunk) * self.elem, (b - chunk * self.chunk) * self.elem
+        dpos = rpos[run_of] + (a - rs[run_of]) * self.elem
+        flat = [out[i].reshape(-1) for i in range(len(ranges))]
+        for k, (r, d, x, y) in enumerate(zip(row[run_of].tolist(), dpos.tolist(), lo.tolist(), hi.tolist())):
+            flat[r][d:d + y - x] = np.frombuffer(decoded[k], dtype=np.uint8)[x:y]
 
     def read_many(self, ranges: list[tuple[int, int]], out: np.ndarray) -> None:
         """Fill ``out[i]`` (flat bytes) with elements ranges[i] = (start, stop), decoding in parallel."""
-        jobs = [t for i, (a, b) in enumerate(ranges) for t in self.tasks(a, b, out[i].reshape(-1))]
-        if self.batched:
-            self._read_batched(jobs)
+        if self.batched and ranges:
+            self._read_batched(ranges, out)
             return
+        jobs = [t for i, (a, b) in enumerate(ranges) for t in self.tasks(a, b, out[i].reshape(-1))]
         if len(jobs) == 1:
             self._run(*jobs[0])
             return
