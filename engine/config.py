@@ -187,7 +187,7 @@ class TrainConfig(_Strict):
     offload_params: bool = False  # ZeRO-3 parameter offload to CPU
     checkpoint_activations: bool = True  # recompute every residual block in backward
     partition_activations: bool = False  # DeepSpeed activation checkpoint partitioning across model-parallel ranks
-    cpu_checkpointing: bool = False  # keep checkpointed block inputs in CPU memory
+    cpu_checkpointing: bool = False  # keep checkpointed block inputs in host memory (engine.parallel.HostCheckpoint)
     log_every: int = Field(10, gt=0)
     eval_every: int = Field(100, gt=0)
     eval_windows: int = Field(8, gt=0)

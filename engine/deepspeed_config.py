@@ -27,9 +27,9 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict:
             "min_loss_scale": t.loss_scale.min_scale,
         },
         "bf16": {"enabled": t.precision == "bf16"},
-        "activation_checkpointing": {
+        "activation_checkpointing": {  # the engine's own HostCheckpoint does cpu_checkpointing
             "partition_activations": t.partition_activations,
-            "cpu_checkpointing": t.cpu_checkpointing,
+            "cpu_checkpointing": False,
             "contiguous_memory_optimization": False,
             "synchronize_checkpoint_boundary": False,
             "profile": False,
@@ -54,3 +54,6 @@ def check_zero_options(cfg: Config) -> None:
         raise ConfigError("train.offload_optimizer needs train.zero_stage >= 1")
     if t.offload_params and t.zero_stage != 3:
         raise ConfigError("train.offload_params needs train.zero_stage = 3")
+    if (t.cpu_checkpointing or t.partition_activations) and not t.checkpoint_activations:
+        key = "cpu_checkpointing" if t.cpu_checkpointing else "partition_activations"
+        raise ConfigError(f"train.{key} needs train.checkpoint_activations = true")

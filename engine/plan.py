@@ -374,7 +374,11 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     stats = layout_stats(model, model.seq_len)
     batch = micro_batch or t.micro_batch_size
     weights, cpu = _weight_bytes(cfg, params.total, prec, runtime, world_size)
-    phases = _phases(model, t.checkpoint_activations, prec, params, weights, stats.nbytes, batch * model.seq_len, runtime)
+    host_inputs = runtime == "deepspeed" and t.checkpoint_activations and t.cpu_checkpointing
+    phases = _phases(model, t.checkpoint_activations, prec, params, weights, stats.nbytes, batch * model.seq_len, runtime,
+                     host_inputs)
+    if host_inputs:  # HostCheckpoint: every block input waits in (pinned) host memory
+        cpu["block inputs"] = float(model.n_layers * batch * model.seq_len * prec.residual * model.d_model)
     pairs = sum(sum(layer) for layer in stats.pairs)
     causal = model.n_layers * model.n_heads * model.seq_len * (model.seq_len + 1) / 2
     return Plan(
@@ -420,8 +424,12 @@ def _weight_bytes(cfg: Config, n_params: int, prec: Precision, runtime: str, wor
 
 
 def _phases(model: ModelConfig, recompute: bool, prec: Precision, params: ParamCount, weights: dict,
-            layout_bytes: int, tokens: int, runtime: str) -> dict[str, dict[str, float]]:
-    """Allocated bytes at forward end, loss backward, first and last block backward, optimizer step."""
+            layout_bytes: int, tokens: int, runtime: str, host_inputs: bool = False) -> dict[str, dict[str, float]]:
+    """Allocated bytes at forward end, loss backward, first and last block backward, optimizer step.
+
+    host_inputs: the block inputs live in host memory (cpu_checkpointing); the GPU holds only the
+    one being recomputed, and in the forward pass the last block's input and output.
+    """
     L, d = model.n_layers, model.d_model
     resid = tokens * prec.residual * d  # one (B, T, D) residual
     hidden = tokens * (prec.residual if prec.autocast else prec.compute) * d  # final-LN output
@@ -434,7 +442,9 @@ def _phases(model: ModelConfig, recompute: bool, prec: Precision, params: ParamC
     static = {k: v for k, v in weights.items() if k != "gradients"} | {"layouts": float(layout_bytes)}
     grads = weights["gradients"]
     kept = (L + 1) * resid if recompute else (L + 1) * resid + L * block
-    first = {"block inputs": L * resid} if recompute else {"saved activations": L * (resid + block)}
+    if recompute and host_inputs:
+        kept = 2 * resid
+    first = {"block inputs": (resid if host_inputs else L * resid)} if recompute else {"saved activations": L * (resid + block)}
     last = {"block inputs": resid} if recompute else {"saved activations": resid + block}
     working = {"one block recomputed": block if recompute else 0.0, "attention workspace": attn,
                "backward transients": transient}

@@ -137,3 +137,13 @@ def test_plan_cli_table_json_and_exit_codes(tmp_path, capsys):
         assert exit_.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("megastride plan: error: ") and "\n" not in err
+
+
+def test_cpu_checkpointing_moves_block_inputs_to_host():
+    """With cpu_checkpointing the GPU keeps one block input; the other n_layers - 1 go to the host."""
+    on, off = plan(config(cpu_checkpointing=True)), plan(config())
+    resid = 512 * 64 * 2  # tokens x d_model x bf16 bytes
+    assert on.cpu["block inputs"] == 3 * resid
+    peak = "backward, last block"
+    assert on.phases[peak]["block inputs"] == resid and off.phases[peak]["block inputs"] == 3 * resid
+    assert on.peak_bytes == off.peak_bytes - 2 * resid

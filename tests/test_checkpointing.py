@@ -1,0 +1,60 @@
+"""Activation recomputation: every runner gives the gradients of the plain model, dropout included."""
+
+import pytest
+import torch
+
+from megastride.engine.config import ConfigError, config_from_dict
+from megastride.engine.deepspeed_config import check_zero_options
+from megastride.engine.model import SparseTransformer
+from megastride.engine.parallel import HostCheckpoint, apply_activation_checkpointing
+
+
+def _config(**train):
+    return config_from_dict({"model": {"seq_len": 128, "d_model": 32, "n_layers": 3, "n_heads": 2, "dropout": 0.3,
+                                       "attention": {"block": 16, "layers": ["fixed(32,8)", "strided(16)"]}},
+                             "train": train})
+
+
+def _loss_and_grads(cfg, seed=7):
+    torch.manual_seed(0)
+    model = SparseTransformer(cfg.model)
+    apply_activation_checkpointing(model, cfg.train)
+    model.train()
+    idx = torch.randint(0, 256, (2, 129), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(seed)  # the dropout masks
+    loss = model(idx[:, :-1], idx[:, 1:])
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("train", [{"cpu_checkpointing": True}, {}], ids=["host", "torch"])
+def test_recomputed_blocks_give_the_plain_models_gradients(train):
+    """Recompute (replaying the dropout RNG) changes neither the loss nor any gradient."""
+    plain_loss, plain = _loss_and_grads(_config(checkpoint_activations=False))
+    loss, grads = _loss_and_grads(_config(**train))
+    assert torch.equal(loss, plain_loss)
+    for name, g in plain.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-5, atol=1e-7, msg=name)
+    other_loss, _ = _loss_and_grads(_config(**train), seed=8)  # the masks do matter
+    assert not torch.equal(other_loss, plain_loss)
+
+
+def test_host_checkpoint_keeps_only_a_host_copy_of_the_input():
+    """The autograd graph holds no activation of the block: only the input, copied to the host."""
+    block = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.GELU(), torch.nn.Linear(64, 16))
+    x = torch.randn(4, 16, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = HostCheckpoint.apply(block, x * 2)
+    assert saved == []  # the block ran without saving anything for backward
+    assert out.grad_fn.host is not None and not out.grad_fn.host.is_cuda
+    out.sum().backward()
+    ref = x.detach().clone().requires_grad_(True)
+    block(ref * 2).sum().backward()
+    torch.testing.assert_close(x.grad, ref.grad)
+
+
+@pytest.mark.parametrize("key", ["cpu_checkpointing", "partition_activations"])
+def test_offload_options_need_recomputation(key):
+    with pytest.raises(ConfigError, match=f"train.{key} needs train.checkpoint_activations = true"):
+        check_zero_options(_config(**{key: True, "checkpoint_activations": False}))
