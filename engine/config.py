@@ -108,6 +108,7 @@ class ModelConfig(_Strict):
     attention: AttentionConfig = AttentionConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
     loss_chunk: int = Field(8192, gt=0)  # positions per chunk of the output layer + loss
+    ffn_chunk: int = Field(0, ge=0)  # positions per recomputed FFN chunk in training; 0 = whole sequence
 
     @model_validator(mode="after")
     def _shapes(self) -> "ModelConfig":

@@ -62,15 +62,37 @@ class SparseAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """W2(GELU(W1 x))."""
+    """W2(GELU(W1 x)).
+
+    With ``ffn_chunk`` > 0, positions are processed ``ffn_chunk`` at a time, each chunk recomputed
+    in the backward pass when gradients are on: the (T, ffn width) intermediates, the largest
+    tensors of a block at long lengths (fc output, its GELU, their gradients), exist for one chunk
+    at a time.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.fc = nn.Linear(cfg.d_model, cfg.ffn_width)
         self.proj = nn.Linear(cfg.ffn_width, cfg.d_model)  # W2: scaled by 1/sqrt(2N) at init
+        self.chunk = cfg.ffn_chunk
+
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(gelu(self.fc(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(gelu(self.fc(x)))
+        t, c = x.shape[1], self.chunk
+        if not c or t <= c:
+            return self._ffn(x)
+        if torch.is_grad_enabled():
+            parts = [torch.utils.checkpoint.checkpoint(self._ffn, x[:, i : i + c], use_reentrant=False)
+                     for i in range(0, t, c)]
+            return torch.cat(parts, dim=1)
+        first = self._ffn(x[:, :c])  # no graph to keep: write each chunk into one output
+        out = first.new_empty(*x.shape[:-1], first.shape[-1])
+        out[:, :c] = first
+        for i in range(c, t, c):
+            out[:, i : i + c] = self._ffn(x[:, i : i + c])
+        return out
 
 
 class Block(nn.Module):

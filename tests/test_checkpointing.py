@@ -58,3 +58,24 @@ def test_host_checkpoint_keeps_only_a_host_copy_of_the_input():
 def test_offload_options_need_recomputation(key):
     with pytest.raises(ConfigError, match=f"train.{key} needs train.checkpoint_activations = true"):
         check_zero_options(_config(**{key: True, "checkpoint_activations": False}))
+
+
+@pytest.mark.parametrize("train", [{"cpu_checkpointing": True}, {}, {"checkpoint_activations": False}],
+                         ids=["host", "torch", "none"])
+def test_chunked_ffn_gives_the_same_loss_and_gradients(train):
+    """ffn_chunk (a divisor or not of the length) changes neither outputs nor gradients."""
+    base_loss, base = _loss_and_grads(_config(**train))
+    for chunk in (32, 50):
+        cfg = _config(**train)
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"ffn_chunk": chunk})})
+        loss, grads = _loss_and_grads(cfg)
+        torch.testing.assert_close(loss, base_loss, rtol=1e-6, atol=1e-6)
+        for name, g in base.items():
+            torch.testing.assert_close(grads[name], g, rtol=1e-5, atol=1e-6, msg=name)
+    torch.manual_seed(0)
+    model = SparseTransformer(_config().model).eval()
+    chunked = SparseTransformer(_config().model.model_copy(update={"ffn_chunk": 50})).eval()
+    chunked.load_state_dict(model.state_dict())
+    idx = torch.randint(0, 256, (2, 128))
+    with torch.no_grad():
+        torch.testing.assert_close(chunked(idx), model(idx), rtol=1e-5, atol=1e-5)

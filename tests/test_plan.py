@@ -147,3 +147,15 @@ def test_cpu_checkpointing_moves_block_inputs_to_host():
     peak = "backward, last block"
     assert on.phases[peak]["block inputs"] == resid and off.phases[peak]["block inputs"] == 3 * resid
     assert on.peak_bytes == off.peak_bytes - 2 * resid
+
+
+def test_ffn_chunk_keeps_one_chunk_of_ffn_intermediates():
+    """With model.ffn_chunk the recomputed block's FFN tensors and their gradients cover one chunk."""
+    whole, chunked = plan(config()), plan(config(model={"ffn_chunk": 128}))
+    f = 64 * 4  # ffn width
+    peak = "backward, last block"
+    saved = lambda p: p.phases[peak]["one block recomputed"]  # noqa: E731
+    grads = lambda p: p.phases[peak]["backward transients"]  # noqa: E731
+    assert saved(whole) - saved(chunked) == (512 - 128) * 3 * 2 * f  # fc out, sigmoid, GELU in bf16
+    assert grads(whole) - grads(chunked) == (512 - 128) * 2 * 2 * f
+    assert plan(config(model={"ffn_chunk": 512})).peak_bytes == whole.peak_bytes  # one chunk = no chunking
