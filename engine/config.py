@@ -187,6 +187,7 @@ class TrainConfig(_Strict):
     offload_optimizer: bool = False  # ZeRO-Offload (stage >= 1): optimizer states and step on CPU
     offload_params: bool = False  # ZeRO-3 parameter offload to CPU
     checkpoint_activations: bool = True  # recompute every residual block in backward
+    checkpoint_group: int = Field(1, ge=1)  # blocks recomputed as one segment: n/k + k inputs kept, not n
     partition_activations: bool = False  # DeepSpeed activation checkpoint partitioning across model-parallel ranks
     cpu_checkpointing: bool = False  # keep checkpointed block inputs in host memory (engine.parallel.HostCheckpoint)
     log_every: int = Field(10, gt=0)

@@ -54,6 +54,8 @@ def check_zero_options(cfg: Config) -> None:
         raise ConfigError("train.offload_optimizer needs train.zero_stage >= 1")
     if t.offload_params and t.zero_stage != 3:
         raise ConfigError("train.offload_params needs train.zero_stage = 3")
-    if (t.cpu_checkpointing or t.partition_activations) and not t.checkpoint_activations:
-        key = "cpu_checkpointing" if t.cpu_checkpointing else "partition_activations"
+    needs = [k for k in ("cpu_checkpointing", "partition_activations") if getattr(t, k)]
+    needs += ["checkpoint_group"] if t.checkpoint_group > 1 else []
+    if needs and not t.checkpoint_activations:
+        key = needs[0]
         raise ConfigError(f"train.{key} needs train.checkpoint_activations = true")

@@ -155,8 +155,10 @@ class SparseTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, self._pattern_fn(r)) for r in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        # how each block is run: plain by default; engine.parallel swaps in recomputation
-        self.block_runner: Callable[[nn.Module, torch.Tensor], torch.Tensor] = lambda block, x: block(x)
+        # how each block is run: plain by default; engine.parallel swaps in recomputation, and may
+        # set ``segments`` (callables running consecutive blocks) for the runner to take instead
+        self.block_runner: Callable[[Callable, torch.Tensor], torch.Tensor] = lambda block, x: block(x)
+        self.segments: list[Callable[[torch.Tensor], torch.Tensor]] | None = None
         self.reset_parameters()
 
     def _pattern_fn(self, layer: int) -> Callable[[int], AttentionPattern]:
@@ -179,8 +181,8 @@ class SparseTransformer(nn.Module):
         if idx.dim() != 2:
             raise ValueError(f"expected (batch, time) byte ids, got shape {tuple(idx.shape)}")
         x = self.tok(idx) + self.pos(idx.shape[1], idx.device)
-        for block in self.blocks:
-            x = self.block_runner(block, x)
+        for unit in self.segments or self.blocks:
+            x = self.block_runner(unit, x)
         return self.ln_f(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:

@@ -13,7 +13,7 @@ from .config import TrainConfig
 
 
 class HostCheckpoint(torch.autograd.Function):
-    """Run ``block(x)`` keeping nothing on the device: ``x`` is copied to host memory (pinned when
+    """Run ``block(x)`` (a block or any callable of one tensor) keeping nothing on the device: ``x`` is copied to host memory (pinned when
     it lives on a GPU) and the block is recomputed from it in the backward pass.
 
     At 1M tokens the checkpointed block inputs are the largest item of a step (1 GiB per layer for
@@ -24,7 +24,7 @@ class HostCheckpoint(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, block, x: torch.Tensor) -> torch.Tensor:
         ctx.block, ctx.device = block, x.device
         host = torch.empty(x.shape, dtype=x.dtype, device="cpu", pin_memory=x.is_cuda)
         host.copy_(x, non_blocking=x.is_cuda)
@@ -48,23 +48,46 @@ class HostCheckpoint(torch.autograd.Function):
         return None, x.grad
 
 
+class Segment:
+    """Consecutive blocks recomputed as one unit, each block recomputed again inside it.
+
+    The outer runner keeps only the segment's input; while the segment is recomputed in the
+    backward pass every block in it is checkpointed, so k block inputs and one block's activations
+    are live: n/k + k inputs instead of n, for one more forward pass of every block.
+    """
+
+    def __init__(self, blocks, inner):
+        self.blocks, self.inner = list(blocks), inner
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = self.inner(block, x) if torch.is_grad_enabled() else block(x)
+        return x
+
+
 def apply_activation_checkpointing(model: nn.Module, train: TrainConfig) -> None:
     """Recompute every residual block (attention and FFN) in the backward pass.
 
     cpu_checkpointing keeps the block inputs in host memory (HostCheckpoint); partition_activations
-    uses DeepSpeed's implementation; otherwise torch's non-reentrant checkpoint.
+    uses DeepSpeed's implementation; otherwise torch's non-reentrant checkpoint. checkpoint_group
+    k > 1 recomputes k blocks at a time as one Segment (the runner above keeps segment inputs).
     """
     if not train.checkpoint_activations:
         return
+    torch_checkpoint = lambda fn, x: checkpoint(fn, x, use_reentrant=False)  # noqa: E731
     if train.cpu_checkpointing:
-        model.block_runner = lambda block, x: HostCheckpoint.apply(block, x)
+        model.block_runner = lambda fn, x: HostCheckpoint.apply(fn, x)
     elif train.partition_activations:
         import deepspeed
 
         deepspeed.checkpointing.configure(None, partition_activations=True)
-        model.block_runner = lambda block, x: deepspeed.checkpointing.checkpoint(block, x)
+        model.block_runner = lambda fn, x: deepspeed.checkpointing.checkpoint(fn, x)
     else:
-        model.block_runner = lambda block, x: checkpoint(block, x, use_reentrant=False)
+        model.block_runner = torch_checkpoint
+    k = train.checkpoint_group
+    if k > 1:
+        blocks = list(model.blocks)
+        model.segments = [Segment(blocks[i:i + k], torch_checkpoint) for i in range(0, len(blocks), k)]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

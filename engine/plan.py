@@ -386,10 +386,12 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     batch = micro_batch or t.micro_batch_size
     weights, cpu = _weight_bytes(cfg, params.total, prec, runtime, world_size)
     host_inputs = runtime == "deepspeed" and t.checkpoint_activations and t.cpu_checkpointing
+    group = t.checkpoint_group if t.checkpoint_activations else 1
     phases = _phases(model, t.checkpoint_activations, prec, params, weights, stats.nbytes, batch * model.seq_len, runtime,
-                     host_inputs)
-    if host_inputs:  # HostCheckpoint: every block input waits in (pinned) host memory
-        cpu["block inputs"] = float(model.n_layers * batch * model.seq_len * prec.residual * model.d_model)
+                     host_inputs, group)
+    if host_inputs:  # HostCheckpoint: every segment input waits in (pinned) host memory
+        segments = -(-model.n_layers // group)
+        cpu["block inputs"] = float(segments * batch * model.seq_len * prec.residual * model.d_model)
     pairs = sum(sum(layer) for layer in stats.pairs)
     causal = model.n_layers * model.n_heads * model.seq_len * (model.seq_len + 1) / 2
     return Plan(
@@ -435,11 +437,15 @@ def _weight_bytes(cfg: Config, n_params: int, prec: Precision, runtime: str, wor
 
 
 def _phases(model: ModelConfig, recompute: bool, prec: Precision, params: ParamCount, weights: dict,
-            layout_bytes: int, tokens: int, runtime: str, host_inputs: bool = False) -> dict[str, dict[str, float]]:
+            layout_bytes: int, tokens: int, runtime: str, host_inputs: bool = False,
+            group: int = 1) -> dict[str, dict[str, float]]:
     """Allocated bytes at forward end, loss backward, first and last block backward, optimizer step.
 
-    host_inputs: the block inputs live in host memory (cpu_checkpointing); the GPU holds only the
-    one being recomputed, and in the forward pass the last block's input and output.
+    host_inputs: the block (segment) inputs live in host memory (cpu_checkpointing); the GPU holds
+    only those of the segment being recomputed, and in the forward pass the last input and output.
+    group: blocks per recomputed segment (train.checkpoint_group); with S = ceil(L / group)
+    segments the forward keeps S inputs, and a segment's backward adds the inputs of its blocks.
+    "backward, last block" is the worst segment's backward.
     """
     L, d = model.n_layers, model.d_model
     resid = tokens * prec.residual * d  # one (B, T, D) residual
@@ -453,11 +459,17 @@ def _phases(model: ModelConfig, recompute: bool, prec: Precision, params: ParamC
     grads_persist = runtime == "deepspeed"  # torch: zero_grad(set_to_none) frees them between steps
     static = {k: v for k, v in weights.items() if k != "gradients"} | {"layouts": float(layout_bytes)}
     grads = weights["gradients"]
-    kept = (L + 1) * resid if recompute else (L + 1) * resid + L * block
-    if recompute and host_inputs:
-        kept = 2 * resid
-    first = {"block inputs": (resid if host_inputs else L * resid)} if recompute else {"saved activations": L * (resid + block)}
-    last = {"block inputs": resid} if recompute else {"saved activations": resid + block}
+    segments = -(-L // group)
+    k_last = L - (segments - 1) * group  # blocks in the last segment
+    if host_inputs:
+        kept, worst = 2 * resid, max(k_last, group if segments > 1 else 0) * resid
+    else:  # the segments' inputs before the one in backward, plus the inputs of its blocks
+        kept = (segments + 1) * resid
+        worst = max(segments - 1 + k_last, segments - 2 + group if segments > 1 else 0) * resid
+    if not recompute:
+        kept = (L + 1) * resid + L * block
+    first = {"block inputs": worst} if recompute else {"saved activations": L * (resid + block)}
+    last = {"block inputs": min(group, L) * resid} if recompute else {"saved activations": resid + block}
     working = {"one block recomputed": block if recompute else 0.0, "attention workspace": attn,
                "backward transients": transient}
     def g(fraction: float) -> dict:  # noqa: E306 - gradients present at this moment

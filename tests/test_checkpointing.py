@@ -27,7 +27,10 @@ def _loss_and_grads(cfg, seed=7):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("train", [{"cpu_checkpointing": True}, {}], ids=["host", "torch"])
+RUNNERS = [{"cpu_checkpointing": True}, {}, {"checkpoint_group": 2}, {"checkpoint_group": 3, "cpu_checkpointing": True}]
+
+
+@pytest.mark.parametrize("train", RUNNERS, ids=["host", "torch", "torch-group2", "host-group3"])
 def test_recomputed_blocks_give_the_plain_models_gradients(train):
     """Recompute (replaying the dropout RNG) changes neither the loss nor any gradient."""
     plain_loss, plain = _loss_and_grads(_config(checkpoint_activations=False))
@@ -54,10 +57,34 @@ def test_host_checkpoint_keeps_only_a_host_copy_of_the_input():
     torch.testing.assert_close(x.grad, ref.grad)
 
 
-@pytest.mark.parametrize("key", ["cpu_checkpointing", "partition_activations"])
-def test_offload_options_need_recomputation(key):
+@pytest.mark.parametrize("key,value", [("cpu_checkpointing", True), ("partition_activations", True),
+                                       ("checkpoint_group", 2)])
+def test_offload_options_need_recomputation(key, value):
     with pytest.raises(ConfigError, match=f"train.{key} needs train.checkpoint_activations = true"):
-        check_zero_options(_config(**{key: True, "checkpoint_activations": False}))
+        check_zero_options(_config(**{key: value, "checkpoint_activations": False}))
+
+
+def test_segments_recompute_their_blocks_again():
+    """Backward runs a block's forward twice (segment recompute, then its own) where per-block
+    recompute runs it once; the last block of a segment once, as torch's checkpoint stops a
+    recompute as soon as it has what backward needs (that block's input)."""
+    calls = {}
+
+    def counted(train):
+        cfg = _config(**train)
+        torch.manual_seed(0)
+        model = SparseTransformer(cfg.model)
+        apply_activation_checkpointing(model, cfg.train)
+        for i, block in enumerate(model.blocks):
+            block.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls.get(i, 0) + 1))
+        calls.clear()
+        idx = torch.randint(0, 256, (1, 129))
+        model(idx[:, :-1], idx[:, 1:]).backward()
+        return dict(calls)
+
+    assert counted({}) == {0: 2, 1: 2, 2: 2}
+    assert counted({"checkpoint_group": 3}) == {0: 3, 1: 3, 2: 2}
+    assert counted({"checkpoint_group": 2}) == {0: 3, 1: 2, 2: 2}  # segments (0, 1) and (2,)
 
 
 @pytest.mark.parametrize("train", [{"cpu_checkpointing": True}, {}, {"checkpoint_activations": False}],

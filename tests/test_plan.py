@@ -159,3 +159,16 @@ def test_ffn_chunk_keeps_one_chunk_of_ffn_intermediates():
     assert saved(whole) - saved(chunked) == (512 - 128) * 3 * 2 * f  # fc out, sigmoid, GELU in bf16
     assert grads(whole) - grads(chunked) == (512 - 128) * 2 * 2 * f
     assert plan(config(model={"ffn_chunk": 512})).peak_bytes == whole.peak_bytes  # one chunk = no chunking
+
+
+def test_checkpoint_group_keeps_segment_inputs():
+    """Groups of k blocks: n/k segment inputs plus one segment's k block inputs, on GPU or host."""
+    resid = 512 * 64 * 2
+    peak = "backward, last block"
+    six = lambda **t: plan(config(model={"n_layers": 6}, **t))  # noqa: E731
+    assert six().phases[peak]["block inputs"] == 6 * resid
+    assert six(checkpoint_group=2).phases[peak]["block inputs"] == (2 + 2) * resid  # 3 segments
+    assert six(checkpoint_group=4).phases[peak]["block inputs"] == max(1 + 2, 0 + 4) * resid  # (4, 2)
+    host = six(checkpoint_group=2, cpu_checkpointing=True)
+    assert host.phases[peak]["block inputs"] == 2 * resid and host.cpu["block inputs"] == 3 * resid
+    assert six(checkpoint_group=2).phases["forward"]["activations"] < six().phases["forward"]["activations"]
