@@ -105,8 +105,10 @@ def config_for(base: Config, spec: str, seq_len: int, overrides: list[str] = ())
     m["seq_len"], m["attention"]["layers"] = seq_len, [spec.format(block=m["attention"]["block"])]
     if m["embedding"]["kind"] == "image" and math.prod(m["embedding"]["image_shape"]) != seq_len:
         m["embedding"] = {"kind": "window", "window": "auto", "image_shape": None}
+    # a plain one-GPU loop: no ZeRO or DeepSpeed checkpointing; the engine's own memory options
+    # (cpu_checkpointing, checkpoint_group, model.ffn_chunk) apply as set
     tree["train"].update(zero_stage=0, offload_optimizer=False, offload_params=False,
-                         partition_activations=False, cpu_checkpointing=False, compile=False)
+                         partition_activations=False, compile=False)
     return config_from_dict(tree, source=f"bench config {spec} at {seq_len}")
 
 

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
@@ -20,7 +22,8 @@ class HostCheckpoint(torch.autograd.Function):
     d_model 512 in bf16, 32 GB over 30 layers); here they cost host memory and two copies per
     layer instead. DeepSpeed's ``checkpoint_in_cpu`` only offloads model-parallel partitions (it
     fails without ``partition_activations``). Parameter gradients accumulate through the nested
-    backward, as in reentrant checkpointing; the RNG states are replayed so dropout matches.
+    backward, as in reentrant checkpointing; the RNG states and the autocast state are replayed so
+    dropout and the compute dtype match.
     """
 
     @staticmethod
@@ -31,6 +34,8 @@ class HostCheckpoint(torch.autograd.Function):
         ctx.host = host
         ctx.cpu_rng = torch.get_rng_state()
         ctx.cuda_rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else None
+        ctx.autocast = [(kind, torch.get_autocast_dtype(kind)) for kind in ("cuda", "cpu")
+                        if torch.is_autocast_enabled(kind)]
         with torch.no_grad():
             return block(x)
 
@@ -38,7 +43,9 @@ class HostCheckpoint(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x = ctx.host.to(ctx.device, non_blocking=True).requires_grad_(True)
         devices = [ctx.device] if ctx.cuda_rng is not None else []
-        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+        with torch.random.fork_rng(devices=devices), torch.enable_grad(), contextlib.ExitStack() as stack:
+            for kind, dtype in ctx.autocast:
+                stack.enter_context(torch.autocast(kind, dtype=dtype))
             torch.set_rng_state(ctx.cpu_rng)
             if ctx.cuda_rng is not None:
                 torch.cuda.set_rng_state(ctx.cuda_rng, ctx.device)

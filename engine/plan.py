@@ -385,7 +385,7 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     stats = layout_stats(model, model.seq_len)
     batch = micro_batch or t.micro_batch_size
     weights, cpu = _weight_bytes(cfg, params.total, prec, runtime, world_size)
-    host_inputs = runtime == "deepspeed" and t.checkpoint_activations and t.cpu_checkpointing
+    host_inputs = t.checkpoint_activations and t.cpu_checkpointing  # HostCheckpoint: either runtime
     group = t.checkpoint_group if t.checkpoint_activations else 1
     phases = _phases(model, t.checkpoint_activations, prec, params, weights, stats.nbytes, batch * model.seq_len, runtime,
                      host_inputs, group)

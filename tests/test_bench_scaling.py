@@ -137,3 +137,17 @@ def test_cli_user_errors_are_one_line(capsys):
         assert exit_.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("megastride bench scaling: error: ") and "\n" not in err
+
+
+def test_memory_options_reach_the_benchmark_and_its_plan():
+    """cpu_checkpointing, checkpoint_group and ffn_chunk set with --set are what the loop runs and
+    the planner plans; DeepSpeed-only options are switched off for the plain loop."""
+    sets = ["train.cpu_checkpointing=true", "train.checkpoint_group=2", "model.ffn_chunk=64",
+            "train.zero_stage=2", "train.partition_activations=true"]
+    cfg = B.config_for(tiny_base(), "fixed({block},8)", 256, sets)
+    assert cfg.train.cpu_checkpointing and cfg.train.checkpoint_group == 2 and cfg.model.ffn_chunk == 64
+    assert cfg.train.zero_stage == 0 and not cfg.train.partition_activations
+    from megastride.engine.plan import plan
+
+    p = plan(cfg, runtime="torch")
+    assert p.cpu["block inputs"] > 0

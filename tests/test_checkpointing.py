@@ -106,3 +106,23 @@ def test_chunked_ffn_gives_the_same_loss_and_gradients(train):
     idx = torch.randint(0, 256, (2, 128))
     with torch.no_grad():
         torch.testing.assert_close(chunked(idx), model(idx), rtol=1e-5, atol=1e-5)
+
+
+def test_host_checkpoint_recomputes_under_the_forwards_autocast():
+    """Under bf16 autocast (the benchmark loop) the recompute runs in bf16 too: same gradients as
+    torch's checkpoint, which replays autocast, and not those of an fp32 recompute."""
+    def grads(train):
+        cfg = _config(**train)
+        torch.manual_seed(0)
+        model = SparseTransformer(cfg.model)
+        apply_activation_checkpointing(model, cfg.train)
+        idx = torch.randint(0, 256, (2, 129), generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(7)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    host, ref = grads({"cpu_checkpointing": True}), grads({})
+    for a, b in zip(host, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
