@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One batched GPU session (the device tool's H200): GPU tests, a short million-length training run
-# on real 12 kHz audio, the scaling sweep and the planner check. Results and logs under OUT.
+# on real 12 kHz audio, the scaling sweep, the planner check and the long-sequence memory options.
+# Results and logs under OUT.
 #   bash launch/h200_checks.sh OUT [AUDIO_STORE]
 set -uo pipefail
 OUT=$(realpath -m "${1:?usage: $0 OUT [AUDIO_STORE]}"); AUDIO=${2:-data/music12k.zarr}
@@ -23,4 +24,13 @@ timeout "${SWEEP_S:-200}" python3 -m megastride.launch.cli bench scaling --devic
 timeout "${PLAN_S:-120}" python3 -m megastride.launch.cli bench scaling --device cuda --config configs/enwik8.yaml \
   --set model.dropout=0 --validate-plan --steps 1 --warmup 1 --out /tmp/scaling 2>&1 | tail -14 | tee -a "$OUT/scaling.log"
 cp /tmp/scaling/scaling.csv /tmp/scaling/scaling.png /tmp/scaling/plan_check.csv "$OUT/" 2>/dev/null
+# 4. the memory options at 1M and 4M tokens (fixed pattern, same model): measured peak and step time
+#    beside the planner's prediction, one CSV row each (docs/scaling.md lists the predictions)
+for opts in "train.cpu_checkpointing=true model.ffn_chunk=65536" "train.checkpoint_group=5 train.cpu_checkpointing=true model.ffn_chunk=65536"; do
+  sets=(); for o in $opts; do sets+=(--set "$o"); done
+  timeout "${MEM_S:-150}" python3 -m megastride.launch.cli bench scaling --device cuda --config configs/enwik8.yaml \
+    --set model.dropout=0 "${sets[@]}" --kinds fixed --lengths 1048576,4194304 --steps 1 --warmup 1 \
+    --out "/tmp/mem_${opts// /_}" 2>&1 | tail -6 | tee -a "$OUT/memory_options.log"
+  cp "/tmp/mem_${opts// /_}/scaling.csv" "$OUT/memory_${opts// /_}.csv" 2>/dev/null
+done
 ls "$OUT"
