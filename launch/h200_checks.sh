@@ -11,6 +11,9 @@ ms() { python3 -m megastride.launch.cli "$@"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/env.log"
 python3 -c "import torch, triton, deepspeed; print('torch', torch.__version__, 'triton', triton.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 | tail -1 | tee -a "$OUT/env.log"
 date -u | tee -a "$OUT/env.log"
+# 0. data loader throughput (docs/data.md): windows of 65,536 and 1,048,576 bytes beside numpy.memmap
+timeout "${DATA_S:-120}" python3 -m megastride.launch.cli bench data --size-mb 256 --lengths 65536,1048576 --seconds 1 \
+  --no-remote --workdir /tmp/bench_data --out "$OUT/bench_data.json" --quiet 2>&1 | grep -v WARN | tail -12 | tee "$OUT/bench_data.log"
 # 1. GPU-only tests: fp16 dynamic loss scaling, bf16 training through the Triton kernels
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_train_gpu.py 2>&1 | tail -15 | tee "$OUT/pytest_gpu.log"
 # 2. ~95M model, 1,048,576-token windows of real audio, a short run: does the loss fall, how fast
