@@ -9,11 +9,9 @@ range remotely; remote reads run on a thread pool), and checked against their cr
 
 Decoding: zstd chunks of a whole batch go to python-zstandard's ``multi_decompress_to_buffer`` in
 one call, which decodes them on its own C threads with the GIL released once. Decoding chunk by
-chunk on a Python thread pool takes and drops the GIL around every chunk; those hand-offs do not
-scale with cores (16 threads decoded only ~1.7x faster than 2 on the H200 host) and collapse when
-another Python thread is busy, as the training loop is (a decode thread beside a busy Python
-thread ran at 15-40 MB/s on the 2-core machine instead of 500). blosc chunks, or zstd without
-python-zstandard, are still decoded per chunk on the pool. Arrays with any other codec chain are
+chunk on a Python thread pool takes and drops the GIL around every chunk; those hand-offs did not
+scale with cores (16 threads read only ~1.7x faster than 2 on the H200 host, docs/data.md).
+blosc chunks, or zstd without python-zstandard, are still decoded per chunk on the pool. Arrays with any other codec chain are
 read through zarr instead (``ChunkReader.maybe`` returns None).
 """
 
