@@ -15,8 +15,9 @@ from .config import TrainConfig
 
 
 class HostCheckpoint(torch.autograd.Function):
-    """Run ``block(x)`` (a block or any callable of one tensor) keeping nothing on the device: ``x`` is copied to host memory (pinned when
-    it lives on a GPU) and the block is recomputed from it in the backward pass.
+    """Run ``block(x)`` (a block, or any callable of one tensor) keeping nothing on the device:
+    ``x`` is copied to host memory (pinned when it lives on a GPU) and the block is recomputed from
+    it in the backward pass.
 
     At 1M tokens the checkpointed block inputs are the largest item of a step (1 GiB per layer for
     d_model 512 in bf16, 32 GB over 30 layers); here they cost host memory and two copies per
@@ -60,7 +61,8 @@ class Segment:
 
     The outer runner keeps only the segment's input; while the segment is recomputed in the
     backward pass every block in it is checkpointed, so k block inputs and one block's activations
-    are live: n/k + k inputs instead of n, for one more forward pass of every block.
+    are live: n/k + k inputs instead of n, for one more forward pass of most blocks (torch's
+    checkpoint stops recomputing a segment once it holds what backward needs, before its last block).
     """
 
     def __init__(self, blocks, inner):

@@ -138,15 +138,12 @@ class Trainer:
             wait += waited
             batch = batch.to(self.device, non_blocking=True).long()
             loss = self.engine(batch[:, :-1], batch[:, 1:])
-            self.engine.backward(loss * self._manual_scale() if self._prescale else loss)
+            self.engine.backward(loss * self._loss_scale() if self._prescale else loss)
             if self.engine.is_gradient_accumulation_boundary():
                 self._grad_norm = self._local_grad_norm()
             self.engine.step()
             losses.append(loss.detach().float())
         return float(torch.stack(losses).mean()), wait
-
-    def _manual_scale(self) -> float:
-        return float(self.engine.optimizer.loss_scale_config.cur_scale)
 
     def _local_grad_norm(self) -> float | None:
         """Pre-clipping gradient norm where DeepSpeed does not report one (plain fp32, no ZeRO)."""
