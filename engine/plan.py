@@ -223,22 +223,22 @@ def precision_of(runtime: str, precision: str) -> Precision:
     return Precision(2, 2, 12, 2, 2, False)
 
 
-def block_saved_bytes(model: ModelConfig, prec: Precision, ffn: bool = True) -> float:
-    """Bytes per token one residual block keeps for its backward pass (engine.model, op by op).
+def block_saved_bytes(model: ModelConfig, prec: Precision) -> float:
+    """Bytes per token one residual block keeps for its backward pass (engine.model, op by op),
+    apart from the FFN's intermediates (``ffn_saved_bytes``: they may cover one chunk of positions).
 
     x1 = x + attn(LN1 x): the residual LN2 saves; LN outputs as matmul inputs (under autocast
     each of q, k, v saves its own cast copy, fc one); q, k, v as the attention saves them
     (zero-padded to one head width when query-key and value widths differ); the attention output
-    and its (B, T, D) re-layout for proj; fc output, sigmoid and GELU output (left out with
-    ``ffn=False``: see ``ffn_saved_bytes``); LN statistics, the attention's log-sum-exp, dropout masks.
+    and its (B, T, D) re-layout for proj; LN statistics, the attention's log-sum-exp, dropout masks.
     """
-    d, f, c = model.d_model, model.ffn_width, prec.compute
+    d, c = model.d_model, prec.compute
     ln_inputs = (4 if prec.autocast else 2) * c * d
     width = _attention_width(model)
     qkv = c * (2 * model.qk_width + d) if width == d == model.qk_width else 3 * c * width
     attn_out = c * width + c * d
     stats = 2 * LN_STATS + LSE * model.n_heads + (2 * d if model.dropout > 0 else 0)
-    return prec.residual * d + ln_inputs + qkv + attn_out + (ffn_saved_bytes(model, prec) if ffn else 0) + stats
+    return prec.residual * d + ln_inputs + qkv + attn_out + stats
 
 
 def ffn_saved_bytes(model: ModelConfig, prec: Precision) -> float:
@@ -276,11 +276,16 @@ def _permuted_heads(model: ModelConfig, seq_len: int) -> int:
     return worst
 
 
-def backward_transient_bytes(model: ModelConfig, prec: Precision, ffn: bool = True) -> float:
+def backward_transient_bytes(model: ModelConfig, prec: Precision) -> float:
     """Bytes per token of gradients in flight inside one block's backward: the residual gradient
-    and its accumulator, and the GELU product's two input gradients (the block's largest moment;
-    the GELU output's own gradient replaces the saved output it frees; left out with ``ffn=False``)."""
-    return 2 * prec.residual * model.d_model + (2 * prec.compute * model.ffn_width if ffn else 0)
+    and its accumulator (the FFN's own: ``ffn_transient_bytes``)."""
+    return 2 * prec.residual * model.d_model
+
+
+def ffn_transient_bytes(model: ModelConfig, prec: Precision) -> float:
+    """Bytes per token of the GELU product's two input gradients, the block's largest moment (the
+    GELU output's own gradient replaces the saved output it frees)."""
+    return 2 * prec.compute * model.ffn_width
 
 
 def loss_chunk_bytes(model: ModelConfig, prec: Precision, tokens: int) -> float:
@@ -451,9 +456,9 @@ def _phases(model: ModelConfig, recompute: bool, prec: Precision, params: ParamC
     resid = tokens * prec.residual * d  # one (B, T, D) residual
     hidden = tokens * (prec.residual if prec.autocast else prec.compute) * d  # final-LN output
     f_tokens = ffn_tokens(model, tokens)  # all tokens, or one chunk of positions under ffn_chunk
-    block = tokens * block_saved_bytes(model, prec, ffn=False) + f_tokens * ffn_saved_bytes(model, prec)
+    block = tokens * block_saved_bytes(model, prec) + f_tokens * ffn_saved_bytes(model, prec)
     attn = tokens * attention_workspace_bytes(model, prec, model.seq_len)
-    transient = tokens * backward_transient_bytes(model, prec, ffn=False) + f_tokens * 2 * prec.compute * model.ffn_width
+    transient = tokens * backward_transient_bytes(model, prec) + f_tokens * ffn_transient_bytes(model, prec)
     chunk = loss_chunk_bytes(model, prec, tokens)
     cast = 2 * params.total if prec.autocast else 0.0  # bf16 copies of the weights autocast caches
     grads_persist = runtime == "deepspeed"  # torch: zero_grad(set_to_none) frees them between steps
