@@ -91,6 +91,23 @@ def _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, MASKED: tl.constexpr, DOT_PR
     return acc, l_i, m_new
 
 
+@triton.jit
+def _program_tile(HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks,
+                  BLOCK: tl.constexpr, TILE: tl.constexpr, NCOMP: tl.constexpr):
+    """What this program works on: (batch, head, CSR index, block, first position of its TILE-wide
+    tile, the part's min offset, its component codes). Heads vary fastest over program ids and the
+    blocks come in ORDER (longest row or column first), so every head's heaviest tiles start first."""
+    bh = tl.program_id(0) % batch_heads
+    tile = tl.program_id(0) // batch_heads
+    batch = (bh // part_heads).to(tl.int64)
+    hp = bh % part_heads
+    head = tl.load(HEADS + hp).to(tl.int64)
+    csr = tl.load(HEAD_CSR + hp)
+    block = tl.load(ORDER + csr.to(tl.int64) * num_blocks + tile // (BLOCK // TILE))
+    first = block * BLOCK + (tile % (BLOCK // TILE)) * TILE
+    return batch, head, csr, block, first, tl.load(MIN_OFF + hp), CODES + hp * (NCOMP * 4)
+
+
 _NO_SPECIALIZE = ["part_heads", "batch_heads", "num_blocks", "perm_g", "perm_l", "BUCKET"]
 
 
@@ -102,18 +119,9 @@ def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL
                 BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
                 NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # one program per (query tile, batch x head); heads vary fastest and the query blocks come in
-    # ORDER (longest row first) so the heaviest tiles of every head start first
-    bh = tl.program_id(0) % batch_heads
-    tile = tl.program_id(0) // batch_heads
-    batch = (bh // part_heads).to(tl.int64)
-    hp = bh % part_heads
-    head = tl.load(HEADS + hp).to(tl.int64)
-    csr = tl.load(HEAD_CSR + hp)
-    row_block = tl.load(ORDER + csr.to(tl.int64) * num_blocks + tile // (BLOCK // BLOCK_M))
-    first_row = row_block * BLOCK + (tile % (BLOCK // BLOCK_M)) * BLOCK_M
-    min_off = tl.load(MIN_OFF + hp)
-    codes = CODES + hp * (NCOMP * 4)
+    # one program per (query tile, batch x head)
+    batch, head, csr, row_block, first_row, min_off, codes = _program_tile(
+        HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_M, NCOMP)
     Q += batch * stride_qb + head * stride_qh
     K += batch * stride_kb + head * stride_kh
     V += batch * stride_vb + head * stride_vh
@@ -203,18 +211,9 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                    BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
                    NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # one program per (query tile, batch x head); heads vary fastest and the query blocks come in
-    # ORDER (longest row first) so the heaviest tiles of every head start first
-    bh = tl.program_id(0) % batch_heads
-    tile = tl.program_id(0) // batch_heads
-    batch = (bh // part_heads).to(tl.int64)
-    hp = bh % part_heads
-    head = tl.load(HEADS + hp).to(tl.int64)
-    csr = tl.load(HEAD_CSR + hp)
-    row_block = tl.load(ORDER + csr.to(tl.int64) * num_blocks + tile // (BLOCK // BLOCK_M))
-    first_row = row_block * BLOCK + (tile % (BLOCK // BLOCK_M)) * BLOCK_M
-    min_off = tl.load(MIN_OFF + hp)
-    codes = CODES + hp * (NCOMP * 4)
+    # one program per (query tile, batch x head)
+    batch, head, csr, row_block, first_row, min_off, codes = _program_tile(
+        HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_M, NCOMP)
     K += batch * stride_kb + head * stride_kh
     V += batch * stride_vb + head * stride_vh
 
@@ -280,17 +279,9 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, 
                      NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # one program per key tile of BLOCK_N keys; query tiles of BLOCK_M rows from the column lists
-    bh = tl.program_id(0) % batch_heads
-    tile = tl.program_id(0) // batch_heads
-    batch = (bh // part_heads).to(tl.int64)
-    hp = bh % part_heads
-    head = tl.load(HEADS + hp).to(tl.int64)
-    csr = tl.load(HEAD_CSR + hp)
-    # key blocks in ORDER, longest column first (the fixed pattern's summary columns are long)
-    col_block = tl.load(ORDER + csr.to(tl.int64) * num_blocks + tile // (BLOCK // BLOCK_N))
-    first_col = col_block * BLOCK + (tile % (BLOCK // BLOCK_N)) * BLOCK_N
-    min_off = tl.load(MIN_OFF + hp)
-    codes = CODES + hp * (NCOMP * 4)
+    # (key blocks longest column first: the fixed pattern's summary columns are long)
+    batch, head, csr, col_block, first_col, min_off, codes = _program_tile(
+        HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_N, NCOMP)
     Q += batch * stride_qb + head * stride_qh
     DO += batch * stride_dob + head * stride_doh
     LSE += batch * stride_lb + head * stride_lh
