@@ -4,7 +4,10 @@ FlashAttention-2 style: one program per (query tile, batch x head of a part) wal
 its row (the *full* blocks without a mask, then the *partial* ones with the part's token predicate),
 keeping an online softmax in fp32 and saving the log-sum-exp (base 2). The backward pass is a
 delta = rowsum(dO * O) pass, a dQ kernel over the row lists and a dK/dV kernel over the transposed
-(column) lists: every output element is written by exactly one program, so no atomics.
+(column) lists: every output element is written by exactly one program, so no atomics. Optionally
+(``DQ_MODE = "atomic"``) the dK/dV kernel also adds each tile's dS @ K to an fp32 dQ with atomics
+and the dQ kernel is skipped: two matmuls per tile fewer, at the price of a run-to-run
+nondeterministic summation order in dQ.
 
 A layout may split a head over several *parts* (the strided pattern: its local half in natural
 order, its strided half on the sequence permuted by i -> (i mod l) * (n / l) + i // l, where keys
@@ -263,25 +266,34 @@ def _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, ok, MASKED: tl.constex
         pt = tl.where(ok, pt, 0.0)
     dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PREC)
     dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
-    dst = pt * (dpt - delta[None, :])
-    dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PREC)
-    return dk, dv
+    dst = (pt * (dpt - delta[None, :])).to(q.dtype)
+    dk += tl.dot(dst, q, input_precision=DOT_PREC)
+    return dk, dv, dst
+
+
+@triton.jit
+def _dq_atomic(DQ, rows, offs_d, stride_dqt, dst, k, sm_scale, DOT_PREC: tl.constexpr):
+    """FUSED_DQ: this key tile's share of dQ for the query rows, dS @ K, added to the fp32 DQ in place."""
+    dq = tl.dot(tl.trans(dst), k, input_precision=DOT_PREC) * sm_scale  # (queries, head dim)
+    tl.atomic_add(DQ + rows[:, None] * stride_dqt + offs_d[None, :], dq, sem="relaxed")
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
-def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                      FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER,
                      stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                      stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
-                     stride_dvb, stride_dvh, stride_dvt, stride_lb, stride_lh,
+                     stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                      part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
                      BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
                      NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     FUSED_DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # one program per key tile of BLOCK_N keys; query tiles of BLOCK_M rows from the column lists
-    # (key blocks longest column first: the fixed pattern's summary columns are long)
+    # (key blocks longest column first: the fixed pattern's summary columns are long). FUSED_DQ: the
+    # program also adds dS @ K of each tile to an fp32 DQ with atomics (no separate dQ kernel)
     batch, head, csr, col_block, first_col, min_off, codes = _program_tile(
         HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_N, NCOMP)
+    DQ += batch * stride_dqb + head * stride_dqh
     Q += batch * stride_qb + head * stride_qh
     DO += batch * stride_dob + head * stride_doh
     LSE += batch * stride_lb + head * stride_lh
@@ -304,7 +316,9 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, 
             do = tl.load(DO + rows[:, None] * stride_dot + offs_d[None, :])
             lse = tl.load(LSE + rows)
             delta = tl.load(DELTA + rows)
-            dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, 0, False, DOT_PREC)
+            dk, dv, dst = _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, 0, False, DOT_PREC)
+            if FUSED_DQ:
+                _dq_atomic(DQ, rows, offs_d, stride_dqt, dst, k, sm_scale, DOT_PREC)
 
     for e in range(tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)):
         row_block = tl.load(PART_IDX + e)
@@ -318,7 +332,9 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, 
                 lse = tl.load(LSE + rows)
                 delta = tl.load(DELTA + rows)
                 ok = _allowed(offs_m[None, :], offs_n[:, None], codes, min_off, NCOMP, KINDS)  # (keys, queries)
-                dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, ok, True, DOT_PREC)
+                dk, dv, dst = _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, ok, True, DOT_PREC)
+                if FUSED_DQ:
+                    _dq_atomic(DQ, rows, offs_d, stride_dqt, dst, k, sm_scale, DOT_PREC)
 
     dk_ptrs = DK + batch * stride_dkb + head * stride_dkh + cols[:, None] * stride_dkt + offs_d[None, :]
     dv_ptrs = DV + batch * stride_dvb + head * stride_dvh + cols[:, None] * stride_dvt + offs_d[None, :]
@@ -332,7 +348,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, 
 
 # --- autotuning: configs declared once per kernel, pruned to the layout's block and head dim ------
 
-_TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_PREV"]
+_TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_PREV", "FUSED_DQ"]
 
 
 # (BLOCK_M, BLOCK_N, warps, stages) per layout block. BLOCK_M is the program's tile in the forward and
@@ -366,11 +382,13 @@ def _autotuned(kernel, table, outputs):
 
 _fwd_tuned = _autotuned(_fwd_kernel, _FWD_TILES, ["O", "LSE"])
 _dq_tuned = _autotuned(_bwd_dq_kernel, _DQ_TILES, ["DQ"])
-_dkdv_tuned = _autotuned(_bwd_dkdv_kernel, _DKDV_TILES, ["DK", "DV"])
+_dkdv_tuned = _autotuned(_bwd_dkdv_kernel, _DKDV_TILES, ["DK", "DV", "DQ"])
 
 
 # Tests set this to fill every output buffer with NaN first: proves the kernels write each element.
 POISON = False
+# dQ in the backward pass: "separate" kernel or "atomic" adds from the dK/dV kernel (see dq_mode)
+DQ_MODE = "separate"
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:
@@ -545,6 +563,16 @@ def _forward(q, k, v, layout: Layout, scale: float):
     return (out.to(q.dtype) if multi else out), lse
 
 
+def dq_mode() -> str:
+    """How the backward pass computes dQ: "separate" (a dQ kernel over the row lists: deterministic, two
+    more matmuls per tile) or "atomic" (the dK/dV kernel adds dS @ K to an fp32 dQ with atomics).
+    ``MEGASTRIDE_BLOCKSPARSE_DQ`` overrides ``DQ_MODE``."""
+    mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_DQ", DQ_MODE)
+    if mode not in ("separate", "atomic"):
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_DQ must be 'separate' or 'atomic', got {mode!r}")
+    return mode
+
+
 def _backward(do, q, k, v, out, lse, layout: Layout, scale: float):
     """(dq, dk, dv) given the merged output and lse of ``_forward``."""
     batch, heads, seq_len, head_dim = q.shape
@@ -554,26 +582,30 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float):
     _delta_kernel[(triton.cdiv(seq_len, block_t), batch * heads)](
         out, do, delta, *_strides(out, do), delta.stride(0), delta.stride(1), heads, seq_len,
         HEAD_DIM=head_dim, BLOCK_T=block_t)
+    fused = dq_mode() == "atomic"
     grad_dtype = torch.float32 if _accumulates(layout) else q.dtype
-    dq, dk, dv = (_empty(q.shape, grad_dtype, q.device) for _ in range(3))
+    dk, dv = (_empty(q.shape, grad_dtype, q.device) for _ in range(2))
+    # atomic dQ: every part adds into one zeroed fp32 buffer (rows without keys stay 0)
+    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if fused else _empty(q.shape, grad_dtype, q.device)
     for part, load_prev, fresh in _schedule(layout):
         meta = _part_meta(part, seq_len, q.device)
         if load_prev and fresh:
-            for g in (dq, dk, dv):
+            for g in (dk, dv) if fused else (dq, dk, dv):
                 g[:, fresh] = 0.0
         lists = meta.lists
         consts = _common(layout, meta, q, load_prev)
         common = (len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E, scale)
-        args = (q, k, v, do, dq, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
-                lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"], lists["row_order"],
-                *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *common)
-        grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
-        _launch(_dq_tuned, _bwd_dq_kernel, grid, args, consts)
-        args = (q, k, v, do, dk, dv, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
+        if not fused:
+            args = (q, k, v, do, dq, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
+                    lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
+                    lists["row_order"], *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *common)
+            grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
+            _launch(_dq_tuned, _bwd_dq_kernel, grid, args, consts)
+        args = (q, k, v, do, dk, dv, dq, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
                 lists["col_full_ptr"], lists["col_full_idx"], lists["col_part_ptr"], lists["col_part_idx"], lists["col_order"],
-                *_strides(q, k, v, do, dk, dv), lse.stride(0), lse.stride(1), *common)
+                *_strides(q, k, v, do, dk, dv, dq), lse.stride(0), lse.stride(1), *common)
         grid = lambda m: (seq_len // m["BLOCK_N"] * batch * len(part.heads),)  # noqa: E731
-        _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, args, consts)
+        _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, args, {**consts, "FUSED_DQ": fused})
     return tuple(g.to(q.dtype) for g in (dq, dk, dv))
 
 

@@ -94,6 +94,33 @@ def test_kernel_matches_reference_more_shapes(name, monkeypatch):
     _run_case(SLOW_CASES[name], monkeypatch)
 
 
+@pytest.mark.parametrize("name", ["fixed_block128", "strided_permuted_straddling", "merged_fixed_strided",
+                                  "multi_head_mix", "summary_only_empty_rows"])
+def test_atomic_dq_matches_reference(name, monkeypatch):
+    """dQ added by the dK/dV kernel with atomics (no dQ kernel) equals the reference too, over
+    permuted parts, parts merged into one head and rows without keys."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "atomic")
+    launched = []
+    monkeypatch.setattr(blocksparse, "_bwd_dq_kernel", _Recorder(blocksparse._bwd_dq_kernel, launched))
+    _run_case(CASES[name], monkeypatch, seed=5)
+    assert not launched, "the dQ kernel ran in atomic mode"
+
+
+def test_dq_mode_rejects_unknown(monkeypatch):
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "fast")
+    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_DQ"):
+        blocksparse.dq_mode()
+
+
+class _Recorder:
+    def __init__(self, kernel, calls):
+        self.kernel, self.calls = kernel, calls
+
+    def __getitem__(self, grid):
+        self.calls.append(grid)
+        return self.kernel[grid]
+
+
 def test_forced_full_block_tiles(monkeypatch):
     """Whole-block tiles (the production default for block 64) give the same answer as sub-tiles."""
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TILES", "64,64")
