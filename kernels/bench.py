@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+from unittest import mock
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -214,6 +215,13 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
     result.timings["ours_layout_mb"] = metadata_bytes(layout) / 2**20
     _time_impl("ours", ours, q, k, v, do, result, pairs)
     log(f"  ours  {result.timings['ours_fwdbwd_ms']:.3f} ms f+b")
+    if "atomic" in peers:  # our kernels again with the other dQ mode of the backward pass
+        from . import blocksparse
+
+        other = "atomic" if blocksparse.dq_mode() == "separate" else "separate"
+        with mock.patch.dict(os.environ, {"MEGASTRIDE_BLOCKSPARSE_DQ": other}):
+            _time_impl(f"ours_{other}", ours, q, k, v, do, result, pairs)
+        log(f"  ours, dQ {other}  {result.timings[f'ours_{other}_fwdbwd_ms']:.3f} ms f+b")
     flex_limit = (flex_max or {}).get(case.pattern, 1 << 62)
     if "flex" in peers and n <= flex_limit:
         try:
@@ -274,6 +282,11 @@ def table(results: list[Result]) -> str:
             "| Flex f+b TFLOP/s | SDPA dense f+b ms | f+b speed-up vs Flex | ours peak MB | Flex peak MB "
             "| our layout MB | Flex BlockMask MB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    variants = sorted({k[:-len("_fwdbwd_ms")] for r in results for k in r.timings
+                       if k.startswith("ours_") and k.endswith("_fwdbwd_ms") and k != "ours_fwdbwd_ms"})
+    if variants:  # the other dQ mode: one column each
+        head = head[:-1] + "".join(f"| {v} f+b ms " for v in variants) + "|"
+        lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         t = r.timings.get
         speedup = t("flex_fwdbwd_ms") / t("ours_fwdbwd_ms") if t("flex_fwdbwd_ms") else None
@@ -283,7 +296,8 @@ def table(results: list[Result]) -> str:
             f"| {_fmt(t('ours_fwdbwd_tflops'), 0)} | {_fmt(t('flex_fwd_ms'), 3)} | {_fmt(t('flex_fwdbwd_ms'), 3)} "
             f"| {_fmt(t('flex_fwdbwd_tflops'), 0)} | {_fmt(t('sdpa_fwdbwd_ms'), 3)} "
             f"| {_fmt(speedup)}{'×' if speedup else ''} | {_fmt(t('ours_peak_mb'), 0)} | {_fmt(t('flex_peak_mb'), 0)} "
-            f"| {_fmt(t('ours_layout_mb'))} | {_fmt(t('flex_mask_mb'))} |")
+            f"| {_fmt(t('ours_layout_mb'))} | {_fmt(t('flex_mask_mb'))} |"
+            + "".join(f" {_fmt(t(v + '_fwdbwd_ms'), 3)} |" for v in variants))
     return "\n".join(lines)
 
 

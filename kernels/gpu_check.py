@@ -23,7 +23,7 @@ import time
 import torch
 
 from . import patterns as P
-from .blocksparse import blocksparse_attention, metadata_bytes
+from .blocksparse import blocksparse_attention, dq_mode, metadata_bytes
 from .reference import reference_attention
 
 ATOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
@@ -154,7 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="folder for gpu_check.json")
     parser.add_argument("--no-long", action="store_true", help="skip the 4,194,304-token run")
     parser.add_argument("--only", default="", help="comma-separated substrings: run only checks whose name has one")
+    parser.add_argument("--dq-mode", choices=["separate", "atomic"], default=None,
+                        help="the backward's dQ mode to check (default: blocksparse.DQ_MODE)")
     args = parser.parse_args(argv)
+    if args.dq_mode:
+        os.environ["MEGASTRIDE_BLOCKSPARSE_DQ"] = args.dq_mode
     if not torch.cuda.is_available():
         print("gpu_check: needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -174,9 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             os.makedirs(args.out, exist_ok=True)
             with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
-                json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": results}, f,
+                json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                           "dq_mode": dq_mode(), "results": results}, f,
                           indent=1)
-    print("gpu_check:", "FAILED" if failed else "all passed")
+    print(f"gpu_check (dQ {dq_mode()}):", "FAILED" if failed else "all passed")
     return 1 if failed else 0
 
 
