@@ -8,14 +8,32 @@ OUT=$(realpath -m "${1:?usage: $0 OUT [AUDIO_STORE]}"); AUDIO=${2:-data/music12k
 mkdir -p "$OUT"; cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 ms() { python3 -m megastride.launch.cli "$@"; }
-# PARTS="k 0 4" runs only those steps (default: all)
-want() { [[ " ${PARTS:-k 0 1 2 3 4} " == *" $1 "* ]]; }
+# PARTS="k b 0 4" runs only those steps (default: all)
+want() { [[ " ${PARTS:-k b 0 1 2 3 4} " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/env.log"
 python3 -c "import torch, triton, deepspeed; print('torch', torch.__version__, 'triton', triton.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 | tail -1 | tee -a "$OUT/env.log"
 date -u | tee -a "$OUT/env.log"
 # k. kernels: bf16/fp16 and long lengths against the reference, torch.compile, layout build times
 if want k; then
-timeout "${KCHECK_S:-200}" python3 -m megastride.kernels.gpu_check --out "$OUT" 2>&1 | tail -20 | tee "$OUT/gpu_check.log"
+timeout "${KCHECK_S:-200}" python3 -m megastride.kernels.gpu_check --out "$OUT" ${KCHECK_ARGS:-} 2>&1 | tail -20 | tee "$OUT/gpu_check.log"
+fi
+# b. attention bench (docs/benchmarks.md): ours in both dQ modes beside FlexAttention; the training
+#    run below then uses the dQ mode that was faster at the longest length (unless set already)
+if want b; then
+timeout "${BENCH_S:-300}" python3 -m megastride.launch.cli bench attention --patterns "${BENCH_PATTERNS:-fixed,strided}" \
+  --configs "${BENCH_CONFIGS:-8x64,2x128}" --lengths "${BENCH_LENGTHS:-12288,65536,262144,1048576}" \
+  --peers "${BENCH_PEERS:-flex,atomic}" --out "$OUT/bench_attention" 2>&1 | grep -v "^  " | tail -30 | tee "$OUT/bench_attention.log"
+if [ -z "${MEGASTRIDE_BLOCKSPARSE_DQ:-}" ] && [ -f "$OUT/bench_attention/bench_attention.json" ]; then
+  export MEGASTRIDE_BLOCKSPARSE_DQ=$(python3 - "$OUT/bench_attention/bench_attention.json" <<'PY'
+import json, sys
+rows = [r for r in json.load(open(sys.argv[1]))["results"] if r.get("ours_atomic_fwdbwd_ms")]
+longest = max((r["seq_len"] for r in rows), default=0)
+t = [(r["ours_fwdbwd_ms"], r["ours_atomic_fwdbwd_ms"]) for r in rows if r["seq_len"] == longest]
+print("atomic" if t and sum(a for _, a in t) < sum(s for s, _ in t) else "separate")
+PY
+)
+  echo "dQ mode for the runs below: $MEGASTRIDE_BLOCKSPARSE_DQ (faster at the longest benched length)" | tee -a "$OUT/env.log"
+fi
 fi
 # 0. data loader throughput (docs/data.md): windows of 65,536 and 1,048,576 bytes beside numpy.memmap
 if want 0; then
