@@ -9,7 +9,7 @@ mkdir -p "$OUT"; cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 ms() { python3 -m megastride.launch.cli "$@"; }
 # PARTS="k b 0 4" runs only those steps (default: all)
-want() { [[ " ${PARTS:-k b 0 1 2 3 4} " == *" $1 "* ]]; }
+want() { [[ " ${PARTS:-k b 0 1 2 3 4 5} " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/env.log"
 python3 -c "import torch, triton, deepspeed; print('torch', torch.__version__, 'triton', triton.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 | tail -1 | tee -a "$OUT/env.log"
 date -u | tee -a "$OUT/env.log"
@@ -75,5 +75,23 @@ if want 4; then
   mem_run 95m_1m_host 1048576 train.cpu_checkpointing=true model.ffn_chunk=65536
   mem_run 95m_4m_group5_host 4194304 train.checkpoint_group=5 train.cpu_checkpointing=true model.ffn_chunk=65536
   mem_run 1b_1m_host 1048576 model.d_model=2048 model.n_layers=20 model.n_heads=16 train.cpu_checkpointing=true model.ffn_chunk=65536
+fi
+# 5. the same axes as real DeepSpeed training runs (bf16 weights and residual stream) on the audio store:
+#    95M at 4,194,304 tokens and a 1.01B model at 1,048,576; metrics.jsonl has step time and peak memory
+train_run() {
+  label=$1; steps=$2; shift 2; sets=(); for o in "$@"; do sets+=(--set "$o"); done
+  echo "== $label: $*" | tee -a "$OUT/train_axes.log"
+  timeout "${AXES_S:-240}" python3 -m megastride.launch.cli train configs/music_1m.yaml --set data.path="$AUDIO" \
+    --set run.dir="/tmp/axes_$label" --set train.steps="$steps" --set train.warmup_steps=1 --set train.eval_every=1000 \
+    --set train.save_every=1000 --set run.progress=false "${sets[@]}" 2>&1 | grep -v "^\[20" | tail -6 | tee -a "$OUT/train_axes.log"
+  cp "/tmp/axes_$label/metrics.jsonl" "$OUT/train_$label.jsonl" 2>/dev/null
+}
+if want 5; then
+  for label in ${AXES:-95m_4m 1b_1m}; do case $label in
+    95m_4m) train_run 95m_4m 3 model.seq_len=4194304 'model.attention.layers=["strided(2048)"]' \
+              train.checkpoint_group=5 train.cpu_checkpointing=true model.ffn_chunk=65536 ;;
+    1b_1m)  train_run 1b_1m 4 model.d_model=2048 model.n_layers=20 model.n_heads=16 \
+              train.checkpoint_group=4 train.cpu_checkpointing=true model.ffn_chunk=65536 ;;
+  esac; done
 fi
 ls "$OUT"
