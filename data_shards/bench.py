@@ -37,10 +37,11 @@ def make_raw(path: str, size_mb: float, kind: str = "stdlib") -> int:
     return n
 
 
-def _timed(read_batch: Callable[[range], np.ndarray], batch: int, seconds: float, max_batches: int) -> dict:
+def _timed(read_batch: Callable[[range], np.ndarray], batch: int, seconds: float) -> dict:
+    """Batches for ``seconds``; positions run on past one epoch (the stream reshuffles per epoch)."""
     read_batch(range(0, batch))  # warm-up: opens, first index reads
     done, t0 = 0, time.perf_counter()
-    while done < max_batches and (time.perf_counter() - t0 < seconds or done == 0):
+    while time.perf_counter() - t0 < seconds or done == 0:
         x = read_batch(range((done + 1) * batch, (done + 2) * batch))
         done += 1
     dt = time.perf_counter() - t0
@@ -109,7 +110,6 @@ def run_bench(workdir: str, size_mb: float = 256, lengths=(65_536, 1_048_576), k
     try:
         for L in lengths:
             batch = max(1, batch_bytes // L)
-            max_batches = max(1, (n // (L + 1)) // batch - 2)
             readers = {"numpy.memmap": memmap_reader(raw, n, L, 0),
                        "store local": BatchReader(store, "train", L, 0).read,
                        "zarr API local": zarr_api_reader(store, L, 0)}
@@ -122,7 +122,7 @@ def run_bench(workdir: str, size_mb: float = 256, lengths=(65_536, 1_048_576), k
             if server is not None:
                 readers["store http loopback"] = BatchReader(open_store(f"{base}/bench.zarr"), "train", L, 0).read
             for name, read in readers.items():
-                row = {"reader": name, "seq_len": L, "batch": batch, **_timed(read, batch, seconds, max_batches)}
+                row = {"reader": name, "seq_len": L, "batch": batch, **_timed(read, batch, seconds)}
                 result["rows"].append(row)
                 log(f"{name:<20} L={L:>9,} B={batch:<4} {row['windows_per_s']:>10.1f} windows/s {row['MB_per_s']:>9.1f} MB/s")
             ld.close()

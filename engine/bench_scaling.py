@@ -73,7 +73,7 @@ class Row:
     pattern: str
     seq_len: int
     batch: int
-    status: str  # ok | oom | skipped (memory) | skipped (time)
+    status: str  # ok | oom | skipped (memory) | skipped (host memory) | skipped (time)
     step_s: float | None = None
     tokens_per_s: float | None = None
     peak_gb: float | None = None
@@ -184,6 +184,8 @@ def measure(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
         total = torch.cuda.get_device_properties(device).total_memory
         if p.peak_bytes > opts.memory_fraction * total:
             return _base_row(kind, cfg, batch, "skipped (memory)", p, label)
+        if planner.check_host_memory(p, ranks_per_node=1):  # pinned block inputs beyond the RAM
+            return _base_row(kind, cfg, batch, "skipped (host memory)", p, label)
     try:
         step_s, peak = time_steps(cfg, device, batch, opts.steps, opts.warmup)
     except torch.cuda.OutOfMemoryError:
@@ -233,7 +235,7 @@ def run_series(base: Config, kind: str, spec: str, lengths: list[int], opts: Opt
         row = measure(kind, cfg, opts)
         rows.append(row)
         opts.log(describe(row))
-        if row.status in ("oom", "skipped (memory)"):
+        if row.status in ("oom", "skipped (memory)", "skipped (host memory)"):
             break
     return rows
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
@@ -335,9 +336,15 @@ class Plan:
         """The itemised bytes at the predicted peak."""
         return self.phases[self.peak_phase]
 
-    def fits(self, gpu_bytes: float) -> bool:
-        """True if the predicted peak fits in ``gpu_bytes`` of GPU memory."""
-        return self.peak_bytes <= gpu_bytes
+    @property
+    def host_bytes(self) -> float:
+        """Host memory one rank holds (offloaded states, pinned block inputs)."""
+        return sum(self.cpu.values())
+
+    def fits(self, gpu_bytes: float, host_bytes: float | None = None) -> bool:
+        """True if the predicted peak fits in ``gpu_bytes`` of GPU memory and, when given, the
+        rank's host memory in ``host_bytes`` (its share of the node's RAM)."""
+        return self.peak_bytes <= gpu_bytes and (host_bytes is None or self.host_bytes <= host_bytes)
 
     def mfu(self, step_s: float, peak_flops: float = H200_PEAK_FLOPS) -> float:
         return mfu(self.flops, step_s, peak_flops)
@@ -347,7 +354,7 @@ class Plan:
         out.update(peak_phase=self.peak_phase, peak_bytes=self.peak_bytes, peak_gb=self.peak_bytes / GB)
         return out
 
-    def table(self, gpu_bytes: float | None = None) -> str:
+    def table(self, gpu_bytes: float | None = None, host_bytes: float | None = None) -> str:
         """Human-readable summary: the peak's items, the other phases, host bytes, FLOPs."""
         head = (f"plan: n={self.seq_len:,} x {self.micro_batch} seq/micro-batch x {self.grad_accum} accum, "
                 f"world {self.world_size}, {self.runtime} {self.precision}, ZeRO {self.zero_stage}, "
@@ -367,6 +374,10 @@ class Plan:
         if gpu_bytes:
             verdict = "fits" if self.fits(gpu_bytes) else "does NOT fit"
             lines.append(f"{verdict} in {gpu_bytes / GB:.0f} GB ({self.peak_bytes / gpu_bytes:.0%} used)")
+        if host_bytes and self.host_bytes:
+            verdict = "fits" if self.host_bytes <= host_bytes else "does NOT fit"
+            lines.append(f"host memory {verdict} in this rank's {host_bytes / GB:.0f} GB "
+                         f"({self.host_bytes / host_bytes:.0%} used)")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -407,6 +418,30 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
         flops=step_flops(model, params, stats.pairs, model.seq_len, batch * t.grad_accum),
         attention_pairs=pairs, density=pairs / causal, layout_bytes=stats.nbytes, notes=_notes(cfg, runtime, world_size),
     )
+
+
+def physical_memory_bytes() -> float:
+    """RAM of this machine (0 where the platform does not say)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0.0
+
+
+# Share of the RAM that pinned buffers may take: the OS, the Python processes and the page cache need the rest
+HOST_USABLE_FRACTION = 0.85
+
+
+def check_host_memory(p: Plan, ranks_per_node: int, host_bytes: float | None = None) -> str | None:
+    """A one-line problem if the ranks of one node need more host memory than the node has, else None."""
+    host_bytes = physical_memory_bytes() if host_bytes is None else host_bytes
+    need = p.host_bytes * ranks_per_node
+    if not host_bytes or need <= HOST_USABLE_FRACTION * host_bytes:
+        return None
+    items = ", ".join(f"{k} {v / GB:.1f} GB" for k, v in p.cpu.items() if v)
+    return (f"host memory: {ranks_per_node} rank(s) x {p.host_bytes / GB:.1f} GB ({items}) = {need / GB:.1f} GB "
+            f"exceeds {HOST_USABLE_FRACTION:.0%} of this node's {host_bytes / GB:.0f} GB; use "
+            f"train.checkpoint_group to keep fewer block inputs, or fewer ranks per node")
 
 
 def _at_length(cfg: Config, seq_len: int | None) -> Config:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from dataclasses import dataclass
@@ -71,6 +72,20 @@ def fp16_loss_left_unscaled(engine) -> bool:
     return "fp16_enabled" not in inspect.getsource(type(engine).backward)
 
 
+def check_host_memory(cfg: Config, world: int) -> None:
+    """ConfigError before any work if host offload (pinned block inputs, offloaded states) needs more
+    RAM than this node has: otherwise the run dies mid-step on a failed pinned allocation."""
+    t = cfg.train
+    if not ((t.checkpoint_activations and t.cpu_checkpointing) or t.offload_optimizer or t.offload_params):
+        return
+    from . import plan as planner
+
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", min(world, max(1, torch.cuda.device_count()))))
+    problem = planner.check_host_memory(planner.plan(cfg, world_size=world), ranks)
+    if problem:
+        raise ConfigError(problem)
+
+
 class Trainer:
     """Owns the engine, the loaders and the run directory for one training run."""
 
@@ -81,6 +96,7 @@ class Trainer:
         if cfg.train.precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("train.precision=fp16 needs a CUDA GPU (DeepSpeed has no fp16 on CPU); use bf16 or fp32")
         self.rank, self.world, self.device = init_distributed()
+        check_host_memory(cfg, self.world)
         self.ds_config = deepspeed_config(cfg, self.world)
         if self.rank == 0:
             prepare_run_dir(cfg, self.ds_config)

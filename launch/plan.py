@@ -3,7 +3,8 @@
     megastride plan configs/enwik8.yaml --seq-len 1048576 --world-size 8
     megastride plan configs/enwik8.yaml --set train.zero_stage=2 --set train.offload_optimizer=true --json
 
-Exit status 0 if the plan fits in --gpu-memory-gb, 1 if it does not, 2 for a user error.
+Exit status 0 if the plan fits in --gpu-memory-gb (and its host memory in --host-memory-gb shared by
+--gpus-per-node ranks), 1 if it does not, 2 for a user error.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=None, help="plan at this length (default: model.seq_len)")
     p.add_argument("--world-size", type=int, default=1, help="data-parallel GPUs (ZeRO shards over them)")
     p.add_argument("--gpu-memory-gb", type=float, default=141.0, help="memory of one GPU (H200: 141)")
+    p.add_argument("--host-memory-gb", type=float, default=None,
+                   help="RAM of one node (default: this machine's); host offload shares it among its ranks")
+    p.add_argument("--gpus-per-node", type=int, default=None,
+                   help="ranks sharing one node's RAM (default: the world size, at most 8)")
     p.add_argument("--runtime", choices=["deepspeed", "torch"], default="deepspeed",
                    help="deepspeed: megastride train; torch: the plain loop of megastride bench scaling")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -37,17 +42,24 @@ def main(argv: list[str] | None = None) -> int:
         from megastride.engine.deepspeed_config import check_zero_options
         from megastride.engine.plan import plan
 
-        if args.world_size < 1 or (args.seq_len is not None and args.seq_len < 1) or args.gpu_memory_gb <= 0:
-            raise ConfigError("--seq-len, --world-size and --gpu-memory-gb must be positive")
+        if (args.world_size < 1 or (args.seq_len is not None and args.seq_len < 1) or args.gpu_memory_gb <= 0
+                or (args.host_memory_gb is not None and args.host_memory_gb <= 0)
+                or (args.gpus_per_node is not None and args.gpus_per_node < 1)):
+            raise ConfigError("--seq-len, --world-size, --gpu-memory-gb, --host-memory-gb and --gpus-per-node must be positive")
         cfg = load_config(args.config, args.overrides)
         check_zero_options(cfg)
         try:
             result = plan(cfg, args.seq_len, args.world_size, runtime=args.runtime)
         except ValueError as err:  # e.g. a length the block size does not divide
             raise ConfigError(str(err).splitlines()[0]) from None
+    from megastride.engine.plan import HOST_USABLE_FRACTION, physical_memory_bytes
+
     gpu_bytes = args.gpu_memory_gb * 1e9
-    print(result.json() if args.json else result.table(gpu_bytes))
-    return 0 if result.fits(gpu_bytes) else 1
+    node_bytes = args.host_memory_gb * 1e9 if args.host_memory_gb is not None else physical_memory_bytes()
+    ranks = args.gpus_per_node or min(args.world_size, 8)
+    host_bytes = HOST_USABLE_FRACTION * node_bytes / ranks if node_bytes else None
+    print(result.json() if args.json else result.table(gpu_bytes, host_bytes))
+    return 0 if result.fits(gpu_bytes, host_bytes) else 1
 
 
 if __name__ == "__main__":

@@ -172,3 +172,49 @@ def test_checkpoint_group_keeps_segment_inputs():
     host = six(checkpoint_group=2, cpu_checkpointing=True)
     assert host.phases[peak]["block inputs"] == 2 * resid and host.cpu["block inputs"] == 3 * resid
     assert six(checkpoint_group=2).phases["forward"]["activations"] < six().phases["forward"]["activations"]
+
+
+def test_host_memory_check_counts_every_rank_of_a_node(tmp_path, capsys):
+    """Pinned block inputs must fit the node's RAM shared by its ranks: a clear one-line problem, the
+    CLI's exit status 1, and the trainer refusing to start (the H200 run that passed 128 GB died in a
+    CUDA error mid-step)."""
+    from megastride.engine.plan import HOST_USABLE_FRACTION, check_host_memory
+
+    p = plan(config(cpu_checkpointing=True))
+    need = p.host_bytes
+    assert need == 3 * 512 * 64 * 2
+    room = need / HOST_USABLE_FRACTION
+    assert check_host_memory(p, 1, host_bytes=room * 1.01) is None
+    problem = check_host_memory(p, 2, host_bytes=room * 1.01)  # two ranks double the need
+    assert problem and problem.startswith("host memory: 2 rank(s)") and "block inputs" in problem
+    assert check_host_memory(plan(config()), 8, host_bytes=1.0) is None  # nothing on the host
+
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps({"model": {"seq_len": 512, "d_model": 64, "n_layers": 3, "n_heads": 4,
+                                          "attention": {"block": 32, "layers": ["fixed(64,16)"]}},
+                                "train": {"cpu_checkpointing": True}}))
+    tiny = str(need * 0.5 / 1e9)
+    assert plan_main([str(path), "--host-memory-gb", tiny]) == 1
+    assert "host memory does NOT fit" in capsys.readouterr().out
+    assert plan_main([str(path), "--host-memory-gb", "1"]) == 0
+    assert plan_main([str(path), "--host-memory-gb", "1", "--world-size", "8", "--gpus-per-node", "8"]) == 0
+    with pytest.raises(SystemExit) as exit_:
+        plan_main([str(path), "--host-memory-gb", "-1"])
+    assert exit_.value.code == 2
+
+
+def test_trainer_refuses_host_offload_beyond_the_ram(monkeypatch):
+    from megastride.engine import plan as planner
+    from megastride.engine import trainer
+    from megastride.engine.config import ConfigError
+
+    cfg = config(cpu_checkpointing=True)
+    monkeypatch.setattr(planner, "physical_memory_bytes", lambda: 1000.0)
+    with pytest.raises(ConfigError, match="host memory: 1 rank"):
+        trainer.check_host_memory(cfg, 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(ConfigError, match="host memory: 4 rank"):
+        trainer.check_host_memory(cfg, 4)
+    monkeypatch.setattr(planner, "physical_memory_bytes", lambda: 1e12)
+    trainer.check_host_memory(cfg, 4)
+    trainer.check_host_memory(config(), 1)  # no offload: nothing to check
