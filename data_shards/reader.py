@@ -9,10 +9,12 @@ after fork) and open the store themselves; with no workers a background thread p
 
 from __future__ import annotations
 
+import collections
 import multiprocessing as mp
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -65,20 +67,52 @@ class WindowDataset(IterableDataset):
     """
 
     def __init__(self, url: str, split: str, seq_len: int, batch: int, seed: int, rank: int,
-                 world_size: int, start: int = 0, storage_options: dict | None = None):
+                 world_size: int, start: int = 0, storage_options: dict | None = None, read_threads: int = 1):
         super().__init__()
         self.url, self.split, self.seq_len, self.batch, self.seed = url, split, seq_len, batch, seed
         self.rank, self.world_size, self.start = rank, world_size, start
         self.storage_options = storage_options
+        self.read_threads = max(1, read_threads)
+
+    def _reader(self) -> BatchReader:
+        return BatchReader(open_store(self.url, verify=False, storage_options=self.storage_options),
+                           self.split, self.seq_len, self.seed)
+
+    def _read(self, reader: BatchReader, step: int) -> torch.Tensor:
+        return torch.from_numpy(reader.read(batch_positions(self.start, step, self.batch, self.rank, self.world_size)))
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        reader = BatchReader(open_store(self.url, verify=False, storage_options=self.storage_options),
-                             self.split, self.seq_len, self.seed)
-        for step in worker_steps(worker, workers):
-            positions = batch_positions(self.start, step, self.batch, self.rank, self.world_size)
-            yield torch.from_numpy(reader.read(positions))
+        steps = worker_steps(worker, workers)
+        if self.read_threads > 1:
+            yield from self._iter_threads(steps)
+            return
+        reader = self._reader()
+        for step in steps:
+            yield self._read(reader, step)
+
+    def _iter_threads(self, steps):
+        """Micro-batches in step order, ``read_threads`` of them read at once, each thread with its own
+        store and stream (neither is shared across threads): one batch's Python bookkeeping overlaps
+        another's decoding and reads, which release the GIL."""
+        local = threading.local()
+
+        def read(step: int) -> torch.Tensor:
+            if not hasattr(local, "reader"):
+                local.reader = self._reader()
+            return self._read(local.reader, step)
+
+        with ThreadPoolExecutor(self.read_threads, thread_name_prefix="megastride-read") as pool:
+            pending = collections.deque(pool.submit(read, next(steps)) for _ in range(self.read_threads))
+            try:
+                while True:
+                    done = pending.popleft()
+                    pending.append(pool.submit(read, next(steps)))
+                    yield done.result()
+            finally:  # closed early (the loader stopped, or a read failed): drop what is queued
+                for f in pending:
+                    f.cancel()
 
 
 def _mp_context():
@@ -124,7 +158,7 @@ class ShardLoader:
 
     def __init__(self, store: Store, split: str, seq_len: int, micro_batch_size: int, seed: int,
                  rank: int, world_size: int, num_workers: int, prefetch: int,
-                 storage_options: dict | None = None, pin_memory: bool = False):
+                 storage_options: dict | None = None, pin_memory: bool = False, read_threads: int = 2):
         if micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
         if not 0 <= rank < world_size:
@@ -132,7 +166,10 @@ class ShardLoader:
         check_seq_len(store, split, seq_len)
         self.url, self.split, self.seq_len, self.batch = store.url, split, seq_len, micro_batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        if read_threads < 1:
+            raise ValueError(f"read_threads must be >= 1, got {read_threads}")
         self.num_workers, self.prefetch, self.pin_memory = num_workers, prefetch, pin_memory
+        self.read_threads = read_threads
         self.storage_options = storage_options
         self._stream = ShuffledStream(store.split(split).size, seed, None if store.modality == "image" else seq_len)
         self._start, self._steps, self._it = 0, 0, None
@@ -180,7 +217,8 @@ class ShardLoader:
 
     def _make_iter(self):
         ds = WindowDataset(self.url, self.split, self.seq_len, self.batch, self.seed, self.rank,
-                           self.world_size, self.position, self.storage_options)
+                           self.world_size, self.position, self.storage_options,
+                           read_threads=self.read_threads if self.num_workers == 0 else 1)
         self._start, self._steps = self.position, 0
         if self.num_workers == 0:
             return _ThreadPrefetcher(iter(ds), self.prefetch)
@@ -206,15 +244,17 @@ class ShardLoader:
 def build_loader(url, split: str = "train", seq_len: int = 1024, micro_batch_size: int = 1, seed: int = 0,
                  rank: int = 0, world_size: int = 1, num_workers: int = 0, prefetch: int = 2, *,
                  modality: str | None = None, storage_options: dict | None = None,
-                 pin_memory: bool = False) -> ShardLoader:
+                 pin_memory: bool = False, read_threads: int = 2) -> ShardLoader:
     """An endless loader of (micro_batch_size, seq_len+1) uint8 tensors for one rank.
 
     Opens and verifies the store (StoreError if missing, corrupt, of another version, or not of
-    ``modality``); checks ``seq_len`` against the split (1-D) or the image size.
+    ``modality``); checks ``seq_len`` against the split (1-D) or the image size. With
+    ``num_workers=0`` a thread prefetches ``prefetch`` batches and ``read_threads`` batches are read at
+    once, in order; with worker processes each reads its own batches.
     """
     store = open_store(url, modality=modality, storage_options=storage_options)
     return ShardLoader(store, split, seq_len, micro_batch_size, seed, rank, world_size, num_workers,
-                       prefetch, storage_options, pin_memory)
+                       prefetch, storage_options, pin_memory, read_threads)
 
 
 def eval_windows(url, split: str = "valid", seq_len: int = 1024, max_windows: int | None = None,

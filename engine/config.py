@@ -161,6 +161,7 @@ class DataConfig(_Strict):
     valid_split: str = "valid"
     num_workers: int = Field(0, ge=0)
     prefetch: int = Field(2, ge=0)
+    read_threads: int = Field(2, ge=1)  # batches read at once by the in-process loader (num_workers 0)
 
 
 class LossScaleConfig(_Strict):

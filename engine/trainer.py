@@ -106,6 +106,7 @@ class Trainer:
             cfg.data.path, split=cfg.data.train_split, seq_len=cfg.model.seq_len,
             micro_batch_size=cfg.train.micro_batch_size, seed=cfg.run.seed, rank=self.rank,
             world_size=self.world, num_workers=cfg.data.num_workers, prefetch=cfg.data.prefetch,
+            read_threads=cfg.data.read_threads,
         )
         self.step = 0
         self._grad_norm: float | None = None

@@ -55,6 +55,23 @@ def test_corrupt_chunk_is_named_when_read(store, where):
     assert "train/c/1" in msg and "checksum" in msg.lower()
 
 
+def test_corrupt_chunk_is_named_by_the_threaded_loader(store):
+    """A read thread's error reaches the training loop, named, not a hang or a silent skip."""
+    path = os.path.join(store, "train", "c", "1")
+    data = bytearray(open(path, "rb").read())
+    data[10] ^= 0x5A
+    open(path, "wb").write(bytes(data))
+    loader = build_loader(store, seq_len=1000, micro_batch_size=4, read_threads=3)
+
+    def drain():
+        for _ in range(10_000):  # the shuffled windows reach chunk 1 within an epoch
+            next(loader)
+
+    msg = _one_line_error(drain, "corrupt chunk train/c/1")
+    assert "checksum" in msg.lower()
+    loader.close()
+
+
 @pytest.mark.parametrize("batched", [True, False], ids=["batched-zstd", "per-chunk"])
 def test_chunk_that_passes_its_checksum_but_does_not_decode_is_named(store, batched, monkeypatch):
     """Garbage stored with a valid crc32c (a writer bug, not bit rot) fails in zstd, named by chunk."""

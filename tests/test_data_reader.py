@@ -62,9 +62,10 @@ def test_windows_are_source_bytes_and_an_epoch_covers_the_grid(text_store):
     assert loader.epoch == len(starts) // units == 1
 
 
-def _sequence(out, world, batch, steps, state=None, workers=0):
+def _sequence(out, world, batch, steps, state=None, workers=0, read_threads=2):
     """Windows seen by all ranks, in global order, for ``steps`` global steps; and the final state."""
-    loaders = [build_loader(out, seq_len=L, micro_batch_size=batch, seed=11, rank=r, world_size=world, num_workers=workers)
+    loaders = [build_loader(out, seq_len=L, micro_batch_size=batch, seed=11, rank=r, world_size=world, num_workers=workers,
+                            read_threads=read_threads)
                for r in range(world)]
     for ld in loaders:
         if state is not None:
@@ -102,6 +103,21 @@ def test_state_dict_counts_consumed_batches_not_prefetched(text_store):
     assert (next(ld) == b).all()
     ld.close()
     assert state["position"] == 6 and len(json.dumps(state)) < 200 and len(a) == 3
+
+
+def test_read_threads_keep_the_order_and_resume(text_store):
+    """Batches read 1, 2 or 5 at a time come out in the same order, across an epoch boundary and a
+    resume; a bad read_threads is refused."""
+    out, _ = text_store
+    one, state1 = _sequence(out, world=2, batch=3, steps=25, read_threads=1)
+    for threads in (2, 5):
+        many, state = _sequence(out, world=2, batch=3, steps=25, read_threads=threads)
+        assert many == one and state == state1
+    first, state = _sequence(out, world=1, batch=2, steps=7, read_threads=5)
+    second, _ = _sequence(out, world=1, batch=2, steps=8, state=state, read_threads=3)
+    assert first + second == _sequence(out, world=1, batch=2, steps=15, read_threads=1)[0]
+    with pytest.raises(ValueError, match="read_threads"):
+        build_loader(out, seq_len=L, read_threads=0)
 
 
 def test_load_state_dict_refuses_another_seed_or_length(text_store):
