@@ -43,6 +43,13 @@ def check_data(cfg: Config) -> None:
     for split in (cfg.data.train_split, cfg.data.valid_split):
         if split not in store.split_sizes:
             raise ConfigError(f"data store {cfg.data.path} has no split {split!r} (has {sorted(store.split_sizes)})")
+    if store.modality != "image":  # before training, not at the first evaluation hours later
+        for split, key in ((cfg.data.train_split, "data.train_split"), (cfg.data.valid_split, "data.valid_split")):
+            size = store.split_sizes[split]
+            if cfg.model.seq_len + 1 > size:
+                raise ConfigError(f"{key} {split!r} of {cfg.data.path} has {size:,} bytes, fewer than one window of "
+                                  f"model.seq_len+1 = {cfg.model.seq_len + 1:,}: prepare a larger split or "
+                                  f"point {key} at another")
 
 
 def peak_memory_gb(device: torch.device) -> float:

@@ -97,6 +97,7 @@ def test_zero2_on_two_ranks_matches_one_process(tiny_config, tmp_path):
     ("data.path=/nonexistent/store.zarr", "/nonexistent/store.zarr"),
     ("model.seq_len=100", "seq_len=100 is not divisible by attention.block=32"),
     ("model.n_heads=3", "n_heads=3 does not divide d_model=32"),
+    ("model.seq_len=16384", "data.valid_split 'valid' of"),  # ~10 KB valid split: fails before training
 ])
 def test_user_errors_are_one_line(tiny_config, tmp_path, override, message):
     """Bad config keys, missing stores, bad lengths and head counts: one line on stderr, exit 2."""
