@@ -208,28 +208,33 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
     rows = _sample_rows(n, check_rows_count, device)
 
     ours = _our_fn(layout)
+    t_case = time.perf_counter()
+    stage = lambda what: log(f"  [{time.perf_counter() - t_case:7.1f} s] {what}")  # noqa: E731 - where a slow case spends it
     with torch.no_grad():
         result.timings["ours_check"] = check_rows(ours(q, k, v), q, k, v, layout, rows)
+    stage("ours checked against the reference")
     from .blocksparse import metadata_bytes
 
     result.timings["ours_layout_mb"] = metadata_bytes(layout) / 2**20
     _time_impl("ours", ours, q, k, v, do, result, pairs)
-    log(f"  ours  {result.timings['ours_fwdbwd_ms']:.3f} ms f+b")
+    stage(f"ours  {result.timings['ours_fwdbwd_ms']:.3f} ms f+b")
     if "atomic" in peers:  # our kernels again with the other dQ mode of the backward pass
         from . import blocksparse
 
         other = "atomic" if blocksparse.dq_mode() == "separate" else "separate"
         with mock.patch.dict(os.environ, {"MEGASTRIDE_BLOCKSPARSE_DQ": other}):
             _time_impl(f"ours_{other}", ours, q, k, v, do, result, pairs)
-        log(f"  ours, dQ {other}  {result.timings[f'ours_{other}_fwdbwd_ms']:.3f} ms f+b")
+        stage(f"ours, dQ {other}  {result.timings[f'ours_{other}_fwdbwd_ms']:.3f} ms f+b")
     flex_limit = (flex_max or {}).get(case.pattern, 1 << 62)
     if "flex" in peers and n <= flex_limit:
         try:
             flex = _flex_fn(mask_mod, n, device, result)
+            stage(f"flex block mask built ({result.timings['flex_mask_build_ms']:.0f} ms)")
             with torch.no_grad():
                 result.timings["flex_check"] = check_rows(flex(q, k, v), q, k, v, layout, rows)
+            stage("flex forward compiled and checked")
             _time_impl("flex", flex, q, k, v, do, result, pairs)
-            log(f"  flex  {result.timings['flex_fwdbwd_ms']:.3f} ms f+b")
+            stage(f"flex  {result.timings['flex_fwdbwd_ms']:.3f} ms f+b")
         except Exception as err:  # a peer failing is a result, not a crash
             result.notes.append(f"flex failed: {type(err).__name__}: {str(err)[:300]}")
             log(f"  flex failed: {err!r}"[:400])
@@ -240,7 +245,7 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
     if "sdpa" in peers and n <= dense_max:
         dense_pairs = case.batch * case.heads * n * (n + 1) // 2
         _time_impl("sdpa", _sdpa_fn(), q, k, v, do, result, dense_pairs)
-        log(f"  sdpa  {result.timings['sdpa_fwdbwd_ms']:.3f} ms f+b")
+        stage(f"sdpa  {result.timings['sdpa_fwdbwd_ms']:.3f} ms f+b")
     elif "sdpa" in peers:
         result.notes.append(f"dense SDPA skipped above n={dense_max}")
     return result

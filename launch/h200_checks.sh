@@ -22,7 +22,8 @@ fi
 if want b; then
 timeout "${BENCH_S:-300}" python3 -m megastride.launch.cli bench attention --patterns "${BENCH_PATTERNS:-fixed,strided}" \
   --configs "${BENCH_CONFIGS:-8x64,2x128}" --lengths "${BENCH_LENGTHS:-12288,65536,262144,1048576}" \
-  --peers "${BENCH_PEERS:-flex,atomic}" ${BENCH_ARGS:-} --out "$OUT/bench_attention" 2>&1 | grep -v "^  " | tail -30 | tee "$OUT/bench_attention.log"
+  --peers "${BENCH_PEERS:-flex,atomic}" ${BENCH_ARGS:-} --out "$OUT/bench_attention" > "$OUT/bench_attention.log" 2>&1
+tail -30 "$OUT/bench_attention.log"
 if [ -z "${MEGASTRIDE_BLOCKSPARSE_DQ:-}" ] && [ -f "$OUT/bench_attention/bench_attention.json" ]; then
   export MEGASTRIDE_BLOCKSPARSE_DQ=$(python3 - "$OUT/bench_attention/bench_attention.json" <<'PY'
 import json, sys
