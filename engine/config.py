@@ -191,6 +191,7 @@ class TrainConfig(_Strict):
     checkpoint_group: int = Field(1, ge=1)  # blocks recomputed as one segment: n/k + k inputs kept, not n
     partition_activations: bool = False  # DeepSpeed activation checkpoint partitioning across model-parallel ranks
     cpu_checkpointing: bool = False  # keep checkpointed block inputs in host memory (engine.parallel.HostCheckpoint)
+    offload_overlap: bool = False  # cpu_checkpointing's copies on a side stream, the next input prefetched
     log_every: int = Field(10, gt=0)
     eval_every: int = Field(100, gt=0)
     eval_windows: int = Field(8, gt=0)

@@ -59,3 +59,5 @@ def check_zero_options(cfg: Config) -> None:
     if needs and not t.checkpoint_activations:
         key = needs[0]
         raise ConfigError(f"train.{key} needs train.checkpoint_activations = true")
+    if t.offload_overlap and not t.cpu_checkpointing:
+        raise ConfigError("train.offload_overlap needs train.cpu_checkpointing = true")

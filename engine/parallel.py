@@ -6,12 +6,56 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import TrainConfig
+
+
+class _HostChain:
+    """HostCheckpoint inputs whose backward is still to come, in forward order (weak references: a
+    graph dropped without backward takes its entries with it). A block's backward takes itself off
+    the chain and hands back its predecessor, whose input it then starts copying back early."""
+
+    def __init__(self):
+        self.pending: list[weakref.ref] = []
+        self.prefetched = 0  # inputs fetched ahead (tests count them)
+
+    def push(self, ctx) -> None:
+        self.pending = [r for r in self.pending if r() is not None]
+        self.pending.append(weakref.ref(ctx))
+
+    def pop_previous(self, ctx):
+        """Drop ``ctx`` (and any stale entry after it); the live entry before it, or None."""
+        for i in range(len(self.pending) - 1, -1, -1):
+            if self.pending[i]() is ctx:
+                del self.pending[i:]
+                break
+        else:
+            return None
+        while self.pending:
+            prev = self.pending[-1]()
+            if prev is not None:
+                return prev
+            self.pending.pop()
+        return None
+
+
+_CHAINS: dict[str, _HostChain] = {}
+_COPY_STREAMS: dict[str, "torch.cuda.Stream"] = {}
+
+
+def _chain(device: torch.device) -> _HostChain:
+    return _CHAINS.setdefault(str(device), _HostChain())
+
+
+def _copy_stream(device: torch.device):
+    if str(device) not in _COPY_STREAMS:
+        _COPY_STREAMS[str(device)] = torch.cuda.Stream(device)
+    return _COPY_STREAMS[str(device)]
 
 
 class HostCheckpoint(torch.autograd.Function):
@@ -25,14 +69,31 @@ class HostCheckpoint(torch.autograd.Function):
     fails without ``partition_activations``). Parameter gradients accumulate through the nested
     backward, as in reentrant checkpointing; the RNG states and the autocast state are replayed so
     dropout and the compute dtype match.
+
+    With ``overlap`` (``train.offload_overlap``) on a GPU, both copies run on a side stream: the
+    copy out overlaps the following blocks' forward, and each block's backward starts copying its
+    predecessor's input back (one more block input on the GPU) while it recomputes and
+    differentiates itself. Without it the copies are ordered on the compute stream.
     """
 
     @staticmethod
-    def forward(ctx, block, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, block, x: torch.Tensor, overlap: bool = False) -> torch.Tensor:
         ctx.block, ctx.device = block, x.device
+        ctx.on_host = ctx.fetched = ctx.prefetched = None
         host = torch.empty(x.shape, dtype=x.dtype, device="cpu", pin_memory=x.is_cuda)
-        host.copy_(x, non_blocking=x.is_cuda)
-        ctx.host = host
+        if overlap and x.is_cuda:
+            stream = _copy_stream(x.device)
+            stream.wait_stream(torch.cuda.current_stream(x.device))  # x is complete
+            with torch.cuda.stream(stream):
+                host.copy_(x, non_blocking=True)
+                ctx.on_host = torch.cuda.Event()
+                ctx.on_host.record(stream)
+            x.record_stream(stream)  # x's memory is not reused before the copy has read it
+        else:
+            host.copy_(x, non_blocking=x.is_cuda)
+        ctx.host, ctx.overlap = host, overlap
+        if overlap:
+            _chain(x.device).push(ctx)
         ctx.cpu_rng = torch.get_rng_state()
         ctx.cuda_rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else None
         ctx.autocast = [(kind, torch.get_autocast_dtype(kind)) for kind in ("cuda", "cpu")
@@ -41,8 +102,41 @@ class HostCheckpoint(torch.autograd.Function):
             return block(x)
 
     @staticmethod
+    def _fetch(ctx) -> torch.Tensor:
+        """ctx's input back on its device: the prefetched copy, or one made now."""
+        if ctx.prefetched is not None:
+            x, ctx.prefetched = ctx.prefetched, None
+            if ctx.fetched is not None:
+                current = torch.cuda.current_stream(ctx.device)
+                current.wait_event(ctx.fetched)
+                x.record_stream(current)  # allocated on the copy stream, used on this one
+            return x
+        if ctx.on_host is not None:  # the copy out ran on the side stream
+            torch.cuda.current_stream(ctx.device).wait_event(ctx.on_host)
+        return ctx.host.to(ctx.device, non_blocking=True)
+
+    @staticmethod
+    def _prefetch(ctx) -> None:
+        """Start copying ctx's input back (side stream on a GPU) for when its backward comes."""
+        if ctx.prefetched is not None or ctx.host is None:
+            return
+        if ctx.device.type == "cuda":
+            stream = _copy_stream(ctx.device)  # after ctx's copy out: same stream
+            with torch.cuda.stream(stream):
+                ctx.prefetched = ctx.host.to(ctx.device, non_blocking=True)
+                ctx.fetched = torch.cuda.Event()
+                ctx.fetched.record(stream)
+        else:
+            ctx.prefetched = ctx.host.to(ctx.device)
+        _chain(ctx.device).prefetched += 1
+
+    @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x = ctx.host.to(ctx.device, non_blocking=True).requires_grad_(True)
+        x = HostCheckpoint._fetch(ctx).detach().requires_grad_(True)
+        if ctx.overlap:
+            prev = _chain(ctx.device).pop_previous(ctx)
+            if prev is not None:
+                HostCheckpoint._prefetch(prev)
         devices = [ctx.device] if ctx.cuda_rng is not None else []
         with torch.random.fork_rng(devices=devices), torch.enable_grad(), contextlib.ExitStack() as stack:
             for kind, dtype in ctx.autocast:
@@ -53,7 +147,7 @@ class HostCheckpoint(torch.autograd.Function):
             out = ctx.block(x)
         torch.autograd.backward(out, grad)
         ctx.host = ctx.block = None
-        return None, x.grad
+        return None, x.grad, None
 
 
 class Segment:
@@ -85,7 +179,8 @@ def apply_activation_checkpointing(model: nn.Module, train: TrainConfig) -> None
         return
     torch_checkpoint = lambda fn, x: checkpoint(fn, x, use_reentrant=False)  # noqa: E731
     if train.cpu_checkpointing:
-        model.block_runner = lambda fn, x: HostCheckpoint.apply(fn, x)
+        overlap = train.offload_overlap
+        model.block_runner = lambda fn, x: HostCheckpoint.apply(fn, x, overlap) if torch.is_grad_enabled() else fn(x)
     elif train.partition_activations:
         import deepspeed
 

@@ -404,7 +404,7 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     host_inputs = t.checkpoint_activations and t.cpu_checkpointing  # HostCheckpoint: either runtime
     group = t.checkpoint_group if t.checkpoint_activations else 1
     phases = _phases(model, t.checkpoint_activations, prec, params, weights, stats.nbytes, batch * model.seq_len, runtime,
-                     host_inputs, group)
+                     host_inputs, group, host_inputs and t.offload_overlap)
     if host_inputs:  # HostCheckpoint: every segment input waits in (pinned) host memory
         segments = -(-model.n_layers // group)
         cpu["block inputs"] = float(segments * batch * model.seq_len * prec.residual * model.d_model)
@@ -478,11 +478,12 @@ def _weight_bytes(cfg: Config, n_params: int, prec: Precision, runtime: str, wor
 
 def _phases(model: ModelConfig, recompute: bool, prec: Precision, params: ParamCount, weights: dict,
             layout_bytes: int, tokens: int, runtime: str, host_inputs: bool = False,
-            group: int = 1) -> dict[str, dict[str, float]]:
+            group: int = 1, prefetch: bool = False) -> dict[str, dict[str, float]]:
     """Allocated bytes at forward end, loss backward, first and last block backward, optimizer step.
 
     host_inputs: the block (segment) inputs live in host memory (cpu_checkpointing); the GPU holds
-    only those of the segment being recomputed, and in the forward pass the last input and output.
+    only those of the segment being recomputed, and in the forward pass the last input and output;
+    prefetch (train.offload_overlap): plus the previous segment's input, fetched back early.
     group: blocks per recomputed segment (train.checkpoint_group); with S = ceil(L / group)
     segments the forward keeps S inputs, and a segment's backward adds the inputs of its blocks.
     "backward, last block" is the worst segment's backward.
@@ -503,6 +504,7 @@ def _phases(model: ModelConfig, recompute: bool, prec: Precision, params: ParamC
     k_last = L - (segments - 1) * group  # blocks in the last segment
     if host_inputs:
         kept, worst = 2 * resid, max(k_last, group if segments > 1 else 0) * resid
+        worst += resid if prefetch and segments > 1 else 0.0
     else:  # the segments' inputs before the one in backward, plus the inputs of its blocks
         kept = (segments + 1) * resid
         worst = max(segments - 1 + k_last, segments - 2 + group if segments > 1 else 0) * resid

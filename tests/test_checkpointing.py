@@ -27,10 +27,13 @@ def _loss_and_grads(cfg, seed=7):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-RUNNERS = [{"cpu_checkpointing": True}, {}, {"checkpoint_group": 2}, {"checkpoint_group": 3, "cpu_checkpointing": True}]
+RUNNERS = [{"cpu_checkpointing": True}, {}, {"checkpoint_group": 2}, {"checkpoint_group": 3, "cpu_checkpointing": True},
+           {"cpu_checkpointing": True, "offload_overlap": True},
+           {"checkpoint_group": 2, "cpu_checkpointing": True, "offload_overlap": True}]
 
 
-@pytest.mark.parametrize("train", RUNNERS, ids=["host", "torch", "torch-group2", "host-group3"])
+@pytest.mark.parametrize("train", RUNNERS, ids=["host", "torch", "torch-group2", "host-group3", "host-overlap",
+                                                "host-overlap-group2"])
 def test_recomputed_blocks_give_the_plain_models_gradients(train):
     """Recompute (replaying the dropout RNG) changes neither the loss nor any gradient."""
     plain_loss, plain = _loss_and_grads(_config(checkpoint_activations=False))
@@ -55,6 +58,34 @@ def test_host_checkpoint_keeps_only_a_host_copy_of_the_input():
     ref = x.detach().clone().requires_grad_(True)
     block(ref * 2).sum().backward()
     torch.testing.assert_close(x.grad, ref.grad)
+
+
+def test_overlap_prefetches_each_predecessor_once_and_forgets_dropped_graphs():
+    """With offload_overlap every block's backward fetches the input of the block before it ahead
+    of time (n - 1 prefetches for n blocks); a forward whose graph is dropped without backward leaves
+    nothing behind to prefetch or to hold host memory."""
+    from megastride.engine import parallel
+
+    cfg = _config(cpu_checkpointing=True, offload_overlap=True)
+    torch.manual_seed(0)
+    model = SparseTransformer(cfg.model)
+    apply_activation_checkpointing(model, cfg.train)
+    chain = parallel._chain(torch.device("cpu"))
+    idx = torch.randint(0, 256, (1, 129))
+    model(idx[:, :-1], idx[:, 1:])  # graph dropped: no backward
+    assert all(r() is None for r in chain.pending)
+    before = chain.prefetched
+    model(idx[:, :-1], idx[:, 1:]).backward()
+    assert chain.prefetched - before == len(model.blocks) - 1
+    assert chain.pending == []
+    with torch.no_grad():  # evaluation does not copy block inputs at all
+        model(idx[:, :-1])
+    assert chain.pending == []
+
+
+def test_overlap_needs_cpu_checkpointing():
+    with pytest.raises(ConfigError, match="train.offload_overlap needs train.cpu_checkpointing = true"):
+        check_zero_options(_config(offload_overlap=True))
 
 
 @pytest.mark.parametrize("key,value", [("cpu_checkpointing", True), ("partition_activations", True),

@@ -147,6 +147,8 @@ def test_cpu_checkpointing_moves_block_inputs_to_host():
     peak = "backward, last block"
     assert on.phases[peak]["block inputs"] == resid and off.phases[peak]["block inputs"] == 3 * resid
     assert on.peak_bytes == off.peak_bytes - 2 * resid
+    overlap = plan(config(cpu_checkpointing=True, offload_overlap=True))  # + the prefetched input
+    assert overlap.phases[peak]["block inputs"] == 2 * resid and overlap.cpu == on.cpu
 
 
 def test_ffn_chunk_keeps_one_chunk_of_ffn_intermediates():
