@@ -167,6 +167,14 @@ def _sdpa_fn():
     return run
 
 
+# backward modes of our kernels the bench can time beside the default (blocksparse.dq_mode, dkdv_split)
+OUR_VARIANTS = {
+    "atomic": {"MEGASTRIDE_BLOCKSPARSE_DQ": "atomic"},
+    "split": {"MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "16"},
+    "atomic_split": {"MEGASTRIDE_BLOCKSPARSE_DQ": "atomic", "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "16"},
+}
+
+
 def _time_impl(name, fn, q, k, v, do, result: Result, pairs: int) -> None:
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
 
@@ -218,13 +226,10 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
     result.timings["ours_layout_mb"] = metadata_bytes(layout) / 2**20
     _time_impl("ours", ours, q, k, v, do, result, pairs)
     stage(f"ours  {result.timings['ours_fwdbwd_ms']:.3f} ms f+b")
-    if "atomic" in peers:  # our kernels again with the other dQ mode of the backward pass
-        from . import blocksparse
-
-        other = "atomic" if blocksparse.dq_mode() == "separate" else "separate"
-        with mock.patch.dict(os.environ, {"MEGASTRIDE_BLOCKSPARSE_DQ": other}):
-            _time_impl(f"ours_{other}", ours, q, k, v, do, result, pairs)
-        stage(f"ours, dQ {other}  {result.timings[f'ours_{other}_fwdbwd_ms']:.3f} ms f+b")
+    for variant in [p for p in OUR_VARIANTS if p in peers]:  # our kernels again in another backward mode
+        with mock.patch.dict(os.environ, OUR_VARIANTS[variant]):
+            _time_impl(f"ours_{variant}", ours, q, k, v, do, result, pairs)
+        stage(f"ours, {variant}  {result.timings[f'ours_{variant}_fwdbwd_ms']:.3f} ms f+b")
     flex_limit = (flex_max or {}).get(case.pattern, 1 << 62)
     if "flex" in peers and n <= flex_limit:
         try:

@@ -7,7 +7,9 @@ delta = rowsum(dO * O) pass, a dQ kernel over the row lists and a dK/dV kernel o
 (column) lists: every output element is written by exactly one program, so no atomics. Optionally
 (``DQ_MODE = "atomic"``) the dK/dV kernel also adds each tile's dS @ K to an fp32 dQ with atomics
 and the dQ kernel is skipped: two matmuls per tile fewer, at the price of a run-to-run
-nondeterministic summation order in dQ.
+nondeterministic summation order in dQ. With ``DKDV_SPLIT = S > 0`` a dK/dV program takes at most S
+query blocks of a column and adds its share to fp32 dK/dV with atomics: the fixed pattern's summary
+columns (attended by every later query block) stop being one long serial chain per column.
 
 A layout may split a head over several *parts* (the strided pattern: its local half in natural
 order, its strided half on the sequence permuted by i -> (i mod l) * (n / l) + i // l, where keys
@@ -25,7 +27,7 @@ import itertools
 import math
 import os
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -95,23 +97,25 @@ def _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, MASKED: tl.constexpr, DOT_PR
 
 
 @triton.jit
-def _program_tile(HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks,
+def _program_tile(HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len,
                   BLOCK: tl.constexpr, TILE: tl.constexpr, NCOMP: tl.constexpr):
     """What this program works on: (batch, head, CSR index, block, first position of its TILE-wide
-    tile, the part's min offset, its component codes). Heads vary fastest over program ids and the
-    blocks come in ORDER (longest row or column first), so every head's heaviest tiles start first."""
+    tile, the part's min offset, its component codes, its slot in ORDER). Heads vary fastest over
+    program ids and the blocks come in ORDER (order_len entries per CSR, longest row or column
+    first), so every head's heaviest tiles start first."""
     bh = tl.program_id(0) % batch_heads
     tile = tl.program_id(0) // batch_heads
     batch = (bh // part_heads).to(tl.int64)
     hp = bh % part_heads
     head = tl.load(HEADS + hp).to(tl.int64)
     csr = tl.load(HEAD_CSR + hp)
-    block = tl.load(ORDER + csr.to(tl.int64) * num_blocks + tile // (BLOCK // TILE))
+    slot = csr.to(tl.int64) * order_len + tile // (BLOCK // TILE)
+    block = tl.load(ORDER + slot)
     first = block * BLOCK + (tile % (BLOCK // TILE)) * TILE
-    return batch, head, csr, block, first, tl.load(MIN_OFF + hp), CODES + hp * (NCOMP * 4)
+    return batch, head, csr, block, first, tl.load(MIN_OFF + hp), CODES + hp * (NCOMP * 4), slot
 
 
-_NO_SPECIALIZE = ["part_heads", "batch_heads", "num_blocks", "perm_g", "perm_l", "BUCKET"]
+_NO_SPECIALIZE = ["part_heads", "batch_heads", "num_blocks", "order_len", "perm_g", "perm_l", "BUCKET"]
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
@@ -123,7 +127,7 @@ def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL
                 NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # one program per (query tile, batch x head)
-    batch, head, csr, row_block, first_row, min_off, codes = _program_tile(
+    batch, head, csr, row_block, first_row, min_off, codes, _ = _program_tile(
         HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_M, NCOMP)
     Q += batch * stride_qb + head * stride_qh
     K += batch * stride_kb + head * stride_kh
@@ -215,7 +219,7 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                    NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # one program per (query tile, batch x head)
-    batch, head, csr, row_block, first_row, min_off, codes = _program_tile(
+    batch, head, csr, row_block, first_row, min_off, codes, _ = _program_tile(
         HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_M, NCOMP)
     K += batch * stride_kb + head * stride_kh
     V += batch * stride_vb + head * stride_vh
@@ -280,19 +284,22 @@ def _dq_atomic(DQ, rows, offs_d, stride_dqt, dst, k, sm_scale, DOT_PREC: tl.cons
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                     FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER,
+                     FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len,
                      stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                      stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                      stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                      part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
                      BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
                      NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                     FUSED_DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # one program per key tile of BLOCK_N keys; query tiles of BLOCK_M rows from the column lists
     # (key blocks longest column first: the fixed pattern's summary columns are long). FUSED_DQ: the
-    # program also adds dS @ K of each tile to an fp32 DQ with atomics (no separate dQ kernel)
-    batch, head, csr, col_block, first_col, min_off, codes = _program_tile(
-        HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_N, NCOMP)
+    # program also adds dS @ K of each tile to an fp32 DQ with atomics (no separate dQ kernel).
+    # SPLIT: a program takes one segment of a column (ORDER = the segments' columns, longest first;
+    # SEG_LO/SEG_HI its range of full entries; SEG_FIRST whether it also takes the partial ones) and
+    # adds its dK/dV to fp32 DK/DV with atomics, so a long column is no longer one serial chain
+    batch, head, csr, col_block, first_col, min_off, codes, slot = _program_tile(
+        HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len, BLOCK, BLOCK_N, NCOMP)
     DQ += batch * stride_dqb + head * stride_dqh
     Q += batch * stride_qb + head * stride_qh
     DO += batch * stride_dob + head * stride_doh
@@ -307,8 +314,17 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_O
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     ptr = csr.to(tl.int64) * (num_blocks + 1) + col_block
+    part_lo = tl.load(PART_PTR + ptr)
+    part_hi = tl.load(PART_PTR + ptr + 1)
+    if SPLIT:
+        full_lo = tl.load(SEG_LO + slot)
+        full_hi = tl.load(SEG_HI + slot)
+        part_hi = part_lo + (part_hi - part_lo) * tl.load(SEG_FIRST + slot)
+    else:
+        full_lo = tl.load(FULL_PTR + ptr)
+        full_hi = tl.load(FULL_PTR + ptr + 1)
 
-    for e in range(tl.load(FULL_PTR + ptr), tl.load(FULL_PTR + ptr + 1)):
+    for e in range(full_lo, full_hi):
         row_block = tl.load(FULL_IDX + e)
         for s in tl.static_range(BLOCK // BLOCK_M):
             rows = _natural(row_block * BLOCK + s * BLOCK_M + tl.arange(0, BLOCK_M), perm_g, perm_l, PERMUTED)
@@ -320,7 +336,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_O
             if FUSED_DQ:
                 _dq_atomic(DQ, rows, offs_d, stride_dqt, dst, k, sm_scale, DOT_PREC)
 
-    for e in range(tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)):
+    for e in range(part_lo, part_hi):
         row_block = tl.load(PART_IDX + e)
         for s in tl.static_range(BLOCK // BLOCK_M):
             first_row = row_block * BLOCK + s * BLOCK_M
@@ -339,16 +355,20 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_O
     dk_ptrs = DK + batch * stride_dkb + head * stride_dkh + cols[:, None] * stride_dkt + offs_d[None, :]
     dv_ptrs = DV + batch * stride_dvb + head * stride_dvh + cols[:, None] * stride_dvt + offs_d[None, :]
     dk = dk * sm_scale
-    if LOAD_PREV:
-        dk += tl.load(dk_ptrs)
-        dv += tl.load(dv_ptrs)
-    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty))
-    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty))
+    if SPLIT:  # other segments of this column (and other parts of this head) add to the same rows
+        tl.atomic_add(dk_ptrs, dk, sem="relaxed")
+        tl.atomic_add(dv_ptrs, dv, sem="relaxed")
+    else:
+        if LOAD_PREV:
+            dk += tl.load(dk_ptrs)
+            dv += tl.load(dv_ptrs)
+        tl.store(dk_ptrs, dk.to(DK.dtype.element_ty))
+        tl.store(dv_ptrs, dv.to(DV.dtype.element_ty))
 
 
 # --- autotuning: configs declared once per kernel, pruned to the layout's block and head dim ------
 
-_TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_PREV", "FUSED_DQ"]
+_TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_PREV", "FUSED_DQ", "SPLIT"]
 
 
 # (BLOCK_M, BLOCK_N, warps, stages) per layout block. BLOCK_M is the program's tile in the forward and
@@ -389,6 +409,8 @@ _dkdv_tuned = _autotuned(_bwd_dkdv_kernel, _DKDV_TILES, ["DK", "DV", "DQ"])
 POISON = False
 # dQ in the backward pass: "separate" kernel or "atomic" adds from the dK/dV kernel (see dq_mode)
 DQ_MODE = "separate"
+# dK/dV programs take at most this many query blocks of a column, adding with atomics (see dkdv_split)
+DKDV_SPLIT = 0
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:
@@ -434,6 +456,7 @@ class _PartMeta:
     kinds: int
     perm_g: int
     perm_l: int
+    extra: dict = field(default_factory=dict)  # built on demand: ("segments", S) -> column segments
 
     @property
     def permuted(self) -> bool:
@@ -461,6 +484,34 @@ def _pack_lists(part: LayoutPart, device) -> dict[str, torch.Tensor]:
     return out
 
 
+def _column_segments(lists: dict[str, torch.Tensor], num_blocks: int, seg_len: int) -> dict[str, torch.Tensor]:
+    """The dK/dV work split into column segments of at most ``seg_len`` full entries, per CSR:
+    (ncsr, S) arrays of each segment's column, full-entry range and whether it also takes the
+    column's partial entries (its first segment does), longest first; rows shorter than S padded
+    with empty segments (column 0, empty range, no partial entries: they add zeros)."""
+    full_ptr = lists["col_full_ptr"].long().view(-1, num_blocks + 1)
+    part_n = lists["col_part_ptr"].long().view(-1, num_blocks + 1).diff(dim=1)
+    rows = []
+    for ptr, parts in zip(full_ptr, part_n):
+        full_n = ptr.diff()
+        nseg = torch.clamp((full_n + seg_len - 1) // seg_len, min=1)
+        col = torch.repeat_interleave(torch.arange(num_blocks, device=ptr.device), nseg)
+        j = torch.arange(col.numel(), device=ptr.device) - torch.repeat_interleave(nseg.cumsum(0) - nseg, nseg)
+        lo = ptr[col] + j * seg_len
+        hi = torch.minimum(lo + seg_len, ptr[col + 1])
+        first = (j == 0).long()
+        order = torch.argsort(-((hi - lo) + first * parts[col]), stable=True)
+        rows.append([t[order] for t in (col, lo, hi, first)])
+    width = max(r[0].numel() for r in rows)
+    out = {}
+    for k, name in enumerate(("seg_col", "seg_lo", "seg_hi", "seg_first")):
+        table = torch.zeros((len(rows), width), dtype=torch.int64, device=full_ptr.device)
+        for i, r in enumerate(rows):
+            table[i, : r[k].numel()] = r[k]
+        out[name] = table.to(torch.int32).contiguous()
+    return out
+
+
 def _part_meta(part: LayoutPart, n: int, device: torch.device) -> _PartMeta:
     key = ("blocksparse", str(device))
     if key not in part.kernel_cache:
@@ -484,6 +535,7 @@ def metadata_bytes(layout: Layout) -> int:
     for part in layout.parts:
         for key, meta in part.kernel_cache.items():
             extra += sum(t.numel() * t.element_size() for t in meta.lists.values() if t.data_ptr() not in own)
+            extra += sum(t.numel() * t.element_size() for seg in meta.extra.values() for t in seg.values())
     return layout.nbytes + extra
 
 
@@ -573,6 +625,19 @@ def dq_mode() -> str:
     return mode
 
 
+def dkdv_split() -> int:
+    """Most full entries (query blocks) one dK/dV program takes from a column; 0 = whole columns.
+    ``MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT`` overrides ``DKDV_SPLIT``."""
+    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", str(DKDV_SPLIT))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT must be an integer >= 0, got {raw!r}")
+    return value
+
+
 def _backward(do, q, k, v, out, lse, layout: Layout, scale: float):
     """(dq, dk, dv) given the merged output and lse of ``_forward``."""
     batch, heads, seq_len, head_dim = q.shape
@@ -582,15 +647,17 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float):
     _delta_kernel[(triton.cdiv(seq_len, block_t), batch * heads)](
         out, do, delta, *_strides(out, do), delta.stride(0), delta.stride(1), heads, seq_len,
         HEAD_DIM=head_dim, BLOCK_T=block_t)
-    fused = dq_mode() == "atomic"
+    fused, split = dq_mode() == "atomic", dkdv_split()
     grad_dtype = torch.float32 if _accumulates(layout) else q.dtype
-    dk, dv = (_empty(q.shape, grad_dtype, q.device) for _ in range(2))
-    # atomic dQ: every part adds into one zeroed fp32 buffer (rows without keys stay 0)
-    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if fused else _empty(q.shape, grad_dtype, q.device)
+    # atomic dQ / split columns: every part and segment adds into one zeroed fp32 buffer (rows
+    # without keys stay 0)
+    zeroed = lambda: torch.zeros(q.shape, dtype=torch.float32, device=q.device)  # noqa: E731
+    dk, dv = (zeroed() if split else _empty(q.shape, grad_dtype, q.device) for _ in range(2))
+    dq = zeroed() if fused else _empty(q.shape, grad_dtype, q.device)
     for part, load_prev, fresh in _schedule(layout):
         meta = _part_meta(part, seq_len, q.device)
         if load_prev and fresh:
-            for g in (dk, dv) if fused else (dq, dk, dv):
+            for g in [t for t, atomic in ((dq, fused), (dk, split), (dv, split)) if not atomic]:
                 g[:, fresh] = 0.0
         lists = meta.lists
         consts = _common(layout, meta, q, load_prev)
@@ -601,11 +668,22 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float):
                     lists["row_order"], *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *common)
             grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
             _launch(_dq_tuned, _bwd_dq_kernel, grid, args, consts)
+        if split:
+            key = ("segments", split)
+            if key not in meta.extra:
+                meta.extra[key] = _column_segments(lists, layout.num_blocks, split)
+            seg = meta.extra[key]
+            order, seg_lo, seg_hi, seg_first = seg["seg_col"], seg["seg_lo"], seg["seg_hi"], seg["seg_first"]
+        else:
+            order = lists["col_order"]
+            seg_lo = seg_hi = seg_first = order  # not read
+        order_len = order.shape[1]
         args = (q, k, v, do, dk, dv, dq, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
-                lists["col_full_ptr"], lists["col_full_idx"], lists["col_part_ptr"], lists["col_part_idx"], lists["col_order"],
+                lists["col_full_ptr"], lists["col_full_idx"], lists["col_part_ptr"], lists["col_part_idx"], order,
+                seg_lo, seg_hi, seg_first, order_len,
                 *_strides(q, k, v, do, dk, dv, dq), lse.stride(0), lse.stride(1), *common)
-        grid = lambda m: (seq_len // m["BLOCK_N"] * batch * len(part.heads),)  # noqa: E731
-        _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, args, {**consts, "FUSED_DQ": fused})
+        grid = lambda m: (order_len * (layout.block // m["BLOCK_N"]) * batch * len(part.heads),)  # noqa: E731
+        _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, args, {**consts, "FUSED_DQ": fused, "SPLIT": split > 0})
     return tuple(g.to(q.dtype) for g in (dq, dk, dv))
 
 

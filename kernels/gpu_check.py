@@ -23,7 +23,7 @@ import time
 import torch
 
 from . import patterns as P
-from .blocksparse import blocksparse_attention, dq_mode, metadata_bytes
+from .blocksparse import blocksparse_attention, dkdv_split, dq_mode, metadata_bytes
 from .reference import reference_attention
 
 ATOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
@@ -156,9 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated substrings: run only checks whose name has one")
     parser.add_argument("--dq-mode", choices=["separate", "atomic"], default=None,
                         help="the backward's dQ mode to check (default: blocksparse.DQ_MODE)")
+    parser.add_argument("--dkdv-split", type=int, default=None,
+                        help="query blocks per dK/dV program (0 = whole columns; default: blocksparse.DKDV_SPLIT)")
     args = parser.parse_args(argv)
     if args.dq_mode:
         os.environ["MEGASTRIDE_BLOCKSPARSE_DQ"] = args.dq_mode
+    if args.dkdv_split is not None:
+        os.environ["MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT"] = str(args.dkdv_split)
     if not torch.cuda.is_available():
         print("gpu_check: needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -179,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             os.makedirs(args.out, exist_ok=True)
             with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
                 json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                           "dq_mode": dq_mode(), "results": results}, f,
+                           "dq_mode": dq_mode(), "dkdv_split": dkdv_split(), "results": results}, f,
                           indent=1)
-    print(f"gpu_check (dQ {dq_mode()}):", "FAILED" if failed else "all passed")
+    print(f"gpu_check (dQ {dq_mode()}, dK/dV split {dkdv_split()}):", "FAILED" if failed else "all passed")
     return 1 if failed else 0
 
 

@@ -17,14 +17,14 @@ date -u | tee -a "$OUT/env.log"
 if want k; then
 timeout "${KCHECK_S:-200}" python3 -m megastride.kernels.gpu_check --out "$OUT" ${KCHECK_ARGS:-} 2>&1 | tail -20 | tee "$OUT/gpu_check.log"
 fi
-# b. attention bench (docs/benchmarks.md): ours in both dQ modes beside FlexAttention; the training
+# b. attention bench (docs/benchmarks.md): ours in each backward mode beside FlexAttention; the training
 #    run below then uses the dQ mode that was faster at the longest length (unless set already).
 #    Keep the shortest length first: torch.compile's first Flex compile is static-shape, the later
 #    ones dynamic, and a run that started at 12,288 spent 240 s in its first case (2026-11-29)
 if want b; then
 timeout "${BENCH_S:-300}" python3 -m megastride.launch.cli bench attention --patterns "${BENCH_PATTERNS:-fixed,strided}" \
   --configs "${BENCH_CONFIGS:-8x64,2x128}" --lengths "${BENCH_LENGTHS:-3072,12288,65536,262144,1048576}" \
-  --peers "${BENCH_PEERS:-flex,atomic}" ${BENCH_ARGS:-} --out "$OUT/bench_attention" > "$OUT/bench_attention.log" 2>&1
+  --peers "${BENCH_PEERS:-flex,atomic,split,atomic_split}" ${BENCH_ARGS:-} --out "$OUT/bench_attention" > "$OUT/bench_attention.log" 2>&1
 tail -30 "$OUT/bench_attention.log"
 if [ -z "${MEGASTRIDE_BLOCKSPARSE_DQ:-}" ] && [ -f "$OUT/bench_attention/bench_attention.json" ]; then
   export MEGASTRIDE_BLOCKSPARSE_DQ=$(python3 - "$OUT/bench_attention/bench_attention.json" <<'PY'

@@ -106,6 +106,66 @@ def test_atomic_dq_matches_reference(name, monkeypatch):
     assert not launched, "the dQ kernel ran in atomic mode"
 
 
+SPLIT_CASES = {  # each has columns with more full entries than the split and partial entries besides
+    "fixed_full_summary": (lambda h: P.fixed(64, 32), 512, 32, 2, 32, torch.float32, 1),  # summary = whole block
+    "merged_local_strided": (lambda h: P.merged(P.local(100), P.strided(32)), 256, 16, 2, 32, torch.float16, 1),
+    "multi_head_full": (lambda h: P.multi_head([P.fixed(64, 32), P.local(100), P.strided(16)], h),
+                        256, 16, 3, 32, torch.float16, 2),  # per-head CSRs of different segment counts
+}
+
+
+@pytest.mark.parametrize("name,split,dq", [("fixed_full_summary", 2, "separate"), ("fixed_full_summary", 1, "atomic"),
+                                           ("merged_local_strided", 2, "atomic"), ("multi_head_full", 1, "separate")])
+def test_split_columns_match_reference(name, split, dq, monkeypatch):
+    """dK/dV programs that take a segment of a column and add with atomics: still the reference,
+    over columns split many ways, merged parts, per-head CSRs and empty rows."""
+    make, n, block, heads = SPLIT_CASES[name][:4]
+    pattern = P.same_for_all_heads(p, heads) if isinstance(p := make(heads), P.HeadPattern) else p
+    layout = P.build_layout(pattern, n, block)
+    longest = max(int(c.col_full_ptr.diff().max()) for part in layout.parts for c in part.csr)
+    assert longest > split and any(int(c.col_part_ptr[-1]) for part in layout.parts for c in part.csr)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", str(split))
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", dq)
+    _run_case(SPLIT_CASES[name], monkeypatch, seed=9)
+
+
+def test_column_segments_cover_each_column_once():
+    """Every full entry of every column lies in exactly one segment; one segment per column takes
+    its partial entries; segments are in descending work; padding adds nothing."""
+    for pattern, n, block, heads in ((P.fixed(64, 16), 512, 32, 2), (P.fixed_per_head(64, 16, 3, 3), 256, 16, 3)):
+        layout = P.build_layout(P.same_for_all_heads(pattern, heads) if isinstance(pattern, P.HeadPattern) else pattern,
+                                n, block)
+        for part in layout.parts:
+            meta = blocksparse._part_meta(part, n, torch.device("cpu"))
+            nb = layout.num_blocks
+            seg = blocksparse._column_segments(meta.lists, nb, 3)
+            full = meta.lists["col_full_ptr"].long().view(-1, nb + 1)
+            parts = meta.lists["col_part_ptr"].long().view(-1, nb + 1).diff(dim=1)
+            for c in range(full.shape[0]):
+                covered = torch.zeros(int(full[c, -1]), dtype=torch.long)
+                firsts = torch.zeros(nb, dtype=torch.long)
+                work = []
+                for col, lo, hi, first in zip(*(seg[k][c].tolist() for k in ("seg_col", "seg_lo", "seg_hi", "seg_first"))):
+                    assert hi - lo <= 3
+                    covered[lo:hi] += 1
+                    firsts[col] += first
+                    work.append(hi - lo + first * int(parts[c, col]))
+                assert (covered[int(full[c, 0]):] == 1).all()
+                assert (firsts == 1).all()
+                real = work[: int(torch.clamp((full[c].diff() + 2) // 3, min=1).sum())]
+                assert real == sorted(real, reverse=True)
+                assert all(w == 0 for w in work[len(real):])
+
+
+def test_dkdv_split_rejects_bad_values(monkeypatch):
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "-2")
+    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT"):
+        blocksparse.dkdv_split()
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "many")
+    with pytest.raises(ValueError, match="integer"):
+        blocksparse.dkdv_split()
+
+
 def test_dq_mode_rejects_unknown(monkeypatch):
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "fast")
     with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_DQ"):
@@ -167,3 +227,20 @@ def test_bad_inputs_raise():
         blocksparse.blocksparse_attention(q[:, :, :64], q[:, :, :64], q[:, :, :64], layout)
     with pytest.raises(ValueError, match="dtype"):
         blocksparse.blocksparse_attention(q, q, q.double(), layout)
+
+
+def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
+    """Each backward variant `megastride bench attention` can time sets valid modes, and the table
+    gives every timed variant its own column beside ours and Flex."""
+    from megastride.kernels.bench import OUR_VARIANTS, Case, Result, table
+
+    for env in OUR_VARIANTS.values():
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                m.setenv(key, value)
+            assert (blocksparse.dq_mode(), blocksparse.dkdv_split() > 0) != ("separate", False)
+    r = Result(Case("fixed", 1024, 8, 64), 64, 128, 0.1, 10)
+    r.timings.update(ours_fwdbwd_ms=1.0, ours_atomic_fwdbwd_ms=0.8, ours_split_fwdbwd_ms=0.7, flex_fwdbwd_ms=1.2)
+    head, _, row = table([r]).splitlines()
+    assert head.endswith("| ours_atomic f+b ms | ours_split f+b ms |") and row.endswith("| 0.800 | 0.700 |")
+    assert "| 1.20× |" in row
