@@ -19,8 +19,9 @@ timeout "${KCHECK_S:-200}" python3 -m megastride.kernels.gpu_check --out "$OUT" 
 fi
 # b. attention bench (docs/benchmarks.md): ours in each backward mode beside FlexAttention; the training
 #    run below then uses the dQ mode that was faster at the longest length (unless set already).
-#    Keep the shortest length first: torch.compile's first Flex compile is static-shape, the later
-#    ones dynamic, and a run that started at 12,288 spent 240 s in its first case (2026-11-29)
+#    Keep 3,072 in the lengths (the bench runs them shortest first): torch.compile's first Flex compile
+#    is static-shape, the later ones dynamic, and a run whose first length was 12,288 spent 240 s in its
+#    first case (2026-11-29; which stage is not known: the bench now logs each stage's time)
 if want b; then
 timeout "${BENCH_S:-300}" python3 -m megastride.launch.cli bench attention --patterns "${BENCH_PATTERNS:-fixed,strided}" \
   --configs "${BENCH_CONFIGS:-8x64,2x128}" --lengths "${BENCH_LENGTHS:-3072,12288,65536,262144,1048576}" \
