@@ -373,10 +373,14 @@ _TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_
 
 # (BLOCK_M, BLOCK_N, warps, stages) per layout block. BLOCK_M is the program's tile in the forward and
 # dQ kernels and the inner (query) sub-tile in dK/dV. Few on purpose: every config is one more
-# compile per kernel variant. Starting points: Triton's fused-attention tutorial on Hopper.
-_FWD_TILES = {128: [(128, 64, 4, 3), (128, 128, 8, 3)], 64: [(64, 64, 4, 3)]}
-_DQ_TILES = {128: [(128, 32, 4, 5), (128, 64, 8, 3)], 64: [(64, 32, 4, 4)]}
-_DKDV_TILES = {128: [(32, 128, 4, 5), (64, 128, 8, 3)], 64: [(32, 64, 4, 4)]}
+# compile and benchmark per kernel variant (results are cached on disk: autotune cache_results).
+# Starting points: Triton's fused-attention tutorial on Hopper; the third config of each block-128
+# list is one that `python -m megastride.kernels.compile_check --ptxas` showed free of register
+# spills for sm_90 at head dim 64, where the first two spill (forward 128x64 w4: ~500 B per thread;
+# dK/dV 32x128 w4: ~110-270 B; dQ 128x32 w4: ~100 B).
+_FWD_TILES = {128: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3)], 64: [(64, 64, 4, 3)]}
+_DQ_TILES = {128: [(128, 32, 4, 5), (128, 64, 8, 3), (128, 32, 8, 4)], 64: [(64, 32, 4, 4)]}
+_DKDV_TILES = {128: [(32, 128, 4, 5), (64, 128, 8, 3), (32, 128, 8, 3)], 64: [(32, 64, 4, 4)]}
 
 
 def _configs(table):
@@ -397,7 +401,7 @@ def _pruner(table):
 def _autotuned(kernel, table, outputs):
     # outputs are restored between trials: parts after the first accumulate into them
     return triton.autotune(configs=_configs(table), key=_TUNE_KEY, prune_configs_by={"early_config_prune": _pruner(table)},
-                           restore_value=outputs)(kernel)
+                           restore_value=outputs, cache_results=True)(kernel)
 
 
 _fwd_tuned = _autotuned(_fwd_kernel, _FWD_TILES, ["O", "LSE"])

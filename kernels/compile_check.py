@@ -1,0 +1,170 @@
+"""Compile the block-sparse kernels for a GPU architecture without a GPU.
+
+Triton lowers a kernel to PTX and runs ptxas (shipped with the triton wheel) on any machine, so a
+CPU-only machine can check that every kernel variant the launchers can ask for still compiles for
+Hopper (sm_90): the interpreter tests check the arithmetic, not that the compiler accepts the code.
+
+    python -m megastride.kernels.compile_check            # the default set, sm_90
+    python -m megastride.kernels.compile_check --all      # every autotuning config too
+
+Prints one line per variant (compile seconds, shared memory; with --ptxas the registers per thread
+and spill bytes from the bundled ptxas -v); exit status 1 if any fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from . import blocksparse as bs
+
+_INDEX_ARRAYS = {"HEADS", "HEAD_CSR", "MIN_OFF", "CODES", "FULL_PTR", "FULL_IDX", "PART_PTR", "PART_IDX", "ORDER",
+                 "SEG_LO", "SEG_HI", "SEG_FIRST"}
+_FP32_ARRAYS = {"LSE", "DELTA"}
+_FLOATS = {"qk_scale", "sm_scale"}
+
+
+@dataclass
+class Variant:
+    """One kernel specialisation: its constexprs, which outputs are fp32, launch options."""
+
+    name: str
+    kernel: object
+    constexprs: dict
+    fp32: set = field(default_factory=set)  # pointer args held in fp32 (accumulating outputs)
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def signature(kernel, dtype: str, fp32: set, wide: bool) -> dict:
+    """Triton signature of ``kernel``'s arguments: tensors by role, ints as i64 when ``wide``."""
+    sig = {}
+    for p in kernel.params:
+        name = p.name
+        if p.is_constexpr:
+            sig[name] = "constexpr"
+        elif name in _INDEX_ARRAYS:
+            sig[name] = "*i32"
+        elif name in _FP32_ARRAYS or name in fp32:
+            sig[name] = "*fp32"
+        elif name.isupper():
+            sig[name] = f"*{dtype}"
+        elif name in _FLOATS:
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i64" if wide and name.startswith("stride") else "i32"
+    return sig
+
+
+def variants(block: int = 128, head_dim: int = 64, every_config: bool = False) -> list[Variant]:
+    """The kernel variants the launchers produce for one block and head dim: natural and permuted
+    parts, first and merging parts, each backward mode; the first autotuning config of each table
+    (all of them with ``every_config``)."""
+    base = dict(BUCKET=2, BLOCK=block, HEAD_DIM=head_dim, NCOMP=2, KINDS=2 | 4 | 16, DOT_PREC="tf32")
+
+    def tiles(table):
+        chosen = table.get(block, [(min(block, 64), min(block, 64), 4, 2)])
+        return chosen if every_config else chosen[:1]
+
+    out = []
+    for permuted, load_prev in ((False, False), (True, True)):
+        tag = f"{'permuted' if permuted else 'natural'}{', merging' if load_prev else ''}"
+        common = dict(base, PERMUTED=permuted, LOAD_PREV=load_prev)
+        acc = {"O", "DQ", "DK", "DV"} if load_prev else set()
+        for m, n, w, st in tiles(bs._FWD_TILES):
+            out.append(Variant(f"forward {tag} {m}x{n} w{w} s{st}", bs._fwd_kernel,
+                               dict(common, BLOCK_M=m, BLOCK_N=n), acc & {"O"}, w, st))
+        for m, n, w, st in tiles(bs._DQ_TILES):
+            out.append(Variant(f"dQ {tag} {m}x{n} w{w} s{st}", bs._bwd_dq_kernel,
+                               dict(common, BLOCK_M=m, BLOCK_N=n), acc & {"DQ"}, w, st))
+        for fused, split in ((False, False), (True, False), (False, True), (True, True)):
+            mode = f"dQ {'atomic' if fused else 'separate'}, {'split' if split else 'whole'} columns"
+            fp32 = (acc & {"DK", "DV"}) | ({"DQ"} if fused else set()) | ({"DK", "DV"} if split else set())
+            for m, n, w, st in tiles(bs._DKDV_TILES):
+                out.append(Variant(f"dK/dV {tag}, {mode} {m}x{n} w{w} s{st}", bs._bwd_dkdv_kernel,
+                                   dict(common, FUSED_DQ=fused, SPLIT=split, BLOCK_M=m, BLOCK_N=n), fp32, w, st))
+    return out
+
+
+def launch_attrs(kernel) -> dict:
+    """The specialisation a real launch gives: pointers 16-byte aligned and strides multiples of 16
+    (torch allocations; contiguous (B, H, T, D) tensors with D >= 16), except do_not_specialize args."""
+    skip = set(kernel.do_not_specialize) | set(getattr(kernel, "do_not_specialize_names", []))
+    attrs = {}
+    for i, p in enumerate(kernel.params):
+        if p.is_constexpr or p.name in skip or i in skip:
+            continue
+        if p.name.isupper() or p.name.startswith("stride"):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return attrs
+
+
+def compile_variant(v: Variant, dtype: str = "bf16", arch: int = 90, wide: bool = False):
+    src = ASTSource(fn=v.kernel, signature=signature(v.kernel, dtype, v.fp32, wide), constexprs=v.constexprs,
+                    attrs=launch_attrs(v.kernel))
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": v.num_warps, "num_stages": v.num_stages})
+
+
+def ptxas_usage(kernel, arch: int = 90) -> dict:
+    """Registers per thread and spill bytes of a compiled kernel, from the bundled ptxas -v."""
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.ptx")
+        with open(path, "w") as f:
+            f.write(kernel.asm["ptx"])
+        sm = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
+        info = subprocess.run([ptxas, f"-arch={sm}", "-v", path, "-o", os.devnull], capture_output=True, text=True)
+    text = info.stdout + info.stderr
+    regs = re.search(r"Used (\d+) registers", text)
+    stores = re.search(r"(\d+) bytes spill stores", text)
+    loads = re.search(r"(\d+) bytes spill loads", text)
+    return {"registers": int(regs.group(1)) if regs else None,
+            "spill_stores": int(stores.group(1)) if stores else 0, "spill_loads": int(loads.group(1)) if loads else 0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m megastride.kernels.compile_check", description=__doc__.splitlines()[0])
+    p.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (default 90: H100/H200)")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
+    p.add_argument("--block", type=int, default=128)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--all", action="store_true", help="every autotuning config, not only the first")
+    p.add_argument("--ptxas", action="store_true", help="also report registers and spills (ptxas -v)")
+    p.add_argument("--only", default="", help="comma-separated substrings: compile only variants whose name has one")
+    args = p.parse_args(argv)
+    only = [x for x in args.only.split(",") if x]
+    failed = 0
+    chosen = [v for v in variants(args.block, args.head_dim, args.all) if not only or any(x in v.name for x in only)]
+    if not chosen:
+        print(f"compile_check: no variant matches --only {args.only!r}", file=sys.stderr)
+        return 2
+    for v in chosen:
+        start = time.perf_counter()
+        try:
+            k = compile_variant(v, args.dtype, args.arch, wide=True)
+        except Exception as err:  # report every variant, then fail
+            failed += 1
+            print(f"FAIL {v.name}: {type(err).__name__}: {str(err).splitlines()[0][:300]}", flush=True)
+            continue
+        usage = ""
+        if args.ptxas:
+            u = ptxas_usage(k, args.arch)
+            usage = f", {u['registers']} registers, spills {u['spill_stores']}/{u['spill_loads']} B stored/loaded"
+        print(f"ok   {v.name}: {time.perf_counter() - start:.1f} s, shared {k.metadata.shared} B{usage}", flush=True)
+    print(f"compile_check sm_{args.arch} {args.dtype}: {'FAILED ' + str(failed) if failed else 'all compiled'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
