@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,21 @@ def check_host_memory(cfg: Config, world: int) -> None:
         raise ConfigError(problem)
 
 
+def plan_note(cfg: Config, world: int, gpu_bytes: float) -> str:
+    """One line for the start of a GPU run: the planner's peak per GPU and host bytes per rank, and a
+    warning when the peak passes the GPU's memory (the planner was within 15% of measured peaks)."""
+    from . import plan as planner
+
+    p = planner.plan(cfg, world_size=world)
+    note = (f"plan: peak {p.peak_bytes / 1e9:.1f} GB per GPU of {gpu_bytes / 1e9:.0f} GB"
+            + (f", host {p.host_bytes / 1e9:.1f} GB per rank" if p.host_bytes else "")
+            + " (`megastride plan` itemises it)")
+    if p.peak_bytes > gpu_bytes:
+        note = ("warning: " + note + "; this run may run out of GPU memory: see train.cpu_checkpointing, "
+                "train.checkpoint_group, model.ffn_chunk and ZeRO in docs/scaling.md")
+    return note
+
+
 class Trainer:
     """Owns the engine, the loaders and the run directory for one training run."""
 
@@ -104,6 +120,9 @@ class Trainer:
             raise ConfigError("train.precision=fp16 needs a CUDA GPU (DeepSpeed has no fp16 on CPU); use bf16 or fp32")
         self.rank, self.world, self.device = init_distributed()
         check_host_memory(cfg, self.world)
+        if self.rank == 0 and self.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            print(plan_note(cfg, self.world, total), file=sys.stderr, flush=True)
         self.ds_config = deepspeed_config(cfg, self.world)
         if self.rank == 0:
             prepare_run_dir(cfg, self.ds_config)

@@ -220,3 +220,15 @@ def test_trainer_refuses_host_offload_beyond_the_ram(monkeypatch):
     monkeypatch.setattr(planner, "physical_memory_bytes", lambda: 1e12)
     trainer.check_host_memory(cfg, 4)
     trainer.check_host_memory(config(), 1)  # no offload: nothing to check
+
+
+def test_training_start_notes_the_plan_and_warns_past_the_gpu():
+    from megastride.engine.trainer import plan_note
+
+    cfg = config(cpu_checkpointing=True)
+    p = plan(cfg)
+    fits = plan_note(cfg, 1, p.peak_bytes * 2)
+    assert fits.startswith("plan: peak ") and "host" in fits and "warning" not in fits
+    tight = plan_note(cfg, 1, p.peak_bytes * 0.5)
+    assert tight.startswith("warning: plan: peak") and "may run out of GPU memory" in tight
+    assert "host" not in plan_note(config(), 1, 1e12)
