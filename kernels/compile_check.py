@@ -141,13 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--all", action="store_true", help="every autotuning config, not only the first")
     p.add_argument("--ptxas", action="store_true", help="also report registers and spills (ptxas -v)")
-    p.add_argument("--only", default="", help="comma-separated substrings: compile only variants whose name has one")
+    p.add_argument("--only", action="append", default=[],
+                   help="compile only variants whose name contains this text (repeatable)")
     args = p.parse_args(argv)
-    only = [x for x in args.only.split(",") if x]
+    only = args.only
     failed = 0
     chosen = [v for v in variants(args.block, args.head_dim, args.all) if not only or any(x in v.name for x in only)]
     if not chosen:
-        print(f"compile_check: no variant matches --only {args.only!r}", file=sys.stderr)
+        print(f"compile_check: no variant matches --only {only!r}", file=sys.stderr)
         return 2
     for v in chosen:
         start = time.perf_counter()
