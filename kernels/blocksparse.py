@@ -376,8 +376,9 @@ _TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_
 # compile and benchmark per kernel variant (results are cached on disk: autotune cache_results).
 # Starting points: Triton's fused-attention tutorial on Hopper; the third config of each block-128
 # list is one that `python -m megastride.kernels.compile_check --ptxas` showed free of register
-# spills for sm_90 at head dim 64, where the first two spill (forward 128x64 w4: ~500 B per thread;
-# dK/dV 32x128 w4: ~110-270 B; dQ 128x32 w4: ~100 B).
+# spills for sm_90 at head dim 64, where the first one spills (forward 128x64 w4: ~500 B per thread,
+# dK/dV 32x128 w4: ~140-240 B, dQ 128x32 w4: ~60 B; the second too in the atomic-dQ and permuted
+# variants; table in docs/benchmarks.md).
 _FWD_TILES = {128: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3)], 64: [(64, 64, 4, 3)]}
 _DQ_TILES = {128: [(128, 32, 4, 5), (128, 64, 8, 3), (128, 32, 8, 4)], 64: [(64, 32, 4, 4)]}
 _DKDV_TILES = {128: [(32, 128, 4, 5), (64, 128, 8, 3), (32, 128, 8, 3)], 64: [(32, 64, 4, 4)]}
