@@ -381,7 +381,9 @@ _TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_
 # variants; table in docs/benchmarks.md).
 _FWD_TILES = {128: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3)], 64: [(64, 64, 4, 3)]}
 _DQ_TILES = {128: [(128, 32, 4, 5), (128, 64, 8, 3), (128, 32, 8, 4)], 64: [(64, 32, 4, 4)]}
-_DKDV_TILES = {128: [(32, 128, 4, 5), (64, 128, 8, 3), (32, 128, 8, 3)], 64: [(32, 64, 4, 4)]}
+_DKDV_TILES = {128: [(32, 128, 4, 5), (64, 128, 8, 3), (32, 128, 8, 3)], 64: [(32, 64, 4, 4)],
+               (128, 128): [(16, 128, 8, 3)]}  # head dim 128: the only spill-free dK/dV config found
+# Keys: a block, or (block, head dim) for configs added at that head dim only.
 
 
 def _configs(table):
@@ -392,7 +394,8 @@ def _configs(table):
 def _pruner(table):
     def prune(configs, named_args, **kwargs):
         block = kwargs["BLOCK"]
-        wanted = table.get(block) or [(min(block, 64), min(block, 64), 4, 2)]
+        wanted = (table.get(block, []) + table.get((block, kwargs["HEAD_DIM"]), [])
+                  or [(min(block, 64), min(block, 64), 4, 2)])
         keep = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
         return keep or [triton.Config({"BLOCK_M": min(block, 64), "BLOCK_N": min(block, 64)}, num_warps=4, num_stages=2)]
 

@@ -244,3 +244,15 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
     head, _, row = table([r]).splitlines()
     assert head.endswith("| ours_atomic f+b ms | ours_split f+b ms |") and row.endswith("| 0.800 | 0.700 |")
     assert "| 1.20× |" in row
+
+
+def test_autotune_lists_follow_block_and_head_dim():
+    """The pruner offers a block's configs, plus those listed for (block, head dim) at that head dim."""
+    prune = blocksparse._pruner(blocksparse._DKDV_TILES)
+    configs = blocksparse._configs(blocksparse._DKDV_TILES)
+    tiles = lambda **kw: {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)  # noqa: E731
+                          for c in prune(configs, {}, **kw)}
+    assert tiles(BLOCK=128, HEAD_DIM=64) == set(blocksparse._DKDV_TILES[128])
+    assert tiles(BLOCK=128, HEAD_DIM=128) == set(blocksparse._DKDV_TILES[128]) | {(16, 128, 8, 3)}
+    assert tiles(BLOCK=64, HEAD_DIM=128) == set(blocksparse._DKDV_TILES[64])
+    assert tiles(BLOCK=32, HEAD_DIM=64) == {(32, 32, 4, 2)}  # no list: one safe config
