@@ -16,6 +16,11 @@ date -u | tee -a "$OUT/env.log"
 # k. kernels: bf16/fp16 and long lengths against the reference, torch.compile, layout build times
 if want k; then
 timeout "${KCHECK_S:-200}" python3 -m megastride.kernels.gpu_check --out "$OUT" ${KCHECK_ARGS:-} 2>&1 | tail -20 | tee "$OUT/gpu_check.log"
+# the other backward modes (atomic dQ, split dK/dV columns) at 1M tokens, fixed and strided
+if [ -z "${KCHECK_ARGS:-}" ]; then
+  timeout "${KCHECK_MODES_S:-120}" python3 -m megastride.kernels.gpu_check --out "$OUT/modes" --dq-mode atomic \
+    --dkdv-split 16 --no-long --only 1M 2>&1 | tail -4 | tee -a "$OUT/gpu_check.log"
+fi
 fi
 # b. attention bench (docs/benchmarks.md): ours in each backward mode beside FlexAttention; the training
 #    run below then uses the dQ mode that was faster at the longest length (unless set already).
