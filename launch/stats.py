@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv or [])
     with user_errors(PROG):
         from megastride.data_shards import StoreError, open_store
-        from megastride.data_shards.stats import store_entropies
+        from megastride.data_shards.stats import RELIABLE_LEN, store_entropies
 
         store = open_store(args.store)
         if args.split not in store.split_sizes:
@@ -47,4 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, label in (("unigram", "byte histogram of the window"), ("previous_byte", "byte given the previous byte")):
         r = result[name]
         print(f"  {label:<30} {r['mean']:.3f} bits per byte (windows {r['min']:.3f} - {r['max']:.3f})")
+    if args.seq_len < RELIABLE_LEN:
+        print(f"note: windows under {RELIABLE_LEN:,} bytes hold too few byte pairs for the previous-byte entropy "
+              f"(256 x 256 counts): it is biased low here")
     return 0

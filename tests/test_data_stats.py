@@ -35,6 +35,8 @@ def test_store_entropies_and_cli(text_store, capsys):
     assert store_entropies(store, "train", 4096, windows=5, seed=3) == r  # seeded
     assert stats_main([text_store, "--seq-len", "4096", "--windows", "5", "--seed", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == r
+    assert stats_main([text_store, "--seq-len", "4096", "--windows", "2"]) == 0
+    assert "biased low" in capsys.readouterr().out  # short windows: the previous-byte number is flagged
     for bad, message in ((["--seq-len", str(10**9)], "does not fit"), (["--split", "nope"], "no split 'nope'"),
                          (["--windows", "0"], "windows must be >= 1")):
         with pytest.raises(SystemExit) as exit_:
