@@ -432,16 +432,23 @@ def physical_memory_bytes() -> float:
 HOST_USABLE_FRACTION = 0.85
 
 
+def host_share_bytes(ranks_per_node: int, node_bytes: float | None = None) -> float | None:
+    """Host memory one rank may pin: the usable share of the node's RAM (this machine's unless
+    ``node_bytes`` is given); None where the RAM is unknown."""
+    node_bytes = physical_memory_bytes() if node_bytes is None else node_bytes
+    return HOST_USABLE_FRACTION * node_bytes / ranks_per_node if node_bytes else None
+
+
 def check_host_memory(p: Plan, ranks_per_node: int, host_bytes: float | None = None) -> str | None:
     """A one-line problem if the ranks of one node need more host memory than the node has, else None."""
-    host_bytes = physical_memory_bytes() if host_bytes is None else host_bytes
-    need = p.host_bytes * ranks_per_node
-    if not host_bytes or need <= HOST_USABLE_FRACTION * host_bytes:
+    share = host_share_bytes(ranks_per_node, host_bytes)
+    if share is None or p.host_bytes <= share:
         return None
+    node = share * ranks_per_node / HOST_USABLE_FRACTION
     items = ", ".join(f"{k} {v / GB:.1f} GB" for k, v in p.cpu.items() if v)
-    return (f"host memory: {ranks_per_node} rank(s) x {p.host_bytes / GB:.1f} GB ({items}) = {need / GB:.1f} GB "
-            f"exceeds {HOST_USABLE_FRACTION:.0%} of this node's {host_bytes / GB:.0f} GB; use "
-            f"train.checkpoint_group to keep fewer block inputs, or fewer ranks per node")
+    return (f"host memory: {ranks_per_node} rank(s) x {p.host_bytes / GB:.1f} GB ({items}) = "
+            f"{p.host_bytes * ranks_per_node / GB:.1f} GB exceeds {HOST_USABLE_FRACTION:.0%} of this node's "
+            f"{node / GB:.0f} GB; use train.checkpoint_group to keep fewer block inputs, or fewer ranks per node")
 
 
 def _at_length(cfg: Config, seq_len: int | None) -> Config:

@@ -80,26 +80,32 @@ def fp16_loss_left_unscaled(engine) -> bool:
     return "fp16_enabled" not in inspect.getsource(type(engine).backward)
 
 
-def check_host_memory(cfg: Config, world: int) -> None:
-    """ConfigError before any work if host offload (pinned block inputs, offloaded states) needs more
-    RAM than this node has: otherwise the run dies mid-step on a failed pinned allocation."""
+def _uses_host_memory(cfg: Config) -> bool:
     t = cfg.train
-    if not ((t.checkpoint_activations and t.cpu_checkpointing) or t.offload_optimizer or t.offload_params):
+    return (t.checkpoint_activations and t.cpu_checkpointing) or t.offload_optimizer or t.offload_params
+
+
+def check_host_memory(cfg: Config, world: int, p=None) -> None:
+    """ConfigError before any work if host offload (pinned block inputs, offloaded states) needs more
+    RAM than this node has: otherwise the run dies mid-step on a failed pinned allocation. ``p``:
+    the config's plan, if already made."""
+    if not _uses_host_memory(cfg):
         return
     from . import plan as planner
 
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", min(world, max(1, torch.cuda.device_count()))))
-    problem = planner.check_host_memory(planner.plan(cfg, world_size=world), ranks)
+    problem = planner.check_host_memory(p or planner.plan(cfg, world_size=world), ranks)
     if problem:
         raise ConfigError(problem)
 
 
-def plan_note(cfg: Config, world: int, gpu_bytes: float) -> str:
+def plan_note(cfg: Config, world: int, gpu_bytes: float, p=None) -> str:
     """One line for the start of a GPU run: the planner's peak per GPU and host bytes per rank, and a
-    warning when the peak passes the GPU's memory (the planner was within 15% of measured peaks)."""
+    warning when the peak passes the GPU's memory (the planner was within 15% of measured peaks).
+    ``p``: the config's plan, if already made."""
     from . import plan as planner
 
-    p = planner.plan(cfg, world_size=world)
+    p = p or planner.plan(cfg, world_size=world)
     note = (f"plan: peak {p.peak_bytes / 1e9:.1f} GB per GPU of {gpu_bytes / 1e9:.0f} GB"
             + (f", host {p.host_bytes / 1e9:.1f} GB per rank" if p.host_bytes else "")
             + " (`megastride plan` itemises it)")
@@ -119,10 +125,15 @@ class Trainer:
         if cfg.train.precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("train.precision=fp16 needs a CUDA GPU (DeepSpeed has no fp16 on CPU); use bf16 or fp32")
         self.rank, self.world, self.device = init_distributed()
-        check_host_memory(cfg, self.world)
-        if self.rank == 0 and self.device.type == "cuda":
-            total = torch.cuda.get_device_properties(self.device).total_memory
-            print(plan_note(cfg, self.world, total), file=sys.stderr, flush=True)
+        on_gpu = self.device.type == "cuda"
+        if on_gpu or _uses_host_memory(cfg):  # one plan for both checks
+            from . import plan as planner
+
+            p = planner.plan(cfg, world_size=self.world)
+            check_host_memory(cfg, self.world, p)
+            if self.rank == 0 and on_gpu:
+                total = torch.cuda.get_device_properties(self.device).total_memory
+                print(plan_note(cfg, self.world, total, p), file=sys.stderr, flush=True)
         self.ds_config = deepspeed_config(cfg, self.world)
         if self.rank == 0:
             prepare_run_dir(cfg, self.ds_config)

@@ -52,12 +52,11 @@ def main(argv: list[str] | None = None) -> int:
             result = plan(cfg, args.seq_len, args.world_size, runtime=args.runtime)
         except ValueError as err:  # e.g. a length the block size does not divide
             raise ConfigError(str(err).splitlines()[0]) from None
-    from megastride.engine.plan import HOST_USABLE_FRACTION, physical_memory_bytes
+    from megastride.engine.plan import host_share_bytes
 
     gpu_bytes = args.gpu_memory_gb * 1e9
-    node_bytes = args.host_memory_gb * 1e9 if args.host_memory_gb is not None else physical_memory_bytes()
-    ranks = args.gpus_per_node or min(args.world_size, 8)
-    host_bytes = HOST_USABLE_FRACTION * node_bytes / ranks if node_bytes else None
+    node_bytes = args.host_memory_gb * 1e9 if args.host_memory_gb is not None else None
+    host_bytes = host_share_bytes(args.gpus_per_node or min(args.world_size, 8), node_bytes)
     print(result.json() if args.json else result.table(gpu_bytes, host_bytes))
     return 0 if result.fits(gpu_bytes, host_bytes) else 1
 
