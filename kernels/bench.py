@@ -195,8 +195,46 @@ def _time_impl(name, fn, q, k, v, do, result: Result, pairs: int) -> None:
     t[f"{name}_peak_mb"] = _peak_mb(fwdbwd)
 
 
+def _device_us(event) -> float:
+    return float(getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0))
+
+
+def profile_fwdbwd(fn, q, k, v, do, iters: int = 10) -> dict:
+    """Where one forward+backward spends its time (torch.profiler over ``iters`` calls, after a warm one):
+    wall ms per call, GPU kernel ms per call (their sum; below wall = launch or host gaps), and each
+    kernel's ms per call, largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    fn(*leaves).backward(do)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(iters):
+            for t in leaves:
+                t.grad = None
+            fn(*leaves).backward(do)
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - start) * 1e3 / iters
+    kernels = {}
+    for e in prof.key_averages():
+        us = _device_us(e)
+        if us > 0 and str(getattr(e, "device_type", "")).endswith("CUDA"):
+            kernels[e.key[:90]] = kernels.get(e.key[:90], 0.0) + us / 1e3 / iters
+    top = dict(sorted(kernels.items(), key=lambda kv: -kv[1]))
+    return {"wall_ms": wall, "gpu_ms": sum(top.values()), "kernels_ms": top}
+
+
+def tuned_configs() -> dict:
+    """The config the autotuner chose for each of our kernels and key seen so far."""
+    from . import blocksparse as B
+
+    return {name: {str(key): str(cfg) for key, cfg in tuned.cache.items()}
+            for name, tuned in (("fwd", B._fwd_tuned), ("dq", B._dq_tuned), ("dkdv", B._dkdv_tuned))}
+
+
 def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count: int = 32,
-             flex_max: dict | None = None, dense_max: int = 262144, log=print) -> Result:
+             flex_max: dict | None = None, dense_max: int = 262144, log=print, profile: bool = False) -> Result:
     """Check, then time our kernel and the peers on one case."""
     device = torch.device("cuda")
     pattern, stride, block, mask_mod = case_pattern(case)
@@ -226,6 +264,10 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
     result.timings["ours_layout_mb"] = metadata_bytes(layout) / 2**20
     _time_impl("ours", ours, q, k, v, do, result, pairs)
     stage(f"ours  {result.timings['ours_fwdbwd_ms']:.3f} ms f+b")
+    if profile:
+        prof = result.timings["ours_profile"] = profile_fwdbwd(ours, q, k, v, do)
+        top = ", ".join(f"{name[:40]} {ms:.3f}" for name, ms in list(prof["kernels_ms"].items())[:4])
+        stage(f"ours profiled: wall {prof['wall_ms']:.3f} ms, GPU kernels {prof['gpu_ms']:.3f} ms per f+b ({top})")
     for variant in [p for p in OUR_VARIANTS if p in peers]:  # our kernels again in another backward mode
         with mock.patch.dict(os.environ, OUR_VARIANTS[variant]):
             _time_impl(f"ours_{variant}", ours, q, k, v, do, result, pairs)
@@ -240,6 +282,9 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
             stage("flex forward compiled and checked")
             _time_impl("flex", flex, q, k, v, do, result, pairs)
             stage(f"flex  {result.timings['flex_fwdbwd_ms']:.3f} ms f+b")
+            if profile:
+                prof = result.timings["flex_profile"] = profile_fwdbwd(flex, q, k, v, do)
+                stage(f"flex profiled: wall {prof['wall_ms']:.3f} ms, GPU kernels {prof['gpu_ms']:.3f} ms per f+b")
         except Exception as err:  # a peer failing is a result, not a crash
             result.notes.append(f"flex failed: {type(err).__name__}: {str(err)[:300]}")
             log(f"  flex failed: {err!r}"[:400])
@@ -313,7 +358,8 @@ def table(results: list[Result]) -> str:
 def write_outputs(results: list[Result], out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "bench_attention.json"), "w") as f:
-        json.dump({"environment": environment(), "results": [r.as_dict() for r in results]}, f, indent=1)
+        json.dump({"environment": environment(), "tuned_configs": tuned_configs(),
+                   "results": [r.as_dict() for r in results]}, f, indent=1)
     with open(os.path.join(out_dir, "bench_attention.md"), "w") as f:
         env = environment()
         f.write(f"{env['device']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "

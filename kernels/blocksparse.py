@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 import weakref
 from dataclasses import dataclass, field
 
@@ -386,6 +387,24 @@ _DKDV_TILES = {128: [(32, 128, 4, 5), (64, 128, 8, 3), (32, 128, 8, 3)], 64: [(3
 # Keys: a block, or (block, head dim) for configs added at that head dim only.
 
 
+def _extra_tiles(raw: str) -> dict[str, list[tuple[int, int, int, int]]]:
+    """Configs added to the autotuning lists for an experiment, e.g. "fwd:128x128w8s2,dkdv:64x128w8s2"
+    (``MEGASTRIDE_BLOCKSPARSE_EXTRA_TILES``, read at import); each is tried at every block it fits."""
+    out: dict[str, list[tuple[int, int, int, int]]] = {"fwd": [], "dq": [], "dkdv": []}
+    for item in filter(None, (x.strip() for x in raw.split(","))):
+        m = re.fullmatch(r"(fwd|dq|dkdv):(\d+)x(\d+)w(\d+)s(\d+)", item)
+        if m is None:
+            raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_EXTRA_TILES: {item!r} is not KERNEL:MxNwWsS "
+                             "(KERNEL one of fwd, dq, dkdv), e.g. fwd:128x128w8s2")
+        out[m[1]].append(tuple(int(m[i]) for i in range(2, 6)))
+    return out
+
+
+_EXTRA = _extra_tiles(os.environ.get("MEGASTRIDE_BLOCKSPARSE_EXTRA_TILES", ""))
+for _name, _table in (("fwd", _FWD_TILES), ("dq", _DQ_TILES), ("dkdv", _DKDV_TILES)):
+    _table["extra"] = _EXTRA[_name]
+
+
 def _configs(table):
     values = {v for vs in table.values() for v in vs}
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in sorted(values)]
@@ -394,7 +413,8 @@ def _configs(table):
 def _pruner(table):
     def prune(configs, named_args, **kwargs):
         block = kwargs["BLOCK"]
-        wanted = (table.get(block, []) + table.get((block, kwargs["HEAD_DIM"]), [])
+        extra = [t for t in table.get("extra", []) if t[0] <= block and t[1] <= block]
+        wanted = (table.get(block, []) + table.get((block, kwargs["HEAD_DIM"]), []) + extra
                   or [(min(block, 64), min(block, 64), 4, 2)])
         keep = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
         return keep or [triton.Config({"BLOCK_M": min(block, 64), "BLOCK_N": min(block, 64)}, num_warps=4, num_stages=2)]

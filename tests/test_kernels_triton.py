@@ -256,3 +256,20 @@ def test_autotune_lists_follow_block_and_head_dim():
     assert tiles(BLOCK=128, HEAD_DIM=128) == set(blocksparse._DKDV_TILES[128]) | {(16, 128, 8, 3)}
     assert tiles(BLOCK=64, HEAD_DIM=128) == set(blocksparse._DKDV_TILES[64])
     assert tiles(BLOCK=32, HEAD_DIM=64) == {(32, 32, 4, 2)}  # no list: one safe config
+
+
+def test_extra_tiles_join_the_lists_where_they_fit(monkeypatch):
+    """MEGASTRIDE_BLOCKSPARSE_EXTRA_TILES adds configs to one kernel's list at every block they fit;
+    a malformed entry is refused, named."""
+    extra = blocksparse._extra_tiles("fwd:128x128w8s2, dkdv:64x128w8s2,dkdv:32x32w4s2")
+    assert extra == {"fwd": [(128, 128, 8, 2)], "dq": [], "dkdv": [(64, 128, 8, 2), (32, 32, 4, 2)]}
+    table = {**blocksparse._DKDV_TILES, "extra": extra["dkdv"]}
+    prune = blocksparse._pruner(table)
+    tiles = lambda **kw: {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)  # noqa: E731
+                          for c in prune(blocksparse._configs(table), {}, **kw)}
+    assert tiles(BLOCK=128, HEAD_DIM=64) == set(blocksparse._DKDV_TILES[128]) | {(64, 128, 8, 2), (32, 32, 4, 2)}
+    assert tiles(BLOCK=64, HEAD_DIM=64) == set(blocksparse._DKDV_TILES[64]) | {(32, 32, 4, 2)}
+    with pytest.raises(ValueError, match="'fwd:128x128'"):
+        blocksparse._extra_tiles("fwd:128x128")
+    with pytest.raises(ValueError, match="KERNEL one of"):
+        blocksparse._extra_tiles("bwd:64x64w4s2")
