@@ -222,7 +222,16 @@ def profile_fwdbwd(fn, q, k, v, do, iters: int = 10) -> dict:
         if us > 0 and str(getattr(e, "device_type", "")).endswith("CUDA"):
             kernels[e.key[:90]] = kernels.get(e.key[:90], 0.0) + us / 1e3 / iters
     top = dict(sorted(kernels.items(), key=lambda kv: -kv[1]))
-    return {"wall_ms": wall, "gpu_ms": sum(top.values()), "kernels_ms": top}
+    # host time to issue one forward+backward (no sync inside the loop): near wall_ms = host-bound
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        for t in leaves:
+            t.grad = None
+        fn(*leaves).backward(do)
+    host = (time.perf_counter() - start) * 1e3 / iters
+    torch.cuda.synchronize()
+    return {"wall_ms": wall, "host_ms": host, "gpu_ms": sum(top.values()), "kernels_ms": top}
 
 
 def tuned_configs() -> dict:
@@ -267,7 +276,7 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
     if profile:
         prof = result.timings["ours_profile"] = profile_fwdbwd(ours, q, k, v, do)
         top = ", ".join(f"{name[:40]} {ms:.3f}" for name, ms in list(prof["kernels_ms"].items())[:4])
-        stage(f"ours profiled: wall {prof['wall_ms']:.3f} ms, GPU kernels {prof['gpu_ms']:.3f} ms per f+b ({top})")
+        stage(f"ours profiled: wall {prof['wall_ms']:.3f} ms, host issue {prof['host_ms']:.3f} ms, GPU kernels {prof['gpu_ms']:.3f} ms per f+b ({top})")
     for variant in [p for p in OUR_VARIANTS if p in peers]:  # our kernels again in another backward mode
         with mock.patch.dict(os.environ, OUR_VARIANTS[variant]):
             _time_impl(f"ours_{variant}", ours, q, k, v, do, result, pairs)
@@ -284,7 +293,7 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
             stage(f"flex  {result.timings['flex_fwdbwd_ms']:.3f} ms f+b")
             if profile:
                 prof = result.timings["flex_profile"] = profile_fwdbwd(flex, q, k, v, do)
-                stage(f"flex profiled: wall {prof['wall_ms']:.3f} ms, GPU kernels {prof['gpu_ms']:.3f} ms per f+b")
+                stage(f"flex profiled: wall {prof['wall_ms']:.3f} ms, host issue {prof['host_ms']:.3f} ms, GPU kernels {prof['gpu_ms']:.3f} ms per f+b")
         except Exception as err:  # a peer failing is a result, not a crash
             result.notes.append(f"flex failed: {type(err).__name__}: {str(err)[:300]}")
             log(f"  flex failed: {err!r}"[:400])

@@ -379,10 +379,11 @@ _TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_
 # list is one that `python -m megastride.kernels.compile_check --ptxas` showed free of register
 # spills for sm_90 at head dim 64, where the first one spills (forward 128x64 w4: ~500 B per thread,
 # dK/dV 32x128 w4: ~140-240 B, dQ 128x32 w4: ~60 B; the second too in the atomic-dQ and permuted
-# variants; table in docs/benchmarks.md).
+# variants; table in docs/benchmarks.md). dK/dV 64x64 w4 s3 came out of an EXTRA_TILES experiment on
+# the H200 (fixed, 1M tokens, H=8 D=64: picked over the others, dK/dV kernel 136 ms per call).
 _FWD_TILES = {128: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3)], 64: [(64, 64, 4, 3)]}
 _DQ_TILES = {128: [(128, 32, 4, 5), (128, 64, 8, 3), (128, 32, 8, 4)], 64: [(64, 32, 4, 4)]}
-_DKDV_TILES = {128: [(32, 128, 4, 5), (64, 128, 8, 3), (32, 128, 8, 3)], 64: [(32, 64, 4, 4)],
+_DKDV_TILES = {128: [(32, 128, 4, 5), (64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 3)], 64: [(32, 64, 4, 4)],
                (128, 128): [(16, 128, 8, 3)]}  # head dim 128: the only spill-free dK/dV config found
 # Keys: a block, or (block, head dim) for configs added at that head dim only.
 
@@ -782,6 +783,24 @@ def _backward_op(ctx, grad_out, grad_lse):
 blocksparse_fwd.register_autograd(_backward_op, setup_context=_setup_context)
 
 
+class _Eager(torch.autograd.Function):
+    """The same forward and backward as the custom op, without the op's dispatch: eager calls take
+    this path (the op's Python dispatch cost about half of a short sequence's forward+backward host
+    time); torch.compile traces the op."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, layout: Layout, scale: float):
+        out, lse = _forward(q, k, v, layout, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.layout, ctx.scale = layout, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        return (*_backward(grad_out, q, k, v, out, lse, ctx.layout, ctx.scale), None, None)
+
+
 # ---------------------------------------------------------------------------------------------
 # Public function
 # ---------------------------------------------------------------------------------------------
@@ -802,5 +821,6 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay
     if width != head_dim:
         pad = lambda t: torch.nn.functional.pad(t, (0, width - head_dim))  # noqa: E731
         return blocksparse_attention(pad(q), pad(k), pad(v), layout, scale)[..., :head_dim]
-    out, _ = blocksparse_fwd(q, k, v, layout_id(layout), scale)
-    return out
+    if torch.compiler.is_compiling():
+        return blocksparse_fwd(q, k, v, layout_id(layout), scale)[0]
+    return _Eager.apply(q, k, v, layout, scale)

@@ -273,3 +273,20 @@ def test_extra_tiles_join_the_lists_where_they_fit(monkeypatch):
         blocksparse._extra_tiles("fwd:128x128")
     with pytest.raises(ValueError, match="KERNEL one of"):
         blocksparse._extra_tiles("bwd:64x64w4s2")
+
+
+def test_eager_path_and_compiled_op_path_agree(monkeypatch):
+    """Eager calls skip the custom op's dispatch (autograd.Function); under torch.compile the op is
+    traced. Both give the same output and gradients, and each path is the one taken."""
+    layout = P.build_layout(P.fixed(64, 32), 256, 32, num_heads=2)
+    q, k, v, do = _inputs(1, 2, 256, 32, torch.float32, 11)
+    calls = []
+    real_op = blocksparse.blocksparse_fwd
+    monkeypatch.setattr(blocksparse, "blocksparse_fwd", lambda *a: calls.append(1) or real_op(*a))
+    eager = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
+    assert not calls
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    traced = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
+    assert calls
+    for a, b in zip(eager, traced):
+        assert torch.equal(a, b)
