@@ -18,7 +18,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -63,6 +63,8 @@ class Options:
     memory_fraction: float = 0.95  # skip lengths the planner puts above this share of the GPU
     batch: int | None = None  # sequences per step (default: the config's micro-batch size)
     log: Callable[[str], None] = print
+    profile: bool = False  # also profile one step per point (CUDA): filled into ``profiles``
+    profiles: dict = field(default_factory=dict)  # "<label> n=<len>" -> kernels.profiling.profile_calls
 
 
 @dataclass
@@ -132,8 +134,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(cfg: Config, device: torch.device, batch: int, steps: int, warmup: int) -> tuple[float, float | None]:
-    """(median step seconds, peak allocated bytes over the timed steps or None off CUDA)."""
+def time_steps(cfg: Config, device: torch.device, batch: int, steps: int, warmup: int,
+               profile: dict | None = None) -> tuple[float, float | None]:
+    """(median step seconds, peak allocated bytes over the timed steps or None off CUDA); with a
+    ``profile`` dict on CUDA, also where 2 more steps spend their time (``profile_calls``) into it."""
     torch.manual_seed(cfg.run.seed)
     model = SparseTransformer(cfg.model).to(device)
     apply_activation_checkpointing(model, cfg.train)
@@ -152,6 +156,10 @@ def time_steps(cfg: Config, device: torch.device, batch: int, steps: int, warmup
         _sync(device)
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    if profile is not None and device.type == "cuda":
+        from megastride.kernels.profiling import profile_calls
+
+        profile.update(profile_calls(lambda: _train_step(model, optimizer, data, autocast), iters=2, top=16))
     return statistics.median(times), peak
 
 
@@ -186,12 +194,18 @@ def measure(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
             return _base_row(kind, cfg, batch, "skipped (memory)", p, label)
         if planner.check_host_memory(p, ranks_per_node=1):  # pinned block inputs beyond the RAM
             return _base_row(kind, cfg, batch, "skipped (host memory)", p, label)
+    prof = {} if opts.profile else None
     try:
-        step_s, peak = time_steps(cfg, device, batch, opts.steps, opts.warmup)
+        step_s, peak = time_steps(cfg, device, batch, opts.steps, opts.warmup, prof)
     except torch.cuda.OutOfMemoryError:
         row = _base_row(kind, cfg, batch, "oom", p, label)
     else:
         row = _finish(_base_row(kind, cfg, batch, "ok", p, label), p, step_s, peak)
+        if prof:
+            from megastride.kernels.profiling import summary
+
+            opts.profiles[f"{row.label} n={row.seq_len}"] = prof
+            opts.log(f"{row.label:>8} n={row.seq_len:>9,} profiled: {summary(prof, kernels=5)}")
     _free(device)
     return row
 

@@ -19,6 +19,7 @@ from unittest import mock
 import torch
 
 from . import patterns as P
+from .profiling import summary
 from .reference import reference_attention
 
 # SPEC.md section 3's strided table (l per n); other lengths use the cost-optimal stride
@@ -195,43 +196,18 @@ def _time_impl(name, fn, q, k, v, do, result: Result, pairs: int) -> None:
     t[f"{name}_peak_mb"] = _peak_mb(fwdbwd)
 
 
-def _device_us(event) -> float:
-    return float(getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0))
-
-
 def profile_fwdbwd(fn, q, k, v, do, iters: int = 10) -> dict:
-    """Where one forward+backward spends its time (torch.profiler over ``iters`` calls, after a warm one):
-    wall ms per call, GPU kernel ms per call (their sum; below wall = launch or host gaps), and each
-    kernel's ms per call, largest first."""
-    from torch.profiler import ProfilerActivity, profile
+    """Where one forward+backward spends its time (``profiling.profile_calls``)."""
+    from .profiling import profile_calls
 
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-    fn(*leaves).backward(do)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        start = time.perf_counter()
-        for _ in range(iters):
-            for t in leaves:
-                t.grad = None
-            fn(*leaves).backward(do)
-        torch.cuda.synchronize()
-        wall = (time.perf_counter() - start) * 1e3 / iters
-    kernels = {}
-    for e in prof.key_averages():
-        us = _device_us(e)
-        if us > 0 and str(getattr(e, "device_type", "")).endswith("CUDA"):
-            kernels[e.key[:90]] = kernels.get(e.key[:90], 0.0) + us / 1e3 / iters
-    top = dict(sorted(kernels.items(), key=lambda kv: -kv[1]))
-    # host time to issue one forward+backward (no sync inside the loop): near wall_ms = host-bound
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iters):
+
+    def call():
         for t in leaves:
             t.grad = None
         fn(*leaves).backward(do)
-    host = (time.perf_counter() - start) * 1e3 / iters
-    torch.cuda.synchronize()
-    return {"wall_ms": wall, "host_ms": host, "gpu_ms": sum(top.values()), "kernels_ms": top}
+
+    return profile_calls(call, iters)
 
 
 def tuned_configs() -> dict:
@@ -275,8 +251,7 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
     stage(f"ours  {result.timings['ours_fwdbwd_ms']:.3f} ms f+b")
     if profile:
         prof = result.timings["ours_profile"] = profile_fwdbwd(ours, q, k, v, do)
-        top = ", ".join(f"{name[:40]} {ms:.3f}" for name, ms in list(prof["kernels_ms"].items())[:4])
-        stage(f"ours profiled: wall {prof['wall_ms']:.3f} ms, host issue {prof['host_ms']:.3f} ms, GPU kernels {prof['gpu_ms']:.3f} ms per f+b ({top})")
+        stage(f"ours profiled: {summary(prof)}")
     for variant in [p for p in OUR_VARIANTS if p in peers]:  # our kernels again in another backward mode
         with mock.patch.dict(os.environ, OUR_VARIANTS[variant]):
             _time_impl(f"ours_{variant}", ours, q, k, v, do, result, pairs)
@@ -293,7 +268,7 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
             stage(f"flex  {result.timings['flex_fwdbwd_ms']:.3f} ms f+b")
             if profile:
                 prof = result.timings["flex_profile"] = profile_fwdbwd(flex, q, k, v, do)
-                stage(f"flex profiled: wall {prof['wall_ms']:.3f} ms, host issue {prof['host_ms']:.3f} ms, GPU kernels {prof['gpu_ms']:.3f} ms per f+b")
+                stage(f"flex profiled: {summary(prof)}")
         except Exception as err:  # a peer failing is a result, not a crash
             result.notes.append(f"flex failed: {type(err).__name__}: {str(err)[:300]}")
             log(f"  flex failed: {err!r}"[:400])

@@ -12,6 +12,7 @@ Writes scaling.csv/.json/.png (sweep), table2.csv/.json (--table2), plan_check.c
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="two short lengths, one timed step: a smoke test")
     p.add_argument("--table2", action="store_true", help="the paper's Table 2 (enwik8 at 12,288, CIFAR-10 at 3,072)")
     p.add_argument("--validate-plan", action="store_true", help="measured vs planned peak at 8 configurations")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile 2 steps per point (CUDA): wall vs host vs GPU time, top kernels and host ops "
+                        "(OUT/profile.json)")
     p.add_argument("--all", action="store_true", help="sweep, --table2 and --validate-plan in one run")
     return p.parse_args(argv)
 
@@ -80,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         base = load_config(args.config or B.CONFIGS / "enwik8.yaml", args.overrides)
         lengths = _ints(args.lengths, "--lengths") if args.lengths else None
         opts = B.Options(device=args.device, steps=1 if args.quick else args.steps, warmup=args.warmup,
-                         budget_s=args.budget_s, memory_fraction=args.memory_fraction, batch=args.batch)
+                         budget_s=args.budget_s, memory_fraction=args.memory_fraction, batch=args.batch,
+                         profile=args.profile)
         meta = B.environment() | {"config": str(args.config), "overrides": args.overrides, "device": args.device,
                                   "steps": opts.steps, "warmup": opts.warmup}
         out = Path(args.out)
@@ -94,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = B.validate_plan(base, opts, lengths or list(B.VALIDATION_LENGTHS))
             _report(B, rows, out, "plan_check", meta, False)
             _plan_verdict(rows)
+        if opts.profiles:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "profile.json").write_text(json.dumps(opts.profiles, indent=1))
+            print(f"wrote {out / 'profile.json'}")
     return 0
 
 

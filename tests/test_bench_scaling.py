@@ -68,7 +68,7 @@ def test_sweep_writes_csv_json_png_and_tensorboard(tmp_path, capsys):
 
 def test_series_stops_at_oom_and_the_next_series_runs(monkeypatch):
     """An out-of-memory error ends its series only; the row records it."""
-    def fake(cfg, device, batch, steps, warmup):
+    def fake(cfg, device, batch, steps, warmup, profile=None):
         if cfg.model.seq_len >= 128 and cfg.model.attention.layers[0] == "dense":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         return 0.001 * cfg.model.seq_len, None
@@ -151,3 +151,23 @@ def test_memory_options_reach_the_benchmark_and_its_plan():
 
     p = plan(cfg, runtime="torch")
     assert p.cpu["block inputs"] > 0
+
+
+def test_profile_calls_attributes_host_time_to_ops():
+    """profile_calls times the calls and names where the host spends it: a loop of matmuls shows
+    aten::mm among the costliest host ops, once per call; its summary line carries the three times."""
+    from megastride.kernels.profiling import profile_calls, summary
+
+    a = torch.randn(256, 256)
+
+    def call():
+        for _ in range(8):
+            a @ a
+
+    prof = profile_calls(call, iters=3)
+    assert prof["wall_ms"] > 0 and prof["host_ms"] > 0
+    assert "aten::mm" in prof["host_ops_ms"] and prof["host_ops_ms"]["aten::mm"] > 0
+    assert list(prof["host_ops_ms"].values()) == sorted(prof["host_ops_ms"].values(), reverse=True)
+    if not torch.cuda.is_available():
+        assert prof["kernels_ms"] == {} and prof["gpu_ms"] == 0
+    assert summary(prof).startswith(f"wall {prof['wall_ms']:.3f} ms, host issue")

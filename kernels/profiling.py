@@ -1,0 +1,59 @@
+"""Where a GPU call spends its time: wall vs host issue vs GPU kernel time, per kernel and per host op."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+
+def _device_us(event) -> float:
+    return float(getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0))
+
+
+def profile_calls(call: Callable[[], object], iters: int = 10, top: int = 12) -> dict:
+    """Profile ``iters`` calls of ``call`` (after one warm call) with torch.profiler.
+
+    Returns per call: ``wall_ms`` (synchronised), ``host_ms`` (time to issue the work with no sync
+    inside the loop: near wall_ms means the host, not the GPU, sets the pace), ``gpu_ms`` (sum of
+    kernel times; below wall_ms = the GPU idles), ``kernels_ms`` (each kernel, largest first) and
+    ``host_ops_ms`` (self host time of the ``top`` costliest host ops and runtime calls).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    call()
+    sync()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        start = time.perf_counter()
+        for _ in range(iters):
+            call()
+        sync()
+        wall = (time.perf_counter() - start) * 1e3 / iters
+    kernels: dict[str, float] = {}
+    host: dict[str, float] = {}
+    for e in prof.key_averages():
+        name = e.key[:90]
+        us = _device_us(e)
+        if us > 0 and str(getattr(e, "device_type", "")).endswith("CUDA"):
+            kernels[name] = kernels.get(name, 0.0) + us / 1e3 / iters
+        elif e.self_cpu_time_total > 0:
+            host[name] = host.get(name, 0.0) + e.self_cpu_time_total / 1e3 / iters
+    sync()
+    start = time.perf_counter()
+    for _ in range(iters):
+        call()
+    issue = (time.perf_counter() - start) * 1e3 / iters
+    sync()
+    by_time = lambda d: dict(sorted(d.items(), key=lambda kv: -kv[1]))  # noqa: E731
+    return {"wall_ms": wall, "host_ms": issue, "gpu_ms": sum(kernels.values()), "kernels_ms": by_time(kernels),
+            "host_ops_ms": dict(list(by_time(host).items())[:top])}
+
+
+def summary(prof: dict, kernels: int = 4) -> str:
+    """One line: wall, host issue and GPU time per call and the largest kernels."""
+    top = ", ".join(f"{name[:40]} {ms:.3f}" for name, ms in list(prof["kernels_ms"].items())[:kernels])
+    return (f"wall {prof['wall_ms']:.3f} ms, host issue {prof['host_ms']:.3f} ms, GPU kernels {prof['gpu_ms']:.3f} ms "
+            f"per call ({top})")
