@@ -190,7 +190,7 @@ class TrainConfig(_Strict):
     checkpoint_activations: bool = True  # recompute every residual block in backward
     checkpoint_group: int = Field(1, ge=1)  # blocks recomputed as one segment: n/k + k inputs kept, not n
     partition_activations: bool = False  # DeepSpeed activation checkpoint partitioning across model-parallel ranks
-    cpu_checkpointing: bool = False  # keep checkpointed block inputs in host memory (engine.parallel.HostCheckpoint)
+    cpu_checkpointing: bool = False  # keep checkpointed block inputs in host memory (engine.parallel.BlockCheckpoint)
     offload_overlap: bool = False  # cpu_checkpointing's copies on a side stream, the next input prefetched
     log_every: int = Field(10, gt=0)
     eval_every: int = Field(100, gt=0)

@@ -27,7 +27,7 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict:
             "min_loss_scale": t.loss_scale.min_scale,
         },
         "bf16": {"enabled": t.precision == "bf16"},
-        "activation_checkpointing": {  # the engine's own HostCheckpoint does cpu_checkpointing
+        "activation_checkpointing": {  # the engine's own BlockCheckpoint does cpu_checkpointing
             "partition_activations": t.partition_activations,
             "cpu_checkpointing": False,
             "contiguous_memory_optimization": False,

@@ -16,7 +16,7 @@ from .config import TrainConfig
 
 
 class _HostChain:
-    """HostCheckpoint inputs whose backward is still to come, in forward order (weak references: a
+    """BlockCheckpoint inputs whose backward is still to come, in forward order (weak references: a
     graph dropped without backward takes its entries with it). A block's backward takes itself off
     the chain and hands back its predecessor, whose input it then starts copying back early."""
 
@@ -58,10 +58,15 @@ def _copy_stream(device: torch.device):
     return _COPY_STREAMS[str(device)]
 
 
-class HostCheckpoint(torch.autograd.Function):
-    """Run ``block(x)`` (a block, or any callable of one tensor) keeping nothing on the device:
-    ``x`` is copied to host memory (pinned when it lives on a GPU) and the block is recomputed from
-    it in the backward pass.
+class BlockCheckpoint(torch.autograd.Function):
+    """Run ``block(x)`` (a block, or any callable of one tensor) keeping only ``x`` and recompute the
+    block from it in the backward pass; with ``offload``, ``x`` is kept in host memory (pinned when it
+    lives on a GPU), so nothing stays on the device.
+
+    Without offload this is the reentrant form of torch's checkpoint: one autograd node per block and
+    no saved-tensor hooks. torch's non-reentrant checkpoint packs and unpacks every tensor the block
+    saves (about 30 per block here): at 12,288 tokens, where a step is host-bound, that was about a
+    third of the step's host time (CPU measurement in docs/scaling.md).
 
     At 1M tokens the checkpointed block inputs are the largest item of a step (1 GiB per layer for
     d_model 512 in bf16, 32 GB over 30 layers); here they cost host memory and two copies per
@@ -77,9 +82,19 @@ class HostCheckpoint(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, block, x: torch.Tensor, overlap: bool = False) -> torch.Tensor:
+    def forward(ctx, block, x: torch.Tensor, overlap: bool = False, offload: bool = True) -> torch.Tensor:
         ctx.block, ctx.device = block, x.device
         ctx.on_host = ctx.fetched = ctx.prefetched = None
+        ctx.cpu_rng = torch.get_rng_state()
+        ctx.cuda_rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else None
+        ctx.autocast = [(kind, torch.get_autocast_dtype(kind)) for kind in ("cuda", "cpu")
+                        if torch.is_autocast_enabled(kind)]
+        ctx.overlap = overlap and offload
+        if not offload:
+            ctx.host = None
+            ctx.save_for_backward(x)
+            with torch.no_grad():
+                return block(x)
         host = torch.empty(x.shape, dtype=x.dtype, device="cpu", pin_memory=x.is_cuda)
         if overlap and x.is_cuda:
             stream = _copy_stream(x.device)
@@ -91,19 +106,17 @@ class HostCheckpoint(torch.autograd.Function):
             x.record_stream(stream)  # x's memory is not reused before the copy has read it
         else:
             host.copy_(x, non_blocking=x.is_cuda)
-        ctx.host, ctx.overlap = host, overlap
+        ctx.host = host
         if overlap:
             _chain(x.device).push(ctx)
-        ctx.cpu_rng = torch.get_rng_state()
-        ctx.cuda_rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else None
-        ctx.autocast = [(kind, torch.get_autocast_dtype(kind)) for kind in ("cuda", "cpu")
-                        if torch.is_autocast_enabled(kind)]
         with torch.no_grad():
             return block(x)
 
     @staticmethod
     def _fetch(ctx) -> torch.Tensor:
-        """ctx's input back on its device: the prefetched copy, or one made now."""
+        """ctx's input back on its device: the kept tensor, the prefetched copy, or one made now."""
+        if ctx.host is None:
+            return ctx.saved_tensors[0]
         if ctx.prefetched is not None:
             x, ctx.prefetched = ctx.prefetched, None
             if ctx.fetched is not None:
@@ -132,11 +145,11 @@ class HostCheckpoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x = HostCheckpoint._fetch(ctx).detach().requires_grad_(True)
+        x = BlockCheckpoint._fetch(ctx).detach().requires_grad_(True)
         if ctx.overlap:
             prev = _chain(ctx.device).pop_previous(ctx)
             if prev is not None:
-                HostCheckpoint._prefetch(prev)
+                BlockCheckpoint._prefetch(prev)
         devices = [ctx.device] if ctx.cuda_rng is not None else []
         with torch.random.fork_rng(devices=devices), torch.enable_grad(), contextlib.ExitStack() as stack:
             for kind, dtype in ctx.autocast:
@@ -147,7 +160,7 @@ class HostCheckpoint(torch.autograd.Function):
             out = ctx.block(x)
         torch.autograd.backward(out, grad)
         ctx.host = ctx.block = None
-        return None, x.grad, None
+        return None, x.grad, None, None
 
 
 class Segment:
@@ -171,23 +184,28 @@ class Segment:
 def apply_activation_checkpointing(model: nn.Module, train: TrainConfig) -> None:
     """Recompute every residual block (attention and FFN) in the backward pass.
 
-    cpu_checkpointing keeps the block inputs in host memory (HostCheckpoint); partition_activations
-    uses DeepSpeed's implementation; otherwise torch's non-reentrant checkpoint. checkpoint_group
-    k > 1 recomputes k blocks at a time as one Segment (the runner above keeps segment inputs).
+    cpu_checkpointing keeps the block inputs in host memory (BlockCheckpoint with offload);
+    partition_activations uses DeepSpeed's implementation; otherwise BlockCheckpoint keeps them on
+    the device, except under train.compile (torch's non-reentrant checkpoint, which torch.compile
+    traces). checkpoint_group k > 1 recomputes k blocks at a time as one Segment (the runner above
+    keeps segment inputs; inside a segment, and as the outer runner without offload, torch's
+    non-reentrant checkpoint, which stops a segment's recompute once backward has what it needs).
     """
     if not train.checkpoint_activations:
         return
     torch_checkpoint = lambda fn, x: checkpoint(fn, x, use_reentrant=False)  # noqa: E731
     if train.cpu_checkpointing:
         overlap = train.offload_overlap
-        model.block_runner = lambda fn, x: HostCheckpoint.apply(fn, x, overlap) if torch.is_grad_enabled() else fn(x)
+        model.block_runner = lambda fn, x: BlockCheckpoint.apply(fn, x, overlap) if torch.is_grad_enabled() else fn(x)
     elif train.partition_activations:
         import deepspeed
 
         deepspeed.checkpointing.configure(None, partition_activations=True)
         model.block_runner = lambda fn, x: deepspeed.checkpointing.checkpoint(fn, x)
-    else:
+    elif train.compile or train.checkpoint_group > 1:
         model.block_runner = torch_checkpoint
+    else:
+        model.block_runner = lambda fn, x: BlockCheckpoint.apply(fn, x, False, False) if torch.is_grad_enabled() else fn(x)
     k = train.checkpoint_group
     if k > 1:
         blocks = list(model.blocks)

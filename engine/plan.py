@@ -401,11 +401,11 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     stats = layout_stats(model, model.seq_len)
     batch = micro_batch or t.micro_batch_size
     weights, cpu = _weight_bytes(cfg, params.total, prec, runtime, world_size)
-    host_inputs = t.checkpoint_activations and t.cpu_checkpointing  # HostCheckpoint: either runtime
+    host_inputs = t.checkpoint_activations and t.cpu_checkpointing  # BlockCheckpoint: either runtime
     group = t.checkpoint_group if t.checkpoint_activations else 1
     phases = _phases(model, t.checkpoint_activations, prec, params, weights, stats.nbytes, batch * model.seq_len, runtime,
                      host_inputs, group, host_inputs and t.offload_overlap)
-    if host_inputs:  # HostCheckpoint: every segment input waits in (pinned) host memory
+    if host_inputs:  # BlockCheckpoint: every segment input waits in (pinned) host memory
         segments = -(-model.n_layers // group)
         cpu["block inputs"] = float(segments * batch * model.seq_len * prec.residual * model.d_model)
     pairs = sum(sum(layer) for layer in stats.pairs)

@@ -6,7 +6,7 @@ import torch
 from megastride.engine.config import ConfigError, config_from_dict
 from megastride.engine.deepspeed_config import check_zero_options
 from megastride.engine.model import SparseTransformer
-from megastride.engine.parallel import HostCheckpoint, apply_activation_checkpointing
+from megastride.engine.parallel import BlockCheckpoint, apply_activation_checkpointing
 
 
 def _config(**train):
@@ -27,12 +27,12 @@ def _loss_and_grads(cfg, seed=7):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-RUNNERS = [{"cpu_checkpointing": True}, {}, {"checkpoint_group": 2}, {"checkpoint_group": 3, "cpu_checkpointing": True},
+RUNNERS = [{"cpu_checkpointing": True}, {}, {"compile": True}, {"checkpoint_group": 2}, {"checkpoint_group": 3, "cpu_checkpointing": True},
            {"cpu_checkpointing": True, "offload_overlap": True},
            {"checkpoint_group": 2, "cpu_checkpointing": True, "offload_overlap": True}]
 
 
-@pytest.mark.parametrize("train", RUNNERS, ids=["host", "torch", "torch-group2", "host-group3", "host-overlap",
+@pytest.mark.parametrize("train", RUNNERS, ids=["host", "device", "torch", "torch-group2", "host-group3", "host-overlap",
                                                 "host-overlap-group2"])
 def test_recomputed_blocks_give_the_plain_models_gradients(train):
     """Recompute (replaying the dropout RNG) changes neither the loss nor any gradient."""
@@ -51,7 +51,7 @@ def test_host_checkpoint_keeps_only_a_host_copy_of_the_input():
     x = torch.randn(4, 16, requires_grad=True)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = HostCheckpoint.apply(block, x * 2)
+        out = BlockCheckpoint.apply(block, x * 2)
     assert saved == []  # the block ran without saving anything for backward
     assert out.grad_fn.host is not None and not out.grad_fn.host.is_cuda
     out.sum().backward()
@@ -157,3 +157,32 @@ def test_host_checkpoint_recomputes_under_the_forwards_autocast():
     host, ref = grads({"cpu_checkpointing": True}), grads({})
     for a, b in zip(host, ref):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_device_checkpoint_is_one_node_per_block_without_saved_tensor_hooks():
+    """The default runner keeps each block's input on its device and recomputes the block from it:
+    one autograd node per block (holding that input), and no saved-tensor hooks during the forward
+    (torch's non-reentrant checkpoint registers them for every tensor a block saves)."""
+    from megastride.engine import parallel
+
+    cfg = _config()
+    torch.manual_seed(0)
+    model = SparseTransformer(cfg.model)
+    apply_activation_checkpointing(model, cfg.train)
+    idx = torch.randint(0, 256, (1, 129))
+    hooks = []
+    real = torch.autograd.graph.saved_tensors_hooks.__init__
+    try:
+        torch.autograd.graph.saved_tensors_hooks.__init__ = lambda self, *a: hooks.append(1) or real(self, *a)
+        x = model.tok(idx[:, :-1]) + model.pos(128, idx.device)
+        outs = []
+        for block in model.blocks:
+            x = model.block_runner(block, x)
+            outs.append(x)
+    finally:
+        torch.autograd.graph.saved_tensors_hooks.__init__ = real
+    assert hooks == []
+    for out in outs:
+        assert type(out.grad_fn).__name__ == "BlockCheckpointBackward" and out.grad_fn.host is None
+    assert outs[1].grad_fn.saved_tensors[0] is outs[0]  # the input, the previous block's output, kept
+    del parallel
