@@ -243,8 +243,9 @@ def block_saved_bytes(model: ModelConfig, prec: Precision) -> float:
 
 
 def ffn_saved_bytes(model: ModelConfig, prec: Precision) -> float:
-    """Bytes per token the FFN keeps for backward: fc output, its sigmoid and the GELU output."""
-    return 3 * prec.compute * model.ffn_width
+    """Bytes per token the FFN keeps for backward: the (scaled) fc output that silu saves and the
+    GELU output that proj saves (engine.model.FeedForward)."""
+    return 2 * prec.compute * model.ffn_width
 
 
 def ffn_tokens(model: ModelConfig, tokens: int) -> int:

@@ -143,3 +143,36 @@ def test_dense_layers_build_no_block_lists():
     model = SparseTransformer(tiny(("dense",)))
     layout = model.blocks[0].attn.layout(128, torch.device("cpu"))
     assert layout.parts == [] and layout.seq_len == 128
+
+
+def test_ffn_is_the_papers_gelu_and_saves_what_the_planner_counts():
+    """The FFN computes proj(gelu(fc(x))) with the paper's GELU (constants folded into the weights:
+    same output and gradients), and keeps exactly ``plan.ffn_saved_bytes`` per token of wide
+    (ffn-width) tensors for backward."""
+    from megastride.engine import plan as planner
+    from megastride.engine.model import FeedForward
+
+    cfg = tiny()
+    ffn = FeedForward(cfg).double()
+    torch.nn.init.normal_(ffn.fc.bias)
+    x = torch.randn(2, 64, cfg.d_model, dtype=torch.float64, requires_grad=True)
+    got = ffn(x)
+    want = ffn.proj(gelu(ffn.fc(x)))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(got)
+    grads = torch.autograd.grad(got, [x, *ffn.parameters()], g)
+    ref = torch.autograd.grad(want, [x, *ffn.parameters()], g)
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    wide = {}
+    ffn32 = FeedForward(cfg)
+    x32 = torch.randn(1, 64, cfg.d_model, requires_grad=True)
+
+    def pack(t):
+        if t.shape[-1] == cfg.ffn_width and t.numel() >= 64 * cfg.ffn_width:
+            wide[t.untyped_storage().data_ptr()] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        ffn32(x32)
+    assert sum(wide.values()) / 64 == planner.ffn_saved_bytes(cfg, planner.precision_of("torch", "fp32"))
