@@ -51,9 +51,14 @@ class SparseAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.q(x).view(b, t, self.n_heads, self.qk_head).transpose(1, 2)  # (B, H, T, Dqk)
-        k = self.k(x).view(b, t, self.n_heads, self.qk_head).transpose(1, 2)  # (B, H, T, Dqk)
-        v = self.v(x).view(b, t, self.n_heads, self.v_head).transpose(1, 2)  # (B, H, T, Dv)
+        # q, k and v in one matmul over the three weights stacked (small): x is read, and under
+        # autocast cast and saved for backward, once instead of three times
+        weight = torch.cat([self.q.weight, self.k.weight, self.v.weight])
+        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        q, k, v = F.linear(x, weight, bias).split([self.q.out_features, self.k.out_features, self.v.out_features], -1)
+        q = q.view(b, t, self.n_heads, self.qk_head).transpose(1, 2)  # (B, H, T, Dqk), views of the product
+        k = k.view(b, t, self.n_heads, self.qk_head).transpose(1, 2)  # (B, H, T, Dqk)
+        v = v.view(b, t, self.n_heads, self.v_head).transpose(1, 2)  # (B, H, T, Dv)
         scale = 1.0 / math.sqrt(self.qk_head)
         if self.qk_head != self.v_head:
             # the kernels take one head dim: zero-padding q and k leaves q.k unchanged (exact)

@@ -228,13 +228,13 @@ def block_saved_bytes(model: ModelConfig, prec: Precision) -> float:
     """Bytes per token one residual block keeps for its backward pass (engine.model, op by op),
     apart from the FFN's intermediates (``ffn_saved_bytes``: they may cover one chunk of positions).
 
-    x1 = x + attn(LN1 x): the residual LN2 saves; LN outputs as matmul inputs (under autocast
-    each of q, k, v saves its own cast copy, fc one); q, k, v as the attention saves them
+    x1 = x + attn(LN1 x): the residual LN2 saves; LN outputs as matmul inputs (one each: q, k and
+    v are one matmul; under autocast its cast copy, and fc's); q, k, v as the attention saves them
     (zero-padded to one head width when query-key and value widths differ); the attention output
     and its (B, T, D) re-layout for proj; LN statistics, the attention's log-sum-exp, dropout masks.
     """
     d, c = model.d_model, prec.compute
-    ln_inputs = (4 if prec.autocast else 2) * c * d
+    ln_inputs = 2 * c * d
     width = _attention_width(model)
     qkv = c * (2 * model.qk_width + d) if width == d == model.qk_width else 3 * c * width
     attn_out = c * width + c * d

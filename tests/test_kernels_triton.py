@@ -290,3 +290,25 @@ def test_eager_path_and_compiled_op_path_agree(monkeypatch):
     assert calls
     for a, b in zip(eager, traced):
         assert torch.equal(a, b)
+
+
+def test_q_k_v_as_views_of_one_projection(monkeypatch):
+    """The model hands the kernels q, k and v as (B, H, T, D) views of one (B, T, 3 H D) projection
+    (time stride 3 H D, batch stride 3 T H D), over a merged fixed+strided head (a permuted part):
+    output and all three gradients equal the reference on the same views."""
+    monkeypatch.setattr(blocksparse, "POISON", True)
+    batch, heads, n, d = 2, 2, 256, 32
+    layout = P.build_layout(P.same_for_all_heads(P.merged(P.fixed(64, 16), P.strided(32)), heads), n, 32)
+    gen = torch.Generator().manual_seed(13)
+    fused = torch.randn(batch, n, 3 * heads * d, generator=gen, requires_grad=True)
+    do = torch.randn(batch, heads, n, d, generator=gen)
+
+    def run(attention):
+        q, k, v = (t.view(batch, n, heads, d).transpose(1, 2) for t in fused.split(heads * d, -1))
+        assert q.stride(2) == 3 * heads * d and not q.is_contiguous()
+        out = attention(q, k, v, layout)
+        return [out.detach(), torch.autograd.grad(out, fused, do)[0]]
+
+    got, want = run(blocksparse.blocksparse_attention), run(reference_attention)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)

@@ -4,6 +4,7 @@ import ast
 import math
 import subprocess
 import sys
+from unittest import mock
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from megastride.engine.config import config_from_dict
 from megastride.engine.model import SparseTransformer, chunked_cross_entropy, gelu
+from megastride.kernels.reference import reference_attention
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,3 +178,42 @@ def test_ffn_is_the_papers_gelu_and_saves_what_the_planner_counts():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         ffn32(x32)
     assert sum(wide.values()) / 64 == planner.ffn_saved_bytes(cfg, planner.precision_of("torch", "fp32"))
+
+
+@pytest.mark.parametrize("qk_mult", [1.0, 0.5])
+def test_attention_projects_q_k_v_in_one_matmul_with_the_separate_weights(qk_mult):
+    """q, k and v come from one matmul over the stacked weights of the three Linear modules: the
+    attention's output and every gradient equal those of three separate projections (also with
+    half-width queries and keys, which the attention zero-pads)."""
+    from megastride.engine.model import SparseAttention
+
+    cfg = tiny(qk_mult=qk_mult)
+    torch.manual_seed(0)
+    model = SparseTransformer(cfg).double()
+    attn: SparseAttention = model.blocks[1].attn
+    for lin in (attn.q, attn.k, attn.v):
+        torch.nn.init.normal_(lin.bias)
+    x = torch.randn(2, cfg.seq_len, cfg.d_model, dtype=torch.float64, requires_grad=True)
+    calls = []
+    real_linear = torch.nn.functional.linear
+    with mock.patch.object(torch.nn.functional, "linear", lambda *a: calls.append(a[1].shape) or real_linear(*a)):
+        got = attn(x)
+    assert calls[0][0] == 2 * cfg.qk_width + cfg.d_model  # one projection for q, k and v
+
+    def separate(x):
+        b, t, _ = x.shape
+        q = attn.q(x).view(b, t, attn.n_heads, attn.qk_head).transpose(1, 2)
+        k = attn.k(x).view(b, t, attn.n_heads, attn.qk_head).transpose(1, 2)
+        v = attn.v(x).view(b, t, attn.n_heads, attn.v_head).transpose(1, 2)
+        width = max(attn.qk_head, attn.v_head)
+        pad = lambda z: torch.nn.functional.pad(z, (0, width - z.shape[-1]))  # noqa: E731
+        out = reference_attention(pad(q), pad(k), pad(v), attn.layout(t, x.device),
+                                  scale=1.0 / math.sqrt(attn.qk_head))[..., : attn.v_head]
+        return attn.proj(out.transpose(1, 2).reshape(b, t, -1))
+
+    want = separate(x)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    g = torch.randn_like(got)
+    params = [x, *attn.parameters()]
+    for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(want, params, g)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
