@@ -22,15 +22,17 @@ if [ -z "${KCHECK_ARGS:-}" ]; then
     --dkdv-split 16 --no-long --only 1M 2>&1 | tail -4 | tee -a "$OUT/gpu_check.log"
 fi
 fi
-# b. attention bench (docs/benchmarks.md): ours in each backward mode beside FlexAttention; the training
-#    run below then uses the dQ mode that was faster at the longest length (unless set already).
+# b. attention bench (docs/benchmarks.md): ours beside FlexAttention and dense SDPA, the split dK/dV mode
+#    too, each case profiled. BENCH_PEERS=flex,atomic,... also times the atomic dQ mode, and the training
+#    runs below then use it if it was the faster at the longest length (slower at 1M on 2026-11-29).
+#    The whole default run needs about 560 s on a fresh machine (autotuning: ~25 s per new key).
 #    Keep 3,072 in the lengths (the bench runs them shortest first): torch.compile's first Flex compile
 #    is static-shape, the later ones dynamic, and a run whose first length was 12,288 spent 240 s in its
 #    first case (2026-11-29; which stage is not known: the bench now logs each stage's time)
 if want b; then
 timeout "${BENCH_S:-300}" python3 -m megastride.launch.cli bench attention --patterns "${BENCH_PATTERNS:-fixed,strided}" \
   --configs "${BENCH_CONFIGS:-8x64,2x128}" --lengths "${BENCH_LENGTHS:-3072,12288,65536,262144,1048576}" \
-  --peers "${BENCH_PEERS:-flex,atomic,split,atomic_split}" ${BENCH_ARGS:-} --out "$OUT/bench_attention" > "$OUT/bench_attention.log" 2>&1
+  --peers "${BENCH_PEERS:-flex,sdpa,split}" --profile ${BENCH_ARGS:-} --out "$OUT/bench_attention" > "$OUT/bench_attention.log" 2>&1
 tail -30 "$OUT/bench_attention.log"
 if [ -z "${MEGASTRIDE_BLOCKSPARSE_DQ:-}" ] && [ -f "$OUT/bench_attention/bench_attention.json" ]; then
   export MEGASTRIDE_BLOCKSPARSE_DQ=$(python3 - "$OUT/bench_attention/bench_attention.json" <<'PY'
@@ -63,10 +65,10 @@ fi
 # 3. scaling sweep (same model size) and the planner check against measured peaks
 if want 3; then
 timeout "${SWEEP_S:-200}" python3 -m megastride.launch.cli bench scaling --device cuda --config configs/enwik8.yaml \
-  --set model.dropout=0 --lengths 12288,65536,262144,1048576 --steps 2 --warmup 1 --out /tmp/scaling 2>&1 | tail -20 | tee "$OUT/scaling.log"
+  --set model.dropout=0 --lengths 12288,65536,262144,1048576 --steps 2 --warmup 1 --profile --out /tmp/scaling 2>&1 | tail -20 | tee "$OUT/scaling.log"
 timeout "${PLAN_S:-120}" python3 -m megastride.launch.cli bench scaling --device cuda --config configs/enwik8.yaml \
   --set model.dropout=0 --validate-plan --steps 1 --warmup 1 --out /tmp/scaling 2>&1 | tail -14 | tee -a "$OUT/scaling.log"
-cp /tmp/scaling/scaling.csv /tmp/scaling/scaling.png /tmp/scaling/plan_check.csv "$OUT/" 2>/dev/null
+cp /tmp/scaling/scaling.csv /tmp/scaling/scaling.png /tmp/scaling/plan_check.csv /tmp/scaling/profile.json "$OUT/" 2>/dev/null
 fi
 # 4. the memory options at 1M tokens in the plain loop (strided pattern, l ~ sqrt(n)): measured peak
 #    and step time beside the planner's prediction, one CSV per run (docs/scaling.md). The 4M and 1B
