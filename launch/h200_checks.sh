@@ -30,7 +30,7 @@ fi
 #    is static-shape, the later ones dynamic, and a run whose first length was 12,288 spent 240 s in its
 #    first case (2026-11-29; which stage is not known: the bench now logs each stage's time)
 if want b; then
-timeout "${BENCH_S:-300}" python3 -m megastride.launch.cli bench attention --patterns "${BENCH_PATTERNS:-fixed,strided}" \
+timeout "${BENCH_S:-560}" python3 -m megastride.launch.cli bench attention --patterns "${BENCH_PATTERNS:-fixed,strided}" \
   --configs "${BENCH_CONFIGS:-8x64,2x128}" --lengths "${BENCH_LENGTHS:-3072,12288,65536,262144,1048576}" \
   --peers "${BENCH_PEERS:-flex,sdpa,split}" --profile ${BENCH_ARGS:-} --out "$OUT/bench_attention" > "$OUT/bench_attention.log" 2>&1
 tail -30 "$OUT/bench_attention.log"
