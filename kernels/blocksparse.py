@@ -384,7 +384,7 @@ _TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_
 _FWD_TILES = {128: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3)], 64: [(64, 64, 4, 3)]}
 _DQ_TILES = {128: [(128, 32, 4, 5), (128, 64, 8, 3), (128, 32, 8, 4)], 64: [(64, 32, 4, 4)]}
 _DKDV_TILES = {128: [(32, 128, 4, 5), (64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 3)], 64: [(32, 64, 4, 4)],
-               (128, 128): [(16, 128, 8, 3)]}  # head dim 128: the only spill-free dK/dV config found
+               (128, 128): [(16, 128, 8, 3), (64, 32, 8, 3), (128, 32, 8, 3)]}  # head dim 128: spill-free ones
 # Keys: a block, or (block, head dim) for configs added at that head dim only.
 
 

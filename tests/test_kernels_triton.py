@@ -253,7 +253,8 @@ def test_autotune_lists_follow_block_and_head_dim():
     tiles = lambda **kw: {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)  # noqa: E731
                           for c in prune(configs, {}, **kw)}
     assert tiles(BLOCK=128, HEAD_DIM=64) == set(blocksparse._DKDV_TILES[128])
-    assert tiles(BLOCK=128, HEAD_DIM=128) == set(blocksparse._DKDV_TILES[128]) | {(16, 128, 8, 3)}
+    assert tiles(BLOCK=128, HEAD_DIM=128) == set(blocksparse._DKDV_TILES[128]) | {(16, 128, 8, 3), (64, 32, 8, 3),
+                                                                                  (128, 32, 8, 3)}
     assert tiles(BLOCK=64, HEAD_DIM=128) == set(blocksparse._DKDV_TILES[64])
     assert tiles(BLOCK=32, HEAD_DIM=64) == {(32, 32, 4, 2)}  # no list: one safe config
 
