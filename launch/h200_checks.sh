@@ -13,6 +13,18 @@ want() { [[ " ${PARTS:-k b 0 1 2 3 4 5} " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/env.log"
 python3 -c "import torch, triton, deepspeed; print('torch', torch.__version__, 'triton', triton.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 | tail -1 | tee -a "$OUT/env.log"
 date -u | tee -a "$OUT/env.log"
+# Autotuning results carry over between fresh machines: a .autotune_cache/ folder in the checkout (the
+# OUT/autotune_cache of an earlier run, copied back and named in the device tool's carry) is put into
+# Triton's cache first, so each kernel key compiles only its chosen config instead of benchmarking all
+# of them (Triton ignores an entry whose kernel source, configs or Triton build differ). The results of
+# this run are collected at the end.
+TCACHE=${TRITON_CACHE_DIR:-$HOME/.triton/cache}
+if [ -d .autotune_cache ]; then
+  mkdir -p "$TCACHE" && cp -r .autotune_cache/. "$TCACHE/" && echo "autotune cache: $(find .autotune_cache -name '*.autotune.json' | wc -l) entries restored" | tee -a "$OUT/env.log"
+fi
+save_autotune() { [ -d "$TCACHE" ] && (cd "$TCACHE" && find . -name '*.autotune.json' -print0 | tar --null -cf - -T -) \
+  | (mkdir -p "$OUT/autotune_cache" && cd "$OUT/autotune_cache" && tar -xf -); }
+trap save_autotune EXIT
 # k. kernels: bf16/fp16 and long lengths against the reference, torch.compile, layout build times
 if want k; then
 timeout "${KCHECK_S:-200}" python3 -m megastride.kernels.gpu_check --out "$OUT" ${KCHECK_ARGS:-} 2>&1 | tail -20 | tee "$OUT/gpu_check.log"
