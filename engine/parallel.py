@@ -65,8 +65,8 @@ class BlockCheckpoint(torch.autograd.Function):
 
     Without offload this is the reentrant form of torch's checkpoint: one autograd node per block and
     no saved-tensor hooks. torch's non-reentrant checkpoint packs and unpacks every tensor the block
-    saves (about 30 per block here): at 12,288 tokens, where a step is host-bound, that was about a
-    third of the step's host time (CPU measurement in docs/scaling.md).
+    saves (about 30 per block here) through Python hooks, a large share of a step's host time at short
+    lengths, where the step waits on the host (docs/scaling.md).
 
     At 1M tokens the checkpointed block inputs are the largest item of a step (1 GiB per layer for
     d_model 512 in bf16, 32 GB over 30 layers); here they cost host memory and two copies per
