@@ -19,7 +19,7 @@ from unittest import mock
 import torch
 
 from . import patterns as P
-from .profiling import summary
+from .profiling import profile_calls, summary
 from .reference import reference_attention
 
 # SPEC.md section 3's strided table (l per n); other lengths use the cost-optimal stride
@@ -198,8 +198,6 @@ def _time_impl(name, fn, q, k, v, do, result: Result, pairs: int) -> None:
 
 def profile_fwdbwd(fn, q, k, v, do, iters: int = 10) -> dict:
     """Where one forward+backward spends its time (``profiling.profile_calls``)."""
-    from .profiling import profile_calls
-
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
 
     def call():
