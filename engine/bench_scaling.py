@@ -25,6 +25,8 @@ from typing import Callable
 import torch
 
 from . import plan as planner
+from megastride.kernels.profiling import profile_calls, summary
+
 from .config import Config, ConfigError, config_from_dict, load_config
 from .loglog import plot_loglog, tail_slope
 from .model import SparseTransformer
@@ -157,8 +159,6 @@ def time_steps(cfg: Config, device: torch.device, batch: int, steps: int, warmup
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     if profile is not None and device.type == "cuda":
-        from megastride.kernels.profiling import profile_calls
-
         profile.update(profile_calls(lambda: _train_step(model, optimizer, data, autocast), iters=2, top=16))
     return statistics.median(times), peak
 
@@ -202,8 +202,6 @@ def measure(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
     else:
         row = _finish(_base_row(kind, cfg, batch, "ok", p, label), p, step_s, peak)
         if prof:
-            from megastride.kernels.profiling import summary
-
             opts.profiles[f"{row.label} n={row.seq_len}"] = prof
             opts.log(f"{row.label:>8} n={row.seq_len:>9,} profiled: {summary(prof, kernels=5)}")
     _free(device)

@@ -411,12 +411,18 @@ def _configs(table):
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in sorted(values)]
 
 
+def tile_list(table, block: int, head_dim: int) -> list[tuple[int, int, int, int]]:
+    """The (BLOCK_M, BLOCK_N, warps, stages) configs a table offers at one block and head dim: the
+    block's list, those added for (block, head dim), the EXTRA_TILES that fit; one safe config if none."""
+    extra = [t for t in table.get("extra", []) if t[0] <= block and t[1] <= block]
+    return (table.get(block, []) + table.get((block, head_dim), []) + extra
+            or [(min(block, 64), min(block, 64), 4, 2)])
+
+
 def _pruner(table):
     def prune(configs, named_args, **kwargs):
         block = kwargs["BLOCK"]
-        extra = [t for t in table.get("extra", []) if t[0] <= block and t[1] <= block]
-        wanted = (table.get(block, []) + table.get((block, kwargs["HEAD_DIM"]), []) + extra
-                  or [(min(block, 64), min(block, 64), 4, 2)])
+        wanted = tile_list(table, block, kwargs["HEAD_DIM"])
         keep = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
         return keep or [triton.Config({"BLOCK_M": min(block, 64), "BLOCK_N": min(block, 64)}, num_warps=4, num_stages=2)]
 

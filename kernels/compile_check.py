@@ -73,9 +73,7 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False) -
     base = dict(BUCKET=2, BLOCK=block, HEAD_DIM=head_dim, NCOMP=2, KINDS=2 | 4 | 16, DOT_PREC="tf32")
 
     def tiles(table):
-        extra = [t for t in table.get("extra", []) if t[0] <= block and t[1] <= block]  # EXTRA_TILES
-        chosen = (table.get(block, []) + table.get((block, head_dim), []) + extra
-                  or [(min(block, 64), min(block, 64), 4, 2)])
+        chosen = bs.tile_list(table, block, head_dim)
         return chosen if every_config else chosen[:1]
 
     out = []
