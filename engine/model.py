@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from megastride.kernels import Layout, sparse_attention
+from megastride.kernels import FusedLayerNorm, Layout, sparse_attention
 from megastride.kernels.attention import layout_for
 from megastride.kernels.patterns import AttentionPattern
 
@@ -98,8 +98,9 @@ class FeedForward(nn.Module):
         t, c = x.shape[1], self.chunk
         if not c or t <= c:
             return self._ffn(x)
-        if torch.is_grad_enabled():
-            parts = [torch.utils.checkpoint.checkpoint(self._ffn, x[:, i : i + c], use_reentrant=False)
+        if torch.is_grad_enabled():  # no randomness inside: no RNG state to stash (nor to read under a CUDA graph)
+            parts = [torch.utils.checkpoint.checkpoint(self._ffn, x[:, i : i + c], use_reentrant=False,
+                                                     preserve_rng_state=False)
                      for i in range(0, t, c)]
             return torch.cat(parts, dim=1)
         first = self._ffn(x[:, :c])  # no graph to keep: write each chunk into one output
@@ -115,7 +116,7 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, pattern_fn: Callable[[int], AttentionPattern]):
         super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.ln1, self.ln2 = FusedLayerNorm(cfg.d_model), FusedLayerNorm(cfg.d_model)  # output in the autocast dtype
         self.attn = SparseAttention(cfg, pattern_fn)
         self.ffn = FeedForward(cfg)
         self.drop = nn.Dropout(cfg.dropout)
@@ -168,7 +169,7 @@ class SparseTransformer(nn.Module):
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = PositionEmbedding(cfg)
         self.blocks = nn.ModuleList(Block(cfg, self._pattern_fn(r)) for r in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.ln_f = FusedLayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         # how each block is run: plain by default; engine.parallel swaps in recomputation, and may
         # set ``segments`` (callables running consecutive blocks) for the runner to take instead
@@ -229,8 +230,9 @@ def chunked_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.
     total = h.new_zeros((), dtype=torch.float32)
     for start in range(0, flat_t.numel(), chunk):
         args = (flat_h[start : start + chunk], weight, flat_t[start : start + chunk])
-        if torch.is_grad_enabled() and h.requires_grad:
-            total = total + torch.utils.checkpoint.checkpoint(_chunk_loss, *args, use_reentrant=False)
+        if torch.is_grad_enabled() and h.requires_grad:  # deterministic: no RNG state to stash
+            total = total + torch.utils.checkpoint.checkpoint(_chunk_loss, *args, use_reentrant=False,
+                                                                 preserve_rng_state=False)
         else:
             total = total + _chunk_loss(*args)
     return total / flat_t.numel()

@@ -633,7 +633,9 @@ def _forward(q, k, v, layout: Layout, scale: float):
     _check_inputs(q, k, v, layout)
     batch, heads, seq_len, head_dim = q.shape
     multi = _accumulates(layout)
-    out = _empty(q.shape, torch.float32 if multi else q.dtype, q.device)
+    # out in (B, T, H, D) memory order, seen as (B, H, T, D): the model's out.transpose(1, 2).reshape(B, T, H*D)
+    # is then a view, not a copy (the kernels take any strides)
+    out = _empty((batch, seq_len, heads, head_dim), torch.float32 if multi else q.dtype, q.device).transpose(1, 2)
     lse = _empty((batch, heads, seq_len), torch.float32, q.device)
     for part, load_prev, fresh in _schedule(layout):
         meta = _part_meta(part, seq_len, q.device)
@@ -756,8 +758,9 @@ def blocksparse_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: i
 
 @blocksparse_fwd.register_fake
 def _(q, k, v, layout, scale):
-    # the kernels write fresh contiguous tensors whatever the inputs' strides
-    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+    # fresh tensors whatever the inputs' strides: out in (B, T, H, D) memory order (as _forward), lse contiguous
+    b, h, t, d = q.shape
+    return q.new_empty((b, t, h, d)).transpose(1, 2), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @torch.library.custom_op("megastride::blocksparse_bwd", mutates_args=())

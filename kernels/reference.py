@@ -42,8 +42,9 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
 
 
 def _maybe_recompute(fn, grad: bool, *args):
-    """fn(*args), recomputed in backward when a gradient is needed (memory O(chunk * n))."""
-    return checkpoint(fn, *args, use_reentrant=False) if grad else fn(*args)
+    """fn(*args), recomputed in backward when a gradient is needed (memory O(chunk * n)); attention
+    draws no random numbers, so no RNG state is stashed."""
+    return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False) if grad else fn(*args)
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

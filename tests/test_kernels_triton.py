@@ -313,3 +313,21 @@ def test_q_k_v_as_views_of_one_projection(monkeypatch):
     got, want = run(blocksparse.blocksparse_attention), run(reference_attention)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("multi", [False, True], ids=["one-part", "merged-parts"])
+def test_output_is_laid_out_time_major_so_the_model_reshapes_without_a_copy(multi):
+    """The output lives in (B, T, H, D) memory order, so the model's out.transpose(1, 2).reshape(B, T, H*D)
+    is a view; the custom op's fake tensor has the same strides as the real one (torch.compile trusts it)."""
+    pattern = P.merged(P.fixed(64, 16), P.strided(32)) if multi else P.fixed(64, 16)
+    layout = P.build_layout(P.same_for_all_heads(pattern, 2), 256, 32)
+    q, k, v, _ = _inputs(2, 2, 256, 32, torch.float32, 5)
+    out = blocksparse.blocksparse_attention(q, k, v, layout)
+    flat = out.transpose(1, 2).reshape(2, 256, 64)
+    assert flat.data_ptr() == out.data_ptr() and out.transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(out, reference_attention(q, k, v, layout), rtol=1e-4, atol=2e-5)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake_out, fake_lse = blocksparse.blocksparse_fwd(mode.from_tensor(q), mode.from_tensor(k), mode.from_tensor(v),
+                                                         blocksparse.layout_id(layout), 0.1)
+    real_out, real_lse = blocksparse.blocksparse_fwd(q, k, v, blocksparse.layout_id(layout), 0.1)
+    assert fake_out.stride() == real_out.stride() and fake_lse.stride() == real_lse.stride()

@@ -1,0 +1,242 @@
+"""LayerNorm over the last dim in Triton: the output written directly in the dtype its consumer wants.
+
+Under CUDA autocast torch's layer_norm runs in fp32, writes an fp32 output and the next matmul casts
+that to bf16 in a kernel of its own; its backward reduces the weight and bias gradients in a slow
+kernel (GammaBetaBackward). Here:
+
+* forward: one program normalises BLOCK_M rows (a (BLOCK_M, BLOCK_N) tile, BLOCK_N the width padded
+  to a power of two), in fp32 whatever x's dtype, and stores y in the requested dtype (the autocast
+  dtype: no cast kernel after it) plus the per-row mean and 1/std (fp32) for backward.
+* backward: each program takes one contiguous group of rows (whole BLOCK_M tiles), writes dx for
+  them in x's dtype, and accumulates dy * xhat and dy over its rows in fp32 registers; it stores one
+  (D,) partial sum of each, and a torch ``.sum(0)`` over the (programs, D) partials gives dweight and
+  dbias. No atomics: deterministic, run to run.
+
+Tiles and warps come from the width (``tiles``) rather than autotuning: one compile per width and
+nothing to benchmark before a CUDA graph is captured; ``python -m megastride.kernels.ln_check
+--sweep`` times the alternatives on a GPU.
+
+Row offsets are int64 (rows x D passes 2**31 elements at 4M tokens of width 512).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+# (elements of one program's tile (rows x padded width), elements per thread): the backward holds
+# x, dy, xhat, w * dy and two accumulators, so half of each. Compiled for sm_90 at D = 512 (bf16 y):
+# forward 8 x 512, 8 warps: 48 registers; backward 4 x 512, 8 warps: 80 registers (3 programs an
+# SM), no spills at any width up to MAX_WIDTH (``python -m megastride.kernels.ln_check --compile``).
+FWD_TILE, FWD_PER_THREAD = 4096, 16
+BWD_TILE, BWD_PER_THREAD = 2048, 8
+MAX_WIDTH = 8192  # widest row one tile holds; ``megastride.kernels.layer_norm`` takes torch's above
+# row groups of the backward pass per SM: a few waves of ~3 resident programs, so the last, partly
+# empty wave is short; the (programs, D) fp32 partials stay ~1% of the pass's traffic at D = 512
+BWD_PROGRAMS_PER_SM = 8
+INTERPRET_PROGRAMS = 3  # row groups without a GPU (the interpreter): several, to exercise the partials
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+POISON = False  # tests: fill every output buffer with NaN first, so an element no program writes shows
+
+# ---------------------------------------------------------------------------------------------
+# Triton kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=["rows"])
+def _fwd_kernel(X, Y, W, B, MEAN, RSTD, stride_x, stride_y, rows, eps,
+                N: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # one program per BLOCK_M rows; statistics and affine in fp32, y stored in Y's dtype
+    row = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    col = tl.arange(0, BLOCK_N)
+    live_row = row < rows
+    live_col = col < N
+    live = live_row[:, None] & live_col[None, :]
+    x = tl.load(X + row[:, None] * stride_x + col[None, :], mask=live, other=0.0).to(tl.float32)
+    mean = tl.sum(x, 1) / N
+    xc = tl.where(live_col[None, :], x - mean[:, None], 0.0)  # padding columns stay out of the variance
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / N + eps)
+    y = xc * rstd[:, None]
+    if HAS_WEIGHT:
+        y = y * tl.load(W + col, mask=live_col, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(B + col, mask=live_col, other=0.0).to(tl.float32)[None, :]
+    tl.store(Y + row[:, None] * stride_y + col[None, :], y.to(Y.dtype.element_ty), mask=live)
+    tl.store(MEAN + row, mean, mask=live_row)
+    tl.store(RSTD + row, rstd, mask=live_row)
+
+
+@triton.jit(do_not_specialize=["rows", "rows_per_program"])
+def _bwd_kernel(X, DY, DX, W, MEAN, RSTD, DW_PART, DB_PART, stride_x, stride_dy, stride_dx, rows,
+                rows_per_program, N: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # one program per group of rows_per_program rows (a multiple of BLOCK_M): dx of its rows, and
+    # its partial sums of dy * xhat and dy over them in row DW_PART[pid], DB_PART[pid]
+    pid = tl.program_id(0)
+    first = pid.to(tl.int64) * rows_per_program
+    last = tl.minimum(first + rows_per_program, rows)
+    col = tl.arange(0, BLOCK_N)
+    live_col = col < N
+    if HAS_WEIGHT:
+        w = tl.load(W + col, mask=live_col, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)  # summed over rows once, at the end
+    db = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for start in range(first, last, BLOCK_M):
+        row = start + tl.arange(0, BLOCK_M)
+        live_row = row < last
+        live = live_row[:, None] & live_col[None, :]
+        x = tl.load(X + row[:, None] * stride_x + col[None, :], mask=live, other=0.0).to(tl.float32)
+        dy = tl.load(DY + row[:, None] * stride_dy + col[None, :], mask=live, other=0.0).to(tl.float32)
+        mean = tl.load(MEAN + row, mask=live_row, other=0.0)
+        rstd = tl.load(RSTD + row, mask=live_row, other=0.0)
+        xhat = (x - mean[:, None]) * rstd[:, None]  # dy = 0 wherever this is padding
+        if HAS_WEIGHT:
+            wdy = dy * w[None, :]
+        else:
+            wdy = dy
+        # dx = rstd * (w dy - mean(w dy) - xhat * mean(w dy * xhat)), means over the row
+        c1 = tl.sum(xhat * wdy, 1) / N
+        c2 = tl.sum(wdy, 1) / N
+        dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+        tl.store(DX + row[:, None] * stride_dx + col[None, :], dx.to(DX.dtype.element_ty), mask=live)
+        if HAS_WEIGHT:
+            dw += dy * xhat
+        if HAS_BIAS:
+            db += dy
+    if HAS_WEIGHT:
+        tl.store(DW_PART + pid.to(tl.int64) * N + col, tl.sum(dw, 0), mask=live_col)
+    if HAS_BIAS:
+        tl.store(DB_PART + pid.to(tl.int64) * N + col, tl.sum(db, 0), mask=live_col)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+
+def tiles(width: int, tile: int, per_thread: int) -> tuple[int, int, int]:
+    """(BLOCK_M rows, BLOCK_N padded width, warps) of a tile of about ``tile`` elements of rows
+    ``width`` wide (one row at least), ``per_thread`` elements a thread (at most 16 warps)."""
+    block_n = triton.next_power_of_2(width)
+    block_m = max(1, tile // block_n)
+    return block_m, block_n, min(16, max(1, block_m * block_n // (32 * per_thread)))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int | None) -> int:
+    return torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index).multi_processor_count
+
+
+def row_groups(rows: int, block_m: int, device: torch.device) -> tuple[int, int]:
+    """(programs, rows per program) of the backward pass: whole tiles per program, about
+    BWD_PROGRAMS_PER_SM programs per SM (INTERPRET_PROGRAMS off the GPU)."""
+    if device.type == "cuda":
+        wanted = BWD_PROGRAMS_PER_SM * _sm_count(device.index)
+    else:
+        wanted = INTERPRET_PROGRAMS
+    tiles_per_program = triton.cdiv(triton.cdiv(rows, block_m), wanted)
+    rows_per_program = tiles_per_program * block_m
+    return triton.cdiv(rows, rows_per_program), rows_per_program
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    if POISON:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _as_rows(t: torch.Tensor, width: int) -> torch.Tensor:
+    """(rows, width) view of t (a copy only where the last dim is not contiguous)."""
+    t = t.reshape(-1, width)
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _check(x: torch.Tensor, weight, bias, out_dtype: torch.dtype) -> None:
+    width = x.shape[-1]
+    if x.dtype not in _DTYPES or out_dtype not in _DTYPES:
+        raise ValueError(f"layer_norm kernel takes and writes float16, bfloat16 or float32; got x {x.dtype}, "
+                         f"output {out_dtype}")
+    if width > MAX_WIDTH:
+        raise ValueError(f"layer_norm kernel handles rows up to {MAX_WIDTH} wide, got {width}")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and (p.shape != (width,) or p.device != x.device):
+            raise ValueError(f"{name} must be ({width},) on {x.device}, got {tuple(p.shape)} on {p.device}")
+
+
+def _forward(x: torch.Tensor, weight, bias, eps: float, out_dtype: torch.dtype):
+    """(y in out_dtype with x's shape, mean (rows,), rstd (rows,)) of LayerNorm over x's last dim."""
+    _check(x, weight, bias, out_dtype)
+    width = x.shape[-1]
+    x2 = _as_rows(x, width)  # (rows, D)
+    rows = x2.shape[0]
+    y = _empty(x.shape, out_dtype, x.device)
+    mean = _empty((rows,), torch.float32, x.device)
+    rstd = _empty((rows,), torch.float32, x.device)
+    block_m, block_n, warps = tiles(width, FWD_TILE, FWD_PER_THREAD)
+    _fwd_kernel[(triton.cdiv(rows, block_m),)](
+        x2, y, weight if weight is not None else x2, bias if bias is not None else x2, mean, rstd,
+        x2.stride(0), width, rows, eps,
+        N=width, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n,
+        num_warps=warps)
+    return y, mean, rstd
+
+
+def _backward(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.Tensor, rstd: torch.Tensor):
+    """(dx in x's dtype, dweight, dbias in the parameters' dtypes or None where absent)."""
+    width = x.shape[-1]
+    x2, dy2 = _as_rows(x, width), _as_rows(dy, width)  # (rows, D)
+    rows = x2.shape[0]
+    dx = _empty(x.shape, x.dtype, x.device)
+    block_m, block_n, warps = tiles(width, BWD_TILE, BWD_PER_THREAD)
+    programs, rows_per_program = row_groups(rows, block_m, x.device)
+    part = lambda p: None if p is None else _empty((programs, width), torch.float32, x.device)  # noqa: E731
+    dw_part, db_part = part(weight), part(bias)  # (programs, D) fp32 partial sums
+    _bwd_kernel[(programs,)](
+        x2, dy2, dx, weight if weight is not None else x2, mean, rstd,
+        dw_part if dw_part is not None else x2, db_part if db_part is not None else x2,
+        x2.stride(0), dy2.stride(0), width, rows, rows_per_program,
+        N=width, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n,
+        num_warps=warps)
+    dw = None if weight is None else dw_part.sum(0).to(weight.dtype)
+    db = None if bias is None else db_part.sum(0).to(bias.dtype)
+    return dx, dw, db
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd
+# ---------------------------------------------------------------------------------------------
+
+
+class _LayerNorm(torch.autograd.Function):
+    """Eager autograd over the two kernels; under torch.compile ``megastride.kernels.layer_norm``
+    calls torch's layer_norm instead (inductor fuses it with its neighbours itself)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float, out_dtype: torch.dtype):
+        y, mean, rstd = _forward(x, weight, bias, eps, out_dtype)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        return (*_backward(dy, x, weight, bias, mean, rstd), None, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public function
+# ---------------------------------------------------------------------------------------------
+
+
+def triton_layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+                      out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """LayerNorm of x over its last dim by the Triton kernels; differentiable in x, weight and bias.
+
+    Math in fp32; y in ``out_dtype`` (default x's dtype), dx in x's dtype, dweight and dbias in the
+    parameters' dtypes. x in float16, bfloat16 or float32, rows up to MAX_WIDTH wide.
+    """
+    return _LayerNorm.apply(x, weight, bias, float(eps), out_dtype or x.dtype)

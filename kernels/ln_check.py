@@ -1,0 +1,256 @@
+"""GPU check and timing of the LayerNorm kernel (``layernorm``), where the CPU interpreter cannot go.
+
+``python -m megastride.kernels.ln_check`` on a CUDA machine:
+
+* correctness, the training step's way: fp32 x (the residual stream) under bf16 autocast, y in bf16,
+  at (1, 65536, 512) (``--long``: also 4,194,304 rows, 2**31 elements). Output, dx, dweight and
+  dbias against torch's layer_norm in float64, three ways: |ours - fp64| <= 2 |torch - fp64| +
+  atol * max(1, max |fp64|), torch being ``F.layer_norm(x.float()).to(bf16)`` and its autograd.
+  The backward runs twice and must give bitwise-equal gradients (no atomics), and once more
+  captured in a CUDA graph and replayed.
+* timing (triton.testing.do_bench) of forward and forward+backward, ours against torch's
+  ``F.layer_norm(x.float()).to(bfloat16)``, at (1, 65536, 512) and (1, 1048576, 512): one line per
+  case with milliseconds, speedup and our effective bandwidth.
+
+``--sweep`` also times the tile and row-group settings around the defaults (forward and backward
+kernels alone); ``--compile`` (no GPU needed) compiles both kernels for sm_90 at several widths
+and reports registers and spills. Exit status 1 if any check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from . import layernorm as L
+from .norm import layer_norm
+
+EPS = 1e-5
+ATOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 2e-5}
+
+
+def _inputs(rows: int, width: int, device="cuda", seed: int = 0):
+    """x (1, rows, width) fp32 with a non-zero mean, weight and bias near (1, 0), dy in bf16."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn((1, rows, width), device=device, generator=gen) * 2.0 + 0.5
+    w = 1.0 + 0.1 * torch.randn(width, device=device, generator=gen)
+    b = 0.1 * torch.randn(width, device=device, generator=gen)
+    dy = torch.randn((1, rows, width), device=device, generator=gen).to(torch.bfloat16)
+    return x, w, b, dy
+
+
+def _ours(x, w, b):
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        return layer_norm(x, w, b, EPS)
+
+
+def _torch(x, w, b):
+    return F.layer_norm(x.float(), x.shape[-1:], w, b, EPS).to(torch.bfloat16)
+
+
+def _with_grads(fn, x, w, b, dy):
+    leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+    y = fn(*leaves)
+    return [y.detach(), *torch.autograd.grad(y, leaves, dy)]
+
+
+def _exact_chunks(x, w, b, dy, chunk: int):
+    """float64 (y, dx) row chunk by row chunk, and dweight, dbias summed over the chunks."""
+    wd, bd = (t.double().requires_grad_() for t in (w, b))
+    dw, db = torch.zeros_like(wd), torch.zeros_like(bd)
+    for start in range(0, x.shape[1], chunk):
+        xc = x[:, start : start + chunk].double().requires_grad_()
+        y = F.layer_norm(xc, x.shape[-1:], wd, bd, EPS)
+        dx, gw, gb = torch.autograd.grad(y, (xc, wd, bd), dy[:, start : start + chunk].double())
+        dw += gw
+        db += gb
+        yield start, y.detach(), dx
+    yield None, dw, db
+
+
+def _three_way(report: dict, name: str, got, low, exact) -> None:
+    atol = ATOL[got.dtype]
+    err = (got.double() - exact).abs()
+    bound = 2 * (low.double() - exact).abs() + atol * max(1.0, exact.abs().max().item())
+    ok = bool(torch.isfinite(got).all()) and bool((err <= bound).all())
+    entry = report.setdefault(name, {"max_err": 0.0, "ok": True})
+    entry["max_err"] = max(entry["max_err"], err.max().item())
+    entry["ok"] &= ok
+    report["ok"] &= ok
+
+
+def check(rows: int = 65536, width: int = 512, chunk: int = 65536) -> dict:
+    """Ours (autocast fp32 -> bf16) vs torch vs float64 at (1, rows, width); deterministic; graph-safe."""
+    x, w, b, dy = _inputs(rows, width)
+    got = _with_grads(_ours, x, w, b, dy)
+    report = {"name": f"check (1, {rows}, {width}) fp32 -> bf16 autocast", "ok": got[0].dtype == torch.bfloat16,
+              "y_dtype": str(got[0].dtype)}
+    again = _with_grads(_ours, x, w, b, dy)
+    report["deterministic"] = all(torch.equal(a, c) for a, c in zip(got, again))
+    report["ok"] &= report["deterministic"]
+    del again
+    low_dw = torch.zeros_like(w)
+    low_db = torch.zeros_like(b)
+    for start, first, second in _exact_chunks(x, w, b, dy, chunk):
+        if start is None:
+            _three_way(report, "dweight", got[2], low_dw, first)
+            _three_way(report, "dbias", got[3], low_db, second)
+            break
+        rows_ = slice(start, start + chunk)
+        low = _with_grads(_torch, x[:, rows_], w, b, dy[:, rows_])
+        low_dw += low[2]
+        low_db += low[3]
+        _three_way(report, "y", got[0][:, rows_], low[0], first)
+        _three_way(report, "dx", got[1][:, rows_], low[1], second)
+    report["graph_replay_equal"] = _graph_replay_equal(x, w, b, dy, got) if rows <= 1 << 20 else None
+    report["ok"] &= report["graph_replay_equal"] is not False
+    return report
+
+
+def _graph_replay_equal(x, w, b, dy, eager) -> bool:
+    """Forward and backward captured in one CUDA graph and replayed equal the eager results bitwise."""
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up (compile, SM count) off the capture
+        y = _ours(*leaves)
+        torch.autograd.grad(y, leaves, dy)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = _ours(*leaves)
+        grads = torch.autograd.grad(y, leaves, dy)
+    graph.replay()
+    torch.cuda.synchronize()
+    return all(torch.equal(a, c) for a, c in zip([y.detach(), *grads], eager))
+
+
+def _bench(fn) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=25, rep=200)
+
+
+def time_case(rows: int, width: int = 512) -> dict:
+    """Forward and forward+backward milliseconds, ours vs torch's fp32 layer_norm + bf16 cast."""
+    x, w, b, dy = _inputs(rows, width)
+    leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+    out = {"name": f"time (1, {rows}, {width}) fp32 -> bf16"}
+    for who, fn in (("ours", _ours), ("torch", _torch)):
+        with torch.no_grad():
+            out[f"{who}_fwd_ms"] = _bench(lambda: fn(*leaves))
+        out[f"{who}_fwdbwd_ms"] = _bench(lambda: torch.autograd.grad(fn(*leaves), leaves, dy))
+    # bytes our two kernels must move: x read twice (fp32), y written and dy read (bf16), dx written (fp32)
+    moved = rows * width * (4 + 2 + 4 + 2 + 4)
+    out["ours_fwdbwd_gbps"] = moved / (out["ours_fwdbwd_ms"] * 1e-3) / 1e9
+    return out
+
+
+def sweep(rows: int, width: int = 512) -> list[str]:
+    """Times of the forward and backward kernels alone over tile and row-group settings."""
+    x, w, b, dy = _inputs(rows, width)
+    lines = []
+    saved = (L.FWD_TILE, L.FWD_PER_THREAD, L.BWD_TILE, L.BWD_PER_THREAD, L.BWD_PROGRAMS_PER_SM)
+    try:
+        for tile, per_thread in ((1024, 8), (2048, 8), (4096, 16), (4096, 8), (8192, 16)):
+            L.FWD_TILE, L.FWD_PER_THREAD = tile, per_thread
+            ms = _bench(lambda: L._forward(x, w, b, EPS, torch.bfloat16))
+            lines.append(f"sweep fwd (1, {rows}, {width}) tile {tile} x {per_thread}/thread "
+                         f"{L.tiles(width, tile, per_thread)}: {ms:.3f} ms")
+        L.FWD_TILE, L.FWD_PER_THREAD = saved[:2]
+        _, mean, rstd = L._forward(x, w, b, EPS, torch.bfloat16)
+        for tile, per_thread in ((512, 4), (1024, 8), (2048, 8), (2048, 4), (4096, 16)):
+            for per_sm in (1, 2, 3, 4, 8, 16):
+                L.BWD_TILE, L.BWD_PER_THREAD, L.BWD_PROGRAMS_PER_SM = tile, per_thread, per_sm
+                ms = _bench(lambda: L._backward(dy, x, w, b, mean, rstd))
+                lines.append(f"sweep bwd (1, {rows}, {width}) tile {tile} x {per_thread}/thread "
+                             f"{L.tiles(width, tile, per_thread)}, {per_sm} programs/SM: {ms:.3f} ms")
+    finally:
+        L.FWD_TILE, L.FWD_PER_THREAD, L.BWD_TILE, L.BWD_PER_THREAD, L.BWD_PROGRAMS_PER_SM = saved
+    return lines
+
+
+def compile_report(widths, arch: int = 90) -> list[tuple[str, bool]]:
+    """(line, ok) per kernel, width and dtype pair: compiled for ``arch`` without a GPU, with the
+    registers and spills ptxas reports; a spill is a failure."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from .compile_check import launch_attrs, ptxas_usage
+
+    out = []
+    for width in widths:
+        for x_t, y_t in (("fp32", "bf16"), ("bf16", "bf16"), ("fp16", "fp32")):
+            for kernel, tile in ((L._fwd_kernel, (L.FWD_TILE, L.FWD_PER_THREAD)),
+                                 (L._bwd_kernel, (L.BWD_TILE, L.BWD_PER_THREAD))):
+                block_m, block_n, warps = L.tiles(width, *tile)
+                consts = dict(N=width, HAS_WEIGHT=True, HAS_BIAS=True, BLOCK_M=block_m, BLOCK_N=block_n)
+                types = {"X": x_t, "DX": x_t, "Y": y_t, "DY": y_t}
+                sig = {p.name: "constexpr" if p.is_constexpr else f"*{types.get(p.name, 'fp32')}" if p.name.isupper()
+                       else "fp32" if p.name == "eps" else "i64" if p.name.startswith("stride") else "i32"
+                       for p in kernel.params}
+                name = f"{kernel.__name__} D={width} x {x_t} y {y_t} {block_m}x{block_n} w{warps}"
+                try:
+                    k = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=launch_attrs(kernel)),
+                                       target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+                except Exception as err:  # report every variant, then fail
+                    out.append((f"FAIL {name}: {type(err).__name__}: {str(err).splitlines()[0][:300]}", False))
+                    continue
+                u = ptxas_usage(k, arch)
+                ok = u["spill_stores"] == 0 and u["spill_loads"] == 0
+                out.append((f"{'ok  ' if ok else 'FAIL'} {name}: {u['registers']} registers, "
+                            f"spills {u['spill_stores']}/{u['spill_loads']} B stored/loaded", ok))
+    return out
+
+
+def _time_line(r: dict) -> str:
+    return (f"{r['name']}: fwd+bwd ours {r['ours_fwdbwd_ms']:.3f} ms, torch {r['torch_fwdbwd_ms']:.3f} ms, "
+            f"speedup {r['torch_fwdbwd_ms'] / r['ours_fwdbwd_ms']:.2f}x ({r['ours_fwdbwd_gbps']:.0f} GB/s) | "
+            f"fwd ours {r['ours_fwd_ms']:.3f} ms, torch {r['torch_fwd_ms']:.3f} ms, "
+            f"speedup {r['torch_fwd_ms'] / r['ours_fwd_ms']:.2f}x")
+
+
+def _check_line(r: dict) -> str:
+    parts = [f"{k} max err {r[k]['max_err']:.3g}{'' if r[k]['ok'] else ' FAIL'}" for k in ("y", "dx", "dweight", "dbias")]
+    return (f"{'ok  ' if r['ok'] else 'FAIL'} {r['name']}: y {r['y_dtype']}, {', '.join(parts)}, "
+            f"deterministic {r['deterministic']}, graph replay equal {r['graph_replay_equal']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m megastride.kernels.ln_check", description=__doc__.splitlines()[0])
+    p.add_argument("--long", action="store_true", help="also check at 4,194,304 rows (2**31 elements)")
+    p.add_argument("--sweep", action="store_true", help="also time tile and row-group settings")
+    p.add_argument("--compile", action="store_true", help="only compile the kernels for sm_90 (no GPU needed)")
+    p.add_argument("--widths", default="32,64,512,1024,4096,8192", help="widths for --compile")
+    args = p.parse_args(argv)
+    if args.compile:
+        report = compile_report([int(w) for w in args.widths.split(",")])
+        for line, _ in report:
+            print(line, flush=True)
+        failed = sum(not ok for _, ok in report)
+        print(f"ln_check compile sm_90: {'FAILED ' + str(failed) if failed else 'all compiled'}")
+        return 1 if failed else 0
+    if not torch.cuda.is_available():
+        print("ln_check needs a CUDA GPU (--compile runs without one)", file=sys.stderr)
+        return 2
+    failed = 0
+    for rows in (65536, 1 << 22) if args.long else (65536,):
+        r = check(rows)
+        failed += not r["ok"]
+        print(_check_line(r), flush=True)
+    for rows in (65536, 1 << 20):
+        print(_time_line(time_case(rows)), flush=True)
+    if args.sweep:
+        for rows in (65536, 1 << 20):
+            for line in sweep(rows):
+                print(line, flush=True)
+    print(f"ln_check: {'FAILED ' + str(failed) if failed else 'all checks passed'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

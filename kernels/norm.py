@@ -1,0 +1,75 @@
+"""The public LayerNorm entry point: the Triton kernel (``layernorm``) on CUDA, torch's elsewhere.
+
+The output comes in the dtype its consumer would cast it to: under autocast the autocast dtype
+(the next matmul reads it as it is, no cast kernel), otherwise x's dtype. Set
+MEGASTRIDE_LAYERNORM=torch to force torch's layer_norm anywhere (A/B runs); on CPU tensors the
+kernel runs only under the Triton interpreter with MEGASTRIDE_LAYERNORM=triton (tests), and CUDA
+tensors never go through the interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_KERNEL_MAX_WIDTH = 8192  # layernorm.MAX_WIDTH, without importing triton here
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    choice = os.environ.get("MEGASTRIDE_LAYERNORM", "").lower()
+    if choice == "torch" or x.dtype not in _KERNEL_DTYPES or x.shape[-1] > _KERNEL_MAX_WIDTH or x.numel() == 0:
+        return False
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if x.is_cuda:  # not through the interpreter: a test session that sets it may also hold GPU tests
+        return not interpreted
+    # the Triton interpreter runs the kernels on CPU tensors (tests); opt in explicitly
+    return interpreted and choice == "triton"
+
+
+def output_dtype(x: torch.Tensor) -> torch.dtype:
+    """x's dtype, or the autocast dtype where autocast is on for x's device."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
+def reference_layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+                         out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """torch's layer_norm over the last dim, cast to ``out_dtype``: the reference and the fallback."""
+    y = F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+    return y if out_dtype is None else y.to(out_dtype)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float = 1e-5,
+               out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """LayerNorm of x over its last dim (fp32 math); y in ``out_dtype``, by default ``output_dtype(x)``.
+
+    The Triton kernel on CUDA (float16/bfloat16/float32, rows up to 8192 wide); torch's layer_norm
+    otherwise and under torch.compile (inductor fuses it with its neighbours itself).
+    """
+    if torch.compiler.is_compiling():
+        return reference_layer_norm(x, weight, bias, eps, out_dtype)
+    out_dtype = out_dtype or output_dtype(x)
+    if not _use_triton(x) or out_dtype not in _KERNEL_DTYPES:
+        return reference_layer_norm(x, weight, bias, eps, out_dtype)
+    from .layernorm import triton_layer_norm  # imported lazily: needs triton
+
+    return triton_layer_norm(x, weight, bias, eps, out_dtype)
+
+
+class FusedLayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters and state_dict keys) computed by ``layer_norm``: under autocast
+    its output is already in the autocast dtype."""
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
+                 device=None, dtype=None):
+        super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype)
+        if len(self.normalized_shape) != 1:
+            raise ValueError(f"FusedLayerNorm normalises the last dim only, got normalized_shape "
+                             f"{self.normalized_shape}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm(x, self.weight, self.bias, self.eps)

@@ -1,0 +1,232 @@
+"""The Triton LayerNorm (kernels/layernorm.py), run by the Triton interpreter on CPU, against torch's.
+
+Output and the three gradients are compared three ways (STYLE.md): |kernel - fp64| <= 2 *
+|torch_lowprec - fp64| + atol, torch_lowprec being torch's layer_norm in the kernel's dtypes, with
+every output buffer poisoned with NaN first so an unwritten element fails. bf16 (wrong in the
+interpreter), long rows and timing are covered on the GPU by ``python -m megastride.kernels.ln_check``.
+"""
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the interpreter on numpy 2
+
+from megastride.engine import model as model_module  # noqa: E402
+from megastride.engine.config import config_from_dict  # noqa: E402
+from megastride.kernels import FusedLayerNorm, layer_norm, norm  # noqa: E402
+from megastride.kernels import layernorm  # noqa: E402
+
+ATOL = {torch.float32: 2e-5, torch.float16: 2e-3}
+EPS = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _kernel(monkeypatch):
+    """Every test here runs the kernel on CPU (MEGASTRIDE_LAYERNORM=triton) with poisoned buffers."""
+    monkeypatch.setenv("MEGASTRIDE_LAYERNORM", "triton")
+    monkeypatch.setattr(layernorm, "POISON", True)
+
+
+def _inputs(shape, x_dtype, out_dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    width = shape[-1]
+    x = (torch.randn(shape, generator=gen) * 2.0 + 0.5).to(x_dtype)  # a mean far from 0
+    w, b = torch.randn(width, generator=gen), torch.randn(width, generator=gen)
+    dy = torch.randn(shape, generator=gen).to(out_dtype)
+    return x, w, b, dy
+
+
+def _with_grads(fn, x, w, b, dy):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    y = fn(*leaves)
+    return [y.detach(), *torch.autograd.grad(y, leaves, dy.to(y.dtype))]
+
+
+def _check_three_way(got, low, exact, what):
+    for name, g, lo, ex in zip(["y", "dx", "dweight", "dbias"], got, low, exact):
+        assert g.dtype == lo.dtype, f"{what}: {name} is {g.dtype}, torch gives {lo.dtype}"
+        assert torch.isfinite(g).all(), f"{what}: {name} has non-finite (unwritten?) elements"
+        err = (g.double() - ex).abs()
+        bound = 2 * (lo.double() - ex).abs() + ATOL[g.dtype] * max(1.0, ex.abs().max().item())
+        worst = (err - bound).argmax()
+        assert (err <= bound).all(), (
+            f"{what}: {name} off by {err.flatten()[worst]:.3g} (allowed {bound.flatten()[worst]:.3g}) "
+            f"at flat index {worst.item()}")
+
+
+def _run_case(shape, x_dtype, out_dtype, seed=0):
+    x, w, b, dy = _inputs(shape, x_dtype, out_dtype, seed)
+    got = _with_grads(lambda *a: layernorm.triton_layer_norm(*a, EPS, out_dtype), x, w, b, dy)
+    low = _with_grads(lambda *a: norm.reference_layer_norm(*a, EPS, out_dtype), x, w, b, dy)
+    exact = _with_grads(lambda *a: F.layer_norm(a[0], a[0].shape[-1:], a[1], a[2], EPS),
+                        *(t.double() for t in (x, w, b, dy)))
+    _check_three_way(got, low, exact, f"{tuple(shape)} {x_dtype} -> {out_dtype}")
+
+
+# (shape, x dtype, y dtype); rows (74, 45, 39) are not multiples of the tiles' rows nor of the
+# backward's row groups (3 programs under the interpreter)
+CASES = {
+    "d64_fp32": ((2, 37, 64), torch.float32, torch.float32),
+    "d32_fp16": ((2, 37, 32), torch.float16, torch.float16),
+    "d512_fp32_to_fp16": ((1, 45, 512), torch.float32, torch.float16),
+    "d512_fp16": ((3, 13, 512), torch.float16, torch.float16),
+    "d100_padded_fp32_to_fp16": ((2, 37, 100), torch.float32, torch.float16),  # width not a power of 2
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_kernel_matches_reference(name):
+    """y, dx, dweight and dbias equal torch's layer_norm in float64 (three-way tolerance)."""
+    _run_case(*CASES[name])
+
+
+@pytest.mark.parametrize("programs", [1, 4])
+def test_backward_row_groups(programs, monkeypatch):
+    """Backward programs of several tiles each (and one program for all rows), the last group
+    short: every row's dx and its share of dweight and dbias are there exactly once."""
+    monkeypatch.setattr(layernorm, "BWD_TILE", 256)  # 4 rows of 64 a tile
+    monkeypatch.setattr(layernorm, "INTERPRET_PROGRAMS", programs)
+    block_m = layernorm.tiles(64, layernorm.BWD_TILE, layernorm.BWD_PER_THREAD)[0]
+    assert block_m == 4
+    assert layernorm.row_groups(45, block_m, torch.device("cpu")) == ((4, 12) if programs == 4 else (1, 48))
+    _run_case((1, 45, 64), torch.float32, torch.float32, seed=1)
+
+
+def test_tiles_follow_the_width():
+    """Tiles hold about FWD_TILE / BWD_TILE elements, one row at least, rows padded to a power of 2."""
+    assert layernorm.tiles(512, 4096, 16) == (8, 512, 8)
+    assert layernorm.tiles(512, 2048, 8) == (4, 512, 8)
+    assert layernorm.tiles(100, 4096, 16) == (32, 128, 8)
+    assert layernorm.tiles(8192, 2048, 8) == (1, 8192, 16)
+    assert norm._KERNEL_MAX_WIDTH == layernorm.MAX_WIDTH
+
+
+@pytest.mark.parametrize("affine,bias", [(False, False), (True, False)])
+def test_without_weight_or_bias(affine, bias):
+    """FusedLayerNorm without an affine transform or without a bias equals nn.LayerNorm so configured."""
+    torch.manual_seed(2)
+    fused = FusedLayerNorm(64, elementwise_affine=affine, bias=bias)
+    plain = nn.LayerNorm(64, elementwise_affine=affine, bias=bias)
+    if affine:
+        nn.init.normal_(plain.weight)
+        fused.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 19, 64, requires_grad=True)
+    dy = torch.randn(2, 19, 64)
+    got, want = fused(x), plain(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    params = [x, *plain.parameters()]
+    for g, w in zip(torch.autograd.grad(got, [x, *fused.parameters()], dy), torch.autograd.grad(want, params, dy)):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_output_dtype_follows_autocast(monkeypatch):
+    """Under autocast y comes in the autocast dtype, from the kernel and from torch's fallback alike;
+    without autocast in x's dtype."""
+    x, w, b, _ = _inputs((1, 9, 32), torch.float32, torch.float32)
+    want = layernorm.triton_layer_norm(x, w, b, EPS, torch.float16)
+    for choice in ("triton", "torch"):
+        monkeypatch.setenv("MEGASTRIDE_LAYERNORM", choice)
+        with torch.autocast("cpu", dtype=torch.float16):
+            y = layer_norm(x, w, b, EPS)
+        assert y.dtype == torch.float16
+        torch.testing.assert_close(y, want, rtol=1e-3, atol=1e-3)  # torch may round 1 ulp the other way
+        assert layer_norm(x, w, b, EPS).dtype == torch.float32
+        assert layer_norm(x.half(), w, b, EPS).dtype == torch.float16
+
+
+def test_dispatch(monkeypatch):
+    """The kernel runs on CPU only under the interpreter with MEGASTRIDE_LAYERNORM=triton; torch's
+    layer_norm otherwise, for float64 and under torch.compile."""
+    calls = []
+    real = layernorm.triton_layer_norm
+    monkeypatch.setattr(layernorm, "triton_layer_norm", lambda *a: calls.append(1) or real(*a))
+    x, w, b, _ = _inputs((1, 9, 32), torch.float32, torch.float32)
+    want = F.layer_norm(x, (32,), w, b, EPS)
+    torch.testing.assert_close(layer_norm(x, w, b, EPS), want, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 1
+    for env, value in (("MEGASTRIDE_LAYERNORM", "torch"), ("MEGASTRIDE_LAYERNORM", ""), ("TRITON_INTERPRET", "0")):
+        with monkeypatch.context() as m:
+            m.setenv(env, value)
+            assert torch.equal(layer_norm(x, w, b, EPS), want)
+    assert layer_norm(x.double(), w.double(), b.double(), EPS).dtype == torch.float64
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert torch.equal(layer_norm(x, w, b, EPS), want)
+    assert len(calls) == 1
+
+
+def _tiny_model(fused: bool, monkeypatch):
+    tree = {"model": {"seq_len": 64, "d_model": 32, "n_layers": 2, "n_heads": 2,
+                      "attention": {"block": 16, "layers": ["fixed(32,8)", "strided(16)"]}}}
+    with monkeypatch.context() as m:
+        if not fused:
+            m.setattr(model_module, "FusedLayerNorm", nn.LayerNorm)
+        torch.manual_seed(3)
+        return model_module.SparseTransformer(config_from_dict(tree).model)
+
+
+def test_model_with_fused_layernorm_matches_nn_layernorm(monkeypatch):
+    """The model's blocks and final LN use the kernel; loss and every gradient equal the same model
+    with nn.LayerNorm (float32), given LayerNorm parameters away from their (1, 0) init."""
+    fused, plain = _tiny_model(True, monkeypatch), _tiny_model(False, monkeypatch)
+    with torch.no_grad():
+        for name, p in fused.named_parameters():
+            if "ln" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    plain.load_state_dict(fused.state_dict())
+    calls = []
+    real = layernorm.triton_layer_norm
+    monkeypatch.setattr(layernorm, "triton_layer_norm", lambda *a: calls.append(1) or real(*a))
+    idx = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(4))
+    targets = torch.roll(idx, -1, dims=1)
+    losses, grads = [], []
+    for model in (fused, plain):
+        loss = model(idx, targets)
+        losses.append(loss.detach())
+        grads.append(dict(zip([n for n, _ in model.named_parameters()],
+                              torch.autograd.grad(loss, list(model.parameters())))))
+    assert len(calls) == 2 * 2 + 1
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=1e-6)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def test_state_dict_keys_unchanged(monkeypatch):
+    """FusedLayerNorm is an nn.LayerNorm with its keys: checkpoints load both ways, strictly."""
+    fused, plain = _tiny_model(True, monkeypatch), _tiny_model(False, monkeypatch)
+    assert isinstance(fused.blocks[0].ln1, FusedLayerNorm) and isinstance(fused.ln_f, FusedLayerNorm)
+    assert isinstance(fused.blocks[0].ln1, nn.LayerNorm) and type(plain.ln_f) is nn.LayerNorm
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    assert list(FusedLayerNorm(8).state_dict()) == ["weight", "bias"]
+    fused.load_state_dict(plain.state_dict())
+    plain.load_state_dict(fused.state_dict())
+
+
+def test_bad_inputs_raise():
+    """Wrong parameter shapes, unsupported dtypes and multi-dim normalized shapes are clear errors."""
+    x = torch.randn(2, 5, 16)
+    with pytest.raises(ValueError, match="weight must be"):
+        layernorm.triton_layer_norm(x, torch.ones(8), None, EPS)
+    with pytest.raises(ValueError, match="float16, bfloat16 or float32"):
+        layernorm.triton_layer_norm(x.double(), None, None, EPS)
+    with pytest.raises(ValueError, match="last dim only"):
+        FusedLayerNorm((5, 16))
+
+
+def test_kernels_compile_for_sm90():
+    """Both kernels compile for Hopper at our width without register spills (no GPU needed)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "megastride.kernels.ln_check", "--compile", "--widths", "512"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert sum(line.startswith("ok ") for line in proc.stdout.splitlines()) == 6, proc.stdout
