@@ -2,7 +2,8 @@
 
 Each measurement builds the model for one (attention kind, length), runs real optimizer steps --
 forward, backward, gradient clipping, fused AdamW -- in a plain torch loop (bf16 autocast on CUDA,
-every block recomputed in backward as ``train.checkpoint_activations`` says), and records the
+every block recomputed in backward as ``train.checkpoint_activations`` says; with
+``train.cuda_graph`` the step is captured after warm-up and replayed, ``engine.graphs``), and records the
 median step time of the timed steps after warm-up, tokens/s, the allocator's peak, MFU and the
 planner's prediction of that peak (``engine.plan``, runtime "torch"). DeepSpeed is not needed.
 
@@ -24,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from . import baseline
 from . import plan as planner
 from megastride.kernels.profiling import profile_calls, summary
 
@@ -34,6 +36,9 @@ from .parallel import apply_activation_checkpointing, build_optimizer
 
 # the SPEC's sweep patterns; fixed: l ~ sqrt(c n) with one summary block (c = the block size)
 KINDS = {"dense": "dense", "fixed": "fixed(auto,{block})", "strided": "strided(auto)"}
+# issue 5's baseline (engine.baseline, --baseline): the plain PyTorch script a user would write, dense SDPA
+# or compiled Flex under the fixed pattern's BlockMask; its FLOPs (MFU) are those of the pattern it computes
+BASELINE_KINDS = {"baseline-dense": KINDS["dense"], "baseline-flex": KINDS["fixed"]}
 DEFAULT_LENGTHS = (1024, 4096, 16384, 65536, 262144, 1048576)
 SLOPE_FROM = 16384  # slopes are fitted where attention, not per-step overhead, dominates
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -52,6 +57,7 @@ VALIDATION = (
     ("fixed, no recompute", "fixed", 0, ["train.checkpoint_activations=false"]),
     ("fixed, fp32", "fixed", 0, ["train.precision=fp32"]),
     ("fixed, 2 sequences", "fixed", 1, ["train.micro_batch_size=2"]),
+    ("fixed, half recomputed", "fixed", 1, ["train.checkpoint_blocks={half}"]),  # {half}: n_layers // 2
 )
 VALIDATION_LENGTHS = (12288, 65536, 262144)
 
@@ -92,6 +98,8 @@ class Row:
     d_model: int | None = None
     precision: str = ""
     recompute: bool | None = None
+    cuda_graph: bool = False
+    recomputed_blocks: int | None = None  # of ``layers`` (train.checkpoint_blocks, "auto" resolved)
     label: str = ""
 
 
@@ -119,16 +127,38 @@ def config_for(base: Config, spec: str, seq_len: int, overrides: list[str] = ())
 def _autocast(cfg: Config, device: torch.device):
     if cfg.train.precision == "fp16":
         raise ConfigError("bench scaling times bf16 or fp32 steps (fp16 needs loss scaling): set train.precision")
+    if cfg.train.cuda_graph and device.type != "cuda":
+        raise ConfigError(f"train.cuda_graph needs a CUDA device, not {device.type}")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
 
 
-def _train_step(model, optimizer, batch: torch.Tensor, autocast) -> None:
-    with autocast:
-        loss = model(batch[:, :-1], batch[:, 1:])
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+def _step_fn(model, optimizer, autocast, clip: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Forward, backward, clipping and the optimizer step on one batch; the loss, not synchronised."""
+    def step(batch: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            loss = model(batch[:, :-1], batch[:, 1:])
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        return loss.detach()
+    return step
+
+
+def step_runner(cfg: Config, model, optimizer, autocast, warmup: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The plain loop's step: eager, or with ``train.cuda_graph`` eager for ``warmup`` steps, then
+    captured once and replayed (``engine.graphs.GraphedStep``)."""
+    step = _step_fn(model, optimizer, autocast, cfg.train.grad_clip)
+    if cfg.train.cuda_graph:
+        from .graphs import GraphedStep
+
+        return GraphedStep(step, optimizer, warmup=warmup)
+
+    def eager(batch: torch.Tensor) -> torch.Tensor:
+        loss = step(batch)
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+    return eager
 
 
 def _sync(device: torch.device) -> None:
@@ -145,21 +175,26 @@ def time_steps(cfg: Config, device: torch.device, batch: int, steps: int, warmup
     apply_activation_checkpointing(model, cfg.train)
     optimizer = build_optimizer(model, cfg.train, device)
     data = torch.randint(0, cfg.model.vocab_size, (batch, cfg.model.seq_len + 1), device=device)
-    autocast = _autocast(cfg, device)
+    if cfg.train.cuda_graph:
+        warmup = max(1, warmup)
+    run = step_runner(cfg, model, optimizer, _autocast(cfg, device), warmup)
     for _ in range(warmup):
-        _train_step(model, optimizer, data, autocast)
+        run(data)
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    if cfg.train.cuda_graph:  # the capture: its memory pool holds the step's peak (replays allocate nothing)
+        run(data)
+        _sync(device)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        _train_step(model, optimizer, data, autocast)
+        run(data)
         _sync(device)
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     if profile is not None and device.type == "cuda":
-        profile.update(profile_calls(lambda: _train_step(model, optimizer, data, autocast), iters=2, top=16))
+        profile.update(profile_calls(lambda: run(data), iters=2, top=16))
     return statistics.median(times), peak
 
 
@@ -180,13 +215,20 @@ def _base_row(kind: str, cfg: Config, batch: int, status: str, p: planner.Plan, 
     return Row(kind=kind, pattern=m.attention.layers[0], seq_len=m.seq_len, batch=batch, status=status,
                plan_gb=p.peak_bytes / planner.GB, density=p.density, params=p.params,
                non_embedding_params=p.non_embedding_params, layers=m.n_layers, d_model=m.d_model,
-               precision=cfg.train.precision, recompute=cfg.train.checkpoint_activations, label=label or kind)
+               precision=cfg.train.precision, recompute=cfg.train.checkpoint_activations,
+               cuda_graph=cfg.train.cuda_graph, recomputed_blocks=p.checkpoint_blocks, label=label or kind)
 
 
 def measure(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
     """Time one (kind, length) configuration; out-of-memory and plan-says-no become statuses."""
+    if kind in BASELINE_KINDS:
+        return measure_baseline(kind, cfg, opts, label)
     device = torch.device(opts.device)
     batch = opts.batch or cfg.train.micro_batch_size
+    if device.type == "cuda" and cfg.train.checkpoint_blocks == "auto":  # the fewest recomputed blocks that fit
+        total = torch.cuda.get_device_properties(device).total_memory
+        fitted = planner.plan(cfg, cfg.model.seq_len, 1, runtime="torch", micro_batch=batch, gpu_bytes=total)
+        cfg = planner.with_checkpoint_blocks(cfg, fitted.checkpoint_blocks)
     p = predicted(cfg, batch)
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
@@ -217,6 +259,40 @@ def _finish(row: Row, p: planner.Plan, step_s: float, peak: float | None) -> Row
     return row
 
 
+def _row(kind: str, cfg: Config, batch: int, status: str, p: planner.Plan, label: str = "") -> Row:
+    """``_base_row`` for any kind; a baseline row has no memory plan and counts the baseline's parameters."""
+    row = _base_row(kind, cfg, batch, status, p, label)
+    if kind in BASELINE_KINDS:
+        row.plan_gb, row.cuda_graph = None, False  # the baseline runs eagerly, whatever train.cuda_graph says
+        row.recomputed_blocks = cfg.model.n_layers if cfg.train.checkpoint_activations else 0  # all or none
+        row.params, row.non_embedding_params = baseline.count_params(cfg.model)
+    return row
+
+
+def measure_baseline(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
+    """Time issue 5's baseline (``engine.baseline``) as ``measure`` times ours: same steps, MFU from the
+    planner's FLOPs of the same shape and pattern; no memory plan. Flex has no CPU backward: skipped."""
+    device = torch.device(opts.device)
+    batch = opts.batch or cfg.train.micro_batch_size
+    p = predicted(cfg, batch)
+    attention = "flex" if kind == "baseline-flex" else "dense"
+    if attention == "flex" and device.type != "cuda":
+        return _row(kind, cfg, batch, "skipped (flex: no backward on CPU)", p, label)
+    prof = {} if opts.profile else None
+    try:
+        step_s, peak = baseline.time_steps(cfg, attention, device, batch, opts.steps, opts.warmup, prof)
+    except torch.cuda.OutOfMemoryError:
+        row = _row(kind, cfg, batch, "oom", p, label)
+    else:
+        row = _finish(_row(kind, cfg, batch, "ok", p, label), p, step_s, None)
+        row.peak_gb = None if peak is None else peak / planner.GB
+        if prof:
+            opts.profiles[f"{row.label} n={row.seq_len}"] = prof
+            opts.log(f"{row.label:>8} n={row.seq_len:>9,} profiled: {summary(prof, kernels=5)}")
+    _free(device)
+    return row
+
+
 # ---------------------------------------------------------------------------------------------
 # Series, sweep, Table 2, plan validation
 # ---------------------------------------------------------------------------------------------
@@ -227,7 +303,7 @@ def _predict_step(done: list[Row], seq_len: int, kind: str) -> float | None:
     if not ok:
         return None
     slope = tail_slope([r.seq_len for r in ok], [r.step_s for r in ok], SLOPE_FROM) if len(ok) > 1 else None
-    exponent = max(1.0, slope if slope is not None else (2.0 if kind == "dense" else 1.5))
+    exponent = max(1.0, slope if slope is not None else (2.0 if kind in ("dense", "baseline-dense") else 1.5))
     return ok[-1].step_s * (seq_len / ok[-1].seq_len) ** exponent
 
 
@@ -241,7 +317,7 @@ def run_series(base: Config, kind: str, spec: str, lengths: list[int], opts: Opt
         left = opts.budget_s - (time.perf_counter() - start)
         if guess is not None and guess * (opts.steps + opts.warmup) > left:
             batch = opts.batch or cfg.train.micro_batch_size
-            rows.append(_base_row(kind, cfg, batch, "skipped (time)", predicted(cfg, batch)))
+            rows.append(_row(kind, cfg, batch, "skipped (time)", predicted(cfg, batch)))
             opts.log(f"{kind:>8} n={n:>9,}: skipped, ~{guess:.1f} s/step would exceed the series budget")
             continue
         row = measure(kind, cfg, opts)
@@ -257,18 +333,21 @@ def describe(row: Row) -> str:
     head = f"{row.label:>8} n={row.seq_len:>9,} x{row.batch}"
     plan_gb = "?" if row.plan_gb is None else f"{row.plan_gb:.2f}"
     if row.status != "ok" or row.step_s is None:
-        return f"{head}: {row.status} (plan {plan_gb} GB)"
+        return f"{head}: {row.status}" + ("" if row.plan_gb is None else f" (plan {plan_gb} GB)")
     peak = f"peak {row.peak_gb:.2f} GB " if row.peak_gb is not None else ""
     err = f" ({row.plan_error_pct:+.1f}%)" if row.plan_error_pct is not None else ""
+    how = ""
+    if row.recomputed_blocks is not None and row.layers:
+        how = f", {row.recomputed_blocks}/{row.layers} blocks recomputed{', CUDA graph' if row.cuda_graph else ''}"
     return (f"{head}: {row.step_s:.4f} s/step, {row.tokens_per_s:,.0f} tok/s, MFU {row.mfu:.3f}, "
-            f"{peak}plan {plan_gb} GB{err}")
+            f"{peak}" + ("" if row.plan_gb is None else f"plan {plan_gb} GB{err}")).rstrip(", ") + how
 
 
 def sweep(base: Config, kinds: list[str], lengths: list[int], opts: Options) -> list[Row]:
     """Every kind over the lengths; an out-of-memory error ends that kind's series only."""
     rows = []
     for kind in kinds:
-        rows += run_series(base, kind, KINDS[kind], lengths, opts)
+        rows += run_series(base, kind, (KINDS | BASELINE_KINDS)[kind], lengths, opts)
     return rows
 
 
@@ -292,7 +371,7 @@ def validate_plan(base: Config, opts: Options, lengths: list[int] = VALIDATION_L
     rows = []
     for label, kind, index, overrides in cases:
         n = lengths[min(index, len(lengths) - 1)]
-        cfg = config_for(base, KINDS[kind], n, overrides)
+        cfg = config_for(base, KINDS[kind], n, [o.format(half=base.model.n_layers // 2) for o in overrides])
         row = measure(kind, cfg, replace(opts, batch=None), label=label)
         rows.append(row)
         opts.log(describe(row))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from megastride.kernels import patterns as P
 
@@ -188,6 +188,9 @@ class TrainConfig(_Strict):
     offload_optimizer: bool = False  # ZeRO-Offload (stage >= 1): optimizer states and step on CPU
     offload_params: bool = False  # ZeRO-3 parameter offload to CPU
     checkpoint_activations: bool = True  # recompute every residual block in backward
+    # blocks recomputed, the first k (the others keep their activations): null = every block, auto = the
+    # fewest whose planned peak fits the GPU (engine.plan.choose_checkpoint_blocks; every block on a CPU)
+    checkpoint_blocks: int | Literal["auto"] | None = None
     checkpoint_group: int = Field(1, ge=1)  # blocks recomputed as one segment: n/k + k inputs kept, not n
     partition_activations: bool = False  # DeepSpeed activation checkpoint partitioning across model-parallel ranks
     cpu_checkpointing: bool = False  # keep checkpointed block inputs in host memory (engine.parallel.BlockCheckpoint)
@@ -198,6 +201,16 @@ class TrainConfig(_Strict):
     save_every: int = Field(0, ge=0)  # 0 = only at the end
     keep_checkpoints: int = Field(2, gt=0)
     compile: bool = False  # torch.compile the model (GPU)
+    # capture the whole step (forward, backward, clipping, optimizer) in one CUDA graph after warm-up
+    # and replay it: no host launch cost (short sequences); plain one-GPU loop only (engine.graphs)
+    cuda_graph: bool = False
+
+    @field_validator("checkpoint_blocks", mode="before")
+    @classmethod
+    def _checkpoint_blocks(cls, value: Any) -> Any:
+        if value is None or value == "auto" or (type(value) is int and value >= 0):
+            return value
+        raise ValueError(f"expected a number of blocks >= 0, auto, or null (every block), got {value!r}")
 
 
 class RunConfig(_Strict):
@@ -215,6 +228,19 @@ class Config(_Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _graph(self) -> "Config":
+        t = self.train
+        if not t.cuda_graph:
+            return self
+        if t.checkpoint_activations and t.checkpoint_blocks != 0 and self.model.dropout > 0:
+            raise ValueError("train.cuda_graph cannot replay the dropout of recomputed blocks (their RNG state is "
+                             "not graph-safe): set model.dropout=0 or train.checkpoint_activations=false")
+        for key in ("cpu_checkpointing", "compile", "partition_activations"):
+            if getattr(t, key):
+                raise ValueError(f"train.cuda_graph does not combine with train.{key} (one of them must be false)")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .config import Config, ConfigError
+from .plan import recomputed_blocks
 
 
 def deepspeed_config(cfg: Config, world_size: int) -> dict:
@@ -61,3 +62,4 @@ def check_zero_options(cfg: Config) -> None:
         raise ConfigError(f"train.{key} needs train.checkpoint_activations = true")
     if t.offload_overlap and not t.cpu_checkpointing:
         raise ConfigError("train.offload_overlap needs train.cpu_checkpointing = true")
+    recomputed_blocks(t, cfg.model.n_layers)  # train.checkpoint_blocks within model.n_layers

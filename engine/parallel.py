@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
 
 import torch
@@ -13,6 +14,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import TrainConfig
+from .plan import recomputed_blocks
 
 
 class _HostChain:
@@ -58,6 +60,19 @@ def _copy_stream(device: torch.device):
     return _COPY_STREAMS[str(device)]
 
 
+_RANDOM: "weakref.WeakKeyDictionary[nn.Module, list[nn.Module]]" = weakref.WeakKeyDictionary()
+
+
+def _draws_random(block) -> bool:
+    """Whether recomputing ``block`` needs the forward's RNG state: a module with a dropout of
+    p > 0 in training mode (cached per module; train/eval switches are seen), or any other callable."""
+    if not isinstance(block, nn.Module):
+        return True
+    if block not in _RANDOM:
+        _RANDOM[block] = [m for m in block.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+    return any(m.training for m in _RANDOM[block])
+
+
 class BlockCheckpoint(torch.autograd.Function):
     """Run ``block(x)`` (a block, or any callable of one tensor) keeping only ``x`` and recompute the
     block from it in the backward pass; with ``offload``, ``x`` is kept in host memory (pinned when it
@@ -85,8 +100,13 @@ class BlockCheckpoint(torch.autograd.Function):
     def forward(ctx, block, x: torch.Tensor, overlap: bool = False, offload: bool = True) -> torch.Tensor:
         ctx.block, ctx.device = block, x.device
         ctx.on_host = ctx.fetched = ctx.prefetched = None
-        ctx.cpu_rng = torch.get_rng_state()
-        ctx.cuda_rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else None
+        ctx.cpu_rng = ctx.cuda_rng = None
+        if _draws_random(block):  # replayed in backward so dropout masks match
+            if x.is_cuda and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("a recomputed block with active dropout cannot be captured in a CUDA graph "
+                                   "(its RNG state is not graph-safe): set model.dropout=0 or train.cuda_graph=false")
+            ctx.cpu_rng = torch.get_rng_state()
+            ctx.cuda_rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else None
         ctx.autocast = [(kind, torch.get_autocast_dtype(kind)) for kind in ("cuda", "cpu")
                         if torch.is_autocast_enabled(kind)]
         ctx.overlap = overlap and offload
@@ -150,13 +170,14 @@ class BlockCheckpoint(torch.autograd.Function):
             prev = _chain(ctx.device).pop_previous(ctx)
             if prev is not None:
                 BlockCheckpoint._prefetch(prev)
-        devices = [ctx.device] if ctx.cuda_rng is not None else []
-        with torch.random.fork_rng(devices=devices), torch.enable_grad(), contextlib.ExitStack() as stack:
+        with torch.enable_grad(), contextlib.ExitStack() as stack:
+            if ctx.cpu_rng is not None:
+                stack.enter_context(torch.random.fork_rng(devices=[ctx.device] if ctx.cuda_rng is not None else []))
+                torch.set_rng_state(ctx.cpu_rng)
+                if ctx.cuda_rng is not None:
+                    torch.cuda.set_rng_state(ctx.cuda_rng, ctx.device)
             for kind, dtype in ctx.autocast:
                 stack.enter_context(torch.autocast(kind, dtype=dtype))
-            torch.set_rng_state(ctx.cpu_rng)
-            if ctx.cuda_rng is not None:
-                torch.cuda.set_rng_state(ctx.cuda_rng, ctx.device)
             out = ctx.block(x)
         torch.autograd.backward(out, grad)
         ctx.host = ctx.block = None
@@ -182,34 +203,58 @@ class Segment:
 
 
 def apply_activation_checkpointing(model: nn.Module, train: TrainConfig) -> None:
-    """Recompute every residual block (attention and FFN) in the backward pass.
+    """Recompute residual blocks (attention and FFN) in the backward pass: the first
+    train.checkpoint_blocks of them (null: every block); the others keep their activations.
 
     cpu_checkpointing keeps the block inputs in host memory (BlockCheckpoint with offload);
     partition_activations uses DeepSpeed's implementation; otherwise BlockCheckpoint keeps them on
     the device, except under train.compile (torch's non-reentrant checkpoint, which torch.compile
     traces). checkpoint_group k > 1 recomputes k blocks at a time as one Segment (the runner above
     keeps segment inputs; inside a segment, and as the outer runner without offload, torch's
-    non-reentrant checkpoint, which stops a segment's recompute once backward has what it needs).
+    non-reentrant checkpoint, which stops a segment's recompute once backward has what it needs);
+    segments cover only the recomputed blocks.
+
+    Why the first blocks: memory peaks as the backward pass starts, with every kept activation still
+    live. The backward pass meets the kept (last) blocks first and frees their activations before
+    it recomputes any block, so one block's recompute never adds to them, and the first blocks are
+    those whose activations would have been kept the longest. Recomputing the last blocks instead
+    would add a recompute at the peak; recomputing only the last block lowers no backward peak.
+    "auto" is resolved against the GPU before the model is wrapped (``engine.plan.plan`` with
+    ``gpu_bytes``, then ``plan.with_checkpoint_blocks``); unresolved it means every block, as on a CPU.
     """
-    if not train.checkpoint_activations:
+    recomputed = recomputed_blocks(train, len(model.blocks))
+    if not recomputed:
         return
-    torch_checkpoint = lambda fn, x: checkpoint(fn, x, use_reentrant=False)  # noqa: E731
+    runner = _block_runner(train)
+    blocks, k = list(model.blocks), train.checkpoint_group
+    units = blocks[:recomputed]
+    if k > 1:
+        units = [Segment(blocks[i:min(i + k, recomputed)], _torch_checkpoint) for i in range(0, recomputed, k)]
+    if recomputed == len(blocks):
+        model.block_runner = runner
+        if k > 1:
+            model.segments = units
+    else:  # each recomputed unit carries its runner; the kept blocks run under the model's plain one
+        model.segments = [functools.partial(runner, unit) for unit in units] + blocks[recomputed:]
+
+
+def _torch_checkpoint(fn, x: torch.Tensor) -> torch.Tensor:
+    return checkpoint(fn, x, use_reentrant=False)
+
+
+def _block_runner(train: TrainConfig):
+    """The runner ``(unit, x) -> output`` that recomputes one block or Segment (see above)."""
     if train.cpu_checkpointing:
         overlap = train.offload_overlap
-        model.block_runner = lambda fn, x: BlockCheckpoint.apply(fn, x, overlap) if torch.is_grad_enabled() else fn(x)
-    elif train.partition_activations:
+        return lambda fn, x: BlockCheckpoint.apply(fn, x, overlap) if torch.is_grad_enabled() else fn(x)
+    if train.partition_activations:
         import deepspeed
 
         deepspeed.checkpointing.configure(None, partition_activations=True)
-        model.block_runner = lambda fn, x: deepspeed.checkpointing.checkpoint(fn, x)
-    elif train.compile or train.checkpoint_group > 1:
-        model.block_runner = torch_checkpoint
-    else:
-        model.block_runner = lambda fn, x: BlockCheckpoint.apply(fn, x, False, False) if torch.is_grad_enabled() else fn(x)
-    k = train.checkpoint_group
-    if k > 1:
-        blocks = list(model.blocks)
-        model.segments = [Segment(blocks[i:i + k], torch_checkpoint) for i in range(0, len(blocks), k)]
+        return lambda fn, x: deepspeed.checkpointing.checkpoint(fn, x)
+    if train.compile or train.checkpoint_group > 1:
+        return _torch_checkpoint
+    return lambda fn, x: BlockCheckpoint.apply(fn, x, False, False) if torch.is_grad_enabled() else fn(x)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -227,8 +272,13 @@ def build_optimizer(model: nn.Module, train: TrainConfig, device: torch.device) 
     """AdamW as a torch optimizer (fused on CUDA): no DeepSpeed op to JIT-build.
 
     Under ZeRO-Offload the step runs on the CPU copies DeepSpeed keeps, so the fused flag is off.
+    With ``train.cuda_graph`` the step must be capturable (its step count stays on the device) and the
+    learning rate is a device tensor, which a scheduler fills in place and a replayed graph reads.
     """
     fused = device.type == "cuda" and not train.offload_optimizer and train.zero_stage == 0
+    graph = train.cuda_graph and fused
+    lr = torch.tensor(train.lr, dtype=torch.float32, device=device) if graph else train.lr
     return torch.optim.AdamW(
-        param_groups(model, train.weight_decay), lr=train.lr, betas=train.betas, eps=train.eps, fused=fused or None
+        param_groups(model, train.weight_decay), lr=lr, betas=train.betas, eps=train.eps, fused=fused or None,
+        capturable=graph,
     )

@@ -29,7 +29,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
-from .config import Config, ModelConfig, config_from_dict
+from .config import Config, ConfigError, ModelConfig, TrainConfig, config_from_dict
 
 H200_PEAK_FLOPS = 790e12  # measured bf16 matrix rate of one H200 (SPEC section 3)
 GB = 1e9
@@ -38,6 +38,9 @@ DEEPSPEED_PREFETCH = 50_000_000  # elements: DeepSpeed's default stage-3 prefetc
 LN_STATS = 8  # bytes per token per LayerNorm: fp32 mean and rstd
 LSE = 4  # bytes per token per head: the fp32 log-sum-exp the attention saves
 RUNTIMES = ("deepspeed", "torch")
+# share of the GPU that train.checkpoint_blocks=auto fills: room for the planner's error (within 15% of
+# measured peaks, docs/scaling.md) and the allocator's fragmentation
+AUTO_MEMORY_FRACTION = 0.90
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,9 +154,17 @@ class LayoutStats:
 
 
 def layout_stats(model: ModelConfig, seq_len: int) -> LayoutStats:
-    """Build each distinct layer pattern once at ``seq_len`` for metadata bytes and pair counts."""
+    """Build each distinct layer pattern once at ``seq_len`` for metadata bytes and pair counts
+    (cached: building them takes tens of seconds at 1M tokens, and choose_checkpoint_blocks plans
+    one model many times)."""
+    return _layout_stats_cached(model.model_dump_json(), seq_len)
+
+
+@lru_cache(maxsize=8)
+def _layout_stats_cached(model_json: str, seq_len: int) -> LayoutStats:
     from megastride.kernels.patterns import Dense, build_layout
 
+    model = ModelConfig.model_validate_json(model_json)
     cache: dict = {}
     nbytes, pairs = 0, []
     for pattern in model.patterns(seq_len):
@@ -314,6 +325,8 @@ class Plan:
     precision: str
     zero_stage: int
     checkpoint_activations: bool
+    checkpoint_blocks: int  # blocks recomputed in backward, the first ones (train.checkpoint_blocks resolved)
+    n_layers: int
     params: int
     non_embedding_params: int
     phases: dict[str, dict[str, float]]  # phase -> item -> bytes allocated on one GPU
@@ -338,6 +351,12 @@ class Plan:
         return self.phases[self.peak_phase]
 
     @property
+    def recompute(self) -> str:
+        """What the backward pass recomputes: "off", "every block" or "k of n blocks"."""
+        k, n = self.checkpoint_blocks, self.n_layers
+        return "off" if k == 0 else "every block" if k == n else f"{k} of {n} blocks"
+
+    @property
     def host_bytes(self) -> float:
         """Host memory one rank holds (offloaded states, pinned block inputs)."""
         return sum(self.cpu.values())
@@ -359,7 +378,7 @@ class Plan:
         """Human-readable summary: the peak's items, the other phases, host bytes, FLOPs."""
         head = (f"plan: n={self.seq_len:,} x {self.micro_batch} seq/micro-batch x {self.grad_accum} accum, "
                 f"world {self.world_size}, {self.runtime} {self.precision}, ZeRO {self.zero_stage}, "
-                f"recompute {'on' if self.checkpoint_activations else 'off'}")
+                f"recompute {self.recompute}")
         lines = [head, f"params {self.params / 1e6:.1f}M ({self.non_embedding_params / 1e6:.1f}M non-embedding); "
                        f"attention density {self.density:.4f} of causal", "",
                  f"per-GPU memory at the peak ({self.peak_phase}):"]
@@ -387,38 +406,93 @@ class Plan:
 
 
 def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: str = "deepspeed",
-         micro_batch: int | None = None) -> Plan:
+         micro_batch: int | None = None, gpu_bytes: float | None = None) -> Plan:
     """Predict per-GPU memory and step FLOPs of ``cfg`` at ``seq_len`` on ``world_size`` GPUs.
 
     ``runtime``: "deepspeed" (what ``megastride train`` runs) or "torch" (a plain fp32-weight loop
     with bf16 autocast and fused AdamW, what ``megastride bench scaling`` runs; ZeRO is ignored).
+    ``gpu_bytes``: one GPU's memory, which ``train.checkpoint_blocks: auto`` is fitted to
+    (``choose_checkpoint_blocks`` within AUTO_MEMORY_FRACTION of it); without it "auto" recomputes
+    every block, as on a CPU. ``Plan.checkpoint_blocks`` is the count in use.
     """
     if world_size < 1:
         raise ValueError(f"world size must be at least 1, got {world_size}")
-    model = _at_length(cfg, seq_len).model
-    t = cfg.train
+    cfg = _at_length(cfg, seq_len)
+    auto = cfg.train.checkpoint_blocks == "auto" and cfg.train.checkpoint_activations
+    if auto and gpu_bytes:
+        budget = AUTO_MEMORY_FRACTION * gpu_bytes
+        cfg = with_checkpoint_blocks(cfg, choose_checkpoint_blocks(cfg, None, world_size, runtime, micro_batch,
+                                                                   budget_bytes=budget))
+    model, t = cfg.model, cfg.train
+    recomputed = recomputed_blocks(t, model.n_layers)
     prec = precision_of(runtime, t.precision)
     params = count_params(model)
     stats = layout_stats(model, model.seq_len)
     batch = micro_batch or t.micro_batch_size
     weights, cpu = _weight_bytes(cfg, params.total, prec, runtime, world_size)
-    host_inputs = t.checkpoint_activations and t.cpu_checkpointing  # BlockCheckpoint: either runtime
-    group = t.checkpoint_group if t.checkpoint_activations else 1
-    phases = _phases(model, t.checkpoint_activations, prec, params, weights, stats.nbytes, batch * model.seq_len, runtime,
+    host_inputs = recomputed > 0 and t.cpu_checkpointing  # BlockCheckpoint: either runtime
+    group = t.checkpoint_group if recomputed else 1
+    phases = _phases(model, recomputed, prec, params, weights, stats.nbytes, batch * model.seq_len, runtime,
                      host_inputs, group, host_inputs and t.offload_overlap)
     if host_inputs:  # BlockCheckpoint: every segment input waits in (pinned) host memory
-        segments = -(-model.n_layers // group)
+        segments = -(-recomputed // group)
         cpu["block inputs"] = float(segments * batch * model.seq_len * prec.residual * model.d_model)
     pairs = sum(sum(layer) for layer in stats.pairs)
     causal = model.n_layers * model.n_heads * model.seq_len * (model.seq_len + 1) / 2
-    return Plan(
+    result = Plan(
         seq_len=model.seq_len, micro_batch=batch, grad_accum=t.grad_accum, world_size=world_size, runtime=runtime,
         precision=t.precision, zero_stage=t.zero_stage if runtime == "deepspeed" else 0,
-        checkpoint_activations=t.checkpoint_activations, params=params.total,
-        non_embedding_params=params.non_embedding, phases=phases, cpu=cpu,
+        checkpoint_activations=t.checkpoint_activations, checkpoint_blocks=recomputed, n_layers=model.n_layers,
+        params=params.total, non_embedding_params=params.non_embedding, phases=phases, cpu=cpu,
         flops=step_flops(model, params, stats.pairs, model.seq_len, batch * t.grad_accum),
         attention_pairs=pairs, density=pairs / causal, layout_bytes=stats.nbytes, notes=_notes(cfg, runtime, world_size),
     )
+    if auto:
+        result.notes.append(_auto_note(result, gpu_bytes))
+    return result
+
+
+def recomputed_blocks(train: TrainConfig, n_layers: int) -> int:
+    """How many blocks are recomputed in the backward pass (the first ones): train.checkpoint_blocks,
+    where null and an unresolved "auto" mean every block; 0 without train.checkpoint_activations."""
+    k = train.checkpoint_blocks
+    if isinstance(k, int) and k > n_layers:
+        raise ConfigError(f"train.checkpoint_blocks={k} exceeds model.n_layers={n_layers} "
+                          f"(the blocks to recompute: 0 to {n_layers}, auto, or null for every block)")
+    if not train.checkpoint_activations:
+        return 0
+    return n_layers if k is None or k == "auto" else k
+
+
+def with_checkpoint_blocks(cfg: Config, k: int) -> Config:
+    """``cfg`` with ``train.checkpoint_blocks = k`` (e.g. "auto" resolved: ``plan(...).checkpoint_blocks``)."""
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_blocks": k})})
+
+
+def choose_checkpoint_blocks(cfg: Config, seq_len: int | None = None, world_size: int = 1,
+                             runtime: str = "deepspeed", micro_batch: int | None = None, *,
+                             budget_bytes: float) -> int:
+    """The fewest blocks to recompute (``train.checkpoint_blocks``) for the planned peak per GPU to fit
+    in ``budget_bytes``; every block when none does (the plan then says it does not fit), 0 without
+    ``train.checkpoint_activations``. What ``train.checkpoint_blocks: auto`` becomes on a GPU."""
+    cfg = _at_length(cfg, seq_len)
+    if not cfg.train.checkpoint_activations:
+        return 0
+    n_layers = cfg.model.n_layers
+    for k in range(n_layers + 1):  # each plan is arithmetic: the layouts are built once (cached)
+        if plan(with_checkpoint_blocks(cfg, k), None, world_size, runtime, micro_batch).peak_bytes <= budget_bytes:
+            return k
+    return n_layers
+
+
+def _auto_note(p: Plan, gpu_bytes: float | None) -> str:
+    head = f"train.checkpoint_blocks=auto: {p.checkpoint_blocks} of {p.n_layers} blocks recomputed"
+    if not gpu_bytes:
+        return head + " (no GPU memory given to fit; on a GPU: the fewest that fit)"
+    share = f"{AUTO_MEMORY_FRACTION:.0%} of {gpu_bytes / GB:.0f} GB"
+    if p.peak_bytes > AUTO_MEMORY_FRACTION * gpu_bytes:
+        return head + f"; even so the planned peak exceeds {share}"
+    return head + f", the fewest whose planned peak fits {share}"
 
 
 def physical_memory_bytes() -> float:
@@ -484,17 +558,20 @@ def _weight_bytes(cfg: Config, n_params: int, prec: Precision, runtime: str, wor
     return gpu, cpu
 
 
-def _phases(model: ModelConfig, recompute: bool, prec: Precision, params: ParamCount, weights: dict,
+def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamCount, weights: dict,
             layout_bytes: int, tokens: int, runtime: str, host_inputs: bool = False,
             group: int = 1, prefetch: bool = False) -> dict[str, dict[str, float]]:
     """Allocated bytes at forward end, loss backward, first and last block backward, optimizer step.
 
-    host_inputs: the block (segment) inputs live in host memory (cpu_checkpointing); the GPU holds
-    only those of the segment being recomputed, and in the forward pass the last input and output;
-    prefetch (train.offload_overlap): plus the previous segment's input, fetched back early.
-    group: blocks per recomputed segment (train.checkpoint_group); with S = ceil(L / group)
+    recomputed: the first k blocks are recomputed (train.checkpoint_blocks); the other L - k keep
+    their saved activations, input included, until their own backward, which runs first: for
+    0 < k < L, "backward, last block" is a kept block's with every kept activation still live, and
+    "backward, last recomputed block" the worst recomputed segment's after they are freed.
+    host_inputs: the recomputed blocks' (segments') inputs live in host memory (cpu_checkpointing);
+    the GPU holds only those of the segment being recomputed, and in the forward pass the last input
+    and output; prefetch (train.offload_overlap): plus the previous segment's input, fetched back early.
+    group: blocks per recomputed segment (train.checkpoint_group); with S = ceil(k / group)
     segments the forward keeps S inputs, and a segment's backward adds the inputs of its blocks.
-    "backward, last block" is the worst segment's backward.
     """
     L, d = model.n_layers, model.d_model
     resid = tokens * prec.residual * d  # one (B, T, D) residual
@@ -508,30 +585,42 @@ def _phases(model: ModelConfig, recompute: bool, prec: Precision, params: ParamC
     grads_persist = runtime == "deepspeed"  # torch: zero_grad(set_to_none) frees them between steps
     static = {k: v for k, v in weights.items() if k != "gradients"} | {"layouts": float(layout_bytes)}
     grads = weights["gradients"]
-    segments = -(-L // group)
-    k_last = L - (segments - 1) * group  # blocks in the last segment
+    k, kept_blocks = recomputed, L - recomputed
+    segments = -(-k // group)
+    k_last = k - (segments - 1) * group if k else 0  # blocks in the last segment
+    saved = kept_blocks * (resid + block)  # the kept blocks' activations, their inputs included
+    kept_cast = cast * kept_blocks / L  # the kept blocks' weight copies, saved by their matmuls
     if host_inputs:
-        kept, worst = 2 * resid, max(k_last, group if segments > 1 else 0) * resid
+        inputs, worst = 0.0, max(k_last, group if segments > 1 else 0) * resid
         worst += resid if prefetch and segments > 1 else 0.0
+        kept = max(2 * resid, saved + resid)
     else:  # the segments' inputs before the one in backward, plus the inputs of its blocks
-        kept = (segments + 1) * resid
+        inputs = segments * resid
         worst = max(segments - 1 + k_last, segments - 2 + group if segments > 1 else 0) * resid
-    if not recompute:
-        kept = (L + 1) * resid + L * block
-    first = {"block inputs": worst} if recompute else {"saved activations": L * (resid + block)}
-    last = {"block inputs": min(group, L) * resid} if recompute else {"saved activations": resid + block}
-    working = {"one block recomputed": block if recompute else 0.0, "attention workspace": attn,
-               "backward transients": transient}
+        kept = inputs + saved + resid
     def g(fraction: float) -> dict:  # noqa: E306 - gradients present at this moment
         return {"gradients": grads if grads_persist else grads * fraction}
-    return {
+    def working(recompute: bool) -> dict:  # noqa: E306 - one block's backward
+        return {"one block recomputed": block if recompute else 0.0, "attention workspace": attn,
+                "backward transients": transient}
+    recomputing = {"block inputs": worst} | working(True) | {"autocast weight copies": 0.0}
+    if kept_blocks == 0:
+        last = recomputing
+    else:  # a kept block: nothing recomputed yet, every kept activation live
+        last = ({"block inputs": inputs} if k else {}) | {"saved activations": saved} | working(False) \
+            | {"autocast weight copies": kept_cast}
+    first = {"block inputs": min(group, k) * resid} if k else {"saved activations": resid + block}
+    phases = {
         "forward": static | g(0) | {"activations": kept + hidden, "loss (chunked)": chunk, "autocast weight copies": cast},
         "loss backward": static | g(0) | {"activations": kept + 2 * hidden, "loss (chunked)": 2 * chunk,
-                                          "autocast weight copies": 0.0 if recompute else cast},
-        "backward, last block": static | g(0) | first | working | {"autocast weight copies": 0.0 if recompute else cast},
-        "backward, first block": static | g(1) | last | working | {"autocast weight copies": cast / L},
-        "optimizer step": static | g(1),
+                                          "autocast weight copies": kept_cast},
+        "backward, last block": static | g(0) | last,
     }
+    if 0 < k < L:
+        phases["backward, last recomputed block"] = static | g(kept_blocks / L) | recomputing
+    phases["backward, first block"] = static | g(1) | first | working(k > 0) | {"autocast weight copies": cast / L}
+    phases["optimizer step"] = static | g(1)
+    return phases
 
 
 def _notes(cfg: Config, runtime: str, world: int) -> list[str]:

@@ -100,13 +100,20 @@ def check_host_memory(cfg: Config, world: int, p=None) -> None:
 
 
 def plan_note(cfg: Config, world: int, gpu_bytes: float, p=None) -> str:
-    """One line for the start of a GPU run: the planner's peak per GPU and host bytes per rank, and a
-    warning when the peak passes the GPU's memory (the planner was within 15% of measured peaks).
+    """One line for the start of a GPU run: the planner's peak per GPU, the blocks recomputed (and
+    whether train.checkpoint_blocks=auto chose them) and host bytes per rank, and a warning when the
+    peak passes the GPU's memory (the planner was within 15% of measured peaks).
     ``p``: the config's plan, if already made."""
     from . import plan as planner
 
-    p = p or planner.plan(cfg, world_size=world)
-    note = (f"plan: peak {p.peak_bytes / 1e9:.1f} GB per GPU of {gpu_bytes / 1e9:.0f} GB"
+    p = p or planner.plan(cfg, world_size=world, gpu_bytes=gpu_bytes)
+    recompute = f"recompute {p.recompute}"
+    if cfg.train.checkpoint_blocks == "auto" and cfg.train.checkpoint_activations:
+        share = planner.AUTO_MEMORY_FRACTION
+        fits = p.peak_bytes <= share * gpu_bytes
+        recompute = (f"recompute {p.checkpoint_blocks} of {p.n_layers} blocks (train.checkpoint_blocks=auto: "
+                     f"{'the fewest that fit' if fits else 'even so over'} {share:.0%} of it)")
+    note = (f"plan: peak {p.peak_bytes / 1e9:.1f} GB per GPU of {gpu_bytes / 1e9:.0f} GB, {recompute}"
             + (f", host {p.host_bytes / 1e9:.1f} GB per rank" if p.host_bytes else "")
             + " (`megastride plan` itemises it)")
     if p.peak_bytes > gpu_bytes:
@@ -120,6 +127,9 @@ class Trainer:
 
     def __init__(self, cfg: Config):
         check_zero_options(cfg)
+        if cfg.train.cuda_graph:
+            raise ConfigError("train.cuda_graph applies to the plain one-GPU loop (megastride bench scaling); the "
+                              "DeepSpeed trainer does not capture its steps: set train.cuda_graph=false")
         check_data(cfg)
         self.cfg = cfg
         if cfg.train.precision == "fp16" and not torch.cuda.is_available():
@@ -129,10 +139,12 @@ class Trainer:
         if on_gpu or _uses_host_memory(cfg):  # one plan for both checks
             from . import plan as planner
 
-            p = planner.plan(cfg, world_size=self.world)
+            total = torch.cuda.get_device_properties(self.device).total_memory if on_gpu else None
+            p = planner.plan(cfg, world_size=self.world, gpu_bytes=total)  # fits checkpoint_blocks=auto to the GPU
+            if cfg.train.checkpoint_blocks == "auto":  # the model recomputes what was planned
+                self.cfg = planner.with_checkpoint_blocks(cfg, p.checkpoint_blocks)
             check_host_memory(cfg, self.world, p)
             if self.rank == 0 and on_gpu:
-                total = torch.cuda.get_device_properties(self.device).total_memory
                 print(plan_note(cfg, self.world, total, p), file=sys.stderr, flush=True)
         self.ds_config = deepspeed_config(cfg, self.world)
         if self.rank == 0:

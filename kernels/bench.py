@@ -51,17 +51,23 @@ class Result:
                 "pairs": self.pairs, **self.timings, "notes": self.notes}
 
 
+def fixed_mask_mod(stride: int, width: int):
+    """Flex's mask_mod of ``P.fixed(stride, width)``: own window, or the last ``width`` keys of a window."""
+    l, c = stride, width
+
+    def mask_mod(b, h, q, kv):
+        return (kv <= q) & ((q // l == kv // l) | (kv % l >= l - c))
+
+    return mask_mod
+
+
 def case_pattern(case: Case) -> tuple[P.AttentionPattern, int, int, object]:
     """(pattern, stride, block, Flex mask_mod) of a benchmark case."""
     n = case.seq_len
     if case.pattern == "fixed":
         l, c = P.optimal_stride(n, "fixed", FIXED_SUMMARY, 128), FIXED_SUMMARY
         pattern = P.same_for_all_heads(P.fixed(l, c), case.heads)
-
-        def mask_mod(b, h, q, kv):
-            return (kv <= q) & ((q // l == kv // l) | (kv % l >= l - c))
-
-        return pattern, l, 128, mask_mod
+        return pattern, l, 128, fixed_mask_mod(l, c)
     if case.pattern == "strided":
         l = SPEC_STRIDES.get(n) or P.optimal_stride(n, "strided", block=64)
         # the permuted half is dense when its groups (n / l) fill whole blocks
@@ -135,14 +141,15 @@ def _flex_fn(mask_mod, n, device, result: Result):
     torch.cuda.synchronize()
     result.timings["flex_mask_build_ms"] = (time.perf_counter() - start) * 1e3
     result.timings["flex_mask_mb"] = (torch.cuda.memory_allocated() - base) / 2**20
-    compiled = _flex_compiled()
+    compiled = flex_compiled()
     return lambda q, k, v: compiled(q, k, v, block_mask=block_mask)
 
 
 _FLEX = None
 
 
-def _flex_compiled():
+def flex_compiled():
+    """``torch.compile(flex_attention)``, compiled once per process (shared by every length and caller)."""
     global _FLEX
     if _FLEX is None:
         import torch._dynamo

@@ -2,6 +2,7 @@
 
     megastride bench scaling --device cuda --config configs/enwik8.yaml --out runs/scaling
     megastride bench scaling --device cuda --table2 --out runs/scaling
+    megastride bench scaling --device cuda --baseline --out runs/scaling  # + issue 5's plain PyTorch baseline
     megastride bench scaling --device cuda --validate-plan --out runs/scaling
     megastride bench scaling --device cpu --quick --set model.n_layers=2 --set model.d_model=64
 
@@ -44,6 +45,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="also profile 2 steps per point (CUDA): wall vs host vs GPU time, top kernels and host ops "
                         "(OUT/profile.json)")
     p.add_argument("--all", action="store_true", help="sweep, --table2 and --validate-plan in one run")
+    p.add_argument("--baseline", action="store_true",
+                   help="add issue 5's baseline to the sweep, the plain PyTorch script (engine.baseline): series "
+                        "baseline-dense (SDPA) and baseline-flex (compiled FlexAttention, fixed pattern; CUDA only)")
     return p.parse_args(argv)
 
 
@@ -62,12 +66,13 @@ def _ints(text: str, what: str) -> list[int]:
 def _check(args: argparse.Namespace) -> None:
     import torch
 
-    from megastride.engine.bench_scaling import KINDS
+    from megastride.engine.bench_scaling import BASELINE_KINDS, KINDS
     from megastride.engine.config import ConfigError
 
-    unknown = [k for k in args.kinds.split(",") if k not in KINDS]
+    known = {**KINDS, **BASELINE_KINDS}
+    unknown = [k for k in args.kinds.split(",") if k not in known]
     if unknown:
-        raise ConfigError(f"--kinds: unknown kind {unknown[0]!r} (known: {', '.join(KINDS)})")
+        raise ConfigError(f"--kinds: unknown kind {unknown[0]!r} (known: {', '.join(known)})")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda but torch sees no CUDA GPU (use --device cpu for a smoke test)")
     if args.steps < 1 or args.warmup < 0:
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep = args.all or not (args.table2 or args.validate_plan)
         if sweep:
             sweep_lengths = lengths or (list(B.DEFAULT_LENGTHS[:2]) if args.quick else list(B.DEFAULT_LENGTHS))
-            _report(B, B.sweep(base, args.kinds.split(","), sweep_lengths, opts), out, "scaling", meta, True)
+            _report(B, B.sweep(base, _kinds(args, B), sweep_lengths, opts), out, "scaling", meta, True)
         if args.table2 or args.all:
             _report(B, B.table2(opts, overrides=args.overrides), out, "table2", meta, False)
         if args.validate_plan or args.all:
@@ -104,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
             (out / "profile.json").write_text(json.dumps(opts.profiles, indent=1))
             print(f"wrote {out / 'profile.json'}")
     return 0
+
+
+def _kinds(args: argparse.Namespace, B) -> list[str]:
+    """The sweep's series: --kinds, then with --baseline the baseline's series not named there."""
+    kinds = args.kinds.split(",")
+    return kinds + [k for k in B.BASELINE_KINDS if args.baseline and k not in kinds]
 
 
 def _report(B, rows, out: Path, name: str, meta: dict, with_plot: bool) -> None:

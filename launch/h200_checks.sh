@@ -9,7 +9,7 @@ mkdir -p "$OUT"; cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 ms() { python3 -m megastride.launch.cli "$@"; }
 # PARTS="k b 0 4" runs only those steps (default: all)
-want() { [[ " ${PARTS:-k b 0 1 2 3 4 5} " == *" $1 "* ]]; }
+want() { [[ " ${PARTS:-k b 0 g 1 2 3 4 5} " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/env.log"
 python3 -c "import torch, triton, deepspeed; print('torch', torch.__version__, 'triton', triton.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 | tail -1 | tee -a "$OUT/env.log"
 date -u | tee -a "$OUT/env.log"
@@ -63,6 +63,13 @@ if want 0; then
 timeout "${DATA_S:-120}" python3 -m megastride.launch.cli bench data --size-mb 256 --lengths 65536,1048576 --seconds 1 \
   --no-remote --workdir /tmp/bench_data --out "$OUT/bench_data.json" --quiet 2>&1 | grep -v WARN | tail -12 | tee "$OUT/bench_data.log"
 fi
+# g. the CUDA-graph step (replayed steps train like eager ones) and the fused LayerNorm (bf16 output and
+#    gradients against torch, timed beside torch's); the graph tests in a process of their own, since the
+#    interpreter-run kernel test files set TRITON_INTERPRET at import
+if want g; then
+timeout "${GTEST_S:-180}" python3 -m pytest -q -p no:cacheprovider tests/test_graphs.py 2>&1 | tail -8 | tee "$OUT/pytest_graphs.log"
+timeout "${LNCHECK_S:-120}" python3 -m megastride.kernels.ln_check 2>&1 | tail -12 | tee "$OUT/ln_check.log"
+fi
 # 1. GPU-only tests: fp16 dynamic loss scaling, bf16 training through the Triton kernels
 if want 1; then
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_train_gpu.py 2>&1 | tail -15 | tee "$OUT/pytest_gpu.log"
@@ -76,8 +83,10 @@ cp /tmp/music_1m/metrics.jsonl "$OUT/train_1m_metrics.jsonl" 2>/dev/null
 fi
 # 3. scaling sweep (same model size) and the planner check against measured peaks
 if want 3; then
+# SWEEP_ARGS adds options, e.g. "--baseline --set train.cuda_graph=true --set train.checkpoint_blocks=auto"
 timeout "${SWEEP_S:-200}" python3 -m megastride.launch.cli bench scaling --device cuda --config configs/enwik8.yaml \
-  --set model.dropout=0 --lengths 12288,65536,262144,1048576 --steps 2 --warmup 1 --profile --out /tmp/scaling 2>&1 | tail -20 | tee "$OUT/scaling.log"
+  --set model.dropout=0 --kinds "${SWEEP_KINDS:-dense,fixed,strided}" --lengths "${SWEEP_LENGTHS:-12288,65536,262144,1048576}" \
+  --steps 2 --warmup 1 --profile ${SWEEP_ARGS:-} --out /tmp/scaling 2>&1 | tail -30 | tee "$OUT/scaling.log"
 timeout "${PLAN_S:-120}" python3 -m megastride.launch.cli bench scaling --device cuda --config configs/enwik8.yaml \
   --set model.dropout=0 --validate-plan --steps 1 --warmup 1 --out /tmp/scaling 2>&1 | tail -14 | tee -a "$OUT/scaling.log"
 cp /tmp/scaling/scaling.csv /tmp/scaling/scaling.png /tmp/scaling/plan_check.csv /tmp/scaling/profile.json "$OUT/" 2>/dev/null

@@ -2,6 +2,7 @@
 
     megastride plan configs/enwik8.yaml --seq-len 1048576 --world-size 8
     megastride plan configs/enwik8.yaml --set train.zero_stage=2 --set train.offload_optimizer=true --json
+    megastride plan configs/enwik8.yaml --seq-len 262144 --runtime torch --set train.checkpoint_blocks=auto
 
 Exit status 0 if the plan fits in --gpu-memory-gb (and its host memory in --host-memory-gb shared by
 --gpus-per-node ranks), 1 if it does not, 2 for a user error.
@@ -48,13 +49,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--seq-len, --world-size, --gpu-memory-gb, --host-memory-gb and --gpus-per-node must be positive")
         cfg = load_config(args.config, args.overrides)
         check_zero_options(cfg)
-        try:
-            result = plan(cfg, args.seq_len, args.world_size, runtime=args.runtime)
+        gpu_bytes = args.gpu_memory_gb * 1e9
+        try:  # train.checkpoint_blocks=auto: the fewest recomputed blocks that fit --gpu-memory-gb
+            result = plan(cfg, args.seq_len, args.world_size, runtime=args.runtime, gpu_bytes=gpu_bytes)
         except ValueError as err:  # e.g. a length the block size does not divide
             raise ConfigError(str(err).splitlines()[0]) from None
     from megastride.engine.plan import host_share_bytes
 
-    gpu_bytes = args.gpu_memory_gb * 1e9
     node_bytes = args.host_memory_gb * 1e9 if args.host_memory_gb is not None else None
     host_bytes = host_share_bytes(args.gpus_per_node or min(args.world_size, 8), node_bytes)
     print(result.json() if args.json else result.table(gpu_bytes, host_bytes))

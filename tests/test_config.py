@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
     ({"model": {"attention": {"layers": ["fixd(8)"]}}}, "unknown attention pattern 'fixd(8)'"),
     ({"model": {"attention": {"layers": ["fixed(8)"]}}}, "takes 2 argument"),
     ({"model": {"embedding": {"kind": "image"}}}, "image_shape"),
+    ({"train": {"checkpoint_blocks": -1}}, "train.checkpoint_blocks: expected a number of blocks >= 0, auto, or null"),
+    ({"train": {"checkpoint_blocks": "all"}}, "train.checkpoint_blocks: expected a number of blocks >= 0, auto, or null"),
+    ({"train": {"checkpoint_blocks": True}}, "train.checkpoint_blocks: expected a number of blocks"),
 ])
 def test_errors_name_the_key(tree, message):
     """Unknown keys, wrong types and impossible shapes give one line that names the problem."""
