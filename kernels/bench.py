@@ -29,7 +29,7 @@ FIXED_SUMMARY = 128  # "one summary block per window" with 128-blocks
 
 @dataclass
 class Case:
-    pattern: str  # "fixed" or "strided"
+    pattern: str  # "fixed", "strided" or "strided_matched"
     seq_len: int
     heads: int
     head_dim: int
@@ -61,15 +61,42 @@ def fixed_mask_mod(stride: int, width: int):
     return mask_mod
 
 
+def _density(pattern: P.AttentionPattern, n: int) -> float:
+    """Attended share of the n (n + 1) / 2 causal pairs of one head, in closed form (O(1))."""
+    from megastride.engine.plan import closed_form_pairs
+
+    return closed_form_pairs(pattern.heads[0], n) / (n * (n + 1) / 2)
+
+
+def matched_stride(n: int) -> int:
+    """The strided pattern's stride whose density is nearest (in ratio) the fixed case's at length n,
+    among the strides its fast path takes (divisors of n whose n / l groups fill whole 64-blocks): the
+    pairing issue 3's "strided within 15% of fixed TFLOP/s at equal density" is measured on."""
+    l_f = P.optimal_stride(n, "fixed", FIXED_SUMMARY, 128)
+    target = _density(P.same_for_all_heads(P.fixed(l_f, FIXED_SUMMARY), 1), n)
+    strides = [l for l in range(16, n // 64 + 1, 16) if n % l == 0 and (n // l) % 64 == 0]
+    # a local window of at least one 128-block where n allows it (below that it is barely "local")
+    strides = [l for l in strides if l >= 128] or strides
+    if not strides:
+        raise ValueError(f"no stride with whole-block groups divides n = {n}")
+    ratio = lambda l: abs(math.log(_density(P.same_for_all_heads(P.strided(l), 1), n) / target))  # noqa: E731
+    return min(strides, key=ratio)
+
+
 def case_pattern(case: Case) -> tuple[P.AttentionPattern, int, int, object]:
-    """(pattern, stride, block, Flex mask_mod) of a benchmark case."""
+    """(pattern, stride, block, Flex mask_mod) of a benchmark case: ``fixed`` (l ~ sqrt(128 n), one
+    summary block), ``strided`` (the SPEC's strides) or ``strided_matched`` (strided at about the fixed
+    case's density, ``matched_stride``)."""
     n = case.seq_len
     if case.pattern == "fixed":
         l, c = P.optimal_stride(n, "fixed", FIXED_SUMMARY, 128), FIXED_SUMMARY
         pattern = P.same_for_all_heads(P.fixed(l, c), case.heads)
         return pattern, l, 128, fixed_mask_mod(l, c)
-    if case.pattern == "strided":
-        l = SPEC_STRIDES.get(n) or P.optimal_stride(n, "strided", block=64)
+    if case.pattern in ("strided", "strided_matched"):
+        if case.pattern == "strided_matched":
+            l = matched_stride(n)
+        else:
+            l = SPEC_STRIDES.get(n) or P.optimal_stride(n, "strided", block=64)
         # the permuted half is dense when its groups (n / l) fill whole blocks
         block = 128 if (n // l) % 128 == 0 else 64
         pattern = P.same_for_all_heads(P.strided(l), case.heads)
@@ -78,7 +105,7 @@ def case_pattern(case: Case) -> tuple[P.AttentionPattern, int, int, object]:
             return (kv <= q) & (((q - kv) < l) | ((q - kv) % l == 0))
 
         return pattern, l, block, mask_mod
-    raise ValueError(f"unknown benchmark pattern {case.pattern!r} (fixed, strided)")
+    raise ValueError(f"unknown benchmark pattern {case.pattern!r} (fixed, strided, strided_matched)")
 
 
 def count_pairs(layout: P.Layout) -> int:

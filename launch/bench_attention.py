@@ -12,7 +12,7 @@ LENGTHS = "3072,12288,65536,262144,1048576"
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--lengths", default=LENGTHS, help=f"comma-separated sequence lengths (default {LENGTHS})")
-    p.add_argument("--patterns", default="fixed,strided", help="comma-separated: fixed, strided")
+    p.add_argument("--patterns", default="fixed,strided", help="comma-separated: fixed, strided, strided_matched (strided at about the fixed density)")
     p.add_argument("--configs", default="8x64,2x128", help="comma-separated HEADSxHEAD_DIM (default 8x64,2x128)")
     p.add_argument("--peers", default="flex,sdpa", help="comma-separated peers to time beside ours: flex, sdpa; and our own backward modes: atomic (dQ by "
                         "atomics), split (dK/dV columns in segments of 16 blocks), atomic_split")

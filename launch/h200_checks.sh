@@ -83,10 +83,12 @@ cp /tmp/music_1m/metrics.jsonl "$OUT/train_1m_metrics.jsonl" 2>/dev/null
 fi
 # 3. scaling sweep (same model size) and the planner check against measured peaks
 if want 3; then
-# SWEEP_ARGS adds options, e.g. "--baseline --set train.cuda_graph=true --set train.checkpoint_blocks=auto"
+# By default the step is a CUDA graph and recomputes the fewest blocks that fit (the fastest measured setup);
+# SWEEP_ARGS replaces those options: e.g. "--baseline --budget-s 420 ..." adds issue 5's baseline in the same
+# process (Flex's first compile took ~4.5 min on a fresh machine), "" times the plain eager loop
 timeout "${SWEEP_S:-200}" python3 -m megastride.launch.cli bench scaling --device cuda --config configs/enwik8.yaml \
   --set model.dropout=0 --kinds "${SWEEP_KINDS:-dense,fixed,strided}" --lengths "${SWEEP_LENGTHS:-12288,65536,262144,1048576}" \
-  --steps 2 --warmup 1 --profile ${SWEEP_ARGS:-} --out /tmp/scaling 2>&1 | tail -30 | tee "$OUT/scaling.log"
+  --steps 2 --warmup 1 --profile ${SWEEP_ARGS---set train.cuda_graph=true --set train.checkpoint_blocks=auto} --out /tmp/scaling 2>&1 | tail -30 | tee "$OUT/scaling.log"
 timeout "${PLAN_S:-120}" python3 -m megastride.launch.cli bench scaling --device cuda --config configs/enwik8.yaml \
   --set model.dropout=0 --validate-plan --steps 1 --warmup 1 --out /tmp/scaling 2>&1 | tail -14 | tee -a "$OUT/scaling.log"
 cp /tmp/scaling/scaling.csv /tmp/scaling/scaling.png /tmp/scaling/plan_check.csv /tmp/scaling/profile.json "$OUT/" 2>/dev/null

@@ -1,0 +1,42 @@
+"""The attention bench's cases (kernels.bench): the equal-density strided case issue 3's target needs."""
+
+import math
+
+import pytest
+
+from megastride.kernels import patterns as P
+from megastride.kernels.bench import Case, case_pattern, matched_stride
+
+
+def _density(pattern, n, block):
+    layout = P.build_layout(pattern, n, block)
+    return layout.count_pairs(0) / (n * (n + 1) / 2)
+
+
+@pytest.mark.parametrize("n", [16384, 65536])
+def test_matched_stride_is_the_fast_path_stride_nearest_the_fixed_density(n):
+    """Counted from real layouts: no other fast-path stride (a divisor of n whose groups fill whole
+    64-blocks, at least one 128-block wide) comes nearer the fixed case's density."""
+    fixed, _, fixed_block, _ = case_pattern(Case("fixed", n, 1, 64))
+    target = _density(fixed, n, fixed_block)
+    l = matched_stride(n)
+    assert n % l == 0 and (n // l) % 64 == 0 and l >= 128
+    candidates = [s for s in range(128, n // 64 + 1, 16) if n % s == 0 and (n // s) % 64 == 0]
+    gap = {s: abs(math.log(_density(P.same_for_all_heads(P.strided(s), 1), n, 64) / target)) for s in candidates}
+    assert gap[l] == min(gap.values())
+    pattern, stride, block, _ = case_pattern(Case("strided_matched", n, 2, 64))
+    assert stride == l and pattern == P.same_for_all_heads(P.strided(l), 2) and (n // l) % block == 0
+
+
+def test_matched_density_at_a_million_tokens_is_near_the_fixed_one():
+    n = 1 << 20
+    l = matched_stride(n)
+    fixed_l = P.optimal_stride(n, "fixed", 128, 128)
+    strided = 2 * l / n + 1 / l  # local l keys per query plus every l-th one
+    fixed = fixed_l / n + 128 / fixed_l  # the window's half plus one summary block per window
+    assert 0.6 < strided / fixed < 1.6, (l, strided, fixed)
+
+
+def test_unknown_bench_pattern_is_named():
+    with pytest.raises(ValueError, match="strided_matched"):
+        case_pattern(Case("banded", 4096, 1, 64))
