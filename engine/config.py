@@ -201,8 +201,12 @@ class TrainConfig(_Strict):
     save_every: int = Field(0, ge=0)  # 0 = only at the end
     keep_checkpoints: int = Field(2, gt=0)
     compile: bool = False  # torch.compile the model (GPU)
+    # what `megastride train` wraps the model in: DeepSpeed's engine (ZeRO, offload, fp16, many ranks) or
+    # a plain PyTorch loop on one device (engine.torch_engine: fp32 or bf16 autocast, ZeRO 0, cuda_graph)
+    runtime: Literal["deepspeed", "torch"] = "deepspeed"
     # capture the whole step (forward, backward, clipping, optimizer) in one CUDA graph after warm-up
-    # and replay it: no host launch cost (short sequences); plain one-GPU loop only (engine.graphs)
+    # and replay it: no host launch cost (short sequences); plain one-GPU loops only (engine.graphs):
+    # bench scaling, and megastride train with runtime torch
     cuda_graph: bool = False
 
     @field_validator("checkpoint_blocks", mode="before")

@@ -36,6 +36,13 @@ def env_from_scheduler(env: dict[str, str]) -> dict[str, str]:
             "MASTER_PORT": env.get("MASTER_PORT") or str(_free_port())}
 
 
+def world_size_from_env() -> int:
+    """The number of ranks this process's environment asks for, before any process group starts
+    (1 for a plain process): what ``init_distributed`` will find."""
+    env = dict(os.environ)
+    return int({**env, **env_from_scheduler(env)}.get("WORLD_SIZE", "1"))
+
+
 def init_distributed() -> tuple[int, int, torch.device]:
     """Start the process group (NCCL on GPUs, gloo on CPU) and return (rank, world size, device).
 

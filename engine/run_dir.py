@@ -23,12 +23,14 @@ def git_revision() -> str:
         return "unknown"
 
 
-def prepare_run_dir(cfg: Config, ds_config: dict) -> Path:
-    """Create the run directory and write what reproduces the run (rank 0 only)."""
+def prepare_run_dir(cfg: Config, ds_config: dict | None) -> Path:
+    """Create the run directory and write what reproduces the run (rank 0 only); the DeepSpeed JSON
+    only where DeepSpeed runs (``ds_config`` None: train.runtime=torch)."""
     root = Path(cfg.run.dir)
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(dump_config(cfg))
-    (root / "deepspeed.json").write_text(json.dumps(ds_config, indent=2) + "\n")
+    if ds_config is not None:
+        (root / "deepspeed.json").write_text(json.dumps(ds_config, indent=2) + "\n")
     (root / "git_revision.txt").write_text(git_revision() + "\n")
     return root
 

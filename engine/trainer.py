@@ -1,4 +1,4 @@
-"""The training loop: DeepSpeed engine, streaming data, evaluation, checkpoints, metrics."""
+"""The training loop: DeepSpeed or plain-torch engine, streaming data, evaluation, checkpoints, metrics."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ from megastride.data_shards import build_loader, eval_windows, open_store
 from . import checkpoint as ckpt
 from .config import Config, ConfigError
 from .deepspeed_config import check_zero_options, deepspeed_config
-from .distributed import all_reduce_sum, barrier, init_distributed
+from .distributed import all_reduce_sum, barrier, init_distributed, world_size_from_env
 from .metrics import MetricsWriter, Progress, bits_per_byte
 from .model import SparseTransformer
 from .parallel import apply_activation_checkpointing, build_optimizer
 from .run_dir import checkpoint_dir, prepare_run_dir, tensorboard_dir
 from .schedule import build_scheduler
+from .torch_engine import TorchEngine
 
 
 @dataclass
@@ -51,6 +52,31 @@ def check_data(cfg: Config) -> None:
                 raise ConfigError(f"{key} {split!r} of {cfg.data.path} has {size:,} bytes, fewer than one window of "
                                   f"model.seq_len+1 = {cfg.model.seq_len + 1:,}: prepare a larger split or "
                                   f"point {key} at another")
+
+
+def check_runtime(cfg: Config, world: int, cuda: bool) -> None:
+    """One-line ConfigErrors for what ``train.runtime`` cannot run on ``world`` ranks (with or without
+    a CUDA device): the plain torch loop is one process in fp32 or bf16 without ZeRO, and only it
+    captures train.cuda_graph (DeepSpeed's engine cannot be captured)."""
+    t = cfg.train
+    if t.runtime == "deepspeed":
+        if t.cuda_graph:
+            raise ConfigError("train.cuda_graph needs train.runtime=torch (DeepSpeed's engine cannot be captured "
+                              "in a CUDA graph)")
+        return
+    if world > 1:
+        raise ConfigError(f"train.runtime=torch runs one process, not {world}: use train.runtime=deepspeed "
+                          "for data parallel training")
+    for key in ("offload_optimizer", "offload_params", "partition_activations"):  # before ZeRO, which they need
+        if getattr(t, key):
+            raise ConfigError(f"train.{key} needs train.runtime=deepspeed (runtime torch is one plain process)")
+    if t.zero_stage:
+        raise ConfigError(f"train.zero_stage={t.zero_stage} needs train.runtime=deepspeed (runtime torch has no ZeRO)")
+    if t.precision == "fp16":
+        raise ConfigError("train.runtime=torch trains in fp32 or bf16 (fp16 needs loss scaling): set "
+                          "train.precision or train.runtime=deepspeed")
+    if t.cuda_graph and not cuda:
+        raise ConfigError("train.cuda_graph needs a CUDA device (this machine has none)")
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -126,10 +152,8 @@ class Trainer:
     """Owns the engine, the loaders and the run directory for one training run."""
 
     def __init__(self, cfg: Config):
+        check_runtime(cfg, world_size_from_env(), torch.cuda.is_available())
         check_zero_options(cfg)
-        if cfg.train.cuda_graph:
-            raise ConfigError("train.cuda_graph applies to the plain one-GPU loop (megastride bench scaling); the "
-                              "DeepSpeed trainer does not capture its steps: set train.cuda_graph=false")
         check_data(cfg)
         self.cfg = cfg
         if cfg.train.precision == "fp16" and not torch.cuda.is_available():
@@ -140,13 +164,14 @@ class Trainer:
             from . import plan as planner
 
             total = torch.cuda.get_device_properties(self.device).total_memory if on_gpu else None
-            p = planner.plan(cfg, world_size=self.world, gpu_bytes=total)  # fits checkpoint_blocks=auto to the GPU
+            # fits checkpoint_blocks=auto to the GPU
+            p = planner.plan(cfg, world_size=self.world, runtime=cfg.train.runtime, gpu_bytes=total)
             if cfg.train.checkpoint_blocks == "auto":  # the model recomputes what was planned
                 self.cfg = planner.with_checkpoint_blocks(cfg, p.checkpoint_blocks)
             check_host_memory(cfg, self.world, p)
             if self.rank == 0 and on_gpu:
                 print(plan_note(cfg, self.world, total, p), file=sys.stderr, flush=True)
-        self.ds_config = deepspeed_config(cfg, self.world)
+        self.ds_config = deepspeed_config(cfg, self.world) if cfg.train.runtime == "deepspeed" else None
         if self.rank == 0:
             prepare_run_dir(cfg, self.ds_config)
         barrier()
@@ -165,20 +190,26 @@ class Trainer:
         self.metrics = MetricsWriter(Path(cfg.run.dir), tensorboard_dir(cfg), enabled=self.rank == 0)
 
     def _build_engine(self):
-        import deepspeed
-
+        """DeepSpeed's engine, or with train.runtime=torch the plain loop's (``engine.torch_engine``)."""
+        t = self.cfg.train
         torch.manual_seed(self.cfg.run.seed)  # identical init on every rank (DeepSpeed also broadcasts)
         model = SparseTransformer(self.cfg.model)
-        apply_activation_checkpointing(model, self.cfg.train)
-        optimizer = build_optimizer(model, self.cfg.train, self.device)
-        t = self.cfg.train
+        apply_activation_checkpointing(model, t)
+        if t.runtime == "torch":  # DeepSpeed moves it itself; the optimizer's tensors live beside the weights
+            model.to(self.device)
+        optimizer = build_optimizer(model, t, self.device)
         scheduler = build_scheduler(optimizer, t.warmup_steps, t.steps, t.min_lr_ratio)
-        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                               config=self.ds_config)
+        if t.runtime == "torch":
+            engine = TorchEngine(model, optimizer, scheduler, t, self.device)
+        else:
+            import deepspeed
+
+            engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                   config=self.ds_config)
         if t.compile:
             engine.compile()
         torch.manual_seed(self.cfg.run.seed * 1000 + self.rank)  # dropout streams differ per rank
-        self._prescale = fp16_loss_left_unscaled(engine)
+        self._prescale = t.runtime == "deepspeed" and fp16_loss_left_unscaled(engine)
         return engine
 
     def _resume(self) -> None:
@@ -198,6 +229,8 @@ class Trainer:
     def train_step(self, batches) -> tuple[float, float]:
         """grad_accum micro-batches and one optimizer step; returns (mean loss in nats, data wait s)."""
         self.engine.train()
+        if self.cfg.train.cuda_graph:
+            return self._graphed_train_step(batches)
         losses, wait = [], 0.0
         for _ in range(self.cfg.train.grad_accum):
             batch, waited = next(batches)
@@ -211,9 +244,22 @@ class Trainer:
             losses.append(loss.detach().float())
         return float(torch.stack(losses).mean()), wait
 
+    def _graphed_train_step(self, batches) -> tuple[float, float]:
+        """train_step with train.cuda_graph (runtime torch): the step's micro-batches go into the graph's
+        (grad_accum, B, T+1) input and the whole optimizer step is replayed (``TorchEngine.graphed_step``)."""
+        micro, wait = [], 0.0
+        for _ in range(self.cfg.train.grad_accum):
+            batch, waited = next(batches)
+            wait += waited
+            micro.append(batch.to(self.device, non_blocking=True))
+        loss = self.engine.graphed_step(torch.stack(micro).long())  # (grad_accum, B, T+1)
+        return float(loss), wait
+
     def _local_grad_norm(self) -> float | None:
-        """Pre-clipping gradient norm where DeepSpeed does not report one (plain fp32, no ZeRO)."""
-        if self.cfg.train.zero_stage or self.cfg.train.precision != "fp32":
+        """Pre-clipping gradient norm where DeepSpeed does not report one (plain fp32, no ZeRO); runtime
+        torch reports its own (get_global_grad_norm)."""
+        t = self.cfg.train
+        if t.runtime == "torch" or t.zero_stage or t.precision != "fp32":
             return None
         grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
         return float(torch.nn.utils.get_total_norm(grads)) if grads else None
