@@ -210,7 +210,37 @@ OUR_VARIANTS = {
 }
 
 
-def _time_impl(name, fn, q, k, v, do, result: Result, pairs: int) -> None:
+def _graphed(call, leaves=()):
+    """``call`` captured in a CUDA graph after a warm-up on a side stream: the graph's replay. The
+    leaves' gradients are None before capture, so each replay writes them afresh (no accumulation)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        call()
+    torch.cuda.current_stream().wait_stream(side)
+    for t in leaves:
+        t.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    return graph.replay
+
+
+def _time_graphed(name, fwd, fwdbwd, leaves, result: Result, pairs: int, head_dim: int) -> None:
+    """Replay-only timings (``{name}_graph_*``): the kernels without the host's cost of issuing them,
+    which at short lengths exceeds the GPU's (docs/benchmarks.md). A failed capture is a note."""
+    t = result.timings
+    try:
+        t[f"{name}_graph_fwd_ms"] = _bench(_graphed(fwd))
+        t[f"{name}_graph_fwdbwd_ms"] = _bench(_graphed(fwdbwd, leaves))
+        t[f"{name}_graph_fwdbwd_tflops"] = _tflops(pairs, head_dim, t[f"{name}_graph_fwdbwd_ms"], True)
+    except Exception as err:  # noqa: BLE001 - a peer that cannot be captured is a result
+        result.notes.append(f"{name} CUDA graph failed: {type(err).__name__}: {str(err)[:200]}")
+    finally:
+        torch.cuda.synchronize()
+
+
+def _time_impl(name, fn, q, k, v, do, result: Result, pairs: int, graphs: bool = False) -> None:
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
 
     def fwd():
@@ -228,6 +258,13 @@ def _time_impl(name, fn, q, k, v, do, result: Result, pairs: int) -> None:
     t[f"{name}_fwd_tflops"] = _tflops(pairs, q.shape[-1], t[f"{name}_fwd_ms"], False)
     t[f"{name}_fwdbwd_tflops"] = _tflops(pairs, q.shape[-1], t[f"{name}_fwdbwd_ms"], True)
     t[f"{name}_peak_mb"] = _peak_mb(fwdbwd)
+    if graphs:
+        _time_graphed(name, fwd, fwdbwd, leaves, result, pairs, q.shape[-1])
+
+
+def _graph_note(result: Result, name: str) -> str:
+    ms = result.timings.get(f"{name}_graph_fwdbwd_ms")
+    return "" if ms is None else f", {ms:.3f} ms replayed from a CUDA graph"
 
 
 def profile_fwdbwd(fn, q, k, v, do, iters: int = 10) -> dict:
@@ -251,8 +288,9 @@ def tuned_configs() -> dict:
 
 
 def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count: int = 32,
-             flex_max: dict | None = None, dense_max: int = 262144, log=print, profile: bool = False) -> Result:
-    """Check, then time our kernel and the peers on one case."""
+             flex_max: dict | None = None, dense_max: int = 262144, log=print, profile: bool = False,
+             graphs: bool = False) -> Result:
+    """Check, then time our kernel and the peers on one case (``graphs``: also replayed from CUDA graphs)."""
     device = torch.device("cuda")
     pattern, stride, block, mask_mod = case_pattern(case)
     n = case.seq_len
@@ -279,8 +317,8 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
     from .blocksparse import metadata_bytes
 
     result.timings["ours_layout_mb"] = metadata_bytes(layout) / 2**20
-    _time_impl("ours", ours, q, k, v, do, result, pairs)
-    stage(f"ours  {result.timings['ours_fwdbwd_ms']:.3f} ms f+b")
+    _time_impl("ours", ours, q, k, v, do, result, pairs, graphs)
+    stage(f"ours  {result.timings['ours_fwdbwd_ms']:.3f} ms f+b" + _graph_note(result, "ours"))
     if profile:
         prof = result.timings["ours_profile"] = profile_fwdbwd(ours, q, k, v, do)
         stage(f"ours profiled: {summary(prof)}")
@@ -296,8 +334,8 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
             with torch.no_grad():
                 result.timings["flex_check"] = check_rows(flex(q, k, v), q, k, v, layout, rows)
             stage("flex forward compiled and checked")
-            _time_impl("flex", flex, q, k, v, do, result, pairs)
-            stage(f"flex  {result.timings['flex_fwdbwd_ms']:.3f} ms f+b")
+            _time_impl("flex", flex, q, k, v, do, result, pairs, graphs)
+            stage(f"flex  {result.timings['flex_fwdbwd_ms']:.3f} ms f+b" + _graph_note(result, "flex"))
             if profile:
                 prof = result.timings["flex_profile"] = profile_fwdbwd(flex, q, k, v, do)
                 stage(f"flex profiled: {summary(prof)}")
@@ -310,8 +348,8 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
         result.notes.append(f"flex skipped above n={flex_limit} for {case.pattern} (minutes per step)")
     if "sdpa" in peers and n <= dense_max:
         dense_pairs = case.batch * case.heads * n * (n + 1) // 2
-        _time_impl("sdpa", _sdpa_fn(), q, k, v, do, result, dense_pairs)
-        stage(f"sdpa  {result.timings['sdpa_fwdbwd_ms']:.3f} ms f+b")
+        _time_impl("sdpa", _sdpa_fn(), q, k, v, do, result, dense_pairs, graphs)
+        stage(f"sdpa  {result.timings['sdpa_fwdbwd_ms']:.3f} ms f+b" + _graph_note(result, "sdpa"))
     elif "sdpa" in peers:
         result.notes.append(f"dense SDPA skipped above n={dense_max}")
     return result
@@ -354,7 +392,8 @@ def table(results: list[Result]) -> str:
             "| our layout MB | Flex BlockMask MB |")
     # our other backward modes (OUR_VARIANTS) that were timed: one column each
     variants = sorted({k[:-len("_fwdbwd_ms")] for r in results for k in r.timings
-                       if k.startswith("ours_") and k.endswith("_fwdbwd_ms") and k != "ours_fwdbwd_ms"})
+                       if k.startswith("ours_") and k.endswith("_fwdbwd_ms") and k != "ours_fwdbwd_ms"
+                       and "_graph_" not in k})
     head = head[:-1] + "".join(f"| {v} f+b ms " for v in variants) + "|"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
@@ -368,6 +407,20 @@ def table(results: list[Result]) -> str:
             f"| {_fmt(speedup)}{'×' if speedup else ''} | {_fmt(t('ours_peak_mb'), 0)} | {_fmt(t('flex_peak_mb'), 0)} "
             f"| {_fmt(t('ours_layout_mb'))} | {_fmt(t('flex_mask_mb'))} |"
             + "".join(f" {_fmt(t(v + '_fwdbwd_ms'), 3)} |" for v in variants))
+    graphed = [r for r in results if "ours_graph_fwdbwd_ms" in r.timings]
+    if graphed:  # --graphs: the same cases replayed from CUDA graphs (no host issue cost)
+        lines += ["", "Replayed from CUDA graphs (`--graphs`):", "",
+                  "| pattern | n | H×D | ours fwd ms | ours f+b ms | ours f+b TFLOP/s | Flex fwd ms | Flex f+b ms "
+                  "| SDPA dense f+b ms | f+b speed-up vs Flex |", "|" + "---|" * 10]
+        for r in graphed:
+            t = r.timings.get
+            flex = t("flex_graph_fwdbwd_ms")
+            speedup = flex / t("ours_graph_fwdbwd_ms") if flex else None
+            lines.append(
+                f"| {r.case.pattern} (l={r.stride}, block {r.block}) | {r.case.seq_len:,} | {r.case.heads}×{r.case.head_dim} "
+                f"| {_fmt(t('ours_graph_fwd_ms'), 3)} | {_fmt(t('ours_graph_fwdbwd_ms'), 3)} "
+                f"| {_fmt(t('ours_graph_fwdbwd_tflops'), 0)} | {_fmt(t('flex_graph_fwd_ms'), 3)} | {_fmt(flex, 3)} "
+                f"| {_fmt(t('sdpa_graph_fwdbwd_ms'), 3)} | {_fmt(speedup)}{'×' if speedup else ''} |")
     return "\n".join(lines)
 
 

@@ -22,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="lengths 12288,65536, config 8x64 only")
     p.add_argument("--profile", action="store_true",
                    help="also profile one forward+backward of ours (and Flex): wall vs GPU kernel time, per-kernel ms (JSON)")
+    p.add_argument("--graphs", action="store_true",
+                   help="also time each forward and forward+backward replayed from a CUDA graph (ours and the peers): "
+                        "the kernels without the host's cost of issuing them (JSON: *_graph_*_ms)")
     p.add_argument("--out", default=None, help="folder for bench_attention.md and bench_attention.json")
     return p
 
@@ -56,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: bad --lengths or --configs ({err})", file=sys.stderr)
         return 2
     results = run_bench(cases, set(args.peers.split(",")), out_dir=args.out, dense_max=args.dense_max,
-                        flex_max={"strided": args.flex_strided_max}, profile=args.profile, log=lambda s: print(s, flush=True))
+                        flex_max={"strided": args.flex_strided_max}, profile=args.profile, graphs=args.graphs,
+                        log=lambda s: print(s, flush=True))
     print(table(results))
     if args.out:
         print(f"wrote {args.out}/bench_attention.md and .json")

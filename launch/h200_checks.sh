@@ -35,7 +35,8 @@ if [ -z "${KCHECK_ARGS:-}" ]; then
 fi
 fi
 # b. attention bench (docs/benchmarks.md): ours beside FlexAttention and dense SDPA, the split dK/dV mode
-#    too, each case profiled. BENCH_PEERS=flex,atomic,... also times the atomic dQ mode, and the training
+#    too, each case profiled and also replayed from CUDA graphs (the kernels without the host's issue cost).
+#    BENCH_PATTERNS=fixed,strided,strided_matched adds the strided pattern at about the fixed density. BENCH_PEERS=flex,atomic,... also times the atomic dQ mode, and the training
 #    runs below then use it if it was the faster at the longest length (slower at 1M on 2026-11-29).
 #    The whole default run needs about 560 s on a fresh machine (autotuning: ~25 s per new key).
 #    Keep 3,072 in the lengths (the bench runs them shortest first): torch.compile's first Flex compile
@@ -44,7 +45,7 @@ fi
 if want b; then
 timeout "${BENCH_S:-560}" python3 -m megastride.launch.cli bench attention --patterns "${BENCH_PATTERNS:-fixed,strided}" \
   --configs "${BENCH_CONFIGS:-8x64,2x128}" --lengths "${BENCH_LENGTHS:-3072,12288,65536,262144,1048576}" \
-  --peers "${BENCH_PEERS:-flex,sdpa,split}" --profile ${BENCH_ARGS:-} --out "$OUT/bench_attention" > "$OUT/bench_attention.log" 2>&1
+  --peers "${BENCH_PEERS:-flex,sdpa,split}" --profile --graphs ${BENCH_ARGS:-} --out "$OUT/bench_attention" > "$OUT/bench_attention.log" 2>&1
 tail -30 "$OUT/bench_attention.log"
 if [ -z "${MEGASTRIDE_BLOCKSPARSE_DQ:-}" ] && [ -f "$OUT/bench_attention/bench_attention.json" ]; then
   export MEGASTRIDE_BLOCKSPARSE_DQ=$(python3 - "$OUT/bench_attention/bench_attention.json" <<'PY'
@@ -68,6 +69,8 @@ fi
 #    interpreter-run kernel test files set TRITON_INTERPRET at import
 if want g; then
 timeout "${GTEST_S:-180}" python3 -m pytest -q -p no:cacheprovider tests/test_graphs.py 2>&1 | tail -8 | tee "$OUT/pytest_graphs.log"
+# the trainer's graphed steps (train.runtime=torch) against its eager ones, resume included
+timeout "${GTEST_S:-180}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_train_torch_runtime.py 2>&1 | tail -8 | tee -a "$OUT/pytest_graphs.log"
 timeout "${LNCHECK_S:-120}" python3 -m megastride.kernels.ln_check 2>&1 | tail -12 | tee "$OUT/ln_check.log"
 fi
 # 1. GPU-only tests: fp16 dynamic loss scaling, bf16 training through the Triton kernels

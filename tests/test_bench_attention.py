@@ -40,3 +40,27 @@ def test_matched_density_at_a_million_tokens_is_near_the_fixed_one():
 def test_unknown_bench_pattern_is_named():
     with pytest.raises(ValueError, match="strided_matched"):
         case_pattern(Case("banded", 4096, 1, 64))
+
+
+def test_graph_timings_get_their_own_table_not_a_variant_column():
+    """--graphs: replayed timings go into a second table (speed-up against Flex's replay), and are not
+    mistaken for one of our backward modes' columns."""
+    from megastride.kernels.bench import Result, table
+
+    r = Result(Case("fixed", 12288, 8, 64), 1024, 128, 0.198, 10)
+    r.timings.update(ours_fwdbwd_ms=1.5, flex_fwdbwd_ms=0.9, ours_graph_fwd_ms=0.1, ours_graph_fwdbwd_ms=0.45,
+                     ours_graph_fwdbwd_tflops=80.0, flex_graph_fwdbwd_ms=0.9)
+    lines = table([r]).splitlines()
+    assert "ours_graph" not in lines[0]
+    assert "Replayed from CUDA graphs (`--graphs`):" in lines
+    assert lines[-1].startswith("| fixed (l=1024, block 128) | 12,288 | 8×64 | 0.100 | 0.450 | 80 |")
+    assert lines[-1].endswith("| 2.00× |")
+    plain = Result(Case("fixed", 12288, 8, 64), 1024, 128, 0.198, 10)
+    plain.timings.update(ours_fwdbwd_ms=1.5)
+    assert "CUDA graphs" not in table([plain])
+
+
+def test_bench_parser_takes_graphs():
+    from megastride.launch.bench_attention import _parser
+
+    assert _parser().parse_args(["--graphs"]).graphs and not _parser().parse_args([]).graphs
