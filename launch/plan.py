@@ -30,8 +30,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="RAM of one node (default: this machine's); host offload shares it among its ranks")
     p.add_argument("--gpus-per-node", type=int, default=None,
                    help="ranks sharing one node's RAM (default: the world size, at most 8)")
-    p.add_argument("--runtime", choices=["deepspeed", "torch"], default="deepspeed",
-                   help="deepspeed: megastride train; torch: the plain loop of megastride bench scaling")
+    p.add_argument("--runtime", choices=["deepspeed", "torch"], default=None,
+                   help="deepspeed or torch (the plain loop: megastride train with train.runtime=torch, and "
+                        "megastride bench scaling); default: the config's train.runtime")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     return p.parse_args(argv)
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         check_zero_options(cfg)
         gpu_bytes = args.gpu_memory_gb * 1e9
         try:  # train.checkpoint_blocks=auto: the fewest recomputed blocks that fit --gpu-memory-gb
-            result = plan(cfg, args.seq_len, args.world_size, runtime=args.runtime, gpu_bytes=gpu_bytes)
+            result = plan(cfg, args.seq_len, args.world_size, runtime=args.runtime or cfg.train.runtime, gpu_bytes=gpu_bytes)
         except ValueError as err:  # e.g. a length the block size does not divide
             raise ConfigError(str(err).splitlines()[0]) from None
     from megastride.engine.plan import host_share_bytes

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from megastride.engine.config import config_from_dict, layer_pattern
+from megastride.engine.config import config_from_dict, layer_pattern, load_config
 from megastride.engine.model import SparseTransformer
 from megastride.engine.plan import (
     GB,
@@ -232,3 +232,20 @@ def test_training_start_notes_the_plan_and_warns_past_the_gpu():
     tight = plan_note(cfg, 1, p.peak_bytes * 0.5)
     assert tight.startswith("warning: plan: peak") and "may run out of GPU memory" in tight
     assert "host" not in plan_note(config(), 1, 1e12)
+
+
+def test_plan_cli_follows_the_configs_runtime_unless_told(tmp_path, capsys):
+    """Without --runtime the plan is for the runtime the config trains with (train.runtime)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps({"model": {"seq_len": 512, "d_model": 64, "n_layers": 2, "n_heads": 4,
+                                          "attention": {"block": 32, "layers": ["strided(auto)"]}},
+                                "train": {"precision": "bf16"}}))
+
+    def peak(*args):
+        assert plan_main([str(path), "--json", *args]) == 0
+        return json.loads(capsys.readouterr().out)["peak_bytes"]
+
+    cfg = load_config(path)
+    assert peak() == plan(cfg, runtime="deepspeed").peak_bytes
+    assert peak("--set", "train.runtime=torch") == plan(cfg, runtime="torch").peak_bytes != peak()
+    assert peak("--set", "train.runtime=torch", "--runtime", "deepspeed") == peak()
