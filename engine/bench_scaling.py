@@ -29,7 +29,7 @@ from . import baseline
 from . import plan as planner
 from megastride.kernels.profiling import profile_calls, summary
 
-from .config import Config, ConfigError, config_from_dict, load_config
+from .config import Config, ConfigError, config_from_dict, graph_problem, load_config
 from .loglog import plot_loglog, tail_slope
 from .model import SparseTransformer
 from .parallel import apply_activation_checkpointing, build_optimizer
@@ -229,6 +229,8 @@ def measure(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
         total = torch.cuda.get_device_properties(device).total_memory
         fitted = planner.plan(cfg, cfg.model.seq_len, 1, runtime="torch", micro_batch=batch, gpu_bytes=total)
         cfg = planner.with_checkpoint_blocks(cfg, fitted.checkpoint_blocks)
+        if graph_problem(cfg):
+            raise ConfigError(graph_problem(cfg))
     p = predicted(cfg, batch)
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory

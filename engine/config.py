@@ -238,13 +238,26 @@ class Config(_Strict):
         t = self.train
         if not t.cuda_graph:
             return self
-        if t.checkpoint_activations and t.checkpoint_blocks != 0 and self.model.dropout > 0:
-            raise ValueError("train.cuda_graph cannot replay the dropout of recomputed blocks (their RNG state is "
-                             "not graph-safe): set model.dropout=0 or train.checkpoint_activations=false")
+        if t.checkpoint_blocks != "auto":  # "auto" is checked once resolved (graph_problem)
+            problem = graph_problem(self)
+            if problem:
+                raise ValueError(problem)
         for key in ("cpu_checkpointing", "compile", "partition_activations"):
             if getattr(t, key):
                 raise ValueError(f"train.cuda_graph does not combine with train.{key} (one of them must be false)")
         return self
+
+
+def graph_problem(cfg: Config) -> str | None:
+    """Why ``cfg``'s recomputation cannot be captured in a CUDA graph, or None: the dropout of recomputed
+    blocks replays an RNG state that is not graph-safe. With train.checkpoint_blocks "auto", call it
+    again once the count is resolved (the trainer and the bench do)."""
+    t = cfg.train
+    if t.cuda_graph and t.checkpoint_activations and t.checkpoint_blocks != 0 and cfg.model.dropout > 0:
+        return (f"train.cuda_graph cannot replay the dropout of recomputed blocks (their RNG state is not "
+                f"graph-safe; train.checkpoint_blocks={t.checkpoint_blocks}): set model.dropout=0, "
+                f"train.checkpoint_activations=false or train.checkpoint_blocks=0")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 from megastride.data_shards import build_loader, eval_windows, open_store
 
 from . import checkpoint as ckpt
-from .config import Config, ConfigError
+from .config import Config, ConfigError, graph_problem
 from .deepspeed_config import check_zero_options, deepspeed_config
 from .distributed import all_reduce_sum, barrier, init_distributed, world_size_from_env
 from .metrics import MetricsWriter, Progress, bits_per_byte
@@ -168,6 +168,9 @@ class Trainer:
             p = planner.plan(cfg, world_size=self.world, runtime=cfg.train.runtime, gpu_bytes=total)
             if cfg.train.checkpoint_blocks == "auto":  # the model recomputes what was planned
                 self.cfg = planner.with_checkpoint_blocks(cfg, p.checkpoint_blocks)
+                problem = graph_problem(self.cfg)
+                if problem:
+                    raise ConfigError(problem)
             check_host_memory(cfg, self.world, p)
             if self.rank == 0 and on_gpu:
                 print(plan_note(cfg, self.world, total, p), file=sys.stderr, flush=True)

@@ -153,3 +153,18 @@ def test_a_graph_refuses_another_batch_shape():
     run(batch)  # captured and replayed
     with pytest.raises(ValueError, match="replays one shape"):
         run(torch.randint(0, 256, (2, 1025), device="cuda"))
+
+
+def test_dropout_with_auto_recompute_is_judged_once_the_count_is_known():
+    """checkpoint_blocks=auto may resolve to 0 blocks (nothing recomputed: dropout is fine under a graph)
+    or to some (refused then, by the trainer and the bench, in one line)."""
+    from megastride.engine.config import graph_problem
+    from megastride.engine.plan import with_checkpoint_blocks
+
+    cfg = config_from_dict(_tree(0.2, checkpoint_blocks="auto"))  # accepted for now
+    assert graph_problem(with_checkpoint_blocks(cfg, 0)) is None
+    problem = graph_problem(with_checkpoint_blocks(cfg, 1))
+    assert problem and "model.dropout=0" in problem and "checkpoint_blocks=1" in problem
+    with pytest.raises(ConfigError, match="checkpoint_blocks=0"):
+        config_from_dict(_tree(0.2, checkpoint_blocks=2))
+    assert config_from_dict(_tree(0.2, checkpoint_blocks=0)).train.cuda_graph
