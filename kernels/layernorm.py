@@ -47,7 +47,7 @@ POISON = False  # tests: fill every output buffer with NaN first, so an element 
 
 
 @triton.jit(do_not_specialize=["rows"])
-def _fwd_kernel(X, Y, W, B, MEAN, RSTD, stride_x, stride_y, rows, eps,
+def _layer_norm_fwd_kernel(X, Y, W, B, MEAN, RSTD, stride_x, stride_y, rows, eps,
                 N: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # one program per BLOCK_M rows; statistics and affine in fp32, y stored in Y's dtype
@@ -71,7 +71,7 @@ def _fwd_kernel(X, Y, W, B, MEAN, RSTD, stride_x, stride_y, rows, eps,
 
 
 @triton.jit(do_not_specialize=["rows", "rows_per_program"])
-def _bwd_kernel(X, DY, DX, W, MEAN, RSTD, DW_PART, DB_PART, stride_x, stride_dy, stride_dx, rows,
+def _layer_norm_bwd_kernel(X, DY, DX, W, MEAN, RSTD, DW_PART, DB_PART, stride_x, stride_dy, stride_dx, rows,
                 rows_per_program, N: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # one program per group of rows_per_program rows (a multiple of BLOCK_M): dx of its rows, and
@@ -177,7 +177,7 @@ def _forward(x: torch.Tensor, weight, bias, eps: float, out_dtype: torch.dtype):
     mean = _empty((rows,), torch.float32, x.device)
     rstd = _empty((rows,), torch.float32, x.device)
     block_m, block_n, warps = tiles(width, FWD_TILE, FWD_PER_THREAD)
-    _fwd_kernel[(triton.cdiv(rows, block_m),)](
+    _layer_norm_fwd_kernel[(triton.cdiv(rows, block_m),)](
         x2, y, weight if weight is not None else x2, bias if bias is not None else x2, mean, rstd,
         x2.stride(0), width, rows, eps,
         N=width, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n,
@@ -195,7 +195,7 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.Tenso
     programs, rows_per_program = row_groups(rows, block_m, x.device)
     part = lambda p: None if p is None else _empty((programs, width), torch.float32, x.device)  # noqa: E731
     dw_part, db_part = part(weight), part(bias)  # (programs, D) fp32 partial sums
-    _bwd_kernel[(programs,)](
+    _layer_norm_bwd_kernel[(programs,)](
         x2, dy2, dx, weight if weight is not None else x2, mean, rstd,
         dw_part if dw_part is not None else x2, db_part if db_part is not None else x2,
         x2.stride(0), dy2.stride(0), width, rows, rows_per_program,

@@ -185,8 +185,8 @@ def compile_report(widths, arch: int = 90) -> list[tuple[str, bool]]:
     out = []
     for width in widths:
         for x_t, y_t in (("fp32", "bf16"), ("bf16", "bf16"), ("fp16", "fp32")):
-            for kernel, tile in ((L._fwd_kernel, (L.FWD_TILE, L.FWD_PER_THREAD)),
-                                 (L._bwd_kernel, (L.BWD_TILE, L.BWD_PER_THREAD))):
+            for kernel, tile in ((L._layer_norm_fwd_kernel, (L.FWD_TILE, L.FWD_PER_THREAD)),
+                                 (L._layer_norm_bwd_kernel, (L.BWD_TILE, L.BWD_PER_THREAD))):
                 block_m, block_n, warps = L.tiles(width, *tile)
                 consts = dict(N=width, HAS_WEIGHT=True, HAS_BIAS=True, BLOCK_M=block_m, BLOCK_N=block_n)
                 types = {"X": x_t, "DX": x_t, "Y": y_t, "DY": y_t}
