@@ -19,8 +19,6 @@ config's shapes and the pattern's (l, c) come from us. ``time_steps`` times it w
 
 from __future__ import annotations
 
-import statistics
-import time
 from functools import lru_cache
 
 import torch
@@ -30,7 +28,6 @@ from torch.utils.checkpoint import checkpoint
 
 from megastride.kernels import patterns as P
 from megastride.kernels.bench import fixed_mask_mod, flex_compiled
-from megastride.kernels.profiling import profile_calls
 
 from .config import Config, ConfigError, ModelConfig
 
@@ -199,11 +196,6 @@ def train_step(model: BaselineTransformer, optimizer, batch: torch.Tensor, autoc
     optimizer.zero_grad(set_to_none=True)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_steps(cfg: Config, attention: str, device: torch.device, batch: int, steps: int, warmup: int,
                profile: dict | None = None) -> tuple[float, float | None]:
     """(median step seconds, peak allocated bytes over the timed steps or None off CUDA) of the baseline
@@ -228,21 +220,6 @@ def time_steps(cfg: Config, attention: str, device: torch.device, batch: int, st
     data = torch.randint(0, cfg.model.vocab_size, (batch, cfg.model.seq_len + 1), device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
 
-    def step():
-        train_step(model, optimizer, data, autocast)
+    from .bench_scaling import timed_calls  # imported here: bench_scaling imports this module
 
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    if profile is not None and device.type == "cuda":
-        profile.update(profile_calls(step, iters=2, top=16))
-    return statistics.median(times), peak
+    return timed_calls(lambda: train_step(model, optimizer, data, autocast), device, steps, warmup, profile)

@@ -178,23 +178,33 @@ def time_steps(cfg: Config, device: torch.device, batch: int, steps: int, warmup
     if cfg.train.cuda_graph:
         warmup = max(1, warmup)
     run = step_runner(cfg, model, optimizer, _autocast(cfg, device), warmup)
+    # with a graph, the capture follows the warm-up: its memory pool holds the step's peak (replays allocate nothing)
+    return timed_calls(lambda: run(data), device, steps, warmup, profile, settle=int(cfg.train.cuda_graph))
+
+
+def timed_calls(call: Callable[[], object], device: torch.device, steps: int, warmup: int,
+                profile: dict | None = None, settle: int = 0) -> tuple[float, float | None]:
+    """The bench's timing protocol (our kinds and the baseline alike): ``warmup`` untimed calls, the
+    allocator's peak reset, ``settle`` more untimed calls, then ``steps`` synchronised timed ones.
+    (median seconds, peak allocated bytes since the reset or None off CUDA); with a ``profile`` dict
+    on CUDA, ``profile_calls`` of 2 more calls into it."""
     for _ in range(warmup):
-        run(data)
+        call()
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    if cfg.train.cuda_graph:  # the capture: its memory pool holds the step's peak (replays allocate nothing)
-        run(data)
-        _sync(device)
+    for _ in range(settle):
+        call()
+    _sync(device)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        run(data)
+        call()
         _sync(device)
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     if profile is not None and device.type == "cuda":
-        profile.update(profile_calls(lambda: run(data), iters=2, top=16))
+        profile.update(profile_calls(call, iters=2, top=16))
     return statistics.median(times), peak
 
 
@@ -225,30 +235,36 @@ def measure(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
         return measure_baseline(kind, cfg, opts, label)
     device = torch.device(opts.device)
     batch = opts.batch or cfg.train.micro_batch_size
-    if device.type == "cuda" and cfg.train.checkpoint_blocks == "auto":  # the fewest recomputed blocks that fit
-        total = torch.cuda.get_device_properties(device).total_memory
+    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    if total and cfg.train.checkpoint_blocks == "auto":  # the fewest recomputed blocks that fit
         fitted = planner.plan(cfg, cfg.model.seq_len, 1, runtime="torch", micro_batch=batch, gpu_bytes=total)
         cfg = planner.with_checkpoint_blocks(cfg, fitted.checkpoint_blocks)
-        if graph_problem(cfg):
-            raise ConfigError(graph_problem(cfg))
+        problem = graph_problem(cfg)
+        if problem:
+            raise ConfigError(problem)
     p = predicted(cfg, batch)
-    if device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
+    if total:
         if p.peak_bytes > opts.memory_fraction * total:
             return _base_row(kind, cfg, batch, "skipped (memory)", p, label)
         if planner.check_host_memory(p, ranks_per_node=1):  # pinned block inputs beyond the RAM
             return _base_row(kind, cfg, batch, "skipped (host memory)", p, label)
+    return _timed_row(kind, cfg, batch, p, label, opts,
+                      lambda prof: time_steps(cfg, device, batch, opts.steps, opts.warmup, prof))
+
+
+def _timed_row(kind: str, cfg: Config, batch: int, p: planner.Plan, label: str, opts: Options, timer) -> Row:
+    """The row of ``timer(profile) -> (step s, peak bytes)``: ok (its profile kept and logged) or oom."""
     prof = {} if opts.profile else None
     try:
-        step_s, peak = time_steps(cfg, device, batch, opts.steps, opts.warmup, prof)
+        step_s, peak = timer(prof)
     except torch.cuda.OutOfMemoryError:
-        row = _base_row(kind, cfg, batch, "oom", p, label)
+        row = _row(kind, cfg, batch, "oom", p, label)
     else:
-        row = _finish(_base_row(kind, cfg, batch, "ok", p, label), p, step_s, peak)
+        row = _finish(_row(kind, cfg, batch, "ok", p, label), p, step_s, peak)
         if prof:
             opts.profiles[f"{row.label} n={row.seq_len}"] = prof
             opts.log(f"{row.label:>8} n={row.seq_len:>9,} profiled: {summary(prof, kernels=5)}")
-    _free(device)
+    _free(torch.device(opts.device))
     return row
 
 
@@ -257,7 +273,8 @@ def _finish(row: Row, p: planner.Plan, step_s: float, peak: float | None) -> Row
     row.mfu, row.tflops = p.mfu(step_s), p.flops / step_s / 1e12
     if peak is not None:
         row.peak_gb = peak / planner.GB
-        row.plan_error_pct = 100.0 * (row.plan_gb - row.peak_gb) / row.peak_gb
+        if row.plan_gb is not None:
+            row.plan_error_pct = 100.0 * (row.plan_gb - row.peak_gb) / row.peak_gb
     return row
 
 
@@ -280,19 +297,8 @@ def measure_baseline(kind: str, cfg: Config, opts: Options, label: str = "") -> 
     attention = "flex" if kind == "baseline-flex" else "dense"
     if attention == "flex" and device.type != "cuda":
         return _row(kind, cfg, batch, "skipped (flex: no backward on CPU)", p, label)
-    prof = {} if opts.profile else None
-    try:
-        step_s, peak = baseline.time_steps(cfg, attention, device, batch, opts.steps, opts.warmup, prof)
-    except torch.cuda.OutOfMemoryError:
-        row = _row(kind, cfg, batch, "oom", p, label)
-    else:
-        row = _finish(_row(kind, cfg, batch, "ok", p, label), p, step_s, None)
-        row.peak_gb = None if peak is None else peak / planner.GB
-        if prof:
-            opts.profiles[f"{row.label} n={row.seq_len}"] = prof
-            opts.log(f"{row.label:>8} n={row.seq_len:>9,} profiled: {summary(prof, kernels=5)}")
-    _free(device)
-    return row
+    return _timed_row(kind, cfg, batch, p, label, opts,
+                      lambda prof: baseline.time_steps(cfg, attention, device, batch, opts.steps, opts.warmup, prof))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
+from megastride.kernels.patterns import closed_form_pairs
+
 from .config import Config, ConfigError, ModelConfig, TrainConfig, config_from_dict
 
 H200_PEAK_FLOPS = 790e12  # measured bf16 matrix rate of one H200 (SPEC section 3)
@@ -71,64 +73,6 @@ def _count_params_cached(model_json: str) -> ParamCount:
         model = SparseTransformer(model_cfg)
     per_block = sum(p.numel() for p in model.blocks[0].parameters())
     return ParamCount(model.num_params(), model.num_params(non_embedding=True), per_block)
-
-
-def _query_counts(component, i):
-    """Allowed keys j <= i of one component, for every query i (an int64 tensor), or None."""
-    from megastride.kernels import patterns as P
-
-    import torch
-
-    if isinstance(component, P.Dense):
-        return i + 1
-    if isinstance(component, P.Local):
-        return torch.clamp(i + 1, max=component.width)
-    if isinstance(component, P.Stride):
-        return i // component.stride + 1
-    if isinstance(component, P.Window):
-        return i % component.size + 1
-    if isinstance(component, P.Summary):
-        m, s, w = i + 1, component.size, component.hi - component.lo
-        return (m // s) * w + torch.clamp(m % s - component.lo, min=0, max=w)
-    return None
-
-
-def _overlap_counts(a, b, i):
-    """Keys both components allow, for the merged pairs the named patterns use, or None."""
-    from megastride.kernels import patterns as P
-
-    import torch
-
-    if isinstance(a, P.Stride):
-        a, b = b, a
-    if isinstance(a, P.Local) and isinstance(b, P.Stride):  # offsets k*l below the local width
-        return torch.minimum(i // b.stride, torch.tensor((a.width - 1) // b.stride)) + 1
-    if isinstance(a, P.Summary):
-        a, b = b, a
-    if isinstance(a, P.Window) and isinstance(b, P.Summary) and a.size == b.size:  # summary slots in own window
-        return torch.clamp(i % a.size + 1 - b.lo, min=0, max=b.hi - b.lo)
-    return None
-
-
-def closed_form_pairs(head, seq_len: int) -> int | None:
-    """Unmasked (i, j) pairs of one head pattern in O(n) arithmetic; None for unions it cannot do.
-
-    Covers one component, or two whose overlap has a formula (strided = local + stride, fixed =
-    window + summary). Agrees with ``Layout.count_pairs`` (tested) and takes milliseconds at 1M.
-    """
-    import torch
-
-    comps = head.components
-    i = torch.arange(seq_len, dtype=torch.int64)
-    if len(comps) == 1:
-        counts = _query_counts(comps[0], i)
-    elif len(comps) == 2:
-        a, b = (_query_counts(c, i) for c in comps)
-        overlap = _overlap_counts(comps[0], comps[1], i)
-        counts = None if a is None or b is None or overlap is None else a + b - overlap
-    else:
-        counts = None
-    return None if counts is None else int(counts.sum())
 
 
 def layer_pairs(pattern, seq_len: int, layout=None) -> list[int]:

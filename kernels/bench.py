@@ -63,9 +63,7 @@ def fixed_mask_mod(stride: int, width: int):
 
 def _density(pattern: P.AttentionPattern, n: int) -> float:
     """Attended share of the n (n + 1) / 2 causal pairs of one head, in closed form (O(1))."""
-    from megastride.engine.plan import closed_form_pairs
-
-    return closed_form_pairs(pattern.heads[0], n) / (n * (n + 1) / 2)
+    return P.closed_form_pairs(pattern.heads[0], n) / (n * (n + 1) / 2)
 
 
 def matched_stride(n: int) -> int:
