@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "sample": ("megastride.launch.sample", "sample bytes from a checkpoint"),
     "bench": ("megastride.launch.bench", "benchmarks: attention, data, scaling"),
     "plan": ("megastride.launch.plan", "predict memory and FLOPs of a config before queuing it"),
+    "curves": ("megastride.launch.curves", "a run's loss curve from its metrics.jsonl: table and PNG"),
     "stats": ("megastride.launch.stats", "bits-per-byte baselines of a store's windows"),
     "patterns": ("megastride.launch.patterns", "inspect and draw attention patterns"),
     "config": ("megastride.launch.config", "print the resolved config or the DeepSpeed JSON"),

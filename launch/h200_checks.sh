@@ -9,7 +9,7 @@ mkdir -p "$OUT"; cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=8 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 ms() { python3 -m megastride.launch.cli "$@"; }
 # PARTS="k b 0 4" runs only those steps (default: all)
-want() { [[ " ${PARTS:-k b 0 g 1 2 3 4 5} " == *" $1 "* ]]; }
+want() { [[ " ${PARTS:-k b 0 g t 1 2 3 4 5} " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/env.log"
 python3 -c "import torch, triton, deepspeed; print('torch', torch.__version__, 'triton', triton.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 | tail -1 | tee -a "$OUT/env.log"
 date -u | tee -a "$OUT/env.log"
@@ -72,6 +72,24 @@ timeout "${GTEST_S:-180}" python3 -m pytest -q -p no:cacheprovider tests/test_gr
 # the trainer's graphed steps (train.runtime=torch) against its eager ones, resume included
 timeout "${GTEST_S:-180}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_train_torch_runtime.py 2>&1 | tail -8 | tee -a "$OUT/pytest_graphs.log"
 timeout "${LNCHECK_S:-120}" python3 -m megastride.kernels.ln_check 2>&1 | tail -12 | tee "$OUT/ln_check.log"
+fi
+# t. the trainer's own step at the paper's Enwik8 shape (12,288 tokens, fixed(128,32), dropout 0.4) on the
+#    embedded text store: DeepSpeed (eager) beside train.runtime=torch with the step in a CUDA graph and the
+#    fewest recomputed blocks that fit; metrics.jsonl holds each step's time and peak memory
+if want t; then
+python3 -m megastride.launch.cli prepare text @stdlib --out /tmp/stdlib.zarr --if-missing 2>&1 | tail -1
+for label in deepspeed torch_graph; do
+  case $label in
+    deepspeed) sets=() ;;
+    torch_graph) sets=(--set train.runtime=torch --set train.zero_stage=0 --set train.cuda_graph=true --set train.checkpoint_blocks=auto) ;;
+  esac
+  echo "== $label: ${sets[*]}" | tee -a "$OUT/train_12k.log"
+  timeout "${TRAIN12_S:-150}" python3 -m megastride.launch.cli train configs/enwik8.yaml --set data.path=/tmp/stdlib.zarr \
+    --set run.dir="/tmp/t12_$label" --set run.resume=never --set train.steps="${STEPS12:-40}" --set train.warmup_steps=5 \
+    --set train.eval_every=1000 --set train.save_every=1000 --set train.log_every=1 --set run.progress=false "${sets[@]}" \
+    2>&1 | grep -v "^\[20" | tail -4 | tee -a "$OUT/train_12k.log"
+  cp "/tmp/t12_$label/metrics.jsonl" "$OUT/train_12k_$label.jsonl" 2>/dev/null
+done
 fi
 # 1. GPU-only tests: fp16 dynamic loss scaling, bf16 training through the Triton kernels
 if want 1; then
