@@ -259,6 +259,15 @@ def test_autotune_lists_follow_block_and_head_dim():
     assert tiles(BLOCK=32, HEAD_DIM=64) == {(32, 32, 4, 2)}  # no list: one safe config
 
 
+def test_autotune_buckets_are_4x_wide():
+    """Lengths within a factor of 4 share an autotuning entry; the issue's bench lengths get one each."""
+    b = blocksparse._bucket
+    assert [b(n) for n in (1, 8192, 8193, 32768, 32769, 131072, 131073)] == [0, 0, 1, 1, 2, 2, 3]
+    lengths = (3072, 12288, 65536, 262144, 1048576, 4194304)
+    assert [b(n) for n in lengths] == sorted({b(n) for n in lengths})  # distinct, in order
+    assert all(b(n) <= b(n + 1) for n in range(1, 70000, 97))  # monotone
+
+
 def test_extra_tiles_join_the_lists_where_they_fit(monkeypatch):
     """MEGASTRIDE_BLOCKSPARSE_EXTRA_TILES adds configs to one kernel's list at every block they fit;
     a malformed entry is refused, named."""
