@@ -216,12 +216,15 @@ def _attention_width(model: ModelConfig) -> int:
 
 
 def attention_workspace_bytes(model: ModelConfig, prec: Precision, seq_len: int) -> float:
-    """Bytes per token the attention backward adds: dq, dk, dv, the fp32 row sums (delta), and for
-    every head of a permuted (strided-half) part the gathered q, k, v, o and its own lse."""
+    """Bytes per token the attention backward adds: dq, dk, dv and the fp32 row sums (delta), and for
+    every head split into a local and a permuted (strided-half) part an allowance of four d-wide
+    tensors and an lse. The allowance once stood for gathered copies of q, k, v, o; the kernels now
+    permute by index arithmetic, and it covers what split heads still add (fp32 output and gradient
+    buffers both parts accumulate into, and their casts): calibrated by measured peaks, not derived."""
     d, h, c = model.d_model, model.n_heads, prec.compute
     permuted_heads = _permuted_heads(model, seq_len)
-    gathered = permuted_heads / h * (4 * c * d) + permuted_heads * LSE
-    return 3 * c * _attention_width(model) + LSE * h + gathered
+    split_heads = permuted_heads / h * (4 * c * d) + permuted_heads * LSE
+    return 3 * c * _attention_width(model) + LSE * h + split_heads
 
 
 def _permuted_heads(model: ModelConfig, seq_len: int) -> int:
