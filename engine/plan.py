@@ -17,8 +17,10 @@ optimizer step -- and the plan's peak is the largest. Two runtimes:
   ``torch.autocast`` (which keeps fp32 residuals and casts each matmul input), one GPU.
 
 The per-token byte counts of one residual block follow ``engine.model`` op by op (see
-``block_saved_bytes``); the constants that could not be derived (kernel workspaces, DeepSpeed
-buckets) are named at the top so a calibration against measured peaks is a one-line change.
+``block_saved_parts``), and the attention workspace the kernels' backward buffers; one block's
+backward peaks in the worse of its two halves (the FFN half first, with everything the block saved,
+then the attention half, with the FFN half's tensors freed). The constants that could not be derived
+(DeepSpeed buckets) are named at the top.
 """
 
 from __future__ import annotations
@@ -40,9 +42,17 @@ DEEPSPEED_PREFETCH = 50_000_000  # elements: DeepSpeed's default stage-3 prefetc
 LN_STATS = 8  # bytes per token per LayerNorm: fp32 mean and rstd
 LSE = 4  # bytes per token per head: the fp32 log-sum-exp the attention saves
 RUNTIMES = ("deepspeed", "torch")
-# share of the GPU that train.checkpoint_blocks=auto fills: room for the planner's error (within 15% of
-# measured peaks, docs/scaling.md) and the allocator's fragmentation
+# share of the GPU that train.checkpoint_blocks=auto fills: room for the planner's error and the
+# allocator's fragmentation. Measured peaks (docs/scaling.md) came within -1.5%..+7.2% of the plan in
+# the plain configurations, but up to 15.6% above it with host offload or a chunked FFN: more room there
 AUTO_MEMORY_FRACTION = 0.90
+AUTO_MEMORY_FRACTION_OFFLOAD = 0.80
+
+
+def auto_memory_fraction(cfg: Config) -> float:
+    """The share of one GPU that ``train.checkpoint_blocks: auto`` fits the planned peak into."""
+    offload = cfg.train.cpu_checkpointing or bool(cfg.model.ffn_chunk)
+    return AUTO_MEMORY_FRACTION_OFFLOAD if offload else AUTO_MEMORY_FRACTION
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,22 +189,41 @@ def precision_of(runtime: str, precision: str) -> Precision:
     return Precision(2, 2, 12, 2, 2, False)
 
 
-def block_saved_bytes(model: ModelConfig, prec: Precision) -> float:
-    """Bytes per token one residual block keeps for its backward pass (engine.model, op by op),
-    apart from the FFN's intermediates (``ffn_saved_bytes``: they may cover one chunk of positions).
+def block_saved_parts(model: ModelConfig, prec: Precision) -> tuple[float, float]:
+    """Bytes per token one residual block keeps for its backward pass (engine.model, op by op), apart
+    from the FFN's intermediates (``ffn_saved_bytes``: they may cover one chunk of positions), as
+    (attention half, FFN half): the FFN half's tensors are freed once the backward pass has gone
+    through it, before the attention half's backward runs.
 
-    x1 = x + attn(LN1 x): the residual LN2 saves; LN outputs as matmul inputs (one each: q, k and
-    v are one matmul; under autocast its cast copy, and fc's); q, k, v as the attention saves them
-    (zero-padded to one head width when query-key and value widths differ); the attention output
-    and its (B, T, D) re-layout for proj; LN statistics, the attention's log-sum-exp, dropout masks.
+    Attention half: LN1's output as the qkv matmul's input (under autocast its cast copy), q, k, v
+    as the attention saves them (zero-padded to one head width when query-key and value widths
+    differ), the attention output, and its (B, T, D) re-layout for proj where that is a copy (dense
+    SDPA layers, padded heads; the block-sparse kernels write the output time-major, so proj's
+    input is a view of it), LN1's statistics, the log-sum-exp, a dropout mask. FFN half: x1 = x +
+    attn(LN1 x), which LN2 saves; LN2's output as fc's input; LN2's statistics; a dropout mask.
     """
     d, c = model.d_model, prec.compute
-    ln_inputs = 2 * c * d
     width = _attention_width(model)
     qkv = c * (2 * model.qk_width + d) if width == d == model.qk_width else 3 * c * width
-    attn_out = c * width + c * d
-    stats = 2 * LN_STATS + LSE * model.n_heads + (2 * d if model.dropout > 0 else 0)
-    return prec.residual * d + ln_inputs + qkv + attn_out + stats
+    relayout = width != d or _any_dense_layer(model)
+    attn_out = c * width + (c * d if relayout else 0)
+    mask = d if model.dropout > 0 else 0
+    attention = c * d + qkv + attn_out + LN_STATS + LSE * model.n_heads + mask
+    ffn_side = prec.residual * d + c * d + LN_STATS + mask
+    return attention, ffn_side
+
+
+def block_saved_bytes(model: ModelConfig, prec: Precision) -> float:
+    """Bytes per token one residual block keeps for its backward pass, FFN intermediates apart
+    (``block_saved_parts``, both halves)."""
+    return sum(block_saved_parts(model, prec))
+
+
+def _any_dense_layer(model: ModelConfig) -> bool:
+    """Whether some layer runs dense causal SDPA (its (B, H, T, D) output is re-laid out by a copy)."""
+    from megastride.kernels.attention import _all_dense
+
+    return any(_all_dense(p) for p in model.patterns()[: len(model.attention.layers)])
 
 
 def ffn_saved_bytes(model: ModelConfig, prec: Precision) -> float:
@@ -216,15 +245,14 @@ def _attention_width(model: ModelConfig) -> int:
 
 
 def attention_workspace_bytes(model: ModelConfig, prec: Precision, seq_len: int) -> float:
-    """Bytes per token the attention backward adds: dq, dk, dv and the fp32 row sums (delta), and for
-    every head split into a local and a permuted (strided-half) part an allowance of four d-wide
-    tensors and an lse. The allowance once stood for gathered copies of q, k, v, o; the kernels now
-    permute by index arithmetic, and it covers what split heads still add (fp32 output and gradient
-    buffers both parts accumulate into, and their casts): calibrated by measured peaks, not derived."""
-    d, h, c = model.d_model, model.n_heads, prec.compute
-    permuted_heads = _permuted_heads(model, seq_len)
-    split_heads = permuted_heads / h * (4 * c * d) + permuted_heads * LSE
-    return 3 * c * _attention_width(model) + LSE * h + split_heads
+    """Bytes per token the attention backward adds (kernels/blocksparse.py ``_backward``): dq, dk, dv
+    in the input dtype, the incoming output gradient dO and the fp32 row sums (delta); where some
+    head is split into a local and a permuted (strided-half) part, both parts add into fp32 dq, dk,
+    dv, whose casts to the input dtype exist beside them at the end."""
+    h, c, w = model.n_heads, prec.compute, _attention_width(model)
+    if _permuted_heads(model, seq_len):  # fp32 dq, dk, dv that both parts add into, their casts, dO
+        return (3 * 4 + 3 * c + c) * w + LSE * h
+    return (3 * c + c) * w + LSE * h
 
 
 def _permuted_heads(model: ModelConfig, seq_len: int) -> int:
@@ -359,7 +387,7 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     ``runtime``: "deepspeed" (what ``megastride train`` runs) or "torch" (a plain fp32-weight loop
     with bf16 autocast and fused AdamW, what ``megastride bench scaling`` runs; ZeRO is ignored).
     ``gpu_bytes``: one GPU's memory, which ``train.checkpoint_blocks: auto`` is fitted to
-    (``choose_checkpoint_blocks`` within AUTO_MEMORY_FRACTION of it); without it "auto" recomputes
+    (``choose_checkpoint_blocks`` within ``auto_memory_fraction`` of it); without it "auto" recomputes
     every block, as on a CPU. ``Plan.checkpoint_blocks`` is the count in use.
     """
     if world_size < 1:
@@ -367,7 +395,7 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     cfg = _at_length(cfg, seq_len)
     auto = cfg.train.checkpoint_blocks == "auto" and cfg.train.checkpoint_activations
     if auto and gpu_bytes:
-        budget = AUTO_MEMORY_FRACTION * gpu_bytes
+        budget = auto_memory_fraction(cfg) * gpu_bytes
         cfg = with_checkpoint_blocks(cfg, choose_checkpoint_blocks(cfg, None, world_size, runtime, micro_batch,
                                                                    budget_bytes=budget))
     model, t = cfg.model, cfg.train
@@ -395,7 +423,7 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
         attention_pairs=pairs, density=pairs / causal, layout_bytes=stats.nbytes, notes=_notes(cfg, runtime, world_size),
     )
     if auto:
-        result.notes.append(_auto_note(result, gpu_bytes))
+        result.notes.append(_auto_note(result, gpu_bytes, auto_memory_fraction(cfg)))
     return result
 
 
@@ -432,12 +460,12 @@ def choose_checkpoint_blocks(cfg: Config, seq_len: int | None = None, world_size
     return n_layers
 
 
-def _auto_note(p: Plan, gpu_bytes: float | None) -> str:
+def _auto_note(p: Plan, gpu_bytes: float | None, fraction: float) -> str:
     head = f"train.checkpoint_blocks=auto: {p.checkpoint_blocks} of {p.n_layers} blocks recomputed"
     if not gpu_bytes:
         return head + " (no GPU memory given to fit; on a GPU: the fewest that fit)"
-    share = f"{AUTO_MEMORY_FRACTION:.0%} of {gpu_bytes / GB:.0f} GB"
-    if p.peak_bytes > AUTO_MEMORY_FRACTION * gpu_bytes:
+    share = f"{fraction:.0%} of {gpu_bytes / GB:.0f} GB"
+    if p.peak_bytes > fraction * gpu_bytes:
         return head + f"; even so the planned peak exceeds {share}"
     return head + f", the fewest whose planned peak fits {share}"
 
@@ -524,9 +552,11 @@ def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamC
     resid = tokens * prec.residual * d  # one (B, T, D) residual
     hidden = tokens * (prec.residual if prec.autocast else prec.compute) * d  # final-LN output
     f_tokens = ffn_tokens(model, tokens)  # all tokens, or one chunk of positions under ffn_chunk
-    block = tokens * block_saved_bytes(model, prec) + f_tokens * ffn_saved_bytes(model, prec)
+    attn_half, ffn_half = block_saved_parts(model, prec)
+    block = tokens * (attn_half + ffn_half) + f_tokens * ffn_saved_bytes(model, prec)
     attn = tokens * attention_workspace_bytes(model, prec, model.seq_len)
-    transient = tokens * backward_transient_bytes(model, prec) + f_tokens * ffn_transient_bytes(model, prec)
+    resid_grads = tokens * backward_transient_bytes(model, prec)
+    ffn_grads = f_tokens * ffn_transient_bytes(model, prec)
     chunk = loss_chunk_bytes(model, prec, tokens)
     cast = 2 * params.total if prec.autocast else 0.0  # bf16 copies of the weights autocast caches
     grads_persist = runtime == "deepspeed"  # torch: zero_grad(set_to_none) frees them between steps
@@ -547,9 +577,14 @@ def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamC
         kept = inputs + saved + resid
     def g(fraction: float) -> dict:  # noqa: E306 - gradients present at this moment
         return {"gradients": grads if grads_persist else grads * fraction}
-    def working(recompute: bool) -> dict:  # noqa: E306 - one block's backward
-        return {"one block recomputed": block if recompute else 0.0, "attention workspace": attn,
-                "backward transients": transient}
+    def working(recompute: bool) -> dict:  # noqa: E306 - one block's backward: the worse of its two halves
+        # FFN half first: the block's whole saved set (if recomputed) and the FFN's gradients; then the
+        # attention half: the FFN half's tensors freed, the attention kernels' workspace instead
+        ffn = {"one block recomputed": block if recompute else 0.0, "attention workspace": 0.0,
+               "backward transients": resid_grads + ffn_grads}
+        att = {"one block recomputed": tokens * attn_half if recompute else 0.0, "attention workspace": attn,
+               "backward transients": resid_grads}
+        return max(ffn, att, key=lambda items: sum(items.values()))
     recomputing = {"block inputs": worst} | working(True) | {"autocast weight copies": 0.0}
     if kept_blocks == 0:
         last = recomputing

@@ -135,7 +135,7 @@ def plan_note(cfg: Config, world: int, gpu_bytes: float, p=None) -> str:
     p = p or planner.plan(cfg, world_size=world, gpu_bytes=gpu_bytes)
     recompute = f"recompute {p.recompute}"
     if cfg.train.checkpoint_blocks == "auto" and cfg.train.checkpoint_activations:
-        share = planner.AUTO_MEMORY_FRACTION
+        share = planner.auto_memory_fraction(cfg)
         fits = p.peak_bytes <= share * gpu_bytes
         recompute = (f"recompute {p.checkpoint_blocks} of {p.n_layers} blocks (train.checkpoint_blocks=auto: "
                      f"{'the fewest that fit' if fits else 'even so over'} {share:.0%} of it)")

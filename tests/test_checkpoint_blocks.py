@@ -110,11 +110,14 @@ def test_overlap_prefetches_only_among_recomputed_blocks():
 class _KernelSaves(torch.autograd.Function):
     """The CPU reference attention saving what the Triton kernels save for backward (q, k, v, the
     output and the fp32 log-sum-exp: kernels/blocksparse.py), which the planner counts; the CPU
-    path itself saves a token mask instead."""
+    path itself saves a token mask instead. Like the kernels, it returns the output in (B, T, H, D)
+    memory order, so the model's re-layout for proj is a view, not a saved copy."""
 
     @staticmethod
     def forward(ctx, q, k, v, layout, scale):
-        out = masked_sdpa_attention(q, k, v, layout, scale=scale)
+        b, h, t, _ = q.shape
+        result = masked_sdpa_attention(q, k, v, layout, scale=scale)
+        out = result.new_empty(b, t, h, result.shape[-1]).transpose(1, 2).copy_(result)
         ctx.save_for_backward(q, k, v, out, q.new_zeros(q.shape[:-1], dtype=torch.float32))
         ctx.layout, ctx.scale = layout, scale
         return out
@@ -216,6 +219,21 @@ def test_auto_picks_the_fewest_blocks_that_fit():
     assert planner.plan(auto, 4096).checkpoint_blocks == LAYERS  # no GPU size: every block, as on a CPU
     torch_runtime = planner.plan(auto, 4096, runtime="torch", gpu_bytes=1e12)
     assert torch_runtime.checkpoint_blocks == 0
+
+
+def test_auto_leaves_more_room_with_host_offload_or_a_chunked_ffn():
+    """Where the planner was measured furthest under the peak (host offload, chunked FFN), "auto"
+    fits a smaller share of the GPU: the same GPU size recomputes more blocks."""
+    plain = _config(precision="bf16", checkpoint_blocks="auto")
+    host = _config(precision="bf16", checkpoint_blocks="auto", cpu_checkpointing=True)
+    assert planner.auto_memory_fraction(plain) == planner.AUTO_MEMORY_FRACTION
+    assert planner.auto_memory_fraction(host) == planner.AUTO_MEMORY_FRACTION_OFFLOAD < planner.AUTO_MEMORY_FRACTION
+    peaks = [planner.plan(planner.with_checkpoint_blocks(host, k), 4096).peak_bytes for k in range(LAYERS + 1)]
+    k = next(k for k in range(LAYERS) if peaks[k] > peaks[k + 1])  # a step where one more block lowers the peak
+    gpu = peaks[k + 1] / planner.AUTO_MEMORY_FRACTION_OFFLOAD
+    assert planner.plan(host, 4096, gpu_bytes=gpu).checkpoint_blocks == k + 1
+    assert planner.plan(host, 4096, gpu_bytes=gpu * 0.999).checkpoint_blocks > k + 1
+    assert "80% of" in planner.plan(host, 4096, gpu_bytes=gpu).notes[-1]
 
 
 def test_trainer_note_and_plan_cli_show_the_blocks_recomputed(tmp_path, capsys):

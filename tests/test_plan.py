@@ -249,3 +249,38 @@ def test_plan_cli_follows_the_configs_runtime_unless_told(tmp_path, capsys):
     assert peak() == plan(cfg, runtime="deepspeed").peak_bytes
     assert peak("--set", "train.runtime=torch") == plan(cfg, runtime="torch").peak_bytes != peak()
     assert peak("--set", "train.runtime=torch", "--runtime", "deepspeed") == peak()
+
+
+def test_one_blocks_backward_peaks_in_the_worse_of_its_halves():
+    """A recomputed block's backward holds its whole saved set and the FFN's gradients first, then,
+    with the FFN half freed, its attention half and the kernels' workspace: the plan takes the larger
+    of the two moments, not their sum. Wide FFN intermediates: the FFN half; an FFN run in small
+    chunks beside split (strided) heads: the attention half."""
+    from megastride.engine import plan as planner
+
+    def phase(**model):
+        p = plan(config(("strided(32)",), model=model), runtime="deepspeed")
+        return p.phases["backward, first block"]
+
+    tokens, prec = 512, planner.precision_of("deepspeed", "bf16")
+    wide = phase()
+    attn_half, ffn_half = planner.block_saved_parts(config(("strided(32)",)).model, prec)
+    assert wide["attention workspace"] == 0.0
+    assert wide["one block recomputed"] == tokens * (attn_half + ffn_half + planner.ffn_saved_bytes(config().model, prec))
+    chunked = phase(ffn_chunk=32)
+    assert chunked["one block recomputed"] == tokens * attn_half
+    assert chunked["attention workspace"] == tokens * planner.attention_workspace_bytes(
+        config(("strided(32)",)).model, prec, 512)
+
+
+def test_attention_workspace_and_relayout_follow_the_kernels():
+    """Heads split into two parts (strided) add into fp32 dq, dk, dv before the cast; one-part heads
+    write them in the input dtype. The output's re-layout for proj is a copy only behind dense SDPA."""
+    from megastride.engine import plan as planner
+
+    prec = planner.precision_of("deepspeed", "bf16")
+    d, h = 64, 4
+    strided, fixed, dense = (config((spec,)).model for spec in ("strided(32)", "fixed(64,16)", "dense"))
+    assert planner.attention_workspace_bytes(fixed, prec, 512) == (3 * 2 + 2) * d + 4 * h
+    assert planner.attention_workspace_bytes(strided, prec, 512) == (3 * 4 + 3 * 2 + 2) * d + 4 * h
+    assert planner.block_saved_parts(dense, prec)[0] - planner.block_saved_parts(fixed, prec)[0] == 2 * d
