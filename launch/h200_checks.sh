@@ -78,10 +78,14 @@ fi
 #    fewest recomputed blocks that fit; metrics.jsonl holds each step's time and peak memory
 if want t; then
 python3 -m megastride.launch.cli prepare text @stdlib --out /tmp/stdlib.zarr --if-missing 2>&1 | tail -1
-for label in deepspeed torch_graph; do
+# torch_graph_b64: the same with 64-token blocks, where fixed(128,32)'s summary positions fill half the
+# block columns instead of all of them (docs/scaling.md)
+for label in ${T12_RUNS:-deepspeed torch_graph torch_graph_b64}; do
+  graph=(--set train.runtime=torch --set train.zero_stage=0 --set train.cuda_graph=true --set train.checkpoint_blocks=auto)
   case $label in
     deepspeed) sets=() ;;
-    torch_graph) sets=(--set train.runtime=torch --set train.zero_stage=0 --set train.cuda_graph=true --set train.checkpoint_blocks=auto) ;;
+    torch_graph) sets=("${graph[@]}") ;;
+    torch_graph_b64) sets=("${graph[@]}" --set model.attention.block=64) ;;
   esac
   echo "== $label: ${sets[*]}" | tee -a "$OUT/train_12k.log"
   timeout "${TRAIN12_S:-150}" python3 -m megastride.launch.cli train configs/enwik8.yaml --set data.path=/tmp/stdlib.zarr \
