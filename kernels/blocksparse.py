@@ -692,11 +692,16 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float):
         HEAD_DIM=head_dim, BLOCK_T=block_t)
     fused, split = dq_mode() == "atomic", dkdv_split()
     grad_dtype = torch.float32 if _accumulates(layout) else q.dtype
+    # gradients in (B, T, H, D) memory order, seen as (B, H, T, D), like the forward's output: the
+    # model's q, k and v are head views of one (B, T, 3D) product, whose backward then takes them as
+    # views instead of copying each into (B, T, D) order first
+    time_major = (batch, seq_len, heads, head_dim)
     # atomic dQ / split columns: every part and segment adds into one zeroed fp32 buffer (rows
     # without keys stay 0)
-    zeroed = lambda: torch.zeros(q.shape, dtype=torch.float32, device=q.device)  # noqa: E731
-    dk, dv = (zeroed() if split else _empty(q.shape, grad_dtype, q.device) for _ in range(2))
-    dq = zeroed() if fused else _empty(q.shape, grad_dtype, q.device)
+    zeroed = lambda: torch.zeros(time_major, dtype=torch.float32, device=q.device).transpose(1, 2)  # noqa: E731
+    fresh_grad = lambda: _empty(time_major, grad_dtype, q.device).transpose(1, 2)  # noqa: E731
+    dk, dv = (zeroed() if split else fresh_grad() for _ in range(2))
+    dq = zeroed() if fused else fresh_grad()
     for part, load_prev, fresh in _schedule(layout):
         meta = _part_meta(part, seq_len, q.device)
         if load_prev and fresh:
@@ -778,7 +783,9 @@ def blocksparse_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
 
 @blocksparse_bwd.register_fake
 def _(do, q, k, v, out, lse, layout, scale):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+    # (B, T, H, D) memory order, as _backward allocates them
+    b, h, t, d = q.shape
+    return tuple(q.new_empty((b, t, h, d)).transpose(1, 2) for _ in range(3))
 
 
 def _setup_context(ctx, inputs, output):

@@ -340,3 +340,12 @@ def test_output_is_laid_out_time_major_so_the_model_reshapes_without_a_copy(mult
                                                          blocksparse.layout_id(layout), 0.1)
     real_out, real_lse = blocksparse.blocksparse_fwd(q, k, v, blocksparse.layout_id(layout), 0.1)
     assert fake_out.stride() == real_out.stride() and fake_lse.stride() == real_lse.stride()
+    # the gradients too: the model's q, k, v are views of one (B, T, 3D) product, whose backward then
+    # takes them without a copy into (B, T, D) order each
+    do = torch.randn_like(q)
+    grads = blocksparse.blocksparse_bwd(do, q, k, v, real_out, real_lse, blocksparse.layout_id(layout), 0.1)
+    assert all(g.transpose(1, 2).is_contiguous() for g in grads)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fakes = blocksparse.blocksparse_bwd(*(mode.from_tensor(t) for t in (do, q, k, v, real_out, real_lse)),
+                                            blocksparse.layout_id(layout), 0.1)
+    assert [f.stride() for f in fakes] == [g.stride() for g in grads]
