@@ -14,6 +14,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .loglog import pyplot
+
 TRAIN, VALID = "train/bits_per_byte", "valid/bits_per_byte"
 
 
@@ -119,12 +121,8 @@ def plot_curves(curves: list[Curve], path: str, smooth: int = 20, lines: dict[st
         steps = sorted(c.train)
         values = [c.train[s] for s in steps]
         series.append((c, steps, values, running_mean(values, smooth), sorted(c.valid.items())))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         _pil_curves(series, path, smooth, lines, title)
         return "pil"
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)

@@ -30,16 +30,25 @@ def tail_slope(xs: list[float], ys: list[float], min_x: float) -> float | None:
     return fit_slope([x for x, _ in pts], [y for _, y in pts])[0]
 
 
-def plot_loglog(series: dict[str, tuple[list[float], list[float]]], path: str, title: str,
-                xlabel: str, ylabel: str) -> str:
-    """Draw each labelled (xs, ys) series as a line on log-log axes into a PNG; returns the backend."""
-    series = {k: v for k, v in series.items() if v[0]}
+def pyplot():
+    """matplotlib.pyplot on its file-only backend, or None where matplotlib is not installed (the
+    plots then fall back to PIL)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot_loglog(series: dict[str, tuple[list[float], list[float]]], path: str, title: str,
+                xlabel: str, ylabel: str) -> str:
+    """Draw each labelled (xs, ys) series as a line on log-log axes into a PNG; returns the backend."""
+    series = {k: v for k, v in series.items() if v[0]}
+    plt = pyplot()
+    if plt is None:
         _pil_plot(series, path, title, xlabel, ylabel)
         return "pil"
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
