@@ -205,6 +205,7 @@ OUR_VARIANTS = {
     "atomic": {"MEGASTRIDE_BLOCKSPARSE_DQ": "atomic"},
     "split": {"MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "16"},
     "atomic_split": {"MEGASTRIDE_BLOCKSPARSE_DQ": "atomic", "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "16"},
+    "merged": {"MEGASTRIDE_BLOCKSPARSE_DQ": "merged"},
 }
 
 
@@ -322,8 +323,9 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
         stage(f"ours profiled: {summary(prof)}")
     for variant in [p for p in OUR_VARIANTS if p in peers]:  # our kernels again in another backward mode
         with mock.patch.dict(os.environ, OUR_VARIANTS[variant]):
-            _time_impl(f"ours_{variant}", ours, q, k, v, do, result, pairs)
-        stage(f"ours, {variant}  {result.timings[f'ours_{variant}_fwdbwd_ms']:.3f} ms f+b")
+            _time_impl(f"ours_{variant}", ours, q, k, v, do, result, pairs, graphs)
+        stage(f"ours, {variant}  {result.timings[f'ours_{variant}_fwdbwd_ms']:.3f} ms f+b"
+              + _graph_note(result, f"ours_{variant}"))
     flex_limit = (flex_max or {}).get(case.pattern, 1 << 62)
     if "flex" in peers and n <= flex_limit:
         try:
@@ -407,9 +409,9 @@ def table(results: list[Result]) -> str:
             + "".join(f" {_fmt(t(v + '_fwdbwd_ms'), 3)} |" for v in variants))
     graphed = [r for r in results if "ours_graph_fwdbwd_ms" in r.timings]
     if graphed:  # --graphs: the same cases replayed from CUDA graphs (no host issue cost)
-        lines += ["", "Replayed from CUDA graphs (`--graphs`):", "",
-                  "| pattern | n | H×D | ours fwd ms | ours f+b ms | ours f+b TFLOP/s | Flex fwd ms | Flex f+b ms "
-                  "| SDPA dense f+b ms | f+b speed-up vs Flex |", "|" + "---|" * 10]
+        graph_head = ("| pattern | n | H×D | ours fwd ms | ours f+b ms | ours f+b TFLOP/s | Flex fwd ms | Flex f+b ms "
+                      "| SDPA dense f+b ms | f+b speed-up vs Flex |" + "".join(f" {v} f+b ms |" for v in variants))
+        lines += ["", "Replayed from CUDA graphs (`--graphs`):", "", graph_head, "|" + "---|" * (graph_head.count("|") - 1)]
         for r in graphed:
             t = r.timings.get
             flex = t("flex_graph_fwdbwd_ms")
@@ -418,7 +420,8 @@ def table(results: list[Result]) -> str:
                 f"| {r.case.pattern} (l={r.stride}, block {r.block}) | {r.case.seq_len:,} | {r.case.heads}×{r.case.head_dim} "
                 f"| {_fmt(t('ours_graph_fwd_ms'), 3)} | {_fmt(t('ours_graph_fwdbwd_ms'), 3)} "
                 f"| {_fmt(t('ours_graph_fwdbwd_tflops'), 0)} | {_fmt(t('flex_graph_fwd_ms'), 3)} | {_fmt(flex, 3)} "
-                f"| {_fmt(t('sdpa_graph_fwdbwd_ms'), 3)} | {_fmt(speedup)}{'×' if speedup else ''} |")
+                f"| {_fmt(t('sdpa_graph_fwdbwd_ms'), 3)} | {_fmt(speedup)}{'×' if speedup else ''} |"
+                + "".join(f" {_fmt(t(v + '_graph_fwdbwd_ms'), 3)} |" for v in variants))
     return "\n".join(lines)
 
 

@@ -98,14 +98,14 @@ def _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, MASKED: tl.constexpr, DOT_PR
 
 
 @triton.jit
-def _program_tile(HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len,
+def _program_tile(pid, HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len,
                   BLOCK: tl.constexpr, TILE: tl.constexpr, NCOMP: tl.constexpr):
-    """What this program works on: (batch, head, CSR index, block, first position of its TILE-wide
+    """What program ``pid`` works on: (batch, head, CSR index, block, first position of its TILE-wide
     tile, the part's min offset, its component codes, its slot in ORDER). Heads vary fastest over
     program ids and the blocks come in ORDER (order_len entries per CSR, longest row or column
     first), so every head's heaviest tiles start first."""
-    bh = tl.program_id(0) % batch_heads
-    tile = tl.program_id(0) // batch_heads
+    bh = pid % batch_heads
+    tile = pid // batch_heads
     batch = (bh // part_heads).to(tl.int64)
     hp = bh % part_heads
     head = tl.load(HEADS + hp).to(tl.int64)
@@ -129,7 +129,7 @@ def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # one program per (query tile, batch x head)
     batch, head, csr, row_block, first_row, min_off, codes, _ = _program_tile(
-        HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_M, NCOMP)
+        tl.program_id(0), HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_M, NCOMP)
     Q += batch * stride_qb + head * stride_qh
     K += batch * stride_kb + head * stride_kh
     V += batch * stride_vb + head * stride_vh
@@ -210,18 +210,18 @@ def _dq_step(dq, q, do, k, v, lse, delta, qk_scale, ok, MASKED: tl.constexpr, DO
     return dq + tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
 
 
-@triton.jit(do_not_specialize=_NO_SPECIALIZE)
-def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                   FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER,
-                   stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
-                   stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
-                   part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                   BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
-                   NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # one program per (query tile, batch x head)
+@triton.jit
+def _dq_program(pid, Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+                FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER,
+                stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
+                part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
+                BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, NCOMP: tl.constexpr,
+                KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dQ of one (query tile, batch x head): program ``pid`` of the dQ kernel or of the merged one."""
     batch, head, csr, row_block, first_row, min_off, codes, _ = _program_tile(
-        HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_M, NCOMP)
+        pid, HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_M, NCOMP)
     K += batch * stride_kb + head * stride_kh
     V += batch * stride_vb + head * stride_vh
 
@@ -263,6 +263,24 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
     tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty))
 
 
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
+def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+                   FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER,
+                   stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                   stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
+                   part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
+                   BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
+                   NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # one program per (query tile, batch x head)
+    _dq_program(tl.program_id(0), Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+                FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER,
+                stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
+                part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
+                BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, BLOCK_M, BLOCK_N)
+
+
 @triton.jit
 def _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, ok, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
     st = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # (keys, queries)
@@ -283,24 +301,24 @@ def _dq_atomic(DQ, rows, offs_d, stride_dqt, dst, k, sm_scale, DOT_PREC: tl.cons
     tl.atomic_add(DQ + rows[:, None] * stride_dqt + offs_d[None, :], dq, sem="relaxed")
 
 
-@triton.jit(do_not_specialize=_NO_SPECIALIZE)
-def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                     FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len,
-                     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
-                     stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
-                     stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
-                     part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                     BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
-                     NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                     FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # one program per key tile of BLOCK_N keys; query tiles of BLOCK_M rows from the column lists
+@triton.jit
+def _dkdv_program(pid, Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+                  FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len,
+                  stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                  stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
+                  stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
+                  part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
+                  BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, NCOMP: tl.constexpr,
+                  KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
+                  FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # program ``pid`` of the dK/dV kernel or of the merged one: one key tile of BLOCK_N keys; query tiles of BLOCK_M rows from the column lists
     # (key blocks longest column first: the fixed pattern's summary columns are long). FUSED_DQ: the
     # program also adds dS @ K of each tile to an fp32 DQ with atomics (no separate dQ kernel).
     # SPLIT: a program takes one segment of a column (ORDER = the segments' columns, longest first;
     # SEG_LO/SEG_HI its range of full entries; SEG_FIRST whether it also takes the partial ones) and
     # adds its dK/dV to fp32 DK/DV with atomics, so a long column is no longer one serial chain
     batch, head, csr, col_block, first_col, min_off, codes, slot = _program_tile(
-        HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len, BLOCK, BLOCK_N, NCOMP)
+        pid, HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len, BLOCK, BLOCK_N, NCOMP)
     DQ += batch * stride_dqb + head * stride_dqh
     Q += batch * stride_qb + head * stride_qh
     DO += batch * stride_dob + head * stride_doh
@@ -367,6 +385,59 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_O
         tl.store(dv_ptrs, dv.to(DV.dtype.element_ty))
 
 
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
+def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+                     FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len,
+                     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                     stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
+                     stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
+                     part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
+                     BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
+                     NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
+                     FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    _dkdv_program(tl.program_id(0), Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+                  FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len,
+                  stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                  stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
+                  stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
+                  part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
+                  BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, FUSED_DQ, SPLIT, BLOCK_M, BLOCK_N)
+
+
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
+def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+                       FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len,
+                       ROW_FULL_PTR, ROW_FULL_IDX, ROW_PART_PTR, ROW_PART_IDX, ROW_ORDER,
+                       stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                       stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
+                       stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
+                       part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
+                       BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
+                       NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
+                       SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       DQ_M: tl.constexpr, DQ_N: tl.constexpr):
+    # DQ_MODE "merged": the dK/dV programs (key tiles over the column lists, longest columns first)
+    # and then the dQ programs (query tiles of DQ_M rows over the row lists) in one launch, so the dQ
+    # programs fill the GPU beside the long dK/dV columns instead of after them, and one launch fewer
+    pid = tl.program_id(0)
+    dkdv_programs = order_len * (BLOCK // BLOCK_N) * batch_heads
+    if pid < dkdv_programs:
+        _dkdv_program(pid, Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+                      FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len,
+                      stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                      stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
+                      stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
+                      part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
+                      BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, False, SPLIT, BLOCK_M, BLOCK_N)
+    else:
+        _dq_program(pid - dkdv_programs, Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+                    ROW_FULL_PTR, ROW_FULL_IDX, ROW_PART_PTR, ROW_PART_IDX, ROW_ORDER,
+                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                    stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
+                    part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
+                    BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, DQ_M, DQ_N)
+
+
 # --- autotuning: configs declared once per kernel, pruned to the layout's block and head dim ------
 
 _TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_PREV", "FUSED_DQ", "SPLIT"]
@@ -386,6 +457,14 @@ _DQ_TILES = {128: [(128, 32, 4, 5), (128, 64, 8, 3), (128, 32, 8, 4)], 64: [(64,
 _DKDV_TILES = {128: [(32, 128, 4, 5), (64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 3)], 64: [(32, 64, 4, 4)],
                (128, 128): [(16, 128, 8, 3), (64, 32, 8, 3), (128, 32, 8, 3)]}  # head dim 128: spill-free ones
 # Keys: a block, or (block, head dim) for configs added at that head dim only.
+# The merged backward (DQ_MODE "merged"): (dK/dV BLOCK_M, BLOCK_N, dQ DQ_M, DQ_N, warps, stages), the two
+# kernels' configs paired where their warps and stages agree (one launch has one of each); not yet timed
+_MERGED_TILES = {128: [(64, 64, 128, 32, 4, 3), (32, 128, 128, 32, 4, 5), (64, 128, 128, 64, 8, 3),
+                       (32, 128, 128, 32, 8, 4)],
+                 64: [(32, 64, 64, 32, 4, 4)],
+                 (128, 128): [(16, 128, 128, 64, 8, 3), (128, 32, 128, 32, 8, 4)]}
+_TILE_NAMES = ("BLOCK_M", "BLOCK_N")
+_MERGED_NAMES = ("BLOCK_M", "BLOCK_N", "DQ_M", "DQ_N")
 
 
 def _extra_tiles(raw: str) -> dict[str, list[tuple[int, int, int, int]]]:
@@ -406,38 +485,45 @@ for _name, _table in (("fwd", _FWD_TILES), ("dq", _DQ_TILES), ("dkdv", _DKDV_TIL
     _table["extra"] = _EXTRA[_name]
 
 
-def _configs(table):
+def _config(entry, names=_TILE_NAMES) -> triton.Config:
+    """A table entry (tile sizes named by ``names``, then warps, stages) as a Triton config."""
+    *tiles, warps, stages = entry
+    return triton.Config(dict(zip(names, tiles)), num_warps=warps, num_stages=stages)
+
+
+def _configs(table, names=_TILE_NAMES):
     values = {v for vs in table.values() for v in vs}
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in sorted(values)]
+    return [_config(v, names) for v in sorted(values)]
 
 
-def tile_list(table, block: int, head_dim: int) -> list[tuple[int, int, int, int]]:
-    """The (BLOCK_M, BLOCK_N, warps, stages) configs a table offers at one block and head dim: the
+def tile_list(table, block: int, head_dim: int, names=_TILE_NAMES) -> list[tuple[int, ...]]:
+    """The (tile sizes..., warps, stages) configs a table offers at one block and head dim: the
     block's list, those added for (block, head dim), the EXTRA_TILES that fit; one safe config if none."""
-    extra = [t for t in table.get("extra", []) if t[0] <= block and t[1] <= block]
+    extra = [t for t in table.get("extra", []) if all(x <= block for x in t[:-2])]
     return (table.get(block, []) + table.get((block, head_dim), []) + extra
-            or [(min(block, 64), min(block, 64), 4, 2)])
+            or [(min(block, 64),) * len(names) + (4, 2)])
 
 
-def _pruner(table):
+def _pruner(table, names=_TILE_NAMES):
     def prune(configs, named_args, **kwargs):
-        block = kwargs["BLOCK"]
-        wanted = tile_list(table, block, kwargs["HEAD_DIM"])
-        keep = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
-        return keep or [triton.Config({"BLOCK_M": min(block, 64), "BLOCK_N": min(block, 64)}, num_warps=4, num_stages=2)]
+        wanted = tile_list(table, kwargs["BLOCK"], kwargs["HEAD_DIM"], names)
+        keep = [c for c in configs if tuple(c.kwargs[n] for n in names) + (c.num_warps, c.num_stages) in wanted]
+        return keep or [_config(wanted[-1], names)]
 
     return prune
 
 
-def _autotuned(kernel, table, outputs):
+def _autotuned(kernel, table, outputs, names=_TILE_NAMES):
     # outputs are restored between trials: parts after the first accumulate into them
-    return triton.autotune(configs=_configs(table), key=_TUNE_KEY, prune_configs_by={"early_config_prune": _pruner(table)},
+    return triton.autotune(configs=_configs(table, names), key=_TUNE_KEY,
+                           prune_configs_by={"early_config_prune": _pruner(table, names)},
                            restore_value=outputs, cache_results=True)(kernel)
 
 
 _fwd_tuned = _autotuned(_fwd_kernel, _FWD_TILES, ["O", "LSE"])
 _dq_tuned = _autotuned(_bwd_dq_kernel, _DQ_TILES, ["DQ"])
 _dkdv_tuned = _autotuned(_bwd_dkdv_kernel, _DKDV_TILES, ["DK", "DV", "DQ"])
+_merged_tuned = _autotuned(_bwd_merged_kernel, _MERGED_TILES, ["DK", "DV", "DQ"], _MERGED_NAMES)
 
 
 # Tests set this to fill every output buffer with NaN first: proves the kernels write each element.
@@ -589,6 +675,8 @@ def _launch(tuned, kernel, grid, args, consts):
     if tiles is None:
         tuned[grid](*args, **consts)
     else:
+        if kernel is _bwd_merged_kernel:  # its dQ programs take the same fixed tiles
+            tiles = {**tiles, "DQ_M": tiles["BLOCK_M"], "DQ_N": tiles["BLOCK_N"]}
         kernel[grid](*args, **consts, **tiles)
 
 
@@ -658,13 +746,17 @@ def _forward(q, k, v, layout: Layout, scale: float):
     return (out.to(q.dtype) if multi else out), lse
 
 
+DQ_MODES = ("separate", "atomic", "merged")
+
+
 def dq_mode() -> str:
     """How the backward pass computes dQ: "separate" (a dQ kernel over the row lists: deterministic, two
-    more matmuls per tile) or "atomic" (the dK/dV kernel adds dS @ K to an fp32 dQ with atomics).
+    more matmuls per tile), "atomic" (the dK/dV kernel adds dS @ K to an fp32 dQ with atomics) or
+    "merged" (the separate dQ programs and the dK/dV programs in one launch: deterministic too).
     ``MEGASTRIDE_BLOCKSPARSE_DQ`` overrides ``DQ_MODE``."""
     mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_DQ", DQ_MODE)
-    if mode not in ("separate", "atomic"):
-        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_DQ must be 'separate' or 'atomic', got {mode!r}")
+    if mode not in DQ_MODES:
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_DQ must be one of {', '.join(DQ_MODES)}; got {mode!r}")
     return mode
 
 
@@ -690,7 +782,8 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float):
     _delta_kernel[(triton.cdiv(seq_len, block_t), batch * heads)](
         out, do, delta, *_strides(out, do), delta.stride(0), delta.stride(1), heads, seq_len,
         HEAD_DIM=head_dim, BLOCK_T=block_t)
-    fused, split = dq_mode() == "atomic", dkdv_split()
+    mode, split = dq_mode(), dkdv_split()
+    fused, merged = mode == "atomic", mode == "merged"
     grad_dtype = torch.float32 if _accumulates(layout) else q.dtype
     # gradients in (B, T, H, D) memory order, seen as (B, H, T, D), like the forward's output: the
     # model's q, k and v are head views of one (B, T, 3D) product, whose backward then takes them as
@@ -710,7 +803,7 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float):
         lists = meta.lists
         consts = _common(layout, meta, q, load_prev)
         common = (len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E, scale)
-        if not fused:
+        if not (fused or merged):
             args = (q, k, v, do, dq, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
                     lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
                     lists["row_order"], *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *common)
@@ -726,12 +819,19 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float):
             order = lists["col_order"]
             seg_lo = seg_hi = seg_first = order  # not read
         order_len = order.shape[1]
-        args = (q, k, v, do, dk, dv, dq, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
-                lists["col_full_ptr"], lists["col_full_idx"], lists["col_part_ptr"], lists["col_part_idx"], order,
-                seg_lo, seg_hi, seg_first, order_len,
-                *_strides(q, k, v, do, dk, dv, dq), lse.stride(0), lse.stride(1), *common)
-        grid = lambda m: (order_len * (layout.block // m["BLOCK_N"]) * batch * len(part.heads),)  # noqa: E731
-        _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, args, {**consts, "FUSED_DQ": fused, "SPLIT": split > 0})
+        columns = (q, k, v, do, dk, dv, dq, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
+                   lists["col_full_ptr"], lists["col_full_idx"], lists["col_part_ptr"], lists["col_part_idx"], order,
+                   seg_lo, seg_hi, seg_first, order_len)
+        strides = (*_strides(q, k, v, do, dk, dv, dq), lse.stride(0), lse.stride(1), *common)
+        bh = batch * len(part.heads)
+        if merged:  # the dK/dV programs, then the dQ programs over the row lists, in one launch
+            rows = (lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
+                    lists["row_order"])
+            grid = lambda m: (order_len * (layout.block // m["BLOCK_N"]) * bh + seq_len // m["DQ_M"] * bh,)  # noqa: E731
+            _launch(_merged_tuned, _bwd_merged_kernel, grid, (*columns, *rows, *strides), {**consts, "SPLIT": split > 0})
+            continue
+        grid = lambda m: (order_len * (layout.block // m["BLOCK_N"]) * bh,)  # noqa: E731
+        _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, (*columns, *strides), {**consts, "FUSED_DQ": fused, "SPLIT": split > 0})
     return tuple(g.to(q.dtype) for g in (dq, dk, dv))
 
 

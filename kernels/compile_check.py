@@ -29,7 +29,8 @@ from triton.compiler import ASTSource
 from . import blocksparse as bs
 
 _INDEX_ARRAYS = {"HEADS", "HEAD_CSR", "MIN_OFF", "CODES", "FULL_PTR", "FULL_IDX", "PART_PTR", "PART_IDX", "ORDER",
-                 "SEG_LO", "SEG_HI", "SEG_FIRST"}
+                 "SEG_LO", "SEG_HI", "SEG_FIRST", "ROW_FULL_PTR", "ROW_FULL_IDX", "ROW_PART_PTR", "ROW_PART_IDX",
+                 "ROW_ORDER"}
 _FP32_ARRAYS = {"LSE", "DELTA"}
 _FLOATS = {"qk_scale", "sm_scale"}
 
@@ -93,6 +94,13 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False) -
             for m, n, w, st in tiles(bs._DKDV_TILES):
                 out.append(Variant(f"dK/dV {tag}, {mode} {m}x{n} w{w} s{st}", bs._bwd_dkdv_kernel,
                                    dict(common, FUSED_DQ=fused, SPLIT=split, BLOCK_M=m, BLOCK_N=n), fp32, w, st))
+        for split in (False, True):  # DQ_MODE "merged": dK/dV and dQ programs in one launch
+            fp32 = (acc & {"DQ", "DK", "DV"}) | ({"DK", "DV"} if split else set())
+            chosen = bs.tile_list(bs._MERGED_TILES, block, head_dim, bs._MERGED_NAMES)
+            for m, n, qm, qn, w, st in chosen if every_config else chosen[:1]:
+                out.append(Variant(f"merged {tag}, {'split' if split else 'whole'} columns {m}x{n}+{qm}x{qn} w{w} s{st}",
+                                   bs._bwd_merged_kernel, dict(common, SPLIT=split, BLOCK_M=m, BLOCK_N=n, DQ_M=qm, DQ_N=qn),
+                                   fp32, w, st))
     return out
 
 

@@ -32,10 +32,13 @@ timeout "${KCHECK_S:-200}" python3 -m megastride.kernels.gpu_check --out "$OUT" 
 if [ -z "${KCHECK_ARGS:-}" ]; then
   timeout "${KCHECK_MODES_S:-120}" python3 -m megastride.kernels.gpu_check --out "$OUT/modes" --dq-mode atomic \
     --dkdv-split 16 --no-long --only 1M 2>&1 | tail -4 | tee -a "$OUT/gpu_check.log"
+  timeout "${KCHECK_MODES_S:-120}" python3 -m megastride.kernels.gpu_check --out "$OUT/merged" --dq-mode merged \
+    --no-long --only 1M 2>&1 | tail -4 | tee -a "$OUT/gpu_check.log"
 fi
 fi
 # b. attention bench (docs/benchmarks.md): ours beside FlexAttention and dense SDPA, the split dK/dV mode
-#    too, each case profiled and also replayed from CUDA graphs (the kernels without the host's issue cost).
+#    and merged (dQ and dK/dV programs in one launch) modes too, each case profiled and also replayed
+#    from CUDA graphs (the kernels without the host's issue cost).
 #    BENCH_PATTERNS=fixed,strided,strided_matched adds the strided pattern at about the fixed density. BENCH_PEERS=flex,atomic,... also times the atomic dQ mode, and the training
 #    runs below then use it if it was the faster at the longest length (slower at 1M on 2026-11-29).
 #    The whole default run needs about 560 s on a fresh machine (autotuning: ~25 s per new key).
@@ -45,15 +48,19 @@ fi
 if want b; then
 timeout "${BENCH_S:-560}" python3 -m megastride.launch.cli bench attention --patterns "${BENCH_PATTERNS:-fixed,strided}" \
   --configs "${BENCH_CONFIGS:-8x64,2x128}" --lengths "${BENCH_LENGTHS:-3072,12288,65536,262144,1048576}" \
-  --peers "${BENCH_PEERS:-flex,sdpa,split}" --profile --graphs ${BENCH_ARGS:-} --out "$OUT/bench_attention" > "$OUT/bench_attention.log" 2>&1
+  --peers "${BENCH_PEERS:-flex,sdpa,split,merged}" --profile --graphs ${BENCH_ARGS:-} --out "$OUT/bench_attention" > "$OUT/bench_attention.log" 2>&1
 tail -30 "$OUT/bench_attention.log"
 if [ -z "${MEGASTRIDE_BLOCKSPARSE_DQ:-}" ] && [ -f "$OUT/bench_attention/bench_attention.json" ]; then
   export MEGASTRIDE_BLOCKSPARSE_DQ=$(python3 - "$OUT/bench_attention/bench_attention.json" <<'PY'
 import json, sys
-rows = [r for r in json.load(open(sys.argv[1]))["results"] if r.get("ours_atomic_fwdbwd_ms")]
+rows = json.load(open(sys.argv[1]))["results"]
 longest = max((r["seq_len"] for r in rows), default=0)
-t = [(r["ours_fwdbwd_ms"], r["ours_atomic_fwdbwd_ms"]) for r in rows if r["seq_len"] == longest]
-print("atomic" if t and sum(a for _, a in t) < sum(s for s, _ in t) else "separate")
+at = [r for r in rows if r["seq_len"] == longest]
+totals = {"separate": sum(r.get("ours_fwdbwd_ms") or 0 for r in at)}
+for mode in ("atomic", "merged"):  # a mode counts where it was timed for every case at that length
+    if at and all(r.get(f"ours_{mode}_fwdbwd_ms") for r in at):
+        totals[mode] = sum(r[f"ours_{mode}_fwdbwd_ms"] for r in at)
+print(min(totals, key=totals.get))
 PY
 )
   echo "dQ mode for the runs below: $MEGASTRIDE_BLOCKSPARSE_DQ (faster at the longest benched length)" | tee -a "$OUT/env.log"

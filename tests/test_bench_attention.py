@@ -60,6 +60,20 @@ def test_graph_timings_get_their_own_table_not_a_variant_column():
     assert "CUDA graphs" not in table([plain])
 
 
+def test_graph_table_has_a_column_per_backward_variant():
+    """A variant timed eagerly and replayed (e.g. merged) gets its replayed f+b in the graph table."""
+    from megastride.kernels.bench import Result, table
+
+    r = Result(Case("fixed", 12288, 8, 64), 1024, 128, 0.198, 10)
+    r.timings.update(ours_fwdbwd_ms=1.5, ours_merged_fwdbwd_ms=1.4, ours_graph_fwdbwd_ms=0.45,
+                     ours_merged_graph_fwdbwd_ms=0.40, flex_graph_fwdbwd_ms=0.9)
+    lines = table([r]).splitlines()
+    graph_head = lines.index("Replayed from CUDA graphs (`--graphs`):") + 2
+    assert lines[graph_head].endswith("| f+b speed-up vs Flex | ours_merged f+b ms |")
+    assert lines[-1].endswith("| 2.00× | 0.400 |")
+    assert lines[graph_head + 1].count("|") == lines[graph_head].count("|")
+
+
 def test_bench_parser_takes_graphs():
     from megastride.launch.bench_attention import _parser
 

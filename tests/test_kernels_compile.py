@@ -19,13 +19,13 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 
 
 def test_kernels_compile_for_sm90():
-    """The default training path (forward, dQ, dK/dV on a natural part) and the dK/dV variant with
-    every option (permuted merging part, atomic dQ, split columns)."""
+    """The default training path (forward, dQ, dK/dV on a natural part), the dK/dV variant with
+    every option (permuted merging part, atomic dQ, split columns) and the merged backward's."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     only = ["forward natural", "dQ natural", "dK/dV natural, dQ separate, whole columns",
-            "dK/dV permuted, merging, dQ atomic, split columns"]
+            "dK/dV permuted, merging, dQ atomic, split columns", "merged permuted, merging, split columns"]
     proc = subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", *(f"--only={o}" for o in only)],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     compiled = [line for line in proc.stdout.splitlines() if line.startswith("ok ")]
-    assert len(compiled) == 4 and proc.stdout.strip().endswith("all compiled"), proc.stdout
+    assert len(compiled) == len(only) and proc.stdout.strip().endswith("all compiled"), proc.stdout

@@ -106,6 +106,21 @@ def test_atomic_dq_matches_reference(name, monkeypatch):
     assert not launched, "the dQ kernel ran in atomic mode"
 
 
+@pytest.mark.parametrize("name", ["fixed_block128", "strided_permuted_straddling", "merged_fixed_strided",
+                                  "multi_head_mix", "summary_only_empty_rows"])
+def test_merged_backward_matches_reference(name, monkeypatch):
+    """The dQ and dK/dV programs in one launch (DQ_MODE "merged") give the reference's gradients too,
+    and neither separate backward kernel runs."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "merged")
+    launched = []
+    monkeypatch.setattr(blocksparse, "_bwd_dq_kernel", _Recorder(blocksparse._bwd_dq_kernel, launched))
+    monkeypatch.setattr(blocksparse, "_bwd_dkdv_kernel", _Recorder(blocksparse._bwd_dkdv_kernel, launched))
+    merged = []
+    monkeypatch.setattr(blocksparse, "_bwd_merged_kernel", _Recorder(blocksparse._bwd_merged_kernel, merged))
+    _run_case(CASES[name], monkeypatch, seed=7)
+    assert not launched and merged, "the merged mode ran the separate backward kernels"
+
+
 SPLIT_CASES = {  # each has columns with more full entries than the split and partial entries besides
     "fixed_full_summary": (lambda h: P.fixed(64, 32), 512, 32, 2, 32, torch.float32, 1),  # summary = whole block
     "merged_local_strided": (lambda h: P.merged(P.local(100), P.strided(32)), 256, 16, 2, 32, torch.float16, 1),
@@ -115,7 +130,8 @@ SPLIT_CASES = {  # each has columns with more full entries than the split and pa
 
 
 @pytest.mark.parametrize("name,split,dq", [("fixed_full_summary", 2, "separate"), ("fixed_full_summary", 1, "atomic"),
-                                           ("merged_local_strided", 2, "atomic"), ("multi_head_full", 1, "separate")])
+                                           ("merged_local_strided", 2, "atomic"), ("multi_head_full", 1, "separate"),
+                                           ("multi_head_full", 2, "merged")])
 def test_split_columns_match_reference(name, split, dq, monkeypatch):
     """dK/dV programs that take a segment of a column and add with atomics: still the reference,
     over columns split many ways, merged parts, per-head CSRs and empty rows."""
