@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from megastride.kernels import FusedLayerNorm, Layout, sparse_attention
+from megastride.kernels import FusedLayerNorm, Layout, sparse_attention, sparse_attention_qkv
 from megastride.kernels.attention import layout_for
 from megastride.kernels.patterns import AttentionPattern
 
@@ -55,16 +55,19 @@ class SparseAttention(nn.Module):
         # autocast cast and saved for backward, once instead of three times
         weight = torch.cat([self.q.weight, self.k.weight, self.v.weight])
         bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
-        q, k, v = F.linear(x, weight, bias).split([self.q.out_features, self.k.out_features, self.v.out_features], -1)
+        qkv = F.linear(x, weight, bias)
+        scale = 1.0 / math.sqrt(self.qk_head)
+        if self.qk_head == self.v_head:  # the attention takes the product whole: one gradient, not three to concatenate
+            out = sparse_attention_qkv(qkv, self.n_heads, self.layout(t, x.device), scale=scale)
+            return self.proj(out.transpose(1, 2).reshape(b, t, -1))  # (B, T, D)
+        q, k, v = qkv.split([self.q.out_features, self.k.out_features, self.v.out_features], -1)
         q = q.view(b, t, self.n_heads, self.qk_head).transpose(1, 2)  # (B, H, T, Dqk), views of the product
         k = k.view(b, t, self.n_heads, self.qk_head).transpose(1, 2)  # (B, H, T, Dqk)
         v = v.view(b, t, self.n_heads, self.v_head).transpose(1, 2)  # (B, H, T, Dv)
-        scale = 1.0 / math.sqrt(self.qk_head)
-        if self.qk_head != self.v_head:
-            # the kernels take one head dim: zero-padding q and k leaves q.k unchanged (exact)
-            width = max(self.qk_head, self.v_head)
-            q, k = F.pad(q, (0, width - self.qk_head)), F.pad(k, (0, width - self.qk_head))
-            v = F.pad(v, (0, width - self.v_head))
+        # the kernels take one head dim: zero-padding q and k leaves q.k unchanged (exact)
+        width = max(self.qk_head, self.v_head)
+        q, k = F.pad(q, (0, width - self.qk_head)), F.pad(k, (0, width - self.qk_head))
+        v = F.pad(v, (0, width - self.v_head))
         out = sparse_attention(q, k, v, self.layout(t, x.device), scale=scale)[..., : self.v_head]
         return self.proj(out.transpose(1, 2).reshape(b, t, -1))  # (B, T, D)
 

@@ -3,7 +3,7 @@
 Importing this package needs only torch; Triton is imported when a CUDA (or interpreted) kernel runs.
 """
 
-from .attention import sparse_attention
+from .attention import sparse_attention, sparse_attention_qkv
 from .norm import FusedLayerNorm, layer_norm
 from .patterns import (
     AttentionPattern,
@@ -25,5 +25,5 @@ from .reference import naive_attention, reference_attention
 __all__ = [
     "AttentionPattern", "HeadPattern", "Layout", "build_layout", "dense", "fixed", "fixed_per_head",
     "local", "merged", "multi_head", "optimal_stride", "same_for_all_heads", "strided",
-    "naive_attention", "reference_attention", "sparse_attention", "FusedLayerNorm", "layer_norm",
+    "naive_attention", "reference_attention", "sparse_attention", "sparse_attention_qkv", "FusedLayerNorm", "layer_norm",
 ]

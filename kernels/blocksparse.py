@@ -773,8 +773,9 @@ def dkdv_split() -> int:
     return value
 
 
-def _backward(do, q, k, v, out, lse, layout: Layout, scale: float):
-    """(dq, dk, dv) given the merged output and lse of ``_forward``."""
+def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None):
+    """(dq, dk, dv) given the merged output and lse of ``_forward``. ``into``: three (B, H, T, D) tensors
+    of q's dtype to write them into (written directly where no fp32 accumulation is needed)."""
     batch, heads, seq_len, head_dim = q.shape
     do = do if do.stride(-1) == 1 else do.contiguous()
     delta = _empty(lse.shape, torch.float32, lse.device)
@@ -793,8 +794,9 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float):
     # without keys stay 0)
     zeroed = lambda: torch.zeros(time_major, dtype=torch.float32, device=q.device).transpose(1, 2)  # noqa: E731
     fresh_grad = lambda: _empty(time_major, grad_dtype, q.device).transpose(1, 2)  # noqa: E731
-    dk, dv = (zeroed() if split else fresh_grad() for _ in range(2))
-    dq = zeroed() if fused else fresh_grad()
+    direct = into is not None and grad_dtype == q.dtype
+    dk, dv = (zeroed() if split else into[i] if direct else fresh_grad() for i in (1, 2))
+    dq = zeroed() if fused else into[0] if direct else fresh_grad()
     for part, load_prev, fresh in _schedule(layout):
         meta = _part_meta(part, seq_len, q.device)
         if load_prev and fresh:
@@ -832,7 +834,12 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float):
             continue
         grid = lambda m: (order_len * (layout.block // m["BLOCK_N"]) * bh,)  # noqa: E731
         _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, (*columns, *strides), {**consts, "FUSED_DQ": fused, "SPLIT": split > 0})
-    return tuple(g.to(q.dtype) for g in (dq, dk, dv))
+    if into is None:
+        return tuple(g.to(q.dtype) for g in (dq, dk, dv))
+    for target, g in zip(into, (dq, dk, dv)):
+        if g is not target:
+            target.copy_(g)
+    return tuple(into)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -923,8 +930,38 @@ class _Eager(torch.autograd.Function):
         return (*_backward(grad_out, q, k, v, out, lse, ctx.layout, ctx.scale), None, None)
 
 
+class _EagerQKV(torch.autograd.Function):
+    """Attention over the model's fused (B, T, 3 * H * D) q/k/v product: q, k and v are head views of
+    it, and the backward writes dq, dk and dv straight into one (B, T, 3 * H * D) gradient, where the
+    q, k, v path's split backward would concatenate three separate ones (a copy of 3 * B * T * D
+    elements and a transient of that size per layer)."""
+
+    @staticmethod
+    def forward(ctx, qkv, heads: int, layout: Layout, scale: float):
+        q, k, v = _qkv_views(qkv, heads)
+        out, lse = _forward(q, k, v, layout, scale)
+        ctx.save_for_backward(qkv, out, lse)
+        ctx.heads, ctx.layout, ctx.scale = heads, layout, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        qkv, out, lse = ctx.saved_tensors
+        dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
+        _backward(grad_out, *_qkv_views(qkv, ctx.heads), out, lse, ctx.layout, ctx.scale,
+                  into=_qkv_views(dqkv, ctx.heads))
+        return dqkv, None, None, None
+
+
+def _qkv_views(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v as (B, H, T, D) tensors of a (B, T, 3 * H * D) one laid out [q | k | v]: views where its
+    last dim is contiguous (the model's projection; the kernels take any strides)."""
+    b, t, width = qkv.shape
+    return tuple(x.reshape(b, t, heads, width // (3 * heads)).transpose(1, 2) for x in qkv.split(width // 3, -1))
+
+
 # ---------------------------------------------------------------------------------------------
-# Public function
+# Public functions
 # ---------------------------------------------------------------------------------------------
 
 
@@ -946,3 +983,16 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay
     if torch.compiler.is_compiling():
         return blocksparse_fwd(q, k, v, layout_id(layout), scale)[0]
     return _Eager.apply(q, k, v, layout, scale)
+
+
+def blocksparse_attention_qkv(qkv: torch.Tensor, heads: int, layout: Layout, scale: float | None = None) -> torch.Tensor:
+    """``blocksparse_attention`` of the q, k, v held in one (B, T, 3 * H * D) tensor laid out [q | k | v]
+    (the model's fused projection); returns (B, H, T, D). Its gradient is written as one tensor."""
+    b, t, width = qkv.shape
+    if width % (3 * heads):
+        raise ValueError(f"a fused q/k/v of width {width} does not split into 3 x {heads} heads")
+    head_dim = width // (3 * heads)
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    if head_dim not in _HEAD_DIMS or not qkv.is_contiguous() or torch.compiler.is_compiling():
+        return blocksparse_attention(*_qkv_views(qkv, heads), layout, scale)  # padded heads; the custom op
+    return _EagerQKV.apply(qkv, heads, layout, scale)
