@@ -101,7 +101,8 @@ def summary_table(curve: Curve, every: int) -> str:
         valid = f"{r['valid']:.3f} ({r['valid_step']})" if r["valid"] is not None else "—"
         step_s = f"{r['step_s']:.2f}" if r["step_s"] is not None else "—"
         peak = f"{r['peak_gb']:.1f}" if r["peak_gb"] is not None else "—"
-        lines.append(f"| {r['first']}-{r['last']} | {r['mean']:.3f} | {r['min']:.3f} - {r['max']:.3f} | {valid} | {step_s} | {peak} |")
+        lines.append(f"| {r['first']}-{r['last']} | {r['mean']:.3f} | {r['min']:.3f} - {r['max']:.3f} | {valid} "
+                     f"| {step_s} | {peak} |")
     return "\n".join(lines)
 
 

@@ -311,7 +311,8 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN
                   BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, NCOMP: tl.constexpr,
                   KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                   FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # program ``pid`` of the dK/dV kernel or of the merged one: one key tile of BLOCK_N keys; query tiles of BLOCK_M rows from the column lists
+    # program ``pid`` of the dK/dV kernel or of the merged one: one key tile of BLOCK_N keys; query
+    # tiles of BLOCK_M rows from the column lists
     # (key blocks longest column first: the fixed pattern's summary columns are long). FUSED_DQ: the
     # program also adds dS @ K of each tile to an fp32 DQ with atomics (no separate dQ kernel).
     # SPLIT: a program takes one segment of a column (ORDER = the segments' columns, longest first;
