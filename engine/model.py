@@ -6,6 +6,7 @@ the like are applied from outside (``engine.parallel``) through ``SparseTransfor
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable
 
@@ -102,9 +103,10 @@ class FeedForward(nn.Module):
         if not c or t <= c:
             return self._ffn(x)
         if torch.is_grad_enabled():  # no randomness inside: no RNG state to stash (nor to read under a CUDA graph)
-            parts = [torch.utils.checkpoint.checkpoint(self._ffn, x[:, i : i + c], use_reentrant=False,
-                                                     preserve_rng_state=False)
-                     for i in range(0, t, c)]
+            # split, not x[:, i : i + c]: a slice's backward writes its chunk into a zeroed tensor of x's
+            # full size, and T / c of those are summed; split's backward concatenates the chunks once
+            parts = [torch.utils.checkpoint.checkpoint(self._ffn, part, use_reentrant=False, preserve_rng_state=False)
+                     for part in x.split(c, dim=1)]
             return torch.cat(parts, dim=1)
         first = self._ffn(x[:, :c])  # no graph to keep: write each chunk into one output
         out = first.new_empty(*x.shape[:-1], first.shape[-1])
@@ -231,8 +233,8 @@ def chunked_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.
     """Mean next-byte cross-entropy (nats) of hidden states h (B, T, D) under output weights (V, D)."""
     flat_h, flat_t = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
     total = h.new_zeros((), dtype=torch.float32)
-    for start in range(0, flat_t.numel(), chunk):
-        args = (flat_h[start : start + chunk], weight, flat_t[start : start + chunk])
+    # split, not slices: each slice's backward would zero-fill a gradient of h's full size (FeedForward)
+    for args in zip(flat_h.split(chunk), itertools.repeat(weight), flat_t.split(chunk)):
         if torch.is_grad_enabled() and h.requires_grad:  # deterministic: no RNG state to stash
             total = total + torch.utils.checkpoint.checkpoint(_chunk_loss, *args, use_reentrant=False,
                                                                  preserve_rng_state=False)

@@ -217,3 +217,40 @@ def test_attention_projects_q_k_v_in_one_matmul_with_the_separate_weights(qk_mul
     params = [x, *attn.parameters()]
     for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(want, params, g)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def _backward_nodes(t: torch.Tensor) -> list[str]:
+    seen, stack, names = set(), [t.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(fn for fn, _ in node.next_functions)
+    return names
+
+
+def test_chunked_ffn_and_loss_take_their_chunks_by_split_not_slices():
+    """The FFN's and the loss's chunks come from one split, whose backward concatenates the chunk
+    gradients once; per-chunk slices would each zero-fill a gradient of the input's full size (at 1M
+    tokens and 16 chunks, 16 full-size fills and sums per layer). Same values either way."""
+    from megastride.engine.model import FeedForward
+
+    cfg = config_from_dict({"model": {"seq_len": 64, "d_model": 16, "n_layers": 1, "n_heads": 2, "ffn_chunk": 16,
+                                      "attention": {"block": 16, "layers": ["local(16)"]}}}).model
+    ffn = FeedForward(cfg)
+    x = torch.randn(2, 64, 16, requires_grad=True)
+    out = ffn(x)
+    nodes = _backward_nodes(out)
+    assert "SliceBackward0" not in nodes and any(n.startswith("Split") for n in nodes), nodes
+    (grad,) = torch.autograd.grad(out.square().sum(), x)
+    whole = FeedForward(cfg)
+    whole.load_state_dict(ffn.state_dict())
+    whole.chunk = 0
+    (want,) = torch.autograd.grad(whole(x).square().sum(), x)
+    torch.testing.assert_close(grad, want, rtol=1e-5, atol=1e-6)
+    h, w = torch.randn(2, 64, 16, requires_grad=True), torch.randn(256, 16)
+    loss = chunked_cross_entropy(h, w, torch.randint(0, 256, (2, 64)), chunk=16)
+    nodes = _backward_nodes(loss)
+    assert "SliceBackward0" not in nodes and any(n.startswith("Split") for n in nodes), nodes
