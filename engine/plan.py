@@ -213,12 +213,6 @@ def block_saved_parts(model: ModelConfig, prec: Precision) -> tuple[float, float
     return attention, ffn_side
 
 
-def block_saved_bytes(model: ModelConfig, prec: Precision) -> float:
-    """Bytes per token one residual block keeps for its backward pass, FFN intermediates apart
-    (``block_saved_parts``, both halves)."""
-    return sum(block_saved_parts(model, prec))
-
-
 def _any_dense_layer(model: ModelConfig) -> bool:
     """Whether some layer runs dense causal SDPA (its (B, H, T, D) output is re-laid out by a copy)."""
     from megastride.kernels.attention import _all_dense

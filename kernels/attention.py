@@ -63,15 +63,21 @@ def sparse_attention_qkv(qkv: torch.Tensor, heads: int, layout: Layout, scale: f
     """``sparse_attention`` of the q, k and v held in one (B, T, 3 * H * D) tensor laid out [q | k | v]
     (the model's fused projection); returns (B, H, T, D). On the Triton path its gradient comes back
     as one tensor instead of three that autograd concatenates."""
-    b, t, width = qkv.shape
-    if width % (3 * heads):
-        raise ValueError(f"a fused q/k/v of width {width} does not split into 3 x {heads} heads")
-    if t != layout.seq_len:
-        raise ValueError(f"inputs have {t} positions but the layout was built for {layout.seq_len}")
+    q, k, v = qkv_heads(qkv, heads)
+    if q.shape[-2] != layout.seq_len:
+        raise ValueError(f"inputs have {q.shape[-2]} positions but the layout was built for {layout.seq_len}")
     dense_on_gpu = qkv.is_cuda and _is_dense(layout) and os.environ.get("MEGASTRIDE_ATTENTION", "").lower() != "reference"
     if _use_triton(qkv) and not dense_on_gpu:
         from .blocksparse import blocksparse_attention_qkv  # imported lazily: needs triton
 
         return blocksparse_attention_qkv(qkv, heads, layout, scale=scale)
-    q, k, v = (x.view(b, t, heads, width // (3 * heads)).transpose(1, 2) for x in qkv.split(width // 3, -1))
     return sparse_attention(q, k, v, layout, scale=scale)
+
+
+def qkv_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v as (B, H, T, D) tensors of a (B, T, 3 * H * D) one laid out [q | k | v]: views where its
+    last dim is contiguous (the model's projection; the kernels take any strides)."""
+    b, t, width = qkv.shape
+    if width % (3 * heads):
+        raise ValueError(f"a fused q/k/v of width {width} does not split into 3 x {heads} heads")
+    return tuple(x.reshape(b, t, heads, width // (3 * heads)).transpose(1, 2) for x in qkv.split(width // 3, -1))

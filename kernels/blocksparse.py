@@ -34,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .attention import qkv_heads
 from .patterns import Layout, LayoutPart
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -539,19 +540,18 @@ def _empty(shape, dtype, device) -> torch.Tensor:
     return torch.full(shape, float("nan"), dtype=dtype, device=device) if POISON else torch.empty(shape, dtype=dtype, device=device)
 
 
-def _fixed_tiles(block: int) -> dict | None:
+def _fixed_tiles(block: int, names=_TILE_NAMES) -> dict | None:
     """Tiles without autotuning: under the interpreter (no timing there) or when forced for a test.
 
-    MEGASTRIDE_BLOCKSPARSE_TILES="M,N" forces the tiles; the interpreter default uses half-block
-    sub-tiles so the tests exercise the sub-tiling paths.
+    MEGASTRIDE_BLOCKSPARSE_TILES="M,N" forces the tiles (M for the query-side names, *_M, and N for the
+    key side); the interpreter default uses half-block sub-tiles so the tests exercise the sub-tiling paths.
     """
     forced = os.environ.get("MEGASTRIDE_BLOCKSPARSE_TILES")
     if forced:
         m, n = (min(int(x), block) for x in forced.split(","))
-        return {"BLOCK_M": m, "BLOCK_N": n, "num_warps": 4, "num_stages": 2}
+        return {**{name: m if name.endswith("_M") else n for name in names}, "num_warps": 4, "num_stages": 2}
     if _INTERPRET:
-        half = max(16, block // 2)
-        return {"BLOCK_M": half, "BLOCK_N": half}
+        return dict.fromkeys(names, max(16, block // 2))
     return None
 
 
@@ -671,13 +671,11 @@ def _strides(*tensors) -> list[int]:
     return [s for t in tensors for s in t.stride()[:3]]
 
 
-def _launch(tuned, kernel, grid, args, consts):
-    tiles = _fixed_tiles(consts["BLOCK"])
+def _launch(tuned, kernel, grid, args, consts, names=_TILE_NAMES):
+    tiles = _fixed_tiles(consts["BLOCK"], names)
     if tiles is None:
         tuned[grid](*args, **consts)
     else:
-        if kernel is _bwd_merged_kernel:  # its dQ programs take the same fixed tiles
-            tiles = {**tiles, "DQ_M": tiles["BLOCK_M"], "DQ_N": tiles["BLOCK_N"]}
         kernel[grid](*args, **consts, **tiles)
 
 
@@ -831,7 +829,8 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None):
             rows = (lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
                     lists["row_order"])
             grid = lambda m: (order_len * (layout.block // m["BLOCK_N"]) * bh + seq_len // m["DQ_M"] * bh,)  # noqa: E731
-            _launch(_merged_tuned, _bwd_merged_kernel, grid, (*columns, *rows, *strides), {**consts, "SPLIT": split > 0})
+            _launch(_merged_tuned, _bwd_merged_kernel, grid, (*columns, *rows, *strides), {**consts, "SPLIT": split > 0},
+                    _MERGED_NAMES)
             continue
         grid = lambda m: (order_len * (layout.block // m["BLOCK_N"]) * bh,)  # noqa: E731
         _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, (*columns, *strides), {**consts, "FUSED_DQ": fused, "SPLIT": split > 0})
@@ -939,7 +938,7 @@ class _EagerQKV(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qkv, heads: int, layout: Layout, scale: float):
-        q, k, v = _qkv_views(qkv, heads)
+        q, k, v = qkv_heads(qkv, heads)
         out, lse = _forward(q, k, v, layout, scale)
         ctx.save_for_backward(qkv, out, lse)
         ctx.heads, ctx.layout, ctx.scale = heads, layout, scale
@@ -949,16 +948,9 @@ class _EagerQKV(torch.autograd.Function):
     def backward(ctx, grad_out):
         qkv, out, lse = ctx.saved_tensors
         dqkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
-        _backward(grad_out, *_qkv_views(qkv, ctx.heads), out, lse, ctx.layout, ctx.scale,
-                  into=_qkv_views(dqkv, ctx.heads))
+        _backward(grad_out, *qkv_heads(qkv, ctx.heads), out, lse, ctx.layout, ctx.scale,
+                  into=qkv_heads(dqkv, ctx.heads))
         return dqkv, None, None, None
-
-
-def _qkv_views(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v as (B, H, T, D) tensors of a (B, T, 3 * H * D) one laid out [q | k | v]: views where its
-    last dim is contiguous (the model's projection; the kernels take any strides)."""
-    b, t, width = qkv.shape
-    return tuple(x.reshape(b, t, heads, width // (3 * heads)).transpose(1, 2) for x in qkv.split(width // 3, -1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -989,11 +981,9 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay
 def blocksparse_attention_qkv(qkv: torch.Tensor, heads: int, layout: Layout, scale: float | None = None) -> torch.Tensor:
     """``blocksparse_attention`` of the q, k, v held in one (B, T, 3 * H * D) tensor laid out [q | k | v]
     (the model's fused projection); returns (B, H, T, D). Its gradient is written as one tensor."""
-    b, t, width = qkv.shape
-    if width % (3 * heads):
-        raise ValueError(f"a fused q/k/v of width {width} does not split into 3 x {heads} heads")
-    head_dim = width // (3 * heads)
+    q, k, v = qkv_heads(qkv, heads)
+    head_dim = q.shape[-1]
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     if head_dim not in _HEAD_DIMS or not qkv.is_contiguous() or torch.compiler.is_compiling():
-        return blocksparse_attention(*_qkv_views(qkv, heads), layout, scale)  # padded heads; the custom op
+        return blocksparse_attention(q, k, v, layout, scale)  # padded heads; the custom op
     return _EagerQKV.apply(qkv, heads, layout, scale)

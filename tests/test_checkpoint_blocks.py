@@ -14,6 +14,7 @@ from megastride.engine.config import ConfigError, config_from_dict
 from megastride.engine.deepspeed_config import check_zero_options
 from megastride.engine.model import SparseTransformer
 from megastride.engine.parallel import apply_activation_checkpointing
+from megastride.kernels.attention import qkv_heads
 from megastride.kernels.reference import masked_sdpa_attention
 
 LAYERS = 4
@@ -148,9 +149,7 @@ def _saved_bytes(cfg) -> int:
     attention = lambda q, k, v, layout, scale=None: _KernelSaves.apply(q, k, v, layout, scale)  # noqa: E731
 
     def fused(qkv, heads, layout, scale=None):  # the kernels save the product itself: its head views
-        b, t, width = qkv.shape
-        q, k, v = (x.view(b, t, heads, -1).transpose(1, 2) for x in qkv.split(width // 3, -1))
-        return attention(q, k, v, layout, scale)
+        return attention(*qkv_heads(qkv, heads), layout, scale)
 
     with mock.patch.object(model_module, "sparse_attention", attention), \
             mock.patch.object(model_module, "sparse_attention_qkv", fused):
