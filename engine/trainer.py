@@ -79,9 +79,14 @@ def check_runtime(cfg: Config, world: int, cuda: bool) -> None:
         raise ConfigError("train.cuda_graph needs a CUDA device (this machine has none)")
 
 
-def peak_memory_gb(device: torch.device) -> float:
+def peak_memory_gb(device: torch.device, reset: bool = False) -> float:
+    """Peak memory in GB: on CUDA the allocator's peak since the last reset (``reset`` starts the next
+    window), elsewhere the process's peak resident size (never reset)."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
+        peak = torch.cuda.max_memory_allocated(device) / 1e9
+        if reset:
+            torch.cuda.reset_peak_memory_stats(device)
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB -> GB (process peak RSS)
 
 
@@ -187,6 +192,7 @@ class Trainer:
         )
         self.step = 0
         self._grad_norm: float | None = None
+        self._peak_run = 0.0  # the largest perf/peak_memory_gb logged so far
         self.ckpt_root = checkpoint_dir(cfg)
         if cfg.run.resume == "auto" and ckpt.has_checkpoint(self.ckpt_root):
             self._resume()
@@ -317,6 +323,11 @@ class Trainer:
         scale = self._loss_scale() if self.cfg.train.precision == "fp16" else None
         norm = self.engine.get_global_grad_norm()
         norm = self._grad_norm if norm is None else norm
+        # peak_memory_gb covers the steps since the previous log line (with their evaluation and
+        # checkpointing), so the first step's autotuning shows in its own line only;
+        # peak_memory_gb_run is the whole run's (this process's) peak so far
+        window = peak_memory_gb(self.device, reset=True)
+        self._peak_run = max(self._peak_run, window)
         self.metrics.scalars(self.step, {
             "train/bits_per_byte": bpb,
             "train/lr": self.engine.get_lr()[0],
@@ -326,7 +337,8 @@ class Trainer:
             "perf/tokens_per_s": tokens / elapsed,
             "perf/step_time_s": elapsed,
             "perf/data_wait_fraction": wait / elapsed,
-            "perf/peak_memory_gb": peak_memory_gb(self.device),
+            "perf/peak_memory_gb": window,
+            "perf/peak_memory_gb_run": self._peak_run,
         })
 
     def close(self) -> None:

@@ -58,7 +58,8 @@ def test_train_writes_run_directory_and_learns(tiny_config, tmp_path):
     events.Reload()
     tags = set(events.Tags()["scalars"])
     want = {"train/bits_per_byte", "valid/bits_per_byte", "train/lr", "train/grad_norm", "train/skipped_steps",
-            "perf/tokens_per_s", "perf/step_time_s", "perf/peak_memory_gb", "perf/data_wait_fraction"}
+            "perf/tokens_per_s", "perf/step_time_s", "perf/peak_memory_gb", "perf/peak_memory_gb_run",
+            "perf/data_wait_fraction"}
     assert want <= tags, want - tags
     assert [e.step for e in events.Scalars("train/bits_per_byte")] == list(range(1, 9))
 
