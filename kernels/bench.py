@@ -202,6 +202,7 @@ def _sdpa_fn():
 
 # backward modes of our kernels the bench can time beside the default (blocksparse.dq_mode, dkdv_split)
 OUR_VARIANTS = {
+    "separate": {"MEGASTRIDE_BLOCKSPARSE_DQ": "separate"},
     "atomic": {"MEGASTRIDE_BLOCKSPARSE_DQ": "atomic"},
     "split": {"MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "16"},
     "atomic_split": {"MEGASTRIDE_BLOCKSPARSE_DQ": "atomic", "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "16"},
@@ -283,7 +284,19 @@ def tuned_configs() -> dict:
     from . import blocksparse as B
 
     return {name: {str(key): str(cfg) for key, cfg in tuned.cache.items()}
-            for name, tuned in (("fwd", B._fwd_tuned), ("dq", B._dq_tuned), ("dkdv", B._dkdv_tuned))}
+            for name, tuned in (("fwd", B._fwd_tuned), ("dq", B._dq_tuned), ("dkdv", B._dkdv_tuned),
+                                ("merged", B._merged_tuned))}
+
+
+def auto_choices(layout) -> list[str]:
+    """What DQ_MODE "auto" chose at this layout, per shape, with the backward times it compared."""
+    notes = []
+    for key, mode in layout.kernel_cache.items():
+        if isinstance(key, tuple) and key[0] == "dq_mode" and key[-1] != "seconds":
+            timed = layout.kernel_cache.get(key + ("seconds",), {})
+            notes.append(f"dQ mode auto chose {mode} at {list(key[1])} ("
+                         + ", ".join(f"{m} {s * 1e3:.3f} ms" for m, s in timed.items()) + " backward)")
+    return notes
 
 
 def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count: int = 32,
@@ -318,6 +331,9 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
     result.timings["ours_layout_mb"] = metadata_bytes(layout) / 2**20
     _time_impl("ours", ours, q, k, v, do, result, pairs, graphs)
     stage(f"ours  {result.timings['ours_fwdbwd_ms']:.3f} ms f+b" + _graph_note(result, "ours"))
+    for note in auto_choices(layout):
+        result.notes.append(note)
+        stage(note)
     if profile:
         prof = result.timings["ours_profile"] = profile_fwdbwd(ours, q, k, v, do)
         stage(f"ours profiled: {summary(prof)}")

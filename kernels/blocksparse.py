@@ -530,8 +530,16 @@ _merged_tuned = _autotuned(_bwd_merged_kernel, _MERGED_TILES, ["DK", "DV", "DQ"]
 
 # Tests set this to fill every output buffer with NaN first: proves the kernels write each element.
 POISON = False
-# dQ in the backward pass: "separate" kernel or "atomic" adds from the dK/dV kernel (see dq_mode)
-DQ_MODE = "separate"
+# dQ in the backward pass: "auto" (the faster of "separate" and "merged", timed once per layout and
+# shape), "separate" kernel, "merged" launch or "atomic" adds from the dK/dV kernel (see dq_mode)
+DQ_MODE = "auto"
+# the deterministic modes "auto" times against each other, in this order; repetitions timed per mode
+# after one untimed; a first mode's backward longer than AUTO_LONG_S is kept without timing the others
+# (merged's gain is one launch and a fuller GPU: 3-15% below 1 ms, nothing at 0.2 s, where a second
+# mode's first call would cost its autotuning and, at 4M tokens, seconds)
+AUTO_MODES = ("separate", "merged")
+AUTO_REPEATS = 2
+AUTO_LONG_S = 0.05
 # dK/dV programs take at most this many query blocks of a column, adding with atomics (see dkdv_split)
 DKDV_SPLIT = 0
 
@@ -745,14 +753,17 @@ def _forward(q, k, v, layout: Layout, scale: float):
     return (out.to(q.dtype) if multi else out), lse
 
 
-DQ_MODES = ("separate", "atomic", "merged")
+DQ_MODES = ("auto", "separate", "atomic", "merged")
 
 
 def dq_mode() -> str:
     """How the backward pass computes dQ: "separate" (a dQ kernel over the row lists: deterministic, two
-    more matmuls per tile), "atomic" (the dK/dV kernel adds dS @ K to an fp32 dQ with atomics) or
-    "merged" (the separate dQ programs and the dK/dV programs in one launch: deterministic too).
-    ``MEGASTRIDE_BLOCKSPARSE_DQ`` overrides ``DQ_MODE``."""
+    more matmuls per tile), "atomic" (the dK/dV kernel adds dS @ K to an fp32 dQ with atomics),
+    "merged" (the separate dQ programs and the dK/dV programs in one launch: deterministic too) or
+    "auto" (whichever of ``AUTO_MODES`` ran faster, timed on the first backward of each layout and shape:
+    merged wins at short lengths, where one launch fills the GPU better, separate at 1M tokens; on
+    H200 on 2026-11-30 by 3-15% either way, docs/benchmarks.md). ``MEGASTRIDE_BLOCKSPARSE_DQ``
+    overrides ``DQ_MODE``."""
     mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_DQ", DQ_MODE)
     if mode not in DQ_MODES:
         raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_DQ must be one of {', '.join(DQ_MODES)}; got {mode!r}")
@@ -772,9 +783,51 @@ def dkdv_split() -> int:
     return value
 
 
-def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None):
+def _cuda_seconds(run) -> float:
+    """Seconds of ``run()`` on the current CUDA stream (events around it, then a synchronize)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def _timing_possible(q: torch.Tensor) -> bool:
+    """Whether "auto" may time the modes now: on a CUDA device and outside a CUDA-graph capture."""
+    return q.is_cuda and not torch.cuda.is_current_stream_capturing()
+
+
+def _auto_mode(layout: Layout, q: torch.Tensor, run) -> str:
+    """The mode "auto" stands for at this layout and q's shape and dtype: the one of ``AUTO_MODES``
+    whose backward (``run(mode)``) took least time, measured on first use (an untimed call each, which
+    also autotunes its kernels, then ``AUTO_REPEATS`` timed ones; minimum kept; the first mode alone
+    where its backward took longer than ``AUTO_LONG_S``) and remembered in the layout's cache.
+    "separate" where no timing is possible (CPU, or first met inside a graph capture)."""
+    key = ("dq_mode", tuple(q.shape), q.dtype, dkdv_split())
+    chosen = layout.kernel_cache.get(key)
+    if chosen is None:
+        if not _timing_possible(q):
+            return "separate"
+        seconds = {}
+        for mode in AUTO_MODES:
+            run(mode)
+            seconds[mode] = min(_cuda_seconds(lambda m=mode: run(m)) for _ in range(AUTO_REPEATS))
+            if seconds[mode] > AUTO_LONG_S:
+                break
+        chosen = layout.kernel_cache[key] = min(seconds, key=seconds.__getitem__)
+        layout.kernel_cache[key + ("seconds",)] = seconds
+    return chosen
+
+
+def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mode: str | None = None):
     """(dq, dk, dv) given the merged output and lse of ``_forward``. ``into``: three (B, H, T, D) tensors
-    of q's dtype to write them into (written directly where no fp32 accumulation is needed)."""
+    of q's dtype to write them into (written directly where no fp32 accumulation is needed). ``mode``:
+    the dQ mode (default ``dq_mode()``); every call writes its results afresh (accumulating buffers are
+    its own), so "auto" may run the modes one after another into the same ``into``."""
+    mode = mode or dq_mode()
+    if mode == "auto":
+        mode = _auto_mode(layout, q, lambda m: _backward(do, q, k, v, out, lse, layout, scale, into, m))
     batch, heads, seq_len, head_dim = q.shape
     do = do if do.stride(-1) == 1 else do.contiguous()
     delta = _empty(lse.shape, torch.float32, lse.device)
@@ -782,7 +835,7 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None):
     _delta_kernel[(triton.cdiv(seq_len, block_t), batch * heads)](
         out, do, delta, *_strides(out, do), delta.stride(0), delta.stride(1), heads, seq_len,
         HEAD_DIM=head_dim, BLOCK_T=block_t)
-    mode, split = dq_mode(), dkdv_split()
+    split = dkdv_split()
     fused, merged = mode == "atomic", mode == "merged"
     grad_dtype = torch.float32 if _accumulates(layout) else q.dtype
     # gradients in (B, T, H, D) memory order, seen as (B, H, T, D), like the forward's output: the

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="folder for gpu_check.json")
     parser.add_argument("--no-long", action="store_true", help="skip the 4,194,304-token run")
     parser.add_argument("--only", default="", help="comma-separated substrings: run only checks whose name has one")
-    parser.add_argument("--dq-mode", choices=["separate", "atomic", "merged"], default=None,
+    parser.add_argument("--dq-mode", choices=["auto", "separate", "atomic", "merged"], default=None,
                         help="the backward's dQ mode to check (default: blocksparse.DQ_MODE)")
     parser.add_argument("--dkdv-split", type=int, default=None,
                         help="query blocks per dK/dV program (0 = whole columns; default: blocksparse.DKDV_SPLIT)")

@@ -14,7 +14,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", default=LENGTHS, help=f"comma-separated sequence lengths (default {LENGTHS})")
     p.add_argument("--patterns", default="fixed,strided", help="comma-separated: fixed, strided, strided_matched (strided at about the fixed density)")
     p.add_argument("--configs", default="8x64,2x128", help="comma-separated HEADSxHEAD_DIM (default 8x64,2x128)")
-    p.add_argument("--peers", default="flex,sdpa", help="comma-separated peers to time beside ours: flex, sdpa; and our own backward modes: atomic (dQ by "
+    p.add_argument("--peers", default="flex,sdpa", help="comma-separated peers to time beside ours: flex, sdpa; and our own backward modes (ours: DQ_MODE 'auto'): separate, atomic (dQ by "
                         "atomics), split (dK/dV columns in segments of 16 blocks), atomic_split, merged (dQ and dK/dV programs in one launch)")
     p.add_argument("--dense-max", type=int, default=262144, help="longest length for dense SDPA (default 262144)")
     p.add_argument("--flex-strided-max", type=int, default=262144,
@@ -44,10 +44,25 @@ def _cases(args):
     return cases
 
 
+def _peers(raw: str) -> set[str]:
+    from megastride.kernels.bench import OUR_VARIANTS
+
+    peers = {p for p in raw.split(",") if p}
+    unknown = sorted(peers - {"flex", "sdpa", *OUR_VARIANTS})
+    if unknown:
+        raise ValueError(f"unknown --peers {', '.join(unknown)} (known: flex, sdpa, {', '.join(OUR_VARIANTS)})")
+    return peers
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import torch
 
+    try:
+        peers = _peers(args.peers)
+    except ValueError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print(f"{PROG}: error: needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -58,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"{PROG}: error: bad --lengths or --configs ({err})", file=sys.stderr)
         return 2
-    results = run_bench(cases, set(args.peers.split(",")), out_dir=args.out, dense_max=args.dense_max,
+    results = run_bench(cases, peers, out_dir=args.out, dense_max=args.dense_max,
                         flex_max={"strided": args.flex_strided_max}, profile=args.profile, graphs=args.graphs,
                         log=lambda s: print(s, flush=True))
     print(table(results))

@@ -78,3 +78,13 @@ def test_bench_parser_takes_graphs():
     from megastride.launch.bench_attention import _parser
 
     assert _parser().parse_args(["--graphs"]).graphs and not _parser().parse_args([]).graphs
+
+
+def test_unknown_bench_peer_is_a_one_line_error_before_any_gpu_work(capsys):
+    """A mistyped peer is named with the known ones (on any machine, before the CUDA check)."""
+    from megastride.launch.bench_attention import _peers, main
+
+    assert main(["--peers", "flex,mergd"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown --peers mergd" in err and "merged" in err and "separate" in err
+    assert _peers("flex,sdpa,separate,merged,") == {"flex", "sdpa", "separate", "merged"}

@@ -121,6 +121,66 @@ def test_merged_backward_matches_reference(name, monkeypatch):
     assert not launched and merged, "the merged mode ran the separate backward kernels"
 
 
+@pytest.mark.parametrize("faster", ["separate", "merged"])
+def test_auto_mode_keeps_the_faster_deterministic_mode(faster, monkeypatch):
+    """DQ_MODE "auto" runs the separate and the merged backward on first use, keeps whichever its timer
+    found faster for the layout and shape (later backwards launch only that one), and its gradients are
+    the reference's. The timer is faked (no timing under the interpreter): a run that launched the merged
+    kernel takes 1 ms if merged is to win, else 2 ms."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "auto")
+    monkeypatch.setattr(blocksparse, "_timing_possible", lambda q: True)
+    separate, merged = [], []
+    monkeypatch.setattr(blocksparse, "_bwd_dq_kernel", _Recorder(blocksparse._bwd_dq_kernel, separate))
+    monkeypatch.setattr(blocksparse, "_bwd_merged_kernel", _Recorder(blocksparse._bwd_merged_kernel, merged))
+
+    def fake_seconds(run):
+        before = len(merged)
+        run()
+        ran_merged = len(merged) > before
+        return 1e-3 if ran_merged == (faster == "merged") else 2e-3
+
+    monkeypatch.setattr(blocksparse, "_cuda_seconds", fake_seconds)
+    make, n, block, heads, head_dim, dtype, batch = CASES["merged_fixed_strided"]
+    layout = P.build_layout(P.same_for_all_heads(make(heads), heads), n, block)
+    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, seed=11)
+    fn = lambda *x: blocksparse.blocksparse_attention(*x, layout)  # noqa: E731
+    got = _attention_and_grads(fn, q, k, v, do)
+    assert separate and merged, "auto did not time both modes"
+    assert layout.kernel_cache[("dq_mode", (batch, heads, n, head_dim), dtype, 0)] == faster
+    low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)
+    exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))
+    _check_three_way(got, low, exact, dtype, f"auto ({faster} faster)")
+    separate.clear(), merged.clear()
+    _attention_and_grads(fn, q, k, v, do)
+    assert (bool(merged), bool(separate)) == (faster == "merged", faster == "separate")
+
+
+def test_auto_mode_times_only_the_first_mode_where_its_backward_is_long(monkeypatch):
+    """A backward longer than AUTO_LONG_S (1M tokens: 0.23 s) keeps the separate mode without
+    running (and autotuning) the merged kernel at all."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "auto")
+    monkeypatch.setattr(blocksparse, "_timing_possible", lambda q: True)
+    monkeypatch.setattr(blocksparse, "_cuda_seconds", lambda run: (run(), 10 * blocksparse.AUTO_LONG_S)[1])
+    merged = []
+    monkeypatch.setattr(blocksparse, "_bwd_merged_kernel", _Recorder(blocksparse._bwd_merged_kernel, merged))
+    layout = P.build_layout(P.same_for_all_heads(P.fixed(64, 16), 2), 256, 64)
+    q, k, v, do = _inputs(1, 2, 256, 32, torch.float32, seed=4)
+    _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
+    assert not merged and layout.kernel_cache[("dq_mode", (1, 2, 256, 32), torch.float32, 0)] == "separate"
+
+
+def test_auto_mode_is_separate_where_it_cannot_time(monkeypatch):
+    """On the CPU (or inside a graph capture) "auto" times nothing, runs the separate backward and
+    remembers no choice."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "auto")
+    merged = []
+    monkeypatch.setattr(blocksparse, "_bwd_merged_kernel", _Recorder(blocksparse._bwd_merged_kernel, merged))
+    layout = P.build_layout(P.same_for_all_heads(P.fixed(64, 16), 2), 256, 64)
+    q, k, v, do = _inputs(1, 2, 256, 32, torch.float32, seed=3)
+    _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
+    assert not merged and not any(isinstance(key, tuple) and key[0] == "dq_mode" for key in layout.kernel_cache)
+
+
 SPLIT_CASES = {  # each has columns with more full entries than the split and partial entries besides
     "fixed_full_summary": (lambda h: P.fixed(64, 32), 512, 32, 2, 32, torch.float32, 1),  # summary = whole block
     "merged_local_strided": (lambda h: P.merged(P.local(100), P.strided(32)), 256, 16, 2, 32, torch.float16, 1),
