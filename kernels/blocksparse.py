@@ -515,17 +515,50 @@ def _pruner(table, names=_TILE_NAMES):
     return prune
 
 
-def _autotuned(kernel, table, outputs, names=_TILE_NAMES):
-    # outputs are restored between trials: parts after the first accumulate into them
+def _read_back(kernel: str, nargs: dict) -> list[str]:
+    """The outputs a launch reads as well as writes, which autotuning trials must therefore leave as
+    they found them: everything a later part adds to (LOAD_PREV), dK/dV added by split columns'
+    atomics, dQ added by the dK/dV kernel's atomics. A first part writes its outputs without reading
+    them, so nothing is saved for it (at 4M tokens fp32 dK, dV, dQ are 8.6 GB each)."""
+    prev = bool(nargs.get("LOAD_PREV"))
+    if kernel == "fwd":
+        return ["O", "LSE"] if prev else []
+    if kernel == "dq":
+        return ["DQ"] if prev else []
+    kv = ["DK", "DV"] if prev or nargs.get("SPLIT") else []
+    if kernel == "dkdv":
+        return kv + (["DQ"] if nargs.get("FUSED_DQ") else [])
+    return kv + (["DQ"] if prev else [])  # merged: its dQ programs add to earlier parts' like the dq kernel
+
+
+def _restore_hooks(kernel: str):
+    """triton.autotune pre/post hooks saving and restoring, around each trial, only ``_read_back``'s
+    outputs (Triton's restore_value would copy every listed output at every launch it tunes)."""
+    saved: dict[str, torch.Tensor] = {}
+
+    def pre(nargs, reset_only=False):
+        if not reset_only:
+            saved.update({name: nargs[name].clone() for name in _read_back(kernel, nargs)})
+
+    def post(nargs, exception):
+        for name, copy in saved.items():
+            nargs[name].copy_(copy)
+        saved.clear()
+
+    return pre, post
+
+
+def _autotuned(kernel, table, name, names=_TILE_NAMES):
+    pre, post = _restore_hooks(name)
     return triton.autotune(configs=_configs(table, names), key=_TUNE_KEY,
                            prune_configs_by={"early_config_prune": _pruner(table, names)},
-                           restore_value=outputs, cache_results=True)(kernel)
+                           pre_hook=pre, post_hook=post, cache_results=True)(kernel)
 
 
-_fwd_tuned = _autotuned(_fwd_kernel, _FWD_TILES, ["O", "LSE"])
-_dq_tuned = _autotuned(_bwd_dq_kernel, _DQ_TILES, ["DQ"])
-_dkdv_tuned = _autotuned(_bwd_dkdv_kernel, _DKDV_TILES, ["DK", "DV", "DQ"])
-_merged_tuned = _autotuned(_bwd_merged_kernel, _MERGED_TILES, ["DK", "DV", "DQ"], _MERGED_NAMES)
+_fwd_tuned = _autotuned(_fwd_kernel, _FWD_TILES, "fwd")
+_dq_tuned = _autotuned(_bwd_dq_kernel, _DQ_TILES, "dq")
+_dkdv_tuned = _autotuned(_bwd_dkdv_kernel, _DKDV_TILES, "dkdv")
+_merged_tuned = _autotuned(_bwd_merged_kernel, _MERGED_TILES, "merged", _MERGED_NAMES)
 
 
 # Tests set this to fill every output buffer with NaN first: proves the kernels write each element.

@@ -169,6 +169,71 @@ def test_auto_mode_times_only_the_first_mode_where_its_backward_is_long(monkeypa
     assert not merged and layout.kernel_cache[("dq_mode", (1, 2, 256, 32), torch.float32, 0)] == "separate"
 
 
+@pytest.mark.parametrize("kernel,consts,read_back", [
+    ("fwd", {"LOAD_PREV": False}, []), ("fwd", {"LOAD_PREV": True}, ["O", "LSE"]),
+    ("dq", {"LOAD_PREV": False}, []), ("dq", {"LOAD_PREV": True}, ["DQ"]),
+    ("dkdv", {"LOAD_PREV": False, "FUSED_DQ": False, "SPLIT": False}, []),
+    ("dkdv", {"LOAD_PREV": False, "FUSED_DQ": True, "SPLIT": False}, ["DQ"]),
+    ("dkdv", {"LOAD_PREV": False, "FUSED_DQ": False, "SPLIT": True}, ["DK", "DV"]),
+    ("dkdv", {"LOAD_PREV": True, "FUSED_DQ": False, "SPLIT": False}, ["DK", "DV"]),
+    ("merged", {"LOAD_PREV": False, "SPLIT": False}, []), ("merged", {"LOAD_PREV": False, "SPLIT": True}, ["DK", "DV"]),
+    ("merged", {"LOAD_PREV": True, "SPLIT": False}, ["DK", "DV", "DQ"]),
+])
+def test_autotuning_restores_exactly_the_outputs_a_launch_reads_back(kernel, consts, read_back):
+    """Autotuning trials save and restore an output only where the launch adds to it (a later part,
+    atomics); a first part's outputs are overwritten by the chosen config's real launch, so the
+    trials of a fixed-pattern launch copy nothing (fp32 dK, dV, dQ are 8.6 GB each at 4M tokens)."""
+    outs = {name: torch.full((4,), float(i)) for i, name in enumerate(["O", "LSE", "DQ", "DK", "DV"])}
+    nargs = {**outs, **consts}
+    pre, post = blocksparse._restore_hooks(kernel)
+    pre(nargs)
+    for t in outs.values():
+        t.add_(100.0)  # a trial's atomics / accumulation
+    post(nargs, exception=None)
+    restored = [name for i, (name, t) in enumerate(outs.items()) if torch.equal(t, torch.full((4,), float(i)))]
+    assert sorted(restored) == sorted(read_back)
+    pre(nargs, reset_only=True)  # Triton's call after tuning: saves nothing, so nothing is restored later
+    outs["DQ"].add_(1.0)
+    before = outs["DQ"].clone()
+    post(nargs, exception=None)
+    assert torch.equal(outs["DQ"], before)
+
+
+def _through_the_autotuner(monkeypatch, read_back):
+    """The strided (two-part, the second accumulating) case run through Triton's real autotuner: every
+    config the pruner keeps is tried twice per launch (a fake do_bench: no timing under the interpreter),
+    with ``read_back`` deciding what the hooks restore."""
+    def fake_bench(kernel_call, quantiles):
+        kernel_call()
+        kernel_call()
+        return [1.0, 1.0, 1.0]
+
+    monkeypatch.setattr(blocksparse, "_fixed_tiles", lambda block, names=None: None)
+    monkeypatch.setattr(blocksparse, "_read_back", read_back)
+    for tuned in (blocksparse._fwd_tuned, blocksparse._dq_tuned, blocksparse._dkdv_tuned):
+        monkeypatch.setattr(tuned, "_do_bench", fake_bench)
+        monkeypatch.setattr(tuned, "cache", {})
+        monkeypatch.setattr(tuned, "cache_results", False)
+    make, n, block, heads, head_dim, dtype, batch = CASES["strided_permuted_straddling"]
+    layout = P.build_layout(P.same_for_all_heads(make(heads), heads), n, block)
+    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, seed=9)
+    got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
+    return got, layout, (q, k, v, do)
+
+
+def test_autotuning_trials_leave_accumulated_outputs_as_they_were(monkeypatch):
+    """Through the real autotuner (configs tried twice each) the two-part strided layout still gives the
+    reference's output and gradients; with nothing restored the same run comes out wrong, so the
+    trials do add to the outputs and the hooks are what undoes it."""
+    real = blocksparse._read_back
+    got, layout, (q, k, v, do) = _through_the_autotuner(monkeypatch, real)
+    low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)
+    exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))
+    _check_three_way(got, low, exact, torch.float32, "autotuned strided")
+    broken, _, _ = _through_the_autotuner(monkeypatch, lambda kernel, nargs: [])
+    assert any(not torch.allclose(b, g, atol=1e-3) for b, g in zip(broken, got))
+
+
 def test_auto_mode_is_separate_where_it_cannot_time(monkeypatch):
     """On the CPU (or inside a graph capture) "auto" times nothing, runs the separate backward and
     remembers no choice."""
