@@ -244,7 +244,7 @@ def measure(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
             raise ConfigError(problem)
     p = predicted(cfg, batch)
     if total:
-        if p.peak_bytes > opts.memory_fraction * total:
+        if p.first_step_peak_bytes > opts.memory_fraction * total:  # the warm-up steps autotune
             return _base_row(kind, cfg, batch, "skipped (memory)", p, label)
         if planner.check_host_memory(p, ranks_per_node=1):  # pinned block inputs beyond the RAM
             return _base_row(kind, cfg, batch, "skipped (host memory)", p, label)

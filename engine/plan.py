@@ -249,6 +249,18 @@ def attention_workspace_bytes(model: ModelConfig, prec: Precision, seq_len: int)
     return (3 * c + c) * w + LSE * h
 
 
+def autotune_saved_bytes(model: ModelConfig, seq_len: int) -> tuple[float, float]:
+    """Bytes per token that the kernels' autotuning trials save and restore in a layer's (forward,
+    backward) on a length not tuned before (the first step on a cold Triton cache; kernels.blocksparse
+    ``_read_back``): only where a head is split into parts, whose later part adds into the earlier
+    one's fp32 buffers: the running output and lse (forward), dK and dV (backward, separate dQ; the
+    merged mode, tried by DQ_MODE "auto" only where a backward takes under 50 ms, also saves dQ)."""
+    if not _permuted_heads(model, seq_len):
+        return 0.0, 0.0
+    w = _attention_width(model)
+    return 4.0 * w + LSE * model.n_heads, 2 * 4.0 * w
+
+
 def _permuted_heads(model: ModelConfig, seq_len: int) -> int:
     from megastride.kernels.patterns import _split_head
 
@@ -305,6 +317,10 @@ class Plan:
     density: float  # attention_pairs / (layers * heads * n (n + 1) / 2)
     layout_bytes: int
     notes: list[str] = field(default_factory=list)
+    # the first step on lengths not autotuned before: the phase where autotuning's saved outputs add
+    # the most, and its items (empty where no launch saves anything; see autotune_saved_bytes)
+    first_step_phase: str = ""
+    first_step: dict[str, float] = field(default_factory=dict)
 
     @property
     def peak_phase(self) -> str:
@@ -313,6 +329,12 @@ class Plan:
     @property
     def peak_bytes(self) -> float:
         return sum(self.phases[self.peak_phase].values())
+
+    @property
+    def first_step_peak_bytes(self) -> float:
+        """The peak of a first step that autotunes the kernels (cold Triton cache): ``peak_bytes``
+        or more; later steps (and runs with the cache warm) peak at ``peak_bytes``."""
+        return max(self.peak_bytes, sum(self.first_step.values()))
 
     @property
     def items(self) -> dict[str, float]:
@@ -333,14 +355,15 @@ class Plan:
     def fits(self, gpu_bytes: float, host_bytes: float | None = None) -> bool:
         """True if the predicted peak fits in ``gpu_bytes`` of GPU memory and, when given, the
         rank's host memory in ``host_bytes`` (its share of the node's RAM)."""
-        return self.peak_bytes <= gpu_bytes and (host_bytes is None or self.host_bytes <= host_bytes)
+        return self.first_step_peak_bytes <= gpu_bytes and (host_bytes is None or self.host_bytes <= host_bytes)
 
     def mfu(self, step_s: float, peak_flops: float = H200_PEAK_FLOPS) -> float:
         return mfu(self.flops, step_s, peak_flops)
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out.update(peak_phase=self.peak_phase, peak_bytes=self.peak_bytes, peak_gb=self.peak_bytes / GB)
+        out.update(peak_phase=self.peak_phase, peak_bytes=self.peak_bytes, peak_gb=self.peak_bytes / GB,
+                   first_step_peak_bytes=self.first_step_peak_bytes)
         return out
 
     def table(self, gpu_bytes: float | None = None, host_bytes: float | None = None) -> str:
@@ -355,6 +378,10 @@ class Plan:
         lines.append(f"  {'total':<34} {self.peak_bytes / GB:10.3f} GB")
         lines.append("other phases: " + ", ".join(
             f"{p} {sum(v.values()) / GB:.2f} GB" for p, v in self.phases.items() if p != self.peak_phase))
+        if self.first_step_peak_bytes > self.peak_bytes:
+            lines.append(f"first step on a cold autotuning cache: {self.first_step_peak_bytes / GB:.3f} GB "
+                         f"({self.first_step_phase}, +{self.first_step['autotuning saved outputs'] / GB:.2f} GB "
+                         "of outputs the tuning trials save)")
         if any(self.cpu.values()):
             lines.append("host memory per rank: " + ", ".join(f"{k} {v / GB:.2f} GB" for k, v in self.cpu.items() if v))
         tokens = self.seq_len * self.micro_batch * self.grad_accum
@@ -362,7 +389,7 @@ class Plan:
                      f"{self.flops / (0.45 * H200_PEAK_FLOPS):.3f} s/step")
         if gpu_bytes:
             verdict = "fits" if self.fits(gpu_bytes) else "does NOT fit"
-            lines.append(f"{verdict} in {gpu_bytes / GB:.0f} GB ({self.peak_bytes / gpu_bytes:.0%} used)")
+            lines.append(f"{verdict} in {gpu_bytes / GB:.0f} GB ({self.first_step_peak_bytes / gpu_bytes:.0%} used)")
         if host_bytes and self.host_bytes:
             verdict = "fits" if self.host_bytes <= host_bytes else "does NOT fit"
             lines.append(f"host memory {verdict} in this rank's {host_bytes / GB:.0f} GB "
@@ -401,8 +428,9 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     weights, cpu = _weight_bytes(cfg, params.total, prec, runtime, world_size)
     host_inputs = recomputed > 0 and t.cpu_checkpointing  # BlockCheckpoint: either runtime
     group = t.checkpoint_group if recomputed else 1
-    phases = _phases(model, recomputed, prec, params, weights, stats.nbytes, batch * model.seq_len, runtime,
-                     host_inputs, group, host_inputs and t.offload_overlap)
+    phases, first = _phases(model, recomputed, prec, params, weights, stats.nbytes, batch * model.seq_len, runtime,
+                            host_inputs, group, host_inputs and t.offload_overlap)
+    first_phase = max(first, key=lambda p: sum(first[p].values()), default="")
     if host_inputs:  # BlockCheckpoint: every segment input waits in (pinned) host memory
         segments = -(-recomputed // group)
         cpu["block inputs"] = float(segments * batch * model.seq_len * prec.residual * model.d_model)
@@ -415,6 +443,7 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
         params=params.total, non_embedding_params=params.non_embedding, phases=phases, cpu=cpu,
         flops=step_flops(model, params, stats.pairs, model.seq_len, batch * t.grad_accum),
         attention_pairs=pairs, density=pairs / causal, layout_bytes=stats.nbytes, notes=_notes(cfg, runtime, world_size),
+        first_step_phase=first_phase, first_step=first.get(first_phase, {}),
     )
     if auto:
         result.notes.append(_auto_note(result, gpu_bytes, auto_memory_fraction(cfg)))
@@ -441,15 +470,15 @@ def with_checkpoint_blocks(cfg: Config, k: int) -> Config:
 def choose_checkpoint_blocks(cfg: Config, seq_len: int | None = None, world_size: int = 1,
                              runtime: str = "deepspeed", micro_batch: int | None = None, *,
                              budget_bytes: float) -> int:
-    """The fewest blocks to recompute (``train.checkpoint_blocks``) for the planned peak per GPU to fit
-    in ``budget_bytes``; every block when none does (the plan then says it does not fit), 0 without
+    """The fewest blocks to recompute (``train.checkpoint_blocks``) for the planned peak per GPU, that
+    of a first step which autotunes included, to fit in ``budget_bytes``; every block when none does (the plan then says it does not fit), 0 without
     ``train.checkpoint_activations``. What ``train.checkpoint_blocks: auto`` becomes on a GPU."""
     cfg = _at_length(cfg, seq_len)
     if not cfg.train.checkpoint_activations:
         return 0
     n_layers = cfg.model.n_layers
     for k in range(n_layers + 1):  # each plan is arithmetic: the layouts are built once (cached)
-        if plan(with_checkpoint_blocks(cfg, k), None, world_size, runtime, micro_batch).peak_bytes <= budget_bytes:
+        if plan(with_checkpoint_blocks(cfg, k), None, world_size, runtime, micro_batch).first_step_peak_bytes <= budget_bytes:
             return k
     return n_layers
 
@@ -459,7 +488,7 @@ def _auto_note(p: Plan, gpu_bytes: float | None, fraction: float) -> str:
     if not gpu_bytes:
         return head + " (no GPU memory given to fit; on a GPU: the fewest that fit)"
     share = f"{fraction:.0%} of {gpu_bytes / GB:.0f} GB"
-    if p.peak_bytes > fraction * gpu_bytes:
+    if p.first_step_peak_bytes > fraction * gpu_bytes:
         return head + f"; even so the planned peak exceeds {share}"
     return head + f", the fewest whose planned peak fits {share}"
 
@@ -571,14 +600,16 @@ def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamC
         kept = inputs + saved + resid
     def g(fraction: float) -> dict:  # noqa: E306 - gradients present at this moment
         return {"gradients": grads if grads_persist else grads * fraction}
-    def working(recompute: bool) -> dict:  # noqa: E306 - one block's backward: the worse of its two halves
+    def halves(recompute: bool) -> tuple[dict, dict]:  # noqa: E306 - one block's backward, its two halves
         # FFN half first: the block's whole saved set (if recomputed) and the FFN's gradients; then the
         # attention half: the FFN half's tensors freed, the attention kernels' workspace instead
         ffn = {"one block recomputed": block if recompute else 0.0, "attention workspace": 0.0,
                "backward transients": resid_grads + ffn_grads}
         att = {"one block recomputed": tokens * attn_half if recompute else 0.0, "attention workspace": attn,
                "backward transients": resid_grads}
-        return max(ffn, att, key=lambda items: sum(items.values()))
+        return ffn, att
+    def working(recompute: bool) -> dict:  # noqa: E306 - the worse of the two halves
+        return max(halves(recompute), key=lambda items: sum(items.values()))
     recomputing = {"block inputs": worst} | working(True) | {"autocast weight copies": 0.0}
     if kept_blocks == 0:
         last = recomputing
@@ -596,7 +627,15 @@ def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamC
         phases["backward, last recomputed block"] = static | g(kept_blocks / L) | recomputing
     phases["backward, first block"] = static | g(1) | first | working(k > 0) | {"autocast weight copies": cast / L}
     phases["optimizer step"] = static | g(1)
-    return phases
+    # a first step that autotunes: the first backward (the last block's attention half) and the forward
+    # carry the outputs the tuning trials save
+    fwd_saved, bwd_saved = autotune_saved_bytes(model, model.seq_len)
+    first = {}
+    if bwd_saved:
+        first["backward, last block"] = phases["backward, last block"] | halves(kept_blocks == 0)[1] \
+            | {"autotuning saved outputs": tokens * bwd_saved}
+        first["forward"] = phases["forward"] | {"autotuning saved outputs": tokens * fwd_saved}
+    return phases, first
 
 
 def _notes(cfg: Config, runtime: str, world: int) -> list[str]:

@@ -141,13 +141,15 @@ def plan_note(cfg: Config, world: int, gpu_bytes: float, p=None) -> str:
     recompute = f"recompute {p.recompute}"
     if cfg.train.checkpoint_blocks == "auto" and cfg.train.checkpoint_activations:
         share = planner.auto_memory_fraction(cfg)
-        fits = p.peak_bytes <= share * gpu_bytes
+        fits = p.first_step_peak_bytes <= share * gpu_bytes
         recompute = (f"recompute {p.checkpoint_blocks} of {p.n_layers} blocks (train.checkpoint_blocks=auto: "
                      f"{'the fewest that fit' if fits else 'even so over'} {share:.0%} of it)")
     note = (f"plan: peak {p.peak_bytes / 1e9:.1f} GB per GPU of {gpu_bytes / 1e9:.0f} GB, {recompute}"
             + (f", host {p.host_bytes / 1e9:.1f} GB per rank" if p.host_bytes else "")
+            + (f"; first step {p.first_step_peak_bytes / 1e9:.1f} GB if it autotunes"
+               if p.first_step_peak_bytes > p.peak_bytes else "")
             + " (`megastride plan` itemises it)")
-    if p.peak_bytes > gpu_bytes:
+    if p.first_step_peak_bytes > gpu_bytes:
         note = ("warning: " + note + "; this run may run out of GPU memory: see train.cpu_checkpointing, "
                 "train.checkpoint_group, model.ffn_chunk and ZeRO in docs/scaling.md")
     return note

@@ -284,3 +284,35 @@ def test_attention_workspace_and_relayout_follow_the_kernels():
     assert planner.attention_workspace_bytes(fixed, prec, 512) == (3 * 2 + 2) * d + 4 * h
     assert planner.attention_workspace_bytes(strided, prec, 512) == (3 * 4 + 3 * 2 + 2) * d + 4 * h
     assert planner.block_saved_parts(dense, prec)[0] - planner.block_saved_parts(fixed, prec)[0] == 2 * d
+
+
+def test_first_step_adds_the_outputs_autotuning_saves_where_heads_are_split():
+    """A first step that autotunes holds, beside its usual peak, the outputs the tuning trials save:
+    fp32 dK and dV of the strided pattern's second part in the first backward (the last block's
+    attention half), nothing for one-part heads. Fitting (fits, checkpoint_blocks=auto) uses it."""
+    from megastride.engine import plan as planner
+
+    fixed = plan(config(("fixed(64,16)",)))
+    assert fixed.first_step == {} and fixed.first_step_peak_bytes == fixed.peak_bytes
+    cfg = config(("strided(64)",), model={"seq_len": 4096, "d_model": 256, "ffn_chunk": 64})
+    p = plan(cfg)
+    tokens, d, h = 4096, 256, 4
+    prec = planner.precision_of("deepspeed", "bf16")
+    weights, _ = planner._weight_bytes(cfg, p.params, prec, "deepspeed", 1)
+    _, first = planner._phases(cfg.model, 3, prec, planner.count_params(cfg.model), weights, p.layout_bytes,
+                               tokens, "deepspeed")
+    backward, forward = first["backward, last block"], first["forward"]
+    assert backward["autotuning saved outputs"] == tokens * 2 * 4 * d  # fp32 dK, dV
+    assert forward["autotuning saved outputs"] == tokens * (4 * d + 4 * h)  # fp32 running output, lse
+    assert backward["attention workspace"] == tokens * planner.attention_workspace_bytes(cfg.model, prec, tokens)
+    assert forward == p.phases["forward"] | {"autotuning saved outputs": tokens * (4 * d + 4 * h)}
+    assert p.first_step == max(first.values(), key=lambda items: sum(items.values())) == backward
+    assert p.first_step_peak_bytes > p.peak_bytes
+    between = (p.peak_bytes + p.first_step_peak_bytes) / 2
+    assert not p.fits(between) and p.fits(p.first_step_peak_bytes)
+    assert "first step on a cold autotuning cache" in p.table()
+    for k in range(cfg.model.n_layers + 1):  # auto takes the fewest recomputed blocks whose first step fits
+        q = plan(planner.with_checkpoint_blocks(cfg, k))
+        if q.first_step_peak_bytes <= between:
+            break
+    assert planner.choose_checkpoint_blocks(cfg, budget_bytes=between) == k
