@@ -146,11 +146,13 @@ if want 4; then
 fi
 # 5. the same axes as real DeepSpeed training runs (bf16 weights and residual stream) on the audio store:
 #    95M at 4,194,304 tokens and a 1.01B model at 1,048,576; metrics.jsonl has step time and peak memory
-#    (the 4M run evaluates on a training window: the valid split of the wesnoth store is 1.3M samples)
+#    (the 4M run evaluates on a training window: the valid split of the wesnoth store is 1.3M samples).
+#    On a fresh machine the first step compiles and autotunes at the new length (the 4M and 1B runs did
+#    not log it inside 225 s on 2026-11-30): one AXES label per device call, e.g. AXES=95m_4m
 train_run() {
   label=$1; steps=$2; shift 2; sets=(); for o in "$@"; do sets+=(--set "$o"); done
   echo "== $label: $*" | tee -a "$OUT/train_axes.log"
-  timeout "${AXES_S:-240}" python3 -m megastride.launch.cli train configs/music_1m.yaml --set data.path="$AUDIO" \
+  timeout "${AXES_S:-420}" python3 -m megastride.launch.cli train configs/music_1m.yaml --set data.path="$AUDIO" \
     --set run.dir="/tmp/axes_$label" --set train.steps="$steps" --set train.warmup_steps=1 --set train.eval_every=1000 \
     --set train.save_every=1000 --set run.progress=false "${sets[@]}" 2>&1 | grep -v "^\[20" | tail -6 | tee -a "$OUT/train_axes.log"
   cp "/tmp/axes_$label/metrics.jsonl" "$OUT/train_$label.jsonl" 2>/dev/null
