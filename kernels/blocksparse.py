@@ -568,7 +568,7 @@ POISON = False
 DQ_MODE = "auto"
 # the deterministic modes "auto" times against each other, in this order; repetitions timed per mode
 # after one untimed; a first mode's backward longer than AUTO_LONG_S is kept without timing the others
-# (merged's gain is one launch and a fuller GPU: 3-15% below 1 ms, nothing at 0.2 s, where a second
+# (merged's gain is one launch and a fuller GPU: 3-23% below 1 ms, nothing at 0.2 s, where a second
 # mode's first call would cost its autotuning and, at 4M tokens, seconds)
 AUTO_MODES = ("separate", "merged")
 AUTO_REPEATS = 2
@@ -794,8 +794,8 @@ def dq_mode() -> str:
     more matmuls per tile), "atomic" (the dK/dV kernel adds dS @ K to an fp32 dQ with atomics),
     "merged" (the separate dQ programs and the dK/dV programs in one launch: deterministic too) or
     "auto" (whichever of ``AUTO_MODES`` ran faster, timed on the first backward of each layout and shape:
-    merged wins at short lengths, where one launch fills the GPU better, separate at 1M tokens; on
-    H200 on 2026-11-30 by 3-15% either way, docs/benchmarks.md). ``MEGASTRIDE_BLOCKSPARSE_DQ``
+    merged wins at short lengths, where one launch fills the GPU better, separate at 1M tokens; on an
+    H200 on 2026-11-30 by 1-23% either way, docs/benchmarks.md). ``MEGASTRIDE_BLOCKSPARSE_DQ``
     overrides ``DQ_MODE``."""
     mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_DQ", DQ_MODE)
     if mode not in DQ_MODES:
