@@ -471,14 +471,16 @@ def choose_checkpoint_blocks(cfg: Config, seq_len: int | None = None, world_size
                              runtime: str = "deepspeed", micro_batch: int | None = None, *,
                              budget_bytes: float) -> int:
     """The fewest blocks to recompute (``train.checkpoint_blocks``) for the planned peak per GPU, that
-    of a first step which autotunes included, to fit in ``budget_bytes``; every block when none does (the plan then says it does not fit), 0 without
-    ``train.checkpoint_activations``. What ``train.checkpoint_blocks: auto`` becomes on a GPU."""
+    of a first step which autotunes included, to fit in ``budget_bytes``; every block when none does
+    (the plan then says it does not fit), 0 without ``train.checkpoint_activations``. What
+    ``train.checkpoint_blocks: auto`` becomes on a GPU."""
     cfg = _at_length(cfg, seq_len)
     if not cfg.train.checkpoint_activations:
         return 0
     n_layers = cfg.model.n_layers
     for k in range(n_layers + 1):  # each plan is arithmetic: the layouts are built once (cached)
-        if plan(with_checkpoint_blocks(cfg, k), None, world_size, runtime, micro_batch).first_step_peak_bytes <= budget_bytes:
+        p = plan(with_checkpoint_blocks(cfg, k), None, world_size, runtime, micro_batch)
+        if p.first_step_peak_bytes <= budget_bytes:
             return k
     return n_layers
 
