@@ -1,0 +1,82 @@
+"""The block-sparse kernels on a CUDA GPU, where the interpreter cannot look: how much memory a first
+call's autotuning adds, and the auto dQ mode's timed choice. Skipped without a GPU (``-m gpu``)."""
+
+import pytest
+import torch
+
+from megastride.kernels import blocksparse as B
+from megastride.kernels import patterns as P
+from megastride.kernels import reference_attention
+
+pytestmark = pytest.mark.gpu
+
+GB = 1e9
+# triton.testing.do_bench allocates a 256 MB buffer to flush the L2 cache between its calls
+DO_BENCH_FLUSH = 0.3 * GB
+
+
+def _untuned(monkeypatch):
+    """Every autotuned kernel as if never tuned: no in-memory choices, no disk cache."""
+    for tuned in (B._fwd_tuned, B._dq_tuned, B._dkdv_tuned, B._merged_tuned):
+        monkeypatch.setattr(tuned, "cache", {})
+        monkeypatch.setattr(tuned, "cache_results", False)
+
+
+def _peak_of(call) -> float:
+    """Bytes the allocator's peak rose above what was allocated before ``call()``."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    call()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+@pytest.mark.parametrize("pattern, block, saved_per_element", [
+    (P.fixed(4096, 128), 128, 0),  # one part: nothing read back, nothing saved
+    (P.strided(512), 64, 2 * 4),  # the permuted part adds into fp32 dK and dV: those two are saved
+])
+def test_first_call_autotuning_saves_only_the_outputs_later_parts_add_to(monkeypatch, pattern, block, saved_per_element):
+    """The first forward+backward at an untuned length (separate dQ; the model's fused q/k/v path,
+    whose (B, T, 3HD) gradient exists before the kernels run) peaks above a tuned one by the outputs
+    the trials save (kernels.blocksparse._read_back, engine.plan.autotune_saved_bytes) and do_bench's
+    flush buffer, not by a copy of every output (Triton's restore_value: dQ too, 0.54 GB more here)."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
+    _untuned(monkeypatch)
+    n, heads, dim = 262144, 8, 64
+    layout = P.build_layout(P.same_for_all_heads(pattern, heads), n, block, device="cuda")
+    qkv = torch.randn(1, n, 3 * heads * dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    do = torch.randn(1, n, heads * dim, device="cuda", dtype=torch.bfloat16)
+
+    def call():
+        out = B.blocksparse_attention_qkv(qkv, heads, layout)
+        torch.autograd.grad(out, qkv, do.view_as(out))
+
+    first, tuned = _peak_of(call), _peak_of(call)
+    expected = saved_per_element * n * heads * dim
+    extra = first - tuned
+    assert expected - 0.05 * GB <= extra <= expected + DO_BENCH_FLUSH, (first / GB, tuned / GB, expected / GB)
+
+
+def test_auto_mode_times_both_modes_at_a_short_length_and_matches_the_reference(monkeypatch):
+    """On the GPU "auto" times separate and merged where a backward is short, remembers the faster
+    with both timings, and its gradients match the reference on sampled rows' worth of tolerance."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "auto")
+    n, heads, dim = 4096, 2, 64
+    layout = P.build_layout(P.same_for_all_heads(P.fixed(512, 128), heads), n, 128, device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, do = (torch.randn(1, heads, n, dim, device="cuda", dtype=torch.float16, generator=gen) for _ in range(4))
+
+    def grads(fn):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = fn(*leaves)
+        return [out, *torch.autograd.grad(out, leaves, do)]
+
+    got = grads(lambda *x: B.blocksparse_attention(*x, layout))
+    key = ("dq_mode", (1, heads, n, dim), torch.float16, 0)
+    assert layout.kernel_cache[key] in B.AUTO_MODES
+    assert set(layout.kernel_cache[key + ("seconds",)]) == set(B.AUTO_MODES)
+    want = grads(lambda *x: reference_attention(*(t.float() for t in x), layout))
+    for name, g, w in zip(["out", "dq", "dk", "dv"], got, want):
+        err = (g.float() - w).abs().max().item()
+        assert err <= 2e-2 * max(1.0, w.abs().max().item()), f"{name}: max error {err:.3g}"
