@@ -127,8 +127,18 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x)))
-        return x + self.drop(self.ffn(self.ln2(x)))
+        # the attention branch's residual add and ln2 in one kernel each way where the LayerNorm
+        # kernels run (kernels.add_layer_norm); elsewhere x + branch, then ln2
+        x, h = _add_norm(self.ln2, x, self.drop(self.attn(self.ln1(x))))
+        return x + self.drop(self.ffn(h))
+
+
+def _add_norm(ln: nn.Module, x: torch.Tensor, branch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + branch, ln of it): fused for a FusedLayerNorm (``add_forward``), else the add, then ``ln``."""
+    if isinstance(ln, FusedLayerNorm):
+        return ln.add_forward(x, branch)
+    s = x + branch
+    return s, ln(s)
 
 
 class PositionEmbedding(nn.Module):

@@ -4,7 +4,7 @@ Importing this package needs only torch; Triton is imported when a CUDA (or inte
 """
 
 from .attention import sparse_attention, sparse_attention_qkv
-from .norm import FusedLayerNorm, layer_norm
+from .norm import FusedLayerNorm, add_layer_norm, layer_norm
 from .patterns import (
     AttentionPattern,
     HeadPattern,
@@ -25,5 +25,6 @@ from .reference import naive_attention, reference_attention
 __all__ = [
     "AttentionPattern", "HeadPattern", "Layout", "build_layout", "dense", "fixed", "fixed_per_head",
     "local", "merged", "multi_head", "optimal_stride", "same_for_all_heads", "strided",
-    "naive_attention", "reference_attention", "sparse_attention", "sparse_attention_qkv", "FusedLayerNorm", "layer_norm",
+    "naive_attention", "reference_attention", "sparse_attention", "sparse_attention_qkv", "FusedLayerNorm",
+    "add_layer_norm", "layer_norm",
 ]

@@ -47,16 +47,22 @@ POISON = False  # tests: fill every output buffer with NaN first, so an element 
 
 
 @triton.jit(do_not_specialize=["rows"])
-def _layer_norm_fwd_kernel(X, Y, W, B, MEAN, RSTD, stride_x, stride_y, rows, eps,
-                N: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _layer_norm_fwd_kernel(X, Y, W, B, MEAN, RSTD, R, S, stride_x, stride_y, stride_r, stride_s, rows, eps,
+                N: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # one program per BLOCK_M rows; statistics and affine in fp32, y stored in Y's dtype
+    # one program per BLOCK_M rows; statistics and affine in fp32, y stored in Y's dtype. HAS_RES:
+    # the row is x + r, stored in S (S's dtype) and normalised as it was stored
     row = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     col = tl.arange(0, BLOCK_N)
     live_row = row < rows
     live_col = col < N
     live = live_row[:, None] & live_col[None, :]
     x = tl.load(X + row[:, None] * stride_x + col[None, :], mask=live, other=0.0).to(tl.float32)
+    if HAS_RES:
+        r = tl.load(R + row[:, None] * stride_r + col[None, :], mask=live, other=0.0).to(tl.float32)
+        total = (x + r).to(S.dtype.element_ty)
+        tl.store(S + row[:, None] * stride_s + col[None, :], total, mask=live)
+        x = total.to(tl.float32)
     mean = tl.sum(x, 1) / N
     xc = tl.where(live_col[None, :], x - mean[:, None], 0.0)  # padding columns stay out of the variance
     rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / N + eps)
@@ -71,11 +77,14 @@ def _layer_norm_fwd_kernel(X, Y, W, B, MEAN, RSTD, stride_x, stride_y, rows, eps
 
 
 @triton.jit(do_not_specialize=["rows", "rows_per_program"])
-def _layer_norm_bwd_kernel(X, DY, DX, W, MEAN, RSTD, DW_PART, DB_PART, stride_x, stride_dy, stride_dx, rows,
-                rows_per_program, N: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _layer_norm_bwd_kernel(X, DY, DX, W, MEAN, RSTD, DW_PART, DB_PART, DS, DR, stride_x, stride_dy, stride_dx,
+                stride_ds, stride_dr, rows, rows_per_program, N: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                HAS_BIAS: tl.constexpr, HAS_DS: tl.constexpr, HAS_DR: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # one program per group of rows_per_program rows (a multiple of BLOCK_M): dx of its rows, and
-    # its partial sums of dy * xhat and dy over them in row DW_PART[pid], DB_PART[pid]
+    # its partial sums of dy * xhat and dy over them in row DW_PART[pid], DB_PART[pid]. HAS_DS: x's
+    # gradient from elsewhere (the residual stream past a fused add) is added to dx; HAS_DR: dx is
+    # also stored in DR's dtype (the added branch's gradient)
     pid = tl.program_id(0)
     first = pid.to(tl.int64) * rows_per_program
     last = tl.minimum(first + rows_per_program, rows)
@@ -102,7 +111,11 @@ def _layer_norm_bwd_kernel(X, DY, DX, W, MEAN, RSTD, DW_PART, DB_PART, stride_x,
         c1 = tl.sum(xhat * wdy, 1) / N
         c2 = tl.sum(wdy, 1) / N
         dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+        if HAS_DS:
+            dx += tl.load(DS + row[:, None] * stride_ds + col[None, :], mask=live, other=0.0).to(tl.float32)
         tl.store(DX + row[:, None] * stride_dx + col[None, :], dx.to(DX.dtype.element_ty), mask=live)
+        if HAS_DR:
+            tl.store(DR + row[:, None] * stride_dr + col[None, :], dx.to(DR.dtype.element_ty), mask=live)
         if HAS_WEIGHT:
             dw += dy * xhat
         if HAS_BIAS:
@@ -167,8 +180,9 @@ def _check(x: torch.Tensor, weight, bias, out_dtype: torch.dtype) -> None:
             raise ValueError(f"{name} must be ({width},) on {x.device}, got {tuple(p.shape)} on {p.device}")
 
 
-def _forward(x: torch.Tensor, weight, bias, eps: float, out_dtype: torch.dtype):
-    """(y in out_dtype with x's shape, mean (rows,), rstd (rows,)) of LayerNorm over x's last dim."""
+def _forward(x: torch.Tensor, weight, bias, eps: float, out_dtype: torch.dtype, residual: torch.Tensor | None = None):
+    """(y in out_dtype with x's shape, mean (rows,), rstd (rows,), s) of LayerNorm over x's last dim;
+    with ``residual``, of s = x + residual (stored in their promoted dtype, the 4th result; else None)."""
     _check(x, weight, bias, out_dtype)
     width = x.shape[-1]
     x2 = _as_rows(x, width)  # (rows, D)
@@ -176,21 +190,33 @@ def _forward(x: torch.Tensor, weight, bias, eps: float, out_dtype: torch.dtype):
     y = _empty(x.shape, out_dtype, x.device)
     mean = _empty((rows,), torch.float32, x.device)
     rstd = _empty((rows,), torch.float32, x.device)
+    s = r2 = s2 = None
+    if residual is not None:
+        _check_residual(x, residual)
+        r2 = _as_rows(residual, width)
+        s = _empty(x.shape, torch.result_type(x, residual), x.device)
+        s2 = s.view(rows, width)
     block_m, block_n, warps = tiles(width, FWD_TILE, FWD_PER_THREAD)
     _layer_norm_fwd_kernel[(triton.cdiv(rows, block_m),)](
         x2, y, weight if weight is not None else x2, bias if bias is not None else x2, mean, rstd,
-        x2.stride(0), width, rows, eps,
-        N=width, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n,
-        num_warps=warps)
-    return y, mean, rstd
+        r2 if r2 is not None else x2, s2 if s2 is not None else x2,
+        x2.stride(0), width, r2.stride(0) if r2 is not None else 0, width, rows, eps,
+        N=width, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
+    return y, mean, rstd, s
 
 
-def _backward(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.Tensor, rstd: torch.Tensor):
-    """(dx in x's dtype, dweight, dbias in the parameters' dtypes or None where absent)."""
+def _backward(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.Tensor, rstd: torch.Tensor,
+              dx_more: torch.Tensor | None = None, branch_dtype: torch.dtype | None = None):
+    """(dx in x's dtype, dweight, dbias in the parameters' dtypes or None where absent, dbranch).
+    ``dx_more``: a gradient of x from elsewhere, added to dx in the kernel; ``branch_dtype``: dx also
+    written in that dtype (dbranch, the gradient of a residual added in ``_forward``; None without)."""
     width = x.shape[-1]
     x2, dy2 = _as_rows(x, width), _as_rows(dy, width)  # (rows, D)
     rows = x2.shape[0]
     dx = _empty(x.shape, x.dtype, x.device)
+    ds2 = _as_rows(dx_more, width) if dx_more is not None else None
+    dr = _empty(x.shape, branch_dtype, x.device) if branch_dtype not in (None, x.dtype) else None
     block_m, block_n, warps = tiles(width, BWD_TILE, BWD_PER_THREAD)
     programs, rows_per_program = row_groups(rows, block_m, x.device)
     part = lambda p: None if p is None else _empty((programs, width), torch.float32, x.device)  # noqa: E731
@@ -198,12 +224,21 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.Tenso
     _layer_norm_bwd_kernel[(programs,)](
         x2, dy2, dx, weight if weight is not None else x2, mean, rstd,
         dw_part if dw_part is not None else x2, db_part if db_part is not None else x2,
-        x2.stride(0), dy2.stride(0), width, rows, rows_per_program,
-        N=width, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n,
-        num_warps=warps)
+        ds2 if ds2 is not None else x2, dr.view(rows, width) if dr is not None else x2,
+        x2.stride(0), dy2.stride(0), width, ds2.stride(0) if ds2 is not None else 0, width, rows, rows_per_program,
+        N=width, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, HAS_DS=ds2 is not None,
+        HAS_DR=dr is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
     dw = None if weight is None else dw_part.sum(0).to(weight.dtype)
     db = None if bias is None else db_part.sum(0).to(bias.dtype)
-    return dx, dw, db
+    dbranch = None if branch_dtype is None else dx if dr is None else dr
+    return dx, dw, db, dbranch
+
+
+def _check_residual(x: torch.Tensor, residual: torch.Tensor) -> None:
+    if residual.shape != x.shape or residual.device != x.device or residual.dtype not in _DTYPES:
+        raise ValueError(f"the residual added before the layer_norm must be x's shape {tuple(x.shape)} on {x.device} "
+                         f"in float16, bfloat16 or float32; got {tuple(residual.shape)} {residual.dtype} on "
+                         f"{residual.device}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,14 +252,35 @@ class _LayerNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps: float, out_dtype: torch.dtype):
-        y, mean, rstd = _forward(x, weight, bias, eps, out_dtype)
+        y, mean, rstd, _ = _forward(x, weight, bias, eps, out_dtype)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, weight, bias, mean, rstd = ctx.saved_tensors
-        return (*_backward(dy, x, weight, bias, mean, rstd), None, None)
+        return (*_backward(dy, x, weight, bias, mean, rstd)[:3], None, None)
+
+
+class _AddLayerNorm(torch.autograd.Function):
+    """(s, y) = (x + r, LayerNorm(x + r)) in one pass each way: the forward writes the sum and the
+    normalised row together, the backward adds the sum's own incoming gradient (the residual stream
+    past it) to the LayerNorm's dx in the kernel and writes the branch's gradient in r's dtype, where
+    a plain ``s = x + r; y = ln(s)`` spends an add kernel each way and a cast."""
+
+    @staticmethod
+    def forward(ctx, x, r, weight, bias, eps: float, out_dtype: torch.dtype):
+        y, mean, rstd, s = _forward(x, weight, bias, eps, out_dtype, residual=r)
+        ctx.save_for_backward(s, weight, bias, mean, rstd)
+        ctx.dtypes = (x.dtype, r.dtype)
+        return s, y
+
+    @staticmethod
+    def backward(ctx, ds, dy):
+        s, weight, bias, mean, rstd = ctx.saved_tensors
+        x_dtype, r_dtype = ctx.dtypes  # ds, dy: zeros where unused (autograd materialises them)
+        dx, dw, db, dr = _backward(dy, s, weight, bias, mean, rstd, dx_more=ds, branch_dtype=r_dtype)
+        return dx.to(x_dtype), dr, dw, db, None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,3 +296,11 @@ def triton_layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.
     parameters' dtypes. x in float16, bfloat16 or float32, rows up to MAX_WIDTH wide.
     """
     return _LayerNorm.apply(x, weight, bias, float(eps), out_dtype or x.dtype)
+
+
+def triton_add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None,
+                          bias: torch.Tensor | None, eps: float, out_dtype: torch.dtype | None = None):
+    """(s, y): s = x + residual in their promoted dtype and y = LayerNorm(s) in ``out_dtype`` (default
+    s's dtype), by the Triton kernels in one pass each way; differentiable in all four tensors."""
+    out_dtype = out_dtype or torch.result_type(x, residual)
+    return _AddLayerNorm.apply(x, residual, weight, bias, float(eps), out_dtype)

@@ -11,6 +11,10 @@
 * timing (triton.testing.do_bench) of forward and forward+backward, ours against torch's
   ``F.layer_norm(x.float()).to(bfloat16)``, at (1, 65536, 512) and (1, 1048576, 512): one line per
   case with milliseconds, speedup and our effective bandwidth.
+* the fused residual add (``add_layer_norm``: fp32 stream + bf16 branch, as in every block): s, y and
+  the gradients of x, the branch, weight and bias against the add and torch's layer_norm and float64,
+  three ways (s bitwise x + r, deterministic), and its forward+backward timed against the add
+  followed by our ``layer_norm`` (what the block ran before).
 
 ``--sweep`` also times the tile and row-group settings around the defaults (forward and backward
 kernels alone); ``--compile`` (no GPU needed) compiles both kernels for sm_90 at several widths
@@ -20,13 +24,14 @@ and reports registers and spills. Exit status 1 if any check fails.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 
 import torch
 import torch.nn.functional as F
 
 from . import layernorm as L
-from .norm import layer_norm
+from .norm import add_layer_norm, layer_norm
 
 EPS = 1e-5
 ATOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 2e-5}
@@ -128,6 +133,73 @@ def _graph_replay_equal(x, w, b, dy, eager) -> bool:
     return all(torch.equal(a, c) for a, c in zip([y.detach(), *grads], eager))
 
 
+def _add_inputs(rows: int, width: int, seed: int = 1):
+    """The pre-LN block's second LayerNorm: x the fp32 residual stream, r the bf16 attention branch,
+    ds the fp32 gradient of their sum from the rest of the stream, dy bf16."""
+    x, w, b, dy = _inputs(rows, width, seed=seed)
+    gen = torch.Generator(device="cuda").manual_seed(seed + 1)
+    r = torch.randn((1, rows, width), device="cuda", generator=gen).to(torch.bfloat16)
+    ds = torch.randn((1, rows, width), device="cuda", generator=gen)
+    return x, r, w, b, ds, dy
+
+
+def _add_grads(fn, x, r, w, b, ds, dy):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, r, w, b)]
+    s, y = fn(*leaves)
+    return [s.detach(), y.detach(), *torch.autograd.grad((s, y), leaves, (ds.to(s.dtype), dy.to(y.dtype)))]
+
+
+def _fused(x, r, w, b):
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        return add_layer_norm(x, r, w, b, EPS)
+
+
+def _unfused_ours(x, r, w, b):  # what the block ran before: the add, then our layer_norm
+    s = x + r
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        return s, layer_norm(s, w, b, EPS)
+
+
+def _unfused_torch(x, r, w, b):
+    s = x + r
+    return s, F.layer_norm(s, s.shape[-1:], w, b, EPS).to(torch.bfloat16)
+
+
+def check_add(rows: int = 65536, width: int = 512) -> dict:
+    """The fused add + LayerNorm (fp32 x + bf16 r, y bf16) against the add and torch's layer_norm and
+    against float64: s, y, dx, dr, dweight, dbias three ways; s bitwise x + r; deterministic."""
+    x, r, w, b, ds, dy = _add_inputs(rows, width)
+    got = _add_grads(_fused, x, r, w, b, ds, dy)
+    low = _add_grads(_unfused_torch, x, r, w, b, ds, dy)
+    exact = _add_grads(lambda *t: _unfused_torch_fp64(*t), x.double(), r.double(), w.double(), b.double(), ds.double(),
+                       dy.double())
+    report = {"name": f"check add+ln (1, {rows}, {width}) fp32 + bf16 -> bf16 autocast", "ok": True,
+              "y_dtype": str(got[1].dtype)}
+    report["ok"] &= [t.dtype for t in got[:4]] == [torch.float32, torch.bfloat16, torch.float32, torch.bfloat16]
+    for name, g, lo, ex in zip(["s", "y", "dx", "dr", "dweight", "dbias"], got, low, exact):
+        _three_way(report, name, g, lo, ex)
+    report["s_bitwise"] = torch.equal(got[0], x + r)
+    report["deterministic"] = all(torch.equal(a, c) for a, c in zip(got, _add_grads(_fused, x, r, w, b, ds, dy)))
+    report["graph_replay_equal"] = None
+    report["ok"] &= report["s_bitwise"] and report["deterministic"]
+    return report
+
+
+def _unfused_torch_fp64(x, r, w, b):
+    s = x + r
+    return s, F.layer_norm(s, s.shape[-1:], w, b, EPS)
+
+
+def time_add(rows: int, width: int = 512) -> dict:
+    """Forward+backward of the block's add and LayerNorm: fused against the add and our layer_norm."""
+    x, r, w, b, ds, dy = _add_inputs(rows, width)
+    leaves = [t.detach().requires_grad_() for t in (x, r, w, b)]
+    out = {"name": f"time add+ln (1, {rows}, {width}) fp32 + bf16 -> bf16"}
+    for who, fn in (("fused", _fused), ("unfused", _unfused_ours)):
+        out[f"{who}_fwdbwd_ms"] = _bench(lambda: torch.autograd.grad(fn(*leaves), leaves, (ds, dy)))
+    return out
+
+
 def _bench(fn) -> float:
     import triton.testing
 
@@ -161,7 +233,7 @@ def sweep(rows: int, width: int = 512) -> list[str]:
             lines.append(f"sweep fwd (1, {rows}, {width}) tile {tile} x {per_thread}/thread "
                          f"{L.tiles(width, tile, per_thread)}: {ms:.3f} ms")
         L.FWD_TILE, L.FWD_PER_THREAD = saved[:2]
-        _, mean, rstd = L._forward(x, w, b, EPS, torch.bfloat16)
+        _, mean, rstd, _ = L._forward(x, w, b, EPS, torch.bfloat16)
         for tile, per_thread in ((512, 4), (1024, 8), (2048, 8), (2048, 4), (4096, 16)):
             for per_sm in (1, 2, 3, 4, 8, 16):
                 L.BWD_TILE, L.BWD_PER_THREAD, L.BWD_PROGRAMS_PER_SM = tile, per_thread, per_sm
@@ -185,15 +257,19 @@ def compile_report(widths, arch: int = 90) -> list[tuple[str, bool]]:
     out = []
     for width in widths:
         for x_t, y_t in (("fp32", "bf16"), ("bf16", "bf16"), ("fp16", "fp32")):
-            for kernel, tile in ((L._layer_norm_fwd_kernel, (L.FWD_TILE, L.FWD_PER_THREAD)),
-                                 (L._layer_norm_bwd_kernel, (L.BWD_TILE, L.BWD_PER_THREAD))):
+            for (kernel, tile), fused in itertools.product(
+                    ((L._layer_norm_fwd_kernel, (L.FWD_TILE, L.FWD_PER_THREAD)),
+                     (L._layer_norm_bwd_kernel, (L.BWD_TILE, L.BWD_PER_THREAD))), (False, True)):
                 block_m, block_n, warps = L.tiles(width, *tile)
                 consts = dict(N=width, HAS_WEIGHT=True, HAS_BIAS=True, BLOCK_M=block_m, BLOCK_N=block_n)
-                types = {"X": x_t, "DX": x_t, "Y": y_t, "DY": y_t}
+                consts.update({k: fused for k in ("HAS_RES", "HAS_DS", "HAS_DR") if k in kernel.arg_names})
+                # fused: the residual branch and its gradient in y's dtype, the sum and its gradient in x's
+                types = {"X": x_t, "DX": x_t, "Y": y_t, "DY": y_t, "R": y_t, "S": x_t, "DS": x_t, "DR": y_t}
                 sig = {p.name: "constexpr" if p.is_constexpr else f"*{types.get(p.name, 'fp32')}" if p.name.isupper()
                        else "fp32" if p.name == "eps" else "i64" if p.name.startswith("stride") else "i32"
                        for p in kernel.params}
-                name = f"{kernel.__name__} D={width} x {x_t} y {y_t} {block_m}x{block_n} w{warps}"
+                name = (f"{kernel.__name__}{' +residual' if fused else ''} D={width} x {x_t} y {y_t} "
+                        f"{block_m}x{block_n} w{warps}")
                 try:
                     k = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=launch_attrs(kernel)),
                                        target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
@@ -214,8 +290,8 @@ def _time_line(r: dict) -> str:
             f"speedup {r['torch_fwd_ms'] / r['ours_fwd_ms']:.2f}x")
 
 
-def _check_line(r: dict) -> str:
-    parts = [f"{k} max err {r[k]['max_err']:.3g}{'' if r[k]['ok'] else ' FAIL'}" for k in ("y", "dx", "dweight", "dbias")]
+def _check_line(r: dict, names=("y", "dx", "dweight", "dbias")) -> str:
+    parts = [f"{k} max err {r[k]['max_err']:.3g}{'' if r[k]['ok'] else ' FAIL'}" for k in names]
     return (f"{'ok  ' if r['ok'] else 'FAIL'} {r['name']}: y {r['y_dtype']}, {', '.join(parts)}, "
             f"deterministic {r['deterministic']}, graph replay equal {r['graph_replay_equal']}")
 
@@ -242,8 +318,14 @@ def main(argv: list[str] | None = None) -> int:
         r = check(rows)
         failed += not r["ok"]
         print(_check_line(r), flush=True)
+    r = check_add()
+    failed += not r["ok"]
+    print(_check_line(r, ("s", "y", "dx", "dr", "dweight", "dbias")) + f", s bitwise x + r {r['s_bitwise']}", flush=True)
     for rows in (65536, 1 << 20):
         print(_time_line(time_case(rows)), flush=True)
+        t = time_add(rows)
+        print(f"{t['name']}: fwd+bwd fused {t['fused_fwdbwd_ms']:.3f} ms, add then layer_norm "
+              f"{t['unfused_fwdbwd_ms']:.3f} ms, speedup {t['unfused_fwdbwd_ms'] / t['fused_fwdbwd_ms']:.2f}x", flush=True)
     if args.sweep:
         for rows in (65536, 1 << 20):
             for line in sweep(rows):

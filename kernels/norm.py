@@ -60,6 +60,27 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
     return triton_layer_norm(x, weight, bias, eps, out_dtype)
 
 
+def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                   eps: float = 1e-5, out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, y) with s = x + residual (their promoted dtype) and y = LayerNorm(s) in ``out_dtype`` (default
+    ``output_dtype(s)``): the pre-LN block's residual add fused with the next LayerNorm. The Triton
+    kernels where ``layer_norm`` uses them (one read of x and residual, s and y written together; in
+    the backward the residual stream's gradient added to dx and the branch's gradient written in its
+    dtype, no add or cast kernels); elsewhere the add and ``layer_norm``."""
+    if torch.compiler.is_compiling() or residual.shape != x.shape or residual.dtype not in _KERNEL_DTYPES:
+        s = x + residual
+        return s, layer_norm(s, weight, bias, eps, out_dtype)
+    s_dtype = torch.result_type(x, residual)
+    kind = x.device.type
+    out_dtype = out_dtype or (torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else s_dtype)
+    if not _use_triton(x) or out_dtype not in _KERNEL_DTYPES or s_dtype not in _KERNEL_DTYPES:
+        s = x + residual
+        return s, reference_layer_norm(s, weight, bias, eps, out_dtype)
+    from .layernorm import triton_add_layer_norm  # imported lazily: needs triton
+
+    return triton_add_layer_norm(x, residual, weight, bias, eps, out_dtype)
+
+
 class FusedLayerNorm(nn.LayerNorm):
     """nn.LayerNorm (same parameters and state_dict keys) computed by ``layer_norm``: under autocast
     its output is already in the autocast dtype."""
@@ -73,3 +94,7 @@ class FusedLayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return layer_norm(x, self.weight, self.bias, self.eps)
+
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + residual, this LayerNorm of it), fused where the kernels run (``add_layer_norm``)."""
+        return add_layer_norm(x, residual, self.weight, self.bias, self.eps)

@@ -183,9 +183,10 @@ def test_model_with_fused_layernorm_matches_nn_layernorm(monkeypatch):
             if "ln" in name:
                 p.add_(0.3 * torch.randn_like(p))
     plain.load_state_dict(fused.state_dict())
-    calls = []
-    real = layernorm.triton_layer_norm
+    calls, add_calls = [], []
+    real, real_add = layernorm.triton_layer_norm, layernorm.triton_add_layer_norm
     monkeypatch.setattr(layernorm, "triton_layer_norm", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(layernorm, "triton_add_layer_norm", lambda *a: add_calls.append(1) or real_add(*a))
     idx = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(4))
     targets = torch.roll(idx, -1, dims=1)
     losses, grads = [], []
@@ -194,7 +195,7 @@ def test_model_with_fused_layernorm_matches_nn_layernorm(monkeypatch):
         losses.append(loss.detach())
         grads.append(dict(zip([n for n, _ in model.named_parameters()],
                               torch.autograd.grad(loss, list(model.parameters())))))
-    assert len(calls) == 2 * 2 + 1
+    assert len(calls) == 2 + 1 and len(add_calls) == 2  # ln1 of each block and ln_f; each block's add + ln2
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=1e-6)
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
@@ -210,6 +211,65 @@ def test_state_dict_keys_unchanged(monkeypatch):
     assert list(FusedLayerNorm(8).state_dict()) == ["weight", "bias"]
     fused.load_state_dict(plain.state_dict())
     plain.load_state_dict(fused.state_dict())
+
+
+@pytest.mark.parametrize("x_dtype, r_dtype, out_dtype, shape", [
+    (torch.float32, torch.float16, torch.float16, (2, 37, 64)),  # the autocast block: fp32 stream, 16-bit branch
+    (torch.float32, torch.float32, torch.float32, (1, 45, 100)),  # one dtype (dr is dx), padded width
+    (torch.float16, torch.float16, torch.float16, (3, 13, 512)),
+])
+def test_add_layer_norm_matches_the_add_then_layer_norm(x_dtype, r_dtype, out_dtype, shape):
+    """(s, y) = (x + r, LayerNorm(x + r)) in one kernel each way: s bitwise x + r; y and the gradients of
+    x, r, weight and bias (with a gradient of s from the residual stream beside y's) equal torch's add
+    and layer_norm in float64, three ways, dr in r's dtype."""
+    x, w, b, dy = _inputs(shape, x_dtype, out_dtype, seed=5)
+    gen = torch.Generator().manual_seed(6)
+    r = torch.randn(shape, generator=gen).to(r_dtype)
+    s_dtype = torch.result_type(x, r)
+    ds = torch.randn(shape, generator=gen).to(s_dtype)
+
+    def grads(fn, *t):
+        leaves = [u.detach().clone().requires_grad_() for u in t[:4]]
+        s, y = fn(*leaves)
+        return [s.detach(), y.detach(), *torch.autograd.grad((s, y), leaves, (t[4].to(s.dtype), t[5].to(y.dtype)))]
+
+    def unfused(x, r, w, b, out=out_dtype):
+        s = x + r
+        return s, norm.reference_layer_norm(s, w, b, EPS, out)
+
+    rounding = ((x + r).double() - (x.double() + r.double()))  # s as stored: the kernel normalises that
+
+    def exact_fn(x, r, w, b):  # float64, of the stored sum (its rounding a constant: gradient 1)
+        s = x + r + rounding
+        return s, F.layer_norm(s, s.shape[-1:], w, b, EPS)
+
+    got = grads(lambda *a: layernorm.triton_add_layer_norm(*a, EPS, out_dtype), x, r, w, b, ds, dy)
+    low = grads(unfused, x, r, w, b, ds, dy)
+    exact = grads(exact_fn, *(t.double() for t in (x, r, w, b, ds, dy)))
+    assert torch.equal(got[0], x + r)
+    assert got[3].dtype == r_dtype and got[2].dtype == x_dtype
+    _check_three_way(got[1:2] + got[2:3] + got[4:], low[1:2] + low[2:3] + low[4:], exact[1:2] + exact[2:3] + exact[4:],
+                     f"add+ln {shape} {x_dtype}+{r_dtype}")
+    err = (got[3].double() - exact[3]).abs()
+    assert (err <= 2 * (low[3].double() - exact[3]).abs() + ATOL[r_dtype] * max(1.0, exact[3].abs().max().item())).all()
+
+
+def test_add_layer_norm_dispatch(monkeypatch):
+    """add_layer_norm takes the kernels where layer_norm does, and the add then layer_norm elsewhere
+    (MEGASTRIDE_LAYERNORM=torch, mismatched shapes), with the same results."""
+    x, w, b, _ = _inputs((1, 9, 32), torch.float32, torch.float32)
+    r = torch.randn(1, 9, 32)
+    calls = []
+    real = layernorm.triton_add_layer_norm
+    monkeypatch.setattr(layernorm, "triton_add_layer_norm", lambda *a: calls.append(1) or real(*a))
+    s, y = norm.add_layer_norm(x, r, w, b, EPS)
+    assert len(calls) == 1 and torch.equal(s, x + r)
+    monkeypatch.setenv("MEGASTRIDE_LAYERNORM", "torch")
+    s2, y2 = norm.add_layer_norm(x, r, w, b, EPS)
+    assert len(calls) == 1 and torch.equal(s2, s)
+    torch.testing.assert_close(y2, y, rtol=1e-5, atol=1e-5)
+    s3, _ = norm.add_layer_norm(x, r[:, :1], w, b, EPS)  # broadcast residual: the plain add
+    assert len(calls) == 1 and torch.equal(s3, x + r[:, :1])
 
 
 def test_bad_inputs_raise():
@@ -229,4 +289,4 @@ def test_kernels_compile_for_sm90():
     proc = subprocess.run([sys.executable, "-m", "megastride.kernels.ln_check", "--compile", "--widths", "512"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert sum(line.startswith("ok ") for line in proc.stdout.splitlines()) == 6, proc.stdout
+    assert sum(line.startswith("ok ") for line in proc.stdout.splitlines()) == 12, proc.stdout  # 3 dtype pairs, 2 x 2 kernels
