@@ -30,10 +30,10 @@ def _use_triton(x: torch.Tensor) -> bool:
     return interpreted and choice == "triton"
 
 
-def output_dtype(x: torch.Tensor) -> torch.dtype:
-    """x's dtype, or the autocast dtype where autocast is on for x's device."""
+def output_dtype(x: torch.Tensor, default: torch.dtype | None = None) -> torch.dtype:
+    """The autocast dtype where autocast is on for x's device, else ``default`` (x's dtype)."""
     kind = x.device.type
-    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else default or x.dtype
 
 
 def reference_layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
@@ -71,8 +71,7 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
         s = x + residual
         return s, layer_norm(s, weight, bias, eps, out_dtype)
     s_dtype = torch.result_type(x, residual)
-    kind = x.device.type
-    out_dtype = out_dtype or (torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else s_dtype)
+    out_dtype = out_dtype or output_dtype(x, s_dtype)
     if not _use_triton(x) or out_dtype not in _KERNEL_DTYPES or s_dtype not in _KERNEL_DTYPES:
         s = x + residual
         return s, reference_layer_norm(s, weight, bias, eps, out_dtype)
