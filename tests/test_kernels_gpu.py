@@ -1,10 +1,15 @@
 """The block-sparse kernels on a CUDA GPU, where the interpreter cannot look: how much memory a first
-call's autotuning adds, and the auto dQ mode's timed choice. Skipped without a GPU (``-m gpu``)."""
+call's autotuning adds, and the auto dQ mode's timed choice. Skipped without a GPU (``-m gpu``).
+
+``blocksparse`` (and with it triton) is imported inside the tests: imported while the suite is being
+collected, before tests/test_kernels_triton.py sets TRITON_INTERPRET, it would compile the kernels for
+a GPU instead of the interpreter in every later CPU test."""
+
+import importlib
 
 import pytest
 import torch
 
-from megastride.kernels import blocksparse as B
 from megastride.kernels import patterns as P
 from megastride.kernels import reference_attention
 
@@ -15,8 +20,13 @@ GB = 1e9
 DO_BENCH_FLUSH = 0.3 * GB
 
 
+def _blocksparse():
+    return importlib.import_module("megastride.kernels.blocksparse")
+
+
 def _untuned(monkeypatch):
     """Every autotuned kernel as if never tuned: no in-memory choices, no disk cache."""
+    B = _blocksparse()
     for tuned in (B._fwd_tuned, B._dq_tuned, B._dkdv_tuned, B._merged_tuned):
         monkeypatch.setattr(tuned, "cache", {})
         monkeypatch.setattr(tuned, "cache_results", False)
@@ -43,6 +53,7 @@ def test_first_call_autotuning_saves_only_the_outputs_later_parts_add_to(monkeyp
     flush buffer, not by a copy of every output (Triton's restore_value: dQ too, 0.54 GB more here)."""
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
     _untuned(monkeypatch)
+    B = _blocksparse()
     n, heads, dim = 262144, 8, 64
     layout = P.build_layout(P.same_for_all_heads(pattern, heads), n, block, device="cuda")
     qkv = torch.randn(1, n, 3 * heads * dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -62,6 +73,7 @@ def test_auto_mode_times_both_modes_at_a_short_length_and_matches_the_reference(
     """On the GPU "auto" times separate and merged where a backward is short, remembers the faster
     with both timings, and its gradients match the reference on sampled rows' worth of tolerance."""
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "auto")
+    B = _blocksparse()
     n, heads, dim = 4096, 2, 64
     layout = P.build_layout(P.same_for_all_heads(P.fixed(512, 128), heads), n, 128, device="cuda")
     gen = torch.Generator(device="cuda").manual_seed(0)
