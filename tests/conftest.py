@@ -8,6 +8,14 @@ import pytest
 import yaml
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Without CUDA the Triton kernels run under Triton's interpreter, which must be chosen before triton is
+# first imported: set here, before any test module is collected, so no module imported earlier in the
+# collection (one importing triton at its top) can leave the kernels compiled for a GPU
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):
