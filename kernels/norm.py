@@ -67,14 +67,12 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
     kernels where ``layer_norm`` uses them (one read of x and residual, s and y written together; in
     the backward the residual stream's gradient added to dx and the branch's gradient written in its
     dtype, no add or cast kernels); elsewhere the add and ``layer_norm``."""
-    if torch.compiler.is_compiling() or residual.shape != x.shape or residual.dtype not in _KERNEL_DTYPES:
-        s = x + residual
-        return s, layer_norm(s, weight, bias, eps, out_dtype)
     s_dtype = torch.result_type(x, residual)
     out_dtype = out_dtype or output_dtype(x, s_dtype)
-    if not _use_triton(x) or out_dtype not in _KERNEL_DTYPES or s_dtype not in _KERNEL_DTYPES:
-        s = x + residual
-        return s, reference_layer_norm(s, weight, bias, eps, out_dtype)
+    if (torch.compiler.is_compiling() or residual.shape != x.shape or not _use_triton(x)
+            or not {residual.dtype, s_dtype, out_dtype} <= set(_KERNEL_DTYPES)):
+        s = x + residual  # layer_norm picks its own path (torch's where the kernel cannot run)
+        return s, layer_norm(s, weight, bias, eps, out_dtype)
     from .layernorm import triton_add_layer_norm  # imported lazily: needs triton
 
     return triton_add_layer_norm(x, residual, weight, bias, eps, out_dtype)
