@@ -206,12 +206,10 @@ def time_steps(cfg: Config, attention: str, device: torch.device, batch: int, st
     if cfg.train.precision == "fp16":
         raise ConfigError("the baseline times bf16 or fp32 steps (fp16 needs loss scaling): set train.precision")
     if attention == "flex":
-        # compile for this length alone, as a script run at one length does: in a sweep, torch.compile
-        # would recompile the second length with dynamic shapes, and that Flex step is slower (262,144
+        # compile for this length alone, as a script run at one length does (kernels.bench.flex_compiled:
+        # in a sweep the second length would recompile with dynamic shapes, a slower Flex step; 262,144
         # tokens on the H200, 2026-11-29: 3.50 s/step after 65,536 in the same process, 2.00 s alone)
-        from torch import _dynamo
-
-        _dynamo.reset()
+        flex_compiled(fresh=True)
     torch.manual_seed(cfg.run.seed)
     model = build(cfg.model, attention, device, cfg.train.checkpoint_activations)
     t = cfg.train

@@ -166,24 +166,33 @@ def _flex_fn(mask_mod, n, device, result: Result):
     torch.cuda.synchronize()
     result.timings["flex_mask_build_ms"] = (time.perf_counter() - start) * 1e3
     result.timings["flex_mask_mb"] = (torch.cuda.memory_allocated() - base) / 2**20
-    compiled = flex_compiled()
+    compiled = flex_compiled(fresh=True)  # static shapes for this case alone (see flex_compiled)
     return lambda q, k, v: compiled(q, k, v, block_mask=block_mask)
 
 
 _FLEX = None
 
 
-def flex_compiled():
-    """``torch.compile(flex_attention)``, compiled once per process (shared by every length and caller)."""
+def flex_compiled(fresh: bool = False):
+    """``torch.compile(flex_attention)``; ``fresh`` resets dynamo first, so the next call compiles for its
+    shapes alone, as a script run at one shape does.
+
+    A compiled function shared across shapes recompiles the second one with dynamic shapes, and those
+    Flex kernels are slower: at 1,048,576 tokens (H=8, D=64, fixed pattern; H200, 2026-11-30) the static
+    forward took 66 ms and the backward 221 ms inside the baseline's model, the dynamic ones 83 and 299 ms
+    in the attention bench, whose every case after the first shared one compile until then. The bench
+    and the baseline both compile fresh per case or length.
+    """
     global _FLEX
+    import torch._dynamo
+
+    if fresh:
+        torch._dynamo.reset()
+        _FLEX = None
     if _FLEX is None:
-        import torch._dynamo
         from torch.nn.attention.flex_attention import flex_attention
 
-        # torch.compile's defaults, as a user would call it (automatic dynamic shapes after the second
-        # length). The limits are raised because past the default 8 recompiles Flex silently falls back
-        # to its unfused eager path. (dynamic=False, one static kernel per length, did not finish
-        # compiling its first case in 200 s on the H200 on 2026-11-29.)
+        # past the default 8 recompiles Flex silently falls back to its unfused eager path
         torch._dynamo.config.recompile_limit = 512
         torch._dynamo.config.accumulated_recompile_limit = 4096
         _FLEX = torch.compile(flex_attention)

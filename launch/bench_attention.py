@@ -32,8 +32,8 @@ def _parser() -> argparse.ArgumentParser:
 def _cases(args):
     from megastride.kernels.bench import Case
 
-    # shortest first: torch.compile's first Flex compile is static-shape (slow at long lengths), the
-    # later ones dynamic
+    # shortest first, so a run cut short still has the short lengths (each case compiles Flex for its
+    # own shapes: kernels.bench.flex_compiled)
     lengths = [12288, 65536] if args.quick else sorted({int(x) for x in args.lengths.split(",") if x})
     configs = ["8x64"] if args.quick else [c for c in args.configs.split(",") if c]
     cases = []
