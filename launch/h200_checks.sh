@@ -42,9 +42,9 @@ fi
 #    BENCH_PATTERNS=fixed,strided,strided_matched adds the strided pattern at about the fixed density. BENCH_PEERS=flex,atomic,... also times the atomic dQ mode, and the training
 #    runs below then use it if it was the faster at the longest length (slower at 1M on 2026-11-29).
 #    The whole default run needs about 560 s on a fresh machine (autotuning: ~25 s per new key).
-#    Keep 3,072 in the lengths (the bench runs them shortest first): torch.compile's first Flex compile
-#    is static-shape, the later ones dynamic, and a run whose first length was 12,288 spent 240 s in its
-#    first case (2026-11-29; which stage is not known: the bench now logs each stage's time)
+#    Each case compiles Flex for its own shapes (kernels.bench.flex_compiled). On a fresh machine the
+#    first case's create_block_mask compile takes 4-5 minutes (264 and 301 s on 2026-11-30), later ones
+#    1-20 s: give a run that includes Flex 300 s more than its cases need.
 if want b; then
 timeout "${BENCH_S:-560}" python3 -m megastride.launch.cli bench attention --patterns "${BENCH_PATTERNS:-fixed,strided}" \
   --configs "${BENCH_CONFIGS:-8x64,2x128}" --lengths "${BENCH_LENGTHS:-3072,12288,65536,262144,1048576}" \
