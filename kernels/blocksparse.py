@@ -153,12 +153,16 @@ def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL
             acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, 0, False, DOT_PREC)
 
     last_row = first_row + BLOCK_M - 1
+    # masked tiles at most 64 keys wide: their token-mask arithmetic sets the kernel's register count (at
+    # head dim 64, 128x128 w4 spilled 276 B per thread and 128x128 w8 104 B with 128-wide masked tiles; both
+    # spill-free, w8 at 177 registers instead of 255, with 64: compile_check --ptxas, sm_90)
+    MASK_N: tl.constexpr = 64 if BLOCK_N > 64 else BLOCK_N
     for e in range(tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)):
         col_block = tl.load(PART_IDX + e)
-        for s in tl.static_range(BLOCK // BLOCK_N):
-            first_col = col_block * BLOCK + s * BLOCK_N
+        for s in tl.static_range(BLOCK // MASK_N):
+            first_col = col_block * BLOCK + s * MASK_N
             if first_col <= last_row - min_off:  # skip sub-tiles wholly above the (shifted) diagonal
-                offs_n = first_col + tl.arange(0, BLOCK_N)
+                offs_n = first_col + tl.arange(0, MASK_N)
                 cols = _natural(offs_n, perm_g, perm_l, PERMUTED)
                 k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :])
                 v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :])
@@ -454,7 +458,8 @@ _TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_
 # dK/dV 32x128 w4: ~140-240 B, dQ 128x32 w4: ~60 B; the second too in the atomic-dQ and permuted
 # variants; table in docs/benchmarks.md). dK/dV 64x64 w4 s3 came out of an EXTRA_TILES experiment on
 # the H200 (fixed, 1M tokens, H=8 D=64: picked over the others, dK/dV kernel 136 ms per call).
-_FWD_TILES = {128: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3)], 64: [(64, 64, 4, 3)]}
+_FWD_TILES = {128: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3)], 64: [(64, 64, 4, 3)],
+              (128, 64): [(128, 128, 4, 3)]}  # FlexAttention's forward tile for bf16, D=64 on Hopper
 _DQ_TILES = {128: [(128, 32, 4, 5), (128, 64, 8, 3), (128, 32, 8, 4)], 64: [(64, 32, 4, 4)]}
 _DKDV_TILES = {128: [(32, 128, 4, 5), (64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 3)], 64: [(32, 64, 4, 4)],
                (128, 128): [(16, 128, 8, 3), (64, 32, 8, 3), (128, 32, 8, 3)]}  # head dim 128: spill-free ones

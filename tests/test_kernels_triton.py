@@ -328,6 +328,25 @@ def test_forced_full_block_tiles(monkeypatch):
     _run_case((lambda h: P.strided(8), 256, 64, 2, 32, torch.float32, 1), monkeypatch, seed=3)
 
 
+@pytest.mark.parametrize("name", ["fixed_block128", "strided_block128"])
+def test_forward_masked_tiles_narrower_than_its_key_tiles(name, monkeypatch):
+    """Key tiles of 128 (the tiles of FlexAttention's Hopper forward): the forward's masked (partial)
+    blocks then run as 64-wide sub-tiles, its full blocks as 128-wide ones; same answer."""
+    assert CASES[name][2] == 128
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TILES", "128,128")
+    forward_tiles = []
+    real = blocksparse._launch
+
+    def launch(tuned, kernel, grid, args, consts, names=blocksparse._TILE_NAMES):
+        if kernel is blocksparse._fwd_kernel:
+            forward_tiles.append(blocksparse._fixed_tiles(consts["BLOCK"], names)["BLOCK_N"])
+        return real(tuned, kernel, grid, args, consts, names)
+
+    monkeypatch.setattr(blocksparse, "_launch", launch)
+    _run_case(CASES[name], monkeypatch)
+    assert forward_tiles and set(forward_tiles) == {128}
+
+
 def test_sparse_attention_dispatches_to_triton(monkeypatch):
     """kernels.sparse_attention uses the kernels under the interpreter with MEGASTRIDE_ATTENTION=triton."""
     monkeypatch.setenv("MEGASTRIDE_ATTENTION", "triton")
