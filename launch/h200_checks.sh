@@ -41,10 +41,11 @@ fi
 #    from CUDA graphs (the kernels without the host's issue cost).
 #    BENCH_PATTERNS=fixed,strided,strided_matched adds the strided pattern at about the fixed density. BENCH_PEERS=flex,atomic,... also times the atomic dQ mode, and the training
 #    runs below then use it if it was the faster at the longest length (slower at 1M on 2026-11-29).
-#    The whole default run needs about 560 s on a fresh machine (autotuning: ~25 s per new key).
 #    Each case compiles Flex for its own shapes (kernels.bench.flex_compiled). On a fresh machine the
 #    first case's create_block_mask compile takes 4-5 minutes (264 and 301 s on 2026-11-30), later ones
-#    1-20 s: give a run that includes Flex 300 s more than its cases need.
+#    1-20 s, and autotuning ~25 s per new key of ours: the whole default set no longer fits one 600 s
+#    device call; split it with BENCH_CONFIGS / BENCH_PATTERNS / BENCH_LENGTHS (one GPU each on a
+#    2-GPU machine), e.g. BENCH_PATTERNS=fixed BENCH_CONFIGS=8x64 BENCH_LENGTHS=65536,262144,1048576.
 if want b; then
 timeout "${BENCH_S:-560}" python3 -m megastride.launch.cli bench attention --patterns "${BENCH_PATTERNS:-fixed,strided}" \
   --configs "${BENCH_CONFIGS:-8x64,2x128}" --lengths "${BENCH_LENGTHS:-3072,12288,65536,262144,1048576}" \
