@@ -79,7 +79,7 @@ if want g; then
 timeout "${GTEST_S:-180}" python3 -m pytest -q -p no:cacheprovider tests/test_graphs.py 2>&1 | tail -8 | tee "$OUT/pytest_graphs.log"
 # the trainer's graphed steps (train.runtime=torch) against its eager ones, resume included
 timeout "${GTEST_S:-180}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_train_torch_runtime.py 2>&1 | tail -8 | tee -a "$OUT/pytest_graphs.log"
-# the kernels' first-call autotuning memory and the auto dQ mode's timed choice
+# the kernels' first-call autotuning memory, the auto dQ mode's timed choice, the 262,144-token graph replay (failed in the bench)
 timeout "${GTEST_S:-180}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels_gpu.py 2>&1 | tail -8 | tee -a "$OUT/pytest_graphs.log"
 timeout "${LNCHECK_S:-120}" python3 -m megastride.kernels.ln_check 2>&1 | tail -12 | tee "$OUT/ln_check.log"
 fi

@@ -1,5 +1,6 @@
 """The block-sparse kernels on a CUDA GPU, where the interpreter cannot look: how much memory a first
-call's autotuning adds, and the auto dQ mode's timed choice. Skipped without a GPU (``-m gpu``).
+call's autotuning adds, the auto dQ mode's timed choice, replay from a CUDA graph. Skipped without a
+GPU (``-m gpu``).
 
 ``blocksparse`` (and with it triton) is imported inside the tests: imported while the suite is being
 collected, before tests/test_kernels_triton.py sets TRITON_INTERPRET, it would compile the kernels for
@@ -92,3 +93,33 @@ def test_auto_mode_times_both_modes_at_a_short_length_and_matches_the_reference(
     for name, g, w in zip(["out", "dq", "dk", "dv"], got, want):
         err = (g.float() - w).abs().max().item()
         assert err <= 2e-2 * max(1.0, w.abs().max().item()), f"{name}: max error {err:.3g}"
+
+
+@pytest.mark.parametrize("mode", ["separate", "merged"])
+def test_forward_backward_replays_from_a_cuda_graph_at_262k_tokens_with_two_heads_of_128(monkeypatch, mode):
+    """Captured the way the attention bench captures (kernels.bench._graphed: warm-up on a side stream,
+    then one capture), fixed(4096,128) at 262,144 tokens, 2 heads of 128, bf16: the replay gives the eager
+    call's gradients. The bench's capture failed at exactly this case in two H200 runs of 2026-11-30
+    (the merged backward: forced in one, chosen by "auto" in the other), while 65,536 and 1M captured."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", mode)
+    B = _blocksparse()
+    from megastride.kernels.bench import _graphed
+
+    n, heads, dim = 262144, 2, 128
+    layout = P.build_layout(P.same_for_all_heads(P.fixed(4096, 128), heads), n, 128, device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, do = (torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+
+    def fwdbwd():
+        B.blocksparse_attention(*leaves, layout).backward(do)
+
+    fwdbwd()  # eager: compiles and autotunes
+    eager = [t.grad.clone() for t in leaves]
+    for t in leaves:
+        t.grad = None
+    replay = _graphed(fwdbwd, leaves)
+    replay()
+    torch.cuda.synchronize()
+    for name, t, want in zip(["dq", "dk", "dv"], leaves, eager):
+        assert torch.equal(t.grad, want), f"{name} replayed differs from eager"
