@@ -154,9 +154,9 @@ def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL
 
     last_row = first_row + BLOCK_M - 1
     # masked tiles at most 64 keys wide: their token-mask arithmetic sets the kernel's register count
-    # (compile_check --ptxas, sm_90, head dim 64: 128x128 w4 spilled 276 B per thread under the fixed
-    # pattern's mask kinds and 1,304 B under local+stride+summary, with 64-key masked tiles 0 and 408 B;
-    # 128x128 w8 went from 255 registers to 177-233, without spills)
+    # (compile_check --ptxas [--kinds 24], sm_90, head dim 64: 128x128 w4 spilled 204 B per thread under
+    # the fixed pattern's mask kinds and 1,304 B under local+stride+summary, with 64-key masked tiles 0 and
+    # 408 B; 128x128 w8 went from 255 registers to 211-233, without spills)
     MASK_N: tl.constexpr = 64 if BLOCK_N > 64 else BLOCK_N
     for e in range(tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)):
         col_block = tl.load(PART_IDX + e)

@@ -67,11 +67,17 @@ def signature(kernel, dtype: str, fp32: set, wide: bool) -> dict:
     return sig
 
 
-def variants(block: int = 128, head_dim: int = 64, every_config: bool = False) -> list[Variant]:
+# the mask kinds compiled by default (local, stride, summary: the strided pattern's and more); --kinds
+# picks others, e.g. 24 (window and summary) for the fixed pattern's, as its layouts launch them
+DEFAULT_KINDS = 2 | 4 | 16
+
+
+def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
+             kinds: int = DEFAULT_KINDS) -> list[Variant]:
     """The kernel variants the launchers produce for one block and head dim: natural and permuted
     parts, first and merging parts, each backward mode; the first autotuning config of each table
     (all of them with ``every_config``)."""
-    base = dict(BUCKET=2, BLOCK=block, HEAD_DIM=head_dim, NCOMP=2, KINDS=2 | 4 | 16, DOT_PREC="tf32")
+    base = dict(BUCKET=2, BLOCK=block, HEAD_DIM=head_dim, NCOMP=2, KINDS=kinds, DOT_PREC="tf32")
 
     def tiles(table):
         chosen = bs.tile_list(table, block, head_dim)
@@ -148,13 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block", type=int, default=128)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--all", action="store_true", help="every autotuning config, not only the first")
+    p.add_argument("--kinds", type=int, default=DEFAULT_KINDS,
+                   help="mask kinds bitmask, 1 << kind (default 22: local, stride, summary; 24: the fixed pattern's)")
     p.add_argument("--ptxas", action="store_true", help="also report registers and spills (ptxas -v)")
     p.add_argument("--only", action="append", default=[],
                    help="compile only variants whose name contains this text (repeatable)")
     args = p.parse_args(argv)
+    if not 0 < args.kinds < 32:
+        p.error(f"--kinds is a bitmask of the five mask kinds, 1..31, got {args.kinds}")
     only = args.only
     failed = 0
-    chosen = [v for v in variants(args.block, args.head_dim, args.all) if not only or any(x in v.name for x in only)]
+    chosen = [v for v in variants(args.block, args.head_dim, args.all, args.kinds) if not only or any(x in v.name for x in only)]
     if not chosen:
         print(f"compile_check: no variant matches --only {only!r}", file=sys.stderr)
         return 2

@@ -29,3 +29,16 @@ def test_kernels_compile_for_sm90():
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     compiled = [line for line in proc.stdout.splitlines() if line.startswith("ok ")]
     assert len(compiled) == len(only) and proc.stdout.strip().endswith("all compiled"), proc.stdout
+
+
+def test_fixed_pattern_mask_kinds_compile_and_a_bad_kinds_mask_is_one_line():
+    """--kinds 24 compiles the forward as the fixed pattern's layouts launch it (window and summary
+    masks); a mask outside the five kinds is refused in one line before anything compiles."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", *a],  # noqa: E731
+                                    capture_output=True, text=True, env=env, timeout=600)
+    proc = run("--kinds", "24", "--only", "forward natural")
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("all compiled"), (proc.stdout + proc.stderr)[-2000:]
+    bad = run("--kinds", "40")
+    assert bad.returncode == 2 and "--kinds" in bad.stderr and "got 40" in bad.stderr
+    assert "ok " not in bad.stdout
