@@ -23,6 +23,7 @@ All base offsets are int64: B*H*T*D passes 2**31 elements at a few million token
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -718,7 +719,41 @@ def _strides(*tensors) -> list[int]:
     return [s for t in tensors for s in t.stride()[:3]]
 
 
-def _launch(tuned, kernel, grid, args, consts, names=_TILE_NAMES):
+# kernel name -> config (a table entry) launched instead of autotuning: ``forced_tiles``
+_FORCED: dict[str, tuple[int, ...]] = {}
+_KERNEL_NAMES = {"fwd": _TILE_NAMES, "dq": _TILE_NAMES, "dkdv": _TILE_NAMES, "merged": _MERGED_NAMES}
+
+
+@contextlib.contextmanager
+def forced_tiles(kernel: str, entry: tuple[int, ...]):
+    """Inside the block, launch ``kernel`` ("fwd", "dq", "dkdv" or "merged") with one config, a table
+    entry (tile sizes..., warps, stages) such as (128, 64, 4, 5), instead of the autotuned choice: the
+    tile sweep (``megastride bench tiles``) times each config on its own this way. A tile larger than a
+    layout's block is an error at launch."""
+    if kernel not in _KERNEL_NAMES:
+        raise ValueError(f"unknown kernel {kernel!r} (one of {', '.join(_KERNEL_NAMES)})")
+    width = len(_KERNEL_NAMES[kernel]) + 2
+    if len(entry) != width or not all(isinstance(x, int) and x > 0 for x in entry):
+        raise ValueError(f"a {kernel} config is {width} positive integers (tile sizes, warps, stages), got {entry!r}")
+    before = _FORCED.get(kernel)
+    _FORCED[kernel] = tuple(entry)
+    try:
+        yield
+    finally:
+        if before is None:
+            _FORCED.pop(kernel, None)
+        else:
+            _FORCED[kernel] = before
+
+
+def _launch(tuned, kernel, grid, args, consts, names=_TILE_NAMES, name: str = ""):
+    forced = _FORCED.get(name)
+    if forced is not None:
+        *tiles, warps, stages = forced
+        if max(tiles) > consts["BLOCK"]:
+            raise ValueError(f"forced {name} tiles {tiles} exceed the layout's block {consts['BLOCK']}")
+        kernel[grid](*args, **consts, **dict(zip(names, tiles)), num_warps=warps, num_stages=stages)
+        return
     tiles = _fixed_tiles(consts["BLOCK"], names)
     if tiles is None:
         tuned[grid](*args, **consts)
@@ -788,7 +823,7 @@ def _forward(q, k, v, layout: Layout, scale: float):
                 *_strides(q, k, v, out), lse.stride(0), lse.stride(1),
                 len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E)
         grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
-        _launch(_fwd_tuned, _fwd_kernel, grid, args, _common(layout, meta, q, load_prev))
+        _launch(_fwd_tuned, _fwd_kernel, grid, args, _common(layout, meta, q, load_prev), name="fwd")
     return (out.to(q.dtype) if multi else out), lse
 
 
@@ -901,7 +936,7 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
                     lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
                     lists["row_order"], *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *common)
             grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
-            _launch(_dq_tuned, _bwd_dq_kernel, grid, args, consts)
+            _launch(_dq_tuned, _bwd_dq_kernel, grid, args, consts, name="dq")
         if split:
             key = ("segments", split)
             if key not in meta.extra:
@@ -922,10 +957,11 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
                     lists["row_order"])
             grid = lambda m: (order_len * (layout.block // m["BLOCK_N"]) * bh + seq_len // m["DQ_M"] * bh,)  # noqa: E731
             _launch(_merged_tuned, _bwd_merged_kernel, grid, (*columns, *rows, *strides), {**consts, "SPLIT": split > 0},
-                    _MERGED_NAMES)
+                    _MERGED_NAMES, name="merged")
             continue
         grid = lambda m: (order_len * (layout.block // m["BLOCK_N"]) * bh,)  # noqa: E731
-        _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, (*columns, *strides), {**consts, "FUSED_DQ": fused, "SPLIT": split > 0})
+        _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, (*columns, *strides), {**consts, "FUSED_DQ": fused, "SPLIT": split > 0},
+                name="dkdv")
     if into is None:
         return tuple(g.to(q.dtype) for g in (dq, dk, dv))
     for target, g in zip(into, (dq, dk, dv)):

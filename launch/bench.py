@@ -7,6 +7,7 @@ import sys
 
 BENCHES = {
     "attention": ("megastride.launch.bench_attention", "our kernels vs FlexAttention vs dense SDPA"),
+    "tiles": ("megastride.launch.bench_tiles", "one kernel at each tile config, beside Flex's same half"),
     "data": ("megastride.launch.bench_data", "zarr streaming reader vs numpy.memmap"),
     "scaling": ("megastride.launch.bench_scaling", "training step cost vs sequence length"),
 }

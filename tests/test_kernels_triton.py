@@ -337,14 +337,38 @@ def test_forward_masked_tiles_narrower_than_its_key_tiles(name, monkeypatch):
     forward_tiles = []
     real = blocksparse._launch
 
-    def launch(tuned, kernel, grid, args, consts, names=blocksparse._TILE_NAMES):
+    def launch(tuned, kernel, grid, args, consts, names=blocksparse._TILE_NAMES, **kw):
         if kernel is blocksparse._fwd_kernel:
             forward_tiles.append(blocksparse._fixed_tiles(consts["BLOCK"], names)["BLOCK_N"])
-        return real(tuned, kernel, grid, args, consts, names)
+        return real(tuned, kernel, grid, args, consts, names, **kw)
 
     monkeypatch.setattr(blocksparse, "_launch", launch)
     _run_case(CASES[name], monkeypatch)
     assert forward_tiles and set(forward_tiles) == {128}
+
+
+@pytest.mark.parametrize("mode", ["separate", "merged"])
+def test_forced_tiles_launch_the_named_configs_and_match_the_reference(mode, monkeypatch):
+    """blocksparse.forced_tiles (the tile sweep's hook): forward and backward kernels forced to tiles
+    other than the interpreter's default (half the block) still give the reference answer; a forced
+    tile wider than the block is refused at launch, naming the kernel; leaving the block restores the
+    autotuned path."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", mode)
+    case = CASES["merged_fixed_strided"]  # block 32, two parts per head (LOAD_PREV paths too)
+    backward = ("merged", (16, 32, 32, 16, 4, 2)) if mode == "merged" else ("dkdv", (16, 32, 4, 2))
+    with blocksparse.forced_tiles("fwd", (32, 16, 4, 3)), blocksparse.forced_tiles(*backward), \
+            blocksparse.forced_tiles("dq", (32, 32, 4, 2)):
+        assert set(blocksparse._FORCED) == {"fwd", backward[0], "dq"}
+        _run_case(case, monkeypatch)
+    assert blocksparse._FORCED == {}
+    layout = P.build_layout(P.same_for_all_heads(P.fixed(32, 8), 1), 64, 32)
+    q = torch.randn(1, 1, 64, 16)
+    with blocksparse.forced_tiles("fwd", (64, 32, 4, 2)), pytest.raises(ValueError, match="forced fwd tiles"):
+        blocksparse.blocksparse_attention(q, q, q, layout)
+    with pytest.raises(ValueError, match="unknown kernel"):
+        blocksparse.forced_tiles("bwd", (32, 32, 4, 2)).__enter__()
+    with pytest.raises(ValueError, match="6 positive integers"):
+        blocksparse.forced_tiles("merged", (32, 32, 4, 2)).__enter__()
 
 
 def test_sparse_attention_dispatches_to_triton(monkeypatch):

@@ -1,0 +1,163 @@
+"""Tile sweep: one of our kernels timed at each of several configs, beside Flex's same half, on one GPU.
+
+The autotuner keeps only the fastest config per key and says nothing of the others; a sweep times each
+config on its own (``blocksparse.forced_tiles``) so a kernel change or a new config can be judged by
+numbers, in the same process as FlexAttention on exactly the same pattern. The forward kernel ("fwd")
+is timed alone (forward without autograd); the backward kernels ("dq", "dkdv", "merged") inside a
+forward+backward with the other kernels autotuned (the dQ mode fixed to the one that launches the
+swept kernel). The forward's output is checked against the fp32 reference on sampled rows first, under
+each forced config (the backward kernels' gradients are checked by tests/test_kernels_gpu.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+from . import bench as Bn
+from . import blocksparse as B
+from . import patterns as P
+
+KERNELS = ("fwd", "dq", "dkdv", "merged")
+# the dQ mode under which each backward kernel is launched
+_MODE = {"dq": "separate", "dkdv": "separate", "merged": "merged"}
+_TABLES = {"fwd": B._FWD_TILES, "dq": B._DQ_TILES, "dkdv": B._DKDV_TILES, "merged": B._MERGED_TILES}
+
+
+def parse_tile(kernel: str, text: str) -> tuple[int, ...]:
+    """A config from its short form: "128x64w4s3" (BLOCK_M x BLOCK_N, warps, stages), for "merged"
+    "64x64+128x32w4s3" (dK/dV tiles + dQ tiles)."""
+    if kernel == "merged":
+        m = re.fullmatch(r"(\d+)x(\d+)\+(\d+)x(\d+)w(\d+)s(\d+)", text)
+    else:
+        m = re.fullmatch(r"(\d+)x(\d+)w(\d+)s(\d+)", text)
+    if m is None:
+        form = "MxN+MxNwWsS, e.g. 64x64+128x32w4s3" if kernel == "merged" else "MxNwWsS, e.g. 128x64w4s5"
+        raise ValueError(f"{text!r} is not a {kernel} config ({form})")
+    entry = tuple(int(x) for x in m.groups())
+    if any(x & (x - 1) for x in entry[:-2]):
+        raise ValueError(f"{text!r}: tile sizes must be powers of two")
+    return entry
+
+
+def tile_name(entry: tuple[int, ...]) -> str:
+    *tiles, warps, stages = entry
+    pairs = [f"{tiles[i]}x{tiles[i + 1]}" for i in range(0, len(tiles), 2)]
+    return "+".join(pairs) + f"w{warps}s{stages}"
+
+
+def configs_for(kernel: str, spec: str, block: int, head_dim: int) -> list[tuple[int, ...]]:
+    """The configs a ``--tiles`` spec names at one block and head dim: "list" is the kernel's autotuning
+    list there, other items are configs; those with a tile larger than the block are left out."""
+    out: list[tuple[int, ...]] = []
+    names = B._MERGED_NAMES if kernel == "merged" else B._TILE_NAMES
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        entries = B.tile_list(_TABLES[kernel], block, head_dim, names) if item == "list" else [parse_tile(kernel, item)]
+        out += [e for e in entries if e not in out and max(e[:-2]) <= block]
+    return out
+
+
+def sweep_case(case: Bn.Case, kernel: str, spec: str, flex: bool = True, log=print, check_rows_count: int = 16) -> list[dict]:
+    """Rows (one per config, then Flex's) for one bench case: ms (median of do_bench), TFLOP/s over the
+    attended pairs, the max error against the fp32 reference on sampled rows."""
+    device = torch.device("cuda")
+    pattern, stride, block, mask_mod = Bn.case_pattern(case)
+    n = case.seq_len
+    layout = P.build_layout(pattern, n, block, device=device)
+    pairs = Bn.count_pairs(layout) * case.batch
+    gen = torch.Generator(device=device).manual_seed(0)
+    shape = (case.batch, case.heads, n, case.head_dim)
+    q, k, v, do = (torch.randn(shape, device=device, dtype=torch.bfloat16, generator=gen) for _ in range(4))
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    rows = Bn._sample_rows(n, check_rows_count, device)
+    base = {"pattern": case.pattern, "seq_len": n, "heads": case.heads, "head_dim": case.head_dim,
+            "stride": stride, "block": block, "kernel": kernel}
+    backward = kernel != "fwd"
+
+    def timed(fn) -> float:
+        if not backward:
+            def fwd():
+                with torch.no_grad():
+                    fn(q, k, v)
+            fwd()
+            return Bn._bench(fwd)
+
+        def fwdbwd():
+            fn(*leaves).backward(do)
+        fwdbwd()
+        return Bn._bench(fwdbwd, leaves)
+
+    out = []
+    ours = Bn._our_fn(layout)
+    env = {"MEGASTRIDE_BLOCKSPARSE_DQ": _MODE[kernel]} if backward else {}
+    for entry in configs_for(kernel, spec, block, case.head_dim):
+        row = {**base, "impl": "ours", "tile": tile_name(entry)}
+        try:
+            with mock.patch.dict(os.environ, env), B.forced_tiles(kernel, entry):
+                with torch.no_grad():
+                    row["max_err"] = Bn.check_rows(ours(q, k, v), q, k, v, layout, rows)["max_err"]
+                row["ms"] = timed(ours)
+        except Exception as err:  # noqa: BLE001 - a config that fails to compile or launch is a result
+            row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+        if "ms" in row:
+            row["tflops"] = Bn._tflops(pairs, case.head_dim, row["ms"], backward)
+        out.append(row)
+        log(f"  {row['tile']:>22}: " + (f"{row['ms']:.3f} ms, {row['tflops']:.0f} TFLOP/s, max err {row['max_err']:.2e}"
+                                         if "ms" in row else row["error"]))
+        torch.cuda.empty_cache()
+    if flex:
+        row = {**base, "impl": "flex", "tile": "(Flex's own)"}
+        try:
+            result = Bn.Result(case, stride, block, 0.0, pairs)
+            fn = Bn._flex_fn(mask_mod, n, device, result)
+            with torch.no_grad():
+                row["max_err"] = Bn.check_rows(fn(q, k, v), q, k, v, layout, rows)["max_err"]
+            row["ms"] = timed(fn)
+            row["tflops"] = Bn._tflops(pairs, case.head_dim, row["ms"], backward)
+            log(f"  {'Flex':>22}: {row['ms']:.3f} ms, {row['tflops']:.0f} TFLOP/s, max err {row['max_err']:.2e}")
+        except Exception as err:  # noqa: BLE001
+            row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+            log(f"  Flex failed: {row['error']}")
+        out.append(row)
+        torch.cuda.empty_cache()
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per (case, config), each config's time relative to Flex's in the same case."""
+    lines = ["| case | kernel | config | ms | TFLOP/s | vs Flex | max err |", "|---|---|---|---|---|---|---|"]
+    flex_ms = {(r["pattern"], r["seq_len"], r["heads"], r["head_dim"]): r.get("ms") for r in rows if r["impl"] == "flex"}
+    for r in rows:
+        key = (r["pattern"], r["seq_len"], r["heads"], r["head_dim"])
+        case = f"{r['pattern']} {r['seq_len']:,} {r['heads']}×{r['head_dim']}"
+        if "ms" not in r:
+            lines.append(f"| {case} | {r['kernel']} | {r['tile']} | failed: {r.get('error', '')[:80]} | | | |")
+            continue
+        ref = flex_ms.get(key)
+        ratio = f"{ref / r['ms']:.2f}×" if ref and r["impl"] == "ours" else "—"
+        lines.append(f"| {case} | {r['kernel']} | {r['tile']} | {r['ms']:.3f} | {r['tflops']:.0f} | {ratio} | {r['max_err']:.1e} |")
+    return "\n".join(lines)
+
+
+def run(cases: list[Bn.Case], kernel: str, spec: str, flex: bool = True, out_dir: str | None = None, log=print) -> list[dict]:
+    """Sweep every case; rewrite the JSON and table after each (a run cut short keeps what it timed)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r} (one of {', '.join(KERNELS)})")
+    rows: list[dict] = []
+    for case in cases:
+        log(f"{case.pattern} n={case.seq_len:,} H={case.heads} D={case.head_dim} ({kernel})")
+        start = time.perf_counter()
+        rows += sweep_case(case, kernel, spec, flex, log)
+        log(f"  [{time.perf_counter() - start:.0f} s]")
+        if out_dir:
+            path = Path(out_dir)
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "bench_tiles.json").write_text(json.dumps({"environment": Bn.environment(), "rows": rows}, indent=1))
+            (path / "bench_tiles.md").write_text(table(rows) + "\n")
+    return rows

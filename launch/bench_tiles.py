@@ -1,0 +1,57 @@
+"""`megastride bench tiles`: one of our kernels timed at each of several tile configs, beside Flex."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+PROG = "megastride bench tiles"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    p.add_argument("--kernel", default="fwd", help="fwd (timed alone), dq, dkdv or merged (timed in a forward+backward)")
+    p.add_argument("--tiles", default="list",
+                   help="comma-separated configs, MxNwWsS (merged: MxN+MxNwWsS), and/or 'list' for the kernel's "
+                        "autotuning list (default list); e.g. list,128x64w4s5,128x128w4s5")
+    p.add_argument("--patterns", default="fixed", help="comma-separated: fixed, strided, strided_matched (default fixed)")
+    p.add_argument("--configs", default="8x64", help="comma-separated HEADSxHEAD_DIM (default 8x64)")
+    p.add_argument("--lengths", default="65536,262144", help="comma-separated sequence lengths (default 65536,262144)")
+    p.add_argument("--no-flex", action="store_true", help="leave out FlexAttention")
+    p.add_argument("--out", default=None, help="folder for bench_tiles.md and bench_tiles.json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    import torch
+
+    from megastride.kernels import tile_sweep as S
+    from megastride.kernels.bench import Case
+
+    if args.kernel not in S.KERNELS:
+        print(f"{PROG}: error: --kernel must be one of {', '.join(S.KERNELS)}, got {args.kernel!r}", file=sys.stderr)
+        return 2
+    try:
+        for item in filter(None, args.tiles.split(",")):
+            if item != "list":
+                S.parse_tile(args.kernel, item)
+        lengths = sorted({int(x) for x in args.lengths.split(",") if x})
+        configs = [tuple(int(x) for x in c.lower().split("x")) for c in args.configs.split(",") if c]
+        if any(len(c) != 2 for c in configs):
+            raise ValueError(f"--configs {args.configs!r} is not HEADSxHEAD_DIM[,...]")
+    except ValueError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print(f"{PROG}: error: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    cases = [Case(p, n, h, d) for h, d in configs for p in filter(None, args.patterns.split(",")) for n in lengths]
+    rows = S.run(cases, args.kernel, args.tiles, flex=not args.no_flex, out_dir=args.out,
+                 log=lambda s: print(s, flush=True))
+    print(S.table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

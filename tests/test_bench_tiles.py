@@ -1,0 +1,62 @@
+"""`megastride bench tiles` without a GPU: config parsing, the configs a spec names, the table, the
+CLI's one-line errors (the timings themselves run on the H200: docs/benchmarks.md "Tile sweeps")."""
+
+import pytest
+
+from megastride.kernels import blocksparse as B
+from megastride.kernels import tile_sweep as S
+from megastride.launch import bench_tiles
+
+
+def test_configs_parse_both_forms_and_round_trip():
+    assert S.parse_tile("fwd", "128x64w4s5") == (128, 64, 4, 5)
+    assert S.parse_tile("merged", "64x64+128x32w4s3") == (64, 64, 128, 32, 4, 3)
+    for kernel, text in (("fwd", "128x64w4s5"), ("merged", "64x64+128x32w4s3")):
+        assert S.tile_name(S.parse_tile(kernel, text)) == text
+    with pytest.raises(ValueError, match="not a fwd config"):
+        S.parse_tile("fwd", "64x64+128x32w4s3")
+    with pytest.raises(ValueError, match="not a merged config"):
+        S.parse_tile("merged", "128x64w4s5")
+    with pytest.raises(ValueError, match="powers of two"):
+        S.parse_tile("dq", "96x64w4s3")
+
+
+def test_list_expands_to_the_autotuning_list_and_tiles_wider_than_the_block_drop():
+    listed = B.tile_list(B._FWD_TILES, 128, 64)
+    got = S.configs_for("fwd", "list,128x64w4s3,256x64w4s3,64x64w4s5", 128, 64)
+    assert got[:len(listed)] == listed  # in list order, no repeats
+    assert got[len(listed):] == [e for e in [(64, 64, 4, 5)] if e not in listed]
+    assert (256, 64, 4, 3) not in got  # wider than the block
+    assert S.configs_for("fwd", "128x64w4s5", 64, 64) == []  # block 64: nothing fits
+    assert S.configs_for("merged", "list", 128, 64) == B.tile_list(B._MERGED_TILES, 128, 64, B._MERGED_NAMES)
+
+
+def test_table_puts_each_config_beside_flex_of_its_case():
+    base = {"pattern": "fixed", "heads": 8, "head_dim": 64, "kernel": "fwd"}
+    rows = [{**base, "seq_len": 65536, "impl": "ours", "tile": "128x128w4s5", "ms": 1.0, "tflops": 400.0, "max_err": 1e-3},
+            {**base, "seq_len": 65536, "impl": "ours", "tile": "64x64w4s5", "error": "OutOfResources: shared memory"},
+            {**base, "seq_len": 65536, "impl": "flex", "tile": "(Flex's own)", "ms": 1.2, "tflops": 333.0, "max_err": 1e-3},
+            {**base, "seq_len": 262144, "impl": "ours", "tile": "128x128w4s5", "ms": 9.0, "tflops": 380.0, "max_err": 1e-3}]
+    lines = S.table(rows).splitlines()
+    assert "| 128x128w4s5 | 1.000 | 400 | 1.20× |" in lines[2]
+    assert "failed: OutOfResources" in lines[3]
+    assert "| (Flex's own) | 1.200 | 333 | — |" in lines[4]
+    assert "| 128x128w4s5 | 9.000 | 380 | — |" in lines[5]  # no Flex in that case: no ratio
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--kernel", "bwd"], "--kernel must be one of fwd, dq, dkdv, merged"),
+    (["--tiles", "list,128x64"], "'128x64' is not a fwd config"),
+    (["--kernel", "merged", "--tiles", "128x64w4s3"], "is not a merged config"),
+    (["--configs", "8x64x2"], "is not HEADSxHEAD_DIM"),
+    (["--lengths", "65536,lots"], "invalid literal"),
+])
+def test_cli_errors_are_one_line_before_any_gpu_work(argv, message, capsys):
+    assert bench_tiles.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_cli_without_a_gpu_says_so(capsys):
+    assert bench_tiles.main([]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
