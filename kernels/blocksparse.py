@@ -464,10 +464,16 @@ _TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_
 # dK/dV 32x128 w4: ~140-240 B, dQ 128x32 w4: ~60 B; the second too in the atomic-dQ and permuted
 # variants; table in docs/benchmarks.md). dK/dV 64x64 w4 s3 came out of an EXTRA_TILES experiment on
 # the H200 (fixed, 1M tokens, H=8 D=64: picked over the others, dK/dV kernel 136 ms per call).
-_FWD_TILES = {128: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3)], 64: [(64, 64, 4, 3)],
-              (128, 64): [(128, 128, 4, 3)]}  # FlexAttention's forward tile for bf16, D=64 on Hopper
+# Five stages for the forward: its K/V loads hang off a block-index load, and Triton's pipeliner then
+# prefetches them one iteration ahead at 3 or 4 stages and two at 5 (`megastride bench tiles`, H200,
+# 2026-11-30: 7-11% faster than the 3-stage tiles chosen before, 65,536-1M tokens; docs/benchmarks.md
+# "Tile sweeps").
+_FWD_TILES = {128: [(128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 5)], 64: [(64, 64, 4, 3), (64, 64, 4, 5)],
+              (128, 64): [(128, 128, 4, 5), (128, 128, 4, 3)],  # 128x128 w4 s3: Flex's bf16 D=64 Hopper tile
+              (128, 128): [(128, 128, 8, 5), (128, 64, 8, 5), (128, 128, 8, 3)]}
 _DQ_TILES = {128: [(128, 32, 4, 5), (128, 64, 8, 3), (128, 32, 8, 4)], 64: [(64, 32, 4, 4)]}
 _DKDV_TILES = {128: [(32, 128, 4, 5), (64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 3)], 64: [(32, 64, 4, 4)],
+               (128, 64): [(64, 128, 8, 5)],  # fastest in the H200 tile sweep at 262,144 and 1M (D=64)
                (128, 128): [(16, 128, 8, 3), (64, 32, 8, 3), (128, 32, 8, 3)]}  # head dim 128: spill-free ones
 # Keys: a block, or (block, head dim) for configs added at that head dim only.
 # The merged backward (DQ_MODE "merged"): (dK/dV BLOCK_M, BLOCK_N, dQ DQ_M, DQ_N, warps, stages), the two

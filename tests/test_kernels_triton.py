@@ -509,7 +509,8 @@ def test_autotune_lists_follow_block_and_head_dim():
     configs = blocksparse._configs(blocksparse._DKDV_TILES)
     tiles = lambda **kw: {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)  # noqa: E731
                           for c in prune(configs, {}, **kw)}
-    assert tiles(BLOCK=128, HEAD_DIM=64) == set(blocksparse._DKDV_TILES[128])
+    assert tiles(BLOCK=128, HEAD_DIM=64) == set(blocksparse._DKDV_TILES[128]) | {(64, 128, 8, 5)}
+    assert tiles(BLOCK=128, HEAD_DIM=32) == set(blocksparse._DKDV_TILES[128])
     assert tiles(BLOCK=128, HEAD_DIM=128) == set(blocksparse._DKDV_TILES[128]) | {(16, 128, 8, 3), (64, 32, 8, 3),
                                                                                   (128, 32, 8, 3)}
     assert tiles(BLOCK=64, HEAD_DIM=128) == set(blocksparse._DKDV_TILES[64])
@@ -534,7 +535,7 @@ def test_extra_tiles_join_the_lists_where_they_fit(monkeypatch):
     prune = blocksparse._pruner(table)
     tiles = lambda **kw: {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)  # noqa: E731
                           for c in prune(blocksparse._configs(table), {}, **kw)}
-    assert tiles(BLOCK=128, HEAD_DIM=64) == set(blocksparse._DKDV_TILES[128]) | {(64, 128, 8, 2), (32, 32, 4, 2)}
+    assert tiles(BLOCK=128, HEAD_DIM=32) == set(blocksparse._DKDV_TILES[128]) | {(64, 128, 8, 2), (32, 32, 4, 2)}
     assert tiles(BLOCK=64, HEAD_DIM=64) == set(blocksparse._DKDV_TILES[64]) | {(32, 32, 4, 2)}
     with pytest.raises(ValueError, match="'fwd:128x128'"):
         blocksparse._extra_tiles("fwd:128x128")
