@@ -585,11 +585,12 @@ POISON = False
 DQ_MODE = "auto"
 # the deterministic modes "auto" times against each other, in this order; repetitions timed per mode
 # after one untimed; a first mode's backward longer than AUTO_LONG_S is kept without timing the others
-# (merged's gain is one launch and a fuller GPU: 3-23% below 1 ms, nothing at 0.2 s, where a second
-# mode's first call would cost its autotuning and, at 4M tokens, seconds)
+# (at 4M tokens a second mode's first call costs its autotuning: seconds). Merged's gain is one launch
+# and a fuller GPU: 3-23% below 1 ms, but also 12% at 262,144 tokens with H=2, D=128 (H200,
+# 2026-11-30), so the bound lets 1M (backward 0.1-0.22 s) time both
 AUTO_MODES = ("separate", "merged")
 AUTO_REPEATS = 2
-AUTO_LONG_S = 0.05
+AUTO_LONG_S = 0.25
 # dK/dV programs take at most this many query blocks of a column, adding with atomics (see dkdv_split)
 DKDV_SPLIT = 0
 
@@ -922,14 +923,17 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
     split = dkdv_split()
     fused, merged = mode == "atomic", mode == "merged"
     grad_dtype = torch.float32 if _accumulates(layout) else q.dtype
-    # gradients in (B, T, H, D) memory order, seen as (B, H, T, D), like the forward's output: the
-    # model's q, k and v are head views of one (B, T, 3D) product, whose backward then takes them as
-    # views instead of copying each into (B, T, D) order first
-    time_major = (batch, seq_len, heads, head_dim)
+    # gradients in q's memory order, seen as (B, H, T, D): (B, T, H, D) for the model, whose q, k and v
+    # are head views of one (B, T, 3D) product (its backward then takes them as views instead of copying
+    # each into (B, T, D) order first); (B, H, T, D) for contiguous inputs, whose leaves' AccumulateGrad
+    # would otherwise copy each gradient into their layout (1.4% of a 1M-token forward+backward, H200)
+    head_major = heads > 1 and q.stride(1) > q.stride(2)
+    order = (batch, heads, seq_len, head_dim) if head_major else (batch, seq_len, heads, head_dim)
+    view = (lambda t: t) if head_major else (lambda t: t.transpose(1, 2))  # noqa: E731
     # atomic dQ / split columns: every part and segment adds into one zeroed fp32 buffer (rows
     # without keys stay 0)
-    zeroed = lambda: torch.zeros(time_major, dtype=torch.float32, device=q.device).transpose(1, 2)  # noqa: E731
-    fresh_grad = lambda: _empty(time_major, grad_dtype, q.device).transpose(1, 2)  # noqa: E731
+    zeroed = lambda: view(torch.zeros(order, dtype=torch.float32, device=q.device))  # noqa: E731
+    fresh_grad = lambda: view(_empty(order, grad_dtype, q.device))  # noqa: E731
     direct = into is not None and grad_dtype == q.dtype
     dk, dv = (zeroed() if split else into[i] if direct else fresh_grad() for i in (1, 2))
     dq = zeroed() if fused else into[0] if direct else fresh_grad()

@@ -156,7 +156,7 @@ def test_auto_mode_keeps_the_faster_deterministic_mode(faster, monkeypatch):
 
 
 def test_auto_mode_times_only_the_first_mode_where_its_backward_is_long(monkeypatch):
-    """A backward longer than AUTO_LONG_S (1M tokens: 0.23 s) keeps the separate mode without
+    """A backward longer than AUTO_LONG_S (4M tokens: seconds) keeps the separate mode without
     running (and autotuning) the merged kernel at all."""
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "auto")
     monkeypatch.setattr(blocksparse, "_timing_possible", lambda q: True)
@@ -369,6 +369,24 @@ def test_forced_tiles_launch_the_named_configs_and_match_the_reference(mode, mon
         blocksparse.forced_tiles("bwd", (32, 32, 4, 2)).__enter__()
     with pytest.raises(ValueError, match="6 positive integers"):
         blocksparse.forced_tiles("merged", (32, 32, 4, 2)).__enter__()
+
+
+@pytest.mark.parametrize("pattern", ["fixed", "merged"])
+def test_gradients_come_in_the_memory_order_of_the_inputs(pattern, monkeypatch):
+    """Contiguous (B, H, T, D) inputs get (B, H, T, D) gradients, time-major head views (the model's)
+    get time-major ones: a leaf's AccumulateGrad then keeps the gradient instead of copying it into the
+    leaf's layout. Values equal the reference's either way (one part, and two parts in fp32)."""
+    monkeypatch.setattr(blocksparse, "POISON", True)
+    make = {"fixed": P.fixed(32, 8), "merged": P.merged(P.fixed(32, 8), P.strided(16))}[pattern]
+    layout = P.build_layout(P.same_for_all_heads(make, 2), 128, 32)
+    q, k, v, do = _inputs(1, 2, 128, 32, torch.float32, 7)
+    time_major = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)]
+    want = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)
+    for inputs, head_major in (((q, k, v), True), (time_major, False)):
+        got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), *inputs, do)
+        for g, w in zip(got[1:], want[1:]):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+            assert (g.is_contiguous() if head_major else g.transpose(1, 2).is_contiguous()), g.stride()
 
 
 def test_sparse_attention_dispatches_to_triton(monkeypatch):
