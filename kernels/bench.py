@@ -268,7 +268,16 @@ def _time_impl(name, fn, q, k, v, do, result: Result, pairs: int, graphs: bool =
     t[f"{name}_fwdbwd_tflops"] = _tflops(pairs, q.shape[-1], t[f"{name}_fwdbwd_ms"], True)
     t[f"{name}_peak_mb"] = _peak_mb(fwdbwd)
     if graphs:
-        _time_graphed(name, fwd, fwdbwd, leaves, result, pairs, q.shape[-1])
+        # fresh leaves for the capture: AccumulateGrad nodes of the eager calls' leaves, made on the
+        # default stream, can be alive still and then meet the side-stream warm-up and the capture (torch
+        # warned of exactly that in the one case whose capture failed, fixed 262,144 2x128, twice)
+        graph_leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+        leaves.clear()  # the eager leaves (and their gradients) go
+
+        def graph_fwdbwd():
+            fn(*graph_leaves).backward(do)
+
+        _time_graphed(name, fwd, graph_fwdbwd, graph_leaves, result, pairs, q.shape[-1])
 
 
 def _graph_note(result: Result, name: str) -> str:
