@@ -616,12 +616,15 @@ def test_output_is_laid_out_time_major_so_the_model_reshapes_without_a_copy(mult
                                                          blocksparse.layout_id(layout), 0.1)
     real_out, real_lse = blocksparse.blocksparse_fwd(q, k, v, blocksparse.layout_id(layout), 0.1)
     assert fake_out.stride() == real_out.stride() and fake_lse.stride() == real_lse.stride()
-    # the gradients too: the model's q, k, v are views of one (B, T, 3D) product, whose backward then
-    # takes them without a copy into (B, T, D) order each
+    # the gradients come in the inputs' memory order: time-major for the model's q, k, v (views of one
+    # (B, T, 3D) product, whose backward then takes them without a copy into (B, T, D) order each),
+    # (B, H, T, D) for contiguous inputs; the fake tensors' strides follow the same rule
     do = torch.randn_like(q)
-    grads = blocksparse.blocksparse_bwd(do, q, k, v, real_out, real_lse, blocksparse.layout_id(layout), 0.1)
-    assert all(g.transpose(1, 2).is_contiguous() for g in grads)
-    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
-        fakes = blocksparse.blocksparse_bwd(*(mode.from_tensor(t) for t in (do, q, k, v, real_out, real_lse)),
-                                            blocksparse.layout_id(layout), 0.1)
-    assert [f.stride() for f in fakes] == [g.stride() for g in grads]
+    time_major = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)]
+    for inputs, head_major in (((q, k, v), True), (time_major, False)):
+        grads = blocksparse.blocksparse_bwd(do, *inputs, real_out, real_lse, blocksparse.layout_id(layout), 0.1)
+        assert all((g.is_contiguous() if head_major else g.transpose(1, 2).is_contiguous()) for g in grads)
+        with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+            fakes = blocksparse.blocksparse_bwd(*(mode.from_tensor(t) for t in (do, *inputs, real_out, real_lse)),
+                                                blocksparse.layout_id(layout), 0.1)
+        assert [f.stride() for f in fakes] == [g.stride() for g in grads]
