@@ -57,6 +57,29 @@ def _natural(p, perm_g, perm_l, PERMUTED: tl.constexpr):
 
 
 @triton.jit
+def _runs_of(RUNS_T, csr, block, num_blocks, RUNS: tl.constexpr):
+    """A full list as (at most) two arithmetic runs of blocks (``_block_runs``): first start, count,
+    step; second start, step. Unused (zeros) without RUNS."""
+    if RUNS:
+        base = RUNS_T + (csr.to(tl.int64) * num_blocks + block) * 6
+        return tl.load(base), tl.load(base + 1), tl.load(base + 2), tl.load(base + 3), tl.load(base + 5)
+    else:
+        return 0, 0, 0, 0, 0
+
+
+@triton.jit
+def _nth_block(e, first, IDX, r0, c0, st0, r1, st1, RUNS: tl.constexpr):
+    """Block of full entry ``e`` (its list starts at entry ``first``): from the runs by arithmetic alone
+    with RUNS, so the pipeliner can prefetch the tiles it addresses like a dense loop's, else loaded
+    from the index list (a load the tile loads then wait on)."""
+    if RUNS:
+        t = e - first
+        return tl.where(t < c0, r0 + t * st0, r1 + (t - c0) * st1)
+    else:
+        return tl.load(IDX + e)
+
+
+@triton.jit
 def _allowed(i, j, CODES, min_off, NCOMP: tl.constexpr, KINDS: tl.constexpr):
     """The part's token predicate (``LayoutPart.allows``) on broadcastable 2-D query i and key j positions.
 
@@ -126,13 +149,13 @@ _NO_SPECIALIZE = ["part_heads", "batch_heads", "num_blocks", "order_len", "perm_
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
-def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER,
+def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, FULL_RUNS,
                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                 stride_ob, stride_oh, stride_ot, stride_lb, stride_lh,
                 part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale,
                 BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
                 NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                RUNS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # one program per (query tile, batch x head)
     batch, head, csr, row_block, first_row, min_off, codes, _ = _program_tile(
         tl.program_id(0), HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_M, NCOMP)
@@ -149,8 +172,10 @@ def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     ptr = csr.to(tl.int64) * (num_blocks + 1) + row_block
 
-    for e in range(tl.load(FULL_PTR + ptr), tl.load(FULL_PTR + ptr + 1)):
-        col_block = tl.load(FULL_IDX + e)
+    full_lo = tl.load(FULL_PTR + ptr)
+    r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, row_block, num_blocks, RUNS)
+    for e in range(full_lo, tl.load(FULL_PTR + ptr + 1)):
+        col_block = _nth_block(e, full_lo, FULL_IDX, r0, c0, st0, r1, st1, RUNS)
         for s in tl.static_range(BLOCK // BLOCK_N):
             cols = _natural(col_block * BLOCK + s * BLOCK_N + tl.arange(0, BLOCK_N), perm_g, perm_l, PERMUTED)
             k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :])
@@ -223,12 +248,12 @@ def _dq_step(dq, q, do, k, v, lse, delta, qk_scale, ok, MASKED: tl.constexpr, DO
 
 @triton.jit
 def _dq_program(pid, Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER,
+                FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, FULL_RUNS,
                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                 stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                 part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
                 BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, NCOMP: tl.constexpr,
-                KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
+                KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr, RUNS: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dQ of one (query tile, batch x head): program ``pid`` of the dQ kernel or of the merged one."""
     batch, head, csr, row_block, first_row, min_off, codes, _ = _program_tile(
@@ -246,8 +271,10 @@ def _dq_program(pid, Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODE
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     ptr = csr.to(tl.int64) * (num_blocks + 1) + row_block
 
-    for e in range(tl.load(FULL_PTR + ptr), tl.load(FULL_PTR + ptr + 1)):
-        col_block = tl.load(FULL_IDX + e)
+    full_lo = tl.load(FULL_PTR + ptr)
+    r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, row_block, num_blocks, RUNS)
+    for e in range(full_lo, tl.load(FULL_PTR + ptr + 1)):
+        col_block = _nth_block(e, full_lo, FULL_IDX, r0, c0, st0, r1, st1, RUNS)
         for s in tl.static_range(BLOCK // BLOCK_N):
             cols = _natural(col_block * BLOCK + s * BLOCK_N + tl.arange(0, BLOCK_N), perm_g, perm_l, PERMUTED)
             k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :])
@@ -276,20 +303,20 @@ def _dq_program(pid, Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODE
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                   FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER,
+                   FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, FULL_RUNS,
                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                    stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                    part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
                    BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
                    NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   RUNS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # one program per (query tile, batch x head)
     _dq_program(tl.program_id(0), Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER,
+                FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, FULL_RUNS,
                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                 stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                 part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, BLOCK_M, BLOCK_N)
+                BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, RUNS, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -314,14 +341,15 @@ def _dq_atomic(DQ, rows, offs_d, stride_dqt, dst, k, sm_scale, DOT_PREC: tl.cons
 
 @triton.jit
 def _dkdv_program(pid, Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                  FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len,
+                  FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len, FULL_RUNS,
                   stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                   stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                   stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                   part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
                   BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, NCOMP: tl.constexpr,
                   KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                  FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                  FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, RUNS: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # program ``pid`` of the dK/dV kernel or of the merged one: one key tile of BLOCK_N keys; query
     # tiles of BLOCK_M rows from the column lists
     # (key blocks longest column first: the fixed pattern's summary columns are long). FUSED_DQ: the
@@ -347,16 +375,18 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN
     ptr = csr.to(tl.int64) * (num_blocks + 1) + col_block
     part_lo = tl.load(PART_PTR + ptr)
     part_hi = tl.load(PART_PTR + ptr + 1)
+    column_lo = tl.load(FULL_PTR + ptr)
     if SPLIT:
         full_lo = tl.load(SEG_LO + slot)
         full_hi = tl.load(SEG_HI + slot)
         part_hi = part_lo + (part_hi - part_lo) * tl.load(SEG_FIRST + slot)
     else:
-        full_lo = tl.load(FULL_PTR + ptr)
+        full_lo = column_lo
         full_hi = tl.load(FULL_PTR + ptr + 1)
 
+    r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, col_block, num_blocks, RUNS)
     for e in range(full_lo, full_hi):
-        row_block = tl.load(FULL_IDX + e)
+        row_block = _nth_block(e, column_lo, FULL_IDX, r0, c0, st0, r1, st1, RUNS)
         for s in tl.static_range(BLOCK // BLOCK_M):
             rows = _natural(row_block * BLOCK + s * BLOCK_M + tl.arange(0, BLOCK_M), perm_g, perm_l, PERMUTED)
             q = tl.load(Q + rows[:, None] * stride_qt + offs_d[None, :])
@@ -399,34 +429,35 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                     FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len,
+                     FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len, FULL_RUNS,
                      stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                      stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                      stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                      part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
                      BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
                      NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                     FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, RUNS: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     _dkdv_program(tl.program_id(0), Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                  FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len,
+                  FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len, FULL_RUNS,
                   stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                   stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                   stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                   part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                  BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, FUSED_DQ, SPLIT, BLOCK_M, BLOCK_N)
+                  BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, FUSED_DQ, SPLIT, RUNS, BLOCK_M, BLOCK_N)
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                       FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len,
-                       ROW_FULL_PTR, ROW_FULL_IDX, ROW_PART_PTR, ROW_PART_IDX, ROW_ORDER,
+                       FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len, FULL_RUNS,
+                       ROW_FULL_PTR, ROW_FULL_IDX, ROW_PART_PTR, ROW_PART_IDX, ROW_ORDER, ROW_FULL_RUNS,
                        stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                        stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                        stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                        part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
                        BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
                        NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                       SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       SPLIT: tl.constexpr, RUNS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        DQ_M: tl.constexpr, DQ_N: tl.constexpr):
     # DQ_MODE "merged": the dK/dV programs (key tiles over the column lists, longest columns first)
     # and then the dQ programs (query tiles of DQ_M rows over the row lists) in one launch, so the dQ
@@ -435,24 +466,24 @@ def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN
     dkdv_programs = order_len * (BLOCK // BLOCK_N) * batch_heads
     if pid < dkdv_programs:
         _dkdv_program(pid, Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                      FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len,
+                      FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len, FULL_RUNS,
                       stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                       stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                       stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                       part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                      BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, False, SPLIT, BLOCK_M, BLOCK_N)
+                      BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, False, SPLIT, RUNS, BLOCK_M, BLOCK_N)
     else:
         _dq_program(pid - dkdv_programs, Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                    ROW_FULL_PTR, ROW_FULL_IDX, ROW_PART_PTR, ROW_PART_IDX, ROW_ORDER,
+                    ROW_FULL_PTR, ROW_FULL_IDX, ROW_PART_PTR, ROW_PART_IDX, ROW_ORDER, ROW_FULL_RUNS,
                     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                     stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                     part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                    BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, DQ_M, DQ_N)
+                    BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, RUNS, DQ_M, DQ_N)
 
 
 # --- autotuning: configs declared once per kernel, pruned to the layout's block and head dim ------
 
-_TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_PREV", "FUSED_DQ", "SPLIT"]
+_TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_PREV", "FUSED_DQ", "SPLIT", "RUNS"]
 
 
 # (BLOCK_M, BLOCK_N, warps, stages) per layout block. BLOCK_M is the program's tile in the forward and
@@ -593,6 +624,8 @@ AUTO_REPEATS = 2
 AUTO_LONG_S = 0.25
 # dK/dV programs take at most this many query blocks of a column, adding with atomics (see dkdv_split)
 DKDV_SPLIT = 0
+# full block lists walked as arithmetic runs where every list of a side has at most two (see use_runs)
+RUNS = False
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:
@@ -671,6 +704,58 @@ def _pack_lists(part: LayoutPart, device) -> dict[str, torch.Tensor]:
     return out
 
 
+def _block_runs(ptr: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
+    """One CSR side's lists as at most two arithmetic runs of blocks each: (num_blocks, 6) int32 rows
+    (start, count, step, start, count, step), or None where a list needs more. A run begins at a list's
+    first entry and wherever the step between neighbours changes (exact, if not always the fewest runs).
+    The fixed pattern's lists need two at most: a row holds the summary blocks of the earlier windows (one
+    step) and then its own window's blocks (step 1), a column one run of rows."""
+    num_blocks = ptr.numel() - 1
+    device = idx.device
+    out = torch.zeros((num_blocks, 6), dtype=torch.int64, device=device)
+    out[:, 2] = out[:, 5] = 1
+    starts_at = ptr[:-1].long()
+    counts = ptr.diff().long()
+    nnz = int(ptr[-1])
+    if nnz == 0:
+        return out.to(torch.int32)
+    idx = idx[:nnz].long()
+    row = torch.repeat_interleave(torch.arange(num_blocks, device=device), counts)
+    pos = torch.arange(nnz, device=device) - starts_at[row]
+    step = torch.zeros_like(idx)
+    step[1:] = idx[1:] - idx[:-1]
+    before = torch.zeros_like(step)
+    before[1:] = step[:-1]
+    new = (pos == 0) | ((pos >= 2) & (step != before))
+    run = torch.cumsum(new.long(), 0) - 1
+    nth = run - run[starts_at[row]]  # run number within its list
+    if int(nth.max()) >= 2:
+        return None
+    first = new.nonzero().squeeze(1)
+    length = torch.bincount(run, minlength=first.numel())
+    steps = torch.where(length > 1, idx[torch.clamp(first + 1, max=nnz - 1)] - idx[first], torch.ones_like(first))
+    r, k = row[first], nth[first]
+    out[r, 3 * k] = idx[first]
+    out[r, 3 * k + 1] = length
+    out[r, 3 * k + 2] = steps
+    return out.to(torch.int32)
+
+
+def _runs_table(part: LayoutPart, meta: "_PartMeta", side: str) -> torch.Tensor | None:
+    """``_block_runs`` of every CSR of the part's ``side`` ("row" or "col") full lists, stacked
+    (ncsr * num_blocks, 6) for the kernels; None when runs are off or some list needs more than two.
+    Built once per layout and device."""
+    if not use_runs():
+        return None
+    key = ("runs", side)
+    if key not in meta.extra:
+        tables = [_block_runs(getattr(c, f"{side}_full_ptr").to(meta.codes.device),
+                              getattr(c, f"{side}_full_idx").to(meta.codes.device)) for c in part.csr]
+        meta.extra[key] = None if any(t is None for t in tables) else {"runs": torch.cat(tables).contiguous()}
+    table = meta.extra[key]
+    return None if table is None else table["runs"]
+
+
 def _column_segments(lists: dict[str, torch.Tensor], num_blocks: int, seg_len: int) -> dict[str, torch.Tensor]:
     """The dK/dV work split into column segments of at most ``seg_len`` full entries, per CSR:
     (ncsr, S) arrays of each segment's column, full-entry range and whether it also takes the
@@ -722,7 +807,7 @@ def metadata_bytes(layout: Layout) -> int:
     for part in layout.parts:
         for key, meta in part.kernel_cache.items():
             extra += sum(t.numel() * t.element_size() for t in meta.lists.values() if t.data_ptr() not in own)
-            extra += sum(t.numel() * t.element_size() for seg in meta.extra.values() for t in seg.values())
+            extra += sum(t.numel() * t.element_size() for seg in meta.extra.values() if seg for t in seg.values())
     return layout.nbytes + extra
 
 
@@ -829,12 +914,15 @@ def _forward(q, k, v, layout: Layout, scale: float):
             out[:, fresh] = 0.0
             lse[:, fresh] = float("-inf")
         lists = meta.lists
+        runs = _runs_table(part, meta, "row")
         args = (q, k, v, out, lse, meta.heads, meta.head_csr, meta.min_off, meta.codes,
                 lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"], lists["row_order"],
+                lists["row_full_idx"] if runs is None else runs,
                 *_strides(q, k, v, out), lse.stride(0), lse.stride(1),
                 len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E)
         grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
-        _launch(_fwd_tuned, _fwd_kernel, grid, args, _common(layout, meta, q, load_prev), name="fwd")
+        _launch(_fwd_tuned, _fwd_kernel, grid, args, {**_common(layout, meta, q, load_prev), "RUNS": runs is not None},
+                name="fwd")
     return (out.to(q.dtype) if multi else out), lse
 
 
@@ -866,6 +954,21 @@ def dkdv_split() -> int:
     if value < 0:
         raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT must be an integer >= 0, got {raw!r}")
     return value
+
+
+def use_runs() -> bool:
+    """Whether the kernels walk full block lists as arithmetic runs (``_block_runs``) instead of loading
+    each block index: the tile loads then depend on the loop counter alone, and Triton's pipeliner
+    prefetches them num_stages - 1 iterations ahead (behind an index load: one iteration at 3-4 stages,
+    two at 5, which needs shared memory that head dim 128's backward tiles do not have). Checked
+    exact under the interpreter and compiled for sm_90; not yet timed on a GPU, so off by default.
+    ``MEGASTRIDE_BLOCKSPARSE_RUNS`` ("0" or "1") overrides ``RUNS``."""
+    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_RUNS")
+    if raw is None:
+        return bool(RUNS)
+    if raw not in ("0", "1"):
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_RUNS must be 0 or 1, got {raw!r}")
+    return raw == "1"
 
 
 def _cuda_seconds(run) -> float:
@@ -953,12 +1056,14 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
         lists = meta.lists
         consts = _common(layout, meta, q, load_prev)
         common = (len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E, scale)
+        row_runs, col_runs = _runs_table(part, meta, "row"), _runs_table(part, meta, "col")
         if not (fused or merged):
             args = (q, k, v, do, dq, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
                     lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
-                    lists["row_order"], *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *common)
+                    lists["row_order"], lists["row_full_idx"] if row_runs is None else row_runs,
+                    *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *common)
             grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
-            _launch(_dq_tuned, _bwd_dq_kernel, grid, args, consts, name="dq")
+            _launch(_dq_tuned, _bwd_dq_kernel, grid, args, {**consts, "RUNS": row_runs is not None}, name="dq")
         if split:
             key = ("segments", split)
             if key not in meta.extra:
@@ -969,21 +1074,23 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
             order = lists["col_order"]
             seg_lo = seg_hi = seg_first = order  # not read
         order_len = order.shape[1]
+        # merged: one RUNS for both sides, so runs only where both sides have them
+        col_runs = col_runs if not merged or row_runs is not None else None
         columns = (q, k, v, do, dk, dv, dq, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
                    lists["col_full_ptr"], lists["col_full_idx"], lists["col_part_ptr"], lists["col_part_idx"], order,
-                   seg_lo, seg_hi, seg_first, order_len)
+                   seg_lo, seg_hi, seg_first, order_len, lists["col_full_idx"] if col_runs is None else col_runs)
         strides = (*_strides(q, k, v, do, dk, dv, dq), lse.stride(0), lse.stride(1), *common)
         bh = batch * len(part.heads)
+        consts = {**consts, "SPLIT": split > 0, "RUNS": col_runs is not None}
         if merged:  # the dK/dV programs, then the dQ programs over the row lists, in one launch
             rows = (lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
-                    lists["row_order"])
+                    lists["row_order"], lists["row_full_idx"] if col_runs is None else row_runs)
             grid = lambda m: (order_len * (layout.block // m["BLOCK_N"]) * bh + seq_len // m["DQ_M"] * bh,)  # noqa: E731
-            _launch(_merged_tuned, _bwd_merged_kernel, grid, (*columns, *rows, *strides), {**consts, "SPLIT": split > 0},
-                    _MERGED_NAMES, name="merged")
+            _launch(_merged_tuned, _bwd_merged_kernel, grid, (*columns, *rows, *strides), consts, _MERGED_NAMES,
+                    name="merged")
             continue
         grid = lambda m: (order_len * (layout.block // m["BLOCK_N"]) * bh,)  # noqa: E731
-        _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, (*columns, *strides), {**consts, "FUSED_DQ": fused, "SPLIT": split > 0},
-                name="dkdv")
+        _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, (*columns, *strides), {**consts, "FUSED_DQ": fused}, name="dkdv")
     if into is None:
         return tuple(g.to(q.dtype) for g in (dq, dk, dv))
     for target, g in zip(into, (dq, dk, dv)):

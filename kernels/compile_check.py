@@ -30,7 +30,7 @@ from . import blocksparse as bs
 
 _INDEX_ARRAYS = {"HEADS", "HEAD_CSR", "MIN_OFF", "CODES", "FULL_PTR", "FULL_IDX", "PART_PTR", "PART_IDX", "ORDER",
                  "SEG_LO", "SEG_HI", "SEG_FIRST", "ROW_FULL_PTR", "ROW_FULL_IDX", "ROW_PART_PTR", "ROW_PART_IDX",
-                 "ROW_ORDER"}
+                 "ROW_ORDER", "FULL_RUNS", "ROW_FULL_RUNS"}
 _FP32_ARRAYS = {"LSE", "DELTA"}
 _FLOATS = {"qk_scale", "sm_scale"}
 
@@ -73,11 +73,11 @@ DEFAULT_KINDS = 2 | 4 | 16
 
 
 def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
-             kinds: int = DEFAULT_KINDS) -> list[Variant]:
+             kinds: int = DEFAULT_KINDS, runs: bool = False) -> list[Variant]:
     """The kernel variants the launchers produce for one block and head dim: natural and permuted
     parts, first and merging parts, each backward mode; the first autotuning config of each table
     (all of them with ``every_config``)."""
-    base = dict(BUCKET=2, BLOCK=block, HEAD_DIM=head_dim, NCOMP=2, KINDS=kinds, DOT_PREC="tf32")
+    base = dict(BUCKET=2, BLOCK=block, HEAD_DIM=head_dim, NCOMP=2, KINDS=kinds, DOT_PREC="tf32", RUNS=runs)
 
     def tiles(table):
         chosen = bs.tile_list(table, block, head_dim)
@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kinds", type=int, default=DEFAULT_KINDS,
                    help="mask kinds bitmask, 1 << kind (default 22: local, stride, summary; 24: the fixed pattern's)")
     p.add_argument("--ptxas", action="store_true", help="also report registers and spills (ptxas -v)")
+    p.add_argument("--runs", action="store_true", help="full block lists walked as arithmetic runs (blocksparse.use_runs)")
     p.add_argument("--only", action="append", default=[],
                    help="compile only variants whose name contains this text (repeatable)")
     args = p.parse_args(argv)
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--kinds is a bitmask of the five mask kinds, 1..31, got {args.kinds}")
     only = args.only
     failed = 0
-    chosen = [v for v in variants(args.block, args.head_dim, args.all, args.kinds) if not only or any(x in v.name for x in only)]
+    chosen = [v for v in variants(args.block, args.head_dim, args.all, args.kinds, args.runs) if not only or any(x in v.name for x in only)]
     if not chosen:
         print(f"compile_check: no variant matches --only {only!r}", file=sys.stderr)
         return 2
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.ptxas:
             u = ptxas_usage(k, args.arch)
             usage = f", {u['registers']} registers, spills {u['spill_stores']}/{u['spill_loads']} B stored/loaded"
-        print(f"ok   {v.name}: {time.perf_counter() - start:.1f} s, shared {k.metadata.shared} B{usage}", flush=True)
+        print(f"ok   {v.name}{' (runs)' if args.runs else ''}: {time.perf_counter() - start:.1f} s, shared {k.metadata.shared} B{usage}", flush=True)
     print(f"compile_check sm_{args.arch} {args.dtype}: {'FAILED ' + str(failed) if failed else 'all compiled'}")
     return 1 if failed else 0
 

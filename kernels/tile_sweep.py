@@ -77,7 +77,7 @@ def sweep_case(case: Bn.Case, kernel: str, spec: str, flex: bool = True, log=pri
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
     rows = Bn._sample_rows(n, check_rows_count, device)
     base = {"pattern": case.pattern, "seq_len": n, "heads": case.heads, "head_dim": case.head_dim,
-            "stride": stride, "block": block, "kernel": kernel}
+            "stride": stride, "block": block, "kernel": kernel, "runs": B.use_runs()}
     backward = kernel != "fwd"
 
     def timed(fn) -> float:
@@ -135,7 +135,7 @@ def table(rows: list[dict]) -> str:
     flex_ms = {(r["pattern"], r["seq_len"], r["heads"], r["head_dim"]): r.get("ms") for r in rows if r["impl"] == "flex"}
     for r in rows:
         key = (r["pattern"], r["seq_len"], r["heads"], r["head_dim"])
-        case = f"{r['pattern']} {r['seq_len']:,} {r['heads']}×{r['head_dim']}"
+        case = f"{r['pattern']} {r['seq_len']:,} {r['heads']}×{r['head_dim']}" + (" (runs)" if r.get("runs") else "")
         if "ms" not in r:
             lines.append(f"| {case} | {r['kernel']} | {r['tile']} | failed: {r.get('error', '')[:80]} | | | |")
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 PROG = "megastride bench tiles"
@@ -18,6 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", default="8x64", help="comma-separated HEADSxHEAD_DIM (default 8x64)")
     p.add_argument("--lengths", default="65536,262144", help="comma-separated sequence lengths (default 65536,262144)")
     p.add_argument("--no-flex", action="store_true", help="leave out FlexAttention")
+    p.add_argument("--runs", action="store_true",
+                   help="walk full block lists as arithmetic runs (MEGASTRIDE_BLOCKSPARSE_RUNS=1; experimental)")
     p.add_argument("--out", default=None, help="folder for bench_tiles.md and bench_tiles.json")
     return p
 
@@ -46,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print(f"{PROG}: error: needs a CUDA GPU", file=sys.stderr)
         return 2
+    if args.runs:
+        os.environ["MEGASTRIDE_BLOCKSPARSE_RUNS"] = "1"
     cases = [Case(p, n, h, d) for h, d in configs for p in filter(None, args.patterns.split(",")) for n in lengths]
     rows = S.run(cases, args.kernel, args.tiles, flex=not args.no_flex, out_dir=args.out,
                  log=lambda s: print(s, flush=True))

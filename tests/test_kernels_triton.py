@@ -628,3 +628,72 @@ def test_output_is_laid_out_time_major_so_the_model_reshapes_without_a_copy(mult
             fakes = blocksparse.blocksparse_bwd(*(mode.from_tensor(t) for t in (do, *inputs, real_out, real_lse)),
                                                 blocksparse.layout_id(layout), 0.1)
         assert [f.stride() for f in fakes] == [g.stride() for g in grads]
+
+
+def _expand_runs(row):
+    s0, c0, st0, s1, c1, st1 = (int(x) for x in row)
+    return [s0 + t * st0 for t in range(c0)] + [s1 + t * st1 for t in range(c1)]
+
+
+def test_block_runs_are_exact_or_refused():
+    """blocksparse._block_runs: each list as at most two arithmetic runs that expand to exactly the list
+    in order (the fixed pattern's rows: summaries of earlier windows, then the own window); a list
+    needing three runs makes the side refuse (None), and the kernels keep the index lists."""
+    lists = [[63, 127, 191, 192, 193], [], [5], [0, 1, 2, 3], [7, 3]]
+    ptr = torch.tensor([0] + [len(x) for x in lists]).cumsum(0).to(torch.int32)
+    idx = torch.tensor([b for x in lists for b in x], dtype=torch.int32)
+    runs = blocksparse._block_runs(ptr, idx)
+    assert runs.shape == (5, 6) and runs.dtype == torch.int32
+    assert runs[0].tolist() == [63, 3, 64, 192, 2, 1]
+    assert [_expand_runs(r) for r in runs] == lists
+    three = [[0, 5, 6, 10]]
+    assert blocksparse._block_runs(torch.tensor([0, 4], dtype=torch.int32), torch.tensor(three[0], dtype=torch.int32)) is None
+    for n, block, l, c in ((4096, 128, 1024, 128), (2048, 32, 256, 32), (1024, 64, 128, 32)):
+        layout = P.build_layout(P.same_for_all_heads(P.fixed(l, c), 1), n, block)
+        for side in ("row", "col"):
+            csr = layout.parts[0].csr[0]
+            ptr, idx = getattr(csr, f"{side}_full_ptr"), getattr(csr, f"{side}_full_idx")
+            runs = blocksparse._block_runs(ptr, idx)
+            assert runs is not None, (n, block, side)
+            want = [idx[ptr[r]:ptr[r + 1]].tolist() for r in range(ptr.numel() - 1)]
+            assert [_expand_runs(r) for r in runs] == want
+
+
+@pytest.mark.parametrize("name,env", [
+    ("fixed_block128", {}), ("local", {}), ("fixed_per_head", {}), ("merged_fixed_strided", {}),
+    ("fixed_d128", {"MEGASTRIDE_BLOCKSPARSE_DQ": "merged"}),
+    ("fixed_per_head", {"MEGASTRIDE_BLOCKSPARSE_DQ": "atomic", "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "1"}),
+], ids=["fixed128", "local", "per-head", "merged-parts", "merged-launch", "atomic-split"])
+def test_runs_walk_gives_the_reference_and_is_used(name, env, monkeypatch):
+    """MEGASTRIDE_BLOCKSPARSE_RUNS=1: the kernels walk full lists as runs (block by arithmetic) in the
+    forward and every backward mode, with the reference's answer; the launches really had RUNS set."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_RUNS", "1")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", env.get("MEGASTRIDE_BLOCKSPARSE_DQ", "separate"))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    seen = {}
+    real = blocksparse._launch
+
+    def launch(tuned, kernel, grid, args, consts, names=blocksparse._TILE_NAMES, name=""):
+        seen.setdefault(name, set()).add(consts["RUNS"])
+        return real(tuned, kernel, grid, args, consts, names, name=name)
+
+    monkeypatch.setattr(blocksparse, "_launch", launch)
+    _run_case(CASES[name], monkeypatch)
+    # expected: runs wherever every list of the launch's side(s) has at most two (else the index lists)
+    make, n, block, heads = CASES[name][:4]
+    pattern = P.same_for_all_heads(p, heads) if isinstance(p := make(heads), P.HeadPattern) else p
+    layout = P.build_layout(pattern, n, block)
+    ok = {side: {all(blocksparse._block_runs(getattr(c, f"{side}_full_ptr"), getattr(c, f"{side}_full_idx")) is not None
+                     for c in part.csr) for part in layout.parts} for side in ("row", "col")}
+    want = {"fwd": ok["row"], "dq": ok["row"], "dkdv": ok["col"], "merged": {r and c for r in ok["row"] for c in ok["col"]}}
+    assert seen and all(seen[k] == want[k] for k in seen), (seen, want)
+    assert any(True in v for v in seen.values())  # the case exercises the runs path somewhere
+
+
+def test_runs_switch_is_validated(monkeypatch):
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_RUNS", "yes")
+    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_RUNS must be 0 or 1"):
+        blocksparse.use_runs()
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_RUNS", "0")
+    assert blocksparse.use_runs() is False
