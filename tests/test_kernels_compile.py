@@ -42,3 +42,15 @@ def test_fixed_pattern_mask_kinds_compile_and_a_bad_kinds_mask_is_one_line():
     bad = run("--kinds", "40")
     assert bad.returncode == 2 and "--kinds" in bad.stderr and "got 40" in bad.stderr
     assert "ok " not in bad.stdout
+
+
+def test_runs_variants_compile_for_sm90():
+    """compile_check --runs: the forward, dQ and dK/dV (split columns: runs offset by the column's first
+    entry) and the merged backward, walking full lists as arithmetic runs, compile for sm_90."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    only = ["forward natural", "dQ natural", "dK/dV natural, dQ separate, split columns", "merged natural, whole columns"]
+    proc = subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", "--runs", "--kinds", "24",
+                           *(f"--only={o}" for o in only)], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    compiled = [line for line in proc.stdout.splitlines() if line.startswith("ok ") and "(runs)" in line]
+    assert len(compiled) == len(only) and proc.stdout.strip().endswith("all compiled"), proc.stdout
