@@ -123,3 +123,21 @@ def test_forward_backward_replays_from_a_cuda_graph_at_262k_tokens_with_two_head
     torch.cuda.synchronize()
     for name, t, want in zip(["dq", "dk", "dv"], leaves, eager):
         assert torch.equal(t.grad, want), f"{name} replayed differs from eager"
+
+
+@pytest.mark.parametrize("runs", ["0", "1"])
+def test_tile_sweep_times_each_config_and_checks_it(runs, monkeypatch):
+    """`megastride bench tiles` on the GPU: every config of the forward's list (and a forced extra one)
+    is launched as asked, checked against the reference and timed, and a tile wider than the block is left
+    out; with the lists walked as runs too."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_RUNS", runs)
+    S = importlib.import_module("megastride.kernels.tile_sweep")
+    Bn = importlib.import_module("megastride.kernels.bench")
+    B = _blocksparse()
+    case = Bn.Case("fixed", 12288, 8, 64)
+    rows = S.run([case], "fwd", "list,64x64w4s3,256x64w4s3", flex=False, log=lambda s: None)
+    listed = [S.tile_name(e) for e in B.tile_list(B._FWD_TILES, 128, 64)]
+    assert [r["tile"] for r in rows] == listed + ["64x64w4s3"]
+    assert all(r["runs"] == (runs == "1") for r in rows)
+    for r in rows:
+        assert "error" not in r and r["ms"] > 0 and r["max_err"] < 2e-2, r
