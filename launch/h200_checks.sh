@@ -67,6 +67,21 @@ PY
   echo "dQ mode for the runs below: $MEGASTRIDE_BLOCKSPARSE_DQ (faster at the longest benched length)" | tee -a "$OUT/env.log"
 fi
 fi
+# w. tile sweeps (docs/benchmarks.md "Tile sweeps"; opt-in: PARTS="w"): the forward's and the dK/dV
+#    kernel's configs each on its own beside Flex's same half, with the index lists and with the full lists
+#    walked as runs (MEGASTRIDE_BLOCKSPARSE_RUNS, not yet timed); SWEEP_CONFIGS / SWEEP_LENGTHS pick the cases
+if [[ " ${PARTS:-} " == *" w "* ]]; then
+for runs in "" --runs; do
+  for kernel in fwd dkdv; do
+    if [ $kernel = fwd ]; then extra="${SWEEP_FWD:-128x128w4s4}"; else extra="${SWEEP_DKDV:-64x32w8s3,128x32w8s3}"; fi
+    timeout "${SWEEP_S:-240}" python3 -m megastride.launch.cli bench tiles --kernel $kernel $runs \
+      --configs "${SWEEP_CONFIGS:-8x64}" --lengths "${SWEEP_LENGTHS:-262144,1048576}" \
+      --tiles "list,$extra" --out "$OUT/tiles_${kernel}${runs:+_runs}" \
+      > "$OUT/tiles_${kernel}${runs:+_runs}.log" 2>&1
+    tail -12 "$OUT/tiles_${kernel}${runs:+_runs}.log"
+  done
+done
+fi
 # 0. data loader throughput (docs/data.md): windows of 65,536 and 1,048,576 bytes beside numpy.memmap
 if want 0; then
 timeout "${DATA_S:-120}" python3 -m megastride.launch.cli bench data --size-mb 256 --lengths 65536,1048576 --seconds 1 \
