@@ -29,19 +29,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _cases(args):
+def cases_from(patterns: str, configs: str, lengths: str) -> list:
+    """Bench cases from comma-separated patterns, HEADSxHEAD_DIM configs and lengths, per config and
+    pattern shortest first (a run cut short keeps the short lengths; each case compiles Flex for its own
+    shapes: kernels.bench.flex_compiled). ValueError names a malformed config or length."""
     from megastride.kernels.bench import Case
 
-    # shortest first, so a run cut short still has the short lengths (each case compiles Flex for its
-    # own shapes: kernels.bench.flex_compiled)
-    lengths = [12288, 65536] if args.quick else sorted({int(x) for x in args.lengths.split(",") if x})
-    configs = ["8x64"] if args.quick else [c for c in args.configs.split(",") if c]
+    ns = sorted({int(x) for x in lengths.split(",") if x})
     cases = []
-    for config in configs:
-        heads, head_dim = (int(x) for x in config.lower().split("x"))
-        for pattern in [p for p in args.patterns.split(",") if p]:
-            cases += [Case(pattern, n, heads, head_dim) for n in lengths]
+    for config in filter(None, configs.split(",")):
+        dims = config.lower().split("x")
+        if len(dims) != 2:
+            raise ValueError(f"config {config!r} is not HEADSxHEAD_DIM")
+        heads, head_dim = (int(x) for x in dims)
+        for pattern in filter(None, patterns.split(",")):
+            cases += [Case(pattern, n, heads, head_dim) for n in ns]
     return cases
+
+
+def gpu_missing(prog: str) -> bool:
+    """True (after a one-line error naming ``prog``) where no CUDA GPU is there to bench on."""
+    import torch
+
+    if torch.cuda.is_available():
+        return False
+    print(f"{prog}: error: needs a CUDA GPU", file=sys.stderr)
+    return True
+
+
+def _cases(args):
+    if args.quick:
+        return cases_from(args.patterns, "8x64", "12288,65536")
+    return cases_from(args.patterns, args.configs, args.lengths)
 
 
 def _peers(raw: str) -> set[str]:
@@ -56,23 +75,19 @@ def _peers(raw: str) -> set[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    import torch
-
     try:
         peers = _peers(args.peers)
     except ValueError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    if not torch.cuda.is_available():
-        print(f"{PROG}: error: needs a CUDA GPU", file=sys.stderr)
-        return 2
-    from megastride.kernels.bench import run_bench, table
-
     try:
         cases = _cases(args)
     except ValueError as err:
         print(f"{PROG}: error: bad --lengths or --configs ({err})", file=sys.stderr)
         return 2
+    if gpu_missing(PROG):
+        return 2
+    from megastride.kernels.bench import run_bench, table
     results = run_bench(cases, peers, out_dir=args.out, dense_max=args.dense_max,
                         flex_max={"strided": args.flex_strided_max}, profile=args.profile, graphs=args.graphs,
                         log=lambda s: print(s, flush=True))

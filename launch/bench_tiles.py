@@ -27,31 +27,23 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    import torch
-
     from megastride.kernels import tile_sweep as S
-    from megastride.kernels.bench import Case
+    from megastride.launch.bench_attention import cases_from, gpu_missing
 
-    if args.kernel not in S.KERNELS:
-        print(f"{PROG}: error: --kernel must be one of {', '.join(S.KERNELS)}, got {args.kernel!r}", file=sys.stderr)
-        return 2
     try:
+        if args.kernel not in S.KERNELS:
+            raise ValueError(f"--kernel must be one of {', '.join(S.KERNELS)}, got {args.kernel!r}")
         for item in filter(None, args.tiles.split(",")):
             if item != "list":
                 S.parse_tile(args.kernel, item)
-        lengths = sorted({int(x) for x in args.lengths.split(",") if x})
-        configs = [tuple(int(x) for x in c.lower().split("x")) for c in args.configs.split(",") if c]
-        if any(len(c) != 2 for c in configs):
-            raise ValueError(f"--configs {args.configs!r} is not HEADSxHEAD_DIM[,...]")
+        cases = cases_from(args.patterns, args.configs, args.lengths)
     except ValueError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    if not torch.cuda.is_available():
-        print(f"{PROG}: error: needs a CUDA GPU", file=sys.stderr)
+    if gpu_missing(PROG):
         return 2
     if args.runs:
         os.environ["MEGASTRIDE_BLOCKSPARSE_RUNS"] = "1"
-    cases = [Case(p, n, h, d) for h, d in configs for p in filter(None, args.patterns.split(",")) for n in lengths]
     rows = S.run(cases, args.kernel, args.tiles, flex=not args.no_flex, out_dir=args.out,
                  log=lambda s: print(s, flush=True))
     print(S.table(rows))

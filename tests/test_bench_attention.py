@@ -113,3 +113,15 @@ def test_flex_is_compiled_afresh_for_each_case_and_shared_within_one():
             mock.patch.object(torch.cuda, "synchronize"), mock.patch.object(torch.cuda, "memory_allocated", return_value=0):
         bench._flex_fn(None, 256, "cpu", bench.Result(Case("fixed", 256, 1, 16), 128, 128, 1.0, 1))
     compiled.assert_called_once_with(fresh=True)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--configs", "8x64x2"], "is not HEADSxHEAD_DIM"),
+    (["--lengths", "12k"], "invalid literal"),
+])
+def test_bad_configs_or_lengths_are_one_line_errors_before_the_gpu_check(argv, message, capsys):
+    from megastride.launch import bench_attention
+
+    assert bench_attention.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bad --lengths or --configs" in err and message in err and "\n" not in err
