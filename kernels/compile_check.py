@@ -130,6 +130,18 @@ def compile_variant(v: Variant, dtype: str = "bf16", arch: int = 90, wide: bool 
                           options={"num_warps": v.num_warps, "num_stages": v.num_stages})
 
 
+def first_loop_waits(kernel) -> list[int]:
+    """The ``async_wait`` counts inside the kernel's first loop (its full-block loop) in the TTGIR: how
+    many async copy groups may still be in flight where the loop waits for its tiles. 0 means every tile
+    load issued for this iteration is waited for at its top (prefetched one iteration ahead at most)."""
+    ttgir = kernel.asm["ttgir"]
+    start = ttgir.find("scf.for")
+    if start < 0:
+        return []
+    end = ttgir.find("scf.yield", start)
+    return [int(n) for n in re.findall(r"async_wait[^{\n]*\{num = (\d+)", ttgir[start:end])]
+
+
 def ptxas_usage(kernel, arch: int = 90) -> dict:
     """Registers per thread and spill bytes of a compiled kernel, from the bundled ptxas -v."""
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
@@ -158,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="mask kinds bitmask, 1 << kind (default 22: local, stride, summary; 24: the fixed pattern's)")
     p.add_argument("--ptxas", action="store_true", help="also report registers and spills (ptxas -v)")
     p.add_argument("--runs", action="store_true", help="full block lists walked as arithmetic runs (blocksparse.use_runs)")
+    p.add_argument("--waits", action="store_true",
+                   help="also report the async_wait counts of the first (full-block) loop in the TTGIR: 0 = tile loads prefetched one iteration ahead at most")
     p.add_argument("--only", action="append", default=[],
                    help="compile only variants whose name contains this text (repeatable)")
     args = p.parse_args(argv)
@@ -181,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.ptxas:
             u = ptxas_usage(k, args.arch)
             usage = f", {u['registers']} registers, spills {u['spill_stores']}/{u['spill_loads']} B stored/loaded"
+        if args.waits:
+            usage += f", first loop waits {first_loop_waits(k)}"
         print(f"ok   {v.name}{' (runs)' if args.runs else ''}: {time.perf_counter() - start:.1f} s, shared {k.metadata.shared} B{usage}", flush=True)
     print(f"compile_check sm_{args.arch} {args.dtype}: {'FAILED ' + str(failed) if failed else 'all compiled'}")
     return 1 if failed else 0

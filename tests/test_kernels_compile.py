@@ -54,3 +54,21 @@ def test_runs_variants_compile_for_sm90():
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     compiled = [line for line in proc.stdout.splitlines() if line.startswith("ok ") and "(runs)" in line]
     assert len(compiled) == len(only) and proc.stdout.strip().endswith("all compiled"), proc.stdout
+
+
+def test_runs_let_the_pipeliner_prefetch_the_tiles_further():
+    """compile_check --waits: the forward's first config (three stages) waits for every tile load of its
+    full-block loop at the top of each iteration with index lists (count 0), and leaves loads in flight
+    when the lists are walked as runs (the reason for MEGASTRIDE_BLOCKSPARSE_RUNS)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+    def waits(*extra):
+        proc = subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", "--kinds", "24", "--waits",
+                               "--only", "forward natural", *extra], capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+        line = next(x for x in proc.stdout.splitlines() if x.startswith("ok "))
+        assert " s3" in line, line  # the first forward config has three stages
+        return [int(n) for n in line.rsplit("waits [", 1)[1].rstrip("]").split(", ")]
+
+    assert waits() == [0]
+    assert min(waits("--runs")) > 0
