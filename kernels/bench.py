@@ -405,12 +405,16 @@ def run_bench(cases: list[Case], peers: set[str], out_dir: str | None = None, lo
 
 
 def environment() -> dict:
+    """Device, versions, date, and the kernels' switches (dQ mode, split columns, runs walk) the run had."""
     import triton
+
+    from . import blocksparse as B
 
     props = torch.cuda.get_device_properties(0)
     return {"device": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
             "triton": triton.__version__, "cuda": torch.version.cuda,
-            "date": time.strftime("%Y-%m-%d"), "dtype": "bfloat16", "batch": 1}
+            "date": time.strftime("%Y-%m-%d"), "dtype": "bfloat16", "batch": 1,
+            "dq_mode": B.dq_mode(), "dkdv_split": B.dkdv_split(), "runs": B.use_runs()}
 
 
 def _fmt(x, digits=2) -> str:
@@ -467,7 +471,8 @@ def write_outputs(results: list[Result], out_dir: str) -> None:
     with open(os.path.join(out_dir, "bench_attention.md"), "w") as f:
         env = environment()
         f.write(f"{env['device']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
-                f"{env['date']}, bf16, B=1\n\n{table(results)}\n")
+                f"{env['date']}, bf16, B=1, dQ mode {env['dq_mode']}{', runs' if env['runs'] else ''}"
+                f"{', split ' + str(env['dkdv_split']) if env['dkdv_split'] else ''}\n\n{table(results)}\n")
         notes = [f"- {r.case.pattern} n={r.case.seq_len} {r.case.heads}x{r.case.head_dim}: {n}"
                  for r in results for n in r.notes]
         if notes:
