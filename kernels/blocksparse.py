@@ -842,6 +842,17 @@ def forced_tiles(kernel: str, entry: tuple[int, ...]):
             _FORCED[kernel] = before
 
 
+def _tuning_key(tuned, args, consts) -> tuple:
+    """The key ``triton.autotune`` files this launch under, computed as it does (the key arguments'
+    values, then the dtype of every argument that has one, in argument order) without its per-launch
+    list scans: 12 against 46 us per launch of the ~60-argument kernels (CPU, 2026-11-30)."""
+    values = dict(zip(tuned.arg_names, args))
+    values.update(consts)
+    key = [values[k] for k in tuned.keys if k in values]
+    key += [str(v.dtype) for v in values.values() if hasattr(v, "dtype")]
+    return tuple(key)
+
+
 def _launch(tuned, kernel, grid, args, consts, names=_TILE_NAMES, name: str = ""):
     forced = _FORCED.get(name)
     if forced is not None:
@@ -852,7 +863,11 @@ def _launch(tuned, kernel, grid, args, consts, names=_TILE_NAMES, name: str = ""
         return
     tiles = _fixed_tiles(consts["BLOCK"], names)
     if tiles is None:
-        tuned[grid](*args, **consts)
+        config = tuned.cache.get(_tuning_key(tuned, args, consts))
+        if config is None:  # first launch of this key: the autotuner times the configs
+            tuned[grid](*args, **consts)
+        else:  # its choice, launched without the autotuner's own per-launch key computation
+            kernel[grid](*args, **consts, **config.all_kwargs())
     else:
         kernel[grid](*args, **consts, **tiles)
 

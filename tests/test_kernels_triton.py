@@ -697,3 +697,30 @@ def test_runs_switch_is_validated(monkeypatch):
         blocksparse.use_runs()
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_RUNS", "0")
     assert blocksparse.use_runs() is False
+
+
+def test_own_tuning_key_is_the_autotuners(monkeypatch):
+    """_launch looks up the autotuner's choice under a key it computes itself (cheaper per launch): for
+    every kernel a forward+backward launches, Triton's Autotuner.run, handed the same arguments, finds
+    a config filed under our key (and so does not tune), i.e. the two keys are equal."""
+    launches = []
+    real = blocksparse._launch
+
+    def spy(tuned, kernel, grid, args, consts, names=blocksparse._TILE_NAMES, name=""):
+        launches.append((tuned, args, dict(consts)))
+        return real(tuned, kernel, grid, args, consts, names, name=name)
+
+    monkeypatch.setattr(blocksparse, "_launch", spy)
+    for mode in ("separate", "merged", "atomic"):
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", mode)
+        _run_case(CASES["merged_fixed_strided"], monkeypatch)
+    assert {id(t) for t, _, _ in launches} == {id(t) for t in (blocksparse._fwd_tuned, blocksparse._dq_tuned,
+                                                               blocksparse._dkdv_tuned, blocksparse._merged_tuned)}
+    for tuned, args, consts in launches:
+        sentinel = tuned.configs[0]
+        ran = []
+        monkeypatch.setattr(tuned, "cache", {blocksparse._tuning_key(tuned, args, consts): sentinel})
+        monkeypatch.setattr(tuned, "fn", type("Fn", (), {"run": lambda self, *a, **kw: ran.append(kw)})())
+        monkeypatch.setattr(tuned, "prune_configs", lambda *a, **kw: pytest.fail("keys differ: the autotuner would tune"))
+        tuned.run(*args, **consts)
+        assert ran and all(ran[0][k] == v for k, v in sentinel.all_kwargs().items())
