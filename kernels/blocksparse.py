@@ -751,9 +751,9 @@ def _runs_table(part: LayoutPart, meta: "_PartMeta", side: str) -> torch.Tensor 
     if key not in meta.extra:
         tables = [_block_runs(getattr(c, f"{side}_full_ptr").to(meta.codes.device),
                               getattr(c, f"{side}_full_idx").to(meta.codes.device)) for c in part.csr]
-        meta.extra[key] = None if any(t is None for t in tables) else {"runs": torch.cat(tables).contiguous()}
-    table = meta.extra[key]
-    return None if table is None else table["runs"]
+        # {} where some list needs more than two runs: remembered, and no tensor for metadata_bytes to count
+        meta.extra[key] = {} if any(t is None for t in tables) else {"runs": torch.cat(tables).contiguous()}
+    return meta.extra[key].get("runs")
 
 
 def _column_segments(lists: dict[str, torch.Tensor], num_blocks: int, seg_len: int) -> dict[str, torch.Tensor]:
@@ -807,7 +807,7 @@ def metadata_bytes(layout: Layout) -> int:
     for part in layout.parts:
         for key, meta in part.kernel_cache.items():
             extra += sum(t.numel() * t.element_size() for t in meta.lists.values() if t.data_ptr() not in own)
-            extra += sum(t.numel() * t.element_size() for seg in meta.extra.values() if seg for t in seg.values())
+            extra += sum(t.numel() * t.element_size() for seg in meta.extra.values() for t in seg.values())
     return layout.nbytes + extra
 
 

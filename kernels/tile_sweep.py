@@ -24,7 +24,7 @@ from . import bench as Bn
 from . import blocksparse as B
 from . import patterns as P
 
-KERNELS = ("fwd", "dq", "dkdv", "merged")
+KERNELS = tuple(B._KERNEL_NAMES)  # fwd, dq, dkdv, merged
 # the dQ mode under which each backward kernel is launched
 _MODE = {"dq": "separate", "dkdv": "separate", "merged": "merged"}
 _TABLES = {"fwd": B._FWD_TILES, "dq": B._DQ_TILES, "dkdv": B._DKDV_TILES, "merged": B._MERGED_TILES}
@@ -56,7 +56,7 @@ def configs_for(kernel: str, spec: str, block: int, head_dim: int) -> list[tuple
     """The configs a ``--tiles`` spec names at one block and head dim: "list" is the kernel's autotuning
     list there, other items are configs; those with a tile larger than the block are left out."""
     out: list[tuple[int, ...]] = []
-    names = B._MERGED_NAMES if kernel == "merged" else B._TILE_NAMES
+    names = B._KERNEL_NAMES[kernel]
     for item in filter(None, (x.strip() for x in spec.split(","))):
         entries = B.tile_list(_TABLES[kernel], block, head_dim, names) if item == "list" else [parse_tile(kernel, item)]
         out += [e for e in entries if e not in out and max(e[:-2]) <= block]
