@@ -174,13 +174,13 @@ def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL
 
     full_lo = tl.load(FULL_PTR + ptr)
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, row_block, num_blocks, RUNS)
-    for e in range(full_lo, tl.load(FULL_PTR + ptr + 1)):
-        col_block = _nth_block(e, full_lo, FULL_IDX, r0, c0, st0, r1, st1, RUNS)
-        for s in tl.static_range(BLOCK // BLOCK_N):
-            cols = _natural(col_block * BLOCK + s * BLOCK_N + tl.arange(0, BLOCK_N), perm_g, perm_l, PERMUTED)
-            k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :])
-            v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :])
-            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, 0, False, DOT_PREC)
+    SUB: tl.constexpr = BLOCK // BLOCK_N
+    for t in range(full_lo * SUB, tl.load(FULL_PTR + ptr + 1) * SUB):  # one key tile per iteration
+        col_block = _nth_block(t // SUB, full_lo, FULL_IDX, r0, c0, st0, r1, st1, RUNS)
+        cols = _natural(col_block * BLOCK + (t % SUB) * BLOCK_N + tl.arange(0, BLOCK_N), perm_g, perm_l, PERMUTED)
+        k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :])
+        v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :])
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, 0, False, DOT_PREC)
 
     last_row = first_row + BLOCK_M - 1
     # masked tiles at most 64 keys wide: their token-mask arithmetic sets the kernel's register count
@@ -273,13 +273,13 @@ def _dq_program(pid, Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODE
 
     full_lo = tl.load(FULL_PTR + ptr)
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, row_block, num_blocks, RUNS)
-    for e in range(full_lo, tl.load(FULL_PTR + ptr + 1)):
-        col_block = _nth_block(e, full_lo, FULL_IDX, r0, c0, st0, r1, st1, RUNS)
-        for s in tl.static_range(BLOCK // BLOCK_N):
-            cols = _natural(col_block * BLOCK + s * BLOCK_N + tl.arange(0, BLOCK_N), perm_g, perm_l, PERMUTED)
-            k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :])
-            v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :])
-            dq = _dq_step(dq, q, do, k, v, lse, delta, qk_scale, 0, False, DOT_PREC)
+    SUB: tl.constexpr = BLOCK // BLOCK_N
+    for t in range(full_lo * SUB, tl.load(FULL_PTR + ptr + 1) * SUB):  # one key tile per iteration
+        col_block = _nth_block(t // SUB, full_lo, FULL_IDX, r0, c0, st0, r1, st1, RUNS)
+        cols = _natural(col_block * BLOCK + (t % SUB) * BLOCK_N + tl.arange(0, BLOCK_N), perm_g, perm_l, PERMUTED)
+        k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :])
+        v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :])
+        dq = _dq_step(dq, q, do, k, v, lse, delta, qk_scale, 0, False, DOT_PREC)
 
     last_row = first_row + BLOCK_M - 1
     for e in range(tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)):
@@ -333,10 +333,16 @@ def _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, ok, MASKED: tl.constex
 
 
 @triton.jit
-def _dq_atomic(DQ, rows, offs_d, stride_dqt, dst, k, sm_scale, DOT_PREC: tl.constexpr):
-    """FUSED_DQ: this key tile's share of dQ for the query rows, dS @ K, added to the fp32 DQ in place."""
+def _dq_atomic(DQ, dq_desc, first_row, rows, offs_d, stride_dqt, dst, k, sm_scale, DOT_PREC: tl.constexpr,
+               FUSED_DQ: tl.constexpr):
+    """FUSED_DQ: this key tile's share of dQ for the query rows, dS @ K, added to the fp32 DQ in place:
+    one atomic per element (1), or (2, rows first_row.. contiguous) one TMA reduce of the whole tile
+    through ``dq_desc``, asynchronous and done in L2, as FlashAttention-3 accumulates dQ."""
     dq = tl.dot(tl.trans(dst), k, input_precision=DOT_PREC) * sm_scale  # (queries, head dim)
-    tl.atomic_add(DQ + rows[:, None] * stride_dqt + offs_d[None, :], dq, sem="relaxed")
+    if FUSED_DQ == 2:
+        dq_desc.atomic_add([first_row, 0], dq)
+    else:
+        tl.atomic_add(DQ + rows[:, None] * stride_dqt + offs_d[None, :], dq, sem="relaxed")
 
 
 @triton.jit
@@ -353,13 +359,19 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN
     # program ``pid`` of the dK/dV kernel or of the merged one: one key tile of BLOCK_N keys; query
     # tiles of BLOCK_M rows from the column lists
     # (key blocks longest column first: the fixed pattern's summary columns are long). FUSED_DQ: the
-    # program also adds dS @ K of each tile to an fp32 DQ with atomics (no separate dQ kernel).
+    # program also adds dS @ K of each tile to an fp32 DQ with atomics (no separate dQ kernel): one per
+    # element (1) or one TMA reduce per tile (2; natural order only, where a tile's rows are contiguous).
     # SPLIT: a program takes one segment of a column (ORDER = the segments' columns, longest first;
     # SEG_LO/SEG_HI its range of full entries; SEG_FIRST whether it also takes the partial ones) and
     # adds its dK/dV to fp32 DK/DV with atomics, so a long column is no longer one serial chain
     batch, head, csr, col_block, first_col, min_off, codes, slot = _program_tile(
         pid, HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len, BLOCK, BLOCK_N, NCOMP)
     DQ += batch * stride_dqb + head * stride_dqh
+    if FUSED_DQ == 2:  # natural order: a query tile's rows are contiguous, one TMA box of the fp32 dQ
+        dq_desc = tl.make_tensor_descriptor(DQ, shape=[num_blocks * BLOCK, HEAD_DIM], strides=[stride_dqt, 1],
+                                            block_shape=[BLOCK_M, HEAD_DIM])
+    else:
+        dq_desc = DQ  # not read
     Q += batch * stride_qb + head * stride_qh
     DO += batch * stride_dob + head * stride_doh
     LSE += batch * stride_lb + head * stride_lh
@@ -385,17 +397,18 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN
         full_hi = tl.load(FULL_PTR + ptr + 1)
 
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, col_block, num_blocks, RUNS)
-    for e in range(full_lo, full_hi):
-        row_block = _nth_block(e, column_lo, FULL_IDX, r0, c0, st0, r1, st1, RUNS)
-        for s in tl.static_range(BLOCK // BLOCK_M):
-            rows = _natural(row_block * BLOCK + s * BLOCK_M + tl.arange(0, BLOCK_M), perm_g, perm_l, PERMUTED)
-            q = tl.load(Q + rows[:, None] * stride_qt + offs_d[None, :])
-            do = tl.load(DO + rows[:, None] * stride_dot + offs_d[None, :])
-            lse = tl.load(LSE + rows)
-            delta = tl.load(DELTA + rows)
-            dk, dv, dst = _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, 0, False, DOT_PREC)
-            if FUSED_DQ:
-                _dq_atomic(DQ, rows, offs_d, stride_dqt, dst, k, sm_scale, DOT_PREC)
+    SUB: tl.constexpr = BLOCK // BLOCK_M
+    for t in range(full_lo * SUB, full_hi * SUB):  # one query tile per iteration
+        row_block = _nth_block(t // SUB, column_lo, FULL_IDX, r0, c0, st0, r1, st1, RUNS)
+        first_row = row_block * BLOCK + (t % SUB) * BLOCK_M
+        rows = _natural(first_row + tl.arange(0, BLOCK_M), perm_g, perm_l, PERMUTED)
+        q = tl.load(Q + rows[:, None] * stride_qt + offs_d[None, :])
+        do = tl.load(DO + rows[:, None] * stride_dot + offs_d[None, :])
+        lse = tl.load(LSE + rows)
+        delta = tl.load(DELTA + rows)
+        dk, dv, dst = _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, 0, False, DOT_PREC)
+        if FUSED_DQ:
+            _dq_atomic(DQ, dq_desc, first_row, rows, offs_d, stride_dqt, dst, k, sm_scale, DOT_PREC, FUSED_DQ)
 
     for e in range(part_lo, part_hi):
         row_block = tl.load(PART_IDX + e)
@@ -411,7 +424,8 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN
                 ok = _allowed(offs_m[None, :], offs_n[:, None], codes, min_off, NCOMP, KINDS)  # (keys, queries)
                 dk, dv, dst = _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, ok, True, DOT_PREC)
                 if FUSED_DQ:
-                    _dq_atomic(DQ, rows, offs_d, stride_dqt, dst, k, sm_scale, DOT_PREC)
+                    _dq_atomic(DQ, dq_desc, first_row, rows, offs_d, stride_dqt, dst, k, sm_scale, DOT_PREC,
+                               FUSED_DQ)
 
     dk_ptrs = DK + batch * stride_dkb + head * stride_dkh + cols[:, None] * stride_dkt + offs_d[None, :]
     dv_ptrs = DV + batch * stride_dvb + head * stride_dvh + cols[:, None] * stride_dvt + offs_d[None, :]
@@ -486,33 +500,35 @@ def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN
 _TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_PREV", "FUSED_DQ", "SPLIT", "RUNS"]
 
 
-# (BLOCK_M, BLOCK_N, warps, stages) per layout block. BLOCK_M is the program's tile in the forward and
-# dQ kernels and the inner (query) sub-tile in dK/dV. Few on purpose: every config is one more
-# compile and benchmark per kernel variant (results are cached on disk: autotune cache_results).
+# (BLOCK_M, BLOCK_N, warps, stages) per layout block, or per (block, head dim) where that key exists (it
+# replaces the block's list there). BLOCK_M is the program's tile in the forward and dQ kernels and the
+# inner (query) sub-tile in dK/dV. Few on purpose: every config is one more compile and benchmark per
+# kernel variant (results are cached on disk: autotune cache_results).
 # Starting points: Triton's fused-attention tutorial on Hopper; the third config of each block-128
 # list is one that `python -m megastride.kernels.compile_check --ptxas` showed free of register
-# spills for sm_90 at head dim 64, where the first one spills (forward 128x64 w4: ~500 B per thread,
-# dK/dV 32x128 w4: ~140-240 B, dQ 128x32 w4: ~60 B; the second too in the atomic-dQ and permuted
-# variants; table in docs/benchmarks.md). dK/dV 64x64 w4 s3 came out of an EXTRA_TILES experiment on
-# the H200 (fixed, 1M tokens, H=8 D=64: picked over the others, dK/dV kernel 136 ms per call).
-# Five stages for the forward: its K/V loads hang off a block-index load, and Triton's pipeliner then
-# prefetches them one iteration ahead at 3 or 4 stages and two at 5 (`megastride bench tiles`, H200,
-# 2026-11-30: 7-11% faster than the 3-stage tiles chosen before, 65,536-1M tokens; docs/benchmarks.md
-# "Tile sweeps").
+# spills for sm_90 at head dim 64, where the first one spills (table in docs/benchmarks.md).
+# The per-head-dim lists come from `megastride bench tiles` on the H200 (docs/benchmarks.md "Tile
+# sweeps"): five stages for the forward, whose K/V loads hang off a block-index load that Triton's
+# pipeliner then prefetches one iteration ahead at 3 or 4 stages and two at 5 (2026-11-30, 7-11% faster);
+# the backward's lists after its loops went flat (one sub-tile per iteration, so a stage holds one
+# sub-tile: half the shared memory, and five stages fit at head dim 128; 2026-11-30 session J):
+# dK/dV 32x128 w4 s5 is the fastest at D=64 and 1M but the slowest at D=128 (it spills 3.7 KB there).
 _FWD_TILES = {128: [(128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 5)], 64: [(64, 64, 4, 3), (64, 64, 4, 5)],
-              (128, 64): [(128, 128, 4, 5), (128, 128, 4, 3)],  # 128x128 w4 s3: Flex's bf16 D=64 Hopper tile
+              (128, 64): [(128, 128, 4, 5), (128, 64, 4, 5), (128, 128, 4, 3)],  # w4 s3: Flex's D=64 tile
               (128, 128): [(128, 128, 8, 5), (128, 64, 8, 5), (128, 128, 8, 3)]}
-_DQ_TILES = {128: [(128, 32, 4, 5), (128, 64, 8, 3), (128, 32, 8, 4)], 64: [(64, 32, 4, 4)]}
+_DQ_TILES = {128: [(128, 32, 4, 5), (128, 64, 8, 3), (128, 32, 8, 4)], 64: [(64, 32, 4, 4)],
+             (128, 64): [(128, 64, 4, 5), (128, 32, 8, 5), (128, 32, 4, 5)],
+             (128, 128): [(128, 32, 4, 5), (128, 64, 8, 5), (128, 64, 8, 3)]}
 _DKDV_TILES = {128: [(32, 128, 4, 5), (64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 3)], 64: [(32, 64, 4, 4)],
-               (128, 64): [(64, 128, 8, 5)],  # fastest in the H200 tile sweep at 262,144 and 1M (D=64)
-               (128, 128): [(16, 128, 8, 3), (64, 32, 8, 3), (128, 32, 8, 3)]}  # head dim 128: spill-free ones
-# Keys: a block, or (block, head dim) for configs added at that head dim only.
+               (128, 64): [(32, 128, 4, 5), (64, 64, 4, 5), (64, 128, 8, 5)],
+               (128, 128): [(64, 64, 4, 3), (64, 128, 8, 5), (64, 128, 8, 3)]}  # 64x128 w8 s3: Flex's D=128 tile
 # The merged backward (DQ_MODE "merged"): (dK/dV BLOCK_M, BLOCK_N, dQ DQ_M, DQ_N, warps, stages), the two
-# kernels' configs paired where their warps and stages agree (one launch has one of each); not yet timed
+# kernels' configs paired where their warps and stages agree (one launch has one of each)
 _MERGED_TILES = {128: [(64, 64, 128, 32, 4, 3), (32, 128, 128, 32, 4, 5), (64, 128, 128, 64, 8, 3),
                        (32, 128, 128, 32, 8, 4)],
                  64: [(32, 64, 64, 32, 4, 4)],
-                 (128, 128): [(16, 128, 128, 64, 8, 3), (128, 32, 128, 32, 8, 4)]}
+                 (128, 64): [(32, 128, 128, 32, 4, 5), (64, 64, 128, 64, 4, 5), (64, 128, 128, 64, 8, 5)],
+                 (128, 128): [(64, 128, 128, 64, 8, 5), (64, 64, 128, 32, 4, 3), (16, 128, 128, 64, 8, 3)]}
 _TILE_NAMES = ("BLOCK_M", "BLOCK_N")
 _MERGED_NAMES = ("BLOCK_M", "BLOCK_N", "DQ_M", "DQ_N")
 
@@ -547,11 +563,11 @@ def _configs(table, names=_TILE_NAMES):
 
 
 def tile_list(table, block: int, head_dim: int, names=_TILE_NAMES) -> list[tuple[int, ...]]:
-    """The (tile sizes..., warps, stages) configs a table offers at one block and head dim: the
-    block's list, those added for (block, head dim), the EXTRA_TILES that fit; one safe config if none."""
-    extra = [t for t in table.get("extra", []) if all(x <= block for x in t[:-2])]
-    return (table.get(block, []) + table.get((block, head_dim), []) + extra
-            or [(min(block, 64),) * len(names) + (4, 2)])
+    """The (tile sizes..., warps, stages) configs a table offers at one block and head dim: the list
+    for (block, head dim), else the block's, then the EXTRA_TILES that fit; one safe config if none."""
+    listed = table.get((block, head_dim), table.get(block, []))
+    extra = [t for t in table.get("extra", []) if all(x <= block for x in t[:-2]) and t not in listed]
+    return listed + extra or [(min(block, 64),) * len(names) + (4, 2)]
 
 
 def _pruner(table, names=_TILE_NAMES):
@@ -1023,6 +1039,26 @@ def _auto_mode(layout: Layout, q: torch.Tensor, run) -> str:
     return chosen
 
 
+def _has_tma(q: torch.Tensor) -> bool:
+    """Whether the kernels may use the TMA unit for q's device: a compiled (not interpreted) launch on an
+    NVIDIA GPU of compute capability 9.0 (Hopper) or later."""
+    return q.is_cuda and not _INTERPRET and torch.version.hip is None and torch.cuda.get_device_capability(q.device)[0] >= 9
+
+
+def _scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    return torch.empty(size, dtype=torch.int8, device=torch.cuda.current_device())
+
+
+def _ensure_allocator() -> None:
+    """Kernels that build TMA descriptors on the device need Triton's global scratch (128 bytes per
+    program); its allocator is per thread (a ContextVar: autograd runs backward in a thread of its own), so
+    it is set where none is, before such a launch. A user's own allocator is left alone."""
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(_scratch)
+
+
 def _grad_like(q: torch.Tensor, dtype, make) -> torch.Tensor:
     """A (B, H, T, D) gradient buffer for ``q`` from ``make(shape, dtype=, device=)``, in q's memory order:
     (B, H, T, D) when q is laid out so (contiguous inputs, whose leaves' AccumulateGrad would otherwise copy
@@ -1051,6 +1087,7 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
         HEAD_DIM=head_dim, BLOCK_T=block_t)
     split = dkdv_split()
     fused, merged = mode == "atomic", mode == "merged"
+    tma = fused and _has_tma(q)
     grad_dtype = torch.float32 if _accumulates(layout) else q.dtype
     # gradients in q's memory order, seen as (B, H, T, D): (B, T, H, D) for the model, whose q, k and v
     # are head views of one (B, T, 3D) product (its backward then takes them as views instead of copying
@@ -1105,7 +1142,11 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
                     name="merged")
             continue
         grid = lambda m: (order_len * (layout.block // m["BLOCK_N"]) * bh,)  # noqa: E731
-        _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, (*columns, *strides), {**consts, "FUSED_DQ": fused}, name="dkdv")
+        fused_kind = (2 if tma and not meta.permuted else 1) if fused else 0
+        if fused_kind == 2:
+            _ensure_allocator()
+        _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, (*columns, *strides), {**consts, "FUSED_DQ": fused_kind},
+                name="dkdv")
     if into is None:
         return tuple(g.to(q.dtype) for g in (dq, dk, dv))
     for target, g in zip(into, (dq, dk, dv)):

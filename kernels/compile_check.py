@@ -94,8 +94,12 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
         for m, n, w, st in tiles(bs._DQ_TILES):
             out.append(Variant(f"dQ {tag} {m}x{n} w{w} s{st}", bs._bwd_dq_kernel,
                                dict(common, BLOCK_M=m, BLOCK_N=n), acc & {"DQ"}, w, st))
-        for fused, split in ((False, False), (True, False), (False, True), (True, True)):
-            mode = f"dQ {'atomic' if fused else 'separate'}, {'split' if split else 'whole'} columns"
+        # dQ atomic: one atomic per element (1) or one TMA reduce per tile (2, natural order only)
+        fused_kinds = ((0, False), (1, False), (0, True), (1, True)) if permuted else \
+            ((0, False), (1, False), (2, False), (0, True), (1, True), (2, True))
+        for fused, split in fused_kinds:
+            kind = {0: "separate", 1: "atomic", 2: "atomic TMA"}[fused]
+            mode = f"dQ {kind}, {'split' if split else 'whole'} columns"
             fp32 = (acc & {"DK", "DV"}) | ({"DQ"} if fused else set()) | ({"DK", "DV"} if split else set())
             for m, n, w, st in tiles(bs._DKDV_TILES):
                 out.append(Variant(f"dK/dV {tag}, {mode} {m}x{n} w{w} s{st}", bs._bwd_dkdv_kernel,

@@ -522,15 +522,16 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
 
 
 def test_autotune_lists_follow_block_and_head_dim():
-    """The pruner offers a block's configs, plus those listed for (block, head dim) at that head dim."""
+    """The pruner offers the configs listed for (block, head dim) where there is such a list (in place of
+    the block's: dK/dV 32x128 w4 s5 leads at head dim 64 and trails at 128), else the block's."""
     prune = blocksparse._pruner(blocksparse._DKDV_TILES)
     configs = blocksparse._configs(blocksparse._DKDV_TILES)
     tiles = lambda **kw: {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)  # noqa: E731
                           for c in prune(configs, {}, **kw)}
-    assert tiles(BLOCK=128, HEAD_DIM=64) == set(blocksparse._DKDV_TILES[128]) | {(64, 128, 8, 5)}
+    assert tiles(BLOCK=128, HEAD_DIM=64) == {(32, 128, 4, 5), (64, 64, 4, 5), (64, 128, 8, 5)}
     assert tiles(BLOCK=128, HEAD_DIM=32) == set(blocksparse._DKDV_TILES[128])
-    assert tiles(BLOCK=128, HEAD_DIM=128) == set(blocksparse._DKDV_TILES[128]) | {(16, 128, 8, 3), (64, 32, 8, 3),
-                                                                                  (128, 32, 8, 3)}
+    assert tiles(BLOCK=128, HEAD_DIM=128) == {(64, 64, 4, 3), (64, 128, 8, 5), (64, 128, 8, 3)}
+    assert (32, 128, 4, 5) in blocksparse._DKDV_TILES[128]
     assert tiles(BLOCK=64, HEAD_DIM=128) == set(blocksparse._DKDV_TILES[64])
     assert tiles(BLOCK=32, HEAD_DIM=64) == {(32, 32, 4, 2)}  # no list: one safe config
 
