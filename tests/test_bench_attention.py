@@ -110,7 +110,7 @@ def test_flex_is_compiled_afresh_for_each_case_and_shared_within_one():
     # the bench's Flex function for a case asks for a fresh compile
     with mock.patch.object(bench, "flex_compiled", wraps=bench.flex_compiled) as compiled, \
             mock.patch("torch.nn.attention.flex_attention.create_block_mask", return_value="mask"), \
-            mock.patch.object(torch.cuda, "synchronize"), mock.patch.object(torch.cuda, "memory_allocated", return_value=0):
+            mock.patch.object(torch.cuda, "synchronize"), mock.patch.object(bench, "block_mask_bytes", return_value=0):
         bench._flex_fn(None, 256, "cpu", bench.Result(Case("fixed", 256, 1, 16), 128, 128, 1.0, 1))
     compiled.assert_called_once_with(fresh=True)
 
@@ -125,3 +125,23 @@ def test_bad_configs_or_lengths_are_one_line_errors_before_the_gpu_check(argv, m
     assert bench_attention.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "bad --lengths or --configs" in err and message in err and "\n" not in err
+
+
+def test_flex_block_mask_memory_is_the_bytes_of_its_tensors():
+    """The bench's Flex BlockMask MB column sums the mask's own tensors (both directions, full and partial
+    lists), so allocations freed by other cases in between cannot make it negative."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from megastride.kernels.bench import block_mask_bytes, fixed_mask_mod
+
+    n = 1024
+    mask = create_block_mask(fixed_mask_mod(256, 128), None, None, n, n, device="cpu", BLOCK_SIZE=128)
+    parts = [mask.kv_num_blocks, mask.kv_indices, mask.full_kv_num_blocks, mask.full_kv_indices,
+             mask.q_num_blocks, mask.q_indices, mask.full_q_num_blocks, mask.full_q_indices]
+    expected = sum(t.untyped_storage().nbytes() for t in parts if t is not None)
+    assert expected >= 2 * 8 * 8 * 4  # at least the (8 x 8) int32 index tables of both directions
+    assert block_mask_bytes(mask) == expected
+    garbage = torch.empty(1 << 20)  # allocations around it change nothing
+    del garbage
+    assert block_mask_bytes(mask) == expected

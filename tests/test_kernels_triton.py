@@ -508,12 +508,14 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
 
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DQ", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", raising=False)
-    ours = (blocksparse.dq_mode(), blocksparse.dkdv_split() > 0)  # what the bench's "ours" runs
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_RUNS", raising=False)
+    switches = lambda: (blocksparse.dq_mode(), blocksparse.dkdv_split() > 0, blocksparse.use_runs())  # noqa: E731
+    ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():
         with monkeypatch.context() as m:
             for key, value in env.items():
                 m.setenv(key, value)
-            assert (blocksparse.dq_mode(), blocksparse.dkdv_split() > 0) != ours
+            assert switches() != ours
     r = Result(Case("fixed", 1024, 8, 64), 64, 128, 0.1, 10)
     r.timings.update(ours_fwdbwd_ms=1.0, ours_atomic_fwdbwd_ms=0.8, ours_split_fwdbwd_ms=0.7, flex_fwdbwd_ms=1.2)
     head, _, row = table([r]).splitlines()
