@@ -511,8 +511,9 @@ _TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_
 # sweeps"): five stages for the forward, whose K/V loads hang off a block-index load that Triton's
 # pipeliner then prefetches one iteration ahead at 3 or 4 stages and two at 5 (2026-11-30, 7-11% faster);
 # the backward's lists after its loops went flat (one sub-tile per iteration, so a stage holds one
-# sub-tile: half the shared memory, and five stages fit at head dim 128; 2026-11-30 session J):
-# dK/dV 32x128 w4 s5 is the fastest at D=64 and 1M but the slowest at D=128 (it spills 3.7 KB there).
+# sub-tile: half the shared memory, and five stages fit at head dim 128; 2026-11-30, docs/benchmarks.md
+# "Sixth run"): dK/dV 32x128 w4 s5 is the fastest at D=64 and 1M but the slowest at D=128 (it spills
+# 3.7 KB there).
 _FWD_TILES = {128: [(128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 5)], 64: [(64, 64, 4, 3), (64, 64, 4, 5)],
               (128, 64): [(128, 128, 4, 5), (128, 64, 4, 5), (128, 128, 4, 3)],  # w4 s3: Flex's D=64 tile
               (128, 128): [(128, 128, 8, 5), (128, 64, 8, 5), (128, 128, 8, 3)]}
@@ -962,7 +963,9 @@ DQ_MODES = ("auto", "separate", "atomic", "merged")
 
 def dq_mode() -> str:
     """How the backward pass computes dQ: "separate" (a dQ kernel over the row lists: deterministic, two
-    more matmuls per tile), "atomic" (the dK/dV kernel adds dS @ K to an fp32 dQ with atomics),
+    more matmuls per tile), "atomic" (the dK/dV kernel adds dS @ K to an fp32 dQ with atomics: one TMA
+    reduce per tile on Hopper in natural order; not deterministic, and 2.6-7% slower than "auto" from
+    262,144 tokens on the H200, docs/benchmarks.md "Sixth run"),
     "merged" (the separate dQ programs and the dK/dV programs in one launch: deterministic too) or
     "auto" (whichever of ``AUTO_MODES`` ran faster, timed on the first backward of each layout and shape:
     merged wins at short lengths, where one launch fills the GPU better, separate at 1M tokens; on an
@@ -991,8 +994,10 @@ def use_runs() -> bool:
     """Whether the kernels walk full block lists as arithmetic runs (``_block_runs``) instead of loading
     each block index: the tile loads then depend on the loop counter alone, and Triton's pipeliner
     prefetches them num_stages - 1 iterations ahead (behind an index load: one iteration at 3-4 stages,
-    two at 5, which needs shared memory that head dim 128's backward tiles do not have). Checked
-    exact under the interpreter and compiled for sm_90; not yet timed on a GPU, so off by default.
+    two at 5). Checked
+    exact under the interpreter and on the H200 (gpu_check); timed there beside the default (2026-11-30,
+    docs/benchmarks.md "Sixth run"): 1-3% faster from 262,144 tokens, 2% slower at 65,536 (H=2, D=128),
+    so off by default.
     ``MEGASTRIDE_BLOCKSPARSE_RUNS`` ("0" or "1") overrides ``RUNS``."""
     raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_RUNS")
     if raw is None:

@@ -23,9 +23,10 @@ def test_configs_parse_both_forms_and_round_trip():
 
 def test_list_expands_to_the_autotuning_list_and_tiles_wider_than_the_block_drop():
     listed = B.tile_list(B._FWD_TILES, 128, 64)
-    got = S.configs_for("fwd", "list,128x64w4s3,256x64w4s3,64x64w4s5", 128, 64)
+    assert (64, 64, 4, 5) not in listed
+    got = S.configs_for("fwd", f"list,{S.tile_name(listed[-1])},256x64w4s3,64x64w4s5", 128, 64)
     assert got[:len(listed)] == listed  # in list order, no repeats
-    assert got[len(listed):] == [e for e in [(64, 64, 4, 5)] if e not in listed]
+    assert got[len(listed):] == [(64, 64, 4, 5)]
     assert (256, 64, 4, 3) not in got  # wider than the block
     assert S.configs_for("fwd", "128x64w4s5", 64, 64) == []  # block 64: nothing fits
     assert S.configs_for("merged", "list", 128, 64) == B.tile_list(B._MERGED_TILES, 128, 64, B._MERGED_NAMES)
