@@ -80,6 +80,17 @@ def _nth_block(e, first, IDX, r0, c0, st0, r1, st1, RUNS: tl.constexpr):
 
 
 @triton.jit
+def _list_tile(t, first, IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK: tl.constexpr, TILE: tl.constexpr,
+               RUNS: tl.constexpr, PERMUTED: tl.constexpr):
+    """Sub-tile ``t`` of a full list walked TILE positions per loop iteration (entries from ``first`` on
+    cover ``BLOCK // TILE`` iterations each, so a pipeline stage buffers one sub-tile): its first part
+    position and its positions in natural order."""
+    SUB: tl.constexpr = BLOCK // TILE
+    start = _nth_block(t // SUB, first, IDX, r0, c0, st0, r1, st1, RUNS) * BLOCK + (t % SUB) * TILE
+    return start, _natural(start + tl.arange(0, TILE), perm_g, perm_l, PERMUTED)
+
+
+@triton.jit
 def _allowed(i, j, CODES, min_off, NCOMP: tl.constexpr, KINDS: tl.constexpr):
     """The part's token predicate (``LayoutPart.allows``) on broadcastable 2-D query i and key j positions.
 
@@ -174,10 +185,8 @@ def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL
 
     full_lo = tl.load(FULL_PTR + ptr)
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, row_block, num_blocks, RUNS)
-    SUB: tl.constexpr = BLOCK // BLOCK_N
-    for t in range(full_lo * SUB, tl.load(FULL_PTR + ptr + 1) * SUB):  # one key tile per iteration
-        col_block = _nth_block(t // SUB, full_lo, FULL_IDX, r0, c0, st0, r1, st1, RUNS)
-        cols = _natural(col_block * BLOCK + (t % SUB) * BLOCK_N + tl.arange(0, BLOCK_N), perm_g, perm_l, PERMUTED)
+    for t in range(full_lo * (BLOCK // BLOCK_N), tl.load(FULL_PTR + ptr + 1) * (BLOCK // BLOCK_N)):
+        start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED)
         k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :])
         v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :])
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, 0, False, DOT_PREC)
@@ -273,10 +282,8 @@ def _dq_program(pid, Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODE
 
     full_lo = tl.load(FULL_PTR + ptr)
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, row_block, num_blocks, RUNS)
-    SUB: tl.constexpr = BLOCK // BLOCK_N
-    for t in range(full_lo * SUB, tl.load(FULL_PTR + ptr + 1) * SUB):  # one key tile per iteration
-        col_block = _nth_block(t // SUB, full_lo, FULL_IDX, r0, c0, st0, r1, st1, RUNS)
-        cols = _natural(col_block * BLOCK + (t % SUB) * BLOCK_N + tl.arange(0, BLOCK_N), perm_g, perm_l, PERMUTED)
+    for t in range(full_lo * (BLOCK // BLOCK_N), tl.load(FULL_PTR + ptr + 1) * (BLOCK // BLOCK_N)):
+        start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED)
         k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :])
         v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :])
         dq = _dq_step(dq, q, do, k, v, lse, delta, qk_scale, 0, False, DOT_PREC)
@@ -397,11 +404,9 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN
         full_hi = tl.load(FULL_PTR + ptr + 1)
 
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, col_block, num_blocks, RUNS)
-    SUB: tl.constexpr = BLOCK // BLOCK_M
-    for t in range(full_lo * SUB, full_hi * SUB):  # one query tile per iteration
-        row_block = _nth_block(t // SUB, column_lo, FULL_IDX, r0, c0, st0, r1, st1, RUNS)
-        first_row = row_block * BLOCK + (t % SUB) * BLOCK_M
-        rows = _natural(first_row + tl.arange(0, BLOCK_M), perm_g, perm_l, PERMUTED)
+    for t in range(full_lo * (BLOCK // BLOCK_M), full_hi * (BLOCK // BLOCK_M)):
+        first_row, rows = _list_tile(t, column_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_M,
+                                     RUNS, PERMUTED)
         q = tl.load(Q + rows[:, None] * stride_qt + offs_d[None, :])
         do = tl.load(DO + rows[:, None] * stride_dot + offs_d[None, :])
         lse = tl.load(LSE + rows)

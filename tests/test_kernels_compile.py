@@ -20,10 +20,12 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 
 def test_kernels_compile_for_sm90():
     """The default training path (forward, dQ, dK/dV on a natural part), the dK/dV variant with
-    every option (permuted merging part, atomic dQ, split columns) and the merged backward's."""
+    every option (permuted merging part, atomic dQ, split columns), the atomic dQ's TMA reduce (natural
+    part; the interpreter cannot run it) and the merged backward's."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     only = ["forward natural", "dQ natural", "dK/dV natural, dQ separate, whole columns",
-            "dK/dV permuted, merging, dQ atomic, split columns", "merged permuted, merging, split columns"]
+            "dK/dV permuted, merging, dQ atomic, split columns", "dK/dV natural, dQ atomic TMA, whole columns",
+            "merged permuted, merging, split columns"]
     proc = subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", *(f"--only={o}" for o in only)],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
@@ -57,14 +59,15 @@ def test_runs_variants_compile_for_sm90():
 
 
 def test_runs_let_the_pipeliner_prefetch_the_tiles_further():
-    """compile_check --waits: the forward's first config (three stages) waits for every tile load of its
-    full-block loop at the top of each iteration with index lists (count 0), and leaves loads in flight
-    when the lists are walked as runs (the reason for MEGASTRIDE_BLOCKSPARSE_RUNS)."""
+    """compile_check --waits: the forward's first config at head dim 32 (three stages) waits for every tile
+    load of its full-block loop at the top of each iteration with index lists (count 0), and leaves loads in
+    flight when the lists are walked as runs (the reason for MEGASTRIDE_BLOCKSPARSE_RUNS)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 
     def waits(*extra):
         proc = subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", "--kinds", "24", "--waits",
-                               "--only", "forward natural", *extra], capture_output=True, text=True, env=env, timeout=600)
+                               "--head-dim", "32", "--only", "forward natural", *extra], capture_output=True, text=True, env=env,
+                              timeout=600)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
         line = next(x for x in proc.stdout.splitlines() if x.startswith("ok "))
         assert " s3" in line, line  # the first forward config has three stages
