@@ -969,7 +969,7 @@ DQ_MODES = ("auto", "separate", "atomic", "merged")
 def dq_mode() -> str:
     """How the backward pass computes dQ: "separate" (a dQ kernel over the row lists: deterministic, two
     more matmuls per tile), "atomic" (the dK/dV kernel adds dS @ K to an fp32 dQ with atomics: one TMA
-    reduce per tile on Hopper in natural order; not deterministic, and 2.6-7% slower than "auto" from
+    reduce per tile on Hopper in natural order; not deterministic, and 2.4-12% slower than "auto" from
     262,144 tokens on the H200, docs/benchmarks.md "Sixth run"),
     "merged" (the separate dQ programs and the dK/dV programs in one launch: deterministic too) or
     "auto" (whichever of ``AUTO_MODES`` ran faster, timed on the first backward of each layout and shape:
@@ -999,10 +999,9 @@ def use_runs() -> bool:
     """Whether the kernels walk full block lists as arithmetic runs (``_block_runs``) instead of loading
     each block index: the tile loads then depend on the loop counter alone, and Triton's pipeliner
     prefetches them num_stages - 1 iterations ahead (behind an index load: one iteration at 3-4 stages,
-    two at 5). Checked
-    exact under the interpreter and on the H200 (gpu_check); timed there beside the default (2026-11-30,
-    docs/benchmarks.md "Sixth run"): 1-3% faster from 262,144 tokens, 2% slower at 65,536 (H=2, D=128),
-    so off by default.
+    two at 5). Checked exact under the interpreter and on the H200 (gpu_check); timed there beside the
+    default (2026-11-30, docs/benchmarks.md "Sixth run"): 1-3% faster from 262,144 tokens, 2% slower at
+    65,536 (H=2, D=128), so off by default.
     ``MEGASTRIDE_BLOCKSPARSE_RUNS`` ("0" or "1") overrides ``RUNS``."""
     raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_RUNS")
     if raw is None:
@@ -1052,10 +1051,13 @@ def _auto_mode(layout: Layout, q: torch.Tensor, run) -> str:
 def _has_tma(q: torch.Tensor) -> bool:
     """Whether the kernels may use the TMA unit for q's device: a compiled (not interpreted) launch on an
     NVIDIA GPU of compute capability 9.0 (Hopper) or later."""
-    return q.is_cuda and not _INTERPRET and torch.version.hip is None and torch.cuda.get_device_capability(q.device)[0] >= 9
+    return (q.is_cuda and not _INTERPRET and torch.version.hip is None
+            and torch.cuda.get_device_capability(q.device)[0] >= 9)
 
 
 def _scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    """Triton's global scratch from torch's caching allocator (its blocks are 512-byte aligned, more than
+    the 128 bytes a TMA descriptor needs; graph captures take it from the graph's pool)."""
     return torch.empty(size, dtype=torch.int8, device=torch.cuda.current_device())
 
 
