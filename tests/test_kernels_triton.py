@@ -727,3 +727,25 @@ def test_own_tuning_key_is_the_autotuners(monkeypatch):
         monkeypatch.setattr(tuned, "prune_configs", lambda *a, **kw: pytest.fail("keys differ: the autotuner would tune"))
         tuned.run(*args, **consts)
         assert ran and all(ran[0][k] == v for k, v in sentinel.all_kwargs().items())
+
+
+def test_tma_scratch_allocator_is_set_only_where_none_is():
+    """The TMA-reduce dQ builds descriptors on the device, which needs Triton's scratch allocator; it is
+    per thread (autograd's backward thread starts without one), so it is set before such a launch where
+    none is, and a user's own is left alone. CPU tensors and the interpreter never take the TMA path."""
+    import contextvars
+
+    import triton
+    from triton.runtime import _allocation
+
+    def run():
+        assert isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
+        blocksparse._ensure_allocator()
+        assert _allocation._allocator.get() is blocksparse._scratch
+        mine = lambda size, alignment, stream: None  # noqa: E731
+        triton.set_allocator(mine)
+        blocksparse._ensure_allocator()
+        assert _allocation._allocator.get() is mine
+
+    contextvars.Context().run(run)  # a fresh context, like a new thread's
+    assert not blocksparse._has_tma(torch.zeros(1))
