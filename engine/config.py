@@ -195,6 +195,9 @@ class TrainConfig(_Strict):
     partition_activations: bool = False  # DeepSpeed activation checkpoint partitioning across model-parallel ranks
     cpu_checkpointing: bool = False  # keep checkpointed block inputs in host memory (engine.parallel.BlockCheckpoint)
     offload_overlap: bool = False  # cpu_checkpointing's copies on a side stream, the next input prefetched
+    # recomputed blocks keep their attention outputs and log-sum-exps (one (B, T, D) output and (B, H, T)
+    # fp32 per layer) and their recompute skips the attention forward kernels (engine.parallel.BlockCheckpoint)
+    keep_attention: bool = False
     log_every: int = Field(10, gt=0)
     eval_every: int = Field(100, gt=0)
     eval_windows: int = Field(8, gt=0)
@@ -215,6 +218,19 @@ class TrainConfig(_Strict):
         if value is None or value == "auto" or (type(value) is int and value >= 0):
             return value
         raise ValueError(f"expected a number of blocks >= 0, auto, or null (every block), got {value!r}")
+
+    @model_validator(mode="after")
+    def _keep_attention(self) -> "TrainConfig":
+        """train.keep_attention works through BlockCheckpoint, one block at a time: not through torch's
+        or DeepSpeed's checkpoint (train.compile, checkpoint_group > 1, partition_activations)."""
+        if self.keep_attention:
+            for key, bad in (("compile", self.compile), ("partition_activations", self.partition_activations),
+                             ("checkpoint_group", self.checkpoint_group > 1)):
+                if bad:
+                    raise ValueError(f"train.keep_attention does not combine with train.{key}="
+                                     f"{getattr(self, key)} (recomputed blocks keep attention outputs only "
+                                     "when recomputed one at a time by BlockCheckpoint)")
+        return self
 
 
 class RunConfig(_Strict):

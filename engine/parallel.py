@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from megastride.kernels.attention import kept_attention
+
 from .config import TrainConfig
 from .plan import recomputed_blocks
 
@@ -73,6 +75,11 @@ def _draws_random(block) -> bool:
     return any(m.training for m in _RANDOM[block])
 
 
+def _keeping(store: list | None, reuse: bool = False):
+    """``kernels.attention.kept_attention`` on ``store``; nothing where the block keeps no attention."""
+    return contextlib.nullcontext() if store is None else kept_attention(store, reuse)
+
+
 class BlockCheckpoint(torch.autograd.Function):
     """Run ``block(x)`` (a block, or any callable of one tensor) keeping only ``x`` and recompute the
     block from it in the backward pass; with ``offload``, ``x`` is kept in host memory (pinned when it
@@ -94,11 +101,17 @@ class BlockCheckpoint(torch.autograd.Function):
     copy out overlaps the following blocks' forward, and each block's backward starts copying its
     predecessor's input back (one more block input on the GPU) while it recomputes and
     differentiates itself. Without it the copies are ordered on the compute stream.
+
+    With ``keep_attention`` (``train.keep_attention``) the block's attention outputs and log-sum-exps
+    from the forward pass stay on the device until its backward, and the recompute reuses them instead
+    of running the attention forward again (Triton path; ``kernels.attention.kept_attention``).
     """
 
     @staticmethod
-    def forward(ctx, block, x: torch.Tensor, overlap: bool = False, offload: bool = True) -> torch.Tensor:
+    def forward(ctx, block, x: torch.Tensor, overlap: bool = False, offload: bool = True,
+                keep_attention: bool = False) -> torch.Tensor:
         ctx.block, ctx.device = block, x.device
+        ctx.kept = [] if keep_attention else None
         ctx.on_host = ctx.fetched = ctx.prefetched = None
         ctx.cpu_rng = ctx.cuda_rng = None
         if _draws_random(block):  # replayed in backward so dropout masks match
@@ -113,7 +126,7 @@ class BlockCheckpoint(torch.autograd.Function):
         if not offload:
             ctx.host = None
             ctx.save_for_backward(x)
-            with torch.no_grad():
+            with torch.no_grad(), _keeping(ctx.kept):
                 return block(x)
         host = torch.empty(x.shape, dtype=x.dtype, device="cpu", pin_memory=x.is_cuda)
         if overlap and x.is_cuda:
@@ -129,7 +142,7 @@ class BlockCheckpoint(torch.autograd.Function):
         ctx.host = host
         if overlap:
             _chain(x.device).push(ctx)
-        with torch.no_grad():
+        with torch.no_grad(), _keeping(ctx.kept):
             return block(x)
 
     @staticmethod
@@ -178,10 +191,11 @@ class BlockCheckpoint(torch.autograd.Function):
                     torch.cuda.set_rng_state(ctx.cuda_rng, ctx.device)
             for kind, dtype in ctx.autocast:
                 stack.enter_context(torch.autocast(kind, dtype=dtype))
+            stack.enter_context(_keeping(ctx.kept, reuse=True))
             out = ctx.block(x)
         torch.autograd.backward(out, grad)
-        ctx.host = ctx.block = None
-        return None, x.grad, None, None
+        ctx.host = ctx.block = ctx.kept = None
+        return None, x.grad, None, None, None
 
 
 class Segment:
@@ -244,9 +258,10 @@ def _torch_checkpoint(fn, x: torch.Tensor) -> torch.Tensor:
 
 def _block_runner(train: TrainConfig):
     """The runner ``(unit, x) -> output`` that recomputes one block or Segment (see above)."""
+    keep = train.keep_attention
     if train.cpu_checkpointing:
         overlap = train.offload_overlap
-        return lambda fn, x: BlockCheckpoint.apply(fn, x, overlap) if torch.is_grad_enabled() else fn(x)
+        return lambda fn, x: BlockCheckpoint.apply(fn, x, overlap, True, keep) if torch.is_grad_enabled() else fn(x)
     if train.partition_activations:
         import deepspeed
 
@@ -254,7 +269,7 @@ def _block_runner(train: TrainConfig):
         return lambda fn, x: deepspeed.checkpointing.checkpoint(fn, x)
     if train.compile or train.checkpoint_group > 1:
         return _torch_checkpoint
-    return lambda fn, x: BlockCheckpoint.apply(fn, x, False, False) if torch.is_grad_enabled() else fn(x)
+    return lambda fn, x: BlockCheckpoint.apply(fn, x, False, False, keep) if torch.is_grad_enabled() else fn(x)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -249,6 +249,17 @@ def attention_workspace_bytes(model: ModelConfig, prec: Precision, seq_len: int)
     return (3 * c + c) * w + LSE * h
 
 
+def kept_attention_bytes(model: ModelConfig, prec: Precision, seq_len: int) -> float:
+    """Bytes per token a recomputed block keeps under ``train.keep_attention``: its attention output in the
+    compute dtype and the fp32 log-sum-exps (kernels.attention.kept_attention); nothing where every layer
+    is dense (SDPA runs those; counted for every recomputed block when some layer is sparse)."""
+    from megastride.kernels.attention import _all_dense
+
+    if all(_all_dense(p) for p in model.patterns(seq_len)[: len(model.attention.layers)]):
+        return 0.0
+    return prec.compute * _attention_width(model) + LSE * model.n_heads
+
+
 def autotune_saved_bytes(model: ModelConfig, seq_len: int) -> tuple[float, float]:
     """Bytes per token that the kernels' autotuning trials save and restore in a layer's (forward,
     backward) on a length not tuned before (the first step on a cold Triton cache; kernels.blocksparse
@@ -428,8 +439,9 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     weights, cpu = _weight_bytes(cfg, params.total, prec, runtime, world_size)
     host_inputs = recomputed > 0 and t.cpu_checkpointing  # BlockCheckpoint: either runtime
     group = t.checkpoint_group if recomputed else 1
+    kept = batch * model.seq_len * kept_attention_bytes(model, prec, model.seq_len) if t.keep_attention else 0.0
     phases, first = _phases(model, recomputed, prec, params, weights, stats.nbytes, batch * model.seq_len, runtime,
-                            host_inputs, group, host_inputs and t.offload_overlap)
+                            host_inputs, group, host_inputs and t.offload_overlap, kept)
     first_phase = max(first, key=lambda p: sum(first[p].values()), default="")
     if host_inputs:  # BlockCheckpoint: every segment input waits in (pinned) host memory
         segments = -(-recomputed // group)
@@ -560,7 +572,7 @@ def _weight_bytes(cfg: Config, n_params: int, prec: Precision, runtime: str, wor
 
 def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamCount, weights: dict,
             layout_bytes: int, tokens: int, runtime: str, host_inputs: bool = False,
-            group: int = 1, prefetch: bool = False) -> dict[str, dict[str, float]]:
+            group: int = 1, prefetch: bool = False, kept: float = 0.0) -> dict[str, dict[str, float]]:
     """Allocated bytes at forward end, loss backward, first and last block backward, optimizer step.
 
     recomputed: the first k blocks are recomputed (train.checkpoint_blocks); the other L - k keep
@@ -572,6 +584,8 @@ def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamC
     and output; prefetch (train.offload_overlap): plus the previous segment's input, fetched back early.
     group: blocks per recomputed segment (train.checkpoint_group); with S = ceil(k / group)
     segments the forward keeps S inputs, and a segment's backward adds the inputs of its blocks.
+    kept: bytes each recomputed block keeps for its backward (train.keep_attention's attention outputs),
+    all k of them live from the forward until the recomputed blocks' backward, the first block's last.
     """
     L, d = model.n_layers, model.d_model
     resid = tokens * prec.residual * d  # one (B, T, D) residual
@@ -595,11 +609,11 @@ def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamC
     if host_inputs:
         inputs, worst = 0.0, max(k_last, group if segments > 1 else 0) * resid
         worst += resid if prefetch and segments > 1 else 0.0
-        kept = max(2 * resid, saved + resid)
+        kept_acts = max(2 * resid, saved + resid)
     else:  # the segments' inputs before the one in backward, plus the inputs of its blocks
         inputs = segments * resid
         worst = max(segments - 1 + k_last, segments - 2 + group if segments > 1 else 0) * resid
-        kept = inputs + saved + resid
+        kept_acts = inputs + saved + resid
     def g(fraction: float) -> dict:  # noqa: E306 - gradients present at this moment
         return {"gradients": grads if grads_persist else grads * fraction}
     def halves(recompute: bool) -> tuple[dict, dict]:  # noqa: E306 - one block's backward, its two halves
@@ -612,17 +626,21 @@ def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamC
         return ffn, att
     def working(recompute: bool) -> dict:  # noqa: E306 - the worse of the two halves
         return max(halves(recompute), key=lambda items: sum(items.values()))
-    recomputing = {"block inputs": worst} | working(True) | {"autocast weight copies": 0.0}
+    outputs = {"kept attention outputs": k * kept} if kept and k else {}
+    recomputing = {"block inputs": worst} | working(True) | {"autocast weight copies": 0.0} | outputs
     if kept_blocks == 0:
         last = recomputing
     else:  # a kept block: nothing recomputed yet, every kept activation live
         last = ({"block inputs": inputs} if k else {}) | {"saved activations": saved} | working(False) \
-            | {"autocast weight copies": kept_cast}
+            | {"autocast weight copies": kept_cast} | outputs
     first = {"block inputs": min(group, k) * resid} if k else {"saved activations": resid + block}
+    if outputs:
+        first["kept attention outputs"] = kept
     phases = {
-        "forward": static | g(0) | {"activations": kept + hidden, "loss (chunked)": chunk, "autocast weight copies": cast},
-        "loss backward": static | g(0) | {"activations": kept + 2 * hidden, "loss (chunked)": 2 * chunk,
-                                          "autocast weight copies": kept_cast},
+        "forward": static | g(0) | {"activations": kept_acts + hidden, "loss (chunked)": chunk,
+                                    "autocast weight copies": cast} | outputs,
+        "loss backward": static | g(0) | {"activations": kept_acts + 2 * hidden, "loss (chunked)": 2 * chunk,
+                                          "autocast weight copies": kept_cast} | outputs,
         "backward, last block": static | g(0) | last,
     }
     if 0 < k < L:

@@ -2,12 +2,54 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 
 import torch
 
 from .patterns import AttentionPattern, Dense, Layout, build_layout
 from .reference import masked_sdpa_attention
+
+
+# Attention outputs kept from a block's first forward for its recompute (``kept_attention``)
+_KEPT = threading.local()
+
+
+@contextlib.contextmanager
+def kept_attention(store: list, reuse: bool = False):
+    """Within this context the Triton path's attention calls append their (output, log-sum-exp) to
+    ``store``, or with ``reuse`` take them from it in the same order instead of running the forward
+    kernels: a recomputed block (``engine.parallel.BlockCheckpoint`` with ``train.keep_attention``)
+    then recomputes its projections and FFN but not its attention, for the memory of one output and
+    one log-sum-exp per layer. Other attention paths (dense SDPA, the CPU reference) keep nothing and
+    run as usual in both passes."""
+    outer = getattr(_KEPT, "state", None)
+    _KEPT.state = (store, reuse, [0])
+    try:
+        yield store
+    finally:
+        _KEPT.state = outer
+
+
+def attention_forward(run, shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """``run()``'s (out, lse), or the kept pair in a reuse context (checked to be the output this call
+    makes, ``shape``); appended to the store in a keeping context."""
+    state = getattr(_KEPT, "state", None)
+    if state is None:
+        return run()
+    store, reuse, taken = state
+    if not reuse:
+        out, lse = run()
+        store.append((out, lse))
+        return out, lse
+    if taken[0] >= len(store) or tuple(store[taken[0]][0].shape) != tuple(shape):
+        raise RuntimeError(f"attention call {taken[0] + 1} of a recomputed block has no kept output of shape "
+                           f"{tuple(shape)} ({len(store)} kept): the recompute ran other attention calls than the "
+                           "forward pass (set train.keep_attention=false)")
+    out, lse = store[taken[0]]
+    taken[0] += 1
+    return out, lse
 
 
 def _use_triton(q: torch.Tensor) -> bool:

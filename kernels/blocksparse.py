@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention import qkv_heads
+from .attention import attention_forward, qkv_heads
 from .patterns import Layout, LayoutPart
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -1243,7 +1243,7 @@ class _Eager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, layout: Layout, scale: float):
-        out, lse = _forward(q, k, v, layout, scale)
+        out, lse = attention_forward(lambda: _forward(q, k, v, layout, scale), (*q.shape[:-1], v.shape[-1]))
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.layout, ctx.scale = layout, scale
         return out
@@ -1263,7 +1263,7 @@ class _EagerQKV(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, heads: int, layout: Layout, scale: float):
         q, k, v = qkv_heads(qkv, heads)
-        out, lse = _forward(q, k, v, layout, scale)
+        out, lse = attention_forward(lambda: _forward(q, k, v, layout, scale), (*q.shape[:-1], v.shape[-1]))
         ctx.save_for_backward(qkv, out, lse)
         ctx.heads, ctx.layout, ctx.scale = heads, layout, scale
         return out

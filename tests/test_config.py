@@ -24,6 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
     ({"train": {"checkpoint_blocks": -1}}, "train.checkpoint_blocks: expected a number of blocks >= 0, auto, or null"),
     ({"train": {"checkpoint_blocks": "all"}}, "train.checkpoint_blocks: expected a number of blocks >= 0, auto, or null"),
     ({"train": {"checkpoint_blocks": True}}, "train.checkpoint_blocks: expected a number of blocks"),
+    ({"train": {"keep_attention": True, "checkpoint_group": 2}},
+     "train.keep_attention does not combine with train.checkpoint_group=2"),
+    ({"train": {"keep_attention": True, "compile": True}}, "train.keep_attention does not combine with train.compile"),
+    ({"train": {"keep_attention": True, "partition_activations": True}},
+     "train.keep_attention does not combine with train.partition_activations"),
 ])
 def test_errors_name_the_key(tree, message):
     """Unknown keys, wrong types and impossible shapes give one line that names the problem."""

@@ -749,3 +749,56 @@ def test_tma_scratch_allocator_is_set_only_where_none_is():
 
     contextvars.Context().run(run)  # a fresh context, like a new thread's
     assert not blocksparse._has_tma(torch.zeros(1))
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_recomputed_blocks_reuse_their_kept_attention_outputs(offload, monkeypatch):
+    """train.keep_attention: recomputed blocks keep their attention outputs and log-sum-exps from the
+    forward pass, and their recompute launches no attention forward; loss and every gradient equal the
+    plain recompute's exactly (the same kernels on the same inputs)."""
+    from megastride.engine.config import config_from_dict
+    from megastride.engine.model import SparseTransformer
+    from megastride.engine.parallel import apply_activation_checkpointing
+
+    monkeypatch.setenv("MEGASTRIDE_ATTENTION", "triton")
+    model_cfg = {"seq_len": 128, "d_model": 64, "n_layers": 3, "n_heads": 2,
+                 "attention": {"block": 32, "layers": ["fixed(64,16)", "strided(16)"]}}
+    idx = torch.randint(0, 256, (2, 129), generator=torch.Generator().manual_seed(1))
+    forwards = []
+    real_forward = blocksparse._forward
+    monkeypatch.setattr(blocksparse, "_forward", lambda *a: forwards.append(1) or real_forward(*a))
+
+    def run(keep):
+        cfg = config_from_dict({"model": model_cfg, "train": {"checkpoint_blocks": 2, "keep_attention": keep,
+                                                               "cpu_checkpointing": offload}})
+        torch.manual_seed(0)
+        model = SparseTransformer(cfg.model)
+        apply_activation_checkpointing(model, cfg.train)
+        forwards.clear()
+        loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, len(forwards)
+
+    loss, grads, launched = run(keep=True)
+    ref_loss, ref_grads, ref_launched = run(keep=False)
+    assert (launched, ref_launched) == (3, 5)  # three layers' forwards; two recomputed ones again without keeping
+    assert torch.equal(loss, ref_loss)
+    for name, g in ref_grads.items():
+        assert torch.equal(grads[name], g), name
+
+
+def test_a_recompute_that_calls_attention_differently_is_refused():
+    """A reuse context whose calls do not match what was kept is an error naming the mismatch."""
+    from megastride.kernels.attention import attention_forward, kept_attention
+
+    pair = (torch.zeros(1, 2, 64, 16), torch.zeros(1, 2, 64))
+    store = []
+    with kept_attention(store):
+        attention_forward(lambda: pair, (1, 2, 64, 16))
+    with kept_attention(store, reuse=True):
+        out, lse = attention_forward(lambda: 1 / 0, (1, 2, 64, 16))  # the kept pair; nothing runs
+        assert out is pair[0] and lse is pair[1]
+        with pytest.raises(RuntimeError, match="attention call 2 of a recomputed block has no kept output"):
+            attention_forward(lambda: pair, (1, 2, 64, 16))
+    with kept_attention(store, reuse=True), pytest.raises(RuntimeError, match=r"of shape \(1, 2, 32, 16\)"):
+        attention_forward(lambda: pair, (1, 2, 32, 16))

@@ -316,3 +316,19 @@ def test_first_step_adds_the_outputs_autotuning_saves_where_heads_are_split():
         if q.first_step_peak_bytes <= between:
             break
     assert planner.choose_checkpoint_blocks(cfg, budget_bytes=between) == k
+
+
+def test_keep_attention_counts_one_output_and_lse_per_recomputed_block():
+    """train.keep_attention: every recomputed block's attention output (bf16, the padded head width) and
+    fp32 log-sum-exps stay live from the forward to its backward; dense layers (SDPA) keep nothing."""
+    kept = 512 * (64 * 2 + 4 * 4)  # tokens x (d_model x bf16 + heads x fp32)
+    on, off = plan(config(keep_attention=True)), plan(config())
+    for phase in ("forward", "loss backward", "backward, last block"):
+        assert on.phases[phase]["kept attention outputs"] == 3 * kept, phase
+    assert on.phases["backward, first block"]["kept attention outputs"] == kept
+    assert on.peak_bytes == off.peak_bytes + 3 * kept
+    two = plan(config(keep_attention=True, checkpoint_blocks=2))  # the third block keeps everything anyway
+    assert two.phases["backward, last block"]["kept attention outputs"] == 2 * kept
+    assert "kept attention outputs" not in plan(config(keep_attention=True, checkpoint_blocks=0)).phases["forward"]
+    dense = plan(config(layers=("dense",), keep_attention=True))
+    assert "kept attention outputs" not in dense.phases["forward"]
