@@ -61,3 +61,50 @@ def test_overlapped_host_checkpoint_gives_torch_checkpoints_gradients():
     assert loss == ref_loss
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_kept_attention_gives_the_plain_recomputes_gradients_on_the_gpu():
+    """train.keep_attention on CUDA under bf16 autocast (the Triton kernels, the dQ mode "auto" timing
+    its modes inside the recompute): loss equal and gradients equal to the plain recompute's to reduction
+    order, with the attention forward launched once per layer instead of twice."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from megastride.engine import parallel
+    from megastride.engine.config import config_from_dict
+    from megastride.engine.model import SparseTransformer
+    from megastride.kernels import blocksparse
+
+    calls = []
+    real = blocksparse._forward
+
+    def counted(*args):
+        calls.append(1)
+        return real(*args)
+
+    def grads(keep):
+        cfg = config_from_dict({"model": {"seq_len": 32768, "d_model": 512, "n_layers": 4, "n_heads": 8,
+                                          "attention": {"block": 128, "layers": ["fixed(1024,128)", "strided(128)"]}},
+                                "train": {"keep_attention": keep}})
+        torch.manual_seed(0)
+        model = SparseTransformer(cfg.model).cuda()
+        parallel.apply_activation_checkpointing(model, cfg.train)
+        idx = torch.randint(0, 256, (1, 32769), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+        calls.clear()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()], len(calls)
+
+    blocksparse._forward = counted
+    try:
+        grads(True)  # autotuning and the dQ mode's timing happen here, not in the compared runs
+        loss, got, kept_calls = grads(True)
+        ref_loss, ref, plain_calls = grads(False)
+    finally:
+        blocksparse._forward = real
+    assert (kept_calls, plain_calls) == (4, 8)
+    assert loss == ref_loss
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
