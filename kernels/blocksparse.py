@@ -91,6 +91,13 @@ def _list_tile(t, first, IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK: tl.co
 
 
 @triton.jit
+def _key_tile(K, V, cols, offs_d, stride_kt, stride_vt):
+    """The K and V rows at (natural) positions ``cols``: one key tile of the forward or dQ kernel."""
+    return (tl.load(K + cols[:, None] * stride_kt + offs_d[None, :]),
+            tl.load(V + cols[:, None] * stride_vt + offs_d[None, :]))
+
+
+@triton.jit
 def _allowed(i, j, CODES, min_off, NCOMP: tl.constexpr, KINDS: tl.constexpr):
     """The part's token predicate (``LayoutPart.allows``) on broadcastable 2-D query i and key j positions.
 
@@ -187,8 +194,7 @@ def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, row_block, num_blocks, RUNS)
     for t in range(full_lo * (BLOCK // BLOCK_N), tl.load(FULL_PTR + ptr + 1) * (BLOCK // BLOCK_N)):
         start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED)
-        k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :])
-        v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :])
+        k, v = _key_tile(K, V, cols, offs_d, stride_kt, stride_vt)
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, 0, False, DOT_PREC)
 
     last_row = first_row + BLOCK_M - 1
@@ -204,8 +210,7 @@ def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL
             if first_col <= last_row - min_off:  # skip sub-tiles wholly above the (shifted) diagonal
                 offs_n = first_col + tl.arange(0, MASK_N)
                 cols = _natural(offs_n, perm_g, perm_l, PERMUTED)
-                k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :])
-                v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :])
+                k, v = _key_tile(K, V, cols, offs_d, stride_kt, stride_vt)
                 ok = _allowed(offs_m[:, None], offs_n[None, :], codes, min_off, NCOMP, KINDS)
                 acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, True, DOT_PREC)
 
@@ -284,8 +289,7 @@ def _dq_program(pid, Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODE
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, row_block, num_blocks, RUNS)
     for t in range(full_lo * (BLOCK // BLOCK_N), tl.load(FULL_PTR + ptr + 1) * (BLOCK // BLOCK_N)):
         start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED)
-        k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :])
-        v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :])
+        k, v = _key_tile(K, V, cols, offs_d, stride_kt, stride_vt)
         dq = _dq_step(dq, q, do, k, v, lse, delta, qk_scale, 0, False, DOT_PREC)
 
     last_row = first_row + BLOCK_M - 1
@@ -296,8 +300,7 @@ def _dq_program(pid, Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODE
             if first_col <= last_row - min_off:
                 offs_n = first_col + tl.arange(0, BLOCK_N)
                 cols = _natural(offs_n, perm_g, perm_l, PERMUTED)
-                k = tl.load(K + cols[:, None] * stride_kt + offs_d[None, :])
-                v = tl.load(V + cols[:, None] * stride_vt + offs_d[None, :])
+                k, v = _key_tile(K, V, cols, offs_d, stride_kt, stride_vt)
                 ok = _allowed(offs_m[:, None], offs_n[None, :], codes, min_off, NCOMP, KINDS)
                 dq = _dq_step(dq, q, do, k, v, lse, delta, qk_scale, ok, True, DOT_PREC)
 
