@@ -58,6 +58,7 @@ VALIDATION = (
     ("fixed, fp32", "fixed", 0, ["train.precision=fp32"]),
     ("fixed, 2 sequences", "fixed", 1, ["train.micro_batch_size=2"]),
     ("fixed, half recomputed", "fixed", 1, ["train.checkpoint_blocks={half}"]),  # {half}: n_layers // 2
+    ("fixed, kept attention", "fixed", 1, ["train.keep_attention=true"]),
 )
 VALIDATION_LENGTHS = (12288, 65536, 262144)
 
@@ -100,6 +101,7 @@ class Row:
     recompute: bool | None = None
     cuda_graph: bool = False
     recomputed_blocks: int | None = None  # of ``layers`` (train.checkpoint_blocks, "auto" resolved)
+    keep_attention: bool = False  # train.keep_attention: recomputed blocks keep their attention outputs
     label: str = ""
 
 
@@ -226,7 +228,8 @@ def _base_row(kind: str, cfg: Config, batch: int, status: str, p: planner.Plan, 
                plan_gb=p.peak_bytes / planner.GB, density=p.density, params=p.params,
                non_embedding_params=p.non_embedding_params, layers=m.n_layers, d_model=m.d_model,
                precision=cfg.train.precision, recompute=cfg.train.checkpoint_activations,
-               cuda_graph=cfg.train.cuda_graph, recomputed_blocks=p.checkpoint_blocks, label=label or kind)
+               cuda_graph=cfg.train.cuda_graph, recomputed_blocks=p.checkpoint_blocks,
+               keep_attention=cfg.train.keep_attention, label=label or kind)
 
 
 def measure(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
@@ -346,7 +349,8 @@ def describe(row: Row) -> str:
     err = f" ({row.plan_error_pct:+.1f}%)" if row.plan_error_pct is not None else ""
     how = ""
     if row.recomputed_blocks is not None and row.layers:
-        how = f", {row.recomputed_blocks}/{row.layers} blocks recomputed{', CUDA graph' if row.cuda_graph else ''}"
+        how = (f", {row.recomputed_blocks}/{row.layers} blocks recomputed{', attention kept' if row.keep_attention else ''}"
+               f"{', CUDA graph' if row.cuda_graph else ''}")
     return (f"{head}: {row.step_s:.4f} s/step, {row.tokens_per_s:,.0f} tok/s, MFU {row.mfu:.3f}, "
             f"{peak}" + ("" if row.plan_gb is None else f"plan {plan_gb} GB{err}")).rstrip(", ") + how
 

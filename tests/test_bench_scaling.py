@@ -108,10 +108,14 @@ def test_table2_builds_each_datasets_config_and_pattern(monkeypatch):
 def test_validate_plan_covers_distinct_configurations(tmp_path):
     """--validate-plan measures at least five distinct configurations and records the planner's view."""
     rows = B.validate_plan(tiny_base("bf16"), quiet(), lengths=[64, 128, 256])
-    keys = {(r.pattern, r.seq_len, r.batch, r.precision, r.recompute, r.recomputed_blocks) for r in rows}
+    keys = {(r.pattern, r.seq_len, r.batch, r.precision, r.recompute, r.recomputed_blocks, r.keep_attention)
+            for r in rows}
     assert len(rows) >= 5 and len(keys) == len(rows)
     assert all(r.status == "ok" and r.plan_gb > 0 and r.peak_gb is None for r in rows)  # no CUDA peak here
     assert "| fixed, fp32 |" in B.markdown_table(rows)
+    kept = next(r for r in rows if r.keep_attention)  # the planner's kept attention outputs, checked on a GPU
+    twin = next(r for r in rows if r.label == "fixed" and r.seq_len == kept.seq_len)
+    assert kept.plan_gb > twin.plan_gb
 
 
 def test_pil_plot_without_matplotlib(tmp_path, monkeypatch):
