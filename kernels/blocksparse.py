@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 import triton
 import triton.language as tl
+from triton.runtime import _allocation
 
 from .attention import attention_forward, qkv_heads
 from .patterns import Layout, LayoutPart
@@ -1068,8 +1069,6 @@ def _ensure_allocator() -> None:
     """Kernels that build TMA descriptors on the device need Triton's global scratch (128 bytes per
     program); its allocator is per thread (a ContextVar: autograd runs backward in a thread of its own), so
     it is set where none is, before such a launch. A user's own allocator is left alone."""
-    from triton.runtime import _allocation
-
     if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
         triton.set_allocator(_scratch)
 

@@ -14,6 +14,7 @@ and spill bytes from the bundled ptxas -v); exit status 1 if any fails.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import subprocess
@@ -94,11 +95,9 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
         for m, n, w, st in tiles(bs._DQ_TILES):
             out.append(Variant(f"dQ {tag} {m}x{n} w{w} s{st}", bs._bwd_dq_kernel,
                                dict(common, BLOCK_M=m, BLOCK_N=n), acc & {"DQ"}, w, st))
-        # dQ atomic: one atomic per element (1) or one TMA reduce per tile (2, natural order only)
-        fused_kinds = ((0, False), (1, False), (0, True), (1, True)) if permuted else \
-            ((0, False), (1, False), (2, False), (0, True), (1, True), (2, True))
-        for fused, split in fused_kinds:
-            kind = {0: "separate", 1: "atomic", 2: "atomic TMA"}[fused]
+        # dQ separate (0), atomic: one atomic per element (1) or one TMA reduce per tile (2, natural order only)
+        for split, fused in itertools.product((False, True), (0, 1) if permuted else (0, 1, 2)):
+            kind = ("separate", "atomic", "atomic TMA")[fused]
             mode = f"dQ {kind}, {'split' if split else 'whole'} columns"
             fp32 = (acc & {"DK", "DV"}) | ({"DQ"} if fused else set()) | ({"DK", "DV"} if split else set())
             for m, n, w, st in tiles(bs._DKDV_TILES):
