@@ -227,6 +227,7 @@ OUR_VARIANTS = {
     "atomic_split": {"MEGASTRIDE_BLOCKSPARSE_DQ": "atomic", "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "16"},
     "merged": {"MEGASTRIDE_BLOCKSPARSE_DQ": "merged"},
     "runs": {"MEGASTRIDE_BLOCKSPARSE_RUNS": "1"},  # full block lists walked as arithmetic runs (use_runs)
+    "lpt": {"MEGASTRIDE_BLOCKSPARSE_ORDER": "lpt"},  # blocks taken longest first (block_order)
 }
 
 
@@ -323,7 +324,7 @@ def auto_choices(layout) -> list[str]:
     for key, mode in layout.kernel_cache.items():
         if isinstance(key, tuple) and key[0] == "dq_mode" and key[-1] != "seconds":
             timed = layout.kernel_cache.get(key + ("seconds",), {})
-            notes.append(f"dQ mode auto chose {mode} at {list(key[1])} ("
+            notes.append(f"dQ mode auto chose {mode} at {list(key[1])}, order {key[4]} ("
                          + ", ".join(f"{m} {s * 1e3:.3f} ms" for m, s in timed.items()) + " backward)")
     return notes
 
@@ -425,7 +426,8 @@ def environment() -> dict:
     return {"device": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
             "triton": triton.__version__, "cuda": torch.version.cuda,
             "date": time.strftime("%Y-%m-%d"), "dtype": "bfloat16", "batch": 1,
-            "dq_mode": B.dq_mode(), "dkdv_split": B.dkdv_split(), "runs": B.use_runs()}
+            "dq_mode": B.dq_mode(), "dkdv_split": B.dkdv_split(), "runs": B.use_runs(),
+            "order": B.block_order()}
 
 
 def _fmt(x, digits=2) -> str:
@@ -482,7 +484,7 @@ def write_outputs(results: list[Result], out_dir: str) -> None:
     with open(os.path.join(out_dir, "bench_attention.md"), "w") as f:
         env = environment()
         f.write(f"{env['device']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
-                f"{env['date']}, bf16, B=1, dQ mode {env['dq_mode']}{', runs' if env['runs'] else ''}"
+                f"{env['date']}, bf16, B=1, dQ mode {env['dq_mode']}{', runs' if env['runs'] else ''}, order {env['order']}"
                 f"{', split ' + str(env['dkdv_split']) if env['dkdv_split'] else ''}\n\n{table(results)}\n")
         notes = [f"- {r.case.pattern} n={r.case.seq_len} {r.case.heads}x{r.case.head_dim}: {n}"
                  for r in results for n in r.notes]

@@ -652,6 +652,13 @@ AUTO_LONG_S = 0.25
 DKDV_SPLIT = 0
 # full block lists walked as arithmetic runs where every list of a side has at most two (see use_runs)
 RUNS = False
+# the order programs take a side's blocks in: "chunked" (in chunks of consecutive blocks, heaviest chunk
+# first) or "lpt" (longest first); see block_order
+ORDER = "chunked"
+ORDERS = ("lpt", "chunked")
+# blocks per chunk of the "chunked" order: consecutive blocks whose programs run at the same time, so the
+# tiles they read (one window's keys, one window's queries) are read from L2 rather than from HBM
+ORDER_CHUNK = 32
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:
@@ -726,8 +733,41 @@ def _pack_lists(part: LayoutPart, device) -> dict[str, torch.Tensor]:
         out[f"{name}_idx"] = (idx if idx.numel() else torch.zeros(1, dtype=torch.int32, device=device)).contiguous()
     for side in ("row", "col"):  # (num csr, nb) blocks by descending work: longest first (LPT order)
         work = [(getattr(c, f"{side}_full_ptr").diff() + getattr(c, f"{side}_part_ptr").diff()).to(device) for c in part.csr]
-        out[f"{side}_order"] = torch.stack([torch.argsort(-w.long(), stable=True) for w in work]).to(torch.int32).contiguous()
+        out[f"{side}_order"] = torch.stack([_work_order(w.long(), None, "lpt") for w in work]).to(torch.int32).contiguous()
     return out
+
+
+def _work_order(work: torch.Tensor, blocks: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """The order (a permutation) in which programs take items of ``work`` whose blocks are ``blocks``
+    (None: item i is block i). "lpt": descending work (stable). "chunked": items in chunks of
+    ORDER_CHUNK consecutive blocks, the chunks by their heaviest item, descending, and inside a chunk
+    descending work: near the longest-first order (the heavy items still start first), while the
+    programs running at one time share their tiles' rows in L2."""
+    if mode == "lpt" or work.numel() == 0:
+        return torch.argsort(-work, stable=True)
+    blocks = torch.arange(work.numel(), device=work.device) if blocks is None else blocks.long()
+    chunk = blocks // ORDER_CHUNK
+    top = torch.zeros(int(chunk.max()) + 1, dtype=work.dtype, device=work.device)
+    top = top.scatter_reduce(0, chunk, work, "amax", include_self=False)
+    # successive stable sorts, least significant key first: work, then chunk, then the chunk's heaviest
+    order = torch.argsort(-work, stable=True)
+    order = order[torch.argsort(chunk[order], stable=True)]
+    return order[torch.argsort(-top[chunk[order]], stable=True)]
+
+
+def _side_order(meta: "_PartMeta", side: str) -> torch.Tensor:
+    """(num csr, nb) int32 blocks of ``side`` ("row" or "col") in ``block_order()``'s order (built once
+    per order, layout and device)."""
+    mode = block_order()
+    if mode == "lpt":
+        return meta.lists[f"{side}_order"]
+    key = ("order", mode, ORDER_CHUNK, side)
+    if key not in meta.extra:
+        lists, nb = meta.lists, meta.lists[f"{side}_order"].shape[1]
+        work = (lists[f"{side}_full_ptr"].long().view(-1, nb + 1).diff(dim=1)
+                + lists[f"{side}_part_ptr"].long().view(-1, nb + 1).diff(dim=1))
+        meta.extra[key] = {"order": torch.stack([_work_order(w, None, mode) for w in work]).to(torch.int32).contiguous()}
+    return meta.extra[key]["order"]
 
 
 def _block_runs(ptr: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
@@ -782,11 +822,13 @@ def _runs_table(part: LayoutPart, meta: "_PartMeta", side: str) -> torch.Tensor 
     return meta.extra[key].get("runs")
 
 
-def _column_segments(lists: dict[str, torch.Tensor], num_blocks: int, seg_len: int) -> dict[str, torch.Tensor]:
+def _column_segments(lists: dict[str, torch.Tensor], num_blocks: int, seg_len: int,
+                     mode: str = "lpt") -> dict[str, torch.Tensor]:
     """The dK/dV work split into column segments of at most ``seg_len`` full entries, per CSR:
     (ncsr, S) arrays of each segment's column, full-entry range and whether it also takes the
-    column's partial entries (its first segment does), longest first; rows shorter than S padded
-    with empty segments (column 0, empty range, no partial entries: they add zeros)."""
+    column's partial entries (its first segment does), in ``mode``'s order (``_work_order`` by their
+    columns: "lpt" longest first); rows shorter than S padded with empty segments (column 0, empty
+    range, no partial entries: they add zeros)."""
     full_ptr = lists["col_full_ptr"].long().view(-1, num_blocks + 1)
     part_n = lists["col_part_ptr"].long().view(-1, num_blocks + 1).diff(dim=1)
     rows = []
@@ -798,7 +840,7 @@ def _column_segments(lists: dict[str, torch.Tensor], num_blocks: int, seg_len: i
         lo = ptr[col] + j * seg_len
         hi = torch.minimum(lo + seg_len, ptr[col + 1])
         first = (j == 0).long()
-        order = torch.argsort(-((hi - lo) + first * parts[col]), stable=True)
+        order = _work_order((hi - lo) + first * parts[col], col, mode)
         rows.append([t[order] for t in (col, lo, hi, first)])
     width = max(r[0].numel() for r in rows)
     out = {}
@@ -957,8 +999,8 @@ def _forward(q, k, v, layout: Layout, scale: float):
         lists = meta.lists
         runs = _runs_table(part, meta, "row")
         args = (q, k, v, out, lse, meta.heads, meta.head_csr, meta.min_off, meta.codes,
-                lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"], lists["row_order"],
-                lists["row_full_idx"] if runs is None else runs,
+                lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
+                _side_order(meta, "row"), lists["row_full_idx"] if runs is None else runs,
                 *_strides(q, k, v, out), lse.stride(0), lse.stride(1),
                 len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E)
         grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
@@ -1015,6 +1057,21 @@ def use_runs() -> bool:
     return raw == "1"
 
 
+def block_order() -> str:
+    """The order in which programs take blocks: "lpt" (longest row or column first, so the heaviest
+    programs do not start last) or "chunked" (``_work_order``: chunks of ORDER_CHUNK consecutive blocks,
+    heaviest chunk first, so the programs running at one time read the same windows' tiles from L2).
+    Longest first mixed the rows of up to 11 windows among a head's first 66 programs under the fixed
+    pattern at 1M tokens (and its columns those of 66 windows); chunked took the forward+backward 3.5-9%
+    faster from 262,144 tokens on the H200 (2026-11-30; forward 6% at H=8, D=64 and 12% at H=2, D=128 at
+    1M; chunks of 8-256 blocks within 2%, 32 best at D=64; docs/benchmarks.md "Seventh run"), so it is the
+    default. ``MEGASTRIDE_BLOCKSPARSE_ORDER`` overrides ``ORDER``."""
+    mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_ORDER", ORDER)
+    if mode not in ORDERS:
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_ORDER must be one of {', '.join(ORDERS)}; got {mode!r}")
+    return mode
+
+
 def _cuda_seconds(run) -> float:
     """Seconds of ``run()`` on the current CUDA stream (events around it, then a synchronize)."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -1030,13 +1087,19 @@ def _timing_possible(q: torch.Tensor) -> bool:
     return q.is_cuda and not torch.cuda.is_current_stream_capturing()
 
 
+def auto_mode_key(shape, dtype) -> tuple:
+    """Key of "auto"'s choice in a layout's kernel cache for inputs of ``shape`` and ``dtype``, under the
+    switches in force (split columns, block order): one choice per combination."""
+    return ("dq_mode", tuple(shape), dtype, dkdv_split(), block_order(), ORDER_CHUNK)
+
+
 def _auto_mode(layout: Layout, q: torch.Tensor, run) -> str:
     """The mode "auto" stands for at this layout and q's shape and dtype: the one of ``AUTO_MODES``
     whose backward (``run(mode)``) took least time, measured on first use (an untimed call each, which
     also autotunes its kernels, then ``AUTO_REPEATS`` timed ones; minimum kept; the first mode alone
     where its backward took longer than ``AUTO_LONG_S``) and remembered in the layout's cache.
     "separate" where no timing is possible (CPU, or first met inside a graph capture)."""
-    key = ("dq_mode", tuple(q.shape), q.dtype, dkdv_split())
+    key = auto_mode_key(q.shape, q.dtype)
     chosen = layout.kernel_cache.get(key)
     if chosen is None:
         if not _timing_possible(q):
@@ -1126,18 +1189,18 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
         if not (fused or merged):
             args = (q, k, v, do, dq, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
                     lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
-                    lists["row_order"], lists["row_full_idx"] if row_runs is None else row_runs,
+                    _side_order(meta, "row"), lists["row_full_idx"] if row_runs is None else row_runs,
                     *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *common)
             grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
             _launch(_dq_tuned, _bwd_dq_kernel, grid, args, {**consts, "RUNS": row_runs is not None}, name="dq")
         if split:
-            key = ("segments", split)
+            key = ("segments", split, block_order(), ORDER_CHUNK)
             if key not in meta.extra:
-                meta.extra[key] = _column_segments(lists, layout.num_blocks, split)
+                meta.extra[key] = _column_segments(lists, layout.num_blocks, split, block_order())
             seg = meta.extra[key]
             order, seg_lo, seg_hi, seg_first = seg["seg_col"], seg["seg_lo"], seg["seg_hi"], seg["seg_first"]
         else:
-            order = lists["col_order"]
+            order = _side_order(meta, "col")
             seg_lo = seg_hi = seg_first = order  # not read
         order_len = order.shape[1]
         # merged: one RUNS for both sides, so runs only where both sides have them
@@ -1150,7 +1213,7 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
         consts = {**consts, "SPLIT": split > 0, "RUNS": col_runs is not None}
         if merged:  # the dK/dV programs, then the dQ programs over the row lists, in one launch
             rows = (lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
-                    lists["row_order"], lists["row_full_idx"] if col_runs is None else row_runs)
+                    _side_order(meta, "row"), lists["row_full_idx"] if col_runs is None else row_runs)
             grid = lambda m: (order_len * (layout.block // m["BLOCK_N"]) * bh + seq_len // m["DQ_M"] * bh,)  # noqa: E731
             _launch(_merged_tuned, _bwd_merged_kernel, grid, (*columns, *rows, *strides), consts, _MERGED_NAMES,
                     name="merged")

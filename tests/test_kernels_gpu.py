@@ -86,7 +86,7 @@ def test_auto_mode_times_both_modes_at_a_short_length_and_matches_the_reference(
         return [out, *torch.autograd.grad(out, leaves, do)]
 
     got = grads(lambda *x: B.blocksparse_attention(*x, layout))
-    key = ("dq_mode", (1, heads, n, dim), torch.float16, 0)
+    key = B.auto_mode_key((1, heads, n, dim), torch.float16)
     assert layout.kernel_cache[key] in B.AUTO_MODES
     assert set(layout.kernel_cache[key + ("seconds",)]) == set(B.AUTO_MODES)
     want = grads(lambda *x: reference_attention(*(t.float() for t in x), layout))

@@ -146,7 +146,7 @@ def test_auto_mode_keeps_the_faster_deterministic_mode(faster, monkeypatch):
     fn = lambda *x: blocksparse.blocksparse_attention(*x, layout)  # noqa: E731
     got = _attention_and_grads(fn, q, k, v, do)
     assert separate and merged, "auto did not time both modes"
-    assert layout.kernel_cache[("dq_mode", (batch, heads, n, head_dim), dtype, 0)] == faster
+    assert layout.kernel_cache[blocksparse.auto_mode_key((batch, heads, n, head_dim), dtype)] == faster
     low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)
     exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))
     _check_three_way(got, low, exact, dtype, f"auto ({faster} faster)")
@@ -166,7 +166,7 @@ def test_auto_mode_times_only_the_first_mode_where_its_backward_is_long(monkeypa
     layout = P.build_layout(P.same_for_all_heads(P.fixed(64, 16), 2), 256, 64)
     q, k, v, do = _inputs(1, 2, 256, 32, torch.float32, seed=4)
     _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
-    assert not merged and layout.kernel_cache[("dq_mode", (1, 2, 256, 32), torch.float32, 0)] == "separate"
+    assert not merged and layout.kernel_cache[blocksparse.auto_mode_key((1, 2, 256, 32), torch.float32)] == "separate"
 
 
 @pytest.mark.parametrize("kernel,consts,read_back", [
@@ -509,7 +509,9 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DQ", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_RUNS", raising=False)
-    switches = lambda: (blocksparse.dq_mode(), blocksparse.dkdv_split() > 0, blocksparse.use_runs())  # noqa: E731
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_ORDER", raising=False)
+    switches = lambda: (blocksparse.dq_mode(), blocksparse.dkdv_split() > 0, blocksparse.use_runs(),  # noqa: E731
+                        blocksparse.block_order())
     ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():
         with monkeypatch.context() as m:
@@ -700,6 +702,73 @@ def test_runs_switch_is_validated(monkeypatch):
         blocksparse.use_runs()
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_RUNS", "0")
     assert blocksparse.use_runs() is False
+
+
+def test_chunked_order_takes_whole_chunks_heaviest_first(monkeypatch):
+    """_work_order "chunked": a permutation in which each chunk of ORDER_CHUNK consecutive blocks is one
+    contiguous run, chunks by their heaviest item descending, items in a chunk by work descending; "lpt"
+    is plain descending work. The same for column segments, whose blocks are their columns."""
+    monkeypatch.setattr(blocksparse, "ORDER_CHUNK", 4)
+    gen = torch.Generator().manual_seed(3)
+    work = torch.randint(0, 50, (37,), generator=gen)
+    lpt = blocksparse._work_order(work, None, "lpt")
+    assert work[lpt].tolist() == sorted(work.tolist(), reverse=True)
+    order = blocksparse._work_order(work, None, "chunked")
+    assert sorted(order.tolist()) == list(range(37))
+    chunks = (order // 4).tolist()
+    runs = [c for i, c in enumerate(chunks) if i == 0 or c != chunks[i - 1]]
+    assert len(runs) == len(set(runs)) == 10  # each chunk contiguous
+    tops = [int(work[i * 4:(i + 1) * 4].max()) for i in runs]
+    assert tops == sorted(tops, reverse=True)
+    for c in runs:
+        inside = [int(work[i]) for i in order.tolist() if i // 4 == c]
+        assert inside == sorted(inside, reverse=True)
+    # segments: every full entry once, in whole chunks of their columns
+    layout = P.build_layout(P.same_for_all_heads(P.fixed(64, 16), 2), 512, 32)
+    meta = blocksparse._part_meta(layout.parts[0], 512, torch.device("cpu"))
+    nb = layout.num_blocks
+    seg = blocksparse._column_segments(meta.lists, nb, 3, "chunked")
+    full = meta.lists["col_full_ptr"].long().view(-1, nb + 1)
+    for c in range(full.shape[0]):
+        covered = torch.zeros(int(full[c, -1]), dtype=torch.long)
+        cols = []
+        for col, lo, hi in zip(*(seg[k][c].tolist() for k in ("seg_col", "seg_lo", "seg_hi"))):
+            covered[lo:hi] += 1
+            if hi > lo:
+                cols.append(col // 4)
+        assert (covered[int(full[c, 0]):] == 1).all()
+        runs = [x for i, x in enumerate(cols) if i == 0 or x != cols[i - 1]]
+        assert len(runs) == len(set(runs))
+
+
+@pytest.mark.parametrize("name,dq,split", [("fixed_per_head", "separate", "0"), ("strided_permuted_straddling", "merged", "0"),
+                                           ("multi_head_mix", "separate", "2"), ("summary_only_empty_rows", "atomic", "0")])
+def test_chunked_order_gives_the_reference_and_is_used(name, dq, split, monkeypatch):
+    """MEGASTRIDE_BLOCKSPARSE_ORDER=chunked (chunks of 2 blocks here, so the small layouts reorder): the
+    reference's answer in each backward mode, with the launches' block orders really the chunked ones."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_ORDER", "chunked")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", dq)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", split)
+    monkeypatch.setattr(blocksparse, "ORDER_CHUNK", 2)
+    orders = []
+    real = blocksparse._side_order
+
+    def side_order(meta, side):
+        got = real(meta, side)
+        orders.append(not torch.equal(got, meta.lists[f"{side}_order"]))
+        return got
+
+    monkeypatch.setattr(blocksparse, "_side_order", side_order)
+    _run_case(CASES[name], monkeypatch)
+    assert orders and any(orders)  # some launch took its blocks in an order other than longest first
+
+
+def test_order_switch_is_validated(monkeypatch):
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_ORDER", "random")
+    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_ORDER must be one of lpt, chunked"):
+        blocksparse.block_order()
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_ORDER", "chunked")
+    assert blocksparse.block_order() == "chunked"
 
 
 def test_own_tuning_key_is_the_autotuners(monkeypatch):
