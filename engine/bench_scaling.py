@@ -47,17 +47,19 @@ TABLE2 = {
     "enwik8": ("enwik8.yaml", {"dense": "dense", "fixed": "fixed(128,32)", "strided": "strided(128)"}),
     "cifar10": ("cifar10.yaml", {"dense": "dense", "fixed": "fixed(96,16)", "strided": "strided(96)"}),
 }
-# --validate-plan: (label, kind, index into the lengths, overrides)
+# --validate-plan: (label, kind, index into the lengths, overrides). Only the kept-attention case keeps
+# attention outputs: train.keep_attention "auto" (the default) would keep them wherever they fit
+PLAIN = "train.keep_attention=false"
 VALIDATION = (
-    ("fixed", "fixed", 0, []),
-    ("fixed", "fixed", 1, []),
-    ("fixed", "fixed", 2, []),
-    ("strided", "strided", 1, []),
-    ("dense", "dense", 0, []),
-    ("fixed, no recompute", "fixed", 0, ["train.checkpoint_activations=false"]),
-    ("fixed, fp32", "fixed", 0, ["train.precision=fp32"]),
-    ("fixed, 2 sequences", "fixed", 1, ["train.micro_batch_size=2"]),
-    ("fixed, half recomputed", "fixed", 1, ["train.checkpoint_blocks={half}"]),  # {half}: n_layers // 2
+    ("fixed", "fixed", 0, [PLAIN]),
+    ("fixed", "fixed", 1, [PLAIN]),
+    ("fixed", "fixed", 2, [PLAIN]),
+    ("strided", "strided", 1, [PLAIN]),
+    ("dense", "dense", 0, [PLAIN]),
+    ("fixed, no recompute", "fixed", 0, ["train.checkpoint_activations=false", PLAIN]),
+    ("fixed, fp32", "fixed", 0, ["train.precision=fp32", PLAIN]),
+    ("fixed, 2 sequences", "fixed", 1, ["train.micro_batch_size=2", PLAIN]),
+    ("fixed, half recomputed", "fixed", 1, ["train.checkpoint_blocks={half}", PLAIN]),  # {half}: n_layers // 2
     ("fixed, kept attention", "fixed", 1, ["train.keep_attention=true"]),
 )
 VALIDATION_LENGTHS = (12288, 65536, 262144)
@@ -101,7 +103,7 @@ class Row:
     recompute: bool | None = None
     cuda_graph: bool = False
     recomputed_blocks: int | None = None  # of ``layers`` (train.checkpoint_blocks, "auto" resolved)
-    keep_attention: bool = False  # train.keep_attention: recomputed blocks keep their attention outputs
+    keep_attention: bool = False  # recomputed blocks keep their attention outputs (train.keep_attention resolved)
     label: str = ""
 
 
@@ -229,7 +231,7 @@ def _base_row(kind: str, cfg: Config, batch: int, status: str, p: planner.Plan, 
                non_embedding_params=p.non_embedding_params, layers=m.n_layers, d_model=m.d_model,
                precision=cfg.train.precision, recompute=cfg.train.checkpoint_activations,
                cuda_graph=cfg.train.cuda_graph, recomputed_blocks=p.checkpoint_blocks,
-               keep_attention=cfg.train.keep_attention, label=label or kind)
+               keep_attention=p.keep_attention, label=label or kind)
 
 
 def measure(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
@@ -239,10 +241,12 @@ def measure(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
     device = torch.device(opts.device)
     batch = opts.batch or cfg.train.micro_batch_size
     total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
-    if total and cfg.train.checkpoint_blocks == "auto":  # the fewest recomputed blocks that fit
+    if "auto" in (cfg.train.checkpoint_blocks, cfg.train.keep_attention):
+        # on a GPU the recompute with the least work that fits (engine.plan.choose_recompute); off one
+        # every block, no attention outputs kept
         fitted = planner.plan(cfg, cfg.model.seq_len, 1, runtime="torch", micro_batch=batch, gpu_bytes=total)
-        cfg = planner.with_checkpoint_blocks(cfg, fitted.checkpoint_blocks)
-        problem = graph_problem(cfg)
+        cfg = planner.with_resolved(cfg, fitted)
+        problem = graph_problem(cfg) if total else None
         if problem:
             raise ConfigError(problem)
     p = predicted(cfg, batch)
@@ -287,6 +291,7 @@ def _row(kind: str, cfg: Config, batch: int, status: str, p: planner.Plan, label
     if kind in BASELINE_KINDS:
         row.plan_gb, row.cuda_graph = None, False  # the baseline runs eagerly, whatever train.cuda_graph says
         row.recomputed_blocks = cfg.model.n_layers if cfg.train.checkpoint_activations else 0  # all or none
+        row.keep_attention = False  # its checkpoint keeps nothing
         row.params, row.non_embedding_params = baseline.count_params(cfg.model)
     return row
 
@@ -374,6 +379,16 @@ def table2(opts: Options, config_dir: Path = CONFIGS, overrides: list[str] = ())
             rows.append(row)
             opts.log(describe(row))
     return rows
+
+
+def validation_cases(labels: list[str], cases=VALIDATION) -> tuple:
+    """The cases whose label is one of ``labels`` (every length a label has), in their order; all of them
+    for no labels. An unknown label is a ConfigError listing the known ones."""
+    known = list(dict.fromkeys(case[0] for case in cases))
+    unknown = [label for label in labels if label not in known]
+    if unknown:
+        raise ConfigError(f"--case: unknown label {unknown[0]!r} (known: {', '.join(map(repr, known))})")
+    return tuple(case for case in cases if not labels or case[0] in labels)
 
 
 def validate_plan(base: Config, opts: Options, lengths: list[int] = VALIDATION_LENGTHS,

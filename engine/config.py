@@ -188,16 +188,19 @@ class TrainConfig(_Strict):
     offload_optimizer: bool = False  # ZeRO-Offload (stage >= 1): optimizer states and step on CPU
     offload_params: bool = False  # ZeRO-3 parameter offload to CPU
     checkpoint_activations: bool = True  # recompute every residual block in backward
-    # blocks recomputed, the first k (the others keep their activations): null = every block, auto = the
-    # fewest whose planned peak fits the GPU (engine.plan.choose_checkpoint_blocks; every block on a CPU)
+    # blocks recomputed, the first k (the others keep their activations): null = every block, auto = fitted
+    # to the GPU: the fewest whose planned peak fits, or with keep_attention auto the least recompute work
+    # that fits (engine.plan.choose_recompute; every block on a CPU)
     checkpoint_blocks: int | Literal["auto"] | None = None
     checkpoint_group: int = Field(1, ge=1)  # blocks recomputed as one segment: n/k + k inputs kept, not n
     partition_activations: bool = False  # DeepSpeed activation checkpoint partitioning across model-parallel ranks
     cpu_checkpointing: bool = False  # keep checkpointed block inputs in host memory (engine.parallel.BlockCheckpoint)
     offload_overlap: bool = False  # cpu_checkpointing's copies on a side stream, the next input prefetched
     # recomputed blocks keep their attention outputs and log-sum-exps (one (B, T, D) output and (B, H, T)
-    # fp32 per layer) and their recompute skips the attention forward kernels (engine.parallel.BlockCheckpoint)
-    keep_attention: bool = False
+    # fp32 per layer) and their recompute skips the attention forward kernels (engine.parallel.BlockCheckpoint);
+    # auto = where the GPU has room: chosen with checkpoint_blocks for the least recompute work that fits
+    # (engine.plan.choose_recompute); false on a CPU and where it cannot work (keep_attention_conflict)
+    keep_attention: bool | Literal["auto"] = "auto"
     log_every: int = Field(10, gt=0)
     eval_every: int = Field(100, gt=0)
     eval_windows: int = Field(8, gt=0)
@@ -219,18 +222,32 @@ class TrainConfig(_Strict):
             return value
         raise ValueError(f"expected a number of blocks >= 0, auto, or null (every block), got {value!r}")
 
+    @field_validator("keep_attention", mode="before")
+    @classmethod
+    def _keep_attention_value(cls, value: Any) -> Any:
+        if type(value) is bool or value == "auto":
+            return value
+        raise ValueError(f"expected true, false or auto, got {value!r}")
+
     @model_validator(mode="after")
     def _keep_attention(self) -> "TrainConfig":
-        """train.keep_attention works through BlockCheckpoint, one block at a time: not through torch's
-        or DeepSpeed's checkpoint (train.compile, checkpoint_group > 1, partition_activations)."""
-        if self.keep_attention:
-            for key, bad in (("compile", self.compile), ("partition_activations", self.partition_activations),
-                             ("checkpoint_group", self.checkpoint_group > 1)):
-                if bad:
-                    raise ValueError(f"train.keep_attention does not combine with train.{key}="
-                                     f"{getattr(self, key)} (recomputed blocks keep attention outputs only "
-                                     "when recomputed one at a time by BlockCheckpoint)")
+        """An explicit train.keep_attention=true must work ("auto" becomes false instead, engine.plan)."""
+        conflict = keep_attention_conflict(self)
+        if self.keep_attention is True and conflict:
+            raise ValueError(f"train.keep_attention does not combine with {conflict} (recomputed blocks keep "
+                             "attention outputs only when recomputed one at a time by BlockCheckpoint)")
         return self
+
+
+def keep_attention_conflict(train: TrainConfig) -> str | None:
+    """The setting that rules out train.keep_attention, e.g. "train.compile=True", or None: it works through
+    BlockCheckpoint, one block at a time, not through torch's or DeepSpeed's checkpoint (train.compile,
+    checkpoint_group > 1, partition_activations)."""
+    for key, bad in (("compile", train.compile), ("partition_activations", train.partition_activations),
+                     ("checkpoint_group", train.checkpoint_group > 1)):
+        if bad:
+            return f"train.{key}={getattr(train, key)}"
+    return None
 
 
 class RunConfig(_Strict):

@@ -233,8 +233,9 @@ def apply_activation_checkpointing(model: nn.Module, train: TrainConfig) -> None
     it recomputes any block, so one block's recompute never adds to them, and the first blocks are
     those whose activations would have been kept the longest. Recomputing the last blocks instead
     would add a recompute at the peak; recomputing only the last block lowers no backward peak.
-    "auto" is resolved against the GPU before the model is wrapped (``engine.plan.plan`` with
-    ``gpu_bytes``, then ``plan.with_checkpoint_blocks``); unresolved it means every block, as on a CPU.
+    "auto" (train.checkpoint_blocks, train.keep_attention) is resolved against the GPU before the model
+    is wrapped (``engine.plan.plan`` with ``gpu_bytes``, then ``plan.with_resolved``); unresolved it means
+    every block and no attention outputs kept, as on a CPU.
     """
     recomputed = recomputed_blocks(train, len(model.blocks))
     if not recomputed:
@@ -258,7 +259,7 @@ def _torch_checkpoint(fn, x: torch.Tensor) -> torch.Tensor:
 
 def _block_runner(train: TrainConfig):
     """The runner ``(unit, x) -> output`` that recomputes one block or Segment (see above)."""
-    keep = train.keep_attention
+    keep = train.keep_attention is True  # an unresolved "auto" keeps nothing
     if train.cpu_checkpointing:
         overlap = train.offload_overlap
         return lambda fn, x: BlockCheckpoint.apply(fn, x, overlap, True, keep) if torch.is_grad_enabled() else fn(x)

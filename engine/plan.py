@@ -33,7 +33,7 @@ from functools import lru_cache
 
 from megastride.kernels.patterns import closed_form_pairs
 
-from .config import Config, ConfigError, ModelConfig, TrainConfig, config_from_dict
+from .config import Config, ConfigError, ModelConfig, TrainConfig, config_from_dict, keep_attention_conflict
 
 H200_PEAK_FLOPS = 790e12  # measured bf16 matrix rate of one H200 (SPEC section 3)
 GB = 1e9
@@ -96,6 +96,19 @@ def layer_pairs(pattern, seq_len: int, layout=None) -> list[int]:
     return out
 
 
+def layer_patterns(model: ModelConfig, seq_len: int | None = None) -> tuple:
+    """The distinct layer patterns at ``seq_len`` (default: the configured context), one per entry of
+    model.attention.layers (layer r runs entry r % len): cached, since "auto" strides take a search per
+    head (0.1 s per model at 1M tokens) and choose_recompute plans one model many times."""
+    return _layer_patterns_cached(model.model_dump_json(), seq_len or model.seq_len)
+
+
+@lru_cache(maxsize=32)
+def _layer_patterns_cached(model_json: str, seq_len: int) -> tuple:
+    model = ModelConfig.model_validate_json(model_json)
+    return tuple(model.patterns(seq_len)[: len(model.attention.layers)])
+
+
 # ---------------------------------------------------------------------------------------------
 # Layout metadata
 # ---------------------------------------------------------------------------------------------
@@ -153,6 +166,25 @@ def attention_flops(model: ModelConfig, pairs: list[list[int]], sequences: int) 
 def step_flops(model: ModelConfig, params: ParamCount, pairs: list[list[int]], seq_len: int, sequences: int) -> float:
     """MFU numerator: 6 * non-embedding params * tokens + 12 * pairs * d * layers."""
     return 6.0 * params.non_embedding * seq_len * sequences + attention_flops(model, pairs, sequences)
+
+
+def recompute_flops(model: ModelConfig, params: ParamCount, pairs: list[list[int]], recomputed: int,
+                    keep_attention: bool, sequences: int = 1) -> float:
+    """Forward FLOPs the backward pass spends recomputing the first ``recomputed`` blocks: each block's
+    matmuls (2 * its parameters per token) and its attention's QK^T and PV (the forward third of
+    ``attention_flops``), which ``keep_attention`` skips in the layers that keep it (not dense ones: SDPA
+    keeps nothing). What ``choose_recompute`` weighs: at 1M tokens a fixed layer's attention forward is
+    several times its matmuls'."""
+    from megastride.kernels.attention import _all_dense
+
+    head_width = (model.qk_width + model.d_model) / model.n_heads
+    patterns = layer_patterns(model)
+    total = 0.0
+    for r in range(recomputed):
+        total += 2.0 * params.per_block * model.seq_len
+        if not (keep_attention and not _all_dense(patterns[r % len(patterns)])):
+            total += 2.0 * head_width * sum(pairs[r])
+    return total * sequences
 
 
 def mfu(flops: float, step_s: float, peak_flops: float = H200_PEAK_FLOPS) -> float:
@@ -217,7 +249,7 @@ def _any_dense_layer(model: ModelConfig) -> bool:
     """Whether some layer runs dense causal SDPA (its (B, H, T, D) output is re-laid out by a copy)."""
     from megastride.kernels.attention import _all_dense
 
-    return any(_all_dense(p) for p in model.patterns()[: len(model.attention.layers)])
+    return any(_all_dense(p) for p in layer_patterns(model))
 
 
 def ffn_saved_bytes(model: ModelConfig, prec: Precision) -> float:
@@ -255,7 +287,7 @@ def kept_attention_bytes(model: ModelConfig, prec: Precision, seq_len: int) -> f
     is dense (SDPA runs those; counted for every recomputed block when some layer is sparse)."""
     from megastride.kernels.attention import _all_dense
 
-    if all(_all_dense(p) for p in model.patterns(seq_len)[: len(model.attention.layers)]):
+    if all(_all_dense(p) for p in layer_patterns(model, seq_len)):
         return 0.0
     return prec.compute * _attention_width(model) + LSE * model.n_heads
 
@@ -276,7 +308,7 @@ def _permuted_heads(model: ModelConfig, seq_len: int) -> int:
     from megastride.kernels.patterns import _split_head
 
     worst = 0
-    for pattern in model.patterns(seq_len)[: len(model.attention.layers)]:
+    for pattern in layer_patterns(model, seq_len):
         worst = max(worst, sum(_split_head(hp, seq_len, model.attention.block)[1] is not None for hp in pattern.heads))
     return worst
 
@@ -318,6 +350,7 @@ class Plan:
     zero_stage: int
     checkpoint_activations: bool
     checkpoint_blocks: int  # blocks recomputed in backward, the first ones (train.checkpoint_blocks resolved)
+    keep_attention: bool  # the recomputed blocks keep their attention outputs (train.keep_attention resolved)
     n_layers: int
     params: int
     non_embedding_params: int
@@ -381,7 +414,7 @@ class Plan:
         """Human-readable summary: the peak's items, the other phases, host bytes, FLOPs."""
         head = (f"plan: n={self.seq_len:,} x {self.micro_batch} seq/micro-batch x {self.grad_accum} accum, "
                 f"world {self.world_size}, {self.runtime} {self.precision}, ZeRO {self.zero_stage}, "
-                f"recompute {self.recompute}")
+                f"recompute {self.recompute}{', attention outputs kept' if self.keep_attention else ''}")
         lines = [head, f"params {self.params / 1e6:.1f}M ({self.non_embedding_params / 1e6:.1f}M non-embedding); "
                        f"attention density {self.density:.4f} of causal", "",
                  f"per-GPU memory at the peak ({self.peak_phase}):"]
@@ -418,20 +451,23 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
 
     ``runtime``: "deepspeed" (what ``megastride train`` runs) or "torch" (a plain fp32-weight loop
     with bf16 autocast and fused AdamW, what ``megastride bench scaling`` runs; ZeRO is ignored).
-    ``gpu_bytes``: one GPU's memory, which ``train.checkpoint_blocks: auto`` is fitted to
-    (``choose_checkpoint_blocks`` within ``auto_memory_fraction`` of it); without it "auto" recomputes
-    every block, as on a CPU. ``Plan.checkpoint_blocks`` is the count in use.
+    ``gpu_bytes``: one GPU's memory, which ``train.checkpoint_blocks: auto`` and ``train.keep_attention: auto``
+    are fitted to (``choose_recompute`` within ``auto_memory_fraction`` of it); without it "auto" recomputes
+    every block and keeps no attention outputs, as on a CPU. ``Plan.checkpoint_blocks`` and
+    ``Plan.keep_attention`` are what is in use (``with_resolved`` writes them into the config).
     """
     if world_size < 1:
         raise ValueError(f"world size must be at least 1, got {world_size}")
     cfg = _at_length(cfg, seq_len)
-    auto = cfg.train.checkpoint_blocks == "auto" and cfg.train.checkpoint_activations
-    if auto and gpu_bytes:
+    auto_blocks = cfg.train.checkpoint_blocks == "auto" and cfg.train.checkpoint_activations
+    auto_keep = cfg.train.keep_attention == "auto"
+    if (auto_blocks or auto_keep) and gpu_bytes:
         budget = auto_memory_fraction(cfg) * gpu_bytes
-        cfg = with_checkpoint_blocks(cfg, choose_checkpoint_blocks(cfg, None, world_size, runtime, micro_batch,
-                                                                   budget_bytes=budget))
+        k, keep = choose_recompute(cfg, None, world_size, runtime, micro_batch, budget_bytes=budget)
+        cfg = with_checkpoint_blocks(cfg, k if auto_blocks else cfg.train.checkpoint_blocks, keep)
     model, t = cfg.model, cfg.train
     recomputed = recomputed_blocks(t, model.n_layers)
+    keep = t.keep_attention is True and recomputed > 0  # an unresolved "auto" (no GPU to fit) keeps nothing
     prec = precision_of(runtime, t.precision)
     params = count_params(model)
     stats = layout_stats(model, model.seq_len)
@@ -439,7 +475,7 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     weights, cpu = _weight_bytes(cfg, params.total, prec, runtime, world_size)
     host_inputs = recomputed > 0 and t.cpu_checkpointing  # BlockCheckpoint: either runtime
     group = t.checkpoint_group if recomputed else 1
-    kept = batch * model.seq_len * kept_attention_bytes(model, prec, model.seq_len) if t.keep_attention else 0.0
+    kept = batch * model.seq_len * kept_attention_bytes(model, prec, model.seq_len) if keep else 0.0
     phases, first = _phases(model, recomputed, prec, params, weights, stats.nbytes, batch * model.seq_len, runtime,
                             host_inputs, group, host_inputs and t.offload_overlap, kept)
     first_phase = max(first, key=lambda p: sum(first[p].values()), default="")
@@ -451,14 +487,16 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     result = Plan(
         seq_len=model.seq_len, micro_batch=batch, grad_accum=t.grad_accum, world_size=world_size, runtime=runtime,
         precision=t.precision, zero_stage=t.zero_stage if runtime == "deepspeed" else 0,
-        checkpoint_activations=t.checkpoint_activations, checkpoint_blocks=recomputed, n_layers=model.n_layers,
+        checkpoint_activations=t.checkpoint_activations, checkpoint_blocks=recomputed, keep_attention=keep,
+        n_layers=model.n_layers,
         params=params.total, non_embedding_params=params.non_embedding, phases=phases, cpu=cpu,
         flops=step_flops(model, params, stats.pairs, model.seq_len, batch * t.grad_accum),
         attention_pairs=pairs, density=pairs / causal, layout_bytes=stats.nbytes, notes=_notes(cfg, runtime, world_size),
         first_step_phase=first_phase, first_step=first.get(first_phase, {}),
     )
-    if auto:
-        result.notes.append(_auto_note(result, gpu_bytes, auto_memory_fraction(cfg)))
+    if auto_blocks or (auto_keep and recomputed):
+        result.notes.append(_auto_note(result, auto_blocks, auto_keep, keep_attention_conflict(t), gpu_bytes,
+                                       auto_memory_fraction(cfg)))
     return result
 
 
@@ -474,9 +512,18 @@ def recomputed_blocks(train: TrainConfig, n_layers: int) -> int:
     return n_layers if k is None or k == "auto" else k
 
 
-def with_checkpoint_blocks(cfg: Config, k: int) -> Config:
-    """``cfg`` with ``train.checkpoint_blocks = k`` (e.g. "auto" resolved: ``plan(...).checkpoint_blocks``)."""
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_blocks": k})})
+def with_checkpoint_blocks(cfg: Config, k: int | str | None, keep_attention: bool | None = None) -> Config:
+    """``cfg`` with ``train.checkpoint_blocks = k`` and, where given, ``train.keep_attention``."""
+    update = {"checkpoint_blocks": k} | ({} if keep_attention is None else {"keep_attention": keep_attention})
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update=update)})
+
+
+def with_resolved(cfg: Config, p: Plan) -> Config:
+    """``cfg`` with the "auto" of ``train.checkpoint_blocks`` and ``train.keep_attention`` replaced by what
+    ``p``, its plan (``plan(..., gpu_bytes=...)`` on a GPU), uses: what the model is then wrapped with."""
+    t = cfg.train
+    k = p.checkpoint_blocks if t.checkpoint_blocks == "auto" else t.checkpoint_blocks
+    return with_checkpoint_blocks(cfg, k, p.keep_attention if t.keep_attention == "auto" else None)
 
 
 def choose_checkpoint_blocks(cfg: Config, seq_len: int | None = None, world_size: int = 1,
@@ -484,8 +531,9 @@ def choose_checkpoint_blocks(cfg: Config, seq_len: int | None = None, world_size
                              budget_bytes: float) -> int:
     """The fewest blocks to recompute (``train.checkpoint_blocks``) for the planned peak per GPU, that
     of a first step which autotunes included, to fit in ``budget_bytes``; every block when none does
-    (the plan then says it does not fit), 0 without ``train.checkpoint_activations``. What
-    ``train.checkpoint_blocks: auto`` becomes on a GPU."""
+    (the plan then says it does not fit), 0 without ``train.checkpoint_activations``; the blocks keep their
+    attention outputs only under an explicit ``train.keep_attention: true``. What ``train.checkpoint_blocks:
+    auto`` becomes on a GPU beside an explicit keep_attention (``choose_recompute`` weighs both)."""
     cfg = _at_length(cfg, seq_len)
     if not cfg.train.checkpoint_activations:
         return 0
@@ -497,14 +545,64 @@ def choose_checkpoint_blocks(cfg: Config, seq_len: int | None = None, world_size
     return n_layers
 
 
-def _auto_note(p: Plan, gpu_bytes: float | None, fraction: float) -> str:
-    head = f"train.checkpoint_blocks=auto: {p.checkpoint_blocks} of {p.n_layers} blocks recomputed"
+def choose_recompute(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: str = "deepspeed",
+                     micro_batch: int | None = None, *, budget_bytes: float) -> tuple[int, bool]:
+    """``(train.checkpoint_blocks, train.keep_attention)`` with their "auto" resolved: of the candidates (k
+    recomputed blocks, attention outputs kept or not) whose planned first-step peak per GPU fits in
+    ``budget_bytes``, the least recompute work (``recompute_flops``), ties to the smaller peak. A recomputed
+    block that keeps its attention outputs holds one (B, T, D) output more, a block not recomputed its whole
+    saved set, and the kept outputs save the attention forward (by this count about 4 times the block's
+    matmuls at 1M tokens in configs/enwik8.yaml): where they fit, they cost less time than fewer blocks.
+
+    An explicit value stays; "auto" keeps nothing where it cannot work (``keep_attention_conflict``) or
+    nothing is recomputed. Where nothing fits: every block (or the explicit count), no attention outputs kept
+    unless asked for; the plan then says it does not fit. (0, False) without ``train.checkpoint_activations``."""
+    cfg = _at_length(cfg, seq_len)
+    t, n = cfg.train, cfg.model.n_layers
+    if not t.checkpoint_activations:
+        return 0, False
+    counts = range(n + 1) if t.checkpoint_blocks == "auto" else [recomputed_blocks(t, n)]
+    choice = t.keep_attention == "auto" and not keep_attention_conflict(t)
+    keeps = (False, True) if choice else (t.keep_attention is True,)
+    params, pairs = count_params(cfg.model), layout_stats(cfg.model, cfg.model.seq_len).pairs
+    best = None
+    for keep in keeps:
+        for k in counts:  # one more block is more work: the fewest that fit are this keep's best
+            p = plan(with_checkpoint_blocks(cfg, k, keep), None, world_size, runtime, micro_batch)
+            peak = p.first_step_peak_bytes
+            if peak <= budget_bytes:
+                candidate = (recompute_flops(cfg.model, params, pairs, k, keep), peak, k, keep)
+                best = candidate if best is None else min(best, candidate)
+                break
+    if best is None:
+        return counts[-1], t.keep_attention is True
+    return best[2], best[3]
+
+
+def _auto_note(p: Plan, blocks: bool, keep: bool, conflict: str | None, gpu_bytes: float | None,
+               fraction: float) -> str:
+    """What "auto" train.checkpoint_blocks (``blocks``) and train.keep_attention (``keep``) became, and why."""
+    keys = ", ".join(f"train.{key}=auto" for key, on in (("checkpoint_blocks", blocks), ("keep_attention", keep)) if on)
+    head = f"{keys}: {p.checkpoint_blocks} of {p.n_layers} blocks recomputed"
+    if keep or p.keep_attention:
+        head += ", attention outputs " + ("kept" if p.keep_attention else "not kept")
+    if keep and conflict:  # no choice: as an explicit false
+        head, keep = head + f" (not with {conflict})", False
+        if not blocks:
+            return head
     if not gpu_bytes:
-        return head + " (no GPU memory given to fit; on a GPU: the fewest that fit)"
+        rule = ("the least recompute work that fits" if blocks and keep else "the fewest that fit" if blocks
+                else "kept where the plan with them fits")
+        return head + f" (no GPU memory given to fit; on a GPU: {rule})"
     share = f"{fraction:.0%} of {gpu_bytes / GB:.0f} GB"
     if p.first_step_peak_bytes > fraction * gpu_bytes:
         return head + f"; even so the planned peak exceeds {share}"
-    return head + f", the fewest whose planned peak fits {share}"
+    if blocks and keep:
+        return head + f" (the least recompute work that fits {share})"
+    if blocks:
+        return head + f", the fewest whose planned peak fits {share}"
+    return head + (f" (the plan with them fits {share})" if p.keep_attention
+                   else f" (with them the planned peak would exceed {share})")
 
 
 def physical_memory_bytes() -> float:

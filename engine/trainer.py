@@ -14,7 +14,7 @@ import torch
 from megastride.data_shards import build_loader, eval_windows, open_store
 
 from . import checkpoint as ckpt
-from .config import Config, ConfigError, graph_problem
+from .config import Config, ConfigError, graph_problem, keep_attention_conflict
 from .deepspeed_config import check_zero_options, deepspeed_config
 from .distributed import all_reduce_sum, barrier, init_distributed, world_size_from_env
 from .metrics import MetricsWriter, Progress, bits_per_byte
@@ -131,19 +131,24 @@ def check_host_memory(cfg: Config, world: int, p=None) -> None:
 
 
 def plan_note(cfg: Config, world: int, gpu_bytes: float, p=None) -> str:
-    """One line for the start of a GPU run: the planner's peak per GPU, the blocks recomputed (and
-    whether train.checkpoint_blocks=auto chose them) and host bytes per rank, and a warning when the
-    peak passes the GPU's memory (the planner was within 15% of measured peaks).
+    """One line for the start of a GPU run: the planner's peak per GPU, the blocks recomputed and whether
+    they keep their attention outputs (and whether "auto" chose that) and host bytes per rank, and a
+    warning when the peak passes the GPU's memory (the planner was within 15% of measured peaks).
     ``p``: the config's plan, if already made."""
     from . import plan as planner
 
     p = p or planner.plan(cfg, world_size=world, gpu_bytes=gpu_bytes)
+    t = cfg.train
     recompute = f"recompute {p.recompute}"
-    if cfg.train.checkpoint_blocks == "auto" and cfg.train.checkpoint_activations:
+    if t.checkpoint_blocks == "auto" and t.checkpoint_activations:
         share = planner.auto_memory_fraction(cfg)
         fits = p.first_step_peak_bytes <= share * gpu_bytes
+        rule = ("the least recompute work that fits" if t.keep_attention == "auto" and not keep_attention_conflict(t)
+                else "the fewest that fit")
         recompute = (f"recompute {p.checkpoint_blocks} of {p.n_layers} blocks (train.checkpoint_blocks=auto: "
-                     f"{'the fewest that fit' if fits else 'even so over'} {share:.0%} of it)")
+                     f"{rule if fits else 'even so over'} {share:.0%} of it)")
+    if p.keep_attention:
+        recompute += ", attention outputs kept" + (" (train.keep_attention=auto)" if t.keep_attention == "auto" else "")
     note = (f"plan: peak {p.peak_bytes / 1e9:.1f} GB per GPU of {gpu_bytes / 1e9:.0f} GB, {recompute}"
             + (f", host {p.host_bytes / 1e9:.1f} GB per rank" if p.host_bytes else "")
             + (f"; first step {p.first_step_peak_bytes / 1e9:.1f} GB if it autotunes"
@@ -171,10 +176,10 @@ class Trainer:
             from . import plan as planner
 
             total = torch.cuda.get_device_properties(self.device).total_memory if on_gpu else None
-            # fits checkpoint_blocks=auto to the GPU
+            # fits checkpoint_blocks=auto and keep_attention=auto to the GPU
             p = planner.plan(cfg, world_size=self.world, runtime=cfg.train.runtime, gpu_bytes=total)
-            if cfg.train.checkpoint_blocks == "auto":  # the model recomputes what was planned
-                self.cfg = planner.with_checkpoint_blocks(cfg, p.checkpoint_blocks)
+            if "auto" in (cfg.train.checkpoint_blocks, cfg.train.keep_attention):  # the model does what was planned
+                self.cfg = planner.with_resolved(cfg, p)
                 problem = graph_problem(self.cfg)
                 if problem:
                     raise ConfigError(problem)

@@ -4,6 +4,7 @@
     megastride bench scaling --device cuda --table2 --out runs/scaling
     megastride bench scaling --device cuda --baseline --out runs/scaling  # + issue 5's plain PyTorch baseline
     megastride bench scaling --device cuda --validate-plan --out runs/scaling
+    megastride bench scaling --device cuda --validate-plan --case "fixed, kept attention" --out runs/scaling
     megastride bench scaling --device cpu --quick --set model.n_layers=2 --set model.d_model=64
 
 Writes scaling.csv/.json/.png (sweep), table2.csv/.json (--table2), plan_check.csv/.json
@@ -40,7 +41,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", default="runs/scaling", help="output folder")
     p.add_argument("--quick", action="store_true", help="two short lengths, one timed step: a smoke test")
     p.add_argument("--table2", action="store_true", help="the paper's Table 2 (enwik8 at 12,288, CIFAR-10 at 3,072)")
-    p.add_argument("--validate-plan", action="store_true", help="measured vs planned peak at 8 configurations")
+    p.add_argument("--validate-plan", action="store_true",
+                   help="measured vs planned peak at 10 configurations (engine.bench_scaling.VALIDATION)")
+    p.add_argument("--case", dest="cases", action="append", default=[], metavar="LABEL",
+                   help='only the --validate-plan configurations with this label, e.g. "fixed, kept attention" '
+                        "(repeatable; implies --validate-plan)")
     p.add_argument("--profile", action="store_true",
                    help="also profile 2 steps per point (CUDA): wall vs host vs GPU time, top kernels and host ops "
                         "(OUT/profile.json)")
@@ -66,9 +71,10 @@ def _ints(text: str, what: str) -> list[int]:
 def _check(args: argparse.Namespace) -> None:
     import torch
 
-    from megastride.engine.bench_scaling import BASELINE_KINDS, KINDS
+    from megastride.engine.bench_scaling import BASELINE_KINDS, KINDS, validation_cases
     from megastride.engine.config import ConfigError
 
+    validation_cases(args.cases)  # an unknown label fails before any work
     known = {**KINDS, **BASELINE_KINDS}
     unknown = [k for k in args.kinds.split(",") if k not in known]
     if unknown:
@@ -94,14 +100,15 @@ def main(argv: list[str] | None = None) -> int:
         meta = B.environment() | {"config": str(args.config), "overrides": args.overrides, "device": args.device,
                                   "steps": opts.steps, "warmup": opts.warmup}
         out = Path(args.out)
-        sweep = args.all or not (args.table2 or args.validate_plan)
+        validate = args.validate_plan or args.all or bool(args.cases)
+        sweep = args.all or not (args.table2 or validate)
         if sweep:
             sweep_lengths = lengths or (list(B.DEFAULT_LENGTHS[:2]) if args.quick else list(B.DEFAULT_LENGTHS))
             _report(B, B.sweep(base, _kinds(args, B), sweep_lengths, opts), out, "scaling", meta, True)
         if args.table2 or args.all:
             _report(B, B.table2(opts, overrides=args.overrides), out, "table2", meta, False)
-        if args.validate_plan or args.all:
-            rows = B.validate_plan(base, opts, lengths or list(B.VALIDATION_LENGTHS))
+        if validate:
+            rows = B.validate_plan(base, opts, lengths or list(B.VALIDATION_LENGTHS), B.validation_cases(args.cases))
             _report(B, rows, out, "plan_check", meta, False)
             _plan_verdict(rows)
         if opts.profiles:

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         check_zero_options(cfg)
         gpu_bytes = args.gpu_memory_gb * 1e9
-        try:  # train.checkpoint_blocks=auto: the fewest recomputed blocks that fit --gpu-memory-gb
+        try:  # checkpoint_blocks / keep_attention "auto": the least recompute work that fits --gpu-memory-gb
             result = plan(cfg, args.seq_len, args.world_size, runtime=args.runtime or cfg.train.runtime, gpu_bytes=gpu_bytes)
         except ValueError as err:  # e.g. a length the block size does not divide
             raise ConfigError(str(err).splitlines()[0]) from None

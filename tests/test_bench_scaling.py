@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from megastride.engine import bench_scaling as B
-from megastride.engine.config import config_from_dict
+from megastride.engine.config import ConfigError, config_from_dict
 from megastride.engine.loglog import fit_slope, plot_loglog, tail_slope
 from megastride.launch.bench_scaling import main as bench_main
 
@@ -116,6 +116,71 @@ def test_validate_plan_covers_distinct_configurations(tmp_path):
     kept = next(r for r in rows if r.keep_attention)  # the planner's kept attention outputs, checked on a GPU
     twin = next(r for r in rows if r.label == "fixed" and r.seq_len == kept.seq_len)
     assert kept.plan_gb > twin.plan_gb
+    assert all(type(r.keep_attention) is bool for r in rows)  # "auto" resolved (off a GPU: false)
+
+
+def _on_a_fake_gpu(monkeypatch, total=1e12):
+    """measure as on a CUDA device of ``total`` bytes, its steps not run: the configs it would time."""
+    from types import SimpleNamespace
+
+    timed = []
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=total))
+    monkeypatch.setattr(B, "time_steps", lambda cfg, *a: timed.append(cfg) or (1.0, None))
+    monkeypatch.setattr(B, "_free", lambda device: None)
+    return timed
+
+
+def test_measure_resolves_auto_to_what_the_gpu_fits(monkeypatch):
+    """On a GPU measure times the config with train.checkpoint_blocks and train.keep_attention as the
+    planner resolved them (plain int and bool, what BlockCheckpoint gets), and the row records them."""
+    timed = _on_a_fake_gpu(monkeypatch)
+    opts = B.Options(device="cuda", steps=1, warmup=1, log=lambda line: None)
+    cfg = B.config_for(tiny_base("bf16"), "fixed({block},8)", 256, ["train.checkpoint_blocks=1"])
+    row = B.measure("fixed", cfg, opts)
+    assert timed[-1].train.keep_attention is True and row.keep_attention is True and row.recomputed_blocks == 1
+    cfg = B.config_for(tiny_base("bf16"), "fixed({block},8)", 256, ["train.checkpoint_blocks=auto"])
+    row = B.measure("fixed", cfg, opts)
+    assert (timed[-1].train.checkpoint_blocks, timed[-1].train.keep_attention) == (0, False)  # all fits: no recompute
+    assert (row.recomputed_blocks, row.keep_attention) == (0, False)
+
+
+def test_validation_rows_keep_attention_only_where_the_label_says(monkeypatch):
+    """With keep_attention "auto" a GPU would keep the outputs wherever they fit: every validation case
+    but the kept-attention one sets it false, so each still measures what its label names."""
+    timed = _on_a_fake_gpu(monkeypatch)
+    opts = B.Options(device="cuda", steps=1, warmup=1, log=lambda line: None)
+    rows = B.validate_plan(tiny_base("bf16"), opts, lengths=[64, 128, 256])
+    assert [r.label for r in rows if r.keep_attention] == ["fixed, kept attention"]
+    assert [c.train.keep_attention for c in timed] == [r.label == "fixed, kept attention" for r in rows]
+    # without the explicit false the plain "fixed" case would keep them here
+    assert B.measure("fixed", B.config_for(tiny_base("bf16"), B.KINDS["fixed"], 128), opts).keep_attention
+
+
+def test_case_picks_validation_rows_by_label(tmp_path, monkeypatch, capsys):
+    """--case LABEL (repeatable) runs only the --validate-plan cases of that label, every length it has;
+    an unknown label is one line listing the known ones, before any work."""
+    assert B.validation_cases([]) == B.VALIDATION
+    assert [c[:3] for c in B.validation_cases(["fixed, kept attention"])] == [("fixed, kept attention", "fixed", 1)]
+    assert [c[2] for c in B.validation_cases(["fixed"])] == [0, 1, 2]
+    picked = B.validation_cases(["dense", "fixed, fp32"])
+    assert [c[0] for c in picked] == ["dense", "fixed, fp32"]  # VALIDATION's order
+    with pytest.raises(ConfigError) as err:
+        B.validation_cases(["fixed", "fixed kept attention"])
+    text = str(err.value)
+    assert text.startswith("--case: unknown label 'fixed kept attention' (known: 'fixed', 'strided', ")
+    assert "'fixed, kept attention'" in text and "\n" not in text
+    seen = []
+    monkeypatch.setattr(B, "validate_plan", lambda base, opts, lengths, cases: seen.append(cases) or [])
+    monkeypatch.setattr(B, "sweep", lambda *a: pytest.fail("--case runs no sweep"))
+    out = str(tmp_path / "out")
+    assert bench_main(["--device", "cpu", "--case", "fixed, kept attention", "--case", "dense", "--out", out]) == 0
+    assert [c[0] for c in seen[-1]] == ["dense", "fixed, kept attention"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        bench_main(["--device", "cpu", "--validate-plan", "--case", "nope", "--out", out])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("megastride bench scaling: error: --case: unknown label 'nope' (known: ") and "\n" not in err
 
 
 def test_pil_plot_without_matplotlib(tmp_path, monkeypatch):

@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
     ({"train": {"keep_attention": True, "compile": True}}, "train.keep_attention does not combine with train.compile"),
     ({"train": {"keep_attention": True, "partition_activations": True}},
      "train.keep_attention does not combine with train.partition_activations"),
+    ({"train": {"keep_attention": "yes"}}, "train.keep_attention: expected true, false or auto, got 'yes'"),
+    ({"train": {"keep_attention": 1}}, "train.keep_attention: expected true, false or auto, got 1"),
 ])
 def test_errors_name_the_key(tree, message):
     """Unknown keys, wrong types and impossible shapes give one line that names the problem."""
@@ -36,6 +38,17 @@ def test_errors_name_the_key(tree, message):
         config_from_dict(tree, "cfg.yaml")
     text = str(err.value)
     assert message in text and text.startswith("cfg.yaml: ") and "\n" not in text
+
+
+def test_keep_attention_is_true_false_or_auto():
+    """train.keep_attention defaults to auto (the planner decides on a GPU); auto passes beside the settings
+    an explicit true does not combine with (it becomes false there)."""
+    assert config_from_dict({}).train.keep_attention == "auto"
+    for value in (True, False, "auto"):
+        assert config_from_dict({"train": {"keep_attention": value}}).train.keep_attention == value
+    for key, value in (("compile", True), ("partition_activations", True), ("checkpoint_group", 2)):
+        assert config_from_dict({"train": {key: value}}).train.keep_attention == "auto"
+        assert config_from_dict({"train": {key: value, "keep_attention": False}}).train.keep_attention is False
 
 
 def test_overrides_apply_typed_values(tmp_path):

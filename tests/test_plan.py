@@ -245,9 +245,9 @@ def test_plan_cli_follows_the_configs_runtime_unless_told(tmp_path, capsys):
         assert plan_main([str(path), "--json", *args]) == 0
         return json.loads(capsys.readouterr().out)["peak_bytes"]
 
-    cfg = load_config(path)
-    assert peak() == plan(cfg, runtime="deepspeed").peak_bytes
-    assert peak("--set", "train.runtime=torch") == plan(cfg, runtime="torch").peak_bytes != peak()
+    cfg, gpu = load_config(path), 141e9  # the CLI's --gpu-memory-gb, which train.keep_attention "auto" fits
+    assert peak() == plan(cfg, runtime="deepspeed", gpu_bytes=gpu).peak_bytes
+    assert peak("--set", "train.runtime=torch") == plan(cfg, runtime="torch", gpu_bytes=gpu).peak_bytes != peak()
     assert peak("--set", "train.runtime=torch", "--runtime", "deepspeed") == peak()
 
 

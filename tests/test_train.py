@@ -18,8 +18,10 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def train(config: Path, *overrides: str, nprocs: int = 1, timeout: int = 400) -> subprocess.CompletedProcess:
-    """Run `megastride train` (one process) or the deepspeed launcher with nprocs ranks."""
+def train(config: Path, *overrides: str, nprocs: int = 1, timeout: int = 400,
+          env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `megastride train` (one process) or the deepspeed launcher with nprocs ranks (``env``: added
+    to the environment)."""
     sets = [a for o in overrides for a in ("--set", o)]
     if nprocs == 1:
         cmd = [sys.executable, "-m", "megastride.launch.cli", "train", str(config), *sets]
@@ -27,7 +29,7 @@ def train(config: Path, *overrides: str, nprocs: int = 1, timeout: int = 400) ->
         script = Path(__file__).resolve().parents[1] / "launch" / "train.py"
         launcher = str(Path(sys.executable).parent / "deepspeed")
         cmd = [launcher, "--num_gpus", str(nprocs), "--master_port", str(_port()), str(script), str(config), *sets]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**ENV, **(env or {})})
 
 
 def metrics(run_dir: Path) -> dict[int, dict]:
@@ -77,6 +79,24 @@ def test_resume_continues_with_identical_losses(tiny_config, tmp_path):
     for step in range(1, 7):
         assert b[step]["train/bits_per_byte"] == a[step]["train/bits_per_byte"], step
     assert b[6]["valid/bits_per_byte"] == a[6]["valid/bits_per_byte"]
+
+
+def test_deepspeed_runs_with_kept_attention_give_the_plain_recomputes_losses(tiny_config, tmp_path):
+    """train.keep_attention=true through DeepSpeed's engine (ZeRO-1, the trainer's default runtime): the
+    recomputed blocks reuse their kept attention outputs and the losses are exactly those of the plain
+    recompute's run ("auto" keeps them on a GPU wherever they fit, so this runtime meets them there).
+    The Triton kernels under the interpreter: the attention path that keeps outputs (the CPU's reference
+    path keeps nothing)."""
+    cfg = tiny_config(train={"steps": 3, "eval_every": 3, "zero_stage": 1})
+    runs = {}
+    for keep in ("true", "false"):
+        proc = train(cfg, f"run.dir={tmp_path / keep}", f"train.keep_attention={keep}",
+                     env={"MEGASTRIDE_ATTENTION": "triton", "TRITON_INTERPRET": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[keep] = metrics(tmp_path / keep)
+    for step in range(1, 4):
+        assert runs["true"][step]["train/bits_per_byte"] == runs["false"][step]["train/bits_per_byte"], step
+    assert runs["true"][3]["valid/bits_per_byte"] == runs["false"][3]["valid/bits_per_byte"]
 
 
 @pytest.mark.distributed
