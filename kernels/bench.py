@@ -228,6 +228,7 @@ OUR_VARIANTS = {
     "merged": {"MEGASTRIDE_BLOCKSPARSE_DQ": "merged"},
     "runs": {"MEGASTRIDE_BLOCKSPARSE_RUNS": "1"},  # full block lists walked as arithmetic runs (use_runs)
     "lpt": {"MEGASTRIDE_BLOCKSPARSE_ORDER": "lpt"},  # blocks taken longest first (block_order)
+    "tma": {"MEGASTRIDE_BLOCKSPARSE_TMA": "1"},  # full lists' tiles loaded as TMA boxes (use_tma_loads)
 }
 
 
@@ -427,7 +428,7 @@ def environment() -> dict:
             "triton": triton.__version__, "cuda": torch.version.cuda,
             "date": time.strftime("%Y-%m-%d"), "dtype": "bfloat16", "batch": 1,
             "dq_mode": B.dq_mode(), "dkdv_split": B.dkdv_split(), "runs": B.use_runs(),
-            "order": B.block_order()}
+            "order": B.block_order(), "tma_loads": B.use_tma_loads()}
 
 
 def _fmt(x, digits=2) -> str:

@@ -92,10 +92,21 @@ def _list_tile(t, first, IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK: tl.co
 
 
 @triton.jit
-def _key_tile(K, V, cols, offs_d, stride_kt, stride_vt):
-    """The K and V rows at (natural) positions ``cols``: one key tile of the forward or dQ kernel."""
-    return (tl.load(K + cols[:, None] * stride_kt + offs_d[None, :]),
-            tl.load(V + cols[:, None] * stride_vt + offs_d[None, :]))
+def _row_tile(X, desc, start, rows, offs_d, stride_t, DESC: tl.constexpr):
+    """The rows of X at (natural) positions ``rows``: by pointers, or (DESC: natural order, where ``rows``
+    are ``start``, ``start + 1``, ...) one TMA box of ``desc`` (``_rows_desc``)."""
+    if DESC:
+        return desc.load([start, 0])
+    else:
+        return tl.load(X + rows[:, None] * stride_t + offs_d[None, :])
+
+
+@triton.jit
+def _key_tile(K, V, k_desc, v_desc, start, cols, offs_d, stride_kt, stride_vt, DESC: tl.constexpr):
+    """The K and V rows at (natural) positions ``cols`` (from ``start`` on with DESC): one key tile of the
+    forward or dQ kernel."""
+    return (_row_tile(K, k_desc, start, cols, offs_d, stride_kt, DESC),
+            _row_tile(V, v_desc, start, cols, offs_d, stride_vt, DESC))
 
 
 @triton.jit
@@ -150,8 +161,9 @@ def _program_tile(pid, HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch
                   BLOCK: tl.constexpr, TILE: tl.constexpr, NCOMP: tl.constexpr):
     """What program ``pid`` works on: (batch, head, CSR index, block, first position of its TILE-wide
     tile, the part's min offset, its component codes, its slot in ORDER). Heads vary fastest over
-    program ids and the blocks come in ORDER (order_len entries per CSR, longest row or column
-    first), so every head's heaviest tiles start first."""
+    program ids and the blocks come in ORDER (order_len entries per CSR, in ``block_order()``'s order:
+    chunks of consecutive blocks, heaviest chunk first), so every head's heaviest tiles start early and
+    the programs in flight read the same windows' tiles."""
     bh = pid % batch_heads
     tile = pid // batch_heads
     batch = (bh // part_heads).to(tl.int64)
@@ -174,13 +186,20 @@ def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL
                 part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale,
                 BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
                 NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                RUNS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                RUNS: tl.constexpr, DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # one program per (query tile, batch x head)
     batch, head, csr, row_block, first_row, min_off, codes, _ = _program_tile(
         tl.program_id(0), HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_M, NCOMP)
     Q += batch * stride_qb + head * stride_qh
     K += batch * stride_kb + head * stride_kh
     V += batch * stride_vb + head * stride_vh
+    if DESC:  # natural order: the full list's key tiles as TMA boxes
+        k_desc = tl.make_tensor_descriptor(K, shape=[num_blocks * BLOCK, HEAD_DIM], strides=[stride_kt, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
+        v_desc = tl.make_tensor_descriptor(V, shape=[num_blocks * BLOCK, HEAD_DIM], strides=[stride_vt, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
+    else:
+        k_desc, v_desc = K, V  # not read
 
     offs_m = first_row + tl.arange(0, BLOCK_M)  # part coordinates
     offs_d = tl.arange(0, HEAD_DIM)
@@ -195,7 +214,7 @@ def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, row_block, num_blocks, RUNS)
     for t in range(full_lo * (BLOCK // BLOCK_N), tl.load(FULL_PTR + ptr + 1) * (BLOCK // BLOCK_N)):
         start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED)
-        k, v = _key_tile(K, V, cols, offs_d, stride_kt, stride_vt)
+        k, v = _key_tile(K, V, k_desc, v_desc, start, cols, offs_d, stride_kt, stride_vt, DESC)
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, 0, False, DOT_PREC)
 
     last_row = first_row + BLOCK_M - 1
@@ -211,7 +230,7 @@ def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL
             if first_col <= last_row - min_off:  # skip sub-tiles wholly above the (shifted) diagonal
                 offs_n = first_col + tl.arange(0, MASK_N)
                 cols = _natural(offs_n, perm_g, perm_l, PERMUTED)
-                k, v = _key_tile(K, V, cols, offs_d, stride_kt, stride_vt)
+                k, v = _key_tile(K, V, K, V, first_col, cols, offs_d, stride_kt, stride_vt, False)  # MASK_N rows
                 ok = _allowed(offs_m[:, None], offs_n[None, :], codes, min_off, NCOMP, KINDS)
                 acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, True, DOT_PREC)
 
@@ -269,12 +288,19 @@ def _dq_program(pid, Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODE
                 part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
                 BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, NCOMP: tl.constexpr,
                 KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr, RUNS: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dQ of one (query tile, batch x head): program ``pid`` of the dQ kernel or of the merged one."""
     batch, head, csr, row_block, first_row, min_off, codes, _ = _program_tile(
         pid, HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_M, NCOMP)
     K += batch * stride_kb + head * stride_kh
     V += batch * stride_vb + head * stride_vh
+    if DESC:  # natural order: every key tile as a TMA box
+        k_desc = tl.make_tensor_descriptor(K, shape=[num_blocks * BLOCK, HEAD_DIM], strides=[stride_kt, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
+        v_desc = tl.make_tensor_descriptor(V, shape=[num_blocks * BLOCK, HEAD_DIM], strides=[stride_vt, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
+    else:
+        k_desc, v_desc = K, V  # not read
 
     offs_m = first_row + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -290,7 +316,7 @@ def _dq_program(pid, Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODE
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, row_block, num_blocks, RUNS)
     for t in range(full_lo * (BLOCK // BLOCK_N), tl.load(FULL_PTR + ptr + 1) * (BLOCK // BLOCK_N)):
         start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED)
-        k, v = _key_tile(K, V, cols, offs_d, stride_kt, stride_vt)
+        k, v = _key_tile(K, V, k_desc, v_desc, start, cols, offs_d, stride_kt, stride_vt, DESC)
         dq = _dq_step(dq, q, do, k, v, lse, delta, qk_scale, 0, False, DOT_PREC)
 
     last_row = first_row + BLOCK_M - 1
@@ -301,7 +327,7 @@ def _dq_program(pid, Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODE
             if first_col <= last_row - min_off:
                 offs_n = first_col + tl.arange(0, BLOCK_N)
                 cols = _natural(offs_n, perm_g, perm_l, PERMUTED)
-                k, v = _key_tile(K, V, cols, offs_d, stride_kt, stride_vt)
+                k, v = _key_tile(K, V, k_desc, v_desc, first_col, cols, offs_d, stride_kt, stride_vt, DESC)
                 ok = _allowed(offs_m[:, None], offs_n[None, :], codes, min_off, NCOMP, KINDS)
                 dq = _dq_step(dq, q, do, k, v, lse, delta, qk_scale, ok, True, DOT_PREC)
 
@@ -320,14 +346,14 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                    part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
                    BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
                    NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                   RUNS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   RUNS: tl.constexpr, DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # one program per (query tile, batch x head)
     _dq_program(tl.program_id(0), Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                 FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, FULL_RUNS,
                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                 stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                 part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, RUNS, BLOCK_M, BLOCK_N)
+                BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, RUNS, DESC, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -365,14 +391,14 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN
                   part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
                   BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, NCOMP: tl.constexpr,
                   KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                  FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, RUNS: tl.constexpr,
+                  FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, RUNS: tl.constexpr, DESC: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # program ``pid`` of the dK/dV kernel or of the merged one: one key tile of BLOCK_N keys; query
     # tiles of BLOCK_M rows from the column lists
-    # (key blocks longest column first: the fixed pattern's summary columns are long). FUSED_DQ: the
+    # (key blocks in ORDER, heaviest chunk first: the fixed pattern's summary columns are long). FUSED_DQ: the
     # program also adds dS @ K of each tile to an fp32 DQ with atomics (no separate dQ kernel): one per
     # element (1) or one TMA reduce per tile (2; natural order only, where a tile's rows are contiguous).
-    # SPLIT: a program takes one segment of a column (ORDER = the segments' columns, longest first;
+    # SPLIT: a program takes one segment of a column (ORDER = the segments' columns, heaviest first;
     # SEG_LO/SEG_HI its range of full entries; SEG_FIRST whether it also takes the partial ones) and
     # adds its dK/dV to fp32 DK/DV with atomics, so a long column is no longer one serial chain
     batch, head, csr, col_block, first_col, min_off, codes, slot = _program_tile(
@@ -387,6 +413,13 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN
     DO += batch * stride_dob + head * stride_doh
     LSE += batch * stride_lb + head * stride_lh
     DELTA += batch * stride_lb + head * stride_lh
+    if DESC:  # natural order: every query tile of Q and dO as a TMA box
+        q_desc = tl.make_tensor_descriptor(Q, shape=[num_blocks * BLOCK, HEAD_DIM], strides=[stride_qt, 1],
+                                           block_shape=[BLOCK_M, HEAD_DIM])
+        do_desc = tl.make_tensor_descriptor(DO, shape=[num_blocks * BLOCK, HEAD_DIM], strides=[stride_dot, 1],
+                                            block_shape=[BLOCK_M, HEAD_DIM])
+    else:
+        q_desc, do_desc = Q, DO  # not read
 
     offs_n = first_col + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -411,8 +444,8 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN
     for t in range(full_lo * (BLOCK // BLOCK_M), full_hi * (BLOCK // BLOCK_M)):
         first_row, rows = _list_tile(t, column_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_M,
                                      RUNS, PERMUTED)
-        q = tl.load(Q + rows[:, None] * stride_qt + offs_d[None, :])
-        do = tl.load(DO + rows[:, None] * stride_dot + offs_d[None, :])
+        q = _row_tile(Q, q_desc, first_row, rows, offs_d, stride_qt, DESC)
+        do = _row_tile(DO, do_desc, first_row, rows, offs_d, stride_dot, DESC)
         lse = tl.load(LSE + rows)
         delta = tl.load(DELTA + rows)
         dk, dv, dst = _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, 0, False, DOT_PREC)
@@ -426,8 +459,8 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN
             if first_row + BLOCK_M - 1 - min_off >= first_col:  # skip sub-tiles wholly above the diagonal
                 offs_m = first_row + tl.arange(0, BLOCK_M)
                 rows = _natural(offs_m, perm_g, perm_l, PERMUTED)
-                q = tl.load(Q + rows[:, None] * stride_qt + offs_d[None, :])
-                do = tl.load(DO + rows[:, None] * stride_dot + offs_d[None, :])
+                q = _row_tile(Q, q_desc, first_row, rows, offs_d, stride_qt, DESC)
+                do = _row_tile(DO, do_desc, first_row, rows, offs_d, stride_dot, DESC)
                 lse = tl.load(LSE + rows)
                 delta = tl.load(DELTA + rows)
                 ok = _allowed(offs_m[None, :], offs_n[:, None], codes, min_off, NCOMP, KINDS)  # (keys, queries)
@@ -459,7 +492,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_O
                      part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
                      BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
                      NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                     FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, RUNS: tl.constexpr,
+                     FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, RUNS: tl.constexpr, DESC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     _dkdv_program(tl.program_id(0), Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                   FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len, FULL_RUNS,
@@ -467,7 +500,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_O
                   stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                   stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                   part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                  BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, FUSED_DQ, SPLIT, RUNS, BLOCK_M, BLOCK_N)
+                  BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, FUSED_DQ, SPLIT, RUNS, DESC, BLOCK_M,
+                  BLOCK_N)
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
@@ -480,9 +514,9 @@ def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN
                        part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
                        BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
                        NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                       SPLIT: tl.constexpr, RUNS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       DQ_M: tl.constexpr, DQ_N: tl.constexpr):
-    # DQ_MODE "merged": the dK/dV programs (key tiles over the column lists, longest columns first)
+                       SPLIT: tl.constexpr, RUNS: tl.constexpr, DESC: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, DQ_M: tl.constexpr, DQ_N: tl.constexpr):
+    # DQ_MODE "merged": the dK/dV programs (key tiles over the column lists, heaviest columns first)
     # and then the dQ programs (query tiles of DQ_M rows over the row lists) in one launch, so the dQ
     # programs fill the GPU beside the long dK/dV columns instead of after them, and one launch fewer
     pid = tl.program_id(0)
@@ -494,19 +528,21 @@ def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN
                       stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                       stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                       part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                      BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, False, SPLIT, RUNS, BLOCK_M, BLOCK_N)
+                      BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, False, SPLIT, RUNS, DESC, BLOCK_M,
+                      BLOCK_N)
     else:
         _dq_program(pid - dkdv_programs, Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                     ROW_FULL_PTR, ROW_FULL_IDX, ROW_PART_PTR, ROW_PART_IDX, ROW_ORDER, ROW_FULL_RUNS,
                     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                     stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                     part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                    BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, RUNS, DQ_M, DQ_N)
+                    BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, RUNS, DESC, DQ_M, DQ_N)
 
 
 # --- autotuning: configs declared once per kernel, pruned to the layout's block and head dim ------
 
-_TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_PREV", "FUSED_DQ", "SPLIT", "RUNS"]
+_TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_PREV", "FUSED_DQ", "SPLIT", "RUNS",
+             "DESC"]
 
 
 # (BLOCK_M, BLOCK_N, warps, stages) per layout block, or per (block, head dim) where that key exists (it
@@ -656,6 +692,8 @@ RUNS = False
 # first) or "lpt" (longest first); see block_order
 ORDER = "chunked"
 ORDERS = ("lpt", "chunked")
+# full lists' tiles loaded as TMA boxes where a part is in natural order (see use_tma_loads)
+TMA_LOADS = False
 # blocks per chunk of the "chunked" order: consecutive blocks whose programs run at the same time, so the
 # tiles they read (one window's keys, one window's queries) are read from L2 rather than from HBM
 ORDER_CHUNK = 32
@@ -940,6 +978,22 @@ def _launch(tuned, kernel, grid, args, consts, names=_TILE_NAMES, name: str = ""
         kernel[grid](*args, **consts, **tiles)
 
 
+def _desc_loads(meta: _PartMeta, *tensors: torch.Tensor) -> bool:
+    """Whether the kernels load their full lists' tiles as TMA boxes (in-kernel tensor descriptors, DESC):
+    asked for (``use_tma_loads``), a part in natural order (a tile's rows contiguous), a Hopper GPU or
+    the interpreter, and every tensor's base and row strides 16-byte aligned, as TMA needs (else the
+    pointer loads). Sets Triton's scratch allocator for the descriptors on the GPU."""
+    if not use_tma_loads() or meta.permuted or not (_INTERPRET or _has_tma(tensors[0])):
+        return False
+    for t in tensors:
+        size = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * size % 16 for st in t.stride()[:-1]):
+            return False
+    if not _INTERPRET:
+        _ensure_allocator()
+    return True
+
+
 def _common(layout: Layout, meta: _PartMeta, q: torch.Tensor, load_prev: bool) -> dict:
     return dict(BUCKET=_bucket(layout.seq_len), BLOCK=layout.block, HEAD_DIM=q.shape[-1], PERMUTED=meta.permuted,
                 NCOMP=meta.ncomp, KINDS=meta.kinds, LOAD_PREV=load_prev,
@@ -1004,7 +1058,8 @@ def _forward(q, k, v, layout: Layout, scale: float):
                 *_strides(q, k, v, out), lse.stride(0), lse.stride(1),
                 len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E)
         grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
-        _launch(_fwd_tuned, _fwd_kernel, grid, args, {**_common(layout, meta, q, load_prev), "RUNS": runs is not None},
+        _launch(_fwd_tuned, _fwd_kernel, grid, args,
+                {**_common(layout, meta, q, load_prev), "RUNS": runs is not None, "DESC": _desc_loads(meta, q, k, v)},
                 name="fwd")
     return (out.to(q.dtype) if multi else out), lse
 
@@ -1054,6 +1109,20 @@ def use_runs() -> bool:
         return bool(RUNS)
     if raw not in ("0", "1"):
         raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_RUNS must be 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
+def use_tma_loads() -> bool:
+    """Whether the kernels load the tiles of their full block lists with the TMA unit (``_desc_loads``:
+    where the layout's part is in natural order, on Hopper, aligned) instead of pointer loads: fewer
+    address instructions and registers per tile, the copies asynchronous. Exact under the interpreter
+    (tests) and compiled for sm_90 (compile_check --desc); not yet timed on a GPU, so off by default.
+    ``MEGASTRIDE_BLOCKSPARSE_TMA`` ("0" or "1") overrides ``TMA_LOADS``."""
+    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_TMA")
+    if raw is None:
+        return bool(TMA_LOADS)
+    if raw not in ("0", "1"):
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_TMA must be 0 or 1, got {raw!r}")
     return raw == "1"
 
 
@@ -1183,7 +1252,7 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
             for g in [t for t, atomic in ((dq, fused), (dk, split), (dv, split)) if not atomic]:
                 g[:, fresh] = 0.0
         lists = meta.lists
-        consts = _common(layout, meta, q, load_prev)
+        consts = {**_common(layout, meta, q, load_prev), "DESC": _desc_loads(meta, q, k, v, do)}
         common = (len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E, scale)
         row_runs, col_runs = _runs_table(part, meta, "row"), _runs_table(part, meta, "col")
         if not (fused or merged):

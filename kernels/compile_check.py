@@ -74,10 +74,11 @@ DEFAULT_KINDS = 2 | 4 | 16
 
 
 def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
-             kinds: int = DEFAULT_KINDS, runs: bool = False) -> list[Variant]:
+             kinds: int = DEFAULT_KINDS, runs: bool = False, desc: bool = False) -> list[Variant]:
     """The kernel variants the launchers produce for one block and head dim: natural and permuted
     parts, first and merging parts, each backward mode; the first autotuning config of each table
-    (all of them with ``every_config``)."""
+    (all of them with ``every_config``). ``desc``: the natural-order parts load their full lists' tiles as
+    TMA boxes (blocksparse.use_tma_loads; permuted parts never do)."""
     base = dict(BUCKET=2, BLOCK=block, HEAD_DIM=head_dim, NCOMP=2, KINDS=kinds, DOT_PREC="tf32", RUNS=runs)
 
     def tiles(table):
@@ -87,7 +88,7 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
     out = []
     for permuted, load_prev in ((False, False), (True, True)):
         tag = f"{'permuted' if permuted else 'natural'}{', merging' if load_prev else ''}"
-        common = dict(base, PERMUTED=permuted, LOAD_PREV=load_prev)
+        common = dict(base, PERMUTED=permuted, LOAD_PREV=load_prev, DESC=desc and not permuted)
         acc = {"O", "DQ", "DK", "DV"} if load_prev else set()
         for m, n, w, st in tiles(bs._FWD_TILES):
             out.append(Variant(f"forward {tag} {m}x{n} w{w} s{st}", bs._fwd_kernel,
@@ -173,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="mask kinds bitmask, 1 << kind (default 22: local, stride, summary; 24: the fixed pattern's)")
     p.add_argument("--ptxas", action="store_true", help="also report registers and spills (ptxas -v)")
     p.add_argument("--runs", action="store_true", help="full block lists walked as arithmetic runs (blocksparse.use_runs)")
+    p.add_argument("--desc", action="store_true",
+                   help="full lists' tiles loaded as TMA boxes in natural order (blocksparse.use_tma_loads)")
     p.add_argument("--waits", action="store_true",
                    help="also report the async_wait counts of the first (full-block) loop in the TTGIR: 0 = tile loads prefetched one iteration ahead at most")
     p.add_argument("--only", action="append", default=[],
@@ -182,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--kinds is a bitmask of the five mask kinds, 1..31, got {args.kinds}")
     only = args.only
     failed = 0
-    chosen = [v for v in variants(args.block, args.head_dim, args.all, args.kinds, args.runs) if not only or any(x in v.name for x in only)]
+    chosen = [v for v in variants(args.block, args.head_dim, args.all, args.kinds, args.runs, args.desc) if not only or any(x in v.name for x in only)]
     if not chosen:
         print(f"compile_check: no variant matches --only {only!r}", file=sys.stderr)
         return 2
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             usage = f", {u['registers']} registers, spills {u['spill_stores']}/{u['spill_loads']} B stored/loaded"
         if args.waits:
             usage += f", first loop waits {first_loop_waits(k)}"
-        print(f"ok   {v.name}{' (runs)' if args.runs else ''}: {time.perf_counter() - start:.1f} s, shared {k.metadata.shared} B{usage}", flush=True)
+        print(f"ok   {v.name}{' (runs)' if args.runs else ''}{' (TMA loads)' if args.desc and 'permuted' not in v.name else ''}: {time.perf_counter() - start:.1f} s, shared {k.metadata.shared} B{usage}", flush=True)
     print(f"compile_check sm_{args.arch} {args.dtype}: {'FAILED ' + str(failed) if failed else 'all compiled'}")
     return 1 if failed else 0
 

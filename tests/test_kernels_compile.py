@@ -58,6 +58,18 @@ def test_runs_variants_compile_for_sm90():
     assert len(compiled) == len(only) and proc.stdout.strip().endswith("all compiled"), proc.stdout
 
 
+def test_tma_load_variants_compile_for_sm90():
+    """compile_check --desc: the forward, dQ, dK/dV and merged kernels loading their full lists' tiles from
+    in-kernel tensor descriptors (natural parts) compile for sm_90, with the fixed pattern's masks and runs."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    only = ["forward natural", "dQ natural", "dK/dV natural, dQ separate, whole columns", "merged natural, split columns"]
+    proc = subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", "--desc", "--runs", "--kinds", "24",
+                           *(f"--only={o}" for o in only)], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    compiled = [line for line in proc.stdout.splitlines() if line.startswith("ok ") and "(TMA loads)" in line]
+    assert len(compiled) == len(only) and proc.stdout.strip().endswith("all compiled"), proc.stdout
+
+
 def test_runs_let_the_pipeliner_prefetch_the_tiles_further():
     """compile_check --waits: the forward's first config at head dim 32 (three stages) waits for every tile
     load of its full-block loop at the top of each iteration with index lists (count 0), and leaves loads in

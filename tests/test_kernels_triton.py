@@ -510,8 +510,9 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_RUNS", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_ORDER", raising=False)
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_TMA", raising=False)
     switches = lambda: (blocksparse.dq_mode(), blocksparse.dkdv_split() > 0, blocksparse.use_runs(),  # noqa: E731
-                        blocksparse.block_order())
+                        blocksparse.block_order(), blocksparse.use_tma_loads())
     ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():
         with monkeypatch.context() as m:
@@ -769,6 +770,47 @@ def test_order_switch_is_validated(monkeypatch):
         blocksparse.block_order()
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_ORDER", "chunked")
     assert blocksparse.block_order() == "chunked"
+
+
+@pytest.mark.parametrize("name,dq", [("fixed_block128", "separate"), ("merged_fixed_strided", "merged"),
+                                     ("multi_head_mix", "atomic"), ("fixed_d128", "separate")])
+def test_tma_loads_give_the_reference_and_are_used(name, dq, monkeypatch):
+    """MEGASTRIDE_BLOCKSPARSE_TMA=1: the full lists' tiles come from in-kernel tensor descriptors (TMA boxes)
+    where a part is in natural order, pointer loads in permuted parts; the reference's answer in the forward
+    and each backward mode, and the launches really had DESC set where expected."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TMA", "1")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", dq)
+    seen = {}
+    real = blocksparse._launch
+
+    def launch(tuned, kernel, grid, args, consts, names=blocksparse._TILE_NAMES, name=""):
+        seen.setdefault(name, set()).add((consts["PERMUTED"], consts["DESC"]))
+        return real(tuned, kernel, grid, args, consts, names, name=name)
+
+    monkeypatch.setattr(blocksparse, "_launch", launch)
+    _run_case(CASES[name], monkeypatch)
+    assert seen and all(desc == (not permuted) for pairs in seen.values() for permuted, desc in pairs), seen
+    assert any(desc for pairs in seen.values() for _, desc in pairs)
+
+
+def test_tma_loads_need_aligned_rows_and_the_switch(monkeypatch):
+    """_desc_loads: off unless asked for, off for permuted parts and for rows TMA cannot address (a row
+    stride that is not a multiple of 16 bytes); the switch is validated."""
+    layout = P.build_layout(P.same_for_all_heads(P.fixed(64, 16), 2), 256, 32)
+    meta = blocksparse._part_meta(layout.parts[0], 256, torch.device("cpu"))
+    q = torch.randn(1, 2, 256, 32)
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_TMA", raising=False)
+    assert not blocksparse._desc_loads(meta, q, q, q)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TMA", "1")
+    assert blocksparse._desc_loads(meta, q, q, q)
+    odd = torch.randn(1, 2, 256, 33)[..., :32]  # rows 132 bytes apart
+    assert not blocksparse._desc_loads(meta, q, odd, q)
+    strided = P.build_layout(P.same_for_all_heads(P.strided(16), 2), 256, 32)
+    permuted = next(part for part in strided.parts if part.permute_stride)
+    assert not blocksparse._desc_loads(blocksparse._part_meta(permuted, 256, torch.device("cpu")), q, q, q)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TMA", "on")
+    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_TMA must be 0 or 1"):
+        blocksparse.use_tma_loads()
 
 
 def test_own_tuning_key_is_the_autotuners(monkeypatch):
