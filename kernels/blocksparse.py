@@ -1104,11 +1104,16 @@ def use_runs() -> bool:
     default (2026-11-30, docs/benchmarks.md "Sixth run"): 1-3% faster from 262,144 tokens, 2% slower at
     65,536 (H=2, D=128), so off by default.
     ``MEGASTRIDE_BLOCKSPARSE_RUNS`` ("0" or "1") overrides ``RUNS``."""
-    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_RUNS")
+    return _switch("MEGASTRIDE_BLOCKSPARSE_RUNS", RUNS)
+
+
+def _switch(name: str, default) -> bool:
+    """An on/off switch: environment variable ``name`` ("0" or "1") where set, else ``default``."""
+    raw = os.environ.get(name)
     if raw is None:
-        return bool(RUNS)
+        return bool(default)
     if raw not in ("0", "1"):
-        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_RUNS must be 0 or 1, got {raw!r}")
+        raise ValueError(f"{name} must be 0 or 1, got {raw!r}")
     return raw == "1"
 
 
@@ -1118,12 +1123,7 @@ def use_tma_loads() -> bool:
     address instructions and registers per tile, the copies asynchronous. Exact under the interpreter
     (tests) and compiled for sm_90 (compile_check --desc); not yet timed on a GPU, so off by default.
     ``MEGASTRIDE_BLOCKSPARSE_TMA`` ("0" or "1") overrides ``TMA_LOADS``."""
-    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_TMA")
-    if raw is None:
-        return bool(TMA_LOADS)
-    if raw not in ("0", "1"):
-        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_TMA must be 0 or 1, got {raw!r}")
-    return raw == "1"
+    return _switch("MEGASTRIDE_BLOCKSPARSE_TMA", TMA_LOADS)
 
 
 def block_order() -> str:
@@ -1131,8 +1131,8 @@ def block_order() -> str:
     programs do not start last) or "chunked" (``_work_order``: chunks of ORDER_CHUNK consecutive blocks,
     heaviest chunk first, so the programs running at one time read the same windows' tiles from L2).
     Longest first mixed the rows of up to 11 windows among a head's first 66 programs under the fixed
-    pattern at 1M tokens (and its columns those of 66 windows); chunked took the forward+backward 3.5-9%
-    faster from 262,144 tokens on the H200 (2026-11-30; forward 6% at H=8, D=64 and 12% at H=2, D=128 at
+    pattern at 1M tokens (and its columns those of 66 windows); chunked took the forward+backward 3.4-7.9%
+    faster from 262,144 tokens on the H200 (2026-11-30; the forward 5% at H=8, D=64 and 3% at H=2, D=128 at
     1M; chunks of 8-256 blocks within 2%, 32 best at D=64; docs/benchmarks.md "Seventh run"), so it is the
     default. ``MEGASTRIDE_BLOCKSPARSE_ORDER`` overrides ``ORDER``."""
     mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_ORDER", ORDER)
