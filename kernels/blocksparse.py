@@ -102,6 +102,17 @@ def _row_tile(X, desc, start, rows, offs_d, stride_t, DESC: tl.constexpr):
 
 
 @triton.jit
+def _tile_descs(A, B, stride_at, stride_bt, rows, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, DESC: tl.constexpr):
+    """TMA descriptors of A's and B's (rows, HEAD_DIM) rows in boxes of ROWS rows (DESC: a natural-order
+    part, whose full lists' tiles are contiguous rows), else A and B themselves (not read)."""
+    if DESC:
+        return (tl.make_tensor_descriptor(A, shape=[rows, HEAD_DIM], strides=[stride_at, 1], block_shape=[ROWS, HEAD_DIM]),
+                tl.make_tensor_descriptor(B, shape=[rows, HEAD_DIM], strides=[stride_bt, 1], block_shape=[ROWS, HEAD_DIM]))
+    else:
+        return A, B
+
+
+@triton.jit
 def _key_tile(K, V, k_desc, v_desc, start, cols, offs_d, stride_kt, stride_vt, DESC: tl.constexpr):
     """The K and V rows at (natural) positions ``cols`` (from ``start`` on with DESC): one key tile of the
     forward or dQ kernel."""
@@ -193,13 +204,7 @@ def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL
     Q += batch * stride_qb + head * stride_qh
     K += batch * stride_kb + head * stride_kh
     V += batch * stride_vb + head * stride_vh
-    if DESC:  # natural order: the full list's key tiles as TMA boxes
-        k_desc = tl.make_tensor_descriptor(K, shape=[num_blocks * BLOCK, HEAD_DIM], strides=[stride_kt, 1],
-                                           block_shape=[BLOCK_N, HEAD_DIM])
-        v_desc = tl.make_tensor_descriptor(V, shape=[num_blocks * BLOCK, HEAD_DIM], strides=[stride_vt, 1],
-                                           block_shape=[BLOCK_N, HEAD_DIM])
-    else:
-        k_desc, v_desc = K, V  # not read
+    k_desc, v_desc = _tile_descs(K, V, stride_kt, stride_vt, num_blocks * BLOCK, BLOCK_N, HEAD_DIM, DESC)
 
     offs_m = first_row + tl.arange(0, BLOCK_M)  # part coordinates
     offs_d = tl.arange(0, HEAD_DIM)
@@ -294,13 +299,7 @@ def _dq_program(pid, Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODE
         pid, HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_M, NCOMP)
     K += batch * stride_kb + head * stride_kh
     V += batch * stride_vb + head * stride_vh
-    if DESC:  # natural order: every key tile as a TMA box
-        k_desc = tl.make_tensor_descriptor(K, shape=[num_blocks * BLOCK, HEAD_DIM], strides=[stride_kt, 1],
-                                           block_shape=[BLOCK_N, HEAD_DIM])
-        v_desc = tl.make_tensor_descriptor(V, shape=[num_blocks * BLOCK, HEAD_DIM], strides=[stride_vt, 1],
-                                           block_shape=[BLOCK_N, HEAD_DIM])
-    else:
-        k_desc, v_desc = K, V  # not read
+    k_desc, v_desc = _tile_descs(K, V, stride_kt, stride_vt, num_blocks * BLOCK, BLOCK_N, HEAD_DIM, DESC)
 
     offs_m = first_row + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -413,13 +412,7 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN
     DO += batch * stride_dob + head * stride_doh
     LSE += batch * stride_lb + head * stride_lh
     DELTA += batch * stride_lb + head * stride_lh
-    if DESC:  # natural order: every query tile of Q and dO as a TMA box
-        q_desc = tl.make_tensor_descriptor(Q, shape=[num_blocks * BLOCK, HEAD_DIM], strides=[stride_qt, 1],
-                                           block_shape=[BLOCK_M, HEAD_DIM])
-        do_desc = tl.make_tensor_descriptor(DO, shape=[num_blocks * BLOCK, HEAD_DIM], strides=[stride_dot, 1],
-                                            block_shape=[BLOCK_M, HEAD_DIM])
-    else:
-        q_desc, do_desc = Q, DO  # not read
+    q_desc, do_desc = _tile_descs(Q, DO, stride_qt, stride_dot, num_blocks * BLOCK, BLOCK_M, HEAD_DIM, DESC)
 
     offs_n = first_col + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
