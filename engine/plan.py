@@ -534,15 +534,9 @@ def choose_checkpoint_blocks(cfg: Config, seq_len: int | None = None, world_size
     (the plan then says it does not fit), 0 without ``train.checkpoint_activations``; the blocks keep their
     attention outputs only under an explicit ``train.keep_attention: true``. What ``train.checkpoint_blocks:
     auto`` becomes on a GPU beside an explicit keep_attention (``choose_recompute`` weighs both)."""
-    cfg = _at_length(cfg, seq_len)
-    if not cfg.train.checkpoint_activations:
-        return 0
-    n_layers = cfg.model.n_layers
-    for k in range(n_layers + 1):  # each plan is arithmetic: the layouts are built once (cached)
-        p = plan(with_checkpoint_blocks(cfg, k), None, world_size, runtime, micro_batch)
-        if p.first_step_peak_bytes <= budget_bytes:
-            return k
-    return n_layers
+    keep = cfg.train.keep_attention is True  # "auto" (unresolved) keeps nothing here
+    return choose_recompute(with_checkpoint_blocks(cfg, "auto", keep), seq_len, world_size, runtime, micro_batch,
+                            budget_bytes=budget_bytes)[0]
 
 
 def choose_recompute(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: str = "deepspeed",

@@ -94,7 +94,7 @@ def _list_tile(t, first, IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK: tl.co
 @triton.jit
 def _row_tile(X, desc, start, rows, offs_d, stride_t, DESC: tl.constexpr):
     """The rows of X at (natural) positions ``rows``: by pointers, or (DESC: natural order, where ``rows``
-    are ``start``, ``start + 1``, ...) one TMA box of ``desc`` (``_rows_desc``)."""
+    are ``start``, ``start + 1``, ...) one TMA box of ``desc`` (``_tile_descs``)."""
     if DESC:
         return desc.load([start, 0])
     else:
@@ -736,11 +736,13 @@ class _PartMeta:
     min_off: torch.Tensor  # (Hp,) int32
     codes: torch.Tensor  # (Hp, NCOMP, 4) int32
     lists: dict[str, torch.Tensor]  # row_full_ptr ... col_part_idx, CSRs concatenated
+    num_blocks: int  # blocks per side of each CSR
     ncomp: int
     kinds: int
     perm_g: int
     perm_l: int
-    extra: dict = field(default_factory=dict)  # built on demand: ("segments", S) -> column segments
+    # built on demand: ("segments", S, order, chunk) -> column segments, ("order", order, chunk, side) -> order
+    extra: dict = field(default_factory=dict)
 
     @property
     def permuted(self) -> bool:
@@ -762,9 +764,6 @@ def _pack_lists(part: LayoutPart, device) -> dict[str, torch.Tensor]:
             idx = torch.cat(idxs)
         out[f"{name}_ptr"] = ptr.to(torch.int32).contiguous()
         out[f"{name}_idx"] = (idx if idx.numel() else torch.zeros(1, dtype=torch.int32, device=device)).contiguous()
-    for side in ("row", "col"):  # (num csr, nb) blocks by descending work: longest first (LPT order)
-        work = [(getattr(c, f"{side}_full_ptr").diff() + getattr(c, f"{side}_part_ptr").diff()).to(device) for c in part.csr]
-        out[f"{side}_order"] = torch.stack([_work_order(w.long(), None, "lpt") for w in work]).to(torch.int32).contiguous()
     return out
 
 
@@ -787,14 +786,12 @@ def _work_order(work: torch.Tensor, blocks: torch.Tensor | None, mode: str) -> t
 
 
 def _side_order(meta: "_PartMeta", side: str) -> torch.Tensor:
-    """(num csr, nb) int32 blocks of ``side`` ("row" or "col") in ``block_order()``'s order (built once
-    per order, layout and device)."""
+    """(num csr, nb) int32 blocks of ``side`` ("row" or "col") in ``block_order()``'s order, by each
+    block's full and partial entries (built once per order, layout and device)."""
     mode = block_order()
-    if mode == "lpt":
-        return meta.lists[f"{side}_order"]
     key = ("order", mode, ORDER_CHUNK, side)
     if key not in meta.extra:
-        lists, nb = meta.lists, meta.lists[f"{side}_order"].shape[1]
+        lists, nb = meta.lists, meta.num_blocks
         work = (lists[f"{side}_full_ptr"].long().view(-1, nb + 1).diff(dim=1)
                 + lists[f"{side}_part_ptr"].long().view(-1, nb + 1).diff(dim=1))
         meta.extra[key] = {"order": torch.stack([_work_order(w, None, mode) for w in work]).to(torch.int32).contiguous()}
@@ -893,7 +890,8 @@ def _part_meta(part: LayoutPart, n: int, device: torch.device) -> _PartMeta:
         as_i32 = lambda x: torch.tensor(x, dtype=torch.int32, device=device)  # noqa: E731
         part.kernel_cache[key] = _PartMeta(
             heads=as_i32(part.heads), head_csr=as_i32(part.head_csr), min_off=as_i32(part.min_offset),
-            codes=codes.to(device).contiguous(), lists=_pack_lists(part, device), ncomp=codes.shape[1], kinds=kinds,
+            codes=codes.to(device).contiguous(), lists=_pack_lists(part, device),
+            num_blocks=part.csr[0].row_full_ptr.numel() - 1, ncomp=codes.shape[1], kinds=kinds,
             perm_g=n // part.permute_stride if part.permute_stride else 1, perm_l=part.permute_stride or 1,
         )
     return part.kernel_cache[key]
