@@ -228,7 +228,7 @@ OUR_VARIANTS = {
     "merged": {"MEGASTRIDE_BLOCKSPARSE_DQ": "merged"},
     "runs": {"MEGASTRIDE_BLOCKSPARSE_RUNS": "1"},  # full block lists walked as arithmetic runs (use_runs)
     "lpt": {"MEGASTRIDE_BLOCKSPARSE_ORDER": "lpt"},  # blocks taken longest first (block_order)
-    "tma": {"MEGASTRIDE_BLOCKSPARSE_TMA": "1"},  # full lists' tiles loaded as TMA boxes (use_tma_loads)
+    "pointer": {"MEGASTRIDE_BLOCKSPARSE_TMA": "0"},  # full lists' tiles from pointer loads, not TMA boxes (use_tma_loads)
 }
 
 

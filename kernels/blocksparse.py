@@ -685,8 +685,10 @@ RUNS = False
 # first) or "lpt" (longest first); see block_order
 ORDER = "chunked"
 ORDERS = ("lpt", "chunked")
-# full lists' tiles loaded as TMA boxes where a part is in natural order (see use_tma_loads)
-TMA_LOADS = False
+# full lists' tiles loaded as TMA boxes where a part is in natural order and its rows' full lists hold
+# TMA_MIN_BLOCKS blocks or more on average (see use_tma_loads)
+TMA_LOADS = True
+TMA_MIN_BLOCKS = 20
 # blocks per chunk of the "chunked" order: consecutive blocks whose programs run at the same time, so the
 # tiles they read (one window's keys, one window's queries) are read from L2 rather than from HBM
 ORDER_CHUNK = 32
@@ -741,6 +743,7 @@ class _PartMeta:
     kinds: int
     perm_g: int
     perm_l: int
+    full_per_row: float  # mean full blocks in a row's list (over the part's CSRs): tiles a program walks
     # built on demand: ("segments", S, order, chunk) -> column segments, ("order", order, chunk, side) -> order
     extra: dict = field(default_factory=dict)
 
@@ -893,6 +896,7 @@ def _part_meta(part: LayoutPart, n: int, device: torch.device) -> _PartMeta:
             codes=codes.to(device).contiguous(), lists=_pack_lists(part, device),
             num_blocks=part.csr[0].row_full_ptr.numel() - 1, ncomp=codes.shape[1], kinds=kinds,
             perm_g=n // part.permute_stride if part.permute_stride else 1, perm_l=part.permute_stride or 1,
+            full_per_row=sum(c.row_full_idx.numel() for c in part.csr) / (len(part.csr) * max(1, part.csr[0].row_full_ptr.numel() - 1)),
         )
     return part.kernel_cache[key]
 
@@ -971,10 +975,10 @@ def _launch(tuned, kernel, grid, args, consts, names=_TILE_NAMES, name: str = ""
 
 def _desc_loads(meta: _PartMeta, *tensors: torch.Tensor) -> bool:
     """Whether the kernels load their full lists' tiles as TMA boxes (in-kernel tensor descriptors, DESC):
-    asked for (``use_tma_loads``), a part in natural order (a tile's rows contiguous), a Hopper GPU or
-    the interpreter, and every tensor's base and row strides 16-byte aligned, as TMA needs (else the
-    pointer loads). Sets Triton's scratch allocator for the descriptors on the GPU."""
-    if not use_tma_loads() or meta.permuted or not (_INTERPRET or _has_tma(tensors[0])):
+    chosen for the part's list lengths (``use_tma_loads``), a part in natural order (a tile's rows
+    contiguous), a Hopper GPU or the interpreter, and every tensor's base and row strides 16-byte aligned,
+    as TMA needs (else the pointer loads). Sets Triton's scratch allocator for the descriptors on the GPU."""
+    if not use_tma_loads(meta.full_per_row) or meta.permuted or not (_INTERPRET or _has_tma(tensors[0])):
         return False
     for t in tensors:
         size = t.element_size()
@@ -1108,13 +1112,20 @@ def _switch(name: str, default) -> bool:
     return raw == "1"
 
 
-def use_tma_loads() -> bool:
+def use_tma_loads(full_per_row: float | None = None) -> bool:
     """Whether the kernels load the tiles of their full block lists with the TMA unit (``_desc_loads``:
     where the layout's part is in natural order, on Hopper, aligned) instead of pointer loads: fewer
-    address instructions and registers per tile, the copies asynchronous. Exact under the interpreter
-    (tests) and compiled for sm_90 (compile_check --desc); not yet timed on a GPU, so off by default.
-    ``MEGASTRIDE_BLOCKSPARSE_TMA`` ("0" or "1") overrides ``TMA_LOADS``."""
-    return _switch("MEGASTRIDE_BLOCKSPARSE_TMA", TMA_LOADS)
+    address instructions and registers per tile, the copies asynchronous, but each program first builds
+    its descriptors. So it is the default where a part's rows hold ``TMA_MIN_BLOCKS`` full blocks or more
+    on average (``full_per_row``; None: any part). On the H200 (2026-11-30, docs/benchmarks.md "Eighth
+    run") TMA took the fixed pattern's forward+backward 4-8% faster where its rows hold 23 (65,536 tokens),
+    47, 95 full blocks, and the strided pattern's 3-9% where they hold 62 and 253; it was slower where they
+    hold 9 (fixed, 12,288 tokens: 3-8% replayed) and 15 (strided at 65,536: 2% at H=8, D=64 and 24% at H=2,
+    D=128); the threshold lies between. Exact in bf16 (gpu_check). Permuted parts and other GPUs keep the
+    pointer loads. ``MEGASTRIDE_BLOCKSPARSE_TMA`` ("0" or "1") overrides the choice for every part."""
+    if os.environ.get("MEGASTRIDE_BLOCKSPARSE_TMA") is not None:
+        return _switch("MEGASTRIDE_BLOCKSPARSE_TMA", TMA_LOADS)
+    return bool(TMA_LOADS) and (full_per_row is None or full_per_row >= TMA_MIN_BLOCKS)
 
 
 def block_order() -> str:
@@ -1149,8 +1160,8 @@ def _timing_possible(q: torch.Tensor) -> bool:
 
 def auto_mode_key(shape, dtype) -> tuple:
     """Key of "auto"'s choice in a layout's kernel cache for inputs of ``shape`` and ``dtype``, under the
-    switches in force (split columns, block order): one choice per combination."""
-    return ("dq_mode", tuple(shape), dtype, dkdv_split(), block_order(), ORDER_CHUNK)
+    switches in force (split columns, block order, tile loads): one choice per combination."""
+    return ("dq_mode", tuple(shape), dtype, dkdv_split(), block_order(), ORDER_CHUNK, use_tma_loads())
 
 
 def _auto_mode(layout: Layout, q: torch.Tensor, run) -> str:

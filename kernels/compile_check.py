@@ -174,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="mask kinds bitmask, 1 << kind (default 22: local, stride, summary; 24: the fixed pattern's)")
     p.add_argument("--ptxas", action="store_true", help="also report registers and spills (ptxas -v)")
     p.add_argument("--runs", action="store_true", help="full block lists walked as arithmetic runs (blocksparse.use_runs)")
-    p.add_argument("--desc", action="store_true",
-                   help="full lists' tiles loaded as TMA boxes in natural order (blocksparse.use_tma_loads)")
+    p.add_argument("--desc", action=argparse.BooleanOptionalAction, default=None,
+                   help="full lists' tiles loaded as TMA boxes in natural order, or (--no-desc) from pointer loads "
+                        "(default: the kernels' own choice, blocksparse.use_tma_loads)")
     p.add_argument("--waits", action="store_true",
                    help="also report the async_wait counts of the first (full-block) loop in the TTGIR: 0 = tile loads prefetched one iteration ahead at most")
     p.add_argument("--only", action="append", default=[],
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.kinds < 32:
         p.error(f"--kinds is a bitmask of the five mask kinds, 1..31, got {args.kinds}")
     only = args.only
+    if args.desc is None:
+        args.desc = bs.use_tma_loads()
     failed = 0
     chosen = [v for v in variants(args.block, args.head_dim, args.all, args.kinds, args.runs, args.desc) if not only or any(x in v.name for x in only)]
     if not chosen:

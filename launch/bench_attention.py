@@ -16,7 +16,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", default="8x64,2x128", help="comma-separated HEADSxHEAD_DIM (default 8x64,2x128)")
     p.add_argument("--peers", default="flex,sdpa", help="comma-separated peers to time beside ours: flex, sdpa; and our own backward modes (ours: DQ_MODE 'auto'): separate, atomic (dQ by "
                         "atomics), split (dK/dV columns in segments of 16 blocks), atomic_split, merged (dQ and dK/dV programs in one launch), "
-                        "runs (full block lists walked as arithmetic runs)")
+                        "runs (full block lists walked as arithmetic runs), lpt (blocks taken longest first), pointer (tiles from "
+                        "pointer loads, not TMA boxes)")
     p.add_argument("--dense-max", type=int, default=262144, help="longest length for dense SDPA (default 262144)")
     p.add_argument("--flex-strided-max", type=int, default=262144,
                    help="longest length for Flex on the strided pattern (default 262144: seconds per step beyond)")

@@ -774,13 +774,20 @@ def test_order_switch_is_validated(monkeypatch):
     assert blocksparse.block_order() == "chunked"
 
 
-@pytest.mark.parametrize("name,dq", [("fixed_block128", "separate"), ("merged_fixed_strided", "merged"),
-                                     ("multi_head_mix", "atomic"), ("fixed_d128", "separate")])
-def test_tma_loads_give_the_reference_and_are_used(name, dq, monkeypatch):
-    """MEGASTRIDE_BLOCKSPARSE_TMA=1: the full lists' tiles come from in-kernel tensor descriptors (TMA boxes)
-    where a part is in natural order, pointer loads in permuted parts; the reference's answer in the forward
-    and each backward mode, and the launches really had DESC set where expected."""
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TMA", "1")
+@pytest.mark.parametrize("name,dq,tma", [("fixed_block128", "separate", None), ("merged_fixed_strided", "merged", None),
+                                         ("multi_head_mix", "atomic", None), ("fixed_d128", "separate", None),
+                                         ("fixed_block128", "merged", "0"), ("multi_head_mix", "atomic", "0")])
+def test_tma_loads_give_the_reference_and_are_used(name, dq, tma, monkeypatch):
+    """By default where a part's rows hold TMA_MIN_BLOCKS full blocks on average (lowered here to any), and
+    for every part with MEGASTRIDE_BLOCKSPARSE_TMA=1, the full lists' tiles come from in-kernel tensor
+    descriptors (TMA boxes) where a part is in natural order, pointer loads in permuted parts; with
+    MEGASTRIDE_BLOCKSPARSE_TMA=0 pointer loads everywhere. The reference's answer in the forward and each
+    backward mode either way, and the launches really had DESC set where expected."""
+    if tma is None:
+        monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_TMA", raising=False)
+        monkeypatch.setattr(blocksparse, "TMA_MIN_BLOCKS", 0)
+    else:
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TMA", tma)
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", dq)
     seen = {}
     real = blocksparse._launch
@@ -791,17 +798,29 @@ def test_tma_loads_give_the_reference_and_are_used(name, dq, monkeypatch):
 
     monkeypatch.setattr(blocksparse, "_launch", launch)
     _run_case(CASES[name], monkeypatch)
-    assert seen and all(desc == (not permuted) for pairs in seen.values() for permuted, desc in pairs), seen
-    assert any(desc for pairs in seen.values() for _, desc in pairs)
+    on = tma != "0"
+    assert seen and all(desc == (on and not permuted) for pairs in seen.values() for permuted, desc in pairs), seen
+    assert any(desc for pairs in seen.values() for _, desc in pairs) == on
 
 
 def test_tma_loads_need_aligned_rows_and_the_switch(monkeypatch):
-    """_desc_loads: off unless asked for, off for permuted parts and for rows TMA cannot address (a row
+    """_desc_loads: on by default where a part's rows hold TMA_MIN_BLOCKS full blocks on average (for every
+    part when switched on), off when switched off, for permuted parts and for rows TMA cannot address (a row
     stride that is not a multiple of 16 bytes); the switch is validated."""
     layout = P.build_layout(P.same_for_all_heads(P.fixed(64, 16), 2), 256, 32)
     meta = blocksparse._part_meta(layout.parts[0], 256, torch.device("cpu"))
     q = torch.randn(1, 2, 256, 32)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_TMA", raising=False)
+    # 8 row blocks of 32 in 64-token windows: a window's second row block wholly attends its first, every
+    # other entry is partial (diagonal blocks, 16-token summaries): 4 full entries over 8 rows
+    full = 0.5
+    assert meta.full_per_row == full and full < blocksparse.TMA_MIN_BLOCKS
+    assert not blocksparse._desc_loads(meta, q, q, q)  # lists too short by default
+    monkeypatch.setattr(blocksparse, "TMA_MIN_BLOCKS", full)
+    assert blocksparse._desc_loads(meta, q, q, q)
+    assert blocksparse.use_tma_loads(full) and not blocksparse.use_tma_loads(full - 0.01)
+    monkeypatch.setattr(blocksparse, "TMA_MIN_BLOCKS", 20)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TMA", "0")
     assert not blocksparse._desc_loads(meta, q, q, q)
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TMA", "1")
     assert blocksparse._desc_loads(meta, q, q, q)
