@@ -1119,8 +1119,8 @@ def use_tma_loads(full_per_row: float | None = None) -> bool:
     its descriptors. So it is the default where a part's rows hold ``TMA_MIN_BLOCKS`` full blocks or more
     on average (``full_per_row``; None: any part). On the H200 (2026-11-30, docs/benchmarks.md "Eighth
     run") TMA took the fixed pattern's forward+backward 4-8% faster where its rows hold 23 (65,536 tokens),
-    47, 95 full blocks, and the strided pattern's 3-9% where they hold 62 and 253; it was slower where they
-    hold 9 (fixed, 12,288 tokens: 3-8% replayed) and 15 (strided at 65,536: 2% at H=8, D=64 and 24% at H=2,
+    47, 95 full blocks, and the strided pattern's 3-8% where they hold 62 and 253; it was slower where they
+    hold 9 (fixed, 12,288 tokens: 2-8% replayed) and 15 (strided at 65,536: 2% at H=8, D=64 and 24% at H=2,
     D=128); the threshold lies between. Exact in bf16 (gpu_check). Permuted parts and other GPUs keep the
     pointer loads. ``MEGASTRIDE_BLOCKSPARSE_TMA`` ("0" or "1") overrides the choice for every part."""
     if os.environ.get("MEGASTRIDE_BLOCKSPARSE_TMA") is not None:
