@@ -18,6 +18,11 @@ positions by index arithmetic in the loads (no gather copy). Parts after the fir
 running output through the two log-sum-exps (LOAD_PREV); the backward of every part uses the merged
 lse and delta and adds its gradients to the earlier parts' ones.
 
+Programs take their blocks in chunks of consecutive blocks, heaviest chunk first (``block_order``), so
+the programs in flight read the same windows' tiles. On Hopper, where a natural-order part's rows hold
+long full lists (``TMA_MIN_BLOCKS``), the full blocks' tiles are loaded as TMA boxes through in-kernel
+tensor descriptors (``use_tma_loads``); elsewhere by pointer loads.
+
 All base offsets are int64: B*H*T*D passes 2**31 elements at a few million tokens.
 """
 

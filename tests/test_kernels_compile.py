@@ -71,13 +71,14 @@ def test_tma_load_variants_compile_for_sm90():
 
 
 def test_runs_let_the_pipeliner_prefetch_the_tiles_further():
-    """compile_check --waits: the forward's first config at head dim 32 (three stages) waits for every tile
-    load of its full-block loop at the top of each iteration with index lists (count 0), and leaves loads in
-    flight when the lists are walked as runs (the reason for MEGASTRIDE_BLOCKSPARSE_RUNS)."""
+    """compile_check --waits --no-desc: with pointer loads (short lists, other GPUs, or
+    MEGASTRIDE_BLOCKSPARSE_TMA=0) the forward's first config at head dim 32 (three stages) waits for every
+    tile load of its full-block loop at the top of each iteration with index lists (count 0), and leaves
+    loads in flight when the lists are walked as runs (the reason for MEGASTRIDE_BLOCKSPARSE_RUNS)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 
     def waits(*extra):
-        proc = subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", "--kinds", "24", "--waits",
+        proc = subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", "--kinds", "24", "--waits", "--no-desc",
                                "--head-dim", "32", "--only", "forward natural", *extra], capture_output=True, text=True, env=env,
                               timeout=600)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
