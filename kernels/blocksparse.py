@@ -896,12 +896,14 @@ def _part_meta(part: LayoutPart, n: int, device: torch.device) -> _PartMeta:
         for kind in codes[..., 0].unique().tolist():
             kinds |= (1 << kind) if kind >= 0 else 0
         as_i32 = lambda x: torch.tensor(x, dtype=torch.int32, device=device)  # noqa: E731
+        num_blocks = part.csr[0].row_full_ptr.numel() - 1
+        full = sum(c.row_full_idx.numel() for c in part.csr)
         part.kernel_cache[key] = _PartMeta(
             heads=as_i32(part.heads), head_csr=as_i32(part.head_csr), min_off=as_i32(part.min_offset),
             codes=codes.to(device).contiguous(), lists=_pack_lists(part, device),
-            num_blocks=part.csr[0].row_full_ptr.numel() - 1, ncomp=codes.shape[1], kinds=kinds,
+            num_blocks=num_blocks, ncomp=codes.shape[1], kinds=kinds,
             perm_g=n // part.permute_stride if part.permute_stride else 1, perm_l=part.permute_stride or 1,
-            full_per_row=sum(c.row_full_idx.numel() for c in part.csr) / (len(part.csr) * max(1, part.csr[0].row_full_ptr.numel() - 1)),
+            full_per_row=full / (len(part.csr) * max(1, num_blocks)),
         )
     return part.kernel_cache[key]
 

@@ -810,6 +810,7 @@ def test_tma_loads_need_aligned_rows_and_the_switch(monkeypatch):
     layout = P.build_layout(P.same_for_all_heads(P.fixed(64, 16), 2), 256, 32)
     meta = blocksparse._part_meta(layout.parts[0], 256, torch.device("cpu"))
     q = torch.randn(1, 2, 256, 32)
+    threshold = blocksparse.TMA_MIN_BLOCKS
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_TMA", raising=False)
     # 8 row blocks of 32 in 64-token windows: a window's second row block wholly attends its first, every
     # other entry is partial (diagonal blocks, 16-token summaries): 4 full entries over 8 rows
@@ -819,7 +820,7 @@ def test_tma_loads_need_aligned_rows_and_the_switch(monkeypatch):
     monkeypatch.setattr(blocksparse, "TMA_MIN_BLOCKS", full)
     assert blocksparse._desc_loads(meta, q, q, q)
     assert blocksparse.use_tma_loads(full) and not blocksparse.use_tma_loads(full - 0.01)
-    monkeypatch.setattr(blocksparse, "TMA_MIN_BLOCKS", 20)
+    monkeypatch.setattr(blocksparse, "TMA_MIN_BLOCKS", threshold)  # the switch overrides it both ways
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TMA", "0")
     assert not blocksparse._desc_loads(meta, q, q, q)
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TMA", "1")
