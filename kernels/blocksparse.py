@@ -1130,9 +1130,7 @@ def use_tma_loads(full_per_row: float | None = None) -> bool:
     hold 9 (fixed, 12,288 tokens: 2-8% replayed) and 15 (strided at 65,536: 2% at H=8, D=64 and 24% at H=2,
     D=128); the threshold lies between. Exact in bf16 (gpu_check). Permuted parts and other GPUs keep the
     pointer loads. ``MEGASTRIDE_BLOCKSPARSE_TMA`` ("0" or "1") overrides the choice for every part."""
-    if os.environ.get("MEGASTRIDE_BLOCKSPARSE_TMA") is not None:
-        return _switch("MEGASTRIDE_BLOCKSPARSE_TMA", TMA_LOADS)
-    return bool(TMA_LOADS) and (full_per_row is None or full_per_row >= TMA_MIN_BLOCKS)
+    return _switch("MEGASTRIDE_BLOCKSPARSE_TMA", TMA_LOADS and (full_per_row is None or full_per_row >= TMA_MIN_BLOCKS))
 
 
 def block_order() -> str:
