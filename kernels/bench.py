@@ -34,6 +34,7 @@ class Case:
     heads: int
     head_dim: int
     batch: int = 1
+    block: int | None = None  # the layout's block; None: the pattern's own choice (case_pattern)
 
 
 @dataclass
@@ -81,22 +82,40 @@ def matched_stride(n: int) -> int:
     return min(strides, key=ratio)
 
 
+# local bands at least this many 128-blocks wide take 128-blocks even where the strided groups are narrower
+WIDE_BAND_BLOCKS = 20
+
+
+def strided_block(n: int, stride: int) -> int:
+    """The strided pattern's block at length n: 128 where its groups (n / l) fill whole 128-blocks (the
+    permuted half's tiles are then dense) or where the local band spans ``WIDE_BAND_BLOCKS`` 128-blocks
+    or more, else 64. With groups of 64 a 128-block's permuted tiles hold two of them (half their pairs
+    masked), but the permuted half is then about n / l keys per query against the band's l: the band's
+    larger tiles gain more (H200, 2026-12-01, strided_matched 8x64: at 262,144 tokens, l = 4,096, 32
+    128-blocks, 25.0 ms against 26.5 with 64-blocks; at 65,536, l = 1,024, 8 blocks, 3.02 ms against 2.93)."""
+    if (n // stride) % 128 == 0 or stride // 128 >= WIDE_BAND_BLOCKS:
+        return 128
+    return 64
+
+
 def case_pattern(case: Case) -> tuple[P.AttentionPattern, int, int, object]:
     """(pattern, stride, block, Flex mask_mod) of a benchmark case: ``fixed`` (l ~ sqrt(128 n), one
     summary block), ``strided`` (the SPEC's strides) or ``strided_matched`` (strided at about the fixed
-    case's density, ``matched_stride``)."""
+    case's density, ``matched_stride``). The block is ``case.block`` where given, else 128 (strided:
+    ``strided_block``)."""
     n = case.seq_len
+    if case.block is not None and (case.block <= 0 or n % case.block):
+        raise ValueError(f"block {case.block} does not divide the sequence length {n}")
     if case.pattern == "fixed":
         l, c = P.optimal_stride(n, "fixed", FIXED_SUMMARY, 128), FIXED_SUMMARY
         pattern = P.same_for_all_heads(P.fixed(l, c), case.heads)
-        return pattern, l, 128, fixed_mask_mod(l, c)
+        return pattern, l, case.block or 128, fixed_mask_mod(l, c)
     if case.pattern in ("strided", "strided_matched"):
         if case.pattern == "strided_matched":
             l = matched_stride(n)
         else:
             l = SPEC_STRIDES.get(n) or P.optimal_stride(n, "strided", block=64)
-        # the permuted half is dense when its groups (n / l) fill whole blocks
-        block = 128 if (n // l) % 128 == 0 else 64
+        block = case.block or strided_block(n, l)
         pattern = P.same_for_all_heads(P.strided(l), case.heads)
 
         def mask_mod(b, h, q, kv):

@@ -18,6 +18,9 @@ def _parser() -> argparse.ArgumentParser:
                         "atomics), split (dK/dV columns in segments of 16 blocks), atomic_split, merged (dQ and dK/dV programs in one launch), "
                         "runs (full block lists walked as arithmetic runs), lpt (blocks taken longest first), pointer (tiles from "
                         "pointer loads, not TMA boxes)")
+    p.add_argument("--block", type=int, default=None,
+                   help="the layouts' block size for every case (default: 128, or 64 for a strided pattern whose "
+                        "groups n / l do not fill whole 128-blocks)")
     p.add_argument("--dense-max", type=int, default=262144, help="longest length for dense SDPA (default 262144)")
     p.add_argument("--flex-strided-max", type=int, default=262144,
                    help="longest length for Flex on the strided pattern (default 262144: seconds per step beyond)")
@@ -31,13 +34,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def cases_from(patterns: str, configs: str, lengths: str) -> list:
+def cases_from(patterns: str, configs: str, lengths: str, block: int | None = None) -> list:
     """Bench cases from comma-separated patterns, HEADSxHEAD_DIM configs and lengths, per config and
     pattern shortest first (a run cut short keeps the short lengths; each case compiles Flex for its own
-    shapes: kernels.bench.flex_compiled). ValueError names a malformed config or length."""
+    shapes: kernels.bench.flex_compiled); ``block``: every case's layout block (None: the pattern's choice).
+    ValueError names a malformed config or length, or a block that does not divide a length."""
     from megastride.kernels.bench import Case
 
     ns = sorted({int(x) for x in lengths.split(",") if x})
+    if block is not None:
+        bad = [n for n in ns if block <= 0 or n % block]
+        if bad:
+            raise ValueError(f"--block {block} does not divide the length {bad[0]}")
     cases = []
     for config in filter(None, configs.split(",")):
         dims = config.lower().split("x")
@@ -45,7 +53,7 @@ def cases_from(patterns: str, configs: str, lengths: str) -> list:
             raise ValueError(f"config {config!r} is not HEADSxHEAD_DIM")
         heads, head_dim = (int(x) for x in dims)
         for pattern in filter(None, patterns.split(",")):
-            cases += [Case(pattern, n, heads, head_dim) for n in ns]
+            cases += [Case(pattern, n, heads, head_dim, block=block) for n in ns]
     return cases
 
 
@@ -61,8 +69,8 @@ def gpu_missing(prog: str) -> bool:
 
 def _cases(args):
     if args.quick:
-        return cases_from(args.patterns, "8x64", "12288,65536")
-    return cases_from(args.patterns, args.configs, args.lengths)
+        return cases_from(args.patterns, "8x64", "12288,65536", args.block)
+    return cases_from(args.patterns, args.configs, args.lengths, args.block)
 
 
 def _peers(raw: str) -> set[str]:
@@ -85,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cases = _cases(args)
     except ValueError as err:
-        print(f"{PROG}: error: bad --lengths or --configs ({err})", file=sys.stderr)
+        print(f"{PROG}: error: bad --lengths, --configs or --block ({err})", file=sys.stderr)
         return 2
     if gpu_missing(PROG):
         return 2

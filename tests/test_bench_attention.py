@@ -118,13 +118,14 @@ def test_flex_is_compiled_afresh_for_each_case_and_shared_within_one():
 @pytest.mark.parametrize("argv,message", [
     (["--configs", "8x64x2"], "is not HEADSxHEAD_DIM"),
     (["--lengths", "12k"], "invalid literal"),
+    (["--lengths", "12288,65536", "--block", "1000"], "--block 1000 does not divide the length 12288"),
 ])
 def test_bad_configs_or_lengths_are_one_line_errors_before_the_gpu_check(argv, message, capsys):
     from megastride.launch import bench_attention
 
     assert bench_attention.main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert "bad --lengths or --configs" in err and message in err and "\n" not in err
+    assert "bad --lengths, --configs or --block" in err and message in err and "\n" not in err
 
 
 def test_flex_block_mask_memory_is_the_bytes_of_its_tensors():
@@ -145,3 +146,28 @@ def test_flex_block_mask_memory_is_the_bytes_of_its_tensors():
     garbage = torch.empty(1 << 20)  # allocations around it change nothing
     del garbage
     assert block_mask_bytes(mask) == expected
+
+
+def test_a_forced_block_reaches_every_case_and_the_layout():
+    """--block sets the layout block of fixed and strided cases alike (strided_matched at 262,144 has
+    groups of 64 and would take 64-blocks by itself); a block that does not divide n is a ValueError."""
+    from megastride.launch.bench_attention import cases_from
+
+    cases = cases_from("fixed,strided_matched", "8x64", "65536,262144", block=128)
+    assert len(cases) == 4 and {c.block for c in cases} == {128}
+    assert {case_pattern(c)[2] for c in cases} == {128}
+    auto = cases_from("strided_matched", "8x64", "65536")[0]
+    _, stride, block, _ = case_pattern(auto)
+    assert auto.block is None and (65536 // stride) % 128 and block == 64
+    assert case_pattern(Case("strided_matched", 65536, 8, 64, block=128))[2] == 128
+    with pytest.raises(ValueError, match="block 96 does not divide the sequence length 1000"):
+        case_pattern(Case("fixed", 1000, 1, 64, block=96))
+
+
+@pytest.mark.parametrize("n,stride,block", [(65536, 1024, 64), (262144, 4096, 128), (1 << 20, 8192, 128),
+                                            (262144, 2048, 128), (12288, 128, 64)])
+def test_strided_block_is_128_where_groups_fill_it_or_the_band_is_wide(n, stride, block):
+    """128-blocks where n / l fills them (262,144 / 2,048 = 128) or the band spans 20 of them, else 64."""
+    from megastride.kernels.bench import strided_block
+
+    assert strided_block(n, stride) == block
