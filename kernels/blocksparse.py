@@ -196,7 +196,7 @@ _NO_SPECIALIZE = ["part_heads", "batch_heads", "num_blocks", "order_len", "perm_
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
-def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, FULL_RUNS,
+def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, FULL_RUNS,
                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                 stride_ob, stride_oh, stride_ot, stride_lb, stride_lh,
                 part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale,
@@ -248,17 +248,17 @@ def _fwd_kernel(Q, K, V, O, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL
     lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
     o = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse_ptrs = LSE + batch * stride_lb + head * stride_lh + rows
-    o_ptrs = O + batch * stride_ob + head * stride_oh + rows[:, None] * stride_ot + offs_d[None, :]
-    if LOAD_PREV:  # merge with the earlier parts of this head through the two log-sum-exps
+    o_offs = batch * stride_ob + head * stride_oh + rows[:, None] * stride_ot + offs_d[None, :]
+    if LOAD_PREV:  # merge with the earlier parts of this head (fp32 in O_PREV) through the two log-sum-exps
         lse_prev = tl.load(lse_ptrs)
         top = tl.maximum(lse_prev, lse)
         top = tl.where(top == float("-inf"), 0.0, top)
         w_prev = tl.math.exp2(lse_prev - top)
         w_new = tl.math.exp2(lse - top)
         total = w_prev + w_new
-        o = (tl.load(o_ptrs) * w_prev[:, None] + o * w_new[:, None]) / tl.where(total == 0.0, 1.0, total)[:, None]
+        o = (tl.load(O_PREV + o_offs) * w_prev[:, None] + o * w_new[:, None]) / tl.where(total == 0.0, 1.0, total)[:, None]
         lse = tl.where(total == 0.0, float("-inf"), top + tl.math.log2(tl.where(total == 0.0, 1.0, total)))
-    tl.store(o_ptrs, o.to(O.dtype.element_ty))
+    tl.store(O + o_offs, o.to(O.dtype.element_ty))
     tl.store(lse_ptrs, lse)
 
 
@@ -291,7 +291,7 @@ def _dq_step(dq, q, do, k, v, lse, delta, qk_scale, ok, MASKED: tl.constexpr, DO
 
 
 @triton.jit
-def _dq_program(pid, Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+def _dq_program(pid, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                 FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, FULL_RUNS,
                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                 stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
@@ -335,15 +335,15 @@ def _dq_program(pid, Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODE
                 ok = _allowed(offs_m[:, None], offs_n[None, :], codes, min_off, NCOMP, KINDS)
                 dq = _dq_step(dq, q, do, k, v, lse, delta, qk_scale, ok, True, DOT_PREC)
 
-    dq_ptrs = DQ + batch * stride_dqb + head * stride_dqh + rows[:, None] * stride_dqt + offs_d[None, :]
+    dq_offs = batch * stride_dqb + head * stride_dqh + rows[:, None] * stride_dqt + offs_d[None, :]
     dq = dq * sm_scale
-    if LOAD_PREV:
-        dq += tl.load(dq_ptrs)
-    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty))
+    if LOAD_PREV:  # the earlier parts' fp32 sum (DQ_PREV: DQ itself, or beside a last part's final DQ)
+        dq += tl.load(DQ_PREV + dq_offs)
+    tl.store(DQ + dq_offs, dq.to(DQ.dtype.element_ty))
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
-def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+def _bwd_dq_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                    FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, FULL_RUNS,
                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                    stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
@@ -352,7 +352,7 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                    NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                    RUNS: tl.constexpr, DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # one program per (query tile, batch x head)
-    _dq_program(tl.program_id(0), Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+    _dq_program(tl.program_id(0), Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                 FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, FULL_RUNS,
                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                 stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
@@ -387,7 +387,7 @@ def _dq_atomic(DQ, dq_desc, first_row, rows, offs_d, stride_dqt, dst, k, sm_scal
 
 
 @triton.jit
-def _dkdv_program(pid, Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                   FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len, FULL_RUNS,
                   stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                   stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
@@ -467,22 +467,22 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN
                     _dq_atomic(DQ, dq_desc, first_row, rows, offs_d, stride_dqt, dst, k, sm_scale, DOT_PREC,
                                FUSED_DQ)
 
-    dk_ptrs = DK + batch * stride_dkb + head * stride_dkh + cols[:, None] * stride_dkt + offs_d[None, :]
-    dv_ptrs = DV + batch * stride_dvb + head * stride_dvh + cols[:, None] * stride_dvt + offs_d[None, :]
+    dk_offs = batch * stride_dkb + head * stride_dkh + cols[:, None] * stride_dkt + offs_d[None, :]
+    dv_offs = batch * stride_dvb + head * stride_dvh + cols[:, None] * stride_dvt + offs_d[None, :]
     dk = dk * sm_scale
     if SPLIT:  # other segments of this column (and other parts of this head) add to the same rows
-        tl.atomic_add(dk_ptrs, dk, sem="relaxed")
-        tl.atomic_add(dv_ptrs, dv, sem="relaxed")
+        tl.atomic_add(DK + dk_offs, dk, sem="relaxed")
+        tl.atomic_add(DV + dv_offs, dv, sem="relaxed")
     else:
-        if LOAD_PREV:
-            dk += tl.load(dk_ptrs)
-            dv += tl.load(dv_ptrs)
-        tl.store(dk_ptrs, dk.to(DK.dtype.element_ty))
-        tl.store(dv_ptrs, dv.to(DV.dtype.element_ty))
+        if LOAD_PREV:  # the earlier parts' fp32 sums (DK_PREV, DV_PREV: DK and DV, or beside a last part's)
+            dk += tl.load(DK_PREV + dk_offs)
+            dv += tl.load(DV_PREV + dv_offs)
+        tl.store(DK + dk_offs, dk.to(DK.dtype.element_ty))
+        tl.store(DV + dv_offs, dv.to(DV.dtype.element_ty))
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
-def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                      FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len, FULL_RUNS,
                      stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                      stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
@@ -492,7 +492,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_O
                      NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                      FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, RUNS: tl.constexpr, DESC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    _dkdv_program(tl.program_id(0), Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+    _dkdv_program(tl.program_id(0), Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                   FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len, FULL_RUNS,
                   stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                   stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
@@ -503,7 +503,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_O
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
-def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                        FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len, FULL_RUNS,
                        ROW_FULL_PTR, ROW_FULL_IDX, ROW_PART_PTR, ROW_PART_IDX, ROW_ORDER, ROW_FULL_RUNS,
                        stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
@@ -520,7 +520,7 @@ def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN
     pid = tl.program_id(0)
     dkdv_programs = order_len * (BLOCK // BLOCK_N) * batch_heads
     if pid < dkdv_programs:
-        _dkdv_program(pid, Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+        _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                       FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len, FULL_RUNS,
                       stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                       stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
@@ -529,7 +529,7 @@ def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN
                       BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, False, SPLIT, RUNS, DESC, BLOCK_M,
                       BLOCK_N)
     else:
-        _dq_program(pid - dkdv_programs, Q, K, V, DO, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+        _dq_program(pid - dkdv_programs, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                     ROW_FULL_PTR, ROW_FULL_IDX, ROW_PART_PTR, ROW_PART_IDX, ROW_ORDER, ROW_FULL_RUNS,
                     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                     stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
@@ -625,18 +625,24 @@ def _pruner(table, names=_TILE_NAMES):
 
 def _read_back(kernel: str, nargs: dict) -> list[str]:
     """The outputs a launch reads as well as writes, which autotuning trials must therefore leave as
-    they found them: everything a later part adds to (LOAD_PREV), dK/dV added by split columns'
-    atomics, dQ added by the dK/dV kernel's atomics. A first part writes its outputs without reading
-    them, so nothing is saved for it (at 4M tokens fp32 dK, dV, dQ are 8.6 GB each)."""
+    they found them: the fp32 sums a merging part (LOAD_PREV) adds to where it writes them back (a
+    last part reads them from *_PREV and writes the final outputs elsewhere: nothing to save), the
+    log-sum-exps it merges, dK/dV added by split columns' atomics, dQ added by the dK/dV kernel's
+    atomics. A first part writes its outputs without reading them, so nothing is saved for it (at 4M
+    tokens fp32 dK, dV, dQ are 8.6 GB each)."""
     prev = bool(nargs.get("LOAD_PREV"))
+
+    def in_place(*outs):  # the *_PREV sums of these outputs where they are the outputs themselves
+        return [f"{o}_PREV" for o in outs if prev and nargs[f"{o}_PREV"].data_ptr() == nargs[o].data_ptr()]
+
     if kernel == "fwd":
-        return ["O", "LSE"] if prev else []
+        return in_place("O") + (["LSE"] if prev else [])
     if kernel == "dq":
-        return ["DQ"] if prev else []
-    kv = ["DK", "DV"] if prev or nargs.get("SPLIT") else []
+        return in_place("DQ")
+    kv = ["DK", "DV"] if nargs.get("SPLIT") else in_place("DK", "DV")
     if kernel == "dkdv":
         return kv + (["DQ"] if nargs.get("FUSED_DQ") else [])
-    return kv + (["DQ"] if prev else [])  # merged: its dQ programs add to earlier parts' like the dq kernel
+    return kv + in_place("DQ")  # merged: its dQ programs add to earlier parts' like the dq kernel
 
 
 def _restore_hooks(kernel: str):
@@ -1023,14 +1029,25 @@ def _check_inputs(q, k, v, layout: Layout) -> None:
 
 
 def _schedule(layout: Layout):
-    """(part, load_prev, fresh heads) per launch: heads seen in an earlier part accumulate."""
+    """(part, load_prev, fresh heads, last) per launch, in launch order: heads seen in an earlier part
+    accumulate. The part with the most heads (the natural-order one on ties: a strided head's local
+    half, most of its work) is launched last (``last``), so where a head is split into parts only the
+    small parts go through the fp32 sums, and the last one writes the final outputs in the inputs'
+    dtype directly (no fp32 round trip and cast pass for the bulk: ``_forward``, ``_backward``)."""
     seen: set[int] = set()
-    for part in layout.parts:
+    parts = sorted(layout.parts, key=lambda p: (len(p.heads), p.permute_stride is None))
+    for i, part in enumerate(parts):
         prev = [h in seen for h in part.heads]
-        yield part, any(prev), [h for h, p in zip(part.heads, prev) if not p]
+        yield part, any(prev), [h for h, p in zip(part.heads, prev) if not p], i == len(parts) - 1
         seen.update(part.heads)
     if len(seen) != layout.num_heads:
         raise ValueError(f"layout covers heads {sorted(seen)} of {layout.num_heads}")
+
+
+def _final_heads(layout: Layout) -> list[int]:
+    """The heads the last launch of ``_schedule`` writes final outputs for (the others' are cast from
+    the fp32 sums afterwards)."""
+    return list(max(layout.parts, key=lambda p: (len(p.heads), p.permute_stride is None)).heads)
 
 
 def _accumulates(layout: Layout) -> bool:
@@ -1045,25 +1062,44 @@ def _forward(q, k, v, layout: Layout, scale: float):
     multi = _accumulates(layout)
     # out in (B, T, H, D) memory order, seen as (B, H, T, D): the model's out.transpose(1, 2).reshape(B, T, H*D)
     # is then a view, not a copy (the kernels take any strides)
-    out = _empty((batch, seq_len, heads, head_dim), torch.float32 if multi else q.dtype, q.device).transpose(1, 2)
+    out = _empty((batch, seq_len, heads, head_dim), q.dtype, q.device).transpose(1, 2)
+    # heads split into parts: the parts before the last add into fp32 sums (same strides as out), which
+    # the last part merges into out
+    acc = _empty((batch, seq_len, heads, head_dim), torch.float32, q.device).transpose(1, 2) if multi else out
     lse = _empty((batch, heads, seq_len), torch.float32, q.device)
-    for part, load_prev, fresh in _schedule(layout):
+    for part, load_prev, fresh, last in _schedule(layout):
         meta = _part_meta(part, seq_len, q.device)
         if load_prev and fresh:  # heads that start in this merging part merge with "nothing yet"
-            out[:, fresh] = 0.0
+            acc[:, fresh] = 0.0
             lse[:, fresh] = float("-inf")
+        target = out if last else acc
         lists = meta.lists
         runs = _runs_table(part, meta, "row")
-        args = (q, k, v, out, lse, meta.heads, meta.head_csr, meta.min_off, meta.codes,
+        args = (q, k, v, target, acc, lse, meta.heads, meta.head_csr, meta.min_off, meta.codes,
                 lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
                 _side_order(meta, "row"), lists["row_full_idx"] if runs is None else runs,
-                *_strides(q, k, v, out), lse.stride(0), lse.stride(1),
+                *_strides(q, k, v, target), lse.stride(0), lse.stride(1),
                 len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E)
         grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
         _launch(_fwd_tuned, _fwd_kernel, grid, args,
                 {**_common(layout, meta, q, load_prev), "RUNS": runs is not None, "DESC": _desc_loads(meta, q, k, v)},
                 name="fwd")
-    return (out.to(q.dtype) if multi else out), lse
+    _cast_rest(layout, acc, out)
+    return out, lse
+
+
+def _cast_rest(layout: Layout, acc: torch.Tensor, out: torch.Tensor, heads: list[int] | None = None) -> None:
+    """Copy into ``out`` the heads whose final values are still in the fp32 sums ``acc``: those the last
+    launch did not write (``heads``: those it did, default ``_final_heads``), all of them where ``heads``
+    is empty; nothing where ``acc`` is ``out``."""
+    if acc is out:
+        return
+    done = set(_final_heads(layout) if heads is None else heads)
+    rest = [h for h in range(layout.num_heads) if h not in done]
+    if len(rest) == layout.num_heads:
+        out.copy_(acc)
+    elif rest:
+        out[:, rest] = acc[:, rest].to(out.dtype)
 
 
 DQ_MODES = ("auto", "separate", "atomic", "merged")
@@ -1241,29 +1277,38 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
     split = dkdv_split()
     fused, merged = mode == "atomic", mode == "merged"
     tma = fused and _has_tma(q)
-    grad_dtype = torch.float32 if _accumulates(layout) else q.dtype
+    multi = _accumulates(layout)
     # gradients in q's memory order, seen as (B, H, T, D): (B, T, H, D) for the model, whose q, k and v
     # are head views of one (B, T, 3D) product (its backward then takes them as views instead of copying
     # each into (B, T, D) order first); (B, H, T, D) for contiguous inputs, whose leaves' AccumulateGrad
     # would otherwise copy each gradient into their layout (1.4% of a 1M-token forward+backward, H200)
-    # atomic dQ / split columns: every part and segment adds into one zeroed fp32 buffer (rows
-    # without keys stay 0)
-    zeroed = lambda: _grad_like(q, torch.float32, torch.zeros)  # noqa: E731
-    fresh_grad = lambda: _grad_like(q, grad_dtype, _empty)  # noqa: E731
-    direct = into is not None and grad_dtype == q.dtype
-    dk, dv = (zeroed() if split else into[i] if direct else fresh_grad() for i in (1, 2))
-    dq = zeroed() if fused else into[0] if direct else fresh_grad()
-    for part, load_prev, fresh in _schedule(layout):
+    finals = list(into) if into is not None else [_grad_like(q, q.dtype, _empty) for _ in range(3)]
+    atomic = (fused, split, split)
+
+    def sums(i):
+        """Where gradient i accumulates: atomic dQ / split columns: every part and segment adds into one
+        zeroed fp32 buffer (rows without keys stay 0); heads split into parts: the parts before the
+        last add into fp32 sums, which the last part adds to its own as it writes the final gradient.
+        The sums have the final gradient's strides: a launch reads one with the strides of the other"""
+        if not (atomic[i] or multi):
+            return finals[i]
+        g = torch.empty_strided(finals[i].shape, finals[i].stride(), dtype=torch.float32, device=q.device)
+        return g.zero_() if atomic[i] else g.fill_(float("nan")) if POISON else g
+
+    dq_sum, dk_sum, dv_sum = (sums(i) for i in range(3))
+    for part, load_prev, fresh, last in _schedule(layout):
         meta = _part_meta(part, seq_len, q.device)
         if load_prev and fresh:
-            for g in [t for t, atomic in ((dq, fused), (dk, split), (dv, split)) if not atomic]:
+            for g in [t for t, a in zip((dq_sum, dk_sum, dv_sum), atomic) if not a]:
                 g[:, fresh] = 0.0
+        # what this launch writes: the final gradients in the last launch, else the sums
+        dq, dk, dv = (finals[i] if last and not atomic[i] else g for i, g in enumerate((dq_sum, dk_sum, dv_sum)))
         lists = meta.lists
         consts = {**_common(layout, meta, q, load_prev), "DESC": _desc_loads(meta, q, k, v, do)}
         common = (len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E, scale)
         row_runs, col_runs = _runs_table(part, meta, "row"), _runs_table(part, meta, "col")
         if not (fused or merged):
-            args = (q, k, v, do, dq, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
+            args = (q, k, v, do, dq, dq_sum, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
                     lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
                     _side_order(meta, "row"), lists["row_full_idx"] if row_runs is None else row_runs,
                     *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *common)
@@ -1281,7 +1326,9 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
         order_len = order.shape[1]
         # merged: one RUNS for both sides, so runs only where both sides have them
         col_runs = col_runs if not merged or row_runs is not None else None
-        columns = (q, k, v, do, dk, dv, dq, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
+        # the merged kernel also takes DQ_PREV (its dQ programs merge like the dq kernel's)
+        outputs = (dk, dv, dk_sum, dv_sum, dq) + ((dq_sum,) if merged else ())
+        columns = (q, k, v, do, *outputs, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
                    lists["col_full_ptr"], lists["col_full_idx"], lists["col_part_ptr"], lists["col_part_idx"], order,
                    seg_lo, seg_hi, seg_first, order_len, lists["col_full_idx"] if col_runs is None else col_runs)
         strides = (*_strides(q, k, v, do, dk, dv, dq), lse.stride(0), lse.stride(1), *common)
@@ -1300,12 +1347,9 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
             _ensure_allocator()
         _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, (*columns, *strides), {**consts, "FUSED_DQ": fused_kind},
                 name="dkdv")
-    if into is None:
-        return tuple(g.to(q.dtype) for g in (dq, dk, dv))
-    for target, g in zip(into, (dq, dk, dv)):
-        if g is not target:
-            target.copy_(g)
-    return tuple(into)
+    for final, g, a in zip(finals, (dq_sum, dk_sum, dv_sum), atomic):
+        _cast_rest(layout, g, final, [] if a else None)  # atomics: no launch wrote the final gradient
+    return tuple(finals)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,6 +68,9 @@ def signature(kernel, dtype: str, fp32: set, wide: bool) -> dict:
     return sig
 
 
+# split columns add into one fp32 dK and dV (passed as their own sums too)
+_SPLIT_FP32 = {"DK", "DV", "DK_PREV", "DV_PREV"}
+
 # the mask kinds compiled by default (local, stride, summary: the strided pattern's and more); --kinds
 # picks others, e.g. 24 (window and summary) for the fixed pattern's, as its layouts launch them
 DEFAULT_KINDS = 2 | 4 | 16
@@ -89,23 +92,25 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
     for permuted, load_prev in ((False, False), (True, True)):
         tag = f"{'permuted' if permuted else 'natural'}{', merging' if load_prev else ''}"
         common = dict(base, PERMUTED=permuted, LOAD_PREV=load_prev, DESC=desc and not permuted)
-        acc = {"O", "DQ", "DK", "DV"} if load_prev else set()
+        # a merging part as the last launch of a split head runs it: the earlier parts' fp32 sums in, the
+        # final outputs in the inputs' dtype out
+        acc = {"O_PREV", "DQ_PREV", "DK_PREV", "DV_PREV"} if load_prev else set()
         for m, n, w, st in tiles(bs._FWD_TILES):
             out.append(Variant(f"forward {tag} {m}x{n} w{w} s{st}", bs._fwd_kernel,
-                               dict(common, BLOCK_M=m, BLOCK_N=n), acc & {"O"}, w, st))
+                               dict(common, BLOCK_M=m, BLOCK_N=n), acc & {"O_PREV"}, w, st))
         for m, n, w, st in tiles(bs._DQ_TILES):
             out.append(Variant(f"dQ {tag} {m}x{n} w{w} s{st}", bs._bwd_dq_kernel,
-                               dict(common, BLOCK_M=m, BLOCK_N=n), acc & {"DQ"}, w, st))
+                               dict(common, BLOCK_M=m, BLOCK_N=n), acc & {"DQ_PREV"}, w, st))
         # dQ separate (0), atomic: one atomic per element (1) or one TMA reduce per tile (2, natural order only)
         for split, fused in itertools.product((False, True), (0, 1) if permuted else (0, 1, 2)):
             kind = ("separate", "atomic", "atomic TMA")[fused]
             mode = f"dQ {kind}, {'split' if split else 'whole'} columns"
-            fp32 = (acc & {"DK", "DV"}) | ({"DQ"} if fused else set()) | ({"DK", "DV"} if split else set())
+            fp32 = (acc & {"DK_PREV", "DV_PREV"}) | ({"DQ"} if fused else set()) | (_SPLIT_FP32 if split else set())
             for m, n, w, st in tiles(bs._DKDV_TILES):
                 out.append(Variant(f"dK/dV {tag}, {mode} {m}x{n} w{w} s{st}", bs._bwd_dkdv_kernel,
                                    dict(common, FUSED_DQ=fused, SPLIT=split, BLOCK_M=m, BLOCK_N=n), fp32, w, st))
         for split in (False, True):  # DQ_MODE "merged": dK/dV and dQ programs in one launch
-            fp32 = (acc & {"DQ", "DK", "DV"}) | ({"DK", "DV"} if split else set())
+            fp32 = (acc & {"DQ_PREV", "DK_PREV", "DV_PREV"}) | (_SPLIT_FP32 if split else set())
             chosen = bs.tile_list(bs._MERGED_TILES, block, head_dim, bs._MERGED_NAMES)
             for m, n, qm, qn, w, st in chosen if every_config else chosen[:1]:
                 out.append(Variant(f"merged {tag}, {'split' if split else 'whole'} columns {m}x{n}+{qm}x{qn} w{w} s{st}",

@@ -45,7 +45,9 @@ def _peak_of(call) -> float:
 
 @pytest.mark.parametrize("pattern, block, saved_per_element", [
     (P.fixed(4096, 128), 128, 0),  # one part: nothing read back, nothing saved
-    (P.strided(512), 64, 2 * 4),  # the permuted part adds into fp32 dK and dV: those two are saved
+    # the permuted part runs first; the local part, last, reads its fp32 sums and writes the final outputs
+    # apart: only the lse (4 bytes a row and head, under the tolerance) is saved
+    (P.strided(512), 64, 0),
 ])
 def test_first_call_autotuning_saves_only_the_outputs_later_parts_add_to(monkeypatch, pattern, block, saved_per_element):
     """The first forward+backward at an untuned length (separate dQ; the model's fused q/k/v path,

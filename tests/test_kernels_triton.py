@@ -37,6 +37,9 @@ CASES = {
     "multi_head_mix": (lambda h: P.multi_head([P.fixed(32, 8), P.strided(16), P.strided_half(32)], h),
                        256, 32, 3, 32, torch.float16, 2),
     "summary_only_empty_rows": (lambda h: P.summary(64, 16), 256, 32, 2, 32, torch.float32, 1),
+    # head 0's local part merges in place before the last launch, the 2-head stride-32 part (see _schedule)
+    "merge_before_the_last_part": (lambda h: P.multi_head([P.strided(16), P.strided_half(32), P.strided_half(32)], h),
+                                   256, 32, 3, 32, torch.float16, 1),
 }
 
 SLOW_CASES = {
@@ -107,7 +110,7 @@ def test_atomic_dq_matches_reference(name, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["fixed_block128", "strided_permuted_straddling", "merged_fixed_strided",
-                                  "multi_head_mix", "summary_only_empty_rows"])
+                                  "multi_head_mix", "summary_only_empty_rows", "merge_before_the_last_part"])
 def test_merged_backward_matches_reference(name, monkeypatch):
     """The dQ and dK/dV programs in one launch (DQ_MODE "merged") give the reference's gradients too,
     and neither separate backward kernel runs."""
@@ -169,28 +172,41 @@ def test_auto_mode_times_only_the_first_mode_where_its_backward_is_long(monkeypa
     assert not merged and layout.kernel_cache[blocksparse.auto_mode_key((1, 2, 256, 32), torch.float32)] == "separate"
 
 
-@pytest.mark.parametrize("kernel,consts,read_back", [
-    ("fwd", {"LOAD_PREV": False}, []), ("fwd", {"LOAD_PREV": True}, ["O", "LSE"]),
-    ("dq", {"LOAD_PREV": False}, []), ("dq", {"LOAD_PREV": True}, ["DQ"]),
-    ("dkdv", {"LOAD_PREV": False, "FUSED_DQ": False, "SPLIT": False}, []),
-    ("dkdv", {"LOAD_PREV": False, "FUSED_DQ": True, "SPLIT": False}, ["DQ"]),
-    ("dkdv", {"LOAD_PREV": False, "FUSED_DQ": False, "SPLIT": True}, ["DK", "DV"]),
-    ("dkdv", {"LOAD_PREV": True, "FUSED_DQ": False, "SPLIT": False}, ["DK", "DV"]),
-    ("merged", {"LOAD_PREV": False, "SPLIT": False}, []), ("merged", {"LOAD_PREV": False, "SPLIT": True}, ["DK", "DV"]),
-    ("merged", {"LOAD_PREV": True, "SPLIT": False}, ["DK", "DV", "DQ"]),
+_BOTH = ["O", "O_PREV", "DQ", "DQ_PREV", "DK", "DK_PREV", "DV", "DV_PREV"]
+
+
+@pytest.mark.parametrize("kernel,consts,in_place,read_back", [
+    ("fwd", {"LOAD_PREV": False}, True, []),
+    ("fwd", {"LOAD_PREV": True}, True, ["O", "O_PREV", "LSE"]), ("fwd", {"LOAD_PREV": True}, False, ["LSE"]),
+    ("dq", {"LOAD_PREV": False}, True, []),
+    ("dq", {"LOAD_PREV": True}, True, ["DQ", "DQ_PREV"]), ("dq", {"LOAD_PREV": True}, False, []),
+    ("dkdv", {"LOAD_PREV": False, "FUSED_DQ": False, "SPLIT": False}, True, []),
+    ("dkdv", {"LOAD_PREV": False, "FUSED_DQ": True, "SPLIT": False}, True, ["DQ", "DQ_PREV"]),
+    ("dkdv", {"LOAD_PREV": False, "FUSED_DQ": False, "SPLIT": True}, True, ["DK", "DK_PREV", "DV", "DV_PREV"]),
+    ("dkdv", {"LOAD_PREV": True, "FUSED_DQ": False, "SPLIT": False}, True, ["DK", "DK_PREV", "DV", "DV_PREV"]),
+    ("dkdv", {"LOAD_PREV": True, "FUSED_DQ": False, "SPLIT": False}, False, []),
+    ("merged", {"LOAD_PREV": False, "SPLIT": False}, True, []),
+    ("merged", {"LOAD_PREV": False, "SPLIT": True}, True, ["DK", "DK_PREV", "DV", "DV_PREV"]),
+    ("merged", {"LOAD_PREV": True, "SPLIT": False}, True, _BOTH[2:]),
+    ("merged", {"LOAD_PREV": True, "SPLIT": False}, False, []),
 ])
-def test_autotuning_restores_exactly_the_outputs_a_launch_reads_back(kernel, consts, read_back):
-    """Autotuning trials save and restore an output only where the launch adds to it (a later part,
-    atomics); a first part's outputs are overwritten by the chosen config's real launch, so the
-    trials of a fixed-pattern launch copy nothing (fp32 dK, dV, dQ are 8.6 GB each at 4M tokens)."""
+def test_autotuning_restores_exactly_the_outputs_a_launch_reads_back(kernel, consts, in_place, read_back):
+    """Autotuning trials save and restore an output only where the launch adds to it (a merging part
+    writing its sums back in place, atomics); a first part's outputs, and a last part's final outputs
+    (written beside the earlier parts' sums, *_PREV, which it only reads), are overwritten by the chosen
+    config's real launch, so those trials copy nothing (fp32 dK, dV, dQ are 8.6 GB each at 4M tokens)."""
     outs = {name: torch.full((4,), float(i)) for i, name in enumerate(["O", "LSE", "DQ", "DK", "DV"])}
-    nargs = {**outs, **consts}
+    # in place: the sums are the outputs themselves; else the outputs are final and the sums apart
+    prevs = {f"{o}_PREV": outs[o] if in_place else torch.full((4,), 10.0 + i) for i, o in enumerate(["O", "DQ", "DK", "DV"])}
+    tensors = {**outs, **prevs}
+    originals = {name: t.clone() for name, t in tensors.items()}
+    nargs = {**tensors, **consts}
     pre, post = blocksparse._restore_hooks(kernel)
     pre(nargs)
     for t in outs.values():
-        t.add_(100.0)  # a trial's atomics / accumulation
+        t.add_(100.0)  # a trial's atomics / accumulation / final writes (the sums apart are only read)
     post(nargs, exception=None)
-    restored = [name for i, (name, t) in enumerate(outs.items()) if torch.equal(t, torch.full((4,), float(i)))]
+    restored = [name for name, t in tensors.items() if torch.equal(t, originals[name]) and (in_place or name in outs)]
     assert sorted(restored) == sorted(read_back)
     pre(nargs, reset_only=True)  # Triton's call after tuning: saves nothing, so nothing is restored later
     outs["DQ"].add_(1.0)
@@ -345,6 +361,43 @@ def test_forward_masked_tiles_narrower_than_its_key_tiles(name, monkeypatch):
     monkeypatch.setattr(blocksparse, "_launch", launch)
     _run_case(CASES[name], monkeypatch)
     assert forward_tiles and set(forward_tiles) == {128}
+
+
+@pytest.mark.parametrize("mode", ["separate", "merged"])
+def test_a_split_head_s_last_part_writes_the_final_outputs(mode, monkeypatch):
+    """A strided head's permuted part runs first into fp32 sums and its local (natural-order) part last,
+    merging them as it writes the output and gradients in the inputs' dtype: the tensors handed back
+    are the ones the last launches wrote (no cast pass), and the answer is the reference's."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", mode)
+    launches = []
+    real = blocksparse._launch
+
+    def launch(tuned, kernel, grid, args, consts, names=blocksparse._TILE_NAMES, **kw):
+        named = dict(zip(kernel.arg_names, args))
+        launches.append((kernel, consts["PERMUTED"], consts["LOAD_PREV"], named))
+        return real(tuned, kernel, grid, args, consts, names, **kw)
+
+    monkeypatch.setattr(blocksparse, "_launch", launch)
+    make, n, block, heads, head_dim, dtype, batch = CASES["strided_permuted_full_tiles"]
+    assert dtype == torch.float16
+    layout = P.build_layout(P.same_for_all_heads(make(heads), heads), n, block)
+    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, seed=11)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = blocksparse.blocksparse_attention(*leaves, layout)
+    fwd = [x for x in launches if x[0] is blocksparse._fwd_kernel]
+    assert [(p, prev) for _, p, prev, _ in fwd] == [(True, False), (False, True)]
+    assert fwd[0][3]["O"].dtype == torch.float32 and fwd[1][3]["O"].data_ptr() == out.data_ptr()
+    assert fwd[1][3]["O_PREV"] is fwd[0][3]["O"]
+    launches.clear()
+    grads = torch.autograd.grad(out, leaves, do)
+    last = {name: launches[-1][3][name] for name in ("DK", "DV")}
+    last["DQ"] = launches[-1 if mode == "merged" else -2][3]["DQ"]
+    assert not launches[-1][1] and launches[-1][2]  # the natural part, merging
+    for name, g in zip(("DQ", "DK", "DV"), grads):
+        assert last[name].dtype == torch.float16 and last[name].data_ptr() == g.data_ptr(), name
+    low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)
+    exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))
+    _check_three_way([out.detach(), *grads], low, exact, dtype, f"strided, last part direct, {mode}")
 
 
 @pytest.mark.parametrize("mode", ["separate", "merged"])
