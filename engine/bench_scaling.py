@@ -103,7 +103,7 @@ class Row:
     recompute: bool | None = None
     cuda_graph: bool = False
     recomputed_blocks: int | None = None  # of ``layers`` (train.checkpoint_blocks, "auto" resolved)
-    keep_attention: bool = False  # recomputed blocks keep their attention outputs (train.keep_attention resolved)
+    keep_attention: int = 0  # first recomputed blocks keeping their attention outputs (train.keep_attention resolved)
     label: str = ""
 
 
@@ -291,7 +291,7 @@ def _row(kind: str, cfg: Config, batch: int, status: str, p: planner.Plan, label
     if kind in BASELINE_KINDS:
         row.plan_gb, row.cuda_graph = None, False  # the baseline runs eagerly, whatever train.cuda_graph says
         row.recomputed_blocks = cfg.model.n_layers if cfg.train.checkpoint_activations else 0  # all or none
-        row.keep_attention = False  # its checkpoint keeps nothing
+        row.keep_attention = 0  # its checkpoint keeps nothing
         row.params, row.non_embedding_params = baseline.count_params(cfg.model)
     return row
 
@@ -354,7 +354,9 @@ def describe(row: Row) -> str:
     err = f" ({row.plan_error_pct:+.1f}%)" if row.plan_error_pct is not None else ""
     how = ""
     if row.recomputed_blocks is not None and row.layers:
-        how = (f", {row.recomputed_blocks}/{row.layers} blocks recomputed{', attention kept' if row.keep_attention else ''}"
+        kept = row.keep_attention
+        how = (f", {row.recomputed_blocks}/{row.layers} blocks recomputed"
+               f"{', attention kept' if kept else ''}{f' in {kept}' if 0 < kept < row.recomputed_blocks else ''}"
                f"{', CUDA graph' if row.cuda_graph else ''}")
     return (f"{head}: {row.step_s:.4f} s/step, {row.tokens_per_s:,.0f} tok/s, MFU {row.mfu:.3f}, "
             f"{peak}" + ("" if row.plan_gb is None else f"plan {plan_gb} GB{err}")).rstrip(", ") + how

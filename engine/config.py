@@ -197,10 +197,12 @@ class TrainConfig(_Strict):
     cpu_checkpointing: bool = False  # keep checkpointed block inputs in host memory (engine.parallel.BlockCheckpoint)
     offload_overlap: bool = False  # cpu_checkpointing's copies on a side stream, the next input prefetched
     # recomputed blocks keep their attention outputs and log-sum-exps (one (B, T, D) output and (B, H, T)
-    # fp32 per layer) and their recompute skips the attention forward kernels (engine.parallel.BlockCheckpoint);
-    # auto = where the GPU has room: chosen with checkpoint_blocks for the least recompute work that fits
-    # (engine.plan.choose_recompute); false on a CPU and where it cannot work (keep_attention_conflict)
-    keep_attention: bool | Literal["auto"] = "auto"
+    # fp32 per layer) and their recompute skips the attention forward kernels (engine.parallel.BlockCheckpoint):
+    # true = every recomputed block, a number k = the first k of them (all where fewer are recomputed),
+    # false = none; auto = as many as the GPU has room for: chosen with checkpoint_blocks for the least
+    # recompute work that fits (engine.plan.choose_recompute); none on a CPU and where it cannot work
+    # (keep_attention_conflict)
+    keep_attention: bool | int | Literal["auto"] = "auto"
     log_every: int = Field(10, gt=0)
     eval_every: int = Field(100, gt=0)
     eval_windows: int = Field(8, gt=0)
@@ -225,15 +227,18 @@ class TrainConfig(_Strict):
     @field_validator("keep_attention", mode="before")
     @classmethod
     def _keep_attention_value(cls, value: Any) -> Any:
-        if type(value) is bool or value == "auto":
+        # bool is a subclass of int: true and false stay bools (every recomputed block, none), not 1 and 0
+        if type(value) is bool or value == "auto" or (type(value) is int and value >= 0):
             return value
-        raise ValueError(f"expected true, false or auto, got {value!r}")
+        raise ValueError(f"expected true, false, auto or a number of blocks >= 0, got {value!r}")
 
     @model_validator(mode="after")
     def _keep_attention(self) -> "TrainConfig":
-        """An explicit train.keep_attention=true must work ("auto" becomes false instead, engine.plan)."""
+        """An explicit train.keep_attention (true or a count > 0) must work ("auto" keeps nothing there
+        instead, engine.plan)."""
         conflict = keep_attention_conflict(self)
-        if self.keep_attention is True and conflict:
+        asked = self.keep_attention is True or (type(self.keep_attention) is int and self.keep_attention > 0)
+        if asked and conflict:
             raise ValueError(f"train.keep_attention does not combine with {conflict} (recomputed blocks keep "
                              "attention outputs only when recomputed one at a time by BlockCheckpoint)")
         return self

@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from megastride.kernels.attention import kept_attention
 
 from .config import TrainConfig
-from .plan import recomputed_blocks
+from .plan import kept_attention_blocks, recomputed_blocks
 
 
 class _HostChain:
@@ -233,6 +233,14 @@ def apply_activation_checkpointing(model: nn.Module, train: TrainConfig) -> None
     it recomputes any block, so one block's recompute never adds to them, and the first blocks are
     those whose activations would have been kept the longest. Recomputing the last blocks instead
     would add a recompute at the peak; recomputing only the last block lowers no backward peak.
+
+    train.keep_attention (a count, or true for all) makes the first recomputed blocks keep their attention
+    outputs for their recompute (BlockCheckpoint). Which of them keep does not change the peak: every kept
+    output is live from the forward pass until the backward starts, where memory peaks. The first ones, as
+    train.checkpoint_blocks counts the first blocks: one rule for both counts, which the planner mirrors
+    layer by layer (``engine.plan.recompute_flops``: where layers' patterns differ, which layers keep decides
+    the attention work saved).
+
     "auto" (train.checkpoint_blocks, train.keep_attention) is resolved against the GPU before the model
     is wrapped (``engine.plan.plan`` with ``gpu_bytes``, then ``plan.with_resolved``); unresolved it means
     every block and no attention outputs kept, as on a CPU.
@@ -240,26 +248,31 @@ def apply_activation_checkpointing(model: nn.Module, train: TrainConfig) -> None
     recomputed = recomputed_blocks(train, len(model.blocks))
     if not recomputed:
         return
+    keeping = kept_attention_blocks(train, recomputed)  # 0 under checkpoint_group > 1: keep_attention_conflict
     runner = _block_runner(train)
+    keeper = _block_runner(train, keep=True) if keeping else runner
     blocks, k = list(model.blocks), train.checkpoint_group
     units = blocks[:recomputed]
     if k > 1:
         units = [Segment(blocks[i:min(i + k, recomputed)], _torch_checkpoint) for i in range(0, recomputed, k)]
-    if recomputed == len(blocks):
-        model.block_runner = runner
+    if recomputed == len(blocks) and keeping in (0, recomputed):  # one runner for every block
+        model.block_runner = keeper
         if k > 1:
             model.segments = units
-    else:  # each recomputed unit carries its runner; the kept blocks run under the model's plain one
-        model.segments = [functools.partial(runner, unit) for unit in units] + blocks[recomputed:]
+    else:  # each recomputed unit carries its runner, the first `keeping` the keeping one; the kept blocks
+        # (not recomputed) run under the model's plain runner
+        model.segments = [functools.partial(keeper if i < keeping else runner, unit) for i, unit in enumerate(units)] \
+            + blocks[recomputed:]
 
 
 def _torch_checkpoint(fn, x: torch.Tensor) -> torch.Tensor:
     return checkpoint(fn, x, use_reentrant=False)
 
 
-def _block_runner(train: TrainConfig):
-    """The runner ``(unit, x) -> output`` that recomputes one block or Segment (see above)."""
-    keep = train.keep_attention is True  # an unresolved "auto" keeps nothing
+def _block_runner(train: TrainConfig, keep: bool = False):
+    """The runner ``(unit, x) -> output`` that recomputes one block or Segment (see above); with ``keep``
+    the block keeps its attention outputs for its recompute (BlockCheckpoint's runners only: the others are
+    ruled out beside train.keep_attention by keep_attention_conflict)."""
     if train.cpu_checkpointing:
         overlap = train.offload_overlap
         return lambda fn, x: BlockCheckpoint.apply(fn, x, overlap, True, keep) if torch.is_grad_enabled() else fn(x)

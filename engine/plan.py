@@ -169,20 +169,21 @@ def step_flops(model: ModelConfig, params: ParamCount, pairs: list[list[int]], s
 
 
 def recompute_flops(model: ModelConfig, params: ParamCount, pairs: list[list[int]], recomputed: int,
-                    keep_attention: bool, sequences: int = 1) -> float:
+                    kept: int, sequences: int = 1) -> float:
     """Forward FLOPs the backward pass spends recomputing the first ``recomputed`` blocks: each block's
     matmuls (2 * its parameters per token) and its attention's QK^T and PV (the forward third of
-    ``attention_flops``), which ``keep_attention`` skips in the layers that keep it (not dense ones: SDPA
-    keeps nothing). What ``choose_recompute`` weighs: at 1M tokens a fixed layer's attention forward is
-    several times its matmuls'."""
+    ``attention_flops``), which the first ``kept`` of them skip where they keep their attention outputs
+    (``kept_attention_blocks``; not in dense layers: SDPA keeps nothing). What ``choose_recompute`` weighs:
+    at 1M tokens a fixed layer's attention forward is several times its matmuls'."""
     from megastride.kernels.attention import _all_dense
 
+    assert type(kept) is int, f"kept is a number of blocks (kept_attention_blocks), not {kept!r}"  # not a bool
     head_width = (model.qk_width + model.d_model) / model.n_heads
     patterns = layer_patterns(model)
     total = 0.0
     for r in range(recomputed):
         total += 2.0 * params.per_block * model.seq_len
-        if not (keep_attention and not _all_dense(patterns[r % len(patterns)])):
+        if not (r < kept and not _all_dense(patterns[r % len(patterns)])):
             total += 2.0 * head_width * sum(pairs[r])
     return total * sequences
 
@@ -273,10 +274,10 @@ def _attention_width(model: ModelConfig) -> int:
 def attention_workspace_bytes(model: ModelConfig, prec: Precision, seq_len: int) -> float:
     """Bytes per token the attention backward adds (kernels/blocksparse.py ``_backward``): dq, dk, dv
     in the input dtype, the incoming output gradient dO and the fp32 row sums (delta); where some
-    head is split into a local and a permuted (strided-half) part, both parts add into fp32 dq, dk,
-    dv, whose casts to the input dtype exist beside them at the end."""
+    head is split into a local and a permuted (strided-half) part, the earlier part adds into fp32 dq,
+    dk, dv, which exist beside the final gradients the last part writes."""
     h, c, w = model.n_heads, prec.compute, _attention_width(model)
-    if _permuted_heads(model, seq_len):  # fp32 dq, dk, dv that both parts add into, their casts, dO
+    if _split_heads(model, seq_len)[0]:  # fp32 dq, dk, dv the earlier part adds into, the final ones, dO
         return (3 * 4 + 3 * c + c) * w + LSE * h
     return (3 * c + c) * w + LSE * h
 
@@ -295,22 +296,44 @@ def kept_attention_bytes(model: ModelConfig, prec: Precision, seq_len: int) -> f
 def autotune_saved_bytes(model: ModelConfig, seq_len: int) -> tuple[float, float]:
     """Bytes per token that the kernels' autotuning trials save and restore in a layer's (forward,
     backward) on a length not tuned before (the first step on a cold Triton cache; kernels.blocksparse
-    ``_read_back``): only where a head is split into parts, whose later part adds into the earlier
-    one's fp32 buffers: the running output and lse (forward), dK and dV (backward, separate dQ; the
-    merged mode, tried by DQ_MODE "auto" only where a backward takes under 50 ms, also saves dQ)."""
-    if not _permuted_heads(model, seq_len):
+    ``_read_back``): only where a head is split into parts: the lse its later part merges into
+    (forward); and where a merging part is not the layer's last launch (``_schedule`` launches the part
+    with the most heads last, which reads the earlier parts' fp32 sums and writes the final outputs
+    apart), the fp32 sums it adds to in place as well: the running output (forward), dK and dV
+    (backward, separate dQ; the merged mode, tried by DQ_MODE "auto" only where a backward takes under
+    50 ms, also saves dQ)."""
+    split, in_place = _split_heads(model, seq_len)
+    if not split:
         return 0.0, 0.0
+    if not in_place:
+        return LSE * model.n_heads, 0.0
     w = _attention_width(model)
     return 4.0 * w + LSE * model.n_heads, 2 * 4.0 * w
 
 
-def _permuted_heads(model: ModelConfig, seq_len: int) -> int:
+def _split_heads(model: ModelConfig, seq_len: int) -> tuple[bool, bool]:
+    """(some layer has a head in two parts, some layer merges a part in place before its last launch):
+    the parts of ``kernels.patterns.build_layout`` (natural-order heads; one part per stride) in the
+    launch order of ``kernels.blocksparse._schedule``."""
     from megastride.kernels.patterns import _split_head
 
-    worst = 0
+    split = in_place = False
     for pattern in layer_patterns(model, seq_len):
-        worst = max(worst, sum(_split_head(hp, seq_len, model.attention.block)[1] is not None for hp in pattern.heads))
-    return worst
+        natural, strided = [], {}
+        for h, hp in enumerate(pattern.heads):
+            comps, perm = _split_head(hp, seq_len, model.attention.block)
+            natural += [h] if comps else []
+            if perm:
+                strided.setdefault(perm[0], []).append(h)
+        parts = sorted([(len(heads), False, heads) for heads in strided.values()]
+                       + ([(len(natural), True, natural)] if natural else []))
+        seen: set[int] = set()
+        for i, (_, _, heads) in enumerate(parts):
+            merging = any(h in seen for h in heads)
+            split |= merging
+            in_place |= merging and i < len(parts) - 1
+            seen.update(heads)
+    return split, in_place
 
 
 def backward_transient_bytes(model: ModelConfig, prec: Precision) -> float:
@@ -350,7 +373,7 @@ class Plan:
     zero_stage: int
     checkpoint_activations: bool
     checkpoint_blocks: int  # blocks recomputed in backward, the first ones (train.checkpoint_blocks resolved)
-    keep_attention: bool  # the recomputed blocks keep their attention outputs (train.keep_attention resolved)
+    keep_attention: int  # first recomputed blocks that keep their attention outputs (train.keep_attention resolved)
     n_layers: int
     params: int
     non_embedding_params: int
@@ -414,7 +437,7 @@ class Plan:
         """Human-readable summary: the peak's items, the other phases, host bytes, FLOPs."""
         head = (f"plan: n={self.seq_len:,} x {self.micro_batch} seq/micro-batch x {self.grad_accum} accum, "
                 f"world {self.world_size}, {self.runtime} {self.precision}, ZeRO {self.zero_stage}, "
-                f"recompute {self.recompute}{', attention outputs kept' if self.keep_attention else ''}")
+                f"recompute {self.recompute}{_comma(kept_words(self.keep_attention, self.checkpoint_blocks))}")
         lines = [head, f"params {self.params / 1e6:.1f}M ({self.non_embedding_params / 1e6:.1f}M non-embedding); "
                        f"attention density {self.density:.4f} of causal", "",
                  f"per-GPU memory at the peak ({self.peak_phase}):"]
@@ -454,7 +477,8 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     ``gpu_bytes``: one GPU's memory, which ``train.checkpoint_blocks: auto`` and ``train.keep_attention: auto``
     are fitted to (``choose_recompute`` within ``auto_memory_fraction`` of it); without it "auto" recomputes
     every block and keeps no attention outputs, as on a CPU. ``Plan.checkpoint_blocks`` and
-    ``Plan.keep_attention`` are what is in use (``with_resolved`` writes them into the config).
+    ``Plan.keep_attention`` (the number of recomputed blocks that keep them) are what is in use
+    (``with_resolved`` writes them into the config).
     """
     if world_size < 1:
         raise ValueError(f"world size must be at least 1, got {world_size}")
@@ -467,7 +491,7 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
         cfg = with_checkpoint_blocks(cfg, k if auto_blocks else cfg.train.checkpoint_blocks, keep)
     model, t = cfg.model, cfg.train
     recomputed = recomputed_blocks(t, model.n_layers)
-    keep = t.keep_attention is True and recomputed > 0  # an unresolved "auto" (no GPU to fit) keeps nothing
+    keep = kept_attention_blocks(t, recomputed)  # an unresolved "auto" (no GPU to fit) keeps nothing
     prec = precision_of(runtime, t.precision)
     params = count_params(model)
     stats = layout_stats(model, model.seq_len)
@@ -477,7 +501,7 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     group = t.checkpoint_group if recomputed else 1
     kept = batch * model.seq_len * kept_attention_bytes(model, prec, model.seq_len) if keep else 0.0
     phases, first = _phases(model, recomputed, prec, params, weights, stats.nbytes, batch * model.seq_len, runtime,
-                            host_inputs, group, host_inputs and t.offload_overlap, kept)
+                            host_inputs, group, host_inputs and t.offload_overlap, kept, keep)
     first_phase = max(first, key=lambda p: sum(first[p].values()), default="")
     if host_inputs:  # BlockCheckpoint: every segment input waits in (pinned) host memory
         segments = -(-recomputed // group)
@@ -502,17 +526,48 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
 
 def recomputed_blocks(train: TrainConfig, n_layers: int) -> int:
     """How many blocks are recomputed in the backward pass (the first ones): train.checkpoint_blocks,
-    where null and an unresolved "auto" mean every block; 0 without train.checkpoint_activations."""
-    k = train.checkpoint_blocks
+    where null and an unresolved "auto" mean every block; 0 without train.checkpoint_activations. Checks
+    that train.checkpoint_blocks and a train.keep_attention count are within the blocks there are."""
+    k, keep = train.checkpoint_blocks, train.keep_attention
     if isinstance(k, int) and k > n_layers:
         raise ConfigError(f"train.checkpoint_blocks={k} exceeds model.n_layers={n_layers} "
                           f"(the blocks to recompute: 0 to {n_layers}, auto, or null for every block)")
+    most = k if isinstance(k, int) else n_layers  # the blocks that may be recomputed
+    if type(keep) is int and keep > most:
+        of = f"train.checkpoint_blocks={k}" if isinstance(k, int) else f"model.n_layers={n_layers}"
+        raise ConfigError(f"train.keep_attention={keep} exceeds {of} (the recomputed blocks that keep their "
+                          f"attention outputs: 0 to {most}, true for every one, false, or auto)")
     if not train.checkpoint_activations:
         return 0
     return n_layers if k is None or k == "auto" else k
 
 
-def with_checkpoint_blocks(cfg: Config, k: int | str | None, keep_attention: bool | None = None) -> Config:
+def kept_attention_blocks(train: TrainConfig, recomputed: int) -> int:
+    """How many of the ``recomputed`` blocks (``recomputed_blocks``) keep their attention outputs, the
+    first ones: train.keep_attention, where true means every recomputed block, false and an unresolved
+    "auto" none, and a count k the first k (all of them where fewer are recomputed)."""
+    keep = train.keep_attention
+    if keep is True:
+        return recomputed
+    if keep is False or keep == "auto":
+        return 0
+    return min(keep, recomputed)
+
+
+def kept_words(kept: int, recomputed: int) -> str:
+    """``kept`` of the ``recomputed`` blocks keeping their attention outputs, in words: "attention outputs
+    kept" (every one), "attention outputs kept in 21 of 30 recomputed blocks", or "" (none)."""
+    if not kept:
+        return ""
+    return "attention outputs kept" + ("" if kept == recomputed else
+                                       f" in {kept} of {recomputed} recomputed blocks")
+
+
+def _comma(words: str) -> str:
+    return f", {words}" if words else ""
+
+
+def with_checkpoint_blocks(cfg: Config, k: int | str | None, keep_attention: bool | int | None = None) -> Config:
     """``cfg`` with ``train.checkpoint_blocks = k`` and, where given, ``train.keep_attention``."""
     update = {"checkpoint_blocks": k} | ({} if keep_attention is None else {"keep_attention": keep_attention})
     return cfg.model_copy(update={"train": cfg.train.model_copy(update=update)})
@@ -520,10 +575,14 @@ def with_checkpoint_blocks(cfg: Config, k: int | str | None, keep_attention: boo
 
 def with_resolved(cfg: Config, p: Plan) -> Config:
     """``cfg`` with the "auto" of ``train.checkpoint_blocks`` and ``train.keep_attention`` replaced by what
-    ``p``, its plan (``plan(..., gpu_bytes=...)`` on a GPU), uses: what the model is then wrapped with."""
+    ``p``, its plan (``plan(..., gpu_bytes=...)`` on a GPU), uses: what the model is then wrapped with.
+    The keep is written as true where every recomputed block keeps its attention outputs, false where none
+    does and the count between; also where only the blocks were "auto" (an explicit count stays within them)."""
     t = cfg.train
     k = p.checkpoint_blocks if t.checkpoint_blocks == "auto" else t.checkpoint_blocks
-    return with_checkpoint_blocks(cfg, k, p.keep_attention if t.keep_attention == "auto" else None)
+    keep = p.keep_attention
+    keep = bool(keep) if keep in (0, p.checkpoint_blocks) else keep  # none: false, every one: true
+    return with_checkpoint_blocks(cfg, k, keep if "auto" in (t.checkpoint_blocks, t.keep_attention) else None)
 
 
 def choose_checkpoint_blocks(cfg: Config, seq_len: int | None = None, world_size: int = 1,
@@ -532,45 +591,77 @@ def choose_checkpoint_blocks(cfg: Config, seq_len: int | None = None, world_size
     """The fewest blocks to recompute (``train.checkpoint_blocks``) for the planned peak per GPU, that
     of a first step which autotunes included, to fit in ``budget_bytes``; every block when none does
     (the plan then says it does not fit), 0 without ``train.checkpoint_activations``; the blocks keep their
-    attention outputs only under an explicit ``train.keep_attention: true``. What ``train.checkpoint_blocks:
-    auto`` becomes on a GPU beside an explicit keep_attention (``choose_recompute`` weighs both)."""
-    keep = cfg.train.keep_attention is True  # "auto" (unresolved) keeps nothing here
+    attention outputs only under an explicit ``train.keep_attention`` (true or a count). What
+    ``train.checkpoint_blocks: auto`` becomes on a GPU beside an explicit keep_attention (``choose_recompute``
+    weighs both)."""
+    keep = cfg.train.keep_attention
+    keep = False if keep == "auto" else keep  # "auto" (unresolved) keeps nothing here
     return choose_recompute(with_checkpoint_blocks(cfg, "auto", keep), seq_len, world_size, runtime, micro_batch,
                             budget_bytes=budget_bytes)[0]
 
 
 def choose_recompute(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: str = "deepspeed",
-                     micro_batch: int | None = None, *, budget_bytes: float) -> tuple[int, bool]:
-    """``(train.checkpoint_blocks, train.keep_attention)`` with their "auto" resolved: of the candidates (k
-    recomputed blocks, attention outputs kept or not) whose planned first-step peak per GPU fits in
-    ``budget_bytes``, the least recompute work (``recompute_flops``), ties to the smaller peak. A recomputed
-    block that keeps its attention outputs holds one (B, T, D) output more, a block not recomputed its whole
-    saved set, and the kept outputs save the attention forward (by this count about 4 times the block's
-    matmuls at 1M tokens in configs/enwik8.yaml): where they fit, they cost less time than fewer blocks.
+                     micro_batch: int | None = None, *, budget_bytes: float) -> tuple[int, int]:
+    """``(train.checkpoint_blocks, train.keep_attention)`` with their "auto" resolved, the keep as the number
+    of recomputed blocks that keep their attention outputs (``kept_attention_blocks``): of the candidates (k
+    recomputed blocks, the first c <= k of them keeping the outputs) whose planned first-step peak per GPU
+    fits in ``budget_bytes``, the least recompute work (``recompute_flops``), ties to the smaller peak. A block that
+    keeps its attention outputs holds one (B, T, D) output more, a block not recomputed its whole saved set,
+    and the kept outputs save the attention forward (by this count about 4 times the block's matmuls at 1M
+    tokens in configs/enwik8.yaml): where they fit, they cost less time than fewer blocks, and where only
+    some fit, keeping those beats keeping none.
 
+    The peak grows with c for a given k, so each k's best is the most outputs that fit, searched from the
+    previous k's (a few plans per k); k stops growing once its matmuls alone are more work than the best.
     An explicit value stays; "auto" keeps nothing where it cannot work (``keep_attention_conflict``) or
     nothing is recomputed. Where nothing fits: every block (or the explicit count), no attention outputs kept
-    unless asked for; the plan then says it does not fit. (0, False) without ``train.checkpoint_activations``."""
+    unless asked for; the plan then says it does not fit. (0, 0) without ``train.checkpoint_activations``."""
     cfg = _at_length(cfg, seq_len)
     t, n = cfg.train, cfg.model.n_layers
+    recomputed = recomputed_blocks(t, n)  # checks the given counts against the layers
     if not t.checkpoint_activations:
-        return 0, False
-    counts = range(n + 1) if t.checkpoint_blocks == "auto" else [recomputed_blocks(t, n)]
-    choice = t.keep_attention == "auto" and not keep_attention_conflict(t)
-    keeps = (False, True) if choice else (t.keep_attention is True,)
+        return 0, 0
+    counts = range(n + 1) if t.checkpoint_blocks == "auto" else [recomputed]
+    peaks: dict[tuple[int, int], float] = {}
+
+    def fits(k: int, c: int) -> bool:
+        if (k, c) not in peaks:
+            p = plan(with_checkpoint_blocks(cfg, k, c), None, world_size, runtime, micro_batch)
+            peaks[k, c] = p.first_step_peak_bytes
+        return peaks[k, c] <= budget_bytes
+
+    if t.keep_attention != "auto" or keep_attention_conflict(t):  # the keep is given (or ruled out): fewest blocks
+        k = next((k for k in counts if fits(k, kept_attention_blocks(t, k))), counts[-1])
+        return k, kept_attention_blocks(t, k)
     params, pairs = count_params(cfg.model), layout_stats(cfg.model, cfg.model.seq_len).pairs
-    best = None
-    for keep in keeps:
-        for k in counts:  # one more block is more work: the fewest that fit are this keep's best
-            p = plan(with_checkpoint_blocks(cfg, k, keep), None, world_size, runtime, micro_batch)
-            peak = p.first_step_peak_bytes
-            if peak <= budget_bytes:
-                candidate = (recompute_flops(cfg.model, params, pairs, k, keep), peak, k, keep)
-                best = candidate if best is None else min(best, candidate)
-                break
+    best, c = None, 0
+    for k in counts:  # one more block is more work: the fewest that fit, each with the most outputs kept
+        if best is not None and recompute_flops(cfg.model, params, pairs, k, k) > best[0]:
+            break
+        c = _most_kept(fits, k, min(c, k))
+        if c is None:  # k does not fit even keeping nothing
+            c = 0
+            continue
+        candidate = (recompute_flops(cfg.model, params, pairs, k, c), peaks[k, c], k, c)
+        best = candidate if best is None else min(best, candidate)
     if best is None:
-        return counts[-1], t.keep_attention is True
+        return counts[-1], 0
     return best[2], best[3]
+
+
+def _most_kept(fits, k: int, start: int) -> int | None:
+    """The largest c in 0..k with ``fits(k, c)`` (which holds for every c below one that fits), searched
+    from ``start``; None where not even c = 0 fits."""
+    c = start
+    if fits(k, c):
+        while c < k and fits(k, c + 1):
+            c += 1
+        return c
+    while c > 0:
+        c -= 1
+        if fits(k, c):
+            return c
+    return None
 
 
 def _auto_note(p: Plan, blocks: bool, keep: bool, conflict: str | None, gpu_bytes: float | None,
@@ -579,7 +670,7 @@ def _auto_note(p: Plan, blocks: bool, keep: bool, conflict: str | None, gpu_byte
     keys = ", ".join(f"train.{key}=auto" for key, on in (("checkpoint_blocks", blocks), ("keep_attention", keep)) if on)
     head = f"{keys}: {p.checkpoint_blocks} of {p.n_layers} blocks recomputed"
     if keep or p.keep_attention:
-        head += ", attention outputs " + ("kept" if p.keep_attention else "not kept")
+        head += ", " + (kept_words(p.keep_attention, p.checkpoint_blocks) or "attention outputs not kept")
     if keep and conflict:  # no choice: as an explicit false
         head, keep = head + f" (not with {conflict})", False
         if not blocks:
@@ -595,8 +686,11 @@ def _auto_note(p: Plan, blocks: bool, keep: bool, conflict: str | None, gpu_byte
         return head + f" (the least recompute work that fits {share})"
     if blocks:
         return head + f", the fewest whose planned peak fits {share}"
-    return head + (f" (the plan with them fits {share})" if p.keep_attention
-                   else f" (with them the planned peak would exceed {share})")
+    if p.keep_attention == p.checkpoint_blocks:
+        return head + f" (the plan with them fits {share})"
+    if p.keep_attention:
+        return head + f" (the most whose planned peak fits {share})"
+    return head + f" (with them the planned peak would exceed {share})"
 
 
 def physical_memory_bytes() -> float:
@@ -664,7 +758,8 @@ def _weight_bytes(cfg: Config, n_params: int, prec: Precision, runtime: str, wor
 
 def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamCount, weights: dict,
             layout_bytes: int, tokens: int, runtime: str, host_inputs: bool = False,
-            group: int = 1, prefetch: bool = False, kept: float = 0.0) -> dict[str, dict[str, float]]:
+            group: int = 1, prefetch: bool = False, kept: float = 0.0,
+            keeping: int = 0) -> dict[str, dict[str, float]]:
     """Allocated bytes at forward end, loss backward, first and last block backward, optimizer step.
 
     recomputed: the first k blocks are recomputed (train.checkpoint_blocks); the other L - k keep
@@ -676,8 +771,9 @@ def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamC
     and output; prefetch (train.offload_overlap): plus the previous segment's input, fetched back early.
     group: blocks per recomputed segment (train.checkpoint_group); with S = ceil(k / group)
     segments the forward keeps S inputs, and a segment's backward adds the inputs of its blocks.
-    kept: bytes each recomputed block keeps for its backward (train.keep_attention's attention outputs),
-    all k of them live from the forward until the recomputed blocks' backward, the first block's last.
+    kept: bytes each block that keeps its attention outputs (train.keep_attention) holds for its backward;
+    keeping: how many do, the first ones of the k recomputed (``kept_attention_blocks``): all of them live
+    from the forward until the recomputed blocks' backward, the first block's (a keeping one) last.
     """
     L, d = model.n_layers, model.d_model
     resid = tokens * prec.residual * d  # one (B, T, D) residual
@@ -718,7 +814,7 @@ def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamC
         return ffn, att
     def working(recompute: bool) -> dict:  # noqa: E306 - the worse of the two halves
         return max(halves(recompute), key=lambda items: sum(items.values()))
-    outputs = {"kept attention outputs": k * kept} if kept and k else {}
+    outputs = {"kept attention outputs": keeping * kept} if kept and keeping else {}
     recomputing = {"block inputs": worst} | working(True) | {"autocast weight copies": 0.0} | outputs
     if kept_blocks == 0:
         last = recomputing
@@ -746,6 +842,7 @@ def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamC
     if bwd_saved:
         first["backward, last block"] = phases["backward, last block"] | halves(kept_blocks == 0)[1] \
             | {"autotuning saved outputs": tokens * bwd_saved}
+    if fwd_saved:
         first["forward"] = phases["forward"] | {"autotuning saved outputs": tokens * fwd_saved}
     return phases, first
 

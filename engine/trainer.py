@@ -147,8 +147,9 @@ def plan_note(cfg: Config, world: int, gpu_bytes: float, p=None) -> str:
                 else "the fewest that fit")
         recompute = (f"recompute {p.checkpoint_blocks} of {p.n_layers} blocks (train.checkpoint_blocks=auto: "
                      f"{rule if fits else 'even so over'} {share:.0%} of it)")
-    if p.keep_attention:
-        recompute += ", attention outputs kept" + (" (train.keep_attention=auto)" if t.keep_attention == "auto" else "")
+    if p.keep_attention:  # e.g. "attention outputs kept in 21 of 30 recomputed blocks"
+        recompute += (", " + planner.kept_words(p.keep_attention, p.checkpoint_blocks)
+                      + (" (train.keep_attention=auto)" if t.keep_attention == "auto" else ""))
     note = (f"plan: peak {p.peak_bytes / 1e9:.1f} GB per GPU of {gpu_bytes / 1e9:.0f} GB, {recompute}"
             + (f", host {p.host_bytes / 1e9:.1f} GB per rank" if p.host_bytes else "")
             + (f"; first step {p.first_step_peak_bytes / 1e9:.1f} GB if it autotunes"

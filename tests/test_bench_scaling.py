@@ -116,7 +116,9 @@ def test_validate_plan_covers_distinct_configurations(tmp_path):
     kept = next(r for r in rows if r.keep_attention)  # the planner's kept attention outputs, checked on a GPU
     twin = next(r for r in rows if r.label == "fixed" and r.seq_len == kept.seq_len)
     assert kept.plan_gb > twin.plan_gb
-    assert all(type(r.keep_attention) is bool for r in rows)  # "auto" resolved (off a GPU: false)
+    assert all(type(r.keep_attention) is int for r in rows)  # blocks keeping, "auto" resolved (off a GPU: 0)
+    assert kept.keep_attention == kept.recomputed_blocks
+    assert B.describe(kept).endswith("blocks recomputed, attention kept")
 
 
 def _on_a_fake_gpu(monkeypatch, total=1e12):
@@ -132,12 +134,17 @@ def _on_a_fake_gpu(monkeypatch, total=1e12):
 
 def test_measure_resolves_auto_to_what_the_gpu_fits(monkeypatch):
     """On a GPU measure times the config with train.checkpoint_blocks and train.keep_attention as the
-    planner resolved them (plain int and bool, what BlockCheckpoint gets), and the row records them."""
+    planner resolved them (plain int and bool or count, what the runner gets), and the row records them
+    (the keep as the number of recomputed blocks that keep their attention outputs)."""
     timed = _on_a_fake_gpu(monkeypatch)
     opts = B.Options(device="cuda", steps=1, warmup=1, log=lambda line: None)
     cfg = B.config_for(tiny_base("bf16"), "fixed({block},8)", 256, ["train.checkpoint_blocks=1"])
     row = B.measure("fixed", cfg, opts)
-    assert timed[-1].train.keep_attention is True and row.keep_attention is True and row.recomputed_blocks == 1
+    assert timed[-1].train.keep_attention is True and row.keep_attention == 1 and row.recomputed_blocks == 1
+    cfg = B.config_for(tiny_base("bf16"), "fixed({block},8)", 256, ["model.n_layers=2", "train.keep_attention=1"])
+    row = B.measure("fixed", cfg, opts)
+    assert timed[-1].train.keep_attention == 1 and (row.recomputed_blocks, row.keep_attention) == (2, 1)
+    assert B.describe(row).endswith("2/2 blocks recomputed, attention kept in 1")
     cfg = B.config_for(tiny_base("bf16"), "fixed({block},8)", 256, ["train.checkpoint_blocks=auto"])
     row = B.measure("fixed", cfg, opts)
     assert (timed[-1].train.checkpoint_blocks, timed[-1].train.keep_attention) == (0, False)  # all fits: no recompute

@@ -271,18 +271,31 @@ def test_trainer_note_and_plan_cli_show_the_blocks_recomputed(tmp_path, capsys):
     assert "train.checkpoint_blocks=5 exceeds model.n_layers=4" in capsys.readouterr().err
 
 
-def test_more_blocks_than_layers_is_a_config_error():
-    """k > model.n_layers is one line naming both keys, from the option check, the planner and the wrapper."""
-    cfg = _config(checkpoint_blocks=LAYERS + 1)
-    message = f"train.checkpoint_blocks={LAYERS + 1} exceeds model.n_layers={LAYERS}"
-    for call in (lambda: check_zero_options(cfg), lambda: planner.plan(cfg),
+KEEP_RANGE = "(the recomputed blocks that keep their attention outputs: 0 to {}, true for every one, false, or auto)"
+
+
+@pytest.mark.parametrize("train,message", [
+    ({"checkpoint_blocks": LAYERS + 1}, f"train.checkpoint_blocks={LAYERS + 1} exceeds model.n_layers={LAYERS}"),
+    ({"keep_attention": LAYERS + 1},
+     f"train.keep_attention={LAYERS + 1} exceeds model.n_layers={LAYERS} {KEEP_RANGE.format(LAYERS)}"),
+    ({"keep_attention": LAYERS + 1, "checkpoint_blocks": "auto"},
+     f"train.keep_attention={LAYERS + 1} exceeds model.n_layers={LAYERS} {KEEP_RANGE.format(LAYERS)}"),
+    ({"keep_attention": 3, "checkpoint_blocks": 2},
+     f"train.keep_attention=3 exceeds train.checkpoint_blocks=2 {KEEP_RANGE.format(2)}"),
+], ids=["blocks", "keep", "keep-beside-auto-blocks", "keep-beside-given-blocks"])
+def test_more_blocks_than_layers_is_a_config_error(train, message):
+    """k > model.n_layers, or a train.keep_attention count above the blocks that may be recomputed, is one
+    line naming the keys and the range, from the option check, the planner and the wrapper."""
+    cfg = _config(**train)
+    for call in (lambda: check_zero_options(cfg), lambda: planner.plan(cfg), lambda: planner.plan(cfg, gpu_bytes=1e12),
                  lambda: apply_activation_checkpointing(SparseTransformer(cfg.model), cfg.train)):
-        with pytest.raises(ConfigError, match=message) as err:
+        with pytest.raises(ConfigError) as err:
             call()
-        assert "\n" not in str(err.value)
-    check_zero_options(_config(checkpoint_blocks=LAYERS))
+        assert message in str(err.value) and "\n" not in str(err.value)
+    check_zero_options(_config(checkpoint_blocks=LAYERS, keep_attention=LAYERS))
     check_zero_options(_config(checkpoint_blocks=2, checkpoint_activations=False))  # no effect, no error
     assert planner.plan(_config(checkpoint_blocks=2, checkpoint_activations=False)).checkpoint_blocks == 0
+    assert planner.plan(_config(keep_attention=2, checkpoint_activations=False)).keep_attention == 0
 
 
 def _with_keep(cfg, keep):
@@ -290,10 +303,10 @@ def _with_keep(cfg, keep):
 
 
 def test_auto_weighs_kept_attention_against_recomputed_blocks():
-    """train.checkpoint_blocks and train.keep_attention both "auto" (the default) take, of the (k, keep)
-    whose plan fits, the least recompute work: a block's matmuls, plus its attention forward where the
+    """train.checkpoint_blocks and train.keep_attention both "auto" (the default) take, of the (k recomputed,
+    c kept) whose plan fits, the least recompute work: a block's matmuls, plus its attention forward where the
     outputs are not kept. The enwik8 model at 1M tokens as bench scaling runs it: the attention forward
-    is ~4x the matmuls, so kept outputs win where they fit."""
+    is ~4x the matmuls, so kept outputs win where they fit, and as many as fit where not all do."""
     from megastride.engine.bench_scaling import KINDS, config_for
 
     base = load_config(ROOT / "configs" / "enwik8.yaml", ["model.dropout=0", "train.checkpoint_blocks=auto"])
@@ -301,66 +314,120 @@ def test_auto_weighs_kept_attention_against_recomputed_blocks():
     assert cfg.train.keep_attention == "auto"
     params, pairs = planner.count_params(cfg.model), planner.layout_stats(cfg.model, 1048576).pairs
 
-    def work(k, keep):
-        return planner.recompute_flops(cfg.model, params, pairs, k, keep)
+    def work(k, kept):
+        return planner.recompute_flops(cfg.model, params, pairs, k, kept)
 
-    def peak(k, keep):
-        return planner.plan(planner.with_checkpoint_blocks(cfg, k, keep), runtime="torch").peak_bytes
+    def peak(k, kept):
+        return planner.plan(planner.with_checkpoint_blocks(cfg, k, kept), runtime="torch").peak_bytes
 
-    assert work(1, True) == pytest.approx(6.61e12, rel=0.01)  # 2 x params of one block x tokens
-    assert work(1, False) - work(1, True) == pytest.approx(26.25e12, rel=0.01)  # 4 x pairs x head width
-    assert work(29, True) < work(30, True) < work(28, False)
-    assert peak(30, True) / 1e9 == pytest.approx(129.14, abs=0.01)  # docs/scaling.md: measured 125.26 GB
-    assert peak(29, True) / 1e9 == pytest.approx(128.04, abs=0.01)
+    assert work(1, 1) == pytest.approx(6.61e12, rel=0.01)  # 2 x params of one block x tokens
+    assert work(1, 0) - work(1, 1) == pytest.approx(26.25e12, rel=0.01)  # 4 x pairs x head width
+    assert work(29, 29) < work(30, 30) < work(29, 27) < work(28, 0)
+    assert peak(30, 30) / 1e9 == pytest.approx(129.14, abs=0.01)  # docs/scaling.md: measured 125.26 GB
+    assert peak(29, 29) / 1e9 == pytest.approx(128.04, abs=0.01)
     # an H200 as torch counts it (about 139.8 GiB; the measured auto step of docs/scaling.md, 27 blocks at
     # 130.4 GB planned, needs at least 144.9e9 bytes): 29 blocks with kept outputs, one fewer than 30
     h200 = planner.plan(cfg, runtime="torch", gpu_bytes=150.1e9)
-    assert (h200.checkpoint_blocks, h200.keep_attention) == (29, True) and h200.peak_bytes == peak(29, True)
+    assert (h200.checkpoint_blocks, h200.keep_attention) == (29, 29) and h200.peak_bytes == peak(29, 29)
     assert ("train.checkpoint_blocks=auto, train.keep_attention=auto: 29 of 30 blocks recomputed, attention outputs "
             "kept (the least recompute work that fits 90% of 150 GB)") in h200.notes
     assert "recompute 29 of 30 blocks, attention outputs kept" in h200.table()
-    assert json.loads(h200.json())["keep_attention"] is True
-    # 141e9 bytes: 90% is 126.9 GB, below any plan with kept outputs: the fewest blocks without them
+    assert json.loads(h200.json())["keep_attention"] == 29
+    # 141e9 bytes: 90% is 126.9 GB, below 29 or 30 blocks with all their outputs kept but above 29 with 27
+    # of them kept: that, rather than 28 blocks with none kept (which fits too, for 3.8x the work)
     small = planner.plan(cfg, runtime="torch", gpu_bytes=141e9)
-    assert (small.checkpoint_blocks, small.keep_attention) == (28, False) and small.peak_bytes == peak(28, False)
-    assert small.first_step_peak_bytes <= 0.9 * 141e9 < peak(29, True)
+    assert (small.checkpoint_blocks, small.keep_attention) == (29, 27) and small.peak_bytes == peak(29, 27)
+    assert peak(28, 0) <= small.first_step_peak_bytes <= 0.9 * 141e9 < min(peak(29, 28), peak(30, 28))
+    assert ("29 of 30 blocks recomputed, attention outputs kept in 27 of 29 recomputed blocks (the least recompute "
+            "work that fits 90% of 141 GB)") in small.notes[-1]
     # at the paper's context nothing needs recomputing: no work at all
     short = planner.plan(config_for(base, KINDS["fixed"], 12288), runtime="torch", gpu_bytes=141e9)
-    assert (short.checkpoint_blocks, short.keep_attention) == (0, False)
+    assert (short.checkpoint_blocks, short.keep_attention) == (0, 0)
     # nothing fits: every block, nothing kept, and the plan says so
     none = planner.plan(cfg, runtime="torch", gpu_bytes=50e9)
-    assert (none.checkpoint_blocks, none.keep_attention) == (30, False) and not none.fits(50e9)
+    assert (none.checkpoint_blocks, none.keep_attention) == (30, 0) and not none.fits(50e9)
     assert "even so the planned peak exceeds 90% of 50 GB" in none.notes[-1]
 
 
-def test_auto_keep_beside_a_given_count_keeps_only_where_it_fits():
-    """An explicit train.checkpoint_blocks with keep_attention "auto" keeps the outputs iff that plan fits;
-    "auto" blocks with an explicit keep: the fewest blocks that fit with (true) or without (false) them;
-    no GPU size (a CPU): every block, nothing kept."""
+def test_auto_keep_beside_a_given_count_keeps_as_many_as_fit():
+    """An explicit train.checkpoint_blocks with keep_attention "auto" keeps the outputs of as many of its
+    blocks as the plan fits with (all, some or none), and with_resolved writes true, the count or false;
+    "auto" blocks with an explicit keep: the fewest blocks that fit with (true), without (false) or with
+    at most that many (a count) of them; no GPU size (a CPU): every block, nothing kept."""
     two = _config(precision="bf16", checkpoint_blocks=2)
-    plain, kept = (planner.plan(_with_keep(two, keep), 4096) for keep in (False, True))
-    assert kept.peak_bytes > plain.peak_bytes and not plain.keep_attention
+    plain, one, kept = (planner.plan(_with_keep(two, keep), 4096) for keep in (False, 1, True))
+    assert plain.peak_bytes < one.peak_bytes < kept.peak_bytes and not plain.keep_attention
     fraction = planner.AUTO_MEMORY_FRACTION
     roomy = planner.plan(two, 4096, gpu_bytes=kept.first_step_peak_bytes / fraction)
-    assert (roomy.checkpoint_blocks, roomy.keep_attention, roomy.peak_bytes) == (2, True, kept.peak_bytes)
+    assert (roomy.checkpoint_blocks, roomy.keep_attention, roomy.peak_bytes) == (2, 2, kept.peak_bytes)
     assert "(the plan with them fits 90% of" in roomy.notes[-1]
-    between = (plain.first_step_peak_bytes + kept.first_step_peak_bytes) / 2 / fraction
+    assert planner.with_resolved(two, roomy).train.keep_attention is True
+    partial = planner.plan(two, 4096, gpu_bytes=one.first_step_peak_bytes / fraction)
+    assert (partial.checkpoint_blocks, partial.keep_attention, partial.peak_bytes) == (2, 1, one.peak_bytes)
+    assert ("2 of 4 blocks recomputed, attention outputs kept in 1 of 2 recomputed blocks (the most whose planned "
+            "peak fits 90% of") in partial.notes[-1]
+    resolved = planner.with_resolved(two, partial).train.keep_attention
+    assert resolved == 1 and type(resolved) is int
+    between = (plain.first_step_peak_bytes + one.first_step_peak_bytes) / 2 / fraction
     tight = planner.plan(two, 4096, gpu_bytes=between)
-    assert (tight.checkpoint_blocks, tight.keep_attention, tight.peak_bytes) == (2, False, plain.peak_bytes)
+    assert (tight.checkpoint_blocks, tight.keep_attention, tight.peak_bytes) == (2, 0, plain.peak_bytes)
     assert "attention outputs not kept (with them the planned peak would exceed 90% of" in tight.notes[-1]
+    assert planner.with_resolved(two, tight).train.keep_attention is False
     assert not planner.plan(two, 4096, gpu_bytes=1e3).keep_attention  # nothing fits: nothing kept either
     assert not planner.plan(_config(precision="bf16", checkpoint_blocks=0), 4096, gpu_bytes=1e12).keep_attention
     cpu = planner.plan(_config(precision="bf16", checkpoint_blocks="auto"), 4096)
-    assert (cpu.checkpoint_blocks, cpu.keep_attention) == (LAYERS, False)
-    # auto blocks, explicit keep: the fewest blocks that fit as the keep is
+    assert (cpu.checkpoint_blocks, cpu.keep_attention) == (LAYERS, 0)
+    # auto blocks, explicit keep: the fewest blocks that fit as the keep is (a count: at most that many)
     auto = _config(precision="bf16", checkpoint_blocks="auto")
-    for keep in (False, True):
-        peaks = [planner.plan(planner.with_checkpoint_blocks(auto, k, keep), 4096).first_step_peak_bytes
-                 for k in range(LAYERS + 1)]
+    for keep in (False, True, 2):
+        counts = [planner.kept_attention_blocks(_with_keep(auto, keep).train, k) for k in range(LAYERS + 1)]
+        assert counts == {False: [0] * 5, True: [0, 1, 2, 3, 4], 2: [0, 1, 2, 2, 2]}[keep]
+        peaks = [planner.plan(planner.with_checkpoint_blocks(auto, k, c), 4096).first_step_peak_bytes
+                 for k, c in enumerate(counts)]
         k = next(k for k in range(LAYERS) if peaks[k] > peaks[k + 1]) + 1  # one more block lowers the peak
         p = planner.plan(_with_keep(auto, keep), 4096, gpu_bytes=peaks[k] / fraction)
-        assert (p.checkpoint_blocks, p.keep_attention) == (k, keep)
-        assert planner.choose_recompute(_with_keep(auto, keep), 4096, budget_bytes=peaks[k]) == (k, keep)
+        assert (p.checkpoint_blocks, p.keep_attention) == (k, counts[k])
+        assert planner.choose_recompute(_with_keep(auto, keep), 4096, budget_bytes=peaks[k]) == (k, counts[k])
+        assert planner.with_resolved(_with_keep(auto, keep), p).train.checkpoint_blocks == k
+
+
+def test_auto_takes_the_least_work_over_every_keep_count():
+    """With both "auto", choose_recompute's answer is, for every budget that some (k recomputed, c kept)
+    plan just fits, the least recompute work of all the (k, c) that fit, ties to the smaller peak: the
+    search over the counts misses none; some budgets fit only part of the outputs and take that."""
+    cfg = _config(precision="bf16", checkpoint_blocks="auto")
+    model = planner._at_length(cfg, 4096).model
+    params, pairs = planner.count_params(model), planner.layout_stats(model, 4096).pairs
+    peaks = {(k, c): planner.plan(planner.with_checkpoint_blocks(cfg, k, c), 4096).first_step_peak_bytes
+             for k in range(LAYERS + 1) for c in range(k + 1)}
+    chosen = set()
+    for budget in sorted(set(peaks.values())):
+        best = min((planner.recompute_flops(model, params, pairs, k, c), peak, k, c)
+                   for (k, c), peak in peaks.items() if peak <= budget)
+        chosen.add(planner.choose_recompute(cfg, 4096, budget_bytes=budget))
+        assert planner.choose_recompute(cfg, 4096, budget_bytes=budget) == best[2:], budget
+    assert {(4, 1), (4, 2), (2, 1)} <= chosen and (0, 0) in chosen  # partial counts, and no recompute at all
+
+
+def test_host_inputs_at_1m_keep_as_many_outputs_as_fit_in_60_gb():
+    """The fixed enwik8 model at 1M tokens, block inputs in host memory, 30 blocks recomputed: ~1.1 GB of
+    outputs per block, all 30 kept plan ~70 GB and none ~37 GB; 60 GB (80% of 75 GB) fits 20 of them, which
+    auto keeps instead of none, and which cost 10 attention forwards instead of 30."""
+    base = load_config(ROOT / "configs" / "enwik8.yaml",
+                       ["model.seq_len=1048576", "model.attention.layers=['fixed(auto,128)']", "train.precision=bf16",
+                        "train.checkpoint_blocks=30", "train.cpu_checkpointing=true", "train.offload_overlap=true"])
+
+    def plan(keep, gpu=None):
+        return planner.plan(_with_keep(base, keep), runtime="torch", gpu_bytes=gpu)
+
+    none, every, twenty = plan(False), plan(True), plan(20)
+    assert none.peak_bytes < 38e9 < 60e9 < every.peak_bytes
+    per_block = (every.peak_bytes - none.peak_bytes) / 30
+    assert per_block == pytest.approx(1.107e9, rel=0.01)
+    assert twenty.peak_bytes == pytest.approx(none.peak_bytes + 20 * per_block) and plan(21).peak_bytes > 60e9
+    auto = plan("auto", 75e9)
+    assert (auto.checkpoint_blocks, auto.keep_attention, auto.peak_bytes) == (30, 20, twenty.peak_bytes)
+    assert "recompute every block, attention outputs kept in 20 of 30 recomputed blocks" in auto.table()
 
 
 def test_auto_keep_is_false_where_it_cannot_work():
@@ -372,14 +439,15 @@ def test_auto_keep_is_false_where_it_cannot_work():
         p = planner.plan(cfg, 4096, gpu_bytes=1e12)
         assert not p.keep_attention and p.checkpoint_blocks == LAYERS
         assert f"attention outputs not kept (not with train.{key}={value})" in p.notes[-1]
-        assert planner.choose_recompute(_with_keep(cfg, "auto"), 4096, budget_bytes=1e12) == (LAYERS, False)
+        assert planner.choose_recompute(_with_keep(cfg, "auto"), 4096, budget_bytes=1e12) == (LAYERS, 0)
         with pytest.raises(ConfigError, match=f"train.keep_attention does not combine with train.{key}={value}"):
             _config(keep_attention=True, **{key: value})
 
 
-def test_the_resolved_keep_reaches_the_model_as_a_bool(tmp_path, capsys):
-    """with_resolved writes what the plan chose into the config; an unresolved "auto" (a CPU) gives
-    BlockCheckpoint False; the trainer's start line says the outputs are kept and why."""
+def test_the_resolved_keep_reaches_the_model(tmp_path, capsys):
+    """with_resolved writes what the plan chose into the config (true where every recomputed block keeps);
+    an unresolved "auto" (a CPU) gives BlockCheckpoint False, a count True for exactly the first blocks;
+    the trainer's start line and `megastride plan` say how many keep and why."""
     from megastride.engine.trainer import plan_note
 
     auto = _config(precision="bf16", checkpoint_blocks="auto")
@@ -398,20 +466,92 @@ def test_the_resolved_keep_reaches_the_model_as_a_bool(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps({"model": roomy.model.model_dump(mode="json"), "train": {"precision": "bf16"}}))
     assert plan_main([str(path), "--json", "--set", "train.checkpoint_blocks=2"]) == 0
-    assert json.loads(capsys.readouterr().out)["keep_attention"] is True  # fits the default 141 GB
+    assert json.loads(capsys.readouterr().out)["keep_attention"] == 2  # fits the default 141 GB
     assert plan_main([str(path), "--set", "train.checkpoint_blocks=2"]) == 0
     out = capsys.readouterr().out
     assert "recompute 2 of 4 blocks, attention outputs kept" in out
     assert "note: train.keep_attention=auto: 2 of 4 blocks recomputed, attention outputs kept (the plan with" in out
+    assert plan_main([str(path), "--json", "--set", "train.checkpoint_blocks=2",
+                      "--set", "train.keep_attention=1"]) == 0
+    assert json.loads(capsys.readouterr().out)["keep_attention"] == 1
+    assert plan_main([str(path), "--set", "train.keep_attention=3"]) == 0
+    assert "recompute every block, attention outputs kept in 3 of 4 recomputed blocks" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        plan_main([str(path), "--set", "train.keep_attention=5"])
+    assert exit_.value.code == 2 and "train.keep_attention=5 exceeds model.n_layers=4" in capsys.readouterr().err
+    note = plan_note(_config(precision="bf16", keep_attention=3), 1, 1e12)
+    assert "recompute every block, attention outputs kept in 3 of 4 recomputed blocks (`megastride plan`" in note
+
+
+def _keeps_handed_to_block_checkpoint(cfg) -> list[bool]:
+    """The keep_attention each BlockCheckpoint call of one forward pass gets, in block order."""
     seen = []
 
     def apply(fn, x, overlap, offload, keep):
         seen.append(keep)
         return fn(x)
 
-    for train, expected in ((_config(), False), (_config(keep_attention=True), True)):
-        model = _wrapped(train)
-        with mock.patch.object(parallel.BlockCheckpoint, "apply", side_effect=apply):
-            model(torch.randint(0, 256, (1, 128)), torch.randint(0, 256, (1, 128)))
-        assert seen == [expected] * LAYERS, train.train.keep_attention
-        seen.clear()
+    model = _wrapped(cfg)
+    with mock.patch.object(parallel.BlockCheckpoint, "apply", side_effect=apply):
+        model(torch.randint(0, 256, (1, 128)), torch.randint(0, 256, (1, 128)))
+    return seen
+
+
+@pytest.mark.parametrize("runner", ["device", "host", "host-overlap"])
+def test_exactly_the_first_c_recomputed_blocks_keep_their_attention(runner):
+    """BlockCheckpoint gets keep_attention=True for the first c recomputed blocks and False for the rest
+    (true: every recomputed block; false, 0 and an unresolved "auto": none); blocks not recomputed are not
+    checkpointed at all."""
+    cases = [({}, [False] * LAYERS), ({"keep_attention": True}, [True] * LAYERS),
+             ({"keep_attention": 0}, [False] * LAYERS), ({"keep_attention": 1}, [True, False, False, False]),
+             ({"keep_attention": 3}, [True, True, True, False]), ({"keep_attention": LAYERS}, [True] * LAYERS),
+             ({"keep_attention": 2, "checkpoint_blocks": 3}, [True, True, False]),
+             ({"keep_attention": True, "checkpoint_blocks": 3}, [True, True, True]),
+             ({"keep_attention": 2, "checkpoint_blocks": 2}, [True, True])]
+    for train, expected in cases:
+        assert _keeps_handed_to_block_checkpoint(_config(**train, **RUNNERS[runner])) == expected, train
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the interpreter on numpy 2
+def test_a_keep_count_gives_the_plain_recomputes_gradients(monkeypatch):
+    """Recomputed blocks keeping their attention outputs, none, the first one or all three, through the
+    Triton kernels (interpreted on the CPU, the path that keeps them): the attention forward runs once per
+    layer plus once per recomputed block that keeps nothing, the first block's kept store holds its one
+    (output, lse) and the others' none, and loss and every gradient equal the plain recompute's exactly."""
+    from megastride.kernels import blocksparse
+
+    monkeypatch.setenv("MEGASTRIDE_ATTENTION", "triton")
+    model_cfg = {"seq_len": 64, "d_model": 64, "n_layers": 3, "n_heads": 2,  # small: the interpreter is slow
+                 "attention": {"block": 32, "layers": ["fixed(32,8)", "strided(16)"]}}
+    idx = torch.randint(0, 256, (1, 65), generator=torch.Generator().manual_seed(1))
+    forwards, stores = [], []
+    real_forward, real_apply = blocksparse._forward, parallel.BlockCheckpoint.forward
+    monkeypatch.setattr(blocksparse, "_forward", lambda *a: forwards.append(1) or real_forward(*a))
+
+    def forward(ctx, *args):  # the store each block's forward filled, before its backward drops it
+        out = real_apply(ctx, *args)
+        stores.append(None if ctx.kept is None else len(ctx.kept))
+        return out
+
+    monkeypatch.setattr(parallel.BlockCheckpoint, "forward", staticmethod(forward))
+
+    def run(keep):
+        cfg = config_from_dict({"model": model_cfg, "train": {"keep_attention": keep}})
+        torch.manual_seed(0)
+        model = SparseTransformer(cfg.model)
+        apply_activation_checkpointing(model, cfg.train)
+        forwards.clear()
+        stores.clear()
+        loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, len(forwards), list(stores)
+
+    ref_loss, ref_grads, launched, kept = run(False)
+    assert (launched, kept) == (6, [None] * 3)  # three layers' forwards, then each again in its recompute
+    for keep, expected_launches, expected_kept in ((1, 5, [1, None, None]), (2, 4, [1, 1, None]),
+                                                   (True, 3, [1, 1, 1])):
+        loss, grads, launched, kept = run(keep)
+        assert (launched, kept) == (expected_launches, expected_kept), keep
+        assert torch.equal(loss, ref_loss), keep
+        for name, g in ref_grads.items():
+            assert torch.equal(grads[name], g), (keep, name)

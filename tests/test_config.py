@@ -29,8 +29,17 @@ ROOT = Path(__file__).resolve().parents[1]
     ({"train": {"keep_attention": True, "compile": True}}, "train.keep_attention does not combine with train.compile"),
     ({"train": {"keep_attention": True, "partition_activations": True}},
      "train.keep_attention does not combine with train.partition_activations"),
-    ({"train": {"keep_attention": "yes"}}, "train.keep_attention: expected true, false or auto, got 'yes'"),
-    ({"train": {"keep_attention": 1}}, "train.keep_attention: expected true, false or auto, got 1"),
+    ({"train": {"keep_attention": 3, "checkpoint_group": 2}},
+     "train.keep_attention does not combine with train.checkpoint_group=2"),
+    ({"train": {"keep_attention": 1, "compile": True}}, "train.keep_attention does not combine with train.compile"),
+    ({"train": {"keep_attention": "yes"}},
+     "train.keep_attention: expected true, false, auto or a number of blocks >= 0, got 'yes'"),
+    ({"train": {"keep_attention": -1}},
+     "train.keep_attention: expected true, false, auto or a number of blocks >= 0, got -1"),
+    ({"train": {"keep_attention": 2.0}},
+     "train.keep_attention: expected true, false, auto or a number of blocks >= 0, got 2.0"),
+    ({"train": {"keep_attention": None}},
+     "train.keep_attention: expected true, false, auto or a number of blocks >= 0, got None"),
 ])
 def test_errors_name_the_key(tree, message):
     """Unknown keys, wrong types and impossible shapes give one line that names the problem."""
@@ -40,15 +49,27 @@ def test_errors_name_the_key(tree, message):
     assert message in text and text.startswith("cfg.yaml: ") and "\n" not in text
 
 
-def test_keep_attention_is_true_false_or_auto():
-    """train.keep_attention defaults to auto (the planner decides on a GPU); auto passes beside the settings
-    an explicit true does not combine with (it becomes false there)."""
+def test_keep_attention_is_true_false_auto_or_a_count(tmp_path):
+    """train.keep_attention defaults to auto (the planner decides on a GPU); true and false stay bools and a
+    count stays an int (in YAML, --set and the dumped config); auto and a count of 0 pass beside the settings
+    an explicit true or count > 0 does not combine with (auto keeps nothing there)."""
     assert config_from_dict({}).train.keep_attention == "auto"
-    for value in (True, False, "auto"):
-        assert config_from_dict({"train": {"keep_attention": value}}).train.keep_attention == value
+    for value in (True, False, "auto", 0, 1, 21):
+        kept = config_from_dict({"train": {"keep_attention": value}}).train.keep_attention
+        assert kept == value and type(kept) is type(value)
     for key, value in (("compile", True), ("partition_activations", True), ("checkpoint_group", 2)):
         assert config_from_dict({"train": {key: value}}).train.keep_attention == "auto"
         assert config_from_dict({"train": {key: value, "keep_attention": False}}).train.keep_attention is False
+        assert config_from_dict({"train": {key: value, "keep_attention": 0}}).train.keep_attention == 0
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  n_layers: 30\ntrain:\n  keep_attention: 21\n")
+    assert type(load_config(path).train.keep_attention) is int
+    for raw, value in (("21", 21), ("0", 0), ("true", True), ("false", False), ("auto", "auto")):
+        kept = load_config(path, [f"train.keep_attention={raw}"]).train.keep_attention
+        assert kept == value and type(kept) is type(value), raw
+        again = tmp_path / "again.yaml"
+        again.write_text(dump_config(load_config(path, [f"train.keep_attention={raw}"])))
+        assert type(load_config(again).train.keep_attention) is type(value)
 
 
 def test_overrides_apply_typed_values(tmp_path):

@@ -288,24 +288,37 @@ def test_attention_workspace_and_relayout_follow_the_kernels():
 
 def test_first_step_adds_the_outputs_autotuning_saves_where_heads_are_split():
     """A first step that autotunes holds, beside its usual peak, the outputs the tuning trials save:
-    fp32 dK and dV of the strided pattern's second part in the first backward (the last block's
-    attention half), nothing for one-part heads. Fitting (fits, checkpoint_blocks=auto) uses it."""
+    for the strided pattern only the lse its last (local) part merges into, in the forward (the last
+    part reads the permuted part's fp32 sums and writes the final outputs apart); where a merging part
+    is not the last launch (a head split over a stride of its own and the local part, before a wider
+    part of other heads), also the fp32 running output and, in the first backward (the last block's
+    attention half), fp32 dK and dV; nothing for one-part heads. Fitting (fits, checkpoint_blocks=auto)
+    uses it."""
     from megastride.engine import plan as planner
 
     fixed = plan(config(("fixed(64,16)",)))
     assert fixed.first_step == {} and fixed.first_step_peak_bytes == fixed.peak_bytes
-    cfg = config(("strided(64)",), model={"seq_len": 4096, "d_model": 256, "ffn_chunk": 64})
-    p = plan(cfg)
     tokens, d, h = 4096, 256, 4
     prec = planner.precision_of("deepspeed", "bf16")
-    weights, _ = planner._weight_bytes(cfg, p.params, prec, "deepspeed", 1)
-    _, first = planner._phases(cfg.model, 3, prec, planner.count_params(cfg.model), weights, p.layout_bytes,
-                               tokens, "deepspeed")
+
+    def first_of(cfg, p):
+        weights, _ = planner._weight_bytes(cfg, p.params, prec, "deepspeed", 1)
+        return planner._phases(cfg.model, 3, prec, planner.count_params(cfg.model), weights, p.layout_bytes,
+                               tokens, "deepspeed")[1]
+
+    model = {"seq_len": 4096, "d_model": 256, "ffn_chunk": 64}
+    strided = config(("strided(64)",), model=model)
+    p = plan(strided)
+    assert first_of(strided, p) == {"forward": p.phases["forward"] | {"autotuning saved outputs": tokens * 4 * h}}
+    assert p.first_step_peak_bytes == p.peak_bytes  # the lse alone stays under the backward's peak
+    # head 0 in its own stride's part and the local part, launched before the 3-head part of stride 32
+    cfg = config(("strided(64)|strided_half(32)|strided_half(32)|strided_half(32)",), model=model)
+    p = plan(cfg)
+    first = first_of(cfg, p)
     backward, forward = first["backward, last block"], first["forward"]
     assert backward["autotuning saved outputs"] == tokens * 2 * 4 * d  # fp32 dK, dV
-    assert forward["autotuning saved outputs"] == tokens * (4 * d + 4 * h)  # fp32 running output, lse
     assert backward["attention workspace"] == tokens * planner.attention_workspace_bytes(cfg.model, prec, tokens)
-    assert forward == p.phases["forward"] | {"autotuning saved outputs": tokens * (4 * d + 4 * h)}
+    assert forward == p.phases["forward"] | {"autotuning saved outputs": tokens * (4 * d + 4 * h)}  # output, lse
     assert p.first_step == max(first.values(), key=lambda items: sum(items.values())) == backward
     assert p.first_step_peak_bytes > p.peak_bytes
     between = (p.peak_bytes + p.first_step_peak_bytes) / 2
@@ -332,3 +345,40 @@ def test_keep_attention_counts_one_output_and_lse_per_recomputed_block():
     assert "kept attention outputs" not in plan(config(keep_attention=True, checkpoint_blocks=0)).phases["forward"]
     dense = plan(config(layers=("dense",), keep_attention=True))
     assert "kept attention outputs" not in dense.phases["forward"]
+
+
+def test_a_keep_count_plans_that_many_blocks_outputs_and_attention_forwards():
+    """train.keep_attention=c: the first c recomputed blocks' outputs are live where all of them were, and
+    their recompute skips the attention forward: 0 plans as false, the recomputed count as true, counts
+    between lie strictly between in memory and in recompute FLOPs (a dense layer among them saves none)."""
+    from megastride.engine import plan as planner
+
+    kept = 512 * (64 * 2 + 4 * 4)  # tokens x (d_model x bf16 + heads x fp32)
+    plans = [plan(config(keep_attention=c)) for c in range(4)]
+    false, true = plan(config(keep_attention=False)), plan(config(keep_attention=True))
+    assert plans[0].phases == false.phases and plans[3].phases == true.phases
+    assert [p.keep_attention for p in plans] == [0, 1, 2, 3] and (false.keep_attention, true.keep_attention) == (0, 3)
+    for c, p in enumerate(plans):
+        for phase in ("forward", "loss backward", "backward, last block"):
+            assert p.phases[phase].get("kept attention outputs", 0) == c * kept, (c, phase)
+        assert p.phases["backward, first block"].get("kept attention outputs", 0) == (kept if c else 0)
+        assert p.peak_bytes == false.peak_bytes + c * kept
+    assert "recompute every block, attention outputs kept in 2 of 3 recomputed blocks" in plans[2].table()
+    assert "recompute every block, attention outputs kept\n" in true.table()
+    assert json.loads(plans[2].json())["keep_attention"] == 2
+    assert plan(config(keep_attention=2, checkpoint_blocks=2)).keep_attention == 2
+    assert plan(config(keep_attention=1, checkpoint_activations=False)).keep_attention == 0
+
+    def work(cfg, c):
+        params, pairs = count_params(cfg.model), planner.layout_stats(cfg.model, 512).pairs
+        return planner.recompute_flops(cfg.model, params, pairs, 3, c)
+
+    fixed = config()
+    works = [work(fixed, c) for c in range(4)]
+    assert works == sorted(works, reverse=True) and len(set(works)) == 4
+    forward = works[0] - works[1]  # one fixed layer's QK^T and PV
+    assert works[0] - works[2] == pytest.approx(2 * forward) and works[0] - works[3] == pytest.approx(3 * forward)
+    mixed = config(layers=("fixed(64,16)", "dense"))  # layers fixed, dense, fixed
+    assert work(mixed, 0) > work(mixed, 1) == work(mixed, 2) > work(mixed, 3)
+    with pytest.raises(AssertionError, match="number of blocks"):
+        work(fixed, True)  # a bool is no count
