@@ -1035,7 +1035,7 @@ def _schedule(layout: Layout):
     small parts go through the fp32 sums, and the last one writes the final outputs in the inputs'
     dtype directly (no fp32 round trip and cast pass for the bulk: ``_forward``, ``_backward``)."""
     seen: set[int] = set()
-    parts = sorted(layout.parts, key=lambda p: (len(p.heads), p.permute_stride is None))
+    parts = _launch_order(layout)
     for i, part in enumerate(parts):
         prev = [h in seen for h in part.heads]
         yield part, any(prev), [h for h, p in zip(part.heads, prev) if not p], i == len(parts) - 1
@@ -1044,10 +1044,16 @@ def _schedule(layout: Layout):
         raise ValueError(f"layout covers heads {sorted(seen)} of {layout.num_heads}")
 
 
+def _launch_order(layout: Layout) -> list:
+    """The layout's parts in the order ``_schedule`` launches them: by head count, natural order last on
+    ties (a stable sort: otherwise the layout's order)."""
+    return sorted(layout.parts, key=lambda p: (len(p.heads), p.permute_stride is None))
+
+
 def _final_heads(layout: Layout) -> list[int]:
     """The heads the last launch of ``_schedule`` writes final outputs for (the others' are cast from
     the fp32 sums afterwards)."""
-    return list(max(layout.parts, key=lambda p: (len(p.heads), p.permute_stride is None)).heads)
+    return list(_launch_order(layout)[-1].heads)
 
 
 def _accumulates(layout: Layout) -> bool:

@@ -37,9 +37,10 @@ CASES = {
     "multi_head_mix": (lambda h: P.multi_head([P.fixed(32, 8), P.strided(16), P.strided_half(32)], h),
                        256, 32, 3, 32, torch.float16, 2),
     "summary_only_empty_rows": (lambda h: P.summary(64, 16), 256, 32, 2, 32, torch.float32, 1),
-    # head 0's local part merges in place before the last launch, the 2-head stride-32 part (see _schedule)
-    "merge_before_the_last_part": (lambda h: P.multi_head([P.strided(16), P.strided_half(32), P.strided_half(32)], h),
-                                   256, 32, 3, 32, torch.float16, 1),
+    # head 0's local part runs first, its stride-16 part (with head 1) merges in place; the stride-32 part
+    # (heads 2, 3), as wide, is launched last (_schedule's order on a tie) and writes final outputs
+    "merge_before_the_last_part": (lambda h: P.multi_head([P.strided(16), P.strided_half(16), P.strided_half(32),
+                                                           P.strided_half(32)], h), 256, 32, 4, 32, torch.float16, 1),
 }
 
 SLOW_CASES = {
