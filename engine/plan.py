@@ -325,10 +325,11 @@ def _split_heads(model: ModelConfig, seq_len: int) -> tuple[bool, bool]:
             natural += [h] if comps else []
             if perm:
                 strided.setdefault(perm[0], []).append(h)
-        parts = sorted([(len(heads), False, heads) for heads in strided.values()]
-                       + ([(len(natural), True, natural)] if natural else []))
+        # build_layout's order (natural, then by stride), stably sorted as _launch_order sorts it
+        parts = ([(True, natural)] if natural else []) + [(False, strided[l]) for l in sorted(strided)]
+        parts.sort(key=lambda part: (len(part[1]), part[0]))
         seen: set[int] = set()
-        for i, (_, _, heads) in enumerate(parts):
+        for i, (_, heads) in enumerate(parts):
             merging = any(h in seen for h in heads)
             split |= merging
             in_place |= merging and i < len(parts) - 1

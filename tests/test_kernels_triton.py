@@ -989,3 +989,22 @@ def test_a_recompute_that_calls_attention_differently_is_refused():
             attention_forward(lambda: pair, (1, 2, 64, 16))
     with kept_attention(store, reuse=True), pytest.raises(RuntimeError, match=r"of shape \(1, 2, 32, 16\)"):
         attention_forward(lambda: pair, (1, 2, 32, 16))
+
+
+@pytest.mark.parametrize("spec", ["strided(64)", "fixed(64,16)", "strided_half(32)|strided_half(64)",
+                                  "strided(64)|strided_half(32)|strided_half(32)|strided_half(32)",
+                                  "strided(16)|strided_half(16)|strided_half(32)|strided_half(32)",
+                                  "strided_half(32)|strided_half(32)|strided(16)|strided_half(16)"])
+def test_the_planner_sees_the_merges_the_kernels_schedule(spec):
+    """engine.plan's (some head merged, some part merged in place before the last launch), which sets the
+    autotuning bytes of a first step, is what blocksparse._schedule does with the layer's layout."""
+    from megastride.engine import plan as planner
+    from megastride.engine.config import config_from_dict
+
+    cfg = config_from_dict({"model": {"seq_len": 512, "d_model": 64, "n_layers": 1, "n_heads": 4,
+                                      "attention": {"block": 32, "layers": [spec]}}, "train": {"precision": "bf16"}})
+    layout = P.build_layout(planner.layer_patterns(cfg.model, 512)[0], 512, 32)
+    schedule = list(blocksparse._schedule(layout))
+    merged = any(prev for _, prev, _, _ in schedule)
+    in_place = any(prev and not last for _, prev, _, last in schedule)
+    assert planner._split_heads(cfg.model, 512) == (merged, in_place)
