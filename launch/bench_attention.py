@@ -19,8 +19,8 @@ def _parser() -> argparse.ArgumentParser:
                         "runs (full block lists walked as arithmetic runs), lpt (blocks taken longest first), pointer (tiles from "
                         "pointer loads, not TMA boxes)")
     p.add_argument("--block", type=int, default=None,
-                   help="the layouts' block size for every case (default: 128, or 64 for a strided pattern whose "
-                        "groups n / l do not fill whole 128-blocks)")
+                   help="the layouts' block size for every case (default: 128; for a strided pattern 64 where its "
+                        "groups n / l do not fill 128-blocks and its local band spans fewer than 20 of them)")
     p.add_argument("--dense-max", type=int, default=262144, help="longest length for dense SDPA (default 262144)")
     p.add_argument("--flex-strided-max", type=int, default=262144,
                    help="longest length for Flex on the strided pattern (default 262144: seconds per step beyond)")
