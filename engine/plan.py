@@ -118,6 +118,8 @@ def _layer_patterns_cached(model_json: str, seq_len: int) -> tuple:
 class LayoutStats:
     nbytes: int  # metadata bytes, all layers (each attention module caches its own layout)
     pairs: list[list[int]]  # per layer, per head
+    merged: bool = False  # some layer merges a head from two parts (kernels.patterns.Layout.merges)
+    merged_in_place: bool = False  # some layer merges a part into its sums before its last launch
 
 
 def layout_stats(model: ModelConfig, seq_len: int) -> LayoutStats:
@@ -133,7 +135,7 @@ def _layout_stats_cached(model_json: str, seq_len: int) -> LayoutStats:
 
     model = ModelConfig.model_validate_json(model_json)
     cache: dict = {}
-    nbytes, pairs = 0, []
+    nbytes, pairs, merged, in_place = 0, [], False, False
     for pattern in model.patterns(seq_len):
         if pattern not in cache:
             if all(h.components == (Dense(),) for h in pattern.heads):
@@ -142,10 +144,11 @@ def _layout_stats_cached(model_json: str, seq_len: int) -> LayoutStats:
             else:
                 layout = build_layout(pattern, seq_len, model.attention.block)
                 size = layout.nbytes
-            cache[pattern] = (size, layer_pairs(pattern, seq_len, layout))
+            cache[pattern] = (size, layer_pairs(pattern, seq_len, layout), layout.merges() if layout else (False, False))
         nbytes += cache[pattern][0]
         pairs.append(cache[pattern][1])
-    return LayoutStats(nbytes, pairs)
+        merged, in_place = merged or cache[pattern][2][0], in_place or cache[pattern][2][1]
+    return LayoutStats(nbytes, pairs, merged, in_place)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +280,7 @@ def attention_workspace_bytes(model: ModelConfig, prec: Precision, seq_len: int)
     head is split into a local and a permuted (strided-half) part, the earlier part adds into fp32 dq,
     dk, dv, which exist beside the final gradients the last part writes."""
     h, c, w = model.n_heads, prec.compute, _attention_width(model)
-    if _split_heads(model, seq_len)[0]:  # fp32 dq, dk, dv the earlier part adds into, the final ones, dO
+    if layout_stats(model, seq_len).merged:  # fp32 dq, dk, dv the earlier part adds into, the final ones, dO
         return (3 * 4 + 3 * c + c) * w + LSE * h
     return (3 * c + c) * w + LSE * h
 
@@ -297,44 +300,18 @@ def autotune_saved_bytes(model: ModelConfig, seq_len: int) -> tuple[float, float
     """Bytes per token that the kernels' autotuning trials save and restore in a layer's (forward,
     backward) on a length not tuned before (the first step on a cold Triton cache; kernels.blocksparse
     ``_read_back``): only where a head is split into parts: the lse its later part merges into
-    (forward); and where a merging part is not the layer's last launch (``_schedule`` launches the part
-    with the most heads last, which reads the earlier parts' fp32 sums and writes the final outputs
+    (forward); and where a merging part is not the layer's last launch (``Layout.launch_order``: the part
+    with the most heads runs last, which reads the earlier parts' fp32 sums and writes the final outputs
     apart), the fp32 sums it adds to in place as well: the running output (forward), dK and dV
     (backward, separate dQ; the merged mode, tried by DQ_MODE "auto" only where a backward takes under
     50 ms, also saves dQ)."""
-    split, in_place = _split_heads(model, seq_len)
-    if not split:
+    stats = layout_stats(model, seq_len)
+    if not stats.merged:
         return 0.0, 0.0
-    if not in_place:
+    if not stats.merged_in_place:
         return LSE * model.n_heads, 0.0
     w = _attention_width(model)
     return 4.0 * w + LSE * model.n_heads, 2 * 4.0 * w
-
-
-def _split_heads(model: ModelConfig, seq_len: int) -> tuple[bool, bool]:
-    """(some layer has a head in two parts, some layer merges a part in place before its last launch):
-    the parts of ``kernels.patterns.build_layout`` (natural-order heads; one part per stride) in the
-    launch order of ``kernels.blocksparse._schedule``."""
-    from megastride.kernels.patterns import _split_head
-
-    split = in_place = False
-    for pattern in layer_patterns(model, seq_len):
-        natural, strided = [], {}
-        for h, hp in enumerate(pattern.heads):
-            comps, perm = _split_head(hp, seq_len, model.attention.block)
-            natural += [h] if comps else []
-            if perm:
-                strided.setdefault(perm[0], []).append(h)
-        # build_layout's order (natural, then by stride), stably sorted as _launch_order sorts it
-        parts = ([(True, natural)] if natural else []) + [(False, strided[l]) for l in sorted(strided)]
-        parts.sort(key=lambda part: (len(part[1]), part[0]))
-        seen: set[int] = set()
-        for i, (_, heads) in enumerate(parts):
-            merging = any(h in seen for h in heads)
-            split |= merging
-            in_place |= merging and i < len(parts) - 1
-            seen.update(heads)
-    return split, in_place
 
 
 def backward_transient_bytes(model: ModelConfig, prec: Precision) -> float:

@@ -1035,25 +1035,13 @@ def _schedule(layout: Layout):
     small parts go through the fp32 sums, and the last one writes the final outputs in the inputs'
     dtype directly (no fp32 round trip and cast pass for the bulk: ``_forward``, ``_backward``)."""
     seen: set[int] = set()
-    parts = _launch_order(layout)
+    parts = layout.launch_order()
     for i, part in enumerate(parts):
         prev = [h in seen for h in part.heads]
         yield part, any(prev), [h for h, p in zip(part.heads, prev) if not p], i == len(parts) - 1
         seen.update(part.heads)
     if len(seen) != layout.num_heads:
         raise ValueError(f"layout covers heads {sorted(seen)} of {layout.num_heads}")
-
-
-def _launch_order(layout: Layout) -> list:
-    """The layout's parts in the order ``_schedule`` launches them: by head count, natural order last on
-    ties (a stable sort: otherwise the layout's order)."""
-    return sorted(layout.parts, key=lambda p: (len(p.heads), p.permute_stride is None))
-
-
-def _final_heads(layout: Layout) -> list[int]:
-    """The heads the last launch of ``_schedule`` writes final outputs for (the others' are cast from
-    the fp32 sums afterwards)."""
-    return list(_launch_order(layout)[-1].heads)
 
 
 def _accumulates(layout: Layout) -> bool:
@@ -1096,11 +1084,11 @@ def _forward(q, k, v, layout: Layout, scale: float):
 
 def _cast_rest(layout: Layout, acc: torch.Tensor, out: torch.Tensor, heads: list[int] | None = None) -> None:
     """Copy into ``out`` the heads whose final values are still in the fp32 sums ``acc``: those the last
-    launch did not write (``heads``: those it did, default ``_final_heads``), all of them where ``heads``
+    launch did not write (``heads``: those it did, default the last part's), all of them where ``heads``
     is empty; nothing where ``acc`` is ``out``."""
     if acc is out:
         return
-    done = set(_final_heads(layout) if heads is None else heads)
+    done = set(layout.launch_order()[-1].heads if heads is None else heads)
     rest = [h for h in range(layout.num_heads) if h not in done]
     if len(rest) == layout.num_heads:
         out.copy_(acc)

@@ -340,6 +340,23 @@ class Layout:
         n = self.seq_len
         return torch.arange(n).view(n // stride, stride).t().reshape(-1)  # (l, n/l) flattened
 
+    def launch_order(self) -> list[LayoutPart]:
+        """The parts in the order the kernels launch them (kernels.blocksparse._schedule): by head count,
+        natural order last on ties (a stable sort: otherwise this layout's order). The last one writes a
+        split head's final outputs; the earlier ones add into fp32 sums it merges."""
+        return sorted(self.parts, key=lambda p: (len(p.heads), p.permute_stride is None))
+
+    def merges(self) -> tuple[bool, bool]:
+        """(some head is merged from two parts, some part merges into its sums in place, before the last
+        launch): what the kernels' fp32 buffers and autotuning restores are for (engine.plan)."""
+        order, seen = self.launch_order(), set()
+        merged = in_place = False
+        for i, part in enumerate(order):
+            merging = any(h in seen for h in part.heads)
+            merged, in_place = merged or merging, in_place or (merging and i < len(order) - 1)
+            seen.update(part.heads)
+        return merged, in_place
+
     def density(self) -> float:
         """Fraction of causal pairs (i >= j) that are attended, averaged over heads (token level)."""
         allowed = sum(self.count_pairs(h) for h in range(self.num_heads))

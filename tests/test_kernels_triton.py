@@ -1007,4 +1007,5 @@ def test_the_planner_sees_the_merges_the_kernels_schedule(spec):
     schedule = list(blocksparse._schedule(layout))
     merged = any(prev for _, prev, _, _ in schedule)
     in_place = any(prev and not last for _, prev, _, last in schedule)
-    assert planner._split_heads(cfg.model, 512) == (merged, in_place)
+    stats = planner.layout_stats(cfg.model, 512)
+    assert (stats.merged, stats.merged_in_place) == (merged, in_place)
