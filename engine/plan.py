@@ -36,6 +36,7 @@ from megastride.kernels.patterns import closed_form_pairs
 from .config import Config, ConfigError, ModelConfig, TrainConfig, config_from_dict, keep_attention_conflict
 
 H200_PEAK_FLOPS = 790e12  # measured bf16 matrix rate of one H200 (SPEC section 3)
+PLAN_SMS = 132  # streaming multiprocessors the plan assumes (an H200's): where the kernels split dK/dV columns
 GB = 1e9
 DEEPSPEED_BUCKET = 500_000_000  # elements: DeepSpeed's default reduce/allgather bucket (stages 1-2)
 DEEPSPEED_PREFETCH = 50_000_000  # elements: DeepSpeed's default stage-3 prefetch bucket
@@ -120,6 +121,7 @@ class LayoutStats:
     pairs: list[list[int]]  # per layer, per head
     merged: bool = False  # some layer merges a head from two parts (kernels.patterns.Layout.merges)
     merged_in_place: bool = False  # some layer merges a part into its sums before its last launch
+    columns: list = field(default_factory=list)  # (longest column, all columns) in blocks per sparse layout
 
 
 def layout_stats(model: ModelConfig, seq_len: int) -> LayoutStats:
@@ -144,11 +146,13 @@ def _layout_stats_cached(model_json: str, seq_len: int) -> LayoutStats:
             else:
                 layout = build_layout(pattern, seq_len, model.attention.block)
                 size = layout.nbytes
-            cache[pattern] = (size, layer_pairs(pattern, seq_len, layout), layout.merges() if layout else (False, False))
+            cache[pattern] = (size, layer_pairs(pattern, seq_len, layout), layout.merges() if layout else (False, False),
+                              layout.column_work() if layout else None)
         nbytes += cache[pattern][0]
         pairs.append(cache[pattern][1])
         merged, in_place = merged or cache[pattern][2][0], in_place or cache[pattern][2][1]
-    return LayoutStats(nbytes, pairs, merged, in_place)
+    columns = [c[3] for c in cache.values() if c[3] is not None]
+    return LayoutStats(nbytes, pairs, merged, in_place, columns)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,14 +278,30 @@ def _attention_width(model: ModelConfig) -> int:
     return max(model.qk_width, model.d_model) // model.n_heads * model.n_heads
 
 
-def attention_workspace_bytes(model: ModelConfig, prec: Precision, seq_len: int) -> float:
+def splits_columns(model: ModelConfig, seq_len: int, batch: int, sms: int = PLAN_SMS) -> bool:
+    """Whether some layer's backward splits its dK/dV columns (kernels.blocksparse ``dkdv_split`` under its
+    default "auto", on a GPU of ``sms`` streaming multiprocessors): where a column is the kernel's critical path."""
+    from megastride.kernels import blocksparse
+
+    setting = blocksparse.dkdv_split_setting()
+    if setting != "auto":
+        return setting > 0
+    return any(longest * sms >= blocksparse.SPLIT_RATIO * total * batch
+               for longest, total in layout_stats(model, seq_len).columns)
+
+
+def attention_workspace_bytes(model: ModelConfig, prec: Precision, seq_len: int, batch: int = 1) -> float:
     """Bytes per token the attention backward adds (kernels/blocksparse.py ``_backward``): dq, dk, dv
     in the input dtype, the incoming output gradient dO and the fp32 row sums (delta); where some
     head is split into a local and a permuted (strided-half) part, the earlier part adds into fp32 dq,
-    dk, dv, which exist beside the final gradients the last part writes."""
+    dk, dv, which exist beside the final gradients the last part writes; else, where the dK/dV columns
+    are split among programs (``splits_columns``: short sequences, few heads), the zeroed fp32 dk and dv
+    they add into."""
     h, c, w = model.n_heads, prec.compute, _attention_width(model)
     if layout_stats(model, seq_len).merged:  # fp32 dq, dk, dv the earlier part adds into, the final ones, dO
         return (3 * 4 + 3 * c + c) * w + LSE * h
+    if splits_columns(model, seq_len, batch):
+        return (2 * 4 + 3 * c + c) * w + LSE * h
     return (3 * c + c) * w + LSE * h
 
 
@@ -759,7 +779,7 @@ def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamC
     f_tokens = ffn_tokens(model, tokens)  # all tokens, or one chunk of positions under ffn_chunk
     attn_half, ffn_half = block_saved_parts(model, prec)
     block = tokens * (attn_half + ffn_half) + f_tokens * ffn_saved_bytes(model, prec)
-    attn = tokens * attention_workspace_bytes(model, prec, model.seq_len)
+    attn = tokens * attention_workspace_bytes(model, prec, model.seq_len, max(1, tokens // model.seq_len))
     resid_grads = tokens * backward_transient_bytes(model, prec)
     ffn_grads = f_tokens * ffn_transient_bytes(model, prec)
     chunk = loss_chunk_bytes(model, prec, tokens)

@@ -69,15 +69,19 @@ def _density(pattern: P.AttentionPattern, n: int) -> float:
 
 def matched_stride(n: int) -> int:
     """The strided pattern's stride whose density is nearest (in ratio) the fixed case's at length n,
-    among the strides its fast path takes (divisors of n whose n / l groups fill whole 64-blocks): the
-    pairing issue 3's "strided within 15% of fixed TFLOP/s at equal density" is measured on."""
+    among the strides its permuted path takes (divisors of n, at least one 128-block wide where n allows
+    it): the pairing issue 3's "strided within 15% of fixed TFLOP/s at equal density" is measured on.
+    Groups (n / l positions) narrower than a block are allowed: the permuted half's tiles then hold
+    several groups, masked inside (``patterns._split_head``), and that half is n / l keys per query
+    against the band's l. (Until 2026-12-01 only strides whose groups fill whole 64-blocks were
+    candidates; at 65,536 tokens that paired a strided pattern of 0.35x the fixed density.)"""
     l_f = P.optimal_stride(n, "fixed", FIXED_SUMMARY, 128)
     target = _density(P.same_for_all_heads(P.fixed(l_f, FIXED_SUMMARY), 1), n)
-    strides = [l for l in range(16, n // 64 + 1, 16) if n % l == 0 and (n // l) % 64 == 0]
+    strides = [l for l in range(16, n // 2 + 1, 16) if n % l == 0]
     # a local window of at least one 128-block where n allows it (below that it is barely "local")
     strides = [l for l in strides if l >= 128] or strides
     if not strides:
-        raise ValueError(f"no stride with whole-block groups divides n = {n}")
+        raise ValueError(f"no stride of a multiple of 16 divides n = {n}")
     ratio = lambda l: abs(math.log(_density(P.same_for_all_heads(P.strided(l), 1), n) / target))  # noqa: E731
     return min(strides, key=ratio)
 
@@ -242,8 +246,9 @@ def _sdpa_fn():
 OUR_VARIANTS = {
     "separate": {"MEGASTRIDE_BLOCKSPARSE_DQ": "separate"},
     "atomic": {"MEGASTRIDE_BLOCKSPARSE_DQ": "atomic"},
-    "split": {"MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "16"},
-    "atomic_split": {"MEGASTRIDE_BLOCKSPARSE_DQ": "atomic", "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "16"},
+    "split": {"MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "8"},  # dK/dV columns in segments of 8 query blocks everywhere
+    "nosplit": {"MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "0"},  # whole columns everywhere (dkdv_split's "auto" off)
+    "atomic_split": {"MEGASTRIDE_BLOCKSPARSE_DQ": "atomic", "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "8"},
     "merged": {"MEGASTRIDE_BLOCKSPARSE_DQ": "merged"},
     "runs": {"MEGASTRIDE_BLOCKSPARSE_RUNS": "1"},  # full block lists walked as arithmetic runs (use_runs)
     "lpt": {"MEGASTRIDE_BLOCKSPARSE_ORDER": "lpt"},  # blocks taken longest first (block_order)
@@ -381,7 +386,10 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
     result.timings["ours_layout_mb"] = metadata_bytes(layout) / 2**20
     _time_impl("ours", ours, q, k, v, do, result, pairs, graphs)
     stage(f"ours  {result.timings['ours_fwdbwd_ms']:.3f} ms f+b" + _graph_note(result, "ours"))
-    for note in auto_choices(layout):
+    from .blocksparse import _sm_count, dkdv_split
+
+    split = dkdv_split(layout, case.batch, _sm_count(q))
+    for note in auto_choices(layout) + [f"dK/dV columns {f'in segments of {split} query blocks' if split else 'whole'}"]:
         result.notes.append(note)
         stage(note)
     if profile:
@@ -446,7 +454,7 @@ def environment() -> dict:
     return {"device": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
             "triton": triton.__version__, "cuda": torch.version.cuda,
             "date": time.strftime("%Y-%m-%d"), "dtype": "bfloat16", "batch": 1,
-            "dq_mode": B.dq_mode(), "dkdv_split": B.dkdv_split(), "runs": B.use_runs(),
+            "dq_mode": B.dq_mode(), "dkdv_split": B.dkdv_split_setting(), "runs": B.use_runs(),
             "order": B.block_order(), "tma_loads": B.use_tma_loads()}
 
 

@@ -7,9 +7,10 @@ delta = rowsum(dO * O) pass, a dQ kernel over the row lists and a dK/dV kernel o
 (column) lists: every output element is written by exactly one program, so no atomics. Optionally
 (``DQ_MODE = "atomic"``) the dK/dV kernel also adds each tile's dS @ K to an fp32 dQ with atomics
 and the dQ kernel is skipped: two matmuls per tile fewer, at the price of a run-to-run
-nondeterministic summation order in dQ. With ``DKDV_SPLIT = S > 0`` a dK/dV program takes at most S
-query blocks of a column and adds its share to fp32 dK/dV with atomics: the fixed pattern's summary
-columns (attended by every later query block) stop being one long serial chain per column.
+nondeterministic summation order in dQ. With a split of S > 0 (``dkdv_split``: by default where one
+column outweighs a fair share of the work per SM) a dK/dV program takes at most S query blocks of a
+column and adds its share to fp32 dK/dV with atomics: the fixed pattern's summary columns (attended by
+every later query block) stop being one long serial chain per column.
 
 A layout may split a head over several *parts* (the strided pattern: its local half in natural
 order, its strided half on the sequence permuted by i -> (i mod l) * (n / l) + i // l, where keys
@@ -688,8 +689,12 @@ DQ_MODE = "auto"
 AUTO_MODES = ("separate", "merged")
 AUTO_REPEATS = 2
 AUTO_LONG_S = 0.25
-# dK/dV programs take at most this many query blocks of a column, adding with atomics (see dkdv_split)
-DKDV_SPLIT = 0
+# dK/dV programs take at most this many query blocks of a column, adding with atomics: an integer (0 = whole
+# columns) or "auto" (SPLIT_SEGMENT where the longest column is SPLIT_RATIO or more times a fair share of the
+# dK/dV work per SM; see dkdv_split)
+DKDV_SPLIT = "auto"
+SPLIT_SEGMENT = 8
+SPLIT_RATIO = 2.5
 # full block lists walked as arithmetic runs where every list of a side has at most two (see use_runs)
 RUNS = False
 # the order programs take a side's blocks in: "chunked" (in chunks of consecutive blocks, heaviest chunk
@@ -1115,17 +1120,45 @@ def dq_mode() -> str:
     return mode
 
 
-def dkdv_split() -> int:
-    """Most full entries (query blocks) one dK/dV program takes from a column; 0 = whole columns.
-    ``MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT`` overrides ``DKDV_SPLIT``."""
+def dkdv_split_setting() -> str | int:
+    """``DKDV_SPLIT`` or ``MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT`` where set: "auto" or an integer >= 0."""
     raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", str(DKDV_SPLIT))
+    if raw == "auto":
+        return raw
     try:
         value = int(raw)
     except ValueError:
         value = -1
     if value < 0:
-        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT must be an integer >= 0, got {raw!r}")
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT must be \"auto\" or an integer >= 0, got {raw!r}")
     return value
+
+
+def dkdv_split(layout: Layout | None = None, batch: int = 1, sms: int | None = None) -> int:
+    """Most full entries (query blocks) one dK/dV program takes from a column; 0 = whole columns.
+    "auto" (the default): ``SPLIT_SEGMENT`` where the layout's longest column (``Layout.column_work``) is at
+    least ``SPLIT_RATIO`` times a fair share of all columns' blocks over ``sms`` streaming multiprocessors,
+    else 0; 0 without a layout or an SM count (the interpreter). There one column is the kernel's critical
+    path: the fixed pattern's summary columns at short lengths and few heads. On the H200 (2026-12-01,
+    docs/benchmarks.md "Tenth run") columns of 8 query blocks took the fixed pattern at 12,288 tokens,
+    H=2, D=128 (ratio 6.1) from 0.35 to 0.24 ms replayed, 65,536 tokens at H=2 (2.7) 3% faster, and made
+    H=8, D=64 at 12,288 (1.5) 10% slower and 262,144 tokens at H=2 (1.35) 13% slower. Split columns add
+    with atomics, so dK and dV are summed in a run-to-run varying order; ``DKDV_SPLIT`` (or
+    ``MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT``, which overrides it) = 0 keeps every column whole."""
+    setting = dkdv_split_setting()
+    if setting != "auto":
+        return setting
+    if layout is None or not sms:
+        return 0
+    longest, total = layout.column_work()
+    return SPLIT_SEGMENT if longest * sms >= SPLIT_RATIO * total * batch else 0
+
+
+def _sm_count(q: torch.Tensor) -> int | None:
+    """Streaming multiprocessors of q's GPU; None under the interpreter or off CUDA."""
+    if not q.is_cuda or _INTERPRET:
+        return None
+    return torch.cuda.get_device_properties(q.device).multi_processor_count
 
 
 def use_runs() -> bool:
@@ -1196,7 +1229,7 @@ def _timing_possible(q: torch.Tensor) -> bool:
 def auto_mode_key(shape, dtype) -> tuple:
     """Key of "auto"'s choice in a layout's kernel cache for inputs of ``shape`` and ``dtype``, under the
     switches in force (split columns, block order, tile loads): one choice per combination."""
-    return ("dq_mode", tuple(shape), dtype, dkdv_split(), block_order(), ORDER_CHUNK, use_tma_loads())
+    return ("dq_mode", tuple(shape), dtype, dkdv_split_setting(), block_order(), ORDER_CHUNK, use_tma_loads())
 
 
 def _auto_mode(layout: Layout, q: torch.Tensor, run) -> str:
@@ -1268,7 +1301,7 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
     _delta_kernel[(triton.cdiv(seq_len, block_t), batch * heads)](
         out, do, delta, *_strides(out, do), delta.stride(0), delta.stride(1), heads, seq_len,
         HEAD_DIM=head_dim, BLOCK_T=block_t)
-    split = dkdv_split()
+    split = dkdv_split(layout, batch, _sm_count(q))
     fused, merged = mode == "atomic", mode == "merged"
     tma = fused and _has_tma(q)
     multi = _accumulates(layout)

@@ -23,7 +23,7 @@ import time
 import torch
 
 from . import patterns as P
-from .blocksparse import blocksparse_attention, dkdv_split, dq_mode, metadata_bytes
+from .blocksparse import _sm_count, blocksparse_attention, dkdv_split, dkdv_split_setting, dq_mode, metadata_bytes
 from .reference import reference_attention
 
 ATOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
@@ -69,7 +69,8 @@ def check_sampled(name: str, pattern, n: int, block: int, heads: int, head_dim: 
     low = _grads(ref, q, k, v, do[:, :, sel])
     want[1], low[1] = want[1][:, :, sel], low[1][:, :, sel]
     report = {"name": name, "n": n, "block": block, "heads": heads, "head_dim": head_dim, "dtype": str(dtype),
-              "rows": sel.numel(), "kernel_fwd_bwd_s_first_call": kernel_s, "ok": True}
+              "rows": sel.numel(), "kernel_fwd_bwd_s_first_call": kernel_s,
+              "dkdv_split": dkdv_split(layout, batch, _sm_count(q)), "ok": True}
     for what, g, lo, ex in zip(["out", "dq", "dk", "dv"], got, low, want):
         err = (g.float() - ex).abs()
         bound = 2 * (lo.float() - ex).abs() + ATOL[dtype] * max(1.0, ex.abs().max().item())
@@ -135,6 +136,8 @@ def checks(long: bool = True):
     yield "compile", check_compile
     yield "layouts", layout_build_times
     cases = [
+        # two heads at 12,288: dkdv_split's "auto" splits the dK/dV columns here (fp32 atomics, then a cast)
+        ("fixed bf16 D=128 12288 (dK/dV split auto)", fixed(12288), 12288, 128, 2, 128, bf16),
         ("strided bf16 D=128 block 64", P.strided(256), 65536, 64, 2, 128, bf16),
         ("fixed_per_head bf16", P.fixed_per_head(2048, 64, 4, 4), 65536, 64, 4, 64, bf16),
         ("multi_head fixed+strided+local bf16 D=32", P.multi_head([fixed(65536), P.strided(256), P.local(300)], 3),
@@ -156,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated substrings: run only checks whose name has one")
     parser.add_argument("--dq-mode", choices=["auto", "separate", "atomic", "merged"], default=None,
                         help="the backward's dQ mode to check (default: blocksparse.DQ_MODE)")
-    parser.add_argument("--dkdv-split", type=int, default=None,
-                        help="query blocks per dK/dV program (0 = whole columns; default: blocksparse.DKDV_SPLIT)")
+    parser.add_argument("--dkdv-split", default=None,
+                        help="query blocks per dK/dV program: \"auto\" or an integer (0 = whole columns; "
+                             "default: blocksparse.DKDV_SPLIT)")
     args = parser.parse_args(argv)
     if args.dq_mode:
         os.environ["MEGASTRIDE_BLOCKSPARSE_DQ"] = args.dq_mode
@@ -183,9 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             os.makedirs(args.out, exist_ok=True)
             with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
                 json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                           "dq_mode": dq_mode(), "dkdv_split": dkdv_split(), "results": results}, f,
+                           "dq_mode": dq_mode(), "dkdv_split": dkdv_split_setting(), "results": results}, f,
                           indent=1)
-    print(f"gpu_check (dQ {dq_mode()}, dK/dV split {dkdv_split()}):", "FAILED" if failed else "all passed")
+    print(f"gpu_check (dQ {dq_mode()}, dK/dV split {dkdv_split_setting()}):", "FAILED" if failed else "all passed")
     return 1 if failed else 0
 
 

@@ -357,6 +357,22 @@ class Layout:
             seen.update(part.heads)
         return merged, in_place
 
+    def column_work(self) -> tuple[int, int]:
+        """(longest key-block column, all columns summed over heads), in blocks (full and partial): the
+        dK/dV kernel's longest serial chain of tiles and its whole work, per batch row (``blocksparse.dkdv_split``
+        and the planner compare the two). Cached per layout."""
+        key = ("column_work",)
+        if key not in self.kernel_cache:
+            longest = total = 0
+            for part in self.parts:
+                for h in range(len(part.heads)):
+                    csr = part.csr[part.head_csr[h]]
+                    work = csr.col_full_ptr.long().diff() + csr.col_part_ptr.long().diff()
+                    longest = max(longest, int(work.max()) if work.numel() else 0)
+                    total += int(csr.col_full_ptr[-1]) + int(csr.col_part_ptr[-1])
+            self.kernel_cache[key] = (longest, total)
+        return self.kernel_cache[key]
+
     def density(self) -> float:
         """Fraction of causal pairs (i >= j) that are attended, averaged over heads (token level)."""
         allowed = sum(self.count_pairs(h) for h in range(self.num_heads))

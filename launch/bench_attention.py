@@ -15,7 +15,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--patterns", default="fixed,strided", help="comma-separated: fixed, strided, strided_matched (strided at about the fixed density)")
     p.add_argument("--configs", default="8x64,2x128", help="comma-separated HEADSxHEAD_DIM (default 8x64,2x128)")
     p.add_argument("--peers", default="flex,sdpa", help="comma-separated peers to time beside ours: flex, sdpa; and our own backward modes (ours: DQ_MODE 'auto'): separate, atomic (dQ by "
-                        "atomics), split (dK/dV columns in segments of 16 blocks), atomic_split, merged (dQ and dK/dV programs in one launch), "
+                        "atomics), split (dK/dV columns in segments of 8 blocks everywhere), nosplit (whole columns everywhere; ours: DKDV_SPLIT 'auto'), atomic_split, merged (dQ and dK/dV programs in one launch), "
                         "runs (full block lists walked as arithmetic runs), lpt (blocks taken longest first), pointer (tiles from "
                         "pointer loads, not TMA boxes)")
     p.add_argument("--block", type=int, default=None,

@@ -14,18 +14,24 @@ def _density(pattern, n, block):
 
 
 @pytest.mark.parametrize("n", [16384, 65536])
-def test_matched_stride_is_the_fast_path_stride_nearest_the_fixed_density(n):
-    """Counted from real layouts: no other fast-path stride (a divisor of n whose groups fill whole
-    64-blocks, at least one 128-block wide) comes nearer the fixed case's density."""
+def test_matched_stride_is_the_permuted_stride_nearest_the_fixed_density(n):
+    """Counted from real layouts: no other stride the permuted path takes (a divisor of n, a multiple of
+    16, at least one 128-block wide; groups narrower than a block allowed) comes nearer the fixed case's
+    density, and the case's layout puts the strided half in a permuted part."""
     fixed, _, fixed_block, _ = case_pattern(Case("fixed", n, 1, 64))
     target = _density(fixed, n, fixed_block)
     l = matched_stride(n)
-    assert n % l == 0 and (n // l) % 64 == 0 and l >= 128
-    candidates = [s for s in range(128, n // 64 + 1, 16) if n % s == 0 and (n // s) % 64 == 0]
+    candidates = [s for s in range(128, n // 2 + 1, 16) if n % s == 0]
+    assert l in candidates
     gap = {s: abs(math.log(_density(P.same_for_all_heads(P.strided(s), 1), n, 64) / target)) for s in candidates}
     assert gap[l] == min(gap.values())
     pattern, stride, block, _ = case_pattern(Case("strided_matched", n, 2, 64))
-    assert stride == l and pattern == P.same_for_all_heads(P.strided(l), 2) and (n // l) % block == 0
+    assert stride == l and pattern == P.same_for_all_heads(P.strided(l), 2)
+    layout = P.build_layout(pattern, n, block)
+    assert [part.permute_stride for part in layout.parts] == [None, l]
+    # at 65,536 the whole-group strides (n / l a multiple of 64) are all under half the fixed density
+    if n == 65536:
+        assert (n // l) % 64 and 0.75 < _density(pattern, n, block) / target < 1.5
 
 
 def test_matched_density_at_a_million_tokens_is_near_the_fixed_one():
@@ -149,17 +155,18 @@ def test_flex_block_mask_memory_is_the_bytes_of_its_tensors():
 
 
 def test_a_forced_block_reaches_every_case_and_the_layout():
-    """--block sets the layout block of fixed and strided cases alike (strided_matched at 262,144 has
-    groups of 64 and would take 64-blocks by itself); a block that does not divide n is a ValueError."""
+    """--block sets the layout block of fixed and strided cases alike (strided_matched at 12,288 has
+    groups of 8 and a band of 12 128-blocks and would take 64-blocks by itself); a block that does not
+    divide n is a ValueError."""
     from megastride.launch.bench_attention import cases_from
 
     cases = cases_from("fixed,strided_matched", "8x64", "65536,262144", block=128)
     assert len(cases) == 4 and {c.block for c in cases} == {128}
     assert {case_pattern(c)[2] for c in cases} == {128}
-    auto = cases_from("strided_matched", "8x64", "65536")[0]
+    auto = cases_from("strided_matched", "8x64", "12288")[0]
     _, stride, block, _ = case_pattern(auto)
-    assert auto.block is None and (65536 // stride) % 128 and block == 64
-    assert case_pattern(Case("strided_matched", 65536, 8, 64, block=128))[2] == 128
+    assert auto.block is None and (12288 // stride) % 128 and block == 64
+    assert case_pattern(Case("strided_matched", 12288, 8, 64, block=128))[2] == 128
     with pytest.raises(ValueError, match="block 96 does not divide the sequence length 1000"):
         case_pattern(Case("fixed", 1000, 1, 64, block=96))
 

@@ -6,6 +6,7 @@ NaN first so an unwritten element fails. bf16 and long lengths are covered on th
 ``python -m megastride.kernels.gpu_check``.
 """
 
+import math
 import os
 
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere
@@ -315,6 +316,62 @@ def test_column_segments_cover_each_column_once():
                 assert all(w == 0 for w in work[len(real):])
 
 
+def test_column_work_counts_each_columns_blocks_from_the_row_lists():
+    """Layout.column_work: the longest key-block column and the sum of all, over parts and heads, in full
+    and partial blocks; recounted here from the row lists (each row's key blocks), not the column lists."""
+    for pattern, n, block in ((P.same_for_all_heads(P.fixed(64, 16), 2), 512, 32),
+                              (P.multi_head([P.fixed(64, 32), P.local(100), P.strided(16)], 3), 256, 16)):
+        layout = P.build_layout(pattern, n, block)
+        longest = total = 0
+        for part in layout.parts:
+            for h in range(len(part.heads)):
+                csr = part.csr[part.head_csr[h]]
+                keys = torch.cat([csr.row_full_idx[: int(csr.row_full_ptr[-1])],
+                                  csr.row_part_idx[: int(csr.row_part_ptr[-1])]]).long()
+                per_column = torch.bincount(keys, minlength=layout.num_blocks)
+                longest, total = max(longest, int(per_column.max())), total + int(per_column.sum())
+        assert layout.column_work() == (longest, total) and longest > 1
+
+
+def test_dkdv_split_auto_splits_where_one_column_outweighs_a_fair_share(monkeypatch):
+    """"auto": SPLIT_SEGMENT where the longest column times the SM count reaches SPLIT_RATIO times all columns'
+    work (times the batch), else 0; 0 without an SM count (interpreter); an integer setting wins."""
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", raising=False)
+    assert blocksparse.dkdv_split_setting() == "auto"
+    layout = P.build_layout(P.same_for_all_heads(P.fixed(64, 16), 2), 512, 32)
+    longest, total = layout.column_work()
+    at = math.ceil(blocksparse.SPLIT_RATIO * total / longest)  # the fewest SMs that split one sequence
+    assert blocksparse.dkdv_split(layout, 1, at) == blocksparse.SPLIT_SEGMENT
+    assert blocksparse.dkdv_split(layout, 1, at - 1) == 0
+    assert blocksparse.dkdv_split(layout, 2, at) == 0  # twice the work: no longer one column's
+    assert blocksparse.dkdv_split(layout, 2, 2 * at) == blocksparse.SPLIT_SEGMENT
+    assert blocksparse.dkdv_split(layout, 1, None) == blocksparse.dkdv_split() == 0
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "0")
+    assert blocksparse.dkdv_split(layout, 1, 10 * at) == 0
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "3")
+    assert blocksparse.dkdv_split(layout, 1, 1) == 3
+
+
+@pytest.mark.parametrize("sms,splits", [(10_000, True), (1, False)])
+def test_backward_splits_columns_as_the_rule_says_and_matches_the_reference(sms, splits, monkeypatch):
+    """The backward asks dkdv_split with the layout, the batch and the GPU's SM count (here given to the
+    interpreter): its dK/dV launches take segments exactly where the rule says, and the result is exact."""
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", raising=False)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
+    monkeypatch.setattr(blocksparse, "_sm_count", lambda q: sms)
+    launched = []
+    real = blocksparse._launch
+
+    def launch(tuned, kernel, grid, args, consts, names=blocksparse._TILE_NAMES, **kw):
+        if kernel is blocksparse._bwd_dkdv_kernel:
+            launched.append(consts["SPLIT"])
+        return real(tuned, kernel, grid, args, consts, names, **kw)
+
+    monkeypatch.setattr(blocksparse, "_launch", launch)
+    _run_case(SPLIT_CASES["fixed_full_summary"], monkeypatch, seed=5)
+    assert launched == [splits]
+
+
 def test_dkdv_split_rejects_bad_values(monkeypatch):
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "-2")
     with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT"):
@@ -565,7 +622,7 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_RUNS", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_ORDER", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_TMA", raising=False)
-    switches = lambda: (blocksparse.dq_mode(), blocksparse.dkdv_split() > 0, blocksparse.use_runs(),  # noqa: E731
+    switches = lambda: (blocksparse.dq_mode(), blocksparse.dkdv_split_setting(), blocksparse.use_runs(),  # noqa: E731
                         blocksparse.block_order(), blocksparse.use_tma_loads())
     ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():

@@ -151,8 +151,11 @@ def test_cpu_checkpointing_moves_block_inputs_to_host():
     assert overlap.phases[peak]["block inputs"] == 2 * resid and overlap.cpu == on.cpu
 
 
-def test_ffn_chunk_keeps_one_chunk_of_ffn_intermediates():
-    """With model.ffn_chunk the recomputed block's FFN tensors and their gradients cover one chunk."""
+def test_ffn_chunk_keeps_one_chunk_of_ffn_intermediates(monkeypatch):
+    """With model.ffn_chunk the recomputed block's FFN tensors and their gradients cover one chunk. (Whole
+    dK/dV columns: this tiny layout would split them on an H200, and their fp32 sums would then make the
+    attention half, not the FFN, the chunked block's peak.)"""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "0")
     whole, chunked = plan(config()), plan(config(model={"ffn_chunk": 128}))
     f = 64 * 4  # ffn width
     peak = "backward, last block"
@@ -281,9 +284,35 @@ def test_attention_workspace_and_relayout_follow_the_kernels():
     prec = planner.precision_of("deepspeed", "bf16")
     d, h = 64, 4
     strided, fixed, dense = (config((spec,)).model for spec in ("strided(32)", "fixed(64,16)", "dense"))
-    assert planner.attention_workspace_bytes(fixed, prec, 512) == (3 * 2 + 2) * d + 4 * h
     assert planner.attention_workspace_bytes(strided, prec, 512) == (3 * 4 + 3 * 2 + 2) * d + 4 * h
     assert planner.block_saved_parts(dense, prec)[0] - planner.block_saved_parts(fixed, prec)[0] == 2 * d
+    # one-part heads: dq, dk, dv in the input dtype, and fp32 dk, dv beside them where the columns split
+    assert planner.splits_columns(fixed, 512, batch=1)  # a tiny layout: its longest column is the critical path
+    assert planner.attention_workspace_bytes(fixed, prec, 512) == (2 * 4 + 3 * 2 + 2) * d + 4 * h
+    assert not planner.splits_columns(fixed, 512, batch=1, sms=1)
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "0")
+        assert planner.attention_workspace_bytes(fixed, prec, 512) == (3 * 2 + 2) * d + 4 * h
+
+
+def test_column_split_follows_the_kernels_rule_at_the_measured_shapes():
+    """splits_columns takes blocksparse.dkdv_split's "auto" rule on an H200's 132 SMs: the fixed pattern at
+    12,288 tokens splits with 2 heads (longest column 6.1x a fair share), not with 8 (1.5x), and not at
+    65,536 tokens with 8 heads or 2 per sequence in a batch of 4."""
+    from megastride.engine import plan as planner
+    from megastride.kernels import blocksparse
+
+    def model(n, heads):  # the bench's fixed case: l ~ sqrt(128 n), one summary block of 128
+        stride = {12288: 1024, 65536: 2048}[n]
+        return config((f"fixed({stride},128)",), model={"seq_len": n, "n_heads": heads, "d_model": 64 * heads,
+                                                        "attention": {"block": 128, "layers": [f"fixed({stride},128)"]}}).model
+
+    assert planner.splits_columns(model(12288, 2), 12288, batch=1)
+    assert not planner.splits_columns(model(12288, 8), 12288, batch=1)
+    assert not planner.splits_columns(model(65536, 8), 65536, batch=1)
+    assert not planner.splits_columns(model(65536, 2), 65536, batch=4)
+    longest, total = planner.layout_stats(model(12288, 2), 12288).columns[0]
+    assert longest * 132 >= blocksparse.SPLIT_RATIO * total > longest * 132 / 4
 
 
 def test_first_step_adds_the_outputs_autotuning_saves_where_heads_are_split():
