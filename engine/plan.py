@@ -122,6 +122,7 @@ class LayoutStats:
     merged: bool = False  # some layer merges a head from two parts (kernels.patterns.Layout.merges)
     merged_in_place: bool = False  # some layer merges a part into its sums before its last launch
     columns: list = field(default_factory=list)  # (longest column, all columns) in blocks per sparse layout
+    two_launch: bool = True  # every merging layout merges exactly two launches (Layout.two_launch_merge)
 
 
 def layout_stats(model: ModelConfig, seq_len: int) -> LayoutStats:
@@ -146,13 +147,24 @@ def _layout_stats_cached(model_json: str, seq_len: int) -> LayoutStats:
             else:
                 layout = build_layout(pattern, seq_len, model.attention.block)
                 size = layout.nbytes
-            cache[pattern] = (size, layer_pairs(pattern, seq_len, layout), layout.merges() if layout else (False, False),
-                              layout.column_work() if layout else None)
+            merges = layout.merges() if layout else (False, False)
+            cache[pattern] = (size, layer_pairs(pattern, seq_len, layout), merges,
+                              layout.column_work() if layout else None,
+                              layout.two_launch_merge() if merges[0] else True)
         nbytes += cache[pattern][0]
         pairs.append(cache[pattern][1])
         merged, in_place = merged or cache[pattern][2][0], in_place or cache[pattern][2][1]
     columns = [c[3] for c in cache.values() if c[3] is not None]
-    return LayoutStats(nbytes, pairs, merged, in_place, columns)
+    return LayoutStats(nbytes, pairs, merged, in_place, columns, all(c[4] for c in cache.values()))
+
+
+def partials_in_outputs(model: ModelConfig, seq_len: int) -> bool:
+    """Whether every merged head's first launch writes its partial results into the outputs (kernels.blocksparse
+    ``partials_in_outputs``: PARTIALS "output", two launches per merging layout) instead of fp32 sums."""
+    from megastride.kernels import blocksparse
+
+    stats = layout_stats(model, seq_len)
+    return stats.merged and stats.two_launch and blocksparse.partials_setting() == "output"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,8 +310,8 @@ def attention_workspace_bytes(model: ModelConfig, prec: Precision, seq_len: int,
     are split among programs (``splits_columns``: short sequences, few heads), the zeroed fp32 dk and dv
     they add into."""
     h, c, w = model.n_heads, prec.compute, _attention_width(model)
-    if layout_stats(model, seq_len).merged:  # fp32 dq, dk, dv the earlier part adds into, the final ones, dO
-        return (3 * 4 + 3 * c + c) * w + LSE * h
+    if layout_stats(model, seq_len).merged and not partials_in_outputs(model, seq_len):
+        return (3 * 4 + 3 * c + c) * w + LSE * h  # fp32 dq, dk, dv the earlier part adds into, the final ones, dO
     if splits_columns(model, seq_len, batch):
         return (2 * 4 + 3 * c + c) * w + LSE * h
     return (3 * c + c) * w + LSE * h
@@ -316,7 +328,7 @@ def kept_attention_bytes(model: ModelConfig, prec: Precision, seq_len: int) -> f
     return prec.compute * _attention_width(model) + LSE * model.n_heads
 
 
-def autotune_saved_bytes(model: ModelConfig, seq_len: int) -> tuple[float, float]:
+def autotune_saved_bytes(model: ModelConfig, seq_len: int, compute: float) -> tuple[float, float]:
     """Bytes per token that the kernels' autotuning trials save and restore in a layer's (forward,
     backward) on a length not tuned before (the first step on a cold Triton cache; kernels.blocksparse
     ``_read_back``): only where a head is split into parts: the lse its later part merges into
@@ -324,13 +336,17 @@ def autotune_saved_bytes(model: ModelConfig, seq_len: int) -> tuple[float, float
     with the most heads runs last, which reads the earlier parts' fp32 sums and writes the final outputs
     apart), the fp32 sums it adds to in place as well: the running output (forward), dK and dV
     (backward, separate dQ; the merged mode, tried by DQ_MODE "auto" only where a backward takes under
-    50 ms, also saves dQ)."""
+    50 ms, also saves dQ). Where the first part's partial results go into the outputs themselves
+    (``partials_in_outputs``), the last part merges in place there: the output (forward), dK and dV
+    (backward), in the compute dtype (``compute`` bytes)."""
     stats = layout_stats(model, seq_len)
     if not stats.merged:
         return 0.0, 0.0
+    w = _attention_width(model)
+    if partials_in_outputs(model, seq_len):  # the last part merges into the outputs in place
+        return compute * w + LSE * model.n_heads, 2 * compute * w
     if not stats.merged_in_place:
         return LSE * model.n_heads, 0.0
-    w = _attention_width(model)
     return 4.0 * w + LSE * model.n_heads, 2 * 4.0 * w
 
 
@@ -835,7 +851,7 @@ def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamC
     phases["optimizer step"] = static | g(1)
     # a first step that autotunes: the first backward (the last block's attention half) and the forward
     # carry the outputs the tuning trials save
-    fwd_saved, bwd_saved = autotune_saved_bytes(model, model.seq_len)
+    fwd_saved, bwd_saved = autotune_saved_bytes(model, model.seq_len, prec.compute)
     first = {}
     if bwd_saved:
         first["backward, last block"] = phases["backward, last block"] | halves(kept_blocks == 0)[1] \

@@ -252,6 +252,7 @@ OUR_VARIANTS = {
     "merged": {"MEGASTRIDE_BLOCKSPARSE_DQ": "merged"},
     "runs": {"MEGASTRIDE_BLOCKSPARSE_RUNS": "1"},  # full block lists walked as arithmetic runs (use_runs)
     "lpt": {"MEGASTRIDE_BLOCKSPARSE_ORDER": "lpt"},  # blocks taken longest first (block_order)
+    "partials": {"MEGASTRIDE_BLOCKSPARSE_PARTIALS": "output"},  # a merged head's first part writes into the outputs
     "pointer": {"MEGASTRIDE_BLOCKSPARSE_TMA": "0"},  # full lists' tiles from pointer loads, not TMA boxes (use_tma_loads)
 }
 
@@ -455,7 +456,7 @@ def environment() -> dict:
             "triton": triton.__version__, "cuda": torch.version.cuda,
             "date": time.strftime("%Y-%m-%d"), "dtype": "bfloat16", "batch": 1,
             "dq_mode": B.dq_mode(), "dkdv_split": B.dkdv_split_setting(), "runs": B.use_runs(),
-            "order": B.block_order(), "tma_loads": B.use_tma_loads()}
+            "order": B.block_order(), "tma_loads": B.use_tma_loads(), "partials": B.partials_setting()}
 
 
 def _fmt(x, digits=2) -> str:

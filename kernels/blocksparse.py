@@ -250,14 +250,15 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
     o = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse_ptrs = LSE + batch * stride_lb + head * stride_lh + rows
     o_offs = batch * stride_ob + head * stride_oh + rows[:, None] * stride_ot + offs_d[None, :]
-    if LOAD_PREV:  # merge with the earlier parts of this head (fp32 in O_PREV) through the two log-sum-exps
+    if LOAD_PREV:  # merge with the earlier parts of this head (O_PREV: fp32 sums, or O itself) through the two lse
         lse_prev = tl.load(lse_ptrs)
         top = tl.maximum(lse_prev, lse)
         top = tl.where(top == float("-inf"), 0.0, top)
         w_prev = tl.math.exp2(lse_prev - top)
         w_new = tl.math.exp2(lse - top)
         total = w_prev + w_new
-        o = (tl.load(O_PREV + o_offs) * w_prev[:, None] + o * w_new[:, None]) / tl.where(total == 0.0, 1.0, total)[:, None]
+        o_prev = tl.load(O_PREV + o_offs).to(tl.float32)
+        o = (o_prev * w_prev[:, None] + o * w_new[:, None]) / tl.where(total == 0.0, 1.0, total)[:, None]
         lse = tl.where(total == 0.0, float("-inf"), top + tl.math.log2(tl.where(total == 0.0, 1.0, total)))
     tl.store(O + o_offs, o.to(O.dtype.element_ty))
     tl.store(lse_ptrs, lse)
@@ -338,8 +339,8 @@ def _dq_program(pid, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_
 
     dq_offs = batch * stride_dqb + head * stride_dqh + rows[:, None] * stride_dqt + offs_d[None, :]
     dq = dq * sm_scale
-    if LOAD_PREV:  # the earlier parts' fp32 sum (DQ_PREV: DQ itself, or beside a last part's final DQ)
-        dq += tl.load(DQ_PREV + dq_offs)
+    if LOAD_PREV:  # the earlier parts' sum (DQ_PREV: DQ itself, or fp32 beside a last part's final DQ)
+        dq += tl.load(DQ_PREV + dq_offs).to(tl.float32)
     tl.store(DQ + dq_offs, dq.to(DQ.dtype.element_ty))
 
 
@@ -475,9 +476,9 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HE
         tl.atomic_add(DK + dk_offs, dk, sem="relaxed")
         tl.atomic_add(DV + dv_offs, dv, sem="relaxed")
     else:
-        if LOAD_PREV:  # the earlier parts' fp32 sums (DK_PREV, DV_PREV: DK and DV, or beside a last part's)
-            dk += tl.load(DK_PREV + dk_offs)
-            dv += tl.load(DV_PREV + dv_offs)
+        if LOAD_PREV:  # the earlier parts' sums (DK_PREV, DV_PREV: DK and DV, or fp32 beside a last part's)
+            dk += tl.load(DK_PREV + dk_offs).to(tl.float32)
+            dv += tl.load(DV_PREV + dv_offs).to(tl.float32)
         tl.store(DK + dk_offs, dk.to(DK.dtype.element_ty))
         tl.store(DV + dv_offs, dv.to(DV.dtype.element_ty))
 
@@ -695,6 +696,10 @@ AUTO_LONG_S = 0.25
 DKDV_SPLIT = "auto"
 SPLIT_SEGMENT = 8
 SPLIT_RATIO = 2.5
+# where a head is merged from two launches, the first one's partial results go to "fp32" sums beside the outputs
+# or into the "output" tensors themselves, in the inputs' dtype (see partials_in_outputs)
+PARTIALS = "fp32"
+PARTIALS_MODES = ("fp32", "output")
 # full block lists walked as arithmetic runs where every list of a side has at most two (see use_runs)
 RUNS = False
 # the order programs take a side's blocks in: "chunked" (in chunks of consecutive blocks, heaviest chunk
@@ -1058,12 +1063,12 @@ def _forward(q, k, v, layout: Layout, scale: float):
     """(out, lse in base 2) of block-sparse attention; out in q's dtype, lse (B, H, T) fp32."""
     _check_inputs(q, k, v, layout)
     batch, heads, seq_len, head_dim = q.shape
-    multi = _accumulates(layout)
+    multi = _accumulates(layout) and not partials_in_outputs(layout)
     # out in (B, T, H, D) memory order, seen as (B, H, T, D): the model's out.transpose(1, 2).reshape(B, T, H*D)
     # is then a view, not a copy (the kernels take any strides)
     out = _empty((batch, seq_len, heads, head_dim), q.dtype, q.device).transpose(1, 2)
     # heads split into parts: the parts before the last add into fp32 sums (same strides as out), which
-    # the last part merges into out
+    # the last part merges into out; or (partials_in_outputs) the first part writes into out itself
     acc = _empty((batch, seq_len, heads, head_dim), torch.float32, q.device).transpose(1, 2) if multi else out
     lse = _empty((batch, heads, seq_len), torch.float32, q.device)
     for part, load_prev, fresh, last in _schedule(layout):
@@ -1154,6 +1159,25 @@ def dkdv_split(layout: Layout | None = None, batch: int = 1, sms: int | None = N
     return SPLIT_SEGMENT if longest * sms >= SPLIT_RATIO * total * batch else 0
 
 
+def partials_in_outputs(layout: Layout) -> bool:
+    """Whether the first launch of a head merged from two (``Layout.two_launch_merge``: the strided pattern)
+    writes its partial output and gradients into the output tensors themselves, in the inputs' dtype, for
+    the last launch to read and complete in place (``PARTIALS = "output"``), instead of into fp32 sums beside
+    them ("fp32", the default). It saves those sums: 4 bytes per output element in the forward, 12 in the
+    backward (a third of the strided pattern's backward peak, and 6 GB per layer at 1M tokens, H x D = 512),
+    at one more rounding of the first launch's share to the inputs' dtype. Gradients that split columns or
+    atomic dQ add with atomics stay fp32."""
+    return partials_setting() == "output" and layout.two_launch_merge()
+
+
+def partials_setting() -> str:
+    """``PARTIALS``, or ``MEGASTRIDE_BLOCKSPARSE_PARTIALS`` where set: "fp32" or "output"."""
+    mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_PARTIALS", PARTIALS)
+    if mode not in PARTIALS_MODES:
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_PARTIALS must be one of {', '.join(PARTIALS_MODES)}; got {mode!r}")
+    return mode
+
+
 def _sm_count(q: torch.Tensor) -> int | None:
     """Streaming multiprocessors of q's GPU; None under the interpreter or off CUDA."""
     if not q.is_cuda or _INTERPRET:
@@ -1228,8 +1252,9 @@ def _timing_possible(q: torch.Tensor) -> bool:
 
 def auto_mode_key(shape, dtype) -> tuple:
     """Key of "auto"'s choice in a layout's kernel cache for inputs of ``shape`` and ``dtype``, under the
-    switches in force (split columns, block order, tile loads): one choice per combination."""
-    return ("dq_mode", tuple(shape), dtype, dkdv_split_setting(), block_order(), ORDER_CHUNK, use_tma_loads())
+    switches in force (split columns, block order, tile loads, partials): one choice per combination."""
+    return ("dq_mode", tuple(shape), dtype, dkdv_split_setting(), block_order(), ORDER_CHUNK, use_tma_loads(),
+            partials_setting())
 
 
 def _auto_mode(layout: Layout, q: torch.Tensor, run) -> str:
@@ -1304,7 +1329,7 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
     split = dkdv_split(layout, batch, _sm_count(q))
     fused, merged = mode == "atomic", mode == "merged"
     tma = fused and _has_tma(q)
-    multi = _accumulates(layout)
+    multi = _accumulates(layout) and not partials_in_outputs(layout)  # the earlier part's sums: fp32 or the finals
     # gradients in q's memory order, seen as (B, H, T, D): (B, T, H, D) for the model, whose q, k and v
     # are head views of one (B, T, 3D) product (its backward then takes them as views instead of copying
     # each into (B, T, D) order first); (B, H, T, D) for contiguous inputs, whose leaves' AccumulateGrad

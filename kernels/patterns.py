@@ -357,6 +357,13 @@ class Layout:
             seen.update(part.heads)
         return merged, in_place
 
+    def two_launch_merge(self) -> bool:
+        """Whether heads are merged from exactly two launches and the last holds every head of the first (the
+        strided pattern: its permuted half, then its local half): the first launch's partial results then need
+        no sums of their own, the last completes each of them (``blocksparse.partials_in_outputs``)."""
+        order = self.launch_order()
+        return len(order) == 2 and set(order[0].heads) <= set(order[1].heads)
+
     def column_work(self) -> tuple[int, int]:
         """(longest key-block column, all columns summed over heads), in blocks (full and partial): the
         dK/dV kernel's longest serial chain of tiles and its whole work, per batch row (``blocksparse.dkdv_split``

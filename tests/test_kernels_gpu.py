@@ -176,3 +176,37 @@ def test_tile_sweep_times_each_config_and_checks_it(runs, monkeypatch):
     assert all(r["runs"] == (runs == "1") for r in rows)
     for r in rows:
         assert "error" not in r and r["ms"] > 0 and r["max_err"] < 2e-2, r
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_partials_in_the_outputs_match_the_reference_and_drop_the_fp32_sums(dtype, monkeypatch):
+    """PARTIALS "output" on the GPU (bf16, which the interpreter gets wrong, and fp16): the strided pattern's
+    permuted half writes its partial output and gradients into the final tensors, the local half completes
+    them in place. Output and gradients match the fp32 reference as closely as with the fp32 sums (within
+    1.5x their error, plus one rounding of the inputs' dtype), and a warm forward+backward's peak is lower by
+    at least the backward's three fp32 sums (12 bytes per element) less a tenth."""
+    B = _blocksparse()
+    n, heads, dim = 16384, 2, 64
+    layout = P.build_layout(P.same_for_all_heads(P.strided(128), heads), n, 128, device="cuda")
+    assert layout.two_launch_merge()
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    q, k, v, do = (torch.randn(1, heads, n, dim, device="cuda", dtype=dtype, generator=gen) for _ in range(4))
+
+    def grads(fn, *inputs):
+        leaves = [t.clone().requires_grad_() for t in inputs[:3]]
+        out = fn(*leaves)
+        return [out, *torch.autograd.grad(out, leaves, inputs[3])]
+
+    want = grads(lambda *x: reference_attention(*x, layout), q.float(), k.float(), v.float(), do.float())
+    results, peaks = {}, {}
+    for mode in ("fp32", "output"):
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PARTIALS", mode)
+        grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)  # autotuning, the dQ mode's timing
+        peaks[mode] = _peak_of(lambda: grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do))
+        results[mode] = grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)
+    eps = torch.finfo(dtype).eps
+    for name, a, b, w in zip(["out", "dq", "dk", "dv"], results["fp32"], results["output"], want):
+        err_fp32 = (a.float() - w).abs().max().item()
+        err_out = (b.float() - w).abs().max().item()
+        assert err_out <= 1.5 * err_fp32 + eps * w.abs().max().item(), f"{name}: {err_out:.3g} vs {err_fp32:.3g}"
+    assert peaks["output"] <= peaks["fp32"] - 0.9 * 12 * n * heads * dim, peaks

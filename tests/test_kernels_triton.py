@@ -372,6 +372,68 @@ def test_backward_splits_columns_as_the_rule_says_and_matches_the_reference(sms,
     assert launched == [splits]
 
 
+def test_two_launch_merge_is_the_strided_layouts():
+    """Two launches, the last holding every head of the first: the strided pattern (permuted half, then the
+    local half), not one-part layouts nor the three-launch multi-head mixes."""
+    assert P.build_layout(P.same_for_all_heads(P.strided(16), 2), 256, 32).two_launch_merge()
+    assert not P.build_layout(P.same_for_all_heads(P.fixed(64, 16), 2), 256, 32).two_launch_merge()
+    for name in ("multi_head_mix", "merge_before_the_last_part"):
+        make, n, block, heads = CASES[name][:4]
+        assert not P.build_layout(make(heads), n, block).two_launch_merge()
+
+
+@pytest.mark.parametrize("name,dq,split", [("strided_permuted_full_tiles", "separate", "0"),
+                                           ("strided_permuted_straddling", "merged", "0"),
+                                           ("merged_fixed_strided", "separate", "2"),
+                                           ("strided_permuted_full_tiles", "atomic", "0"),
+                                           ("multi_head_mix", "separate", "0")])
+def test_partials_in_the_outputs_match_the_reference_without_fp32_sums(name, dq, split, monkeypatch):
+    """PARTIALS "output": a two-launch head's first part writes its partial output and gradients into the
+    output tensors in the inputs' dtype, the last part completes them in place: the reference still (fp16
+    and fp32, every dQ mode, split columns), with no fp32 tensor of the outputs' size except the atomic
+    gradients' (dK/dV of split columns, dQ of the atomic mode); three-launch layouts keep the fp32 sums."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PARTIALS", "output")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", dq)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", split)
+    make, n, block, heads, head_dim, dtype, batch = CASES[name]
+    pattern = P.same_for_all_heads(p, heads) if isinstance(p := make(heads), P.HeadPattern) else p
+    layout = P.build_layout(pattern, n, block)
+    monkeypatch.setattr(blocksparse, "POISON", True)
+    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, seed=13)
+    big = []
+
+    def record(real):
+        def make_tensor(*args, **kw):
+            t = real(*args, **kw)
+            if t.dtype == torch.float32 and t.numel() == batch * heads * n * head_dim:
+                big.append(t.shape)
+            return t
+        return make_tensor
+
+    with monkeypatch.context() as m:  # fp32 tensors of the outputs' size made during the kernels' call only
+        m.setattr(torch, "empty", record(torch.empty))
+        m.setattr(torch, "empty_strided", record(torch.empty_strided))
+        m.setattr(torch, "full", record(torch.full))  # POISON's NaN-filled buffers
+        got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
+    low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)
+    exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))
+    _check_three_way(got, low, exact, dtype, f"{name} partials in the outputs, dQ {dq}, split {split}")
+    atomics = (dq == "atomic") + 2 * (split != "0")
+    assert blocksparse.partials_in_outputs(layout) == layout.two_launch_merge()
+    if dtype == torch.float32:  # the outputs themselves are fp32 tensors of that size: nothing to count
+        return
+    if layout.two_launch_merge():
+        assert len(big) == atomics, big
+    else:  # the forward's running output and the backward's three sums (separate dQ, whole columns here)
+        assert (dq, split) == ("separate", "0") and len(big) == 4, big
+
+
+def test_partials_setting_rejects_unknown(monkeypatch):
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PARTIALS", "bf16")
+    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_PARTIALS must be one of fp32, output"):
+        blocksparse.partials_setting()
+
+
 def test_dkdv_split_rejects_bad_values(monkeypatch):
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "-2")
     with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT"):
@@ -622,8 +684,9 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_RUNS", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_ORDER", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_TMA", raising=False)
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_PARTIALS", raising=False)
     switches = lambda: (blocksparse.dq_mode(), blocksparse.dkdv_split_setting(), blocksparse.use_runs(),  # noqa: E731
-                        blocksparse.block_order(), blocksparse.use_tma_loads())
+                        blocksparse.block_order(), blocksparse.use_tma_loads(), blocksparse.partials_setting())
     ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():
         with monkeypatch.context() as m:

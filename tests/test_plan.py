@@ -293,6 +293,15 @@ def test_attention_workspace_and_relayout_follow_the_kernels():
     with pytest.MonkeyPatch.context() as m:
         m.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "0")
         assert planner.attention_workspace_bytes(fixed, prec, 512) == (3 * 2 + 2) * d + 4 * h
+        # PARTIALS "output": the strided head's first part writes into the final gradients, no fp32 sums;
+        # its autotuning then saves the outputs the last part completes in place (bf16 out, dK, dV)
+        m.setenv("MEGASTRIDE_BLOCKSPARSE_PARTIALS", "output")
+        assert planner.partials_in_outputs(strided, 512) and not planner.partials_in_outputs(fixed, 512)
+        assert planner.attention_workspace_bytes(strided, prec, 512) == (3 * 2 + 2) * d + 4 * h
+        assert planner.autotune_saved_bytes(strided, 512, prec.compute) == (2 * d + 4 * h, 2 * 2 * d)
+        mixed = config(("fixed(64,16)|strided(16)|strided(32)|local(100)",)).model  # three launches: fp32 sums
+        assert not planner.partials_in_outputs(mixed, 512)
+        assert planner.attention_workspace_bytes(mixed, prec, 512) == (3 * 4 + 3 * 2 + 2) * d + 4 * h
 
 
 def test_column_split_follows_the_kernels_rule_at_the_measured_shapes():
