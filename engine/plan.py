@@ -291,15 +291,12 @@ def _attention_width(model: ModelConfig) -> int:
 
 
 def splits_columns(model: ModelConfig, seq_len: int, batch: int, sms: int = PLAN_SMS) -> bool:
-    """Whether some layer's backward splits its dK/dV columns (kernels.blocksparse ``dkdv_split`` under its
-    default "auto", on a GPU of ``sms`` streaming multiprocessors): where a column is the kernel's critical path."""
+    """Whether some sparse layer's backward splits its dK/dV columns (kernels.blocksparse ``columns_split``, the
+    rule of ``dkdv_split``, on a GPU of ``sms`` streaming multiprocessors): by default where a column is the
+    kernel's critical path."""
     from megastride.kernels import blocksparse
 
-    setting = blocksparse.dkdv_split_setting()
-    if setting != "auto":
-        return setting > 0
-    return any(longest * sms >= blocksparse.SPLIT_RATIO * total * batch
-               for longest, total in layout_stats(model, seq_len).columns)
+    return any(blocksparse.columns_split(work, batch, sms) for work in layout_stats(model, seq_len).columns)
 
 
 def attention_workspace_bytes(model: ModelConfig, prec: Precision, seq_len: int, batch: int = 1) -> float:

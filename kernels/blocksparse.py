@@ -1150,12 +1150,18 @@ def dkdv_split(layout: Layout | None = None, batch: int = 1, sms: int | None = N
     H=8, D=64 at 12,288 (1.5) 10% slower and 262,144 tokens at H=2 (1.35) 13% slower. Split columns add
     with atomics, so dK and dV are summed in a run-to-run varying order; ``DKDV_SPLIT`` (or
     ``MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT``, which overrides it) = 0 keeps every column whole."""
+    return columns_split(layout.column_work() if layout is not None else None, batch, sms)
+
+
+def columns_split(work: tuple[int, int] | None, batch: int = 1, sms: int | None = None) -> int:
+    """``dkdv_split`` for a layout whose ``Layout.column_work`` is ``work`` (None: no layout): the planner
+    asks it with the work of layouts it built on the CPU."""
     setting = dkdv_split_setting()
     if setting != "auto":
         return setting
-    if layout is None or not sms:
+    if work is None or not sms:
         return 0
-    longest, total = layout.column_work()
+    longest, total = work
     return SPLIT_SEGMENT if longest * sms >= SPLIT_RATIO * total * batch else 0
 
 
