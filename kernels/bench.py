@@ -382,14 +382,12 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
     with torch.no_grad():
         result.timings["ours_check"] = check_rows(ours(q, k, v), q, k, v, layout, rows)
     stage("ours checked against the reference")
-    from .blocksparse import metadata_bytes
+    from .blocksparse import dkdv_split, gpu_sms, metadata_bytes
 
     result.timings["ours_layout_mb"] = metadata_bytes(layout) / 2**20
     _time_impl("ours", ours, q, k, v, do, result, pairs, graphs)
     stage(f"ours  {result.timings['ours_fwdbwd_ms']:.3f} ms f+b" + _graph_note(result, "ours"))
-    from .blocksparse import _sm_count, dkdv_split
-
-    split = dkdv_split(layout, case.batch, _sm_count(q))
+    split = dkdv_split(layout, case.batch, gpu_sms(q))
     for note in auto_choices(layout) + [f"dK/dV columns {f'in segments of {split} query blocks' if split else 'whole'}"]:
         result.notes.append(note)
         stage(note)

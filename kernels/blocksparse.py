@@ -44,6 +44,7 @@ from triton.runtime import _allocation
 
 from .attention import attention_forward, qkv_heads
 from .patterns import Layout, LayoutPart
+from .profiling import sm_count
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 LOG2E = 1.4426950408889634
@@ -1054,16 +1055,11 @@ def _schedule(layout: Layout):
         raise ValueError(f"layout covers heads {sorted(seen)} of {layout.num_heads}")
 
 
-def _accumulates(layout: Layout) -> bool:
-    heads = [h for p in layout.parts for h in p.heads]
-    return len(heads) != len(set(heads))
-
-
 def _forward(q, k, v, layout: Layout, scale: float):
     """(out, lse in base 2) of block-sparse attention; out in q's dtype, lse (B, H, T) fp32."""
     _check_inputs(q, k, v, layout)
     batch, heads, seq_len, head_dim = q.shape
-    multi = _accumulates(layout) and not partials_in_outputs(layout)
+    multi = layout.merges()[0] and not partials_in_outputs(layout)
     # out in (B, T, H, D) memory order, seen as (B, H, T, D): the model's out.transpose(1, 2).reshape(B, T, H*D)
     # is then a view, not a copy (the kernels take any strides)
     out = _empty((batch, seq_len, heads, head_dim), q.dtype, q.device).transpose(1, 2)
@@ -1184,11 +1180,11 @@ def partials_setting() -> str:
     return mode
 
 
-def _sm_count(q: torch.Tensor) -> int | None:
-    """Streaming multiprocessors of q's GPU; None under the interpreter or off CUDA."""
+def gpu_sms(q: torch.Tensor) -> int | None:
+    """Streaming multiprocessors of q's GPU (``dkdv_split``'s ``sms``); None under the interpreter or off CUDA."""
     if not q.is_cuda or _INTERPRET:
         return None
-    return torch.cuda.get_device_properties(q.device).multi_processor_count
+    return sm_count(q.device.index)
 
 
 def use_runs() -> bool:
@@ -1332,10 +1328,10 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
     _delta_kernel[(triton.cdiv(seq_len, block_t), batch * heads)](
         out, do, delta, *_strides(out, do), delta.stride(0), delta.stride(1), heads, seq_len,
         HEAD_DIM=head_dim, BLOCK_T=block_t)
-    split = dkdv_split(layout, batch, _sm_count(q))
+    split = dkdv_split(layout, batch, gpu_sms(q))
     fused, merged = mode == "atomic", mode == "merged"
     tma = fused and _has_tma(q)
-    multi = _accumulates(layout) and not partials_in_outputs(layout)  # the earlier part's sums: fp32 or the finals
+    multi = layout.merges()[0] and not partials_in_outputs(layout)  # the earlier part's sums: fp32 or the finals
     # gradients in q's memory order, seen as (B, H, T, D): (B, T, H, D) for the model, whose q, k and v
     # are head views of one (B, T, 3D) product (its backward then takes them as views instead of copying
     # each into (B, T, D) order first); (B, H, T, D) for contiguous inputs, whose leaves' AccumulateGrad

@@ -23,7 +23,7 @@ import time
 import torch
 
 from . import patterns as P
-from .blocksparse import _sm_count, blocksparse_attention, dkdv_split, dkdv_split_setting, dq_mode, metadata_bytes
+from .blocksparse import blocksparse_attention, dkdv_split, dkdv_split_setting, dq_mode, gpu_sms, metadata_bytes
 from .reference import reference_attention
 
 ATOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
@@ -70,7 +70,7 @@ def check_sampled(name: str, pattern, n: int, block: int, heads: int, head_dim: 
     want[1], low[1] = want[1][:, :, sel], low[1][:, :, sel]
     report = {"name": name, "n": n, "block": block, "heads": heads, "head_dim": head_dim, "dtype": str(dtype),
               "rows": sel.numel(), "kernel_fwd_bwd_s_first_call": kernel_s,
-              "dkdv_split": dkdv_split(layout, batch, _sm_count(q)), "ok": True}
+              "dkdv_split": dkdv_split(layout, batch, gpu_sms(q)), "ok": True}
     for what, g, lo, ex in zip(["out", "dq", "dk", "dv"], got, low, want):
         err = (g.float() - ex).abs()
         bound = 2 * (lo.float() - ex).abs() + ATOL[dtype] * max(1.0, ex.abs().max().item())

@@ -21,11 +21,11 @@ Row offsets are int64 (rows x D passes 2**31 elements at 4M tokens of width 512)
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
+
+from .profiling import sm_count
 
 # (elements of one program's tile (rows x padded width), elements per thread): the backward holds
 # x, dy, xhat, w * dy and two accumulators, so half of each. Compiled for sm_90 at D = 512 (bf16 y):
@@ -139,16 +139,11 @@ def tiles(width: int, tile: int, per_thread: int) -> tuple[int, int, int]:
     return block_m, block_n, min(16, max(1, block_m * block_n // (32 * per_thread)))
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int | None) -> int:
-    return torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index).multi_processor_count
-
-
 def row_groups(rows: int, block_m: int, device: torch.device) -> tuple[int, int]:
     """(programs, rows per program) of the backward pass: whole tiles per program, about
     BWD_PROGRAMS_PER_SM programs per SM (INTERPRET_PROGRAMS off the GPU)."""
     if device.type == "cuda":
-        wanted = BWD_PROGRAMS_PER_SM * _sm_count(device.index)
+        wanted = BWD_PROGRAMS_PER_SM * sm_count(device.index)
     else:
         wanted = INTERPRET_PROGRAMS
     tiles_per_program = triton.cdiv(triton.cdiv(rows, block_m), wanted)

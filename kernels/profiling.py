@@ -1,11 +1,19 @@
-"""Where a GPU call spends its time: wall vs host issue vs GPU kernel time, per kernel and per host op."""
+"""Where a GPU call spends its time: wall vs host issue vs GPU kernel time, per kernel and per host op; and
+the GPU's SM count, which the kernels size their work by (layernorm's backward grid, blocksparse's split rule)."""
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Callable
 
 import torch
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(index: int | None) -> int:
+    """Streaming multiprocessors of CUDA device ``index`` (None: the current one), asked once per device."""
+    return torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index).multi_processor_count
 
 
 def _device_us(event) -> float:

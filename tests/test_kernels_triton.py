@@ -358,7 +358,7 @@ def test_backward_splits_columns_as_the_rule_says_and_matches_the_reference(sms,
     interpreter): its dK/dV launches take segments exactly where the rule says, and the result is exact."""
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", raising=False)
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
-    monkeypatch.setattr(blocksparse, "_sm_count", lambda q: sms)
+    monkeypatch.setattr(blocksparse, "gpu_sms", lambda q: sms)
     launched = []
     real = blocksparse._launch
 
