@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from megastride.kernels import patterns as P
-from megastride.kernels.bench import fixed_mask_mod, flex_compiled
+from megastride.kernels.bench import fixed_mask_mod, flex_block_mask, flex_compiled
 
 from .config import Config, ConfigError, ModelConfig
 
@@ -149,11 +149,7 @@ def fixed_stride_width(cfg: ModelConfig) -> tuple[int, int]:
 
 def fixed_block_mask(seq_len: int, stride: int, width: int, device: torch.device | str):
     """Flex's BlockMask (FLEX_BLOCK-token blocks) of the fixed pattern, from ``kernels.bench``'s mask_mod."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    device = torch.device(device)
-    return create_block_mask(fixed_mask_mod(stride, width), None, None, seq_len, seq_len, device=device,
-                             BLOCK_SIZE=FLEX_BLOCK, _compile=device.type == "cuda")
+    return flex_block_mask(fixed_mask_mod(stride, width), seq_len, device, FLEX_BLOCK)
 
 
 def build(cfg: ModelConfig, attention: str = "dense", device: torch.device | str = "cpu",

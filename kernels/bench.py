@@ -190,12 +190,28 @@ def block_mask_bytes(block_mask) -> int:
     return sum(seen.values())
 
 
+# Flex's BlockMask is built by its eager path up to this length (the dense mask: n^2 bools and its index
+# arithmetic, 0.15 G elements at 12,288) and by its compiled path beyond. On a fresh H200 (torch 2.11,
+# 2026-12-01) the compiled path's cold build at 12,288 tokens spent 214 s, in Triton's LLVM and ptxas passes
+# over one generated kernel (stacks dumped from a bare script), against 4 s eager; at 65,536 it then took 20 s.
+FLEX_EAGER_MASK_MAX = 16384
+
+
+def flex_block_mask(mask_mod, n: int, device, block: int):
+    """Flex's own ``create_block_mask`` of ``mask_mod`` over n queries and keys (``FLEX_EAGER_MASK_MAX``:
+    eager or compiled build; the BlockMask is the same either way)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    device = torch.device(device)
+    compiled = device.type == "cuda" and n > FLEX_EAGER_MASK_MAX
+    return create_block_mask(mask_mod, None, None, n, n, device=device, BLOCK_SIZE=block, _compile=compiled)
+
+
 def _flex_fn(mask_mod, n, device, result: Result):
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     torch.cuda.synchronize()
     start = time.perf_counter()
-    block_mask = create_block_mask(mask_mod, None, None, n, n, device=device, BLOCK_SIZE=128, _compile=True)
+    block_mask = flex_block_mask(mask_mod, n, device, 128)
     torch.cuda.synchronize()
     result.timings["flex_mask_build_ms"] = (time.perf_counter() - start) * 1e3
     result.timings["flex_mask_mb"] = block_mask_bytes(block_mask) / 2**20
@@ -252,7 +268,8 @@ OUR_VARIANTS = {
     "merged": {"MEGASTRIDE_BLOCKSPARSE_DQ": "merged"},
     "runs": {"MEGASTRIDE_BLOCKSPARSE_RUNS": "1"},  # full block lists walked as arithmetic runs (use_runs)
     "lpt": {"MEGASTRIDE_BLOCKSPARSE_ORDER": "lpt"},  # blocks taken longest first (block_order)
-    "partials": {"MEGASTRIDE_BLOCKSPARSE_PARTIALS": "output"},  # a merged head's first part writes into the outputs
+    # a two-launch head's first part adds into fp32 sums beside the outputs (the default writes into the outputs)
+    "fp32sums": {"MEGASTRIDE_BLOCKSPARSE_PARTIALS": "fp32"},
     "pointer": {"MEGASTRIDE_BLOCKSPARSE_TMA": "0"},  # full lists' tiles from pointer loads, not TMA boxes (use_tma_loads)
 }
 

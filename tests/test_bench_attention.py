@@ -121,6 +121,26 @@ def test_flex_is_compiled_afresh_for_each_case_and_shared_within_one():
     compiled.assert_called_once_with(fresh=True)
 
 
+@pytest.mark.parametrize("n,device,compiled", [(12288, "cuda", False), (16384, "cuda", False),
+                                               (65536, "cuda", True), (65536, "cpu", False)])
+def test_flex_block_mask_is_built_eagerly_up_to_the_threshold(n, device, compiled):
+    """Flex's BlockMask comes from its eager build up to FLEX_EAGER_MASK_MAX tokens (its compiled build
+    spent 214 s cold at 12,288 on the H200) and from the compiled one beyond it on CUDA, for the bench and
+    the baseline alike."""
+    from unittest import mock
+
+    from megastride.engine import baseline
+    from megastride.kernels import bench
+
+    assert bench.FLEX_EAGER_MASK_MAX == 16384
+    with mock.patch("torch.nn.attention.flex_attention.create_block_mask", return_value="mask") as create:
+        assert bench.flex_block_mask("mod", n, device, 128) == "mask"
+        assert baseline.fixed_block_mask(n, 1024, 128, device) == "mask"
+    for call in create.call_args_list:
+        assert call.args[3:5] == (n, n) and call.kwargs["_compile"] is compiled
+    assert create.call_args_list[1].kwargs["BLOCK_SIZE"] == baseline.FLEX_BLOCK
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--configs", "8x64x2"], "is not HEADSxHEAD_DIM"),
     (["--lengths", "12k"], "invalid literal"),
