@@ -697,9 +697,9 @@ AUTO_LONG_S = 0.25
 DKDV_SPLIT = "auto"
 SPLIT_SEGMENT = 8
 SPLIT_RATIO = 2.5
-# where a head is merged from two launches, the first one's partial results go to "fp32" sums beside the outputs
-# or into the "output" tensors themselves, in the inputs' dtype (see partials_in_outputs)
-PARTIALS = "fp32"
+# where a head is merged from two launches, the first one's partial results go into the "output" tensors
+# themselves, in the inputs' dtype, or to "fp32" sums beside them (see partials_in_outputs)
+PARTIALS = "output"
 PARTIALS_MODES = ("fp32", "output")
 # full block lists walked as arithmetic runs where every list of a side has at most two (see use_runs)
 RUNS = False
@@ -1164,11 +1164,14 @@ def columns_split(work: tuple[int, int] | None, batch: int = 1, sms: int | None 
 def partials_in_outputs(layout: Layout) -> bool:
     """Whether the first launch of a head merged from two (``Layout.two_launch_merge``: the strided pattern)
     writes its partial output and gradients into the output tensors themselves, in the inputs' dtype, for
-    the last launch to read and complete in place (``PARTIALS = "output"``), instead of into fp32 sums beside
-    them ("fp32", the default). It saves those sums: 4 bytes per output element in the forward, 12 in the
-    backward (a third of the strided pattern's backward peak, and 6 GB per layer at 1M tokens, H x D = 512),
-    at one more rounding of the first launch's share to the inputs' dtype. Gradients that split columns or
-    atomic dQ add with atomics stay fp32."""
+    the last launch to read and complete in place (``PARTIALS = "output"``, the default), instead of into
+    fp32 sums beside them ("fp32"). It saves those sums: 4 bytes per output element in the forward, 12 in the
+    backward (6 GB per layer at 1M tokens, H x D = 512), at one more rounding of the first launch's share to
+    the inputs' dtype. On the H200 (2026-12-01, docs/benchmarks.md "Eleventh run") it took strided_matched's
+    forward+backward peak from 650 to 266 MB at 65,536 tokens and from 10.4 to 4.3 GB at 1M (H=8, D=64), and
+    the forward+backward 1.5-4% faster at 65,536 to 1M tokens (H=8, D=64 and H=2, D=128); bf16 and fp16
+    within the fp32 sums' error there (gpu_check, tests/test_kernels_gpu.py). Gradients that split columns
+    or atomic dQ add with atomics stay fp32."""
     return partials_setting() == "output" and layout.two_launch_merge()
 
 

@@ -16,8 +16,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", default="8x64,2x128", help="comma-separated HEADSxHEAD_DIM (default 8x64,2x128)")
     p.add_argument("--peers", default="flex,sdpa", help="comma-separated peers to time beside ours: flex, sdpa; and our own backward modes (ours: DQ_MODE 'auto'): separate, atomic (dQ by "
                         "atomics), split (dK/dV columns in segments of 8 blocks everywhere), nosplit (whole columns everywhere; ours: DKDV_SPLIT 'auto'), atomic_split, merged (dQ and dK/dV programs in one launch), "
-                        "runs (full block lists walked as arithmetic runs), lpt (blocks taken longest first), partials (a merged head's first part "
-                        "writes into the outputs, not fp32 sums), pointer (tiles from "
+                        "runs (full block lists walked as arithmetic runs), lpt (blocks taken longest first), fp32sums (a two-launch head's first part "
+                        "adds into fp32 sums, not into the outputs), pointer (tiles from "
                         "pointer loads, not TMA boxes)")
     p.add_argument("--block", type=int, default=None,
                    help="the layouts' block size for every case (default: 128; for a strided pattern 64 where its "

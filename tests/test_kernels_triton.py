@@ -483,12 +483,15 @@ def test_forward_masked_tiles_narrower_than_its_key_tiles(name, monkeypatch):
     assert forward_tiles and set(forward_tiles) == {128}
 
 
+@pytest.mark.parametrize("partials", ["fp32", "output"])
 @pytest.mark.parametrize("mode", ["separate", "merged"])
-def test_a_split_head_s_last_part_writes_the_final_outputs(mode, monkeypatch):
-    """A strided head's permuted part runs first into fp32 sums and its local (natural-order) part last,
-    merging them as it writes the output and gradients in the inputs' dtype: the tensors handed back
-    are the ones the last launches wrote (no cast pass), and the answer is the reference's."""
+def test_a_split_head_s_last_part_writes_the_final_outputs(mode, partials, monkeypatch):
+    """A strided head's permuted part runs first, into fp32 sums (PARTIALS "fp32") or into the output
+    tensors themselves ("output", the default), and its local (natural-order) part last, merging them as it
+    writes the output and gradients in the inputs' dtype: the tensors handed back are the ones the last
+    launches wrote (no cast pass), and the answer is the reference's."""
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", mode)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PARTIALS", partials)
     launches = []
     real = blocksparse._launch
 
@@ -506,8 +509,10 @@ def test_a_split_head_s_last_part_writes_the_final_outputs(mode, monkeypatch):
     out = blocksparse.blocksparse_attention(*leaves, layout)
     fwd = [x for x in launches if x[0] is blocksparse._fwd_kernel]
     assert [(p, prev) for _, p, prev, _ in fwd] == [(True, False), (False, True)]
-    assert fwd[0][3]["O"].dtype == torch.float32 and fwd[1][3]["O"].data_ptr() == out.data_ptr()
+    first_dtype = torch.float32 if partials == "fp32" else torch.float16
+    assert fwd[0][3]["O"].dtype == first_dtype and fwd[1][3]["O"].data_ptr() == out.data_ptr()
     assert fwd[1][3]["O_PREV"] is fwd[0][3]["O"]
+    assert (fwd[0][3]["O"].data_ptr() == out.data_ptr()) == (partials == "output")
     launches.clear()
     grads = torch.autograd.grad(out, leaves, do)
     last = {name: launches[-1][3][name] for name in ("DK", "DV")}

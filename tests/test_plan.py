@@ -277,31 +277,37 @@ def test_one_blocks_backward_peaks_in_the_worse_of_its_halves():
 
 
 def test_attention_workspace_and_relayout_follow_the_kernels():
-    """Heads split into two parts (strided) add into fp32 dq, dk, dv before the cast; one-part heads
-    write them in the input dtype. The output's re-layout for proj is a copy only behind dense SDPA."""
+    """Heads split into two parts (strided) write the first part's partial results into the outputs
+    (PARTIALS "output", the default) or, under "fp32", add into fp32 dq, dk, dv before the cast; one-part
+    heads write them in the input dtype. The output's re-layout for proj is a copy only behind dense SDPA."""
     from megastride.engine import plan as planner
 
     prec = planner.precision_of("deepspeed", "bf16")
     d, h = 64, 4
     strided, fixed, dense = (config((spec,)).model for spec in ("strided(32)", "fixed(64,16)", "dense"))
-    assert planner.attention_workspace_bytes(strided, prec, 512) == (3 * 4 + 3 * 2 + 2) * d + 4 * h
     assert planner.block_saved_parts(dense, prec)[0] - planner.block_saved_parts(fixed, prec)[0] == 2 * d
     # one-part heads: dq, dk, dv in the input dtype, and fp32 dk, dv beside them where the columns split
     assert planner.splits_columns(fixed, 512, batch=1)  # a tiny layout: its longest column is the critical path
     assert planner.attention_workspace_bytes(fixed, prec, 512) == (2 * 4 + 3 * 2 + 2) * d + 4 * h
     assert not planner.splits_columns(fixed, 512, batch=1, sms=1)
+    # PARTIALS "output" (the default): the strided head's first part writes into the final gradients, no
+    # fp32 sums; its autotuning then saves the outputs the last part completes in place (bf16 out, dK, dV)
+    assert planner.partials_in_outputs(strided, 512) and not planner.partials_in_outputs(fixed, 512)
     with pytest.MonkeyPatch.context() as m:
         m.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "0")
         assert planner.attention_workspace_bytes(fixed, prec, 512) == (3 * 2 + 2) * d + 4 * h
-        # PARTIALS "output": the strided head's first part writes into the final gradients, no fp32 sums;
-        # its autotuning then saves the outputs the last part completes in place (bf16 out, dK, dV)
-        m.setenv("MEGASTRIDE_BLOCKSPARSE_PARTIALS", "output")
-        assert planner.partials_in_outputs(strided, 512) and not planner.partials_in_outputs(fixed, 512)
         assert planner.attention_workspace_bytes(strided, prec, 512) == (3 * 2 + 2) * d + 4 * h
         assert planner.autotune_saved_bytes(strided, 512, prec.compute) == (2 * d + 4 * h, 2 * 2 * d)
         mixed = config(("fixed(64,16)|strided(16)|strided(32)|local(100)",)).model  # three launches: fp32 sums
         assert not planner.partials_in_outputs(mixed, 512)
         assert planner.attention_workspace_bytes(mixed, prec, 512) == (3 * 4 + 3 * 2 + 2) * d + 4 * h
+        # PARTIALS "fp32": the strided head's first part adds into three fp32 sums
+        m.setenv("MEGASTRIDE_BLOCKSPARSE_PARTIALS", "fp32")
+        assert not planner.partials_in_outputs(strided, 512)
+        assert planner.attention_workspace_bytes(strided, prec, 512) == (3 * 4 + 3 * 2 + 2) * d + 4 * h
+    with pytest.MonkeyPatch.context() as m:  # split columns too: the three fp32 sums hold dK and dV anyway
+        m.setenv("MEGASTRIDE_BLOCKSPARSE_PARTIALS", "fp32")
+        assert planner.attention_workspace_bytes(strided, prec, 512) == (3 * 4 + 3 * 2 + 2) * d + 4 * h
 
 
 def test_column_split_follows_the_kernels_rule_at_the_measured_shapes():
@@ -324,9 +330,11 @@ def test_column_split_follows_the_kernels_rule_at_the_measured_shapes():
     assert longest * 132 >= blocksparse.SPLIT_RATIO * total > longest * 132 / 4
 
 
-def test_first_step_adds_the_outputs_autotuning_saves_where_heads_are_split():
+def test_first_step_adds_the_outputs_autotuning_saves_where_heads_are_split(monkeypatch):
     """A first step that autotunes holds, beside its usual peak, the outputs the tuning trials save:
-    for the strided pattern only the lse its last (local) part merges into, in the forward (the last
+    under PARTIALS "output" (the default) the strided pattern's last (local) part completes the outputs
+    in place, so its trials save them (bf16 output and lse in the forward, bf16 dK and dV in the
+    backward); under "fp32" only the lse its last part merges into, in the forward (the last
     part reads the permuted part's fp32 sums and writes the final outputs apart); where a merging part
     is not the last launch (a head split over a stride of its own and the local part, before a wider
     part of other heads), also the fp32 running output and, in the first backward (the last block's
@@ -346,6 +354,11 @@ def test_first_step_adds_the_outputs_autotuning_saves_where_heads_are_split():
 
     model = {"seq_len": 4096, "d_model": 256, "ffn_chunk": 64}
     strided = config(("strided(64)",), model=model)
+    p = plan(strided)
+    first = first_of(strided, p)
+    assert first["forward"] == p.phases["forward"] | {"autotuning saved outputs": tokens * (2 * d + 4 * h)}
+    assert first["backward, last block"]["autotuning saved outputs"] == tokens * 2 * 2 * d
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PARTIALS", "fp32")
     p = plan(strided)
     assert first_of(strided, p) == {"forward": p.phases["forward"] | {"autotuning saved outputs": tokens * 4 * h}}
     assert p.first_step_peak_bytes == p.peak_bytes  # the lse alone stays under the backward's peak
