@@ -690,6 +690,9 @@ DQ_MODE = "auto"
 # 2026-11-30), so the bound lets 1M (backward 0.1-0.22 s) time both
 AUTO_MODES = ("separate", "merged")
 AUTO_REPEATS = 2
+# GPU clock cycles a sleep kernel holds the stream before each timed backward (about 2 ms at the H200's
+# 1.98 GHz), so the events time GPU work, not the host's issue (see _cuda_seconds)
+AUTO_LEAD_CYCLES = 4_000_000
 AUTO_LONG_S = 0.25
 # dK/dV programs take at most this many query blocks of a column, adding with atomics: an integer (0 = whole
 # columns) or "auto" (SPLIT_SEGMENT where the longest column is SPLIT_RATIO or more times a fair share of the
@@ -1240,9 +1243,14 @@ def block_order() -> str:
     return mode
 
 
-def _cuda_seconds(run) -> float:
-    """Seconds of ``run()`` on the current CUDA stream (events around it, then a synchronize)."""
+def _cuda_seconds(run, lead_cycles: int | None = None) -> float:
+    """Seconds of GPU work of ``run()`` on the current CUDA stream (events around it, then a synchronize).
+    A sleep kernel of ``lead_cycles`` (default ``AUTO_LEAD_CYCLES``) first holds the stream, so the host
+    issues run()'s launches while the GPU waits and the events time the GPU's work rather than the host's
+    issue: at 12,288 tokens the host took about 0.5 ms to issue a backward the GPU ran in 0.2 (H200,
+    2026-12-01, docs/benchmarks.md "Eleventh run"), and "auto" compared the modes' host times there."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(AUTO_LEAD_CYCLES if lead_cycles is None else lead_cycles)
     start.record()
     run()
     end.record()

@@ -210,3 +210,22 @@ def test_partials_in_the_outputs_match_the_reference_and_drop_the_fp32_sums(dtyp
         err_out = (b.float() - w).abs().max().item()
         assert err_out <= 1.5 * err_fp32 + eps * w.abs().max().item(), f"{name}: {err_out:.3g} vs {err_fp32:.3g}"
     assert peaks["output"] <= peaks["fp32"] - 0.9 * 12 * n * heads * dim, peaks
+
+
+def test_auto_timing_counts_the_gpu_work_not_the_hosts_issue():
+    """``_cuda_seconds`` (what DQ_MODE "auto" compares) holds the stream with a sleep kernel first, so a run
+    whose host side takes 3 ms to issue 0.1 ms or less of GPU work is timed at its GPU work; without the lead
+    the events would hold the host's 3 ms."""
+    import time
+
+    B = _blocksparse()
+    x = torch.randn(1 << 20, device="cuda")
+
+    def slow_host():
+        time.sleep(0.003)
+        x.mul_(1.0)
+
+    torch.cuda.synchronize()
+    without = B._cuda_seconds(slow_host, lead_cycles=0)
+    with_lead = B._cuda_seconds(slow_host, lead_cycles=20_000_000)
+    assert without >= 0.003 and with_lead < 0.001, (without, with_lead)
