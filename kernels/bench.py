@@ -208,7 +208,6 @@ def flex_block_mask(mask_mod, n: int, device, block: int):
 
 
 def _flex_fn(mask_mod, n, device, result: Result):
-
     torch.cuda.synchronize()
     start = time.perf_counter()
     block_mask = flex_block_mask(mask_mod, n, device, 128)
