@@ -1243,14 +1243,14 @@ def block_order() -> str:
     return mode
 
 
-def _cuda_seconds(run, lead_cycles: int | None = None) -> float:
+def _cuda_seconds(run) -> float:
     """Seconds of GPU work of ``run()`` on the current CUDA stream (events around it, then a synchronize).
-    A sleep kernel of ``lead_cycles`` (default ``AUTO_LEAD_CYCLES``) first holds the stream, so the host
+    A sleep kernel of ``AUTO_LEAD_CYCLES`` first holds the stream, so the host
     issues run()'s launches while the GPU waits and the events time the GPU's work rather than the host's
     issue: at 12,288 tokens the host took about 0.4 ms to issue a backward the GPU ran in 0.2 (H200,
     2026-12-01, docs/benchmarks.md "Eleventh run"), and "auto" compared the modes' host times there."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda._sleep(AUTO_LEAD_CYCLES if lead_cycles is None else lead_cycles)
+    torch.cuda._sleep(AUTO_LEAD_CYCLES)
     start.record()
     run()
     end.record()

@@ -212,7 +212,7 @@ def test_partials_in_the_outputs_match_the_reference_and_drop_the_fp32_sums(dtyp
     assert peaks["output"] <= peaks["fp32"] - 0.9 * 12 * n * heads * dim, peaks
 
 
-def test_auto_timing_counts_the_gpu_work_not_the_hosts_issue():
+def test_auto_timing_counts_the_gpu_work_not_the_hosts_issue(monkeypatch):
     """``_cuda_seconds`` (what DQ_MODE "auto" compares) holds the stream with a sleep kernel first, so a run
     whose host side takes 3 ms to issue 0.1 ms or less of GPU work is timed at its GPU work; without the lead
     the events would hold the host's 3 ms."""
@@ -226,6 +226,8 @@ def test_auto_timing_counts_the_gpu_work_not_the_hosts_issue():
         x.mul_(1.0)
 
     torch.cuda.synchronize()
-    without = B._cuda_seconds(slow_host, lead_cycles=0)
-    with_lead = B._cuda_seconds(slow_host, lead_cycles=20_000_000)
+    monkeypatch.setattr(B, "AUTO_LEAD_CYCLES", 0)
+    without = B._cuda_seconds(slow_host)
+    monkeypatch.setattr(B, "AUTO_LEAD_CYCLES", 20_000_000)
+    with_lead = B._cuda_seconds(slow_host)
     assert without >= 0.003 and with_lead < 0.001, (without, with_lead)
