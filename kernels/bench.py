@@ -460,7 +460,8 @@ def run_bench(cases: list[Case], peers: set[str], out_dir: str | None = None, lo
 
 
 def environment() -> dict:
-    """Device, versions, date, and the kernels' switches (dQ mode, split columns, runs walk) the run had."""
+    """Device, versions, date, and the kernels' switches (dQ mode, split columns, runs walk, the backward
+    step's product order) the run had."""
     import triton
 
     from . import blocksparse as B
@@ -470,7 +471,8 @@ def environment() -> dict:
             "triton": triton.__version__, "cuda": torch.version.cuda,
             "date": time.strftime("%Y-%m-%d"), "dtype": "bfloat16", "batch": 1,
             "dq_mode": B.dq_mode(), "dkdv_split": B.dkdv_split_setting(), "runs": B.use_runs(),
-            "order": B.block_order(), "tma_loads": B.use_tma_loads(), "partials": B.partials_setting()}
+            "order": B.block_order(), "tma_loads": B.use_tma_loads(), "partials": B.partials_setting(),
+            "dots_first": bool(B.DOTS_FIRST)}
 
 
 def _fmt(x, digits=2) -> str:

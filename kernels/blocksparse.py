@@ -49,6 +49,15 @@ from .profiling import sm_count
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 LOG2E = 1.4426950408889634
 _HEAD_DIMS = (16, 32, 64, 128, 256)
+# A backward step issues both of its score products (S and dP) before the exponentials, so the tensor
+# cores run the second while the first's exponentials are computed: on the H200 (2026-12-01,
+# docs/benchmarks.md "Twelfth run") dK/dV 6-8% faster at H=8, D=64 from 262,144 tokens, 1-2% at H=2, D=128,
+# dQ about 1%. MEGASTRIDE_BLOCKSPARSE_DOTS_FIRST=0 (read at import: it changes the compiled kernels) keeps
+# the earlier order, dP after the exponentials.
+_DOTS_FIRST_RAW = os.environ.get("MEGASTRIDE_BLOCKSPARSE_DOTS_FIRST", "1")
+if _DOTS_FIRST_RAW not in ("0", "1"):
+    raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_DOTS_FIRST must be 0 or 1, got {_DOTS_FIRST_RAW!r}")
+DOTS_FIRST = tl.constexpr(_DOTS_FIRST_RAW == "1")
 
 # ---------------------------------------------------------------------------------------------
 # Triton kernels
@@ -285,10 +294,13 @@ def _delta_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_ot, stride_db, stri
 @triton.jit
 def _dq_step(dq, q, do, k, v, lse, delta, qk_scale, ok, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+    if DOTS_FIRST:
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
     p = tl.math.exp2(s - lse[:, None])
     if MASKED:
         p = tl.where(ok, p, 0.0)
-    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+    if not DOTS_FIRST:
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
     ds = p * (dp - delta[:, None])
     return dq + tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
 
@@ -366,11 +378,14 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OF
 @triton.jit
 def _dkdv_step(dk, dv, k, v, q, do, lse, delta, qk_scale, ok, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
     st = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # (keys, queries)
+    if DOTS_FIRST:
+        dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
     pt = tl.math.exp2(st - lse[None, :])
     if MASKED:
         pt = tl.where(ok, pt, 0.0)
     dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PREC)
-    dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+    if not DOTS_FIRST:
+        dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
     dst = (pt * (dpt - delta[None, :])).to(q.dtype)
     dk += tl.dot(dst, q, input_precision=DOT_PREC)
     return dk, dv, dst

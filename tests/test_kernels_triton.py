@@ -8,6 +8,8 @@ NaN first so an unwritten element fails. bf16 and long lengths are covered on th
 
 import math
 import os
+import subprocess
+import sys
 
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere
 
@@ -441,6 +443,34 @@ def test_dkdv_split_rejects_bad_values(monkeypatch):
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "many")
     with pytest.raises(ValueError, match="integer"):
         blocksparse.dkdv_split()
+
+
+def _with_env(env: dict, *command) -> "subprocess.CompletedProcess":
+    return subprocess.run([sys.executable, *command], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_backward_steps_issue_both_score_products_first_by_default():
+    # the switch is read at import; this process has it unset
+    if "MEGASTRIDE_BLOCKSPARSE_DOTS_FIRST" not in os.environ:
+        assert blocksparse.DOTS_FIRST
+
+
+def test_the_earlier_product_order_still_matches_the_reference():
+    # MEGASTRIDE_BLOCKSPARSE_DOTS_FIRST=0 compiles the backward with dP after the exponentials: the same
+    # three-way checks, in a process of its own (the order is fixed at import), on a masked 128-block case,
+    # a merged two-launch head, and the merged backward kernel
+    done = _with_env({"MEGASTRIDE_BLOCKSPARSE_DOTS_FIRST": "0"}, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                     __file__, "-k", "test_kernel_matches_reference and (fixed_block128 or merged_fixed_strided) "
+                     "or test_merged_backward_matches_reference and fixed")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "deselected" in done.stdout
+
+
+def test_product_order_switch_rejects_other_values():
+    done = _with_env({"MEGASTRIDE_BLOCKSPARSE_DOTS_FIRST": "yes"}, "-c", "import megastride.kernels.blocksparse")
+    assert done.returncode != 0
+    assert "MEGASTRIDE_BLOCKSPARSE_DOTS_FIRST must be 0 or 1, got 'yes'" in done.stderr
 
 
 def test_dq_mode_rejects_unknown(monkeypatch):
