@@ -45,9 +45,12 @@ def _peak_of(call) -> float:
 
 @pytest.mark.parametrize("pattern, block, saved_per_element", [
     (P.fixed(4096, 128), 128, 0),  # one part: nothing read back, nothing saved
-    # the permuted part runs first; the local part, last, reads its fp32 sums and writes the final outputs
-    # apart: only the lse (4 bytes a row and head, under the tolerance) is saved
-    (P.strided(512), 64, 0),
+    # the permuted part runs first and (PARTIALS "output", the default) writes its partial gradients into
+    # dK and dV themselves, which the local part, last, reads and completes in place: its dK/dV trials save
+    # and restore those two bf16 tensors, 4 bytes per element (the planner's autotune_saved_bytes: 2 x
+    # compute bytes); its dQ trials save dQ alone (2 bytes), freed before the dK/dV launch. Under
+    # PARTIALS "fp32" the last part reads fp32 sums it does not write: nothing saved
+    (P.strided(512), 64, "dkdv"),
 ])
 def test_first_call_autotuning_saves_only_the_outputs_later_parts_add_to(monkeypatch, pattern, block, saved_per_element):
     """The first forward+backward at an untuned length (separate dQ; the model's fused q/k/v path,
@@ -59,6 +62,8 @@ def test_first_call_autotuning_saves_only_the_outputs_later_parts_add_to(monkeyp
     B = _blocksparse()
     n, heads, dim = 262144, 8, 64
     layout = P.build_layout(P.same_for_all_heads(pattern, heads), n, block, device="cuda")
+    if saved_per_element == "dkdv":
+        saved_per_element = 2 * 2 if B.partials_in_outputs(layout) else 0
     qkv = torch.randn(1, n, 3 * heads * dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     do = torch.randn(1, n, heads * dim, device="cuda", dtype=torch.bfloat16)
 
