@@ -56,6 +56,17 @@ def auto_memory_fraction(cfg: Config) -> float:
     return AUTO_MEMORY_FRACTION_OFFLOAD if offload else AUTO_MEMORY_FRACTION
 
 
+def auto_budget(cfg: Config, gpu_bytes: float) -> tuple[float, str]:
+    """(bytes, words) of what "auto" fits the planned first-step peak into on a GPU of ``gpu_bytes``: the
+    share ``auto_memory_fraction`` of it, or ``train.memory_budget_gb`` where that is less."""
+    fraction = auto_memory_fraction(cfg)
+    share = fraction * gpu_bytes
+    given = cfg.train.memory_budget_gb
+    if given is not None and given * GB < share:
+        return given * GB, f"train.memory_budget_gb={given:g}"
+    return share, f"{fraction:.0%} of {gpu_bytes / GB:.3g} GB"
+
+
 # ---------------------------------------------------------------------------------------------
 # Parameters and unmasked pairs
 # ---------------------------------------------------------------------------------------------
@@ -486,7 +497,8 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     ``runtime``: "deepspeed" (what ``megastride train`` runs) or "torch" (a plain fp32-weight loop
     with bf16 autocast and fused AdamW, what ``megastride bench scaling`` runs; ZeRO is ignored).
     ``gpu_bytes``: one GPU's memory, which ``train.checkpoint_blocks: auto`` and ``train.keep_attention: auto``
-    are fitted to (``choose_recompute`` within ``auto_memory_fraction`` of it); without it "auto" recomputes
+    are fitted to (``choose_recompute`` within ``auto_budget``: ``auto_memory_fraction`` of it, or
+    ``train.memory_budget_gb`` where that is less); without it "auto" recomputes
     every block and keeps no attention outputs, as on a CPU. ``Plan.checkpoint_blocks`` and
     ``Plan.keep_attention`` (the number of recomputed blocks that keep them) are what is in use
     (``with_resolved`` writes them into the config).
@@ -497,7 +509,7 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     auto_blocks = cfg.train.checkpoint_blocks == "auto" and cfg.train.checkpoint_activations
     auto_keep = cfg.train.keep_attention == "auto"
     if (auto_blocks or auto_keep) and gpu_bytes:
-        budget = auto_memory_fraction(cfg) * gpu_bytes
+        budget, _ = auto_budget(cfg, gpu_bytes)
         k, keep = choose_recompute(cfg, None, world_size, runtime, micro_batch, budget_bytes=budget)
         cfg = with_checkpoint_blocks(cfg, k if auto_blocks else cfg.train.checkpoint_blocks, keep)
     model, t = cfg.model, cfg.train
@@ -530,8 +542,8 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
         first_step_phase=first_phase, first_step=first.get(first_phase, {}),
     )
     if auto_blocks or (auto_keep and recomputed):
-        result.notes.append(_auto_note(result, auto_blocks, auto_keep, keep_attention_conflict(t), gpu_bytes,
-                                       auto_memory_fraction(cfg)))
+        result.notes.append(_auto_note(result, auto_blocks, auto_keep, keep_attention_conflict(t),
+                                       auto_budget(cfg, gpu_bytes) if gpu_bytes else None))
     return result
 
 
@@ -675,9 +687,9 @@ def _most_kept(fits, k: int, start: int) -> int | None:
     return None
 
 
-def _auto_note(p: Plan, blocks: bool, keep: bool, conflict: str | None, gpu_bytes: float | None,
-               fraction: float) -> str:
-    """What "auto" train.checkpoint_blocks (``blocks``) and train.keep_attention (``keep``) became, and why."""
+def _auto_note(p: Plan, blocks: bool, keep: bool, conflict: str | None, budget: tuple[float, str] | None) -> str:
+    """What "auto" train.checkpoint_blocks (``blocks``) and train.keep_attention (``keep``) became, and why
+    (``budget``: ``auto_budget``'s bytes and words; None without GPU memory to fit)."""
     keys = ", ".join(f"train.{key}=auto" for key, on in (("checkpoint_blocks", blocks), ("keep_attention", keep)) if on)
     head = f"{keys}: {p.checkpoint_blocks} of {p.n_layers} blocks recomputed"
     if keep or p.keep_attention:
@@ -686,12 +698,12 @@ def _auto_note(p: Plan, blocks: bool, keep: bool, conflict: str | None, gpu_byte
         head, keep = head + f" (not with {conflict})", False
         if not blocks:
             return head
-    if not gpu_bytes:
+    if budget is None:
         rule = ("the least recompute work that fits" if blocks and keep else "the fewest that fit" if blocks
                 else "kept where the plan with them fits")
         return head + f" (no GPU memory given to fit; on a GPU: {rule})"
-    share = f"{fraction:.0%} of {gpu_bytes / GB:.0f} GB"
-    if p.first_step_peak_bytes > fraction * gpu_bytes:
+    limit, share = budget
+    if p.first_step_peak_bytes > limit:
         return head + f"; even so the planned peak exceeds {share}"
     if blocks and keep:
         return head + f" (the least recompute work that fits {share})"

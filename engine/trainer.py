@@ -141,12 +141,12 @@ def plan_note(cfg: Config, world: int, gpu_bytes: float, p=None) -> str:
     t = cfg.train
     recompute = f"recompute {p.recompute}"
     if t.checkpoint_blocks == "auto" and t.checkpoint_activations:
-        share = planner.auto_memory_fraction(cfg)
-        fits = p.first_step_peak_bytes <= share * gpu_bytes
+        limit, share = planner.auto_budget(cfg, gpu_bytes)
+        fits = p.first_step_peak_bytes <= limit
         rule = ("the least recompute work that fits" if t.keep_attention == "auto" and not keep_attention_conflict(t)
                 else "the fewest that fit")
         recompute = (f"recompute {p.checkpoint_blocks} of {p.n_layers} blocks (train.checkpoint_blocks=auto: "
-                     f"{rule if fits else 'even so over'} {share:.0%} of it)")
+                     f"{rule if fits else 'even so over'} {share})")
     if p.keep_attention:  # e.g. "attention outputs kept in 21 of 30 recomputed blocks"
         recompute += (", " + planner.kept_words(p.keep_attention, p.checkpoint_blocks)
                       + (" (train.keep_attention=auto)" if t.keep_attention == "auto" else ""))

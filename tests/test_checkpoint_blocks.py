@@ -245,6 +245,38 @@ def test_auto_leaves_more_room_with_host_offload_or_a_chunked_ffn():
     assert "80% of" in planner.plan(host, 4096, gpu_bytes=gpu).notes[-1]
 
 
+def test_a_memory_budget_caps_what_auto_fits_into():
+    """train.memory_budget_gb bounds the planned peak "auto" fits below the GPU's own share: the same
+    GPU recomputes more blocks under a tighter budget, a budget above the share changes nothing, and the
+    notes (plan and trainer) name the budget that applied."""
+    from megastride.engine.trainer import plan_note
+
+    auto = _config(precision="bf16", checkpoint_blocks="auto", keep_attention=False)
+    peaks = [planner.plan(planner.with_checkpoint_blocks(auto, k), 4096).first_step_peak_bytes for k in range(LAYERS + 1)]
+    assert peaks[0] > peaks[LAYERS]
+    big_gpu = 10 * peaks[0] / planner.AUTO_MEMORY_FRACTION  # every plan fits its share: no block recomputed
+    assert planner.plan(auto, 4096, gpu_bytes=big_gpu).checkpoint_blocks == 0
+    k = next(k for k in range(1, LAYERS + 1) if peaks[k] < peaks[0])  # the fewest that lower the peak
+    capped = _config(precision="bf16", checkpoint_blocks="auto", keep_attention=False, memory_budget_gb=peaks[k] / 1e9)
+    p = planner.plan(capped, 4096, gpu_bytes=big_gpu)
+    assert p.checkpoint_blocks == k and p.first_step_peak_bytes <= peaks[k]
+    assert f"train.memory_budget_gb={peaks[k] / 1e9:g}" in p.notes[-1]
+    assert f"train.memory_budget_gb={peaks[k] / 1e9:g}" in plan_note(capped, 1, big_gpu, p)
+    loose = _config(precision="bf16", checkpoint_blocks="auto", keep_attention=False, memory_budget_gb=2 * big_gpu / 1e9)
+    assert planner.plan(loose, 4096, gpu_bytes=big_gpu).checkpoint_blocks == 0
+    assert "90% of" in planner.plan(loose, 4096, gpu_bytes=big_gpu).notes[-1]
+    tight = _config(precision="bf16", checkpoint_blocks="auto", keep_attention=False, memory_budget_gb=1e-9)  # nothing fits
+    p = planner.plan(tight, 4096, gpu_bytes=big_gpu)
+    assert p.checkpoint_blocks == LAYERS and "even so the planned peak exceeds train.memory_budget_gb=1e-09" in p.notes[-1]
+    assert planner.plan(capped, 4096).checkpoint_blocks == LAYERS  # no GPU: as on a CPU, budget or not
+
+
+@pytest.mark.parametrize("value", [0, -5, "sixty"])
+def test_memory_budget_rejects_what_is_not_a_positive_number(value):
+    with pytest.raises(ConfigError, match="train.memory_budget_gb"):
+        _config(memory_budget_gb=value)
+
+
 def test_trainer_note_and_plan_cli_show_the_blocks_recomputed(tmp_path, capsys):
     """The trainer's start line and `megastride plan` say how many blocks are recomputed; the CLI
     takes --set train.checkpoint_blocks=N and fits auto to --gpu-memory-gb."""
@@ -253,8 +285,9 @@ def test_trainer_note_and_plan_cli_show_the_blocks_recomputed(tmp_path, capsys):
 
     auto = _config(precision="bf16", checkpoint_blocks="auto", keep_attention=False)
     budget = planner.plan(planner.with_checkpoint_blocks(auto, 3)).peak_bytes
-    note = plan_note(auto, 1, budget / planner.AUTO_MEMORY_FRACTION)
-    assert "recompute 3 of 4 blocks (train.checkpoint_blocks=auto: the fewest that fit 90% of it)" in note
+    gpu = budget / planner.AUTO_MEMORY_FRACTION
+    note = plan_note(auto, 1, gpu)
+    assert f"recompute 3 of 4 blocks (train.checkpoint_blocks=auto: the fewest that fit 90% of {gpu / 1e9:.3g} GB)" in note
     assert "recompute every block" in plan_note(_config(), 1, 1e12)
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps({"model": _config().model.model_dump(mode="json")}))
