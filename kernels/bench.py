@@ -270,6 +270,10 @@ OUR_VARIANTS = {
     # a two-launch head's first part adds into fp32 sums beside the outputs (the default writes into the outputs)
     "fp32sums": {"MEGASTRIDE_BLOCKSPARSE_PARTIALS": "fp32"},
     "pointer": {"MEGASTRIDE_BLOCKSPARSE_TMA": "0"},  # full lists' tiles from pointer loads, not TMA boxes (use_tma_loads)
+    # split columns finished in the kernel by their last segment, no fp32 dK/dV fills or casts (split_finish);
+    # where the rule splits, and with columns in segments of 8 everywhere
+    "splitlast": {"MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH": "last"},
+    "split8last": {"MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH": "last", "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "8"},
 }
 
 
@@ -472,7 +476,7 @@ def environment() -> dict:
             "date": time.strftime("%Y-%m-%d"), "dtype": "bfloat16", "batch": 1,
             "dq_mode": B.dq_mode(), "dkdv_split": B.dkdv_split_setting(), "runs": B.use_runs(),
             "order": B.block_order(), "tma_loads": B.use_tma_loads(), "partials": B.partials_setting(),
-            "dots_first": bool(B.DOTS_FIRST)}
+            "dots_first": bool(B.DOTS_FIRST), "split_finish": B.split_finish()}
 
 
 def _fmt(x, digits=2) -> str:

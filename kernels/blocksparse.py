@@ -203,7 +203,7 @@ def _program_tile(pid, HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch
     return batch, head, csr, block, first, tl.load(MIN_OFF + hp), CODES + hp * (NCOMP * 4), slot
 
 
-_NO_SPECIALIZE = ["part_heads", "batch_heads", "num_blocks", "order_len", "perm_g", "perm_l", "BUCKET"]
+_NO_SPECIALIZE = ["part_heads", "batch_heads", "num_blocks", "order_len", "perm_g", "perm_l", "BUCKET", "ws_cols"]
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
@@ -406,7 +406,7 @@ def _dq_atomic(DQ, dq_desc, first_row, rows, offs_d, stride_dqt, dst, k, sm_scal
 
 @triton.jit
 def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                  FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len, FULL_RUNS,
+                  FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, SEG_COUNT, SEG_CIDX, WS, WS_CNT, ws_cols, order_len, FULL_RUNS,
                   stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                   stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                   stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
@@ -421,8 +421,12 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HE
     # program also adds dS @ K of each tile to an fp32 DQ with atomics (no separate dQ kernel): one per
     # element (1) or one TMA reduce per tile (2; natural order only, where a tile's rows are contiguous).
     # SPLIT: a program takes one segment of a column (ORDER = the segments' columns, heaviest first;
-    # SEG_LO/SEG_HI its range of full entries; SEG_FIRST whether it also takes the partial ones) and
-    # adds its dK/dV to fp32 DK/DV with atomics, so a long column is no longer one serial chain
+    # SEG_LO/SEG_HI its range of full entries; SEG_FIRST whether it also takes the partial ones), so a long
+    # column is no longer one serial chain. SPLIT 1 adds its dK/dV to fp32 DK/DV with atomics (cast after
+    # the launch); SPLIT 2 ("last" finish) writes a column of one segment as a whole column does, and a
+    # column of SEG_COUNT > 1 segments adds into its rows of the fp32 workspace WS (compact: SEG_CIDX of
+    # ws_cols such columns per batch x head), counts itself in WS_CNT, and the segment that counts last
+    # reads the sums, writes the final dK/dV and zeroes its rows and counter for the next launch
     batch, head, csr, col_block, first_col, min_off, codes, slot = _program_tile(
         pid, HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len, BLOCK, BLOCK_N, NCOMP)
     DQ += batch * stride_dqb + head * stride_dqh
@@ -488,20 +492,41 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HE
     dk_offs = batch * stride_dkb + head * stride_dkh + cols[:, None] * stride_dkt + offs_d[None, :]
     dv_offs = batch * stride_dvb + head * stride_dvh + cols[:, None] * stride_dvt + offs_d[None, :]
     dk = dk * sm_scale
-    if SPLIT:  # other segments of this column (and other parts of this head) add to the same rows
+    if SPLIT == 1:  # other segments of this column (and other parts of this head) add to the same rows
         tl.atomic_add(DK + dk_offs, dk, sem="relaxed")
         tl.atomic_add(DV + dv_offs, dv, sem="relaxed")
     else:
-        if LOAD_PREV:  # the earlier parts' sums (DK_PREV, DV_PREV: DK and DV, or fp32 beside a last part's)
-            dk += tl.load(DK_PREV + dk_offs).to(tl.float32)
-            dv += tl.load(DV_PREV + dv_offs).to(tl.float32)
-        tl.store(DK + dk_offs, dk.to(DK.dtype.element_ty))
-        tl.store(DV + dv_offs, dv.to(DV.dtype.element_ty))
+        write = True
+        if SPLIT == 2:
+            segments = tl.load(SEG_COUNT + slot)  # 0: a padding slot, which writes nothing
+            write = segments == 1
+            if segments > 1:
+                # this key tile's rows of the workspace: dK sums, then (ws_rows on) the dV sums
+                unit = ((pid % batch_heads).to(tl.int64) * ws_cols + tl.load(SEG_CIDX + slot)) * BLOCK + first_col % BLOCK
+                ws_rows = batch_heads.to(tl.int64) * ws_cols * BLOCK
+                ws_offs = (unit + tl.arange(0, BLOCK_N))[:, None] * HEAD_DIM + offs_d[None, :]
+                tl.atomic_add(WS + ws_offs, dk, sem="relaxed")
+                tl.atomic_add(WS + ws_rows * HEAD_DIM + ws_offs, dv, sem="release")
+                tl.debug_barrier()  # every thread's sums are in before the count
+                write = tl.atomic_add(WS_CNT + unit, 1, sem="acq_rel") == segments - 1
+                if write:  # the last segment: every other one's sums are in; read them from L2
+                    dk = tl.load(WS + ws_offs, cache_modifier=".cg")
+                    dv = tl.load(WS + ws_rows * HEAD_DIM + ws_offs, cache_modifier=".cg")
+                    zero = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+                    tl.store(WS + ws_offs, zero)
+                    tl.store(WS + ws_rows * HEAD_DIM + ws_offs, zero)
+                    tl.store(WS_CNT + unit, 0)
+        if write:
+            if LOAD_PREV:  # the earlier parts' sums (DK_PREV, DV_PREV: DK and DV, or fp32 beside a last part's)
+                dk += tl.load(DK_PREV + dk_offs).to(tl.float32)
+                dv += tl.load(DV_PREV + dv_offs).to(tl.float32)
+            tl.store(DK + dk_offs, dk.to(DK.dtype.element_ty))
+            tl.store(DV + dv_offs, dv.to(DV.dtype.element_ty))
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                     FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len, FULL_RUNS,
+                     FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, SEG_COUNT, SEG_CIDX, WS, WS_CNT, ws_cols, order_len, FULL_RUNS,
                      stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                      stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                      stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
@@ -511,7 +536,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEAD
                      FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, RUNS: tl.constexpr, DESC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     _dkdv_program(tl.program_id(0), Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                  FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len, FULL_RUNS,
+                  FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, SEG_COUNT, SEG_CIDX, WS, WS_CNT, ws_cols, order_len, FULL_RUNS,
                   stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                   stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                   stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
@@ -522,7 +547,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEAD
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                       FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len, FULL_RUNS,
+                       FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, SEG_COUNT, SEG_CIDX, WS, WS_CNT, ws_cols, order_len, FULL_RUNS,
                        ROW_FULL_PTR, ROW_FULL_IDX, ROW_PART_PTR, ROW_PART_IDX, ROW_ORDER, ROW_FULL_RUNS,
                        stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                        stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
@@ -539,7 +564,7 @@ def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, DQ_PREV, LSE, 
     dkdv_programs = order_len * (BLOCK // BLOCK_N) * batch_heads
     if pid < dkdv_programs:
         _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                      FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, order_len, FULL_RUNS,
+                      FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, SEG_COUNT, SEG_CIDX, WS, WS_CNT, ws_cols, order_len, FULL_RUNS,
                       stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                       stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                       stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
@@ -657,7 +682,9 @@ def _read_back(kernel: str, nargs: dict) -> list[str]:
         return in_place("O") + (["LSE"] if prev else [])
     if kernel == "dq":
         return in_place("DQ")
-    kv = ["DK", "DV"] if nargs.get("SPLIT") else in_place("DK", "DV")
+    # split columns' atomics add into DK and DV themselves ("cast"); the "last" finish writes them as whole
+    # columns do, its workspace left zero by every complete launch
+    kv = ["DK", "DV"] if nargs.get("SPLIT") == 1 else in_place("DK", "DV")
     if kernel == "dkdv":
         return kv + (["DQ"] if nargs.get("FUSED_DQ") else [])
     return kv + in_place("DQ")  # merged: its dQ programs add to earlier parts' like the dq kernel
@@ -715,6 +742,9 @@ AUTO_LONG_S = 0.25
 DKDV_SPLIT = "auto"
 SPLIT_SEGMENT = 8
 SPLIT_RATIO = 2.5
+# how split columns are completed: split_finish
+SPLIT_FINISH = "cast"
+SPLIT_FINISHES = ("cast", "last")
 # where a head is merged from two launches, the first one's partial results go into the "output" tensors
 # themselves, in the inputs' dtype, or to "fp32" sums beside them (see partials_in_outputs)
 PARTIALS = "output"
@@ -786,6 +816,9 @@ class _PartMeta:
     full_per_row: float  # mean full blocks in a row's list (over the part's CSRs): tiles a program walks
     # built on demand: ("segments", S, order, chunk) -> column segments, ("order", order, chunk, side) -> order
     extra: dict = field(default_factory=dict)
+    # split columns' "last" finish: (segments key, batch, head dim) -> (fp32 sums, int32 counters), zero
+    # between launches (the last segment of each column zeroes its rows); not metadata
+    workspaces: dict = field(default_factory=dict)
 
     @property
     def permuted(self) -> bool:
@@ -899,7 +932,10 @@ def _column_segments(lists: dict[str, torch.Tensor], num_blocks: int, seg_len: i
     (ncsr, S) arrays of each segment's column, full-entry range and whether it also takes the
     column's partial entries (its first segment does), in ``mode``'s order (``_work_order`` by their
     columns: "lpt" longest first); rows shorter than S padded with empty segments (column 0, empty
-    range, no partial entries: they add zeros)."""
+    range, no partial entries: they add zeros). For the "last" finish (``split_finish``) also each
+    segment's column's number of segments (``seg_count``; 0 in the padding) and, where that is more than
+    one, the column's index among such columns of its CSR (``seg_cidx``), and ``ws_cols`` (one element:
+    the most such columns in a CSR, the workspace's columns per batch x head)."""
     full_ptr = lists["col_full_ptr"].long().view(-1, num_blocks + 1)
     part_n = lists["col_part_ptr"].long().view(-1, num_blocks + 1).diff(dim=1)
     rows = []
@@ -911,16 +947,35 @@ def _column_segments(lists: dict[str, torch.Tensor], num_blocks: int, seg_len: i
         lo = ptr[col] + j * seg_len
         hi = torch.minimum(lo + seg_len, ptr[col + 1])
         first = (j == 0).long()
+        multi = nseg > 1
+        cidx = torch.where(multi, multi.long().cumsum(0) - 1, torch.zeros_like(nseg))
         order = _work_order((hi - lo) + first * parts[col], col, mode)
-        rows.append([t[order] for t in (col, lo, hi, first)])
+        rows.append([t[order] for t in (col, lo, hi, first, nseg[col], cidx[col])] + [int(multi.sum())])
     width = max(r[0].numel() for r in rows)
     out = {}
-    for k, name in enumerate(("seg_col", "seg_lo", "seg_hi", "seg_first")):
+    for k, name in enumerate(("seg_col", "seg_lo", "seg_hi", "seg_first", "seg_count", "seg_cidx")):
         table = torch.zeros((len(rows), width), dtype=torch.int64, device=full_ptr.device)
         for i, r in enumerate(rows):
             table[i, : r[k].numel()] = r[k]
         out[name] = table.to(torch.int32).contiguous()
+    out["ws_cols"] = torch.tensor([max(r[-1] for r in rows)], dtype=torch.int32)
     return out
+
+
+def _split_workspace(meta: _PartMeta, key: tuple, batch: int, head_dim: int, block: int,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(fp32 sums, int32 counters, columns per batch x head) for the "last" finish of split columns under
+    segments ``key``: dK then dV sums for the part's batch x heads x multi-segment columns x block rows,
+    one counter per row (a key tile's first row counts its segments), zeroed once and kept zero by the
+    launches themselves, so no launch clears or casts them."""
+    cols = int(meta.extra[key]["ws_cols"][0])
+    wkey = (key, batch, head_dim)
+    if wkey not in meta.workspaces:
+        rows = batch * meta.heads.numel() * max(cols, 1) * block
+        meta.workspaces[wkey] = (torch.zeros((2, rows, head_dim), dtype=torch.float32, device=device),
+                                 torch.zeros(rows, dtype=torch.int32, device=device))
+    ws, counts = meta.workspaces[wkey]
+    return ws, counts, cols
 
 
 def _part_meta(part: LayoutPart, n: int, device: torch.device) -> _PartMeta:
@@ -1179,6 +1234,22 @@ def columns_split(work: tuple[int, int] | None, batch: int = 1, sms: int | None 
     return SPLIT_SEGMENT if longest * sms >= SPLIT_RATIO * total * batch else 0
 
 
+def split_finish() -> str:
+    """How split dK/dV columns (``dkdv_split``) are completed: "cast" (every segment adds into fp32 dK and dV
+    with atomics; zeroed before the launch, cast to the inputs' dtype after it: two fills and two casts of
+    the whole gradients) or "last" (a column of one segment writes its rows as a whole column does; the
+    segments of a longer column add into a small fp32 workspace of such columns and count themselves, and
+    the last to count writes the final rows and zeroes its share of the workspace: no fills or casts).
+    ``SPLIT_FINISH``, or ``MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH`` where set. "last" is checked against the
+    reference under the interpreter only: not yet run or timed on a GPU, so "cast" stays the default.
+    The workspace is the layout's: two backward passes of one layout must not run at once on different
+    streams under "last"."""
+    mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH", SPLIT_FINISH)
+    if mode not in SPLIT_FINISHES:
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH must be one of {', '.join(SPLIT_FINISHES)}; got {mode!r}")
+    return mode
+
+
 def partials_in_outputs(layout: Layout) -> bool:
     """Whether the first launch of a head merged from two (``Layout.two_launch_merge``: the strided pattern)
     writes its partial output and gradients into the output tensors themselves, in the inputs' dtype, for
@@ -1280,9 +1351,10 @@ def _timing_possible(q: torch.Tensor) -> bool:
 
 def auto_mode_key(shape, dtype) -> tuple:
     """Key of "auto"'s choice in a layout's kernel cache for inputs of ``shape`` and ``dtype``, under the
-    switches in force (split columns, block order, tile loads, partials): one choice per combination."""
+    switches in force (split columns and their finish, block order, tile loads, partials): one choice per
+    combination."""
     return ("dq_mode", tuple(shape), dtype, dkdv_split_setting(), block_order(), ORDER_CHUNK, use_tma_loads(),
-            partials_setting())
+            partials_setting(), split_finish())
 
 
 def _auto_mode(layout: Layout, q: torch.Tensor, run) -> str:
@@ -1363,7 +1435,11 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
     # each into (B, T, D) order first); (B, H, T, D) for contiguous inputs, whose leaves' AccumulateGrad
     # would otherwise copy each gradient into their layout (1.4% of a 1M-token forward+backward, H200)
     finals = list(into) if into is not None else [_grad_like(q, q.dtype, _empty) for _ in range(3)]
-    atomic = (fused, split, split)
+    # split columns add into fp32 dK/dV with atomics, cast after the launches ("cast"), or finish in the
+    # kernel ("last": their gradients then go where whole columns' do)
+    finish = split_finish() if split else None
+    cast = finish == "cast"
+    atomic = (fused, cast, cast)
 
     def sums(i):
         """Where gradient i accumulates: atomic dQ / split columns: every part and segment adds into one
@@ -1400,9 +1476,15 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
                 meta.extra[key] = _column_segments(lists, layout.num_blocks, split, block_order())
             seg = meta.extra[key]
             order, seg_lo, seg_hi, seg_first = seg["seg_col"], seg["seg_lo"], seg["seg_hi"], seg["seg_first"]
+            seg_count, seg_cidx = seg["seg_count"], seg["seg_cidx"]
+            if finish == "last":
+                ws, ws_cnt, ws_cols = _split_workspace(meta, key, batch, head_dim, layout.block, q.device)
+            else:
+                ws, ws_cnt, ws_cols = lse, order, 0  # not read
         else:
             order = _side_order(meta, "col")
-            seg_lo = seg_hi = seg_first = order  # not read
+            seg_lo = seg_hi = seg_first = seg_count = seg_cidx = ws_cnt = order  # not read
+            ws, ws_cols = lse, 0
         order_len = order.shape[1]
         # merged: one RUNS for both sides, so runs only where both sides have them
         col_runs = col_runs if not merged or row_runs is not None else None
@@ -1410,10 +1492,11 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
         outputs = (dk, dv, dk_sum, dv_sum, dq) + ((dq_sum,) if merged else ())
         columns = (q, k, v, do, *outputs, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
                    lists["col_full_ptr"], lists["col_full_idx"], lists["col_part_ptr"], lists["col_part_idx"], order,
-                   seg_lo, seg_hi, seg_first, order_len, lists["col_full_idx"] if col_runs is None else col_runs)
+                   seg_lo, seg_hi, seg_first, seg_count, seg_cidx, ws, ws_cnt, ws_cols, order_len,
+                   lists["col_full_idx"] if col_runs is None else col_runs)
         strides = (*_strides(q, k, v, do, dk, dv, dq), lse.stride(0), lse.stride(1), *common)
         bh = batch * len(part.heads)
-        consts = {**consts, "SPLIT": split > 0, "RUNS": col_runs is not None}
+        consts = {**consts, "SPLIT": (2 if finish == "last" else 1) if split else 0, "RUNS": col_runs is not None}
         if merged:  # the dK/dV programs, then the dQ programs over the row lists, in one launch
             rows = (lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
                     _side_order(meta, "row"), lists["row_full_idx"] if col_runs is None else row_runs)

@@ -30,9 +30,9 @@ from triton.compiler import ASTSource
 from . import blocksparse as bs
 
 _INDEX_ARRAYS = {"HEADS", "HEAD_CSR", "MIN_OFF", "CODES", "FULL_PTR", "FULL_IDX", "PART_PTR", "PART_IDX", "ORDER",
-                 "SEG_LO", "SEG_HI", "SEG_FIRST", "ROW_FULL_PTR", "ROW_FULL_IDX", "ROW_PART_PTR", "ROW_PART_IDX",
+                 "SEG_LO", "SEG_HI", "SEG_FIRST", "SEG_COUNT", "SEG_CIDX", "WS_CNT", "ROW_FULL_PTR", "ROW_FULL_IDX", "ROW_PART_PTR", "ROW_PART_IDX",
                  "ROW_ORDER", "FULL_RUNS", "ROW_FULL_RUNS"}
-_FP32_ARRAYS = {"LSE", "DELTA"}
+_FP32_ARRAYS = {"LSE", "DELTA", "WS"}
 _FLOATS = {"qk_scale", "sm_scale"}
 
 
@@ -102,18 +102,20 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
             out.append(Variant(f"dQ {tag} {m}x{n} w{w} s{st}", bs._bwd_dq_kernel,
                                dict(common, BLOCK_M=m, BLOCK_N=n), acc & {"DQ_PREV"}, w, st))
         # dQ separate (0), atomic: one atomic per element (1) or one TMA reduce per tile (2, natural order only)
-        for split, fused in itertools.product((False, True), (0, 1) if permuted else (0, 1, 2)):
+        # columns whole (0), split with the "cast" finish (1) or the "last" one (2)
+        for split, fused in itertools.product((0, 1, 2), (0, 1) if permuted else (0, 1, 2)):
             kind = ("separate", "atomic", "atomic TMA")[fused]
-            mode = f"dQ {kind}, {'split' if split else 'whole'} columns"
-            fp32 = (acc & {"DK_PREV", "DV_PREV"}) | ({"DQ"} if fused else set()) | (_SPLIT_FP32 if split else set())
+            mode = f"dQ {kind}, {('whole', 'split', 'split, last finish')[split]} columns"
+            fp32 = (acc & {"DK_PREV", "DV_PREV"}) | ({"DQ"} if fused else set()) | (_SPLIT_FP32 if split == 1 else set())
             for m, n, w, st in tiles(bs._DKDV_TILES):
                 out.append(Variant(f"dK/dV {tag}, {mode} {m}x{n} w{w} s{st}", bs._bwd_dkdv_kernel,
                                    dict(common, FUSED_DQ=fused, SPLIT=split, BLOCK_M=m, BLOCK_N=n), fp32, w, st))
-        for split in (False, True):  # DQ_MODE "merged": dK/dV and dQ programs in one launch
-            fp32 = (acc & {"DQ_PREV", "DK_PREV", "DV_PREV"}) | (_SPLIT_FP32 if split else set())
+        for split in (0, 1, 2):  # DQ_MODE "merged": dK/dV and dQ programs in one launch
+            fp32 = (acc & {"DQ_PREV", "DK_PREV", "DV_PREV"}) | (_SPLIT_FP32 if split == 1 else set())
             chosen = bs.tile_list(bs._MERGED_TILES, block, head_dim, bs._MERGED_NAMES)
             for m, n, qm, qn, w, st in chosen if every_config else chosen[:1]:
-                out.append(Variant(f"merged {tag}, {'split' if split else 'whole'} columns {m}x{n}+{qm}x{qn} w{w} s{st}",
+                out.append(Variant(f"merged {tag}, {('whole', 'split', 'split, last finish')[split]} columns "
+                                   f"{m}x{n}+{qm}x{qn} w{w} s{st}",
                                    bs._bwd_merged_kernel, dict(common, SPLIT=split, BLOCK_M=m, BLOCK_N=n, DQ_M=qm, DQ_N=qn),
                                    fp32, w, st))
     return out

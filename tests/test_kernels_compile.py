@@ -21,11 +21,13 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 def test_kernels_compile_for_sm90():
     """The default training path (forward, dQ, dK/dV on a natural part), the dK/dV variant with
     every option (permuted merging part, atomic dQ, split columns), the atomic dQ's TMA reduce (natural
-    part; the interpreter cannot run it) and the merged backward's."""
+    part; the interpreter cannot run it) and the merged backward's; split columns' "last" finish (its
+    release/acquire count and L2 reads) in dK/dV and merged."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     only = ["forward natural", "dQ natural", "dK/dV natural, dQ separate, whole columns",
             "dK/dV permuted, merging, dQ atomic, split columns", "dK/dV natural, dQ atomic TMA, whole columns",
-            "merged permuted, merging, split columns"]
+            "merged permuted, merging, split columns",
+            "dK/dV permuted, merging, dQ atomic, split, last finish columns", "merged natural, split, last finish columns"]
     proc = subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", *(f"--only={o}" for o in only)],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

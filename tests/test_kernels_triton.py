@@ -290,6 +290,61 @@ def test_split_columns_match_reference(name, split, dq, monkeypatch):
     _run_case(SPLIT_CASES[name], monkeypatch, seed=9)
 
 
+@pytest.mark.parametrize("name,split,dq", [("fixed_full_summary", 2, "separate"), ("merged_local_strided", 2, "atomic"),
+                                           ("multi_head_full", 2, "merged"), ("multi_head_full", 1, "separate")])
+def test_split_columns_last_finish_matches_reference_twice_and_leaves_its_workspace_zero(name, split, dq, monkeypatch):
+    """The "last" finish: columns of one segment written whole, longer ones summed in the workspace and
+    written by their last segment, which zeroes its share: the reference's gradients on two backward
+    passes of one layout (the second reuses the workspace), the workspace zero after each."""
+    make, n, block, heads, head_dim, dtype, batch = SPLIT_CASES[name]
+    pattern = P.same_for_all_heads(p, heads) if isinstance(p := make(heads), P.HeadPattern) else p
+    layout = P.build_layout(pattern, n, block)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", str(split))
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH", "last")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", dq)
+    monkeypatch.setattr(blocksparse, "POISON", True)
+    for seed in (3, 4):
+        q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, seed)
+        got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
+        low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)
+        exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))
+        _check_three_way(got, low, exact, dtype, f"{name} split {split} last finish, pass {seed - 2}")
+        spaces = [w for part in layout.parts for meta in part.kernel_cache.values() for w in meta.workspaces.values()]
+        assert spaces, "no workspace: no column had more than one segment"
+        assert all(not ws.any() and not counts.any() for ws, counts in spaces)
+
+
+def test_split_finish_rejects_unknown(monkeypatch):
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH", "atomic")
+    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH must be one of cast, last; got 'atomic'"):
+        blocksparse.split_finish()
+
+
+def test_column_segments_count_each_columns_segments_and_index_the_long_ones():
+    """seg_count: the number of segments of each segment's column (0 in the padding); seg_cidx: one index per
+    column of more than one segment, 0 .. (such columns in the CSR) - 1, within ws_cols."""
+    layout = P.build_layout(P.multi_head([P.fixed(64, 32), P.local(100), P.strided(16)], 3), 256, 16)
+    widths = []
+    for part in layout.parts:
+        meta = blocksparse._part_meta(part, 256, torch.device("cpu"))
+        seg = blocksparse._column_segments(meta.lists, layout.num_blocks, 2)
+        ws_cols = int(seg["ws_cols"][0])
+        for c in range(seg["seg_col"].shape[0]):
+            cols, counts, cidx = (seg[k][c].tolist() for k in ("seg_col", "seg_count", "seg_cidx"))
+            real = [(col, cnt, ci) for col, cnt, ci in zip(cols, counts, cidx) if cnt]
+            assert all(cnt == 0 for cnt in counts[len(real):])  # padding comes last
+            per_column = {}
+            for col, cnt, ci in real:
+                per_column.setdefault(col, []).append((cnt, ci))
+            for col, entries in per_column.items():
+                assert all(cnt == len(entries) for cnt, _ in entries)  # the column's own count
+                assert len({ci for _, ci in entries}) == 1
+            long_ones = sorted(entries[0][1] for entries in per_column.values() if len(entries) > 1)
+            assert long_ones == list(range(len(long_ones))) and len(long_ones) <= ws_cols
+        widths.append(ws_cols)
+    assert max(widths) > 0  # some part has columns of more than one segment
+
+
 def test_column_segments_cover_each_column_once():
     """Every full entry of every column lies in exactly one segment; one segment per column takes
     its partial entries; segments are in descending work; padding adds nothing."""
