@@ -198,3 +198,26 @@ def test_strided_block_is_128_where_groups_fill_it_or_the_band_is_wide(n, stride
     from megastride.kernels.bench import strided_block
 
     assert strided_block(n, stride) == block
+
+
+def test_the_kernel_ab_script_names_peers_and_tiles_the_benches_take():
+    """launch/h200_kernel_ab.sh (one device call of kernel comparisons): every --peers it passes is a
+    known peer and every --tiles config parses for its --kernel at the 1M layout's block and head dim; the
+    script is valid bash."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    from megastride.kernels.tile_sweep import configs_for
+    from megastride.launch.bench_attention import _peers
+
+    script = Path(__file__).resolve().parents[1] / "launch" / "h200_kernel_ab.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text().replace("\\\n", " ")
+    peers = re.findall(r"--peers (\S+)", text)
+    assert peers and all(_peers(p) for p in peers)
+    tiles = re.findall(r"--kernel (\w+) .*?--tiles (\S+)", text)
+    assert len(tiles) == 2
+    for kernel, spec in tiles:
+        configs = configs_for(kernel, spec, 128, 64)
+        assert len(configs) >= len(spec.split(",")) - 1
