@@ -272,22 +272,15 @@ def test_split_columns_last_finish_matches_the_cast_finish_eager_and_replayed(he
     for name, a, b in zip(["dq", "dk", "dv"], results["cast"], results["last"]):
         assert ((a.float() - b.float()).abs() <= 2 * eps * a.float().abs() + 1e-3).all(), name
     # replays of one captured step, inputs changed in place between them: as eager calls of the same inputs
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    for t in leaves:
-        t.grad = None
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        B.blocksparse_attention(*leaves, layout).backward(do)
+    from megastride.kernels.bench import _graphed
+
+    replay = _graphed(lambda: B.blocksparse_attention(*leaves, layout).backward(do), leaves)
     captured = [t.grad for t in leaves]
     for seed in (6, 7):
         with torch.no_grad():
             for t in leaves:
                 t.copy_(torch.randn(t.shape, device="cuda", generator=gen.manual_seed(seed)).to(t.dtype))
-        graph.replay()
+        replay()
         replayed = [g.clone() for g in captured]
         eager = [g.clone() for g in step()]
         for name, a, b in zip(["dq", "dk", "dv"], eager, replayed):
