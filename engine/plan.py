@@ -56,6 +56,12 @@ def auto_memory_fraction(cfg: Config) -> float:
     return AUTO_MEMORY_FRACTION_OFFLOAD if offload else AUTO_MEMORY_FRACTION
 
 
+def gb_words(nbytes: float) -> str:
+    """A memory size in GB for a line of text: whole GB from 10 on, three significant digits below."""
+    gb = nbytes / GB
+    return f"{gb:.0f} GB" if gb >= 10 else f"{gb:.3g} GB"
+
+
 def auto_budget(cfg: Config, gpu_bytes: float) -> tuple[float, str]:
     """(bytes, words) of what "auto" fits the planned first-step peak into on a GPU of ``gpu_bytes``: the
     share ``auto_memory_fraction`` of it, or ``train.memory_budget_gb`` where that is less."""
@@ -64,7 +70,7 @@ def auto_budget(cfg: Config, gpu_bytes: float) -> tuple[float, str]:
     given = cfg.train.memory_budget_gb
     if given is not None and given * GB < share:
         return given * GB, f"train.memory_budget_gb={given:g}"
-    return share, f"{fraction:.0%} of {gpu_bytes / GB:.3g} GB"
+    return share, f"{fraction:.0%} of {gb_words(gpu_bytes)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,7 +491,7 @@ class Plan:
                      f"{self.flops / (0.45 * H200_PEAK_FLOPS):.3f} s/step")
         if gpu_bytes:
             verdict = "fits" if self.fits(gpu_bytes) else "does NOT fit"
-            lines.append(f"{verdict} in {gpu_bytes / GB:.0f} GB ({self.first_step_peak_bytes / gpu_bytes:.0%} used)")
+            lines.append(f"{verdict} in {gb_words(gpu_bytes)} ({self.first_step_peak_bytes / gpu_bytes:.0%} used)")
         if host_bytes and self.host_bytes:
             verdict = "fits" if self.host_bytes <= host_bytes else "does NOT fit"
             lines.append(f"host memory {verdict} in this rank's {host_bytes / GB:.0f} GB "

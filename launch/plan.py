@@ -4,8 +4,8 @@
     megastride plan configs/enwik8.yaml --set train.zero_stage=2 --set train.offload_optimizer=true --json
     megastride plan configs/enwik8.yaml --seq-len 262144 --runtime torch --set train.checkpoint_blocks=auto
 
-Exit status 0 if the plan fits in --gpu-memory-gb (and its host memory in --host-memory-gb shared by
---gpus-per-node ranks), 1 if it does not, 2 for a user error.
+Exit status 0 if the plan fits in --gpu-memory-gb, or in train.memory_budget_gb where that is less (and its
+host memory in --host-memory-gb shared by --gpus-per-node ranks), 1 if it does not, 2 for a user error.
 """
 
 from __future__ import annotations
@@ -59,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
 
     node_bytes = args.host_memory_gb * 1e9 if args.host_memory_gb is not None else None
     host_bytes = host_share_bytes(args.gpus_per_node or min(args.world_size, 8), node_bytes)
-    print(result.json() if args.json else result.table(gpu_bytes, host_bytes))
-    return 0 if result.fits(gpu_bytes, host_bytes) else 1
+    budget = cfg.train.memory_budget_gb  # a job held to less than the GPU: judged against that
+    limit = min(gpu_bytes, budget * 1e9) if budget is not None else gpu_bytes
+    print(result.json() if args.json else result.table(limit, host_bytes))
+    return 0 if result.fits(limit, host_bytes) else 1
 
 
 if __name__ == "__main__":

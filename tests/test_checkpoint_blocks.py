@@ -271,6 +271,20 @@ def test_a_memory_budget_caps_what_auto_fits_into():
     assert planner.plan(capped, 4096).checkpoint_blocks == LAYERS  # no GPU: as on a CPU, budget or not
 
 
+def test_plan_cli_judges_a_memory_budget_below_the_gpu(tmp_path, capsys):
+    """`megastride plan` exits 1 where the plan fits the GPU but not train.memory_budget_gb, and says so."""
+    from megastride.launch.plan import main as plan_main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps({"model": _config().model.model_dump(mode="json")}))
+    peak = planner.plan(_config()).first_step_peak_bytes
+    assert plan_main([str(path), "--gpu-memory-gb", "141"]) == 0
+    assert "fits in 141 GB" in capsys.readouterr().out
+    below = f"{peak / 1e9 / 2!r}"
+    assert plan_main([str(path), "--gpu-memory-gb", "141", "--set", f"train.memory_budget_gb={below}"]) == 1
+    assert f"does NOT fit in {planner.gb_words(peak / 2)}" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("value", [0, -5, "sixty"])
 def test_memory_budget_rejects_what_is_not_a_positive_number(value):
     with pytest.raises(ConfigError, match="train.memory_budget_gb"):
@@ -287,7 +301,7 @@ def test_trainer_note_and_plan_cli_show_the_blocks_recomputed(tmp_path, capsys):
     budget = planner.plan(planner.with_checkpoint_blocks(auto, 3)).peak_bytes
     gpu = budget / planner.AUTO_MEMORY_FRACTION
     note = plan_note(auto, 1, gpu)
-    assert f"recompute 3 of 4 blocks (train.checkpoint_blocks=auto: the fewest that fit 90% of {gpu / 1e9:.3g} GB)" in note
+    assert f"recompute 3 of 4 blocks (train.checkpoint_blocks=auto: the fewest that fit 90% of {planner.gb_words(gpu)})" in note
     assert "recompute every block" in plan_note(_config(), 1, 1e12)
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps({"model": _config().model.model_dump(mode="json")}))
@@ -493,7 +507,7 @@ def test_the_resolved_keep_reaches_the_model(tmp_path, capsys):
     roomy = _config(precision="bf16", checkpoint_blocks=2)
     note = plan_note(roomy, 1, 1e12)
     assert "recompute 2 of 4 blocks, attention outputs kept (train.keep_attention=auto)" in note
-    assert "the least recompute work that fits 90% of it" in plan_note(auto, 1, 1e12)
+    assert "the least recompute work that fits 90% of 1000 GB" in plan_note(auto, 1, 1e12)
     from megastride.launch.plan import main as plan_main
 
     path = tmp_path / "c.yaml"
