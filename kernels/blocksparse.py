@@ -406,7 +406,8 @@ def _dq_atomic(DQ, dq_desc, first_row, rows, offs_d, stride_dqt, dst, k, sm_scal
 
 @triton.jit
 def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                  FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, SEG_COUNT, SEG_CIDX, WS, WS_CNT, ws_cols, order_len, FULL_RUNS,
+                  FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST,
+                  SEG_COUNT, SEG_CIDX, WS, WS_CNT, ws_cols, order_len, FULL_RUNS,
                   stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                   stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                   stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
@@ -502,7 +503,8 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HE
             write = segments == 1
             if segments > 1:
                 # this key tile's rows of the workspace: dK sums, then (ws_rows on) the dV sums
-                unit = ((pid % batch_heads).to(tl.int64) * ws_cols + tl.load(SEG_CIDX + slot)) * BLOCK + first_col % BLOCK
+                column = (pid % batch_heads).to(tl.int64) * ws_cols + tl.load(SEG_CIDX + slot)
+                unit = column * BLOCK + first_col % BLOCK
                 ws_rows = batch_heads.to(tl.int64) * ws_cols * BLOCK
                 ws_offs = (unit + tl.arange(0, BLOCK_N))[:, None] * HEAD_DIM + offs_d[None, :]
                 tl.atomic_add(WS + ws_offs, dk, sem="relaxed")
@@ -526,7 +528,8 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HE
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                     FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, SEG_COUNT, SEG_CIDX, WS, WS_CNT, ws_cols, order_len, FULL_RUNS,
+                     FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST,
+                     SEG_COUNT, SEG_CIDX, WS, WS_CNT, ws_cols, order_len, FULL_RUNS,
                      stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                      stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                      stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
@@ -536,7 +539,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEAD
                      FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, RUNS: tl.constexpr, DESC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     _dkdv_program(tl.program_id(0), Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                  FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, SEG_COUNT, SEG_CIDX, WS, WS_CNT, ws_cols, order_len, FULL_RUNS,
+                  FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST,
+                  SEG_COUNT, SEG_CIDX, WS, WS_CNT, ws_cols, order_len, FULL_RUNS,
                   stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                   stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                   stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
@@ -547,7 +551,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEAD
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                       FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, SEG_COUNT, SEG_CIDX, WS, WS_CNT, ws_cols, order_len, FULL_RUNS,
+                       FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST,
+                       SEG_COUNT, SEG_CIDX, WS, WS_CNT, ws_cols, order_len, FULL_RUNS,
                        ROW_FULL_PTR, ROW_FULL_IDX, ROW_PART_PTR, ROW_PART_IDX, ROW_ORDER, ROW_FULL_RUNS,
                        stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                        stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
@@ -564,7 +569,8 @@ def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, DQ_PREV, LSE, 
     dkdv_programs = order_len * (BLOCK // BLOCK_N) * batch_heads
     if pid < dkdv_programs:
         _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                      FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, SEG_COUNT, SEG_CIDX, WS, WS_CNT, ws_cols, order_len, FULL_RUNS,
+                      FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST,
+                      SEG_COUNT, SEG_CIDX, WS, WS_CNT, ws_cols, order_len, FULL_RUNS,
                       stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                       stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                       stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
@@ -1246,7 +1252,8 @@ def split_finish() -> str:
     streams under "last"."""
     mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH", SPLIT_FINISH)
     if mode not in SPLIT_FINISHES:
-        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH must be one of {', '.join(SPLIT_FINISHES)}; got {mode!r}")
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH must be one of {', '.join(SPLIT_FINISHES)}; "
+                         f"got {mode!r}")
     return mode
 
 
