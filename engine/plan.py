@@ -307,12 +307,6 @@ def _attention_width(model: ModelConfig) -> int:
     return max(model.qk_width, model.d_model) // model.n_heads * model.n_heads
 
 
-def _split_finish() -> str:
-    from megastride.kernels import blocksparse
-
-    return blocksparse.split_finish()
-
-
 def splits_columns(model: ModelConfig, seq_len: int, batch: int, sms: int = PLAN_SMS) -> bool:
     """Whether some sparse layer's backward splits its dK/dV columns (kernels.blocksparse ``columns_split``, the
     rule of ``dkdv_split``, on a GPU of ``sms`` streaming multiprocessors): by default where a column is the
@@ -330,10 +324,12 @@ def attention_workspace_bytes(model: ModelConfig, prec: Precision, seq_len: int,
     are split among programs (``splits_columns``: short sequences, few heads), the zeroed fp32 dk and dv
     they add into (their "cast" finish, ``blocksparse.split_finish``; the "last" finish adds only the long
     columns' rows into a small workspace kept with the layout: not counted)."""
+    from megastride.kernels import blocksparse
+
     h, c, w = model.n_heads, prec.compute, _attention_width(model)
     if layout_stats(model, seq_len).merged and not partials_in_outputs(model, seq_len):
         return (3 * 4 + 3 * c + c) * w + LSE * h  # fp32 dq, dk, dv the earlier part adds into, the final ones, dO
-    if splits_columns(model, seq_len, batch) and _split_finish() == "cast":
+    if splits_columns(model, seq_len, batch) and blocksparse.split_finish() == "cast":
         return (2 * 4 + 3 * c + c) * w + LSE * h
     return (3 * c + c) * w + LSE * h
 

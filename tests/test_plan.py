@@ -290,6 +290,9 @@ def test_attention_workspace_and_relayout_follow_the_kernels():
     assert planner.splits_columns(fixed, 512, batch=1)  # a tiny layout: its longest column is the critical path
     assert planner.attention_workspace_bytes(fixed, prec, 512) == (2 * 4 + 3 * 2 + 2) * d + 4 * h
     assert not planner.splits_columns(fixed, 512, batch=1, sms=1)
+    with pytest.MonkeyPatch.context() as m:  # split columns finished in the kernel: no fp32 dk, dv
+        m.setenv("MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH", "last")
+        assert planner.attention_workspace_bytes(fixed, prec, 512) == (3 * 2 + 2) * d + 4 * h
     # PARTIALS "output" (the default): the strided head's first part writes into the final gradients, no
     # fp32 sums; its autotuning then saves the outputs the last part completes in place (bf16 out, dK, dV)
     assert planner.partials_in_outputs(strided, 512) and not planner.partials_in_outputs(fixed, 512)
