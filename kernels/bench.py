@@ -274,6 +274,9 @@ OUR_VARIANTS = {
     # where the rule splits, and with columns in segments of 8 everywhere
     "splitlast": {"MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH": "last"},
     "split8last": {"MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH": "last", "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "8"},
+    # the separate dQ kernel computes delta itself, no delta kernel (delta_in_dq); and that with splitlast
+    "dqdelta": {"MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ": "1"},
+    "lean": {"MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ": "1", "MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH": "last"},
 }
 
 
@@ -476,7 +479,7 @@ def environment() -> dict:
             "date": time.strftime("%Y-%m-%d"), "dtype": "bfloat16", "batch": 1,
             "dq_mode": B.dq_mode(), "dkdv_split": B.dkdv_split_setting(), "runs": B.use_runs(),
             "order": B.block_order(), "tma_loads": B.use_tma_loads(), "partials": B.partials_setting(),
-            "dots_first": bool(B.DOTS_FIRST), "split_finish": B.split_finish()}
+            "dots_first": bool(B.DOTS_FIRST), "split_finish": B.split_finish(), "delta_in_dq": B.delta_in_dq()}
 
 
 def _fmt(x, digits=2) -> str:

@@ -306,15 +306,18 @@ def _dq_step(dq, q, do, k, v, lse, delta, qk_scale, ok, MASKED: tl.constexpr, DO
 
 
 @triton.jit
-def _dq_program(pid, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+def _dq_program(pid, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, MIN_OFF, CODES,
                 FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, FULL_RUNS,
                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                 stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
+                stride_ob, stride_oh, stride_ot,
                 part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
                 BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, NCOMP: tl.constexpr,
                 KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr, RUNS: tl.constexpr,
-                DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dQ of one (query tile, batch x head): program ``pid`` of the dQ kernel or of the merged one."""
+                DESC: tl.constexpr, DELTA_HERE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dQ of one (query tile, batch x head): program ``pid`` of the dQ kernel or of the merged one.
+    DELTA_HERE: the program computes its rows' delta = rowsum(dO * O) from the output O itself and stores
+    it for the dK/dV launch that follows (no delta kernel before it)."""
     batch, head, csr, row_block, first_row, min_off, codes, _ = _program_tile(
         pid, HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_M, NCOMP)
     K += batch * stride_kb + head * stride_kh
@@ -327,7 +330,12 @@ def _dq_program(pid, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_
     q = tl.load(Q + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qt + offs_d[None, :])
     do = tl.load(DO + batch * stride_dob + head * stride_doh + rows[:, None] * stride_dot + offs_d[None, :])
     lse = tl.load(LSE + batch * stride_lb + head * stride_lh + rows)
-    delta = tl.load(DELTA + batch * stride_lb + head * stride_lh + rows)
+    if DELTA_HERE:
+        o = tl.load(O + batch * stride_ob + head * stride_oh + rows[:, None] * stride_ot + offs_d[None, :])
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        tl.store(DELTA + batch * stride_lb + head * stride_lh + rows, delta)
+    else:
+        delta = tl.load(DELTA + batch * stride_lb + head * stride_lh + rows)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     ptr = csr.to(tl.int64) * (num_blocks + 1) + row_block
 
@@ -358,21 +366,25 @@ def _dq_program(pid, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
-def _bwd_dq_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+def _bwd_dq_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, MIN_OFF, CODES,
                    FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, FULL_RUNS,
                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                    stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
+                   stride_ob, stride_oh, stride_ot,
                    part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
                    BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
                    NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                   RUNS: tl.constexpr, DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   RUNS: tl.constexpr, DESC: tl.constexpr, DELTA_HERE: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
     # one program per (query tile, batch x head)
-    _dq_program(tl.program_id(0), Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+    _dq_program(tl.program_id(0), Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, MIN_OFF, CODES,
                 FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, FULL_RUNS,
                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                 stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
+                stride_ob, stride_oh, stride_ot,
                 part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, RUNS, DESC, BLOCK_M, BLOCK_N)
+                BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, RUNS, DESC, DELTA_HERE, BLOCK_M,
+                BLOCK_N)
 
 
 @triton.jit
@@ -578,18 +590,19 @@ def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, DQ_PREV, LSE, 
                       BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, False, SPLIT, RUNS, DESC, BLOCK_M,
                       BLOCK_N)
     else:
-        _dq_program(pid - dkdv_programs, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+        _dq_program(pid - dkdv_programs, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, Q, HEADS, HEAD_CSR, MIN_OFF, CODES,
                     ROW_FULL_PTR, ROW_FULL_IDX, ROW_PART_PTR, ROW_PART_IDX, ROW_ORDER, ROW_FULL_RUNS,
                     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                     stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
+                    stride_qb, stride_qh, stride_qt,  # O: not read (delta comes from the delta kernel)
                     part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                    BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, RUNS, DESC, DQ_M, DQ_N)
+                    BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, RUNS, DESC, False, DQ_M, DQ_N)
 
 
 # --- autotuning: configs declared once per kernel, pruned to the layout's block and head dim ------
 
-_TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_PREV", "FUSED_DQ", "SPLIT", "RUNS",
-             "DESC"]
+_TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_PREV", "FUSED_DQ", "SPLIT", "DELTA_HERE",
+             "RUNS", "DESC"]
 
 
 # (BLOCK_M, BLOCK_N, warps, stages) per layout block, or per (block, head dim) where that key exists (it
@@ -748,6 +761,8 @@ AUTO_LONG_S = 0.25
 DKDV_SPLIT = "auto"
 SPLIT_SEGMENT = 8
 SPLIT_RATIO = 2.5
+# the separate dQ kernel computes delta itself (delta_in_dq)
+DELTA_IN_DQ = False
 # how split columns are completed: split_finish
 SPLIT_FINISH = "cast"
 SPLIT_FINISHES = ("cast", "last")
@@ -1240,6 +1255,15 @@ def columns_split(work: tuple[int, int] | None, batch: int = 1, sms: int | None 
     return SPLIT_SEGMENT if longest * sms >= SPLIT_RATIO * total * batch else 0
 
 
+def delta_in_dq() -> bool:
+    """Whether the separate dQ kernel computes the softmax backward's delta = rowsum(dO * O) for its rows
+    and stores it for the dK/dV launch, instead of a delta kernel launched before it: one launch fewer
+    per backward (the atomic and merged modes keep the delta kernel: their dK/dV programs need every row's
+    delta from the start). Checked against the reference under the interpreter; not yet timed on a GPU, so
+    off by default. ``MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ`` ("0" or "1") overrides ``DELTA_IN_DQ``."""
+    return _switch("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", DELTA_IN_DQ)
+
+
 def split_finish() -> str:
     """How split dK/dV columns (``dkdv_split``) are completed: "cast" (every segment adds into fp32 dK and dV
     with atomics; zeroed before the launch, cast to the inputs' dtype after it: two fills and two casts of
@@ -1429,12 +1453,15 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
     batch, heads, seq_len, head_dim = q.shape
     do = do if do.stride(-1) == 1 else do.contiguous()
     delta = _empty(lse.shape, torch.float32, lse.device)
-    block_t = 64
-    _delta_kernel[(triton.cdiv(seq_len, block_t), batch * heads)](
-        out, do, delta, *_strides(out, do), delta.stride(0), delta.stride(1), heads, seq_len,
-        HEAD_DIM=head_dim, BLOCK_T=block_t)
-    split = dkdv_split(layout, batch, gpu_sms(q))
     fused, merged = mode == "atomic", mode == "merged"
+    # the separate dQ kernel computes delta itself (delta_in_dq), else the delta kernel first
+    delta_here = delta_in_dq() and not (fused or merged)
+    if not delta_here:
+        block_t = 64
+        _delta_kernel[(triton.cdiv(seq_len, block_t), batch * heads)](
+            out, do, delta, *_strides(out, do), delta.stride(0), delta.stride(1), heads, seq_len,
+            HEAD_DIM=head_dim, BLOCK_T=block_t)
+    split = dkdv_split(layout, batch, gpu_sms(q))
     tma = fused and _has_tma(q)
     multi = layout.merges()[0] and not partials_in_outputs(layout)  # the earlier part's sums: fp32 or the finals
     # gradients in q's memory order, seen as (B, H, T, D): (B, T, H, D) for the model, whose q, k and v
@@ -1471,12 +1498,13 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
         common = (len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E, scale)
         row_runs, col_runs = _runs_table(part, meta, "row"), _runs_table(part, meta, "col")
         if not (fused or merged):
-            args = (q, k, v, do, dq, dq_sum, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
+            args = (q, k, v, do, dq, dq_sum, lse, delta, out, meta.heads, meta.head_csr, meta.min_off, meta.codes,
                     lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
                     _side_order(meta, "row"), lists["row_full_idx"] if row_runs is None else row_runs,
-                    *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *common)
+                    *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *_strides(out), *common)
             grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
-            _launch(_dq_tuned, _bwd_dq_kernel, grid, args, {**consts, "RUNS": row_runs is not None}, name="dq")
+            _launch(_dq_tuned, _bwd_dq_kernel, grid, args,
+                    {**consts, "RUNS": row_runs is not None, "DELTA_HERE": delta_here}, name="dq")
         if split:
             key = ("segments", split, block_order(), ORDER_CHUNK)
             if key not in meta.extra:

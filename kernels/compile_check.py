@@ -98,9 +98,9 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
         for m, n, w, st in tiles(bs._FWD_TILES):
             out.append(Variant(f"forward {tag} {m}x{n} w{w} s{st}", bs._fwd_kernel,
                                dict(common, BLOCK_M=m, BLOCK_N=n), acc & {"O_PREV"}, w, st))
-        for m, n, w, st in tiles(bs._DQ_TILES):
-            out.append(Variant(f"dQ {tag} {m}x{n} w{w} s{st}", bs._bwd_dq_kernel,
-                               dict(common, BLOCK_M=m, BLOCK_N=n), acc & {"DQ_PREV"}, w, st))
+        for (m, n, w, st), here in itertools.product(tiles(bs._DQ_TILES), (False, True)):  # delta loaded / computed
+            out.append(Variant(f"dQ {tag}, delta {'here' if here else 'loaded'} {m}x{n} w{w} s{st}", bs._bwd_dq_kernel,
+                               dict(common, DELTA_HERE=here, BLOCK_M=m, BLOCK_N=n), acc & {"DQ_PREV"}, w, st))
         # dQ separate (0), atomic: one atomic per element (1) or one TMA reduce per tile (2, natural order only)
         # columns whole (0), split with the "cast" finish (1) or the "last" one (2)
         for split, fused in itertools.product((0, 1, 2), (0, 1) if permuted else (0, 1, 2)):

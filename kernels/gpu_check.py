@@ -23,7 +23,8 @@ import time
 import torch
 
 from . import patterns as P
-from .blocksparse import blocksparse_attention, dkdv_split, dkdv_split_setting, dq_mode, gpu_sms, metadata_bytes
+from .blocksparse import (blocksparse_attention, delta_in_dq, dkdv_split, dkdv_split_setting, dq_mode, gpu_sms,
+                          metadata_bytes, split_finish)
 from .reference import reference_attention
 
 ATOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
@@ -187,9 +188,10 @@ def main(argv: list[str] | None = None) -> int:
             os.makedirs(args.out, exist_ok=True)
             with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
                 json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                           "dq_mode": dq_mode(), "dkdv_split": dkdv_split_setting(), "results": results}, f,
-                          indent=1)
-    print(f"gpu_check (dQ {dq_mode()}, dK/dV split {dkdv_split_setting()}):", "FAILED" if failed else "all passed")
+                           "dq_mode": dq_mode(), "dkdv_split": dkdv_split_setting(), "split_finish": split_finish(),
+                           "delta_in_dq": delta_in_dq(), "results": results}, f, indent=1)
+    print(f"gpu_check (dQ {dq_mode()}, dK/dV split {dkdv_split_setting()}, finish {split_finish()}"
+          f"{', delta in dQ' if delta_in_dq() else ''}):", "FAILED" if failed else "all passed")
     return 1 if failed else 0
 
 

@@ -22,12 +22,13 @@ def test_kernels_compile_for_sm90():
     """The default training path (forward, dQ, dK/dV on a natural part), the dK/dV variant with
     every option (permuted merging part, atomic dQ, split columns), the atomic dQ's TMA reduce (natural
     part; the interpreter cannot run it) and the merged backward's; split columns' "last" finish (its
-    release/acquire count and L2 reads) in dK/dV and merged."""
+    release/acquire count and L2 reads) in dK/dV and merged; the dQ kernel computing delta itself."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    only = ["forward natural", "dQ natural", "dK/dV natural, dQ separate, whole columns",
+    only = ["forward natural", "dQ natural, delta loaded", "dK/dV natural, dQ separate, whole columns",
             "dK/dV permuted, merging, dQ atomic, split columns", "dK/dV natural, dQ atomic TMA, whole columns",
             "merged permuted, merging, split columns",
-            "dK/dV permuted, merging, dQ atomic, split, last finish columns", "merged natural, split, last finish columns"]
+            "dK/dV permuted, merging, dQ atomic, split, last finish columns", "merged natural, split, last finish columns",
+            "dQ permuted, merging, delta here"]
     proc = subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", *(f"--only={o}" for o in only)],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
@@ -52,7 +53,7 @@ def test_runs_variants_compile_for_sm90():
     """compile_check --runs: the forward, dQ and dK/dV (split columns: runs offset by the column's first
     entry) and the merged backward, walking full lists as arithmetic runs, compile for sm_90."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    only = ["forward natural", "dQ natural", "dK/dV natural, dQ separate, split columns", "merged natural, whole columns"]
+    only = ["forward natural", "dQ natural, delta loaded", "dK/dV natural, dQ separate, split columns", "merged natural, whole columns"]
     proc = subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", "--runs", "--kinds", "24",
                            *(f"--only={o}" for o in only)], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
@@ -64,7 +65,7 @@ def test_tma_load_variants_compile_for_sm90():
     """compile_check --desc: the forward, dQ, dK/dV and merged kernels loading their full lists' tiles from
     in-kernel tensor descriptors (natural parts) compile for sm_90, with the fixed pattern's masks and runs."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    only = ["forward natural", "dQ natural", "dK/dV natural, dQ separate, whole columns", "merged natural, split columns"]
+    only = ["forward natural", "dQ natural, delta loaded", "dK/dV natural, dQ separate, whole columns", "merged natural, split columns"]
     proc = subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", "--desc", "--runs", "--kinds", "24",
                            *(f"--only={o}" for o in only)], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

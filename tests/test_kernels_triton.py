@@ -314,6 +314,32 @@ def test_split_columns_last_finish_matches_reference_twice_and_leaves_its_worksp
         assert all(not ws.any() and not counts.any() for ws, counts in spaces)
 
 
+@pytest.mark.parametrize("name", ["fixed_block128", "merged_fixed_strided", "multi_head_mix", "strided_permuted_full_tiles"])
+def test_delta_computed_in_the_dq_kernel_matches_reference_without_the_delta_kernel(name, monkeypatch):
+    """DELTA_IN_DQ: the separate dQ kernel computes each row's delta from the output and stores it for the
+    dK/dV launch (over permuted parts, merged heads and a batch of 2): the reference's gradients, and the
+    delta kernel is not launched."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", "1")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
+    launched = []
+    monkeypatch.setattr(blocksparse, "_delta_kernel", _Recorder(blocksparse._delta_kernel, launched))
+    _run_case(CASES[name], monkeypatch, seed=11)
+    assert not launched, "the delta kernel ran"
+
+
+def test_delta_kernel_stays_where_dk_dv_programs_start_first(monkeypatch):
+    """The merged and atomic modes keep the delta kernel under DELTA_IN_DQ (their dK/dV programs read every
+    row's delta from the start) and still match the reference."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", "1")
+    real = blocksparse._delta_kernel
+    for mode in ("merged", "atomic"):
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", mode)
+        launched = []
+        monkeypatch.setattr(blocksparse, "_delta_kernel", _Recorder(real, launched))
+        _run_case(CASES["fixed_block128"], monkeypatch, seed=12)
+        assert launched, f"{mode}: no delta kernel"
+
+
 def test_split_finish_rejects_unknown(monkeypatch):
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH", "atomic")
     with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH must be one of cast, last; got 'atomic'"):
