@@ -1382,10 +1382,10 @@ def _timing_possible(q: torch.Tensor) -> bool:
 
 def auto_mode_key(shape, dtype) -> tuple:
     """Key of "auto"'s choice in a layout's kernel cache for inputs of ``shape`` and ``dtype``, under the
-    switches in force (split columns and their finish, block order, tile loads, partials): one choice per
-    combination."""
+    switches in force (split columns and their finish, block order, tile loads, partials, delta in dQ): one
+    choice per combination."""
     return ("dq_mode", tuple(shape), dtype, dkdv_split_setting(), block_order(), ORDER_CHUNK, use_tma_loads(),
-            partials_setting(), split_finish())
+            partials_setting(), split_finish(), delta_in_dq())
 
 
 def _auto_mode(layout: Layout, q: torch.Tensor, run) -> str:

@@ -801,8 +801,11 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_ORDER", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_TMA", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_PARTIALS", raising=False)
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH", raising=False)
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", raising=False)
     switches = lambda: (blocksparse.dq_mode(), blocksparse.dkdv_split_setting(), blocksparse.use_runs(),  # noqa: E731
-                        blocksparse.block_order(), blocksparse.use_tma_loads(), blocksparse.partials_setting())
+                        blocksparse.block_order(), blocksparse.use_tma_loads(), blocksparse.partials_setting(),
+                        blocksparse.split_finish(), blocksparse.delta_in_dq())
     ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():
         with monkeypatch.context() as m:
