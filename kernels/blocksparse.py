@@ -51,9 +51,9 @@ LOG2E = 1.4426950408889634
 _HEAD_DIMS = (16, 32, 64, 128, 256)
 # A backward step issues both of its score products (S and dP) before the exponentials, so the tensor
 # cores run the second while the first's exponentials are computed: on the H200 (2026-12-01,
-# docs/benchmarks.md "Twelfth run") dK/dV 6-8% faster at H=8, D=64 from 262,144 tokens, 1-2% at H=2, D=128,
-# dQ about 1%. MEGASTRIDE_BLOCKSPARSE_DOTS_FIRST=0 (read at import: it changes the compiled kernels) keeps
-# the earlier order, dP after the exponentials.
+# docs/benchmarks.md "Twelfth run") dK/dV 6-8% faster at H=8, D=64 from 262,144 tokens, 1-5% at H=2, D=128,
+# dQ within 1.3% either way. MEGASTRIDE_BLOCKSPARSE_DOTS_FIRST=0 (read at import: it changes the compiled
+# kernels) keeps the earlier order, dP after the exponentials.
 _DOTS_FIRST_RAW = os.environ.get("MEGASTRIDE_BLOCKSPARSE_DOTS_FIRST", "1")
 if _DOTS_FIRST_RAW not in ("0", "1"):
     raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_DOTS_FIRST must be 0 or 1, got {_DOTS_FIRST_RAW!r}")
