@@ -277,6 +277,8 @@ OUR_VARIANTS = {
     # the separate dQ kernel computes delta itself, no delta kernel (delta_in_dq); and that with splitlast
     "dqdelta": {"MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ": "1"},
     "lean": {"MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ": "1", "MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH": "last"},
+    # later launches straight to the compiled kernels' launchers (use_direct_launch): the host's issue time
+    "direct": {"MEGASTRIDE_BLOCKSPARSE_DIRECT": "1"},
 }
 
 
@@ -479,7 +481,8 @@ def environment() -> dict:
             "date": time.strftime("%Y-%m-%d"), "dtype": "bfloat16", "batch": 1,
             "dq_mode": B.dq_mode(), "dkdv_split": B.dkdv_split_setting(), "runs": B.use_runs(),
             "order": B.block_order(), "tma_loads": B.use_tma_loads(), "partials": B.partials_setting(),
-            "dots_first": bool(B.DOTS_FIRST), "split_finish": B.split_finish(), "delta_in_dq": B.delta_in_dq()}
+            "dots_first": bool(B.DOTS_FIRST), "split_finish": B.split_finish(), "delta_in_dq": B.delta_in_dq(),
+            "direct_launch": B.use_direct_launch()}
 
 
 def _fmt(x, digits=2) -> str:

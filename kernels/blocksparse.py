@@ -763,6 +763,8 @@ SPLIT_SEGMENT = 8
 SPLIT_RATIO = 2.5
 # the separate dQ kernel computes delta itself (delta_in_dq)
 DELTA_IN_DQ = False
+# later launches go straight to the compiled kernel's launcher (use_direct_launch)
+DIRECT_LAUNCH = False
 # how split columns are completed: split_finish
 SPLIT_FINISH = "cast"
 SPLIT_FINISHES = ("cast", "last")
@@ -1086,9 +1088,62 @@ def _launch(tuned, kernel, grid, args, consts, names=_TILE_NAMES, name: str = ""
         if config is None:  # first launch of this key: the autotuner times the configs
             tuned[grid](*args, **consts)
         else:  # its choice, launched without the autotuner's own per-launch key computation
-            kernel[grid](*args, **consts, **config.all_kwargs())
+            _launch_chosen(kernel, grid, args, {**consts, **config.all_kwargs()})
     else:
-        kernel[grid](*args, **consts, **tiles)
+        _launch_chosen(kernel, grid, args, {**consts, **tiles})
+
+
+# (kernel, _spec_key of its positional arguments, its keyword arguments) -> the compiled kernel Triton
+# launched for them: use_direct_launch
+_DIRECT: dict[tuple, object] = {}
+
+
+def _spec_key(args) -> tuple:
+    """What Triton specialises a compiled kernel on, for positional arguments ``args``, or finer: a tensor's
+    dtype and 16-byte alignment; an int's being 1, divisible by 16, and its width (i32, i64, u64); a bool's
+    value; a float, nothing (one fp32 argument)."""
+    key = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            key.append((a.dtype, a.data_ptr() % 16 == 0))
+        elif isinstance(a, bool):
+            key.append(a)
+        elif isinstance(a, int):
+            key.append((a == 1, a % 16 == 0, -(1 << 31) <= a < (1 << 31), a >= (1 << 63)))
+        else:
+            key.append(type(a))
+    return tuple(key)
+
+
+def _launch_hooks_set() -> bool:
+    """Whether Triton has launch hooks to call (a profiler's): its knobs hold empty hook chains otherwise."""
+    runtime = triton.knobs.runtime
+    return any(h is not None and getattr(h, "calls", True) for h in (runtime.launch_enter_hook, runtime.launch_exit_hook))
+
+
+def _current_stream() -> int:
+    """The current CUDA stream's handle on the current device, as Triton's launcher takes it."""
+    return torch._C._cuda_getCurrentRawStream(torch.cuda.current_device())
+
+
+def _launch_chosen(kernel, grid, args, kwargs: dict) -> None:
+    """``kernel[grid](*args, **kwargs)`` (keyword arguments: the constexprs and a config's tiles and launch
+    options). With ``use_direct_launch``, later launches whose arguments specialise alike (``_spec_key``) call
+    the kernel Triton compiled and launched the first time straight through its launcher, skipping the
+    binder, cache key and checks of ``JITFunction.run`` on the host; not with a launch hook set (a
+    profiler's), nor under the interpreter."""
+    if not use_direct_launch() or _INTERPRET or _launch_hooks_set():
+        kernel[grid](*args, **kwargs)
+        return
+    key = (kernel, _spec_key(args), tuple(kwargs.items()))
+    compiled = _DIRECT.get(key)
+    if compiled is None:
+        _DIRECT[key] = kernel[grid](*args, **kwargs)
+        return
+    params = [*args, *(kwargs[name] for name in kernel.arg_names[len(args):])]  # every parameter, in order
+    g = grid(kwargs)
+    compiled.run(g[0], g[1] if len(g) > 1 else 1, g[2] if len(g) > 2 else 1, _current_stream(), compiled.function,
+                 compiled.packed_metadata, None, None, None, *params)
 
 
 def _desc_loads(meta: _PartMeta, *tensors: torch.Tensor) -> bool:
@@ -1331,6 +1386,16 @@ def _switch(name: str, default) -> bool:
     return raw == "1"
 
 
+def use_direct_launch() -> bool:
+    """Whether launches after a kernel's first with the same specialisation go straight to the compiled
+    kernel's launcher (``_launch_chosen``): less host time per launch where the host issues the work
+    slower than the GPU runs it (short sequences, eager calls: about 1 ms to issue a forward+backward the
+    GPU runs in 0.24 ms at 12,288 tokens, H200, docs/benchmarks.md "Eleventh run"). Built without a GPU,
+    not yet run or timed on one, so off by default. ``MEGASTRIDE_BLOCKSPARSE_DIRECT`` ("0" or "1")
+    overrides ``DIRECT_LAUNCH``."""
+    return _switch("MEGASTRIDE_BLOCKSPARSE_DIRECT", DIRECT_LAUNCH)
+
+
 def use_tma_loads(full_per_row: float | None = None) -> bool:
     """Whether the kernels load the tiles of their full block lists with the TMA unit (``_desc_loads``:
     where the layout's part is in natural order, on Hopper, aligned) instead of pointer loads: fewer
@@ -1458,9 +1523,9 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
     delta_here = delta_in_dq() and not (fused or merged)
     if not delta_here:
         block_t = 64
-        _delta_kernel[(triton.cdiv(seq_len, block_t), batch * heads)](
-            out, do, delta, *_strides(out, do), delta.stride(0), delta.stride(1), heads, seq_len,
-            HEAD_DIM=head_dim, BLOCK_T=block_t)
+        _launch_chosen(_delta_kernel, lambda m: (triton.cdiv(seq_len, block_t), batch * heads),
+                       (out, do, delta, *_strides(out, do), delta.stride(0), delta.stride(1), heads, seq_len),
+                       {"HEAD_DIM": head_dim, "BLOCK_T": block_t})
     split = dkdv_split(layout, batch, gpu_sms(q))
     tma = fused and _has_tma(q)
     multi = layout.merges()[0] and not partials_in_outputs(layout)  # the earlier part's sums: fp32 or the finals

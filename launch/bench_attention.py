@@ -20,7 +20,8 @@ def _parser() -> argparse.ArgumentParser:
                         "adds into fp32 sums, not into the outputs), pointer (tiles from "
                         "pointer loads, not TMA boxes), splitlast (split columns finished by their last segment in "
                         "the kernel: no fp32 dK/dV), split8last (that, with columns in segments of 8 everywhere), dqdelta (the "
-                        "dQ kernel computes delta: no delta kernel), lean (dqdelta and splitlast)")
+                        "dQ kernel computes delta: no delta kernel), lean (dqdelta and splitlast), direct (later launches "
+                        "straight to the compiled kernels' launchers)")
     p.add_argument("--block", type=int, default=None,
                    help="the layouts' block size for every case (default: 128; for a strided pattern 64 where its "
                         "groups n / l do not fill 128-blocks and its local band spans fewer than 20 of them)")

@@ -5,8 +5,9 @@
 #   PARTS=s bash launch/h200_kernel_ab.sh OUT; PARTS="t a" bash launch/h200_kernel_ab.sh OUT2
 # s. the opt-in launch savings at short lengths: split columns finished in the kernel (SPLIT_FINISH
 #    "last"; its GPU test first, the concurrent counting the interpreter cannot run) and delta computed in
-#    the dQ kernel (DELTA_IN_DQ); then the fixed pattern at 12,288 tokens replayed from CUDA graphs beside
-#    Flex: the default, "last", "last" with columns in segments of 8 everywhere, delta in dQ, and both
+#    the dQ kernel (DELTA_IN_DQ), and launches straight to the compiled kernels (DIRECT_LAUNCH: eager host
+#    time); then the fixed pattern at 12,288 tokens, eager and replayed from CUDA graphs, beside Flex: the
+#    default, "last", "last" with columns in segments of 8 everywhere, delta in dQ, those two, direct
 # t. the backward's tiles with both score products issued first (DOTS_FIRST): dK/dV and dQ at 1M, 8x64
 # a. atomic dQ (five products a tile instead of seven) beside the default with the reordered products
 set -uo pipefail
@@ -23,12 +24,13 @@ if want s; then
   timeout "${S_TEST_S:-120}" python3 -m pytest -q -m gpu tests/test_kernels_gpu.py -k last_finish > "$OUT/s_gpu_test.log" 2>&1
   step "s: GPU test of the last finish" $?
   MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ=1 MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH=last MEGASTRIDE_BLOCKSPARSE_DQ=separate \
+    MEGASTRIDE_BLOCKSPARSE_DIRECT=1 \
     timeout "${S_CHECK_S:-80}" python3 -m megastride.kernels.gpu_check --no-long --only "12288,strided bf16 D=128" \
     --out "$OUT/s_gpu_check" > "$OUT/s_gpu_check.log" 2>&1
   step "s: gpu_check (bf16) with delta in dQ and the last finish" $?
   timeout "${S_BENCH_S:-330}" ms bench attention --patterns fixed --configs 2x128,8x64 --lengths 12288 \
-    --peers flex,splitlast,split8last,dqdelta,lean --graphs --out "$OUT/s_bench" > "$OUT/s_bench.log" 2>&1
-  step "s: 12,288 tokens, default / last / last everywhere / delta in dQ / both, beside Flex" $?
+    --peers flex,splitlast,split8last,dqdelta,lean,direct --graphs --out "$OUT/s_bench" > "$OUT/s_bench.log" 2>&1
+  step "s: 12,288 tokens, default / last / last everywhere / delta in dQ / both / direct launches, beside Flex" $?
 fi
 if want t; then
   timeout "${T_DKDV_S:-150}" ms bench tiles --kernel dkdv --configs 8x64 --lengths 1048576 --no-flex \

@@ -340,6 +340,83 @@ def test_delta_kernel_stays_where_dk_dv_programs_start_first(monkeypatch):
         assert launched, f"{mode}: no delta kernel"
 
 
+def test_spec_key_tells_apart_what_triton_specialises_on():
+    """_spec_key (the direct launch's cache key) differs wherever Triton's specialisation can: a tensor's
+    dtype or 16-byte alignment, an int of 1, divisible by 16, or past 32 bits; it is equal for arguments
+    Triton compiles alike."""
+    base = torch.zeros(64)
+    assert blocksparse._spec_key([base, 32, 0.5]) == blocksparse._spec_key([torch.zeros(8), 48, 2.0])
+    for other in ([base[1:], 32, 0.5], [base.half(), 32, 0.5], [base, 1, 0.5], [base, 33, 0.5], [base, 1 << 31, 0.5],
+                  [base, True, 0.5]):
+        assert blocksparse._spec_key(other) != blocksparse._spec_key([base, 32, 0.5]), other
+
+
+def test_direct_launch_reuses_the_compiled_kernel_for_alike_arguments(monkeypatch):
+    """With MEGASTRIDE_BLOCKSPARSE_DIRECT=1 the first launch of a specialisation goes through Triton
+    (kernel[grid]) and later ones call the kernel it compiled with every parameter in order (positional
+    arguments, then the constexprs by name), the grid from the tiles, the current stream and no hooks;
+    a differently aligned tensor goes through Triton again; without the switch every launch does."""
+
+    class Compiled:
+        function, packed_metadata = "function", "metadata"
+
+        def __init__(self):
+            self.runs = []
+
+        def run(self, *launch):
+            self.runs.append(launch)
+
+    class Kernel:
+        arg_names = ["X", "n", "BLOCK", "BLOCK_M"]
+
+        def __init__(self):
+            self.compiled, self.through_triton = Compiled(), []
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                self.through_triton.append((grid(kwargs), args))
+                return self.compiled
+            return launch
+
+    monkeypatch.setattr(blocksparse, "_INTERPRET", False)
+    monkeypatch.setattr(blocksparse, "_current_stream", lambda: 7)
+    grid = lambda m: (256 // m["BLOCK_M"], 2)  # noqa: E731
+    x, kernel = torch.zeros(64), Kernel()
+    kwargs = {"BLOCK": 64, "BLOCK_M": 32, "num_warps": 4}
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DIRECT", "1")
+    blocksparse._launch_chosen(kernel, grid, (x, 5), kwargs)
+    blocksparse._launch_chosen(kernel, grid, (x[16:], 6), kwargs)  # 64 bytes on: aligned alike
+    assert len(kernel.through_triton) == 1
+    (run,) = kernel.compiled.runs
+    assert run[:9] == (8, 2, 1, 7, "function", "metadata", None, None, None) and run[10:] == (6, 64, 32)
+    assert run[9].data_ptr() == x[16:].data_ptr()
+    blocksparse._launch_chosen(kernel, grid, (x[1:], 5), kwargs)  # 4 bytes on: another specialisation
+    assert len(kernel.through_triton) == 2 and len(kernel.compiled.runs) == 1
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DIRECT", "0")
+    blocksparse._launch_chosen(kernel, grid, (x, 5), kwargs)
+    assert len(kernel.through_triton) == 3 and len(kernel.compiled.runs) == 1
+
+
+@pytest.mark.parametrize("dq", ["separate", "merged"])
+def test_every_chosen_launch_names_each_later_parameter(dq, monkeypatch):
+    """The direct launch passes a kernel's parameters as the positional arguments, then the keyword
+    arguments in the kernel's order: so every launch of ours must give each parameter after its positional
+    ones by name (run here under the interpreter, over the forward, the delta kernel's users and the backward
+    kernels of a two-part head)."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", dq)
+    seen, real = [], blocksparse._launch_chosen
+
+    def record(kernel, grid, args, kwargs):
+        seen.append((kernel.arg_names, len(args), set(kwargs)))
+        return real(kernel, grid, args, kwargs)
+
+    monkeypatch.setattr(blocksparse, "_launch_chosen", record)  # the interpreter's tiles take this path too
+    _run_case(CASES["strided_permuted_full_tiles"], monkeypatch, seed=13)  # a permuted part, then the local one
+    assert len(seen) >= 4
+    for names, positional, given in seen:
+        assert set(names[positional:]) <= given, set(names[positional:]) - given
+
+
 def test_split_finish_rejects_unknown(monkeypatch):
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH", "atomic")
     with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH must be one of cast, last; got 'atomic'"):
@@ -803,9 +880,10 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_PARTIALS", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", raising=False)
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DIRECT", raising=False)
     switches = lambda: (blocksparse.dq_mode(), blocksparse.dkdv_split_setting(), blocksparse.use_runs(),  # noqa: E731
                         blocksparse.block_order(), blocksparse.use_tma_loads(), blocksparse.partials_setting(),
-                        blocksparse.split_finish(), blocksparse.delta_in_dq())
+                        blocksparse.split_finish(), blocksparse.delta_in_dq(), blocksparse.use_direct_launch())
     ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():
         with monkeypatch.context() as m:
