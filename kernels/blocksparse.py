@@ -48,16 +48,25 @@ from .profiling import sm_count
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 LOG2E = 1.4426950408889634
+
+
+def _switch(name: str, default) -> bool:
+    """An on/off switch: environment variable ``name`` ("0" or "1") where set, else ``default``."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return bool(default)
+    if raw not in ("0", "1"):
+        raise ValueError(f"{name} must be 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
 _HEAD_DIMS = (16, 32, 64, 128, 256)
 # A backward step issues both of its score products (S and dP) before the exponentials, so the tensor
 # cores run the second while the first's exponentials are computed: on the H200 (2026-12-01,
 # docs/benchmarks.md "Twelfth run") dK/dV 6-8% faster at H=8, D=64 from 262,144 tokens, 1-5% at H=2, D=128,
 # dQ within 1.3% either way. MEGASTRIDE_BLOCKSPARSE_DOTS_FIRST=0 (read at import: it changes the compiled
 # kernels) keeps the earlier order, dP after the exponentials.
-_DOTS_FIRST_RAW = os.environ.get("MEGASTRIDE_BLOCKSPARSE_DOTS_FIRST", "1")
-if _DOTS_FIRST_RAW not in ("0", "1"):
-    raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_DOTS_FIRST must be 0 or 1, got {_DOTS_FIRST_RAW!r}")
-DOTS_FIRST = tl.constexpr(_DOTS_FIRST_RAW == "1")
+DOTS_FIRST = tl.constexpr(_switch("MEGASTRIDE_BLOCKSPARSE_DOTS_FIRST", True))
 
 # ---------------------------------------------------------------------------------------------
 # Triton kernels
@@ -1374,16 +1383,6 @@ def use_runs() -> bool:
     65,536 (H=2, D=128), so off by default.
     ``MEGASTRIDE_BLOCKSPARSE_RUNS`` ("0" or "1") overrides ``RUNS``."""
     return _switch("MEGASTRIDE_BLOCKSPARSE_RUNS", RUNS)
-
-
-def _switch(name: str, default) -> bool:
-    """An on/off switch: environment variable ``name`` ("0" or "1") where set, else ``default``."""
-    raw = os.environ.get(name)
-    if raw is None:
-        return bool(default)
-    if raw not in ("0", "1"):
-        raise ValueError(f"{name} must be 0 or 1, got {raw!r}")
-    return raw == "1"
 
 
 def use_direct_launch() -> bool:
