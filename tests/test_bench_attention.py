@@ -203,7 +203,8 @@ def test_strided_block_is_128_where_groups_fill_it_or_the_band_is_wide(n, stride
 def test_the_kernel_ab_script_names_peers_and_tiles_the_benches_take():
     """launch/h200_kernel_ab.sh (one device call of kernel comparisons): every --peers it passes is a
     known peer and every --tiles config parses for its --kernel at the 1M layout's block and head dim; the
-    script is valid bash."""
+    script is valid bash, and no timeout is given a shell function (timeout runs commands: it failed with
+    status 127 on the device, 2026-12-01)."""
     import re
     import subprocess
     from pathlib import Path
@@ -214,6 +215,8 @@ def test_the_kernel_ab_script_names_peers_and_tiles_the_benches_take():
     script = Path(__file__).resolve().parents[1] / "launch" / "h200_kernel_ab.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     text = script.read_text().replace("\\\n", " ")
+    functions = re.findall(r"^\s*(\w+)\s*\(\)\s*\{", text, re.M)
+    assert not [f for f in functions if re.search(rf"\btimeout\s+\S+\s+{f}\b", text)]
     peers = re.findall(r"--peers (\S+)", text)
     assert peers and all(_peers(p) for p in peers)
     tiles = re.findall(r"--kernel (\w+) .*?--tiles (\S+)", text)
