@@ -277,6 +277,7 @@ OUR_VARIANTS = {
     # the separate dQ kernel computes delta itself, no delta kernel (delta_in_dq); and that with splitlast
     "dqdelta": {"MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ": "1"},
     "lean": {"MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ": "1", "MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH": "last"},
+    "cast": {"MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ": "0", "MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH": "cast"},  # lean's opposite
     # later launches straight to the compiled kernels' launchers (use_direct_launch): the host's issue time
     "direct": {"MEGASTRIDE_BLOCKSPARSE_DIRECT": "1"},
 }

@@ -770,12 +770,12 @@ AUTO_LONG_S = 0.25
 DKDV_SPLIT = "auto"
 SPLIT_SEGMENT = 8
 SPLIT_RATIO = 2.5
-# the separate dQ kernel computes delta itself (delta_in_dq)
-DELTA_IN_DQ = False
+# the separate dQ kernel computes delta itself, no delta kernel (delta_in_dq)
+DELTA_IN_DQ = True
 # later launches go straight to the compiled kernel's launcher (use_direct_launch)
 DIRECT_LAUNCH = False
 # how split columns are completed: split_finish
-SPLIT_FINISH = "cast"
+SPLIT_FINISH = "last"
 SPLIT_FINISHES = ("cast", "last")
 # where a head is merged from two launches, the first one's partial results go into the "output" tensors
 # themselves, in the inputs' dtype, or to "fp32" sums beside them (see partials_in_outputs)
@@ -1323,8 +1323,10 @@ def delta_in_dq() -> bool:
     """Whether the separate dQ kernel computes the softmax backward's delta = rowsum(dO * O) for its rows
     and stores it for the dK/dV launch, instead of a delta kernel launched before it: one launch fewer
     per backward (the atomic and merged modes keep the delta kernel: their dK/dV programs need every row's
-    delta from the start). Checked against the reference under the interpreter; not yet timed on a GPU, so
-    off by default. ``MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ`` ("0" or "1") overrides ``DELTA_IN_DQ``."""
+    delta from the start). On by default: with the "last" finish, forward+backward replayed from a CUDA
+    graph at 12,288 tokens (fixed, 2 heads of 128, H200) took 0.226 ms against 0.241, and from 262,144 to
+    1,048,576 tokens the two were within 1% either way (docs/benchmarks.md, thirteenth run).
+    ``MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ`` ("0" or "1") overrides ``DELTA_IN_DQ``."""
     return _switch("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", DELTA_IN_DQ)
 
 
@@ -1334,8 +1336,9 @@ def split_finish() -> str:
     the whole gradients) or "last" (a column of one segment writes its rows as a whole column does; the
     segments of a longer column add into a small fp32 workspace of such columns and count themselves, and
     the last to count writes the final rows and zeroes its share of the workspace: no fills or casts).
-    ``SPLIT_FINISH``, or ``MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH`` where set. "last" is checked against the
-    reference under the interpreter only: not yet run or timed on a GPU, so "cast" stays the default.
+    ``SPLIT_FINISH`` ("last"), or ``MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH`` where set. "last" matched "cast"
+    on the H200 (eager and replayed, tests/test_kernels_gpu.py) and was faster where columns split
+    (docs/benchmarks.md, thirteenth run).
     The workspace is the layout's: two backward passes of one layout must not run at once on different
     streams under "last"."""
     mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH", SPLIT_FINISH)

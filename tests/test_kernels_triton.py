@@ -286,6 +286,7 @@ def test_split_columns_match_reference(name, split, dq, monkeypatch):
     longest = max(int(c.col_full_ptr.diff().max()) for part in layout.parts for c in part.csr)
     assert longest > split and any(int(c.col_part_ptr[-1]) for part in layout.parts for c in part.csr)
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", str(split))
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH", "cast")  # the default "last": the test below
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", dq)
     _run_case(SPLIT_CASES[name], monkeypatch, seed=9)
 
@@ -314,17 +315,18 @@ def test_split_columns_last_finish_matches_reference_twice_and_leaves_its_worksp
         assert all(not ws.any() and not counts.any() for ws, counts in spaces)
 
 
-@pytest.mark.parametrize("name", ["fixed_block128", "merged_fixed_strided", "multi_head_mix"])
-def test_delta_computed_in_the_dq_kernel_matches_reference_without_the_delta_kernel(name, monkeypatch):
-    """DELTA_IN_DQ: the separate dQ kernel computes each row's delta from the output and stores it for the
-    dK/dV launch (over permuted parts, merged heads and a batch of 2): the reference's gradients, and the
-    delta kernel is not launched."""
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", "1")
+@pytest.mark.parametrize("name,here", [("fixed_block128", "1"), ("merged_fixed_strided", "1"), ("multi_head_mix", "1"),
+                                       ("merged_fixed_strided", "0")])
+def test_delta_computed_in_the_dq_kernel_matches_reference_without_the_delta_kernel(name, here, monkeypatch):
+    """DELTA_IN_DQ (the default): the separate dQ kernel computes each row's delta from the output and stores
+    it for the dK/dV launch (over permuted parts, merged heads and a batch of 2): the reference's gradients,
+    and the delta kernel is not launched; switched off ("0"), the delta kernel runs first, as before."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", here)
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
     launched = []
     monkeypatch.setattr(blocksparse, "_delta_kernel", _Recorder(blocksparse._delta_kernel, launched))
     _run_case(CASES[name], monkeypatch, seed=11)
-    assert not launched, "the delta kernel ran"
+    assert bool(launched) == (here == "0"), f"DELTA_IN_DQ={here}: delta kernel launches {len(launched)}"
 
 
 def test_delta_kernel_stays_where_dk_dv_programs_start_first(monkeypatch):
@@ -529,7 +531,7 @@ def test_backward_splits_columns_as_the_rule_says_and_matches_the_reference(sms,
 
     monkeypatch.setattr(blocksparse, "_launch", launch)
     _run_case(SPLIT_CASES["fixed_full_summary"], monkeypatch, seed=5)
-    assert launched == [splits]
+    assert launched == [(1 if blocksparse.split_finish() == "cast" else 2) if splits else 0]  # SPLIT: the finish's
 
 
 def test_two_launch_merge_is_the_strided_layouts():

@@ -286,13 +286,14 @@ def test_attention_workspace_and_relayout_follow_the_kernels():
     d, h = 64, 4
     strided, fixed, dense = (config((spec,)).model for spec in ("strided(32)", "fixed(64,16)", "dense"))
     assert planner.block_saved_parts(dense, prec)[0] - planner.block_saved_parts(fixed, prec)[0] == 2 * d
-    # one-part heads: dq, dk, dv in the input dtype, and fp32 dk, dv beside them where the columns split
+    # one-part heads: dq, dk, dv in the input dtype; split columns finished in the kernel (the default "last"
+    # finish): no fp32 dk, dv; under the "cast" finish fp32 dk, dv beside them where the columns split
     assert planner.splits_columns(fixed, 512, batch=1)  # a tiny layout: its longest column is the critical path
-    assert planner.attention_workspace_bytes(fixed, prec, 512) == (2 * 4 + 3 * 2 + 2) * d + 4 * h
+    assert planner.attention_workspace_bytes(fixed, prec, 512) == (3 * 2 + 2) * d + 4 * h
     assert not planner.splits_columns(fixed, 512, batch=1, sms=1)
-    with pytest.MonkeyPatch.context() as m:  # split columns finished in the kernel: no fp32 dk, dv
-        m.setenv("MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH", "last")
-        assert planner.attention_workspace_bytes(fixed, prec, 512) == (3 * 2 + 2) * d + 4 * h
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH", "cast")
+        assert planner.attention_workspace_bytes(fixed, prec, 512) == (2 * 4 + 3 * 2 + 2) * d + 4 * h
     # PARTIALS "output" (the default): the strided head's first part writes into the final gradients, no
     # fp32 sums; its autotuning then saves the outputs the last part completes in place (bf16 out, dK, dV)
     assert planner.partials_in_outputs(strided, 512) and not planner.partials_in_outputs(fixed, 512)
