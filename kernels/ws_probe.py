@@ -1,0 +1,154 @@
+"""Probe: how fast the simplest block-list attention forward loop runs on this GPU, with and without
+Triton's warp specialisation.
+
+Our forward walks each query tile's list of key blocks with TMA tile loads and an online softmax
+(``blocksparse._fwd_kernel``). This probe strips that loop to its bones (one list per 128-query tile, TMA
+boxes, no masks, no parts, no permutation) and times it at the settings Triton 3.6 offers for Hopper,
+including ``tl.range(..., warp_specialize=True)`` (a producer warp group issuing the loads, consumer groups
+the products). Two questions it answers on the device: is our forward below what such a loop reaches
+(if so, the gap is ours to close), and does warp specialisation lift the loop (if so, it is worth
+restructuring the kernel for it: the pass rejects a loop beside a second one with pointer loads, which
+our masked tiles are).
+
+    python -m megastride.kernels.ws_probe --out OUT      # on a GPU: prints and writes OUT/ws_probe.json
+
+Each query tile visits up to ``--visits`` earlier blocks (96: about what the fixed pattern's rows visit
+at 1,048,576 tokens, block 128). TFLOP/s counts the two products of every visited block (4 M N D).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 128
+
+
+@triton.jit
+def _probe_kernel(Q, K, V, O, PTR, IDX, N, qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  D: tl.constexpr, WS: tl.constexpr):
+    """One program per (128-query tile, head): the online softmax over the key blocks IDX[PTR[i]:PTR[i+1]]
+    (each BLOCK_M // BLOCK_N sub-tiles), K and V read as TMA boxes; rows with no key give NaN."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    Q += bh * N * D
+    K += bh * N * D
+    V += bh * N * D
+    O += bh * N * D
+    qd = tl.make_tensor_descriptor(Q, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_M, D])
+    kd = tl.make_tensor_descriptor(K, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_N, D])
+    vd = tl.make_tensor_descriptor(V, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_N, D])
+    od = tl.make_tensor_descriptor(O, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_M, D])
+    q = qd.load([pid * BLOCK_M, 0])
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    SUB: tl.constexpr = BLOCK_M // BLOCK_N
+    for t in tl.range(tl.load(PTR + pid), tl.load(PTR + pid + 1), warp_specialize=WS):
+        start = tl.load(IDX + t // SUB) * BLOCK_M + (t % SUB) * BLOCK_N
+        k = kd.load([start, 0])
+        s = tl.dot(q, tl.trans(k))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        p = tl.math.exp2(s * qk_scale - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = vd.load([start, 0])
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    od.store([pid * BLOCK_M, 0], (acc / l_i[:, None]).to(O.dtype.element_ty))
+
+
+def block_lists(blocks: int, visits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR lists: query block i visits the min(i, visits) blocks just before it. (ptr, idx) as int32."""
+    counts = torch.clamp(torch.arange(blocks), max=visits)
+    idx = torch.cat([torch.arange(i - c, i) for i, c in enumerate(counts.tolist())])
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
+    return ptr.int(), idx.int()
+
+
+def probe_attention(q, k, v, ptr, idx, *, block_n=BLOCK, warp_specialize=False, num_warps=4, num_stages=3):
+    """The probe kernel on (heads, n, D) tensors: the (heads, n, D) output."""
+    heads, n, d = q.shape
+    out = torch.empty_like(q)
+    scale = d ** -0.5 * 1.4426950408889634  # base-2 units
+    _probe_kernel[(n // BLOCK, heads)](q, k, v, out, ptr * (BLOCK // block_n), idx, n, scale, BLOCK_M=BLOCK,
+                                       BLOCK_N=block_n, D=d, WS=warp_specialize, num_warps=num_warps,
+                                       num_stages=num_stages)
+    return out
+
+
+def reference(q, k, v, ptr, idx):
+    """The same block-list attention in fp32 PyTorch, one query block at a time."""
+    out = torch.full(q.shape, float("nan"))
+    qf, kf, vf = q.float().cpu(), k.float().cpu(), v.float().cpu()
+    ptr, idx = ptr.cpu(), idx.cpu()
+    for i in range(q.shape[1] // BLOCK):
+        cols = idx[ptr[i]:ptr[i + 1]].long()
+        if not len(cols):
+            continue
+        keys = (cols[:, None] * BLOCK + torch.arange(BLOCK)).reshape(-1)
+        s = qf[:, i * BLOCK:(i + 1) * BLOCK] @ kf[:, keys].transpose(1, 2) * q.shape[-1] ** -0.5
+        out[:, i * BLOCK:(i + 1) * BLOCK] = torch.softmax(s, -1) @ vf[:, keys]
+    return out
+
+
+SETTINGS = ((4, 2), (4, 3), (4, 4), (8, 3))  # (warps, stages)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m megastride.kernels.ws_probe", description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default="262144x64,1048576x64,262144x128", help="comma-separated NxD (heads = 512 / D)")
+    p.add_argument("--visits", type=int, default=96, help="key blocks each query tile visits (at most)")
+    p.add_argument("--out", default=None, help="folder for ws_probe.json")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        p.error("needs a CUDA GPU (the CPU tests run the kernel under TRITON_INTERPRET=1)")
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+    rows = []
+    for case in args.cases.split(","):
+        n, d = (int(x) for x in case.split("x"))
+        heads = 512 // d
+        ptr, idx = (t.cuda() for t in block_lists(n // BLOCK, args.visits))
+        visits = int(ptr[-1])
+        q, k, v = (torch.randn(heads, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        plain = probe_attention(q, k, v, ptr, idx)
+        for block_n in (BLOCK, 64):
+            for ws in (False, True):
+                for warps, stages in SETTINGS:
+                    row = dict(n=n, head_dim=d, heads=heads, block_n=block_n, warp_specialize=ws, warps=warps,
+                               stages=stages)
+                    try:
+                        run = lambda: probe_attention(q, k, v, ptr, idx, block_n=block_n, warp_specialize=ws,  # noqa: E731
+                                                      num_warps=warps, num_stages=stages)
+                        got = run()
+                        row["max_diff_vs_plain"] = torch.nan_to_num(got.float() - plain.float()).abs().max().item()
+                        times = []
+                        for _ in range(5):
+                            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                            e0.record()
+                            run()
+                            e1.record()
+                            torch.cuda.synchronize()
+                            times.append(e0.elapsed_time(e1))
+                        ms = sorted(times)[len(times) // 2]
+                        row.update(ms=round(ms, 3), tflops=round(4 * BLOCK * BLOCK * d * visits * heads / ms / 1e9, 1))
+                    except Exception as err:  # a setting the GPU cannot hold (shared memory): reported, not fatal
+                        row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+                "visits": args.visits, "rows": rows}
+        Path(args.out, "ws_probe.json").write_text(json.dumps(meta, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

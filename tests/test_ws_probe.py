@@ -1,0 +1,33 @@
+"""kernels/ws_probe.py (the device probe of the plainest block-list forward loop) computes attention over
+its block lists: checked under the Triton interpreter against the same attention in fp32 PyTorch, with
+and without the warp-specialisation flag and at both key tile widths it times."""
+
+import pytest
+import torch
+
+from megastride.kernels import ws_probe
+
+
+def test_block_lists_visit_the_blocks_just_before_each_row():
+    ptr, idx = ws_probe.block_lists(6, 3)
+    assert ptr.tolist() == [0, 0, 1, 3, 6, 9, 12]
+    assert idx.tolist() == [0, 0, 1, 0, 1, 2, 1, 2, 3, 2, 3, 4]
+
+
+@pytest.mark.parametrize("block_n,ws", [(128, False), (64, True)])
+def test_probe_matches_the_block_list_attention(block_n, ws):
+    gen = torch.Generator().manual_seed(0)
+    heads, n, d = 2, 4 * ws_probe.BLOCK, 32
+    q, k, v = (torch.randn(heads, n, d, generator=gen) for _ in range(3))
+    ptr, idx = ws_probe.block_lists(n // ws_probe.BLOCK, 2)
+    got = ws_probe.probe_attention(q, k, v, ptr, idx, block_n=block_n, warp_specialize=ws)
+    want = ws_probe.reference(q, k, v, ptr, idx)
+    assert torch.isnan(got[:, :ws_probe.BLOCK]).all() and torch.isnan(want[:, :ws_probe.BLOCK]).all()  # no keys
+    torch.testing.assert_close(got[:, ws_probe.BLOCK:], want[:, ws_probe.BLOCK:], rtol=1e-4, atol=1e-4)
+
+
+def test_the_probe_says_it_needs_a_gpu(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        ws_probe.main([])
+    assert "needs a CUDA GPU" in capsys.readouterr().err
