@@ -7,8 +7,10 @@ boxes, no masks, no parts, no permutation) and times it at the settings Triton 3
 including ``tl.range(..., warp_specialize=True)`` (a producer warp group issuing the loads, consumer groups
 the products). Two questions it answers on the device: is our forward below what such a loop reaches
 (if so, the gap is ours to close), and does warp specialisation lift the loop (if so, it is worth
-restructuring the kernel for it: the pass rejects a loop beside a second one with pointer loads, which
-our masked tiles are).
+restructuring the kernel for it: on our forward, with its pointer-loaded query tile and the masked
+tiles' second loop, the flag compiled and left the loop unpartitioned, and on this probe a pointer-loaded
+query tile or a second loop after it made the pass fail, so a kernel for it needs TMA loads throughout
+and the masked tiles in a launch of their own).
 
     python -m megastride.kernels.ws_probe --out OUT      # on a GPU: prints and writes OUT/ws_probe.json
 
@@ -99,6 +101,21 @@ def reference(q, k, v, ptr, idx):
 
 
 SETTINGS = ((4, 2), (4, 3), (4, 4), (8, 3))  # (warps, stages)
+
+
+def compile_probe(warp_specialize: bool, head_dim: int = 64, block_n: int = BLOCK, num_warps: int = 4,
+                  num_stages: int = 3, arch: int = 90):
+    """The probe kernel compiled for ``arch`` without a GPU (bf16): whether Triton's pass partitions its
+    loop shows in the TTGIR (a ``ttg.warp_specialize`` op) and in the warps the kernel launches with."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*bf16", "PTR": "*i32", "IDX": "*i32", "N": "i32",
+           "qk_scale": "fp32", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "D": "constexpr", "WS": "constexpr"}
+    src = ASTSource(fn=_probe_kernel, signature=sig,
+                    constexprs={"BLOCK_M": BLOCK, "BLOCK_N": block_n, "D": head_dim, "WS": warp_specialize})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,3 +91,17 @@ def test_runs_let_the_pipeliner_prefetch_the_tiles_further():
 
     assert waits() == [0]
     assert min(waits("--runs")) > 0
+
+
+def test_the_probe_loop_is_warp_specialised_for_sm90():
+    """kernels/ws_probe.py: with warp_specialize the probe's loop is partitioned for Hopper (a
+    ttg.warp_specialize op; 12 warps: 4 of the kernel's own and two groups of 4 the pass adds), without it
+    not: what the probe times on the device is the partitioned loop, not the flag ignored."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("from megastride.kernels.ws_probe import compile_probe\n"
+            "for ws in (False, True):\n"
+            "    k = compile_probe(ws)\n"
+            "    print(ws, 'ttg.warp_specialize(' in k.asm['ttgir'], k.metadata.num_warps)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    assert proc.stdout.split("\n")[:2] == ["False False 4", "True True 12"], proc.stdout
