@@ -15,7 +15,10 @@ and the masked tiles in a launch of their own).
     python -m megastride.kernels.ws_probe --out OUT      # on a GPU: prints and writes OUT/ws_probe.json
 
 Each query tile visits up to ``--visits`` earlier blocks (96: about what the fixed pattern's rows visit
-at 1,048,576 tokens, block 128). TFLOP/s counts the two products of every visited block (4 M N D).
+at 1,048,576 tokens, block 128). TFLOP/s counts the products of every visited block: two in the forward
+(4 M N D), four in the dK/dV probe (8 M N D), the backward's loop over each key tile's query blocks with
+both score products issued first, as ours (``--kernels dkdv``): the same question for the backward's
+largest kernel.
 """
 
 from __future__ import annotations
@@ -66,12 +69,95 @@ def _probe_kernel(Q, K, V, O, PTR, IDX, N, qk_scale, BLOCK_M: tl.constexpr, BLOC
     od.store([pid * BLOCK_M, 0], (acc / l_i[:, None]).to(O.dtype.element_ty))
 
 
+@triton.jit
+def _probe_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, N, qk_scale, sm_scale, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, D: tl.constexpr):
+    """One program per (128-key tile, head): dK and dV over the query blocks that visit it,
+    IDX[PTR[j]:PTR[j+1]] (each BLOCK_N // BLOCK_M sub-tiles of BLOCK_M queries), Q and dO read as TMA boxes,
+    LSE (base 2, scaled scores) and DELTA = rowsum(dO * O) given; both score products issued before the
+    exponentials, as ``blocksparse._dkdv_step`` does."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    Q += bh * N * D
+    K += bh * N * D
+    V += bh * N * D
+    DO += bh * N * D
+    DK += bh * N * D
+    DV += bh * N * D
+    LSE += bh * N
+    DELTA += bh * N
+    qd = tl.make_tensor_descriptor(Q, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_M, D])
+    dod = tl.make_tensor_descriptor(DO, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_M, D])
+    kd = tl.make_tensor_descriptor(K, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_N, D])
+    vd = tl.make_tensor_descriptor(V, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_N, D])
+    k = kd.load([pid * BLOCK_N, 0])
+    v = vd.load([pid * BLOCK_N, 0])
+    dk = tl.zeros([BLOCK_N, D], tl.float32)
+    dv = tl.zeros([BLOCK_N, D], tl.float32)
+    SUB: tl.constexpr = BLOCK_N // BLOCK_M
+    for t in tl.range(tl.load(PTR + pid), tl.load(PTR + pid + 1)):
+        start = tl.load(IDX + t // SUB) * BLOCK_N + (t % SUB) * BLOCK_M
+        q = qd.load([start, 0])
+        do = dod.load([start, 0])
+        rows = start + tl.arange(0, BLOCK_M)
+        st = tl.dot(k, tl.trans(q)) * qk_scale
+        dpt = tl.dot(v, tl.trans(do))
+        pt = tl.math.exp2(st - tl.load(LSE + rows)[None, :])
+        dv += tl.dot(pt.to(do.dtype), do)
+        dst = (pt * (dpt - tl.load(DELTA + rows)[None, :])).to(q.dtype)
+        dk += tl.dot(dst, q)
+    dkd = tl.make_tensor_descriptor(DK, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_N, D])
+    dvd = tl.make_tensor_descriptor(DV, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_N, D])
+    dkd.store([pid * BLOCK_N, 0], (dk * sm_scale).to(DK.dtype.element_ty))
+    dvd.store([pid * BLOCK_N, 0], dv.to(DV.dtype.element_ty))
+
+
 def block_lists(blocks: int, visits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """CSR lists: query block i visits the min(i, visits) blocks just before it. (ptr, idx) as int32."""
     counts = torch.clamp(torch.arange(blocks), max=visits)
     idx = torch.cat([torch.arange(i - c, i) for i, c in enumerate(counts.tolist())])
     ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
     return ptr.int(), idx.int()
+
+
+def column_lists(ptr: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The transpose of CSR row lists: for each key block, the query blocks that visit it (ascending)."""
+    blocks = len(ptr) - 1
+    rows = torch.repeat_interleave(torch.arange(blocks), (ptr[1:] - ptr[:-1]).long())
+    order = torch.argsort(idx.long() * blocks + rows, stable=True)
+    counts = torch.bincount(idx.long(), minlength=blocks)
+    col_ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
+    return col_ptr.int(), rows[order].int()
+
+
+def probe_dkdv(q, k, v, do, lse, delta, col_ptr, col_idx, *, block_m=32, num_warps=4, num_stages=5):
+    """The dK/dV probe on (heads, n, D) tensors, lse and delta (heads, n) fp32: (dk, dv)."""
+    heads, n, d = q.shape
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    scale = d ** -0.5
+    _probe_dkdv_kernel[(n // BLOCK, heads)](q, k, v, do, dk, dv, lse, delta, col_ptr * (BLOCK // block_m), col_idx, n,
+                                            scale * 1.4426950408889634, scale, BLOCK_M=block_m, BLOCK_N=BLOCK, D=d,
+                                            num_warps=num_warps, num_stages=num_stages)
+    return dk, dv
+
+
+def lse_and_delta(q, k, v, do, ptr, idx):
+    """The backward's inputs from an fp32 forward over the block lists: lse in base 2 of the scaled scores
+    (what our kernels keep) and delta = rowsum(dO * O); -inf and 0 for rows with no key."""
+    heads, n, d = q.shape
+    lse = torch.full((heads, n), float("-inf"))
+    delta = torch.zeros(heads, n)
+    qf, kf, vf, dof = (t.float().cpu() for t in (q, k, v, do))
+    for i in range(n // BLOCK):
+        cols = idx[ptr[i]:ptr[i + 1]].long().cpu()
+        if not len(cols):
+            continue
+        keys = (cols[:, None] * BLOCK + torch.arange(BLOCK)).reshape(-1)
+        rows = slice(i * BLOCK, (i + 1) * BLOCK)
+        s2 = qf[:, rows] @ kf[:, keys].transpose(1, 2) * (d ** -0.5 * 1.4426950408889634)
+        lse[:, rows] = torch.logsumexp(s2 * 0.6931471805599453, -1) * 1.4426950408889634
+        delta[:, rows] = (torch.softmax(s2 * 0.6931471805599453, -1) @ vf[:, keys] * dof[:, rows]).sum(-1)
+    return lse.to(q.device), delta.to(q.device)
 
 
 def probe_attention(q, k, v, ptr, idx, *, block_n=BLOCK, warp_specialize=False, num_warps=4, num_stages=3):
@@ -118,12 +204,48 @@ def compile_probe(warp_specialize: bool, head_dim: int = 64, block_n: int = BLOC
                           options={"num_warps": num_warps, "num_stages": num_stages})
 
 
+DKDV_SETTINGS = ((32, 4, 5), (32, 4, 3), (64, 4, 4), (64, 4, 5), (64, 8, 3), (64, 8, 4))  # (query rows, warps, stages)
+
+
+def _median_ms(run, reps: int = 5) -> float:
+    """Median of ``reps`` timed calls of ``run`` (CUDA events, synchronised after each)."""
+    times = []
+    for _ in range(reps):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        run()
+        e1.record()
+        torch.cuda.synchronize()
+        times.append(e0.elapsed_time(e1))
+    return sorted(times)[len(times) // 2]
+
+
+def _timed(row: dict, run, flops: float, check=None) -> dict:
+    """``row`` with the median ms and TFLOP/s of ``run`` (and what ``check`` says of its first result), or
+    the error of a setting the GPU cannot hold (shared memory): reported, not fatal."""
+    try:
+        got = run()
+        if check is not None:
+            row.update(check(got))
+        ms = _median_ms(run)
+        row.update(ms=round(ms, 3), tflops=round(flops / ms / 1e9, 1))
+    except Exception as err:
+        row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m megastride.kernels.ws_probe", description=__doc__.splitlines()[0])
     p.add_argument("--cases", default="262144x64,1048576x64,262144x128", help="comma-separated NxD (heads = 512 / D)")
     p.add_argument("--visits", type=int, default=96, help="key blocks each query tile visits (at most)")
+    p.add_argument("--kernels", default="fwd,dkdv", help="which probes: fwd (with and without warp "
+                   "specialisation), dkdv (the backward's dK/dV loop: four products a block)")
     p.add_argument("--out", default=None, help="folder for ws_probe.json")
     args = p.parse_args(argv)
+    kernels = set(args.kernels.split(","))
+    if not kernels <= {"fwd", "dkdv"}:
+        p.error(f"--kernels takes fwd and dkdv, got {args.kernels!r}")
     if not torch.cuda.is_available():
         p.error("needs a CUDA GPU (the CPU tests run the kernel under TRITON_INTERPRET=1)")
     triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
@@ -132,33 +254,27 @@ def main(argv: list[str] | None = None) -> int:
         n, d = (int(x) for x in case.split("x"))
         heads = 512 // d
         ptr, idx = (t.cuda() for t in block_lists(n // BLOCK, args.visits))
-        visits = int(ptr[-1])
-        q, k, v = (torch.randn(heads, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        plain = probe_attention(q, k, v, ptr, idx)
-        for block_n in (BLOCK, 64):
-            for ws in (False, True):
-                for warps, stages in SETTINGS:
-                    row = dict(n=n, head_dim=d, heads=heads, block_n=block_n, warp_specialize=ws, warps=warps,
-                               stages=stages)
-                    try:
-                        run = lambda: probe_attention(q, k, v, ptr, idx, block_n=block_n, warp_specialize=ws,  # noqa: E731
-                                                      num_warps=warps, num_stages=stages)
-                        got = run()
-                        row["max_diff_vs_plain"] = torch.nan_to_num(got.float() - plain.float()).abs().max().item()
-                        times = []
-                        for _ in range(5):
-                            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                            e0.record()
-                            run()
-                            e1.record()
-                            torch.cuda.synchronize()
-                            times.append(e0.elapsed_time(e1))
-                        ms = sorted(times)[len(times) // 2]
-                        row.update(ms=round(ms, 3), tflops=round(4 * BLOCK * BLOCK * d * visits * heads / ms / 1e9, 1))
-                    except Exception as err:  # a setting the GPU cannot hold (shared memory): reported, not fatal
-                        row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
+        pairs = BLOCK * BLOCK * int(ptr[-1]) * heads  # score entries of the visited blocks
+        q, k, v, do = (torch.randn(heads, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+        base = dict(n=n, head_dim=d, heads=heads)
+        if "fwd" in kernels:
+            plain = probe_attention(q, k, v, ptr, idx)
+            same = lambda got: {"max_diff_vs_plain": torch.nan_to_num(got.float() - plain.float()).abs().max().item()}  # noqa: E731
+            for block_n in (BLOCK, 64):
+                for ws in (False, True):
+                    for warps, stages in SETTINGS:
+                        rows.append(_timed(
+                            dict(base, kernel="fwd", block_n=block_n, warp_specialize=ws, warps=warps, stages=stages),
+                            lambda: probe_attention(q, k, v, ptr, idx, block_n=block_n, warp_specialize=ws,
+                                                    num_warps=warps, num_stages=stages), 4 * pairs * d, same))
+        if "dkdv" in kernels:
+            # timing only: lse 0 and delta 0 keep every exponential finite (the CPU tests check the values)
+            lse, delta = torch.zeros(heads, n, device="cuda"), torch.zeros(heads, n, device="cuda")
+            col_ptr, col_idx = (t.cuda() for t in column_lists(ptr.cpu(), idx.cpu()))
+            for block_m, warps, stages in DKDV_SETTINGS:
+                rows.append(_timed(dict(base, kernel="dkdv", block_m=block_m, warps=warps, stages=stages),
+                                   lambda: probe_dkdv(q, k, v, do, lse, delta, col_ptr, col_idx, block_m=block_m,
+                                                      num_warps=warps, num_stages=stages), 8 * pairs * d))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,

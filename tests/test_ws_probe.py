@@ -31,3 +31,30 @@ def test_the_probe_says_it_needs_a_gpu(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         ws_probe.main([])
     assert "needs a CUDA GPU" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ws_probe.main(["--kernels", "fwd,bwd"])
+    assert "--kernels takes fwd and dkdv, got 'fwd,bwd'" in capsys.readouterr().err
+
+
+def test_column_lists_are_the_row_lists_transposed():
+    ptr, idx = ws_probe.block_lists(6, 3)
+    col_ptr, col_idx = ws_probe.column_lists(ptr, idx)
+    assert col_ptr.tolist() == [0, 3, 6, 9, 11, 12, 12]
+    assert col_idx.tolist() == [1, 2, 3, 2, 3, 4, 3, 4, 5, 4, 5, 5]
+
+
+@pytest.mark.parametrize("block_m", [32, 64])
+def test_dkdv_probe_matches_autograd_of_the_block_list_attention(block_m):
+    gen = torch.Generator().manual_seed(1)
+    heads, n, d = 2, 4 * ws_probe.BLOCK, 32
+    q, k, v, do = (torch.randn(heads, n, d, generator=gen) for _ in range(4))
+    do[:, :ws_probe.BLOCK] = 0  # rows with no key
+    ptr, idx = ws_probe.block_lists(n // ws_probe.BLOCK, 2)
+    lse, delta = ws_probe.lse_and_delta(q, k, v, do, ptr, idx)
+    dk, dv = ws_probe.probe_dkdv(q, k, v, do, lse, delta, *ws_probe.column_lists(ptr, idx), block_m=block_m)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = ws_probe.reference(*leaves, ptr, idx)
+    (out[:, ws_probe.BLOCK:] * do[:, ws_probe.BLOCK:]).sum().backward()
+    torch.testing.assert_close(dk, leaves[1].grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(dv, leaves[2].grad, rtol=1e-4, atol=1e-4)
+    assert dv.abs().sum() > 0 and dk.abs().sum() > 0
