@@ -170,6 +170,35 @@ def ptxas_usage(kernel, arch: int = 90) -> dict:
             "spill_stores": int(stores.group(1)) if stores else 0, "spill_loads": int(loads.group(1)) if loads else 0}
 
 
+def sass(kernel) -> str:
+    """The compiled kernel's SASS, from the bundled nvdisasm."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        return subprocess.run([tool, "-c", path], capture_output=True, text=True, check=True).stdout
+
+
+def first_mma_loop(kernel) -> dict:
+    """The instruction mix of the kernel's first loop with tensor-core instructions (its full-block loop,
+    where nearly all the time goes): instructions per iteration by opcode (``HGMMA`` the products, ``MUFU``
+    the exponentials, ``LDL``/``STL`` register spills), from the SASS's first backward branch whose body
+    holds an HGMMA. Two kernels with the same products compare by their ``total`` and their spills."""
+    lines = sass(kernel).splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"\s*\.(L_x_\d+):", line))}
+    for i, line in enumerate(lines):
+        m = re.search(r"BRA\s+`?\(\.(L_x_\d+)\)", line)
+        if not m or labels.get(m.group(1), i) >= i:
+            continue
+        ops = [re.sub(r"^\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?", "", x).split(" ")[0].split(".")[0]
+               for x in lines[labels[m.group(1)]:i + 1] if re.search(r"/\*[0-9a-f]{4,}\*/", x)]
+        if "HGMMA" in ops:
+            mix = {op: ops.count(op) for op in sorted(set(ops))}
+            return {"total": len(ops), **mix}
+    return {}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m megastride.kernels.compile_check", description=__doc__.splitlines()[0])
     p.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (default 90: H100/H200)")
@@ -186,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: the kernels' own choice, blocksparse.use_tma_loads)")
     p.add_argument("--waits", action="store_true",
                    help="also report the async_wait counts of the first (full-block) loop in the TTGIR: 0 = tile loads prefetched one iteration ahead at most")
+    p.add_argument("--loop", action="store_true",
+                   help="also report the first tensor-core loop's instructions per iteration (SASS): total, HGMMA, "
+                        "MUFU, LDL/STL spills")
     p.add_argument("--only", action="append", default=[],
                    help="compile only variants whose name contains this text (repeatable)")
     args = p.parse_args(argv)
@@ -213,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
             usage = f", {u['registers']} registers, spills {u['spill_stores']}/{u['spill_loads']} B stored/loaded"
         if args.waits:
             usage += f", first loop waits {first_loop_waits(k)}"
+        if args.loop:
+            mix = first_mma_loop(k)
+            usage += (f", loop {mix.get('total', 0)} instructions: {mix.get('HGMMA', 0)} HGMMA, {mix.get('MUFU', 0)} MUFU, "
+                      f"{mix.get('LDL', 0) + mix.get('STL', 0)} LDL/STL")
         print(f"ok   {v.name}{' (runs)' if args.runs else ''}{' (TMA loads)' if args.desc and 'permuted' not in v.name else ''}: {time.perf_counter() - start:.1f} s, shared {k.metadata.shared} B{usage}", flush=True)
     print(f"compile_check sm_{args.arch} {args.dtype}: {'FAILED ' + str(failed) if failed else 'all compiled'}")
     return 1 if failed else 0

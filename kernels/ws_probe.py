@@ -189,19 +189,32 @@ def reference(q, k, v, ptr, idx):
 SETTINGS = ((4, 2), (4, 3), (4, 4), (8, 3))  # (warps, stages)
 
 
-def compile_probe(warp_specialize: bool, head_dim: int = 64, block_n: int = BLOCK, num_warps: int = 4,
-                  num_stages: int = 3, arch: int = 90):
-    """The probe kernel compiled for ``arch`` without a GPU (bf16): whether Triton's pass partitions its
-    loop shows in the TTGIR (a ``ttg.warp_specialize`` op) and in the warps the kernel launches with."""
+def _compile(kernel, sig: dict, constexprs: dict, num_warps: int, num_stages: int, arch: int):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    sig = dict(sig, **{name: "constexpr" for name in constexprs})
+    return triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=constexprs),
+                          target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def compile_probe(warp_specialize: bool, head_dim: int = 64, block_n: int = BLOCK, num_warps: int = 4,
+                  num_stages: int = 3, arch: int = 90):
+    """The forward probe compiled for ``arch`` without a GPU (bf16): whether Triton's pass partitions its
+    loop shows in the TTGIR (a ``ttg.warp_specialize`` op) and in the warps the kernel launches with."""
     sig = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*bf16", "PTR": "*i32", "IDX": "*i32", "N": "i32",
-           "qk_scale": "fp32", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "D": "constexpr", "WS": "constexpr"}
-    src = ASTSource(fn=_probe_kernel, signature=sig,
-                    constexprs={"BLOCK_M": BLOCK, "BLOCK_N": block_n, "D": head_dim, "WS": warp_specialize})
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": num_warps, "num_stages": num_stages})
+           "qk_scale": "fp32"}
+    return _compile(_probe_kernel, sig, {"BLOCK_M": BLOCK, "BLOCK_N": block_n, "D": head_dim, "WS": warp_specialize},
+                    num_warps, num_stages, arch)
+
+
+def compile_probe_dkdv(block_m: int = 32, head_dim: int = 64, num_warps: int = 4, num_stages: int = 5, arch: int = 90):
+    """The dK/dV probe compiled for ``arch`` without a GPU (bf16), to set its loop beside our dK/dV kernel's
+    (``compile_check.first_mma_loop``)."""
+    sig = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "DO": "*bf16", "DK": "*bf16", "DV": "*bf16", "LSE": "*fp32",
+           "DELTA": "*fp32", "PTR": "*i32", "IDX": "*i32", "N": "i32", "qk_scale": "fp32", "sm_scale": "fp32"}
+    return _compile(_probe_dkdv_kernel, sig, {"BLOCK_M": block_m, "BLOCK_N": BLOCK, "D": head_dim}, num_warps,
+                    num_stages, arch)
 
 
 DKDV_SETTINGS = ((32, 4, 5), (32, 4, 3), (64, 4, 4), (64, 4, 5), (64, 8, 3), (64, 8, 4))  # (query rows, warps, stages)
