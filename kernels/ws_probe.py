@@ -14,6 +14,10 @@ and the masked tiles in a launch of their own).
 
     python -m megastride.kernels.ws_probe --out OUT      # on a GPU: prints and writes OUT/ws_probe.json
 
+A third question (``--kernels poly``): at head dim 64 the exponentials keep the special-function unit
+about as busy as the two products keep the tensor cores; does computing a quarter or half of them by a
+polynomial on the multiply-add pipes (``_exp2_poly``) shorten a tile?
+
 Each query tile visits up to ``--visits`` earlier blocks (96: about what the fixed pattern's rows visit
 at 1,048,576 tokens, block 128). TFLOP/s counts the products of every visited block: two in the forward
 (4 M N D), four in the dK/dV probe (8 M N D), the backward's loop over each key tile's query blocks with
@@ -35,9 +39,52 @@ import triton.language as tl
 BLOCK = 128
 
 
+# 2^f on [-0.5, 0.5], degree 3, fitted for relative error (7.5e-5 at most in fp32: under half a bf16 or fp16
+# rounding step, so P rounded for its product is unchanged nearly always)
+_C0, _C1, _C2, _C3 = (tl.constexpr(c) for c in (0.9999281167984009, 0.6932609677314758, 0.24261033535003662,
+                                                  0.05517134442925453))
+_ROUND = tl.constexpr(12582912.0)  # 1.5 * 2^23: x + _ROUND rounds x to an integer held in the low mantissa bits
+
+
+@triton.jit
+def _exp2_poly(x):
+    """2^x for x <= 0 without the special-function unit, for unmasked tiles: x is clamped to -126 (below
+    it 2^-126, 1.2e-38, not 0: a masked score's -inf must not come here). x = j + f with j an
+    integer by the add-and-subtract of 1.5 * 2^23 (no conversion instruction), 2^f by a degree-3 polynomial
+    in three multiply-adds, 2^j added into the exponent bits. The fused multiply-add pipe has eight times the
+    special-function unit's rate; at head dim 64 the exponentials are about as much work for that unit as
+    the two products are for the tensor cores, so moving part of them across can shorten a tile."""
+    x = tl.maximum(x, -126.0)
+    t = x + _ROUND
+    j = t - _ROUND
+    f = x - j
+    p = tl.fma(tl.fma(tl.fma(f, _C3, _C2), f, _C1), f, _C0)
+    bits = p.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _exp2_mixed(x, POLY: tl.constexpr):
+    """2^x of a (rows, cols) tile with POLY quarters of its columns (0, 1 or 2) from ``_exp2_poly`` and the
+    rest from the special-function unit; the tile is split in halves along its columns (each thread of a
+    Hopper MMA accumulator holds columns of both halves, so the split moves no data between threads)."""
+    if POLY == 0:
+        return tl.math.exp2(x)
+    else:
+        R: tl.constexpr = x.shape[0]
+        C: tl.constexpr = x.shape[1]
+        a, b = tl.split(tl.permute(tl.reshape(x, [R, 2, C // 2]), [0, 2, 1]))
+        if POLY == 2:
+            b = _exp2_poly(b)
+        else:
+            b0, b1 = tl.split(tl.permute(tl.reshape(b, [R, 2, C // 4]), [0, 2, 1]))
+            b = tl.reshape(tl.permute(tl.join(tl.math.exp2(b0), _exp2_poly(b1)), [0, 2, 1]), [R, C // 2])
+        return tl.reshape(tl.permute(tl.join(tl.math.exp2(a), b), [0, 2, 1]), [R, C])
+
+
 @triton.jit
 def _probe_kernel(Q, K, V, O, PTR, IDX, N, qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  D: tl.constexpr, WS: tl.constexpr):
+                  D: tl.constexpr, WS: tl.constexpr, POLY: tl.constexpr = 0):
     """One program per (128-query tile, head): the online softmax over the key blocks IDX[PTR[i]:PTR[i+1]]
     (each BLOCK_M // BLOCK_N sub-tiles), K and V read as TMA boxes; rows with no key give NaN."""
     pid = tl.program_id(0)
@@ -60,7 +107,7 @@ def _probe_kernel(Q, K, V, O, PTR, IDX, N, qk_scale, BLOCK_M: tl.constexpr, BLOC
         k = kd.load([start, 0])
         s = tl.dot(q, tl.trans(k))
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        p = tl.math.exp2(s * qk_scale - m_new[:, None])
+        p = _exp2_mixed(s * qk_scale - m_new[:, None], POLY)
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = vd.load([start, 0])
@@ -160,13 +207,14 @@ def lse_and_delta(q, k, v, do, ptr, idx):
     return lse.to(q.device), delta.to(q.device)
 
 
-def probe_attention(q, k, v, ptr, idx, *, block_n=BLOCK, warp_specialize=False, num_warps=4, num_stages=3):
-    """The probe kernel on (heads, n, D) tensors: the (heads, n, D) output."""
+def probe_attention(q, k, v, ptr, idx, *, block_n=BLOCK, warp_specialize=False, poly=0, num_warps=4, num_stages=3):
+    """The probe kernel on (heads, n, D) tensors: the (heads, n, D) output. ``poly``: quarters of each
+    tile's exponentials computed by ``_exp2_poly`` (0, 1 or 2)."""
     heads, n, d = q.shape
     out = torch.empty_like(q)
     scale = d ** -0.5 * 1.4426950408889634  # base-2 units
     _probe_kernel[(n // BLOCK, heads)](q, k, v, out, ptr * (BLOCK // block_n), idx, n, scale, BLOCK_M=BLOCK,
-                                       BLOCK_N=block_n, D=d, WS=warp_specialize, num_warps=num_warps,
+                                       BLOCK_N=block_n, D=d, WS=warp_specialize, POLY=poly, num_warps=num_warps,
                                        num_stages=num_stages)
     return out
 
@@ -199,13 +247,13 @@ def _compile(kernel, sig: dict, constexprs: dict, num_warps: int, num_stages: in
 
 
 def compile_probe(warp_specialize: bool, head_dim: int = 64, block_n: int = BLOCK, num_warps: int = 4,
-                  num_stages: int = 3, arch: int = 90):
+                  num_stages: int = 3, arch: int = 90, poly: int = 0):
     """The forward probe compiled for ``arch`` without a GPU (bf16): whether Triton's pass partitions its
     loop shows in the TTGIR (a ``ttg.warp_specialize`` op) and in the warps the kernel launches with."""
     sig = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*bf16", "PTR": "*i32", "IDX": "*i32", "N": "i32",
            "qk_scale": "fp32"}
-    return _compile(_probe_kernel, sig, {"BLOCK_M": BLOCK, "BLOCK_N": block_n, "D": head_dim, "WS": warp_specialize},
-                    num_warps, num_stages, arch)
+    return _compile(_probe_kernel, sig, {"BLOCK_M": BLOCK, "BLOCK_N": block_n, "D": head_dim, "WS": warp_specialize,
+                                         "POLY": poly}, num_warps, num_stages, arch)
 
 
 def compile_probe_dkdv(block_m: int = 32, head_dim: int = 64, num_warps: int = 4, num_stages: int = 5, arch: int = 90):
@@ -217,6 +265,7 @@ def compile_probe_dkdv(block_m: int = 32, head_dim: int = 64, num_warps: int = 4
                     num_stages, arch)
 
 
+POLY_SETTINGS = ((4, 2), (4, 3), (8, 2), (8, 3))  # (warps, stages) of the 128x128 forward tile
 DKDV_SETTINGS = ((32, 4, 5), (32, 4, 3), (64, 4, 4), (64, 4, 5), (64, 8, 3), (64, 8, 4))  # (query rows, warps, stages)
 
 
@@ -252,13 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m megastride.kernels.ws_probe", description=__doc__.splitlines()[0])
     p.add_argument("--cases", default="262144x64,1048576x64,262144x128", help="comma-separated NxD (heads = 512 / D)")
     p.add_argument("--visits", type=int, default=96, help="key blocks each query tile visits (at most)")
-    p.add_argument("--kernels", default="fwd,dkdv", help="which probes: fwd (with and without warp "
-                   "specialisation), dkdv (the backward's dK/dV loop: four products a block)")
+    p.add_argument("--kernels", default="fwd,poly,dkdv", help="which probes: fwd (with and without warp "
+                   "specialisation), poly (a quarter or half of the exponentials by polynomial), dkdv (the "
+                   "backward's dK/dV loop: four products a block)")
     p.add_argument("--out", default=None, help="folder for ws_probe.json")
     args = p.parse_args(argv)
     kernels = set(args.kernels.split(","))
-    if not kernels <= {"fwd", "dkdv"}:
-        p.error(f"--kernels takes fwd and dkdv, got {args.kernels!r}")
+    if not kernels <= {"fwd", "poly", "dkdv"}:
+        p.error(f"--kernels takes fwd, poly and dkdv, got {args.kernels!r}")
     if not torch.cuda.is_available():
         p.error("needs a CUDA GPU (the CPU tests run the kernel under TRITON_INTERPRET=1)")
     triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
@@ -270,9 +320,16 @@ def main(argv: list[str] | None = None) -> int:
         pairs = BLOCK * BLOCK * int(ptr[-1]) * heads  # score entries of the visited blocks
         q, k, v, do = (torch.randn(heads, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
         base = dict(n=n, head_dim=d, heads=heads)
+        plain = probe_attention(q, k, v, ptr, idx)
+        same = lambda got: {"max_diff_vs_plain": torch.nan_to_num(got.float() - plain.float()).abs().max().item()}  # noqa: E731
+        if "poly" in kernels:
+            for poly in (0, 1, 2):
+                for warps, stages in POLY_SETTINGS:
+                    rows.append(_timed(
+                        dict(base, kernel="fwd", block_n=BLOCK, poly_quarters=poly, warps=warps, stages=stages),
+                        lambda: probe_attention(q, k, v, ptr, idx, poly=poly, num_warps=warps, num_stages=stages),
+                        4 * pairs * d, same))
         if "fwd" in kernels:
-            plain = probe_attention(q, k, v, ptr, idx)
-            same = lambda got: {"max_diff_vs_plain": torch.nan_to_num(got.float() - plain.float()).abs().max().item()}  # noqa: E731
             for block_n in (BLOCK, 64):
                 for ws in (False, True):
                     for warps, stages in SETTINGS:

@@ -128,3 +128,17 @@ def test_the_dkdv_hot_loop_is_as_lean_as_the_stripped_probe():
     total, hgmma, mufu = (int(n) for n in probe.stdout.split())
     assert ours[1:] == [hgmma, mufu] == [24, 32], (line, probe.stdout)
     assert ours[0] <= 1.05 * total, (line, probe.stdout)
+
+
+def test_the_probe_moves_a_quarter_and_a_half_of_its_exponentials_off_the_special_function_unit():
+    """kernels/ws_probe.py --kernels poly, compiled for sm_90 (128x128 tile, head dim 64, 4 warps): each
+    thread's loop computes 128 exponentials of scores and 4 of the rescaling (132 MUFU); with a quarter of
+    the columns from the polynomial 100, with half 68, and no shuffles added by the column split."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("from megastride.kernels import compile_check as c, ws_probe as w\n"
+            "for poly in (0, 1, 2):\n"
+            "    m = c.first_mma_loop(w.compile_probe(False, num_stages=2, poly=poly))\n"
+            "    print(m['HGMMA'], m['MUFU'], m.get('SHFL', 0))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[:3] == ["24 132 16", "24 100 16", "24 68 16"], proc.stdout
