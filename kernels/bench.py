@@ -270,14 +270,11 @@ OUR_VARIANTS = {
     # a two-launch head's first part adds into fp32 sums beside the outputs (the default writes into the outputs)
     "fp32sums": {"MEGASTRIDE_BLOCKSPARSE_PARTIALS": "fp32"},
     "pointer": {"MEGASTRIDE_BLOCKSPARSE_TMA": "0"},  # full lists' tiles from pointer loads, not TMA boxes (use_tma_loads)
-    # split columns finished in the kernel by their last segment, no fp32 dK/dV fills or casts (split_finish);
-    # where the rule splits, and with columns in segments of 8 everywhere
-    "splitlast": {"MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH": "last"},
+    # split columns finished in the kernel by their last segment (split_finish, the default) in segments of 8
+    # everywhere; and the earlier path: the "cast" finish (fp32 dK/dV fills and casts) with a delta kernel
+    # (delta_in_dq off). splitlast, dqdelta and lean (the thirteenth bench run) became the defaults.
     "split8last": {"MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH": "last", "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "8"},
-    # the separate dQ kernel computes delta itself, no delta kernel (delta_in_dq); and that with splitlast
-    "dqdelta": {"MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ": "1"},
-    "lean": {"MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ": "1", "MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH": "last"},
-    "cast": {"MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ": "0", "MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH": "cast"},  # lean's opposite
+    "cast": {"MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ": "0", "MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH": "cast"},
     # later launches straight to the compiled kernels' launchers (use_direct_launch): the host's issue time
     "direct": {"MEGASTRIDE_BLOCKSPARSE_DIRECT": "1"},
 }

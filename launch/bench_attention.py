@@ -18,10 +18,10 @@ def _parser() -> argparse.ArgumentParser:
                         "atomics), split (dK/dV columns in segments of 8 blocks everywhere), nosplit (whole columns everywhere; ours: DKDV_SPLIT 'auto'), atomic_split, merged (dQ and dK/dV programs in one launch), "
                         "runs (full block lists walked as arithmetic runs), lpt (blocks taken longest first), fp32sums (a two-launch head's first part "
                         "adds into fp32 sums, not into the outputs), pointer (tiles from "
-                        "pointer loads, not TMA boxes), splitlast (split columns finished by their last segment in "
-                        "the kernel: no fp32 dK/dV), split8last (that, with columns in segments of 8 everywhere), dqdelta (the "
-                        "dQ kernel computes delta: no delta kernel), lean (dqdelta and splitlast), direct (later launches "
-                        "straight to the compiled kernels' launchers)")
+                        "pointer loads, not TMA boxes), split8last (split columns finished by their last segment, in "
+                        "segments of 8 everywhere), cast (the earlier path: split columns' fp32 dK/dV cast after the "
+                        "launches, a delta kernel before the dQ kernel), direct (later launches straight to the "
+                        "compiled kernels' launchers)")
     p.add_argument("--block", type=int, default=None,
                    help="the layouts' block size for every case (default: 128; for a strided pattern 64 where its "
                         "groups n / l do not fill 128-blocks and its local band spans fewer than 20 of them)")
