@@ -16,7 +16,8 @@ and the masked tiles in a launch of their own).
 
 A third question (``--kernels poly``): at head dim 64 the exponentials keep the special-function unit
 about as busy as the two products keep the tensor cores; does computing a quarter or half of them by a
-polynomial on the multiply-add pipes (``_exp2_poly``) shorten a tile?
+polynomial on the multiply-add pipes (``blocksparse._exp2_poly``, what ``MEGASTRIDE_BLOCKSPARSE_EXP_POLY`` does in
+our forward) shorten a tile?
 
 Each query tile visits up to ``--visits`` earlier blocks (96: about what the fixed pattern's rows visit
 at 1,048,576 tokens, block 128). TFLOP/s counts the products of every visited block: two in the forward
@@ -36,50 +37,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .blocksparse import _exp2_mixed
+
 BLOCK = 128
-
-
-# 2^f on [-0.5, 0.5], degree 3, fitted for relative error (7.5e-5 at most in fp32: under half a bf16 or fp16
-# rounding step, so P rounded for its product is unchanged nearly always)
-_C0, _C1, _C2, _C3 = (tl.constexpr(c) for c in (0.9999281167984009, 0.6932609677314758, 0.24261033535003662,
-                                                  0.05517134442925453))
-_ROUND = tl.constexpr(12582912.0)  # 1.5 * 2^23: x + _ROUND rounds x to an integer held in the low mantissa bits
-
-
-@triton.jit
-def _exp2_poly(x):
-    """2^x for x <= 0 without the special-function unit, for unmasked tiles: x is clamped to -126 (below
-    it 2^-126, 1.2e-38, not 0: a masked score's -inf must not come here). x = j + f with j an
-    integer by the add-and-subtract of 1.5 * 2^23 (no conversion instruction), 2^f by a degree-3 polynomial
-    in three multiply-adds, 2^j added into the exponent bits. The fused multiply-add pipe has eight times the
-    special-function unit's rate; at head dim 64 the exponentials are about as much work for that unit as
-    the two products are for the tensor cores, so moving part of them across can shorten a tile."""
-    x = tl.maximum(x, -126.0)
-    t = x + _ROUND
-    j = t - _ROUND
-    f = x - j
-    p = tl.fma(tl.fma(tl.fma(f, _C3, _C2), f, _C1), f, _C0)
-    bits = p.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _exp2_mixed(x, POLY: tl.constexpr):
-    """2^x of a (rows, cols) tile with POLY quarters of its columns (0, 1 or 2) from ``_exp2_poly`` and the
-    rest from the special-function unit; the tile is split in halves along its columns (each thread of a
-    Hopper MMA accumulator holds columns of both halves, so the split moves no data between threads)."""
-    if POLY == 0:
-        return tl.math.exp2(x)
-    else:
-        R: tl.constexpr = x.shape[0]
-        C: tl.constexpr = x.shape[1]
-        a, b = tl.split(tl.permute(tl.reshape(x, [R, 2, C // 2]), [0, 2, 1]))
-        if POLY == 2:
-            b = _exp2_poly(b)
-        else:
-            b0, b1 = tl.split(tl.permute(tl.reshape(b, [R, 2, C // 4]), [0, 2, 1]))
-            b = tl.reshape(tl.permute(tl.join(tl.math.exp2(b0), _exp2_poly(b1)), [0, 2, 1]), [R, C // 2])
-        return tl.reshape(tl.permute(tl.join(tl.math.exp2(a), b), [0, 2, 1]), [R, C])
 
 
 @triton.jit

@@ -23,13 +23,14 @@ def test_kernels_compile_for_sm90():
     """The default training path (forward, dQ, dK/dV on a natural part), the dK/dV variant with
     every option (permuted merging part, atomic dQ, split columns), the atomic dQ's TMA reduce (natural
     part; the interpreter cannot run it) and the merged backward's; split columns' "last" finish (its
-    release/acquire count and L2 reads) in dK/dV and merged; the dQ kernel computing delta itself."""
+    release/acquire count and L2 reads) in dK/dV and merged; the dQ kernel computing delta itself; the
+    forward with a quarter and a half of its exponentials by polynomial (EXP_POLY)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     only = ["forward natural", "dQ natural, delta loaded", "dK/dV natural, dQ separate, whole columns",
             "dK/dV permuted, merging, dQ atomic, split columns", "dK/dV natural, dQ atomic TMA, whole columns",
             "merged permuted, merging, split columns",
             "dK/dV permuted, merging, dQ atomic, split, last finish columns", "merged natural, split, last finish columns",
-            "dQ permuted, merging, delta here"]
+            "dQ permuted, merging, delta here", "forward poly 1/4 natural", "forward poly 2/4 permuted, merging"]
     proc = subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", *(f"--only={o}" for o in only)],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

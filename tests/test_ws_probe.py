@@ -5,7 +5,7 @@ and without the warp-specialisation flag and at both key tile widths it times.""
 import pytest
 import torch
 
-from megastride.kernels import ws_probe
+from megastride.kernels import blocksparse, ws_probe
 
 
 def test_block_lists_visit_the_blocks_just_before_each_row():
@@ -32,7 +32,7 @@ def test_probe_matches_the_block_list_attention(block_n, ws, poly):
 
 
 def test_the_polynomial_exponential_is_within_its_error_bound():
-    """_exp2_poly on [-126, 0]: relative error at most 7.5e-5 (the fit's bound), integers included, and
+    """blocksparse._exp2_poly (ws_probe's and EXP_POLY's) on [-126, 0]: relative error at most 7.5e-5 (the fit's bound), integers included, and
     about 2^-126 below the clamp, -inf included (positive and finite, not NaN or garbage; a denormal there:
     within 2e-4 of it)."""
     import triton
@@ -41,7 +41,7 @@ def test_the_polynomial_exponential_is_within_its_error_bound():
     @triton.jit
     def kernel(X, Y, N: tl.constexpr):
         offs = tl.arange(0, N)
-        tl.store(Y + offs, ws_probe._exp2_poly(tl.load(X + offs)))
+        tl.store(Y + offs, blocksparse._exp2_poly(tl.load(X + offs)))
 
     x = torch.cat([torch.linspace(-125.9, 0, 4000), -torch.arange(0, 90, dtype=torch.float32),
                    torch.tensor([-126.5, -300.0, float("-inf"), -0.5, 0.5 - 1e-6, -1e-7])])
