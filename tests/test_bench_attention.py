@@ -224,3 +224,28 @@ def test_the_kernel_ab_script_names_peers_and_tiles_the_benches_take():
     for kernel, spec in tiles:
         configs = configs_for(kernel, spec, 128, 64)
         assert len(configs) >= len(spec.split(",")) - 1
+
+
+def test_the_poly_ab_script_names_peers_probes_and_checks_that_exist():
+    """launch/h200_poly_ab.sh (one device call): valid bash, no shell function given to timeout, every
+    --peers a known peer, the probe's --kernels accepted, and each gpu_check --only name matching a check."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    from megastride.launch.bench_attention import _peers
+
+    script = Path(__file__).resolve().parents[1] / "launch" / "h200_poly_ab.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text().replace("\\\n", " ")
+    functions = re.findall(r"^\s*(\w+)\s*\(\)\s*\{", text, re.M)
+    assert not [f for f in functions if re.search(rf"\btimeout\s+\S+\s+{f}\b", text)]
+    peers = re.findall(r"--peers (\S+)", text)
+    assert len(peers) == 2 and all(_peers(p) for p in peers)
+    kernels = re.search(r"ws_probe --kernels (\S+)", text).group(1)
+    assert set(kernels.split(",")) <= {"fwd", "poly", "dkdv"}
+    from megastride.kernels.gpu_check import checks
+
+    names = [name for name, _ in checks(long=False)]
+    only = re.search(r'gpu_check --no-long\s+--only "([^"]+)"', text).group(1).split(",")
+    assert all(any(o in name for name in names) for o in only), (only, names)
