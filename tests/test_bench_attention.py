@@ -200,23 +200,33 @@ def test_strided_block_is_128_where_groups_fill_it_or_the_band_is_wide(n, stride
     assert strided_block(n, stride) == block
 
 
+def _device_script(name: str) -> str:
+    """launch/NAME's text with continued lines joined, after checking it is valid bash and gives timeout no
+    shell function (timeout runs commands: a function given to it failed with status 127 on the device,
+    2026-12-01)."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "launch" / name
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text().replace("\\\n", " ")
+    functions = re.findall(r"^\s*(\w+)\s*\(\)\s*\{", text, re.M)
+    assert not [f for f in functions if re.search(rf"\btimeout\s+\S+\s+{f}\b", text)]
+    return text
+
+
 def test_the_kernel_ab_script_names_peers_and_tiles_the_benches_take():
     """launch/h200_kernel_ab.sh (one device call of kernel comparisons): every --peers it passes is a
     known peer and every --tiles config parses for its --kernel at the 1M layout's block and head dim; the
     script is valid bash, and no timeout is given a shell function (timeout runs commands: it failed with
     status 127 on the device, 2026-12-01)."""
     import re
-    import subprocess
-    from pathlib import Path
 
     from megastride.kernels.tile_sweep import configs_for
     from megastride.launch.bench_attention import _peers
 
-    script = Path(__file__).resolve().parents[1] / "launch" / "h200_kernel_ab.sh"
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    text = script.read_text().replace("\\\n", " ")
-    functions = re.findall(r"^\s*(\w+)\s*\(\)\s*\{", text, re.M)
-    assert not [f for f in functions if re.search(rf"\btimeout\s+\S+\s+{f}\b", text)]
+    text = _device_script("h200_kernel_ab.sh")
     peers = re.findall(r"--peers (\S+)", text)
     assert peers and all(_peers(p) for p in peers)
     tiles = re.findall(r"--kernel (\w+) .*?--tiles (\S+)", text)
@@ -230,16 +240,10 @@ def test_the_poly_ab_script_names_peers_probes_and_checks_that_exist():
     """launch/h200_poly_ab.sh (one device call): valid bash, no shell function given to timeout, every
     --peers a known peer, the probe's --kernels accepted, and each gpu_check --only name matching a check."""
     import re
-    import subprocess
-    from pathlib import Path
 
     from megastride.launch.bench_attention import _peers
 
-    script = Path(__file__).resolve().parents[1] / "launch" / "h200_poly_ab.sh"
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    text = script.read_text().replace("\\\n", " ")
-    functions = re.findall(r"^\s*(\w+)\s*\(\)\s*\{", text, re.M)
-    assert not [f for f in functions if re.search(rf"\btimeout\s+\S+\s+{f}\b", text)]
+    text = _device_script("h200_poly_ab.sh")
     peers = re.findall(r"--peers (\S+)", text)
     assert len(peers) == 2 and all(_peers(p) for p in peers)
     kernels = re.search(r"ws_probe --kernels (\S+)", text).group(1)

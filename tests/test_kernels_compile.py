@@ -19,6 +19,14 @@ import pytest
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
 
 
+def _compiled_lines(code: str) -> list[str]:
+    """The printed lines of ``code`` run in a fresh process that compiles (TRITON_INTERPRET unset)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    return proc.stdout.splitlines()
+
+
 def test_kernels_compile_for_sm90():
     """The default training path (forward, dQ, dK/dV on a natural part), the dK/dV variant with
     every option (permuted merging part, atomic dQ, split columns), the atomic dQ's TMA reduce (natural
@@ -99,14 +107,11 @@ def test_the_probe_loop_is_warp_specialised_for_sm90():
     """kernels/ws_probe.py: with warp_specialize the probe's loop is partitioned for Hopper (a
     ttg.warp_specialize op; 12 warps: 4 of the kernel's own and two groups of 4 the pass adds), without it
     not: what the probe times on the device is the partitioned loop, not the flag ignored."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("from megastride.kernels.ws_probe import compile_probe\n"
-            "for ws in (False, True):\n"
-            "    k = compile_probe(ws)\n"
-            "    print(ws, 'ttg.warp_specialize(' in k.asm['ttgir'], k.metadata.num_warps)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
-    assert proc.stdout.split("\n")[:2] == ["False False 4", "True True 12"], proc.stdout
+    lines = _compiled_lines("from megastride.kernels.ws_probe import compile_probe\n"
+                            "for ws in (False, True):\n"
+                            "    k = compile_probe(ws)\n"
+                            "    print(ws, 'ttg.warp_specialize(' in k.asm['ttgir'], k.metadata.num_warps)\n")
+    assert lines == ["False False 4", "True True 12"], lines
 
 
 def test_the_dkdv_hot_loop_is_as_lean_as_the_stripped_probe():
@@ -121,25 +126,20 @@ def test_the_dkdv_hot_loop_is_as_lean_as_the_stripped_probe():
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("ok ") and "32x128 w4 s5" in x)
     ours = [int(n) for n in re.search(r"loop (\d+) instructions: (\d+) HGMMA, (\d+) MUFU", line).groups()]
-    code = ("from megastride.kernels import compile_check as c, ws_probe as w\n"
-            "m = c.first_mma_loop(w.compile_probe_dkdv(32, 64, 4, 5))\n"
-            "print(m['total'], m['HGMMA'], m['MUFU'])\n")
-    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    assert probe.returncode == 0, probe.stderr[-2000:]
-    total, hgmma, mufu = (int(n) for n in probe.stdout.split())
-    assert ours[1:] == [hgmma, mufu] == [24, 32], (line, probe.stdout)
-    assert ours[0] <= 1.05 * total, (line, probe.stdout)
+    probe = _compiled_lines("from megastride.kernels import compile_check as c, ws_probe as w\n"
+                            "m = c.first_mma_loop(w.compile_probe_dkdv(32, 64, 4, 5))\n"
+                            "print(m['total'], m['HGMMA'], m['MUFU'])\n")
+    total, hgmma, mufu = (int(n) for n in probe[0].split())
+    assert ours[1:] == [hgmma, mufu] == [24, 32], (line, probe)
+    assert ours[0] <= 1.05 * total, (line, probe)
 
 
 def test_the_probe_moves_a_quarter_and_a_half_of_its_exponentials_off_the_special_function_unit():
     """kernels/ws_probe.py --kernels poly, compiled for sm_90 (128x128 tile, head dim 64, 4 warps): each
     thread's loop computes 128 exponentials of scores and 4 of the rescaling (132 MUFU); with a quarter of
     the columns from the polynomial 100, with half 68, and no shuffles added by the column split."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("from megastride.kernels import compile_check as c, ws_probe as w\n"
-            "for poly in (0, 1, 2):\n"
-            "    m = c.first_mma_loop(w.compile_probe(False, num_stages=2, poly=poly))\n"
-            "    print(m['HGMMA'], m['MUFU'], m.get('SHFL', 0))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split("\n")[:3] == ["24 132 16", "24 100 16", "24 68 16"], proc.stdout
+    lines = _compiled_lines("from megastride.kernels import compile_check as c, ws_probe as w\n"
+                            "for poly in (0, 1, 2):\n"
+                            "    m = c.first_mma_loop(w.compile_probe(False, num_stages=2, poly=poly))\n"
+                            "    print(m['HGMMA'], m['MUFU'], m.get('SHFL', 0))\n")
+    assert lines == ["24 132 16", "24 100 16", "24 68 16"], lines

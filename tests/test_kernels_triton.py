@@ -428,14 +428,8 @@ POLY_CASES = {
 }
 
 
-@pytest.mark.parametrize("name,poly", [("dense", 1), ("local", 2), ("fixed_blocks_of_16", 1), ("strided_permuted", 2)])
-def test_exponentials_by_polynomial_match_the_reference(name, poly, monkeypatch):
-    """MEGASTRIDE_BLOCKSPARSE_EXP_POLY: a quarter or half of each unmasked forward tile's exponentials from
-    the polynomial (16-bit inputs): output and gradients within the three-way tolerance of the reference,
-    the forward launched with it, and its output not bit-identical to the special-function one (the
-    polynomial ran)."""
-    make, n, block, heads, head_dim, dtype, batch = POLY_CASES[name]
-    assert dtype != torch.float32
+def _forward_exp_poly_launches(monkeypatch) -> list:
+    """The EXP_POLY of every forward launch from here on, in order (the launches themselves unchanged)."""
     launched = []
     real = blocksparse._launch
 
@@ -445,6 +439,18 @@ def test_exponentials_by_polynomial_match_the_reference(name, poly, monkeypatch)
         return real(tuned, kernel, grid, args, consts, names, **kw)
 
     monkeypatch.setattr(blocksparse, "_launch", launch)
+    return launched
+
+
+@pytest.mark.parametrize("name,poly", [("dense", 1), ("local", 2), ("fixed_blocks_of_16", 1), ("strided_permuted", 2)])
+def test_exponentials_by_polynomial_match_the_reference(name, poly, monkeypatch):
+    """MEGASTRIDE_BLOCKSPARSE_EXP_POLY: a quarter or half of each unmasked forward tile's exponentials from
+    the polynomial (16-bit inputs): output and gradients within the three-way tolerance of the reference,
+    the forward launched with it, and its output not bit-identical to the special-function one (the
+    polynomial ran)."""
+    make, n, block, heads, head_dim, dtype, batch = POLY_CASES[name]
+    assert dtype != torch.float32
+    launched = _forward_exp_poly_launches(monkeypatch)
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_EXP_POLY", str(poly))
     _run_case(POLY_CASES[name], monkeypatch, seed=13)
     assert launched and set(launched) == {poly}
@@ -458,15 +464,7 @@ def test_exponentials_by_polynomial_match_the_reference(name, poly, monkeypatch)
 
 
 def test_exponentials_by_polynomial_stay_off_for_fp32_and_refuse_other_counts(monkeypatch):
-    launched = []
-    real = blocksparse._launch
-
-    def launch(tuned, kernel, grid, args, consts, names=blocksparse._TILE_NAMES, **kw):
-        if kernel is blocksparse._fwd_kernel:
-            launched.append(consts["EXP_POLY"])
-        return real(tuned, kernel, grid, args, consts, names, **kw)
-
-    monkeypatch.setattr(blocksparse, "_launch", launch)
+    launched = _forward_exp_poly_launches(monkeypatch)
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_EXP_POLY", "2")
     _run_case(CASES["fixed_d128"], monkeypatch, seed=14)  # fp32: exact exponentials, the reference's tolerance
     assert launched and set(launched) == {0}
