@@ -428,15 +428,16 @@ POLY_CASES = {
 }
 
 
-def _forward_exp_poly_launches(monkeypatch) -> list:
-    """The EXP_POLY of every forward launch from here on, in order (the launches themselves unchanged)."""
+def _launched_consts(monkeypatch, kernel, name: str) -> list:
+    """The constexpr ``name`` of every launch of ``kernel`` from here on, in order (the launches themselves
+    unchanged)."""
     launched = []
     real = blocksparse._launch
 
-    def launch(tuned, kernel, grid, args, consts, names=blocksparse._TILE_NAMES, **kw):
-        if kernel is blocksparse._fwd_kernel:
-            launched.append(consts["EXP_POLY"])
-        return real(tuned, kernel, grid, args, consts, names, **kw)
+    def launch(tuned, k, grid, args, consts, names=blocksparse._TILE_NAMES, **kw):
+        if k is kernel:
+            launched.append(consts[name])
+        return real(tuned, k, grid, args, consts, names, **kw)
 
     monkeypatch.setattr(blocksparse, "_launch", launch)
     return launched
@@ -450,7 +451,7 @@ def test_exponentials_by_polynomial_match_the_reference(name, poly, monkeypatch)
     polynomial ran)."""
     make, n, block, heads, head_dim, dtype, batch = POLY_CASES[name]
     assert dtype != torch.float32
-    launched = _forward_exp_poly_launches(monkeypatch)
+    launched = _launched_consts(monkeypatch, blocksparse._fwd_kernel, "EXP_POLY")
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_EXP_POLY", str(poly))
     _run_case(POLY_CASES[name], monkeypatch, seed=13)
     assert launched and set(launched) == {poly}
@@ -464,7 +465,7 @@ def test_exponentials_by_polynomial_match_the_reference(name, poly, monkeypatch)
 
 
 def test_exponentials_by_polynomial_stay_off_for_fp32_and_refuse_other_counts(monkeypatch):
-    launched = _forward_exp_poly_launches(monkeypatch)
+    launched = _launched_consts(monkeypatch, blocksparse._fwd_kernel, "EXP_POLY")
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_EXP_POLY", "2")
     _run_case(CASES["fixed_d128"], monkeypatch, seed=14)  # fp32: exact exponentials, the reference's tolerance
     assert launched and set(launched) == {0}
@@ -575,15 +576,7 @@ def test_backward_splits_columns_as_the_rule_says_and_matches_the_reference(sms,
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", raising=False)
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
     monkeypatch.setattr(blocksparse, "gpu_sms", lambda q: sms)
-    launched = []
-    real = blocksparse._launch
-
-    def launch(tuned, kernel, grid, args, consts, names=blocksparse._TILE_NAMES, **kw):
-        if kernel is blocksparse._bwd_dkdv_kernel:
-            launched.append(consts["SPLIT"])
-        return real(tuned, kernel, grid, args, consts, names, **kw)
-
-    monkeypatch.setattr(blocksparse, "_launch", launch)
+    launched = _launched_consts(monkeypatch, blocksparse._bwd_dkdv_kernel, "SPLIT")
     _run_case(SPLIT_CASES["fixed_full_summary"], monkeypatch, seed=5)
     assert launched == [(1 if blocksparse.split_finish() == "cast" else 2) if splits else 0]  # SPLIT: the finish's
 
