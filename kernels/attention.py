@@ -52,13 +52,22 @@ def attention_forward(run, shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
     return out, lse
 
 
+def _attention_choice() -> str:
+    """``MEGASTRIDE_ATTENTION``: "" (the kernels on CUDA), "reference" or "triton"; anything else is refused."""
+    choice = os.environ.get("MEGASTRIDE_ATTENTION", "").lower()
+    if choice not in ("", "reference", "triton"):
+        raise ValueError(f"MEGASTRIDE_ATTENTION must be unset, 'reference' or 'triton'; got {choice!r}")
+    return choice
+
+
 def _use_triton(q: torch.Tensor) -> bool:
-    if os.environ.get("MEGASTRIDE_ATTENTION", "").lower() == "reference":
+    choice = _attention_choice()
+    if choice == "reference":
         return False
     if q.is_cuda:
         return True
     # the Triton interpreter runs the kernels on CPU tensors (tests); opt in explicitly
-    return os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("MEGASTRIDE_ATTENTION", "").lower() == "triton"
+    return os.environ.get("TRITON_INTERPRET") == "1" and choice == "triton"
 
 
 def _is_dense(layout: Layout) -> bool:
@@ -91,7 +100,7 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
     """
     if q.shape[-2] != layout.seq_len:
         raise ValueError(f"inputs have {q.shape[-2]} positions but the layout was built for {layout.seq_len}")
-    if q.is_cuda and _is_dense(layout) and os.environ.get("MEGASTRIDE_ATTENTION", "").lower() != "reference":
+    if q.is_cuda and _is_dense(layout) and _attention_choice() != "reference":
         # plain causal attention: torch's SDPA (FlashAttention) is the kernel to beat, not to redo
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     if _use_triton(q):
@@ -108,7 +117,7 @@ def sparse_attention_qkv(qkv: torch.Tensor, heads: int, layout: Layout, scale: f
     q, k, v = qkv_heads(qkv, heads)
     if q.shape[-2] != layout.seq_len:
         raise ValueError(f"inputs have {q.shape[-2]} positions but the layout was built for {layout.seq_len}")
-    dense_on_gpu = qkv.is_cuda and _is_dense(layout) and os.environ.get("MEGASTRIDE_ATTENTION", "").lower() != "reference"
+    dense_on_gpu = qkv.is_cuda and _is_dense(layout) and _attention_choice() != "reference"
     if _use_triton(qkv) and not dense_on_gpu:
         from .blocksparse import blocksparse_attention_qkv  # imported lazily: needs triton
 

@@ -2,15 +2,19 @@
 
 FlashAttention-2 style: one program per (query tile, batch x head of a part) walks the key blocks of
 its row (the *full* blocks without a mask, then the *partial* ones with the part's token predicate),
-keeping an online softmax in fp32 and saving the log-sum-exp (base 2). The backward pass is a
-delta = rowsum(dO * O) pass, a dQ kernel over the row lists and a dK/dV kernel over the transposed
-(column) lists: every output element is written by exactly one program, so no atomics. Optionally
+keeping an online softmax in fp32 and saving the log-sum-exp (base 2). The backward pass is a dQ kernel
+over the row lists, which also computes delta = rowsum(dO * O) for its rows (``delta_in_dq``), then a
+dK/dV kernel over the transposed (column) lists: every output element is written by exactly one program,
+so no atomics (``dq_mode`` "auto" may run both in one launch, after a delta kernel). Optionally
 (``DQ_MODE = "atomic"``) the dK/dV kernel also adds each tile's dS @ K to an fp32 dQ with atomics
 and the dQ kernel is skipped: two matmuls per tile fewer, at the price of a run-to-run
 nondeterministic summation order in dQ. With a split of S > 0 (``dkdv_split``: by default where one
 column outweighs a fair share of the work per SM) a dK/dV program takes at most S query blocks of a
-column and adds its share to fp32 dK/dV with atomics: the fixed pattern's summary columns (attended by
-every later query block) stop being one long serial chain per column.
+column and adds its share into a small fp32 workspace with atomics, the last segment to count writing the
+column's final dK/dV (``split_finish``): the fixed pattern's summary columns (attended by every later
+query block) stop being one long serial chain per column.
+
+Every switch (environment variables, default, when each is read): docs/kernels.md.
 
 A layout may split a head over several *parts* (the strided pattern: its local half in natural
 order, its strided half on the sequence permuted by i -> (i mod l) * (n / l) + i // l, where keys
@@ -860,6 +864,8 @@ def _fixed_tiles(block: int, names=_TILE_NAMES) -> dict | None:
     """
     forced = os.environ.get("MEGASTRIDE_BLOCKSPARSE_TILES")
     if forced:
+        if not re.fullmatch(r"\d+,\d+", forced) or min(int(x) for x in forced.split(",")) < 16:
+            raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_TILES must be 'M,N' (two integers >= 16), got {forced!r}")
         m, n = (min(int(x), block) for x in forced.split(","))
         return {**{name: m if name.endswith("_M") else n for name in names}, "num_warps": 4, "num_stages": 2}
     if _INTERPRET:

@@ -21,6 +21,8 @@ _KERNEL_MAX_WIDTH = 8192  # layernorm.MAX_WIDTH, without importing triton here
 
 def _use_triton(x: torch.Tensor) -> bool:
     choice = os.environ.get("MEGASTRIDE_LAYERNORM", "").lower()
+    if choice not in ("", "torch", "triton"):
+        raise ValueError(f"MEGASTRIDE_LAYERNORM must be unset, 'torch' or 'triton'; got {choice!r}")
     if choice == "torch" or x.dtype not in _KERNEL_DTYPES or x.shape[-1] > _KERNEL_MAX_WIDTH or x.numel() == 0:
         return False
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"

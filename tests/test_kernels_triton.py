@@ -1377,3 +1377,25 @@ def test_the_planner_sees_the_merges_the_kernels_schedule(spec):
     in_place = any(prev and not last for _, prev, _, last in schedule)
     stats = planner.layout_stats(cfg.model, 512)
     assert (stats.merged, stats.merged_in_place) == (merged, in_place)
+
+
+def test_switch_typos_are_refused_in_one_line(monkeypatch):
+    """A mistyped MEGASTRIDE_ATTENTION, MEGASTRIDE_LAYERNORM or MEGASTRIDE_BLOCKSPARSE_TILES stops the call
+    with a one-line error naming the variable, instead of silently running the default path."""
+    from megastride.kernels import layer_norm, sparse_attention
+
+    layout = P.build_layout(P.same_for_all_heads(P.local(32), 2), 64, 16)
+    q = torch.randn(1, 2, 64, 16)
+    monkeypatch.setenv("MEGASTRIDE_ATTENTION", "refernce")
+    with pytest.raises(ValueError, match=r"^MEGASTRIDE_ATTENTION must be unset, 'reference' or 'triton'; got 'refernce'$"):
+        sparse_attention(q, q, q, layout)
+    monkeypatch.setenv("MEGASTRIDE_ATTENTION", "Reference")  # any case
+    torch.testing.assert_close(sparse_attention(q, q, q, layout), reference_attention(q, q, q, layout))
+    monkeypatch.setenv("MEGASTRIDE_LAYERNORM", "pytorch")
+    with pytest.raises(ValueError, match=r"^MEGASTRIDE_LAYERNORM must be unset, 'torch' or 'triton'; got 'pytorch'$"):
+        layer_norm(torch.randn(4, 8), None, None)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TILES", "64")
+    with pytest.raises(ValueError, match=r"^MEGASTRIDE_BLOCKSPARSE_TILES must be 'M,N' \(two integers >= 16\), got '64'$"):
+        blocksparse._fixed_tiles(64)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TILES", "64,32")
+    assert blocksparse._fixed_tiles(32)["BLOCK_M"] == 32
