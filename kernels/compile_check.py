@@ -153,9 +153,14 @@ def first_loop_waits(kernel) -> list[int]:
     return [int(n) for n in re.findall(r"async_wait[^{\n]*\{num = (\d+)", ttgir[start:end])]
 
 
+def _bundled_tool(name: str) -> str:
+    """The path of one of the CUDA tools the triton wheel ships (ptxas, nvdisasm)."""
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
 def ptxas_usage(kernel, arch: int = 90) -> dict:
     """Registers per thread and spill bytes of a compiled kernel, from the bundled ptxas -v."""
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    ptxas = _bundled_tool("ptxas")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
         with open(path, "w") as f:
@@ -172,7 +177,7 @@ def ptxas_usage(kernel, arch: int = 90) -> dict:
 
 def sass(kernel) -> str:
     """The compiled kernel's SASS, from the bundled nvdisasm."""
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    tool = _bundled_tool("nvdisasm")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.cubin")
         with open(path, "wb") as f:
