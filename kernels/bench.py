@@ -275,9 +275,6 @@ OUR_VARIANTS = {
     # (delta_in_dq off). splitlast, dqdelta and lean (the thirteenth bench run) became the defaults.
     "split8last": {"MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH": "last", "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "8"},
     "cast": {"MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ": "0", "MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH": "cast"},
-    # a quarter or half of each unmasked forward tile's exponentials by polynomial (exp_poly)
-    "poly1": {"MEGASTRIDE_BLOCKSPARSE_EXP_POLY": "1"},
-    "poly2": {"MEGASTRIDE_BLOCKSPARSE_EXP_POLY": "2"},
     # later launches straight to the compiled kernels' launchers (use_direct_launch): the host's issue time
     "direct": {"MEGASTRIDE_BLOCKSPARSE_DIRECT": "1"},
 }
@@ -482,7 +479,7 @@ def environment() -> dict:
             "date": time.strftime("%Y-%m-%d"), "dtype": "bfloat16", "batch": 1,
             "dq_mode": B.dq_mode(), "dkdv_split": B.dkdv_split_setting(), "runs": B.use_runs(),
             "order": B.block_order(), "tma_loads": B.use_tma_loads(), "partials": B.partials_setting(),
-            "dots_first": bool(B.DOTS_FIRST), "split_finish": B.split_finish(), "delta_in_dq": B.delta_in_dq(), "exp_poly": B.exp_poly(),
+            "dots_first": bool(B.DOTS_FIRST), "split_finish": B.split_finish(), "delta_in_dq": B.delta_in_dq(),
             "direct_launch": B.use_direct_launch()}
 
 

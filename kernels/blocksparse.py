@@ -174,59 +174,13 @@ def _allowed(i, j, CODES, min_off, NCOMP: tl.constexpr, KINDS: tl.constexpr):
     return ok & (d >= min_off)
 
 
-# 2^f on [-0.5, 0.5], degree 3, fitted for relative error (7.5e-5 at most in fp32: under half a bf16 or fp16
-# rounding step, so P rounded for its product is nearly always the same)
-_C0, _C1, _C2, _C3 = (tl.constexpr(c) for c in (0.9999281167984009, 0.6932609677314758, 0.24261033535003662,
-                                                  0.05517134442925453))
-_ROUND = tl.constexpr(12582912.0)  # 1.5 * 2^23: x + _ROUND rounds x to an integer held in the low mantissa bits
-
-
 @triton.jit
-def _exp2_poly(x):
-    """2^x for x <= 0 without the special-function unit, for unmasked tiles: x is clamped to -126 (below
-    it about 2^-126, not 0: a masked score's -inf must not come here). x = j + f with j an integer by the
-    add-and-subtract of 1.5 * 2^23 (no conversion instruction), 2^f by a degree-3 polynomial in three
-    multiply-adds, 2^j added into the exponent bits. The multiply-add pipes have eight times the
-    special-function unit's rate; at head dim 64 the exponentials are about as much work for that unit as
-    the two products are for the tensor cores, so moving part of them across can shorten a tile."""
-    x = tl.maximum(x, -126.0)
-    t = x + _ROUND
-    j = t - _ROUND
-    f = x - j
-    p = tl.fma(tl.fma(tl.fma(f, _C3, _C2), f, _C1), f, _C0)
-    bits = p.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _exp2_mixed(x, POLY: tl.constexpr):
-    """2^x of a (rows, cols) tile with POLY quarters of its columns (0, 1 or 2) from ``_exp2_poly`` and the
-    rest from the special-function unit; the tile is split in halves along its columns (each thread of a
-    Hopper MMA accumulator holds columns of both halves, so the split moves no data between threads:
-    compiled for sm_90, no shuffles added)."""
-    if POLY == 0:
-        return tl.math.exp2(x)
-    else:
-        R: tl.constexpr = x.shape[0]
-        C: tl.constexpr = x.shape[1]
-        a, b = tl.split(tl.permute(tl.reshape(x, [R, 2, C // 2]), [0, 2, 1]))
-        if POLY == 2:
-            b = _exp2_poly(b)
-        else:
-            b0, b1 = tl.split(tl.permute(tl.reshape(b, [R, 2, C // 4]), [0, 2, 1]))
-            b = tl.reshape(tl.permute(tl.join(tl.math.exp2(b0), _exp2_poly(b1)), [0, 2, 1]), [R, C // 2])
-        return tl.reshape(tl.permute(tl.join(tl.math.exp2(a), b), [0, 2, 1]), [R, C])
-
-
-@triton.jit
-def _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
-              EXP_POLY: tl.constexpr):
+def _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
     """One key tile of the online softmax (scores in base-2 units). The scale multiplies the row max, not
     every score (max(s) * c = max(s * c) for c > 0), and joins the subtraction in one multiply-add per
     score instead of a multiply and a subtract: the per-score arithmetic competes with the two matrix
     products at these head dims (H200, same tiles: forward 3-4% faster at D=64, 4-6% at D=128;
-    docs/benchmarks.md "Tile sweeps"). EXP_POLY: quarters of an unmasked tile's exponentials from
-    ``_exp2_poly`` (exp_poly)."""
+    docs/benchmarks.md "Tile sweeps")."""
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
     if MASKED:
         s = tl.where(ok, s, float("-inf"))
@@ -235,10 +189,7 @@ def _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, MASKED: tl.constexpr, DOT_PR
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
         m_use = m_new
-    if MASKED:
-        p = tl.math.exp2(s * qk_scale - m_use[:, None])
-    else:
-        p = _exp2_mixed(s * qk_scale - m_use[:, None], EXP_POLY)
+    p = tl.math.exp2(s * qk_scale - m_use[:, None])
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
@@ -275,8 +226,7 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
                 part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale,
                 BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
                 NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                RUNS: tl.constexpr, DESC: tl.constexpr, EXP_POLY: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr):
+                RUNS: tl.constexpr, DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # one program per (query tile, batch x head)
     batch, head, csr, row_block, first_row, min_off, codes, _ = _program_tile(
         tl.program_id(0), HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_M, NCOMP)
@@ -299,7 +249,7 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
     for t in range(full_lo * (BLOCK // BLOCK_N), tl.load(FULL_PTR + ptr + 1) * (BLOCK // BLOCK_N)):
         start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED)
         k, v = _key_tile(K, V, k_desc, v_desc, start, cols, offs_d, stride_kt, stride_vt, DESC)
-        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, 0, False, DOT_PREC, EXP_POLY)
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, 0, False, DOT_PREC)
 
     last_row = first_row + BLOCK_M - 1
     # masked tiles at most 64 keys wide: their token-mask arithmetic sets the kernel's register count
@@ -316,7 +266,7 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
                 cols = _natural(offs_n, perm_g, perm_l, PERMUTED)
                 k, v = _key_tile(K, V, K, V, first_col, cols, offs_d, stride_kt, stride_vt, False)  # MASK_N rows
                 ok = _allowed(offs_m[:, None], offs_n[None, :], codes, min_off, NCOMP, KINDS)
-                acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, True, DOT_PREC, 0)
+                acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, True, DOT_PREC)
 
     empty = l_i == 0.0  # rows with no key in this part: lse = -inf, output 0
     lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
@@ -665,7 +615,7 @@ def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, DQ_PREV, LSE, 
 # --- autotuning: configs declared once per kernel, pruned to the layout's block and head dim ------
 
 _TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_PREV", "FUSED_DQ", "SPLIT", "DELTA_HERE",
-             "RUNS", "DESC", "EXP_POLY"]
+             "RUNS", "DESC"]
 
 
 # (BLOCK_M, BLOCK_N, warps, stages) per layout block, or per (block, head dim) where that key exists (it
@@ -828,8 +778,6 @@ SPLIT_RATIO = 2.5
 DELTA_IN_DQ = True
 # later launches go straight to the compiled kernel's launcher (use_direct_launch)
 DIRECT_LAUNCH = False
-# quarters of an unmasked forward tile's exponentials computed by polynomial (exp_poly)
-EXP_POLY = 0
 # how split columns are completed: split_finish
 SPLIT_FINISH = "last"
 SPLIT_FINISHES = ("cast", "last")
@@ -1298,8 +1246,8 @@ def _forward(q, k, v, layout: Layout, scale: float):
                 len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E)
         grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
         _launch(_fwd_tuned, _fwd_kernel, grid, args,
-                {**_common(layout, meta, q, load_prev), "RUNS": runs is not None, "DESC": _desc_loads(meta, q, k, v),
-                 "EXP_POLY": exp_poly() if q.dtype != torch.float32 else 0}, name="fwd")
+                {**_common(layout, meta, q, load_prev), "RUNS": runs is not None, "DESC": _desc_loads(meta, q, k, v)},
+                name="fwd")
     _cast_rest(layout, acc, out)
     return out, lse
 
@@ -1386,21 +1334,6 @@ def delta_in_dq() -> bool:
     1,048,576 tokens the two were within 1% either way (docs/benchmarks.md, thirteenth run).
     ``MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ`` ("0" or "1") overrides ``DELTA_IN_DQ``."""
     return _switch("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", DELTA_IN_DQ)
-
-
-def exp_poly() -> int:
-    """Quarters (0, 1 or 2) of each unmasked forward tile's exponentials computed by a degree-3 polynomial on
-    the multiply-add pipes instead of the special-function unit (``_exp2_poly``: 7.5e-5 relative error, under
-    half a rounding step of the 16-bit P it feeds; fp32 inputs always use the unit). At head dim 64 the
-    unit's exponentials take about as long as the tile's two products on the tensor cores. Not yet timed on
-    a GPU (``python -m megastride.kernels.ws_probe --kernels poly``, bench variants poly1 and poly2), so
-    ``EXP_POLY`` is 0; ``MEGASTRIDE_BLOCKSPARSE_EXP_POLY`` overrides it."""
-    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_EXP_POLY")
-    if raw is None:
-        return EXP_POLY
-    if raw not in ("0", "1", "2"):
-        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_EXP_POLY must be 0, 1 or 2 (quarters of the exponentials), got {raw!r}")
-    return int(raw)
 
 
 def split_finish() -> str:

@@ -95,9 +95,9 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
         # a merging part as the last launch of a split head runs it: the earlier parts' fp32 sums in, the
         # final outputs in the inputs' dtype out
         acc = {"O_PREV", "DQ_PREV", "DK_PREV", "DV_PREV"} if load_prev else set()
-        for (m, n, w, st), poly in itertools.product(tiles(bs._FWD_TILES), (0, 1, 2)):  # exponentials by polynomial
-            out.append(Variant(f"forward {f'poly {poly}/4 ' if poly else ''}{tag} {m}x{n} w{w} s{st}", bs._fwd_kernel,
-                               dict(common, EXP_POLY=poly, BLOCK_M=m, BLOCK_N=n), acc & {"O_PREV"}, w, st))
+        for m, n, w, st in tiles(bs._FWD_TILES):
+            out.append(Variant(f"forward {tag} {m}x{n} w{w} s{st}", bs._fwd_kernel,
+                               dict(common, BLOCK_M=m, BLOCK_N=n), acc & {"O_PREV"}, w, st))
         for (m, n, w, st), here in itertools.product(tiles(bs._DQ_TILES), (False, True)):  # delta loaded / computed
             out.append(Variant(f"dQ {tag}, delta {'here' if here else 'loaded'} {m}x{n} w{w} s{st}", bs._bwd_dq_kernel,
                                dict(common, DELTA_HERE=here, BLOCK_M=m, BLOCK_N=n), acc & {"DQ_PREV"}, w, st))
@@ -159,7 +159,8 @@ def _bundled_tool(name: str) -> str:
 
 
 def ptxas_usage(kernel, arch: int = 90) -> dict:
-    """Registers per thread and spill bytes of a compiled kernel, from the bundled ptxas -v."""
+    """Registers per thread, spill bytes and performance warnings of a compiled kernel, from the bundled
+    ptxas -v."""
     ptxas = _bundled_tool("ptxas")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
@@ -172,7 +173,9 @@ def ptxas_usage(kernel, arch: int = 90) -> dict:
     stores = re.search(r"(\d+) bytes spill stores", text)
     loads = re.search(r"(\d+) bytes spill loads", text)
     return {"registers": int(regs.group(1)) if regs else None,
-            "spill_stores": int(stores.group(1)) if stores else 0, "spill_loads": int(loads.group(1)) if loads else 0}
+            "spill_stores": int(stores.group(1)) if stores else 0, "spill_loads": int(loads.group(1)) if loads else 0,
+            # e.g. C7514: tensor-core products serialised (each waited for at once), whatever the source asked
+            "warnings": re.findall(r"Potential Performance Loss: ([^\n]*)", text)}
 
 
 def sass(kernel) -> str:

@@ -16,8 +16,9 @@ and the masked tiles in a launch of their own).
 
 A third question (``--kernels poly``): at head dim 64 the exponentials keep the special-function unit
 about as busy as the two products keep the tensor cores; does computing a quarter or half of them by a
-polynomial on the multiply-add pipes (``blocksparse._exp2_poly``, what ``MEGASTRIDE_BLOCKSPARSE_EXP_POLY`` does in
-our forward) shorten a tile?
+polynomial on the multiply-add pipes (``_exp2_poly``) shorten a tile? On the H200 it did not (the
+fourteenth run, docs/benchmarks.md: 423 TFLOP/s with none, 398 with a quarter, 367 with a half at
+1,048,576 tokens, head dim 64), and our forward no longer carries the option.
 
 Each query tile visits up to ``--visits`` earlier blocks (96: about what the fixed pattern's rows visit
 at 1,048,576 tokens, block 128). TFLOP/s counts the products of every visited block: two in the forward
@@ -37,9 +38,51 @@ import torch
 import triton
 import triton.language as tl
 
-from .blocksparse import _exp2_mixed
-
 BLOCK = 128
+
+
+# 2^f on [-0.5, 0.5], degree 3, fitted for relative error (7.5e-5 at most in fp32: under half a bf16 or fp16
+# rounding step, so P rounded for its product is nearly always the same)
+_C0, _C1, _C2, _C3 = (tl.constexpr(c) for c in (0.9999281167984009, 0.6932609677314758, 0.24261033535003662,
+                                                  0.05517134442925453))
+_ROUND = tl.constexpr(12582912.0)  # 1.5 * 2^23: x + _ROUND rounds x to an integer held in the low mantissa bits
+
+
+@triton.jit
+def _exp2_poly(x):
+    """2^x for x <= 0 without the special-function unit, for unmasked tiles: x is clamped to -126 (below
+    it about 2^-126, not 0: a masked score's -inf must not come here). x = j + f with j an integer by the
+    add-and-subtract of 1.5 * 2^23 (no conversion instruction), 2^f by a degree-3 polynomial in three
+    multiply-adds, 2^j added into the exponent bits. The multiply-add pipes have eight times the
+    special-function unit's rate; at head dim 64 the exponentials are about as much work for that unit as
+    the two products are for the tensor cores, so moving part of them across can shorten a tile."""
+    x = tl.maximum(x, -126.0)
+    t = x + _ROUND
+    j = t - _ROUND
+    f = x - j
+    p = tl.fma(tl.fma(tl.fma(f, _C3, _C2), f, _C1), f, _C0)
+    bits = p.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _exp2_mixed(x, POLY: tl.constexpr):
+    """2^x of a (rows, cols) tile with POLY quarters of its columns (0, 1 or 2) from ``_exp2_poly`` and the
+    rest from the special-function unit; the tile is split in halves along its columns (each thread of a
+    Hopper MMA accumulator holds columns of both halves, so the split moves no data between threads:
+    compiled for sm_90, no shuffles added)."""
+    if POLY == 0:
+        return tl.math.exp2(x)
+    else:
+        R: tl.constexpr = x.shape[0]
+        C: tl.constexpr = x.shape[1]
+        a, b = tl.split(tl.permute(tl.reshape(x, [R, 2, C // 2]), [0, 2, 1]))
+        if POLY == 2:
+            b = _exp2_poly(b)
+        else:
+            b0, b1 = tl.split(tl.permute(tl.reshape(b, [R, 2, C // 4]), [0, 2, 1]))
+            b = tl.reshape(tl.permute(tl.join(tl.math.exp2(b0), _exp2_poly(b1)), [0, 2, 1]), [R, C // 2])
+        return tl.reshape(tl.permute(tl.join(tl.math.exp2(a), b), [0, 2, 1]), [R, C])
 
 
 @triton.jit
@@ -119,12 +162,66 @@ def _probe_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, N, qk_scale, s
     dvd.store([pid * BLOCK_N, 0], dv.to(DV.dtype.element_ty))
 
 
+@triton.jit
+def _probe_dkdv_persistent_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, ORDER, total, N, qk_scale, sm_scale,
+                                  HEADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+                                  FLATTEN: tl.constexpr):
+    """The dK/dV probe with a fixed number of programs, each walking (key tile, head) items ORDER[pid::G]
+    (heaviest first). FLATTEN asks Triton to fuse the walk and the per-column loop into one pipelined loop
+    (one column's first loads under the previous column's last products and store); Triton 3.6 fuses only
+    inner loops with constant bounds, so with a column's own bounds the two loops stay apart (compiled for
+    sm_90: two loops either way, tests/test_ws_probe.py)."""
+    pid = tl.program_id(0)
+    # one descriptor per tensor over every head's rows (heads x N rows: under 2^31 at 8 x 1M)
+    qd = tl.make_tensor_descriptor(Q, shape=[HEADS * N, D], strides=[D, 1], block_shape=[BLOCK_M, D])
+    dod = tl.make_tensor_descriptor(DO, shape=[HEADS * N, D], strides=[D, 1], block_shape=[BLOCK_M, D])
+    kd = tl.make_tensor_descriptor(K, shape=[HEADS * N, D], strides=[D, 1], block_shape=[BLOCK_N, D])
+    vd = tl.make_tensor_descriptor(V, shape=[HEADS * N, D], strides=[D, 1], block_shape=[BLOCK_N, D])
+    dkd = tl.make_tensor_descriptor(DK, shape=[HEADS * N, D], strides=[D, 1], block_shape=[BLOCK_N, D])
+    dvd = tl.make_tensor_descriptor(DV, shape=[HEADS * N, D], strides=[D, 1], block_shape=[BLOCK_N, D])
+    SUB: tl.constexpr = BLOCK_N // BLOCK_M
+    for w in tl.range(pid, total, tl.num_programs(0), flatten=FLATTEN):
+        item = tl.load(ORDER + w)
+        col = item // HEADS
+        row0 = (item % HEADS) * N  # the head's first row
+        k = kd.load([row0 + col * BLOCK_N, 0])
+        v = vd.load([row0 + col * BLOCK_N, 0])
+        dk = tl.zeros([BLOCK_N, D], tl.float32)
+        dv = tl.zeros([BLOCK_N, D], tl.float32)
+        for t in tl.range(tl.load(PTR + col), tl.load(PTR + col + 1)):
+            start = tl.load(IDX + t // SUB) * BLOCK_N + (t % SUB) * BLOCK_M
+            q = qd.load([row0 + start, 0])
+            do = dod.load([row0 + start, 0])
+            rows = row0 + start + tl.arange(0, BLOCK_M)
+            st = tl.dot(k, tl.trans(q)) * qk_scale
+            dpt = tl.dot(v, tl.trans(do))
+            pt = tl.math.exp2(st - tl.load(LSE + rows)[None, :])
+            dv += tl.dot(pt.to(do.dtype), do)
+            dst = (pt * (dpt - tl.load(DELTA + rows)[None, :])).to(q.dtype)
+            dk += tl.dot(dst, q)
+        dkd.store([row0 + col * BLOCK_N, 0], (dk * sm_scale).to(DK.dtype.element_ty))
+        dvd.store([row0 + col * BLOCK_N, 0], dv.to(DV.dtype.element_ty))
+
+
 def block_lists(blocks: int, visits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """CSR lists: query block i visits the min(i, visits) blocks just before it. (ptr, idx) as int32."""
     counts = torch.clamp(torch.arange(blocks), max=visits)
     idx = torch.cat([torch.arange(i - c, i) for i, c in enumerate(counts.tolist())])
     ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
     return ptr.int(), idx.int()
+
+
+def fixed_lists(n: int, heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The full (unmasked) 128-blocks of the bench's fixed pattern at length n as CSR row lists (ptr, idx)
+    int32: our kernels' real list lengths (rows of about the window's blocks plus the summary columns; the
+    masked diagonal blocks left out), instead of ``block_lists``' even ones."""
+    from . import patterns as P
+    from .bench import Case, case_pattern
+
+    pattern, _, block, _ = case_pattern(Case("fixed", n, heads, head_dim))
+    assert block == BLOCK, block
+    csr = P.build_layout(pattern, n, block).parts[0].csr[0]
+    return csr.row_full_ptr.int(), csr.row_full_idx.int()
 
 
 def column_lists(ptr: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,6 +242,26 @@ def probe_dkdv(q, k, v, do, lse, delta, col_ptr, col_idx, *, block_m=32, num_war
     _probe_dkdv_kernel[(n // BLOCK, heads)](q, k, v, do, dk, dv, lse, delta, col_ptr * (BLOCK // block_m), col_idx, n,
                                             scale * 1.4426950408889634, scale, BLOCK_M=block_m, BLOCK_N=BLOCK, D=d,
                                             num_warps=num_warps, num_stages=num_stages)
+    return dk, dv
+
+
+def heaviest_first(col_ptr: torch.Tensor, heads: int) -> torch.Tensor:
+    """(key tile, head) items as col * heads + head, int32, longest column first."""
+    work = (col_ptr[1:] - col_ptr[:-1]).long()
+    cols = torch.argsort(-work, stable=True)
+    return (cols[:, None] * heads + torch.arange(heads, device=cols.device)).reshape(-1).int()
+
+
+def probe_dkdv_persistent(q, k, v, do, lse, delta, col_ptr, col_idx, order, programs, *, block_m=32, flatten=False,
+                          num_warps=4, num_stages=5):
+    """The persistent dK/dV probe: ``programs`` programs walk ``order`` (``heaviest_first``). (dk, dv)."""
+    heads, n, d = q.shape
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    scale = d ** -0.5
+    _probe_dkdv_persistent_kernel[(programs,)](q, k, v, do, dk, dv, lse, delta, col_ptr * (BLOCK // block_m), col_idx,
+                                               order, order.numel(), n, scale * 1.4426950408889634, scale, HEADS=heads,
+                                               BLOCK_M=block_m, BLOCK_N=BLOCK, D=d, FLATTEN=flatten,
+                                               num_warps=num_warps, num_stages=num_stages)
     return dk, dv
 
 
@@ -216,6 +333,16 @@ def compile_probe(warp_specialize: bool, head_dim: int = 64, block_n: int = BLOC
                                          "POLY": poly}, num_warps, num_stages, arch)
 
 
+def compile_probe_dkdv_persistent(flatten: bool = False, block_m: int = 32, head_dim: int = 64, heads: int = 8,
+                                  num_warps: int = 4, num_stages: int = 5, arch: int = 90):
+    """The persistent dK/dV probe compiled for ``arch`` without a GPU (bf16)."""
+    sig = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "DO": "*bf16", "DK": "*bf16", "DV": "*bf16", "LSE": "*fp32",
+           "DELTA": "*fp32", "PTR": "*i32", "IDX": "*i32", "ORDER": "*i32", "total": "i32", "N": "i32",
+           "qk_scale": "fp32", "sm_scale": "fp32"}
+    return _compile(_probe_dkdv_persistent_kernel, sig, {"HEADS": heads, "BLOCK_M": block_m, "BLOCK_N": BLOCK,
+                                                         "D": head_dim, "FLATTEN": flatten}, num_warps, num_stages, arch)
+
+
 def compile_probe_dkdv(block_m: int = 32, head_dim: int = 64, num_warps: int = 4, num_stages: int = 5, arch: int = 90):
     """The dK/dV probe compiled for ``arch`` without a GPU (bf16), to set its loop beside our dK/dV kernel's
     (``compile_check.first_mma_loop``)."""
@@ -261,14 +388,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m megastride.kernels.ws_probe", description=__doc__.splitlines()[0])
     p.add_argument("--cases", default="262144x64,1048576x64,262144x128", help="comma-separated NxD (heads = 512 / D)")
     p.add_argument("--visits", type=int, default=96, help="key blocks each query tile visits (at most)")
+    p.add_argument("--lists", choices=["window", "fixed"], default="window",
+                   help="window: each query tile visits the --visits blocks before it; fixed: the full blocks of the "
+                        "bench's fixed pattern (fixed_lists)")
     p.add_argument("--kernels", default="fwd,poly,dkdv", help="which probes: fwd (with and without warp "
                    "specialisation), poly (a quarter or half of the exponentials by polynomial), dkdv (the "
-                   "backward's dK/dV loop: four products a block)")
+                   "backward's dK/dV loop: four products a block), dkdvp (the same on one or two programs an SM "
+                   "walking the columns heaviest first)")
     p.add_argument("--out", default=None, help="folder for ws_probe.json")
     args = p.parse_args(argv)
     kernels = set(args.kernels.split(","))
-    if not kernels <= {"fwd", "poly", "dkdv"}:
-        p.error(f"--kernels takes fwd, poly and dkdv, got {args.kernels!r}")
+    if not kernels <= {"fwd", "poly", "dkdv", "dkdvp"}:
+        p.error(f"--kernels takes fwd, poly, dkdv and dkdvp, got {args.kernels!r}")
     if not torch.cuda.is_available():
         p.error("needs a CUDA GPU (the CPU tests run the kernel under TRITON_INTERPRET=1)")
     triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
@@ -276,10 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     for case in args.cases.split(","):
         n, d = (int(x) for x in case.split("x"))
         heads = 512 // d
-        ptr, idx = (t.cuda() for t in block_lists(n // BLOCK, args.visits))
+        lists = fixed_lists(n, heads, d) if args.lists == "fixed" else block_lists(n // BLOCK, args.visits)
+        ptr, idx = (t.cuda() for t in lists)
         pairs = BLOCK * BLOCK * int(ptr[-1]) * heads  # score entries of the visited blocks
         q, k, v, do = (torch.randn(heads, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
-        base = dict(n=n, head_dim=d, heads=heads)
+        base = dict(n=n, head_dim=d, heads=heads, lists=args.lists)
         plain = probe_attention(q, k, v, ptr, idx)
         same = lambda got: {"max_diff_vs_plain": torch.nan_to_num(got.float() - plain.float()).abs().max().item()}  # noqa: E731
         if "poly" in kernels:
@@ -305,6 +437,18 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(_timed(dict(base, kernel="dkdv", block_m=block_m, warps=warps, stages=stages),
                                    lambda: probe_dkdv(q, k, v, do, lse, delta, col_ptr, col_idx, block_m=block_m,
                                                       num_warps=warps, num_stages=stages), 8 * pairs * d))
+        if "dkdvp" in kernels:
+            lse, delta = torch.zeros(heads, n, device="cuda"), torch.zeros(heads, n, device="cuda")
+            col_ptr, col_idx = (t.cuda() for t in column_lists(ptr.cpu(), idx.cpu()))
+            order = heaviest_first(col_ptr, heads)
+            sms = torch.cuda.get_device_properties(0).multi_processor_count
+            for block_m, warps, stages in DKDV_SETTINGS[:1] + DKDV_SETTINGS[-2:-1]:
+                for per_sm in (1, 2):
+                    rows.append(_timed(dict(base, kernel="dkdv persistent", block_m=block_m, warps=warps, stages=stages,
+                                            programs=per_sm * sms),
+                                       lambda: probe_dkdv_persistent(q, k, v, do, lse, delta, col_ptr, col_idx, order,
+                                                                     per_sm * sms, block_m=block_m, num_warps=warps,
+                                                                     num_stages=stages), 8 * pairs * d))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,

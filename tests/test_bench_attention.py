@@ -234,22 +234,3 @@ def test_the_kernel_ab_script_names_peers_and_tiles_the_benches_take():
     for kernel, spec in tiles:
         configs = configs_for(kernel, spec, 128, 64)
         assert len(configs) >= len(spec.split(",")) - 1
-
-
-def test_the_poly_ab_script_names_peers_probes_and_checks_that_exist():
-    """launch/h200_poly_ab.sh (one device call): valid bash, no shell function given to timeout, every
-    --peers a known peer, the probe's --kernels accepted, and each gpu_check --only name matching a check."""
-    import re
-
-    from megastride.launch.bench_attention import _peers
-
-    text = _device_script("h200_poly_ab.sh")
-    peers = re.findall(r"--peers (\S+)", text)
-    assert len(peers) == 2 and all(_peers(p) for p in peers)
-    kernels = re.search(r"ws_probe --kernels (\S+)", text).group(1)
-    assert set(kernels.split(",")) <= {"fwd", "poly", "dkdv"}
-    from megastride.kernels.gpu_check import checks
-
-    names = [name for name, _ in checks(long=False)]
-    only = re.search(r'gpu_check --no-long\s+--only "([^"]+)"', text).group(1).split(",")
-    assert all(any(o in name for name in names) for o in only), (only, names)

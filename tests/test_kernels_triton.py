@@ -420,13 +420,6 @@ def test_every_chosen_launch_names_each_later_parameter(dq, monkeypatch):
         assert set(names[positional:]) <= given, set(names[positional:]) - given
 
 
-# fp16 layouts with full (unmasked) blocks, where the forward may take exponentials from the polynomial
-POLY_CASES = {
-    "dense": (lambda h: P.dense(), 128, 32, 2, 64, torch.float16, 1),
-    "strided_permuted": (lambda h: P.strided(8), 256, 16, 2, 32, torch.float16, 1),
-}
-
-
 def _launched_consts(monkeypatch, kernel, name: str) -> list:
     """The constexpr ``name`` of every launch of ``kernel`` from here on, in order (the launches themselves
     unchanged)."""
@@ -440,37 +433,6 @@ def _launched_consts(monkeypatch, kernel, name: str) -> list:
 
     monkeypatch.setattr(blocksparse, "_launch", launch)
     return launched
-
-
-@pytest.mark.parametrize("name,poly", [("dense", 1), ("strided_permuted", 2)])
-def test_exponentials_by_polynomial_match_the_reference(name, poly, monkeypatch):
-    """MEGASTRIDE_BLOCKSPARSE_EXP_POLY: a quarter or half of each unmasked forward tile's exponentials from
-    the polynomial (16-bit inputs): output and gradients within the three-way tolerance of the reference,
-    the forward launched with it, and its output not bit-identical to the special-function one (the
-    polynomial ran)."""
-    make, n, block, heads, head_dim, dtype, batch = POLY_CASES[name]
-    assert dtype != torch.float32
-    launched = _launched_consts(monkeypatch, blocksparse._fwd_kernel, "EXP_POLY")
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_EXP_POLY", str(poly))
-    _run_case(POLY_CASES[name], monkeypatch, seed=13)
-    assert launched and set(launched) == {poly}
-    pattern = P.same_for_all_heads(p, heads) if isinstance(p := make(heads), P.HeadPattern) else p
-    layout = P.build_layout(pattern, n, block)
-    assert sum(int(c.row_full_ptr[-1]) for part in layout.parts for c in part.csr), "no full block: nothing to test"
-    q, k, v, _ = _inputs(batch, heads, n, head_dim, dtype, 13)
-    with_poly = blocksparse.blocksparse_attention(q, k, v, layout)
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_EXP_POLY", "0")
-    assert not torch.equal(with_poly, blocksparse.blocksparse_attention(q, k, v, layout))
-
-
-def test_exponentials_by_polynomial_stay_off_for_fp32_and_refuse_other_counts(monkeypatch):
-    launched = _launched_consts(monkeypatch, blocksparse._fwd_kernel, "EXP_POLY")
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_EXP_POLY", "2")
-    _run_case(CASES["fixed_d128"], monkeypatch, seed=14)  # fp32: exact exponentials, the reference's tolerance
-    assert launched and set(launched) == {0}
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_EXP_POLY", "4")
-    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_EXP_POLY must be 0, 1 or 2 .*got '4'"):
-        blocksparse.exp_poly()
 
 
 def test_split_finish_rejects_unknown(monkeypatch):
@@ -929,11 +891,9 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DIRECT", raising=False)
-    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_EXP_POLY", raising=False)
     switches = lambda: (blocksparse.dq_mode(), blocksparse.dkdv_split_setting(), blocksparse.use_runs(),  # noqa: E731
                         blocksparse.block_order(), blocksparse.use_tma_loads(), blocksparse.partials_setting(),
-                        blocksparse.split_finish(), blocksparse.delta_in_dq(), blocksparse.use_direct_launch(),
-                        blocksparse.exp_poly())
+                        blocksparse.split_finish(), blocksparse.delta_in_dq(), blocksparse.use_direct_launch())
     ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():
         with monkeypatch.context() as m:

@@ -5,7 +5,7 @@ and without the warp-specialisation flag and at both key tile widths it times.""
 import pytest
 import torch
 
-from megastride.kernels import blocksparse, ws_probe
+from megastride.kernels import ws_probe
 
 
 def test_block_lists_visit_the_blocks_just_before_each_row():
@@ -32,7 +32,7 @@ def test_probe_matches_the_block_list_attention(block_n, ws, poly):
 
 
 def test_the_polynomial_exponential_is_within_its_error_bound():
-    """blocksparse._exp2_poly (ws_probe's and EXP_POLY's) on [-126, 0]: relative error at most 7.5e-5 (the fit's bound), integers included, and
+    """ws_probe._exp2_poly on [-126, 0]: relative error at most 7.5e-5 (the fit's bound), integers included, and
     about 2^-126 below the clamp, -inf included (positive and finite, not NaN or garbage; a denormal there:
     within 2e-4 of it)."""
     import triton
@@ -41,7 +41,7 @@ def test_the_polynomial_exponential_is_within_its_error_bound():
     @triton.jit
     def kernel(X, Y, N: tl.constexpr):
         offs = tl.arange(0, N)
-        tl.store(Y + offs, blocksparse._exp2_poly(tl.load(X + offs)))
+        tl.store(Y + offs, ws_probe._exp2_poly(tl.load(X + offs)))
 
     x = torch.cat([torch.linspace(-125.9, 0, 4000), -torch.arange(0, 90, dtype=torch.float32),
                    torch.tensor([-126.5, -300.0, float("-inf"), -0.5, 0.5 - 1e-6, -1e-7])])
@@ -61,7 +61,7 @@ def test_the_probe_says_it_needs_a_gpu(capsys, monkeypatch):
     assert "needs a CUDA GPU" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         ws_probe.main(["--kernels", "fwd,bwd"])
-    assert "--kernels takes fwd, poly and dkdv, got 'fwd,bwd'" in capsys.readouterr().err
+    assert "--kernels takes fwd, poly, dkdv and dkdvp, got 'fwd,bwd'" in capsys.readouterr().err
 
 
 def test_column_lists_are_the_row_lists_transposed():
@@ -86,3 +86,24 @@ def test_dkdv_probe_matches_autograd_of_the_block_list_attention(block_m):
     torch.testing.assert_close(dk, leaves[1].grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(dv, leaves[2].grad, rtol=1e-4, atol=1e-4)
     assert dv.abs().sum() > 0 and dk.abs().sum() > 0
+
+
+def test_persistent_dkdv_probe_matches_the_per_column_one():
+    """Three programs walking the (column, head) items heaviest first give the per-column probe's dK and dV
+    (columns of 0 to 3 query blocks, one head's first rows without a key)."""
+    gen = torch.Generator().manual_seed(2)
+    heads, n, d = 2, 5 * ws_probe.BLOCK, 32
+    q, k, v, do = (torch.randn(heads, n, d, generator=gen) for _ in range(4))
+    ptr, idx = ws_probe.block_lists(n // ws_probe.BLOCK, 3)
+    lse, delta = ws_probe.lse_and_delta(q, k, v, do, ptr, idx)
+    col_ptr, col_idx = ws_probe.column_lists(ptr, idx)
+    order = ws_probe.heaviest_first(col_ptr, heads)
+    assert sorted(order.tolist()) == list(range(heads * (n // ws_probe.BLOCK)))
+    works = (col_ptr.diff()[order.long() // heads]).tolist()
+    assert works == sorted(works, reverse=True) and works[0] == 3 and works[-1] == 0
+    want = ws_probe.probe_dkdv(q, k, v, do, lse, delta, col_ptr, col_idx, block_m=64)
+    got = ws_probe.probe_dkdv_persistent(q, k, v, do, lse, delta, col_ptr, col_idx, order, 3, block_m=64)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+        assert (g[:, :-ws_probe.BLOCK].abs().amax(-1) > 0).all()  # every column with work was written
+
