@@ -15,7 +15,7 @@ warpgroup products and their waits, so this kernel keeps the tensor cores busy d
   products of a step run under its exponentials (two score tiles live in registers; eight warps).
 
 K and V blocks arrive by TMA into a ring of ``STAGES`` shared-memory slots with one mbarrier each.
-One program per (128-query tile, head), the lists of ``ws_probe.block_lists``; bf16 or fp16.
+One program per (64 or 128 query rows, head) over ``ws_probe``'s lists (``--lists``); bf16 or fp16.
 
     python -m megastride.kernels.gluon_probe --out OUT     # on a Hopper GPU: prints, writes OUT/gluon_probe.json
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                                warpgroup_mma_wait)
 
-from .ws_probe import BLOCK, _median_ms, block_lists, fixed_lists, probe_attention
+from .ws_probe import BLOCK, _median_ms, add_list_options, gpu_cases, probe_attention, write_rows
 
 _STAGES = 4
 
@@ -221,21 +220,14 @@ SETTINGS = ((1, 64, 4, 3), (1, 64, 4, 4), (0, 64, 4, 3), (0, 64, 4, 2), (1, 128,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m megastride.kernels.gluon_probe", description=__doc__.splitlines()[0])
     p.add_argument("--cases", default="1048576x64,262144x64,262144x128", help="comma-separated NxD (heads = 512 / D)")
-    p.add_argument("--visits", type=int, default=96, help="key blocks each query tile visits (at most)")
-    p.add_argument("--lists", choices=["window", "fixed"], default="window",
-                   help="window: each query tile visits the --visits blocks before it; fixed: the full blocks of the "
-                        "bench's fixed pattern (ws_probe.fixed_lists)")
+    add_list_options(p)
     p.add_argument("--out", default=None, help="folder for gluon_probe.json")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         p.error("needs a Hopper GPU (without one, compile_gluon compiles it for sm_90)")
     triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
     rows = []
-    for case in args.cases.split(","):
-        n, d = (int(x) for x in case.split("x"))
-        heads = 512 // d
-        lists = fixed_lists(n, heads, d) if args.lists == "fixed" else block_lists(n // BLOCK, args.visits)
-        ptr, idx = (t.cuda() for t in lists)
+    for n, d, heads, ptr, idx in gpu_cases(args):
         flops = 4 * BLOCK * BLOCK * int(ptr[-1]) * heads * d
         q, k, v = (torch.randn(heads, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
         plain = probe_attention(q, k, v, ptr, idx)
@@ -264,10 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row), flush=True)
             rows.append(row)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-                "visits": args.visits, "rows": rows}
-        Path(args.out, "gluon_probe.json").write_text(json.dumps(meta, indent=1))
+        write_rows(Path(args.out, "gluon_probe.json"), rows, visits=args.visits, lists=args.lists)
     return 0
 
 

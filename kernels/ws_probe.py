@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -120,6 +119,19 @@ def _probe_kernel(Q, K, V, O, PTR, IDX, N, qk_scale, BLOCK_M: tl.constexpr, BLOC
 
 
 @triton.jit
+def _probe_dkdv_step(k, v, q, do, LSE, DELTA, rows, dk, dv, qk_scale):
+    """One query tile of a key tile's dK and dV (rows: the tile's rows in LSE and DELTA), both score products
+    issued before the exponentials."""
+    st = tl.dot(k, tl.trans(q)) * qk_scale
+    dpt = tl.dot(v, tl.trans(do))
+    pt = tl.math.exp2(st - tl.load(LSE + rows)[None, :])
+    dv += tl.dot(pt.to(do.dtype), do)
+    dst = (pt * (dpt - tl.load(DELTA + rows)[None, :])).to(q.dtype)
+    dk += tl.dot(dst, q)
+    return dk, dv
+
+
+@triton.jit
 def _probe_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, N, qk_scale, sm_scale, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, D: tl.constexpr):
     """One program per (128-key tile, head): dK and dV over the query blocks that visit it,
@@ -147,15 +159,8 @@ def _probe_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, N, qk_scale, s
     SUB: tl.constexpr = BLOCK_N // BLOCK_M
     for t in tl.range(tl.load(PTR + pid), tl.load(PTR + pid + 1)):
         start = tl.load(IDX + t // SUB) * BLOCK_N + (t % SUB) * BLOCK_M
-        q = qd.load([start, 0])
-        do = dod.load([start, 0])
-        rows = start + tl.arange(0, BLOCK_M)
-        st = tl.dot(k, tl.trans(q)) * qk_scale
-        dpt = tl.dot(v, tl.trans(do))
-        pt = tl.math.exp2(st - tl.load(LSE + rows)[None, :])
-        dv += tl.dot(pt.to(do.dtype), do)
-        dst = (pt * (dpt - tl.load(DELTA + rows)[None, :])).to(q.dtype)
-        dk += tl.dot(dst, q)
+        dk, dv = _probe_dkdv_step(k, v, qd.load([start, 0]), dod.load([start, 0]), LSE, DELTA,
+                                  start + tl.arange(0, BLOCK_M), dk, dv, qk_scale)
     dkd = tl.make_tensor_descriptor(DK, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_N, D])
     dvd = tl.make_tensor_descriptor(DV, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_N, D])
     dkd.store([pid * BLOCK_N, 0], (dk * sm_scale).to(DK.dtype.element_ty))
@@ -190,15 +195,8 @@ def _probe_dkdv_persistent_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, ORD
         dv = tl.zeros([BLOCK_N, D], tl.float32)
         for t in tl.range(tl.load(PTR + col), tl.load(PTR + col + 1)):
             start = tl.load(IDX + t // SUB) * BLOCK_N + (t % SUB) * BLOCK_M
-            q = qd.load([row0 + start, 0])
-            do = dod.load([row0 + start, 0])
-            rows = row0 + start + tl.arange(0, BLOCK_M)
-            st = tl.dot(k, tl.trans(q)) * qk_scale
-            dpt = tl.dot(v, tl.trans(do))
-            pt = tl.math.exp2(st - tl.load(LSE + rows)[None, :])
-            dv += tl.dot(pt.to(do.dtype), do)
-            dst = (pt * (dpt - tl.load(DELTA + rows)[None, :])).to(q.dtype)
-            dk += tl.dot(dst, q)
+            dk, dv = _probe_dkdv_step(k, v, qd.load([row0 + start, 0]), dod.load([row0 + start, 0]), LSE, DELTA,
+                                      row0 + start + tl.arange(0, BLOCK_M), dk, dv, qk_scale)
         dkd.store([row0 + col * BLOCK_N, 0], (dk * sm_scale).to(DK.dtype.element_ty))
         dvd.store([row0 + col * BLOCK_N, 0], dv.to(DV.dtype.element_ty))
 
@@ -356,6 +354,32 @@ POLY_SETTINGS = ((4, 2), (4, 3), (8, 2), (8, 3))  # (warps, stages) of the 128x1
 DKDV_SETTINGS = ((32, 4, 5), (32, 4, 3), (64, 4, 4), (64, 4, 5), (64, 8, 3), (64, 8, 4))  # (query rows, warps, stages)
 
 
+def add_list_options(p: argparse.ArgumentParser) -> None:
+    """The probes' --visits and --lists options (which block lists they walk)."""
+    p.add_argument("--visits", type=int, default=96, help="key blocks each query tile visits (at most)")
+    p.add_argument("--lists", choices=["window", "fixed"], default="window",
+                   help="window: each query tile visits the --visits blocks before it; fixed: the full blocks of the "
+                        "bench's fixed pattern (ws_probe.fixed_lists)")
+
+
+def gpu_cases(args: argparse.Namespace):
+    """(n, head dim, heads = 512 / head dim, ptr, idx on the GPU) for each NxD of ``args.cases``, over the
+    lists ``args.lists`` names."""
+    for case in args.cases.split(","):
+        n, d = (int(x) for x in case.split("x"))
+        heads = 512 // d
+        lists = fixed_lists(n, heads, d) if args.lists == "fixed" else block_lists(n // BLOCK, args.visits)
+        yield (n, d, heads, *(t.cuda() for t in lists))
+
+
+def write_rows(path: Path, rows: list[dict], **settings) -> None:
+    """A probe's rows as JSON at ``path`` with the device, versions and the run's settings."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            **settings, "rows": rows}
+    path.write_text(json.dumps(meta, indent=1))
+
+
 def _median_ms(run, reps: int = 5) -> float:
     """Median of ``reps`` timed calls of ``run`` (CUDA events, synchronised after each)."""
     times = []
@@ -387,10 +411,7 @@ def _timed(row: dict, run, flops: float, check=None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m megastride.kernels.ws_probe", description=__doc__.splitlines()[0])
     p.add_argument("--cases", default="262144x64,1048576x64,262144x128", help="comma-separated NxD (heads = 512 / D)")
-    p.add_argument("--visits", type=int, default=96, help="key blocks each query tile visits (at most)")
-    p.add_argument("--lists", choices=["window", "fixed"], default="window",
-                   help="window: each query tile visits the --visits blocks before it; fixed: the full blocks of the "
-                        "bench's fixed pattern (fixed_lists)")
+    add_list_options(p)
     p.add_argument("--kernels", default="fwd,poly,dkdv", help="which probes: fwd (with and without warp "
                    "specialisation), poly (a quarter or half of the exponentials by polynomial), dkdv (the "
                    "backward's dK/dV loop: four products a block), dkdvp (the same on one or two programs an SM "
@@ -404,11 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("needs a CUDA GPU (the CPU tests run the kernel under TRITON_INTERPRET=1)")
     triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
     rows = []
-    for case in args.cases.split(","):
-        n, d = (int(x) for x in case.split("x"))
-        heads = 512 // d
-        lists = fixed_lists(n, heads, d) if args.lists == "fixed" else block_lists(n // BLOCK, args.visits)
-        ptr, idx = (t.cuda() for t in lists)
+    for n, d, heads, ptr, idx in gpu_cases(args):
         pairs = BLOCK * BLOCK * int(ptr[-1]) * heads  # score entries of the visited blocks
         q, k, v, do = (torch.randn(heads, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
         base = dict(n=n, head_dim=d, heads=heads, lists=args.lists)
@@ -450,10 +467,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                      per_sm * sms, block_m=block_m, num_warps=warps,
                                                                      num_stages=stages), 8 * pairs * d))
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-                "visits": args.visits, "rows": rows}
-        Path(args.out, "ws_probe.json").write_text(json.dumps(meta, indent=1))
+        write_rows(Path(args.out, "ws_probe.json"), rows, visits=args.visits, lists=args.lists)
     return 0
 
 
