@@ -133,11 +133,12 @@ def _probe_dkdv_step(k, v, q, do, LSE, DELTA, rows, dk, dv, qk_scale):
 
 @triton.jit
 def _probe_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, N, qk_scale, sm_scale, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr, D: tl.constexpr):
+                       BLOCK_N: tl.constexpr, D: tl.constexpr, REVERSE: tl.constexpr = False):
     """One program per (128-key tile, head): dK and dV over the query blocks that visit it,
     IDX[PTR[j]:PTR[j+1]] (each BLOCK_N // BLOCK_M sub-tiles of BLOCK_M queries), Q and dO read as TMA boxes,
     LSE (base 2, scaled scores) and DELTA = rowsum(dO * O) given; both score products issued before the
-    exponentials, as ``blocksparse._dkdv_step`` does."""
+    exponentials, as ``blocksparse._dkdv_step`` does. REVERSE: the query tiles last first
+    (``blocksparse.reverse_columns``)."""
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     Q += bh * N * D
@@ -157,7 +158,11 @@ def _probe_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, N, qk_scale, s
     dk = tl.zeros([BLOCK_N, D], tl.float32)
     dv = tl.zeros([BLOCK_N, D], tl.float32)
     SUB: tl.constexpr = BLOCK_N // BLOCK_M
-    for t in tl.range(tl.load(PTR + pid), tl.load(PTR + pid + 1)):
+    lo = tl.load(PTR + pid)
+    hi = tl.load(PTR + pid + 1)
+    for t in tl.range(lo, hi):
+        if REVERSE:
+            t = lo + hi - 1 - t
         start = tl.load(IDX + t // SUB) * BLOCK_N + (t % SUB) * BLOCK_M
         dk, dv = _probe_dkdv_step(k, v, qd.load([start, 0]), dod.load([start, 0]), LSE, DELTA,
                                   start + tl.arange(0, BLOCK_M), dk, dv, qk_scale)
@@ -232,14 +237,15 @@ def column_lists(ptr: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, to
     return col_ptr.int(), rows[order].int()
 
 
-def probe_dkdv(q, k, v, do, lse, delta, col_ptr, col_idx, *, block_m=32, num_warps=4, num_stages=5):
-    """The dK/dV probe on (heads, n, D) tensors, lse and delta (heads, n) fp32: (dk, dv)."""
+def probe_dkdv(q, k, v, do, lse, delta, col_ptr, col_idx, *, block_m=32, reverse=False, num_warps=4, num_stages=5):
+    """The dK/dV probe on (heads, n, D) tensors, lse and delta (heads, n) fp32: (dk, dv). ``reverse``: each
+    column's query tiles last first."""
     heads, n, d = q.shape
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     scale = d ** -0.5
     _probe_dkdv_kernel[(n // BLOCK, heads)](q, k, v, do, dk, dv, lse, delta, col_ptr * (BLOCK // block_m), col_idx, n,
                                             scale * 1.4426950408889634, scale, BLOCK_M=block_m, BLOCK_N=BLOCK, D=d,
-                                            num_warps=num_warps, num_stages=num_stages)
+                                            REVERSE=reverse, num_warps=num_warps, num_stages=num_stages)
     return dk, dv
 
 
@@ -450,10 +456,12 @@ def main(argv: list[str] | None = None) -> int:
             # timing only: lse 0 and delta 0 keep every exponential finite (the CPU tests check the values)
             lse, delta = torch.zeros(heads, n, device="cuda"), torch.zeros(heads, n, device="cuda")
             col_ptr, col_idx = (t.cuda() for t in column_lists(ptr.cpu(), idx.cpu()))
-            for block_m, warps, stages in DKDV_SETTINGS:
-                rows.append(_timed(dict(base, kernel="dkdv", block_m=block_m, warps=warps, stages=stages),
+            for (block_m, warps, stages), reverse in [(s, False) for s in DKDV_SETTINGS] + [(DKDV_SETTINGS[0], True)]:
+                rows.append(_timed(dict(base, kernel="dkdv", block_m=block_m, warps=warps, stages=stages,
+                                        reverse=reverse),
                                    lambda: probe_dkdv(q, k, v, do, lse, delta, col_ptr, col_idx, block_m=block_m,
-                                                      num_warps=warps, num_stages=stages), 8 * pairs * d))
+                                                      reverse=reverse, num_warps=warps, num_stages=stages),
+                                   8 * pairs * d))
         if "dkdvp" in kernels:
             lse, delta = torch.zeros(heads, n, device="cuda"), torch.zeros(heads, n, device="cuda")
             col_ptr, col_idx = (t.cuda() for t in column_lists(ptr.cpu(), idx.cpu()))

@@ -71,15 +71,16 @@ def test_column_lists_are_the_row_lists_transposed():
     assert col_idx.tolist() == [1, 2, 3, 2, 3, 4, 3, 4, 5, 4, 5, 5]
 
 
-@pytest.mark.parametrize("block_m", [32, 64])
-def test_dkdv_probe_matches_autograd_of_the_block_list_attention(block_m):
+@pytest.mark.parametrize("block_m,reverse", [(32, False), (64, False), (32, True)])
+def test_dkdv_probe_matches_autograd_of_the_block_list_attention(block_m, reverse):
     gen = torch.Generator().manual_seed(1)
     heads, n, d = 2, 4 * ws_probe.BLOCK, 32
     q, k, v, do = (torch.randn(heads, n, d, generator=gen) for _ in range(4))
     do[:, :ws_probe.BLOCK] = 0  # rows with no key
     ptr, idx = ws_probe.block_lists(n // ws_probe.BLOCK, 2)
     lse, delta = ws_probe.lse_and_delta(q, k, v, do, ptr, idx)
-    dk, dv = ws_probe.probe_dkdv(q, k, v, do, lse, delta, *ws_probe.column_lists(ptr, idx), block_m=block_m)
+    dk, dv = ws_probe.probe_dkdv(q, k, v, do, lse, delta, *ws_probe.column_lists(ptr, idx), block_m=block_m,
+                                 reverse=reverse)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     out = ws_probe.reference(*leaves, ptr, idx)
     (out[:, ws_probe.BLOCK:] * do[:, ws_probe.BLOCK:]).sum().backward()
