@@ -180,7 +180,7 @@ def _probe_dkdv_persistent_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, ORD
     (heaviest first). FLATTEN asks Triton to fuse the walk and the per-column loop into one pipelined loop
     (one column's first loads under the previous column's last products and store); Triton 3.6 fuses only
     inner loops with constant bounds, so with a column's own bounds the two loops stay apart (compiled for
-    sm_90: two loops either way, tests/test_ws_probe.py)."""
+    sm_90: two loops either way, tests/test_kernels_compile.py)."""
     pid = tl.program_id(0)
     # one descriptor per tensor over every head's rows (heads x N rows: under 2^31 at 8 x 1M)
     qd = tl.make_tensor_descriptor(Q, shape=[HEADS * N, D], strides=[D, 1], block_shape=[BLOCK_M, D])
