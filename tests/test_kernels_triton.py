@@ -136,6 +136,7 @@ def test_auto_mode_keeps_the_faster_deterministic_mode(faster, monkeypatch):
     kernel takes 1 ms if merged is to win, else 2 ms."""
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "auto")
     monkeypatch.setattr(blocksparse, "_timing_possible", lambda q: True)
+    monkeypatch.setattr(blocksparse, "AUTO_REPEATS", 1)  # the faked timer gives every repeat the same time
     separate, merged = [], []
     monkeypatch.setattr(blocksparse, "_bwd_dq_kernel", _Recorder(blocksparse._bwd_dq_kernel, separate))
     monkeypatch.setattr(blocksparse, "_bwd_merged_kernel", _Recorder(blocksparse._bwd_merged_kernel, merged))
