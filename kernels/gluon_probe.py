@@ -31,7 +31,6 @@ the same 128-key tiles, but not above Triton's 64-key loop (588).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                                warpgroup_mma_wait)
 
-from .ws_probe import BLOCK, _median_ms, add_list_options, gpu_cases, probe_attention, write_rows
+from .ws_probe import BLOCK, _timed, add_list_options, gpu_cases, probe_attention, write_rows
 
 _STAGES = 4
 
@@ -246,20 +245,13 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(("gluon", dict(ahead=ahead, rows=rows_, warps=warps, stages=stages),
                          lambda a=ahead, r=rows_, w=warps, s=stages: gluon_attention(
                              q, k, v, ptr, idx, ahead=bool(a), rows=r, stages=s, num_warps=w)))
+        # query blocks that visit nothing (the first; under fixed lists, those with masked blocks only) are left
+        # out of the comparison
+        seen = torch.repeat_interleave(ptr.diff() > 0, BLOCK)
+        same = lambda got: {"max_diff_vs_triton": (got[:, seen].float() - plain[:, seen].float()).abs().max().item()}  # noqa: E731
         for name, setting, run in runs:
-            row = dict(n=n, head_dim=d, heads=heads, lists=args.lists, kernel=name, **setting)
-            try:
-                got = run()
-                # query blocks that visit nothing (the first; under fixed lists, those with masked blocks only)
-                # are left out of the comparison
-                rows_seen = torch.repeat_interleave(ptr.diff() > 0, BLOCK)
-                row["max_diff_vs_triton"] = (got[:, rows_seen].float() - plain[:, rows_seen].float()).abs().max().item()
-                ms = _median_ms(run)
-                row.update(ms=round(ms, 3), tflops=round(flops / ms / 1e9, 1))
-            except Exception as err:
-                row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            rows.append(_timed(dict(n=n, head_dim=d, heads=heads, lists=args.lists, kernel=name, **setting), run,
+                               flops, same))
     if args.out:
         write_rows(Path(args.out, "gluon_probe.json"), rows, visits=args.visits, lists=args.lists)
     return 0
