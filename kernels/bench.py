@@ -277,8 +277,6 @@ OUR_VARIANTS = {
     "cast": {"MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ": "0", "MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH": "cast"},
     # later launches straight to the compiled kernels' launchers (use_direct_launch): the host's issue time
     "direct": {"MEGASTRIDE_BLOCKSPARSE_DIRECT": "1"},
-    # dK/dV programs walk their columns last query tile first (reverse_columns)
-    "reverse": {"MEGASTRIDE_BLOCKSPARSE_DKDV_REVERSE": "1"},
 }
 
 
@@ -482,7 +480,7 @@ def environment() -> dict:
             "dq_mode": B.dq_mode(), "dkdv_split": B.dkdv_split_setting(), "runs": B.use_runs(),
             "order": B.block_order(), "tma_loads": B.use_tma_loads(), "partials": B.partials_setting(),
             "dots_first": bool(B.DOTS_FIRST), "split_finish": B.split_finish(), "delta_in_dq": B.delta_in_dq(),
-            "direct_launch": B.use_direct_launch(), "reverse_columns": B.reverse_columns()}
+            "direct_launch": B.use_direct_launch()}
 
 
 def _fmt(x, digits=2) -> str:

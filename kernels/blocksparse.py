@@ -440,7 +440,7 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HE
                   BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, NCOMP: tl.constexpr,
                   KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                   FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, RUNS: tl.constexpr, DESC: tl.constexpr,
-                  REVERSE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # program ``pid`` of the dK/dV kernel or of the merged one: one key tile of BLOCK_N keys; query
     # tiles of BLOCK_M rows from the column lists
     # (key blocks in ORDER, heaviest chunk first: the fixed pattern's summary columns are long). FUSED_DQ: the
@@ -453,7 +453,6 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HE
     # column of SEG_COUNT > 1 segments adds into its rows of the fp32 workspace WS (compact: SEG_CIDX of
     # ws_cols such columns per batch x head), counts itself in WS_CNT, and the segment that counts last
     # reads the sums, writes the final dK/dV and zeroes its rows and counter for the next launch
-    # REVERSE: a program takes its column's (segment's) full query tiles last first (reverse_columns)
     batch, head, csr, col_block, first_col, min_off, codes, slot = _program_tile(
         pid, HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len, BLOCK, BLOCK_N, NCOMP)
     DQ += batch * stride_dqb + head * stride_dqh
@@ -489,8 +488,6 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HE
 
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, col_block, num_blocks, RUNS)
     for t in range(full_lo * (BLOCK // BLOCK_M), full_hi * (BLOCK // BLOCK_M)):
-        if REVERSE:  # the last query tile first (reverse_columns)
-            t = (full_lo + full_hi) * (BLOCK // BLOCK_M) - 1 - t
         first_row, rows = _list_tile(t, column_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_M,
                                      RUNS, PERMUTED)
         q = _row_tile(Q, q_desc, first_row, rows, offs_d, stride_qt, DESC)
@@ -565,7 +562,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEAD
                      BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
                      NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                      FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, RUNS: tl.constexpr, DESC: tl.constexpr,
-                     REVERSE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     _dkdv_program(tl.program_id(0), Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                   FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST,
                   SEG_COUNT, SEG_CIDX, WS, WS_CNT, ws_cols, order_len, FULL_RUNS,
@@ -573,8 +570,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEAD
                   stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                   stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                   part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                  BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, FUSED_DQ, SPLIT, RUNS, DESC, REVERSE,
-                  BLOCK_M, BLOCK_N)
+                  BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, FUSED_DQ, SPLIT, RUNS, DESC, BLOCK_M,
+                  BLOCK_N)
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
@@ -588,8 +585,8 @@ def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, DQ_PREV, LSE, 
                        part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
                        BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
                        NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                       SPLIT: tl.constexpr, RUNS: tl.constexpr, DESC: tl.constexpr, REVERSE: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DQ_M: tl.constexpr, DQ_N: tl.constexpr):
+                       SPLIT: tl.constexpr, RUNS: tl.constexpr, DESC: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, DQ_M: tl.constexpr, DQ_N: tl.constexpr):
     # DQ_MODE "merged": the dK/dV programs (key tiles over the column lists, heaviest columns first)
     # and then the dQ programs (query tiles of DQ_M rows over the row lists) in one launch, so the dQ
     # programs fill the GPU beside the long dK/dV columns instead of after them, and one launch fewer
@@ -603,8 +600,8 @@ def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, DQ_PREV, LSE, 
                       stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                       stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                       part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                      BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, False, SPLIT, RUNS, DESC, REVERSE,
-                      BLOCK_M, BLOCK_N)
+                      BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, False, SPLIT, RUNS, DESC, BLOCK_M,
+                      BLOCK_N)
     else:
         _dq_program(pid - dkdv_programs, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, Q, HEADS, HEAD_CSR, MIN_OFF, CODES,
                     ROW_FULL_PTR, ROW_FULL_IDX, ROW_PART_PTR, ROW_PART_IDX, ROW_ORDER, ROW_FULL_RUNS,
@@ -618,7 +615,7 @@ def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, DQ_PREV, LSE, 
 # --- autotuning: configs declared once per kernel, pruned to the layout's block and head dim ------
 
 _TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_PREV", "FUSED_DQ", "SPLIT", "DELTA_HERE",
-             "RUNS", "DESC", "REVERSE"]
+             "RUNS", "DESC"]
 
 
 # (BLOCK_M, BLOCK_N, warps, stages) per layout block, or per (block, head dim) where that key exists (it
@@ -779,8 +776,6 @@ SPLIT_SEGMENT = 8
 SPLIT_RATIO = 2.5
 # the separate dQ kernel computes delta itself, no delta kernel (delta_in_dq)
 DELTA_IN_DQ = True
-# dK/dV programs walk their column's query tiles last first (reverse_columns)
-REVERSE_COLUMNS = False
 # later launches go straight to the compiled kernel's launcher (use_direct_launch)
 DIRECT_LAUNCH = False
 # how split columns are completed: split_finish
@@ -1341,18 +1336,6 @@ def delta_in_dq() -> bool:
     return _switch("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", DELTA_IN_DQ)
 
 
-def reverse_columns() -> bool:
-    """Whether dK/dV programs walk their column's query tiles from the last to the first. The fixed
-    pattern's summary columns (two thirds of its dK/dV work at 1M tokens) are visited by every later query
-    block: walked forwards, the summary columns running at one time start at different query blocks (each
-    after its own window) and stream different Q and dO tiles from memory; walked backwards they all start
-    at the sequence's end and read the same tiles at about the same time, which L2 can then serve once for
-    all of them. Built 2026-12-01 after the fourteenth bench run, not yet timed on a GPU, so
-    ``REVERSE_COLUMNS`` is False; ``MEGASTRIDE_BLOCKSPARSE_DKDV_REVERSE`` ("0" or "1") overrides it. The
-    sums' order changes, not what is summed."""
-    return _switch("MEGASTRIDE_BLOCKSPARSE_DKDV_REVERSE", REVERSE_COLUMNS)
-
-
 def split_finish() -> str:
     """How split dK/dV columns (``dkdv_split``) are completed: "cast" (every segment adds into fp32 dK and dV
     with atomics; zeroed before the launch, cast to the inputs' dtype after it: two fills and two casts of
@@ -1621,8 +1604,7 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
                    lists["col_full_idx"] if col_runs is None else col_runs)
         strides = (*_strides(q, k, v, do, dk, dv, dq), lse.stride(0), lse.stride(1), *common)
         bh = batch * len(part.heads)
-        consts = {**consts, "SPLIT": (2 if finish == "last" else 1) if split else 0, "RUNS": col_runs is not None,
-                  "REVERSE": reverse_columns()}
+        consts = {**consts, "SPLIT": (2 if finish == "last" else 1) if split else 0, "RUNS": col_runs is not None}
         if merged:  # the dK/dV programs, then the dQ programs over the row lists, in one launch
             rows = (lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
                     _side_order(meta, "row"), lists["row_full_idx"] if col_runs is None else row_runs)

@@ -109,20 +109,14 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
             fp32 = (acc & {"DK_PREV", "DV_PREV"}) | ({"DQ"} if fused else set()) | (_SPLIT_FP32 if split == 1 else set())
             for m, n, w, st in tiles(bs._DKDV_TILES):
                 out.append(Variant(f"dK/dV {tag}, {mode} {m}x{n} w{w} s{st}", bs._bwd_dkdv_kernel,
-                                   dict(common, FUSED_DQ=fused, SPLIT=split, REVERSE=False, BLOCK_M=m, BLOCK_N=n),
-                                   fp32, w, st))
-        for m, n, w, st in tiles(bs._DKDV_TILES):  # columns walked last query tile first (reverse_columns)
-            out.append(Variant(f"dK/dV {tag}, reversed columns {m}x{n} w{w} s{st}", bs._bwd_dkdv_kernel,
-                               dict(common, FUSED_DQ=0, SPLIT=0, REVERSE=True, BLOCK_M=m, BLOCK_N=n),
-                               acc & {"DK_PREV", "DV_PREV"}, w, st))
+                                   dict(common, FUSED_DQ=fused, SPLIT=split, BLOCK_M=m, BLOCK_N=n), fp32, w, st))
         for split in (0, 1, 2):  # DQ_MODE "merged": dK/dV and dQ programs in one launch
             fp32 = (acc & {"DQ_PREV", "DK_PREV", "DV_PREV"}) | (_SPLIT_FP32 if split == 1 else set())
             chosen = bs.tile_list(bs._MERGED_TILES, block, head_dim, bs._MERGED_NAMES)
             for m, n, qm, qn, w, st in chosen if every_config else chosen[:1]:
                 out.append(Variant(f"merged {tag}, {('whole', 'split', 'split, last finish')[split]} columns "
                                    f"{m}x{n}+{qm}x{qn} w{w} s{st}",
-                                   bs._bwd_merged_kernel,
-                                   dict(common, SPLIT=split, REVERSE=False, BLOCK_M=m, BLOCK_N=n, DQ_M=qm, DQ_N=qn),
+                                   bs._bwd_merged_kernel, dict(common, SPLIT=split, BLOCK_M=m, BLOCK_N=n, DQ_M=qm, DQ_N=qn),
                                    fp32, w, st))
     return out
 

@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
                         "pointer loads, not TMA boxes), split8last (split columns finished by their last segment, in "
                         "segments of 8 everywhere), cast (the earlier path: split columns' fp32 dK/dV cast after the "
                         "launches, a delta kernel before the dQ kernel), direct (later launches straight to the "
-                        "compiled kernels' launchers), reverse (dK/dV columns walked last query tile first)")
+                        "compiled kernels' launchers)")
     p.add_argument("--block", type=int, default=None,
                    help="the layouts' block size for every case (default: 128; for a strided pattern 64 where its "
                         "groups n / l do not fill 128-blocks and its local band spans fewer than 20 of them)")

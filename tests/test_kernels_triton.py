@@ -331,28 +331,6 @@ def test_delta_computed_in_the_dq_kernel_matches_reference_without_the_delta_ker
     assert bool(launched) == (here == "0"), f"DELTA_IN_DQ={here}: delta kernel launches {len(launched)}"
 
 
-@pytest.mark.parametrize("name,mode,split", [("fixed_block128", "separate", "1"), ("merged_fixed_strided", "merged", "0")])
-def test_reversed_column_walk_matches_reference(name, mode, split, monkeypatch):
-    """MEGASTRIDE_BLOCKSPARSE_DKDV_REVERSE=1 (reverse_columns, off by default): dK/dV programs take their
-    column's query tiles last first, also within split columns' segments and in the merged kernel: the
-    reference's gradients, and the kernel launched with it."""
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_REVERSE", "1")
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", mode)
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", split)
-    kernel = blocksparse._bwd_merged_kernel if mode == "merged" else blocksparse._bwd_dkdv_kernel
-    launched = _launched_consts(monkeypatch, kernel, "REVERSE")
-    _run_case(CASES[name], monkeypatch, seed=15)
-    assert launched and set(launched) == {True}
-
-
-def test_reversed_column_walk_is_off_by_default_and_takes_0_or_1(monkeypatch):
-    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DKDV_REVERSE", raising=False)
-    assert blocksparse.reverse_columns() is False
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_REVERSE", "yes")
-    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_DKDV_REVERSE must be 0 or 1, got 'yes'"):
-        blocksparse.reverse_columns()
-
-
 def test_delta_kernel_stays_where_dk_dv_programs_start_first(monkeypatch):
     """The merged and atomic modes keep the delta kernel under DELTA_IN_DQ (their dK/dV programs read every
     row's delta from the start) and still match the reference."""
@@ -914,11 +892,9 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DIRECT", raising=False)
-    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DKDV_REVERSE", raising=False)
     switches = lambda: (blocksparse.dq_mode(), blocksparse.dkdv_split_setting(), blocksparse.use_runs(),  # noqa: E731
                         blocksparse.block_order(), blocksparse.use_tma_loads(), blocksparse.partials_setting(),
-                        blocksparse.split_finish(), blocksparse.delta_in_dq(), blocksparse.use_direct_launch(),
-                        blocksparse.reverse_columns())
+                        blocksparse.split_finish(), blocksparse.delta_in_dq(), blocksparse.use_direct_launch())
     ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():
         with monkeypatch.context() as m:
