@@ -275,8 +275,9 @@ OUR_VARIANTS = {
     # (delta_in_dq off). splitlast, dqdelta and lean (the thirteenth bench run) became the defaults.
     "split8last": {"MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH": "last", "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "8"},
     "cast": {"MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ": "0", "MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH": "cast"},
-    # later launches straight to the compiled kernels' launchers (use_direct_launch): the host's issue time
-    "direct": {"MEGASTRIDE_BLOCKSPARSE_DIRECT": "1"},
+    # every launch through Triton's JITFunction.run, as before direct launches became the default
+    # (use_direct_launch): the host's issue time
+    "nodirect": {"MEGASTRIDE_BLOCKSPARSE_DIRECT": "0"},
 }
 
 

@@ -777,7 +777,7 @@ SPLIT_RATIO = 2.5
 # the separate dQ kernel computes delta itself, no delta kernel (delta_in_dq)
 DELTA_IN_DQ = True
 # later launches go straight to the compiled kernel's launcher (use_direct_launch)
-DIRECT_LAUNCH = False
+DIRECT_LAUNCH = True
 # how split columns are completed: split_finish
 SPLIT_FINISH = "last"
 SPLIT_FINISHES = ("cast", "last")
@@ -1108,25 +1108,32 @@ def _launch(tuned, kernel, grid, args, consts, names=_TILE_NAMES, name: str = ""
         _launch_chosen(kernel, grid, args, {**consts, **tiles})
 
 
-# (kernel, _spec_key of its positional arguments, its keyword arguments) -> the compiled kernel Triton
-# launched for them: use_direct_launch
+# (kernel, current device, _spec_key of its positional arguments, its keyword arguments) -> the compiled
+# kernel Triton launched for them: use_direct_launch
 _DIRECT: dict[tuple, object] = {}
+_I32 = 1 << 31
 
 
 def _spec_key(args) -> tuple:
     """What Triton specialises a compiled kernel on, for positional arguments ``args``, or finer: a tensor's
-    dtype and 16-byte alignment; an int's being 1, divisible by 16, and its width (i32, i64, u64); a bool's
-    value; a float, nothing (one fp32 argument)."""
+    dtype and 16-byte alignment; an int's being 1, divisible by 16, and its width (i32, i64, u64: one code
+    each); a bool's value; a float, nothing (one fp32 argument). Types tested cheapest first: about half the
+    time of isinstance chains on the ~60-argument kernels (CPU, 2026-12-01)."""
     key = []
+    append = key.append
     for a in args:
-        if isinstance(a, torch.Tensor):
-            key.append((a.dtype, a.data_ptr() % 16 == 0))
-        elif isinstance(a, bool):
-            key.append(a)
-        elif isinstance(a, int):
-            key.append((a == 1, a % 16 == 0, -(1 << 31) <= a < (1 << 31), a >= (1 << 63)))
+        t = type(a)
+        if t is int:
+            append(1 if a == 1 else (2 if a & 15 else 3) if -_I32 <= a < _I32 else
+                   (4 if a & 15 else 5) if a < 1 << 63 else (6 if a & 15 else 7))
+        elif t is bool:
+            append(a)
+        elif isinstance(a, torch.Tensor):
+            append((a.dtype, not a.data_ptr() & 15))
+        elif isinstance(a, int):  # an int subclass: as Triton, by value
+            append(_spec_key([int(a)])[0])
         else:
-            key.append(type(a))
+            append(t)
     return tuple(key)
 
 
@@ -1136,9 +1143,14 @@ def _launch_hooks_set() -> bool:
     return any(h is not None and getattr(h, "calls", True) for h in (runtime.launch_enter_hook, runtime.launch_exit_hook))
 
 
-def _current_stream() -> int:
-    """The current CUDA stream's handle on the current device, as Triton's launcher takes it."""
-    return torch._C._cuda_getCurrentRawStream(torch.cuda.current_device())
+def _current_device() -> int:
+    """The current CUDA device's index (Triton compiles and loads a kernel per device)."""
+    return torch.cuda.current_device()
+
+
+def _current_stream(device: int) -> int:
+    """The current CUDA stream's handle on ``device``, as Triton's launcher takes it."""
+    return torch._C._cuda_getCurrentRawStream(device)
 
 
 def _launch_chosen(kernel, grid, args, kwargs: dict) -> None:
@@ -1150,15 +1162,16 @@ def _launch_chosen(kernel, grid, args, kwargs: dict) -> None:
     if not use_direct_launch() or _INTERPRET or _launch_hooks_set():
         kernel[grid](*args, **kwargs)
         return
-    key = (kernel, _spec_key(args), tuple(kwargs.items()))
+    device = _current_device()
+    key = (kernel, device, _spec_key(args), tuple(kwargs.items()))
     compiled = _DIRECT.get(key)
     if compiled is None:
         _DIRECT[key] = kernel[grid](*args, **kwargs)
         return
     params = [*args, *(kwargs[name] for name in kernel.arg_names[len(args):])]  # every parameter, in order
     g = grid(kwargs)
-    compiled.run(g[0], g[1] if len(g) > 1 else 1, g[2] if len(g) > 2 else 1, _current_stream(), compiled.function,
-                 compiled.packed_metadata, None, None, None, *params)
+    compiled.run(g[0], g[1] if len(g) > 1 else 1, g[2] if len(g) > 2 else 1, _current_stream(device),
+                 compiled.function, compiled.packed_metadata, None, None, None, *params)
 
 
 def _desc_loads(meta: _PartMeta, *tensors: torch.Tensor) -> bool:
@@ -1397,10 +1410,12 @@ def use_runs() -> bool:
 def use_direct_launch() -> bool:
     """Whether launches after a kernel's first with the same specialisation go straight to the compiled
     kernel's launcher (``_launch_chosen``): less host time per launch where the host issues the work
-    slower than the GPU runs it (short sequences, eager calls: about 1 ms to issue a forward+backward the
-    GPU runs in 0.24 ms at 12,288 tokens, H200, docs/benchmarks.md "Eleventh run"). Built without a GPU,
-    not yet run or timed on one, so off by default. ``MEGASTRIDE_BLOCKSPARSE_DIRECT`` ("0" or "1")
-    overrides ``DIRECT_LAUNCH``."""
+    slower than the GPU runs it (short sequences, eager calls). On the H200 (2026-12-01, docs/benchmarks.md
+    "Fifteenth run"), alternating in one process (``python -m megastride.kernels.launch_ab``), an eager
+    forward+backward took 0.758 against 0.887 ms at 12,288 tokens 8x64, 0.828 against 0.959 at 3,072 and
+    0.990 against 1.128 at 12,288 2x128 (medians of three rounds; faster in all nine), and gave Triton's
+    launches' bits (tests/test_kernels_gpu.py), so it is the default. ``MEGASTRIDE_BLOCKSPARSE_DIRECT``
+    ("0" or "1") overrides ``DIRECT_LAUNCH``."""
     return _switch("MEGASTRIDE_BLOCKSPARSE_DIRECT", DIRECT_LAUNCH)
 
 

@@ -20,8 +20,8 @@ def _parser() -> argparse.ArgumentParser:
                         "adds into fp32 sums, not into the outputs), pointer (tiles from "
                         "pointer loads, not TMA boxes), split8last (split columns finished by their last segment, in "
                         "segments of 8 everywhere), cast (the earlier path: split columns' fp32 dK/dV cast after the "
-                        "launches, a delta kernel before the dQ kernel), direct (later launches straight to the "
-                        "compiled kernels' launchers)")
+                        "launches, a delta kernel before the dQ kernel), nodirect (every launch through Triton's "
+                        "JITFunction.run, not straight to the compiled kernels' launchers)")
     p.add_argument("--block", type=int, default=None,
                    help="the layouts' block size for every case (default: 128; for a strided pattern 64 where its "
                         "groups n / l do not fill 128-blocks and its local band spans fewer than 20 of them)")

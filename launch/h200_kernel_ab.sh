@@ -8,7 +8,7 @@
 #    (DELTA_IN_DQ; both the defaults since that run), and launches straight to the compiled kernels
 #    (DIRECT_LAUNCH, opt-in: eager host time); then the fixed pattern at 12,288 tokens, eager and replayed
 #    from CUDA graphs, beside Flex: the default, the earlier "cast" finish with the delta kernel, "last" with
-#    columns in segments of 8 everywhere, direct launches
+#    columns in segments of 8 everywhere, launches through Triton (direct launches the default since 2026-12-01)
 # t. the backward's tiles with both score products issued first (DOTS_FIRST): dK/dV and dQ at 1M, 8x64
 # a. atomic dQ (five products a tile instead of seven) beside the default with the reordered products
 set -uo pipefail
@@ -29,8 +29,8 @@ if want s; then
     --out "$OUT/s_gpu_check" > "$OUT/s_gpu_check.log" 2>&1
   step "s: gpu_check (bf16), separate dQ (delta in it), the last finish, direct launches" $?
   timeout "${S_BENCH_S:-300}" "${MS[@]}" bench attention --patterns fixed --configs 2x128,8x64 --lengths 12288 \
-    --peers flex,cast,split8last,direct --graphs --out "$OUT/s_bench" > "$OUT/s_bench.log" 2>&1
-  step "s: 12,288 tokens, default / cast finish and delta kernel / last everywhere / direct launches, beside Flex" $?
+    --peers flex,cast,split8last,nodirect --graphs --out "$OUT/s_bench" > "$OUT/s_bench.log" 2>&1
+  step "s: 12,288 tokens, default / cast finish and delta kernel / last everywhere / Triton's launches, beside Flex" $?
 fi
 if want t; then
   timeout "${T_DKDV_S:-150}" "${MS[@]}" bench tiles --kernel dkdv --configs 8x64 --lengths 1048576 --no-flex \

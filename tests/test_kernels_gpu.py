@@ -287,3 +287,40 @@ def test_split_columns_last_finish_matches_the_cast_finish_eager_and_replayed(he
             assert ((a.float() - b.float()).abs() <= 2 * eps * a.float().abs() + 1e-3).all(), f"replay {seed}: {name}"
         assert all(not ws.any() and not c.any() for ws, c in spaces)
     assert peaks["last"] <= peaks["cast"] - 0.9 * 8 * n * heads * dim, peaks
+
+
+@pytest.mark.parametrize("mode", ["separate", "merged"])
+def test_direct_launches_give_triton_launches_bits(monkeypatch, mode):
+    """MEGASTRIDE_BLOCKSPARSE_DIRECT=1 (the default) on the GPU: the launches after a specialisation's
+    first go straight to the compiled kernel's launcher, and the forward and backward give exactly the
+    bits Triton's own launches give, bf16, for the fixed pattern and for the strided one (a permuted
+    part, then the local part adding to it: every kernel of both modes, the delta kernel's too), with
+    fresh buffers at each call. Whole dK/dV columns, so no atomics make the sums' order vary."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", mode)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "0")
+    B = _blocksparse()
+    direct = []
+    real_stream = B._current_stream
+    monkeypatch.setattr(B, "_current_stream", lambda device: direct.append(device) or real_stream(device))
+    n, heads, dim = 8192, 2, 64
+    for pattern, block in ((P.fixed(1024, 128), 128), (P.strided(128), 64)):
+        layout = P.build_layout(P.same_for_all_heads(pattern, heads), n, block, device="cuda")
+        gen = torch.Generator(device="cuda").manual_seed(1)
+        q, k, v, do = (torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+                       for _ in range(4))
+
+        def call():
+            leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+            out = B.blocksparse_attention(*leaves, layout)
+            return [out, *torch.autograd.grad(out, leaves, do)]
+
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DIRECT", "0")
+        before = len(direct)
+        want = call()
+        assert len(direct) == before, "a launch went direct with the switch off"
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DIRECT", "1")
+        for i in range(3):  # the first call files each compiled kernel, the later ones launch it directly
+            got = call()
+            for name, g, w in zip(["out", "dq", "dk", "dv"], got, want):
+                assert torch.equal(g, w), f"{pattern.name} call {i}: {name} differs from Triton's launch"
+        assert len(direct) > before, f"{pattern.name}: no launch went direct"

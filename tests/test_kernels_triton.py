@@ -350,9 +350,13 @@ def test_spec_key_tells_apart_what_triton_specialises_on():
     Triton compiles alike."""
     base = torch.zeros(64)
     assert blocksparse._spec_key([base, 32, 0.5]) == blocksparse._spec_key([torch.zeros(8), 48, 2.0])
+    assert blocksparse._spec_key([base, -32, 0.5]) == blocksparse._spec_key([base, 32, 0.5])  # Triton: -32 % 16 == 0
     for other in ([base[1:], 32, 0.5], [base.half(), 32, 0.5], [base, 1, 0.5], [base, 33, 0.5], [base, 1 << 31, 0.5],
-                  [base, True, 0.5]):
+                  [base, True, 0.5], [base, 32, torch.zeros(1)]):
         assert blocksparse._spec_key(other) != blocksparse._spec_key([base, 32, 0.5]), other
+    # the three int widths, each divisible by 16 or not
+    widths = [16, 17, 1 << 40, (1 << 40) + 1, 1 << 63, (1 << 63) + 1]
+    assert len({blocksparse._spec_key([w]) for w in widths}) == len(widths)
 
 
 def test_direct_launch_reuses_the_compiled_kernel_for_alike_arguments(monkeypatch):
@@ -383,7 +387,8 @@ def test_direct_launch_reuses_the_compiled_kernel_for_alike_arguments(monkeypatc
             return launch
 
     monkeypatch.setattr(blocksparse, "_INTERPRET", False)
-    monkeypatch.setattr(blocksparse, "_current_stream", lambda: 7)
+    monkeypatch.setattr(blocksparse, "_current_device", lambda: 0)
+    monkeypatch.setattr(blocksparse, "_current_stream", lambda device: 7 + device)
     grid = lambda m: (256 // m["BLOCK_M"], 2)  # noqa: E731
     x, kernel = torch.zeros(64), Kernel()
     kwargs = {"BLOCK": 64, "BLOCK_M": 32, "num_warps": 4}
@@ -396,9 +401,14 @@ def test_direct_launch_reuses_the_compiled_kernel_for_alike_arguments(monkeypatc
     assert run[9].data_ptr() == x[16:].data_ptr()
     blocksparse._launch_chosen(kernel, grid, (x[1:], 5), kwargs)  # 4 bytes on: another specialisation
     assert len(kernel.through_triton) == 2 and len(kernel.compiled.runs) == 1
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DIRECT", "0")
+    monkeypatch.setattr(blocksparse, "_current_device", lambda: 1)  # another device: compiled there first
     blocksparse._launch_chosen(kernel, grid, (x, 5), kwargs)
     assert len(kernel.through_triton) == 3 and len(kernel.compiled.runs) == 1
+    blocksparse._launch_chosen(kernel, grid, (x, 5), kwargs)
+    assert len(kernel.compiled.runs) == 2 and kernel.compiled.runs[-1][3] == 8  # that device's stream
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DIRECT", "0")
+    blocksparse._launch_chosen(kernel, grid, (x, 5), kwargs)
+    assert len(kernel.through_triton) == 4 and len(kernel.compiled.runs) == 2
 
 
 @pytest.mark.parametrize("dq", ["separate", "merged"])

@@ -1,0 +1,136 @@
+"""The host's cost of eager calls: one forward+backward of our kernels at short lengths, where issuing the
+launches takes longer than the GPU takes to run them, with every launch through Triton's
+``JITFunction.run`` and with later launches straight to the compiled kernels' launchers
+(``blocksparse.use_direct_launch``, ``MEGASTRIDE_BLOCKSPARSE_DIRECT``), alternating in one process so that
+both see the same host, allocator and caches. The attention bench's eager columns time each variant once,
+and on a host-bound case they vary between variants by more than the launch path changes; alternating
+rounds make the difference readable.
+
+    python -m megastride.kernels.launch_ab --cases 12288x8x64,3072x8x64,12288x2x128 --out OUT
+
+Each case is the bench's fixed pattern (l ~ sqrt(128 n), one summary block of 128) at ``NxHxD``, bf16,
+B=1. Each round times ``--calls`` forward+backward calls (after ``--warmup`` untimed ones) with the switch
+off, then on; the ms per call includes the GPU's work (synchronised once at the end of a round), which
+is the floor either way. Written to OUT/launch_ab.json with the device, versions and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SWITCH = "MEGASTRIDE_BLOCKSPARSE_DIRECT"
+MODES = ("0", "1")  # off (Triton's run), on (direct)
+
+
+def parse_cases(raw: str) -> list[tuple[int, int, int]]:
+    """``"NxHxD,..."`` as (n, heads, head dim) triples; ValueError naming the bad item."""
+    cases = []
+    for item in filter(None, (x.strip() for x in raw.split(","))):
+        parts = item.split("x")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"case {item!r} is not NxHxD (e.g. 12288x8x64)")
+        n, heads, dim = (int(p) for p in parts)
+        if n < 128 or n % 128:
+            raise ValueError(f"case {item!r}: the length must be a positive multiple of the block, 128")
+        if heads < 1 or dim not in (16, 32, 64, 128, 256):
+            raise ValueError(f"case {item!r}: needs at least one head and a head dim of 16, 32, 64, 128 or 256")
+        cases.append((n, heads, dim))
+    if not cases:
+        raise ValueError("no cases given")
+    return cases
+
+
+def alternate(step, rounds: int, calls: int, warmup: int, sync=lambda: None, clock=time.perf_counter) -> dict:
+    """ms per ``step()`` with ``SWITCH`` off and on, alternating for ``rounds`` rounds (``warmup`` untimed
+    calls, then ``calls`` timed ones, ``sync()`` before and after); the switch's earlier value restored."""
+    before = os.environ.get(SWITCH)
+    times: dict[str, list[float]] = {m: [] for m in MODES}
+    try:
+        for _ in range(rounds):
+            for mode in MODES:
+                os.environ[SWITCH] = mode
+                for _ in range(warmup):
+                    step()
+                sync()
+                t0 = clock()
+                for _ in range(calls):
+                    step()
+                sync()
+                times[mode].append((clock() - t0) / calls * 1e3)
+    finally:
+        if before is None:
+            os.environ.pop(SWITCH, None)
+        else:
+            os.environ[SWITCH] = before
+    off, on = statistics.median(times["0"]), statistics.median(times["1"])
+    return {"off_ms": [round(t, 4) for t in times["0"]], "on_ms": [round(t, 4) for t in times["1"]],
+            "median_off_ms": round(off, 4), "median_on_ms": round(on, 4),
+            "rounds_on_faster": sum(a > b for a, b in zip(times["0"], times["1"])),
+            "saving": round(1 - on / off, 4) if off else None}
+
+
+def _fixed_case(n: int, heads: int, dim: int):
+    """(layout, q, k, v, dO) of the bench's fixed pattern at ``n`` tokens on the GPU, bf16, B=1."""
+    from . import patterns as P
+
+    stride = P.optimal_stride(n, "fixed", 128, 128)
+    layout = P.build_layout(P.same_for_all_heads(P.fixed(stride, 128), heads), n, 128, device="cuda")
+    q, k, v, do = (torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    return layout, q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), do
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m megastride.kernels.launch_ab", description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", default="12288x8x64,3072x8x64,12288x2x128", help="comma-separated NxHxD")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of off, then on (default 3)")
+    parser.add_argument("--calls", type=int, default=200, help="timed forward+backward calls a round (default 200)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed calls before each timing (default 10)")
+    parser.add_argument("--out", default=None, help="folder for launch_ab.json")
+    args = parser.parse_args(argv)
+    try:
+        cases = parse_cases(args.cases)
+        if min(args.rounds, args.calls) < 1 or args.warmup < 0:
+            raise ValueError("--rounds and --calls must be at least 1, --warmup at least 0")
+    except ValueError as err:
+        print(f"launch_ab: {err}", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print("launch_ab: needs a CUDA GPU (the direct launch is a GPU launcher's)", file=sys.stderr)
+        return 2
+    import triton
+
+    from .blocksparse import blocksparse_attention
+
+    rows = []
+    for n, heads, dim in cases:
+        layout, q, k, v, do = _fixed_case(n, heads, dim)
+
+        def step():
+            torch.autograd.backward(blocksparse_attention(q, k, v, layout), do)
+
+        step()  # autotuning and "auto"'s timing outside the rounds
+        row = {"n": n, "heads": heads, "head_dim": dim,
+               **alternate(step, args.rounds, args.calls, args.warmup, sync=torch.cuda.synchronize)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "rounds": args.rounds, "calls": args.calls, "warmup": args.warmup, "rows": rows}
+        (out / "launch_ab.json").write_text(json.dumps(meta, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

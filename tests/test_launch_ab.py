@@ -1,0 +1,52 @@
+"""kernels/launch_ab.py: the eager host-cost A/B of direct launches (its timing needs a GPU; its case
+parsing, alternation and bookkeeping are checked here)."""
+
+import os
+
+import pytest
+import torch
+
+from megastride.kernels import launch_ab
+
+
+def test_cases_parse_and_bad_ones_name_the_item():
+    assert launch_ab.parse_cases("12288x8x64, 3072x2x128") == [(12288, 8, 64), (3072, 2, 128)]
+    for raw, message in [("12288x8", "is not NxHxD"), ("100x8x64", "multiple of the block"),
+                         ("12288x8x48", "head dim"), ("12288x0x64", "at least one head"), ("", "no cases")]:
+        with pytest.raises(ValueError, match=message):
+            launch_ab.parse_cases(raw)
+
+
+@pytest.mark.parametrize("before", [None, "0"])
+def test_rounds_alternate_off_then_on_and_restore_the_switch(monkeypatch, before):
+    """Each round runs the switch off, then on (warm-up calls untimed, synchronised around the timed
+    ones); a step that costs 3 ticks off and 2 on gives those ms per call, the saving and how many rounds
+    were faster on; the switch's earlier value comes back."""
+    if before is None:
+        monkeypatch.delenv(launch_ab.SWITCH, raising=False)
+    else:
+        monkeypatch.setenv(launch_ab.SWITCH, before)
+    now, seen = [0.0], []
+
+    def step():
+        mode = os.environ[launch_ab.SWITCH]
+        seen.append(mode)
+        now[0] += 3e-3 if mode == "0" else 2e-3
+
+    syncs = []
+    got = launch_ab.alternate(step, rounds=2, calls=4, warmup=1, sync=lambda: syncs.append(1), clock=lambda: now[0])
+    assert seen == (["0"] * 5 + ["1"] * 5) * 2 and len(syncs) == 8
+    assert got["off_ms"] == [3.0, 3.0] and got["on_ms"] == [2.0, 2.0]
+    assert got["median_off_ms"] == 3.0 and got["median_on_ms"] == 2.0
+    assert got["saving"] == pytest.approx(1 / 3, abs=1e-4) and got["rounds_on_faster"] == 2
+    assert os.environ.get(launch_ab.SWITCH) == before
+
+
+def test_main_refuses_bad_arguments_and_a_machine_without_a_gpu(capsys):
+    assert launch_ab.main(["--cases", "12288x8"]) == 2
+    assert capsys.readouterr().err.strip() == "launch_ab: case '12288x8' is not NxHxD (e.g. 12288x8x64)"
+    assert launch_ab.main(["--rounds", "0"]) == 2
+    assert "--rounds and --calls must be at least 1" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert launch_ab.main([]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err
