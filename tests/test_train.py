@@ -87,16 +87,17 @@ def test_deepspeed_runs_with_kept_attention_give_the_plain_recomputes_losses(tin
     recompute's run ("auto" keeps them on a GPU wherever they fit, so this runtime meets them there).
     The Triton kernels under the interpreter: the attention path that keeps outputs (the CPU's reference
     path keeps nothing)."""
-    cfg = tiny_config(train={"steps": 3, "eval_every": 3, "zero_stage": 1})
+    # two steps: the second's loss already depends on the first's gradients through the kept outputs
+    cfg = tiny_config(train={"steps": 2, "eval_every": 2, "zero_stage": 1})
     runs = {}
     for keep in ("true", "false"):
         proc = train(cfg, f"run.dir={tmp_path / keep}", f"train.keep_attention={keep}",
                      env={"MEGASTRIDE_ATTENTION": "triton", "TRITON_INTERPRET": "1"})
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[keep] = metrics(tmp_path / keep)
-    for step in range(1, 4):
+    for step in range(1, 3):
         assert runs["true"][step]["train/bits_per_byte"] == runs["false"][step]["train/bits_per_byte"], step
-    assert runs["true"][3]["valid/bits_per_byte"] == runs["false"][3]["valid/bits_per_byte"]
+    assert runs["true"][2]["valid/bits_per_byte"] == runs["false"][2]["valid/bits_per_byte"]
 
 
 @pytest.mark.distributed
