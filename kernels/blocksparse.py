@@ -1117,18 +1117,21 @@ _I32 = 1 << 31
 def _spec_key(args) -> tuple:
     """What Triton specialises a compiled kernel on, for positional arguments ``args``, or finer: a tensor's
     dtype and 16-byte alignment; an int's being 1, divisible by 16, and its width (i32, i64, u64: one code
-    each); a bool's value; a float, nothing (one fp32 argument). Types tested cheapest first: about half the
-    time of isinstance chains on the ~60-argument kernels (CPU, 2026-12-01)."""
+    each); a bool's value; a float, nothing (one fp32 argument). Exact types tested first, tensors (half of
+    our arguments) before ints: 6.6 / 7.8 / 10.7 us for the forward / dQ / dK/dV kernels' 36 / 46 / 60
+    arguments against 8.1 / 10.6 / 13.3 with isinstance chains (CPU machine, 2026-12-01)."""
     key = []
     append = key.append
     for a in args:
         t = type(a)
-        if t is int:
+        if t is torch.Tensor:
+            append((a.dtype, not a.data_ptr() & 15))
+        elif t is int:
             append(1 if a == 1 else (2 if a & 15 else 3) if -_I32 <= a < _I32 else
                    (4 if a & 15 else 5) if a < 1 << 63 else (6 if a & 15 else 7))
         elif t is bool:
             append(a)
-        elif isinstance(a, torch.Tensor):
+        elif isinstance(a, torch.Tensor):  # a subclass (a Parameter)
             append((a.dtype, not a.data_ptr() & 15))
         elif isinstance(a, int):  # an int subclass: as Triton, by value
             append(_spec_key([int(a)])[0])
