@@ -79,11 +79,13 @@ def alternate(step, rounds: int, calls: int, warmup: int, sync=lambda: None, clo
 
 
 def _fixed_case(n: int, heads: int, dim: int):
-    """(layout, q, k, v, dO) of the bench's fixed pattern at ``n`` tokens on the GPU, bf16, B=1."""
+    """(layout, q, k, v, dO) of the attention bench's fixed case (``bench.case_pattern``) at ``n`` tokens on
+    the GPU, bf16, B=1."""
     from . import patterns as P
+    from .bench import Case, case_pattern
 
-    stride = P.optimal_stride(n, "fixed", 128, 128)
-    layout = P.build_layout(P.same_for_all_heads(P.fixed(stride, 128), heads), n, 128, device="cuda")
+    pattern, _, block, _ = case_pattern(Case("fixed", n, heads, dim))
+    layout = P.build_layout(pattern, n, block, device="cuda")
     q, k, v, do = (torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16) for _ in range(4))
     return layout, q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), do
 
@@ -106,9 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("launch_ab: needs a CUDA GPU (the direct launch is a GPU launcher's)", file=sys.stderr)
         return 2
-    import triton
-
     from .blocksparse import blocksparse_attention
+    from .ws_probe import write_rows
 
     rows = []
     for n, heads, dim in cases:
@@ -123,12 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
         rows.append(row)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "rounds": args.rounds, "calls": args.calls, "warmup": args.warmup, "rows": rows}
-        (out / "launch_ab.json").write_text(json.dumps(meta, indent=1))
+        write_rows(Path(args.out) / "launch_ab.json", rows, rounds=args.rounds, calls=args.calls, warmup=args.warmup,
+                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     return 0
 
 
