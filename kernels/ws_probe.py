@@ -85,8 +85,22 @@ def _exp2_mixed(x, POLY: tl.constexpr):
 
 
 @triton.jit
+def _exp2_x2(x):
+    """2^x of a 16-bit tile as PTX's packed ``ex2.approx.ftz.bf16x2`` / ``ex2.approx.f16x2`` (sm_90), two
+    elements an instruction. Compile-only (``compile_probe(exp16=1)``): ptxas for sm_90 splits each into two
+    scalar MUFU.EX2 with the packing around them, so the special-function unit does the same work
+    (tests/test_kernels_compile.py)."""
+    if x.dtype == tl.bfloat16:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.bf16x2 $0, $1;", "=r,r", [x], dtype=tl.bfloat16,
+                                         is_pure=True, pack=2)
+    else:
+        return tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [x], dtype=tl.float16, is_pure=True,
+                                         pack=2)
+
+
+@triton.jit
 def _probe_kernel(Q, K, V, O, PTR, IDX, N, qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  D: tl.constexpr, WS: tl.constexpr, POLY: tl.constexpr = 0):
+                  D: tl.constexpr, WS: tl.constexpr, POLY: tl.constexpr = 0, EXP16: tl.constexpr = 0):
     """One program per (128-query tile, head): the online softmax over the key blocks IDX[PTR[i]:PTR[i+1]]
     (each BLOCK_M // BLOCK_N sub-tiles), K and V read as TMA boxes; rows with no key give NaN."""
     pid = tl.program_id(0)
@@ -109,11 +123,16 @@ def _probe_kernel(Q, K, V, O, PTR, IDX, N, qk_scale, BLOCK_M: tl.constexpr, BLOC
         k = kd.load([start, 0])
         s = tl.dot(q, tl.trans(k))
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        p = _exp2_mixed(s * qk_scale - m_new[:, None], POLY)
         alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
         v = vd.load([start, 0])
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        if EXP16:  # the exponentials in 16 bits, two an instruction; the row sums from the P the product takes
+            p16 = _exp2_x2((s * qk_scale - m_new[:, None]).to(v.dtype))
+            l_i = l_i * alpha + tl.sum(p16.to(tl.float32), 1)
+        else:
+            p = _exp2_mixed(s * qk_scale - m_new[:, None], POLY)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            p16 = p.to(v.dtype)
+        acc = acc * alpha[:, None] + tl.dot(p16, v)
         m_i = m_new
     od.store([pid * BLOCK_M, 0], (acc / l_i[:, None]).to(O.dtype.element_ty))
 
@@ -329,13 +348,13 @@ def _compile(kernel, sig: dict, constexprs: dict, num_warps: int, num_stages: in
 
 
 def compile_probe(warp_specialize: bool, head_dim: int = 64, block_n: int = BLOCK, num_warps: int = 4,
-                  num_stages: int = 3, arch: int = 90, poly: int = 0):
+                  num_stages: int = 3, arch: int = 90, poly: int = 0, exp16: int = 0, dtype: str = "bf16"):
     """The forward probe compiled for ``arch`` without a GPU (bf16): whether Triton's pass partitions its
     loop shows in the TTGIR (a ``ttg.warp_specialize`` op) and in the warps the kernel launches with."""
-    sig = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*bf16", "PTR": "*i32", "IDX": "*i32", "N": "i32",
-           "qk_scale": "fp32"}
+    sig = {"Q": f"*{dtype}", "K": f"*{dtype}", "V": f"*{dtype}", "O": f"*{dtype}", "PTR": "*i32", "IDX": "*i32",
+           "N": "i32", "qk_scale": "fp32"}
     return _compile(_probe_kernel, sig, {"BLOCK_M": BLOCK, "BLOCK_N": block_n, "D": head_dim, "WS": warp_specialize,
-                                         "POLY": poly}, num_warps, num_stages, arch)
+                                         "POLY": poly, "EXP16": exp16}, num_warps, num_stages, arch)
 
 
 def compile_probe_dkdv_persistent(flatten: bool = False, block_m: int = 32, head_dim: int = 64, heads: int = 8,

@@ -149,6 +149,24 @@ def test_the_probe_moves_a_quarter_and_a_half_of_its_exponentials_off_the_specia
     assert lines == ["24 132 16", "24 100 16", "24 68 16"], lines
 
 
+def test_packed_16bit_exponentials_still_take_one_special_function_issue_per_element():
+    """ws_probe's forward with EXP16 asks PTX for two exponentials an instruction (ex2.approx.ftz.bf16x2 /
+    ex2.approx.f16x2) to halve the special-function unit's work at head dim 64; ptxas for sm_90 splits each
+    into two scalar MUFU.EX2, so the loop keeps its 132 MUFU an iteration (bf16 and fp16 alike) and gains
+    the packing and unpacking around them: why the option was not taken to the GPU (2026-12-01)."""
+    lines = _compiled_lines("from megastride.kernels import compile_check as c, ws_probe as w\n"
+                            "for dtype in ('bf16', 'fp16'):\n"
+                            "    for e in (0, 1):\n"
+                            "        k = w.compile_probe(False, num_stages=2, exp16=e, dtype=dtype)\n"
+                            "        m = c.first_mma_loop(k)\n"
+                            "        print(dtype, e, m['HGMMA'], m['MUFU'], m['total'], 'ex2.approx.ftz.bf16x2' in k.asm['ptx'] "
+                            "or 'ex2.approx.f16x2' in k.asm['ptx'])\n")
+    rows = [line.split() for line in lines]
+    assert [r[:4] for r in rows] == [[d, e, "24", "132"] for d in ("bf16", "fp16") for e in ("0", "1")], lines
+    assert [r[5] for r in rows] == ["False", "True", "False", "True"], lines  # the packed form reached the PTX
+    assert int(rows[1][4]) > int(rows[0][4]) and int(rows[3][4]) > int(rows[2][4]), lines  # and cost instructions
+
+
 def test_triton_keeps_the_persistent_probes_column_loop_apart_from_its_walk():
     """ws_probe's persistent dK/dV probe asks for ``tl.range(..., flatten=True)``: Triton 3.6 fuses only inner
     loops with constant bounds, so a column's own bounds leave two loops (the probe's timing, the fourteenth
