@@ -42,8 +42,11 @@ def cases_from(patterns: str, configs: str, lengths: str, block: int | None = No
     """Bench cases from comma-separated patterns, HEADSxHEAD_DIM configs and lengths, per config and
     pattern shortest first (a run cut short keeps the short lengths; each case compiles Flex for its own
     shapes: kernels.bench.flex_compiled); ``block``: every case's layout block (None: the pattern's choice).
-    ValueError names a malformed config or length, or a block that does not divide a length."""
-    from megastride.kernels.bench import Case
+    ValueError names a malformed config or length, an unknown pattern, a head count or head dim the kernels
+    do not take, or a block (given or the pattern's own) that does not divide a length: every case's layout
+    is worked out here, before any GPU work."""
+    from megastride.kernels.blocksparse import _HEAD_DIMS
+    from megastride.kernels.bench import Case, case_pattern
 
     ns = sorted({int(x) for x in lengths.split(",") if x})
     if block is not None:
@@ -56,8 +59,18 @@ def cases_from(patterns: str, configs: str, lengths: str, block: int | None = No
         if len(dims) != 2:
             raise ValueError(f"config {config!r} is not HEADSxHEAD_DIM")
         heads, head_dim = (int(x) for x in dims)
+        if heads < 1 or head_dim not in _HEAD_DIMS:
+            raise ValueError(f"config {config!r}: heads must be >= 1 and the head dim one of "
+                             f"{', '.join(map(str, _HEAD_DIMS))}")
         for pattern in filter(None, patterns.split(",")):
             cases += [Case(pattern, n, heads, head_dim, block=block) for n in ns]
+    for case in cases:
+        if case.seq_len <= 0:
+            raise ValueError(f"length {case.seq_len} is not positive")
+        _, _, case_block, _ = case_pattern(case)  # unknown pattern, or a given block that does not divide n
+        if case.seq_len % case_block:
+            raise ValueError(f"the {case.pattern} pattern's block {case_block} does not divide the length "
+                             f"{case.seq_len}")
     return cases
 
 
@@ -97,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cases = _cases(args)
     except ValueError as err:
-        print(f"{PROG}: error: bad --lengths, --configs or --block ({err})", file=sys.stderr)
+        print(f"{PROG}: error: bad --patterns, --lengths, --configs or --block ({err})", file=sys.stderr)
         return 2
     if gpu_missing(PROG):
         return 2

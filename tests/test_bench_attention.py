@@ -145,13 +145,18 @@ def test_flex_block_mask_is_built_eagerly_up_to_the_threshold(n, device, compile
     (["--configs", "8x64x2"], "is not HEADSxHEAD_DIM"),
     (["--lengths", "12k"], "invalid literal"),
     (["--lengths", "12288,65536", "--block", "1000"], "--block 1000 does not divide the length 12288"),
+    (["--lengths", "1000", "--configs", "8x64"], "the fixed pattern's block 128 does not divide the length 1000"),
+    (["--configs", "8x65"], "config '8x65': heads must be >= 1 and the head dim one of 16, 32, 64, 128, 256"),
+    (["--configs", "0x64"], "config '0x64': heads must be >= 1"),
+    (["--patterns", "fixd"], "unknown benchmark pattern 'fixd' (fixed, strided, strided_matched)"),
+    (["--lengths", "0"], "length 0 is not positive"),
 ])
 def test_bad_configs_or_lengths_are_one_line_errors_before_the_gpu_check(argv, message, capsys):
     from megastride.launch import bench_attention
 
     assert bench_attention.main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert "bad --lengths, --configs or --block" in err and message in err and "\n" not in err
+    assert "bad --patterns, --lengths, --configs or --block" in err and message in err and "\n" not in err
 
 
 def test_flex_block_mask_memory_is_the_bytes_of_its_tensors():
