@@ -69,8 +69,6 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def _check(args: argparse.Namespace) -> None:
-    import torch
-
     from megastride.engine.bench_scaling import BASELINE_KINDS, KINDS, validation_cases
     from megastride.engine.config import ConfigError
 
@@ -79,10 +77,18 @@ def _check(args: argparse.Namespace) -> None:
     unknown = [k for k in args.kinds.split(",") if k not in known]
     if unknown:
         raise ConfigError(f"--kinds: unknown kind {unknown[0]!r} (known: {', '.join(known)})")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but torch sees no CUDA GPU (use --device cpu for a smoke test)")
     if args.steps < 1 or args.warmup < 0:
         raise ConfigError("--steps must be >= 1 and --warmup >= 0")
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """After every argument and config check, so a bad one is named even where no GPU is."""
+    import torch
+
+    from megastride.engine.config import ConfigError
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but torch sees no CUDA GPU (use --device cpu for a smoke test)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         _check(args)
         base = load_config(args.config or B.CONFIGS / "enwik8.yaml", args.overrides)
         lengths = _ints(args.lengths, "--lengths") if args.lengths else None
+        for kind in _kinds(args, B) if lengths else []:
+            # a length the config cannot take (its block does not divide it) fails here, not after the
+            # shorter lengths' points have run and been lost with the error
+            if kind in B.KINDS:
+                for n in lengths:
+                    B.config_for(base, B.KINDS[kind], n)
+        _check_device(args)
         opts = B.Options(device=args.device, steps=1 if args.quick else args.steps, warmup=args.warmup,
                          budget_s=args.budget_s, memory_fraction=args.memory_fraction, batch=args.batch,
                          profile=args.profile)

@@ -207,12 +207,15 @@ def test_pil_plot_without_matplotlib(tmp_path, monkeypatch):
 
 def test_cli_user_errors_are_one_line(capsys):
     """Bad kinds, lengths or devices exit 2 with one `megastride bench scaling: error:` line."""
-    for args in (["--kinds", "dense,banded"], ["--lengths", "12k"], ["--device", "cuda"] if not torch.cuda.is_available() else ["--steps", "0"]):
+    for args in (["--kinds", "dense,banded"], ["--lengths", "12k"], ["--device", "cuda"] if not torch.cuda.is_available() else ["--steps", "0"],
+                 ["--device", "cuda", "--kinds", "fixed", "--lengths", "65536,100000"]):
         with pytest.raises(SystemExit) as exit_:
             bench_main(["--device", "cpu", *args] if args[0] != "--device" else args)
         assert exit_.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("megastride bench scaling: error: ") and "\n" not in err
+    # the last one: the length is named before the device (and before 65,536 would have run)
+    assert "at 100000" in err and "not divisible by attention.block=128" in err, err
 
 
 def test_memory_options_reach_the_benchmark_and_its_plan():
