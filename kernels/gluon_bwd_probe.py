@@ -54,14 +54,21 @@ def _tile_start(IDX, lo, t, SUB: gl.constexpr, BLOCK_M: gl.constexpr):
 
 
 @gluon.jit
-def _issue_q_do(qd, dod, q_smem, do_smem, bars, IDX, lo, t, STAGES: gl.constexpr, SUB: gl.constexpr,
-                BLOCK_M: gl.constexpr):
-    """TMA loads of step t's Q and dO tiles into slot t % STAGES, both on that slot's barrier."""
+def _head_desc(X, bh, N, D: gl.constexpr, ROWS: gl.constexpr, layout: gl.constexpr):
+    """A TMA descriptor over head bh's (N, D) rows of X (heads, N, D), in boxes of ROWS rows."""
+    return tma.make_tensor_descriptor(X + bh * N * D, shape=[N, D], strides=[D, 1], block_shape=[ROWS, D],
+                                      layout=layout)
+
+
+@gluon.jit
+def _issue_pair(ad, bd, a_smem, b_smem, bars, IDX, lo, t, STAGES: gl.constexpr, SUB: gl.constexpr,
+                ROWS: gl.constexpr):
+    """TMA loads of step t's two tiles (Q and dO, or K and V) into slot t % STAGES, on that slot's barrier."""
     slot = t % STAGES
-    start = _tile_start(IDX, lo, t, SUB, BLOCK_M)
-    mbarrier.expect(bars.index(slot), qd.block_type.nbytes + dod.block_type.nbytes)
-    tma.async_copy_global_to_shared(qd, [start, 0], bars.index(slot), q_smem.index(slot))
-    tma.async_copy_global_to_shared(dod, [start, 0], bars.index(slot), do_smem.index(slot))
+    start = _tile_start(IDX, lo, t, SUB, ROWS)
+    mbarrier.expect(bars.index(slot), ad.block_type.nbytes + bd.block_type.nbytes)
+    tma.async_copy_global_to_shared(ad, [start, 0], bars.index(slot), a_smem.index(slot))
+    tma.async_copy_global_to_shared(bd, [start, 0], bars.index(slot), b_smem.index(slot))
 
 
 @gluon.jit
@@ -76,21 +83,15 @@ def _gluon_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, ORDER, N, qk_s
     item = gl.load(ORDER + gl.program_id(0))
     pid = item // HEADS
     bh = (item % HEADS).to(gl.int64)
-    Q += bh * N * D
-    K += bh * N * D
-    V += bh * N * D
-    DO += bh * N * D
-    DK += bh * N * D
-    DV += bh * N * D
     LSE += bh * N
     DELTA += bh * N
     smem: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=2)
-    qd = tma.make_tensor_descriptor(Q, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_M, D], layout=smem)
-    dod = tma.make_tensor_descriptor(DO, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_M, D], layout=smem)
-    kd = tma.make_tensor_descriptor(K, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_N, D], layout=smem)
-    vd = tma.make_tensor_descriptor(V, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_N, D], layout=smem)
-    dkd = tma.make_tensor_descriptor(DK, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_N, D], layout=smem)
-    dvd = tma.make_tensor_descriptor(DV, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_N, D], layout=smem)
+    qd = _head_desc(Q, bh, N, D, BLOCK_M, smem)
+    dod = _head_desc(DO, bh, N, D, BLOCK_M, smem)
+    kd = _head_desc(K, bh, N, D, BLOCK_N, smem)
+    vd = _head_desc(V, bh, N, D, BLOCK_N, smem)
+    dkd = _head_desc(DK, bh, N, D, BLOCK_N, smem)
+    dvd = _head_desc(DV, bh, N, D, BLOCK_N, smem)
 
     # S^T and dP^T: (BLOCK_N keys, BLOCK_M queries); dK, dV: (BLOCK_N, D); P^T and dS^T as the A operand
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
@@ -115,7 +116,7 @@ def _gluon_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, ORDER, N, qk_s
     tma.async_copy_global_to_shared(vd, [pid * BLOCK_N, 0], kv_bar, v_smem)
     for b in gl.static_range(STAGES):
         if b < steps:
-            _issue_q_do(qd, dod, q_smem, do_smem, bars, IDX, lo, b, STAGES, SUB, BLOCK_M)
+            _issue_pair(qd, dod, q_smem, do_smem, bars, IDX, lo, b, STAGES, SUB, BLOCK_M)
     mbarrier.wait(kv_bar, 0)
 
     zero_s = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
@@ -136,7 +137,7 @@ def _gluon_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, ORDER, N, qk_s
         s, dv, dk, pt16, dst16 = warpgroup_mma_wait(num_outstanding=1, deps=(s, dv, dk, pt16, dst16))
         if t >= 1:  # step t-1's products are done: its slot takes step t-1+STAGES
             if t - 1 + STAGES < steps:
-                _issue_q_do(qd, dod, q_smem, do_smem, bars, IDX, lo, t - 1 + STAGES, STAGES, SUB, BLOCK_M)
+                _issue_pair(qd, dod, q_smem, do_smem, bars, IDX, lo, t - 1 + STAGES, STAGES, SUB, BLOCK_M)
         pt = gl.exp2(s * qk_scale - gl.expand_dims(lse, 0))
         pt16 = gl.convert_layout(pt.to(dtype), p_layout)
         dv = warpgroup_mma(pt16, do_smem.index(slot), dv, is_async=True)
@@ -158,17 +159,6 @@ def _gluon_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, ORDER, N, qk_s
 
 
 @gluon.jit
-def _issue_k_v(kd, vd, k_smem, v_smem, bars, IDX, lo, t, STAGES: gl.constexpr, SUB: gl.constexpr,
-               BLOCK_N: gl.constexpr):
-    """TMA loads of step t's K and V tiles into slot t % STAGES, both on that slot's barrier."""
-    slot = t % STAGES
-    start = _tile_start(IDX, lo, t, SUB, BLOCK_N)
-    mbarrier.expect(bars.index(slot), kd.block_type.nbytes + vd.block_type.nbytes)
-    tma.async_copy_global_to_shared(kd, [start, 0], bars.index(slot), k_smem.index(slot))
-    tma.async_copy_global_to_shared(vd, [start, 0], bars.index(slot), v_smem.index(slot))
-
-
-@gluon.jit
 def _gluon_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, PTR, IDX, ORDER, N, qk_scale, sm_scale, HEADS: gl.constexpr,
                      D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                      num_warps: gl.constexpr):
@@ -181,19 +171,14 @@ def _gluon_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, PTR, IDX, ORDER, N, qk_scale, 
     item = gl.load(ORDER + gl.program_id(0))
     pid = item // HEADS  # BLOCK_M rows of 128-query row pid // (128 // BLOCK_M)
     bh = (item % HEADS).to(gl.int64)
-    Q += bh * N * D
-    K += bh * N * D
-    V += bh * N * D
-    DO += bh * N * D
-    DQ += bh * N * D
     LSE += bh * N
     DELTA += bh * N
     smem: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=2)
-    qd = tma.make_tensor_descriptor(Q, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_M, D], layout=smem)
-    dod = tma.make_tensor_descriptor(DO, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_M, D], layout=smem)
-    dqd = tma.make_tensor_descriptor(DQ, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_M, D], layout=smem)
-    kd = tma.make_tensor_descriptor(K, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_N, D], layout=smem)
-    vd = tma.make_tensor_descriptor(V, shape=[N, D], strides=[D, 1], block_shape=[BLOCK_N, D], layout=smem)
+    qd = _head_desc(Q, bh, N, D, BLOCK_M, smem)
+    dod = _head_desc(DO, bh, N, D, BLOCK_M, smem)
+    dqd = _head_desc(DQ, bh, N, D, BLOCK_M, smem)
+    kd = _head_desc(K, bh, N, D, BLOCK_N, smem)
+    vd = _head_desc(V, bh, N, D, BLOCK_N, smem)
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
@@ -216,7 +201,7 @@ def _gluon_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, PTR, IDX, ORDER, N, qk_scale, 
     tma.async_copy_global_to_shared(dod, [pid * BLOCK_M, 0], q_bar, do_smem)
     for b in gl.static_range(STAGES):
         if b < steps:
-            _issue_k_v(kd, vd, k_smem, v_smem, bars, IDX, lo, b, STAGES, SUB, BLOCK_N)
+            _issue_pair(kd, vd, k_smem, v_smem, bars, IDX, lo, b, STAGES, SUB, BLOCK_N)
     rows = pid * BLOCK_M + gl.arange(0, BLOCK_M, layout=rows_l)
     lse = gl.expand_dims(gl.load(LSE + rows), 1)
     delta = gl.expand_dims(gl.load(DELTA + rows), 1)
@@ -234,7 +219,7 @@ def _gluon_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, PTR, IDX, ORDER, N, qk_scale, 
         s, dq, ds16 = warpgroup_mma_wait(num_outstanding=1, deps=(s, dq, ds16))
         if t >= 1:  # step t-1's products are done: its slot takes step t-1+STAGES
             if t - 1 + STAGES < steps:
-                _issue_k_v(kd, vd, k_smem, v_smem, bars, IDX, lo, t - 1 + STAGES, STAGES, SUB, BLOCK_N)
+                _issue_pair(kd, vd, k_smem, v_smem, bars, IDX, lo, t - 1 + STAGES, STAGES, SUB, BLOCK_N)
         p = gl.exp2(s * qk_scale - lse)
         dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp, ))
         ds16 = gl.convert_layout((p * (dp - delta)).to(dtype), p_layout)
