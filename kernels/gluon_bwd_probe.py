@@ -72,6 +72,28 @@ def _issue_pair(ad, bd, a_smem, b_smem, bars, IDX, lo, t, STAGES: gl.constexpr, 
 
 
 @gluon.jit
+def _prologue(fa, fb, ra, rb, IDX, lo, steps, first, dtype: gl.constexpr, D: gl.constexpr, ROWS: gl.constexpr,
+              RING_ROWS: gl.constexpr, STAGES: gl.constexpr, SUB: gl.constexpr, layout: gl.constexpr):
+    """Shared memory for the two tiles a program keeps (boxes of ``fa`` and ``fb`` at row ``first``: K and V,
+    or Q and dO) and for the ring of the two it streams (``ra``, ``rb``); an mbarrier a slot and one for the
+    kept tiles (the last); the kept tiles' loads and the ring's first STAGES steps issued."""
+    a_smem = gl.allocate_shared_memory(dtype, [ROWS, D], layout)
+    b_smem = gl.allocate_shared_memory(dtype, [ROWS, D], layout)
+    ra_smem = gl.allocate_shared_memory(dtype, [STAGES, RING_ROWS, D], layout)
+    rb_smem = gl.allocate_shared_memory(dtype, [STAGES, RING_ROWS, D], layout)
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES + 1, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES + 1):
+        mbarrier.init(bars.index(i), count=1)
+    mbarrier.expect(bars.index(STAGES), fa.block_type.nbytes + fb.block_type.nbytes)
+    tma.async_copy_global_to_shared(fa, [first, 0], bars.index(STAGES), a_smem)
+    tma.async_copy_global_to_shared(fb, [first, 0], bars.index(STAGES), b_smem)
+    for b in gl.static_range(STAGES):
+        if b < steps:
+            _issue_pair(ra, rb, ra_smem, rb_smem, bars, IDX, lo, b, STAGES, SUB, RING_ROWS)
+    return a_smem, b_smem, ra_smem, rb_smem, bars
+
+
+@gluon.jit
 def _gluon_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, ORDER, N, qk_scale, sm_scale, HEADS: gl.constexpr,
                        D: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
                        num_warps: gl.constexpr):
@@ -103,21 +125,9 @@ def _gluon_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, ORDER, N, qk_s
 
     lo = gl.load(PTR + pid // (_LIST_BLOCK // BLOCK_N))
     steps = (gl.load(PTR + pid // (_LIST_BLOCK // BLOCK_N) + 1) - lo) * SUB
-    k_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, D], smem)
-    v_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, D], smem)
-    q_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, D], smem)
-    do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, D], smem)
-    bars = gl.allocate_shared_memory(gl.int64, [STAGES + 1, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES + 1):
-        mbarrier.init(bars.index(i), count=1)
-    kv_bar = bars.index(STAGES)
-    mbarrier.expect(kv_bar, kd.block_type.nbytes + vd.block_type.nbytes)
-    tma.async_copy_global_to_shared(kd, [pid * BLOCK_N, 0], kv_bar, k_smem)
-    tma.async_copy_global_to_shared(vd, [pid * BLOCK_N, 0], kv_bar, v_smem)
-    for b in gl.static_range(STAGES):
-        if b < steps:
-            _issue_pair(qd, dod, q_smem, do_smem, bars, IDX, lo, b, STAGES, SUB, BLOCK_M)
-    mbarrier.wait(kv_bar, 0)
+    k_smem, v_smem, q_smem, do_smem, bars = _prologue(kd, vd, qd, dod, IDX, lo, steps, pid * BLOCK_N, dtype, D,
+                                                      BLOCK_N, BLOCK_M, STAGES, SUB, smem)
+    mbarrier.wait(bars.index(STAGES), 0)
 
     zero_s = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
     dk = warpgroup_mma_init(gl.zeros([BLOCK_N, D], gl.float32, o_layout))
@@ -188,24 +198,12 @@ def _gluon_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, PTR, IDX, ORDER, N, qk_scale, 
 
     lo = gl.load(PTR + pid // (_LIST_BLOCK // BLOCK_M))
     steps = (gl.load(PTR + pid // (_LIST_BLOCK // BLOCK_M) + 1) - lo) * SUB
-    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, D], smem)
-    do_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, D], smem)
-    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], smem)
-    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], smem)
-    bars = gl.allocate_shared_memory(gl.int64, [STAGES + 1, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES + 1):
-        mbarrier.init(bars.index(i), count=1)
-    q_bar = bars.index(STAGES)
-    mbarrier.expect(q_bar, qd.block_type.nbytes + dod.block_type.nbytes)
-    tma.async_copy_global_to_shared(qd, [pid * BLOCK_M, 0], q_bar, q_smem)
-    tma.async_copy_global_to_shared(dod, [pid * BLOCK_M, 0], q_bar, do_smem)
-    for b in gl.static_range(STAGES):
-        if b < steps:
-            _issue_pair(kd, vd, k_smem, v_smem, bars, IDX, lo, b, STAGES, SUB, BLOCK_N)
+    q_smem, do_smem, k_smem, v_smem, bars = _prologue(qd, dod, kd, vd, IDX, lo, steps, pid * BLOCK_M, dtype, D,
+                                                      BLOCK_M, BLOCK_N, STAGES, SUB, smem)
     rows = pid * BLOCK_M + gl.arange(0, BLOCK_M, layout=rows_l)
     lse = gl.expand_dims(gl.load(LSE + rows), 1)
     delta = gl.expand_dims(gl.load(DELTA + rows), 1)
-    mbarrier.wait(q_bar, 0)
+    mbarrier.wait(bars.index(STAGES), 0)
 
     zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
     dq = warpgroup_mma_init(gl.zeros([BLOCK_M, D], gl.float32, o_layout))
