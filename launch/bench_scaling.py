@@ -100,12 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         _check(args)
         base = load_config(args.config or B.CONFIGS / "enwik8.yaml", args.overrides)
         lengths = _ints(args.lengths, "--lengths") if args.lengths else None
-        for kind in _kinds(args, B) if lengths else []:
+        validate = args.validate_plan or args.all or bool(args.cases)
+        sweep = args.all or not (args.table2 or validate)
+        sweep_lengths = lengths or (list(B.DEFAULT_LENGTHS[:2]) if args.quick else list(B.DEFAULT_LENGTHS))
+        for kind in _kinds(args, B) if sweep else []:
             # a length the config cannot take (its block does not divide it) fails here, not after the
             # shorter lengths' points have run and been lost with the error
-            if kind in B.KINDS:
-                for n in lengths:
-                    B.config_for(base, B.KINDS[kind], n)
+            for n in sweep_lengths if kind in B.KINDS else []:
+                B.config_for(base, B.KINDS[kind], n)
         _check_device(args)
         opts = B.Options(device=args.device, steps=1 if args.quick else args.steps, warmup=args.warmup,
                          budget_s=args.budget_s, memory_fraction=args.memory_fraction, batch=args.batch,
@@ -113,10 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = B.environment() | {"config": str(args.config), "overrides": args.overrides, "device": args.device,
                                   "steps": opts.steps, "warmup": opts.warmup}
         out = Path(args.out)
-        validate = args.validate_plan or args.all or bool(args.cases)
-        sweep = args.all or not (args.table2 or validate)
         if sweep:
-            sweep_lengths = lengths or (list(B.DEFAULT_LENGTHS[:2]) if args.quick else list(B.DEFAULT_LENGTHS))
             _report(B, B.sweep(base, _kinds(args, B), sweep_lengths, opts), out, "scaling", meta, True)
         if args.table2 or args.all:
             _report(B, B.table2(opts, overrides=args.overrides), out, "table2", meta, False)
