@@ -1,7 +1,11 @@
-"""Shared fixtures: a small real text store, and a tiny training config that runs in seconds."""
+"""Shared fixtures: a small real text store, a tiny training config that runs in seconds, and a runner of
+code that compiles Triton kernels for a GPU without one."""
 
 import os
+import subprocess
+import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,6 +32,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def compiled_lines():
+    """``run(code)``: the printed lines of Python ``code`` run in a fresh process that compiles kernels (the
+    interpreter tests set TRITON_INTERPRET=1 for the session, under which nothing is compiled), from a file
+    (triton.jit reads a kernel's source from it); the process must exit 0."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+    def run(code: str) -> list[str]:
+        with tempfile.NamedTemporaryFile("w", suffix=".py") as f:
+            f.write(code)
+            f.flush()
+            proc = subprocess.run([sys.executable, f.name], capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        return proc.stdout.splitlines()
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,6 @@ interpreter tests set TRITON_INTERPRET=1 for the session, under which nothing is
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -37,11 +34,8 @@ print(json.dumps(out))
 
 
 @pytest.fixture(scope="module")
-def compiled():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def compiled(compiled_lines):
+    return json.loads(compiled_lines(_SCRIPT)[-1])
 
 
 @pytest.mark.parametrize("setting, hgmma, mufu", [("64 64 64 3", 16, 32), ("128 64 32 3", 20, 16)])

@@ -11,25 +11,12 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
 # not imported here: the first import of triton in this session must see the TRITON_INTERPRET=1
 # that test_kernels_triton.py sets, or its kernels are not interpreted
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
-
-
-def _compiled_lines(code: str) -> list[str]:
-    """The printed lines of ``code`` run in a fresh process that compiles (TRITON_INTERPRET unset), from a
-    file (triton.jit reads a kernel's source from it)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    with tempfile.NamedTemporaryFile("w", suffix=".py") as f:
-        f.write(code)
-        f.flush()
-        proc = subprocess.run([sys.executable, f.name], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
-    return proc.stdout.splitlines()
 
 
 def test_kernels_compile_for_sm90():
@@ -107,18 +94,18 @@ def test_runs_let_the_pipeliner_prefetch_the_tiles_further():
     assert min(waits("--runs")) > 0
 
 
-def test_the_probe_loop_is_warp_specialised_for_sm90():
+def test_the_probe_loop_is_warp_specialised_for_sm90(compiled_lines):
     """kernels/ws_probe.py: with warp_specialize the probe's loop is partitioned for Hopper (a
     ttg.warp_specialize op; 12 warps: 4 of the kernel's own and two groups of 4 the pass adds), without it
     not: what the probe times on the device is the partitioned loop, not the flag ignored."""
-    lines = _compiled_lines("from megastride.kernels.ws_probe import compile_probe\n"
+    lines = compiled_lines("from megastride.kernels.ws_probe import compile_probe\n"
                             "for ws in (False, True):\n"
                             "    k = compile_probe(ws)\n"
                             "    print(ws, 'ttg.warp_specialize(' in k.asm['ttgir'], k.metadata.num_warps)\n")
     assert lines == ["False False 4", "True True 12"], lines
 
 
-def test_the_dkdv_hot_loop_is_as_lean_as_the_stripped_probe():
+def test_the_dkdv_hot_loop_is_as_lean_as_the_stripped_probe(compiled_lines):
     """compile_check --loop: the first tensor-core loop of our dK/dV kernel (32x128 w4 s5 at head dim 64,
     the fixed pattern's masks, TMA loads, runs) issues the same 24 HGMMA and 32 MUFU an iteration as
     kernels/ws_probe.py's stripped dK/dV loop, in no more than 5% more instructions: what a change adds to
@@ -130,7 +117,7 @@ def test_the_dkdv_hot_loop_is_as_lean_as_the_stripped_probe():
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("ok ") and "32x128 w4 s5" in x)
     ours = [int(n) for n in re.search(r"loop (\d+) instructions: (\d+) HGMMA, (\d+) MUFU", line).groups()]
-    probe = _compiled_lines("from megastride.kernels import compile_check as c, ws_probe as w\n"
+    probe = compiled_lines("from megastride.kernels import compile_check as c, ws_probe as w\n"
                             "m = c.first_mma_loop(w.compile_probe_dkdv(32, 64, 4, 5))\n"
                             "print(m['total'], m['HGMMA'], m['MUFU'])\n")
     total, hgmma, mufu = (int(n) for n in probe[0].split())
@@ -138,23 +125,23 @@ def test_the_dkdv_hot_loop_is_as_lean_as_the_stripped_probe():
     assert ours[0] <= 1.05 * total, (line, probe)
 
 
-def test_the_probe_moves_a_quarter_and_a_half_of_its_exponentials_off_the_special_function_unit():
+def test_the_probe_moves_a_quarter_and_a_half_of_its_exponentials_off_the_special_function_unit(compiled_lines):
     """kernels/ws_probe.py --kernels poly, compiled for sm_90 (128x128 tile, head dim 64, 4 warps): each
     thread's loop computes 128 exponentials of scores and 4 of the rescaling (132 MUFU); with a quarter of
     the columns from the polynomial 100, with half 68, and no shuffles added by the column split."""
-    lines = _compiled_lines("from megastride.kernels import compile_check as c, ws_probe as w\n"
+    lines = compiled_lines("from megastride.kernels import compile_check as c, ws_probe as w\n"
                             "for poly in (0, 1, 2):\n"
                             "    m = c.first_mma_loop(w.compile_probe(False, num_stages=2, poly=poly))\n"
                             "    print(m['HGMMA'], m['MUFU'], m.get('SHFL', 0))\n")
     assert lines == ["24 132 16", "24 100 16", "24 68 16"], lines
 
 
-def test_packed_16bit_exponentials_still_take_one_special_function_issue_per_element():
+def test_packed_16bit_exponentials_still_take_one_special_function_issue_per_element(compiled_lines):
     """ws_probe's forward with EXP16 asks PTX for two exponentials an instruction (ex2.approx.ftz.bf16x2 /
     ex2.approx.f16x2) to halve the special-function unit's work at head dim 64; ptxas for sm_90 splits each
     into two scalar MUFU.EX2, so the loop keeps its 132 MUFU an iteration (bf16 and fp16 alike) and gains
     the packing and unpacking around them: why the option was not taken to the GPU (2026-12-01)."""
-    lines = _compiled_lines("from megastride.kernels import compile_check as c, ws_probe as w\n"
+    lines = compiled_lines("from megastride.kernels import compile_check as c, ws_probe as w\n"
                             "for dtype in ('bf16', 'fp16'):\n"
                             "    for e in (0, 1):\n"
                             "        k = w.compile_probe(False, num_stages=2, exp16=e, dtype=dtype)\n"
@@ -167,11 +154,11 @@ def test_packed_16bit_exponentials_still_take_one_special_function_issue_per_ele
     assert int(rows[1][4]) > int(rows[0][4]) and int(rows[3][4]) > int(rows[2][4]), lines  # and cost instructions
 
 
-def test_triton_keeps_the_persistent_probes_column_loop_apart_from_its_walk():
+def test_triton_keeps_the_persistent_probes_column_loop_apart_from_its_walk(compiled_lines):
     """ws_probe's persistent dK/dV probe asks for ``tl.range(..., flatten=True)``: Triton 3.6 fuses only inner
     loops with constant bounds, so a column's own bounds leave two loops (the probe's timing, the fourteenth
     run, is of the unfused walk); the same pass on constant bounds does fuse (the check can see a fusion)."""
-    lines = _compiled_lines("from megastride.kernels import ws_probe as w\n"
+    lines = compiled_lines("from megastride.kernels import ws_probe as w\n"
                             "for flatten in (False, True):\n"
                             "    print(w.compile_probe_dkdv_persistent(flatten).asm['ttgir'].count('scf.for'))\n"
                             "import triton, triton.language as tl\n"
