@@ -53,6 +53,15 @@ def _tile_start(IDX, lo, t, SUB: gl.constexpr, BLOCK_M: gl.constexpr):
     return gl.load(IDX + lo + t // SUB) * (SUB * BLOCK_M) + (t % SUB) * BLOCK_M
 
 
+@gluon.constexpr_function
+def _mma_layouts(num_warps, cols, head_dim):
+    """The register layouts of a step on one warpgroup's products: the score tiles (rows x ``cols``), the
+    gradient accumulator (rows x ``head_dim``) and the 16-bit A operand of its product."""
+    scores = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, cols, 16])
+    acc = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, head_dim, 16])
+    return scores, acc, gl.DotOperandLayout(operand_index=0, parent=acc, k_width=2)
+
+
 @gluon.jit
 def _head_desc(X, bh, N, D: gl.constexpr, ROWS: gl.constexpr, layout: gl.constexpr):
     """A TMA descriptor over head bh's (N, D) rows of X (heads, N, D), in boxes of ROWS rows."""
@@ -116,11 +125,10 @@ def _gluon_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, ORDER, N, qk_s
     dvd = _head_desc(DV, bh, N, D, BLOCK_N, smem)
 
     # S^T and dP^T: (BLOCK_N keys, BLOCK_M queries); dK, dV: (BLOCK_N, D); P^T and dS^T as the A operand
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, BLOCK_M, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, D, 16])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    layouts: gl.constexpr = _mma_layouts(num_warps, BLOCK_M, D)
+    s_layout: gl.constexpr = layouts[0]
+    o_layout: gl.constexpr = layouts[1]
+    p_layout: gl.constexpr = layouts[2]
     cols: gl.constexpr = gl.SliceLayout(0, s_layout)
 
     lo = gl.load(PTR + pid // (_LIST_BLOCK // BLOCK_N))
@@ -189,11 +197,10 @@ def _gluon_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, PTR, IDX, ORDER, N, qk_scale, 
     dqd = _head_desc(DQ, bh, N, D, BLOCK_M, smem)
     kd = _head_desc(K, bh, N, D, BLOCK_N, smem)
     vd = _head_desc(V, bh, N, D, BLOCK_N, smem)
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, D, 16])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    layouts: gl.constexpr = _mma_layouts(num_warps, BLOCK_N, D)
+    s_layout: gl.constexpr = layouts[0]
+    o_layout: gl.constexpr = layouts[1]
+    p_layout: gl.constexpr = layouts[2]
     rows_l: gl.constexpr = gl.SliceLayout(1, s_layout)
 
     lo = gl.load(PTR + pid // (_LIST_BLOCK // BLOCK_M))
