@@ -795,6 +795,17 @@ ORDERS = ("lpt", "chunked")
 # TMA_MIN_BLOCKS blocks or more on average (see use_tma_loads)
 TMA_LOADS = True
 TMA_MIN_BLOCKS = 20
+# the backward of natural-order parts in Gluon (kernels/gluon_bwd.py) on Hopper: gluon_backward
+GLUON_BWD = "auto"
+GLUON_SETTINGS = ("0", "1", "auto")
+# the head dims "auto" takes it at
+GLUON_AUTO_DIMS = (128,)
+# its dK/dV programs take columns in segments where the longest column is more than GLUON_SPLIT_RATIO of
+# an even share of the work per program slot: gluon_split
+GLUON_SPLIT = "auto"
+GLUON_SPLIT_RATIO = 1.0
+# "auto" takes it from this length (shorter ones are not measured with it)
+GLUON_MIN_LENGTH = 65536
 # blocks per chunk of the "chunked" order: consecutive blocks whose programs run at the same time, so the
 # tiles they read (one window's keys, one window's queries) are read from L2 rather than from HBM
 ORDER_CHUNK = 32
@@ -1436,6 +1447,71 @@ def use_tma_loads(full_per_row: float | None = None) -> bool:
     return _switch("MEGASTRIDE_BLOCKSPARSE_TMA", TMA_LOADS and (full_per_row is None or full_per_row >= TMA_MIN_BLOCKS))
 
 
+def gluon_setting() -> str:
+    """``GLUON_BWD``, or ``MEGASTRIDE_BLOCKSPARSE_GLUON`` where set: "0", "1" or "auto"."""
+    mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON", GLUON_BWD)
+    if mode not in GLUON_SETTINGS:
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON must be one of {', '.join(GLUON_SETTINGS)}; got {mode!r}")
+    return mode
+
+
+def gluon_backward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors: torch.Tensor) -> bool:
+    """Whether a part's backward runs the Gluon kernels (kernels/gluon_bwd.py: each product of a step
+    asynchronous, the exponentials and dS under the products) instead of the Triton ones: a part in natural
+    order, a block of 64 or more, 16-bit inputs on a Hopper GPU (compute capability 9.x) with every tensor's
+    base and row strides 16-byte aligned (TMA), at a head dim of ``gluon_bwd.HEAD_DIMS``, and the setting:
+    "1" (there), "auto" (the default: at ``GLUON_AUTO_DIMS`` from ``GLUON_MIN_LENGTH`` tokens), "0" never.
+    The backward's caller (``_backward``) also keeps the Triton kernels where dQ is atomic or the Triton
+    dK/dV's split columns finish by "cast". On the H200 (2026-12-02, docs/benchmarks.md "Seventeenth run")
+    the fixed pattern at H=2, D=128 ran its forward+backward 3-6% faster at 1M tokens, 1-2% at 262,144
+    and 13% at 65,536 than with the Triton backward; at H=8, D=64 4% slower (so "auto" leaves it there)."""
+    setting = gluon_setting()
+    if setting == "0" or meta.permuted or layout.block % 64 or not _has_tma(q):
+        return False
+    if torch.cuda.get_device_capability(q.device)[0] != 9 or q.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    try:
+        from . import gluon_bwd
+    except ImportError:  # a Triton without Gluon
+        return False
+    if setting == "auto" and (q.shape[-1] not in GLUON_AUTO_DIMS or layout.seq_len < GLUON_MIN_LENGTH):
+        return False
+    if q.shape[-1] not in gluon_bwd.HEAD_DIMS:
+        return False
+    for t in (q, *tensors):
+        size = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * size % 16 for st in t.stride()[:-1]):
+            return False
+    return True
+
+
+def gluon_split(layout: Layout, batch: int = 1, sms: int | None = None, block_n: int = 64) -> int:
+    """Most full entries a Gluon dK/dV program (``block_n`` keys) takes from a column; 0 = whole columns.
+    A program walks its whole column one step after another, and the Gluon kernel runs two programs an SM
+    (128 threads of about 250 registers and 96 KB of shared memory each), so where the longest column
+    (``Layout.column_work``) is more than ``GLUON_SPLIT_RATIO`` of an even share of all columns' work per
+    program slot (2 x ``sms``), it is the launch's critical path: the fixed pattern's summary columns at
+    262,144 tokens, H=2 (2,017 query blocks against a share of 1,489; at 1M, 8,129 against 11,915 stay
+    whole: there segments measured 1.6% slower). "auto" (``GLUON_SPLIT``) then cuts
+    columns into segments of a quarter of that share (at least ``SPLIT_SEGMENT``), finished as
+    ``split_finish`` "last" does; ``MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT`` ("auto" or an integer >= 0, 0 =
+    whole columns) overrides it."""
+    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT", str(GLUON_SPLIT))
+    if raw != "auto":
+        try:
+            value = int(raw)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT must be \"auto\" or an integer >= 0, got {raw!r}")
+        return value
+    if not sms:
+        return 0
+    longest, total = layout.column_work()
+    share = total * batch * (layout.block // block_n) / (2 * sms)
+    return max(SPLIT_SEGMENT, math.ceil(share / 4)) if longest > GLUON_SPLIT_RATIO * share else 0
+
+
 def block_order() -> str:
     """The order in which programs take blocks: "lpt" (longest row or column first, so the heaviest
     programs do not start last) or "chunked" (``_work_order``: chunks of ORDER_CHUNK consecutive blocks,
@@ -1539,20 +1615,31 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
     the dQ mode (default ``dq_mode()``); every call writes its results afresh (accumulating buffers are
     its own), so "auto" may run the modes one after another into the same ``into``."""
     mode = mode or dq_mode()
-    if mode == "auto":
-        mode = _auto_mode(layout, q, lambda m: _backward(do, q, k, v, out, lse, layout, scale, into, m))
     batch, heads, seq_len, head_dim = q.shape
     do = do if do.stride(-1) == 1 else do.contiguous()
+    split = dkdv_split(layout, batch, gpu_sms(q))
+    # the parts whose backward runs in Gluon (gluon_backward; not where columns split or dQ is atomic)
+    gluon = set()
+    if mode != "atomic" and (not split or split_finish() == "last"):
+        gluon = {id(part) for part in layout.parts
+                 if gluon_backward(_part_meta(part, seq_len, q.device), layout, q, k, v, do)}
+    if mode == "auto":
+        if len(gluon) == len(layout.parts):  # no mode left to choose
+            mode = "separate"
+        else:
+            mode = _auto_mode(layout, q, lambda m: _backward(do, q, k, v, out, lse, layout, scale, into, m))
     delta = _empty(lse.shape, torch.float32, lse.device)
     fused, merged = mode == "atomic", mode == "merged"
-    # the separate dQ kernel computes delta itself (delta_in_dq), else the delta kernel first
-    delta_here = delta_in_dq() and not (fused or merged)
+    # the separate dQ kernel computes delta itself (delta_in_dq), else the delta kernel first (the Gluon
+    # kernels read it too)
+    delta_here = delta_in_dq() and not (fused or merged or gluon)
+    if gluon:
+        _ensure_allocator()  # their TMA descriptors
     if not delta_here:
         block_t = 64
         _launch_chosen(_delta_kernel, lambda m: (triton.cdiv(seq_len, block_t), batch * heads),
                        (out, do, delta, *_strides(out, do), delta.stride(0), delta.stride(1), heads, seq_len),
                        {"HEAD_DIM": head_dim, "BLOCK_T": block_t})
-    split = dkdv_split(layout, batch, gpu_sms(q))
     tma = fused and _has_tma(q)
     multi = layout.merges()[0] and not partials_in_outputs(layout)  # the earlier part's sums: fp32 or the finals
     # gradients in q's memory order, seen as (B, H, T, D): (B, T, H, D) for the model, whose q, k and v
@@ -1585,6 +1672,23 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
         # what this launch writes: the final gradients in the last launch, else the sums
         dq, dk, dv = (finals[i] if last and not atomic[i] else g for i, g in enumerate((dq_sum, dk_sum, dv_sum)))
         lists = meta.lists
+        if id(part) in gluon:
+            from . import gluon_bwd
+
+            segments = None
+            seg_len = gluon_split(layout, batch, gpu_sms(q), gluon_bwd.DKDV_TILES[head_dim][0])
+            if seg_len:
+                key = ("segments", seg_len, block_order(), ORDER_CHUNK)
+                if key not in meta.extra:
+                    meta.extra[key] = _column_segments(lists, layout.num_blocks, seg_len, block_order())
+                seg = meta.extra[key]
+                segments = (*(seg[name] for name in ("seg_col", "seg_lo", "seg_hi", "seg_first", "seg_count",
+                                                     "seg_cidx")),
+                            *_split_workspace(meta, key, batch, head_dim, layout.block, q.device))
+            gluon_bwd.backward_part(q, k, v, do, lse, delta, (dq, dk, dv), (dq_sum, dk_sum, dv_sum), meta,
+                                    (_side_order(meta, "row"), _side_order(meta, "col")), layout.block, scale,
+                                    load_prev, segments)
+            continue
         consts = {**_common(layout, meta, q, load_prev), "DESC": _desc_loads(meta, q, k, v, do)}
         common = (len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E, scale)
         row_runs, col_runs = _runs_table(part, meta, "row"), _runs_table(part, meta, "col")

@@ -1,0 +1,617 @@
+"""The block-sparse backward's two loops in Gluon, for layout parts in natural order on Hopper.
+
+Triton issues each matrix product of a backward step and waits for it before anything reads its result,
+so a dK/dV step runs its two score products, the exponentials, the dV product, dS and the dK product one
+after another. These kernels issue the warpgroup products asynchronously and wait by count
+(``kernels/gluon_bwd_probe.py`` measured the loops alone: 8-14% under our Triton backward at head dim 128
+on the H200, docs/benchmarks.md "Sixteenth run"). For query tile t of a key tile's column, dK/dV runs
+
+    issue S^T_t = K Q_t^T, dP^T_t = V dO_t^T           (dV_{t-1} and dK_{t-1} still in flight)
+    wait until one product is left                     (dV_{t-1}, dK_{t-1}, S^T_t done; dP^T_t running)
+    P^T_t = exp2(S^T_t - lse_t), masked on a partial block
+    issue dV += P^T_t dO_t
+    wait until one product is left                     (dP^T_t done; dV running)
+    dS^T_t = P^T_t * (dP^T_t - delta_t)                (under dV)
+    issue dK += dS^T_t Q_t                             (runs under the next step's score products)
+
+and dQ the same with its three products (both score products, the exponentials under dP, dS, the dQ
+product left running into the next step). They walk the same compressed layout as the Triton kernels
+(``blocksparse._backward``): a program takes one key tile (dK/dV) or query tile (dQ) of a block, of a
+batch x head, in the part's block order; its column's (row's) full blocks first, then its partial ones
+with the part's token predicate (``_allowed``: the causal diagonal, window and band edges, summary
+columns, min offset). The tiles it streams arrive by TMA (in-kernel descriptors over each head's rows,
+any row stride that is a multiple of 16 bytes) into a ring of ``STAGES`` slots; it adds the earlier
+parts' sums where a head has several (LOAD_PREV) and writes the gradient in the output's dtype.
+Deterministic: no atomics.
+
+``blocksparse.gluon_backward`` chooses this path (``MEGASTRIDE_BLOCKSPARSE_GLUON``); Gluon has no
+interpreter, so the CPU tests compile it for sm_90 (tests/test_gluon_bwd.py) and the GPU tests check it
+against the reference (tests/test_kernels_gpu.py, ``gpu_check``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (mbarrier, tma, warpgroup_mma, warpgroup_mma_init,
+                                                               warpgroup_mma_wait)
+
+# (tile of the program, tile a step, ring slots) at four warps (one warpgroup), per head dim: the probe's
+# fastest on the H200 (docs/benchmarks.md "Sixteenth run": 64 keys x 64 queries, s2 at D=128, s3 at D=64)
+DKDV_TILES = {128: (64, 64, 2), 64: (64, 64, 3)}
+DQ_TILES = {128: (64, 64, 2), 64: (64, 64, 3)}
+NUM_WARPS = 4
+HEAD_DIMS = tuple(DKDV_TILES)
+# dK/dV launches per part (``dkdv_launches``)
+DKDV_LAUNCHES = {128: 2, 64: 1}
+# dQ on a second stream beside dK/dV (``use_streams``)
+STREAMS = True
+# the layout block must hold whole tiles of both kernels
+MIN_BLOCK = 64
+
+
+@gluon.constexpr_function
+def _mma_layouts(num_warps, cols, head_dim):
+    """The register layouts of a step on one warpgroup's products: the score tiles (rows x ``cols``), the
+    gradient accumulator (rows x ``head_dim``) and the 16-bit A operand of its product."""
+    scores = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, cols, 16])
+    acc = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, head_dim, 16])
+    return scores, acc, gl.DotOperandLayout(operand_index=0, parent=acc, k_width=2)
+
+
+@gluon.jit
+def _allowed(i, j, CODES, min_off, NCOMP: gl.constexpr, KINDS: gl.constexpr):
+    """The part's token predicate on broadcastable query positions i and key positions j: Gluon's copy of
+    ``blocksparse._allowed`` (``LayoutPart.allows``); the kinds not in KINDS compile away."""
+    d = i - j
+    ok = d < d  # all False, broadcast shape
+    for m in gl.static_range(NCOMP):
+        kind = gl.load(CODES + 4 * m)
+        a = gl.maximum(gl.load(CODES + 4 * m + 1), 1)  # KIND_NONE padding rows have a = 0
+        if KINDS & 1:  # dense
+            ok = ok | (kind == 0)
+        if KINDS & 2:  # local: i - j < width
+            ok = ok | ((kind == 1) & (d < a))
+        if KINDS & 4:  # stride: (i - j) % l == 0
+            ok = ok | ((kind == 2) & (d % a == 0))
+        if KINDS & 8:  # window: same window of size a
+            ok = ok | ((kind == 3) & (i // a == j // a))
+        if KINDS & 16:  # summary: lo <= j % a < hi
+            r = j % a
+            ok = ok | ((kind == 4) & (r >= gl.load(CODES + 4 * m + 2)) & (r < gl.load(CODES + 4 * m + 3)))
+    return ok & (d >= min_off)
+
+
+@gluon.jit
+def _program_item(HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len, BLOCK: gl.constexpr,
+                  TILE: gl.constexpr, NCOMP: gl.constexpr):
+    """What this program works on, as ``blocksparse._program_tile`` assigns it (heads fastest over program
+    ids, blocks in ORDER): (batch, head, CSR index, block, first position of its TILE-wide tile, the part's
+    min offset, its component codes, its slot in ORDER, its batch x head)."""
+    pid = gl.program_id(0)
+    bh = pid % batch_heads
+    tile = pid // batch_heads
+    batch = (bh // part_heads).to(gl.int64)
+    hp = bh % part_heads
+    head = gl.load(HEADS + hp).to(gl.int64)
+    csr = gl.load(HEAD_CSR + hp)
+    slot = csr.to(gl.int64) * order_len + tile // (BLOCK // TILE)
+    block = gl.load(ORDER + slot)
+    first = block * BLOCK + (tile % (BLOCK // TILE)) * TILE
+    return batch, head, csr, block, first, gl.load(MIN_OFF + hp), CODES + hp * (NCOMP * 4), slot, bh
+
+
+@gluon.jit
+def _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, SUB: gl.constexpr, ROWS: gl.constexpr,
+                BLOCK: gl.constexpr):
+    """First position of step t's tile: sub-tile t % SUB of the list's full entry t // SUB, or past the nf
+    full steps, of a partial entry (a select of the entry's address, no branch in the loop)."""
+    entry = gl.load(gl.where(t < nf, FULL_IDX + full_lo + t // SUB, PART_IDX + part_lo + (t - nf) // SUB))
+    return entry * BLOCK + (t % SUB) * ROWS
+
+
+@gluon.jit
+def _step_range(nf, steps, STEPS: gl.constexpr):
+    """The steps a launch takes of a list of nf full and steps - nf partial ones: STEPS 0 all, 1 the full
+    ones, 2 the partial ones."""
+    if STEPS == 2:
+        t0 = nf
+    else:
+        t0 = nf * 0
+    if STEPS == 1:
+        t1 = nf
+    else:
+        t1 = steps
+    return t0, t1
+
+
+@gluon.jit
+def _head_desc(X, off, n, stride_t, D: gl.constexpr, ROWS: gl.constexpr, layout: gl.constexpr):
+    """A TMA descriptor over one head's (n, D) rows of X, starting at element ``off``, in boxes of ROWS rows."""
+    return tma.make_tensor_descriptor(X + off, shape=[n, D], strides=[stride_t, 1], block_shape=[ROWS, D],
+                                      layout=layout)
+
+
+@gluon.jit
+def _issue(ad, bd, a_smem, b_smem, bars, start, slot):
+    """TMA loads of a step's two tiles (rows start..) into ``slot`` of the ring, on that slot's barrier."""
+    mbarrier.expect(bars.index(slot), ad.block_type.nbytes + bd.block_type.nbytes)
+    tma.async_copy_global_to_shared(ad, [start, 0], bars.index(slot), a_smem.index(slot))
+    tma.async_copy_global_to_shared(bd, [start, 0], bars.index(slot), b_smem.index(slot))
+
+
+@gluon.jit
+def _prologue(fa, fb, ra, rb, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t0, t1, first, dtype: gl.constexpr,
+              D: gl.constexpr, ROWS: gl.constexpr, RING_ROWS: gl.constexpr, STAGES: gl.constexpr,
+              SUB: gl.constexpr, BLOCK: gl.constexpr, layout: gl.constexpr):
+    """Shared memory for the two tiles a program keeps (boxes of ``fa`` and ``fb`` at row ``first``) and for
+    the ring of the two it streams (``ra``, ``rb``); an mbarrier a slot and one for the kept tiles (the
+    last); the kept tiles' loads and the ring's first STAGES steps (of t0..t1) issued."""
+    a_smem = gl.allocate_shared_memory(dtype, [ROWS, D], layout)
+    b_smem = gl.allocate_shared_memory(dtype, [ROWS, D], layout)
+    ra_smem = gl.allocate_shared_memory(dtype, [STAGES, RING_ROWS, D], layout)
+    rb_smem = gl.allocate_shared_memory(dtype, [STAGES, RING_ROWS, D], layout)
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES + 1, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES + 1):
+        mbarrier.init(bars.index(i), count=1)
+    mbarrier.expect(bars.index(STAGES), fa.block_type.nbytes + fb.block_type.nbytes)
+    tma.async_copy_global_to_shared(fa, [first, 0], bars.index(STAGES), a_smem)
+    tma.async_copy_global_to_shared(fb, [first, 0], bars.index(STAGES), b_smem)
+    for b in gl.static_range(STAGES):
+        if t0 + b < t1:
+            _issue(ra, rb, ra_smem, rb_smem, bars,
+                   _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t0 + b, SUB, RING_ROWS, BLOCK), b)
+    return a_smem, b_smem, ra_smem, rb_smem, bars
+
+
+@gluon.constexpr_function
+def _out_layout(num_warps):
+    """The layout gradients leave in: 16 bytes of a row a thread."""
+    return gl.BlockedLayout([1, 4], [1, 32], [num_warps, 1], [1, 0])
+
+
+@gluon.jit
+def _blocked(acc, buf, num_warps: gl.constexpr):
+    """``acc`` (fp32, the accumulator's layout) in ``_out_layout``, through ``buf`` (shared memory the loop
+    no longer reads, as fp32): read where they lie in the accumulator's layout (by global loads and stores,
+    or a layout conversion), the accumulators make ptxas serialise the loop's products."""
+    gl.thread_barrier()  # every warp's reads of buf's previous contents are done
+    buf.store(acc)
+    gl.thread_barrier()
+    return buf.load(_out_layout(num_warps))
+
+
+@gluon.jit
+def _write(X, X_PREV, off, first, stride_t, acc, ROWS: gl.constexpr, D: gl.constexpr, LOAD_PREV: gl.constexpr,
+           num_warps: gl.constexpr):
+    """Rows first.. of one head's gradient: ``acc`` (fp32, ``_out_layout``), plus the earlier parts' sums in
+    X_PREV (same strides) where LOAD_PREV, in X's dtype."""
+    layout: gl.constexpr = _out_layout(num_warps)
+    rows = first + gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
+    cols = gl.arange(0, D, layout=gl.SliceLayout(0, layout))
+    offs = off + gl.expand_dims(rows.to(gl.int64) * stride_t, 1) + gl.expand_dims(cols, 0)
+    if LOAD_PREV:
+        acc += gl.load(X_PREV + offs).to(gl.float32)
+    gl.store(X + offs, acc.to(X.dtype.element_ty))
+
+
+@gluon.jit
+def _finish_dkdv(DK, DV, DK_PREV, DV_PREV, dk_off, dv_off, first_col, stride_dkt, stride_dvt, dk, dv, WS, WS_CNT,
+                 SEG_COUNT, SEG_CIDX, slot, bh, batch_heads, ws_cols, SPLIT: gl.constexpr, BLOCK: gl.constexpr,
+                 BLOCK_N: gl.constexpr, D: gl.constexpr, LOAD_PREV: gl.constexpr, num_warps: gl.constexpr):
+    """Write a key tile's dK and dV (``_out_layout``, dK scaled). SPLIT (a segment of a column): a column of
+    one segment writes as a whole one does; the segments of a longer column add into their rows of the fp32
+    workspace WS (SEG_CIDX: the column among such columns of its CSR, ws_cols a batch x head) and count
+    themselves in WS_CNT; the last to count reads the sums, writes the gradients and zeroes its rows and
+    counter for the next launch (``blocksparse.split_finish`` "last", as the Triton kernel does)."""
+    if SPLIT:
+        segments = gl.load(SEG_COUNT + slot)  # 0: a padding slot, which writes nothing
+        if segments == 1:
+            _write(DK, DK_PREV, dk_off, first_col, stride_dkt, dk, BLOCK_N, D, LOAD_PREV, num_warps)
+            _write(DV, DV_PREV, dv_off, first_col, stride_dvt, dv, BLOCK_N, D, LOAD_PREV, num_warps)
+        if segments > 1:
+            layout: gl.constexpr = _out_layout(num_warps)
+            column = bh.to(gl.int64) * ws_cols + gl.load(SEG_CIDX + slot)
+            unit = column * BLOCK + first_col % BLOCK
+            ws_rows = batch_heads.to(gl.int64) * ws_cols * BLOCK
+            rows = unit + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, layout))
+            offs = gl.expand_dims(rows * D, 1) + gl.expand_dims(gl.arange(0, D, layout=gl.SliceLayout(0, layout)), 0)
+            gl.atomic_add(WS + offs, dk, sem="relaxed")
+            gl.atomic_add(WS + ws_rows * D + offs, dv, sem="release")
+            gl.thread_barrier()  # every thread's sums are in before the count
+            if gl.atomic_add(WS_CNT + unit, 1, sem="acq_rel") == segments - 1:
+                # the last segment: every other one's sums are in; read them from L2
+                dk = gl.load(WS + offs, cache_modifier=".cg")
+                dv = gl.load(WS + ws_rows * D + offs, cache_modifier=".cg")
+                zero = gl.zeros([BLOCK_N, D], gl.float32, layout)
+                gl.store(WS + offs, zero)
+                gl.store(WS + ws_rows * D + offs, zero)
+                gl.store(WS_CNT + unit, 0)
+                _write(DK, DK_PREV, dk_off, first_col, stride_dkt, dk, BLOCK_N, D, LOAD_PREV, num_warps)
+                _write(DV, DV_PREV, dv_off, first_col, stride_dvt, dv, BLOCK_N, D, LOAD_PREV, num_warps)
+    else:
+        _write(DK, DK_PREV, dk_off, first_col, stride_dkt, dk, BLOCK_N, D, LOAD_PREV, num_warps)
+        _write(DV, DV_PREV, dv_off, first_col, stride_dvt, dv, BLOCK_N, D, LOAD_PREV, num_warps)
+
+
+@gluon.constexpr_function
+def _plain_smem():
+    return gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+
+
+@gluon.jit
+def _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd, dod, zero_s, LSE, DELTA, FULL_IDX,
+               PART_IDX, full_lo, part_lo, nf, t0, t1, first_col, codes, min_off, qk_scale, NCOMP: gl.constexpr,
+               KINDS: gl.constexpr, MASKED: gl.constexpr, BLOCK: gl.constexpr, BLOCK_N: gl.constexpr,
+               BLOCK_M: gl.constexpr, STAGES: gl.constexpr, p_layout: gl.constexpr):
+    """Step t of a key tile's column (query tile t): see the module's docstring."""
+    dtype: gl.constexpr = pt16.dtype
+    s_layout: gl.constexpr = zero_s.type.layout
+    slot = (t - t0) % STAGES
+    mbarrier.wait(bars.index(slot), ((t - t0) // STAGES) & 1)
+    s = warpgroup_mma(k_smem, q_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    dp = warpgroup_mma(v_smem, do_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    rows = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, BLOCK // BLOCK_M, BLOCK_M, BLOCK) + \
+        gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
+    lse = gl.load(LSE + rows)
+    delta = gl.load(DELTA + rows)
+    # in flight, oldest first: dV_{t-1}, dK_{t-1}, S^T_t, dP^T_t; wait for all but dP^T_t
+    s, dv, dk, pt16, dst16 = warpgroup_mma_wait(num_outstanding=1, deps=(s, dv, dk, pt16, dst16))
+    if t > t0:  # step t-1's products are done: its slot takes step t-1+STAGES
+        if t - 1 + STAGES < t1:
+            _issue(qd, dod, q_smem, do_smem, bars,
+                   _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t - 1 + STAGES, BLOCK // BLOCK_M, BLOCK_M,
+                               BLOCK), (t - 1 - t0) % STAGES)
+    pt = gl.exp2(s * qk_scale - gl.expand_dims(lse, 0))
+    if MASKED:  # a partial block: the token predicate on (keys, queries)
+        keys = first_col + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, s_layout))
+        ok = _allowed(gl.expand_dims(rows, 0), gl.expand_dims(keys, 1), codes, min_off, NCOMP, KINDS)
+        pt = gl.where(ok, pt, 0.0)
+    pt16 = gl.convert_layout(pt.to(dtype), p_layout)
+    dv = warpgroup_mma(pt16, do_smem.index(slot), dv, is_async=True)
+    # in flight: dP^T_t, dV_t; wait for dP^T_t
+    dp, pt16 = warpgroup_mma_wait(num_outstanding=1, deps=(dp, pt16))
+    dst = pt * (dp - gl.expand_dims(delta, 0))
+    dst16 = gl.convert_layout(dst.to(dtype), p_layout)
+    dk = warpgroup_mma(dst16, q_smem.index(slot), dk, is_async=True)
+    return dk, dv, pt16, dst16
+
+
+@gluon.jit
+def _dq_step(t, dq, ds16, q_smem, do_smem, k_smem, v_smem, bars, kd, vd, zero_s, rows, lse, delta, FULL_IDX,
+             PART_IDX, full_lo, part_lo, nf, t0, t1, codes, min_off, qk_scale, NCOMP: gl.constexpr,
+             KINDS: gl.constexpr, MASKED: gl.constexpr, BLOCK: gl.constexpr, BLOCK_N: gl.constexpr,
+             STAGES: gl.constexpr, p_layout: gl.constexpr):
+    """Step t of a query tile's row (key tile t): both score products, the exponentials under dP, dS, the
+    dQ product left running into the next step."""
+    dtype: gl.constexpr = ds16.dtype
+    s_layout: gl.constexpr = zero_s.type.layout
+    slot = (t - t0) % STAGES
+    mbarrier.wait(bars.index(slot), ((t - t0) // STAGES) & 1)
+    s = warpgroup_mma(q_smem, k_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    dp = warpgroup_mma(do_smem, v_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    # in flight, oldest first: dQ_{t-1}, S_t, dP_t; wait for all but dP_t
+    s, dq, ds16 = warpgroup_mma_wait(num_outstanding=1, deps=(s, dq, ds16))
+    if t > t0:  # step t-1's products are done: its slot takes step t-1+STAGES
+        if t - 1 + STAGES < t1:
+            _issue(kd, vd, k_smem, v_smem, bars,
+                   _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t - 1 + STAGES, BLOCK // BLOCK_N, BLOCK_N,
+                               BLOCK), (t - 1 - t0) % STAGES)
+    p = gl.exp2(s * qk_scale - lse)
+    if MASKED:  # a partial block: the token predicate on (queries, keys)
+        keys = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, BLOCK // BLOCK_N, BLOCK_N, BLOCK) + \
+            gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+        p = gl.where(_allowed(rows, gl.expand_dims(keys, 0), codes, min_off, NCOMP, KINDS), p, 0.0)
+    dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp, ))
+    ds16 = gl.convert_layout((p * (dp - delta)).to(dtype), p_layout)
+    dq = warpgroup_mma(ds16, k_smem.index(slot), dq, is_async=True)
+    return dq, ds16
+
+
+@gluon.jit
+def _dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+                 FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, SEG_COUNT, SEG_CIDX,
+                 WS, WS_CNT, ws_cols,
+                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                 stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
+                 stride_dvb, stride_dvh, stride_dvt, stride_lb, stride_lh,
+                 part_heads, batch_heads, num_blocks, order_len, qk_scale, sm_scale,
+                 BLOCK: gl.constexpr, D: gl.constexpr, NCOMP: gl.constexpr, KINDS: gl.constexpr,
+                 LOAD_PREV: gl.constexpr, STEPS: gl.constexpr, SPLIT: gl.constexpr, BLOCK_N: gl.constexpr,
+                 BLOCK_M: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """dK and dV of BLOCK_N keys over their column's query blocks, BLOCK_M queries a step. K and V stay in
+    shared memory; Q and dO tiles stream through the ring. STEPS: which blocks of the column (``_step_range``).
+    SPLIT: a program takes one segment of a column (ORDER: the segments' columns; SEG_LO/SEG_HI its range of
+    full entries, SEG_FIRST whether it also takes the partial ones), finished by ``_finish_dkdv``."""
+    gl.static_assert(STAGES >= 2, "the ring needs two slots: step t's loads land while step t-1's products run")
+    dtype: gl.constexpr = Q.dtype.element_ty
+    SUB: gl.constexpr = BLOCK // BLOCK_M  # steps a list entry
+    batch, head, csr, col_block, first_col, min_off, codes, slot, bh = _program_item(
+        HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len, BLOCK, BLOCK_N, NCOMP)
+    n = num_blocks * BLOCK
+    LSE += batch * stride_lb + head * stride_lh
+    DELTA += batch * stride_lb + head * stride_lh
+    smem: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=2)
+    qd = _head_desc(Q, batch * stride_qb + head * stride_qh, n, stride_qt, D, BLOCK_M, smem)
+    dod = _head_desc(DO, batch * stride_dob + head * stride_doh, n, stride_dot, D, BLOCK_M, smem)
+    kd = _head_desc(K, batch * stride_kb + head * stride_kh, n, stride_kt, D, BLOCK_N, smem)
+    vd = _head_desc(V, batch * stride_vb + head * stride_vh, n, stride_vt, D, BLOCK_N, smem)
+
+    # S^T and dP^T: (BLOCK_N keys, BLOCK_M queries); dK, dV: (BLOCK_N, D); P^T and dS^T as the A operand
+    layouts: gl.constexpr = _mma_layouts(num_warps, BLOCK_M, D)
+    s_layout: gl.constexpr = layouts[0]
+    o_layout: gl.constexpr = layouts[1]
+    p_layout: gl.constexpr = layouts[2]
+
+    ptr = csr.to(gl.int64) * (num_blocks + 1) + col_block
+    part_lo = gl.load(PART_PTR + ptr)
+    parts = gl.load(PART_PTR + ptr + 1) - part_lo
+    if SPLIT:
+        full_lo = gl.load(SEG_LO + slot)
+        full_hi = gl.load(SEG_HI + slot)
+        parts = parts * gl.load(SEG_FIRST + slot)
+    else:
+        full_lo = gl.load(FULL_PTR + ptr)
+        full_hi = gl.load(FULL_PTR + ptr + 1)
+    nf = (full_hi - full_lo) * SUB
+    steps = nf + parts * SUB
+    t0, t1 = _step_range(nf, steps, STEPS)
+    k_smem, v_smem, q_smem, do_smem, bars = _prologue(kd, vd, qd, dod, FULL_IDX, PART_IDX, full_lo, part_lo, nf,
+                                                      t0, t1, first_col, dtype, D, BLOCK_N, BLOCK_M, STAGES, SUB,
+                                                      BLOCK, smem)
+    mbarrier.wait(bars.index(STAGES), 0)
+
+    zero_s = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
+    dk = warpgroup_mma_init(gl.zeros([BLOCK_N, D], gl.float32, o_layout))
+    dv = warpgroup_mma_init(gl.zeros([BLOCK_N, D], gl.float32, o_layout))
+    # the A operands of the products in flight, kept alive (in registers) until the wait that ends them
+    pt16 = gl.zeros([BLOCK_N, BLOCK_M], dtype, p_layout)
+    dst16 = gl.zeros([BLOCK_N, BLOCK_M], dtype, p_layout)
+    # full blocks, then the partial ones under the token predicate: one loop each, so the full blocks' loop
+    # carries no mask; the ring runs on from one to the other
+    if STEPS != 2:
+        for t in range(t0, nf):
+            dk, dv, pt16, dst16 = _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd, dod,
+                                             zero_s, LSE, DELTA, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t0, t1,
+                                             first_col, codes, min_off, qk_scale, NCOMP, KINDS, False, BLOCK,
+                                             BLOCK_N, BLOCK_M, STAGES, p_layout)
+    if STEPS == 0:  # the products in flight done before the next loop takes them (else ptxas serialises them)
+        dk, dv, pt16, dst16 = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv, pt16, dst16))
+        dk, dv = warpgroup_mma_init(dk), warpgroup_mma_init(dv)
+    if STEPS != 1:
+        for t in range(nf, t1):
+            dk, dv, pt16, dst16 = _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd, dod,
+                                             zero_s, LSE, DELTA, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t0, t1,
+                                             first_col, codes, min_off, qk_scale, NCOMP, KINDS, True, BLOCK,
+                                             BLOCK_N, BLOCK_M, STAGES, p_layout)
+    dv, dk, pt16, dst16 = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, pt16, dst16))
+    for i in gl.static_range(STAGES + 1):
+        mbarrier.invalidate(bars.index(i))
+    # the ring is read by nothing now: its Q slots take the two gradients on the way out
+    buf = q_smem._reinterpret(gl.float32, [BLOCK_N, D], _plain_smem())
+    dk = _blocked(dk * sm_scale, buf, num_warps)
+    dv = _blocked(dv, buf, num_warps)
+    _finish_dkdv(DK, DV, DK_PREV, DV_PREV, batch * stride_dkb + head * stride_dkh, batch * stride_dvb + head * stride_dvh,
+                 first_col, stride_dkt, stride_dvt, dk, dv, WS, WS_CNT, SEG_COUNT, SEG_CIDX, slot, bh, batch_heads,
+                 ws_cols, SPLIT, BLOCK, BLOCK_N, D, LOAD_PREV, num_warps)
+
+
+@gluon.jit
+def _dq_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+               FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER,
+               stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+               stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
+               part_heads, batch_heads, num_blocks, order_len, qk_scale, sm_scale,
+               BLOCK: gl.constexpr, D: gl.constexpr, NCOMP: gl.constexpr, KINDS: gl.constexpr,
+               LOAD_PREV: gl.constexpr, STEPS: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+               STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """dQ of BLOCK_M query rows over their row's key blocks, BLOCK_N keys a step. Q and dO stay in shared
+    memory; K and V tiles stream through the ring. STEPS: which blocks of the row (``_STEPS``)."""
+    gl.static_assert(STAGES >= 2, "the ring needs two slots: step t's loads land while step t-1's products run")
+    dtype: gl.constexpr = Q.dtype.element_ty
+    SUB: gl.constexpr = BLOCK // BLOCK_N  # steps a list entry
+    batch, head, csr, row_block, first_row, min_off, codes, slot, bh = _program_item(
+        HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len, BLOCK, BLOCK_M, NCOMP)
+    n = num_blocks * BLOCK
+    LSE += batch * stride_lb + head * stride_lh
+    DELTA += batch * stride_lb + head * stride_lh
+    smem: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=2)
+    qd = _head_desc(Q, batch * stride_qb + head * stride_qh, n, stride_qt, D, BLOCK_M, smem)
+    dod = _head_desc(DO, batch * stride_dob + head * stride_doh, n, stride_dot, D, BLOCK_M, smem)
+    kd = _head_desc(K, batch * stride_kb + head * stride_kh, n, stride_kt, D, BLOCK_N, smem)
+    vd = _head_desc(V, batch * stride_vb + head * stride_vh, n, stride_vt, D, BLOCK_N, smem)
+    layouts: gl.constexpr = _mma_layouts(num_warps, BLOCK_N, D)
+    s_layout: gl.constexpr = layouts[0]
+    o_layout: gl.constexpr = layouts[1]
+    p_layout: gl.constexpr = layouts[2]
+
+    ptr = csr.to(gl.int64) * (num_blocks + 1) + row_block
+    full_lo = gl.load(FULL_PTR + ptr)
+    part_lo = gl.load(PART_PTR + ptr)
+    nf = (gl.load(FULL_PTR + ptr + 1) - full_lo) * SUB
+    steps = nf + (gl.load(PART_PTR + ptr + 1) - part_lo) * SUB
+    t0, t1 = _step_range(nf, steps, STEPS)
+    q_smem, do_smem, k_smem, v_smem, bars = _prologue(qd, dod, kd, vd, FULL_IDX, PART_IDX, full_lo, part_lo, nf,
+                                                      t0, t1, first_row, dtype, D, BLOCK_M, BLOCK_N, STAGES, SUB,
+                                                      BLOCK, smem)
+    rows = gl.expand_dims(first_row + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout)), 1)
+    lse = gl.load(LSE + rows)
+    delta = gl.load(DELTA + rows)
+    mbarrier.wait(bars.index(STAGES), 0)
+
+    zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+    dq = warpgroup_mma_init(gl.zeros([BLOCK_M, D], gl.float32, o_layout))
+    ds16 = gl.zeros([BLOCK_M, BLOCK_N], dtype, p_layout)
+    if STEPS != 2:  # full blocks, then the partial ones (as in dK/dV)
+        for t in range(t0, nf):
+            dq, ds16 = _dq_step(t, dq, ds16, q_smem, do_smem, k_smem, v_smem, bars, kd, vd, zero_s, rows, lse, delta,
+                                FULL_IDX, PART_IDX, full_lo, part_lo, nf, t0, t1, codes, min_off, qk_scale, NCOMP,
+                                KINDS, False, BLOCK, BLOCK_N, STAGES, p_layout)
+    if STEPS == 0:
+        dq, ds16 = warpgroup_mma_wait(num_outstanding=0, deps=(dq, ds16))
+        dq = warpgroup_mma_init(dq)
+    if STEPS != 1:
+        for t in range(nf, t1):
+            dq, ds16 = _dq_step(t, dq, ds16, q_smem, do_smem, k_smem, v_smem, bars, kd, vd, zero_s, rows, lse, delta,
+                                FULL_IDX, PART_IDX, full_lo, part_lo, nf, t0, t1, codes, min_off, qk_scale, NCOMP,
+                                KINDS, True, BLOCK, BLOCK_N, STAGES, p_layout)
+    dq, ds16 = warpgroup_mma_wait(num_outstanding=0, deps=(dq, ds16))
+    for i in gl.static_range(STAGES + 1):
+        mbarrier.invalidate(bars.index(i))
+    buf = k_smem._reinterpret(gl.float32, [BLOCK_M, D], _plain_smem())  # the ring: read by nothing now
+    _write(DQ, DQ_PREV, batch * stride_dqb + head * stride_dqh, first_row, stride_dqt,
+           _blocked(dq * sm_scale, buf, num_warps), BLOCK_M, D, LOAD_PREV, num_warps)
+
+
+def _strides(*tensors) -> list[int]:
+    """(batch, head, position) strides of (B, H, T, D) tensors, flattened."""
+    return [s for t in tensors for s in t.stride()[:3]]
+
+
+def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: int, scale: float, load_prev: bool,
+                  segments=None):
+    """One layout part's dQ, dK and dV on the GPU: ``grads`` (dq, dk, dv) written (plus ``prevs``, the
+    earlier parts' sums of the same strides, where ``load_prev``), from the merged lse (base 2) and delta
+    of ``blocksparse._backward``; ``meta`` the part's ``_PartMeta``, ``orders`` its (row, column) block
+    orders (``blocksparse._side_order``). The part must be in natural order, its block a multiple of 64,
+    q/k/v/do 16-bit with 16-byte aligned bases and row strides (``blocksparse.gluon_backward``).
+    ``segments``: None (dK/dV programs take whole columns) or the split columns' tables (segment columns,
+    full ranges, first flags, counts, column indices: ``blocksparse._column_segments``) and their workspace
+    (fp32 sums, counters, columns per batch x head: ``blocksparse._split_workspace``); the full blocks'
+    programs then take segments."""
+    batch, _, n, d = q.shape
+    heads = meta.heads.numel()
+    lists = meta.lists
+    dq, dk, dv = grads
+    dq_prev, dk_prev, dv_prev = prevs
+    common = (heads, batch * heads, meta.num_blocks)
+    consts = dict(BLOCK=block, D=d, NCOMP=meta.ncomp, KINDS=meta.kinds, num_warps=NUM_WARPS)
+    head_tables = (meta.heads, meta.head_csr, meta.min_off, meta.codes)
+    row_order, col_order = orders
+    block_n, block_m, stages = DKDV_TILES[d]
+    lists_ = (lists["col_full_ptr"], lists["col_full_idx"], lists["col_part_ptr"], lists["col_part_idx"])
+    strides = (*_strides(q, k, v, do, dk, dv), lse.stride(0), lse.stride(1), *common)
+    scales = (scale * 1.4426950408889634, scale)
+    tiles = dict(BLOCK_N=block_n, BLOCK_M=block_m, STAGES=stages)
+
+    def dkdv(outs, steps, split, prev):
+        """One dK/dV launch: whole columns in col_order, or (split) the segments."""
+        if split:
+            order, *tables, ws, ws_cnt, ws_cols = segments
+        else:  # the segment tables and workspace are not read: any int32 / fp32 tensors
+            order, tables, ws, ws_cnt, ws_cols = col_order, [col_order] * 5, lse, col_order, 0
+        grid = (order.shape[1] * (block // block_n) * batch * heads,)
+        _dkdv_kernel[grid](q, k, v, do, *outs, lse, delta, *head_tables, *lists_, order, *tables, ws, ws_cnt, ws_cols,
+                           *strides, order.shape[1], *scales, LOAD_PREV=prev, STEPS=steps, SPLIT=split, **tiles,
+                           **consts)
+
+    # dQ on a second stream beside dK/dV: its programs fill the SMs the long dK/dV columns leave idle at
+    # the end (what the Triton kernels' "merged" mode does in one launch)
+    main = torch.cuda.current_stream(q.device)
+    side = _side_stream(q.device) if use_streams() else main
+    side.wait_stream(main)
+    split = segments is not None
+    if dkdv_launches(d) == 1:
+        dkdv((dk, dv, dk_prev, dv_prev), 0, split, load_prev)
+    else:  # the partial blocks (and the earlier parts' sums) of whole columns, then the full ones added to those
+        dkdv((dk, dv, dk_prev, dv_prev), 2, False, load_prev)
+        dkdv((dk, dv, dk, dv), 1, split, True)
+    block_m, block_n, stages = DQ_TILES[d]
+    with torch.cuda.stream(side):
+        _dq_kernel[(row_order.shape[1] * (block // block_m) * batch * heads,)](
+            q, k, v, do, dq, dq_prev, lse, delta, *head_tables,
+            lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"], row_order,
+            *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *common, row_order.shape[1],
+            scale * 1.4426950408889634, scale, LOAD_PREV=load_prev, STEPS=0, BLOCK_M=block_m, BLOCK_N=block_n,
+            STAGES=stages, **consts)
+    main.wait_stream(side)
+
+
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    """The stream dQ runs on beside dK/dV (one per device, made once)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[index] = torch.cuda.Stream(index)
+    return _SIDE_STREAMS[index]
+
+
+def use_streams() -> bool:
+    """Whether dQ runs on a second stream beside dK/dV (``STREAMS``; ``MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS``
+    "0" or "1" overrides it). The caller's stream waits for both before the backward returns, also inside
+    a CUDA graph capture (a fork and a join of the captured stream)."""
+    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS")
+    if raw is None:
+        return STREAMS
+    if raw not in ("0", "1"):
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS must be 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
+def dkdv_launches(head_dim: int) -> int:
+    """Launches of the dK/dV kernel per part: 1 (a program walks its column's full blocks and then its
+    partial ones) or 2 (the partial blocks first, then the full ones, which add the first launch's rows,
+    rounded to the output's dtype, to theirs). At head dim 128 one kernel with both loops spills in the
+    full blocks' loop (ptxas, sm_90: 255 registers, 5 reloads an iteration), the full blocks alone do not
+    (251), so there it is 2 (``DKDV_LAUNCHES``); ``MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES`` ("1" or "2")
+    overrides it."""
+    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES")
+    if raw is None:
+        return DKDV_LAUNCHES[head_dim]
+    if raw not in ("1", "2"):
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES must be 1 or 2, got {raw!r}")
+    return int(raw)
+
+
+def _signature(names: list[str], consts: dict) -> dict:
+    ints = {"part_heads", "batch_heads", "num_blocks", "order_len", "ws_cols"} | {x for x in names if x.startswith("stride_")}
+    floats = {"qk_scale", "sm_scale"}
+    i32 = {"HEADS", "HEAD_CSR", "MIN_OFF", "CODES", "FULL_PTR", "FULL_IDX", "PART_PTR", "PART_IDX", "ORDER", "WS_CNT",
+           "SEG_LO", "SEG_HI", "SEG_FIRST", "SEG_COUNT", "SEG_CIDX"}
+    sig = {}
+    for x in names:
+        if x in consts:
+            sig[x] = "constexpr"
+        elif x in ints:
+            sig[x] = "i32"
+        elif x in floats:
+            sig[x] = "fp32"
+        elif x in i32:
+            sig[x] = "*i32"
+        elif x in ("LSE", "DELTA", "WS"):
+            sig[x] = "*fp32"
+        elif x.endswith("_PREV"):
+            sig[x] = "*fp32"
+        else:
+            sig[x] = "*bf16"
+    return sig
+
+
+def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, ncomp: int = 2, kinds: int = 8 | 16,
+                load_prev: bool = False, steps: int = 0, split: bool = False,
+                tiles: tuple[int, int, int] | None = None, arch: int = 90):
+    """The dK/dV (``kernel`` "dkdv") or dQ ("dq") kernel compiled for ``arch`` without a GPU (bf16 inputs,
+    fp32 earlier sums), for the fixed pattern's kinds (window and summary) by default; ``tiles`` replaces
+    the head dim's (program tile, step tile, stages)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    fn = _dkdv_kernel if kernel == "dkdv" else _dq_kernel
+    table = DKDV_TILES if kernel == "dkdv" else DQ_TILES
+    big, small, stages = tiles or table[head_dim]
+    names = list(fn.arg_names)
+    tile_names = ("BLOCK_N", "BLOCK_M") if kernel == "dkdv" else ("BLOCK_M", "BLOCK_N")
+    consts = {"BLOCK": block, "D": head_dim, "NCOMP": ncomp, "KINDS": kinds, "LOAD_PREV": load_prev, "STEPS": steps,
+              **({"SPLIT": split} if kernel == "dkdv" else {}),
+              tile_names[0]: big, tile_names[1]: small, "STAGES": stages, "num_warps": NUM_WARPS}
+    src = GluonASTSource(fn=fn, signature=_signature(names, consts), constexprs=consts)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": NUM_WARPS})
+
+
+__all__ = ["DKDV_TILES", "DQ_TILES", "HEAD_DIMS", "MIN_BLOCK", "backward_part", "compile_for", "dkdv_launches"]

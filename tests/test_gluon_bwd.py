@@ -1,0 +1,87 @@
+"""kernels/gluon_bwd.py (the backward of natural-order parts in Gluon) compiled for Hopper (sm_90) here, and
+the switch that chooses it. Gluon has no interpreter: its values are checked on the GPU against the reference
+(tests/test_kernels_gpu.py, ``gpu_check --gluon 1``). Compiled in a subprocess: the interpreter tests set
+TRITON_INTERPRET=1 for the session, under which nothing is compiled.
+"""
+
+import importlib.util
+import json
+
+import pytest
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+
+# the launches blocksparse makes (gluon_bwd.DKDV_LAUNCHES): D=128 dK/dV as partial blocks of whole columns,
+# then full ones in column segments (STEPS 2, then 1 with SPLIT), D=64 dK/dV and dQ at both head dims in one
+# (STEPS 0), with and without earlier sums
+_SCRIPT = """
+import json
+from megastride.kernels.compile_check import first_mma_loop, ptxas_usage
+from megastride.kernels.gluon_bwd import compile_for
+from megastride.kernels.gluon_probe import loop_schedule
+out = {}
+for kernel, d, steps, prev, split in [("dkdv", 128, 1, True, True), ("dkdv", 128, 2, False, False),
+                                      ("dkdv", 64, 0, False, False), ("dq", 128, 0, True, False),
+                                      ("dq", 64, 0, False, False)]:
+    k = compile_for(kernel, d, steps=steps, load_prev=prev, split=split)
+    loop = first_mma_loop(k)
+    out[f"{kernel} {d} {steps}"] = {"schedule": loop_schedule(k), "hgmma": loop.get("HGMMA"),
+                                    "spill_reloads": loop.get("LDL", 0), "waits": loop.get("WARPGROUP", 0),
+                                    **ptxas_usage(k)}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def compiled(compiled_lines):
+    return json.loads(compiled_lines(_SCRIPT)[-1])
+
+
+@pytest.mark.parametrize("setting, hgmma", [("dkdv 128 1", 24), ("dkdv 64 0", 16)])
+def test_dkdv_runs_its_exponentials_and_ds_under_products_without_spilling(compiled, setting, hgmma):
+    """The full blocks' dK/dV loop: both score products issued, a wait that leaves dP^T running under the
+    exponentials, the dV product, a wait that leaves it under dS, the dK product left running into the next
+    step; products not serialised by ptxas (a serialised loop waits after each: 32 warpgroup instructions an
+    iteration at D=64 instead of 6) and no spill reloads in it."""
+    got = compiled[setting]
+    assert got["schedule"] == ["qk", "qk", "wait 1", "exp", "pv", "wait 1", "pv"], got
+    assert got["warnings"] == [] and got["waits"] <= 8, got
+    assert got["spill_reloads"] == 0 and got["hgmma"] == hgmma, got
+
+
+@pytest.mark.parametrize("setting", ["dq 128 0", "dq 64 0"])
+def test_dq_runs_its_exponentials_under_dp_without_spilling(compiled, setting):
+    """The dQ loop: both score products, a wait leaving dP under the exponentials, dS, the dQ product left
+    running; at both head dims its full and partial loops in one kernel, nothing spilled or serialised."""
+    got = compiled[setting]
+    assert got["schedule"] == ["qk", "qk", "wait 1", "exp", "wait 0", "pv"], got
+    assert got["warnings"] == [] and got["spill_stores"] == got["spill_loads"] == 0, got
+
+
+def test_partial_blocks_compile_alone(compiled):
+    """The head-dim-128 dK/dV's first launch, the partial blocks alone (the mask's registers spill there,
+    on the diagonal's 1-2% of the steps: why the full blocks get a launch of their own)."""
+    got = compiled["dkdv 128 2"]
+    assert got["schedule"][:3] == ["qk", "qk", "wait 1"] and got["warnings"] == [], got
+
+
+def test_the_switches_name_bad_values_and_stay_off_without_a_gpu(monkeypatch):
+    """MEGASTRIDE_BLOCKSPARSE_GLUON and ..._GLUON_DKDV_LAUNCHES: a bad value is named; on the CPU (no Hopper
+    GPU) no part takes the Gluon path whatever the setting."""
+    torch = pytest.importorskip("torch")
+    from megastride.kernels import blocksparse as B
+    from megastride.kernels import gluon_bwd
+    from megastride.kernels import patterns as P
+
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON", "yes")
+    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_GLUON must be one of 0, 1, auto; got 'yes'"):
+        B.gluon_setting()
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES", "3")
+    with pytest.raises(ValueError, match="GLUON_DKDV_LAUNCHES must be 1 or 2, got '3'"):
+        gluon_bwd.dkdv_launches(128)
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES")
+    assert gluon_bwd.dkdv_launches(128) == 2 and gluon_bwd.dkdv_launches(64) == 1
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON", "1")
+    layout = P.build_layout(P.same_for_all_heads(P.fixed(256, 64), 2), 1024, 128)
+    q = torch.zeros(1, 2, 1024, 128, dtype=torch.bfloat16)
+    assert not B.gluon_backward(B._part_meta(layout.parts[0], 1024, q.device), layout, q, q, q, q)
