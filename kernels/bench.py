@@ -278,6 +278,14 @@ OUR_VARIANTS = {
     # every launch through Triton's JITFunction.run, as before direct launches became the default
     # (use_direct_launch): the host's issue time
     "nodirect": {"MEGASTRIDE_BLOCKSPARSE_DIRECT": "0"},
+    # the backward of natural-order parts: Triton's kernels everywhere, or Gluon's at every head dim it has
+    # (blocksparse.gluon_backward; its "auto" default: head dim 128), its dK/dV in one or two launches
+    "triton": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "0"},
+    "gluon": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1"},
+    "gluon1": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "1"},
+    "gluon2": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "2"},
+    "onestream": {"MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS": "0"},  # Gluon's dQ after its dK/dV on one stream
+    "gluonwhole": {"MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT": "0"},  # Gluon's dK/dV programs take whole columns
 }
 
 
@@ -481,7 +489,7 @@ def environment() -> dict:
             "dq_mode": B.dq_mode(), "dkdv_split": B.dkdv_split_setting(), "runs": B.use_runs(),
             "order": B.block_order(), "tma_loads": B.use_tma_loads(), "partials": B.partials_setting(),
             "dots_first": bool(B.DOTS_FIRST), "split_finish": B.split_finish(), "delta_in_dq": B.delta_in_dq(),
-            "direct_launch": B.use_direct_launch()}
+            "direct_launch": B.use_direct_launch(), "gluon_backward": B.gluon_setting()}
 
 
 def _fmt(x, digits=2) -> str:

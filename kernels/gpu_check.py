@@ -23,8 +23,8 @@ import time
 import torch
 
 from . import patterns as P
-from .blocksparse import (blocksparse_attention, delta_in_dq, dkdv_split, dkdv_split_setting, dq_mode, gpu_sms,
-                          metadata_bytes, split_finish)
+from .blocksparse import (_part_meta, blocksparse_attention, delta_in_dq, dkdv_split, dkdv_split_setting, dq_mode,
+                          gluon_backward, gluon_setting, gpu_sms, metadata_bytes, split_finish)
 from .reference import reference_attention
 
 ATOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
@@ -71,7 +71,10 @@ def check_sampled(name: str, pattern, n: int, block: int, heads: int, head_dim: 
     want[1], low[1] = want[1][:, :, sel], low[1][:, :, sel]
     report = {"name": name, "n": n, "block": block, "heads": heads, "head_dim": head_dim, "dtype": str(dtype),
               "rows": sel.numel(), "kernel_fwd_bwd_s_first_call": kernel_s,
-              "dkdv_split": dkdv_split(layout, batch, gpu_sms(q)), "ok": True}
+              "dkdv_split": dkdv_split(layout, batch, gpu_sms(q)),
+              # the parts whose backward took the Gluon kernels (where columns are whole: blocksparse._backward)
+              "gluon_parts": sum(gluon_backward(_part_meta(p, n, device), layout, q, k, v, do) for p in layout.parts)
+              if not dkdv_split(layout, batch, gpu_sms(q)) else 0, "ok": True}
     for what, g, lo, ex in zip(["out", "dq", "dk", "dv"], got, low, want):
         err = (g.float() - ex).abs()
         bound = 2 * (lo.float() - ex).abs() + ATOL[dtype] * max(1.0, ex.abs().max().item())
@@ -163,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dkdv-split", default=None,
                         help="query blocks per dK/dV program: \"auto\" or an integer (0 = whole columns; "
                              "default: blocksparse.DKDV_SPLIT)")
+    parser.add_argument("--gluon", choices=["0", "1", "auto"], default=None,
+                        help="the backward of natural-order parts in Gluon (blocksparse.gluon_backward; default: "
+                             "blocksparse.GLUON_BWD)")
     args = parser.parse_args(argv)
+    if args.gluon is not None:
+        os.environ["MEGASTRIDE_BLOCKSPARSE_GLUON"] = args.gluon
     if args.dq_mode:
         os.environ["MEGASTRIDE_BLOCKSPARSE_DQ"] = args.dq_mode
     if args.dkdv_split is not None:
@@ -189,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
                 json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                            "dq_mode": dq_mode(), "dkdv_split": dkdv_split_setting(), "split_finish": split_finish(),
-                           "delta_in_dq": delta_in_dq(), "results": results}, f, indent=1)
-    print(f"gpu_check (dQ {dq_mode()}, dK/dV split {dkdv_split_setting()}, finish {split_finish()}"
+                           "delta_in_dq": delta_in_dq(), "gluon": gluon_setting(), "results": results}, f, indent=1)
+    print(f"gpu_check (dQ {dq_mode()}, dK/dV split {dkdv_split_setting()}, finish {split_finish()}, "
+          f"Gluon backward {gluon_setting()}"
           f"{', delta in dQ' if delta_in_dq() else ''}):", "FAILED" if failed else "all passed")
     return 1 if failed else 0
 
