@@ -1463,8 +1463,10 @@ def gluon_backward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors:
     "1" (there), "auto" (the default: at ``GLUON_AUTO_DIMS`` from ``GLUON_MIN_LENGTH`` tokens), "0" never.
     The backward's caller (``_backward``) also keeps the Triton kernels where dQ is atomic or the Triton
     dK/dV's split columns finish by "cast". On the H200 (2026-12-02, docs/benchmarks.md "Seventeenth run")
-    the fixed pattern at H=2, D=128 ran its forward+backward 3-6% faster at 1M tokens, 1-2% at 262,144
-    and 13% at 65,536 than with the Triton backward; at H=8, D=64 4% slower (so "auto" leaves it there)."""
+    the fixed pattern's forward+backward at H=2, D=128 took 2-6% less time than with the Triton backward at
+    1M tokens (four runs), 13-15% less at 65,536 (two) and at 262,144 from 3% more (whole columns) to 4% less
+    (column segments, the default); at H=8, D=64 4-6% more (so "auto" leaves head dim 64 to Triton), and
+    forced at 12,288 tokens (H=2, D=128) 1.56 ms against 1.09 (so "auto" starts at 65,536)."""
     setting = gluon_setting()
     if setting == "0" or meta.permuted or layout.block % 64 or not _has_tma(q):
         return False
