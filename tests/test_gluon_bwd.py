@@ -85,3 +85,27 @@ def test_the_switches_name_bad_values_and_stay_off_without_a_gpu(monkeypatch):
     layout = P.build_layout(P.same_for_all_heads(P.fixed(256, 64), 2), 1024, 128)
     q = torch.zeros(1, 2, 1024, 128, dtype=torch.bfloat16)
     assert not B.gluon_backward(B._part_meta(layout.parts[0], 1024, q.device), layout, q, q, q, q)
+
+
+def test_column_segments_where_a_column_outweighs_a_share_of_the_work(monkeypatch):
+    """``gluon_split`` on the fixed pattern at H=2 (132 SMs, two programs each): at 262,144 tokens the
+    summary columns (2,017 query blocks) outweigh an even share of all columns' work per program slot
+    (196,608 blocks x 2 key tiles / 264 = 1,489), so columns are cut into segments of a quarter of it (373);
+    at 1M they do not (8,129 against 11,915): whole columns. Without an SM count (the interpreter) whole
+    columns; the variable overrides, and a bad value is named."""
+    pytest.importorskip("torch")
+    from megastride.kernels import blocksparse as B
+    from megastride.kernels import patterns as P
+
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT", raising=False)
+    lay = {n: P.build_layout(P.same_for_all_heads(P.fixed(l, 128), 2), n, 128)
+           for n, l in ((262144, 4096), (1048576, 8192))}
+    assert lay[262144].column_work() == (2017, 196608)
+    assert B.gluon_split(lay[262144], 1, 132) == 373
+    assert B.gluon_split(lay[1048576], 1, 132) == 0
+    assert B.gluon_split(lay[262144], 1, None) == 0
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT", "0")
+    assert B.gluon_split(lay[262144], 1, 132) == 0
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT", "-2")
+    with pytest.raises(ValueError, match="GLUON_SPLIT must be \"auto\" or an integer >= 0, got '-2'"):
+        B.gluon_split(lay[262144], 1, 132)
