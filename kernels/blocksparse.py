@@ -26,7 +26,9 @@ lse and delta and adds its gradients to the earlier parts' ones.
 Programs take their blocks in chunks of consecutive blocks, heaviest chunk first (``block_order``), so
 the programs in flight read the same windows' tiles. On Hopper, where a natural-order part's rows hold
 long full lists (``TMA_MIN_BLOCKS``), the full blocks' tiles are loaded as TMA boxes through in-kernel
-tensor descriptors (``use_tma_loads``); elsewhere by pointer loads.
+tensor descriptors (``use_tma_loads``); elsewhere by pointer loads. There, from 65,536 tokens at head dim
+128, the backward of natural-order parts runs in Gluon instead (``gluon_backward``, kernels/gluon_bwd.py:
+each product of a step asynchronous, the exponentials and dS under the products).
 
 All base offsets are int64: B*H*T*D passes 2**31 elements at a few million tokens.
 """

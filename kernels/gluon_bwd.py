@@ -21,8 +21,16 @@ batch x head, in the part's block order; its column's (row's) full blocks first,
 with the part's token predicate (``_allowed``: the causal diagonal, window and band edges, summary
 columns, min offset). The tiles it streams arrive by TMA (in-kernel descriptors over each head's rows,
 any row stride that is a multiple of 16 bytes) into a ring of ``STAGES`` slots; it adds the earlier
-parts' sums where a head has several (LOAD_PREV) and writes the gradient in the output's dtype.
-Deterministic: no atomics.
+parts' sums where a head has several (LOAD_PREV) and writes the gradient in the output's dtype, through
+shared memory into a blocked layout (written from the accumulator's own layout, ptxas serialises the
+loop's products). Beyond the probe:
+
+* at head dim 128 dK/dV takes two launches, the partial blocks and then the full ones adding to them
+  (``dkdv_launches``: one kernel holding both loops spills in the full blocks' loop there);
+* dQ runs on a second stream beside dK/dV (``use_streams``);
+* where one column outweighs a share of the work, dK/dV programs take column segments (SPLIT,
+  ``blocksparse.gluon_split``) finished by the last to count, through an fp32 workspace with atomics;
+  with whole columns the backward is deterministic (no atomics).
 
 ``blocksparse.gluon_backward`` chooses this path (``MEGASTRIDE_BLOCKSPARSE_GLUON``); Gluon has no
 interpreter, so the CPU tests compile it for sm_90 (tests/test_gluon_bwd.py) and the GPU tests check it
@@ -50,8 +58,6 @@ HEAD_DIMS = tuple(DKDV_TILES)
 DKDV_LAUNCHES = {128: 2, 64: 1}
 # dQ on a second stream beside dK/dV (``use_streams``)
 STREAMS = True
-# the layout block must hold whole tiles of both kernels
-MIN_BLOCK = 64
 
 
 @gluon.constexpr_function
@@ -410,7 +416,7 @@ def _dq_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, C
                LOAD_PREV: gl.constexpr, STEPS: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                STAGES: gl.constexpr, num_warps: gl.constexpr):
     """dQ of BLOCK_M query rows over their row's key blocks, BLOCK_N keys a step. Q and dO stay in shared
-    memory; K and V tiles stream through the ring. STEPS: which blocks of the row (``_STEPS``)."""
+    memory; K and V tiles stream through the ring. STEPS: which blocks of the row (``_step_range``)."""
     gl.static_assert(STAGES >= 2, "the ring needs two slots: step t's loads land while step t-1's products run")
     dtype: gl.constexpr = Q.dtype.element_ty
     SUB: gl.constexpr = BLOCK // BLOCK_N  # steps a list entry
@@ -614,4 +620,4 @@ def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, nco
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": NUM_WARPS})
 
 
-__all__ = ["DKDV_TILES", "DQ_TILES", "HEAD_DIMS", "MIN_BLOCK", "backward_part", "compile_for", "dkdv_launches"]
+__all__ = ["DKDV_TILES", "DQ_TILES", "HEAD_DIMS", "backward_part", "compile_for", "dkdv_launches", "use_streams"]
