@@ -1190,6 +1190,16 @@ def _launch_chosen(kernel, grid, args, kwargs: dict) -> None:
                  compiled.function, compiled.packed_metadata, None, None, None, *params)
 
 
+def _tma_aligned(*tensors: torch.Tensor) -> bool:
+    """Whether every tensor's last dim is contiguous and its base and row strides 16-byte aligned, as a TMA
+    descriptor over it needs."""
+    for t in tensors:
+        size = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * size % 16 for st in t.stride()[:-1]):
+            return False
+    return True
+
+
 def _desc_loads(meta: _PartMeta, *tensors: torch.Tensor) -> bool:
     """Whether the kernels load their full lists' tiles as TMA boxes (in-kernel tensor descriptors, DESC):
     chosen for the part's list lengths (``use_tma_loads``), a part in natural order (a tile's rows
@@ -1197,10 +1207,8 @@ def _desc_loads(meta: _PartMeta, *tensors: torch.Tensor) -> bool:
     as TMA needs (else the pointer loads). Sets Triton's scratch allocator for the descriptors on the GPU."""
     if not use_tma_loads(meta.full_per_row) or meta.permuted or not (_INTERPRET or _has_tma(tensors[0])):
         return False
-    for t in tensors:
-        size = t.element_size()
-        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * size % 16 for st in t.stride()[:-1]):
-            return False
+    if not _tma_aligned(*tensors):
+        return False
     if not _INTERPRET:
         _ensure_allocator()
     return True
@@ -1314,9 +1322,10 @@ def dq_mode() -> str:
     return mode
 
 
-def dkdv_split_setting() -> str | int:
-    """``DKDV_SPLIT`` or ``MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT`` where set: "auto" or an integer >= 0."""
-    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", str(DKDV_SPLIT))
+def _auto_or_count(variable: str, default) -> str | int:
+    """The environment ``variable`` where set, else ``default``: "auto" or an integer >= 0 (else a one-line
+    error naming the variable)."""
+    raw = os.environ.get(variable, str(default))
     if raw == "auto":
         return raw
     try:
@@ -1324,8 +1333,13 @@ def dkdv_split_setting() -> str | int:
     except ValueError:
         value = -1
     if value < 0:
-        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT must be \"auto\" or an integer >= 0, got {raw!r}")
+        raise ValueError(f"{variable} must be \"auto\" or an integer >= 0, got {raw!r}")
     return value
+
+
+def dkdv_split_setting() -> str | int:
+    """``DKDV_SPLIT`` or ``MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT`` where set: "auto" or an integer >= 0."""
+    return _auto_or_count("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", DKDV_SPLIT)
 
 
 def dkdv_split(layout: Layout | None = None, batch: int = 1, sms: int | None = None) -> int:
@@ -1482,11 +1496,7 @@ def gluon_backward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors:
         return False
     if q.shape[-1] not in gluon_bwd.HEAD_DIMS:
         return False
-    for t in (q, *tensors):
-        size = t.element_size()
-        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * size % 16 for st in t.stride()[:-1]):
-            return False
-    return True
+    return _tma_aligned(q, *tensors)
 
 
 def gluon_split(layout: Layout, batch: int = 1, sms: int | None = None, block_n: int = 64) -> int:
@@ -1500,15 +1510,9 @@ def gluon_split(layout: Layout, batch: int = 1, sms: int | None = None, block_n:
     columns into segments of a quarter of that share (at least ``SPLIT_SEGMENT``), finished as
     ``split_finish`` "last" does; ``MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT`` ("auto" or an integer >= 0, 0 =
     whole columns) overrides it."""
-    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT", str(GLUON_SPLIT))
-    if raw != "auto":
-        try:
-            value = int(raw)
-        except ValueError:
-            value = -1
-        if value < 0:
-            raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT must be \"auto\" or an integer >= 0, got {raw!r}")
-        return value
+    setting = _auto_or_count("MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT", GLUON_SPLIT)
+    if setting != "auto":
+        return setting
     if not sms:
         return 0
     longest, total = layout.column_work()

@@ -61,7 +61,7 @@ STREAMS = True
 
 
 @gluon.constexpr_function
-def _mma_layouts(num_warps, cols, head_dim):
+def mma_layouts(num_warps, cols, head_dim):
     """The register layouts of a step on one warpgroup's products: the score tiles (rows x ``cols``), the
     gradient accumulator (rows x ``head_dim``) and the 16-bit A operand of its product."""
     scores = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, cols, 16])
@@ -143,11 +143,39 @@ def _head_desc(X, off, n, stride_t, D: gl.constexpr, ROWS: gl.constexpr, layout:
 
 
 @gluon.jit
+def _descriptors(Q, K, V, DO, batch, head, stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+                 stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot, n, D: gl.constexpr,
+                 Q_ROWS: gl.constexpr, K_ROWS: gl.constexpr, layout: gl.constexpr):
+    """TMA descriptors over one head's rows of Q and dO (boxes of Q_ROWS) and of K and V (K_ROWS)."""
+    qd = _head_desc(Q, batch * stride_qb + head * stride_qh, n, stride_qt, D, Q_ROWS, layout)
+    dod = _head_desc(DO, batch * stride_dob + head * stride_doh, n, stride_dot, D, Q_ROWS, layout)
+    kd = _head_desc(K, batch * stride_kb + head * stride_kh, n, stride_kt, D, K_ROWS, layout)
+    vd = _head_desc(V, batch * stride_vb + head * stride_vh, n, stride_vt, D, K_ROWS, layout)
+    return qd, dod, kd, vd
+
+
+@gluon.jit
 def _issue(ad, bd, a_smem, b_smem, bars, start, slot):
     """TMA loads of a step's two tiles (rows start..) into ``slot`` of the ring, on that slot's barrier."""
     mbarrier.expect(bars.index(slot), ad.block_type.nbytes + bd.block_type.nbytes)
     tma.async_copy_global_to_shared(ad, [start, 0], bars.index(slot), a_smem.index(slot))
     tma.async_copy_global_to_shared(bd, [start, 0], bars.index(slot), b_smem.index(slot))
+
+
+@gluon.jit
+def alloc_tiles(dtype: gl.constexpr, D: gl.constexpr, ROWS: gl.constexpr, RING_ROWS: gl.constexpr,
+                STAGES: gl.constexpr, layout: gl.constexpr):
+    """Shared memory for the two (ROWS, D) tiles a program keeps and the STAGES-slot ring of the two
+    (RING_ROWS, D) tiles it streams; STAGES + 1 mbarriers, initialised (a slot each, the last for the kept
+    tiles)."""
+    a_smem = gl.allocate_shared_memory(dtype, [ROWS, D], layout)
+    b_smem = gl.allocate_shared_memory(dtype, [ROWS, D], layout)
+    ra_smem = gl.allocate_shared_memory(dtype, [STAGES, RING_ROWS, D], layout)
+    rb_smem = gl.allocate_shared_memory(dtype, [STAGES, RING_ROWS, D], layout)
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES + 1, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES + 1):
+        mbarrier.init(bars.index(i), count=1)
+    return a_smem, b_smem, ra_smem, rb_smem, bars
 
 
 @gluon.jit
@@ -157,13 +185,7 @@ def _prologue(fa, fb, ra, rb, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t0, t1, 
     """Shared memory for the two tiles a program keeps (boxes of ``fa`` and ``fb`` at row ``first``) and for
     the ring of the two it streams (``ra``, ``rb``); an mbarrier a slot and one for the kept tiles (the
     last); the kept tiles' loads and the ring's first STAGES steps (of t0..t1) issued."""
-    a_smem = gl.allocate_shared_memory(dtype, [ROWS, D], layout)
-    b_smem = gl.allocate_shared_memory(dtype, [ROWS, D], layout)
-    ra_smem = gl.allocate_shared_memory(dtype, [STAGES, RING_ROWS, D], layout)
-    rb_smem = gl.allocate_shared_memory(dtype, [STAGES, RING_ROWS, D], layout)
-    bars = gl.allocate_shared_memory(gl.int64, [STAGES + 1, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES + 1):
-        mbarrier.init(bars.index(i), count=1)
+    a_smem, b_smem, ra_smem, rb_smem, bars = alloc_tiles(dtype, D, ROWS, RING_ROWS, STAGES, layout)
     mbarrier.expect(bars.index(STAGES), fa.block_type.nbytes + fb.block_type.nbytes)
     tma.async_copy_global_to_shared(fa, [first, 0], bars.index(STAGES), a_smem)
     tma.async_copy_global_to_shared(fb, [first, 0], bars.index(STAGES), b_smem)
@@ -342,13 +364,12 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_
     LSE += batch * stride_lb + head * stride_lh
     DELTA += batch * stride_lb + head * stride_lh
     smem: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=2)
-    qd = _head_desc(Q, batch * stride_qb + head * stride_qh, n, stride_qt, D, BLOCK_M, smem)
-    dod = _head_desc(DO, batch * stride_dob + head * stride_doh, n, stride_dot, D, BLOCK_M, smem)
-    kd = _head_desc(K, batch * stride_kb + head * stride_kh, n, stride_kt, D, BLOCK_N, smem)
-    vd = _head_desc(V, batch * stride_vb + head * stride_vh, n, stride_vt, D, BLOCK_N, smem)
+    qd, dod, kd, vd = _descriptors(Q, K, V, DO, batch, head, stride_qb, stride_qh, stride_qt, stride_kb, stride_kh,
+                                   stride_kt, stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
+                                   n, D, BLOCK_M, BLOCK_N, smem)
 
     # S^T and dP^T: (BLOCK_N keys, BLOCK_M queries); dK, dV: (BLOCK_N, D); P^T and dS^T as the A operand
-    layouts: gl.constexpr = _mma_layouts(num_warps, BLOCK_M, D)
+    layouts: gl.constexpr = mma_layouts(num_warps, BLOCK_M, D)
     s_layout: gl.constexpr = layouts[0]
     o_layout: gl.constexpr = layouts[1]
     p_layout: gl.constexpr = layouts[2]
@@ -426,11 +447,10 @@ def _dq_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, C
     LSE += batch * stride_lb + head * stride_lh
     DELTA += batch * stride_lb + head * stride_lh
     smem: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=2)
-    qd = _head_desc(Q, batch * stride_qb + head * stride_qh, n, stride_qt, D, BLOCK_M, smem)
-    dod = _head_desc(DO, batch * stride_dob + head * stride_doh, n, stride_dot, D, BLOCK_M, smem)
-    kd = _head_desc(K, batch * stride_kb + head * stride_kh, n, stride_kt, D, BLOCK_N, smem)
-    vd = _head_desc(V, batch * stride_vb + head * stride_vh, n, stride_vt, D, BLOCK_N, smem)
-    layouts: gl.constexpr = _mma_layouts(num_warps, BLOCK_N, D)
+    qd, dod, kd, vd = _descriptors(Q, K, V, DO, batch, head, stride_qb, stride_qh, stride_qt, stride_kb, stride_kh,
+                                   stride_kt, stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
+                                   n, D, BLOCK_M, BLOCK_N, smem)
+    layouts: gl.constexpr = mma_layouts(num_warps, BLOCK_N, D)
     s_layout: gl.constexpr = layouts[0]
     o_layout: gl.constexpr = layouts[1]
     p_layout: gl.constexpr = layouts[2]

@@ -42,6 +42,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                                warpgroup_mma_init, warpgroup_mma_wait)
 
+from .gluon_bwd import mma_layouts, alloc_tiles
 from .ws_probe import BLOCK, _timed, add_list_options, column_lists, gpu_cases, probe_dkdv, write_rows
 
 _LIST_BLOCK = gl.constexpr(BLOCK)  # the lists' block (128 queries or keys an entry)
@@ -51,15 +52,6 @@ _LIST_BLOCK = gl.constexpr(BLOCK)  # the lists' block (128 queries or keys an en
 def _tile_start(IDX, lo, t, SUB: gl.constexpr, BLOCK_M: gl.constexpr):
     """First query row of step t: sub-tile t % SUB of list entry t // SUB (a 128-query block)."""
     return gl.load(IDX + lo + t // SUB) * (SUB * BLOCK_M) + (t % SUB) * BLOCK_M
-
-
-@gluon.constexpr_function
-def _mma_layouts(num_warps, cols, head_dim):
-    """The register layouts of a step on one warpgroup's products: the score tiles (rows x ``cols``), the
-    gradient accumulator (rows x ``head_dim``) and the 16-bit A operand of its product."""
-    scores = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, cols, 16])
-    acc = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, head_dim, 16])
-    return scores, acc, gl.DotOperandLayout(operand_index=0, parent=acc, k_width=2)
 
 
 @gluon.jit
@@ -86,13 +78,7 @@ def _prologue(fa, fb, ra, rb, IDX, lo, steps, first, dtype: gl.constexpr, D: gl.
     """Shared memory for the two tiles a program keeps (boxes of ``fa`` and ``fb`` at row ``first``: K and V,
     or Q and dO) and for the ring of the two it streams (``ra``, ``rb``); an mbarrier a slot and one for the
     kept tiles (the last); the kept tiles' loads and the ring's first STAGES steps issued."""
-    a_smem = gl.allocate_shared_memory(dtype, [ROWS, D], layout)
-    b_smem = gl.allocate_shared_memory(dtype, [ROWS, D], layout)
-    ra_smem = gl.allocate_shared_memory(dtype, [STAGES, RING_ROWS, D], layout)
-    rb_smem = gl.allocate_shared_memory(dtype, [STAGES, RING_ROWS, D], layout)
-    bars = gl.allocate_shared_memory(gl.int64, [STAGES + 1, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES + 1):
-        mbarrier.init(bars.index(i), count=1)
+    a_smem, b_smem, ra_smem, rb_smem, bars = alloc_tiles(dtype, D, ROWS, RING_ROWS, STAGES, layout)
     mbarrier.expect(bars.index(STAGES), fa.block_type.nbytes + fb.block_type.nbytes)
     tma.async_copy_global_to_shared(fa, [first, 0], bars.index(STAGES), a_smem)
     tma.async_copy_global_to_shared(fb, [first, 0], bars.index(STAGES), b_smem)
@@ -125,7 +111,7 @@ def _gluon_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, ORDER, N, qk_s
     dvd = _head_desc(DV, bh, N, D, BLOCK_N, smem)
 
     # S^T and dP^T: (BLOCK_N keys, BLOCK_M queries); dK, dV: (BLOCK_N, D); P^T and dS^T as the A operand
-    layouts: gl.constexpr = _mma_layouts(num_warps, BLOCK_M, D)
+    layouts: gl.constexpr = mma_layouts(num_warps, BLOCK_M, D)
     s_layout: gl.constexpr = layouts[0]
     o_layout: gl.constexpr = layouts[1]
     p_layout: gl.constexpr = layouts[2]
@@ -197,7 +183,7 @@ def _gluon_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, PTR, IDX, ORDER, N, qk_scale, 
     dqd = _head_desc(DQ, bh, N, D, BLOCK_M, smem)
     kd = _head_desc(K, bh, N, D, BLOCK_N, smem)
     vd = _head_desc(V, bh, N, D, BLOCK_N, smem)
-    layouts: gl.constexpr = _mma_layouts(num_warps, BLOCK_N, D)
+    layouts: gl.constexpr = mma_layouts(num_warps, BLOCK_N, D)
     s_layout: gl.constexpr = layouts[0]
     o_layout: gl.constexpr = layouts[1]
     p_layout: gl.constexpr = layouts[2]
