@@ -286,6 +286,8 @@ OUR_VARIANTS = {
     "gluon2": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "2"},
     "onestream": {"MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS": "0"},  # Gluon's dQ after its dK/dV on one stream
     "gluonwhole": {"MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT": "0"},  # Gluon's dK/dV programs take whole columns
+    # Gluon's programs on two warpgroups (eight warps) of 128 rows sharing the tiles they stream: for head dim 64
+    "gluon8w": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_TILES": "dkdv:128x64s3w8,dq:128x64s3w8"},
 }
 
 

@@ -1496,15 +1496,17 @@ def gluon_backward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors:
         return False
     if q.shape[-1] not in gluon_bwd.HEAD_DIMS:
         return False
+    if any(layout.block % t for kernel in ("dkdv", "dq") for t in gluon_bwd.tiles(kernel, q.shape[-1])[:2]):
+        return False  # tiles the layout's blocks do not hold whole
     return _tma_aligned(q, *tensors)
 
 
-def gluon_split(layout: Layout, batch: int = 1, sms: int | None = None, block_n: int = 64) -> int:
+def gluon_split(layout: Layout, batch: int = 1, sms: int | None = None, block_n: int = 64, per_sm: int = 2) -> int:
     """Most full entries a Gluon dK/dV program (``block_n`` keys) takes from a column; 0 = whole columns.
-    A program walks its whole column one step after another, and the Gluon kernel runs two programs an SM
-    (128 threads of about 250 registers and 96 KB of shared memory each), so where the longest column
-    (``Layout.column_work``) is more than ``GLUON_SPLIT_RATIO`` of an even share of all columns' work per
-    program slot (2 x ``sms``), it is the launch's critical path: the fixed pattern's summary columns at
+    A program walks its whole column one step after another, and the Gluon kernel runs ``per_sm`` programs an
+    SM (two of 128 threads of about 250 registers and 96 KB of shared memory each at four warps), so where the
+    longest column (``Layout.column_work``) is more than ``GLUON_SPLIT_RATIO`` of an even share of all
+    columns' work per program slot (per_sm x ``sms``), it is the launch's critical path: the fixed pattern's summary columns at
     262,144 tokens, H=2 (2,017 query blocks against a share of 1,489; at 1M, 8,129 against 11,915 stay
     whole: there segments measured 1.6% slower). "auto" (``GLUON_SPLIT``) then cuts
     columns into segments of a quarter of that share (at least ``SPLIT_SEGMENT``), finished as
@@ -1516,7 +1518,7 @@ def gluon_split(layout: Layout, batch: int = 1, sms: int | None = None, block_n:
     if not sms:
         return 0
     longest, total = layout.column_work()
-    share = total * batch * (layout.block // block_n) / (2 * sms)
+    share = total * batch * max(1, layout.block // block_n) / (per_sm * sms)
     return max(SPLIT_SEGMENT, math.ceil(share / 4)) if longest > GLUON_SPLIT_RATIO * share else 0
 
 
@@ -1684,7 +1686,8 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
             from . import gluon_bwd
 
             segments = None
-            seg_len = gluon_split(layout, batch, gpu_sms(q), gluon_bwd.DKDV_TILES[head_dim][0])
+            keys, _, _, warps = gluon_bwd.tiles("dkdv", head_dim)
+            seg_len = gluon_split(layout, batch, gpu_sms(q), keys, 8 // warps)
             if seg_len:
                 key = ("segments", seg_len, block_order(), ORDER_CHUNK)
                 if key not in meta.extra:

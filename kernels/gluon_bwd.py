@@ -40,6 +40,7 @@ against the reference (tests/test_kernels_gpu.py, ``gpu_check``).
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 import triton
@@ -48,11 +49,11 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (mbarrier, tma, warpgroup_mma, warpgroup_mma_init,
                                                                warpgroup_mma_wait)
 
-# (tile of the program, tile a step, ring slots) at four warps (one warpgroup), per head dim: the probe's
-# fastest on the H200 (docs/benchmarks.md "Sixteenth run": 64 keys x 64 queries, s2 at D=128, s3 at D=64)
-DKDV_TILES = {128: (64, 64, 2), 64: (64, 64, 3)}
-DQ_TILES = {128: (64, 64, 2), 64: (64, 64, 3)}
-NUM_WARPS = 4
+# (tile of the program, tile a step, ring slots, warps) per head dim: the probe's fastest on the H200
+# (docs/benchmarks.md "Sixteenth run": 64 keys x 64 queries on one warpgroup, s2 at D=128, s3 at D=64);
+# MEGASTRIDE_BLOCKSPARSE_GLUON_TILES replaces them (``tiles``)
+DKDV_TILES = {128: (64, 64, 2, 4), 64: (64, 64, 3, 4)}
+DQ_TILES = {128: (64, 64, 2, 4), 64: (64, 64, 3, 4)}
 HEAD_DIMS = tuple(DKDV_TILES)
 # dK/dV launches per part (``dkdv_launches``)
 DKDV_LAUNCHES = {128: 2, 64: 1}
@@ -515,14 +516,14 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
     dq, dk, dv = grads
     dq_prev, dk_prev, dv_prev = prevs
     common = (heads, batch * heads, meta.num_blocks)
-    consts = dict(BLOCK=block, D=d, NCOMP=meta.ncomp, KINDS=meta.kinds, num_warps=NUM_WARPS)
+    consts = dict(BLOCK=block, D=d, NCOMP=meta.ncomp, KINDS=meta.kinds)
     head_tables = (meta.heads, meta.head_csr, meta.min_off, meta.codes)
     row_order, col_order = orders
-    block_n, block_m, stages = DKDV_TILES[d]
+    block_n, block_m, stages, warps = tiles("dkdv", d)
     lists_ = (lists["col_full_ptr"], lists["col_full_idx"], lists["col_part_ptr"], lists["col_part_idx"])
     strides = (*_strides(q, k, v, do, dk, dv), lse.stride(0), lse.stride(1), *common)
     scales = (scale * 1.4426950408889634, scale)
-    tiles = dict(BLOCK_N=block_n, BLOCK_M=block_m, STAGES=stages)
+    dkdv_tiles = dict(BLOCK_N=block_n, BLOCK_M=block_m, STAGES=stages, num_warps=warps)
 
     def dkdv(outs, steps, split, prev):
         """One dK/dV launch: whole columns in col_order, or (split) the segments."""
@@ -532,7 +533,7 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
             order, tables, ws, ws_cnt, ws_cols = col_order, [col_order] * 5, lse, col_order, 0
         grid = (order.shape[1] * (block // block_n) * batch * heads,)
         _dkdv_kernel[grid](q, k, v, do, *outs, lse, delta, *head_tables, *lists_, order, *tables, ws, ws_cnt, ws_cols,
-                           *strides, order.shape[1], *scales, LOAD_PREV=prev, STEPS=steps, SPLIT=split, **tiles,
+                           *strides, order.shape[1], *scales, LOAD_PREV=prev, STEPS=steps, SPLIT=split, **dkdv_tiles,
                            **consts)
 
     # dQ on a second stream beside dK/dV: its programs fill the SMs the long dK/dV columns leave idle at
@@ -546,14 +547,14 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
     else:  # the partial blocks (and the earlier parts' sums) of whole columns, then the full ones added to those
         dkdv((dk, dv, dk_prev, dv_prev), 2, False, load_prev)
         dkdv((dk, dv, dk, dv), 1, split, True)
-    block_m, block_n, stages = DQ_TILES[d]
+    block_m, block_n, stages, warps = tiles("dq", d)
     with torch.cuda.stream(side):
         _dq_kernel[(row_order.shape[1] * (block // block_m) * batch * heads,)](
             q, k, v, do, dq, dq_prev, lse, delta, *head_tables,
             lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"], row_order,
             *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *common, row_order.shape[1],
             scale * 1.4426950408889634, scale, LOAD_PREV=load_prev, STEPS=0, BLOCK_M=block_m, BLOCK_N=block_n,
-            STAGES=stages, **consts)
+            STAGES=stages, num_warps=warps, **consts)
     main.wait_stream(side)
 
 
@@ -578,6 +579,24 @@ def use_streams() -> bool:
     if raw not in ("0", "1"):
         raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS must be 0 or 1, got {raw!r}")
     return raw == "1"
+
+
+def tiles(kernel: str, head_dim: int) -> tuple[int, int, int, int]:
+    """(program tile, step tile, ring slots, warps) of the Gluon ``kernel`` ("dkdv": keys a program, queries a
+    step; "dq": queries a program, keys a step) at ``head_dim``: ``DKDV_TILES``/``DQ_TILES``, or where
+    ``MEGASTRIDE_BLOCKSPARSE_GLUON_TILES`` names the kernel ("dkdv:128x64s3w8,dq:64x64s3w4": at every head
+    dim), that. A program tile takes 16 rows a warp (one m64 product a warpgroup): 64 rows at four warps,
+    128 at eight (two warpgroups sharing the streamed tiles); the layout block must hold whole tiles."""
+    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_TILES", "")
+    for item in filter(None, (x.strip() for x in raw.split(","))):
+        m = re.fullmatch(r"(dkdv|dq):(\d+)x(\d+)s(\d+)w(\d+)", item)
+        big, small, stages, warps = (int(g) for g in m.groups()[1:]) if m else (0, 0, 0, 0)
+        if not m or warps not in (4, 8) or big != 16 * warps or small not in (32, 64, 128) or stages < 2:
+            raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_TILES: {item!r} is not KERNEL:PxSsNwW (KERNEL dkdv "
+                             f"or dq, P = 16 x W rows, W 4 or 8, S 32, 64 or 128, N >= 2 slots)")
+        if m.group(1) == kernel:
+            return big, small, stages, warps
+    return (DKDV_TILES if kernel == "dkdv" else DQ_TILES)[head_dim]
 
 
 def dkdv_launches(head_dim: int) -> int:
@@ -621,23 +640,23 @@ def _signature(names: list[str], consts: dict) -> dict:
 
 def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, ncomp: int = 2, kinds: int = 8 | 16,
                 load_prev: bool = False, steps: int = 0, split: bool = False,
-                tiles: tuple[int, int, int] | None = None, arch: int = 90):
+                tiles: tuple[int, int, int, int] | None = None, arch: int = 90):
     """The dK/dV (``kernel`` "dkdv") or dQ ("dq") kernel compiled for ``arch`` without a GPU (bf16 inputs,
     fp32 earlier sums), for the fixed pattern's kinds (window and summary) by default; ``tiles`` replaces
-    the head dim's (program tile, step tile, stages)."""
+    the head dim's (program tile, step tile, stages, warps)."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     fn = _dkdv_kernel if kernel == "dkdv" else _dq_kernel
-    table = DKDV_TILES if kernel == "dkdv" else DQ_TILES
-    big, small, stages = tiles or table[head_dim]
+    big, small, stages, warps = tiles or (DKDV_TILES if kernel == "dkdv" else DQ_TILES)[head_dim]
     names = list(fn.arg_names)
     tile_names = ("BLOCK_N", "BLOCK_M") if kernel == "dkdv" else ("BLOCK_M", "BLOCK_N")
     consts = {"BLOCK": block, "D": head_dim, "NCOMP": ncomp, "KINDS": kinds, "LOAD_PREV": load_prev, "STEPS": steps,
               **({"SPLIT": split} if kernel == "dkdv" else {}),
-              tile_names[0]: big, tile_names[1]: small, "STAGES": stages, "num_warps": NUM_WARPS}
+              tile_names[0]: big, tile_names[1]: small, "STAGES": stages, "num_warps": warps}
     src = GluonASTSource(fn=fn, signature=_signature(names, consts), constexprs=consts)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": NUM_WARPS})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
 
 
-__all__ = ["DKDV_TILES", "DQ_TILES", "HEAD_DIMS", "backward_part", "compile_for", "dkdv_launches", "use_streams"]
+__all__ = ["DKDV_TILES", "DQ_TILES", "HEAD_DIMS", "backward_part", "compile_for", "dkdv_launches", "tiles",
+           "use_streams"]

@@ -20,12 +20,13 @@ from megastride.kernels.compile_check import first_mma_loop, ptxas_usage
 from megastride.kernels.gluon_bwd import compile_for
 from megastride.kernels.gluon_probe import loop_schedule
 out = {}
-for kernel, d, steps, prev, split in [("dkdv", 128, 1, True, True), ("dkdv", 128, 2, False, False),
-                                      ("dkdv", 64, 0, False, False), ("dq", 128, 0, True, False),
-                                      ("dq", 64, 0, False, False)]:
-    k = compile_for(kernel, d, steps=steps, load_prev=prev, split=split)
+for kernel, d, steps, prev, split, tiles in [("dkdv", 128, 1, True, True, None), ("dkdv", 128, 2, False, False, None),
+                                             ("dkdv", 64, 0, False, False, None), ("dq", 128, 0, True, False, None),
+                                             ("dq", 64, 0, False, False, None),
+                                             ("dkdv", 64, 0, False, False, (128, 64, 3, 8))]:
+    k = compile_for(kernel, d, steps=steps, load_prev=prev, split=split, tiles=tiles)
     loop = first_mma_loop(k)
-    out[f"{kernel} {d} {steps}"] = {"schedule": loop_schedule(k), "hgmma": loop.get("HGMMA"),
+    out[f"{kernel} {d} {steps}" + (" w8" if tiles else "")] = {"schedule": loop_schedule(k), "hgmma": loop.get("HGMMA"),
                                     "spill_reloads": loop.get("LDL", 0), "waits": loop.get("WARPGROUP", 0),
                                     **ptxas_usage(k)}
 print(json.dumps(out))
@@ -37,12 +38,13 @@ def compiled(compiled_lines):
     return json.loads(compiled_lines(_SCRIPT)[-1])
 
 
-@pytest.mark.parametrize("setting, hgmma", [("dkdv 128 1", 24), ("dkdv 64 0", 16)])
+@pytest.mark.parametrize("setting, hgmma", [("dkdv 128 1", 24), ("dkdv 64 0", 16), ("dkdv 64 0 w8", 16)])
 def test_dkdv_runs_its_exponentials_and_ds_under_products_without_spilling(compiled, setting, hgmma):
     """The full blocks' dK/dV loop: both score products issued, a wait that leaves dP^T running under the
     exponentials, the dV product, a wait that leaves it under dS, the dK product left running into the next
     step; products not serialised by ptxas (a serialised loop waits after each: 32 warpgroup instructions an
-    iteration at D=64 instead of 6) and no spill reloads in it."""
+    iteration at D=64 instead of 6) and no spill reloads in it; also with 128 keys on two warpgroups (w8,
+    ``MEGASTRIDE_BLOCKSPARSE_GLUON_TILES``: each warpgroup's products per step as one's at 64 keys)."""
     got = compiled[setting]
     assert got["schedule"] == ["qk", "qk", "wait 1", "exp", "pv", "wait 1", "pv"], got
     assert got["warnings"] == [] and got["waits"] <= 8, got
@@ -81,6 +83,14 @@ def test_the_switches_name_bad_values_and_stay_off_without_a_gpu(monkeypatch):
         gluon_bwd.dkdv_launches(128)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES")
     assert gluon_bwd.dkdv_launches(128) == 2 and gluon_bwd.dkdv_launches(64) == 1
+    assert gluon_bwd.tiles("dkdv", 128) == gluon_bwd.DKDV_TILES[128] == (64, 64, 2, 4)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_TILES", "dkdv:128x64s3w8")
+    assert gluon_bwd.tiles("dkdv", 64) == (128, 64, 3, 8) and gluon_bwd.tiles("dq", 64) == (64, 64, 3, 4)
+    for bad in ("dkdv:64x64s3w8", "dq:64x48s2w4", "fwd:64x64s2w4", "dkdv:64x64s1w4"):
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_TILES", bad)
+        with pytest.raises(ValueError, match=f"GLUON_TILES: '{bad}' is not KERNEL:PxSsNwW"):
+            gluon_bwd.tiles("dq", 64)
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_TILES")
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON", "1")
     layout = P.build_layout(P.same_for_all_heads(P.fixed(256, 64), 2), 1024, 128)
     q = torch.zeros(1, 2, 1024, 128, dtype=torch.bfloat16)
@@ -104,6 +114,8 @@ def test_column_segments_where_a_column_outweighs_a_share_of_the_work(monkeypatc
     assert B.gluon_split(lay[262144], 1, 132) == 373
     assert B.gluon_split(lay[1048576], 1, 132) == 0
     assert B.gluon_split(lay[262144], 1, None) == 0
+    # one program an SM (eight warps) of 128 keys: the same work per slot, the same segments
+    assert B.gluon_split(lay[262144], 1, 132, block_n=128, per_sm=1) == 373
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT", "0")
     assert B.gluon_split(lay[262144], 1, 132) == 0
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT", "-2")
