@@ -8,6 +8,12 @@ rounds make the difference readable.
 
     python -m megastride.kernels.launch_ab --cases 12288x8x64,3072x8x64,12288x2x128 --out OUT
 
+``--switch`` alternates another of the kernels' on/off switches the same way (``SWITCHES``): e.g. the Gluon
+backward against the Triton one at long lengths, where a bench variant timed after another's autotuning
+ran slower than the same configuration timed first (docs/benchmarks.md, seventeenth run):
+
+    python -m megastride.kernels.launch_ab --switch MEGASTRIDE_BLOCKSPARSE_GLUON --cases 262144x2x128 --calls 20
+
 Each case is the bench's fixed pattern (l ~ sqrt(128 n), one summary block of 128) at ``NxHxD``, bf16,
 B=1. Each round times ``--calls`` forward+backward calls (after ``--warmup`` untimed ones) with the switch
 off, then on; the ms per call includes the GPU's work (synchronised once at the end of a round), which
@@ -28,7 +34,9 @@ from pathlib import Path
 import torch
 
 SWITCH = "MEGASTRIDE_BLOCKSPARSE_DIRECT"
-MODES = ("0", "1")  # off (Triton's run), on (direct)
+# the switches --switch may alternate: each read at every call, "0" off and "1" on
+SWITCHES = (SWITCH, "MEGASTRIDE_BLOCKSPARSE_GLUON", "MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS", "MEGASTRIDE_BLOCKSPARSE_TMA")
+MODES = ("0", "1")  # off (for DIRECT: Triton's run), on (direct)
 
 
 def parse_cases(raw: str) -> list[tuple[int, int, int]]:
@@ -49,15 +57,16 @@ def parse_cases(raw: str) -> list[tuple[int, int, int]]:
     return cases
 
 
-def alternate(step, rounds: int, calls: int, warmup: int, sync=lambda: None, clock=time.perf_counter) -> dict:
-    """ms per ``step()`` with ``SWITCH`` off and on, alternating for ``rounds`` rounds (``warmup`` untimed
+def alternate(step, rounds: int, calls: int, warmup: int, sync=lambda: None, clock=time.perf_counter,
+              switch: str = SWITCH) -> dict:
+    """ms per ``step()`` with ``switch`` off and on, alternating for ``rounds`` rounds (``warmup`` untimed
     calls, then ``calls`` timed ones, ``sync()`` before and after); the switch's earlier value restored."""
-    before = os.environ.get(SWITCH)
+    before = os.environ.get(switch)
     times: dict[str, list[float]] = {m: [] for m in MODES}
     try:
         for _ in range(rounds):
             for mode in MODES:
-                os.environ[SWITCH] = mode
+                os.environ[switch] = mode
                 for _ in range(warmup):
                     step()
                 sync()
@@ -68,9 +77,9 @@ def alternate(step, rounds: int, calls: int, warmup: int, sync=lambda: None, clo
                 times[mode].append((clock() - t0) / calls * 1e3)
     finally:
         if before is None:
-            os.environ.pop(SWITCH, None)
+            os.environ.pop(switch, None)
         else:
-            os.environ[SWITCH] = before
+            os.environ[switch] = before
     off, on = statistics.median(times["0"]), statistics.median(times["1"])
     return {"off_ms": [round(t, 4) for t in times["0"]], "on_ms": [round(t, 4) for t in times["1"]],
             "median_off_ms": round(off, 4), "median_on_ms": round(on, 4),
@@ -96,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of off, then on (default 3)")
     parser.add_argument("--calls", type=int, default=200, help="timed forward+backward calls a round (default 200)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls before each timing (default 10)")
+    parser.add_argument("--switch", default=SWITCH, choices=SWITCHES, help=f"the switch to alternate (default {SWITCH})")
     parser.add_argument("--out", default=None, help="folder for launch_ab.json")
     args = parser.parse_args(argv)
     try:
@@ -120,11 +130,13 @@ def main(argv: list[str] | None = None) -> int:
 
         step()  # autotuning and "auto"'s timing outside the rounds
         row = {"n": n, "heads": heads, "head_dim": dim,
-               **alternate(step, args.rounds, args.calls, args.warmup, sync=torch.cuda.synchronize)}
+               **alternate(step, args.rounds, args.calls, args.warmup, sync=torch.cuda.synchronize,
+                           switch=args.switch)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     if args.out:
-        write_rows(Path(args.out) / "launch_ab.json", rows, rounds=args.rounds, calls=args.calls, warmup=args.warmup,
+        write_rows(Path(args.out) / "launch_ab.json", rows, switch=args.switch, rounds=args.rounds, calls=args.calls,
+                   warmup=args.warmup,
                    date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     return 0
 

@@ -50,3 +50,17 @@ def test_main_refuses_bad_arguments_and_a_machine_without_a_gpu(capsys):
     if not torch.cuda.is_available():
         assert launch_ab.main([]) == 2
         assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_another_switch_alternates_the_same_way_and_an_unknown_one_is_refused(monkeypatch, capsys):
+    """--switch MEGASTRIDE_BLOCKSPARSE_GLUON: the rounds set that variable off then on (and restore it),
+    not the direct-launch one; a variable outside SWITCHES is refused by the parser."""
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON", raising=False)
+    monkeypatch.setenv(launch_ab.SWITCH, "1")
+    seen = []
+    launch_ab.alternate(lambda: seen.append((os.environ["MEGASTRIDE_BLOCKSPARSE_GLUON"], os.environ[launch_ab.SWITCH])),
+                        rounds=1, calls=1, warmup=0, switch="MEGASTRIDE_BLOCKSPARSE_GLUON")
+    assert seen == [("0", "1"), ("1", "1")] and "MEGASTRIDE_BLOCKSPARSE_GLUON" not in os.environ
+    with pytest.raises(SystemExit):
+        launch_ab.main(["--switch", "MEGASTRIDE_BLOCKSPARSE_DQ"])
+    assert "invalid choice: 'MEGASTRIDE_BLOCKSPARSE_DQ'" in capsys.readouterr().err
