@@ -1013,6 +1013,15 @@ def _column_segments(lists: dict[str, torch.Tensor], num_blocks: int, seg_len: i
     return out
 
 
+def _segments(meta: "_PartMeta", seg_len: int) -> tuple[tuple, dict[str, torch.Tensor]]:
+    """(key, tables) of the part's column segments of at most ``seg_len`` full entries in ``block_order()``'s
+    order (``_column_segments``), built once per length, order and device."""
+    key = ("segments", seg_len, block_order(), ORDER_CHUNK)
+    if key not in meta.extra:
+        meta.extra[key] = _column_segments(meta.lists, meta.num_blocks, seg_len, block_order())
+    return key, meta.extra[key]
+
+
 def _split_workspace(meta: _PartMeta, key: tuple, batch: int, head_dim: int, block: int,
                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(fp32 sums, int32 counters, columns per batch x head) for the "last" finish of split columns under
@@ -1689,10 +1698,7 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
             keys, _, _, warps = gluon_bwd.tiles("dkdv", head_dim)
             seg_len = gluon_split(layout, batch, gpu_sms(q), keys, 8 // warps)
             if seg_len:
-                key = ("segments", seg_len, block_order(), ORDER_CHUNK)
-                if key not in meta.extra:
-                    meta.extra[key] = _column_segments(lists, layout.num_blocks, seg_len, block_order())
-                seg = meta.extra[key]
+                key, seg = _segments(meta, seg_len)
                 segments = (*(seg[name] for name in ("seg_col", "seg_lo", "seg_hi", "seg_first", "seg_count",
                                                      "seg_cidx")),
                             *_split_workspace(meta, key, batch, head_dim, layout.block, q.device))
@@ -1712,10 +1718,7 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
             _launch(_dq_tuned, _bwd_dq_kernel, grid, args,
                     {**consts, "RUNS": row_runs is not None, "DELTA_HERE": delta_here}, name="dq")
         if split:
-            key = ("segments", split, block_order(), ORDER_CHUNK)
-            if key not in meta.extra:
-                meta.extra[key] = _column_segments(lists, layout.num_blocks, split, block_order())
-            seg = meta.extra[key]
+            key, seg = _segments(meta, split)
             order, seg_lo, seg_hi, seg_first = seg["seg_col"], seg["seg_lo"], seg["seg_hi"], seg["seg_first"]
             seg_count, seg_cidx = seg["seg_count"], seg["seg_cidx"]
             if finish == "last":
