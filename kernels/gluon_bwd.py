@@ -122,9 +122,23 @@ def _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, SUB: gl.constexpr, 
 
 
 @gluon.jit
-def _step_range(nf, steps, STEPS: gl.constexpr):
-    """The steps a launch takes of a list of nf full and steps - nf partial ones: STEPS 0 all, 1 the full
-    ones, 2 the partial ones."""
+def _list_steps(FULL_PTR, PART_PTR, SEG_LO, SEG_HI, SEG_FIRST, csr, block, slot, num_blocks, SUB: gl.constexpr,
+                STEPS: gl.constexpr, SPLIT: gl.constexpr):
+    """Where a program's steps come from: (first full entry, first partial entry, nf full steps, the launch's
+    steps t0..t1) of block ``block``'s list in CSR ``csr``, SUB steps an entry; full steps first, then the
+    partial ones. SPLIT: the full entries of its segment (SEG_LO/SEG_HI at ``slot``) and the partial ones only
+    where SEG_FIRST. STEPS: which the launch takes: 0 all, 1 the full ones, 2 the partial ones."""
+    ptr = csr.to(gl.int64) * (num_blocks + 1) + block
+    part_lo = gl.load(PART_PTR + ptr)
+    parts = gl.load(PART_PTR + ptr + 1) - part_lo
+    if SPLIT:
+        full_lo = gl.load(SEG_LO + slot)
+        full_hi = gl.load(SEG_HI + slot)
+        parts = parts * gl.load(SEG_FIRST + slot)
+    else:
+        full_lo = gl.load(FULL_PTR + ptr)
+        full_hi = gl.load(FULL_PTR + ptr + 1)
+    nf = (full_hi - full_lo) * SUB
     if STEPS == 2:
         t0 = nf
     else:
@@ -132,8 +146,8 @@ def _step_range(nf, steps, STEPS: gl.constexpr):
     if STEPS == 1:
         t1 = nf
     else:
-        t1 = steps
-    return t0, t1
+        t1 = nf + parts * SUB
+    return full_lo, part_lo, nf, t0, t1
 
 
 @gluon.jit
@@ -353,7 +367,7 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_
                  LOAD_PREV: gl.constexpr, STEPS: gl.constexpr, SPLIT: gl.constexpr, BLOCK_N: gl.constexpr,
                  BLOCK_M: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
     """dK and dV of BLOCK_N keys over their column's query blocks, BLOCK_M queries a step. K and V stay in
-    shared memory; Q and dO tiles stream through the ring. STEPS: which blocks of the column (``_step_range``).
+    shared memory; Q and dO tiles stream through the ring. STEPS: which blocks of the column (``_list_steps``).
     SPLIT: a program takes one segment of a column (ORDER: the segments' columns; SEG_LO/SEG_HI its range of
     full entries, SEG_FIRST whether it also takes the partial ones), finished by ``_finish_dkdv``."""
     gl.static_assert(STAGES >= 2, "the ring needs two slots: step t's loads land while step t-1's products run")
@@ -375,19 +389,8 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_
     o_layout: gl.constexpr = layouts[1]
     p_layout: gl.constexpr = layouts[2]
 
-    ptr = csr.to(gl.int64) * (num_blocks + 1) + col_block
-    part_lo = gl.load(PART_PTR + ptr)
-    parts = gl.load(PART_PTR + ptr + 1) - part_lo
-    if SPLIT:
-        full_lo = gl.load(SEG_LO + slot)
-        full_hi = gl.load(SEG_HI + slot)
-        parts = parts * gl.load(SEG_FIRST + slot)
-    else:
-        full_lo = gl.load(FULL_PTR + ptr)
-        full_hi = gl.load(FULL_PTR + ptr + 1)
-    nf = (full_hi - full_lo) * SUB
-    steps = nf + parts * SUB
-    t0, t1 = _step_range(nf, steps, STEPS)
+    full_lo, part_lo, nf, t0, t1 = _list_steps(FULL_PTR, PART_PTR, SEG_LO, SEG_HI, SEG_FIRST, csr, col_block, slot,
+                                               num_blocks, SUB, STEPS, SPLIT)
     k_smem, v_smem, q_smem, do_smem, bars = _prologue(kd, vd, qd, dod, FULL_IDX, PART_IDX, full_lo, part_lo, nf,
                                                       t0, t1, first_col, dtype, D, BLOCK_N, BLOCK_M, STAGES, SUB,
                                                       BLOCK, smem)
@@ -438,7 +441,7 @@ def _dq_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, C
                LOAD_PREV: gl.constexpr, STEPS: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                STAGES: gl.constexpr, num_warps: gl.constexpr):
     """dQ of BLOCK_M query rows over their row's key blocks, BLOCK_N keys a step. Q and dO stay in shared
-    memory; K and V tiles stream through the ring. STEPS: which blocks of the row (``_step_range``)."""
+    memory; K and V tiles stream through the ring. STEPS: which blocks of the row (``_list_steps``)."""
     gl.static_assert(STAGES >= 2, "the ring needs two slots: step t's loads land while step t-1's products run")
     dtype: gl.constexpr = Q.dtype.element_ty
     SUB: gl.constexpr = BLOCK // BLOCK_N  # steps a list entry
@@ -456,12 +459,8 @@ def _dq_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, C
     o_layout: gl.constexpr = layouts[1]
     p_layout: gl.constexpr = layouts[2]
 
-    ptr = csr.to(gl.int64) * (num_blocks + 1) + row_block
-    full_lo = gl.load(FULL_PTR + ptr)
-    part_lo = gl.load(PART_PTR + ptr)
-    nf = (gl.load(FULL_PTR + ptr + 1) - full_lo) * SUB
-    steps = nf + (gl.load(PART_PTR + ptr + 1) - part_lo) * SUB
-    t0, t1 = _step_range(nf, steps, STEPS)
+    full_lo, part_lo, nf, t0, t1 = _list_steps(FULL_PTR, PART_PTR, FULL_PTR, FULL_PTR, FULL_PTR, csr, row_block, slot,
+                                               num_blocks, SUB, STEPS, False)
     q_smem, do_smem, k_smem, v_smem, bars = _prologue(qd, dod, kd, vd, FULL_IDX, PART_IDX, full_lo, part_lo, nf,
                                                       t0, t1, first_row, dtype, D, BLOCK_M, BLOCK_N, STAGES, SUB,
                                                       BLOCK, smem)
