@@ -288,6 +288,12 @@ OUR_VARIANTS = {
     "gluonwhole": {"MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT": "0"},  # Gluon's dK/dV programs take whole columns
     # Gluon's programs on two warpgroups (eight warps) of 128 rows sharing the tiles they stream: for head dim 64
     "gluon8w": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_TILES": "dkdv:128x64s3w8,dq:128x64s3w8"},
+    # more programs an SM under a register cap (gluon_bwd.registers): three dK/dV programs of 64 keys, 32 queries a
+    # step, and three dQ programs of 64 x 64 (occ3) or four of 64 queries, 32 keys a step (occ4)
+    "gluonocc3": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1",
+                  "MEGASTRIDE_BLOCKSPARSE_GLUON_TILES": "dkdv:64x32s4w4r168,dq:64x64s3w4r168"},
+    "gluonocc4": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1",
+                  "MEGASTRIDE_BLOCKSPARSE_GLUON_TILES": "dkdv:64x32s4w4r168,dq:64x32s4w4r128"},
 }
 
 

@@ -1695,8 +1695,8 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
             from . import gluon_bwd
 
             segments = None
-            keys, _, _, warps = gluon_bwd.tiles("dkdv", head_dim)
-            seg_len = gluon_split(layout, batch, gpu_sms(q), keys, 8 // warps)
+            seg_len = gluon_split(layout, batch, gpu_sms(q), gluon_bwd.tiles("dkdv", head_dim)[0],
+                                  gluon_bwd.programs_per_sm("dkdv", head_dim))
             if seg_len:
                 key, seg = _segments(meta, seg_len)
                 segments = (*(seg[name] for name in ("seg_col", "seg_lo", "seg_hi", "seg_first", "seg_count",

@@ -59,6 +59,8 @@ HEAD_DIMS = tuple(DKDV_TILES)
 DKDV_LAUNCHES = {128: 2, 64: 1}
 # dQ on a second stream beside dK/dV (``use_streams``)
 STREAMS = True
+# registers a thread the compiler may use, per (kernel, head dim) where capped (``registers``)
+MAX_REGISTERS: dict[tuple[str, int], int] = {}
 
 
 @gluon.constexpr_function
@@ -522,7 +524,7 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
     lists_ = (lists["col_full_ptr"], lists["col_full_idx"], lists["col_part_ptr"], lists["col_part_idx"])
     strides = (*_strides(q, k, v, do, dk, dv), lse.stride(0), lse.stride(1), *common)
     scales = (scale * 1.4426950408889634, scale)
-    dkdv_tiles = dict(BLOCK_N=block_n, BLOCK_M=block_m, STAGES=stages, num_warps=warps)
+    dkdv_tiles = dict(BLOCK_N=block_n, BLOCK_M=block_m, STAGES=stages, num_warps=warps, **_cap("dkdv", d))
 
     def dkdv(outs, steps, split, prev):
         """One dK/dV launch: whole columns in col_order, or (split) the segments."""
@@ -553,8 +555,22 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
             lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"], row_order,
             *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *common, row_order.shape[1],
             scale * 1.4426950408889634, scale, LOAD_PREV=load_prev, STEPS=0, BLOCK_M=block_m, BLOCK_N=block_n,
-            STAGES=stages, num_warps=warps, **consts)
+            STAGES=stages, num_warps=warps, **_cap("dq", d), **consts)
     main.wait_stream(side)
+
+
+def programs_per_sm(kernel: str, head_dim: int) -> int:
+    """How many of ``kernel``'s programs an SM holds by registers (65,536 a Hopper SM, allocated 8 a thread at
+    a time): at the cap ``registers``, or 255 a thread (what these loops take uncapped)."""
+    warps = tiles(kernel, head_dim)[3]
+    cap = registers(kernel, head_dim) or 255
+    return max(1, 65536 // (32 * warps * -(-cap // 8) * 8))
+
+
+def _cap(kernel: str, head_dim: int) -> dict:
+    """The launch option capping ``kernel``'s registers (``registers``), if any."""
+    cap = registers(kernel, head_dim)
+    return {} if cap is None else {"maxnreg": cap}
 
 
 _SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
@@ -580,22 +596,42 @@ def use_streams() -> bool:
     return raw == "1"
 
 
+def _tiles_item(kernel: str) -> tuple[tuple[int, int, int, int], int | None] | None:
+    """``kernel``'s item of ``MEGASTRIDE_BLOCKSPARSE_GLUON_TILES`` (tiles, register cap), or None."""
+    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_TILES", "")
+    found = None
+    for item in filter(None, (x.strip() for x in raw.split(","))):
+        m = re.fullmatch(r"(dkdv|dq):(\d+)x(\d+)s(\d+)w(\d+)(?:r(\d+))?", item)
+        big, small, stages, warps = (int(g) for g in m.groups()[1:5]) if m else (0, 0, 0, 0)
+        cap = int(m.group(6)) if m and m.group(6) else None
+        if (not m or warps not in (4, 8) or big != 16 * warps or small not in (32, 64, 128) or stages < 2
+                or (cap is not None and not 24 <= cap <= 255)):
+            raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_TILES: {item!r} is not KERNEL:PxSsNwW[rR] (KERNEL dkdv "
+                             f"or dq, P = 16 x W rows, W 4 or 8, S 32, 64 or 128, N >= 2 slots, R 24-255 "
+                             f"registers a thread)")
+        if m.group(1) == kernel and found is None:
+            found = (big, small, stages, warps), cap
+    return found
+
+
 def tiles(kernel: str, head_dim: int) -> tuple[int, int, int, int]:
     """(program tile, step tile, ring slots, warps) of the Gluon ``kernel`` ("dkdv": keys a program, queries a
     step; "dq": queries a program, keys a step) at ``head_dim``: ``DKDV_TILES``/``DQ_TILES``, or where
-    ``MEGASTRIDE_BLOCKSPARSE_GLUON_TILES`` names the kernel ("dkdv:128x64s3w8,dq:64x64s3w4": at every head
-    dim), that. A program tile takes 16 rows a warp (one m64 product a warpgroup): 64 rows at four warps,
-    128 at eight (two warpgroups sharing the streamed tiles); the layout block must hold whole tiles."""
-    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_TILES", "")
-    for item in filter(None, (x.strip() for x in raw.split(","))):
-        m = re.fullmatch(r"(dkdv|dq):(\d+)x(\d+)s(\d+)w(\d+)", item)
-        big, small, stages, warps = (int(g) for g in m.groups()[1:]) if m else (0, 0, 0, 0)
-        if not m or warps not in (4, 8) or big != 16 * warps or small not in (32, 64, 128) or stages < 2:
-            raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_TILES: {item!r} is not KERNEL:PxSsNwW (KERNEL dkdv "
-                             f"or dq, P = 16 x W rows, W 4 or 8, S 32, 64 or 128, N >= 2 slots)")
-        if m.group(1) == kernel:
-            return big, small, stages, warps
-    return (DKDV_TILES if kernel == "dkdv" else DQ_TILES)[head_dim]
+    ``MEGASTRIDE_BLOCKSPARSE_GLUON_TILES`` names the kernel ("dkdv:128x64s3w8,dq:64x32s3w4r168": at every head
+    dim; ``registers`` reads the optional rR), that. A program tile takes 16 rows a warp (one m64 product a
+    warpgroup): 64 rows at four warps, 128 at eight (two warpgroups sharing the streamed tiles); the layout
+    block must hold whole tiles."""
+    item = _tiles_item(kernel)
+    return item[0] if item else (DKDV_TILES if kernel == "dkdv" else DQ_TILES)[head_dim]
+
+
+def registers(kernel: str, head_dim: int) -> int | None:
+    """The cap on registers a thread (ptxas ``maxnreg``) of the Gluon ``kernel`` at ``head_dim``, None for
+    the compiler's own choice: what decides how many programs share an SM (65,536 registers: two at 255
+    a thread and four warps, three at 168). ``MAX_REGISTERS``, or the rR of the kernel's item in
+    ``MEGASTRIDE_BLOCKSPARSE_GLUON_TILES`` (an item without one: None)."""
+    item = _tiles_item(kernel)
+    return item[1] if item else MAX_REGISTERS.get((kernel, head_dim))
 
 
 def dkdv_launches(head_dim: int) -> int:
@@ -639,10 +675,10 @@ def _signature(names: list[str], consts: dict) -> dict:
 
 def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, ncomp: int = 2, kinds: int = 8 | 16,
                 load_prev: bool = False, steps: int = 0, split: bool = False,
-                tiles: tuple[int, int, int, int] | None = None, arch: int = 90):
+                tiles: tuple[int, int, int, int] | None = None, maxnreg: int | None = None, arch: int = 90):
     """The dK/dV (``kernel`` "dkdv") or dQ ("dq") kernel compiled for ``arch`` without a GPU (bf16 inputs,
     fp32 earlier sums), for the fixed pattern's kinds (window and summary) by default; ``tiles`` replaces
-    the head dim's (program tile, step tile, stages, warps)."""
+    the head dim's (program tile, step tile, stages, warps), ``maxnreg`` caps its registers a thread."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
@@ -654,8 +690,9 @@ def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, nco
               **({"SPLIT": split} if kernel == "dkdv" else {}),
               tile_names[0]: big, tile_names[1]: small, "STAGES": stages, "num_warps": warps}
     src = GluonASTSource(fn=fn, signature=_signature(names, consts), constexprs=consts)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+    options = {"num_warps": warps, **({} if maxnreg is None else {"maxnreg": maxnreg})}
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
-__all__ = ["DKDV_TILES", "DQ_TILES", "HEAD_DIMS", "backward_part", "compile_for", "dkdv_launches", "tiles",
-           "use_streams"]
+__all__ = ["DKDV_TILES", "DQ_TILES", "HEAD_DIMS", "MAX_REGISTERS", "backward_part", "compile_for", "dkdv_launches",
+           "programs_per_sm", "registers", "tiles", "use_streams"]

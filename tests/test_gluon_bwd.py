@@ -23,10 +23,14 @@ out = {}
 for kernel, d, steps, prev, split, tiles in [("dkdv", 128, 1, True, True, None), ("dkdv", 128, 2, False, False, None),
                                              ("dkdv", 64, 0, False, False, None), ("dq", 128, 0, True, False, None),
                                              ("dq", 64, 0, False, False, None),
-                                             ("dkdv", 64, 0, False, False, (128, 64, 3, 8))]:
-    k = compile_for(kernel, d, steps=steps, load_prev=prev, split=split, tiles=tiles)
+                                             ("dkdv", 64, 0, False, False, (128, 64, 3, 8)),
+                                             ("dkdv", 64, 0, False, False, (64, 32, 4, 4, 168)),
+                                             ("dq", 64, 0, False, False, (64, 32, 4, 4, 128))]:
+    k = compile_for(kernel, d, steps=steps, load_prev=prev, split=split, tiles=tiles and tiles[:4],
+                    maxnreg=tiles[4] if tiles and len(tiles) > 4 else None)
     loop = first_mma_loop(k)
-    out[f"{kernel} {d} {steps}" + (" w8" if tiles else "")] = {"schedule": loop_schedule(k), "hgmma": loop.get("HGMMA"),
+    name = "" if not tiles else " w8" if len(tiles) == 4 else f" r{tiles[4]}"
+    out[f"{kernel} {d} {steps}" + name] = {"schedule": loop_schedule(k), "hgmma": loop.get("HGMMA"),
                                     "spill_reloads": loop.get("LDL", 0), "waits": loop.get("WARPGROUP", 0),
                                     **ptxas_usage(k)}
 print(json.dumps(out))
@@ -38,26 +42,32 @@ def compiled(compiled_lines):
     return json.loads(compiled_lines(_SCRIPT)[-1])
 
 
-@pytest.mark.parametrize("setting, hgmma", [("dkdv 128 1", 24), ("dkdv 64 0", 16), ("dkdv 64 0 w8", 16)])
+@pytest.mark.parametrize("setting, hgmma", [("dkdv 128 1", 24), ("dkdv 64 0", 16), ("dkdv 64 0 w8", 16),
+                                            ("dkdv 64 0 r168", 12)])
 def test_dkdv_runs_its_exponentials_and_ds_under_products_without_spilling(compiled, setting, hgmma):
     """The full blocks' dK/dV loop: both score products issued, a wait that leaves dP^T running under the
     exponentials, the dV product, a wait that leaves it under dS, the dK product left running into the next
     step; products not serialised by ptxas (a serialised loop waits after each: 32 warpgroup instructions an
     iteration at D=64 instead of 6) and no spill reloads in it; also with 128 keys on two warpgroups (w8,
-    ``MEGASTRIDE_BLOCKSPARSE_GLUON_TILES``: each warpgroup's products per step as one's at 64 keys)."""
+    ``MEGASTRIDE_BLOCKSPARSE_GLUON_TILES``: each warpgroup's products per step as one's at 64 keys), and with
+    32 queries a step under a cap of 168 registers (three programs an SM: its spills stay outside the loop)."""
     got = compiled[setting]
     assert got["schedule"] == ["qk", "qk", "wait 1", "exp", "pv", "wait 1", "pv"], got
     assert got["warnings"] == [] and got["waits"] <= 8, got
     assert got["spill_reloads"] == 0 and got["hgmma"] == hgmma, got
+    if setting.endswith("r168"):
+        assert got["registers"] <= 168, got
 
 
-@pytest.mark.parametrize("setting", ["dq 128 0", "dq 64 0"])
+@pytest.mark.parametrize("setting", ["dq 128 0", "dq 64 0", "dq 64 0 r128"])
 def test_dq_runs_its_exponentials_under_dp_without_spilling(compiled, setting):
     """The dQ loop: both score products, a wait leaving dP under the exponentials, dS, the dQ product left
-    running; at both head dims its full and partial loops in one kernel, nothing spilled or serialised."""
+    running; at both head dims its full and partial loops in one kernel, nothing spilled or serialised; also
+    with 32 keys a step under a cap of 128 registers (four programs an SM)."""
     got = compiled[setting]
     assert got["schedule"] == ["qk", "qk", "wait 1", "exp", "wait 0", "pv"], got
     assert got["warnings"] == [] and got["spill_stores"] == got["spill_loads"] == 0, got
+    assert got["registers"] <= (128 if setting.endswith("r128") else 255), got
 
 
 def test_partial_blocks_compile_alone(compiled):
@@ -86,7 +96,14 @@ def test_the_switches_name_bad_values_and_stay_off_without_a_gpu(monkeypatch):
     assert gluon_bwd.tiles("dkdv", 128) == gluon_bwd.DKDV_TILES[128] == (64, 64, 2, 4)
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_TILES", "dkdv:128x64s3w8")
     assert gluon_bwd.tiles("dkdv", 64) == (128, 64, 3, 8) and gluon_bwd.tiles("dq", 64) == (64, 64, 3, 4)
-    for bad in ("dkdv:64x64s3w8", "dq:64x48s2w4", "fwd:64x64s2w4", "dkdv:64x64s1w4"):
+    assert gluon_bwd.registers("dkdv", 64) is None and gluon_bwd.programs_per_sm("dkdv", 64) == 1
+    assert gluon_bwd.programs_per_sm("dq", 64) == 2
+    # a register cap: how many programs an SM holds (65,536 registers, 8 a thread at a time)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_TILES", "dkdv:64x32s4w4r168,dq:64x32s4w4r128")
+    assert gluon_bwd.tiles("dkdv", 64) == (64, 32, 4, 4) and gluon_bwd.registers("dkdv", 128) == 168
+    assert gluon_bwd.programs_per_sm("dkdv", 64) == 3 and gluon_bwd.programs_per_sm("dq", 64) == 4
+    for bad in ("dkdv:64x64s3w8", "dq:64x48s2w4", "fwd:64x64s2w4", "dkdv:64x64s1w4", "dq:64x32s4w4r300",
+                "dq:64x32s4w4r"):
         monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_TILES", bad)
         with pytest.raises(ValueError, match=f"GLUON_TILES: '{bad}' is not KERNEL:PxSsNwW"):
             gluon_bwd.tiles("dq", 64)

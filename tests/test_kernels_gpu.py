@@ -344,11 +344,13 @@ def test_direct_launches_give_triton_launches_bits(monkeypatch, mode):
     (torch.bfloat16, 128, "2", "3", ""), (torch.float16, 128, "1", "0", ""), (torch.bfloat16, 64, "1", "3", ""),
     (torch.float16, 64, "2", "0", ""),
     # 128 rows a program on two warpgroups: the fixed pattern's 128-blocks hold them, the 64-block cases keep Triton
-    (torch.bfloat16, 64, "1", "3", "dkdv:128x64s3w8,dq:128x64s3w8")])
+    (torch.bfloat16, 64, "1", "3", "dkdv:128x64s3w8,dq:128x64s3w8"),
+    # 32-row steps under a register cap (three dK/dV and four dQ programs an SM)
+    (torch.float16, 64, "1", "3", "dkdv:64x32s4w4r168,dq:64x32s4w4r128")])
 def test_gluon_backward_matches_the_reference_on_the_model_layout(dtype, dim, launches, split, tiles, monkeypatch):
     """MEGASTRIDE_BLOCKSPARSE_GLUON=1 on the H200: the backward of natural-order parts in Gluon
     (kernels/gluon_bwd.py; dK/dV in one launch or in two, whole columns or segments of 3 query blocks, the
-    default tiles or 128 rows on eight warps) gives the reference's gradients on the model's head views of
+    default tiles, 128 rows on eight warps or 32-row steps under a register cap) gives the reference's gradients on the model's head views of
     one (B, T, 3HD) product (row stride 3HD), batch 2, for the fixed pattern (one part: its window and
     summary blocks, the causal diagonal masked), the strided one on 64-blocks (its permuted part in Triton
     first, then the local band in Gluon adding to it) and fixed_per_head (several CSRs in one launch);
@@ -383,7 +385,7 @@ def test_gluon_backward_matches_the_reference_on_the_model_layout(dtype, dim, la
 
         taken.clear()
         got = grads(lambda *x: B.blocksparse_attention(*x, layout))
-        if tiles and block < 128:
+        if any(block % t for kern in ("dkdv", "dq") for t in G.tiles(kern, dim)[:2]):
             load_prev = []  # 64-blocks do not hold 128-row tiles: the Triton backward
         assert taken == load_prev, (pattern, taken)  # the natural part took Gluon, adding to an earlier one's sums
         again = grads(lambda *x: B.blocksparse_attention(*x, layout))
