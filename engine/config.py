@@ -203,6 +203,10 @@ class TrainConfig(_Strict):
     # recompute work that fits (engine.plan.choose_recompute); none on a CPU and where it cannot work
     # (keep_attention_conflict)
     keep_attention: bool | int | Literal["auto"] = "auto"
+    # the kept attention outputs wait in host memory beside the block inputs (needs cpu_checkpointing): out
+    # after each block's forward, back with its input for the recompute (prefetched under offload_overlap),
+    # so keeping them costs the GPU one or two blocks' outputs at a time instead of one per keeping block
+    offload_attention: bool = False
     # GB per GPU that checkpoint_blocks / keep_attention "auto" may plan for: the planned peak fits in at
     # most this, and in at most 90% of the GPU (80% with host offload) whichever is less; null = the GPU's
     # share alone. For a job that must leave room (a 60 GB bound, a shared GPU); the planner's peaks came
@@ -246,6 +250,12 @@ class TrainConfig(_Strict):
         if asked and conflict:
             raise ValueError(f"train.keep_attention does not combine with {conflict} (recomputed blocks keep "
                              "attention outputs only when recomputed one at a time by BlockCheckpoint)")
+        if self.offload_attention and not self.cpu_checkpointing:
+            raise ValueError("train.offload_attention needs train.cpu_checkpointing = true (the kept attention "
+                             "outputs go to host memory with the block inputs)")
+        if self.offload_attention and self.keep_attention in (False, 0):
+            raise ValueError("train.offload_attention needs kept attention outputs: train.keep_attention is "
+                             f"{self.keep_attention} (true, a count, or auto)")
         return self
 
 

@@ -75,6 +75,17 @@ def _draws_random(block) -> bool:
     return any(m.training for m in _RANDOM[block])
 
 
+def _memory_order(t: torch.Tensor) -> list[int]:
+    """The dimension order in which ``t``'s elements lie in memory (outermost first), where ``t`` is dense
+    (no gaps or overlaps); else its own order (a copy then comes back contiguous)."""
+    order = sorted(range(t.dim()), key=lambda i: (-t.stride(i), -t.size(i)))
+    return order if t.permute(order).is_contiguous() else list(range(t.dim()))
+
+
+def _inverse(order: list[int]) -> list[int]:
+    return sorted(range(len(order)), key=order.__getitem__)
+
+
 def _keeping(store: list | None, reuse: bool = False):
     """``kernels.attention.kept_attention`` on ``store``; nothing where the block keeps no attention."""
     return contextlib.nullcontext() if store is None else kept_attention(store, reuse)
@@ -104,15 +115,19 @@ class BlockCheckpoint(torch.autograd.Function):
 
     With ``keep_attention`` (``train.keep_attention``) the block's attention outputs and log-sum-exps
     from the forward pass stay on the device until its backward, and the recompute reuses them instead
-    of running the attention forward again (Triton path; ``kernels.attention.kept_attention``).
+    of running the attention forward again (Triton path; ``kernels.attention.kept_attention``). With
+    ``kept_on_host`` as well (``train.offload_attention``, under offload) they go to host memory beside the
+    input, by the same copies: out after the block's forward, back with the input (prefetched with it
+    under ``overlap``), so a kept output costs the GPU nothing between the two passes.
     """
 
     @staticmethod
     def forward(ctx, block, x: torch.Tensor, overlap: bool = False, offload: bool = True,
-                keep_attention: bool = False) -> torch.Tensor:
+                keep_attention: bool = False, kept_on_host: bool = False) -> torch.Tensor:
         ctx.block, ctx.device = block, x.device
         ctx.kept = [] if keep_attention else None
         ctx.on_host = ctx.fetched = ctx.prefetched = None
+        ctx.kept_host = ctx.kept_prefetched = None
         ctx.cpu_rng = ctx.cuda_rng = None
         if _draws_random(block):  # replayed in backward so dropout masks match
             if x.is_cuda and torch.cuda.is_current_stream_capturing():
@@ -143,7 +158,57 @@ class BlockCheckpoint(torch.autograd.Function):
         if overlap:
             _chain(x.device).push(ctx)
         with torch.no_grad(), _keeping(ctx.kept):
-            return block(x)
+            out = block(x)
+        if kept_on_host and ctx.kept:
+            BlockCheckpoint._kept_to_host(ctx)
+        return out
+
+    @staticmethod
+    def _kept_to_host(ctx) -> None:
+        """ctx's kept attention outputs into (pinned) host memory, as its input went: on the side stream
+        after the block's kernels under overlap (their device memory reused only once the copy has read it),
+        else in order on the compute stream; the device tensors are dropped. Each keeps its strides (the
+        attention output is a head view of a (B, T, H, D) buffer) by going in its memory order."""
+        tensors = [t for pair in ctx.kept for t in pair]
+        cuda = ctx.device.type == "cuda"
+        orders = [_memory_order(t) for t in tensors]
+        sources = [t.permute(order) for t, order in zip(tensors, orders)]
+        host = [torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=cuda) for t in sources]
+        if ctx.overlap and cuda:
+            stream = _copy_stream(ctx.device)
+            stream.wait_stream(torch.cuda.current_stream(ctx.device))  # the block's outputs are complete
+            with torch.cuda.stream(stream):
+                for h, t in zip(host, sources):
+                    h.copy_(t, non_blocking=True)
+                ctx.on_host = torch.cuda.Event()  # after the input's copy on the same stream: covers both
+                ctx.on_host.record(stream)
+            for t in tensors:
+                t.record_stream(stream)
+        else:
+            for h, t in zip(host, sources):
+                h.copy_(t, non_blocking=cuda)
+        ctx.kept_host, ctx.kept = list(zip(host, orders)), None
+
+    @staticmethod
+    def _kept_back(ctx, blocking: bool = False) -> list[torch.Tensor]:
+        """The host copies of ctx's kept outputs on its device again, each in its original strides."""
+        return [h.to(ctx.device, non_blocking=not blocking).permute(_inverse(order)) for h, order in ctx.kept_host]
+
+    @staticmethod
+    def _fetch_kept(ctx) -> list | None:
+        """ctx's kept attention outputs on its device, as (output, lse) pairs: kept there, prefetched
+        (``_fetch`` waited for that copy), or copied back now (after ``_fetch``, which waited for the copies
+        out)."""
+        if ctx.kept_host is None:
+            return ctx.kept
+        tensors, ctx.kept_prefetched = ctx.kept_prefetched, None
+        if tensors is None:
+            tensors = BlockCheckpoint._kept_back(ctx)
+        elif ctx.device.type == "cuda":  # allocated on the copy stream, used on this one
+            current = torch.cuda.current_stream(ctx.device)
+            for t in tensors:
+                t.record_stream(current)
+        return [(tensors[i], tensors[i + 1]) for i in range(0, len(tensors), 2)]
 
     @staticmethod
     def _fetch(ctx) -> torch.Tensor:
@@ -166,14 +231,17 @@ class BlockCheckpoint(torch.autograd.Function):
         """Start copying ctx's input back (side stream on a GPU) for when its backward comes."""
         if ctx.prefetched is not None or ctx.host is None:
             return
+        kept = ctx.kept_host is not None
         if ctx.device.type == "cuda":
-            stream = _copy_stream(ctx.device)  # after ctx's copy out: same stream
+            stream = _copy_stream(ctx.device)  # after ctx's copies out: same stream
             with torch.cuda.stream(stream):
                 ctx.prefetched = ctx.host.to(ctx.device, non_blocking=True)
+                ctx.kept_prefetched = BlockCheckpoint._kept_back(ctx) if kept else None
                 ctx.fetched = torch.cuda.Event()
                 ctx.fetched.record(stream)
         else:
             ctx.prefetched = ctx.host.to(ctx.device)
+            ctx.kept_prefetched = BlockCheckpoint._kept_back(ctx, blocking=True) if kept else None
         _chain(ctx.device).prefetched += 1
 
     @staticmethod
@@ -191,11 +259,11 @@ class BlockCheckpoint(torch.autograd.Function):
                     torch.cuda.set_rng_state(ctx.cuda_rng, ctx.device)
             for kind, dtype in ctx.autocast:
                 stack.enter_context(torch.autocast(kind, dtype=dtype))
-            stack.enter_context(_keeping(ctx.kept, reuse=True))
+            stack.enter_context(_keeping(BlockCheckpoint._fetch_kept(ctx), reuse=True))
             out = ctx.block(x)
         torch.autograd.backward(out, grad)
-        ctx.host = ctx.block = ctx.kept = None
-        return None, x.grad, None, None, None
+        ctx.host = ctx.block = ctx.kept = ctx.kept_host = None
+        return None, x.grad, None, None, None, None
 
 
 class Segment:
@@ -274,8 +342,9 @@ def _block_runner(train: TrainConfig, keep: bool = False):
     the block keeps its attention outputs for its recompute (BlockCheckpoint's runners only: the others are
     ruled out beside train.keep_attention by keep_attention_conflict)."""
     if train.cpu_checkpointing:
-        overlap = train.offload_overlap
-        return lambda fn, x: BlockCheckpoint.apply(fn, x, overlap, True, keep) if torch.is_grad_enabled() else fn(x)
+        overlap, host = train.offload_overlap, keep and train.offload_attention
+        return lambda fn, x: BlockCheckpoint.apply(fn, x, overlap, True, keep, host) if torch.is_grad_enabled() \
+            else fn(x)
     if train.partition_activations:
         import deepspeed
 

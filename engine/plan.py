@@ -418,6 +418,7 @@ class Plan:
     # the first step on lengths not autotuned before: the phase where autotuning's saved outputs add
     # the most, and its items (empty where no launch saves anything; see autotune_saved_bytes)
     first_step_phase: str = ""
+    kept_on_host: bool = False  # the kept attention outputs wait in host memory (train.offload_attention)
     first_step: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -468,7 +469,8 @@ class Plan:
         """Human-readable summary: the peak's items, the other phases, host bytes, FLOPs."""
         head = (f"plan: n={self.seq_len:,} x {self.micro_batch} seq/micro-batch x {self.grad_accum} accum, "
                 f"world {self.world_size}, {self.runtime} {self.precision}, ZeRO {self.zero_stage}, "
-                f"recompute {self.recompute}{_comma(kept_words(self.keep_attention, self.checkpoint_blocks))}")
+                f"recompute {self.recompute}"
+                f"{_comma(kept_words(self.keep_attention, self.checkpoint_blocks, self.kept_on_host))}")
         lines = [head, f"params {self.params / 1e6:.1f}M ({self.non_embedding_params / 1e6:.1f}M non-embedding); "
                        f"attention density {self.density:.4f} of causal", "",
                  f"per-GPU memory at the peak ({self.peak_phase}):"]
@@ -532,12 +534,18 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     host_inputs = recomputed > 0 and t.cpu_checkpointing  # BlockCheckpoint: either runtime
     group = t.checkpoint_group if recomputed else 1
     kept = batch * model.seq_len * kept_attention_bytes(model, prec, model.seq_len) if keep else 0.0
+    # train.offload_attention: the kept outputs wait in host memory; the GPU holds one block's at a time, two
+    # under offload_overlap (one copied out while the next block runs; one prefetched beside the one in use)
+    on_host = bool(host_inputs and t.offload_attention and kept)
+    live = min(keep, 2 if t.offload_overlap else 1) if on_host else keep
     phases, first = _phases(model, recomputed, prec, params, weights, stats.nbytes, batch * model.seq_len, runtime,
-                            host_inputs, group, host_inputs and t.offload_overlap, kept, keep)
+                            host_inputs, group, host_inputs and t.offload_overlap, kept, live)
     first_phase = max(first, key=lambda p: sum(first[p].values()), default="")
     if host_inputs:  # BlockCheckpoint: every segment input waits in (pinned) host memory
         segments = -(-recomputed // group)
         cpu["block inputs"] = float(segments * batch * model.seq_len * prec.residual * model.d_model)
+    if on_host:
+        cpu["kept attention outputs"] = float(keep * kept)
     pairs = sum(sum(layer) for layer in stats.pairs)
     causal = model.n_layers * model.n_heads * model.seq_len * (model.seq_len + 1) / 2
     result = Plan(
@@ -548,7 +556,7 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
         params=params.total, non_embedding_params=params.non_embedding, phases=phases, cpu=cpu,
         flops=step_flops(model, params, stats.pairs, model.seq_len, batch * t.grad_accum),
         attention_pairs=pairs, density=pairs / causal, layout_bytes=stats.nbytes, notes=_notes(cfg, runtime, world_size),
-        first_step_phase=first_phase, first_step=first.get(first_phase, {}),
+        first_step_phase=first_phase, first_step=first.get(first_phase, {}), kept_on_host=on_host,
     )
     if auto_blocks or (auto_keep and recomputed):
         result.notes.append(_auto_note(result, auto_blocks, auto_keep, keep_attention_conflict(t),
@@ -586,13 +594,15 @@ def kept_attention_blocks(train: TrainConfig, recomputed: int) -> int:
     return min(keep, recomputed)
 
 
-def kept_words(kept: int, recomputed: int) -> str:
+def kept_words(kept: int, recomputed: int, on_host: bool = False) -> str:
     """``kept`` of the ``recomputed`` blocks keeping their attention outputs, in words: "attention outputs
-    kept" (every one), "attention outputs kept in 21 of 30 recomputed blocks", or "" (none)."""
+    kept" (every one), "attention outputs kept in 21 of 30 recomputed blocks", or "" (none); ``on_host``
+    (train.offload_attention) adds " in host memory"."""
     if not kept:
         return ""
     return "attention outputs kept" + ("" if kept == recomputed else
-                                       f" in {kept} of {recomputed} recomputed blocks")
+                                       f" in {kept} of {recomputed} recomputed blocks") \
+        + (" in host memory" if on_host else "")
 
 
 def _comma(words: str) -> str:
@@ -702,7 +712,8 @@ def _auto_note(p: Plan, blocks: bool, keep: bool, conflict: str | None, budget: 
     keys = ", ".join(f"train.{key}=auto" for key, on in (("checkpoint_blocks", blocks), ("keep_attention", keep)) if on)
     head = f"{keys}: {p.checkpoint_blocks} of {p.n_layers} blocks recomputed"
     if keep or p.keep_attention:
-        head += ", " + (kept_words(p.keep_attention, p.checkpoint_blocks) or "attention outputs not kept")
+        head += ", " + (kept_words(p.keep_attention, p.checkpoint_blocks, p.kept_on_host)
+                        or "attention outputs not kept")
     if keep and conflict:  # no choice: as an explicit false
         head, keep = head + f" (not with {conflict})", False
         if not blocks:

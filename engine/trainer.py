@@ -148,7 +148,7 @@ def plan_note(cfg: Config, world: int, gpu_bytes: float, p=None) -> str:
         recompute = (f"recompute {p.checkpoint_blocks} of {p.n_layers} blocks (train.checkpoint_blocks=auto: "
                      f"{rule if fits else 'even so over'} {share})")
     if p.keep_attention:  # e.g. "attention outputs kept in 21 of 30 recomputed blocks"
-        recompute += (", " + planner.kept_words(p.keep_attention, p.checkpoint_blocks)
+        recompute += (", " + planner.kept_words(p.keep_attention, p.checkpoint_blocks, p.kept_on_host)
                       + (" (train.keep_attention=auto)" if t.keep_attention == "auto" else ""))
     note = (f"plan: peak {p.peak_bytes / 1e9:.1f} GB per GPU of {gpu_bytes / 1e9:.0f} GB, {recompute}"
             + (f", host {p.host_bytes / 1e9:.1f} GB per rank" if p.host_bytes else "")

@@ -477,6 +477,41 @@ def test_host_inputs_at_1m_keep_as_many_outputs_as_fit_in_60_gb():
     assert "recompute every block, attention outputs kept in 20 of 30 recomputed blocks" in auto.table()
 
 
+def test_kept_outputs_in_host_memory_at_1m_leave_the_gpu_two_blocks_of_them():
+    """train.offload_attention at the same point: the kept outputs wait in host memory, the GPU holds two
+    blocks' at a time (one copied out or prefetched beside the one in use, under offload_overlap; one
+    without it), so auto keeps them in every recomputed block within 60 GB (no attention forward
+    recomputed), plans their bytes in host memory and says where they are."""
+    base = load_config(ROOT / "configs" / "enwik8.yaml",
+                       ["model.seq_len=1048576", "model.attention.layers=['fixed(auto,128)']", "train.precision=bf16",
+                        "train.checkpoint_blocks=30", "train.cpu_checkpointing=true", "train.offload_overlap=true"])
+    host = _with_host(base, True)
+
+    def plan(cfg, keep, gpu=None):
+        return planner.plan(_with_keep(cfg, keep), runtime="torch", gpu_bytes=gpu)
+
+    none, every = plan(base, False), plan(base, True)
+    per_block = (every.peak_bytes - none.peak_bytes) / 30
+    hosted = plan(host, True)
+    assert hosted.kept_on_host and not every.kept_on_host
+    assert hosted.peak_bytes == pytest.approx(none.peak_bytes + 2 * per_block)
+    assert hosted.cpu["kept attention outputs"] == pytest.approx(30 * per_block, rel=0.01)
+    assert "kept attention outputs" not in every.cpu
+    in_order = plan(_with_host(base, True, offload_overlap=False), True)  # copies in order: one block's
+    assert in_order.peak_bytes < hosted.peak_bytes
+    auto = plan(host, "auto", 75e9)
+    assert auto.keep_attention == auto.checkpoint_blocks and auto.peak_bytes < 60e9
+    assert planner.recompute_flops(base.model, planner.count_params(base.model),
+                                   planner.layout_stats(base.model, base.model.seq_len).pairs,
+                                   auto.checkpoint_blocks, auto.keep_attention) == pytest.approx(
+        2.0 * planner.count_params(base.model).per_block * base.model.seq_len * auto.checkpoint_blocks)
+    assert "attention outputs kept in host memory" in auto.table()
+
+
+def _with_host(cfg, on: bool, **train):
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"offload_attention": on, **train})})
+
+
 def test_auto_keep_is_false_where_it_cannot_work():
     """keep_attention "auto" resolves false under train.compile, partition_activations and checkpoint_group > 1
     (torch's or DeepSpeed's checkpoint, not BlockCheckpoint), where an explicit true is a config error."""
@@ -534,8 +569,8 @@ def _keeps_handed_to_block_checkpoint(cfg) -> list[bool]:
     """The keep_attention each BlockCheckpoint call of one forward pass gets, in block order."""
     seen = []
 
-    def apply(fn, x, overlap, offload, keep):
-        seen.append(keep)
+    def apply(fn, x, overlap, offload, keep, on_host=False):
+        seen.append((keep, on_host) if on_host else keep)
         return fn(x)
 
     model = _wrapped(cfg)
@@ -557,6 +592,9 @@ def test_exactly_the_first_c_recomputed_blocks_keep_their_attention(runner):
              ({"keep_attention": 2, "checkpoint_blocks": 2}, [True, True])]
     for train, expected in cases:
         assert _keeps_handed_to_block_checkpoint(_config(**train, **RUNNERS[runner])) == expected, train
+    if runner != "device":  # under cpu_checkpointing: the keeping blocks' outputs to host memory as well
+        hosted = _keeps_handed_to_block_checkpoint(_config(keep_attention=2, offload_attention=True, **RUNNERS[runner]))
+        assert hosted == [(True, True), (True, True), False, False]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the interpreter on numpy 2

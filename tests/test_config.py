@@ -40,6 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
      "train.keep_attention: expected true, false, auto or a number of blocks >= 0, got 2.0"),
     ({"train": {"keep_attention": None}},
      "train.keep_attention: expected true, false, auto or a number of blocks >= 0, got None"),
+    ({"train": {"offload_attention": True}}, "train.offload_attention needs train.cpu_checkpointing = true"),
+    ({"train": {"offload_attention": True, "cpu_checkpointing": True, "keep_attention": False}},
+     "train.offload_attention needs kept attention outputs: train.keep_attention is False"),
+    ({"train": {"offload_attention": True, "cpu_checkpointing": True, "keep_attention": 0}},
+     "train.offload_attention needs kept attention outputs: train.keep_attention is 0"),
+    ({"train": {"offload_attention": "yes"}}, "train.offload_attention: Input should be a valid boolean"),
 ])
 def test_errors_name_the_key(tree, message):
     """Unknown keys, wrong types and impossible shapes give one line that names the problem."""

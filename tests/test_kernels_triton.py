@@ -1287,11 +1287,14 @@ def test_tma_scratch_allocator_is_set_only_where_none_is():
     assert not blocksparse._has_tma(torch.zeros(1))
 
 
-@pytest.mark.parametrize("offload", [False, True])
+@pytest.mark.parametrize("offload", [False, True, "attention", "attention-overlap"])
 def test_recomputed_blocks_reuse_their_kept_attention_outputs(offload, monkeypatch):
     """train.keep_attention: recomputed blocks keep their attention outputs and log-sum-exps from the
     forward pass, and their recompute launches no attention forward; loss and every gradient equal the
-    plain recompute's exactly (the same kernels on the same inputs)."""
+    plain recompute's exactly (the same kernels on the same inputs). With train.offload_attention the kept
+    pairs wait in host memory between the passes (the block's store emptied, host copies in the head view's
+    strides) and come back with the block's input (prefetched under offload_overlap)."""
+    from megastride.engine import parallel
     from megastride.engine.config import config_from_dict
     from megastride.engine.model import SparseTransformer
     from megastride.engine.parallel import apply_activation_checkpointing
@@ -1300,13 +1303,24 @@ def test_recomputed_blocks_reuse_their_kept_attention_outputs(offload, monkeypat
     model_cfg = {"seq_len": 128, "d_model": 64, "n_layers": 3, "n_heads": 2,
                  "attention": {"block": 32, "layers": ["fixed(64,16)", "strided(16)"]}}
     idx = torch.randint(0, 256, (2, 129), generator=torch.Generator().manual_seed(1))
-    forwards = []
-    real_forward = blocksparse._forward
+    forwards, held = [], []
+    real_forward, real_apply = blocksparse._forward, parallel.BlockCheckpoint.forward
     monkeypatch.setattr(blocksparse, "_forward", lambda *a: forwards.append(1) or real_forward(*a))
 
+    def block_forward(ctx, *args):  # what each block holds between the passes
+        out = real_apply(ctx, *args)
+        held.append((ctx.kept, ctx.kept_host))
+        return out
+
+    monkeypatch.setattr(parallel.BlockCheckpoint, "forward", staticmethod(block_forward))
+    host = offload in ("attention", "attention-overlap")
+    train = {"cpu_checkpointing": bool(offload), "offload_attention": host,
+             "offload_overlap": offload == "attention-overlap"}
+
     def run(keep):
+        held.clear()
         cfg = config_from_dict({"model": model_cfg, "train": {"checkpoint_blocks": 2, "keep_attention": keep,
-                                                               "cpu_checkpointing": offload}})
+                                                               **(train if keep else train | {"offload_attention": False})}})
         torch.manual_seed(0)
         model = SparseTransformer(cfg.model)
         apply_activation_checkpointing(model, cfg.train)
@@ -1316,8 +1330,17 @@ def test_recomputed_blocks_reuse_their_kept_attention_outputs(offload, monkeypat
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, len(forwards)
 
     loss, grads, launched = run(keep=True)
+    kept = list(held)
     ref_loss, ref_grads, ref_launched = run(keep=False)
     assert (launched, ref_launched) == (3, 5)  # three layers' forwards; two recomputed ones again without keeping
+    assert len(kept) == 2
+    for store, on_host in kept:
+        if host:  # an (output, lse) pair a block, in host memory: the output a (B, H, T, D) view of (B, T, H, D)
+            assert store is None and len(on_host) == 2
+            (out, out_order), (lse, lse_order) = on_host
+            assert out.shape == (2, 128, 2, 32) and out_order == [0, 2, 1, 3] and lse.shape == (2, 2, 128)
+        else:
+            assert len(store) == 1 and on_host is None
     assert torch.equal(loss, ref_loss)
     for name, g in ref_grads.items():
         assert torch.equal(grads[name], g), name
