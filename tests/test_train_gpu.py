@@ -111,3 +111,45 @@ def test_kept_attention_gives_the_plain_recomputes_gradients_on_the_gpu():
     for a, b, c in zip(got, part, ref):
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(b, c, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_kept_attention_in_host_memory_gives_the_same_gradients_on_the_gpu(overlap):
+    """train.offload_attention on CUDA (block inputs in pinned host memory, their copies on a side stream
+    with offload_overlap, in order without): the kept pairs leave the GPU after each block's forward (after
+    the forward pass, allocated memory is at least three blocks' pairs below the same run keeping them on
+    the GPU) and come back for the recompute: loss equal and gradients equal to the on-GPU keep's."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from megastride.engine import parallel
+    from megastride.engine.config import config_from_dict
+    from megastride.engine.model import SparseTransformer
+
+    n, d, heads = 32768, 512, 8
+    pair = n * d * 2 + heads * n * 4  # a block's bf16 output and fp32 log-sum-exps
+
+    def run(on_host):
+        cfg = config_from_dict({"model": {"seq_len": n, "d_model": d, "n_layers": 4, "n_heads": heads,
+                                          "attention": {"block": 128, "layers": ["fixed(1024,128)", "strided(128)"]}},
+                                "train": {"keep_attention": True, "cpu_checkpointing": True,
+                                          "offload_overlap": overlap, "offload_attention": on_host}})
+        torch.manual_seed(0)
+        model = SparseTransformer(cfg.model).cuda()
+        parallel.apply_activation_checkpointing(model, cfg.train)
+        idx = torch.randint(0, 256, (1, n + 1), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(idx[:, :-1], idx[:, 1:])
+        torch.cuda.synchronize()
+        held = torch.cuda.memory_allocated()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()], held
+
+    run(False)  # autotuning happens here
+    ref_loss, ref, on_gpu = run(False)
+    loss, got, on_host = run(True)
+    assert loss == ref_loss
+    assert on_host <= on_gpu - 3 * pair, (on_host, on_gpu, pair)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
