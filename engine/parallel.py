@@ -190,9 +190,10 @@ class BlockCheckpoint(torch.autograd.Function):
         ctx.kept_host, ctx.kept = list(zip(host, orders)), None
 
     @staticmethod
-    def _kept_back(ctx, blocking: bool = False) -> list[torch.Tensor]:
-        """The host copies of ctx's kept outputs on its device again, each in its original strides."""
-        return [h.to(ctx.device, non_blocking=not blocking).permute(_inverse(order)) for h, order in ctx.kept_host]
+    def _kept_back(ctx) -> list[torch.Tensor]:
+        """The host copies of ctx's kept outputs on its device again (on the current stream), each in its
+        original strides."""
+        return [h.to(ctx.device, non_blocking=True).permute(_inverse(order)) for h, order in ctx.kept_host]
 
     @staticmethod
     def _fetch_kept(ctx) -> list | None:
@@ -241,7 +242,7 @@ class BlockCheckpoint(torch.autograd.Function):
                 ctx.fetched.record(stream)
         else:
             ctx.prefetched = ctx.host.to(ctx.device)
-            ctx.kept_prefetched = BlockCheckpoint._kept_back(ctx, blocking=True) if kept else None
+            ctx.kept_prefetched = BlockCheckpoint._kept_back(ctx) if kept else None
         _chain(ctx.device).prefetched += 1
 
     @staticmethod
