@@ -172,6 +172,24 @@ def _descriptors(Q, K, V, DO, batch, head, stride_qb, stride_qh, stride_qt, stri
 
 
 @gluon.jit
+def _program_setup(Q, K, V, DO, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, stride_qb, stride_qh, stride_qt,
+                   stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
+                   stride_lb, stride_lh, part_heads, batch_heads, num_blocks, order_len, BLOCK: gl.constexpr,
+                   TILE: gl.constexpr, NCOMP: gl.constexpr, D: gl.constexpr, Q_ROWS: gl.constexpr,
+                   K_ROWS: gl.constexpr, smem: gl.constexpr):
+    """What both kernels start from: the program's item (``_program_item``, tiles of TILE rows), LSE and
+    DELTA at its batch x head, and the TMA descriptors of its head's Q, dO (Q_ROWS-row boxes) and K, V
+    (K_ROWS)."""
+    batch, head, csr, block, first, min_off, codes, slot, bh = _program_item(
+        HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len, BLOCK, TILE, NCOMP)
+    qd, dod, kd, vd = _descriptors(Q, K, V, DO, batch, head, stride_qb, stride_qh, stride_qt, stride_kb, stride_kh,
+                                   stride_kt, stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
+                                   num_blocks * BLOCK, D, Q_ROWS, K_ROWS, smem)
+    rows = batch * stride_lb + head * stride_lh
+    return batch, head, csr, block, first, min_off, codes, slot, bh, LSE + rows, DELTA + rows, qd, dod, kd, vd
+
+
+@gluon.jit
 def _issue(ad, bd, a_smem, b_smem, bars, start, slot):
     """TMA loads of a step's two tiles (rows start..) into ``slot`` of the ring, on that slot's barrier."""
     mbarrier.expect(bars.index(slot), ad.block_type.nbytes + bd.block_type.nbytes)
@@ -375,15 +393,11 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_
     gl.static_assert(STAGES >= 2, "the ring needs two slots: step t's loads land while step t-1's products run")
     dtype: gl.constexpr = Q.dtype.element_ty
     SUB: gl.constexpr = BLOCK // BLOCK_M  # steps a list entry
-    batch, head, csr, col_block, first_col, min_off, codes, slot, bh = _program_item(
-        HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len, BLOCK, BLOCK_N, NCOMP)
-    n = num_blocks * BLOCK
-    LSE += batch * stride_lb + head * stride_lh
-    DELTA += batch * stride_lb + head * stride_lh
     smem: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=2)
-    qd, dod, kd, vd = _descriptors(Q, K, V, DO, batch, head, stride_qb, stride_qh, stride_qt, stride_kb, stride_kh,
-                                   stride_kt, stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
-                                   n, D, BLOCK_M, BLOCK_N, smem)
+    (batch, head, csr, col_block, first_col, min_off, codes, slot, bh, LSE, DELTA, qd, dod, kd, vd) = _program_setup(
+        Q, K, V, DO, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, stride_qb, stride_qh, stride_qt, stride_kb,
+        stride_kh, stride_kt, stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot, stride_lb,
+        stride_lh, part_heads, batch_heads, num_blocks, order_len, BLOCK, BLOCK_N, NCOMP, D, BLOCK_M, BLOCK_N, smem)
 
     # S^T and dP^T: (BLOCK_N keys, BLOCK_M queries); dK, dV: (BLOCK_N, D); P^T and dS^T as the A operand
     layouts: gl.constexpr = mma_layouts(num_warps, BLOCK_M, D)
@@ -447,15 +461,11 @@ def _dq_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, C
     gl.static_assert(STAGES >= 2, "the ring needs two slots: step t's loads land while step t-1's products run")
     dtype: gl.constexpr = Q.dtype.element_ty
     SUB: gl.constexpr = BLOCK // BLOCK_N  # steps a list entry
-    batch, head, csr, row_block, first_row, min_off, codes, slot, bh = _program_item(
-        HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len, BLOCK, BLOCK_M, NCOMP)
-    n = num_blocks * BLOCK
-    LSE += batch * stride_lb + head * stride_lh
-    DELTA += batch * stride_lb + head * stride_lh
     smem: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=2)
-    qd, dod, kd, vd = _descriptors(Q, K, V, DO, batch, head, stride_qb, stride_qh, stride_qt, stride_kb, stride_kh,
-                                   stride_kt, stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
-                                   n, D, BLOCK_M, BLOCK_N, smem)
+    (batch, head, csr, row_block, first_row, min_off, codes, slot, bh, LSE, DELTA, qd, dod, kd, vd) = _program_setup(
+        Q, K, V, DO, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, stride_qb, stride_qh, stride_qt, stride_kb,
+        stride_kh, stride_kt, stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot, stride_lb,
+        stride_lh, part_heads, batch_heads, num_blocks, order_len, BLOCK, BLOCK_M, NCOMP, D, BLOCK_M, BLOCK_N, smem)
     layouts: gl.constexpr = mma_layouts(num_warps, BLOCK_N, D)
     s_layout: gl.constexpr = layouts[0]
     o_layout: gl.constexpr = layouts[1]
