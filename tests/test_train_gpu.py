@@ -119,6 +119,8 @@ def test_kept_attention_in_host_memory_gives_the_same_gradients_on_the_gpu(overl
     with offload_overlap, in order without): the kept pairs leave the GPU after each block's forward (after
     the forward pass, allocated memory is at least three blocks' pairs below the same run keeping them on
     the GPU) and come back for the recompute: loss equal and gradients equal to the on-GPU keep's."""
+    import gc
+
     import torch
 
     if not torch.cuda.is_available():
@@ -131,6 +133,8 @@ def test_kept_attention_in_host_memory_gives_the_same_gradients_on_the_gpu(overl
     pair = n * d * 2 + heads * n * 4  # a block's bf16 output and fp32 log-sum-exps
 
     def run(on_host):
+        gc.collect()  # an earlier run's model, if a reference cycle still holds it, is not counted
+        before = torch.cuda.memory_allocated()
         cfg = config_from_dict({"model": {"seq_len": n, "d_model": d, "n_layers": 4, "n_heads": heads,
                                           "attention": {"block": 128, "layers": ["fixed(1024,128)", "strided(128)"]}},
                                 "train": {"keep_attention": True, "cpu_checkpointing": True,
@@ -142,7 +146,7 @@ def test_kept_attention_in_host_memory_gives_the_same_gradients_on_the_gpu(overl
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model(idx[:, :-1], idx[:, 1:])
         torch.cuda.synchronize()
-        held = torch.cuda.memory_allocated()
+        held = torch.cuda.memory_allocated() - before  # this run's own tensors after its forward pass
         loss.backward()
         return loss.item(), [p.grad.clone() for p in model.parameters()], held
 
