@@ -539,7 +539,7 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     on_host = bool(host_inputs and t.offload_attention and kept)
     live = min(keep, 2 if t.offload_overlap else 1) if on_host else keep
     phases, first = _phases(model, recomputed, prec, params, weights, stats.nbytes, batch * model.seq_len, runtime,
-                            host_inputs, group, host_inputs and t.offload_overlap, kept, live)
+                            host_inputs, group, host_inputs and t.offload_overlap, kept, live, on_host)
     first_phase = max(first, key=lambda p: sum(first[p].values()), default="")
     if host_inputs:  # BlockCheckpoint: every segment input waits in (pinned) host memory
         segments = -(-recomputed // group)
@@ -802,7 +802,7 @@ def _weight_bytes(cfg: Config, n_params: int, prec: Precision, runtime: str, wor
 def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamCount, weights: dict,
             layout_bytes: int, tokens: int, runtime: str, host_inputs: bool = False,
             group: int = 1, prefetch: bool = False, kept: float = 0.0,
-            keeping: int = 0) -> dict[str, dict[str, float]]:
+            keeping: int = 0, kept_on_host: bool = False) -> dict[str, dict[str, float]]:
     """Allocated bytes at forward end, loss backward, first and last block backward, optimizer step.
 
     recomputed: the first k blocks are recomputed (train.checkpoint_blocks); the other L - k keep
@@ -817,6 +817,10 @@ def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamC
     kept: bytes each block that keeps its attention outputs (train.keep_attention) holds for its backward;
     keeping: how many do, the first ones of the k recomputed (``kept_attention_blocks``): all of them live
     from the forward until the recomputed blocks' backward, the first block's (a keeping one) last.
+    kept_on_host (train.offload_attention): they wait in host memory, ``keeping`` of them on the GPU while
+    the forward pass copies them out and the recomputed blocks' backward copies them back; none between the
+    two (the loss's backward, the backward of the blocks not recomputed): the copies out end under the last
+    blocks' forward, and the first copy back starts with the last recomputed block's backward.
     """
     L, d = model.n_layers, model.d_model
     resid = tokens * prec.residual * d  # one (B, T, D) residual
@@ -858,12 +862,13 @@ def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamC
     def working(recompute: bool) -> dict:  # noqa: E306 - the worse of the two halves
         return max(halves(recompute), key=lambda items: sum(items.values()))
     outputs = {"kept attention outputs": keeping * kept} if kept and keeping else {}
+    between = {} if kept_on_host else outputs  # from the forward's end to the first recomputed block's backward
     recomputing = {"block inputs": worst} | working(True) | {"autocast weight copies": 0.0} | outputs
     if kept_blocks == 0:
         last = recomputing
     else:  # a kept block: nothing recomputed yet, every kept activation live
         last = ({"block inputs": inputs} if k else {}) | {"saved activations": saved} | working(False) \
-            | {"autocast weight copies": kept_cast} | outputs
+            | {"autocast weight copies": kept_cast} | between
     first = {"block inputs": min(group, k) * resid} if k else {"saved activations": resid + block}
     if outputs:
         first["kept attention outputs"] = kept
@@ -871,7 +876,7 @@ def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamC
         "forward": static | g(0) | {"activations": kept_acts + hidden, "loss (chunked)": chunk,
                                     "autocast weight copies": cast} | outputs,
         "loss backward": static | g(0) | {"activations": kept_acts + 2 * hidden, "loss (chunked)": 2 * chunk,
-                                          "autocast weight copies": kept_cast} | outputs,
+                                          "autocast weight copies": kept_cast} | between,
         "backward, last block": static | g(0) | last,
     }
     if 0 < k < L:
