@@ -292,6 +292,10 @@ OUR_VARIANTS = {
     # step, and three dQ programs of 64 x 64 (occ3) or four of 64 queries, 32 keys a step (occ4)
     "gluonocc3": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1",
                   "MEGASTRIDE_BLOCKSPARSE_GLUON_TILES": "dkdv:64x32s4w4r168,dq:64x64s3w4r168"},
+    # the forward of natural-order parts in Gluon (blocksparse.gluon_forward; off by default), with the default
+    # backward, or in one launch a part (gluon_fwd.launches)
+    "gluonfwd": {"MEGASTRIDE_BLOCKSPARSE_GLUON_FWD": "1"},
+    "gluonfwd1": {"MEGASTRIDE_BLOCKSPARSE_GLUON_FWD": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_FWD_LAUNCHES": "1"},
     "gluonocc4": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1",
                   "MEGASTRIDE_BLOCKSPARSE_GLUON_TILES": "dkdv:64x32s4w4r168,dq:64x32s4w4r128"},
 }

@@ -28,7 +28,8 @@ the programs in flight read the same windows' tiles. On Hopper, where a natural-
 long full lists (``TMA_MIN_BLOCKS``), the full blocks' tiles are loaded as TMA boxes through in-kernel
 tensor descriptors (``use_tma_loads``); elsewhere by pointer loads. There, from 65,536 tokens at head dim
 128, the backward of natural-order parts runs in Gluon instead (``gluon_backward``, kernels/gluon_bwd.py:
-each product of a step asynchronous, the exponentials and dS under the products).
+each product of a step asynchronous, the exponentials and dS under the products). A Gluon forward
+(``gluon_forward``, kernels/gluon_fwd.py) is there as an option; it was slower than the Triton one.
 
 All base offsets are int64: B*H*T*D passes 2**31 elements at a few million tokens.
 """
@@ -808,6 +809,10 @@ GLUON_SPLIT = "auto"
 GLUON_SPLIT_RATIO = 1.0
 # "auto" takes it from this length (shorter ones are not measured with it)
 GLUON_MIN_LENGTH = 65536
+# the forward of natural-order parts in Gluon (kernels/gluon_fwd.py): gluon_forward. Slower than the Triton
+# forward wherever timed (docs/benchmarks.md "Nineteenth run"), so off, and "auto" takes it at no head dim
+GLUON_FWD = "0"
+GLUON_FWD_AUTO_DIMS: tuple[int, ...] = ()
 # blocks per chunk of the "chunked" order: consecutive blocks whose programs run at the same time, so the
 # tiles they read (one window's keys, one window's queries) are read from L2 rather than from HBM
 ORDER_CHUNK = 32
@@ -1283,6 +1288,13 @@ def _forward(q, k, v, layout: Layout, scale: float):
             acc[:, fresh] = 0.0
             lse[:, fresh] = float("-inf")
         target = out if last else acc
+        if gluon_forward(meta, layout, q, k, v, target, acc):
+            from . import gluon_fwd
+
+            _ensure_allocator()  # its TMA descriptors
+            gluon_fwd.forward_part(q, k, v, target, acc, lse, meta, _side_order(meta, "row"), layout.block, scale,
+                                   load_prev)
+            continue
         lists = meta.lists
         runs = _runs_table(part, meta, "row")
         args = (q, k, v, target, acc, lse, meta.heads, meta.head_csr, meta.min_off, meta.codes,
@@ -1507,6 +1519,40 @@ def gluon_backward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors:
         return False
     if any(layout.block % t for kernel in ("dkdv", "dq") for t in gluon_bwd.tiles(kernel, q.shape[-1])[:2]):
         return False  # tiles the layout's blocks do not hold whole
+    return _tma_aligned(q, *tensors)
+
+
+def gluon_fwd_setting() -> str:
+    """``GLUON_FWD``, or ``MEGASTRIDE_BLOCKSPARSE_GLUON_FWD`` where set: "0", "1" or "auto"."""
+    mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_FWD", GLUON_FWD)
+    if mode not in GLUON_SETTINGS:
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_FWD must be one of {', '.join(GLUON_SETTINGS)}; got {mode!r}")
+    return mode
+
+
+def gluon_forward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors: torch.Tensor) -> bool:
+    """Whether a part's forward runs the Gluon kernel (kernels/gluon_fwd.py: the score and value products
+    asynchronous, the softmax under them) instead of the Triton one: a part in natural order, 16-bit inputs on
+    a Hopper GPU with every tensor's base and row strides 16-byte aligned (TMA), at a head dim of
+    ``gluon_fwd.HEAD_DIMS`` whose tiles fit the layout's block (``gluon_fwd.fits``), and the setting: "1"
+    (there), "auto" (at ``GLUON_FWD_AUTO_DIMS`` from ``GLUON_MIN_LENGTH`` tokens: none), "0" (``GLUON_FWD``,
+    the default) never. On the H200 (2026-12-02, docs/benchmarks.md "Nineteenth run") it was slower than the
+    Triton forward at every point timed: forward+backward of the fixed pattern 2-4% slower at H=2, D=128
+    (262,144 and 1M tokens) and 10-14% at H=8, D=64; its forward alone 3.93 against 3.34 ms at 262,144 tokens,
+    2x128 (the Triton forward there runs at about 500 TFLOP/s of unmasked pairs)."""
+    setting = gluon_fwd_setting()
+    if setting == "0" or meta.permuted or layout.block % 64 or not _has_tma(q):
+        return False
+    if torch.cuda.get_device_capability(q.device)[0] != 9 or q.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    try:
+        from . import gluon_fwd
+    except ImportError:  # a Triton without Gluon
+        return False
+    if setting == "auto" and (q.shape[-1] not in GLUON_FWD_AUTO_DIMS or layout.seq_len < GLUON_MIN_LENGTH):
+        return False
+    if q.shape[-1] not in gluon_fwd.HEAD_DIMS or not gluon_fwd.fits(q.shape[-1], layout.block):
+        return False
     return _tma_aligned(q, *tensors)
 
 

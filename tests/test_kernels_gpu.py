@@ -400,3 +400,52 @@ def test_gluon_backward_matches_the_reference_on_the_model_layout(dtype, dim, la
             err = (g.float() - w.float()).abs()
             bound = 2 * (lo.float() - w.float()).abs() + 1e-2 * max(1.0, w.abs().max().item())
             assert (err <= bound).all(), f"{pattern.heads[0].name} {name}: max error {err.max().item():.3g}"
+
+
+@pytest.mark.parametrize("dtype, dim, launches, tiles", [
+    (torch.bfloat16, 128, "2", ""), (torch.float16, 128, "1", ""), (torch.bfloat16, 64, "2", ""),
+    # 64 rows on one warpgroup with the next scores ahead, three slots
+    (torch.float16, 64, "2", "64x128s3w4a1")])
+def test_gluon_forward_matches_the_reference_on_the_model_layout(dtype, dim, launches, tiles, monkeypatch):
+    """MEGASTRIDE_BLOCKSPARSE_GLUON_FWD=1 on the H200: the forward of natural-order parts in Gluon
+    (kernels/gluon_fwd.py; the partial blocks and then the full ones merged with them, or both in one launch;
+    the default tiles or 64 rows with the scores ahead) gives the reference's output, and with it the
+    backward the reference's gradients (they read its output and lse), on the model's head views of one
+    (B, T, 3HD) product (row stride 3HD), batch 2: the fixed pattern (one part), the strided one on
+    128-blocks (its permuted part in Triton first, then the local band in Gluon merging with it through the
+    two lse) and fixed_per_head (several CSRs in one launch); the same bits on a second call."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_FWD", "1")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_FWD_LAUNCHES", launches)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_FWD_TILES", tiles)
+    B = _blocksparse()
+    G = importlib.import_module("megastride.kernels.gluon_fwd")
+    taken = []
+    real = G.forward_part
+    monkeypatch.setattr(G, "forward_part", lambda *a, **kw: taken.append(a[10]) or real(*a, **kw))  # load_prev
+    batch, n, heads = 2, 8192, 4
+    cases = ((P.same_for_all_heads(P.fixed(1024, 128), heads), [False]),
+             (P.same_for_all_heads(P.strided(128), heads), [True]),
+             (P.fixed_per_head(1024, 128, heads, 2), [False]))
+    for pattern, load_prev in cases:
+        layout = P.build_layout(pattern, n, 128, device="cuda")
+        gen = torch.Generator(device="cuda").manual_seed(3)
+        qkv = torch.randn(batch, n, 3 * heads * dim, device="cuda", dtype=dtype, generator=gen)
+        do = torch.randn(batch, heads, n, dim, device="cuda", dtype=dtype, generator=gen)
+
+        def grads(fn):
+            leaf = qkv.clone().requires_grad_()
+            q, k, v = leaf.view(batch, n, 3, heads, dim).permute(2, 0, 3, 1, 4)
+            out = fn(q, k, v)
+            return [out, *torch.autograd.grad(out, leaf, do)[0].view(batch, n, 3, heads, dim).unbind(2)]
+
+        taken.clear()
+        got = grads(lambda *x: B.blocksparse_attention(*x, layout))
+        assert taken == load_prev, (pattern, taken)  # the natural part took Gluon, merging with an earlier one
+        again = grads(lambda *x: B.blocksparse_attention(*x, layout))
+        want = grads(lambda *x: reference_attention(*(t.float() for t in x), layout))
+        low = grads(lambda *x: reference_attention(*x, layout))  # the reference in the inputs' dtype
+        for name, g, a, w, lo in zip(["out", "dq", "dk", "dv"], got, again, want, low):
+            assert torch.equal(g, a), f"{pattern.heads[0].name} {name}: two calls differ"
+            err = (g.float() - w.float()).abs()
+            bound = 2 * (lo.float() - w.float()).abs() + 1e-2 * max(1.0, w.abs().max().item())
+            assert (err <= bound).all(), f"{pattern.heads[0].name} {name}: max error {err.max().item():.3g}"
