@@ -193,7 +193,10 @@ class SparseTransformer(nn.Module):
         self.reset_parameters()
 
     def _pattern_fn(self, layer: int) -> Callable[[int], AttentionPattern]:
-        return lambda seq_len: self.cfg.patterns(seq_len)[layer]
+        # on the config, not on self: a block holding a function of the model would make a reference cycle, and
+        # a model no longer used would stay allocated (on the GPU too) until the cycle collector ran
+        cfg = self.cfg
+        return lambda seq_len: cfg.patterns(seq_len)[layer]
 
     def reset_parameters(self) -> None:
         """Normal(0, init_std) weights, zero biases, unit LayerNorms; W_p and W2 scaled by 1/sqrt(2N)."""
