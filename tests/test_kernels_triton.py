@@ -905,16 +905,17 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DIRECT", raising=False)
-    for name in ("GLUON", "GLUON_DKDV_LAUNCHES", "GLUON_STREAMS", "GLUON_SPLIT"):
+    for name in ("GLUON", "GLUON_DKDV_LAUNCHES", "GLUON_STREAMS", "GLUON_SPLIT", "GLUON_FWD", "GLUON_FWD_LAUNCHES"):
         monkeypatch.delenv(f"MEGASTRIDE_BLOCKSPARSE_{name}", raising=False)
-    from megastride.kernels import gluon_bwd
+    from megastride.kernels import gluon_bwd, gluon_fwd
 
     layout = P.build_layout(P.same_for_all_heads(P.fixed(256, 64), 2), 1024, 128)
     switches = lambda: (blocksparse.dq_mode(), blocksparse.dkdv_split_setting(), blocksparse.use_runs(),  # noqa: E731
                         blocksparse.block_order(), blocksparse.use_tma_loads(), blocksparse.partials_setting(),
                         blocksparse.split_finish(), blocksparse.delta_in_dq(), blocksparse.use_direct_launch(),
                         blocksparse.gluon_setting(), gluon_bwd.dkdv_launches(128), gluon_bwd.dkdv_launches(64),
-                        gluon_bwd.use_streams(), blocksparse.gluon_split(layout, 1, 132))
+                        gluon_bwd.use_streams(), blocksparse.gluon_split(layout, 1, 132),
+                        blocksparse.gluon_fwd_setting(), gluon_fwd.launches())
     ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():
         with monkeypatch.context() as m:
