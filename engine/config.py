@@ -205,8 +205,10 @@ class TrainConfig(_Strict):
     keep_attention: bool | int | Literal["auto"] = "auto"
     # the kept attention outputs wait in host memory beside the block inputs (needs cpu_checkpointing): out
     # after each block's forward, back with its input for the recompute (prefetched under offload_overlap),
-    # so keeping them costs the GPU one or two blocks' outputs at a time instead of one per keeping block
-    offload_attention: bool = False
+    # so keeping them costs the GPU one or two blocks' outputs at a time instead of one per keeping block.
+    # auto = where, on a GPU under cpu_checkpointing, it lets checkpoint_blocks / keep_attention "auto" plan
+    # less recompute work and the rank's share of the host's RAM holds them (engine.plan.plan); else off
+    offload_attention: bool | Literal["auto"] = "auto"
     # GB per GPU that checkpoint_blocks / keep_attention "auto" may plan for: the planned peak fits in at
     # most this, and in at most 90% of the GPU (80% with host offload) whichever is less; null = the GPU's
     # share alone. For a job that must leave room (a 60 GB bound, a shared GPU); the planner's peaks came
@@ -241,6 +243,13 @@ class TrainConfig(_Strict):
             return value
         raise ValueError(f"expected true, false, auto or a number of blocks >= 0, got {value!r}")
 
+    @field_validator("offload_attention", mode="before")
+    @classmethod
+    def _offload_attention_value(cls, value: Any) -> Any:
+        if type(value) is bool or value == "auto":
+            return value
+        raise ValueError(f"expected true, false or auto, got {value!r}")
+
     @model_validator(mode="after")
     def _keep_attention(self) -> "TrainConfig":
         """An explicit train.keep_attention (true or a count > 0) must work ("auto" keeps nothing there
@@ -250,10 +259,10 @@ class TrainConfig(_Strict):
         if asked and conflict:
             raise ValueError(f"train.keep_attention does not combine with {conflict} (recomputed blocks keep "
                              "attention outputs only when recomputed one at a time by BlockCheckpoint)")
-        if self.offload_attention and not self.cpu_checkpointing:
+        if self.offload_attention is True and not self.cpu_checkpointing:
             raise ValueError("train.offload_attention needs train.cpu_checkpointing = true (the kept attention "
                              "outputs go to host memory with the block inputs)")
-        if self.offload_attention and self.keep_attention in (False, 0):
+        if self.offload_attention is True and self.keep_attention in (False, 0):
             raise ValueError("train.offload_attention needs kept attention outputs: train.keep_attention is "
                              f"{self.keep_attention} (true, a count, or auto)")
         return self

@@ -343,7 +343,7 @@ def _block_runner(train: TrainConfig, keep: bool = False):
     the block keeps its attention outputs for its recompute (BlockCheckpoint's runners only: the others are
     ruled out beside train.keep_attention by keep_attention_conflict)."""
     if train.cpu_checkpointing:
-        overlap, host = train.offload_overlap, keep and train.offload_attention
+        overlap, host = train.offload_overlap, keep and train.offload_attention is True  # "auto": resolved, else off
         return lambda fn, x: BlockCheckpoint.apply(fn, x, overlap, True, keep, host) if torch.is_grad_enabled() \
             else fn(x)
     if train.partition_activations:

@@ -502,7 +502,7 @@ class Plan:
 
 
 def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: str = "deepspeed",
-         micro_batch: int | None = None, gpu_bytes: float | None = None) -> Plan:
+         micro_batch: int | None = None, gpu_bytes: float | None = None, host_bytes: float | None = None) -> Plan:
     """Predict per-GPU memory and step FLOPs of ``cfg`` at ``seq_len`` on ``world_size`` GPUs.
 
     ``runtime``: "deepspeed" (what ``megastride train`` runs) or "torch" (a plain fp32-weight loop
@@ -513,16 +513,44 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     every block and keeps no attention outputs, as on a CPU. ``Plan.checkpoint_blocks`` and
     ``Plan.keep_attention`` (the number of recomputed blocks that keep them) are what is in use
     (``with_resolved`` writes them into the config).
+    ``train.offload_attention: auto`` is resolved with them: the kept attention outputs go to host memory
+    where that lets the two "auto"s plan less recompute work (``recompute_flops``) and the plan's host memory
+    fits ``host_bytes`` (the rank's share of the host's RAM; default: this machine's, ``host_share_bytes``,
+    shared by ``world_size`` ranks); else, and without ``gpu_bytes``, they stay on the GPU.
+    ``Plan.kept_on_host`` says which.
     """
     if world_size < 1:
         raise ValueError(f"world size must be at least 1, got {world_size}")
     cfg = _at_length(cfg, seq_len)
     auto_blocks = cfg.train.checkpoint_blocks == "auto" and cfg.train.checkpoint_activations
     auto_keep = cfg.train.keep_attention == "auto"
+    auto_host = cfg.train.offload_attention == "auto"
+    if auto_host:
+        options = [False]
+        if gpu_bytes and (auto_blocks or auto_keep) and _may_offload_attention(cfg.train):
+            options.append(True)
+        share = host_bytes if host_bytes is not None else host_share_bytes(world_size)
+        cfg = _with_offload(cfg, False)
+    else:
+        options, share = [cfg.train.offload_attention], None
     if (auto_blocks or auto_keep) and gpu_bytes:
         budget, _ = auto_budget(cfg, gpu_bytes)
-        k, keep = choose_recompute(cfg, None, world_size, runtime, micro_batch, budget_bytes=budget)
-        cfg = with_checkpoint_blocks(cfg, k if auto_blocks else cfg.train.checkpoint_blocks, keep)
+        params = count_params(cfg.model)
+        pairs = layout_stats(cfg.model, cfg.model.seq_len).pairs
+        best = None
+        for on in options:  # kept on the GPU first: in host memory only where that is less recompute work
+            option = _with_offload(cfg, on)
+            k, keep = choose_recompute(option, None, world_size, runtime, micro_batch, budget_bytes=budget)
+            chosen = with_checkpoint_blocks(option, k if auto_blocks else cfg.train.checkpoint_blocks, keep)
+            if auto_host and on and (share is None
+                                     or plan(chosen, None, world_size, runtime, micro_batch).host_bytes > share):
+                continue  # "auto": the host cannot hold them (or its RAM is unknown)
+            work = recompute_flops(cfg.model, params, pairs, recomputed_blocks(chosen.train, cfg.model.n_layers),
+                                   kept_attention_blocks(chosen.train, recomputed_blocks(chosen.train,
+                                                                                         cfg.model.n_layers)))
+            if best is None or work < best[0]:
+                best = (work, chosen)
+        cfg = best[1]
     model, t = cfg.model, cfg.train
     recomputed = recomputed_blocks(t, model.n_layers)
     keep = kept_attention_blocks(t, recomputed)  # an unresolved "auto" (no GPU to fit) keeps nothing
@@ -536,7 +564,7 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     kept = batch * model.seq_len * kept_attention_bytes(model, prec, model.seq_len) if keep else 0.0
     # train.offload_attention: the kept outputs wait in host memory; the GPU holds one block's at a time, two
     # under offload_overlap (one copied out while the next block runs; one prefetched beside the one in use)
-    on_host = bool(host_inputs and t.offload_attention and kept)
+    on_host = bool(host_inputs and t.offload_attention is True and kept)  # an unresolved "auto": on the GPU
     live = min(keep, 2 if t.offload_overlap else 1) if on_host else keep
     phases, first = _phases(model, recomputed, prec, params, weights, stats.nbytes, batch * model.seq_len, runtime,
                             host_inputs, group, host_inputs and t.offload_overlap, kept, live, on_host)
@@ -560,7 +588,7 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     )
     if auto_blocks or (auto_keep and recomputed):
         result.notes.append(_auto_note(result, auto_blocks, auto_keep, keep_attention_conflict(t),
-                                       auto_budget(cfg, gpu_bytes) if gpu_bytes else None))
+                                       auto_budget(cfg, gpu_bytes) if gpu_bytes else None, auto_host and on_host))
     return result
 
 
@@ -615,6 +643,18 @@ def with_checkpoint_blocks(cfg: Config, k: int | str | None, keep_attention: boo
     return cfg.model_copy(update={"train": cfg.train.model_copy(update=update)})
 
 
+def _with_offload(cfg: Config, on: bool | str) -> Config:
+    """``cfg`` with ``train.offload_attention = on``."""
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"offload_attention": on})})
+
+
+def _may_offload_attention(t: TrainConfig) -> bool:
+    """Whether kept attention outputs could wait in host memory: block inputs there (cpu_checkpointing), blocks
+    recomputed, outputs kept (keep_attention not false or 0, nothing ruling it out)."""
+    return (t.cpu_checkpointing and t.checkpoint_activations and t.keep_attention not in (False, 0)
+            and not keep_attention_conflict(t))
+
+
 def with_resolved(cfg: Config, p: Plan) -> Config:
     """``cfg`` with the "auto" of ``train.checkpoint_blocks`` and ``train.keep_attention`` replaced by what
     ``p``, its plan (``plan(..., gpu_bytes=...)`` on a GPU), uses: what the model is then wrapped with.
@@ -624,6 +664,8 @@ def with_resolved(cfg: Config, p: Plan) -> Config:
     k = p.checkpoint_blocks if t.checkpoint_blocks == "auto" else t.checkpoint_blocks
     keep = p.keep_attention
     keep = bool(keep) if keep in (0, p.checkpoint_blocks) else keep  # none: false, every one: true
+    if t.offload_attention == "auto":
+        cfg = _with_offload(cfg, p.kept_on_host)
     return with_checkpoint_blocks(cfg, k, keep if "auto" in (t.checkpoint_blocks, t.keep_attention) else None)
 
 
@@ -706,10 +748,13 @@ def _most_kept(fits, k: int, start: int) -> int | None:
     return None
 
 
-def _auto_note(p: Plan, blocks: bool, keep: bool, conflict: str | None, budget: tuple[float, str] | None) -> str:
+def _auto_note(p: Plan, blocks: bool, keep: bool, conflict: str | None, budget: tuple[float, str] | None,
+               host: bool = False) -> str:
     """What "auto" train.checkpoint_blocks (``blocks``) and train.keep_attention (``keep``) became, and why
-    (``budget``: ``auto_budget``'s bytes and words; None without GPU memory to fit)."""
-    keys = ", ".join(f"train.{key}=auto" for key, on in (("checkpoint_blocks", blocks), ("keep_attention", keep)) if on)
+    (``budget``: ``auto_budget``'s bytes and words; None without GPU memory to fit); ``host``: an "auto"
+    train.offload_attention put the kept outputs in host memory."""
+    keys = ", ".join(f"train.{key}=auto" for key, on in (("checkpoint_blocks", blocks), ("keep_attention", keep),
+                                                          ("offload_attention", host)) if on)
     head = f"{keys}: {p.checkpoint_blocks} of {p.n_layers} blocks recomputed"
     if keep or p.keep_attention:
         head += ", " + (kept_words(p.keep_attention, p.checkpoint_blocks, p.kept_on_host)

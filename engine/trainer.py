@@ -116,6 +116,11 @@ def _uses_host_memory(cfg: Config) -> bool:
     return (t.checkpoint_activations and t.cpu_checkpointing) or t.offload_optimizer or t.offload_params
 
 
+def ranks_per_node(world: int) -> int:
+    """Ranks sharing this node's RAM: the launcher's LOCAL_WORLD_SIZE, else as many as this node has GPUs."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", min(world, max(1, torch.cuda.device_count()))))
+
+
 def check_host_memory(cfg: Config, world: int, p=None) -> None:
     """ConfigError before any work if host offload (pinned block inputs, offloaded states) needs more
     RAM than this node has: otherwise the run dies mid-step on a failed pinned allocation. ``p``:
@@ -124,8 +129,7 @@ def check_host_memory(cfg: Config, world: int, p=None) -> None:
         return
     from . import plan as planner
 
-    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", min(world, max(1, torch.cuda.device_count()))))
-    problem = planner.check_host_memory(p or planner.plan(cfg, world_size=world), ranks)
+    problem = planner.check_host_memory(p or planner.plan(cfg, world_size=world), ranks_per_node(world))
     if problem:
         raise ConfigError(problem)
 
@@ -177,9 +181,12 @@ class Trainer:
             from . import plan as planner
 
             total = torch.cuda.get_device_properties(self.device).total_memory if on_gpu else None
-            # fits checkpoint_blocks=auto and keep_attention=auto to the GPU
-            p = planner.plan(cfg, world_size=self.world, runtime=cfg.train.runtime, gpu_bytes=total)
-            if "auto" in (cfg.train.checkpoint_blocks, cfg.train.keep_attention):  # the model does what was planned
+            # fits checkpoint_blocks=auto and keep_attention=auto to the GPU (offload_attention=auto with them, to
+            # this rank's share of the host's RAM)
+            p = planner.plan(cfg, world_size=self.world, runtime=cfg.train.runtime, gpu_bytes=total,
+                             host_bytes=planner.host_share_bytes(ranks_per_node(self.world)))
+            if "auto" in (cfg.train.checkpoint_blocks, cfg.train.keep_attention, cfg.train.offload_attention):
+                # the model does what was planned
                 self.cfg = planner.with_resolved(cfg, p)
                 problem = graph_problem(self.cfg)
                 if problem:

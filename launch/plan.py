@@ -50,15 +50,17 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--seq-len, --world-size, --gpu-memory-gb, --host-memory-gb and --gpus-per-node must be positive")
         cfg = load_config(args.config, args.overrides)
         check_zero_options(cfg)
+        from megastride.engine.plan import host_share_bytes
+
         gpu_bytes = args.gpu_memory_gb * 1e9
+        node_bytes = args.host_memory_gb * 1e9 if args.host_memory_gb is not None else None
+        host_bytes = host_share_bytes(args.gpus_per_node or min(args.world_size, 8), node_bytes)
         try:  # checkpoint_blocks / keep_attention "auto": the least recompute work that fits --gpu-memory-gb
-            result = plan(cfg, args.seq_len, args.world_size, runtime=args.runtime or cfg.train.runtime, gpu_bytes=gpu_bytes)
+            # (offload_attention "auto" with them, within the rank's share of the node's RAM)
+            result = plan(cfg, args.seq_len, args.world_size, runtime=args.runtime or cfg.train.runtime,
+                          gpu_bytes=gpu_bytes, host_bytes=host_bytes)
         except ValueError as err:  # e.g. a length the block size does not divide
             raise ConfigError(str(err).splitlines()[0]) from None
-    from megastride.engine.plan import host_share_bytes
-
-    node_bytes = args.host_memory_gb * 1e9 if args.host_memory_gb is not None else None
-    host_bytes = host_share_bytes(args.gpus_per_node or min(args.world_size, 8), node_bytes)
     budget = cfg.train.memory_budget_gb  # a job held to less than the GPU: judged against that
     limit = min(gpu_bytes, budget * 1e9) if budget is not None else gpu_bytes
     print(result.json() if args.json else result.table(limit, host_bytes))

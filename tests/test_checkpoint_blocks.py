@@ -530,6 +530,38 @@ def test_kept_outputs_in_host_memory_are_off_the_gpu_between_the_passes():
     assert hosted.peak_bytes / 1e9 == pytest.approx(53.0, abs=0.1)
 
 
+def test_auto_offload_puts_the_kept_outputs_in_host_memory_where_that_is_less_recompute_and_the_host_holds_them():
+    """train.offload_attention "auto" (the default) at the H200's fixed 1M step under 60 GB: with a rank's share
+    of 106 GB of RAM (85% of a 125 GB node) the plan puts the kept outputs in host memory, as the explicit
+    setting does (28 recomputed, all keeping; 91.1 GB of host memory), since that is less recompute work than
+    keeping 21 of 29 on the GPU; with 21 GB (this CI machine) they stay on the GPU (29, 21), as they do without
+    GPU memory to plan for, without cpu_checkpointing, and where neither count is "auto" (the same recompute
+    work either way: no copies for nothing). ``with_resolved`` writes the choice into the config."""
+    base = load_config(ROOT / "configs" / "enwik8.yaml",
+                       ["model.seq_len=1048576", "model.dropout=0", "model.attention.layers=['fixed(auto,128)']",
+                        "train.precision=bf16", "train.checkpoint_blocks=auto", "train.cpu_checkpointing=true",
+                        "train.offload_overlap=true", "train.memory_budget_gb=60"])
+    assert base.train.offload_attention == "auto"
+
+    def plan(cfg, host_gb, gpu=141e9):
+        return planner.plan(cfg, runtime="torch", gpu_bytes=gpu, host_bytes=host_gb and host_gb * 1e9)
+
+    roomy, tight = plan(base, 106), plan(base, 21)
+    explicit = plan(_with_host(base, True), None)
+    assert (roomy.kept_on_host, roomy.checkpoint_blocks, roomy.keep_attention) == (True, 28, 28)
+    assert roomy.peak_bytes == explicit.peak_bytes and roomy.host_bytes == pytest.approx(91.13e9, rel=0.01)
+    assert "train.offload_attention=auto" in roomy.notes[-1] and "in host memory" in roomy.notes[-1]
+    assert (tight.kept_on_host, tight.checkpoint_blocks, tight.keep_attention) == (False, 29, 21)
+    assert "offload_attention" not in tight.notes[-1]
+    assert not plan(base, 106, gpu=None).kept_on_host
+    no_host_inputs = base.model_copy(update={"train": base.train.model_copy(update={"cpu_checkpointing": False})})
+    assert not plan(no_host_inputs, 106).kept_on_host
+    counts = planner.with_checkpoint_blocks(base, 29, 21)
+    assert not plan(counts, 106).kept_on_host
+    assert planner.with_resolved(base, roomy).train.offload_attention is True
+    assert planner.with_resolved(base, tight).train.offload_attention is False
+
+
 def _with_host(cfg, on: bool, **train):
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"offload_attention": on, **train})})
 
@@ -617,6 +649,9 @@ def test_exactly_the_first_c_recomputed_blocks_keep_their_attention(runner):
     if runner != "device":  # under cpu_checkpointing: the keeping blocks' outputs to host memory as well
         hosted = _keeps_handed_to_block_checkpoint(_config(keep_attention=2, offload_attention=True, **RUNNERS[runner]))
         assert hosted == [(True, True), (True, True), False, False]
+        # "auto" unresolved (no GPU to plan for): the kept outputs stay on the device
+        auto = _keeps_handed_to_block_checkpoint(_config(keep_attention=2, offload_attention="auto", **RUNNERS[runner]))
+        assert auto == [True, True, False, False]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the interpreter on numpy 2

@@ -45,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
      "train.offload_attention needs kept attention outputs: train.keep_attention is False"),
     ({"train": {"offload_attention": True, "cpu_checkpointing": True, "keep_attention": 0}},
      "train.offload_attention needs kept attention outputs: train.keep_attention is 0"),
-    ({"train": {"offload_attention": "yes"}}, "train.offload_attention: Input should be a valid boolean"),
+    ({"train": {"offload_attention": "yes"}}, "train.offload_attention: expected true, false or auto, got 'yes'"),
+    ({"train": {"offload_attention": 1}}, "train.offload_attention: expected true, false or auto, got 1"),
 ])
 def test_errors_name_the_key(tree, message):
     """Unknown keys, wrong types and impossible shapes give one line that names the problem."""
