@@ -545,9 +545,8 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
             if auto_host and on and (share is None
                                      or plan(chosen, None, world_size, runtime, micro_batch).host_bytes > share):
                 continue  # "auto": the host cannot hold them (or its RAM is unknown)
-            work = recompute_flops(cfg.model, params, pairs, recomputed_blocks(chosen.train, cfg.model.n_layers),
-                                   kept_attention_blocks(chosen.train, recomputed_blocks(chosen.train,
-                                                                                         cfg.model.n_layers)))
+            r = recomputed_blocks(chosen.train, cfg.model.n_layers)
+            work = recompute_flops(cfg.model, params, pairs, r, kept_attention_blocks(chosen.train, r))
             if best is None or work < best[0]:
                 best = (work, chosen)
         cfg = best[1]
