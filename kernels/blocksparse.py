@@ -1484,12 +1484,30 @@ def use_tma_loads(full_per_row: float | None = None) -> bool:
     return _switch("MEGASTRIDE_BLOCKSPARSE_TMA", TMA_LOADS and (full_per_row is None or full_per_row >= TMA_MIN_BLOCKS))
 
 
+def _gluon_switch(variable: str, default: str) -> str:
+    """The environment ``variable`` where set, else ``default``: one of ``GLUON_SETTINGS`` (else a one-line
+    error naming the variable)."""
+    mode = os.environ.get(variable, default)
+    if mode not in GLUON_SETTINGS:
+        raise ValueError(f"{variable} must be one of {', '.join(GLUON_SETTINGS)}; got {mode!r}")
+    return mode
+
+
 def gluon_setting() -> str:
     """``GLUON_BWD``, or ``MEGASTRIDE_BLOCKSPARSE_GLUON`` where set: "0", "1" or "auto"."""
-    mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON", GLUON_BWD)
-    if mode not in GLUON_SETTINGS:
-        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON must be one of {', '.join(GLUON_SETTINGS)}; got {mode!r}")
-    return mode
+    return _gluon_switch("MEGASTRIDE_BLOCKSPARSE_GLUON", GLUON_BWD)
+
+
+def _gluon_may_run(setting: str, auto_dims: tuple[int, ...], meta: "_PartMeta", layout: Layout,
+                   q: torch.Tensor) -> bool:
+    """What both Gluon paths need: the setting not "0" ("auto": a head dim of ``auto_dims`` from
+    ``GLUON_MIN_LENGTH`` tokens), a part in natural order, a block of 64 or more, 16-bit inputs on a Hopper GPU
+    (compute capability 9.x) with the TMA unit."""
+    if setting == "0" or meta.permuted or layout.block % 64 or not _has_tma(q):
+        return False
+    if torch.cuda.get_device_capability(q.device)[0] != 9 or q.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    return setting != "auto" or (q.shape[-1] in auto_dims and layout.seq_len >= GLUON_MIN_LENGTH)
 
 
 def gluon_backward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors: torch.Tensor) -> bool:
@@ -1504,16 +1522,11 @@ def gluon_backward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors:
     1M tokens (four runs), 13-15% less at 65,536 (two) and at 262,144 from 3% more (whole columns) to 4% less
     (column segments, the default); at H=8, D=64 4-6% more (so "auto" leaves head dim 64 to Triton), and
     forced at 12,288 tokens (H=2, D=128) 1.56 ms against 1.09 (so "auto" starts at 65,536)."""
-    setting = gluon_setting()
-    if setting == "0" or meta.permuted or layout.block % 64 or not _has_tma(q):
-        return False
-    if torch.cuda.get_device_capability(q.device)[0] != 9 or q.dtype not in (torch.float16, torch.bfloat16):
+    if not _gluon_may_run(gluon_setting(), GLUON_AUTO_DIMS, meta, layout, q):
         return False
     try:
         from . import gluon_bwd
     except ImportError:  # a Triton without Gluon
-        return False
-    if setting == "auto" and (q.shape[-1] not in GLUON_AUTO_DIMS or layout.seq_len < GLUON_MIN_LENGTH):
         return False
     if q.shape[-1] not in gluon_bwd.HEAD_DIMS:
         return False
@@ -1524,10 +1537,7 @@ def gluon_backward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors:
 
 def gluon_fwd_setting() -> str:
     """``GLUON_FWD``, or ``MEGASTRIDE_BLOCKSPARSE_GLUON_FWD`` where set: "0", "1" or "auto"."""
-    mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_FWD", GLUON_FWD)
-    if mode not in GLUON_SETTINGS:
-        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_FWD must be one of {', '.join(GLUON_SETTINGS)}; got {mode!r}")
-    return mode
+    return _gluon_switch("MEGASTRIDE_BLOCKSPARSE_GLUON_FWD", GLUON_FWD)
 
 
 def gluon_forward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors: torch.Tensor) -> bool:
@@ -1540,16 +1550,11 @@ def gluon_forward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors: 
     Triton forward at every point timed: forward+backward of the fixed pattern 2-4% slower at H=2, D=128
     (262,144 and 1M tokens) and 10-14% at H=8, D=64; its forward alone 3.93 against 3.34 ms at 262,144 tokens,
     2x128 (the Triton forward there runs at about 500 TFLOP/s of unmasked pairs)."""
-    setting = gluon_fwd_setting()
-    if setting == "0" or meta.permuted or layout.block % 64 or not _has_tma(q):
-        return False
-    if torch.cuda.get_device_capability(q.device)[0] != 9 or q.dtype not in (torch.float16, torch.bfloat16):
+    if not _gluon_may_run(gluon_fwd_setting(), GLUON_FWD_AUTO_DIMS, meta, layout, q):
         return False
     try:
         from . import gluon_fwd
     except ImportError:  # a Triton without Gluon
-        return False
-    if setting == "auto" and (q.shape[-1] not in GLUON_FWD_AUTO_DIMS or layout.seq_len < GLUON_MIN_LENGTH):
         return False
     if q.shape[-1] not in gluon_fwd.HEAD_DIMS or not gluon_fwd.fits(q.shape[-1], layout.block):
         return False
