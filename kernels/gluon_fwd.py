@@ -32,15 +32,15 @@ against the reference (tests/test_kernels_gpu.py).
 from __future__ import annotations
 
 import os
+import re
 
-import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
 from .gluon_bwd import (_blocked, _head_desc, _issue, _list_steps, _out_layout, _plain_smem, _program_item,
-                        _signature, _step_start, mma_layouts)
+                        _signature, _strides, _step_start, mma_layouts)
 
 # (query rows a program, keys a step, ring slots, warps, AHEAD) per head dim: the probe's fastest on the H200
 # (docs/benchmarks.md "Fourteenth run": 128 rows on eight warps with the next scores ahead, three slots, at
@@ -253,10 +253,6 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
     gl.store(lse_ptrs, lse)
 
 
-def _strides(*tensors) -> list[int]:
-    return [s for t in tensors for s in t.stride()[:3]]
-
-
 def tiles(head_dim: int) -> tuple[int, int, int, int, int]:
     """(query rows a program, keys a step, ring slots, warps, AHEAD) at ``head_dim``: ``FWD_TILES``, or
     ``MEGASTRIDE_BLOCKSPARSE_GLUON_FWD_TILES`` where set ("128x128s3w8a1": rows x keys, s slots, w warps, a
@@ -264,14 +260,12 @@ def tiles(head_dim: int) -> tuple[int, int, int, int, int]:
     raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_FWD_TILES")
     if not raw:
         return FWD_TILES[head_dim]
-    import re
-
     m = re.fullmatch(r"(\d+)x(\d+)s(\d+)w(4|8)a([01])", raw)
     if not m:
         raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_FWD_TILES must look like 128x128s3w8a1 (rows x keys, slots, "
                          f"warps, ahead); got {raw!r}")
     rows, keys, stages, warps, ahead = (int(g) for g in m.groups())
-    if rows not in (64, 128) or keys not in (64, 128) or stages < 2 + ahead or rows != 16 * warps * (rows // 16 // warps):
+    if rows not in (64, 128) or keys not in (64, 128) or stages < 2 + ahead or rows % (16 * warps):
         raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_FWD_TILES {raw!r}: rows and keys must be 64 or 128, at least "
                          f"{2 + ahead} slots, rows a multiple of 16 per warp")
     return rows, keys, stages, warps, ahead
