@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from unittest import mock
@@ -362,6 +363,107 @@ def _time_impl(name, fn, q, k, v, do, result: Result, pairs: int, graphs: bool =
         _time_graphed(name, fwd, graph_fwdbwd, graph_leaves, result, pairs, q.shape[-1])
 
 
+# nvidia-smi's clocks_event_reasons bits that hold the SM clock down under load: software power cap (0x4),
+# hardware slowdown (0x8), software and hardware thermal slowdown (0x20, 0x40), power brake (0x80)
+CAP_REASONS = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
+
+
+def parse_gpu_state(line: str) -> dict:
+    """``nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active
+    --format=csv,noheader,nounits`` output as a dict; {} where it does not parse."""
+    parts = [x.strip() for x in line.strip().split(",")]
+    try:
+        clock, power, temp, reasons = float(parts[0]), float(parts[1]), float(parts[2]), int(parts[3], 16)
+    except (ValueError, IndexError):
+        return {}
+    return {"sm_mhz": clock, "power_w": power, "temp_c": temp, "capped": bool(reasons & CAP_REASONS)}
+
+
+def gpu_state(device: int | None = None) -> dict:
+    """The GPU's SM clock (MHz), power draw (W), temperature (C) and whether a power or thermal cap holds
+    its clock down now (``CAP_REASONS``), read from nvidia-smi; {} where it cannot be read. At long lengths
+    our kernels and Flex's run the H200 at its 700 W cap with the SM clock between about 1.4 and 1.97 GHz
+    (docs/benchmarks.md, twentieth run), so a time means little without the clock it ran at."""
+    import subprocess
+
+    cmd = ["nvidia-smi", "--query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active",
+           "--format=csv,noheader,nounits"]
+    try:
+        uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device() if device is None else device).uuid)
+        cmd.append(f"--id={uuid if uuid.startswith('GPU-') else 'GPU-' + uuid}")
+    except Exception:  # noqa: BLE001 - no CUDA device or no uuid: the first GPU nvidia-smi lists
+        pass
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return parse_gpu_state(run.stdout.splitlines()[0]) if run.returncode == 0 and run.stdout.strip() else {}
+
+
+def alternate(entries: list[tuple[str, object, int, dict]], rounds: int, timer, state=gpu_state) -> dict:
+    """Each of ``rounds`` rounds times every entry (name, step, calls, env) in turn: one untimed ``step()``,
+    then ``timer(step, calls)`` (ms a call), under ``env`` (environment variables for our own variants),
+    then ``state()`` (``gpu_state``). Alternating puts each implementation through the same heating of the
+    GPU, where timing one after the other times the first cool and the last hot. Returns per name the
+    rounds' ms, their median, and each round's SM clock, power and cap after it."""
+    out = {name: {"ms": [], "sm_mhz": [], "power_w": [], "capped": []} for name, *_ in entries}
+    for _ in range(rounds):
+        for name, step, calls, env in entries:
+            with mock.patch.dict(os.environ, env):
+                step()
+                out[name]["ms"].append(timer(step, calls))
+            now = state()
+            for key in ("sm_mhz", "power_w", "capped"):
+                out[name][key].append(now.get(key))
+    for row in out.values():
+        row["median_ms"] = statistics.median(row["ms"]) if row["ms"] else None
+    return out
+
+
+def _event_timer(step, calls: int) -> float:
+    """ms a call of ``calls`` back-to-back ``step()`` calls, by CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(calls):
+        step()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / calls
+
+
+# an alternated round times each implementation for at least this long (a few calls at short lengths,
+# one at 1M tokens)
+ROUND_MS = 250.0
+
+
+def _alternated(result: Result, timed: list[tuple[str, object, dict]], q, k, v, do, rounds: int) -> None:
+    """``alternate`` over the implementations ``timed`` (name, fn, env) on this case, into ``result``:
+    ``{name}_alt_fwdbwd_ms`` (each round), ``_alt_median_ms``, ``_alt_sm_mhz``, ``_alt_power_w``, ``_alt_capped``,
+    and ``alt_vs_flex``, the median over rounds of Flex's time over ours in the same round."""
+    entries = []
+    for name, fn, env in timed:
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+
+        def step(fn=fn, leaves=leaves):
+            for t in leaves:
+                t.grad = None
+            fn(*leaves).backward(do)
+
+        ms = result.timings.get(f"{name}_fwdbwd_ms") or ROUND_MS
+        entries.append((name, step, max(1, min(50, round(ROUND_MS / ms))), env))
+    rows = alternate(entries, rounds, _event_timer)
+    for name, row in rows.items():
+        t = result.timings
+        t[f"{name}_alt_fwdbwd_ms"] = [round(x, 4) for x in row["ms"]]
+        t[f"{name}_alt_median_ms"] = round(row["median_ms"], 4)
+        t[f"{name}_alt_sm_mhz"], t[f"{name}_alt_power_w"] = row["sm_mhz"], row["power_w"]
+        t[f"{name}_alt_capped"] = row["capped"]
+    if "ours" in rows and "flex" in rows:
+        result.timings["alt_vs_flex"] = round(statistics.median(
+            f / o for f, o in zip(rows["flex"]["ms"], rows["ours"]["ms"])), 4)
+
+
 def _graph_note(result: Result, name: str) -> str:
     ms = result.timings.get(f"{name}_graph_fwdbwd_ms")
     return "" if ms is None else f", {ms:.3f} ms replayed from a CUDA graph"
@@ -401,8 +503,9 @@ def auto_choices(layout) -> list[str]:
 
 def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count: int = 32,
              flex_max: dict | None = None, dense_max: int = 262144, log=print, profile: bool = False,
-             graphs: bool = False) -> Result:
-    """Check, then time our kernel and the peers on one case (``graphs``: also replayed from CUDA graphs)."""
+             graphs: bool = False, rounds: int = 0) -> Result:
+    """Check, then time our kernel and the peers on one case (``graphs``: also replayed from CUDA graphs;
+    ``rounds``: then that many rounds of forward+backward alternating between them, ``alternate``)."""
     device = torch.device("cuda")
     pattern, stride, block, mask_mod = case_pattern(case)
     n = case.seq_len
@@ -430,6 +533,7 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
 
     result.timings["ours_layout_mb"] = metadata_bytes(layout) / 2**20
     _time_impl("ours", ours, q, k, v, do, result, pairs, graphs)
+    timed = [("ours", ours, {})]  # what the alternated rounds take
     stage(f"ours  {result.timings['ours_fwdbwd_ms']:.3f} ms f+b" + _graph_note(result, "ours"))
     split = dkdv_split(layout, case.batch, gpu_sms(q))
     for note in auto_choices(layout) + [f"dK/dV columns {f'in segments of {split} query blocks' if split else 'whole'}"]:
@@ -441,6 +545,7 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
     for variant in [p for p in OUR_VARIANTS if p in peers]:  # our kernels again in another backward mode
         with mock.patch.dict(os.environ, OUR_VARIANTS[variant]):
             _time_impl(f"ours_{variant}", ours, q, k, v, do, result, pairs, graphs)
+        timed.append((f"ours_{variant}", ours, OUR_VARIANTS[variant]))
         stage(f"ours, {variant}  {result.timings[f'ours_{variant}_fwdbwd_ms']:.3f} ms f+b"
               + _graph_note(result, f"ours_{variant}"))
     flex_limit = (flex_max or {}).get(case.pattern, 1 << 62)
@@ -452,6 +557,7 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
                 result.timings["flex_check"] = check_rows(flex(q, k, v), q, k, v, layout, rows)
             stage("flex forward compiled and checked")
             _time_impl("flex", flex, q, k, v, do, result, pairs, graphs)
+            timed.append(("flex", flex, {}))
             stage(f"flex  {result.timings['flex_fwdbwd_ms']:.3f} ms f+b" + _graph_note(result, "flex"))
             if profile:
                 prof = result.timings["flex_profile"] = profile_fwdbwd(flex, q, k, v, do)
@@ -465,10 +571,21 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
         result.notes.append(f"flex skipped above n={flex_limit} for {case.pattern} (minutes per step)")
     if "sdpa" in peers and n <= dense_max:
         dense_pairs = case.batch * case.heads * n * (n + 1) // 2
-        _time_impl("sdpa", _sdpa_fn(), q, k, v, do, result, dense_pairs, graphs)
+        sdpa = _sdpa_fn()
+        _time_impl("sdpa", sdpa, q, k, v, do, result, dense_pairs, graphs)
+        timed.append(("sdpa", sdpa, {}))
         stage(f"sdpa  {result.timings['sdpa_fwdbwd_ms']:.3f} ms f+b" + _graph_note(result, "sdpa"))
     elif "sdpa" in peers:
         result.notes.append(f"dense SDPA skipped above n={dense_max}")
+    if rounds and len(timed) > 1:
+        try:
+            _alternated(result, timed, q, k, v, do, rounds)
+            ratio = result.timings.get("alt_vs_flex")
+            stage(f"{rounds} alternated rounds: " + ", ".join(
+                f"{name} {result.timings[f'{name}_alt_median_ms']:.3f} ms" for name, *_ in timed)
+                + (f"; Flex / ours {ratio:.3f}" if ratio else ""))
+        finally:
+            torch.cuda.empty_cache()
     return result
 
 
@@ -518,7 +635,7 @@ def table(results: list[Result]) -> str:
     # our other backward modes (OUR_VARIANTS) that were timed: one column each
     variants = sorted({k[:-len("_fwdbwd_ms")] for r in results for k in r.timings
                        if k.startswith("ours_") and k.endswith("_fwdbwd_ms") and k != "ours_fwdbwd_ms"
-                       and "_graph_" not in k})
+                       and "_graph_" not in k and "_alt_" not in k})
     head = head[:-1] + "".join(f"| {v} f+b ms " for v in variants) + "|"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
@@ -547,6 +664,32 @@ def table(results: list[Result]) -> str:
                 f"| {_fmt(t('ours_graph_fwdbwd_tflops'), 0)} | {_fmt(t('flex_graph_fwd_ms'), 3)} | {_fmt(flex, 3)} "
                 f"| {_fmt(t('sdpa_graph_fwdbwd_ms'), 3)} | {_fmt(speedup)}{'×' if speedup else ''} |"
                 + "".join(f" {_fmt(t(v + '_graph_fwdbwd_ms'), 3)} |" for v in variants))
+    alternated = [r for r in results if "ours_alt_median_ms" in r.timings]
+    if alternated:  # --rounds: forward+backward alternating between the implementations, round by round
+        lines += ["", "Alternated rounds (`--rounds`; ms: the rounds' median; MHz and W: nvidia-smi after each "
+                  "round, median; capped: rounds that ended under a power or thermal cap):", "",
+                  "| pattern | n | H×D | rounds | ours f+b ms | Flex f+b ms | Flex / ours (same rounds) "
+                  "| SDPA dense f+b ms | ours SM MHz | Flex SM MHz | ours W | Flex W | capped (ours, Flex) |",
+                  "|" + "---|" * 13]
+        for r in alternated:
+            t = r.timings.get
+
+            def med(key):
+                vals = [x for x in (t(key) or []) if x is not None]
+                return statistics.median(vals) if vals else None
+
+            def capped(name):
+                vals = t(f"{name}_alt_capped")
+                return "—" if not vals or None in vals else f"{sum(vals)}/{len(vals)}"
+
+            ratio = t("alt_vs_flex")
+            lines.append(
+                f"| {r.case.pattern} (l={r.stride}, block {r.block}) | {r.case.seq_len:,} | {r.case.heads}×{r.case.head_dim} "
+                f"| {len(t('ours_alt_fwdbwd_ms'))} | {_fmt(t('ours_alt_median_ms'), 3)} | {_fmt(t('flex_alt_median_ms'), 3)} "
+                f"| {_fmt(ratio, 3)}{'×' if ratio else ''} | {_fmt(t('sdpa_alt_median_ms'), 3)} "
+                f"| {_fmt(med('ours_alt_sm_mhz'), 0)} | {_fmt(med('flex_alt_sm_mhz'), 0)} "
+                f"| {_fmt(med('ours_alt_power_w'), 0)} | {_fmt(med('flex_alt_power_w'), 0)} "
+                f"| {capped('ours')}, {capped('flex')} |")
     return "\n".join(lines)
 
 

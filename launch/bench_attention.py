@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--graphs", action="store_true",
                    help="also time each forward and forward+backward replayed from a CUDA graph (ours and the peers): "
                         "the kernels without the host's cost of issuing them (JSON: *_graph_*_ms)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="after each case's timings, this many rounds of forward+backward alternating between ours and "
+                        "the peers, with the GPU's clock and power after each (default 3; 0: none): at long lengths the "
+                        "GPU runs at its power cap and heats over a run, so one implementation timed after another meets "
+                        "another clock")
     p.add_argument("--out", default=None, help="folder for bench_attention.md and bench_attention.json")
     return p
 
@@ -112,11 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"{PROG}: error: bad --patterns, --lengths, --configs or --block ({err})", file=sys.stderr)
         return 2
+    if args.rounds < 0:
+        print(f"{PROG}: error: --rounds must be 0 or more, got {args.rounds}", file=sys.stderr)
+        return 2
     if gpu_missing(PROG):
         return 2
     from megastride.kernels.bench import run_bench, table
     results = run_bench(cases, peers, out_dir=args.out, dense_max=args.dense_max,
                         flex_max={"strided": args.flex_strided_max}, profile=args.profile, graphs=args.graphs,
+                        rounds=args.rounds,
                         log=lambda s: print(s, flush=True))
     print(table(results))
     if args.out:

@@ -239,3 +239,76 @@ def test_the_kernel_ab_script_names_peers_and_tiles_the_benches_take():
     for kernel, spec in tiles:
         configs = configs_for(kernel, spec, 128, 64)
         assert len(configs) >= len(spec.split(",")) - 1
+
+
+def test_nvidia_smi_state_parses_the_clock_power_and_the_caps_that_hold_it_down():
+    from megastride.kernels.bench import parse_gpu_state
+
+    assert parse_gpu_state("1755, 693.36, 60, 0x0000000000000004") == {
+        "sm_mhz": 1755.0, "power_w": 693.36, "temp_c": 60.0, "capped": True}
+    assert parse_gpu_state("1980, 125.0, 37, 0x0000000000000000")["capped"] is False
+    assert parse_gpu_state("345, 80.6, 35, 0x0000000000000001")["capped"] is False  # idle is not a cap
+    assert parse_gpu_state("1500, 400, 90, 0x0000000000000040")["capped"] is True  # hardware thermal slowdown
+    assert parse_gpu_state("[N/A], 80, 35, 0x1") == {} and parse_gpu_state("") == {}
+
+
+def test_alternated_rounds_take_each_implementation_in_turn_under_its_own_environment(monkeypatch):
+    """Round by round, every implementation once, in order, each under its variant's switches (restored
+    after), with the GPU's state after each; medians per implementation."""
+    import os
+
+    from megastride.kernels.bench import alternate
+
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DQ", raising=False)
+    seen = []
+    clock = iter(range(100))
+
+    def step_of(name):
+        return lambda: seen.append((name, os.environ.get("MEGASTRIDE_BLOCKSPARSE_DQ")))
+
+    ms = {"ours": iter([10.0, 12.0, 11.0]), "ours_merged": iter([9.0, 9.5, 30.0]), "flex": iter([20.0, 21.0, 19.0])}
+    timer = lambda step, calls: (step(), next(ms[seen[-1][0]]))[1]  # noqa: E731
+    state = lambda: {"sm_mhz": 1900.0 - next(clock), "power_w": 690.0, "capped": True}  # noqa: E731
+    rows = alternate([("ours", step_of("ours"), 2, {}),
+                      ("ours_merged", step_of("ours_merged"), 2, {"MEGASTRIDE_BLOCKSPARSE_DQ": "merged"}),
+                      ("flex", step_of("flex"), 1, {})], rounds=3, timer=timer, state=state)
+    names = [name for name, _ in seen]
+    # each round: one untimed call, then the timed one (the fake timer calls once) per implementation
+    assert names == ["ours", "ours", "ours_merged", "ours_merged", "flex", "flex"] * 3
+    assert {mode for name, mode in seen if name == "ours_merged"} == {"merged"}
+    assert {mode for name, mode in seen if name != "ours_merged"} == {None}
+    assert "MEGASTRIDE_BLOCKSPARSE_DQ" not in os.environ
+    assert rows["ours"]["ms"] == [10.0, 12.0, 11.0] and rows["ours"]["median_ms"] == 11.0
+    assert rows["ours_merged"]["median_ms"] == 9.5 and rows["flex"]["median_ms"] == 20.0
+    assert rows["ours"]["sm_mhz"] == [1900.0, 1897.0, 1894.0] and rows["flex"]["sm_mhz"] == [1898.0, 1895.0, 1892.0]
+    # no nvidia-smi: the state's fields are None, the times still there
+    bare = alternate([("ours", lambda: None, 1, {})], rounds=2, timer=lambda s, c: 1.0, state=dict)
+    assert bare["ours"]["sm_mhz"] == [None, None] and bare["ours"]["median_ms"] == 1.0
+
+
+def test_alternated_rounds_get_their_own_table_with_the_same_round_ratio_and_clocks():
+    from megastride.kernels.bench import Result, table
+
+    r = Result(Case("fixed", 1048576, 8, 64), 11520, 128, 0.0114, 10)
+    r.timings.update(ours_fwdbwd_ms=247.0, flex_fwdbwd_ms=290.0, ours_alt_fwdbwd_ms=[250.0, 248.0, 252.0],
+                     ours_alt_median_ms=250.0, flex_alt_fwdbwd_ms=[300.0, 298.0, 301.0], flex_alt_median_ms=300.0,
+                     alt_vs_flex=1.2, ours_alt_sm_mhz=[1800.0, 1750.0, 1700.0], flex_alt_sm_mhz=[1600.0, 1650.0, None],
+                     ours_alt_power_w=[690.0, 691.0, 692.0], flex_alt_power_w=[688.0, 689.0, 690.0],
+                     ours_alt_capped=[True, True, False], flex_alt_capped=[True, True, None])
+    lines = table([r]).splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("Alternated rounds"))
+    assert lines[head + 2].count("|") == lines[head + 3].count("|") == lines[-1].count("|")
+    assert lines[-1] == ("| fixed (l=11520, block 128) | 1,048,576 | 8×64 | 3 | 250.000 | 300.000 | 1.200× | — "
+                         "| 1,750 | 1,625 | 691 | 689 | 2/3, — |")
+    plain = Result(Case("fixed", 12288, 8, 64), 1024, 128, 0.198, 10)
+    plain.timings.update(ours_fwdbwd_ms=1.5)
+    assert "Alternated" not in table([plain])
+
+
+def test_bench_rounds_default_to_three_and_refuse_a_negative_count(capsys):
+    from megastride.launch.bench_attention import _parser, main
+
+    assert _parser().parse_args([]).rounds == 3 and _parser().parse_args(["--rounds", "0"]).rounds == 0
+    assert main(["--rounds", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--rounds must be 0 or more" in err
