@@ -14,10 +14,17 @@ ran slower than the same configuration timed first (docs/benchmarks.md, seventee
 
     python -m megastride.kernels.launch_ab --switch MEGASTRIDE_BLOCKSPARSE_GLUON --cases 262144x2x128 --calls 20
 
+or two values of a switch that takes more than on and off (``VALUED``; ``--values``), with a profile of
+each after the rounds (``--profile``: per-kernel ms), e.g. the backward's dQ modes:
+
+    python -m megastride.kernels.launch_ab --switch MEGASTRIDE_BLOCKSPARSE_DQ --values auto,atomic \
+        --cases 1048576x8x64 --calls 4 --warmup 1 --profile
+
 Each case is the bench's fixed pattern (l ~ sqrt(128 n), one summary block of 128) at ``NxHxD``, bf16,
 B=1. Each round times ``--calls`` forward+backward calls (after ``--warmup`` untimed ones) with the switch
 off, then on; the ms per call includes the GPU's work (synchronised once at the end of a round), which
-is the floor either way. Written to OUT/launch_ab.json with the device, versions and date.
+is the floor either way ("off" is the first of ``--values``, "on" the second). Written to
+OUT/launch_ab.json with the device, versions and date.
 """
 
 from __future__ import annotations
@@ -38,6 +45,21 @@ SWITCH = "MEGASTRIDE_BLOCKSPARSE_DIRECT"
 SWITCHES = (SWITCH, "MEGASTRIDE_BLOCKSPARSE_GLUON", "MEGASTRIDE_BLOCKSPARSE_GLUON_FWD",
             "MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS", "MEGASTRIDE_BLOCKSPARSE_TMA")
 MODES = ("0", "1")  # off (for DIRECT: Triton's run), on (direct)
+# switches with more values than on and off: the values --values may name
+VALUED = {"MEGASTRIDE_BLOCKSPARSE_DQ": ("auto", "separate", "atomic", "merged")}
+
+
+def parse_values(switch: str, raw: str) -> tuple[str, str]:
+    """``--values`` for ``switch``: two different values it takes (on/off switches: "0" and "1");
+    ValueError naming the problem."""
+    values = tuple(x.strip() for x in raw.split(","))
+    allowed = VALUED.get(switch, MODES)
+    if len(values) != 2 or values[0] == values[1]:
+        raise ValueError(f"--values takes two different values, got {raw!r}")
+    bad = [x for x in values if x not in allowed]
+    if bad:
+        raise ValueError(f"{switch} does not take {bad[0]!r} (one of {', '.join(allowed)})")
+    return values
 
 
 def parse_cases(raw: str) -> list[tuple[int, int, int]]:
@@ -59,14 +81,15 @@ def parse_cases(raw: str) -> list[tuple[int, int, int]]:
 
 
 def alternate(step, rounds: int, calls: int, warmup: int, sync=lambda: None, clock=time.perf_counter,
-              switch: str = SWITCH) -> dict:
-    """ms per ``step()`` with ``switch`` off and on, alternating for ``rounds`` rounds (``warmup`` untimed
-    calls, then ``calls`` timed ones, ``sync()`` before and after); the switch's earlier value restored."""
+              switch: str = SWITCH, values: tuple[str, str] = MODES) -> dict:
+    """ms per ``step()`` with ``switch`` at ``values`` (off, on), alternating for ``rounds`` rounds (``warmup``
+    untimed calls, then ``calls`` timed ones, ``sync()`` before and after); the switch's earlier value
+    restored."""
     before = os.environ.get(switch)
-    times: dict[str, list[float]] = {m: [] for m in MODES}
+    times: dict[str, list[float]] = {m: [] for m in values}
     try:
         for _ in range(rounds):
-            for mode in MODES:
+            for mode in values:
                 os.environ[switch] = mode
                 for _ in range(warmup):
                     step()
@@ -81,11 +104,28 @@ def alternate(step, rounds: int, calls: int, warmup: int, sync=lambda: None, clo
             os.environ.pop(switch, None)
         else:
             os.environ[switch] = before
-    off, on = statistics.median(times["0"]), statistics.median(times["1"])
-    return {"off_ms": [round(t, 4) for t in times["0"]], "on_ms": [round(t, 4) for t in times["1"]],
+    first, second = times[values[0]], times[values[1]]
+    off, on = statistics.median(first), statistics.median(second)
+    return {"values": list(values), "off_ms": [round(t, 4) for t in first], "on_ms": [round(t, 4) for t in second],
             "median_off_ms": round(off, 4), "median_on_ms": round(on, 4),
-            "rounds_on_faster": sum(a > b for a, b in zip(times["0"], times["1"])),
+            "rounds_on_faster": sum(a > b for a, b in zip(first, second)),
             "saving": round(1 - on / off, 4) if off else None}
+
+
+def profiles(step, switch: str, values: tuple[str, ...], iters: int) -> dict:
+    """Per value of ``switch``: ``profiling.profile_calls`` of ``iters`` calls of ``step`` (wall and GPU ms
+    a call, ms per kernel); the switch's earlier value restored."""
+    from unittest import mock
+
+    from .profiling import profile_calls
+
+    out = {}
+    for value in values:
+        with mock.patch.dict(os.environ, {switch: value}):
+            prof = profile_calls(step, iters)
+        out[value] = {"wall_ms": round(prof["wall_ms"], 3), "gpu_ms": round(prof["gpu_ms"], 3),
+                      "kernels_ms": {k: round(v, 3) for k, v in prof["kernels_ms"].items()}}
+    return out
 
 
 def _fixed_case(n: int, heads: int, dim: int):
@@ -106,11 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of off, then on (default 3)")
     parser.add_argument("--calls", type=int, default=200, help="timed forward+backward calls a round (default 200)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls before each timing (default 10)")
-    parser.add_argument("--switch", default=SWITCH, choices=SWITCHES, help=f"the switch to alternate (default {SWITCH})")
+    parser.add_argument("--switch", default=SWITCH, choices=SWITCHES + tuple(VALUED),
+                        help=f"the switch to alternate (default {SWITCH})")
+    parser.add_argument("--values", default=",".join(MODES),
+                        help="the switch's two values, off then on (default 0,1; MEGASTRIDE_BLOCKSPARSE_DQ: two of "
+                             f"{', '.join(VALUED['MEGASTRIDE_BLOCKSPARSE_DQ'])})")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the rounds, profile a few calls at each value (per-kernel ms in the JSON)")
     parser.add_argument("--out", default=None, help="folder for launch_ab.json")
     args = parser.parse_args(argv)
     try:
         cases = parse_cases(args.cases)
+        values = parse_values(args.switch, args.values)
         if min(args.rounds, args.calls) < 1 or args.warmup < 0:
             raise ValueError("--rounds and --calls must be at least 1, --warmup at least 0")
     except ValueError as err:
@@ -132,12 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         step()  # autotuning and "auto"'s timing outside the rounds
         row = {"n": n, "heads": heads, "head_dim": dim,
                **alternate(step, args.rounds, args.calls, args.warmup, sync=torch.cuda.synchronize,
-                           switch=args.switch)}
+                           switch=args.switch, values=values)}
+        if args.profile:
+            row["profile"] = profiles(step, args.switch, values, max(2, min(args.calls, 10)))
         print(json.dumps(row), flush=True)
         rows.append(row)
     if args.out:
-        write_rows(Path(args.out) / "launch_ab.json", rows, switch=args.switch, rounds=args.rounds, calls=args.calls,
-                   warmup=args.warmup,
+        write_rows(Path(args.out) / "launch_ab.json", rows, switch=args.switch, values=list(values), rounds=args.rounds,
+                   calls=args.calls, warmup=args.warmup,
                    date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     return 0
 

@@ -62,5 +62,28 @@ def test_another_switch_alternates_the_same_way_and_an_unknown_one_is_refused(mo
                         rounds=1, calls=1, warmup=0, switch="MEGASTRIDE_BLOCKSPARSE_GLUON")
     assert seen == [("0", "1"), ("1", "1")] and "MEGASTRIDE_BLOCKSPARSE_GLUON" not in os.environ
     with pytest.raises(SystemExit):
-        launch_ab.main(["--switch", "MEGASTRIDE_BLOCKSPARSE_DQ"])
-    assert "invalid choice: 'MEGASTRIDE_BLOCKSPARSE_DQ'" in capsys.readouterr().err
+        launch_ab.main(["--switch", "MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH"])
+    assert "invalid choice: 'MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH'" in capsys.readouterr().err
+
+
+def test_a_valued_switch_alternates_the_two_values_given_and_bad_values_are_one_line_errors(monkeypatch, capsys):
+    """--switch MEGASTRIDE_BLOCKSPARSE_DQ --values auto,atomic: the rounds set the first value, then the
+    second ("off" and "on" in the row, which names them), and restore the variable; values the switch does
+    not take, a repeated one or a count other than two are refused before any GPU work."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "merged")
+    seen = []
+    ticks = iter(range(100))
+    got = launch_ab.alternate(lambda: seen.append(os.environ["MEGASTRIDE_BLOCKSPARSE_DQ"]), rounds=2, calls=1,
+                              warmup=0, clock=lambda: next(ticks) / 1e3, switch="MEGASTRIDE_BLOCKSPARSE_DQ",
+                              values=("auto", "atomic"))
+    assert seen == ["auto", "atomic", "auto", "atomic"] and os.environ["MEGASTRIDE_BLOCKSPARSE_DQ"] == "merged"
+    assert got["values"] == ["auto", "atomic"] and got["off_ms"] == [1.0, 1.0] and got["on_ms"] == [1.0, 1.0]
+    assert launch_ab.parse_values("MEGASTRIDE_BLOCKSPARSE_DQ", "auto, atomic") == ("auto", "atomic")
+    assert launch_ab.parse_values(launch_ab.SWITCH, "1,0") == ("1", "0")
+    for switch, raw, message in [("MEGASTRIDE_BLOCKSPARSE_DQ", "auto,atomc", "does not take 'atomc' (one of auto,"),
+                                 ("MEGASTRIDE_BLOCKSPARSE_DQ", "auto,auto", "two different values"),
+                                 ("MEGASTRIDE_BLOCKSPARSE_DQ", "auto", "two different values"),
+                                 ("MEGASTRIDE_BLOCKSPARSE_GLUON", "0,auto", "does not take 'auto' (one of 0, 1)")]:
+        assert launch_ab.main(["--switch", switch, "--values", raw]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, err
