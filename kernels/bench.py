@@ -403,12 +403,13 @@ def gpu_state(device: int | None = None) -> dict:
     return parse_gpu_state(run.stdout.splitlines()[0]) if run.returncode == 0 and run.stdout.strip() else {}
 
 
-def alternate(entries: list[tuple[str, object, int, dict]], rounds: int, timer, state=gpu_state) -> dict:
+def alternate(entries: list[tuple[str, object, int, dict]], rounds: int, timer, state=None) -> dict:
     """Each of ``rounds`` rounds times every entry (name, step, calls, env) in turn: one untimed ``step()``,
     then ``timer(step, calls)`` (ms a call), under ``env`` (environment variables for our own variants),
-    then ``state()`` (``gpu_state``). Alternating puts each implementation through the same heating of the
+    then ``state()`` (default ``gpu_state``). Alternating puts each implementation through the same heating of the
     GPU, where timing one after the other times the first cool and the last hot. Returns per name the
     rounds' ms, their median, and each round's SM clock, power and cap after it."""
+    state = gpu_state if state is None else state
     out = {name: {"ms": [], "sm_mhz": [], "power_w": [], "capped": []} for name, *_ in entries}
     for _ in range(rounds):
         for name, step, calls, env in entries:

@@ -11,6 +11,7 @@ each forced config (the backward kernels' gradients are checked by tests/test_ke
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -63,9 +64,14 @@ def configs_for(kernel: str, spec: str, block: int, head_dim: int) -> list[tuple
     return out
 
 
-def sweep_case(case: Bn.Case, kernel: str, spec: str, flex: bool = True, log=print, check_rows_count: int = 16) -> list[dict]:
+def sweep_case(case: Bn.Case, kernel: str, spec: str, flex: bool = True, log=print, check_rows_count: int = 16,
+               rounds: int = 0, preheat_s: float = 3.0) -> list[dict]:
     """Rows (one per config, then Flex's) for one bench case: ms (median of do_bench), TFLOP/s over the
-    attended pairs, the max error against the fp32 reference on sampled rows."""
+    attended pairs, the max error against the fp32 reference on sampled rows. ``rounds``: then, after
+    ``preheat_s`` seconds of the autotuner's choice, that many rounds of every config, the autotuner's
+    choice (a row of its own, "auto") and Flex in turn (``bench.alternate``: each row's ``alt_ms``, the
+    rounds' median, and the SM clock after each round): the sequential timings above meet a GPU that heats
+    from one config to the next, at long lengths up to its power cap (docs/benchmarks.md, twentieth run)."""
     device = torch.device("cuda")
     pattern, stride, block, mask_mod = Bn.case_pattern(case)
     n = case.seq_len
@@ -80,18 +86,23 @@ def sweep_case(case: Bn.Case, kernel: str, spec: str, flex: bool = True, log=pri
             "stride": stride, "block": block, "kernel": kernel, "runs": B.use_runs()}
     backward = kernel != "fwd"
 
-    def timed(fn) -> float:
-        if not backward:
-            def fwd():
-                with torch.no_grad():
-                    fn(q, k, v)
-            fwd()
-            return Bn._bench(fwd)
+    def call_of(fn, entry=None):
+        """One forward (kernel "fwd") or forward+backward of ``fn``, under ``entry``'s forced tiles."""
+        def call():
+            with B.forced_tiles(kernel, entry) if entry else contextlib.nullcontext():
+                if not backward:
+                    with torch.no_grad():
+                        fn(q, k, v)
+                    return
+                for t in leaves:
+                    t.grad = None
+                fn(*leaves).backward(do)
+        return call
 
-        def fwdbwd():
-            fn(*leaves).backward(do)
-        fwdbwd()
-        return Bn._bench(fwdbwd, leaves)
+    def timed(fn) -> float:
+        call = call_of(fn)
+        call()
+        return Bn._bench(call, leaves if backward else ())
 
     out = []
     ours = Bn._our_fn(layout)
@@ -126,26 +137,74 @@ def sweep_case(case: Bn.Case, kernel: str, spec: str, flex: bool = True, log=pri
             log(f"  Flex failed: {row['error']}")
         out.append(row)
         torch.cuda.empty_cache()
+    if rounds:
+        _alternate_rows(out, call_of, ours, fn if flex and "ms" in out[-1] else None, env, base, rounds, preheat_s, log)
     return out
 
 
+def _alternate_rows(out: list[dict], call_of, ours, flex_fn, env: dict, base: dict, rounds: int, preheat_s: float,
+                    log=print) -> None:
+    """``sweep_case``'s alternated rounds over the configs that ran (``out``), the autotuner's choice and
+    Flex (``flex_fn``, None: left out), into ``out``."""
+    def calls(ms):
+        return max(1, min(50, round(Bn.ROUND_MS / ms)))
+
+    timed = [r for r in out if r["impl"] == "ours" and "ms" in r]
+    auto = {**base, "impl": "ours", "tile": "auto"}
+    entries = [("auto", call_of(ours), calls(min(r["ms"] for r in timed)) if timed else 1, env)]
+    entries += [(r["tile"], call_of(ours, parse_tile(r["kernel"], r["tile"])), calls(r["ms"]), env) for r in timed]
+    if flex_fn is not None:
+        entries.append(("flex", call_of(flex_fn), calls(out[-1]["ms"]), {}))
+    with mock.patch.dict(os.environ, env):
+        heat = call_of(ours)
+        end = time.perf_counter() + preheat_s
+        while time.perf_counter() < end:
+            heat()
+        torch.cuda.synchronize()
+    got = Bn.alternate(entries, rounds, Bn._event_timer)
+    out.insert(len(timed) and out.index(timed[-1]) + 1, auto)
+    for row in out:
+        name = "flex" if row["impl"] == "flex" else row["tile"]
+        if name in got and got[name]["ms"]:
+            row["alt_ms"] = round(got[name]["median_ms"], 4)
+            row["alt_rounds_ms"] = [round(x, 4) for x in got[name]["ms"]]
+            row["alt_sm_mhz"] = got[name]["sm_mhz"]
+            log(f"  {row['tile'] if name != 'flex' else 'Flex':>22}: {row['alt_ms']:.3f} ms over {rounds} alternated rounds")
+    torch.cuda.empty_cache()
+
+
 def table(rows: list[dict]) -> str:
-    """Markdown: one line per (case, config), each config's time relative to Flex's in the same case."""
-    lines = ["| case | kernel | config | ms | TFLOP/s | vs Flex | max err |", "|---|---|---|---|---|---|---|"]
+    """Markdown: one line per (case, config), each config's time relative to Flex's in the same case; with
+    alternated rounds (``sweep_case``'s ``rounds``) also their median and the SM clock, and the autotuner's
+    choice ("auto") as a row."""
+    alt = any("alt_ms" in r for r in rows)
+    head = "| case | kernel | config | ms | TFLOP/s | vs Flex | max err |" + (" alternated ms | SM MHz |" if alt else "")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     flex_ms = {(r["pattern"], r["seq_len"], r["heads"], r["head_dim"]): r.get("ms") for r in rows if r["impl"] == "flex"}
+
+    def alt_cells(r):
+        if not alt:
+            return ""
+        clocks = [c for c in r.get("alt_sm_mhz") or [] if c is not None]
+        mhz = f"{sorted(clocks)[len(clocks) // 2]:,.0f}" if clocks else "—"
+        return f" {r['alt_ms']:.3f} | {mhz} |" if "alt_ms" in r else " — | — |"
+
     for r in rows:
         key = (r["pattern"], r["seq_len"], r["heads"], r["head_dim"])
         case = f"{r['pattern']} {r['seq_len']:,} {r['heads']}×{r['head_dim']}" + (" (runs)" if r.get("runs") else "")
         if "ms" not in r:
-            lines.append(f"| {case} | {r['kernel']} | {r['tile']} | failed: {r.get('error', '')[:80]} | | | |")
+            what = "the autotuner's choice" if r["tile"] == "auto" else f"failed: {r.get('error', '')[:80]}"
+            lines.append(f"| {case} | {r['kernel']} | {r['tile']} | {what} | | | |" + alt_cells(r))
             continue
         ref = flex_ms.get(key)
         ratio = f"{ref / r['ms']:.2f}×" if ref and r["impl"] == "ours" else "—"
-        lines.append(f"| {case} | {r['kernel']} | {r['tile']} | {r['ms']:.3f} | {r['tflops']:.0f} | {ratio} | {r['max_err']:.1e} |")
+        lines.append(f"| {case} | {r['kernel']} | {r['tile']} | {r['ms']:.3f} | {r['tflops']:.0f} | {ratio} "
+                     f"| {r['max_err']:.1e} |" + alt_cells(r))
     return "\n".join(lines)
 
 
-def run(cases: list[Bn.Case], kernel: str, spec: str, flex: bool = True, out_dir: str | None = None, log=print) -> list[dict]:
+def run(cases: list[Bn.Case], kernel: str, spec: str, flex: bool = True, out_dir: str | None = None, log=print,
+        rounds: int = 0, preheat_s: float = 3.0) -> list[dict]:
     """Sweep every case; rewrite the JSON and table after each (a run cut short keeps what it timed)."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r} (one of {', '.join(KERNELS)})")
@@ -153,7 +212,7 @@ def run(cases: list[Bn.Case], kernel: str, spec: str, flex: bool = True, out_dir
     for case in cases:
         log(f"{case.pattern} n={case.seq_len:,} H={case.heads} D={case.head_dim} ({kernel})")
         start = time.perf_counter()
-        rows += sweep_case(case, kernel, spec, flex, log)
+        rows += sweep_case(case, kernel, spec, flex, log, rounds=rounds, preheat_s=preheat_s)
         log(f"  [{time.perf_counter() - start:.0f} s]")
         if out_dir:
             path = Path(out_dir)

@@ -21,6 +21,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-flex", action="store_true", help="leave out FlexAttention")
     p.add_argument("--runs", action="store_true",
                    help="walk full block lists as arithmetic runs (MEGASTRIDE_BLOCKSPARSE_RUNS=1; experimental)")
+    p.add_argument("--rounds", type=int, default=0,
+                   help="then this many rounds of every config, the autotuner's choice and Flex in turn, after "
+                        "--preheat seconds of the autotuner's choice (default 0: none): one config timed after "
+                        "another meets a hotter GPU, at long lengths one at its power cap")
+    p.add_argument("--preheat", type=float, default=3.0, help="seconds of forward(+backward) before the rounds (default 3)")
     p.add_argument("--out", default=None, help="folder for bench_tiles.md and bench_tiles.json")
     return p
 
@@ -37,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             if item != "list":
                 S.parse_tile(args.kernel, item)
         cases = cases_from(args.patterns, args.configs, args.lengths)
+        if args.rounds < 0 or args.preheat < 0:
+            raise ValueError(f"--rounds and --preheat must be 0 or more, got {args.rounds} and {args.preheat}")
     except ValueError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
@@ -45,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs:
         os.environ["MEGASTRIDE_BLOCKSPARSE_RUNS"] = "1"
     rows = S.run(cases, args.kernel, args.tiles, flex=not args.no_flex, out_dir=args.out,
-                 log=lambda s: print(s, flush=True))
+                 log=lambda s: print(s, flush=True), rounds=args.rounds, preheat_s=args.preheat)
     print(S.table(rows))
     return 0
 

@@ -51,6 +51,8 @@ def test_table_puts_each_config_beside_flex_of_its_case():
     (["--kernel", "merged", "--tiles", "128x64w4s3"], "is not a merged config"),
     (["--configs", "8x64x2"], "is not HEADSxHEAD_DIM"),
     (["--lengths", "65536,lots"], "invalid literal"),
+    (["--rounds", "-1"], "--rounds and --preheat must be 0 or more"),
+    (["--preheat", "-2"], "--rounds and --preheat must be 0 or more"),
 ])
 def test_cli_errors_are_one_line_before_any_gpu_work(argv, message, capsys):
     assert bench_tiles.main(argv) == 2
@@ -61,3 +63,48 @@ def test_cli_errors_are_one_line_before_any_gpu_work(argv, message, capsys):
 def test_cli_without_a_gpu_says_so(capsys):
     assert bench_tiles.main([]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_alternated_rounds_take_every_config_the_autotuners_choice_and_flex_in_turn(monkeypatch):
+    """--rounds: after the sequential timings, rounds over the configs that ran (each under its forced
+    tiles and the kernel's dQ mode), the autotuner's choice (a row of its own after the configs) and Flex;
+    a config that failed stays a failed row; the table gets the rounds' medians and clocks."""
+    import os
+
+    import torch
+
+    from megastride.kernels import bench as Bn
+
+    base = {"pattern": "fixed", "seq_len": 1048576, "heads": 8, "head_dim": 64, "kernel": "dkdv"}
+    out = [{**base, "impl": "ours", "tile": "32x128w4s5", "ms": 250.0, "tflops": 370.0, "max_err": 1e-3},
+           {**base, "impl": "ours", "tile": "64x64w4s5", "error": "OutOfResources: shared memory"},
+           {**base, "impl": "ours", "tile": "64x128w8s5", "ms": 60.0, "tflops": 300.0, "max_err": 1e-3},
+           {**base, "impl": "flex", "tile": "(Flex's own)", "ms": 290.0, "tflops": 310.0, "max_err": 1e-3}]
+    seen = []
+
+    def call_of(fn, entry=None):
+        return lambda: seen.append((fn, entry, os.environ.get("MEGASTRIDE_BLOCKSPARSE_DQ")))
+
+    per = {("ours", None): 249.0, ("ours", (32, 128, 4, 5)): 247.0, ("ours", (64, 128, 8, 5)): 268.0,
+           ("flex", None): 286.0}
+    monkeypatch.setattr(Bn, "_event_timer", lambda step, calls: (step(), per[seen[-1][:2]] + calls / 100)[1])
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(Bn, "gpu_state", lambda: {"sm_mhz": 1800.0})
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DQ", raising=False)
+    S._alternate_rows(out, call_of, "ours", "flex", {"MEGASTRIDE_BLOCKSPARSE_DQ": "separate"}, base, rounds=2,
+                      preheat_s=0.0, log=lambda s: None)
+    assert [r["tile"] for r in out] == ["32x128w4s5", "64x64w4s5", "64x128w8s5", "auto", "(Flex's own)"]
+    # each round: every entry's untimed call, then its timed one; the dQ mode set for ours, not for Flex
+    order = [(fn, entry) for fn, entry, _ in seen]
+    one_round = [("ours", None), ("ours", (32, 128, 4, 5)), ("ours", (64, 128, 8, 5)), ("flex", None)]
+    assert order == [x for x in one_round for _ in range(2)] * 2
+    assert {mode for fn, _, mode in seen if fn == "ours"} == {"separate"} and \
+        {mode for fn, _, mode in seen if fn == "flex"} == {None}
+    # calls a round: at least ROUND_MS of work (one at 250 ms, five at 60 ms; "auto" as the fastest config)
+    assert out[0]["alt_ms"] == 247.01 and out[2]["alt_ms"] == 268.04 and out[3]["alt_ms"] == 249.04
+    assert out[4]["alt_ms"] == 286.01 and "alt_ms" not in out[1]
+    lines = S.table(out).splitlines()
+    assert lines[0].endswith("| alternated ms | SM MHz |")
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "| auto | the autotuner's choice | | | | 249.040 | 1,800 |" in lines[5]
+    assert lines[3].endswith("| — | — |")  # the failed config: no rounds
