@@ -27,7 +27,7 @@ import torch
 
 from . import baseline
 from . import plan as planner
-from megastride.kernels.profiling import profile_calls, summary
+from megastride.kernels.profiling import gpu_state, profile_calls, summary
 
 from .config import Config, ConfigError, config_from_dict, graph_problem, load_config
 from .loglog import plot_loglog, tail_slope
@@ -105,6 +105,12 @@ class Row:
     recomputed_blocks: int | None = None  # of ``layers`` (train.checkpoint_blocks, "auto" resolved)
     keep_attention: int = 0  # first recomputed blocks keeping their attention outputs (train.keep_attention resolved)
     label: str = ""
+    # the GPU right after the timed steps (nvidia-smi; None off a GPU): SM clock, power, and whether a power
+    # or thermal cap held the clock down; at long lengths the H200 runs at its 700 W cap (docs/benchmarks.md,
+    # twentieth run), so an MFU is also a statement about the clock it ran at
+    sm_mhz: float | None = None
+    power_w: float | None = None
+    capped: bool | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,6 +274,9 @@ def _timed_row(kind: str, cfg: Config, batch: int, p: planner.Plan, label: str, 
         row = _row(kind, cfg, batch, "oom", p, label)
     else:
         row = _finish(_row(kind, cfg, batch, "ok", p, label), p, step_s, peak)
+        if torch.device(opts.device).type == "cuda":
+            state = gpu_state()
+            row.sm_mhz, row.power_w, row.capped = state.get("sm_mhz"), state.get("power_w"), state.get("capped")
         if prof:
             opts.profiles[f"{row.label} n={row.seq_len}"] = prof
             opts.log(f"{row.label:>8} n={row.seq_len:>9,} profiled: {summary(prof, kernels=5)}")
@@ -471,14 +480,19 @@ def write_outputs(rows: list[Row], out: Path, name: str, meta: dict, with_plot: 
 
 
 def markdown_table(rows: list[Row]) -> str:
-    """The rows as a Markdown table (what goes into docs/scaling.md)."""
-    head = "| config | n | batch | status | s/step | tokens/s | MFU | peak GB | plan GB | plan error |"
-    lines = [head, "|" + "---|" * 10]
+    """The rows as a Markdown table (what goes into docs/scaling.md); with the GPU's state after the timed
+    steps where any row has it (SM clock, power, capped)."""
+    gpu = any(r.sm_mhz is not None for r in rows)
+    head = "| config | n | batch | status | s/step | tokens/s | MFU | peak GB | plan GB | plan error |" + \
+        (" SM MHz | W | capped |" if gpu else "")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
     for r in rows:
         lines.append(f"| {r.label} | {r.seq_len:,} | {r.batch} | {r.status} | {fmt(r.step_s, '.4f')} | "
                      f"{fmt(r.tokens_per_s, ',.0f')} | {fmt(r.mfu, '.3f')} | {fmt(r.peak_gb, '.2f')} | "
-                     f"{fmt(r.plan_gb, '.2f')} | {fmt(r.plan_error_pct, '+.1f')}{'' if r.plan_error_pct is None else '%'} |")
+                     f"{fmt(r.plan_gb, '.2f')} | {fmt(r.plan_error_pct, '+.1f')}{'' if r.plan_error_pct is None else '%'} |"
+                     + (f" {fmt(r.sm_mhz, ',.0f')} | {fmt(r.power_w, '.0f')} | "
+                        f"{'—' if r.capped is None else 'yes' if r.capped else 'no'} |" if gpu else ""))
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ from unittest import mock
 import torch
 
 from . import patterns as P
-from .profiling import profile_calls, summary
+from .profiling import gpu_state, parse_gpu_state, profile_calls, summary  # noqa: F401 - parse_gpu_state re-exported
 from .reference import reference_attention
 
 # SPEC.md section 3's strided table (l per n); other lengths use the cost-optimal stride
@@ -364,43 +364,6 @@ def _time_impl(name, fn, q, k, v, do, result: Result, pairs: int, graphs: bool =
             fn(*graph_leaves).backward(do)
 
         _time_graphed(name, fwd, graph_fwdbwd, graph_leaves, result, pairs, q.shape[-1])
-
-
-# nvidia-smi's clocks_event_reasons bits that hold the SM clock down under load: software power cap (0x4),
-# hardware slowdown (0x8), software and hardware thermal slowdown (0x20, 0x40), power brake (0x80)
-CAP_REASONS = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
-
-
-def parse_gpu_state(line: str) -> dict:
-    """``nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active
-    --format=csv,noheader,nounits`` output as a dict; {} where it does not parse."""
-    parts = [x.strip() for x in line.strip().split(",")]
-    try:
-        clock, power, temp, reasons = float(parts[0]), float(parts[1]), float(parts[2]), int(parts[3], 16)
-    except (ValueError, IndexError):
-        return {}
-    return {"sm_mhz": clock, "power_w": power, "temp_c": temp, "capped": bool(reasons & CAP_REASONS)}
-
-
-def gpu_state(device: int | None = None) -> dict:
-    """The GPU's SM clock (MHz), power draw (W), temperature (C) and whether a power or thermal cap holds
-    its clock down now (``CAP_REASONS``), read from nvidia-smi; {} where it cannot be read. At long lengths
-    our kernels and Flex's run the H200 at its 700 W cap with the SM clock between about 1.4 and 1.97 GHz
-    (docs/benchmarks.md, twentieth run), so a time means little without the clock it ran at."""
-    import subprocess
-
-    cmd = ["nvidia-smi", "--query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active",
-           "--format=csv,noheader,nounits"]
-    try:
-        uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device() if device is None else device).uuid)
-        cmd.append(f"--id={uuid if uuid.startswith('GPU-') else 'GPU-' + uuid}")
-    except Exception:  # noqa: BLE001 - no CUDA device or no uuid: the first GPU nvidia-smi lists
-        pass
-    try:
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return parse_gpu_state(run.stdout.splitlines()[0]) if run.returncode == 0 and run.stdout.strip() else {}
 
 
 def alternate(entries: list[tuple[str, object, int, dict]], rounds: int, timer, state=None) -> dict:

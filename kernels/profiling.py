@@ -1,5 +1,7 @@
-"""Where a GPU call spends its time: wall vs host issue vs GPU kernel time, per kernel and per host op; and
-the GPU's SM count, which the kernels size their work by (layernorm's backward grid, blocksparse's split rule)."""
+"""Where a GPU call spends its time: wall vs host issue vs GPU kernel time, per kernel and per host op; the
+GPU's SM count, which the kernels size their work by (layernorm's backward grid, blocksparse's split rule);
+and the GPU's clock, power and caps as nvidia-smi reports them (``gpu_state``), which the benches record
+beside their times."""
 
 from __future__ import annotations
 
@@ -65,3 +67,40 @@ def summary(prof: dict, kernels: int = 4) -> str:
     top = ", ".join(f"{name[:40]} {ms:.3f}" for name, ms in list(prof["kernels_ms"].items())[:kernels])
     return (f"wall {prof['wall_ms']:.3f} ms, host issue {prof['host_ms']:.3f} ms, GPU kernels {prof['gpu_ms']:.3f} ms "
             f"per call ({top})")
+
+
+# nvidia-smi's clocks_event_reasons bits that hold the SM clock down under load: software power cap (0x4),
+# hardware slowdown (0x8), software and hardware thermal slowdown (0x20, 0x40), power brake (0x80)
+CAP_REASONS = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
+
+
+def parse_gpu_state(line: str) -> dict:
+    """``nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active
+    --format=csv,noheader,nounits`` output as a dict; {} where it does not parse."""
+    parts = [x.strip() for x in line.strip().split(",")]
+    try:
+        clock, power, temp, reasons = float(parts[0]), float(parts[1]), float(parts[2]), int(parts[3], 16)
+    except (ValueError, IndexError):
+        return {}
+    return {"sm_mhz": clock, "power_w": power, "temp_c": temp, "capped": bool(reasons & CAP_REASONS)}
+
+
+def gpu_state(device: int | None = None) -> dict:
+    """The GPU's SM clock (MHz), power draw (W), temperature (C) and whether a power or thermal cap holds
+    its clock down now (``CAP_REASONS``), read from nvidia-smi; {} where it cannot be read. At long lengths
+    our kernels and Flex's run the H200 at its 700 W cap with the SM clock between about 1.4 and 1.97 GHz
+    (docs/benchmarks.md, twentieth run), so a time means little without the clock it ran at."""
+    import subprocess
+
+    cmd = ["nvidia-smi", "--query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active",
+           "--format=csv,noheader,nounits"]
+    try:
+        uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device() if device is None else device).uuid)
+        cmd.append(f"--id={uuid if uuid.startswith('GPU-') else 'GPU-' + uuid}")
+    except Exception:  # noqa: BLE001 - no CUDA device or no uuid: the first GPU nvidia-smi lists
+        pass
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return parse_gpu_state(run.stdout.splitlines()[0]) if run.returncode == 0 and run.stdout.strip() else {}

@@ -151,6 +151,21 @@ def test_measure_resolves_auto_to_what_the_gpu_fits(monkeypatch):
     assert (row.recomputed_blocks, row.keep_attention) == (0, False)
 
 
+def test_a_gpu_row_records_the_clock_power_and_cap_after_its_steps_and_the_table_shows_them(monkeypatch):
+    """On a GPU each timed row gets nvidia-smi's SM clock, power and cap after its steps (the MFU of a 1M
+    step is at the H200's power cap); CPU rows and tables stay without them."""
+    _on_a_fake_gpu(monkeypatch)
+    monkeypatch.setattr(B, "gpu_state", lambda: {"sm_mhz": 1755.0, "power_w": 693.4, "capped": True})
+    opts = B.Options(device="cuda", steps=1, warmup=1, log=lambda line: None)
+    row = B.measure("fixed", B.config_for(tiny_base("bf16"), B.KINDS["fixed"], 128), opts)
+    assert (row.sm_mhz, row.power_w, row.capped) == (1755.0, 693.4, True)
+    lines = B.markdown_table([row]).splitlines()
+    assert lines[0].endswith("| plan error | SM MHz | W | capped |") and lines[-1].endswith("| 1,755 | 693 | yes |")
+    assert lines[1].count("|") == lines[0].count("|") == lines[2].count("|")
+    cpu = B.measure("fixed", B.config_for(tiny_base(), B.KINDS["fixed"], 64), quiet())
+    assert cpu.sm_mhz is None and cpu.capped is None and "SM MHz" not in B.markdown_table([cpu])
+
+
 def test_validation_rows_keep_attention_only_where_the_label_says(monkeypatch):
     """With keep_attention "auto" a GPU would keep the outputs wherever they fit: every validation case
     but the kept-attention one sets it false, so each still measures what its label names."""
