@@ -23,7 +23,7 @@ from unittest import mock
 import torch
 
 from . import patterns as P
-from .profiling import gpu_state, parse_gpu_state, profile_calls, summary  # noqa: F401 - parse_gpu_state re-exported
+from .profiling import gpu_energy_mj, gpu_state, parse_gpu_state, profile_calls, summary  # noqa: F401 - parse_gpu_state re-exported
 from .reference import reference_attention
 
 # SPEC.md section 3's strided table (l per n); other lengths use the cost-optimal stride
@@ -402,12 +402,34 @@ def _event_timer(step, calls: int) -> float:
 # an alternated round times each implementation for at least this long (a few calls at short lengths,
 # one at 1M tokens)
 ROUND_MS = 250.0
+# each implementation's energy is read over one window of at least this long after the rounds: NVML's counter
+# moves every 20-100 ms
+ENERGY_MS = 2000.0
+
+
+def energy_per_call(step, calls: int, energy=None, sync=None) -> float | None:
+    """Joules a call of ``step``: the GPU's energy counter (``energy``, default ``gpu_energy_mj``) read
+    around ``calls`` calls (after one untimed call, synchronised by ``sync``, default the CUDA device's);
+    None where the counter cannot be read or went backwards."""
+    energy = gpu_energy_mj if energy is None else energy
+    sync = torch.cuda.synchronize if sync is None else sync
+    step()
+    sync()
+    before = energy()
+    if before is None:
+        return None
+    for _ in range(calls):
+        step()
+    sync()
+    after = energy()
+    return (after - before) / 1e3 / calls if after is not None and after >= before else None
 
 
 def _alternated(result: Result, timed: list[tuple[str, object, dict]], q, k, v, do, rounds: int) -> None:
     """``alternate`` over the implementations ``timed`` (name, fn, env) on this case, into ``result``:
     ``{name}_alt_fwdbwd_ms`` (each round), ``_alt_median_ms``, ``_alt_sm_mhz``, ``_alt_power_w``, ``_alt_capped``,
-    and ``alt_vs_flex``, the median over rounds of Flex's time over ours in the same round."""
+    and ``alt_vs_flex``, the median over rounds of Flex's time over ours in the same round; then each one's
+    ``{name}_fwdbwd_joules`` (``energy_per_call`` over ``ENERGY_MS``; None without NVML)."""
     entries = []
     for name, fn, env in timed:
         leaves = [t.detach().requires_grad_() for t in (q, k, v)]
@@ -420,12 +442,15 @@ def _alternated(result: Result, timed: list[tuple[str, object, dict]], q, k, v, 
         ms = result.timings.get(f"{name}_fwdbwd_ms") or ROUND_MS
         entries.append((name, step, max(1, min(50, round(ROUND_MS / ms))), env))
     rows = alternate(entries, rounds, _event_timer)
-    for name, row in rows.items():
+    for (name, step, _, env), row in zip(entries, rows.values()):
         t = result.timings
         t[f"{name}_alt_fwdbwd_ms"] = [round(x, 4) for x in row["ms"]]
         t[f"{name}_alt_median_ms"] = round(row["median_ms"], 4)
         t[f"{name}_alt_sm_mhz"], t[f"{name}_alt_power_w"] = row["sm_mhz"], row["power_w"]
         t[f"{name}_alt_capped"] = row["capped"]
+        with mock.patch.dict(os.environ, env):  # joules a forward+backward, over one window of ENERGY_MS
+            joules = energy_per_call(step, max(1, math.ceil(ENERGY_MS / row["median_ms"])))
+        t[f"{name}_fwdbwd_joules"] = None if joules is None else round(joules, 4)
     if "ours" in rows and "flex" in rows:
         result.timings["alt_vs_flex"] = round(statistics.median(
             f / o for f, o in zip(rows["flex"]["ms"], rows["ours"]["ms"])), 4)
@@ -634,10 +659,12 @@ def table(results: list[Result]) -> str:
     alternated = [r for r in results if "ours_alt_median_ms" in r.timings]
     if alternated:  # --rounds: forward+backward alternating between the implementations, round by round
         lines += ["", "Alternated rounds (`--rounds`; ms: the rounds' median; MHz and W: nvidia-smi after each "
-                  "round, median; capped: rounds that ended under a power or thermal cap):", "",
+                  "round, median; capped: rounds that ended under a power or thermal cap; J: NVML's energy counter "
+                  "over one window of at least 2 s after the rounds):", "",
                   "| pattern | n | H×D | rounds | ours f+b ms | Flex f+b ms | Flex / ours (same rounds) "
-                  "| SDPA dense f+b ms | ours SM MHz | Flex SM MHz | ours W | Flex W | capped (ours, Flex) |",
-                  "|" + "---|" * 13]
+                  "| SDPA dense f+b ms | ours SM MHz | Flex SM MHz | ours W | Flex W | capped (ours, Flex) "
+                  "| J per f+b, ours / Flex |",
+                  "|" + "---|" * 14]
         for r in alternated:
             t = r.timings.get
 
@@ -656,7 +683,8 @@ def table(results: list[Result]) -> str:
                 f"| {_fmt(ratio, 3)}{'×' if ratio else ''} | {_fmt(t('sdpa_alt_median_ms'), 3)} "
                 f"| {_fmt(med('ours_alt_sm_mhz'), 0)} | {_fmt(med('flex_alt_sm_mhz'), 0)} "
                 f"| {_fmt(med('ours_alt_power_w'), 0)} | {_fmt(med('flex_alt_power_w'), 0)} "
-                f"| {capped('ours')}, {capped('flex')} |")
+                f"| {capped('ours')}, {capped('flex')} "
+                f"| {_fmt(t('ours_fwdbwd_joules'), 3)} / {_fmt(t('flex_fwdbwd_joules'), 3)} |")
     return "\n".join(lines)
 
 

@@ -85,6 +85,61 @@ def parse_gpu_state(line: str) -> dict:
     return {"sm_mhz": clock, "power_w": power, "temp_c": temp, "capped": bool(reasons & CAP_REASONS)}
 
 
+def _uuid(device: int | None = None) -> str | None:
+    """The CUDA device's UUID as NVML and nvidia-smi name it ("GPU-..."); None without one."""
+    try:
+        uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device() if device is None else device).uuid)
+    except Exception:  # noqa: BLE001 - no CUDA device, or a build without UUIDs
+        return None
+    return uuid if uuid.startswith("GPU-") else "GPU-" + uuid
+
+
+# NVML (libnvidia-ml, which comes with the driver) through ctypes: None until first asked, then the
+# library or False where it cannot be loaded or initialised (the CPU machine)
+_NVML = None
+_HANDLES: dict[str, object] = {}
+
+
+def _nvml():
+    global _NVML
+    if _NVML is None:
+        import ctypes
+
+        try:
+            lib = ctypes.CDLL("libnvidia-ml.so.1")
+            lib.nvmlInit_v2.restype = ctypes.c_int
+            lib.nvmlDeviceGetHandleByUUID.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+            lib.nvmlDeviceGetHandleByUUID.restype = ctypes.c_int
+            lib.nvmlDeviceGetTotalEnergyConsumption.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulonglong)]
+            lib.nvmlDeviceGetTotalEnergyConsumption.restype = ctypes.c_int
+            _NVML = lib if lib.nvmlInit_v2() == 0 else False
+        except (OSError, AttributeError):
+            _NVML = False
+    return _NVML or None
+
+
+def gpu_energy_mj(device: int | None = None) -> int | None:
+    """The board's energy counter in millijoules since the driver loaded (NVML's
+    nvmlDeviceGetTotalEnergyConsumption, Volta and later): two reads around a run give its energy, to the
+    counter's update interval (20-100 ms, so over windows of a second or more). None without NVML or a
+    CUDA device (the CPU machine)."""
+    import ctypes
+
+    lib, uuid = _nvml(), _uuid(device)
+    if lib is None or uuid is None:
+        return None
+    handle = _HANDLES.get(uuid)
+    if handle is None:
+        handle = ctypes.c_void_p()
+        if lib.nvmlDeviceGetHandleByUUID(uuid.encode(), ctypes.byref(handle)) != 0:
+            return None
+        _HANDLES[uuid] = handle
+    energy = ctypes.c_ulonglong()
+    if lib.nvmlDeviceGetTotalEnergyConsumption(handle, ctypes.byref(energy)) != 0:
+        return None
+    return int(energy.value)
+
+
 def gpu_state(device: int | None = None) -> dict:
     """The GPU's SM clock (MHz), power draw (W), temperature (C) and whether a power or thermal cap holds
     its clock down now (``CAP_REASONS``), read from nvidia-smi; {} where it cannot be read. At long lengths
@@ -94,11 +149,9 @@ def gpu_state(device: int | None = None) -> dict:
 
     cmd = ["nvidia-smi", "--query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active",
            "--format=csv,noheader,nounits"]
-    try:
-        uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device() if device is None else device).uuid)
-        cmd.append(f"--id={uuid if uuid.startswith('GPU-') else 'GPU-' + uuid}")
-    except Exception:  # noqa: BLE001 - no CUDA device or no uuid: the first GPU nvidia-smi lists
-        pass
+    uuid = _uuid(device)
+    if uuid is not None:  # else the first GPU nvidia-smi lists
+        cmd.append(f"--id={uuid}")
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import torch
 
 from megastride.kernels import patterns as P
 from megastride.kernels.bench import Case, case_pattern, matched_stride
@@ -294,12 +295,13 @@ def test_alternated_rounds_get_their_own_table_with_the_same_round_ratio_and_clo
                      ours_alt_median_ms=250.0, flex_alt_fwdbwd_ms=[300.0, 298.0, 301.0], flex_alt_median_ms=300.0,
                      alt_vs_flex=1.2, ours_alt_sm_mhz=[1800.0, 1750.0, 1700.0], flex_alt_sm_mhz=[1600.0, 1650.0, None],
                      ours_alt_power_w=[690.0, 691.0, 692.0], flex_alt_power_w=[688.0, 689.0, 690.0],
-                     ours_alt_capped=[True, True, False], flex_alt_capped=[True, True, None])
+                     ours_alt_capped=[True, True, False], flex_alt_capped=[True, True, None],
+                     ours_fwdbwd_joules=173.5, flex_fwdbwd_joules=None)
     lines = table([r]).splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("Alternated rounds"))
     assert lines[head + 2].count("|") == lines[head + 3].count("|") == lines[-1].count("|")
     assert lines[-1] == ("| fixed (l=11520, block 128) | 1,048,576 | 8×64 | 3 | 250.000 | 300.000 | 1.200× | — "
-                         "| 1,750 | 1,625 | 691 | 689 | 2/3, — |")
+                         "| 1,750 | 1,625 | 691 | 689 | 2/3, — | 173.500 / — |")
     plain = Result(Case("fixed", 12288, 8, 64), 1024, 128, 0.198, 10)
     plain.timings.update(ours_fwdbwd_ms=1.5)
     assert "Alternated" not in table([plain])
@@ -312,3 +314,21 @@ def test_bench_rounds_default_to_three_and_refuse_a_negative_count(capsys):
     assert main(["--rounds", "-1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--rounds must be 0 or more" in err
+
+
+def test_energy_a_call_is_the_counter_read_around_the_calls_after_a_warm_one():
+    """Joules a call: the energy counter (mJ) after ``calls`` synchronised calls minus before them, the
+    first call untimed; None without a counter (no NVML: the CPU machine) or where it went backwards."""
+    from megastride.kernels.bench import energy_per_call
+    from megastride.kernels.profiling import gpu_energy_mj
+
+    log, counter = [], iter([10_000, 17_000])
+    got = energy_per_call(lambda: log.append("step"), 4, energy=lambda: log.append("read") or next(counter),
+                          sync=lambda: log.append("sync"))
+    assert got == 7.0 / 4
+    assert log == ["step", "sync", "read"] + ["step"] * 4 + ["sync", "read"]
+    assert energy_per_call(lambda: None, 2, energy=lambda: None, sync=lambda: None) is None
+    back = iter([5, 3])
+    assert energy_per_call(lambda: None, 2, energy=lambda: next(back), sync=lambda: None) is None
+    if not torch.cuda.is_available():
+        assert gpu_energy_mj() is None
