@@ -332,3 +332,22 @@ def test_energy_a_call_is_the_counter_read_around_the_calls_after_a_warm_one():
     assert energy_per_call(lambda: None, 2, energy=lambda: next(back), sync=lambda: None) is None
     if not torch.cuda.is_available():
         assert gpu_energy_mj() is None
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_energy_counter_and_the_clock_are_read_and_work_adds_joules():
+    """On the GPU: NVML's counter is read (through ctypes) and grows by a plausible amount over a second of
+    matrix products (between 20 W and the board's limit of about 1 kW), and nvidia-smi gives a clock."""
+    import time
+
+    from megastride.kernels.bench import energy_per_call
+    from megastride.kernels.profiling import gpu_energy_mj, gpu_state
+
+    assert isinstance(gpu_energy_mj(), int)
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    start = time.perf_counter()
+    joules = energy_per_call(lambda: a @ a, 200)
+    seconds = time.perf_counter() - start
+    assert joules is not None and 20 * seconds / 200 < joules < 1000 * seconds / 200
+    state = gpu_state()
+    assert state and 100 < state["sm_mhz"] < 3000 and state["power_w"] > 0
