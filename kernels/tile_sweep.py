@@ -162,7 +162,7 @@ def _alternate_rows(out: list[dict], call_of, ours, flex_fn, env: dict, base: di
             heat()
         torch.cuda.synchronize()
     got = Bn.alternate(entries, rounds, Bn._event_timer)
-    out.insert(len(timed) and out.index(timed[-1]) + 1, auto)
+    out.insert(out.index(timed[-1]) + 1 if timed else 0, auto)  # after the configs that ran
     for row in out:
         name = "flex" if row["impl"] == "flex" else row["tile"]
         if name in got and got[name]["ms"]:
