@@ -23,7 +23,7 @@ from unittest import mock
 import torch
 
 from . import patterns as P
-from .profiling import gpu_energy_mj, gpu_state, parse_gpu_state, profile_calls, summary  # noqa: F401 - parse_gpu_state re-exported
+from .profiling import gpu_energy_mj, gpu_state, profile_calls, summary
 from .reference import reference_attention
 
 # SPEC.md section 3's strided table (l per n); other lengths use the cost-optimal stride
@@ -402,6 +402,11 @@ def _event_timer(step, calls: int) -> float:
 # an alternated round times each implementation for at least this long (a few calls at short lengths,
 # one at 1M tokens)
 ROUND_MS = 250.0
+
+
+def round_calls(ms: float) -> int:
+    """Calls of ``ms`` each that make up an alternated round (``ROUND_MS``), 1 to 50."""
+    return max(1, min(50, round(ROUND_MS / ms)))
 # each implementation's energy is read over one window of at least this long after the rounds: NVML's counter
 # moves every 20-100 ms
 ENERGY_MS = 2000.0
@@ -439,11 +444,10 @@ def _alternated(result: Result, timed: list[tuple[str, object, dict]], q, k, v, 
                 t.grad = None
             fn(*leaves).backward(do)
 
-        ms = result.timings.get(f"{name}_fwdbwd_ms") or ROUND_MS
-        entries.append((name, step, max(1, min(50, round(ROUND_MS / ms))), env))
+        entries.append((name, step, round_calls(result.timings.get(f"{name}_fwdbwd_ms") or ROUND_MS), env))
     rows = alternate(entries, rounds, _event_timer)
-    for (name, step, _, env), row in zip(entries, rows.values()):
-        t = result.timings
+    for name, step, _, env in entries:
+        row, t = rows[name], result.timings
         t[f"{name}_alt_fwdbwd_ms"] = [round(x, 4) for x in row["ms"]]
         t[f"{name}_alt_median_ms"] = round(row["median_ms"], 4)
         t[f"{name}_alt_sm_mhz"], t[f"{name}_alt_power_w"] = row["sm_mhz"], row["power_w"]

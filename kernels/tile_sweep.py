@@ -146,15 +146,12 @@ def _alternate_rows(out: list[dict], call_of, ours, flex_fn, env: dict, base: di
                     log=print) -> None:
     """``sweep_case``'s alternated rounds over the configs that ran (``out``), the autotuner's choice and
     Flex (``flex_fn``, None: left out), into ``out``."""
-    def calls(ms):
-        return max(1, min(50, round(Bn.ROUND_MS / ms)))
-
     timed = [r for r in out if r["impl"] == "ours" and "ms" in r]
     auto = {**base, "impl": "ours", "tile": "auto"}
-    entries = [("auto", call_of(ours), calls(min(r["ms"] for r in timed)) if timed else 1, env)]
-    entries += [(r["tile"], call_of(ours, parse_tile(r["kernel"], r["tile"])), calls(r["ms"]), env) for r in timed]
+    entries = [("auto", call_of(ours), Bn.round_calls(min(r["ms"] for r in timed)) if timed else 1, env)]
+    entries += [(r["tile"], call_of(ours, parse_tile(r["kernel"], r["tile"])), Bn.round_calls(r["ms"]), env) for r in timed]
     if flex_fn is not None:
-        entries.append(("flex", call_of(flex_fn), calls(out[-1]["ms"]), {}))
+        entries.append(("flex", call_of(flex_fn), Bn.round_calls(out[-1]["ms"]), {}))
     with mock.patch.dict(os.environ, env):
         heat = call_of(ours)
         end = time.perf_counter() + preheat_s

@@ -243,7 +243,7 @@ def test_the_kernel_ab_script_names_peers_and_tiles_the_benches_take():
 
 
 def test_nvidia_smi_state_parses_the_clock_power_and_the_caps_that_hold_it_down():
-    from megastride.kernels.bench import parse_gpu_state
+    from megastride.kernels.profiling import parse_gpu_state
 
     assert parse_gpu_state("1755, 693.36, 60, 0x0000000000000004") == {
         "sm_mhz": 1755.0, "power_w": 693.36, "temp_c": 60.0, "capped": True}
