@@ -65,13 +65,16 @@ def configs_for(kernel: str, spec: str, block: int, head_dim: int) -> list[tuple
 
 
 def sweep_case(case: Bn.Case, kernel: str, spec: str, flex: bool = True, log=print, check_rows_count: int = 16,
-               rounds: int = 0, preheat_s: float = 3.0) -> list[dict]:
+               rounds: int = 0, preheat_s: float = 3.0, graphs: bool = False) -> list[dict]:
     """Rows (one per config, then Flex's) for one bench case: ms (median of do_bench), TFLOP/s over the
     attended pairs, the max error against the fp32 reference on sampled rows. ``rounds``: then, after
     ``preheat_s`` seconds of the autotuner's choice, that many rounds of every config, the autotuner's
     choice (a row of its own, "auto") and Flex in turn (``bench.alternate``: each row's ``alt_ms``, the
     rounds' median, and the SM clock after each round): the sequential timings above meet a GPU that heats
-    from one config to the next, at long lengths up to its power cap (docs/benchmarks.md, twentieth run)."""
+    from one config to the next, at long lengths up to its power cap (docs/benchmarks.md, twentieth run).
+    ``graphs``: each row's ``graph_ms`` too, the same call replayed from a CUDA graph: at short lengths an
+    eager call is bound by the host's issue of its launches, and only the replay compares the kernels
+    (docs/benchmarks.md, twenty-first run)."""
     device = torch.device("cuda")
     pattern, stride, block, mask_mod = Bn.case_pattern(case)
     n = case.seq_len
@@ -104,6 +107,21 @@ def sweep_case(case: Bn.Case, kernel: str, spec: str, flex: bool = True, log=pri
         call()
         return Bn._bench(call, leaves if backward else ())
 
+    def replayed(row: dict, fn) -> None:
+        """``row["graph_ms"]``: ``fn``'s call (under the tiles and switches in force) replayed from a CUDA
+        graph; a capture that fails is the row's ``graph_error``."""
+        try:
+            row["graph_ms"] = Bn._bench(Bn._graphed(call_of(fn), leaves if backward else ()))
+        except Exception as err:  # noqa: BLE001 - a config that cannot be captured is a result
+            row["graph_error"] = f"{type(err).__name__}: {str(err)[:200]}"
+        finally:
+            torch.cuda.synchronize()
+
+    def replay_note(row: dict) -> str:
+        if "graph_ms" in row:
+            return f", {row['graph_ms']:.3f} ms replayed"
+        return f", replay failed: {row['graph_error']}" if "graph_error" in row else ""
+
     out = []
     ours = Bn._our_fn(layout)
     env = {"MEGASTRIDE_BLOCKSPARSE_DQ": _MODE[kernel]} if backward else {}
@@ -114,13 +132,15 @@ def sweep_case(case: Bn.Case, kernel: str, spec: str, flex: bool = True, log=pri
                 with torch.no_grad():
                     row["max_err"] = Bn.check_rows(ours(q, k, v), q, k, v, layout, rows)["max_err"]
                 row["ms"] = timed(ours)
+                if graphs:
+                    replayed(row, ours)
         except Exception as err:  # noqa: BLE001 - a config that fails to compile or launch is a result
             row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
         if "ms" in row:
             row["tflops"] = Bn._tflops(pairs, case.head_dim, row["ms"], backward)
         out.append(row)
         log(f"  {row['tile']:>22}: " + (f"{row['ms']:.3f} ms, {row['tflops']:.0f} TFLOP/s, max err {row['max_err']:.2e}"
-                                         if "ms" in row else row["error"]))
+                                         + replay_note(row) if "ms" in row else row["error"]))
         torch.cuda.empty_cache()
     if flex:
         row = {**base, "impl": "flex", "tile": "(Flex's own)"}
@@ -131,7 +151,10 @@ def sweep_case(case: Bn.Case, kernel: str, spec: str, flex: bool = True, log=pri
                 row["max_err"] = Bn.check_rows(fn(q, k, v), q, k, v, layout, rows)["max_err"]
             row["ms"] = timed(fn)
             row["tflops"] = Bn._tflops(pairs, case.head_dim, row["ms"], backward)
-            log(f"  {'Flex':>22}: {row['ms']:.3f} ms, {row['tflops']:.0f} TFLOP/s, max err {row['max_err']:.2e}")
+            if graphs:
+                replayed(row, fn)
+            log(f"  {'Flex':>22}: {row['ms']:.3f} ms, {row['tflops']:.0f} TFLOP/s, max err {row['max_err']:.2e}"
+                + replay_note(row))
         except Exception as err:  # noqa: BLE001
             row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
             log(f"  Flex failed: {row['error']}")
@@ -173,11 +196,24 @@ def _alternate_rows(out: list[dict], call_of, ours, flex_fn, env: dict, base: di
 def table(rows: list[dict]) -> str:
     """Markdown: one line per (case, config), each config's time relative to Flex's in the same case; with
     alternated rounds (``sweep_case``'s ``rounds``) also their median and the SM clock, and the autotuner's
-    choice ("auto") as a row."""
+    choice ("auto") as a row; with replays (``graphs``) each one's replayed time against Flex's replayed time."""
     alt = any("alt_ms" in r for r in rows)
-    head = "| case | kernel | config | ms | TFLOP/s | vs Flex | max err |" + (" alternated ms | SM MHz |" if alt else "")
+    replay = any("graph_ms" in r or "graph_error" in r for r in rows)
+    head = ("| case | kernel | config | ms | TFLOP/s | vs Flex | max err |"
+            + (" alternated ms | SM MHz |" if alt else "") + (" replayed ms | replayed vs Flex |" if replay else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     flex_ms = {(r["pattern"], r["seq_len"], r["heads"], r["head_dim"]): r.get("ms") for r in rows if r["impl"] == "flex"}
+    flex_graph = {(r["pattern"], r["seq_len"], r["heads"], r["head_dim"]): r.get("graph_ms")
+                  for r in rows if r["impl"] == "flex"}
+
+    def replay_cells(r, key):
+        if not replay:
+            return ""
+        if "graph_ms" not in r:
+            return " failed |  |" if "graph_error" in r else " — | — |"
+        ref = flex_graph.get(key)
+        ratio = f"{ref / r['graph_ms']:.2f}×" if ref and r["impl"] == "ours" else "—"
+        return f" {r['graph_ms']:.3f} | {ratio} |"
 
     def alt_cells(r):
         if not alt:
@@ -191,17 +227,18 @@ def table(rows: list[dict]) -> str:
         case = f"{r['pattern']} {r['seq_len']:,} {r['heads']}×{r['head_dim']}" + (" (runs)" if r.get("runs") else "")
         if "ms" not in r:
             what = "the autotuner's choice" if r["tile"] == "auto" else f"failed: {r.get('error', '')[:80]}"
-            lines.append(f"| {case} | {r['kernel']} | {r['tile']} | {what} | | | |" + alt_cells(r))
+            lines.append(f"| {case} | {r['kernel']} | {r['tile']} | {what} | | | |" + alt_cells(r)
+                         + replay_cells(r, key))
             continue
         ref = flex_ms.get(key)
         ratio = f"{ref / r['ms']:.2f}×" if ref and r["impl"] == "ours" else "—"
         lines.append(f"| {case} | {r['kernel']} | {r['tile']} | {r['ms']:.3f} | {r['tflops']:.0f} | {ratio} "
-                     f"| {r['max_err']:.1e} |" + alt_cells(r))
+                     f"| {r['max_err']:.1e} |" + alt_cells(r) + replay_cells(r, key))
     return "\n".join(lines)
 
 
 def run(cases: list[Bn.Case], kernel: str, spec: str, flex: bool = True, out_dir: str | None = None, log=print,
-        rounds: int = 0, preheat_s: float = 3.0) -> list[dict]:
+        rounds: int = 0, preheat_s: float = 3.0, graphs: bool = False) -> list[dict]:
     """Sweep every case; rewrite the JSON and table after each (a run cut short keeps what it timed)."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r} (one of {', '.join(KERNELS)})")
@@ -209,7 +246,7 @@ def run(cases: list[Bn.Case], kernel: str, spec: str, flex: bool = True, out_dir
     for case in cases:
         log(f"{case.pattern} n={case.seq_len:,} H={case.heads} D={case.head_dim} ({kernel})")
         start = time.perf_counter()
-        rows += sweep_case(case, kernel, spec, flex, log, rounds=rounds, preheat_s=preheat_s)
+        rows += sweep_case(case, kernel, spec, flex, log, rounds=rounds, preheat_s=preheat_s, graphs=graphs)
         log(f"  [{time.perf_counter() - start:.0f} s]")
         if out_dir:
             path = Path(out_dir)

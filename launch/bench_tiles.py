@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="then this many rounds of every config, the autotuner's choice and Flex in turn, after "
                         "--preheat seconds of the autotuner's choice (default 0: none): one config timed after "
                         "another meets a hotter GPU, at long lengths one at its power cap")
+    p.add_argument("--graphs", action="store_true",
+                   help="also time each config (and Flex) replayed from a CUDA graph: at short lengths an eager call "
+                        "is bound by the host's issue of its launches, and only the replay compares the kernels")
     p.add_argument("--preheat", type=float, default=3.0, help="seconds of forward(+backward) before the rounds (default 3)")
     p.add_argument("--out", default=None, help="folder for bench_tiles.md and bench_tiles.json")
     return p
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs:
         os.environ["MEGASTRIDE_BLOCKSPARSE_RUNS"] = "1"
     rows = S.run(cases, args.kernel, args.tiles, flex=not args.no_flex, out_dir=args.out,
-                 log=lambda s: print(s, flush=True), rounds=args.rounds, preheat_s=args.preheat)
+                 log=lambda s: print(s, flush=True), rounds=args.rounds, preheat_s=args.preheat, graphs=args.graphs)
     print(S.table(rows))
     return 0
 

@@ -45,6 +45,30 @@ def test_table_puts_each_config_beside_flex_of_its_case():
     assert "| 128x128w4s5 | 9.000 | 380 | — |" in lines[5]  # no Flex in that case: no ratio
 
 
+def test_table_with_replays_compares_each_config_with_flexs_replay_of_its_case():
+    """--graphs: a config's replayed time beside Flex's replayed time of the same case (not its eager one),
+    a capture that failed said so, and a case without a replayed Flex gets no ratio."""
+    base = {"pattern": "fixed", "heads": 8, "head_dim": 64, "kernel": "fwd"}
+    rows = [{**base, "seq_len": 3072, "impl": "ours", "tile": "128x128w4s5", "ms": 0.9, "tflops": 5.0, "max_err": 1e-3,
+             "graph_ms": 0.036},
+            {**base, "seq_len": 3072, "impl": "ours", "tile": "64x128w4s5", "ms": 0.9, "tflops": 5.0, "max_err": 1e-3,
+             "graph_ms": 0.030},
+            {**base, "seq_len": 3072, "impl": "ours", "tile": "64x64w4s3", "ms": 0.9, "tflops": 5.0, "max_err": 1e-3,
+             "graph_error": "RuntimeError: capture"},
+            {**base, "seq_len": 3072, "impl": "flex", "tile": "(Flex's own)", "ms": 0.6, "tflops": 7.0, "max_err": 1e-3,
+             "graph_ms": 0.035},
+            {**base, "seq_len": 12288, "impl": "ours", "tile": "128x128w4s5", "ms": 1.1, "tflops": 9.0, "max_err": 1e-3,
+             "graph_ms": 0.117}]
+    lines = S.table(rows).splitlines()
+    assert lines[0].endswith("| replayed ms | replayed vs Flex |")
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "| 0.67× | 1.0e-03 | 0.036 | 0.97× |" in lines[2]  # eager against eager, replay against replay
+    assert lines[3].endswith("| 0.030 | 1.17× |")
+    assert lines[4].endswith("| failed |  |")
+    assert lines[5].endswith("| 0.035 | — |")
+    assert lines[6].endswith("| 0.117 | — |")  # no Flex in that case
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--kernel", "bwd"], "--kernel must be one of fwd, dq, dkdv, merged"),
     (["--tiles", "list,128x64"], "'128x64' is not a fwd config"),

@@ -197,6 +197,20 @@ def test_tile_sweep_times_each_config_and_checks_it(runs, monkeypatch):
         assert "error" not in r and r["ms"] > 0 and r["max_err"] < 2e-2, r
 
 
+def test_tile_sweep_replays_each_config_from_a_cuda_graph():
+    """`megastride bench tiles --graphs` at a short length: each merged-backward config and Flex also timed
+    replayed from a CUDA graph, under that config's tiles; the replay is the kernels alone, so it is
+    shorter than the host-bound eager call there."""
+    S = importlib.import_module("megastride.kernels.tile_sweep")
+    Bn = importlib.import_module("megastride.kernels.bench")
+    rows = S.run([Bn.Case("fixed", 3072, 8, 64)], "merged", "list", flex=True, log=lambda s: None, graphs=True)
+    assert len(rows) >= 2 and rows[-1]["impl"] == "flex"
+    for r in rows:
+        assert "error" not in r and "graph_error" not in r, r
+        assert 0 < r["graph_ms"] < r["ms"], r
+    assert "replayed vs Flex" in S.table(rows).splitlines()[0]
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_partials_in_the_outputs_match_the_reference_and_drop_the_fp32_sums(dtype, monkeypatch):
     """PARTIALS "output" on the GPU (bf16, which the interpreter gets wrong, and fp16): the strided pattern's
