@@ -654,7 +654,10 @@ _MERGED_TILES = {128: [(64, 64, 128, 32, 4, 3), (32, 128, 128, 32, 4, 5), (64, 1
                        (32, 128, 128, 32, 8, 4)],
                  64: [(32, 64, 64, 32, 4, 4)],
                  (128, 64): [(32, 128, 128, 32, 4, 5), (64, 64, 128, 64, 4, 5), (64, 128, 128, 64, 8, 5)],
-                 (128, 128): [(64, 128, 128, 64, 8, 5), (64, 64, 128, 32, 4, 3), (16, 128, 128, 64, 8, 3)]}
+                 # 64x64 + 64x64 w4 s5: twice the programs where 3,072 tokens at H=2 give 48 key and 48
+                 # query blocks for 132 SMs (replayed f+b 0.101 -> 0.085 ms there; H200, 2026-12-02)
+                 (128, 128): [(64, 128, 128, 64, 8, 5), (64, 64, 128, 32, 4, 3), (16, 128, 128, 64, 8, 3),
+                              (64, 64, 64, 64, 4, 5)]}
 _TILE_NAMES = ("BLOCK_M", "BLOCK_N")
 _MERGED_NAMES = ("BLOCK_M", "BLOCK_N", "DQ_M", "DQ_N")
 
@@ -1109,6 +1112,24 @@ def forced_tiles(kernel: str, entry: tuple[int, ...]):
             _FORCED[kernel] = before
 
 
+# kernel name -> {tuning key: (the autotuner's config, its tile names)} for every autotuned launch since the
+# last ``chosen_tiles(name, clear=True)``: what the tile sweep's "auto" row ran
+_CHOSEN: dict[str, dict] = {}
+
+
+def chosen_tiles(kernel: str, clear: bool = False) -> list[tuple[int, ...]]:
+    """The configs (tile sizes..., warps, stages) the autotuner chose for ``kernel``'s launches since the
+    last call with ``clear`` (one per tuning key, in launch order; none where tiles were forced or
+    fixed); ``clear`` then forgets them."""
+    seen = _CHOSEN.pop(kernel, {}) if clear else _CHOSEN.get(kernel, {})
+    out = []
+    for config, names in seen.values():
+        entry = tuple(config.kwargs[n] for n in names) + (config.num_warps, config.num_stages)
+        if entry not in out:
+            out.append(entry)
+    return out
+
+
 def _tuning_key(tuned, args, consts) -> tuple:
     """The key ``triton.autotune`` files this launch under, computed as it does (the key arguments'
     values, then the dtype of every argument that has one, in argument order) without its per-launch
@@ -1130,11 +1151,15 @@ def _launch(tuned, kernel, grid, args, consts, names=_TILE_NAMES, name: str = ""
         return
     tiles = _fixed_tiles(consts["BLOCK"], names)
     if tiles is None:
-        config = tuned.cache.get(_tuning_key(tuned, args, consts))
+        key = _tuning_key(tuned, args, consts)
+        config = tuned.cache.get(key)
         if config is None:  # first launch of this key: the autotuner times the configs
             tuned[grid](*args, **consts)
+            config = tuned.cache.get(key)
         else:  # its choice, launched without the autotuner's own per-launch key computation
             _launch_chosen(kernel, grid, args, {**consts, **config.all_kwargs()})
+        if config is not None:
+            _CHOSEN.setdefault(name, {})[key] = (config, names)
     else:
         _launch_chosen(kernel, grid, args, {**consts, **tiles})
 

@@ -175,12 +175,17 @@ def _alternate_rows(out: list[dict], call_of, ours, flex_fn, env: dict, base: di
     entries += [(r["tile"], call_of(ours, parse_tile(r["kernel"], r["tile"])), Bn.round_calls(r["ms"]), env) for r in timed]
     if flex_fn is not None:
         entries.append(("flex", call_of(flex_fn), Bn.round_calls(out[-1]["ms"]), {}))
+    kernel = base["kernel"]
+    B.chosen_tiles(kernel, clear=True)
     with mock.patch.dict(os.environ, env):
         heat = call_of(ours)
+        heat()
         end = time.perf_counter() + preheat_s
         while time.perf_counter() < end:
             heat()
         torch.cuda.synchronize()
+    # what "auto" runs: the configs the autotuner chose for the swept kernel's launches in this case
+    auto["chosen"] = [tile_name(e) for e in B.chosen_tiles(kernel, clear=True)]
     got = Bn.alternate(entries, rounds, Bn._event_timer)
     out.insert(out.index(timed[-1]) + 1 if timed else 0, auto)  # after the configs that ran
     for row in out:
@@ -226,7 +231,8 @@ def table(rows: list[dict]) -> str:
         key = (r["pattern"], r["seq_len"], r["heads"], r["head_dim"])
         case = f"{r['pattern']} {r['seq_len']:,} {r['heads']}×{r['head_dim']}" + (" (runs)" if r.get("runs") else "")
         if "ms" not in r:
-            what = "the autotuner's choice" if r["tile"] == "auto" else f"failed: {r.get('error', '')[:80]}"
+            what = (("the autotuner's choice" + (f": {', '.join(r['chosen'])}" if r.get("chosen") else ""))
+                    if r["tile"] == "auto" else f"failed: {r.get('error', '')[:80]}")
             lines.append(f"| {case} | {r['kernel']} | {r['tile']} | {what} | | | |" + alt_cells(r)
                          + replay_cells(r, key))
             continue

@@ -115,13 +115,16 @@ def test_alternated_rounds_take_every_config_the_autotuners_choice_and_flex_in_t
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
     monkeypatch.setattr(Bn, "gpu_state", lambda: {"sm_mhz": 1800.0})
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DQ", raising=False)
+    monkeypatch.setattr(B, "chosen_tiles", lambda kernel, clear=False: [(32, 128, 4, 5)] if kernel == "dkdv" else [])
     S._alternate_rows(out, call_of, "ours", "flex", {"MEGASTRIDE_BLOCKSPARSE_DQ": "separate"}, base, rounds=2,
                       preheat_s=0.0, log=lambda s: None)
     assert [r["tile"] for r in out] == ["32x128w4s5", "64x64w4s5", "64x128w8s5", "auto", "(Flex's own)"]
-    # each round: every entry's untimed call, then its timed one; the dQ mode set for ours, not for Flex
+    # one call of the autotuner's choice (the preheat, which names its config), then each round: every
+    # entry's untimed call, then its timed one; the dQ mode set for ours, not for Flex
     order = [(fn, entry) for fn, entry, _ in seen]
     one_round = [("ours", None), ("ours", (32, 128, 4, 5)), ("ours", (64, 128, 8, 5)), ("flex", None)]
-    assert order == [x for x in one_round for _ in range(2)] * 2
+    assert order == [("ours", None)] + [x for x in one_round for _ in range(2)] * 2
+    assert out[3]["chosen"] == ["32x128w4s5"]
     assert {mode for fn, _, mode in seen if fn == "ours"} == {"separate"} and \
         {mode for fn, _, mode in seen if fn == "flex"} == {None}
     # calls a round: at least ROUND_MS of work (one at 250 ms, five at 60 ms; "auto" as the fastest config)
@@ -130,5 +133,44 @@ def test_alternated_rounds_take_every_config_the_autotuners_choice_and_flex_in_t
     lines = S.table(out).splitlines()
     assert lines[0].endswith("| alternated ms | SM MHz |")
     assert all(line.count("|") == lines[0].count("|") for line in lines)
-    assert "| auto | the autotuner's choice | | | | 249.040 | 1,800 |" in lines[5]
+    assert "| auto | the autotuner's choice: 32x128w4s5 | | | | 249.040 | 1,800 |" in lines[5]
     assert lines[3].endswith("| — | — |")  # the failed config: no rounds
+
+
+def test_the_autotuners_choice_is_recorded_per_kernel_until_cleared(monkeypatch):
+    """blocksparse.chosen_tiles: the config the autotuner chose for each tuning key a kernel launched with,
+    whether it tuned at that launch or took its cached choice; forced or fixed tiles record nothing."""
+    from unittest import mock
+
+    import triton
+
+    class Tuned:  # triton.autotune's surface that _launch uses
+        arg_names, keys = ["X", "BLOCK"], ["BLOCK"]
+
+        def __init__(self):
+            self.cache, self.tuned = {}, 0
+
+        def __getitem__(self, grid):
+            def tune(*args, **consts):
+                self.tuned += 1
+                best = (64, 128) if consts["BLOCK"] == 128 else (64, 64)
+                self.cache[(consts["BLOCK"],)] = triton.Config(dict(zip(B._TILE_NAMES, best)), num_warps=4,
+                                                               num_stages=5)
+            return tune
+
+    launched = []
+    monkeypatch.setattr(B, "_fixed_tiles", lambda block, names=B._TILE_NAMES: None)
+    monkeypatch.setattr(B, "_launch_chosen", lambda kernel, grid, args, consts: launched.append(consts))
+    tuned = Tuned()
+    B.chosen_tiles("fwd", clear=True)
+    for block in (128, 128, 64):
+        B._launch(tuned, "kernel", (1,), ("x",), {"BLOCK": block}, name="fwd")
+    assert tuned.tuned == 2 and len(launched) == 1 and launched[0]["BLOCK_M"] == 64  # the cached choice ran
+    assert B.chosen_tiles("fwd") == [(64, 128, 4, 5), (64, 64, 4, 5)] and B.chosen_tiles("dq") == []
+    assert B.chosen_tiles("fwd", clear=True) == [(64, 128, 4, 5), (64, 64, 4, 5)]
+    assert B.chosen_tiles("fwd") == []
+    plain = mock.MagicMock()  # the kernel launched with forced tiles, without the autotuner
+    with B.forced_tiles("fwd", (128, 64, 4, 3)):
+        B._launch(tuned, plain, (1,), ("x",), {"BLOCK": 128}, name="fwd")
+    plain.__getitem__.return_value.assert_called_once()
+    assert B.chosen_tiles("fwd") == []
