@@ -486,6 +486,30 @@ def tuned_configs() -> dict:
                                 ("merged", B._merged_tuned))}
 
 
+def _tile_text(entry: tuple[int, ...]) -> str:
+    *tiles, warps, stages = entry
+    return "+".join(f"{tiles[i]}x{tiles[i + 1]}" for i in range(0, len(tiles), 2)) + f"w{warps}s{stages}"
+
+
+def tile_choices(clear: bool = True) -> list[str]:
+    """What the autotuner chose for each of our kernels launched since the last clear, and, where it timed
+    the configs in that time, its median ms for each (``blocksparse.tuning_timings``): one note per kernel."""
+    from . import blocksparse as B
+
+    notes = []
+    for name in B._KERNEL_NAMES:
+        timed = B.tuning_timings(name)
+        chosen = B.chosen_tiles(name, clear=clear)
+        if not chosen:
+            continue
+        note = f"{name} tiles {', '.join(_tile_text(e) for e in chosen)}"
+        if timed:
+            note += " (tuned " + "; ".join(", ".join(f"{_tile_text(e)} {ms * 1e3:.1f} us" for e, ms in t.items())
+                                          for t in timed) + ")"
+        notes.append(note)
+    return notes
+
+
 def auto_choices(layout) -> list[str]:
     """What DQ_MODE "auto" chose at this layout, per shape, with the backward times it compared."""
     notes = []
@@ -520,6 +544,7 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
     rows = _sample_rows(n, check_rows_count, device)
 
     ours = _our_fn(layout)
+    tile_choices(clear=True)  # forget earlier cases' launches: this case's notes name its own tiles
     t_case = time.perf_counter()
     stage = lambda what: log(f"  [{time.perf_counter() - t_case:7.1f} s] {what}")  # noqa: E731 - where a slow case spends it
     with torch.no_grad():
@@ -532,7 +557,8 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
     timed = [("ours", ours, {})]  # what the alternated rounds take
     stage(f"ours  {result.timings['ours_fwdbwd_ms']:.3f} ms f+b" + _graph_note(result, "ours"))
     split = dkdv_split(layout, case.batch, gpu_sms(q))
-    for note in auto_choices(layout) + [f"dK/dV columns {f'in segments of {split} query blocks' if split else 'whole'}"]:
+    for note in auto_choices(layout) + [f"dK/dV columns {f'in segments of {split} query blocks' if split else 'whole'}"] \
+            + tile_choices(clear=True):
         result.notes.append(note)
         stage(note)
     if profile:

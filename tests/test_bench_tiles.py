@@ -174,3 +174,34 @@ def test_the_autotuners_choice_is_recorded_per_kernel_until_cleared(monkeypatch)
         B._launch(tuned, plain, (1,), ("x",), {"BLOCK": 128}, name="fwd")
     plain.__getitem__.return_value.assert_called_once()
     assert B.chosen_tiles("fwd") == []
+
+
+def test_bench_notes_name_each_kernels_tiles_and_the_autotuners_timings(monkeypatch):
+    """bench.tile_choices: one note per kernel the autotuner served since the last clear, its choice and,
+    for keys it timed then, each config's median as it measured it; cleared, nothing is left."""
+    import triton
+
+    from megastride.kernels import bench as Bn
+
+    def config(m, n, warps, stages):
+        return triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
+
+    chosen, other = config(128, 128, 4, 5), config(64, 128, 4, 5)
+    monkeypatch.setattr(B, "_CHOSEN", {
+        "fwd": {("a",): (chosen, B._TILE_NAMES, {chosen: [0.0296, 0.029, 0.030], other: [0.0359, 0.035, 0.036]}),
+                ("b",): (chosen, B._TILE_NAMES, None)},  # a key tuned before the clear: its choice only
+        "dq": {}})
+    assert Bn.tile_choices(clear=False) == ["fwd tiles 128x128w4s5 (tuned 128x128w4s5 29.6 us, 64x128w4s5 35.9 us)"]
+    assert Bn.tile_choices(clear=True) and Bn.tile_choices() == []
+
+
+def test_the_autotuners_benchmark_mode_is_checked_and_events_is_tritons_do_bench(monkeypatch):
+    import triton
+
+    calls = []
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, quantiles=None: calls.append(quantiles) or [1.0])
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TUNE_BENCH", "events")
+    assert B._tune_bench(lambda: None, (0.5, 0.2, 0.8)) == [1.0] and calls == [(0.5, 0.2, 0.8)]
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TUNE_BENCH", "graph")
+    with pytest.raises(ValueError, match="must be 'events' or 'graphs', got 'graph'"):
+        B._tune_bench(lambda: None, None)
