@@ -749,38 +749,11 @@ def _restore_hooks(kernel: str):
     return pre, post
 
 
-# How the autotuner times each config: "events" (Triton's do_bench: an L2 flush before every call, so
-# each call starts from memory, and the flush hides the host's issue between calls) or "graphs" (a
-# config whose call takes under TUNE_GRAPH_MS replayed from a CUDA graph, without the flush: a short
-# sequence's inputs, a few MB, sit in L2 when it runs inside a model; longer calls as "events"). Read at
-# each tuning; the autotuner caches its choice on disk per kernel, key and config list, not per mode.
-TUNE_BENCH = os.environ.get("MEGASTRIDE_BLOCKSPARSE_TUNE_BENCH", "events")
-TUNE_GRAPH_MS = 1.0
-
-
-def _tune_bench(kernel_call, quantiles):
-    """The autotuner's benchmark of one config (``TUNE_BENCH``)."""
-    mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_TUNE_BENCH", TUNE_BENCH)
-    if mode not in ("events", "graphs"):
-        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_TUNE_BENCH must be 'events' or 'graphs', got {mode!r}")
-    if mode == "graphs" and not torch.cuda.is_current_stream_capturing():
-        kernel_call()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(5):
-            kernel_call()
-        end.record()
-        torch.cuda.synchronize()
-        if start.elapsed_time(end) / 5 < TUNE_GRAPH_MS:  # an upper bound: it includes the host's issue
-            return triton.testing.do_bench_cudagraph(kernel_call, rep=20, quantiles=quantiles)
-    return triton.testing.do_bench(kernel_call, quantiles=quantiles)
-
-
 def _autotuned(kernel, table, name, names=_TILE_NAMES):
     pre, post = _restore_hooks(name)
     return triton.autotune(configs=_configs(table, names), key=_TUNE_KEY,
                            prune_configs_by={"early_config_prune": _pruner(table, names)},
-                           pre_hook=pre, post_hook=post, cache_results=True, do_bench=_tune_bench)(kernel)
+                           pre_hook=pre, post_hook=post, cache_results=True)(kernel)
 
 
 _fwd_tuned = _autotuned(_fwd_kernel, _FWD_TILES, "fwd")
@@ -1164,7 +1137,7 @@ def chosen_tiles(kernel: str, clear: bool = False) -> list[tuple[int, ...]]:
 def tuning_timings(kernel: str) -> list[dict[tuple[int, ...], float]]:
     """For each tuning key of ``kernel`` that the autotuner timed in this process since the last
     ``chosen_tiles(kernel, clear=True)``: every config it timed and its median ms, as the autotuner
-    measured it (``TUNE_BENCH``), in launch order."""
+    measured it (Triton's do_bench), in launch order."""
     out = []
     for _, names, timings in _CHOSEN.get(kernel, {}).values():
         if timings:

@@ -194,14 +194,3 @@ def test_bench_notes_name_each_kernels_tiles_and_the_autotuners_timings(monkeypa
     assert Bn.tile_choices(clear=False) == ["fwd tiles 128x128w4s5 (tuned 128x128w4s5 29.6 us, 64x128w4s5 35.9 us)"]
     assert Bn.tile_choices(clear=True) and Bn.tile_choices() == []
 
-
-def test_the_autotuners_benchmark_mode_is_checked_and_events_is_tritons_do_bench(monkeypatch):
-    import triton
-
-    calls = []
-    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, quantiles=None: calls.append(quantiles) or [1.0])
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TUNE_BENCH", "events")
-    assert B._tune_bench(lambda: None, (0.5, 0.2, 0.8)) == [1.0] and calls == [(0.5, 0.2, 0.8)]
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TUNE_BENCH", "graph")
-    with pytest.raises(ValueError, match="must be 'events' or 'graphs', got 'graph'"):
-        B._tune_bench(lambda: None, None)
