@@ -25,6 +25,12 @@ from megastride.kernels import blocksparse  # noqa: E402
 
 ATOL = {torch.float32: 2e-5, torch.float16: 2e-3}
 
+
+def SLOW(*values):  # noqa: N802 - reads as a marker in the parameter lists
+    """One parameter set of a test that also runs, faster, on the sets left unmarked: skipped in the
+    default suite (over 20 minutes on 2 cores otherwise), run with MEGASTRIDE_SLOW_TESTS=1 (conftest)."""
+    return pytest.param(*values, marks=pytest.mark.slow)
+
 # name -> (pattern factory(heads), n, block, heads, head dim, dtype, batch)
 CASES = {
     "dense": (lambda h: P.dense(), 256, 64, 2, 32, torch.float32, 2),
@@ -94,15 +100,14 @@ def test_kernel_matches_reference(name, monkeypatch):
     _run_case(CASES[name], monkeypatch)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", list(SLOW_CASES))
 def test_kernel_matches_reference_more_shapes(name, monkeypatch):
     """More head-dim / block / dtype combinations of the patterns above."""
     _run_case(SLOW_CASES[name], monkeypatch)
 
 
-@pytest.mark.parametrize("name", ["fixed_block128", "strided_permuted_straddling", "merged_fixed_strided",
-                                  "multi_head_mix", "summary_only_empty_rows"])
+@pytest.mark.parametrize("name", ["fixed_block128", SLOW("strided_permuted_straddling"), SLOW("merged_fixed_strided"),
+                                  SLOW("multi_head_mix"), "summary_only_empty_rows"])
 def test_atomic_dq_matches_reference(name, monkeypatch):
     """dQ added by the dK/dV kernel with atomics (no dQ kernel) equals the reference too, over
     permuted parts, parts merged into one head and rows without keys."""
@@ -278,9 +283,9 @@ SPLIT_CASES = {  # each has columns with more full entries than the split and pa
 }
 
 
-@pytest.mark.parametrize("name,split,dq", [("fixed_full_summary", 2, "separate"), ("fixed_full_summary", 1, "atomic"),
-                                           ("merged_local_strided", 2, "atomic"), ("multi_head_full", 1, "separate"),
-                                           ("multi_head_full", 2, "merged")])
+@pytest.mark.parametrize("name,split,dq", [("fixed_full_summary", 2, "separate"), SLOW("fixed_full_summary", 1, "atomic"),
+                                           ("merged_local_strided", 2, "atomic"), SLOW("multi_head_full", 1, "separate"),
+                                           SLOW("multi_head_full", 2, "merged")])
 def test_split_columns_match_reference(name, split, dq, monkeypatch):
     """dK/dV programs that take a segment of a column and add with atomics: still the reference,
     over columns split many ways, merged parts, per-head CSRs and empty rows."""
@@ -295,8 +300,8 @@ def test_split_columns_match_reference(name, split, dq, monkeypatch):
     _run_case(SPLIT_CASES[name], monkeypatch, seed=9)
 
 
-@pytest.mark.parametrize("name,split,dq", [("fixed_full_summary", 2, "separate"), ("merged_local_strided", 2, "atomic"),
-                                           ("multi_head_full", 2, "merged")])
+@pytest.mark.parametrize("name,split,dq", [("fixed_full_summary", 2, "separate"), SLOW("merged_local_strided", 2, "atomic"),
+                                           SLOW("multi_head_full", 2, "merged")])
 def test_split_columns_last_finish_matches_reference_twice_and_leaves_its_workspace_zero(name, split, dq, monkeypatch):
     """The "last" finish: columns of one segment written whole, longer ones summed in the workspace and
     written by their last segment, which zeroes its share: the reference's gradients on two backward
@@ -568,9 +573,9 @@ def test_two_launch_merge_is_the_strided_layouts():
 
 @pytest.mark.parametrize("name,dq,split", [("strided_permuted_full_tiles", "separate", "0"),
                                            ("strided_permuted_straddling", "merged", "0"),
-                                           ("merged_fixed_strided", "separate", "2"),
-                                           ("strided_permuted_full_tiles", "atomic", "0"),
-                                           ("multi_head_mix", "separate", "0")])
+                                           SLOW("merged_fixed_strided", "separate", "2"),
+                                           SLOW("strided_permuted_full_tiles", "atomic", "0"),
+                                           SLOW("multi_head_mix", "separate", "0")])
 def test_partials_in_the_outputs_match_the_reference_without_fp32_sums(name, dq, split, monkeypatch):
     """PARTIALS "output": a two-launch head's first part writes its partial output and gradients into the
     output tensors in the inputs' dtype, the last part completes them in place: the reference still (fp16
@@ -638,6 +643,7 @@ def test_backward_steps_issue_both_score_products_first_by_default():
         assert blocksparse.DOTS_FIRST
 
 
+@pytest.mark.slow
 def test_the_earlier_product_order_still_matches_the_reference():
     # MEGASTRIDE_BLOCKSPARSE_DOTS_FIRST=0 compiles the backward with dP after the exponentials: the same
     # three-way checks, in a process of its own (the order is fixed at import), on a masked 128-block case,
@@ -795,8 +801,8 @@ def test_sparse_attention_dispatches_to_triton(monkeypatch):
 @pytest.mark.parametrize("pattern,env", [
     ("fixed", {}),  # one part per head: dq, dk, dv written straight into the fused gradient
     ("merged", {}),  # two parts per head: fp32 accumulation, then copied in
-    ("fixed", {"MEGASTRIDE_BLOCKSPARSE_DQ": "atomic", "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "1"}),  # zeroed fp32 buffers
-    ("fixed", {"MEGASTRIDE_BLOCKSPARSE_DQ": "merged"}),
+    SLOW("fixed", {"MEGASTRIDE_BLOCKSPARSE_DQ": "atomic", "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "1"}),  # zeroed fp32 buffers
+    SLOW("fixed", {"MEGASTRIDE_BLOCKSPARSE_DQ": "merged"}),
 ], ids=["one-part", "merged-parts", "atomic-split", "merged-launch"])
 def test_fused_qkv_attention_matches_the_split_one(pattern, env, monkeypatch):
     """sparse_attention_qkv over a (B, T, 3HD) product: the output and the one gradient equal the
@@ -1070,9 +1076,9 @@ def test_block_runs_are_exact_or_refused():
 
 
 @pytest.mark.parametrize("name,env", [
-    ("fixed_block128", {}), ("local", {}), ("fixed_per_head", {}), ("merged_fixed_strided", {}),
-    ("fixed_d128", {"MEGASTRIDE_BLOCKSPARSE_DQ": "merged"}),
-    ("fixed_per_head", {"MEGASTRIDE_BLOCKSPARSE_DQ": "atomic", "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "1"}),
+    ("fixed_block128", {}), SLOW("local", {}), SLOW("fixed_per_head", {}), SLOW("merged_fixed_strided", {}),
+    SLOW("fixed_d128", {"MEGASTRIDE_BLOCKSPARSE_DQ": "merged"}),
+    SLOW("fixed_per_head", {"MEGASTRIDE_BLOCKSPARSE_DQ": "atomic", "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "1"}),
 ], ids=["fixed128", "local", "per-head", "merged-parts", "merged-launch", "atomic-split"])
 def test_runs_walk_gives_the_reference_and_is_used(name, env, monkeypatch):
     """MEGASTRIDE_BLOCKSPARSE_RUNS=1: the kernels walk full lists as runs (block by arithmetic) in the
@@ -1178,9 +1184,9 @@ def test_order_switch_is_validated(monkeypatch):
     assert blocksparse.block_order() == "chunked"
 
 
-@pytest.mark.parametrize("name,dq,tma", [("fixed_block128", "separate", None), ("merged_fixed_strided", "merged", None),
-                                         ("multi_head_mix", "atomic", None), ("fixed_d128", "separate", None),
-                                         ("fixed_block128", "merged", "0"), ("multi_head_mix", "atomic", "0")])
+@pytest.mark.parametrize("name,dq,tma", [("fixed_block128", "separate", None), SLOW("merged_fixed_strided", "merged", None),
+                                         SLOW("multi_head_mix", "atomic", None), ("fixed_d128", "separate", None),
+                                         ("fixed_block128", "merged", "0"), SLOW("multi_head_mix", "atomic", "0")])
 def test_tma_loads_give_the_reference_and_are_used(name, dq, tma, monkeypatch):
     """By default where a part's rows hold TMA_MIN_BLOCKS full blocks on average (lowered here to any), and
     for every part with MEGASTRIDE_BLOCKSPARSE_TMA=1, the full lists' tiles come from in-kernel tensor
@@ -1293,7 +1299,7 @@ def test_tma_scratch_allocator_is_set_only_where_none_is():
 _PLAIN_RECOMPUTES: dict = {}
 
 
-@pytest.mark.parametrize("offload", [False, True, "attention", "attention-overlap"])
+@pytest.mark.parametrize("offload", [SLOW(False), SLOW(True), "attention", SLOW("attention-overlap")])
 def test_recomputed_blocks_reuse_their_kept_attention_outputs(offload, monkeypatch):
     """train.keep_attention: recomputed blocks keep their attention outputs and log-sum-exps from the
     forward pass, and their recompute launches no attention forward; loss and every gradient equal the

@@ -81,6 +81,8 @@ def test_resume_continues_with_identical_losses(tiny_config, tmp_path):
     assert b[6]["valid/bits_per_byte"] == a[6]["valid/bits_per_byte"]
 
 
+@pytest.mark.slow  # 2+ minutes; the kernels' and the model's kept attention are checked faster in
+# tests/test_kernels_triton.py and tests/test_checkpoint_blocks.py
 def test_deepspeed_runs_with_kept_attention_give_the_plain_recomputes_losses(tiny_config, tmp_path):
     """train.keep_attention=true through DeepSpeed's engine (ZeRO-1, the trainer's default runtime): the
     recomputed blocks reuse their kept attention outputs and the losses are exactly those of the plain
