@@ -33,6 +33,20 @@ def _untuned(monkeypatch):
         monkeypatch.setattr(tuned, "cache_results", False)
 
 
+def _grads(fn, q, k, v, do) -> list:
+    """``fn(q, k, v)``'s output and its three gradients under the upstream gradient ``do``, on fresh leaves."""
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = fn(*leaves)
+    return [out, *torch.autograd.grad(out, leaves, do)]
+
+
+def _assert_near(got: list, want: list, label: str = "") -> None:
+    """Output and three gradients within the GPU bound of the fp32 reference (bf16/fp16 inputs)."""
+    for name, g, w in zip(["out", "dq", "dk", "dv"], got, want):
+        err = (g.float() - w.float()).abs().max().item()
+        assert err <= 2e-2 * max(1.0, w.abs().max().item()), f"{label}{name}: max error {err:.3g}"
+
+
 def _peak_of(call) -> float:
     """Bytes the allocator's peak rose above what was allocated before ``call()``."""
     torch.cuda.synchronize()
@@ -87,19 +101,11 @@ def test_auto_mode_times_both_modes_at_a_short_length_and_matches_the_reference(
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v, do = (torch.randn(1, heads, n, dim, device="cuda", dtype=torch.float16, generator=gen) for _ in range(4))
 
-    def grads(fn):
-        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        out = fn(*leaves)
-        return [out, *torch.autograd.grad(out, leaves, do)]
-
-    got = grads(lambda *x: B.blocksparse_attention(*x, layout))
+    got = _grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)
     key = B.auto_mode_key((1, heads, n, dim), torch.float16)
     assert layout.kernel_cache[key] in B.AUTO_MODES
     assert set(layout.kernel_cache[key + ("seconds",)]) == set(B.AUTO_MODES)
-    want = grads(lambda *x: reference_attention(*(t.float() for t in x), layout))
-    for name, g, w in zip(["out", "dq", "dk", "dv"], got, want):
-        err = (g.float() - w).abs().max().item()
-        assert err <= 2e-2 * max(1.0, w.abs().max().item()), f"{name}: max error {err:.3g}"
+    _assert_near(got, _grads(lambda *x: reference_attention(*(t.float() for t in x), layout), q, k, v, do))
 
 
 @pytest.mark.parametrize("mode", ["separate", "merged"])
@@ -476,12 +482,7 @@ def test_every_listed_tile_config_gives_the_reference_output_and_gradients(dim, 
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v, do = (torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
 
-    def grads(fn):
-        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        out = fn(*leaves)
-        return [out, *torch.autograd.grad(out, leaves, do)]
-
-    want = grads(lambda *x: reference_attention(*(t.float() for t in x), layout))
+    want = _grads(lambda *x: reference_attention(*(t.float() for t in x), layout), q, k, v, do)
     tables = {"fwd": B._FWD_TILES, "dq": B._DQ_TILES, "dkdv": B._DKDV_TILES, "merged": B._MERGED_TILES}
     modes = {"fwd": "separate", "dq": "separate", "dkdv": "separate", "merged": "merged"}
     checked = 0
@@ -489,9 +490,7 @@ def test_every_listed_tile_config_gives_the_reference_output_and_gradients(dim, 
         monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", modes[kernel])
         for entry in B.tile_list(table, 128, dim, B._KERNEL_NAMES[kernel]):
             with B.forced_tiles(kernel, entry):
-                got = grads(lambda *x: B.blocksparse_attention(*x, layout))
-            for name, g, w in zip(["out", "dq", "dk", "dv"], got, want):
-                err = (g.float() - w).abs().max().item()
-                assert err <= 2e-2 * max(1.0, w.abs().max().item()), f"{kernel} {entry} {name}: max error {err:.3g}"
+                got = _grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)
+            _assert_near(got, want, f"{kernel} {entry} ")
             checked += 1
     assert checked >= 12
