@@ -1128,8 +1128,8 @@ def chosen_tiles(kernel: str, clear: bool = False) -> list[tuple[int, ...]]:
     seen = _CHOSEN.pop(kernel, {}) if clear else _CHOSEN.get(kernel, {})
     out = []
     for config, names, _ in seen.values():
-        entry = _entry(config, names)
-        if entry not in out:
+        entry = _entry(config, names) if config is not None else None
+        if entry is not None and entry not in out:
             out.append(entry)
     return out
 
@@ -1175,9 +1175,9 @@ def _launch(tuned, kernel, grid, args, consts, names=_TILE_NAMES, name: str = ""
             timings = getattr(tuned, "configs_timings", None)
         else:  # its choice, launched without the autotuner's own per-launch key computation
             _launch_chosen(kernel, grid, args, {**consts, **config.all_kwargs()})
-        if config is not None:
-            seen = _CHOSEN.setdefault(name, {})
-            seen[key] = (config, names, timings if timings is not None else seen.get(key, (0, 0, None))[2])
+        seen = _CHOSEN.setdefault(name, {})
+        if timings is not None or key not in seen:  # a steady-state launch adds one dict lookup
+            seen[key] = (config, names, timings)
     else:
         _launch_chosen(kernel, grid, args, {**consts, **tiles})
 
