@@ -486,11 +486,6 @@ def tuned_configs() -> dict:
                                 ("merged", B._merged_tuned))}
 
 
-def _tile_text(entry: tuple[int, ...]) -> str:
-    *tiles, warps, stages = entry
-    return "+".join(f"{tiles[i]}x{tiles[i + 1]}" for i in range(0, len(tiles), 2)) + f"w{warps}s{stages}"
-
-
 def tile_choices(clear: bool = True) -> list[str]:
     """What the autotuner chose for each of our kernels launched since the last clear, and, where it timed
     the configs in that time, its median ms for each (``blocksparse.tuning_timings``): one note per kernel."""
@@ -502,9 +497,9 @@ def tile_choices(clear: bool = True) -> list[str]:
         chosen = B.chosen_tiles(name, clear=clear)
         if not chosen:
             continue
-        note = f"{name} tiles {', '.join(_tile_text(e) for e in chosen)}"
+        note = f"{name} tiles {', '.join(B.tile_name(e) for e in chosen)}"
         if timed:
-            note += " (tuned " + "; ".join(", ".join(f"{_tile_text(e)} {ms * 1e3:.1f} us" for e, ms in t.items())
+            note += " (tuned " + "; ".join(", ".join(f"{B.tile_name(e)} {ms * 1e3:.1f} us" for e, ms in t.items())
                                           for t in timed) + ")"
         notes.append(note)
     return notes

@@ -1112,13 +1112,20 @@ def forced_tiles(kernel: str, entry: tuple[int, ...]):
             _FORCED[kernel] = before
 
 
-# kernel name -> {tuning key: (the autotuner's config, its tile names)} for every autotuned launch since the
-# last ``chosen_tiles(name, clear=True)``: what the tile sweep's "auto" row ran
+# kernel name -> {tuning key: (the autotuner's config, its tile names, the timings it took them from or
+# None)} for every autotuned launch since the last ``chosen_tiles(name, clear=True)``: what the tile sweep's
+# "auto" row and the bench's notes name
 _CHOSEN: dict[str, dict] = {}
 
 
 def _entry(config, names) -> tuple[int, ...]:
     return tuple(config.kwargs[n] for n in names) + (config.num_warps, config.num_stages)
+
+
+def tile_name(entry: tuple[int, ...]) -> str:
+    """A config (tile sizes..., warps, stages) in short form: "128x64w4s5", merged "64x64+128x32w4s3"."""
+    *tiles, warps, stages = entry
+    return "+".join(f"{tiles[i]}x{tiles[i + 1]}" for i in range(0, len(tiles), 2)) + f"w{warps}s{stages}"
 
 
 def chosen_tiles(kernel: str, clear: bool = False) -> list[tuple[int, ...]]:

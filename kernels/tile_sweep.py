@@ -47,10 +47,7 @@ def parse_tile(kernel: str, text: str) -> tuple[int, ...]:
     return entry
 
 
-def tile_name(entry: tuple[int, ...]) -> str:
-    *tiles, warps, stages = entry
-    pairs = [f"{tiles[i]}x{tiles[i + 1]}" for i in range(0, len(tiles), 2)]
-    return "+".join(pairs) + f"w{warps}s{stages}"
+tile_name = B.tile_name  # a config's short form, parse_tile's inverse
 
 
 def configs_for(kernel: str, spec: str, block: int, head_dim: int) -> list[tuple[int, ...]]:
