@@ -43,7 +43,7 @@ import torch
 SWITCH = "MEGASTRIDE_BLOCKSPARSE_DIRECT"
 # the switches --switch may alternate: each read at every call, "0" off and "1" on
 SWITCHES = (SWITCH, "MEGASTRIDE_BLOCKSPARSE_GLUON", "MEGASTRIDE_BLOCKSPARSE_GLUON_FWD",
-            "MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS", "MEGASTRIDE_BLOCKSPARSE_TMA")
+            "MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS", "MEGASTRIDE_BLOCKSPARSE_TMA", "MEGASTRIDE_BLOCKSPARSE_DQ_SWAP")
 MODES = ("0", "1")  # off (for DIRECT: Triton's run), on (direct)
 # switches with more values than on and off: the values --values may name
 VALUED = {"MEGASTRIDE_BLOCKSPARSE_DQ": ("auto", "separate", "atomic", "merged")}
@@ -128,6 +128,21 @@ def profiles(step, switch: str, values: tuple[str, ...], iters: int) -> dict:
     return out
 
 
+def chosen_tiles_now() -> dict[str, list[str]]:
+    """Per kernel, the configs the autotuner chose for the launches since the last call (both values'
+    launches: a switch that changes a tuning key, such as the dQ mode, has a choice of its own), and the
+    median ms it timed each config at (``blocksparse.tuning_timings``); then forgotten."""
+    from . import blocksparse as B
+
+    out = {}
+    for kernel in ("fwd", "dq", "dkdv", "merged"):
+        timed = [{B.tile_name(e): round(ms, 4) for e, ms in t.items()} for t in B.tuning_timings(kernel)]
+        chosen = [B.tile_name(e) for e in B.chosen_tiles(kernel, clear=True)]
+        if chosen:
+            out[kernel] = {"chosen": chosen, "timed": timed}
+    return out
+
+
 def _fixed_case(n: int, heads: int, dim: int):
     """(layout, q, k, v, dO) of the attention bench's fixed case (``bench.case_pattern``) at ``n`` tokens on
     the GPU, bf16, B=1."""
@@ -182,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                            switch=args.switch, values=values)}
         if args.profile:
             row["profile"] = profiles(step, args.switch, values, max(2, min(args.calls, 10)))
+        row["tiles"] = chosen_tiles_now()
         print(json.dumps(row), flush=True)
         rows.append(row)
     if args.out:
