@@ -424,23 +424,12 @@ def _dq_atomic(DQ, dq_desc, first_row, rows, offs_d, stride_dqt, dst, k, sm_scal
                FUSED_DQ: tl.constexpr):
     """FUSED_DQ: this key tile's share of dQ for the query rows, dS @ K, added to the fp32 DQ in place:
     one atomic per element (1), or (2, rows first_row.. contiguous) one TMA reduce of the whole tile
-    through ``dq_desc``, asynchronous and done in L2, as FlashAttention-3 accumulates dQ. 3 and 4 are 1 and
-    2 with the product swapped (FlashAttention-3's dQ_swapAB): dQ^T = K^T @ dS^T into a transposed DQ of
-    (head dim, T) per head (``stride_dqt``: its rows' stride), so the product's M is the head dim rather
-    than the query sub-tile: at BLOCK_M = 32 (the head-dim-64 dK/dV tile) an M of 32 is below a Hopper
-    tensor-core product's 64 and compiled to 32 synchronous HMMA an iteration; swapped it is 8 HGMMA."""
-    if FUSED_DQ >= 3:
-        dqt = tl.dot(tl.trans(k), dst, input_precision=DOT_PREC) * sm_scale  # (head dim, queries)
-        if FUSED_DQ == 4:
-            dq_desc.atomic_add([0, first_row], dqt)
-        else:
-            tl.atomic_add(DQ + offs_d[:, None] * stride_dqt + rows[None, :], dqt, sem="relaxed")
+    through ``dq_desc``, asynchronous and done in L2, as FlashAttention-3 accumulates dQ."""
+    dq = tl.dot(tl.trans(dst), k, input_precision=DOT_PREC) * sm_scale  # (queries, head dim)
+    if FUSED_DQ == 2:
+        dq_desc.atomic_add([first_row, 0], dq)
     else:
-        dq = tl.dot(tl.trans(dst), k, input_precision=DOT_PREC) * sm_scale  # (queries, head dim)
-        if FUSED_DQ == 2:
-            dq_desc.atomic_add([first_row, 0], dq)
-        else:
-            tl.atomic_add(DQ + rows[:, None] * stride_dqt + offs_d[None, :], dq, sem="relaxed")
+        tl.atomic_add(DQ + rows[:, None] * stride_dqt + offs_d[None, :], dq, sem="relaxed")
 
 
 @triton.jit
@@ -459,8 +448,7 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HE
     # tiles of BLOCK_M rows from the column lists
     # (key blocks in ORDER, heaviest chunk first: the fixed pattern's summary columns are long). FUSED_DQ: the
     # program also adds dS @ K of each tile to an fp32 DQ with atomics (no separate dQ kernel): one per
-    # element (1) or one TMA reduce per tile (2; natural order only, where a tile's rows are contiguous); 3 and 4
-    # the same into a transposed DQ with the product swapped (_dq_atomic).
+    # element (1) or one TMA reduce per tile (2; natural order only, where a tile's rows are contiguous).
     # SPLIT: a program takes one segment of a column (ORDER = the segments' columns, heaviest first;
     # SEG_LO/SEG_HI its range of full entries; SEG_FIRST whether it also takes the partial ones), so a long
     # column is no longer one serial chain. SPLIT 1 adds its dK/dV to fp32 DK/DV with atomics (cast after
@@ -474,9 +462,6 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HE
     if FUSED_DQ == 2:  # natural order: a query tile's rows are contiguous, one TMA box of the fp32 dQ
         dq_desc = tl.make_tensor_descriptor(DQ, shape=[num_blocks * BLOCK, HEAD_DIM], strides=[stride_dqt, 1],
                                             block_shape=[BLOCK_M, HEAD_DIM])
-    elif FUSED_DQ == 4:  # the same box of the transposed dQ: (head dim, the tile's columns)
-        dq_desc = tl.make_tensor_descriptor(DQ, shape=[HEAD_DIM, num_blocks * BLOCK], strides=[stride_dqt, 1],
-                                            block_shape=[HEAD_DIM, BLOCK_M])
     else:
         dq_desc = DQ  # not read
     Q += batch * stride_qb + head * stride_qh
@@ -801,8 +786,6 @@ SPLIT_SEGMENT = 8
 SPLIT_RATIO = 2.5
 # the separate dQ kernel computes delta itself, no delta kernel (delta_in_dq)
 DELTA_IN_DQ = True
-# the atomic dQ mode's product swapped, into a transposed fp32 dQ (dq_swap)
-DQ_SWAP = True
 # later launches go straight to the compiled kernel's launcher (use_direct_launch)
 DIRECT_LAUNCH = True
 # how split columns are completed: split_finish
@@ -1471,16 +1454,6 @@ def delta_in_dq() -> bool:
     return _switch("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", DELTA_IN_DQ)
 
 
-def dq_swap() -> bool:
-    """Whether the atomic dQ mode computes each tile's dQ transposed, K^T @ dS^T (head dim x queries), into
-    a transposed fp32 buffer, then copied into dQ's layout: FlashAttention-3's dQ_swapAB. The dK/dV tile
-    at head dim 64 has 32 query rows, under the 64 rows of a Hopper tensor-core (wgmma) product, so the
-    unswapped dS @ K compiled to synchronous mma.sync instructions (32 HMMA an iteration beside the 24 HGMMA
-    of the other four products; ``compile_check``); swapped its M is the head dim and it is 8 HGMMA.
-    ``MEGASTRIDE_BLOCKSPARSE_DQ_SWAP`` ("0" or "1") overrides ``DQ_SWAP``."""
-    return _switch("MEGASTRIDE_BLOCKSPARSE_DQ_SWAP", DQ_SWAP)
-
-
 def split_finish() -> str:
     """How split dK/dV columns (``dkdv_split``) are completed: "cast" (every segment adds into fp32 dK and dV
     with atomics; zeroed before the launch, cast to the inputs' dtype after it: two fills and two casts of
@@ -1804,18 +1777,13 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
     cast = finish == "cast"
     atomic = (fused, cast, cast)
 
-    swap = fused and dq_swap()
-
     def sums(i):
         """Where gradient i accumulates: atomic dQ / split columns: every part and segment adds into one
         zeroed fp32 buffer (rows without keys stay 0); heads split into parts: the parts before the
         last add into fp32 sums, which the last part adds to its own as it writes the final gradient.
-        The sums have the final gradient's strides: a launch reads one with the strides of the other.
-        The swapped atomic dQ (dq_swap): a (B, H, D, T) buffer, seen as (B, H, T, D)"""
+        The sums have the final gradient's strides: a launch reads one with the strides of the other"""
         if not (atomic[i] or multi):
             return finals[i]
-        if i == 0 and swap:
-            return torch.empty((batch, heads, head_dim, seq_len), dtype=torch.float32, device=q.device).zero_().transpose(2, 3)
         g = torch.empty_strided(finals[i].shape, finals[i].stride(), dtype=torch.float32, device=q.device)
         return g.zero_() if atomic[i] else g.fill_(float("nan")) if POISON else g
 
@@ -1869,9 +1837,7 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
         order_len = order.shape[1]
         # merged: one RUNS for both sides, so runs only where both sides have them
         col_runs = col_runs if not merged or row_runs is not None else None
-        # the merged kernel also takes DQ_PREV (its dQ programs merge like the dq kernel's); the swapped atomic
-        # dQ's launches take its buffer as (B, H, D, T), so DQ's third stride is its rows' (dq_swap)
-        dq = dq.transpose(2, 3) if swap else dq
+        # the merged kernel also takes DQ_PREV (its dQ programs merge like the dq kernel's)
         outputs = (dk, dv, dk_sum, dv_sum, dq) + ((dq_sum,) if merged else ())
         columns = (q, k, v, do, *outputs, lse, delta, meta.heads, meta.head_csr, meta.min_off, meta.codes,
                    lists["col_full_ptr"], lists["col_full_idx"], lists["col_part_ptr"], lists["col_part_idx"], order,
@@ -1888,8 +1854,8 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
                     name="merged")
             continue
         grid = lambda m: (order_len * (layout.block // m["BLOCK_N"]) * bh,)  # noqa: E731
-        fused_kind = ((2 if tma and not meta.permuted else 1) + (2 if swap else 0)) if fused else 0
-        if fused_kind in (2, 4):
+        fused_kind = (2 if tma and not meta.permuted else 1) if fused else 0
+        if fused_kind == 2:
             _ensure_allocator()
         _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, (*columns, *strides), {**consts, "FUSED_DQ": fused_kind},
                 name="dkdv")

@@ -101,11 +101,10 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
         for (m, n, w, st), here in itertools.product(tiles(bs._DQ_TILES), (False, True)):  # delta loaded / computed
             out.append(Variant(f"dQ {tag}, delta {'here' if here else 'loaded'} {m}x{n} w{w} s{st}", bs._bwd_dq_kernel,
                                dict(common, DELTA_HERE=here, BLOCK_M=m, BLOCK_N=n), acc & {"DQ_PREV"}, w, st))
-        # dQ separate (0), atomic: one atomic per element (1) or one TMA reduce per tile (2, natural order only),
-        # and the two with the product swapped into a transposed dQ (3, 4: blocksparse.dq_swap)
+        # dQ separate (0), atomic: one atomic per element (1) or one TMA reduce per tile (2, natural order only)
         # columns whole (0), split with the "cast" finish (1) or the "last" one (2)
-        for split, fused in itertools.product((0, 1, 2), (0, 1, 3) if permuted else (0, 1, 2, 3, 4)):
-            kind = ("separate", "atomic", "atomic TMA", "atomic swapped", "atomic TMA swapped")[fused]
+        for split, fused in itertools.product((0, 1, 2), (0, 1) if permuted else (0, 1, 2)):
+            kind = ("separate", "atomic", "atomic TMA")[fused]
             mode = f"dQ {kind}, {('whole', 'split', 'split, last finish')[split]} columns"
             fp32 = (acc & {"DK_PREV", "DV_PREV"}) | ({"DQ"} if fused else set()) | (_SPLIT_FP32 if split == 1 else set())
             for m, n, w, st in tiles(bs._DKDV_TILES):

@@ -23,8 +23,11 @@ each after the rounds (``--profile``: per-kernel ms), e.g. the backward's dQ mod
 Each case is the bench's fixed pattern (l ~ sqrt(128 n), one summary block of 128) at ``NxHxD``, bf16,
 B=1. Each round times ``--calls`` forward+backward calls (after ``--warmup`` untimed ones) with the switch
 off, then on; the ms per call includes the GPU's work (synchronised once at the end of a round), which
-is the floor either way ("off" is the first of ``--values``, "on" the second). Written to
-OUT/launch_ab.json with the device, versions and date.
+is the floor either way ("off" is the first of ``--values``, "on" the second). Before a case is timed, one
+call at each value must give the same output and gradients (within ``AGREE_TOL`` of each other, the row's
+``disagreement``); a case where they differ is not timed, is listed under ``disagreed`` and makes the exit
+status 1: a faster wrong kernel is not a speed-up. Written to OUT/launch_ab.json with the device, versions
+and date.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import torch
 SWITCH = "MEGASTRIDE_BLOCKSPARSE_DIRECT"
 # the switches --switch may alternate: each read at every call, "0" off and "1" on
 SWITCHES = (SWITCH, "MEGASTRIDE_BLOCKSPARSE_GLUON", "MEGASTRIDE_BLOCKSPARSE_GLUON_FWD",
-            "MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS", "MEGASTRIDE_BLOCKSPARSE_TMA", "MEGASTRIDE_BLOCKSPARSE_DQ_SWAP")
+            "MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS", "MEGASTRIDE_BLOCKSPARSE_TMA")
 MODES = ("0", "1")  # off (for DIRECT: Triton's run), on (direct)
 # switches with more values than on and off: the values --values may name
 VALUED = {"MEGASTRIDE_BLOCKSPARSE_DQ": ("auto", "separate", "atomic", "merged")}
@@ -128,6 +131,38 @@ def profiles(step, switch: str, values: tuple[str, ...], iters: int) -> dict:
     return out
 
 
+AGREE_TOL = 2e-2  # a value's output and gradients against the other's: max error / max(1, max |other|)
+
+
+def outputs_at(switch: str, value: str, q, k, v, do, layout) -> list[torch.Tensor]:
+    """The forward's output and dQ, dK, dV (fp32 copies) of one call with ``switch`` at ``value``."""
+    from unittest import mock
+
+    from .blocksparse import blocksparse_attention
+
+    with mock.patch.dict(os.environ, {switch: value}):
+        for t in (q, k, v):
+            t.grad = None
+        out = blocksparse_attention(q, k, v, layout)
+        torch.autograd.backward(out, do)
+        got = [out.detach().float(), *(t.grad.float() for t in (q, k, v))]
+    for t in (q, k, v):
+        t.grad = None
+    return got
+
+
+def disagreement(first: list[torch.Tensor], second: list[torch.Tensor]) -> dict[str, float]:
+    """Per tensor (out, dq, dk, dv): the largest difference between the two values' results, relative to
+    max(1, the largest magnitude of the second's); non-finite results count as infinitely far."""
+    out = {}
+    for name, a, b in zip(("out", "dq", "dk", "dv"), first, second):
+        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+            out[name] = float("inf")
+            continue
+        out[name] = round((a - b).abs().max().item() / max(1.0, b.abs().max().item()), 5)
+    return out
+
+
 def chosen_tiles_now() -> dict[str, list[str]]:
     """Per kernel, the configs the autotuner chose for the launches since the last call (both values'
     launches: a switch that changes a tuning key, such as the dQ mode, has a choice of its own), and the
@@ -184,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     from .blocksparse import blocksparse_attention
     from .ws_probe import write_rows
 
-    rows = []
+    rows, failed = [], []
     for n, heads, dim in cases:
         layout, q, k, v, do = _fixed_case(n, heads, dim)
 
@@ -192,7 +227,15 @@ def main(argv: list[str] | None = None) -> int:
             torch.autograd.backward(blocksparse_attention(q, k, v, layout), do)
 
         step()  # autotuning and "auto"'s timing outside the rounds
-        row = {"n": n, "heads": heads, "head_dim": dim,
+        # both values must compute the same thing before either is timed: a switch that changes the kernels
+        # (a dQ mode, the Gluon backward) is only worth timing where it gives the same output and gradients
+        far = disagreement(*(outputs_at(args.switch, value, q, k, v, do, layout) for value in values))
+        if max(far.values()) > AGREE_TOL:
+            print(f"launch_ab: {args.switch}={values[0]} and ={values[1]} disagree at {n}x{heads}x{dim} "
+                  f"(max error / max magnitude: {far}); not timed", file=sys.stderr)
+            failed.append({"n": n, "heads": heads, "head_dim": dim, "disagreement": far})
+            continue
+        row = {"n": n, "heads": heads, "head_dim": dim, "disagreement": far,
                **alternate(step, args.rounds, args.calls, args.warmup, sync=torch.cuda.synchronize,
                            switch=args.switch, values=values)}
         if args.profile:
@@ -202,9 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     if args.out:
         write_rows(Path(args.out) / "launch_ab.json", rows, switch=args.switch, values=list(values), rounds=args.rounds,
-                   calls=args.calls, warmup=args.warmup,
+                   calls=args.calls, warmup=args.warmup, disagreed=failed,
                    date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

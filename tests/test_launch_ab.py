@@ -87,3 +87,40 @@ def test_a_valued_switch_alternates_the_two_values_given_and_bad_values_are_one_
         assert launch_ab.main(["--switch", switch, "--values", raw]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err, err
+
+
+def test_each_row_names_the_autotuners_choices_and_then_forgets_them(monkeypatch):
+    """chosen_tiles_now: per kernel the autotuner served since the last call, its choices (one per tuning
+    key: the dQ modes' dK/dV launches are two keys) and each timed config's median in ms; kernels it did
+    not serve are left out, and a second call finds nothing."""
+    import triton
+
+    from megastride.kernels import blocksparse as B
+
+    def config(m, n, warps, stages):
+        return triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
+
+    plain, other = config(32, 128, 4, 5), config(64, 64, 4, 5)
+    monkeypatch.setattr(B, "_CHOSEN", {
+        "dkdv": {("FUSED_DQ", 0): (plain, B._TILE_NAMES, {plain: [120.6, 120.0, 121.0], other: [123.0, 122.0, 124.0]}),
+                 ("FUSED_DQ", 2): (other, B._TILE_NAMES, None)},
+        "dq": {}})
+    assert launch_ab.chosen_tiles_now() == {
+        "dkdv": {"chosen": ["32x128w4s5", "64x64w4s5"], "timed": [{"32x128w4s5": 120.6, "64x64w4s5": 123.0}]}}
+    assert launch_ab.chosen_tiles_now() == {}
+
+
+def test_two_values_that_compute_different_results_are_caught_before_timing():
+    """disagreement: per tensor, the largest difference relative to max(1, the second value's largest
+    magnitude); equal results within bf16 rounding stay under AGREE_TOL, a wrong dQ (the swapped atomic dQ
+    product at a 32-row tile, miscompiled on sm_90: relative error 3.0) and NaN do not."""
+    gen = torch.Generator().manual_seed(0)
+    ref = [torch.randn(64, 16, generator=gen) * 3 for _ in range(4)]
+    rounded = [t.bfloat16().float() for t in ref]
+    near = launch_ab.disagreement(rounded, ref)
+    assert set(near) == {"out", "dq", "dk", "dv"} and max(near.values()) <= launch_ab.AGREE_TOL, near
+    wrong = [ref[0], ref[1] * -2.0, ref[2], ref[3]]
+    far = launch_ab.disagreement(wrong, ref)
+    assert far["dq"] > 1.0 and far["out"] == 0.0, far
+    nan = [ref[0], ref[1], ref[2].clone().fill_(float("nan")), ref[3]]
+    assert launch_ab.disagreement(nan, ref)["dk"] == float("inf")
