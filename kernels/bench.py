@@ -177,6 +177,40 @@ def check_rows(out: torch.Tensor, q, k, v, layout, rows: torch.Tensor) -> dict:
             "max_abs": ref.abs().max().item()}
 
 
+def check_dq_rows(fn, q, k, v, do, layout, rows: torch.Tensor) -> dict:
+    """Max error of ``fn``'s dQ on sampled rows vs the fp32 reference's, beside the bf16 reference's own.
+    A query row's dQ depends on that row alone (its scores against its keys), so the reference computes
+    the sampled rows and takes their gradient with those rows of dO: exact, without the whole backward.
+    (dK and dV sum over every query of a key, so they have no such cheap check; the GPU tests compare all
+    three gradients at shorter lengths.)"""
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    fn(*leaves).backward(do)
+    got = leaves[0].grad[:, :, rows].float()
+    del leaves
+    chunk = max(1, 2**28 // (q.shape[0] * q.shape[1] * q.shape[2]))
+
+    def reference_dq(dtype):
+        x = q.detach().to(dtype).requires_grad_()
+        out = reference_attention(x, k.to(dtype), v.to(dtype), layout, rows=rows, query_chunk=chunk)
+        (dq,) = torch.autograd.grad(out, x, do[:, :, rows].to(dtype))
+        return dq[:, :, rows].float()
+
+    ref = reference_dq(torch.float32)
+    low = reference_dq(q.dtype)
+    return {"max_err": (got - ref).abs().max().item(), "ref_lowprec_max_err": (low - ref).abs().max().item(),
+            "max_abs": ref.abs().max().item()}
+
+
+def check_failed(check: dict, atol: float = 1e-2) -> bool:
+    """Whether a sampled-row check (``check_rows``, ``check_dq_rows``) is outside the three-way tolerance of
+    the tests: twice the low-precision reference's own error, plus ``atol`` times max(1, the largest
+    magnitude) (looser than the tests' bf16 2e-3: a bench row sums over up to a million keys); a
+    non-finite error fails. A wrong kernel is far outside it (the swapped atomic dQ of the twenty-third
+    run: relative error 3)."""
+    err, low, top = check["max_err"], check["ref_lowprec_max_err"], check["max_abs"]
+    return not math.isfinite(err) or err > 2 * low + atol * max(1.0, top)
+
+
 def _our_fn(layout):
     from .blocksparse import blocksparse_attention
 
@@ -333,6 +367,20 @@ def _time_graphed(name, fwd, fwdbwd, leaves, result: Result, pairs: int, head_di
         result.notes.append(f"{name} CUDA graph failed: {type(err).__name__}: {str(err)[:200]}")
     finally:
         torch.cuda.synchronize()
+
+
+def _flag_failed_checks(result: "Result", name: str) -> list[str]:
+    """A note for each of ``name``'s sampled-row checks outside the tolerance (returned too, for the log): its
+    timings are then of a kernel that computes something else, and the note says so beside them."""
+    notes = []
+    for what in ("check", "dq_check"):
+        check = result.timings.get(f"{name}_{what}")
+        if check is not None and check_failed(check):
+            note = (f"{name} {'output' if what == 'check' else 'dQ'} check FAILED: max error {check['max_err']:.3g} "
+                    f"against the bf16 reference's {check['ref_lowprec_max_err']:.3g} (max |ref| {check['max_abs']:.3g})")
+            result.notes.append(note)
+            notes.append(note)
+    return notes
 
 
 def _time_impl(name, fn, q, k, v, do, result: Result, pairs: int, graphs: bool = False) -> None:
@@ -544,7 +592,10 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
     stage = lambda what: log(f"  [{time.perf_counter() - t_case:7.1f} s] {what}")  # noqa: E731 - where a slow case spends it
     with torch.no_grad():
         result.timings["ours_check"] = check_rows(ours(q, k, v), q, k, v, layout, rows)
-    stage("ours checked against the reference")
+    result.timings["ours_dq_check"] = check_dq_rows(ours, q, k, v, do, layout, rows)
+    for note in _flag_failed_checks(result, "ours"):
+        stage(note)
+    stage("ours checked against the reference (output and dQ rows)")
     from .blocksparse import dkdv_split, gpu_sms, metadata_bytes
 
     result.timings["ours_layout_mb"] = metadata_bytes(layout) / 2**20
@@ -572,7 +623,10 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
             stage(f"flex block mask built ({result.timings['flex_mask_build_ms']:.0f} ms)")
             with torch.no_grad():
                 result.timings["flex_check"] = check_rows(flex(q, k, v), q, k, v, layout, rows)
-            stage("flex forward compiled and checked")
+            result.timings["flex_dq_check"] = check_dq_rows(flex, q, k, v, do, layout, rows)
+            for note in _flag_failed_checks(result, "flex"):
+                stage(note)
+            stage("flex compiled and checked (output and dQ rows)")
             _time_impl("flex", flex, q, k, v, do, result, pairs, graphs)
             timed.append(("flex", flex, {}))
             stage(f"flex  {result.timings['flex_fwdbwd_ms']:.3f} ms f+b" + _graph_note(result, "flex"))

@@ -351,3 +351,40 @@ def test_on_a_gpu_the_energy_counter_and_the_clock_are_read_and_work_adds_joules
     assert joules is not None and 20 * seconds / 200 < joules < 1000 * seconds / 200
     state = gpu_state()
     assert state and 100 < state["sm_mhz"] < 3000 and state["power_w"] > 0
+
+
+def test_the_dq_row_check_takes_sampled_rows_gradients_and_catches_a_wrong_dq():
+    """bench.check_dq_rows: a query row's dQ from the sampled rows alone equals the whole backward's (the
+    masked dense attention of reference.naive_attention, written independently, as the function under
+    test), within the tolerance; a function whose backward scales dQ (a wrong kernel) fails the check, and
+    so does an output check with a NaN."""
+    from megastride.kernels.bench import check_dq_rows, check_failed, check_rows
+    from megastride.kernels.reference import naive_attention
+
+    n, heads, dim = 256, 2, 16
+    layout = P.build_layout(P.same_for_all_heads(P.fixed(64, 16), heads), n, 16)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v, do = (torch.randn(1, heads, n, dim, generator=gen) for _ in range(4))
+    mask = layout.pattern.mask(torch.arange(n), torch.arange(n))
+
+    def dense(q, k, v):
+        return naive_attention(q, k, v, mask)
+
+    class ScaledDQ(torch.autograd.Function):  # identity forward, dQ times 1.5 backward
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            return 1.5 * g
+
+    rows = torch.tensor([0, 5, 63, 64, 200, 255])
+    good = check_dq_rows(dense, q, k, v, do, layout, rows)
+    assert good["max_abs"] > 0.1 and not check_failed(good), good
+    bad = check_dq_rows(lambda q, k, v: dense(ScaledDQ.apply(q), k, v), q, k, v, do, layout, rows)
+    assert check_failed(bad), bad
+    out = dense(q, k, v)
+    assert not check_failed(check_rows(out, q, k, v, layout, rows))
+    out[0, 1, 200, 3] = float("nan")
+    assert check_failed(check_rows(out, q, k, v, layout, rows))
