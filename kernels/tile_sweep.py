@@ -6,7 +6,9 @@ numbers, in the same process as FlexAttention on exactly the same pattern. The f
 is timed alone (forward without autograd); the backward kernels ("dq", "dkdv", "merged") inside a
 forward+backward with the other kernels autotuned (the dQ mode fixed to the one that launches the
 swept kernel). The forward's output is checked against the fp32 reference on sampled rows first, under
-each forced config (the backward kernels' gradients are checked by tests/test_kernels_gpu.py).
+each forced config, and in a backward sweep the sampled rows' dQ too (``bench.check_dq_rows``); a config
+outside the tolerance is marked FAILED in the table and the JSON (``check_failed``): its time is not that
+of the attention (dK and dV are checked by tests/test_kernels_gpu.py).
 """
 
 from __future__ import annotations
@@ -127,7 +129,14 @@ def sweep_case(case: Bn.Case, kernel: str, spec: str, flex: bool = True, log=pri
         try:
             with mock.patch.dict(os.environ, env), B.forced_tiles(kernel, entry):
                 with torch.no_grad():
-                    row["max_err"] = Bn.check_rows(ours(q, k, v), q, k, v, layout, rows)["max_err"]
+                    checks = {"output": Bn.check_rows(ours(q, k, v), q, k, v, layout, rows)}
+                if backward:
+                    checks["dQ"] = Bn.check_dq_rows(ours, q, k, v, do, layout, rows)
+                    row["dq_max_err"] = checks["dQ"]["max_err"]
+                row["max_err"] = checks["output"]["max_err"]
+                failed = [what for what, check in checks.items() if Bn.check_failed(check)]
+                if failed:
+                    row["check_failed"] = failed
                 row["ms"] = timed(ours)
                 if graphs:
                     replayed(row, ours)
@@ -137,6 +146,9 @@ def sweep_case(case: Bn.Case, kernel: str, spec: str, flex: bool = True, log=pri
             row["tflops"] = Bn._tflops(pairs, case.head_dim, row["ms"], backward)
         out.append(row)
         log(f"  {row['tile']:>22}: " + (f"{row['ms']:.3f} ms, {row['tflops']:.0f} TFLOP/s, max err {row['max_err']:.2e}"
+                                         + (f", dQ {row['dq_max_err']:.2e}" if "dq_max_err" in row else "")
+                                         + (f", check FAILED ({', '.join(row['check_failed'])})"
+                                            if "check_failed" in row else "")
                                          + replay_note(row) if "ms" in row else row["error"]))
         torch.cuda.empty_cache()
     if flex:
@@ -201,7 +213,8 @@ def table(rows: list[dict]) -> str:
     choice ("auto") as a row; with replays (``graphs``) each one's replayed time against Flex's replayed time."""
     alt = any("alt_ms" in r for r in rows)
     replay = any("graph_ms" in r or "graph_error" in r for r in rows)
-    head = ("| case | kernel | config | ms | TFLOP/s | vs Flex | max err |"
+    dq = any("dq_max_err" in r for r in rows)
+    head = ("| case | kernel | config | ms | TFLOP/s | vs Flex | max err |" + (" dQ max err |" if dq else "")
             + (" alternated ms | SM MHz |" if alt else "") + (" replayed ms | replayed vs Flex |" if replay else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     flex_ms = {(r["pattern"], r["seq_len"], r["heads"], r["head_dim"]): r.get("ms") for r in rows if r["impl"] == "flex"}
@@ -230,13 +243,17 @@ def table(rows: list[dict]) -> str:
         if "ms" not in r:
             what = (("the autotuner's choice" + (f": {', '.join(r['chosen'])}" if r.get("chosen") else ""))
                     if r["tile"] == "auto" else f"failed: {r.get('error', '')[:80]}")
-            lines.append(f"| {case} | {r['kernel']} | {r['tile']} | {what} | | | |" + alt_cells(r)
-                         + replay_cells(r, key))
+            lines.append(f"| {case} | {r['kernel']} | {r['tile']} | {what} | | | |" + (" |" if dq else "")
+                         + alt_cells(r) + replay_cells(r, key))
             continue
         ref = flex_ms.get(key)
         ratio = f"{ref / r['ms']:.2f}×" if ref and r["impl"] == "ours" else "—"
+        failed = r.get("check_failed", [])
+        err = f"{r['max_err']:.1e}" + (" FAILED" if "output" in failed else "")
+        dq_cell = ((f" {r['dq_max_err']:.1e}" + (" FAILED" if "dQ" in failed else "") if "dq_max_err" in r else " —")
+                   + " |" if dq else "")
         lines.append(f"| {case} | {r['kernel']} | {r['tile']} | {r['ms']:.3f} | {r['tflops']:.0f} | {ratio} "
-                     f"| {r['max_err']:.1e} |" + alt_cells(r) + replay_cells(r, key))
+                     f"| {err} |" + dq_cell + alt_cells(r) + replay_cells(r, key))
     return "\n".join(lines)
 
 

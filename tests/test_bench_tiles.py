@@ -45,6 +45,21 @@ def test_table_puts_each_config_beside_flex_of_its_case():
     assert "| 128x128w4s5 | 9.000 | 380 | — |" in lines[5]  # no Flex in that case: no ratio
 
 
+def test_a_backward_sweep_table_has_a_dq_column_and_marks_a_failed_check():
+    """Backward sweeps check each config's dQ rows too: a column of its own, and a config whose check
+    failed (``check_failed``) says FAILED beside that error, so its time is not read as the attention's."""
+    base = {"pattern": "fixed", "seq_len": 65536, "heads": 8, "head_dim": 64, "kernel": "dkdv"}
+    rows = [{**base, "impl": "ours", "tile": "32x128w4s5", "ms": 4.0, "tflops": 400.0, "max_err": 1e-3,
+             "dq_max_err": 3.0, "check_failed": ["dQ"]},
+            {**base, "impl": "ours", "tile": "64x64w4s5", "ms": 4.4, "tflops": 364.0, "max_err": 1e-3, "dq_max_err": 2e-3},
+            {**base, "impl": "flex", "tile": "(Flex's own)", "ms": 5.0, "tflops": 320.0, "max_err": 1e-3}]
+    lines = S.table(rows).splitlines()
+    assert lines[0].endswith("| max err | dQ max err |"), lines[0]
+    assert "| 1.0e-03 | 3.0e+00 FAILED |" in lines[2] and "FAILED" not in lines[3], lines
+    assert lines[4].endswith("| 1.0e-03 | — |"), lines[4]
+    assert all(line.count("|") == lines[0].count("|") for line in lines), lines
+
+
 def test_table_with_replays_compares_each_config_with_flexs_replay_of_its_case():
     """--graphs: a config's replayed time beside Flex's replayed time of the same case (not its eager one),
     a capture that failed said so, and a case without a replayed Flex gets no ratio."""

@@ -203,6 +203,15 @@ def test_tile_sweep_times_each_config_and_checks_it(runs, monkeypatch):
         assert "error" not in r and r["ms"] > 0 and r["max_err"] < 2e-2, r
 
 
+def test_a_backward_tile_sweep_checks_each_configs_dq_rows():
+    """`megastride bench tiles --kernel dkdv` on the GPU: every listed dK/dV config's forward+backward is
+    checked on sampled rows, output and dQ (bench.check_dq_rows), and none of today's fails."""
+    S = importlib.import_module("megastride.kernels.tile_sweep")
+    rows = S.run([importlib.import_module("megastride.kernels.bench").Case("fixed", 12288, 8, 64)], "dkdv", "list",
+                 flex=False, log=lambda s: None)
+    assert rows and all("error" not in r and "check_failed" not in r and r["dq_max_err"] < 2e-2 for r in rows), rows
+
+
 def test_tile_sweep_replays_each_config_from_a_cuda_graph():
     """`megastride bench tiles --graphs` at a short length: each merged-backward config and Flex also timed
     replayed from a CUDA graph, under that config's tiles; the replay is the kernels alone, so it is
