@@ -2,7 +2,7 @@
 
 For every (pattern, length, heads x head dim) case: build our layout and Flex's BlockMask for exactly
 the same token predicate (Flex's mask_mod written in natural order, as a user would write it),
-check our output and Flex's against the reference on sampled rows, then time forward and
+check our output and Flex's, and their dQ, against the reference on sampled rows, then time forward and
 forward+backward with ``triton.testing.do_bench`` (median), then (``rounds``) forward+backward in rounds
 alternating between the implementations, with the GPU's clock and power after each: from 262,144 tokens
 the H200 runs at its power cap and heats through a run, so the fair comparison is within the same rounds
