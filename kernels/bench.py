@@ -167,14 +167,24 @@ def _sample_rows(n: int, count: int, device) -> torch.Tensor:
     return rows.unique().to(device)
 
 
-def check_rows(out: torch.Tensor, q, k, v, layout, rows: torch.Tensor) -> dict:
-    """Max error of ``out`` on sampled rows vs the fp32 reference, beside the bf16 reference's own."""
-    chunk = max(1, 2**28 // (q.shape[0] * q.shape[1] * q.shape[2]))  # keep (B, H, chunk, n) fp32 under 1 GiB
-    ref = reference_attention(q.float(), k.float(), v.float(), layout, rows=rows, query_chunk=chunk)
-    low = reference_attention(q, k, v, layout, rows=rows, query_chunk=chunk)
-    got = out[:, :, rows].float()
+def _row_chunk(q: torch.Tensor) -> int:
+    """Query rows a reference chunk takes: (B, H, chunk, n) fp32 scores under 1 GiB."""
+    return max(1, 2**28 // (q.shape[0] * q.shape[1] * q.shape[2]))
+
+
+def _errors(got: torch.Tensor, ref: torch.Tensor, low: torch.Tensor) -> dict:
+    """A check's record: ``got``'s max error against the fp32 reference, the bf16 reference's own, and the
+    reference's largest magnitude (what ``check_failed`` weighs)."""
     return {"max_err": (got - ref).abs().max().item(), "ref_lowprec_max_err": (low.float() - ref).abs().max().item(),
             "max_abs": ref.abs().max().item()}
+
+
+def check_rows(out: torch.Tensor, q, k, v, layout, rows: torch.Tensor) -> dict:
+    """Max error of ``out`` on sampled rows vs the fp32 reference, beside the bf16 reference's own."""
+    chunk = _row_chunk(q)
+    ref = reference_attention(q.float(), k.float(), v.float(), layout, rows=rows, query_chunk=chunk)
+    low = reference_attention(q, k, v, layout, rows=rows, query_chunk=chunk)
+    return _errors(out[:, :, rows].float(), ref, low)
 
 
 def check_dq_rows(fn, q, k, v, do, layout, rows: torch.Tensor) -> dict:
@@ -187,18 +197,14 @@ def check_dq_rows(fn, q, k, v, do, layout, rows: torch.Tensor) -> dict:
     fn(*leaves).backward(do)
     got = leaves[0].grad[:, :, rows].float()
     del leaves
-    chunk = max(1, 2**28 // (q.shape[0] * q.shape[1] * q.shape[2]))
 
     def reference_dq(dtype):
         x = q.detach().to(dtype).requires_grad_()
-        out = reference_attention(x, k.to(dtype), v.to(dtype), layout, rows=rows, query_chunk=chunk)
+        out = reference_attention(x, k.to(dtype), v.to(dtype), layout, rows=rows, query_chunk=_row_chunk(q))
         (dq,) = torch.autograd.grad(out, x, do[:, :, rows].to(dtype))
         return dq[:, :, rows].float()
 
-    ref = reference_dq(torch.float32)
-    low = reference_dq(q.dtype)
-    return {"max_err": (got - ref).abs().max().item(), "ref_lowprec_max_err": (low - ref).abs().max().item(),
-            "max_abs": ref.abs().max().item()}
+    return _errors(got, reference_dq(torch.float32), reference_dq(q.dtype))
 
 
 def check_failed(check: dict, atol: float = 1e-2) -> bool:
