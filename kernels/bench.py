@@ -540,21 +540,29 @@ def tuned_configs() -> dict:
                                 ("merged", B._merged_tuned))}
 
 
-def tile_choices(clear: bool = True) -> list[str]:
-    """What the autotuner chose for each of our kernels launched since the last clear, and, where it timed
-    the configs in that time, its median ms for each (``blocksparse.tuning_timings``): one note per kernel."""
+def tile_record(clear: bool = True) -> dict[str, dict]:
+    """Per kernel of ours launched since the last clear: the configs the autotuner chose ("chosen", tile
+    names) and, for the tuning keys it timed in that time, its median ms for each config ("timed", one dict
+    per key; ``blocksparse.tuning_timings``); kernels it did not serve are left out."""
     from . import blocksparse as B
 
-    notes = []
+    out = {}
     for name in B._KERNEL_NAMES:
-        timed = B.tuning_timings(name)
-        chosen = B.chosen_tiles(name, clear=clear)
-        if not chosen:
-            continue
-        note = f"{name} tiles {', '.join(B.tile_name(e) for e in chosen)}"
-        if timed:
-            note += " (tuned " + "; ".join(", ".join(f"{B.tile_name(e)} {ms * 1e3:.1f} us" for e, ms in t.items())
-                                          for t in timed) + ")"
+        timed = [{B.tile_name(e): round(ms, 4) for e, ms in t.items()} for t in B.tuning_timings(name)]
+        chosen = [B.tile_name(e) for e in B.chosen_tiles(name, clear=clear)]
+        if chosen:
+            out[name] = {"chosen": chosen, "timed": timed}
+    return out
+
+
+def tile_choices(clear: bool = True) -> list[str]:
+    """``tile_record`` as one note per kernel: what the autotuner chose, and the medians it chose from."""
+    notes = []
+    for name, rec in tile_record(clear).items():
+        note = f"{name} tiles {', '.join(rec['chosen'])}"
+        if rec["timed"]:
+            note += " (tuned " + "; ".join(", ".join(f"{tile} {ms * 1e3:.1f} us" for tile, ms in t.items())
+                                          for t in rec["timed"]) + ")"
         notes.append(note)
     return notes
 

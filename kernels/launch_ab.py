@@ -163,19 +163,13 @@ def disagreement(first: list[torch.Tensor], second: list[torch.Tensor]) -> dict[
     return out
 
 
-def chosen_tiles_now() -> dict[str, list[str]]:
-    """Per kernel, the configs the autotuner chose for the launches since the last call (both values'
-    launches: a switch that changes a tuning key, such as the dQ mode, has a choice of its own), and the
-    median ms it timed each config at (``blocksparse.tuning_timings``); then forgotten."""
-    from . import blocksparse as B
+def chosen_tiles_now() -> dict[str, dict]:
+    """``bench.tile_record``, then forgotten: the autotuner's choices and medians per kernel since the last
+    call (both values' launches: a switch that changes a tuning key, such as the dQ mode, has a choice of
+    its own)."""
+    from .bench import tile_record
 
-    out = {}
-    for kernel in ("fwd", "dq", "dkdv", "merged"):
-        timed = [{B.tile_name(e): round(ms, 4) for e, ms in t.items()} for t in B.tuning_timings(kernel)]
-        chosen = [B.tile_name(e) for e in B.chosen_tiles(kernel, clear=True)]
-        if chosen:
-            out[kernel] = {"chosen": chosen, "timed": timed}
-    return out
+    return tile_record(clear=True)
 
 
 def _fixed_case(n: int, heads: int, dim: int):
