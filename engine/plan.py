@@ -334,6 +334,14 @@ def attention_workspace_bytes(model: ModelConfig, prec: Precision, seq_len: int,
     return (3 * c + c) * w + LSE * h
 
 
+def pinned_bytes(request: float) -> float:
+    """Host bytes a pinned allocation of ``request`` bytes takes: torch's caching host allocator (which
+    ``pin_memory=True`` and DeepSpeed's pinned buffers go through) rounds every allocation up to the next
+    power of two, so a 6.4 GB block input of a d-3072 model at 1M tokens holds 8.6 GB (measured on the
+    H200's host: docs/scaling.md, "The two axes pushed")."""
+    return float(1 << (math.ceil(request) - 1).bit_length()) if request > 0 else 0.0
+
+
 def kept_attention_bytes(model: ModelConfig, prec: Precision, seq_len: int) -> float:
     """Bytes per token a recomputed block keeps under ``train.keep_attention``: its attention output in the
     compute dtype and the fp32 log-sum-exps (kernels.attention.kept_attention); nothing where every layer
@@ -570,9 +578,11 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     first_phase = max(first, key=lambda p: sum(first[p].values()), default="")
     if host_inputs:  # BlockCheckpoint: every segment input waits in (pinned) host memory
         segments = -(-recomputed // group)
-        cpu["block inputs"] = float(segments * batch * model.seq_len * prec.residual * model.d_model)
-    if on_host:
-        cpu["kept attention outputs"] = float(keep * kept)
+        cpu["block inputs"] = segments * pinned_bytes(batch * model.seq_len * prec.residual * model.d_model)
+    if on_host:  # each kept block's output and log-sum-exps, two pinned buffers
+        tokens = batch * model.seq_len
+        out = tokens * prec.compute * _attention_width(model)
+        cpu["kept attention outputs"] = keep * (pinned_bytes(out) + pinned_bytes(kept - out))
     pairs = sum(sum(layer) for layer in stats.pairs)
     causal = model.n_layers * model.n_heads * model.seq_len * (model.seq_len + 1) / 2
     result = Plan(
@@ -831,9 +841,13 @@ def _weight_bytes(cfg: Config, n_params: int, prec: Precision, runtime: str, wor
     grads /= world if stage >= 2 else 1
     params /= world if stage >= 3 else 1
     gpu = {"parameters": params, "gradients": grads, "optimizer states": optim, "ZeRO buffers": 0.0}
-    cpu = {"parameters": 0.0, "optimizer states": 0.0}
+    cpu = {"parameters": 0.0, "optimizer states": 0.0, "fp32 gradients": 0.0}
     if runtime == "deepspeed" and t.offload_optimizer and stage >= 1:
-        cpu["optimizer states"], gpu["optimizer states"] = optim, 0.0
+        # DeepSpeed's host partition: fp32 weights and their fp32 gradients in pinned buffers (each rounded
+        # to a power of two), the Adam moments beside them (engine.parallel.HostAdamW's, not pinned)
+        share = n_params / world
+        cpu["optimizer states"], gpu["optimizer states"] = pinned_bytes(4 * share) + 8 * share, 0.0
+        cpu["fp32 gradients"] = pinned_bytes(4 * share)
     if runtime == "deepspeed" and t.offload_params and stage == 3:
         cpu["parameters"], gpu["parameters"] = params, 0.0
     if stage in (1, 2):

@@ -12,6 +12,7 @@ from megastride.engine.plan import (
     closed_form_pairs,
     count_params,
     layer_pairs,
+    pinned_bytes,
     plan,
     step_flops,
 )
@@ -57,7 +58,11 @@ def test_offload_moves_bytes_to_the_host():
     base = plan(config(zero_stage=2), world_size=4)
     off = plan(config(zero_stage=2, offload_optimizer=True), world_size=4)
     assert off.items["optimizer states"] == 0
-    assert off.cpu["optimizer states"] == base.phases["optimizer step"]["optimizer states"] > 0
+    share = off.params / 4  # ZeRO partitions the optimizer over the 4 ranks
+    assert base.phases["optimizer step"]["optimizer states"] == pytest.approx(12 * share)
+    # DeepSpeed's host partition: pinned fp32 weights and fp32 gradients (powers of two), the moments
+    assert off.cpu["optimizer states"] == pinned_bytes(4 * share) + 8 * share > 12 * share
+    assert off.cpu["fp32 gradients"] == pinned_bytes(4 * share) >= 4 * share
     assert off.peak_bytes < base.peak_bytes
     both = plan(config(zero_stage=3, offload_optimizer=True, offload_params=True), world_size=4)
     assert both.items["parameters"] == 0 and both.cpu["parameters"] > 0
@@ -137,6 +142,14 @@ def test_plan_cli_table_json_and_exit_codes(tmp_path, capsys):
         assert exit_.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("megastride plan: error: ") and "\n" not in err
+
+
+def test_pinned_host_buffers_round_up_to_powers_of_two():
+    """torch's caching host allocator takes the next power of two for every pinned allocation."""
+    assert pinned_bytes(0) == 0 and pinned_bytes(1) == 1 and pinned_bytes(2) == 2 and pinned_bytes(3) == 4
+    assert pinned_bytes(2 ** 33) == 2 ** 33 and pinned_bytes(2 ** 33 + 1) == 2 ** 34
+    big = plan(config(model={"d_model": 96, "n_heads": 2}, cpu_checkpointing=True))  # 512 x 96 x 2 B an input
+    assert big.cpu["block inputs"] == 3 * 2 ** 17 > 3 * 512 * 96 * 2
 
 
 def test_cpu_checkpointing_moves_block_inputs_to_host():
