@@ -120,8 +120,9 @@ class ModelConfig(_Strict):
             raise ValueError(f"n_heads={h} does not divide the query-key width {qk} (d_model * qk_mult)")
         if self.seq_len % self.attention.block:
             raise ValueError(f"seq_len={self.seq_len} is not divisible by attention.block={self.attention.block}")
-        for spec in self.attention.layers:
-            layer_pattern(spec, h, self.seq_len, self.attention.block)  # raises ValueError naming the pattern
+        for spec in self.attention.layers:  # raise ValueError naming the pattern (or warn: an unpermuted stride)
+            P.check_strides(layer_pattern(spec, h, self.seq_len, self.attention.block), self.seq_len,
+                            self.attention.block)
         if self.embedding.kind == "image":
             shape = self.embedding.image_shape
             if shape is None:

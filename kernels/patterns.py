@@ -513,6 +513,15 @@ def _expand(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[tor
 def _candidates(comp: Component, nb: int, b: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     rows = torch.arange(nb, device=device)
     r0 = rows * b
+    if isinstance(comp, Stride) and comp.stride > b:
+        # the keys of a query block's rows, b consecutive positions, shifted back by k * l: one interval of
+        # at most two key blocks per k (natural order, where n is not a multiple of l): O(nb * n / l), not
+        # the O(nb^2) of every earlier block (which a 8M-token layout could not hold)
+        shifts = (r0 + b - 1) // comp.stride + 1
+        rk = torch.repeat_interleave(rows, shifts)
+        k = torch.arange(rk.numel(), device=device) - torch.repeat_interleave(torch.cumsum(shifts, 0) - shifts, shifts)
+        top = rk * b + b - 1 - k * comp.stride
+        return _expand(rk, torch.clamp(top - b + 1, min=0) // b, top // b)
     if isinstance(comp, (Dense, Stride)):
         return _expand(rows, torch.zeros_like(rows), rows)
     if isinstance(comp, Local):
@@ -580,6 +589,48 @@ def _split_head(pattern: HeadPattern, n: int, b: int):
     return others, (l, -(-width // l))
 
 
+_WARNED: set[tuple[int, int, int]] = set()
+
+
+def dividing_strides(seq_len: int, stride: int) -> tuple[int | None, int | None]:
+    """The nearest strides below and above ``stride`` that divide ``seq_len`` (None where there is none)."""
+    below = next((d for d in range(stride - 1, 1, -1) if seq_len % d == 0), None)
+    above = next((d for d in range(stride + 1, min(2 * stride, seq_len) + 1) if seq_len % d == 0), None)
+    return below, above
+
+
+# block-list entries above which an unpermuted Stride(l) is refused (about nb * n / l of them; 2^26 entries,
+# a quarter GB of int32 lists, and several GB of temporaries to build them)
+NATURAL_STRIDE_LIMIT = 1 << 26
+
+
+def check_strides(pattern: "AttentionPattern | HeadPattern", n: int, b: int) -> None:
+    """Where a Stride(l) wider than a block runs in natural order because n is not a multiple of l, each of
+    its tiles holds about b of b * b pairs and its block lists grow as n^2 / (l * b), not the permuted
+    layout's n^2 / l^2 (the kernels slow down alike): warn once per (n, l, b), or raise ValueError naming
+    the strides that divide n where the lists would pass ``NATURAL_STRIDE_LIMIT`` entries."""
+    import warnings
+
+    heads = pattern.heads if isinstance(pattern, AttentionPattern) else (pattern,)
+    for head in heads:
+        if _split_head(head, n, b)[1] is not None:
+            continue
+        for comp in head.components:
+            if not (isinstance(comp, Stride) and comp.stride > b and n % comp.stride):
+                continue
+            near = " or ".join(str(d) for d in dividing_strides(n, comp.stride) if d)
+            entries = (n // b) * (n // comp.stride)
+            what = (f"{head.name or 'pattern'}: {n} tokens are not a multiple of the stride {comp.stride}, so its "
+                    f"strided half runs unpermuted")
+            advice = f"; a stride dividing {n} ({near}) runs permuted" if near else ""
+            if entries > NATURAL_STRIDE_LIMIT:
+                raise ValueError(f"{what} with about {entries:,} block-list entries (at most "
+                                 f"{NATURAL_STRIDE_LIMIT:,}){advice}")
+            if (n, comp.stride, b) not in _WARNED:
+                _WARNED.add((n, comp.stride, b))
+                warnings.warn(f"{what}, about {b} of {b * b} pairs used per tile{advice}", stacklevel=2)
+
+
 def build_layout(pattern: AttentionPattern | HeadPattern, seq_len: int, block: int = 128,
                  num_heads: int | None = None, device: torch.device | str = "cpu") -> Layout:
     """Compress ``pattern`` for ``seq_len`` tokens in ``block``-sized tiles.
@@ -599,6 +650,8 @@ def build_layout(pattern: AttentionPattern | HeadPattern, seq_len: int, block: i
     permuted: dict[int, dict[int, tuple]] = {}
     for h, head in enumerate(pattern.heads):
         comps, perm = _split_head(head, seq_len, block)
+        if perm is None:
+            check_strides(head, seq_len, block)
         if comps:
             natural[h] = (tuple(comps), 0)
         if perm:

@@ -130,3 +130,22 @@ def test_impossible_zero_combinations_are_rejected():
         check_zero_options(config_from_dict({"train": {"offload_optimizer": True}}))
     with pytest.raises(ConfigError, match="offload_params needs train.zero_stage = 3"):
         check_zero_options(config_from_dict({"train": {"zero_stage": 2, "offload_params": True}}))
+
+
+def test_a_stride_whose_unpermuted_lists_would_be_huge_is_a_one_line_config_error():
+    """strided(2896) at 8,388,608 tokens (not a multiple of it) would list ~190M blocks unpermuted: refused at
+    config time, naming the strides that divide the length; at 1,048,576 tokens strided(1000) is a warning."""
+    import warnings
+
+    tree = {"model": {"seq_len": 8388608, "attention": {"block": 128, "layers": ["strided(2896)"]}}}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(tree)
+    message = str(err.value)
+    assert "not a multiple of the stride 2896" in message and "(2048 or 4096)" in message and "\n" not in message
+    tree["model"].update(seq_len=1048576, **{"attention": {"block": 128, "layers": ["strided(1000)"]}})
+    from megastride.kernels import patterns as P
+    P._WARNED.discard((1048576, 1000, 128))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config_from_dict(tree)
+    assert any("(512 or 1024) runs permuted" in str(w.message) for w in caught)

@@ -1,6 +1,7 @@
 """Patterns against the paper's formulas (section 4), written here independently of the code."""
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -191,3 +192,48 @@ def test_optimal_stride_follows_paper():
     for n, kind in itertools.product([12288, 65536, 2**20], ["fixed", "strided"]):
         l = P.optimal_stride(n, kind, 128, 128)
         assert n % l == 0 and l % 128 == 0
+
+
+@pytest.mark.parametrize("n,block,l", [(256, 16, 24), (256, 16, 40), (512, 32, 100), (640, 64, 130)])
+def test_strides_not_dividing_n_list_exactly_the_blocks_they_touch(n, block, l):
+    """Where n is not a multiple of l the strided half stays in natural order; its block lists (built from
+    per-shift intervals, not every earlier block) still hold exactly the touched blocks, against the paper's
+    mask, for the merged strided head and for the stride alone."""
+    for kind, pattern in (("strided", P.strided(l)), ("stride_only", P.HeadPattern((P.Stride(l),), name="s"))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the warning itself: the next test
+            lay = P.build_layout(pattern, n, block)
+        assert [part.permute_stride for part in lay.parts] == [None]
+        truth = torch.from_numpy(paper_mask(kind, n, l)).view(n // block, block, n // block, block)
+        csr = lay.parts[0].csr[0]
+        listed = torch.zeros(n // block, n // block, dtype=torch.bool)
+        for ptr, idx in ((csr.row_full_ptr, csr.row_full_idx), (csr.row_part_ptr, csr.row_part_idx)):
+            listed[P._rows_of(ptr).long(), idx.long()] = True
+        assert torch.equal(listed, truth.any(3).any(1)), kind
+
+
+def test_a_stride_not_dividing_n_warns_once_naming_dividing_strides():
+    P._WARNED.discard((1000, 48, 8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        P.build_layout(P.strided(48), 1000, 8)
+        P.build_layout(P.strided(48), 1000, 8)
+        P.build_layout(P.strided(40), 1000, 8)  # divides 1000: permuted, no warning
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "1000 tokens are not a multiple of the stride 48" in messages[0]
+    assert "(40 or 50)" in messages[0]
+    assert P.dividing_strides(8388608, 2896) == (2048, 4096)
+
+
+def test_unpermuted_stride_layouts_grow_with_their_touched_blocks_not_nb_squared():
+    """A 1M-token strided(1000) layout (not permutable: 2^20 is not a multiple of 1000) lists about two
+    key blocks per row and shift, nb * n / l of them, far below the nb^2 / 2 of every earlier block."""
+    n, block, l = 2**20, 128, 1000
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lay = P.build_layout(P.strided(l), n, block)
+    nb = n // block
+    nnz = lay.parts[0].csr[0].nnz
+    assert nb * n / l / 2 < nnz < 2.1 * nb * n / l / 2 + nb * (l // block + 2)
+    assert nnz < nb * nb / 2 / 3
+
