@@ -1,0 +1,17 @@
+# Twenty-fourth run, call 2: a 3.63B-parameter model (d 3072, 32 layers, 24 heads of 128) at 1,048,576
+# tokens on one H200: DeepSpeed bf16, ZeRO-1 with the optimizer in host memory (ZeRO-Offload), 6-block
+# segments with their inputs in host memory, the strided pattern of configs/music_1m.yaml
+OUT=${OUT:?}; AUDIO=.gpudata/music12k.zarr
+nvidia-smi --query-gpu=timestamp,memory.used,power.draw,clocks.sm --format=csv -lms 2000 > $OUT/smi.csv & SMI=$!
+(while true; do echo "$(date -u +%T) $(free -g | awk '/Mem/{print $3, $7}')"; sleep 5; done) > $OUT/free.log & FREE=$!
+date -u > $OUT/times.txt
+timeout 150 python3 docs/runs/twentyfourth/pretune.py 1048576 24 128 'strided(1024)' > $OUT/pretune.log 2>&1; echo "pretune rc $?" >> $OUT/pretune.log
+tail -3 $OUT/pretune.log; date -u >> $OUT/times.txt
+timeout ${TRAIN_S:-480} python3 -m megastride.launch.cli train configs/music_1m.yaml --set data.path=$AUDIO \
+  --set run.dir=/tmp/axes_3b --set train.steps=3 --set train.warmup_steps=1 --set train.eval_every=1000 \
+  --set train.save_every=1000 --set run.progress=false --set model.d_model=3072 --set model.n_layers=32 \
+  --set model.n_heads=24 --set train.checkpoint_group=6 --set train.cpu_checkpointing=true \
+  --set model.ffn_chunk=65536 --set train.zero_stage=1 --set train.offload_optimizer=true > $OUT/train_3b.log 2>&1; echo "train rc $?" >> $OUT/train_3b.log
+grep -v "^\[20" $OUT/train_3b.log | tail -8; cp /tmp/axes_3b/metrics.jsonl $OUT/train_3b.jsonl 2>/dev/null
+du -sh /tmp/axes_3b >> $OUT/times.txt 2>&1; rm -rf /tmp/axes_3b /tmp/axes_8m; df -h /tmp | tail -1 >> $OUT/times.txt
+date -u >> $OUT/times.txt; kill $SMI $FREE
