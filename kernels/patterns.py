@@ -22,6 +22,7 @@ the offsets the local half already covers).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence, Union
 
@@ -609,8 +610,6 @@ def check_strides(pattern: "AttentionPattern | HeadPattern", n: int, b: int) -> 
     its tiles holds about b of b * b pairs and its block lists grow as n^2 / (l * b), not the permuted
     layout's n^2 / l^2 (the kernels slow down alike): warn once per (n, l, b), or raise ValueError naming
     the strides that divide n where the lists would pass ``NATURAL_STRIDE_LIMIT`` entries."""
-    import warnings
-
     heads = pattern.heads if isinstance(pattern, AttentionPattern) else (pattern,)
     for head in heads:
         if _split_head(head, n, b)[1] is not None:
@@ -619,7 +618,7 @@ def check_strides(pattern: "AttentionPattern | HeadPattern", n: int, b: int) -> 
             if not (isinstance(comp, Stride) and comp.stride > b and n % comp.stride):
                 continue
             near = " or ".join(str(d) for d in dividing_strides(n, comp.stride) if d)
-            entries = (n // b) * (n // comp.stride)
+            entries = (n // b) * (n // comp.stride)  # a row: n / (2 l) shifts on average, two blocks each
             what = (f"{head.name or 'pattern'}: {n} tokens are not a multiple of the stride {comp.stride}, so its "
                     f"strided half runs unpermuted")
             advice = f"; a stride dividing {n} ({near}) runs permuted" if near else ""
