@@ -146,6 +146,8 @@ def checks(long: bool = True):
         ("fixed_per_head bf16", P.fixed_per_head(2048, 64, 4, 4), 65536, 64, 4, 64, bf16),
         ("multi_head fixed+strided+local bf16 D=32", P.multi_head([fixed(65536), P.strided(256), P.local(300)], 3),
          65536, 64, 3, 32, bf16),
+        # l = 1000 does not divide n: the strided half runs in natural order, each shift's few key blocks
+        ("strided natural order bf16 (l=1000 does not divide n)", P.strided(1000), 65536, 128, 2, 64, bf16),
         ("fixed fp16 D=128", fixed(262144), 262144, 128, 2, 128, fp16),
         ("fixed bf16 1M", fixed(1 << 20), 1 << 20, 128, 8, 64, bf16),
         ("strided bf16 1M", P.strided(1024), 1 << 20, 128, 8, 64, bf16),
