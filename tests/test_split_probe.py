@@ -1,0 +1,32 @@
+"""The split probe's bookkeeping (kernels/split_probe.py): its halves are the fixed pattern's pairs, once each."""
+
+import pytest
+
+from megastride.kernels import patterns as P
+from megastride.kernels import split_probe as S
+
+
+@pytest.mark.parametrize("windows", [2, 4, 16, 128])
+def test_levels_cover_each_earlier_window_once(windows):
+    pairs = S.level_pairs(windows)
+    assert len(pairs) == len(set(pairs))
+    assert set(pairs) == {(w, u) for w in range(windows) for u in range(w)}
+
+
+@pytest.mark.parametrize("n,l,c", [(4096, 512, 64), (65536, 2048, 128), (1048576, 8192, 128)])
+def test_halves_add_up_to_the_fixed_pattern(n, l, c):
+    window = P.closed_form_pairs(P.fixed_window(l), n)
+    assert window + S._summary_pairs(n, l, c, 1) == P.closed_form_pairs(P.fixed(l, c), n)
+    assert S._summary_pairs(n, l, c, 3) == 3 * S._summary_pairs(n, l, c, 1)
+
+
+def test_groups_partition_the_windows_after_the_first():
+    for windows, count in [(128, 16), (64, 4), (5, 8)]:
+        groups = S._groups(windows, count)
+        covered = [w for a, b in groups for w in range(a, b)]
+        assert covered == list(range(1, windows))
+
+
+def test_levels_refuse_other_counts():
+    with pytest.raises(ValueError, match="power-of-two"):
+        S.level_shapes(12)
