@@ -159,7 +159,16 @@ def _levels_fn(l: int, c: int, backend: str):
     return run
 
 
-def probe(n: int, heads: int, head_dim: int, groups: list[int], log=print) -> dict:
+def _profile(fn, q, k, v) -> dict:
+    """Per-kernel GPU ms of one forward+backward (``bench.profile_fwdbwd``), for where a half's time goes."""
+    from .bench import profile_fwdbwd
+    from .profiling import summary
+
+    prof = profile_fwdbwd(fn, q, k, v, do_like(fn, q, k, v), iters=3)
+    return {"summary": summary(prof, kernels=6), "kernels_ms": prof["kernels_ms"], "gpu_ms": prof["gpu_ms"]}
+
+
+def probe(n: int, heads: int, head_dim: int, groups: list[int], log=print, profile: bool = False) -> dict:
     from .blocksparse import blocksparse_attention
 
     dev = torch.device("cuda")
@@ -177,11 +186,15 @@ def probe(n: int, heads: int, head_dim: int, groups: list[int], log=print) -> di
     for name, layout in layouts.items():
         fn = (lambda lay: lambda q, k, v: blocksparse_attention(bhtd(q), bhtd(k), bhtd(v), lay))(layout)
         res["rows"][name] = _time(fn, q, k, v, count_pairs(layout), head_dim)
+        if profile:
+            res["rows"][name]["profile"] = _profile(fn, q, k, v)
         log(name, res["rows"][name])
     window_pairs = count_pairs(layouts["ours_window"])
     for backend in ("cudnn", "flash"):
         fn = (lambda b: lambda q, k, v: _sdpa(b, _windows(q, l), _windows(k, l), _windows(v, l), causal=True))(backend)
         res["rows"][f"{backend}_window"] = _time(fn, q, k, v, window_pairs, head_dim)
+        if profile and backend == "cudnn":
+            res["rows"][f"{backend}_window"]["profile"] = _profile(fn, q, k, v)
         log(f"{backend}_window", res["rows"][f"{backend}_window"])
     s_pairs = _summary_pairs(n, l, c, heads)
     if (n // l) & (n // l - 1) == 0:
@@ -213,13 +226,15 @@ def main(argv=None) -> None:
     ap.add_argument("--lengths", default="262144,1048576")
     ap.add_argument("--configs", default="8x64,2x128")
     ap.add_argument("--groups", default="16")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one forward+backward of ours (whole, A1, A2) and of cuDNN on A1: GPU ms per kernel")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     results = {"environment": environment() | {"cudnn": torch.backends.cudnn.version()}, "cases": []}
     for n in (int(x) for x in args.lengths.split(",")):
         for cfg in args.configs.split(","):
             h, d = (int(x) for x in cfg.split("x"))
-            results["cases"].append(probe(n, h, d, [int(x) for x in args.groups.split(",")]))
+            results["cases"].append(probe(n, h, d, [int(x) for x in args.groups.split(",")], profile=args.profile))
             print(flush=True)
             if args.out:
                 Path(args.out).mkdir(parents=True, exist_ok=True)
