@@ -36,9 +36,6 @@ import torch.nn.functional as F
 from . import patterns as P
 from .bench import FIXED_SUMMARY, _bench, _tflops, count_pairs, environment
 
-_BACKENDS = {}
-
-
 def _backend(name: str):
     from torch.nn.attention import SDPBackend
 
@@ -71,6 +68,8 @@ def _groups(windows: int, count: int) -> list[tuple[int, int]]:
 
 
 def _summary_fn(l: int, c: int, groups: int, backend: str, bias: bool = True):
+    """A2 without the own window in ``groups`` calls: each group of query windows against the summary-key
+    prefix its last window needs, the keys past each window's own prefix masked by an additive bias."""
     def run(q, k, v):
         n = q.shape[1]
         w_count = n // l
@@ -230,6 +229,8 @@ def main(argv=None) -> None:
                     help="also profile one forward+backward of ours (whole, A1, A2) and of cuDNN on A1: GPU ms per kernel")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("split_probe times CUDA kernels (ours, cuDNN's, FlashAttention-2's): no CUDA GPU here")
     results = {"environment": environment() | {"cudnn": torch.backends.cudnn.version()}, "cases": []}
     for n in (int(x) for x in args.lengths.split(",")):
         for cfg in args.configs.split(","):

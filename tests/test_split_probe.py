@@ -30,3 +30,9 @@ def test_groups_partition_the_windows_after_the_first():
 def test_levels_refuse_other_counts():
     with pytest.raises(ValueError, match="power-of-two"):
         S.level_shapes(12)
+
+
+def test_refuses_to_run_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(S.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA GPU"):
+        S.main(["--lengths", "4096"])
