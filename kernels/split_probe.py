@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from . import patterns as P
 from .bench import FIXED_SUMMARY, _bench, _tflops, count_pairs, environment
 
+
 def _backend(name: str):
     from torch.nn.attention import SDPBackend
 
@@ -61,13 +62,18 @@ def _summary_keys(t: torch.Tensor, l: int, c: int) -> torch.Tensor:
     return t.view(n // l, l, h, d)[:, l - c:].reshape(n // l * c, h, d)
 
 
+def _key_prefix(keys: torch.Tensor, length: int, batch: int) -> torch.Tensor:
+    """The first ``length`` gathered keys (S, H, D) as a (batch, H, length, D) view shared by the batch."""
+    return keys[:length].unsqueeze(0).expand(batch, length, *keys.shape[1:]).transpose(1, 2)
+
+
 def _groups(windows: int, count: int) -> list[tuple[int, int]]:
     """Query windows 1 .. windows-1 (window 0 has no earlier summary) in ``count`` contiguous groups."""
     edges = [1 + round(i * (windows - 1) / count) for i in range(count + 1)]
     return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
-def _summary_fn(l: int, c: int, groups: int, backend: str, bias: bool = True):
+def _summary_fn(l: int, c: int, groups: int, backend: str):
     """A2 without the own window in ``groups`` calls: each group of query windows against the summary-key
     prefix its last window needs, the keys past each window's own prefix masked by an additive bias."""
     def run(q, k, v):
@@ -78,14 +84,11 @@ def _summary_fn(l: int, c: int, groups: int, backend: str, bias: bool = True):
         outs = []
         for a, b in _groups(w_count, groups):
             sk = (b - 1) * c
-            kk = ks[:sk].unsqueeze(0).expand(b - a, sk, *ks.shape[1:]).transpose(1, 2)
-            vv = vs[:sk].unsqueeze(0).expand(b - a, sk, *vs.shape[1:]).transpose(1, 2)
-            mask = None
-            if bias:
-                w = torch.arange(a, b, device=q.device).view(-1, 1, 1, 1)
-                j = torch.arange(sk, device=q.device).view(1, 1, 1, -1)
-                mask = torch.where(j >= w * c, float("-inf"), 0.0).to(q.dtype)
-            outs.append(_sdpa(backend, qw[a:b], kk, vv, causal=False, bias=mask))
+            w = torch.arange(a, b, device=q.device).view(-1, 1, 1, 1)
+            j = torch.arange(sk, device=q.device).view(1, 1, 1, -1)
+            mask = torch.where(j >= w * c, float("-inf"), 0.0).to(q.dtype)
+            outs.append(_sdpa(backend, qw[a:b], _key_prefix(ks, sk, b - a), _key_prefix(vs, sk, b - a),
+                              causal=False, bias=mask))
         return torch.cat(outs)
     return run
 
@@ -210,10 +213,9 @@ def probe(n: int, heads: int, head_dim: int, groups: list[int], log=print, profi
     rect_pairs = heads * (b - a) * l * (b - 1) * c
     for backend in ("cudnn", "flash"):
         def rect(q, k, v, a=a, b=b, backend=backend):
-            ks, vs = _summary_keys(k, l, c)[: (b - 1) * c], _summary_keys(v, l, c)[: (b - 1) * c]
-            kk = ks.unsqueeze(0).expand(b - a, *ks.shape).transpose(1, 2)
-            vv = vs.unsqueeze(0).expand(b - a, *vs.shape).transpose(1, 2)
-            return _sdpa(backend, _windows(q, l)[a:b], kk, vv, causal=False)
+            sk = (b - 1) * c
+            return _sdpa(backend, _windows(q, l)[a:b], _key_prefix(_summary_keys(k, l, c), sk, b - a),
+                         _key_prefix(_summary_keys(v, l, c), sk, b - a), causal=False)
         res["rows"][f"{backend}_rect"] = _time(rect, q, k, v, rect_pairs, head_dim)
         log(f"{backend}_rect", res["rows"][f"{backend}_rect"])
     _DO.clear()

@@ -36,3 +36,19 @@ def test_refuses_to_run_without_a_gpu(monkeypatch):
     monkeypatch.setattr(S.torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="no CUDA GPU"):
         S.main(["--lengths", "4096"])
+
+
+def test_bias_groups_equal_each_window_against_its_own_prefix(monkeypatch):
+    import torch
+    import torch.nn.functional as F
+
+    monkeypatch.setattr(S, "_sdpa", lambda backend, q, k, v, causal, bias=None:
+                        F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal))
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 1024, 2, 16) for _ in range(3))
+    l, c = 64, 8
+    out = S._summary_fn(l, c, 4, "cudnn")(q, k, v)
+    ks, vs, qw = S._summary_keys(k, l, c), S._summary_keys(v, l, c), S._windows(q, l)
+    ref = torch.stack([F.scaled_dot_product_attention(qw[w], ks[: w * c].transpose(0, 1), vs[: w * c].transpose(0, 1))
+                       for w in range(1, 1024 // l)])
+    torch.testing.assert_close(out, ref)
