@@ -641,7 +641,10 @@ _FWD_TILES = {128: [(128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 5)], 64: [(64
               # twenty-first run (forward kernel 0.032 -> 0.025 ms; 128x128 still chosen at 12,288, the longer
               # lengths' choice not re-timed with it listed)
               (128, 64): [(128, 128, 4, 5), (128, 64, 4, 5), (128, 128, 4, 3), (64, 128, 4, 5)],
-              (128, 128): [(128, 128, 8, 5), (128, 64, 8, 5), (128, 128, 8, 3)]}
+              # 64-row tiles at head dim 128: 3,072 tokens at two heads make 48 query blocks of 128 for 132
+              # SMs; replayed forward 0.034 -> 0.028 ms there (64x128 w4 s5), 64x64 w4 s5 even at 12,288
+              # (H200, twenty-seventh run, call 3)
+              (128, 128): [(128, 128, 8, 5), (128, 64, 8, 5), (128, 128, 8, 3), (64, 128, 4, 5), (64, 64, 4, 5)]}
 _DQ_TILES = {128: [(128, 32, 4, 5), (128, 64, 8, 3), (128, 32, 8, 4)], 64: [(64, 32, 4, 4)],
              # 64x64 w4 s5: twice the programs at short lengths (3,072 tokens, 8 heads: 192 query blocks of
              # 128 for 132 SMs); replayed f+b with it forced 0.105-0.108 -> 0.096 ms at 3,072 and 0.444 ->
