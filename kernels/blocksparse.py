@@ -659,8 +659,8 @@ _DKDV_TILES = {128: [(32, 128, 4, 5), (64, 128, 8, 3), (32, 128, 8, 3), (64, 64,
 _MERGED_TILES = {128: [(64, 64, 128, 32, 4, 3), (32, 128, 128, 32, 4, 5), (64, 128, 128, 64, 8, 3),
                        (32, 128, 128, 32, 8, 4)],
                  64: [(32, 64, 64, 32, 4, 4)],
-                 # 64x64 + 64x64 w4 s5 at head dim 64 too: 0.425 -> 0.416 ms replayed at 12,288 8x64 (twenty-seventh
-                 # run, call 1)
+                 # 64x64 + 64x64 w4 s5, as at head dim 128 below: 0.425 -> 0.416 ms replayed at 12,288 8x64, chosen
+                 # at 3,072 and 12,288 there (twenty-seventh run, calls 1 and 2)
                  (128, 64): [(32, 128, 128, 32, 4, 5), (64, 64, 128, 64, 4, 5), (64, 128, 128, 64, 8, 5),
                              (64, 64, 64, 64, 4, 5)],
                  # 64x64 + 64x64 w4 s5: twice the programs where 3,072 tokens at H=2 give 48 key and 48
