@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from . import patterns as P
 from .bench import FIXED_SUMMARY, _bench, _tflops, count_pairs, environment
+from .launch_ab import parse_cases
 
 
 def _backend(name: str):
@@ -231,17 +232,19 @@ def main(argv=None) -> None:
                     help="also profile one forward+backward of ours (whole, A1, A2) and of cuDNN on A1: GPU ms per kernel")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    try:  # the A/B tool's NxHxD parser: one-line errors for a malformed length or config
+        cases = parse_cases(",".join(f"{n}x{cfg}" for n in args.lengths.split(",") for cfg in args.configs.split(",")))
+    except ValueError as e:
+        ap.error(str(e))
     if not torch.cuda.is_available():
         raise SystemExit("split_probe times CUDA kernels (ours, cuDNN's, FlashAttention-2's): no CUDA GPU here")
     results = {"environment": environment() | {"cudnn": torch.backends.cudnn.version()}, "cases": []}
-    for n in (int(x) for x in args.lengths.split(",")):
-        for cfg in args.configs.split(","):
-            h, d = (int(x) for x in cfg.split("x"))
-            results["cases"].append(probe(n, h, d, [int(x) for x in args.groups.split(",")], profile=args.profile))
-            print(flush=True)
-            if args.out:
-                Path(args.out).mkdir(parents=True, exist_ok=True)
-                (Path(args.out) / "split_probe.json").write_text(json.dumps(results, indent=1))
+    for n, h, d in cases:
+        results["cases"].append(probe(n, h, d, [int(x) for x in args.groups.split(",")], profile=args.profile))
+        print(flush=True)
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "split_probe.json").write_text(json.dumps(results, indent=1))
     print(json.dumps([{k: v for k, v in c.items() if k != "rows"} | {
         name: (round(r.get("fwdbwd_ms", math.nan), 3), round(r.get("fwdbwd_tflops", math.nan), 1)) if "error" not in r
         else r["error"] for name, r in c["rows"].items()} for c in results["cases"]], indent=1))

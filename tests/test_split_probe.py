@@ -38,6 +38,16 @@ def test_refuses_to_run_without_a_gpu(monkeypatch):
         S.main(["--lengths", "4096"])
 
 
+@pytest.mark.parametrize("argv,message", [(["--configs", "8x64x2"], "is not NxHxD"),
+                                          (["--lengths", "1000"], "multiple of the block"),
+                                          (["--configs", "8x65"], "head dim of 16, 32")])
+def test_refuses_a_malformed_case_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        S.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in err
+
+
 def test_bias_groups_equal_each_window_against_its_own_prefix(monkeypatch):
     import torch
     import torch.nn.functional as F
