@@ -81,9 +81,19 @@ DOTS_FIRST = tl.constexpr(_switch("MEGASTRIDE_BLOCKSPARSE_DOTS_FIRST", True))
 
 
 @triton.jit
-def _natural(p, perm_g, perm_l, PERMUTED: tl.constexpr):
-    """Natural sequence position (int64) of part position p (the inverse of the part's permutation)."""
-    if PERMUTED:
+def _natural(p, perm_g, perm_l, PERMUTED: tl.constexpr, seq):
+    """Natural sequence position (int64) of part position p (the inverse of the part's permutation) in a
+    sequence of ``seq`` positions. PERMUTED 1: by stride (perm_g = n / l groups, perm_l = l); 2: summary
+    positions first (``LayoutPart.summary_first``; perm_g = the summary width c, perm_l = the window l):
+    part positions below c * n / l are the windows' last c positions, window by window, then come the other
+    l - c of each window."""
+    if PERMUTED == 2:
+        p = p.to(tl.int64)
+        boundary = (seq // perm_l).to(tl.int64) * perm_g
+        rest = perm_l - perm_g
+        x = tl.maximum(p - boundary, 0)
+        return tl.where(p < boundary, (p // perm_g) * perm_l + rest + p % perm_g, (x // rest) * perm_l + x % rest)
+    elif PERMUTED:
         return (p % perm_g).to(tl.int64) * perm_l + (p // perm_g).to(tl.int64)
     else:
         return p.to(tl.int64)
@@ -114,13 +124,13 @@ def _nth_block(e, first, IDX, r0, c0, st0, r1, st1, RUNS: tl.constexpr):
 
 @triton.jit
 def _list_tile(t, first, IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK: tl.constexpr, TILE: tl.constexpr,
-               RUNS: tl.constexpr, PERMUTED: tl.constexpr):
+               RUNS: tl.constexpr, PERMUTED: tl.constexpr, seq):
     """Sub-tile ``t`` of a full list walked TILE positions per loop iteration (entries from ``first`` on
     cover ``BLOCK // TILE`` iterations each, so a pipeline stage buffers one sub-tile): its first part
     position and its positions in natural order."""
     SUB: tl.constexpr = BLOCK // TILE
     start = _nth_block(t // SUB, first, IDX, r0, c0, st0, r1, st1, RUNS) * BLOCK + (t % SUB) * TILE
-    return start, _natural(start + tl.arange(0, TILE), perm_g, perm_l, PERMUTED)
+    return start, _natural(start + tl.arange(0, TILE), perm_g, perm_l, PERMUTED, seq)
 
 
 @triton.jit
@@ -174,6 +184,11 @@ def _allowed(i, j, CODES, min_off, NCOMP: tl.constexpr, KINDS: tl.constexpr):
         if KINDS & 16:  # summary: lo <= j % a < hi
             r = j % a
             ok = ok | ((kind == 4) & (r >= tl.load(CODES + 4 * m + 2)) & (r < tl.load(CODES + 4 * m + 3)))
+        if KINDS & 32:  # earlier summaries (summary-first part): j below the boundary, of an earlier window
+            rest = tl.maximum(tl.load(CODES + 4 * m + 2), 1)
+            boundary = tl.load(CODES + 4 * m + 3)
+            window = tl.where(i < boundary, i // a, (tl.maximum(i - boundary, 0)) // rest)
+            ok = ok | ((kind == 5) & (j < boundary) & (j // a < window))
     return ok & (d >= min_off)
 
 
@@ -240,7 +255,7 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
 
     offs_m = first_row + tl.arange(0, BLOCK_M)  # part coordinates
     offs_d = tl.arange(0, HEAD_DIM)
-    rows = _natural(offs_m, perm_g, perm_l, PERMUTED)
+    rows = _natural(offs_m, perm_g, perm_l, PERMUTED, num_blocks * BLOCK)
     q = tl.load(Q + rows[:, None] * stride_qt + offs_d[None, :])
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -250,7 +265,8 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
     full_lo = tl.load(FULL_PTR + ptr)
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, row_block, num_blocks, RUNS)
     for t in range(full_lo * (BLOCK // BLOCK_N), tl.load(FULL_PTR + ptr + 1) * (BLOCK // BLOCK_N)):
-        start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED)
+        start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED,
+                                  num_blocks * BLOCK)
         k, v = _key_tile(K, V, k_desc, v_desc, start, cols, offs_d, stride_kt, stride_vt, DESC)
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, 0, False, DOT_PREC)
 
@@ -266,7 +282,7 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
             first_col = col_block * BLOCK + s * MASK_N
             if first_col <= last_row - min_off:  # skip sub-tiles wholly above the (shifted) diagonal
                 offs_n = first_col + tl.arange(0, MASK_N)
-                cols = _natural(offs_n, perm_g, perm_l, PERMUTED)
+                cols = _natural(offs_n, perm_g, perm_l, PERMUTED, num_blocks * BLOCK)
                 k, v = _key_tile(K, V, K, V, first_col, cols, offs_d, stride_kt, stride_vt, False)  # MASK_N rows
                 ok = _allowed(offs_m[:, None], offs_n[None, :], codes, min_off, NCOMP, KINDS)
                 acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, True, DOT_PREC)
@@ -342,7 +358,7 @@ def _dq_program(pid, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, M
 
     offs_m = first_row + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    rows = _natural(offs_m, perm_g, perm_l, PERMUTED)
+    rows = _natural(offs_m, perm_g, perm_l, PERMUTED, num_blocks * BLOCK)
     q = tl.load(Q + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qt + offs_d[None, :])
     do = tl.load(DO + batch * stride_dob + head * stride_doh + rows[:, None] * stride_dot + offs_d[None, :])
     lse = tl.load(LSE + batch * stride_lb + head * stride_lh + rows)
@@ -358,7 +374,8 @@ def _dq_program(pid, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, M
     full_lo = tl.load(FULL_PTR + ptr)
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, row_block, num_blocks, RUNS)
     for t in range(full_lo * (BLOCK // BLOCK_N), tl.load(FULL_PTR + ptr + 1) * (BLOCK // BLOCK_N)):
-        start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED)
+        start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED,
+                                  num_blocks * BLOCK)
         k, v = _key_tile(K, V, k_desc, v_desc, start, cols, offs_d, stride_kt, stride_vt, DESC)
         dq = _dq_step(dq, q, do, k, v, lse, delta, qk_scale, 0, False, DOT_PREC)
 
@@ -369,7 +386,7 @@ def _dq_program(pid, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, M
             first_col = col_block * BLOCK + s * BLOCK_N
             if first_col <= last_row - min_off:
                 offs_n = first_col + tl.arange(0, BLOCK_N)
-                cols = _natural(offs_n, perm_g, perm_l, PERMUTED)
+                cols = _natural(offs_n, perm_g, perm_l, PERMUTED, num_blocks * BLOCK)
                 k, v = _key_tile(K, V, k_desc, v_desc, first_col, cols, offs_d, stride_kt, stride_vt, DESC)
                 ok = _allowed(offs_m[:, None], offs_n[None, :], codes, min_off, NCOMP, KINDS)
                 dq = _dq_step(dq, q, do, k, v, lse, delta, qk_scale, ok, True, DOT_PREC)
@@ -472,7 +489,7 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HE
 
     offs_n = first_col + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    cols = _natural(offs_n, perm_g, perm_l, PERMUTED)
+    cols = _natural(offs_n, perm_g, perm_l, PERMUTED, num_blocks * BLOCK)
     k = tl.load(K + batch * stride_kb + head * stride_kh + cols[:, None] * stride_kt + offs_d[None, :])
     v = tl.load(V + batch * stride_vb + head * stride_vh + cols[:, None] * stride_vt + offs_d[None, :])
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
@@ -492,7 +509,7 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HE
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, col_block, num_blocks, RUNS)
     for t in range(full_lo * (BLOCK // BLOCK_M), full_hi * (BLOCK // BLOCK_M)):
         first_row, rows = _list_tile(t, column_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_M,
-                                     RUNS, PERMUTED)
+                                     RUNS, PERMUTED, num_blocks * BLOCK)
         q = _row_tile(Q, q_desc, first_row, rows, offs_d, stride_qt, DESC)
         do = _row_tile(DO, do_desc, first_row, rows, offs_d, stride_dot, DESC)
         lse = tl.load(LSE + rows)
@@ -507,7 +524,7 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HE
             first_row = row_block * BLOCK + s * BLOCK_M
             if first_row + BLOCK_M - 1 - min_off >= first_col:  # skip sub-tiles wholly above the diagonal
                 offs_m = first_row + tl.arange(0, BLOCK_M)
-                rows = _natural(offs_m, perm_g, perm_l, PERMUTED)
+                rows = _natural(offs_m, perm_g, perm_l, PERMUTED, num_blocks * BLOCK)
                 q = _row_tile(Q, q_desc, first_row, rows, offs_d, stride_qt, DESC)
                 do = _row_tile(DO, do_desc, first_row, rows, offs_d, stride_dot, DESC)
                 lse = tl.load(LSE + rows)
@@ -883,6 +900,7 @@ class _PartMeta:
     num_blocks: int  # blocks per side of each CSR
     ncomp: int
     kinds: int
+    perm_mode: int  # 0 natural order, 1 permuted by stride, 2 summary positions first (``_natural``)
     perm_g: int
     perm_l: int
     full_per_row: float  # mean full blocks in a row's list (over the part's CSRs): tiles a program walks
@@ -894,7 +912,7 @@ class _PartMeta:
 
     @property
     def permuted(self) -> bool:
-        return self.perm_l > 1
+        return self.perm_mode != 0
 
 
 def _pack_lists(part: LayoutPart, device) -> dict[str, torch.Tensor]:
@@ -1073,7 +1091,10 @@ def _part_meta(part: LayoutPart, n: int, device: torch.device) -> _PartMeta:
             heads=as_i32(part.heads), head_csr=as_i32(part.head_csr), min_off=as_i32(part.min_offset),
             codes=codes.to(device).contiguous(), lists=_pack_lists(part, device),
             num_blocks=num_blocks, ncomp=codes.shape[1], kinds=kinds,
-            perm_g=n // part.permute_stride if part.permute_stride else 1, perm_l=part.permute_stride or 1,
+            perm_mode=1 if part.permute_stride else 2 if part.summary_first else 0,
+            perm_g=(n // part.permute_stride if part.permute_stride else part.summary_first[1] if part.summary_first
+                    else 1),
+            perm_l=part.permute_stride or (part.summary_first[0] if part.summary_first else 1),
             full_per_row=full / (len(part.csr) * max(1, num_blocks)),
         )
     return part.kernel_cache[key]
@@ -1292,7 +1313,7 @@ def _desc_loads(meta: _PartMeta, *tensors: torch.Tensor) -> bool:
 
 
 def _common(layout: Layout, meta: _PartMeta, q: torch.Tensor, load_prev: bool) -> dict:
-    return dict(BUCKET=_bucket(layout.seq_len), BLOCK=layout.block, HEAD_DIM=q.shape[-1], PERMUTED=meta.permuted,
+    return dict(BUCKET=_bucket(layout.seq_len), BLOCK=layout.block, HEAD_DIM=q.shape[-1], PERMUTED=meta.perm_mode,
                 NCOMP=meta.ncomp, KINDS=meta.kinds, LOAD_PREV=load_prev,
                 DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
 

@@ -34,6 +34,7 @@ import torch
 
 # Integer codes shared with the kernels (one row (kind, a, b, c) per component).
 KIND_NONE, KIND_DENSE, KIND_LOCAL, KIND_STRIDE, KIND_WINDOW, KIND_SUMMARY = -1, 0, 1, 2, 3, 4
+KIND_EARLIER_SUMMARIES = 5  # part coordinates only (a summary-first part), never in a head pattern
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,36 @@ class Summary:
         return (KIND_SUMMARY, self.size, self.lo, self.hi)
 
 
-Component = Union[Dense, Local, Stride, Window, Summary]
+@dataclass(frozen=True)
+class EarlierSummaries:
+    """The summary columns of the windows before the query's own, in a summary-first part's coordinates.
+
+    A summary-first part (``LayoutPart.summary_first`` = (l, c)) orders the sequence as every window's
+    ``width`` = c summary positions (window by window) and then the ``rest`` = l - c other positions of each
+    window, so part positions below ``boundary`` = c * n / l are the summary keys, contiguous. Query part
+    position i belongs to window i // c (summary positions) or (i - boundary) // rest (the others); it may
+    attend summary key j < boundary of an earlier window, j // c < that. The query's own window, summary
+    columns included, is the natural part's ``Window``: each key counted once. Not a paper component:
+    ``build_layout`` makes it from ``Window(l) + Summary(l, c)`` where the summary columns are not
+    block-aligned (the paper's fixed(128, 32) in 128-blocks touches every earlier block in natural order).
+    """
+
+    width: int
+    rest: int
+    boundary: int
+
+    def query_window(self, i: torch.Tensor) -> torch.Tensor:
+        return torch.where(i < self.boundary, torch.div(i, self.width, rounding_mode="floor"),
+                           torch.div(i - self.boundary, self.rest, rounding_mode="floor"))
+
+    def allows(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        return (j < self.boundary) & (torch.div(j, self.width, rounding_mode="floor") < self.query_window(i))
+
+    def code(self) -> tuple[int, int, int, int]:
+        return (KIND_EARLIER_SUMMARIES, self.width, self.rest, self.boundary)
+
+
+Component = Union[Dense, Local, Stride, Window, Summary, EarlierSummaries]
 
 
 @dataclass(frozen=True)
@@ -271,7 +301,9 @@ class LayoutPart:
     """One kernel launch worth of heads sharing an ordering of the sequence.
 
     ``permute_stride`` is None for natural order, or l: the part works on the sequence permuted by
-    position i -> (i mod l) * (n / l) + i // l. ``components[h]`` are the in-tile predicates of head
+    position i -> (i mod l) * (n / l) + i // l. ``summary_first`` (l, c) instead orders it as the c
+    summary positions of every window of l, window by window, then the other l - c of each window
+    (``EarlierSummaries``). ``components[h]`` are the in-tile predicates of head
     ``heads[h]`` in the part's own coordinates, and ``min_offset[h]`` strengthens causality to
     j <= i - min_offset (the permuted strided half skips offsets its local half already covers).
     """
@@ -282,8 +314,31 @@ class LayoutPart:
     min_offset: tuple[int, ...]
     csr: list[BlockCSR]  # unique block structures
     head_csr: tuple[int, ...]  # heads[h] uses csr[head_csr[h]]
+    summary_first: tuple[int, int] | None = None
     _codes: torch.Tensor | None = field(default=None, repr=False)
     kernel_cache: dict = field(default_factory=dict, repr=False, compare=False)  # packed metadata, per device
+
+    @property
+    def natural(self) -> bool:
+        """Whether the part works in natural order (no permutation)."""
+        return self.permute_stride is None and self.summary_first is None
+
+    def describe_order(self) -> str:
+        if self.permute_stride:
+            return f"permuted by stride {self.permute_stride}"
+        if self.summary_first:
+            return "summary positions first (window {}, width {})".format(*self.summary_first)
+        return "natural order"
+
+    def permutation(self, n: int) -> torch.Tensor:
+        """perm with x_part = x[..., perm, :]: part position p holds natural position perm[p]."""
+        if self.permute_stride:
+            return torch.arange(n).view(n // self.permute_stride, self.permute_stride).t().reshape(-1)
+        if self.summary_first:
+            l, c = self.summary_first
+            windows = torch.arange(n).view(n // l, l)
+            return torch.cat([windows[:, l - c:].reshape(-1), windows[:, : l - c].reshape(-1)])
+        return torch.arange(n)
 
     def component_codes(self) -> torch.Tensor:
         """(len(heads), K, 4) int32 table of (kind, a, b, c) per component, KIND_NONE padded."""
@@ -331,21 +386,21 @@ class Layout:
 
     def to(self, device: torch.device | str) -> "Layout":
         parts = [
-            LayoutPart(p.permute_stride, p.heads, p.components, p.min_offset, [c.to(device) for c in p.csr], p.head_csr)
+            LayoutPart(p.permute_stride, p.heads, p.components, p.min_offset, [c.to(device) for c in p.csr], p.head_csr,
+                       p.summary_first)
             for p in self.parts
         ]
         return Layout(self.pattern, self.seq_len, self.block, parts)
 
     def permutation(self, stride: int) -> torch.Tensor:
         """perm with x_part = x[..., perm, :]: part position p holds natural position perm[p]."""
-        n = self.seq_len
-        return torch.arange(n).view(n // stride, stride).t().reshape(-1)  # (l, n/l) flattened
+        return LayoutPart(stride, (), (), (), [], ()).permutation(self.seq_len)  # (l, n/l) flattened
 
     def launch_order(self) -> list[LayoutPart]:
         """The parts in the order the kernels launch them (kernels.blocksparse._schedule): by head count,
         natural order last on ties (a stable sort: otherwise this layout's order). The last one writes a
         split head's final outputs; the earlier ones add into fp32 sums it merges."""
-        return sorted(self.parts, key=lambda p: (len(p.heads), p.permute_stride is None))
+        return sorted(self.parts, key=lambda p: (len(p.heads), p.natural))
 
     def merges(self) -> tuple[bool, bool]:
         """(some head is merged from two parts, some part merges into its sums in place, before the last
@@ -410,7 +465,7 @@ class Layout:
         n, b = self.seq_len, self.block
         mask = torch.zeros(self.num_heads, n, n, dtype=torch.bool)
         for part in self.parts:
-            perm = self.permutation(part.permute_stride) if part.permute_stride else torch.arange(n)
+            perm = part.permutation(n)
             for h, head in enumerate(part.heads):
                 local = torch.zeros(n, n, dtype=torch.bool)  # in part coordinates
                 csr = part.csr[part.head_csr[h]].to("cpu")
@@ -428,7 +483,7 @@ class Layout:
         """A few human-readable lines: parts, heads, non-zero blocks, metadata bytes."""
         lines = [f"n={self.seq_len} block={self.block} heads={self.num_heads} metadata={self.nbytes / 2**20:.2f} MiB"]
         for p in self.parts:
-            order = f"permuted by stride {p.permute_stride}" if p.permute_stride else "natural order"
+            order = p.describe_order()
             nnz = [p.csr[c].nnz for c in p.head_csr]
             lines.append(f"  part ({order}): heads {list(p.heads)} non-zero blocks per head {nnz}")
         return "\n".join(lines)
@@ -468,6 +523,12 @@ def _classify(comp: Component, r0, r1, c0, c1, m: int):
         return causal_any & (first <= dmax), full
     if isinstance(comp, Window):
         return _classify_window(comp.size, r0, r1, c0, c1, m)
+    if isinstance(comp, EarlierSummaries):
+        # a row tile never straddles the boundary (build_layout: boundary % b == 0), so the query window
+        # grows along it: its least at r0, its most at r1; every allowed pair has j < i, so causality holds
+        any_ = (c0 < comp.boundary) & (torch.div(c0, comp.width, rounding_mode="floor") < comp.query_window(r1))
+        full = (c1 < comp.boundary) & (torch.div(c1, comp.width, rounding_mode="floor") < comp.query_window(r0))
+        return any_ & causal_any, full & causal_full
     if isinstance(comp, Summary):
         s, lo, hi = comp.size, comp.lo, comp.hi
         base, rem = torch.div(c0, s, rounding_mode="floor") * s, torch.remainder(c0, s)
@@ -529,6 +590,10 @@ def _candidates(comp: Component, nb: int, b: int, device) -> tuple[torch.Tensor,
         return _expand(rows, torch.clamp(r0 - comp.width + 1, min=0) // b, rows)
     if isinstance(comp, Window):
         return _expand(rows, (r0 // comp.size) * comp.size // b, rows)
+    if isinstance(comp, EarlierSummaries):
+        # the summary keys of the windows before the row's last query: a prefix of the key blocks
+        keys = comp.width * comp.query_window(r0 + b - 1)
+        return _expand(rows, torch.zeros_like(rows), torch.div(keys - 1, b, rounding_mode="floor"))
     if isinstance(comp, Summary):
         # one (row, window) pair per window that starts at or before the row's last position
         nwin = (r0 + b - 1) // comp.size + 1
@@ -590,6 +655,25 @@ def _split_head(pattern: HeadPattern, n: int, b: int):
     return others, (l, -(-width // l))
 
 
+def _summary_first(pattern: HeadPattern, n: int, b: int) -> tuple[int, int] | None:
+    """(l, c) where the head is the paper's fixed pattern, Window(l) + Summary(l, c) (slot 0), whose summary
+    columns are not whole blocks, so that in natural order nearly every earlier block holds a few of them
+    and the kernels would walk them all, masked: then the summaries go to a summary-first part
+    (``EarlierSummaries``), where they are contiguous and their tiles full. None otherwise, and where the
+    summary positions (c * n / l) are not whole blocks or n is not a multiple of l."""
+    comps = pattern.components
+    windows = [c for c in comps if isinstance(c, Window)]
+    summaries = [c for c in comps if isinstance(c, Summary)]
+    if len(comps) != 2 or len(windows) != 1 or len(summaries) != 1:
+        return None
+    l, c = summaries[0].size, summaries[0].width
+    if windows[0].size != l or summaries[0].index != 0 or c >= l or n % l or (c * (n // l)) % b:
+        return None
+    if summaries[0].lo % b == 0 and c % b == 0:  # whole blocks already: full tiles in natural order
+        return None
+    return l, c
+
+
 _WARNED: set[tuple[int, int, int]] = set()
 
 
@@ -647,7 +731,14 @@ def build_layout(pattern: AttentionPattern | HeadPattern, seq_len: int, block: i
         head.validate(seq_len)
     natural: dict[int, tuple] = {}
     permuted: dict[int, dict[int, tuple]] = {}
+    summary_first: dict[tuple[int, int], dict[int, tuple]] = {}
     for h, head in enumerate(pattern.heads):
+        gathered = _summary_first(head, seq_len, block)
+        if gathered:
+            l, c = gathered
+            natural[h] = ((Window(l),), 0)
+            summary_first.setdefault(gathered, {})[h] = ((EarlierSummaries(c, l - c, c * (seq_len // l)),), 0)
+            continue
         comps, perm = _split_head(head, seq_len, block)
         if perm is None:
             check_strides(head, seq_len, block)
@@ -658,10 +749,12 @@ def build_layout(pattern: AttentionPattern | HeadPattern, seq_len: int, block: i
             permuted.setdefault(l, {})[h] = ((Window(seq_len // l),), offset)
     parts = [_make_part(None, natural, seq_len, block, device)] if natural else []
     parts += [_make_part(l, heads, seq_len, block, device) for l, heads in sorted(permuted.items())]
+    parts += [_make_part(None, heads, seq_len, block, device, summary_first=lc) for lc, heads in sorted(summary_first.items())]
     return Layout(pattern, seq_len, block, parts)
 
 
-def _make_part(stride, heads: dict[int, tuple], n: int, b: int, device) -> LayoutPart:
+def _make_part(stride, heads: dict[int, tuple], n: int, b: int, device,
+               summary_first: tuple[int, int] | None = None) -> LayoutPart:
     unique: dict[tuple, int] = {}
     csrs, head_csr = [], []
     for comps, offset in heads.values():
@@ -677,6 +770,7 @@ def _make_part(stride, heads: dict[int, tuple], n: int, b: int, device) -> Layou
         min_offset=tuple(v[1] for v in heads.values()),
         csr=csrs,
         head_csr=tuple(head_csr),
+        summary_first=summary_first,
     )
 
 

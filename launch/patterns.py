@@ -35,8 +35,8 @@ def draw(layout, head: int, path: str, scale: int) -> None:
 
         grid = np.zeros((n // b, n // b), dtype=np.uint8)
         for part in [p for p in layout.parts if head in p.heads]:
-            if part.permute_stride is not None:
-                print(f"note: the strided half (permuted by {part.permute_stride}) has no natural block picture; not drawn")
+            if not part.natural:
+                print(f"note: the part in its own order ({part.describe_order()}) has no natural block picture; not drawn")
                 continue
             csr = part.csr[part.head_csr[part.heads.index(head)]]
             for value, ptr, idx in ((255, csr.row_full_ptr, csr.row_full_idx), (160, csr.row_part_ptr, csr.row_part_idx)):

@@ -503,3 +503,24 @@ def test_every_listed_tile_config_gives_the_reference_output_and_gradients(dim, 
             _assert_near(got, want, f"{kernel} {entry} ")
             checked += 1
     assert checked >= 12
+
+
+@pytest.mark.parametrize("pattern, n, block, heads, dim", [
+    (P.fixed(128, 32), 12288, 128, 8, 64),  # the paper's Enwik8 model
+    (P.fixed(96, 16), 3072, 64, 2, 128),  # Table 2's CIFAR-10 fixed pattern
+])
+@pytest.mark.parametrize("mode", ["separate", "merged"])
+def test_summary_first_fixed_patterns_match_the_reference_in_bf16(pattern, n, block, heads, dim, mode, monkeypatch):
+    """The paper's own fixed patterns, whose summary columns are not whole blocks, run as a natural-order
+    window part and a summary-first part (bf16, which the interpreter cannot check), and give the reference's
+    output and gradients."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", mode)
+    B = _blocksparse()
+    layout = P.build_layout(P.same_for_all_heads(pattern, heads), n, block, device="cuda")
+    assert [part.summary_first for part in layout.parts] == [None, (pattern.components[0].size,
+                                                                    pattern.components[1].width)]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, do = (torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
+    got = _grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)
+    _assert_near(got, _grads(lambda *x: reference_attention(*(t.float() for t in x), layout), q, k, v, do),
+                 f"{pattern.name} n={n} {mode}: ")

@@ -39,7 +39,9 @@ CASES = {
     "strided_permuted_straddling": (lambda h: P.strided(32), 256, 32, 2, 32, torch.float32, 1),  # n/l = 8
     "strided_natural_fallback": (lambda h: P.strided(24), 256, 64, 2, 32, torch.float32, 1),  # 24 does not divide n
     "fixed_d128": (lambda h: P.fixed(64, 16), 256, 64, 2, 128, torch.float32, 1),
-    "fixed_block128": (lambda h: P.fixed(128, 32), 512, 128, 2, 64, torch.float16, 1),
+    "fixed_block128": (lambda h: P.fixed(128, 32), 512, 128, 2, 64, torch.float16, 1),  # summary-first part
+    # summary-first with windows of 48 across 32-blocks: both parts' tiles straddle windows
+    "fixed_summary_first_odd_window": (lambda h: P.fixed(48, 8), 384, 32, 2, 32, torch.float16, 1),
     "strided_block128": (lambda h: P.strided(4), 512, 128, 2, 32, torch.float32, 1),  # n/l = 128
     "fixed_per_head": (lambda h: P.fixed_per_head(64, 16, h, 3), 256, 16, 3, 32, torch.float16, 1),
     "merged_fixed_strided": (lambda h: P.merged(P.fixed(64, 16), P.strided(32)), 256, 32, 2, 64, torch.float32, 1),
@@ -563,9 +565,12 @@ def test_backward_splits_columns_as_the_rule_says_and_matches_the_reference(sms,
 
 def test_two_launch_merge_is_the_strided_layouts():
     """Two launches, the last holding every head of the first: the strided pattern (permuted half, then the
-    local half), not one-part layouts nor the three-launch multi-head mixes."""
+    local half) and the fixed pattern whose summary columns are not whole blocks (summary-first part, then the
+    windows), not one-part layouts (the fixed pattern with block-aligned summaries) nor the three-launch
+    multi-head mixes."""
     assert P.build_layout(P.same_for_all_heads(P.strided(16), 2), 256, 32).two_launch_merge()
-    assert not P.build_layout(P.same_for_all_heads(P.fixed(64, 16), 2), 256, 32).two_launch_merge()
+    assert P.build_layout(P.same_for_all_heads(P.fixed(64, 16), 2), 256, 32).two_launch_merge()
+    assert not P.build_layout(P.same_for_all_heads(P.fixed(64, 32), 2), 256, 32).two_launch_merge()
     for name in ("multi_head_mix", "merge_before_the_last_part"):
         make, n, block, heads = CASES[name][:4]
         assert not P.build_layout(make(heads), n, block).two_launch_merge()

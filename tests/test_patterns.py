@@ -128,6 +128,66 @@ def test_block_lists_are_exact():
             assert not (listed_full & listed_part).any()
 
 
+@pytest.mark.parametrize("n,block,l,c", [(512, 32, 64, 16), (384, 32, 48, 8), (256, 16, 32, 8), (3072, 64, 96, 16)])
+def test_fixed_summaries_off_block_boundaries_go_to_a_summary_first_part(n, block, l, c):
+    """The paper's fixed(l, c) whose summary columns are not whole blocks: the windows stay in natural order and
+    the earlier windows' summaries go to a summary-first part, where they are contiguous. Together they give
+    the paper's mask exactly, each key once; the part's lists are exact; and it walks far fewer blocks than the
+    natural-order layout of the same pattern, which touches nearly every earlier block."""
+    lay = build(P.fixed(l, c), n, block)
+    assert [(p.permute_stride, p.summary_first) for p in lay.parts] == [(None, None), (None, (l, c))]
+    natural, first = lay.parts
+    assert natural.components == ((P.Window(l),),)
+    assert first.components == ((P.EarlierSummaries(c, l - c, c * n // l),),)
+    perm = first.permutation(n)
+    assert torch.equal(perm.sort().values, torch.arange(n))
+    assert ((perm[: c * n // l] % l) >= l - c).all() and ((perm[c * n // l:] % l) < l - c).all()
+    pos = torch.arange(n)
+    window = natural.allows(0, pos[:, None], pos[None, :]) & (pos[None, :] <= pos[:, None])
+    summaries = torch.zeros(n, n, dtype=torch.bool)
+    summaries[perm[:, None], perm[None, :]] = first.allows(0, pos[:, None], pos[None, :])
+    assert not (window & summaries).any()
+    assert torch.equal(window | summaries, torch.from_numpy(paper_mask("fixed", n, l, c)))
+    assert torch.equal(lay.to_dense_mask()[0], torch.from_numpy(paper_mask("fixed", n, l, c)))
+    csr = first.csr[0]
+    truth = first.allows(0, pos[:, None], pos[None, :]).view(n // block, block, n // block, block)
+    any_, all_ = truth.any(3).any(1), truth.all(3).all(1)
+    listed = {}
+    for kind in ("full", "part"):
+        listed[kind] = torch.zeros_like(any_)
+        listed[kind][P._rows_of(getattr(csr, f"row_{kind}_ptr")).long(), getattr(csr, f"row_{kind}_idx").long()] = True
+    assert torch.equal(listed["full"] | listed["part"], any_)
+    assert torch.equal(listed["full"], all_)  # every wholly allowed block is walked without a mask
+    natural_only = P._block_csr((P.Window(l), P.Summary(l, c)), 0, n, block, "cpu").nnz
+    assert natural.csr[0].nnz + csr.nnz < natural_only
+
+
+@pytest.mark.parametrize("pattern,n,block,why", [
+    (P.fixed(64, 32), 256, 32, "summary columns are whole blocks"),
+    (P.fixed(64, 16), 192, 64, "the summaries (48) are not whole blocks"),
+    (P.fixed(48, 8), 256, 16, "n is not a multiple of l"),
+    (P.fixed(64, 16, 1), 256, 32, "another summary slot than the paper's"),
+    (P.merged(P.fixed(64, 16), P.strided(32)), 256, 32, "more than the two fixed components"),
+])
+def test_fixed_summaries_stay_in_natural_order_otherwise(pattern, n, block, why):
+    """Summaries that are whole blocks (or cannot be gathered into whole blocks) keep the natural-order part."""
+    lay = build(pattern, n, block)
+    assert not any(p.summary_first for p in lay.parts), why
+    assert torch.equal(lay.to_dense_mask()[0], pattern.allows(torch.arange(n)[:, None], torch.arange(n)[None, :])), why
+
+
+def test_paper_enwik8_fixed_pattern_walks_a_quarter_of_the_blocks():
+    """fixed(128, 32) at 12,288 tokens in 128-blocks (the paper's Enwik8 model): 96 window blocks and 1,200
+    summary blocks per head (all full but the last of each row) instead of every one of the 4,656 causal blocks,
+    and the same pairs as the closed form."""
+    lay = build(P.fixed(128, 32), 12288, 128)
+    natural, first = lay.parts
+    assert natural.csr[0].nnz == 96 and first.csr[0].nnz == 1200
+    assert first.csr[0].row_part_idx.numel() <= 96
+    assert P._block_csr((P.Window(128), P.Summary(128, 32)), 0, 12288, 128, "cpu").nnz == 96 * 97 // 2
+    assert lay.count_pairs(0) == P.closed_form_pairs(P.fixed(128, 32), 12288)
+
+
 def test_transposed_lists_match_rows():
     """The column lists (for dK/dV) are the exact transpose of the row lists."""
     lay = P.build_layout(P.fixed(32, 8), 256, 16, num_heads=1)

@@ -297,7 +297,12 @@ def test_attention_workspace_and_relayout_follow_the_kernels():
 
     prec = planner.precision_of("deepspeed", "bf16")
     d, h = 64, 4
-    strided, fixed, dense = (config((spec,)).model for spec in ("strided(32)", "fixed(64,16)", "dense"))
+    # fixed(64,32) in 32-blocks: whole-block summaries, one part; fixed(64,16): a summary-first part and the
+    # windows, two launches like the strided head's
+    strided, fixed, dense, gathered = (config((spec,)).model
+                                       for spec in ("strided(32)", "fixed(64,32)", "dense", "fixed(64,16)"))
+    assert planner.partials_in_outputs(gathered, 512)
+    assert planner.attention_workspace_bytes(gathered, prec, 512) == (3 * 2 + 2) * d + 4 * h
     assert planner.block_saved_parts(dense, prec)[0] - planner.block_saved_parts(fixed, prec)[0] == 2 * d
     # one-part heads: dq, dk, dv in the input dtype; split columns finished in the kernel (the default "last"
     # finish): no fp32 dk, dv; under the "cast" finish fp32 dk, dv beside them where the columns split
@@ -359,7 +364,7 @@ def test_first_step_adds_the_outputs_autotuning_saves_where_heads_are_split(monk
     uses it."""
     from megastride.engine import plan as planner
 
-    fixed = plan(config(("fixed(64,16)",)))
+    fixed = plan(config(("fixed(64,32)",)))  # whole-block summaries: one part (fixed(64,16) has two)
     assert fixed.first_step == {} and fixed.first_step_peak_bytes == fixed.peak_bytes
     tokens, d, h = 4096, 256, 4
     prec = planner.precision_of("deepspeed", "bf16")
