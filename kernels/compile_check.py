@@ -89,9 +89,12 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
         return chosen if every_config else chosen[:1]
 
     out = []
-    for permuted, load_prev in ((False, False), (True, True)):
-        tag = f"{'permuted' if permuted else 'natural'}{', merging' if load_prev else ''}"
-        common = dict(base, PERMUTED=permuted, LOAD_PREV=load_prev, DESC=desc and not permuted)
+    # natural order; permuted by stride (the strided half, merging); summary positions first (the paper's fixed
+    # patterns whose summaries are not whole blocks: launched first, with its own mask kind)
+    for permuted, load_prev in ((0, False), (1, True), (2, False)):
+        tag = f"{('natural', 'permuted', 'summary-first')[permuted]}{', merging' if load_prev else ''}"
+        common = dict(base, PERMUTED=permuted, LOAD_PREV=load_prev, DESC=desc and not permuted,
+                      KINDS=32 if permuted == 2 else kinds, NCOMP=1 if permuted == 2 else base["NCOMP"])
         # a merging part as the last launch of a split head runs it: the earlier parts' fp32 sums in, the
         # final outputs in the inputs' dtype out
         acc = {"O_PREV", "DQ_PREV", "DK_PREV", "DV_PREV"} if load_prev else set()
@@ -257,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             mix = first_mma_loop(k)
             usage += (f", loop {mix.get('total', 0)} instructions: {mix.get('HGMMA', 0)} HGMMA, {mix.get('MUFU', 0)} MUFU, "
                       f"{mix.get('LDL', 0) + mix.get('STL', 0)} LDL/STL")
-        print(f"ok   {v.name}{' (runs)' if args.runs else ''}{' (TMA loads)' if args.desc and 'permuted' not in v.name else ''}: {time.perf_counter() - start:.1f} s, shared {k.metadata.shared} B{usage}", flush=True)
+        print(f"ok   {v.name}{' (runs)' if args.runs else ''}{' (TMA loads)' if v.constexprs.get('DESC') else ''}: {time.perf_counter() - start:.1f} s, shared {k.metadata.shared} B{usage}", flush=True)
     print(f"compile_check sm_{args.arch} {args.dtype}: {'FAILED ' + str(failed) if failed else 'all compiled'}")
     return 1 if failed else 0
 

@@ -22,6 +22,7 @@ the offsets the local half already covers).
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence, Union
@@ -655,12 +656,24 @@ def _split_head(pattern: HeadPattern, n: int, b: int):
     return others, (l, -(-width // l))
 
 
+def summary_first_on() -> bool:
+    """Whether ``build_layout`` gives fixed patterns with summaries off block boundaries a summary-first part:
+    ``MEGASTRIDE_SUMMARY_FIRST`` "1" (the default) or "0" (the natural-order layout before it, for A/B runs;
+    read when a layout is built)."""
+    raw = os.environ.get("MEGASTRIDE_SUMMARY_FIRST", "1")
+    if raw not in ("0", "1"):
+        raise ValueError(f"MEGASTRIDE_SUMMARY_FIRST must be 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
 def _summary_first(pattern: HeadPattern, n: int, b: int) -> tuple[int, int] | None:
     """(l, c) where the head is the paper's fixed pattern, Window(l) + Summary(l, c) (slot 0), whose summary
     columns are not whole blocks, so that in natural order nearly every earlier block holds a few of them
     and the kernels would walk them all, masked: then the summaries go to a summary-first part
     (``EarlierSummaries``), where they are contiguous and their tiles full. None otherwise, and where the
     summary positions (c * n / l) are not whole blocks or n is not a multiple of l."""
+    if not summary_first_on():
+        return None
     comps = pattern.components
     windows = [c for c in comps if isinstance(c, Window)]
     summaries = [c for c in comps if isinstance(c, Summary)]

@@ -23,13 +23,16 @@ def test_kernels_compile_for_sm90():
     """The default training path (forward, dQ, dK/dV on a natural part), the dK/dV variant with
     every option (permuted merging part, atomic dQ, split columns), the atomic dQ's TMA reduce (natural
     part; the interpreter cannot run it) and the merged backward's; split columns' "last" finish (its
-    release/acquire count and L2 reads) in dK/dV and merged; the dQ kernel computing delta itself."""
+    release/acquire count and L2 reads) in dK/dV and merged; the dQ kernel computing delta itself; the
+    summary-first part's forward and dK/dV (its ordering and mask kind: the interpreter checks the arithmetic,
+    not that the GPU compiler takes it)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     only = ["forward natural", "dQ natural, delta loaded", "dK/dV natural, dQ separate, whole columns",
             "dK/dV permuted, merging, dQ atomic, split columns", "dK/dV natural, dQ atomic TMA, whole columns",
             "merged permuted, merging, split columns",
             "dK/dV permuted, merging, dQ atomic, split, last finish columns", "merged natural, split, last finish columns",
-            "dQ permuted, merging, delta here"]
+            "dQ permuted, merging, delta here", "forward summary-first",
+            "dK/dV summary-first, dQ separate, split, last finish columns"]
     proc = subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", *(f"--only={o}" for o in only)],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

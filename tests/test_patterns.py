@@ -176,6 +176,17 @@ def test_fixed_summaries_stay_in_natural_order_otherwise(pattern, n, block, why)
     assert torch.equal(lay.to_dense_mask()[0], pattern.allows(torch.arange(n)[:, None], torch.arange(n)[None, :])), why
 
 
+def test_summary_first_switch_restores_the_natural_layout_and_rejects_other_values(monkeypatch):
+    """MEGASTRIDE_SUMMARY_FIRST=0 builds the one-part natural layout (same mask); another value is one line."""
+    monkeypatch.setenv("MEGASTRIDE_SUMMARY_FIRST", "0")
+    lay = build(P.fixed(64, 16), 256, 32)
+    assert [p.summary_first for p in lay.parts] == [None]
+    assert torch.equal(lay.to_dense_mask()[0], torch.from_numpy(paper_mask("fixed", 256, 64, 16)))
+    monkeypatch.setenv("MEGASTRIDE_SUMMARY_FIRST", "yes")
+    with pytest.raises(ValueError, match="MEGASTRIDE_SUMMARY_FIRST must be 0 or 1, got 'yes'"):
+        build(P.fixed(64, 16), 256, 32)
+
+
 def test_paper_enwik8_fixed_pattern_walks_a_quarter_of_the_blocks():
     """fixed(128, 32) at 12,288 tokens in 128-blocks (the paper's Enwik8 model): 96 window blocks and 1,200
     summary blocks per head (all full but the last of each row) instead of every one of the 4,656 causal blocks,
