@@ -297,6 +297,19 @@ class BlockCSR:
         return BlockCSR(*(t.to(device) for t in self.tensors()))
 
 
+def part_permutation(n: int, stride: int | None = None, summary_first: tuple[int, int] | None = None) -> torch.Tensor:
+    """perm with x_part = x[..., perm, :] for a part permuted by ``stride`` ((l, n/l) flattened), ordered with
+    ``summary_first`` = (l, c) (every window's last c positions, then the other l - c of each), or neither
+    (natural order)."""
+    if stride:
+        return torch.arange(n).view(n // stride, stride).t().reshape(-1)
+    if summary_first:
+        l, c = summary_first
+        windows = torch.arange(n).view(n // l, l)
+        return torch.cat([windows[:, l - c:].reshape(-1), windows[:, : l - c].reshape(-1)])
+    return torch.arange(n)
+
+
 @dataclass
 class LayoutPart:
     """One kernel launch worth of heads sharing an ordering of the sequence.
@@ -333,13 +346,7 @@ class LayoutPart:
 
     def permutation(self, n: int) -> torch.Tensor:
         """perm with x_part = x[..., perm, :]: part position p holds natural position perm[p]."""
-        if self.permute_stride:
-            return torch.arange(n).view(n // self.permute_stride, self.permute_stride).t().reshape(-1)
-        if self.summary_first:
-            l, c = self.summary_first
-            windows = torch.arange(n).view(n // l, l)
-            return torch.cat([windows[:, l - c:].reshape(-1), windows[:, : l - c].reshape(-1)])
-        return torch.arange(n)
+        return part_permutation(n, self.permute_stride, self.summary_first)
 
     def component_codes(self) -> torch.Tensor:
         """(len(heads), K, 4) int32 table of (kind, a, b, c) per component, KIND_NONE padded."""
@@ -395,7 +402,7 @@ class Layout:
 
     def permutation(self, stride: int) -> torch.Tensor:
         """perm with x_part = x[..., perm, :]: part position p holds natural position perm[p]."""
-        return LayoutPart(stride, (), (), (), [], ()).permutation(self.seq_len)  # (l, n/l) flattened
+        return part_permutation(self.seq_len, stride)
 
     def launch_order(self) -> list[LayoutPart]:
         """The parts in the order the kernels launch them (kernels.blocksparse._schedule): by head count,
