@@ -1077,6 +1077,17 @@ def _split_workspace(meta: _PartMeta, key: tuple, batch: int, head_dim: int, blo
     return ws, counts, cols
 
 
+def _ordering(part: LayoutPart, n: int) -> dict[str, int]:
+    """The part's ordering as ``_natural`` reads it: mode 1 (by stride l: n / l groups of l), 2 (summary
+    positions first: width c, window l) or 0 (natural order)."""
+    if part.permute_stride:
+        return dict(perm_mode=1, perm_g=n // part.permute_stride, perm_l=part.permute_stride)
+    if part.summary_first:
+        l, c = part.summary_first
+        return dict(perm_mode=2, perm_g=c, perm_l=l)
+    return dict(perm_mode=0, perm_g=1, perm_l=1)
+
+
 def _part_meta(part: LayoutPart, n: int, device: torch.device) -> _PartMeta:
     key = ("blocksparse", str(device))
     if key not in part.kernel_cache:
@@ -1091,10 +1102,7 @@ def _part_meta(part: LayoutPart, n: int, device: torch.device) -> _PartMeta:
             heads=as_i32(part.heads), head_csr=as_i32(part.head_csr), min_off=as_i32(part.min_offset),
             codes=codes.to(device).contiguous(), lists=_pack_lists(part, device),
             num_blocks=num_blocks, ncomp=codes.shape[1], kinds=kinds,
-            perm_mode=1 if part.permute_stride else 2 if part.summary_first else 0,
-            perm_g=(n // part.permute_stride if part.permute_stride else part.summary_first[1] if part.summary_first
-                    else 1),
-            perm_l=part.permute_stride or (part.summary_first[0] if part.summary_first else 1),
+            **_ordering(part, n),
             full_per_row=full / (len(part.csr) * max(1, num_blocks)),
         )
     return part.kernel_cache[key]

@@ -91,10 +91,11 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
     out = []
     # natural order; permuted by stride (the strided half, merging); summary positions first (the paper's fixed
     # patterns whose summaries are not whole blocks: launched first, with its own mask kind)
-    for permuted, load_prev in ((0, False), (1, True), (2, False)):
-        tag = f"{('natural', 'permuted', 'summary-first')[permuted]}{', merging' if load_prev else ''}"
-        common = dict(base, PERMUTED=permuted, LOAD_PREV=load_prev, DESC=desc and not permuted,
-                      KINDS=32 if permuted == 2 else kinds, NCOMP=1 if permuted == 2 else base["NCOMP"])
+    for order, load_prev in ((0, False), (1, True), (2, False)):
+        permuted = order != 0
+        tag = f"{('natural', 'permuted', 'summary-first')[order]}{', merging' if load_prev else ''}"
+        common = dict(base, PERMUTED=order, LOAD_PREV=load_prev, DESC=desc and not permuted,
+                      KINDS=32 if order == 2 else kinds, NCOMP=1 if order == 2 else base["NCOMP"])
         # a merging part as the last launch of a split head runs it: the earlier parts' fp32 sums in, the
         # final outputs in the inputs' dtype out
         acc = {"O_PREV", "DQ_PREV", "DK_PREV", "DV_PREV"} if load_prev else set()
