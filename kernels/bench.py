@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,7 @@ FIXED_SUMMARY = 128  # "one summary block per window" with 128-blocks
 
 @dataclass
 class Case:
-    pattern: str  # "fixed", "strided" or "strided_matched"
+    pattern: str  # "fixed", "strided", "strided_matched", or a paper pattern given in full: "fixed(l,c)", "strided(l)"
     seq_len: int
     heads: int
     head_dim: int
@@ -106,20 +107,53 @@ def strided_block(n: int, stride: int) -> int:
     return 64
 
 
+_EXPLICIT = re.compile(r"^(fixed)\((\d+),(\d+)\)$|^(strided)\((\d+)\)$")
+
+
+def split_patterns(raw: str) -> list[str]:
+    """Comma-separated bench patterns, where "fixed(l,c)" keeps its own comma: "fixed,fixed(128,32)" ->
+    ["fixed", "fixed(128,32)"]. Spaces are dropped."""
+    out, depth, cur = [], 0, ""
+    for ch in raw.replace(" ", ""):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [p for p in out + [cur] if p]
+
+
+def pattern_family(pattern: str) -> str:
+    """"fixed" or "strided" for any bench pattern ("strided_matched" and "strided(l)" are strided)."""
+    return "strided" if pattern.startswith("strided") else "fixed"
+
+
 def case_pattern(case: Case) -> tuple[P.AttentionPattern, int, int, object]:
     """(pattern, stride, block, Flex mask_mod) of a benchmark case: ``fixed`` (l ~ sqrt(128 n), one
-    summary block), ``strided`` (the SPEC's strides) or ``strided_matched`` (strided at about the fixed
-    case's density, ``matched_stride``). The block is ``case.block`` where given, else 128 (strided:
-    ``strided_block``)."""
+    summary block), ``strided`` (the SPEC's strides), ``strided_matched`` (strided at about the fixed
+    case's density, ``matched_stride``), or the paper's patterns with their own parameters, "fixed(l,c)"
+    (every head summary slot 0, as the paper's enwik8 fixed(128, 32) and CIFAR-10 fixed(96, 16)) and
+    "strided(l)". The block is ``case.block`` where given, else 128 (strided: ``strided_block``)."""
     n = case.seq_len
     if case.block is not None and (case.block <= 0 or n % case.block):
         raise ValueError(f"block {case.block} does not divide the sequence length {n}")
-    if case.pattern == "fixed":
-        l, c = P.optimal_stride(n, "fixed", FIXED_SUMMARY, 128), FIXED_SUMMARY
+    explicit = _EXPLICIT.match(case.pattern)
+    if case.pattern == "fixed" or (explicit and explicit.group(1)):
+        if explicit:
+            l, c = int(explicit.group(2)), int(explicit.group(3))
+            if not 0 < c < l:
+                raise ValueError(f"pattern {case.pattern}: needs 0 < c < l")
+        else:
+            l, c = P.optimal_stride(n, "fixed", FIXED_SUMMARY, 128), FIXED_SUMMARY
         pattern = P.same_for_all_heads(P.fixed(l, c), case.heads)
         return pattern, l, case.block or 128, fixed_mask_mod(l, c)
-    if case.pattern in ("strided", "strided_matched"):
-        if case.pattern == "strided_matched":
+    if case.pattern in ("strided", "strided_matched") or (explicit and explicit.group(4)):
+        if explicit:
+            l = int(explicit.group(5))
+            if l < 1:
+                raise ValueError(f"pattern {case.pattern}: needs l >= 1")
+        elif case.pattern == "strided_matched":
             l = matched_stride(n)
         else:
             l = SPEC_STRIDES.get(n) or P.optimal_stride(n, "strided", block=64)
@@ -130,7 +164,8 @@ def case_pattern(case: Case) -> tuple[P.AttentionPattern, int, int, object]:
             return (kv <= q) & (((q - kv) < l) | ((q - kv) % l == 0))
 
         return pattern, l, block, mask_mod
-    raise ValueError(f"unknown benchmark pattern {case.pattern!r} (fixed, strided, strided_matched)")
+    raise ValueError(f"unknown benchmark pattern {case.pattern!r} (fixed, strided, strided_matched, fixed(l,c), "
+                     "strided(l))")
 
 
 def count_pairs(layout: P.Layout) -> int:
@@ -630,7 +665,7 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
         timed.append((f"ours_{variant}", ours, OUR_VARIANTS[variant]))
         stage(f"ours, {variant}  {result.timings[f'ours_{variant}_fwdbwd_ms']:.3f} ms f+b"
               + _graph_note(result, f"ours_{variant}"))
-    flex_limit = (flex_max or {}).get(case.pattern, 1 << 62)
+    flex_limit = (flex_max or {}).get(pattern_family(case.pattern), 1 << 62)
     if "flex" in peers and n <= flex_limit:
         try:
             flex = _flex_fn(mask_mod, n, device, result)

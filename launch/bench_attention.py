@@ -12,7 +12,8 @@ LENGTHS = "3072,12288,65536,262144,1048576"
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--lengths", default=LENGTHS, help=f"comma-separated sequence lengths (default {LENGTHS})")
-    p.add_argument("--patterns", default="fixed,strided", help="comma-separated: fixed, strided, strided_matched (strided at about the fixed density)")
+    p.add_argument("--patterns", default="fixed,strided", help="comma-separated: fixed, strided, strided_matched (strided at about the fixed density), or the paper's "
+                        "patterns in full, e.g. fixed(128,32) (enwik8's), fixed(96,16), strided(128)")
     p.add_argument("--configs", default="8x64,2x128", help="comma-separated HEADSxHEAD_DIM (default 8x64,2x128)")
     p.add_argument("--peers", default="flex,sdpa", help="comma-separated peers to time beside ours: flex, sdpa; and our own backward modes (ours: DQ_MODE 'auto'): separate, atomic (dQ by "
                         "atomics), split (dK/dV columns in segments of 8 blocks everywhere), nosplit (whole columns everywhere; ours: DKDV_SPLIT 'auto'), atomic_split, merged (dQ and dK/dV programs in one launch), "
@@ -51,7 +52,7 @@ def cases_from(patterns: str, configs: str, lengths: str, block: int | None = No
     do not take, or a block (given or the pattern's own) that does not divide a length: every case's layout
     is worked out here, before any GPU work."""
     from megastride.kernels.blocksparse import _HEAD_DIMS
-    from megastride.kernels.bench import Case, case_pattern
+    from megastride.kernels.bench import Case, case_pattern, split_patterns
 
     ns = sorted({int(x) for x in lengths.split(",") if x})
     if block is not None:
@@ -67,7 +68,7 @@ def cases_from(patterns: str, configs: str, lengths: str, block: int | None = No
         if heads < 1 or head_dim not in _HEAD_DIMS:
             raise ValueError(f"config {config!r}: heads must be >= 1 and the head dim one of "
                              f"{', '.join(map(str, _HEAD_DIMS))}")
-        for pattern in filter(None, patterns.split(",")):
+        for pattern in split_patterns(patterns):
             cases += [Case(pattern, n, heads, head_dim, block=block) for n in ns]
     for case in cases:
         if case.seq_len <= 0:

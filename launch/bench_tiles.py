@@ -15,7 +15,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tiles", default="list",
                    help="comma-separated configs, MxNwWsS (merged: MxN+MxNwWsS), and/or 'list' for the kernel's "
                         "autotuning list (default list); e.g. list,128x64w4s5,128x128w4s5")
-    p.add_argument("--patterns", default="fixed", help="comma-separated: fixed, strided, strided_matched (default fixed)")
+    p.add_argument("--patterns", default="fixed", help="comma-separated: fixed, strided, strided_matched, or the paper's patterns in full, e.g. fixed(128,32) (default fixed)")
     p.add_argument("--configs", default="8x64", help="comma-separated HEADSxHEAD_DIM (default 8x64)")
     p.add_argument("--lengths", default="65536,262144", help="comma-separated sequence lengths (default 65536,262144)")
     p.add_argument("--no-flex", action="store_true", help="leave out FlexAttention")

@@ -49,6 +49,32 @@ def test_unknown_bench_pattern_is_named():
         case_pattern(Case("banded", 4096, 1, 64))
 
 
+def test_the_papers_patterns_in_full_are_bench_cases_with_their_own_parameters():
+    """"fixed(128,32)" (enwik8's) and "strided(96)" keep their parameters: the layout is the paper's mask
+    (checked token by token against the Flex mask_mod the case hands Flex, itself the paper's formula),
+    and the pattern list splits on commas outside parentheses."""
+    from megastride.kernels.bench import split_patterns
+    from megastride.launch.bench_attention import cases_from
+
+    assert split_patterns("fixed, fixed(128,32),strided(96)") == ["fixed", "fixed(128,32)", "strided(96)"]
+    cases = cases_from("fixed(128,32),strided(96)", "2x64", "3072")
+    assert [c.pattern for c in cases] == ["fixed(128,32)", "strided(96)"]
+    n = 3072
+    i = torch.arange(n)[:, None]
+    j = torch.arange(n)[None, :]
+    paper = {"fixed(128,32)": (j <= i) & ((i // 128 == j // 128) | (j % 128 >= 96)),
+             "strided(96)": (j <= i) & (((i - j) < 96) | ((i - j) % 96 == 0))}
+    for case in cases:
+        pattern, stride, block, mask_mod = case_pattern(case)
+        assert stride == (128 if case.pattern.startswith("fixed") else 96) and block in (64, 128)
+        assert torch.equal(mask_mod(0, 0, i, j), paper[case.pattern])
+        layout = P.build_layout(pattern, n, block)
+        assert torch.equal(layout.to_dense_mask()[0], paper[case.pattern])
+    for bad in ("fixed(32,32)", "fixed(128)", "strided(0)"):
+        with pytest.raises(ValueError, match="fixed\\(l,c\\)|needs"):
+            case_pattern(Case(bad, 4096, 1, 64))
+
+
 def test_graph_timings_get_their_own_table_not_a_variant_column():
     """--graphs: replayed timings go into a second table (speed-up against Flex's replay), and are not
     mistaken for one of our backward modes' columns."""
@@ -149,7 +175,7 @@ def test_flex_block_mask_is_built_eagerly_up_to_the_threshold(n, device, compile
     (["--lengths", "1000", "--configs", "8x64"], "the fixed pattern's block 128 does not divide the length 1000"),
     (["--configs", "8x65"], "config '8x65': heads must be >= 1 and the head dim one of 16, 32, 64, 128, 256"),
     (["--configs", "0x64"], "config '0x64': heads must be >= 1"),
-    (["--patterns", "fixd"], "unknown benchmark pattern 'fixd' (fixed, strided, strided_matched)"),
+    (["--patterns", "fixd"], "unknown benchmark pattern 'fixd' (fixed, strided, strided_matched, fixed(l,c), strided(l))"),
     (["--lengths", "0"], "length 0 is not positive"),
 ])
 def test_bad_configs_or_lengths_are_one_line_errors_before_the_gpu_check(argv, message, capsys):
