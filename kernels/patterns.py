@@ -400,10 +400,6 @@ class Layout:
         ]
         return Layout(self.pattern, self.seq_len, self.block, parts)
 
-    def permutation(self, stride: int) -> torch.Tensor:
-        """perm with x_part = x[..., perm, :]: part position p holds natural position perm[p]."""
-        return part_permutation(self.seq_len, stride)
-
     def launch_order(self) -> list[LayoutPart]:
         """The parts in the order the kernels launch them (kernels.blocksparse._schedule): by head count,
         natural order last on ties (a stable sort: otherwise this layout's order). The last one writes a

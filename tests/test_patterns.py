@@ -98,7 +98,7 @@ def test_strided_half_runs_permuted_without_double_counting(n, block, l):
     assert [p.permute_stride for p in lay.parts] == [None, l]
     natural, permuted = lay.parts
     pos = torch.arange(n)
-    perm = lay.permutation(l)
+    perm = permuted.permutation(n)
     local_mask = natural.allows(0, pos[:, None], pos[None, :]) & (pos[None, :] <= pos[:, None])
     perm_mask = torch.zeros(n, n, dtype=torch.bool)
     perm_mask[perm[:, None], perm[None, :]] = permuted.allows(0, pos[:, None], pos[None, :])
