@@ -76,6 +76,9 @@ class Options:
     log: Callable[[str], None] = print
     profile: bool = False  # also profile one step per point (CUDA): filled into ``profiles``
     profiles: dict = field(default_factory=dict)  # "<label> n=<len>" -> kernels.profiling.profile_calls
+    # a folder: record the allocator's history over each point's measured steps (CUDA) and write there what
+    # its peak was made of (engine.memtrace; the recording slows the steps: their times are not comparable)
+    memory_trace: str | None = None
 
 
 @dataclass
@@ -177,9 +180,10 @@ def _sync(device: torch.device) -> None:
 
 
 def time_steps(cfg: Config, device: torch.device, batch: int, steps: int, warmup: int,
-               profile: dict | None = None) -> tuple[float, float | None]:
+               profile: dict | None = None, trace: Path | None = None) -> tuple[float, float | None]:
     """(median step seconds, peak allocated bytes over the timed steps or None off CUDA); with a
-    ``profile`` dict on CUDA, also where 2 more steps spend their time (``profile_calls``) into it."""
+    ``profile`` dict on CUDA, also where 2 more steps spend their time (``profile_calls``) into it;
+    with a ``trace`` path, what the peak was made of (``timed_calls``)."""
     torch.manual_seed(cfg.run.seed)
     model = SparseTransformer(cfg.model).to(device)
     apply_activation_checkpointing(model, cfg.train)
@@ -189,30 +193,46 @@ def time_steps(cfg: Config, device: torch.device, batch: int, steps: int, warmup
         warmup = max(1, warmup)
     run = step_runner(cfg, model, optimizer, _autocast(cfg, device), warmup)
     # with a graph, the capture follows the warm-up: its memory pool holds the step's peak (replays allocate nothing)
-    return timed_calls(lambda: run(data), device, steps, warmup, profile, settle=int(cfg.train.cuda_graph))
+    return timed_calls(lambda: run(data), device, steps, warmup, profile, settle=int(cfg.train.cuda_graph),
+                       trace=trace)
 
 
 def timed_calls(call: Callable[[], object], device: torch.device, steps: int, warmup: int,
-                profile: dict | None = None, settle: int = 0) -> tuple[float, float | None]:
+                profile: dict | None = None, settle: int = 0, trace: Path | None = None) -> tuple[float, float | None]:
     """The bench's timing protocol (our kinds and the baseline alike): ``warmup`` untimed calls, the
     allocator's peak reset, ``settle`` more untimed calls, then ``steps`` synchronised timed ones.
     (median seconds, peak allocated bytes since the reset or None off CUDA); with a ``profile`` dict
-    on CUDA, ``profile_calls`` of 2 more calls into it."""
+    on CUDA, ``profile_calls`` of 2 more calls into it; with a ``trace`` path on CUDA, the allocator's
+    history from the reset to the last timed call, and what its peak was made of, written there
+    (``engine.memtrace.Recorder``)."""
     for _ in range(warmup):
         call()
     _sync(device)
+    recorder = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(settle):
-        call()
-    _sync(device)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        call()
+        if trace is not None:
+            from .memtrace import Recorder
+
+            recorder = Recorder(device)
+            recorder.start()
+    try:
+        for _ in range(settle):
+            call()
         _sync(device)
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            call()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        if recorder is not None:
+            recorder.stop(trace, peak)
+            recorder = None
+    finally:
+        if recorder is not None:  # an error (out of memory) while recording: stop, keep what was recorded
+            recorder.abandon(trace)
     if profile is not None and device.type == "cuda":
         profile.update(profile_calls(call, iters=2, top=16))
     return statistics.median(times), peak
@@ -262,14 +282,23 @@ def measure(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
         if planner.check_host_memory(p, ranks_per_node=1):  # pinned block inputs beyond the RAM
             return _base_row(kind, cfg, batch, "skipped (host memory)", p, label)
     return _timed_row(kind, cfg, batch, p, label, opts,
-                      lambda prof: time_steps(cfg, device, batch, opts.steps, opts.warmup, prof))
+                      lambda prof, trace: time_steps(cfg, device, batch, opts.steps, opts.warmup, prof, trace))
+
+
+def trace_path(opts: Options, label: str, seq_len: int) -> Path | None:
+    """Where ``--memory-trace`` writes one point's trace: FOLDER/memory_<label>_n<length> (.txt, .json, .pickle)."""
+    if not opts.memory_trace or torch.device(opts.device).type != "cuda":
+        return None
+    slug = "".join(ch if ch.isalnum() else "_" for ch in label).strip("_") or "point"
+    return Path(opts.memory_trace) / f"memory_{slug}_n{seq_len}"
 
 
 def _timed_row(kind: str, cfg: Config, batch: int, p: planner.Plan, label: str, opts: Options, timer) -> Row:
-    """The row of ``timer(profile) -> (step s, peak bytes)``: ok (its profile kept and logged) or oom."""
+    """The row of ``timer(profile, trace) -> (step s, peak bytes)``: ok (its profile kept and logged) or oom."""
     prof = {} if opts.profile else None
+    trace = trace_path(opts, label or kind, cfg.model.seq_len)
     try:
-        step_s, peak = timer(prof)
+        step_s, peak = timer(prof, trace)
     except torch.cuda.OutOfMemoryError:
         row = _row(kind, cfg, batch, "oom", p, label)
     else:
@@ -280,6 +309,9 @@ def _timed_row(kind: str, cfg: Config, batch: int, p: planner.Plan, label: str, 
         if prof:
             opts.profiles[f"{row.label} n={row.seq_len}"] = prof
             opts.log(f"{row.label:>8} n={row.seq_len:>9,} profiled: {summary(prof, kernels=5)}")
+        if trace is not None:
+            opts.log(f"{row.label:>8} n={row.seq_len:>9,} memory at the peak (times slowed by the recording): "
+                     + "; ".join(trace.with_suffix(".txt").read_text().splitlines()[:4]))
     _free(torch.device(opts.device))
     return row
 
@@ -315,7 +347,8 @@ def measure_baseline(kind: str, cfg: Config, opts: Options, label: str = "") -> 
     if attention == "flex" and device.type != "cuda":
         return _row(kind, cfg, batch, "skipped (flex: no backward on CPU)", p, label)
     return _timed_row(kind, cfg, batch, p, label, opts,
-                      lambda prof: baseline.time_steps(cfg, attention, device, batch, opts.steps, opts.warmup, prof))
+                      lambda prof, trace: baseline.time_steps(cfg, attention, device, batch, opts.steps, opts.warmup,
+                                                              prof, trace))
 
 
 # ---------------------------------------------------------------------------------------------

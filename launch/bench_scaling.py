@@ -49,6 +49,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="also profile 2 steps per point (CUDA): wall vs host vs GPU time, top kernels and host ops "
                         "(OUT/profile.json)")
+    p.add_argument("--memory-trace", action="store_true",
+                   help="record the CUDA allocator's history over each point's measured steps and write what its peak "
+                        "was made of (by call site and memory pool) to OUT/memory/ (.txt, .json, and the .pickle "
+                        "snapshot for pytorch.org/memory_viz); the recording slows the steps")
     p.add_argument("--all", action="store_true", help="sweep, --table2 and --validate-plan in one run")
     p.add_argument("--baseline", action="store_true",
                    help="add issue 5's baseline to the sweep, the plain PyTorch script (engine.baseline): series "
@@ -79,6 +83,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError(f"--kinds: unknown kind {unknown[0]!r} (known: {', '.join(known)})")
     if args.steps < 1 or args.warmup < 0:
         raise ConfigError("--steps must be >= 1 and --warmup >= 0")
+    if args.memory_trace and args.device != "cuda":
+        raise ConfigError("--memory-trace records the CUDA allocator: it needs --device cuda")
 
 
 def _check_device(args: argparse.Namespace) -> None:
@@ -111,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         _check_device(args)
         opts = B.Options(device=args.device, steps=1 if args.quick else args.steps, warmup=args.warmup,
                          budget_s=args.budget_s, memory_fraction=args.memory_fraction, batch=args.batch,
-                         profile=args.profile)
+                         profile=args.profile,
+                         memory_trace=str(Path(args.out) / "memory") if args.memory_trace else None)
         meta = B.environment() | {"config": str(args.config), "overrides": args.overrides, "device": args.device,
                                   "steps": opts.steps, "warmup": opts.warmup}
         out = Path(args.out)

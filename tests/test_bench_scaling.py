@@ -68,7 +68,7 @@ def test_sweep_writes_csv_json_png_and_tensorboard(tmp_path, capsys):
 
 def test_series_stops_at_oom_and_the_next_series_runs(monkeypatch):
     """An out-of-memory error ends its series only; the row records it."""
-    def fake(cfg, device, batch, steps, warmup, profile=None):
+    def fake(cfg, device, batch, steps, warmup, profile=None, trace=None):
         if cfg.model.seq_len >= 128 and cfg.model.attention.layers[0] == "dense":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         return 0.001 * cfg.model.seq_len, None
