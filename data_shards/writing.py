@@ -242,12 +242,30 @@ def _shard_nbytes(path: str, split: str) -> dict[str, int]:
 # --- the store as a whole -----------------------------------------------------------------------
 
 def check_out(out: str, force: bool) -> None:
-    """Refuse to overwrite an existing store (or anything else) unless ``force``."""
-    if os.path.lexists(out) and not force:
-        try:
-            complete = bool(read_attrs(out)[0].get("complete"))
-        except StoreError:
-            complete = False
+    """Refuse to overwrite an existing store unless ``force``, and anything that is not a store (a file, a
+    folder of other things) even then: ``--force`` replaces stores, never a user's files. A parent path
+    that is a file is named here too, before any work."""
+    if not out:
+        raise PrepareError("the output path is empty: name the store's folder (--out)")
+    parent = os.path.dirname(os.path.abspath(out))
+    while parent and not os.path.lexists(parent):
+        parent = os.path.dirname(parent) if os.path.dirname(parent) != parent else ""
+    if parent and not os.path.isdir(parent):
+        raise PrepareError(f"{out}: {parent} is a file, not a folder")
+    if not os.path.lexists(out):
+        return
+    try:
+        complete = bool(read_attrs(out)[0].get("complete"))
+        store = True
+    except StoreError:
+        complete = False
+        # a zarr store we cannot read (an interrupted or damaged prepare), or an empty folder, is replaceable
+        store = os.path.isdir(out) and (os.path.isfile(os.path.join(out, "zarr.json")) or not os.listdir(out))
+    if not store:
+        kind = "a folder of other files" if os.path.isdir(out) else "a file"
+        raise PrepareError(f"{out} already exists and is not a store ({kind}): --force replaces stores only; "
+                           "pick another --out")
+    if not force:
         what = "a complete store" if complete else "something that is not a complete store"
         raise PrepareError(f"{out} already exists ({what}); use --force to replace it")
 
@@ -262,8 +280,8 @@ def write_store(out: str, modality: str, parts: list[Part], stream: Callable[[Pa
     ``hash_in_stream`` the sha256 of each source is taken from those arrays (they are the file's
     bytes), otherwise the file is hashed separately.
     """
+    check_out(os.fspath(out), force)
     out = os.path.abspath(os.fspath(out))
-    check_out(out, force)
     sizes = plan_splits(parts, valid_fraction, test_fraction)
     stage = f"{out}.partial-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)

@@ -90,6 +90,34 @@ def test_existing_store_is_refused_without_force_and_replaced_with_it(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["f", "s.zarr"]  # no staging or old folders left
 
 
+def test_force_replaces_stores_only_never_a_users_files(tmp_path, monkeypatch):
+    """--force replaces a store, never a folder of other files or a file (they stay as they were); an empty
+    --out (which would name the working directory) and a parent that is a file are refused before any work;
+    an empty folder or a store prepare could not finish (zarr.json without our attributes) may be replaced."""
+    (tmp_path / "f").write_bytes(b"abc" * 100)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    (tmp_path / "file.txt").write_text("mine too")
+    for out, message in ((notes, "not a store \\(a folder of other files\\).*replaces stores only"),
+                         (tmp_path / "file.txt", "not a store \\(a file\\)"),
+                         ("", "output path is empty"),
+                         (tmp_path / "file.txt" / "s.zarr", "file.txt is a file, not a folder")):
+        with pytest.raises(PrepareError, match=message):
+            write_bytes_store([str(tmp_path / "f")], out, force=True, progress=False)
+    assert (notes / "todo.txt").read_text() == "mine" and (tmp_path / "file.txt").read_text() == "mine too"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "zarr.json").write_text("{")
+    for out in (tmp_path / "empty", tmp_path / "broken"):
+        write_bytes_store([str(tmp_path / "f")], out, force=True, valid_fraction=0, progress=False)
+        assert _all(open_store(str(out)), "train").tobytes() == b"abc" * 100
+    monkeypatch.chdir(notes)
+    with pytest.raises(PrepareError, match="output path is empty"):
+        write_bytes_store([str(tmp_path / "f")], "", force=True, progress=False)
+    assert os.listdir(notes) == ["todo.txt"]
+
+
 def test_interrupted_prepare_leaves_no_complete_store(tmp_path, monkeypatch):
     """An exception mid-write leaves neither the output nor its staging folder behind."""
     (tmp_path / "f").write_bytes(b"x" * 1000)
