@@ -12,6 +12,16 @@ import torch
 from .distributed import barrier
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read (truncated, corrupt) or does not fit the model: a user's problem,
+    reported in one line (``launch.errors``)."""
+
+
+def _unreadable(path, err: BaseException) -> CheckpointError:
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return CheckpointError(f"checkpoint {path} cannot be read (truncated or corrupt?): {first}")
+
+
 def rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -57,7 +67,10 @@ def has_checkpoint(root: Path) -> bool:
 
 def load_checkpoint(engine, root: Path, rank: int) -> dict:
     """Load the newest checkpoint into ``engine``; returns its client state (step, data, ...)."""
-    path, client_state = engine.load_checkpoint(str(root))
+    try:
+        path, client_state = engine.load_checkpoint(str(root))
+    except (RuntimeError, EOFError, OSError, ValueError) as err:  # torch.load's errors on a damaged file
+        raise _unreadable(root / (root / "latest").read_text().strip(), err) from None
     if path is None:
         raise FileNotFoundError(f"checkpoint directory {root} has a 'latest' file but no loadable checkpoint")
     rng_file = root / (root / "latest").read_text().strip() / f"rng_rank{rank}.pt"
@@ -74,7 +87,10 @@ def latest_model_state(root: Path) -> dict:
     states = root / tag / "mp_rank_00_model_states.pt"
     if not states.exists():
         raise FileNotFoundError(f"checkpoint {root / tag} has no mp_rank_00_model_states.pt")
-    module = torch.load(states, map_location="cpu", weights_only=False).get("module")
+    try:
+        module = torch.load(states, map_location="cpu", weights_only=False).get("module")
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise _unreadable(states, err) from None
     if not module:  # ZeRO-3 keeps parameters partitioned: gather them from the optimizer shards
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

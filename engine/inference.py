@@ -19,7 +19,14 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[C
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
     cfg = load_config(run_dir / "config.yaml")
     model = SparseTransformer(cfg.model)
-    model.load_state_dict(ckpt.latest_model_state(run_dir / "checkpoints"))
+    try:
+        model.load_state_dict(ckpt.latest_model_state(run_dir / "checkpoints"))
+    except ckpt.CheckpointError:
+        raise
+    except RuntimeError as err:  # the weights were read but do not fit config.yaml's model
+        lines = [x.strip() for x in str(err).splitlines() if x.strip()]
+        raise ckpt.CheckpointError(f"{run_dir}: its checkpoint does not fit the model of its config.yaml "
+                                   f"({lines[-1] if lines else type(err).__name__})") from None
     return cfg, model.to(device).eval()
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
-from .config import Config, dump_config
+from .config import Config, ConfigError, dump_config, load_config
+
+# what a run directory holds once training has started in it (``prepare_run_dir``, the metrics, checkpoints)
+RUN_MARKS = ("checkpoints", "metrics.jsonl", "git_revision.txt")
 
 
 def git_revision() -> str:
@@ -21,6 +25,74 @@ def git_revision() -> str:
         return rev.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def check_run_dir(cfg: Config) -> None:
+    """Refuse, before anything is written there, a ``run.dir`` where training would lose or mix up work: a
+    path through a file; a folder of other files (not a run: its files would be overwritten); a run with
+    checkpoints under ``run.resume: never`` (its metrics and ``latest`` would be overwritten by a new start);
+    or one to resume whose weights do not fit this config's model (named by the first model key that differs).
+    A new or empty folder, or a run that saved no checkpoint yet, is fine."""
+    from . import checkpoint as ckpt
+
+    root = Path(cfg.run.dir)
+    for path in (root, *root.parents):
+        if os.path.lexists(path):
+            if not path.is_dir():
+                raise ConfigError(f"run.dir {root}: {path} is a file, not a folder")
+            break
+    if not root.is_dir() or not any(root.iterdir()):
+        return
+    if not any((root / mark).exists() for mark in RUN_MARKS):
+        raise ConfigError(f"run.dir {root} is a folder of other files, not a megastride run "
+                          f"(none of {', '.join(RUN_MARKS)}): pick a new or empty folder")
+    checkpoints = root / "checkpoints"
+    if not ckpt.has_checkpoint(checkpoints):
+        return
+    latest = (checkpoints / "latest").read_text().strip()
+    if cfg.run.resume == "never":
+        raise ConfigError(f"run.dir {root} already holds a run (checkpoint {latest}) and run.resume is never: "
+                          "resume it (run.resume=auto) or pick a new run.dir")
+    try:
+        saved = load_config(root / "config.yaml")
+    except ConfigError:  # no readable config beside the checkpoint: the checkpoint load itself will tell
+        return
+    problem = weights_mismatch(saved, cfg)
+    if problem:
+        raise ConfigError(f"run.dir {root} holds a checkpoint ({latest}) of another model: {problem}; "
+                          "resume it with its own model settings or pick a new run.dir")
+
+
+def weights_mismatch(saved: Config, cfg: Config) -> str | None:
+    """Why ``saved``'s weights cannot be loaded into ``cfg``'s model ("model.d_model was 128, now 64"), or
+    None where every parameter has the same name and shape (settings such as dropout may differ). Compares
+    the two models built on the meta device: no memory, no weights."""
+    import torch
+
+    from .model import SparseTransformer
+
+    def shapes(c: Config) -> dict[str, tuple]:
+        with torch.device("meta"):
+            return {k: tuple(v.shape) for k, v in SparseTransformer(c.model).state_dict().items()}
+
+    old, new = shapes(saved), shapes(cfg)
+    if old == new:
+        return None
+    diff = _first_difference(saved.model.model_dump(), cfg.model.model_dump(), "model")
+    if diff:
+        return diff
+    name = next(k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
+    return f"parameter {name} was {old.get(name)}, now {new.get(name)}"
+
+
+def _first_difference(old, new, path: str) -> str | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            found = _first_difference(old.get(key), new.get(key), f"{path}.{key}")
+            if found:
+                return found
+        return None
+    return None if old == new else f"{path} was {old!r}, now {new!r}"
 
 
 def prepare_run_dir(cfg: Config, ds_config: dict | None) -> Path:

@@ -20,7 +20,7 @@ from .distributed import all_reduce_sum, barrier, init_distributed, world_size_f
 from .metrics import MetricsWriter, Progress, bits_per_byte
 from .model import SparseTransformer
 from .parallel import apply_activation_checkpointing, build_optimizer
-from .run_dir import checkpoint_dir, prepare_run_dir, tensorboard_dir
+from .run_dir import check_run_dir, checkpoint_dir, prepare_run_dir, tensorboard_dir
 from .schedule import build_scheduler
 from .torch_engine import TorchEngine
 
@@ -172,6 +172,7 @@ class Trainer:
         check_runtime(cfg, world_size_from_env(), torch.cuda.is_available())
         check_zero_options(cfg)
         check_data(cfg)
+        check_run_dir(cfg)  # every rank, before anything starts: none waits at a barrier rank 0 would not reach
         self.cfg = cfg
         if cfg.train.precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("train.precision=fp16 needs a CUDA GPU (DeepSpeed has no fp16 on CPU); use bf16 or fp32")

@@ -8,9 +8,10 @@ import sys
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from megastride.data_shards import PrepareError, StoreError
+    from megastride.engine.checkpoint import CheckpointError
     from megastride.engine.config import ConfigError
 
-    return (ConfigError, StoreError, PrepareError, FileNotFoundError)
+    return (ConfigError, StoreError, PrepareError, CheckpointError, FileNotFoundError)
 
 
 @contextlib.contextmanager

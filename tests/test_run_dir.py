@@ -1,0 +1,108 @@
+"""Run directories a training run must not damage: engine.run_dir.check_run_dir, and checkpoints that
+cannot be read or do not fit (engine.checkpoint.CheckpointError), refused in one line before anything is
+written (no DeepSpeed run needed: the checks come before the engine)."""
+
+import pytest
+import torch
+
+from megastride.engine import checkpoint as ckpt
+from megastride.engine.config import dump_config, load_config
+from megastride.engine.inference import load_run
+from megastride.engine.model import SparseTransformer
+from megastride.engine.run_dir import check_run_dir, weights_mismatch
+from megastride.launch.train import main as train_main
+
+
+def fake_run(root, cfg, step=4):
+    """What training leaves in a run folder: its config, git revision, metrics and one checkpoint of
+    ``cfg``'s model in DeepSpeed's layout (mp_rank_00_model_states.pt holding {"module": weights})."""
+    tag = ckpt.tag_for(step)
+    (root / "checkpoints" / tag).mkdir(parents=True)
+    (root / "checkpoints" / "latest").write_text(tag)
+    torch.manual_seed(0)
+    torch.save({"module": SparseTransformer(cfg.model).state_dict()},
+               root / "checkpoints" / tag / "mp_rank_00_model_states.pt")
+    (root / "config.yaml").write_text(dump_config(cfg))
+    (root / "git_revision.txt").write_text("abc\n")
+    (root / "metrics.jsonl").write_text('{"step": 1, "train/loss": 5.0}\n')
+    return root
+
+
+def snapshot(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_new_or_empty_folder_or_a_resumable_run_is_fine(tiny_config, tmp_path):
+    cfg = load_config(tiny_config())
+    check_run_dir(cfg)  # does not exist yet
+    (tmp_path / "run").mkdir()
+    check_run_dir(cfg)  # empty
+    fake_run(tmp_path / "run", cfg)
+    check_run_dir(cfg)  # the same model: resume
+    dropout = load_config(tiny_config(model={"seq_len": 128, "d_model": 32, "n_layers": 2, "n_heads": 2,
+                                             "dropout": 0.3, "attention": {"block": 32,
+                                                                           "layers": ["fixed(32,8)", "strided(32)"]}}))
+    assert weights_mismatch(cfg, dropout) is None  # settings that leave the weights as they are may change
+    check_run_dir(dropout)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("other model", "holds a checkpoint \\(step00000004\\) of another model: model.d_model was 32, now 64"),
+    ("resume never", "already holds a run \\(checkpoint step00000004\\) and run.resume is never"),
+    ("user folder", "is a folder of other files, not a megastride run"),
+    ("a file", "is a file, not a folder"),
+    ("under a file", "run.txt is a file, not a folder"),
+])
+def test_train_refuses_a_run_dir_it_would_damage_and_leaves_it_as_it_was(case, message, tiny_config, tmp_path,
+                                                                          capsys):
+    """`megastride train` on a run of another model, a finished run with run.resume=never, a folder of the
+    user's own files, or a path through a file: one line, exit 2, and every file there as it was."""
+    cfg = load_config(tiny_config())
+    run = tmp_path / "run"
+    overrides = []
+    if case in ("other model", "resume never"):
+        fake_run(run, cfg)
+        overrides = ["--set", "model.d_model=64"] if case == "other model" else ["--set", "run.resume=never"]
+    elif case == "user folder":
+        run.mkdir()
+        (run / "notes.txt").write_text("mine")
+        (run / "config.yaml").write_text("my own config\n")
+    elif case == "a file":
+        run.write_text("a file")
+    else:
+        (tmp_path / "run.txt").write_text("a file")
+        overrides = ["--set", f"run.dir={tmp_path / 'run.txt' / 'run'}"]
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        train_main([str(tiny_config()), *overrides])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("megastride train: error: run.dir ") and "\n" not in err, err
+    assert __import__("re").search(message, err), err
+    assert snapshot(tmp_path) == before
+
+
+def test_a_damaged_or_mismatched_checkpoint_is_one_line_for_eval(tiny_config, tmp_path):
+    """eval/sample load the newest checkpoint: a truncated one and one that does not fit config.yaml's model
+    raise CheckpointError (one line through launch.errors) naming the file or the mismatch."""
+    cfg = load_config(tiny_config())
+    run = fake_run(tmp_path / "run", cfg)
+    load_run(run)  # as written: loads
+    states = run / "checkpoints" / ckpt.tag_for(4) / "mp_rank_00_model_states.pt"
+    good = states.read_bytes()
+    states.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ckpt.CheckpointError, match="mp_rank_00_model_states.pt cannot be read"):
+        load_run(run)
+    states.write_bytes(good)
+    other = load_config(tiny_config(model={"seq_len": 128, "d_model": 64, "n_layers": 2, "n_heads": 2,
+                                           "attention": {"block": 32, "layers": ["fixed(32,8)", "strided(32)"]}}))
+    (run / "config.yaml").write_text(dump_config(other))
+    with pytest.raises(ckpt.CheckpointError, match="does not fit the model of its config.yaml \\(size mismatch"):
+        load_run(run)
+
+
+def test_weights_mismatch_names_the_first_model_key_that_differs(tiny_config):
+    cfg = load_config(tiny_config())
+    deeper = cfg.model_copy(update={"model": cfg.model.model_copy(update={"n_layers": 3})})
+    assert weights_mismatch(cfg, deeper) == "model.n_layers was 2, now 3"
+    assert weights_mismatch(cfg, cfg) is None
