@@ -86,7 +86,7 @@ class AttentionConfig(_Strict):
     block: int = Field(64, gt=0)
     # layer r uses layers[r % len(layers)] ("interleaved"); '+' merges patterns in one head;
     # '|' assigns different patterns to different heads ("multi-head").
-    layers: tuple[str, ...] = ("fixed(auto,32)",)
+    layers: tuple[str, ...] = Field(("fixed(auto,32)",), min_length=1)
 
 
 class EmbeddingConfig(_Strict):
@@ -121,8 +121,13 @@ class ModelConfig(_Strict):
         if self.seq_len % self.attention.block:
             raise ValueError(f"seq_len={self.seq_len} is not divisible by attention.block={self.attention.block}")
         for spec in self.attention.layers:  # raise ValueError naming the pattern (or warn: an unpermuted stride)
-            P.check_strides(layer_pattern(spec, h, self.seq_len, self.attention.block), self.seq_len,
-                            self.attention.block)
+            try:
+                pattern = layer_pattern(spec, h, self.seq_len, self.attention.block)
+            except (OverflowError, ZeroDivisionError) as err:  # e.g. a width past any index type
+                raise ValueError(f"pattern {spec!r}: {err}") from None
+            for head in pattern.heads:  # what a layout build would refuse (a width or stride below 1, ...)
+                head.validate(self.seq_len)
+            P.check_strides(pattern, self.seq_len, self.attention.block)
         if self.embedding.kind == "image":
             shape = self.embedding.image_shape
             if shape is None:

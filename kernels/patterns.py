@@ -29,6 +29,9 @@ from typing import Sequence, Union
 
 import torch
 
+# the largest width, stride or window a pattern may name: 2^40 positions, beyond any sequence
+MAX_PARAMETER = 1 << 40
+
 # ---------------------------------------------------------------------------------------------
 # Token level: components and head patterns
 # ---------------------------------------------------------------------------------------------
@@ -171,11 +174,15 @@ class HeadPattern:
             for key, value in vars(comp).items():
                 if value < (0 if key == "index" else 1):
                     raise ValueError(f"pattern {self.name or '?'}: {type(comp).__name__}.{key}={value} must be positive")
+                if value > MAX_PARAMETER:  # past any sequence (and past the index types the layouts use)
+                    raise ValueError(f"pattern {self.name or '?'}: {type(comp).__name__}.{key}={value} is beyond any "
+                                     f"sequence length (at most {MAX_PARAMETER:,})")
             if isinstance(comp, Summary) and comp.lo < 0:
                 raise ValueError(
                     f"pattern {self.name or '?'}: summary slot {comp.index} of width {comp.width} "
                     f"does not fit in a window of {comp.size}"
                 )
+
 
 
 def dense() -> HeadPattern:

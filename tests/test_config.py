@@ -20,6 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
     ({"model": {"seq_len": 1000}}, "seq_len=1000 is not divisible by attention.block=64"),
     ({"model": {"attention": {"layers": ["fixd(8)"]}}}, "unknown attention pattern 'fixd(8)'"),
     ({"model": {"attention": {"layers": ["fixed(8)"]}}}, "takes 2 argument"),
+    # what only a layout build refused before (plan and train then failed with a traceback)
+    ({"model": {"attention": {"layers": ["fixed(0,32)"]}}}, "pattern fixed(0,32): Window.size=0 must be positive"),
+    ({"model": {"attention": {"layers": ["local(0)"]}}}, "Local.width=0 must be positive"),
+    ({"model": {"attention": {"layers": ["local(99999999999999999999999)"]}}}, "is beyond any sequence length"),
+    ({"model": {"attention": {"layers": []}}}, "model.attention.layers: Tuple should have at least 1 item"),
     ({"model": {"embedding": {"kind": "image"}}}, "image_shape"),
     ({"train": {"checkpoint_blocks": -1}}, "train.checkpoint_blocks: expected a number of blocks >= 0, auto, or null"),
     ({"train": {"checkpoint_blocks": "all"}}, "train.checkpoint_blocks: expected a number of blocks >= 0, auto, or null"),
