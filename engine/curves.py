@@ -32,6 +32,7 @@ class Curve:
     valid: dict[int, float] = field(default_factory=dict)
     step_s: dict[int, float] = field(default_factory=dict)
     peak_gb: dict[int, float] = field(default_factory=dict)
+    note: str = ""  # what was left out of the file, if anything (a last line cut off by a killed run)
 
 
 def metrics_path(run: str | Path) -> Path:
@@ -46,19 +47,23 @@ def read_curve(run: str | Path, name: str | None = None) -> Curve:
         raise MetricsError(f"{path}: no such metrics file (a run directory holds metrics.jsonl once it has logged a step)")
     curve = Curve(name or (path.parent.name if path.name == "metrics.jsonl" else path.stem))
     with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                step = int(row["step"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                raise MetricsError(f"{path}:{lineno}: not a metrics line (JSON with a 'step')") from None
-            for key, series in ((TRAIN, curve.train), (VALID, curve.valid), ("perf/step_time_s", curve.step_s),
-                                ("perf/peak_memory_gb", curve.peak_gb)):
-                value = row.get(key)
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    series[step] = float(value)
+        lines = f.readlines()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            step = int(row["step"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            if lineno == len(lines) and not line.endswith("\n"):  # a run killed while writing its last line
+                curve.note = f"{path}:{lineno}: left out a last line cut off mid-write"
+                break
+            raise MetricsError(f"{path}:{lineno}: not a metrics line (JSON with a 'step')") from None
+        for key, series in ((TRAIN, curve.train), (VALID, curve.valid), ("perf/step_time_s", curve.step_s),
+                            ("perf/peak_memory_gb", curve.peak_gb)):
+            value = row.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                series[step] = float(value)
     if not curve.train and not curve.valid:
         raise MetricsError(f"{path}: no bits-per-byte values in it")
     return curve

@@ -8,6 +8,8 @@ import os
 import sys
 import tempfile
 
+from megastride.launch.errors import user_errors
+
 PROG = "megastride bench data"
 
 
@@ -28,19 +30,45 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check(args, lengths: list[int]) -> None:
+    """Every argument before any data is written: one line naming the first that cannot work."""
+    from megastride.engine.config import ConfigError
+    from megastride.launch.errors import check_number, check_output
+
+    check_number(args.size_mb, "--size-mb", 0, low_open=True)
+    check_number(args.seconds, "--seconds", 0, low_open=True)
+    check_number(args.batch_mb, "--batch-mb", 0, low_open=True)
+    check_number(args.threads, "--threads", 1)
+    size = int(args.size_mb * (1 << 20))
+    for n in lengths:
+        if n < 1:
+            raise ConfigError(f"--lengths must be positive, got {n}")
+        if n + 1 > size:
+            raise ConfigError(f"--lengths: a window of L + 1 = {n + 1:,} bytes does not fit the --size-mb "
+                              f"{args.size_mb:g} of data ({size:,} bytes)")
+    if args.out:
+        check_output(args.out, "--out", "file")
+    if args.workdir:
+        check_output(args.workdir, "--workdir", "folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from megastride.data_shards.bench import run_bench
+    with user_errors(PROG):
+        try:
+            lengths = [int(x) for x in args.lengths.split(",") if x]
+        except ValueError:
+            from megastride.engine.config import ConfigError
 
-    try:
-        lengths = [int(x) for x in args.lengths.split(",") if x]
-    except ValueError:
-        print(f"{PROG}: error: --lengths must be integers, got {args.lengths!r}", file=sys.stderr)
-        return 2
-    with tempfile.TemporaryDirectory(prefix="megastride-bench-") as tmp:
-        result = run_bench(args.workdir or tmp, size_mb=args.size_mb, lengths=lengths, kind=args.data,
-                           compressor=args.compressor, seconds=args.seconds, batch_bytes=int(args.batch_mb * (1 << 20)),
-                           threads=args.threads, remote=not args.no_remote, progress=not args.quiet)
+            raise ConfigError(f"--lengths must be integers, got {args.lengths!r}") from None
+        _check(args, lengths)
+        from megastride.data_shards.bench import run_bench
+
+        with tempfile.TemporaryDirectory(prefix="megastride-bench-") as tmp:
+            result = run_bench(args.workdir or tmp, size_mb=args.size_mb, lengths=lengths, kind=args.data,
+                               compressor=args.compressor, seconds=args.seconds,
+                               batch_bytes=int(args.batch_mb * (1 << 20)), threads=args.threads,
+                               remote=not args.no_remote, progress=not args.quiet)
     print(f"data {result['data']}, {result['size_bytes'] / 2**20:.0f} MiB, {result['compressor']} ratio "
           f"{result['compression_ratio']}, write {result['write_MB_per_s']} MB/s, {result['threads']} threads")
     if args.out:

@@ -85,6 +85,11 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("--steps must be >= 1 and --warmup >= 0")
     if args.memory_trace and args.device != "cuda":
         raise ConfigError("--memory-trace records the CUDA allocator: it needs --device cuda")
+    from megastride.launch.errors import check_number, check_output
+
+    check_number(args.memory_fraction, "--memory-fraction", 0, 1, low_open=True)
+    check_number(args.budget_s, "--budget-s", 0, low_open=True)
+    check_output(args.out, "--out", "folder")  # before the sweep, not after it has run
 
 
 def _check_device(args: argparse.Namespace) -> None:

@@ -45,12 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv or [])
     from megastride.engine.curves import MetricsError, plot_curves, read_curve, summary_table
 
+    from megastride.engine.config import ConfigError
+    from megastride.launch.errors import check_output
+
     try:
+        if args.out:  # before the tables: a PNG that cannot be written is named first
+            check_output(args.out, "--out", "file", (".png",))
         curves = [read_curve(run) for run in args.runs]
-    except MetricsError as err:
+    except (MetricsError, ConfigError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     for c in curves:
+        if c.note:
+            print(f"note: {c.note}", file=sys.stderr)
         print(f"{c.name}: {len(c.train)} logged steps, {len(c.valid)} evaluations")
         print(summary_table(c, args.every) if c.train else "(no train steps logged)")
         print()

@@ -16,6 +16,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     args = parser.parse_args(argv)
     with user_errors("megastride eval"):
+        from megastride.launch.errors import check_device, check_number
+
+        check_number(args.windows, "--windows", 1)
+        check_device(args.device, "--device")
         from megastride.data_shards import eval_windows
         from megastride.engine.inference import evaluate_bpb, load_run
 

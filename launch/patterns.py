@@ -24,6 +24,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
+MAX_PIXELS = 16384  # a picture's side at most
+
+
 def draw(layout, head: int, path: str, scale: int) -> None:
     """Token mask of one head (white = attended) over a grey block grid; blocks for large n."""
     import numpy as np
@@ -62,8 +66,19 @@ def main(argv: list[str]) -> int:
             layout = build_layout(pattern, args.seq_len, args.block)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        if args.heads < 1:
+            raise ConfigError(f"--heads must be at least 1, got {args.heads}")
         if not 0 <= args.head < args.heads:
             raise ConfigError(f"--head {args.head} is not one of the {args.heads} heads")
+        if args.action == "draw":
+            from megastride.launch.errors import check_output
+
+            check_output(args.out, "--out", "file", IMAGE_SUFFIXES)
+            side = args.seq_len if args.seq_len <= 4096 else args.seq_len // args.block
+            if args.scale < 0 or side * (args.scale or 1) > MAX_PIXELS:
+                raise ConfigError(f"--scale {args.scale}: the picture would be {side * args.scale:,} pixels a side "
+                                  f"(at most {MAX_PIXELS:,}; 0 fits it to about 768)" if args.scale > 0 else
+                                  f"--scale must be 0 (fit) or a positive number of pixels a token, got {args.scale}")
     if args.action == "show":
         print(layout.describe())
         if args.seq_len <= 65536:

@@ -11,6 +11,7 @@ host memory in --host-memory-gb shared by --gpus-per-node ranks), 1 if it does n
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from megastride.launch.errors import user_errors
@@ -44,10 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         from megastride.engine.deepspeed_config import check_zero_options
         from megastride.engine.plan import plan
 
-        if (args.world_size < 1 or (args.seq_len is not None and args.seq_len < 1) or args.gpu_memory_gb <= 0
+        finite = all(math.isfinite(x) for x in (args.gpu_memory_gb, args.host_memory_gb or 1.0))
+        if (not finite or args.world_size < 1 or (args.seq_len is not None and args.seq_len < 1) or args.gpu_memory_gb <= 0
                 or (args.host_memory_gb is not None and args.host_memory_gb <= 0)
                 or (args.gpus_per_node is not None and args.gpus_per_node < 1)):
-            raise ConfigError("--seq-len, --world-size, --gpu-memory-gb, --host-memory-gb and --gpus-per-node must be positive")
+            raise ConfigError("--seq-len, --world-size, --gpu-memory-gb, --host-memory-gb and --gpus-per-node must be "
+                              "positive (and finite)")
         cfg = load_config(args.config, args.overrides)
         check_zero_options(cfg)
         from megastride.engine.plan import host_share_bytes

@@ -19,12 +19,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="write raw bytes here instead of printing text")
     args = parser.parse_args(argv)
     with user_errors("megastride sample"):
+        from megastride.launch.errors import check_number, check_output
+
+        check_number(args.length, "--bytes", 1)
+        check_number(args.temperature, "--temperature", 0)  # 0: the most likely byte every time
+        check_number(args.top_k, "--top-k", 0)  # 0: no cut
+        if args.out:
+            check_output(args.out, "--out", "file")
         import torch
 
         from megastride.engine.inference import load_run, sample
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        _, model = load_run(args.run_dir, device)
+        cfg, model = load_run(args.run_dir, device)
+        check_number(args.top_k, "--top-k", 0, cfg.model.vocab_size)  # at most the vocabulary (256 bytes)
         gen = torch.Generator().manual_seed(args.seed)
         data = sample(model, args.prompt.encode(), args.length, args.temperature, args.top_k, gen, device)
     if args.out:
