@@ -371,7 +371,12 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise ConfigError(f"override {dotted}: {part} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw)  # YAML scalars/lists: 50, 3e-4, true, [0.9, 0.95]
+        if not parts[-1]:
+            raise ConfigError(f"override {item!r}: no key before '='")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)  # YAML scalars/lists: 50, 3e-4, true, [0.9, 0.95]
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {dotted}: not a valid YAML value {raw!r} ({str(err).splitlines()[0]})") from None
     return tree
 
 
@@ -386,10 +391,14 @@ def config_from_dict(tree: dict, source: str = "config") -> Config:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Load a YAML config and apply dotted overrides."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder, not a file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (a YAML config is expected)") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(tree, dict):

@@ -19,6 +19,9 @@ def main(argv: list[str]) -> int:
         from megastride.engine.config import dump_config, load_config
         from megastride.engine.deepspeed_config import check_zero_options, deepspeed_config
 
+        from megastride.launch.errors import check_number
+
+        check_number(args.world_size, "--world-size", 1)
         cfg = load_config(args.config, args.overrides)
         check_zero_options(cfg)
     print(json.dumps(deepspeed_config(cfg, args.world_size), indent=2) if args.deepspeed else dump_config(cfg), end="\n")

@@ -9,6 +9,7 @@ import re
 import sys
 from pathlib import Path
 
+MAX_SLOTS = 1024  # processes (GPUs) on one host: far above any machine's count
 _LINE = re.compile(r"^(?P<host>[A-Za-z0-9_.\-]+)\s+slots\s*=\s*(?P<slots>\S+)$")
 
 
@@ -19,10 +20,16 @@ class HostfileError(ValueError):
 def parse_hostfile(path: str | Path) -> dict[str, int]:
     """{host: slots} in file order; '#' comments and blank lines are skipped."""
     path = Path(path)
+    if path.is_dir():
+        raise HostfileError(f"hostfile {path} is a folder, not a file")
     if not path.is_file():
         raise HostfileError(f"hostfile {path} does not exist")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise HostfileError(f"hostfile {path}: not UTF-8 text") from None
     hosts: dict[str, int] = {}
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
@@ -30,8 +37,8 @@ def parse_hostfile(path: str | Path) -> dict[str, int]:
         if not m:
             raise HostfileError(f"{path}:{number}: expected 'HOST slots=N', got {line!r}")
         host, slots = m.group("host"), m.group("slots")
-        if not slots.isdigit() or int(slots) < 1:
-            raise HostfileError(f"{path}:{number}: slots must be a positive integer, got {slots!r}")
+        if not slots.isdigit() or not 1 <= int(slots) <= MAX_SLOTS:
+            raise HostfileError(f"{path}:{number}: slots must be an integer from 1 to {MAX_SLOTS:,}, got {slots!r}")
         if host in hosts:
             raise HostfileError(f"{path}:{number}: host {host} is listed twice")
         hosts[host] = int(slots)

@@ -70,13 +70,15 @@ def test_config_prints_deepspeed_json(tiny_config):
 @pytest.mark.parametrize("text,message", [
     ("", "lists no hosts"),
     ("node1 slots=2\nnode1 slots=2\n", "listed twice"),
-    ("node1 slots=zero\n", "positive integer"),
+    ("node1 slots=zero\n", "an integer from 1 to 1,024"),
+    ("node1 slots=99999999999999999999999\n", "an integer from 1 to 1,024"),
+    (b"node1 slots=2\xff\n", "not UTF-8 text"),
     ("node1\n", "expected 'HOST slots=N'"),
 ])
 def test_bad_hostfiles_are_named(tmp_path, text, message):
     """Malformed hostfiles give one error naming the file and line."""
     path = tmp_path / "hostfile"
-    path.write_text(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(HostfileError, match=message):
         parse_hostfile(path)
     out = subprocess.run([sys.executable, "-m", "megastride.launch.hostfile", str(path)], capture_output=True, text=True)

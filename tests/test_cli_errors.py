@@ -152,3 +152,24 @@ def test_plan_refuses_memory_that_is_not_a_finite_size(flag, capsys):
     for value in ("nan", "inf"):
         code, err = run("plan", [str(CONFIGS / "tiny.yaml"), flag, value], capsys)
         one_line(code, err, "plan", "must be positive (and finite)")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["{config}", "--set", "model.attention.layers=[fixed(128,32)"], "override model.attention.layers: not a valid YAML value"),
+    (["{config}", "--set", "train.steps=!!python/object:os.system ls"], "override train.steps: not a valid YAML value"),
+    (["{config}", "--set", "=5"], "override '=5': no key before '='"),
+    (["{binary}"], "not UTF-8 text (a YAML config is expected)"),
+    (["{folder}"], "is a folder, not a file"),
+    (["{config}", "--deepspeed", "--world-size", "0"], "--world-size must be a finite number at least 1, got 0"),
+])
+def test_config(argv, message, files, capsys):
+    (files / "bin.yaml").write_bytes(b"model:\n  d_model: \xff\xfe\n")
+    fill = lambda x: x.format(config=CONFIGS / "tiny.yaml", binary=files / "bin.yaml", folder=files / "folder")  # noqa: E731
+    code, err = run("config", [fill(a) for a in argv], capsys)
+    one_line(code, err, "config", message)
+
+
+@pytest.mark.parametrize("flag", ["--seq-len", "--windows"])
+def test_stats_refuses_windows_of_nothing(flag, tmp_path, capsys):
+    code, err = run("stats", [str(tmp_path / "any.zarr"), flag, "0"], capsys)
+    one_line(code, err, "stats", f"{flag} must be a finite number at least 1, got 0")
