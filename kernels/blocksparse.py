@@ -104,6 +104,31 @@ def _natural(p, perm_g, perm_l, PERMUTED: tl.constexpr, seq):
 
 
 @triton.jit
+def _natural_tile(start, TILE: tl.constexpr, perm_g, perm_l, PERMUTED: tl.constexpr, RUN: tl.constexpr, seq):
+    """Natural positions (int64) of the part positions start, ..., start + TILE - 1 (start a multiple of TILE,
+    the tile inside one block). In a summary-first part whose runs (c summary positions of a window, or its
+    l - c others) are all multiples of RUN long (``_run_alignment``) the tile is contiguous in natural order
+    but where it crosses from one run to the next (the natural position jumps by the other run's width), and
+    it crosses fewer than TILE / RUN times: one scalar map of its start and at most TILE / RUN - 1 compares a
+    position, instead of one division a position (``_natural``). Any other order: ``_natural``."""
+    if PERMUTED == 2 and RUN > 0 and TILE // RUN <= 8:
+        boundary = (seq // perm_l) * perm_g  # where the summaries end (a multiple of the block: so of TILE)
+        summary = start < boundary
+        width = tl.where(summary, perm_g, perm_l - perm_g)
+        x = tl.where(summary, start, start - boundary)
+        w = x // width
+        r0 = x - w * width  # the start's offset in its run
+        i = tl.arange(0, TILE)
+        nat = (w * perm_l + tl.where(summary, perm_l - perm_g, 0) + r0).to(tl.int64) + i
+        gap = tl.where(summary, perm_l - perm_g, perm_g).to(tl.int64)
+        for k in tl.static_range(1, TILE // RUN):  # the k-th run end inside the tile, if any
+            nat += tl.where(r0 + i >= k * width, gap, 0)
+        return nat
+    else:
+        return _natural(start + tl.arange(0, TILE), perm_g, perm_l, PERMUTED, seq)
+
+
+@triton.jit
 def _runs_of(RUNS_T, csr, block, num_blocks, RUNS: tl.constexpr):
     """A full list as (at most) two arithmetic runs of blocks (``_block_runs``): first start, count,
     step; second start, step. Unused (zeros) without RUNS."""
@@ -128,13 +153,13 @@ def _nth_block(e, first, IDX, r0, c0, st0, r1, st1, RUNS: tl.constexpr):
 
 @triton.jit
 def _list_tile(t, first, IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK: tl.constexpr, TILE: tl.constexpr,
-               RUNS: tl.constexpr, PERMUTED: tl.constexpr, seq):
+               RUNS: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr, seq):
     """Sub-tile ``t`` of a full list walked TILE positions per loop iteration (entries from ``first`` on
     cover ``BLOCK // TILE`` iterations each, so a pipeline stage buffers one sub-tile): its first part
     position and its positions in natural order."""
     SUB: tl.constexpr = BLOCK // TILE
     start = _nth_block(t // SUB, first, IDX, r0, c0, st0, r1, st1, RUNS) * BLOCK + (t % SUB) * TILE
-    return start, _natural(start + tl.arange(0, TILE), perm_g, perm_l, PERMUTED, seq)
+    return start, _natural_tile(start, TILE, perm_g, perm_l, PERMUTED, RUN, seq)
 
 
 @triton.jit
@@ -246,7 +271,7 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                 stride_ob, stride_oh, stride_ot, stride_lb, stride_lh,
                 part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale,
-                BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
+                BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr,
                 NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                 RUNS: tl.constexpr, DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # one program per (query tile, batch x head)
@@ -259,7 +284,7 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
 
     offs_m = first_row + tl.arange(0, BLOCK_M)  # part coordinates
     offs_d = tl.arange(0, HEAD_DIM)
-    rows = _natural(offs_m, perm_g, perm_l, PERMUTED, num_blocks * BLOCK)
+    rows = _natural_tile(first_row, BLOCK_M, perm_g, perm_l, PERMUTED, RUN, num_blocks * BLOCK)
     q = tl.load(Q + rows[:, None] * stride_qt + offs_d[None, :])
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -269,7 +294,7 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
     full_lo = tl.load(FULL_PTR + ptr)
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, row_block, num_blocks, RUNS)
     for t in range(full_lo * (BLOCK // BLOCK_N), tl.load(FULL_PTR + ptr + 1) * (BLOCK // BLOCK_N)):
-        start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED,
+        start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED, RUN,
                                   num_blocks * BLOCK)
         k, v = _key_tile(K, V, k_desc, v_desc, start, cols, offs_d, stride_kt, stride_vt, DESC)
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, 0, False, DOT_PREC)
@@ -286,7 +311,7 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
             first_col = col_block * BLOCK + s * MASK_N
             if first_col <= last_row - min_off:  # skip sub-tiles wholly above the (shifted) diagonal
                 offs_n = first_col + tl.arange(0, MASK_N)
-                cols = _natural(offs_n, perm_g, perm_l, PERMUTED, num_blocks * BLOCK)
+                cols = _natural_tile(first_col, MASK_N, perm_g, perm_l, PERMUTED, RUN, num_blocks * BLOCK)
                 k, v = _key_tile(K, V, K, V, first_col, cols, offs_d, stride_kt, stride_vt, False)  # MASK_N rows
                 ok = _allowed(offs_m[:, None], offs_n[None, :], codes, min_off, NCOMP, KINDS)
                 acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, True, DOT_PREC)
@@ -348,7 +373,7 @@ def _dq_program(pid, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, M
                 stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                 stride_ob, stride_oh, stride_ot,
                 part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, NCOMP: tl.constexpr,
+                BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr, NCOMP: tl.constexpr,
                 KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr, RUNS: tl.constexpr,
                 DESC: tl.constexpr, DELTA_HERE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dQ of one (query tile, batch x head): program ``pid`` of the dQ kernel or of the merged one.
@@ -362,7 +387,7 @@ def _dq_program(pid, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, M
 
     offs_m = first_row + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    rows = _natural(offs_m, perm_g, perm_l, PERMUTED, num_blocks * BLOCK)
+    rows = _natural_tile(first_row, BLOCK_M, perm_g, perm_l, PERMUTED, RUN, num_blocks * BLOCK)
     q = tl.load(Q + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qt + offs_d[None, :])
     do = tl.load(DO + batch * stride_dob + head * stride_doh + rows[:, None] * stride_dot + offs_d[None, :])
     lse = tl.load(LSE + batch * stride_lb + head * stride_lh + rows)
@@ -378,7 +403,7 @@ def _dq_program(pid, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, M
     full_lo = tl.load(FULL_PTR + ptr)
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, row_block, num_blocks, RUNS)
     for t in range(full_lo * (BLOCK // BLOCK_N), tl.load(FULL_PTR + ptr + 1) * (BLOCK // BLOCK_N)):
-        start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED,
+        start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED, RUN,
                                   num_blocks * BLOCK)
         k, v = _key_tile(K, V, k_desc, v_desc, start, cols, offs_d, stride_kt, stride_vt, DESC)
         dq = _dq_step(dq, q, do, k, v, lse, delta, qk_scale, 0, False, DOT_PREC)
@@ -390,7 +415,7 @@ def _dq_program(pid, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, M
             first_col = col_block * BLOCK + s * BLOCK_N
             if first_col <= last_row - min_off:
                 offs_n = first_col + tl.arange(0, BLOCK_N)
-                cols = _natural(offs_n, perm_g, perm_l, PERMUTED, num_blocks * BLOCK)
+                cols = _natural_tile(first_col, BLOCK_N, perm_g, perm_l, PERMUTED, RUN, num_blocks * BLOCK)
                 k, v = _key_tile(K, V, k_desc, v_desc, first_col, cols, offs_d, stride_kt, stride_vt, DESC)
                 ok = _allowed(offs_m[:, None], offs_n[None, :], codes, min_off, NCOMP, KINDS)
                 dq = _dq_step(dq, q, do, k, v, lse, delta, qk_scale, ok, True, DOT_PREC)
@@ -409,7 +434,7 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, MIN
                    stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                    stride_ob, stride_oh, stride_ot,
                    part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                   BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
+                   BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr,
                    NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                    RUNS: tl.constexpr, DESC: tl.constexpr, DELTA_HERE: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr):
@@ -420,7 +445,7 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, MIN
                 stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                 stride_ob, stride_oh, stride_ot,
                 part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, RUNS, DESC, DELTA_HERE, BLOCK_M,
+                BLOCK, HEAD_DIM, PERMUTED, RUN, NCOMP, KINDS, LOAD_PREV, DOT_PREC, RUNS, DESC, DELTA_HERE, BLOCK_M,
                 BLOCK_N)
 
 
@@ -461,7 +486,7 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HE
                   stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                   stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                   part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                  BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, NCOMP: tl.constexpr,
+                  BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr, NCOMP: tl.constexpr,
                   KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                   FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, RUNS: tl.constexpr, DESC: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -493,7 +518,7 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HE
 
     offs_n = first_col + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    cols = _natural(offs_n, perm_g, perm_l, PERMUTED, num_blocks * BLOCK)
+    cols = _natural_tile(first_col, BLOCK_N, perm_g, perm_l, PERMUTED, RUN, num_blocks * BLOCK)
     k = tl.load(K + batch * stride_kb + head * stride_kh + cols[:, None] * stride_kt + offs_d[None, :])
     v = tl.load(V + batch * stride_vb + head * stride_vh + cols[:, None] * stride_vt + offs_d[None, :])
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
@@ -513,7 +538,7 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HE
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, col_block, num_blocks, RUNS)
     for t in range(full_lo * (BLOCK // BLOCK_M), full_hi * (BLOCK // BLOCK_M)):
         first_row, rows = _list_tile(t, column_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_M,
-                                     RUNS, PERMUTED, num_blocks * BLOCK)
+                                     RUNS, PERMUTED, RUN, num_blocks * BLOCK)
         q = _row_tile(Q, q_desc, first_row, rows, offs_d, stride_qt, DESC)
         do = _row_tile(DO, do_desc, first_row, rows, offs_d, stride_dot, DESC)
         lse = tl.load(LSE + rows)
@@ -528,7 +553,7 @@ def _dkdv_program(pid, Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HE
             first_row = row_block * BLOCK + s * BLOCK_M
             if first_row + BLOCK_M - 1 - min_off >= first_col:  # skip sub-tiles wholly above the diagonal
                 offs_m = first_row + tl.arange(0, BLOCK_M)
-                rows = _natural(offs_m, perm_g, perm_l, PERMUTED, num_blocks * BLOCK)
+                rows = _natural_tile(first_row, BLOCK_M, perm_g, perm_l, PERMUTED, RUN, num_blocks * BLOCK)
                 q = _row_tile(Q, q_desc, first_row, rows, offs_d, stride_qt, DESC)
                 do = _row_tile(DO, do_desc, first_row, rows, offs_d, stride_dot, DESC)
                 lse = tl.load(LSE + rows)
@@ -583,7 +608,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEAD
                      stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                      stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                      part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                     BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
+                     BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr,
                      NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                      FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, RUNS: tl.constexpr, DESC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -594,7 +619,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEAD
                   stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                   stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                   part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                  BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, FUSED_DQ, SPLIT, RUNS, DESC, BLOCK_M,
+                  BLOCK, HEAD_DIM, PERMUTED, RUN, NCOMP, KINDS, LOAD_PREV, DOT_PREC, FUSED_DQ, SPLIT, RUNS, DESC, BLOCK_M,
                   BLOCK_N)
 
 
@@ -607,7 +632,7 @@ def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, DQ_PREV, LSE, 
                        stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                        stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                        part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                       BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr,
+                       BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr,
                        NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                        SPLIT: tl.constexpr, RUNS: tl.constexpr, DESC: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, DQ_M: tl.constexpr, DQ_N: tl.constexpr):
@@ -624,7 +649,7 @@ def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, DQ_PREV, LSE, 
                       stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                       stride_dvb, stride_dvh, stride_dvt, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                       part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                      BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, False, SPLIT, RUNS, DESC, BLOCK_M,
+                      BLOCK, HEAD_DIM, PERMUTED, RUN, NCOMP, KINDS, LOAD_PREV, DOT_PREC, False, SPLIT, RUNS, DESC, BLOCK_M,
                       BLOCK_N)
     else:
         _dq_program(pid - dkdv_programs, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, Q, HEADS, HEAD_CSR, MIN_OFF, CODES,
@@ -633,12 +658,12 @@ def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, DQ_PREV, LSE, 
                     stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                     stride_qb, stride_qh, stride_qt,  # O: not read (delta comes from the delta kernel)
                     part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                    BLOCK, HEAD_DIM, PERMUTED, NCOMP, KINDS, LOAD_PREV, DOT_PREC, RUNS, DESC, False, DQ_M, DQ_N)
+                    BLOCK, HEAD_DIM, PERMUTED, RUN, NCOMP, KINDS, LOAD_PREV, DOT_PREC, RUNS, DESC, False, DQ_M, DQ_N)
 
 
 # --- autotuning: configs declared once per kernel, pruned to the layout's block and head dim ------
 
-_TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "NCOMP", "KINDS", "LOAD_PREV", "FUSED_DQ", "SPLIT", "DELTA_HERE",
+_TUNE_KEY = ["BUCKET", "BLOCK", "HEAD_DIM", "PERMUTED", "RUN", "NCOMP", "KINDS", "LOAD_PREV", "FUSED_DQ", "SPLIT", "DELTA_HERE",
              "RUNS", "DESC"]
 
 
@@ -907,6 +932,7 @@ class _PartMeta:
     perm_mode: int  # 0 natural order, 1 permuted by stride, 2 summary positions first (``_natural``)
     perm_g: int
     perm_l: int
+    perm_run: int  # summary-first: every run's length a multiple of this power of two (``_run_alignment``); else 0
     full_per_row: float  # mean full blocks in a row's list (over the part's CSRs): tiles a program walks
     # built on demand: ("segments", S, order, chunk) -> column segments, ("order", order, chunk, side) -> order
     extra: dict = field(default_factory=dict)
@@ -1081,15 +1107,26 @@ def _split_workspace(meta: _PartMeta, key: tuple, batch: int, head_dim: int, blo
     return ws, counts, cols
 
 
+def _run_alignment(n: int, l: int, c: int, most: int = 128) -> int:
+    """The largest power of two, at most ``most`` (the largest tile), dividing the length of every run of a
+    summary-first order of ``n`` positions with window ``l`` and summary width ``c``: the summaries' runs (c),
+    where they end (c * (n // l)) and the other runs (l - c). A tile of TILE dividing it lies in one run
+    (``_natural_tile``): fixed(128, 32) gives 32, fixed(96, 16) gives 16."""
+    run = 1
+    while run < most and all(x % (2 * run) == 0 for x in (c, l - c, c * (n // l))):
+        run *= 2
+    return run
+
+
 def _ordering(part: LayoutPart, n: int) -> dict[str, int]:
     """The part's ordering as ``_natural`` reads it: mode 1 (by stride l: n / l groups of l), 2 (summary
-    positions first: width c, window l) or 0 (natural order)."""
+    positions first: width c, window l, its runs' alignment ``_run_alignment``) or 0 (natural order)."""
     if part.permute_stride:
-        return dict(perm_mode=1, perm_g=n // part.permute_stride, perm_l=part.permute_stride)
+        return dict(perm_mode=1, perm_g=n // part.permute_stride, perm_l=part.permute_stride, perm_run=0)
     if part.summary_first:
         l, c = part.summary_first
-        return dict(perm_mode=2, perm_g=c, perm_l=l)
-    return dict(perm_mode=0, perm_g=1, perm_l=1)
+        return dict(perm_mode=2, perm_g=c, perm_l=l, perm_run=_run_alignment(n, l, c))
+    return dict(perm_mode=0, perm_g=1, perm_l=1, perm_run=0)
 
 
 def _part_meta(part: LayoutPart, n: int, device: torch.device) -> _PartMeta:
@@ -1325,7 +1362,7 @@ def _desc_loads(meta: _PartMeta, *tensors: torch.Tensor) -> bool:
 
 
 def _common(layout: Layout, meta: _PartMeta, q: torch.Tensor, load_prev: bool) -> dict:
-    return dict(BUCKET=_bucket(layout.seq_len), BLOCK=layout.block, HEAD_DIM=q.shape[-1], PERMUTED=meta.perm_mode,
+    return dict(BUCKET=_bucket(layout.seq_len), BLOCK=layout.block, HEAD_DIM=q.shape[-1], PERMUTED=meta.perm_mode, RUN=meta.perm_run,
                 NCOMP=meta.ncomp, KINDS=meta.kinds, LOAD_PREV=load_prev,
                 DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
 

@@ -90,11 +90,12 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
 
     out = []
     # natural order; permuted by stride (the strided half, merging); summary positions first (the paper's fixed
-    # patterns whose summaries are not whole blocks: launched first, with its own mask kind)
-    for order, load_prev in ((0, False), (1, True), (2, False)):
+    # patterns whose summaries are not whole blocks: launched first, with its own mask kind), its runs multiples
+    # of 32 positions (fixed(128, 32), enwik8's) or of 16 (fixed(96, 16), CIFAR-10's: blocksparse._run_alignment)
+    for order, load_prev, run in ((0, False, 0), (1, True, 0), (2, False, 32), (2, False, 16)):
         permuted = order != 0
-        tag = f"{('natural', 'permuted', 'summary-first')[order]}{', merging' if load_prev else ''}"
-        common = dict(base, PERMUTED=order, LOAD_PREV=load_prev, DESC=desc and not permuted,
+        tag = f"{'16-run ' if run == 16 else ''}{('natural', 'permuted', 'summary-first')[order]}{', merging' if load_prev else ''}"
+        common = dict(base, PERMUTED=order, RUN=run, LOAD_PREV=load_prev, DESC=desc and not permuted,
                       KINDS=32 if order == 2 else kinds, NCOMP=1 if order == 2 else base["NCOMP"])
         # a merging part as the last launch of a split head runs it: the earlier parts' fp32 sums in, the
         # final outputs in the inputs' dtype out

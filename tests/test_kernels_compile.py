@@ -25,14 +25,16 @@ def test_kernels_compile_for_sm90():
     part; the interpreter cannot run it) and the merged backward's; split columns' "last" finish (its
     release/acquire count and L2 reads) in dK/dV and merged; the dQ kernel computing delta itself; the
     summary-first part's forward and dK/dV (its ordering and mask kind: the interpreter checks the arithmetic,
-    not that the GPU compiler takes it)."""
+    not that the GPU compiler takes it), with runs of 32 (tiles mapped from their start) and of 16 (32-row tiles
+    crossing a run end)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     only = ["forward natural", "dQ natural, delta loaded", "dK/dV natural, dQ separate, whole columns",
             "dK/dV permuted, merging, dQ atomic, split columns", "dK/dV natural, dQ atomic TMA, whole columns",
             "merged permuted, merging, split columns",
             "dK/dV permuted, merging, dQ atomic, split, last finish columns", "merged natural, split, last finish columns",
             "dQ permuted, merging, delta here", "forward summary-first",
-            "dK/dV summary-first, dQ separate, split, last finish columns"]
+            "dK/dV summary-first, dQ separate, split, last finish columns",
+            "dK/dV 16-run summary-first, dQ separate, whole columns"]
     proc = subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", *(f"--only={o}" for o in only)],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
@@ -128,12 +130,13 @@ def test_the_dkdv_hot_loop_is_as_lean_as_the_stripped_probe(compiled_lines):
     assert ours[0] <= 1.05 * total, (line, probe)
 
 
-def test_the_summary_first_dkdv_loop_is_near_the_stride_permuted_one():
-    """compile_check --loop: the summary-first part's dK/dV loop (32x128 w4 s5, head dim 64), which maps
-    every query row of every tile to its natural position, stays within 20% of the stride-permuted part's
-    instructions an iteration and spills at most 2 loads/stores there. The two-sided int64 map it replaced
-    took 1,592 instructions and 154 spills against 655 and none, and the backward 6x the forward on the
-    H200 (docs/benchmarks.md, "Twenty-ninth run")."""
+def test_the_summary_first_dkdv_loop_is_leaner_than_the_stride_permuted_one():
+    """compile_check --loop: the summary-first part's dK/dV loop (32x128 w4 s5, head dim 64, runs of 32 as
+    enwik8's fixed(128, 32) has) maps its 32-row query tiles, each inside one run, with one scalar map of the
+    tile's start (``_natural_tile``), and takes at most 80% of the stride-permuted part's instructions an
+    iteration and no spills there. Mapping every row with its own division took 732 instructions and 1 spill
+    (655 in the permuted part); the earlier two-sided int64 map 1,592 and 154, and the backward 6x the forward
+    on the H200 (docs/benchmarks.md, "Twenty-ninth run")."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", "--loop",
                            "--only", "dK/dV summary-first, dQ separate, whole columns",
@@ -147,7 +150,7 @@ def test_the_summary_first_dkdv_loop_is_near_the_stride_permuted_one():
             spills = re.search(r"(\d+) LDL/STL", line)
             loops["summary" if "summary-first" in line else "permuted"] = (total, int(spills.group(1)) if spills else 0)
     assert set(loops) == {"summary", "permuted"}, proc.stdout
-    assert loops["summary"][0] <= 1.2 * loops["permuted"][0] and loops["summary"][1] <= 2, loops
+    assert loops["summary"][0] <= 0.8 * loops["permuted"][0] and loops["summary"][1] == 0, loops
 
 
 def test_the_probe_moves_a_quarter_and_a_half_of_its_exponentials_off_the_special_function_unit(compiled_lines):

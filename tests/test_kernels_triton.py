@@ -22,6 +22,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the int
 from megastride.kernels import patterns as P  # noqa: E402
 from megastride.kernels import reference_attention, sparse_attention, sparse_attention_qkv  # noqa: E402
 from megastride.kernels import blocksparse  # noqa: E402
+from megastride.kernels.blocksparse import _natural_tile  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 ATOL = {torch.float32: 2e-5, torch.float16: 2e-3}
 
@@ -106,6 +109,33 @@ def test_kernel_matches_reference(name, monkeypatch):
 def test_kernel_matches_reference_more_shapes(name, monkeypatch):
     """More head-dim / block / dtype combinations of the patterns above."""
     _run_case(SLOW_CASES[name], monkeypatch)
+
+
+@triton.jit
+def _natural_tile_probe(OUT, perm_g, perm_l, seq, TILE: tl.constexpr, RUN: tl.constexpr):
+    start = tl.program_id(0) * TILE
+    tl.store(OUT + start + tl.arange(0, TILE), _natural_tile(start, TILE, perm_g, perm_l, 2, RUN, seq))
+
+
+@pytest.mark.parametrize("n, l, c", [(12288, 128, 32), (3072, 96, 16), (1536, 96, 48), (1024, 64, 16), (1024, 32, 8)])
+def test_summary_first_tiles_map_to_the_papers_positions(n, l, c):
+    """A summary-first part's tiles of 16 to 128 positions, mapped to natural positions the way the kernels
+    load them (``_natural_tile``: a scalar map of the tile's start plus a compare per run end it crosses;
+    a division per position where the runs are too short for that, as with c = 8 and 128-tiles), equal the
+    layout's own permutation (``patterns.part_permutation``). And ``_run_alignment`` is what it claims:
+    every tile of that many positions is contiguous in natural order, and some tile of twice as many is not
+    (below the cap of 128)."""
+    perm = P.part_permutation(n, summary_first=(l, c))
+    run = blocksparse._run_alignment(n, l, c)
+    assert {(12288, 128): 32, (3072, 96): 16, (1536, 96): 16, (1024, 64): 16, (1024, 32): 8}[(n, l)] == run
+    tiles = perm.view(-1, run)
+    assert torch.equal(tiles - tiles[:, :1], torch.arange(run).expand_as(tiles))
+    wider = perm.view(-1, 2 * run)
+    assert not torch.equal(wider - wider[:, :1], torch.arange(2 * run).expand_as(wider))
+    for tile in (16, 32, 64, 128):
+        out = torch.full((n,), -1, dtype=torch.int64)
+        _natural_tile_probe[(n // tile,)](out, c, l, n, TILE=tile, RUN=run)
+        assert torch.equal(out, perm), (tile, (out != perm).nonzero()[:4].flatten().tolist())
 
 
 @pytest.mark.parametrize("name", ["fixed_block128", SLOW("strided_permuted_straddling"), SLOW("merged_fixed_strided"),
