@@ -45,6 +45,7 @@ def check_data(cfg: Config) -> None:
     for split in (cfg.data.train_split, cfg.data.valid_split):
         if split not in store.split_sizes:
             raise ConfigError(f"data store {cfg.data.path} has no split {split!r} (has {sorted(store.split_sizes)})")
+        store.array(split)  # its array metadata readable now, not at the first batch (StoreError names it)
     if store.modality != "image":  # before training, not at the first evaluation hours later
         for split, key in ((cfg.data.train_split, "data.train_split"), (cfg.data.valid_split, "data.valid_split")):
             size = store.split_sizes[split]

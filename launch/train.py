@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         trainer = Trainer(cfg)
     try:
-        result = trainer.fit()
+        with user_errors("megastride train"):  # a data chunk found damaged mid-run: one line; checkpoints stay
+            result = trainer.fit()
     finally:
         trainer.close()
     if trainer.rank == 0:

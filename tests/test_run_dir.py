@@ -106,3 +106,21 @@ def test_weights_mismatch_names_the_first_model_key_that_differs(tiny_config):
     deeper = cfg.model_copy(update={"model": cfg.model.model_copy(update={"n_layers": 3})})
     assert weights_mismatch(cfg, deeper) == "model.n_layers was 2, now 3"
     assert weights_mismatch(cfg, cfg) is None
+
+
+def test_a_store_whose_split_cannot_be_opened_is_named_before_the_run_starts(tiny_config, text_store, tmp_path,
+                                                                              capsys):
+    """A split whose array metadata is cut off is a one-line error at the start (check_data opens both
+    splits' arrays), not a traceback at the first batch; no run folder is made."""
+    import shutil
+
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(text_store, broken)
+    meta = broken / "train" / "zarr.json"
+    meta.write_bytes(meta.read_bytes()[:10])
+    with pytest.raises(SystemExit) as exit_:
+        train_main([str(tiny_config()), "--set", f"data.path={broken}"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"megastride train: error: {broken}: cannot open array 'train'") and "\n" not in err, err
+    assert not (tmp_path / "run").exists()
