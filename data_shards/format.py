@@ -50,6 +50,29 @@ class SplitInfo:
     segments: list[list[int]]  # [source index, start, length] in this split's elements
 
 
+def _split_infos(url: str, splits) -> dict[str, SplitInfo]:
+    """The splits' metadata, or a StoreError naming the first field that is missing or of the wrong type."""
+    if not isinstance(splits, dict):
+        raise StoreError(f"{url}: corrupt store metadata: splits is a {type(splits).__name__}, not a mapping")
+    out = {}
+    for name, s in splits.items():
+        field_ = "size"
+        try:
+            size = int(s["size"])
+            field_ = "shard_elems"
+            shard_elems = int(s["shard_elems"])
+            field_ = "shard_nbytes"
+            shard_nbytes = {str(k): int(v) for k, v in dict(s["shard_nbytes"]).items()}
+            field_ = "segments"
+            segments = [[int(v) for v in x] for x in s.get("segments", [])]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise StoreError(f"{url}: corrupt store metadata: splits.{name}.{field_}") from None
+        if size < 0 or shard_elems < 1:
+            raise StoreError(f"{url}: corrupt store metadata: splits.{name} has size {size} and shard_elems {shard_elems}")
+        out[name] = SplitInfo(name, size, shard_elems, shard_nbytes, segments)
+    return out
+
+
 class Store:
     """An opened, validated store. Use :func:`open_store`."""
 
@@ -58,11 +81,7 @@ class Store:
         self.group = group
         self.meta = meta
         self._fs, self._root = fs, root
-        self.splits = {
-            name: SplitInfo(name, int(s["size"]), int(s["shard_elems"]), dict(s["shard_nbytes"]),
-                            [list(x) for x in s.get("segments", [])])
-            for name, s in meta["splits"].items()
-        }
+        self.splits = _split_infos(url, meta["splits"])
         self._arrays: dict[str, zarr.Array] = {}
         self._readers: dict = {}
 

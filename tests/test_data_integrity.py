@@ -121,3 +121,22 @@ def test_modality_mismatch_and_non_stores(store, tmp_path):
     import zarr
     zarr.open_group(tmp_path / "plain.zarr", mode="w")
     _one_line_error(lambda: open_store(tmp_path / "plain.zarr"), "not a megastride store")
+
+
+@pytest.mark.parametrize("splits, message", [
+    ("garbage", "corrupt store metadata: splits is a str, not a mapping"),
+    ({"train": "x"}, "corrupt store metadata: splits.train.size"),
+    ({"train": {"shard_elems": 4, "shard_nbytes": {}}}, "corrupt store metadata: splits.train.size"),
+    ({"train": {"size": 10, "shard_elems": 4, "shard_nbytes": "x"}}, "corrupt store metadata: splits.train.shard_nbytes"),
+    ({"train": {"size": 10, "shard_elems": 0, "shard_nbytes": {}}}, "splits.train has size 10 and shard_elems 0"),
+])
+def test_split_metadata_of_the_wrong_shape_is_named(store, splits, message):
+    """The store's own attributes edited by hand or damaged: the first split field that is missing or of the
+    wrong type is named in one StoreError (was an AttributeError or KeyError from deep in the reader)."""
+    path = os.path.join(store, "zarr.json")
+    meta = json.load(open(path))
+    meta["attributes"]["megastride"]["splits"] = splits
+    with open(path, "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(StoreError, match=message.replace("(", "\\(")):
+        open_store(store, verify=False)
