@@ -72,6 +72,11 @@ def _stride_arg(arg: str, name: str, seq_len: int, block: int, args: list[str]) 
 def layer_pattern(spec: str, num_heads: int, seq_len: int, block: int) -> P.AttentionPattern:
     """A layer's pattern: head specs separated by '|' are assigned round-robin (multi-head)."""
     heads = [s for s in spec.split("|")]
+    if len(heads) > num_heads:
+        raise ValueError(f"layer pattern {spec!r} names {len(heads)} head patterns for {num_heads} "
+                         f"head{'s' if num_heads != 1 else ''}: the extra ones would never run")
+    for h in range(len(heads)):  # every head pattern parses, also those the head count repeats
+        parse_head_pattern(heads[h], seq_len, block, h)
     return P.AttentionPattern(
         tuple(parse_head_pattern(heads[h % len(heads)], seq_len, block, h) for h in range(num_heads))
     )

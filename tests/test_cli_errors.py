@@ -139,6 +139,8 @@ def test_eval(argv, message, trained, capsys):
     (["draw", "fixed(128,32)", "--seq-len", "1048576", "--block", "64", "--scale", "10", "--out", "{dir}/p.png"],
      "--scale 10: the picture would be 163,840 pixels a side (at most 16,384"),
     (["show", "local(64)", "--heads", "0"], "--heads must be at least 1, got 0"),
+    (["show", "local(64)|dense"], "names 2 head patterns for 1 head: the extra ones would never run"),
+    (["show", "local(64)|", "--heads", "2"], "unknown attention pattern ''"),
 ])
 def test_patterns(argv, message, files, capsys):
     fill = lambda x: x.format(folder=files / "folder", file=files / "file.txt", dir=files)  # noqa: E731
