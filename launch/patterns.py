@@ -61,13 +61,13 @@ def main(argv: list[str]) -> int:
         from megastride.engine.config import ConfigError, layer_pattern
         from megastride.kernels import build_layout
 
+        if args.heads < 1:
+            raise ConfigError(f"--heads must be at least 1, got {args.heads}")
         try:
             pattern = layer_pattern(args.spec, args.heads, args.seq_len, args.block)
             layout = build_layout(pattern, args.seq_len, args.block)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        if args.heads < 1:
-            raise ConfigError(f"--heads must be at least 1, got {args.heads}")
         if not 0 <= args.head < args.heads:
             raise ConfigError(f"--head {args.head} is not one of the {args.heads} heads")
         if args.action == "draw":
