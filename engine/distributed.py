@@ -43,18 +43,23 @@ def world_size_from_env() -> int:
     return int({**env, **env_from_scheduler(env)}.get("WORLD_SIZE", "1"))
 
 
-def init_distributed() -> tuple[int, int, torch.device]:
+def init_distributed(deepspeed_comm: bool = True) -> tuple[int, int, torch.device]:
     """Start the process group (NCCL on GPUs, gloo on CPU) and return (rank, world size, device).
 
     Works under the deepspeed launcher, torchrun, mpirun and srun (see ``env_from_scheduler``) and
-    as a plain single process (the environment is filled in for a world of one).
+    as a plain single process (the environment is filled in for a world of one). ``deepspeed_comm``:
+    through DeepSpeed's communication layer, as its engine needs (on a CPU it first builds its shared-memory
+    op, tens of seconds); else torch.distributed's own group (``train.runtime: torch``).
     """
-    import deepspeed
-
     os.environ.update(env_from_scheduler(dict(os.environ)))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+        if deepspeed_comm:
+            import deepspeed
+
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+        else:
+            dist.init_process_group(backend=backend)
     rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():

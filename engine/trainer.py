@@ -177,7 +177,7 @@ class Trainer:
         self.cfg = cfg
         if cfg.train.precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("train.precision=fp16 needs a CUDA GPU (DeepSpeed has no fp16 on CPU); use bf16 or fp32")
-        self.rank, self.world, self.device = init_distributed()
+        self.rank, self.world, self.device = init_distributed(deepspeed_comm=cfg.train.runtime == "deepspeed")
         on_gpu = self.device.type == "cuda"
         if on_gpu or _uses_host_memory(cfg):  # one plan for both checks
             from . import plan as planner
