@@ -241,17 +241,24 @@ def _shard_nbytes(path: str, split: str) -> dict[str, int]:
 
 # --- the store as a whole -----------------------------------------------------------------------
 
+def file_in_the_way(path) -> str | None:
+    """The nearest existing path above ``path``, if it is a file rather than a folder (so nothing can be
+    made at ``path``), else None. Shared by every command that writes a path a user names."""
+    parent = os.path.dirname(os.path.abspath(os.fspath(path)))
+    while not os.path.lexists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    return None if os.path.isdir(parent) else parent
+
+
 def check_out(out: str, force: bool) -> None:
     """Refuse to overwrite an existing store unless ``force``, and anything that is not a store (a file, a
     folder of other things) even then: ``--force`` replaces stores, never a user's files. A parent path
     that is a file is named here too, before any work."""
     if not out:
         raise PrepareError("the output path is empty: name the store's folder (--out)")
-    parent = os.path.dirname(os.path.abspath(out))
-    while parent and not os.path.lexists(parent):
-        parent = os.path.dirname(parent) if os.path.dirname(parent) != parent else ""
-    if parent and not os.path.isdir(parent):
-        raise PrepareError(f"{out}: {parent} is a file, not a folder")
+    blocker = file_in_the_way(out)
+    if blocker:
+        raise PrepareError(f"{out}: {blocker} is a file, not a folder")
     if not os.path.lexists(out):
         return
     try:

@@ -35,12 +35,12 @@ def check_run_dir(cfg: Config) -> None:
     A new or empty folder, or a run that saved no checkpoint yet, is fine."""
     from . import checkpoint as ckpt
 
+    from megastride.data_shards.writing import file_in_the_way
+
     root = Path(cfg.run.dir)
-    for path in (root, *root.parents):
-        if os.path.lexists(path):
-            if not path.is_dir():
-                raise ConfigError(f"run.dir {root}: {path} is a file, not a folder")
-            break
+    blocker = str(root) if os.path.lexists(root) and not root.is_dir() else file_in_the_way(root)
+    if blocker:
+        raise ConfigError(f"run.dir {root}: {blocker} is a file, not a folder")
     if not root.is_dir() or not any(root.iterdir()):
         return
     if not any((root / mark).exists() for mark in RUN_MARKS):

@@ -31,6 +31,7 @@ def check_output(path, flag: str, kind: str = "folder", suffixes: tuple[str, ...
     ``suffixes`` (where the writer picks its format by the extension) -- else a one-line ConfigError."""
     import os
 
+    from megastride.data_shards.writing import file_in_the_way
     from megastride.engine.config import ConfigError
 
     path = os.fspath(path)
@@ -42,11 +43,9 @@ def check_output(path, flag: str, kind: str = "folder", suffixes: tuple[str, ...
             raise ConfigError(f"{flag} {path} is a file, not a folder")
         if kind == "file" and os.path.isdir(here):
             raise ConfigError(f"{flag} {path} is a folder, not a file")
-    parent = os.path.dirname(here)
-    while not os.path.lexists(parent) and os.path.dirname(parent) != parent:
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder")
+    blocker = file_in_the_way(here)
+    if blocker:
+        raise ConfigError(f"{flag} {path}: {blocker} is a file, not a folder")
     if suffixes and not path.lower().endswith(suffixes):
         raise ConfigError(f"{flag} {path}: the file name must end in {' or '.join(suffixes)}")
 
