@@ -35,7 +35,6 @@ def main(argv: list[str] | None = None) -> int:
         from megastride.launch.errors import check_number
 
         check_number(args.seq_len, "--seq-len", 1)
-        check_number(args.windows, "--windows", 1)
         store = open_store(args.store)
         if args.split not in store.split_sizes:
             raise StoreError(f"{args.store}: no split {args.split!r} (has {sorted(store.split_sizes)})")
