@@ -126,10 +126,7 @@ class ModelConfig(_Strict):
         if self.seq_len % self.attention.block:
             raise ValueError(f"seq_len={self.seq_len} is not divisible by attention.block={self.attention.block}")
         for spec in self.attention.layers:  # raise ValueError naming the pattern (or warn: an unpermuted stride)
-            try:
-                pattern = layer_pattern(spec, h, self.seq_len, self.attention.block)
-            except (OverflowError, ZeroDivisionError) as err:  # e.g. a width past any index type
-                raise ValueError(f"pattern {spec!r}: {err}") from None
+            pattern = layer_pattern(spec, h, self.seq_len, self.attention.block)
             for head in pattern.heads:  # what a layout build would refuse (a width or stride below 1, ...)
                 head.validate(self.seq_len)
             P.check_strides(pattern, self.seq_len, self.attention.block)
