@@ -10,7 +10,12 @@ by memory pool (a CUDA graph's private pool or the default one).
 
 The allocated total follows ``torch.cuda.max_memory_allocated``: a block counts from its ``alloc``
 event to its ``free_requested`` one (the allocator stops counting a block when it is freed, even where
-another stream's use keeps it from being reused until later: ``free_completed``).
+another stream's use keeps it from being reused until later: ``free_completed``), and counts what the
+allocator gives, not what was asked: the events record the requested size, which the allocator rounds
+up to a multiple of 512 bytes (``block_bytes``; a 4-byte loss is a 512-byte block). Where it hands out
+a cached block larger than that (a large block whose rest, under 1 MiB, is not split off) it counts the
+whole block, which the history does not show: the replayed peak can be that much under its own.
+Sizes are printed in GB of 10^9 bytes, as everywhere in megastride.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 DEFAULT_POOL = (0, 0)
+MIN_BLOCK = 512  # the CUDA caching allocator's kMinBlockSize: every block is a multiple of it
+GB = 1e9
 # the innermost frame in a file under one of these names is the call site a block is charged to
 OUR_CODE = ("megastride", "/engine/", "/kernels/", "/data_shards/", "/launch/")
 
@@ -45,7 +52,7 @@ class PeakReport:
     by_pool: dict[str, int] = field(default_factory=dict)
 
     def text(self, top: int = 20) -> str:
-        gb = 1024 ** 3
+        gb = GB
         lines = [f"peak {self.peak_bytes / gb:.3f} GB allocated at event {self.peak_event:,} of {self.events:,}"
                  + (f" (the allocator's own peak over the same steps: {self.measured_peak_bytes / gb:.3f} GB)"
                     if self.measured_peak_bytes is not None else ""),
@@ -61,6 +68,11 @@ class PeakReport:
             lines.append(f"{sum(s.bytes for s in rest) / gb:9.3f} GB  {sum(s.blocks for s in rest):6,} blocks  "
                          f"{len(rest)} more sites")
         return "\n".join(lines)
+
+
+def block_bytes(requested: int) -> int:
+    """The block the caching allocator hands out for ``requested`` bytes (its ``round_size``)."""
+    return max(MIN_BLOCK, -(-requested // MIN_BLOCK) * MIN_BLOCK)
 
 
 def _pool_name(pool) -> str:
@@ -113,9 +125,9 @@ def peak_report(snapshot: dict, base_bytes: int, device: int = 0,
     current, peak, peak_at = base_bytes, base_bytes, -1
     for i, e in enumerate(events):
         if e["action"] == "alloc":
-            current += e["size"]
+            current += block_bytes(e["size"])
         elif e["action"] == "free_requested":
-            current -= e["size"]
+            current -= block_bytes(e["size"])
         if current > peak:
             peak, peak_at = current, i
     segments = _segment_pools(snapshot, device)
@@ -126,16 +138,17 @@ def peak_report(snapshot: dict, base_bytes: int, device: int = 0,
             live[e["addr"]] = e
         elif e["action"] == "free_requested":
             if live.pop(e["addr"], None) is None:
-                before -= e["size"]
+                before -= block_bytes(e["size"])
     sites: dict[tuple[str, str], Site] = {}
     by_pool: dict[str, int] = {}
     for e in live.values():
         pool = _pool_of(e, segments)
         key = (call_site(e.get("frames", [])), pool)
         site = sites.setdefault(key, Site(*key))
-        site.bytes += e["size"]
+        size = block_bytes(e["size"])
+        site.bytes += size
         site.blocks += 1
-        by_pool[pool] = by_pool.get(pool, 0) + e["size"]
+        by_pool[pool] = by_pool.get(pool, 0) + size
     return PeakReport(peak_bytes=peak, before_bytes=before, base_bytes=base_bytes, peak_event=peak_at,
                       events=len(events), measured_peak_bytes=measured_peak_bytes,
                       sites=sorted(sites.values(), key=lambda s: (-s.bytes, s.where)), by_pool=by_pool)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from megastride.engine import bench_scaling as B
-from megastride.engine.memtrace import call_site, peak_report
+from megastride.engine.memtrace import block_bytes, call_site, peak_report
 from megastride.launch.bench_scaling import main as bench_main
 
 MB = 1 << 20
@@ -63,8 +63,8 @@ def test_the_peak_is_split_into_what_came_before_and_the_live_blocks_by_site_and
     assert r.by_pool == {"default": 30 * MB, "private 7,1": 26 * MB}
     assert r.before_bytes + sum(s.bytes for s in r.sites) == r.peak_bytes
     text = r.text()
-    assert text.splitlines()[0].startswith("peak 0.143 GB allocated at event 8 of 11")
-    assert "0.143 GB" in text.splitlines()[0].split("own peak")[1]
+    assert text.splitlines()[0].startswith("peak 0.153 GB allocated at event 8 of 11")  # GB of 10^9 bytes
+    assert "0.153 GB" in text.splitlines()[0].split("own peak")[1]
     assert "kernels/blocksparse.py:1400 backward_part  [private 7,1]" in text
     json.dumps(__import__("dataclasses").asdict(r))  # the .json the bench writes
 
@@ -79,6 +79,21 @@ def test_without_pool_ids_the_pool_is_the_segments_and_a_trace_that_only_falls_h
     assert r.by_pool == {"default": MB, "private 3,2": 2 * MB}
     falling = peak_report(snapshot([event("free_requested", 0x100, MB)]), base_bytes=8 * MB)
     assert (falling.peak_bytes, falling.peak_event, falling.sites, falling.before_bytes) == (8 * MB, -1, [], 8 * MB)
+
+
+def test_requested_sizes_count_as_the_allocators_blocks():
+    """The history records what was asked for; the allocator counts whole blocks of 512-byte multiples
+    (on the H200 a 4-byte loss among the live blocks left the replay 508 bytes under its own peak a time).
+    A block from before the trace that is freed in it leaves the same rounded size."""
+    assert [block_bytes(n) for n in (1, 4, 512, 513, 1000, 3 * MB + 1)] == [512, 512, 512, 1024, 1024, 3 * MB + 512]
+    ev = [event("alloc", 0x1000, 4, MODEL), event("alloc", 0x2000, 1000, ATTN),
+          event("free_requested", 0x50000, 100)]
+    r = peak_report(snapshot(ev), base_bytes=4096)
+    assert (r.peak_bytes, r.peak_event) == (4096 + 512 + 1024, 1)
+    assert {s.where: s.bytes for s in r.sites} == {"engine/model.py:120 forward": 512,
+                                                    "kernels/blocksparse.py:1400 backward_part": 1024}
+    after = peak_report(snapshot(ev + [event("alloc", 0x3000, 600, MODEL)]), base_bytes=4096)
+    assert after.peak_bytes == 4096 + 512 + 1024 - 512 + 1024 and after.before_bytes == 4096 - 512
 
 
 def test_a_block_is_charged_to_the_innermost_frame_in_our_code():
@@ -106,7 +121,8 @@ def test_memory_trace_paths_and_the_cpu_refusal(tmp_path, capsys):
 @pytest.mark.parametrize("graph", [False, True])
 def test_a_traced_bench_point_accounts_for_the_allocators_own_peak(tmp_path, graph):
     """On a GPU: a small fixed-pattern point timed with --memory-trace writes its report, whose replayed
-    peak is the allocator's max_memory_allocated over the same steps, split exactly into blocks from
+    peak is the allocator's max_memory_allocated over the same steps (to within the whole cached blocks
+    it may hand out for a request: under 1 MiB each, a few at a time), split exactly into blocks from
     before the trace and live traced blocks; under a CUDA graph some of those are in a private pool."""
     from megastride.engine.memtrace import PeakReport, Site
 
@@ -117,8 +133,8 @@ def test_a_traced_bench_point_accounts_for_the_allocators_own_peak(tmp_path, gra
     assert row.status == "ok", row
     report = json.loads((tmp_path / "memory_fixed_n1024.json").read_text())
     r = PeakReport(**{**report, "sites": [Site(**s) for s in report["sites"]]})
-    assert r.measured_peak_bytes is not None and r.peak_bytes == r.measured_peak_bytes
-    assert abs(r.peak_bytes / 1024 ** 3 - row.peak_gb) < 1e-9
+    assert r.measured_peak_bytes is not None and 0 <= r.measured_peak_bytes - r.peak_bytes < 4 * MB
+    assert abs(r.measured_peak_bytes / B.planner.GB - row.peak_gb) < 1e-9
     assert r.before_bytes + sum(s.bytes for s in r.sites) == r.peak_bytes
     assert any(pool != "default" for pool in r.by_pool) == graph
     assert (tmp_path / "memory_fixed_n1024.pickle").stat().st_size > 0
