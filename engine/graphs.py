@@ -18,6 +18,12 @@ step copies its batch into the graph's input and replays. What capture needs of 
   (``engine.parallel.BlockCheckpoint`` raises if it meets one during capture);
 * a constant learning rate or a tensor one (a float baked into the captured optimizer kernel would
   not follow a schedule; ``build_optimizer`` makes it a tensor that schedulers fill in place).
+
+The eager steps and the capture run on one side stream per GPU, shared by every graphed step of the
+process: cuBLAS keeps a workspace (tens of MB, from the caching allocator, never given back) for each
+stream it runs on, so a new stream per graphed step left one more behind at each point of a sweep
+(``megastride bench scaling`` runs its points in one process: the planner was 12-27% under the
+graphed peaks at 1,024-4,096 tokens, growing point by point; docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -25,6 +31,16 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def side_stream(device: int | None = None) -> torch.cuda.Stream:
+    """The process's one stream for graphed steps' eager warm-up and capture on ``device`` (current)."""
+    index = torch.cuda.current_device() if device is None else device
+    if index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
+    return _SIDE_STREAMS[index]
 
 
 class GraphedStep:
@@ -46,7 +62,7 @@ class GraphedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_batch: torch.Tensor | None = None
         self.static_loss: torch.Tensor | None = None
-        self._side = torch.cuda.Stream()
+        self._side = side_stream()
 
     @property
     def captured(self) -> bool:
@@ -82,6 +98,6 @@ class GraphedStep:
         self.static_batch = batch.detach().clone()
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=self._side):
             self.static_loss = self.step(self.static_batch)
         self.graph = graph  # nothing ran during capture: __call__ replays it on this batch

@@ -155,6 +155,33 @@ def test_a_graph_refuses_another_batch_shape():
         run(torch.randint(0, 256, (2, 1025), device="cuda"))
 
 
+@pytest.mark.gpu
+def test_graphed_steps_one_after_another_leave_no_memory_behind():
+    """A sweep builds a graphed step per point in one process. Each had its own side stream, and cuBLAS
+    keeps a workspace for every stream it ran on (in the caching allocator, never freed): memory grew
+    point by point. With the one shared side stream, a third point ends with what the second ended with."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    import gc
+
+    from megastride.engine.bench_scaling import _autocast, step_runner
+
+    def point() -> int:
+        cfg, model, opt = _gpu_model(True)
+        run = step_runner(cfg, model, opt, _autocast(cfg, torch.device("cuda")), warmup=1)
+        batch = torch.randint(0, 256, (1, 1025), device="cuda")
+        for _ in range(3):
+            run(batch)
+        assert run.captured
+        torch.cuda.synchronize()
+        del run, model, opt, batch
+        gc.collect()
+        return torch.cuda.memory_allocated()
+
+    left = [point() for _ in range(3)]
+    assert abs(left[2] - left[1]) < (1 << 20), left  # a cuBLAS workspace is 4 MiB or more
+
+
 def test_dropout_with_auto_recompute_is_judged_once_the_count_is_known():
     """checkpoint_blocks=auto may resolve to 0 blocks (nothing recomputed: dropout is fine under a graph)
     or to some (refused then, by the trainer and the bench, in one line)."""
