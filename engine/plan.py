@@ -38,6 +38,11 @@ from .config import Config, ConfigError, ModelConfig, TrainConfig, config_from_d
 H200_PEAK_FLOPS = 790e12  # measured bf16 matrix rate of one H200 (SPEC section 3)
 PLAN_SMS = 132  # streaming multiprocessors the plan assumes (an H200's): where the kernels split dK/dV columns
 GB = 1e9
+# What the caching allocator holds for cuBLAS on the one stream a step's products run on (torch keeps a
+# cuBLAS and a cuBLASLt workspace per handle and stream, never freed): measured on the H200 (torch 2.11) as
+# the bytes allocated before every traced step beyond the parameters and optimizer states, eager or from a
+# CUDA graph, 0.067-0.068 GB (docs/scaling.md, "The CUDA graph's extra memory, traced").
+CUBLAS_WORKSPACE_BYTES = 64 * 2 ** 20
 DEEPSPEED_BUCKET = 500_000_000  # elements: DeepSpeed's default reduce/allgather bucket (stages 1-2)
 DEEPSPEED_PREFETCH = 50_000_000  # elements: DeepSpeed's default stage-3 prefetch bucket
 LN_STATS = 8  # bytes per token per LayerNorm: fp32 mean and rstd
@@ -892,7 +897,8 @@ def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamC
     chunk = loss_chunk_bytes(model, prec, tokens)
     cast = 2 * params.total if prec.autocast else 0.0  # bf16 copies of the weights autocast caches
     grads_persist = runtime == "deepspeed"  # torch: zero_grad(set_to_none) frees them between steps
-    static = {k: v for k, v in weights.items() if k != "gradients"} | {"layouts": float(layout_bytes)}
+    static = {k: v for k, v in weights.items() if k != "gradients"} | {"layouts": float(layout_bytes),
+                                                                         "cuBLAS workspaces": float(CUBLAS_WORKSPACE_BYTES)}
     grads = weights["gradients"]
     k, kept_blocks = recomputed, L - recomputed
     segments = -(-k // group)

@@ -370,8 +370,8 @@ def test_auto_weighs_kept_attention_against_recomputed_blocks():
     assert work(1, 1) == pytest.approx(6.61e12, rel=0.01)  # 2 x params of one block x tokens
     assert work(1, 0) - work(1, 1) == pytest.approx(26.25e12, rel=0.01)  # 4 x pairs x head width
     assert work(29, 29) < work(30, 30) < work(29, 27) < work(28, 0)
-    assert peak(30, 30) / 1e9 == pytest.approx(129.14, abs=0.01)  # docs/scaling.md: measured 125.26 GB
-    assert peak(29, 29) / 1e9 == pytest.approx(128.04, abs=0.01)
+    assert peak(30, 30) / 1e9 == pytest.approx(129.21, abs=0.01)  # docs/scaling.md: measured 125.26 GB
+    assert peak(29, 29) / 1e9 == pytest.approx(128.11, abs=0.01)
     # an H200 as torch counts it (about 139.8 GiB; the measured auto step of docs/scaling.md, 27 blocks at
     # 130.4 GB planned, needs at least 144.9e9 bytes): 29 blocks with kept outputs, one fewer than 30
     h200 = planner.plan(cfg, runtime="torch", gpu_bytes=150.1e9)
@@ -513,8 +513,9 @@ def test_kept_outputs_in_host_memory_are_off_the_gpu_between_the_passes():
     the H200's fixed 1M step under 60 GB): the GPU holds two blocks' pairs while the recomputed blocks run
     backward, none from the forward's end through the loss's backward and the last two blocks' backward (the
     copies out are done; the first copy back comes with the last recomputed block's backward); kept on the
-    GPU, all 28 are there in those phases. The plan then peaks in the last block's backward at 53.0 GB, 10.4%
-    above the 48.03 GB measured for this configuration (docs/scaling.md, 2026-12-02)."""
+    GPU, all 28 are there in those phases. The plan then peaks in the last block's backward at 53.1 GB (cuBLAS's
+    workspaces included since 2026-12-03), 10.6% above the 48.03 GB measured for this configuration
+    (docs/scaling.md, 2026-12-02)."""
     base = load_config(ROOT / "configs" / "enwik8.yaml",
                        ["model.seq_len=1048576", "model.dropout=0", "model.attention.layers=['fixed(auto,128)']",
                         "train.precision=bf16", "train.checkpoint_blocks=28", "train.cpu_checkpointing=true",
@@ -527,7 +528,7 @@ def test_kept_outputs_in_host_memory_are_off_the_gpu_between_the_passes():
         assert on_gpu.phases[phase]["kept attention outputs"] == pytest.approx(28 * pair)
     assert hosted.phases["backward, last recomputed block"]["kept attention outputs"] == pytest.approx(2 * pair)
     assert hosted.peak_phase == "backward, last block"
-    assert hosted.peak_bytes / 1e9 == pytest.approx(53.0, abs=0.1)
+    assert hosted.peak_bytes / 1e9 == pytest.approx(53.1, abs=0.05)
 
 
 def test_auto_offload_puts_the_kept_outputs_in_host_memory_where_that_is_less_recompute_and_the_host_holds_them():
