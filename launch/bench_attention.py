@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from megastride.launch.errors import ArgumentParser
+
 PROG = "megastride bench attention"
 LENGTHS = "3072,12288,65536,262144,1048576"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    p = ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--lengths", default=LENGTHS, help=f"comma-separated sequence lengths (default {LENGTHS})")
     p.add_argument("--patterns", default="fixed,strided", help="comma-separated: fixed, strided, strided_matched (strided at about the fixed density), or the paper's "
                         "patterns in full, e.g. fixed(128,32) (enwik8's), fixed(96,16), strided(128)")

@@ -8,13 +8,13 @@ import os
 import sys
 import tempfile
 
-from megastride.launch.errors import user_errors
+from megastride.launch.errors import ArgumentParser, user_errors
 
 PROG = "megastride bench data"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    p = ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--size-mb", type=float, default=256, help="data size in MiB (default 256)")
     p.add_argument("--data", choices=["stdlib", "random"], default="stdlib",
                    help="stdlib: Python's sources repeated (real text); random: incompressible bytes")

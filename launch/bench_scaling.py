@@ -18,13 +18,13 @@ import json
 import sys
 from pathlib import Path
 
-from megastride.launch.errors import user_errors
+from megastride.launch.errors import ArgumentParser, user_errors
 
 PROG = "megastride bench scaling"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--config", default=None, help="model size for the sweep (default: configs/enwik8.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted config override (repeatable); applies to --table2 configs too")

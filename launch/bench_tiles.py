@@ -6,11 +6,13 @@ import argparse
 import os
 import sys
 
+from megastride.launch.errors import ArgumentParser
+
 PROG = "megastride bench tiles"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    p = ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--kernel", default="fwd", help="fwd (timed alone), dq, dkdv or merged (timed in a forward+backward)")
     p.add_argument("--tiles", default="list",
                    help="comma-separated configs, MxNwWsS (merged: MxN+MxNwWsS), and/or 'list' for the kernel's "

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
-from megastride.launch.errors import user_errors
+from megastride.launch.errors import ArgumentParser, user_errors
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="megastride config", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="megastride config", description=__doc__.splitlines()[0])
     parser.add_argument("config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--deepspeed", action="store_true", help="print the generated DeepSpeed JSON instead")

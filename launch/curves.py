@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from megastride.launch.errors import ArgumentParser
+
 PROG = "megastride curves"
 
 
@@ -26,7 +28,7 @@ def _line(raw: str) -> tuple[str, float]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="run directories (or metrics.jsonl files)")
     p.add_argument("--every", type=int, default=20, help="steps per table row (default 20)")
     p.add_argument("--smooth", type=int, default=20, help="running-mean window of the drawn train curve (default 20)")

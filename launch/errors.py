@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors (a missing argument, an int that is not one, an unknown option) are one
+    line, as the commands' own are: `prog: error: message (prog --help lists the options)`, exit status 2."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} ({self.prog} --help lists the options)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 
-from megastride.launch.errors import user_errors
+from megastride.launch.errors import ArgumentParser, user_errors
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="megastride eval", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="megastride eval", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--split", default=None, help="default: the config's valid split")
     parser.add_argument("--windows", type=int, default=None, help="default: every window of the split")

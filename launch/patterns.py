@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 
-from megastride.launch.errors import user_errors
+from megastride.launch.errors import ArgumentParser, user_errors
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="megastride patterns", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="megastride patterns", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["show", "draw"])
     parser.add_argument("spec", help="layer pattern, e.g. 'fixed(128,32)', 'strided(auto)', 'local(64)|strided_half(64)'")
     parser.add_argument("--seq-len", type=int, default=256)

@@ -14,13 +14,13 @@ import argparse
 import math
 import sys
 
-from megastride.launch.errors import user_errors
+from megastride.launch.errors import ArgumentParser, user_errors
 
 PROG = "megastride plan"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. --set train.zero_stage=2 (repeatable)")

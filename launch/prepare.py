@@ -10,11 +10,13 @@ import argparse
 import json
 import sys
 
+from megastride.launch.errors import ArgumentParser
+
 PROG = "megastride prepare"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Write a zarr v3 shard store (see docs/data.md).")
+    p = ArgumentParser(prog=PROG, description="Write a zarr v3 shard store (see docs/data.md).")
     sub = p.add_subparsers(dest="kind", required=True, metavar="{text,images,audio,info}")
     helps = {
         "text": "bytes of files, directories, globs, or @stdlib (Python's own sources and docs)",

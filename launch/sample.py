@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from megastride.launch.errors import user_errors
+from megastride.launch.errors import ArgumentParser, user_errors
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="megastride sample", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="megastride sample", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--prompt", default="", help="text to continue (UTF-8)")
     parser.add_argument("--bytes", type=int, default=256, dest="length")

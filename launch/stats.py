@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from megastride.launch.errors import user_errors
+from megastride.launch.errors import ArgumentParser, user_errors
 
 PROG = "megastride stats"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("store", help="path or URL of a store written by `megastride prepare`")
     p.add_argument("--split", default="train")
     p.add_argument("--seq-len", type=int, default=65536, help="window length (the model's context)")

@@ -9,11 +9,11 @@ import argparse
 import os
 import sys
 
-from megastride.launch.errors import user_errors
+from megastride.launch.errors import ArgumentParser, user_errors
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="megastride train", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="megastride train", description=__doc__.splitlines()[0])
     parser.add_argument("config", help="YAML config (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="dotted override, e.g. --set train.steps=50 (repeatable)")

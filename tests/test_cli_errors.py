@@ -175,3 +175,22 @@ def test_stats_refuses_windows_of_nothing(tmp_path, capsys):
     """(--windows 0 was refused already: tests/test_data_stats.py)"""
     code, err = run("stats", [str(tmp_path / "any.zarr"), "--seq-len", "0"], capsys)
     one_line(code, err, "stats", "--seq-len must be a finite number at least 1, got 0")
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    ("plan", ["--seq-len", "abc"], "argument --seq-len: invalid int value: 'abc'"),
+    ("plan", ["x.yaml", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ("bench_scaling", ["--steps"], "argument --steps: expected one argument"),
+    ("train", [], "the following arguments are required: config"),
+    ("prepare", ["video"], "invalid choice: 'video' (choose from 'text', 'bytes', 'images', 'audio', 'info')"),
+    ("prepare", ["text", "--out"], "argument --out: expected one argument"),
+    ("stats", ["--windows", "x"], "argument --windows: invalid int value: 'x'"),
+])
+def test_arguments_argparse_refuses_are_one_line_too(module, argv, message, capsys):
+    """argparse's own errors (a value of the wrong type, an unknown flag, a missing argument) come as one line
+    naming the problem and where the options are listed, not the usage block first."""
+    code, err = run(module, argv, capsys)
+    name = err.split(": error: ")[0].removeprefix("megastride ")
+    one_line(code, err, name, message)
+    assert name.split()[0] == module.split("_")[0]
+    assert err.endswith(f"(megastride {name} --help lists the options)") and "usage:" not in err
