@@ -29,6 +29,9 @@ def test_help_lists_subcommands():
     for name in ("prepare", "train", "eval", "sample", "bench", "plan", "patterns"):
         assert name in out.stdout
     assert cli("nonsense").returncode == 2
+    bare = cli()  # no command is a mistake too: the commands on stderr, status 2
+    assert bare.returncode == 2 and bare.stdout == ""
+    assert bare.stderr.startswith("megastride: error: no command given") and "prepare" in bare.stderr
 
 
 def test_eval_and_sample_load_the_trained_run(tiny_config, tmp_path):
