@@ -31,6 +31,15 @@ import torch
 
 # the largest width, stride or window a pattern may name: 2^40 positions, beyond any sequence
 MAX_PARAMETER = 1 << 40
+# the most block rows, and candidate blocks in one part, build_layout builds from: it holds a few int64 tensors
+# of each (at the limits 128 MB a row tensor, 2 GB a candidate one). The longest sequences trained (8,388,608
+# tokens) are 65,536 block rows of 128; the SPEC's fixed pattern there is about 2^25 candidates a head.
+MAX_BLOCK_ROWS = 1 << 24
+MAX_CANDIDATES = 1 << 28
+
+
+class LayoutTooLarge(ValueError):
+    """A layout past MAX_BLOCK_ROWS or MAX_CANDIDATES: refused before its tensors are allocated."""
 
 # ---------------------------------------------------------------------------------------------
 # Token level: components and head patterns
@@ -574,9 +583,16 @@ def _classify_window(s: int, r0, r1, c0, c1, m: int):
 # --- candidate generation: a superset of the blocks a component touches, O(its nnz) -------------
 
 
+def _check_candidates(total: int) -> None:
+    if total > MAX_CANDIDATES:
+        raise LayoutTooLarge(f"its layout would take {total:,} candidate blocks in one part, more than the "
+                             f"{MAX_CANDIDATES:,} a layout is built from")
+
+
 def _expand(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """All (row, col) with lo <= col <= hi per entry (empty where hi < lo)."""
     counts = torch.clamp(hi - lo + 1, min=0)
+    _check_candidates(int(counts.sum()))
     r = torch.repeat_interleave(rows, counts)
     start = torch.repeat_interleave(lo - torch.cumsum(counts, 0) + counts, counts)
     c = start + torch.arange(r.numel(), device=rows.device)
@@ -608,6 +624,7 @@ def _candidates(comp: Component, nb: int, b: int, device) -> tuple[torch.Tensor,
     if isinstance(comp, Summary):
         # one (row, window) pair per window that starts at or before the row's last position
         nwin = (r0 + b - 1) // comp.size + 1
+        _check_candidates(int(nwin.sum()))
         rw = torch.repeat_interleave(rows, nwin)
         w = torch.arange(rw.numel(), device=device) - torch.repeat_interleave(torch.cumsum(nwin, 0) - nwin, nwin)
         lo = (w * comp.size + comp.lo) // b
@@ -752,6 +769,18 @@ def build_layout(pattern: AttentionPattern | HeadPattern, seq_len: int, block: i
         raise ValueError(f"sequence length {seq_len} is not divisible by the attention block size {block}")
     for head in pattern.heads:
         head.validate(seq_len)
+    advice = "a shorter sequence, larger blocks or a sparser pattern"
+    if seq_len // block > MAX_BLOCK_ROWS:
+        raise LayoutTooLarge(f"sequence length {seq_len:,} in {block}-token blocks is {seq_len // block:,} block rows, "
+                             f"more than the {MAX_BLOCK_ROWS:,} a layout is built for ({advice})")
+    try:
+        return _build_layout(pattern, seq_len, block, device)
+    except LayoutTooLarge as err:
+        names = ", ".join(dict.fromkeys(h.name or "a head" for h in pattern.heads))
+        raise LayoutTooLarge(f"{names} at {seq_len:,} tokens in {block}-token blocks: {err} ({advice})") from None
+
+
+def _build_layout(pattern: AttentionPattern, seq_len: int, block: int, device) -> Layout:
     natural: dict[int, tuple] = {}
     permuted: dict[int, dict[int, tuple]] = {}
     summary_first: dict[tuple[int, int], dict[int, tuple]] = {}

@@ -20,8 +20,9 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from megastride.data_shards import PrepareError, StoreError
     from megastride.engine.checkpoint import CheckpointError
     from megastride.engine.config import ConfigError
+    from megastride.kernels.patterns import LayoutTooLarge
 
-    return (ConfigError, StoreError, PrepareError, CheckpointError, FileNotFoundError)
+    return (ConfigError, StoreError, PrepareError, CheckpointError, LayoutTooLarge, FileNotFoundError)
 
 
 @contextlib.contextmanager

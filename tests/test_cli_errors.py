@@ -194,3 +194,12 @@ def test_arguments_argparse_refuses_are_one_line_too(module, argv, message, caps
     one_line(code, err, name, message)
     assert name.split()[0] == module.split("_")[0]
     assert err.endswith(f"(megastride {name} --help lists the options)") and "usage:" not in err
+
+
+def test_plan_refuses_a_length_whose_layout_it_cannot_build(capsys):
+    """64,000,000,000 tokens (the CLI audit's case, killed for memory before) and the paper's quadratic
+    fixed(128,32) at 640M: one line each, before any tensor of that size."""
+    code, err = run("plan", [str(CONFIGS / "enwik8.yaml"), "--seq-len", "64000000000"], capsys)
+    one_line(code, err, "plan", "sequence length 64,000,000,000 in 128-token blocks is 500,000,000 block rows")
+    code, err = run("plan", [str(CONFIGS / "enwik8.yaml"), "--seq-len", "640000000"], capsys)
+    one_line(code, err, "plan", "fixed(128,32) at 640,000,000 tokens in 128-token blocks: its layout would take")

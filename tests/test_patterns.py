@@ -308,3 +308,25 @@ def test_unpermuted_stride_layouts_grow_with_their_touched_blocks_not_nb_squared
     assert nb * n / l / 2 < nnz < 2.1 * nb * n / l / 2 + nb * (l // block + 2)
     assert nnz < nb * nb / 2 / 3
 
+
+
+def test_layouts_past_the_build_limits_are_refused_before_their_tensors(monkeypatch):
+    """A layout's construction holds int64 tensors of its block rows and of one part's candidate blocks: past
+    MAX_BLOCK_ROWS or MAX_CANDIDATES build_layout says so in one line, naming the pattern and the length,
+    instead of allocating (`megastride plan --seq-len 64000000000` was killed for memory on a 24 GB host)."""
+    head = P.fixed(64, 16)
+    rows = (P.MAX_BLOCK_ROWS + 1) * 16
+    with pytest.raises(P.LayoutTooLarge, match=f"sequence length {rows:,} in 16-token blocks is "
+                                               f"{P.MAX_BLOCK_ROWS + 1:,} block rows, more than the"):
+        P.build_layout(head, rows, 16)
+    # the paper's fixed(128,32) is quadratic (a summary-first part): its candidates outgrow a lowered limit
+    enwik8 = P.fixed(128, 32)
+    blocks = P.build_layout(enwik8, 12288, 128).parts[-1]
+    monkeypatch.setattr(P, "MAX_CANDIDATES", 1000)
+    with pytest.raises(P.LayoutTooLarge) as err:
+        P.build_layout(enwik8, 12288, 128)
+    message = str(err.value)
+    assert message.startswith("fixed(128,32) at 12,288 tokens in 128-token blocks: its layout would take ")
+    assert message.endswith("candidate blocks in one part, more than the 1,000 a layout is built from "
+                            "(a shorter sequence, larger blocks or a sparser pattern)")
+    assert isinstance(err.value, ValueError) and blocks is not None
