@@ -292,7 +292,11 @@ def write_store(out: str, modality: str, parts: list[Part], stream: Callable[[Pa
     sizes = plan_splits(parts, valid_fraction, test_fraction)
     stage = f"{out}.partial-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
+    try:  # before any work: where the store goes can be written (not /proc, not a read-only mount)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        os.makedirs(stage)
+    except OSError as err:
+        raise PrepareError(f"{out}: cannot write a store there ({err.strerror or err})") from None
     try:
         meta = _write_stage(stage, modality, parts, stream, sizes, sample_shape, extra_meta or {},
                             compressor, progress, unit, hash_in_stream)

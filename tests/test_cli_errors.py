@@ -203,3 +203,13 @@ def test_plan_refuses_a_length_whose_layout_it_cannot_build(capsys):
     one_line(code, err, "plan", "sequence length 64,000,000,000 in 128-token blocks is 500,000,000 block rows")
     code, err = run("plan", [str(CONFIGS / "enwik8.yaml"), "--seq-len", "640000000"], capsys)
     one_line(code, err, "plan", "fixed(128,32) at 640,000,000 tokens in 128-token blocks: its layout would take")
+
+
+def test_prepare_names_an_output_it_cannot_write(files, capsys):
+    """An --out where nothing can be created (/proc takes no new folders, even from root) is one line naming
+    the store's path, not the hidden staging folder's, and nothing is left behind."""
+    (files / "t.txt").write_text("hello world " * 50)
+    for out in ("/proc/megastride_test.zarr", "/proc/no/such/megastride_test.zarr"):
+        code, err = run("prepare", ["text", str(files / "t.txt"), "--out", out, "--quiet"], capsys)
+        one_line(code, err, "prepare", f"{out}: cannot write a store there (")
+        assert ".partial" not in err
