@@ -33,7 +33,8 @@ import torch
 MAX_PARAMETER = 1 << 40
 # the most block rows, and candidate blocks in one part, build_layout builds from: it holds a few int64 tensors
 # of each (at the limits 128 MB a row tensor, 2 GB a candidate one). The longest sequences trained (8,388,608
-# tokens) are 65,536 block rows of 128; the SPEC's fixed pattern there is about 2^25 candidates a head.
+# tokens) are 65,536 block rows of 128; the SPEC's fixed pattern there takes 8,421,376 (about 2^23) candidates
+# in each of its two components.
 MAX_BLOCK_ROWS = 1 << 24
 MAX_CANDIDATES = 1 << 28
 
