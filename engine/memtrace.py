@@ -52,20 +52,19 @@ class PeakReport:
     by_pool: dict[str, int] = field(default_factory=dict)
 
     def text(self, top: int = 20) -> str:
-        gb = GB
-        lines = [f"peak {self.peak_bytes / gb:.3f} GB allocated at event {self.peak_event:,} of {self.events:,}"
-                 + (f" (the allocator's own peak over the same steps: {self.measured_peak_bytes / gb:.3f} GB)"
+        lines = [f"peak {self.peak_bytes / GB:.3f} GB allocated at event {self.peak_event:,} of {self.events:,}"
+                 + (f" (the allocator's own peak over the same steps: {self.measured_peak_bytes / GB:.3f} GB)"
                     if self.measured_peak_bytes is not None else ""),
-                 f"{self.before_bytes / gb:9.3f} GB  allocated before the trace began and still allocated "
-                 f"(of {self.base_bytes / gb:.3f} GB then)"]
+                 f"{self.before_bytes / GB:9.3f} GB  allocated before the trace began and still allocated "
+                 f"(of {self.base_bytes / GB:.3f} GB then)"]
         for pool, size in sorted(self.by_pool.items(), key=lambda kv: -kv[1]):
-            lines.append(f"{size / gb:9.3f} GB  allocated by the traced steps, {pool} pool")
+            lines.append(f"{size / GB:9.3f} GB  allocated by the traced steps, {pool} pool")
         lines.append("by call site (innermost frame in megastride's code), largest first:")
         for s in self.sites[:top]:
-            lines.append(f"{s.bytes / gb:9.3f} GB  {s.blocks:6,} blocks  {s.where}  [{s.pool}]")
+            lines.append(f"{s.bytes / GB:9.3f} GB  {s.blocks:6,} blocks  {s.where}  [{s.pool}]")
         if len(self.sites) > top:
             rest = self.sites[top:]
-            lines.append(f"{sum(s.bytes for s in rest) / gb:9.3f} GB  {sum(s.blocks for s in rest):6,} blocks  "
+            lines.append(f"{sum(s.bytes for s in rest) / GB:9.3f} GB  {sum(s.blocks for s in rest):6,} blocks  "
                          f"{len(rest)} more sites")
         return "\n".join(lines)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from megastride.launch.errors import ArgumentParser, user_errors
 
 
