@@ -387,9 +387,11 @@ def backward_transient_bytes(model: ModelConfig, prec: Precision) -> float:
 
 
 def ffn_transient_bytes(model: ModelConfig, prec: Precision) -> float:
-    """Bytes per token of the GELU product's two input gradients, the block's largest moment (the
-    GELU output's own gradient replaces the saved output it frees)."""
-    return 2 * prec.compute * model.ffn_width
+    """Bytes per token of FFN-width gradients in flight in the FFN's backward: one. proj's backward
+    allocates the gradient of the SiLU output while both saved intermediates (``ffn_saved_bytes``)
+    are still held, the block's largest moment; SiLU's backward then writes its input's gradient as
+    proj's saved input is freed, so no moment holds two (traced on the H200, docs/scaling.md)."""
+    return prec.compute * model.ffn_width
 
 
 def loss_chunk_bytes(model: ModelConfig, prec: Precision, tokens: int) -> float:

@@ -1,6 +1,7 @@
 """The memory and FLOPs planner: exact parameter and layout bytes, ZeRO arithmetic, pair counts."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,8 @@ from megastride.engine.plan import (
 )
 from megastride.kernels import build_layout
 from megastride.launch.plan import main as plan_main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def config(layers=("fixed(64,16)",), model=None, **train):
@@ -178,7 +181,7 @@ def test_ffn_chunk_keeps_one_chunk_of_ffn_intermediates(monkeypatch):
     saved = lambda p: p.phases[peak]["one block recomputed"]  # noqa: E731
     grads = lambda p: p.phases[peak]["backward transients"]  # noqa: E731
     assert saved(whole) - saved(chunked) == (512 - 128) * 2 * 2 * f  # scaled fc out and GELU out, bf16
-    assert grads(whole) - grads(chunked) == (512 - 128) * 2 * 2 * f
+    assert grads(whole) - grads(chunked) == (512 - 128) * 2 * f  # one FFN-width gradient in flight, bf16
     assert plan(config(model={"ffn_chunk": 512})).peak_bytes == whole.peak_bytes  # one chunk = no chunking
 
 
@@ -458,3 +461,40 @@ def test_a_keep_count_plans_that_many_blocks_outputs_and_attention_forwards():
     assert work(mixed, 0) > work(mixed, 1) == work(mixed, 2) > work(mixed, 3)
     with pytest.raises(AssertionError, match="number of blocks"):
         work(fixed, True)  # a bool is no count
+
+
+@pytest.mark.gpu
+def test_the_ffns_backward_holds_its_saved_intermediates_and_one_gradient_of_their_width():
+    """On a GPU, measured: the FFN (the enwik8 model's, d 512, width 2048, bf16 autocast as the model runs it)
+    saves its two (T, width) intermediates (``ffn_saved_bytes``) and its backward adds one gradient of that
+    width at a time (``ffn_transient_bytes``), not two: proj's input gradient is allocated while both saved
+    tensors are held, and SiLU's input gradient as proj's saved input is freed. The rest is d-wide (the
+    input's gradient) or weight-sized, under a quarter of one width at these sizes."""
+    from megastride.engine.model import FeedForward
+    from megastride.engine.plan import ffn_saved_bytes, ffn_transient_bytes, precision_of
+
+    m = load_config(ROOT / "configs" / "enwik8.yaml").model
+    prec, tokens = precision_of("torch", "bf16"), 65536
+    width = tokens * prec.compute * m.ffn_width
+    ffn = FeedForward(m).cuda()
+
+    def forward():
+        x = torch.randn(1, tokens, m.d_model, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return x, ffn(x)
+
+    x, out = forward()  # once first: cuBLAS's workspaces, the weights' gradients
+    out.backward(torch.ones_like(out))
+    del x, out
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    x, out = forward()
+    grad = torch.ones_like(out)
+    saved = torch.cuda.memory_allocated() - before - x.nbytes - out.nbytes - grad.nbytes
+    assert saved == pytest.approx(tokens * ffn_saved_bytes(m, prec), rel=0.05)
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    out.backward(grad)
+    transient = torch.cuda.max_memory_allocated() - start
+    planned = tokens * ffn_transient_bytes(m, prec)
+    assert planned == width and planned <= transient < planned + width / 4, (transient / width)
