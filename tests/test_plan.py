@@ -469,9 +469,10 @@ def test_the_ffns_backward_holds_its_saved_intermediates_and_one_gradient_of_the
     saves its two (T, width) intermediates (``ffn_saved_bytes``) and its backward adds one gradient of that
     width at a time (``ffn_transient_bytes``), not two: proj's input gradient is allocated while both saved
     tensors are held, and SiLU's input gradient as proj's saved input is freed. The rest is d-wide (the
-    input's gradient) or weight-sized, under a quarter of one width at these sizes."""
+    input's gradient) or weight-sized: 0.52 of a width on the H200 (2026-12-03), within what the plan counts
+    for a block's residual gradients beside it (``backward_transient_bytes``, two fp32 d-wide tensors)."""
     from megastride.engine.model import FeedForward
-    from megastride.engine.plan import ffn_saved_bytes, ffn_transient_bytes, precision_of
+    from megastride.engine.plan import backward_transient_bytes, ffn_saved_bytes, ffn_transient_bytes, precision_of
 
     m = load_config(ROOT / "configs" / "enwik8.yaml").model
     prec, tokens = precision_of("torch", "bf16"), 65536
@@ -497,4 +498,5 @@ def test_the_ffns_backward_holds_its_saved_intermediates_and_one_gradient_of_the
     out.backward(grad)
     transient = torch.cuda.max_memory_allocated() - start
     planned = tokens * ffn_transient_bytes(m, prec)
-    assert planned == width and planned <= transient < planned + width / 4, (transient / width)
+    rest = tokens * backward_transient_bytes(m, prec)
+    assert planned == width and planned <= transient <= planned + rest, (transient / width)
