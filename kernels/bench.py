@@ -357,6 +357,8 @@ OUR_VARIANTS = {
     # every launch through Triton's JITFunction.run, as before direct launches became the default
     # (use_direct_launch): the host's issue time
     "nodirect": {"MEGASTRIDE_BLOCKSPARSE_DIRECT": "0"},
+    # every call through the full path that decides its launches, as before launch plans (blocksparse.use_plans)
+    "noplans": {"MEGASTRIDE_BLOCKSPARSE_PLANS": "0"},
     # the backward of natural-order parts: Triton's kernels everywhere, or Gluon's at every head dim it has
     # (blocksparse.gluon_backward; its "auto" default: head dim 128), its dK/dV in one or two launches
     "triton": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "0"},

@@ -41,6 +41,7 @@ import itertools
 import math
 import os
 import re
+import threading
 import weakref
 from dataclasses import dataclass, field
 
@@ -875,6 +876,11 @@ GLUON_MIN_LENGTH = 65536
 # forward wherever timed (docs/benchmarks.md "Nineteenth run"), so off, and "auto" takes it at no head dim
 GLUON_FWD = "0"
 GLUON_FWD_AUTO_DIMS: tuple[int, ...] = ()
+# an eager call's launches replayed from a plan once two calls of one key launched alike: "auto" (where
+# launches go straight to the compiled kernels, use_direct_launch on CUDA), "1" (also under the interpreter,
+# for the tests) or "0"; see use_plans
+PLANS = "auto"
+PLAN_TRIES = 4
 # blocks per chunk of the "chunked" order: consecutive blocks whose programs run at the same time, so the
 # tiles they read (one window's keys, one window's queries) are read from L2 rather than from HBM
 ORDER_CHUNK = 32
@@ -1248,6 +1254,7 @@ def _launch(tuned, kernel, grid, args, consts, names=_TILE_NAMES, name: str = ""
         *tiles, warps, stages = forced
         if max(tiles) > consts["BLOCK"]:
             raise ValueError(f"forced {name} tiles {tiles} exceed the layout's block {consts['BLOCK']}")
+        _not_replayable()
         kernel[grid](*args, **consts, **dict(zip(names, tiles)), num_warps=warps, num_stages=stages)
         return
     tiles = _fixed_tiles(consts["BLOCK"], names)
@@ -1256,6 +1263,7 @@ def _launch(tuned, kernel, grid, args, consts, names=_TILE_NAMES, name: str = ""
         config = tuned.cache.get(key)
         timings = None
         if config is None:  # first launch of this key: the autotuner times the configs
+            _not_replayable()
             tuned[grid](*args, **consts)
             config = tuned.cache.get(key)
             timings = getattr(tuned, "configs_timings", None)
@@ -1322,19 +1330,173 @@ def _launch_chosen(kernel, grid, args, kwargs: dict) -> None:
     the kernel Triton compiled and launched the first time straight through its launcher, skipping the
     binder, cache key and checks of ``JITFunction.run`` on the host; not with a launch hook set (a
     profiler's), nor under the interpreter."""
+    record = getattr(_RECORDING, "record", None)
     if not use_direct_launch() or _INTERPRET or _launch_hooks_set():
+        if record is not None:
+            record.launches.append((kernel, _grid3(grid(kwargs)), list(args), dict(kwargs)))
         kernel[grid](*args, **kwargs)
         return
     device = _current_device()
     key = (kernel, device, _spec_key(args), tuple(kwargs.items()))
     compiled = _DIRECT.get(key)
     if compiled is None:
+        _not_replayable()  # compiled now: the next call launches it directly
         _DIRECT[key] = kernel[grid](*args, **kwargs)
         return
     params = [*args, *(kwargs[name] for name in kernel.arg_names[len(args):])]  # every parameter, in order
-    g = grid(kwargs)
-    compiled.run(g[0], g[1] if len(g) > 1 else 1, g[2] if len(g) > 2 else 1, _current_stream(device),
-                 compiled.function, compiled.packed_metadata, None, None, None, *params)
+    g = _grid3(grid(kwargs))
+    if record is not None:
+        record.launches.append((compiled, g, params, None))
+    compiled.run(*g, _current_stream(device), compiled.function, compiled.packed_metadata, None, None, None, *params)
+
+
+def _grid3(g) -> tuple[int, int, int]:
+    return (g[0], g[1] if len(g) > 1 else 1, g[2] if len(g) > 2 else 1)
+
+
+# --- launch plans -------------------------------------------------------------------------------------
+# At short lengths an eager call is bound by the host: deciding its launches (parts, modes, switches, tiles,
+# specialisation keys) costs more host time than the GPU spends on them (docs/benchmarks.md, "Thirty-third
+# run"). For one layout, the same input shapes, strides, dtypes, 16-byte alignments and the same switches,
+# those decisions come out the same every call, so after two calls whose launches agree a call replays
+# them: the same compiled kernels, grids and arguments, with the call's own tensors (inputs, and the
+# outputs it allocates as the full path does) in their places.
+
+_RECORDING = threading.local()
+
+
+class _Record:
+    """The launches of one call, and whether it may be replayed: every launch recorded, nothing else done
+    to the GPU but allocating the call's own tensors (``slots``)."""
+
+    __slots__ = ("slots", "launches", "clean", "allocator")
+
+    def __init__(self, slots: tuple):
+        self.slots, self.launches, self.clean, self.allocator = slots, [], True, False
+
+    def template(self) -> list[tuple]:
+        """Per launch (target, grid, values, slot positions, kwargs): values hold the arguments with None
+        where one of the call's own tensors goes, and slot positions say which (position, slot index)."""
+        where = {id(t): i for i, t in enumerate(self.slots)}
+        out = []
+        for target, grid, params, kwargs in self.launches:
+            slots = tuple((pos, where[id(p)]) for pos, p in enumerate(params) if id(p) in where)
+            values = list(params)
+            for pos, _ in slots:
+                values[pos] = None
+            out.append((target, grid, values, slots, kwargs))
+        return out
+
+
+def _not_replayable() -> None:
+    """Called where a call does what a plan cannot replay (autotuning, a first compile, fills or copies
+    outside the kernels, Gluon launches): the call being recorded, if any, gives no plan."""
+    record = getattr(_RECORDING, "record", None)
+    if record is not None:
+        record.clean = False
+
+
+def _same_launches(a: list[tuple], b: list[tuple]) -> bool:
+    """Whether two calls' templates launch alike: the same compiled kernels, grids, keyword arguments and
+    slot positions, and every other argument equal (tensors: the same object, a layout's own metadata)."""
+    if len(a) != len(b):
+        return False
+    for (ta, ga, va, sa, ka), (tb, gb, vb, sb, kb) in zip(a, b):
+        if ta is not tb or ga != gb or sa != sb or ka != kb or len(va) != len(vb):
+            return False
+        for x, y in zip(va, vb):
+            if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+                if x is not y:
+                    return False
+            elif type(x) is not type(y) or x != y:
+                return False
+    return True
+
+
+class _Plan:
+    """Launches to replay for one key (``_plan_lookup``)."""
+
+    __slots__ = ("launches", "allocator", "cuda")
+
+    def __init__(self, launches: list[tuple], allocator: bool, cuda: bool):
+        self.launches, self.allocator, self.cuda = launches, allocator, cuda
+
+    def replay(self, slots: tuple) -> None:
+        if self.allocator:
+            _ensure_allocator()
+        stream = _current_stream(_current_device()) if self.cuda else None
+        for target, grid, values, where, kwargs in self.launches:
+            params = values.copy()
+            for pos, i in where:
+                params[pos] = slots[i]
+            if kwargs is None:
+                target.run(*grid, stream, target.function, target.packed_metadata, None, None, None, *params)
+            else:
+                target[grid](*params, **kwargs)
+
+
+# module settings a call's launches depend on (the environment's MEGASTRIDE_ variables are read as well)
+_PLAN_SETTINGS = ("POISON", "DQ_MODE", "AUTO_MODES", "DKDV_SPLIT", "SPLIT_SEGMENT", "SPLIT_RATIO", "DELTA_IN_DQ",
+                  "DIRECT_LAUNCH", "SPLIT_FINISH", "PARTIALS", "RUNS", "ORDER", "TMA_LOADS", "TMA_MIN_BLOCKS",
+                  "GLUON_BWD", "GLUON_AUTO_DIMS", "GLUON_SPLIT", "GLUON_SPLIT_RATIO", "GLUON_MIN_LENGTH", "GLUON_FWD",
+                  "GLUON_FWD_AUTO_DIMS", "ORDER_CHUNK", "PLANS", "PLAN_TRIES")
+
+
+def _environment_key() -> tuple:
+    """The MEGASTRIDE_ environment variables, as (name, value) pairs (from os.environ's own dict where it
+    has one: a few microseconds, against decoding every variable)."""
+    data = getattr(os.environ, "_data", None)
+    if isinstance(data, dict):
+        return tuple(kv for kv in data.items() if kv[0][:11] in (b"MEGASTRIDE_", "MEGASTRIDE_"))
+    return tuple(kv for kv in os.environ.items() if kv[0].startswith("MEGASTRIDE_"))
+
+
+def use_plans(q: torch.Tensor) -> bool:
+    """Whether calls on ``q``'s device replay launch plans (``_Record``): ``PLANS`` "auto" where launches go
+    straight to the compiled kernels (``use_direct_launch``, CUDA, no launch hooks), "1" also under the
+    interpreter (the tests), "0" never. ``MEGASTRIDE_BLOCKSPARSE_PLANS`` overrides ``PLANS``."""
+    mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_PLANS", PLANS)
+    if mode not in ("0", "1", "auto"):
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_PLANS must be one of 0, 1, auto; got {mode!r}")
+    if mode == "0" or _launch_hooks_set():
+        return False
+    return mode == "1" or (q.is_cuda and not _INTERPRET and use_direct_launch())
+
+
+def _plan_lookup(layout: Layout, call: tuple, tensors: tuple) -> tuple[_Plan | None, tuple | None]:
+    """(plan, key) of a call on ``tensors`` (``call``: what else its launches depend on): the plan where two
+    earlier calls of the key launched alike, else None; key None where plans are off."""
+    q = tensors[1]
+    if not use_plans(q):
+        return None, None
+    g = globals()
+    key = ("plan", call, tuple((t.shape, t.stride(), t.dtype, t.device, not t.data_ptr() & 15) for t in tensors),
+           torch.cuda.current_device() if q.is_cuda else None, tuple(g[name] for name in _PLAN_SETTINGS),
+           _environment_key(), tuple(sorted(_FORCED.items())))
+    plan = layout.kernel_cache.get(key)
+    return (plan if isinstance(plan, _Plan) else None), key
+
+
+@contextlib.contextmanager
+def _recorded(layout: Layout, key: tuple | None, slots: tuple):
+    """Record the launches of the block (a call of ``key`` with its own tensors ``slots``); a plan is kept
+    once two recorded calls launch alike, and none after ``PLAN_TRIES`` calls that did not."""
+    if key is None or getattr(_RECORDING, "record", None) is not None:
+        yield
+        return
+    record = _RECORDING.record = _Record(slots)
+    try:
+        yield
+    finally:
+        _RECORDING.record = None
+    tries, last = layout.kernel_cache.get(key) or (0, None)
+    if tries >= PLAN_TRIES:
+        return
+    template = record.template() if record.clean and record.launches else None
+    if template is not None and last is not None and _same_launches(last[0], template):
+        layout.kernel_cache[key] = _Plan(template, last[1] or record.allocator, slots[1].is_cuda)
+        return
+    layout.kernel_cache[key] = (tries + 1, None if template is None else (template, record.allocator))
 
 
 def _tma_aligned(*tensors: torch.Tensor) -> bool:
@@ -1405,25 +1567,45 @@ def _schedule(layout: Layout):
 
 def _forward(q, k, v, layout: Layout, scale: float):
     """(out, lse in base 2) of block-sparse attention; out in q's dtype, lse (B, H, T) fp32."""
+    plan, key = _plan_lookup(layout, ("fwd", scale), (q, k, v))
+    if plan is not None:
+        out, lse = _forward_outputs(q)
+        plan.replay((q, k, v, out, lse))
+        return out, lse
     _check_inputs(q, k, v, layout)
+    out, lse = _forward_outputs(q)
+    with _recorded(layout, key, (q, k, v, out, lse)):
+        return _forward_launches(q, k, v, out, lse, layout, scale)
+
+
+def _forward_outputs(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse) for a forward of q's shape: out in (B, T, H, D) memory order, seen as (B, H, T, D) (the
+    model's out.transpose(1, 2).reshape(B, T, H*D) is then a view, not a copy; the kernels take any strides),
+    lse (B, H, T) fp32."""
+    batch, heads, seq_len, head_dim = q.shape
+    return (_empty((batch, seq_len, heads, head_dim), q.dtype, q.device).transpose(1, 2),
+            _empty((batch, heads, seq_len), torch.float32, q.device))
+
+
+def _forward_launches(q, k, v, out, lse, layout: Layout, scale: float):
     batch, heads, seq_len, head_dim = q.shape
     multi = layout.merges()[0] and not partials_in_outputs(layout)
-    # out in (B, T, H, D) memory order, seen as (B, H, T, D): the model's out.transpose(1, 2).reshape(B, T, H*D)
-    # is then a view, not a copy (the kernels take any strides)
-    out = _empty((batch, seq_len, heads, head_dim), q.dtype, q.device).transpose(1, 2)
     # heads split into parts: the parts before the last add into fp32 sums (same strides as out), which
     # the last part merges into out; or (partials_in_outputs) the first part writes into out itself
     acc = _empty((batch, seq_len, heads, head_dim), torch.float32, q.device).transpose(1, 2) if multi else out
-    lse = _empty((batch, heads, seq_len), torch.float32, q.device)
+    if multi:
+        _not_replayable()
     for part, load_prev, fresh, last in _schedule(layout):
         meta = _part_meta(part, seq_len, q.device)
         if load_prev and fresh:  # heads that start in this merging part merge with "nothing yet"
+            _not_replayable()
             acc[:, fresh] = 0.0
             lse[:, fresh] = float("-inf")
         target = out if last else acc
         if gluon_forward(meta, layout, q, k, v, target, acc):
             from . import gluon_fwd
 
+            _not_replayable()
             _ensure_allocator()  # its TMA descriptors
             gluon_fwd.forward_part(q, k, v, target, acc, lse, meta, _side_order(meta, "row"), layout.block, scale,
                                    load_prev)
@@ -1797,6 +1979,9 @@ def _ensure_allocator() -> None:
     """Kernels that build TMA descriptors on the device need Triton's global scratch (128 bytes per
     program); its allocator is per thread (a ContextVar: autograd runs backward in a thread of its own), so
     it is set where none is, before such a launch. A user's own allocator is left alone."""
+    record = getattr(_RECORDING, "record", None)
+    if record is not None:
+        record.allocator = True
     if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
         triton.set_allocator(_scratch)
 
@@ -1817,9 +2002,18 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
     of q's dtype to write them into (written directly where no fp32 accumulation is needed). ``mode``:
     the dQ mode (default ``dq_mode()``); every call writes its results afresh (accumulating buffers are
     its own), so "auto" may run the modes one after another into the same ``into``."""
+    do = do if do.stride(-1) == 1 else do.contiguous()
+    if mode is None:  # a plan replays only what the switches decide, not the timing runs of "auto"
+        plan, key = _plan_lookup(layout, ("bwd", scale, into is None), (do, q, k, v, out, lse, *(into or ())))
+        if plan is not None:
+            delta = _empty(lse.shape, torch.float32, lse.device)
+            finals = list(into) if into is not None else [_grad_like(q, q.dtype, _empty) for _ in range(3)]
+            plan.replay((do, q, k, v, out, lse, delta, *finals))
+            return tuple(finals)
+    else:
+        key = None
     mode = mode or dq_mode()
     batch, heads, seq_len, head_dim = q.shape
-    do = do if do.stride(-1) == 1 else do.contiguous()
     split = dkdv_split(layout, batch, gpu_sms(q))
     # the parts whose backward runs in Gluon (gluon_backward; not where columns split or dQ is atomic)
     gluon = set()
@@ -1832,6 +2026,16 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
         else:
             mode = _auto_mode(layout, q, lambda m: _backward(do, q, k, v, out, lse, layout, scale, into, m))
     delta = _empty(lse.shape, torch.float32, lse.device)
+    finals = list(into) if into is not None else [_grad_like(q, q.dtype, _empty) for _ in range(3)]
+    with _recorded(layout, key, (do, q, k, v, out, lse, delta, *finals)):
+        if gluon:
+            _not_replayable()
+        return _backward_launches(do, q, k, v, out, lse, delta, finals, layout, scale, mode, split, gluon)
+
+
+def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, scale: float, mode: str, split: int,
+                       gluon: set):
+    batch, heads, seq_len, head_dim = q.shape
     fused, merged = mode == "atomic", mode == "merged"
     # the separate dQ kernel computes delta itself (delta_in_dq), else the delta kernel first (the Gluon
     # kernels read it too)
@@ -1849,7 +2053,6 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
     # are head views of one (B, T, 3D) product (its backward then takes them as views instead of copying
     # each into (B, T, D) order first); (B, H, T, D) for contiguous inputs, whose leaves' AccumulateGrad
     # would otherwise copy each gradient into their layout (1.4% of a 1M-token forward+backward, H200)
-    finals = list(into) if into is not None else [_grad_like(q, q.dtype, _empty) for _ in range(3)]
     # split columns add into fp32 dK/dV with atomics, cast after the launches ("cast"), or finish in the
     # kernel ("last": their gradients then go where whole columns' do)
     finish = split_finish() if split else None
@@ -1863,6 +2066,7 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
         The sums have the final gradient's strides: a launch reads one with the strides of the other"""
         if not (atomic[i] or multi):
             return finals[i]
+        _not_replayable()
         g = torch.empty_strided(finals[i].shape, finals[i].stride(), dtype=torch.float32, device=q.device)
         return g.zero_() if atomic[i] else g.fill_(float("nan")) if POISON else g
 
@@ -1870,6 +2074,7 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
     for part, load_prev, fresh, last in _schedule(layout):
         meta = _part_meta(part, seq_len, q.device)
         if load_prev and fresh:
+            _not_replayable()
             for g in [t for t, a in zip((dq_sum, dk_sum, dv_sum), atomic) if not a]:
                 g[:, fresh] = 0.0
         # what this launch writes: the final gradients in the last launch, else the sums

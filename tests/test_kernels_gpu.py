@@ -369,6 +369,79 @@ def test_direct_launches_give_triton_launches_bits(monkeypatch, mode):
         assert len(direct) > before, f"{pattern.name}: no launch went direct"
 
 
+@pytest.mark.parametrize("mode", ["separate", "merged"])
+def test_launch_plans_give_the_full_paths_bits(monkeypatch, mode):
+    """Launch plans on the GPU (MEGASTRIDE_BLOCKSPARSE_PLANS "auto", the default there): from the third call
+    of a key the forward and backward replay the launches two calls agreed on, and give exactly the full
+    path's bits on new inputs every call, bf16: the fixed pattern with TMA tile loads (forced: the TMA
+    scratch allocator), the strided pattern (a permuted part, then the local part completing it in the
+    outputs), and the model's fused q/k/v product (gradients into head views of one tensor); also when a
+    replayed call is captured in a CUDA graph and the graph replayed on other values."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", mode)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "0")  # whole columns: no atomics to reorder sums
+    B = _blocksparse()
+    replays = []
+    replay = B._Plan.replay
+    monkeypatch.setattr(B._Plan, "replay", lambda self, slots: (replays.append(len(slots)), replay(self, slots)))
+    cases = ((P.fixed(1024, 128), 8192, 128, False, "1"), (P.strided(128), 8192, 64, False, "0"),
+             (P.fixed(1024, 128), 8192, 128, True, "0"))
+    for pattern, n, block, fused, tma in cases:
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TMA", tma)
+        heads, dim = 2, 64
+        layout = P.build_layout(P.same_for_all_heads(pattern, heads), n, block, device="cuda")
+        gen = torch.Generator(device="cuda").manual_seed(3)
+
+        def call(inputs):
+            if fused:
+                qkv, do = inputs
+                leaf = qkv.clone().requires_grad_()
+                out = B.blocksparse_attention_qkv(leaf, heads, layout)
+                return [out, *torch.autograd.grad(out, [leaf], do)]
+            q, k, v, do = inputs
+            leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+            out = B.blocksparse_attention(*leaves, layout)
+            return [out, *torch.autograd.grad(out, leaves, do)]
+
+        def inputs():
+            if fused:
+                return (torch.randn(1, n, 3 * heads * dim, device="cuda", dtype=torch.bfloat16, generator=gen),
+                        torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, generator=gen))
+            return tuple(torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+                         for _ in range(4))
+
+        replays.clear()
+        for i in range(4):
+            x = inputs()
+            monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PLANS", "0")
+            want = call(x)
+            monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PLANS", "auto")
+            got = call(x)
+            for name, g, w in zip(["out", "dq", "dk", "dv"], got, want):
+                assert torch.equal(g, w), f"{pattern.name} n={n} call {i}: {name} differs from the full path's"
+        assert replays.count(5) >= 1 and replays.count(10) >= 1, f"{pattern.name}: no call replayed a plan"
+
+        static = inputs()  # a replaying call captured in a CUDA graph, replayed on new values
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            call(static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        before = len(replays)
+        with torch.cuda.graph(graph):
+            captured = call(static)
+        assert len(replays) > before, f"{pattern.name}: the captured call did not replay a plan"
+        x = inputs()
+        for t, value in zip(static, x):
+            t.copy_(value)
+        graph.replay()
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PLANS", "0")
+        want = call(x)
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PLANS", "auto")
+        for name, g, w in zip(["out", "dq", "dk", "dv"], captured, want):
+            assert torch.equal(g, w), f"{pattern.name} n={n}, graph replay: {name} differs from the full path's"
+
+
 def _head_view_grads(batch, n, heads, dim, dtype, seed):
     """``grads(fn)``: [out, dq, dk, dv] of ``fn(q, k, v)`` on the model's head views of one random (B, T, 3HD)
     product (row stride 3HD) and a random dO, the same inputs each call."""

@@ -458,6 +458,97 @@ def test_direct_launch_reuses_the_compiled_kernel_for_alike_arguments(monkeypatc
     assert len(kernel.through_triton) == 4 and len(kernel.compiled.runs) == 2
 
 
+def _qkv_attention_and_grad(fn, qkv, do):
+    leaf = qkv.detach().clone().requires_grad_()
+    out = fn(leaf)
+    return [out.detach(), *torch.autograd.grad(out, [leaf], do)]
+
+
+def _plans_on_and_off(monkeypatch, fn, inputs, run=_attention_and_grads):
+    """run(fn, *inputs) (output and gradients) with launch plans allowed (MEGASTRIDE_BLOCKSPARSE_PLANS=1),
+    and with them off, on the same inputs."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PLANS", "1")
+    got = run(fn, *inputs)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PLANS", "0")
+    want = run(fn, *inputs)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PLANS", "1")
+    return got, want
+
+
+def test_launch_plans_replay_a_calls_launches_with_each_calls_own_tensors(monkeypatch):
+    """After two calls of one key launch alike, a third replays their launches: new inputs (each call's
+    own values) give bit for bit what the full path gives, forward and backward, for the (B, H, T, D) and
+    the fused q/k/v entry points; a changed switch is another key (the full path again, then its own plan);
+    a layout whose heads merge from two launches (fills and fp32 sums outside the kernels) never plans."""
+    replays = []
+    replay = blocksparse._Plan.replay
+    monkeypatch.setattr(blocksparse._Plan, "replay", lambda self, slots: (replays.append(len(slots)), replay(self, slots)))
+    heads, n, dim = 2, 128, 32
+    layout = P.build_layout(P.same_for_all_heads(P.local(40), heads), n, 32)
+    for seed in range(3):
+        got, want = _plans_on_and_off(monkeypatch, lambda *x: blocksparse.blocksparse_attention(*x, layout),
+                                      _inputs(1, heads, n, dim, torch.float32, seed))
+        assert all(torch.equal(g, w) for g, w in zip(got, want)), seed
+        assert replays == ([5, 10] if seed == 2 else []), (seed, replays)  # q k v out lse; do q k v out lse delta dq dk dv
+    plans = [v for v in layout.kernel_cache.values() if isinstance(v, blocksparse._Plan)]
+    assert len(plans) == 2 and all(len(p.launches) >= 1 for p in plans)
+
+    replays.clear()  # the fused q/k/v product: its backward writes into views of one gradient ("into")
+    for seed in range(3):
+        qkv = torch.randn(1, n, 3 * heads * dim, generator=torch.Generator().manual_seed(10 + seed))
+        do = torch.randn(1, heads, n, dim, generator=torch.Generator().manual_seed(20 + seed))
+        got, want = _plans_on_and_off(
+            monkeypatch, lambda x: blocksparse.blocksparse_attention_qkv(x, heads, layout), (qkv, do),
+            _qkv_attention_and_grad)
+        assert all(torch.equal(g, w) for g, w in zip(got, want)), seed
+    assert replays == [5, 10]  # the backward's dq, dk, dv: the three head views of one gradient
+
+    replays.clear()
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "merged")  # the two plans above would replay next
+    for seed in range(2):
+        got, want = _plans_on_and_off(monkeypatch, lambda *x: blocksparse.blocksparse_attention(*x, layout),
+                                      _inputs(1, heads, n, dim, torch.float32, 30 + seed))
+        assert all(torch.equal(g, w) for g, w in zip(got, want)), seed
+    assert replays == []  # every switch is in the key: the full path, twice, then a plan of its own
+
+    # the strided head, merged from two launches: the later one adds to what the first wrote into the outputs
+    # (partials_in_outputs), all inside the kernels, so it plans; with fp32 sums beside the outputs (filled
+    # and cast outside the kernels) it never does
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DQ")
+    monkeypatch.setattr(blocksparse, "PLAN_TRIES", 2)
+    merging = P.build_layout(P.same_for_all_heads(P.strided(16), 1), n, 32)  # local, then the permuted half
+    q, k, v, do = _inputs(1, 1, n, dim, torch.float32, 40)
+    exact = _attention_and_grads(lambda *x: reference_attention(*x, merging), *(t.double() for t in (q, k, v, do)))
+    for partials, planned in (("output", True), ("fp32", False)):
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PARTIALS", partials)
+        replays.clear()
+        for _ in range(3):
+            got, want = _plans_on_and_off(monkeypatch, lambda *x: blocksparse.blocksparse_attention(*x, merging),
+                                          (q, k, v, do))
+            assert all(torch.equal(g, w) for g, w in zip(got, want)), partials
+            assert all((g.double() - e).abs().max() < 1e-4 for g, e in zip(got, exact)), partials
+        assert (replays == [5, 10]) == planned, (partials, replays)
+    assert len([v for v in merging.kernel_cache.values() if isinstance(v, blocksparse._Plan)]) == 2
+
+
+def test_launches_alike_only_with_the_same_tensor_objects_outside_the_calls_own():
+    """A plan keeps the arguments that are not the call's own tensors: two calls launch alike only where
+    those are the same objects (a layout's metadata), so a temporary made per call is never replayed."""
+    meta, own = torch.zeros(4), torch.zeros(4)
+
+    def template(extra, slot, value=3):
+        record = blocksparse._Record((slot,))
+        record.launches.append(("kernel", (2, 1, 1), [slot, extra, value], None))
+        return record.template()
+
+    a = template(meta, own)
+    assert a[0][2] == [None, meta, 3] and a[0][3] == ((0, 0),)
+    assert blocksparse._same_launches(a, template(meta, torch.zeros(4)))  # another call's own tensor: its slot
+    assert not blocksparse._same_launches(a, template(torch.zeros(4), own))  # a new tensor outside the slots
+    assert not blocksparse._same_launches(a, template(meta, own, 4))
+    assert not blocksparse._same_launches(a, template(meta, own, 3.0))
+
+
 @pytest.mark.parametrize("dq", ["separate", "merged"])
 def test_every_chosen_launch_names_each_later_parameter(dq, monkeypatch):
     """The direct launch passes a kernel's parameters as the positional arguments, then the keyword
@@ -953,6 +1044,7 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DIRECT", raising=False)
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_PLANS", raising=False)
     for name in ("GLUON", "GLUON_DKDV_LAUNCHES", "GLUON_STREAMS", "GLUON_SPLIT", "GLUON_FWD", "GLUON_FWD_LAUNCHES"):
         monkeypatch.delenv(f"MEGASTRIDE_BLOCKSPARSE_{name}", raising=False)
     from megastride.kernels import gluon_bwd, gluon_fwd
@@ -963,7 +1055,8 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
                         blocksparse.split_finish(), blocksparse.delta_in_dq(), blocksparse.use_direct_launch(),
                         blocksparse.gluon_setting(), gluon_bwd.dkdv_launches(128), gluon_bwd.dkdv_launches(64),
                         gluon_bwd.use_streams(), blocksparse.gluon_split(layout, 1, 132),
-                        blocksparse.gluon_fwd_setting(), gluon_fwd.launches())
+                        blocksparse.gluon_fwd_setting(), gluon_fwd.launches(),
+                        os.environ.get("MEGASTRIDE_BLOCKSPARSE_PLANS", blocksparse.PLANS))
     ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():
         with monkeypatch.context() as m:
