@@ -2,9 +2,11 @@
 
 For each case: the host's issue time per call (a loop of calls with no synchronisation inside, timed on the
 host; the GPU's own time per call from a CUDA graph replay beside it), the same for Flex (compiled), and a
-cProfile of our calls sorted by own time. Written to stdout."""
+cProfile of our calls sorted by own time. Ours with launch plans off and on (MEGASTRIDE_BLOCKSPARSE_PLANS),
+alternated in one process; the profile with them on. Written to stdout."""
 import cProfile
 import io
+import os
 import pstats
 import sys
 import time
@@ -64,10 +66,16 @@ def case(n, heads, dim):
     flex = B._flex_fn(mask_mod, n, "cuda", B.Result(c, stride, block, 0.0, 0))
     flex_step = lambda: flex(*leaves).backward(do)  # noqa: E731
     print(f"\n== n={n} {heads}x{dim} block {block} stride {stride}", flush=True)
-    for name, step in (("ours f+b", ours), ("ours fwd (no grad)", lambda: torch.no_grad()(ours_fwd)()),
-                       ("flex f+b", flex_step), ("ours f+b", ours)):
-        host, wall = host_and_wall(step)
-        print(f"{name}: host issue {host:.3f} ms/call, wall {wall:.3f} ms/call", flush=True)
+    host, wall = host_and_wall(flex_step)
+    print(f"flex f+b: host issue {host:.3f} ms/call, wall {wall:.3f} ms/call", flush=True)
+    for rnd in range(3):  # launch plans off and on, alternated in one process
+        for plans in ("0", "auto"):
+            os.environ["MEGASTRIDE_BLOCKSPARSE_PLANS"] = plans
+            host, wall = host_and_wall(ours)
+            fhost, fwall = host_and_wall(lambda: torch.no_grad()(ours_fwd)())
+            print(f"round {rnd} plans {plans}: ours f+b host issue {host:.3f} ms/call, wall {wall:.3f}; "
+                  f"forward alone host {fhost:.3f}, wall {fwall:.3f}", flush=True)
+    os.environ["MEGASTRIDE_BLOCKSPARSE_PLANS"] = "auto"
     for name, step in (("ours f+b", ours), ("flex f+b", flex_step)):
         for t in leaves:
             t.grad = None
@@ -84,10 +92,10 @@ def case(n, heads, dim):
     prof.disable()
     torch.cuda.synchronize()
     out = io.StringIO()
-    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(35)
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
     print(out.getvalue()[-9000:])
     out = io.StringIO()
-    pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(30)
+    pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(20)
     print(out.getvalue()[-7000:])
 
 
