@@ -32,6 +32,10 @@ each product of a step asynchronous, the exponentials and dS under the products)
 (``gluon_forward``, kernels/gluon_fwd.py) is there as an option; it was slower than the Triton one.
 
 All base offsets are int64: B*H*T*D passes 2**31 elements at a few million tokens.
+
+Eager calls at short lengths are bound by the host's issue of the launches: once two calls of one key (layout,
+tensors' shapes, strides, dtypes, alignment, every switch) launched alike, later calls replay those launches
+with their own tensors (launch plans, ``use_plans``).
 """
 
 from __future__ import annotations
