@@ -1470,12 +1470,12 @@ def use_plans(q: torch.Tensor) -> bool:
 def _plan_lookup(layout: Layout, call: tuple, tensors: tuple) -> tuple[_Plan | None, tuple | None]:
     """(plan, key) of a call on ``tensors`` (``call``: what else its launches depend on): the plan where two
     earlier calls of the key launched alike, else None; key None where plans are off."""
-    q = tensors[1]
-    if not use_plans(q):
+    first = tensors[0]
+    if not use_plans(first):
         return None, None
     g = globals()
     key = ("plan", call, tuple((t.shape, t.stride(), t.dtype, t.device, not t.data_ptr() & 15) for t in tensors),
-           torch.cuda.current_device() if q.is_cuda else None, tuple(g[name] for name in _PLAN_SETTINGS),
+           torch.cuda.current_device() if first.is_cuda else None, tuple(g[name] for name in _PLAN_SETTINGS),
            _environment_key(), tuple(sorted(_FORCED.items())))
     plan = layout.kernel_cache.get(key)
     return (plan if isinstance(plan, _Plan) else None), key
@@ -1498,7 +1498,7 @@ def _recorded(layout: Layout, key: tuple | None, slots: tuple):
         return
     template = record.template() if record.clean and record.launches else None
     if template is not None and last is not None and _same_launches(last[0], template):
-        layout.kernel_cache[key] = _Plan(template, last[1] or record.allocator, slots[1].is_cuda)
+        layout.kernel_cache[key] = _Plan(template, last[1] or record.allocator, slots[0].is_cuda)
         return
     layout.kernel_cache[key] = (tries + 1, None if template is None else (template, record.allocator))
 
@@ -2010,8 +2010,7 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
     if mode is None:  # a plan replays only what the switches decide, not the timing runs of "auto"
         plan, key = _plan_lookup(layout, ("bwd", scale, into is None), (do, q, k, v, out, lse, *(into or ())))
         if plan is not None:
-            delta = _empty(lse.shape, torch.float32, lse.device)
-            finals = list(into) if into is not None else [_grad_like(q, q.dtype, _empty) for _ in range(3)]
+            delta, finals = _backward_outputs(q, lse, into)
             plan.replay((do, q, k, v, out, lse, delta, *finals))
             return tuple(finals)
     else:
@@ -2029,12 +2028,18 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
             mode = "separate"
         else:
             mode = _auto_mode(layout, q, lambda m: _backward(do, q, k, v, out, lse, layout, scale, into, m))
-    delta = _empty(lse.shape, torch.float32, lse.device)
-    finals = list(into) if into is not None else [_grad_like(q, q.dtype, _empty) for _ in range(3)]
+    delta, finals = _backward_outputs(q, lse, into)
     with _recorded(layout, key, (do, q, k, v, out, lse, delta, *finals)):
         if gluon:
             _not_replayable()
         return _backward_launches(do, q, k, v, out, lse, delta, finals, layout, scale, mode, split, gluon)
+
+
+def _backward_outputs(q: torch.Tensor, lse: torch.Tensor, into) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(delta, [dq, dk, dv]) for a backward: delta (B, H, T) fp32; the gradients ``into``'s tensors where given,
+    else new ones in q's memory order (``_grad_like``)."""
+    delta = _empty(lse.shape, torch.float32, lse.device)
+    return delta, list(into) if into is not None else [_grad_like(q, q.dtype, _empty) for _ in range(3)]
 
 
 def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, scale: float, mode: str, split: int,
