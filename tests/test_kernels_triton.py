@@ -11,16 +11,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 # the interpreter is chosen before triton is first imported: tests/conftest.py sets it where torch sees no
 # GPU. Setting it here would switch every other module of a GPU session (`pytest -m gpu tests/`) to the
 # interpreter too, so on a GPU host these tests run only in a session of their own that asks for it.
 if os.environ.get("TRITON_INTERPRET") != "1":
-    import pytest
-
     pytest.skip("the block-sparse kernels' interpreter tests: run them with TRITON_INTERPRET=1 in a session of their own "
                 "on a GPU host", allow_module_level=True)
 
-import pytest  # noqa: E402
 import torch  # noqa: E402
 
 pytest.importorskip("triton")
@@ -479,7 +478,8 @@ def test_launch_plans_replay_a_calls_launches_with_each_calls_own_tensors(monkey
     """After two calls of one key launch alike, a third replays their launches: new inputs (each call's
     own values) give bit for bit what the full path gives, forward and backward, for the (B, H, T, D) and
     the fused q/k/v entry points; a changed switch is another key (the full path again, then its own plan);
-    a layout whose heads merge from two launches (fills and fp32 sums outside the kernels) never plans."""
+    the strided head, merged from two launches, plans where the kernels do all of it (partial results in the
+    outputs) and never with fp32 sums filled and cast beside them."""
     replays = []
     replay = blocksparse._Plan.replay
     monkeypatch.setattr(blocksparse._Plan, "replay", lambda self, slots: (replays.append(len(slots)), replay(self, slots)))

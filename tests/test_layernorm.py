@@ -8,19 +8,18 @@ interpreter), long rows and timing are covered on the GPU by ``python -m megastr
 
 import os
 
+import pytest
+
 # the interpreter is chosen before triton is first imported: tests/conftest.py sets it where torch sees no
 # GPU. Setting it here would switch every other module of a GPU session (`pytest -m gpu tests/`) to the
 # interpreter too, so on a GPU host these tests run only in a session of their own that asks for it.
 if os.environ.get("TRITON_INTERPRET") != "1":
-    import pytest
-
     pytest.skip("the LayerNorm interpreter tests: run them with TRITON_INTERPRET=1 in a session of their own "
                 "on a GPU host", allow_module_level=True)
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
