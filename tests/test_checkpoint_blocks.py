@@ -231,19 +231,24 @@ def test_auto_picks_the_fewest_blocks_that_fit():
     assert torch_runtime.checkpoint_blocks == 0
 
 
-def test_auto_leaves_more_room_with_host_offload_or_a_chunked_ffn():
-    """Where the planner was measured furthest under the peak (host offload, chunked FFN), "auto"
-    fits a smaller share of the GPU: the same GPU size recomputes more blocks."""
+def test_auto_fits_host_offload_and_a_chunked_ffn_into_the_same_share():
+    """Host offload and a chunked FFN, once measured up to 15.6% over the plan, came within -2.1..+1.7% after
+    the planner counted their FFN-width gradient (and +0.6% at a 90% fit, docs/scaling.md), so "auto" fits
+    them into the plain configurations' share: where k + 1 recomputed blocks' planned peak is exactly that
+    share of the GPU it takes k + 1, and on a GPU a hair smaller more."""
     plain = _config(precision="bf16", checkpoint_blocks="auto")
     host = _config(precision="bf16", checkpoint_blocks="auto", cpu_checkpointing=True, keep_attention=False)
-    assert planner.auto_memory_fraction(plain) == planner.AUTO_MEMORY_FRACTION
-    assert planner.auto_memory_fraction(host) == planner.AUTO_MEMORY_FRACTION_OFFLOAD < planner.AUTO_MEMORY_FRACTION
+    chunked = _config({"ffn_chunk": 2}, precision="bf16", checkpoint_blocks="auto")
+    share = planner.AUTO_MEMORY_FRACTION
+    assert share == 0.90
+    assert planner.auto_memory_fraction(plain) == planner.auto_memory_fraction(host) == share
+    assert planner.auto_memory_fraction(chunked) == share
     peaks = [planner.plan(planner.with_checkpoint_blocks(host, k), 4096).peak_bytes for k in range(LAYERS + 1)]
     k = next(k for k in range(LAYERS) if peaks[k] > peaks[k + 1])  # a step where one more block lowers the peak
-    gpu = peaks[k + 1] / planner.AUTO_MEMORY_FRACTION_OFFLOAD
+    gpu = peaks[k + 1] / share
     assert planner.plan(host, 4096, gpu_bytes=gpu).checkpoint_blocks == k + 1
     assert planner.plan(host, 4096, gpu_bytes=gpu * 0.999).checkpoint_blocks > k + 1
-    assert "80% of" in planner.plan(host, 4096, gpu_bytes=gpu).notes[-1]
+    assert "90% of" in planner.plan(host, 4096, gpu_bytes=gpu).notes[-1]
 
 
 def test_a_memory_budget_caps_what_auto_fits_into():
@@ -459,7 +464,7 @@ def test_auto_takes_the_least_work_over_every_keep_count():
 
 def test_host_inputs_at_1m_keep_as_many_outputs_as_fit_in_60_gb():
     """The fixed enwik8 model at 1M tokens, block inputs in host memory, 30 blocks recomputed: ~1.1 GB of
-    outputs per block, all 30 kept plan ~66 GB and none ~33 GB; 60 GB (80% of 75 GB) fits 24 of them, which
+    outputs per block, all 30 kept plan ~66 GB and none ~33 GB; 60 GB (90% of 66.7 GB) fits 24 of them, which
     auto keeps instead of none, and which cost 6 attention forwards instead of 30."""
     base = load_config(ROOT / "configs" / "enwik8.yaml",
                        ["model.seq_len=1048576", "model.attention.layers=['fixed(auto,128)']", "train.precision=bf16",
@@ -473,7 +478,7 @@ def test_host_inputs_at_1m_keep_as_many_outputs_as_fit_in_60_gb():
     per_block = (every.peak_bytes - none.peak_bytes) / 30
     assert per_block == pytest.approx(1.107e9, rel=0.01)
     assert fitting.peak_bytes == pytest.approx(none.peak_bytes + 24 * per_block) and plan(25).peak_bytes > 60e9
-    auto = plan("auto", 75e9)
+    auto = plan("auto", 60e9 / 0.9)
     assert (auto.checkpoint_blocks, auto.keep_attention, auto.peak_bytes) == (30, 24, fitting.peak_bytes)
     assert "recompute every block, attention outputs kept in 24 of 30 recomputed blocks" in auto.table()
 
@@ -500,7 +505,7 @@ def test_kept_outputs_in_host_memory_at_1m_leave_the_gpu_two_blocks_of_them():
     assert "kept attention outputs" not in every.cpu
     in_order = plan(_with_host(base, True, offload_overlap=False), True)  # copies in order: one block's
     assert in_order.peak_bytes < hosted.peak_bytes
-    auto = plan(host, "auto", 75e9)
+    auto = plan(host, "auto", 60e9 / 0.9)
     assert auto.keep_attention == auto.checkpoint_blocks and auto.peak_bytes < 60e9
     assert planner.recompute_flops(base.model, planner.count_params(base.model),
                                    planner.layout_stats(base.model, base.model.seq_len).pairs,
