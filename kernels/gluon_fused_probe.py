@@ -67,8 +67,9 @@ def _send_dq(dq, stage, dqd, start, sm_scale, SWAP: gl.constexpr, SEND: gl.const
     its reduce into rows start.. of the fp32 dQ (``stage`` one of STAGING buffers, so PENDING = STAGING - 1 reduces
     may still be reading theirs). SEND (a diagnostic; dQ is wrong below 2): 2 all of it, 1 the
     staging store without the reduce, 0 neither (the store only where ``start`` < 0, never), -1 (in the
-    kernel) not even the dQ product."""
-    if SEND >= 1 or start < 0:
+    kernel) not even the dQ product; 3 the reduce into an L2-sized part of dQ (its cost where the rows it adds
+    to stay in L2)."""
+    if SEND != 0 or start < 0:
         tma.store_wait(pendings=PENDING)
         if SWAP:
             stage.permute((1, 0)).store(dq * sm_scale)
@@ -77,6 +78,8 @@ def _send_dq(dq, stage, dqd, start, sm_scale, SWAP: gl.constexpr, SEND: gl.const
         fence_async_shared()
     if SEND == 2:
         _tma_reduce_add(dqd, [start, 0], stage)
+    if SEND == 3:  # into the first 16,384 rows of its head only (8 heads: 32 MB, under the L2's 50)
+        _tma_reduce_add(dqd, [start % 16384, 0], stage)
 
 
 @gluon.jit
@@ -246,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                    "default: the SETTINGS list")
     p.add_argument("--orders", default="tiles", help="program orders to time the fused kernel in")
     p.add_argument("--sends", default="2", help="SEND values to time (diagnostics: 1 no reduce, 0 no staging "
-                   "store either, -1 no dQ product; their dQ is wrong and not checked)")
+                   "store either, -1 no dQ product, 3 the reduce into 16,384 rows a head; their dQ is wrong and not "
+                   "checked)")
     add_list_options(p)
     p.add_argument("--out", default=None, help="folder for gluon_fused_probe.json")
     args = p.parse_args(argv)
