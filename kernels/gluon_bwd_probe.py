@@ -89,26 +89,73 @@ def _prologue(fa, fb, ra, rb, IDX, lo, steps, first, dtype: gl.constexpr, D: gl.
 
 
 @gluon.jit
+def _column_program(Q, K, V, DO, DK, DV, LSE, DELTA, ORDER, N, HEADS: gl.constexpr, D: gl.constexpr,
+                    BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr):
+    """A dK/dV program's item (``tile_order``: ORDER[program] = tile * HEADS + head; the key tile's BLOCK_N keys
+    belong to 128-key column tile // (128 // BLOCK_N)): its key tile, its head's lse and delta rows, and TMA
+    descriptors over its head's Q, dO (BLOCK_M rows a box), K, V, dK and dV (BLOCK_N rows)."""
+    dtype: gl.constexpr = Q.dtype.element_ty
+    item = gl.load(ORDER + gl.program_id(0))
+    pid = item // HEADS
+    bh = (item % HEADS).to(gl.int64)
+    smem: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=2)
+    return (pid, bh, LSE + bh * N, DELTA + bh * N, _head_desc(Q, bh, N, D, BLOCK_M, smem),
+            _head_desc(DO, bh, N, D, BLOCK_M, smem), _head_desc(K, bh, N, D, BLOCK_N, smem),
+            _head_desc(V, bh, N, D, BLOCK_N, smem), _head_desc(DK, bh, N, D, BLOCK_N, smem),
+            _head_desc(DV, bh, N, D, BLOCK_N, smem))
+
+
+@gluon.jit
+def _column_init(BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, D: gl.constexpr, dtype: gl.constexpr,
+                 s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
+    """A dK/dV column's starting values: the score products' zero accumulator, dK and dV (zero, as warpgroup
+    accumulators), and the A operands of the products in flight, P^T and dS^T, kept alive (in registers)
+    until the wait that ends them."""
+    return (gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout),
+            warpgroup_mma_init(gl.zeros([BLOCK_N, D], gl.float32, o_layout)),
+            warpgroup_mma_init(gl.zeros([BLOCK_N, D], gl.float32, o_layout)),
+            gl.zeros([BLOCK_N, BLOCK_M], dtype, p_layout), gl.zeros([BLOCK_N, BLOCK_M], dtype, p_layout))
+
+
+@gluon.jit
+def _score_step(k_smem, v_smem, q_smem, do_smem, bars, zero_s, IDX, LSE, DELTA, lo, t, STAGES: gl.constexpr,
+                SUB: gl.constexpr, BLOCK_M: gl.constexpr, cols: gl.constexpr):
+    """Step t of a dK/dV column: wait for its ring slot, issue S^T_t = K Q_t^T and dP^T_t = V dO_t^T
+    (asynchronous), load its rows' lse and delta: (S^T_t, dP^T_t in flight, first row, lse, delta)."""
+    slot = t % STAGES
+    mbarrier.wait(bars.index(slot), (t // STAGES) & 1)
+    s = warpgroup_mma(k_smem, q_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    dp = warpgroup_mma(v_smem, do_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    start = _tile_start(IDX, lo, t, SUB, BLOCK_M)
+    rows = start + gl.arange(0, BLOCK_M, layout=cols)
+    return s, dp, start, gl.load(LSE + rows), gl.load(DELTA + rows)
+
+
+@gluon.jit
+def _write_dkdv(dk, dv, k_smem, v_smem, dkd, dvd, bars, first, sm_scale, STAGES: gl.constexpr):
+    """A dK/dV program's end: the barriers invalidated, dK (scaled) and dV through K's and V's slots (read by
+    nothing now) to rows first.. by TMA."""
+    dtype: gl.constexpr = k_smem.dtype
+    for i in gl.static_range(STAGES + 1):
+        mbarrier.invalidate(bars.index(i))
+    k_smem.store((dk * sm_scale).to(dtype))
+    v_smem.store(dv.to(dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(dkd, [first, 0], k_smem)
+    tma.async_copy_shared_to_global(dvd, [first, 0], v_smem)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
 def _gluon_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, ORDER, N, qk_scale, sm_scale, HEADS: gl.constexpr,
                        D: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
                        num_warps: gl.constexpr):
     gl.static_assert(STAGES >= 2, "the ring needs two slots: step t's loads land while step t-1's products run")
     dtype: gl.constexpr = Q.dtype.element_ty
     SUB: gl.constexpr = _LIST_BLOCK // BLOCK_M  # steps a 128-query list entry
-    # program -> (key tile, head) item ORDER[program] = tile * HEADS + head (``tile_order``);
-    # the key tile's BLOCK_N keys belong to 128-key column tile // (128 // BLOCK_N)
-    item = gl.load(ORDER + gl.program_id(0))
-    pid = item // HEADS
-    bh = (item % HEADS).to(gl.int64)
-    LSE += bh * N
-    DELTA += bh * N
     smem: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=2)
-    qd = _head_desc(Q, bh, N, D, BLOCK_M, smem)
-    dod = _head_desc(DO, bh, N, D, BLOCK_M, smem)
-    kd = _head_desc(K, bh, N, D, BLOCK_N, smem)
-    vd = _head_desc(V, bh, N, D, BLOCK_N, smem)
-    dkd = _head_desc(DK, bh, N, D, BLOCK_N, smem)
-    dvd = _head_desc(DV, bh, N, D, BLOCK_N, smem)
+    pid, bh, LSE, DELTA, qd, dod, kd, vd, dkd, dvd = _column_program(Q, K, V, DO, DK, DV, LSE, DELTA, ORDER, N, HEADS,
+                                                                     D, BLOCK_N, BLOCK_M)
 
     # S^T and dP^T: (BLOCK_N keys, BLOCK_M queries); dK, dV: (BLOCK_N, D); P^T and dS^T as the A operand
     layouts: gl.constexpr = mma_layouts(num_warps, BLOCK_M, D)
@@ -123,20 +170,11 @@ def _gluon_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, ORDER, N, qk_s
                                                       BLOCK_N, BLOCK_M, STAGES, SUB, smem)
     mbarrier.wait(bars.index(STAGES), 0)
 
-    zero_s = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
-    dk = warpgroup_mma_init(gl.zeros([BLOCK_N, D], gl.float32, o_layout))
-    dv = warpgroup_mma_init(gl.zeros([BLOCK_N, D], gl.float32, o_layout))
-    # the A operands of the products in flight, kept alive (in registers) until the wait that ends them
-    pt16 = gl.zeros([BLOCK_N, BLOCK_M], dtype, p_layout)
-    dst16 = gl.zeros([BLOCK_N, BLOCK_M], dtype, p_layout)
+    zero_s, dk, dv, pt16, dst16 = _column_init(BLOCK_N, BLOCK_M, D, dtype, s_layout, o_layout, p_layout)
     for t in range(0, steps):
         slot = t % STAGES
-        mbarrier.wait(bars.index(slot), (t // STAGES) & 1)
-        s = warpgroup_mma(k_smem, q_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        dp = warpgroup_mma(v_smem, do_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        rows = _tile_start(IDX, lo, t, SUB, BLOCK_M) + gl.arange(0, BLOCK_M, layout=cols)
-        lse = gl.load(LSE + rows)
-        delta = gl.load(DELTA + rows)
+        s, dp, start, lse, delta = _score_step(k_smem, v_smem, q_smem, do_smem, bars, zero_s, IDX, LSE, DELTA, lo, t,
+                                               STAGES, SUB, BLOCK_M, cols)
         # in flight, oldest first: dV_{t-1}, dK_{t-1}, S^T_t, dP^T_t; wait for all but dP^T_t
         s, dv, dk, pt16, dst16 = warpgroup_mma_wait(num_outstanding=1, deps=(s, dv, dk, pt16, dst16))
         if t >= 1:  # step t-1's products are done: its slot takes step t-1+STAGES
@@ -151,15 +189,7 @@ def _gluon_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PTR, IDX, ORDER, N, qk_s
         dst16 = gl.convert_layout(dst.to(dtype), p_layout)
         dk = warpgroup_mma(dst16, q_smem.index(slot), dk, is_async=True)
     dv, dk, pt16, dst16 = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, pt16, dst16))
-    for i in gl.static_range(STAGES + 1):
-        mbarrier.invalidate(bars.index(i))
-    # K and V are read by nothing now: their slots take dK and dV on the way out
-    k_smem.store((dk * sm_scale).to(dtype))
-    v_smem.store(dv.to(dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(dkd, [pid * BLOCK_N, 0], k_smem)
-    tma.async_copy_shared_to_global(dvd, [pid * BLOCK_N, 0], v_smem)
-    tma.store_wait(pendings=0)
+    _write_dkdv(dk, dv, k_smem, v_smem, dkd, dvd, bars, pid * BLOCK_N, sm_scale, STAGES)
 
 
 @gluon.jit
@@ -338,6 +368,19 @@ def _rel_diff(got: torch.Tensor, ref: torch.Tensor) -> float:
     return ((got.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
 
 
+def probe_inputs(args: argparse.Namespace):
+    """For each case of ``args`` (``ws_probe.gpu_cases``), after setting the allocator in-kernel TMA descriptors
+    need: (n, head dim, heads, row ptr, row idx, visited pairs, q, k, v, dO, lse, delta, the row's common
+    fields). Timing inputs as ws_probe's: random bf16 q, k, v, dO; lse 0 and delta 0 keep every exponential
+    finite."""
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+    for n, d, heads, ptr, idx in gpu_cases(args):
+        pairs = BLOCK * BLOCK * int(ptr[-1]) * heads
+        q, k, v, do = (torch.randn(heads, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+        lse, delta = torch.zeros(heads, n, device="cuda"), torch.zeros(heads, n, device="cuda")
+        yield n, d, heads, ptr, idx, pairs, q, k, v, do, lse, delta, dict(n=n, head_dim=d, heads=heads, lists=args.lists)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m megastride.kernels.gluon_bwd_probe", description=__doc__.splitlines()[0])
     p.add_argument("--cases", default="1048576x64,262144x64,262144x128,1048576x128",
@@ -349,14 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         p.error("needs a Hopper GPU (without one, compile_gluon_dkdv and compile_gluon_dq compile it for sm_90)")
     kernels = set(args.kernels.split(","))
-    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
     rows = []
-    for n, d, heads, ptr, idx in gpu_cases(args):
-        pairs = BLOCK * BLOCK * int(ptr[-1]) * heads
-        q, k, v, do = (torch.randn(heads, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
-        # timing inputs as ws_probe's: lse 0 and delta 0 keep every exponential finite
-        lse, delta = torch.zeros(heads, n, device="cuda"), torch.zeros(heads, n, device="cuda")
-        base = dict(n=n, head_dim=d, heads=heads, lists=args.lists)
+    for n, d, heads, ptr, idx, pairs, q, k, v, do, lse, delta, base in probe_inputs(args):
         if "dkdv" in kernels:
             # the two probes compute the same function of these inputs: the Gluon values against the Triton probe's
             col_ptr, col_idx = (t.cuda() for t in column_lists(ptr.cpu(), idx.cpu()))

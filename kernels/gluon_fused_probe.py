@@ -43,12 +43,13 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language._core import builtin
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
-                                                               warpgroup_mma_init, warpgroup_mma_wait)
+                                                               warpgroup_mma_wait)
 
 from .gluon_bwd import mma_layouts
-from .gluon_bwd_probe import (ORDERS, _head_desc, _issue_pair, _prologue, _rel_diff, _tile_start, dq_reference,
-                              gluon_dkdv, gluon_dq, tile_order)
-from .ws_probe import BLOCK, _timed, add_list_options, column_lists, gpu_cases, probe_dkdv, write_rows
+from .gluon_bwd_probe import (ORDERS, _column_init, _column_program, _head_desc, _issue_pair, _prologue, _rel_diff,
+                              _score_step, _write_dkdv, dq_reference, gluon_dkdv, gluon_dq, probe_inputs,
+                              tile_order)
+from .ws_probe import BLOCK, _timed, add_list_options, column_lists, probe_dkdv, write_rows
 
 _LIST_BLOCK = gl.constexpr(BLOCK)
 
@@ -90,18 +91,9 @@ def _fused_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, PTR, IDX, ORDER, N, qk_sc
     gl.static_assert(STAGES >= 2, "the ring needs two slots: step t's loads land while step t-1's products run")
     dtype: gl.constexpr = Q.dtype.element_ty
     SUB: gl.constexpr = _LIST_BLOCK // BLOCK_M
-    item = gl.load(ORDER + gl.program_id(0))
-    pid = item // HEADS
-    bh = (item % HEADS).to(gl.int64)
-    LSE += bh * N
-    DELTA += bh * N
     smem: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=2)
-    qd = _head_desc(Q, bh, N, D, BLOCK_M, smem)
-    dod = _head_desc(DO, bh, N, D, BLOCK_M, smem)
-    kd = _head_desc(K, bh, N, D, BLOCK_N, smem)
-    vd = _head_desc(V, bh, N, D, BLOCK_N, smem)
-    dkd = _head_desc(DK, bh, N, D, BLOCK_N, smem)
-    dvd = _head_desc(DV, bh, N, D, BLOCK_N, smem)
+    pid, bh, LSE, DELTA, qd, dod, kd, vd, dkd, dvd = _column_program(Q, K, V, DO, DK, DV, LSE, DELTA, ORDER, N, HEADS,
+                                                                     D, BLOCK_N, BLOCK_M)
     f32_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([2 * BLOCK_M if PAIR else BLOCK_M, D], gl.float32)
     dqd = _head_desc(DQ, bh, N, D, 2 * BLOCK_M if PAIR else BLOCK_M, f32_layout)
 
@@ -126,21 +118,12 @@ def _fused_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, PTR, IDX, ORDER, N, qk_sc
     stage = gl.allocate_shared_memory(gl.float32, [STAGING, QROWS, D], f32_layout)
     mbarrier.wait(bars.index(STAGES), 0)
 
-    zero_s = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
+    zero_s, dk, dv, pt16, dst16 = _column_init(BLOCK_N, BLOCK_M, D, dtype, s_layout, o_layout, p_layout)
     zero_q = gl.zeros(dq_shape, gl.float32, dq_layout)
-    dk = warpgroup_mma_init(gl.zeros([BLOCK_N, D], gl.float32, o_layout))
-    dv = warpgroup_mma_init(gl.zeros([BLOCK_N, D], gl.float32, o_layout))
-    pt16 = gl.zeros([BLOCK_N, BLOCK_M], dtype, p_layout)
-    dst16 = gl.zeros([BLOCK_N, BLOCK_M], dtype, p_layout)
     for t in range(0, steps):
         slot = t % STAGES
-        mbarrier.wait(bars.index(slot), (t // STAGES) & 1)
-        s = warpgroup_mma(k_smem, q_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        dp = warpgroup_mma(v_smem, do_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        start = _tile_start(IDX, lo, t, SUB, BLOCK_M)
-        rows = start + gl.arange(0, BLOCK_M, layout=cols)
-        lse = gl.load(LSE + rows)
-        delta = gl.load(DELTA + rows)
+        s, dp, start, lse, delta = _score_step(k_smem, v_smem, q_smem, do_smem, bars, zero_s, IDX, LSE, DELTA, lo, t,
+                                               STAGES, SUB, BLOCK_M, cols)
         # in flight: S^T_t, dP^T_t; wait for S^T_t
         s, dk, dst16 = warpgroup_mma_wait(num_outstanding=1, deps=(s, dk, dst16))
         if t >= 1:  # step t-1's products are done (waited for at its end): its slot takes step t-1+STAGES
@@ -186,15 +169,8 @@ def _fused_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, PTR, IDX, ORDER, N, qk_sc
             dk = warpgroup_mma(dst16, q_smem.index(slot), dk, is_async=True)
             dst16 = warpgroup_mma_wait(num_outstanding=0, deps=(dst16, ))
     dv, dk, pt16, dst16 = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, pt16, dst16))
-    tma.store_wait(pendings=0)
-    for i in gl.static_range(STAGES + 1):
-        mbarrier.invalidate(bars.index(i))
-    k_smem.store((dk * sm_scale).to(dtype))
-    v_smem.store(dv.to(dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(dkd, [pid * BLOCK_N, 0], k_smem)
-    tma.async_copy_shared_to_global(dvd, [pid * BLOCK_N, 0], v_smem)
-    tma.store_wait(pendings=0)
+    tma.store_wait(pendings=0)  # the last reduce has read its staging buffer
+    _write_dkdv(dk, dv, k_smem, v_smem, dkd, dvd, bars, pid * BLOCK_N, sm_scale, STAGES)
 
 
 def gluon_fused(q, k, v, do, lse, delta, col_ptr, col_idx, order=None, *, block_n: int = 64, block_m: int = 64,
@@ -268,13 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     sends = [int(x) for x in args.sends.split(",")]
     if not set(orders) <= set(ORDERS):
         p.error(f"--orders takes {', '.join(ORDERS)}")
-    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
     rows = []
-    for n, d, heads, ptr, idx in gpu_cases(args):
-        pairs = BLOCK * BLOCK * int(ptr[-1]) * heads
-        q, k, v, do = (torch.randn(heads, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
-        lse, delta = torch.zeros(heads, n, device="cuda"), torch.zeros(heads, n, device="cuda")
-        base = dict(n=n, head_dim=d, heads=heads, lists=args.lists)
+    for n, d, heads, ptr, idx, pairs, q, k, v, do, lse, delta, base in probe_inputs(args):
         col_ptr, col_idx = (t.cuda() for t in column_lists(ptr.cpu(), idx.cpu()))
         ref_dk, ref_dv = probe_dkdv(q, k, v, do, lse, delta, col_ptr, col_idx)
         seen = torch.repeat_interleave(col_ptr.diff() > 0, BLOCK)
