@@ -51,16 +51,9 @@ RUNTIMES = ("deepspeed", "torch")
 # share of the GPU that train.checkpoint_blocks=auto fills: room for the planner's error and the
 # allocator's fragmentation. Measured peaks (docs/scaling.md) came within -1.5%..+7.2% of the plan in
 # the plain configurations; with host offload or a chunked FFN up to 15.6% above it until the planner
-# counted their FFN-width gradient (80% there until then), within -2.1%..+1.7% since, and +0.6% at a 90%
-# fit of the fixed 1M step with block inputs on the host (2026-12-04, run to its end)
+# counted their FFN-width gradient (they had an 80% share until then), within -2.1%..+1.7% since, and
+# +0.6% at a 90% fit of the fixed 1M step with block inputs on the host (2026-12-04, run to its end)
 AUTO_MEMORY_FRACTION = 0.90
-AUTO_MEMORY_FRACTION_OFFLOAD = 0.90
-
-
-def auto_memory_fraction(cfg: Config) -> float:
-    """The share of one GPU that ``train.checkpoint_blocks: auto`` fits the planned peak into."""
-    offload = cfg.train.cpu_checkpointing or bool(cfg.model.ffn_chunk)
-    return AUTO_MEMORY_FRACTION_OFFLOAD if offload else AUTO_MEMORY_FRACTION
 
 
 def gb_words(nbytes: float) -> str:
@@ -71,8 +64,8 @@ def gb_words(nbytes: float) -> str:
 
 def auto_budget(cfg: Config, gpu_bytes: float) -> tuple[float, str]:
     """(bytes, words) of what "auto" fits the planned first-step peak into on a GPU of ``gpu_bytes``: the
-    share ``auto_memory_fraction`` of it, or ``train.memory_budget_gb`` where that is less."""
-    fraction = auto_memory_fraction(cfg)
+    share ``AUTO_MEMORY_FRACTION`` of it, or ``train.memory_budget_gb`` where that is less."""
+    fraction = AUTO_MEMORY_FRACTION
     share = fraction * gpu_bytes
     given = cfg.train.memory_budget_gb
     if given is not None and given * GB < share:
@@ -525,7 +518,7 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
     ``runtime``: "deepspeed" (what ``megastride train`` runs) or "torch" (a plain fp32-weight loop
     with bf16 autocast and fused AdamW, what ``megastride bench scaling`` runs; ZeRO is ignored).
     ``gpu_bytes``: one GPU's memory, which ``train.checkpoint_blocks: auto`` and ``train.keep_attention: auto``
-    are fitted to (``choose_recompute`` within ``auto_budget``: ``auto_memory_fraction`` of it, or
+    are fitted to (``choose_recompute`` within ``auto_budget``: ``AUTO_MEMORY_FRACTION`` of it, or
     ``train.memory_budget_gb`` where that is less); without it "auto" recomputes
     every block and keeps no attention outputs, as on a CPU. ``Plan.checkpoint_blocks`` and
     ``Plan.keep_attention`` (the number of recomputed blocks that keep them) are what is in use

@@ -234,21 +234,18 @@ def test_auto_picks_the_fewest_blocks_that_fit():
 def test_auto_fits_host_offload_and_a_chunked_ffn_into_the_same_share():
     """Host offload and a chunked FFN, once measured up to 15.6% over the plan, came within -2.1..+1.7% after
     the planner counted their FFN-width gradient (and +0.6% at a 90% fit, docs/scaling.md), so "auto" fits
-    them into the plain configurations' share: where k + 1 recomputed blocks' planned peak is exactly that
+    them into the plain configurations' 90% share: where k + 1 recomputed blocks' planned peak is exactly that
     share of the GPU it takes k + 1, and on a GPU a hair smaller more."""
-    plain = _config(precision="bf16", checkpoint_blocks="auto")
+    assert planner.AUTO_MEMORY_FRACTION == 0.90
     host = _config(precision="bf16", checkpoint_blocks="auto", cpu_checkpointing=True, keep_attention=False)
-    chunked = _config({"ffn_chunk": 2}, precision="bf16", checkpoint_blocks="auto")
-    share = planner.AUTO_MEMORY_FRACTION
-    assert share == 0.90
-    assert planner.auto_memory_fraction(plain) == planner.auto_memory_fraction(host) == share
-    assert planner.auto_memory_fraction(chunked) == share
-    peaks = [planner.plan(planner.with_checkpoint_blocks(host, k), 4096).peak_bytes for k in range(LAYERS + 1)]
-    k = next(k for k in range(LAYERS) if peaks[k] > peaks[k + 1])  # a step where one more block lowers the peak
-    gpu = peaks[k + 1] / share
-    assert planner.plan(host, 4096, gpu_bytes=gpu).checkpoint_blocks == k + 1
-    assert planner.plan(host, 4096, gpu_bytes=gpu * 0.999).checkpoint_blocks > k + 1
-    assert "90% of" in planner.plan(host, 4096, gpu_bytes=gpu).notes[-1]
+    chunked = _config({"ffn_chunk": 2}, precision="bf16", checkpoint_blocks="auto", keep_attention=False)
+    for cfg in (host, chunked):
+        peaks = [planner.plan(planner.with_checkpoint_blocks(cfg, k), 4096).peak_bytes for k in range(LAYERS + 1)]
+        k = next(k for k in range(LAYERS) if peaks[k] > peaks[k + 1])  # a step where one more block lowers the peak
+        gpu = peaks[k + 1] / 0.90
+        assert planner.plan(cfg, 4096, gpu_bytes=gpu).checkpoint_blocks == k + 1
+        assert planner.plan(cfg, 4096, gpu_bytes=gpu * 0.999).checkpoint_blocks > k + 1
+        assert "90% of" in planner.plan(cfg, 4096, gpu_bytes=gpu).notes[-1]
 
 
 def test_a_memory_budget_caps_what_auto_fits_into():
