@@ -73,9 +73,9 @@ def _send_dq(dq, stage, dqd, start, sm_scale, SWAP: gl.constexpr, SEND: gl.const
     if SEND != 0 or start < 0:
         tma.store_wait(pendings=PENDING)
         if SWAP:
-            stage.permute((1, 0)).store(dq * sm_scale)
+            stage.permute((1, 0)).store((dq * sm_scale).to(stage.dtype))
         else:
-            stage.store(dq * sm_scale)
+            stage.store((dq * sm_scale).to(stage.dtype))
         fence_async_shared()
     if SEND == 2:
         _tma_reduce_add(dqd, [start, 0], stage)
@@ -94,7 +94,9 @@ def _fused_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, PTR, IDX, ORDER, N, qk_sc
     smem: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=2)
     pid, bh, LSE, DELTA, qd, dod, kd, vd, dkd, dvd = _column_program(Q, K, V, DO, DK, DV, LSE, DELTA, ORDER, N, HEADS,
                                                                      D, BLOCK_N, BLOCK_M)
-    f32_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([2 * BLOCK_M if PAIR else BLOCK_M, D], gl.float32)
+    # dQ's sums: fp32, or (a probe of the reduce's bytes) whatever DQ holds, fp16
+    acc_ty: gl.constexpr = DQ.dtype.element_ty
+    f32_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([2 * BLOCK_M if PAIR else BLOCK_M, D], acc_ty)
     dqd = _head_desc(DQ, bh, N, D, 2 * BLOCK_M if PAIR else BLOCK_M, f32_layout)
 
     layouts: gl.constexpr = mma_layouts(num_warps, BLOCK_M, D)
@@ -115,7 +117,7 @@ def _fused_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, PTR, IDX, ORDER, N, qk_sc
     k_smem, v_smem, q_smem, do_smem, bars = _prologue(kd, vd, qd, dod, IDX, lo, steps, pid * BLOCK_N, dtype, D,
                                                       BLOCK_N, BLOCK_M, STAGES, SUB, smem)
     ds_smem = gl.allocate_shared_memory(dtype, ds_shape, ds_layout)
-    stage = gl.allocate_shared_memory(gl.float32, [STAGING, QROWS, D], f32_layout)
+    stage = gl.allocate_shared_memory(acc_ty, [STAGING, QROWS, D], f32_layout)
     mbarrier.wait(bars.index(STAGES), 0)
 
     zero_s, dk, dv, pt16, dst16 = _column_init(BLOCK_N, BLOCK_M, D, dtype, s_layout, o_layout, p_layout)
@@ -175,12 +177,12 @@ def _fused_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, PTR, IDX, ORDER, N, qk_sc
 
 def gluon_fused(q, k, v, do, lse, delta, col_ptr, col_idx, order=None, *, block_n: int = 64, block_m: int = 64,
                 stages: int = 3, num_warps: int = 4, swap: bool | None = None, send: int = 2, staging: int = 1,
-                dv_wait: bool = False, pair: bool = False):
-    """dK, dV and dQ of the probe's lists in one launch: (dk, dv, dq), dq zeroed in fp32 before it and cast to
-    the inputs' dtype after it."""
+                dv_wait: bool = False, pair: bool = False, sums=torch.float32):
+    """dK, dV and dQ of the probe's lists in one launch: (dk, dv, dq), dq zeroed in fp32 (``sums``: fp16 to
+    probe what half the reduce's bytes cost, and lose) before it and cast to the inputs' dtype after it."""
     heads, n, d = q.shape
     dk, dv = torch.empty_like(k), torch.empty_like(v)
-    dq32 = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
+    dq32 = torch.zeros(q.shape, device=q.device, dtype=sums)
     scale = d ** -0.5
     if order is None:
         order = tile_order(col_ptr, heads, block_n)
@@ -211,9 +213,9 @@ def compile_fused(head_dim: int = 64, block_n: int = 64, block_m: int = 64, stag
 
 
 # (keys a program, queries a step, stages, swapped dQ product, staging buffers, dV waited for before dS, one dQ
-# product of two steps)
-SETTINGS = ((64, 64, 3, False, 1, False, False), (128, 32, 4, True, 1, False, False),
-            (128, 32, 4, False, 1, False, True))
+# product of two steps, dQ summed in fp16)
+SETTINGS = ((64, 64, 3, False, 1, False, False, False), (128, 32, 4, True, 1, False, False, False),
+            (128, 32, 4, False, 1, False, True, False))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default="1048576x64,262144x64", help="comma-separated NxD (heads = 512 / D)")
     p.add_argument("--settings", default=None, help="BLOCK_NxBLOCK_MsSTAGES[t][bSTAGING] items, comma-separated "
                    "(t: transposed dQ product; p: one dQ product of two steps; bSTAGING: staging buffers, default 1; "
-                   "w: dV waited for before dS); "
+                   "w: dV waited for before dS; h: dQ summed in fp16); "
                    "default: the SETTINGS list")
     p.add_argument("--orders", default="tiles", help="program orders to time the fused kernel in")
     p.add_argument("--sends", default="2", help="SEND values to time (diagnostics: 1 no reduce, 0 no staging "
@@ -236,10 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.settings:
         settings = []
         for item in args.settings.split(","):
-            m = re.fullmatch(r"(\d+)x(\d+)s(\d+)(t?)(p?)(?:b(\d+))?(w?)", item)
+            m = re.fullmatch(r"(\d+)x(\d+)s(\d+)(t?)(p?)(?:b(\d+))?(w?)(h?)", item)
             if not m:
-                p.error(f"--settings: {item!r} is not BLOCK_NxBLOCK_MsSTAGES[t][p][bSTAGING][w]")
-            settings.append((int(m[1]), int(m[2]), int(m[3]), bool(m[4]), int(m[6] or 1), bool(m[7]), bool(m[5])))
+                p.error(f"--settings: {item!r} is not BLOCK_NxBLOCK_MsSTAGES[t][p][bSTAGING][w][h]")
+            settings.append((int(m[1]), int(m[2]), int(m[3]), bool(m[4]), int(m[6] or 1), bool(m[7]), bool(m[5]),
+                             bool(m[8])))
     orders = args.orders.split(",")
     sends = [int(x) for x in args.sends.split(",")]
     if not set(orders) <= set(ORDERS):
@@ -274,13 +277,15 @@ def main(argv: list[str] | None = None) -> int:
                            lambda: gluon_dq(q, k, v, do, lse, delta, ptr, idx, order_q, block_m=64, block_n=64,
                                             stages=3),
                            6 * pairs * d, lambda got: {"max_rel_diff_dq_vs_fp32": _rel_diff(got[:, sample], ref_dq)}))
-        for (bn, bm, st, swap, stg, dvw, pair), mode, send in itertools.product(settings, orders, sends):
+        for (bn, bm, st, swap, stg, dvw, pair, half), mode, send in itertools.product(settings, orders, sends):
             order = tile_order(col_ptr, heads, bn, mode)
             rows.append(_timed(dict(base, kernel="fused gluon", block_n=bn, block_m=bm, warps=4, stages=st,
-                                    swap=swap, staging=stg, dv_wait=dvw, pair=pair, order=mode, send=send),
+                                    swap=swap, staging=stg, dv_wait=dvw, pair=pair, fp16_sums=half, order=mode,
+                                    send=send),
                                lambda: gluon_fused(q, k, v, do, lse, delta, col_ptr, col_idx, order, block_n=bn,
                                                    block_m=bm, stages=st, swap=swap, send=send, staging=stg,
-                                                   dv_wait=dvw, pair=pair),
+                                                   dv_wait=dvw, pair=pair,
+                                                   sums=torch.float16 if half else torch.float32),
                                10 * pairs * d, same_all if send == 2 else same_kv))
     if args.out:
         write_rows(Path(args.out, "gluon_fused_probe.json"), rows, visits=args.visits, lists=args.lists)

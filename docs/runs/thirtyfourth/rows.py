@@ -2,7 +2,7 @@
 import json
 import sys
 
-KEYS = ("n", "kernel", "block_n", "block_m", "stages", "swap", "staging", "dv_wait", "pair", "order", "send", "ms", "tflops", "max_rel_diff_dk",
+KEYS = ("n", "kernel", "block_n", "block_m", "stages", "swap", "staging", "dv_wait", "pair", "fp16_sums", "order", "send", "ms", "tflops", "max_rel_diff_dk",
         "max_rel_diff_dv", "max_rel_diff_dq_vs_fp32", "error")
 for line in open(sys.argv[1]):
     if line.startswith("{"):
