@@ -363,6 +363,10 @@ OUR_VARIANTS = {
     # (blocksparse.gluon_backward; its "auto" default: head dim 128), its dK/dV in one or two launches
     "triton": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "0"},
     "gluon": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1"},
+    # no dQ kernel: the Gluon dK/dV kernel adds each step's dQ into fp32 or fp16 sums by a TMA reduce
+    # (blocksparse.gluon_dq_sums; head dim 64, 128-blocks)
+    "dqfp32": {"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ": "fp32"},
+    "dqfp16": {"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ": "fp16"},
     "gluon1": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "1"},
     "gluon2": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "2"},
     "onestream": {"MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS": "0"},  # Gluon's dQ after its dK/dV on one stream
@@ -663,6 +667,9 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
         stage(f"ours profiled: {summary(prof)}")
     for variant in [p for p in OUR_VARIANTS if p in peers]:  # our kernels again in another backward mode
         with mock.patch.dict(os.environ, OUR_VARIANTS[variant]):
+            result.timings[f"ours_{variant}_dq_check"] = check_dq_rows(ours, q, k, v, do, layout, rows)
+            for note in _flag_failed_checks(result, f"ours_{variant}"):
+                stage(note)
             _time_impl(f"ours_{variant}", ours, q, k, v, do, result, pairs, graphs)
         timed.append((f"ours_{variant}", ours, OUR_VARIANTS[variant]))
         stage(f"ours, {variant}  {result.timings[f'ours_{variant}_fwdbwd_ms']:.3f} ms f+b"

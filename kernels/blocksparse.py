@@ -358,6 +358,23 @@ def _delta_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_ot, stride_db, stri
 
 
 @triton.jit
+def _dq_finish_kernel(ACC, DQ, INVERSE, stride_qb, stride_qh, stride_qt, heads, seq_len, HEAD_DIM: tl.constexpr,
+                      BLOCK_T: tl.constexpr):
+    """dQ = ACC x INVERSE[0] in DQ's dtype and strides: the fused backward's sums (contiguous (B, H, T, D),
+    fp32 or fp16, scaled by a power of two) read once, in fp32."""
+    batch = (tl.program_id(1) // heads).to(tl.int64)
+    head = (tl.program_id(1) % heads).to(tl.int64)
+    offs_t = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_d = tl.arange(0, HEAD_DIM)
+    live = offs_t < seq_len
+    acc = tl.load(ACC + (tl.program_id(1).to(tl.int64) * seq_len + offs_t[:, None]) * HEAD_DIM + offs_d[None, :],
+                  mask=live[:, None], other=0.0)
+    dq = acc.to(tl.float32) * tl.load(INVERSE)
+    tl.store(DQ + batch * stride_qb + head * stride_qh + offs_t[:, None] * stride_qt + offs_d[None, :],
+             dq.to(DQ.dtype.element_ty), mask=live[:, None])
+
+
+@triton.jit
 def _dq_step(dq, q, do, k, v, lse, delta, qk_scale, ok, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
     if DOTS_FIRST:
@@ -876,6 +893,12 @@ GLUON_SPLIT = "auto"
 GLUON_SPLIT_RATIO = 1.0
 # "auto" takes it from this length (shorter ones are not measured with it)
 GLUON_MIN_LENGTH = 65536
+# dQ added by the Gluon dK/dV kernel (an asynchronous TMA reduce a step) into sums of this type instead of a dQ
+# kernel: "0" (off), "fp32" or "fp16" (scaled by a power of two into range); see gluon_dq_sums
+GLUON_DQ = "0"
+GLUON_DQ_SETTINGS = ("0", "fp32", "fp16")
+# the bound on the fp16 sums' magnitude the scale aims at (fp16's largest is 65,504)
+GLUON_DQ_FP16_BOUND = 2.0 ** 14
 # the forward of natural-order parts in Gluon (kernels/gluon_fwd.py): gluon_forward. Slower than the Triton
 # forward wherever timed (docs/benchmarks.md "Nineteenth run"), so off, and "auto" takes it at no head dim
 GLUON_FWD = "0"
@@ -1829,7 +1852,76 @@ def _gluon_may_run(setting: str, auto_dims: tuple[int, ...], meta: "_PartMeta", 
     return setting != "auto" or (q.shape[-1] in auto_dims and layout.seq_len >= GLUON_MIN_LENGTH)
 
 
-def gluon_backward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors: torch.Tensor) -> bool:
+def gluon_dq_setting() -> str:
+    """``GLUON_DQ``, or ``MEGASTRIDE_BLOCKSPARSE_GLUON_DQ`` where set: "0", "fp32" or "fp16"."""
+    mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", GLUON_DQ)
+    if mode not in GLUON_DQ_SETTINGS:
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ must be one of {', '.join(GLUON_DQ_SETTINGS)}; got {mode!r}")
+    return mode
+
+
+def gluon_dq_sums(layout: Layout, q: torch.Tensor, *tensors: torch.Tensor) -> torch.dtype | None:
+    """The dtype dQ is summed in where the backward's dQ comes from the Gluon dK/dV kernel (five products a
+    tile: each step's dQ_t = dS_t K added into the sums by an asynchronous TMA reduce, FlashAttention-3's
+    scheme; no dQ kernel recomputing S and dP), else None: the setting (``gluon_dq_setting``) not "0", a head
+    dim of ``gluon_bwd.FUSED_TILES``, a block holding its 128-key tiles, and every part of the layout able to
+    run the Gluon backward (``gluon_backward``, whatever ``MEGASTRIDE_BLOCKSPARSE_GLUON`` says). The sums'
+    adds come in no fixed order, so dQ is not bit-reproducible. "fp16" halves the reduce's bytes (the
+    reduce's adds in L2 are what it costs: docs/benchmarks.md "Thirty-fourth run"); the sums are scaled by a
+    power of two so no partial sum can pass ``GLUON_DQ_FP16_BOUND`` (``_dq_multiplier``), and rounded at
+    each add to fp16's 11 bits."""
+    setting = gluon_dq_setting()
+    if setting == "0":
+        return None
+    try:
+        from . import gluon_bwd
+    except ImportError:  # a Triton without Gluon
+        return None
+    block_n = gluon_bwd.FUSED_TILES.get(q.shape[-1], (0,))[0]
+    if not block_n or layout.block % block_n:
+        return None
+    seq_len = q.shape[2]
+    if not all(gluon_backward(_part_meta(part, seq_len, q.device), layout, q, *tensors, setting="1")
+               for part in layout.parts):
+        return None
+    return torch.float32 if setting == "fp32" else torch.float16
+
+
+def finish_dq(acc: torch.Tensor, dq: torch.Tensor, inverse: torch.Tensor) -> None:
+    """dq (B, H, T, D, any strides) = acc (contiguous (B, H, T, D) sums, fp32 or fp16) x inverse (one fp32
+    value on the device), computed in fp32 and rounded once to dq's dtype: one kernel reading the sums once
+    (``_dq_finish_kernel``; a copy and a scaling of dq's (B, T, H, D) view took 3.6 ms at 1M tokens, 8x64)."""
+    batch, heads, seq_len, head_dim = dq.shape
+    if dq.stride(-1) != 1 or head_dim & (head_dim - 1):
+        dq.copy_(acc.float().mul_(inverse))
+        return
+    block_t = 64
+    _dq_finish_kernel[(triton.cdiv(seq_len, block_t), batch * heads)](
+        acc, dq, inverse, *dq.stride()[:3], heads, seq_len, HEAD_DIM=head_dim, BLOCK_T=block_t)
+
+
+def _dq_multiplier(k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, scale: float, dtype: torch.dtype):
+    """(multiplier, inverse): one-element fp32 tensors on the device. The fused dK/dV kernel sends each step's
+    dQ times ``multiplier`` into sums of ``dtype``; dQ is the sums times ``inverse``. fp32: scale and 1.
+    fp16: scale x 2^e with e such that every partial sum stays under ``GLUON_DQ_FP16_BOUND``: a row's
+    |dS| sums to at most 2 max|dP| (dS_j = P_j (dP_j - delta), the P_j sum to 1 and |delta| <= max|dP|),
+    |dP| <= D max|dO| max|V|, so |dQ| <= scale x 2 D max|dO| max|V| max|K| (over every key, so also any
+    part of a sum), as the bound. Powers of two: the scaling and its undoing are exact."""
+    device = do.device
+    if dtype == torch.float32:
+        return (torch.full((1,), scale, dtype=torch.float32, device=device),
+                torch.ones((), dtype=torch.float32, device=device))
+    log_bound = torch.zeros((), dtype=torch.float32, device=device) + math.log2(2 * do.shape[-1] * scale)
+    for x in (do, v, k):
+        lo, hi = torch.aminmax(x)
+        log_bound = log_bound + torch.log2(torch.maximum(hi.abs(), lo.abs()).float())
+    # a zero tensor (log -inf): no bound, any scale; clamped inside fp32's and bf16's exponents
+    e = torch.floor(math.log2(GLUON_DQ_FP16_BOUND) - log_bound).clamp(-120.0, 120.0)
+    return (torch.exp2(e) * scale).reshape(1), torch.exp2(-e)
+
+
+def gluon_backward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors: torch.Tensor,
+                   setting: str | None = None) -> bool:
     """Whether a part's backward runs the Gluon kernels (kernels/gluon_bwd.py: each product of a step
     asynchronous, the exponentials and dS under the products) instead of the Triton ones: a part in natural
     order, a block of 64 or more, 16-bit inputs on a Hopper GPU (compute capability 9.x) with every tensor's
@@ -1841,7 +1933,7 @@ def gluon_backward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors:
     1M tokens (four runs), 13-15% less at 65,536 (two) and at 262,144 from 3% more (whole columns) to 4% less
     (column segments, the default); at H=8, D=64 4-6% more (so "auto" leaves head dim 64 to Triton), and
     forced at 12,288 tokens (H=2, D=128) 1.56 ms against 1.09 (so "auto" starts at 65,536)."""
-    if not _gluon_may_run(gluon_setting(), GLUON_AUTO_DIMS, meta, layout, q):
+    if not _gluon_may_run(setting or gluon_setting(), GLUON_AUTO_DIMS, meta, layout, q):
         return False
     try:
         from . import gluon_bwd
@@ -2018,11 +2110,13 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
     mode = mode or dq_mode()
     batch, heads, seq_len, head_dim = q.shape
     split = dkdv_split(layout, batch, gpu_sms(q))
-    # the parts whose backward runs in Gluon (gluon_backward; not where columns split or dQ is atomic)
-    gluon = set()
+    # the parts whose backward runs in Gluon (gluon_backward; not where columns split or dQ is atomic); all of
+    # them where their dK/dV kernel also sums dQ (gluon_dq_sums)
+    gluon, dq_sums = set(), None
     if mode != "atomic" and (not split or split_finish() == "last"):
+        dq_sums = gluon_dq_sums(layout, q, k, v, do)
         gluon = {id(part) for part in layout.parts
-                 if gluon_backward(_part_meta(part, seq_len, q.device), layout, q, k, v, do)}
+                 if dq_sums or gluon_backward(_part_meta(part, seq_len, q.device), layout, q, k, v, do)}
     if mode == "auto":
         if len(gluon) == len(layout.parts):  # no mode left to choose
             mode = "separate"
@@ -2032,7 +2126,7 @@ def _backward(do, q, k, v, out, lse, layout: Layout, scale: float, into=None, mo
     with _recorded(layout, key, (do, q, k, v, out, lse, delta, *finals)):
         if gluon:
             _not_replayable()
-        return _backward_launches(do, q, k, v, out, lse, delta, finals, layout, scale, mode, split, gluon)
+        return _backward_launches(do, q, k, v, out, lse, delta, finals, layout, scale, mode, split, gluon, dq_sums)
 
 
 def _backward_outputs(q: torch.Tensor, lse: torch.Tensor, into) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -2043,7 +2137,7 @@ def _backward_outputs(q: torch.Tensor, lse: torch.Tensor, into) -> tuple[torch.T
 
 
 def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, scale: float, mode: str, split: int,
-                       gluon: set):
+                       gluon: set, dq_sums: torch.dtype | None = None):
     batch, heads, seq_len, head_dim = q.shape
     fused, merged = mode == "atomic", mode == "merged"
     # the separate dQ kernel computes delta itself (delta_in_dq), else the delta kernel first (the Gluon
@@ -2073,18 +2167,25 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
         zeroed fp32 buffer (rows without keys stay 0); heads split into parts: the parts before the
         last add into fp32 sums, which the last part adds to its own as it writes the final gradient.
         The sums have the final gradient's strides: a launch reads one with the strides of the other"""
-        if not (atomic[i] or multi):
+        if not (atomic[i] or multi) or (i == 0 and fused_dq):  # the fused sums: dq_acc below
             return finals[i]
         _not_replayable()
         g = torch.empty_strided(finals[i].shape, finals[i].stride(), dtype=torch.float32, device=q.device)
         return g.zero_() if atomic[i] else g.fill_(float("nan")) if POISON else g
 
+    fused_dq = None
+    if dq_sums is not None:  # every part's dK/dV kernel adds its dQ into dq_acc; dQ is made of it at the end
+        _not_replayable()
+        dq_acc = torch.zeros((batch, heads, seq_len, head_dim), dtype=dq_sums, device=q.device)
+        multiplier, inverse = _dq_multiplier(k, v, do, scale, dq_sums)
+        fused_dq = (dq_acc, multiplier)
     dq_sum, dk_sum, dv_sum = (sums(i) for i in range(3))
     for part, load_prev, fresh, last in _schedule(layout):
         meta = _part_meta(part, seq_len, q.device)
         if load_prev and fresh:
             _not_replayable()
-            for g in [t for t, a in zip((dq_sum, dk_sum, dv_sum), atomic) if not a]:
+            for g in [t for i, (t, a) in enumerate(zip((dq_sum, dk_sum, dv_sum), atomic))
+                      if not a and not (i == 0 and fused_dq)]:
                 g[:, fresh] = 0.0
         # what this launch writes: the final gradients in the last launch, else the sums
         dq, dk, dv = (finals[i] if last and not atomic[i] else g for i, g in enumerate((dq_sum, dk_sum, dv_sum)))
@@ -2093,8 +2194,8 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
             from . import gluon_bwd
 
             segments = None
-            seg_len = gluon_split(layout, batch, gpu_sms(q), gluon_bwd.tiles("dkdv", head_dim)[0],
-                                  gluon_bwd.programs_per_sm("dkdv", head_dim))
+            block_n = gluon_bwd.FUSED_TILES[head_dim][0] if fused_dq else gluon_bwd.tiles("dkdv", head_dim)[0]
+            seg_len = gluon_split(layout, batch, gpu_sms(q), block_n, gluon_bwd.programs_per_sm("dkdv", head_dim))
             if seg_len:
                 key, seg = _segments(meta, seg_len)
                 segments = (*(seg[name] for name in ("seg_col", "seg_lo", "seg_hi", "seg_first", "seg_count",
@@ -2102,7 +2203,7 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
                             *_split_workspace(meta, key, batch, head_dim, layout.block, q.device))
             gluon_bwd.backward_part(q, k, v, do, lse, delta, (dq, dk, dv), (dq_sum, dk_sum, dv_sum), meta,
                                     (_side_order(meta, "row"), _side_order(meta, "col")), layout.block, scale,
-                                    load_prev, segments)
+                                    load_prev, segments, fused_dq)
             continue
         consts = {**_common(layout, meta, q, load_prev), "DESC": _desc_loads(meta, q, k, v, do)}
         common = (len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E, scale)
@@ -2152,7 +2253,10 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
             _ensure_allocator()
         _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, (*columns, *strides), {**consts, "FUSED_DQ": fused_kind},
                 name="dkdv")
-    for final, g, a in zip(finals, (dq_sum, dk_sum, dv_sum), atomic):
+    for i, (final, g, a) in enumerate(zip(finals, (dq_sum, dk_sum, dv_sum), atomic)):
+        if i == 0 and fused_dq:  # the sums unscaled (exact: a power of two), in dQ's dtype and strides
+            finish_dq(dq_acc, final, inverse)
+            continue
         _cast_rest(layout, g, final, [] if a else None)  # atomics: no launch wrote the final gradient
     return tuple(finals)
 

@@ -30,7 +30,12 @@ loop's products). Beyond the probe:
 * dQ runs on a second stream beside dK/dV (``use_streams``);
 * where one column outweighs a share of the work, dK/dV programs take column segments (SPLIT,
   ``blocksparse.gluon_split``) finished by the last to count, through an fp32 workspace with atomics;
-  with whole columns the backward is deterministic (no atomics).
+  with whole columns the backward is deterministic (no atomics);
+* where ``blocksparse.gluon_dq_sums`` says so (``MEGASTRIDE_BLOCKSPARSE_GLUON_DQ`` "fp32" or "fp16"), no dQ
+  kernel runs: each dK/dV step also forms dQ_t^T = K^T dS^T_t (dS^T_t through shared memory, a fifth
+  product), waits for its products, and adds dQ_t into zeroed sums by an asynchronous TMA reduce
+  (``tma_reduce_add``) that the next step's send waits for: FlashAttention-3's scheme, at 128 keys a program
+  and 32 queries a step (``FUSED_TILES``; ``kernels/gluon_fused_probe.py`` timed it on the full blocks).
 
 ``blocksparse.gluon_backward`` chooses this path (``MEGASTRIDE_BLOCKSPARSE_GLUON``); Gluon has no
 interpreter, so the CPU tests compile it for sm_90 (tests/test_gluon_bwd.py) and the GPU tests check it
@@ -44,10 +49,12 @@ import re
 
 import torch
 import triton
+from triton._C.libtriton import ir
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (mbarrier, tma, warpgroup_mma, warpgroup_mma_init,
-                                                               warpgroup_mma_wait)
+from triton.experimental.gluon.language._core import builtin
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                               warpgroup_mma_init, warpgroup_mma_wait)
 
 # (tile of the program, tile a step, ring slots, warps) per head dim: the probe's fastest on the H200
 # (docs/benchmarks.md "Sixteenth run": 64 keys x 64 queries on one warpgroup, s2 at D=128, s3 at D=64);
@@ -55,6 +62,13 @@ from triton.experimental.gluon.language.nvidia.hopper import (mbarrier, tma, war
 DKDV_TILES = {128: (64, 64, 2, 4), 64: (64, 64, 3, 4)}
 DQ_TILES = {128: (64, 64, 2, 4), 64: (64, 64, 3, 4)}
 HEAD_DIMS = tuple(DKDV_TILES)
+# the dK/dV kernel that also adds each step's dQ into summed dQ by an asynchronous TMA reduce (``backward_part``'s
+# ``dq_sums``): 128 keys a program, 32 queries a step, 4 slots, 4 warps (docs/benchmarks.md "Thirty-fourth run")
+FUSED_TILES = {64: (128, 32, 4, 4)}
+# how the fused kernel forms dQ: 1 a product a step (K^T dS^T, 64 x 32 x 128), 2 one product of two steps
+# (dS K, 64 x 64 x 128: 3% faster in the full-block probe, 2.5% slower in the backward at 1M tokens,
+# docs/benchmarks.md "Thirty-fifth run")
+FUSED_SEND = 1
 # dK/dV launches per part (``dkdv_launches``)
 DKDV_LAUNCHES = {128: 2, 64: 1}
 # dQ on a second stream beside dK/dV (``use_streams``)
@@ -70,6 +84,15 @@ def mma_layouts(num_warps, cols, head_dim):
     scores = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, cols, 16])
     acc = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, head_dim, 16])
     return scores, acc, gl.DotOperandLayout(operand_index=0, parent=acc, k_width=2)
+
+
+@builtin
+def tma_reduce_add(tensor_desc, coord, src, _semantic=None):
+    """global[box at coord] += shared ``src``: one asynchronous TMA reduce (``cp.reduce.async.bulk.tensor`` .add),
+    tracked as a TMA store is (``tma.store_wait`` waits until the reduces issued before it have read their
+    source). Gluon 3.6's ``tma`` module does not export it; its IR builder has it."""
+    coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+    _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord, src.handle)
 
 
 @gluon.jit
@@ -308,18 +331,25 @@ def _plain_smem():
 
 @gluon.jit
 def _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd, dod, zero_s, LSE, DELTA, FULL_IDX,
-               PART_IDX, full_lo, part_lo, nf, t0, t1, first_col, codes, min_off, qk_scale, NCOMP: gl.constexpr,
-               KINDS: gl.constexpr, MASKED: gl.constexpr, BLOCK: gl.constexpr, BLOCK_N: gl.constexpr,
-               BLOCK_M: gl.constexpr, STAGES: gl.constexpr, p_layout: gl.constexpr):
-    """Step t of a key tile's column (query tile t): see the module's docstring."""
+               PART_IDX, full_lo, part_lo, nf, t0, t1, first_col, codes, min_off, qk_scale, ds_smem, stage, dqd,
+               dq_scale, zero_q, NCOMP: gl.constexpr, KINDS: gl.constexpr, MASKED: gl.constexpr, BLOCK: gl.constexpr,
+               BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, p_layout: gl.constexpr,
+               DQ_SEND: gl.constexpr):
+    """Step t of a key tile's column (query tile t): see the module's docstring. DQ_SEND 1: the step also forms
+    dQ_t^T = K^T dS^T_t (``zero_q``: (D, BLOCK_M) zeros on the scores' layout) from dS^T_t in ``ds_smem``,
+    waits for all its products (read any later, or while dK_t is in flight, ptxas serialises every product of
+    the loop), and sends dQ_t times ``dq_scale`` through ``stage`` into the summed dQ (``dqd``) by a TMA
+    reduce left in flight until the next send. DQ_SEND 2: dS_t goes into its half of a (2 BLOCK_M, BLOCK_N)
+    ``ds_smem``, and every other step forms the two steps' dQ in one product (dS K: 64 x 64 x 128 at 32-query
+    steps) and sends it (the pair's query tiles are one block's, t0 being a multiple of BLOCK // BLOCK_M)."""
     dtype: gl.constexpr = pt16.dtype
     s_layout: gl.constexpr = zero_s.type.layout
     slot = (t - t0) % STAGES
     mbarrier.wait(bars.index(slot), ((t - t0) // STAGES) & 1)
     s = warpgroup_mma(k_smem, q_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
     dp = warpgroup_mma(v_smem, do_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    rows = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, BLOCK // BLOCK_M, BLOCK_M, BLOCK) + \
-        gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
+    start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, BLOCK // BLOCK_M, BLOCK_M, BLOCK)
+    rows = start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
     lse = gl.load(LSE + rows)
     delta = gl.load(DELTA + rows)
     # in flight, oldest first: dV_{t-1}, dK_{t-1}, S^T_t, dP^T_t; wait for all but dP^T_t
@@ -338,9 +368,36 @@ def _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd
     dv = warpgroup_mma(pt16, do_smem.index(slot), dv, is_async=True)
     # in flight: dP^T_t, dV_t; wait for dP^T_t
     dp, pt16 = warpgroup_mma_wait(num_outstanding=1, deps=(dp, pt16))
-    dst = pt * (dp - gl.expand_dims(delta, 0))
-    dst16 = gl.convert_layout(dst.to(dtype), p_layout)
-    dk = warpgroup_mma(dst16, q_smem.index(slot), dk, is_async=True)
+    dst = (pt * (dp - gl.expand_dims(delta, 0))).to(dtype)
+    dst16 = gl.convert_layout(dst, p_layout)
+    if DQ_SEND == 1:
+        ds_smem.store(dst)  # the last step's dQ product, which read it, is done
+        fence_async_shared()
+        dq = warpgroup_mma(k_smem.permute((1, 0)), ds_smem, zero_q, use_acc=False, is_async=True)
+        dk = warpgroup_mma(dst16, q_smem.index(slot), dk, is_async=True)
+        dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq, ))
+        tma.store_wait(pendings=0)  # the last step's reduce has read the staging buffer
+        stage.permute((1, 0)).store((dq * dq_scale).to(stage.dtype))
+        fence_async_shared()
+        tma_reduce_add(dqd, [start, 0], stage)
+    elif DQ_SEND == 2:  # dS_t into its half of a (2 BLOCK_M, BLOCK_N) buffer; at odd t dQ of both steps
+        if t % 2 == 0:
+            ds_smem.slice(0, BLOCK_M).permute((1, 0)).store(dst)
+        else:
+            ds_smem.slice(BLOCK_M, BLOCK_M).permute((1, 0)).store(dst)
+        fence_async_shared()
+        dk = warpgroup_mma(dst16, q_smem.index(slot), dk, is_async=True)
+        if t % 2 == 1:
+            dq = warpgroup_mma(ds_smem, k_smem, zero_q, use_acc=False, is_async=True)
+            dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq, ))
+            tma.store_wait(pendings=0)
+            stage.store((dq * dq_scale).to(stage.dtype))
+            fence_async_shared()
+            tma_reduce_add(dqd, [start - BLOCK_M, 0], stage)
+        else:
+            dst16 = warpgroup_mma_wait(num_outstanding=0, deps=(dst16, ))
+    else:
+        dk = warpgroup_mma(dst16, q_smem.index(slot), dk, is_async=True)
     return dk, dv, pt16, dst16
 
 
@@ -378,18 +435,20 @@ def _dq_step(t, dq, ds16, q_smem, do_smem, k_smem, v_smem, bars, kd, vd, zero_s,
 @gluon.jit
 def _dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                  FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, SEG_COUNT, SEG_CIDX,
-                 WS, WS_CNT, ws_cols,
+                 WS, WS_CNT, ws_cols, DQS, DQ_SCALE, stride_sb, stride_sh,
                  stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                  stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                  stride_dvb, stride_dvh, stride_dvt, stride_lb, stride_lh,
                  part_heads, batch_heads, num_blocks, order_len, qk_scale, sm_scale,
                  BLOCK: gl.constexpr, D: gl.constexpr, NCOMP: gl.constexpr, KINDS: gl.constexpr,
                  LOAD_PREV: gl.constexpr, STEPS: gl.constexpr, SPLIT: gl.constexpr, BLOCK_N: gl.constexpr,
-                 BLOCK_M: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+                 BLOCK_M: gl.constexpr, STAGES: gl.constexpr, DQ_SEND: gl.constexpr, num_warps: gl.constexpr):
     """dK and dV of BLOCK_N keys over their column's query blocks, BLOCK_M queries a step. K and V stay in
     shared memory; Q and dO tiles stream through the ring. STEPS: which blocks of the column (``_list_steps``).
     SPLIT: a program takes one segment of a column (ORDER: the segments' columns; SEG_LO/SEG_HI its range of
-    full entries, SEG_FIRST whether it also takes the partial ones), finished by ``_finish_dkdv``."""
+    full entries, SEG_FIRST whether it also takes the partial ones), finished by ``_finish_dkdv``. DQ_SEND (1, 2):
+    each step also adds its dQ, times DQ_SCALE[0], into the summed dQ DQS (fp32 or fp16, (n, D) rows a head
+    at stride_sb / stride_sh, zeroed before the launch) by a TMA reduce (``_dkdv_step``)."""
     gl.static_assert(STAGES >= 2, "the ring needs two slots: step t's loads land while step t-1's products run")
     dtype: gl.constexpr = Q.dtype.element_ty
     SUB: gl.constexpr = BLOCK // BLOCK_M  # steps a list entry
@@ -415,6 +474,23 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_
     zero_s = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
     dk = warpgroup_mma_init(gl.zeros([BLOCK_N, D], gl.float32, o_layout))
     dv = warpgroup_mma_init(gl.zeros([BLOCK_N, D], gl.float32, o_layout))
+    if DQ_SEND:  # dS of a step (or two), dQ's staging buffer, the summed dQ's descriptor, dQ's (or dQ^T's) zeros
+        sum_ty: gl.constexpr = DQS.dtype.element_ty
+        QROWS: gl.constexpr = 2 * BLOCK_M if DQ_SEND == 2 else BLOCK_M
+        ds_shape: gl.constexpr = [QROWS, BLOCK_N] if DQ_SEND == 2 else [BLOCK_N, BLOCK_M]
+        ds_smem = gl.allocate_shared_memory(dtype, ds_shape, gl.NVMMASharedLayout.get_default_for(ds_shape, dtype))
+        stage_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([QROWS, D], sum_ty)
+        stage = gl.allocate_shared_memory(sum_ty, [QROWS, D], stage_layout)
+        dqd = _head_desc(DQS, batch * stride_sb + head * stride_sh, num_blocks * BLOCK, D, D, QROWS, stage_layout)
+        dq_scale = gl.load(DQ_SCALE)
+        if DQ_SEND == 2:
+            gl.static_assert(BLOCK // BLOCK_M % 2 == 0, "a pair of steps: two query tiles of one block")
+            zero_q = gl.zeros([QROWS, D], gl.float32, o_layout)
+        else:
+            gl.static_assert(D % (16 * num_warps) == 0, "dQ^T of a step: D rows, 16 a warp")
+            zero_q = gl.zeros([D, BLOCK_M], gl.float32, s_layout)
+    else:  # not read
+        ds_smem, stage, dqd, dq_scale, zero_q = k_smem, k_smem, kd, sm_scale, zero_s
     # the A operands of the products in flight, kept alive (in registers) until the wait that ends them
     pt16 = gl.zeros([BLOCK_N, BLOCK_M], dtype, p_layout)
     dst16 = gl.zeros([BLOCK_N, BLOCK_M], dtype, p_layout)
@@ -424,8 +500,9 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_
         for t in range(t0, nf):
             dk, dv, pt16, dst16 = _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd, dod,
                                              zero_s, LSE, DELTA, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t0, t1,
-                                             first_col, codes, min_off, qk_scale, NCOMP, KINDS, False, BLOCK,
-                                             BLOCK_N, BLOCK_M, STAGES, p_layout)
+                                             first_col, codes, min_off, qk_scale, ds_smem, stage, dqd, dq_scale,
+                                             zero_q, NCOMP, KINDS, False, BLOCK, BLOCK_N, BLOCK_M, STAGES, p_layout,
+                                             DQ_SEND)
     if STEPS == 0:  # the products in flight done before the next loop takes them (else ptxas serialises them)
         dk, dv, pt16, dst16 = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv, pt16, dst16))
         dk, dv = warpgroup_mma_init(dk), warpgroup_mma_init(dv)
@@ -433,13 +510,17 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_
         for t in range(nf, t1):
             dk, dv, pt16, dst16 = _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd, dod,
                                              zero_s, LSE, DELTA, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t0, t1,
-                                             first_col, codes, min_off, qk_scale, NCOMP, KINDS, True, BLOCK,
-                                             BLOCK_N, BLOCK_M, STAGES, p_layout)
+                                             first_col, codes, min_off, qk_scale, ds_smem, stage, dqd, dq_scale,
+                                             zero_q, NCOMP, KINDS, True, BLOCK, BLOCK_N, BLOCK_M, STAGES, p_layout,
+                                             DQ_SEND)
     dv, dk, pt16, dst16 = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, pt16, dst16))
     for i in gl.static_range(STAGES + 1):
         mbarrier.invalidate(bars.index(i))
-    # the ring is read by nothing now: its Q slots take the two gradients on the way out
-    buf = q_smem._reinterpret(gl.float32, [BLOCK_N, D], _plain_smem())
+    if DQ_SEND:  # the last reduce has read its staging buffer; the gradients leave through a buffer of their own
+        tma.store_wait(pendings=0)
+        buf = gl.allocate_shared_memory(gl.float32, [BLOCK_N, D], _plain_smem())
+    else:  # the ring is read by nothing now: its Q slots take the two gradients on the way out
+        buf = q_smem._reinterpret(gl.float32, [BLOCK_N, D], _plain_smem())
     dk = _blocked(dk * sm_scale, buf, num_warps)
     dv = _blocked(dv, buf, num_warps)
     _finish_dkdv(DK, DV, DK_PREV, DV_PREV, batch * stride_dkb + head * stride_dkh, batch * stride_dvb + head * stride_dvh,
@@ -511,7 +592,7 @@ def _strides(*tensors) -> list[int]:
 
 
 def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: int, scale: float, load_prev: bool,
-                  segments=None):
+                  segments=None, dq_sums=None):
     """One layout part's dQ, dK and dV on the GPU: ``grads`` (dq, dk, dv) written (plus ``prevs``, the
     earlier parts' sums of the same strides, where ``load_prev``), from the merged lse (base 2) and delta
     of ``blocksparse._backward``; ``meta`` the part's ``_PartMeta``, ``orders`` its (row, column) block
@@ -520,7 +601,9 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
     ``segments``: None (dK/dV programs take whole columns) or the split columns' tables (segment columns,
     full ranges, first flags, counts, column indices: ``blocksparse._column_segments``) and their workspace
     (fp32 sums, counters, columns per batch x head: ``blocksparse._split_workspace``); the full blocks'
-    programs then take segments."""
+    programs then take segments. ``dq_sums``: None, or (sums, multiplier): the dK/dV programs then add each
+    step's dQ times ``multiplier`` (a one-element fp32 tensor) into ``sums`` (contiguous (B, H, T, D), fp32
+    or fp16, zeroed by the caller, who makes dQ of it) with ``FUSED_TILES``, and no dQ kernel runs."""
     batch, _, n, d = q.shape
     heads = meta.heads.numel()
     lists = meta.lists
@@ -530,11 +613,17 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
     consts = dict(BLOCK=block, D=d, NCOMP=meta.ncomp, KINDS=meta.kinds)
     head_tables = (meta.heads, meta.head_csr, meta.min_off, meta.codes)
     row_order, col_order = orders
-    block_n, block_m, stages, warps = tiles("dkdv", d)
+    block_n, block_m, stages, warps = FUSED_TILES[d] if dq_sums is not None else tiles("dkdv", d)
     lists_ = (lists["col_full_ptr"], lists["col_full_idx"], lists["col_part_ptr"], lists["col_part_idx"])
     strides = (*_strides(q, k, v, do, dk, dv), lse.stride(0), lse.stride(1), *common)
     scales = (scale * 1.4426950408889634, scale)
-    dkdv_tiles = dict(BLOCK_N=block_n, BLOCK_M=block_m, STAGES=stages, num_warps=warps, **_cap("dkdv", d))
+    dkdv_tiles = dict(BLOCK_N=block_n, BLOCK_M=block_m, STAGES=stages, num_warps=warps,
+                      **({} if dq_sums is not None else _cap("dkdv", d)))
+    if dq_sums is not None:
+        sums, multiplier = dq_sums
+        fused = (sums, multiplier, sums.stride(0), sums.stride(1))
+    else:  # not read
+        fused = (lse, lse, 0, 0)
 
     def dkdv(outs, steps, split, prev):
         """One dK/dV launch: whole columns in col_order, or (split) the segments."""
@@ -544,15 +633,18 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
             order, tables, ws, ws_cnt, ws_cols = col_order, [col_order] * 5, lse, col_order, 0
         grid = (order.shape[1] * (block // block_n) * batch * heads,)
         _dkdv_kernel[grid](q, k, v, do, *outs, lse, delta, *head_tables, *lists_, order, *tables, ws, ws_cnt, ws_cols,
-                           *strides, order.shape[1], *scales, LOAD_PREV=prev, STEPS=steps, SPLIT=split, **dkdv_tiles,
-                           **consts)
+                           *fused, *strides, order.shape[1], *scales, LOAD_PREV=prev, STEPS=steps, SPLIT=split,
+                           DQ_SEND=FUSED_SEND if dq_sums is not None else 0, **dkdv_tiles, **consts)
 
     # dQ on a second stream beside dK/dV: its programs fill the SMs the long dK/dV columns leave idle at
     # the end (what the Triton kernels' "merged" mode does in one launch)
+    split = segments is not None
+    if dq_sums is not None:
+        dkdv((dk, dv, dk_prev, dv_prev), 0, split, load_prev)
+        return
     main = torch.cuda.current_stream(q.device)
     side = _side_stream(q.device) if use_streams() else main
     side.wait_stream(main)
-    split = segments is not None
     if dkdv_launches(d) == 1:
         dkdv((dk, dv, dk_prev, dv_prev), 0, split, load_prev)
     else:  # the partial blocks (and the earlier parts' sums) of whole columns, then the full ones added to those
@@ -685,24 +777,31 @@ def _signature(names: list[str], consts: dict) -> dict:
 
 def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, ncomp: int = 2, kinds: int = 8 | 16,
                 load_prev: bool = False, steps: int = 0, split: bool = False,
-                tiles: tuple[int, int, int, int] | None = None, maxnreg: int | None = None, arch: int = 90):
+                tiles: tuple[int, int, int, int] | None = None, maxnreg: int | None = None, arch: int = 90,
+                dq_sums: str | None = None, send: int | None = None):
     """The dK/dV (``kernel`` "dkdv") or dQ ("dq") kernel compiled for ``arch`` without a GPU (bf16 inputs,
     fp32 earlier sums), for the fixed pattern's kinds (window and summary) by default; ``tiles`` replaces
-    the head dim's (program tile, step tile, stages, warps), ``maxnreg`` caps its registers a thread."""
+    the head dim's (program tile, step tile, stages, warps), ``maxnreg`` caps its registers a thread.
+    ``dq_sums`` ("fp32" or "fp16"): the dK/dV kernel that also sends dQ into sums of that type, at
+    ``FUSED_TILES`` unless ``tiles`` says otherwise, its dQ formed as ``send`` says (default ``FUSED_SEND``)."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     fn = _dkdv_kernel if kernel == "dkdv" else _dq_kernel
-    big, small, stages, warps = tiles or (DKDV_TILES if kernel == "dkdv" else DQ_TILES)[head_dim]
+    defaults = FUSED_TILES if dq_sums else DKDV_TILES if kernel == "dkdv" else DQ_TILES
+    big, small, stages, warps = tiles or defaults[head_dim]
     names = list(fn.arg_names)
     tile_names = ("BLOCK_N", "BLOCK_M") if kernel == "dkdv" else ("BLOCK_M", "BLOCK_N")
     consts = {"BLOCK": block, "D": head_dim, "NCOMP": ncomp, "KINDS": kinds, "LOAD_PREV": load_prev, "STEPS": steps,
-              **({"SPLIT": split} if kernel == "dkdv" else {}),
+              **({"SPLIT": split, "DQ_SEND": (send or FUSED_SEND) if dq_sums else 0} if kernel == "dkdv" else {}),
               tile_names[0]: big, tile_names[1]: small, "STAGES": stages, "num_warps": warps}
-    src = GluonASTSource(fn=fn, signature=_signature(names, consts), constexprs=consts)
+    sig = _signature(names, consts)
+    if kernel == "dkdv":
+        sig.update(DQS=f"*{dq_sums or 'fp32'}", DQ_SCALE="*fp32", stride_sb="i32", stride_sh="i32")
+    src = GluonASTSource(fn=fn, signature=sig, constexprs=consts)
     options = {"num_warps": warps, **({} if maxnreg is None else {"maxnreg": maxnreg})}
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
-__all__ = ["DKDV_TILES", "DQ_TILES", "HEAD_DIMS", "MAX_REGISTERS", "backward_part", "compile_for", "dkdv_launches",
+__all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HEAD_DIMS", "MAX_REGISTERS", "backward_part", "compile_for", "dkdv_launches",
            "programs_per_sm", "registers", "tiles", "use_streams"]

@@ -5,7 +5,7 @@ that recomputes S and dP. FlashAttention-3 runs five: its dK/dV loop also forms 
 tile t and adds it into an fp32 dQ with a TMA reduce that the products do not wait for. Triton 3.6's
 ``TensorDescriptor.atomic_add`` waits for each reduce to have read its shared memory before the loop goes on,
 and Gluon 3.6's ``tma`` module has no reduce; the Gluon builder does (``create_async_tma_reduce``), so
-``_tma_reduce_add`` below issues one and the loop waits for it (``tma.store_wait``) only a step later, when
+``gluon_bwd.tma_reduce_add`` issues one and the loop waits for it (``tma.store_wait``) only a step later, when
 the staging buffer is wanted again. Here the step waits for its dQ product with nothing else in flight (read
 any later, ptxas serialises every product of the loop), so the overlap comes from the SM's other program.
 For query tile t of a key tile's column (one warpgroup, ``BLOCK_N`` keys a program, ``BLOCK_M`` queries a
@@ -38,28 +38,18 @@ from pathlib import Path
 
 import torch
 import triton
-from triton._C.libtriton import ir
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language._core import builtin
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                                warpgroup_mma_wait)
 
-from .gluon_bwd import mma_layouts
+from .gluon_bwd import mma_layouts, tma_reduce_add as _tma_reduce_add
 from .gluon_bwd_probe import (ORDERS, _column_init, _column_program, _head_desc, _issue_pair, _prologue, _rel_diff,
                               _score_step, _write_dkdv, dq_reference, gluon_dkdv, gluon_dq, probe_inputs,
                               tile_order)
 from .ws_probe import BLOCK, _timed, add_list_options, column_lists, probe_dkdv, write_rows
 
 _LIST_BLOCK = gl.constexpr(BLOCK)
-
-
-@builtin
-def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
-    """global[box at coord] += shared ``src``: one asynchronous TMA reduce (cp.reduce.async.bulk.tensor .add),
-    tracked like a TMA store (``tma.store_wait`` waits until the reduces issued before it read their source)."""
-    coord = _semantic._convert_to_ir_values(coord, require_i64=False)
-    _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord, src.handle)
 
 
 @gluon.jit

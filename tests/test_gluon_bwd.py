@@ -33,6 +33,12 @@ for kernel, d, steps, prev, split, tiles in [("dkdv", 128, 1, True, True, None),
     out[f"{kernel} {d} {steps}" + name] = {"schedule": loop_schedule(k), "hgmma": loop.get("HGMMA"),
                                     "spill_reloads": loop.get("LDL", 0), "waits": loop.get("WARPGROUP", 0),
                                     **ptxas_usage(k)}
+# the dK/dV kernel that also sends dQ (FUSED_TILES), into fp32 and fp16 sums, with earlier sums and segments
+for sums, prev, split in [("fp32", False, False), ("fp16", True, True)]:
+    k = compile_for("dkdv", 64, load_prev=prev, split=split, dq_sums=sums)
+    loop = first_mma_loop(k)
+    out[f"fused {sums}"] = {"hgmma": loop.get("HGMMA"), "reduces": loop.get("UTMAREDG", 0),
+                            "spill_reloads": loop.get("LDL", 0), "shared": k.metadata.shared, **ptxas_usage(k)}
 print(json.dumps(out))
 """
 
@@ -75,6 +81,51 @@ def test_partial_blocks_compile_alone(compiled):
     on the diagonal's 1-2% of the steps: why the full blocks get a launch of their own)."""
     got = compiled["dkdv 128 2"]
     assert got["schedule"][:3] == ["qk", "qk", "wait 1"] and got["warnings"] == [], got
+
+
+@pytest.mark.parametrize("sums", ["fp32", "fp16"])
+def test_the_fused_dkdv_kernel_sends_dq_a_step_by_one_reduce_unserialised(compiled, sums):
+    """MEGASTRIDE_BLOCKSPARSE_GLUON_DQ: the dK/dV loop at 128 keys x 32 queries runs its four products (24
+    m64 instructions) plus dQ^T's (8: 64 x 32 x 128) and one asynchronous TMA reduce an iteration; ptxas
+    serialises none of them. Its spills (a few reloads an iteration, as the probe's: the timing counts them)
+    are bounded, and two programs fit an SM's 228 KB of shared memory."""
+    got = compiled[f"fused {sums}"]
+    assert got["hgmma"] == 32 and got["reduces"] == 1 and got["warnings"] == [], got
+    assert got["spill_reloads"] <= 10 and got["shared"] <= 113 * 1024, got
+
+
+def test_the_fused_dq_switch_and_its_fp16_scale(monkeypatch):
+    """MEGASTRIDE_BLOCKSPARSE_GLUON_DQ: a bad value is named; off on the CPU. The fp16 sums' multiplier is the
+    softmax scale times a power of two that keeps the bound on |dQ| (scale x 2 D max|dO| max|V| max|K|)
+    within GLUON_DQ_FP16_BOUND, at most a factor 2 under it, for inputs of any magnitude (here gradients
+    of 1e-9, which fp16 would flush to zero unscaled); fp32 sums take the scale alone; zero inputs give a
+    finite scale."""
+    torch = pytest.importorskip("torch")
+    from megastride.kernels import blocksparse as B
+    from megastride.kernels import patterns as P
+
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "bf16")
+    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_GLUON_DQ must be one of 0, fp32, fp16; got 'bf16'"):
+        B.gluon_dq_setting()
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "fp16")
+    layout = P.build_layout(P.same_for_all_heads(P.fixed(256, 128), 2), 1024, 128)
+    q = torch.zeros(1, 2, 1024, 64, dtype=torch.bfloat16)
+    assert B.gluon_dq_sums(layout, q, q, q, q) is None  # no Hopper GPU
+    gen = torch.Generator().manual_seed(0)
+    scale = 64 ** -0.5
+    for magnitude in (1e-9, 1.0, 3e3):
+        k, v = (torch.randn(1, 2, 256, 64, generator=gen) for _ in range(2))
+        do = torch.randn(1, 2, 256, 64, generator=gen) * magnitude
+        k, v, do = (x.to(torch.bfloat16) for x in (k, v, do))
+        mult, inverse = B._dq_multiplier(k, v, do, scale, torch.float16)
+        power = mult.item() / scale
+        assert power == 2.0 ** round(torch.log2(torch.tensor(power)).item()) and inverse.item() * power == 1.0
+        bound = scale * 2 * 64 * do.abs().max().item() * v.abs().max().item() * k.abs().max().item()
+        assert B.GLUON_DQ_FP16_BOUND / 2 < bound * power <= B.GLUON_DQ_FP16_BOUND, (magnitude, bound, power)
+    mult, inverse = B._dq_multiplier(k, v, do, scale, torch.float32)
+    assert mult.item() == pytest.approx(scale) and inverse.item() == 1.0
+    mult, inverse = B._dq_multiplier(k, v, torch.zeros_like(do), scale, torch.float16)
+    assert torch.isfinite(mult).all() and torch.isfinite(inverse).all() and mult.item() > 0
 
 
 def test_the_switches_name_bad_values_and_stay_off_without_a_gpu(monkeypatch):

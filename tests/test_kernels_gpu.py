@@ -518,6 +518,57 @@ def test_gluon_backward_matches_the_reference_on_the_model_layout(dtype, dim, la
         _assert_like_the_reference(pattern, layout, grads, got, again, same_bits=("out",) if split != "0" else None)
 
 
+@pytest.mark.parametrize("sums, dtype, split", [("fp32", torch.bfloat16, "0"), ("fp16", torch.bfloat16, "3"),
+                                                ("fp16", torch.float16, "0")])
+def test_dq_summed_by_the_dkdv_kernel_matches_the_reference(sums, dtype, split, monkeypatch):
+    """MEGASTRIDE_BLOCKSPARSE_GLUON_DQ on the H200: no dQ kernel; the Gluon dK/dV kernel adds each step's dQ
+    into fp32 or fp16 sums by TMA reduces (whole columns, or segments of 3 query blocks), on the model's head
+    views, batch 2, for the fixed pattern (one part) and fixed_per_head (several CSRs). All three gradients
+    within the three-way tolerance of the fp32 reference, also with a small upstream gradient, the tolerance
+    then relative to the largest value: 1e-7 with bf16 inputs (the fp16 sums' scale: unscaled, such a dQ is
+    below fp16's smallest normal number), 1e-3 with fp16 inputs (whose own dO and dS cannot hold 1e-7: fp16
+    training scales its loss). dK, dV and the output come out the same as without it."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", sums)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT", split)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "0")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
+    B = _blocksparse()
+    G = importlib.import_module("megastride.kernels.gluon_bwd")
+    taken = []
+    real = G.backward_part
+    monkeypatch.setattr(G, "backward_part", lambda *a, **kw: taken.append(a[14][0].dtype) or real(*a, **kw))
+    batch, n, heads, dim = 2, 8192, 4, 64
+    for pattern in (P.same_for_all_heads(P.fixed(1024, 128), heads), P.fixed_per_head(1024, 128, heads, 2)):
+        layout = P.build_layout(pattern, n, block=128, device="cuda")
+        for magnitude in (1.0, 1e-7 if dtype == torch.bfloat16 else 1e-3):
+            gen = torch.Generator(device="cuda").manual_seed(3)
+            qkv = torch.randn(batch, n, 3 * heads * dim, device="cuda", dtype=dtype, generator=gen)
+            do = (torch.randn(batch, heads, n, dim, device="cuda", generator=gen) * magnitude).to(dtype)
+
+            def grads(fn):
+                leaf = qkv.clone().requires_grad_()
+                q, k, v = leaf.view(batch, n, 3, heads, dim).permute(2, 0, 3, 1, 4)
+                out = fn(q, k, v)
+                return [out, *torch.autograd.grad(out, leaf, do)[0].view(batch, n, 3, heads, dim).unbind(2)]
+
+            taken.clear()
+            got = grads(lambda *x: B.blocksparse_attention(*x, layout))
+            want_sums = torch.float32 if sums == "fp32" else torch.float16
+            label = f"{pattern.heads[0].name} x{magnitude}"
+            assert taken and set(taken) == {want_sums}, (label, taken)
+            want = grads(lambda *x: reference_attention(*(t.float() for t in x), layout))
+            low = grads(lambda *x: reference_attention(*x, layout))
+            for name, g, w, lo in zip(["out", "dq", "dk", "dv"], got, want, low):
+                err = (g.float() - w.float()).abs()
+                bound = 2 * (lo.float() - w.float()).abs() + 1e-2 * w.abs().max().item()
+                assert (err <= bound).all(), f"{label} {name}: max error {err.max().item():.3g}, bound {bound.min():.3g}"
+            monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "0")
+            plain = grads(lambda *x: B.blocksparse_attention(*x, layout))
+            monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", sums)
+            for name, g, p in zip(["out", "dk", "dv"], got[:1] + got[2:], plain[:1] + plain[2:]):
+                assert torch.allclose(g.float(), p.float(), rtol=2e-2, atol=1e-2 * p.abs().max().item()), (label, name)
+
+
 @pytest.mark.parametrize("dtype, dim, launches, tiles", [
     (torch.bfloat16, 128, "2", ""), (torch.float16, 128, "1", ""), (torch.bfloat16, 64, "2", ""),
     # 64 rows on one warpgroup with the next scores ahead, three slots

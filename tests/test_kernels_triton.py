@@ -1045,7 +1045,8 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DIRECT", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_PLANS", raising=False)
-    for name in ("GLUON", "GLUON_DKDV_LAUNCHES", "GLUON_STREAMS", "GLUON_SPLIT", "GLUON_FWD", "GLUON_FWD_LAUNCHES"):
+    for name in ("GLUON", "GLUON_DKDV_LAUNCHES", "GLUON_STREAMS", "GLUON_SPLIT", "GLUON_FWD", "GLUON_FWD_LAUNCHES",
+                 "GLUON_DQ"):
         monkeypatch.delenv(f"MEGASTRIDE_BLOCKSPARSE_{name}", raising=False)
     from megastride.kernels import gluon_bwd, gluon_fwd
 
@@ -1055,7 +1056,7 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
                         blocksparse.split_finish(), blocksparse.delta_in_dq(), blocksparse.use_direct_launch(),
                         blocksparse.gluon_setting(), gluon_bwd.dkdv_launches(128), gluon_bwd.dkdv_launches(64),
                         gluon_bwd.use_streams(), blocksparse.gluon_split(layout, 1, 132),
-                        blocksparse.gluon_fwd_setting(), gluon_fwd.launches(),
+                        blocksparse.gluon_fwd_setting(), gluon_fwd.launches(), blocksparse.gluon_dq_setting(),
                         os.environ.get("MEGASTRIDE_BLOCKSPARSE_PLANS", blocksparse.PLANS))
     ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():
@@ -1553,3 +1554,25 @@ def test_switch_typos_are_refused_in_one_line(monkeypatch):
         blocksparse._fixed_tiles(64)
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TILES", "64,32")
     assert blocksparse._fixed_tiles(32)["BLOCK_M"] == 32
+
+
+@pytest.mark.parametrize("acc_dtype, out_dtype", [(torch.float16, torch.float16), (torch.float32, torch.float32),
+                                                  (torch.float16, torch.float32)])
+def test_finish_dq_unscales_the_fused_sums_into_any_layout(acc_dtype, out_dtype):
+    """``finish_dq`` (the fused-dQ backward's last step) writes acc x inverse into dQ's own strides: the
+    model's (B, T, H, D) head view and a contiguous (B, H, T, D) one, a length not a multiple of its 64-row
+    tiles; fp16 sums scaled by 2^20 come back exactly (a power of two), where scaling them in fp16 first
+    would flush them to zero. A dQ whose rows are not contiguous takes the plain torch path, same values."""
+    gen = torch.Generator().manual_seed(0)
+    batch, heads, n, dim = 2, 3, 100, 32
+    want = torch.randn(batch, heads, n, dim, generator=gen) * 1e-6
+    acc = (want * 2.0 ** 20).to(acc_dtype)
+    inverse = torch.tensor(2.0 ** -20)
+    exact = acc.float() * 2.0 ** -20
+    view = torch.empty(batch, n, heads, dim, dtype=out_dtype).transpose(1, 2)
+    for dq in (view, torch.empty(batch, heads, n, dim, dtype=out_dtype),
+               torch.empty(batch, heads, n, 2 * dim, dtype=out_dtype)[..., ::2]):
+        dq.fill_(float("nan"))
+        blocksparse.finish_dq(acc, dq, inverse)
+        assert torch.equal(dq, exact.to(out_dtype)), dq.stride()
+    assert torch.allclose(exact, want, rtol=1e-3, atol=0)
