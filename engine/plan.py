@@ -323,15 +323,42 @@ def attention_workspace_bytes(model: ModelConfig, prec: Precision, seq_len: int,
     dk, dv, which exist beside the final gradients the last part writes; else, where the dK/dV columns
     are split among programs (``splits_columns``: short sequences, few heads), the zeroed fp32 dk and dv
     they add into (their "cast" finish, ``blocksparse.split_finish``; the "last" finish adds only the long
-    columns' rows into a small workspace kept with the layout: not counted)."""
+    columns' rows into a small workspace kept with the layout: not counted); and the dQ sums of the fused
+    backward (``fused_dq_bytes``) where it runs."""
     from megastride.kernels import blocksparse
 
     h, c, w = model.n_heads, prec.compute, _attention_width(model)
+    sums = fused_dq_bytes(model, prec, seq_len)
     if layout_stats(model, seq_len).merged and not partials_in_outputs(model, seq_len):
         return (3 * 4 + 3 * c + c) * w + LSE * h  # fp32 dq, dk, dv the earlier part adds into, the final ones, dO
     if splits_columns(model, seq_len, batch) and blocksparse.split_finish() == "cast":
-        return (2 * 4 + 3 * c + c) * w + LSE * h
-    return (3 * c + c) * w + LSE * h
+        return (2 * 4 + 3 * c + c) * w + LSE * h + sums
+    return (3 * c + c) * w + LSE * h + sums
+
+
+def fused_dq_bytes(model: ModelConfig, prec: Precision, seq_len: int) -> float:
+    """Bytes per token of the dQ sums the Gluon dK/dV kernel adds into where no dQ kernel runs (kernels.blocksparse
+    ``gluon_dq_sums``, on a Hopper GPU, the planner's target): 2 (fp16 sums) or 4 (fp32) per attention channel
+    where its setting takes them at ``seq_len`` (``auto``: fp16 from ``GLUON_DQ_MIN_LENGTH`` tokens) and the sparse
+    layers can run them (16-bit compute, a head dim of ``gluon_bwd.FUSED_TILES`` whose tiles the blocks hold, no
+    head merged from two parts: a strided head's permuted part keeps Triton's kernels); else 0."""
+    from megastride.kernels import blocksparse
+
+    setting = blocksparse.gluon_dq_setting()
+    if setting == "auto":
+        setting = "fp16" if seq_len >= blocksparse.GLUON_DQ_MIN_LENGTH else "0"
+    if setting == "0" or prec.compute != 2:
+        return 0.0
+    try:
+        from megastride.kernels import gluon_bwd
+    except ImportError:  # a Triton without Gluon
+        return 0.0
+    w = _attention_width(model)
+    tiles = gluon_bwd.FUSED_TILES.get(w // model.n_heads)
+    stats = layout_stats(model, seq_len)
+    if tiles is None or model.attention.block % tiles[0] or stats.merged or not stats.columns:
+        return 0.0
+    return (2.0 if setting == "fp16" else 4.0) * w
 
 
 def pinned_bytes(request: float) -> float:

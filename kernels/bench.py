@@ -364,7 +364,8 @@ OUR_VARIANTS = {
     "triton": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "0"},
     "gluon": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1"},
     # no dQ kernel: the Gluon dK/dV kernel adds each step's dQ into fp32 or fp16 sums by a TMA reduce
-    # (blocksparse.gluon_dq_sums; head dim 64, 128-blocks)
+    # (blocksparse.gluon_dq_sums; head dim 64, 128-blocks; "auto": fp16 from 262,144 tokens)
+    "dqoff": {"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ": "0"},  # the dQ kernel at every length
     "dqfp32": {"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ": "fp32"},
     "dqfp16": {"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ": "fp16"},
     "gluon1": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "1"},

@@ -352,11 +352,13 @@ def _with_keep(cfg, keep):
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"keep_attention": keep})})
 
 
-def test_auto_weighs_kept_attention_against_recomputed_blocks():
+def test_auto_weighs_kept_attention_against_recomputed_blocks(monkeypatch):
     """train.checkpoint_blocks and train.keep_attention both "auto" (the default) take, of the (k recomputed,
     c kept) whose plan fits, the least recompute work: a block's matmuls, plus its attention forward where the
     outputs are not kept. The enwik8 model at 1M tokens as bench scaling runs it: the attention forward
     is ~4x the matmuls, so kept outputs win where they fit, and as many as fit where not all do."""
+    # measured with the dQ kernel, before the fused backward's dQ sums (kernels.blocksparse GLUON_DQ)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "0")
     from megastride.engine.bench_scaling import KINDS, config_for
 
     base = load_config(ROOT / "configs" / "enwik8.yaml", ["model.dropout=0", "train.checkpoint_blocks=auto"])
@@ -511,7 +513,7 @@ def test_kept_outputs_in_host_memory_at_1m_leave_the_gpu_two_blocks_of_them():
     assert "attention outputs kept in host memory" in auto.table()
 
 
-def test_kept_outputs_in_host_memory_are_off_the_gpu_between_the_passes():
+def test_kept_outputs_in_host_memory_are_off_the_gpu_between_the_passes(monkeypatch):
     """With blocks that are not recomputed (28 of 30 recomputed, every one keeping its outputs in host memory,
     the H200's fixed 1M step under 60 GB): the GPU holds two blocks' pairs while the recomputed blocks run
     backward, none from the forward's end through the loss's backward and the last two blocks' backward (the
@@ -519,6 +521,8 @@ def test_kept_outputs_in_host_memory_are_off_the_gpu_between_the_passes():
     GPU, all 28 are there in those phases. The plan then peaks in the last block's backward at 48.84 GB (cuBLAS's
     workspaces included, one FFN-width gradient in the FFN's backward: both since 2026-12-03), 1.7% above the
     48.03 GB measured and traced for this configuration (docs/scaling.md)."""
+    # measured with the dQ kernel, before the fused backward's dQ sums (kernels.blocksparse GLUON_DQ)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "0")
     base = load_config(ROOT / "configs" / "enwik8.yaml",
                        ["model.seq_len=1048576", "model.dropout=0", "model.attention.layers=['fixed(auto,128)']",
                         "train.precision=bf16", "train.checkpoint_blocks=28", "train.cpu_checkpointing=true",

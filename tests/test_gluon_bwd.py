@@ -105,8 +105,10 @@ def test_the_fused_dq_switch_and_its_fp16_scale(monkeypatch):
     from megastride.kernels import patterns as P
 
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "bf16")
-    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_GLUON_DQ must be one of 0, fp32, fp16; got 'bf16'"):
+    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_GLUON_DQ must be one of auto, 0, fp32, fp16; got 'bf16'"):
         B.gluon_dq_setting()
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ")
+    assert B.gluon_dq_setting() == "auto" and B.GLUON_DQ_MIN_LENGTH == 262144
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "fp16")
     layout = P.build_layout(P.same_for_all_heads(P.fixed(256, 128), 2), 1024, 128)
     q = torch.zeros(1, 2, 1024, 64, dtype=torch.bfloat16)

@@ -500,3 +500,29 @@ def test_the_ffns_backward_holds_its_saved_intermediates_and_one_gradient_of_the
     planned = tokens * ffn_transient_bytes(m, prec)
     rest = tokens * backward_transient_bytes(m, prec)
     assert planned == width and planned <= transient <= planned + rest, (transient / width)
+
+
+def test_the_fused_backwards_dq_sums_are_planned_where_they_run(monkeypatch):
+    """``fused_dq_bytes``: the fp16 (or fp32) dQ sums of the Gluon dK/dV kernel that adds dQ (no dQ kernel)
+    join the attention workspace where its setting takes them: "auto" from 262,144 tokens, at head dim 64 on
+    128-blocks, with no head merged from a permuted part; never at head dim 16, on 32-blocks or for strided
+    heads."""
+    from megastride.engine import plan as planner
+
+    prec = planner.precision_of("deepspeed", "bf16")
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", raising=False)
+    wide = {"d_model": 512, "n_heads": 8, "attention": {"block": 128, "layers": ["fixed(256,128)"]}}
+    fixed = config(model=wide).model
+    strided = config(model={**wide, "attention": {"block": 128, "layers": ["strided(128)"]}}).model
+    assert planner.fused_dq_bytes(fixed, prec, 512) == 0.0  # "auto" under 262,144 tokens
+    assert planner.fused_dq_bytes(fixed, prec, 262144) == 2 * 512
+    base = planner.attention_workspace_bytes(fixed, prec, 512)
+    for setting, size in (("fp16", 2), ("fp32", 4)):
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", setting)
+        assert planner.fused_dq_bytes(fixed, prec, 512) == size * 512
+        assert planner.attention_workspace_bytes(fixed, prec, 512) == base + size * 512
+        assert planner.fused_dq_bytes(strided, prec, 512) == 0.0
+        assert planner.fused_dq_bytes(config(("fixed(64,32)",)).model, prec, 512) == 0.0  # head dim 16
+        assert planner.fused_dq_bytes(fixed, planner.precision_of("deepspeed", "fp32"), 512) == 0.0
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "0")
+    assert planner.fused_dq_bytes(fixed, prec, 1 << 20) == 0.0
