@@ -748,7 +748,9 @@ def environment() -> dict:
             "dq_mode": B.dq_mode(), "dkdv_split": B.dkdv_split_setting(), "runs": B.use_runs(),
             "order": B.block_order(), "tma_loads": B.use_tma_loads(), "partials": B.partials_setting(),
             "dots_first": bool(B.DOTS_FIRST), "split_finish": B.split_finish(), "delta_in_dq": B.delta_in_dq(),
-            "direct_launch": B.use_direct_launch(), "gluon_backward": B.gluon_setting()}
+            "direct_launch": B.use_direct_launch(), "gluon_backward": B.gluon_setting(),
+            "gluon_dq": B.gluon_dq_setting(), "gluon_forward": B.gluon_fwd_setting(),
+            "plans": os.environ.get("MEGASTRIDE_BLOCKSPARSE_PLANS", B.PLANS)}
 
 
 def _fmt(x, digits=2) -> str:
