@@ -330,6 +330,17 @@ def _plain_smem():
 
 
 @gluon.jit
+def store_pair_half(ds_smem, dst, t, BLOCK_M: gl.constexpr):
+    """Step t's dS^T (BLOCK_N, BLOCK_M) into its half of a two-step (2 BLOCK_M, BLOCK_N) dS buffer (rows of
+    even steps first), fenced for the product that reads the buffer."""
+    if t % 2 == 0:
+        ds_smem.slice(0, BLOCK_M).permute((1, 0)).store(dst)
+    else:
+        ds_smem.slice(BLOCK_M, BLOCK_M).permute((1, 0)).store(dst)
+    fence_async_shared()
+
+
+@gluon.jit
 def _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd, dod, zero_s, LSE, DELTA, FULL_IDX,
                PART_IDX, full_lo, part_lo, nf, t0, t1, first_col, codes, min_off, qk_scale, ds_smem, stage, dqd,
                dq_scale, zero_q, NCOMP: gl.constexpr, KINDS: gl.constexpr, MASKED: gl.constexpr, BLOCK: gl.constexpr,
@@ -381,11 +392,7 @@ def _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd
         fence_async_shared()
         tma_reduce_add(dqd, [start, 0], stage)
     elif DQ_SEND == 2:  # dS_t into its half of a (2 BLOCK_M, BLOCK_N) buffer; at odd t dQ of both steps
-        if t % 2 == 0:
-            ds_smem.slice(0, BLOCK_M).permute((1, 0)).store(dst)
-        else:
-            ds_smem.slice(BLOCK_M, BLOCK_M).permute((1, 0)).store(dst)
-        fence_async_shared()
+        store_pair_half(ds_smem, dst, t, BLOCK_M)
         dk = warpgroup_mma(dst16, q_smem.index(slot), dk, is_async=True)
         if t % 2 == 1:
             dq = warpgroup_mma(ds_smem, k_smem, zero_q, use_acc=False, is_async=True)
