@@ -130,6 +130,35 @@ def test_the_fused_dq_switch_and_its_fp16_scale(monkeypatch):
     assert torch.isfinite(mult).all() and torch.isfinite(inverse).all() and mult.item() > 0
 
 
+def test_the_fused_dq_is_taken_where_its_setting_and_every_part_allow(monkeypatch):
+    """``gluon_dq_sums`` with the Gluon backward's own checks (a Hopper GPU) granted: "auto" takes fp16 sums from
+    262,144 tokens at head dim 64 on 128-blocks and nothing below; "fp32"/"fp16" at any length; never at head
+    dim 128 (no fused tiles), on 64-blocks (128-key tiles do not fit), or where a part cannot run the Gluon
+    backward (a strided head's permuted part)."""
+    torch = pytest.importorskip("torch")
+    from megastride.kernels import blocksparse as B
+    from megastride.kernels import patterns as P
+
+    granted = lambda meta, layout, q, *t, setting=None: not meta.permuted  # noqa: E731
+    monkeypatch.setattr(B, "gluon_backward", granted)
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", raising=False)
+    fixed = {n: P.build_layout(P.same_for_all_heads(P.fixed(4096, 128), 2), n, 128) for n in (131072, 262144)}
+    q = {n: torch.empty(1, 2, n, 64, dtype=torch.bfloat16) for n in fixed}
+    assert B.gluon_dq_sums(fixed[262144], q[262144]) == torch.float16
+    assert B.gluon_dq_sums(fixed[131072], q[131072]) is None
+    wide = torch.empty(1, 2, 262144, 128, dtype=torch.bfloat16)
+    assert B.gluon_dq_sums(fixed[262144], wide) is None
+    small = P.build_layout(P.same_for_all_heads(P.fixed(4096, 64), 2), 262144, 64)
+    assert B.gluon_dq_sums(small, q[262144]) is None
+    strided = P.build_layout(P.same_for_all_heads(P.strided(512), 2), 262144, 128)
+    assert any(B._part_meta(part, 262144, q[262144].device).permuted for part in strided.parts)
+    assert B.gluon_dq_sums(strided, q[262144]) is None
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "fp32")
+    assert B.gluon_dq_sums(fixed[131072], q[131072]) == torch.float32
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "0")
+    assert B.gluon_dq_sums(fixed[262144], q[262144]) is None
+
+
 def test_the_switches_name_bad_values_and_stay_off_without_a_gpu(monkeypatch):
     """MEGASTRIDE_BLOCKSPARSE_GLUON and ..._GLUON_DKDV_LAUNCHES: a bad value is named; on the CPU (no Hopper
     GPU) no part takes the Gluon path whatever the setting."""
