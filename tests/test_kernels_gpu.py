@@ -72,6 +72,7 @@ def test_first_call_autotuning_saves_only_the_outputs_later_parts_add_to(monkeyp
     the trials save (kernels.blocksparse._read_back, engine.plan.autotune_saved_bytes) and do_bench's
     flush buffer, not by a copy of every output (Triton's restore_value: dQ too, 0.54 GB more here)."""
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "0")  # the Triton dQ and dK/dV kernels' trials
     _untuned(monkeypatch)
     B = _blocksparse()
     n, heads, dim = 262144, 8, 64
