@@ -31,7 +31,8 @@ loop's products). Beyond the probe:
 * where one column outweighs a share of the work, dK/dV programs take column segments (SPLIT,
   ``blocksparse.gluon_split``) finished by the last to count, through an fp32 workspace with atomics;
   with whole columns the backward is deterministic (no atomics);
-* where ``blocksparse.gluon_dq_sums`` says so (``MEGASTRIDE_BLOCKSPARSE_GLUON_DQ`` "fp32" or "fp16"), no dQ
+* where ``blocksparse.gluon_dq_sums`` says so (``MEGASTRIDE_BLOCKSPARSE_GLUON_DQ``; by default fp16 sums from
+  262,144 tokens at head dim 64), no dQ
   kernel runs: each dK/dV step also forms dQ_t^T = K^T dS^T_t (dS^T_t through shared memory, a fifth
   product), waits for its products, and adds dQ_t into zeroed sums by an asynchronous TMA reduce
   (``tma_reduce_add``) that the next step's send waits for: FlashAttention-3's scheme, at 128 keys a program
