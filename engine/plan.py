@@ -339,26 +339,19 @@ def attention_workspace_bytes(model: ModelConfig, prec: Precision, seq_len: int,
 def fused_dq_bytes(model: ModelConfig, prec: Precision, seq_len: int) -> float:
     """Bytes per token of the dQ sums the Gluon dK/dV kernel adds into where no dQ kernel runs (kernels.blocksparse
     ``gluon_dq_sums``, on a Hopper GPU, the planner's target): 2 (fp16 sums) or 4 (fp32) per attention channel
-    where its setting takes them at ``seq_len`` (``auto``: fp16 from ``GLUON_DQ_MIN_LENGTH`` tokens) and the sparse
-    layers can run them (16-bit compute, a head dim of ``gluon_bwd.FUSED_TILES`` whose tiles the blocks hold, no
-    head merged from two parts: a strided head's permuted part keeps Triton's kernels); else 0."""
+    where ``fused_dq_dtype`` takes them at ``seq_len``, head dim and block and the sparse layers can run them
+    (16-bit compute, no head merged from two parts: a strided head's permuted part keeps Triton's kernels);
+    else 0."""
     from megastride.kernels import blocksparse
 
-    setting = blocksparse.gluon_dq_setting()
-    if setting == "auto":
-        setting = "fp16" if seq_len >= blocksparse.GLUON_DQ_MIN_LENGTH else "0"
-    if setting == "0" or prec.compute != 2:
-        return 0.0
-    try:
-        from megastride.kernels import gluon_bwd
-    except ImportError:  # a Triton without Gluon
-        return 0.0
     w = _attention_width(model)
-    tiles = gluon_bwd.FUSED_TILES.get(w // model.n_heads)
-    stats = layout_stats(model, seq_len)
-    if tiles is None or model.attention.block % tiles[0] or stats.merged or not stats.columns:
+    dtype = blocksparse.fused_dq_dtype(seq_len, w // model.n_heads, model.attention.block)
+    if dtype is None or prec.compute != 2:
         return 0.0
-    return (2.0 if setting == "fp16" else 4.0) * w
+    stats = layout_stats(model, seq_len)
+    if stats.merged or not stats.columns:
+        return 0.0
+    return float(dtype.itemsize * w)
 
 
 def pinned_bytes(request: float) -> float:

@@ -1862,12 +1862,31 @@ def gluon_dq_setting() -> str:
     return mode
 
 
+def fused_dq_dtype(seq_len: int, head_dim: int, block: int) -> torch.dtype | None:
+    """The dtype of the fused backward's dQ sums the setting (``gluon_dq_setting``; "auto": fp16 from
+    ``GLUON_DQ_MIN_LENGTH`` tokens) takes at this length, head dim and layout block, or None: off, a head dim
+    without ``gluon_bwd.FUSED_TILES``, or a block that does not hold their key tiles. What the layout's parts
+    and the device must also allow is ``gluon_dq_sums``'s."""
+    setting = gluon_dq_setting()
+    if setting == "auto":
+        setting = "fp16" if seq_len >= GLUON_DQ_MIN_LENGTH else "0"
+    if setting == "0":
+        return None
+    try:
+        from . import gluon_bwd
+    except ImportError:  # a Triton without Gluon
+        return None
+    tiles = gluon_bwd.FUSED_TILES.get(head_dim)
+    if tiles is None or block % tiles[0]:
+        return None
+    return torch.float32 if setting == "fp32" else torch.float16
+
+
 def gluon_dq_sums(layout: Layout, q: torch.Tensor, *tensors: torch.Tensor) -> torch.dtype | None:
     """The dtype dQ is summed in where the backward's dQ comes from the Gluon dK/dV kernel (five products a
     tile: each step's dQ_t = dS_t K added into the sums by an asynchronous TMA reduce, FlashAttention-3's
-    scheme; no dQ kernel recomputing S and dP), else None: the setting (``gluon_dq_setting``) not "0", a head
-    dim of ``gluon_bwd.FUSED_TILES``, a block holding its 128-key tiles, and every part of the layout able to
-    run the Gluon backward (``gluon_backward``, whatever ``MEGASTRIDE_BLOCKSPARSE_GLUON`` says). The sums'
+    scheme; no dQ kernel recomputing S and dP), else None: ``fused_dq_dtype`` at the inputs' length, head dim
+    and block, and every part of the layout able to run the Gluon backward (``gluon_backward``, whatever ``MEGASTRIDE_BLOCKSPARSE_GLUON`` says). The sums'
     adds come in no fixed order, so dQ is not bit-reproducible. "fp16" halves the reduce's bytes (the
     reduce's adds in L2 are what it costs: docs/benchmarks.md "Thirty-fourth run"); the sums are scaled by a
     power of two so no partial sum can pass ``GLUON_DQ_FP16_BOUND`` (``_dq_multiplier``), and rounded at
@@ -1876,23 +1895,12 @@ def gluon_dq_sums(layout: Layout, q: torch.Tensor, *tensors: torch.Tensor) -> to
     2.6-8.1% less time than with the dQ kernel at 1M tokens and 0.1-3.9% less at 262,144, 3.7-4.8% more at
     131,072; dQ's error on sampled rows stayed under the bf16 reference's (1.4 times ours with the dQ
     kernel at most)."""
-    setting = gluon_dq_setting()
-    if setting == "auto":
-        setting = "fp16" if q.shape[2] >= GLUON_DQ_MIN_LENGTH else "0"
-    if setting == "0":
-        return None
-    try:
-        from . import gluon_bwd
-    except ImportError:  # a Triton without Gluon
-        return None
-    block_n = gluon_bwd.FUSED_TILES.get(q.shape[-1], (0,))[0]
-    if not block_n or layout.block % block_n:
-        return None
     seq_len = q.shape[2]
-    if not all(gluon_backward(_part_meta(part, seq_len, q.device), layout, q, *tensors, setting="1")
-               for part in layout.parts):
+    dtype = fused_dq_dtype(seq_len, q.shape[-1], layout.block)
+    if dtype is None or not all(gluon_backward(_part_meta(part, seq_len, q.device), layout, q, *tensors, setting="1")
+                                for part in layout.parts):
         return None
-    return torch.float32 if setting == "fp32" else torch.float16
+    return dtype
 
 
 def finish_dq(acc: torch.Tensor, dq: torch.Tensor, inverse: torch.Tensor) -> None:
