@@ -66,10 +66,6 @@ HEAD_DIMS = tuple(DKDV_TILES)
 # the dK/dV kernel that also adds each step's dQ into summed dQ by an asynchronous TMA reduce (``backward_part``'s
 # ``dq_sums``): 128 keys a program, 32 queries a step, 4 slots, 4 warps (docs/benchmarks.md "Thirty-fourth run")
 FUSED_TILES = {64: (128, 32, 4, 4)}
-# how the fused kernel forms dQ: 1 a product a step (K^T dS^T, 64 x 32 x 128), 2 one product of two steps
-# (dS K, 64 x 64 x 128: 3% faster in the full-block probe, 2.5% slower in the backward at 1M tokens,
-# docs/benchmarks.md "Thirty-fifth run")
-FUSED_SEND = 1
 # dK/dV launches per part (``dkdv_launches``)
 DKDV_LAUNCHES = {128: 2, 64: 1}
 # dQ on a second stream beside dK/dV (``use_streams``)
@@ -331,29 +327,17 @@ def _plain_smem():
 
 
 @gluon.jit
-def store_pair_half(ds_smem, dst, t, BLOCK_M: gl.constexpr):
-    """Step t's dS^T (BLOCK_N, BLOCK_M) into its half of a two-step (2 BLOCK_M, BLOCK_N) dS buffer (rows of
-    even steps first), fenced for the product that reads the buffer."""
-    if t % 2 == 0:
-        ds_smem.slice(0, BLOCK_M).permute((1, 0)).store(dst)
-    else:
-        ds_smem.slice(BLOCK_M, BLOCK_M).permute((1, 0)).store(dst)
-    fence_async_shared()
-
-
-@gluon.jit
 def _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd, dod, zero_s, LSE, DELTA, FULL_IDX,
                PART_IDX, full_lo, part_lo, nf, t0, t1, first_col, codes, min_off, qk_scale, ds_smem, stage, dqd,
                dq_scale, zero_q, NCOMP: gl.constexpr, KINDS: gl.constexpr, MASKED: gl.constexpr, BLOCK: gl.constexpr,
                BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, p_layout: gl.constexpr,
                DQ_SEND: gl.constexpr):
-    """Step t of a key tile's column (query tile t): see the module's docstring. DQ_SEND 1: the step also forms
+    """Step t of a key tile's column (query tile t): see the module's docstring. DQ_SEND: the step also forms
     dQ_t^T = K^T dS^T_t (``zero_q``: (D, BLOCK_M) zeros on the scores' layout) from dS^T_t in ``ds_smem``,
     waits for all its products (read any later, or while dK_t is in flight, ptxas serialises every product of
     the loop), and sends dQ_t times ``dq_scale`` through ``stage`` into the summed dQ (``dqd``) by a TMA
-    reduce left in flight until the next send. DQ_SEND 2: dS_t goes into its half of a (2 BLOCK_M, BLOCK_N)
-    ``ds_smem``, and every other step forms the two steps' dQ in one product (dS K: 64 x 64 x 128 at 32-query
-    steps) and sends it (the pair's query tiles are one block's, t0 being a multiple of BLOCK // BLOCK_M)."""
+    reduce left in flight until the next send (one product for two steps' dQ, faster in the full-block probe,
+    was 2.5% slower here: docs/benchmarks.md "Thirty-fifth run", commit 4743fcc)."""
     dtype: gl.constexpr = pt16.dtype
     s_layout: gl.constexpr = zero_s.type.layout
     slot = (t - t0) % STAGES
@@ -382,7 +366,7 @@ def _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd
     dp, pt16 = warpgroup_mma_wait(num_outstanding=1, deps=(dp, pt16))
     dst = (pt * (dp - gl.expand_dims(delta, 0))).to(dtype)
     dst16 = gl.convert_layout(dst, p_layout)
-    if DQ_SEND == 1:
+    if DQ_SEND:
         ds_smem.store(dst)  # the last step's dQ product, which read it, is done
         fence_async_shared()
         dq = warpgroup_mma(k_smem.permute((1, 0)), ds_smem, zero_q, use_acc=False, is_async=True)
@@ -392,18 +376,6 @@ def _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd
         stage.permute((1, 0)).store((dq * dq_scale).to(stage.dtype))
         fence_async_shared()
         tma_reduce_add(dqd, [start, 0], stage)
-    elif DQ_SEND == 2:  # dS_t into its half of a (2 BLOCK_M, BLOCK_N) buffer; at odd t dQ of both steps
-        store_pair_half(ds_smem, dst, t, BLOCK_M)
-        dk = warpgroup_mma(dst16, q_smem.index(slot), dk, is_async=True)
-        if t % 2 == 1:
-            dq = warpgroup_mma(ds_smem, k_smem, zero_q, use_acc=False, is_async=True)
-            dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq, ))
-            tma.store_wait(pendings=0)
-            stage.store((dq * dq_scale).to(stage.dtype))
-            fence_async_shared()
-            tma_reduce_add(dqd, [start - BLOCK_M, 0], stage)
-        else:
-            dst16 = warpgroup_mma_wait(num_outstanding=0, deps=(dst16, ))
     else:
         dk = warpgroup_mma(dst16, q_smem.index(slot), dk, is_async=True)
     return dk, dv, pt16, dst16
@@ -454,7 +426,7 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_
     """dK and dV of BLOCK_N keys over their column's query blocks, BLOCK_M queries a step. K and V stay in
     shared memory; Q and dO tiles stream through the ring. STEPS: which blocks of the column (``_list_steps``).
     SPLIT: a program takes one segment of a column (ORDER: the segments' columns; SEG_LO/SEG_HI its range of
-    full entries, SEG_FIRST whether it also takes the partial ones), finished by ``_finish_dkdv``. DQ_SEND (1, 2):
+    full entries, SEG_FIRST whether it also takes the partial ones), finished by ``_finish_dkdv``. DQ_SEND:
     each step also adds its dQ, times DQ_SCALE[0], into the summed dQ DQS (fp32 or fp16, (n, D) rows a head
     at stride_sb / stride_sh, zeroed before the launch) by a TMA reduce (``_dkdv_step``)."""
     gl.static_assert(STAGES >= 2, "the ring needs two slots: step t's loads land while step t-1's products run")
@@ -482,21 +454,16 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_
     zero_s = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
     dk = warpgroup_mma_init(gl.zeros([BLOCK_N, D], gl.float32, o_layout))
     dv = warpgroup_mma_init(gl.zeros([BLOCK_N, D], gl.float32, o_layout))
-    if DQ_SEND:  # dS of a step (or two), dQ's staging buffer, the summed dQ's descriptor, dQ's (or dQ^T's) zeros
+    if DQ_SEND:  # dS^T of a step, dQ's staging buffer, the summed dQ's descriptor, dQ^T's zeros
+        gl.static_assert(D % (16 * num_warps) == 0, "dQ^T of a step: D rows, 16 a warp")
         sum_ty: gl.constexpr = DQS.dtype.element_ty
-        QROWS: gl.constexpr = 2 * BLOCK_M if DQ_SEND == 2 else BLOCK_M
-        ds_shape: gl.constexpr = [QROWS, BLOCK_N] if DQ_SEND == 2 else [BLOCK_N, BLOCK_M]
-        ds_smem = gl.allocate_shared_memory(dtype, ds_shape, gl.NVMMASharedLayout.get_default_for(ds_shape, dtype))
-        stage_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([QROWS, D], sum_ty)
-        stage = gl.allocate_shared_memory(sum_ty, [QROWS, D], stage_layout)
-        dqd = _head_desc(DQS, batch * stride_sb + head * stride_sh, num_blocks * BLOCK, D, D, QROWS, stage_layout)
+        ds_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, BLOCK_M],
+                                            gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_M], dtype))
+        stage_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, D], sum_ty)
+        stage = gl.allocate_shared_memory(sum_ty, [BLOCK_M, D], stage_layout)
+        dqd = _head_desc(DQS, batch * stride_sb + head * stride_sh, num_blocks * BLOCK, D, D, BLOCK_M, stage_layout)
         dq_scale = gl.load(DQ_SCALE)
-        if DQ_SEND == 2:
-            gl.static_assert(BLOCK // BLOCK_M % 2 == 0, "a pair of steps: two query tiles of one block")
-            zero_q = gl.zeros([QROWS, D], gl.float32, o_layout)
-        else:
-            gl.static_assert(D % (16 * num_warps) == 0, "dQ^T of a step: D rows, 16 a warp")
-            zero_q = gl.zeros([D, BLOCK_M], gl.float32, s_layout)
+        zero_q = gl.zeros([D, BLOCK_M], gl.float32, s_layout)
     else:  # not read
         ds_smem, stage, dqd, dq_scale, zero_q = k_smem, k_smem, kd, sm_scale, zero_s
     # the A operands of the products in flight, kept alive (in registers) until the wait that ends them
@@ -642,7 +609,7 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
         grid = (order.shape[1] * (block // block_n) * batch * heads,)
         _dkdv_kernel[grid](q, k, v, do, *outs, lse, delta, *head_tables, *lists_, order, *tables, ws, ws_cnt, ws_cols,
                            *fused, *strides, order.shape[1], *scales, LOAD_PREV=prev, STEPS=steps, SPLIT=split,
-                           DQ_SEND=FUSED_SEND if dq_sums is not None else 0, **dkdv_tiles, **consts)
+                           DQ_SEND=dq_sums is not None, **dkdv_tiles, **consts)
 
     # dQ on a second stream beside dK/dV: its programs fill the SMs the long dK/dV columns leave idle at
     # the end (what the Triton kernels' "merged" mode does in one launch)
@@ -786,12 +753,12 @@ def _signature(names: list[str], consts: dict) -> dict:
 def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, ncomp: int = 2, kinds: int = 8 | 16,
                 load_prev: bool = False, steps: int = 0, split: bool = False,
                 tiles: tuple[int, int, int, int] | None = None, maxnreg: int | None = None, arch: int = 90,
-                dq_sums: str | None = None, send: int | None = None):
+                dq_sums: str | None = None):
     """The dK/dV (``kernel`` "dkdv") or dQ ("dq") kernel compiled for ``arch`` without a GPU (bf16 inputs,
     fp32 earlier sums), for the fixed pattern's kinds (window and summary) by default; ``tiles`` replaces
     the head dim's (program tile, step tile, stages, warps), ``maxnreg`` caps its registers a thread.
     ``dq_sums`` ("fp32" or "fp16"): the dK/dV kernel that also sends dQ into sums of that type, at
-    ``FUSED_TILES`` unless ``tiles`` says otherwise, its dQ formed as ``send`` says (default ``FUSED_SEND``)."""
+    ``FUSED_TILES`` unless ``tiles`` says otherwise."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
@@ -801,7 +768,7 @@ def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, nco
     names = list(fn.arg_names)
     tile_names = ("BLOCK_N", "BLOCK_M") if kernel == "dkdv" else ("BLOCK_M", "BLOCK_N")
     consts = {"BLOCK": block, "D": head_dim, "NCOMP": ncomp, "KINDS": kinds, "LOAD_PREV": load_prev, "STEPS": steps,
-              **({"SPLIT": split, "DQ_SEND": (send or FUSED_SEND) if dq_sums else 0} if kernel == "dkdv" else {}),
+              **({"SPLIT": split, "DQ_SEND": bool(dq_sums)} if kernel == "dkdv" else {}),
               tile_names[0]: big, tile_names[1]: small, "STAGES": stages, "num_warps": warps}
     sig = _signature(names, consts)
     if kernel == "dkdv":

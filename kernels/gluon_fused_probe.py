@@ -43,13 +43,24 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                                warpgroup_mma_wait)
 
-from .gluon_bwd import mma_layouts, store_pair_half, tma_reduce_add as _tma_reduce_add
+from .gluon_bwd import mma_layouts, tma_reduce_add as _tma_reduce_add
 from .gluon_bwd_probe import (ORDERS, _column_init, _column_program, _head_desc, _issue_pair, _prologue, _rel_diff,
                               _score_step, _write_dkdv, dq_reference, gluon_dkdv, gluon_dq, probe_inputs,
                               tile_order)
 from .ws_probe import BLOCK, _timed, add_list_options, column_lists, probe_dkdv, write_rows
 
 _LIST_BLOCK = gl.constexpr(BLOCK)
+
+
+@gluon.jit
+def _store_pair_half(ds_smem, dst, t, BLOCK_M: gl.constexpr):
+    """Step t's dS^T (BLOCK_N, BLOCK_M) into its half of a two-step (2 BLOCK_M, BLOCK_N) dS buffer (rows of
+    even steps first), fenced for the product that reads the buffer."""
+    if t % 2 == 0:
+        ds_smem.slice(0, BLOCK_M).permute((1, 0)).store(dst)
+    else:
+        ds_smem.slice(BLOCK_M, BLOCK_M).permute((1, 0)).store(dst)
+    fence_async_shared()
 
 
 @gluon.jit
@@ -130,7 +141,7 @@ def _fused_kernel(Q, K, V, DO, DK, DV, DQ, LSE, DELTA, PTR, IDX, ORDER, N, qk_sc
         # dS^T_t to shared memory (the last step's dQ product, which read it, is done) for dQ_t
         dst16 = gl.convert_layout(dst, p_layout)
         if PAIR:  # dS_t into its half of a two-step (2 BLOCK_M, BLOCK_N) buffer; dQ of both steps at odd t
-            store_pair_half(ds_smem, dst, t, BLOCK_M)
+            _store_pair_half(ds_smem, dst, t, BLOCK_M)
             dk = warpgroup_mma(dst16, q_smem.index(slot), dk, is_async=True)
             if t % 2 == 1:
                 dq = warpgroup_mma(ds_smem, k_smem, zero_q, use_acc=False, is_async=True)
