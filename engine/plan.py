@@ -338,10 +338,10 @@ def attention_workspace_bytes(model: ModelConfig, prec: Precision, seq_len: int,
 
 def fused_dq_bytes(model: ModelConfig, prec: Precision, seq_len: int) -> float:
     """Bytes per token of the dQ sums the Gluon dK/dV kernel adds into where no dQ kernel runs (kernels.blocksparse
-    ``gluon_dq_sums``, on a Hopper GPU, the planner's target): 2 (fp16 sums) or 4 (fp32) per attention channel
-    where ``fused_dq_dtype`` takes them at ``seq_len``, head dim and block and the sparse layers can run them
+    ``gluon_dq_sums``, on a Hopper GPU, the planner's target): 4 per attention channel for fp32 sums, where
+    ``fused_dq_dtype`` takes them at ``seq_len``, head dim and block and the sparse layers can run them
     (16-bit compute, no head merged from two parts: a strided head's permuted part keeps Triton's kernels);
-    else 0."""
+    else 0: fp16 sums (the default) live in dQ's own storage (``blocksparse.dq_sums_buffer``)."""
     from megastride.kernels import blocksparse
 
     w = _attention_width(model)
@@ -351,7 +351,7 @@ def fused_dq_bytes(model: ModelConfig, prec: Precision, seq_len: int) -> float:
     stats = layout_stats(model, seq_len)
     if stats.merged or not stats.columns:
         return 0.0
-    return float(dtype.itemsize * w)
+    return 0.0 if dtype.itemsize == prec.compute else float(dtype.itemsize * w)
 
 
 def pinned_bytes(request: float) -> float:

@@ -368,6 +368,10 @@ OUR_VARIANTS = {
     "dqoff": {"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ": "0"},  # the dQ kernel at every length
     "dqfp32": {"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ": "fp32"},
     "dqfp16": {"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ": "fp16"},
+    # the fused dK/dV step loads the next step's list entry, lse and delta at its end (gluon_bwd.look_ahead):
+    # everywhere, or nowhere ("auto": whole columns without earlier sums)
+    "ahead": {"MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD": "1"},
+    "noahead": {"MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD": "0"},
     "gluon1": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "1"},
     "gluon2": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "2"},
     "onestream": {"MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS": "0"},  # Gluon's dQ after its dK/dV on one stream
@@ -749,8 +753,17 @@ def environment() -> dict:
             "order": B.block_order(), "tma_loads": B.use_tma_loads(), "partials": B.partials_setting(),
             "dots_first": bool(B.DOTS_FIRST), "split_finish": B.split_finish(), "delta_in_dq": B.delta_in_dq(),
             "direct_launch": B.use_direct_launch(), "gluon_backward": B.gluon_setting(),
-            "gluon_dq": B.gluon_dq_setting(), "gluon_forward": B.gluon_fwd_setting(),
+            "gluon_dq": B.gluon_dq_setting(), "gluon_ahead": _gluon_ahead(), "gluon_forward": B.gluon_fwd_setting(),
             "plans": os.environ.get("MEGASTRIDE_BLOCKSPARSE_PLANS", B.PLANS)}
+
+
+def _gluon_ahead() -> bool | None:
+    """``gluon_bwd.look_ahead`` for whole columns into fp16 sums (None on a Triton without Gluon)."""
+    try:
+        from . import gluon_bwd
+    except ImportError:
+        return None
+    return gluon_bwd.look_ahead(torch.float16, False, False)
 
 
 def _fmt(x, digits=2) -> str:

@@ -358,16 +358,17 @@ def _delta_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_ot, stride_db, stri
 
 
 @triton.jit
-def _dq_finish_kernel(ACC, DQ, INVERSE, stride_qb, stride_qh, stride_qt, heads, seq_len, HEAD_DIM: tl.constexpr,
-                      BLOCK_T: tl.constexpr):
-    """dQ = ACC x INVERSE[0] in DQ's dtype and strides: the fused backward's sums (contiguous (B, H, T, D),
-    fp32 or fp16, scaled by a power of two) read once, in fp32."""
+def _dq_finish_kernel(ACC, DQ, INVERSE, stride_ab, stride_ah, stride_at, stride_qb, stride_qh, stride_qt, heads,
+                      seq_len, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
+    """dQ = ACC x INVERSE[0] in DQ's dtype and strides: the fused backward's sums ((B, H, T, D), fp32 or fp16,
+    scaled by a power of two; DQ's own storage where ``dq_sums_buffer`` put them there: each element is read
+    before the same program writes it) read once, in fp32."""
     batch = (tl.program_id(1) // heads).to(tl.int64)
     head = (tl.program_id(1) % heads).to(tl.int64)
     offs_t = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_d = tl.arange(0, HEAD_DIM)
     live = offs_t < seq_len
-    acc = tl.load(ACC + (tl.program_id(1).to(tl.int64) * seq_len + offs_t[:, None]) * HEAD_DIM + offs_d[None, :],
+    acc = tl.load(ACC + batch * stride_ab + head * stride_ah + offs_t[:, None] * stride_at + offs_d[None, :],
                   mask=live[:, None], other=0.0)
     dq = acc.to(tl.float32) * tl.load(INVERSE)
     tl.store(DQ + batch * stride_qb + head * stride_qh + offs_t[:, None] * stride_qt + offs_d[None, :],
@@ -1903,17 +1904,28 @@ def gluon_dq_sums(layout: Layout, q: torch.Tensor, *tensors: torch.Tensor) -> to
     return dtype
 
 
+def dq_sums_buffer(dq: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Zeroed (B, H, T, D) sums of ``dtype`` for the fused backward's dQ: dQ's own storage seen as ``dtype``
+    where the two have one size (fp16 sums of a bf16 or fp16 dQ) and TMA can address its rows (unit channel
+    stride, 16-byte aligned base and strides), so the sums take no memory of their own (1 GB at 1M tokens,
+    8x64) and ``finish_dq`` rewrites them in place; else a contiguous buffer (fp32 sums)."""
+    if dq.element_size() == dtype.itemsize and _tma_aligned(dq):
+        return dq.view(dtype).zero_()
+    return torch.zeros(dq.shape, dtype=dtype, device=dq.device)
+
+
 def finish_dq(acc: torch.Tensor, dq: torch.Tensor, inverse: torch.Tensor) -> None:
-    """dq (B, H, T, D, any strides) = acc (contiguous (B, H, T, D) sums, fp32 or fp16) x inverse (one fp32
-    value on the device), computed in fp32 and rounded once to dq's dtype: one kernel reading the sums once
-    (``_dq_finish_kernel``; a copy and a scaling of dq's (B, T, H, D) view took 3.6 ms at 1M tokens, 8x64)."""
+    """dq (B, H, T, D, any strides) = acc ((B, H, T, D) sums, fp32 or fp16, any strides; dq's own storage
+    included: ``dq_sums_buffer``) x inverse (one fp32 value on the device), computed in fp32 and rounded once
+    to dq's dtype: one kernel reading the sums once (``_dq_finish_kernel``; a copy and a scaling of dq's
+    (B, T, H, D) view took 3.6 ms at 1M tokens, 8x64)."""
     batch, heads, seq_len, head_dim = dq.shape
-    if dq.stride(-1) != 1 or head_dim & (head_dim - 1):
-        dq.copy_(acc.float().mul_(inverse))
+    if dq.stride(-1) != 1 or acc.stride(-1) != 1 or head_dim & (head_dim - 1):
+        dq.copy_(acc.float() * inverse)  # not mul_: acc.float() is acc itself where the sums are fp32
         return
     block_t = 64
     _dq_finish_kernel[(triton.cdiv(seq_len, block_t), batch * heads)](
-        acc, dq, inverse, *dq.stride()[:3], heads, seq_len, HEAD_DIM=head_dim, BLOCK_T=block_t)
+        acc, dq, inverse, *acc.stride()[:3], *dq.stride()[:3], heads, seq_len, HEAD_DIM=head_dim, BLOCK_T=block_t)
 
 
 def _dq_multiplier(k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, scale: float, dtype: torch.dtype):
@@ -2192,7 +2204,7 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
     fused_dq = None
     if dq_sums is not None:  # every part's dK/dV kernel adds its dQ into dq_acc; dQ is made of it at the end
         _not_replayable()
-        dq_acc = torch.zeros((batch, heads, seq_len, head_dim), dtype=dq_sums, device=q.device)
+        dq_acc = dq_sums_buffer(finals[0], dq_sums)
         multiplier, inverse = _dq_multiplier(k, v, do, scale, dq_sums)
         fused_dq = (dq_acc, multiplier)
     dq_sum, dk_sum, dv_sum = (sums(i) for i in range(3))

@@ -36,7 +36,9 @@ loop's products). Beyond the probe:
   kernel runs: each dK/dV step also forms dQ_t^T = K^T dS^T_t (dS^T_t through shared memory, a fifth
   product), waits for its products, and adds dQ_t into zeroed sums by an asynchronous TMA reduce
   (``tma_reduce_add``) that the next step's send waits for: FlashAttention-3's scheme, at 128 keys a program
-  and 32 queries a step (``FUSED_TILES``; ``kernels/gluon_fused_probe.py`` timed it on the full blocks).
+  and 32 queries a step (``FUSED_TILES``; ``kernels/gluon_fused_probe.py`` timed it on the full blocks); fp16
+  sums live in dQ's own storage (``blocksparse.dq_sums_buffer``), and a step loads the next one's list entry,
+  lse and delta at its end (``look_ahead``).
 
 ``blocksparse.gluon_backward`` chooses this path (``MEGASTRIDE_BLOCKSPARSE_GLUON``); Gluon has no
 interpreter, so the CPU tests compile it for sm_90 (tests/test_gluon_bwd.py) and the GPU tests check it
@@ -70,6 +72,9 @@ FUSED_TILES = {64: (128, 32, 4, 4)}
 DKDV_LAUNCHES = {128: 2, 64: 1}
 # dQ on a second stream beside dK/dV (``use_streams``)
 STREAMS = True
+# the fused dK/dV step loads the next step's list entry, lse and delta at its end (``look_ahead``): "auto",
+# "1" or "0"
+AHEAD = "auto"
 # registers a thread the compiler may use, per (kernel, head dim) where capped (``registers``)
 MAX_REGISTERS: dict[tuple[str, int], int] = {}
 
@@ -141,6 +146,19 @@ def _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, SUB: gl.constexpr, 
     full steps, of a partial entry (a select of the entry's address, no branch in the loop)."""
     entry = gl.load(gl.where(t < nf, FULL_IDX + full_lo + t // SUB, PART_IDX + part_lo + (t - nf) // SUB))
     return entry * BLOCK + (t % SUB) * ROWS
+
+
+@gluon.jit
+def _step_rows(LSE, DELTA, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, t1, SUB: gl.constexpr, ROWS: gl.constexpr,
+               BLOCK: gl.constexpr, layout: gl.constexpr):
+    """(first position, lse, delta) of step t's ROWS-row tile (``_step_start``; lse and delta on ``layout``), or,
+    where t >= t1 (a look-ahead past the column's last step), of the head's first rows: no load leaves the
+    lists or the rows."""
+    entry = gl.load(gl.where(t < nf, FULL_IDX + full_lo + t // SUB, PART_IDX + part_lo + (t - nf) // SUB),
+                    mask=t < t1, other=0)
+    start = entry * BLOCK + (t % SUB) * ROWS
+    rows = start + gl.arange(0, ROWS, layout=layout)
+    return start, gl.load(LSE + rows), gl.load(DELTA + rows)
 
 
 @gluon.jit
@@ -329,9 +347,9 @@ def _plain_smem():
 @gluon.jit
 def _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd, dod, zero_s, LSE, DELTA, FULL_IDX,
                PART_IDX, full_lo, part_lo, nf, t0, t1, first_col, codes, min_off, qk_scale, ds_smem, stage, dqd,
-               dq_scale, zero_q, NCOMP: gl.constexpr, KINDS: gl.constexpr, MASKED: gl.constexpr, BLOCK: gl.constexpr,
-               BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, p_layout: gl.constexpr,
-               DQ_SEND: gl.constexpr):
+               dq_scale, zero_q, ahead, NCOMP: gl.constexpr, KINDS: gl.constexpr, MASKED: gl.constexpr,
+               BLOCK: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
+               p_layout: gl.constexpr, DQ_SEND: gl.constexpr, AHEAD: gl.constexpr):
     """Step t of a key tile's column (query tile t): see the module's docstring. DQ_SEND: the step also forms
     dQ_t^T = K^T dS^T_t (``zero_q``: (D, BLOCK_M) zeros on the scores' layout) from dS^T_t in ``ds_smem``,
     waits for all its products (read any later, or while dK_t is in flight, ptxas serialises every product of
@@ -344,10 +362,15 @@ def _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd
     mbarrier.wait(bars.index(slot), ((t - t0) // STAGES) & 1)
     s = warpgroup_mma(k_smem, q_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
     dp = warpgroup_mma(v_smem, do_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, BLOCK // BLOCK_M, BLOCK_M, BLOCK)
-    rows = start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
-    lse = gl.load(LSE + rows)
-    delta = gl.load(DELTA + rows)
+    row_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
+    if AHEAD:  # step t's rows came a step ahead (loaded at the end of step t-1)
+        start, lse, delta = ahead
+    else:
+        start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, BLOCK // BLOCK_M, BLOCK_M, BLOCK)
+    rows = start + gl.arange(0, BLOCK_M, layout=row_layout)
+    if not AHEAD:
+        lse = gl.load(LSE + rows)
+        delta = gl.load(DELTA + rows)
     # in flight, oldest first: dV_{t-1}, dK_{t-1}, S^T_t, dP^T_t; wait for all but dP^T_t
     s, dv, dk, pt16, dst16 = warpgroup_mma_wait(num_outstanding=1, deps=(s, dv, dk, pt16, dst16))
     if t > t0:  # step t-1's products are done: its slot takes step t-1+STAGES
@@ -378,7 +401,10 @@ def _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd
         tma_reduce_add(dqd, [start, 0], stage)
     else:
         dk = warpgroup_mma(dst16, q_smem.index(slot), dk, is_async=True)
-    return dk, dv, pt16, dst16
+    if AHEAD:  # step t+1's rows, under this step's last products and the next step's score products
+        ahead = _step_rows(LSE, DELTA, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t + 1, t1, BLOCK // BLOCK_M, BLOCK_M,
+                           BLOCK, row_layout)
+    return dk, dv, pt16, dst16, ahead
 
 
 @gluon.jit
@@ -415,14 +441,15 @@ def _dq_step(t, dq, ds16, q_smem, do_smem, k_smem, v_smem, bars, kd, vd, zero_s,
 @gluon.jit
 def _dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                  FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, SEG_COUNT, SEG_CIDX,
-                 WS, WS_CNT, ws_cols, DQS, DQ_SCALE, stride_sb, stride_sh,
+                 WS, WS_CNT, ws_cols, DQS, DQ_SCALE, stride_sb, stride_sh, stride_st,
                  stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                  stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                  stride_dvb, stride_dvh, stride_dvt, stride_lb, stride_lh,
                  part_heads, batch_heads, num_blocks, order_len, qk_scale, sm_scale,
                  BLOCK: gl.constexpr, D: gl.constexpr, NCOMP: gl.constexpr, KINDS: gl.constexpr,
                  LOAD_PREV: gl.constexpr, STEPS: gl.constexpr, SPLIT: gl.constexpr, BLOCK_N: gl.constexpr,
-                 BLOCK_M: gl.constexpr, STAGES: gl.constexpr, DQ_SEND: gl.constexpr, num_warps: gl.constexpr):
+                 BLOCK_M: gl.constexpr, STAGES: gl.constexpr, DQ_SEND: gl.constexpr, AHEAD: gl.constexpr,
+                 num_warps: gl.constexpr):
     """dK and dV of BLOCK_N keys over their column's query blocks, BLOCK_M queries a step. K and V stay in
     shared memory; Q and dO tiles stream through the ring. STEPS: which blocks of the column (``_list_steps``).
     SPLIT: a program takes one segment of a column (ORDER: the segments' columns; SEG_LO/SEG_HI its range of
@@ -461,7 +488,8 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_
                                             gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_M], dtype))
         stage_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, D], sum_ty)
         stage = gl.allocate_shared_memory(sum_ty, [BLOCK_M, D], stage_layout)
-        dqd = _head_desc(DQS, batch * stride_sb + head * stride_sh, num_blocks * BLOCK, D, D, BLOCK_M, stage_layout)
+        dqd = _head_desc(DQS, batch * stride_sb + head * stride_sh, num_blocks * BLOCK, stride_st, D, BLOCK_M,
+                         stage_layout)
         dq_scale = gl.load(DQ_SCALE)
         zero_q = gl.zeros([D, BLOCK_M], gl.float32, s_layout)
     else:  # not read
@@ -469,25 +497,30 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_
     # the A operands of the products in flight, kept alive (in registers) until the wait that ends them
     pt16 = gl.zeros([BLOCK_N, BLOCK_M], dtype, p_layout)
     dst16 = gl.zeros([BLOCK_N, BLOCK_M], dtype, p_layout)
+    if AHEAD:  # the first step's (first position, lse, delta); each step loads the next one's
+        ahead = _step_rows(LSE, DELTA, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t0, t1, SUB, BLOCK_M, BLOCK,
+                           gl.SliceLayout(0, s_layout))
+    else:  # not read
+        ahead = 0
     # full blocks, then the partial ones under the token predicate: one loop each, so the full blocks' loop
     # carries no mask; the ring runs on from one to the other
     if STEPS != 2:
         for t in range(t0, nf):
-            dk, dv, pt16, dst16 = _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd, dod,
-                                             zero_s, LSE, DELTA, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t0, t1,
-                                             first_col, codes, min_off, qk_scale, ds_smem, stage, dqd, dq_scale,
-                                             zero_q, NCOMP, KINDS, False, BLOCK, BLOCK_N, BLOCK_M, STAGES, p_layout,
-                                             DQ_SEND)
+            dk, dv, pt16, dst16, ahead = _dkdv_step(
+                t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd, dod, zero_s, LSE, DELTA, FULL_IDX,
+                PART_IDX, full_lo, part_lo, nf, t0, t1, first_col, codes, min_off, qk_scale, ds_smem, stage, dqd,
+                dq_scale, zero_q, ahead, NCOMP, KINDS, False, BLOCK, BLOCK_N, BLOCK_M, STAGES, p_layout, DQ_SEND,
+                AHEAD)
     if STEPS == 0:  # the products in flight done before the next loop takes them (else ptxas serialises them)
         dk, dv, pt16, dst16 = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv, pt16, dst16))
         dk, dv = warpgroup_mma_init(dk), warpgroup_mma_init(dv)
     if STEPS != 1:
         for t in range(nf, t1):
-            dk, dv, pt16, dst16 = _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd, dod,
-                                             zero_s, LSE, DELTA, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t0, t1,
-                                             first_col, codes, min_off, qk_scale, ds_smem, stage, dqd, dq_scale,
-                                             zero_q, NCOMP, KINDS, True, BLOCK, BLOCK_N, BLOCK_M, STAGES, p_layout,
-                                             DQ_SEND)
+            dk, dv, pt16, dst16, ahead = _dkdv_step(
+                t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd, dod, zero_s, LSE, DELTA, FULL_IDX,
+                PART_IDX, full_lo, part_lo, nf, t0, t1, first_col, codes, min_off, qk_scale, ds_smem, stage, dqd,
+                dq_scale, zero_q, ahead, NCOMP, KINDS, True, BLOCK, BLOCK_N, BLOCK_M, STAGES, p_layout, DQ_SEND,
+                AHEAD)
     dv, dk, pt16, dst16 = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, pt16, dst16))
     for i in gl.static_range(STAGES + 1):
         mbarrier.invalidate(bars.index(i))
@@ -577,8 +610,8 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
     full ranges, first flags, counts, column indices: ``blocksparse._column_segments``) and their workspace
     (fp32 sums, counters, columns per batch x head: ``blocksparse._split_workspace``); the full blocks'
     programs then take segments. ``dq_sums``: None, or (sums, multiplier): the dK/dV programs then add each
-    step's dQ times ``multiplier`` (a one-element fp32 tensor) into ``sums`` (contiguous (B, H, T, D), fp32
-    or fp16, zeroed by the caller, who makes dQ of it) with ``FUSED_TILES``, and no dQ kernel runs."""
+    step's dQ times ``multiplier`` (a one-element fp32 tensor) into ``sums`` ((B, H, T, D), fp32 or fp16,
+    TMA-aligned strides, zeroed by the caller, who makes dQ of it: ``blocksparse.dq_sums_buffer``) with ``FUSED_TILES``, and no dQ kernel runs."""
     batch, _, n, d = q.shape
     heads = meta.heads.numel()
     lists = meta.lists
@@ -596,9 +629,9 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
                       **({} if dq_sums is not None else _cap("dkdv", d)))
     if dq_sums is not None:
         sums, multiplier = dq_sums
-        fused = (sums, multiplier, sums.stride(0), sums.stride(1))
+        fused = (sums, multiplier, *sums.stride()[:3])
     else:  # not read
-        fused = (lse, lse, 0, 0)
+        fused = (lse, lse, 0, 0, 0)
 
     def dkdv(outs, steps, split, prev):
         """One dK/dV launch: whole columns in col_order, or (split) the segments."""
@@ -609,7 +642,8 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
         grid = (order.shape[1] * (block // block_n) * batch * heads,)
         _dkdv_kernel[grid](q, k, v, do, *outs, lse, delta, *head_tables, *lists_, order, *tables, ws, ws_cnt, ws_cols,
                            *fused, *strides, order.shape[1], *scales, LOAD_PREV=prev, STEPS=steps, SPLIT=split,
-                           DQ_SEND=dq_sums is not None, **dkdv_tiles, **consts)
+                           DQ_SEND=dq_sums is not None, AHEAD=dq_sums is not None and look_ahead(sums.dtype, split, prev),
+                           **dkdv_tiles, **consts)
 
     # dQ on a second stream beside dK/dV: its programs fill the SMs the long dK/dV columns leave idle at
     # the end (what the Triton kernels' "merged" mode does in one launch)
@@ -671,6 +705,21 @@ def use_streams() -> bool:
     if raw not in ("0", "1"):
         raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS must be 0 or 1, got {raw!r}")
     return raw == "1"
+
+
+def look_ahead(sums: torch.dtype, split: bool, load_prev: bool) -> bool:
+    """Whether each step of the fused dK/dV kernel (``DQ_SEND``) loads the next step's list entry, lse and
+    delta at its end, after its dQ reduce is issued, instead of its own at its start (where the chain of
+    the two loads, the entry and then the rows, waits under only the score products): ``AHEAD``, or
+    ``MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD`` where set. "1": always; "0": never; "auto": a launch of whole
+    columns into fp16 ``sums`` without earlier parts' sums (ptxas for sm_90: 3 spill reloads an iteration
+    instead of 6-7, and on the H200 0.7-3.6% off the forward+backward at 262,144 and 1M tokens, 8x64:
+    docs/benchmarks.md "Thirty-sixth run"); into fp32 sums, with column segments or with earlier sums it
+    reloads 10-21 an iteration instead of 6-7, not timed. The other dK/dV kernels compile as without it."""
+    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD", AHEAD)
+    if raw not in ("auto", "0", "1"):
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD must be auto, 0 or 1, got {raw!r}")
+    return raw == "1" or (raw == "auto" and sums == torch.float16 and not split and not load_prev)
 
 
 def _tiles_item(kernel: str) -> tuple[tuple[int, int, int, int], int | None] | None:
@@ -753,30 +802,34 @@ def _signature(names: list[str], consts: dict) -> dict:
 def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, ncomp: int = 2, kinds: int = 8 | 16,
                 load_prev: bool = False, steps: int = 0, split: bool = False,
                 tiles: tuple[int, int, int, int] | None = None, maxnreg: int | None = None, arch: int = 90,
-                dq_sums: str | None = None):
+                dq_sums: str | None = None, ahead: bool | None = None):
     """The dK/dV (``kernel`` "dkdv") or dQ ("dq") kernel compiled for ``arch`` without a GPU (bf16 inputs,
     fp32 earlier sums), for the fixed pattern's kinds (window and summary) by default; ``tiles`` replaces
     the head dim's (program tile, step tile, stages, warps), ``maxnreg`` caps its registers a thread.
     ``dq_sums`` ("fp32" or "fp16"): the dK/dV kernel that also sends dQ into sums of that type, at
-    ``FUSED_TILES`` unless ``tiles`` says otherwise."""
+    ``FUSED_TILES`` unless ``tiles`` says otherwise. ``ahead``: its rows loaded a step ahead
+    (``look_ahead``'s choice where None)"""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
+    if ahead is None:
+        ahead = look_ahead(torch.float16 if dq_sums == "fp16" else torch.float32, split, load_prev)
     fn = _dkdv_kernel if kernel == "dkdv" else _dq_kernel
     defaults = FUSED_TILES if dq_sums else DKDV_TILES if kernel == "dkdv" else DQ_TILES
     big, small, stages, warps = tiles or defaults[head_dim]
     names = list(fn.arg_names)
     tile_names = ("BLOCK_N", "BLOCK_M") if kernel == "dkdv" else ("BLOCK_M", "BLOCK_N")
     consts = {"BLOCK": block, "D": head_dim, "NCOMP": ncomp, "KINDS": kinds, "LOAD_PREV": load_prev, "STEPS": steps,
-              **({"SPLIT": split, "DQ_SEND": bool(dq_sums)} if kernel == "dkdv" else {}),
+              **({"SPLIT": split, "DQ_SEND": bool(dq_sums), "AHEAD": bool(dq_sums) and ahead}
+                 if kernel == "dkdv" else {}),
               tile_names[0]: big, tile_names[1]: small, "STAGES": stages, "num_warps": warps}
     sig = _signature(names, consts)
     if kernel == "dkdv":
-        sig.update(DQS=f"*{dq_sums or 'fp32'}", DQ_SCALE="*fp32", stride_sb="i32", stride_sh="i32")
+        sig.update(DQS=f"*{dq_sums or 'fp32'}", DQ_SCALE="*fp32", stride_sb="i32", stride_sh="i32", stride_st="i32")
     src = GluonASTSource(fn=fn, signature=sig, constexprs=consts)
     options = {"num_warps": warps, **({} if maxnreg is None else {"maxnreg": maxnreg})}
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
-__all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HEAD_DIMS", "MAX_REGISTERS", "backward_part", "compile_for", "dkdv_launches",
+__all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HEAD_DIMS", "MAX_REGISTERS", "backward_part", "compile_for", "dkdv_launches", "look_ahead",
            "programs_per_sm", "registers", "tiles", "use_streams"]

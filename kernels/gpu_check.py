@@ -24,7 +24,7 @@ import torch
 
 from . import patterns as P
 from .blocksparse import (_part_meta, blocksparse_attention, delta_in_dq, dkdv_split, dkdv_split_setting, dq_mode,
-                          gluon_backward, gluon_setting, gpu_sms, metadata_bytes, split_finish)
+                          gluon_backward, gluon_dq_sums, gluon_setting, gpu_sms, metadata_bytes, split_finish)
 from .reference import reference_attention
 
 ATOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
@@ -74,7 +74,9 @@ def check_sampled(name: str, pattern, n: int, block: int, heads: int, head_dim: 
               "dkdv_split": dkdv_split(layout, batch, gpu_sms(q)),
               # the parts whose backward took the Gluon kernels (where columns are whole: blocksparse._backward)
               "gluon_parts": sum(gluon_backward(_part_meta(p, n, device), layout, q, k, v, do) for p in layout.parts)
-              if not dkdv_split(layout, batch, gpu_sms(q)) else 0, "ok": True}
+              if not dkdv_split(layout, batch, gpu_sms(q)) else 0,
+              # the dtype of the fused backward's dQ sums (no dQ kernel: blocksparse.gluon_dq_sums), or None
+              "dq_sums": str(gluon_dq_sums(layout, q, k, v, do)), "ok": True}
     for what, g, lo, ex in zip(["out", "dq", "dk", "dv"], got, low, want):
         err = (g.float() - ex).abs()
         bound = 2 * (lo.float() - ex).abs() + ATOL[dtype] * max(1.0, ex.abs().max().item())

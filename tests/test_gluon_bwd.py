@@ -8,6 +8,7 @@ import importlib.util
 import json
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
 
@@ -33,12 +34,16 @@ for kernel, d, steps, prev, split, tiles in [("dkdv", 128, 1, True, True, None),
     out[f"{kernel} {d} {steps}" + name] = {"schedule": loop_schedule(k), "hgmma": loop.get("HGMMA"),
                                     "spill_reloads": loop.get("LDL", 0), "waits": loop.get("WARPGROUP", 0),
                                     **ptxas_usage(k)}
-# the dK/dV kernel that also sends dQ (FUSED_TILES), into fp32 and fp16 sums, with earlier sums and segments
-for sums, prev, split in [("fp32", False, False), ("fp16", True, True)]:
-    k = compile_for("dkdv", 64, load_prev=prev, split=split, dq_sums=sums)
+# the dK/dV kernel that also sends dQ (FUSED_TILES), into fp32 and fp16 sums, with earlier sums and segments,
+# and into fp16 sums over whole columns with its rows loaded a step ahead (look_ahead's "auto") and without
+for name, sums, prev, split, ahead in [("fp32", "fp32", False, False, None), ("fp16", "fp16", True, True, None),
+                                      ("fp16 ahead", "fp16", False, False, None),
+                                      ("fp16 not ahead", "fp16", False, False, False)]:
+    k = compile_for("dkdv", 64, load_prev=prev, split=split, dq_sums=sums, ahead=ahead)
     loop = first_mma_loop(k)
-    out[f"fused {sums}"] = {"hgmma": loop.get("HGMMA"), "reduces": loop.get("UTMAREDG", 0),
-                            "spill_reloads": loop.get("LDL", 0), "shared": k.metadata.shared, **ptxas_usage(k)}
+    out[f"fused {name}"] = {"hgmma": loop.get("HGMMA"), "reduces": loop.get("UTMAREDG", 0),
+                            "spill_reloads": loop.get("LDL", 0), "shared": k.metadata.shared,
+                            **ptxas_usage(k)}
 print(json.dumps(out))
 """
 
@@ -83,7 +88,7 @@ def test_partial_blocks_compile_alone(compiled):
     assert got["schedule"][:3] == ["qk", "qk", "wait 1"] and got["warnings"] == [], got
 
 
-@pytest.mark.parametrize("sums", ["fp32", "fp16"])
+@pytest.mark.parametrize("sums", ["fp32", "fp16", "fp16 ahead", "fp16 not ahead"])
 def test_the_fused_dkdv_kernel_sends_dq_a_step_by_one_reduce_unserialised(compiled, sums):
     """MEGASTRIDE_BLOCKSPARSE_GLUON_DQ: the dK/dV loop at 128 keys x 32 queries runs its four products (24
     m64 instructions) plus dQ^T's (8: 64 x 32 x 128) and one asynchronous TMA reduce an iteration; ptxas
@@ -92,6 +97,27 @@ def test_the_fused_dkdv_kernel_sends_dq_a_step_by_one_reduce_unserialised(compil
     got = compiled[f"fused {sums}"]
     assert got["hgmma"] == 32 and got["reduces"] == 1 and got["warnings"] == [], got
     assert got["spill_reloads"] <= 10 and got["shared"] <= 113 * 1024, got
+
+
+def test_the_fused_steps_rows_loaded_a_step_ahead_spill_less(compiled, monkeypatch):
+    """``look_ahead``: each fused step loads the next step's list entry, lse and delta after its reduce is
+    issued ("auto": whole columns into fp16 sums, the 1M-token default); ptxas for sm_90 then reloads fewer
+    spilled registers an iteration than with the step's own rows loaded at its start. The switch's values."""
+    from megastride.kernels import gluon_bwd as G
+
+    ahead, plain = compiled["fused fp16 ahead"], compiled["fused fp16 not ahead"]
+    assert ahead["spill_reloads"] < plain["spill_reloads"] and ahead["spill_reloads"] <= 4, (ahead, plain)
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD", raising=False)
+    assert G.look_ahead(torch.float16, False, False)
+    assert not any(G.look_ahead(*args) for args in [(torch.float32, False, False), (torch.float16, True, False),
+                                                     (torch.float16, False, True)])
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD", "1")
+    assert G.look_ahead(torch.float32, True, True)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD", "0")
+    assert not G.look_ahead(torch.float16, False, False)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD", "yes")
+    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD must be auto, 0 or 1, got 'yes'"):
+        G.look_ahead(torch.float16, False, False)
 
 
 def test_the_fused_dq_switch_and_its_fp16_scale(monkeypatch):

@@ -1046,7 +1046,7 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DIRECT", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_PLANS", raising=False)
     for name in ("GLUON", "GLUON_DKDV_LAUNCHES", "GLUON_STREAMS", "GLUON_SPLIT", "GLUON_FWD", "GLUON_FWD_LAUNCHES",
-                 "GLUON_DQ"):
+                 "GLUON_DQ", "GLUON_AHEAD"):
         monkeypatch.delenv(f"MEGASTRIDE_BLOCKSPARSE_{name}", raising=False)
     from megastride.kernels import gluon_bwd, gluon_fwd
 
@@ -1057,6 +1057,7 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
                         blocksparse.gluon_setting(), gluon_bwd.dkdv_launches(128), gluon_bwd.dkdv_launches(64),
                         gluon_bwd.use_streams(), blocksparse.gluon_split(layout, 1, 132),
                         blocksparse.gluon_fwd_setting(), gluon_fwd.launches(), blocksparse.gluon_dq_setting(),
+                        gluon_bwd.look_ahead(torch.float16, False, False), gluon_bwd.look_ahead(torch.float16, True, False),
                         os.environ.get("MEGASTRIDE_BLOCKSPARSE_PLANS", blocksparse.PLANS))
     ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():
@@ -1576,3 +1577,27 @@ def test_finish_dq_unscales_the_fused_sums_into_any_layout(acc_dtype, out_dtype)
         blocksparse.finish_dq(acc, dq, inverse)
         assert torch.equal(dq, exact.to(out_dtype)), dq.stride()
     assert torch.allclose(exact, want, rtol=1e-3, atol=0)
+    if acc_dtype == out_dtype:  # the sums in dQ's own storage (dq_sums_buffer), rewritten in place
+        for dq in (torch.empty(batch, n, heads, dim, dtype=out_dtype).transpose(1, 2),
+                   torch.empty(batch, heads, n, dim, dtype=out_dtype)):
+            sums = blocksparse.dq_sums_buffer(dq.fill_(float("nan")), acc_dtype)
+            assert sums.data_ptr() == dq.data_ptr() and sums.stride() == dq.stride() and not sums.any()
+            sums.copy_(acc)
+            blocksparse.finish_dq(sums, dq, inverse)
+            assert torch.equal(dq, exact.to(out_dtype)), dq.stride()
+
+
+def test_the_fused_dq_sums_live_in_dq_where_they_fit():
+    """``dq_sums_buffer``: fp16 sums of a bf16 or fp16 dQ whose rows TMA can address take dQ's own storage
+    (the model's head view included), zeroed; fp32 sums, rows of 8 bytes (not a multiple of TMA's 16) or a
+    strided channel get a zeroed contiguous buffer of their own."""
+    for dtype in (torch.bfloat16, torch.float16):
+        dq = torch.full((1, 64, 2, 32), 1.0, dtype=dtype).transpose(1, 2)
+        sums = blocksparse.dq_sums_buffer(dq, torch.float16)
+        assert sums.dtype == torch.float16 and sums.data_ptr() == dq.data_ptr() and not dq.any()
+    for dq, dtype in ((torch.ones(1, 2, 64, 32, dtype=torch.bfloat16), torch.float32),
+                      (torch.ones(1, 2, 64, 4, dtype=torch.bfloat16), torch.float16),
+                      (torch.ones(1, 2, 64, 64, dtype=torch.bfloat16)[..., ::2], torch.float16)):
+        sums = blocksparse.dq_sums_buffer(dq, dtype)
+        assert sums.data_ptr() != dq.data_ptr() and sums.is_contiguous() and sums.dtype == dtype
+        assert sums.shape == dq.shape and not sums.any() and dq.all()

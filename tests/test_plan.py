@@ -503,10 +503,10 @@ def test_the_ffns_backward_holds_its_saved_intermediates_and_one_gradient_of_the
 
 
 def test_the_fused_backwards_dq_sums_are_planned_where_they_run(monkeypatch):
-    """``fused_dq_bytes``: the fp16 (or fp32) dQ sums of the Gluon dK/dV kernel that adds dQ (no dQ kernel)
-    join the attention workspace where its setting takes them: "auto" from 262,144 tokens, at head dim 64 on
-    128-blocks, with no head merged from a permuted part; never at head dim 16, on 32-blocks or for strided
-    heads."""
+    """``fused_dq_bytes``: the fp32 dQ sums of the Gluon dK/dV kernel that adds dQ (no dQ kernel) join the
+    attention workspace where its setting takes them (at head dim 64 on 128-blocks, with no head merged from a
+    permuted part; never at head dim 16, on 32-blocks or for strided heads); fp16 sums ("auto" from 262,144
+    tokens, or "fp16") take dQ's own storage, no bytes of their own."""
     from megastride.engine import plan as planner
 
     prec = planner.precision_of("deepspeed", "bf16")
@@ -515,9 +515,9 @@ def test_the_fused_backwards_dq_sums_are_planned_where_they_run(monkeypatch):
     fixed = config(model=wide).model
     strided = config(model={**wide, "attention": {"block": 128, "layers": ["strided(128)"]}}).model
     assert planner.fused_dq_bytes(fixed, prec, 512) == 0.0  # "auto" under 262,144 tokens
-    assert planner.fused_dq_bytes(fixed, prec, 262144) == 2 * 512
+    assert planner.fused_dq_bytes(fixed, prec, 262144) == 0.0  # fp16 sums in dQ
     base = planner.attention_workspace_bytes(fixed, prec, 512)
-    for setting, size in (("fp16", 2), ("fp32", 4)):
+    for setting, size in (("fp16", 0), ("fp32", 4)):
         monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", setting)
         assert planner.fused_dq_bytes(fixed, prec, 512) == size * 512
         assert planner.attention_workspace_bytes(fixed, prec, 512) == base + size * 512
