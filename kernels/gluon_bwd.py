@@ -713,9 +713,9 @@ def look_ahead(sums: torch.dtype, split: bool, load_prev: bool) -> bool:
     the two loads, the entry and then the rows, waits under only the score products): ``AHEAD``, or
     ``MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD`` where set. "1": always; "0": never; "auto": a launch of whole
     columns into fp16 ``sums`` without earlier parts' sums (ptxas for sm_90: 3 spill reloads an iteration
-    instead of 6-7, and on the H200 0.7-3.6% off the forward+backward at 262,144 and 1M tokens, 8x64:
-    docs/benchmarks.md "Thirty-sixth run"); into fp32 sums, with column segments or with earlier sums it
-    reloads 10-21 an iteration instead of 6-7, not timed. The other dK/dV kernels compile as without it."""
+    instead of 6-7, and on the H200 2.6-3.4% off the forward+backward at 262,144 tokens, 8x64, -0.3 to 3.6%
+    at 1M: docs/benchmarks.md "Thirty-sixth run"); into fp32 sums, with column segments or with earlier sums
+    it reloads 10-21 an iteration instead of 6-7, not timed. The other dK/dV kernels compile as without it."""
     raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD", AHEAD)
     if raw not in ("auto", "0", "1"):
         raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD must be auto, 0 or 1, got {raw!r}")
@@ -831,5 +831,5 @@ def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, nco
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
-__all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HEAD_DIMS", "MAX_REGISTERS", "backward_part", "compile_for", "dkdv_launches", "look_ahead",
-           "programs_per_sm", "registers", "tiles", "use_streams"]
+__all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HEAD_DIMS", "MAX_REGISTERS", "backward_part", "compile_for",
+           "dkdv_launches", "look_ahead", "programs_per_sm", "registers", "tiles", "use_streams"]
