@@ -140,12 +140,17 @@ def _program_item(HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_head
 
 
 @gluon.jit
+def _entry(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, SUB: gl.constexpr):
+    """Address of step t's list entry: the full entry t // SUB, or past the nf full steps, a partial one (a
+    select of the address, no branch in the loop)."""
+    return gl.where(t < nf, FULL_IDX + full_lo + t // SUB, PART_IDX + part_lo + (t - nf) // SUB)
+
+
+@gluon.jit
 def _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, SUB: gl.constexpr, ROWS: gl.constexpr,
                 BLOCK: gl.constexpr):
-    """First position of step t's tile: sub-tile t % SUB of the list's full entry t // SUB, or past the nf
-    full steps, of a partial entry (a select of the entry's address, no branch in the loop)."""
-    entry = gl.load(gl.where(t < nf, FULL_IDX + full_lo + t // SUB, PART_IDX + part_lo + (t - nf) // SUB))
-    return entry * BLOCK + (t % SUB) * ROWS
+    """First position of step t's tile: sub-tile t % SUB of its list entry (``_entry``)."""
+    return gl.load(_entry(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, SUB)) * BLOCK + (t % SUB) * ROWS
 
 
 @gluon.jit
@@ -154,8 +159,7 @@ def _step_rows(LSE, DELTA, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, t1, SUB:
     """(first position, lse, delta) of step t's ROWS-row tile (``_step_start``; lse and delta on ``layout``), or,
     where t >= t1 (a look-ahead past the column's last step), of the head's first rows: no load leaves the
     lists or the rows."""
-    entry = gl.load(gl.where(t < nf, FULL_IDX + full_lo + t // SUB, PART_IDX + part_lo + (t - nf) // SUB),
-                    mask=t < t1, other=0)
+    entry = gl.load(_entry(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, SUB), mask=t < t1, other=0)
     start = entry * BLOCK + (t % SUB) * ROWS
     rows = start + gl.arange(0, ROWS, layout=layout)
     return start, gl.load(LSE + rows), gl.load(DELTA + rows)
