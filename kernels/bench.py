@@ -369,7 +369,7 @@ OUR_VARIANTS = {
     "dqfp32": {"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ": "fp32"},
     "dqfp16": {"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ": "fp16"},
     # the fused dK/dV step loads the next step's list entry, lse and delta at its end (gluon_bwd.look_ahead):
-    # everywhere, or nowhere ("auto": whole columns without earlier sums)
+    # everywhere, or nowhere ("auto": whole columns into fp16 sums without earlier parts' sums)
     "ahead": {"MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD": "1"},
     "noahead": {"MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD": "0"},
     "gluon1": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "1"},
