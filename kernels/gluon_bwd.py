@@ -369,10 +369,10 @@ def _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd
     row_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
     if AHEAD:  # step t's rows came a step ahead (loaded at the end of step t-1)
         start, lse, delta = ahead
+        rows = start + gl.arange(0, BLOCK_M, layout=row_layout)
     else:
         start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, BLOCK // BLOCK_M, BLOCK_M, BLOCK)
-    rows = start + gl.arange(0, BLOCK_M, layout=row_layout)
-    if not AHEAD:
+        rows = start + gl.arange(0, BLOCK_M, layout=row_layout)
         lse = gl.load(LSE + rows)
         delta = gl.load(DELTA + rows)
     # in flight, oldest first: dV_{t-1}, dK_{t-1}, S^T_t, dP^T_t; wait for all but dP^T_t
@@ -615,7 +615,8 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
     (fp32 sums, counters, columns per batch x head: ``blocksparse._split_workspace``); the full blocks'
     programs then take segments. ``dq_sums``: None, or (sums, multiplier): the dK/dV programs then add each
     step's dQ times ``multiplier`` (a one-element fp32 tensor) into ``sums`` ((B, H, T, D), fp32 or fp16,
-    TMA-aligned strides, zeroed by the caller, who makes dQ of it: ``blocksparse.dq_sums_buffer``) with ``FUSED_TILES``, and no dQ kernel runs."""
+    TMA-aligned strides, zeroed by the caller, who makes dQ of it: ``blocksparse.dq_sums_buffer``) with
+    ``FUSED_TILES``, and no dQ kernel runs."""
     batch, _, n, d = q.shape
     heads = meta.heads.numel()
     lists = meta.lists
@@ -646,8 +647,8 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
         grid = (order.shape[1] * (block // block_n) * batch * heads,)
         _dkdv_kernel[grid](q, k, v, do, *outs, lse, delta, *head_tables, *lists_, order, *tables, ws, ws_cnt, ws_cols,
                            *fused, *strides, order.shape[1], *scales, LOAD_PREV=prev, STEPS=steps, SPLIT=split,
-                           DQ_SEND=dq_sums is not None, AHEAD=dq_sums is not None and look_ahead(sums.dtype, split, prev),
-                           **dkdv_tiles, **consts)
+                           DQ_SEND=dq_sums is not None,
+                           AHEAD=dq_sums is not None and look_ahead(fused[0].dtype, split, prev), **dkdv_tiles, **consts)
 
     # dQ on a second stream beside dK/dV: its programs fill the SMs the long dK/dV columns leave idle at
     # the end (what the Triton kernels' "merged" mode does in one launch)
