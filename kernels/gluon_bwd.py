@@ -648,7 +648,8 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
         _dkdv_kernel[grid](q, k, v, do, *outs, lse, delta, *head_tables, *lists_, order, *tables, ws, ws_cnt, ws_cols,
                            *fused, *strides, order.shape[1], *scales, LOAD_PREV=prev, STEPS=steps, SPLIT=split,
                            DQ_SEND=dq_sums is not None,
-                           AHEAD=dq_sums is not None and look_ahead(fused[0].dtype, split, prev), **dkdv_tiles, **consts)
+                           AHEAD=dq_sums is not None and look_ahead(fused[0].dtype, split, prev),
+                           **dkdv_tiles, **consts)
 
     # dQ on a second stream beside dK/dV: its programs fill the SMs the long dK/dV columns leave idle at
     # the end (what the Triton kernels' "merged" mode does in one launch)
