@@ -341,9 +341,15 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
 
 
 @triton.jit
-def _delta_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_ot, stride_db, stride_dh, stride_dt,
-                  stride_lb, stride_lh, heads, seq_len, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
-    """delta = rowsum(dO * O) in fp32, the softmax backward's per-row constant."""
+def _delta_kernel(O, DO, DELTA, K, V, SUMS, MAXES, stride_ob, stride_oh, stride_ot, stride_db, stride_dh, stride_dt,
+                  stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt, stride_sb, stride_sh, stride_st,
+                  stride_lb, stride_lh, heads, seq_len, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr,
+                  ZERO: tl.constexpr, MAXIMA: tl.constexpr):
+    """delta = rowsum(dO * O) in fp32, the softmax backward's per-row constant. For the fused dQ (``_bwd_prep``),
+    over the same rows: ZERO writes zeros into the sums SUMS ((B, H, T, D) at their strides), MAXIMA raises
+    MAXES[0:3] (fp32, zeroed by the caller) to max|dO|, max|V| and max|K| by atomic maxima, skipped where a
+    program's own maximum is not above the value it reads there first (never above the true one: the
+    maxima only grow), so few of the programs' atomics reach the three addresses."""
     batch = (tl.program_id(1) // heads).to(tl.int64)
     head = (tl.program_id(1) % heads).to(tl.int64)
     offs_t = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -355,6 +361,37 @@ def _delta_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_ot, stride_db, stri
                  mask=live[:, None], other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + batch * stride_lb + head * stride_lh + offs_t, delta, mask=live)
+    if ZERO:
+        tl.store(SUMS + batch * stride_sb + head * stride_sh + offs_t[:, None] * stride_st + offs_d[None, :],
+                 tl.zeros([BLOCK_T, HEAD_DIM], SUMS.dtype.element_ty), mask=live[:, None])
+    if MAXIMA:
+        k = tl.load(K + batch * stride_kb + head * stride_kh + offs_t[:, None] * stride_kt + offs_d[None, :],
+                    mask=live[:, None], other=0.0)
+        v = tl.load(V + batch * stride_vb + head * stride_vh + offs_t[:, None] * stride_vt + offs_d[None, :],
+                    mask=live[:, None], other=0.0)
+        which = tl.arange(0, 4)
+        top = tl.where(which == 0, tl.max(tl.max(tl.abs(do.to(tl.float32)), 1), 0),
+                       tl.where(which == 1, tl.max(tl.max(tl.abs(v.to(tl.float32)), 1), 0),
+                                tl.max(tl.max(tl.abs(k.to(tl.float32)), 1), 0)))
+        seen = tl.load(MAXES + which, mask=which < 3, other=0.0)
+        tl.atomic_max(MAXES + which, top, mask=(which < 3) & (top > seen))
+
+
+@triton.jit
+def _dq_scale_kernel(MAXES, OUT, log_const, scale, BOUND_LOG2: tl.constexpr):
+    """OUT[0:2] = (multiplier, inverse) of the fp16 dQ sums from MAXES (``_dq_multiplier``): 2^e x scale and 2^-e,
+    e = floor(BOUND_LOG2 - log_const - log2 of the three maxima - 2^-16) within [-120, 120] (a zero maximum: no
+    bound, 120), the powers of two made from their exponent bits (exact). The 2^-16 covers the rounding of
+    the log2 terms (libdevice's log2f on the GPU), so the bound never passes 2^BOUND_LOG2."""
+    which = tl.arange(0, 4)
+    top = tl.load(MAXES + which, mask=which < 3, other=1.0)
+    log_bound = log_const + tl.sum(tl.math.log2(top), 0)
+    e = tl.floor(BOUND_LOG2 - log_bound - 1.52587890625e-05)
+    e = tl.where(e == e, e, 0.0)  # NaN inputs: any scale
+    e = tl.minimum(tl.maximum(e, -120.0), 120.0).to(tl.int32)
+    power = ((e + 127) << 23).to(tl.float32, bitcast=True)
+    inverse = ((127 - e) << 23).to(tl.float32, bitcast=True)
+    tl.store(OUT + which, tl.where(which == 0, power * scale, inverse), mask=which < 2)
 
 
 @triton.jit
@@ -1904,14 +1941,17 @@ def gluon_dq_sums(layout: Layout, q: torch.Tensor, *tensors: torch.Tensor) -> to
     return dtype
 
 
-def dq_sums_buffer(dq: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Zeroed (B, H, T, D) sums of ``dtype`` for the fused backward's dQ: dQ's own storage seen as ``dtype``
-    where the two have one size (fp16 sums of a bf16 or fp16 dQ) and TMA can address its rows (unit channel
-    stride, 16-byte aligned base and strides), so the sums take no memory of their own (1 GB at 1M tokens,
-    8x64) and ``finish_dq`` rewrites them in place; else a contiguous buffer (fp32 sums)."""
+def dq_sums_buffer(dq: torch.Tensor, dtype: torch.dtype, zeroed: bool = True) -> torch.Tensor:
+    """(B, H, T, D) sums of ``dtype`` for the fused backward's dQ, zeroed unless ``zeroed`` is False (the
+    backward's delta launch zeroes them then: ``_bwd_prep``): dQ's own storage seen as ``dtype`` where the two
+    have one size (fp16 sums of a bf16 or fp16 dQ) and TMA can address its rows (unit channel stride, 16-byte
+    aligned base and strides), so the sums take no memory of their own (1 GB at 1M tokens, 8x64) and
+    ``finish_dq`` rewrites them in place; else a contiguous buffer (fp32 sums)."""
     if dq.element_size() == dtype.itemsize and _tma_aligned(dq):
-        return dq.view(dtype).zero_()
-    return torch.zeros(dq.shape, dtype=dtype, device=dq.device)
+        sums = dq.view(dtype)
+    else:
+        sums = torch.empty(dq.shape, dtype=dtype, device=dq.device)
+    return sums.zero_() if zeroed else sums
 
 
 def finish_dq(acc: torch.Tensor, dq: torch.Tensor, inverse: torch.Tensor) -> None:
@@ -1928,24 +1968,43 @@ def finish_dq(acc: torch.Tensor, dq: torch.Tensor, inverse: torch.Tensor) -> Non
         acc, dq, inverse, *acc.stride()[:3], *dq.stride()[:3], heads, seq_len, HEAD_DIM=head_dim, BLOCK_T=block_t)
 
 
-def _dq_multiplier(k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, scale: float, dtype: torch.dtype):
+def _bwd_prep(out: torch.Tensor, do: torch.Tensor, delta: torch.Tensor, k: torch.Tensor | None = None,
+              v: torch.Tensor | None = None, sums: torch.Tensor | None = None,
+              maxes: torch.Tensor | None = None) -> None:
+    """The backward's first launch (``_delta_kernel``, one pass over the rows): delta (B, H, T) fp32 =
+    rowsum(dO * O); for the fused dQ also the sums zeroed (``sums``: (B, H, T, D), any row strides) and
+    ``maxes`` (3 fp32, zeroed) raised to max|dO|, max|V|, max|K| for ``_dq_multiplier``. At 1M tokens, 8x64,
+    this one pass replaced three min/max passes of 1.1 ms, the zeroing's 0.3 ms and some twenty small
+    launches beside the delta kernel's 0.5 ms (docs/benchmarks.md "Thirty-fifth run": their profile)."""
+    batch, heads, seq_len, head_dim = do.shape
+    zero, maxima = sums is not None, maxes is not None
+    if maxima and (k is None or v is None):
+        raise ValueError("_bwd_prep: the maxima need k and v")
+    k, v = (k, v) if maxima else (do, do)  # not read without MAXIMA
+    sums = sums if zero else do
+    block_t = 64
+    _launch_chosen(_delta_kernel, lambda m: (triton.cdiv(seq_len, block_t), batch * heads),
+                   (out, do, delta, k, v, sums, maxes if maxima else delta, *_strides(out, do, k, v, sums),
+                    delta.stride(0), delta.stride(1), heads, seq_len),
+                   {"HEAD_DIM": head_dim, "BLOCK_T": block_t, "ZERO": zero, "MAXIMA": maxima})
+
+
+def _dq_multiplier(maxes: torch.Tensor | None, head_dim: int, scale: float, dtype: torch.dtype,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(multiplier, inverse): one-element fp32 tensors on the device. The fused dK/dV kernel sends each step's
     dQ times ``multiplier`` into sums of ``dtype``; dQ is the sums times ``inverse``. fp32: scale and 1.
     fp16: scale x 2^e with e such that every partial sum stays under ``GLUON_DQ_FP16_BOUND``: a row's
     |dS| sums to at most 2 max|dP| (dS_j = P_j (dP_j - delta), the P_j sum to 1 and |delta| <= max|dP|),
     |dP| <= D max|dO| max|V|, so |dQ| <= scale x 2 D max|dO| max|V| max|K| (over every key, so also any
-    part of a sum), as the bound. Powers of two: the scaling and its undoing are exact."""
-    device = do.device
+    part of a sum), as the bound; ``maxes``: those three maxima (``_bwd_prep``), turned into e on the device
+    (``_dq_scale_kernel``, one launch). Powers of two: the scaling and its undoing are exact."""
     if dtype == torch.float32:
         return (torch.full((1,), scale, dtype=torch.float32, device=device),
                 torch.ones((), dtype=torch.float32, device=device))
-    log_bound = torch.zeros((), dtype=torch.float32, device=device) + math.log2(2 * do.shape[-1] * scale)
-    for x in (do, v, k):
-        lo, hi = torch.aminmax(x)
-        log_bound = log_bound + torch.log2(torch.maximum(hi.abs(), lo.abs()).float())
-    # a zero tensor (log -inf): no bound, any scale; clamped inside fp32's and bf16's exponents
-    e = torch.floor(math.log2(GLUON_DQ_FP16_BOUND) - log_bound).clamp(-120.0, 120.0)
-    return (torch.exp2(e) * scale).reshape(1), torch.exp2(-e)
+    out = torch.empty(2, dtype=torch.float32, device=device)
+    _dq_scale_kernel[(1,)](maxes, out, math.log2(2 * head_dim * scale), scale,
+                           BOUND_LOG2=math.log2(GLUON_DQ_FP16_BOUND))
+    return out[:1], out[1]
 
 
 def gluon_backward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors: torch.Tensor,
@@ -2173,11 +2232,18 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
     delta_here = delta_in_dq() and not (fused or merged or gluon)
     if gluon:
         _ensure_allocator()  # their TMA descriptors
+    fused_dq = maxes = None
+    if dq_sums is not None:  # every part's dK/dV kernel adds its dQ into dq_acc; dQ is made of it at the end
+        _not_replayable()
+        # zeroed (and, for fp16 sums, the three maxima of the scale taken) by the delta launch below, which runs
+        # where dQ is summed: every part then runs in Gluon
+        dq_acc = dq_sums_buffer(finals[0], dq_sums, zeroed=False)
+        maxes = torch.zeros(3, dtype=torch.float32, device=q.device) if dq_sums == torch.float16 else None
     if not delta_here:
-        block_t = 64
-        _launch_chosen(_delta_kernel, lambda m: (triton.cdiv(seq_len, block_t), batch * heads),
-                       (out, do, delta, *_strides(out, do), delta.stride(0), delta.stride(1), heads, seq_len),
-                       {"HEAD_DIM": head_dim, "BLOCK_T": block_t})
+        _bwd_prep(out, do, delta, k, v, dq_acc if dq_sums is not None else None, maxes)
+    if dq_sums is not None:
+        multiplier, inverse = _dq_multiplier(maxes, head_dim, scale, dq_sums, q.device)
+        fused_dq = (dq_acc, multiplier)
     tma = fused and _has_tma(q)
     multi = layout.merges()[0] and not partials_in_outputs(layout)  # the earlier part's sums: fp32 or the finals
     # gradients in q's memory order, seen as (B, H, T, D): (B, T, H, D) for the model, whose q, k and v
@@ -2201,12 +2267,6 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
         g = torch.empty_strided(finals[i].shape, finals[i].stride(), dtype=torch.float32, device=q.device)
         return g.zero_() if atomic[i] else g.fill_(float("nan")) if POISON else g
 
-    fused_dq = None
-    if dq_sums is not None:  # every part's dK/dV kernel adds its dQ into dq_acc; dQ is made of it at the end
-        _not_replayable()
-        dq_acc = dq_sums_buffer(finals[0], dq_sums)
-        multiplier, inverse = _dq_multiplier(k, v, do, scale, dq_sums)
-        fused_dq = (dq_acc, multiplier)
     dq_sum, dk_sum, dv_sum = (sums(i) for i in range(3))
     for part, load_prev, fresh, last in _schedule(layout):
         meta = _part_meta(part, seq_len, q.device)

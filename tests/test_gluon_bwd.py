@@ -124,8 +124,9 @@ def test_the_fused_dq_switch_and_its_fp16_scale(monkeypatch):
     """MEGASTRIDE_BLOCKSPARSE_GLUON_DQ: a bad value is named; off on the CPU. The fp16 sums' multiplier is the
     softmax scale times a power of two that keeps the bound on |dQ| (scale x 2 D max|dO| max|V| max|K|)
     within GLUON_DQ_FP16_BOUND, at most a factor 2 under it, for inputs of any magnitude (here gradients
-    of 1e-9, which fp16 would flush to zero unscaled); fp32 sums take the scale alone; zero inputs give a
-    finite scale."""
+    of 1e-9, which fp16 would flush to zero unscaled), from the maxima the backward's first launch takes
+    (``_bwd_prep``); fp32 sums take the scale alone; a zero, infinite or NaN maximum gives a finite scale
+    whose inverse undoes it."""
     torch = pytest.importorskip("torch")
     from megastride.kernels import blocksparse as B
     from megastride.kernels import patterns as P
@@ -145,15 +146,19 @@ def test_the_fused_dq_switch_and_its_fp16_scale(monkeypatch):
         k, v = (torch.randn(1, 2, 256, 64, generator=gen) for _ in range(2))
         do = torch.randn(1, 2, 256, 64, generator=gen) * magnitude
         k, v, do = (x.to(torch.bfloat16) for x in (k, v, do))
-        mult, inverse = B._dq_multiplier(k, v, do, scale, torch.float16)
+        maxes = torch.zeros(3)
+        B._bwd_prep(do, do, torch.empty(1, 2, 256), k, v, None, maxes)
+        mult, inverse = B._dq_multiplier(maxes, 64, scale, torch.float16, do.device)
         power = mult.item() / scale
         assert power == 2.0 ** round(torch.log2(torch.tensor(power)).item()) and inverse.item() * power == 1.0
         bound = scale * 2 * 64 * do.abs().max().item() * v.abs().max().item() * k.abs().max().item()
         assert B.GLUON_DQ_FP16_BOUND / 2 < bound * power <= B.GLUON_DQ_FP16_BOUND, (magnitude, bound, power)
-    mult, inverse = B._dq_multiplier(k, v, do, scale, torch.float32)
+    mult, inverse = B._dq_multiplier(None, 64, scale, torch.float32, do.device)
     assert mult.item() == pytest.approx(scale) and inverse.item() == 1.0
-    mult, inverse = B._dq_multiplier(k, v, torch.zeros_like(do), scale, torch.float16)
-    assert torch.isfinite(mult).all() and torch.isfinite(inverse).all() and mult.item() > 0
+    for top in ([0.0, 1.0, 1.0], [float("inf"), 1.0, 1.0], [float("nan"), 1.0, 1.0]):
+        mult, inverse = B._dq_multiplier(torch.tensor(top), 64, scale, torch.float16, do.device)
+        assert torch.isfinite(mult).all() and torch.isfinite(inverse).all() and mult.item() > 0, top
+        assert mult.item() * inverse.item() == scale, top
 
 
 def test_the_fused_dq_is_taken_where_its_setting_and_every_part_allow(monkeypatch):

@@ -1587,6 +1587,33 @@ def test_finish_dq_unscales_the_fused_sums_into_any_layout(acc_dtype, out_dtype)
             assert torch.equal(dq, exact.to(out_dtype)), dq.stride()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_the_backwards_first_launch_zeroes_the_sums_and_takes_the_maxima(dtype):
+    """``_bwd_prep``: delta = rowsum(dO * O) in fp32 for every row of a length not a multiple of its 64-row
+    tiles, the fused dQ's sums (the model's (B, T, H, D) head view of dQ's own storage, NaN before) zeroed
+    and no element beyond them written, and the three maxima max|dO|, max|V|, max|K| exact, each tensor's
+    largest magnitude in a different row (one of them negative), over a start above some programs' own
+    maxima; without the sums and maxima only delta is written."""
+    gen = torch.Generator().manual_seed(1)
+    batch, heads, n, dim = 2, 3, 100, 32
+    o, do, k, v = (torch.randn(batch, heads, n, dim, generator=gen).to(dtype) for _ in range(4))
+    do[1, 2, 99, 5], v[0, 0, 3, 31], k[1, 0, 64, 0] = 7.0, -9.0, 5.5
+    want = (o.float() * do.float()).sum(-1)
+    storage = torch.full((batch, n, heads, dim + 8), float("nan"), dtype=dtype)
+    sums = storage[..., :dim].transpose(1, 2)
+    maxes = torch.tensor([0.0, 8.0, 0.0])
+    delta = torch.full((batch, heads, n), float("nan"))
+    blocksparse._bwd_prep(o, do, delta, k, v, sums, maxes)
+    assert torch.allclose(delta, want, rtol=1e-5, atol=1e-5)
+    assert not sums.any() and storage[..., dim:].isnan().all()
+    assert maxes.tolist() == [7.0, 9.0, 5.5]
+    delta.fill_(float("nan"))
+    blocksparse._bwd_prep(o, do, delta)
+    assert torch.allclose(delta, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="the maxima need k and v"):
+        blocksparse._bwd_prep(o, do, delta, maxes=maxes)
+
+
 def test_the_fused_dq_sums_live_in_dq_where_they_fit():
     """``dq_sums_buffer``: fp16 sums of a bf16 or fp16 dQ whose rows TMA can address take dQ's own storage
     (the model's head view included), zeroed; fp32 sums, rows of 8 bytes (not a multiple of TMA's 16) or a
