@@ -372,10 +372,6 @@ OUR_VARIANTS = {
     # everywhere, or nowhere ("auto": whole columns into fp16 sums without earlier parts' sums)
     "ahead": {"MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD": "1"},
     "noahead": {"MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD": "0"},
-    # the dK/dV kernels walk each column's full blocks last query tile first, or first tile first
-    # (gluon_bwd.reverse_walk)
-    "reverse": {"MEGASTRIDE_BLOCKSPARSE_GLUON_REVERSE": "1"},
-    "noreverse": {"MEGASTRIDE_BLOCKSPARSE_GLUON_REVERSE": "0"},
     "gluon1": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "1"},
     "gluon2": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "2"},
     "onestream": {"MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS": "0"},  # Gluon's dQ after its dK/dV on one stream
@@ -757,8 +753,7 @@ def environment() -> dict:
             "order": B.block_order(), "tma_loads": B.use_tma_loads(), "partials": B.partials_setting(),
             "dots_first": bool(B.DOTS_FIRST), "split_finish": B.split_finish(), "delta_in_dq": B.delta_in_dq(),
             "direct_launch": B.use_direct_launch(), "gluon_backward": B.gluon_setting(),
-            "gluon_dq": B.gluon_dq_setting(), "gluon_ahead": _gluon_ahead(), "gluon_reverse": _gluon_reverse(),
-            "gluon_forward": B.gluon_fwd_setting(),
+            "gluon_dq": B.gluon_dq_setting(), "gluon_ahead": _gluon_ahead(), "gluon_forward": B.gluon_fwd_setting(),
             "plans": os.environ.get("MEGASTRIDE_BLOCKSPARSE_PLANS", B.PLANS)}
 
 
@@ -769,15 +764,6 @@ def _gluon_ahead() -> bool | None:
     except ImportError:
         return None
     return gluon_bwd.look_ahead(torch.float16, False, False)
-
-
-def _gluon_reverse() -> bool | None:
-    """``gluon_bwd.reverse_walk`` (None on a Triton without Gluon)."""
-    try:
-        from . import gluon_bwd
-    except ImportError:
-        return None
-    return gluon_bwd.reverse_walk()
 
 
 def _fmt(x, digits=2) -> str:

@@ -75,8 +75,6 @@ STREAMS = True
 # the fused dK/dV step loads the next step's list entry, lse and delta at its end (``look_ahead``): "auto",
 # "1" or "0"
 AHEAD = "auto"
-# the dK/dV kernels walk a column's full blocks last query tile first (``reverse_walk``): "0" or "1"
-REVERSE = "0"
 # registers a thread the compiler may use, per (kernel, head dim) where capped (``registers``)
 MAX_REGISTERS: dict[tuple[str, int], int] = {}
 
@@ -149,31 +147,19 @@ def _entry(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, SUB: gl.constexpr):
 
 
 @gluon.jit
-def _walk(t, nf, REVERSE: gl.constexpr):
-    """The step a loop's step t takes: t, or (REVERSE) the full steps 0..nf-1 last first, the partial ones
-    after them as they are."""
-    if REVERSE:
-        return gl.where(t < nf, nf - 1 - t, t)
-    return t
-
-
-@gluon.jit
 def _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, SUB: gl.constexpr, ROWS: gl.constexpr,
-                BLOCK: gl.constexpr, REVERSE: gl.constexpr = False):
-    """First position of step t's tile (``_walk``): sub-tile t % SUB of its list entry (``_entry``)."""
-    t = _walk(t, nf, REVERSE)
+                BLOCK: gl.constexpr):
+    """First position of step t's tile: sub-tile t % SUB of its list entry (``_entry``)."""
     return gl.load(_entry(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, SUB)) * BLOCK + (t % SUB) * ROWS
 
 
 @gluon.jit
 def _step_rows(LSE, DELTA, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, t1, SUB: gl.constexpr, ROWS: gl.constexpr,
-               BLOCK: gl.constexpr, layout: gl.constexpr, REVERSE: gl.constexpr = False):
+               BLOCK: gl.constexpr, layout: gl.constexpr):
     """(first position, lse, delta) of step t's ROWS-row tile (``_step_start``; lse and delta on ``layout``), or,
     where t >= t1 (a look-ahead past the column's last step), of the head's first rows: no load leaves the
     lists or the rows."""
-    live = t < t1
-    t = _walk(t, nf, REVERSE)
-    entry = gl.load(_entry(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, SUB), mask=live, other=0)
+    entry = gl.load(_entry(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, SUB), mask=t < t1, other=0)
     start = entry * BLOCK + (t % SUB) * ROWS
     rows = start + gl.arange(0, ROWS, layout=layout)
     return start, gl.load(LSE + rows), gl.load(DELTA + rows)
@@ -272,7 +258,7 @@ def alloc_tiles(dtype: gl.constexpr, D: gl.constexpr, ROWS: gl.constexpr, RING_R
 @gluon.jit
 def _prologue(fa, fb, ra, rb, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t0, t1, first, dtype: gl.constexpr,
               D: gl.constexpr, ROWS: gl.constexpr, RING_ROWS: gl.constexpr, STAGES: gl.constexpr,
-              SUB: gl.constexpr, BLOCK: gl.constexpr, layout: gl.constexpr, REVERSE: gl.constexpr = False):
+              SUB: gl.constexpr, BLOCK: gl.constexpr, layout: gl.constexpr):
     """Shared memory for the two tiles a program keeps (boxes of ``fa`` and ``fb`` at row ``first``) and for
     the ring of the two it streams (``ra``, ``rb``); an mbarrier a slot and one for the kept tiles (the
     last); the kept tiles' loads and the ring's first STAGES steps (of t0..t1) issued."""
@@ -283,7 +269,7 @@ def _prologue(fa, fb, ra, rb, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t0, t1, 
     for b in gl.static_range(STAGES):
         if t0 + b < t1:
             _issue(ra, rb, ra_smem, rb_smem, bars,
-                   _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t0 + b, SUB, RING_ROWS, BLOCK, REVERSE), b)
+                   _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t0 + b, SUB, RING_ROWS, BLOCK), b)
     return a_smem, b_smem, ra_smem, rb_smem, bars
 
 
@@ -367,7 +353,7 @@ def _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd
                PART_IDX, full_lo, part_lo, nf, t0, t1, first_col, codes, min_off, qk_scale, ds_smem, stage, dqd,
                dq_scale, zero_q, ahead, NCOMP: gl.constexpr, KINDS: gl.constexpr, MASKED: gl.constexpr,
                BLOCK: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
-               p_layout: gl.constexpr, DQ_SEND: gl.constexpr, AHEAD: gl.constexpr, REVERSE: gl.constexpr):
+               p_layout: gl.constexpr, DQ_SEND: gl.constexpr, AHEAD: gl.constexpr):
     """Step t of a key tile's column (query tile t): see the module's docstring. DQ_SEND: the step also forms
     dQ_t^T = K^T dS^T_t (``zero_q``: (D, BLOCK_M) zeros on the scores' layout) from dS^T_t in ``ds_smem``,
     waits for all its products (read any later, or while dK_t is in flight, ptxas serialises every product of
@@ -385,7 +371,7 @@ def _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd
         start, lse, delta = ahead
         rows = start + gl.arange(0, BLOCK_M, layout=row_layout)
     else:
-        start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, BLOCK // BLOCK_M, BLOCK_M, BLOCK, REVERSE)
+        start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, BLOCK // BLOCK_M, BLOCK_M, BLOCK)
         rows = start + gl.arange(0, BLOCK_M, layout=row_layout)
         lse = gl.load(LSE + rows)
         delta = gl.load(DELTA + rows)
@@ -395,7 +381,7 @@ def _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd
         if t - 1 + STAGES < t1:
             _issue(qd, dod, q_smem, do_smem, bars,
                    _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t - 1 + STAGES, BLOCK // BLOCK_M, BLOCK_M,
-                               BLOCK, REVERSE), (t - 1 - t0) % STAGES)
+                               BLOCK), (t - 1 - t0) % STAGES)
     pt = gl.exp2(s * qk_scale - gl.expand_dims(lse, 0))
     if MASKED:  # a partial block: the token predicate on (keys, queries)
         keys = first_col + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, s_layout))
@@ -421,7 +407,7 @@ def _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd
         dk = warpgroup_mma(dst16, q_smem.index(slot), dk, is_async=True)
     if AHEAD:  # step t+1's rows, under this step's last products and the next step's score products
         ahead = _step_rows(LSE, DELTA, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t + 1, t1, BLOCK // BLOCK_M, BLOCK_M,
-                           BLOCK, row_layout, REVERSE)
+                           BLOCK, row_layout)
     return dk, dv, pt16, dst16, ahead
 
 
@@ -467,7 +453,7 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_
                  BLOCK: gl.constexpr, D: gl.constexpr, NCOMP: gl.constexpr, KINDS: gl.constexpr,
                  LOAD_PREV: gl.constexpr, STEPS: gl.constexpr, SPLIT: gl.constexpr, BLOCK_N: gl.constexpr,
                  BLOCK_M: gl.constexpr, STAGES: gl.constexpr, DQ_SEND: gl.constexpr, AHEAD: gl.constexpr,
-                 REVERSE: gl.constexpr, num_warps: gl.constexpr):
+                 num_warps: gl.constexpr):
     """dK and dV of BLOCK_N keys over their column's query blocks, BLOCK_M queries a step. K and V stay in
     shared memory; Q and dO tiles stream through the ring. STEPS: which blocks of the column (``_list_steps``).
     SPLIT: a program takes one segment of a column (ORDER: the segments' columns; SEG_LO/SEG_HI its range of
@@ -493,7 +479,7 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_
                                                num_blocks, SUB, STEPS, SPLIT)
     k_smem, v_smem, q_smem, do_smem, bars = _prologue(kd, vd, qd, dod, FULL_IDX, PART_IDX, full_lo, part_lo, nf,
                                                       t0, t1, first_col, dtype, D, BLOCK_N, BLOCK_M, STAGES, SUB,
-                                                      BLOCK, smem, REVERSE)
+                                                      BLOCK, smem)
     mbarrier.wait(bars.index(STAGES), 0)
 
     zero_s = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
@@ -517,7 +503,7 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_
     dst16 = gl.zeros([BLOCK_N, BLOCK_M], dtype, p_layout)
     if AHEAD:  # the first step's (first position, lse, delta); each step loads the next one's
         ahead = _step_rows(LSE, DELTA, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t0, t1, SUB, BLOCK_M, BLOCK,
-                           gl.SliceLayout(0, s_layout), REVERSE)
+                           gl.SliceLayout(0, s_layout))
     else:  # not read
         ahead = 0
     # full blocks, then the partial ones under the token predicate: one loop each, so the full blocks' loop
@@ -528,7 +514,7 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_
                 t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd, dod, zero_s, LSE, DELTA, FULL_IDX,
                 PART_IDX, full_lo, part_lo, nf, t0, t1, first_col, codes, min_off, qk_scale, ds_smem, stage, dqd,
                 dq_scale, zero_q, ahead, NCOMP, KINDS, False, BLOCK, BLOCK_N, BLOCK_M, STAGES, p_layout, DQ_SEND,
-                AHEAD, REVERSE)
+                AHEAD)
     if STEPS == 0:  # the products in flight done before the next loop takes them (else ptxas serialises them)
         dk, dv, pt16, dst16 = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv, pt16, dst16))
         dk, dv = warpgroup_mma_init(dk), warpgroup_mma_init(dv)
@@ -538,7 +524,7 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_
                 t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd, dod, zero_s, LSE, DELTA, FULL_IDX,
                 PART_IDX, full_lo, part_lo, nf, t0, t1, first_col, codes, min_off, qk_scale, ds_smem, stage, dqd,
                 dq_scale, zero_q, ahead, NCOMP, KINDS, True, BLOCK, BLOCK_N, BLOCK_M, STAGES, p_layout, DQ_SEND,
-                AHEAD, REVERSE)
+                AHEAD)
     dv, dk, pt16, dst16 = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk, pt16, dst16))
     for i in gl.static_range(STAGES + 1):
         mbarrier.invalidate(bars.index(i))
@@ -663,7 +649,6 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
                            *fused, *strides, order.shape[1], *scales, LOAD_PREV=prev, STEPS=steps, SPLIT=split,
                            DQ_SEND=dq_sums is not None,
                            AHEAD=dq_sums is not None and look_ahead(fused[0].dtype, split, prev),
-                           REVERSE=reverse_walk(),
                            **dkdv_tiles, **consts)
 
     # dQ on a second stream beside dK/dV: its programs fill the SMs the long dK/dV columns leave idle at
@@ -741,19 +726,6 @@ def look_ahead(sums: torch.dtype, split: bool, load_prev: bool) -> bool:
     if raw not in ("auto", "0", "1"):
         raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD must be auto, 0 or 1, got {raw!r}")
     return raw == "1" or (raw == "auto" and sums == torch.float16 and not split and not load_prev)
-
-
-def reverse_walk() -> bool:
-    """Whether the dK/dV kernels walk each column's (or segment's) full blocks last query tile first
-    (``_walk``; the partial blocks after them as before): ``REVERSE``, or ``MEGASTRIDE_BLOCKSPARSE_GLUON_REVERSE``
-    ("0" or "1") where set. Walked first tile first, the fixed pattern's summary columns that run at one time
-    each start after their own window, so no two read the same rows at once; walked backwards they all start
-    at the sequence's end, and read Q and dO and add into dQ's sums at about the same rows together, rows the
-    L2 may then hold once for all of them. Off: not yet timed a gain on the H200."""
-    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_REVERSE", REVERSE)
-    if raw not in ("0", "1"):
-        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_REVERSE must be 0 or 1, got {raw!r}")
-    return raw == "1"
 
 
 def _tiles_item(kernel: str) -> tuple[tuple[int, int, int, int], int | None] | None:
@@ -836,14 +808,13 @@ def _signature(names: list[str], consts: dict) -> dict:
 def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, ncomp: int = 2, kinds: int = 8 | 16,
                 load_prev: bool = False, steps: int = 0, split: bool = False,
                 tiles: tuple[int, int, int, int] | None = None, maxnreg: int | None = None, arch: int = 90,
-                dq_sums: str | None = None, ahead: bool | None = None, reverse: bool = False):
+                dq_sums: str | None = None, ahead: bool | None = None):
     """The dK/dV (``kernel`` "dkdv") or dQ ("dq") kernel compiled for ``arch`` without a GPU (bf16 inputs,
     fp32 earlier sums), for the fixed pattern's kinds (window and summary) by default; ``tiles`` replaces
     the head dim's (program tile, step tile, stages, warps), ``maxnreg`` caps its registers a thread.
     ``dq_sums`` ("fp32" or "fp16"): the dK/dV kernel that also sends dQ into sums of that type, at
     ``FUSED_TILES`` unless ``tiles`` says otherwise. ``ahead``: its rows loaded a step ahead
-    (``look_ahead``'s choice where None). ``reverse``: the dK/dV kernel's full blocks walked last first
-    (``reverse_walk``)."""
+    (``look_ahead``'s choice where None)"""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
@@ -855,7 +826,7 @@ def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, nco
     names = list(fn.arg_names)
     tile_names = ("BLOCK_N", "BLOCK_M") if kernel == "dkdv" else ("BLOCK_M", "BLOCK_N")
     consts = {"BLOCK": block, "D": head_dim, "NCOMP": ncomp, "KINDS": kinds, "LOAD_PREV": load_prev, "STEPS": steps,
-              **({"SPLIT": split, "DQ_SEND": bool(dq_sums), "AHEAD": bool(dq_sums) and ahead, "REVERSE": reverse}
+              **({"SPLIT": split, "DQ_SEND": bool(dq_sums), "AHEAD": bool(dq_sums) and ahead}
                  if kernel == "dkdv" else {}),
               tile_names[0]: big, tile_names[1]: small, "STAGES": stages, "num_warps": warps}
     sig = _signature(names, consts)
@@ -867,4 +838,4 @@ def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, nco
 
 
 __all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HEAD_DIMS", "MAX_REGISTERS", "backward_part", "compile_for",
-           "dkdv_launches", "look_ahead", "programs_per_sm", "registers", "reverse_walk", "tiles", "use_streams"]
+           "dkdv_launches", "look_ahead", "programs_per_sm", "registers", "tiles", "use_streams"]

@@ -36,12 +36,10 @@ for kernel, d, steps, prev, split, tiles in [("dkdv", 128, 1, True, True, None),
                                     **ptxas_usage(k)}
 # the dK/dV kernel that also sends dQ (FUSED_TILES), into fp32 and fp16 sums, with earlier sums and segments,
 # and into fp16 sums over whole columns with its rows loaded a step ahead (look_ahead's "auto") and without
-for name, sums, prev, split, ahead, rev in [("fp32", "fp32", False, False, None, False),
-                                           ("fp16", "fp16", True, True, None, False),
-                                           ("fp16 ahead", "fp16", False, False, None, False),
-                                           ("fp16 not ahead", "fp16", False, False, False, False),
-                                           ("fp16 reversed", "fp16", False, False, None, True)]:
-    k = compile_for("dkdv", 64, load_prev=prev, split=split, dq_sums=sums, ahead=ahead, reverse=rev)
+for name, sums, prev, split, ahead in [("fp32", "fp32", False, False, None), ("fp16", "fp16", True, True, None),
+                                      ("fp16 ahead", "fp16", False, False, None),
+                                      ("fp16 not ahead", "fp16", False, False, False)]:
+    k = compile_for("dkdv", 64, load_prev=prev, split=split, dq_sums=sums, ahead=ahead)
     loop = first_mma_loop(k)
     out[f"fused {name}"] = {"hgmma": loop.get("HGMMA"), "reduces": loop.get("UTMAREDG", 0),
                             "spill_reloads": loop.get("LDL", 0), "shared": k.metadata.shared,
@@ -90,7 +88,7 @@ def test_partial_blocks_compile_alone(compiled):
     assert got["schedule"][:3] == ["qk", "qk", "wait 1"] and got["warnings"] == [], got
 
 
-@pytest.mark.parametrize("sums", ["fp32", "fp16", "fp16 ahead", "fp16 not ahead", "fp16 reversed"])
+@pytest.mark.parametrize("sums", ["fp32", "fp16", "fp16 ahead", "fp16 not ahead"])
 def test_the_fused_dkdv_kernel_sends_dq_a_step_by_one_reduce_unserialised(compiled, sums):
     """MEGASTRIDE_BLOCKSPARSE_GLUON_DQ: the dK/dV loop at 128 keys x 32 queries runs its four products (24
     m64 instructions) plus dQ^T's (8: 64 x 32 x 128) and one asynchronous TMA reduce an iteration; ptxas
@@ -120,24 +118,6 @@ def test_the_fused_steps_rows_loaded_a_step_ahead_spill_less(compiled, monkeypat
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD", "yes")
     with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD must be auto, 0 or 1, got 'yes'"):
         G.look_ahead(torch.float16, False, False)
-
-
-def test_the_reversed_walk_compiles_to_the_same_products_and_spills(compiled, monkeypatch):
-    """``reverse_walk`` (MEGASTRIDE_BLOCKSPARSE_GLUON_REVERSE): the fused kernel walking its full blocks last first
-    keeps the loop's products, its one reduce and its spill reloads (the step's index arithmetic only); off by
-    default; a bad value is named."""
-    from megastride.kernels import gluon_bwd as G
-
-    rev, ahead = compiled["fused fp16 reversed"], compiled["fused fp16 ahead"]
-    assert (rev["hgmma"], rev["reduces"]) == (ahead["hgmma"], ahead["reduces"]), (rev, ahead)
-    assert rev["spill_reloads"] <= ahead["spill_reloads"] and rev["warnings"] == [], (rev, ahead)
-    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_REVERSE", raising=False)
-    assert not G.reverse_walk()
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_REVERSE", "1")
-    assert G.reverse_walk()
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_REVERSE", "yes")
-    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_GLUON_REVERSE must be 0 or 1, got 'yes'"):
-        G.reverse_walk()
 
 
 def test_the_fused_dq_switch_and_its_fp16_scale(monkeypatch):
