@@ -2235,11 +2235,10 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
     fused_dq = maxes = None
     if dq_sums is not None:  # every part's dK/dV kernel adds its dQ into dq_acc; dQ is made of it at the end
         _not_replayable()
-        # zeroed (and, for fp16 sums, the three maxima of the scale taken) by the delta launch below, which runs
-        # where dQ is summed: every part then runs in Gluon
+        # zeroed (and, for fp16 sums, the three maxima of the scale taken) by the delta launch below
         dq_acc = dq_sums_buffer(finals[0], dq_sums, zeroed=False)
         maxes = torch.zeros(3, dtype=torch.float32, device=q.device) if dq_sums == torch.float16 else None
-    if not delta_here:
+    if not delta_here or dq_sums is not None:
         _bwd_prep(out, do, delta, k, v, dq_acc if dq_sums is not None else None, maxes)
     if dq_sums is not None:
         multiplier, inverse = _dq_multiplier(maxes, head_dim, scale, dq_sums, q.device)
