@@ -814,7 +814,8 @@ def table(results: list[Result]) -> str:
         lines += ["", "Alternated rounds (`--rounds`; ms: the rounds' median; MHz and W: nvidia-smi after each "
                   "round, median; capped: rounds that ended under a power or thermal cap; J: NVML's energy counter "
                   "over one window of at least 2 s after the rounds):", "",
-                  "| pattern | n | H×D | rounds | ours f+b ms | Flex f+b ms | Flex / ours (same rounds) "
+                  "| pattern | n | H×D | rounds | ours f+b ms | Flex f+b ms "
+                  "| Flex / ours (same rounds: median, lowest-highest) "
                   "| SDPA dense f+b ms | ours SM MHz | Flex SM MHz | ours W | Flex W | capped (ours, Flex) "
                   "| J per f+b, ours / Flex |",
                   "|" + "---|" * 14]
@@ -830,10 +831,12 @@ def table(results: list[Result]) -> str:
                 return "—" if not vals or None in vals else f"{sum(vals)}/{len(vals)}"
 
             ratio = t("alt_vs_flex")
+            each = [f / o for f, o in zip(t("flex_alt_fwdbwd_ms") or [], t("ours_alt_fwdbwd_ms") or []) if f and o]
+            spread = f" ({min(each):.3f}-{max(each):.3f})" if ratio and len(each) > 1 else ""
             lines.append(
                 f"| {r.case.pattern} (l={r.stride}, block {r.block}) | {r.case.seq_len:,} | {r.case.heads}×{r.case.head_dim} "
                 f"| {len(t('ours_alt_fwdbwd_ms'))} | {_fmt(t('ours_alt_median_ms'), 3)} | {_fmt(t('flex_alt_median_ms'), 3)} "
-                f"| {_fmt(ratio, 3)}{'×' if ratio else ''} | {_fmt(t('sdpa_alt_median_ms'), 3)} "
+                f"| {_fmt(ratio, 3)}{'×' if ratio else ''}{spread} | {_fmt(t('sdpa_alt_median_ms'), 3)} "
                 f"| {_fmt(med('ours_alt_sm_mhz'), 0)} | {_fmt(med('flex_alt_sm_mhz'), 0)} "
                 f"| {_fmt(med('ours_alt_power_w'), 0)} | {_fmt(med('flex_alt_power_w'), 0)} "
                 f"| {capped('ours')}, {capped('flex')} "

@@ -314,6 +314,8 @@ def test_alternated_rounds_take_each_implementation_in_turn_under_its_own_enviro
 
 
 def test_alternated_rounds_get_their_own_table_with_the_same_round_ratio_and_clocks():
+    """The alternated rounds' table: medians, Flex / ours as the median of the rounds' own ratios with the
+    lowest and highest of them (their spread), clocks, power, caps and energy; one round shows no spread."""
     from megastride.kernels.bench import Result, table
 
     r = Result(Case("fixed", 1048576, 8, 64), 11520, 128, 0.0114, 10)
@@ -326,8 +328,10 @@ def test_alternated_rounds_get_their_own_table_with_the_same_round_ratio_and_clo
     lines = table([r]).splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("Alternated rounds"))
     assert lines[head + 2].count("|") == lines[head + 3].count("|") == lines[-1].count("|")
-    assert lines[-1] == ("| fixed (l=11520, block 128) | 1,048,576 | 8×64 | 3 | 250.000 | 300.000 | 1.200× | — "
-                         "| 1,750 | 1,625 | 691 | 689 | 2/3, — | 173.500 / — |")
+    assert lines[-1] == ("| fixed (l=11520, block 128) | 1,048,576 | 8×64 | 3 | 250.000 | 300.000 | 1.200× (1.194-1.202) "
+                         "| — | 1,750 | 1,625 | 691 | 689 | 2/3, — | 173.500 / — |")
+    r.timings.update(ours_alt_fwdbwd_ms=[250.0], flex_alt_fwdbwd_ms=[300.0])
+    assert "| 1.200× | — |" in table([r]).splitlines()[-1]
     plain = Result(Case("fixed", 12288, 8, 64), 1024, 128, 0.198, 10)
     plain.timings.update(ours_fwdbwd_ms=1.5)
     assert "Alternated" not in table([plain])
