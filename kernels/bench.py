@@ -372,6 +372,9 @@ OUR_VARIANTS = {
     # everywhere, or nowhere ("auto": whole columns into fp16 sums without earlier parts' sums)
     "ahead": {"MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD": "1"},
     "noahead": {"MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD": "0"},
+    # the fused dK/dV kernel over whole columns without warp specialisation (gluon_bwd.warp_specialized: two
+    # consumer warpgroups a program with loader and dQ sender warps, the default where it can run)
+    "nows": {"MEGASTRIDE_BLOCKSPARSE_GLUON_WS": "0"},
     "gluon1": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "1"},
     "gluon2": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "2"},
     "onestream": {"MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS": "0"},  # Gluon's dQ after its dK/dV on one stream

@@ -38,7 +38,13 @@ loop's products). Beyond the probe:
   (``tma_reduce_add``) that the next step's send waits for: FlashAttention-3's scheme, at 128 keys a program
   and 32 queries a step (``FUSED_TILES``; ``kernels/gluon_fused_probe.py`` timed it on the full blocks); fp16
   sums live in dQ's own storage (``blocksparse.dq_sums_buffer``), and a step loads the next one's list entry,
-  lse and delta at its end (``look_ahead``).
+  lse and delta at its end (``look_ahead``);
+* over whole columns that fused kernel is warp-specialised (``_dkdv_ws_kernel``, ``warp_specialized``): a
+  program holds two columns, each on a consumer warpgroup doing only the step's products, exponentials and dS
+  (240 registers a thread by setmaxnreg), with a loader warp (K and V, then each step's Q, dO, lse and delta
+  into the ring by TMA) and a sender warp (each step's dQ reduce) for each, mbarriers between them; dK's
+  product reads dS^T from the shared memory dQ's product reads it from, and ptxas fits the consumer's loop in
+  its registers without spilling (``kernels/gluon_ws_probe.py``; 6-9% off the loop at 1M tokens, 8x64).
 
 ``blocksparse.gluon_backward`` chooses this path (``MEGASTRIDE_BLOCKSPARSE_GLUON``); Gluon has no
 interpreter, so the CPU tests compile it for sm_90 (tests/test_gluon_bwd.py) and the GPU tests check it
@@ -68,6 +74,12 @@ HEAD_DIMS = tuple(DKDV_TILES)
 # the dK/dV kernel that also adds each step's dQ into summed dQ by an asynchronous TMA reduce (``backward_part``'s
 # ``dq_sums``): 128 keys a program, 32 queries a step, 4 slots, 4 warps (docs/benchmarks.md "Thirty-fourth run")
 FUSED_TILES = {64: (128, 32, 4, 4)}
+# the warp-specialised fused dK/dV kernel (``_dkdv_ws_kernel``, ``warp_specialized``): (keys a consumer, queries a
+# step, ring slots, dQ staging buffers) per head dim, and its consumers' registers a thread
+WS_TILES = {64: (128, 32, 3, 2)}
+WS_CONSUMER_REGS = 240
+# whether whole-column fused launches take it: "auto" (where ``warp_specialized`` says it can run), "1" or "0"
+WARP_SPECIALIZED = "auto"
 # dK/dV launches per part (``dkdv_launches``)
 DKDV_LAUNCHES = {128: 2, 64: 1}
 # dQ on a second stream beside dK/dV (``use_streams``)
@@ -126,7 +138,14 @@ def _program_item(HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_head
     """What this program works on, as ``blocksparse._program_tile`` assigns it (heads fastest over program
     ids, blocks in ORDER): (batch, head, CSR index, block, first position of its TILE-wide tile, the part's
     min offset, its component codes, its slot in ORDER, its batch x head)."""
-    pid = gl.program_id(0)
+    return _item(gl.program_id(0), HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len, BLOCK,
+                 TILE, NCOMP)
+
+
+@gluon.jit
+def _item(pid, HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len, BLOCK: gl.constexpr,
+          TILE: gl.constexpr, NCOMP: gl.constexpr):
+    """``_program_item`` of item ``pid`` (the warp-specialised dK/dV kernel's programs take two)."""
     bh = pid % batch_heads
     tile = pid // batch_heads
     batch = (bh // part_heads).to(gl.int64)
@@ -598,6 +617,264 @@ def _dq_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, C
            _blocked(dq * sm_scale, buf, num_warps), BLOCK_M, D, LOAD_PREV, num_warps)
 
 
+@gluon.jit
+def _ws_bar(bars, role: gl.constexpr, i, STAGES: gl.constexpr, STAGING: gl.constexpr):
+    """One of a warp-specialised column's mbarriers: role 0 ready[i] (loader -> consumer: ring slot i's Q, dO,
+    lse and delta landed), 1 empty[i] (consumer -> loader: slot i's products are done), 2 staged[i] (consumer
+    -> sender: step dQ in staging buffer i), 3 free[i] (sender -> consumer: buffer i's reduce has read it),
+    4 the kept K and V tiles'."""
+    if role == 0:
+        return bars.index(i)
+    elif role == 1:
+        return bars.index(STAGES + i)
+    elif role == 2:
+        return bars.index(2 * STAGES + i)
+    elif role == 3:
+        return bars.index(2 * STAGES + STAGING + i)
+    else:
+        return bars.index(2 * STAGES + 2 * STAGING)
+
+
+@gluon.jit
+def _ws_alloc(dtype: gl.constexpr, sum_ty: gl.constexpr, D: gl.constexpr, BLOCK_N: gl.constexpr,
+              BLOCK_M: gl.constexpr, STAGES: gl.constexpr, STAGING: gl.constexpr, smem: gl.constexpr,
+              stage_layout: gl.constexpr, rows_layout: gl.constexpr):
+    """A consumer's shared memory: K and V (one buffer, the fp32 gradients' way out at the end), the ring of
+    Q, dO, lse and delta, dS^T, the dQ staging buffers, the mbarriers (initialised)."""
+    kv_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, D], smem)
+    q_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, D], smem)
+    do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, D], smem)
+    lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, 1, BLOCK_M], rows_layout)
+    delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, 1, BLOCK_M], rows_layout)
+    ds_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, BLOCK_M],
+                                        gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_M], dtype))
+    stage = gl.allocate_shared_memory(sum_ty, [STAGING, BLOCK_M, D], stage_layout)
+    bars = gl.allocate_shared_memory(gl.int64, [2 * STAGES + 2 * STAGING + 1, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2 * STAGES + 2 * STAGING + 1):
+        mbarrier.init(bars.index(i), count=1)
+    return kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars
+
+
+@gluon.jit
+def _ws_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars, zero_s, zero_q,
+             FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off, qk_scale, dq_scale,
+             NCOMP: gl.constexpr, KINDS: gl.constexpr, MASKED: gl.constexpr, BLOCK: gl.constexpr,
+             BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, STAGING: gl.constexpr,
+             p_layout: gl.constexpr):
+    """Step t of a consumer (``_dkdv_ws_kernel``): the fused step of ``_dkdv_step`` with its loads, its list
+    entries (but for a partial block's mask) and its dQ reduce left to the loader and the sender: lse and delta
+    read from the ring slot where wanted, dK's dS^T from shared memory (where dQ's product reads it, so no
+    registers hold it while the step's last products run), the slot handed back once the step's products are
+    done, dQ_t times ``dq_scale`` staged for the sender."""
+    dtype: gl.constexpr = kv_smem.dtype
+    s_layout: gl.constexpr = zero_s.type.layout
+    k_smem = kv_smem.index(0)
+    v_smem = kv_smem.index(1)
+    slot = t % STAGES
+    mbarrier.wait(_ws_bar(bars, 0, slot, STAGES, STAGING), (t // STAGES) & 1)
+    s = warpgroup_mma(k_smem, q_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    dp = warpgroup_mma(v_smem, do_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    if MASKED:  # the step's query positions, for the token predicate (under the score products)
+        start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, BLOCK // BLOCK_M, BLOCK_M, BLOCK)
+        rows = start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
+    # in flight: S^T_t, dP^T_t (the last step's products all done); wait for S^T_t
+    s, dk, dv = warpgroup_mma_wait(num_outstanding=1, deps=(s, dk, dv))
+    pt = gl.exp2(s * qk_scale - lse_smem.index(slot).load(s_layout))
+    if MASKED:  # a partial block: the token predicate on (keys, queries)
+        keys = first_col + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, s_layout))
+        ok = _allowed(gl.expand_dims(rows, 0), gl.expand_dims(keys, 1), codes, min_off, NCOMP, KINDS)
+        pt = gl.where(ok, pt, 0.0)
+    pt16 = gl.convert_layout(pt.to(dtype), p_layout)
+    dv = warpgroup_mma(pt16, do_smem.index(slot), dv, is_async=True)
+    # in flight: dP^T_t, dV_t; wait for dP^T_t
+    dp, pt16 = warpgroup_mma_wait(num_outstanding=1, deps=(dp, pt16))
+    dst = (pt * (dp - delta_smem.index(slot).load(s_layout))).to(dtype)
+    ds_smem.store(dst)  # the last step's products, which read it, are done; the fence also orders this step's
+    fence_async_shared()  # reads of the slot's lse and delta before the loader's next TMA into the slot
+    dq = warpgroup_mma(k_smem.permute((1, 0)), ds_smem, zero_q, use_acc=False, is_async=True)
+    dk = warpgroup_mma(ds_smem, q_smem.index(slot), dk, is_async=True)
+    # all three waited for: dQ read any later, or while dK_t runs, and ptxas serialises the loop's products
+    dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq, ))
+    mbarrier.arrive(_ws_bar(bars, 1, slot, STAGES, STAGING), count=1)
+    b = t % STAGING
+    mbarrier.wait(_ws_bar(bars, 3, b, STAGES, STAGING), ((t // STAGING) & 1) ^ 1)  # fresh: passes
+    stage.index(b).permute((1, 0)).store((dq * dq_scale).to(stage.dtype))
+    fence_async_shared()
+    mbarrier.arrive(_ws_bar(bars, 2, b, STAGES, STAGING), count=1)
+    return dk, dv
+
+
+@gluon.jit
+def _ws_consumer(kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars, DK, DV, DK_PREV, DV_PREV,
+                 dk_off, dv_off, stride_dkt, stride_dvt, DQ_SCALE, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1,
+                 valid, first_col, codes, min_off, qk_scale, sm_scale, NCOMP: gl.constexpr, KINDS: gl.constexpr,
+                 BLOCK: gl.constexpr, D: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr,
+                 STAGES: gl.constexpr, STAGING: gl.constexpr, LOAD_PREV: gl.constexpr):
+    """One key tile's column on one warpgroup (``_ws_step``: its full blocks, then its partial ones under the
+    token predicate), then its dK (scaled) and dV written through the K/V buffer as ``_dkdv_kernel`` writes
+    them; ``valid`` 0: a padding item (an odd count's last program), which writes nothing."""
+    dtype: gl.constexpr = kv_smem.dtype
+    layouts: gl.constexpr = mma_layouts(4, BLOCK_M, D)
+    s_layout: gl.constexpr = layouts[0]
+    o_layout: gl.constexpr = layouts[1]
+    p_layout: gl.constexpr = layouts[2]
+    zero_s = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
+    zero_q = gl.zeros([D, BLOCK_M], gl.float32, s_layout)
+    dk = warpgroup_mma_init(gl.zeros([BLOCK_N, D], gl.float32, o_layout))
+    dv = warpgroup_mma_init(gl.zeros([BLOCK_N, D], gl.float32, o_layout))
+    dq_scale = gl.load(DQ_SCALE)
+    mbarrier.wait(_ws_bar(bars, 4, 0, STAGES, STAGING), 0)
+    for t in range(0, nf):
+        dk, dv = _ws_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars, zero_s,
+                          zero_q, FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off, qk_scale,
+                          dq_scale, NCOMP, KINDS, False, BLOCK, BLOCK_N, BLOCK_M, STAGES, STAGING, p_layout)
+    for t in range(nf, t1):
+        dk, dv = _ws_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars, zero_s,
+                          zero_q, FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off, qk_scale,
+                          dq_scale, NCOMP, KINDS, True, BLOCK, BLOCK_N, BLOCK_M, STAGES, STAGING, p_layout)
+    dk, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv))
+    if valid:  # K and V are read by nothing now: their buffer takes the gradients on the way out
+        buf = kv_smem._reinterpret(gl.float32, [BLOCK_N, D], _plain_smem())
+        _write(DK, DK_PREV, dk_off, first_col, stride_dkt, _blocked(dk * sm_scale, buf, 4), BLOCK_N, D, LOAD_PREV, 4)
+        _write(DV, DV_PREV, dv_off, first_col, stride_dvt, _blocked(dv, buf, 4), BLOCK_N, D, LOAD_PREV, 4)
+
+
+@gluon.jit
+def _ws_loader(kv_smem, q_smem, do_smem, lse_smem, delta_smem, bars, qd, dod, kd, vd, lsed, deltad, FULL_IDX,
+               PART_IDX, full_lo, part_lo, nf, t1, first_col, BLOCK: gl.constexpr, BLOCK_M: gl.constexpr,
+               STAGES: gl.constexpr, STAGING: gl.constexpr):
+    """One warp: a column's K and V, then each step's Q, dO, lse and delta into the ring as its consumer frees
+    the slots."""
+    kv = _ws_bar(bars, 4, 0, STAGES, STAGING)
+    mbarrier.expect(kv, kd.block_type.nbytes + vd.block_type.nbytes)
+    tma.async_copy_global_to_shared(kd, [first_col, 0], kv, kv_smem.index(0))
+    tma.async_copy_global_to_shared(vd, [first_col, 0], kv, kv_smem.index(1))
+    nbytes: gl.constexpr = qd.block_type.nbytes + dod.block_type.nbytes + lsed.block_type.nbytes + \
+        deltad.block_type.nbytes
+    for t in range(0, t1):
+        slot = t % STAGES
+        mbarrier.wait(_ws_bar(bars, 1, slot, STAGES, STAGING), ((t // STAGES) & 1) ^ 1)  # fresh: passes
+        start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, BLOCK // BLOCK_M, BLOCK_M, BLOCK)
+        ready = _ws_bar(bars, 0, slot, STAGES, STAGING)
+        mbarrier.expect(ready, nbytes)
+        tma.async_copy_global_to_shared(qd, [start, 0], ready, q_smem.index(slot))
+        tma.async_copy_global_to_shared(dod, [start, 0], ready, do_smem.index(slot))
+        tma.async_copy_global_to_shared(lsed, [start // BLOCK_M, 0], ready, lse_smem.index(slot))
+        tma.async_copy_global_to_shared(deltad, [start // BLOCK_M, 0], ready, delta_smem.index(slot))
+
+
+@gluon.jit
+def _ws_sender(stage, bars, dqd, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, BLOCK: gl.constexpr,
+               BLOCK_M: gl.constexpr, STAGES: gl.constexpr, STAGING: gl.constexpr):
+    """One warp: each step's staged dQ added into the sums by a TMA reduce; a staging buffer handed back once its
+    reduce has read it (``tma.store_wait`` counts this warp's own reduces)."""
+    for t in range(0, t1):
+        b = t % STAGING
+        mbarrier.wait(_ws_bar(bars, 2, b, STAGES, STAGING), (t // STAGING) & 1)
+        start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, BLOCK // BLOCK_M, BLOCK_M, BLOCK)
+        tma_reduce_add(dqd, [start, 0], stage.index(b))
+        tma.store_wait(pendings=STAGING - 1)  # the reduce of step t - STAGING + 1 has read its buffer
+        if t >= STAGING - 1:
+            mbarrier.arrive(_ws_bar(bars, 3, (t - STAGING + 1) % STAGING, STAGES, STAGING), count=1)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _ws_column(Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, PART_PTR, ORDER, item,
+               n_items, stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh,
+               stride_vt, stride_dob, stride_doh, stride_dot, stride_sb, stride_sh, stride_st, stride_lb, stride_lh,
+               part_heads, batch_heads, num_blocks, order_len, BLOCK: gl.constexpr, D: gl.constexpr,
+               NCOMP: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, smem: gl.constexpr,
+               stage_layout: gl.constexpr, rows_layout: gl.constexpr):
+    """Column item ``item`` of the launch (past ``n_items``: the last one again, marked not valid, with no steps):
+    (batch, head, first key, min offset, codes, full_lo, part_lo, nf, t1, valid) and the TMA descriptors of its
+    head's Q, dO, K, V, lse and delta rows (boxes of BLOCK_M values) and dQ sums."""
+    valid = item < n_items
+    batch, head, csr, block, first, min_off, codes, slot, bh = _item(
+        gl.minimum(item, n_items - 1), HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len,
+        BLOCK, BLOCK_N, NCOMP)
+    full_lo, part_lo, nf, t0, t1 = _list_steps(FULL_PTR, PART_PTR, FULL_PTR, FULL_PTR, FULL_PTR, csr, block, slot,
+                                               num_blocks, BLOCK // BLOCK_M, 0, False)
+    t1 = gl.where(valid, t1, 0)
+    nf = gl.minimum(nf, t1)
+    n = num_blocks * BLOCK
+    qd, dod, kd, vd = _descriptors(Q, K, V, DO, batch, head, stride_qb, stride_qh, stride_qt, stride_kb, stride_kh,
+                                   stride_kt, stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot, n,
+                                   D, BLOCK_M, BLOCK_N, smem)
+    rows = batch * stride_lb + head * stride_lh
+    lsed = tma.make_tensor_descriptor(LSE + rows, shape=[n // BLOCK_M, BLOCK_M], strides=[BLOCK_M, 1],
+                                      block_shape=[1, BLOCK_M], layout=rows_layout)
+    deltad = tma.make_tensor_descriptor(DELTA + rows, shape=[n // BLOCK_M, BLOCK_M], strides=[BLOCK_M, 1],
+                                        block_shape=[1, BLOCK_M], layout=rows_layout)
+    dqd = _head_desc(DQS, batch * stride_sb + head * stride_sh, n, stride_st, D, BLOCK_M, stage_layout)
+    return (batch, head, first, min_off, codes, full_lo, part_lo, nf, t1, valid.to(gl.int32), qd, dod, kd, vd, lsed,
+            deltad, dqd)
+
+
+@gluon.constexpr_function
+def _rows_smem():
+    """The ring's lse and delta slots: one unswizzled row of BLOCK_M fp32 values each (a TMA box)."""
+    return gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
+
+
+@gluon.jit
+def _dkdv_ws_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+                    FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, DQS, DQ_SCALE, stride_sb, stride_sh, stride_st,
+                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                    stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
+                    stride_dvb, stride_dvh, stride_dvt, stride_lb, stride_lh,
+                    part_heads, batch_heads, num_blocks, order_len, n_items, qk_scale, sm_scale,
+                    BLOCK: gl.constexpr, D: gl.constexpr, NCOMP: gl.constexpr, KINDS: gl.constexpr,
+                    LOAD_PREV: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
+                    STAGING: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
+    """The fused dK/dV kernel (``_dkdv_kernel`` with DQ_SEND, whole columns) warp-specialised: a program takes
+    two key tiles' columns (launch items 2p and 2p + 1), each on a consumer warpgroup of its own (the default
+    partition and a 4-warp worker, CONSUMER_REGS registers a thread) doing only the products, exponentials and
+    dS of its steps (``_ws_step``), with a loader warp (``_ws_loader``) and a dQ sender warp (``_ws_sender``)
+    for each; mbarriers carry every hand-over (``_ws_bar``). Two columns a program as two programs an SM were;
+    the single warps take 24 registers (``setmaxnreg``; Triton pads them to a warpgroup and gives the default
+    partition what is left of 65,536 over 12 warps)."""
+    gl.static_assert(num_warps == 4, "the default partition is one consumer warpgroup")
+    gl.static_assert(STAGES >= 2, "the ring needs two slots")
+    dtype: gl.constexpr = Q.dtype.element_ty
+    sum_ty: gl.constexpr = DQS.dtype.element_ty
+    smem: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=2)
+    stage_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, D], sum_ty)
+    rows_layout: gl.constexpr = _rows_smem()
+    strides = (stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+               stride_dob, stride_doh, stride_dot, stride_sb, stride_sh, stride_st, stride_lb, stride_lh)
+    (a_batch, a_head, a_first, a_min_off, a_codes, a_full_lo, a_part_lo, a_nf, a_t1, a_valid, a_qd, a_dod, a_kd,
+     a_vd, a_lsed, a_deltad, a_dqd) = _ws_column(
+        Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, PART_PTR, ORDER,
+        2 * gl.program_id(0), n_items, *strides, part_heads, batch_heads, num_blocks, order_len, BLOCK, D, NCOMP,
+        BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout)
+    (b_batch, b_head, b_first, b_min_off, b_codes, b_full_lo, b_part_lo, b_nf, b_t1, b_valid, b_qd, b_dod, b_kd,
+     b_vd, b_lsed, b_deltad, b_dqd) = _ws_column(
+        Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, PART_PTR, ORDER,
+        2 * gl.program_id(0) + 1, n_items, *strides, part_heads, batch_heads, num_blocks, order_len, BLOCK, D,
+        NCOMP, BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout)
+    a = _ws_alloc(dtype, sum_ty, D, BLOCK_N, BLOCK_M, STAGES, STAGING, smem, stage_layout, rows_layout)
+    b = _ws_alloc(dtype, sum_ty, D, BLOCK_N, BLOCK_M, STAGES, STAGING, smem, stage_layout, rows_layout)
+    gl.warp_specialize([
+        (_ws_consumer, (a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], DK, DV, DK_PREV, DV_PREV, a_batch * stride_dkb + a_head * stride_dkh,
+                        a_batch * stride_dvb + a_head * stride_dvh, stride_dkt, stride_dvt, DQ_SCALE, FULL_IDX,
+                        PART_IDX, a_full_lo, a_part_lo, a_nf, a_t1, a_valid, a_first, a_codes, a_min_off, qk_scale,
+                        sm_scale, NCOMP, KINDS, BLOCK, D, BLOCK_N, BLOCK_M, STAGES, STAGING, LOAD_PREV)),
+        (_ws_consumer, (b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], DK, DV, DK_PREV, DV_PREV, b_batch * stride_dkb + b_head * stride_dkh,
+                        b_batch * stride_dvb + b_head * stride_dvh, stride_dkt, stride_dvt, DQ_SCALE, FULL_IDX,
+                        PART_IDX, b_full_lo, b_part_lo, b_nf, b_t1, b_valid, b_first, b_codes, b_min_off, qk_scale,
+                        sm_scale, NCOMP, KINDS, BLOCK, D, BLOCK_N, BLOCK_M, STAGES, STAGING, LOAD_PREV)),
+        (_ws_loader, (a[0], a[1], a[2], a[3], a[4], a[7], a_qd, a_dod, a_kd, a_vd, a_lsed, a_deltad, FULL_IDX,
+                      PART_IDX, a_full_lo, a_part_lo, a_nf, a_t1, a_first, BLOCK, BLOCK_M, STAGES, STAGING)),
+        (_ws_loader, (b[0], b[1], b[2], b[3], b[4], b[7], b_qd, b_dod, b_kd, b_vd, b_lsed, b_deltad, FULL_IDX,
+                      PART_IDX, b_full_lo, b_part_lo, b_nf, b_t1, b_first, BLOCK, BLOCK_M, STAGES, STAGING)),
+        (_ws_sender, (a[6], a[7], a_dqd, FULL_IDX, PART_IDX, a_full_lo, a_part_lo, a_nf, a_t1, BLOCK, BLOCK_M,
+                      STAGES, STAGING)),
+        (_ws_sender, (b[6], b[7], b_dqd, FULL_IDX, PART_IDX, b_full_lo, b_part_lo, b_nf, b_t1, BLOCK, BLOCK_M,
+                      STAGES, STAGING)),
+    ], [4, 1, 1, 1, 1], [CONSUMER_REGS, 24, 24, 24, 24])
+
+
 def _strides(*tensors) -> list[int]:
     """(batch, head, position) strides of (B, H, T, D) tensors, flattened."""
     return [s for t in tensors for s in t.stride()[:3]]
@@ -616,7 +893,8 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
     programs then take segments. ``dq_sums``: None, or (sums, multiplier): the dK/dV programs then add each
     step's dQ times ``multiplier`` (a one-element fp32 tensor) into ``sums`` ((B, H, T, D), fp32 or fp16,
     TMA-aligned strides, zeroed by the caller, who makes dQ of it: ``blocksparse.dq_sums_buffer``) with
-    ``FUSED_TILES``, and no dQ kernel runs."""
+    ``FUSED_TILES``, and no dQ kernel runs; whole columns take the warp-specialised kernel where
+    ``warp_specialized`` says so (``WS_TILES``)."""
     batch, _, n, d = q.shape
     heads = meta.heads.numel()
     lists = meta.lists
@@ -654,6 +932,14 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
     # dQ on a second stream beside dK/dV: its programs fill the SMs the long dK/dV columns leave idle at
     # the end (what the Triton kernels' "merged" mode does in one launch)
     split = segments is not None
+    if dq_sums is not None and not split and warp_specialized(d, block, lse, delta):
+        block_n, block_m, stages, staging = WS_TILES[d]
+        n_items = col_order.shape[1] * (block // block_n) * batch * heads
+        _dkdv_ws_kernel[(triton.cdiv(n_items, 2),)](
+            q, k, v, do, dk, dv, dk_prev, dv_prev, lse, delta, *head_tables, *lists_, col_order, *fused, *strides,
+            col_order.shape[1], n_items, *scales, LOAD_PREV=load_prev, BLOCK_N=block_n, BLOCK_M=block_m,
+            STAGES=stages, STAGING=staging, CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=4, **consts)
+        return
     if dq_sums is not None:
         dkdv((dk, dv, dk_prev, dv_prev), 0, split, load_prev)
         return
@@ -726,6 +1012,23 @@ def look_ahead(sums: torch.dtype, split: bool, load_prev: bool) -> bool:
     if raw not in ("auto", "0", "1"):
         raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD must be auto, 0 or 1, got {raw!r}")
     return raw == "1" or (raw == "auto" and sums == torch.float16 and not split and not load_prev)
+
+
+def warp_specialized(head_dim: int, block: int, lse: torch.Tensor, delta: torch.Tensor) -> bool:
+    """Whether a fused launch of whole columns (``backward_part`` with ``dq_sums``) runs the warp-specialised
+    kernel (``_dkdv_ws_kernel``) rather than ``_dkdv_kernel``: ``WARP_SPECIALIZED``, or
+    ``MEGASTRIDE_BLOCKSPARSE_GLUON_WS`` where set: "0" never; "1" and "auto" (the default) where it can run: a
+    head dim of ``WS_TILES``, a block its key tiles divide, lse and delta rows TMA can address (unit stride,
+    16-byte aligned bases and row strides). On the H200 its loop on full blocks of the fixed pattern ran 6-9%
+    faster than the fused kernel's at 1M tokens, 8x64 (docs/benchmarks.md "Thirty-eighth run")."""
+    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", WARP_SPECIALIZED)
+    if raw not in ("auto", "0", "1"):
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_WS must be auto, 0 or 1, got {raw!r}")
+    if raw == "0" or head_dim not in WS_TILES or block % WS_TILES[head_dim][0]:
+        return False
+    return all(x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(st * x.element_size() % 16 == 0
+                                                                    for st in x.stride()[:-1])
+               for x in (lse, delta))
 
 
 def _tiles_item(kernel: str) -> tuple[tuple[int, int, int, int], int | None] | None:
@@ -820,6 +1123,16 @@ def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, nco
 
     if ahead is None:
         ahead = look_ahead(torch.float16 if dq_sums == "fp16" else torch.float32, split, load_prev)
+    if kernel == "dkdv_ws":
+        big, small, stages, staging = tiles or WS_TILES[head_dim]
+        consts = {"BLOCK": block, "D": head_dim, "NCOMP": ncomp, "KINDS": kinds, "LOAD_PREV": load_prev,
+                  "BLOCK_N": big, "BLOCK_M": small, "STAGES": stages, "STAGING": staging,
+                  "CONSUMER_REGS": WS_CONSUMER_REGS, "num_warps": 4}
+        sig = _signature(list(_dkdv_ws_kernel.arg_names), consts)
+        sig.update(DQS=f"*{dq_sums or 'fp16'}", DQ_SCALE="*fp32", stride_sb="i32", stride_sh="i32", stride_st="i32",
+                   n_items="i32")
+        src = GluonASTSource(fn=_dkdv_ws_kernel, signature=sig, constexprs=consts)
+        return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
     fn = _dkdv_kernel if kernel == "dkdv" else _dq_kernel
     defaults = FUSED_TILES if dq_sums else DKDV_TILES if kernel == "dkdv" else DQ_TILES
     big, small, stages, warps = tiles or defaults[head_dim]
@@ -837,5 +1150,6 @@ def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, nco
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
-__all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HEAD_DIMS", "MAX_REGISTERS", "backward_part", "compile_for",
-           "dkdv_launches", "look_ahead", "programs_per_sm", "registers", "tiles", "use_streams"]
+__all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HEAD_DIMS", "MAX_REGISTERS", "WS_TILES", "backward_part",
+           "compile_for", "dkdv_launches", "look_ahead", "programs_per_sm", "registers", "tiles", "use_streams",
+           "warp_specialized"]

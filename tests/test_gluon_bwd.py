@@ -44,6 +44,17 @@ for name, sums, prev, split, ahead in [("fp32", "fp32", False, False, None), ("f
     out[f"fused {name}"] = {"hgmma": loop.get("HGMMA"), "reduces": loop.get("UTMAREDG", 0),
                             "spill_reloads": loop.get("LDL", 0), "shared": k.metadata.shared,
                             **ptxas_usage(k)}
+# the warp-specialised fused kernel (WS_TILES): fp16 sums over whole columns (the default at 1M), fp32 sums,
+# with earlier sums
+from megastride.kernels.compile_check import sass
+for name, sums, prev in [("fp16", "fp16", False), ("fp32", "fp32", False), ("fp16 prev", "fp16", True)]:
+    k = compile_for("dkdv_ws", 64, load_prev=prev, dq_sums=sums)
+    loop, code = first_mma_loop(k), sass(k)
+    out[f"ws {name}"] = {"hgmma": loop.get("HGMMA"), "loop_reduces": loop.get("UTMAREDG", 0),
+                         "loop_loads": loop.get("UTMALDG", 0), "spill_reloads": loop.get("LDL", 0),
+                         "total": loop.get("total"), "reduces": code.count("UTMAREDG"),
+                         "setmaxnreg": code.count("USETMAXREG"), "warps": k.metadata.num_warps,
+                         "shared": k.metadata.shared, **ptxas_usage(k)}
 print(json.dumps(out))
 """
 
@@ -97,6 +108,40 @@ def test_the_fused_dkdv_kernel_sends_dq_a_step_by_one_reduce_unserialised(compil
     got = compiled[f"fused {sums}"]
     assert got["hgmma"] == 32 and got["reduces"] == 1 and got["warnings"] == [], got
     assert got["spill_reloads"] <= 10 and got["shared"] <= 113 * 1024, got
+
+
+@pytest.mark.parametrize("sums", ["fp16", "fp32", "fp16 prev"])
+def test_the_warp_specialised_consumers_loop_is_products_and_exponentials(compiled, sums):
+    """``_dkdv_ws_kernel``: the consumer's full-block loop runs the fused step's five products (32 m64
+    instructions) with neither a TMA load nor a reduce in it (the loader and sender warps issue them: the
+    kernel's reduces lie outside the consumers' loops) and at most 2 spill reloads at 240 registers (the fused
+    kernel's loop: 483 instructions, 3 reloads at 255); registers move by setmaxnreg between 12 warps (two
+    consumer warpgroups, four single warps padded to a warpgroup); two columns' buffers fit one SM's shared
+    memory; ptxas serialises no product."""
+    got = compiled[f"ws {sums}"]
+    assert got["hgmma"] == 32 and got["loop_reduces"] == 0 and got["loop_loads"] == 0, got
+    assert got["reduces"] >= 2 and got["setmaxnreg"] > 0 and got["warps"] == 12, got
+    assert got["spill_reloads"] <= 2 and got["total"] < 400 and got["warnings"] == [], got
+    assert got["shared"] <= 227 * 1024, got
+
+
+def test_the_warp_specialised_switch(monkeypatch):
+    """``warp_specialized``: on by default where it can run (head dim 64, a block of 128 or more, lse and delta
+    rows TMA can address), off with "0" or elsewhere; a bad value is named."""
+    from megastride.kernels import gluon_bwd as G
+
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", raising=False)
+    lse = torch.zeros(2, 4, 1024)
+    assert G.warp_specialized(64, 128, lse, lse.clone())
+    assert not G.warp_specialized(128, 128, lse, lse.clone())  # no WS_TILES at head dim 128
+    assert not G.warp_specialized(64, 64, lse, lse.clone())  # 128-key tiles in 64-blocks
+    assert not G.warp_specialized(64, 128, lse[..., 1:1001], lse.clone())  # rows not 16-byte aligned
+    assert not G.warp_specialized(64, 128, lse.transpose(1, 2), lse.clone())  # positions not unit stride
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "0")
+    assert not G.warp_specialized(64, 128, lse, lse.clone())
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "on")
+    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_GLUON_WS must be auto, 0 or 1, got 'on'"):
+        G.warp_specialized(64, 128, lse, lse.clone())
 
 
 def test_the_fused_steps_rows_loaded_a_step_ahead_spill_less(compiled, monkeypatch):

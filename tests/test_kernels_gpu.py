@@ -570,6 +570,44 @@ def test_dq_summed_by_the_dkdv_kernel_matches_the_reference(sums, dtype, split, 
                 assert torch.allclose(g.float(), p.float(), rtol=2e-2, atol=1e-2 * p.abs().max().item()), (label, name)
 
 
+@pytest.mark.parametrize("sums, dtype", [("fp16", torch.bfloat16), ("fp32", torch.float16)])
+def test_the_warp_specialised_dkdv_kernel_matches_the_fused_one(sums, dtype, monkeypatch):
+    """The fused backward over whole columns on the H200 with the warp-specialised kernel (two consumer
+    warpgroups a program, loader and dQ sender warps: ``gluon_bwd._dkdv_ws_kernel``) and without it
+    (MEGASTRIDE_BLOCKSPARSE_GLUON_WS=0: ``_dkdv_kernel``): the same output, dK and dV to the bit (the same
+    products in the same order), on the model's head views, for the fixed pattern (one part; batch 2 x 4 heads,
+    and one head of 1,152 tokens: nine columns, so the last program's second consumer has no column) and
+    fixed_per_head (several CSRs); all within the three-way tolerance of the fp32 reference, dK and dV the same
+    bits on a second call."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", sums)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT", "0")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "0")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
+    B = _blocksparse()
+    G = importlib.import_module("megastride.kernels.gluon_bwd")
+    taken = []
+    real = G.warp_specialized
+    monkeypatch.setattr(G, "warp_specialized", lambda *a: taken.append(real(*a)) or taken[-1])
+    cases = ((P.same_for_all_heads(P.fixed(1024, 128), 4), 2, 8192),
+             (P.same_for_all_heads(P.fixed(1024, 128), 1), 1, 1152),
+             (P.fixed_per_head(1024, 128, 4, 2), 2, 8192))
+    for pattern, batch, n in cases:
+        layout = P.build_layout(pattern, n, 128, device="cuda")
+        grads = _head_view_grads(batch, n, len(pattern.heads), 64, dtype, seed=5)
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "auto")
+        taken.clear()
+        got = grads(lambda *x: B.blocksparse_attention(*x, layout))
+        assert taken == [True], (pattern.heads[0].name, taken)
+        again = grads(lambda *x: B.blocksparse_attention(*x, layout))
+        _assert_like_the_reference(pattern, layout, grads, got, again, same_bits=("out", "dk", "dv"))
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "0")
+        taken.clear()
+        plain = grads(lambda *x: B.blocksparse_attention(*x, layout))
+        assert taken == [False], (pattern.heads[0].name, taken)
+        for name, g, p in zip(["out", "dk", "dv"], got[:1] + got[2:], plain[:1] + plain[2:]):
+            assert torch.equal(g, p), (pattern.heads[0].name, n, name, (g.float() - p.float()).abs().max().item())
+
+
 @pytest.mark.parametrize("dtype, dim, launches, tiles", [
     (torch.bfloat16, 128, "2", ""), (torch.float16, 128, "1", ""), (torch.bfloat16, 64, "2", ""),
     # 64 rows on one warpgroup with the next scores ahead, three slots
