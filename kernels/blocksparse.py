@@ -936,7 +936,7 @@ GLUON_MIN_LENGTH = 65536
 # GLUON_DQ_MIN_LENGTH tokens); see gluon_dq_sums
 GLUON_DQ = "auto"
 GLUON_DQ_SETTINGS = ("auto", "0", "fp32", "fp16")
-GLUON_DQ_MIN_LENGTH = 262144
+GLUON_DQ_MIN_LENGTH = 131072
 # the bound on the fp16 sums' magnitude the scale aims at (fp16's largest is 65,504)
 GLUON_DQ_FP16_BOUND = 2.0 ** 14
 # the forward of natural-order parts in Gluon (kernels/gluon_fwd.py): gluon_forward. Slower than the Triton
@@ -1931,8 +1931,9 @@ def gluon_dq_sums(layout: Layout, q: torch.Tensor, *tensors: torch.Tensor) -> to
     to fp16's 11 bits, and kept in dQ's own storage (``dq_sums_buffer``). "auto" (the default) takes fp16
     sums from ``GLUON_DQ_MIN_LENGTH`` tokens: on the H200 (2026-12-04, docs/benchmarks.md "Thirty-fifth run",
     8x64, fixed) the forward+backward took 2.6-8.1% less time than with the dQ kernel at 1M tokens and
-    0.1-3.9% less at 262,144, 3.7-4.8% more at 131,072; dQ's error on sampled rows stayed under the bf16
-    reference's (1.4 times ours with the dQ kernel at most)."""
+    0.1-3.9% less at 262,144, 3.7-4.8% more at 131,072; with the warp-specialised kernel (``gluon_bwd.
+    warp_specialized``; "Thirty-eighth run") 3.1% less at 131,072 and 6.3% more at 65,536. dQ's error on
+    sampled rows stayed under the bf16 reference's (1.4 times ours with the dQ kernel at most)."""
     seq_len = q.shape[2]
     dtype = fused_dq_dtype(seq_len, q.shape[-1], layout.block)
     if dtype is None or not all(gluon_backward(_part_meta(part, seq_len, q.device), layout, q, *tensors, setting="1")

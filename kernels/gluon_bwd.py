@@ -32,7 +32,7 @@ loop's products). Beyond the probe:
   ``blocksparse.gluon_split``) finished by the last to count, through an fp32 workspace with atomics;
   with whole columns the backward is deterministic (no atomics);
 * where ``blocksparse.gluon_dq_sums`` says so (``MEGASTRIDE_BLOCKSPARSE_GLUON_DQ``; by default fp16 sums from
-  262,144 tokens at head dim 64), no dQ
+  131,072 tokens at head dim 64), no dQ
   kernel runs: each dK/dV step also forms dQ_t^T = K^T dS^T_t (dS^T_t through shared memory, a fifth
   product), waits for its products, and adds dQ_t into zeroed sums by an asynchronous TMA reduce
   (``tma_reduce_add``) that the next step's send waits for: FlashAttention-3's scheme, at 128 keys a program

@@ -180,7 +180,7 @@ def test_the_fused_dq_switch_and_its_fp16_scale(monkeypatch):
     with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_GLUON_DQ must be one of auto, 0, fp32, fp16; got 'bf16'"):
         B.gluon_dq_setting()
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ")
-    assert B.gluon_dq_setting() == "auto" and B.GLUON_DQ_MIN_LENGTH == 262144
+    assert B.gluon_dq_setting() == "auto" and B.GLUON_DQ_MIN_LENGTH == 131072
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "fp16")
     layout = P.build_layout(P.same_for_all_heads(P.fixed(256, 128), 2), 1024, 128)
     q = torch.zeros(1, 2, 1024, 64, dtype=torch.bfloat16)
@@ -208,7 +208,7 @@ def test_the_fused_dq_switch_and_its_fp16_scale(monkeypatch):
 
 def test_the_fused_dq_is_taken_where_its_setting_and_every_part_allow(monkeypatch):
     """``gluon_dq_sums`` with the Gluon backward's own checks (a Hopper GPU) granted: "auto" takes fp16 sums from
-    262,144 tokens at head dim 64 on 128-blocks and nothing below; "fp32"/"fp16" at any length; never at head
+    131,072 tokens at head dim 64 on 128-blocks and nothing below; "fp32"/"fp16" at any length; never at head
     dim 128 (no fused tiles), on 64-blocks (128-key tiles do not fit), or where a part cannot run the Gluon
     backward (a strided head's permuted part)."""
     torch = pytest.importorskip("torch")
@@ -218,10 +218,11 @@ def test_the_fused_dq_is_taken_where_its_setting_and_every_part_allow(monkeypatc
     granted = lambda meta, layout, q, *t, setting=None: not meta.permuted  # noqa: E731
     monkeypatch.setattr(B, "gluon_backward", granted)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", raising=False)
-    fixed = {n: P.build_layout(P.same_for_all_heads(P.fixed(4096, 128), 2), n, 128) for n in (131072, 262144)}
+    fixed = {n: P.build_layout(P.same_for_all_heads(P.fixed(4096, 128), 2), n, 128) for n in (65536, 131072, 262144)}
     q = {n: torch.empty(1, 2, n, 64, dtype=torch.bfloat16) for n in fixed}
     assert B.gluon_dq_sums(fixed[262144], q[262144]) == torch.float16
-    assert B.gluon_dq_sums(fixed[131072], q[131072]) is None
+    assert B.gluon_dq_sums(fixed[131072], q[131072]) == torch.float16
+    assert B.gluon_dq_sums(fixed[65536], q[65536]) is None
     wide = torch.empty(1, 2, 262144, 128, dtype=torch.bfloat16)
     assert B.gluon_dq_sums(fixed[262144], wide) is None
     small = P.build_layout(P.same_for_all_heads(P.fixed(4096, 64), 2), 262144, 64)
@@ -230,7 +231,7 @@ def test_the_fused_dq_is_taken_where_its_setting_and_every_part_allow(monkeypatc
     assert any(B._part_meta(part, 262144, q[262144].device).permuted for part in strided.parts)
     assert B.gluon_dq_sums(strided, q[262144]) is None
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "fp32")
-    assert B.gluon_dq_sums(fixed[131072], q[131072]) == torch.float32
+    assert B.gluon_dq_sums(fixed[65536], q[65536]) == torch.float32
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "0")
     assert B.gluon_dq_sums(fixed[262144], q[262144]) is None
 
