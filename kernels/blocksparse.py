@@ -1931,9 +1931,11 @@ def gluon_dq_sums(layout: Layout, q: torch.Tensor, *tensors: torch.Tensor) -> to
     to fp16's 11 bits, and kept in dQ's own storage (``dq_sums_buffer``). "auto" (the default) takes fp16
     sums from ``GLUON_DQ_MIN_LENGTH`` tokens: on the H200 (2026-12-04, docs/benchmarks.md "Thirty-fifth run",
     8x64, fixed) the forward+backward took 2.6-8.1% less time than with the dQ kernel at 1M tokens and
-    0.1-3.9% less at 262,144, 3.7-4.8% more at 131,072; with the warp-specialised kernel (``gluon_bwd.
-    warp_specialized``; "Thirty-eighth run") 3.1% less at 131,072 and 6.3% more at 65,536. dQ's error on
-    sampled rows stayed under the bf16 reference's (1.4 times ours with the dQ kernel at most)."""
+    0.1-3.9% less at 262,144, 3.7-4.8% more at 131,072; with the backward's first launch doing the sums' zeroing
+    and maxima (thirty-seventh run) 2.1% and 3.1% less at 131,072 in two calls (its dK/dV programs there take
+    column segments, so ``gluon_bwd._dkdv_kernel``, not the warp-specialised kernel), 6.3% more at 65,536
+    ("Thirty-eighth run"). dQ's error on sampled rows stayed under the bf16 reference's (1.4 times ours with
+    the dQ kernel at most)."""
     seq_len = q.shape[2]
     dtype = fused_dq_dtype(seq_len, q.shape[-1], layout.block)
     if dtype is None or not all(gluon_backward(_part_meta(part, seq_len, q.device), layout, q, *tensors, setting="1")
