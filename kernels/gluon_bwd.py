@@ -856,11 +856,13 @@ def _dkdv_ws_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HE
     a = _ws_alloc(dtype, sum_ty, D, BLOCK_N, BLOCK_M, STAGES, STAGING, smem, stage_layout, rows_layout)
     b = _ws_alloc(dtype, sum_ty, D, BLOCK_N, BLOCK_M, STAGES, STAGING, smem, stage_layout, rows_layout)
     gl.warp_specialize([
-        (_ws_consumer, (a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], DK, DV, DK_PREV, DV_PREV, a_batch * stride_dkb + a_head * stride_dkh,
+        (_ws_consumer, (a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], DK, DV, DK_PREV, DV_PREV,
+                        a_batch * stride_dkb + a_head * stride_dkh,
                         a_batch * stride_dvb + a_head * stride_dvh, stride_dkt, stride_dvt, DQ_SCALE, FULL_IDX,
                         PART_IDX, a_full_lo, a_part_lo, a_nf, a_t1, a_valid, a_first, a_codes, a_min_off, qk_scale,
                         sm_scale, NCOMP, KINDS, BLOCK, D, BLOCK_N, BLOCK_M, STAGES, STAGING, LOAD_PREV)),
-        (_ws_consumer, (b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], DK, DV, DK_PREV, DV_PREV, b_batch * stride_dkb + b_head * stride_dkh,
+        (_ws_consumer, (b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], DK, DV, DK_PREV, DV_PREV,
+                        b_batch * stride_dkb + b_head * stride_dkh,
                         b_batch * stride_dvb + b_head * stride_dvh, stride_dkt, stride_dvt, DQ_SCALE, FULL_IDX,
                         PART_IDX, b_full_lo, b_part_lo, b_nf, b_t1, b_valid, b_first, b_codes, b_min_off, qk_scale,
                         sm_scale, NCOMP, KINDS, BLOCK, D, BLOCK_N, BLOCK_M, STAGES, STAGING, LOAD_PREV)),

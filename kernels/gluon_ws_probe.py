@@ -236,7 +236,8 @@ def _ws_kernel(qd, dod, kd, vd, dkd, dvd, dqd, lsed, deltad, LSE, DELTA, PTR, ID
     b_delta = DELTA + b_qrow
     gl.warp_specialize([
         (_consumer, (a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], dkd, dvd, IDX, a_lse, a_delta, a_lo,
-                     a_steps, a_krow, qk_scale, sm_scale, sm_scale, D, BLOCK_N, BLOCK_M, STAGES, STAGING, ROWS, DK_SMEM)),
+                     a_steps, a_krow, qk_scale, sm_scale, sm_scale, D, BLOCK_N, BLOCK_M, STAGES, STAGING, ROWS,
+                     DK_SMEM)),
         (_consumer, (b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], dkd, dvd, IDX, b_lse, b_delta, b_lo,
                      b_steps, b_krow, qk_scale, sm_scale, sm_scale, D, BLOCK_N, BLOCK_M, STAGES, STAGING, ROWS,
                      DK_SMEM)),
@@ -304,11 +305,13 @@ def compile_ws(head_dim: int = 64, block_n: int = 128, block_m: int = 32, stages
     consts = {"HEADS": 8, "D": head_dim, "BLOCK_N": block_n, "BLOCK_M": block_m, "STAGES": stages,
               "STAGING": staging, "CONSUMER_REGS": consumer_regs, "WORKER_REGS": worker_regs, "ROWS": rows,
               "DK_SMEM": dk_smem, "num_warps": 4}
-    rows_desc = f"tensordesc<fp32[1, {block_m}],{gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)!r}>"
+    rows_layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
+    rows_desc = f"tensordesc<fp32[1, {block_m}],{rows_layout!r}>"
     sig = {"qd": desc(block_m, "bf16", gl.bfloat16), "dod": desc(block_m, "bf16", gl.bfloat16),
            "kd": desc(block_n, "bf16", gl.bfloat16), "vd": desc(block_n, "bf16", gl.bfloat16),
            "dkd": desc(block_n, "bf16", gl.bfloat16), "dvd": desc(block_n, "bf16", gl.bfloat16),
-           "dqd": desc(block_m, "fp16", gl.float16), "lsed": rows_desc, "deltad": rows_desc, "LSE": "*fp32", "DELTA": "*fp32", "PTR": "*i32", "IDX": "*i32",
+           "dqd": desc(block_m, "fp16", gl.float16), "lsed": rows_desc, "deltad": rows_desc, "LSE": "*fp32",
+           "DELTA": "*fp32", "PTR": "*i32", "IDX": "*i32",
            "ORDER": "*i32", "N": "i32", "qk_scale": "fp32", "sm_scale": "fp32",
            **{name: "constexpr" for name in consts}}
     src = GluonASTSource(fn=_ws_kernel, signature=sig, constexprs=consts)
