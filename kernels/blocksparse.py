@@ -937,6 +937,8 @@ GLUON_MIN_LENGTH = 65536
 GLUON_DQ = "auto"
 GLUON_DQ_SETTINGS = ("auto", "0", "fp32", "fp16")
 GLUON_DQ_MIN_LENGTH = 131072
+# the head dims "auto" takes it at (head dim 128 has fused tiles, not timed against its dQ kernel: "fp16" asks)
+GLUON_DQ_AUTO_DIMS = (64,)
 # the bound on the fp16 sums' magnitude the scale aims at (fp16's largest is 65,504)
 GLUON_DQ_FP16_BOUND = 2.0 ** 14
 # the forward of natural-order parts in Gluon (kernels/gluon_fwd.py): gluon_forward. Slower than the Triton
@@ -1902,12 +1904,12 @@ def gluon_dq_setting() -> str:
 
 def fused_dq_dtype(seq_len: int, head_dim: int, block: int) -> torch.dtype | None:
     """The dtype of the fused backward's dQ sums the setting (``gluon_dq_setting``; "auto": fp16 from
-    ``GLUON_DQ_MIN_LENGTH`` tokens) takes at this length, head dim and layout block, or None: off, a head dim
-    without ``gluon_bwd.FUSED_TILES``, or a block that does not hold their key tiles. What the layout's parts
+    ``GLUON_DQ_MIN_LENGTH`` tokens at ``GLUON_DQ_AUTO_DIMS``) takes at this length, head dim and layout block, or
+    None: off, a head dim without ``gluon_bwd.FUSED_TILES``, or a block that does not hold their key tiles. What the layout's parts
     and the device must also allow is ``gluon_dq_sums``'s."""
     setting = gluon_dq_setting()
     if setting == "auto":
-        setting = "fp16" if seq_len >= GLUON_DQ_MIN_LENGTH else "0"
+        setting = "fp16" if seq_len >= GLUON_DQ_MIN_LENGTH and head_dim in GLUON_DQ_AUTO_DIMS else "0"
     if setting == "0":
         return None
     try:

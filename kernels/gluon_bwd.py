@@ -72,11 +72,12 @@ DKDV_TILES = {128: (64, 64, 2, 4), 64: (64, 64, 3, 4)}
 DQ_TILES = {128: (64, 64, 2, 4), 64: (64, 64, 3, 4)}
 HEAD_DIMS = tuple(DKDV_TILES)
 # the dK/dV kernel that also adds each step's dQ into summed dQ by an asynchronous TMA reduce (``backward_part``'s
-# ``dq_sums``): 128 keys a program, 32 queries a step, 4 slots, 4 warps (docs/benchmarks.md "Thirty-fourth run")
-FUSED_TILES = {64: (128, 32, 4, 4)}
+# ``dq_sums``): 128 keys a program, 32 queries a step, 4 slots, 4 warps (docs/benchmarks.md "Thirty-fourth run");
+# at head dim 128 64 keys a program, 2 slots (ptxas, sm_90: no spill in the loop; 3 slots reload 15 a step)
+FUSED_TILES = {64: (128, 32, 4, 4), 128: (64, 32, 2, 4)}
 # the warp-specialised fused dK/dV kernel (``_dkdv_ws_kernel``, ``warp_specialized``): (keys a consumer, queries a
 # step, ring slots, dQ staging buffers) per head dim, and its consumers' registers a thread
-WS_TILES = {64: (128, 32, 3, 2)}
+WS_TILES = {64: (128, 32, 3, 2), 128: (64, 32, 3, 2)}
 WS_CONSUMER_REGS = 240
 # whether whole-column fused launches take it: "auto" (where ``warp_specialized`` says it can run), "1" or "0"
 WARP_SPECIALIZED = "auto"

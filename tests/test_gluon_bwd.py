@@ -36,10 +36,12 @@ for kernel, d, steps, prev, split, tiles in [("dkdv", 128, 1, True, True, None),
                                     **ptxas_usage(k)}
 # the dK/dV kernel that also sends dQ (FUSED_TILES), into fp32 and fp16 sums, with earlier sums and segments,
 # and into fp16 sums over whole columns with its rows loaded a step ahead (look_ahead's "auto") and without
-for name, sums, prev, split, ahead in [("fp32", "fp32", False, False, None), ("fp16", "fp16", True, True, None),
-                                      ("fp16 ahead", "fp16", False, False, None),
-                                      ("fp16 not ahead", "fp16", False, False, False)]:
-    k = compile_for("dkdv", 64, load_prev=prev, split=split, dq_sums=sums, ahead=ahead)
+for name, d, sums, prev, split, ahead in [("fp32", 64, "fp32", False, False, None),
+                                         ("fp16", 64, "fp16", True, True, None),
+                                         ("fp16 ahead", 64, "fp16", False, False, None),
+                                         ("fp16 not ahead", 64, "fp16", False, False, False),
+                                         ("fp16 d128 segments", 128, "fp16", False, True, None)]:
+    k = compile_for("dkdv", d, load_prev=prev, split=split, dq_sums=sums, ahead=ahead)
     loop = first_mma_loop(k)
     out[f"fused {name}"] = {"hgmma": loop.get("HGMMA"), "reduces": loop.get("UTMAREDG", 0),
                             "spill_reloads": loop.get("LDL", 0), "shared": k.metadata.shared,
@@ -47,8 +49,9 @@ for name, sums, prev, split, ahead in [("fp32", "fp32", False, False, None), ("f
 # the warp-specialised fused kernel (WS_TILES): fp16 sums over whole columns (the default at 1M), fp32 sums,
 # with earlier sums
 from megastride.kernels.compile_check import sass
-for name, sums, prev in [("fp16", "fp16", False), ("fp32", "fp32", False), ("fp16 prev", "fp16", True)]:
-    k = compile_for("dkdv_ws", 64, load_prev=prev, dq_sums=sums)
+for name, d, sums, prev in [("fp16", 64, "fp16", False), ("fp32", 64, "fp32", False),
+                            ("fp16 prev", 64, "fp16", True), ("fp16 d128", 128, "fp16", False)]:
+    k = compile_for("dkdv_ws", d, load_prev=prev, dq_sums=sums)
     loop, code = first_mma_loop(k), sass(k)
     out[f"ws {name}"] = {"hgmma": loop.get("HGMMA"), "loop_reduces": loop.get("UTMAREDG", 0),
                          "loop_loads": loop.get("UTMALDG", 0), "spill_reloads": loop.get("LDL", 0),
@@ -99,42 +102,45 @@ def test_partial_blocks_compile_alone(compiled):
     assert got["schedule"][:3] == ["qk", "qk", "wait 1"] and got["warnings"] == [], got
 
 
-@pytest.mark.parametrize("sums", ["fp32", "fp16", "fp16 ahead", "fp16 not ahead"])
-def test_the_fused_dkdv_kernel_sends_dq_a_step_by_one_reduce_unserialised(compiled, sums):
+@pytest.mark.parametrize("sums, hgmma", [("fp32", 32), ("fp16", 32), ("fp16 ahead", 32), ("fp16 not ahead", 32),
+                                         ("fp16 d128 segments", 28)])
+def test_the_fused_dkdv_kernel_sends_dq_a_step_by_one_reduce_unserialised(compiled, sums, hgmma):
     """MEGASTRIDE_BLOCKSPARSE_GLUON_DQ: the dK/dV loop at 128 keys x 32 queries runs its four products (24
-    m64 instructions) plus dQ^T's (8: 64 x 32 x 128) and one asynchronous TMA reduce an iteration; ptxas
-    serialises none of them. Its spills (a few reloads an iteration, as the probe's: the timing counts them)
-    are bounded, and two programs fit an SM's 228 KB of shared memory."""
+    m64 instructions) plus dQ^T's (8: 64 x 32 x 128) and one asynchronous TMA reduce an iteration (at head dim
+    128, column segments: 64 keys, 20 + 8); ptxas serialises none of them. Its spills (a few reloads an
+    iteration, as the probe's: the timing counts them) are bounded, and two programs fit an SM's 228 KB of
+    shared memory."""
     got = compiled[f"fused {sums}"]
-    assert got["hgmma"] == 32 and got["reduces"] == 1 and got["warnings"] == [], got
+    assert got["hgmma"] == hgmma and got["reduces"] == 1 and got["warnings"] == [], got
     assert got["spill_reloads"] <= 10 and got["shared"] <= 113 * 1024, got
 
 
-@pytest.mark.parametrize("sums", ["fp16", "fp32", "fp16 prev"])
-def test_the_warp_specialised_consumers_loop_is_products_and_exponentials(compiled, sums):
+@pytest.mark.parametrize("sums, hgmma", [("fp16", 32), ("fp32", 32), ("fp16 prev", 32), ("fp16 d128", 28)])
+def test_the_warp_specialised_consumers_loop_is_products_and_exponentials(compiled, sums, hgmma):
     """``_dkdv_ws_kernel``: the consumer's full-block loop runs the fused step's five products (32 m64
-    instructions) with neither a TMA load nor a reduce in it (the loader and sender warps issue them: the
-    kernel's reduces lie outside the consumers' loops) and at most 2 spill reloads at 240 registers (the fused
-    kernel's loop: 483 instructions, 3 reloads at 255); registers move by setmaxnreg between 12 warps (two
-    consumer warpgroups, four single warps padded to a warpgroup); two columns' buffers fit one SM's shared
-    memory; ptxas serialises no product."""
+    instructions at head dim 64, 128 keys x 32 queries; 28 at head dim 128, 64 x 32) with neither a TMA load
+    nor a reduce in it (the loader and sender warps issue them: the kernel's reduces lie outside the consumers'
+    loops) and at most 2 spill reloads at 240 registers (the fused kernel's loop: 483 instructions, 3 reloads at
+    255); registers move by setmaxnreg between 12 warps (two consumer warpgroups, four single warps padded to a
+    warpgroup); two columns' buffers fit one SM's shared memory; ptxas serialises no product."""
     got = compiled[f"ws {sums}"]
-    assert got["hgmma"] == 32 and got["loop_reduces"] == 0 and got["loop_loads"] == 0, got
+    assert got["hgmma"] == hgmma and got["loop_reduces"] == 0 and got["loop_loads"] == 0, got
     assert got["reduces"] >= 2 and got["setmaxnreg"] > 0 and got["warps"] == 12, got
     assert got["spill_reloads"] <= 2 and got["total"] < 400 and got["warnings"] == [], got
     assert got["shared"] <= 227 * 1024, got
 
 
 def test_the_warp_specialised_switch(monkeypatch):
-    """``warp_specialized``: on by default where it can run (head dim 64, a block of 128 or more, lse and delta
-    rows TMA can address), off with "0" or elsewhere; a bad value is named."""
+    """``warp_specialized``: on by default where it can run (head dims 64 and 128, a block its key tiles divide,
+    lse and delta rows TMA can address), off with "0" or elsewhere; a bad value is named."""
     from megastride.kernels import gluon_bwd as G
 
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", raising=False)
     lse = torch.zeros(2, 4, 1024)
     assert G.warp_specialized(64, 128, lse, lse.clone())
-    assert not G.warp_specialized(128, 128, lse, lse.clone())  # no WS_TILES at head dim 128
+    assert G.warp_specialized(128, 128, lse, lse.clone()) and G.warp_specialized(128, 64, lse, lse.clone())
     assert not G.warp_specialized(64, 64, lse, lse.clone())  # 128-key tiles in 64-blocks
+    assert not G.warp_specialized(32, 128, lse, lse.clone())  # no WS_TILES at head dim 32
     assert not G.warp_specialized(64, 128, lse[..., 1:1001], lse.clone())  # rows not 16-byte aligned
     assert not G.warp_specialized(64, 128, lse.transpose(1, 2), lse.clone())  # positions not unit stride
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "0")
@@ -208,9 +214,10 @@ def test_the_fused_dq_switch_and_its_fp16_scale(monkeypatch):
 
 def test_the_fused_dq_is_taken_where_its_setting_and_every_part_allow(monkeypatch):
     """``gluon_dq_sums`` with the Gluon backward's own checks (a Hopper GPU) granted: "auto" takes fp16 sums from
-    131,072 tokens at head dim 64 on 128-blocks and nothing below; "fp32"/"fp16" at any length; never at head
-    dim 128 (no fused tiles), on 64-blocks (128-key tiles do not fit), or where a part cannot run the Gluon
-    backward (a strided head's permuted part)."""
+    131,072 tokens at head dim 64 on 128-blocks and nothing below, and not at head dim 128 (its fused tiles not
+    timed against its dQ kernel: ``GLUON_DQ_AUTO_DIMS``); "fp32"/"fp16" at any length and at head dim 128 too;
+    never on 64-blocks at head dim 64 (128-key tiles do not fit) or where a part cannot run the Gluon backward
+    (a strided head's permuted part)."""
     torch = pytest.importorskip("torch")
     from megastride.kernels import blocksparse as B
     from megastride.kernels import patterns as P
@@ -232,6 +239,8 @@ def test_the_fused_dq_is_taken_where_its_setting_and_every_part_allow(monkeypatc
     assert B.gluon_dq_sums(strided, q[262144]) is None
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "fp32")
     assert B.gluon_dq_sums(fixed[65536], q[65536]) == torch.float32
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "fp16")
+    assert B.gluon_dq_sums(fixed[262144], wide) == torch.float16  # 64-key tiles at head dim 128
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "0")
     assert B.gluon_dq_sums(fixed[262144], q[262144]) is None
 
