@@ -570,15 +570,17 @@ def test_dq_summed_by_the_dkdv_kernel_matches_the_reference(sums, dtype, split, 
                 assert torch.allclose(g.float(), p.float(), rtol=2e-2, atol=1e-2 * p.abs().max().item()), (label, name)
 
 
-@pytest.mark.parametrize("sums, dtype", [("fp16", torch.bfloat16), ("fp32", torch.float16)])
-def test_the_warp_specialised_dkdv_kernel_matches_the_fused_one(sums, dtype, monkeypatch):
+@pytest.mark.parametrize("sums, dtype, dim", [("fp16", torch.bfloat16, 64), ("fp32", torch.float16, 64),
+                                             ("fp16", torch.bfloat16, 128)])
+def test_the_warp_specialised_dkdv_kernel_matches_the_fused_one(sums, dtype, dim, monkeypatch):
     """The fused backward over whole columns on the H200 with the warp-specialised kernel (two consumer
     warpgroups a program, loader and dQ sender warps: ``gluon_bwd._dkdv_ws_kernel``) and without it
     (MEGASTRIDE_BLOCKSPARSE_GLUON_WS=0: ``_dkdv_kernel``): the same output, dK and dV to the bit (the same
     products in the same order), on the model's head views, for the fixed pattern (one part; batch 2 x 4 heads,
     and one head of 1,152 tokens: nine columns, so the last program's second consumer has no column) and
     fixed_per_head (several CSRs); all within the three-way tolerance of the fp32 reference, dK and dV the same
-    bits on a second call."""
+    bits on a second call. At head dim 128 (64-key tiles; the fused dQ asked for, "auto" leaves it off there)
+    the same against ``_dkdv_kernel``'s fused form at its tiles."""
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", sums)
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT", "0")
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "0")
@@ -593,7 +595,7 @@ def test_the_warp_specialised_dkdv_kernel_matches_the_fused_one(sums, dtype, mon
              (P.fixed_per_head(1024, 128, 4, 2), 2, 8192))
     for pattern, batch, n in cases:
         layout = P.build_layout(pattern, n, 128, device="cuda")
-        grads = _head_view_grads(batch, n, len(pattern.heads), 64, dtype, seed=5)
+        grads = _head_view_grads(batch, n, len(pattern.heads), dim, dtype, seed=5)
         monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "auto")
         taken.clear()
         got = grads(lambda *x: B.blocksparse_attention(*x, layout))
