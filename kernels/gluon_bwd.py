@@ -369,6 +369,22 @@ def _plain_smem():
 
 
 @gluon.jit
+def _p_dv(s, lse, qk_scale, rows, first_col, codes, min_off, do_tile, dv, NCOMP: gl.constexpr, KINDS: gl.constexpr,
+          MASKED: gl.constexpr, BLOCK_N: gl.constexpr, p_layout: gl.constexpr):
+    """A dK/dV step's P^T_t = exp2(S^T_t - lse) (``lse`` broadcast over its keys; masked by the token predicate on
+    a partial block, ``rows`` its query positions) and the issue of dV += P^T_t dO_t: (P^T_t fp32, P^T_t as the
+    A operand, dV in flight)."""
+    s_layout: gl.constexpr = s.type.layout
+    pt = gl.exp2(s * qk_scale - lse)
+    if MASKED:  # a partial block: the token predicate on (keys, queries)
+        keys = first_col + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, s_layout))
+        ok = _allowed(gl.expand_dims(rows, 0), gl.expand_dims(keys, 1), codes, min_off, NCOMP, KINDS)
+        pt = gl.where(ok, pt, 0.0)
+    pt16 = gl.convert_layout(pt.to(do_tile.dtype), p_layout)
+    return pt, pt16, warpgroup_mma(pt16, do_tile, dv, is_async=True)
+
+
+@gluon.jit
 def _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd, dod, zero_s, LSE, DELTA, FULL_IDX,
                PART_IDX, full_lo, part_lo, nf, t0, t1, first_col, codes, min_off, qk_scale, ds_smem, stage, dqd,
                dq_scale, zero_q, ahead, NCOMP: gl.constexpr, KINDS: gl.constexpr, MASKED: gl.constexpr,
@@ -402,13 +418,8 @@ def _dkdv_step(t, dk, dv, pt16, dst16, k_smem, v_smem, q_smem, do_smem, bars, qd
             _issue(qd, dod, q_smem, do_smem, bars,
                    _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t - 1 + STAGES, BLOCK // BLOCK_M, BLOCK_M,
                                BLOCK), (t - 1 - t0) % STAGES)
-    pt = gl.exp2(s * qk_scale - gl.expand_dims(lse, 0))
-    if MASKED:  # a partial block: the token predicate on (keys, queries)
-        keys = first_col + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, s_layout))
-        ok = _allowed(gl.expand_dims(rows, 0), gl.expand_dims(keys, 1), codes, min_off, NCOMP, KINDS)
-        pt = gl.where(ok, pt, 0.0)
-    pt16 = gl.convert_layout(pt.to(dtype), p_layout)
-    dv = warpgroup_mma(pt16, do_smem.index(slot), dv, is_async=True)
+    pt, pt16, dv = _p_dv(s, gl.expand_dims(lse, 0), qk_scale, rows, first_col, codes, min_off, do_smem.index(slot), dv,
+                         NCOMP, KINDS, MASKED, BLOCK_N, p_layout)
     # in flight: dP^T_t, dV_t; wait for dP^T_t
     dp, pt16 = warpgroup_mma_wait(num_outstanding=1, deps=(dp, pt16))
     dst = (pt * (dp - gl.expand_dims(delta, 0))).to(dtype)
@@ -678,15 +689,12 @@ def _ws_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem,
     if MASKED:  # the step's query positions, for the token predicate (under the score products)
         start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, BLOCK // BLOCK_M, BLOCK_M, BLOCK)
         rows = start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
+    else:  # not read
+        rows = first_col
     # in flight: S^T_t, dP^T_t (the last step's products all done); wait for S^T_t
     s, dk, dv = warpgroup_mma_wait(num_outstanding=1, deps=(s, dk, dv))
-    pt = gl.exp2(s * qk_scale - lse_smem.index(slot).load(s_layout))
-    if MASKED:  # a partial block: the token predicate on (keys, queries)
-        keys = first_col + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, s_layout))
-        ok = _allowed(gl.expand_dims(rows, 0), gl.expand_dims(keys, 1), codes, min_off, NCOMP, KINDS)
-        pt = gl.where(ok, pt, 0.0)
-    pt16 = gl.convert_layout(pt.to(dtype), p_layout)
-    dv = warpgroup_mma(pt16, do_smem.index(slot), dv, is_async=True)
+    pt, pt16, dv = _p_dv(s, lse_smem.index(slot).load(s_layout), qk_scale, rows, first_col, codes, min_off,
+                         do_smem.index(slot), dv, NCOMP, KINDS, MASKED, BLOCK_N, p_layout)
     # in flight: dP^T_t, dV_t; wait for dP^T_t
     dp, pt16 = warpgroup_mma_wait(num_outstanding=1, deps=(dp, pt16))
     dst = (pt * (dp - delta_smem.index(slot).load(s_layout))).to(dtype)

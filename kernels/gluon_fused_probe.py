@@ -215,6 +215,29 @@ SETTINGS = ((64, 64, 3, False, 1, False, False, False), (128, 32, 4, True, 1, Fa
             (128, 32, 4, False, 1, False, True, False))
 
 
+def probe_checks(q, k, v, do, lse, delta, ptr, idx):
+    """(col_ptr, col_idx, same_kv, same_dq) for the probes' inputs: the column lists of the row lists ``ptr``,
+    ``idx`` on the GPU; ``same_kv((dk, dv, ...))``: the largest differences of dK and dV from the Triton dK/dV
+    probe's on the key rows some query block visits; ``same_dq(dq)``: dQ's from fp32 PyTorch on three query tiles
+    of every head (the row lists' first non-empty, middle and last)."""
+    col_ptr, col_idx = (t.cuda() for t in column_lists(ptr.cpu(), idx.cpu()))
+    ref_dk, ref_dv = probe_dkdv(q, k, v, do, lse, delta, col_ptr, col_idx)
+    seen = torch.repeat_interleave(col_ptr.diff() > 0, BLOCK)
+    nonempty = torch.nonzero(ptr.diff() > 0).flatten().cpu()
+    tiles = [int(nonempty[0]) * 2, int(nonempty[len(nonempty) // 2]) * 2 + 1, int(nonempty[-1]) * 2]
+    ref_dq = dq_reference(q, k, v, do, lse, delta, ptr, idx, tiles)
+    sample = torch.cat([torch.arange(t * 64, t * 64 + 64) for t in tiles]).cuda()
+
+    def same_kv(got):
+        return {"max_rel_diff_dk": _rel_diff(got[0][:, seen], ref_dk[:, seen]),
+                "max_rel_diff_dv": _rel_diff(got[1][:, seen], ref_dv[:, seen])}
+
+    def same_dq(dq):
+        return {"max_rel_diff_dq_vs_fp32": _rel_diff(dq[:, sample], ref_dq)}
+
+    return col_ptr, col_idx, same_kv, same_dq
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m megastride.kernels.gluon_fused_probe", description=__doc__.splitlines()[0])
     p.add_argument("--cases", default="1048576x64,262144x64", help="comma-separated NxD (heads = 512 / D)")
@@ -246,20 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--orders takes {', '.join(ORDERS)}")
     rows = []
     for n, d, heads, ptr, idx, pairs, q, k, v, do, lse, delta, base in probe_inputs(args):
-        col_ptr, col_idx = (t.cuda() for t in column_lists(ptr.cpu(), idx.cpu()))
-        ref_dk, ref_dv = probe_dkdv(q, k, v, do, lse, delta, col_ptr, col_idx)
-        seen = torch.repeat_interleave(col_ptr.diff() > 0, BLOCK)
-        nonempty = torch.nonzero(ptr.diff() > 0).flatten().cpu()
-        tiles = [int(nonempty[0]) * 2, int(nonempty[len(nonempty) // 2]) * 2 + 1, int(nonempty[-1]) * 2]
-        ref_dq = dq_reference(q, k, v, do, lse, delta, ptr, idx, tiles)
-        sample = torch.cat([torch.arange(t * 64, t * 64 + 64) for t in tiles]).cuda()
-
-        def same_kv(got):
-            return {"max_rel_diff_dk": _rel_diff(got[0][:, seen], ref_dk[:, seen]),
-                    "max_rel_diff_dv": _rel_diff(got[1][:, seen], ref_dv[:, seen])}
+        col_ptr, col_idx, same_kv, same_dq = probe_checks(q, k, v, do, lse, delta, ptr, idx)
 
         def same_all(got):
-            return {**same_kv(got), "max_rel_diff_dq_vs_fp32": _rel_diff(got[2][:, sample], ref_dq)}
+            return {**same_kv(got), **same_dq(got[2])}
 
         # the separate kernels: dK/dV (four products a tile) and dQ (three), each timed alone
         rows.append(_timed(dict(base, kernel="dkdv triton", block_n=BLOCK, block_m=32, warps=4, stages=5),
@@ -273,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(_timed(dict(base, kernel="dq gluon", block_m=64, block_n=64, warps=4, stages=3, order="tiles"),
                            lambda: gluon_dq(q, k, v, do, lse, delta, ptr, idx, order_q, block_m=64, block_n=64,
                                             stages=3),
-                           6 * pairs * d, lambda got: {"max_rel_diff_dq_vs_fp32": _rel_diff(got[:, sample], ref_dq)}))
+                           6 * pairs * d, same_dq))
         for (bn, bm, st, swap, stg, dvw, pair, half), mode, send in itertools.product(settings, orders, sends):
             order = tile_order(col_ptr, heads, bn, mode)
             rows.append(_timed(dict(base, kernel="fused gluon", block_n=bn, block_m=bm, warps=4, stages=st,
