@@ -937,7 +937,8 @@ GLUON_MIN_LENGTH = 65536
 GLUON_DQ = "auto"
 GLUON_DQ_SETTINGS = ("auto", "0", "fp32", "fp16")
 GLUON_DQ_MIN_LENGTH = 131072
-# the head dims "auto" takes it at (head dim 128 has fused tiles, not timed against its dQ kernel: "fp16" asks)
+# the head dims "auto" takes it at (head dim 128 has fused tiles, 4-13% slower than its dQ kernel at 2x128 on the
+# H200, docs/benchmarks.md "Thirty-eighth run": "fp16" asks for them)
 GLUON_DQ_AUTO_DIMS = (64,)
 # the bound on the fp16 sums' magnitude the scale aims at (fp16's largest is 65,504)
 GLUON_DQ_FP16_BOUND = 2.0 ** 14
@@ -1905,8 +1906,8 @@ def gluon_dq_setting() -> str:
 def fused_dq_dtype(seq_len: int, head_dim: int, block: int) -> torch.dtype | None:
     """The dtype of the fused backward's dQ sums the setting (``gluon_dq_setting``; "auto": fp16 from
     ``GLUON_DQ_MIN_LENGTH`` tokens at ``GLUON_DQ_AUTO_DIMS``) takes at this length, head dim and layout block, or
-    None: off, a head dim without ``gluon_bwd.FUSED_TILES``, or a block that does not hold their key tiles. What the layout's parts
-    and the device must also allow is ``gluon_dq_sums``'s."""
+    None: off, a head dim without ``gluon_bwd.FUSED_TILES``, or a block that does not hold their key tiles. What
+    the layout's parts and the device must also allow is ``gluon_dq_sums``'s."""
     setting = gluon_dq_setting()
     if setting == "auto":
         setting = "fp16" if seq_len >= GLUON_DQ_MIN_LENGTH and head_dim in GLUON_DQ_AUTO_DIMS else "0"

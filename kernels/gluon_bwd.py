@@ -722,7 +722,6 @@ def _ws_consumer(kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage,
     """One key tile's column on one warpgroup (``_ws_step``: its full blocks, then its partial ones under the
     token predicate), then its dK (scaled) and dV written through the K/V buffer as ``_dkdv_kernel`` writes
     them; ``valid`` 0: a padding item (an odd count's last program), which writes nothing."""
-    dtype: gl.constexpr = kv_smem.dtype
     layouts: gl.constexpr = mma_layouts(4, BLOCK_M, D)
     s_layout: gl.constexpr = layouts[0]
     o_layout: gl.constexpr = layouts[1]

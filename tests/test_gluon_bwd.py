@@ -214,8 +214,8 @@ def test_the_fused_dq_switch_and_its_fp16_scale(monkeypatch):
 
 def test_the_fused_dq_is_taken_where_its_setting_and_every_part_allow(monkeypatch):
     """``gluon_dq_sums`` with the Gluon backward's own checks (a Hopper GPU) granted: "auto" takes fp16 sums from
-    131,072 tokens at head dim 64 on 128-blocks and nothing below, and not at head dim 128 (its fused tiles not
-    timed against its dQ kernel: ``GLUON_DQ_AUTO_DIMS``); "fp32"/"fp16" at any length and at head dim 128 too;
+    131,072 tokens at head dim 64 on 128-blocks and nothing below, and not at head dim 128 (its fused tiles were
+    slower than its dQ kernel: ``GLUON_DQ_AUTO_DIMS``); "fp32"/"fp16" at any length and at head dim 128 too;
     never on 64-blocks at head dim 64 (128-key tiles do not fit) or where a part cannot run the Gluon backward
     (a strided head's permuted part)."""
     torch = pytest.importorskip("torch")
