@@ -519,6 +519,15 @@ def test_gluon_backward_matches_the_reference_on_the_model_layout(dtype, dim, la
         _assert_like_the_reference(pattern, layout, grads, got, again, same_bits=("out",) if split != "0" else None)
 
 
+def _fused_dq_settings(monkeypatch, sums: str, split: str) -> None:
+    """The fused-dQ tests' switches: dQ summed by the Gluon dK/dV kernel in ``sums``, its programs taking column
+    segments of ``split`` query blocks ("0": whole columns), the Triton kernels' own split off, dQ mode separate."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", sums)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT", split)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "0")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
+
+
 @pytest.mark.parametrize("sums, dtype, split", [("fp32", torch.bfloat16, "0"), ("fp16", torch.bfloat16, "3"),
                                                 ("fp16", torch.float16, "0")])
 def test_dq_summed_by_the_dkdv_kernel_matches_the_reference(sums, dtype, split, monkeypatch):
@@ -529,10 +538,7 @@ def test_dq_summed_by_the_dkdv_kernel_matches_the_reference(sums, dtype, split, 
     then relative to the largest value: 1e-7 with bf16 inputs (the fp16 sums' scale: unscaled, such a dQ is
     below fp16's smallest normal number), 1e-3 with fp16 inputs (whose own dO and dS cannot hold 1e-7: fp16
     training scales its loss). dK, dV and the output come out the same as without it."""
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", sums)
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT", split)
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "0")
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
+    _fused_dq_settings(monkeypatch, sums, split)
     B = _blocksparse()
     G = importlib.import_module("megastride.kernels.gluon_bwd")
     taken = []
@@ -581,10 +587,7 @@ def test_the_warp_specialised_dkdv_kernel_matches_the_fused_one(sums, dtype, dim
     fixed_per_head (several CSRs); all within the three-way tolerance of the fp32 reference, dK and dV the same
     bits on a second call. At head dim 128 (64-key tiles; the fused dQ asked for, "auto" leaves it off there)
     the same against ``_dkdv_kernel``'s fused form at its tiles."""
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", sums)
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT", "0")
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "0")
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
+    _fused_dq_settings(monkeypatch, sums, "0")
     B = _blocksparse()
     G = importlib.import_module("megastride.kernels.gluon_bwd")
     taken = []
