@@ -375,6 +375,8 @@ OUR_VARIANTS = {
     # the fused dK/dV kernel over whole columns without warp specialisation (gluon_bwd.warp_specialized: two
     # consumer warpgroups a program with loader and dQ sender warps, the default where it can run)
     "nows": {"MEGASTRIDE_BLOCKSPARSE_GLUON_WS": "0"},
+    # ... or with one column a program, its keys split between the two consumers (FlashAttention-3's tiles)
+    "halves": {"MEGASTRIDE_BLOCKSPARSE_GLUON_WS": "halves"},
     "gluon1": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "1"},
     "gluon2": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "2"},
     "onestream": {"MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS": "0"},  # Gluon's dQ after its dK/dV on one stream

@@ -79,6 +79,10 @@ FUSED_TILES = {64: (128, 32, 4, 4), 128: (64, 32, 2, 4)}
 # step, ring slots, dQ staging buffers) per head dim, and its consumers' registers a thread
 WS_TILES = {64: (128, 32, 3, 2), 128: (64, 32, 3, 2)}
 WS_CONSUMER_REGS = 240
+# the form with one column a program, its keys split between the two consumers (``_dkdv_halves_kernel``): (keys a
+# program, queries a step, ring slots, dQ staging buffers a consumer) per head dim, and its dS buffers
+HALVES_TILES = {64: (128, 128, 2, 2)}
+HALVES_DS_BUFFERS = 2
 # whether whole-column fused launches take it: "auto" (where ``warp_specialized`` says it can run), "1" or "0"
 WARP_SPECIALIZED = "auto"
 # dK/dV launches per part (``dkdv_launches``)
@@ -793,10 +797,10 @@ def _ws_column(Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FU
                stride_vt, stride_dob, stride_doh, stride_dot, stride_sb, stride_sh, stride_st, stride_lb, stride_lh,
                part_heads, batch_heads, num_blocks, order_len, BLOCK: gl.constexpr, D: gl.constexpr,
                NCOMP: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, smem: gl.constexpr,
-               stage_layout: gl.constexpr, rows_layout: gl.constexpr):
+               stage_layout: gl.constexpr, rows_layout: gl.constexpr, DQ_ROWS: gl.constexpr):
     """Column item ``item`` of the launch (past ``n_items``: the last one again, marked not valid, with no steps):
     (batch, head, first key, min offset, codes, full_lo, part_lo, nf, t1, valid) and the TMA descriptors of its
-    head's Q, dO, K, V, lse and delta rows (boxes of BLOCK_M values) and dQ sums."""
+    head's Q, dO, K, V, lse and delta rows (boxes of BLOCK_M values) and dQ sums (boxes of DQ_ROWS rows)."""
     valid = item < n_items
     batch, head, csr, block, first, min_off, codes, slot, bh = _item(
         gl.minimum(item, n_items - 1), HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len,
@@ -814,7 +818,7 @@ def _ws_column(Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FU
                                       block_shape=[1, BLOCK_M], layout=rows_layout)
     deltad = tma.make_tensor_descriptor(DELTA + rows, shape=[n // BLOCK_M, BLOCK_M], strides=[BLOCK_M, 1],
                                         block_shape=[1, BLOCK_M], layout=rows_layout)
-    dqd = _head_desc(DQS, batch * stride_sb + head * stride_sh, n, stride_st, D, BLOCK_M, stage_layout)
+    dqd = _head_desc(DQS, batch * stride_sb + head * stride_sh, n, stride_st, D, DQ_ROWS, stage_layout)
     return (batch, head, first, min_off, codes, full_lo, part_lo, nf, t1, valid.to(gl.int32), qd, dod, kd, vd, lsed,
             deltad, dqd)
 
@@ -855,12 +859,12 @@ def _dkdv_ws_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HE
      a_vd, a_lsed, a_deltad, a_dqd) = _ws_column(
         Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, PART_PTR, ORDER,
         2 * gl.program_id(0), n_items, *strides, part_heads, batch_heads, num_blocks, order_len, BLOCK, D, NCOMP,
-        BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout)
+        BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout, BLOCK_M)
     (b_batch, b_head, b_first, b_min_off, b_codes, b_full_lo, b_part_lo, b_nf, b_t1, b_valid, b_qd, b_dod, b_kd,
      b_vd, b_lsed, b_deltad, b_dqd) = _ws_column(
         Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, PART_PTR, ORDER,
         2 * gl.program_id(0) + 1, n_items, *strides, part_heads, batch_heads, num_blocks, order_len, BLOCK, D,
-        NCOMP, BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout)
+        NCOMP, BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout, BLOCK_M)
     a = _ws_alloc(dtype, sum_ty, D, BLOCK_N, BLOCK_M, STAGES, STAGING, smem, stage_layout, rows_layout)
     b = _ws_alloc(dtype, sum_ty, D, BLOCK_N, BLOCK_M, STAGES, STAGING, smem, stage_layout, rows_layout)
     gl.warp_specialize([
@@ -883,6 +887,238 @@ def _dkdv_ws_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HE
         (_ws_sender, (b[6], b[7], b_dqd, FULL_IDX, PART_IDX, b_full_lo, b_part_lo, b_nf, b_t1, BLOCK, BLOCK_M,
                       STAGES, STAGING)),
     ], [4, 1, 1, 1, 1], [CONSUMER_REGS, 24, 24, 24, 24])
+
+
+@gluon.jit
+def _halves_bar(bars, role: gl.constexpr, i, STAGES: gl.constexpr, STAGING: gl.constexpr, DS_BUFS: gl.constexpr):
+    """One of a shared column's mbarriers (``_dkdv_halves_kernel``): role 0 ready[i] (loader -> consumers: slot i's
+    Q, dO, lse and delta landed), 1 empty[i] (both consumers -> loader: slot i's products are done; count 2),
+    2 dS in[i] (both consumers' dS^T halves of buffer i stored; count 2), 3 dS out[i] (both consumers' dQ
+    products have read buffer i; count 2), 4 the kept K and V tiles', 5 both consumers' loops done (count 2:
+    the K/V buffer then takes their gradients), 6 + c * 2 * STAGING + ... consumer c's staged[i] and free[i]
+    (as ``_ws_bar``'s roles 2 and 3)."""
+    if role == 0:
+        return bars.index(i)
+    elif role == 1:
+        return bars.index(STAGES + i)
+    elif role == 2:
+        return bars.index(2 * STAGES + i)
+    elif role == 3:
+        return bars.index(2 * STAGES + DS_BUFS + i)
+    elif role == 4:
+        return bars.index(2 * STAGES + 2 * DS_BUFS)
+    elif role == 5:
+        return bars.index(2 * STAGES + 2 * DS_BUFS + 1)
+    else:  # role 6 + 2c (staged) or 7 + 2c (free) of consumer c
+        return bars.index(2 * STAGES + 2 * DS_BUFS + 2 + (role - 6) * STAGING + i)
+
+
+@gluon.jit
+def _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars, zero_s, zero_q,
+                 FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off, qk_scale, dq_scale,
+                 C: gl.constexpr, NCOMP: gl.constexpr, KINDS: gl.constexpr, MASKED: gl.constexpr,
+                 BLOCK: gl.constexpr, HALF: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
+                 STAGING: gl.constexpr, DS_BUFS: gl.constexpr, p_layout: gl.constexpr):
+    """Step t (query block t of the column, BLOCK_M rows) of consumer C, which holds keys C * HALF.. of the
+    column: S^T and dP^T of its keys against the step's queries, P^T and dS^T, dV and dK (both from registers),
+    its dS^T half into the step's dS buffer (``ds_smem``: one (BLOCK_M, HALF) buffer per half of the keys) and,
+    once the other consumer's half is there, dQ of its half of the queries over all the column's keys (two
+    products, one a key half), staged for its sender."""
+    dtype: gl.constexpr = kv_smem.dtype
+    s_layout: gl.constexpr = zero_s.type.layout
+    k_mine = kv_smem.index(0).slice(C * HALF, HALF)
+    v_mine = kv_smem.index(1).slice(C * HALF, HALF)
+    slot = t % STAGES
+    mbarrier.wait(_halves_bar(bars, 0, slot, STAGES, STAGING, DS_BUFS), (t // STAGES) & 1)
+    s = warpgroup_mma(k_mine, q_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    dp = warpgroup_mma(v_mine, do_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    if MASKED:  # the step's query positions, for the token predicate (under the score products)
+        start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, 1, BLOCK_M, BLOCK)
+        rows = start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
+    else:  # not read
+        rows = first_col
+    s, dp, dk, dv = warpgroup_mma_wait(num_outstanding=0, deps=(s, dp, dk, dv))
+    pt, pt16, dv = _p_dv(s, lse_smem.index(slot).load(s_layout), qk_scale, rows, first_col + C * HALF, codes,
+                         min_off, do_smem.index(slot), dv, NCOMP, KINDS, MASKED, HALF, p_layout)
+    dst = (pt * (dp - delta_smem.index(slot).load(s_layout))).to(dtype)
+    buf = t % DS_BUFS
+    # the buffer's last dQ products (step t - DS_BUFS, both consumers') are done: fresh, it passes
+    mbarrier.wait(_halves_bar(bars, 3, buf, STAGES, STAGING, DS_BUFS), ((t // DS_BUFS) & 1) ^ 1)
+    ds_smem.index(2 * buf + C).permute((1, 0)).store(dst)
+    fence_async_shared()  # also orders this step's reads of the slot's lse and delta before the loader's next TMA
+    mbarrier.arrive(_halves_bar(bars, 2, buf, STAGES, STAGING, DS_BUFS), count=1)
+    dst16 = gl.convert_layout(dst, p_layout)
+    dk = warpgroup_mma(dst16, q_smem.index(slot), dk, is_async=True)
+    mbarrier.wait(_halves_bar(bars, 2, buf, STAGES, STAGING, DS_BUFS), (t // DS_BUFS) & 1)  # the other half too
+    dq = warpgroup_mma(ds_smem.index(2 * buf).slice(C * HALF, HALF), kv_smem.index(0).slice(0, HALF), zero_q,
+                       use_acc=False, is_async=True)
+    dq = warpgroup_mma(ds_smem.index(2 * buf + 1).slice(C * HALF, HALF), kv_smem.index(0).slice(HALF, HALF), dq,
+                       is_async=True)
+    # all waited for (dV and dK too, the next step's wait a formality): dQ read while dK runs, ptxas serialises
+    dq, pt16, dst16 = warpgroup_mma_wait(num_outstanding=0, deps=(dq, pt16, dst16))
+    mbarrier.arrive(_halves_bar(bars, 1, slot, STAGES, STAGING, DS_BUFS), count=1)
+    mbarrier.arrive(_halves_bar(bars, 3, buf, STAGES, STAGING, DS_BUFS), count=1)
+    b = t % STAGING
+    mbarrier.wait(_halves_bar(bars, 7 + 2 * C, b, STAGES, STAGING, DS_BUFS), ((t // STAGING) & 1) ^ 1)
+    stage.index(b).store((dq * dq_scale).to(stage.dtype))
+    fence_async_shared()
+    mbarrier.arrive(_halves_bar(bars, 6 + 2 * C, b, STAGES, STAGING, DS_BUFS), count=1)
+    return dk, dv
+
+
+@gluon.jit
+def _halves_consumer(kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars, DK, DV, DK_PREV, DV_PREV,
+                     dk_off, dv_off, stride_dkt, stride_dvt, DQ_SCALE, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1,
+                     first_col, codes, min_off, qk_scale, sm_scale, C: gl.constexpr, NCOMP: gl.constexpr,
+                     KINDS: gl.constexpr, BLOCK: gl.constexpr, D: gl.constexpr, HALF: gl.constexpr,
+                     BLOCK_M: gl.constexpr, STAGES: gl.constexpr, STAGING: gl.constexpr, DS_BUFS: gl.constexpr,
+                     LOAD_PREV: gl.constexpr):
+    """Consumer C of a shared column (``_halves_step``: the full blocks, then the partial ones under the token
+    predicate); once both consumers' loops are done, its keys' dK (scaled) and dV written through a buffer of
+    its own (K's for consumer 0, V's for consumer 1) as ``_dkdv_kernel`` writes them."""
+    layouts: gl.constexpr = mma_layouts(4, BLOCK_M, D)
+    s_layout: gl.constexpr = layouts[0]
+    o_layout: gl.constexpr = layouts[1]
+    p_layout: gl.constexpr = layouts[2]
+    zero_s = gl.zeros([HALF, BLOCK_M], gl.float32, s_layout)
+    zero_q = gl.zeros([HALF, D], gl.float32, o_layout)
+    dk = warpgroup_mma_init(gl.zeros([HALF, D], gl.float32, o_layout))
+    dv = warpgroup_mma_init(gl.zeros([HALF, D], gl.float32, o_layout))
+    dq_scale = gl.load(DQ_SCALE)
+    mbarrier.wait(_halves_bar(bars, 4, 0, STAGES, STAGING, DS_BUFS), 0)
+    for t in range(0, nf):
+        dk, dv = _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars,
+                              zero_s, zero_q, FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off,
+                              qk_scale, dq_scale, C, NCOMP, KINDS, False, BLOCK, HALF, BLOCK_M, STAGES, STAGING,
+                              DS_BUFS, p_layout)
+    for t in range(nf, t1):
+        dk, dv = _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars,
+                              zero_s, zero_q, FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off,
+                              qk_scale, dq_scale, C, NCOMP, KINDS, True, BLOCK, HALF, BLOCK_M, STAGES, STAGING,
+                              DS_BUFS, p_layout)
+    dk, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv))
+    done = _halves_bar(bars, 5, 0, STAGES, STAGING, DS_BUFS)
+    mbarrier.arrive(done, count=1)
+    mbarrier.wait(done, 0)  # the other consumer's dQ products have read all of K
+    buf = kv_smem.index(C)._reinterpret(gl.float32, [HALF, D], _plain_smem())
+    first = first_col + C * HALF
+    _write(DK, DK_PREV, dk_off, first, stride_dkt, _blocked(dk * sm_scale, buf, 4), HALF, D, LOAD_PREV, 4)
+    _write(DV, DV_PREV, dv_off, first, stride_dvt, _blocked(dv, buf, 4), HALF, D, LOAD_PREV, 4)
+
+
+@gluon.jit
+def _halves_loader(kv_smem, q_smem, do_smem, lse_smem, delta_smem, bars, qd, dod, kd, vd, lsed, deltad, FULL_IDX,
+                   PART_IDX, full_lo, part_lo, nf, t1, first_col, BLOCK: gl.constexpr, BLOCK_M: gl.constexpr,
+                   STAGES: gl.constexpr, STAGING: gl.constexpr, DS_BUFS: gl.constexpr):
+    """One warp: the column's K and V, then each step's Q, dO, lse and delta into the ring as both consumers
+    free the slots."""
+    kv = _halves_bar(bars, 4, 0, STAGES, STAGING, DS_BUFS)
+    mbarrier.expect(kv, kd.block_type.nbytes + vd.block_type.nbytes)
+    tma.async_copy_global_to_shared(kd, [first_col, 0], kv, kv_smem.index(0))
+    tma.async_copy_global_to_shared(vd, [first_col, 0], kv, kv_smem.index(1))
+    nbytes: gl.constexpr = qd.block_type.nbytes + dod.block_type.nbytes + lsed.block_type.nbytes + \
+        deltad.block_type.nbytes
+    for t in range(0, t1):
+        slot = t % STAGES
+        mbarrier.wait(_halves_bar(bars, 1, slot, STAGES, STAGING, DS_BUFS), ((t // STAGES) & 1) ^ 1)  # fresh: passes
+        start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, 1, BLOCK_M, BLOCK)
+        ready = _halves_bar(bars, 0, slot, STAGES, STAGING, DS_BUFS)
+        mbarrier.expect(ready, nbytes)
+        tma.async_copy_global_to_shared(qd, [start, 0], ready, q_smem.index(slot))
+        tma.async_copy_global_to_shared(dod, [start, 0], ready, do_smem.index(slot))
+        tma.async_copy_global_to_shared(lsed, [start // BLOCK_M, 0], ready, lse_smem.index(slot))
+        tma.async_copy_global_to_shared(deltad, [start // BLOCK_M, 0], ready, delta_smem.index(slot))
+
+
+@gluon.jit
+def _halves_sender(stage, bars, dqd, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, C: gl.constexpr,
+                   BLOCK: gl.constexpr, HALF: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
+                   STAGING: gl.constexpr, DS_BUFS: gl.constexpr):
+    """One warp: consumer C's staged dQ rows (its half of each step's queries) added into the sums by a TMA
+    reduce, a staging buffer handed back once its reduce has read it (``_ws_sender``)."""
+    for t in range(0, t1):
+        b = t % STAGING
+        mbarrier.wait(_halves_bar(bars, 6 + 2 * C, b, STAGES, STAGING, DS_BUFS), (t // STAGING) & 1)
+        start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, 1, BLOCK_M, BLOCK) + C * HALF
+        tma_reduce_add(dqd, [start, 0], stage.index(b))
+        tma.store_wait(pendings=STAGING - 1)  # the reduce of step t - STAGING + 1 has read its buffer
+        if t >= STAGING - 1:
+            mbarrier.arrive(_halves_bar(bars, 7 + 2 * C, (t - STAGING + 1) % STAGING, STAGES, STAGING, DS_BUFS),
+                            count=1)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _dkdv_halves_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
+                        FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, DQS, DQ_SCALE, stride_sb, stride_sh, stride_st,
+                        stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh,
+                        stride_vt, stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
+                        stride_dvb, stride_dvh, stride_dvt, stride_lb, stride_lh,
+                        part_heads, batch_heads, num_blocks, order_len, n_items, qk_scale, sm_scale,
+                        BLOCK: gl.constexpr, D: gl.constexpr, NCOMP: gl.constexpr, KINDS: gl.constexpr,
+                        LOAD_PREV: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr,
+                        STAGES: gl.constexpr, STAGING: gl.constexpr, DS_BUFS: gl.constexpr,
+                        CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
+    """The fused dK/dV kernel warp-specialised FlashAttention-3's way: a program takes one BLOCK_N-key column
+    (launch item ``program_id``) and walks its query blocks BLOCK_M rows a step; two consumer warpgroups split
+    its keys (BLOCK_N / 2 each: the default partition and a 4-warp worker, CONSUMER_REGS registers a thread),
+    both reading the step's Q and dO, which one loader warp brings (``_halves_loader``); each consumer's dS^T
+    half goes through shared memory, where the two consumers' dQ products (each its half of the queries, over
+    all the keys) read both halves; a sender warp per consumer reduces its dQ rows into the sums. Against
+    ``_dkdv_ws_kernel`` (a column a consumer, 32 queries a step) each product is twice as wide and the Q and dO
+    tiles are read once for both consumers."""
+    gl.static_assert(num_warps == 4, "the default partition is one consumer warpgroup")
+    gl.static_assert(STAGES >= 2, "the ring needs two slots")
+    gl.static_assert(BLOCK_N == 2 * 64 and BLOCK_M == BLOCK_N, "two consumers of 64 keys, 128 queries a step")
+    HALF: gl.constexpr = BLOCK_N // 2
+    dtype: gl.constexpr = Q.dtype.element_ty
+    sum_ty: gl.constexpr = DQS.dtype.element_ty
+    smem: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=2)
+    stage_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([HALF, D], sum_ty)
+    rows_layout: gl.constexpr = _rows_smem()
+    strides = (stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+               stride_dob, stride_doh, stride_dot, stride_sb, stride_sh, stride_st, stride_lb, stride_lh)
+    (batch, head, first, min_off, codes, full_lo, part_lo, nf, t1, valid, qd, dod, kd, vd, lsed, deltad, dqd) = \
+        _ws_column(Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, PART_PTR, ORDER,
+                   gl.program_id(0), n_items, *strides, part_heads, batch_heads, num_blocks, order_len, BLOCK, D,
+                   NCOMP, BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout, HALF)
+    kv_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, D], smem)
+    q_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, D], smem)
+    do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, D], smem)
+    lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, 1, BLOCK_M], rows_layout)
+    delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, 1, BLOCK_M], rows_layout)
+    ds_smem = gl.allocate_shared_memory(dtype, [2 * DS_BUFS, BLOCK_M, HALF], smem)
+    stage_a = gl.allocate_shared_memory(sum_ty, [STAGING, HALF, D], stage_layout)
+    stage_b = gl.allocate_shared_memory(sum_ty, [STAGING, HALF, D], stage_layout)
+    # ready; empty, dS in, dS out (count 2: both consumers); K/V; done (count 2); staged and free
+    bars = gl.allocate_shared_memory(gl.int64, [2 * STAGES + 2 * DS_BUFS + 2 + 4 * STAGING, 1],
+                                     mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(bars.index(i), count=1)
+    for i in gl.static_range(STAGES, 2 * STAGES + 2 * DS_BUFS):
+        mbarrier.init(bars.index(i), count=2)
+    mbarrier.init(bars.index(2 * STAGES + 2 * DS_BUFS), count=1)
+    mbarrier.init(bars.index(2 * STAGES + 2 * DS_BUFS + 1), count=2)
+    for i in gl.static_range(2 * STAGES + 2 * DS_BUFS + 2, 2 * STAGES + 2 * DS_BUFS + 2 + 4 * STAGING):
+        mbarrier.init(bars.index(i), count=1)
+    dk_offs = (batch * stride_dkb + head * stride_dkh, batch * stride_dvb + head * stride_dvh)
+    gl.warp_specialize([
+        (_halves_consumer, (kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage_a, bars, DK, DV, DK_PREV,
+                            DV_PREV, dk_offs[0], dk_offs[1], stride_dkt, stride_dvt, DQ_SCALE, FULL_IDX, PART_IDX,
+                            full_lo, part_lo, nf, t1, first, codes, min_off, qk_scale, sm_scale, 0, NCOMP, KINDS,
+                            BLOCK, D, HALF, BLOCK_M, STAGES, STAGING, DS_BUFS, LOAD_PREV)),
+        (_halves_consumer, (kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage_b, bars, DK, DV, DK_PREV,
+                            DV_PREV, dk_offs[0], dk_offs[1], stride_dkt, stride_dvt, DQ_SCALE, FULL_IDX, PART_IDX,
+                            full_lo, part_lo, nf, t1, first, codes, min_off, qk_scale, sm_scale, 1, NCOMP, KINDS,
+                            BLOCK, D, HALF, BLOCK_M, STAGES, STAGING, DS_BUFS, LOAD_PREV)),
+        (_halves_loader, (kv_smem, q_smem, do_smem, lse_smem, delta_smem, bars, qd, dod, kd, vd, lsed, deltad,
+                          FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, first, BLOCK, BLOCK_M, STAGES, STAGING,
+                          DS_BUFS)),
+        (_halves_sender, (stage_a, bars, dqd, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, 0, BLOCK, HALF, BLOCK_M,
+                          STAGES, STAGING, DS_BUFS)),
+        (_halves_sender, (stage_b, bars, dqd, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, 1, BLOCK, HALF, BLOCK_M,
+                          STAGES, STAGING, DS_BUFS)),
+    ], [4, 1, 1, 1], [CONSUMER_REGS, 24, 24, 24])
 
 
 def _strides(*tensors) -> list[int]:
@@ -942,13 +1178,23 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
     # dQ on a second stream beside dK/dV: its programs fill the SMs the long dK/dV columns leave idle at
     # the end (what the Triton kernels' "merged" mode does in one launch)
     split = segments is not None
-    if dq_sums is not None and not split and warp_specialized(d, block, lse, delta):
+    kind = warp_specialized(d, block, lse, delta) if dq_sums is not None and not split else None
+    if kind == "columns":
         block_n, block_m, stages, staging = WS_TILES[d]
         n_items = col_order.shape[1] * (block // block_n) * batch * heads
         _dkdv_ws_kernel[(triton.cdiv(n_items, 2),)](
             q, k, v, do, dk, dv, dk_prev, dv_prev, lse, delta, *head_tables, *lists_, col_order, *fused, *strides,
             col_order.shape[1], n_items, *scales, LOAD_PREV=load_prev, BLOCK_N=block_n, BLOCK_M=block_m,
             STAGES=stages, STAGING=staging, CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=4, **consts)
+        return
+    if kind == "halves":
+        block_n, block_m, stages, staging = HALVES_TILES[d]
+        n_items = col_order.shape[1] * batch * heads
+        _dkdv_halves_kernel[(n_items,)](
+            q, k, v, do, dk, dv, dk_prev, dv_prev, lse, delta, *head_tables, *lists_, col_order, *fused, *strides,
+            col_order.shape[1], n_items, *scales, LOAD_PREV=load_prev, BLOCK_N=block_n, BLOCK_M=block_m,
+            STAGES=stages, STAGING=staging, DS_BUFS=HALVES_DS_BUFFERS,
+            CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=4, **consts)
         return
     if dq_sums is not None:
         dkdv((dk, dv, dk_prev, dv_prev), 0, split, load_prev)
@@ -1024,21 +1270,28 @@ def look_ahead(sums: torch.dtype, split: bool, load_prev: bool) -> bool:
     return raw == "1" or (raw == "auto" and sums == torch.float16 and not split and not load_prev)
 
 
-def warp_specialized(head_dim: int, block: int, lse: torch.Tensor, delta: torch.Tensor) -> bool:
-    """Whether a fused launch of whole columns (``backward_part`` with ``dq_sums``) runs the warp-specialised
-    kernel (``_dkdv_ws_kernel``) rather than ``_dkdv_kernel``: ``WARP_SPECIALIZED``, or
-    ``MEGASTRIDE_BLOCKSPARSE_GLUON_WS`` where set: "0" never; "1" and "auto" (the default) where it can run: a
-    head dim of ``WS_TILES``, a block its key tiles divide, lse and delta rows TMA can address (unit stride,
-    16-byte aligned bases and row strides). On the H200 its loop on full blocks of the fixed pattern ran 6-9%
-    faster than the fused kernel's at 1M tokens, 8x64 (docs/benchmarks.md "Thirty-eighth run")."""
+def warp_specialized(head_dim: int, block: int, lse: torch.Tensor, delta: torch.Tensor) -> str | None:
+    """Which warp-specialised kernel a fused launch of whole columns (``backward_part`` with ``dq_sums``) runs
+    instead of ``_dkdv_kernel``: "columns" (``_dkdv_ws_kernel``: two columns a program, one a consumer), "halves"
+    (``_dkdv_halves_kernel``: one column a program, its keys split between the two consumers) or None (neither).
+    ``WARP_SPECIALIZED``, or ``MEGASTRIDE_BLOCKSPARSE_GLUON_WS`` where set: "0" neither; "1" or "columns" and
+    "halves" that kernel where it can run; "auto" (the default) "columns" where it can run. Where they can run:
+    a head dim of ``WS_TILES`` (``HALVES_TILES``), a block its key tiles divide ("halves": a block of 128, one
+    step a block), lse and delta rows TMA can address (unit stride, 16-byte aligned bases and row strides). On
+    the H200 the "columns" loop on full blocks of the fixed pattern ran 6-9% faster than the fused kernel's at 1M
+    tokens, 8x64 (docs/benchmarks.md "Thirty-eighth run")."""
     raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", WARP_SPECIALIZED)
-    if raw not in ("auto", "0", "1"):
-        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_WS must be auto, 0 or 1, got {raw!r}")
-    if raw == "0" or head_dim not in WS_TILES or block % WS_TILES[head_dim][0]:
-        return False
-    return all(x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(st * x.element_size() % 16 == 0
-                                                                    for st in x.stride()[:-1])
-               for x in (lse, delta))
+    if raw not in ("auto", "0", "1", "columns", "halves"):
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_WS must be auto, 0, 1, columns or halves, got {raw!r}")
+    kind = "halves" if raw == "halves" else None if raw == "0" else "columns"
+    if kind == "halves" and (head_dim not in HALVES_TILES or block != HALVES_TILES[head_dim][1]):
+        return None
+    if kind == "columns" and (head_dim not in WS_TILES or block % WS_TILES[head_dim][0]):
+        return None
+    aligned = all(x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(st * x.element_size() % 16 == 0
+                                                                       for st in x.stride()[:-1])
+                  for x in (lse, delta))
+    return kind if kind and aligned else None
 
 
 def _tiles_item(kernel: str) -> tuple[tuple[int, int, int, int], int | None] | None:
@@ -1133,15 +1386,18 @@ def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, nco
 
     if ahead is None:
         ahead = look_ahead(torch.float16 if dq_sums == "fp16" else torch.float32, split, load_prev)
-    if kernel == "dkdv_ws":
-        big, small, stages, staging = tiles or WS_TILES[head_dim]
+    if kernel in ("dkdv_ws", "dkdv_halves"):
+        halves = kernel == "dkdv_halves"
+        big, small, stages, staging = tiles or (HALVES_TILES if halves else WS_TILES)[head_dim]
+        fn = _dkdv_halves_kernel if halves else _dkdv_ws_kernel
         consts = {"BLOCK": block, "D": head_dim, "NCOMP": ncomp, "KINDS": kinds, "LOAD_PREV": load_prev,
                   "BLOCK_N": big, "BLOCK_M": small, "STAGES": stages, "STAGING": staging,
+                  **({"DS_BUFS": HALVES_DS_BUFFERS} if halves else {}),
                   "CONSUMER_REGS": WS_CONSUMER_REGS, "num_warps": 4}
-        sig = _signature(list(_dkdv_ws_kernel.arg_names), consts)
+        sig = _signature(list(fn.arg_names), consts)
         sig.update(DQS=f"*{dq_sums or 'fp16'}", DQ_SCALE="*fp32", stride_sb="i32", stride_sh="i32", stride_st="i32",
                    n_items="i32")
-        src = GluonASTSource(fn=_dkdv_ws_kernel, signature=sig, constexprs=consts)
+        src = GluonASTSource(fn=fn, signature=sig, constexprs=consts)
         return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
     fn = _dkdv_kernel if kernel == "dkdv" else _dq_kernel
     defaults = FUSED_TILES if dq_sums else DKDV_TILES if kernel == "dkdv" else DQ_TILES
@@ -1160,6 +1416,6 @@ def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, nco
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
-__all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HEAD_DIMS", "MAX_REGISTERS", "WS_TILES", "backward_part",
+__all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HALVES_TILES", "HEAD_DIMS", "MAX_REGISTERS", "WS_TILES", "backward_part",
            "compile_for", "dkdv_launches", "look_ahead", "programs_per_sm", "registers", "tiles", "use_streams",
            "warp_specialized"]

@@ -131,13 +131,14 @@ def test_the_warp_specialised_consumers_loop_is_products_and_exponentials(compil
 
 
 def test_the_warp_specialised_switch(monkeypatch):
-    """``warp_specialized``: on by default where it can run (head dims 64 and 128, a block its key tiles divide,
-    lse and delta rows TMA can address), off with "0" or elsewhere; a bad value is named."""
+    """``warp_specialized``: the two-columns kernel by default where it can run (head dims 64 and 128, a block its
+    key tiles divide, lse and delta rows TMA can address), the halves kernel where asked for and it can run (head
+    dim 64, 128-blocks), neither with "0" or elsewhere; a bad value is named."""
     from megastride.kernels import gluon_bwd as G
 
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", raising=False)
     lse = torch.zeros(2, 4, 1024)
-    assert G.warp_specialized(64, 128, lse, lse.clone())
+    assert G.warp_specialized(64, 128, lse, lse.clone()) == "columns"
     assert G.warp_specialized(128, 128, lse, lse.clone()) and G.warp_specialized(128, 64, lse, lse.clone())
     assert not G.warp_specialized(64, 64, lse, lse.clone())  # 128-key tiles in 64-blocks
     assert not G.warp_specialized(32, 128, lse, lse.clone())  # no WS_TILES at head dim 32
@@ -145,8 +146,12 @@ def test_the_warp_specialised_switch(monkeypatch):
     assert not G.warp_specialized(64, 128, lse.transpose(1, 2), lse.clone())  # positions not unit stride
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "0")
     assert not G.warp_specialized(64, 128, lse, lse.clone())
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "halves")  # one column a program: head dim 64, 128-blocks
+    assert G.warp_specialized(64, 128, lse, lse.clone()) == "halves"
+    assert not G.warp_specialized(128, 128, lse, lse.clone()) and not G.warp_specialized(64, 256, lse, lse.clone())
+    assert not G.warp_specialized(64, 128, lse[..., 1:1001], lse.clone())
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "on")
-    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_GLUON_WS must be auto, 0 or 1, got 'on'"):
+    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_GLUON_WS must be auto, 0, 1, columns or halves, got 'on'"):
         G.warp_specialized(64, 128, lse, lse.clone())
 
 
