@@ -372,11 +372,11 @@ OUR_VARIANTS = {
     # everywhere, or nowhere ("auto": whole columns into fp16 sums without earlier parts' sums)
     "ahead": {"MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD": "1"},
     "noahead": {"MEGASTRIDE_BLOCKSPARSE_GLUON_AHEAD": "0"},
-    # the fused dK/dV kernel over whole columns without warp specialisation (gluon_bwd.warp_specialized: two
-    # consumer warpgroups a program with loader and dQ sender warps, the default where it can run)
+    # the fused dK/dV kernel over whole columns without warp specialisation (gluon_bwd.warp_specialized; the
+    # default where it can run: one column a program, its keys split between two consumer warpgroups, with a
+    # loader and dQ sender warps), or warp-specialised with two columns a program, one a consumer
     "nows": {"MEGASTRIDE_BLOCKSPARSE_GLUON_WS": "0"},
-    # ... or with one column a program, its keys split between the two consumers (FlashAttention-3's tiles)
-    "halves": {"MEGASTRIDE_BLOCKSPARSE_GLUON_WS": "halves"},
+    "columns": {"MEGASTRIDE_BLOCKSPARSE_GLUON_WS": "columns"},
     "gluon1": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "1"},
     "gluon2": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "2"},
     "onestream": {"MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS": "0"},  # Gluon's dQ after its dK/dV on one stream

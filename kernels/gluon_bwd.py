@@ -80,10 +80,11 @@ FUSED_TILES = {64: (128, 32, 4, 4), 128: (64, 32, 2, 4)}
 WS_TILES = {64: (128, 32, 3, 2), 128: (64, 32, 3, 2)}
 WS_CONSUMER_REGS = 240
 # the form with one column a program, its keys split between the two consumers (``_dkdv_halves_kernel``): (keys a
-# program, queries a step, ring slots, dQ staging buffers a consumer) per head dim, and its dS buffers
-HALVES_TILES = {64: (128, 128, 2, 2)}
-HALVES_DS_BUFFERS = 2
-# whether whole-column fused launches take it: "auto" (where ``warp_specialized`` says it can run), "1" or "0"
+# program, queries a step, ring slots, dQ staging buffers a consumer, dS buffers, the step's schedule) per head dim;
+# MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES replaces the last four (``halves_tiles``)
+HALVES_TILES = {64: (128, 128, 2, 2, 2, 1)}
+# which warp-specialised kernel whole-column fused launches take (``warp_specialized``): "auto" (the halves kernel
+# where it can run, else the two-columns one), "halves", "columns" (or "1"), "0" (neither)
 WARP_SPECIALIZED = "auto"
 # dK/dV launches per part (``dkdv_launches``)
 DKDV_LAUNCHES = {128: 2, 64: 1}
@@ -895,8 +896,8 @@ def _halves_bar(bars, role: gl.constexpr, i, STAGES: gl.constexpr, STAGING: gl.c
     Q, dO, lse and delta landed), 1 empty[i] (both consumers -> loader: slot i's products are done; count 2),
     2 dS in[i] (both consumers' dS^T halves of buffer i stored; count 2), 3 dS out[i] (both consumers' dQ
     products have read buffer i; count 2), 4 the kept K and V tiles', 5 both consumers' loops done (count 2:
-    the K/V buffer then takes their gradients), 6 + c * 2 * STAGING + ... consumer c's staged[i] and free[i]
-    (as ``_ws_bar``'s roles 2 and 3)."""
+    the K/V buffer then takes their gradients), 6 + 2c and 7 + 2c consumer c's staged[i] and free[i] (as
+    ``_ws_bar``'s roles 2 and 3), 10 + c consumer c's turn to issue its score products (MODE 2)."""
     if role == 0:
         return bars.index(i)
     elif role == 1:
@@ -909,8 +910,86 @@ def _halves_bar(bars, role: gl.constexpr, i, STAGES: gl.constexpr, STAGING: gl.c
         return bars.index(2 * STAGES + 2 * DS_BUFS)
     elif role == 5:
         return bars.index(2 * STAGES + 2 * DS_BUFS + 1)
-    else:  # role 6 + 2c (staged) or 7 + 2c (free) of consumer c
+    elif role < 10:  # role 6 + 2c (staged) or 7 + 2c (free) of consumer c
         return bars.index(2 * STAGES + 2 * DS_BUFS + 2 + (role - 6) * STAGING + i)
+    else:  # role 10 + c: consumer c's turn to issue its score products (MODE 2)
+        return bars.index(2 * STAGES + 2 * DS_BUFS + 2 + 4 * STAGING + role - 10)
+
+
+@gluon.jit
+def _halves_dq(ds_smem, kv_smem, buf, zero_q, C: gl.constexpr, HALF: gl.constexpr):
+    """Issue consumer C's dQ of the step whose dS^T halves are in dS buffer ``buf``: its half of the queries
+    over all the keys, one product a key half."""
+    dq = warpgroup_mma(ds_smem.index(2 * buf).slice(C * HALF, HALF), kv_smem.index(0).slice(0, HALF), zero_q,
+                       use_acc=False, is_async=True)
+    return warpgroup_mma(ds_smem.index(2 * buf + 1).slice(C * HALF, HALF), kv_smem.index(0).slice(HALF, HALF), dq,
+                         is_async=True)
+
+
+@gluon.jit
+def _halves_stage(dq, stage, bars, t, C: gl.constexpr, STAGES: gl.constexpr, STAGING: gl.constexpr,
+                  DS_BUFS: gl.constexpr):
+    """Step t's dQ rows of consumer C (scaled) into its staging buffer, once the sender has read the buffer's
+    last ones, for the sender."""
+    b = t % STAGING
+    mbarrier.wait(_halves_bar(bars, 7 + 2 * C, b, STAGES, STAGING, DS_BUFS), ((t // STAGING) & 1) ^ 1)
+    stage.index(b).store(dq.to(stage.dtype))
+    fence_async_shared()
+    mbarrier.arrive(_halves_bar(bars, 6 + 2 * C, b, STAGES, STAGING, DS_BUFS), count=1)
+
+
+@gluon.jit
+def _pingpong_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars, zero_s, zero_q,
+                   FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off, qk_scale, dq_scale,
+                   C: gl.constexpr, NCOMP: gl.constexpr, KINDS: gl.constexpr, MASKED: gl.constexpr,
+                   BLOCK: gl.constexpr, HALF: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
+                   STAGING: gl.constexpr, DS_BUFS: gl.constexpr, p_layout: gl.constexpr):
+    """``_halves_step`` with the two consumers taking turns (MODE 2, FlashAttention-3's ping-pong): consumer C
+    issues step t's score products only after the other consumer has issued its own of the step before (C 0)
+    or of this step (C 1), so one consumer's exponentials run under the other's products; and each consumer
+    issues the dQ of step t - 1 beside step t's dV and dK (the other consumer's dS^T half of step t - 1 long
+    stored), so the consumers wait for each other at no point of a step. At t = 0 that product reads a dS
+    buffer no step has written yet and its result is dropped."""
+    dtype: gl.constexpr = kv_smem.dtype
+    s_layout: gl.constexpr = zero_s.type.layout
+    k_mine = kv_smem.index(0).slice(C * HALF, HALF)
+    v_mine = kv_smem.index(1).slice(C * HALF, HALF)
+    slot = t % STAGES
+    buf = t % DS_BUFS
+    prev = (t + DS_BUFS - 1) % DS_BUFS
+    mbarrier.wait(_halves_bar(bars, 0, slot, STAGES, STAGING, DS_BUFS), (t // STAGES) & 1)
+    if C == 0:  # consumer 1's score products of step t - 1 issued (fresh: passes)
+        mbarrier.wait(_halves_bar(bars, 10, 0, STAGES, STAGING, DS_BUFS), (t & 1) ^ 1)
+    else:  # consumer 0's of step t
+        mbarrier.wait(_halves_bar(bars, 11, 0, STAGES, STAGING, DS_BUFS), t & 1)
+    s = warpgroup_mma(k_mine, q_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    dp = warpgroup_mma(v_mine, do_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    mbarrier.arrive(_halves_bar(bars, 11 - C, 0, STAGES, STAGING, DS_BUFS), count=1)
+    if MASKED:  # the step's query positions, for the token predicate (under the products)
+        start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, 1, BLOCK_M, BLOCK)
+        rows = start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
+    else:  # not read
+        rows = first_col
+    s, dp, dk, dv = warpgroup_mma_wait(num_outstanding=0, deps=(s, dp, dk, dv))
+    pt, pt16, dv = _p_dv(s, lse_smem.index(slot).load(s_layout), qk_scale, rows, first_col + C * HALF, codes,
+                         min_off, do_smem.index(slot), dv, NCOMP, KINDS, MASKED, HALF, p_layout)
+    dst = (pt * (dp - delta_smem.index(slot).load(s_layout))).to(dtype)
+    # the buffer's last dQ products (of step t - DS_BUFS, issued at step t - DS_BUFS + 1) are done: fresh, passes
+    mbarrier.wait(_halves_bar(bars, 3, buf, STAGES, STAGING, DS_BUFS), ((t // DS_BUFS) & 1) ^ 1)
+    ds_smem.index(2 * buf + C).permute((1, 0)).store(dst)
+    fence_async_shared()  # also orders this step's reads of the slot's lse and delta before the loader's next TMA
+    mbarrier.arrive(_halves_bar(bars, 2, buf, STAGES, STAGING, DS_BUFS), count=1)
+    dst16 = gl.convert_layout(dst, p_layout)
+    dk = warpgroup_mma(dst16, q_smem.index(slot), dk, is_async=True)
+    if t > 0:  # both halves of step t - 1's dS^T stored
+        mbarrier.wait(_halves_bar(bars, 2, prev, STAGES, STAGING, DS_BUFS), ((t - 1) // DS_BUFS) & 1)
+    dq = _halves_dq(ds_smem, kv_smem, prev, zero_q, C, HALF)
+    dq, pt16, dst16 = warpgroup_mma_wait(num_outstanding=0, deps=(dq, pt16, dst16))
+    mbarrier.arrive(_halves_bar(bars, 1, slot, STAGES, STAGING, DS_BUFS), count=1)
+    if t > 0:
+        mbarrier.arrive(_halves_bar(bars, 3, prev, STAGES, STAGING, DS_BUFS), count=1)
+        _halves_stage(dq * dq_scale, stage, bars, t - 1, C, STAGES, STAGING, DS_BUFS)
+    return dk, dv
 
 
 @gluon.jit
@@ -918,7 +997,7 @@ def _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_s
                  FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off, qk_scale, dq_scale,
                  C: gl.constexpr, NCOMP: gl.constexpr, KINDS: gl.constexpr, MASKED: gl.constexpr,
                  BLOCK: gl.constexpr, HALF: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
-                 STAGING: gl.constexpr, DS_BUFS: gl.constexpr, p_layout: gl.constexpr):
+                 STAGING: gl.constexpr, DS_BUFS: gl.constexpr, MODE: gl.constexpr, p_layout: gl.constexpr):
     """Step t (query block t of the column, BLOCK_M rows) of consumer C, which holds keys C * HALF.. of the
     column: S^T and dP^T of its keys against the step's queries, P^T and dS^T, dV and dK (both from registers),
     its dS^T half into the step's dS buffer (``ds_smem``: one (BLOCK_M, HALF) buffer per half of the keys) and,
@@ -937,9 +1016,14 @@ def _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_s
         rows = start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
     else:  # not read
         rows = first_col
-    s, dp, dk, dv = warpgroup_mma_wait(num_outstanding=0, deps=(s, dp, dk, dv))
+    if MODE == 1:  # the exponentials under dP^T
+        s, dk, dv = warpgroup_mma_wait(num_outstanding=1, deps=(s, dk, dv))
+    else:
+        s, dp, dk, dv = warpgroup_mma_wait(num_outstanding=0, deps=(s, dp, dk, dv))
     pt, pt16, dv = _p_dv(s, lse_smem.index(slot).load(s_layout), qk_scale, rows, first_col + C * HALF, codes,
                          min_off, do_smem.index(slot), dv, NCOMP, KINDS, MASKED, HALF, p_layout)
+    if MODE == 1:
+        dp, pt16 = warpgroup_mma_wait(num_outstanding=1, deps=(dp, pt16))
     dst = (pt * (dp - delta_smem.index(slot).load(s_layout))).to(dtype)
     buf = t % DS_BUFS
     # the buffer's last dQ products (step t - DS_BUFS, both consumers') are done: fresh, it passes
@@ -950,19 +1034,12 @@ def _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_s
     dst16 = gl.convert_layout(dst, p_layout)
     dk = warpgroup_mma(dst16, q_smem.index(slot), dk, is_async=True)
     mbarrier.wait(_halves_bar(bars, 2, buf, STAGES, STAGING, DS_BUFS), (t // DS_BUFS) & 1)  # the other half too
-    dq = warpgroup_mma(ds_smem.index(2 * buf).slice(C * HALF, HALF), kv_smem.index(0).slice(0, HALF), zero_q,
-                       use_acc=False, is_async=True)
-    dq = warpgroup_mma(ds_smem.index(2 * buf + 1).slice(C * HALF, HALF), kv_smem.index(0).slice(HALF, HALF), dq,
-                       is_async=True)
+    dq = _halves_dq(ds_smem, kv_smem, buf, zero_q, C, HALF)
     # all waited for (dV and dK too, the next step's wait a formality): dQ read while dK runs, ptxas serialises
     dq, pt16, dst16 = warpgroup_mma_wait(num_outstanding=0, deps=(dq, pt16, dst16))
     mbarrier.arrive(_halves_bar(bars, 1, slot, STAGES, STAGING, DS_BUFS), count=1)
     mbarrier.arrive(_halves_bar(bars, 3, buf, STAGES, STAGING, DS_BUFS), count=1)
-    b = t % STAGING
-    mbarrier.wait(_halves_bar(bars, 7 + 2 * C, b, STAGES, STAGING, DS_BUFS), ((t // STAGING) & 1) ^ 1)
-    stage.index(b).store((dq * dq_scale).to(stage.dtype))
-    fence_async_shared()
-    mbarrier.arrive(_halves_bar(bars, 6 + 2 * C, b, STAGES, STAGING, DS_BUFS), count=1)
+    _halves_stage(dq * dq_scale, stage, bars, t, C, STAGES, STAGING, DS_BUFS)
     return dk, dv
 
 
@@ -972,7 +1049,7 @@ def _halves_consumer(kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, st
                      first_col, codes, min_off, qk_scale, sm_scale, C: gl.constexpr, NCOMP: gl.constexpr,
                      KINDS: gl.constexpr, BLOCK: gl.constexpr, D: gl.constexpr, HALF: gl.constexpr,
                      BLOCK_M: gl.constexpr, STAGES: gl.constexpr, STAGING: gl.constexpr, DS_BUFS: gl.constexpr,
-                     LOAD_PREV: gl.constexpr):
+                     MODE: gl.constexpr, LOAD_PREV: gl.constexpr):
     """Consumer C of a shared column (``_halves_step``: the full blocks, then the partial ones under the token
     predicate); once both consumers' loops are done, its keys' dK (scaled) and dV written through a buffer of
     its own (K's for consumer 0, V's for consumer 1) as ``_dkdv_kernel`` writes them."""
@@ -986,16 +1063,35 @@ def _halves_consumer(kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, st
     dv = warpgroup_mma_init(gl.zeros([HALF, D], gl.float32, o_layout))
     dq_scale = gl.load(DQ_SCALE)
     mbarrier.wait(_halves_bar(bars, 4, 0, STAGES, STAGING, DS_BUFS), 0)
-    for t in range(0, nf):
-        dk, dv = _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars,
-                              zero_s, zero_q, FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off,
-                              qk_scale, dq_scale, C, NCOMP, KINDS, False, BLOCK, HALF, BLOCK_M, STAGES, STAGING,
-                              DS_BUFS, p_layout)
-    for t in range(nf, t1):
-        dk, dv = _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars,
-                              zero_s, zero_q, FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off,
-                              qk_scale, dq_scale, C, NCOMP, KINDS, True, BLOCK, HALF, BLOCK_M, STAGES, STAGING,
-                              DS_BUFS, p_layout)
+    if MODE == 2:
+        for t in range(0, nf):
+            dk, dv = _pingpong_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars,
+                                    zero_s, zero_q, FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes,
+                                    min_off, qk_scale, dq_scale, C, NCOMP, KINDS, False, BLOCK, HALF, BLOCK_M, STAGES,
+                                    STAGING, DS_BUFS, p_layout)
+        for t in range(nf, t1):
+            dk, dv = _pingpong_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars,
+                                    zero_s, zero_q, FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes,
+                                    min_off, qk_scale, dq_scale, C, NCOMP, KINDS, True, BLOCK, HALF, BLOCK_M, STAGES,
+                                    STAGING, DS_BUFS, p_layout)
+        if t1 > 0:  # the last step's dQ
+            last = t1 - 1
+            prev = last % DS_BUFS
+            mbarrier.wait(_halves_bar(bars, 2, prev, STAGES, STAGING, DS_BUFS), (last // DS_BUFS) & 1)
+            dq = _halves_dq(ds_smem, kv_smem, prev, zero_q, C, HALF)
+            dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq, ))
+            _halves_stage(dq * dq_scale, stage, bars, last, C, STAGES, STAGING, DS_BUFS)
+    else:
+        for t in range(0, nf):
+            dk, dv = _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars,
+                                  zero_s, zero_q, FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off,
+                                  qk_scale, dq_scale, C, NCOMP, KINDS, False, BLOCK, HALF, BLOCK_M, STAGES, STAGING,
+                                  DS_BUFS, MODE, p_layout)
+        for t in range(nf, t1):
+            dk, dv = _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars,
+                                  zero_s, zero_q, FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off,
+                                  qk_scale, dq_scale, C, NCOMP, KINDS, True, BLOCK, HALF, BLOCK_M, STAGES, STAGING,
+                                  DS_BUFS, MODE, p_layout)
     dk, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv))
     done = _halves_bar(bars, 5, 0, STAGES, STAGING, DS_BUFS)
     mbarrier.arrive(done, count=1)
@@ -1057,7 +1153,7 @@ def _dkdv_halves_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS
                         part_heads, batch_heads, num_blocks, order_len, n_items, qk_scale, sm_scale,
                         BLOCK: gl.constexpr, D: gl.constexpr, NCOMP: gl.constexpr, KINDS: gl.constexpr,
                         LOAD_PREV: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr,
-                        STAGES: gl.constexpr, STAGING: gl.constexpr, DS_BUFS: gl.constexpr,
+                        STAGES: gl.constexpr, STAGING: gl.constexpr, DS_BUFS: gl.constexpr, MODE: gl.constexpr,
                         CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
     """The fused dK/dV kernel warp-specialised FlashAttention-3's way: a program takes one BLOCK_N-key column
     (launch item ``program_id``) and walks its query blocks BLOCK_M rows a step; two consumer warpgroups split
@@ -1090,8 +1186,8 @@ def _dkdv_halves_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS
     ds_smem = gl.allocate_shared_memory(dtype, [2 * DS_BUFS, BLOCK_M, HALF], smem)
     stage_a = gl.allocate_shared_memory(sum_ty, [STAGING, HALF, D], stage_layout)
     stage_b = gl.allocate_shared_memory(sum_ty, [STAGING, HALF, D], stage_layout)
-    # ready; empty, dS in, dS out (count 2: both consumers); K/V; done (count 2); staged and free
-    bars = gl.allocate_shared_memory(gl.int64, [2 * STAGES + 2 * DS_BUFS + 2 + 4 * STAGING, 1],
+    # ready; empty, dS in, dS out (count 2: both consumers); K/V; done (count 2); staged and free; turns
+    bars = gl.allocate_shared_memory(gl.int64, [2 * STAGES + 2 * DS_BUFS + 2 + 4 * STAGING + 2, 1],
                                      mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(bars.index(i), count=1)
@@ -1099,18 +1195,18 @@ def _dkdv_halves_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS
         mbarrier.init(bars.index(i), count=2)
     mbarrier.init(bars.index(2 * STAGES + 2 * DS_BUFS), count=1)
     mbarrier.init(bars.index(2 * STAGES + 2 * DS_BUFS + 1), count=2)
-    for i in gl.static_range(2 * STAGES + 2 * DS_BUFS + 2, 2 * STAGES + 2 * DS_BUFS + 2 + 4 * STAGING):
+    for i in gl.static_range(2 * STAGES + 2 * DS_BUFS + 2, 2 * STAGES + 2 * DS_BUFS + 2 + 4 * STAGING + 2):
         mbarrier.init(bars.index(i), count=1)
     dk_offs = (batch * stride_dkb + head * stride_dkh, batch * stride_dvb + head * stride_dvh)
     gl.warp_specialize([
         (_halves_consumer, (kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage_a, bars, DK, DV, DK_PREV,
                             DV_PREV, dk_offs[0], dk_offs[1], stride_dkt, stride_dvt, DQ_SCALE, FULL_IDX, PART_IDX,
                             full_lo, part_lo, nf, t1, first, codes, min_off, qk_scale, sm_scale, 0, NCOMP, KINDS,
-                            BLOCK, D, HALF, BLOCK_M, STAGES, STAGING, DS_BUFS, LOAD_PREV)),
+                            BLOCK, D, HALF, BLOCK_M, STAGES, STAGING, DS_BUFS, MODE, LOAD_PREV)),
         (_halves_consumer, (kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage_b, bars, DK, DV, DK_PREV,
                             DV_PREV, dk_offs[0], dk_offs[1], stride_dkt, stride_dvt, DQ_SCALE, FULL_IDX, PART_IDX,
                             full_lo, part_lo, nf, t1, first, codes, min_off, qk_scale, sm_scale, 1, NCOMP, KINDS,
-                            BLOCK, D, HALF, BLOCK_M, STAGES, STAGING, DS_BUFS, LOAD_PREV)),
+                            BLOCK, D, HALF, BLOCK_M, STAGES, STAGING, DS_BUFS, MODE, LOAD_PREV)),
         (_halves_loader, (kv_smem, q_smem, do_smem, lse_smem, delta_smem, bars, qd, dod, kd, vd, lsed, deltad,
                           FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, first, BLOCK, BLOCK_M, STAGES, STAGING,
                           DS_BUFS)),
@@ -1188,13 +1284,13 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
             STAGES=stages, STAGING=staging, CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=4, **consts)
         return
     if kind == "halves":
-        block_n, block_m, stages, staging = HALVES_TILES[d]
+        block_n, block_m, stages, staging, ds_bufs, mode = halves_tiles(d)
         n_items = col_order.shape[1] * batch * heads
         _dkdv_halves_kernel[(n_items,)](
             q, k, v, do, dk, dv, dk_prev, dv_prev, lse, delta, *head_tables, *lists_, col_order, *fused, *strides,
             col_order.shape[1], n_items, *scales, LOAD_PREV=load_prev, BLOCK_N=block_n, BLOCK_M=block_m,
-            STAGES=stages, STAGING=staging, DS_BUFS=HALVES_DS_BUFFERS,
-            CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=4, **consts)
+            STAGES=stages, STAGING=staging, DS_BUFS=ds_bufs, MODE=mode, CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=4,
+            **consts)
         return
     if dq_sums is not None:
         dkdv((dk, dv, dk_prev, dv_prev), 0, split, load_prev)
@@ -1272,19 +1368,21 @@ def look_ahead(sums: torch.dtype, split: bool, load_prev: bool) -> bool:
 
 def warp_specialized(head_dim: int, block: int, lse: torch.Tensor, delta: torch.Tensor) -> str | None:
     """Which warp-specialised kernel a fused launch of whole columns (``backward_part`` with ``dq_sums``) runs
-    instead of ``_dkdv_kernel``: "columns" (``_dkdv_ws_kernel``: two columns a program, one a consumer), "halves"
-    (``_dkdv_halves_kernel``: one column a program, its keys split between the two consumers) or None (neither).
+    instead of ``_dkdv_kernel``: "halves" (``_dkdv_halves_kernel``: one column a program, its keys split between
+    the two consumers), "columns" (``_dkdv_ws_kernel``: two columns a program, one a consumer) or None (neither).
     ``WARP_SPECIALIZED``, or ``MEGASTRIDE_BLOCKSPARSE_GLUON_WS`` where set: "0" neither; "1" or "columns" and
-    "halves" that kernel where it can run; "auto" (the default) "columns" where it can run. Where they can run:
-    a head dim of ``WS_TILES`` (``HALVES_TILES``), a block its key tiles divide ("halves": a block of 128, one
-    step a block), lse and delta rows TMA can address (unit stride, 16-byte aligned bases and row strides). On
-    the H200 the "columns" loop on full blocks of the fixed pattern ran 6-9% faster than the fused kernel's at 1M
-    tokens, 8x64 (docs/benchmarks.md "Thirty-eighth run")."""
+    "halves" that kernel where it can run; "auto" (the default) "halves" where it can run, else "columns" where
+    that can. Where they can run: a head dim of ``HALVES_TILES`` (``WS_TILES``), a block of 128, one step a
+    block ("columns": a block its key tiles divide), lse and delta rows TMA can address (unit stride, 16-byte
+    aligned bases and row strides). On the H200, at 1M tokens, 8x64, the "columns" loop on full blocks of the
+    fixed pattern ran 6-9% faster than the fused kernel's (docs/benchmarks.md "Thirty-eighth run"), and the
+    forward+backward with "halves" 4.7% faster than with "columns" ("Thirty-ninth run")."""
     raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", WARP_SPECIALIZED)
     if raw not in ("auto", "0", "1", "columns", "halves"):
         raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_WS must be auto, 0, 1, columns or halves, got {raw!r}")
-    kind = "halves" if raw == "halves" else None if raw == "0" else "columns"
-    if kind == "halves" and (head_dim not in HALVES_TILES or block != HALVES_TILES[head_dim][1]):
+    halves = head_dim in HALVES_TILES and block == HALVES_TILES[head_dim][1]
+    kind = None if raw == "0" else "columns" if raw in ("1", "columns") or (raw == "auto" and not halves) else "halves"
+    if kind == "halves" and not halves:
         return None
     if kind == "columns" and (head_dim not in WS_TILES or block % WS_TILES[head_dim][0]):
         return None
@@ -1292,6 +1390,22 @@ def warp_specialized(head_dim: int, block: int, lse: torch.Tensor, delta: torch.
                                                                        for st in x.stride()[:-1])
                   for x in (lse, delta))
     return kind if kind and aligned else None
+
+
+def halves_tiles(head_dim: int) -> tuple[int, int, int, int, int, int]:
+    """``HALVES_TILES`` at ``head_dim``, or with ``MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES`` ("sSgGdDmM": S ring
+    slots, G dQ staging buffers a consumer, D dS buffers, M the step's schedule: 0 the score products waited for
+    together, 1 the exponentials under dP^T's product, 2 the consumers taking turns, each step's dQ issued with
+    the next step's score products) its last four replaced."""
+    base = HALVES_TILES[head_dim]
+    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES", "")
+    if not raw:
+        return base
+    m = re.fullmatch(r"s(\d)g(\d)d(\d)m([012])", raw)
+    if not m or not (2 <= int(m[1]) and 1 <= int(m[2]) and 1 <= int(m[3])) or (m[4] == "2" and int(m[3]) < 2):
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES: {raw!r} is not sSgGdDmM (S >= 2 ring slots, G >= 1 "
+                         f"staging buffers, D >= 1 dS buffers (2 with M 2), M 0, 1 or 2), e.g. s2g2d2m0")
+    return (*base[:2], *(int(m[i]) for i in range(1, 5)))
 
 
 def _tiles_item(kernel: str) -> tuple[tuple[int, int, int, int], int | None] | None:
@@ -1388,11 +1502,14 @@ def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, nco
         ahead = look_ahead(torch.float16 if dq_sums == "fp16" else torch.float32, split, load_prev)
     if kernel in ("dkdv_ws", "dkdv_halves"):
         halves = kernel == "dkdv_halves"
-        big, small, stages, staging = tiles or (HALVES_TILES if halves else WS_TILES)[head_dim]
+        if halves:
+            big, small, stages, staging, ds_bufs, mode = tiles or halves_tiles(head_dim)
+        else:
+            big, small, stages, staging = tiles or WS_TILES[head_dim]
         fn = _dkdv_halves_kernel if halves else _dkdv_ws_kernel
         consts = {"BLOCK": block, "D": head_dim, "NCOMP": ncomp, "KINDS": kinds, "LOAD_PREV": load_prev,
                   "BLOCK_N": big, "BLOCK_M": small, "STAGES": stages, "STAGING": staging,
-                  **({"DS_BUFS": HALVES_DS_BUFFERS} if halves else {}),
+                  **({"DS_BUFS": ds_bufs, "MODE": mode} if halves else {}),
                   "CONSUMER_REGS": WS_CONSUMER_REGS, "num_warps": 4}
         sig = _signature(list(fn.arg_names), consts)
         sig.update(DQS=f"*{dq_sums or 'fp16'}", DQ_SCALE="*fp32", stride_sb="i32", stride_sh="i32", stride_st="i32",
@@ -1417,5 +1534,5 @@ def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, nco
 
 
 __all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HALVES_TILES", "HEAD_DIMS", "MAX_REGISTERS", "WS_TILES", "backward_part",
-           "compile_for", "dkdv_launches", "look_ahead", "programs_per_sm", "registers", "tiles", "use_streams",
+           "compile_for", "dkdv_launches", "halves_tiles", "look_ahead", "programs_per_sm", "registers", "tiles", "use_streams",
            "warp_specialized"]

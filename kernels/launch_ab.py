@@ -49,7 +49,12 @@ SWITCHES = (SWITCH, "MEGASTRIDE_BLOCKSPARSE_GLUON", "MEGASTRIDE_BLOCKSPARSE_GLUO
             "MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS", "MEGASTRIDE_BLOCKSPARSE_TMA")
 MODES = ("0", "1")  # off (for DIRECT: Triton's run), on (direct)
 # switches with more values than on and off: the values --values may name
-VALUED = {"MEGASTRIDE_BLOCKSPARSE_DQ": ("auto", "separate", "atomic", "merged")}
+VALUED = {"MEGASTRIDE_BLOCKSPARSE_DQ": ("auto", "separate", "atomic", "merged"),
+          "MEGASTRIDE_BLOCKSPARSE_GLUON_WS": ("auto", "0", "1", "columns", "halves"),
+          # the halves kernel's slots, staging and dS buffers, schedule (gluon_bwd.halves_tiles; takes effect with
+          # MEGASTRIDE_BLOCKSPARSE_GLUON_WS=halves in the environment)
+          "MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES": tuple(f"s{s}g{g}d{d}m{m}" for s in (2, 3) for g in (1, 2)
+                                                             for d in (1, 2) for m in (0, 1, 2) if d == 2 or m < 2)}
 
 
 def parse_values(switch: str, raw: str) -> tuple[str, str]:
@@ -193,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--switch", default=SWITCH, choices=SWITCHES + tuple(VALUED),
                         help=f"the switch to alternate (default {SWITCH})")
     parser.add_argument("--values", default=",".join(MODES),
-                        help="the switch's two values, off then on (default 0,1; MEGASTRIDE_BLOCKSPARSE_DQ: two of "
-                             f"{', '.join(VALUED['MEGASTRIDE_BLOCKSPARSE_DQ'])})")
+                        help="the switch's two values, off then on (default 0,1; a switch of VALUED: two of its "
+                             "values, e.g. MEGASTRIDE_BLOCKSPARSE_DQ: " + ", ".join(VALUED["MEGASTRIDE_BLOCKSPARSE_DQ"]) + ")")
     parser.add_argument("--profile", action="store_true",
                         help="after the rounds, profile a few calls at each value (per-kernel ms in the JSON)")
     parser.add_argument("--out", default=None, help="folder for launch_ab.json")

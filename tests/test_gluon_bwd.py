@@ -49,6 +49,8 @@ for name, d, sums, prev, split, ahead in [("fp32", 64, "fp32", False, False, Non
 # the warp-specialised fused kernel (WS_TILES): fp16 sums over whole columns (the default at 1M), fp32 sums,
 # with earlier sums
 from megastride.kernels.compile_check import sass
+from megastride.kernels.gluon_bwd import HALVES_TILES
+compile_tiles = HALVES_TILES[64]
 for name, d, sums, prev in [("fp16", 64, "fp16", False), ("fp32", 64, "fp32", False),
                             ("fp16 prev", 64, "fp16", True), ("fp16 d128", 128, "fp16", False)]:
     k = compile_for("dkdv_ws", d, load_prev=prev, dq_sums=sums)
@@ -58,6 +60,19 @@ for name, d, sums, prev in [("fp16", 64, "fp16", False), ("fp32", 64, "fp32", Fa
                          "total": loop.get("total"), "reduces": code.count("UTMAREDG"),
                          "setmaxnreg": code.count("USETMAXREG"), "warps": k.metadata.num_warps,
                          "shared": k.metadata.shared, **ptxas_usage(k)}
+# the halves kernel (HALVES_TILES; one column a program, its keys split between the consumers): its three schedules
+# into fp16 sums, fp32 sums, with earlier sums
+for name, sums, prev, sched in [("fp16", "fp16", False, None), ("fp32", "fp32", False, None),
+                                ("fp16 prev", "fp16", True, None), ("fp16 m0", "fp16", False, 0),
+                                ("fp16 m2", "fp16", False, 2)]:
+    t = None if sched is None else (*compile_tiles[:5], sched)
+    k = compile_for("dkdv_halves", 64, load_prev=prev, dq_sums=sums, tiles=t)
+    loop, code = first_mma_loop(k), sass(k)
+    out[f"halves {name}"] = {"hgmma": loop.get("HGMMA"), "loop_reduces": loop.get("UTMAREDG", 0),
+                             "loop_loads": loop.get("UTMALDG", 0), "spill_reloads": loop.get("LDL", 0),
+                             "total": loop.get("total"), "reduces": code.count("UTMAREDG"),
+                             "setmaxnreg": code.count("USETMAXREG"), "warps": k.metadata.num_warps,
+                             "shared": k.metadata.shared, **ptxas_usage(k)}
 print(json.dumps(out))
 """
 
@@ -130,29 +145,57 @@ def test_the_warp_specialised_consumers_loop_is_products_and_exponentials(compil
     assert got["shared"] <= 227 * 1024, got
 
 
+@pytest.mark.parametrize("setting", ["fp16", "fp32", "fp16 prev", "fp16 m0", "fp16 m2"])
+def test_the_halves_kernels_consumer_loop_is_products_and_exponentials(compiled, setting):
+    """``_dkdv_halves_kernel``: a consumer's full-block loop runs its five products on 64 keys x 128 queries
+    (32 m64 instructions: 4 + 4 score, 8 + 8 dV and dK, 8 dQ over both key halves) with neither a TMA load nor a
+    reduce in it, at most 2 spill reloads at 240 registers, in 600 instructions or fewer (the two-columns
+    kernel: 381 for half the pairs); 12 warps (two consumer warpgroups, a loader and two senders padded to a
+    warpgroup); one program's buffers within an SM's 227 KB of shared memory, fp32 staging too; ptxas
+    serialises no product, in each schedule."""
+    got = compiled[f"halves {setting}"]
+    assert got["hgmma"] == 32 and got["loop_reduces"] == 0 and got["loop_loads"] == 0, got
+    assert got["reduces"] >= 2 and got["setmaxnreg"] > 0 and got["warps"] == 12, got
+    assert got["spill_reloads"] <= 2 and got["total"] <= 600 and got["warnings"] == [], got
+    assert got["shared"] <= 227 * 1024, got
+
+
 def test_the_warp_specialised_switch(monkeypatch):
-    """``warp_specialized``: the two-columns kernel by default where it can run (head dims 64 and 128, a block its
-    key tiles divide, lse and delta rows TMA can address), the halves kernel where asked for and it can run (head
-    dim 64, 128-blocks), neither with "0" or elsewhere; a bad value is named."""
+    """``warp_specialized``: by default the halves kernel where it can run (head dim 64, 128-blocks), else the
+    two-columns kernel where that can (head dims 64 and 128, a block its key tiles divide), lse and delta rows
+    TMA can address either way; each kernel where asked for and it can run, neither with "0" or elsewhere; a
+    bad value is named. ``halves_tiles``: the default schedule, a replacement, bad ones named."""
     from megastride.kernels import gluon_bwd as G
 
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", raising=False)
     lse = torch.zeros(2, 4, 1024)
-    assert G.warp_specialized(64, 128, lse, lse.clone()) == "columns"
-    assert G.warp_specialized(128, 128, lse, lse.clone()) and G.warp_specialized(128, 64, lse, lse.clone())
+    assert G.warp_specialized(64, 128, lse, lse.clone()) == "halves"
+    assert G.warp_specialized(128, 128, lse, lse.clone()) == G.warp_specialized(128, 64, lse, lse.clone()) == "columns"
+    assert G.warp_specialized(64, 256, lse, lse.clone()) == "columns"  # two 128-key tiles a block
     assert not G.warp_specialized(64, 64, lse, lse.clone())  # 128-key tiles in 64-blocks
-    assert not G.warp_specialized(32, 128, lse, lse.clone())  # no WS_TILES at head dim 32
+    assert not G.warp_specialized(32, 128, lse, lse.clone())  # no tiles at head dim 32
     assert not G.warp_specialized(64, 128, lse[..., 1:1001], lse.clone())  # rows not 16-byte aligned
     assert not G.warp_specialized(64, 128, lse.transpose(1, 2), lse.clone())  # positions not unit stride
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "0")
     assert not G.warp_specialized(64, 128, lse, lse.clone())
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "halves")  # one column a program: head dim 64, 128-blocks
+    for value in ("1", "columns"):
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", value)
+        assert G.warp_specialized(64, 128, lse, lse.clone()) == "columns"
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "halves")
     assert G.warp_specialized(64, 128, lse, lse.clone()) == "halves"
     assert not G.warp_specialized(128, 128, lse, lse.clone()) and not G.warp_specialized(64, 256, lse, lse.clone())
     assert not G.warp_specialized(64, 128, lse[..., 1:1001], lse.clone())
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "on")
     with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_GLUON_WS must be auto, 0, 1, columns or halves, got 'on'"):
         G.warp_specialized(64, 128, lse, lse.clone())
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES", raising=False)
+    assert G.halves_tiles(64) == G.HALVES_TILES[64]
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES", "s3g1d2m2")
+    assert G.halves_tiles(64) == (128, 128, 3, 1, 2, 2)
+    for bad in ("s1g2d2m0", "s2g2d1m2", "s2g2d2m3", "s2g2d2"):
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES", bad)
+        with pytest.raises(ValueError, match=f"MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES: '{bad}' is not sSgGdDmM"):
+            G.halves_tiles(64)
 
 
 def test_the_fused_steps_rows_loaded_a_step_ahead_spill_less(compiled, monkeypatch):

@@ -579,9 +579,9 @@ def test_dq_summed_by_the_dkdv_kernel_matches_the_reference(sums, dtype, split, 
 @pytest.mark.parametrize("sums, dtype, dim", [("fp16", torch.bfloat16, 64), ("fp32", torch.float16, 64),
                                              ("fp16", torch.bfloat16, 128)])
 def test_the_warp_specialised_dkdv_kernel_matches_the_fused_one(sums, dtype, dim, monkeypatch):
-    """The fused backward over whole columns on the H200 with the warp-specialised kernel (two consumer
-    warpgroups a program, loader and dQ sender warps: ``gluon_bwd._dkdv_ws_kernel``) and without it
-    (MEGASTRIDE_BLOCKSPARSE_GLUON_WS=0: ``_dkdv_kernel``): the same output, dK and dV to the bit (the same
+    """The fused backward over whole columns on the H200 with the two-columns warp-specialised kernel (two
+    consumer warpgroups a program, loader and dQ sender warps: ``gluon_bwd._dkdv_ws_kernel``, asked for by
+    MEGASTRIDE_BLOCKSPARSE_GLUON_WS=columns) and without it ("0": ``_dkdv_kernel``): the same output, dK and dV to the bit (the same
     products in the same order), on the model's head views, for the fixed pattern (one part; batch 2 x 4 heads,
     and one head of 1,152 tokens: nine columns, so the last program's second consumer has no column) and
     fixed_per_head (several CSRs); all within the three-way tolerance of the fp32 reference, dK and dV the same
@@ -599,7 +599,7 @@ def test_the_warp_specialised_dkdv_kernel_matches_the_fused_one(sums, dtype, dim
     for pattern, batch, n in cases:
         layout = P.build_layout(pattern, n, 128, device="cuda")
         grads = _head_view_grads(batch, n, len(pattern.heads), dim, dtype, seed=5)
-        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "auto")
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "columns")
         taken.clear()
         got = grads(lambda *x: B.blocksparse_attention(*x, layout))
         assert taken == ["columns"], (pattern.heads[0].name, taken)
@@ -613,16 +613,20 @@ def test_the_warp_specialised_dkdv_kernel_matches_the_fused_one(sums, dtype, dim
             assert torch.equal(g, p), (pattern.heads[0].name, n, name, (g.float() - p.float()).abs().max().item())
 
 
-@pytest.mark.parametrize("sums, dtype", [("fp16", torch.bfloat16), ("fp32", torch.float16)])
-def test_the_halves_kernel_matches_the_reference(sums, dtype, monkeypatch):
+@pytest.mark.parametrize("sums, dtype, tiles", [("fp16", torch.bfloat16, ""), ("fp32", torch.float16, ""),
+                                               ("fp16", torch.bfloat16, "s2g2d2m1"), ("fp16", torch.bfloat16, "s2g2d2m2"),
+                                               ("fp32", torch.float16, "s2g1d2m2")])
+def test_the_halves_kernel_matches_the_reference(sums, dtype, tiles, monkeypatch):
     """MEGASTRIDE_BLOCKSPARSE_GLUON_WS=halves on the H200: the fused backward over whole columns with one column a
     program, its keys split between two consumer warpgroups that exchange dS^T through shared memory
     (``gluon_bwd._dkdv_halves_kernel``), on the model's head views, for the fixed pattern (batch 2 x 4 heads, and
     one head of 1,152 tokens: an odd column count) and fixed_per_head (several CSRs): the output and all three
     gradients within the three-way tolerance of the fp32 reference, dK and dV the same bits on a second call,
     and dK, dV within rounding of the two-columns kernel's (products summed over 128 queries at once there
-    against 32)."""
+    against 32); also with the exponentials under dP^T (m1) and with the consumers taking turns (m2, dQ a step
+    late; one staging buffer)."""
     _fused_dq_settings(monkeypatch, sums, "0")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES", tiles)
     B = _blocksparse()
     G = importlib.import_module("megastride.kernels.gluon_bwd")
     taken = []
