@@ -2072,7 +2072,10 @@ def gluon_split(layout: Layout, batch: int = 1, sms: int | None = None, block_n:
     longest column (``Layout.column_work``) is more than ``GLUON_SPLIT_RATIO`` of an even share of all
     columns' work per program slot (per_sm x ``sms``), it is the launch's critical path: the fixed pattern's summary columns at
     262,144 tokens, H=2 (2,017 query blocks against a share of 1,489; at 1M, 8,129 against 11,915 stay
-    whole: there segments measured 1.6% slower). "auto" (``GLUON_SPLIT``) then cuts
+    whole: there segments measured 1.6% slower). The warp-specialised halves kernel (``gluon_bwd.warp_specialized``)
+    runs one column a program and one program an SM (``per_sm`` 1): at 131,072 tokens, 8x64, its whole columns
+    (993 query blocks against a share of 1,986) measured 8.9% faster than segments of the fused kernel
+    (docs/benchmarks.md "Thirty-ninth run"). "auto" (``GLUON_SPLIT``) then cuts
     columns into segments of a quarter of that share (at least ``SPLIT_SEGMENT``), finished as
     ``split_finish`` "last" does; ``MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT`` ("auto" or an integer >= 0, 0 =
     whole columns) overrides it."""
@@ -2288,7 +2291,10 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
 
             segments = None
             block_n = gluon_bwd.FUSED_TILES[head_dim][0] if fused_dq else gluon_bwd.tiles("dkdv", head_dim)[0]
-            seg_len = gluon_split(layout, batch, gpu_sms(q), block_n, gluon_bwd.programs_per_sm("dkdv", head_dim))
+            # the halves kernel: one column a program, one program an SM
+            halves = fused_dq and gluon_bwd.warp_specialized(head_dim, layout.block, lse, delta) == "halves"
+            per_sm = 1 if halves else gluon_bwd.programs_per_sm("dkdv", head_dim)
+            seg_len = gluon_split(layout, batch, gpu_sms(q), block_n, per_sm)
             if seg_len:
                 key, seg = _segments(meta, seg_len)
                 segments = (*(seg[name] for name in ("seg_col", "seg_lo", "seg_hi", "seg_first", "seg_count",
