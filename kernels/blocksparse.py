@@ -936,7 +936,7 @@ GLUON_MIN_LENGTH = 65536
 # GLUON_DQ_MIN_LENGTH tokens); see gluon_dq_sums
 GLUON_DQ = "auto"
 GLUON_DQ_SETTINGS = ("auto", "0", "fp32", "fp16")
-GLUON_DQ_MIN_LENGTH = 131072
+GLUON_DQ_MIN_LENGTH = 65536
 # the head dims "auto" takes it at (head dim 128 has fused tiles, 4-13% slower than its dQ kernel at 2x128 on the
 # H200, docs/benchmarks.md "Thirty-eighth run": "fp16" asks for them)
 GLUON_DQ_AUTO_DIMS = (64,)
@@ -1937,8 +1937,9 @@ def gluon_dq_sums(layout: Layout, q: torch.Tensor, *tensors: torch.Tensor) -> to
     0.1-3.9% less at 262,144, 3.7-4.8% more at 131,072; with the backward's first launch doing the sums' zeroing
     and maxima (thirty-seventh run) 2.1% and 3.1% less at 131,072 in two calls (its dK/dV programs there take
     column segments, so ``gluon_bwd._dkdv_kernel``, not the warp-specialised kernel), 6.3% more at 65,536
-    ("Thirty-eighth run"). dQ's error on sampled rows stayed under the bf16 reference's (1.4 times ours with
-    the dQ kernel at most)."""
+    ("Thirty-eighth run"); with the warp-specialised halves kernel on whole columns (``gluon_split``, thirty-ninth
+    run) 8.3% less at 65,536, so "auto" starts there. dQ's error on sampled rows stayed under the bf16
+    reference's (1.4 times ours with the dQ kernel at most)."""
     seq_len = q.shape[2]
     dtype = fused_dq_dtype(seq_len, q.shape[-1], layout.block)
     if dtype is None or not all(gluon_backward(_part_meta(part, seq_len, q.device), layout, q, *tensors, setting="1")

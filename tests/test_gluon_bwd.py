@@ -234,7 +234,7 @@ def test_the_fused_dq_switch_and_its_fp16_scale(monkeypatch):
     with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_GLUON_DQ must be one of auto, 0, fp32, fp16; got 'bf16'"):
         B.gluon_dq_setting()
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ")
-    assert B.gluon_dq_setting() == "auto" and B.GLUON_DQ_MIN_LENGTH == 131072
+    assert B.gluon_dq_setting() == "auto" and B.GLUON_DQ_MIN_LENGTH == 65536
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "fp16")
     layout = P.build_layout(P.same_for_all_heads(P.fixed(256, 128), 2), 1024, 128)
     q = torch.zeros(1, 2, 1024, 64, dtype=torch.bfloat16)
@@ -262,7 +262,7 @@ def test_the_fused_dq_switch_and_its_fp16_scale(monkeypatch):
 
 def test_the_fused_dq_is_taken_where_its_setting_and_every_part_allow(monkeypatch):
     """``gluon_dq_sums`` with the Gluon backward's own checks (a Hopper GPU) granted: "auto" takes fp16 sums from
-    131,072 tokens at head dim 64 on 128-blocks and nothing below, and not at head dim 128 (its fused tiles were
+    65,536 tokens at head dim 64 on 128-blocks and nothing below, and not at head dim 128 (its fused tiles were
     slower than its dQ kernel: ``GLUON_DQ_AUTO_DIMS``); "fp32"/"fp16" at any length and at head dim 128 too;
     never on 64-blocks at head dim 64 (128-key tiles do not fit) or where a part cannot run the Gluon backward
     (a strided head's permuted part)."""
@@ -273,11 +273,13 @@ def test_the_fused_dq_is_taken_where_its_setting_and_every_part_allow(monkeypatc
     granted = lambda meta, layout, q, *t, setting=None: not meta.permuted  # noqa: E731
     monkeypatch.setattr(B, "gluon_backward", granted)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", raising=False)
-    fixed = {n: P.build_layout(P.same_for_all_heads(P.fixed(4096, 128), 2), n, 128) for n in (65536, 131072, 262144)}
+    fixed = {n: P.build_layout(P.same_for_all_heads(P.fixed(4096, 128), 2), n, 128)
+             for n in (32768, 65536, 131072, 262144)}
     q = {n: torch.empty(1, 2, n, 64, dtype=torch.bfloat16) for n in fixed}
     assert B.gluon_dq_sums(fixed[262144], q[262144]) == torch.float16
     assert B.gluon_dq_sums(fixed[131072], q[131072]) == torch.float16
-    assert B.gluon_dq_sums(fixed[65536], q[65536]) is None
+    assert B.gluon_dq_sums(fixed[65536], q[65536]) == torch.float16
+    assert B.gluon_dq_sums(fixed[32768], q[32768]) is None
     wide = torch.empty(1, 2, 262144, 128, dtype=torch.bfloat16)
     assert B.gluon_dq_sums(fixed[262144], wide) is None
     small = P.build_layout(P.same_for_all_heads(P.fixed(4096, 64), 2), 262144, 64)
