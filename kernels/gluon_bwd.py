@@ -44,7 +44,13 @@ loop's products). Beyond the probe:
   (240 registers a thread by setmaxnreg), with a loader warp (K and V, then each step's Q, dO, lse and delta
   into the ring by TMA) and a sender warp (each step's dQ reduce) for each, mbarriers between them; dK's
   product reads dS^T from the shared memory dQ's product reads it from, and ptxas fits the consumer's loop in
-  its registers without spilling (``kernels/gluon_ws_probe.py``; 6-9% off the loop at 1M tokens, 8x64).
+  its registers without spilling (``kernels/gluon_ws_probe.py``; 6-9% off the loop at 1M tokens, 8x64);
+* where it can run (head dim 64, 128-blocks) whole columns take FlashAttention-3's form of it instead
+  (``_dkdv_halves_kernel``, the default of ``warp_specialized``): one column a program, walked 128 queries a
+  step, its keys split between the two consumers (64 each, products twice as wide), both reading the step's Q
+  and dO from one loader warp's ring; their dS^T halves meet in shared memory, where each consumer's dQ
+  product takes its half of the queries over all the keys (4.7% and 1.5% off the forward+backward at 1M,
+  8x64, against the two-columns form; docs/benchmarks.md "Thirty-ninth run").
 
 ``blocksparse.gluon_backward`` chooses this path (``MEGASTRIDE_BLOCKSPARSE_GLUON``); Gluon has no
 interpreter, so the CPU tests compile it for sm_90 (tests/test_gluon_bwd.py) and the GPU tests check it
