@@ -761,10 +761,10 @@ def _ws_consumer(kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage,
 @gluon.jit
 def _ws_loader(kv_smem, q_smem, do_smem, lse_smem, delta_smem, bars, qd, dod, kd, vd, lsed, deltad, FULL_IDX,
                PART_IDX, full_lo, part_lo, nf, t1, first_col, BLOCK: gl.constexpr, BLOCK_M: gl.constexpr,
-               STAGES: gl.constexpr, STAGING: gl.constexpr):
-    """One warp: a column's K and V, then each step's Q, dO, lse and delta into the ring as its consumer frees
-    the slots."""
-    kv = _ws_bar(bars, 4, 0, STAGES, STAGING)
+               STAGES: gl.constexpr, READY: gl.constexpr, EMPTY: gl.constexpr, KV: gl.constexpr):
+    """One warp: a column's K and V (on mbarrier KV of ``bars``), then each step's Q, dO, lse and delta into the
+    ring (slot i's arrival on mbarrier READY + i) as its consumers free the slots (EMPTY + i)."""
+    kv = bars.index(KV)
     mbarrier.expect(kv, kd.block_type.nbytes + vd.block_type.nbytes)
     tma.async_copy_global_to_shared(kd, [first_col, 0], kv, kv_smem.index(0))
     tma.async_copy_global_to_shared(vd, [first_col, 0], kv, kv_smem.index(1))
@@ -772,9 +772,9 @@ def _ws_loader(kv_smem, q_smem, do_smem, lse_smem, delta_smem, bars, qd, dod, kd
         deltad.block_type.nbytes
     for t in range(0, t1):
         slot = t % STAGES
-        mbarrier.wait(_ws_bar(bars, 1, slot, STAGES, STAGING), ((t // STAGES) & 1) ^ 1)  # fresh: passes
+        mbarrier.wait(bars.index(EMPTY + slot), ((t // STAGES) & 1) ^ 1)  # fresh: passes
         start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, BLOCK // BLOCK_M, BLOCK_M, BLOCK)
-        ready = _ws_bar(bars, 0, slot, STAGES, STAGING)
+        ready = bars.index(READY + slot)
         mbarrier.expect(ready, nbytes)
         tma.async_copy_global_to_shared(qd, [start, 0], ready, q_smem.index(slot))
         tma.async_copy_global_to_shared(dod, [start, 0], ready, do_smem.index(slot))
@@ -783,18 +783,19 @@ def _ws_loader(kv_smem, q_smem, do_smem, lse_smem, delta_smem, bars, qd, dod, kd
 
 
 @gluon.jit
-def _ws_sender(stage, bars, dqd, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, BLOCK: gl.constexpr,
-               BLOCK_M: gl.constexpr, STAGES: gl.constexpr, STAGING: gl.constexpr):
-    """One warp: each step's staged dQ added into the sums by a TMA reduce; a staging buffer handed back once its
-    reduce has read it (``tma.store_wait`` counts this warp's own reduces)."""
+def _ws_sender(stage, bars, dqd, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, row_off, BLOCK: gl.constexpr,
+               BLOCK_M: gl.constexpr, STAGING: gl.constexpr, STAGED: gl.constexpr, FREE: gl.constexpr):
+    """One warp: each step's staged dQ (mbarrier STAGED + i of ``bars``: in staging buffer i) added into the sums at
+    the step's rows plus ``row_off`` by a TMA reduce; a staging buffer handed back (FREE + i) once its reduce has
+    read it (``tma.store_wait`` counts this warp's own reduces)."""
     for t in range(0, t1):
         b = t % STAGING
-        mbarrier.wait(_ws_bar(bars, 2, b, STAGES, STAGING), (t // STAGING) & 1)
+        mbarrier.wait(bars.index(STAGED + b), (t // STAGING) & 1)
         start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, BLOCK // BLOCK_M, BLOCK_M, BLOCK)
-        tma_reduce_add(dqd, [start, 0], stage.index(b))
+        tma_reduce_add(dqd, [start + row_off, 0], stage.index(b))
         tma.store_wait(pendings=STAGING - 1)  # the reduce of step t - STAGING + 1 has read its buffer
         if t >= STAGING - 1:
-            mbarrier.arrive(_ws_bar(bars, 3, (t - STAGING + 1) % STAGING, STAGES, STAGING), count=1)
+            mbarrier.arrive(bars.index(FREE + (t - STAGING + 1) % STAGING), count=1)
     tma.store_wait(pendings=0)
 
 
@@ -872,6 +873,7 @@ def _dkdv_ws_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HE
         Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, PART_PTR, ORDER,
         2 * gl.program_id(0) + 1, n_items, *strides, part_heads, batch_heads, num_blocks, order_len, BLOCK, D,
         NCOMP, BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout, BLOCK_M)
+    KV: gl.constexpr = 2 * STAGES + 2 * STAGING  # ``_ws_bar``'s roles as the loader and sender index them
     a = _ws_alloc(dtype, sum_ty, D, BLOCK_N, BLOCK_M, STAGES, STAGING, smem, stage_layout, rows_layout)
     b = _ws_alloc(dtype, sum_ty, D, BLOCK_N, BLOCK_M, STAGES, STAGING, smem, stage_layout, rows_layout)
     gl.warp_specialize([
@@ -886,13 +888,13 @@ def _dkdv_ws_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HE
                         PART_IDX, b_full_lo, b_part_lo, b_nf, b_t1, b_valid, b_first, b_codes, b_min_off, qk_scale,
                         sm_scale, NCOMP, KINDS, BLOCK, D, BLOCK_N, BLOCK_M, STAGES, STAGING, LOAD_PREV)),
         (_ws_loader, (a[0], a[1], a[2], a[3], a[4], a[7], a_qd, a_dod, a_kd, a_vd, a_lsed, a_deltad, FULL_IDX,
-                      PART_IDX, a_full_lo, a_part_lo, a_nf, a_t1, a_first, BLOCK, BLOCK_M, STAGES, STAGING)),
+                      PART_IDX, a_full_lo, a_part_lo, a_nf, a_t1, a_first, BLOCK, BLOCK_M, STAGES, 0, STAGES, KV)),
         (_ws_loader, (b[0], b[1], b[2], b[3], b[4], b[7], b_qd, b_dod, b_kd, b_vd, b_lsed, b_deltad, FULL_IDX,
-                      PART_IDX, b_full_lo, b_part_lo, b_nf, b_t1, b_first, BLOCK, BLOCK_M, STAGES, STAGING)),
-        (_ws_sender, (a[6], a[7], a_dqd, FULL_IDX, PART_IDX, a_full_lo, a_part_lo, a_nf, a_t1, BLOCK, BLOCK_M,
-                      STAGES, STAGING)),
-        (_ws_sender, (b[6], b[7], b_dqd, FULL_IDX, PART_IDX, b_full_lo, b_part_lo, b_nf, b_t1, BLOCK, BLOCK_M,
-                      STAGES, STAGING)),
+                      PART_IDX, b_full_lo, b_part_lo, b_nf, b_t1, b_first, BLOCK, BLOCK_M, STAGES, 0, STAGES, KV)),
+        (_ws_sender, (a[6], a[7], a_dqd, FULL_IDX, PART_IDX, a_full_lo, a_part_lo, a_nf, a_t1, 0, BLOCK, BLOCK_M,
+                      STAGING, 2 * STAGES, 2 * STAGES + STAGING)),
+        (_ws_sender, (b[6], b[7], b_dqd, FULL_IDX, PART_IDX, b_full_lo, b_part_lo, b_nf, b_t1, 0, BLOCK, BLOCK_M,
+                      STAGING, 2 * STAGES, 2 * STAGES + STAGING)),
     ], [4, 1, 1, 1, 1], [CONSUMER_REGS, 24, 24, 24, 24])
 
 
@@ -945,60 +947,6 @@ def _halves_stage(dq, stage, bars, t, C: gl.constexpr, STAGES: gl.constexpr, STA
 
 
 @gluon.jit
-def _pingpong_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars, zero_s, zero_q,
-                   FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off, qk_scale, dq_scale,
-                   C: gl.constexpr, NCOMP: gl.constexpr, KINDS: gl.constexpr, MASKED: gl.constexpr,
-                   BLOCK: gl.constexpr, HALF: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
-                   STAGING: gl.constexpr, DS_BUFS: gl.constexpr, p_layout: gl.constexpr):
-    """``_halves_step`` with the two consumers taking turns (MODE 2, FlashAttention-3's ping-pong): consumer C
-    issues step t's score products only after the other consumer has issued its own of the step before (C 0)
-    or of this step (C 1), so one consumer's exponentials run under the other's products; and each consumer
-    issues the dQ of step t - 1 beside step t's dV and dK (the other consumer's dS^T half of step t - 1 long
-    stored), so the consumers wait for each other at no point of a step. At t = 0 that product reads a dS
-    buffer no step has written yet and its result is dropped."""
-    dtype: gl.constexpr = kv_smem.dtype
-    s_layout: gl.constexpr = zero_s.type.layout
-    k_mine = kv_smem.index(0).slice(C * HALF, HALF)
-    v_mine = kv_smem.index(1).slice(C * HALF, HALF)
-    slot = t % STAGES
-    buf = t % DS_BUFS
-    prev = (t + DS_BUFS - 1) % DS_BUFS
-    mbarrier.wait(_halves_bar(bars, 0, slot, STAGES, STAGING, DS_BUFS), (t // STAGES) & 1)
-    if C == 0:  # consumer 1's score products of step t - 1 issued (fresh: passes)
-        mbarrier.wait(_halves_bar(bars, 10, 0, STAGES, STAGING, DS_BUFS), (t & 1) ^ 1)
-    else:  # consumer 0's of step t
-        mbarrier.wait(_halves_bar(bars, 11, 0, STAGES, STAGING, DS_BUFS), t & 1)
-    s = warpgroup_mma(k_mine, q_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    dp = warpgroup_mma(v_mine, do_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    mbarrier.arrive(_halves_bar(bars, 11 - C, 0, STAGES, STAGING, DS_BUFS), count=1)
-    if MASKED:  # the step's query positions, for the token predicate (under the products)
-        start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, 1, BLOCK_M, BLOCK)
-        rows = start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
-    else:  # not read
-        rows = first_col
-    s, dp, dk, dv = warpgroup_mma_wait(num_outstanding=0, deps=(s, dp, dk, dv))
-    pt, pt16, dv = _p_dv(s, lse_smem.index(slot).load(s_layout), qk_scale, rows, first_col + C * HALF, codes,
-                         min_off, do_smem.index(slot), dv, NCOMP, KINDS, MASKED, HALF, p_layout)
-    dst = (pt * (dp - delta_smem.index(slot).load(s_layout))).to(dtype)
-    # the buffer's last dQ products (of step t - DS_BUFS, issued at step t - DS_BUFS + 1) are done: fresh, passes
-    mbarrier.wait(_halves_bar(bars, 3, buf, STAGES, STAGING, DS_BUFS), ((t // DS_BUFS) & 1) ^ 1)
-    ds_smem.index(2 * buf + C).permute((1, 0)).store(dst)
-    fence_async_shared()  # also orders this step's reads of the slot's lse and delta before the loader's next TMA
-    mbarrier.arrive(_halves_bar(bars, 2, buf, STAGES, STAGING, DS_BUFS), count=1)
-    dst16 = gl.convert_layout(dst, p_layout)
-    dk = warpgroup_mma(dst16, q_smem.index(slot), dk, is_async=True)
-    if t > 0:  # both halves of step t - 1's dS^T stored
-        mbarrier.wait(_halves_bar(bars, 2, prev, STAGES, STAGING, DS_BUFS), ((t - 1) // DS_BUFS) & 1)
-    dq = _halves_dq(ds_smem, kv_smem, prev, zero_q, C, HALF)
-    dq, pt16, dst16 = warpgroup_mma_wait(num_outstanding=0, deps=(dq, pt16, dst16))
-    mbarrier.arrive(_halves_bar(bars, 1, slot, STAGES, STAGING, DS_BUFS), count=1)
-    if t > 0:
-        mbarrier.arrive(_halves_bar(bars, 3, prev, STAGES, STAGING, DS_BUFS), count=1)
-        _halves_stage(dq * dq_scale, stage, bars, t - 1, C, STAGES, STAGING, DS_BUFS)
-    return dk, dv
-
-
-@gluon.jit
 def _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars, zero_s, zero_q,
                  FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off, qk_scale, dq_scale,
                  C: gl.constexpr, NCOMP: gl.constexpr, KINDS: gl.constexpr, MASKED: gl.constexpr,
@@ -1008,15 +956,28 @@ def _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_s
     column: S^T and dP^T of its keys against the step's queries, P^T and dS^T, dV and dK (both from registers),
     its dS^T half into the step's dS buffer (``ds_smem``: one (BLOCK_M, HALF) buffer per half of the keys) and,
     once the other consumer's half is there, dQ of its half of the queries over all the column's keys (two
-    products, one a key half), staged for its sender."""
+    products, one a key half), staged for its sender. MODE (``halves_tiles``) 0 waits for both score products
+    before the exponentials, 1 runs the exponentials under dP^T's product; 2 is FlashAttention-3's ping-pong:
+    consumer C issues its score products only after the other consumer has issued its own of the step before
+    (C 0) or of this step (C 1), so one consumer's exponentials run under the other's products, and each
+    consumer issues the dQ of step t - 1 beside step t's dV and dK (the other consumer's dS^T half of step
+    t - 1 long stored), so the consumers wait for each other at no point of a step (at t = 0 that product reads a
+    dS buffer no step has written yet, its result dropped; the last step's dQ follows the loop)."""
     dtype: gl.constexpr = kv_smem.dtype
     s_layout: gl.constexpr = zero_s.type.layout
     k_mine = kv_smem.index(0).slice(C * HALF, HALF)
     v_mine = kv_smem.index(1).slice(C * HALF, HALF)
     slot = t % STAGES
     mbarrier.wait(_halves_bar(bars, 0, slot, STAGES, STAGING, DS_BUFS), (t // STAGES) & 1)
+    if MODE == 2:
+        if C == 0:  # consumer 1's score products of step t - 1 issued (fresh: passes)
+            mbarrier.wait(_halves_bar(bars, 10, 0, STAGES, STAGING, DS_BUFS), (t & 1) ^ 1)
+        else:  # consumer 0's of step t
+            mbarrier.wait(_halves_bar(bars, 11, 0, STAGES, STAGING, DS_BUFS), t & 1)
     s = warpgroup_mma(k_mine, q_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
     dp = warpgroup_mma(v_mine, do_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    if MODE == 2:
+        mbarrier.arrive(_halves_bar(bars, 11 - C, 0, STAGES, STAGING, DS_BUFS), count=1)
     if MASKED:  # the step's query positions, for the token predicate (under the score products)
         start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, 1, BLOCK_M, BLOCK)
         rows = start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
@@ -1032,20 +993,31 @@ def _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_s
         dp, pt16 = warpgroup_mma_wait(num_outstanding=1, deps=(dp, pt16))
     dst = (pt * (dp - delta_smem.index(slot).load(s_layout))).to(dtype)
     buf = t % DS_BUFS
-    # the buffer's last dQ products (step t - DS_BUFS, both consumers') are done: fresh, it passes
+    # the buffer's last dQ products (both consumers', of step t - DS_BUFS; MODE 2 issues them a step later) are
+    # done: fresh, it passes
     mbarrier.wait(_halves_bar(bars, 3, buf, STAGES, STAGING, DS_BUFS), ((t // DS_BUFS) & 1) ^ 1)
     ds_smem.index(2 * buf + C).permute((1, 0)).store(dst)
     fence_async_shared()  # also orders this step's reads of the slot's lse and delta before the loader's next TMA
     mbarrier.arrive(_halves_bar(bars, 2, buf, STAGES, STAGING, DS_BUFS), count=1)
     dst16 = gl.convert_layout(dst, p_layout)
     dk = warpgroup_mma(dst16, q_smem.index(slot), dk, is_async=True)
-    mbarrier.wait(_halves_bar(bars, 2, buf, STAGES, STAGING, DS_BUFS), (t // DS_BUFS) & 1)  # the other half too
+    if MODE == 2:  # step t - 1's dQ
+        buf = (t + DS_BUFS - 1) % DS_BUFS
+        if t > 0:  # both halves of its dS^T stored
+            mbarrier.wait(_halves_bar(bars, 2, buf, STAGES, STAGING, DS_BUFS), ((t - 1) // DS_BUFS) & 1)
+    else:
+        mbarrier.wait(_halves_bar(bars, 2, buf, STAGES, STAGING, DS_BUFS), (t // DS_BUFS) & 1)  # the other half too
     dq = _halves_dq(ds_smem, kv_smem, buf, zero_q, C, HALF)
     # all waited for (dV and dK too, the next step's wait a formality): dQ read while dK runs, ptxas serialises
     dq, pt16, dst16 = warpgroup_mma_wait(num_outstanding=0, deps=(dq, pt16, dst16))
     mbarrier.arrive(_halves_bar(bars, 1, slot, STAGES, STAGING, DS_BUFS), count=1)
-    mbarrier.arrive(_halves_bar(bars, 3, buf, STAGES, STAGING, DS_BUFS), count=1)
-    _halves_stage(dq * dq_scale, stage, bars, t, C, STAGES, STAGING, DS_BUFS)
+    if MODE == 2:
+        if t > 0:
+            mbarrier.arrive(_halves_bar(bars, 3, buf, STAGES, STAGING, DS_BUFS), count=1)
+            _halves_stage(dq * dq_scale, stage, bars, t - 1, C, STAGES, STAGING, DS_BUFS)
+    else:
+        mbarrier.arrive(_halves_bar(bars, 3, buf, STAGES, STAGING, DS_BUFS), count=1)
+        _halves_stage(dq * dq_scale, stage, bars, t, C, STAGES, STAGING, DS_BUFS)
     return dk, dv
 
 
@@ -1057,7 +1029,7 @@ def _halves_consumer(kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, st
                      BLOCK_M: gl.constexpr, STAGES: gl.constexpr, STAGING: gl.constexpr, DS_BUFS: gl.constexpr,
                      MODE: gl.constexpr, LOAD_PREV: gl.constexpr):
     """Consumer C of a shared column (``_halves_step``: the full blocks, then the partial ones under the token
-    predicate); once both consumers' loops are done, its keys' dK (scaled) and dV written through a buffer of
+    predicate; MODE 2: then the last step's dQ); once both consumers' loops are done, its keys' dK (scaled) and dV written through a buffer of
     its own (K's for consumer 0, V's for consumer 1) as ``_dkdv_kernel`` writes them."""
     layouts: gl.constexpr = mma_layouts(4, BLOCK_M, D)
     s_layout: gl.constexpr = layouts[0]
@@ -1069,35 +1041,23 @@ def _halves_consumer(kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, st
     dv = warpgroup_mma_init(gl.zeros([HALF, D], gl.float32, o_layout))
     dq_scale = gl.load(DQ_SCALE)
     mbarrier.wait(_halves_bar(bars, 4, 0, STAGES, STAGING, DS_BUFS), 0)
-    if MODE == 2:
-        for t in range(0, nf):
-            dk, dv = _pingpong_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars,
-                                    zero_s, zero_q, FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes,
-                                    min_off, qk_scale, dq_scale, C, NCOMP, KINDS, False, BLOCK, HALF, BLOCK_M, STAGES,
-                                    STAGING, DS_BUFS, p_layout)
-        for t in range(nf, t1):
-            dk, dv = _pingpong_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars,
-                                    zero_s, zero_q, FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes,
-                                    min_off, qk_scale, dq_scale, C, NCOMP, KINDS, True, BLOCK, HALF, BLOCK_M, STAGES,
-                                    STAGING, DS_BUFS, p_layout)
-        if t1 > 0:  # the last step's dQ
-            last = t1 - 1
-            prev = last % DS_BUFS
-            mbarrier.wait(_halves_bar(bars, 2, prev, STAGES, STAGING, DS_BUFS), (last // DS_BUFS) & 1)
-            dq = _halves_dq(ds_smem, kv_smem, prev, zero_q, C, HALF)
-            dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq, ))
-            _halves_stage(dq * dq_scale, stage, bars, last, C, STAGES, STAGING, DS_BUFS)
-    else:
-        for t in range(0, nf):
-            dk, dv = _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars,
-                                  zero_s, zero_q, FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off,
-                                  qk_scale, dq_scale, C, NCOMP, KINDS, False, BLOCK, HALF, BLOCK_M, STAGES, STAGING,
-                                  DS_BUFS, MODE, p_layout)
-        for t in range(nf, t1):
-            dk, dv = _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars,
-                                  zero_s, zero_q, FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off,
-                                  qk_scale, dq_scale, C, NCOMP, KINDS, True, BLOCK, HALF, BLOCK_M, STAGES, STAGING,
-                                  DS_BUFS, MODE, p_layout)
+    for t in range(0, nf):
+        dk, dv = _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars, zero_s,
+                              zero_q, FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off, qk_scale,
+                              dq_scale, C, NCOMP, KINDS, False, BLOCK, HALF, BLOCK_M, STAGES, STAGING, DS_BUFS, MODE,
+                              p_layout)
+    for t in range(nf, t1):
+        dk, dv = _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars, zero_s,
+                              zero_q, FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off, qk_scale,
+                              dq_scale, C, NCOMP, KINDS, True, BLOCK, HALF, BLOCK_M, STAGES, STAGING, DS_BUFS, MODE,
+                              p_layout)
+    if MODE == 2 and t1 > 0:  # the last step's dQ
+        last = t1 - 1
+        buf = last % DS_BUFS
+        mbarrier.wait(_halves_bar(bars, 2, buf, STAGES, STAGING, DS_BUFS), (last // DS_BUFS) & 1)
+        dq = _halves_dq(ds_smem, kv_smem, buf, zero_q, C, HALF)
+        dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq, ))
+        _halves_stage(dq * dq_scale, stage, bars, last, C, STAGES, STAGING, DS_BUFS)
     dk, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv))
     done = _halves_bar(bars, 5, 0, STAGES, STAGING, DS_BUFS)
     mbarrier.arrive(done, count=1)
@@ -1106,48 +1066,6 @@ def _halves_consumer(kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, st
     first = first_col + C * HALF
     _write(DK, DK_PREV, dk_off, first, stride_dkt, _blocked(dk * sm_scale, buf, 4), HALF, D, LOAD_PREV, 4)
     _write(DV, DV_PREV, dv_off, first, stride_dvt, _blocked(dv, buf, 4), HALF, D, LOAD_PREV, 4)
-
-
-@gluon.jit
-def _halves_loader(kv_smem, q_smem, do_smem, lse_smem, delta_smem, bars, qd, dod, kd, vd, lsed, deltad, FULL_IDX,
-                   PART_IDX, full_lo, part_lo, nf, t1, first_col, BLOCK: gl.constexpr, BLOCK_M: gl.constexpr,
-                   STAGES: gl.constexpr, STAGING: gl.constexpr, DS_BUFS: gl.constexpr):
-    """One warp: the column's K and V, then each step's Q, dO, lse and delta into the ring as both consumers
-    free the slots."""
-    kv = _halves_bar(bars, 4, 0, STAGES, STAGING, DS_BUFS)
-    mbarrier.expect(kv, kd.block_type.nbytes + vd.block_type.nbytes)
-    tma.async_copy_global_to_shared(kd, [first_col, 0], kv, kv_smem.index(0))
-    tma.async_copy_global_to_shared(vd, [first_col, 0], kv, kv_smem.index(1))
-    nbytes: gl.constexpr = qd.block_type.nbytes + dod.block_type.nbytes + lsed.block_type.nbytes + \
-        deltad.block_type.nbytes
-    for t in range(0, t1):
-        slot = t % STAGES
-        mbarrier.wait(_halves_bar(bars, 1, slot, STAGES, STAGING, DS_BUFS), ((t // STAGES) & 1) ^ 1)  # fresh: passes
-        start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, 1, BLOCK_M, BLOCK)
-        ready = _halves_bar(bars, 0, slot, STAGES, STAGING, DS_BUFS)
-        mbarrier.expect(ready, nbytes)
-        tma.async_copy_global_to_shared(qd, [start, 0], ready, q_smem.index(slot))
-        tma.async_copy_global_to_shared(dod, [start, 0], ready, do_smem.index(slot))
-        tma.async_copy_global_to_shared(lsed, [start // BLOCK_M, 0], ready, lse_smem.index(slot))
-        tma.async_copy_global_to_shared(deltad, [start // BLOCK_M, 0], ready, delta_smem.index(slot))
-
-
-@gluon.jit
-def _halves_sender(stage, bars, dqd, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, C: gl.constexpr,
-                   BLOCK: gl.constexpr, HALF: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
-                   STAGING: gl.constexpr, DS_BUFS: gl.constexpr):
-    """One warp: consumer C's staged dQ rows (its half of each step's queries) added into the sums by a TMA
-    reduce, a staging buffer handed back once its reduce has read it (``_ws_sender``)."""
-    for t in range(0, t1):
-        b = t % STAGING
-        mbarrier.wait(_halves_bar(bars, 6 + 2 * C, b, STAGES, STAGING, DS_BUFS), (t // STAGING) & 1)
-        start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, 1, BLOCK_M, BLOCK) + C * HALF
-        tma_reduce_add(dqd, [start, 0], stage.index(b))
-        tma.store_wait(pendings=STAGING - 1)  # the reduce of step t - STAGING + 1 has read its buffer
-        if t >= STAGING - 1:
-            mbarrier.arrive(_halves_bar(bars, 7 + 2 * C, (t - STAGING + 1) % STAGING, STAGES, STAGING, DS_BUFS),
-                            count=1)
-    tma.store_wait(pendings=0)
 
 
 @gluon.jit
@@ -1164,7 +1082,7 @@ def _dkdv_halves_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS
     """The fused dK/dV kernel warp-specialised FlashAttention-3's way: a program takes one BLOCK_N-key column
     (launch item ``program_id``) and walks its query blocks BLOCK_M rows a step; two consumer warpgroups split
     its keys (BLOCK_N / 2 each: the default partition and a 4-warp worker, CONSUMER_REGS registers a thread),
-    both reading the step's Q and dO, which one loader warp brings (``_halves_loader``); each consumer's dS^T
+    both reading the step's Q and dO, which one loader warp brings (``_ws_loader``); each consumer's dS^T
     half goes through shared memory, where the two consumers' dQ products (each its half of the queries, over
     all the keys) read both halves; a sender warp per consumer reduces its dQ rows into the sums. Against
     ``_dkdv_ws_kernel`` (a column a consumer, 32 queries a step) each product is twice as wide and the Q and dO
@@ -1204,6 +1122,7 @@ def _dkdv_halves_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS
     for i in gl.static_range(2 * STAGES + 2 * DS_BUFS + 2, 2 * STAGES + 2 * DS_BUFS + 2 + 4 * STAGING + 2):
         mbarrier.init(bars.index(i), count=1)
     dk_offs = (batch * stride_dkb + head * stride_dkh, batch * stride_dvb + head * stride_dvh)
+    STAGED: gl.constexpr = 2 * STAGES + 2 * DS_BUFS + 2  # ``_halves_bar``'s role 6 (consumer 0's staged[0])
     gl.warp_specialize([
         (_halves_consumer, (kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage_a, bars, DK, DV, DK_PREV,
                             DV_PREV, dk_offs[0], dk_offs[1], stride_dkt, stride_dvt, DQ_SCALE, FULL_IDX, PART_IDX,
@@ -1213,13 +1132,13 @@ def _dkdv_halves_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS
                             DV_PREV, dk_offs[0], dk_offs[1], stride_dkt, stride_dvt, DQ_SCALE, FULL_IDX, PART_IDX,
                             full_lo, part_lo, nf, t1, first, codes, min_off, qk_scale, sm_scale, 1, NCOMP, KINDS,
                             BLOCK, D, HALF, BLOCK_M, STAGES, STAGING, DS_BUFS, MODE, LOAD_PREV)),
-        (_halves_loader, (kv_smem, q_smem, do_smem, lse_smem, delta_smem, bars, qd, dod, kd, vd, lsed, deltad,
-                          FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, first, BLOCK, BLOCK_M, STAGES, STAGING,
-                          DS_BUFS)),
-        (_halves_sender, (stage_a, bars, dqd, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, 0, BLOCK, HALF, BLOCK_M,
-                          STAGES, STAGING, DS_BUFS)),
-        (_halves_sender, (stage_b, bars, dqd, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, 1, BLOCK, HALF, BLOCK_M,
-                          STAGES, STAGING, DS_BUFS)),
+        (_ws_loader, (kv_smem, q_smem, do_smem, lse_smem, delta_smem, bars, qd, dod, kd, vd, lsed, deltad, FULL_IDX,
+                      PART_IDX, full_lo, part_lo, nf, t1, first, BLOCK, BLOCK_M, STAGES, 0, STAGES,
+                      2 * STAGES + 2 * DS_BUFS)),
+        (_ws_sender, (stage_a, bars, dqd, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, 0, BLOCK, BLOCK_M, STAGING,
+                      STAGED, STAGED + STAGING)),
+        (_ws_sender, (stage_b, bars, dqd, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, HALF, BLOCK, BLOCK_M, STAGING,
+                      STAGED + 2 * STAGING, STAGED + 3 * STAGING)),
     ], [4, 1, 1, 1], [CONSUMER_REGS, 24, 24, 24])
 
 
