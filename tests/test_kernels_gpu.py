@@ -576,6 +576,37 @@ def test_dq_summed_by_the_dkdv_kernel_matches_the_reference(sums, dtype, split, 
                 assert torch.allclose(g.float(), p.float(), rtol=2e-2, atol=1e-2 * p.abs().max().item()), (label, name)
 
 
+def _two_ws_kinds(monkeypatch, dim, dtype, seed, first, second):
+    """The warp-specialised tests' cases (the fixed pattern at batch 2 x 4 heads, one head of 1,152 tokens: nine
+    columns, and fixed_per_head: several CSRs; the model's head views) with MEGASTRIDE_BLOCKSPARSE_GLUON_WS
+    ``first``, checked against the fp32 reference within the three-way tolerance (dK and dV the same bits on a
+    second call), then ``second``; each value must have taken the kernel it names (``warp_specialized``).
+    [(pattern name, n, results with first, results with second)]."""
+    B = _blocksparse()
+    G = importlib.import_module("megastride.kernels.gluon_bwd")
+    taken = []
+    real = G.warp_specialized
+    monkeypatch.setattr(G, "warp_specialized", lambda *a: taken.append(real(*a)) or taken[-1])
+    cases = ((P.same_for_all_heads(P.fixed(1024, 128), 4), 2, 8192),
+             (P.same_for_all_heads(P.fixed(1024, 128), 1), 1, 1152),
+             (P.fixed_per_head(1024, 128, 4, 2), 2, 8192))
+    out = []
+    for pattern, batch, n in cases:
+        layout = P.build_layout(pattern, n, 128, device="cuda")
+        grads = _head_view_grads(batch, n, len(pattern.heads), dim, dtype, seed=seed)
+        runs = []
+        for value in (first, second):
+            monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", value)
+            taken.clear()
+            runs.append(grads(lambda *x: B.blocksparse_attention(*x, layout)))
+            assert taken == [None if value == "0" else value], (pattern.heads[0].name, value, taken)
+            if value == first:
+                again = grads(lambda *x: B.blocksparse_attention(*x, layout))
+                _assert_like_the_reference(pattern, layout, grads, runs[0], again, same_bits=("out", "dk", "dv"))
+        out.append((pattern.heads[0].name, n, *runs))
+    return out
+
+
 @pytest.mark.parametrize("sums, dtype, dim", [("fp16", torch.bfloat16, 64), ("fp32", torch.float16, 64),
                                              ("fp16", torch.bfloat16, 128)])
 def test_the_warp_specialised_dkdv_kernel_matches_the_fused_one(sums, dtype, dim, monkeypatch):
@@ -588,29 +619,9 @@ def test_the_warp_specialised_dkdv_kernel_matches_the_fused_one(sums, dtype, dim
     bits on a second call. At head dim 128 (64-key tiles; the fused dQ asked for, "auto" leaves it off there)
     the same against ``_dkdv_kernel``'s fused form at its tiles."""
     _fused_dq_settings(monkeypatch, sums, "0")
-    B = _blocksparse()
-    G = importlib.import_module("megastride.kernels.gluon_bwd")
-    taken = []
-    real = G.warp_specialized
-    monkeypatch.setattr(G, "warp_specialized", lambda *a: taken.append(real(*a)) or taken[-1])
-    cases = ((P.same_for_all_heads(P.fixed(1024, 128), 4), 2, 8192),
-             (P.same_for_all_heads(P.fixed(1024, 128), 1), 1, 1152),
-             (P.fixed_per_head(1024, 128, 4, 2), 2, 8192))
-    for pattern, batch, n in cases:
-        layout = P.build_layout(pattern, n, 128, device="cuda")
-        grads = _head_view_grads(batch, n, len(pattern.heads), dim, dtype, seed=5)
-        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "columns")
-        taken.clear()
-        got = grads(lambda *x: B.blocksparse_attention(*x, layout))
-        assert taken == ["columns"], (pattern.heads[0].name, taken)
-        again = grads(lambda *x: B.blocksparse_attention(*x, layout))
-        _assert_like_the_reference(pattern, layout, grads, got, again, same_bits=("out", "dk", "dv"))
-        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "0")
-        taken.clear()
-        plain = grads(lambda *x: B.blocksparse_attention(*x, layout))
-        assert taken == [None], (pattern.heads[0].name, taken)
-        for name, g, p in zip(["out", "dk", "dv"], got[:1] + got[2:], plain[:1] + plain[2:]):
-            assert torch.equal(g, p), (pattern.heads[0].name, n, name, (g.float() - p.float()).abs().max().item())
+    for name, n, got, plain in _two_ws_kinds(monkeypatch, dim, dtype, 5, "columns", "0"):
+        for grad, g, p in zip(["out", "dk", "dv"], got[:1] + got[2:], plain[:1] + plain[2:]):
+            assert torch.equal(g, p), (name, n, grad, (g.float() - p.float()).abs().max().item())
 
 
 @pytest.mark.parametrize("sums, dtype, tiles", [("fp16", torch.bfloat16, ""), ("fp32", torch.float16, ""),
@@ -627,30 +638,10 @@ def test_the_halves_kernel_matches_the_reference(sums, dtype, tiles, monkeypatch
     late; one staging buffer)."""
     _fused_dq_settings(monkeypatch, sums, "0")
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES", tiles)
-    B = _blocksparse()
-    G = importlib.import_module("megastride.kernels.gluon_bwd")
-    taken = []
-    real = G.warp_specialized
-    monkeypatch.setattr(G, "warp_specialized", lambda *a: taken.append(real(*a)) or taken[-1])
-    cases = ((P.same_for_all_heads(P.fixed(1024, 128), 4), 2, 8192),
-             (P.same_for_all_heads(P.fixed(1024, 128), 1), 1, 1152),
-             (P.fixed_per_head(1024, 128, 4, 2), 2, 8192))
-    for pattern, batch, n in cases:
-        layout = P.build_layout(pattern, n, 128, device="cuda")
-        grads = _head_view_grads(batch, n, len(pattern.heads), 64, dtype, seed=7)
-        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "halves")
-        taken.clear()
-        got = grads(lambda *x: B.blocksparse_attention(*x, layout))
-        assert taken == ["halves"], (pattern.heads[0].name, taken)
-        again = grads(lambda *x: B.blocksparse_attention(*x, layout))
-        _assert_like_the_reference(pattern, layout, grads, got, again, same_bits=("out", "dk", "dv"))
-        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "columns")
-        taken.clear()
-        other = grads(lambda *x: B.blocksparse_attention(*x, layout))
-        assert taken == ["columns"], (pattern.heads[0].name, taken)
-        assert torch.equal(got[0], other[0])
-        for name, g, o in zip(["dk", "dv"], got[2:], other[2:]):
-            assert torch.allclose(g.float(), o.float(), rtol=2e-2, atol=1e-2 * o.float().abs().max().item()), name
+    for name, n, got, other in _two_ws_kinds(monkeypatch, 64, dtype, 7, "halves", "columns"):
+        assert torch.equal(got[0], other[0]), (name, n)
+        for grad, g, o in zip(["dk", "dv"], got[2:], other[2:]):
+            assert torch.allclose(g.float(), o.float(), rtol=2e-2, atol=1e-2 * o.float().abs().max().item()), (name, n, grad)
 
 
 @pytest.mark.parametrize("dtype, dim, launches, tiles", [
