@@ -1029,8 +1029,9 @@ def _halves_consumer(kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, st
                      BLOCK_M: gl.constexpr, STAGES: gl.constexpr, STAGING: gl.constexpr, DS_BUFS: gl.constexpr,
                      MODE: gl.constexpr, LOAD_PREV: gl.constexpr):
     """Consumer C of a shared column (``_halves_step``: the full blocks, then the partial ones under the token
-    predicate; MODE 2: then the last step's dQ); once both consumers' loops are done, its keys' dK (scaled) and dV written through a buffer of
-    its own (K's for consumer 0, V's for consumer 1) as ``_dkdv_kernel`` writes them."""
+    predicate; MODE 2: then the last step's dQ); once both consumers' loops are done, its keys' dK (scaled) and
+    dV written through a buffer of its own (K's for consumer 0, V's for consumer 1) as ``_dkdv_kernel`` writes
+    them."""
     layouts: gl.constexpr = mma_layouts(4, BLOCK_M, D)
     s_layout: gl.constexpr = layouts[0]
     o_layout: gl.constexpr = layouts[1]
@@ -1328,8 +1329,8 @@ def halves_tiles(head_dim: int) -> tuple[int, int, int, int, int, int]:
         return base
     m = re.fullmatch(r"s(\d)g(\d)d(\d)m([012])", raw)
     if not m or not (2 <= int(m[1]) and 1 <= int(m[2]) and 1 <= int(m[3])) or (m[4] == "2" and int(m[3]) < 2):
-        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES: {raw!r} is not sSgGdDmM (S >= 2 ring slots, G >= 1 "
-                         f"staging buffers, D >= 1 dS buffers (2 with M 2), M 0, 1 or 2), e.g. s2g2d2m0")
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES: {raw!r} is not sSgGdDmM (S >= 2 ring slots, "
+                         f"G >= 1 staging buffers, D >= 1 dS buffers (2 with M 2), M 0, 1 or 2), e.g. s2g2d2m0")
     return (*base[:2], *(int(m[i]) for i in range(1, 5)))
 
 
@@ -1458,6 +1459,6 @@ def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, nco
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
-__all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HALVES_TILES", "HEAD_DIMS", "MAX_REGISTERS", "WS_TILES", "backward_part",
-           "compile_for", "dkdv_launches", "halves_tiles", "look_ahead", "programs_per_sm", "registers", "tiles", "use_streams",
-           "warp_specialized"]
+__all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HALVES_TILES", "HEAD_DIMS", "MAX_REGISTERS", "WS_TILES",
+           "backward_part", "compile_for", "dkdv_launches", "halves_tiles", "look_ahead", "programs_per_sm",
+           "registers", "tiles", "use_streams", "warp_specialized"]

@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"the switch to alternate (default {SWITCH})")
     parser.add_argument("--values", default=",".join(MODES),
                         help="the switch's two values, off then on (default 0,1; a switch of VALUED: two of its "
-                             "values, e.g. MEGASTRIDE_BLOCKSPARSE_DQ: " + ", ".join(VALUED["MEGASTRIDE_BLOCKSPARSE_DQ"]) + ")")
+                             "values, e.g. MEGASTRIDE_BLOCKSPARSE_DQ: "
+                             + ", ".join(VALUED["MEGASTRIDE_BLOCKSPARSE_DQ"]) + ")")
     parser.add_argument("--profile", action="store_true",
                         help="after the rounds, profile a few calls at each value (per-kernel ms in the JSON)")
     parser.add_argument("--out", default=None, help="folder for launch_ab.json")

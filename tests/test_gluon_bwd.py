@@ -186,7 +186,8 @@ def test_the_warp_specialised_switch(monkeypatch):
     assert not G.warp_specialized(128, 128, lse, lse.clone()) and not G.warp_specialized(64, 256, lse, lse.clone())
     assert not G.warp_specialized(64, 128, lse[..., 1:1001], lse.clone())
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "on")
-    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_GLUON_WS must be auto, 0, 1, columns or halves, got 'on'"):
+    with pytest.raises(ValueError,
+                       match="MEGASTRIDE_BLOCKSPARSE_GLUON_WS must be auto, 0, 1, columns or halves, got 'on'"):
         G.warp_specialized(64, 128, lse, lse.clone())
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES", raising=False)
     assert G.halves_tiles(64) == G.HALVES_TILES[64]

@@ -612,12 +612,12 @@ def _two_ws_kinds(monkeypatch, dim, dtype, seed, first, second):
 def test_the_warp_specialised_dkdv_kernel_matches_the_fused_one(sums, dtype, dim, monkeypatch):
     """The fused backward over whole columns on the H200 with the two-columns warp-specialised kernel (two
     consumer warpgroups a program, loader and dQ sender warps: ``gluon_bwd._dkdv_ws_kernel``, asked for by
-    MEGASTRIDE_BLOCKSPARSE_GLUON_WS=columns) and without it ("0": ``_dkdv_kernel``): the same output, dK and dV to the bit (the same
-    products in the same order), on the model's head views, for the fixed pattern (one part; batch 2 x 4 heads,
-    and one head of 1,152 tokens: nine columns, so the last program's second consumer has no column) and
-    fixed_per_head (several CSRs); all within the three-way tolerance of the fp32 reference, dK and dV the same
-    bits on a second call. At head dim 128 (64-key tiles; the fused dQ asked for, "auto" leaves it off there)
-    the same against ``_dkdv_kernel``'s fused form at its tiles."""
+    MEGASTRIDE_BLOCKSPARSE_GLUON_WS=columns) and without it ("0": ``_dkdv_kernel``): the same output, dK and dV
+    to the bit (the same products in the same order), on the model's head views, for the fixed pattern (one
+    part; batch 2 x 4 heads, and one head of 1,152 tokens: nine columns, so the last program's second consumer
+    has no column) and fixed_per_head (several CSRs); all within the three-way tolerance of the fp32 reference,
+    dK and dV the same bits on a second call. At head dim 128 (64-key tiles; the fused dQ asked for, "auto" leaves
+    it off there) the same against ``_dkdv_kernel``'s fused form at its tiles."""
     _fused_dq_settings(monkeypatch, sums, "0")
     for name, n, got, plain in _two_ws_kinds(monkeypatch, dim, dtype, 5, "columns", "0"):
         for grad, g, p in zip(["out", "dk", "dv"], got[:1] + got[2:], plain[:1] + plain[2:]):
@@ -625,23 +625,25 @@ def test_the_warp_specialised_dkdv_kernel_matches_the_fused_one(sums, dtype, dim
 
 
 @pytest.mark.parametrize("sums, dtype, tiles", [("fp16", torch.bfloat16, ""), ("fp32", torch.float16, ""),
-                                               ("fp16", torch.bfloat16, "s2g2d2m1"), ("fp16", torch.bfloat16, "s2g2d2m2"),
+                                               ("fp16", torch.bfloat16, "s2g2d2m1"),
+                                               ("fp16", torch.bfloat16, "s2g2d2m2"),
                                                ("fp32", torch.float16, "s2g1d2m2")])
 def test_the_halves_kernel_matches_the_reference(sums, dtype, tiles, monkeypatch):
-    """MEGASTRIDE_BLOCKSPARSE_GLUON_WS=halves on the H200: the fused backward over whole columns with one column a
-    program, its keys split between two consumer warpgroups that exchange dS^T through shared memory
+    """MEGASTRIDE_BLOCKSPARSE_GLUON_WS=halves on the H200: the fused backward over whole columns with one column
+    a program, its keys split between two consumer warpgroups that exchange dS^T through shared memory
     (``gluon_bwd._dkdv_halves_kernel``), on the model's head views, for the fixed pattern (batch 2 x 4 heads, and
     one head of 1,152 tokens: an odd column count) and fixed_per_head (several CSRs): the output and all three
     gradients within the three-way tolerance of the fp32 reference, dK and dV the same bits on a second call,
-    and dK, dV within rounding of the two-columns kernel's (products summed over 128 queries at once there
-    against 32); also with the exponentials under dP^T (m1) and with the consumers taking turns (m2, dQ a step
-    late; one staging buffer)."""
+    and dK, dV within rounding of the two-columns kernel's (this kernel's dK and dV products sum over 128 queries
+    at once, that one's over 32); also with the exponentials under dP^T (m1) and with the consumers taking turns
+    (m2, dQ a step late; one staging buffer)."""
     _fused_dq_settings(monkeypatch, sums, "0")
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES", tiles)
     for name, n, got, other in _two_ws_kinds(monkeypatch, 64, dtype, 7, "halves", "columns"):
         assert torch.equal(got[0], other[0]), (name, n)
         for grad, g, o in zip(["dk", "dv"], got[2:], other[2:]):
-            assert torch.allclose(g.float(), o.float(), rtol=2e-2, atol=1e-2 * o.float().abs().max().item()), (name, n, grad)
+            bound = 1e-2 * o.float().abs().max().item()
+            assert torch.allclose(g.float(), o.float(), rtol=2e-2, atol=bound), (name, n, grad)
 
 
 @pytest.mark.parametrize("dtype, dim, launches, tiles", [
