@@ -336,6 +336,20 @@ def _write(X, X_PREV, off, first, stride_t, acc, ROWS: gl.constexpr, D: gl.const
 
 
 @gluon.jit
+def _write_dkdv(DK, DV, DK_PREV, DV_PREV, dk_off, dv_off, first, stride_dkt, stride_dvt, dk, dv, buf,
+                ROWS: gl.constexpr, D: gl.constexpr, LOAD_PREV: gl.constexpr, num_warps: gl.constexpr,
+                BLOCKED: gl.constexpr):
+    """Rows first.. of one head's dK and dV (``_write``): ``dk`` and ``dv`` in ``_out_layout``, or (BLOCKED) in an
+    accumulator's layout, each taken into it through ``buf`` (``_blocked``) just before it is written."""
+    if BLOCKED:
+        dk = _blocked(dk, buf, num_warps)
+    _write(DK, DK_PREV, dk_off, first, stride_dkt, dk, ROWS, D, LOAD_PREV, num_warps)
+    if BLOCKED:
+        dv = _blocked(dv, buf, num_warps)
+    _write(DV, DV_PREV, dv_off, first, stride_dvt, dv, ROWS, D, LOAD_PREV, num_warps)
+
+
+@gluon.jit
 def _finish_dkdv(DK, DV, DK_PREV, DV_PREV, dk_off, dv_off, first_col, stride_dkt, stride_dvt, dk, dv, WS, WS_CNT,
                  SEG_COUNT, SEG_CIDX, slot, bh, batch_heads, ws_cols, SPLIT: gl.constexpr, BLOCK: gl.constexpr,
                  BLOCK_N: gl.constexpr, D: gl.constexpr, LOAD_PREV: gl.constexpr, num_warps: gl.constexpr):
@@ -347,8 +361,8 @@ def _finish_dkdv(DK, DV, DK_PREV, DV_PREV, dk_off, dv_off, first_col, stride_dkt
     if SPLIT:
         segments = gl.load(SEG_COUNT + slot)  # 0: a padding slot, which writes nothing
         if segments == 1:
-            _write(DK, DK_PREV, dk_off, first_col, stride_dkt, dk, BLOCK_N, D, LOAD_PREV, num_warps)
-            _write(DV, DV_PREV, dv_off, first_col, stride_dvt, dv, BLOCK_N, D, LOAD_PREV, num_warps)
+            _write_dkdv(DK, DV, DK_PREV, DV_PREV, dk_off, dv_off, first_col, stride_dkt, stride_dvt, dk, dv, None,
+                        BLOCK_N, D, LOAD_PREV, num_warps, False)
         if segments > 1:
             layout: gl.constexpr = _out_layout(num_warps)
             column = bh.to(gl.int64) * ws_cols + gl.load(SEG_CIDX + slot)
@@ -367,11 +381,11 @@ def _finish_dkdv(DK, DV, DK_PREV, DV_PREV, dk_off, dv_off, first_col, stride_dkt
                 gl.store(WS + offs, zero)
                 gl.store(WS + ws_rows * D + offs, zero)
                 gl.store(WS_CNT + unit, 0)
-                _write(DK, DK_PREV, dk_off, first_col, stride_dkt, dk, BLOCK_N, D, LOAD_PREV, num_warps)
-                _write(DV, DV_PREV, dv_off, first_col, stride_dvt, dv, BLOCK_N, D, LOAD_PREV, num_warps)
+                _write_dkdv(DK, DV, DK_PREV, DV_PREV, dk_off, dv_off, first_col, stride_dkt, stride_dvt, dk, dv,
+                            None, BLOCK_N, D, LOAD_PREV, num_warps, False)
     else:
-        _write(DK, DK_PREV, dk_off, first_col, stride_dkt, dk, BLOCK_N, D, LOAD_PREV, num_warps)
-        _write(DV, DV_PREV, dv_off, first_col, stride_dvt, dv, BLOCK_N, D, LOAD_PREV, num_warps)
+        _write_dkdv(DK, DV, DK_PREV, DV_PREV, dk_off, dv_off, first_col, stride_dkt, stride_dvt, dk, dv, None,
+                    BLOCK_N, D, LOAD_PREV, num_warps, False)
 
 
 @gluon.constexpr_function
@@ -725,6 +739,20 @@ def _ws_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem,
 
 
 @gluon.jit
+def _consumer_start(DQ_SCALE, ROWS: gl.constexpr, COLS: gl.constexpr, D: gl.constexpr):
+    """What a warp-specialised consumer's steps carry and share, on one warpgroup's product layouts
+    (``mma_layouts`` of COLS-query steps): zero scores (ROWS keys x COLS queries), dK and dV (ROWS x D, zero), the
+    dQ sums' multiplier."""
+    layouts: gl.constexpr = mma_layouts(4, COLS, D)
+    s_layout: gl.constexpr = layouts[0]
+    o_layout: gl.constexpr = layouts[1]
+    zero_s = gl.zeros([ROWS, COLS], gl.float32, s_layout)
+    dk = warpgroup_mma_init(gl.zeros([ROWS, D], gl.float32, o_layout))
+    dv = warpgroup_mma_init(gl.zeros([ROWS, D], gl.float32, o_layout))
+    return zero_s, dk, dv, gl.load(DQ_SCALE)
+
+
+@gluon.jit
 def _ws_consumer(kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars, DK, DV, DK_PREV, DV_PREV,
                  dk_off, dv_off, stride_dkt, stride_dvt, DQ_SCALE, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1,
                  valid, first_col, codes, min_off, qk_scale, sm_scale, NCOMP: gl.constexpr, KINDS: gl.constexpr,
@@ -735,13 +763,9 @@ def _ws_consumer(kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage,
     them; ``valid`` 0: a padding item (an odd count's last program), which writes nothing."""
     layouts: gl.constexpr = mma_layouts(4, BLOCK_M, D)
     s_layout: gl.constexpr = layouts[0]
-    o_layout: gl.constexpr = layouts[1]
     p_layout: gl.constexpr = layouts[2]
-    zero_s = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout)
+    zero_s, dk, dv, dq_scale = _consumer_start(DQ_SCALE, BLOCK_N, BLOCK_M, D)
     zero_q = gl.zeros([D, BLOCK_M], gl.float32, s_layout)
-    dk = warpgroup_mma_init(gl.zeros([BLOCK_N, D], gl.float32, o_layout))
-    dv = warpgroup_mma_init(gl.zeros([BLOCK_N, D], gl.float32, o_layout))
-    dq_scale = gl.load(DQ_SCALE)
     mbarrier.wait(_ws_bar(bars, 4, 0, STAGES, STAGING), 0)
     for t in range(0, nf):
         dk, dv = _ws_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars, zero_s,
@@ -754,8 +778,8 @@ def _ws_consumer(kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage,
     dk, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv))
     if valid:  # K and V are read by nothing now: their buffer takes the gradients on the way out
         buf = kv_smem._reinterpret(gl.float32, [BLOCK_N, D], _plain_smem())
-        _write(DK, DK_PREV, dk_off, first_col, stride_dkt, _blocked(dk * sm_scale, buf, 4), BLOCK_N, D, LOAD_PREV, 4)
-        _write(DV, DV_PREV, dv_off, first_col, stride_dvt, _blocked(dv, buf, 4), BLOCK_N, D, LOAD_PREV, 4)
+        _write_dkdv(DK, DV, DK_PREV, DV_PREV, dk_off, dv_off, first_col, stride_dkt, stride_dvt, dk * sm_scale, dv, buf,
+                    BLOCK_N, D, LOAD_PREV, 4, True)
 
 
 @gluon.jit
@@ -1033,14 +1057,10 @@ def _halves_consumer(kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, st
     dV written through a buffer of its own (K's for consumer 0, V's for consumer 1) as ``_dkdv_kernel`` writes
     them."""
     layouts: gl.constexpr = mma_layouts(4, BLOCK_M, D)
-    s_layout: gl.constexpr = layouts[0]
     o_layout: gl.constexpr = layouts[1]
     p_layout: gl.constexpr = layouts[2]
-    zero_s = gl.zeros([HALF, BLOCK_M], gl.float32, s_layout)
+    zero_s, dk, dv, dq_scale = _consumer_start(DQ_SCALE, HALF, BLOCK_M, D)
     zero_q = gl.zeros([HALF, D], gl.float32, o_layout)
-    dk = warpgroup_mma_init(gl.zeros([HALF, D], gl.float32, o_layout))
-    dv = warpgroup_mma_init(gl.zeros([HALF, D], gl.float32, o_layout))
-    dq_scale = gl.load(DQ_SCALE)
     mbarrier.wait(_halves_bar(bars, 4, 0, STAGES, STAGING, DS_BUFS), 0)
     for t in range(0, nf):
         dk, dv = _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars, zero_s,
@@ -1064,9 +1084,8 @@ def _halves_consumer(kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, st
     mbarrier.arrive(done, count=1)
     mbarrier.wait(done, 0)  # the other consumer's dQ products have read all of K
     buf = kv_smem.index(C)._reinterpret(gl.float32, [HALF, D], _plain_smem())
-    first = first_col + C * HALF
-    _write(DK, DK_PREV, dk_off, first, stride_dkt, _blocked(dk * sm_scale, buf, 4), HALF, D, LOAD_PREV, 4)
-    _write(DV, DV_PREV, dv_off, first, stride_dvt, _blocked(dv, buf, 4), HALF, D, LOAD_PREV, 4)
+    _write_dkdv(DK, DV, DK_PREV, DV_PREV, dk_off, dv_off, first_col + C * HALF, stride_dkt, stride_dvt, dk * sm_scale,
+                dv, buf, HALF, D, LOAD_PREV, 4, True)
 
 
 @gluon.jit
