@@ -2292,9 +2292,10 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
 
             segments = None
             block_n = gluon_bwd.FUSED_TILES[head_dim][0] if fused_dq else gluon_bwd.tiles("dkdv", head_dim)[0]
-            # the halves kernel: one column a program, one program an SM
-            halves = fused_dq and gluon_bwd.warp_specialized(head_dim, layout.block, lse, delta) == "halves"
-            per_sm = 1 if halves else gluon_bwd.programs_per_sm("dkdv", head_dim)
+            # the warp-specialised kernel whole columns of a fused launch take (the halves kernel: one column a
+            # program, one program an SM)
+            ws = gluon_bwd.warp_specialized(head_dim, layout.block, lse, delta) if fused_dq else None
+            per_sm = 1 if ws == "halves" else gluon_bwd.programs_per_sm("dkdv", head_dim)
             seg_len = gluon_split(layout, batch, gpu_sms(q), block_n, per_sm)
             if seg_len:
                 key, seg = _segments(meta, seg_len)
@@ -2303,7 +2304,7 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
                             *_split_workspace(meta, key, batch, head_dim, layout.block, q.device))
             gluon_bwd.backward_part(q, k, v, do, lse, delta, (dq, dk, dv), (dq_sum, dk_sum, dv_sum), meta,
                                     (_side_order(meta, "row"), _side_order(meta, "col")), layout.block, scale,
-                                    load_prev, segments, fused_dq)
+                                    load_prev, segments, fused_dq, ws)
             continue
         consts = {**_common(layout, meta, q, load_prev), "DESC": _desc_loads(meta, q, k, v, do)}
         common = (len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E, scale)

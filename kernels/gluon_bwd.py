@@ -1168,7 +1168,7 @@ def _strides(*tensors) -> list[int]:
 
 
 def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: int, scale: float, load_prev: bool,
-                  segments=None, dq_sums=None):
+                  segments=None, dq_sums=None, ws=None):
     """One layout part's dQ, dK and dV on the GPU: ``grads`` (dq, dk, dv) written (plus ``prevs``, the
     earlier parts' sums of the same strides, where ``load_prev``), from the merged lse (base 2) and delta
     of ``blocksparse._backward``; ``meta`` the part's ``_PartMeta``, ``orders`` its (row, column) block
@@ -1180,8 +1180,8 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
     programs then take segments. ``dq_sums``: None, or (sums, multiplier): the dK/dV programs then add each
     step's dQ times ``multiplier`` (a one-element fp32 tensor) into ``sums`` ((B, H, T, D), fp32 or fp16,
     TMA-aligned strides, zeroed by the caller, who makes dQ of it: ``blocksparse.dq_sums_buffer``) with
-    ``FUSED_TILES``, and no dQ kernel runs; whole columns take the warp-specialised kernel where
-    ``warp_specialized`` says so (``WS_TILES``)."""
+    ``FUSED_TILES``, and no dQ kernel runs; whole columns take the warp-specialised kernel ``ws`` names
+    (``warp_specialized``'s answer, which the caller has for its split decision: "halves", "columns" or None)."""
     batch, _, n, d = q.shape
     heads = meta.heads.numel()
     lists = meta.lists
@@ -1219,7 +1219,7 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
     # dQ on a second stream beside dK/dV: its programs fill the SMs the long dK/dV columns leave idle at
     # the end (what the Triton kernels' "merged" mode does in one launch)
     split = segments is not None
-    kind = warp_specialized(d, block, lse, delta) if dq_sums is not None and not split else None
+    kind = ws if dq_sums is not None and not split else None
     if kind == "columns":
         block_n, block_m, stages, staging = WS_TILES[d]
         n_items = col_order.shape[1] * (block // block_n) * batch * heads
