@@ -28,7 +28,8 @@ def profile_calls(call: Callable[[], object], iters: int = 10, top: int = 12) ->
     Returns per call: ``wall_ms`` (synchronised), ``host_ms`` (time to issue the work with no sync
     inside the loop: near wall_ms means the host, not the GPU, sets the pace), ``gpu_ms`` (sum of
     kernel times; below wall_ms = the GPU idles), ``kernels_ms`` (each kernel, largest first) and
-    ``host_ops_ms`` (self host time of the ``top`` costliest host ops and runtime calls).
+    ``host_ops_ms`` (self host time of the ``top`` costliest host ops and runtime calls); on CUDA also
+    ``idle`` (``idle_gaps``: where between kernels the GPU idled, and what the host was doing then).
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -51,6 +52,7 @@ def profile_calls(call: Callable[[], object], iters: int = 10, top: int = 12) ->
             kernels[name] = kernels.get(name, 0.0) + us / 1e3 / iters
         elif e.self_cpu_time_total > 0:
             host[name] = host.get(name, 0.0) + e.self_cpu_time_total / 1e3 / iters
+    idle = _idle_of(prof, iters, top) if cuda else None
     sync()
     start = time.perf_counter()
     for _ in range(iters):
@@ -58,15 +60,106 @@ def profile_calls(call: Callable[[], object], iters: int = 10, top: int = 12) ->
     issue = (time.perf_counter() - start) * 1e3 / iters
     sync()
     by_time = lambda d: dict(sorted(d.items(), key=lambda kv: -kv[1]))  # noqa: E731
-    return {"wall_ms": wall, "host_ms": issue, "gpu_ms": sum(kernels.values()), "kernels_ms": by_time(kernels),
-            "host_ops_ms": dict(list(by_time(host).items())[:top])}
+    out = {"wall_ms": wall, "host_ms": issue, "gpu_ms": sum(kernels.values()), "kernels_ms": by_time(kernels),
+           "host_ops_ms": dict(list(by_time(host).items())[:top])}
+    if idle is not None:
+        out["idle"] = idle
+    return out
+
+
+def _idle_of(prof, iters: int, top: int) -> dict | None:
+    """``idle_gaps`` of a torch.profiler run from its kineto events (None where they cannot be read)."""
+    try:
+        events = prof.profiler.kineto_results.events()
+    except AttributeError:
+        return None
+    kernels, copies, runtime, ops = [], [], [], []
+    for e in events:
+        span = (e.start_ns() / 1e6, e.end_ns() / 1e6, e.name())
+        if "CUDA" in str(e.device_type()):
+            (copies if e.name().startswith(("Memcpy", "Memset")) else kernels).append(span)
+        else:
+            (runtime if e.name().startswith("cu") else ops).append(span)
+    return idle_gaps(kernels, copies, runtime, calls=iters, top=top, ops=ops)
+
+
+def idle_gaps(kernels: list, copies: list = (), runtime: list = (), calls: int = 1, top: int = 12,
+              min_ms: float = 0.005, ops: list = (), largest: int = 3) -> dict:
+    """Where the GPU's compute engines idle inside a profiled window, from (start_ms, end_ms, name) spans.
+
+    ``kernels`` are the compute kernels (all streams: busy where any runs), ``copies`` the host<->device
+    copies (side streams: a gap they overlap is a wait on a copy), ``runtime`` the host's CUDA runtime
+    calls (a gap under cudaEventSynchronize, cudaFree or cudaHostAlloc is one the host left by blocking).
+    A gap is a stretch of at least ``min_ms`` with no kernel between the window's first kernel start and
+    its last kernel end. Returns per call (divided by ``calls``): ``idle_ms`` (the gaps' sum),
+    ``gaps`` (the ``top`` costliest (kernel before -> kernel after) pairs with ms and count),
+    ``under_copy_ms`` (gap time a copy overlaps), ``under_runtime_ms`` (gap time each runtime call
+    overlaps, the costliest ``top``); and ``largest``: the ``largest`` longest single gaps (not per call),
+    each with its ms, where it starts (ms from the first kernel's start), the kernels around it, and the
+    copies, runtime calls and host ops (``ops``: the profiler's CPU-side op spans) that overlap it, outermost
+    (earliest start) first, each with the ms it overlaps and where it starts relative to the gap."""
+    spans = sorted(kernels)
+    pairs: dict[str, list] = {}
+    under_runtime: dict[str, float] = {}
+    idle = under_copy = 0.0
+    gaps, keys = [], []
+    if spans:
+        end, last = spans[0][1], spans[0][2]
+        for start, stop, name in spans[1:]:
+            if start - end >= min_ms:
+                key = f"{last[:50]} -> {name[:50]}"
+                gaps.append((end, start))
+                keys.append(key)
+                entry = pairs.setdefault(key, [0.0, 0])
+                entry[0] += start - end
+                entry[1] += 1
+            if stop > end:
+                end, last = stop, name
+    overlap = lambda a, b, c, d: max(0.0, min(b, d) - max(a, c))  # noqa: E731
+    for a, b in gaps:
+        idle += b - a
+        under_copy += _covered(a, b, copies)
+        for start, stop, name in runtime:
+            if stop > a and start < b:
+                under_runtime[name] = under_runtime.get(name, 0.0) + overlap(a, b, start, stop)
+    ranked = sorted(pairs.items(), key=lambda kv: -kv[1][0])[:top]
+
+    def inside(a, b, spans, limit):  # the spans overlapping [a, b], outermost (earliest start) first
+        hits = sorted((s, -e, n) for s, e, n in spans if e > a and s < b)
+        return [{"name": n[:80], "ms": overlap(a, b, s, -e), "from_ms": s - a} for s, e, n in hits[:limit]]
+    longest = sorted(zip(gaps, keys), key=lambda g: g[0][0] - g[0][1])[:largest]
+    return {"idle_ms": idle / calls, "gaps": [{"between": k, "ms": v[0] / calls, "count": v[1] / calls}
+                                              for k, v in ranked],
+            "under_copy_ms": under_copy / calls,
+            "under_runtime_ms": {k: v / calls for k, v in sorted(under_runtime.items(), key=lambda kv: -kv[1])[:top]},
+            "largest": [{"ms": b - a, "at_ms": a - spans[0][0], "between": key, "copies": inside(a, b, copies, 6),
+                         "runtime": inside(a, b, runtime, 6), "ops": inside(a, b, ops, 12)}
+                        for (a, b), key in longest]}
+
+
+def _covered(a: float, b: float, spans: list) -> float:
+    """How much of [a, b] the union of ``spans`` covers."""
+    cut = sorted((max(a, s), min(b, e)) for s, e, _ in spans if e > a and s < b)
+    total, reach = 0.0, a
+    for s, e in cut:
+        if e > reach:
+            total += e - max(s, reach)
+            reach = e
+    return total
 
 
 def summary(prof: dict, kernels: int = 4) -> str:
     """One line: wall, host issue and GPU time per call and the largest kernels."""
     top = ", ".join(f"{name[:40]} {ms:.3f}" for name, ms in list(prof["kernels_ms"].items())[:kernels])
-    return (f"wall {prof['wall_ms']:.3f} ms, host issue {prof['host_ms']:.3f} ms, GPU kernels {prof['gpu_ms']:.3f} ms "
+    line = (f"wall {prof['wall_ms']:.3f} ms, host issue {prof['host_ms']:.3f} ms, GPU kernels {prof['gpu_ms']:.3f} ms "
             f"per call ({top})")
+    idle = prof.get("idle")
+    if idle and idle["gaps"]:
+        first = idle["gaps"][0]
+        host = ", ".join(f"{k} {v:.3f}" for k, v in list(idle["under_runtime_ms"].items())[:2])
+        line += (f"; GPU idle {idle['idle_ms']:.3f} ms (most between {first['between']}: {first['ms']:.3f}; "
+                 f"under copies {idle['under_copy_ms']:.3f}; under {host or 'no runtime call'})")
+    return line
 
 
 # nvidia-smi's clocks_event_reasons bits that hold the SM clock down under load: software power cap (0x4),

@@ -265,3 +265,40 @@ def test_profile_calls_attributes_host_time_to_ops():
     if not torch.cuda.is_available():
         assert prof["kernels_ms"] == {} and prof["gpu_ms"] == 0
     assert summary(prof).startswith(f"wall {prof['wall_ms']:.3f} ms, host issue")
+
+
+def test_idle_gaps_finds_the_gpus_idle_stretches_and_what_overlapped_them():
+    """idle_gaps on hand-made spans: overlapping kernels on two streams are one busy stretch, gaps
+    under min_ms do not count, each gap goes to the kernel pair around it, and the copy and runtime
+    overlaps are the parts of the gaps they cover (a copy spanning two gaps counts in both, a runtime
+    call outside every gap not at all); all per call."""
+    from megastride.kernels.profiling import idle_gaps, summary
+
+    kernels = [(0.0, 1.0, "a"), (0.5, 2.0, "b"),  # overlapping: busy 0-2, ends with b
+               (2.001, 3.0, "c"),                  # 0.001 ms: under min_ms
+               (4.0, 5.0, "d"),                    # gap c -> d 1.0
+               (5.5, 6.0, "c"), (7.0, 8.0, "d")]   # gaps d -> c 0.5, c -> d 1.0
+    copies = [(3.5, 5.8, "Memcpy HtoD"), (3.6, 3.9, "Memcpy DtoH")]  # covers 3.5-4.0 and 5.0-5.5
+    runtime = [(2.5, 3.2, "cudaFree"), (3.8, 4.5, "cudaEventSynchronize"), (6.2, 6.4, "cudaEventSynchronize"),
+               (1.0, 1.5, "cudaLaunchKernel")]
+    got = idle_gaps(kernels, copies, runtime, calls=2)
+    assert got["idle_ms"] == pytest.approx(2.5 / 2)
+    assert got["gaps"][0] == {"between": "c -> d", "ms": pytest.approx(2.0 / 2), "count": 1.0}
+    assert got["gaps"][1] == {"between": "d -> c", "ms": pytest.approx(0.5 / 2), "count": 0.5}
+    assert got["under_copy_ms"] == pytest.approx((0.5 + 0.5) / 2)
+    assert got["under_runtime_ms"] == {"cudaEventSynchronize": pytest.approx((0.2 + 0.2) / 2),
+                                       "cudaFree": pytest.approx(0.2 / 2)}
+    assert list(got["under_runtime_ms"]) == ["cudaEventSynchronize", "cudaFree"]
+    assert idle_gaps([]) == {"idle_ms": 0.0, "gaps": [], "under_copy_ms": 0.0, "under_runtime_ms": {}, "largest": []}
+    ops = [(2.9, 4.2, "BlockCheckpointBackward"), (3.1, 3.3, "aten::empty"), (0.0, 0.5, "aten::mm")]
+    longest = idle_gaps(kernels, copies, runtime, calls=2, ops=ops, largest=2)["largest"]
+    assert [(g["ms"], g["at_ms"], g["between"]) for g in longest] == [(1.0, 3.0, "c -> d"), (1.0, 6.0, "c -> d")]
+    first = longest[0]
+    approx = lambda items: [(d["name"], pytest.approx(d["ms"]), pytest.approx(d["from_ms"])) for d in items]  # noqa: E731
+    assert approx(first["copies"]) == [("Memcpy HtoD", 0.5, 0.5), ("Memcpy DtoH", 0.3, 0.6)]
+    assert approx(first["runtime"]) == [("cudaFree", 0.2, -0.5), ("cudaEventSynchronize", 0.2, 0.8)]
+    assert approx(first["ops"]) == [("BlockCheckpointBackward", 1.0, -0.1), ("aten::empty", 0.2, 0.1)]
+    assert longest[1]["copies"] == [] and [r["name"] for r in longest[1]["runtime"]] == ["cudaEventSynchronize"]
+    line = summary({"wall_ms": 9.0, "host_ms": 1.0, "gpu_ms": 6.0, "kernels_ms": {"a": 1.0}, "idle": got})
+    assert line.endswith("; GPU idle 1.250 ms (most between c -> d: 1.000; under copies 0.500; "
+                         "under cudaEventSynchronize 0.200, cudaFree 0.100)")
