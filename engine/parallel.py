@@ -205,10 +205,6 @@ class BlockCheckpoint(torch.autograd.Function):
         tensors, ctx.kept_prefetched = ctx.kept_prefetched, None
         if tensors is None:
             tensors = BlockCheckpoint._kept_back(ctx)
-        elif ctx.device.type == "cuda":  # allocated on the copy stream, used on this one
-            current = torch.cuda.current_stream(ctx.device)
-            for t in tensors:
-                t.record_stream(current)
         return [(tensors[i], tensors[i + 1]) for i in range(0, len(tensors), 2)]
 
     @staticmethod
@@ -218,10 +214,8 @@ class BlockCheckpoint(torch.autograd.Function):
             return ctx.saved_tensors[0]
         if ctx.prefetched is not None:
             x, ctx.prefetched = ctx.prefetched, None
-            if ctx.fetched is not None:
-                current = torch.cuda.current_stream(ctx.device)
-                current.wait_event(ctx.fetched)
-                x.record_stream(current)  # allocated on the copy stream, used on this one
+            if ctx.fetched is not None:  # x and the kept outputs: copied by the side stream
+                torch.cuda.current_stream(ctx.device).wait_event(ctx.fetched)
             return x
         if ctx.on_host is not None:  # the copy out ran on the side stream
             torch.cuda.current_stream(ctx.device).wait_event(ctx.on_host)
@@ -229,17 +223,31 @@ class BlockCheckpoint(torch.autograd.Function):
 
     @staticmethod
     def _prefetch(ctx) -> None:
-        """Start copying ctx's input back (side stream on a GPU) for when its backward comes."""
+        """Start copying ctx's input (and kept outputs) back for when its backward comes: on a GPU by the
+        side stream, into buffers of the compute stream's pool, once the compute stream has reached this
+        point (the start of the successor's backward). Before the fortieth run these copies started when
+        the host got here, into buffers of the side stream's pool; the host runs the backward several
+        blocks ahead of the GPU, and the 1M step's profile (docs/scaling.md) showed the GPU idle about
+        420 ms a step at the first recomputed block's fetch while host-to-device copies of some seven
+        blocks ran back to back: later blocks' prefetches ahead of that block's own copies."""
         if ctx.prefetched is not None or ctx.host is None:
             return
         kept = ctx.kept_host is not None
         if ctx.device.type == "cuda":
-            stream = _copy_stream(ctx.device)  # after ctx's copies out: same stream
+            current, stream = torch.cuda.current_stream(ctx.device), _copy_stream(ctx.device)
+            hosts = [ctx.host] + ([h for h, _ in ctx.kept_host] if kept else [])
+            buffers = [torch.empty(h.shape, dtype=h.dtype, device=ctx.device) for h in hosts]
+            stream.wait_stream(current)  # the buffers' earlier users on the compute stream are done
             with torch.cuda.stream(stream):
-                ctx.prefetched = ctx.host.to(ctx.device, non_blocking=True)
-                ctx.kept_prefetched = BlockCheckpoint._kept_back(ctx) if kept else None
+                for b, h in zip(buffers, hosts):
+                    b.copy_(h, non_blocking=True)
                 ctx.fetched = torch.cuda.Event()
                 ctx.fetched.record(stream)
+            for b in buffers:  # not reused before the copy is done, even if this backward never comes
+                b.record_stream(stream)
+            ctx.prefetched = buffers[0]
+            ctx.kept_prefetched = [b.permute(_inverse(order)) for b, (_, order) in zip(buffers[1:], ctx.kept_host)] \
+                if kept else None
         else:
             ctx.prefetched = ctx.host.to(ctx.device)
             ctx.kept_prefetched = BlockCheckpoint._kept_back(ctx) if kept else None
@@ -248,6 +256,7 @@ class BlockCheckpoint(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x = BlockCheckpoint._fetch(ctx).detach().requires_grad_(True)
+        kept = BlockCheckpoint._fetch_kept(ctx)  # before the predecessor's prefetch: ours are needed first
         if ctx.overlap:
             prev = _chain(ctx.device).pop_previous(ctx)
             if prev is not None:
@@ -260,7 +269,7 @@ class BlockCheckpoint(torch.autograd.Function):
                     torch.cuda.set_rng_state(ctx.cuda_rng, ctx.device)
             for kind, dtype in ctx.autocast:
                 stack.enter_context(torch.autocast(kind, dtype=dtype))
-            stack.enter_context(_keeping(BlockCheckpoint._fetch_kept(ctx), reuse=True))
+            stack.enter_context(_keeping(kept, reuse=True))
             out = ctx.block(x)
         # through the output's gradient edge, the output itself let go first: a block's backward does not
         # read it (the residual add's gradient is ``grad``), and held here it would stay allocated through
