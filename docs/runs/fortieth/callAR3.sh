@@ -17,10 +17,3 @@ echo "host rc $?" >> $OUT/host.log
 grep -v "^|" $OUT/host.log | grep -v "memory at the peak" | grep -v "^  host.*cudaMemcpyAsync" | tail -150
 rm -rf $OUT/host
 date -u >> $OUT/times.txt
-# (3) the same step with the loss over 65,536 positions a chunk (8,192 by default: 128 chunks of small kernels,
-# whose host-bound gaps summed to about 60 ms a step in calls 1-2)
-timeout 170 megastride bench scaling $common $mem --set model.loss_chunk=65536 --out $OUT/chunk > $OUT/chunk.log 2>&1
-echo "chunk rc $?" >> $OUT/chunk.log
-grep -v "^|" $OUT/chunk.log | grep -v "memory at the peak" | tail -3
-rm -rf $OUT/chunk
-date -u >> $OUT/times.txt
