@@ -102,21 +102,20 @@ def idle_gaps(kernels: list, copies: list = (), runtime: list = (), calls: int =
     pairs: dict[str, list] = {}
     under_runtime: dict[str, float] = {}
     idle = under_copy = 0.0
-    gaps, keys = [], []
+    gaps = []  # (start, end, "kernel before -> kernel after")
     if spans:
         end, last = spans[0][1], spans[0][2]
         for start, stop, name in spans[1:]:
             if start - end >= min_ms:
                 key = f"{last[:50]} -> {name[:50]}"
-                gaps.append((end, start))
-                keys.append(key)
+                gaps.append((end, start, key))
                 entry = pairs.setdefault(key, [0.0, 0])
                 entry[0] += start - end
                 entry[1] += 1
             if stop > end:
                 end, last = stop, name
     overlap = lambda a, b, c, d: max(0.0, min(b, d) - max(a, c))  # noqa: E731
-    for a, b in gaps:
+    for a, b, _ in gaps:
         idle += b - a
         under_copy += _covered(a, b, copies)
         for start, stop, name in runtime:
@@ -127,14 +126,14 @@ def idle_gaps(kernels: list, copies: list = (), runtime: list = (), calls: int =
     def inside(a, b, spans, limit):  # the spans overlapping [a, b], outermost (earliest start) first
         hits = sorted((s, -e, n) for s, e, n in spans if e > a and s < b)
         return [{"name": n[:80], "ms": overlap(a, b, s, -e), "from_ms": s - a} for s, e, n in hits[:limit]]
-    longest = sorted(zip(gaps, keys), key=lambda g: g[0][0] - g[0][1])[:largest]
+    longest = sorted(gaps, key=lambda g: g[0] - g[1])[:largest]
     return {"idle_ms": idle / calls, "gaps": [{"between": k, "ms": v[0] / calls, "count": v[1] / calls}
                                               for k, v in ranked],
             "under_copy_ms": under_copy / calls,
             "under_runtime_ms": {k: v / calls for k, v in sorted(under_runtime.items(), key=lambda kv: -kv[1])[:top]},
             "largest": [{"ms": b - a, "at_ms": a - spans[0][0], "between": key, "copies": inside(a, b, copies, 6),
                          "runtime": inside(a, b, runtime, 6), "ops": inside(a, b, ops, 12)}
-                        for (a, b), key in longest]}
+                        for a, b, key in longest]}
 
 
 def _covered(a: float, b: float, spans: list) -> float:
