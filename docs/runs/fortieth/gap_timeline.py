@@ -21,14 +21,9 @@ def _with_timeline(prof, iters, top):
         row = (e.start_ns() / 1e6, e.end_ns() / 1e6, e.name(), e.device_resource_id())
         (gpu if "CUDA" in str(e.device_type()) else host).append(row)
     gpu.sort()
-    t0 = gpu[0][0]
-    kernels = [g for g in gpu if not g[2].startswith(("Memcpy", "Memset"))]
-    best, end_prev, prev = (0.0, 0.0, 0.0), kernels[0][1], kernels[0]
-    for k in kernels[1:]:
-        if k[0] - end_prev > best[0]:
-            best = (k[0] - end_prev, end_prev, k[0])
-        end_prev = max(end_prev, k[1])
-    _, a, b = best
+    longest = out["largest"][0]  # idle_gaps' own: at_ms counts from the first kernel's start
+    a = min(g[0] for g in gpu if not g[2].startswith(("Memcpy", "Memset"))) + longest["at_ms"]
+    b, t0 = a + longest["ms"], gpu[0][0]
     print(f"longest gap {b - a:.2f} ms from {a - t0:.2f} ms")
     merged = []
     for s, e, n, st in gpu:
