@@ -32,6 +32,15 @@ class _HostChain:
         self.pending = [r for r in self.pending if r() is not None]
         self.pending.append(weakref.ref(ctx))
 
+    def last(self):
+        """The live entry pushed last (the last recomputed block's), or None."""
+        while self.pending:
+            ctx = self.pending[-1]()
+            if ctx is not None:
+                return ctx
+            self.pending.pop()
+        return None
+
     def pop_previous(self, ctx):
         """Drop ``ctx`` (and any stale entry after it); the live entry before it, or None."""
         for i in range(len(self.pending) - 1, -1, -1):
@@ -40,12 +49,7 @@ class _HostChain:
                 break
         else:
             return None
-        while self.pending:
-            prev = self.pending[-1]()
-            if prev is not None:
-                return prev
-            self.pending.pop()
-        return None
+        return self.last()
 
 
 _CHAINS: dict[str, _HostChain] = {}
@@ -282,6 +286,34 @@ class BlockCheckpoint(torch.autograd.Function):
         return None, x.grad, None, None, None, None
 
 
+class _PrefetchLastRecomputed(torch.autograd.Function):
+    """Identity on the first kept block's output (train.offload_overlap with two or more blocks not recomputed):
+    its backward, which runs as that block's backward starts, starts copying back the last recomputed
+    block's input, which no block's backward prefetches (each prefetches its predecessor's). Then the copy
+    (59 ms at 1M tokens: the input and kept attention outputs) runs under that block's backward, not at the
+    GPU's expense when the recomputed blocks begin (the 1M step's profile, docs/scaling.md). Not earlier:
+    memory peaks in the last block's backward, which comes before (every kept activation live,
+    ``engine.plan``); by the first kept block's, the last block's activations (more bytes than the copy) are
+    freed."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.device = x.device
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        last = _chain(ctx.device).last()
+        if last is not None:
+            BlockCheckpoint._prefetch(last)
+        return grad
+
+
+def _prefetching_last_recomputed(block, x: torch.Tensor) -> torch.Tensor:
+    out = block(x)
+    return _PrefetchLastRecomputed.apply(out) if torch.is_grad_enabled() else out
+
+
 class Segment:
     """Consecutive blocks recomputed as one unit, each block recomputed again inside it.
 
@@ -344,9 +376,13 @@ def apply_activation_checkpointing(model: nn.Module, train: TrainConfig) -> None
         if k > 1:
             model.segments = units
     else:  # each recomputed unit carries its runner, the first `keeping` the keeping one; the kept blocks
-        # (not recomputed) run under the model's plain runner
+        # (not recomputed) run under the model's plain runner, the first of two or more starting the last
+        # recomputed unit's prefetch under offload_overlap (_PrefetchLastRecomputed)
+        kept = blocks[recomputed:]
+        if train.cpu_checkpointing and train.offload_overlap and not train.compile and len(kept) >= 2:
+            kept[0] = functools.partial(_prefetching_last_recomputed, kept[0])
         model.segments = [functools.partial(keeper if i < keeping else runner, unit) for i, unit in enumerate(units)] \
-            + blocks[recomputed:]
+            + kept
 
 
 def _torch_checkpoint(fn, x: torch.Tensor) -> torch.Tensor:

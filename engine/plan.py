@@ -900,7 +900,9 @@ def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamC
     kept_on_host (train.offload_attention): they wait in host memory, ``keeping`` of them on the GPU while
     the forward pass copies them out and the recomputed blocks' backward copies them back; none between the
     two (the loss's backward, the backward of the blocks not recomputed): the copies out end under the last
-    blocks' forward, and the first copy back starts with the last recomputed block's backward.
+    blocks' forward, and the first copy back starts with the last recomputed block's backward, or (under
+    offload_overlap with two or more blocks not recomputed) with the first kept block's, when the last
+    block's activations, more bytes than that copy, are already freed: below the peak either way.
     """
     L, d = model.n_layers, model.d_model
     resid = tokens * prec.residual * d  # one (B, T, D) residual

@@ -111,6 +111,56 @@ def test_overlap_prefetches_only_among_recomputed_blocks():
     assert chain.prefetched - before == 2 and chain.pending == []
 
 
+def test_overlap_prefetches_the_last_recomputed_block_as_the_first_kept_one_starts_its_backward():
+    """With two or more blocks not recomputed, the first kept block's backward starts copying back the last
+    recomputed block's input (which no recomputed block prefetches): k prefetches for k recomputed blocks, the
+    last one's made after the last block's backward (where memory peaks) and before the first kept block's,
+    and the gradients those of the model without offload (with one kept block it stays k - 1: the test
+    above)."""
+    calls = []
+    BlockCheckpoint = parallel.BlockCheckpoint
+    real_prefetch, real_backward = BlockCheckpoint._prefetch, BlockCheckpoint.backward
+
+    def prefetch(ctx):
+        calls.append(("prefetch", ctx.block))
+        return real_prefetch(ctx)
+
+    def backward(ctx, grad):
+        calls.append(("backward", ctx.block))
+        return real_backward(ctx, grad)
+
+    def run(**train):
+        cfg = _config(checkpoint_blocks=2, **train)
+        torch.manual_seed(0)
+        model = _wrapped(cfg)
+        model.train()
+        hooks = [b.register_full_backward_pre_hook(lambda m, g, i=i: calls.append(("kept", i)))
+                 for i, b in enumerate(model.blocks) if i >= 2]
+        idx = torch.randint(0, 256, (1, 129), generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(3)
+        model(idx[:, :-1], idx[:, 1:]).backward()
+        for h in hooks:
+            h.remove()
+        return model, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    chain = parallel._chain(torch.device("cpu"))
+    BlockCheckpoint._prefetch, BlockCheckpoint.backward = staticmethod(prefetch), staticmethod(backward)
+    try:
+        before = chain.prefetched
+        model, got = run(cpu_checkpointing=True, offload_overlap=True)
+        assert chain.prefetched - before == 2 and chain.pending == []
+        b = model.blocks
+        # block 3's backward done (its input's gradient is what reaches the identity), block 2's not begun
+        assert calls == [("kept", 3), ("prefetch", b[1]), ("kept", 2), ("backward", b[1]), ("prefetch", b[0]),
+                         ("backward", b[0])]
+        calls.clear()
+        _, ref = run()
+    finally:
+        BlockCheckpoint._prefetch, BlockCheckpoint.backward = staticmethod(real_prefetch), staticmethod(real_backward)
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], msg=name)
+
+
 class _KernelSaves(torch.autograd.Function):
     """The CPU reference attention saving what the Triton kernels save for backward (q, k, v, the
     output and the fp32 log-sum-exp: kernels/blocksparse.py), which the planner counts; the CPU
