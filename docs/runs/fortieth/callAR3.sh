@@ -3,7 +3,8 @@
 # device time was lent that session; the next session with a GPU runs it first.
 # Fortieth run, call 3: BlockCheckpoint's prefetch copies now start when the compute stream reaches them, into
 # buffers of the compute stream's pool (was: at host time, into the side stream's pool; call 2 found a 420 ms
-# idle stretch a step under host-to-device copies). (1) the overlapped-offload GPU tests; (2) the 1M step timed
+# idle stretch a step under host-to-device copies), and (4d004c8) the first of two or more kept blocks prefetches
+# the last recomputed block's input as its backward starts. (1) the overlapped-offload GPU tests; (2) the 1M step timed
 # (2 steps) and profiled, with the GPU timeline (streams) around its longest remaining idle gap.
 date -u > $OUT/times.txt
 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_train_gpu.py -k "overlapped or kept" > $OUT/tests.log 2>&1
