@@ -28,11 +28,13 @@ def test_bf16_trains_with_triton_attention(tiny_config, tmp_path):
     assert m[20]["train/bits_per_byte"] < m[1]["train/bits_per_byte"] - 1.0
 
 
-def test_overlapped_host_checkpoint_gives_torch_checkpoints_gradients():
+@pytest.mark.parametrize("recomputed,prefetches", [(None, 5), (4, 4)])
+def test_overlapped_host_checkpoint_gives_torch_checkpoints_gradients(recomputed, prefetches):
     """offload_overlap (copies on a side stream, the previous block's input fetched during this
     block's backward) on CUDA under bf16 autocast: the gradients of torch's checkpoint (to reduction
     order). Inputs of 64 MiB per block so the copies take long enough for a missing stream wait to
-    show as garbage."""
+    show as garbage. With 4 of 6 blocks recomputed the first kept block's backward also prefetches the
+    last recomputed block's input (4 prefetches, not 3)."""
     import torch
 
     if not torch.cuda.is_available():
@@ -55,9 +57,9 @@ def test_overlapped_host_checkpoint_gives_torch_checkpoints_gradients():
         return loss.item(), [p.grad.clone() for p in model.parameters()]
 
     before = parallel._chain(torch.device("cuda:0")).prefetched
-    loss, got = grads({"cpu_checkpointing": True, "offload_overlap": True})
-    assert parallel._chain(torch.device("cuda:0")).prefetched - before == 5
-    ref_loss, ref = grads({})
+    loss, got = grads({"cpu_checkpointing": True, "offload_overlap": True, "checkpoint_blocks": recomputed})
+    assert parallel._chain(torch.device("cuda:0")).prefetched - before == prefetches
+    ref_loss, ref = grads({"checkpoint_blocks": recomputed})
     assert loss == ref_loss
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
