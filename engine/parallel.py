@@ -115,7 +115,8 @@ class BlockCheckpoint(torch.autograd.Function):
     With ``overlap`` (``train.offload_overlap``) on a GPU, both copies run on a side stream: the
     copy out overlaps the following blocks' forward, and each block's backward starts copying its
     predecessor's input back (one more block input on the GPU) while it recomputes and
-    differentiates itself. Without it the copies are ordered on the compute stream.
+    differentiates itself (the last recomputed block's: the first of two or more blocks not recomputed,
+    ``_PrefetchLastRecomputed``). Without it the copies are ordered on the compute stream.
 
     With ``keep_attention`` (``train.keep_attention``) the block's attention outputs and log-sum-exps
     from the forward pass stay on the device until its backward, and the recompute reuses them instead
