@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from megastride.kernels import FusedLayerNorm, Layout, sparse_attention, sparse_attention_qkv
+from megastride.kernels import FusedLayerNorm, Layout, residual_add, sparse_attention, sparse_attention_qkv
 from megastride.kernels.attention import layout_for
 from megastride.kernels.patterns import AttentionPattern
 
@@ -127,10 +127,18 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the attention branch's residual add and ln2 in one kernel each way where the LayerNorm
-        # kernels run (kernels.add_layer_norm); elsewhere x + branch, then ln2
-        x, h = _add_norm(self.ln2, x, self.drop(self.attn(self.ln1(x))))
-        return x + self.drop(self.ffn(h))
+        # where the LayerNorm kernels run: ln1's backward adds the residual stream's gradient of x to its
+        # own (kernels.layer_norm_keep), the attention branch's residual add and ln2 are one kernel each
+        # way (kernels.add_layer_norm), and the FFN's add is one vectorised kernel (kernels.residual_add);
+        # elsewhere ln1(x), x + branch, ln2 and x + branch
+        h, x = _norm_keep(self.ln1, x)
+        x, h = _add_norm(self.ln2, x, self.drop(self.attn(h)))
+        return residual_add(x, self.drop(self.ffn(h)))
+
+
+def _norm_keep(ln: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ln of x, x for the residual stream): ``FusedLayerNorm.keep_forward``, else ``ln(x)`` and x."""
+    return ln.keep_forward(x) if isinstance(ln, FusedLayerNorm) else (ln(x), x)
 
 
 def _add_norm(ln: nn.Module, x: torch.Tensor, branch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,15 @@ kernel (GammaBetaBackward). Here:
   (D,) partial sum of each, and a torch ``.sum(0)`` over the (programs, D) partials gives dweight and
   dbias. No atomics: deterministic, run to run.
 
+Around them, the residual stream's other two steps in a pre-LN block (``norm.layer_norm_keep``,
+``norm.residual_add``):
+
+* the block's first LayerNorm also hands on its input, as a view its autograd node makes
+  (``_LayerNormKeep``), so the stream's gradient of the block input reaches that LayerNorm's backward
+  and the kernel adds it to dx (HAS_DS) instead of autograd summing the two in a kernel of its own;
+* the FFN's add of a 16-bit branch to the fp32 stream is one flat kernel of 16-byte accesses
+  (``_residual_add_kernel``), the sum torch's add writes.
+
 Tiles and warps come from the width (``tiles``) rather than autotuning: one compile per width and
 nothing to benchmark before a CUDA graph is captured; ``python -m megastride.kernels.ln_check
 --sweep`` times the alternatives on a GPU.
@@ -37,6 +46,8 @@ MAX_WIDTH = 8192  # widest row one tile holds; ``megastride.kernels.layer_norm``
 # row groups of the backward pass per SM: a few waves of ~3 resident programs, so the last, partly
 # empty wave is short; the (programs, D) fp32 partials stay ~1% of the pass's traffic at D = 512
 BWD_PROGRAMS_PER_SM = 8
+# the residual add: elements a program, warps (16 a thread: four 16-byte loads of an fp32 operand)
+ADD_BLOCK, ADD_WARPS = 4096, 8
 INTERPRET_PROGRAMS = 3  # row groups without a GPU (the interpreter): several, to exercise the partials
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 POISON = False  # tests: fill every output buffer with NaN first, so an element no program writes shows
@@ -124,6 +135,18 @@ def _layer_norm_bwd_kernel(X, DY, DX, W, MEAN, RSTD, DW_PART, DB_PART, DS, DR, s
         tl.store(DW_PART + pid.to(tl.int64) * N + col, tl.sum(dw, 0), mask=live_col)
     if HAS_BIAS:
         tl.store(DB_PART + pid.to(tl.int64) * N + col, tl.sum(db, 0), mask=live_col)
+
+
+@triton.jit
+def _residual_add_kernel(X, R, S, n, BLOCK: tl.constexpr):
+    # S = X + R over n contiguous elements, added in fp32 and stored in S's dtype: what torch's add
+    # writes for these dtypes, read and written with full-width vector accesses where torch's
+    # mixed-dtype add (fp32 stream + bf16 branch) takes its unrolled, casting path
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    live = offs < n
+    x = tl.load(X + offs, mask=live, other=0.0).to(tl.float32)
+    r = tl.load(R + offs, mask=live, other=0.0).to(tl.float32)
+    tl.store(S + offs, (x + r).to(S.dtype.element_ty), mask=live)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,8 +301,47 @@ class _AddLayerNorm(torch.autograd.Function):
         return dx.to(x_dtype), dr, dw, db, None, None
 
 
+class _LayerNormKeep(torch.autograd.Function):
+    """(y, x) = (LayerNorm(x), x as a view): for the pre-LN block's first LayerNorm, whose input also runs
+    on down the residual stream. Its users take the view, so that stream's gradient of x reaches this
+    backward beside y's, and the kernel adds it to dx; with x used twice directly, autograd sums the two
+    gradients in an add kernel of its own (an fp32 read of two and a write at the stream's width)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float, out_dtype: torch.dtype):
+        y, mean, rstd, _ = _forward(x, weight, bias, eps, out_dtype)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.set_materialize_grads(False)  # no zeros made for an output without a gradient
+        return y, x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, dy, dx_more):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        if dy is None:  # y did not reach the loss: x's gradient is the stream's alone
+            return dx_more, None, None, None, None
+        dx, dw, db, _ = _backward(dy, x, weight, bias, mean, rstd, dx_more=dx_more)
+        return dx, dw, db, None, None
+
+
+class _ResidualAdd(torch.autograd.Function):
+    """s = x + r (x, r contiguous, one shape) by ``_residual_add_kernel``; the gradient passes to both, in
+    each one's dtype, as torch's add passes it."""
+
+    @staticmethod
+    def forward(ctx, x, r):
+        s = torch.empty(x.shape, dtype=torch.result_type(x, r), device=x.device)
+        n = s.numel()
+        _residual_add_kernel[(triton.cdiv(n, ADD_BLOCK),)](x, r, s, n, BLOCK=ADD_BLOCK, num_warps=ADD_WARPS)
+        ctx.dtypes = (x.dtype, r.dtype)
+        return s
+
+    @staticmethod
+    def backward(ctx, ds):
+        return tuple(ds if ds.dtype == t else ds.to(t) for t in ctx.dtypes)
+
+
 # ---------------------------------------------------------------------------------------------
-# Public function
+# Public functions
 # ---------------------------------------------------------------------------------------------
 
 
@@ -299,3 +361,21 @@ def triton_add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch
     s's dtype), by the Triton kernels in one pass each way; differentiable in all four tensors."""
     out_dtype = out_dtype or torch.result_type(x, residual)
     return _AddLayerNorm.apply(x, residual, weight, bias, float(eps), out_dtype)
+
+
+def triton_layer_norm_keep(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+                           out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, x as a view): ``triton_layer_norm``'s y, and x for the residual stream, whose gradient the
+    backward adds to dx in the kernel (``_LayerNormKeep``)."""
+    return _LayerNormKeep.apply(x, weight, bias, float(eps), out_dtype or x.dtype)
+
+
+def triton_residual_add(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """x + r in their promoted dtype (as torch adds them) by one Triton kernel; x and r contiguous, one
+    shape, float16, bfloat16 or float32; differentiable in both."""
+    if x.shape != r.shape or x.device != r.device or not (x.is_contiguous() and r.is_contiguous()):
+        raise ValueError(f"residual add kernel takes two contiguous tensors of one shape on one device; got "
+                         f"{tuple(x.shape)} and {tuple(r.shape)}")
+    if x.dtype not in _DTYPES or r.dtype not in _DTYPES:
+        raise ValueError(f"residual add kernel takes float16, bfloat16 or float32; got {x.dtype} and {r.dtype}")
+    return _ResidualAdd.apply(x, r)

@@ -15,6 +15,10 @@
   the gradients of x, the branch, weight and bias against the add and torch's layer_norm and float64,
   three ways (s bitwise x + r, deterministic), and its forward+backward timed against the add
   followed by our ``layer_norm`` (what the block ran before).
+* the block's first LayerNorm with its input kept for the stream (``layer_norm_keep``: the stream's
+  gradient summed into dx in the kernel) checked the same way and timed against ``layer_norm`` with x
+  used twice; the FFN's residual add (``residual_add``) bitwise torch's and timed against torch's
+  mixed-dtype add.
 
 ``--sweep`` also times the tile and row-group settings around the defaults (forward and backward
 kernels alone); ``--compile`` (no GPU needed) compiles both kernels for sm_90 at several widths
@@ -25,13 +29,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
 import sys
 
 import torch
 import torch.nn.functional as F
 
 from . import layernorm as L
-from .norm import add_layer_norm, layer_norm
+from .norm import add_layer_norm, layer_norm, layer_norm_keep, residual_add
 
 EPS = 1e-5
 ATOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 2e-5}
@@ -194,6 +199,80 @@ def time_add(rows: int, width: int = 512) -> dict:
     return out
 
 
+def _keep_grads(fn, x, w, b, dx2, dy):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    y, x2 = fn(*leaves)
+    return [y.detach(), *torch.autograd.grad((y, x2), leaves, (dy.to(y.dtype), dx2.to(x2.dtype)))]
+
+
+def _kept(x, w, b):
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        return layer_norm_keep(x, w, b, EPS)
+
+
+def _kept_unfused_ours(x, w, b):  # what the block ran before: our layer_norm, x used twice (autograd sums)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        return layer_norm(x, w, b, EPS), x
+
+
+def _kept_torch(x, w, b, out_dtype=torch.bfloat16):
+    return F.layer_norm(x, x.shape[-1:], w, b, EPS).to(out_dtype or x.dtype), x
+
+
+def check_keep(rows: int = 65536, width: int = 512) -> dict:
+    """The block's first LayerNorm with its input kept for the stream (``layer_norm_keep``: fp32 x, y bf16):
+    y, and dx with the stream's gradient summed in the kernel, dweight, dbias against torch's layer_norm with
+    x used twice and against float64, three ways; deterministic."""
+    x, _, w, b, dx2, dy = _add_inputs(rows, width, seed=3)
+    got = _keep_grads(_kept, x, w, b, dx2, dy)
+    low = _keep_grads(_kept_torch, x, w, b, dx2, dy)
+    exact = _keep_grads(lambda *t: _kept_torch(*t, out_dtype=None), x.double(), w.double(), b.double(), dx2.double(),
+                        dy.double())
+    report = {"name": f"check ln keep (1, {rows}, {width}) fp32 -> bf16 autocast", "ok": True,
+              "y_dtype": str(got[0].dtype)}
+    report["ok"] &= [t.dtype for t in got[:2]] == [torch.bfloat16, torch.float32]
+    for name, g, lo, ex in zip(["y", "dx", "dweight", "dbias"], got, low, exact):
+        _three_way(report, name, g, lo, ex)
+    report["deterministic"] = all(torch.equal(a, c) for a, c in zip(got, _keep_grads(_kept, x, w, b, dx2, dy)))
+    report["ok"] &= report["deterministic"]
+    return report
+
+
+def check_residual(rows: int = 65536, width: int = 512) -> dict:
+    """The FFN's residual add (``residual_add``: fp32 stream + bf16 branch): the sum bitwise torch's x + r, the
+    gradients torch's (the stream's as it came, the branch's cast to bf16)."""
+    x, r, _, _, ds, _ = _add_inputs(rows, width, seed=5)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, r)]
+    s = residual_add(*leaves)
+    dx, dr = torch.autograd.grad(s, leaves, ds)
+    ok = torch.equal(s, x + r) and torch.equal(dx, ds) and torch.equal(dr, ds.to(torch.bfloat16))
+    return {"name": f"check residual add (1, {rows}, {width}) fp32 + bf16", "ok": bool(ok)}
+
+
+def time_keep(rows: int, width: int = 512) -> dict:
+    """Forward+backward of the block's first LayerNorm and the stream's gradient: kept (summed in the kernel)
+    against our layer_norm with x used twice (autograd's add)."""
+    x, _, w, b, dx2, dy = _add_inputs(rows, width, seed=3)
+    leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+    out = {"name": f"time ln keep (1, {rows}, {width}) fp32 -> bf16"}
+    for who, fn in (("fused", _kept), ("unfused", _kept_unfused_ours)):
+        out[f"{who}_fwdbwd_ms"] = _bench(lambda: torch.autograd.grad(fn(*leaves), leaves, (dy, dx2)))
+    return out
+
+
+def time_residual(rows: int, width: int = 512) -> dict:
+    """The FFN's residual add, forward and forward+backward: the kernel against torch's mixed-dtype add."""
+    x, r, _, _, ds, _ = _add_inputs(rows, width, seed=5)
+    leaves = [t.detach().requires_grad_() for t in (x, r)]
+    out = {"name": f"time residual add (1, {rows}, {width}) fp32 + bf16"}
+    for who, fn in (("fused", residual_add), ("unfused", lambda a, c: a + c)):
+        with torch.no_grad():
+            out[f"{who}_fwd_ms"] = _bench(lambda: fn(*leaves))
+        out[f"{who}_fwdbwd_ms"] = _bench(lambda: torch.autograd.grad(fn(*leaves), leaves, ds))
+    out["fused_fwd_gbps"] = rows * width * (4 + 2 + 4) / (out["fused_fwd_ms"] * 1e-3) / 1e9
+    return out
+
+
 def _bench(fn) -> float:
     import triton.testing
 
@@ -274,6 +353,28 @@ def compile_report(widths, arch: int = 90) -> list[tuple[str, bool]]:
                 ok = u["spill_stores"] == 0 and u["spill_loads"] == 0
                 out.append((f"{'ok  ' if ok else 'FAIL'} {name}: {u['registers']} registers, "
                             f"spills {u['spill_stores']}/{u['spill_loads']} B stored/loaded", ok))
+    # the residual add (no width: flat over the elements), as launched on a (T, D) stream with D a multiple
+    # of 16: n divisible by 16, so the masked accesses are 16-byte vectors (a failure where they are not)
+    kernel = L._residual_add_kernel
+    n_at = kernel.arg_names.index("n")
+    attrs = launch_attrs(kernel)
+    if not {n_at, "n"} & set(kernel.do_not_specialize):  # a launch specialises n's divisibility unless told not to
+        attrs[(n_at,)] = [["tt.divisibility", 16]]
+    for x_t, r_t in (("fp32", "bf16"), ("bf16", "fp32")):
+        sig = {"X": f"*{x_t}", "R": f"*{r_t}", "S": "*fp32", "n": "i32", "BLOCK": "constexpr"}
+        name = f"{kernel.__name__} x {x_t} r {r_t} s fp32 block {L.ADD_BLOCK} w{L.ADD_WARPS}"
+        try:
+            k = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs={"BLOCK": L.ADD_BLOCK}, attrs=attrs),
+                               target=GPUTarget("cuda", arch, 32), options={"num_warps": L.ADD_WARPS})
+        except Exception as err:
+            out.append((f"FAIL {name}: {type(err).__name__}: {str(err).splitlines()[0][:300]}", False))
+            continue
+        u = ptxas_usage(k, arch)
+        widths = sorted(set(re.findall(r"\b(?:ld|st)\.global(?:\.\w+)*", k.asm["ptx"])))
+        vector = all(".v4." in w or ".v2." in w for w in widths)
+        ok = u["spill_stores"] == 0 and u["spill_loads"] == 0 and vector
+        out.append((f"{'ok  ' if ok else 'FAIL'} {name}: {u['registers']} registers, "
+                    f"spills {u['spill_stores']}/{u['spill_loads']} B stored/loaded, accesses {', '.join(widths)}", ok))
     return out
 
 
@@ -316,11 +417,24 @@ def main(argv: list[str] | None = None) -> int:
     r = check_add()
     failed += not r["ok"]
     print(_check_line(r, ("s", "y", "dx", "dr", "dweight", "dbias")) + f", s bitwise x + r {r['s_bitwise']}", flush=True)
+    r = check_keep()
+    failed += not r["ok"]
+    print(_check_line(r), flush=True)
+    r = check_residual()
+    failed += not r["ok"]
+    print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['name']}: sum and gradients torch's bitwise {r['ok']}", flush=True)
     for rows in (65536, 1 << 20):
         print(_time_line(time_case(rows)), flush=True)
         t = time_add(rows)
         print(f"{t['name']}: fwd+bwd fused {t['fused_fwdbwd_ms']:.3f} ms, add then layer_norm "
               f"{t['unfused_fwdbwd_ms']:.3f} ms, speedup {t['unfused_fwdbwd_ms'] / t['fused_fwdbwd_ms']:.2f}x", flush=True)
+        t = time_keep(rows)
+        print(f"{t['name']}: fwd+bwd kept {t['fused_fwdbwd_ms']:.3f} ms, layer_norm with autograd's sum "
+              f"{t['unfused_fwdbwd_ms']:.3f} ms, speedup {t['unfused_fwdbwd_ms'] / t['fused_fwdbwd_ms']:.2f}x", flush=True)
+        t = time_residual(rows)
+        print(f"{t['name']}: fwd kernel {t['fused_fwd_ms']:.3f} ms ({t['fused_fwd_gbps']:.0f} GB/s), torch "
+              f"{t['unfused_fwd_ms']:.3f} ms, speedup {t['unfused_fwd_ms'] / t['fused_fwd_ms']:.2f}x | fwd+bwd "
+              f"{t['fused_fwdbwd_ms']:.3f} / {t['unfused_fwdbwd_ms']:.3f} ms", flush=True)
     if args.sweep:
         for rows in (65536, 1 << 20):
             for line in sweep(rows):

@@ -5,6 +5,10 @@ The output comes in the dtype its consumer would cast it to: under autocast the 
 MEGASTRIDE_LAYERNORM=torch to force torch's layer_norm anywhere (A/B runs); on CPU tensors the
 kernel runs only under the Triton interpreter with MEGASTRIDE_LAYERNORM=triton (tests), and CUDA
 tensors never go through the interpreter.
+
+The residual stream around the LayerNorms (``layer_norm_keep``, ``residual_add``) goes through kernels
+of its own where the LayerNorm kernels run; MEGASTRIDE_RESIDUAL=plain keeps the LayerNorm kernels and
+gives the stream back to torch's adds and autograd's gradient sums (A/B runs).
 """
 
 from __future__ import annotations
@@ -30,6 +34,13 @@ def _use_triton(x: torch.Tensor) -> bool:
         return not interpreted
     # the Triton interpreter runs the kernels on CPU tensors (tests); opt in explicitly
     return interpreted and choice == "triton"
+
+
+def _fuse_residual() -> bool:
+    choice = os.environ.get("MEGASTRIDE_RESIDUAL", "").lower()
+    if choice not in ("", "fused", "plain"):
+        raise ValueError(f"MEGASTRIDE_RESIDUAL must be unset, 'fused' or 'plain'; got {choice!r}")
+    return choice != "plain"
 
 
 def output_dtype(x: torch.Tensor, default: torch.dtype | None = None) -> torch.dtype:
@@ -80,6 +91,36 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
     return triton_add_layer_norm(x, residual, weight, bias, eps, out_dtype)
 
 
+def layer_norm_keep(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float = 1e-5,
+                    out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, x2): y = ``layer_norm(x, ...)`` and x2 = x for the residual stream, which its users take
+    instead of x. Where the kernels run, x2 is a view made by the LayerNorm's autograd node, so x2's
+    gradient meets y's in one backward and the kernel adds it to dx (``layernorm._LayerNormKeep``):
+    the pre-LN block's input feeds its first LayerNorm and its residual add, and autograd would
+    otherwise sum the two gradients in a kernel of its own. Elsewhere x2 is x."""
+    out_dtype = out_dtype or output_dtype(x)
+    if (torch.compiler.is_compiling() or not _fuse_residual() or not _use_triton(x)
+            or out_dtype not in _KERNEL_DTYPES):
+        return layer_norm(x, weight, bias, eps, out_dtype), x
+    from .layernorm import triton_layer_norm_keep  # imported lazily: needs triton
+
+    return triton_layer_norm_keep(x, weight, bias, eps, out_dtype)
+
+
+def residual_add(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """x + r. Where the LayerNorm kernels run and the two differ in dtype (the fp32 residual stream plus a
+    bf16 or fp16 branch under autocast) by a Triton kernel of full-width vector loads
+    (``layernorm.triton_residual_add``), with the sum torch's add would write: torch's mixed-dtype add
+    casts element by element on its unrolled path. One dtype, other shapes, strides or devices: torch's add."""
+    if (torch.compiler.is_compiling() or not _fuse_residual() or x.dtype == r.dtype or r.shape != x.shape
+            or not {x.dtype, r.dtype} <= set(_KERNEL_DTYPES) or not (x.is_contiguous() and r.is_contiguous())
+            or r.device != x.device or not _use_triton(x)):
+        return x + r
+    from .layernorm import triton_residual_add  # imported lazily: needs triton
+
+    return triton_residual_add(x, r)
+
+
 class FusedLayerNorm(nn.LayerNorm):
     """nn.LayerNorm (same parameters and state_dict keys) computed by ``layer_norm``: under autocast
     its output is already in the autocast dtype."""
@@ -97,3 +138,7 @@ class FusedLayerNorm(nn.LayerNorm):
     def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x + residual, this LayerNorm of it), fused where the kernels run (``add_layer_norm``)."""
         return add_layer_norm(x, residual, self.weight, self.bias, self.eps)
+
+    def keep_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this LayerNorm of x, x for the residual stream): ``layer_norm_keep``."""
+        return layer_norm_keep(x, self.weight, self.bias, self.eps)

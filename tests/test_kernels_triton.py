@@ -1537,9 +1537,9 @@ def test_the_planner_sees_the_merges_the_kernels_schedule(spec):
 
 
 def test_switch_typos_are_refused_in_one_line(monkeypatch):
-    """A mistyped MEGASTRIDE_ATTENTION, MEGASTRIDE_LAYERNORM or MEGASTRIDE_BLOCKSPARSE_TILES stops the call
-    with a one-line error naming the variable, instead of silently running the default path."""
-    from megastride.kernels import layer_norm, sparse_attention
+    """A mistyped MEGASTRIDE_ATTENTION, MEGASTRIDE_LAYERNORM, MEGASTRIDE_RESIDUAL or MEGASTRIDE_BLOCKSPARSE_TILES
+    stops the call with a one-line error naming the variable, instead of silently running the default path."""
+    from megastride.kernels import layer_norm, residual_add, sparse_attention
 
     layout = P.build_layout(P.same_for_all_heads(P.local(32), 2), 64, 16)
     q = torch.randn(1, 2, 64, 16)
@@ -1551,6 +1551,10 @@ def test_switch_typos_are_refused_in_one_line(monkeypatch):
     monkeypatch.setenv("MEGASTRIDE_LAYERNORM", "pytorch")
     with pytest.raises(ValueError, match=r"^MEGASTRIDE_LAYERNORM must be unset, 'torch' or 'triton'; got 'pytorch'$"):
         layer_norm(torch.randn(4, 8), None, None)
+    monkeypatch.setenv("MEGASTRIDE_LAYERNORM", "")
+    monkeypatch.setenv("MEGASTRIDE_RESIDUAL", "Plain ")
+    with pytest.raises(ValueError, match=r"^MEGASTRIDE_RESIDUAL must be unset, 'fused' or 'plain'; got 'plain '$"):
+        residual_add(torch.randn(4, 8), torch.randn(4, 8).half())
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_TILES", "64")
     with pytest.raises(ValueError, match=r"^MEGASTRIDE_BLOCKSPARSE_TILES must be 'M,N' \(two integers >= 16\), got '64'$"):
         blocksparse._fixed_tiles(64)

@@ -189,10 +189,11 @@ def test_model_with_fused_layernorm_matches_nn_layernorm(monkeypatch):
             if "ln" in name:
                 p.add_(0.3 * torch.randn_like(p))
     plain.load_state_dict(fused.state_dict())
-    calls, add_calls = [], []
-    real, real_add = layernorm.triton_layer_norm, layernorm.triton_add_layer_norm
+    calls, add_calls, keep_calls = [], [], []
+    real, real_add, real_keep = layernorm.triton_layer_norm, layernorm.triton_add_layer_norm, layernorm.triton_layer_norm_keep
     monkeypatch.setattr(layernorm, "triton_layer_norm", lambda *a: calls.append(1) or real(*a))
     monkeypatch.setattr(layernorm, "triton_add_layer_norm", lambda *a: add_calls.append(1) or real_add(*a))
+    monkeypatch.setattr(layernorm, "triton_layer_norm_keep", lambda *a: keep_calls.append(1) or real_keep(*a))
     idx = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(4))
     targets = torch.roll(idx, -1, dims=1)
     losses, grads = [], []
@@ -201,7 +202,8 @@ def test_model_with_fused_layernorm_matches_nn_layernorm(monkeypatch):
         losses.append(loss.detach())
         grads.append(dict(zip([n for n, _ in model.named_parameters()],
                               torch.autograd.grad(loss, list(model.parameters())))))
-    assert len(calls) == 2 + 1 and len(add_calls) == 2  # ln1 of each block and ln_f; each block's add + ln2
+    assert len(calls) == 1 and len(add_calls) == 2  # ln_f; each block's add + ln2
+    assert len(keep_calls) == 2  # each block's ln1, the residual stream's gradient added in its backward
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=1e-6)
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
@@ -278,6 +280,117 @@ def test_add_layer_norm_dispatch(monkeypatch):
     assert len(calls) == 1 and torch.equal(s3, x + r[:, :1])
 
 
+@pytest.mark.parametrize("x_dtype, out_dtype, shape", [
+    (torch.float32, torch.float16, (2, 37, 64)),  # the autocast block: fp32 stream, 16-bit y
+    (torch.float32, torch.float32, (1, 45, 100)),  # padded width
+    (torch.float16, torch.float16, (3, 13, 512)),
+])
+def test_layer_norm_keep_adds_the_stream_gradient(x_dtype, out_dtype, shape):
+    """(y, x2) = (LayerNorm(x), x): x2 is x (a view of it); y and the gradients of x (y's and x2's,
+    summed in the kernel), weight and bias equal torch's layer_norm with x used twice, in float64,
+    three ways."""
+    x, w, b, dy = _inputs(shape, x_dtype, out_dtype, seed=7)
+    dx2 = torch.randn(shape, generator=torch.Generator().manual_seed(8)).to(x_dtype)
+
+    def grads(fn, x, w, b, dy, dx2):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+        y, x2 = fn(*leaves)
+        return [y.detach(), *torch.autograd.grad((y, x2), leaves, (dy.to(y.dtype), dx2.to(x2.dtype)))]
+
+    got = grads(lambda *a: layernorm.triton_layer_norm_keep(*a, EPS, out_dtype), x, w, b, dy, dx2)
+    low = grads(lambda x, w, b: (norm.reference_layer_norm(x, w, b, EPS, out_dtype), x), x, w, b, dy, dx2)
+    exact = grads(lambda x, w, b: (F.layer_norm(x, x.shape[-1:], w, b, EPS), x), *(t.double() for t in (x, w, b, dy, dx2)))
+    _check_three_way(got, low, exact, f"ln keep {shape} {x_dtype} -> {out_dtype}")
+    y, x2 = layernorm.triton_layer_norm_keep(x, w, b, EPS, out_dtype)
+    assert torch.equal(x2, x) and x2.data_ptr() == x.data_ptr()
+
+
+def test_layer_norm_keep_with_one_gradient():
+    """Only y's gradient (the stream's unused): dx is the LayerNorm's; only the stream's (y unused): dx is
+    the stream's gradient itself and no parameter gradient."""
+    x, w, b, dy = _inputs((2, 9, 64), torch.float32, torch.float32, seed=9)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    y, x2 = layernorm.triton_layer_norm_keep(*leaves, EPS)
+    want = torch.autograd.grad(F.layer_norm(leaves[0], (64,), leaves[1], leaves[2], EPS), leaves, dy)
+    for g, wg in zip(torch.autograd.grad(y, leaves, dy), want):
+        torch.testing.assert_close(g, wg, rtol=1e-5, atol=1e-5)
+    y, x2 = layernorm.triton_layer_norm_keep(*leaves, EPS)
+    dx, dw = torch.autograd.grad(x2 * 3.0, leaves[:2], torch.ones_like(x), allow_unused=True)
+    assert torch.equal(dx, torch.full_like(x, 3.0)) and dw is None
+
+
+@pytest.mark.parametrize("x_dtype, r_dtype", [(torch.float32, torch.float16), (torch.float16, torch.float32),
+                                               (torch.float16, torch.float16)])
+def test_residual_add_is_torch_add(x_dtype, r_dtype):
+    """The residual add kernel writes torch's x + r bitwise (promoted dtype), over lengths that are not
+    a multiple of its block; the gradient reaches both in their own dtypes."""
+    gen = torch.Generator().manual_seed(10)
+    shape = (2, 37, 100)  # 7,400 elements: one full block of 4,096 and a partial one
+    x, r = (torch.randn(shape, generator=gen) * 3).to(x_dtype), torch.randn(shape, generator=gen).to(r_dtype)
+    xl, rl = x.clone().requires_grad_(), r.clone().requires_grad_()
+    s = layernorm.triton_residual_add(xl, rl)
+    assert s.dtype == torch.result_type(x, r) and torch.equal(s, x + r)
+    ds = torch.randn(shape, generator=gen).to(s.dtype)
+    dx, dr = torch.autograd.grad(s, (xl, rl), ds)
+    assert dx.dtype == x_dtype and dr.dtype == r_dtype
+    assert torch.equal(dx, ds.to(x_dtype)) and torch.equal(dr, ds.to(r_dtype))
+
+
+def test_residual_dispatch(monkeypatch):
+    """residual_add takes the kernel where the LayerNorm kernels run and the dtypes differ; torch's add for
+    one dtype, broadcasts, non-contiguous operands, MEGASTRIDE_RESIDUAL=plain and under torch.compile
+    (same sums). layer_norm_keep gives back x itself where its kernel does not run. A bad
+    MEGASTRIDE_RESIDUAL is an error naming it."""
+    calls, keep_calls = [], []
+    real, real_keep = layernorm.triton_residual_add, layernorm.triton_layer_norm_keep
+    monkeypatch.setattr(layernorm, "triton_residual_add", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(layernorm, "triton_layer_norm_keep", lambda *a: keep_calls.append(1) or real_keep(*a))
+    x, r = torch.randn(1, 9, 32), torch.randn(1, 9, 32).half()
+    w, b = torch.randn(32), torch.randn(32)
+    assert torch.equal(norm.residual_add(x, r), x + r) and len(calls) == 1
+    for other in (r.float(), r[:, :1], r.transpose(0, 1).contiguous().transpose(0, 1)[:, :, :16]):
+        if other.shape == x.shape:
+            assert torch.equal(norm.residual_add(x, other), x + other)
+    assert torch.equal(norm.residual_add(x[:, :, :16], r[:, :, :16]), x[:, :, :16] + r[:, :, :16])  # strided
+    assert torch.equal(norm.residual_add(x, r[:, :1]), x + r[:, :1])
+    assert len(calls) == 1
+    y, x2 = norm.layer_norm_keep(x, w, b, EPS)
+    assert len(keep_calls) == 1 and x2 is not x and torch.equal(x2, x)
+    monkeypatch.setenv("MEGASTRIDE_RESIDUAL", "plain")
+    assert torch.equal(norm.residual_add(x, r), x + r) and len(calls) == 1
+    y2, x3 = norm.layer_norm_keep(x, w, b, EPS)
+    assert x3 is x and len(keep_calls) == 1 and torch.equal(y2, y)
+    monkeypatch.setenv("MEGASTRIDE_RESIDUAL", "fast")
+    with pytest.raises(ValueError, match="MEGASTRIDE_RESIDUAL must be"):
+        norm.residual_add(x, r)
+    monkeypatch.setenv("MEGASTRIDE_RESIDUAL", "")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert torch.equal(norm.residual_add(x, r), x + r) and len(calls) == 1
+    assert norm.layer_norm_keep(x, w, b, EPS)[1] is x and len(keep_calls) == 1
+
+
+def test_model_residual_kernels_match_plain_under_autocast(monkeypatch):
+    """Under fp16 autocast (the fp32 stream plus 16-bit branches, as bf16 on a GPU) the model with the
+    residual kernels (ln1's kept input, the FFN's add by the kernel) gives the loss and gradients of the
+    same model with torch's adds and autograd's sums (MEGASTRIDE_RESIDUAL=plain)."""
+    model = _tiny_model(True, monkeypatch)
+    idx = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(11))
+    targets = torch.roll(idx, -1, dims=1)
+    calls = []
+    real = layernorm.triton_residual_add
+    monkeypatch.setattr(layernorm, "triton_residual_add", lambda *a: calls.append(1) or real(*a))
+    results = []
+    for choice in ("fused", "plain"):
+        monkeypatch.setenv("MEGASTRIDE_RESIDUAL", choice)
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = model(idx, targets)
+        results.append((loss.detach(), torch.autograd.grad(loss, list(model.parameters()))))
+    assert len(calls) == 2  # each block's FFN add, in the fused pass only
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)  # the forward: the same sums
+    for (name, _), g, w in zip(model.named_parameters(), results[0][1], results[1][1]):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7, msg=lambda m: f"{name}: {m}")
+
+
 def test_bad_inputs_raise():
     """Wrong parameter shapes, unsupported dtypes and multi-dim normalized shapes are clear errors."""
     x = torch.randn(2, 5, 16)
@@ -287,12 +400,18 @@ def test_bad_inputs_raise():
         layernorm.triton_layer_norm(x.double(), None, None, EPS)
     with pytest.raises(ValueError, match="last dim only"):
         FusedLayerNorm((5, 16))
+    with pytest.raises(ValueError, match="one shape"):
+        layernorm.triton_residual_add(x, x[:, :1])
+    with pytest.raises(ValueError, match="float16, bfloat16 or float32"):
+        layernorm.triton_residual_add(x.double(), x.double())
 
 
 def test_kernels_compile_for_sm90():
-    """Both kernels compile for Hopper at our width without register spills (no GPU needed)."""
+    """The LayerNorm kernels and the residual add compile for Hopper at our width without register spills (no
+    GPU needed)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "megastride.kernels.ln_check", "--compile", "--widths", "512"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert sum(line.startswith("ok ") for line in proc.stdout.splitlines()) == 12, proc.stdout  # 3 dtype pairs, 2 x 2 kernels
+    # 3 dtype pairs x 2 x 2 LayerNorm kernels, and the residual add's 2 dtype pairs
+    assert sum(line.startswith("ok ") for line in proc.stdout.splitlines()) == 12 + 2, proc.stdout
