@@ -31,6 +31,7 @@ from megastride.kernels.profiling import gpu_state, profile_calls, summary
 
 from .config import Config, ConfigError, config_from_dict, graph_problem, load_config
 from .loglog import plot_loglog, tail_slope
+from .memtrace import allocator_counts
 from .model import SparseTransformer
 from .parallel import apply_activation_checkpointing, build_optimizer
 
@@ -114,6 +115,13 @@ class Row:
     sm_mhz: float | None = None
     power_w: float | None = None
     capped: bool | None = None
+    # the CUDA caching allocator over the timed steps (``allocator_window``; None off a GPU): its reserved
+    # peak, and per step the cache flushes after a failed cudaMalloc (each synchronises the device and
+    # frees every cached block) and the cudaMalloc / cudaFree calls made (none once the cache is warm)
+    reserved_gb: float | None = None
+    alloc_retries: float | None = None
+    device_mallocs: float | None = None
+    device_frees: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,10 +188,12 @@ def _sync(device: torch.device) -> None:
 
 
 def time_steps(cfg: Config, device: torch.device, batch: int, steps: int, warmup: int,
-               profile: dict | None = None, trace: Path | None = None) -> tuple[float, float | None]:
+               profile: dict | None = None, trace: Path | None = None,
+               allocator: dict | None = None) -> tuple[float, float | None]:
     """(median step seconds, peak allocated bytes over the timed steps or None off CUDA); with a
     ``profile`` dict on CUDA, also where 2 more steps spend their time (``profile_calls``) into it;
-    with a ``trace`` path, what the peak was made of (``timed_calls``)."""
+    with a ``trace`` path, what the peak was made of; an ``allocator`` dict gets the allocator's
+    counts over the timed steps (``timed_calls``)."""
     torch.manual_seed(cfg.run.seed)
     model = SparseTransformer(cfg.model).to(device)
     apply_activation_checkpointing(model, cfg.train)
@@ -194,17 +204,28 @@ def time_steps(cfg: Config, device: torch.device, batch: int, steps: int, warmup
     run = step_runner(cfg, model, optimizer, _autocast(cfg, device), warmup)
     # with a graph, the capture follows the warm-up: its memory pool holds the step's peak (replays allocate nothing)
     return timed_calls(lambda: run(data), device, steps, warmup, profile, settle=int(cfg.train.cuda_graph),
-                       trace=trace)
+                       trace=trace, allocator=allocator)
+
+
+def allocator_window(before: dict[str, int], after: dict[str, int], steps: int, reserved_peak: int) -> dict:
+    """The allocator over ``steps`` calls from the counts ``before`` and ``after`` them: per call, the cache
+    flushes (``alloc_retries``), cudaMalloc and cudaFree calls; ``reserved_gb``, the reserved peak in GB."""
+    per = {"alloc_retries": "num_alloc_retries", "device_mallocs": "num_device_alloc", "device_frees": "num_device_free"}
+    out = {k: (after.get(v, 0) - before.get(v, 0)) / max(1, steps) for k, v in per.items()}
+    out["reserved_gb"] = reserved_peak / planner.GB
+    return out
 
 
 def timed_calls(call: Callable[[], object], device: torch.device, steps: int, warmup: int,
-                profile: dict | None = None, settle: int = 0, trace: Path | None = None) -> tuple[float, float | None]:
+                profile: dict | None = None, settle: int = 0, trace: Path | None = None,
+                allocator: dict | None = None) -> tuple[float, float | None]:
     """The bench's timing protocol (our kinds and the baseline alike): ``warmup`` untimed calls, the
     allocator's peak reset, ``settle`` more untimed calls, then ``steps`` synchronised timed ones.
     (median seconds, peak allocated bytes since the reset or None off CUDA); with a ``profile`` dict
     on CUDA, ``profile_calls`` of 2 more calls into it; with a ``trace`` path on CUDA, the allocator's
     history from the reset to the last timed call, and what its peak was made of, written there
-    (``engine.memtrace.Recorder``)."""
+    (``engine.memtrace.Recorder``); with an ``allocator`` dict on CUDA, ``allocator_window`` over the timed
+    calls into it (the reserved peak from the reset)."""
     for _ in range(warmup):
         call()
     _sync(device)
@@ -220,6 +241,7 @@ def timed_calls(call: Callable[[], object], device: torch.device, steps: int, wa
         for _ in range(settle):
             call()
         _sync(device)
+        counts = allocator_counts(device)
         times = []
         for _ in range(steps):
             start = time.perf_counter()
@@ -227,6 +249,9 @@ def timed_calls(call: Callable[[], object], device: torch.device, steps: int, wa
             _sync(device)
             times.append(time.perf_counter() - start)
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        if allocator is not None and device.type == "cuda":
+            allocator.update(allocator_window(counts, allocator_counts(device), steps,
+                                              torch.cuda.max_memory_reserved(device)))
         if recorder is not None:
             recorder.stop(trace, peak)
             recorder = None
@@ -282,7 +307,8 @@ def measure(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
         if planner.check_host_memory(p, ranks_per_node=1):  # pinned block inputs beyond the RAM
             return _base_row(kind, cfg, batch, "skipped (host memory)", p, label)
     return _timed_row(kind, cfg, batch, p, label, opts,
-                      lambda prof, trace: time_steps(cfg, device, batch, opts.steps, opts.warmup, prof, trace))
+                      lambda prof, trace, alloc: time_steps(cfg, device, batch, opts.steps, opts.warmup, prof, trace,
+                                                            alloc))
 
 
 def trace_path(opts: Options, label: str, seq_len: int) -> Path | None:
@@ -294,15 +320,17 @@ def trace_path(opts: Options, label: str, seq_len: int) -> Path | None:
 
 
 def _timed_row(kind: str, cfg: Config, batch: int, p: planner.Plan, label: str, opts: Options, timer) -> Row:
-    """The row of ``timer(profile, trace) -> (step s, peak bytes)``: ok (its profile kept and logged) or oom."""
+    """The row of ``timer(profile, trace, allocator) -> (step s, peak bytes)``: ok (its profile kept and logged,
+    the allocator's counts in its columns) or oom."""
     prof = {} if opts.profile else None
     trace = trace_path(opts, label or kind, cfg.model.seq_len)
+    alloc: dict = {}
     try:
-        step_s, peak = timer(prof, trace)
+        step_s, peak = timer(prof, trace, alloc)
     except torch.cuda.OutOfMemoryError:
         row = _row(kind, cfg, batch, "oom", p, label)
     else:
-        row = _finish(_row(kind, cfg, batch, "ok", p, label), p, step_s, peak)
+        row = replace(_finish(_row(kind, cfg, batch, "ok", p, label), p, step_s, peak), **alloc)
         if torch.device(opts.device).type == "cuda":
             state = gpu_state()
             row.sm_mhz, row.power_w, row.capped = state.get("sm_mhz"), state.get("power_w"), state.get("capped")
@@ -347,8 +375,8 @@ def measure_baseline(kind: str, cfg: Config, opts: Options, label: str = "") -> 
     if attention == "flex" and device.type != "cuda":
         return _row(kind, cfg, batch, "skipped (flex: no backward on CPU)", p, label)
     return _timed_row(kind, cfg, batch, p, label, opts,
-                      lambda prof, trace: baseline.time_steps(cfg, attention, device, batch, opts.steps, opts.warmup,
-                                                              prof, trace))
+                      lambda prof, trace, alloc: baseline.time_steps(cfg, attention, device, batch, opts.steps,
+                                                                     opts.warmup, prof, trace, alloc))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,8 +428,14 @@ def describe(row: Row) -> str:
         how = (f", {row.recomputed_blocks}/{row.layers} blocks recomputed"
                f"{', attention kept' if kept else ''}{f' in {kept}' if 0 < kept < row.recomputed_blocks else ''}"
                f"{', CUDA graph' if row.cuda_graph else ''}")
+    alloc = ""
+    if row.reserved_gb is not None:
+        alloc = f", reserved {row.reserved_gb:.2f} GB"
+        if row.alloc_retries or row.device_mallocs:
+            alloc += (f", allocator per step: {row.alloc_retries:g} cache flushes, {row.device_mallocs:g} cudaMalloc, "
+                      f"{row.device_frees:g} cudaFree")
     return (f"{head}: {row.step_s:.4f} s/step, {row.tokens_per_s:,.0f} tok/s, MFU {row.mfu:.3f}, "
-            f"{peak}" + ("" if row.plan_gb is None else f"plan {plan_gb} GB{err}")).rstrip(", ") + how
+            f"{peak}" + ("" if row.plan_gb is None else f"plan {plan_gb} GB{err}")).rstrip(", ") + how + alloc
 
 
 def sweep(base: Config, kinds: list[str], lengths: list[int], opts: Options) -> list[Row]:

@@ -32,6 +32,21 @@ GB = 1e9
 OUR_CODE = ("megastride", "/engine/", "/kernels/", "/data_shards/", "/launch/")
 
 
+ALLOCATOR_COUNTS = ("num_alloc_retries", "num_device_alloc", "num_device_free")
+
+
+def allocator_counts(device) -> dict[str, int]:
+    """The CUDA caching allocator's cumulative counters (``torch.cuda.memory_stats``): cache flushes after a
+    failed cudaMalloc (each synchronises the device and frees every cached block before retrying), and the
+    device allocation and free calls; {} off CUDA."""
+    if device.type != "cuda":
+        return {}
+    import torch
+
+    stats = torch.cuda.memory_stats(device)
+    return {k: int(stats.get(k, 0)) for k in ALLOCATOR_COUNTS}
+
+
 @dataclass
 class Site:
     where: str  # "file.py:line function" of the innermost frame in our code (or the innermost frame)

@@ -17,6 +17,7 @@ from . import checkpoint as ckpt
 from .config import Config, ConfigError, graph_problem, keep_attention_conflict
 from .deepspeed_config import check_zero_options, deepspeed_config
 from .distributed import all_reduce_sum, barrier, init_distributed, world_size_from_env
+from .memtrace import allocator_counts
 from .metrics import MetricsWriter, Progress, bits_per_byte
 from .model import SparseTransformer
 from .parallel import apply_activation_checkpointing, build_optimizer
@@ -210,6 +211,7 @@ class Trainer:
         self.step = 0
         self._grad_norm: float | None = None
         self._peak_run = 0.0  # the largest perf/peak_memory_gb logged so far
+        self._flushes = allocator_counts(self.device).get("num_alloc_retries", 0)  # at the last log line
         self.ckpt_root = checkpoint_dir(cfg)
         if cfg.run.resume == "auto" and ckpt.has_checkpoint(self.ckpt_root):
             self._resume()
@@ -343,6 +345,7 @@ class Trainer:
         # peak_memory_gb covers the steps since the previous log line (with their evaluation and
         # checkpointing), so the first step's autotuning shows in its own line only;
         # peak_memory_gb_run is the whole run's (this process's) peak so far
+        allocator = self._allocator_since_log()  # before the reset below, which also resets the reserved peak
         window = peak_memory_gb(self.device, reset=True)
         self._peak_run = max(self._peak_run, window)
         self.metrics.scalars(self.step, {
@@ -356,7 +359,20 @@ class Trainer:
             "perf/data_wait_fraction": wait / elapsed,
             "perf/peak_memory_gb": window,
             "perf/peak_memory_gb_run": self._peak_run,
+            **allocator,
         })
+
+    def _allocator_since_log(self) -> dict[str, float]:
+        """On CUDA, the allocator since the previous log line: its reserved peak (GB) and its cache flushes (a
+        cudaMalloc that failed, so every cached block was freed, the device synchronised, and the call retried:
+        a step that has them is slower than it need be; PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True or a
+        smaller train.memory_budget_gb leave room). Nothing elsewhere."""
+        if self.device.type != "cuda":
+            return {}
+        flushes = allocator_counts(self.device)["num_alloc_retries"]
+        since, self._flushes = flushes - self._flushes, flushes
+        return {"perf/reserved_memory_gb": torch.cuda.max_memory_reserved(self.device) / 1e9,
+                "perf/allocator_cache_flushes": float(since)}
 
     def close(self) -> None:
         """Stop loader threads/workers and leave the process group (clean exit on every rank)."""

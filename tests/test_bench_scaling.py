@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -68,7 +69,7 @@ def test_sweep_writes_csv_json_png_and_tensorboard(tmp_path, capsys):
 
 def test_series_stops_at_oom_and_the_next_series_runs(monkeypatch):
     """An out-of-memory error ends its series only; the row records it."""
-    def fake(cfg, device, batch, steps, warmup, profile=None, trace=None):
+    def fake(cfg, device, batch, steps, warmup, profile=None, trace=None, allocator=None):
         if cfg.model.seq_len >= 128 and cfg.model.attention.layers[0] == "dense":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         return 0.001 * cfg.model.seq_len, None
@@ -78,6 +79,41 @@ def test_series_stops_at_oom_and_the_next_series_runs(monkeypatch):
     assert [(r.kind, r.seq_len, r.status) for r in rows] == [
         ("dense", 64, "ok"), ("dense", 128, "oom"), ("fixed", 64, "ok"), ("fixed", 128, "ok"), ("fixed", 256, "ok")]
     assert rows[0].mfu > 0 and rows[1].step_s is None
+
+
+def test_allocator_counts_cover_the_timed_calls_only(monkeypatch):
+    """timed_calls reports the CUDA allocator over the timed calls alone: per call, the cache flushes after a
+    failed cudaMalloc and the cudaMalloc / cudaFree calls (counters read before and after them, the warm-up's
+    and the settling calls' left out), and the reserved peak; the row and its log line carry them."""
+    state = {"calls": 0, "retries": 0, "mallocs": 0, "frees": 0}
+
+    def call():  # a warm-up call allocates much; the later ones one flush, 3 mallocs, 2 frees each
+        first = state["calls"] == 0
+        state["calls"] += 1
+        state["retries"] += 0 if first else 1
+        state["mallocs"] += 50 if first else 3
+        state["frees"] += 0 if first else 2
+
+    stats = lambda device: {"num_alloc_retries": state["retries"], "num_device_alloc": state["mallocs"],  # noqa: E731
+                            "num_device_free": state["frees"], "allocated_bytes.all.current": 7}
+    monkeypatch.setattr(torch.cuda, "memory_stats", stats)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 5 * 2**30)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device: 6 * 2**30)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    alloc = {}
+    median, peak = B.timed_calls(call, torch.device("cuda"), steps=4, warmup=1, settle=1, allocator=alloc)
+    assert peak == 5 * 2**30 and state["calls"] == 6
+    assert alloc == {"alloc_retries": 1.0, "device_mallocs": 3.0, "device_frees": 2.0,
+                     "reserved_gb": pytest.approx(6 * 2**30 / B.planner.GB)}
+    row = B.Row(kind="fixed", pattern="fixed(64,8)", seq_len=64, batch=1, status="ok", step_s=1.0, tokens_per_s=64.0,
+                mfu=0.1, label="fixed", **alloc)
+    assert B.describe(row).endswith(f"reserved {alloc['reserved_gb']:.2f} GB, allocator per step: 1 cache flushes, "
+                                    "3 cudaMalloc, 2 cudaFree")
+    quiet_row = replace(row, alloc_retries=0.0, device_mallocs=0.0, device_frees=0.0)
+    assert B.describe(quiet_row).endswith(f"reserved {alloc['reserved_gb']:.2f} GB")
+    assert "reserved" not in B.describe(replace(row, reserved_gb=None))
+    assert B.allocator_counts(torch.device("cpu")) == {}
 
 
 def test_time_budget_skips_lengths_it_cannot_afford(monkeypatch):

@@ -136,6 +136,23 @@ def test_runtime_refusals_are_one_line(train, world, cuda, message):
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
+def test_allocator_flushes_are_logged_per_window(monkeypatch):
+    """On CUDA each log line carries the allocator's reserved peak and the cache flushes since the previous
+    line (not since the start); off CUDA neither."""
+    from types import SimpleNamespace
+
+    from megastride.engine.trainer import Trainer
+
+    flushes = iter([7, 7, 10])
+    monkeypatch.setattr(torch.cuda, "memory_stats", lambda device: {"num_alloc_retries": next(flushes)})
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device: 3e9)
+    fake = SimpleNamespace(device=torch.device("cuda"), _flushes=5)
+    assert Trainer._allocator_since_log(fake) == {"perf/reserved_memory_gb": 3.0, "perf/allocator_cache_flushes": 2.0}
+    assert Trainer._allocator_since_log(fake)["perf/allocator_cache_flushes"] == 0.0
+    assert Trainer._allocator_since_log(fake)["perf/allocator_cache_flushes"] == 3.0 and fake._flushes == 10
+    assert Trainer._allocator_since_log(SimpleNamespace(device=torch.device("cpu"), _flushes=0)) == {}
+
+
 def test_runtime_accepts_what_it_runs():
     """fp32 and bf16 on one process, a graph on CUDA; DeepSpeed takes the rest."""
     check_runtime(_cfg(), 1, False)
