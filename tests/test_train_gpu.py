@@ -159,3 +159,46 @@ def test_kept_attention_in_host_memory_gives_the_same_gradients_on_the_gpu(overl
     assert on_host <= on_gpu - 3 * pair, (on_host, on_gpu, pair)
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_residual_kernels_give_the_plain_streams_loss_and_gradients_on_the_gpu(monkeypatch):
+    """On CUDA under bf16 autocast, the residual stream's kernels (ln1's kept input summing the stream's
+    gradient in its backward, the FFN's fp32 + bf16 add by the Triton kernel) give the loss of torch's adds
+    and autograd's sums bitwise (the forward's sums are the same) and their gradients to reduction order,
+    with every block recomputed and with none."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from megastride.engine import parallel
+    from megastride.engine.config import config_from_dict
+    from megastride.engine.model import SparseTransformer
+    from megastride.kernels import layernorm
+
+    calls = []
+    real = layernorm.triton_residual_add
+    monkeypatch.setattr(layernorm, "triton_residual_add", lambda *a: calls.append(1) or real(*a))
+
+    def grads(choice, recompute):
+        monkeypatch.setenv("MEGASTRIDE_RESIDUAL", choice)
+        cfg = config_from_dict({"model": {"seq_len": 16384, "d_model": 512, "n_layers": 3, "n_heads": 8,
+                                          "attention": {"block": 128, "layers": ["fixed(1024,128)"]}},
+                                "train": {"checkpoint_activations": recompute}})
+        torch.manual_seed(0)
+        model = SparseTransformer(cfg.model).cuda()
+        parallel.apply_activation_checkpointing(model, cfg.train)
+        idx = torch.randint(0, 256, (1, 16385), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    for recompute in (True, False):
+        before = len(calls)
+        loss, got = grads("fused", recompute)
+        assert len(calls) - before == 3 * (2 if recompute else 1)  # each block's FFN add (again when recomputed)
+        ref_loss, ref = grads("plain", recompute)
+        assert len(calls) - before == 3 * (2 if recompute else 1)
+        assert loss == ref_loss
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
