@@ -307,12 +307,17 @@ def sweep(rows: int, width: int = 512) -> list[str]:
                          f"{L.tiles(width, tile, per_thread)}: {ms:.3f} ms")
         L.FWD_TILE, L.FWD_PER_THREAD = saved[:2]
         _, mean, rstd, _ = L._forward(x, w, b, EPS, torch.bfloat16)
-        for tile, per_thread in ((512, 4), (1024, 8), (2048, 8), (2048, 4), (4096, 16)):
+        ds = torch.randn_like(x)  # the stream's fp32 gradient: ln2's add (and its bf16 branch gradient), ln1's kept input
+        variants = (("", {}), (" +stream", {"dx_more": ds}), (" +stream +branch", {"dx_more": ds, "branch_dtype": torch.bfloat16}))
+        for tile, per_thread in ((512, 4), (1024, 8), (1024, 4), (2048, 8), (2048, 4), (4096, 16)):
             for per_sm in (1, 2, 3, 4, 8, 16):
                 L.BWD_TILE, L.BWD_PER_THREAD, L.BWD_PROGRAMS_PER_SM = tile, per_thread, per_sm
-                ms = _bench(lambda: L._backward(dy, x, w, b, mean, rstd))
-                lines.append(f"sweep bwd (1, {rows}, {width}) tile {tile} x {per_thread}/thread "
-                             f"{L.tiles(width, tile, per_thread)}, {per_sm} programs/SM: {ms:.3f} ms")
+                for what, extra in variants:
+                    ms = _bench(lambda: L._backward(dy, x, w, b, mean, rstd, **extra))
+                    moved = rows * width * (4 + 2 + 4 + 4 * ("dx_more" in extra) + 2 * ("branch_dtype" in extra))
+                    lines.append(f"sweep bwd{what} (1, {rows}, {width}) tile {tile} x {per_thread}/thread "
+                                 f"{L.tiles(width, tile, per_thread)}, {per_sm} programs/SM: {ms:.3f} ms, "
+                                 f"{moved / (ms * 1e-3) / 1e9:.0f} GB/s")
     finally:
         L.FWD_TILE, L.FWD_PER_THREAD, L.BWD_TILE, L.BWD_PER_THREAD, L.BWD_PROGRAMS_PER_SM = saved
     return lines
@@ -396,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m megastride.kernels.ln_check", description=__doc__.splitlines()[0])
     p.add_argument("--long", action="store_true", help="also check at 4,194,304 rows (2**31 elements)")
     p.add_argument("--sweep", action="store_true", help="also time tile and row-group settings")
+    p.add_argument("--sweep-long-only", action="store_true", help="--sweep at 1,048,576 rows only")
     p.add_argument("--compile", action="store_true", help="only compile the kernels for sm_90 (no GPU needed)")
     p.add_argument("--widths", default="32,64,512,1024,4096,8192", help="widths for --compile")
     args = p.parse_args(argv)
@@ -435,8 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{t['name']}: fwd kernel {t['fused_fwd_ms']:.3f} ms ({t['fused_fwd_gbps']:.0f} GB/s), torch "
               f"{t['unfused_fwd_ms']:.3f} ms, speedup {t['unfused_fwd_ms'] / t['fused_fwd_ms']:.2f}x | fwd+bwd "
               f"{t['fused_fwdbwd_ms']:.3f} / {t['unfused_fwdbwd_ms']:.3f} ms", flush=True)
-    if args.sweep:
-        for rows in (65536, 1 << 20):
+    if args.sweep or args.sweep_long_only:
+        for rows in (1 << 20,) if args.sweep_long_only else (65536, 1 << 20):
             for line in sweep(rows):
                 print(line, flush=True)
     print(f"ln_check: {'FAILED ' + str(failed) if failed else 'all checks passed'}")

@@ -1,4 +1,6 @@
 #!/bin/bash
+# Superseded (2026-12-04, 22:50 UTC) by docs/runs/fortyfirst/callAS1-AS3.sh, which run the same checks and timings
+# with the later changes; kept as planned then.
 # NOT RUN: the device machine stopped answering when this call was made (2026-12-04 21:37 UTC) and no more
 # device time was lent that session; the next session with a GPU runs it first.
 # Fortieth run, call 3: BlockCheckpoint's prefetch copies now start when the compute stream reaches them, into

@@ -1,4 +1,6 @@
 #!/bin/bash
+# Superseded (2026-12-04, 22:50 UTC) by docs/runs/fortyfirst/callAS1-AS3.sh, which run the same checks and timings
+# with the later changes; kept as planned then.
 # NOT RUN YET (planned 2026-12-04, the device lost): the next session runs it after callAR3.sh.
 # Fortieth run, call 4: two more levers on the 1M step's idle time, each beside the plain step in the same call:
 # (1) the loss over 65,536 positions a chunk (8,192 by default: 128 chunks of small kernels, whose host-bound gaps

@@ -1,0 +1,20 @@
+#!/bin/bash
+# Forty-first run, call 3 (the fortieth run's callAR4, never run): two more levers on the 1M step's idle time, each
+# beside the default step in the same call: the loss over 65,536 positions a chunk (8,192 by default: 128 chunks of
+# small kernels, about 50-65 ms a step of host-bound gaps in the fortieth run), the CUDA allocator's expandable
+# segments (a cudaFree/cudaMalloc stretch of 46-93 ms a step there; the log line now says whether the allocator
+# flushed its cache), then both together.
+date -u > $OUT/times.txt
+common="--device cuda --config configs/enwik8.yaml --set model.dropout=0 --lengths 1048576 --steps 2 --warmup 1 --kinds fixed"
+mem="--set train.cpu_checkpointing=true --set train.offload_overlap=true --set train.checkpoint_blocks=auto \
+  --set train.keep_attention=auto --set train.memory_budget_gb=60"
+for run in default chunk expandable both; do
+  extra=""; envs=""
+  case $run in chunk|both) extra="--set model.loss_chunk=65536";; esac
+  case $run in expandable|both) envs="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True";; esac
+  env $envs timeout 140 megastride bench scaling $common $mem $extra --out $OUT/$run > $OUT/$run.log 2>&1
+  echo "$run rc $?" >> $OUT/$run.log
+  echo "== $run"; grep -v "^|" $OUT/$run.log | grep -v "memory at the peak" | tail -2 | cut -c1-400
+  rm -rf $OUT/$run
+  date -u >> $OUT/times.txt
+done
