@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from megastride.kernels import FusedLayerNorm, Layout, residual_add, sparse_attention, sparse_attention_qkv
+from megastride.kernels import (FusedLayerNorm, Layout, linear_silu, residual_add, sparse_attention,
+                                sparse_attention_qkv)
 from megastride.kernels.attention import layout_for
 from megastride.kernels.patterns import AttentionPattern
 
@@ -94,9 +95,11 @@ class FeedForward(nn.Module):
         # one fused kernel each way (silu and its backward) instead of three forward and about five
         # backward, and the FFN saves two wide tensors for backward instead of three. Same
         # parameters, same function (to rounding).
+        # Where the kernels run, fc's bias is added in the SiLU's kernel, whose backward also sums its gradient
+        # (kernels.linear_silu): F.linear's backward would read the (T, ffn width) gradient again for it.
         s = GELU_SCALE
-        z = F.linear(x, self.fc.weight * s, self.fc.bias * s)
-        return F.linear(F.silu(z), self.proj.weight * (1.0 / s), self.proj.bias)
+        a = linear_silu(x, self.fc.weight * s, self.fc.bias * s)
+        return F.linear(a, self.proj.weight * (1.0 / s), self.proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t, c = x.shape[1], self.chunk

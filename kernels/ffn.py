@@ -1,0 +1,45 @@
+"""The FFN's first layer, ``silu(x W^T + b)``: the Triton kernels (``bias_silu``) on CUDA, torch elsewhere.
+
+Where the kernels run, the product comes from cuBLAS without its bias and one kernel each way adds the
+bias and applies the SiLU, its backward summing the bias's gradient as it writes dz (torch's linear
+would read dz once more for that sum alone). Set MEGASTRIDE_FFN=torch to keep torch's path anywhere (A/B
+runs); on CPU tensors the kernels run only under the Triton interpreter with MEGASTRIDE_FFN=triton
+(tests), and CUDA tensors never go through the interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    choice = os.environ.get("MEGASTRIDE_FFN", "").lower()
+    if choice not in ("", "torch", "triton"):
+        raise ValueError(f"MEGASTRIDE_FFN must be unset, 'torch' or 'triton'; got {choice!r}")
+    if choice == "torch" or torch.compiler.is_compiling() or x.numel() == 0:
+        return False
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if x.is_cuda:  # not through the interpreter: a test session that sets it may also hold GPU tests
+        return not interpreted
+    return interpreted and choice == "triton"
+
+
+def linear_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """silu(x weight^T + bias), in the dtype ``F.linear`` gives (under autocast the autocast dtype).
+
+    Where the kernels run: ``F.linear(x, weight)`` without the bias, then ``bias_silu.triton_bias_silu``
+    (the bias added in fp32, its gradient summed in the SiLU's backward); elsewhere and without a bias
+    ``F.silu(F.linear(x, weight, bias))``."""
+    if bias is None or not _use_triton(x):
+        return F.silu(F.linear(x, weight, bias))
+    z0 = F.linear(x, weight)
+    if z0.dtype not in _KERNEL_DTYPES or bias.dtype not in _KERNEL_DTYPES:
+        return F.silu(z0 + bias)
+    from .bias_silu import triton_bias_silu  # imported lazily: needs triton
+
+    return triton_bias_silu(z0, bias)

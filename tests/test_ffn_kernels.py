@@ -1,0 +1,158 @@
+"""The FFN's bias + SiLU kernels (kernels/bias_silu.py, kernels/ffn.py), run by the Triton interpreter on CPU.
+
+Output and gradients against torch's ``F.silu(z0 + b)`` and float64, three ways (STYLE.md): |kernel - fp64|
+<= 2 |torch_lowprec - fp64| + atol, every output buffer poisoned with NaN first so an unwritten element
+fails. bf16 (wrong in the interpreter) and timing: ``python -m megastride.kernels.ffn_check`` on a GPU.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+if os.environ.get("TRITON_INTERPRET") != "1":  # see tests/test_layernorm.py: the interpreter is chosen at import
+    pytest.skip("the FFN kernel interpreter tests: run them with TRITON_INTERPRET=1 in a session of their own "
+                "on a GPU host", allow_module_level=True)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the interpreter on numpy 2
+
+from megastride.engine import model as model_module  # noqa: E402
+from megastride.engine.config import config_from_dict  # noqa: E402
+from megastride.kernels import bias_silu, ffn  # noqa: E402
+
+ATOL = {torch.float32: 2e-5, torch.float16: 2e-3}
+
+
+@pytest.fixture(autouse=True)
+def _kernel(monkeypatch):
+    """Every test here runs the kernels on CPU (MEGASTRIDE_FFN=triton) with poisoned buffers."""
+    monkeypatch.setenv("MEGASTRIDE_FFN", "triton")
+    monkeypatch.setattr(bias_silu, "POISON", True)
+
+
+def _grads(fn, z0, b, da):
+    leaves = [t.detach().clone().requires_grad_() for t in (z0, b)]
+    a = fn(*leaves)
+    return [a.detach(), *torch.autograd.grad(a, leaves, da.to(a.dtype))]
+
+
+@pytest.mark.parametrize("shape, z_dtype", [
+    ((2, 37, 100), torch.float32),  # one column block, padded; rows not a multiple of the tiles
+    ((1, 45, 600), torch.float16),  # three column blocks of 256, the last partial; fp32 bias
+    ((3, 13, 512), torch.float32),
+])
+def test_bias_silu_matches_torch(shape, z_dtype):
+    """a = silu(z0 + b), dz and db (summed in the kernel over its row groups) equal torch's silu of the sum and
+    its autograd in float64, three ways; a and dz in z0's dtype, db in the bias's."""
+    gen = torch.Generator().manual_seed(0)
+    z0 = (torch.randn(shape, generator=gen) * 3).to(z_dtype)
+    b = torch.randn(shape[-1], generator=gen)
+    da = torch.randn(shape, generator=gen).to(z_dtype)
+    got = _grads(bias_silu.triton_bias_silu, z0, b, da)
+    low = _grads(lambda z, c: F.silu((z + c).to(z_dtype)), z0, b, da)  # torch: the sum rounded, then silu
+    exact = _grads(lambda z, c: F.silu(z + c), z0.double(), b.double(), da.double())
+    assert [t.dtype for t in got] == [z_dtype, z_dtype, torch.float32]
+    for name, g, lo, ex in zip(("a", "dz0", "db"), got, low, exact):
+        assert torch.isfinite(g).all(), f"{name} has non-finite (unwritten?) elements"
+        err = (g.double() - ex).abs()
+        bound = 2 * (lo.double() - ex).abs() + ATOL[z_dtype] * max(1.0, ex.abs().max().item())
+        worst = (err - bound).argmax()
+        assert (err <= bound).all(), f"{name} {shape}: off by {err.flatten()[worst]:.3g} (allowed {bound.flatten()[worst]:.3g})"
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_bias_gradient_over_row_groups(groups, monkeypatch):
+    """One row group for all rows, and (four asked) three of two tiles, the last short: every row's share of db
+    counted once."""
+    monkeypatch.setattr(bias_silu, "INTERPRET_ROW_GROUPS", groups)
+    assert bias_silu.row_groups(45, 1, torch.device("cpu")) == ((3, 16) if groups == 4 else (1, 48))
+    gen = torch.Generator().manual_seed(1)
+    z0, b, da = torch.randn(45, 64, generator=gen), torch.randn(64, generator=gen), torch.randn(45, 64, generator=gen)
+    _, dz, db = _grads(bias_silu.triton_bias_silu, z0, b, da)
+    want = _grads(lambda z, c: F.silu(z + c), z0, b, da)
+    torch.testing.assert_close(dz, want[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(db, want[2], rtol=1e-5, atol=1e-5)
+
+
+def test_dispatch(monkeypatch):
+    """linear_silu takes the kernels on CPU only under the interpreter with MEGASTRIDE_FFN=triton, and torch's
+    silu of the biased product otherwise (MEGASTRIDE_FFN=torch, no bias, under torch.compile); a mistyped
+    MEGASTRIDE_FFN is a one-line error naming it."""
+    calls = []
+    real = bias_silu.triton_bias_silu
+    monkeypatch.setattr(bias_silu, "triton_bias_silu", lambda *a: calls.append(1) or real(*a))
+    gen = torch.Generator().manual_seed(2)
+    x, w, b = torch.randn(2, 9, 16, generator=gen), torch.randn(40, 16, generator=gen), torch.randn(40, generator=gen)
+    want = F.silu(F.linear(x, w, b))
+    torch.testing.assert_close(ffn.linear_silu(x, w, b), want, rtol=1e-5, atol=1e-6)
+    assert len(calls) == 1
+    assert torch.equal(ffn.linear_silu(x, w, None), F.silu(F.linear(x, w))) and len(calls) == 1
+    for env, value in (("MEGASTRIDE_FFN", "torch"), ("MEGASTRIDE_FFN", ""), ("TRITON_INTERPRET", "0")):
+        with monkeypatch.context() as m:
+            m.setenv(env, value)
+            assert torch.equal(ffn.linear_silu(x, w, b), want)
+    assert len(calls) == 1
+    with monkeypatch.context() as m:
+        m.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert torch.equal(ffn.linear_silu(x, w, b), want) and len(calls) == 1
+    monkeypatch.setenv("MEGASTRIDE_FFN", "fused")
+    with pytest.raises(ValueError, match=r"^MEGASTRIDE_FFN must be unset, 'torch' or 'triton'; got 'fused'$"):
+        ffn.linear_silu(x, w, b)
+
+
+def test_bad_inputs_raise():
+    """A bias of the wrong width and unsupported dtypes are clear errors."""
+    z0 = torch.randn(3, 8)
+    with pytest.raises(ValueError, match=r"the bias must be \(8,\)"):
+        bias_silu.triton_bias_silu(z0, torch.randn(4))
+    with pytest.raises(ValueError, match="float16, bfloat16 or float32"):
+        bias_silu.triton_bias_silu(z0.double(), torch.randn(8))
+
+
+def _tiny_model():
+    tree = {"model": {"seq_len": 64, "d_model": 32, "n_layers": 2, "n_heads": 2, "ffn_chunk": 0,
+                      "attention": {"block": 16, "layers": ["fixed(32,8)", "strided(16)"]}}}
+    torch.manual_seed(3)
+    model = model_module.SparseTransformer(config_from_dict(tree).model)
+    with torch.no_grad():  # biases away from their zero init, so a lost bias gradient shows
+        for block in model.blocks:
+            block.ffn.fc.bias.normal_(0.0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_model_with_the_kernels_matches_torch(autocast, monkeypatch):
+    """The model's FFNs through the kernels give torch's loss and gradients (fp32; and under fp16 autocast, where
+    the kernel adds the bias to the unrounded product, to the 16-bit rounding)."""
+    model = _tiny_model()
+    calls = []
+    real = bias_silu.triton_bias_silu
+    monkeypatch.setattr(bias_silu, "triton_bias_silu", lambda *a: calls.append(1) or real(*a))
+    idx = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(4))
+    targets = torch.roll(idx, -1, dims=1)
+    results = []
+    for choice in ("triton", "torch"):
+        monkeypatch.setenv("MEGASTRIDE_FFN", choice)
+        with torch.autocast("cpu", dtype=torch.float16, enabled=autocast):
+            loss = model(idx, targets)
+        results.append((loss.detach(), torch.autograd.grad(loss, list(model.parameters()))))
+    assert len(calls) == 2  # each block's FFN, in the kernels' pass only
+    tol = dict(rtol=2e-3, atol=2e-4) if autocast else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[0][0], results[1][0], **tol)
+    for (name, _), g, w in zip(model.named_parameters(), results[0][1], results[1][1]):
+        torch.testing.assert_close(g, w, **tol, msg=lambda m: f"{name}: {m}")
+
+
+def test_kernels_compile_for_sm90():
+    """Both kernels compile for Hopper at width 2048 without register spills, their tiles' accesses 16-byte
+    vectors (no GPU needed)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "megastride.kernels.ffn_check", "--compile"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert sum(line.startswith("ok ") for line in proc.stdout.splitlines()) == 6, proc.stdout
