@@ -5,7 +5,7 @@
 # against torch and float64 in bf16 and timed against what they replace; (2) the GPU tests of the step's new
 # pieces: the overlapped-offload prefetch (de28378, 4d004c8; fortieth run's callAR3, never run), kept attention,
 # the residual kernels' loss and gradients against the plain stream's, and the FFN's bias in the SiLU's kernel against
-# torch's (since the commit after ab99a4e).
+# torch's (15be590).
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv
 date -u > $OUT/times.txt
 timeout 150 python3 -m megastride.kernels.ln_check > $OUT/ln_check.log 2>&1; echo "ln_check rc $?" >> $OUT/ln_check.log
