@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .layernorm import as_rows, new_buffer
 from .profiling import sm_count
 
 # (rows, columns) of a program's tile, warps; the backward's row groups per SM (as the LayerNorm's)
@@ -70,15 +71,7 @@ def _bias_silu_bwd_kernel(Z0, B, DA, DZ, DB_PART, rows, rows_per_program, stride
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:
-    if POISON:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _as_rows(t: torch.Tensor, width: int) -> torch.Tensor:
-    """(rows, width) view of t (a copy only where the last dim is not contiguous)."""
-    t = t.reshape(-1, width)
-    return t if t.stride(-1) == 1 else t.contiguous()
+    return new_buffer(shape, dtype, device, POISON)
 
 
 def row_groups(rows: int, col_blocks: int, device: torch.device) -> tuple[int, int]:
@@ -94,7 +87,7 @@ def row_groups(rows: int, col_blocks: int, device: torch.device) -> tuple[int, i
 
 def _forward(z0: torch.Tensor, bias: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     width = z0.shape[-1]
-    z2 = _as_rows(z0, width)
+    z2 = as_rows(z0, width)
     rows = z2.shape[0]
     a = _empty(z0.shape, out_dtype, z0.device)
     grid = (triton.cdiv(rows, FWD_BLOCK_M), triton.cdiv(width, FWD_BLOCK_N))
@@ -106,7 +99,7 @@ def _forward(z0: torch.Tensor, bias: torch.Tensor, out_dtype: torch.dtype) -> to
 def _backward(da: torch.Tensor, z0: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(dz in z0's dtype, the bias's gradient in its dtype)."""
     width = z0.shape[-1]
-    z2, da2 = _as_rows(z0, width), _as_rows(da, width)
+    z2, da2 = as_rows(z0, width), as_rows(da, width)
     rows = z2.shape[0]
     dz = _empty(z0.shape, z0.dtype, z0.device)
     col_blocks = triton.cdiv(width, BWD_BLOCK_N)

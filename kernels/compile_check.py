@@ -183,6 +183,41 @@ def ptxas_usage(kernel, arch: int = 90) -> dict:
             "warnings": re.findall(r"Potential Performance Loss: ([^\n]*)", text)}
 
 
+def report_line(kernel, name: str, signature: dict, constexprs: dict, warps: int, attrs: dict | None = None,
+                arch: int = 90, vectors: str | None = None) -> tuple[str, bool]:
+    """(line, ok) of one small elementwise kernel compiled for ``arch`` without a GPU (``attrs``: the
+    specialisation of a real launch, ``launch_attrs`` by default): its registers and spills, ok without spills;
+    with ``vectors`` "all" (every global access) or "any" (the tiles', beside single-row ones), also the widths
+    of its global accesses, ok only where those are 16- or 8-byte vectors. A compile error is a failed line."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    try:
+        k = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs,
+                                     attrs=launch_attrs(kernel) if attrs is None else attrs),
+                           target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+    except Exception as err:  # the caller reports every variant, then fails
+        return f"FAIL {name}: {type(err).__name__}: {str(err).splitlines()[0][:300]}", False
+    u = ptxas_usage(k, arch)
+    ok = u["spill_stores"] == 0 and u["spill_loads"] == 0
+    line = f"{name}: {u['registers']} registers, spills {u['spill_stores']}/{u['spill_loads']} B stored/loaded"
+    if vectors:
+        widths = sorted(set(re.findall(r"\b(?:ld|st)\.global(?:\.\w+)*", k.asm["ptx"])))
+        ok &= (all if vectors == "all" else any)(".v4." in w or ".v2." in w for w in widths)
+        line += f", accesses {', '.join(widths)}"
+    return f"{'ok  ' if ok else 'FAIL'} {line}", ok
+
+
+def print_report(report: list[tuple[str, bool]], tool: str) -> int:
+    """Print ``report_line`` results and a closing line; the exit status: 1 if any failed."""
+    for line, _ in report:
+        print(line, flush=True)
+    failed = sum(not ok for _, ok in report)
+    print(f"{tool} compile sm_90: {'FAILED ' + str(failed) if failed else 'all compiled'}")
+    return 1 if failed else 0
+
+
 def sass(kernel) -> str:
     """The compiled kernel's SASS, from the bundled nvdisasm."""
     tool = _bundled_tool("nvdisasm")

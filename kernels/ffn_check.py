@@ -17,7 +17,6 @@ check fails.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 import torch
@@ -90,11 +89,7 @@ def time_case(rows: int) -> dict:
 def compile_report(width: int = 2048, arch: int = 90) -> list[tuple[str, bool]]:
     """(line, ok) per kernel and dtype: compiled for ``arch`` without a GPU as a launch on contiguous
     (T, width) tensors specialises it; registers, spills and the global accesses' widths."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from .compile_check import launch_attrs, ptxas_usage
+    from .compile_check import report_line
 
     out = []
     for z_t in ("bf16", "fp16", "fp32"):
@@ -106,19 +101,8 @@ def compile_report(width: int = 2048, arch: int = 90) -> list[tuple[str, bool]]:
             sig = {p.name: "constexpr" if p.is_constexpr else f"*{types[p.name]}" if p.name.isupper()
                    else "i64" if p.name.startswith("stride") else "i32" for p in kernel.params}
             name = f"{kernel.__name__} width {width} z {z_t} {consts['BLOCK_M']}x{consts['BLOCK_N']} w{warps}"
-            try:
-                k = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=launch_attrs(kernel)),
-                                   target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
-            except Exception as err:  # report every variant, then fail
-                out.append((f"FAIL {name}: {type(err).__name__}: {str(err).splitlines()[0][:300]}", False))
-                continue
-            u = ptxas_usage(k, arch)
-            # the tiles' loads and stores (the bias and the partial sums are single rows: any width)
-            widths = sorted(set(re.findall(r"\b(?:ld|st)\.global(?:\.\w+)*", k.asm["ptx"])))
-            vector = any(".v4." in w or ".v2." in w for w in widths)
-            ok = u["spill_stores"] == 0 and u["spill_loads"] == 0 and vector
-            out.append((f"{'ok  ' if ok else 'FAIL'} {name}: {u['registers']} registers, spills "
-                        f"{u['spill_stores']}/{u['spill_loads']} B stored/loaded, accesses {', '.join(widths)}", ok))
+            # the tiles' accesses vectors (the bias and the partial sums are single rows: any width)
+            out.append(report_line(kernel, name, sig, consts, warps, arch=arch, vectors="any"))
     return out
 
 
@@ -127,12 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="only compile the kernels for sm_90 (no GPU needed)")
     args = p.parse_args(argv)
     if args.compile:
-        report = compile_report()
-        for line, _ in report:
-            print(line, flush=True)
-        failed = sum(not ok for _, ok in report)
-        print(f"ffn_check compile sm_90: {'FAILED ' + str(failed) if failed else 'all compiled'}")
-        return 1 if failed else 0
+        from .compile_check import print_report
+
+        return print_report(compile_report(), "ffn_check")
     if not torch.cuda.is_available():
         print("ffn_check needs a CUDA GPU (--compile runs without one)", file=sys.stderr)
         return 2

@@ -174,13 +174,18 @@ def row_groups(rows: int, block_m: int, device: torch.device) -> tuple[int, int]
     return triton.cdiv(rows, rows_per_program), rows_per_program
 
 
-def _empty(shape, dtype, device) -> torch.Tensor:
-    if POISON:
+def new_buffer(shape, dtype, device, poison: bool) -> torch.Tensor:
+    """An output buffer: empty, or NaN-filled under ``poison`` (tests: an element no program writes shows)."""
+    if poison:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _as_rows(t: torch.Tensor, width: int) -> torch.Tensor:
+def _empty(shape, dtype, device) -> torch.Tensor:
+    return new_buffer(shape, dtype, device, POISON)
+
+
+def as_rows(t: torch.Tensor, width: int) -> torch.Tensor:
     """(rows, width) view of t (a copy only where the last dim is not contiguous)."""
     t = t.reshape(-1, width)
     return t if t.stride(-1) == 1 else t.contiguous()
@@ -203,7 +208,7 @@ def _forward(x: torch.Tensor, weight, bias, eps: float, out_dtype: torch.dtype, 
     with ``residual``, of s = x + residual (stored in their promoted dtype, the 4th result; else None)."""
     _check(x, weight, bias, out_dtype)
     width = x.shape[-1]
-    x2 = _as_rows(x, width)  # (rows, D)
+    x2 = as_rows(x, width)  # (rows, D)
     rows = x2.shape[0]
     y = _empty(x.shape, out_dtype, x.device)
     mean = _empty((rows,), torch.float32, x.device)
@@ -211,7 +216,7 @@ def _forward(x: torch.Tensor, weight, bias, eps: float, out_dtype: torch.dtype, 
     s = r2 = s2 = None
     if residual is not None:
         _check_residual(x, residual)
-        r2 = _as_rows(residual, width)
+        r2 = as_rows(residual, width)
         s = _empty(x.shape, torch.result_type(x, residual), x.device)
         s2 = s.view(rows, width)
     block_m, block_n, warps = tiles(width, FWD_TILE, FWD_PER_THREAD)
@@ -230,10 +235,10 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.Tenso
     ``dx_more``: a gradient of x from elsewhere, added to dx in the kernel; ``branch_dtype``: dx also
     written in that dtype (dbranch, the gradient of a residual added in ``_forward``; None without)."""
     width = x.shape[-1]
-    x2, dy2 = _as_rows(x, width), _as_rows(dy, width)  # (rows, D)
+    x2, dy2 = as_rows(x, width), as_rows(dy, width)  # (rows, D)
     rows = x2.shape[0]
     dx = _empty(x.shape, x.dtype, x.device)
-    ds2 = _as_rows(dx_more, width) if dx_more is not None else None
+    ds2 = as_rows(dx_more, width) if dx_more is not None else None
     dr = _empty(x.shape, branch_dtype, x.device) if branch_dtype not in (None, x.dtype) else None
     block_m, block_n, warps = tiles(width, BWD_TILE, BWD_PER_THREAD)
     programs, rows_per_program = row_groups(rows, block_m, x.device)

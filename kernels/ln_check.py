@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import re
 import sys
 
 import torch
@@ -326,11 +325,7 @@ def sweep(rows: int, width: int = 512) -> list[str]:
 def compile_report(widths, arch: int = 90) -> list[tuple[str, bool]]:
     """(line, ok) per kernel, width and dtype pair: compiled for ``arch`` without a GPU, with the
     registers and spills ptxas reports; a spill is a failure."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from .compile_check import launch_attrs, ptxas_usage
+    from .compile_check import launch_attrs, report_line
 
     out = []
     for width in widths:
@@ -348,16 +343,7 @@ def compile_report(widths, arch: int = 90) -> list[tuple[str, bool]]:
                        for p in kernel.params}
                 name = (f"{kernel.__name__}{' +residual' if fused else ''} D={width} x {x_t} y {y_t} "
                         f"{block_m}x{block_n} w{warps}")
-                try:
-                    k = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=launch_attrs(kernel)),
-                                       target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
-                except Exception as err:  # report every variant, then fail
-                    out.append((f"FAIL {name}: {type(err).__name__}: {str(err).splitlines()[0][:300]}", False))
-                    continue
-                u = ptxas_usage(k, arch)
-                ok = u["spill_stores"] == 0 and u["spill_loads"] == 0
-                out.append((f"{'ok  ' if ok else 'FAIL'} {name}: {u['registers']} registers, "
-                            f"spills {u['spill_stores']}/{u['spill_loads']} B stored/loaded", ok))
+                out.append(report_line(kernel, name, sig, consts, warps, arch=arch))
     # the residual add (no width: flat over the elements), as launched on a (T, D) stream with D a multiple
     # of 16: n divisible by 16, so the masked accesses are 16-byte vectors (a failure where they are not)
     kernel = L._residual_add_kernel
@@ -368,18 +354,7 @@ def compile_report(widths, arch: int = 90) -> list[tuple[str, bool]]:
     for x_t, r_t in (("fp32", "bf16"), ("bf16", "fp32")):
         sig = {"X": f"*{x_t}", "R": f"*{r_t}", "S": "*fp32", "n": "i32", "BLOCK": "constexpr"}
         name = f"{kernel.__name__} x {x_t} r {r_t} s fp32 block {L.ADD_BLOCK} w{L.ADD_WARPS}"
-        try:
-            k = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs={"BLOCK": L.ADD_BLOCK}, attrs=attrs),
-                               target=GPUTarget("cuda", arch, 32), options={"num_warps": L.ADD_WARPS})
-        except Exception as err:
-            out.append((f"FAIL {name}: {type(err).__name__}: {str(err).splitlines()[0][:300]}", False))
-            continue
-        u = ptxas_usage(k, arch)
-        widths = sorted(set(re.findall(r"\b(?:ld|st)\.global(?:\.\w+)*", k.asm["ptx"])))
-        vector = all(".v4." in w or ".v2." in w for w in widths)
-        ok = u["spill_stores"] == 0 and u["spill_loads"] == 0 and vector
-        out.append((f"{'ok  ' if ok else 'FAIL'} {name}: {u['registers']} registers, "
-                    f"spills {u['spill_stores']}/{u['spill_loads']} B stored/loaded, accesses {', '.join(widths)}", ok))
+        out.append(report_line(kernel, name, sig, {"BLOCK": L.ADD_BLOCK}, L.ADD_WARPS, attrs, arch, vectors="all"))
     return out
 
 
@@ -406,12 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--widths", default="32,64,512,1024,4096,8192", help="widths for --compile")
     args = p.parse_args(argv)
     if args.compile:
-        report = compile_report([int(w) for w in args.widths.split(",")])
-        for line, _ in report:
-            print(line, flush=True)
-        failed = sum(not ok for _, ok in report)
-        print(f"ln_check compile sm_90: {'FAILED ' + str(failed) if failed else 'all compiled'}")
-        return 1 if failed else 0
+        from .compile_check import print_report
+
+        return print_report(compile_report([int(w) for w in args.widths.split(",")]), "ln_check")
     if not torch.cuda.is_available():
         print("ln_check needs a CUDA GPU (--compile runs without one)", file=sys.stderr)
         return 2
