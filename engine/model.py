@@ -89,6 +89,16 @@ class FeedForward(nn.Module):
         self.proj = nn.Linear(cfg.ffn_width, cfg.d_model)  # W2: scaled by 1/sqrt(2N) at init
         self.chunk = cfg.ffn_chunk
 
+    def _ffn_unread(self, x: torch.Tensor) -> torch.Tensor:
+        s = GELU_SCALE
+        a = linear_silu(x, self.fc.weight * s, self.fc.bias * s)
+        weight, bias = self.proj.weight * (1.0 / s), self.proj.bias
+        kind = a.device.type
+        if torch.is_autocast_enabled(kind):  # as F.linear under autocast: the parameters cast, their casts recorded
+            dtype = torch.get_autocast_dtype(kind)
+            weight, bias = weight.to(dtype), bias.to(dtype) if bias is not None else None
+        return _UnevaluatedLinear.apply(a, weight, bias)
+
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
         # proj(gelu(fc(x))) with gelu(y) = silu(1.702 y) / 1.702: the two constants go into the
         # small weight matrices instead of the (T, ffn width) activations, so the activation sees
@@ -101,8 +111,14 @@ class FeedForward(nn.Module):
         a = linear_silu(x, self.fc.weight * s, self.fc.bias * s)
         return F.linear(a, self.proj.weight * (1.0 / s), self.proj.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, unread: bool = False) -> torch.Tensor:
+        """The FFN of x. ``unread``: for a recompute that never reads the block's output
+        (``Block.output_unread``), proj's product is left uncomputed (``_UnevaluatedLinear``: its output
+        allocated, its backward the product's, which needs only proj's input, the SiLU's output); chunked
+        (``ffn_chunk``), computed as always."""
         t, c = x.shape[1], self.chunk
+        if unread and (not c or t <= c):
+            return self._ffn_unread(x)
         if not c or t <= c:
             return self._ffn(x)
         if torch.is_grad_enabled():  # no randomness inside: no RNG state to stash (nor to read under a CUDA graph)
@@ -128,6 +144,10 @@ class Block(nn.Module):
         self.attn = SparseAttention(cfg, pattern_fn)
         self.ffn = FeedForward(cfg)
         self.drop = nn.Dropout(cfg.dropout)
+        # set by engine.parallel.BlockCheckpoint around its recompute, which reads only the output's gradient
+        # edge, never its value: the FFN's proj product and the residual add after it are then left uncomputed
+        # (their backward needs neither); the graph, hooks and dropout masks are forward's
+        self.output_unread = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # where the LayerNorm kernels run: ln1's backward adds the residual stream's gradient of x to its
@@ -136,7 +156,44 @@ class Block(nn.Module):
         # elsewhere ln1(x), x + branch, ln2 and x + branch
         h, x = _norm_keep(self.ln1, x)
         x, h = _add_norm(self.ln2, x, self.drop(self.attn(h)))
+        if self.output_unread and torch.is_grad_enabled():  # dropout draws its mask from the replayed RNG as before
+            return _UnevaluatedAdd.apply(x, self.drop(self.ffn(h, unread=True)))
         return residual_add(x, self.drop(self.ffn(h)))
+
+
+class _UnevaluatedLinear(torch.autograd.Function):
+    """``F.linear(a, weight, bias)`` (weight and bias already in a's dtype) whose value nobody reads: the output
+    is allocated (uninitialised: a dropout after it draws its mask as it would on the product) and not computed;
+    the backward is the product's."""
+
+    @staticmethod
+    def forward(ctx, a, weight, bias):
+        ctx.save_for_backward(a, weight)
+        ctx.bias = bias is not None
+        return a.new_empty(*a.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        a, weight = ctx.saved_tensors
+        g2 = g.reshape(-1, g.shape[-1])
+        da = (g2 @ weight).view(a.shape) if ctx.needs_input_grad[0] else None
+        dw = g2.t() @ a.reshape(-1, a.shape[-1]) if ctx.needs_input_grad[1] else None
+        db = g2.sum(0) if ctx.bias and ctx.needs_input_grad[2] else None
+        return da, dw, db
+
+
+class _UnevaluatedAdd(torch.autograd.Function):
+    """x + r whose value nobody reads: a zero-stride placeholder of the sum's shape and dtype; the gradient passes
+    to both, in each one's dtype, as the add's would."""
+
+    @staticmethod
+    def forward(ctx, x, r):
+        ctx.dtypes = (x.dtype, r.dtype)
+        return x.new_empty((), dtype=torch.result_type(x, r)).expand(x.shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return tuple(g if g.dtype == t else g.to(t) for t in ctx.dtypes)
 
 
 def _norm_keep(ln: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

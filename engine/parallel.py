@@ -275,6 +275,9 @@ class BlockCheckpoint(torch.autograd.Function):
             for kind, dtype in ctx.autocast:
                 stack.enter_context(torch.autocast(kind, dtype=dtype))
             stack.enter_context(_keeping(kept, reuse=True))
+            # a Block's output is not read here (only its gradient edge): its last product and add are left
+            # uncomputed (model.Block.output_unread); other units (a Segment) run whole
+            stack.enter_context(_output_unread(ctx.block))
             out = ctx.block(x)
         # through the output's gradient edge, the output itself let go first: a block's backward does not
         # read it (the residual add's gradient is ``grad``), and held here it would stay allocated through
@@ -285,6 +288,19 @@ class BlockCheckpoint(torch.autograd.Function):
         torch.autograd.backward(edge, grad)
         ctx.host = ctx.block = ctx.kept = ctx.kept_host = None
         return None, x.grad, None, None, None, None
+
+
+@contextlib.contextmanager
+def _output_unread(unit):
+    """``unit.output_unread`` set while it runs (a Block: ``engine.model.Block``), else nothing."""
+    if not hasattr(unit, "output_unread"):
+        yield
+        return
+    unit.output_unread = True
+    try:
+        yield
+    finally:
+        unit.output_unread = False
 
 
 class _PrefetchLastRecomputed(torch.autograd.Function):

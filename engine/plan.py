@@ -205,23 +205,34 @@ def step_flops(model: ModelConfig, params: ParamCount, pairs: list[list[int]], s
 
 
 def recompute_flops(model: ModelConfig, params: ParamCount, pairs: list[list[int]], recomputed: int,
-                    kept: int, sequences: int = 1) -> float:
+                    kept: int, sequences: int = 1, unread_tail: bool = False) -> float:
     """Forward FLOPs the backward pass spends recomputing the first ``recomputed`` blocks: each block's
-    matmuls (2 * its parameters per token) and its attention's QK^T and PV (the forward third of
-    ``attention_flops``), which the first ``kept`` of them skip where they keep their attention outputs
-    (``kept_attention_blocks``; not in dense layers: SDPA keeps nothing). What ``choose_recompute`` weighs:
-    at 1M tokens a fixed layer's attention forward is several times its matmuls'."""
+    matmuls (2 * its parameters per token; with ``unread_tail``, as ``BlockCheckpoint`` recomputes a block
+    alone, not the FFN's last: ``engine.model.Block.output_unread``, ``unread_tail_recompute``) and its
+    attention's QK^T and PV (the forward third of ``attention_flops``), which the first ``kept`` of them
+    skip where they keep their attention outputs (``kept_attention_blocks``; not in dense layers: SDPA keeps
+    nothing). What ``choose_recompute`` weighs: at 1M tokens a fixed layer's attention forward is several
+    times its matmuls'."""
     from megastride.kernels.attention import _all_dense
 
     assert type(kept) is int, f"kept is a number of blocks (kept_attention_blocks), not {kept!r}"  # not a bool
     head_width = (model.qk_width + model.d_model) / model.n_heads
     patterns = layer_patterns(model)
     total = 0.0
+    matmuls = params.per_block - (model.ffn_width * model.d_model if unread_tail else 0)
     for r in range(recomputed):
-        total += 2.0 * params.per_block * model.seq_len
+        total += 2.0 * matmuls * model.seq_len
         if not (r < kept and not _all_dense(patterns[r % len(patterns)])):
             total += 2.0 * head_width * sum(pairs[r])
     return total * sequences
+
+
+def unread_tail_recompute(train, model: ModelConfig) -> bool:
+    """Whether recomputed blocks skip the FFN's last product (``recompute_flops``): ``engine.parallel.
+    BlockCheckpoint`` recomputing one block at a time (not torch's or DeepSpeed's checkpoint: train.compile,
+    train.partition_activations, train.checkpoint_group > 1), its FFN not in chunks (model.ffn_chunk)."""
+    chunked = model.ffn_chunk and model.ffn_chunk < model.seq_len
+    return not (train.compile or train.partition_activations or train.checkpoint_group > 1 or chunked)
 
 
 def mfu(flops: float, step_s: float, peak_flops: float = H200_PEAK_FLOPS) -> float:
@@ -576,7 +587,8 @@ def plan(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: 
                                      or plan(chosen, None, world_size, runtime, micro_batch).host_bytes > share):
                 continue  # "auto": the host cannot hold them (or its RAM is unknown)
             r = recomputed_blocks(chosen.train, cfg.model.n_layers)
-            work = recompute_flops(cfg.model, params, pairs, r, kept_attention_blocks(chosen.train, r))
+            work = recompute_flops(cfg.model, params, pairs, r, kept_attention_blocks(chosen.train, r),
+                                   unread_tail=unread_tail_recompute(chosen.train, cfg.model))
             if best is None or work < best[0]:
                 best = (work, chosen)
         cfg = best[1]
@@ -749,15 +761,16 @@ def choose_recompute(cfg: Config, seq_len: int | None = None, world_size: int = 
         k = next((k for k in counts if fits(k, kept_attention_blocks(t, k))), counts[-1])
         return k, kept_attention_blocks(t, k)
     params, pairs = count_params(cfg.model), layout_stats(cfg.model, cfg.model.seq_len).pairs
+    tail = unread_tail_recompute(t, cfg.model)
     best, c = None, 0
     for k in counts:  # one more block is more work: the fewest that fit, each with the most outputs kept
-        if best is not None and recompute_flops(cfg.model, params, pairs, k, k) > best[0]:
+        if best is not None and recompute_flops(cfg.model, params, pairs, k, k, unread_tail=tail) > best[0]:
             break
         c = _most_kept(fits, k, min(c, k))
         if c is None:  # k does not fit even keeping nothing
             c = 0
             continue
-        candidate = (recompute_flops(cfg.model, params, pairs, k, c), peaks[k, c], k, c)
+        candidate = (recompute_flops(cfg.model, params, pairs, k, c, unread_tail=tail), peaks[k, c], k, c)
         best = candidate if best is None else min(best, candidate)
     if best is None:
         return counts[-1], 0

@@ -251,3 +251,36 @@ def test_device_checkpoint_is_one_node_per_block_without_saved_tensor_hooks():
         assert type(out.grad_fn).__name__ == "BlockCheckpointBackward" and out.grad_fn.host is None
     assert outs[1].grad_fn.saved_tensors[0] is outs[0]  # the input, the previous block's output, kept
     del parallel
+
+
+@pytest.mark.parametrize("train", [{}, {"cpu_checkpointing": True}, {"checkpoint_group": 2, "cpu_checkpointing": True}],
+                         ids=["device", "host", "host-group2"])
+def test_a_recompute_leaves_the_blocks_last_product_uncomputed(train, monkeypatch):
+    """BlockCheckpoint's recompute reads only its output's gradient edge: the FFN's proj product (and the residual
+    add after it) are not computed again, where every other product is; the gradients are the plain model's
+    (dropout 0.3: the masks replayed). Blocks recomputed as a Segment run whole (their outputs feed the next
+    block)."""
+    import torch.nn.functional as F
+
+    cfg = _config(**train)
+    calls = {}
+    real = F.linear
+
+    def counted(x, weight, bias=None):
+        calls[tuple(weight.shape)] = calls.get(tuple(weight.shape), 0) + 1
+        return real(x, weight, bias)
+
+    monkeypatch.setattr(F, "linear", counted)
+    loss, grads = _loss_and_grads(cfg)
+    plain_loss, plain = _loss_and_grads(_config(checkpoint_activations=False))
+    d, width, layers = cfg.model.d_model, cfg.model.ffn_width, cfg.model.n_layers
+    assert loss == plain_loss
+    for name in plain:
+        torch.testing.assert_close(grads[name], plain[name], rtol=1e-5, atol=1e-7, msg=lambda m: f"{name}: {m}")
+    calls.clear()
+    _loss_and_grads(cfg)
+    fc, proj = calls[(width, d)], calls.get((d, width), 0)
+    if "checkpoint_group" in train:  # segments: every recompute of a block computes its proj product too
+        assert fc == proj > 2 * layers
+    else:
+        assert (fc, proj) == (2 * layers, layers)  # fc in the forward and the recompute; proj in the forward only
