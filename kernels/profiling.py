@@ -6,6 +6,7 @@ beside their times."""
 from __future__ import annotations
 
 import functools
+import re
 import time
 from typing import Callable
 
@@ -27,7 +28,8 @@ def profile_calls(call: Callable[[], object], iters: int = 10, top: int = 12) ->
 
     Returns per call: ``wall_ms`` (synchronised), ``host_ms`` (time to issue the work with no sync
     inside the loop: near wall_ms means the host, not the GPU, sets the pace), ``gpu_ms`` (sum of
-    kernel times; below wall_ms = the GPU idles), ``kernels_ms`` (each kernel, largest first) and
+    kernel times; below wall_ms = the GPU idles), ``kernels_ms`` (each kernel, largest first),
+    ``groups_ms`` (``kernel_groups``: the same by kind: attention, products, copies, ...) and
     ``host_ops_ms`` (self host time of the ``top`` costliest host ops and runtime calls); on CUDA also
     ``idle`` (``idle_gaps``: where between kernels the GPU idled, and what the host was doing then).
     """
@@ -61,7 +63,7 @@ def profile_calls(call: Callable[[], object], iters: int = 10, top: int = 12) ->
     sync()
     by_time = lambda d: dict(sorted(d.items(), key=lambda kv: -kv[1]))  # noqa: E731
     out = {"wall_ms": wall, "host_ms": issue, "gpu_ms": sum(kernels.values()), "kernels_ms": by_time(kernels),
-           "host_ops_ms": dict(list(by_time(host).items())[:top])}
+           "groups_ms": kernel_groups(kernels), "host_ops_ms": dict(list(by_time(host).items())[:top])}
     if idle is not None:
         out["idle"] = idle
     return out
@@ -147,11 +149,39 @@ def _covered(a: float, b: float, spans: list) -> float:
     return total
 
 
+# (group, pattern of kernel names) in order, the first match taking a kernel: megastride's attention kernels and
+# the peers' (FlexAttention's Triton templates, FlashAttention, cuDNN), cuBLAS's products, the LayerNorms, the
+# loss's kernels, reductions, elementwise kernels (torch's and megastride's residual add and bias + SiLU), copies
+KERNEL_GROUPS = (
+    ("attention", re.compile(r"^_(fwd|dq|dkdv|delta|merged|bwd|attn|summed)|flash|fmha|cudnn|triton_tem_fused"
+                             r"|attention", re.I)),
+    ("products", re.compile(r"nvjet|gemm|cutlass|xmma|splitKreduce|cublas", re.I)),
+    ("layernorm", re.compile(r"layer_?norm", re.I)),
+    ("loss", re.compile(r"nll_loss|softmax|cross_entropy", re.I)),
+    ("reductions", re.compile(r"reduce_kernel", re.I)),
+    ("elementwise", re.compile(r"elementwise|_residual_add|_bias_silu|silu|CatArray|copy_kernel", re.I)),
+    ("copies", re.compile(r"^(Memcpy|Memset)")),
+    ("optimizer", re.compile(r"multi_tensor_apply|adam", re.I)),
+)
+
+
+def kernel_groups(kernels_ms: dict[str, float]) -> dict[str, float]:
+    """Kernel milliseconds summed by kind (``KERNEL_GROUPS``; "other" for the rest), largest first. Copies run on
+    their own streams beside the kernels, so the groups' sum is not the step's GPU-busy time."""
+    out: dict[str, float] = {}
+    for name, ms in kernels_ms.items():
+        group = next((g for g, pattern in KERNEL_GROUPS if pattern.search(name)), "other")
+        out[group] = out.get(group, 0.0) + ms
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def summary(prof: dict, kernels: int = 4) -> str:
     """One line: wall, host issue and GPU time per call and the largest kernels."""
     top = ", ".join(f"{name[:40]} {ms:.3f}" for name, ms in list(prof["kernels_ms"].items())[:kernels])
     line = (f"wall {prof['wall_ms']:.3f} ms, host issue {prof['host_ms']:.3f} ms, GPU kernels {prof['gpu_ms']:.3f} ms "
             f"per call ({top})")
+    if prof.get("groups_ms"):
+        line += "; by kind " + ", ".join(f"{g} {ms:.3f}" for g, ms in prof["groups_ms"].items())
     idle = prof.get("idle")
     if idle and idle["gaps"]:
         first = idle["gaps"][0]

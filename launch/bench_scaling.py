@@ -47,7 +47,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help='only the --validate-plan configurations with this label, e.g. "fixed, kept attention" '
                         "(repeatable; implies --validate-plan)")
     p.add_argument("--profile", action="store_true",
-                   help="also profile 2 steps per point (CUDA): wall vs host vs GPU time, top kernels and host ops, "
+                   help="also profile 2 steps per point (CUDA): wall vs host vs GPU time, top kernels, kernel time by "
+                        "kind (attention, products, elementwise, ...) and host ops, "
                         "and where the GPU idles between kernels (OUT/profile.json)")
     p.add_argument("--memory-trace", action="store_true",
                    help="record the CUDA allocator's history over each point's measured steps and write what its peak "

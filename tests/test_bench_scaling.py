@@ -338,3 +338,35 @@ def test_idle_gaps_finds_the_gpus_idle_stretches_and_what_overlapped_them():
     line = summary({"wall_ms": 9.0, "host_ms": 1.0, "gpu_ms": 6.0, "kernels_ms": {"a": 1.0}, "idle": got})
     assert line.endswith("; GPU idle 1.250 ms (most between c -> d: 1.000; under copies 0.500; "
                          "under cudaEventSynchronize 0.200, cudaFree 0.100)")
+
+
+def test_kernel_groups_sort_a_steps_kernels_by_kind():
+    """kernel_groups sums a profile's kernels by kind, as named on the H200 (the fortieth run's 1M step): our
+    attention kernels, cuBLAS's products, the LayerNorms, the loss, reductions, elementwise kernels (torch's and
+    ours), copies; anything else "other"; largest first; the summary line lists them."""
+    from megastride.kernels.profiling import kernel_groups, summary
+
+    kernels = {
+        "_dkdv_halves_kernel": 4590.5, "_fwd_kernel": 1798.9, "_delta_kernel": 42.0, "_dq_finish_kernel": 19.3,
+        "Memcpy DtoH (Device -> Pinned)": 1647.7, "Memcpy HtoD (Pinned -> Device)": 1644.8, "Memset (Device)": 1.1,
+        "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_bias_TNT": 393.6,
+        "void cublasLt::splitKreduce_kernel<32, 16, int, float, __nv_bfloat16, float, __nv_bfloat16": 0.9,
+        "void at::native::vectorized_elementwise_kernel<8, at::native::(anonymous namespace)::silu_": 224.7,
+        "_residual_add_kernel": 70.0, "_bias_silu_bwd_kernel": 60.0,
+        "_layer_norm_fwd_kernel": 134.2, "_layer_norm_bwd_kernel": 133.4,
+        "void at::native::reduce_kernel<128, 4, at::native::ReduceOp<c10::BFloat16, at::native::fun": 83.1,
+        "void at::native::(anonymous namespace)::nll_loss_forward_reduce_cuda_kernel_2d<float, floa": 3.7,
+        "void (anonymous namespace)::softmax_warp_forward<float, float, float, 8, true, false>(floa": 1.1,
+        "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous n": 1.3,
+        "void at::native::vectorized_gather_kernel<16, long>(char*, char*, long*, int, long, long, ": 2.1,
+        "triton_tem_fused_flex_attention_0": 10.0, "pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits": 5.0,
+    }
+    groups = kernel_groups(kernels)
+    assert groups == pytest.approx({
+        "attention": 4590.5 + 1798.9 + 42.0 + 19.3 + 10.0 + 5.0, "copies": 1647.7 + 1644.8 + 1.1,
+        "products": 393.6 + 0.9, "elementwise": 224.7 + 70.0 + 60.0, "layernorm": 134.2 + 133.4, "reductions": 83.1,
+        "loss": 3.7 + 1.1, "other": 2.1, "optimizer": 1.3})
+    assert list(groups) == sorted(groups, key=lambda g: -groups[g])
+    assert sum(groups.values()) == pytest.approx(sum(kernels.values()))
+    line = summary({"wall_ms": 1.0, "host_ms": 1.0, "gpu_ms": 1.0, "kernels_ms": kernels, "groups_ms": groups})
+    assert "; by kind attention 6465.700, copies 3293.600, products 394.500" in line
