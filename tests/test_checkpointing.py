@@ -34,8 +34,13 @@ RUNNERS = [{"cpu_checkpointing": True}, {}, {"compile": True}, {"checkpoint_grou
 
 @pytest.mark.parametrize("train", RUNNERS, ids=["host", "device", "torch", "torch-group2", "host-group3", "host-overlap",
                                                 "host-overlap-group2"])
-def test_recomputed_blocks_give_the_plain_models_gradients(train):
-    """Recompute (replaying the dropout RNG) changes neither the loss nor any gradient."""
+@pytest.mark.parametrize("kernels", [False, True], ids=["torch", "kernels"])
+def test_recomputed_blocks_give_the_plain_models_gradients(train, kernels, monkeypatch):
+    """Recompute (replaying the dropout RNG) changes neither the loss nor any gradient; also with the block's
+    Triton kernels (interpreted on CPU: the LayerNorms, ln1's kept input, the bias + SiLU), as on a GPU."""
+    if kernels:
+        monkeypatch.setenv("MEGASTRIDE_LAYERNORM", "triton")
+        monkeypatch.setenv("MEGASTRIDE_FFN", "triton")
     plain_loss, plain = _loss_and_grads(_config(checkpoint_activations=False))
     loss, grads = _loss_and_grads(_config(**train))
     assert torch.equal(loss, plain_loss)
