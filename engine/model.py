@@ -89,17 +89,7 @@ class FeedForward(nn.Module):
         self.proj = nn.Linear(cfg.ffn_width, cfg.d_model)  # W2: scaled by 1/sqrt(2N) at init
         self.chunk = cfg.ffn_chunk
 
-    def _ffn_unread(self, x: torch.Tensor) -> torch.Tensor:
-        s = GELU_SCALE
-        a = linear_silu(x, self.fc.weight * s, self.fc.bias * s)
-        weight, bias = self.proj.weight * (1.0 / s), self.proj.bias
-        kind = a.device.type
-        if torch.is_autocast_enabled(kind):  # as F.linear under autocast: the parameters cast, their casts recorded
-            dtype = torch.get_autocast_dtype(kind)
-            weight, bias = weight.to(dtype), bias.to(dtype) if bias is not None else None
-        return _UnevaluatedLinear.apply(a, weight, bias)
-
-    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+    def _ffn(self, x: torch.Tensor, unread: bool = False) -> torch.Tensor:
         # proj(gelu(fc(x))) with gelu(y) = silu(1.702 y) / 1.702: the two constants go into the
         # small weight matrices instead of the (T, ffn width) activations, so the activation sees
         # one fused kernel each way (silu and its backward) instead of three forward and about five
@@ -109,7 +99,14 @@ class FeedForward(nn.Module):
         # (kernels.linear_silu): F.linear's backward would read the (T, ffn width) gradient again for it.
         s = GELU_SCALE
         a = linear_silu(x, self.fc.weight * s, self.fc.bias * s)
-        return F.linear(a, self.proj.weight * (1.0 / s), self.proj.bias)
+        weight, bias = self.proj.weight * (1.0 / s), self.proj.bias
+        if not unread:
+            return F.linear(a, weight, bias)
+        kind = a.device.type
+        if torch.is_autocast_enabled(kind):  # as F.linear under autocast: the parameters cast, their casts recorded
+            dtype = torch.get_autocast_dtype(kind)
+            weight, bias = weight.to(dtype), bias.to(dtype) if bias is not None else None
+        return _UnevaluatedLinear.apply(a, weight, bias)
 
     def forward(self, x: torch.Tensor, unread: bool = False) -> torch.Tensor:
         """The FFN of x. ``unread``: for a recompute that never reads the block's output
@@ -117,10 +114,8 @@ class FeedForward(nn.Module):
         allocated, its backward the product's, which needs only proj's input, the SiLU's output); chunked
         (``ffn_chunk``), computed as always."""
         t, c = x.shape[1], self.chunk
-        if unread and (not c or t <= c):
-            return self._ffn_unread(x)
         if not c or t <= c:
-            return self._ffn(x)
+            return self._ffn(x, unread)
         if torch.is_grad_enabled():  # no randomness inside: no RNG state to stash (nor to read under a CUDA graph)
             # split, not x[:, i : i + c]: a slice's backward writes its chunk into a zeroed tensor of x's
             # full size, and T / c of those are summed; split's backward concatenates the chunks once
@@ -157,7 +152,7 @@ class Block(nn.Module):
         h, x = _norm_keep(self.ln1, x)
         x, h = _add_norm(self.ln2, x, self.drop(self.attn(h)))
         if self.output_unread and torch.is_grad_enabled():  # dropout draws its mask from the replayed RNG as before
-            return _UnevaluatedAdd.apply(x, self.drop(self.ffn(h, unread=True)))
+            return residual_add(x, self.drop(self.ffn(h, unread=True)), unread=True)
         return residual_add(x, self.drop(self.ffn(h)))
 
 
@@ -180,20 +175,6 @@ class _UnevaluatedLinear(torch.autograd.Function):
         dw = g2.t() @ a.reshape(-1, a.shape[-1]) if ctx.needs_input_grad[1] else None
         db = g2.sum(0) if ctx.bias and ctx.needs_input_grad[2] else None
         return da, dw, db
-
-
-class _UnevaluatedAdd(torch.autograd.Function):
-    """x + r whose value nobody reads: a zero-stride placeholder of the sum's shape and dtype; the gradient passes
-    to both, in each one's dtype, as the add's would."""
-
-    @staticmethod
-    def forward(ctx, x, r):
-        ctx.dtypes = (x.dtype, r.dtype)
-        return x.new_empty((), dtype=torch.result_type(x, r)).expand(x.shape)
-
-    @staticmethod
-    def backward(ctx, g):
-        return tuple(g if g.dtype == t else g.to(t) for t in ctx.dtypes)
 
 
 def _norm_keep(ln: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

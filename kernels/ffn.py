@@ -9,24 +9,19 @@ runs); on CPU tensors the kernels run only under the Triton interpreter with MEG
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
+
+from .norm import kernel_switch, kernels_reach
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _use_triton(x: torch.Tensor) -> bool:
-    choice = os.environ.get("MEGASTRIDE_FFN", "").lower()
-    if choice not in ("", "torch", "triton"):
-        raise ValueError(f"MEGASTRIDE_FFN must be unset, 'torch' or 'triton'; got {choice!r}")
+    choice = kernel_switch("MEGASTRIDE_FFN")
     if choice == "torch" or torch.compiler.is_compiling() or x.numel() == 0:
         return False
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if x.is_cuda:  # not through the interpreter: a test session that sets it may also hold GPU tests
-        return not interpreted
-    return interpreted and choice == "triton"
+    return kernels_reach(x, choice)
 
 
 def linear_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

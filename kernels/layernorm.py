@@ -34,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .norm import each_dtype
 from .profiling import sm_count
 
 # (elements of one program's tile (rows x padded width), elements per thread): the backward holds
@@ -342,7 +343,7 @@ class _ResidualAdd(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, ds):
-        return tuple(ds if ds.dtype == t else ds.to(t) for t in ctx.dtypes)
+        return each_dtype(ds, ctx.dtypes)
 
 
 # ---------------------------------------------------------------------------------------------

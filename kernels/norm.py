@@ -23,17 +23,29 @@ _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _KERNEL_MAX_WIDTH = 8192  # layernorm.MAX_WIDTH, without importing triton here
 
 
-def _use_triton(x: torch.Tensor) -> bool:
-    choice = os.environ.get("MEGASTRIDE_LAYERNORM", "").lower()
+def kernel_switch(name: str) -> str:
+    """A kernel family's switch, ``name`` in the environment: "" (unset), "torch" or "triton"; anything else is
+    an error naming it."""
+    choice = os.environ.get(name, "").lower()
     if choice not in ("", "torch", "triton"):
-        raise ValueError(f"MEGASTRIDE_LAYERNORM must be unset, 'torch' or 'triton'; got {choice!r}")
-    if choice == "torch" or x.dtype not in _KERNEL_DTYPES or x.shape[-1] > _KERNEL_MAX_WIDTH or x.numel() == 0:
-        return False
+        raise ValueError(f"{name} must be unset, 'torch' or 'triton'; got {choice!r}")
+    return choice
+
+
+def kernels_reach(x: torch.Tensor, choice: str) -> bool:
+    """Whether Triton kernels run on x under a switch's ``choice`` (not "torch"): CUDA tensors outside the
+    interpreter; CPU tensors only under it (TRITON_INTERPRET=1: tests) with the switch at "triton"."""
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     if x.is_cuda:  # not through the interpreter: a test session that sets it may also hold GPU tests
         return not interpreted
-    # the Triton interpreter runs the kernels on CPU tensors (tests); opt in explicitly
     return interpreted and choice == "triton"
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    choice = kernel_switch("MEGASTRIDE_LAYERNORM")
+    if choice == "torch" or x.dtype not in _KERNEL_DTYPES or x.shape[-1] > _KERNEL_MAX_WIDTH or x.numel() == 0:
+        return False
+    return kernels_reach(x, choice)
 
 
 def _fuse_residual() -> bool:
@@ -107,11 +119,34 @@ def layer_norm_keep(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Te
     return triton_layer_norm_keep(x, weight, bias, eps, out_dtype)
 
 
-def residual_add(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+def each_dtype(g: torch.Tensor, dtypes) -> tuple[torch.Tensor, ...]:
+    """An add's gradient for each of its inputs, in that input's dtype (as torch's add passes it on)."""
+    return tuple(g if g.dtype == t else g.to(t) for t in dtypes)
+
+
+class _UnreadAdd(torch.autograd.Function):
+    """x + r whose value nobody reads: a zero-stride placeholder of the sum's shape and dtype; the add's
+    gradient to both."""
+
+    @staticmethod
+    def forward(ctx, x, r):
+        ctx.dtypes = (x.dtype, r.dtype)
+        return x.new_empty((), dtype=torch.result_type(x, r)).expand(x.shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return each_dtype(g, ctx.dtypes)
+
+
+def residual_add(x: torch.Tensor, r: torch.Tensor, unread: bool = False) -> torch.Tensor:
     """x + r. Where the LayerNorm kernels run and the two differ in dtype (the fp32 residual stream plus a
     bf16 or fp16 branch under autocast) by a Triton kernel of full-width vector loads
     (``layernorm.triton_residual_add``), with the sum torch's add would write: torch's mixed-dtype add
-    casts element by element on its unrolled path. One dtype, other shapes, strides or devices: torch's add."""
+    casts element by element on its unrolled path. One dtype, other shapes, strides or devices: torch's add.
+    ``unread`` (with gradients on): the sum is not computed, only its autograd node made (``_UnreadAdd``), for
+    a recompute that reads the output's gradient edge alone (``engine.model.Block.output_unread``)."""
+    if unread and torch.is_grad_enabled():
+        return _UnreadAdd.apply(x, r)
     if (torch.compiler.is_compiling() or not _fuse_residual() or x.dtype == r.dtype or r.shape != x.shape
             or not {x.dtype, r.dtype} <= set(_KERNEL_DTYPES) or not (x.is_contiguous() and r.is_contiguous())
             or r.device != x.device or not _use_triton(x)):

@@ -188,9 +188,9 @@ def test_residual_kernels_give_the_plain_streams_loss_and_gradients_on_the_gpu(m
     for recompute in (True, False):
         before = len(calls)
         loss, got = grads("fused", recompute)
-        assert len(calls) - before == 3 * (2 if recompute else 1)  # each block's FFN add (again when recomputed)
+        assert len(calls) - before == 3  # each block's FFN add, in the forward (a recompute leaves it unread)
         ref_loss, ref = grads("plain", recompute)
-        assert len(calls) - before == 3 * (2 if recompute else 1)
+        assert len(calls) - before == 3
         assert loss == ref_loss
         for a, b in zip(got, ref):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
