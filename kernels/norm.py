@@ -143,9 +143,10 @@ def residual_add(x: torch.Tensor, r: torch.Tensor, unread: bool = False) -> torc
     bf16 or fp16 branch under autocast) by a Triton kernel of full-width vector loads
     (``layernorm.triton_residual_add``), with the sum torch's add would write: torch's mixed-dtype add
     casts element by element on its unrolled path. One dtype, other shapes, strides or devices: torch's add.
-    ``unread`` (with gradients on): the sum is not computed, only its autograd node made (``_UnreadAdd``), for
-    a recompute that reads the output's gradient edge alone (``engine.model.Block.output_unread``)."""
-    if unread and torch.is_grad_enabled():
+    ``unread`` (with gradients on, one shape): the sum is not computed, only its autograd node made
+    (``_UnreadAdd``), for a recompute that reads the output's gradient edge alone
+    (``engine.model.Block.output_unread``)."""
+    if unread and torch.is_grad_enabled() and r.shape == x.shape:
         return _UnreadAdd.apply(x, r)
     if (torch.compiler.is_compiling() or not _fuse_residual() or x.dtype == r.dtype or r.shape != x.shape
             or not {x.dtype, r.dtype} <= set(_KERNEL_DTYPES) or not (x.is_contiguous() and r.is_contiguous())
