@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layernorm import as_rows, new_buffer
+from .layernorm import _DTYPES, as_rows, new_buffer, split_rows
 from .profiling import sm_count
 
 # (rows, columns) of a program's tile, warps; the backward's row groups per SM (as the LayerNorm's)
@@ -30,7 +30,6 @@ FWD_BLOCK_M, FWD_BLOCK_N, FWD_WARPS = 8, 512, 8
 BWD_BLOCK_M, BWD_BLOCK_N, BWD_WARPS = 8, 256, 8
 BWD_PROGRAMS_PER_SM = 8
 INTERPRET_ROW_GROUPS = 3  # without a GPU (the interpreter): several, to exercise the partials
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 POISON = False  # tests: fill every output buffer with NaN first, so an element no program writes shows
 
 
@@ -81,8 +80,7 @@ def row_groups(rows: int, col_blocks: int, device: torch.device) -> tuple[int, i
         wanted = max(1, BWD_PROGRAMS_PER_SM * sm_count(device.index) // col_blocks)
     else:
         wanted = INTERPRET_ROW_GROUPS
-    per = triton.cdiv(triton.cdiv(rows, BWD_BLOCK_M), wanted) * BWD_BLOCK_M
-    return triton.cdiv(rows, per), per
+    return split_rows(rows, BWD_BLOCK_M, wanted)
 
 
 def _forward(z0: torch.Tensor, bias: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .norm import kernel_switch, kernels_reach
-
-_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+from .norm import _KERNEL_DTYPES, kernel_switch, kernels_reach
 
 
 def _use_triton(x: torch.Tensor) -> bool:

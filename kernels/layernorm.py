@@ -166,13 +166,15 @@ def tiles(width: int, tile: int, per_thread: int) -> tuple[int, int, int]:
 def row_groups(rows: int, block_m: int, device: torch.device) -> tuple[int, int]:
     """(programs, rows per program) of the backward pass: whole tiles per program, about
     BWD_PROGRAMS_PER_SM programs per SM (INTERPRET_PROGRAMS off the GPU)."""
-    if device.type == "cuda":
-        wanted = BWD_PROGRAMS_PER_SM * sm_count(device.index)
-    else:
-        wanted = INTERPRET_PROGRAMS
-    tiles_per_program = triton.cdiv(triton.cdiv(rows, block_m), wanted)
-    rows_per_program = tiles_per_program * block_m
-    return triton.cdiv(rows, rows_per_program), rows_per_program
+    wanted = BWD_PROGRAMS_PER_SM * sm_count(device.index) if device.type == "cuda" else INTERPRET_PROGRAMS
+    return split_rows(rows, block_m, wanted)
+
+
+def split_rows(rows: int, block_m: int, wanted: int) -> tuple[int, int]:
+    """(groups, rows per group): ``rows`` in about ``wanted`` groups of whole ``block_m``-row tiles, the last
+    group short where they do not divide."""
+    rows_per_group = triton.cdiv(triton.cdiv(rows, block_m), wanted) * block_m
+    return triton.cdiv(rows, rows_per_group), rows_per_group
 
 
 def new_buffer(shape, dtype, device, poison: bool) -> torch.Tensor:
