@@ -377,6 +377,9 @@ OUR_VARIANTS = {
     # loader and dQ sender warps), or warp-specialised with two columns a program, one a consumer
     "nows": {"MEGASTRIDE_BLOCKSPARSE_GLUON_WS": "0"},
     "columns": {"MEGASTRIDE_BLOCKSPARSE_GLUON_WS": "columns"},
+    # the fused dQ (fp16 sums) on the halves kernel at every length and head dim it has: at head dim 128 (64
+    # queries a step, each consumer's dQ half the head dim) neither is on by default
+    "halves": {"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ": "fp16", "MEGASTRIDE_BLOCKSPARSE_GLUON_WS": "halves"},
     "gluon1": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "1"},
     "gluon2": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "2"},
     "onestream": {"MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS": "0"},  # Gluon's dQ after its dK/dV on one stream

@@ -2291,10 +2291,11 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
             from . import gluon_bwd
 
             segments = None
-            block_n = gluon_bwd.FUSED_TILES[head_dim][0] if fused_dq else gluon_bwd.tiles("dkdv", head_dim)[0]
             # the warp-specialised kernel whole columns of a fused launch take (the halves kernel: one column a
             # program, one program an SM)
             ws = gluon_bwd.warp_specialized(head_dim, layout.block, lse, delta) if fused_dq else None
+            block_n = (gluon_bwd.HALVES_TILES[head_dim][0] if ws == "halves" else gluon_bwd.FUSED_TILES[head_dim][0]
+                       if fused_dq else gluon_bwd.tiles("dkdv", head_dim)[0])
             per_sm = 1 if ws == "halves" else gluon_bwd.programs_per_sm("dkdv", head_dim)
             seg_len = gluon_split(layout, batch, gpu_sms(q), block_n, per_sm)
             if seg_len:

@@ -50,7 +50,9 @@ loop's products). Beyond the probe:
   step, its keys split between the two consumers (64 each, products twice as wide), both reading the step's Q
   and dO from one loader warp's ring; their dS^T halves meet in shared memory, where each consumer's dQ
   product takes its half of the queries over all the keys (4.7% and 1.5% off the forward+backward at 1M,
-  8x64, against the two-columns form; docs/benchmarks.md "Thirty-ninth run").
+  8x64, against the two-columns form; docs/benchmarks.md "Thirty-ninth run"). At head dim 128, where asked for
+  (not yet run on a GPU), a step takes 64 queries, FlashAttention-3's tiles there, and each consumer's dQ product
+  all of them and its half of the head dim.
 
 ``blocksparse.gluon_backward`` chooses this path (``MEGASTRIDE_BLOCKSPARSE_GLUON``); Gluon has no
 interpreter, so the CPU tests compile it for sm_90 (tests/test_gluon_bwd.py) and the GPU tests check it
@@ -87,8 +89,13 @@ WS_TILES = {64: (128, 32, 3, 2), 128: (64, 32, 3, 2)}
 WS_CONSUMER_REGS = 240
 # the form with one column a program, its keys split between the two consumers (``_dkdv_halves_kernel``): (keys a
 # program, queries a step, ring slots, dQ staging buffers a consumer, dS buffers, the step's schedule) per head dim;
-# MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES replaces the last four (``halves_tiles``)
-HALVES_TILES = {64: (128, 128, 2, 2, 2, 1)}
+# MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES replaces the last four (``halves_tiles``). At head dim 128 a step takes
+# 64 queries (FlashAttention-3's backward tiles there: a consumer's dK and dV hold 128 registers a thread) and a
+# consumer's dQ half of the head dim; not yet run on a GPU, so "auto" takes it only at HALVES_AUTO_DIMS
+HALVES_TILES = {64: (128, 128, 2, 2, 2, 1), 128: (128, 64, 2, 2, 2, 1)}
+HALVES_AUTO_DIMS = (64,)
+# shared memory a Hopper SM gives one program (227 KB)
+SHARED_BYTES = 232448
 # which warp-specialised kernel whole-column fused launches take (``warp_specialized``): "auto" (the halves kernel
 # where it can run, else the two-columns one), "halves", "columns" (or "1"), "0" (neither)
 WARP_SPECIALIZED = "auto"
@@ -228,7 +235,13 @@ def _list_steps(FULL_PTR, PART_PTR, SEG_LO, SEG_HI, SEG_FIRST, csr, block, slot,
 @gluon.jit
 def _head_desc(X, off, n, stride_t, D: gl.constexpr, ROWS: gl.constexpr, layout: gl.constexpr):
     """A TMA descriptor over one head's (n, D) rows of X, starting at element ``off``, in boxes of ROWS rows."""
-    return tma.make_tensor_descriptor(X + off, shape=[n, D], strides=[stride_t, 1], block_shape=[ROWS, D],
+    return _head_box(X, off, n, stride_t, D, ROWS, D, layout)
+
+
+@gluon.jit
+def _head_box(X, off, n, stride_t, D: gl.constexpr, ROWS: gl.constexpr, COLS: gl.constexpr, layout: gl.constexpr):
+    """``_head_desc`` in boxes of ROWS rows x COLS of the D columns."""
+    return tma.make_tensor_descriptor(X + off, shape=[n, D], strides=[stride_t, 1], block_shape=[ROWS, COLS],
                                       layout=layout)
 
 
@@ -807,16 +820,16 @@ def _ws_loader(kv_smem, q_smem, do_smem, lse_smem, delta_smem, bars, qd, dod, kd
 
 
 @gluon.jit
-def _ws_sender(stage, bars, dqd, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, row_off, BLOCK: gl.constexpr,
+def _ws_sender(stage, bars, dqd, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, row_off, col_off, BLOCK: gl.constexpr,
                BLOCK_M: gl.constexpr, STAGING: gl.constexpr, STAGED: gl.constexpr, FREE: gl.constexpr):
     """One warp: each step's staged dQ (mbarrier STAGED + i of ``bars``: in staging buffer i) added into the sums at
-    the step's rows plus ``row_off`` by a TMA reduce; a staging buffer handed back (FREE + i) once its reduce has
-    read it (``tma.store_wait`` counts this warp's own reduces)."""
+    the step's rows plus ``row_off``, columns ``col_off``.., by a TMA reduce; a staging buffer handed back (FREE + i)
+    once its reduce has read it (``tma.store_wait`` counts this warp's own reduces)."""
     for t in range(0, t1):
         b = t % STAGING
         mbarrier.wait(bars.index(STAGED + b), (t // STAGING) & 1)
         start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, BLOCK // BLOCK_M, BLOCK_M, BLOCK)
-        tma_reduce_add(dqd, [start + row_off, 0], stage.index(b))
+        tma_reduce_add(dqd, [start + row_off, col_off], stage.index(b))
         tma.store_wait(pendings=STAGING - 1)  # the reduce of step t - STAGING + 1 has read its buffer
         if t >= STAGING - 1:
             mbarrier.arrive(bars.index(FREE + (t - STAGING + 1) % STAGING), count=1)
@@ -829,10 +842,12 @@ def _ws_column(Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FU
                stride_vt, stride_dob, stride_doh, stride_dot, stride_sb, stride_sh, stride_st, stride_lb, stride_lh,
                part_heads, batch_heads, num_blocks, order_len, BLOCK: gl.constexpr, D: gl.constexpr,
                NCOMP: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, smem: gl.constexpr,
-               stage_layout: gl.constexpr, rows_layout: gl.constexpr, DQ_ROWS: gl.constexpr):
+               stage_layout: gl.constexpr, rows_layout: gl.constexpr, DQ_ROWS: gl.constexpr,
+               DQ_COLS: gl.constexpr):
     """Column item ``item`` of the launch (past ``n_items``: the last one again, marked not valid, with no steps):
     (batch, head, first key, min offset, codes, full_lo, part_lo, nf, t1, valid) and the TMA descriptors of its
-    head's Q, dO, K, V, lse and delta rows (boxes of BLOCK_M values) and dQ sums (boxes of DQ_ROWS rows)."""
+    head's Q, dO, K, V, lse and delta rows (boxes of BLOCK_M values) and dQ sums (boxes of DQ_ROWS rows x DQ_COLS
+    columns)."""
     valid = item < n_items
     batch, head, csr, block, first, min_off, codes, slot, bh = _item(
         gl.minimum(item, n_items - 1), HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len,
@@ -850,7 +865,7 @@ def _ws_column(Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FU
                                       block_shape=[1, BLOCK_M], layout=rows_layout)
     deltad = tma.make_tensor_descriptor(DELTA + rows, shape=[n // BLOCK_M, BLOCK_M], strides=[BLOCK_M, 1],
                                         block_shape=[1, BLOCK_M], layout=rows_layout)
-    dqd = _head_desc(DQS, batch * stride_sb + head * stride_sh, n, stride_st, D, DQ_ROWS, stage_layout)
+    dqd = _head_box(DQS, batch * stride_sb + head * stride_sh, n, stride_st, D, DQ_ROWS, DQ_COLS, stage_layout)
     return (batch, head, first, min_off, codes, full_lo, part_lo, nf, t1, valid.to(gl.int32), qd, dod, kd, vd, lsed,
             deltad, dqd)
 
@@ -891,12 +906,12 @@ def _dkdv_ws_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HE
      a_vd, a_lsed, a_deltad, a_dqd) = _ws_column(
         Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, PART_PTR, ORDER,
         2 * gl.program_id(0), n_items, *strides, part_heads, batch_heads, num_blocks, order_len, BLOCK, D, NCOMP,
-        BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout, BLOCK_M)
+        BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout, BLOCK_M, D)
     (b_batch, b_head, b_first, b_min_off, b_codes, b_full_lo, b_part_lo, b_nf, b_t1, b_valid, b_qd, b_dod, b_kd,
      b_vd, b_lsed, b_deltad, b_dqd) = _ws_column(
         Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, PART_PTR, ORDER,
         2 * gl.program_id(0) + 1, n_items, *strides, part_heads, batch_heads, num_blocks, order_len, BLOCK, D,
-        NCOMP, BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout, BLOCK_M)
+        NCOMP, BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout, BLOCK_M, D)
     KV: gl.constexpr = 2 * STAGES + 2 * STAGING  # ``_ws_bar``'s roles as the loader and sender index them
     a = _ws_alloc(dtype, sum_ty, D, BLOCK_N, BLOCK_M, STAGES, STAGING, smem, stage_layout, rows_layout)
     b = _ws_alloc(dtype, sum_ty, D, BLOCK_N, BLOCK_M, STAGES, STAGING, smem, stage_layout, rows_layout)
@@ -915,9 +930,9 @@ def _dkdv_ws_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HE
                       PART_IDX, a_full_lo, a_part_lo, a_nf, a_t1, a_first, BLOCK, BLOCK_M, STAGES, 0, STAGES, KV)),
         (_ws_loader, (b[0], b[1], b[2], b[3], b[4], b[7], b_qd, b_dod, b_kd, b_vd, b_lsed, b_deltad, FULL_IDX,
                       PART_IDX, b_full_lo, b_part_lo, b_nf, b_t1, b_first, BLOCK, BLOCK_M, STAGES, 0, STAGES, KV)),
-        (_ws_sender, (a[6], a[7], a_dqd, FULL_IDX, PART_IDX, a_full_lo, a_part_lo, a_nf, a_t1, 0, BLOCK, BLOCK_M,
+        (_ws_sender, (a[6], a[7], a_dqd, FULL_IDX, PART_IDX, a_full_lo, a_part_lo, a_nf, a_t1, 0, 0, BLOCK, BLOCK_M,
                       STAGING, 2 * STAGES, 2 * STAGES + STAGING)),
-        (_ws_sender, (b[6], b[7], b_dqd, FULL_IDX, PART_IDX, b_full_lo, b_part_lo, b_nf, b_t1, 0, BLOCK, BLOCK_M,
+        (_ws_sender, (b[6], b[7], b_dqd, FULL_IDX, PART_IDX, b_full_lo, b_part_lo, b_nf, b_t1, 0, 0, BLOCK, BLOCK_M,
                       STAGING, 2 * STAGES, 2 * STAGES + STAGING)),
     ], [4, 1, 1, 1, 1], [CONSUMER_REGS, 24, 24, 24, 24])
 
@@ -949,13 +964,22 @@ def _halves_bar(bars, role: gl.constexpr, i, STAGES: gl.constexpr, STAGING: gl.c
 
 
 @gluon.jit
-def _halves_dq(ds_smem, kv_smem, buf, zero_q, C: gl.constexpr, HALF: gl.constexpr):
-    """Issue consumer C's dQ of the step whose dS^T halves are in dS buffer ``buf``: its half of the queries
-    over all the keys, one product a key half."""
-    dq = warpgroup_mma(ds_smem.index(2 * buf).slice(C * HALF, HALF), kv_smem.index(0).slice(0, HALF), zero_q,
-                       use_acc=False, is_async=True)
-    return warpgroup_mma(ds_smem.index(2 * buf + 1).slice(C * HALF, HALF), kv_smem.index(0).slice(HALF, HALF), dq,
-                         is_async=True)
+def _halves_dq(ds_smem, kv_smem, buf, zero_q, C: gl.constexpr, HALF: gl.constexpr, SPLIT_D: gl.constexpr):
+    """Issue consumer C's dQ of the step whose dS^T halves are in dS buffer ``buf``, over all the keys, one
+    product a key half: its half of the queries (128 a step), or (SPLIT_D: 64 queries a step, too few for two
+    m64 products) all the step's queries and its half of the head dim."""
+    if SPLIT_D:
+        cols: gl.constexpr = zero_q.type.shape[1]
+        dq = warpgroup_mma(ds_smem.index(2 * buf), kv_smem.index(0).slice(0, HALF).slice(C * cols, cols, dim=1),
+                           zero_q, use_acc=False, is_async=True)
+        dq = warpgroup_mma(ds_smem.index(2 * buf + 1),
+                           kv_smem.index(0).slice(HALF, HALF).slice(C * cols, cols, dim=1), dq, is_async=True)
+    else:
+        dq = warpgroup_mma(ds_smem.index(2 * buf).slice(C * HALF, HALF), kv_smem.index(0).slice(0, HALF), zero_q,
+                           use_acc=False, is_async=True)
+        dq = warpgroup_mma(ds_smem.index(2 * buf + 1).slice(C * HALF, HALF), kv_smem.index(0).slice(HALF, HALF), dq,
+                           is_async=True)
+    return dq
 
 
 @gluon.jit
@@ -975,8 +999,9 @@ def _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_s
                  FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off, qk_scale, dq_scale,
                  C: gl.constexpr, NCOMP: gl.constexpr, KINDS: gl.constexpr, MASKED: gl.constexpr,
                  BLOCK: gl.constexpr, HALF: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
-                 STAGING: gl.constexpr, DS_BUFS: gl.constexpr, MODE: gl.constexpr, p_layout: gl.constexpr):
-    """Step t (query block t of the column, BLOCK_M rows) of consumer C, which holds keys C * HALF.. of the
+                 STAGING: gl.constexpr, DS_BUFS: gl.constexpr, MODE: gl.constexpr, p_layout: gl.constexpr,
+                 SPLIT_D: gl.constexpr):
+    """Step t (BLOCK_M query rows of the column's query blocks) of consumer C, which holds keys C * HALF.. of the
     column: S^T and dP^T of its keys against the step's queries, P^T and dS^T, dV and dK (both from registers),
     its dS^T half into the step's dS buffer (``ds_smem``: one (BLOCK_M, HALF) buffer per half of the keys) and,
     once the other consumer's half is there, dQ of its half of the queries over all the column's keys (two
@@ -1003,7 +1028,7 @@ def _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_s
     if MODE == 2:
         mbarrier.arrive(_halves_bar(bars, 11 - C, 0, STAGES, STAGING, DS_BUFS), count=1)
     if MASKED:  # the step's query positions, for the token predicate (under the score products)
-        start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, 1, BLOCK_M, BLOCK)
+        start = _step_start(FULL_IDX, PART_IDX, full_lo, part_lo, nf, t, BLOCK // BLOCK_M, BLOCK_M, BLOCK)
         rows = start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
     else:  # not read
         rows = first_col
@@ -1031,7 +1056,7 @@ def _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_s
             mbarrier.wait(_halves_bar(bars, 2, buf, STAGES, STAGING, DS_BUFS), ((t - 1) // DS_BUFS) & 1)
     else:
         mbarrier.wait(_halves_bar(bars, 2, buf, STAGES, STAGING, DS_BUFS), (t // DS_BUFS) & 1)  # the other half too
-    dq = _halves_dq(ds_smem, kv_smem, buf, zero_q, C, HALF)
+    dq = _halves_dq(ds_smem, kv_smem, buf, zero_q, C, HALF, SPLIT_D)
     # all waited for (dV and dK too, the next step's wait a formality): dQ read while dK runs, ptxas serialises
     dq, pt16, dst16 = warpgroup_mma_wait(num_outstanding=0, deps=(dq, pt16, dst16))
     mbarrier.arrive(_halves_bar(bars, 1, slot, STAGES, STAGING, DS_BUFS), count=1)
@@ -1051,32 +1076,34 @@ def _halves_consumer(kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, st
                      first_col, codes, min_off, qk_scale, sm_scale, C: gl.constexpr, NCOMP: gl.constexpr,
                      KINDS: gl.constexpr, BLOCK: gl.constexpr, D: gl.constexpr, HALF: gl.constexpr,
                      BLOCK_M: gl.constexpr, STAGES: gl.constexpr, STAGING: gl.constexpr, DS_BUFS: gl.constexpr,
-                     MODE: gl.constexpr, LOAD_PREV: gl.constexpr):
+                     MODE: gl.constexpr, LOAD_PREV: gl.constexpr, SPLIT_D: gl.constexpr, DQ_ROWS: gl.constexpr,
+                     DQ_COLS: gl.constexpr):
     """Consumer C of a shared column (``_halves_step``: the full blocks, then the partial ones under the token
     predicate; MODE 2: then the last step's dQ); once both consumers' loops are done, its keys' dK (scaled) and
     dV written through a buffer of its own (K's for consumer 0, V's for consumer 1) as ``_dkdv_kernel`` writes
     them."""
     layouts: gl.constexpr = mma_layouts(4, BLOCK_M, D)
-    o_layout: gl.constexpr = layouts[1]
     p_layout: gl.constexpr = layouts[2]
     zero_s, dk, dv, dq_scale = _consumer_start(DQ_SCALE, HALF, BLOCK_M, D)
-    zero_q = gl.zeros([HALF, D], gl.float32, o_layout)
+    dq_layouts: gl.constexpr = mma_layouts(4, BLOCK_M, DQ_COLS)
+    dq_layout: gl.constexpr = dq_layouts[1]
+    zero_q = gl.zeros([DQ_ROWS, DQ_COLS], gl.float32, dq_layout)
     mbarrier.wait(_halves_bar(bars, 4, 0, STAGES, STAGING, DS_BUFS), 0)
     for t in range(0, nf):
         dk, dv = _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars, zero_s,
                               zero_q, FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off, qk_scale,
                               dq_scale, C, NCOMP, KINDS, False, BLOCK, HALF, BLOCK_M, STAGES, STAGING, DS_BUFS, MODE,
-                              p_layout)
+                              p_layout, SPLIT_D)
     for t in range(nf, t1):
         dk, dv = _halves_step(t, dk, dv, kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage, bars, zero_s,
                               zero_q, FULL_IDX, PART_IDX, full_lo, part_lo, nf, first_col, codes, min_off, qk_scale,
                               dq_scale, C, NCOMP, KINDS, True, BLOCK, HALF, BLOCK_M, STAGES, STAGING, DS_BUFS, MODE,
-                              p_layout)
+                              p_layout, SPLIT_D)
     if MODE == 2 and t1 > 0:  # the last step's dQ
         last = t1 - 1
         buf = last % DS_BUFS
         mbarrier.wait(_halves_bar(bars, 2, buf, STAGES, STAGING, DS_BUFS), (last // DS_BUFS) & 1)
-        dq = _halves_dq(ds_smem, kv_smem, buf, zero_q, C, HALF)
+        dq = _halves_dq(ds_smem, kv_smem, buf, zero_q, C, HALF, SPLIT_D)
         dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq, ))
         _halves_stage(dq * dq_scale, stage, bars, last, C, STAGES, STAGING, DS_BUFS)
     dk, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv))
@@ -1106,30 +1133,37 @@ def _dkdv_halves_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS
     half goes through shared memory, where the two consumers' dQ products (each its half of the queries, over
     all the keys) read both halves; a sender warp per consumer reduces its dQ rows into the sums. Against
     ``_dkdv_ws_kernel`` (a column a consumer, 32 queries a step) each product is twice as wide and the Q and dO
-    tiles are read once for both consumers."""
+    tiles are read once for both consumers. With 64 queries a step (BLOCK_M = BLOCK_N / 2: FlashAttention-3's
+    tiles at head dim 128, where a consumer's dK and dV take 128 registers a thread) a consumer's dQ takes all the
+    step's queries and its half of the head dim (SPLIT_D), and a block holds BLOCK / BLOCK_M steps."""
     gl.static_assert(num_warps == 4, "the default partition is one consumer warpgroup")
     gl.static_assert(STAGES >= 2, "the ring needs two slots")
-    gl.static_assert(BLOCK_N == 2 * 64 and BLOCK_M == BLOCK_N, "two consumers of 64 keys, 128 queries a step")
+    gl.static_assert(BLOCK_N == 2 * 64 and (BLOCK_M == BLOCK_N or 2 * BLOCK_M == BLOCK_N),
+                     "two consumers of 64 keys, 128 or 64 queries a step")
     HALF: gl.constexpr = BLOCK_N // 2
+    SPLIT_D: gl.constexpr = BLOCK_M == HALF
+    DQ_ROWS: gl.constexpr = BLOCK_M if SPLIT_D else HALF  # a consumer's dQ rows and columns a step
+    DQ_COLS: gl.constexpr = D // 2 if SPLIT_D else D
+    SECOND_ROW: gl.constexpr = 0 if SPLIT_D else HALF  # where consumer 1's dQ rows start in the step's
     dtype: gl.constexpr = Q.dtype.element_ty
     sum_ty: gl.constexpr = DQS.dtype.element_ty
     smem: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=2)
-    stage_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([HALF, D], sum_ty)
+    stage_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([DQ_ROWS, DQ_COLS], sum_ty)
     rows_layout: gl.constexpr = _rows_smem()
     strides = (stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                stride_dob, stride_doh, stride_dot, stride_sb, stride_sh, stride_st, stride_lb, stride_lh)
     (batch, head, first, min_off, codes, full_lo, part_lo, nf, t1, valid, qd, dod, kd, vd, lsed, deltad, dqd) = \
         _ws_column(Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, PART_PTR, ORDER,
                    gl.program_id(0), n_items, *strides, part_heads, batch_heads, num_blocks, order_len, BLOCK, D,
-                   NCOMP, BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout, HALF)
+                   NCOMP, BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout, DQ_ROWS, DQ_COLS)
     kv_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, D], smem)
     q_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, D], smem)
     do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, D], smem)
     lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, 1, BLOCK_M], rows_layout)
     delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, 1, BLOCK_M], rows_layout)
     ds_smem = gl.allocate_shared_memory(dtype, [2 * DS_BUFS, BLOCK_M, HALF], smem)
-    stage_a = gl.allocate_shared_memory(sum_ty, [STAGING, HALF, D], stage_layout)
-    stage_b = gl.allocate_shared_memory(sum_ty, [STAGING, HALF, D], stage_layout)
+    stage_a = gl.allocate_shared_memory(sum_ty, [STAGING, DQ_ROWS, DQ_COLS], stage_layout)
+    stage_b = gl.allocate_shared_memory(sum_ty, [STAGING, DQ_ROWS, DQ_COLS], stage_layout)
     # ready; empty, dS in, dS out (count 2: both consumers); K/V; done (count 2); staged and free; turns
     bars = gl.allocate_shared_memory(gl.int64, [2 * STAGES + 2 * DS_BUFS + 2 + 4 * STAGING + 2, 1],
                                      mbarrier.MBarrierLayout())
@@ -1147,18 +1181,20 @@ def _dkdv_halves_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS
         (_halves_consumer, (kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage_a, bars, DK, DV, DK_PREV,
                             DV_PREV, dk_offs[0], dk_offs[1], stride_dkt, stride_dvt, DQ_SCALE, FULL_IDX, PART_IDX,
                             full_lo, part_lo, nf, t1, first, codes, min_off, qk_scale, sm_scale, 0, NCOMP, KINDS,
-                            BLOCK, D, HALF, BLOCK_M, STAGES, STAGING, DS_BUFS, MODE, LOAD_PREV)),
+                            BLOCK, D, HALF, BLOCK_M, STAGES, STAGING, DS_BUFS, MODE, LOAD_PREV, SPLIT_D, DQ_ROWS,
+                            DQ_COLS)),
         (_halves_consumer, (kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage_b, bars, DK, DV, DK_PREV,
                             DV_PREV, dk_offs[0], dk_offs[1], stride_dkt, stride_dvt, DQ_SCALE, FULL_IDX, PART_IDX,
                             full_lo, part_lo, nf, t1, first, codes, min_off, qk_scale, sm_scale, 1, NCOMP, KINDS,
-                            BLOCK, D, HALF, BLOCK_M, STAGES, STAGING, DS_BUFS, MODE, LOAD_PREV)),
+                            BLOCK, D, HALF, BLOCK_M, STAGES, STAGING, DS_BUFS, MODE, LOAD_PREV, SPLIT_D, DQ_ROWS,
+                            DQ_COLS)),
         (_ws_loader, (kv_smem, q_smem, do_smem, lse_smem, delta_smem, bars, qd, dod, kd, vd, lsed, deltad, FULL_IDX,
                       PART_IDX, full_lo, part_lo, nf, t1, first, BLOCK, BLOCK_M, STAGES, 0, STAGES,
                       2 * STAGES + 2 * DS_BUFS)),
-        (_ws_sender, (stage_a, bars, dqd, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, 0, BLOCK, BLOCK_M, STAGING,
+        (_ws_sender, (stage_a, bars, dqd, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, 0, 0, BLOCK, BLOCK_M, STAGING,
                       STAGED, STAGED + STAGING)),
-        (_ws_sender, (stage_b, bars, dqd, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, HALF, BLOCK, BLOCK_M, STAGING,
-                      STAGED + 2 * STAGING, STAGED + 3 * STAGING)),
+        (_ws_sender, (stage_b, bars, dqd, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, SECOND_ROW,
+                      D - DQ_COLS, BLOCK, BLOCK_M, STAGING, STAGED + 2 * STAGING, STAGED + 3 * STAGING)),
     ], [4, 1, 1, 1], [CONSUMER_REGS, 24, 24, 24])
 
 
@@ -1229,7 +1265,12 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
             STAGES=stages, STAGING=staging, CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=4, **consts)
         return
     if kind == "halves":
-        block_n, block_m, stages, staging, ds_bufs, mode = halves_tiles(d)
+        block_n, block_m, stages, staging, ds_bufs, mode = halves = halves_tiles(d)
+        need = halves_shared_bytes(d, halves, fused[0].element_size())
+        if need + 1024 > SHARED_BYTES:  # the compiler aligns the buffers: a few hundred bytes more
+            raise ValueError(f"the halves kernel's tiles {halves} at head dim {d} with {fused[0].dtype} dQ sums need "
+                             f"{need:,} bytes of shared memory, more than an SM's {SHARED_BYTES:,} "
+                             f"(MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES: fewer slots or buffers)")
         n_items = col_order.shape[1] * batch * heads
         _dkdv_halves_kernel[(n_items,)](
             q, k, v, do, dk, dv, dk_prev, dv_prev, lse, delta, *head_tables, *lists_, col_order, *fused, *strides,
@@ -1316,17 +1357,18 @@ def warp_specialized(head_dim: int, block: int, lse: torch.Tensor, delta: torch.
     instead of ``_dkdv_kernel``: "halves" (``_dkdv_halves_kernel``: one column a program, its keys split between
     the two consumers), "columns" (``_dkdv_ws_kernel``: two columns a program, one a consumer) or None (neither).
     ``WARP_SPECIALIZED``, or ``MEGASTRIDE_BLOCKSPARSE_GLUON_WS`` where set: "0" neither; "1" or "columns" and
-    "halves" that kernel where it can run; "auto" (the default) "halves" where it can run, else "columns" where
-    that can. Where they can run: a head dim of ``HALVES_TILES`` (``WS_TILES``), a block of 128, one step a
-    block ("columns": a block its key tiles divide), lse and delta rows TMA can address (unit stride, 16-byte
-    aligned bases and row strides). On the H200, at 1M tokens, 8x64, the "columns" loop on full blocks of the
+    "halves" that kernel where it can run; "auto" (the default) "halves" where it can run at a head dim of
+    ``HALVES_AUTO_DIMS``, else "columns" where that can. Where they can run: a head dim of ``HALVES_TILES``
+    (``WS_TILES``), a block of its keys a program ("columns": a block its key tiles divide), lse and delta rows
+    TMA can address (unit stride, 16-byte aligned bases and row strides). On the H200, at 1M tokens, 8x64, the "columns" loop on full blocks of the
     fixed pattern ran 6-9% faster than the fused kernel's (docs/benchmarks.md "Thirty-eighth run"), and the
     forward+backward with "halves" 4.7% faster than with "columns" ("Thirty-ninth run")."""
     raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", WARP_SPECIALIZED)
     if raw not in ("auto", "0", "1", "columns", "halves"):
         raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_WS must be auto, 0, 1, columns or halves, got {raw!r}")
-    halves = head_dim in HALVES_TILES and block == HALVES_TILES[head_dim][1]
-    kind = None if raw == "0" else "columns" if raw in ("1", "columns") or (raw == "auto" and not halves) else "halves"
+    halves = head_dim in HALVES_TILES and block == HALVES_TILES[head_dim][0]
+    auto = raw == "auto" and not (halves and head_dim in HALVES_AUTO_DIMS)
+    kind = None if raw == "0" else "columns" if raw in ("1", "columns") or auto else "halves"
     if kind == "halves" and not halves:
         return None
     if kind == "columns" and (head_dim not in WS_TILES or block % WS_TILES[head_dim][0]):
@@ -1351,6 +1393,19 @@ def halves_tiles(head_dim: int) -> tuple[int, int, int, int, int, int]:
         raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES: {raw!r} is not sSgGdDmM (S >= 2 ring slots, "
                          f"G >= 1 staging buffers, D >= 1 dS buffers (2 with M 2), M 0, 1 or 2), e.g. s2g2d2m0")
     return (*base[:2], *(int(m[i]) for i in range(1, 5)))
+
+
+def halves_shared_bytes(head_dim: int, tiles: tuple[int, int, int, int, int, int], sum_bytes: int) -> int:
+    """Shared memory one program of ``_dkdv_halves_kernel`` allocates with ``tiles`` (``halves_tiles``) at
+    ``head_dim`` into dQ sums of ``sum_bytes`` a value: K and V, the ring of Q, dO, lse and delta, the dS buffers,
+    both consumers' staging buffers and the mbarriers (8 bytes each; what the compiler reports, within its
+    alignment)."""
+    block_n, block_m, stages, staging, ds_bufs, _ = tiles
+    half = block_n // 2
+    dq_values = block_m * head_dim // 2  # a consumer's dQ a step: half the queries, or all and half the head dim
+    bars = 2 * stages + 2 * ds_bufs + 2 + 4 * staging + 2
+    return (2 * block_n * head_dim * 2 + 2 * stages * block_m * head_dim * 2 + 2 * stages * block_m * 4
+            + 2 * ds_bufs * block_m * half * 2 + 2 * staging * dq_values * sum_bytes + 8 * bars)
 
 
 def _tiles_item(kernel: str) -> tuple[tuple[int, int, int, int], int | None] | None:
@@ -1478,6 +1533,7 @@ def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, nco
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
-__all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HALVES_TILES", "HEAD_DIMS", "MAX_REGISTERS", "WS_TILES",
-           "backward_part", "compile_for", "dkdv_launches", "halves_tiles", "look_ahead", "programs_per_sm",
+__all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HALVES_AUTO_DIMS", "HALVES_TILES", "HEAD_DIMS", "MAX_REGISTERS",
+           "SHARED_BYTES", "WS_TILES", "backward_part", "compile_for", "dkdv_launches", "halves_shared_bytes",
+           "halves_tiles", "look_ahead", "programs_per_sm",
            "registers", "tiles", "use_streams", "warp_specialized"]

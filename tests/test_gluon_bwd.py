@@ -4,8 +4,10 @@ the switch that chooses it. Gluon has no interpreter: its values are checked on 
 TRITON_INTERPRET=1 for the session, under which nothing is compiled.
 """
 
+import collections
 import importlib.util
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -61,18 +63,22 @@ for name, d, sums, prev in [("fp16", 64, "fp16", False), ("fp32", 64, "fp32", Fa
                          "setmaxnreg": code.count("USETMAXREG"), "warps": k.metadata.num_warps,
                          "shared": k.metadata.shared, **ptxas_usage(k)}
 # the halves kernel (HALVES_TILES; one column a program, its keys split between the consumers): its three schedules
-# into fp16 sums, fp32 sums, with earlier sums
-for name, sums, prev, sched in [("fp16", "fp16", False, None), ("fp32", "fp32", False, None),
-                                ("fp16 prev", "fp16", True, None), ("fp16 m0", "fp16", False, 0),
-                                ("fp16 m2", "fp16", False, 2)]:
-    t = None if sched is None else (*compile_tiles[:5], sched)
-    k = compile_for("dkdv_halves", 64, load_prev=prev, dq_sums=sums, tiles=t)
+# into fp16 sums, fp32 sums, with earlier sums; at head dim 128 (64 queries a step, dQ split by the head dim)
+from megastride.kernels.gluon_bwd import halves_shared_bytes, halves_tiles
+for name, d, sums, prev, sched in [("fp16", 64, "fp16", False, None), ("fp32", 64, "fp32", False, None),
+                                   ("fp16 prev", 64, "fp16", True, None), ("fp16 m0", 64, "fp16", False, 0),
+                                   ("fp16 m2", 64, "fp16", False, 2), ("fp16 d128", 128, "fp16", False, None),
+                                   ("fp32 d128", 128, "fp32", False, None), ("fp16 prev d128", 128, "fp16", True, None),
+                                   ("fp16 m0 d128", 128, "fp16", False, 0)]:
+    t = (*HALVES_TILES[d][:5], HALVES_TILES[d][5] if sched is None else sched)
+    k = compile_for("dkdv_halves", d, load_prev=prev, dq_sums=sums, tiles=t)
     loop, code = first_mma_loop(k), sass(k)
     out[f"halves {name}"] = {"hgmma": loop.get("HGMMA"), "loop_reduces": loop.get("UTMAREDG", 0),
                              "loop_loads": loop.get("UTMALDG", 0), "spill_reloads": loop.get("LDL", 0),
                              "total": loop.get("total"), "reduces": code.count("UTMAREDG"),
                              "setmaxnreg": code.count("USETMAXREG"), "warps": k.metadata.num_warps,
-                             "shared": k.metadata.shared, **ptxas_usage(k)}
+                             "shared": k.metadata.shared, "shared_counted": halves_shared_bytes(d, t, 4 if sums == "fp32" else 2),
+                             **ptxas_usage(k)}
 print(json.dumps(out))
 """
 
@@ -145,26 +151,33 @@ def test_the_warp_specialised_consumers_loop_is_products_and_exponentials(compil
     assert got["shared"] <= 227 * 1024, got
 
 
-@pytest.mark.parametrize("setting", ["fp16", "fp32", "fp16 prev", "fp16 m0", "fp16 m2"])
+@pytest.mark.parametrize("setting", ["fp16", "fp32", "fp16 prev", "fp16 m0", "fp16 m2", "fp16 d128", "fp32 d128",
+                                     "fp16 prev d128", "fp16 m0 d128"])
 def test_the_halves_kernels_consumer_loop_is_products_and_exponentials(compiled, setting):
     """``_dkdv_halves_kernel``: a consumer's full-block loop runs its five products on 64 keys x 128 queries
     (32 m64 instructions: 4 + 4 score, 8 + 8 dV and dK, 8 dQ over both key halves) with neither a TMA load nor a
     reduce in it, at most 2 spill reloads at 240 registers, in 600 instructions or fewer (the two-columns
     kernel: 381 for half the pairs); 12 warps (two consumer warpgroups, a loader and two senders padded to a
     warpgroup); one program's buffers within an SM's 227 KB of shared memory, fp32 staging too; ptxas
-    serialises no product, in each schedule."""
+    serialises no product, in each schedule. At head dim 128 (64 keys x 64 queries: 8 + 8 score, 4 + 4 dV and
+    dK, 8 dQ for all 64 queries and half the head dim) the same count and bounds, in 450 instructions or fewer.
+    ``halves_shared_bytes`` (the shape check ``backward_part`` makes) counts the compiler's allocation within
+    1 KB below it."""
     got = compiled[f"halves {setting}"]
     assert got["hgmma"] == 32 and got["loop_reduces"] == 0 and got["loop_loads"] == 0, got
     assert got["reduces"] >= 2 and got["setmaxnreg"] > 0 and got["warps"] == 12, got
-    assert got["spill_reloads"] <= 2 and got["total"] <= 600 and got["warnings"] == [], got
+    limit = 450 if setting.endswith("d128") else 600
+    assert got["spill_reloads"] <= 2 and got["total"] <= limit and got["warnings"] == [], got
     assert got["shared"] <= 227 * 1024, got
+    assert 0 <= got["shared"] - got["shared_counted"] < 1024, got
 
 
 def test_the_warp_specialised_switch(monkeypatch):
-    """``warp_specialized``: by default the halves kernel where it can run (head dim 64, 128-blocks), else the
+    """``warp_specialized``: by default the halves kernel where it can run at head dim 64 (128-blocks), else the
     two-columns kernel where that can (head dims 64 and 128, a block its key tiles divide), lse and delta rows
-    TMA can address either way; each kernel where asked for and it can run, neither with "0" or elsewhere; a
-    bad value is named. ``halves_tiles``: the default schedule, a replacement, bad ones named."""
+    TMA can address either way; each kernel where asked for and it can run (the halves kernel also at head dim
+    128, 128-blocks), neither with "0" or elsewhere; a bad value is named. ``halves_tiles``: the default
+    schedule, a replacement, bad ones named; ``backward_part`` refuses tiles whose buffers an SM cannot hold."""
     from megastride.kernels import gluon_bwd as G
 
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", raising=False)
@@ -183,7 +196,8 @@ def test_the_warp_specialised_switch(monkeypatch):
         assert G.warp_specialized(64, 128, lse, lse.clone()) == "columns"
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "halves")
     assert G.warp_specialized(64, 128, lse, lse.clone()) == "halves"
-    assert not G.warp_specialized(128, 128, lse, lse.clone()) and not G.warp_specialized(64, 256, lse, lse.clone())
+    assert G.warp_specialized(128, 128, lse, lse.clone()) == "halves"  # asked for: 64 queries a step
+    assert not G.warp_specialized(128, 64, lse, lse.clone()) and not G.warp_specialized(64, 256, lse, lse.clone())
     assert not G.warp_specialized(64, 128, lse[..., 1:1001], lse.clone())
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "on")
     with pytest.raises(ValueError,
@@ -197,7 +211,19 @@ def test_the_warp_specialised_switch(monkeypatch):
         monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES", bad)
         with pytest.raises(ValueError, match=f"MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES: '{bad}' is not sSgGdDmM"):
             G.halves_tiles(64)
-
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES", "s4g2d2m1")
+    assert G.halves_tiles(128) == (128, 64, 4, 2, 2, 1)
+    # four ring slots of 64 x 128 Q and dO tiles: 258 KB with the rest, refused before anything is launched
+    x = torch.zeros(1, 2, 256, 128, dtype=torch.bfloat16)
+    rows = torch.zeros(1, 2, 256)
+    meta = SimpleNamespace(heads=torch.zeros(2, dtype=torch.int32), head_csr=None, min_off=None, codes=None,
+                           lists=collections.defaultdict(lambda: None), num_blocks=2, ncomp=1, kinds=8)
+    order = torch.zeros(1, 2, dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"the halves kernel's tiles \(128, 64, 4, 2, 2, 1\) at head dim 128 with "
+                                         r"torch.float16 dQ sums need 264,\d{3} bytes of shared memory, more than an "
+                                         r"SM's 232,448"):
+        G.backward_part(x, x, x, x, rows, rows, (x, x, x), (x, x, x), meta, (order, order), 128, 0.1, False,
+                        dq_sums=(x.view(torch.float16), torch.ones(1)), ws="halves")
 
 def test_the_fused_steps_rows_loaded_a_step_ahead_spill_less(compiled, monkeypatch):
     """``look_ahead``: each fused step loads the next step's list entry, lse and delta after its reduce is

@@ -624,11 +624,13 @@ def test_the_warp_specialised_dkdv_kernel_matches_the_fused_one(sums, dtype, dim
             assert torch.equal(g, p), (name, n, grad, (g.float() - p.float()).abs().max().item())
 
 
-@pytest.mark.parametrize("sums, dtype, tiles", [("fp16", torch.bfloat16, ""), ("fp32", torch.float16, ""),
-                                               ("fp16", torch.bfloat16, "s2g2d2m1"),
-                                               ("fp16", torch.bfloat16, "s2g2d2m2"),
-                                               ("fp32", torch.float16, "s2g1d2m2")])
-def test_the_halves_kernel_matches_the_reference(sums, dtype, tiles, monkeypatch):
+@pytest.mark.parametrize("sums, dtype, tiles, dim", [("fp16", torch.bfloat16, "", 64), ("fp32", torch.float16, "", 64),
+                                                    ("fp16", torch.bfloat16, "s2g2d2m1", 64),
+                                                    ("fp16", torch.bfloat16, "s2g2d2m2", 64),
+                                                    ("fp32", torch.float16, "s2g1d2m2", 64),
+                                                    ("fp16", torch.bfloat16, "", 128), ("fp32", torch.float16, "", 128),
+                                                    ("fp16", torch.bfloat16, "s2g1d2m0", 128)])
+def test_the_halves_kernel_matches_the_reference(sums, dtype, tiles, dim, monkeypatch):
     """MEGASTRIDE_BLOCKSPARSE_GLUON_WS=halves on the H200: the fused backward over whole columns with one column
     a program, its keys split between two consumer warpgroups that exchange dS^T through shared memory
     (``gluon_bwd._dkdv_halves_kernel``), on the model's head views, for the fixed pattern (batch 2 x 4 heads, and
@@ -636,10 +638,12 @@ def test_the_halves_kernel_matches_the_reference(sums, dtype, tiles, monkeypatch
     gradients within the three-way tolerance of the fp32 reference, dK and dV the same bits on a second call,
     and dK, dV within rounding of the two-columns kernel's (this kernel's dK and dV products sum over 128 queries
     at once, that one's over 32); also with the exponentials under dP^T (m1) and with the consumers taking turns
-    (m2, dQ a step late; one staging buffer)."""
+    (m2, dQ a step late; one staging buffer). At head dim 128 (asked for: 64 queries a step, two steps a block,
+    each consumer's dQ all the step's queries and half the head dim, added at its columns), also with the score
+    products waited for together (m0) and one staging buffer."""
     _fused_dq_settings(monkeypatch, sums, "0")
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES", tiles)
-    for name, n, got, other in _two_ws_kinds(monkeypatch, 64, dtype, 7, "halves", "columns"):
+    for name, n, got, other in _two_ws_kinds(monkeypatch, dim, dtype, 7, "halves", "columns"):
         assert torch.equal(got[0], other[0]), (name, n)
         for grad, g, o in zip(["dk", "dv"], got[2:], other[2:]):
             bound = 1e-2 * o.float().abs().max().item()

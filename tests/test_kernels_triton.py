@@ -1059,6 +1059,7 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
                         blocksparse.gluon_fwd_setting(), gluon_fwd.launches(), blocksparse.gluon_dq_setting(),
                         gluon_bwd.look_ahead(torch.float16, False, False), gluon_bwd.look_ahead(torch.float16, True, False),
                         gluon_bwd.warp_specialized(64, 128, torch.zeros(1, 1, 256), torch.zeros(1, 1, 256)),
+                        gluon_bwd.warp_specialized(128, 128, torch.zeros(1, 1, 256), torch.zeros(1, 1, 256)),
                         os.environ.get("MEGASTRIDE_BLOCKSPARSE_PLANS", blocksparse.PLANS))
     ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():
