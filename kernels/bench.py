@@ -380,6 +380,10 @@ OUR_VARIANTS = {
     # the fused dQ (fp16 sums) on the halves kernel at every length and head dim it has: at head dim 128 (64
     # queries a step, each consumer's dQ half the head dim) neither is on by default
     "halves": {"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ": "fp16", "MEGASTRIDE_BLOCKSPARSE_GLUON_WS": "halves"},
+    # and on whole columns everywhere (where gluon_split's "auto" cuts the summary columns into segments, which
+    # take the unspecialised fused kernel: 262,144 tokens at 2x128)
+    "halveswhole": {"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ": "fp16", "MEGASTRIDE_BLOCKSPARSE_GLUON_WS": "halves",
+                    "MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT": "0"},
     "gluon1": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "1"},
     "gluon2": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "2"},
     "onestream": {"MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS": "0"},  # Gluon's dQ after its dK/dV on one stream

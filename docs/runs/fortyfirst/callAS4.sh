@@ -4,7 +4,8 @@
 # head dim; built 2026-12-05, never run). (1) its GPU test beside the two-columns kernel and the fp32 reference
 # (head dims 64 and 128, the schedules); (2) gpu_check's 262,144-token fp16 D=128 case with it and the fused dQ;
 # (3) beside Flex and the default (the dQ kernel on a second stream) at 2x128, alternated rounds, 262,144 and 1M:
-# peer "halves" turns the fused dQ and the halves kernel on.
+# peer "halves" turns the fused dQ and the halves kernel on, "halveswhole" also keeps every column whole (at
+# 262,144 tokens gluon_split's "auto" cuts the summary columns into segments, which the halves kernel does not take).
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv
 date -u > $OUT/times.txt
 timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels_gpu.py -k "halves" > $OUT/gpu_tests.log 2>&1
@@ -14,7 +15,7 @@ MEGASTRIDE_BLOCKSPARSE_GLUON_DQ=fp16 MEGASTRIDE_BLOCKSPARSE_GLUON_WS=halves time
   python3 -m megastride.kernels.gpu_check --only "fixed fp16 D=128" > $OUT/gpu_check.log 2>&1
 echo "gpu_check rc $?" >> $OUT/gpu_check.log; tail -3 $OUT/gpu_check.log | cut -c1-600
 date -u >> $OUT/times.txt
-timeout 240 megastride bench attention --patterns fixed --configs 2x128 --lengths 262144,1048576 --peers flex,halves \
+timeout 240 megastride bench attention --patterns fixed --configs 2x128 --lengths 262144,1048576 --peers flex,halves,halveswhole \
   --rounds 3 --out $OUT/bench > $OUT/bench.log 2>&1
 echo "bench rc $?" >> $OUT/bench.log; grep -v "^\[" $OUT/bench.log | tail -8; grep -E "rounds:|FAILED" $OUT/bench.log
 rm -f $OUT/bench/*.json
