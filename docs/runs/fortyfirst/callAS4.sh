@@ -3,9 +3,10 @@
 # that works on the kernels): the halves kernel at head dim 128 (64 queries a step, each consumer's dQ half the
 # head dim; built 2026-12-05, never run). (1) its GPU test beside the two-columns kernel and the fp32 reference
 # (head dims 64 and 128, the schedules); (2) gpu_check's 262,144-token fp16 D=128 case with it and the fused dQ;
-# (3) beside Flex and the default (the dQ kernel on a second stream) at 2x128, alternated rounds, 262,144 and 1M:
-# peer "halves" turns the fused dQ and the halves kernel on, "halveswhole" also keeps every column whole (at
-# 262,144 tokens gluon_split's "auto" cuts the summary columns into segments, which the halves kernel does not take).
+# (3) beside Flex and the default (the dQ kernel on a second stream) at 2x128, alternated rounds, 262,144 and 1M;
+# (4) the short lengths at both head dims, replayed. Peer "halves" turns the fused dQ and the halves kernel on,
+# "halveswhole" also keeps every column whole (at 262,144 tokens, 2x128, gluon_split's "auto" cuts the summary
+# columns into segments, which the halves kernel does not take).
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv
 date -u > $OUT/times.txt
 timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels_gpu.py -k "halves" > $OUT/gpu_tests.log 2>&1
@@ -19,4 +20,12 @@ timeout 240 megastride bench attention --patterns fixed --configs 2x128 --length
   --rounds 3 --out $OUT/bench > $OUT/bench.log 2>&1
 echo "bench rc $?" >> $OUT/bench.log; grep -v "^\[" $OUT/bench.log | tail -8; grep -E "rounds:|FAILED" $OUT/bench.log
 rm -f $OUT/bench/*.json
+date -u >> $OUT/times.txt
+# (4) the short lengths replayed from CUDA graphs (issue 3's >= 2x Flex at <= 12,288): the fused dQ on the halves
+# kernel (whole columns: one program a column, a launch fewer than the merged Triton backward's two) at both
+# head dims, where "auto" runs the Triton kernels
+timeout 150 megastride bench attention --patterns fixed --configs 8x64,2x128 --lengths 3072,12288 \
+  --peers flex,halves,halveswhole --graphs --rounds 0 --out $OUT/short > $OUT/short.log 2>&1
+echo "short rc $?" >> $OUT/short.log; grep -v "^\[" $OUT/short.log | tail -12; grep -E "FAILED" $OUT/short.log
+rm -f $OUT/short/*.json
 date -u >> $OUT/times.txt
