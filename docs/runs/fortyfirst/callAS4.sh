@@ -2,7 +2,7 @@
 # Forty-first run, call 4 (planned 2026-12-05, a session without a device; after calls 1-3, or first in a session
 # that works on the kernels): the halves kernel at head dim 128 (64 queries a step, each consumer's dQ half the
 # head dim; built 2026-12-05, never run). (1) its GPU test beside the two-columns kernel and the fp32 reference
-# (head dims 64 and 128, the schedules); (2) gpu_check's 262,144-token fp16 D=128 case with it and the fused dQ;
+# (head dims 64 and 128, the schedules); (2) gpu_check's 262,144-token fp16 D=128 case with it and the fused dQ (whole columns: "auto" cuts them there);
 # (3) beside Flex and the default (the dQ kernel on a second stream) at 2x128, alternated rounds, 262,144 and 1M;
 # (4) the short lengths at both head dims, replayed. Peer "halves" turns the fused dQ and the halves kernel on,
 # "halveswhole" also keeps every column whole (at 262,144 tokens, 2x128, gluon_split's "auto" cuts the summary
@@ -12,8 +12,8 @@ date -u > $OUT/times.txt
 timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels_gpu.py -k "halves" > $OUT/gpu_tests.log 2>&1
 echo "tests rc $?" >> $OUT/gpu_tests.log; grep -E "passed|failed|Error|assert" $OUT/gpu_tests.log | head -20
 date -u >> $OUT/times.txt
-MEGASTRIDE_BLOCKSPARSE_GLUON_DQ=fp16 MEGASTRIDE_BLOCKSPARSE_GLUON_WS=halves timeout 90 \
-  python3 -m megastride.kernels.gpu_check --only "fixed fp16 D=128" > $OUT/gpu_check.log 2>&1
+MEGASTRIDE_BLOCKSPARSE_GLUON_DQ=fp16 MEGASTRIDE_BLOCKSPARSE_GLUON_WS=halves MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT=0 \
+  timeout 90 python3 -m megastride.kernels.gpu_check --only "fixed fp16 D=128" > $OUT/gpu_check.log 2>&1
 echo "gpu_check rc $?" >> $OUT/gpu_check.log; tail -3 $OUT/gpu_check.log | cut -c1-600
 date -u >> $OUT/times.txt
 timeout 240 megastride bench attention --patterns fixed --configs 2x128 --lengths 262144,1048576 --peers flex,halves,halveswhole \
