@@ -33,7 +33,7 @@ INTERPRET_ROW_GROUPS = 3  # without a GPU (the interpreter): several, to exercis
 POISON = False  # tests: fill every output buffer with NaN first, so an element no program writes shows
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows"])
 def _bias_silu_fwd_kernel(Z0, B, A, rows, stride_z, stride_a, N: tl.constexpr, BLOCK_M: tl.constexpr,
                           BLOCK_N: tl.constexpr):
     row = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)

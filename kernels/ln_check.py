@@ -28,7 +28,6 @@ and reports registers and spills. Exit status 1 if any check fails.
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 
 import torch
@@ -330,19 +329,25 @@ def compile_report(widths, arch: int = 90) -> list[tuple[str, bool]]:
     out = []
     for width in widths:
         for x_t, y_t in (("fp32", "bf16"), ("bf16", "bf16"), ("fp16", "fp32")):
-            for (kernel, tile), fused in itertools.product(
-                    ((L._layer_norm_fwd_kernel, (L.FWD_TILE, L.FWD_PER_THREAD)),
-                     (L._layer_norm_bwd_kernel, (L.BWD_TILE, L.BWD_PER_THREAD))), (False, True)):
+            # plain; fused (the residual branch in, and in the backward the sum's and the branch's gradients:
+            # ln2 after the add); keep (the backward adding the stream's gradient alone: ln1's kept input)
+            variants = ((L._layer_norm_fwd_kernel, (L.FWD_TILE, L.FWD_PER_THREAD), "plain"),
+                        (L._layer_norm_fwd_kernel, (L.FWD_TILE, L.FWD_PER_THREAD), "fused"),
+                        (L._layer_norm_bwd_kernel, (L.BWD_TILE, L.BWD_PER_THREAD), "plain"),
+                        (L._layer_norm_bwd_kernel, (L.BWD_TILE, L.BWD_PER_THREAD), "fused"),
+                        (L._layer_norm_bwd_kernel, (L.BWD_TILE, L.BWD_PER_THREAD), "keep"))
+            for kernel, tile, variant in variants:
                 block_m, block_n, warps = L.tiles(width, *tile)
                 consts = dict(N=width, HAS_WEIGHT=True, HAS_BIAS=True, BLOCK_M=block_m, BLOCK_N=block_n)
-                consts.update({k: fused for k in ("HAS_RES", "HAS_DS", "HAS_DR") if k in kernel.arg_names})
-                # fused: the residual branch and its gradient in y's dtype, the sum and its gradient in x's
+                consts.update({k: variant == "fused" or (variant == "keep" and k == "HAS_DS")
+                               for k in ("HAS_RES", "HAS_DS", "HAS_DR") if k in kernel.arg_names})
+                # the residual branch and its gradient in y's dtype, the sum and its gradient in x's; strides as
+                # launched (Python ints under 2^31: i32)
                 types = {"X": x_t, "DX": x_t, "Y": y_t, "DY": y_t, "R": y_t, "S": x_t, "DS": x_t, "DR": y_t}
                 sig = {p.name: "constexpr" if p.is_constexpr else f"*{types.get(p.name, 'fp32')}" if p.name.isupper()
-                       else "fp32" if p.name == "eps" else "i64" if p.name.startswith("stride") else "i32"
-                       for p in kernel.params}
-                name = (f"{kernel.__name__}{' +residual' if fused else ''} D={width} x {x_t} y {y_t} "
-                        f"{block_m}x{block_n} w{warps}")
+                       else "fp32" if p.name == "eps" else "i32" for p in kernel.params}
+                label = {"plain": "", "fused": " +residual", "keep": " +stream"}[variant]
+                name = f"{kernel.__name__}{label} D={width} x {x_t} y {y_t} {block_m}x{block_n} w{warps}"
                 out.append(report_line(kernel, name, sig, consts, warps, arch=arch))
     # the residual add (no width: flat over the elements), as launched on a (T, D) stream with D a multiple
     # of 16: n divisible by 16, so the masked accesses are 16-byte vectors (a failure where they are not)

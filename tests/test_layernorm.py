@@ -408,10 +408,11 @@ def test_bad_inputs_raise():
 
 def test_kernels_compile_for_sm90():
     """The LayerNorm kernels and the residual add compile for Hopper at our width without register spills (no
-    GPU needed)."""
+    GPU needed): each as launched, ln1's backward with the stream's gradient alone among them."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "megastride.kernels.ln_check", "--compile", "--widths", "512"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    # 3 dtype pairs x 2 x 2 LayerNorm kernels, and the residual add's 2 dtype pairs
-    assert sum(line.startswith("ok ") for line in proc.stdout.splitlines()) == 12 + 2, proc.stdout
+    # 3 dtype pairs x (2 forwards + 3 backwards: plain, +residual, +stream), and the residual add's 2 dtype pairs
+    assert sum(line.startswith("ok ") for line in proc.stdout.splitlines()) == 15 + 2, proc.stdout
+    assert sum(" +stream D=512" in line for line in proc.stdout.splitlines()) == 3, proc.stdout

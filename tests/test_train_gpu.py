@@ -169,7 +169,9 @@ def test_residual_kernels_give_the_plain_streams_loss_and_gradients_on_the_gpu(m
     """On CUDA under bf16 autocast, the residual stream's kernels (ln1's kept input summing the stream's
     gradient in its backward, the FFN's fp32 + bf16 add by the Triton kernel) give the loss of torch's adds
     and autograd's sums bitwise (the forward's sums are the same) and their gradients to reduction order,
-    with every block recomputed and with none."""
+    with every block recomputed and with none; and the recompute, which leaves each block's proj product and
+    add uncomputed (``Block.output_unread``), the loss and gradients of no recompute, also with dropout 0.1
+    (the masks replayed)."""
     import torch
 
     if not torch.cuda.is_available():
@@ -180,20 +182,28 @@ def test_residual_kernels_give_the_plain_streams_loss_and_gradients_on_the_gpu(m
     real = layernorm.triton_residual_add
     monkeypatch.setattr(layernorm, "triton_residual_add", lambda *a: calls.append(1) or real(*a))
 
-    def grads(choice, recompute):
+    def grads(choice, recompute, dropout=0.0):
         monkeypatch.setenv("MEGASTRIDE_RESIDUAL", choice)
-        loss, model = _bf16_step({**SIX_LAYERS, "seq_len": 16384, "n_layers": 3}, {"checkpoint_activations": recompute})
+        loss, model = _bf16_step({**SIX_LAYERS, "seq_len": 16384, "n_layers": 3, "dropout": dropout},
+                                 {"checkpoint_activations": recompute})
         return loss, [p.grad.clone() for p in model.parameters()]
 
+    fused = {}
     for recompute in (True, False):
         before = len(calls)
-        loss, got = grads("fused", recompute)
+        loss, got = fused[recompute] = grads("fused", recompute)
         assert len(calls) - before == 3  # each block's FFN add, in the forward (a recompute leaves it unread)
         ref_loss, ref = grads("plain", recompute)
         assert len(calls) - before == 3
         assert loss == ref_loss
         for a, b in zip(got, ref):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for dropout in (0.0, 0.1):
+        (loss, got), (ref_loss, ref) = (fused[True], fused[False]) if dropout == 0.0 else \
+            (grads("fused", True, dropout), grads("fused", False, dropout))
+        assert loss == ref_loss, dropout
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=lambda m: f"dropout {dropout}: {m}")
 
 
 def test_ffn_bias_in_the_silu_kernel_is_as_exact_as_torchs_on_the_gpu(monkeypatch):
