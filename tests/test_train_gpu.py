@@ -59,8 +59,8 @@ def test_bf16_trains_with_triton_attention(tiny_config, tmp_path):
 @pytest.mark.parametrize("recomputed,prefetches", [(None, 5), (4, 4)])
 def test_overlapped_host_checkpoint_gives_torch_checkpoints_gradients(recomputed, prefetches):
     """offload_overlap (copies on a side stream, the previous block's input fetched during this
-    block's backward) on CUDA under bf16 autocast: the gradients of torch's checkpoint (to reduction
-    order). Inputs of 64 MiB per block so the copies take long enough for a missing stream wait to
+    block's backward) on CUDA under bf16 autocast: the gradients of the same blocks recomputed from inputs
+    kept on the GPU (to reduction order). Inputs of 64 MiB per block so the copies take long enough for a missing stream wait to
     show as garbage. With 4 of 6 blocks recomputed the first kept block's backward also prefetches the
     last recomputed block's input (4 prefetches, not 3)."""
     import torch
