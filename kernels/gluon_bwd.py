@@ -94,8 +94,10 @@ WS_CONSUMER_REGS = 240
 # consumer's dQ half of the head dim; not yet run on a GPU, so "auto" takes it only at HALVES_AUTO_DIMS
 HALVES_TILES = {64: (128, 128, 2, 2, 2, 1), 128: (128, 64, 2, 2, 2, 1)}
 HALVES_AUTO_DIMS = (64,)
-# shared memory a Hopper SM gives one program (227 KB)
+# shared memory a Hopper SM gives one program (227 KB), and what the compiler adds to ``halves_shared_bytes``'s count
+# (the buffers' alignment: 344 bytes in every setting compiled for sm_90, tests/test_gluon_bwd.py)
 SHARED_BYTES = 232448
+HALVES_SHARED_SLACK = 512
 # which warp-specialised kernel whole-column fused launches take (``warp_specialized``): "auto" (the halves kernel
 # where it can run, else the two-columns one), "halves", "columns" (or "1"), "0" (neither)
 WARP_SPECIALIZED = "auto"
@@ -1140,6 +1142,7 @@ def _dkdv_halves_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS
     gl.static_assert(STAGES >= 2, "the ring needs two slots")
     gl.static_assert(BLOCK_N == 2 * 64 and (BLOCK_M == BLOCK_N or 2 * BLOCK_M == BLOCK_N),
                      "two consumers of 64 keys, 128 or 64 queries a step")
+    gl.static_assert(BLOCK == BLOCK_N, "one block's column a program")
     HALF: gl.constexpr = BLOCK_N // 2
     SPLIT_D: gl.constexpr = BLOCK_M == HALF
     DQ_ROWS: gl.constexpr = BLOCK_M if SPLIT_D else HALF  # a consumer's dQ rows and columns a step
@@ -1266,11 +1269,7 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
         return
     if kind == "halves":
         block_n, block_m, stages, staging, ds_bufs, mode = halves = halves_tiles(d)
-        need = halves_shared_bytes(d, halves, fused[0].element_size())
-        if need + 1024 > SHARED_BYTES:  # the compiler aligns the buffers: a few hundred bytes more
-            raise ValueError(f"the halves kernel's tiles {halves} at head dim {d} with {fused[0].dtype} dQ sums need "
-                             f"{need:,} bytes of shared memory, more than an SM's {SHARED_BYTES:,} "
-                             f"(MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES: fewer slots or buffers)")
+        check_halves_shared(d, halves, fused[0].dtype)
         n_items = col_order.shape[1] * batch * heads
         _dkdv_halves_kernel[(n_items,)](
             q, k, v, do, dk, dv, dk_prev, dv_prev, lse, delta, *head_tables, *lists_, col_order, *fused, *strides,
@@ -1395,11 +1394,22 @@ def halves_tiles(head_dim: int) -> tuple[int, int, int, int, int, int]:
     return (*base[:2], *(int(m[i]) for i in range(1, 5)))
 
 
+def check_halves_shared(head_dim: int, tiles: tuple[int, int, int, int, int, int], sums: torch.dtype) -> None:
+    """Refuse (ValueError, naming them) ``_dkdv_halves_kernel``'s ``tiles`` at ``head_dim`` with dQ sums of
+    ``sums`` where one program's shared memory (``halves_shared_bytes`` plus ``HALVES_SHARED_SLACK``) passes an
+    SM's ``SHARED_BYTES``: the launch would fail."""
+    need = halves_shared_bytes(head_dim, tiles, sums.itemsize) + HALVES_SHARED_SLACK
+    if need > SHARED_BYTES:
+        raise ValueError(f"the halves kernel's tiles {tuple(tiles)} at head dim {head_dim} with {sums} dQ sums need "
+                         f"about {need:,} bytes of shared memory, more than an SM's {SHARED_BYTES:,} "
+                         f"(MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES: fewer slots or buffers)")
+
+
 def halves_shared_bytes(head_dim: int, tiles: tuple[int, int, int, int, int, int], sum_bytes: int) -> int:
     """Shared memory one program of ``_dkdv_halves_kernel`` allocates with ``tiles`` (``halves_tiles``) at
     ``head_dim`` into dQ sums of ``sum_bytes`` a value: K and V, the ring of Q, dO, lse and delta, the dS buffers,
-    both consumers' staging buffers and the mbarriers (8 bytes each; what the compiler reports, within its
-    alignment)."""
+    both consumers' staging buffers and the mbarriers (8 bytes each); the compiler's alignment adds up to
+    ``HALVES_SHARED_SLACK``."""
     block_n, block_m, stages, staging, ds_bufs, _ = tiles
     half = block_n // 2
     dq_values = block_m * head_dim // 2  # a consumer's dQ a step: half the queries, or all and half the head dim
@@ -1533,7 +1543,7 @@ def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, nco
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
-__all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HALVES_AUTO_DIMS", "HALVES_TILES", "HEAD_DIMS", "MAX_REGISTERS",
-           "SHARED_BYTES", "WS_TILES", "backward_part", "compile_for", "dkdv_launches", "halves_shared_bytes",
+__all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HALVES_AUTO_DIMS", "HALVES_SHARED_SLACK", "HALVES_TILES",
+           "HEAD_DIMS", "MAX_REGISTERS", "SHARED_BYTES", "WS_TILES", "backward_part", "check_halves_shared", "compile_for", "dkdv_launches", "halves_shared_bytes",
            "halves_tiles", "look_ahead", "programs_per_sm",
            "registers", "tiles", "use_streams", "warp_specialized"]

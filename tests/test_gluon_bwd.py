@@ -6,6 +6,7 @@ TRITON_INTERPRET=1 for the session, under which nothing is compiled.
 
 import collections
 import importlib.util
+import itertools
 import json
 from types import SimpleNamespace
 
@@ -161,15 +162,17 @@ def test_the_halves_kernels_consumer_loop_is_products_and_exponentials(compiled,
     warpgroup); one program's buffers within an SM's 227 KB of shared memory, fp32 staging too; ptxas
     serialises no product, in each schedule. At head dim 128 (64 keys x 64 queries: 8 + 8 score, 4 + 4 dV and
     dK, 8 dQ for all 64 queries and half the head dim) the same count and bounds, in 450 instructions or fewer.
-    ``halves_shared_bytes`` (the shape check ``backward_part`` makes) counts the compiler's allocation within
-    1 KB below it."""
+    ``halves_shared_bytes`` (the shape check ``backward_part`` makes) counts the compiler's allocation to within
+    ``HALVES_SHARED_SLACK`` below it."""
+    from megastride.kernels.gluon_bwd import HALVES_SHARED_SLACK
+
     got = compiled[f"halves {setting}"]
     assert got["hgmma"] == 32 and got["loop_reduces"] == 0 and got["loop_loads"] == 0, got
     assert got["reduces"] >= 2 and got["setmaxnreg"] > 0 and got["warps"] == 12, got
     limit = 450 if setting.endswith("d128") else 600
     assert got["spill_reloads"] <= 2 and got["total"] <= limit and got["warnings"] == [], got
     assert got["shared"] <= 227 * 1024, got
-    assert 0 <= got["shared"] - got["shared_counted"] < 1024, got
+    assert 0 <= got["shared"] - got["shared_counted"] <= HALVES_SHARED_SLACK, got
 
 
 def test_the_warp_specialised_switch(monkeypatch):
@@ -211,6 +214,8 @@ def test_the_warp_specialised_switch(monkeypatch):
         monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES", bad)
         with pytest.raises(ValueError, match=f"MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES: '{bad}' is not sSgGdDmM"):
             G.halves_tiles(64)
+    for d, sums in itertools.product(G.HALVES_TILES, (torch.float16, torch.float32)):  # the defaults fit
+        G.check_halves_shared(d, G.HALVES_TILES[d], sums)
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES", "s4g2d2m1")
     assert G.halves_tiles(128) == (128, 64, 4, 2, 2, 1)
     # four ring slots of 64 x 128 Q and dO tiles: 258 KB with the rest, refused before anything is launched
@@ -220,7 +225,7 @@ def test_the_warp_specialised_switch(monkeypatch):
                            lists=collections.defaultdict(lambda: None), num_blocks=2, ncomp=1, kinds=8)
     order = torch.zeros(1, 2, dtype=torch.int32)
     with pytest.raises(ValueError, match=r"the halves kernel's tiles \(128, 64, 4, 2, 2, 1\) at head dim 128 with "
-                                         r"torch.float16 dQ sums need 264,\d{3} bytes of shared memory, more than an "
+                                         r"torch.float16 dQ sums need about 264,\d{3} bytes of shared memory, more than an "
                                          r"SM's 232,448"):
         G.backward_part(x, x, x, x, rows, rows, (x, x, x), (x, x, x), meta, (order, order), 128, 0.1, False,
                         dq_sums=(x.view(torch.float16), torch.ones(1)), ws="halves")
