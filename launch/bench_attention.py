@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from megastride.kernels.variants import describe
 from megastride.launch.errors import ArgumentParser
 
 PROG = "megastride bench attention"
@@ -17,14 +18,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--patterns", default="fixed,strided", help="comma-separated: fixed, strided, strided_matched (strided at about the fixed density), or the paper's "
                         "patterns in full, e.g. fixed(128,32) (enwik8's), fixed(96,16), strided(128)")
     p.add_argument("--configs", default="8x64,2x128", help="comma-separated HEADSxHEAD_DIM (default 8x64,2x128)")
-    p.add_argument("--peers", default="flex,sdpa", help="comma-separated peers to time beside ours: flex, sdpa; and our own backward modes (ours: DQ_MODE 'auto'): separate, atomic (dQ by "
-                        "atomics), split (dK/dV columns in segments of 8 blocks everywhere), nosplit (whole columns everywhere; ours: DKDV_SPLIT 'auto'), atomic_split, merged (dQ and dK/dV programs in one launch), "
-                        "runs (full block lists walked as arithmetic runs), lpt (blocks taken longest first), fp32sums (a two-launch head's first part "
-                        "adds into fp32 sums, not into the outputs), pointer (tiles from "
-                        "pointer loads, not TMA boxes), split8last (split columns finished by their last segment, in "
-                        "segments of 8 everywhere), cast (the earlier path: split columns' fp32 dK/dV cast after the "
-                        "launches, a delta kernel before the dQ kernel), nodirect (every launch through Triton's "
-                        "JITFunction.run, not straight to the compiled kernels' launchers)")
+    p.add_argument("--peers", default="flex,sdpa",
+                   help="comma-separated peers to time beside ours: flex, sdpa; and our own kernels under other "
+                        "settings of the MEGASTRIDE_BLOCKSPARSE_ switches (docs/kernels.md), each named by what it "
+                        f"sets: {describe()}")
     p.add_argument("--block", type=int, default=None,
                    help="the layouts' block size for every case (default: 128; for a strided pattern 64 where its "
                         "groups n / l do not fill 128-blocks and its local band spans fewer than 20 of them)")

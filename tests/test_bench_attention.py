@@ -123,6 +123,21 @@ def test_unknown_bench_peer_is_a_one_line_error_before_any_gpu_work(capsys):
     assert _peers("flex,sdpa,separate,merged,") == {"flex", "sdpa", "separate", "merged"}
 
 
+def test_bench_help_lists_every_peer_with_what_it_sets():
+    """``--help`` names each of our own peers with the switches it sets (generated from the bench's table, so a
+    new peer cannot be left out): e.g. halves, the fused dQ on the halves kernel."""
+    import re
+
+    from megastride.kernels.bench import OUR_VARIANTS
+    from megastride.launch.bench_attention import _parser
+
+    text = " ".join(_parser().format_help().split())
+    for name, env in OUR_VARIANTS.items():
+        switches = " ".join(f"{k.removeprefix('MEGASTRIDE_BLOCKSPARSE_')}={v}" for k, v in env.items())
+        assert re.search(rf"\b{name} \({re.escape(switches)}\)", text), name
+    assert "halves (GLUON_DQ=fp16 GLUON_WS=halves)" in text
+
+
 def test_flex_is_compiled_afresh_for_each_case_and_shared_within_one():
     """A torch.compile shared across shapes recompiles later shapes with dynamic shapes, a slower Flex
     (1M tokens on the H200: 83 / 299 ms forward / backward against 66 / 221 ms static): each bench case
