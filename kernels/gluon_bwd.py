@@ -94,6 +94,8 @@ WS_CONSUMER_REGS = 240
 # consumer's dQ half of the head dim; not yet run on a GPU, so "auto" takes it only at HALVES_AUTO_DIMS
 HALVES_TILES = {64: (128, 128, 2, 2, 2, 1), 128: (128, 64, 2, 2, 2, 1)}
 HALVES_AUTO_DIMS = (64,)
+# the halves kernel on column segments (``halves_split``)
+HALVES_SPLIT = False
 # shared memory a Hopper SM gives one program (227 KB), and what the compiler adds to ``halves_shared_bytes``'s count
 # (the buffers' alignment: 344 bytes in every setting compiled for sm_90, tests/test_gluon_bwd.py)
 SHARED_BYTES = 232448
@@ -839,23 +841,23 @@ def _ws_sender(stage, bars, dqd, FULL_IDX, PART_IDX, full_lo, part_lo, nf, t1, r
 
 
 @gluon.jit
-def _ws_column(Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, PART_PTR, ORDER, item,
-               n_items, stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh,
+def _ws_column(Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, PART_PTR, ORDER, SEG_LO,
+               SEG_HI, SEG_FIRST, item, n_items, stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh,
                stride_vt, stride_dob, stride_doh, stride_dot, stride_sb, stride_sh, stride_st, stride_lb, stride_lh,
                part_heads, batch_heads, num_blocks, order_len, BLOCK: gl.constexpr, D: gl.constexpr,
                NCOMP: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, smem: gl.constexpr,
                stage_layout: gl.constexpr, rows_layout: gl.constexpr, DQ_ROWS: gl.constexpr,
-               DQ_COLS: gl.constexpr):
-    """Column item ``item`` of the launch (past ``n_items``: the last one again, marked not valid, with no steps):
-    (batch, head, first key, min offset, codes, full_lo, part_lo, nf, t1, valid) and the TMA descriptors of its
-    head's Q, dO, K, V, lse and delta rows (boxes of BLOCK_M values) and dQ sums (boxes of DQ_ROWS rows x DQ_COLS
-    columns)."""
+               DQ_COLS: gl.constexpr, SPLIT: gl.constexpr):
+    """Column item ``item`` of the launch (past ``n_items``: the last one again, marked not valid, with no steps;
+    SPLIT: a column segment, ``_list_steps``): (batch, head, first key, min offset, codes, full_lo, part_lo, nf,
+    t1, valid) and the TMA descriptors of its head's Q, dO, K, V, lse and delta rows (boxes of BLOCK_M values) and
+    dQ sums (boxes of DQ_ROWS rows x DQ_COLS columns), then its slot in ORDER and its batch x head."""
     valid = item < n_items
     batch, head, csr, block, first, min_off, codes, slot, bh = _item(
         gl.minimum(item, n_items - 1), HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len,
         BLOCK, BLOCK_N, NCOMP)
-    full_lo, part_lo, nf, t0, t1 = _list_steps(FULL_PTR, PART_PTR, FULL_PTR, FULL_PTR, FULL_PTR, csr, block, slot,
-                                               num_blocks, BLOCK // BLOCK_M, 0, False)
+    full_lo, part_lo, nf, t0, t1 = _list_steps(FULL_PTR, PART_PTR, SEG_LO, SEG_HI, SEG_FIRST, csr, block, slot,
+                                               num_blocks, BLOCK // BLOCK_M, 0, SPLIT)
     t1 = gl.where(valid, t1, 0)
     nf = gl.minimum(nf, t1)
     n = num_blocks * BLOCK
@@ -869,7 +871,7 @@ def _ws_column(Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FU
                                         block_shape=[1, BLOCK_M], layout=rows_layout)
     dqd = _head_box(DQS, batch * stride_sb + head * stride_sh, n, stride_st, D, DQ_ROWS, DQ_COLS, stage_layout)
     return (batch, head, first, min_off, codes, full_lo, part_lo, nf, t1, valid.to(gl.int32), qd, dod, kd, vd, lsed,
-            deltad, dqd)
+            deltad, dqd, slot, bh)
 
 
 @gluon.constexpr_function
@@ -905,15 +907,15 @@ def _dkdv_ws_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HE
     strides = (stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                stride_dob, stride_doh, stride_dot, stride_sb, stride_sh, stride_st, stride_lb, stride_lh)
     (a_batch, a_head, a_first, a_min_off, a_codes, a_full_lo, a_part_lo, a_nf, a_t1, a_valid, a_qd, a_dod, a_kd,
-     a_vd, a_lsed, a_deltad, a_dqd) = _ws_column(
-        Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, PART_PTR, ORDER,
-        2 * gl.program_id(0), n_items, *strides, part_heads, batch_heads, num_blocks, order_len, BLOCK, D, NCOMP,
-        BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout, BLOCK_M, D)
+     a_vd, a_lsed, a_deltad, a_dqd, _, _) = _ws_column(
+        Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, PART_PTR, ORDER, FULL_PTR, FULL_PTR,
+        FULL_PTR, 2 * gl.program_id(0), n_items, *strides, part_heads, batch_heads, num_blocks, order_len, BLOCK, D, NCOMP,
+        BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout, BLOCK_M, D, False)
     (b_batch, b_head, b_first, b_min_off, b_codes, b_full_lo, b_part_lo, b_nf, b_t1, b_valid, b_qd, b_dod, b_kd,
-     b_vd, b_lsed, b_deltad, b_dqd) = _ws_column(
-        Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, PART_PTR, ORDER,
-        2 * gl.program_id(0) + 1, n_items, *strides, part_heads, batch_heads, num_blocks, order_len, BLOCK, D,
-        NCOMP, BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout, BLOCK_M, D)
+     b_vd, b_lsed, b_deltad, b_dqd, _, _) = _ws_column(
+        Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, PART_PTR, ORDER, FULL_PTR, FULL_PTR,
+        FULL_PTR, 2 * gl.program_id(0) + 1, n_items, *strides, part_heads, batch_heads, num_blocks, order_len, BLOCK, D,
+        NCOMP, BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout, BLOCK_M, D, False)
     KV: gl.constexpr = 2 * STAGES + 2 * STAGING  # ``_ws_bar``'s roles as the loader and sender index them
     a = _ws_alloc(dtype, sum_ty, D, BLOCK_N, BLOCK_M, STAGES, STAGING, smem, stage_layout, rows_layout)
     b = _ws_alloc(dtype, sum_ty, D, BLOCK_N, BLOCK_M, STAGES, STAGING, smem, stage_layout, rows_layout)
@@ -1079,7 +1081,7 @@ def _halves_consumer(kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, st
                      KINDS: gl.constexpr, BLOCK: gl.constexpr, D: gl.constexpr, HALF: gl.constexpr,
                      BLOCK_M: gl.constexpr, STAGES: gl.constexpr, STAGING: gl.constexpr, DS_BUFS: gl.constexpr,
                      MODE: gl.constexpr, LOAD_PREV: gl.constexpr, SPLIT_D: gl.constexpr, DQ_ROWS: gl.constexpr,
-                     DQ_COLS: gl.constexpr):
+                     DQ_COLS: gl.constexpr, split_args, SPLIT: gl.constexpr):
     """Consumer C of a shared column (``_halves_step``: the full blocks, then the partial ones under the token
     predicate; MODE 2: then the last step's dQ); once both consumers' loops are done, its keys' dK (scaled) and
     dV written through a buffer of its own (K's for consumer 0, V's for consumer 1) as ``_dkdv_kernel`` writes
@@ -1113,13 +1115,22 @@ def _halves_consumer(kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, st
     mbarrier.arrive(done, count=1)
     mbarrier.wait(done, 0)  # the other consumer's dQ products have read all of K
     buf = kv_smem.index(C)._reinterpret(gl.float32, [HALF, D], _plain_smem())
-    _write_dkdv(DK, DV, DK_PREV, DV_PREV, dk_off, dv_off, first_col + C * HALF, stride_dkt, stride_dvt, dk * sm_scale,
-                dv, buf, HALF, D, LOAD_PREV, 4, True)
+    if SPLIT:  # a segment: its keys' sums finished by the column's last segment to count (``_finish_dkdv``)
+        WS, WS_CNT, SEG_COUNT, SEG_CIDX, slot, bh, batch_heads, ws_cols = split_args
+        dk = _blocked(dk * sm_scale, buf, 4)
+        dv = _blocked(dv, buf, 4)
+        _finish_dkdv(DK, DV, DK_PREV, DV_PREV, dk_off, dv_off, first_col + C * HALF, stride_dkt, stride_dvt, dk, dv,
+                     WS, WS_CNT, SEG_COUNT, SEG_CIDX, slot, bh, batch_heads, ws_cols, True, BLOCK, HALF, D, LOAD_PREV,
+                     4)
+    else:
+        _write_dkdv(DK, DV, DK_PREV, DV_PREV, dk_off, dv_off, first_col + C * HALF, stride_dkt, stride_dvt,
+                    dk * sm_scale, dv, buf, HALF, D, LOAD_PREV, 4, True)
 
 
 @gluon.jit
 def _dkdv_halves_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
-                        FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, DQS, DQ_SCALE, stride_sb, stride_sh, stride_st,
+                        FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST, SEG_COUNT, SEG_CIDX,
+                        WS, WS_CNT, ws_cols, DQS, DQ_SCALE, stride_sb, stride_sh, stride_st,
                         stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh,
                         stride_vt, stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                         stride_dvb, stride_dvh, stride_dvt, stride_lb, stride_lh,
@@ -1127,7 +1138,7 @@ def _dkdv_halves_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS
                         BLOCK: gl.constexpr, D: gl.constexpr, NCOMP: gl.constexpr, KINDS: gl.constexpr,
                         LOAD_PREV: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr,
                         STAGES: gl.constexpr, STAGING: gl.constexpr, DS_BUFS: gl.constexpr, MODE: gl.constexpr,
-                        CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
+                        SPLIT: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
     """The fused dK/dV kernel warp-specialised FlashAttention-3's way: a program takes one BLOCK_N-key column
     (launch item ``program_id``) and walks its query blocks BLOCK_M rows a step; two consumer warpgroups split
     its keys (BLOCK_N / 2 each: the default partition and a 4-warp worker, CONSUMER_REGS registers a thread),
@@ -1137,7 +1148,9 @@ def _dkdv_halves_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS
     ``_dkdv_ws_kernel`` (a column a consumer, 32 queries a step) each product is twice as wide and the Q and dO
     tiles are read once for both consumers. With 64 queries a step (BLOCK_M = BLOCK_N / 2: FlashAttention-3's
     tiles at head dim 128, where a consumer's dK and dV take 128 registers a thread) a consumer's dQ takes all the
-    step's queries and its half of the head dim (SPLIT_D), and a block holds BLOCK / BLOCK_M steps."""
+    step's queries and its half of the head dim (SPLIT_D), and a block holds BLOCK / BLOCK_M steps. SPLIT: a
+    program takes a segment of a column (ORDER the segments' columns, SEG_* their tables, as ``_dkdv_kernel``),
+    each consumer finishing its keys' rows as ``_finish_dkdv`` does (the last segment to count writes them)."""
     gl.static_assert(num_warps == 4, "the default partition is one consumer warpgroup")
     gl.static_assert(STAGES >= 2, "the ring needs two slots")
     gl.static_assert(BLOCK_N == 2 * 64 and (BLOCK_M == BLOCK_N or 2 * BLOCK_M == BLOCK_N),
@@ -1155,10 +1168,12 @@ def _dkdv_halves_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS
     rows_layout: gl.constexpr = _rows_smem()
     strides = (stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                stride_dob, stride_doh, stride_dot, stride_sb, stride_sh, stride_st, stride_lb, stride_lh)
-    (batch, head, first, min_off, codes, full_lo, part_lo, nf, t1, valid, qd, dod, kd, vd, lsed, deltad, dqd) = \
-        _ws_column(Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, PART_PTR, ORDER,
-                   gl.program_id(0), n_items, *strides, part_heads, batch_heads, num_blocks, order_len, BLOCK, D,
-                   NCOMP, BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout, DQ_ROWS, DQ_COLS)
+    (batch, head, first, min_off, codes, full_lo, part_lo, nf, t1, valid, qd, dod, kd, vd, lsed, deltad, dqd, slot,
+     bh) = _ws_column(Q, K, V, DO, LSE, DELTA, DQS, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, PART_PTR, ORDER, SEG_LO,
+                      SEG_HI, SEG_FIRST, gl.program_id(0), n_items, *strides, part_heads, batch_heads, num_blocks,
+                      order_len, BLOCK, D, NCOMP, BLOCK_N, BLOCK_M, smem, stage_layout, rows_layout, DQ_ROWS, DQ_COLS,
+                      SPLIT)
+    split_args = (WS, WS_CNT, SEG_COUNT, SEG_CIDX, slot, bh, batch_heads, ws_cols)
     kv_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, D], smem)
     q_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, D], smem)
     do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, D], smem)
@@ -1185,12 +1200,12 @@ def _dkdv_halves_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS
                             DV_PREV, dk_offs[0], dk_offs[1], stride_dkt, stride_dvt, DQ_SCALE, FULL_IDX, PART_IDX,
                             full_lo, part_lo, nf, t1, first, codes, min_off, qk_scale, sm_scale, 0, NCOMP, KINDS,
                             BLOCK, D, HALF, BLOCK_M, STAGES, STAGING, DS_BUFS, MODE, LOAD_PREV, SPLIT_D, DQ_ROWS,
-                            DQ_COLS)),
+                            DQ_COLS, split_args, SPLIT)),
         (_halves_consumer, (kv_smem, q_smem, do_smem, lse_smem, delta_smem, ds_smem, stage_b, bars, DK, DV, DK_PREV,
                             DV_PREV, dk_offs[0], dk_offs[1], stride_dkt, stride_dvt, DQ_SCALE, FULL_IDX, PART_IDX,
                             full_lo, part_lo, nf, t1, first, codes, min_off, qk_scale, sm_scale, 1, NCOMP, KINDS,
                             BLOCK, D, HALF, BLOCK_M, STAGES, STAGING, DS_BUFS, MODE, LOAD_PREV, SPLIT_D, DQ_ROWS,
-                            DQ_COLS)),
+                            DQ_COLS, split_args, SPLIT)),
         (_ws_loader, (kv_smem, q_smem, do_smem, lse_smem, delta_smem, bars, qd, dod, kd, vd, lsed, deltad, FULL_IDX,
                       PART_IDX, full_lo, part_lo, nf, t1, first, BLOCK, BLOCK_M, STAGES, 0, STAGES,
                       2 * STAGES + 2 * DS_BUFS)),
@@ -1258,7 +1273,7 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
     # dQ on a second stream beside dK/dV: its programs fill the SMs the long dK/dV columns leave idle at
     # the end (what the Triton kernels' "merged" mode does in one launch)
     split = segments is not None
-    kind = ws if dq_sums is not None and not split else None
+    kind = ws if dq_sums is not None and (not split or (ws == "halves" and halves_split())) else None
     if kind == "columns":
         block_n, block_m, stages, staging = WS_TILES[d]
         n_items = col_order.shape[1] * (block // block_n) * batch * heads
@@ -1270,12 +1285,16 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
     if kind == "halves":
         block_n, block_m, stages, staging, ds_bufs, mode = halves = halves_tiles(d)
         check_halves_shared(d, halves, fused[0].dtype)
-        n_items = col_order.shape[1] * batch * heads
+        if split:
+            order, *tables, work, counts, ws_cols = segments
+        else:  # the segment tables and workspace are not read: any int32 / fp32 tensors
+            order, tables, work, counts, ws_cols = col_order, [col_order] * 5, lse, col_order, 0
+        n_items = order.shape[1] * batch * heads
         _dkdv_halves_kernel[(n_items,)](
-            q, k, v, do, dk, dv, dk_prev, dv_prev, lse, delta, *head_tables, *lists_, col_order, *fused, *strides,
-            col_order.shape[1], n_items, *scales, LOAD_PREV=load_prev, BLOCK_N=block_n, BLOCK_M=block_m,
-            STAGES=stages, STAGING=staging, DS_BUFS=ds_bufs, MODE=mode, CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=4,
-            **consts)
+            q, k, v, do, dk, dv, dk_prev, dv_prev, lse, delta, *head_tables, *lists_, order, *tables, work, counts,
+            ws_cols, *fused, *strides, order.shape[1], n_items, *scales, LOAD_PREV=load_prev, BLOCK_N=block_n,
+            BLOCK_M=block_m, STAGES=stages, STAGING=staging, DS_BUFS=ds_bufs, MODE=mode, SPLIT=split,
+            CONSUMER_REGS=WS_CONSUMER_REGS, num_warps=4, **consts)
         return
     if dq_sums is not None:
         dkdv((dk, dv, dk_prev, dv_prev), 0, split, load_prev)
@@ -1376,6 +1395,20 @@ def warp_specialized(head_dim: int, block: int, lse: torch.Tensor, delta: torch.
                                                                        for st in x.stride()[:-1])
                   for x in (lse, delta))
     return kind if kind and aligned else None
+
+
+def halves_split() -> bool:
+    """Whether launches whose dK/dV columns ``blocksparse.gluon_split`` cuts into segments take the halves kernel
+    on them (each consumer finishing its keys' rows as ``_finish_dkdv`` does) where it is the warp-specialised
+    kernel (``warp_specialized``), instead of the unspecialised fused kernel: ``HALVES_SPLIT``, or
+    ``MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT`` ("0" or "1") where set. Not yet run on a GPU, so off; where it
+    matters: 262,144 tokens at 2x128, whose summary columns are the launch's critical path on whole columns."""
+    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT")
+    if raw is None:
+        return HALVES_SPLIT
+    if raw not in ("0", "1"):
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT must be 0 or 1, got {raw!r}")
+    return raw == "1"
 
 
 def halves_tiles(head_dim: int) -> tuple[int, int, int, int, int, int]:
@@ -1519,7 +1552,7 @@ def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, nco
         fn = _dkdv_halves_kernel if halves else _dkdv_ws_kernel
         consts = {"BLOCK": block, "D": head_dim, "NCOMP": ncomp, "KINDS": kinds, "LOAD_PREV": load_prev,
                   "BLOCK_N": big, "BLOCK_M": small, "STAGES": stages, "STAGING": staging,
-                  **({"DS_BUFS": ds_bufs, "MODE": mode} if halves else {}),
+                  **({"DS_BUFS": ds_bufs, "MODE": mode, "SPLIT": split} if halves else {}),
                   "CONSUMER_REGS": WS_CONSUMER_REGS, "num_warps": 4}
         sig = _signature(list(fn.arg_names), consts)
         sig.update(DQS=f"*{dq_sums or 'fp16'}", DQ_SCALE="*fp32", stride_sb="i32", stride_sh="i32", stride_st="i32",
@@ -1543,7 +1576,7 @@ def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, nco
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
-__all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HALVES_AUTO_DIMS", "HALVES_SHARED_SLACK", "HALVES_TILES",
-           "HEAD_DIMS", "MAX_REGISTERS", "SHARED_BYTES", "WS_TILES", "backward_part", "check_halves_shared", "compile_for", "dkdv_launches", "halves_shared_bytes",
-           "halves_tiles", "look_ahead", "programs_per_sm",
-           "registers", "tiles", "use_streams", "warp_specialized"]
+__all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HALVES_AUTO_DIMS", "HALVES_SHARED_SLACK", "HALVES_SPLIT", "HALVES_TILES",
+           "HEAD_DIMS", "MAX_REGISTERS", "SHARED_BYTES", "WS_TILES", "backward_part", "check_halves_shared",
+           "compile_for", "dkdv_launches", "halves_shared_bytes", "halves_split", "halves_tiles", "look_ahead",
+           "programs_per_sm", "registers", "tiles", "use_streams", "warp_specialized"]

@@ -46,7 +46,8 @@ import torch
 SWITCH = "MEGASTRIDE_BLOCKSPARSE_DIRECT"
 # the switches --switch may alternate: each read at every call, "0" off and "1" on
 SWITCHES = (SWITCH, "MEGASTRIDE_BLOCKSPARSE_GLUON", "MEGASTRIDE_BLOCKSPARSE_GLUON_FWD",
-            "MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS", "MEGASTRIDE_BLOCKSPARSE_TMA")
+            "MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS", "MEGASTRIDE_BLOCKSPARSE_TMA",
+            "MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT")
 MODES = ("0", "1")  # off (for DIRECT: Triton's run), on (direct)
 # switches with more values than on and off: the values --values may name
 VALUED = {"MEGASTRIDE_BLOCKSPARSE_DQ": ("auto", "separate", "atomic", "merged"),

@@ -51,6 +51,9 @@ OUR_VARIANTS = {
     # take the unspecialised fused kernel: 262,144 tokens at 2x128)
     "halveswhole": {"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ": "fp16", "MEGASTRIDE_BLOCKSPARSE_GLUON_WS": "halves",
                     "MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT": "0"},
+    # and on column segments where gluon_split cuts them (gluon_bwd.halves_split; off by default)
+    "halvessplit": {"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ": "fp16", "MEGASTRIDE_BLOCKSPARSE_GLUON_WS": "halves",
+                    "MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT": "1"},
     "gluon1": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "1"},
     "gluon2": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "2"},
     "onestream": {"MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS": "0"},  # Gluon's dQ after its dK/dV on one stream

@@ -66,17 +66,20 @@ for name, d, sums, prev in [("fp16", 64, "fp16", False), ("fp32", 64, "fp32", Fa
 # the halves kernel (HALVES_TILES; one column a program, its keys split between the consumers): its three schedules
 # into fp16 sums, fp32 sums, with earlier sums; at head dim 128 (64 queries a step, dQ split by the head dim)
 from megastride.kernels.gluon_bwd import halves_shared_bytes, halves_tiles
-for name, d, sums, prev, sched in [("fp16", 64, "fp16", False, None), ("fp32", 64, "fp32", False, None),
-                                   ("fp16 prev", 64, "fp16", True, None), ("fp16 m0", 64, "fp16", False, 0),
-                                   ("fp16 m2", 64, "fp16", False, 2), ("fp16 d128", 128, "fp16", False, None),
-                                   ("fp32 d128", 128, "fp32", False, None), ("fp16 prev d128", 128, "fp16", True, None),
-                                   ("fp16 m0 d128", 128, "fp16", False, 0)]:
+for name, d, sums, prev, sched, split in [
+        ("fp16", 64, "fp16", False, None, False), ("fp32", 64, "fp32", False, None, False),
+        ("fp16 prev", 64, "fp16", True, None, False), ("fp16 m0", 64, "fp16", False, 0, False),
+        ("fp16 m2", 64, "fp16", False, 2, False), ("fp16 segments", 64, "fp16", True, None, True),
+        ("fp16 d128", 128, "fp16", False, None, False), ("fp32 d128", 128, "fp32", False, None, False),
+        ("fp16 prev d128", 128, "fp16", True, None, False), ("fp16 m0 d128", 128, "fp16", False, 0, False),
+        ("fp16 segments d128", 128, "fp16", True, None, True)]:
     t = (*HALVES_TILES[d][:5], HALVES_TILES[d][5] if sched is None else sched)
-    k = compile_for("dkdv_halves", d, load_prev=prev, dq_sums=sums, tiles=t)
+    k = compile_for("dkdv_halves", d, load_prev=prev, dq_sums=sums, tiles=t, split=split)
     loop, code = first_mma_loop(k), sass(k)
     out[f"halves {name}"] = {"hgmma": loop.get("HGMMA"), "loop_reduces": loop.get("UTMAREDG", 0),
                              "loop_loads": loop.get("UTMALDG", 0), "spill_reloads": loop.get("LDL", 0),
                              "total": loop.get("total"), "reduces": code.count("UTMAREDG"),
+                             "atomics": code.count("RED.E.ADD.F32") + code.count("ATOMG.E.ADD.F32"),
                              "setmaxnreg": code.count("USETMAXREG"), "warps": k.metadata.num_warps,
                              "shared": k.metadata.shared, "shared_counted": halves_shared_bytes(d, t, 4 if sums == "fp32" else 2),
                              **ptxas_usage(k)}
@@ -152,8 +155,8 @@ def test_the_warp_specialised_consumers_loop_is_products_and_exponentials(compil
     assert got["shared"] <= 227 * 1024, got
 
 
-@pytest.mark.parametrize("setting", ["fp16", "fp32", "fp16 prev", "fp16 m0", "fp16 m2", "fp16 d128", "fp32 d128",
-                                     "fp16 prev d128", "fp16 m0 d128"])
+@pytest.mark.parametrize("setting", ["fp16", "fp32", "fp16 prev", "fp16 m0", "fp16 m2", "fp16 segments", "fp16 d128",
+                                     "fp32 d128", "fp16 prev d128", "fp16 m0 d128", "fp16 segments d128"])
 def test_the_halves_kernels_consumer_loop_is_products_and_exponentials(compiled, setting):
     """``_dkdv_halves_kernel``: a consumer's full-block loop runs its five products on 64 keys x 128 queries
     (32 m64 instructions: 4 + 4 score, 8 + 8 dV and dK, 8 dQ over both key halves) with neither a TMA load nor a
@@ -163,7 +166,8 @@ def test_the_halves_kernels_consumer_loop_is_products_and_exponentials(compiled,
     serialises no product, in each schedule. At head dim 128 (64 keys x 64 queries: 8 + 8 score, 4 + 4 dV and
     dK, 8 dQ for all 64 queries and half the head dim) the same count and bounds, in 450 instructions or fewer.
     ``halves_shared_bytes`` (the shape check ``backward_part`` makes) counts the compiler's allocation to within
-    ``HALVES_SHARED_SLACK`` below it."""
+    ``HALVES_SHARED_SLACK`` below it. On column segments (with earlier sums) the same loop, the keys' sums
+    added into the workspace by fp32 atomics after it (none without segments)."""
     from megastride.kernels.gluon_bwd import HALVES_SHARED_SLACK
 
     got = compiled[f"halves {setting}"]
@@ -173,6 +177,7 @@ def test_the_halves_kernels_consumer_loop_is_products_and_exponentials(compiled,
     assert got["spill_reloads"] <= 2 and got["total"] <= limit and got["warnings"] == [], got
     assert got["shared"] <= 227 * 1024, got
     assert 0 <= got["shared"] - got["shared_counted"] <= HALVES_SHARED_SLACK, got
+    assert (got["atomics"] > 0) == ("segments" in setting), got
 
 
 def test_the_warp_specialised_switch(monkeypatch):
@@ -214,6 +219,13 @@ def test_the_warp_specialised_switch(monkeypatch):
         monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES", bad)
         with pytest.raises(ValueError, match=f"MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES: '{bad}' is not sSgGdDmM"):
             G.halves_tiles(64)
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT", raising=False)
+    assert G.halves_split() is G.HALVES_SPLIT is False  # segments take the unspecialised kernel by default
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT", "1")
+    assert G.halves_split()
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT", "yes")
+    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT must be 0 or 1, got 'yes'"):
+        G.halves_split()
     for d, sums in itertools.product(G.HALVES_TILES, (torch.float16, torch.float32)):  # the defaults fit
         G.check_halves_shared(d, G.HALVES_TILES[d], sums)
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES", "s4g2d2m1")

@@ -650,6 +650,47 @@ def test_the_halves_kernel_matches_the_reference(sums, dtype, tiles, dim, monkey
             assert torch.allclose(g.float(), o.float(), rtol=2e-2, atol=bound), (name, n, grad)
 
 
+@pytest.mark.parametrize("sums, dtype, dim", [("fp16", torch.bfloat16, 64), ("fp16", torch.bfloat16, 128),
+                                             ("fp32", torch.float16, 128)])
+def test_the_halves_kernel_on_column_segments_matches_the_reference(sums, dtype, dim, monkeypatch):
+    """MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT=1 on the H200: with the dK/dV columns cut into segments of 3 query
+    blocks, the halves kernel takes the segments (each consumer's keys finished by the column's last segment to
+    count, through the fp32 workspace), on the model's head views (the fixed pattern at batch 2 x 4 heads, and
+    fixed_per_head): the output and all three gradients within the three-way tolerance of the fp32 reference on
+    two calls (the second after the first left the workspace zeroed), and dK, dV within rounding of the same
+    kernel on whole columns."""
+    _fused_dq_settings(monkeypatch, sums, "3")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", "halves")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT", "1")
+    monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES", raising=False)
+    B = _blocksparse()
+    G = importlib.import_module("megastride.kernels.gluon_bwd")
+    launched = []
+    real = G._dkdv_halves_kernel
+
+    class Spy:  # records each launch's SPLIT
+        def __getitem__(self, grid):
+            return lambda *a, **kw: launched.append(kw["SPLIT"]) or real[grid](*a, **kw)
+
+    monkeypatch.setattr(G, "_dkdv_halves_kernel", Spy())
+    for pattern in (P.same_for_all_heads(P.fixed(1024, 128), 4), P.fixed_per_head(1024, 128, 4, 2)):
+        layout = P.build_layout(pattern, 8192, 128, device="cuda")
+        grads = _head_view_grads(2, 8192, 4, dim, dtype, seed=11)
+        launched.clear()
+        got = grads(lambda *x: B.blocksparse_attention(*x, layout))
+        again = grads(lambda *x: B.blocksparse_attention(*x, layout))
+        assert launched and all(launched), (pattern.heads[0].name, launched)
+        _assert_like_the_reference(pattern, layout, grads, got, again, same_bits=("out", ))
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT", "0")
+        launched.clear()
+        whole = grads(lambda *x: B.blocksparse_attention(*x, layout))
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT", "3")
+        assert launched and not any(launched), (pattern.heads[0].name, launched)
+        for name, g, w in zip(["dk", "dv"], got[2:], whole[2:]):
+            assert torch.allclose(g.float(), w.float(), rtol=2e-2, atol=1e-2 * w.float().abs().max().item()), \
+                (pattern.heads[0].name, name)
+
+
 @pytest.mark.parametrize("dtype, dim, launches, tiles", [
     (torch.bfloat16, 128, "2", ""), (torch.float16, 128, "1", ""), (torch.bfloat16, 64, "2", ""),
     # 64 rows on one warpgroup with the next scores ahead, three slots
