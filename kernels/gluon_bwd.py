@@ -73,6 +73,8 @@ from triton.experimental.gluon.language._core import builtin
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                                warpgroup_mma_init, warpgroup_mma_wait)
 
+from .blocksparse import _switch
+
 # (tile of the program, tile a step, ring slots, warps) per head dim: the probe's fastest on the H200
 # (docs/benchmarks.md "Sixteenth run": 64 keys x 64 queries on one warpgroup, s2 at D=128, s3 at D=64);
 # MEGASTRIDE_BLOCKSPARSE_GLUON_TILES replaces them (``tiles``)
@@ -1347,12 +1349,7 @@ def use_streams() -> bool:
     """Whether dQ runs on a second stream beside dK/dV (``STREAMS``; ``MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS``
     "0" or "1" overrides it). The caller's stream waits for both before the backward returns, also inside
     a CUDA graph capture (a fork and a join of the captured stream)."""
-    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS")
-    if raw is None:
-        return STREAMS
-    if raw not in ("0", "1"):
-        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS must be 0 or 1, got {raw!r}")
-    return raw == "1"
+    return _switch("MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS", STREAMS)
 
 
 def look_ahead(sums: torch.dtype, split: bool, load_prev: bool) -> bool:
@@ -1403,12 +1400,7 @@ def halves_split() -> bool:
     kernel (``warp_specialized``), instead of the unspecialised fused kernel: ``HALVES_SPLIT``, or
     ``MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT`` ("0" or "1") where set. Not yet run on a GPU, so off; where it
     matters: 262,144 tokens at 2x128, whose summary columns are the launch's critical path on whole columns."""
-    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT")
-    if raw is None:
-        return HALVES_SPLIT
-    if raw not in ("0", "1"):
-        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT must be 0 or 1, got {raw!r}")
-    return raw == "1"
+    return _switch("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT", HALVES_SPLIT)
 
 
 def halves_tiles(head_dim: int) -> tuple[int, int, int, int, int, int]:
