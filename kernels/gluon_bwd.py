@@ -1237,7 +1237,8 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
     step's dQ times ``multiplier`` (a one-element fp32 tensor) into ``sums`` ((B, H, T, D), fp32 or fp16,
     TMA-aligned strides, zeroed by the caller, who makes dQ of it: ``blocksparse.dq_sums_buffer``) with
     ``FUSED_TILES``, and no dQ kernel runs; whole columns take the warp-specialised kernel ``ws`` names
-    (``warp_specialized``'s answer, which the caller has for its split decision: "halves", "columns" or None)."""
+    (``warp_specialized``'s answer, which the caller has for its split decision: "halves", "columns" or None),
+    and so do segments where it is "halves" and ``halves_split`` says so."""
     batch, _, n, d = q.shape
     heads = meta.heads.numel()
     lists = meta.lists

@@ -680,7 +680,11 @@ def test_the_halves_kernel_on_column_segments_matches_the_reference(sums, dtype,
         got = grads(lambda *x: B.blocksparse_attention(*x, layout))
         again = grads(lambda *x: B.blocksparse_attention(*x, layout))
         assert launched and all(launched), (pattern.heads[0].name, launched)
+        spaces = [ws for part in layout.parts for m in part.kernel_cache.values() if hasattr(m, "workspaces")
+                  for ws in m.workspaces.values()]
+        assert spaces and all(not w.any() and not c.any() for w, c in spaces), pattern.heads[0].name
         _assert_like_the_reference(pattern, layout, grads, got, again, same_bits=("out", ))
+        _assert_like_the_reference(pattern, layout, grads, again, got, same_bits=("out", ))  # the second call too
         monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT", "0")
         launched.clear()
         whole = grads(lambda *x: B.blocksparse_attention(*x, layout))
