@@ -102,6 +102,7 @@ HALVES_SPLIT = False
 # (the buffers' alignment: 344 bytes in every setting compiled for sm_90, tests/test_gluon_bwd.py)
 SHARED_BYTES = 232448
 HALVES_SHARED_SLACK = 512
+COLUMNS_SHARED_SLACK = 1024  # the two-columns kernel's (two columns' buffers: 656 bytes compiled)
 # which warp-specialised kernel whole-column fused launches take (``warp_specialized``): "auto" (the halves kernel
 # where it can run, else the two-columns one), "halves", "columns" (or "1"), "0" (neither)
 WARP_SPECIALIZED = "auto"
@@ -1278,7 +1279,7 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
     split = segments is not None
     kind = ws if dq_sums is not None and (not split or (ws == "halves" and halves_split())) else None
     if kind == "columns":
-        block_n, block_m, stages, staging = WS_TILES[d]
+        block_n, block_m, stages, staging = columns_tiles(d, fused[0].element_size())
         n_items = col_order.shape[1] * (block // block_n) * batch * heads
         _dkdv_ws_kernel[(triton.cdiv(n_items, 2),)](
             q, k, v, do, dk, dv, dk_prev, dv_prev, lse, delta, *head_tables, *lists_, col_order, *fused, *strides,
@@ -1431,6 +1432,26 @@ def check_halves_shared(head_dim: int, tiles: tuple[int, int, int, int, int, int
                          f"(MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES: fewer slots or buffers)")
 
 
+def columns_tiles(head_dim: int, sum_bytes: int) -> tuple[int, int, int, int]:
+    """``WS_TILES`` at ``head_dim`` for dQ sums of ``sum_bytes`` a value, with one staging buffer a consumer where
+    two would not fit an SM's shared memory (fp32 sums at head dim 128: 239,936 bytes compiled, 207,136 with one;
+    the H200 refused the launch, 2026-12-05)."""
+    tiles = WS_TILES[head_dim]
+    if columns_shared_bytes(head_dim, tiles, sum_bytes) + COLUMNS_SHARED_SLACK > SHARED_BYTES:
+        tiles = (*tiles[:3], 1)
+    return tiles
+
+
+def columns_shared_bytes(head_dim: int, tiles: tuple[int, int, int, int], sum_bytes: int) -> int:
+    """Shared memory one program of ``_dkdv_ws_kernel`` allocates (two columns, each as ``_ws_alloc`` makes it: K
+    and V, the ring of Q, dO, lse and delta, dS^T, the dQ staging buffers, the mbarriers); the compiler's
+    alignment adds up to ``COLUMNS_SHARED_SLACK``."""
+    block_n, block_m, stages, staging = tiles
+    column = (2 * block_n * head_dim * 2 + 2 * stages * block_m * head_dim * 2 + 2 * stages * block_m * 4
+              + block_n * block_m * 2 + staging * block_m * head_dim * sum_bytes + 8 * (2 * stages + 2 * staging + 1))
+    return 2 * column
+
+
 def halves_shared_bytes(head_dim: int, tiles: tuple[int, int, int, int, int, int], sum_bytes: int) -> int:
     """Shared memory one program of ``_dkdv_halves_kernel`` allocates with ``tiles`` (``halves_tiles``) at
     ``head_dim`` into dQ sums of ``sum_bytes`` a value: K and V, the ring of Q, dO, lse and delta, the dS buffers,
@@ -1569,7 +1590,8 @@ def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, nco
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
-__all__ = ["DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HALVES_AUTO_DIMS", "HALVES_SHARED_SLACK", "HALVES_SPLIT", "HALVES_TILES",
-           "HEAD_DIMS", "MAX_REGISTERS", "SHARED_BYTES", "WS_TILES", "backward_part", "check_halves_shared",
-           "compile_for", "dkdv_launches", "halves_shared_bytes", "halves_split", "halves_tiles", "look_ahead",
-           "programs_per_sm", "registers", "tiles", "use_streams", "warp_specialized"]
+__all__ = ["COLUMNS_SHARED_SLACK", "DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HALVES_AUTO_DIMS", "HALVES_SHARED_SLACK",
+           "HALVES_SPLIT", "HALVES_TILES", "HEAD_DIMS", "MAX_REGISTERS", "SHARED_BYTES", "WS_TILES", "backward_part",
+           "check_halves_shared", "columns_shared_bytes", "columns_tiles", "compile_for", "dkdv_launches",
+           "halves_shared_bytes", "halves_split", "halves_tiles", "look_ahead", "programs_per_sm", "registers",
+           "tiles", "use_streams", "warp_specialized"]

@@ -54,15 +54,20 @@ for name, d, sums, prev, split, ahead in [("fp32", 64, "fp32", False, False, Non
 from megastride.kernels.compile_check import sass
 from megastride.kernels.gluon_bwd import HALVES_TILES
 compile_tiles = HALVES_TILES[64]
+from megastride.kernels.gluon_bwd import columns_shared_bytes, columns_tiles
 for name, d, sums, prev in [("fp16", 64, "fp16", False), ("fp32", 64, "fp32", False),
-                            ("fp16 prev", 64, "fp16", True), ("fp16 d128", 128, "fp16", False)]:
-    k = compile_for("dkdv_ws", d, load_prev=prev, dq_sums=sums)
+                            ("fp16 prev", 64, "fp16", True), ("fp16 d128", 128, "fp16", False),
+                            ("fp32 d128", 128, "fp32", False)]:
+    ws_tiles = columns_tiles(d, 4 if sums == "fp32" else 2)
+    k = compile_for("dkdv_ws", d, load_prev=prev, dq_sums=sums, tiles=ws_tiles)
     loop, code = first_mma_loop(k), sass(k)
     out[f"ws {name}"] = {"hgmma": loop.get("HGMMA"), "loop_reduces": loop.get("UTMAREDG", 0),
                          "loop_loads": loop.get("UTMALDG", 0), "spill_reloads": loop.get("LDL", 0),
                          "total": loop.get("total"), "reduces": code.count("UTMAREDG"),
                          "setmaxnreg": code.count("USETMAXREG"), "warps": k.metadata.num_warps,
-                         "shared": k.metadata.shared, **ptxas_usage(k)}
+                         "shared": k.metadata.shared,
+                         "shared_counted": columns_shared_bytes(d, ws_tiles, 4 if sums == "fp32" else 2),
+                         **ptxas_usage(k)}
 # the halves kernel (HALVES_TILES; one column a program, its keys split between the consumers): its three schedules
 # into fp16 sums, fp32 sums, with earlier sums; at head dim 128 (64 queries a step, dQ split by the head dim)
 from megastride.kernels.gluon_bwd import halves_shared_bytes, halves_tiles
@@ -140,7 +145,8 @@ def test_the_fused_dkdv_kernel_sends_dq_a_step_by_one_reduce_unserialised(compil
     assert got["spill_reloads"] <= 10 and got["shared"] <= 113 * 1024, got
 
 
-@pytest.mark.parametrize("sums, hgmma", [("fp16", 32), ("fp32", 32), ("fp16 prev", 32), ("fp16 d128", 28)])
+@pytest.mark.parametrize("sums, hgmma", [("fp16", 32), ("fp32", 32), ("fp16 prev", 32), ("fp16 d128", 28),
+                                         ("fp32 d128", 28)])
 def test_the_warp_specialised_consumers_loop_is_products_and_exponentials(compiled, sums, hgmma):
     """``_dkdv_ws_kernel``: the consumer's full-block loop runs the fused step's five products (32 m64
     instructions at head dim 64, 128 keys x 32 queries; 28 at head dim 128, 64 x 32) with neither a TMA load
@@ -148,11 +154,16 @@ def test_the_warp_specialised_consumers_loop_is_products_and_exponentials(compil
     loops) and at most 2 spill reloads at 240 registers (the fused kernel's loop: 483 instructions, 3 reloads at
     255); registers move by setmaxnreg between 12 warps (two consumer warpgroups, four single warps padded to a
     warpgroup); two columns' buffers fit one SM's shared memory; ptxas serialises no product."""
+    from megastride.kernels.gluon_bwd import COLUMNS_SHARED_SLACK
+
     got = compiled[f"ws {sums}"]
     assert got["hgmma"] == hgmma and got["loop_reduces"] == 0 and got["loop_loads"] == 0, got
     assert got["reduces"] >= 2 and got["setmaxnreg"] > 0 and got["warps"] == 12, got
     assert got["spill_reloads"] <= 2 and got["total"] < 400 and got["warnings"] == [], got
     assert got["shared"] <= 227 * 1024, got
+    # its buffers counted within the slack (columns_tiles gives fp32 sums at head dim 128 one staging buffer a
+    # consumer: two need 239,936 bytes, which the H200 refused to launch)
+    assert 0 <= got["shared"] - got["shared_counted"] <= COLUMNS_SHARED_SLACK, got
 
 
 @pytest.mark.parametrize("setting", ["fp16", "fp32", "fp16 prev", "fp16 m0", "fp16 m2", "fp16 segments", "fp16 d128",
