@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import weakref
 
 import torch
@@ -52,12 +53,66 @@ class _HostChain:
         return self.last()
 
 
+class _CopiesOut:
+    """Device tensors that the side stream's copies to the host still read, with each copy's event, in the
+    order the copies were queued (``MEGASTRIDE_OFFLOAD_RELEASE=ordered``). ``release`` lets the older ones go
+    in stream order: the compute stream waits for the newest released copy's event (the side stream runs its
+    copies in order, so the earlier ones are done too) and the references are dropped, so the caching
+    allocator hands their memory to the compute stream's next allocations at once, ordered after that wait.
+
+    The default (``recorded``) marks each tensor with ``record_stream`` instead, and the allocator keeps a
+    freed one out of use until an event it records on the side stream at the free completes: that event
+    follows every copy queued by then, and the host queues the forward several blocks ahead of the GPU, so
+    each block's input and kept outputs stay unusable while the host allocates for the blocks after it --
+    the fixed 1M step reserved 135 GB for a 48 GB peak and called cudaMalloc 8-13 times a step (forty-first
+    run, docs/scaling.md)."""
+
+    def __init__(self):
+        self.entries: list[tuple[object, list[torch.Tensor], bool]] = []
+
+    def hold(self, event, tensors: list[torch.Tensor], lagging: bool = False) -> None:
+        """Tensors read by the copy before ``event``; ``lagging``: a block's kept outputs, whose copy is
+        queued after its forward, so the next block's forward leaves them held (a wait there would wait
+        for the whole copy)."""
+        self.entries.append((event, list(tensors), lagging))
+
+    def release(self, device: torch.device, keep_lagging: bool = False) -> None:
+        """Let the entries go, the compute stream waiting for their copies; with ``keep_lagging`` the
+        newest stays where it is a lagging one."""
+        count = len(self.entries) - (1 if keep_lagging and self.entries and self.entries[-1][2] else 0)
+        if count <= 0:
+            return
+        released, self.entries = self.entries[:count], self.entries[count:]
+        torch.cuda.current_stream(device).wait_event(released[-1][0])
+
+
+def _release_ordered() -> bool:
+    """``MEGASTRIDE_OFFLOAD_RELEASE``: "ordered" (``_CopiesOut``) or "recorded" (unset: ``record_stream``)."""
+    choice = os.environ.get("MEGASTRIDE_OFFLOAD_RELEASE", "recorded").lower()
+    if choice not in ("recorded", "ordered"):
+        raise ValueError(f"MEGASTRIDE_OFFLOAD_RELEASE must be unset, 'recorded' or 'ordered'; got {choice!r}")
+    return choice == "ordered"
+
+
+def _unread_prefetch(buffers: list[torch.Tensor], stream) -> None:
+    """A prefetch's buffers whose block was dropped before its backward fetched them (a backward that
+    raised): held for the side stream, as the copies into them may still run."""
+    for b in buffers:
+        b.record_stream(stream)
+    buffers.clear()
+
+
 _CHAINS: dict[str, _HostChain] = {}
+_COPIES_OUT: dict[str, _CopiesOut] = {}
 _COPY_STREAMS: dict[str, "torch.cuda.Stream"] = {}
 
 
 def _chain(device: torch.device) -> _HostChain:
     return _CHAINS.setdefault(str(device), _HostChain())
+
+
+def _copies_out(device: torch.device) -> _CopiesOut:
+    return _COPIES_OUT.setdefault(str(device), _CopiesOut())
 
 
 def _copy_stream(device: torch.device):
@@ -133,6 +188,7 @@ class BlockCheckpoint(torch.autograd.Function):
         ctx.kept = [] if keep_attention else None
         ctx.on_host = ctx.fetched = ctx.prefetched = None
         ctx.kept_host = ctx.kept_prefetched = None
+        ctx.ordered, ctx.unread = False, None  # MEGASTRIDE_OFFLOAD_RELEASE=ordered under overlap (_CopiesOut)
         ctx.cpu_rng = ctx.cuda_rng = None
         if _draws_random(block):  # replayed in backward so dropout masks match
             if x.is_cuda and torch.cuda.is_current_stream_capturing():
@@ -151,12 +207,18 @@ class BlockCheckpoint(torch.autograd.Function):
         host = torch.empty(x.shape, dtype=x.dtype, device="cpu", pin_memory=x.is_cuda)
         if overlap and x.is_cuda:
             stream = _copy_stream(x.device)
+            ordered = ctx.ordered = _release_ordered()
+            if ordered:  # the previous block's input (its copy queued a block ago) and older kept outputs
+                _copies_out(x.device).release(x.device, keep_lagging=True)
             stream.wait_stream(torch.cuda.current_stream(x.device))  # x is complete
             with torch.cuda.stream(stream):
                 host.copy_(x, non_blocking=True)
                 ctx.on_host = torch.cuda.Event()
                 ctx.on_host.record(stream)
-            x.record_stream(stream)  # x's memory is not reused before the copy has read it
+            if ordered:
+                _copies_out(x.device).hold(ctx.on_host, [x])
+            else:
+                x.record_stream(stream)  # x's memory is not reused before the copy has read it
         else:
             host.copy_(x, non_blocking=x.is_cuda)
         ctx.host = host
@@ -187,8 +249,11 @@ class BlockCheckpoint(torch.autograd.Function):
                     h.copy_(t, non_blocking=True)
                 ctx.on_host = torch.cuda.Event()  # after the input's copy on the same stream: covers both
                 ctx.on_host.record(stream)
-            for t in tensors:
-                t.record_stream(stream)
+            if ctx.ordered:  # let go a block later (the next block's forward, ``_CopiesOut``)
+                _copies_out(ctx.device).hold(ctx.on_host, tensors, lagging=True)
+            else:
+                for t in tensors:
+                    t.record_stream(stream)
         else:
             for h, t in zip(host, sources):
                 h.copy_(t, non_blocking=cuda)
@@ -221,6 +286,8 @@ class BlockCheckpoint(torch.autograd.Function):
             x, ctx.prefetched = ctx.prefetched, None
             if ctx.fetched is not None:  # x and the kept outputs: copied by the side stream
                 torch.cuda.current_stream(ctx.device).wait_event(ctx.fetched)
+                if ctx.unread is not None:
+                    ctx.unread.clear()  # read in stream order from here: the finalizer has nothing to hold
             return x
         if ctx.on_host is not None:  # the copy out ran on the side stream
             torch.cuda.current_stream(ctx.device).wait_event(ctx.on_host)
@@ -248,8 +315,12 @@ class BlockCheckpoint(torch.autograd.Function):
                     b.copy_(h, non_blocking=True)
                 ctx.fetched = torch.cuda.Event()
                 ctx.fetched.record(stream)
-            for b in buffers:  # not reused before the copy is done, even if this backward never comes
-                b.record_stream(stream)
+            if ctx.ordered:  # the fetch orders the compute stream after the copies
+                ctx.unread = buffers[:]
+                weakref.finalize(ctx, _unread_prefetch, ctx.unread, stream)  # unless no fetch comes
+            else:
+                for b in buffers:  # not reused before the copy is done, even if this backward never comes
+                    b.record_stream(stream)
             ctx.prefetched = buffers[0]
             ctx.kept_prefetched = [b.permute(_inverse(order)) for b, (_, order) in zip(buffers[1:], ctx.kept_host)] \
                 if kept else None
@@ -260,6 +331,8 @@ class BlockCheckpoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        if ctx.ordered:  # the forward's last copies out (no kept block after it): long done by now
+            _copies_out(ctx.device).release(ctx.device)
         x = BlockCheckpoint._fetch(ctx).detach().requires_grad_(True)
         kept = BlockCheckpoint._fetch_kept(ctx)  # before the predecessor's prefetch: ours are needed first
         if ctx.overlap:
@@ -328,6 +401,8 @@ class _PrefetchLastRecomputed(torch.autograd.Function):
 
 def _prefetching_last_recomputed(block, x: torch.Tensor) -> torch.Tensor:
     out = block(x)
+    if out.is_cuda:  # the last recomputed block's kept outputs, copied under this block's forward
+        _copies_out(out.device).release(out.device)
     return _PrefetchLastRecomputed.apply(out) if torch.is_grad_enabled() else out
 
 

@@ -137,8 +137,8 @@ def test_a_gpu_prefetch_copies_after_the_compute_stream_into_its_own_buffers(mon
     out = torch.randn(2, 6, 3, 4).permute(0, 2, 1, 3)  # (B, H, T, D) view of a (B, T, H, D) buffer
     lse = torch.randn(2, 3, 6)
     orders = [parallel._memory_order(out), parallel._memory_order(lse)]
-    ctx = types.SimpleNamespace(prefetched=None, kept_prefetched=None, fetched=None, on_host=None,
-                                host=torch.randn(2, 6, 4), device=types.SimpleNamespace(type="cuda"),
+    ctx = types.SimpleNamespace(prefetched=None, kept_prefetched=None, fetched=None, on_host=None, ordered=False,
+                                unread=None, host=torch.randn(2, 6, 4), device=types.SimpleNamespace(type="cuda"),
                                 kept_host=[(out.permute(orders[0]).clone(), orders[0]),
                                            (lse.permute(orders[1]).clone(), orders[1])])
     monkeypatch.setattr(parallel, "_chain", lambda device: types.SimpleNamespace(prefetched=0))
@@ -151,6 +151,124 @@ def test_a_gpu_prefetch_copies_after_the_compute_stream_into_its_own_buffers(mon
     assert torch.equal(x, ctx.host)
     (o, l), = kept
     assert torch.equal(o, out) and o.stride() == out.stride() and torch.equal(l, lse)
+
+
+class _Recorder:
+    """Stand-ins for the CUDA streams and events of engine.parallel's side-stream copies (no GPU here),
+    logging each wait, record and record_stream."""
+
+    def __init__(self, monkeypatch):
+        import contextlib
+
+        from megastride.engine import parallel
+
+        self.log = log = []
+
+        class Stream:
+            def __init__(self, name):
+                self.name = name
+
+            def wait_stream(self, other):
+                log.append(f"{self.name} waits for {other.name}")
+
+            def wait_event(self, event):
+                log.append(f"{self.name} waits for {event.name}")
+
+        class Event:
+            def __init__(self, name=None):
+                self.name = name
+
+            def record(self, stream):
+                self.name = self.name or f"event on {stream.name}"
+
+        self.Event, self.compute, self.side = Event, Stream("compute"), Stream("side")
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: self.compute)
+        monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+        monkeypatch.setattr(torch.cuda, "Event", Event)
+        monkeypatch.setattr(parallel, "_copy_stream", lambda device: self.side)
+        monkeypatch.setattr(torch.Tensor, "record_stream",
+                            lambda t, s: log.append(f"{tuple(t.shape)} held for {s.name}"), raising=False)
+        real_empty = torch.empty
+        monkeypatch.setattr(torch, "empty", lambda *a, device=None, **k: real_empty(*a, **k))
+
+
+def test_ordered_release_lets_copied_tensors_go_after_a_compute_stream_wait(monkeypatch):
+    """MEGASTRIDE_OFFLOAD_RELEASE=ordered (``parallel._CopiesOut``): a block's input goes at the next block's
+    forward, the compute stream first waiting for its copy's event; a block's kept outputs (lagging: copied
+    after its forward) one block later; ``release()`` lets everything go. Dropped means no reference left here
+    (the allocator may reuse the memory on the compute stream, after the wait), never held by record_stream."""
+    import gc
+    import weakref
+
+    from megastride.engine import parallel
+
+    rec = _Recorder(monkeypatch)
+    out = parallel._CopiesOut()
+    device = torch.device("cpu")
+    tensors = {name: torch.zeros(1) for name in ("x0", "k0", "x1", "k1")}
+    alive = {name: weakref.ref(t) for name, t in tensors.items()}
+
+    def hold(name):
+        out.hold(rec.Event(f"{name} copied"), [tensors.pop(name)], lagging=name.startswith("k"))
+
+    def living():
+        gc.collect()
+        return sorted(name for name, r in alive.items() if r() is not None)
+
+    hold("x0")
+    hold("k0")
+    out.release(device, keep_lagging=True)  # block 1's forward: x0 goes, k0's copy may still run
+    assert rec.log == ["compute waits for x0 copied"] and living() == ["k0", "k1", "x1"]
+    hold("x1")
+    hold("k1")
+    out.release(device, keep_lagging=True)  # block 2's: k0 and x1 go after one wait (the copies run in order)
+    assert rec.log[1:] == ["compute waits for x1 copied"] and living() == ["k1"]
+    out.release(device, keep_lagging=True)
+    assert rec.log[2:] == [] and living() == ["k1"]  # only a lagging entry left: it stays
+    out.release(device)  # the backward's start
+    assert rec.log[2:] == ["compute waits for k1 copied"] and living() == []
+    out.release(device)
+    assert len(rec.log) == 3 and "held" not in " ".join(rec.log)
+
+
+def test_ordered_release_holds_a_prefetch_for_the_side_stream_only_if_no_fetch_comes(monkeypatch):
+    """Under the ordered release, a prefetch's buffers are not marked with record_stream: the fetch makes the
+    compute stream wait for the copies, which orders every later use and the buffers' reuse after them. A
+    block dropped before its fetch (a backward that raised) has its buffers held for the side stream then,
+    as the copies into them may still run; and MEGASTRIDE_OFFLOAD_RELEASE takes only its two values."""
+    import gc
+
+    from megastride.engine import parallel
+
+    rec = _Recorder(monkeypatch)
+    monkeypatch.setattr(parallel, "_chain", lambda device: type("Chain", (), {"prefetched": 0})())
+
+    class Ctx:  # weak-referenceable, as autograd's ctx is
+        def __init__(self):
+            self.prefetched = self.kept_prefetched = self.fetched = self.on_host = self.kept_host = None
+            self.host, self.device, self.ordered, self.unread = torch.randn(2, 6, 4), torch.device("cpu"), True, None
+
+    ctx = Ctx()
+    ctx.device = type("Device", (), {"type": "cuda"})()
+    BlockCheckpoint._prefetch(ctx)
+    x = BlockCheckpoint._fetch(ctx)
+    assert torch.equal(x, ctx.host)
+    del ctx
+    gc.collect()
+    assert rec.log == ["side waits for compute", "compute waits for event on side"]
+
+    dropped = Ctx()
+    dropped.device = type("Device", (), {"type": "cuda"})()
+    BlockCheckpoint._prefetch(dropped)
+    del dropped
+    gc.collect()
+    assert rec.log[2:] == ["side waits for compute", "(2, 6, 4) held for side"]
+
+    monkeypatch.setenv("MEGASTRIDE_OFFLOAD_RELEASE", "later")
+    with pytest.raises(ValueError, match="MEGASTRIDE_OFFLOAD_RELEASE must be unset, 'recorded' or 'ordered'"):
+        parallel._release_ordered()
+    monkeypatch.setenv("MEGASTRIDE_OFFLOAD_RELEASE", "Ordered")
+    assert parallel._release_ordered()
 
 
 def test_overlap_needs_cpu_checkpointing():

@@ -56,18 +56,22 @@ def test_bf16_trains_with_triton_attention(tiny_config, tmp_path):
     assert m[20]["train/bits_per_byte"] < m[1]["train/bits_per_byte"] - 1.0
 
 
+@pytest.mark.parametrize("release", ["recorded", "ordered"])
 @pytest.mark.parametrize("recomputed,prefetches", [(None, 5), (4, 4)])
-def test_overlapped_host_checkpoint_gives_torch_checkpoints_gradients(recomputed, prefetches):
+def test_overlapped_host_checkpoint_gives_torch_checkpoints_gradients(recomputed, prefetches, release, monkeypatch):
     """offload_overlap (copies on a side stream, the previous block's input fetched during this
     block's backward) on CUDA under bf16 autocast: the gradients of the same blocks recomputed from inputs
     kept on the GPU (to reduction order). Inputs of 64 MiB per block so the copies take long enough for a missing stream wait to
     show as garbage. With 4 of 6 blocks recomputed the first kept block's backward also prefetches the
-    last recomputed block's input (4 prefetches, not 3)."""
+    last recomputed block's input (4 prefetches, not 3). Both ways of letting the copied tensors' memory go
+    (MEGASTRIDE_OFFLOAD_RELEASE: record_stream, or a compute-stream wait and the references dropped)."""
     import torch
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     from megastride.engine import parallel
+
+    monkeypatch.setenv("MEGASTRIDE_OFFLOAD_RELEASE", release)
 
     def grads(train):
         loss, model = _bf16_step(SIX_LAYERS, train)
@@ -119,18 +123,21 @@ def test_kept_attention_gives_the_plain_recomputes_gradients_on_the_gpu():
         torch.testing.assert_close(b, c, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("overlap", [True, False])
-def test_kept_attention_in_host_memory_gives_the_same_gradients_on_the_gpu(overlap):
+@pytest.mark.parametrize("overlap,release", [(True, "recorded"), (False, "recorded"), (True, "ordered")])
+def test_kept_attention_in_host_memory_gives_the_same_gradients_on_the_gpu(overlap, release, monkeypatch):
     """train.offload_attention on CUDA (block inputs in pinned host memory, their copies on a side stream
     with offload_overlap, in order without): the kept pairs leave the GPU after each block's forward (after
     the forward pass, allocated memory is at least three blocks' pairs below the same run keeping them on
-    the GPU) and come back for the recompute: loss equal and gradients equal to the on-GPU keep's."""
+    the GPU; under MEGASTRIDE_OFFLOAD_RELEASE=ordered, which holds the last two blocks' pairs and the last
+    input until the backward starts, one pair below, and three once those are let go) and come back for the
+    recompute: loss equal and gradients equal to the on-GPU keep's."""
     import gc
 
     import torch
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
+    monkeypatch.setenv("MEGASTRIDE_OFFLOAD_RELEASE", release)
     from megastride.engine import parallel
     from megastride.engine.config import config_from_dict
     from megastride.engine.model import SparseTransformer
@@ -153,14 +160,18 @@ def test_kept_attention_in_host_memory_gives_the_same_gradients_on_the_gpu(overl
             loss = model(idx[:, :-1], idx[:, 1:])
         torch.cuda.synchronize()
         held = torch.cuda.memory_allocated() - before  # this run's own tensors after its forward pass
+        parallel._copies_out(idx.device).release(idx.device)  # what the backward's start does (ordered)
+        torch.cuda.synchronize()
+        released = torch.cuda.memory_allocated() - before
         loss.backward()
-        return loss.item(), [p.grad.clone() for p in model.parameters()], held
+        return loss.item(), [p.grad.clone() for p in model.parameters()], held, released
 
     run(False)  # autotuning happens here
-    ref_loss, ref, on_gpu = run(False)
-    loss, got, on_host = run(True)
+    ref_loss, ref, on_gpu, _ = run(False)
+    loss, got, on_host, released = run(True)
     assert loss == ref_loss
-    assert on_host <= on_gpu - 3 * pair, (on_host, on_gpu, pair)
+    assert on_host <= on_gpu - (1 if release == "ordered" else 3) * pair, (on_host, on_gpu, pair)
+    assert released <= on_gpu - 3 * pair, (released, on_gpu, pair)
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
