@@ -937,9 +937,10 @@ GLUON_MIN_LENGTH = 65536
 GLUON_DQ = "auto"
 GLUON_DQ_SETTINGS = ("auto", "0", "fp32", "fp16")
 GLUON_DQ_MIN_LENGTH = 65536
-# the head dims "auto" takes it at (head dim 128 has fused tiles, 4-13% slower than its dQ kernel at 2x128 on the
-# H200, docs/benchmarks.md "Thirty-eighth run": "fp16" asks for them)
-GLUON_DQ_AUTO_DIMS = (64,)
+# the head dims "auto" takes it at: 64, and 128 since the halves kernel runs there (its unspecialised fused tiles
+# were 4-13% slower than its dQ kernel at 2x128 on the H200, docs/benchmarks.md "Thirty-eighth run"; the halves
+# kernel with the fused dQ 12-14% faster, "Forty-first run")
+GLUON_DQ_AUTO_DIMS = (64, 128)
 # the bound on the fp16 sums' magnitude the scale aims at (fp16's largest is 65,504)
 GLUON_DQ_FP16_BOUND = 2.0 ** 14
 # the forward of natural-order parts in Gluon (kernels/gluon_fwd.py): gluon_forward. Slower than the Triton

@@ -93,11 +93,14 @@ WS_CONSUMER_REGS = 240
 # program, queries a step, ring slots, dQ staging buffers a consumer, dS buffers, the step's schedule) per head dim;
 # MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES replaces the last four (``halves_tiles``). At head dim 128 a step takes
 # 64 queries (FlashAttention-3's backward tiles there: a consumer's dK and dV hold 128 registers a thread) and a
-# consumer's dQ half of the head dim; not yet run on a GPU, so "auto" takes it only at HALVES_AUTO_DIMS
+# consumer's dQ half of the head dim. "auto" takes it at HALVES_AUTO_DIMS: at 2x128 on the H200 (2026-12-05,
+# docs/benchmarks.md "Forty-first run") the forward+backward with it (and the fused dQ's fp16 sums) ran 1M tokens
+# in 91.9-93.2 ms against 105.6 with the two-columns kernel and the dQ kernel beside it
 HALVES_TILES = {64: (128, 128, 2, 2, 2, 1), 128: (128, 64, 2, 2, 2, 1)}
-HALVES_AUTO_DIMS = (64,)
-# the halves kernel on column segments (``halves_split``)
-HALVES_SPLIT = False
+HALVES_AUTO_DIMS = (64, 128)
+# the head dims whose column segments take the halves kernel too (``halves_split``): at 262,144 tokens, 2x128,
+# 11.73 ms against 12.79 on whole columns and 14.28 with the segments on the unspecialised kernel (same run)
+HALVES_SPLIT_DIMS = (128,)
 # shared memory a Hopper SM gives one program (227 KB), and what the compiler adds to ``halves_shared_bytes``'s count
 # (the buffers' alignment: 344 bytes in every setting compiled for sm_90, tests/test_gluon_bwd.py)
 SHARED_BYTES = 232448
@@ -1277,7 +1280,7 @@ def backward_part(q, k, v, do, lse, delta, grads, prevs, meta, orders, block: in
     # dQ on a second stream beside dK/dV: its programs fill the SMs the long dK/dV columns leave idle at
     # the end (what the Triton kernels' "merged" mode does in one launch)
     split = segments is not None
-    kind = ws if dq_sums is not None and (not split or (ws == "halves" and halves_split())) else None
+    kind = ws if dq_sums is not None and (not split or (ws == "halves" and halves_split(d))) else None
     if kind == "columns":
         block_n, block_m, stages, staging = columns_tiles(d, fused[0].element_size())
         n_items = col_order.shape[1] * (block // block_n) * batch * heads
@@ -1396,13 +1399,14 @@ def warp_specialized(head_dim: int, block: int, lse: torch.Tensor, delta: torch.
     return kind if kind and aligned else None
 
 
-def halves_split() -> bool:
-    """Whether launches whose dK/dV columns ``blocksparse.gluon_split`` cuts into segments take the halves kernel
-    on them (each consumer finishing its keys' rows as ``_finish_dkdv`` does) where it is the warp-specialised
-    kernel (``warp_specialized``), instead of the unspecialised fused kernel: ``HALVES_SPLIT``, or
-    ``MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT`` ("0" or "1") where set. Not yet run on a GPU, so off; where it
-    matters: 262,144 tokens at 2x128, whose summary columns are the launch's critical path on whole columns."""
-    return _switch("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT", HALVES_SPLIT)
+def halves_split(head_dim: int) -> bool:
+    """Whether launches at ``head_dim`` whose dK/dV columns ``blocksparse.gluon_split`` cuts into segments take the
+    halves kernel on them (each consumer finishing its keys' rows as ``_finish_dkdv`` does) where it is the
+    warp-specialised kernel (``warp_specialized``), instead of the unspecialised fused kernel: at
+    ``HALVES_SPLIT_DIMS``, or as ``MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT`` ("0" or "1") says where set. Where it
+    matters: 262,144 tokens at 2x128, whose summary columns are the launch's critical path on whole columns; at
+    head dim 64 not timed."""
+    return _switch("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT", head_dim in HALVES_SPLIT_DIMS)
 
 
 def halves_tiles(head_dim: int) -> tuple[int, int, int, int, int, int]:
@@ -1591,7 +1595,7 @@ def compile_for(kernel: str = "dkdv", head_dim: int = 128, block: int = 128, nco
 
 
 __all__ = ["COLUMNS_SHARED_SLACK", "DKDV_TILES", "DQ_TILES", "FUSED_TILES", "HALVES_AUTO_DIMS", "HALVES_SHARED_SLACK",
-           "HALVES_SPLIT", "HALVES_TILES", "HEAD_DIMS", "MAX_REGISTERS", "SHARED_BYTES", "WS_TILES", "backward_part",
+           "HALVES_SPLIT_DIMS", "HALVES_TILES", "HEAD_DIMS", "MAX_REGISTERS", "SHARED_BYTES", "WS_TILES", "backward_part",
            "check_halves_shared", "columns_shared_bytes", "columns_tiles", "compile_for", "dkdv_launches",
            "halves_shared_bytes", "halves_split", "halves_tiles", "look_ahead", "programs_per_sm", "registers",
            "tiles", "use_streams", "warp_specialized"]

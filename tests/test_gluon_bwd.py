@@ -192,7 +192,7 @@ def test_the_halves_kernels_consumer_loop_is_products_and_exponentials(compiled,
 
 
 def test_the_warp_specialised_switch(monkeypatch):
-    """``warp_specialized``: by default the halves kernel where it can run at head dim 64 (128-blocks), else the
+    """``warp_specialized``: by default the halves kernel where it can run at head dims 64 and 128 (128-blocks), else the
     two-columns kernel where that can (head dims 64 and 128, a block its key tiles divide), lse and delta rows
     TMA can address either way; each kernel where asked for and it can run (the halves kernel also at head dim
     128, 128-blocks), neither with "0" or elsewhere; a bad value is named. ``halves_tiles``: the default
@@ -202,7 +202,8 @@ def test_the_warp_specialised_switch(monkeypatch):
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_WS", raising=False)
     lse = torch.zeros(2, 4, 1024)
     assert G.warp_specialized(64, 128, lse, lse.clone()) == "halves"
-    assert G.warp_specialized(128, 128, lse, lse.clone()) == G.warp_specialized(128, 64, lse, lse.clone()) == "columns"
+    assert G.warp_specialized(128, 128, lse, lse.clone()) == "halves"  # head dim 128: 64 queries a step
+    assert G.warp_specialized(128, 64, lse, lse.clone()) == "columns"  # 64-blocks: the halves kernel takes 128 keys
     assert G.warp_specialized(64, 256, lse, lse.clone()) == "columns"  # two 128-key tiles a block
     assert not G.warp_specialized(64, 64, lse, lse.clone())  # 128-key tiles in 64-blocks
     assert not G.warp_specialized(32, 128, lse, lse.clone())  # no tiles at head dim 32
@@ -231,12 +232,15 @@ def test_the_warp_specialised_switch(monkeypatch):
         with pytest.raises(ValueError, match=f"MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES: '{bad}' is not sSgGdDmM"):
             G.halves_tiles(64)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT", raising=False)
-    assert G.halves_split() is G.HALVES_SPLIT is False  # segments take the unspecialised kernel by default
+    # by default segments take the halves kernel at head dim 128, the unspecialised kernel at 64
+    assert G.halves_split(128) and not G.halves_split(64) and G.HALVES_SPLIT_DIMS == (128,)
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT", "1")
-    assert G.halves_split()
+    assert G.halves_split(64) and G.halves_split(128)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT", "0")
+    assert not G.halves_split(64) and not G.halves_split(128)
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT", "yes")
     with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT must be 0 or 1, got 'yes'"):
-        G.halves_split()
+        G.halves_split(128)
     for d, sums in itertools.product(G.HALVES_TILES, (torch.float16, torch.float32)):  # the defaults fit
         G.check_halves_shared(d, G.HALVES_TILES[d], sums)
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_TILES", "s4g2d2m1")
@@ -317,8 +321,7 @@ def test_the_fused_dq_switch_and_its_fp16_scale(monkeypatch):
 
 def test_the_fused_dq_is_taken_where_its_setting_and_every_part_allow(monkeypatch):
     """``gluon_dq_sums`` with the Gluon backward's own checks (a Hopper GPU) granted: "auto" takes fp16 sums from
-    65,536 tokens at head dim 64 on 128-blocks and nothing below, and not at head dim 128 (its fused tiles were
-    slower than its dQ kernel: ``GLUON_DQ_AUTO_DIMS``); "fp32"/"fp16" at any length and at head dim 128 too;
+    65,536 tokens at head dims 64 and 128 (``GLUON_DQ_AUTO_DIMS``) on 128-blocks and nothing below; "fp32"/"fp16" at any length and at head dim 128 too;
     never on 64-blocks at head dim 64 (128-key tiles do not fit) or where a part cannot run the Gluon backward
     (a strided head's permuted part)."""
     torch = pytest.importorskip("torch")
@@ -336,7 +339,7 @@ def test_the_fused_dq_is_taken_where_its_setting_and_every_part_allow(monkeypatc
     assert B.gluon_dq_sums(fixed[65536], q[65536]) == torch.float16
     assert B.gluon_dq_sums(fixed[32768], q[32768]) is None
     wide = torch.empty(1, 2, 262144, 128, dtype=torch.bfloat16)
-    assert B.gluon_dq_sums(fixed[262144], wide) is None
+    assert B.gluon_dq_sums(fixed[262144], wide) == torch.float16  # head dim 128 too, on the halves kernel
     small = P.build_layout(P.same_for_all_heads(P.fixed(4096, 64), 2), 262144, 64)
     assert B.gluon_dq_sums(small, q[262144]) is None
     strided = P.build_layout(P.same_for_all_heads(P.strided(512), 2), 262144, 128)

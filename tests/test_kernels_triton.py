@@ -1060,7 +1060,7 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
                         gluon_bwd.look_ahead(torch.float16, False, False), gluon_bwd.look_ahead(torch.float16, True, False),
                         gluon_bwd.warp_specialized(64, 128, torch.zeros(1, 1, 256), torch.zeros(1, 1, 256)),
                         gluon_bwd.warp_specialized(128, 128, torch.zeros(1, 1, 256), torch.zeros(1, 1, 256)),
-                        gluon_bwd.halves_split(),
+                        gluon_bwd.halves_split(64), gluon_bwd.halves_split(128),
                         os.environ.get("MEGASTRIDE_BLOCKSPARSE_PLANS", blocksparse.PLANS))
     ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():
