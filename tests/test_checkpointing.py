@@ -88,76 +88,11 @@ def test_overlap_prefetches_each_predecessor_once_and_forgets_dropped_graphs():
     assert chain.pending == []
 
 
-def test_a_gpu_prefetch_copies_after_the_compute_stream_into_its_own_buffers(monkeypatch):
-    """BlockCheckpoint._prefetch's CUDA branch, its streams and events recorded by stand-ins (no GPU here; the
-    gradients on a real one: tests/test_train_gpu.py): the side stream first waits for the compute stream (the
-    buffers come from the compute stream's pool, where earlier work may still use their memory, and the copies
-    start when the GPU reaches this point, not when the host does), every copy (input and kept outputs) precedes
-    the one event, each buffer is held for the side stream, and the fetch makes the compute stream wait for that
-    event; the input comes back equal and each kept output equal, in its own strides."""
-    import contextlib
-    import types
-
-    from megastride.engine import parallel
-
-    log = []
-
-    class Stream:
-        def __init__(self, name):
-            self.name = name
-
-        def wait_stream(self, other):
-            log.append(f"{self.name} waits for {other.name}")
-
-        def wait_event(self, event):
-            log.append(f"{self.name} waits for {event.name}")
-
-    class Event:
-        def record(self, stream):
-            self.name = f"event on {stream.name}"
-            log.append(f"{self.name} recorded")
-
-    compute, side = Stream("compute"), Stream("side")
-    real_copy = torch.Tensor.copy_
-
-    def copy(dst, src, non_blocking=False):
-        log.append(f"copy {tuple(src.shape)}")
-        return real_copy(dst, src, non_blocking)
-
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: compute)
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "Event", Event)
-    monkeypatch.setattr(parallel, "_copy_stream", lambda device: side)
-    monkeypatch.setattr(torch.Tensor, "record_stream", lambda t, s: log.append(f"{tuple(t.shape)} held for {s.name}"),
-                        raising=False)
-    monkeypatch.setattr(torch.Tensor, "copy_", copy)
-    real_empty = torch.empty
-    monkeypatch.setattr(torch, "empty", lambda *a, device=None, **k: real_empty(*a, **k))
-
-    out = torch.randn(2, 6, 3, 4).permute(0, 2, 1, 3)  # (B, H, T, D) view of a (B, T, H, D) buffer
-    lse = torch.randn(2, 3, 6)
-    orders = [parallel._memory_order(out), parallel._memory_order(lse)]
-    ctx = types.SimpleNamespace(prefetched=None, kept_prefetched=None, fetched=None, on_host=None, ordered=False,
-                                unread=None, host=torch.randn(2, 6, 4), device=types.SimpleNamespace(type="cuda"),
-                                kept_host=[(out.permute(orders[0]).clone(), orders[0]),
-                                           (lse.permute(orders[1]).clone(), orders[1])])
-    monkeypatch.setattr(parallel, "_chain", lambda device: types.SimpleNamespace(prefetched=0))
-    BlockCheckpoint._prefetch(ctx)
-    x = BlockCheckpoint._fetch(ctx)
-    kept = BlockCheckpoint._fetch_kept(ctx)
-    assert log == ["side waits for compute", "copy (2, 6, 4)", "copy (2, 6, 3, 4)", "copy (2, 3, 6)",
-                   "event on side recorded", "(2, 6, 4) held for side", "(2, 6, 3, 4) held for side",
-                   "(2, 3, 6) held for side", "compute waits for event on side"]
-    assert torch.equal(x, ctx.host)
-    (o, l), = kept
-    assert torch.equal(o, out) and o.stride() == out.stride() and torch.equal(l, lse)
-
-
 class _Recorder:
     """Stand-ins for the CUDA streams and events of engine.parallel's side-stream copies (no GPU here),
     logging each wait, record and record_stream."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, records: bool = False, copies: bool = False):
         import contextlib
 
         from megastride.engine import parallel
@@ -180,6 +115,8 @@ class _Recorder:
 
             def record(self, stream):
                 self.name = self.name or f"event on {stream.name}"
+                if records:
+                    log.append(f"{self.name} recorded")
 
         self.Event, self.compute, self.side = Event, Stream("compute"), Stream("side")
         monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: self.compute)
@@ -190,6 +127,45 @@ class _Recorder:
                             lambda t, s: log.append(f"{tuple(t.shape)} held for {s.name}"), raising=False)
         real_empty = torch.empty
         monkeypatch.setattr(torch, "empty", lambda *a, device=None, **k: real_empty(*a, **k))
+        if copies:
+            real_copy = torch.Tensor.copy_
+
+            def copy(dst, src, non_blocking=False):
+                log.append(f"copy {tuple(src.shape)}")
+                return real_copy(dst, src, non_blocking)
+
+            monkeypatch.setattr(torch.Tensor, "copy_", copy)
+
+
+def test_a_gpu_prefetch_copies_after_the_compute_stream_into_its_own_buffers(monkeypatch):
+    """BlockCheckpoint._prefetch's CUDA branch, its streams and events recorded by stand-ins (no GPU here; the
+    gradients on a real one: tests/test_train_gpu.py): the side stream first waits for the compute stream (the
+    buffers come from the compute stream's pool, where earlier work may still use their memory, and the copies
+    start when the GPU reaches this point, not when the host does), every copy (input and kept outputs) precedes
+    the one event, each buffer is held for the side stream, and the fetch makes the compute stream wait for that
+    event; the input comes back equal and each kept output equal, in its own strides."""
+    import types
+
+    from megastride.engine import parallel
+
+    log = _Recorder(monkeypatch, records=True, copies=True).log
+    out = torch.randn(2, 6, 3, 4).permute(0, 2, 1, 3)  # (B, H, T, D) view of a (B, T, H, D) buffer
+    lse = torch.randn(2, 3, 6)
+    orders = [parallel._memory_order(out), parallel._memory_order(lse)]
+    ctx = types.SimpleNamespace(prefetched=None, kept_prefetched=None, fetched=None, on_host=None, ordered=False,
+                                unread=None, host=torch.randn(2, 6, 4), device=types.SimpleNamespace(type="cuda"),
+                                kept_host=[(out.permute(orders[0]).clone(), orders[0]),
+                                           (lse.permute(orders[1]).clone(), orders[1])])
+    monkeypatch.setattr(parallel, "_chain", lambda device: types.SimpleNamespace(prefetched=0))
+    BlockCheckpoint._prefetch(ctx)
+    x = BlockCheckpoint._fetch(ctx)
+    kept = BlockCheckpoint._fetch_kept(ctx)
+    assert log == ["side waits for compute", "copy (2, 6, 4)", "copy (2, 6, 3, 4)", "copy (2, 3, 6)",
+                   "event on side recorded", "(2, 6, 4) held for side", "(2, 6, 3, 4) held for side",
+                   "(2, 3, 6) held for side", "compute waits for event on side"]
+    assert torch.equal(x, ctx.host)
+    (o, l), = kept
+    assert torch.equal(o, out) and o.stride() == out.stride() and torch.equal(l, lse)
 
 
 def test_ordered_release_lets_copied_tensors_go_after_a_compute_stream_wait(monkeypatch):
