@@ -937,10 +937,10 @@ GLUON_MIN_LENGTH = 65536
 GLUON_DQ = "auto"
 GLUON_DQ_SETTINGS = ("auto", "0", "fp32", "fp16")
 GLUON_DQ_MIN_LENGTH = 65536
-# the head dims "auto" takes it at: 64, and 128 since the halves kernel runs there (its unspecialised fused tiles
-# were 4-13% slower than its dQ kernel at 2x128 on the H200, docs/benchmarks.md "Thirty-eighth run"; the halves
-# kernel with the fused dQ 12-14% faster, "Forty-first run")
-GLUON_DQ_AUTO_DIMS = (64, 128)
+# the head dims "auto" takes it at, each with the layout block it needs there (None: any its fused tiles fit): 64,
+# and 128 on 128-blocks, where the halves kernel runs (at 2x128 with it 12-14% faster, docs/benchmarks.md "Forty-first
+# run"; elsewhere at head dim 128 the fused tiles were 4-13% slower than its dQ kernel, "Thirty-eighth run")
+GLUON_DQ_AUTO_DIMS = {64: None, 128: 128}
 # the bound on the fp16 sums' magnitude the scale aims at (fp16's largest is 65,504)
 GLUON_DQ_FP16_BOUND = 2.0 ** 14
 # the forward of natural-order parts in Gluon (kernels/gluon_fwd.py): gluon_forward. Slower than the Triton
@@ -1906,12 +1906,13 @@ def gluon_dq_setting() -> str:
 
 def fused_dq_dtype(seq_len: int, head_dim: int, block: int) -> torch.dtype | None:
     """The dtype of the fused backward's dQ sums the setting (``gluon_dq_setting``; "auto": fp16 from
-    ``GLUON_DQ_MIN_LENGTH`` tokens at ``GLUON_DQ_AUTO_DIMS``) takes at this length, head dim and layout block, or
+    ``GLUON_DQ_MIN_LENGTH`` tokens at ``GLUON_DQ_AUTO_DIMS``' head dims and blocks) takes at this length, head dim and layout block, or
     None: off, a head dim without ``gluon_bwd.FUSED_TILES``, or a block that does not hold their key tiles. What
     the layout's parts and the device must also allow is ``gluon_dq_sums``'s."""
     setting = gluon_dq_setting()
     if setting == "auto":
-        setting = "fp16" if seq_len >= GLUON_DQ_MIN_LENGTH and head_dim in GLUON_DQ_AUTO_DIMS else "0"
+        auto = head_dim in GLUON_DQ_AUTO_DIMS and GLUON_DQ_AUTO_DIMS[head_dim] in (None, block)
+        setting = "fp16" if seq_len >= GLUON_DQ_MIN_LENGTH and auto else "0"
     if setting == "0":
         return None
     try:

@@ -321,7 +321,8 @@ def test_the_fused_dq_switch_and_its_fp16_scale(monkeypatch):
 
 def test_the_fused_dq_is_taken_where_its_setting_and_every_part_allow(monkeypatch):
     """``gluon_dq_sums`` with the Gluon backward's own checks (a Hopper GPU) granted: "auto" takes fp16 sums from
-    65,536 tokens at head dims 64 and 128 (``GLUON_DQ_AUTO_DIMS``) on 128-blocks and nothing below; "fp32"/"fp16" at any length and at head dim 128 too;
+    65,536 tokens at head dim 64 and 128 on 128-blocks (``GLUON_DQ_AUTO_DIMS``; at 128 only where the halves kernel runs)
+    and nothing below; "fp32"/"fp16" at any length and at head dim 128 too;
     never on 64-blocks at head dim 64 (128-key tiles do not fit) or where a part cannot run the Gluon backward
     (a strided head's permuted part)."""
     torch = pytest.importorskip("torch")
@@ -340,6 +341,8 @@ def test_the_fused_dq_is_taken_where_its_setting_and_every_part_allow(monkeypatc
     assert B.gluon_dq_sums(fixed[32768], q[32768]) is None
     wide = torch.empty(1, 2, 262144, 128, dtype=torch.bfloat16)
     assert B.gluon_dq_sums(fixed[262144], wide) == torch.float16  # head dim 128 too, on the halves kernel
+    wide_small = P.build_layout(P.same_for_all_heads(P.fixed(4096, 64), 2), 262144, 64)
+    assert B.gluon_dq_sums(wide_small, wide) is None  # not on 64-blocks there: no halves kernel (asked for: yes)
     small = P.build_layout(P.same_for_all_heads(P.fixed(4096, 64), 2), 262144, 64)
     assert B.gluon_dq_sums(small, q[262144]) is None
     strided = P.build_layout(P.same_for_all_heads(P.strided(512), 2), 262144, 128)
@@ -349,6 +352,7 @@ def test_the_fused_dq_is_taken_where_its_setting_and_every_part_allow(monkeypatc
     assert B.gluon_dq_sums(fixed[65536], q[65536]) == torch.float32
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "fp16")
     assert B.gluon_dq_sums(fixed[262144], wide) == torch.float16  # 64-key tiles at head dim 128
+    assert B.gluon_dq_sums(wide_small, wide) == torch.float16  # on 64-blocks too, where asked for
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "0")
     assert B.gluon_dq_sums(fixed[262144], q[262144]) is None
 
