@@ -55,17 +55,22 @@ class _HostChain:
 
 class _CopiesOut:
     """Device tensors that the side stream's copies to the host still read, with each copy's event, in the
-    order the copies were queued (``MEGASTRIDE_OFFLOAD_RELEASE=ordered``). ``release`` lets the older ones go
+    order the copies were queued (``MEGASTRIDE_OFFLOAD_RELEASE`` unset or "ordered"). ``release`` lets the older ones go
     in stream order: the compute stream waits for the newest released copy's event (the side stream runs its
     copies in order, so the earlier ones are done too) and the references are dropped, so the caching
     allocator hands their memory to the compute stream's next allocations at once, ordered after that wait.
 
-    The default (``recorded``) marks each tensor with ``record_stream`` instead, and the allocator keeps a
-    freed one out of use until an event it records on the side stream at the free completes: that event
-    follows every copy queued by then, and the host queues the forward several blocks ahead of the GPU, so
-    each block's input and kept outputs stay unusable while the host allocates for the blocks after it --
-    the fixed 1M step reserved 135 GB for a 48 GB peak and called cudaMalloc 8-13 times a step (forty-first
-    run, docs/scaling.md)."""
+    "recorded" marks each tensor with ``record_stream`` instead (the default until the forty-first run), and the
+    allocator keeps a freed one out of use until an event it records on the side stream at the free completes:
+    that event follows every copy queued by then, and the host queues the forward several blocks ahead of the
+    GPU, so each block's input and kept outputs stay unusable while the host allocates for the blocks after it.
+    On the H200 the fixed 1M step under 60 GB reserved 135 GB for its 48 GB peak that way and still called
+    cudaMalloc 5.75 times a step; ordered, 55 GB and 0.25, at the same peak and step time (docs/scaling.md,
+    "Where the 8 s step goes now").
+
+    What stays held until the backward starts: where every block is recomputed, the last two blocks' kept
+    outputs and the last input (``engine.plan`` counts them in the loss's backward); else the first block not
+    recomputed lets everything go after its forward (``_after_last_recomputed``)."""
 
     def __init__(self):
         self.entries: list[tuple[object, list[torch.Tensor], bool]] = []
@@ -87,8 +92,8 @@ class _CopiesOut:
 
 
 def _release_ordered() -> bool:
-    """``MEGASTRIDE_OFFLOAD_RELEASE``: "ordered" (``_CopiesOut``) or "recorded" (unset: ``record_stream``)."""
-    choice = os.environ.get("MEGASTRIDE_OFFLOAD_RELEASE", "recorded").lower()
+    """``MEGASTRIDE_OFFLOAD_RELEASE``: "ordered" (unset: ``_CopiesOut``) or "recorded" (``record_stream``)."""
+    choice = os.environ.get("MEGASTRIDE_OFFLOAD_RELEASE", "ordered").lower()
     if choice not in ("recorded", "ordered"):
         raise ValueError(f"MEGASTRIDE_OFFLOAD_RELEASE must be unset, 'recorded' or 'ordered'; got {choice!r}")
     return choice == "ordered"
@@ -399,11 +404,15 @@ class _PrefetchLastRecomputed(torch.autograd.Function):
         return grad
 
 
-def _prefetching_last_recomputed(block, x: torch.Tensor) -> torch.Tensor:
+def _after_last_recomputed(block, x: torch.Tensor, prefetch: bool = True) -> torch.Tensor:
+    """The first block not recomputed, under offload_overlap: after its forward the copies out still held
+    (``_CopiesOut``: the last recomputed block's kept outputs, copied under this block's forward) go; with
+    ``prefetch`` (two or more blocks not recomputed) its backward starts the last recomputed block's prefetch
+    (``_PrefetchLastRecomputed``)."""
     out = block(x)
-    if out.is_cuda:  # the last recomputed block's kept outputs, copied under this block's forward
+    if out.is_cuda:
         _copies_out(out.device).release(out.device)
-    return _PrefetchLastRecomputed.apply(out) if torch.is_grad_enabled() else out
+    return _PrefetchLastRecomputed.apply(out) if prefetch and torch.is_grad_enabled() else out
 
 
 class Segment:
@@ -468,11 +477,11 @@ def apply_activation_checkpointing(model: nn.Module, train: TrainConfig) -> None
         if k > 1:
             model.segments = units
     else:  # each recomputed unit carries its runner, the first `keeping` the keeping one; the kept blocks
-        # (not recomputed) run under the model's plain runner, the first of two or more starting the last
-        # recomputed unit's prefetch under offload_overlap (_PrefetchLastRecomputed)
+        # (not recomputed) run under the model's plain runner, the first letting the copies out go and, of two
+        # or more, starting the last recomputed unit's prefetch under offload_overlap (_after_last_recomputed)
         kept = blocks[recomputed:]
-        if train.cpu_checkpointing and train.offload_overlap and not train.compile and len(kept) >= 2:
-            kept[0] = functools.partial(_prefetching_last_recomputed, kept[0])
+        if train.cpu_checkpointing and train.offload_overlap and not train.compile and kept:
+            kept[0] = functools.partial(_after_last_recomputed, kept[0], prefetch=len(kept) >= 2)
         model.segments = [functools.partial(keeper if i < keeping else runner, unit) for i, unit in enumerate(units)] \
             + kept
 

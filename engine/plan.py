@@ -912,8 +912,9 @@ def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamC
     from the forward until the recomputed blocks' backward, the first block's (a keeping one) last.
     kept_on_host (train.offload_attention): they wait in host memory, ``keeping`` of them on the GPU while
     the forward pass copies them out and the recomputed blocks' backward copies them back; none between the
-    two (the loss's backward, the backward of the blocks not recomputed): the copies out end under the last
-    blocks' forward, and the first copy back starts with the last recomputed block's backward, or (under
+    two (the loss's backward, the backward of the blocks not recomputed; but the last two when every block is
+    recomputed under offload_overlap, held until the backward starts, ``engine.parallel._CopiesOut``): the copies
+    out end under the last blocks' forward, and the first copy back starts with the last recomputed block's backward, or (under
     offload_overlap with two or more blocks not recomputed) with the first kept block's, when the last
     block's activations, more bytes than that copy, are already freed: below the peak either way.
     """
@@ -958,7 +959,10 @@ def _phases(model: ModelConfig, recomputed: int, prec: Precision, params: ParamC
     def working(recompute: bool) -> dict:  # noqa: E306 - the worse of the two halves
         return max(halves(recompute), key=lambda items: sum(items.values()))
     outputs = {"kept attention outputs": keeping * kept} if kept and keeping else {}
-    between = {} if kept_on_host else outputs  # from the forward's end to the first recomputed block's backward
+    # from the forward's end to the first recomputed block's backward: on the GPU every kept output; in host
+    # memory none, but where every block is recomputed under offload_overlap the last ones the side stream copied
+    # out, let go when the backward starts (engine.parallel._CopiesOut; else the first block not recomputed does)
+    between = outputs if not kept_on_host or (prefetch and kept_blocks == 0) else {}
     recomputing = {"block inputs": worst} | working(True) | {"autocast weight copies": 0.0} | outputs
     if kept_blocks == 0:
         last = recomputing

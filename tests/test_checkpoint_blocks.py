@@ -537,8 +537,8 @@ def test_host_inputs_at_1m_keep_as_many_outputs_as_fit_in_60_gb():
 def test_kept_outputs_in_host_memory_at_1m_leave_the_gpu_two_blocks_of_them():
     """train.offload_attention at the same point: the kept outputs wait in host memory, the GPU holds two
     blocks' at a time (one copied out or prefetched beside the one in use, under offload_overlap; one
-    without it), so auto keeps them in every recomputed block within 60 GB (no attention forward
-    recomputed), plans their bytes in host memory and says where they are."""
+    without it; the last two through the loss's backward), so auto keeps them in every recomputed block within
+    60 GB (no attention forward recomputed), plans their bytes in host memory and says where they are."""
     base = load_config(ROOT / "configs" / "enwik8.yaml",
                        ["model.seq_len=1048576", "model.attention.layers=['fixed(auto,128)']", "train.precision=bf16",
                         "train.checkpoint_blocks=30", "train.cpu_checkpointing=true", "train.offload_overlap=true"])
@@ -553,6 +553,9 @@ def test_kept_outputs_in_host_memory_at_1m_leave_the_gpu_two_blocks_of_them():
     assert hosted.kept_on_host and not every.kept_on_host
     assert hosted.peak_bytes == pytest.approx(none.peak_bytes + 2 * per_block)
     assert hosted.cpu["kept attention outputs"] == pytest.approx(30 * per_block, rel=0.01)
+    # every block recomputed: the last two blocks' outputs, copied out, are let go when the backward starts
+    # (engine.parallel._CopiesOut), so the loss's backward still has them
+    assert hosted.phases["loss backward"]["kept attention outputs"] == pytest.approx(2 * per_block, rel=0.01)
     assert "kept attention outputs" not in every.cpu
     in_order = plan(_with_host(base, True, offload_overlap=False), True)  # copies in order: one block's
     assert in_order.peak_bytes < hosted.peak_bytes

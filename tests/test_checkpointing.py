@@ -169,7 +169,7 @@ def test_a_gpu_prefetch_copies_after_the_compute_stream_into_its_own_buffers(mon
 
 
 def test_ordered_release_lets_copied_tensors_go_after_a_compute_stream_wait(monkeypatch):
-    """MEGASTRIDE_OFFLOAD_RELEASE=ordered (``parallel._CopiesOut``): a block's input goes at the next block's
+    """The ordered release (``parallel._CopiesOut``, MEGASTRIDE_OFFLOAD_RELEASE unset or "ordered"): a block's input goes at the next block's
     forward, the compute stream first waiting for its copy's event; a block's kept outputs (lagging: copied
     after its forward) one block later; ``release()`` lets everything go. Dropped means no reference left here
     (the allocator may reuse the memory on the compute stream, after the wait), never held by record_stream."""
@@ -211,7 +211,8 @@ def test_ordered_release_holds_a_prefetch_for_the_side_stream_only_if_no_fetch_c
     """Under the ordered release, a prefetch's buffers are not marked with record_stream: the fetch makes the
     compute stream wait for the copies, which orders every later use and the buffers' reuse after them. A
     block dropped before its fetch (a backward that raised) has its buffers held for the side stream then,
-    as the copies into them may still run; and MEGASTRIDE_OFFLOAD_RELEASE takes only its two values."""
+    as the copies into them may still run; and MEGASTRIDE_OFFLOAD_RELEASE takes only its two values, "ordered"
+    unless set."""
     import gc
 
     from megastride.engine import parallel
@@ -240,6 +241,10 @@ def test_ordered_release_holds_a_prefetch_for_the_side_stream_only_if_no_fetch_c
     gc.collect()
     assert rec.log[2:] == ["side waits for compute", "(2, 6, 4) held for side"]
 
+    monkeypatch.delenv("MEGASTRIDE_OFFLOAD_RELEASE", raising=False)
+    assert parallel._release_ordered()  # the default
+    monkeypatch.setenv("MEGASTRIDE_OFFLOAD_RELEASE", "recorded")
+    assert not parallel._release_ordered()
     monkeypatch.setenv("MEGASTRIDE_OFFLOAD_RELEASE", "later")
     with pytest.raises(ValueError, match="MEGASTRIDE_OFFLOAD_RELEASE must be unset, 'recorded' or 'ordered'"):
         parallel._release_ordered()

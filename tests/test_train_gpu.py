@@ -57,13 +57,14 @@ def test_bf16_trains_with_triton_attention(tiny_config, tmp_path):
 
 
 @pytest.mark.parametrize("release", ["recorded", "ordered"])
-@pytest.mark.parametrize("recomputed,prefetches", [(None, 5), (4, 4)])
+@pytest.mark.parametrize("recomputed,prefetches", [(None, 5), (4, 4), (5, 4)])
 def test_overlapped_host_checkpoint_gives_torch_checkpoints_gradients(recomputed, prefetches, release, monkeypatch):
     """offload_overlap (copies on a side stream, the previous block's input fetched during this
     block's backward) on CUDA under bf16 autocast: the gradients of the same blocks recomputed from inputs
     kept on the GPU (to reduction order). Inputs of 64 MiB per block so the copies take long enough for a missing stream wait to
     show as garbage. With 4 of 6 blocks recomputed the first kept block's backward also prefetches the
-    last recomputed block's input (4 prefetches, not 3). Both ways of letting the copied tensors' memory go
+    last recomputed block's input (4 prefetches, not 3); with one block not recomputed that block lets the
+    copies out go after its forward and prefetches nothing. Both ways of letting the copied tensors' memory go
     (MEGASTRIDE_OFFLOAD_RELEASE: record_stream, or a compute-stream wait and the references dropped)."""
     import torch
 
