@@ -44,14 +44,14 @@ OUR_VARIANTS = {
     # loader and dQ sender warps), or warp-specialised with two columns a program, one a consumer
     "nows": {"MEGASTRIDE_BLOCKSPARSE_GLUON_WS": "0"},
     "columns": {"MEGASTRIDE_BLOCKSPARSE_GLUON_WS": "columns"},
-    # the fused dQ (fp16 sums) on the halves kernel at every length and head dim it has: at head dim 128 (64
-    # queries a step, each consumer's dQ half the head dim) neither is on by default
+    # the fused dQ (fp16 sums) on the halves kernel at every length and head dim it has (the default from 65,536
+    # tokens at head dims 64 and 128, docs/benchmarks.md "Forty-first run")
     "halves": {"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ": "fp16", "MEGASTRIDE_BLOCKSPARSE_GLUON_WS": "halves"},
-    # and on whole columns everywhere (where gluon_split's "auto" cuts the summary columns into segments, which
-    # take the unspecialised fused kernel: 262,144 tokens at 2x128)
+    # and on whole columns everywhere (where gluon_split's "auto" cuts the summary columns into segments: 262,144
+    # tokens at 2x128)
     "halveswhole": {"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ": "fp16", "MEGASTRIDE_BLOCKSPARSE_GLUON_WS": "halves",
                     "MEGASTRIDE_BLOCKSPARSE_GLUON_SPLIT": "0"},
-    # and on column segments where gluon_split cuts them (gluon_bwd.halves_split; off by default)
+    # and on column segments where gluon_split cuts them (gluon_bwd.halves_split; the default at head dim 128 only)
     "halvessplit": {"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ": "fp16", "MEGASTRIDE_BLOCKSPARSE_GLUON_WS": "halves",
                     "MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT": "1"},
     "gluon1": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "1"},
