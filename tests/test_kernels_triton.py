@@ -1635,3 +1635,99 @@ def test_the_fused_dq_sums_live_in_dq_where_they_fit():
         sums = blocksparse.dq_sums_buffer(dq, dtype)
         assert sums.data_ptr() != dq.data_ptr() and sums.is_contiguous() and sums.dtype == dtype
         assert sums.shape == dq.shape and not sums.any() and dq.all()
+
+
+def _run_soft_exp_ptx(asm: str, pack: int, x: "numpy.ndarray") -> "numpy.ndarray":
+    """Execute ``blocksparse.soft_exp_asm``'s PTX on fp32 values, instruction by instruction in numpy (fp32
+    rounding; ex2.approx as float64's 2^x rounded to fp32; fma rounded once from float64, where the product of
+    two fp32 values is exact): the pack's outputs for inputs ``x`` of shape (pack, N)."""
+    import numpy as np
+
+    regs = {f"${pack + k}": x[k].astype(np.float32).view(np.uint32) for k in range(pack)}
+    f32 = lambda r: r.view(np.float32)  # noqa: E731
+    u32 = lambda v: np.asarray(v, dtype=np.float32).view(np.uint32)  # noqa: E731
+
+    def val(tok):
+        tok = tok.strip()
+        if tok.startswith("0f"):
+            return np.full(x.shape[1], int(tok[2:], 16), dtype=np.uint32)
+        if tok.lstrip("-").isdigit():
+            return int(tok)
+        return regs[tok]
+
+    for line in asm.splitlines():
+        line = line.strip().rstrip(";")
+        if not line or line in "{}" or line.startswith(".reg"):
+            continue
+        op, rest = line.split(None, 1)
+        dst, *src = [t.strip() for t in rest.split(",")]
+        a = [val(t) for t in src]
+        if op == "ex2.approx.ftz.f32":
+            out = u32(np.exp2(f32(a[0]).astype(np.float64)))
+        elif op == "max.ftz.f32":
+            out = u32(np.fmax(f32(a[0]), f32(a[1])))
+        elif op == "add.rn.ftz.f32":
+            out = u32(f32(a[0]) + f32(a[1]))
+        elif op == "sub.rn.ftz.f32":
+            out = u32(f32(a[0]) - f32(a[1]))
+        elif op == "fma.rn.ftz.f32":
+            out = u32(f32(a[0]).astype(np.float64) * f32(a[1]) + f32(a[2]))
+        elif op == "shl.b32":
+            out = (a[0] << np.uint32(a[1])).astype(np.uint32)
+        elif op == "add.s32":
+            out = (a[0].astype(np.int64) + a[1].astype(np.int64)).astype(np.uint32)
+        else:
+            raise AssertionError(f"an instruction the test does not know: {line}")
+        regs[dst] = out
+    return np.stack([f32(regs[f"${k}"]) for k in range(pack)])
+
+
+@pytest.mark.parametrize("pack", blocksparse.SOFT_EXP_PACKS)
+def test_soft_exponentials_ptx_is_exp2_to_a_ten_thousandth(pack):
+    """The forward's soft exponentials (``blocksparse.soft_exp_asm``, run by a small PTX interpreter here: Triton's
+    interpreter cannot run inline PTX): every element of a pack is 2^x to 1.02e-4 relative (the polynomial's
+    bound, far under P's bf16 or fp16 resolution) over the forward's range of scores minus the row maximum, exact
+    at integers (0 gives 1), and exactly 0 for a masked score (-inf) and anything at or below -127; the last of
+    each pack is the polynomial (the others the special-function unit's)."""
+    import numpy as np
+
+    xs = np.concatenate([np.linspace(-126.0, 0.0, 400_001), -np.arange(0, 127), [-127.0, -150.0, -np.inf]])
+    xs = xs.astype(np.float32)
+    got = _run_soft_exp_ptx(blocksparse.soft_exp_asm(pack), pack, np.stack([xs] * pack))
+    want = np.exp2(xs.astype(np.float64))
+    live = xs > -126
+    rel = np.abs(got[:, live] / want[live] - 1)
+    assert rel[-1].max() <= 1.02e-4 and rel[-1].max() > 1e-6, rel[-1].max()  # the polynomial, not exp2
+    assert rel[:-1].max() < 1e-7  # the special-function unit's elements
+    integers = np.isin(xs, -np.arange(0, 127)) & live
+    assert np.array_equal(got[-1, integers], want[integers].astype(np.float32))
+    assert (got[-1, xs == 0] == 1.0).all()
+    assert (got[-1, xs <= -127] == 0).all() and not np.signbit(got[-1, xs <= -127]).any()
+
+
+def test_soft_exponentials_compile_for_sm90_with_fewer_special_function_instructions():
+    """The forward with ``SOFT_EXP`` compiles for sm_90 (in a subprocess: no interpreter), and its full-block
+    loop at the 1M model's tile (128 x 128, head dim 64, the fixed pattern's mask kinds) issues one MUFU fewer in
+    every ``SOFT_EXP`` of the tile's 128 exponentials a thread (132 with the plain exp2: four more for the row
+    rescale), with no more spill traffic in the loop than the plain forward's."""
+    code = """
+import dataclasses, json
+from megastride.kernels import compile_check as cc
+base = [v for v in cc.variants(128, 64, desc=True, kinds=24) if v.name.startswith("forward natural")][0]
+base = dataclasses.replace(base, constexprs=dict(base.constexprs, BLOCK_M=128, BLOCK_N=128), num_warps=4, num_stages=5)
+out = {}
+for soft in (0, 4, 8, 16):
+    k = cc.compile_variant(dataclasses.replace(base, constexprs=dict(base.constexprs, SOFT_EXP=soft)))
+    out[soft] = cc.first_mma_loop(k)
+print(json.dumps(out))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    loops = {int(k): v for k, v in json.loads(proc.stdout.splitlines()[-1]).items()}
+    assert loops[0]["MUFU"] == 132, loops[0]
+    for soft in (4, 8, 16):
+        assert loops[soft]["MUFU"] == 132 - 128 // soft, (soft, loops[soft])
+        assert loops[soft].get("LDL", 0) <= loops[0].get("LDL", 0), (soft, loops[soft], loops[0])
