@@ -45,7 +45,6 @@ import itertools
 import math
 import os
 import re
-import struct
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -227,59 +226,13 @@ def _allowed(i, j, CODES, min_off, NCOMP: tl.constexpr, KINDS: tl.constexpr):
     return ok & (d >= min_off)
 
 
-def soft_exp_asm(pack: int) -> str:
-    """PTX for ``pack`` exponentials 2^x of fp32 values, ``pack - 1`` on the special-function unit (MUFU.EX2, which
-    runs 16 a clock an SM on Hopper, an eighth of the fp32 multiply-adds' rate) and the last in ordinary arithmetic:
-    x clamped at -127, j = round(x) by adding and taking away 1.5 * 2^23, f = x - j in [-1/2, 1/2], 2^f by the
-    degree-3 polynomial ``SOFT_EXP_POLY`` (1 exact at f = 0), and j added to the result's exponent bits (one LEA on
-    sm_90: eight instructions in all). At x <= -127 (masked scores: -inf) the sum is exactly +0; the relative error
-    is at most 1.02e-4 (tests/test_kernels_triton.py), under the resolution of P's bf16 (2^-8) or fp16 (2^-11)."""
-    c1, c2, c3 = (f"0f{struct.unpack('<I', struct.pack('<f', c))[0]:08X}" for c in SOFT_EXP_POLY)
-    lines = [f"ex2.approx.ftz.f32 ${k}, ${pack + k};" for k in range(pack - 1)]
-    lines += ["{", ".reg .b32 t, j, f, q;", f"max.ftz.f32 t, ${2 * pack - 1}, 0fC2FE0000;",
-              "add.rn.ftz.f32 j, t, 0f4B400000;", "sub.rn.ftz.f32 q, j, 0f4B400000;", "sub.rn.ftz.f32 f, t, q;",
-              f"fma.rn.ftz.f32 q, f, {c3}, {c2};", f"fma.rn.ftz.f32 q, q, f, {c1};",
-              "fma.rn.ftz.f32 q, q, f, 0f3F800000;", "shl.b32 j, j, 23;", f"add.s32 ${pack - 1}, q, j;", "}"]
-    return "\n".join(lines)
-
-
-# 2^f ~ 1 + f (c1 + f (c2 + f c3)) on [-1/2, 1/2], the least maximum relative error (a linear programme over 4,001
-# points; 1.01e-4 evaluated in fp32)
-SOFT_EXP_POLY = (0.6932829022407532, 0.2422109693288803, 0.055009059607982635)
-SOFT_EXP_PACKS = (4, 8, 16)
-_SOFT_ASM_4 = tl.constexpr(soft_exp_asm(4))
-_SOFT_ASM_8 = tl.constexpr(soft_exp_asm(8))
-_SOFT_ASM_16 = tl.constexpr(soft_exp_asm(16))
-
-
 @triton.jit
-def _exp2(x, SOFT: tl.constexpr):
-    """2^x (fp32): MUFU.EX2 for every element (SOFT 0), or for all but one in every SOFT, whose exponential is
-    computed in fp32 arithmetic (``soft_exp_asm``; CUDA only, no interpreter): where the exponentials, not the
-    products, bound the forward's step (head dim 64: as many MUFU cycles as tensor-core ones a tile), moving some
-    of them to the fp32 units shortens the softmax."""
-    if SOFT == 4:
-        y = tl.inline_asm_elementwise(_SOFT_ASM_4, "=r," * 4 + "r," * 3 + "r", [x], dtype=tl.float32,
-                                      is_pure=True, pack=4)
-    elif SOFT == 8:
-        y = tl.inline_asm_elementwise(_SOFT_ASM_8, "=r," * 8 + "r," * 7 + "r", [x], dtype=tl.float32,
-                                      is_pure=True, pack=8)
-    elif SOFT == 16:
-        y = tl.inline_asm_elementwise(_SOFT_ASM_16, "=r," * 16 + "r," * 15 + "r", [x], dtype=tl.float32,
-                                      is_pure=True, pack=16)
-    else:
-        y = tl.math.exp2(x)
-    return y
-
-
-@triton.jit
-def _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
-              SOFT: tl.constexpr = 0):
+def _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
     """One key tile of the online softmax (scores in base-2 units). The scale multiplies the row max, not
     every score (max(s) * c = max(s * c) for c > 0), and joins the subtraction in one multiply-add per
     score instead of a multiply and a subtract: the per-score arithmetic competes with the two matrix
     products at these head dims (H200, same tiles: forward 3-4% faster at D=64, 4-6% at D=128;
-    docs/benchmarks.md "Tile sweeps"). SOFT: one exponential in every SOFT in fp32 arithmetic (``_exp2``)."""
+    docs/benchmarks.md "Tile sweeps")."""
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
     if MASKED:
         s = tl.where(ok, s, float("-inf"))
@@ -288,7 +241,7 @@ def _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, MASKED: tl.constexpr, DOT_PR
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
         m_use = m_new
-    p = _exp2(s * qk_scale - m_use[:, None], SOFT)
+    p = tl.math.exp2(s * qk_scale - m_use[:, None])
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
@@ -325,10 +278,8 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
                 part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale,
                 BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr,
                 NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                RUNS: tl.constexpr, DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                SOFT_EXP: tl.constexpr = 0):
-    # one program per (query tile, batch x head); SOFT_EXP: one exponential of the scores' in every SOFT_EXP in
-    # fp32 arithmetic (``_exp2``)
+                RUNS: tl.constexpr, DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # one program per (query tile, batch x head)
     batch, head, csr, row_block, first_row, min_off, codes, _ = _program_tile(
         tl.program_id(0), HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_M, NCOMP)
     Q += batch * stride_qb + head * stride_qh
@@ -345,15 +296,13 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     ptr = csr.to(tl.int64) * (num_blocks + 1) + row_block
 
-    # the soft exponentials where a thread holds SOFT_EXP scores of a tile or more (at most eight warps)
-    SOFT_FULL: tl.constexpr = SOFT_EXP if BLOCK_M * BLOCK_N >= SOFT_EXP * 256 else 0
     full_lo = tl.load(FULL_PTR + ptr)
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, row_block, num_blocks, RUNS)
     for t in range(full_lo * (BLOCK // BLOCK_N), tl.load(FULL_PTR + ptr + 1) * (BLOCK // BLOCK_N)):
         start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED, RUN,
                                   num_blocks * BLOCK)
         k, v = _key_tile(K, V, k_desc, v_desc, start, cols, offs_d, stride_kt, stride_vt, DESC)
-        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, 0, False, DOT_PREC, SOFT_FULL)
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, 0, False, DOT_PREC)
 
     last_row = first_row + BLOCK_M - 1
     # masked tiles at most 64 keys wide: their token-mask arithmetic sets the kernel's register count
@@ -361,7 +310,6 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
     # the fixed pattern's mask kinds and 1,304 B under local+stride+summary, with 64-key masked tiles 0 and
     # 408 B; 128x128 w8 went from 255 registers to 211-233, without spills)
     MASK_N: tl.constexpr = 64 if BLOCK_N > 64 else BLOCK_N
-    SOFT_MASKED: tl.constexpr = SOFT_EXP if BLOCK_M * MASK_N >= SOFT_EXP * 256 else 0
     for e in range(tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)):
         col_block = tl.load(PART_IDX + e)
         for s in tl.static_range(BLOCK // MASK_N):
@@ -371,7 +319,7 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
                 cols = _natural_tile(first_col, MASK_N, perm_g, perm_l, PERMUTED, RUN, num_blocks * BLOCK)
                 k, v = _key_tile(K, V, K, V, first_col, cols, offs_d, stride_kt, stride_vt, False)  # MASK_N rows
                 ok = _allowed(offs_m[:, None], offs_n[None, :], codes, min_off, NCOMP, KINDS)
-                acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, True, DOT_PREC, SOFT_MASKED)
+                acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, True, DOT_PREC)
 
     empty = l_i == 0.0  # rows with no key in this part: lse = -inf, output 0
     lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
@@ -999,10 +947,6 @@ GLUON_DQ_FP16_BOUND = 2.0 ** 14
 # forward wherever timed (docs/benchmarks.md "Nineteenth run"), so off, and "auto" takes it at no head dim
 GLUON_FWD = "0"
 GLUON_FWD_AUTO_DIMS: tuple[int, ...] = ()
-# the forward's exponentials: one in every SOFT_EXP computed in fp32 arithmetic instead of on the special-function
-# unit ("0": none; 4, 8 or 16); see soft_exp
-SOFT_EXP = "0"
-SOFT_EXP_SETTINGS = ("0",) + tuple(str(n) for n in SOFT_EXP_PACKS)
 # an eager call's launches replayed from a plan once two calls of one key launched alike: "auto" (where
 # launches go straight to the compiled kernels, use_direct_launch on CUDA), "1" (also under the interpreter,
 # for the tests) or "0"; see use_plans
@@ -1566,7 +1510,7 @@ class _Plan:
 _PLAN_SETTINGS = ("POISON", "DQ_MODE", "AUTO_MODES", "DKDV_SPLIT", "SPLIT_SEGMENT", "SPLIT_RATIO", "DELTA_IN_DQ",
                   "DIRECT_LAUNCH", "SPLIT_FINISH", "PARTIALS", "RUNS", "ORDER", "TMA_LOADS", "TMA_MIN_BLOCKS",
                   "GLUON_BWD", "GLUON_AUTO_DIMS", "GLUON_SPLIT", "GLUON_SPLIT_RATIO", "GLUON_MIN_LENGTH", "GLUON_FWD",
-                  "GLUON_FWD_AUTO_DIMS", "ORDER_CHUNK", "PLANS", "PLAN_TRIES", "SOFT_EXP")
+                  "GLUON_FWD_AUTO_DIMS", "ORDER_CHUNK", "PLANS", "PLAN_TRIES")
 
 
 def _environment_key() -> tuple:
@@ -1654,18 +1598,6 @@ def _common(layout: Layout, meta: _PartMeta, q: torch.Tensor, load_prev: bool) -
     return dict(BUCKET=_bucket(layout.seq_len), BLOCK=layout.block, HEAD_DIM=q.shape[-1], PERMUTED=meta.perm_mode, RUN=meta.perm_run,
                 NCOMP=meta.ncomp, KINDS=meta.kinds, LOAD_PREV=load_prev,
                 DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
-
-
-def soft_exp(q: torch.Tensor) -> int:
-    """How many of the forward's score exponentials share one computed in fp32 arithmetic (``_exp2``; 0: all on
-    the special-function unit): ``SOFT_EXP``, or ``MEGASTRIDE_BLOCKSPARSE_SOFT_EXP`` where set, for 16-bit inputs on
-    CUDA (inline PTX: none under the interpreter; fp32 inputs keep the unit's exponential)."""
-    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_SOFT_EXP", SOFT_EXP)
-    if raw not in SOFT_EXP_SETTINGS:
-        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_SOFT_EXP must be one of {', '.join(SOFT_EXP_SETTINGS)}; got {raw!r}")
-    if _INTERPRET or not q.is_cuda or q.dtype == torch.float32:
-        return 0
-    return int(raw)
 
 
 def _check_inputs(q, k, v, layout: Layout) -> None:
@@ -1758,8 +1690,8 @@ def _forward_launches(q, k, v, out, lse, layout: Layout, scale: float):
                 len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E)
         grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
         _launch(_fwd_tuned, _fwd_kernel, grid, args,
-                {**_common(layout, meta, q, load_prev), "RUNS": runs is not None, "DESC": _desc_loads(meta, q, k, v),
-                 "SOFT_EXP": soft_exp(q)}, name="fwd")
+                {**_common(layout, meta, q, load_prev), "RUNS": runs is not None, "DESC": _desc_loads(meta, q, k, v)},
+                name="fwd")
     _cast_rest(layout, acc, out)
     return out, lse
 

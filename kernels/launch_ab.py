@@ -51,8 +51,6 @@ SWITCHES = (SWITCH, "MEGASTRIDE_BLOCKSPARSE_GLUON", "MEGASTRIDE_BLOCKSPARSE_GLUO
 MODES = ("0", "1")  # off (for DIRECT: Triton's run), on (direct)
 # switches with more values than on and off: the values --values may name
 VALUED = {"MEGASTRIDE_BLOCKSPARSE_DQ": ("auto", "separate", "atomic", "merged"),
-          # one of the forward's exponentials in every N in fp32 arithmetic (blocksparse.soft_exp)
-          "MEGASTRIDE_BLOCKSPARSE_SOFT_EXP": ("0", "4", "8", "16"),
           "MEGASTRIDE_BLOCKSPARSE_GLUON_WS": ("auto", "0", "1", "columns", "halves"),
           # the halves kernel's slots, staging and dS buffers, schedule (gluon_bwd.halves_tiles; takes effect with
           # MEGASTRIDE_BLOCKSPARSE_GLUON_WS=halves in the environment)

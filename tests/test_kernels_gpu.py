@@ -774,26 +774,3 @@ def test_summary_first_fixed_patterns_match_the_reference_in_bf16(pattern, n, bl
     got = _grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)
     _assert_near(got, _grads(lambda *x: reference_attention(*(t.float() for t in x), layout), q, k, v, do),
                  f"{pattern.name} n={n} {mode}: ")
-
-
-@pytest.mark.parametrize("soft, dtype, dim", [(8, torch.bfloat16, 64), (4, torch.float16, 64), (16, torch.bfloat16, 64),
-                                              (8, torch.float16, 128)])
-def test_soft_exponentials_in_the_forward_match_the_reference(soft, dtype, dim, monkeypatch):
-    """MEGASTRIDE_BLOCKSPARSE_SOFT_EXP on the H200: one of the forward's score exponentials in every ``soft`` computed
-    by the inline PTX polynomial (blocksparse.soft_exp_asm) gives the reference's output, and with it the backward
-    the reference's gradients, on the model's head views (batch 2): the fixed pattern (full and masked tiles), the
-    strided one on 128-blocks (a permuted part and a local band merged) and fixed_per_head; the same bits on a
-    second call, and not the bits of the plain exponentials (the switch takes effect)."""
-    B = _blocksparse()
-    batch, n, heads = 2, 8192, 4
-    for pattern in (P.same_for_all_heads(P.fixed(1024, 128), heads), P.same_for_all_heads(P.strided(128), heads),
-                    P.fixed_per_head(1024, 128, heads, 2)):
-        layout = P.build_layout(pattern, n, 128, device="cuda")
-        grads = _head_view_grads(batch, n, heads, dim, dtype, seed=5)
-        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_SOFT_EXP", "0")
-        plain = grads(lambda *x: B.blocksparse_attention(*x, layout))
-        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_SOFT_EXP", str(soft))
-        got = grads(lambda *x: B.blocksparse_attention(*x, layout))
-        again = grads(lambda *x: B.blocksparse_attention(*x, layout))
-        _assert_like_the_reference(pattern, layout, grads, got, again)
-        assert not torch.equal(got[0], plain[0]), f"{pattern.heads[0].name}: the soft exponentials changed nothing"

@@ -178,11 +178,15 @@ def test_kept_attention_in_host_memory_gives_the_same_gradients_on_the_gpu(overl
 
 
 def _bf16_apart(got, ref, what: str) -> None:
-    """Each gradient of ``got`` within bf16's resolution (2^-8) of ``ref``'s, in norm: two paths whose fp32 sums
-    run in another order under bf16 autocast (a lost or doubled term is O(1) of the norm)."""
+    """Each gradient of ``got`` within bf16's resolution (2^-8) of ``ref``'s, in norm, plus a ten-thousandth of the
+    largest gradient norm: two paths whose fp32 sums run in another order under bf16 autocast (a lost or doubled
+    term is O(1) of the norm). The floor is for gradients made of rounding alone: the key projection's bias has a
+    zero gradient in exact arithmetic (adding q.b to all of a row's scores leaves its softmax unchanged), and on the
+    H200 its rounding, of norm 1.3e-6, came out 1.5e-7 apart in the two paths (call AV2)."""
+    floor = 1e-4 * max(g.norm().item() for g in ref)
     for i, (a, b) in enumerate(zip(got, ref)):
         diff, norm = (a - b).norm().item(), b.norm().item()
-        assert diff <= 2.0 ** -8 * norm, f"{what}parameter {i}: {diff:.3g} apart at norm {norm:.3g}"
+        assert diff <= 2.0 ** -8 * norm + floor, f"{what}parameter {i}: {diff:.3g} apart at norm {norm:.3g}"
 
 
 def test_residual_kernels_give_the_plain_streams_loss_and_gradients_on_the_gpu(monkeypatch):
@@ -213,6 +217,8 @@ def test_residual_kernels_give_the_plain_streams_loss_and_gradients_on_the_gpu(m
 
     def grads(choice, recompute, dropout=0.0, autocast=True):
         monkeypatch.setenv("MEGASTRIDE_RESIDUAL", choice)
+        # the fp32 model's attention by the exact reference (the kernels' fp32 path autotunes for minutes)
+        monkeypatch.setenv("MEGASTRIDE_ATTENTION", "" if autocast else "reference")
         loss, model = _bf16_step({**SIX_LAYERS, "seq_len": 16384, "n_layers": 3, "dropout": dropout},
                                  {"checkpoint_activations": recompute}, autocast=autocast)
         return loss, [p.grad.clone() for p in model.parameters()]
@@ -261,6 +267,7 @@ def test_ffn_bias_in_the_silu_kernel_is_as_exact_as_torchs_on_the_gpu(monkeypatc
 
     def grads(choice, autocast=True):
         monkeypatch.setenv("MEGASTRIDE_FFN", choice)
+        monkeypatch.setenv("MEGASTRIDE_ATTENTION", "" if autocast else "reference")  # as in the test above
         loss, model = _bf16_step({**SIX_LAYERS, "seq_len": 16384, "n_layers": 2}, {"checkpoint_activations": False},
                                  biased, autocast)
         return loss, {n: p.grad.clone() for n, p in model.named_parameters()}
