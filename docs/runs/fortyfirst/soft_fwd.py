@@ -3,6 +3,10 @@ in one process: for each case (the bench's fixed pattern at NxHxD, bf16, B=1), r
 timed by triton.testing.do_bench (median ms); the outputs of each value against the plain one (max |diff| / max |out|).
 
     python docs/runs/fortyfirst/soft_fwd.py --cases 1048576x8x64,262144x8x64 --values 0,4,8,16 --rounds 3 --out OUT
+
+Ran once, in call AV2 (2026-12-05) on tree f01324d, the only tree with the switch: the soft exponentials were no
+faster (docs/benchmarks.md "Forty-first run, call AV2"), so the switch was taken out again; kept as the record of
+what was timed.
 """
 
 import argparse
