@@ -10,7 +10,9 @@ kernel (GammaBetaBackward). Here:
 * backward: each program takes one contiguous group of rows (whole BLOCK_M tiles), writes dx for
   them in x's dtype, and accumulates dy * xhat and dy over its rows in fp32 registers; it stores one
   (D,) partial sum of each, and a torch ``.sum(0)`` over the (programs, D) partials gives dweight and
-  dbias. No atomics: deterministic, run to run.
+  dbias. No atomics: deterministic, run to run. With ``BWD_PREFETCH`` a program issues the next tile's loads
+  before the current tile's reductions and stores (the same arithmetic: bitwise the same gradients), for twice
+  the bytes in flight; off until the H200 times it (``ln_check --sweep``).
 
 Around them, the residual stream's other two steps in a pre-LN block (``norm.layer_norm_keep``,
 ``norm.residual_add``):
@@ -47,6 +49,10 @@ MAX_WIDTH = 8192  # widest row one tile holds; ``megastride.kernels.layer_norm``
 # row groups of the backward pass per SM: a few waves of ~3 resident programs, so the last, partly
 # empty wave is short; the (programs, D) fp32 partials stay ~1% of the pass's traffic at D = 512
 BWD_PROGRAMS_PER_SM = 8
+# the backward issues each tile's loads a step ahead (``_layer_norm_bwd_kernel``'s PREFETCH); off until timed on the
+# H200 (``python -m megastride.kernels.ln_check --sweep``)
+BWD_PREFETCH = False
+BWD_PREFETCH_MAX_WIDTH = 4096  # wider rows spill with the next tile held (16 warps, 128 registers; ``ln_check --compile``)
 # the residual add: elements a program, warps (16 a thread: four 16-byte loads of an fp32 operand)
 ADD_BLOCK, ADD_WARPS = 4096, 8
 INTERPRET_PROGRAMS = 3  # row groups without a GPU (the interpreter): several, to exercise the partials
@@ -88,15 +94,35 @@ def _layer_norm_fwd_kernel(X, Y, W, B, MEAN, RSTD, R, S, stride_x, stride_y, str
     tl.store(RSTD + row, rstd, mask=live_row)
 
 
+@triton.jit
+def _bwd_tile_loads(X, DY, MEAN, RSTD, DS, stride_x, stride_dy, stride_ds, start, last, col, live_col,
+                    HAS_DS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The backward's loads for the BLOCK_M rows from ``start`` (rows from ``last`` on masked): x, dy and (HAS_DS)
+    ds as loaded, mean and rstd."""
+    row = start + tl.arange(0, BLOCK_M)
+    live_row = row < last
+    live = live_row[:, None] & live_col[None, :]
+    x = tl.load(X + row[:, None] * stride_x + col[None, :], mask=live, other=0.0)
+    dy = tl.load(DY + row[:, None] * stride_dy + col[None, :], mask=live, other=0.0)
+    if HAS_DS:
+        ds = tl.load(DS + row[:, None] * stride_ds + col[None, :], mask=live, other=0.0)
+    else:
+        ds = x
+    mean = tl.load(MEAN + row, mask=live_row, other=0.0)
+    rstd = tl.load(RSTD + row, mask=live_row, other=0.0)
+    return x, dy, ds, mean, rstd
+
+
 @triton.jit(do_not_specialize=["rows", "rows_per_program"])
 def _layer_norm_bwd_kernel(X, DY, DX, W, MEAN, RSTD, DW_PART, DB_PART, DS, DR, stride_x, stride_dy, stride_dx,
                 stride_ds, stride_dr, rows, rows_per_program, N: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                 HAS_BIAS: tl.constexpr, HAS_DS: tl.constexpr, HAS_DR: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr = False):
     # one program per group of rows_per_program rows (a multiple of BLOCK_M): dx of its rows, and
     # its partial sums of dy * xhat and dy over them in row DW_PART[pid], DB_PART[pid]. HAS_DS: x's
     # gradient from elsewhere (the residual stream past a fused add) is added to dx; HAS_DR: dx is
-    # also stored in DR's dtype (the added branch's gradient)
+    # also stored in DR's dtype (the added branch's gradient). PREFETCH: each tile's loads are issued
+    # before the previous tile's reductions and stores (twice the bytes in flight a program)
     pid = tl.program_id(0)
     first = pid.to(tl.int64) * rows_per_program
     last = tl.minimum(first + rows_per_program, rows)
@@ -106,14 +132,22 @@ def _layer_norm_bwd_kernel(X, DY, DX, W, MEAN, RSTD, DW_PART, DB_PART, DS, DR, s
         w = tl.load(W + col, mask=live_col, other=0.0).to(tl.float32)
     dw = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)  # summed over rows once, at the end
     db = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    if PREFETCH:
+        x_n, dy_n, ds_n, mean_n, rstd_n = _bwd_tile_loads(X, DY, MEAN, RSTD, DS, stride_x, stride_dy, stride_ds,
+                                                          first, last, col, live_col, HAS_DS, BLOCK_M)
     for start in range(first, last, BLOCK_M):
         row = start + tl.arange(0, BLOCK_M)
         live_row = row < last
         live = live_row[:, None] & live_col[None, :]
-        x = tl.load(X + row[:, None] * stride_x + col[None, :], mask=live, other=0.0).to(tl.float32)
-        dy = tl.load(DY + row[:, None] * stride_dy + col[None, :], mask=live, other=0.0).to(tl.float32)
-        mean = tl.load(MEAN + row, mask=live_row, other=0.0)
-        rstd = tl.load(RSTD + row, mask=live_row, other=0.0)
+        if PREFETCH:  # this tile's loads were issued a step ago; the next tile's go out now
+            x_l, dy_l, ds_l, mean, rstd = x_n, dy_n, ds_n, mean_n, rstd_n
+            x_n, dy_n, ds_n, mean_n, rstd_n = _bwd_tile_loads(X, DY, MEAN, RSTD, DS, stride_x, stride_dy, stride_ds,
+                                                              start + BLOCK_M, last, col, live_col, HAS_DS, BLOCK_M)
+        else:
+            x_l, dy_l, ds_l, mean, rstd = _bwd_tile_loads(X, DY, MEAN, RSTD, DS, stride_x, stride_dy, stride_ds,
+                                                          start, last, col, live_col, HAS_DS, BLOCK_M)
+        x = x_l.to(tl.float32)
+        dy = dy_l.to(tl.float32)
         xhat = (x - mean[:, None]) * rstd[:, None]  # dy = 0 wherever this is padding
         if HAS_WEIGHT:
             wdy = dy * w[None, :]
@@ -124,7 +158,7 @@ def _layer_norm_bwd_kernel(X, DY, DX, W, MEAN, RSTD, DW_PART, DB_PART, DS, DR, s
         c2 = tl.sum(wdy, 1) / N
         dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
         if HAS_DS:
-            dx += tl.load(DS + row[:, None] * stride_ds + col[None, :], mask=live, other=0.0).to(tl.float32)
+            dx += ds_l.to(tl.float32)
         tl.store(DX + row[:, None] * stride_dx + col[None, :], dx.to(DX.dtype.element_ty), mask=live)
         if HAS_DR:
             tl.store(DR + row[:, None] * stride_dr + col[None, :], dx.to(DR.dtype.element_ty), mask=live)
@@ -161,6 +195,12 @@ def tiles(width: int, tile: int, per_thread: int) -> tuple[int, int, int]:
     block_n = triton.next_power_of_2(width)
     block_m = max(1, tile // block_n)
     return block_m, block_n, min(16, max(1, block_m * block_n // (32 * per_thread)))
+
+
+def prefetches(width: int) -> bool:
+    """Whether the backward issues each tile's loads a step ahead for rows ``width`` wide: ``BWD_PREFETCH``, up to
+    ``BWD_PREFETCH_MAX_WIDTH``."""
+    return BWD_PREFETCH and triton.next_power_of_2(width) <= BWD_PREFETCH_MAX_WIDTH
 
 
 def row_groups(rows: int, block_m: int, device: torch.device) -> tuple[int, int]:
@@ -253,7 +293,8 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight, bias, mean: torch.Tenso
         ds2 if ds2 is not None else x2, dr.view(rows, width) if dr is not None else x2,
         x2.stride(0), dy2.stride(0), width, ds2.stride(0) if ds2 is not None else 0, width, rows, rows_per_program,
         N=width, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, HAS_DS=ds2 is not None,
-        HAS_DR=dr is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
+        HAS_DR=dr is not None, BLOCK_M=block_m, BLOCK_N=block_n,
+        PREFETCH=prefetches(width), num_warps=warps)
     dw = None if weight is None else dw_part.sum(0).to(weight.dtype)
     db = None if bias is None else db_part.sum(0).to(bias.dtype)
     dbranch = None if branch_dtype is None else dx if dr is None else dr

@@ -32,6 +32,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+import triton
 
 from . import layernorm as L
 from .norm import add_layer_norm, layer_norm, layer_norm_keep, residual_add
@@ -296,7 +297,7 @@ def sweep(rows: int, width: int = 512) -> list[str]:
     """Times of the forward and backward kernels alone over tile and row-group settings."""
     x, w, b, dy = _inputs(rows, width)
     lines = []
-    saved = (L.FWD_TILE, L.FWD_PER_THREAD, L.BWD_TILE, L.BWD_PER_THREAD, L.BWD_PROGRAMS_PER_SM)
+    saved = (L.FWD_TILE, L.FWD_PER_THREAD, L.BWD_TILE, L.BWD_PER_THREAD, L.BWD_PROGRAMS_PER_SM, L.BWD_PREFETCH)
     try:
         for tile, per_thread in ((1024, 8), (2048, 8), (4096, 16), (4096, 8), (8192, 16)):
             L.FWD_TILE, L.FWD_PER_THREAD = tile, per_thread
@@ -307,17 +308,23 @@ def sweep(rows: int, width: int = 512) -> list[str]:
         _, mean, rstd, _ = L._forward(x, w, b, EPS, torch.bfloat16)
         ds = torch.randn_like(x)  # the stream's fp32 gradient: ln2's add (and its bf16 branch gradient), ln1's kept input
         variants = (("", {}), (" +stream", {"dx_more": ds}), (" +stream +branch", {"dx_more": ds, "branch_dtype": torch.bfloat16}))
-        for tile, per_thread in ((512, 4), (1024, 8), (1024, 4), (2048, 8), (2048, 4), (4096, 16)):
-            for per_sm in (1, 2, 3, 4, 8, 16):
-                L.BWD_TILE, L.BWD_PER_THREAD, L.BWD_PROGRAMS_PER_SM = tile, per_thread, per_sm
-                for what, extra in variants:
-                    ms = _bench(lambda: L._backward(dy, x, w, b, mean, rstd, **extra))
-                    moved = rows * width * (4 + 2 + 4 + 4 * ("dx_more" in extra) + 2 * ("branch_dtype" in extra))
-                    lines.append(f"sweep bwd{what} (1, {rows}, {width}) tile {tile} x {per_thread}/thread "
-                                 f"{L.tiles(width, tile, per_thread)}, {per_sm} programs/SM: {ms:.3f} ms, "
-                                 f"{moved / (ms * 1e-3) / 1e9:.0f} GB/s")
+        # every tile and row grouping as the loads come (the default), the loads a step ahead at the groupings that
+        # leave a program rows enough to walk (PREFETCH)
+        settings = [(t, p, s, False) for t, p in ((512, 4), (1024, 8), (1024, 4), (2048, 8), (2048, 4), (4096, 16))
+                    for s in (1, 2, 3, 4, 8, 16)]
+        settings += [(t, p, s, True) for t, p in ((1024, 8), (2048, 8), (2048, 4)) for s in (1, 2, 4, 8)]
+        for tile, per_thread, per_sm, ahead in settings:
+            L.BWD_TILE, L.BWD_PER_THREAD, L.BWD_PROGRAMS_PER_SM, L.BWD_PREFETCH = tile, per_thread, per_sm, ahead
+            for what, extra in variants:
+                ms = _bench(lambda: L._backward(dy, x, w, b, mean, rstd, **extra))
+                moved = rows * width * (4 + 2 + 4 + 4 * ("dx_more" in extra) + 2 * ("branch_dtype" in extra))
+                lines.append(f"sweep bwd{what} (1, {rows}, {width}) tile {tile} x {per_thread}/thread "
+                             f"{L.tiles(width, tile, per_thread)}, {per_sm} programs/SM"
+                             f"{', loads a step ahead' if ahead else ''}: {ms:.3f} ms, "
+                             f"{moved / (ms * 1e-3) / 1e9:.0f} GB/s")
     finally:
-        L.FWD_TILE, L.FWD_PER_THREAD, L.BWD_TILE, L.BWD_PER_THREAD, L.BWD_PROGRAMS_PER_SM = saved
+        L.FWD_TILE, L.FWD_PER_THREAD, L.BWD_TILE, L.BWD_PER_THREAD, L.BWD_PROGRAMS_PER_SM = saved[:5]
+        L.BWD_PREFETCH = saved[5]
     return lines
 
 
@@ -331,14 +338,17 @@ def compile_report(widths, arch: int = 90) -> list[tuple[str, bool]]:
         for x_t, y_t in (("fp32", "bf16"), ("bf16", "bf16"), ("fp16", "fp32")):
             # plain; fused (the residual branch in, and in the backward the sum's and the branch's gradients:
             # ln2 after the add); keep (the backward adding the stream's gradient alone: ln1's kept input)
-            variants = ((L._layer_norm_fwd_kernel, (L.FWD_TILE, L.FWD_PER_THREAD), "plain"),
-                        (L._layer_norm_fwd_kernel, (L.FWD_TILE, L.FWD_PER_THREAD), "fused"),
-                        (L._layer_norm_bwd_kernel, (L.BWD_TILE, L.BWD_PER_THREAD), "plain"),
-                        (L._layer_norm_bwd_kernel, (L.BWD_TILE, L.BWD_PER_THREAD), "fused"),
-                        (L._layer_norm_bwd_kernel, (L.BWD_TILE, L.BWD_PER_THREAD), "keep"))
-            for kernel, tile, variant in variants:
+            # the backward also with its loads a step ahead (PREFETCH)
+            variants = ((L._layer_norm_fwd_kernel, (L.FWD_TILE, L.FWD_PER_THREAD), "plain", None),
+                        (L._layer_norm_fwd_kernel, (L.FWD_TILE, L.FWD_PER_THREAD), "fused", None),
+                        *((L._layer_norm_bwd_kernel, (L.BWD_TILE, L.BWD_PER_THREAD), v, ahead)
+                          for ahead in (False, True) for v in ("plain", "fused", "keep")
+                          if not ahead or triton.next_power_of_2(width) <= L.BWD_PREFETCH_MAX_WIDTH))
+            for kernel, tile, variant, ahead in variants:
                 block_m, block_n, warps = L.tiles(width, *tile)
                 consts = dict(N=width, HAS_WEIGHT=True, HAS_BIAS=True, BLOCK_M=block_m, BLOCK_N=block_n)
+                if ahead is not None:
+                    consts["PREFETCH"] = ahead
                 consts.update({k: variant == "fused" or (variant == "keep" and k == "HAS_DS")
                                for k in ("HAS_RES", "HAS_DS", "HAS_DR") if k in kernel.arg_names})
                 # the residual branch and its gradient in y's dtype, the sum and its gradient in x's; strides as
@@ -346,7 +356,7 @@ def compile_report(widths, arch: int = 90) -> list[tuple[str, bool]]:
                 types = {"X": x_t, "DX": x_t, "Y": y_t, "DY": y_t, "R": y_t, "S": x_t, "DS": x_t, "DR": y_t}
                 sig = {p.name: "constexpr" if p.is_constexpr else f"*{types.get(p.name, 'fp32')}" if p.name.isupper()
                        else "fp32" if p.name == "eps" else "i32" for p in kernel.params}
-                label = {"plain": "", "fused": " +residual", "keep": " +stream"}[variant]
+                label = {"plain": "", "fused": " +residual", "keep": " +stream"}[variant] + (" prefetch" if ahead else "")
                 name = f"{kernel.__name__}{label} D={width} x {x_t} y {y_t} {block_m}x{block_n} w{warps}"
                 out.append(report_line(kernel, name, sig, consts, warps, arch=arch))
     # the residual add (no width: flat over the elements), as launched on a (T, D) stream with D a multiple

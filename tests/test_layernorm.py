@@ -108,6 +108,37 @@ def test_backward_row_groups(programs, monkeypatch):
     _run_case((1, 45, 64), torch.float32, torch.float32, seed=1)
 
 
+@pytest.mark.parametrize("programs", [1, 3])
+def test_backward_loads_a_step_ahead_give_the_same_bits(programs, monkeypatch):
+    """BWD_PREFETCH (each tile's loads issued a step before its arithmetic) changes when the backward loads, not
+    what it computes: the plain, kept-input (the stream's gradient added) and fused-add (the branch's gradient
+    too) LayerNorms' gradients are bitwise those without it, with several tiles a program and the last group
+    short (a masked next tile past each group's end)."""
+    monkeypatch.setattr(layernorm, "BWD_TILE", 256)  # 4 rows of 64 a tile
+    monkeypatch.setattr(layernorm, "INTERPRET_PROGRAMS", programs)
+    shape = (1, 45, 64)
+    x, w, b, dy = _inputs(shape, torch.float32, torch.float16, seed=9)
+    gen = torch.Generator().manual_seed(10)
+    r, ds = torch.randn(shape, generator=gen).to(torch.float16), torch.randn(shape, generator=gen)
+    calls = {
+        "plain": (lambda x, w, b: (layernorm.triton_layer_norm(x, w, b, EPS, torch.float16),), (dy,)),
+        "keep": (lambda x, w, b: layernorm.triton_layer_norm_keep(x, w, b, EPS, torch.float16), (dy, ds)),
+        "add": (lambda x, w, b: layernorm.triton_add_layer_norm(x, r, w, b, EPS, torch.float16)[::-1], (dy, ds)),
+    }
+    assert layernorm.prefetches(64) is False
+    for name, (fn, upstream) in calls.items():
+        got = {}
+        for ahead in (False, True):
+            monkeypatch.setattr(layernorm, "BWD_PREFETCH", ahead)
+            assert layernorm.prefetches(64) is ahead
+            leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+            got[ahead] = torch.autograd.grad(fn(*leaves), leaves, upstream)
+        for a, c in zip(got[False], got[True]):
+            assert torch.equal(a, c), name
+    monkeypatch.setattr(layernorm, "BWD_PREFETCH", True)
+    assert layernorm.prefetches(4096) and not layernorm.prefetches(4097)  # wider rows spill with two tiles held
+
+
 def test_tiles_follow_the_width():
     """Tiles hold about FWD_TILE / BWD_TILE elements, one row at least, rows padded to a power of 2."""
     assert layernorm.tiles(512, 4096, 16) == (8, 512, 8)
@@ -408,11 +439,14 @@ def test_bad_inputs_raise():
 
 def test_kernels_compile_for_sm90():
     """The LayerNorm kernels and the residual add compile for Hopper at our width without register spills (no
-    GPU needed): each as launched, ln1's backward with the stream's gradient alone among them."""
+    GPU needed): each as launched, ln1's backward with the stream's gradient alone among them, and each backward
+    with its loads a step ahead (BWD_PREFETCH)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "megastride.kernels.ln_check", "--compile", "--widths", "512"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    # 3 dtype pairs x (2 forwards + 3 backwards: plain, +residual, +stream), and the residual add's 2 dtype pairs
-    assert sum(line.startswith("ok ") for line in proc.stdout.splitlines()) == 15 + 2, proc.stdout
+    # 3 dtype pairs x (2 forwards + 3 backwards: plain, +residual, +stream, each also prefetching), and the
+    # residual add's 2 dtype pairs
+    assert sum(line.startswith("ok ") for line in proc.stdout.splitlines()) == 24 + 2, proc.stdout
     assert sum(" +stream D=512" in line for line in proc.stdout.splitlines()) == 3, proc.stdout
+    assert sum(" +stream prefetch D=512" in line for line in proc.stdout.splitlines()) == 3, proc.stdout

@@ -2,11 +2,11 @@
 # The next session's first device call (planned 2026-12-05 after call AV2): (1) what is left of callAS4.sh (the
 # short lengths at 2x128 with the halves peers, gpu_check's fp16 D=128 case on the halves kernel); (2) the LayerNorm
 # backward's tile sweep at the 1M step's shape (callAS3.sh's middle part: LayerNorm is 293 ms of the 8 s step, its
-# ln1 backward at about 2.2 TB/s); (3) the fixed 1M step under 60 GB once more (a tenth sample of the 8 s line).
+# ln1 backward at about 2.2 TB/s), now also with each tile's loads a step ahead (layernorm.BWD_PREFETCH, off); (3) the fixed 1M step under 60 GB once more (a tenth sample of the 8 s line).
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv
 bash docs/runs/fortyfirst/callAS4.sh
 date -u >> $OUT/times.txt
-timeout 100 python3 -m megastride.kernels.ln_check --sweep-long-only > $OUT/ln_sweep.log 2>&1
+timeout 130 python3 -m megastride.kernels.ln_check --sweep-long-only > $OUT/ln_sweep.log 2>&1
 echo "sweep rc $?" >> $OUT/ln_sweep.log; grep -E "^sweep bwd" $OUT/ln_sweep.log | sort -t: -k2 -n | head -3
 for v in "bwd (" "bwd +stream (" "bwd +stream +branch ("; do grep -F "sweep $v" $OUT/ln_sweep.log | sort -t: -k2 -n | head -2; done
 grep -F "tile 2048 x 8/thread" $OUT/ln_sweep.log | grep "8 programs"
