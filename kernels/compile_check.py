@@ -139,9 +139,15 @@ def launch_attrs(kernel) -> dict:
     return attrs
 
 
+def with_defaults(kernel, constexprs: dict) -> dict:
+    """``constexprs`` plus the defaults of the kernel's constexpr parameters it leaves out: a launch fills those in,
+    ``ASTSource`` does not (the kernel then fails to compile where it reads one)."""
+    return {**{p.name: p.default for p in kernel.params if p.is_constexpr and p.has_default}, **constexprs}
+
+
 def compile_variant(v: Variant, dtype: str = "bf16", arch: int = 90, wide: bool = False):
-    src = ASTSource(fn=v.kernel, signature=signature(v.kernel, dtype, v.fp32, wide), constexprs=v.constexprs,
-                    attrs=launch_attrs(v.kernel))
+    src = ASTSource(fn=v.kernel, signature=signature(v.kernel, dtype, v.fp32, wide),
+                    constexprs=with_defaults(v.kernel, v.constexprs), attrs=launch_attrs(v.kernel))
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),
                           options={"num_warps": v.num_warps, "num_stages": v.num_stages})
 
@@ -194,7 +200,7 @@ def report_line(kernel, name: str, signature: dict, constexprs: dict, warps: int
     from triton.compiler import ASTSource
 
     try:
-        k = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs,
+        k = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=with_defaults(kernel, constexprs),
                                      attrs=launch_attrs(kernel) if attrs is None else attrs),
                            target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
     except Exception as err:  # the caller reports every variant, then fails

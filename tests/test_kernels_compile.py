@@ -201,3 +201,23 @@ def test_triton_keeps_the_persistent_probes_column_loop_apart_from_its_walk(comp
                             ".asm['ttgir'].count('scf.for'))\n")
     assert lines == ["2", "2", "1"], lines
 
+
+
+def test_a_constexpr_left_out_compiles_at_its_default():
+    """``compile_check`` fills in the defaults of constexpr parameters a variant leaves out, as a launch does
+    (``ASTSource`` alone does not, and the kernel then fails to compile where it reads one): the LayerNorm
+    backward without its PREFETCH compiles, and as the default's kernel."""
+    code = """
+from megastride.kernels import compile_check as cc, layernorm as L
+k = L._layer_norm_bwd_kernel
+consts = dict(N=512, HAS_WEIGHT=True, HAS_BIAS=True, BLOCK_M=4, BLOCK_N=512, HAS_DS=True, HAS_DR=False)
+sig = {p.name: "constexpr" if p.is_constexpr else "*fp32" if p.name.isupper() else "i32" for p in k.params}
+assert cc.with_defaults(k, consts)["PREFETCH"] is False and cc.with_defaults(k, {"PREFETCH": True})["PREFETCH"] is True
+line, ok = cc.report_line(k, "bwd", sig, consts, 8)
+same, _ = cc.report_line(k, "bwd", sig, dict(consts, PREFETCH=False), 8)
+print(ok, line == same, line)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("True True"), proc.stdout
