@@ -197,10 +197,16 @@ def tiles(width: int, tile: int, per_thread: int) -> tuple[int, int, int]:
     return block_m, block_n, min(16, max(1, block_m * block_n // (32 * per_thread)))
 
 
+def prefetch_fits(width: int) -> bool:
+    """Whether the backward can hold the next tile's loads for rows ``width`` wide without spilling (up to
+    ``BWD_PREFETCH_MAX_WIDTH``)."""
+    return triton.next_power_of_2(width) <= BWD_PREFETCH_MAX_WIDTH
+
+
 def prefetches(width: int) -> bool:
-    """Whether the backward issues each tile's loads a step ahead for rows ``width`` wide: ``BWD_PREFETCH``, up to
-    ``BWD_PREFETCH_MAX_WIDTH``."""
-    return BWD_PREFETCH and triton.next_power_of_2(width) <= BWD_PREFETCH_MAX_WIDTH
+    """Whether the backward issues each tile's loads a step ahead for rows ``width`` wide: ``BWD_PREFETCH``, where
+    it fits (``prefetch_fits``)."""
+    return BWD_PREFETCH and prefetch_fits(width)
 
 
 def row_groups(rows: int, block_m: int, device: torch.device) -> tuple[int, int]:

@@ -32,7 +32,6 @@ import sys
 
 import torch
 import torch.nn.functional as F
-import triton
 
 from . import layernorm as L
 from .norm import add_layer_norm, layer_norm, layer_norm_keep, residual_add
@@ -323,8 +322,7 @@ def sweep(rows: int, width: int = 512) -> list[str]:
                              f"{', loads a step ahead' if ahead else ''}: {ms:.3f} ms, "
                              f"{moved / (ms * 1e-3) / 1e9:.0f} GB/s")
     finally:
-        L.FWD_TILE, L.FWD_PER_THREAD, L.BWD_TILE, L.BWD_PER_THREAD, L.BWD_PROGRAMS_PER_SM = saved[:5]
-        L.BWD_PREFETCH = saved[5]
+        L.FWD_TILE, L.FWD_PER_THREAD, L.BWD_TILE, L.BWD_PER_THREAD, L.BWD_PROGRAMS_PER_SM, L.BWD_PREFETCH = saved
     return lines
 
 
@@ -343,7 +341,7 @@ def compile_report(widths, arch: int = 90) -> list[tuple[str, bool]]:
                         (L._layer_norm_fwd_kernel, (L.FWD_TILE, L.FWD_PER_THREAD), "fused", None),
                         *((L._layer_norm_bwd_kernel, (L.BWD_TILE, L.BWD_PER_THREAD), v, ahead)
                           for ahead in (False, True) for v in ("plain", "fused", "keep")
-                          if not ahead or triton.next_power_of_2(width) <= L.BWD_PREFETCH_MAX_WIDTH))
+                          if not ahead or L.prefetch_fits(width)))
             for kernel, tile, variant, ahead in variants:
                 block_m, block_n, warps = L.tiles(width, *tile)
                 consts = dict(N=width, HAS_WEIGHT=True, HAS_BIAS=True, BLOCK_M=block_m, BLOCK_N=block_n)

@@ -10,7 +10,11 @@ pytestmark = pytest.mark.gpu
 def _bf16_step(model_tree: dict, train_tree: dict | None = None, prepare=None, autocast: bool = True):
     """(loss, model) of one forward and backward under bf16 autocast (fp32 with ``autocast`` False) on CUDA of a
     model built from these config trees (seed 0, ``engine.parallel``'s checkpointing as the train tree asks), on
-    seq_len + 1 bytes of seed 1; ``prepare(model)`` first, if given."""
+    seq_len + 1 bytes of seed 1; ``prepare(model)`` first, if given. In fp32 the model attends by the exact
+    reference (``MEGASTRIDE_ATTENTION=reference``): the kernels' fp32 path autotunes for minutes, and the fp32 run
+    is the reference the bf16 paths are held to."""
+    import os
+
     import torch
 
     from megastride.engine import parallel
@@ -25,9 +29,18 @@ def _bf16_step(model_tree: dict, train_tree: dict | None = None, prepare=None, a
         prepare(model)
     n = cfg.model.seq_len
     idx = torch.randint(0, 256, (1, n + 1), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-        loss = model(idx[:, :-1], idx[:, 1:])
-    loss.backward()
+    saved = os.environ.get("MEGASTRIDE_ATTENTION")
+    if not autocast:
+        os.environ["MEGASTRIDE_ATTENTION"] = "reference"
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+    finally:
+        if saved is None:
+            os.environ.pop("MEGASTRIDE_ATTENTION", None)
+        else:
+            os.environ["MEGASTRIDE_ATTENTION"] = saved
     return loss.item(), model
 
 
@@ -217,8 +230,6 @@ def test_residual_kernels_give_the_plain_streams_loss_and_gradients_on_the_gpu(m
 
     def grads(choice, recompute, dropout=0.0, autocast=True):
         monkeypatch.setenv("MEGASTRIDE_RESIDUAL", choice)
-        # the fp32 model's attention by the exact reference (the kernels' fp32 path autotunes for minutes)
-        monkeypatch.setenv("MEGASTRIDE_ATTENTION", "" if autocast else "reference")
         loss, model = _bf16_step({**SIX_LAYERS, "seq_len": 16384, "n_layers": 3, "dropout": dropout},
                                  {"checkpoint_activations": recompute}, autocast=autocast)
         return loss, [p.grad.clone() for p in model.parameters()]
@@ -267,7 +278,6 @@ def test_ffn_bias_in_the_silu_kernel_is_as_exact_as_torchs_on_the_gpu(monkeypatc
 
     def grads(choice, autocast=True):
         monkeypatch.setenv("MEGASTRIDE_FFN", choice)
-        monkeypatch.setenv("MEGASTRIDE_ATTENTION", "" if autocast else "reference")  # as in the test above
         loss, model = _bf16_step({**SIX_LAYERS, "seq_len": 16384, "n_layers": 2}, {"checkpoint_activations": False},
                                  biased, autocast)
         return loss, {n: p.grad.clone() for n, p in model.named_parameters()}
