@@ -572,6 +572,18 @@ def auto_choices(layout) -> list[str]:
     return notes
 
 
+def flat_choices(layout, clear: bool = False) -> list[str]:
+    """What the flat forward (kernels/flat.py) chose at this layout so far: a config or "default", with the
+    times it chose from; ``clear`` forgets the choices (a later variant times afresh)."""
+    from . import flat
+
+    notes = flat.choices(layout)
+    if clear:
+        for key in [k for k in layout.kernel_cache if isinstance(k, tuple) and k and k[0] == "flat_fwd"]:
+            del layout.kernel_cache[key]
+    return notes
+
+
 def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count: int = 32,
              flex_max: dict | None = None, dense_max: int = 262144, log=print, profile: bool = False,
              graphs: bool = False, rounds: int = 0) -> Result:
@@ -620,6 +632,8 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
         stage(f"ours profiled: {summary(prof)}")
     for variant in [p for p in OUR_VARIANTS if p in peers]:  # our kernels again in another backward mode
         with mock.patch.dict(os.environ, OUR_VARIANTS[variant]):
+            with torch.no_grad():  # a variant may change the forward too (flat)
+                result.timings[f"ours_{variant}_check"] = check_rows(ours(q, k, v), q, k, v, layout, rows)
             result.timings[f"ours_{variant}_dq_check"] = check_dq_rows(ours, q, k, v, do, layout, rows)
             for note in _flag_failed_checks(result, f"ours_{variant}"):
                 stage(note)
@@ -627,6 +641,9 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
         timed.append((f"ours_{variant}", ours, OUR_VARIANTS[variant]))
         stage(f"ours, {variant}  {result.timings[f'ours_{variant}_fwdbwd_ms']:.3f} ms f+b"
               + _graph_note(result, f"ours_{variant}"))
+        for note in [f"{variant}: flat forward {c}" for c in flat_choices(layout, clear=True)]:
+            result.notes.append(note)
+            stage(note)
     flex_limit = (flex_max or {}).get(pattern_family(case.pattern), 1 << 62)
     if "flex" in peers and n <= flex_limit:
         try:

@@ -41,6 +41,7 @@ with their own tensors (launch plans, ``use_plans``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import os
@@ -947,6 +948,8 @@ GLUON_DQ_FP16_BOUND = 2.0 ** 14
 # forward wherever timed (docs/benchmarks.md "Nineteenth run"), so off, and "auto" takes it at no head dim
 GLUON_FWD = "0"
 GLUON_FWD_AUTO_DIMS: tuple[int, ...] = ()
+# the forward as one loop over each program's flattened tiles (kernels/flat.py): flat_setting
+FLAT = "0"
 # an eager call's launches replayed from a plan once two calls of one key launched alike: "auto" (where
 # launches go straight to the compiled kernels, use_direct_launch on CUDA), "1" (also under the interpreter,
 # for the tests) or "0"; see use_plans
@@ -1507,7 +1510,7 @@ class _Plan:
 
 
 # module settings a call's launches depend on (the environment's MEGASTRIDE_ variables are read as well)
-_PLAN_SETTINGS = ("POISON", "DQ_MODE", "AUTO_MODES", "DKDV_SPLIT", "SPLIT_SEGMENT", "SPLIT_RATIO", "DELTA_IN_DQ",
+_PLAN_SETTINGS = ("POISON", "FLAT", "DQ_MODE", "AUTO_MODES", "DKDV_SPLIT", "SPLIT_SEGMENT", "SPLIT_RATIO", "DELTA_IN_DQ",
                   "DIRECT_LAUNCH", "SPLIT_FINISH", "PARTIALS", "RUNS", "ORDER", "TMA_LOADS", "TMA_MIN_BLOCKS",
                   "GLUON_BWD", "GLUON_AUTO_DIMS", "GLUON_SPLIT", "GLUON_SPLIT_RATIO", "GLUON_MIN_LENGTH", "GLUON_FWD",
                   "GLUON_FWD_AUTO_DIMS", "ORDER_CHUNK", "PLANS", "PLAN_TRIES")
@@ -1681,19 +1684,35 @@ def _forward_launches(q, k, v, out, lse, layout: Layout, scale: float):
             gluon_fwd.forward_part(q, k, v, target, acc, lse, meta, _side_order(meta, "row"), layout.block, scale,
                                    load_prev)
             continue
-        lists = meta.lists
-        runs = _runs_table(part, meta, "row")
-        args = (q, k, v, target, acc, lse, meta.heads, meta.head_csr, meta.min_off, meta.codes,
-                lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
-                _side_order(meta, "row"), lists["row_full_idx"] if runs is None else runs,
-                *_strides(q, k, v, target), lse.stride(0), lse.stride(1),
-                len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E)
-        grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
-        _launch(_fwd_tuned, _fwd_kernel, grid, args,
-                {**_common(layout, meta, q, load_prev), "RUNS": runs is not None, "DESC": _desc_loads(meta, q, k, v)},
-                name="fwd")
+        regular = functools.partial(_fwd_part_launch, q, k, v, part=part, meta=meta, layout=layout, scale=scale, load_prev=load_prev)
+        setting = flat_setting()
+        if setting != "0":
+            from . import flat
+
+            if flat.forward_part(q, k, v, target, acc, lse, meta, layout, scale, load_prev,
+                                 regular if setting == "auto" else None):
+                continue
+        regular(target, acc, lse)
     _cast_rest(layout, acc, out)
     return out, lse
+
+
+def _fwd_part_launch(q, k, v, target, prev, lse, *, part: LayoutPart, meta: _PartMeta, layout: Layout, scale: float, load_prev: bool):
+    """One part's forward by the default kernel (a program a query tile): its output into ``target`` (merged with
+    ``prev``'s through ``lse`` where ``load_prev``)."""
+    batch, _, seq_len, _ = q.shape
+    lists = meta.lists
+    runs = _runs_table(part, meta, "row")
+    heads = len(part.heads)
+    args = (q, k, v, target, prev, lse, meta.heads, meta.head_csr, meta.min_off, meta.codes,
+            lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
+            _side_order(meta, "row"), lists["row_full_idx"] if runs is None else runs,
+            *_strides(q, k, v, target), lse.stride(0), lse.stride(1),
+            heads, batch * heads, layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E)
+    grid = lambda m: (seq_len // m["BLOCK_M"] * batch * heads,)  # noqa: E731
+    _launch(_fwd_tuned, _fwd_kernel, grid, args,
+            {**_common(layout, meta, q, load_prev), "RUNS": runs is not None, "DESC": _desc_loads(meta, q, k, v)},
+            name="fwd")
 
 
 def _cast_rest(layout: Layout, acc: torch.Tensor, out: torch.Tensor, heads: list[int] | None = None) -> None:
@@ -2045,6 +2064,14 @@ def gluon_backward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors:
 def gluon_fwd_setting() -> str:
     """``GLUON_FWD``, or ``MEGASTRIDE_BLOCKSPARSE_GLUON_FWD`` where set: "0", "1" or "auto"."""
     return _gluon_switch("MEGASTRIDE_BLOCKSPARSE_GLUON_FWD", GLUON_FWD)
+
+
+def flat_setting() -> str:
+    """Where the forward runs as one loop over each program's flattened tiles (kernels/flat.py, for short rows):
+    ``FLAT``, or ``MEGASTRIDE_BLOCKSPARSE_FLAT`` where set: "0" (never: the default until timed on a GPU), "1"
+    (every part whose lists fit ``flat.FLAT_MAX_TILES``) or "auto" (where it ran faster than the default forward,
+    timed once per layout part and shape on a GPU; the default forward where nothing can be timed)."""
+    return _gluon_switch("MEGASTRIDE_BLOCKSPARSE_FLAT", FLAT)
 
 
 def gluon_forward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors: torch.Tensor) -> bool:

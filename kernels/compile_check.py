@@ -28,10 +28,11 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import blocksparse as bs
+from . import flat
 
 _INDEX_ARRAYS = {"HEADS", "HEAD_CSR", "MIN_OFF", "CODES", "FULL_PTR", "FULL_IDX", "PART_PTR", "PART_IDX", "ORDER",
                  "SEG_LO", "SEG_HI", "SEG_FIRST", "SEG_COUNT", "SEG_CIDX", "WS_CNT", "ROW_FULL_PTR", "ROW_FULL_IDX", "ROW_PART_PTR", "ROW_PART_IDX",
-                 "ROW_ORDER", "FULL_RUNS", "ROW_FULL_RUNS"}
+                 "ROW_ORDER", "FULL_RUNS", "ROW_FULL_RUNS", "PROG_PTR", "TILE_Q", "TILE_K", "TILE_BH"}
 _FP32_ARRAYS = {"LSE", "DELTA", "WS"}
 _FLOATS = {"qk_scale", "sm_scale"}
 
@@ -103,6 +104,11 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
         for m, n, w, st in tiles(bs._FWD_TILES):
             out.append(Variant(f"forward {tag} {m}x{n} w{w} s{st}", bs._fwd_kernel,
                                dict(common, BLOCK_M=m, BLOCK_N=n), acc & {"O_PREV"}, w, st))
+        flat_tiles = flat.FLAT_TILES.get((block, head_dim)) or flat.candidates(block, head_dim)
+        for m, n, w, st, per_sm in flat_tiles if every_config else flat_tiles[:1]:  # the forward as flattened tiles
+            out.append(Variant(f"flat {tag} forward {m}x{n} w{w} s{st}", flat._fwd_flat_kernel,
+                               {key: value for key, value in dict(common, BLOCK_M=m, BLOCK_N=n).items()
+                                if key not in ("BUCKET", "RUNS", "DESC")}, acc & {"O_PREV"}, w, st))
         for (m, n, w, st), here in itertools.product(tiles(bs._DQ_TILES), (False, True)):  # delta loaded / computed
             out.append(Variant(f"dQ {tag}, delta {'here' if here else 'loaded'} {m}x{n} w{w} s{st}", bs._bwd_dq_kernel,
                                dict(common, DELTA_HERE=here, BLOCK_M=m, BLOCK_N=n), acc & {"DQ_PREV"}, w, st))
@@ -297,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.ptxas:
             u = ptxas_usage(k, args.arch)
             usage = f", {u['registers']} registers, spills {u['spill_stores']}/{u['spill_loads']} B stored/loaded"
+            if any("serialized" in w for w in u["warnings"]):
+                usage += ", wgmma serialised by ptxas"
         if args.waits:
             usage += f", first loop waits {first_loop_waits(k)}"
         if args.loop:

@@ -54,6 +54,10 @@ OUR_VARIANTS = {
     # and on column segments where gluon_split cuts them (gluon_bwd.halves_split; the default at head dim 128 only)
     "halvessplit": {"MEGASTRIDE_BLOCKSPARSE_GLUON_DQ": "fp16", "MEGASTRIDE_BLOCKSPARSE_GLUON_WS": "halves",
                     "MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT": "1"},
+    # the forward as one loop over each program's flattened tiles (blocksparse.flat_setting, kernels/flat.py):
+    # wherever its lists fit, or where it timed faster than the default forward (per part and shape)
+    "flat": {"MEGASTRIDE_BLOCKSPARSE_FLAT": "1"},
+    "flatauto": {"MEGASTRIDE_BLOCKSPARSE_FLAT": "auto"},
     "gluon1": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "1"},
     "gluon2": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "2"},
     "onestream": {"MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS": "0"},  # Gluon's dQ after its dK/dV on one stream

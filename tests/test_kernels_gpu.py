@@ -755,6 +755,36 @@ def test_every_listed_tile_config_gives_the_reference_output_and_gradients(dim, 
     assert checked >= 12
 
 
+@pytest.mark.parametrize("dim, heads", [(64, 8), (128, 2)])
+def test_the_flat_forward_gives_the_reference_output_and_gradients_in_bf16(dim, heads, monkeypatch):
+    """The forward as flattened tiles (kernels/flat.py) at each listed config forced in turn, then as "auto" chose
+    it, on the fixed pattern at 3,072 and 12,288 tokens and the strided one (a permuted part merging into the
+    natural one) at 3,072, bf16: output and the gradients made from its lse within the GPU bound of the fp32
+    reference."""
+    B = _blocksparse()
+    from megastride.kernels import flat
+
+    cases = [(P.fixed(512, 128), 3072), (P.fixed(1024, 128), 12288), (P.strided(64), 3072)]
+    checked = 0
+    for pattern, n in cases:
+        layout = P.build_layout(P.same_for_all_heads(pattern, heads), n, 128, device="cuda")
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v, do = (torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
+        want = _grads(lambda *x: reference_attention(*(t.float() for t in x), layout), q, k, v, do)
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT", "1")
+        for entry in flat.FLAT_TILES[(128, dim)]:
+            monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_TILES", flat.tile_name(entry))
+            got = _grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)
+            assert flat.tile_name(entry) in flat.choices(layout)
+            _assert_near(got, want, f"{pattern.name} n={n} flat {flat.tile_name(entry)} ")
+            checked += 1
+        monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_FLAT_TILES")
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT", "auto")
+        got = _grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)
+        _assert_near(got, want, f"{pattern.name} n={n} flat auto ({flat.choices(layout)}) ")
+    assert checked >= 6
+
+
 @pytest.mark.parametrize("pattern, n, block, heads, dim", [
     (P.fixed(128, 32), 12288, 128, 8, 64),  # the paper's Enwik8 model
     (P.fixed(96, 16), 3072, 64, 2, 128),  # Table 2's CIFAR-10 fixed pattern

@@ -1,0 +1,389 @@
+"""The forward as one loop over a program's flattened tiles: for short sequences, where each query tile's list is
+a few key tiles long.
+
+The default forward (``blocksparse._fwd_kernel``) runs one program per query tile: it loads the tile's queries,
+fills its load pipeline, walks the row's key tiles and writes the output, and the next program on that SM starts
+over. Where a row holds ten key tiles or fewer (the fixed pattern at 3,072 and 12,288 tokens: 5 and 10 on average)
+that start and finish are a large share of the program: at 12,288 tokens, H=8, D=64 the forward ran at 264
+TFLOP/s of unmasked pairs against 440 at 1M (H200, docs/benchmarks.md "Forty-first run"), and at 3,072 tokens
+at about 120. Here a fixed number of programs (a few per SM) each walk the tiles of several query tiles as one
+loop, so Triton's pipeliner loads the next row's first key tiles while the current row finishes: every
+iteration loads its query tile too (from L2: a row's iterations load the same one), starts a new online softmax
+where its tile is a row's first (``first``), masks where it is a partial block's (``masked``), and writes the
+row's output and log-sum-exp where it is the row's last (``last``).
+
+The tile lists (``flat_lists``: three int32 words a tile and a pointer a program, built once per layout, batch and
+tile shape) give each program whole query tiles, heaviest first onto the least loaded program (greedy
+longest-processing-time), so the programs end together. A query tile without a key in its part gets one tile
+marked ``none`` (its rows: output 0, lse -inf, as in the default kernel). Output equals the default forward's up
+to the order of the online softmax's sums (full tiles first, then the partial ones, as there).
+
+``blocksparse.flat_forward`` decides where it runs (``MEGASTRIDE_BLOCKSPARSE_FLAT``: "0", the default until it is
+timed on a GPU; "1" wherever the lists fit ``FLAT_MAX_TILES``); ``forward_part`` launches it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from . import blocksparse as bs
+
+# the flattened lists' words: a tile's query word holds its query tile's first (part) position times 4, plus 1
+# where it is the row's first tile and 2 where it is its last; its key word the key tile's first position times
+# 4, plus 1 where the tile needs the token mask and 2 where it stands for a row without keys (``none``)
+FIRST, LAST = 1, 2
+MASKED, NONE = 1, 2
+
+# (BLOCK_M, BLOCK_N, warps, stages, programs per SM) per (layout block, head dim), the first entry the one
+# taken where nothing is timed; timed in turn on first use on a GPU (``_choose``). Programs per SM: as many as
+# fit at once, so none waits for another to finish. Compiled for sm_90 (2026-12-05, `python -m
+# megastride.kernels.compile_check --flat`, natural order, the fixed pattern's mask kinds): at D=64 128x64 w4
+# s3 255 registers and 74 KB of shared memory, 64x64 w4 s3 244 and 57 KB (two programs an SM by registers),
+# 128x64 w8 s3 246 registers at 256 threads (one); at D=128 64x64 w4 s3 233 and 107 KB (two), 128x64 w8 s3 255
+# and 164 KB (one); none spills. Key tiles 64 wide: a masked tile's token predicate on 128 keys spilled the
+# default forward's 128-row tiles (blocksparse's MASK_N).
+FLAT_TILES = {
+    (128, 64): [(128, 64, 4, 3, 2), (64, 64, 4, 3, 2), (128, 64, 8, 3, 1)],
+    (128, 128): [(64, 64, 4, 3, 2), (128, 64, 8, 3, 1)],
+}
+# lists longer than this many tiles are not built (12 bytes a tile): the flat loop is for short rows; at 1M
+# tokens, 8 heads, the fixed pattern has about 13M 64-wide key tiles
+FLAT_MAX_TILES = 1 << 22
+# the timing of the configs on first use: untimed launch (compiles), then this many timed, minimum kept
+CHOOSE_REPEATS = 3
+
+
+def _lists_cpu(meta: "bs._PartMeta") -> dict[str, torch.Tensor]:
+    return {name: meta.lists[name].detach().to("cpu", torch.int64) for name in
+            ("row_full_ptr", "row_full_idx", "row_part_ptr", "row_part_idx")}
+
+
+def _row_tiles(lists: dict, csr: int, min_off: int, num_blocks: int, n: int, block: int, block_m: int,
+               block_n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(counts, words) of one CSR and min offset: tiles per query tile (n // block_m of them) and their key words
+    in row order (each row's full tiles, then its masked ones; a row without any: one ``none`` tile)."""
+    sub, per = block // block_n, block // block_m
+    nq = n // block_m
+    qt = torch.arange(nq)
+    base = csr * (num_blocks + 1) + qt // per
+    last_row = qt * block_m + block_m - 1
+    pieces_item, pieces_word = [], []
+    for kind in ("full", "part"):
+        ptr, idx = lists[f"row_{kind}_ptr"], lists[f"row_{kind}_idx"]
+        lo, hi = ptr[base], ptr[base + 1]
+        count = hi - lo
+        item = torch.repeat_interleave(qt, count)
+        starts = torch.cumsum(count, 0) - count
+        entry = lo[item] + (torch.arange(item.numel()) - starts[item])
+        cols = idx[entry] if entry.numel() else entry
+        key = (cols[:, None] * block + torch.arange(sub)[None, :] * block_n)  # (entries, sub)
+        item = item[:, None].expand(-1, sub)
+        if kind == "part":  # sub-tiles wholly above the (shifted) diagonal hold no allowed pair: skipped
+            keep = key <= (last_row[item] - min_off)
+            key, item = key[keep], item[keep]
+            word = key * 4 + MASKED
+        else:
+            key, item = key.reshape(-1), item.reshape(-1)
+            word = key * 4
+        pieces_item.append(item.reshape(-1))
+        pieces_word.append(word.reshape(-1))
+    item = torch.cat(pieces_item)
+    word = torch.cat(pieces_word)
+    counts = torch.bincount(item, minlength=nq)
+    empty = torch.nonzero(counts == 0).flatten()
+    if empty.numel():  # one tile standing for the row's (no) keys: its output 0 and lse -inf are written
+        item = torch.cat([item, empty])
+        word = torch.cat([word, torch.full_like(empty, MASKED | NONE)])
+        counts = torch.bincount(item, minlength=nq)
+    order = torch.argsort(item, stable=True)  # full tiles before masked ones within a row (concatenated so)
+    return counts, word[order]
+
+
+def _assign(work: list[int], programs: int) -> list[list[int]]:
+    """Items (indices of ``work``) per program: heaviest first, each to the least loaded program so far
+    (greedy longest-processing-time; ties to the lower program). A program's items in the order it was given
+    them."""
+    order = sorted(range(len(work)), key=lambda i: -work[i])
+    heap = [(0, p) for p in range(programs)]
+    out: list[list[int]] = [[] for _ in range(programs)]
+    for i in order:
+        load, p = heapq.heappop(heap)
+        out[p].append(i)
+        heapq.heappush(heap, (load + work[i], p))
+    return out
+
+
+def flat_lists(meta: "bs._PartMeta", n: int, batch: int, block: int, block_m: int, block_n: int, programs: int,
+               device) -> dict[str, torch.Tensor] | None:
+    """The part's tiles flattened for ``programs`` programs (``PROG_PTR`` (programs + 1,), ``TILE_Q``, ``TILE_K``,
+    ``TILE_BH``: int32 a tile, on ``device``), built once per (batch, tile shape, programs) and kept in the part's
+    metadata; None where they would pass ``FLAT_MAX_TILES``."""
+    key = ("flat", batch, block_m, block_n, programs, str(device))
+    if key in meta.extra:
+        return meta.extra[key]
+    lists = _lists_cpu(meta)
+    head_csr = meta.head_csr.tolist()
+    min_off = meta.min_off.tolist()
+    part_heads = len(head_csr)
+    rows = {}  # (csr, min_off) -> (counts, words, row starts)
+    for csr, off in set(zip(head_csr, min_off)):
+        counts, words = _row_tiles(lists, csr, off, meta.num_blocks, n, block, block_m, block_n)
+        rows[(csr, off)] = (counts, words, torch.cumsum(counts, 0) - counts)
+    nq = n // block_m
+    total = batch * sum(int(rows[(c, o)][0].sum()) for c, o in zip(head_csr, min_off))
+    if total > FLAT_MAX_TILES:
+        meta.extra[key] = None
+        return None
+    # items: (batch x part head, query tile), numbered bh * nq + qt; a row's last tile writes, so it weighs one more
+    counts = torch.cat([rows[(c, o)][0] for c, o in zip(head_csr, min_off)] * batch)
+    work = (counts + 1).tolist()
+    per_program = _assign(work, min(programs, len(work)))
+    programs = len(per_program)
+    item = torch.tensor([i for items in per_program for i in items], dtype=torch.int64)
+    bh, qt = item // nq, item % nq
+    hp = bh % part_heads
+    cnt = counts[item]
+    # each item's tiles, gathered from its (csr, min_off) group's rows
+    group_of = [list(rows).index((c, o)) for c, o in zip(head_csr, min_off)]
+    groups = list(rows.values())
+    offsets = torch.tensor([0] + [g[1].numel() for g in groups]).cumsum(0)[:-1]
+    words_all = torch.cat([g[1] for g in groups])
+    starts_all = torch.cat([g[2] + off for g, off in zip(groups, offsets.tolist())])
+    g = torch.tensor(group_of, dtype=torch.int64)[hp]
+    row_start = starts_all[g * nq + qt]  # every group has nq rows
+    tile_item = torch.repeat_interleave(torch.arange(item.numel()), cnt)
+    first_of = torch.cumsum(cnt, 0) - cnt
+    within = torch.arange(tile_item.numel()) - first_of[tile_item]
+    words = words_all[row_start[tile_item] + within]
+    flags = (within == 0).long() * FIRST + (within == cnt[tile_item] - 1).long() * LAST
+    tile_q = (qt[tile_item] * block_m) * 4 + flags
+    sizes = torch.tensor([sum(int(counts[i]) for i in items) for items in per_program], dtype=torch.int64)
+    prog_ptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(sizes, 0)])
+    to = lambda t: t.to(torch.int32).to(device).contiguous()  # noqa: E731
+    out = {"PROG_PTR": to(prog_ptr), "TILE_Q": to(tile_q), "TILE_K": to(words), "TILE_BH": to(bh[tile_item]),
+           "programs": programs}
+    meta.extra[key] = out
+    return out
+
+
+@triton.jit
+def _write_row(O, O_PREV, LSE, acc, l_i, m_i, qw, bh, HEADS, part_heads, stride_ob, stride_oh, stride_ot, stride_lb,
+               stride_lh, perm_g, perm_l, seq, PERMUTED: tl.constexpr, RUN: tl.constexpr, LOAD_PREV: tl.constexpr,
+               BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """A finished query tile's output and lse (``qw``, ``bh``: its query word and batch x part head), as the default
+    forward writes them: merged with the earlier parts' through the two lse where LOAD_PREV."""
+    batch = (bh // part_heads).to(tl.int64)
+    head = tl.load(HEADS + bh % part_heads).to(tl.int64)
+    rows = bs._natural_tile(qw >> 2, BLOCK_M, perm_g, perm_l, PERMUTED, RUN, seq)
+    offs_d = tl.arange(0, HEAD_DIM)
+    empty = l_i == 0.0  # rows with no key in this part: lse = -inf, output 0
+    lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+    o = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse_ptrs = LSE + batch * stride_lb + head * stride_lh + rows
+    o_offs = batch * stride_ob + head * stride_oh + rows[:, None] * stride_ot + offs_d[None, :]
+    if LOAD_PREV:
+        lse_prev = tl.load(lse_ptrs)
+        top = tl.maximum(lse_prev, lse)
+        top = tl.where(top == float("-inf"), 0.0, top)
+        w_prev = tl.math.exp2(lse_prev - top)
+        w_new = tl.math.exp2(lse - top)
+        total = w_prev + w_new
+        o_prev = tl.load(O_PREV + o_offs).to(tl.float32)
+        o = (o_prev * w_prev[:, None] + o * w_new[:, None]) / tl.where(total == 0.0, 1.0, total)[:, None]
+        lse = tl.where(total == 0.0, float("-inf"), top + tl.math.log2(tl.where(total == 0.0, 1.0, total)))
+    tl.store(O + o_offs, o.to(O.dtype.element_ty))
+    tl.store(lse_ptrs, lse)
+
+
+@triton.jit(do_not_specialize=["part_heads", "num_blocks", "perm_g", "perm_l"])
+def _fwd_flat_kernel(Q, K, V, O, O_PREV, LSE, HEADS, MIN_OFF, CODES, PROG_PTR, TILE_Q, TILE_K, TILE_BH,
+                     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                     stride_ob, stride_oh, stride_ot, stride_lb, stride_lh,
+                     part_heads, num_blocks, perm_g, perm_l, qk_scale,
+                     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr,
+                     NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # one program walks its tiles (PROG_PTR[pid] to PROG_PTR[pid + 1]) as one loop; see the module's docstring.
+    # A row is written at the top of the iteration that starts the next one (and after the loop), where the sums
+    # are read anyway (the rescale): written right after a row's last product, the read of its sums made ptxas
+    # serialise the loop's wgmma (compile_check, sm_90)
+    pid = tl.program_id(0)
+    lo = tl.load(PROG_PTR + pid)
+    hi = tl.load(PROG_PTR + pid + 1)
+    seq = num_blocks * BLOCK
+    offs_d = tl.arange(0, HEAD_DIM)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    done_qw = lo * 0  # the row in the sums: its query word and batch x part head
+    done_bh = lo * 0
+    for t in range(lo, hi):
+        qw = tl.load(TILE_Q + t)
+        kw = tl.load(TILE_K + t)
+        bh = tl.load(TILE_BH + t)
+        start = (qw & 1) != 0
+        if start and t > lo:
+            _write_row(O, O_PREV, LSE, acc, l_i, m_i, done_qw, done_bh, HEADS, part_heads, stride_ob, stride_oh,
+                       stride_ot, stride_lb, stride_lh, perm_g, perm_l, seq, PERMUTED, RUN, LOAD_PREV, BLOCK_M, HEAD_DIM)
+            # the next product accumulates into what this branch yields, so the write stays before it is issued
+            acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        first_row = qw >> 2
+        first_col = kw >> 2
+        batch = (bh // part_heads).to(tl.int64)
+        hp = bh % part_heads
+        head = tl.load(HEADS + hp).to(tl.int64)
+        rows = bs._natural_tile(first_row, BLOCK_M, perm_g, perm_l, PERMUTED, RUN, seq)
+        cols = bs._natural_tile(first_col, BLOCK_N, perm_g, perm_l, PERMUTED, RUN, seq)
+        q = tl.load(Q + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qt + offs_d[None, :])
+        k = tl.load(K + batch * stride_kb + head * stride_kh + cols[:, None] * stride_kt + offs_d[None, :])
+        v = tl.load(V + batch * stride_vb + head * stride_vh + cols[:, None] * stride_vt + offs_d[None, :])
+        # a row's first tile starts a new softmax: with m at -inf the rescale below (alpha) is 0, so the sums drop
+        # the previous row's (finite) values
+        m_i = tl.where(start, float("-inf"), m_i)
+        l_i = tl.where(start, 0.0, l_i)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+        if (kw & 1) != 0:  # a partial block's tile: the part's token predicate (none: nothing allowed)
+            offs_m = first_row + tl.arange(0, BLOCK_M)
+            offs_n = first_col + tl.arange(0, BLOCK_N)
+            ok = bs._allowed(offs_m[:, None], offs_n[None, :], CODES + hp * (NCOMP * 4), tl.load(MIN_OFF + hp),
+                             NCOMP, KINDS)
+            ok = ok & ((kw & 2) == 0)
+            s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen no key yet
+        p = tl.math.exp2(s * qk_scale - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+        m_i = m_new
+        done_qw = qw
+        done_bh = bh
+    if hi > lo:
+        _write_row(O, O_PREV, LSE, acc, l_i, m_i, done_qw, done_bh, HEADS, part_heads, stride_ob, stride_oh, stride_ot,
+                   stride_lb, stride_lh, perm_g, perm_l, seq, PERMUTED, RUN, LOAD_PREV, BLOCK_M, HEAD_DIM)
+
+
+def tile_name(entry: tuple[int, int, int, int, int]) -> str:
+    """A config in short form: "128x64w4s3p2" (programs per SM last)."""
+    return "{}x{}w{}s{}p{}".format(*entry)
+
+
+def choices(layout) -> list[str]:
+    """What the layout's flat forwards chose so far, one line each: the config or "default", and the timings."""
+    out = []
+    for key, value in layout.kernel_cache.items():
+        if isinstance(key, tuple) and key and key[0] == "flat_fwd" and key[-1] != "seconds":
+            seconds = layout.kernel_cache.get(key + ("seconds",), {})
+            timed = ", ".join(f"{name} {s * 1e6:.1f} us" for name, s in seconds.items())
+            out.append(f"{tile_name(value[0]) if value else 'default'}" + (f" (timed {timed})" if timed else ""))
+    return out
+
+
+def candidates(block: int, head_dim: int) -> list[tuple[int, int, int, int, int]]:
+    """The configs (BLOCK_M, BLOCK_N, warps, stages, programs per SM) ``_choose`` times for a layout block and head
+    dim: ``FLAT_TILES``' entry, or one of 64-wide tiles (the block's where smaller); the interpreter's: half-block
+    tiles (as blocksparse's), so its tests walk a block's sub-tiles. ``MEGASTRIDE_BLOCKSPARSE_FLAT_TILES``
+    ("MxNwWsSpP", e.g. 128x64w4s3p2) forces one."""
+    forced = os.environ.get("MEGASTRIDE_BLOCKSPARSE_FLAT_TILES")
+    if forced:
+        import re
+
+        m = re.fullmatch(r"(\d+)x(\d+)w(\d+)s(\d+)p(\d+)", forced)
+        if not m:
+            raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_FLAT_TILES must look like 128x64w4s3p2, got {forced!r}")
+        entry = tuple(int(x) for x in m.groups())
+        if max(entry[:2]) > block or min(entry[:2]) < 16:
+            raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_FLAT_TILES {forced!r}: tiles must be 16 to the layout's block {block}")
+        return [entry]
+    if bs._INTERPRET:
+        half = max(16, block // 2)
+        return [(half, half, 4, 1, 1)]
+    listed = FLAT_TILES.get((block, head_dim))
+    if listed:
+        return listed
+    side = min(64, block)
+    return [(side, side, 4, 3, 2)]
+
+
+def _programs(q: torch.Tensor, per_sm: int) -> int:
+    """Programs of one launch: ``per_sm`` an SM on a GPU; under the interpreter 4 (so a program walks several
+    query tiles, which is what its tests check); ``MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS`` forces a count."""
+    forced = os.environ.get("MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS")
+    if forced:
+        if not forced.isdigit() or int(forced) < 1:
+            raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS must be an integer >= 1, got {forced!r}")
+        return int(forced)
+    sms = bs.gpu_sms(q)
+    return 4 if sms is None else sms * per_sm
+
+
+def _launch(q, k, v, target, prev, lse, meta, layout, scale, load_prev, entry, lists) -> None:
+    block_m, block_n, warps, stages, _ = entry
+    args = (q, k, v, target, prev, lse, meta.heads, meta.min_off, meta.codes, lists["PROG_PTR"], lists["TILE_Q"],
+            lists["TILE_K"], lists["TILE_BH"], *bs._strides(q, k, v, target), lse.stride(0), lse.stride(1),
+            len(meta.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * bs.LOG2E)
+    consts = {key: value for key, value in bs._common(layout, meta, q, load_prev).items() if key != "BUCKET"}
+    programs = lists["programs"]
+    bs._launch_chosen(_fwd_flat_kernel, lambda _: (programs,), args,
+                      {**consts, "BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages})
+
+
+def _choose(q, k, v, target, prev, lse, meta, layout, scale, load_prev, regular) -> tuple | None:
+    """(config, lists) of the part's flat forward, or None for the default kernel: the one config of ``candidates``
+    where there is one or nothing can be timed, else the fastest, timed on first use by launches on copies of the
+    outputs (a merging part reads what it writes); with ``regular`` (the default kernel's launch, "auto") that
+    one is timed too and kept where faster, and where nothing can be timed it is kept. None also where no config's
+    lists fit ``FLAT_MAX_TILES``. Kept in the layout's cache per part, shape, dtype and forced setting."""
+    batch, _, seq_len, head_dim = q.shape
+    key = ("flat_fwd", id(meta), tuple(q.shape), q.dtype, load_prev, regular is not None,
+           os.environ.get("MEGASTRIDE_BLOCKSPARSE_FLAT_TILES"), os.environ.get("MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS"))
+    if key in layout.kernel_cache:
+        return layout.kernel_cache[key]
+    timing = bs._timing_possible(q)
+    if regular is not None and not timing:
+        return None  # not remembered: a later call outside a capture times them
+    options = []
+    for entry in candidates(layout.block, head_dim):
+        lists = flat_lists(meta, seq_len, batch, layout.block, entry[0], entry[1], _programs(q, entry[4]), q.device)
+        if lists is not None:
+            options.append((entry, lists))
+    if regular is not None and options:
+        options.append(None)
+    chosen = None
+    if len(options) == 1 or (options and not timing):
+        chosen = options[0]
+    elif options:
+        bs._not_replayable()
+        best, timings = None, {}
+        for option in options:
+            t, l_ = target.clone(), lse.clone()
+            p = t if prev is target else prev.clone()
+            if option is None:
+                run = lambda: regular(t, p, l_)  # noqa: E731
+            else:
+                run = lambda: _launch(q, k, v, t, p, l_, meta, layout, scale, load_prev, *option)  # noqa: E731
+            run()
+            seconds = min(bs._cuda_seconds(run) for _ in range(CHOOSE_REPEATS))
+            timings[tile_name(option[0]) if option else "default"] = seconds
+            if best is None or seconds < best[0]:
+                best = (seconds, option)
+        chosen = best[1]
+        layout.kernel_cache[key + ("seconds",)] = timings
+    layout.kernel_cache[key] = chosen
+    return chosen
+
+
+def forward_part(q, k, v, target, prev, lse, meta, layout, scale, load_prev, regular=None) -> bool:
+    """Launch the part's forward as flattened tiles (``_fwd_flat_kernel``); False (nothing launched: the caller
+    launches the default kernel) where ``_choose`` keeps the default one."""
+    chosen = _choose(q, k, v, target, prev, lse, meta, layout, scale, load_prev, regular)
+    if chosen is None:
+        return False
+    entry, lists = chosen
+    _launch(q, k, v, target, prev, lse, meta, layout, scale, load_prev, entry, lists)
+    return True

@@ -1,0 +1,192 @@
+"""The forward as one loop over each program's flattened tiles (kernels/flat.py), under the Triton interpreter:
+its output and the gradients made from its lse against the token-level reference, and its tile lists against
+the layout's own pairs."""
+
+import os
+
+import pytest
+
+if os.environ.get("TRITON_INTERPRET") != "1":  # as tests/test_kernels_triton.py: the interpreter only
+    pytest.skip("the flat forward's interpreter tests: run them with TRITON_INTERPRET=1 in a session of their own "
+                "on a GPU host", allow_module_level=True)
+
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the interpreter on numpy 2
+
+from megastride.kernels import blocksparse, flat, reference_attention  # noqa: E402
+from megastride.kernels import patterns as P  # noqa: E402
+
+ATOL = {torch.float32: 2e-5, torch.float16: 2e-3}
+
+# name -> (pattern, n, block, heads, head dim, dtype, batch)
+CASES = {
+    # one natural-order part; the window's diagonal blocks masked, the summary columns full
+    "fixed_block128": (lambda h: P.fixed(128, 32), 512, 128, 2, 64, torch.float16, 1),
+    # a natural part, then a stride-permuted part merging into it through the two lse (LOAD_PREV)
+    "strided_permuted_straddling": (lambda h: P.strided(32), 256, 32, 2, 32, torch.float32, 1),
+    # rows with no key at all: each gets one "none" tile, whose output is 0 and lse -inf
+    "summary_only_empty_rows": (lambda h: P.summary(64, 16), 256, 32, 2, 32, torch.float32, 1),
+    # several parts and CSRs of different heads in one launch, batch 2
+    "multi_head_mix": (lambda h: P.multi_head([P.fixed(32, 8), P.strided(16), P.strided_half(32)], h),
+                       256, 32, 3, 32, torch.float16, 2),
+    # a summary-first part (runs of 8 positions across 32-position tiles)
+    "fixed_summary_first_odd_window": (lambda h: P.fixed(48, 8), 384, 32, 2, 32, torch.float16, 1),
+}
+
+
+def _layout(case):
+    make, n, block, heads, head_dim, dtype, batch = case
+    pattern = P.same_for_all_heads(p, heads) if isinstance(p := make(heads), P.HeadPattern) else p
+    return pattern, P.build_layout(pattern, n, block)
+
+
+def _inputs(batch, heads, n, head_dim, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, heads, n, head_dim, generator=gen).to(dtype) for _ in range(4)]
+
+
+def _attention_and_grads(fn, q, k, v, do):
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = fn(*leaves)
+    return [out.detach(), *torch.autograd.grad(out, leaves, do.to(out.dtype))]
+
+
+@pytest.mark.parametrize("programs", ["3", "1000"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_flat_forward_and_the_gradients_from_its_lse_match_the_reference(name, programs, monkeypatch):
+    """With the flat forward on, the output and dq, dk, dv (the backward reads the flat forward's lse) equal the
+    reference within the three-way tolerance; 3 programs walk many query tiles each, 1,000 one or none."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT", "1")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS", programs)
+    monkeypatch.setattr(blocksparse, "POISON", True)  # every output element must be written
+    case = CASES[name]
+    _, n, block, heads, head_dim, dtype, batch = case
+    pattern, layout = _layout(case)
+    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype)
+    got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
+    chosen = flat.choices(layout)
+    assert len(chosen) == len(layout.parts) and "default" not in chosen, chosen
+    low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)
+    exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))
+    for what, g, lo, ex in zip(["out", "dq", "dk", "dv"], got, low, exact):
+        assert torch.isfinite(g).all(), f"{name}: {what} has unwritten elements"
+        err = (g.double() - ex).abs()
+        bound = 2 * (lo.double() - ex).abs() + ATOL[dtype] * max(1.0, ex.abs().max().item())
+        assert (err <= bound).all(), f"{name}: {what} off by {(err - bound).max():.3g} over its bound"
+
+
+def _decode(lists):
+    """Per program: [(query word, key word, bh)] in walking order."""
+    ptr = lists["PROG_PTR"].tolist()
+    words = [lists[name].tolist() for name in ("TILE_Q", "TILE_K", "TILE_BH")]
+    return [list(zip(*(w[ptr[p]:ptr[p + 1]] for w in words))) for p in range(len(ptr) - 1)]
+
+
+@pytest.mark.parametrize("name,block_m,block_n,programs", [("multi_head_mix", 32, 16, 5), ("fixed_block128", 64, 32, 3),
+                                                          ("summary_only_empty_rows", 16, 32, 4)])
+def test_flat_lists_hold_each_query_tile_once_and_cover_its_allowed_pairs(name, block_m, block_n, programs):
+    """Each (batch x part head, query tile) is one run of tiles in one program, flagged first at its start; a run
+    holds no key tile twice; every allowed pair of its rows lies in one of its tiles, unmasked tiles hold allowed
+    pairs only, and a row without keys has one ``none`` tile; the programs' loads differ by at most the largest
+    query tile's."""
+    case = CASES[name]
+    _, n, block, heads, _, _, batch = case
+    _, layout = _layout(case)
+    for part in layout.parts:
+        meta = blocksparse._part_meta(part, n, torch.device("cpu"))
+        lists = flat.flat_lists(meta, n, batch, block, block_m, block_n, programs, "cpu")
+        seen, loads, biggest = set(), [], 0
+        for tiles in _decode(lists):
+            loads.append(len(tiles))
+            runs = []
+            for qw, kw, bh in tiles:
+                if qw & flat.FIRST:
+                    runs.append([(qw >> 2, bh), []])
+                else:
+                    assert runs and runs[-1][0] == (qw >> 2, bh), "a tile continues another query tile's run"
+                runs[-1][1].append(kw)
+            for (first_row, bh), keys in runs:
+                assert (first_row, bh) not in seen, "a query tile walked twice"
+                seen.add((first_row, bh))
+                biggest = max(biggest, len(keys))
+                assert len(set(k >> 2 for k in keys)) == len(keys), "a key tile twice in one run"
+                hp = bh % len(part.heads)
+                rows = torch.arange(first_row, first_row + block_m)
+                allowed = part.allows(hp, rows[:, None], torch.arange(n)[None, :])
+                covered = torch.zeros_like(allowed)
+                for kw in keys:
+                    if kw & flat.NONE:
+                        assert len(keys) == 1 and not allowed.any(), "a none tile beside keys"
+                        continue
+                    cols = slice(kw >> 2, (kw >> 2) + block_n)
+                    if not kw & flat.MASKED:
+                        assert allowed[:, cols].all(), "an unmasked tile with a pair the part does not allow"
+                    covered[:, cols] = True
+                assert not (allowed & ~covered).any(), "an allowed pair in no tile of its row"
+        assert seen == {(qt * block_m, bh) for qt in range(n // block_m) for bh in range(batch * len(part.heads))}
+        assert max(loads) - min(loads) <= biggest + 1
+
+
+def test_flat_auto_keeps_the_default_forward_where_nothing_can_be_timed(monkeypatch):
+    """"auto" times the flat forward against the default one on a GPU; here (the interpreter) it launches the
+    default forward and remembers nothing, so a later call on a GPU still times."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT", "auto")
+    case = CASES["fixed_block128"]
+    _, n, block, heads, head_dim, dtype, batch = case
+    _, layout = _layout(case)
+    q, k, v, _ = _inputs(batch, heads, n, head_dim, dtype)
+    launched = []
+    monkeypatch.setattr(flat, "_launch", lambda *a: launched.append(a))
+    out = blocksparse.blocksparse_attention(q, k, v, layout)
+    assert not launched and flat.choices(layout) == []
+    torch.testing.assert_close(out.double(), reference_attention(*(t.double() for t in (q, k, v)), layout),
+                               atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("variable,value,words", [
+    ("MEGASTRIDE_BLOCKSPARSE_FLAT", "yes", "MEGASTRIDE_BLOCKSPARSE_FLAT must be one of"),
+    ("MEGASTRIDE_BLOCKSPARSE_FLAT_TILES", "128x64", "must look like 128x64w4s3p2"),
+    ("MEGASTRIDE_BLOCKSPARSE_FLAT_TILES", "256x64w4s3p1", "tiles must be 16 to the layout's block 128"),
+    ("MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS", "0", "MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS must be an integer >= 1"),
+])
+def test_flat_settings_reject_bad_values_in_one_line(variable, value, words, monkeypatch):
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT", "1")
+    monkeypatch.setenv(variable, value)
+    case = CASES["fixed_block128"]
+    _, n, block, heads, head_dim, dtype, batch = case
+    _, layout = _layout(case)
+    q, k, v, _ = _inputs(batch, heads, n, head_dim, dtype)
+    with pytest.raises(ValueError, match=words) as err:
+        blocksparse.blocksparse_attention(q, k, v, layout)
+    assert "\n" not in str(err.value)
+
+
+def test_flat_lists_past_the_cap_leave_the_default_forward(monkeypatch):
+    """Lists longer than FLAT_MAX_TILES are not built: the part runs the default forward, still exact."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT", "1")
+    monkeypatch.setattr(flat, "FLAT_MAX_TILES", 4)
+    case = CASES["fixed_block128"]
+    _, n, block, heads, head_dim, dtype, batch = case
+    _, layout = _layout(case)
+    q, k, v, _ = _inputs(batch, heads, n, head_dim, dtype)
+    out = blocksparse.blocksparse_attention(q, k, v, layout)
+    assert flat.choices(layout) == ["default"] * len(layout.parts)
+    torch.testing.assert_close(out.double(), reference_attention(*(t.double() for t in (q, k, v)), layout),
+                               atol=2e-3, rtol=0)
+
+
+def test_a_row_after_one_of_much_larger_scores_starts_its_own_softmax(monkeypatch):
+    """One program walks every query tile; tiles alternate between scores about 100 times apart (fp32), so a row
+    that kept the previous row's running max would lose its exponentials to underflow."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT", "1")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS", "1")
+    n, block, heads, head_dim = 256, 32, 1, 32
+    layout = P.build_layout(P.same_for_all_heads(P.local(48), heads), n, block)
+    q, k, v, _ = _inputs(1, heads, n, head_dim, torch.float32)
+    q = q * torch.where((torch.arange(n) // (block // 2)) % 2 == 0, 300.0, 1.0)[:, None]
+    out = blocksparse.blocksparse_attention(q, k, v, layout)
+    assert flat.choices(layout) == ["16x16w4s1p1"]
+    torch.testing.assert_close(out.double(), reference_attention(*(t.double() for t in (q, k, v)), layout),
+                               atol=1e-4, rtol=0)
