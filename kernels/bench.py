@@ -573,13 +573,13 @@ def auto_choices(layout) -> list[str]:
 
 
 def flat_choices(layout, clear: bool = False) -> list[str]:
-    """What the flat forward (kernels/flat.py) chose at this layout so far: a config or "default", with the
+    """What the flat forward and dQ (kernels/flat.py) chose at this layout so far: a config or "default", with the
     times it chose from; ``clear`` forgets the choices (a later variant times afresh)."""
     from . import flat
 
-    notes = flat.choices(layout)
+    notes = [f"{kind} {note}" for kind in ("fwd", "dq") for note in flat.choices(layout, kind)]
     if clear:
-        for key in [k for k in layout.kernel_cache if isinstance(k, tuple) and k and k[0] == "flat_fwd"]:
+        for key in [k for k in layout.kernel_cache if isinstance(k, tuple) and k and k[0] in ("flat_fwd", "flat_dq")]:
             del layout.kernel_cache[key]
     return notes
 
@@ -641,7 +641,7 @@ def run_case(case: Case, peers: set[str], dtype=torch.bfloat16, check_rows_count
         timed.append((f"ours_{variant}", ours, OUR_VARIANTS[variant]))
         stage(f"ours, {variant}  {result.timings[f'ours_{variant}_fwdbwd_ms']:.3f} ms f+b"
               + _graph_note(result, f"ours_{variant}"))
-        for note in [f"{variant}: flat forward {c}" for c in flat_choices(layout, clear=True)]:
+        for note in [f"{variant}: flat {c}" for c in flat_choices(layout, clear=True)]:
             result.notes.append(note)
             stage(note)
     flex_limit = (flex_max or {}).get(pattern_family(case.pattern), 1 << 62)

@@ -950,6 +950,7 @@ GLUON_FWD = "0"
 GLUON_FWD_AUTO_DIMS: tuple[int, ...] = ()
 # the forward as one loop over each program's flattened tiles (kernels/flat.py): flat_setting
 FLAT = "0"
+FLAT_DQ = "0"
 # an eager call's launches replayed from a plan once two calls of one key launched alike: "auto" (where
 # launches go straight to the compiled kernels, use_direct_launch on CUDA), "1" (also under the interpreter,
 # for the tests) or "0"; see use_plans
@@ -1510,7 +1511,7 @@ class _Plan:
 
 
 # module settings a call's launches depend on (the environment's MEGASTRIDE_ variables are read as well)
-_PLAN_SETTINGS = ("POISON", "FLAT", "DQ_MODE", "AUTO_MODES", "DKDV_SPLIT", "SPLIT_SEGMENT", "SPLIT_RATIO", "DELTA_IN_DQ",
+_PLAN_SETTINGS = ("POISON", "FLAT", "FLAT_DQ", "DQ_MODE", "AUTO_MODES", "DKDV_SPLIT", "SPLIT_SEGMENT", "SPLIT_RATIO", "DELTA_IN_DQ",
                   "DIRECT_LAUNCH", "SPLIT_FINISH", "PARTIALS", "RUNS", "ORDER", "TMA_LOADS", "TMA_MIN_BLOCKS",
                   "GLUON_BWD", "GLUON_AUTO_DIMS", "GLUON_SPLIT", "GLUON_SPLIT_RATIO", "GLUON_MIN_LENGTH", "GLUON_FWD",
                   "GLUON_FWD_AUTO_DIMS", "ORDER_CHUNK", "PLANS", "PLAN_TRIES")
@@ -2074,6 +2075,17 @@ def flat_setting() -> str:
     return _gluon_switch("MEGASTRIDE_BLOCKSPARSE_FLAT", FLAT)
 
 
+def flat_dq_setting() -> str:
+    """Whether the separate dQ kernel runs as one loop over each program's flattened tiles (kernels/flat.py; its
+    delta then from the delta kernel): ``FLAT_DQ``, or ``MEGASTRIDE_BLOCKSPARSE_FLAT_DQ`` where set: "0" (never:
+    the default until timed on a GPU) or "1" (every part whose lists fit ``flat.FLAT_MAX_TILES``, where the dQ mode
+    is "separate", or "auto" chose it)."""
+    mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ", FLAT_DQ)
+    if mode not in ("0", "1"):
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_FLAT_DQ must be 0 or 1; got {mode!r}")
+    return mode
+
+
 def gluon_forward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors: torch.Tensor) -> bool:
     """Whether a part's forward runs the Gluon kernel (kernels/gluon_fwd.py: the score and value products
     asynchronous, the softmax under them) instead of the Triton one: a part in natural order, 16-bit inputs on
@@ -2159,7 +2171,7 @@ def auto_mode_key(shape, dtype) -> tuple:
     switches in force (split columns and their finish, block order, tile loads, partials, delta in dQ): one
     choice per combination."""
     return ("dq_mode", tuple(shape), dtype, dkdv_split_setting(), block_order(), ORDER_CHUNK, use_tma_loads(),
-            partials_setting(), split_finish(), delta_in_dq())
+            partials_setting(), split_finish(), delta_in_dq(), flat_dq_setting())
 
 
 def _auto_mode(layout: Layout, q: torch.Tensor, run) -> str:
@@ -2268,7 +2280,10 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
     fused, merged = mode == "atomic", mode == "merged"
     # the separate dQ kernel computes delta itself (delta_in_dq), else the delta kernel first (the Gluon
     # kernels read it too)
-    delta_here = delta_in_dq() and not (fused or merged or gluon)
+    # the separate dQ kernel as one loop over each program's flattened tiles (kernels/flat.py): delta from the delta
+    # kernel first
+    flat_dq = flat_dq_setting() == "1" and not (fused or merged)
+    delta_here = delta_in_dq() and not (fused or merged or gluon or flat_dq)
     if gluon:
         _ensure_allocator()  # their TMA descriptors
     fused_dq = maxes = None
@@ -2339,7 +2354,12 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
         consts = {**_common(layout, meta, q, load_prev), "DESC": _desc_loads(meta, q, k, v, do)}
         common = (len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E, scale)
         row_runs, col_runs = _runs_table(part, meta, "row"), _runs_table(part, meta, "col")
-        if not (fused or merged):
+        flat_here = False
+        if flat_dq:
+            from . import flat
+
+            flat_here = flat.dq_part(q, k, v, do, lse, delta, dq, dq_sum, meta, layout, scale, load_prev)
+        if not (fused or merged or flat_here):
             args = (q, k, v, do, dq, dq_sum, lse, delta, out, meta.heads, meta.head_csr, meta.min_off, meta.codes,
                     lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
                     _side_order(meta, "row"), lists["row_full_idx"] if row_runs is None else row_runs,

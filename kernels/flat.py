@@ -1,5 +1,5 @@
-"""The forward as one loop over a program's flattened tiles: for short sequences, where each query tile's list is
-a few key tiles long.
+"""The forward and the separate dQ kernel as one loop over a program's flattened tiles: for short sequences, where
+each query tile's list is a few key tiles long.
 
 The default forward (``blocksparse._fwd_kernel``) runs one program per query tile: it loads the tile's queries,
 fills its load pipeline, walks the row's key tiles and writes the output, and the next program on that SM starts
@@ -18,14 +18,17 @@ longest-processing-time), so the programs end together. A query tile without a k
 marked ``none`` (its rows: output 0, lse -inf, as in the default kernel). Output equals the default forward's up
 to the order of the online softmax's sums (full tiles first, then the partial ones, as there).
 
-``blocksparse.flat_forward`` decides where it runs (``MEGASTRIDE_BLOCKSPARSE_FLAT``: "0", the default until it is
-timed on a GPU; "1" wherever the lists fit ``FLAT_MAX_TILES``); ``forward_part`` launches it.
+``blocksparse.flat_setting`` decides where the forward runs (``MEGASTRIDE_BLOCKSPARSE_FLAT``: "0", the default until
+it is timed on a GPU; "1" wherever the lists fit ``FLAT_MAX_TILES``; "auto" where it timed faster than the default
+forward), ``forward_part`` launches it. The dQ kernel (``_dq_flat_kernel``, ``dq_part``; ``flat_dq_setting``,
+``MEGASTRIDE_BLOCKSPARSE_FLAT_DQ``) walks the same lists with the dQ kernel's step, delta read from the delta kernel.
 """
 
 from __future__ import annotations
 
 import heapq
 import os
+import re
 
 import torch
 import triton
@@ -50,6 +53,14 @@ MASKED, NONE = 1, 2
 FLAT_TILES = {
     (128, 64): [(128, 64, 4, 3, 2), (64, 64, 4, 3, 2), (128, 64, 8, 3, 1)],
     (128, 128): [(64, 64, 4, 3, 2), (128, 64, 8, 3, 1)],
+}
+# the flat dQ kernel's (same fields): a tile loads the query rows and their output gradient, the keys and the values.
+# Compiled for sm_90 (2026-12-05, as above): at D=64 64x64 w4 s3 248 registers and 74 KB (two an SM), 128x64 w8 s3
+# 250 at 256 threads (one), 64x32 w4 s3 168 and 58 KB (three); at D=128 64x64 w4 s3 254 and 140 KB (one), 64x32
+# w4 s3 215 and 107 KB (two); none spills
+FLAT_DQ_TILES = {
+    (128, 64): [(64, 64, 4, 3, 2), (128, 64, 8, 3, 1), (64, 32, 4, 3, 3)],
+    (128, 128): [(64, 64, 4, 3, 1), (64, 32, 4, 3, 2)],
 }
 # lists longer than this many tiles are not built (12 bytes a tile): the flat loop is for short rows; at 1M
 # tokens, 8 heads, the fixed pattern has about 13M 64-wide key tiles
@@ -268,46 +279,125 @@ def _fwd_flat_kernel(Q, K, V, O, O_PREV, LSE, HEADS, MIN_OFF, CODES, PROG_PTR, T
                    stride_lb, stride_lh, perm_g, perm_l, seq, PERMUTED, RUN, LOAD_PREV, BLOCK_M, HEAD_DIM)
 
 
+@triton.jit(do_not_specialize=["part_heads", "num_blocks", "perm_g", "perm_l"])
+def _dq_flat_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, MIN_OFF, CODES, PROG_PTR, TILE_Q, TILE_K, TILE_BH,
+                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                    stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
+                    part_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
+                    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr,
+                    NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # the dQ kernel (blocksparse._dq_program's step, delta read) over the forward's flattened lists: a query tile's
+    # dQ is written where the next one starts (and after the loop), before the product that accumulates into the
+    # zeros the write's branch yields (as the forward's rows)
+    pid = tl.program_id(0)
+    lo = tl.load(PROG_PTR + pid)
+    hi = tl.load(PROG_PTR + pid + 1)
+    seq = num_blocks * BLOCK
+    offs_d = tl.arange(0, HEAD_DIM)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    done_qw = lo * 0
+    done_bh = lo * 0
+    for t in range(lo, hi):
+        qw = tl.load(TILE_Q + t)
+        kw = tl.load(TILE_K + t)
+        bh = tl.load(TILE_BH + t)
+        if ((qw & 1) != 0) and t > lo:
+            _write_dq(DQ, DQ_PREV, dq, done_qw, done_bh, HEADS, part_heads, stride_dqb, stride_dqh, stride_dqt, sm_scale,
+                      perm_g, perm_l, seq, PERMUTED, RUN, LOAD_PREV, BLOCK_M, HEAD_DIM)
+            dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        first_row = qw >> 2
+        first_col = kw >> 2
+        batch = (bh // part_heads).to(tl.int64)
+        hp = bh % part_heads
+        head = tl.load(HEADS + hp).to(tl.int64)
+        rows = bs._natural_tile(first_row, BLOCK_M, perm_g, perm_l, PERMUTED, RUN, seq)
+        cols = bs._natural_tile(first_col, BLOCK_N, perm_g, perm_l, PERMUTED, RUN, seq)
+        q = tl.load(Q + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qt + offs_d[None, :])
+        do = tl.load(DO + batch * stride_dob + head * stride_doh + rows[:, None] * stride_dot + offs_d[None, :])
+        k = tl.load(K + batch * stride_kb + head * stride_kh + cols[:, None] * stride_kt + offs_d[None, :])
+        v = tl.load(V + batch * stride_vb + head * stride_vh + cols[:, None] * stride_vt + offs_d[None, :])
+        lse = tl.load(LSE + batch * stride_lb + head * stride_lh + rows)
+        delta = tl.load(DELTA + batch * stride_lb + head * stride_lh + rows)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+        p = tl.math.exp2(s - lse[:, None])
+        if (kw & 1) != 0:  # a partial block's tile: the part's token predicate (none: nothing allowed)
+            offs_m = first_row + tl.arange(0, BLOCK_M)
+            offs_n = first_col + tl.arange(0, BLOCK_N)
+            ok = bs._allowed(offs_m[:, None], offs_n[None, :], CODES + hp * (NCOMP * 4), tl.load(MIN_OFF + hp),
+                             NCOMP, KINDS)
+            ok = ok & ((kw & 2) == 0)
+            p = tl.where(ok, p, 0.0)
+        ds = p * (dp - delta[:, None])
+        dq = dq + tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+        done_qw = qw
+        done_bh = bh
+    if hi > lo:
+        _write_dq(DQ, DQ_PREV, dq, done_qw, done_bh, HEADS, part_heads, stride_dqb, stride_dqh, stride_dqt, sm_scale,
+                  perm_g, perm_l, seq, PERMUTED, RUN, LOAD_PREV, BLOCK_M, HEAD_DIM)
+
+
+@triton.jit
+def _write_dq(DQ, DQ_PREV, dq, qw, bh, HEADS, part_heads, stride_dqb, stride_dqh, stride_dqt, sm_scale, perm_g, perm_l,
+              seq, PERMUTED: tl.constexpr, RUN: tl.constexpr, LOAD_PREV: tl.constexpr, BLOCK_M: tl.constexpr,
+              HEAD_DIM: tl.constexpr):
+    """A finished query tile's dQ, as the default dQ kernel writes it: scaled, plus the earlier parts' where
+    LOAD_PREV."""
+    batch = (bh // part_heads).to(tl.int64)
+    head = tl.load(HEADS + bh % part_heads).to(tl.int64)
+    rows = bs._natural_tile(qw >> 2, BLOCK_M, perm_g, perm_l, PERMUTED, RUN, seq)
+    offs = batch * stride_dqb + head * stride_dqh + rows[:, None] * stride_dqt + tl.arange(0, HEAD_DIM)[None, :]
+    dq = dq * sm_scale
+    if LOAD_PREV:
+        dq += tl.load(DQ_PREV + offs).to(tl.float32)
+    tl.store(DQ + offs, dq.to(DQ.dtype.element_ty))
+
+
 def tile_name(entry: tuple[int, int, int, int, int]) -> str:
     """A config in short form: "128x64w4s3p2" (programs per SM last)."""
     return "{}x{}w{}s{}p{}".format(*entry)
 
 
-def choices(layout) -> list[str]:
-    """What the layout's flat forwards chose so far, one line each: the config or "default", and the timings."""
+def choices(layout, kind: str = "fwd") -> list[str]:
+    """What the layout's flat ``kind`` kernels ("fwd" or "dq") chose so far, one line each: the config or "default",
+    and the timings it chose from."""
     out = []
     for key, value in layout.kernel_cache.items():
-        if isinstance(key, tuple) and key and key[0] == "flat_fwd" and key[-1] != "seconds":
+        if isinstance(key, tuple) and key and key[0] == f"flat_{kind}" and key[-1] != "seconds":
             seconds = layout.kernel_cache.get(key + ("seconds",), {})
             timed = ", ".join(f"{name} {s * 1e6:.1f} us" for name, s in seconds.items())
             out.append(f"{tile_name(value[0]) if value else 'default'}" + (f" (timed {timed})" if timed else ""))
     return out
 
 
-def candidates(block: int, head_dim: int) -> list[tuple[int, int, int, int, int]]:
-    """The configs (BLOCK_M, BLOCK_N, warps, stages, programs per SM) ``_choose`` times for a layout block and head
-    dim: ``FLAT_TILES``' entry, or one of 64-wide tiles (the block's where smaller); the interpreter's: half-block
-    tiles (as blocksparse's), so its tests walk a block's sub-tiles. ``MEGASTRIDE_BLOCKSPARSE_FLAT_TILES``
-    ("MxNwWsSpP", e.g. 128x64w4s3p2) forces one."""
-    forced = os.environ.get("MEGASTRIDE_BLOCKSPARSE_FLAT_TILES")
+def candidates(block: int, head_dim: int, kind: str = "fwd") -> list[tuple[int, int, int, int, int]]:
+    """The configs (BLOCK_M, BLOCK_N, warps, stages, programs per SM) ``_choose`` times for a kernel ("fwd" or
+    "dq"), a layout block and head dim: ``FLAT_TILES``' or ``FLAT_DQ_TILES``' entry, or one of 64-wide tiles (the
+    block's where smaller); the interpreter's: half-block tiles (as blocksparse's), so its tests walk a block's
+    sub-tiles. ``MEGASTRIDE_BLOCKSPARSE_FLAT_TILES`` / ``MEGASTRIDE_BLOCKSPARSE_FLAT_DQ_TILES`` ("MxNwWsSpP", e.g.
+    128x64w4s3p2) force one."""
+    variable = _FORCE[kind]
+    forced = os.environ.get(variable)
     if forced:
-        import re
-
         m = re.fullmatch(r"(\d+)x(\d+)w(\d+)s(\d+)p(\d+)", forced)
         if not m:
-            raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_FLAT_TILES must look like 128x64w4s3p2, got {forced!r}")
+            raise ValueError(f"{variable} must look like 128x64w4s3p2, got {forced!r}")
         entry = tuple(int(x) for x in m.groups())
         if max(entry[:2]) > block or min(entry[:2]) < 16:
-            raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_FLAT_TILES {forced!r}: tiles must be 16 to the layout's block {block}")
+            raise ValueError(f"{variable} {forced!r}: tiles must be 16 to the layout's block {block}")
         return [entry]
     if bs._INTERPRET:
         half = max(16, block // 2)
         return [(half, half, 4, 1, 1)]
-    listed = FLAT_TILES.get((block, head_dim))
+    listed = (FLAT_TILES if kind == "fwd" else FLAT_DQ_TILES).get((block, head_dim))
     if listed:
         return listed
     side = min(64, block)
     return [(side, side, 4, 3, 2)]
+
+
+_FORCE = {"fwd": "MEGASTRIDE_BLOCKSPARSE_FLAT_TILES", "dq": "MEGASTRIDE_BLOCKSPARSE_FLAT_DQ_TILES"}
 
 
 def _programs(q: torch.Tensor, per_sm: int) -> int:
@@ -322,33 +412,59 @@ def _programs(q: torch.Tensor, per_sm: int) -> int:
     return 4 if sms is None else sms * per_sm
 
 
-def _launch(q, k, v, target, prev, lse, meta, layout, scale, load_prev, entry, lists) -> None:
+def _consts(layout, meta, q, load_prev, entry) -> dict:
     block_m, block_n, warps, stages, _ = entry
-    args = (q, k, v, target, prev, lse, meta.heads, meta.min_off, meta.codes, lists["PROG_PTR"], lists["TILE_Q"],
-            lists["TILE_K"], lists["TILE_BH"], *bs._strides(q, k, v, target), lse.stride(0), lse.stride(1),
-            len(meta.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * bs.LOG2E)
     consts = {key: value for key, value in bs._common(layout, meta, q, load_prev).items() if key != "BUCKET"}
+    return {**consts, "BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}
+
+
+def _list_args(meta, lists) -> tuple:
+    return (meta.heads, meta.min_off, meta.codes, lists["PROG_PTR"], lists["TILE_Q"], lists["TILE_K"], lists["TILE_BH"])
+
+
+def _launch_fwd(q, k, v, outs, meta, layout, scale, load_prev, entry, lists) -> None:
+    target, prev, lse = outs
+    args = (q, k, v, target, prev, lse, *_list_args(meta, lists), *bs._strides(q, k, v, target), lse.stride(0),
+            lse.stride(1), len(meta.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * bs.LOG2E)
     programs = lists["programs"]
-    bs._launch_chosen(_fwd_flat_kernel, lambda _: (programs,), args,
-                      {**consts, "BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages})
+    bs._launch_chosen(_fwd_flat_kernel, lambda _: (programs,), args, _consts(layout, meta, q, load_prev, entry))
 
 
-def _choose(q, k, v, target, prev, lse, meta, layout, scale, load_prev, regular) -> tuple | None:
-    """(config, lists) of the part's flat forward, or None for the default kernel: the one config of ``candidates``
-    where there is one or nothing can be timed, else the fastest, timed on first use by launches on copies of the
-    outputs (a merging part reads what it writes); with ``regular`` (the default kernel's launch, "auto") that
-    one is timed too and kept where faster, and where nothing can be timed it is kept. None also where no config's
-    lists fit ``FLAT_MAX_TILES``. Kept in the layout's cache per part, shape, dtype and forced setting."""
+def _launch_dq(q, k, v, do, lse, delta, outs, meta, layout, scale, load_prev, entry, lists) -> None:
+    dq, dq_prev = outs
+    args = (q, k, v, do, dq, dq_prev, lse, delta, *_list_args(meta, lists), *bs._strides(q, k, v, do, dq),
+            lse.stride(0), lse.stride(1), len(meta.heads), layout.num_blocks, meta.perm_g, meta.perm_l,
+            scale * bs.LOG2E, scale)
+    programs = lists["programs"]
+    bs._launch_chosen(_dq_flat_kernel, lambda _: (programs,), args, _consts(layout, meta, q, load_prev, entry))
+
+
+def _copies(outs) -> list[torch.Tensor]:
+    """Copies of the output tensors for a timed launch, one per distinct tensor (an alias stays an alias)."""
+    made = {}
+    for t in outs:
+        if id(t) not in made:
+            made[id(t)] = t.clone()
+    return [made[id(t)] for t in outs]
+
+
+def _choose(kind, q, layout, meta, load_prev, outs, launch, regular) -> tuple | None:
+    """(config, lists) of the part's flat ``kind`` kernel ("fwd" or "dq"), or None for the default kernel: the one
+    config of ``candidates`` where there is one or nothing can be timed, else the fastest, timed on first use by
+    ``launch(outs, entry, lists)`` on copies of the outputs ``outs`` (a merging part reads what it writes); with
+    ``regular(outs)`` (the default kernel's launch: "auto") that one is timed too and kept where faster, and where
+    nothing can be timed it is kept. None also where no config's lists fit ``FLAT_MAX_TILES``. Kept in the layout's
+    cache per part, shape, dtype and forced setting."""
     batch, _, seq_len, head_dim = q.shape
-    key = ("flat_fwd", id(meta), tuple(q.shape), q.dtype, load_prev, regular is not None,
-           os.environ.get("MEGASTRIDE_BLOCKSPARSE_FLAT_TILES"), os.environ.get("MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS"))
+    key = (f"flat_{kind}", id(meta), tuple(q.shape), q.dtype, load_prev, regular is not None,
+           os.environ.get(_FORCE[kind]), os.environ.get("MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS"))
     if key in layout.kernel_cache:
         return layout.kernel_cache[key]
     timing = bs._timing_possible(q)
     if regular is not None and not timing:
         return None  # not remembered: a later call outside a capture times them
     options = []
-    for entry in candidates(layout.block, head_dim):
+    for entry in candidates(layout.block, head_dim, kind):
         lists = flat_lists(meta, seq_len, batch, layout.block, entry[0], entry[1], _programs(q, entry[4]), q.device)
         if lists is not None:
             options.append((entry, lists))
@@ -361,12 +477,11 @@ def _choose(q, k, v, target, prev, lse, meta, layout, scale, load_prev, regular)
         bs._not_replayable()
         best, timings = None, {}
         for option in options:
-            t, l_ = target.clone(), lse.clone()
-            p = t if prev is target else prev.clone()
+            copies = _copies(outs)
             if option is None:
-                run = lambda: regular(t, p, l_)  # noqa: E731
+                run = lambda: regular(*copies)  # noqa: E731
             else:
-                run = lambda: _launch(q, k, v, t, p, l_, meta, layout, scale, load_prev, *option)  # noqa: E731
+                run = lambda: launch(copies, *option)  # noqa: E731
             run()
             seconds = min(bs._cuda_seconds(run) for _ in range(CHOOSE_REPEATS))
             timings[tile_name(option[0]) if option else "default"] = seconds
@@ -379,11 +494,26 @@ def _choose(q, k, v, target, prev, lse, meta, layout, scale, load_prev, regular)
 
 
 def forward_part(q, k, v, target, prev, lse, meta, layout, scale, load_prev, regular=None) -> bool:
-    """Launch the part's forward as flattened tiles (``_fwd_flat_kernel``); False (nothing launched: the caller
-    launches the default kernel) where ``_choose`` keeps the default one."""
-    chosen = _choose(q, k, v, target, prev, lse, meta, layout, scale, load_prev, regular)
+    """Launch the part's forward as flattened tiles (``_fwd_flat_kernel``) into ``target`` (merging with ``prev``
+    through ``lse`` where ``load_prev``); False (nothing launched: the caller launches the default kernel) where
+    ``_choose`` keeps the default one. ``regular(target, prev, lse)``: the default kernel's launch ("auto")."""
+    outs = (target, prev, lse)
+    launch = lambda o, entry, lists: _launch_fwd(q, k, v, o, meta, layout, scale, load_prev, entry, lists)  # noqa: E731
+    chosen = _choose("fwd", q, layout, meta, load_prev, outs, launch, regular)
     if chosen is None:
         return False
-    entry, lists = chosen
-    _launch(q, k, v, target, prev, lse, meta, layout, scale, load_prev, entry, lists)
+    launch(outs, *chosen)
+    return True
+
+
+def dq_part(q, k, v, do, lse, delta, dq, dq_prev, meta, layout, scale, load_prev) -> bool:
+    """Launch the part's dQ as flattened tiles (``_dq_flat_kernel``: delta read, not computed) into ``dq`` (adding
+    ``dq_prev`` where ``load_prev``); False where its lists would pass ``FLAT_MAX_TILES``."""
+    outs = (dq, dq_prev)
+    launch = lambda o, entry, lists: _launch_dq(q, k, v, do, lse, delta, o, meta, layout, scale, load_prev,  # noqa: E731
+                                                entry, lists)
+    chosen = _choose("dq", q, layout, meta, load_prev, outs, launch, None)
+    if chosen is None:
+        return False
+    launch(outs, *chosen)
     return True

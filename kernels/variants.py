@@ -58,6 +58,8 @@ OUR_VARIANTS = {
     # wherever its lists fit, or where it timed faster than the default forward (per part and shape)
     "flat": {"MEGASTRIDE_BLOCKSPARSE_FLAT": "1"},
     "flatauto": {"MEGASTRIDE_BLOCKSPARSE_FLAT": "auto"},
+    # and the separate dQ kernel as flattened tiles too (blocksparse.flat_dq_setting), the dQ mode separate
+    "flatdq": {"MEGASTRIDE_BLOCKSPARSE_FLAT": "1", "MEGASTRIDE_BLOCKSPARSE_FLAT_DQ": "1", "MEGASTRIDE_BLOCKSPARSE_DQ": "separate"},
     "gluon1": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "1"},
     "gluon2": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "2"},
     "onestream": {"MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS": "0"},  # Gluon's dQ after its dK/dV on one stream

@@ -138,7 +138,7 @@ def test_flat_auto_keeps_the_default_forward_where_nothing_can_be_timed(monkeypa
     _, layout = _layout(case)
     q, k, v, _ = _inputs(batch, heads, n, head_dim, dtype)
     launched = []
-    monkeypatch.setattr(flat, "_launch", lambda *a: launched.append(a))
+    monkeypatch.setattr(flat, "_launch_fwd", lambda *a: launched.append(a))
     out = blocksparse.blocksparse_attention(q, k, v, layout)
     assert not launched and flat.choices(layout) == []
     torch.testing.assert_close(out.double(), reference_attention(*(t.double() for t in (q, k, v)), layout),
@@ -150,16 +150,20 @@ def test_flat_auto_keeps_the_default_forward_where_nothing_can_be_timed(monkeypa
     ("MEGASTRIDE_BLOCKSPARSE_FLAT_TILES", "128x64", "must look like 128x64w4s3p2"),
     ("MEGASTRIDE_BLOCKSPARSE_FLAT_TILES", "256x64w4s3p1", "tiles must be 16 to the layout's block 128"),
     ("MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS", "0", "MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS must be an integer >= 1"),
+    ("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ", "auto", "MEGASTRIDE_BLOCKSPARSE_FLAT_DQ must be 0 or 1"),
+    ("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ_TILES", "64x64w4", "MEGASTRIDE_BLOCKSPARSE_FLAT_DQ_TILES must look like"),
 ])
 def test_flat_settings_reject_bad_values_in_one_line(variable, value, words, monkeypatch):
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT", "1")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ", "1")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
     monkeypatch.setenv(variable, value)
     case = CASES["fixed_block128"]
     _, n, block, heads, head_dim, dtype, batch = case
     _, layout = _layout(case)
-    q, k, v, _ = _inputs(batch, heads, n, head_dim, dtype)
+    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype)
     with pytest.raises(ValueError, match=words) as err:
-        blocksparse.blocksparse_attention(q, k, v, layout)
+        _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
     assert "\n" not in str(err.value)
 
 
@@ -190,3 +194,25 @@ def test_a_row_after_one_of_much_larger_scores_starts_its_own_softmax(monkeypatc
     assert flat.choices(layout) == ["16x16w4s1p1"]
     torch.testing.assert_close(out.double(), reference_attention(*(t.double() for t in (q, k, v)), layout),
                                atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["fixed_block128", "strided_permuted_straddling", "multi_head_mix",
+                                  "summary_only_empty_rows"])
+def test_flat_dq_matches_the_reference(name, monkeypatch):
+    """The separate dQ kernel as flattened tiles (``MEGASTRIDE_BLOCKSPARSE_FLAT_DQ=1``, delta from the delta kernel,
+    3 programs): dq within the three-way tolerance, merging parts adding into the earlier parts' sums."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ", "1")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS", "3")
+    monkeypatch.setattr(blocksparse, "POISON", True)
+    case = CASES[name]
+    _, n, block, heads, head_dim, dtype, batch = case
+    _, layout = _layout(case)
+    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype)
+    got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)[1]
+    assert len(flat.choices(layout, "dq")) == len(layout.parts)
+    low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)[1]
+    exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))[1]
+    err = (got.double() - exact).abs()
+    bound = 2 * (low.double() - exact).abs() + ATOL[dtype] * max(1.0, exact.abs().max().item())
+    assert torch.isfinite(got).all() and (err <= bound).all(), f"{name}: dq off by {(err - bound).max():.3g}"

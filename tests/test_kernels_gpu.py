@@ -757,8 +757,8 @@ def test_every_listed_tile_config_gives_the_reference_output_and_gradients(dim, 
 
 @pytest.mark.parametrize("dim, heads", [(64, 8), (128, 2)])
 def test_the_flat_forward_gives_the_reference_output_and_gradients_in_bf16(dim, heads, monkeypatch):
-    """The forward as flattened tiles (kernels/flat.py) at each listed config forced in turn, then as "auto" chose
-    it, on the fixed pattern at 3,072 and 12,288 tokens and the strided one (a permuted part merging into the
+    """The forward as flattened tiles (kernels/flat.py) at each listed config forced in turn, the flat dQ's likewise
+    (dQ mode separate), then the forward as "auto" chose it, on the fixed pattern at 3,072 and 12,288 tokens and the strided one (a permuted part merging into the
     natural one) at 3,072, bf16: output and the gradients made from its lse within the GPU bound of the fp32
     reference."""
     B = _blocksparse()
@@ -779,10 +779,20 @@ def test_the_flat_forward_gives_the_reference_output_and_gradients_in_bf16(dim, 
             _assert_near(got, want, f"{pattern.name} n={n} flat {flat.tile_name(entry)} ")
             checked += 1
         monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_FLAT_TILES")
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ", "1")
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
+        for entry in flat.FLAT_DQ_TILES[(128, dim)]:
+            monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ_TILES", flat.tile_name(entry))
+            got = _grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)
+            assert flat.tile_name(entry) in flat.choices(layout, "dq")
+            _assert_near(got, want, f"{pattern.name} n={n} flat dQ {flat.tile_name(entry)} ")
+            checked += 1
+        for name in ("FLAT_DQ_TILES", "FLAT_DQ", "DQ"):
+            monkeypatch.delenv(f"MEGASTRIDE_BLOCKSPARSE_{name}")
         monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT", "auto")
         got = _grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)
         _assert_near(got, want, f"{pattern.name} n={n} flat auto ({flat.choices(layout)}) ")
-    assert checked >= 6
+    assert checked >= 12
 
 
 @pytest.mark.parametrize("pattern, n, block, heads, dim", [
