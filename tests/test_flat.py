@@ -216,3 +216,31 @@ def test_flat_dq_matches_the_reference(name, monkeypatch):
     err = (got.double() - exact).abs()
     bound = 2 * (low.double() - exact).abs() + ATOL[dtype] * max(1.0, exact.abs().max().item())
     assert torch.isfinite(got).all() and (err <= bound).all(), f"{name}: dq off by {(err - bound).max():.3g}"
+
+
+@pytest.mark.parametrize("fastest", ["16x16w4s1p1", "default"])
+def test_flat_auto_keeps_what_timed_fastest_and_times_on_copies(fastest, monkeypatch):
+    """"auto" (timing faked: each launch's time from a table) launches each flat config and the default forward on
+    copies of the outputs, keeps the fastest, and the call's own output is still exact: the merging part's timed
+    launches did not fold into the real lse and output twice."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT", "auto")
+    monkeypatch.setattr(flat, "candidates", lambda block, head_dim, kind="fwd": [(16, 16, 4, 1, 1), (32, 32, 4, 1, 1)])
+    seconds = {"16x16w4s1p1": 2e-3, "32x32w4s1p1": 3e-3, "default": 4e-3}
+    seconds[fastest] = 1e-3
+    last = []
+    launch_fwd, launch_default = flat._launch_fwd, blocksparse._fwd_part_launch
+    monkeypatch.setattr(flat, "_launch_fwd", lambda *a: (last.append(flat.tile_name(a[-2])), launch_fwd(*a)))
+    monkeypatch.setattr(blocksparse, "_fwd_part_launch", lambda *a, **kw: (last.append("default"),
+                                                                          launch_default(*a, **kw)))
+    monkeypatch.setattr(blocksparse, "_timing_possible", lambda q: True)
+    monkeypatch.setattr(blocksparse, "_cuda_seconds", lambda run: (run(), seconds[last[-1]])[1])
+    case = CASES["strided_permuted_straddling"]
+    _, n, block, heads, head_dim, dtype, batch = case
+    _, layout = _layout(case)
+    q, k, v, _ = _inputs(batch, heads, n, head_dim, dtype)
+    out = blocksparse.blocksparse_attention(q, k, v, layout)
+    chosen = flat.choices(layout)
+    assert len(chosen) == 2 and all(c.startswith(fastest + " (timed ") for c in chosen), chosen
+    assert last.count("default") == 2 * (1 + flat.CHOOSE_REPEATS) + (fastest == "default") * 2
+    torch.testing.assert_close(out.double(), reference_attention(*(t.double() for t in (q, k, v)), layout),
+                               atol=1e-5, rtol=0)
