@@ -137,10 +137,16 @@ def flat_lists(meta: "bs._PartMeta", n: int, batch: int, block: int, block_m: in
     key = ("flat", batch, block_m, block_n, programs, str(device))
     if key in meta.extra:
         return meta.extra[key]
-    lists = _lists_cpu(meta)
     head_csr = meta.head_csr.tolist()
     min_off = meta.min_off.tolist()
     part_heads = len(head_csr)
+    # the full blocks alone (their tiles, exactly) already past the cap: nothing copied to the host or built
+    full_ptr = meta.lists["row_full_ptr"]
+    per_csr = (full_ptr.view(-1, meta.num_blocks + 1)[:, -1] - full_ptr.view(-1, meta.num_blocks + 1)[:, 0]).tolist()
+    if batch * sum(per_csr[c] for c in head_csr) * (block // block_m) * (block // block_n) > FLAT_MAX_TILES:
+        meta.extra[key] = None
+        return None
+    lists = _lists_cpu(meta)
     rows = {}  # (csr, min_off) -> (counts, words, row starts)
     for csr, off in set(zip(head_csr, min_off)):
         counts, words = _row_tiles(lists, csr, off, meta.num_blocks, n, block, block_m, block_n)

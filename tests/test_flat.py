@@ -244,3 +244,20 @@ def test_flat_auto_keeps_what_timed_fastest_and_times_on_copies(fastest, monkeyp
     assert last.count("default") == 2 * (1 + flat.CHOOSE_REPEATS) + (fastest == "default") * 2
     torch.testing.assert_close(out.double(), reference_attention(*(t.double() for t in (q, k, v)), layout),
                                atol=1e-5, rtol=0)
+
+
+def test_flat_lists_count_the_full_blocks_tiles_before_building_anything(monkeypatch):
+    """Where the full blocks' tiles alone pass FLAT_MAX_TILES the lists are refused before the CSRs are copied to
+    the host (at 1M tokens that copy and the lists would be hundreds of MB); just under the cap they are built."""
+    case = CASES["fixed_block128"]
+    _, n, block, heads, _, _, batch = case
+    _, layout = _layout(case)
+    meta = blocksparse._part_meta(layout.parts[0], n, torch.device("cpu"))
+    full = int(meta.lists["row_full_ptr"][-1] - meta.lists["row_full_ptr"][0]) * len(layout.parts[0].heads)
+    monkeypatch.setattr(flat, "_lists_cpu", lambda meta: pytest.fail("copied the lists past the cap"))
+    monkeypatch.setattr(flat, "FLAT_MAX_TILES", full * 4 - 1)  # 64x64 tiles of 128-blocks: 4 a full block
+    assert flat.flat_lists(meta, n, batch, block, 64, 64, 3, "cpu") is None
+    monkeypatch.undo()
+    monkeypatch.setattr(flat, "FLAT_MAX_TILES", 10 ** 6)
+    lists = flat.flat_lists(meta, n, batch, block, 64, 64, 4, "cpu")  # another key: the refusal is remembered
+    assert lists["PROG_PTR"][-1].item() >= full * 4
