@@ -573,13 +573,14 @@ def auto_choices(layout) -> list[str]:
 
 
 def flat_choices(layout, clear: bool = False) -> list[str]:
-    """What the flat forward and dQ (kernels/flat.py) chose at this layout so far: a config or "default", with the
+    """What the flat forward, dQ and dK/dV (kernels/flat.py) chose at this layout so far: a config or "default", with the
     times it chose from; ``clear`` forgets the choices (a later variant times afresh)."""
     from . import flat
 
-    notes = [f"{kind} {note}" for kind in ("fwd", "dq") for note in flat.choices(layout, kind)]
+    kinds = ("fwd", "dq", "dkdv")
+    notes = [f"{kind} {note}" for kind in kinds for note in flat.choices(layout, kind)]
     if clear:
-        for key in [k for k in layout.kernel_cache if isinstance(k, tuple) and k and k[0] in ("flat_fwd", "flat_dq")]:
+        for key in [k for k in layout.kernel_cache if isinstance(k, tuple) and k and k[0] in [f"flat_{x}" for x in kinds]]:
             del layout.kernel_cache[key]
     return notes
 

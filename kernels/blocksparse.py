@@ -951,6 +951,7 @@ GLUON_FWD_AUTO_DIMS: tuple[int, ...] = ()
 # the forward as one loop over each program's flattened tiles (kernels/flat.py): flat_setting
 FLAT = "0"
 FLAT_DQ = "0"
+FLAT_DKDV = "0"
 # an eager call's launches replayed from a plan once two calls of one key launched alike: "auto" (where
 # launches go straight to the compiled kernels, use_direct_launch on CUDA), "1" (also under the interpreter,
 # for the tests) or "0"; see use_plans
@@ -1511,7 +1512,7 @@ class _Plan:
 
 
 # module settings a call's launches depend on (the environment's MEGASTRIDE_ variables are read as well)
-_PLAN_SETTINGS = ("POISON", "FLAT", "FLAT_DQ", "DQ_MODE", "AUTO_MODES", "DKDV_SPLIT", "SPLIT_SEGMENT", "SPLIT_RATIO", "DELTA_IN_DQ",
+_PLAN_SETTINGS = ("POISON", "FLAT", "FLAT_DQ", "FLAT_DKDV", "DQ_MODE", "AUTO_MODES", "DKDV_SPLIT", "SPLIT_SEGMENT", "SPLIT_RATIO", "DELTA_IN_DQ",
                   "DIRECT_LAUNCH", "SPLIT_FINISH", "PARTIALS", "RUNS", "ORDER", "TMA_LOADS", "TMA_MIN_BLOCKS",
                   "GLUON_BWD", "GLUON_AUTO_DIMS", "GLUON_SPLIT", "GLUON_SPLIT_RATIO", "GLUON_MIN_LENGTH", "GLUON_FWD",
                   "GLUON_FWD_AUTO_DIMS", "ORDER_CHUNK", "PLANS", "PLAN_TRIES")
@@ -2086,6 +2087,17 @@ def flat_dq_setting() -> str:
     return mode
 
 
+def flat_dkdv_setting() -> str:
+    """Whether the dK/dV kernel's whole columns run as one loop over each program's flattened key tiles
+    (kernels/flat.py; columns split into segments, ``dkdv_split``, keep the default kernel): ``FLAT_DKDV``, or
+    ``MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV`` where set: "0" (never: the default until timed on a GPU) or "1" (every part
+    whose lists fit ``flat.FLAT_MAX_TILES``, where the dQ mode is "separate", or "auto" chose it)."""
+    mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV", FLAT_DKDV)
+    if mode not in ("0", "1"):
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV must be 0 or 1; got {mode!r}")
+    return mode
+
+
 def gluon_forward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors: torch.Tensor) -> bool:
     """Whether a part's forward runs the Gluon kernel (kernels/gluon_fwd.py: the score and value products
     asynchronous, the softmax under them) instead of the Triton one: a part in natural order, 16-bit inputs on
@@ -2171,7 +2183,7 @@ def auto_mode_key(shape, dtype) -> tuple:
     switches in force (split columns and their finish, block order, tile loads, partials, delta in dQ): one
     choice per combination."""
     return ("dq_mode", tuple(shape), dtype, dkdv_split_setting(), block_order(), ORDER_CHUNK, use_tma_loads(),
-            partials_setting(), split_finish(), delta_in_dq(), flat_dq_setting())
+            partials_setting(), split_finish(), delta_in_dq(), flat_dq_setting(), flat_dkdv_setting())
 
 
 def _auto_mode(layout: Layout, q: torch.Tensor, run) -> str:
@@ -2283,6 +2295,7 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
     # the separate dQ kernel as one loop over each program's flattened tiles (kernels/flat.py): delta from the delta
     # kernel first
     flat_dq = flat_dq_setting() == "1" and not (fused or merged)
+    flat_dkdv = flat_dkdv_setting() == "1" and not (fused or merged)
     delta_here = delta_in_dq() and not (fused or merged or gluon or flat_dq)
     if gluon:
         _ensure_allocator()  # their TMA descriptors
@@ -2367,6 +2380,11 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
             grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
             _launch(_dq_tuned, _bwd_dq_kernel, grid, args,
                     {**consts, "RUNS": row_runs is not None, "DELTA_HERE": delta_here}, name="dq")
+        if flat_dkdv and not split:  # whole columns as flattened tiles (kernels/flat.py)
+            from . import flat
+
+            if flat.dkdv_part(q, k, v, do, lse, delta, dk, dv, dk_sum, dv_sum, meta, layout, scale, load_prev):
+                continue
         if split:
             key, seg = _segments(meta, split)
             order, seg_lo, seg_hi, seg_first = seg["seg_col"], seg["seg_lo"], seg["seg_hi"], seg["seg_first"]

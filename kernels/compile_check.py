@@ -32,7 +32,7 @@ from . import flat
 
 _INDEX_ARRAYS = {"HEADS", "HEAD_CSR", "MIN_OFF", "CODES", "FULL_PTR", "FULL_IDX", "PART_PTR", "PART_IDX", "ORDER",
                  "SEG_LO", "SEG_HI", "SEG_FIRST", "SEG_COUNT", "SEG_CIDX", "WS_CNT", "ROW_FULL_PTR", "ROW_FULL_IDX", "ROW_PART_PTR", "ROW_PART_IDX",
-                 "ROW_ORDER", "FULL_RUNS", "ROW_FULL_RUNS", "PROG_PTR", "TILE_Q", "TILE_K", "TILE_BH"}
+                 "ROW_ORDER", "FULL_RUNS", "ROW_FULL_RUNS", "PROG_PTR", "TILE_ITEM", "TILE_STEP", "TILE_BH"}
 _FP32_ARRAYS = {"LSE", "DELTA", "WS"}
 _FLOATS = {"qk_scale", "sm_scale"}
 
@@ -114,6 +114,11 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
             out.append(Variant(f"flat {tag} dQ {m}x{n} w{w} s{st}", flat._dq_flat_kernel,
                                {key: value for key, value in dict(common, BLOCK_M=m, BLOCK_N=n).items()
                                 if key not in ("BUCKET", "RUNS", "DESC")}, acc & {"DQ_PREV"}, w, st))
+        flat_tiles = flat.FLAT_DKDV_TILES.get((block, head_dim)) or flat.candidates(block, head_dim, "dkdv")
+        for m, n, w, st, per_sm in flat_tiles if every_config else flat_tiles[:1]:
+            out.append(Variant(f"flat {tag} dK/dV {m}x{n} w{w} s{st}", flat._dkdv_flat_kernel,
+                               {key: value for key, value in dict(common, BLOCK_M=m, BLOCK_N=n).items()
+                                if key not in ("BUCKET", "RUNS", "DESC")}, acc & {"DK_PREV", "DV_PREV"}, w, st))
         for (m, n, w, st), here in itertools.product(tiles(bs._DQ_TILES), (False, True)):  # delta loaded / computed
             out.append(Variant(f"dQ {tag}, delta {'here' if here else 'loaded'} {m}x{n} w{w} s{st}", bs._bwd_dq_kernel,
                                dict(common, DELTA_HERE=here, BLOCK_M=m, BLOCK_N=n), acc & {"DQ_PREV"}, w, st))

@@ -1,5 +1,5 @@
-"""The forward and the separate dQ kernel as one loop over a program's flattened tiles: for short sequences, where
-each query tile's list is a few key tiles long.
+"""The forward, the separate dQ kernel and dK/dV over whole columns as one loop over a program's flattened tiles: for
+short sequences, where each query tile's list (or key tile's column) is a few tiles long.
 
 The default forward (``blocksparse._fwd_kernel``) runs one program per query tile: it loads the tile's queries,
 fills its load pipeline, walks the row's key tiles and writes the output, and the next program on that SM starts
@@ -21,7 +21,9 @@ to the order of the online softmax's sums (full tiles first, then the partial on
 ``blocksparse.flat_setting`` decides where the forward runs (``MEGASTRIDE_BLOCKSPARSE_FLAT``: "0", the default until
 it is timed on a GPU; "1" wherever the lists fit ``FLAT_MAX_TILES``; "auto" where it timed faster than the default
 forward), ``forward_part`` launches it. The dQ kernel (``_dq_flat_kernel``, ``dq_part``; ``flat_dq_setting``,
-``MEGASTRIDE_BLOCKSPARSE_FLAT_DQ``) walks the same lists with the dQ kernel's step, delta read from the delta kernel.
+``MEGASTRIDE_BLOCKSPARSE_FLAT_DQ``) walks the same lists with the dQ kernel's step, delta read from the delta kernel;
+the dK/dV kernel (``_dkdv_flat_kernel``, ``dkdv_part``; ``flat_dkdv_setting``) walks the column side's lists (items
+are key tiles, their steps query tiles) where columns are not split into segments.
 """
 
 from __future__ import annotations
@@ -62,6 +64,16 @@ FLAT_DQ_TILES = {
     (128, 64): [(64, 64, 4, 3, 2), (128, 64, 8, 3, 1), (64, 32, 4, 3, 3)],
     (128, 128): [(64, 64, 4, 3, 1), (64, 32, 4, 3, 2)],
 }
+# the flat dK/dV kernel's (BLOCK_M query rows a step, BLOCK_N keys an item): a tile loads the keys, the values, the
+# query rows and their output gradient. Compiled for sm_90 (2026-12-05, as above; natural order): at D=64 64x64 w4
+# s3 255 registers and 74 KB (two an SM), 64x128 w8 s3 255 at 256 threads (one), 32x64 w4 s3 216 and 58 KB (two),
+# 32x128 w8 s3 230 and 99 KB (one); at D=128 64x64 w8 s3 249 and 148 KB (one), 32x64 w4 s3 247 and 107 KB (two),
+# 32x128 w8 s3 244 and 197 KB (one); none spills (64x64 w4 at D=128 spilled 236 B: its two 64x128 fp32 sums hold
+# 128 of a thread's registers at four warps)
+FLAT_DKDV_TILES = {
+    (128, 64): [(64, 64, 4, 3, 2), (64, 128, 8, 3, 1), (32, 64, 4, 3, 2), (32, 128, 8, 3, 1)],
+    (128, 128): [(64, 64, 8, 3, 1), (32, 64, 4, 3, 2), (32, 128, 8, 3, 1)],
+}
 # lists longer than this many tiles are not built (12 bytes a tile): the flat loop is for short rows; at 1M
 # tokens, 8 heads, the fixed pattern has about 13M 64-wide key tiles
 FLAT_MAX_TILES = 1 << 22
@@ -69,49 +81,55 @@ FLAT_MAX_TILES = 1 << 22
 CHOOSE_REPEATS = 3
 
 
-def _lists_cpu(meta: "bs._PartMeta") -> dict[str, torch.Tensor]:
-    return {name: meta.lists[name].detach().to("cpu", torch.int64) for name in
-            ("row_full_ptr", "row_full_idx", "row_part_ptr", "row_part_idx")}
+def _lists_cpu(meta: "bs._PartMeta", side: str) -> dict[str, torch.Tensor]:
+    return {name: meta.lists[f"{side}_{name}"].detach().to("cpu", torch.int64) for name in
+            ("full_ptr", "full_idx", "part_ptr", "part_idx")}
 
 
-def _row_tiles(lists: dict, csr: int, min_off: int, num_blocks: int, n: int, block: int, block_m: int,
-               block_n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(counts, words) of one CSR and min offset: tiles per query tile (n // block_m of them) and their key words
-    in row order (each row's full tiles, then its masked ones; a row without any: one ``none`` tile)."""
-    sub, per = block // block_n, block // block_m
-    nq = n // block_m
-    qt = torch.arange(nq)
-    base = csr * (num_blocks + 1) + qt // per
-    last_row = qt * block_m + block_m - 1
+def _side_tiles(lists: dict, side: str, csr: int, min_off: int, num_blocks: int, n: int, block: int, item_tile: int,
+                step_tile: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(counts, words) of one CSR and min offset: tiles per item and their step words in item order (each item's
+    full tiles, then its masked ones; an item without any: one ``none`` tile). ``side`` "row": the items are query
+    tiles of ``item_tile`` rows and the steps key tiles of ``step_tile`` keys from the row lists; "col": the items
+    key tiles, the steps query tiles, from the column (transposed) lists. A partial block's sub-tiles wholly above
+    the (shifted) diagonal hold no allowed pair and are left out."""
+    sub, per = block // step_tile, block // item_tile
+    count_items = n // item_tile
+    it = torch.arange(count_items)
+    base = csr * (num_blocks + 1) + it // per
+    first = it * item_tile
     pieces_item, pieces_word = [], []
     for kind in ("full", "part"):
-        ptr, idx = lists[f"row_{kind}_ptr"], lists[f"row_{kind}_idx"]
+        ptr, idx = lists[f"{kind}_ptr"], lists[f"{kind}_idx"]
         lo, hi = ptr[base], ptr[base + 1]
         count = hi - lo
-        item = torch.repeat_interleave(qt, count)
+        item = torch.repeat_interleave(it, count)
         starts = torch.cumsum(count, 0) - count
         entry = lo[item] + (torch.arange(item.numel()) - starts[item])
-        cols = idx[entry] if entry.numel() else entry
-        key = (cols[:, None] * block + torch.arange(sub)[None, :] * block_n)  # (entries, sub)
+        blocks = idx[entry] if entry.numel() else entry
+        step = (blocks[:, None] * block + torch.arange(sub)[None, :] * step_tile)  # (entries, sub)
         item = item[:, None].expand(-1, sub)
-        if kind == "part":  # sub-tiles wholly above the (shifted) diagonal hold no allowed pair: skipped
-            keep = key <= (last_row[item] - min_off)
-            key, item = key[keep], item[keep]
-            word = key * 4 + MASKED
+        if kind == "part":
+            if side == "row":  # key sub-tile from ``step``: some key at or below the last row's reach
+                keep = step <= first[item] + item_tile - 1 - min_off
+            else:  # query sub-tile from ``step`` whose last row reaches the item's first key
+                keep = step + step_tile - 1 - min_off >= first[item]
+            step, item = step[keep], item[keep]
+            word = step * 4 + MASKED
         else:
-            key, item = key.reshape(-1), item.reshape(-1)
-            word = key * 4
+            step, item = step.reshape(-1), item.reshape(-1)
+            word = step * 4
         pieces_item.append(item.reshape(-1))
         pieces_word.append(word.reshape(-1))
     item = torch.cat(pieces_item)
     word = torch.cat(pieces_word)
-    counts = torch.bincount(item, minlength=nq)
+    counts = torch.bincount(item, minlength=count_items)
     empty = torch.nonzero(counts == 0).flatten()
-    if empty.numel():  # one tile standing for the row's (no) keys: its output 0 and lse -inf are written
+    if empty.numel():  # one tile standing for the item's (no) pairs: its zero results are written
         item = torch.cat([item, empty])
         word = torch.cat([word, torch.full_like(empty, MASKED | NONE)])
-        counts = torch.bincount(item, minlength=nq)
-    order = torch.argsort(item, stable=True)  # full tiles before masked ones within a row (concatenated so)
+        counts = torch.bincount(item, minlength=count_items)
+    order = torch.argsort(item, stable=True)  # full tiles before masked ones within an item (concatenated so)
     return counts, word[order]
 
 
@@ -130,11 +148,15 @@ def _assign(work: list[int], programs: int) -> list[list[int]]:
 
 
 def flat_lists(meta: "bs._PartMeta", n: int, batch: int, block: int, block_m: int, block_n: int, programs: int,
-               device) -> dict[str, torch.Tensor] | None:
-    """The part's tiles flattened for ``programs`` programs (``PROG_PTR`` (programs + 1,), ``TILE_Q``, ``TILE_K``,
-    ``TILE_BH``: int32 a tile, on ``device``), built once per (batch, tile shape, programs) and kept in the part's
-    metadata; None where they would pass ``FLAT_MAX_TILES``."""
-    key = ("flat", batch, block_m, block_n, programs, str(device))
+               device, side: str = "row") -> dict[str, torch.Tensor] | None:
+    """The part's tiles flattened for ``programs`` programs, built once per (side, batch, tile shape, programs) and
+    kept in the part's metadata; None where they would pass ``FLAT_MAX_TILES``. ``side`` "row": items are query tiles
+    of ``block_m`` rows walking key tiles of ``block_n`` (forward, dQ); "col": items are key tiles of ``block_n``
+    walking query tiles of ``block_m`` (dK/dV). ``PROG_PTR`` (programs + 1,) and, a tile each (int32, on ``device``):
+    ``TILE_ITEM`` (its item's first part position x 4, + ``FIRST`` where it is the item's first tile, + ``LAST``
+    where its last), ``TILE_STEP`` (the walked tile's first position x 4, + ``MASKED``, + ``NONE``), ``TILE_BH``
+    (batch x part head). Positions stay below 2**29: the cap allows at most 4M items of 64 or more positions."""
+    key = ("flat", side, batch, block_m, block_n, programs, str(device))
     if key in meta.extra:
         return meta.extra[key]
     head_csr = meta.head_csr.tolist()
@@ -146,43 +168,44 @@ def flat_lists(meta: "bs._PartMeta", n: int, batch: int, block: int, block_m: in
     if batch * sum(per_csr[c] for c in head_csr) * (block // block_m) * (block // block_n) > FLAT_MAX_TILES:
         meta.extra[key] = None
         return None
-    lists = _lists_cpu(meta)
-    rows = {}  # (csr, min_off) -> (counts, words, row starts)
+    lists = _lists_cpu(meta, side)
+    item_tile, step_tile = (block_m, block_n) if side == "row" else (block_n, block_m)
+    groups = {}  # (csr, min_off) -> (counts, words, item starts)
     for csr, off in set(zip(head_csr, min_off)):
-        counts, words = _row_tiles(lists, csr, off, meta.num_blocks, n, block, block_m, block_n)
-        rows[(csr, off)] = (counts, words, torch.cumsum(counts, 0) - counts)
-    nq = n // block_m
-    total = batch * sum(int(rows[(c, o)][0].sum()) for c, o in zip(head_csr, min_off))
+        counts, words = _side_tiles(lists, side, csr, off, meta.num_blocks, n, block, item_tile, step_tile)
+        groups[(csr, off)] = (counts, words, torch.cumsum(counts, 0) - counts)
+    per_head = n // item_tile
+    total = batch * sum(int(groups[(c, o)][0].sum()) for c, o in zip(head_csr, min_off))
     if total > FLAT_MAX_TILES:
         meta.extra[key] = None
         return None
-    # items: (batch x part head, query tile), numbered bh * nq + qt; a row's last tile writes, so it weighs one more
-    counts = torch.cat([rows[(c, o)][0] for c, o in zip(head_csr, min_off)] * batch)
+    # items: (batch x part head, tile), numbered bh * per_head + tile; an item's last tile writes, so it weighs one more
+    counts = torch.cat([groups[(c, o)][0] for c, o in zip(head_csr, min_off)] * batch)
     work = (counts + 1).tolist()
     per_program = _assign(work, min(programs, len(work)))
     programs = len(per_program)
     item = torch.tensor([i for items in per_program for i in items], dtype=torch.int64)
-    bh, qt = item // nq, item % nq
+    bh, it = item // per_head, item % per_head
     hp = bh % part_heads
     cnt = counts[item]
-    # each item's tiles, gathered from its (csr, min_off) group's rows
-    group_of = [list(rows).index((c, o)) for c, o in zip(head_csr, min_off)]
-    groups = list(rows.values())
-    offsets = torch.tensor([0] + [g[1].numel() for g in groups]).cumsum(0)[:-1]
-    words_all = torch.cat([g[1] for g in groups])
-    starts_all = torch.cat([g[2] + off for g, off in zip(groups, offsets.tolist())])
+    # each item's tiles, gathered from its (csr, min_off) group's
+    group_of = [list(groups).index((c, o)) for c, o in zip(head_csr, min_off)]
+    values = list(groups.values())
+    offsets = torch.tensor([0] + [g[1].numel() for g in values]).cumsum(0)[:-1]
+    words_all = torch.cat([g[1] for g in values])
+    starts_all = torch.cat([g[2] + off for g, off in zip(values, offsets.tolist())])
     g = torch.tensor(group_of, dtype=torch.int64)[hp]
-    row_start = starts_all[g * nq + qt]  # every group has nq rows
+    item_start = starts_all[g * per_head + it]  # every group has per_head items
     tile_item = torch.repeat_interleave(torch.arange(item.numel()), cnt)
     first_of = torch.cumsum(cnt, 0) - cnt
     within = torch.arange(tile_item.numel()) - first_of[tile_item]
-    words = words_all[row_start[tile_item] + within]
+    words = words_all[item_start[tile_item] + within]
     flags = (within == 0).long() * FIRST + (within == cnt[tile_item] - 1).long() * LAST
-    tile_q = (qt[tile_item] * block_m) * 4 + flags
+    item_words = (it[tile_item] * item_tile) * 4 + flags
     sizes = torch.tensor([sum(int(counts[i]) for i in items) for items in per_program], dtype=torch.int64)
     prog_ptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(sizes, 0)])
     to = lambda t: t.to(torch.int32).to(device).contiguous()  # noqa: E731
-    out = {"PROG_PTR": to(prog_ptr), "TILE_Q": to(tile_q), "TILE_K": to(words), "TILE_BH": to(bh[tile_item]),
+    out = {"PROG_PTR": to(prog_ptr), "TILE_ITEM": to(item_words), "TILE_STEP": to(words), "TILE_BH": to(bh[tile_item]),
            "programs": programs}
     meta.extra[key] = out
     return out
@@ -218,7 +241,7 @@ def _write_row(O, O_PREV, LSE, acc, l_i, m_i, qw, bh, HEADS, part_heads, stride_
 
 
 @triton.jit(do_not_specialize=["part_heads", "num_blocks", "perm_g", "perm_l"])
-def _fwd_flat_kernel(Q, K, V, O, O_PREV, LSE, HEADS, MIN_OFF, CODES, PROG_PTR, TILE_Q, TILE_K, TILE_BH,
+def _fwd_flat_kernel(Q, K, V, O, O_PREV, LSE, HEADS, MIN_OFF, CODES, PROG_PTR, TILE_ITEM, TILE_STEP, TILE_BH,
                      stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                      stride_ob, stride_oh, stride_ot, stride_lb, stride_lh,
                      part_heads, num_blocks, perm_g, perm_l, qk_scale,
@@ -240,8 +263,8 @@ def _fwd_flat_kernel(Q, K, V, O, O_PREV, LSE, HEADS, MIN_OFF, CODES, PROG_PTR, T
     done_qw = lo * 0  # the row in the sums: its query word and batch x part head
     done_bh = lo * 0
     for t in range(lo, hi):
-        qw = tl.load(TILE_Q + t)
-        kw = tl.load(TILE_K + t)
+        qw = tl.load(TILE_ITEM + t)
+        kw = tl.load(TILE_STEP + t)
         bh = tl.load(TILE_BH + t)
         start = (qw & 1) != 0
         if start and t > lo:
@@ -286,7 +309,7 @@ def _fwd_flat_kernel(Q, K, V, O, O_PREV, LSE, HEADS, MIN_OFF, CODES, PROG_PTR, T
 
 
 @triton.jit(do_not_specialize=["part_heads", "num_blocks", "perm_g", "perm_l"])
-def _dq_flat_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, MIN_OFF, CODES, PROG_PTR, TILE_Q, TILE_K, TILE_BH,
+def _dq_flat_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, MIN_OFF, CODES, PROG_PTR, TILE_ITEM, TILE_STEP, TILE_BH,
                     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                     stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                     part_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
@@ -305,8 +328,8 @@ def _dq_flat_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, MIN_OFF, CODES,
     done_qw = lo * 0
     done_bh = lo * 0
     for t in range(lo, hi):
-        qw = tl.load(TILE_Q + t)
-        kw = tl.load(TILE_K + t)
+        qw = tl.load(TILE_ITEM + t)
+        kw = tl.load(TILE_STEP + t)
         bh = tl.load(TILE_BH + t)
         if ((qw & 1) != 0) and t > lo:
             _write_dq(DQ, DQ_PREV, dq, done_qw, done_bh, HEADS, part_heads, stride_dqb, stride_dqh, stride_dqt, sm_scale,
@@ -360,6 +383,92 @@ def _write_dq(DQ, DQ_PREV, dq, qw, bh, HEADS, part_heads, stride_dqb, stride_dqh
     tl.store(DQ + offs, dq.to(DQ.dtype.element_ty))
 
 
+@triton.jit(do_not_specialize=["part_heads", "num_blocks", "perm_g", "perm_l"])
+def _dkdv_flat_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, MIN_OFF, CODES, PROG_PTR, TILE_ITEM,
+                      TILE_STEP, TILE_BH,
+                      stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                      stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
+                      stride_dvb, stride_dvh, stride_dvt, stride_lb, stride_lh,
+                      part_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
+                      BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr,
+                      NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # the dK/dV kernel (blocksparse._dkdv_step, whole columns) over the column side's flattened lists: an item is a
+    # key tile of BLOCK_N keys, its steps query tiles of BLOCK_M rows; a key tile's dK and dV are written where the
+    # next one starts (and after the loop), before the products that accumulate into the zeros the branch yields
+    pid = tl.program_id(0)
+    lo = tl.load(PROG_PTR + pid)
+    hi = tl.load(PROG_PTR + pid + 1)
+    seq = num_blocks * BLOCK
+    offs_d = tl.arange(0, HEAD_DIM)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    done_iw = lo * 0
+    done_bh = lo * 0
+    for t in range(lo, hi):
+        iw = tl.load(TILE_ITEM + t)
+        sw = tl.load(TILE_STEP + t)
+        bh = tl.load(TILE_BH + t)
+        if ((iw & 1) != 0) and t > lo:
+            _write_dkdv(DK, DV, DK_PREV, DV_PREV, dk, dv, done_iw, done_bh, HEADS, part_heads, stride_dkb, stride_dkh,
+                        stride_dkt, stride_dvb, stride_dvh, stride_dvt, sm_scale, perm_g, perm_l, seq, PERMUTED, RUN,
+                        LOAD_PREV, BLOCK_N, HEAD_DIM)
+            dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+            dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+        first_col = iw >> 2
+        first_row = sw >> 2
+        batch = (bh // part_heads).to(tl.int64)
+        hp = bh % part_heads
+        head = tl.load(HEADS + hp).to(tl.int64)
+        cols = bs._natural_tile(first_col, BLOCK_N, perm_g, perm_l, PERMUTED, RUN, seq)
+        rows = bs._natural_tile(first_row, BLOCK_M, perm_g, perm_l, PERMUTED, RUN, seq)
+        k = tl.load(K + batch * stride_kb + head * stride_kh + cols[:, None] * stride_kt + offs_d[None, :])
+        v = tl.load(V + batch * stride_vb + head * stride_vh + cols[:, None] * stride_vt + offs_d[None, :])
+        q = tl.load(Q + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qt + offs_d[None, :])
+        do = tl.load(DO + batch * stride_dob + head * stride_doh + rows[:, None] * stride_dot + offs_d[None, :])
+        lse = tl.load(LSE + batch * stride_lb + head * stride_lh + rows)
+        delta = tl.load(DELTA + batch * stride_lb + head * stride_lh + rows)
+        st = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # (keys, queries)
+        dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        pt = tl.math.exp2(st - lse[None, :])
+        if (sw & 1) != 0:  # a partial block's tile: the part's token predicate (none: nothing allowed)
+            offs_m = first_row + tl.arange(0, BLOCK_M)
+            offs_n = first_col + tl.arange(0, BLOCK_N)
+            ok = bs._allowed(offs_m[None, :], offs_n[:, None], CODES + hp * (NCOMP * 4), tl.load(MIN_OFF + hp),
+                             NCOMP, KINDS)
+            ok = ok & ((sw & 2) == 0)
+            pt = tl.where(ok, pt, 0.0)
+        dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PREC)
+        dst = (pt * (dpt - delta[None, :])).to(q.dtype)
+        dk += tl.dot(dst, q, input_precision=DOT_PREC)
+        done_iw = iw
+        done_bh = bh
+    if hi > lo:
+        _write_dkdv(DK, DV, DK_PREV, DV_PREV, dk, dv, done_iw, done_bh, HEADS, part_heads, stride_dkb, stride_dkh,
+                    stride_dkt, stride_dvb, stride_dvh, stride_dvt, sm_scale, perm_g, perm_l, seq, PERMUTED, RUN,
+                    LOAD_PREV, BLOCK_N, HEAD_DIM)
+
+
+@triton.jit
+def _write_dkdv(DK, DV, DK_PREV, DV_PREV, dk, dv, iw, bh, HEADS, part_heads, stride_dkb, stride_dkh, stride_dkt,
+                stride_dvb, stride_dvh, stride_dvt, sm_scale, perm_g, perm_l, seq, PERMUTED: tl.constexpr,
+                RUN: tl.constexpr, LOAD_PREV: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """A finished key tile's dK (scaled) and dV, as the default dK/dV kernel writes whole columns: plus the earlier
+    parts' where LOAD_PREV."""
+    batch = (bh // part_heads).to(tl.int64)
+    head = tl.load(HEADS + bh % part_heads).to(tl.int64)
+    cols = bs._natural_tile(iw >> 2, BLOCK_N, perm_g, perm_l, PERMUTED, RUN, seq)
+    offs_d = tl.arange(0, HEAD_DIM)
+    dk_offs = batch * stride_dkb + head * stride_dkh + cols[:, None] * stride_dkt + offs_d[None, :]
+    dv_offs = batch * stride_dvb + head * stride_dvh + cols[:, None] * stride_dvt + offs_d[None, :]
+    dk = dk * sm_scale
+    if LOAD_PREV:
+        dk += tl.load(DK_PREV + dk_offs).to(tl.float32)
+        dv += tl.load(DV_PREV + dv_offs).to(tl.float32)
+    tl.store(DK + dk_offs, dk.to(DK.dtype.element_ty))
+    tl.store(DV + dv_offs, dv.to(DV.dtype.element_ty))
+
+
 def tile_name(entry: tuple[int, int, int, int, int]) -> str:
     """A config in short form: "128x64w4s3p2" (programs per SM last)."""
     return "{}x{}w{}s{}p{}".format(*entry)
@@ -396,14 +505,15 @@ def candidates(block: int, head_dim: int, kind: str = "fwd") -> list[tuple[int, 
     if bs._INTERPRET:
         half = max(16, block // 2)
         return [(half, half, 4, 1, 1)]
-    listed = (FLAT_TILES if kind == "fwd" else FLAT_DQ_TILES).get((block, head_dim))
+    listed = {"fwd": FLAT_TILES, "dq": FLAT_DQ_TILES, "dkdv": FLAT_DKDV_TILES}[kind].get((block, head_dim))
     if listed:
         return listed
     side = min(64, block)
     return [(side, side, 4, 3, 2)]
 
 
-_FORCE = {"fwd": "MEGASTRIDE_BLOCKSPARSE_FLAT_TILES", "dq": "MEGASTRIDE_BLOCKSPARSE_FLAT_DQ_TILES"}
+_FORCE = {"fwd": "MEGASTRIDE_BLOCKSPARSE_FLAT_TILES", "dq": "MEGASTRIDE_BLOCKSPARSE_FLAT_DQ_TILES",
+          "dkdv": "MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV_TILES"}
 
 
 def _programs(q: torch.Tensor, per_sm: int) -> int:
@@ -425,7 +535,7 @@ def _consts(layout, meta, q, load_prev, entry) -> dict:
 
 
 def _list_args(meta, lists) -> tuple:
-    return (meta.heads, meta.min_off, meta.codes, lists["PROG_PTR"], lists["TILE_Q"], lists["TILE_K"], lists["TILE_BH"])
+    return (meta.heads, meta.min_off, meta.codes, lists["PROG_PTR"], lists["TILE_ITEM"], lists["TILE_STEP"], lists["TILE_BH"])
 
 
 def _launch_fwd(q, k, v, outs, meta, layout, scale, load_prev, entry, lists) -> None:
@@ -471,7 +581,8 @@ def _choose(kind, q, layout, meta, load_prev, outs, launch, regular) -> tuple | 
         return None  # not remembered: a later call outside a capture times them
     options = []
     for entry in candidates(layout.block, head_dim, kind):
-        lists = flat_lists(meta, seq_len, batch, layout.block, entry[0], entry[1], _programs(q, entry[4]), q.device)
+        lists = flat_lists(meta, seq_len, batch, layout.block, entry[0], entry[1], _programs(q, entry[4]), q.device,
+                           "col" if kind == "dkdv" else "row")
         if lists is not None:
             options.append((entry, lists))
     if regular is not None and options:
@@ -519,6 +630,28 @@ def dq_part(q, k, v, do, lse, delta, dq, dq_prev, meta, layout, scale, load_prev
     launch = lambda o, entry, lists: _launch_dq(q, k, v, do, lse, delta, o, meta, layout, scale, load_prev,  # noqa: E731
                                                 entry, lists)
     chosen = _choose("dq", q, layout, meta, load_prev, outs, launch, None)
+    if chosen is None:
+        return False
+    launch(outs, *chosen)
+    return True
+
+
+def _launch_dkdv(q, k, v, do, lse, delta, outs, meta, layout, scale, load_prev, entry, lists) -> None:
+    dk, dv, dk_prev, dv_prev = outs
+    args = (q, k, v, do, dk, dv, dk_prev, dv_prev, lse, delta, *_list_args(meta, lists),
+            *bs._strides(q, k, v, do, dk, dv), lse.stride(0), lse.stride(1), len(meta.heads), layout.num_blocks,
+            meta.perm_g, meta.perm_l, scale * bs.LOG2E, scale)
+    programs = lists["programs"]
+    bs._launch_chosen(_dkdv_flat_kernel, lambda _: (programs,), args, _consts(layout, meta, q, load_prev, entry))
+
+
+def dkdv_part(q, k, v, do, lse, delta, dk, dv, dk_prev, dv_prev, meta, layout, scale, load_prev) -> bool:
+    """Launch the part's dK/dV over whole columns as flattened tiles (``_dkdv_flat_kernel``) into ``dk``, ``dv``
+    (adding ``dk_prev``, ``dv_prev`` where ``load_prev``); False where its lists would pass ``FLAT_MAX_TILES``."""
+    outs = (dk, dv, dk_prev, dv_prev)
+    launch = lambda o, entry, lists: _launch_dkdv(q, k, v, do, lse, delta, o, meta, layout, scale,  # noqa: E731
+                                                  load_prev, entry, lists)
+    chosen = _choose("dkdv", q, layout, meta, load_prev, outs, launch, None)
     if chosen is None:
         return False
     launch(outs, *chosen)

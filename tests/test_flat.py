@@ -80,52 +80,59 @@ def test_flat_forward_and_the_gradients_from_its_lse_match_the_reference(name, p
 def _decode(lists):
     """Per program: [(query word, key word, bh)] in walking order."""
     ptr = lists["PROG_PTR"].tolist()
-    words = [lists[name].tolist() for name in ("TILE_Q", "TILE_K", "TILE_BH")]
+    words = [lists[name].tolist() for name in ("TILE_ITEM", "TILE_STEP", "TILE_BH")]
     return [list(zip(*(w[ptr[p]:ptr[p + 1]] for w in words))) for p in range(len(ptr) - 1)]
 
 
+@pytest.mark.parametrize("side", ["row", "col"])
 @pytest.mark.parametrize("name,block_m,block_n,programs", [("multi_head_mix", 32, 16, 5), ("fixed_block128", 64, 32, 3),
                                                           ("summary_only_empty_rows", 16, 32, 4)])
-def test_flat_lists_hold_each_query_tile_once_and_cover_its_allowed_pairs(name, block_m, block_n, programs):
-    """Each (batch x part head, query tile) is one run of tiles in one program, flagged first at its start; a run
-    holds no key tile twice; every allowed pair of its rows lies in one of its tiles, unmasked tiles hold allowed
-    pairs only, and a row without keys has one ``none`` tile; the programs' loads differ by at most the largest
-    query tile's."""
+def test_flat_lists_hold_each_item_once_and_cover_its_allowed_pairs(name, block_m, block_n, programs, side):
+    """Each item ((batch x part head, query tile) on the row side, its key tile on the column side) is one run of
+    tiles in one program, flagged first at its start and last at its end; a run holds no step tile twice; every
+    allowed pair of the item lies in one of its tiles, unmasked tiles hold allowed pairs only, and an item without
+    pairs has one ``none`` tile; the programs' loads differ by at most the largest item's."""
     case = CASES[name]
     _, n, block, heads, _, _, batch = case
     _, layout = _layout(case)
+    item_tile, step_tile = (block_m, block_n) if side == "row" else (block_n, block_m)
     for part in layout.parts:
         meta = blocksparse._part_meta(part, n, torch.device("cpu"))
-        lists = flat.flat_lists(meta, n, batch, block, block_m, block_n, programs, "cpu")
+        lists = flat.flat_lists(meta, n, batch, block, block_m, block_n, programs, "cpu", side)
         seen, loads, biggest = set(), [], 0
         for tiles in _decode(lists):
             loads.append(len(tiles))
             runs = []
-            for qw, kw, bh in tiles:
-                if qw & flat.FIRST:
-                    runs.append([(qw >> 2, bh), []])
+            for iw, sw, bh in tiles:
+                if iw & flat.FIRST:
+                    assert not runs or runs[-1][2], "an item started before the last one ended"
+                    runs.append([(iw >> 2, bh), [], False])
                 else:
-                    assert runs and runs[-1][0] == (qw >> 2, bh), "a tile continues another query tile's run"
-                runs[-1][1].append(kw)
-            for (first_row, bh), keys in runs:
-                assert (first_row, bh) not in seen, "a query tile walked twice"
-                seen.add((first_row, bh))
-                biggest = max(biggest, len(keys))
-                assert len(set(k >> 2 for k in keys)) == len(keys), "a key tile twice in one run"
+                    assert runs and runs[-1][0] == (iw >> 2, bh) and not runs[-1][2], "a tile continues no item"
+                runs[-1][1].append(sw)
+                runs[-1][2] = bool(iw & flat.LAST)
+            assert not runs or runs[-1][2], "a program's last item not flagged last"
+            for (first, bh), steps, _ in runs:
+                assert (first, bh) not in seen, "an item walked twice"
+                seen.add((first, bh))
+                biggest = max(biggest, len(steps))
+                assert len(set(w >> 2 for w in steps)) == len(steps), "a step tile twice in one item"
                 hp = bh % len(part.heads)
-                rows = torch.arange(first_row, first_row + block_m)
-                allowed = part.allows(hp, rows[:, None], torch.arange(n)[None, :])
+                mine = torch.arange(first, first + item_tile)
+                other = torch.arange(n)
+                allowed = (part.allows(hp, mine[:, None], other[None, :]) if side == "row"
+                           else part.allows(hp, other[None, :], mine[:, None]))  # (item positions, others)
                 covered = torch.zeros_like(allowed)
-                for kw in keys:
-                    if kw & flat.NONE:
-                        assert len(keys) == 1 and not allowed.any(), "a none tile beside keys"
+                for sw in steps:
+                    if sw & flat.NONE:
+                        assert len(steps) == 1 and not allowed.any(), "a none tile beside pairs"
                         continue
-                    cols = slice(kw >> 2, (kw >> 2) + block_n)
-                    if not kw & flat.MASKED:
-                        assert allowed[:, cols].all(), "an unmasked tile with a pair the part does not allow"
-                    covered[:, cols] = True
-                assert not (allowed & ~covered).any(), "an allowed pair in no tile of its row"
-        assert seen == {(qt * block_m, bh) for qt in range(n // block_m) for bh in range(batch * len(part.heads))}
+                    span = slice(sw >> 2, (sw >> 2) + step_tile)
+                    if not sw & flat.MASKED:
+                        assert allowed[:, span].all(), "an unmasked tile with a pair the part does not allow"
+                    covered[:, span] = True
+                assert not (allowed & ~covered).any(), "an allowed pair in no tile of its item"
+        assert seen == {(i * item_tile, bh) for i in range(n // item_tile) for bh in range(batch * len(part.heads))}
         assert max(loads) - min(loads) <= biggest + 1
 
 
@@ -254,10 +261,34 @@ def test_flat_lists_count_the_full_blocks_tiles_before_building_anything(monkeyp
     _, layout = _layout(case)
     meta = blocksparse._part_meta(layout.parts[0], n, torch.device("cpu"))
     full = int(meta.lists["row_full_ptr"][-1] - meta.lists["row_full_ptr"][0]) * len(layout.parts[0].heads)
-    monkeypatch.setattr(flat, "_lists_cpu", lambda meta: pytest.fail("copied the lists past the cap"))
+    monkeypatch.setattr(flat, "_lists_cpu", lambda meta, side: pytest.fail("copied the lists past the cap"))
     monkeypatch.setattr(flat, "FLAT_MAX_TILES", full * 4 - 1)  # 64x64 tiles of 128-blocks: 4 a full block
     assert flat.flat_lists(meta, n, batch, block, 64, 64, 3, "cpu") is None
     monkeypatch.undo()
     monkeypatch.setattr(flat, "FLAT_MAX_TILES", 10 ** 6)
     lists = flat.flat_lists(meta, n, batch, block, 64, 64, 4, "cpu")  # another key: the refusal is remembered
     assert lists["PROG_PTR"][-1].item() >= full * 4
+
+
+@pytest.mark.parametrize("name", ["fixed_block128", "strided_permuted_straddling", "multi_head_mix",
+                                  "summary_only_empty_rows", "fixed_summary_first_odd_window"])
+def test_flat_dkdv_matches_the_reference(name, monkeypatch):
+    """dK/dV over whole columns as flattened key tiles (``MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV=1``, columns not split,
+    3 programs), with the flat dQ: all three gradients within the three-way tolerance, merging parts adding into the
+    earlier parts' sums, key tiles no query attends written as zeros."""
+    for variable, value in (("FLAT_DKDV", "1"), ("FLAT_DQ", "1"), ("DQ", "separate"), ("DKDV_SPLIT", "0"),
+                            ("FLAT_PROGRAMS", "3")):
+        monkeypatch.setenv(f"MEGASTRIDE_BLOCKSPARSE_{variable}", value)
+    monkeypatch.setattr(blocksparse, "POISON", True)
+    case = CASES[name]
+    _, n, block, heads, head_dim, dtype, batch = case
+    _, layout = _layout(case)
+    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype)
+    got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
+    assert len(flat.choices(layout, "dkdv")) == len(layout.parts)
+    low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)
+    exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))
+    for what, g, lo, ex in list(zip(["out", "dq", "dk", "dv"], got, low, exact))[1:]:
+        err = (g.double() - ex).abs()
+        bound = 2 * (lo.double() - ex).abs() + ATOL[dtype] * max(1.0, ex.abs().max().item())
+        assert torch.isfinite(g).all() and (err <= bound).all(), f"{name}: {what} off by {(err - bound).max():.3g}"

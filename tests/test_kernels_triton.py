@@ -1046,7 +1046,7 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DIRECT", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_PLANS", raising=False)
     for name in ("GLUON", "GLUON_DKDV_LAUNCHES", "GLUON_STREAMS", "GLUON_SPLIT", "GLUON_FWD", "GLUON_FWD_LAUNCHES",
-                 "GLUON_DQ", "GLUON_AHEAD", "GLUON_WS", "GLUON_HALVES_SPLIT", "FLAT", "FLAT_DQ"):
+                 "GLUON_DQ", "GLUON_AHEAD", "GLUON_WS", "GLUON_HALVES_SPLIT", "FLAT", "FLAT_DQ", "FLAT_DKDV"):
         monkeypatch.delenv(f"MEGASTRIDE_BLOCKSPARSE_{name}", raising=False)
     from megastride.kernels import gluon_bwd, gluon_fwd
 
@@ -1062,7 +1062,7 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
                         gluon_bwd.warp_specialized(128, 128, torch.zeros(1, 1, 256), torch.zeros(1, 1, 256)),
                         gluon_bwd.halves_split(64), gluon_bwd.halves_split(128),
                         os.environ.get("MEGASTRIDE_BLOCKSPARSE_PLANS", blocksparse.PLANS), blocksparse.flat_setting(),
-                        blocksparse.flat_dq_setting())
+                        blocksparse.flat_dq_setting(), blocksparse.flat_dkdv_setting())
     ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():
         with monkeypatch.context() as m:
