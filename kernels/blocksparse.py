@@ -2088,8 +2088,8 @@ def flat_dq_setting() -> str:
 
 
 def flat_dkdv_setting() -> str:
-    """Whether the dK/dV kernel's whole columns run as one loop over each program's flattened key tiles
-    (kernels/flat.py; columns split into segments, ``dkdv_split``, keep the default kernel): ``FLAT_DKDV``, or
+    """Whether dK/dV runs as one loop over each program's flattened key tiles (kernels/flat.py; long columns cut into
+    pieces that meet in a workspace, ``flat.segment_setting``, in place of ``dkdv_split``'s): ``FLAT_DKDV``, or
     ``MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV`` where set: "0" (never: the default until timed on a GPU) or "1" (every part
     whose lists fit ``flat.FLAT_MAX_TILES``, where the dQ mode is "separate", or "auto" chose it)."""
     mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV", FLAT_DKDV)
@@ -2380,7 +2380,7 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
             grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
             _launch(_dq_tuned, _bwd_dq_kernel, grid, args,
                     {**consts, "RUNS": row_runs is not None, "DELTA_HERE": delta_here}, name="dq")
-        if flat_dkdv and not split:  # whole columns as flattened tiles (kernels/flat.py)
+        if flat_dkdv:  # as flattened key tiles, long columns cut into pieces of its own (kernels/flat.py)
             from . import flat
 
             if flat.dkdv_part(q, k, v, do, lse, delta, dk, dv, dk_sum, dv_sum, meta, layout, scale, load_prev):

@@ -32,7 +32,8 @@ from . import flat
 
 _INDEX_ARRAYS = {"HEADS", "HEAD_CSR", "MIN_OFF", "CODES", "FULL_PTR", "FULL_IDX", "PART_PTR", "PART_IDX", "ORDER",
                  "SEG_LO", "SEG_HI", "SEG_FIRST", "SEG_COUNT", "SEG_CIDX", "WS_CNT", "ROW_FULL_PTR", "ROW_FULL_IDX", "ROW_PART_PTR", "ROW_PART_IDX",
-                 "ROW_ORDER", "FULL_RUNS", "ROW_FULL_RUNS", "PROG_PTR", "TILE_ITEM", "TILE_STEP", "TILE_BH"}
+                 "ROW_ORDER", "FULL_RUNS", "ROW_FULL_RUNS", "PROG_PTR", "TILE_ITEM", "TILE_STEP", "TILE_BH", "TILE_SEG",
+                 "UNIT_SLOT", "UNIT_PIECES", "UNIT_FIRST", "UNIT_BH"}
 _FP32_ARRAYS = {"LSE", "DELTA", "WS"}
 _FLOATS = {"qk_scale", "sm_scale"}
 
@@ -119,6 +120,9 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
             out.append(Variant(f"flat {tag} dK/dV {m}x{n} w{w} s{st}", flat._dkdv_flat_kernel,
                                {key: value for key, value in dict(common, BLOCK_M=m, BLOCK_N=n).items()
                                 if key not in ("BUCKET", "RUNS", "DESC")}, acc & {"DK_PREV", "DV_PREV"}, w, st))
+        finish = {key: common[key] for key in ("BLOCK", "HEAD_DIM", "PERMUTED", "RUN", "LOAD_PREV")}
+        out.append(Variant(f"flat {tag} dK/dV finish, {flat_tiles[0][1]} keys", flat._dkdv_finish_kernel,
+                           dict(finish, BLOCK_N=flat_tiles[0][1]), acc & {"DK_PREV", "DV_PREV"}, 4, 1))
         for (m, n, w, st), here in itertools.product(tiles(bs._DQ_TILES), (False, True)):  # delta loaded / computed
             out.append(Variant(f"dQ {tag}, delta {'here' if here else 'loaded'} {m}x{n} w{w} s{st}", bs._bwd_dq_kernel,
                                dict(common, DELTA_HERE=here, BLOCK_M=m, BLOCK_N=n), acc & {"DQ_PREV"}, w, st))

@@ -66,13 +66,13 @@ FLAT_DQ_TILES = {
 }
 # the flat dK/dV kernel's (BLOCK_M query rows a step, BLOCK_N keys an item): a tile loads the keys, the values, the
 # query rows and their output gradient. Compiled for sm_90 (2026-12-05, as above; natural order): at D=64 64x64 w4
-# s3 255 registers and 74 KB (two an SM), 64x128 w8 s3 255 at 256 threads (one), 32x64 w4 s3 216 and 58 KB (two),
-# 32x128 w8 s3 230 and 99 KB (one); at D=128 64x64 w8 s3 249 and 148 KB (one), 32x64 w4 s3 247 and 107 KB (two),
-# 32x128 w8 s3 244 and 197 KB (one); none spills (64x64 w4 at D=128 spilled 236 B: its two 64x128 fp32 sums hold
+# s3 255 registers and 82 KB (two an SM), 64x128 w8 s3 255 at 256 threads and 132 KB (one), 32x64 w4 s3 227 and 66 KB
+# (two), 32x128 w8 s3 223 and 115 KB (one); at D=128 64x64 w8 s3 236 and 164 KB (one), 32x64 w4 s3 253 and 131 KB
+# (one), 32x128 w8 s3 245 and 230 KB (one); none spills (64x64 w4 at D=128 did, 236 B: its two 64x128 fp32 sums hold
 # 128 of a thread's registers at four warps)
 FLAT_DKDV_TILES = {
     (128, 64): [(64, 64, 4, 3, 2), (64, 128, 8, 3, 1), (32, 64, 4, 3, 2), (32, 128, 8, 3, 1)],
-    (128, 128): [(64, 64, 8, 3, 1), (32, 64, 4, 3, 2), (32, 128, 8, 3, 1)],
+    (128, 128): [(64, 64, 8, 3, 1), (32, 64, 4, 3, 1), (32, 128, 8, 3, 1)],
 }
 # lists longer than this many tiles are not built (12 bytes a tile): the flat loop is for short rows; at 1M
 # tokens, 8 heads, the fixed pattern has about 13M 64-wide key tiles
@@ -148,15 +148,19 @@ def _assign(work: list[int], programs: int) -> list[list[int]]:
 
 
 def flat_lists(meta: "bs._PartMeta", n: int, batch: int, block: int, block_m: int, block_n: int, programs: int,
-               device, side: str = "row") -> dict[str, torch.Tensor] | None:
+               device, side: str = "row", segment: int = 0) -> dict[str, torch.Tensor] | None:
     """The part's tiles flattened for ``programs`` programs, built once per (side, batch, tile shape, programs) and
     kept in the part's metadata; None where they would pass ``FLAT_MAX_TILES``. ``side`` "row": items are query tiles
     of ``block_m`` rows walking key tiles of ``block_n`` (forward, dQ); "col": items are key tiles of ``block_n``
     walking query tiles of ``block_m`` (dK/dV). ``PROG_PTR`` (programs + 1,) and, a tile each (int32, on ``device``):
     ``TILE_ITEM`` (its item's first part position x 4, + ``FIRST`` where it is the item's first tile, + ``LAST``
     where its last), ``TILE_STEP`` (the walked tile's first position x 4, + ``MASKED``, + ``NONE``), ``TILE_BH``
-    (batch x part head). Positions stay below 2**29: the cap allows at most 4M items of 64 or more positions."""
-    key = ("flat", side, batch, block_m, block_n, programs, str(device))
+    (batch x part head), ``TILE_SEG`` (0 for a whole item; for a piece of an item cut into pieces of at most
+    ``segment`` tiles (-1: a fair share of all tiles a program) its workspace slot + 1), ``SLOTS`` (pieces of cut
+    items), and per cut item ``UNIT_SLOT`` (its first piece's slot; its pieces' slots follow), ``UNIT_PIECES``,
+    ``UNIT_FIRST`` (its first position) and ``UNIT_BH``. Positions stay below
+    2**29: the cap allows at most 4M items of 64 or more positions."""
+    key = ("flat", side, batch, block_m, block_n, programs, str(device), segment)
     if key in meta.extra:
         return meta.extra[key]
     head_csr = meta.head_csr.tolist()
@@ -179,34 +183,57 @@ def flat_lists(meta: "bs._PartMeta", n: int, batch: int, block: int, block_m: in
     if total > FLAT_MAX_TILES:
         meta.extra[key] = None
         return None
-    # items: (batch x part head, tile), numbered bh * per_head + tile; an item's last tile writes, so it weighs one more
+    # items: (batch x part head, tile), numbered bh * per_head + tile. An item longer than ``segment`` tiles (the column
+    # side) is cut into pieces of near-equal length, each walked as an item of its own and writing its sums to a
+    # slot of a workspace, which a finishing launch adds up in order (deterministic). A piece's last tile writes,
+    # so it weighs one more
     counts = torch.cat([groups[(c, o)][0] for c, o in zip(head_csr, min_off)] * batch)
-    work = (counts + 1).tolist()
+    nseg = torch.ones_like(counts)
+    if segment < 0:  # "auto": a fair share of all the tiles a program, so no item outweighs one
+        segment = max(2, -(-int(counts.sum()) // programs))
+    if segment:
+        nseg = torch.where(counts > segment, (counts + segment - 1) // segment, nseg)
+    piece_item = torch.repeat_interleave(torch.arange(counts.numel()), nseg)
+    piece_k = torch.arange(piece_item.numel()) - (torch.cumsum(nseg, 0) - nseg)[piece_item]
+    base, extra = counts[piece_item] // nseg[piece_item], counts[piece_item] % nseg[piece_item]
+    piece_len = base + (piece_k < extra).long()
+    piece_off = piece_k * base + torch.minimum(piece_k, extra)
+    split = nseg > 1
+    cut = split[piece_item]  # the pieces of cut items, each a slot of the workspace (numbered in piece order)
+    slot = torch.cumsum(cut.long(), 0) - 1
+    piece_seg = torch.where(cut, slot + 1, torch.zeros_like(piece_item))
+    units = torch.nonzero(split).flatten()  # the cut items, their slots consecutive from their first piece's
+    first_piece = torch.cumsum(nseg, 0) - nseg
+    work = (piece_len + 1).tolist()
     per_program = _assign(work, min(programs, len(work)))
     programs = len(per_program)
-    item = torch.tensor([i for items in per_program for i in items], dtype=torch.int64)
+    piece = torch.tensor([i for pieces in per_program for i in pieces], dtype=torch.int64)
+    item = piece_item[piece]
     bh, it = item // per_head, item % per_head
     hp = bh % part_heads
-    cnt = counts[item]
-    # each item's tiles, gathered from its (csr, min_off) group's
+    cnt = piece_len[piece]
+    # each piece's tiles, gathered from its (csr, min_off) group's
     group_of = [list(groups).index((c, o)) for c, o in zip(head_csr, min_off)]
     values = list(groups.values())
     offsets = torch.tensor([0] + [g[1].numel() for g in values]).cumsum(0)[:-1]
     words_all = torch.cat([g[1] for g in values])
     starts_all = torch.cat([g[2] + off for g, off in zip(values, offsets.tolist())])
     g = torch.tensor(group_of, dtype=torch.int64)[hp]
-    item_start = starts_all[g * per_head + it]  # every group has per_head items
-    tile_item = torch.repeat_interleave(torch.arange(item.numel()), cnt)
+    piece_start = starts_all[g * per_head + it] + piece_off[piece]  # every group has per_head items
+    tile_piece = torch.repeat_interleave(torch.arange(piece.numel()), cnt)
     first_of = torch.cumsum(cnt, 0) - cnt
-    within = torch.arange(tile_item.numel()) - first_of[tile_item]
-    words = words_all[item_start[tile_item] + within]
-    flags = (within == 0).long() * FIRST + (within == cnt[tile_item] - 1).long() * LAST
-    item_words = (it[tile_item] * item_tile) * 4 + flags
-    sizes = torch.tensor([sum(int(counts[i]) for i in items) for items in per_program], dtype=torch.int64)
+    within = torch.arange(tile_piece.numel()) - first_of[tile_piece]
+    words = words_all[piece_start[tile_piece] + within]
+    flags = (within == 0).long() * FIRST + (within == cnt[tile_piece] - 1).long() * LAST
+    item_words = (it[tile_piece] * item_tile) * 4 + flags
+    sizes = torch.tensor([sum(work[i] - 1 for i in pieces) for pieces in per_program], dtype=torch.int64)
     prog_ptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(sizes, 0)])
     to = lambda t: t.to(torch.int32).to(device).contiguous()  # noqa: E731
-    out = {"PROG_PTR": to(prog_ptr), "TILE_ITEM": to(item_words), "TILE_STEP": to(words), "TILE_BH": to(bh[tile_item]),
-           "programs": programs}
+    out = {"PROG_PTR": to(prog_ptr), "TILE_ITEM": to(item_words), "TILE_STEP": to(words), "TILE_BH": to(bh[tile_piece]),
+           "TILE_SEG": to(piece_seg[piece][tile_piece]), "SLOTS": int(cut.sum()), "programs": programs,
+           # per cut item: its first slot, its pieces, its first position, its batch x part head
+           "UNIT_SLOT": to(slot[first_piece[units]]), "UNIT_PIECES": to(nseg[units]),
+           "UNIT_FIRST": to((units % per_head) * item_tile), "UNIT_BH": to(units // per_head)}
     meta.extra[key] = out
     return out
 
@@ -383,9 +410,9 @@ def _write_dq(DQ, DQ_PREV, dq, qw, bh, HEADS, part_heads, stride_dqb, stride_dqh
     tl.store(DQ + offs, dq.to(DQ.dtype.element_ty))
 
 
-@triton.jit(do_not_specialize=["part_heads", "num_blocks", "perm_g", "perm_l"])
+@triton.jit(do_not_specialize=["part_heads", "num_blocks", "perm_g", "perm_l", "slots"])
 def _dkdv_flat_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, MIN_OFF, CODES, PROG_PTR, TILE_ITEM,
-                      TILE_STEP, TILE_BH,
+                      TILE_STEP, TILE_BH, TILE_SEG, WS, slots,
                       stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                       stride_dob, stride_doh, stride_dot, stride_dkb, stride_dkh, stride_dkt,
                       stride_dvb, stride_dvh, stride_dvt, stride_lb, stride_lh,
@@ -393,9 +420,10 @@ def _dkdv_flat_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, 
                       BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr,
                       NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # the dK/dV kernel (blocksparse._dkdv_step, whole columns) over the column side's flattened lists: an item is a
-    # key tile of BLOCK_N keys, its steps query tiles of BLOCK_M rows; a key tile's dK and dV are written where the
-    # next one starts (and after the loop), before the products that accumulate into the zeros the branch yields
+    # the dK/dV kernel (blocksparse._dkdv_step) over the column side's flattened lists: an item is a key tile of
+    # BLOCK_N keys, or a piece of one (TILE_SEG), its steps query tiles of BLOCK_M rows; a key tile's dK and dV are
+    # written where the next item starts (and after the loop), before the products that accumulate into the zeros
+    # the branch yields; a piece stores its sums in its workspace slot, for _dkdv_finish_kernel
     pid = tl.program_id(0)
     lo = tl.load(PROG_PTR + pid)
     hi = tl.load(PROG_PTR + pid + 1)
@@ -405,14 +433,16 @@ def _dkdv_flat_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, 
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     done_iw = lo * 0
     done_bh = lo * 0
+    done_seg = lo * 0
     for t in range(lo, hi):
         iw = tl.load(TILE_ITEM + t)
         sw = tl.load(TILE_STEP + t)
         bh = tl.load(TILE_BH + t)
+        seg = tl.load(TILE_SEG + t)
         if ((iw & 1) != 0) and t > lo:
-            _write_dkdv(DK, DV, DK_PREV, DV_PREV, dk, dv, done_iw, done_bh, HEADS, part_heads, stride_dkb, stride_dkh,
-                        stride_dkt, stride_dvb, stride_dvh, stride_dvt, sm_scale, perm_g, perm_l, seq, PERMUTED, RUN,
-                        LOAD_PREV, BLOCK_N, HEAD_DIM)
+            _write_dkdv(DK, DV, DK_PREV, DV_PREV, WS, slots, dk, dv, done_iw, done_bh, done_seg, HEADS,
+                        part_heads, stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt, sm_scale,
+                        perm_g, perm_l, seq, PERMUTED, RUN, LOAD_PREV, BLOCK_N, HEAD_DIM)
             dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
             dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         first_col = iw >> 2
@@ -443,25 +473,66 @@ def _dkdv_flat_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, 
         dk += tl.dot(dst, q, input_precision=DOT_PREC)
         done_iw = iw
         done_bh = bh
+        done_seg = seg
     if hi > lo:
-        _write_dkdv(DK, DV, DK_PREV, DV_PREV, dk, dv, done_iw, done_bh, HEADS, part_heads, stride_dkb, stride_dkh,
-                    stride_dkt, stride_dvb, stride_dvh, stride_dvt, sm_scale, perm_g, perm_l, seq, PERMUTED, RUN,
-                    LOAD_PREV, BLOCK_N, HEAD_DIM)
+        _write_dkdv(DK, DV, DK_PREV, DV_PREV, WS, slots, dk, dv, done_iw, done_bh, done_seg, HEADS,
+                    part_heads, stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt, sm_scale,
+                    perm_g, perm_l, seq, PERMUTED, RUN, LOAD_PREV, BLOCK_N, HEAD_DIM)
 
 
 @triton.jit
-def _write_dkdv(DK, DV, DK_PREV, DV_PREV, dk, dv, iw, bh, HEADS, part_heads, stride_dkb, stride_dkh, stride_dkt,
-                stride_dvb, stride_dvh, stride_dvt, sm_scale, perm_g, perm_l, seq, PERMUTED: tl.constexpr,
+def _write_dkdv(DK, DV, DK_PREV, DV_PREV, WS, slots, dk, dv, iw, bh, seg, HEADS, part_heads, stride_dkb, stride_dkh,
+                stride_dkt, stride_dvb, stride_dvh, stride_dvt, sm_scale, perm_g, perm_l, seq, PERMUTED: tl.constexpr,
                 RUN: tl.constexpr, LOAD_PREV: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
     """A finished key tile's dK (scaled) and dV, as the default dK/dV kernel writes whole columns: plus the earlier
-    parts' where LOAD_PREV."""
+    parts' where LOAD_PREV. A piece of a cut key tile (``seg``: its workspace slot + 1) stores its sums in its slot
+    instead (dK's rows, then after every slot's, dV's), for ``_dkdv_finish_kernel``. (A count of arrived pieces, with
+    the last one finishing, needs a barrier between the sums and the count: inside the loop that barrier stopped
+    Triton from pipelining it, sm_90 compile.)"""
+    offs_d = tl.arange(0, HEAD_DIM)
+    dk = dk * sm_scale
+    if seg > 0:
+        ws_offs = ((seg - 1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N))[:, None] * HEAD_DIM + offs_d[None, :]
+        tl.store(WS + ws_offs, dk)
+        tl.store(WS + slots.to(tl.int64) * BLOCK_N * HEAD_DIM + ws_offs, dv)
+    else:
+        batch = (bh // part_heads).to(tl.int64)
+        head = tl.load(HEADS + bh % part_heads).to(tl.int64)
+        cols = bs._natural_tile(iw >> 2, BLOCK_N, perm_g, perm_l, PERMUTED, RUN, seq)
+        dk_offs = batch * stride_dkb + head * stride_dkh + cols[:, None] * stride_dkt + offs_d[None, :]
+        dv_offs = batch * stride_dvb + head * stride_dvh + cols[:, None] * stride_dvt + offs_d[None, :]
+        if LOAD_PREV:
+            dk += tl.load(DK_PREV + dk_offs).to(tl.float32)
+            dv += tl.load(DV_PREV + dv_offs).to(tl.float32)
+        tl.store(DK + dk_offs, dk.to(DK.dtype.element_ty))
+        tl.store(DV + dv_offs, dv.to(DV.dtype.element_ty))
+
+
+@triton.jit(do_not_specialize=["part_heads", "num_blocks", "perm_g", "perm_l", "slots"])
+def _dkdv_finish_kernel(DK, DV, DK_PREV, DV_PREV, WS, slots, UNIT_SLOT, UNIT_PIECES, UNIT_FIRST, UNIT_BH, HEADS,
+                        stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
+                        part_heads, num_blocks, perm_g, perm_l,
+                        BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr,
+                        LOAD_PREV: tl.constexpr, BLOCK_N: tl.constexpr):
+    # one program a cut key tile: its pieces' slots added in order, then written as a whole key tile is
+    unit = tl.program_id(0)
+    first_slot = tl.load(UNIT_SLOT + unit).to(tl.int64)
+    pieces = tl.load(UNIT_PIECES + unit)
+    bh = tl.load(UNIT_BH + unit)
+    offs_d = tl.arange(0, HEAD_DIM)
+    rows = tl.arange(0, BLOCK_N)[:, None] * HEAD_DIM + offs_d[None, :]
+    dv_base = slots.to(tl.int64) * BLOCK_N * HEAD_DIM
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    for i in range(pieces):
+        at = (first_slot + i) * BLOCK_N * HEAD_DIM + rows
+        dk += tl.load(WS + at)
+        dv += tl.load(WS + dv_base + at)
     batch = (bh // part_heads).to(tl.int64)
     head = tl.load(HEADS + bh % part_heads).to(tl.int64)
-    cols = bs._natural_tile(iw >> 2, BLOCK_N, perm_g, perm_l, PERMUTED, RUN, seq)
-    offs_d = tl.arange(0, HEAD_DIM)
+    cols = bs._natural_tile(tl.load(UNIT_FIRST + unit), BLOCK_N, perm_g, perm_l, PERMUTED, RUN, num_blocks * BLOCK)
     dk_offs = batch * stride_dkb + head * stride_dkh + cols[:, None] * stride_dkt + offs_d[None, :]
     dv_offs = batch * stride_dvb + head * stride_dvh + cols[:, None] * stride_dvt + offs_d[None, :]
-    dk = dk * sm_scale
     if LOAD_PREV:
         dk += tl.load(DK_PREV + dk_offs).to(tl.float32)
         dv += tl.load(DV_PREV + dv_offs).to(tl.float32)
@@ -514,6 +585,18 @@ def candidates(block: int, head_dim: int, kind: str = "fwd") -> list[tuple[int, 
 
 _FORCE = {"fwd": "MEGASTRIDE_BLOCKSPARSE_FLAT_TILES", "dq": "MEGASTRIDE_BLOCKSPARSE_FLAT_DQ_TILES",
           "dkdv": "MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV_TILES"}
+
+
+def segment_setting() -> int:
+    """Most tiles a piece of a flat dK/dV item takes (``MEGASTRIDE_BLOCKSPARSE_FLAT_SEGMENT``: "auto", the default, a
+    fair share of all the launch's tiles a program, so the fixed pattern's long summary columns are cut; an integer,
+    0 = whole key tiles): -1 for "auto"."""
+    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_FLAT_SEGMENT", "auto")
+    if raw == "auto":
+        return -1
+    if not raw.isdigit():
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_FLAT_SEGMENT must be \"auto\" or an integer >= 0, got {raw!r}")
+    return int(raw)
 
 
 def _programs(q: torch.Tensor, per_sm: int) -> int:
@@ -573,7 +656,8 @@ def _choose(kind, q, layout, meta, load_prev, outs, launch, regular) -> tuple | 
     cache per part, shape, dtype and forced setting."""
     batch, _, seq_len, head_dim = q.shape
     key = (f"flat_{kind}", id(meta), tuple(q.shape), q.dtype, load_prev, regular is not None,
-           os.environ.get(_FORCE[kind]), os.environ.get("MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS"))
+           os.environ.get(_FORCE[kind]), os.environ.get("MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS"),
+           segment_setting() if kind == "dkdv" else 0)
     if key in layout.kernel_cache:
         return layout.kernel_cache[key]
     timing = bs._timing_possible(q)
@@ -582,7 +666,7 @@ def _choose(kind, q, layout, meta, load_prev, outs, launch, regular) -> tuple | 
     options = []
     for entry in candidates(layout.block, head_dim, kind):
         lists = flat_lists(meta, seq_len, batch, layout.block, entry[0], entry[1], _programs(q, entry[4]), q.device,
-                           "col" if kind == "dkdv" else "row")
+                           "col" if kind == "dkdv" else "row", segment_setting() if kind == "dkdv" else 0)
         if lists is not None:
             options.append((entry, lists))
     if regular is not None and options:
@@ -636,13 +720,32 @@ def dq_part(q, k, v, do, lse, delta, dq, dq_prev, meta, layout, scale, load_prev
     return True
 
 
+def _workspace(meta, lists, block_n: int, head_dim: int, device) -> torch.Tensor:
+    """The fp32 slots the pieces of cut key tiles store their sums in (dK's, then dV's; ``SLOTS`` of ``block_n`` rows
+    each): one per part, list and head dim, every slot written before it is read; a stand-in where nothing is cut."""
+    key = ("flat", lists["SLOTS"], block_n, head_dim, str(device))
+    if key not in meta.workspaces:
+        meta.workspaces[key] = torch.empty(max(1, 2 * lists["SLOTS"] * block_n * head_dim), dtype=torch.float32,
+                                           device=device)
+    return meta.workspaces[key]
+
+
 def _launch_dkdv(q, k, v, do, lse, delta, outs, meta, layout, scale, load_prev, entry, lists) -> None:
     dk, dv, dk_prev, dv_prev = outs
-    args = (q, k, v, do, dk, dv, dk_prev, dv_prev, lse, delta, *_list_args(meta, lists),
-            *bs._strides(q, k, v, do, dk, dv), lse.stride(0), lse.stride(1), len(meta.heads), layout.num_blocks,
-            meta.perm_g, meta.perm_l, scale * bs.LOG2E, scale)
+    ws = _workspace(meta, lists, entry[1], q.shape[-1], q.device)
+    args = (q, k, v, do, dk, dv, dk_prev, dv_prev, lse, delta, *_list_args(meta, lists), lists["TILE_SEG"], ws,
+            lists["SLOTS"], *bs._strides(q, k, v, do, dk, dv), lse.stride(0), lse.stride(1), len(meta.heads),
+            layout.num_blocks, meta.perm_g, meta.perm_l, scale * bs.LOG2E, scale)
     programs = lists["programs"]
-    bs._launch_chosen(_dkdv_flat_kernel, lambda _: (programs,), args, _consts(layout, meta, q, load_prev, entry))
+    consts = _consts(layout, meta, q, load_prev, entry)
+    bs._launch_chosen(_dkdv_flat_kernel, lambda _: (programs,), args, consts)
+    units = lists["UNIT_SLOT"].numel()
+    if units:  # the cut key tiles, finished from their pieces' slots
+        args = (dk, dv, dk_prev, dv_prev, ws, lists["SLOTS"], lists["UNIT_SLOT"], lists["UNIT_PIECES"],
+                lists["UNIT_FIRST"], lists["UNIT_BH"], meta.heads, *bs._strides(dk, dv), len(meta.heads),
+                layout.num_blocks, meta.perm_g, meta.perm_l)
+        finish = {name: consts[name] for name in ("BLOCK", "HEAD_DIM", "PERMUTED", "RUN", "LOAD_PREV", "BLOCK_N")}
+        bs._launch_chosen(_dkdv_finish_kernel, lambda _: (units,), args, {**finish, "num_warps": 4, "num_stages": 1})
 
 
 def dkdv_part(q, k, v, do, lse, delta, dk, dv, dk_prev, dv_prev, meta, layout, scale, load_prev) -> bool:

@@ -60,13 +60,13 @@ OUR_VARIANTS = {
     "flatauto": {"MEGASTRIDE_BLOCKSPARSE_FLAT": "auto"},
     # and the separate dQ kernel as flattened tiles too (blocksparse.flat_dq_setting), the dQ mode separate
     "flatdq": {"MEGASTRIDE_BLOCKSPARSE_FLAT": "1", "MEGASTRIDE_BLOCKSPARSE_FLAT_DQ": "1", "MEGASTRIDE_BLOCKSPARSE_DQ": "separate"},
-    # and dK/dV's whole columns as flattened key tiles too (blocksparse.flat_dkdv_setting; split columns keep the
-    # default kernel), or with columns never split, so every dK/dV launch is flat
+    # and dK/dV as flattened key tiles too (blocksparse.flat_dkdv_setting; long columns cut into pieces of a fair
+    # share, flat.segment_setting), or with key tiles never cut
     "flatbwd": {"MEGASTRIDE_BLOCKSPARSE_FLAT": "1", "MEGASTRIDE_BLOCKSPARSE_FLAT_DQ": "1",
                 "MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV": "1", "MEGASTRIDE_BLOCKSPARSE_DQ": "separate"},
     "flatwhole": {"MEGASTRIDE_BLOCKSPARSE_FLAT": "1", "MEGASTRIDE_BLOCKSPARSE_FLAT_DQ": "1",
                   "MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV": "1", "MEGASTRIDE_BLOCKSPARSE_DQ": "separate",
-                  "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "0"},
+                  "MEGASTRIDE_BLOCKSPARSE_FLAT_SEGMENT": "0"},
     "gluon1": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "1"},
     "gluon2": {"MEGASTRIDE_BLOCKSPARSE_GLUON": "1", "MEGASTRIDE_BLOCKSPARSE_GLUON_DKDV_LAUNCHES": "2"},
     "onestream": {"MEGASTRIDE_BLOCKSPARSE_GLUON_STREAMS": "0"},  # Gluon's dQ after its dK/dV on one stream

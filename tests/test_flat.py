@@ -159,10 +159,13 @@ def test_flat_auto_keeps_the_default_forward_where_nothing_can_be_timed(monkeypa
     ("MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS", "0", "MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS must be an integer >= 1"),
     ("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ", "auto", "MEGASTRIDE_BLOCKSPARSE_FLAT_DQ must be 0 or 1"),
     ("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ_TILES", "64x64w4", "MEGASTRIDE_BLOCKSPARSE_FLAT_DQ_TILES must look like"),
+    ("MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV", "yes", "MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV must be 0 or 1"),
+    ("MEGASTRIDE_BLOCKSPARSE_FLAT_SEGMENT", "-1", "MEGASTRIDE_BLOCKSPARSE_FLAT_SEGMENT must be \"auto\" or an integer"),
 ])
 def test_flat_settings_reject_bad_values_in_one_line(variable, value, words, monkeypatch):
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT", "1")
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ", "1")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV", "1")
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
     monkeypatch.setenv(variable, value)
     case = CASES["fixed_block128"]
@@ -270,25 +273,42 @@ def test_flat_lists_count_the_full_blocks_tiles_before_building_anything(monkeyp
     assert lists["PROG_PTR"][-1].item() >= full * 4
 
 
-@pytest.mark.parametrize("name", ["fixed_block128", "strided_permuted_straddling", "multi_head_mix",
-                                  "summary_only_empty_rows", "fixed_summary_first_odd_window"])
-def test_flat_dkdv_matches_the_reference(name, monkeypatch):
-    """dK/dV over whole columns as flattened key tiles (``MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV=1``, columns not split,
-    3 programs), with the flat dQ: all three gradients within the three-way tolerance, merging parts adding into the
-    earlier parts' sums, key tiles no query attends written as zeros."""
-    for variable, value in (("FLAT_DKDV", "1"), ("FLAT_DQ", "1"), ("DQ", "separate"), ("DKDV_SPLIT", "0"),
-                            ("FLAT_PROGRAMS", "3")):
+# (name, segment, whether key tiles are cut: None where "auto" may go either way)
+@pytest.mark.parametrize("name,segment,cuts", [
+    ("fixed_block128", "auto", True),  # the summary columns: every later window's rows
+    ("strided_permuted_straddling", "auto", None), ("multi_head_mix", "auto", None),
+    ("summary_only_empty_rows", "auto", True), ("fixed_summary_first_odd_window", "auto", None),
+    ("fixed_block128", "0", False), ("multi_head_mix", "1", True), ("strided_permuted_straddling", "2", True)])
+def test_flat_dkdv_matches_the_reference_twice(name, segment, cuts, monkeypatch):
+    """dK/dV as flattened key tiles (``MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV=1``, 16 programs), with the flat dQ: key tiles
+    whole ("0"), or long ones cut into pieces of a fair share ("auto") or of 1 or 2 tiles, added up from a workspace:
+    all three gradients within the three-way tolerance, merging parts adding into the earlier parts' sums, key tiles
+    no query attends written as zeros; a second call bitwise the same (the pieces' sums added in one order)."""
+    # 16 programs: a fair share small enough that "auto" cuts the long columns
+    for variable, value in (("FLAT_DKDV", "1"), ("FLAT_DQ", "1"), ("DQ", "separate"), ("FLAT_PROGRAMS", "16"),
+                            ("FLAT_SEGMENT", segment)):
         monkeypatch.setenv(f"MEGASTRIDE_BLOCKSPARSE_{variable}", value)
     monkeypatch.setattr(blocksparse, "POISON", True)
     case = CASES[name]
     _, n, block, heads, head_dim, dtype, batch = case
     _, layout = _layout(case)
     q, k, v, do = _inputs(batch, heads, n, head_dim, dtype)
-    got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
-    assert len(flat.choices(layout, "dkdv")) == len(layout.parts)
     low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)
     exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))
-    for what, g, lo, ex in list(zip(["out", "dq", "dk", "dv"], got, low, exact))[1:]:
-        err = (g.double() - ex).abs()
-        bound = 2 * (lo.double() - ex).abs() + ATOL[dtype] * max(1.0, ex.abs().max().item())
-        assert torch.isfinite(g).all() and (err <= bound).all(), f"{name}: {what} off by {(err - bound).max():.3g}"
+    cut, first = 0, None
+    for _ in range(2):
+        got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
+        assert len(flat.choices(layout, "dkdv")) == len(layout.parts)
+        for what, g, lo, ex in list(zip(["out", "dq", "dk", "dv"], got, low, exact))[1:]:
+            err = (g.double() - ex).abs()
+            bound = 2 * (lo.double() - ex).abs() + ATOL[dtype] * max(1.0, ex.abs().max().item())
+            assert torch.isfinite(g).all() and (err <= bound).all(), f"{name}: {what} off by {(err - bound).max():.3g}"
+        if first is None:
+            first = got
+        else:  # no atomics: the pieces' sums are added in one order
+            assert all(torch.equal(a, b) for a, b in zip(first, got)), "two calls differ"
+    for part in layout.parts:
+        meta = blocksparse._part_meta(part, n, torch.device("cpu"))
+        cut += sum(lists["UNIT_SLOT"].numel() for key, lists in meta.extra.items()
+                   if key[0] == "flat" and key[1] == "col" and lists)
+    assert cuts is None or (cut > 0) == cuts, cut

@@ -758,7 +758,7 @@ def test_every_listed_tile_config_gives_the_reference_output_and_gradients(dim, 
 @pytest.mark.parametrize("dim, heads", [(64, 8), (128, 2)])
 def test_the_flat_forward_gives_the_reference_output_and_gradients_in_bf16(dim, heads, monkeypatch):
     """The forward as flattened tiles (kernels/flat.py) at each listed config forced in turn, the flat dQ's and dK/dV's
-    likewise (dQ mode separate, whole columns), then the forward as "auto" chose it, on the fixed pattern at 3,072 and 12,288 tokens and the strided one (a permuted part merging into the
+    likewise (dQ mode separate; long key tiles cut into pieces), then the forward as "auto" chose it, on the fixed pattern at 3,072 and 12,288 tokens and the strided one (a permuted part merging into the
     natural one) at 3,072, bf16: output and the gradients made from its lse within the GPU bound of the fp32
     reference."""
     B = _blocksparse()
@@ -788,15 +788,14 @@ def test_the_flat_forward_gives_the_reference_output_and_gradients_in_bf16(dim, 
             _assert_near(got, want, f"{pattern.name} n={n} flat dQ {flat.tile_name(entry)} ")
             checked += 1
         monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ_TILES")
-        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV", "1")
-        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "0")
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV", "1")  # long key tiles cut into pieces ("auto")
         for entry in flat.FLAT_DKDV_TILES[(128, dim)]:
             monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV_TILES", flat.tile_name(entry))
             got = _grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)
             assert flat.tile_name(entry) in flat.choices(layout, "dkdv")
             _assert_near(got, want, f"{pattern.name} n={n} flat dK/dV {flat.tile_name(entry)} ")
             checked += 1
-        for name in ("FLAT_DKDV_TILES", "FLAT_DKDV", "DKDV_SPLIT", "FLAT_DQ", "DQ"):
+        for name in ("FLAT_DKDV_TILES", "FLAT_DKDV", "FLAT_DQ", "DQ"):
             monkeypatch.delenv(f"MEGASTRIDE_BLOCKSPARSE_{name}")
         monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT", "auto")
         got = _grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)
