@@ -1,29 +1,32 @@
-"""The forward, the separate dQ kernel and dK/dV over whole columns as one loop over a program's flattened tiles: for
-short sequences, where each query tile's list (or key tile's column) is a few tiles long.
+"""The forward, the separate dQ kernel and dK/dV as one loop over a program's flattened tiles: for short sequences,
+where each query tile's list (or key tile's column) is a few tiles long.
 
 The default forward (``blocksparse._fwd_kernel``) runs one program per query tile: it loads the tile's queries,
 fills its load pipeline, walks the row's key tiles and writes the output, and the next program on that SM starts
 over. Where a row holds ten key tiles or fewer (the fixed pattern at 3,072 and 12,288 tokens: 5 and 10 on average)
 that start and finish are a large share of the program: at 12,288 tokens, H=8, D=64 the forward ran at 264
 TFLOP/s of unmasked pairs against 440 at 1M (H200, docs/benchmarks.md "Forty-first run"), and at 3,072 tokens
-at about 120. Here a fixed number of programs (a few per SM) each walk the tiles of several query tiles as one
-loop, so Triton's pipeliner loads the next row's first key tiles while the current row finishes: every
+at about 120. Here a fixed number of programs (a few per SM) each walk the tiles of several items (query tiles) as
+one loop, so Triton's pipeliner loads the next row's first key tiles while the current row finishes: every
 iteration loads its query tile too (from L2: a row's iterations load the same one), starts a new online softmax
-where its tile is a row's first (``first``), masks where it is a partial block's (``masked``), and writes the
-row's output and log-sum-exp where it is the row's last (``last``).
+where its tile is a row's first, and masks where it is a partial block's; a finished row's output and log-sum-exp
+are written at the top of the next row's first iteration (and after the loop), in a branch that yields the zeroed
+sums the next product accumulates into, which keeps the write ahead of that product (written after a row's last
+product, ptxas serialised every wgmma of the loop; docs/benchmarks.md "Built 2026-12-05").
 
-The tile lists (``flat_lists``: three int32 words a tile and a pointer a program, built once per layout, batch and
-tile shape) give each program whole query tiles, heaviest first onto the least loaded program (greedy
-longest-processing-time), so the programs end together. A query tile without a key in its part gets one tile
-marked ``none`` (its rows: output 0, lse -inf, as in the default kernel). Output equals the default forward's up
-to the order of the online softmax's sums (full tiles first, then the partial ones, as there).
+The tile lists (``flat_lists``: a few int32 words a tile and a pointer a program, built once per layout part, side,
+batch and tile shape) give each program whole items, heaviest first onto the least loaded program (greedy
+longest-processing-time), so the programs end together. An item without pairs in its part gets one tile marked
+``none`` (its rows: output 0, lse -inf; its keys: dK and dV 0, as in the default kernels). The output equals the
+default forward's up to the order of the online softmax's sums (full tiles first, then the partial ones, as there).
 
 ``blocksparse.flat_setting`` decides where the forward runs (``MEGASTRIDE_BLOCKSPARSE_FLAT``: "0", the default until
 it is timed on a GPU; "1" wherever the lists fit ``FLAT_MAX_TILES``; "auto" where it timed faster than the default
 forward), ``forward_part`` launches it. The dQ kernel (``_dq_flat_kernel``, ``dq_part``; ``flat_dq_setting``,
 ``MEGASTRIDE_BLOCKSPARSE_FLAT_DQ``) walks the same lists with the dQ kernel's step, delta read from the delta kernel;
 the dK/dV kernel (``_dkdv_flat_kernel``, ``dkdv_part``; ``flat_dkdv_setting``) walks the column side's lists (items
-are key tiles, their steps query tiles) where columns are not split into segments.
+are key tiles, their steps query tiles), a key tile longer than a fair share cut into pieces (``segment_setting``)
+whose sums ``_dkdv_finish_kernel`` adds up in order.
 """
 
 from __future__ import annotations
@@ -38,16 +41,17 @@ import triton.language as tl
 
 from . import blocksparse as bs
 
-# the flattened lists' words: a tile's query word holds its query tile's first (part) position times 4, plus 1
-# where it is the row's first tile and 2 where it is its last; its key word the key tile's first position times
-# 4, plus 1 where the tile needs the token mask and 2 where it stands for a row without keys (``none``)
+# the flattened lists' words: a tile's item word holds its item's first (part) position times 4, plus FIRST where
+# it is the item's first tile and LAST where its last; its step word the walked tile's first position times 4, plus
+# MASKED where the tile needs the part's token predicate and NONE where it stands for an item without pairs
 FIRST, LAST = 1, 2
 MASKED, NONE = 1, 2
 
 # (BLOCK_M, BLOCK_N, warps, stages, programs per SM) per (layout block, head dim), the first entry the one
 # taken where nothing is timed; timed in turn on first use on a GPU (``_choose``). Programs per SM: as many as
 # fit at once, so none waits for another to finish. Compiled for sm_90 (2026-12-05, `python -m
-# megastride.kernels.compile_check --flat`, natural order, the fixed pattern's mask kinds): at D=64 128x64 w4
+# megastride.kernels.compile_check --only "flat natural" --all --ptxas --kinds 24 [--head-dim 128]`: natural order,
+# the fixed pattern's mask kinds): at D=64 128x64 w4
 # s3 255 registers and 74 KB of shared memory, 64x64 w4 s3 244 and 57 KB (two programs an SM by registers),
 # 128x64 w8 s3 246 registers at 256 threads (one); at D=128 64x64 w4 s3 233 and 107 KB (two), 128x64 w8 s3 255
 # and 164 KB (one); none spills. Key tiles 64 wide: a masked tile's token predicate on 128 keys spilled the
@@ -74,7 +78,7 @@ FLAT_DKDV_TILES = {
     (128, 64): [(64, 64, 4, 3, 2), (64, 128, 8, 3, 1), (32, 64, 4, 3, 2), (32, 128, 8, 3, 1)],
     (128, 128): [(64, 64, 8, 3, 1), (32, 64, 4, 3, 1), (32, 128, 8, 3, 1)],
 }
-# lists longer than this many tiles are not built (12 bytes a tile): the flat loop is for short rows; at 1M
+# lists longer than this many tiles are not built (16 bytes a tile): the flat loop is for short rows; at 1M
 # tokens, 8 heads, the fixed pattern has about 13M 64-wide key tiles
 FLAT_MAX_TILES = 1 << 22
 # the timing of the configs on first use: untimed launch (compiles), then this many timed, minimum kept
@@ -749,8 +753,9 @@ def _launch_dkdv(q, k, v, do, lse, delta, outs, meta, layout, scale, load_prev, 
 
 
 def dkdv_part(q, k, v, do, lse, delta, dk, dv, dk_prev, dv_prev, meta, layout, scale, load_prev) -> bool:
-    """Launch the part's dK/dV over whole columns as flattened tiles (``_dkdv_flat_kernel``) into ``dk``, ``dv``
-    (adding ``dk_prev``, ``dv_prev`` where ``load_prev``); False where its lists would pass ``FLAT_MAX_TILES``."""
+    """Launch the part's dK/dV as flattened key tiles (``_dkdv_flat_kernel``, then ``_dkdv_finish_kernel`` for key
+    tiles cut into pieces) into ``dk``, ``dv`` (adding ``dk_prev``, ``dv_prev`` where ``load_prev``); False where its
+    lists would pass ``FLAT_MAX_TILES``."""
     outs = (dk, dv, dk_prev, dv_prev)
     launch = lambda o, entry, lists: _launch_dkdv(q, k, v, do, lse, delta, o, meta, layout, scale,  # noqa: E731
                                                   load_prev, entry, lists)
