@@ -322,12 +322,22 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
                 ok = _allowed(offs_m[:, None], offs_n[None, :], codes, min_off, NCOMP, KINDS)
                 acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, True, DOT_PREC)
 
-    empty = l_i == 0.0  # rows with no key in this part: lse = -inf, output 0
+    _store_rows(O, O_PREV, LSE, acc, l_i, m_i, batch, head, rows, offs_d, stride_ob, stride_oh, stride_ot, stride_lb,
+                stride_lh, LOAD_PREV)
+
+
+@triton.jit
+def _store_rows(O, O_PREV, LSE, acc, l_i, m_i, batch, head, rows, offs_d, stride_ob, stride_oh, stride_ot, stride_lb,
+                stride_lh, LOAD_PREV: tl.constexpr):
+    """A forward program's finished rows: output acc / l and lse = m + log2(l) (rows with no key in this part: lse
+    -inf, output 0), merged with the earlier parts of the head where LOAD_PREV (O_PREV: fp32 sums, or O itself)
+    through the two lse."""
+    empty = l_i == 0.0
     lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
     o = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse_ptrs = LSE + batch * stride_lb + head * stride_lh + rows
     o_offs = batch * stride_ob + head * stride_oh + rows[:, None] * stride_ot + offs_d[None, :]
-    if LOAD_PREV:  # merge with the earlier parts of this head (O_PREV: fp32 sums, or O itself) through the two lse
+    if LOAD_PREV:
         lse_prev = tl.load(lse_ptrs)
         top = tl.maximum(lse_prev, lse)
         top = tl.where(top == float("-inf"), 0.0, top)

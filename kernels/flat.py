@@ -243,6 +243,29 @@ def flat_lists(meta: "bs._PartMeta", n: int, batch: int, block: int, block_m: in
 
 
 @triton.jit
+def _program_range(PROG_PTR):
+    """The program's tiles: PROG_PTR[pid] up to PROG_PTR[pid + 1]."""
+    pid = tl.program_id(0)
+    return tl.load(PROG_PTR + pid), tl.load(PROG_PTR + pid + 1)
+
+
+@triton.jit
+def _locate(bh, first_row, first_col, HEADS, part_heads, perm_g, perm_l, seq, PERMUTED: tl.constexpr,
+            RUN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A tile's batch (int64), part head, head (int64) and its rows' and keys' natural positions."""
+    hp = bh % part_heads
+    return ((bh // part_heads).to(tl.int64), hp, tl.load(HEADS + hp).to(tl.int64),
+            bs._natural_tile(first_row, BLOCK_M, perm_g, perm_l, PERMUTED, RUN, seq),
+            bs._natural_tile(first_col, BLOCK_N, perm_g, perm_l, PERMUTED, RUN, seq))
+
+
+@triton.jit
+def _rows_of(X, batch, head, rows, offs_d, stride_b, stride_h, stride_t):
+    """The (rows, head dim) tile of X at natural positions ``rows`` of one batch and head."""
+    return tl.load(X + batch * stride_b + head * stride_h + rows[:, None] * stride_t + offs_d[None, :])
+
+
+@triton.jit
 def _write_row(O, O_PREV, LSE, acc, l_i, m_i, qw, bh, HEADS, part_heads, stride_ob, stride_oh, stride_ot, stride_lb,
                stride_lh, perm_g, perm_l, seq, PERMUTED: tl.constexpr, RUN: tl.constexpr, LOAD_PREV: tl.constexpr,
                BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
@@ -251,24 +274,8 @@ def _write_row(O, O_PREV, LSE, acc, l_i, m_i, qw, bh, HEADS, part_heads, stride_
     batch = (bh // part_heads).to(tl.int64)
     head = tl.load(HEADS + bh % part_heads).to(tl.int64)
     rows = bs._natural_tile(qw >> 2, BLOCK_M, perm_g, perm_l, PERMUTED, RUN, seq)
-    offs_d = tl.arange(0, HEAD_DIM)
-    empty = l_i == 0.0  # rows with no key in this part: lse = -inf, output 0
-    lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
-    o = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse_ptrs = LSE + batch * stride_lb + head * stride_lh + rows
-    o_offs = batch * stride_ob + head * stride_oh + rows[:, None] * stride_ot + offs_d[None, :]
-    if LOAD_PREV:
-        lse_prev = tl.load(lse_ptrs)
-        top = tl.maximum(lse_prev, lse)
-        top = tl.where(top == float("-inf"), 0.0, top)
-        w_prev = tl.math.exp2(lse_prev - top)
-        w_new = tl.math.exp2(lse - top)
-        total = w_prev + w_new
-        o_prev = tl.load(O_PREV + o_offs).to(tl.float32)
-        o = (o_prev * w_prev[:, None] + o * w_new[:, None]) / tl.where(total == 0.0, 1.0, total)[:, None]
-        lse = tl.where(total == 0.0, float("-inf"), top + tl.math.log2(tl.where(total == 0.0, 1.0, total)))
-    tl.store(O + o_offs, o.to(O.dtype.element_ty))
-    tl.store(lse_ptrs, lse)
+    bs._store_rows(O, O_PREV, LSE, acc, l_i, m_i, batch, head, rows, tl.arange(0, HEAD_DIM), stride_ob, stride_oh,
+                   stride_ot, stride_lb, stride_lh, LOAD_PREV)
 
 
 @triton.jit(do_not_specialize=["part_heads", "num_blocks", "perm_g", "perm_l"])
@@ -283,9 +290,7 @@ def _fwd_flat_kernel(Q, K, V, O, O_PREV, LSE, HEADS, MIN_OFF, CODES, PROG_PTR, T
     # A row is written at the top of the iteration that starts the next one (and after the loop), where the sums
     # are read anyway (the rescale): written right after a row's last product, the read of its sums made ptxas
     # serialise the loop's wgmma (compile_check, sm_90)
-    pid = tl.program_id(0)
-    lo = tl.load(PROG_PTR + pid)
-    hi = tl.load(PROG_PTR + pid + 1)
+    lo, hi = _program_range(PROG_PTR)
     seq = num_blocks * BLOCK
     offs_d = tl.arange(0, HEAD_DIM)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -305,14 +310,11 @@ def _fwd_flat_kernel(Q, K, V, O, O_PREV, LSE, HEADS, MIN_OFF, CODES, PROG_PTR, T
             acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         first_row = qw >> 2
         first_col = kw >> 2
-        batch = (bh // part_heads).to(tl.int64)
-        hp = bh % part_heads
-        head = tl.load(HEADS + hp).to(tl.int64)
-        rows = bs._natural_tile(first_row, BLOCK_M, perm_g, perm_l, PERMUTED, RUN, seq)
-        cols = bs._natural_tile(first_col, BLOCK_N, perm_g, perm_l, PERMUTED, RUN, seq)
-        q = tl.load(Q + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qt + offs_d[None, :])
-        k = tl.load(K + batch * stride_kb + head * stride_kh + cols[:, None] * stride_kt + offs_d[None, :])
-        v = tl.load(V + batch * stride_vb + head * stride_vh + cols[:, None] * stride_vt + offs_d[None, :])
+        batch, hp, head, rows, cols = _locate(bh, first_row, first_col, HEADS, part_heads, perm_g, perm_l, seq, PERMUTED,
+                                              RUN, BLOCK_M, BLOCK_N)
+        q = _rows_of(Q, batch, head, rows, offs_d, stride_qb, stride_qh, stride_qt)
+        k = _rows_of(K, batch, head, cols, offs_d, stride_kb, stride_kh, stride_kt)
+        v = _rows_of(V, batch, head, cols, offs_d, stride_vb, stride_vh, stride_vt)
         # a row's first tile starts a new softmax: with m at -inf the rescale below (alpha) is 0, so the sums drop
         # the previous row's (finite) values
         m_i = tl.where(start, float("-inf"), m_i)
@@ -350,9 +352,7 @@ def _dq_flat_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, MIN_OFF, CODES,
     # the dQ kernel (blocksparse._dq_program's step, delta read) over the forward's flattened lists: a query tile's
     # dQ is written where the next one starts (and after the loop), before the product that accumulates into the
     # zeros the write's branch yields (as the forward's rows)
-    pid = tl.program_id(0)
-    lo = tl.load(PROG_PTR + pid)
-    hi = tl.load(PROG_PTR + pid + 1)
+    lo, hi = _program_range(PROG_PTR)
     seq = num_blocks * BLOCK
     offs_d = tl.arange(0, HEAD_DIM)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -368,15 +368,12 @@ def _dq_flat_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, MIN_OFF, CODES,
             dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         first_row = qw >> 2
         first_col = kw >> 2
-        batch = (bh // part_heads).to(tl.int64)
-        hp = bh % part_heads
-        head = tl.load(HEADS + hp).to(tl.int64)
-        rows = bs._natural_tile(first_row, BLOCK_M, perm_g, perm_l, PERMUTED, RUN, seq)
-        cols = bs._natural_tile(first_col, BLOCK_N, perm_g, perm_l, PERMUTED, RUN, seq)
-        q = tl.load(Q + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qt + offs_d[None, :])
-        do = tl.load(DO + batch * stride_dob + head * stride_doh + rows[:, None] * stride_dot + offs_d[None, :])
-        k = tl.load(K + batch * stride_kb + head * stride_kh + cols[:, None] * stride_kt + offs_d[None, :])
-        v = tl.load(V + batch * stride_vb + head * stride_vh + cols[:, None] * stride_vt + offs_d[None, :])
+        batch, hp, head, rows, cols = _locate(bh, first_row, first_col, HEADS, part_heads, perm_g, perm_l, seq, PERMUTED,
+                                              RUN, BLOCK_M, BLOCK_N)
+        q = _rows_of(Q, batch, head, rows, offs_d, stride_qb, stride_qh, stride_qt)
+        do = _rows_of(DO, batch, head, rows, offs_d, stride_dob, stride_doh, stride_dot)
+        k = _rows_of(K, batch, head, cols, offs_d, stride_kb, stride_kh, stride_kt)
+        v = _rows_of(V, batch, head, cols, offs_d, stride_vb, stride_vh, stride_vt)
         lse = tl.load(LSE + batch * stride_lb + head * stride_lh + rows)
         delta = tl.load(DELTA + batch * stride_lb + head * stride_lh + rows)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
@@ -428,9 +425,7 @@ def _dkdv_flat_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, 
     # BLOCK_N keys, or a piece of one (TILE_SEG), its steps query tiles of BLOCK_M rows; a key tile's dK and dV are
     # written where the next item starts (and after the loop), before the products that accumulate into the zeros
     # the branch yields; a piece stores its sums in its workspace slot, for _dkdv_finish_kernel
-    pid = tl.program_id(0)
-    lo = tl.load(PROG_PTR + pid)
-    hi = tl.load(PROG_PTR + pid + 1)
+    lo, hi = _program_range(PROG_PTR)
     seq = num_blocks * BLOCK
     offs_d = tl.arange(0, HEAD_DIM)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
@@ -451,15 +446,12 @@ def _dkdv_flat_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, LSE, DELTA, HEADS, 
             dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         first_col = iw >> 2
         first_row = sw >> 2
-        batch = (bh // part_heads).to(tl.int64)
-        hp = bh % part_heads
-        head = tl.load(HEADS + hp).to(tl.int64)
-        cols = bs._natural_tile(first_col, BLOCK_N, perm_g, perm_l, PERMUTED, RUN, seq)
-        rows = bs._natural_tile(first_row, BLOCK_M, perm_g, perm_l, PERMUTED, RUN, seq)
-        k = tl.load(K + batch * stride_kb + head * stride_kh + cols[:, None] * stride_kt + offs_d[None, :])
-        v = tl.load(V + batch * stride_vb + head * stride_vh + cols[:, None] * stride_vt + offs_d[None, :])
-        q = tl.load(Q + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qt + offs_d[None, :])
-        do = tl.load(DO + batch * stride_dob + head * stride_doh + rows[:, None] * stride_dot + offs_d[None, :])
+        batch, hp, head, rows, cols = _locate(bh, first_row, first_col, HEADS, part_heads, perm_g, perm_l, seq, PERMUTED,
+                                              RUN, BLOCK_M, BLOCK_N)
+        k = _rows_of(K, batch, head, cols, offs_d, stride_kb, stride_kh, stride_kt)
+        v = _rows_of(V, batch, head, cols, offs_d, stride_vb, stride_vh, stride_vt)
+        q = _rows_of(Q, batch, head, rows, offs_d, stride_qb, stride_qh, stride_qt)
+        do = _rows_of(DO, batch, head, rows, offs_d, stride_dob, stride_doh, stride_dot)
         lse = tl.load(LSE + batch * stride_lb + head * stride_lh + rows)
         delta = tl.load(DELTA + batch * stride_lb + head * stride_lh + rows)
         st = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # (keys, queries)

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the int
 
 from megastride.kernels import blocksparse, flat, reference_attention  # noqa: E402
 from megastride.kernels import patterns as P  # noqa: E402
+from test_kernels_triton import ATOL, _attention_and_grads, _inputs  # noqa: E402 - the interpreter tests' own helpers
 
-ATOL = {torch.float32: 2e-5, torch.float16: 2e-3}
 
 # name -> (pattern, n, block, heads, head dim, dtype, batch)
 CASES = {
@@ -42,17 +42,6 @@ def _layout(case):
     return pattern, P.build_layout(pattern, n, block)
 
 
-def _inputs(batch, heads, n, head_dim, dtype, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, heads, n, head_dim, generator=gen).to(dtype) for _ in range(4)]
-
-
-def _attention_and_grads(fn, q, k, v, do):
-    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    out = fn(*leaves)
-    return [out.detach(), *torch.autograd.grad(out, leaves, do.to(out.dtype))]
-
-
 @pytest.mark.parametrize("programs", ["3", "1000"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_flat_forward_and_the_gradients_from_its_lse_match_the_reference(name, programs, monkeypatch):
@@ -64,7 +53,7 @@ def test_flat_forward_and_the_gradients_from_its_lse_match_the_reference(name, p
     case = CASES[name]
     _, n, block, heads, head_dim, dtype, batch = case
     pattern, layout = _layout(case)
-    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype)
+    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, 0)
     got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
     chosen = flat.choices(layout)
     assert len(chosen) == len(layout.parts) and "default" not in chosen, chosen
@@ -143,7 +132,7 @@ def test_flat_auto_keeps_the_default_forward_where_nothing_can_be_timed(monkeypa
     case = CASES["fixed_block128"]
     _, n, block, heads, head_dim, dtype, batch = case
     _, layout = _layout(case)
-    q, k, v, _ = _inputs(batch, heads, n, head_dim, dtype)
+    q, k, v, _ = _inputs(batch, heads, n, head_dim, dtype, 0)
     launched = []
     monkeypatch.setattr(flat, "_launch_fwd", lambda *a: launched.append(a))
     out = blocksparse.blocksparse_attention(q, k, v, layout)
@@ -171,7 +160,7 @@ def test_flat_settings_reject_bad_values_in_one_line(variable, value, words, mon
     case = CASES["fixed_block128"]
     _, n, block, heads, head_dim, dtype, batch = case
     _, layout = _layout(case)
-    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype)
+    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, 0)
     with pytest.raises(ValueError, match=words) as err:
         _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
     assert "\n" not in str(err.value)
@@ -184,7 +173,7 @@ def test_flat_lists_past_the_cap_leave_the_default_forward(monkeypatch):
     case = CASES["fixed_block128"]
     _, n, block, heads, head_dim, dtype, batch = case
     _, layout = _layout(case)
-    q, k, v, _ = _inputs(batch, heads, n, head_dim, dtype)
+    q, k, v, _ = _inputs(batch, heads, n, head_dim, dtype, 0)
     out = blocksparse.blocksparse_attention(q, k, v, layout)
     assert flat.choices(layout) == ["default"] * len(layout.parts)
     torch.testing.assert_close(out.double(), reference_attention(*(t.double() for t in (q, k, v)), layout),
@@ -198,7 +187,7 @@ def test_a_row_after_one_of_much_larger_scores_starts_its_own_softmax(monkeypatc
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS", "1")
     n, block, heads, head_dim = 256, 32, 1, 32
     layout = P.build_layout(P.same_for_all_heads(P.local(48), heads), n, block)
-    q, k, v, _ = _inputs(1, heads, n, head_dim, torch.float32)
+    q, k, v, _ = _inputs(1, heads, n, head_dim, torch.float32, 0)
     q = q * torch.where((torch.arange(n) // (block // 2)) % 2 == 0, 300.0, 1.0)[:, None]
     out = blocksparse.blocksparse_attention(q, k, v, layout)
     assert flat.choices(layout) == ["16x16w4s1p1"]
@@ -218,7 +207,7 @@ def test_flat_dq_matches_the_reference(name, monkeypatch):
     case = CASES[name]
     _, n, block, heads, head_dim, dtype, batch = case
     _, layout = _layout(case)
-    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype)
+    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, 0)
     got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)[1]
     assert len(flat.choices(layout, "dq")) == len(layout.parts)
     low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)[1]
@@ -247,7 +236,7 @@ def test_flat_auto_keeps_what_timed_fastest_and_times_on_copies(fastest, monkeyp
     case = CASES["strided_permuted_straddling"]
     _, n, block, heads, head_dim, dtype, batch = case
     _, layout = _layout(case)
-    q, k, v, _ = _inputs(batch, heads, n, head_dim, dtype)
+    q, k, v, _ = _inputs(batch, heads, n, head_dim, dtype, 0)
     out = blocksparse.blocksparse_attention(q, k, v, layout)
     chosen = flat.choices(layout)
     assert len(chosen) == 2 and all(c.startswith(fastest + " (timed ") for c in chosen), chosen
@@ -292,7 +281,7 @@ def test_flat_dkdv_matches_the_reference_twice(name, segment, cuts, monkeypatch)
     case = CASES[name]
     _, n, block, heads, head_dim, dtype, batch = case
     _, layout = _layout(case)
-    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype)
+    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, 0)
     low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)
     exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))
     cut, first = 0, None

@@ -757,10 +757,10 @@ def test_every_listed_tile_config_gives_the_reference_output_and_gradients(dim, 
 
 @pytest.mark.parametrize("dim, heads", [(64, 8), (128, 2)])
 def test_the_flat_forward_gives_the_reference_output_and_gradients_in_bf16(dim, heads, monkeypatch):
-    """The forward as flattened tiles (kernels/flat.py) at each listed config forced in turn, the flat dQ's and dK/dV's
-    likewise (dQ mode separate; long key tiles cut into pieces), then the forward as "auto" chose it, on the fixed pattern at 3,072 and 12,288 tokens and the strided one (a permuted part merging into the
-    natural one) at 3,072, bf16: output and the gradients made from its lse within the GPU bound of the fp32
-    reference."""
+    """The forward as flattened tiles (kernels/flat.py) at each listed config forced in turn, the flat dQ's and
+    dK/dV's likewise (dQ mode separate; long key tiles cut into pieces), then the forward as "auto" chose it, on the
+    fixed pattern at 3,072 and 12,288 tokens and the strided one (a permuted part merging into the natural one) at
+    3,072, bf16: output and the gradients made from its lse within the GPU bound of the fp32 reference."""
     B = _blocksparse()
     from megastride.kernels import flat
 
@@ -771,31 +771,20 @@ def test_the_flat_forward_gives_the_reference_output_and_gradients_in_bf16(dim, 
         gen = torch.Generator(device="cuda").manual_seed(0)
         q, k, v, do = (torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
         want = _grads(lambda *x: reference_attention(*(t.float() for t in x), layout), q, k, v, do)
-        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT", "1")
-        for entry in flat.FLAT_TILES[(128, dim)]:
-            monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_TILES", flat.tile_name(entry))
-            got = _grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)
-            assert flat.tile_name(entry) in flat.choices(layout)
-            _assert_near(got, want, f"{pattern.name} n={n} flat {flat.tile_name(entry)} ")
-            checked += 1
-        monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_FLAT_TILES")
-        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ", "1")
+        # each kernel's listed configs forced in turn, the earlier kernels left flat (the dQ and dK/dV ones with the
+        # dQ mode separate; long key tiles cut into pieces, "auto")
         monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
-        for entry in flat.FLAT_DQ_TILES[(128, dim)]:
-            monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ_TILES", flat.tile_name(entry))
-            got = _grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)
-            assert flat.tile_name(entry) in flat.choices(layout, "dq")
-            _assert_near(got, want, f"{pattern.name} n={n} flat dQ {flat.tile_name(entry)} ")
-            checked += 1
-        monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ_TILES")
-        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV", "1")  # long key tiles cut into pieces ("auto")
-        for entry in flat.FLAT_DKDV_TILES[(128, dim)]:
-            monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV_TILES", flat.tile_name(entry))
-            got = _grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)
-            assert flat.tile_name(entry) in flat.choices(layout, "dkdv")
-            _assert_near(got, want, f"{pattern.name} n={n} flat dK/dV {flat.tile_name(entry)} ")
-            checked += 1
-        for name in ("FLAT_DKDV_TILES", "FLAT_DKDV", "FLAT_DQ", "DQ"):
+        for kind, setting, table in (("fwd", "FLAT", flat.FLAT_TILES), ("dq", "FLAT_DQ", flat.FLAT_DQ_TILES),
+                                     ("dkdv", "FLAT_DKDV", flat.FLAT_DKDV_TILES)):
+            monkeypatch.setenv(f"MEGASTRIDE_BLOCKSPARSE_{setting}", "1")
+            for entry in table[(128, dim)]:
+                monkeypatch.setenv(f"MEGASTRIDE_BLOCKSPARSE_{setting}_TILES", flat.tile_name(entry))
+                got = _grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)
+                assert flat.tile_name(entry) in flat.choices(layout, kind)
+                _assert_near(got, want, f"{pattern.name} n={n} flat {kind} {flat.tile_name(entry)} ")
+                checked += 1
+            monkeypatch.delenv(f"MEGASTRIDE_BLOCKSPARSE_{setting}_TILES")
+        for name in ("FLAT_DKDV", "FLAT_DQ", "DQ"):
             monkeypatch.delenv(f"MEGASTRIDE_BLOCKSPARSE_{name}")
         monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT", "auto")
         got = _grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)
