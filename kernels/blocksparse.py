@@ -1696,15 +1696,15 @@ def _forward_launches(q, k, v, out, lse, layout: Layout, scale: float):
             gluon_fwd.forward_part(q, k, v, target, acc, lse, meta, _side_order(meta, "row"), layout.block, scale,
                                    load_prev)
             continue
-        regular = functools.partial(_fwd_part_launch, q, k, v, part=part, meta=meta, layout=layout, scale=scale, load_prev=load_prev)
+        where = dict(part=part, meta=meta, layout=layout, scale=scale, load_prev=load_prev)
         setting = flat_setting()
         if setting != "0":
             from . import flat
 
-            if flat.forward_part(q, k, v, target, acc, lse, meta, layout, scale, load_prev,
-                                 regular if setting == "auto" else None):
+            regular = functools.partial(_fwd_part_launch, q, k, v, **where) if setting == "auto" else None
+            if flat.forward_part(q, k, v, target, acc, lse, meta, layout, scale, load_prev, regular):
                 continue
-        regular(target, acc, lse)
+        _fwd_part_launch(q, k, v, target, acc, lse, **where)
     _cast_rest(layout, acc, out)
     return out, lse
 
