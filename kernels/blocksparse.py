@@ -1741,7 +1741,7 @@ def _cast_rest(layout: Layout, acc: torch.Tensor, out: torch.Tensor, heads: list
         out[:, rest] = acc[:, rest].to(out.dtype)
 
 
-DQ_MODES = ("auto", "separate", "atomic", "merged")
+DQ_MODES = ("auto", "separate", "atomic", "merged", "flat")
 
 
 def dq_mode() -> str:
@@ -1749,7 +1749,9 @@ def dq_mode() -> str:
     more matmuls per tile), "atomic" (the dK/dV kernel adds dS @ K to an fp32 dQ with atomics: one TMA
     reduce per tile on Hopper in natural order; not deterministic, and 2.4-12% slower than "auto" from
     262,144 tokens on the H200, docs/benchmarks.md "Sixth run"),
-    "merged" (the separate dQ programs and the dK/dV programs in one launch: deterministic too) or
+    "merged" (the separate dQ programs and the dK/dV programs in one launch: deterministic too), "flat"
+    ("separate" with both kernels as flattened tiles, kernels/flat.py: as ``flat_dq_setting`` and
+    ``flat_dkdv_setting`` "1"; not yet timed, so not in ``AUTO_MODES``) or
     "auto" (whichever of ``AUTO_MODES`` ran faster, timed on the first backward of each layout and shape:
     merged wins at short lengths, where one launch fills the GPU better, separate at 1M tokens; on an
     H200 on 2026-11-30 by 1-23% either way, docs/benchmarks.md). ``MEGASTRIDE_BLOCKSPARSE_DQ``
@@ -2304,8 +2306,8 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
     # kernels read it too)
     # the separate dQ kernel as one loop over each program's flattened tiles (kernels/flat.py): delta from the delta
     # kernel first
-    flat_dq = flat_dq_setting() == "1" and not (fused or merged)
-    flat_dkdv = flat_dkdv_setting() == "1" and not (fused or merged)
+    flat_dq = (mode == "flat" or flat_dq_setting() == "1") and not (fused or merged)
+    flat_dkdv = (mode == "flat" or flat_dkdv_setting() == "1") and not (fused or merged)
     delta_here = delta_in_dq() and not (fused or merged or gluon or flat_dq)
     if gluon:
         _ensure_allocator()  # their TMA descriptors

@@ -23,7 +23,7 @@ import time
 import torch
 
 from . import patterns as P
-from .blocksparse import (_part_meta, blocksparse_attention, delta_in_dq, dkdv_split, dkdv_split_setting, dq_mode,
+from .blocksparse import (DQ_MODES, _part_meta, blocksparse_attention, delta_in_dq, dkdv_split, dkdv_split_setting, dq_mode,
                           gluon_backward, gluon_dq_sums, gluon_setting, gpu_sms, metadata_bytes, split_finish)
 from .reference import reference_attention
 
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="folder for gpu_check.json")
     parser.add_argument("--no-long", action="store_true", help="skip the 4,194,304-token run")
     parser.add_argument("--only", default="", help="comma-separated substrings: run only checks whose name has one")
-    parser.add_argument("--dq-mode", choices=["auto", "separate", "atomic", "merged"], default=None,
+    parser.add_argument("--dq-mode", choices=list(DQ_MODES), default=None,
                         help="the backward's dQ mode to check (default: blocksparse.DQ_MODE)")
     parser.add_argument("--dkdv-split", default=None,
                         help="query blocks per dK/dV program: \"auto\" or an integer (0 = whole columns; "

@@ -50,7 +50,7 @@ SWITCHES = (SWITCH, "MEGASTRIDE_BLOCKSPARSE_GLUON", "MEGASTRIDE_BLOCKSPARSE_GLUO
             "MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT")
 MODES = ("0", "1")  # off (for DIRECT: Triton's run), on (direct)
 # switches with more values than on and off: the values --values may name
-VALUED = {"MEGASTRIDE_BLOCKSPARSE_DQ": ("auto", "separate", "atomic", "merged"),
+VALUED = {"MEGASTRIDE_BLOCKSPARSE_DQ": ("auto", "separate", "atomic", "merged", "flat"),
           "MEGASTRIDE_BLOCKSPARSE_GLUON_WS": ("auto", "0", "1", "columns", "halves"),
           # the halves kernel's slots, staging and dS buffers, schedule (gluon_bwd.halves_tiles; takes effect with
           # MEGASTRIDE_BLOCKSPARSE_GLUON_WS=halves in the environment)

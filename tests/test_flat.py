@@ -301,3 +301,22 @@ def test_flat_dkdv_matches_the_reference_twice(name, segment, cuts, monkeypatch)
         cut += sum(lists["UNIT_SLOT"].numel() for key, lists in meta.extra.items()
                    if key[0] == "flat" and key[1] == "col" and lists)
     assert cuts is None or (cut > 0) == cuts, cut
+
+
+def test_the_flat_dq_mode_runs_both_backward_kernels_flat(monkeypatch):
+    """``MEGASTRIDE_BLOCKSPARSE_DQ=flat``: the separate backward with the flat dQ and dK/dV (as their two switches
+    would), the gradients within the three-way tolerance; "auto" can take it once it is in ``AUTO_MODES``."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "flat")
+    case = CASES["multi_head_mix"]
+    _, n, block, heads, head_dim, dtype, batch = case
+    _, layout = _layout(case)
+    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, 0)
+    got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
+    assert len(flat.choices(layout, "dq")) == len(flat.choices(layout, "dkdv")) == len(layout.parts)
+    assert flat.choices(layout) == []  # the forward keeps its own switch
+    low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)
+    exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))
+    for what, g, lo, ex in list(zip(["out", "dq", "dk", "dv"], got, low, exact))[1:]:
+        err = (g.double() - ex).abs()
+        bound = 2 * (lo.double() - ex).abs() + ATOL[dtype] * max(1.0, ex.abs().max().item())
+        assert (err <= bound).all(), f"{what} off by {(err - bound).max():.3g}"
