@@ -960,8 +960,8 @@ GLUON_FWD = "0"
 GLUON_FWD_AUTO_DIMS: tuple[int, ...] = ()
 # the forward as one loop over each program's flattened tiles (kernels/flat.py): flat_setting
 FLAT = "0"
-FLAT_DQ = "0"
-FLAT_DKDV = "0"
+FLAT_DQ = False
+FLAT_DKDV = False
 # an eager call's launches replayed from a plan once two calls of one key launched alike: "auto" (where
 # launches go straight to the compiled kernels, use_direct_launch on CUDA), "1" (also under the interpreter,
 # for the tests) or "0"; see use_plans
@@ -1750,8 +1750,8 @@ def dq_mode() -> str:
     reduce per tile on Hopper in natural order; not deterministic, and 2.4-12% slower than "auto" from
     262,144 tokens on the H200, docs/benchmarks.md "Sixth run"),
     "merged" (the separate dQ programs and the dK/dV programs in one launch: deterministic too), "flat"
-    ("separate" with both kernels as flattened tiles, kernels/flat.py: as ``flat_dq_setting`` and
-    ``flat_dkdv_setting`` "1"; not yet timed, so not in ``AUTO_MODES``) or
+    ("separate" with both kernels as flattened tiles, kernels/flat.py: as ``use_flat_dq`` and
+    ``use_flat_dkdv`` on; not yet timed, so not in ``AUTO_MODES``) or
     "auto" (whichever of ``AUTO_MODES`` ran faster, timed on the first backward of each layout and shape:
     merged wins at short lengths, where one launch fills the GPU better, separate at 1M tokens; on an
     H200 on 2026-11-30 by 1-23% either way, docs/benchmarks.md). ``MEGASTRIDE_BLOCKSPARSE_DQ``
@@ -2088,26 +2088,19 @@ def flat_setting() -> str:
     return _gluon_switch("MEGASTRIDE_BLOCKSPARSE_FLAT", FLAT)
 
 
-def flat_dq_setting() -> str:
+def use_flat_dq() -> bool:
     """Whether the separate dQ kernel runs as one loop over each program's flattened tiles (kernels/flat.py; its
-    delta then from the delta kernel): ``FLAT_DQ``, or ``MEGASTRIDE_BLOCKSPARSE_FLAT_DQ`` where set: "0" (never:
-    the default until timed on a GPU) or "1" (every part whose lists fit ``flat.FLAT_MAX_TILES``, where the dQ mode
-    is "separate", or "auto" chose it)."""
-    mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ", FLAT_DQ)
-    if mode not in ("0", "1"):
-        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_FLAT_DQ must be 0 or 1; got {mode!r}")
-    return mode
+    delta then from the delta kernel), in every part whose lists fit ``flat.FLAT_MAX_TILES``, where the dQ mode is
+    "separate" or "auto" chose it (the mode "flat" turns it on too). ``MEGASTRIDE_BLOCKSPARSE_FLAT_DQ`` ("0" or
+    "1") overrides ``FLAT_DQ`` (off until timed on a GPU)."""
+    return _switch("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ", FLAT_DQ)
 
 
-def flat_dkdv_setting() -> str:
+def use_flat_dkdv() -> bool:
     """Whether dK/dV runs as one loop over each program's flattened key tiles (kernels/flat.py; long columns cut into
-    pieces that meet in a workspace, ``flat.segment_setting``, in place of ``dkdv_split``'s): ``FLAT_DKDV``, or
-    ``MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV`` where set: "0" (never: the default until timed on a GPU) or "1" (every part
-    whose lists fit ``flat.FLAT_MAX_TILES``, where the dQ mode is "separate", or "auto" chose it)."""
-    mode = os.environ.get("MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV", FLAT_DKDV)
-    if mode not in ("0", "1"):
-        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV must be 0 or 1; got {mode!r}")
-    return mode
+    pieces added up by a second launch, ``flat.segment_setting``, in place of ``dkdv_split``'s), where ``use_flat_dq``
+    would. ``MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV`` ("0" or "1") overrides ``FLAT_DKDV`` (off until timed on a GPU)."""
+    return _switch("MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV", FLAT_DKDV)
 
 
 def gluon_forward(meta: "_PartMeta", layout: Layout, q: torch.Tensor, *tensors: torch.Tensor) -> bool:
@@ -2195,7 +2188,7 @@ def auto_mode_key(shape, dtype) -> tuple:
     switches in force (split columns and their finish, block order, tile loads, partials, delta in dQ): one
     choice per combination."""
     return ("dq_mode", tuple(shape), dtype, dkdv_split_setting(), block_order(), ORDER_CHUNK, use_tma_loads(),
-            partials_setting(), split_finish(), delta_in_dq(), flat_dq_setting(), flat_dkdv_setting())
+            partials_setting(), split_finish(), delta_in_dq(), use_flat_dq(), use_flat_dkdv())
 
 
 def _auto_mode(layout: Layout, q: torch.Tensor, run) -> str:
@@ -2306,8 +2299,8 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
     # kernels read it too)
     # the separate dQ kernel as one loop over each program's flattened tiles (kernels/flat.py): delta from the delta
     # kernel first
-    flat_dq = (mode == "flat" or flat_dq_setting() == "1") and not (fused or merged)
-    flat_dkdv = (mode == "flat" or flat_dkdv_setting() == "1") and not (fused or merged)
+    flat_dq = (mode == "flat" or use_flat_dq()) and not (fused or merged)
+    flat_dkdv = (mode == "flat" or use_flat_dkdv()) and not (fused or merged)
     delta_here = delta_in_dq() and not (fused or merged or gluon or flat_dq)
     if gluon:
         _ensure_allocator()  # their TMA descriptors

@@ -22,9 +22,9 @@ default forward's up to the order of the online softmax's sums (full tiles first
 
 ``blocksparse.flat_setting`` decides where the forward runs (``MEGASTRIDE_BLOCKSPARSE_FLAT``: "0", the default until
 it is timed on a GPU; "1" wherever the lists fit ``FLAT_MAX_TILES``; "auto" where it timed faster than the default
-forward), ``forward_part`` launches it. The dQ kernel (``_dq_flat_kernel``, ``dq_part``; ``flat_dq_setting``,
+forward), ``forward_part`` launches it. The dQ kernel (``_dq_flat_kernel``, ``dq_part``; ``use_flat_dq``,
 ``MEGASTRIDE_BLOCKSPARSE_FLAT_DQ``) walks the same lists with the dQ kernel's step, delta read from the delta kernel;
-the dK/dV kernel (``_dkdv_flat_kernel``, ``dkdv_part``; ``flat_dkdv_setting``) walks the column side's lists (items
+the dK/dV kernel (``_dkdv_flat_kernel``, ``dkdv_part``; ``use_flat_dkdv``) walks the column side's lists (items
 are key tiles, their steps query tiles), a key tile longer than a fair share cut into pieces (``segment_setting``)
 whose sums ``_dkdv_finish_kernel`` adds up in order.
 """

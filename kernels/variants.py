@@ -58,9 +58,9 @@ OUR_VARIANTS = {
     # wherever its lists fit, or where it timed faster than the default forward (per part and shape)
     "flat": {"MEGASTRIDE_BLOCKSPARSE_FLAT": "1"},
     "flatauto": {"MEGASTRIDE_BLOCKSPARSE_FLAT": "auto"},
-    # and the separate dQ kernel as flattened tiles too (blocksparse.flat_dq_setting), the dQ mode separate
+    # and the separate dQ kernel as flattened tiles too (blocksparse.use_flat_dq), the dQ mode separate
     "flatdq": {"MEGASTRIDE_BLOCKSPARSE_FLAT": "1", "MEGASTRIDE_BLOCKSPARSE_FLAT_DQ": "1", "MEGASTRIDE_BLOCKSPARSE_DQ": "separate"},
-    # and dK/dV as flattened key tiles too (blocksparse.flat_dkdv_setting; long columns cut into pieces of a fair
+    # and dK/dV as flattened key tiles too (blocksparse.use_flat_dkdv; long columns cut into pieces of a fair
     # share, flat.segment_setting), or with key tiles never cut
     "flatbwd": {"MEGASTRIDE_BLOCKSPARSE_FLAT": "1", "MEGASTRIDE_BLOCKSPARSE_FLAT_DQ": "1",
                 "MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV": "1", "MEGASTRIDE_BLOCKSPARSE_DQ": "separate"},

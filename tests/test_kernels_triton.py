@@ -1062,7 +1062,7 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
                         gluon_bwd.warp_specialized(128, 128, torch.zeros(1, 1, 256), torch.zeros(1, 1, 256)),
                         gluon_bwd.halves_split(64), gluon_bwd.halves_split(128),
                         os.environ.get("MEGASTRIDE_BLOCKSPARSE_PLANS", blocksparse.PLANS), blocksparse.flat_setting(),
-                        blocksparse.flat_dq_setting(), blocksparse.flat_dkdv_setting())
+                        blocksparse.use_flat_dq(), blocksparse.use_flat_dkdv())
     ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():
         with monkeypatch.context() as m:
