@@ -492,16 +492,28 @@ def _write_dkdv(DK, DV, DK_PREV, DV_PREV, WS, slots, dk, dv, iw, bh, seg, HEADS,
         tl.store(WS + ws_offs, dk)
         tl.store(WS + slots.to(tl.int64) * BLOCK_N * HEAD_DIM + ws_offs, dv)
     else:
-        batch = (bh // part_heads).to(tl.int64)
-        head = tl.load(HEADS + bh % part_heads).to(tl.int64)
-        cols = bs._natural_tile(iw >> 2, BLOCK_N, perm_g, perm_l, PERMUTED, RUN, seq)
-        dk_offs = batch * stride_dkb + head * stride_dkh + cols[:, None] * stride_dkt + offs_d[None, :]
-        dv_offs = batch * stride_dvb + head * stride_dvh + cols[:, None] * stride_dvt + offs_d[None, :]
-        if LOAD_PREV:
-            dk += tl.load(DK_PREV + dk_offs).to(tl.float32)
-            dv += tl.load(DV_PREV + dv_offs).to(tl.float32)
-        tl.store(DK + dk_offs, dk.to(DK.dtype.element_ty))
-        tl.store(DV + dv_offs, dv.to(DV.dtype.element_ty))
+        _store_key_tile(DK, DV, DK_PREV, DV_PREV, dk, dv, bh, iw >> 2, HEADS, part_heads, stride_dkb, stride_dkh,
+                        stride_dkt, stride_dvb, stride_dvh, stride_dvt, perm_g, perm_l, seq, PERMUTED, RUN, LOAD_PREV,
+                        BLOCK_N, HEAD_DIM)
+
+
+@triton.jit
+def _store_key_tile(DK, DV, DK_PREV, DV_PREV, dk, dv, bh, first, HEADS, part_heads, stride_dkb, stride_dkh, stride_dkt,
+                    stride_dvb, stride_dvh, stride_dvt, perm_g, perm_l, seq, PERMUTED: tl.constexpr, RUN: tl.constexpr,
+                    LOAD_PREV: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """A whole key tile's dK and dV (its first part position ``first``, of batch x part head ``bh``) written to the
+    final gradients, plus the earlier parts' sums where LOAD_PREV."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    batch = (bh // part_heads).to(tl.int64)
+    head = tl.load(HEADS + bh % part_heads).to(tl.int64)
+    cols = bs._natural_tile(first, BLOCK_N, perm_g, perm_l, PERMUTED, RUN, seq)
+    dk_offs = batch * stride_dkb + head * stride_dkh + cols[:, None] * stride_dkt + offs_d[None, :]
+    dv_offs = batch * stride_dvb + head * stride_dvh + cols[:, None] * stride_dvt + offs_d[None, :]
+    if LOAD_PREV:
+        dk += tl.load(DK_PREV + dk_offs).to(tl.float32)
+        dv += tl.load(DV_PREV + dv_offs).to(tl.float32)
+    tl.store(DK + dk_offs, dk.to(DK.dtype.element_ty))
+    tl.store(DV + dv_offs, dv.to(DV.dtype.element_ty))
 
 
 @triton.jit(do_not_specialize=["part_heads", "num_blocks", "perm_g", "perm_l", "slots"])
@@ -524,16 +536,9 @@ def _dkdv_finish_kernel(DK, DV, DK_PREV, DV_PREV, WS, slots, UNIT_SLOT, UNIT_PIE
         at = (first_slot + i) * BLOCK_N * HEAD_DIM + rows
         dk += tl.load(WS + at)
         dv += tl.load(WS + dv_base + at)
-    batch = (bh // part_heads).to(tl.int64)
-    head = tl.load(HEADS + bh % part_heads).to(tl.int64)
-    cols = bs._natural_tile(tl.load(UNIT_FIRST + unit), BLOCK_N, perm_g, perm_l, PERMUTED, RUN, num_blocks * BLOCK)
-    dk_offs = batch * stride_dkb + head * stride_dkh + cols[:, None] * stride_dkt + offs_d[None, :]
-    dv_offs = batch * stride_dvb + head * stride_dvh + cols[:, None] * stride_dvt + offs_d[None, :]
-    if LOAD_PREV:
-        dk += tl.load(DK_PREV + dk_offs).to(tl.float32)
-        dv += tl.load(DV_PREV + dv_offs).to(tl.float32)
-    tl.store(DK + dk_offs, dk.to(DK.dtype.element_ty))
-    tl.store(DV + dv_offs, dv.to(DV.dtype.element_ty))
+    _store_key_tile(DK, DV, DK_PREV, DV_PREV, dk, dv, bh, tl.load(UNIT_FIRST + unit), HEADS, part_heads, stride_dkb,
+                    stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt, perm_g, perm_l, num_blocks * BLOCK,
+                    PERMUTED, RUN, LOAD_PREV, BLOCK_N, HEAD_DIM)
 
 
 def tile_name(entry: tuple[int, int, int, int, int]) -> str:
