@@ -43,6 +43,8 @@ from pathlib import Path
 
 import torch
 
+from .blocksparse import DQ_MODES
+
 SWITCH = "MEGASTRIDE_BLOCKSPARSE_DIRECT"
 # the switches --switch may alternate: each read at every call, "0" off and "1" on
 SWITCHES = (SWITCH, "MEGASTRIDE_BLOCKSPARSE_GLUON", "MEGASTRIDE_BLOCKSPARSE_GLUON_FWD",
@@ -50,7 +52,7 @@ SWITCHES = (SWITCH, "MEGASTRIDE_BLOCKSPARSE_GLUON", "MEGASTRIDE_BLOCKSPARSE_GLUO
             "MEGASTRIDE_BLOCKSPARSE_GLUON_HALVES_SPLIT")
 MODES = ("0", "1")  # off (for DIRECT: Triton's run), on (direct)
 # switches with more values than on and off: the values --values may name
-VALUED = {"MEGASTRIDE_BLOCKSPARSE_DQ": ("auto", "separate", "atomic", "merged", "flat"),
+VALUED = {"MEGASTRIDE_BLOCKSPARSE_DQ": DQ_MODES,
           "MEGASTRIDE_BLOCKSPARSE_GLUON_WS": ("auto", "0", "1", "columns", "halves"),
           # the halves kernel's slots, staging and dS buffers, schedule (gluon_bwd.halves_tiles; takes effect with
           # MEGASTRIDE_BLOCKSPARSE_GLUON_WS=halves in the environment)
