@@ -2089,8 +2089,8 @@ def flat_setting() -> str:
 
 
 def use_flat_dq() -> bool:
-    """Whether the separate dQ kernel runs as one loop over each program's flattened tiles (kernels/flat.py; its
-    delta then from the delta kernel), in every part whose lists fit ``flat.FLAT_MAX_TILES``, where the dQ mode is
+    """Whether the separate dQ kernel runs as one loop over each program's flattened tiles (kernels/flat.py; delta
+    computed in it or read from the delta kernel, as ``delta_in_dq`` says for the default one), in every part whose lists fit ``flat.FLAT_MAX_TILES``, where the dQ mode is
     "separate" or "auto" chose it (the mode "flat" turns it on too). ``MEGASTRIDE_BLOCKSPARSE_FLAT_DQ`` ("0" or
     "1") overrides ``FLAT_DQ`` (off until timed on a GPU)."""
     return _switch("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ", FLAT_DQ)
@@ -2296,12 +2296,10 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
     batch, heads, seq_len, head_dim = q.shape
     fused, merged = mode == "atomic", mode == "merged"
     # the separate dQ kernel computes delta itself (delta_in_dq), else the delta kernel first (the Gluon
-    # kernels read it too)
-    # the separate dQ kernel as one loop over each program's flattened tiles (kernels/flat.py): delta from the delta
-    # kernel first
+    # kernels read it too); so does its form as one loop over each program's flattened tiles (kernels/flat.py)
     flat_dq = (mode == "flat" or use_flat_dq()) and not (fused or merged)
     flat_dkdv = (mode == "flat" or use_flat_dkdv()) and not (fused or merged)
-    delta_here = delta_in_dq() and not (fused or merged or gluon or flat_dq)
+    delta_here = delta_in_dq() and not (fused or merged or gluon)
     if gluon:
         _ensure_allocator()  # their TMA descriptors
     fused_dq = maxes = None
@@ -2376,7 +2374,8 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
         if flat_dq:
             from . import flat
 
-            flat_here = flat.dq_part(q, k, v, do, lse, delta, dq, dq_sum, meta, layout, scale, load_prev)
+            flat_here = flat.dq_part(q, k, v, do, lse, delta, dq, dq_sum, meta, layout, scale, load_prev,
+                                     out if delta_here else None)
         if not (fused or merged or flat_here):
             args = (q, k, v, do, dq, dq_sum, lse, delta, out, meta.heads, meta.head_csr, meta.min_off, meta.codes,
                     lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],

@@ -111,9 +111,11 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
                                {key: value for key, value in dict(common, BLOCK_M=m, BLOCK_N=n).items()
                                 if key not in ("BUCKET", "RUNS", "DESC")}, acc & {"O_PREV"}, w, st))
         flat_tiles = flat.FLAT_DQ_TILES.get((block, head_dim)) or flat.candidates(block, head_dim, "dq")
-        for m, n, w, st, per_sm in flat_tiles if every_config else flat_tiles[:1]:
-            out.append(Variant(f"flat {tag} dQ {m}x{n} w{w} s{st}", flat._dq_flat_kernel,
-                               {key: value for key, value in dict(common, BLOCK_M=m, BLOCK_N=n).items()
+        for (m, n, w, st, per_sm), here in itertools.product(flat_tiles if every_config else flat_tiles[:1],
+                                                              (False, True)):  # delta loaded / computed
+            out.append(Variant(f"flat {tag} dQ, delta {'here' if here else 'loaded'} {m}x{n} w{w} s{st}",
+                               flat._dq_flat_kernel,
+                               {key: value for key, value in dict(common, DELTA_HERE=here, BLOCK_M=m, BLOCK_N=n).items()
                                 if key not in ("BUCKET", "RUNS", "DESC")}, acc & {"DQ_PREV"}, w, st))
         flat_tiles = flat.FLAT_DKDV_TILES.get((block, head_dim)) or flat.candidates(block, head_dim, "dkdv")
         for m, n, w, st, per_sm in flat_tiles if every_config else flat_tiles[:1]:

@@ -23,7 +23,8 @@ default forward's up to the order of the online softmax's sums (full tiles first
 ``blocksparse.flat_setting`` decides where the forward runs (``MEGASTRIDE_BLOCKSPARSE_FLAT``: "0", the default until
 it is timed on a GPU; "1" wherever the lists fit ``FLAT_MAX_TILES``; "auto" where it timed faster than the default
 forward), ``forward_part`` launches it. The dQ kernel (``_dq_flat_kernel``, ``dq_part``; ``use_flat_dq``,
-``MEGASTRIDE_BLOCKSPARSE_FLAT_DQ``) walks the same lists with the dQ kernel's step, delta read from the delta kernel;
+``MEGASTRIDE_BLOCKSPARSE_FLAT_DQ``) walks the same lists with the dQ kernel's step, delta computed from the output
+and written for the dK/dV launch where ``blocksparse.delta_in_dq`` (the default: no delta launch), else read;
 the dK/dV kernel (``_dkdv_flat_kernel``, ``dkdv_part``; ``use_flat_dkdv``) walks the column side's lists (items
 are key tiles, their steps query tiles), a key tile longer than a fair share cut into pieces (``segment_setting``)
 whose sums ``_dkdv_finish_kernel`` adds up in order.
@@ -60,13 +61,16 @@ FLAT_TILES = {
     (128, 64): [(128, 64, 4, 3, 2), (64, 64, 4, 3, 2), (128, 64, 8, 3, 1)],
     (128, 128): [(64, 64, 4, 3, 2), (128, 64, 8, 3, 1)],
 }
-# the flat dQ kernel's (same fields): a tile loads the query rows and their output gradient, the keys and the values.
-# Compiled for sm_90 (2026-12-05, as above): at D=64 64x64 w4 s3 248 registers and 74 KB (two an SM), 128x64 w8 s3
-# 250 at 256 threads (one), 64x32 w4 s3 168 and 58 KB (three); at D=128 64x64 w4 s3 254 and 140 KB (one), 64x32
-# w4 s3 215 and 107 KB (two); none spills
+# the flat dQ kernel's (same fields): a tile loads the query rows and their output gradient, the keys and the values,
+# and where it computes delta (DELTA_HERE, the default) the output's rows too. Compiled for sm_90 (2026-12-05, as
+# above; delta loaded / computed): at D=64 64x64 w4 s3 248 / 254 registers and 74 KB (two an SM), 128x64 w8 s3
+# 250 / 255 at 256 threads (one), 64x32 w4 s3 168 / 202 and 58 KB (two: three only with delta loaded); at D=128
+# 64x64 w8 s3 200 / 230 at 256 threads and 148 KB (one), 64x32 w4 s3 215 / 240 and 107 KB (two), 32x64 w4 s3 153 /
+# 168 and 54-62 KB (three); none spills (64x64 w4 at D=128 spilled 12 B computing delta: its 64x128 fp32 dQ sums
+# hold 64 of a thread's registers at four warps)
 FLAT_DQ_TILES = {
-    (128, 64): [(64, 64, 4, 3, 2), (128, 64, 8, 3, 1), (64, 32, 4, 3, 3)],
-    (128, 128): [(64, 64, 4, 3, 1), (64, 32, 4, 3, 2)],
+    (128, 64): [(64, 64, 4, 3, 2), (128, 64, 8, 3, 1), (64, 32, 4, 3, 2)],
+    (128, 128): [(64, 64, 8, 3, 1), (64, 32, 4, 3, 2), (32, 64, 4, 3, 3)],
 }
 # the flat dK/dV kernel's (BLOCK_M query rows a step, BLOCK_N keys an item): a tile loads the keys, the values, the
 # query rows and their output gradient. Compiled for sm_90 (2026-12-05, as above; natural order): at D=64 64x64 w4
@@ -342,20 +346,25 @@ def _fwd_flat_kernel(Q, K, V, O, O_PREV, LSE, HEADS, MIN_OFF, CODES, PROG_PTR, T
 
 
 @triton.jit(do_not_specialize=["part_heads", "num_blocks", "perm_g", "perm_l"])
-def _dq_flat_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, MIN_OFF, CODES, PROG_PTR, TILE_ITEM, TILE_STEP, TILE_BH,
+def _dq_flat_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, MIN_OFF, CODES, PROG_PTR, TILE_ITEM, TILE_STEP,
+                    TILE_BH,
                     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                     stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
+                    stride_ob, stride_oh, stride_ot,
                     part_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
                     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr,
                     NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # the dQ kernel (blocksparse._dq_program's step, delta read) over the forward's flattened lists: a query tile's
-    # dQ is written where the next one starts (and after the loop), before the product that accumulates into the
-    # zeros the write's branch yields (as the forward's rows)
+                    DELTA_HERE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # the dQ kernel (blocksparse._dq_program's step) over the forward's flattened lists: a query tile's dQ is written
+    # where the next one starts (and after the loop), before the product that accumulates into the zeros the write's
+    # branch yields (as the forward's rows). DELTA_HERE: every tile computes its rows' delta = rowsum(dO * O) from
+    # the output O (its rows come from L2 after a row's first tile) instead of reading the delta kernel's, and the
+    # row's write stores it for the dK/dV launch that follows (as the default dQ kernel's DELTA_HERE: no delta launch)
     lo, hi = _program_range(PROG_PTR)
     seq = num_blocks * BLOCK
     offs_d = tl.arange(0, HEAD_DIM)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    delta = tl.zeros([BLOCK_M], tl.float32)  # the row in the sums' delta, for its write
     done_qw = lo * 0
     done_bh = lo * 0
     for t in range(lo, hi):
@@ -363,8 +372,9 @@ def _dq_flat_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, MIN_OFF, CODES,
         kw = tl.load(TILE_STEP + t)
         bh = tl.load(TILE_BH + t)
         if ((qw & 1) != 0) and t > lo:
-            _write_dq(DQ, DQ_PREV, dq, done_qw, done_bh, HEADS, part_heads, stride_dqb, stride_dqh, stride_dqt, sm_scale,
-                      perm_g, perm_l, seq, PERMUTED, RUN, LOAD_PREV, BLOCK_M, HEAD_DIM)
+            _write_dq(DQ, DQ_PREV, DELTA, dq, delta, done_qw, done_bh, HEADS, part_heads, stride_dqb, stride_dqh,
+                      stride_dqt, stride_lb, stride_lh, sm_scale, perm_g, perm_l, seq, PERMUTED, RUN, LOAD_PREV,
+                      DELTA_HERE, BLOCK_M, HEAD_DIM)
             dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         first_row = qw >> 2
         first_col = kw >> 2
@@ -375,7 +385,11 @@ def _dq_flat_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, MIN_OFF, CODES,
         k = _rows_of(K, batch, head, cols, offs_d, stride_kb, stride_kh, stride_kt)
         v = _rows_of(V, batch, head, cols, offs_d, stride_vb, stride_vh, stride_vt)
         lse = tl.load(LSE + batch * stride_lb + head * stride_lh + rows)
-        delta = tl.load(DELTA + batch * stride_lb + head * stride_lh + rows)
+        if DELTA_HERE:
+            o = _rows_of(O, batch, head, rows, offs_d, stride_ob, stride_oh, stride_ot)
+            delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        else:
+            delta = tl.load(DELTA + batch * stride_lb + head * stride_lh + rows)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
         p = tl.math.exp2(s - lse[:, None])
@@ -391,16 +405,17 @@ def _dq_flat_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, HEADS, MIN_OFF, CODES,
         done_qw = qw
         done_bh = bh
     if hi > lo:
-        _write_dq(DQ, DQ_PREV, dq, done_qw, done_bh, HEADS, part_heads, stride_dqb, stride_dqh, stride_dqt, sm_scale,
-                  perm_g, perm_l, seq, PERMUTED, RUN, LOAD_PREV, BLOCK_M, HEAD_DIM)
+        _write_dq(DQ, DQ_PREV, DELTA, dq, delta, done_qw, done_bh, HEADS, part_heads, stride_dqb, stride_dqh, stride_dqt,
+                  stride_lb, stride_lh, sm_scale, perm_g, perm_l, seq, PERMUTED, RUN, LOAD_PREV, DELTA_HERE, BLOCK_M,
+                  HEAD_DIM)
 
 
 @triton.jit
-def _write_dq(DQ, DQ_PREV, dq, qw, bh, HEADS, part_heads, stride_dqb, stride_dqh, stride_dqt, sm_scale, perm_g, perm_l,
-              seq, PERMUTED: tl.constexpr, RUN: tl.constexpr, LOAD_PREV: tl.constexpr, BLOCK_M: tl.constexpr,
-              HEAD_DIM: tl.constexpr):
+def _write_dq(DQ, DQ_PREV, DELTA, dq, delta, qw, bh, HEADS, part_heads, stride_dqb, stride_dqh, stride_dqt, stride_lb,
+              stride_lh, sm_scale, perm_g, perm_l, seq, PERMUTED: tl.constexpr, RUN: tl.constexpr,
+              LOAD_PREV: tl.constexpr, DELTA_HERE: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
     """A finished query tile's dQ, as the default dQ kernel writes it: scaled, plus the earlier parts' where
-    LOAD_PREV."""
+    LOAD_PREV; where DELTA_HERE also its rows' delta."""
     batch = (bh // part_heads).to(tl.int64)
     head = tl.load(HEADS + bh % part_heads).to(tl.int64)
     rows = bs._natural_tile(qw >> 2, BLOCK_M, perm_g, perm_l, PERMUTED, RUN, seq)
@@ -409,6 +424,8 @@ def _write_dq(DQ, DQ_PREV, dq, qw, bh, HEADS, part_heads, stride_dqb, stride_dqh
     if LOAD_PREV:
         dq += tl.load(DQ_PREV + offs).to(tl.float32)
     tl.store(DQ + offs, dq.to(DQ.dtype.element_ty))
+    if DELTA_HERE:
+        tl.store(DELTA + batch * stride_lb + head * stride_lh + rows, delta)
 
 
 @triton.jit(do_not_specialize=["part_heads", "num_blocks", "perm_g", "perm_l", "slots"])
@@ -630,13 +647,18 @@ def _launch_fwd(q, k, v, outs, meta, layout, scale, load_prev, entry, lists) -> 
     bs._launch_chosen(_fwd_flat_kernel, lambda _: (programs,), args, _consts(layout, meta, q, load_prev, entry))
 
 
-def _launch_dq(q, k, v, do, lse, delta, outs, meta, layout, scale, load_prev, entry, lists) -> None:
-    dq, dq_prev = outs
-    args = (q, k, v, do, dq, dq_prev, lse, delta, *_list_args(meta, lists), *bs._strides(q, k, v, do, dq),
-            lse.stride(0), lse.stride(1), len(meta.heads), layout.num_blocks, meta.perm_g, meta.perm_l,
+def _launch_dq(q, k, v, do, lse, out, outs, meta, layout, scale, load_prev, entry, lists) -> None:
+    """The flat dQ launch into ``outs`` = (dq, dq_prev, delta); ``out`` None: delta read, else computed from the
+    output ``out`` and written (DELTA_HERE)."""
+    dq, dq_prev, delta = outs
+    o = delta if out is None else out  # not read without DELTA_HERE
+    o_strides = (0, 0, 0) if out is None else bs._strides(out)
+    args = (q, k, v, do, dq, dq_prev, lse, delta, o, *_list_args(meta, lists), *bs._strides(q, k, v, do, dq),
+            lse.stride(0), lse.stride(1), *o_strides, len(meta.heads), layout.num_blocks, meta.perm_g, meta.perm_l,
             scale * bs.LOG2E, scale)
     programs = lists["programs"]
-    bs._launch_chosen(_dq_flat_kernel, lambda _: (programs,), args, _consts(layout, meta, q, load_prev, entry))
+    consts = {**_consts(layout, meta, q, load_prev, entry), "DELTA_HERE": out is not None}
+    bs._launch_chosen(_dq_flat_kernel, lambda _: (programs,), args, consts)
 
 
 def _copies(outs) -> list[torch.Tensor]:
@@ -648,17 +670,17 @@ def _copies(outs) -> list[torch.Tensor]:
     return [made[id(t)] for t in outs]
 
 
-def _choose(kind, q, layout, meta, load_prev, outs, launch, regular) -> tuple | None:
+def _choose(kind, q, layout, meta, load_prev, outs, launch, regular, delta_here=False) -> tuple | None:
     """(config, lists) of the part's flat ``kind`` kernel ("fwd" or "dq"), or None for the default kernel: the one
     config of ``candidates`` where there is one or nothing can be timed, else the fastest, timed on first use by
     ``launch(outs, entry, lists)`` on copies of the outputs ``outs`` (a merging part reads what it writes); with
     ``regular(outs)`` (the default kernel's launch: "auto") that one is timed too and kept where faster, and where
     nothing can be timed it is kept. None also where no config's lists fit ``FLAT_MAX_TILES``. Kept in the layout's
-    cache per part, shape, dtype and forced setting."""
+    cache per part, shape, dtype and forced setting (and, for dQ, whether it computes delta: ``delta_here``)."""
     batch, _, seq_len, head_dim = q.shape
     key = (f"flat_{kind}", id(meta), tuple(q.shape), q.dtype, load_prev, regular is not None,
            os.environ.get(_FORCE[kind]), os.environ.get("MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS"),
-           segment_setting() if kind == "dkdv" else 0)
+           segment_setting() if kind == "dkdv" else 0, delta_here)
     if key in layout.kernel_cache:
         return layout.kernel_cache[key]
     timing = bs._timing_possible(q)
@@ -708,13 +730,14 @@ def forward_part(q, k, v, target, prev, lse, meta, layout, scale, load_prev, reg
     return True
 
 
-def dq_part(q, k, v, do, lse, delta, dq, dq_prev, meta, layout, scale, load_prev) -> bool:
-    """Launch the part's dQ as flattened tiles (``_dq_flat_kernel``: delta read, not computed) into ``dq`` (adding
-    ``dq_prev`` where ``load_prev``); False where its lists would pass ``FLAT_MAX_TILES``."""
-    outs = (dq, dq_prev)
-    launch = lambda o, entry, lists: _launch_dq(q, k, v, do, lse, delta, o, meta, layout, scale, load_prev,  # noqa: E731
+def dq_part(q, k, v, do, lse, delta, dq, dq_prev, meta, layout, scale, load_prev, out=None) -> bool:
+    """Launch the part's dQ as flattened tiles (``_dq_flat_kernel``) into ``dq`` (adding ``dq_prev`` where
+    ``load_prev``): delta read where ``out`` is None, else computed from the output ``out`` and written into ``delta``
+    for the dK/dV launch (``blocksparse.delta_in_dq``); False where its lists would pass ``FLAT_MAX_TILES``."""
+    outs = (dq, dq_prev, delta)
+    launch = lambda o, entry, lists: _launch_dq(q, k, v, do, lse, out, o, meta, layout, scale, load_prev,  # noqa: E731
                                                 entry, lists)
-    chosen = _choose("dq", q, layout, meta, load_prev, outs, launch, None)
+    chosen = _choose("dq", q, layout, meta, load_prev, outs, launch, None, delta_here=out is not None)
     if chosen is None:
         return False
     launch(outs, *chosen)

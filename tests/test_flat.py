@@ -195,26 +195,35 @@ def test_a_row_after_one_of_much_larger_scores_starts_its_own_softmax(monkeypatc
                                atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("delta_here", ["1", "0"])
 @pytest.mark.parametrize("name", ["fixed_block128", "strided_permuted_straddling", "multi_head_mix",
                                   "summary_only_empty_rows"])
-def test_flat_dq_matches_the_reference(name, monkeypatch):
-    """The separate dQ kernel as flattened tiles (``MEGASTRIDE_BLOCKSPARSE_FLAT_DQ=1``, delta from the delta kernel,
-    3 programs): dq within the three-way tolerance, merging parts adding into the earlier parts' sums."""
+def test_flat_dq_matches_the_reference(name, delta_here, monkeypatch):
+    """The separate dQ kernel as flattened tiles (``MEGASTRIDE_BLOCKSPARSE_FLAT_DQ=1``, 3 programs), delta computed in
+    it from the output and written for the default dK/dV kernel (``MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ=1``: no delta
+    kernel) or read from the delta kernel ("0"): dq within the three-way tolerance, merging parts adding into the
+    earlier parts' sums, and dk and dv too (their delta read from what the flat dQ wrote, NaN where it wrote none)."""
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ", "1")
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", delta_here)
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FLAT_PROGRAMS", "3")
-    monkeypatch.setattr(blocksparse, "POISON", True)
+    monkeypatch.setattr(blocksparse, "POISON", True)  # delta too starts as NaN
+    launched = []
+    prep = blocksparse._bwd_prep
+    monkeypatch.setattr(blocksparse, "_bwd_prep", lambda *a: (launched.append("delta"), prep(*a))[1])
     case = CASES[name]
     _, n, block, heads, head_dim, dtype, batch = case
     _, layout = _layout(case)
     q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, 0)
-    got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)[1]
+    got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
     assert len(flat.choices(layout, "dq")) == len(layout.parts)
-    low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)[1]
-    exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))[1]
-    err = (got.double() - exact).abs()
-    bound = 2 * (low.double() - exact).abs() + ATOL[dtype] * max(1.0, exact.abs().max().item())
-    assert torch.isfinite(got).all() and (err <= bound).all(), f"{name}: dq off by {(err - bound).max():.3g}"
+    assert launched == ([] if delta_here == "1" else ["delta"])
+    low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)
+    exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))
+    for what, g, lo, ex in list(zip(["out", "dq", "dk", "dv"], got, low, exact))[1:]:
+        err = (g.double() - ex).abs()
+        bound = 2 * (lo.double() - ex).abs() + ATOL[dtype] * max(1.0, ex.abs().max().item())
+        assert torch.isfinite(g).all() and (err <= bound).all(), f"{name}: {what} off by {(err - bound).max():.3g}"
 
 
 @pytest.mark.parametrize("fastest", ["16x16w4s1p1", "default"])

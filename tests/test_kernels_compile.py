@@ -228,15 +228,15 @@ def test_the_flat_kernels_listed_tiles_compile_without_spills_or_serialised_prod
     """The flat forward, dQ and dK/dV (kernels/flat.py) write a finished item inside their loops: placed after the
     item's last product, that read of the sums made ptxas serialise every wgmma of the loop; written where the next
     item starts, before the products that accumulate into what the write's branch yields, it does not. Every listed
-    tile of the three, natural order, the fixed pattern's mask kinds: compiled for sm_90 without spills or that
-    warning."""
+    tile of the three (dQ with delta read and computed in it), natural order, the fixed pattern's mask kinds: compiled
+    for sm_90 without spills or that warning."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", "--only", "flat natural",
                            "--all", "--ptxas", "--kinds", "24", "--head-dim", str(head_dim)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("ok ")]
-    assert len(lines) >= 6 and any(" dQ " in line for line in lines) and any(" dK/dV " in line for line in lines), \
-        proc.stdout
+    assert len(lines) >= 6 and all(any(f" dQ, delta {how} " in line for line in lines) for how in ("here", "loaded")) \
+        and any(" dK/dV " in line for line in lines), proc.stdout
     for line in lines:
         assert "spills 0/0 B" in line and "serialised" not in line, line

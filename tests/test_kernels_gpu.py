@@ -757,8 +757,9 @@ def test_every_listed_tile_config_gives_the_reference_output_and_gradients(dim, 
 
 @pytest.mark.parametrize("dim, heads", [(64, 8), (128, 2)])
 def test_the_flat_forward_gives_the_reference_output_and_gradients_in_bf16(dim, heads, monkeypatch):
-    """The forward as flattened tiles (kernels/flat.py) at each listed config forced in turn, the flat dQ's and
-    dK/dV's likewise (dQ mode separate; long key tiles cut into pieces), then the forward as "auto" chose it, on the
+    """The forward as flattened tiles (kernels/flat.py) at each listed config forced in turn, the flat dQ's (delta
+    computed in it; its last config also with delta read) and dK/dV's likewise (dQ mode separate; long key tiles cut
+    into pieces), then the forward as "auto" chose it, on the
     fixed pattern at 3,072 and 12,288 tokens and the strided one (a permuted part merging into the natural one) at
     3,072, bf16: output and the gradients made from its lse within the GPU bound of the fp32 reference."""
     B = _blocksparse()
@@ -783,6 +784,11 @@ def test_the_flat_forward_gives_the_reference_output_and_gradients_in_bf16(dim, 
                 assert flat.tile_name(entry) in flat.choices(layout, kind)
                 _assert_near(got, want, f"{pattern.name} n={n} flat {kind} {flat.tile_name(entry)} ")
                 checked += 1
+            if kind == "dq":  # the last config again with delta read from the delta kernel, not computed in it
+                monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", "0")
+                got = _grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)
+                _assert_near(got, want, f"{pattern.name} n={n} flat dq {flat.tile_name(entry)}, delta loaded ")
+                monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ")
             monkeypatch.delenv(f"MEGASTRIDE_BLOCKSPARSE_{setting}_TILES")
         for name in ("FLAT_DKDV", "FLAT_DQ", "DQ"):
             monkeypatch.delenv(f"MEGASTRIDE_BLOCKSPARSE_{name}")
