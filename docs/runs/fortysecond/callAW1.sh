@@ -5,10 +5,10 @@
 # "auto"); (2) the short lengths replayed beside Flex and the default: the flat forward, "auto" (timed per part
 # against the default forward), the flat dQ with it (dQ mode separate), the flat dK/dV too (whole columns only:
 # flatbwd; columns never split: flatwhole); (3) 65,536 tokens, 8x64, eager, where rows hold about 23 key tiles.
-# Part (2) at 2x128 and part (3) are callAW2.sh (a call runs 600 s at most). Then docs/runs/fortyfirst/callAW1.sh.
+# Part (2) at 2x128 and part (3) are callAW2.sh (a call runs 600 s at most; this one about 520). Then docs/runs/fortyfirst/callAW1.sh.
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv
 date -u > $OUT/times.txt
-timeout 200 python3 -m pytest -x -q --tb=short -p no:cacheprovider -o faulthandler_timeout=190 -m gpu \
+timeout 250 python3 -m pytest -x -q --tb=short -p no:cacheprovider -o faulthandler_timeout=240 -m gpu \
   tests/test_kernels_gpu.py -k "flat_forward" > $OUT/tests.log 2>&1; echo "tests rc $?" >> $OUT/tests.log
 grep -E "^E |passed|failed|rc " $OUT/tests.log | head -20 | cut -c1-300
 date -u >> $OUT/times.txt
