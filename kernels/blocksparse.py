@@ -958,7 +958,8 @@ GLUON_DQ_FP16_BOUND = 2.0 ** 14
 # forward wherever timed (docs/benchmarks.md "Nineteenth run"), so off, and "auto" takes it at no head dim
 GLUON_FWD = "0"
 GLUON_FWD_AUTO_DIMS: tuple[int, ...] = ()
-# the forward as one loop over each program's flattened tiles (kernels/flat.py): flat_setting
+# the forward as one loop over each program's flattened tiles (kernels/flat.py): flat_setting; off (it and the flat
+# dQ and dK/dV timed slower than the default kernels at 3,072 and 12,288 tokens, docs/benchmarks.md "Forty-third run")
 FLAT = "0"
 FLAT_DQ = False
 FLAT_DKDV = False
@@ -1751,7 +1752,8 @@ def dq_mode() -> str:
     262,144 tokens on the H200, docs/benchmarks.md "Sixth run"),
     "merged" (the separate dQ programs and the dK/dV programs in one launch: deterministic too), "flat"
     ("separate" with both kernels as flattened tiles, kernels/flat.py: as ``use_flat_dq`` and
-    ``use_flat_dkdv`` on; not yet timed, so not in ``AUTO_MODES``) or
+    ``use_flat_dkdv`` on; slower than "separate" and "merged" at 3,072 and 12,288 tokens on an H100, docs/benchmarks.md
+    "Forty-third run", so not in ``AUTO_MODES``) or
     "auto" (whichever of ``AUTO_MODES`` ran faster, timed on the first backward of each layout and shape:
     merged wins at short lengths, where one launch fills the GPU better, separate at 1M tokens; on an
     H200 on 2026-11-30 by 1-23% either way, docs/benchmarks.md). ``MEGASTRIDE_BLOCKSPARSE_DQ``
@@ -2082,7 +2084,8 @@ def gluon_fwd_setting() -> str:
 
 def flat_setting() -> str:
     """Where the forward runs as one loop over each program's flattened tiles (kernels/flat.py, for short rows):
-    ``FLAT``, or ``MEGASTRIDE_BLOCKSPARSE_FLAT`` where set: "0" (never: the default until timed on a GPU), "1"
+    ``FLAT``, or ``MEGASTRIDE_BLOCKSPARSE_FLAT`` where set: "0" (never: the default; timed slower than the default
+    forward at 3,072 and 12,288 tokens, docs/benchmarks.md "Forty-third run"), "1"
     (every part whose lists fit ``flat.FLAT_MAX_TILES``) or "auto" (where it ran faster than the default forward,
     timed once per layout part and shape on a GPU; the default forward where nothing can be timed)."""
     return _gluon_switch("MEGASTRIDE_BLOCKSPARSE_FLAT", FLAT)
@@ -2092,14 +2095,15 @@ def use_flat_dq() -> bool:
     """Whether the separate dQ kernel runs as one loop over each program's flattened tiles (kernels/flat.py; delta
     computed in it or read from the delta kernel, as ``delta_in_dq`` says for the default one), in every part whose lists fit ``flat.FLAT_MAX_TILES``, where the dQ mode is
     "separate" or "auto" chose it (the mode "flat" turns it on too). ``MEGASTRIDE_BLOCKSPARSE_FLAT_DQ`` ("0" or
-    "1") overrides ``FLAT_DQ`` (off until timed on a GPU)."""
+    "1") overrides ``FLAT_DQ`` (off: timed slower than the default dQ kernel, docs/benchmarks.md "Forty-third run")."""
     return _switch("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ", FLAT_DQ)
 
 
 def use_flat_dkdv() -> bool:
     """Whether dK/dV runs as one loop over each program's flattened key tiles (kernels/flat.py; long columns cut into
     pieces added up by a second launch, ``flat.segment_setting``, in place of ``dkdv_split``'s), where ``use_flat_dq``
-    would. ``MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV`` ("0" or "1") overrides ``FLAT_DKDV`` (off until timed on a GPU)."""
+    would. ``MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV`` ("0" or "1") overrides ``FLAT_DKDV`` (off: timed slower than the default
+    dK/dV kernel, docs/benchmarks.md "Forty-third run")."""
     return _switch("MEGASTRIDE_BLOCKSPARSE_FLAT_DKDV", FLAT_DKDV)
 
 

@@ -20,15 +20,18 @@ longest-processing-time), so the programs end together. An item without pairs in
 ``none`` (its rows: output 0, lse -inf; its keys: dK and dV 0, as in the default kernels). The output equals the
 default forward's up to the order of the online softmax's sums (full tiles first, then the partial ones, as there).
 
-``blocksparse.flat_setting`` decides where the forward runs (``MEGASTRIDE_BLOCKSPARSE_FLAT``: "0", the default until
-it is timed on a GPU; "1" wherever the lists fit ``FLAT_MAX_TILES``; "auto" where it timed faster than the default
-forward), ``forward_part`` launches it. The dQ kernel (``_dq_flat_kernel``, ``dq_part``; ``use_flat_dq``,
+``blocksparse.flat_setting`` decides where the forward runs (``MEGASTRIDE_BLOCKSPARSE_FLAT``: "0", the default; "1"
+wherever the lists fit ``FLAT_MAX_TILES``; "auto" where it timed faster than the default forward), ``forward_part``
+launches it. The dQ kernel (``_dq_flat_kernel``, ``dq_part``; ``use_flat_dq``,
 ``MEGASTRIDE_BLOCKSPARSE_FLAT_DQ``) walks the same lists with the dQ kernel's step, delta computed from the output
 and written for the dK/dV launch where ``blocksparse.delta_in_dq`` (the default: no delta launch), else read;
 the dK/dV kernel (``_dkdv_flat_kernel``, ``dkdv_part``; ``use_flat_dkdv``) walks the column side's lists (items
 are key tiles, their steps query tiles), a key tile longer than a fair share cut into pieces (``segment_setting``)
 whose sums ``_dkdv_finish_kernel`` adds up in order.
-"""
+
+Timed on an H100 (2026-12-05, docs/benchmarks.md "Forty-third run"): at 3,072 and 12,288 tokens, 8 heads of 64, each
+of the three is slower than the default kernel it replaces (13-19% and 27-83%), so every switch stays off and the dQ
+mode "flat" out of "auto"; kept, tested, as the measured form of that idea."""
 
 from __future__ import annotations
 
