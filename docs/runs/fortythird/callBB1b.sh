@@ -1,5 +1,5 @@
 #!/bin/bash
-# Session BB, 2026-12-05 14:38-14:43 UTC, the same warm H100, tree 1ccf2df: the head-dim-64 forward's tiles at 262,144
+# Session BB, 2026-12-05 14:33-14:38 UTC, the same warm H100, tree 1ccf2df: the head-dim-64 forward's tiles at 262,144
 # and 1M (docs/runs/fortyfirst/callAW1.sh's "tiles" part; its alternated rounds at 1M ran out of the part's 100 s),
 # then the flat kernels' GPU test at head dim 128 (cut by callBB1's 250 s limit). Logs: callBB1b/.
 date -u > $OUT/times.txt
