@@ -2093,9 +2093,10 @@ def flat_setting() -> str:
 
 def use_flat_dq() -> bool:
     """Whether the separate dQ kernel runs as one loop over each program's flattened tiles (kernels/flat.py; delta
-    computed in it or read from the delta kernel, as ``delta_in_dq`` says for the default one), in every part whose lists fit ``flat.FLAT_MAX_TILES``, where the dQ mode is
-    "separate" or "auto" chose it (the mode "flat" turns it on too). ``MEGASTRIDE_BLOCKSPARSE_FLAT_DQ`` ("0" or
-    "1") overrides ``FLAT_DQ`` (off: timed slower than the default dQ kernel, docs/benchmarks.md "Forty-third run")."""
+    computed in it or read from the delta kernel, as ``delta_in_dq`` says for the default one), in every part whose
+    lists fit ``flat.FLAT_MAX_TILES``, where the dQ mode is "separate" or "auto" chose it (the mode "flat" turns it on
+    too). ``MEGASTRIDE_BLOCKSPARSE_FLAT_DQ`` ("0" or "1") overrides ``FLAT_DQ`` (off: timed slower than the default dQ
+    kernel, docs/benchmarks.md "Forty-third run")."""
     return _switch("MEGASTRIDE_BLOCKSPARSE_FLAT_DQ", FLAT_DQ)
 
 

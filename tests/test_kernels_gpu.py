@@ -759,9 +759,9 @@ def test_every_listed_tile_config_gives_the_reference_output_and_gradients(dim, 
 def test_the_flat_forward_gives_the_reference_output_and_gradients_in_bf16(dim, heads, monkeypatch):
     """The forward as flattened tiles (kernels/flat.py) at each listed config forced in turn, the flat dQ's (delta
     computed in it; its last config also with delta read) and dK/dV's likewise (dQ mode separate; long key tiles cut
-    into pieces), then the forward as "auto" chose it, on the
-    fixed pattern at 3,072 and 12,288 tokens and the strided one (a permuted part merging into the natural one) at
-    3,072, bf16: output and the gradients made from its lse within the GPU bound of the fp32 reference."""
+    into pieces), then the forward as "auto" chose it, on the fixed pattern at 3,072 and 12,288 tokens and the
+    strided one (a permuted part merging into the natural one) at 3,072, bf16: output and the gradients made from its
+    lse within the GPU bound of the fp32 reference."""
     B = _blocksparse()
     from megastride.kernels import flat
 
