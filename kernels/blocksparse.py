@@ -2379,8 +2379,8 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
         if flat_dq:
             from . import flat
 
-            flat_here = flat.dq_part(q, k, v, do, lse, delta, dq, dq_sum, meta, layout, scale, load_prev,
-                                     out if delta_here else None)
+            flat_here = flat.dq_part(q, k, v, do, lse, delta, out, delta_here, dq, dq_sum, meta, layout, scale,
+                                     load_prev)
         if not (fused or merged or flat_here):
             args = (q, k, v, do, dq, dq_sum, lse, delta, out, meta.heads, meta.head_csr, meta.min_off, meta.codes,
                     lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],

@@ -650,17 +650,15 @@ def _launch_fwd(q, k, v, outs, meta, layout, scale, load_prev, entry, lists) -> 
     bs._launch_chosen(_fwd_flat_kernel, lambda _: (programs,), args, _consts(layout, meta, q, load_prev, entry))
 
 
-def _launch_dq(q, k, v, do, lse, out, outs, meta, layout, scale, load_prev, entry, lists) -> None:
-    """The flat dQ launch into ``outs`` = (dq, dq_prev, delta); ``out`` None: delta read, else computed from the
-    output ``out`` and written (DELTA_HERE)."""
+def _launch_dq(q, k, v, do, lse, out, delta_here, outs, meta, layout, scale, load_prev, entry, lists) -> None:
+    """The flat dQ launch into ``outs`` = (dq, dq_prev, delta): delta computed from the output ``out`` and written
+    where ``delta_here`` (DELTA_HERE), else read."""
     dq, dq_prev, delta = outs
-    o = delta if out is None else out  # not read without DELTA_HERE
-    o_strides = (0, 0, 0) if out is None else bs._strides(out)
-    args = (q, k, v, do, dq, dq_prev, lse, delta, o, *_list_args(meta, lists), *bs._strides(q, k, v, do, dq),
-            lse.stride(0), lse.stride(1), *o_strides, len(meta.heads), layout.num_blocks, meta.perm_g, meta.perm_l,
-            scale * bs.LOG2E, scale)
+    args = (q, k, v, do, dq, dq_prev, lse, delta, out, *_list_args(meta, lists), *bs._strides(q, k, v, do, dq),
+            lse.stride(0), lse.stride(1), *bs._strides(out), len(meta.heads), layout.num_blocks, meta.perm_g,
+            meta.perm_l, scale * bs.LOG2E, scale)
     programs = lists["programs"]
-    consts = {**_consts(layout, meta, q, load_prev, entry), "DELTA_HERE": out is not None}
+    consts = {**_consts(layout, meta, q, load_prev, entry), "DELTA_HERE": delta_here}
     bs._launch_chosen(_dq_flat_kernel, lambda _: (programs,), args, consts)
 
 
@@ -733,14 +731,15 @@ def forward_part(q, k, v, target, prev, lse, meta, layout, scale, load_prev, reg
     return True
 
 
-def dq_part(q, k, v, do, lse, delta, dq, dq_prev, meta, layout, scale, load_prev, out=None) -> bool:
+def dq_part(q, k, v, do, lse, delta, out, delta_here, dq, dq_prev, meta, layout, scale, load_prev) -> bool:
     """Launch the part's dQ as flattened tiles (``_dq_flat_kernel``) into ``dq`` (adding ``dq_prev`` where
-    ``load_prev``): delta read where ``out`` is None, else computed from the output ``out`` and written into ``delta``
-    for the dK/dV launch (``blocksparse.delta_in_dq``); False where its lists would pass ``FLAT_MAX_TILES``."""
+    ``load_prev``): delta computed from the output ``out`` and written into ``delta`` for the dK/dV launch where
+    ``delta_here`` (``blocksparse.delta_in_dq``), else read from it; False where its lists would pass
+    ``FLAT_MAX_TILES``."""
     outs = (dq, dq_prev, delta)
-    launch = lambda o, entry, lists: _launch_dq(q, k, v, do, lse, out, o, meta, layout, scale, load_prev,  # noqa: E731
-                                                entry, lists)
-    chosen = _choose("dq", q, layout, meta, load_prev, outs, launch, None, delta_here=out is not None)
+    launch = lambda o, entry, lists: _launch_dq(q, k, v, do, lse, out, delta_here, o, meta, layout,  # noqa: E731
+                                                scale, load_prev, entry, lists)
+    chosen = _choose("dq", q, layout, meta, load_prev, outs, launch, None, delta_here=delta_here)
     if chosen is None:
         return False
     launch(outs, *chosen)
