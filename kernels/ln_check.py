@@ -19,6 +19,8 @@
   gradient summed into dx in the kernel) checked the same way and timed against ``layer_norm`` with x
   used twice; the FFN's residual add (``residual_add``) bitwise torch's and timed against torch's
   mixed-dtype add.
+* the backward with its loads a step ahead (``layernorm.BWD_PREFETCH``), whichever the default, against the
+  backward without them: the three backwards' gradients bitwise equal at a ragged row count.
 
 ``--sweep`` also times the tile and row-group settings around the defaults (forward and backward
 kernels alone); ``--compile`` (no GPU needed) compiles both kernels for sm_90 at several widths
@@ -247,6 +249,29 @@ def check_residual(rows: int = 65536, width: int = 512) -> dict:
     return {"name": f"check residual add (1, {rows}, {width}) fp32 + bf16", "ok": bool(ok)}
 
 
+def check_prefetch(rows: int = 65536 + 37, width: int = 512) -> dict:
+    """The backward with its loads a step ahead (``layernorm.BWD_PREFETCH``) against the backward without them:
+    the plain, the fused add's and the kept LayerNorm's gradients bitwise equal (the same sums in the same order),
+    at a row count no tile divides (the last tile's rows masked)."""
+    x, r, w, b, ds, dy = _add_inputs(rows, width, seed=7)
+    cases = {"plain": lambda: _with_grads(_ours, x, w, b, dy),
+             "add+ln": lambda: _add_grads(_fused, x, r, w, b, ds, dy),
+             "keep": lambda: _keep_grads(_kept, x, w, b, ds, dy)}
+    saved = L.BWD_PREFETCH
+    report = {"name": f"check loads a step ahead (1, {rows}, {width})", "ok": L.prefetch_fits(width)}
+    try:
+        for name, run in cases.items():
+            L.BWD_PREFETCH = False
+            off = run()
+            L.BWD_PREFETCH = True
+            on = run()
+            report[name] = all(torch.equal(a, c) for a, c in zip(off, on))
+            report["ok"] &= report[name]
+    finally:
+        L.BWD_PREFETCH = saved
+    return report
+
+
 def time_keep(rows: int, width: int = 512) -> dict:
     """Forward+backward of the block's first LayerNorm and the stream's gradient: kept (summed in the kernel)
     against our layer_norm with x used twice (autograd's add)."""
@@ -414,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     r = check_residual()
     failed += not r["ok"]
     print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['name']}: sum and gradients torch's bitwise {r['ok']}", flush=True)
+    r = check_prefetch()
+    failed += not r["ok"]
+    print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['name']}: gradients bitwise those without, plain {r.get('plain')}, "
+          f"add+ln {r.get('add+ln')}, keep {r.get('keep')}", flush=True)
     for rows in (65536, 1 << 20):
         print(_time_line(time_case(rows)), flush=True)
         t = time_add(rows)
