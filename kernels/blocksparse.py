@@ -763,12 +763,21 @@ _FWD_TILES = {128: [(128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 5)], 64: [(64
               # (H200, twenty-seventh run, call 3)
               (128, 128): [(128, 128, 8, 5), (128, 64, 8, 5), (128, 128, 8, 3), (64, 128, 4, 5), (64, 64, 4, 5)]}
 _DQ_TILES = {128: [(128, 32, 4, 5), (128, 64, 8, 3), (128, 32, 8, 4)], 64: [(64, 32, 4, 4)],
+             (64, 64): [(64, 32, 4, 4), (64, 64, 4, 5)],  # block 64 at head dim 64: see _DKDV_TILES
              # 64x64 w4 s5: twice the programs at short lengths (3,072 tokens, 8 heads: 192 query blocks of
              # 128 for 132 SMs); replayed f+b with it forced 0.105-0.108 -> 0.096 ms at 3,072 and 0.444 ->
              # 0.425 at 12,288 (H200, twenty-seventh run, call 1)
              (128, 64): [(128, 64, 4, 5), (128, 32, 8, 5), (128, 32, 4, 5), (64, 64, 4, 5)],
              (128, 128): [(128, 32, 4, 5), (128, 64, 8, 5), (128, 64, 8, 3)]}
 _DKDV_TILES = {128: [(32, 128, 4, 5), (64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 3)], 64: [(32, 64, 4, 4)],
+               # block 64 at head dim 64 (the strided pattern's block at short lengths, kernels.bench.strided_block,
+               # where it ran 17% under the fixed pattern's TFLOP/s at 12,288 tokens on an H100, forty-fourth run):
+               # the 64x64 w4 s5 tiles that the fixed pattern's short lengths chose at block 128, listed beside the
+               # single block-64 config here and in dQ and merged; not yet timed. sm_90 with the strided pattern's
+               # masks (compile_check --block 64 --head-dim 64 --kinds 22 --ptxas): dQ no spills, dK/dV and merged
+               # 44-140 B (the block-128 lists' spill 80-832 B with the same masks). At head dim 128 they spill
+               # hundreds of bytes and ptxas serialises the atomic dQ's products: not listed there.
+               (64, 64): [(32, 64, 4, 4), (64, 64, 4, 5)],
                (128, 64): [(32, 128, 4, 5), (64, 64, 4, 5), (64, 128, 8, 5)],
                (128, 128): [(64, 64, 4, 3), (64, 128, 8, 5), (64, 128, 8, 3)]}  # 64x128 w8 s3: Flex's D=128 tile
 # The merged backward (DQ_MODE "merged"): (dK/dV BLOCK_M, BLOCK_N, dQ DQ_M, DQ_N, warps, stages), the two
@@ -776,6 +785,7 @@ _DKDV_TILES = {128: [(32, 128, 4, 5), (64, 128, 8, 3), (32, 128, 8, 3), (64, 64,
 _MERGED_TILES = {128: [(64, 64, 128, 32, 4, 3), (32, 128, 128, 32, 4, 5), (64, 128, 128, 64, 8, 3),
                        (32, 128, 128, 32, 8, 4)],
                  64: [(32, 64, 64, 32, 4, 4)],
+                 (64, 64): [(32, 64, 64, 32, 4, 4), (64, 64, 64, 64, 4, 5)],  # block 64 at head dim 64: see _DKDV_TILES
                  # 64x64 + 64x64 w4 s5, as at head dim 128 below: 0.425 -> 0.416 ms replayed at 12,288 8x64, chosen
                  # at 3,072 and 12,288 there (twenty-seventh run, calls 1 and 2)
                  (128, 64): [(32, 128, 128, 32, 4, 5), (64, 64, 128, 64, 4, 5), (64, 128, 128, 64, 8, 5),

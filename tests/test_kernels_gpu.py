@@ -732,27 +732,28 @@ def test_gluon_forward_matches_the_reference_on_the_model_layout(dtype, dim, lau
 @pytest.mark.parametrize("dim", [64, 128])
 def test_every_listed_tile_config_gives_the_reference_output_and_gradients(dim, monkeypatch):
     """Each config of each kernel's autotuning list at block 128 (the autotuner may pick any of them at
-    some length), forced in turn, on a short fixed pattern in bf16: output and all three gradients
-    within the three-way tolerance's GPU bound of the fp32 reference (the tile sweep checks only the
-    forward's output)."""
+    some length), forced in turn, on a short fixed pattern in bf16, and each of block 64's on the strided
+    pattern (a permuted part merging into the natural one; block 64 is the strided pattern's at short
+    lengths, kernels.bench.strided_block): output and all three gradients within the three-way tolerance's
+    GPU bound of the fp32 reference (the tile sweep checks only the forward's output)."""
     B = _blocksparse()
     n, heads = 3072, 2
-    layout = P.build_layout(P.same_for_all_heads(P.fixed(512, 128), heads), n, 128, device="cuda")
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v, do = (torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
-
-    want = _grads(lambda *x: reference_attention(*(t.float() for t in x), layout), q, k, v, do)
     tables = {"fwd": B._FWD_TILES, "dq": B._DQ_TILES, "dkdv": B._DKDV_TILES, "merged": B._MERGED_TILES}
     modes = {"fwd": "separate", "dq": "separate", "dkdv": "separate", "merged": "merged"}
     checked = 0
-    for kernel, table in tables.items():
-        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", modes[kernel])
-        for entry in B.tile_list(table, 128, dim, B._KERNEL_NAMES[kernel]):
-            with B.forced_tiles(kernel, entry):
-                got = _grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)
-            _assert_near(got, want, f"{kernel} {entry} ")
-            checked += 1
-    assert checked >= 18
+    for pattern, block in ((P.fixed(512, 128), 128), (P.strided(768), 64)):
+        layout = P.build_layout(P.same_for_all_heads(pattern, heads), n, block, device="cuda")
+        want = _grads(lambda *x: reference_attention(*(t.float() for t in x), layout), q, k, v, do)
+        for kernel, table in tables.items():
+            monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", modes[kernel])
+            for entry in B.tile_list(table, block, dim, B._KERNEL_NAMES[kernel]):
+                with B.forced_tiles(kernel, entry):
+                    got = _grads(lambda *x: B.blocksparse_attention(*x, layout), q, k, v, do)
+                _assert_near(got, want, f"block {block}, {kernel} {entry} ")
+                checked += 1
+    assert checked >= 18 + 8
 
 
 @pytest.mark.parametrize("dim, heads", [(64, 8), (128, 2)])

@@ -900,6 +900,23 @@ def test_forced_tiles_launch_the_named_configs_and_match_the_reference(mode, mon
         blocksparse.forced_tiles("merged", (32, 32, 4, 2)).__enter__()
 
 
+@pytest.mark.parametrize("kernel", ["dq", "dkdv", "merged"])
+def test_block_64s_head_dim_64_configs_match_the_reference(kernel, monkeypatch):
+    """The configs listed for block 64 at head dim 64 beyond the block's own (whole-block 64x64 tiles: the
+    strided pattern's block at short lengths), each forced in its backward mode on a strided pattern whose
+    permuted part has groups of 8 (tiles straddling groups) and merges into the natural part: the reference's
+    output and gradients."""
+    names = blocksparse._KERNEL_NAMES[kernel]
+    table = {"dq": blocksparse._DQ_TILES, "dkdv": blocksparse._DKDV_TILES, "merged": blocksparse._MERGED_TILES}[kernel]
+    added = [e for e in blocksparse.tile_list(table, 64, 64, names) if e not in blocksparse.tile_list(table, 64, 128, names)]
+    assert added and all(max(e[: len(names)]) == 64 for e in added)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "merged" if kernel == "merged" else "separate")
+    case = (lambda h: P.strided(64), 512, 64, 1, 64, torch.float32, 1)  # n / l = 8
+    for entry in added:
+        with blocksparse.forced_tiles(kernel, entry):
+            _run_case(case, monkeypatch)
+
+
 @pytest.mark.parametrize("pattern", ["fixed", "merged"])
 def test_gradients_come_in_the_memory_order_of_the_inputs(pattern, monkeypatch):
     """Contiguous (B, H, T, D) inputs get (B, H, T, D) gradients, time-major head views (the model's)
@@ -1087,7 +1104,8 @@ def test_autotune_lists_follow_block_and_head_dim():
     assert tiles(BLOCK=128, HEAD_DIM=32) == set(blocksparse._DKDV_TILES[128])
     assert tiles(BLOCK=128, HEAD_DIM=128) == {(64, 64, 4, 3), (64, 128, 8, 5), (64, 128, 8, 3)}
     assert (32, 128, 4, 5) in blocksparse._DKDV_TILES[128]
-    assert tiles(BLOCK=64, HEAD_DIM=128) == set(blocksparse._DKDV_TILES[64])
+    assert tiles(BLOCK=64, HEAD_DIM=128) == {(32, 64, 4, 4)}
+    assert tiles(BLOCK=64, HEAD_DIM=64) == {(32, 64, 4, 4), (64, 64, 4, 5)}  # block 64's own list at head dim 64
     assert tiles(BLOCK=32, HEAD_DIM=64) == {(32, 32, 4, 2)}  # no list: one safe config
 
 
@@ -1110,7 +1128,7 @@ def test_extra_tiles_join_the_lists_where_they_fit(monkeypatch):
     tiles = lambda **kw: {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)  # noqa: E731
                           for c in prune(blocksparse._configs(table), {}, **kw)}
     assert tiles(BLOCK=128, HEAD_DIM=32) == set(blocksparse._DKDV_TILES[128]) | {(64, 128, 8, 2), (32, 32, 4, 2)}
-    assert tiles(BLOCK=64, HEAD_DIM=64) == set(blocksparse._DKDV_TILES[64]) | {(32, 32, 4, 2)}
+    assert tiles(BLOCK=64, HEAD_DIM=64) == {(32, 64, 4, 4), (64, 64, 4, 5), (32, 32, 4, 2)}
     with pytest.raises(ValueError, match="'fwd:128x128'"):
         blocksparse._extra_tiles("fwd:128x128")
     with pytest.raises(ValueError, match="KERNEL one of"):
