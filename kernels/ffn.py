@@ -4,7 +4,9 @@ Where the kernels run, the product comes from cuBLAS without its bias and one ke
 bias and applies the SiLU, its backward summing the bias's gradient as it writes dz (torch's linear
 would read dz once more for that sum alone). Set MEGASTRIDE_FFN=torch to keep torch's path anywhere (A/B
 runs); on CPU tensors the kernels run only under the Triton interpreter with MEGASTRIDE_FFN=triton
-(tests), and CUDA tensors never go through the interpreter.
+(tests), and CUDA tensors never go through the interpreter. Where the kernels run, MEGASTRIDE_FFN_GEMM=1 takes
+the product too into Triton, its epilogue adding the bias and applying the SiLU (``ffn_gemm``; off by default,
+not yet timed against cuBLAS).
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ def linear_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ``F.silu(F.linear(x, weight, bias))``."""
     if bias is None or not _use_triton(x):
         return F.silu(F.linear(x, weight, bias))
+    from . import ffn_gemm  # imported lazily: needs triton
+
+    if ffn_gemm.enabled():
+        kind = x.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+        if weight.dtype == x.dtype or torch.is_autocast_enabled(kind):  # else F.linear's own error below
+            if dtype in _KERNEL_DTYPES and bias.dtype in _KERNEL_DTYPES:
+                return ffn_gemm.linear_bias_silu(x.to(dtype), weight.to(dtype), bias)
     z0 = F.linear(x, weight)
     if z0.dtype not in _KERNEL_DTYPES or bias.dtype not in _KERNEL_DTYPES:
         return F.silu(z0 + bias)

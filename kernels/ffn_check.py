@@ -9,9 +9,14 @@
 * timing (triton.testing.do_bench) of forward and forward+backward, ours against torch's, at 65,536 and
   1,048,576 rows.
 
+``--gemm`` also checks the one-kernel layer (``ffn_gemm``, ``MEGASTRIDE_FFN_GEMM=1``: the product, the bias and
+the SiLU in one Triton kernel) the same way and times it beside the default (cuBLAS, then the bias + SiLU kernel)
+and torch's, forward with and without gradients and forward+backward, alternated in rounds.
+
 ``--compile`` (no GPU needed) compiles both kernels for sm_90 at width 2048 and reports registers, spills
-and the width of their global accesses (a spill, or a scalar access, is a failure). Exit status 1 if any
-check fails.
+and the width of their global accesses (a spill, or a scalar access, is a failure), and the one-kernel
+layer's product at each of its tiles (registers, spills, shared memory, whether its products are wgmma).
+Exit status 1 if any check fails.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ import sys
 import torch
 import torch.nn.functional as F
 
+import os
+
 from . import bias_silu as K
+from . import ffn_gemm as G
 from .ffn import linear_silu
 
 ATOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 2e-5}
@@ -53,11 +61,37 @@ def _grads(fn, x, w, b, da):
     return [a.detach(), *torch.autograd.grad(a, leaves, da.to(a.dtype))]
 
 
-def check(rows: int = 65536) -> dict:
+class _gemm:
+    """Inside: MEGASTRIDE_FFN_GEMM=1 (``on``), else 0."""
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    def __enter__(self):
+        self.before = os.environ.get("MEGASTRIDE_FFN_GEMM")
+        os.environ["MEGASTRIDE_FFN_GEMM"] = "1" if self.on else "0"
+
+    def __exit__(self, *exc):
+        if self.before is None:
+            os.environ.pop("MEGASTRIDE_FFN_GEMM", None)
+        else:
+            os.environ["MEGASTRIDE_FFN_GEMM"] = self.before
+
+
+def _gemm_ours(x, w, b):
+    with _gemm(True):
+        return _ours(x, w, b)
+
+
+def check(rows: int = 65536, gemm: bool = False) -> dict:
     x, w, b, da = _inputs(rows)
-    got, low = _grads(_ours, x, w, b, da), _grads(_torch, x, w, b, da)
+    fn = _gemm_ours if gemm else _ours
+    with _gemm(gemm):
+        got = _grads(fn, x, w, b, da)
+    low = _grads(_torch, x, w, b, da)
     exact = _grads(lambda *t: F.silu(F.linear(*t)), x.double(), w.double(), b.double(), da.double())
-    report = {"name": f"check linear_silu (1, {rows}, 512) -> 2048 bf16 autocast", "ok": True}
+    which = "one-kernel layer (ffn_gemm)" if gemm else "linear_silu"
+    report = {"name": f"check {which} (1, {rows}, 512) -> 2048 bf16 autocast", "ok": True}
     for name, g, lo, ex in zip(("a", "dx", "dweight", "dbias"), got, low, exact):
         err = (g.double() - ex).abs()
         # atol of the dtype the layer computes in (bf16 autocast), not of the gradient's (fp32 for fp32 leaves):
@@ -66,7 +100,10 @@ def check(rows: int = 65536) -> dict:
         ok = bool((err <= bound).all()) and g.dtype == lo.dtype
         report[name] = {"max_err": err.max().item(), "ok": ok}
         report["ok"] &= ok
-    report["deterministic"] = all(torch.equal(a, c) for a, c in zip(got, _grads(_ours, x, w, b, da)))
+    with torch.no_grad():
+        report["no_grad_equal"] = torch.equal(fn(x, w, b), got[0])  # a alone, where no backward needs z0
+    report["ok"] &= report["no_grad_equal"]
+    report["deterministic"] = all(torch.equal(a, c) for a, c in zip(got, _grads(fn, x, w, b, da)))
     report["ok"] &= report["deterministic"]
     return report
 
@@ -85,6 +122,60 @@ def time_case(rows: int) -> dict:
         with torch.no_grad():
             out[f"{who}_fwd_ms"] = _bench(lambda: fn(*leaves))
         out[f"{who}_fwdbwd_ms"] = _bench(lambda: torch.autograd.grad(fn(*leaves), leaves, da))
+    return out
+
+
+def time_gemm(rows: int, rounds: int = 3) -> dict:
+    """ms medians over ``rounds`` alternated rounds: the default layer (cuBLAS + bias_silu), the one-kernel layer and
+    torch's, each forward under no_grad (a recomputed block's first forward), forward with gradients on (its
+    recompute: z0 kept) and forward+backward."""
+    x, w, b, da = _inputs(rows)
+    leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+    out = {"name": f"time ffn first layer (1, {rows}, 512) -> 2048 bf16"}
+    who = {"default": _ours, "gemm": _gemm_ours, "torch": _torch}
+    samples: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for name, fn in who.items():
+            with torch.no_grad():
+                samples.setdefault(f"{name}_fwd_nograd_ms", []).append(_bench(lambda: fn(*leaves)))
+            samples.setdefault(f"{name}_fwd_ms", []).append(_bench(lambda: fn(*leaves)))
+            samples.setdefault(f"{name}_fwdbwd_ms", []).append(_bench(lambda: torch.autograd.grad(fn(*leaves), leaves, da)))
+    for key, values in samples.items():
+        out[key] = sorted(values)[len(values) // 2]
+    out["gemm_tiles"] = G.chosen()
+    return out
+
+
+def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> list[tuple[str, bool]]:
+    """(line, ok) per tile of ``ffn_gemm.TILES``: the one-kernel layer compiled for ``arch`` at (rows, depth) ->
+    width in bf16, with z0 stored (a recompute) and without; ok without spills and with wgmma products."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from .compile_check import launch_attrs, ptxas_usage
+
+    kernel = G._linear_silu_kernel
+    types = {"X": "bf16", "W": "bf16", "B": "fp32", "Z0": "bf16", "A": "bf16"}
+    sig = {p.name: "constexpr" if p.is_constexpr else f"*{types[p.name]}" if p.name.isupper()
+           else "i64" if p.name.startswith("stride") else "i32" for p in kernel.params}
+    out = []
+    for m, n, k, warps, stages in G.TILES:
+        for save in (False, True):
+            consts = {"N": width, "K": depth, "SAVE_Z": save, "IEEE": False, "ROWS_BUCKET": 0, "BLOCK_M": m,
+                      "BLOCK_N": n, "BLOCK_K": k, "GROUP": G.GROUP_M}
+            name = f"ffn_gemm {m}x{n}x{k} w{warps} s{stages}{', z0 stored' if save else ''}"
+            try:
+                c = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=launch_attrs(kernel)),
+                                   target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
+            except Exception as err:  # report every tile, then fail
+                out.append((f"FAIL {name}: {type(err).__name__}: {str(err).splitlines()[0][:300]}", False))
+                continue
+            u = ptxas_usage(c, arch)
+            wgmma = "wgmma" in c.asm["ptx"]
+            ok = u["spill_stores"] == 0 and u["spill_loads"] == 0 and wgmma
+            out.append((f"{'ok  ' if ok else 'FAIL'} {name}: {u['registers']} registers, spills {u['spill_stores']}/"
+                        f"{u['spill_loads']} B stored/loaded, shared {c.metadata.shared} B, wgmma {wgmma}", ok))
     return out
 
 
@@ -111,25 +202,35 @@ def compile_report(width: int = 2048, arch: int = 90) -> list[tuple[str, bool]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m megastride.kernels.ffn_check", description=__doc__.splitlines()[0])
     p.add_argument("--compile", action="store_true", help="only compile the kernels for sm_90 (no GPU needed)")
+    p.add_argument("--gemm", action="store_true", help="also check and time the one-kernel layer (ffn_gemm)")
     args = p.parse_args(argv)
     if args.compile:
         from .compile_check import print_report
 
-        return print_report(compile_report(), "ffn_check")
+        return print_report(compile_report() + gemm_compile_report(), "ffn_check")
     if not torch.cuda.is_available():
         print("ffn_check needs a CUDA GPU (--compile runs without one)", file=sys.stderr)
         return 2
-    r = check()
-    parts = [f"{k} max err {r[k]['max_err']:.3g}{'' if r[k]['ok'] else ' FAIL'}" for k in ("a", "dx", "dweight", "dbias")]
-    print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['name']}: {', '.join(parts)}, deterministic {r['deterministic']}",
-          flush=True)
+    failed = 0
+    for gemm in (False, True) if args.gemm else (False,):
+        r = check(gemm=gemm)
+        failed += not r["ok"]
+        parts = [f"{k} max err {r[k]['max_err']:.3g}{'' if r[k]['ok'] else ' FAIL'}" for k in ("a", "dx", "dweight", "dbias")]
+        print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['name']}: {', '.join(parts)}, no_grad equal {r['no_grad_equal']}, "
+              f"deterministic {r['deterministic']}", flush=True)
     for rows in (65536, 1 << 20):
         t = time_case(rows)
         print(f"{t['name']}: fwd+bwd ours {t['ours_fwdbwd_ms']:.3f} ms, torch {t['torch_fwdbwd_ms']:.3f} ms, speedup "
               f"{t['torch_fwdbwd_ms'] / t['ours_fwdbwd_ms']:.3f}x | fwd ours {t['ours_fwd_ms']:.3f} ms, torch "
               f"{t['torch_fwd_ms']:.3f} ms", flush=True)
-    print(f"ffn_check: {'FAILED' if not r['ok'] else 'all checks passed'}")
-    return 0 if r["ok"] else 1
+        if args.gemm:
+            t = time_gemm(rows)
+            print(f"{t['name']}, ms (median of 3 alternated rounds): " + ", ".join(
+                f"{who} fwd no_grad {t[f'{who}_fwd_nograd_ms']:.3f} / fwd {t[f'{who}_fwd_ms']:.3f} / fwd+bwd "
+                f"{t[f'{who}_fwdbwd_ms']:.3f}" for who in ("default", "gemm", "torch")) + f"; tiles {t['gemm_tiles']}",
+                  flush=True)
+    print(f"ffn_check: {'FAILED ' + str(failed) if failed else 'all checks passed'}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the int
 
 from megastride.engine import model as model_module  # noqa: E402
 from megastride.engine.config import config_from_dict  # noqa: E402
-from megastride.kernels import bias_silu, ffn  # noqa: E402
+from megastride.kernels import bias_silu, ffn, ffn_gemm  # noqa: E402
 
 ATOL = {torch.float32: 2e-5, torch.float16: 2e-3}
 
@@ -32,7 +32,9 @@ ATOL = {torch.float32: 2e-5, torch.float16: 2e-3}
 def _kernel(monkeypatch):
     """Every test here runs the kernels on CPU (MEGASTRIDE_FFN=triton) with poisoned buffers."""
     monkeypatch.setenv("MEGASTRIDE_FFN", "triton")
+    monkeypatch.delenv("MEGASTRIDE_FFN_GEMM", raising=False)
     monkeypatch.setattr(bias_silu, "POISON", True)
+    monkeypatch.setattr(ffn_gemm, "POISON", True)
 
 
 def _grads(fn, z0, b, da):
@@ -114,6 +116,78 @@ def test_bad_inputs_raise():
         bias_silu.triton_bias_silu(z0.double(), torch.randn(8))
 
 
+def _three_way(got, low, exact, dtype, what):
+    for name, g, lo, ex in zip(("a", "dx", "dweight", "dbias"), got, low, exact):
+        assert torch.isfinite(g).all(), f"{what}: {name} has non-finite (unwritten?) elements"
+        err = (g.double() - ex).abs()
+        bound = 2 * (lo.double() - ex).abs() + ATOL[dtype] * max(1.0, ex.abs().max().item())
+        worst = (err - bound).argmax()
+        assert (err <= bound).all(), f"{what}: {name} off by {err.flatten()[worst]:.3g} (allowed {bound.flatten()[worst]:.3g})"
+
+
+def _layer_grads(fn, x, w, b, da):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    a = fn(*leaves)
+    return [a.detach(), *torch.autograd.grad(a, leaves, da.to(a.dtype))]
+
+
+@pytest.mark.parametrize("shape, width, dtype", [
+    ((2, 37, 48), 80, torch.float32),  # rows, width and depth none a multiple of the interpreter's 32-tiles
+    ((1, 45, 64), 100, torch.float16),  # fp32 bias on fp16 x and weight
+    ((3, 20, 96), 64, torch.float32),  # three steps of the depth loop
+])
+def test_gemm_epilogue_matches_torch(shape, width, dtype):
+    """ffn_gemm.linear_bias_silu (the product, the bias and the SiLU in one kernel) gives torch's
+    ``F.silu(F.linear(x, w, b))`` and its gradients, three ways against float64; a in x's dtype; without
+    gradients the same a, with only a's buffer written."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(shape, generator=gen).to(dtype)
+    w = (torch.randn(width, shape[-1], generator=gen) * shape[-1] ** -0.5).to(dtype)
+    b = torch.randn(width, generator=gen)
+    da = torch.randn(*shape[:-1], width, generator=gen).to(dtype)
+    got = _layer_grads(ffn_gemm.linear_bias_silu, x, w, b, da)
+    low = _layer_grads(lambda x_, w_, b_: F.silu(F.linear(x_, w_, b_.to(dtype))), x, w, b, da)
+    exact = _layer_grads(lambda *t: F.silu(F.linear(*t)), x.double(), w.double(), b.double(), da.double())
+    assert got[0].dtype == dtype and got[3].dtype == torch.float32
+    _three_way(got, low, exact, dtype, f"{shape} -> {width} {dtype}")
+    made = []
+    real = ffn_gemm.new_buffer
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(ffn_gemm, "new_buffer", lambda *a: made.append(a[0]) or real(*a))
+        with torch.no_grad():
+            alone = ffn_gemm.linear_bias_silu(x, w, b)
+    assert torch.equal(alone, got[0]) and len(made) == 1  # a only: no z0 where no backward reads it
+
+
+def test_gemm_dispatch_and_errors(monkeypatch):
+    """MEGASTRIDE_FFN_GEMM=1 sends linear_silu through the one-kernel layer where the kernels run (under autocast
+    with x and the weight cast to its dtype), and not under MEGASTRIDE_FFN=torch; a mistyped switch and
+    mismatched inputs are one-line errors naming the problem."""
+    calls = []
+    real = ffn_gemm.linear_bias_silu
+    monkeypatch.setattr(ffn_gemm, "linear_bias_silu", lambda *a: calls.append([t.dtype for t in a]) or real(*a))
+    gen = torch.Generator().manual_seed(6)
+    x, w, b = torch.randn(2, 9, 16, generator=gen), torch.randn(40, 16, generator=gen), torch.randn(40, generator=gen)
+    want = F.silu(F.linear(x, w, b))
+    monkeypatch.setenv("MEGASTRIDE_FFN_GEMM", "1")
+    torch.testing.assert_close(ffn.linear_silu(x, w, b), want, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.float16):
+        half = ffn.linear_silu(x, w, b)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), want, rtol=1e-2, atol=1e-2)  # fp16 rounding of products near 5
+    assert calls == [[torch.float32] * 3, [torch.float16, torch.float16, torch.float32]]
+    with monkeypatch.context() as m:
+        m.setenv("MEGASTRIDE_FFN", "torch")
+        assert torch.equal(ffn.linear_silu(x, w, b), want) and len(calls) == 2
+    monkeypatch.setenv("MEGASTRIDE_FFN_GEMM", "yes")
+    with pytest.raises(ValueError, match=r"^MEGASTRIDE_FFN_GEMM must be unset, '0' or '1'; got 'yes'$"):
+        ffn.linear_silu(x, w, b)
+    with pytest.raises(ValueError, match=r"needs weight \(N, 16\) and bias \(N,\); got weight \(40, 8\)"):
+        real(x, w[:, :8], b)
+    with pytest.raises(ValueError, match="x and weight in one of float16, bfloat16, float32"):
+        real(x, w.half(), b)
+
+
 def _tiny_model():
     tree = {"model": {"seq_len": 64, "d_model": 32, "n_layers": 2, "n_heads": 2, "ffn_chunk": 0,
                       "attention": {"block": 16, "layers": ["fixed(32,8)", "strided(16)"]}}}
@@ -125,14 +199,21 @@ def _tiny_model():
     return model
 
 
+@pytest.mark.parametrize("gemm", [False, True])
 @pytest.mark.parametrize("autocast", [False, True])
-def test_model_with_the_kernels_matches_torch(autocast, monkeypatch):
+def test_model_with_the_kernels_matches_torch(autocast, gemm, monkeypatch):
     """The model's FFNs through the kernels give torch's loss and gradients (fp32; and under fp16 autocast, where
-    the kernel adds the bias to the unrounded product, to the 16-bit rounding)."""
+    the kernel adds the bias to the unrounded product, to the 16-bit rounding), the product from cuBLAS or, with
+    MEGASTRIDE_FFN_GEMM=1, from the one-kernel layer."""
     model = _tiny_model()
     calls = []
-    real = bias_silu.triton_bias_silu
-    monkeypatch.setattr(bias_silu, "triton_bias_silu", lambda *a: calls.append(1) or real(*a))
+    if gemm:
+        monkeypatch.setenv("MEGASTRIDE_FFN_GEMM", "1")
+        real = ffn_gemm.linear_bias_silu
+        monkeypatch.setattr(ffn_gemm, "linear_bias_silu", lambda *a: calls.append(1) or real(*a))
+    else:
+        real = bias_silu.triton_bias_silu
+        monkeypatch.setattr(bias_silu, "triton_bias_silu", lambda *a: calls.append(1) or real(*a))
     idx = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(4))
     targets = torch.roll(idx, -1, dims=1)
     results = []
@@ -150,9 +231,11 @@ def test_model_with_the_kernels_matches_torch(autocast, monkeypatch):
 
 def test_kernels_compile_for_sm90():
     """Both kernels compile for Hopper at width 2048 without register spills, their tiles' accesses 16-byte
-    vectors (no GPU needed)."""
+    vectors, and the one-kernel layer at each of its tiles, with z0 stored and without, without spills and with
+    its products as wgmma (no GPU needed)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "megastride.kernels.ffn_check", "--compile"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert sum(line.startswith("ok ") for line in proc.stdout.splitlines()) == 6, proc.stdout
+    assert sum(line.startswith("ok ") for line in proc.stdout.splitlines()) == 6 + 2 * len(ffn_gemm.TILES), proc.stdout
+    assert sum(line.startswith("ok   ffn_gemm ") and "wgmma True" in line for line in proc.stdout.splitlines()) == 10

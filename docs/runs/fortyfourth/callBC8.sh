@@ -1,0 +1,23 @@
+#!/bin/bash
+# A device call planned in session BC (2026-12-05; about 520 s): the FFN's first layer as one Triton product with
+# the bias and SiLU in its epilogue (kernels/ffn_gemm.py, MEGASTRIDE_FFN_GEMM=1, off by default), first on a GPU:
+# ffn_check --gemm (bf16 against torch and float64 three ways, then forward without gradients, with, and
+# forward+backward beside cuBLAS + bias_silu and torch, alternated, at 65,536 and 1,048,576 rows); then the fixed
+# 1M step under 60 GB without, with, without it (ABA on one card).
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv
+date -u > $OUT/times.txt
+timeout 200 python3 -m megastride.kernels.ffn_check --gemm > $OUT/ffn_gemm.log 2>&1
+echo "ffn_check rc $?" >> $OUT/ffn_gemm.log; grep -vE "^\s*$|Warning|warn" $OUT/ffn_gemm.log | tail -8 | cut -c1-400
+date -u >> $OUT/times.txt
+step() {
+  timeout 150 megastride bench scaling --device cuda --config configs/enwik8.yaml --set model.dropout=0 --lengths 1048576 \
+    --warmup 1 --steps 3 --kinds fixed --set train.cpu_checkpointing=true --set train.offload_overlap=true \
+    --set train.checkpoint_blocks=auto --set train.keep_attention=auto --set train.memory_budget_gb=60 \
+    --out $OUT/$1 > $OUT/$1.log 2>&1
+  echo "$1 rc $?" >> $OUT/$1.log; grep -E "s/step|rc " $OUT/$1.log | grep -v "^|" | cut -c1-300
+  cp $OUT/$1/*.csv $OUT/$1.csv 2>/dev/null; rm -rf $OUT/$1
+}
+if grep -q "^ok   check one-kernel" $OUT/ffn_gemm.log; then
+  MEGASTRIDE_FFN_GEMM=0 step off1; MEGASTRIDE_FFN_GEMM=1 step gemm; MEGASTRIDE_FFN_GEMM=0 step off2
+fi
+date -u >> $OUT/times.txt
