@@ -139,7 +139,8 @@ def time_gemm(rows: int, rounds: int = 3) -> dict:
             with torch.no_grad():
                 samples.setdefault(f"{name}_fwd_nograd_ms", []).append(_bench(lambda: fn(*leaves)))
             samples.setdefault(f"{name}_fwd_ms", []).append(_bench(lambda: fn(*leaves)))
-            samples.setdefault(f"{name}_fwdbwd_ms", []).append(_bench(lambda: torch.autograd.grad(fn(*leaves), leaves, da)))
+            fwdbwd = _bench(lambda: torch.autograd.grad(fn(*leaves), leaves, da))
+            samples.setdefault(f"{name}_fwdbwd_ms", []).append(fwdbwd)
     for key, values in samples.items():
         out[key] = sorted(values)[len(values) // 2]
     out["gemm_tiles"] = G.chosen()
@@ -148,7 +149,8 @@ def time_gemm(rows: int, rounds: int = 3) -> dict:
 
 def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> list[tuple[str, bool]]:
     """(line, ok) per tile of ``ffn_gemm.TILES``: the one-kernel layer compiled for ``arch`` at (rows, depth) ->
-    width in bf16, with z0 stored (a recompute) and without; ok without spills and with wgmma products."""
+    width in bf16, with z0 stored (a recompute) and without, by pointer and by TMA-descriptor loads; ok without
+    spills and with wgmma products."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -161,13 +163,15 @@ def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> 
            else "i64" if p.name.startswith("stride") else "i32" for p in kernel.params}
     out = []
     for m, n, k, warps, stages in G.TILES:
-        for save in (False, True):
-            consts = {"N": width, "K": depth, "SAVE_Z": save, "IEEE": False, "ROWS_BUCKET": 0, "BLOCK_M": m,
-                      "BLOCK_N": n, "BLOCK_K": k, "GROUP": G.GROUP_M}
-            name = f"ffn_gemm {m}x{n}x{k} w{warps} s{stages}{', z0 stored' if save else ''}"
+        for save, desc in ((False, False), (True, False), (False, True), (True, True)):
+            consts = {"N": width, "K": depth, "SAVE_Z": save, "IEEE": False, "ROWS_BUCKET": 0, "TMA_OK": desc,
+                      "BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP": G.GROUP_M, "DESC": desc}
+            name = (f"ffn_gemm {m}x{n}x{k} w{warps} s{stages}{', TMA loads' if desc else ''}"
+                    f"{', z0 stored' if save else ''}")
             try:
                 c = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=launch_attrs(kernel)),
-                                   target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
+                                   target=GPUTarget("cuda", arch, 32),
+                                   options={"num_warps": warps, "num_stages": stages})
             except Exception as err:  # report every tile, then fail
                 out.append((f"FAIL {name}: {type(err).__name__}: {str(err).splitlines()[0][:300]}", False))
                 continue
@@ -215,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     for gemm in (False, True) if args.gemm else (False,):
         r = check(gemm=gemm)
         failed += not r["ok"]
-        parts = [f"{k} max err {r[k]['max_err']:.3g}{'' if r[k]['ok'] else ' FAIL'}" for k in ("a", "dx", "dweight", "dbias")]
+        parts = [f"{k} max err {r[k]['max_err']:.3g}{'' if r[k]['ok'] else ' FAIL'}"
+                 for k in ("a", "dx", "dweight", "dbias")]
         print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['name']}: {', '.join(parts)}, no_grad equal {r['no_grad_equal']}, "
               f"deterministic {r['deterministic']}", flush=True)
     for rows in (65536, 1 << 20):

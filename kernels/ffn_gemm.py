@@ -14,8 +14,9 @@ tiles stay in registers for the epilogue:
 * the backward is the default path's: ``bias_silu``'s kernel for dz and the bias's gradient, then cuBLAS for
   dx = dz W and dW = dz^T x.
 
-Tiles: autotuned per (width, depth, bucketed rows) over the configs of ``TILES``; under the interpreter (CPU
-tests) one small fixed tile. Row offsets are int64 (T x width passes 2**31 elements at 1M tokens).
+Tiles: autotuned per (width, depth, bucketed rows) over the configs of ``TILES``, each with pointer loads and,
+where TMA can take the operands (``tma_ok``), with TMA-descriptor loads; under the interpreter (CPU tests) one
+small fixed tile. Row offsets are int64 (T x width passes 2**31 elements at 1M tokens).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .layernorm import as_rows, new_buffer
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): Triton's Hopper matmul tutorial's bf16 tiles and two around them
 TILES = [(128, 256, 64, 8, 3), (128, 128, 64, 4, 4), (128, 256, 64, 8, 4), (256, 128, 64, 8, 3), (128, 128, 64, 8, 4)]
 INTERPRET_TILE = (32, 32, 32)  # under the interpreter: small, several tiles each way in the tests' shapes
+INTERPRET_DESC = False  # under the interpreter: pointer loads (tests set True to run the TMA-descriptor path)
 GROUP_M = 8  # row tiles a group walks before the next column tile (L2 reuse of W's tiles)
 POISON = False  # tests: fill every output buffer with NaN first, so an element no program writes shows
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -48,8 +50,10 @@ def enabled() -> bool:
 @triton.jit(do_not_specialize=["rows"])
 def _linear_silu_kernel(X, W, B, Z0, A, rows, stride_x, stride_w, stride_z, stride_a, N: tl.constexpr,
                         K: tl.constexpr, SAVE_Z: tl.constexpr, IEEE: tl.constexpr, ROWS_BUCKET: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
-    # ROWS_BUCKET: the autotuner's key only (``_bucket``)
+                        TMA_OK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        GROUP: tl.constexpr, DESC: tl.constexpr = False):
+    # ROWS_BUCKET and TMA_OK: the autotuner's key and pruning only (``_bucket``, ``_prune``). DESC: x's and W's tiles
+    # loaded by TMA descriptors (rows past the end come back as zeros), else by pointer loads under masks
     # program -> (row tile, column tile), GROUP row tiles a column tile before the next (grouped order)
     pid = tl.program_id(0)
     tiles_m = tl.cdiv(rows, BLOCK_M)
@@ -62,19 +66,30 @@ def _linear_silu_kernel(X, W, B, Z0, A, rows, stride_x, stride_w, stride_z, stri
     row = tile_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     col = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
     live_row, live_col = row < rows, col < N
-    ks = tl.arange(0, BLOCK_K)
-    x_ptrs = X + row[:, None] * stride_x + ks[None, :]
-    w_ptrs = W + col[None, :].to(tl.int64) * stride_w + ks[:, None]  # (BLOCK_K, BLOCK_N): a tile of W^T
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k in range(0, K, BLOCK_K):
-        x = tl.load(x_ptrs, mask=live_row[:, None] & (k + ks < K)[None, :], other=0.0)
-        w = tl.load(w_ptrs, mask=live_col[None, :] & (k + ks < K)[:, None], other=0.0)
-        if IEEE:
-            acc = tl.dot(x, w, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(x, w, acc)
-        x_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K
+    if DESC:
+        x_desc = tl.make_tensor_descriptor(X, shape=[rows, K], strides=[stride_x, 1], block_shape=[BLOCK_M, BLOCK_K])
+        w_desc = tl.make_tensor_descriptor(W, shape=[N, K], strides=[stride_w, 1], block_shape=[BLOCK_N, BLOCK_K])
+        for k in range(0, K, BLOCK_K):
+            x = x_desc.load([tile_m * BLOCK_M, k])
+            w = w_desc.load([tile_n * BLOCK_N, k])
+            if IEEE:
+                acc = tl.dot(x, w.T, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(x, w.T, acc)
+    else:
+        ks = tl.arange(0, BLOCK_K)
+        x_ptrs = X + row[:, None] * stride_x + ks[None, :]
+        w_ptrs = W + col[None, :].to(tl.int64) * stride_w + ks[:, None]  # (BLOCK_K, BLOCK_N): a tile of W^T
+        for k in range(0, K, BLOCK_K):
+            x = tl.load(x_ptrs, mask=live_row[:, None] & (k + ks < K)[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=live_col[None, :] & (k + ks < K)[:, None], other=0.0)
+            if IEEE:
+                acc = tl.dot(x, w, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(x, w, acc)
+            x_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
     live = live_row[:, None] & live_col[None, :]
     z0 = acc.to(A.dtype.element_ty)  # the product as F.linear returns it, in x's dtype
     if SAVE_Z:
@@ -91,10 +106,24 @@ def _bucket(rows: int) -> int:
     return bucket
 
 
+def _prune(configs, named_args, **kwargs):
+    """The TMA-descriptor configs only where the launch can take them (``tma_ok``)."""
+    return [c for c in configs if kwargs["TMA_OK"] or not c.kwargs["DESC"]]
+
+
 def _autotuned():
-    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-               for m, n, k, w, s in TILES]
-    return triton.autotune(configs, key=["N", "K", "SAVE_Z", "ROWS_BUCKET"])(_linear_silu_kernel)
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "DESC": desc}, num_warps=w, num_stages=s)
+               for m, n, k, w, s in TILES for desc in (False, True)]
+    return triton.autotune(configs, key=["N", "K", "SAVE_Z", "ROWS_BUCKET", "TMA_OK"],
+                           prune_configs_by={"early_config_prune": _prune})(_linear_silu_kernel)
+
+
+def tma_ok(x2: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether x's and the weight's tiles can be TMA boxes: a Hopper or later GPU, compiled (not interpreted), both
+    16-byte aligned with 16-byte row strides."""
+    return (x2.is_cuda and not _INTERPRET and torch.version.hip is None
+            and torch.cuda.get_device_capability(x2.device)[0] >= 9
+            and all(t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in (x2, weight)))
 
 
 _tuned = None
@@ -110,13 +139,18 @@ def _launch(x2, weight, bias, z0, a, save: bool) -> None:
     if _INTERPRET:
         bm, bn, bk = INTERPRET_TILE
         grid = (triton.cdiv(rows, bm) * triton.cdiv(width, bn),)
-        _linear_silu_kernel[grid](*args, N=width, K=depth, SAVE_Z=save, IEEE=ieee, ROWS_BUCKET=0, BLOCK_M=bm,
-                                  BLOCK_N=bn, BLOCK_K=bk, GROUP=GROUP_M)
+        _linear_silu_kernel[grid](*args, N=width, K=depth, SAVE_Z=save, IEEE=ieee, ROWS_BUCKET=0, TMA_OK=False,
+                                  BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP=GROUP_M, DESC=INTERPRET_DESC)
         return
     if _tuned is None:
         _tuned = _autotuned()
+    tma = tma_ok(x2, weight)
+    if tma:
+        from .blocksparse import _ensure_allocator  # the descriptors are built on the device: Triton's scratch
+
+        _ensure_allocator()
     grid = lambda m: (triton.cdiv(rows, m["BLOCK_M"]) * triton.cdiv(width, m["BLOCK_N"]),)  # noqa: E731
-    _tuned[grid](*args, N=width, K=depth, SAVE_Z=save, IEEE=ieee, ROWS_BUCKET=_bucket(rows), GROUP=GROUP_M)
+    _tuned[grid](*args, N=width, K=depth, SAVE_Z=save, IEEE=ieee, ROWS_BUCKET=_bucket(rows), TMA_OK=tma, GROUP=GROUP_M)
 
 
 def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, save: bool):

@@ -122,7 +122,8 @@ def _three_way(got, low, exact, dtype, what):
         err = (g.double() - ex).abs()
         bound = 2 * (lo.double() - ex).abs() + ATOL[dtype] * max(1.0, ex.abs().max().item())
         worst = (err - bound).argmax()
-        assert (err <= bound).all(), f"{what}: {name} off by {err.flatten()[worst]:.3g} (allowed {bound.flatten()[worst]:.3g})"
+        assert (err <= bound).all(), (f"{what}: {name} off by {err.flatten()[worst]:.3g} "
+                                      f"(allowed {bound.flatten()[worst]:.3g})")
 
 
 def _layer_grads(fn, x, w, b, da):
@@ -136,10 +137,12 @@ def _layer_grads(fn, x, w, b, da):
     ((1, 45, 64), 100, torch.float16),  # fp32 bias on fp16 x and weight
     ((3, 20, 96), 64, torch.float32),  # three steps of the depth loop
 ])
-def test_gemm_epilogue_matches_torch(shape, width, dtype):
-    """ffn_gemm.linear_bias_silu (the product, the bias and the SiLU in one kernel) gives torch's
-    ``F.silu(F.linear(x, w, b))`` and its gradients, three ways against float64; a in x's dtype; without
-    gradients the same a, with only a's buffer written."""
+@pytest.mark.parametrize("desc", [False, True])
+def test_gemm_epilogue_matches_torch(shape, width, dtype, desc, monkeypatch):
+    """ffn_gemm.linear_bias_silu (the product, the bias and the SiLU in one kernel; its tiles loaded by pointers
+    or by TMA descriptors) gives torch's ``F.silu(F.linear(x, w, b))`` and its gradients, three ways against
+    float64; a in x's dtype; without gradients the same a, with only a's buffer written."""
+    monkeypatch.setattr(ffn_gemm, "INTERPRET_DESC", desc)
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(shape, generator=gen).to(dtype)
     w = (torch.randn(width, shape[-1], generator=gen) * shape[-1] ** -0.5).to(dtype)
@@ -237,5 +240,6 @@ def test_kernels_compile_for_sm90():
     proc = subprocess.run([sys.executable, "-m", "megastride.kernels.ffn_check", "--compile"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert sum(line.startswith("ok ") for line in proc.stdout.splitlines()) == 6 + 2 * len(ffn_gemm.TILES), proc.stdout
-    assert sum(line.startswith("ok   ffn_gemm ") and "wgmma True" in line for line in proc.stdout.splitlines()) == 10
+    assert sum(line.startswith("ok ") for line in proc.stdout.splitlines()) == 6 + 4 * len(ffn_gemm.TILES), proc.stdout
+    gemm = [line for line in proc.stdout.splitlines() if line.startswith("ok   ffn_gemm ") and "wgmma True" in line]
+    assert len(gemm) == 4 * len(ffn_gemm.TILES) and sum("TMA loads" in line for line in gemm) == 2 * len(ffn_gemm.TILES)
