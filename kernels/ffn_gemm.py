@@ -115,7 +115,7 @@ def _autotuned():
     configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "DESC": desc}, num_warps=w, num_stages=s)
                for m, n, k, w, s in TILES for desc in (False, True)]
     return triton.autotune(configs, key=["N", "K", "SAVE_Z", "ROWS_BUCKET", "TMA_OK"],
-                           prune_configs_by={"early_config_prune": _prune})(_linear_silu_kernel)
+                           prune_configs_by={"early_config_prune": _prune}, cache_results=True)(_linear_silu_kernel)
 
 
 def tma_ok(x2: torch.Tensor, weight: torch.Tensor) -> bool:
