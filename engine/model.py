@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from megastride.kernels import (FusedLayerNorm, Layout, linear_silu, residual_add, sparse_attention,
+from megastride.kernels import (FusedLayerNorm, Layout, feed_forward, linear_silu, residual_add, sparse_attention,
                                 sparse_attention_qkv)
 from megastride.kernels.attention import layout_for
 from megastride.kernels.patterns import AttentionPattern
@@ -98,8 +98,14 @@ class FeedForward(nn.Module):
         # Where the kernels run, fc's bias is added in the SiLU's kernel, whose backward also sums its gradient
         # (kernels.linear_silu): F.linear's backward would read the (T, ffn width) gradient again for it.
         s = GELU_SCALE
-        a = linear_silu(x, self.fc.weight * s, self.fc.bias * s)
+        w1, b1 = self.fc.weight * s, self.fc.bias * s
         weight, bias = self.proj.weight * (1.0 / s), self.proj.bias
+        # with MEGASTRIDE_FFN_GEMM=1 where the kernels run, the first layer is one Triton product each way, its bias
+        # and SiLU in the forward's epilogue and proj's product with dy in the backward's (kernels.ffn_gemm)
+        y = feed_forward(x, w1, b1, weight, bias, unread)
+        if y is not None:
+            return y
+        a = linear_silu(x, w1, b1)
         if not unread:
             return F.linear(a, weight, bias)
         kind = a.device.type

@@ -24,6 +24,40 @@ def _use_triton(x: torch.Tensor) -> bool:
     return kernels_reach(x, choice)
 
 
+def _gemm_dtype(x: torch.Tensor, weights) -> torch.dtype | None:
+    """The dtype the one-kernel layer computes in (F.linear's: the autocast dtype under autocast, else x's, which
+    the weights must share), or None where it does not run: MEGASTRIDE_FFN_GEMM off, the kernels not reaching x, a
+    dtype they do not take."""
+    if not _use_triton(x):
+        return None
+    from . import ffn_gemm  # imported lazily: needs triton
+
+    if not ffn_gemm.enabled():
+        return None
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind):
+        dtype = torch.get_autocast_dtype(kind)
+    elif all(w.dtype == x.dtype for w in weights):
+        dtype = x.dtype
+    else:
+        return None  # F.linear's own error
+    return dtype if dtype in _KERNEL_DTYPES else None
+
+
+def feed_forward(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor | None,
+                 unread: bool = False) -> torch.Tensor | None:
+    """``F.linear(silu(F.linear(x, w1, b1)), w2, b2)`` through ``ffn_gemm.feed_forward`` (the first layer's bias and
+    SiLU in its product's epilogue, their backward in dz's product), where MEGASTRIDE_FFN_GEMM=1 and the kernels
+    run; None elsewhere (the caller runs its own layers). ``unread``: proj's product left uncomputed."""
+    dtype = _gemm_dtype(x, (w1, w2))
+    if dtype is None or b1 is None or b1.dtype not in _KERNEL_DTYPES:
+        return None
+    from . import ffn_gemm
+
+    return ffn_gemm.feed_forward(x.to(dtype), w1.to(dtype), b1, w2.to(dtype), None if b2 is None else b2.to(dtype),
+                                 unread)
+
+
 def linear_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """silu(x weight^T + bias), in the dtype ``F.linear`` gives (under autocast the autocast dtype).
 
@@ -32,14 +66,11 @@ def linear_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ``F.silu(F.linear(x, weight, bias))``."""
     if bias is None or not _use_triton(x):
         return F.silu(F.linear(x, weight, bias))
-    from . import ffn_gemm  # imported lazily: needs triton
+    dtype = _gemm_dtype(x, (weight,))
+    if dtype is not None and bias.dtype in _KERNEL_DTYPES:
+        from . import ffn_gemm
 
-    if ffn_gemm.enabled():
-        kind = x.device.type
-        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
-        if weight.dtype == x.dtype or torch.is_autocast_enabled(kind):  # else F.linear's own error below
-            if dtype in _KERNEL_DTYPES and bias.dtype in _KERNEL_DTYPES:
-                return ffn_gemm.linear_bias_silu(x.to(dtype), weight.to(dtype), bias)
+        return ffn_gemm.linear_bias_silu(x.to(dtype), weight.to(dtype), bias)
     z0 = F.linear(x, weight)
     if z0.dtype not in _KERNEL_DTYPES or bias.dtype not in _KERNEL_DTYPES:
         return F.silu(z0 + bias)

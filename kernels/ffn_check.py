@@ -101,11 +101,19 @@ def check(rows: int = 65536, gemm: bool = False) -> dict:
         report[name] = {"max_err": err.max().item(), "ok": ok}
         report["ok"] &= ok
     with torch.no_grad():
-        report["no_grad_equal"] = torch.equal(fn(x, w, b), got[0])  # a alone, where no backward needs z0
-    report["ok"] &= report["no_grad_equal"]
+        alone = fn(x, w, b)  # a alone, where no backward needs z0
+    report["no_grad_equal"] = torch.equal(alone, got[0])
+    report["ok"] &= _same_to_rounding(alone, got[0])
     report["deterministic"] = all(torch.equal(a, c) for a, c in zip(got, _grads(fn, x, w, b, da)))
     report["ok"] &= report["deterministic"]
     return report
+
+
+def _same_to_rounding(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a and b (bf16) are one computation to its rounding: within 2^-7 of b's scale element by element. The
+    forward without gradients may be tuned to other tiles than the one with them (the autotuner keys on whether it
+    keeps z0), whose fp32 sums can round an element to the next bf16 value."""
+    return bool(((a.float() - b.float()).abs() <= 2.0 ** -7 * (b.float().abs() + b.float().abs().max())).all())
 
 
 def _bench(fn) -> float:
@@ -125,21 +133,80 @@ def time_case(rows: int) -> dict:
     return out
 
 
+def _ffn_inputs(rows: int, d: int = 512, width: int = 2048, seed: int = 1):
+    """The whole FFN's: x, fc's weight and bias, proj's weight and bias (fp32 leaves), dy in bf16."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn((1, rows, d), device="cuda", generator=gen)
+    w1 = torch.randn((width, d), device="cuda", generator=gen) * d ** -0.5
+    b1 = torch.randn(width, device="cuda", generator=gen) * 0.5
+    w2 = torch.randn((d, width), device="cuda", generator=gen) * width ** -0.5
+    b2 = torch.randn(d, device="cuda", generator=gen) * 0.1
+    dy = torch.randn((1, rows, d), device="cuda", generator=gen).to(torch.bfloat16)
+    return x, w1, b1, w2, b2, dy
+
+
+def _ffn_default(x, w1, b1, w2, b2):  # the model's FFN without MEGASTRIDE_FFN_GEMM: cuBLAS, bias_silu, cuBLAS
+    with _gemm(False), torch.autocast("cuda", dtype=torch.bfloat16):
+        return F.linear(linear_silu(x, w1, b1), w2, b2)
+
+
+def _ffn_gemm(x, w1, b1, w2, b2):
+    from .ffn import feed_forward
+
+    with _gemm(True), torch.autocast("cuda", dtype=torch.bfloat16):
+        return feed_forward(x, w1, b1, w2, b2)
+
+
+def _ffn_torch(x, w1, b1, w2, b2):
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        return F.linear(F.silu(F.linear(x, w1, b1)), w2, b2)
+
+
+def _ffn_grads(fn, t, dy):
+    leaves = [u.detach().clone().requires_grad_() for u in t]
+    y = fn(*leaves)
+    return [y.detach(), *torch.autograd.grad(y, leaves, dy.to(y.dtype))]
+
+
+def check_ffn(rows: int = 65536) -> dict:
+    """The whole FFN through ``ffn_gemm.feed_forward`` (bf16 autocast) against torch's layers and float64, three
+    ways, for y and the five gradients; under no_grad the same y; deterministic."""
+    *t, dy = _ffn_inputs(rows)
+    got, low = _ffn_grads(_ffn_gemm, t, dy), _ffn_grads(_ffn_torch, t, dy)
+    exact = _ffn_grads(lambda x, w1, b1, w2, b2: F.linear(F.silu(F.linear(x, w1, b1)), w2, b2),
+                       [u.double() for u in t], dy.double())
+    report = {"name": f"check feed_forward in one product each way (1, {rows}, 512) -> 2048 -> 512 bf16 autocast",
+              "ok": True}
+    for name, g, lo, ex in zip(("y", "dx", "dw1", "db1", "dw2", "db2"), got, low, exact):
+        err = (g.double() - ex).abs()
+        bound = 2 * (lo.double() - ex).abs() + ATOL[torch.bfloat16] * max(1.0, ex.abs().max().item())
+        ok = bool((err <= bound).all()) and g.dtype == lo.dtype
+        report[name] = {"max_err": err.max().item(), "ok": ok}
+        report["ok"] &= ok
+    with torch.no_grad():
+        alone = _ffn_gemm(*t)
+    report["no_grad_equal"] = torch.equal(alone, got[0])
+    report["deterministic"] = all(torch.equal(a, c) for a, c in zip(got, _ffn_grads(_ffn_gemm, t, dy)))
+    report["ok"] &= _same_to_rounding(alone, got[0]) and report["deterministic"]
+    return report
+
+
 def time_gemm(rows: int, rounds: int = 3) -> dict:
-    """ms medians over ``rounds`` alternated rounds: the default layer (cuBLAS + bias_silu), the one-kernel layer and
-    torch's, each forward under no_grad (a recomputed block's first forward), forward with gradients on (its
-    recompute: z0 kept) and forward+backward."""
-    x, w, b, da = _inputs(rows)
-    leaves = [t.detach().requires_grad_() for t in (x, w, b)]
-    out = {"name": f"time ffn first layer (1, {rows}, 512) -> 2048 bf16"}
-    who = {"default": _ours, "gemm": _gemm_ours, "torch": _torch}
+    """ms medians over ``rounds`` alternated rounds of the whole FFN (fc, SiLU, proj; bf16 autocast): the model's
+    default (cuBLAS, bias_silu, cuBLAS), the one-product layer (``ffn_gemm.feed_forward``) and torch's layers, each
+    forward under no_grad (a recomputed block's first forward), forward with gradients on (its recompute: z0
+    kept) and forward+backward."""
+    *t, dy = _ffn_inputs(rows)
+    leaves = [u.detach().requires_grad_() for u in t]
+    out = {"name": f"time ffn (1, {rows}, 512) -> 2048 -> 512 bf16"}
+    who = {"default": _ffn_default, "gemm": _ffn_gemm, "torch": _ffn_torch}
     samples: dict[str, list[float]] = {}
     for _ in range(rounds):
         for name, fn in who.items():
             with torch.no_grad():
                 samples.setdefault(f"{name}_fwd_nograd_ms", []).append(_bench(lambda: fn(*leaves)))
             samples.setdefault(f"{name}_fwd_ms", []).append(_bench(lambda: fn(*leaves)))
-            fwdbwd = _bench(lambda: torch.autograd.grad(fn(*leaves), leaves, da))
+            fwdbwd = _bench(lambda: torch.autograd.grad(fn(*leaves), leaves, dy))
             samples.setdefault(f"{name}_fwdbwd_ms", []).append(fwdbwd)
     for key, values in samples.items():
         out[key] = sorted(values)[len(values) // 2]
@@ -148,38 +215,42 @@ def time_gemm(rows: int, rounds: int = 3) -> dict:
 
 
 def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> list[tuple[str, bool]]:
-    """(line, ok) per tile of ``ffn_gemm.TILES``: the one-kernel layer compiled for ``arch`` at (rows, depth) ->
-    width in bf16, with z0 stored (a recompute) and without, by pointer and by TMA-descriptor loads; ok without
-    spills and with wgmma products."""
+    """(line, ok) per tile: the one-product layer's forward compiled for ``arch`` at (rows, depth) -> width in bf16
+    at each of ``ffn_gemm.TILES``, with z0 stored (a recompute) and without, and its backward's dz kernel (width's
+    gradient from dy of depth) at each of ``ffn_gemm.GRAD_TILES``, each by pointer and by TMA-descriptor loads; ok
+    without spills and with wgmma products."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from .compile_check import launch_attrs, ptxas_usage
 
-    kernel = G._linear_silu_kernel
-    types = {"X": "bf16", "W": "bf16", "B": "fp32", "Z0": "bf16", "A": "bf16"}
-    sig = {p.name: "constexpr" if p.is_constexpr else f"*{types[p.name]}" if p.name.isupper()
-           else "i64" if p.name.startswith("stride") else "i32" for p in kernel.params}
+    types = {"X": "bf16", "W": "bf16", "B": "fp32", "Z0": "bf16", "A": "bf16", "DY": "bf16", "DZ": "bf16",
+             "DB_PART": "fp32"}
+    variants = [(tile, G._linear_silu_kernel, "forward", {"SAVE_Z": save}, save, desc) for tile in G.TILES
+                for save, desc in ((False, False), (True, False), (False, True), (True, True))]
+    variants += [(tile, G._silu_grad_kernel, "backward (dz)", {}, False, desc) for tile in G.GRAD_TILES
+                 for desc in (False, True)]
     out = []
-    for m, n, k, warps, stages in G.TILES:
-        for save, desc in ((False, False), (True, False), (False, True), (True, True)):
-            consts = {"N": width, "K": depth, "SAVE_Z": save, "IEEE": False, "ROWS_BUCKET": 0, "TMA_OK": desc,
-                      "BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP": G.GROUP_M, "DESC": desc}
-            name = (f"ffn_gemm {m}x{n}x{k} w{warps} s{stages}{', TMA loads' if desc else ''}"
-                    f"{', z0 stored' if save else ''}")
-            try:
-                c = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=launch_attrs(kernel)),
-                                   target=GPUTarget("cuda", arch, 32),
-                                   options={"num_warps": warps, "num_stages": stages})
-            except Exception as err:  # report every tile, then fail
-                out.append((f"FAIL {name}: {type(err).__name__}: {str(err).splitlines()[0][:300]}", False))
-                continue
-            u = ptxas_usage(c, arch)
-            wgmma = "wgmma" in c.asm["ptx"]
-            ok = u["spill_stores"] == 0 and u["spill_loads"] == 0 and wgmma
-            out.append((f"{'ok  ' if ok else 'FAIL'} {name}: {u['registers']} registers, spills {u['spill_stores']}/"
-                        f"{u['spill_loads']} B stored/loaded, shared {c.metadata.shared} B, wgmma {wgmma}", ok))
+    for (m, n, k, warps, stages), kernel, what, extra, save, desc in variants:
+        sig = {p.name: "constexpr" if p.is_constexpr else f"*{types[p.name]}" if p.name.isupper()
+               else "i64" if p.name.startswith("stride") else "i32" for p in kernel.params}
+        consts = {"N": width, "K": depth, **extra, "IEEE": False, "ROWS_BUCKET": 0, "TMA_OK": desc,
+                  "BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP": G.GROUP_M, "DESC": desc}
+        name = (f"ffn_gemm {what} {m}x{n}x{k} w{warps} s{stages}{', TMA loads' if desc else ''}"
+                f"{', z0 stored' if save else ''}")
+        try:
+            c = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=launch_attrs(kernel)),
+                               target=GPUTarget("cuda", arch, 32),
+                               options={"num_warps": warps, "num_stages": stages})
+        except Exception as err:  # report every tile, then fail
+            out.append((f"FAIL {name}: {type(err).__name__}: {str(err).splitlines()[0][:300]}", False))
+            continue
+        u = ptxas_usage(c, arch)
+        wgmma = "wgmma" in c.asm["ptx"]
+        ok = u["spill_stores"] == 0 and u["spill_loads"] == 0 and wgmma
+        out.append((f"{'ok  ' if ok else 'FAIL'} {name}: {u['registers']} registers, spills {u['spill_stores']}/"
+                    f"{u['spill_loads']} B stored/loaded, shared {c.metadata.shared} B, wgmma {wgmma}", ok))
     return out
 
 
@@ -221,6 +292,13 @@ def main(argv: list[str] | None = None) -> int:
         failed += not r["ok"]
         parts = [f"{k} max err {r[k]['max_err']:.3g}{'' if r[k]['ok'] else ' FAIL'}"
                  for k in ("a", "dx", "dweight", "dbias")]
+        print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['name']}: {', '.join(parts)}, no_grad equal {r['no_grad_equal']}, "
+              f"deterministic {r['deterministic']}", flush=True)
+    if args.gemm:
+        r = check_ffn()
+        failed += not r["ok"]
+        parts = [f"{k} max err {r[k]['max_err']:.3g}{'' if r[k]['ok'] else ' FAIL'}"
+                 for k in ("y", "dx", "dw1", "db1", "dw2", "db2")]
         print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['name']}: {', '.join(parts)}, no_grad equal {r['no_grad_equal']}, "
               f"deterministic {r['deterministic']}", flush=True)
     for rows in (65536, 1 << 20):

@@ -31,8 +31,11 @@ from .layernorm import as_rows, new_buffer
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): Triton's Hopper matmul tutorial's bf16 tiles and two around them
 TILES = [(128, 256, 64, 8, 3), (128, 128, 64, 4, 4), (128, 256, 64, 8, 4), (256, 128, 64, 8, 3), (128, 128, 64, 8, 4)]
+# the backward's dz kernel holds z0's tile and dz beside the product (its column sums too): the tiles above spill
+# 8-1,436 B there on sm_90; these compile without spills (``ffn_check --compile``)
+GRAD_TILES = [(64, 128, 64, 4, 4), (64, 128, 64, 4, 3), (64, 256, 64, 8, 4), (128, 64, 64, 8, 4)]
 INTERPRET_TILE = (32, 32, 32)  # under the interpreter: small, several tiles each way in the tests' shapes
-INTERPRET_DESC = False  # under the interpreter: pointer loads (tests set True to run the TMA-descriptor path)
+INTERPRET_DESC = False  # under the interpreter: pointer loads (tests set True: TMA descriptors where ``_aligned``)
 GROUP_M = 8  # row tiles a group walks before the next column tile (L2 reuse of W's tiles)
 POISON = False  # tests: fill every output buffer with NaN first, so an element no program writes shows
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -98,6 +101,58 @@ def _linear_silu_kernel(X, W, B, Z0, A, rows, stride_x, stride_w, stride_z, stri
     tl.store(A + row[:, None] * stride_a + col[None, :], (z * tl.sigmoid(z)).to(A.dtype.element_ty), mask=live)
 
 
+@triton.jit(do_not_specialize=["rows"])
+def _silu_grad_kernel(DY, W, Z0, B, DZ, DB_PART, rows, stride_dy, stride_w, stride_z, stride_dz, N: tl.constexpr,
+                      K: tl.constexpr, IEEE: tl.constexpr, ROWS_BUCKET: tl.constexpr, TMA_OK: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
+                      DESC: tl.constexpr = False):
+    # The FFN's backward through proj and the SiLU in one product: da = dY W (dY (rows, K), W proj's (K, N) weight)
+    # stays in registers, dz = da * silu'(z0 + b) is stored, and each tile's fp32 column sums of dz go to its row
+    # of DB_PART (tiles_m, N): the bias's gradient once summed over them (no atomics)
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(rows, BLOCK_M)
+    tiles_n: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
+    per_group = GROUP * tiles_n
+    first_m = (pid // per_group) * GROUP
+    size_m = tl.minimum(tiles_m - first_m, GROUP)
+    tile_m = first_m + (pid % per_group) % size_m
+    tile_n = (pid % per_group) // size_m
+    row = tile_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    col = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    live_row, live_col = row < rows, col < N
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    if DESC:
+        dy_desc = tl.make_tensor_descriptor(DY, shape=[rows, K], strides=[stride_dy, 1], block_shape=[BLOCK_M, BLOCK_K])
+        w_desc = tl.make_tensor_descriptor(W, shape=[K, N], strides=[stride_w, 1], block_shape=[BLOCK_K, BLOCK_N])
+        for k in range(0, K, BLOCK_K):
+            dy = dy_desc.load([tile_m * BLOCK_M, k])
+            w = w_desc.load([k, tile_n * BLOCK_N])
+            if IEEE:
+                acc = tl.dot(dy, w, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(dy, w, acc)
+    else:
+        ks = tl.arange(0, BLOCK_K)
+        dy_ptrs = DY + row[:, None] * stride_dy + ks[None, :]
+        w_ptrs = W + ks[:, None].to(tl.int64) * stride_w + col[None, :]
+        for k in range(0, K, BLOCK_K):
+            dy = tl.load(dy_ptrs, mask=live_row[:, None] & (k + ks < K)[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=(k + ks < K)[:, None] & live_col[None, :], other=0.0)
+            if IEEE:
+                acc = tl.dot(dy, w, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(dy, w, acc)
+            dy_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K * stride_w
+    live = live_row[:, None] & live_col[None, :]
+    z = tl.load(Z0 + row[:, None] * stride_z + col[None, :], mask=live, other=0.0).to(tl.float32)
+    z += tl.load(B + col, mask=live_col, other=0.0).to(tl.float32)[None, :]
+    sg = tl.sigmoid(z)
+    dz = tl.where(live, acc * sg * (1.0 + z * (1.0 - sg)), 0.0)  # silu'(z) = sigmoid(z) (1 + z (1 - sigmoid(z)))
+    tl.store(DZ + row[:, None] * stride_dz + col[None, :], dz.to(DZ.dtype.element_ty), mask=live)
+    tl.store(DB_PART + tile_m.to(tl.int64) * N + col, tl.sum(dz, 0), mask=live_col)
+
+
 def _bucket(rows: int) -> int:
     """Rows in factors of 4 from 8,192 (as the attention kernels' lengths): one tuning per bucket."""
     bucket, top = 0, 8192
@@ -111,19 +166,27 @@ def _prune(configs, named_args, **kwargs):
     return [c for c in configs if kwargs["TMA_OK"] or not c.kwargs["DESC"]]
 
 
-def _autotuned():
+def _autotuned(kernel=None):
     configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "DESC": desc}, num_warps=w, num_stages=s)
-               for m, n, k, w, s in TILES for desc in (False, True)]
-    return triton.autotune(configs, key=["N", "K", "SAVE_Z", "ROWS_BUCKET", "TMA_OK"],
-                           prune_configs_by={"early_config_prune": _prune}, cache_results=True)(_linear_silu_kernel)
+               for m, n, k, w, s in (TILES if kernel is None else GRAD_TILES) for desc in (False, True)]
+    if kernel is None:
+        return triton.autotune(configs, key=["N", "K", "SAVE_Z", "ROWS_BUCKET", "TMA_OK"],
+                               prune_configs_by={"early_config_prune": _prune}, cache_results=True)(_linear_silu_kernel)
+    # the backward's: its column sums go to a zeroed buffer, which the tuner's repeated launches only overwrite
+    return triton.autotune(configs, key=["N", "K", "ROWS_BUCKET", "TMA_OK"],
+                           prune_configs_by={"early_config_prune": _prune}, cache_results=True)(kernel)
+
+
+def _aligned(*tensors: torch.Tensor) -> bool:
+    """Whether the (rows, columns) tensors can be TMA boxes' sources: 16-byte aligned, 16-byte row strides."""
+    return all(t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in tensors)
 
 
 def tma_ok(x2: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether x's and the weight's tiles can be TMA boxes: a Hopper or later GPU, compiled (not interpreted), both
-    16-byte aligned with 16-byte row strides."""
+    ``_aligned``."""
     return (x2.is_cuda and not _INTERPRET and torch.version.hip is None
-            and torch.cuda.get_device_capability(x2.device)[0] >= 9
-            and all(t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in (x2, weight)))
+            and torch.cuda.get_device_capability(x2.device)[0] >= 9 and _aligned(x2, weight))
 
 
 _tuned = None
@@ -140,7 +203,8 @@ def _launch(x2, weight, bias, z0, a, save: bool) -> None:
         bm, bn, bk = INTERPRET_TILE
         grid = (triton.cdiv(rows, bm) * triton.cdiv(width, bn),)
         _linear_silu_kernel[grid](*args, N=width, K=depth, SAVE_Z=save, IEEE=ieee, ROWS_BUCKET=0, TMA_OK=False,
-                                  BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP=GROUP_M, DESC=INTERPRET_DESC)
+                                  BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP=GROUP_M,
+                                  DESC=INTERPRET_DESC and _aligned(x2, weight))
         return
     if _tuned is None:
         _tuned = _autotuned()
@@ -151,6 +215,39 @@ def _launch(x2, weight, bias, z0, a, save: bool) -> None:
         _ensure_allocator()
     grid = lambda m: (triton.cdiv(rows, m["BLOCK_M"]) * triton.cdiv(width, m["BLOCK_N"]),)  # noqa: E731
     _tuned[grid](*args, N=width, K=depth, SAVE_Z=save, IEEE=ieee, ROWS_BUCKET=_bucket(rows), TMA_OK=tma, GROUP=GROUP_M)
+
+
+_tuned_grad = None
+
+
+def _silu_grad(dy2: torch.Tensor, w2: torch.Tensor, z0: torch.Tensor, bias: torch.Tensor):
+    """(dz in z0's dtype, the bias's gradient in its dtype) of a = silu(z0 + bias) and y = a w2^T + ...: dz =
+    (dy2 w2) * silu'(z0 + bias), the product never stored (``_silu_grad_kernel``)."""
+    global _tuned_grad
+    rows, depth = dy2.shape
+    width = w2.shape[1]
+    z2 = as_rows(z0, width)
+    dz = new_buffer(z0.shape, z0.dtype, z0.device, POISON)
+    smallest_m = INTERPRET_TILE[0] if _INTERPRET else min(t[0] for t in GRAD_TILES)
+    part = torch.zeros((triton.cdiv(rows, smallest_m), width), dtype=torch.float32, device=z0.device)
+    args = (dy2, w2, z2, bias, dz.view(-1, width), part, rows, dy2.stride(0), w2.stride(0), z2.stride(0), width)
+    ieee = dy2.dtype == torch.float32
+    if _INTERPRET:
+        bm, bn, bk = INTERPRET_TILE
+        grid = (triton.cdiv(rows, bm) * triton.cdiv(width, bn),)
+        _silu_grad_kernel[grid](*args, N=width, K=depth, IEEE=ieee, ROWS_BUCKET=0, TMA_OK=False, BLOCK_M=bm,
+                                BLOCK_N=bn, BLOCK_K=bk, GROUP=GROUP_M, DESC=INTERPRET_DESC and _aligned(dy2, w2))
+    elif rows:
+        if _tuned_grad is None:
+            _tuned_grad = _autotuned(_silu_grad_kernel)
+        tma = tma_ok(dy2, w2)
+        if tma:
+            from .blocksparse import _ensure_allocator
+
+            _ensure_allocator()
+        grid = lambda m: (triton.cdiv(rows, m["BLOCK_M"]) * triton.cdiv(width, m["BLOCK_N"]),)  # noqa: E731
+        _tuned_grad[grid](*args, N=width, K=depth, IEEE=ieee, ROWS_BUCKET=_bucket(rows), TMA_OK=tma, GROUP=GROUP_M)
+    return dz, part.sum(0).to(bias.dtype)
 
 
 def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, save: bool):
@@ -208,8 +305,55 @@ def linear_bias_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
     return _forward(x, weight, bias, save=False)[0]
 
 
+class _FeedForward(torch.autograd.Function):
+    """y = silu(x w1^T + b1) w2^T + b2 (proj's product left uncomputed with ``unread``, as the model's
+    recompute asks), the first layer in one kernel each way: forward ``_linear_silu_kernel`` (z0 and a kept), and
+    backward ``_silu_grad_kernel`` (dz from dy and w2, da never stored) beside cuBLAS's products for the weights."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, unread: bool):
+        a, z0 = _forward(x, w1, b1, save=True)
+        y = a.new_empty(*a.shape[:-1], w2.shape[0]) if unread else torch.nn.functional.linear(a, w2, b2)
+        ctx.save_for_backward(x, w1, z0, b1, a, w2)
+        ctx.has_b2 = b2 is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w1, z0, b1, a, w2 = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dy2 = as_rows(dy.to(w2.dtype), dy.shape[-1])
+        db2 = dy2.sum(0, dtype=torch.float32).to(w2.dtype) if ctx.has_b2 and need[4] else None
+        dw2 = dy2.t() @ a.reshape(-1, a.shape[-1]) if need[3] else None
+        dz, db1 = _silu_grad(dy2, w2 if w2.stride(-1) == 1 else w2.contiguous(), z0, b1)
+        dz2 = dz.view(-1, dz.shape[-1])
+        dw1 = dz2.t() @ x.reshape(-1, x.shape[-1]) if need[1] else None
+        dx = (dz2 @ w1).view(x.shape) if need[0] else None
+        return dx, dw1, db1 if need[2] else None, dw2, db2, None
+
+
+def feed_forward(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor | None,
+                 unread: bool = False) -> torch.Tensor:
+    """silu(x w1^T + b1) w2^T + b2, x, w1 and w2 (and b2) in one dtype (cast them to the autocast dtype first), b1
+    any float dtype; the first layer in one Triton kernel each way (its bias and SiLU in the product's epilogue,
+    its backward's product with proj's weight in dz's kernel). ``unread``: proj's product is not computed (its
+    output allocated; the backward as usual). Without gradients only a and y are written."""
+    check(x, w1, b1)
+    bad_b2 = b2 is not None and (b2.shape != (w2.shape[0],) or b2.dtype != x.dtype)
+    if w2.dtype != x.dtype or w2.dim() != 2 or w2.shape[1] != w1.shape[0] or bad_b2:
+        raise ValueError(f"ffn_gemm: proj's weight must be (D, {w1.shape[0]}) in {x.dtype} and its bias (D,); got "
+                         f"{tuple(w2.shape)} {w2.dtype}, bias {None if b2 is None else tuple(b2.shape)}")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w1, b1, w2, b2)):
+        return _FeedForward.apply(x, w1, b1, w2, b2, unread)
+    a = _forward(x, w1, b1, save=False)[0]
+    return torch.nn.functional.linear(a, w2, b2)
+
+
 def chosen() -> dict[str, str]:
-    """The autotuner's choices so far: its key (width, depth, z0 stored, rows bucket, ...) -> the config."""
-    if _tuned is None:
-        return {}
-    return {str(key): str(config) for key, config in getattr(_tuned, "cache", {}).items()}
+    """The autotuners' choices so far: the kernel and its key (width, depth, z0 stored, rows bucket, ...) -> the
+    config."""
+    out = {}
+    for name, tuner in (("forward", _tuned), ("backward", _tuned_grad)):
+        if tuner is not None:
+            out.update({f"{name} {key}": str(config) for key, config in getattr(tuner, "cache", {}).items()})
+    return out

@@ -191,6 +191,68 @@ def test_gemm_dispatch_and_errors(monkeypatch):
         real(x, w.half(), b)
 
 
+@pytest.mark.parametrize("desc", [False, True])
+@pytest.mark.parametrize("shape, width, dtype", [((2, 37, 48), 80, torch.float32), ((1, 45, 64), 100, torch.float16)])
+def test_feed_forward_in_one_product_each_way_matches_torch(shape, width, dtype, desc, monkeypatch):
+    """ffn_gemm.feed_forward (the first layer's bias and SiLU in its product's epilogue, dz from dy and proj's
+    weight in one product, da never stored) gives torch's ``F.linear(F.silu(F.linear(x, w1, b1)), w2, b2)`` and
+    the gradients of all five, three ways against float64; ``unread`` leaves y uncomputed and the gradients the
+    same bits; without gradients the same y."""
+    monkeypatch.setattr(ffn_gemm, "INTERPRET_DESC", desc)
+    gen = torch.Generator().manual_seed(7)
+    d = shape[-1]
+    x = torch.randn(shape, generator=gen).to(dtype)
+    w1 = (torch.randn(width, d, generator=gen) * d ** -0.5).to(dtype)
+    b1 = torch.randn(width, generator=gen)
+    w2 = (torch.randn(d, width, generator=gen) * width ** -0.5).to(dtype)
+    b2 = (torch.randn(d, generator=gen) * 0.1).to(dtype)
+    dy = torch.randn(shape, generator=gen).to(dtype)
+
+    def grads(fn, *t):
+        leaves = [u.detach().clone().requires_grad_() for u in t]
+        y = fn(*leaves)
+        return [y.detach(), *torch.autograd.grad(y, leaves, dy.to(y.dtype))]
+
+    got = grads(ffn_gemm.feed_forward, x, w1, b1, w2, b2)
+    low = grads(lambda x_, w1_, b1_, w2_, b2_: F.linear(F.silu(F.linear(x_, w1_, b1_.to(dtype))), w2_, b2_),
+                x, w1, b1, w2, b2)
+    exact = grads(lambda *t: F.linear(F.silu(F.linear(*t[:3])), *t[3:]), *(u.double() for u in (x, w1, b1, w2, b2)))
+    assert [t.dtype for t in got] == [dtype, dtype, dtype, torch.float32, dtype, dtype]
+    for name, g, lo, ex in zip(("y", "dx", "dw1", "db1", "dw2", "db2"), got, low, exact):
+        assert torch.isfinite(g).all(), f"{name} has non-finite (unwritten?) elements"
+        err = (g.double() - ex).abs()
+        bound = 2 * (lo.double() - ex).abs() + ATOL[dtype] * max(1.0, ex.abs().max().item())
+        worst = (err - bound).argmax()
+        assert (err <= bound).all(), f"{name}: off by {err.flatten()[worst]:.3g} (allowed {bound.flatten()[worst]:.3g})"
+    unread = grads(lambda *t: ffn_gemm.feed_forward(*t, unread=True), x, w1, b1, w2, b2)
+    assert all(torch.equal(a, c) for a, c in zip(unread[1:], got[1:]))  # y's value unread: the gradients' bits
+    with torch.no_grad():
+        assert torch.equal(ffn_gemm.feed_forward(x, w1, b1, w2, b2), got[0])
+
+
+def test_the_models_ffn_takes_the_one_product_layer(monkeypatch):
+    """With MEGASTRIDE_FFN_GEMM=1 the model's FeedForward runs ffn_gemm.feed_forward (under autocast with x and the
+    weights cast, fc's bias not), also as the recompute's unread FFN, whose gradients are the read one's bits."""
+    calls = []
+    real = ffn_gemm.feed_forward
+    monkeypatch.setattr(ffn_gemm, "feed_forward", lambda *a: calls.append([t.dtype for t in a[:5]]) or real(*a))
+    monkeypatch.setenv("MEGASTRIDE_FFN_GEMM", "1")
+    module = _tiny_model().blocks[0].ffn
+    x = torch.randn(2, 24, 32, generator=torch.Generator().manual_seed(8))
+    dy = torch.randn(2, 24, 32, generator=torch.Generator().manual_seed(9))
+    grads = {}
+    for unread in (False, True):
+        leaves = [x.clone().requires_grad_(), *module.parameters()]
+        with torch.autocast("cpu", dtype=torch.float16):
+            y = module(leaves[0], unread=unread)
+        grads[unread] = torch.autograd.grad(y, leaves, dy.to(y.dtype))
+    assert calls == [[torch.float16, torch.float16, torch.float32, torch.float16, torch.float16]] * 2
+    assert all(torch.equal(a, c) for a, c in zip(grads[False], grads[True]))
+    monkeypatch.setenv("MEGASTRIDE_FFN", "torch")
+    module(x)
+    assert len(calls) == 2
+
+
 def _tiny_model():
     tree = {"model": {"seq_len": 64, "d_model": 32, "n_layers": 2, "n_heads": 2, "ffn_chunk": 0,
                       "attention": {"block": 16, "layers": ["fixed(32,8)", "strided(16)"]}}}
@@ -212,8 +274,8 @@ def test_model_with_the_kernels_matches_torch(autocast, gemm, monkeypatch):
     calls = []
     if gemm:
         monkeypatch.setenv("MEGASTRIDE_FFN_GEMM", "1")
-        real = ffn_gemm.linear_bias_silu
-        monkeypatch.setattr(ffn_gemm, "linear_bias_silu", lambda *a: calls.append(1) or real(*a))
+        real = ffn_gemm.feed_forward
+        monkeypatch.setattr(ffn_gemm, "feed_forward", lambda *a: calls.append(1) or real(*a))
     else:
         real = bias_silu.triton_bias_silu
         monkeypatch.setattr(bias_silu, "triton_bias_silu", lambda *a: calls.append(1) or real(*a))
@@ -234,12 +296,14 @@ def test_model_with_the_kernels_matches_torch(autocast, gemm, monkeypatch):
 
 def test_kernels_compile_for_sm90():
     """Both kernels compile for Hopper at width 2048 without register spills, their tiles' accesses 16-byte
-    vectors, and the one-kernel layer at each of its tiles, with z0 stored and without, without spills and with
-    its products as wgmma (no GPU needed)."""
+    vectors, and the one-product layer's forward (z0 stored and not) and backward dz kernels at each of their
+    tiles, by pointer and TMA loads, without spills and with their products as wgmma (no GPU needed)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "megastride.kernels.ffn_check", "--compile"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert sum(line.startswith("ok ") for line in proc.stdout.splitlines()) == 6 + 4 * len(ffn_gemm.TILES), proc.stdout
+    gemm_lines = 4 * len(ffn_gemm.TILES) + 2 * len(ffn_gemm.GRAD_TILES)
+    assert sum(line.startswith("ok ") for line in proc.stdout.splitlines()) == 6 + gemm_lines, proc.stdout
     gemm = [line for line in proc.stdout.splitlines() if line.startswith("ok   ffn_gemm ") and "wgmma True" in line]
-    assert len(gemm) == 4 * len(ffn_gemm.TILES) and sum("TMA loads" in line for line in gemm) == 2 * len(ffn_gemm.TILES)
+    assert len(gemm) == gemm_lines and sum("TMA loads" in line for line in gemm) == gemm_lines // 2
+    assert sum(" backward (dz) " in line for line in gemm) == 2 * len(ffn_gemm.GRAD_TILES)

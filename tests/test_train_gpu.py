@@ -293,3 +293,46 @@ def test_ffn_bias_in_the_silu_kernel_is_as_exact_as_torchs_on_the_gpu(monkeypatc
         err, err_torch = (got[name] - exact[name]).norm().item(), (low[name] - exact[name]).norm().item()
         assert err <= 2 * err_torch + floor, f"{name}: {err:.3g} from fp32, torch's path {err_torch:.3g}"
     assert all(exact[f"blocks.{i}.ffn.fc.bias"].norm().item() > 20 * floor for i in range(2))  # compared, not floored
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_ffn_in_one_product_each_way_is_as_exact_as_torchs_on_the_gpu(recompute, monkeypatch):
+    """On CUDA under bf16 autocast, the FFNs through ``kernels.ffn_gemm`` (MEGASTRIDE_FFN_GEMM=1: fc's product with
+    its bias and SiLU in the epilogue, the backward's product with proj's weight in dz's kernel; with every block
+    recomputed also the first forward without gradients and the recompute's unread proj) train as exactly as
+    torch's path: the loss and every parameter's gradient at most twice as far from the same model in fp32 as
+    torch's path's, plus a ten-thousandth of the largest gradient's norm."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from megastride.kernels import ffn_gemm
+
+    calls = []
+    real = ffn_gemm.feed_forward
+    monkeypatch.setattr(ffn_gemm, "feed_forward", lambda *a: calls.append(1) or real(*a))
+
+    def biased(model):  # fc's biases away from their zero init, so a lost bias gradient shows
+        with torch.no_grad():
+            for block in model.blocks:
+                block.ffn.fc.bias.normal_(0.0, 0.5)
+                block.ffn.proj.bias.normal_(0.0, 0.1)
+
+    def grads(choice, gemm, autocast=True):
+        monkeypatch.setenv("MEGASTRIDE_FFN", choice)
+        monkeypatch.setenv("MEGASTRIDE_FFN_GEMM", gemm)
+        loss, model = _bf16_step({**SIX_LAYERS, "seq_len": 16384, "n_layers": 2},
+                                 {"checkpoint_activations": recompute}, biased, autocast)
+        return loss, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    loss, got = grads("", "1")
+    assert len(calls) == (4 if recompute else 2)  # each block's FFN, and again in its recompute
+    low_loss, low = grads("torch", "0")
+    exact_loss, exact = grads("torch", "0", autocast=False)
+    assert len(calls) == (4 if recompute else 2)
+    assert abs(loss - exact_loss) <= 2 * abs(low_loss - exact_loss) + 1e-4 * abs(exact_loss)
+    floor = 1e-4 * max(g.norm().item() for g in exact.values())
+    for name in exact:
+        err, err_torch = (got[name] - exact[name]).norm().item(), (low[name] - exact[name]).norm().item()
+        assert err <= 2 * err_torch + floor, f"{name}: {err:.3g} from fp32, torch's path {err_torch:.3g}"
+    assert all(exact[f"blocks.{i}.ffn.fc.bias"].norm().item() > 20 * floor for i in range(2))  # compared, not floored

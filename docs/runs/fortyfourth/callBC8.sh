@@ -1,9 +1,10 @@
 #!/bin/bash
-# A device call planned in session BC (2026-12-05; about 520 s): the FFN's first layer as one Triton product with
-# the bias and SiLU in its epilogue (kernels/ffn_gemm.py, MEGASTRIDE_FFN_GEMM=1, off by default), first on a GPU:
-# ffn_check --gemm (bf16 against torch and float64 three ways, then forward without gradients, with, and
-# forward+backward beside cuBLAS + bias_silu and torch, alternated, at 65,536 and 1,048,576 rows); then the fixed
-# 1M step under 60 GB without, with, without it (ABA on one card).
+# A device call planned in session BC (2026-12-05; about 560 s): the FFN with its first layer as one Triton
+# product each way (kernels/ffn_gemm.py, MEGASTRIDE_FFN_GEMM=1, off by default), first on a GPU: ffn_check --gemm
+# (the layer and the whole FFN in bf16 against torch and float64 three ways, then the model's FFN timed forward
+# without gradients, with, and forward+backward beside the default and torch's, alternated, at 65,536 and
+# 1,048,576 rows); then, if its checks passed, the fixed 1M step under 60 GB without, with, without it (ABA on one
+# card). The GPU test (pytest -m gpu tests/test_train_gpu.py -k one_product, about 2 minutes) in a call of its own.
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv
 date -u > $OUT/times.txt
 timeout 200 python3 -m megastride.kernels.ffn_check --gemm > $OUT/ffn_gemm.log 2>&1
@@ -17,7 +18,7 @@ step() {
   echo "$1 rc $?" >> $OUT/$1.log; grep -E "s/step|rc " $OUT/$1.log | grep -v "^|" | cut -c1-300
   cp $OUT/$1/*.csv $OUT/$1.csv 2>/dev/null; rm -rf $OUT/$1
 }
-if grep -q "^ok   check one-kernel" $OUT/ffn_gemm.log; then
+if grep -q "^ok   check feed_forward" $OUT/ffn_gemm.log && grep -q "^ok   check one-kernel" $OUT/ffn_gemm.log; then
   MEGASTRIDE_FFN_GEMM=0 step off1; MEGASTRIDE_FFN_GEMM=1 step gemm; MEGASTRIDE_FFN_GEMM=0 step off2
 fi
 date -u >> $OUT/times.txt
