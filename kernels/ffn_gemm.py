@@ -1,22 +1,25 @@
-"""The FFN's first layer, ``silu(x W^T + b)``, as one Triton matrix product whose epilogue adds the bias and applies
-the SiLU (``MEGASTRIDE_FFN_GEMM=1``; off by default until timed against cuBLAS on a GPU).
+"""The FFN's first layer as one Triton matrix product each way, its bias and SiLU in the products' epilogues
+(``MEGASTRIDE_FFN_GEMM=1``; off by default until timed against cuBLAS on a GPU).
 
-By default (``ffn.linear_silu``) cuBLAS writes the product z0 = x W^T (T x ffn width, 16-bit) and a second kernel
-(``bias_silu``) reads it back to write a = silu(z0 + b). At 1M tokens and width 2048 that is 4 GB written and
-8 GB more moved per call, about 2.1 ms of the H200's bandwidth, sixty times a step (each block's forward and its
-recompute): 126 ms of the 1M step's 8.05 s (docs/scaling.md, "Where the 8 s step goes now"). Here the product's
-tiles stay in registers for the epilogue:
+By default (``ffn.linear_silu``) cuBLAS writes the product z0 = x W1^T (T x ffn width, 16-bit) and a second kernel
+(``bias_silu``) reads it back to write a = silu(z0 + b1); in the backward proj's product writes da = dY W2 and
+``bias_silu``'s backward reads it back with z0 to write dz. At 1M tokens and width 2048 each of those round trips
+moves 8-13 GB: the two SiLU kernels took 229 ms of the 1M step's 8.05 s (docs/scaling.md, "Where the 8 s step goes
+now"). Here:
 
-* a = silu(float(z0) + b) is stored in x's dtype (the autocast dtype), z0 rounded to that dtype first, so a is
-  the function the default path computes, to the product's own rounding;
-* z0 is stored too only where a backward will need it (``save``: gradients on), as ``bias_silu``'s backward reads
-  it: under ``torch.no_grad`` (a recomputed block's first forward) the layer writes a alone;
-* the backward is the default path's: ``bias_silu``'s kernel for dz and the bias's gradient, then cuBLAS for
-  dx = dz W and dW = dz^T x.
+* forward (``_linear_silu_kernel``): fc's product, whose tiles stay in registers for the epilogue: a =
+  silu(float(z0) + b1) stored in x's dtype (the autocast dtype), z0 rounded to that dtype first, so a is the
+  function the default path computes, to the product's own rounding; z0 stored too only where a backward will
+  read it (gradients on): under ``torch.no_grad`` (a recomputed block's first forward) the layer writes a alone;
+* backward (``_silu_grad_kernel``): dz = (dY W2) * silu'(z0 + b1), the product with proj's weight in registers,
+  its epilogue also summing each row tile's dz columns in fp32 (b1's gradient once those partials are summed: no
+  atomics); da is never stored. The weights' products (dW1, dW2) and dx stay cuBLAS's.
 
-Tiles: autotuned per (width, depth, bucketed rows) over the configs of ``TILES``, each with pointer loads and,
-where TMA can take the operands (``tma_ok``), with TMA-descriptor loads; under the interpreter (CPU tests) one
-small fixed tile. Row offsets are int64 (T x width passes 2**31 elements at 1M tokens).
+``feed_forward`` is the model's FFN as one autograd node (proj's forward product by cuBLAS, or left uncomputed
+for the recompute that never reads it); ``linear_bias_silu`` is the first layer alone (its backward the default
+path's). Tiles: autotuned per (width, depth, bucketed rows) over ``TILES`` (forward) and ``GRAD_TILES`` (dz), each
+with pointer loads and, where TMA can take the operands (``tma_ok``), TMA-descriptor loads; under the interpreter
+(CPU tests) one small fixed tile. Row offsets are int64 (T x width passes 2**31 elements at 1M tokens).
 """
 
 from __future__ import annotations
