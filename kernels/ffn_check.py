@@ -61,6 +61,19 @@ def _grads(fn, x, w, b, da):
     return [a.detach(), *torch.autograd.grad(a, leaves, da.to(a.dtype))]
 
 
+def _three_way(report: dict, names, got, low, exact) -> None:
+    """Each of ``got`` within 2 |torch's - fp64| + atol x max(1, max |fp64|) of float64's, in torch's dtype, into
+    ``report`` (its "ok" and one entry a name). The atol is the dtype the layer computes in (bf16 autocast), not
+    the gradient's (fp32 for fp32 leaves): on the H200 (2026-12-05) fp32's atol failed dweight and dbias where
+    ours was the closer of the two."""
+    for name, g, lo, ex in zip(names, got, low, exact):
+        err = (g.double() - ex).abs()
+        bound = 2 * (lo.double() - ex).abs() + ATOL[torch.bfloat16] * max(1.0, ex.abs().max().item())
+        ok = bool((err <= bound).all()) and g.dtype == lo.dtype
+        report[name] = {"max_err": err.max().item(), "ok": ok}
+        report["ok"] &= ok
+
+
 class _gemm:
     """Inside: MEGASTRIDE_FFN_GEMM=1 (``on``), else 0."""
 
@@ -92,14 +105,7 @@ def check(rows: int = 65536, gemm: bool = False) -> dict:
     exact = _grads(lambda *t: F.silu(F.linear(*t)), x.double(), w.double(), b.double(), da.double())
     which = "one-kernel layer (ffn_gemm)" if gemm else "linear_silu"
     report = {"name": f"check {which} (1, {rows}, 512) -> 2048 bf16 autocast", "ok": True}
-    for name, g, lo, ex in zip(("a", "dx", "dweight", "dbias"), got, low, exact):
-        err = (g.double() - ex).abs()
-        # atol of the dtype the layer computes in (bf16 autocast), not of the gradient's (fp32 for fp32 leaves):
-        # on the H200 (2026-12-05) fp32's atol failed dweight and dbias where ours was the closer of the two
-        bound = 2 * (lo.double() - ex).abs() + ATOL[torch.bfloat16] * max(1.0, ex.abs().max().item())
-        ok = bool((err <= bound).all()) and g.dtype == lo.dtype
-        report[name] = {"max_err": err.max().item(), "ok": ok}
-        report["ok"] &= ok
+    _three_way(report, ("a", "dx", "dweight", "dbias"), got, low, exact)
     with torch.no_grad():
         alone = fn(x, w, b)  # a alone, where no backward needs z0
     report["no_grad_equal"] = torch.equal(alone, got[0])
@@ -177,12 +183,7 @@ def check_ffn(rows: int = 65536) -> dict:
                        [u.double() for u in t], dy.double())
     report = {"name": f"check feed_forward in one product each way (1, {rows}, 512) -> 2048 -> 512 bf16 autocast",
               "ok": True}
-    for name, g, lo, ex in zip(("y", "dx", "dw1", "db1", "dw2", "db2"), got, low, exact):
-        err = (g.double() - ex).abs()
-        bound = 2 * (lo.double() - ex).abs() + ATOL[torch.bfloat16] * max(1.0, ex.abs().max().item())
-        ok = bool((err <= bound).all()) and g.dtype == lo.dtype
-        report[name] = {"max_err": err.max().item(), "ok": ok}
-        report["ok"] &= ok
+    _three_way(report, ("y", "dx", "dw1", "db1", "dw2", "db2"), got, low, exact)
     with torch.no_grad():
         alone = _ffn_gemm(*t)
     report["no_grad_equal"] = torch.equal(alone, got[0])

@@ -53,14 +53,10 @@ def enabled() -> bool:
     return value == "1"
 
 
-@triton.jit(do_not_specialize=["rows"])
-def _linear_silu_kernel(X, W, B, Z0, A, rows, stride_x, stride_w, stride_z, stride_a, N: tl.constexpr,
-                        K: tl.constexpr, SAVE_Z: tl.constexpr, IEEE: tl.constexpr, ROWS_BUCKET: tl.constexpr,
-                        TMA_OK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        GROUP: tl.constexpr, DESC: tl.constexpr = False):
-    # ROWS_BUCKET and TMA_OK: the autotuner's key and pruning only (``_bucket``, ``_prune``). DESC: x's and W's tiles
-    # loaded by TMA descriptors (rows past the end come back as zeros), else by pointer loads under masks
-    # program -> (row tile, column tile), GROUP row tiles a column tile before the next (grouped order)
+@triton.jit
+def _tile(rows, N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
+    """This program's (row tile, column tile), GROUP row tiles a column tile before the next (grouped order: the
+    weight's tiles reused from L2), and the tile's row (int64) and column offsets."""
     pid = tl.program_id(0)
     tiles_m = tl.cdiv(rows, BLOCK_M)
     tiles_n: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
@@ -69,34 +65,68 @@ def _linear_silu_kernel(X, W, B, Z0, A, rows, stride_x, stride_w, stride_z, stri
     size_m = tl.minimum(tiles_m - first_m, GROUP)
     tile_m = first_m + (pid % per_group) % size_m
     tile_n = (pid % per_group) // size_m
-    row = tile_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    col = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    live_row, live_col = row < rows, col < N
+    return (tile_m, tile_n, tile_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M),
+            tile_n * BLOCK_N + tl.arange(0, BLOCK_N))
+
+
+@triton.jit
+def _product(X, W, rows, stride_x, stride_w, tile_m, tile_n, row, col, N: tl.constexpr, K: tl.constexpr,
+             W_KN: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             BLOCK_K: tl.constexpr, DESC: tl.constexpr):
+    """The fp32 (BLOCK_M, BLOCK_N) tile of X W^T (W (N, K) rows: fc's weight) or, with W_KN, of X W (W (K, N):
+    proj's weight), X (rows, K). DESC: the operands' tiles loaded by TMA descriptors (rows past the end come back
+    as zeros), else by pointer loads under masks."""
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     if DESC:
         x_desc = tl.make_tensor_descriptor(X, shape=[rows, K], strides=[stride_x, 1], block_shape=[BLOCK_M, BLOCK_K])
-        w_desc = tl.make_tensor_descriptor(W, shape=[N, K], strides=[stride_w, 1], block_shape=[BLOCK_N, BLOCK_K])
+        if W_KN:
+            w_desc = tl.make_tensor_descriptor(W, shape=[K, N], strides=[stride_w, 1], block_shape=[BLOCK_K, BLOCK_N])
+        else:
+            w_desc = tl.make_tensor_descriptor(W, shape=[N, K], strides=[stride_w, 1], block_shape=[BLOCK_N, BLOCK_K])
         for k in range(0, K, BLOCK_K):
             x = x_desc.load([tile_m * BLOCK_M, k])
-            w = w_desc.load([tile_n * BLOCK_N, k])
-            if IEEE:
-                acc = tl.dot(x, w.T, acc, input_precision="ieee")
+            if W_KN:
+                w = w_desc.load([k, tile_n * BLOCK_N])
             else:
-                acc = tl.dot(x, w.T, acc)
+                w = w_desc.load([tile_n * BLOCK_N, k]).T
+            if IEEE:
+                acc = tl.dot(x, w, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(x, w, acc)
     else:
         ks = tl.arange(0, BLOCK_K)
+        live_row, live_col = row < rows, col < N
         x_ptrs = X + row[:, None] * stride_x + ks[None, :]
-        w_ptrs = W + col[None, :].to(tl.int64) * stride_w + ks[:, None]  # (BLOCK_K, BLOCK_N): a tile of W^T
+        if W_KN:
+            w_ptrs = W + ks[:, None].to(tl.int64) * stride_w + col[None, :]
+            w_step = BLOCK_K * stride_w
+        else:
+            w_ptrs = W + col[None, :].to(tl.int64) * stride_w + ks[:, None]  # (BLOCK_K, BLOCK_N): a tile of W^T
+            w_step = BLOCK_K
         for k in range(0, K, BLOCK_K):
             x = tl.load(x_ptrs, mask=live_row[:, None] & (k + ks < K)[None, :], other=0.0)
-            w = tl.load(w_ptrs, mask=live_col[None, :] & (k + ks < K)[:, None], other=0.0)
+            w = tl.load(w_ptrs, mask=(k + ks < K)[:, None] & live_col[None, :], other=0.0)
             if IEEE:
                 acc = tl.dot(x, w, acc, input_precision="ieee")
             else:
                 acc = tl.dot(x, w, acc)
             x_ptrs += BLOCK_K
-            w_ptrs += BLOCK_K
-    live = live_row[:, None] & live_col[None, :]
+            w_ptrs += w_step
+    return acc
+
+
+@triton.jit(do_not_specialize=["rows"])
+def _linear_silu_kernel(X, W, B, Z0, A, rows, stride_x, stride_w, stride_z, stride_a, N: tl.constexpr,
+                        K: tl.constexpr, SAVE_Z: tl.constexpr, IEEE: tl.constexpr, ROWS_BUCKET: tl.constexpr,
+                        TMA_OK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        GROUP: tl.constexpr, DESC: tl.constexpr = False):
+    # a = silu(X W^T + B) for a (BLOCK_M, BLOCK_N) tile (and z0 = X W^T where SAVE_Z). ROWS_BUCKET and TMA_OK: the
+    # autotuner's key and pruning only (``_bucket``, ``_prune``)
+    tile_m, tile_n, row, col = _tile(rows, N, BLOCK_M, BLOCK_N, GROUP)
+    acc = _product(X, W, rows, stride_x, stride_w, tile_m, tile_n, row, col, N, K, False, IEEE, BLOCK_M, BLOCK_N,
+                   BLOCK_K, DESC)
+    live_col = col < N
+    live = (row < rows)[:, None] & live_col[None, :]
     z0 = acc.to(A.dtype.element_ty)  # the product as F.linear returns it, in x's dtype
     if SAVE_Z:
         tl.store(Z0 + row[:, None] * stride_z + col[None, :], z0, mask=live)
@@ -112,42 +142,11 @@ def _silu_grad_kernel(DY, W, Z0, B, DZ, DB_PART, rows, stride_dy, stride_w, stri
     # The FFN's backward through proj and the SiLU in one product: da = dY W (dY (rows, K), W proj's (K, N) weight)
     # stays in registers, dz = da * silu'(z0 + b) is stored, and each tile's fp32 column sums of dz go to its row
     # of DB_PART (tiles_m, N): the bias's gradient once summed over them (no atomics)
-    pid = tl.program_id(0)
-    tiles_m = tl.cdiv(rows, BLOCK_M)
-    tiles_n: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
-    per_group = GROUP * tiles_n
-    first_m = (pid // per_group) * GROUP
-    size_m = tl.minimum(tiles_m - first_m, GROUP)
-    tile_m = first_m + (pid % per_group) % size_m
-    tile_n = (pid % per_group) // size_m
-    row = tile_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    col = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    live_row, live_col = row < rows, col < N
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    if DESC:
-        dy_desc = tl.make_tensor_descriptor(DY, shape=[rows, K], strides=[stride_dy, 1], block_shape=[BLOCK_M, BLOCK_K])
-        w_desc = tl.make_tensor_descriptor(W, shape=[K, N], strides=[stride_w, 1], block_shape=[BLOCK_K, BLOCK_N])
-        for k in range(0, K, BLOCK_K):
-            dy = dy_desc.load([tile_m * BLOCK_M, k])
-            w = w_desc.load([k, tile_n * BLOCK_N])
-            if IEEE:
-                acc = tl.dot(dy, w, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(dy, w, acc)
-    else:
-        ks = tl.arange(0, BLOCK_K)
-        dy_ptrs = DY + row[:, None] * stride_dy + ks[None, :]
-        w_ptrs = W + ks[:, None].to(tl.int64) * stride_w + col[None, :]
-        for k in range(0, K, BLOCK_K):
-            dy = tl.load(dy_ptrs, mask=live_row[:, None] & (k + ks < K)[None, :], other=0.0)
-            w = tl.load(w_ptrs, mask=(k + ks < K)[:, None] & live_col[None, :], other=0.0)
-            if IEEE:
-                acc = tl.dot(dy, w, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(dy, w, acc)
-            dy_ptrs += BLOCK_K
-            w_ptrs += BLOCK_K * stride_w
-    live = live_row[:, None] & live_col[None, :]
+    tile_m, tile_n, row, col = _tile(rows, N, BLOCK_M, BLOCK_N, GROUP)
+    acc = _product(DY, W, rows, stride_dy, stride_w, tile_m, tile_n, row, col, N, K, True, IEEE, BLOCK_M, BLOCK_N,
+                   BLOCK_K, DESC)
+    live_col = col < N
+    live = (row < rows)[:, None] & live_col[None, :]
     z = tl.load(Z0 + row[:, None] * stride_z + col[None, :], mask=live, other=0.0).to(tl.float32)
     z += tl.load(B + col, mask=live_col, other=0.0).to(tl.float32)[None, :]
     sg = tl.sigmoid(z)

@@ -255,6 +255,39 @@ def test_residual_kernels_give_the_plain_streams_loss_and_gradients_on_the_gpu(m
         _bf16_apart(got, ref, f"dropout {dropout}, recomputed against not: ")
 
 
+def _ffn_as_exact_as_torchs(monkeypatch, ours_env: dict, recompute: bool, proj_bias: bool = False) -> None:
+    """The two-layer model's loss and every parameter's gradient under bf16 autocast with ``ours_env`` set at most
+    twice as far from the same model in fp32 (torch's FFN path) as torch's path under bf16 autocast, plus a
+    ten-thousandth of the largest gradient's norm; fc's biases (and with ``proj_bias`` proj's) moved away from their
+    zero init first, so a lost bias gradient shows, and fc's compared, not floored."""
+    import torch
+
+    def biased(model):
+        with torch.no_grad():
+            for block in model.blocks:
+                block.ffn.fc.bias.normal_(0.0, 0.5)
+                if proj_bias:
+                    block.ffn.proj.bias.normal_(0.0, 0.1)
+
+    def grads(env, autocast=True):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        loss, model = _bf16_step({**SIX_LAYERS, "seq_len": 16384, "n_layers": 2},
+                                 {"checkpoint_activations": recompute}, biased, autocast)
+        return loss, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    torch_env = {name: "torch" if name == "MEGASTRIDE_FFN" else "0" for name in ("MEGASTRIDE_FFN", *ours_env)}
+    loss, got = grads(ours_env)
+    low_loss, low = grads(torch_env)
+    exact_loss, exact = grads(torch_env, autocast=False)
+    assert abs(loss - exact_loss) <= 2 * abs(low_loss - exact_loss) + 1e-4 * abs(exact_loss)
+    floor = 1e-4 * max(g.norm().item() for g in exact.values())
+    for name in exact:
+        err, err_torch = (got[name] - exact[name]).norm().item(), (low[name] - exact[name]).norm().item()
+        assert err <= 2 * err_torch + floor, f"{name}: {err:.3g} from fp32, torch's path {err_torch:.3g}"
+    assert all(exact[f"blocks.{i}.ffn.fc.bias"].norm().item() > 20 * floor for i in range(2))  # compared, not floored
+
+
 def test_ffn_bias_in_the_silu_kernel_is_as_exact_as_torchs_on_the_gpu(monkeypatch):
     """On CUDA under bf16 autocast, the FFNs with fc's bias added (and its gradient summed) in the SiLU's kernels
     (kernels.linear_silu) train as exactly as torch's path: the kernel adds the bias to the unrounded product
@@ -270,29 +303,8 @@ def test_ffn_bias_in_the_silu_kernel_is_as_exact_as_torchs_on_the_gpu(monkeypatc
     calls = []
     real = bias_silu.triton_bias_silu
     monkeypatch.setattr(bias_silu, "triton_bias_silu", lambda *a: calls.append(1) or real(*a))
-
-    def biased(model):  # fc's biases away from their zero init, so a lost bias gradient shows
-        with torch.no_grad():
-            for block in model.blocks:
-                block.ffn.fc.bias.normal_(0.0, 0.5)
-
-    def grads(choice, autocast=True):
-        monkeypatch.setenv("MEGASTRIDE_FFN", choice)
-        loss, model = _bf16_step({**SIX_LAYERS, "seq_len": 16384, "n_layers": 2}, {"checkpoint_activations": False},
-                                 biased, autocast)
-        return loss, {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    loss, got = grads("")
-    assert len(calls) == 2
-    low_loss, low = grads("torch")
-    exact_loss, exact = grads("torch", autocast=False)
-    assert len(calls) == 2
-    assert abs(loss - exact_loss) <= 2 * abs(low_loss - exact_loss) + 1e-4 * abs(exact_loss)
-    floor = 1e-4 * max(g.norm().item() for g in exact.values())
-    for name in exact:
-        err, err_torch = (got[name] - exact[name]).norm().item(), (low[name] - exact[name]).norm().item()
-        assert err <= 2 * err_torch + floor, f"{name}: {err:.3g} from fp32, torch's path {err_torch:.3g}"
-    assert all(exact[f"blocks.{i}.ffn.fc.bias"].norm().item() > 20 * floor for i in range(2))  # compared, not floored
+    _ffn_as_exact_as_torchs(monkeypatch, {"MEGASTRIDE_FFN": ""}, recompute=False)
+    assert len(calls) == 2  # each block's FFN, in the kernels' pass only
 
 
 @pytest.mark.parametrize("recompute", [False, True])
@@ -311,28 +323,5 @@ def test_ffn_in_one_product_each_way_is_as_exact_as_torchs_on_the_gpu(recompute,
     calls = []
     real = ffn_gemm.feed_forward
     monkeypatch.setattr(ffn_gemm, "feed_forward", lambda *a: calls.append(1) or real(*a))
-
-    def biased(model):  # fc's biases away from their zero init, so a lost bias gradient shows
-        with torch.no_grad():
-            for block in model.blocks:
-                block.ffn.fc.bias.normal_(0.0, 0.5)
-                block.ffn.proj.bias.normal_(0.0, 0.1)
-
-    def grads(choice, gemm, autocast=True):
-        monkeypatch.setenv("MEGASTRIDE_FFN", choice)
-        monkeypatch.setenv("MEGASTRIDE_FFN_GEMM", gemm)
-        loss, model = _bf16_step({**SIX_LAYERS, "seq_len": 16384, "n_layers": 2},
-                                 {"checkpoint_activations": recompute}, biased, autocast)
-        return loss, {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    loss, got = grads("", "1")
+    _ffn_as_exact_as_torchs(monkeypatch, {"MEGASTRIDE_FFN": "", "MEGASTRIDE_FFN_GEMM": "1"}, recompute, proj_bias=True)
     assert len(calls) == (4 if recompute else 2)  # each block's FFN, and again in its recompute
-    low_loss, low = grads("torch", "0")
-    exact_loss, exact = grads("torch", "0", autocast=False)
-    assert len(calls) == (4 if recompute else 2)
-    assert abs(loss - exact_loss) <= 2 * abs(low_loss - exact_loss) + 1e-4 * abs(exact_loss)
-    floor = 1e-4 * max(g.norm().item() for g in exact.values())
-    for name in exact:
-        err, err_torch = (got[name] - exact[name]).norm().item(), (low[name] - exact[name]).norm().item()
-        assert err <= 2 * err_torch + floor, f"{name}: {err:.3g} from fp32, torch's path {err_torch:.3g}"
-    assert all(exact[f"blocks.{i}.ffn.fc.bias"].norm().item() > 20 * floor for i in range(2))  # compared, not floored

@@ -10,14 +10,7 @@ date -u > $OUT/times.txt
 timeout 200 python3 -m megastride.kernels.ffn_check --gemm > $OUT/ffn_gemm.log 2>&1
 echo "ffn_check rc $?" >> $OUT/ffn_gemm.log; grep -vE "^\s*$|Warning|warn" $OUT/ffn_gemm.log | tail -8 | cut -c1-400
 date -u >> $OUT/times.txt
-step() {
-  timeout 150 megastride bench scaling --device cuda --config configs/enwik8.yaml --set model.dropout=0 --lengths 1048576 \
-    --warmup 1 --steps 3 --kinds fixed --set train.cpu_checkpointing=true --set train.offload_overlap=true \
-    --set train.checkpoint_blocks=auto --set train.keep_attention=auto --set train.memory_budget_gb=60 \
-    --out $OUT/$1 > $OUT/$1.log 2>&1
-  echo "$1 rc $?" >> $OUT/$1.log; grep -E "s/step|rc " $OUT/$1.log | grep -v "^|" | cut -c1-300
-  cp $OUT/$1/*.csv $OUT/$1.csv 2>/dev/null; rm -rf $OUT/$1
-}
+STEP_TIMEOUT=150; source docs/runs/fortyfourth/step1m.sh  # step NAME: the 1M step, killed after 150 s
 if grep -q "^ok   check feed_forward" $OUT/ffn_gemm.log && grep -q "^ok   check one-kernel" $OUT/ffn_gemm.log; then
   MEGASTRIDE_FFN_GEMM=0 step off1; MEGASTRIDE_FFN_GEMM=1 step gemm; MEGASTRIDE_FFN_GEMM=0 step off2
 fi
