@@ -5,8 +5,9 @@ bias and applies the SiLU, its backward summing the bias's gradient as it writes
 would read dz once more for that sum alone). Set MEGASTRIDE_FFN=torch to keep torch's path anywhere (A/B
 runs); on CPU tensors the kernels run only under the Triton interpreter with MEGASTRIDE_FFN=triton
 (tests), and CUDA tensors never go through the interpreter. Where the kernels run, MEGASTRIDE_FFN_GEMM=1 takes
-the product too into Triton, its epilogue adding the bias and applying the SiLU (``ffn_gemm``; off by default,
-not yet timed against cuBLAS).
+the product too into Triton, one product each way whose epilogues apply the bias and SiLU and their backward
+(``feed_forward``, the model's whole FFN as one node, and ``linear_silu``; ``ffn_gemm``; off by default, not yet
+timed against cuBLAS).
 """
 
 from __future__ import annotations
