@@ -218,8 +218,8 @@ def time_gemm(rows: int, rounds: int = 3) -> dict:
 def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> list[tuple[str, bool]]:
     """(line, ok) per tile: the one-product layer's forward compiled for ``arch`` at (rows, depth) -> width in bf16
     at each of ``ffn_gemm.TILES``, with z0 stored (a recompute) and without, and its backward's dz kernel (width's
-    gradient from dy of depth) at each of ``ffn_gemm.GRAD_TILES``, each by pointer and by TMA-descriptor loads; ok
-    without spills and with wgmma products."""
+    gradient from dy of depth) at each of ``ffn_gemm.GRAD_TILES``, each by pointers and by TMA descriptors (operands and
+    the epilogue's tiles); ok without spills and with wgmma products."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -238,7 +238,7 @@ def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> 
                else "i64" if p.name.startswith("stride") else "i32" for p in kernel.params}
         consts = {"N": width, "K": depth, **extra, "IEEE": False, "ROWS_BUCKET": 0, "TMA_OK": desc,
                   "BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP": G.GROUP_M, "DESC": desc}
-        name = (f"ffn_gemm {what} {m}x{n}x{k} w{warps} s{stages}{', TMA loads' if desc else ''}"
+        name = (f"ffn_gemm {what} {m}x{n}x{k} w{warps} s{stages}{', TMA' if desc else ''}"
                 f"{', z0 stored' if save else ''}")
         try:
             c = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=launch_attrs(kernel)),

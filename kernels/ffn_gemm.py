@@ -18,8 +18,9 @@ now"). Here:
 ``feed_forward`` is the model's FFN as one autograd node (proj's forward product by cuBLAS, or left uncomputed
 for the recompute that never reads it); ``linear_bias_silu`` is the first layer alone (its backward the default
 path's). Tiles: autotuned per (width, depth, bucketed rows) over ``TILES`` (forward) and ``GRAD_TILES`` (dz), each
-with pointer loads and, where TMA can take the operands (``tma_ok``), TMA-descriptor loads; under the interpreter
-(CPU tests) one small fixed tile. Row offsets are int64 (T x width passes 2**31 elements at 1M tokens).
+by pointer loads and stores and, where TMA can take the operands and outputs (``tma_ok``), by TMA descriptors (the
+products' tiles and the epilogues'); under the interpreter (CPU tests) one small fixed tile. Row offsets are int64
+(T x width passes 2**31 elements at 1M tokens).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ TILES = [(128, 256, 64, 8, 3), (128, 128, 64, 4, 4), (128, 256, 64, 8, 4), (256,
 # 8-1,436 B there on sm_90; these compile without spills (``ffn_check --compile``)
 GRAD_TILES = [(64, 128, 64, 4, 4), (64, 128, 64, 4, 3), (64, 256, 64, 8, 4), (128, 64, 64, 8, 4)]
 INTERPRET_TILE = (32, 32, 32)  # under the interpreter: small, several tiles each way in the tests' shapes
-INTERPRET_DESC = False  # under the interpreter: pointer loads (tests set True: TMA descriptors where ``_aligned``)
+INTERPRET_DESC = False  # under the interpreter: pointers (tests set True: TMA descriptors where ``_aligned``)
 GROUP_M = 8  # row tiles a group walks before the next column tile (L2 reuse of W's tiles)
 POISON = False  # tests: fill every output buffer with NaN first, so an element no program writes shows
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -115,6 +116,30 @@ def _product(X, W, rows, stride_x, stride_w, tile_m, tile_n, row, col, N: tl.con
     return acc
 
 
+@triton.jit
+def _store_tile(P, value, rows, stride, tile_m, tile_n, row, col, N: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, DESC: tl.constexpr):
+    """value into P's (rows, N) tile: a TMA box store with DESC (rows past the end dropped), else masked stores."""
+    if DESC:
+        desc = tl.make_tensor_descriptor(P, shape=[rows, N], strides=[stride, 1], block_shape=[BLOCK_M, BLOCK_N])
+        desc.store([tile_m * BLOCK_M, tile_n * BLOCK_N], value.to(P.dtype.element_ty))
+    else:
+        live = (row < rows)[:, None] & (col < N)[None, :]
+        tl.store(P + row[:, None] * stride + col[None, :], value.to(P.dtype.element_ty), mask=live)
+
+
+@triton.jit
+def _load_tile(P, rows, stride, tile_m, tile_n, row, col, N: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr, DESC: tl.constexpr):
+    """P's (rows, N) tile: a TMA box load with DESC (rows past the end read as zeros), else masked loads."""
+    if DESC:
+        desc = tl.make_tensor_descriptor(P, shape=[rows, N], strides=[stride, 1], block_shape=[BLOCK_M, BLOCK_N])
+        return desc.load([tile_m * BLOCK_M, tile_n * BLOCK_N])
+    else:
+        live = (row < rows)[:, None] & (col < N)[None, :]
+        return tl.load(P + row[:, None] * stride + col[None, :], mask=live, other=0.0)
+
+
 @triton.jit(do_not_specialize=["rows"])
 def _linear_silu_kernel(X, W, B, Z0, A, rows, stride_x, stride_w, stride_z, stride_a, N: tl.constexpr,
                         K: tl.constexpr, SAVE_Z: tl.constexpr, IEEE: tl.constexpr, ROWS_BUCKET: tl.constexpr,
@@ -125,13 +150,11 @@ def _linear_silu_kernel(X, W, B, Z0, A, rows, stride_x, stride_w, stride_z, stri
     tile_m, tile_n, row, col = _tile(rows, N, BLOCK_M, BLOCK_N, GROUP)
     acc = _product(X, W, rows, stride_x, stride_w, tile_m, tile_n, row, col, N, K, False, IEEE, BLOCK_M, BLOCK_N,
                    BLOCK_K, DESC)
-    live_col = col < N
-    live = (row < rows)[:, None] & live_col[None, :]
     z0 = acc.to(A.dtype.element_ty)  # the product as F.linear returns it, in x's dtype
     if SAVE_Z:
-        tl.store(Z0 + row[:, None] * stride_z + col[None, :], z0, mask=live)
-    z = z0.to(tl.float32) + tl.load(B + col, mask=live_col, other=0.0).to(tl.float32)[None, :]
-    tl.store(A + row[:, None] * stride_a + col[None, :], (z * tl.sigmoid(z)).to(A.dtype.element_ty), mask=live)
+        _store_tile(Z0, z0, rows, stride_z, tile_m, tile_n, row, col, N, BLOCK_M, BLOCK_N, DESC)
+    z = z0.to(tl.float32) + tl.load(B + col, mask=col < N, other=0.0).to(tl.float32)[None, :]
+    _store_tile(A, z * tl.sigmoid(z), rows, stride_a, tile_m, tile_n, row, col, N, BLOCK_M, BLOCK_N, DESC)
 
 
 @triton.jit(do_not_specialize=["rows"])
@@ -147,11 +170,11 @@ def _silu_grad_kernel(DY, W, Z0, B, DZ, DB_PART, rows, stride_dy, stride_w, stri
                    BLOCK_K, DESC)
     live_col = col < N
     live = (row < rows)[:, None] & live_col[None, :]
-    z = tl.load(Z0 + row[:, None] * stride_z + col[None, :], mask=live, other=0.0).to(tl.float32)
+    z = _load_tile(Z0, rows, stride_z, tile_m, tile_n, row, col, N, BLOCK_M, BLOCK_N, DESC).to(tl.float32)
     z += tl.load(B + col, mask=live_col, other=0.0).to(tl.float32)[None, :]
     sg = tl.sigmoid(z)
     dz = tl.where(live, acc * sg * (1.0 + z * (1.0 - sg)), 0.0)  # silu'(z) = sigmoid(z) (1 + z (1 - sigmoid(z)))
-    tl.store(DZ + row[:, None] * stride_dz + col[None, :], dz.to(DZ.dtype.element_ty), mask=live)
+    _store_tile(DZ, dz, rows, stride_dz, tile_m, tile_n, row, col, N, BLOCK_M, BLOCK_N, DESC)
     tl.store(DB_PART + tile_m.to(tl.int64) * N + col, tl.sum(dz, 0), mask=live_col)
 
 
@@ -184,11 +207,12 @@ def _aligned(*tensors: torch.Tensor) -> bool:
     return all(t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in tensors)
 
 
-def tma_ok(x2: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether x's and the weight's tiles can be TMA boxes: a Hopper or later GPU, compiled (not interpreted), both
-    ``_aligned``."""
-    return (x2.is_cuda and not _INTERPRET and torch.version.hip is None
-            and torch.cuda.get_device_capability(x2.device)[0] >= 9 and _aligned(x2, weight))
+def tma_ok(*tensors: torch.Tensor) -> bool:
+    """Whether a launch's operands' and outputs' tiles can be TMA boxes: a Hopper or later GPU, compiled (not
+    interpreted), every one ``_aligned``."""
+    first = tensors[0]
+    return (first.is_cuda and not _INTERPRET and torch.version.hip is None
+            and torch.cuda.get_device_capability(first.device)[0] >= 9 and _aligned(*tensors))
 
 
 _tuned = None
@@ -201,16 +225,17 @@ def _launch(x2, weight, bias, z0, a, save: bool) -> None:
     args = (x2, weight, bias, z0 if save else a, a, rows, x2.stride(0), weight.stride(0),
             (z0 if save else a).stride(0), a.stride(0))
     ieee = x2.dtype == torch.float32
+    operands = (x2, weight, a, z0) if save else (x2, weight, a)  # what the TMA descriptors would address
     if _INTERPRET:
         bm, bn, bk = INTERPRET_TILE
         grid = (triton.cdiv(rows, bm) * triton.cdiv(width, bn),)
         _linear_silu_kernel[grid](*args, N=width, K=depth, SAVE_Z=save, IEEE=ieee, ROWS_BUCKET=0, TMA_OK=False,
                                   BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP=GROUP_M,
-                                  DESC=INTERPRET_DESC and _aligned(x2, weight))
+                                  DESC=INTERPRET_DESC and _aligned(*operands))
         return
     if _tuned is None:
         _tuned = _autotuned()
-    tma = tma_ok(x2, weight)
+    tma = tma_ok(*operands)
     if tma:
         from .blocksparse import _ensure_allocator  # the descriptors are built on the device: Triton's scratch
 
@@ -234,15 +259,16 @@ def _silu_grad(dy2: torch.Tensor, w2: torch.Tensor, z0: torch.Tensor, bias: torc
     part = torch.zeros((triton.cdiv(rows, smallest_m), width), dtype=torch.float32, device=z0.device)
     args = (dy2, w2, z2, bias, dz.view(-1, width), part, rows, dy2.stride(0), w2.stride(0), z2.stride(0), width)
     ieee = dy2.dtype == torch.float32
+    operands = (dy2, w2, z2, dz.view(-1, width))  # what the TMA descriptors would address
     if _INTERPRET:
         bm, bn, bk = INTERPRET_TILE
         grid = (triton.cdiv(rows, bm) * triton.cdiv(width, bn),)
         _silu_grad_kernel[grid](*args, N=width, K=depth, IEEE=ieee, ROWS_BUCKET=0, TMA_OK=False, BLOCK_M=bm,
-                                BLOCK_N=bn, BLOCK_K=bk, GROUP=GROUP_M, DESC=INTERPRET_DESC and _aligned(dy2, w2))
+                                BLOCK_N=bn, BLOCK_K=bk, GROUP=GROUP_M, DESC=INTERPRET_DESC and _aligned(*operands))
     elif rows:
         if _tuned_grad is None:
             _tuned_grad = _autotuned(_silu_grad_kernel)
-        tma = tma_ok(dy2, w2)
+        tma = tma_ok(*operands)
         if tma:
             from .blocksparse import _ensure_allocator
 
