@@ -218,8 +218,8 @@ def time_gemm(rows: int, rounds: int = 3) -> dict:
 def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> list[tuple[str, bool]]:
     """(line, ok) per tile: the one-product layer's forward compiled for ``arch`` at (rows, depth) -> width in bf16
     at each of ``ffn_gemm.TILES``, with z0 stored (a recompute) and without, and its backward's dz kernel (width's
-    gradient from dy of depth) at each of ``ffn_gemm.GRAD_TILES``, each by pointers and by TMA descriptors (operands and
-    the epilogue's tiles); ok without spills and with wgmma products."""
+    gradient from dy of depth) at each of ``ffn_gemm.GRAD_TILES``, each by pointers and by TMA descriptors (operands
+    and the epilogue's tiles), and at each of ``GRAD_TMA_TILES`` by TMA; ok without spills and with wgmma."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -232,6 +232,7 @@ def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> 
                 for save, desc in ((False, False), (True, False), (False, True), (True, True))]
     variants += [(tile, G._silu_grad_kernel, "backward (dz)", {}, False, desc) for tile in G.GRAD_TILES
                  for desc in (False, True)]
+    variants += [(tile, G._silu_grad_kernel, "backward (dz)", {}, False, True) for tile in G.GRAD_TMA_TILES]
     out = []
     for (m, n, k, warps, stages), kernel, what, extra, save, desc in variants:
         sig = {p.name: "constexpr" if p.is_constexpr else f"*{types[p.name]}" if p.name.isupper()

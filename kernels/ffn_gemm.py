@@ -17,10 +17,10 @@ now"). Here:
 
 ``feed_forward`` is the model's FFN as one autograd node (proj's forward product by cuBLAS, or left uncomputed
 for the recompute that never reads it); ``linear_bias_silu`` is the first layer alone (its backward the default
-path's). Tiles: autotuned per (width, depth, bucketed rows) over ``TILES`` (forward) and ``GRAD_TILES`` (dz), each
-by pointer loads and stores and, where TMA can take the operands and outputs (``tma_ok``), by TMA descriptors (the
-products' tiles and the epilogues'); under the interpreter (CPU tests) one small fixed tile. Row offsets are int64
-(T x width passes 2**31 elements at 1M tokens).
+path's). Tiles: autotuned per (width, depth, bucketed rows) over ``TILES`` (forward) and ``GRAD_TILES`` (dz),
+each by pointer loads and stores and, where TMA can take the operands and outputs (``tma_ok``), by TMA descriptors
+(the products' tiles and the epilogues'; the dz kernel also at ``GRAD_TMA_TILES``); under the interpreter (CPU
+tests) one small fixed tile. Row offsets are int64 (T x width passes 2**31 elements at 1M tokens).
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ TILES = [(128, 256, 64, 8, 3), (128, 128, 64, 4, 4), (128, 256, 64, 8, 4), (256,
 # the backward's dz kernel holds z0's tile and dz beside the product (its column sums too): the tiles above spill
 # 8-1,436 B there on sm_90; these compile without spills (``ffn_check --compile``)
 GRAD_TILES = [(64, 128, 64, 4, 4), (64, 128, 64, 4, 3), (64, 256, 64, 8, 4), (128, 64, 64, 8, 4)]
+# ... and these with TMA descriptors only, whose epilogue holds far fewer registers (z0's tile arrives as a box):
+# spill-free there, 8-1,436 B of spills by pointers
+GRAD_TMA_TILES = [(128, 128, 64, 8, 4), (128, 128, 64, 8, 3), (128, 256, 64, 8, 3)]
 INTERPRET_TILE = (32, 32, 32)  # under the interpreter: small, several tiles each way in the tests' shapes
 INTERPRET_DESC = False  # under the interpreter: pointers (tests set True: TMA descriptors where ``_aligned``)
 GROUP_M = 8  # row tiles a group walks before the next column tile (L2 reuse of W's tiles)
@@ -192,8 +195,10 @@ def _prune(configs, named_args, **kwargs):
 
 
 def _autotuned(kernel=None):
+    tiles = [(t, desc) for t in (TILES if kernel is None else GRAD_TILES) for desc in (False, True)]
+    tiles += [] if kernel is None else [(t, True) for t in GRAD_TMA_TILES]
     configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "DESC": desc}, num_warps=w, num_stages=s)
-               for m, n, k, w, s in (TILES if kernel is None else GRAD_TILES) for desc in (False, True)]
+               for (m, n, k, w, s), desc in tiles]
     if kernel is None:
         return triton.autotune(configs, key=["N", "K", "SAVE_Z", "ROWS_BUCKET", "TMA_OK"],
                                prune_configs_by={"early_config_prune": _prune}, cache_results=True)(_linear_silu_kernel)
@@ -255,7 +260,7 @@ def _silu_grad(dy2: torch.Tensor, w2: torch.Tensor, z0: torch.Tensor, bias: torc
     width = w2.shape[1]
     z2 = as_rows(z0, width)
     dz = new_buffer(z0.shape, z0.dtype, z0.device, POISON)
-    smallest_m = INTERPRET_TILE[0] if _INTERPRET else min(t[0] for t in GRAD_TILES)
+    smallest_m = INTERPRET_TILE[0] if _INTERPRET else min(t[0] for t in GRAD_TILES + GRAD_TMA_TILES)
     part = torch.zeros((triton.cdiv(rows, smallest_m), width), dtype=torch.float32, device=z0.device)
     args = (dy2, w2, z2, bias, dz.view(-1, width), part, rows, dy2.stride(0), w2.stride(0), z2.stride(0), width)
     ieee = dy2.dtype == torch.float32
