@@ -235,10 +235,10 @@ def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> 
     variants += [(tile, G._silu_grad_kernel, "backward (dz)", {}, False, True) for tile in G.GRAD_TMA_TILES]
     out = []
     for (m, n, k, warps, stages), kernel, what, extra, save, desc in variants:
-        sig = {p.name: "constexpr" if p.is_constexpr else f"*{types[p.name]}" if p.name.isupper()
+        sig = {p.name: "constexpr" if p.is_constexpr else f"*{types[p.name]}" if p.name in types
                else "i64" if p.name.startswith("stride") else "i32" for p in kernel.params}
-        consts = {"N": width, "K": depth, **extra, "IEEE": False, "ROWS_BUCKET": 0, "TMA_OK": desc,
-                  "BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP": G.GROUP_M, "DESC": desc}
+        consts = {"N": width, "K": depth, **extra, "IEEE": False, "BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k,
+                  "GROUP": G.GROUP_M, "DESC": desc}
         name = (f"ffn_gemm {what} {m}x{n}x{k} w{warps} s{stages}{', TMA' if desc else ''}"
                 f"{', z0 stored' if save else ''}")
         try:

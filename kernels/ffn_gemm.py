@@ -143,13 +143,13 @@ def _load_tile(P, rows, stride, tile_m, tile_n, row, col, N: tl.constexpr, BLOCK
         return tl.load(P + row[:, None] * stride + col[None, :], mask=live, other=0.0)
 
 
-@triton.jit(do_not_specialize=["rows"])
+@triton.jit(do_not_specialize=["rows", "ROWS_BUCKET", "TMA_OK"])
 def _linear_silu_kernel(X, W, B, Z0, A, rows, stride_x, stride_w, stride_z, stride_a, N: tl.constexpr,
-                        K: tl.constexpr, SAVE_Z: tl.constexpr, IEEE: tl.constexpr, ROWS_BUCKET: tl.constexpr,
-                        TMA_OK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        K: tl.constexpr, SAVE_Z: tl.constexpr, IEEE: tl.constexpr, ROWS_BUCKET,
+                        TMA_OK, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         GROUP: tl.constexpr, DESC: tl.constexpr = False):
     # a = silu(X W^T + B) for a (BLOCK_M, BLOCK_N) tile (and z0 = X W^T where SAVE_Z). ROWS_BUCKET and TMA_OK: the
-    # autotuner's key and pruning only (``_bucket``, ``_prune``)
+    # autotuner's key and pruning only (``_bucket``, ``_prune``), plain ints so that no value compiles a kernel again
     tile_m, tile_n, row, col = _tile(rows, N, BLOCK_M, BLOCK_N, GROUP)
     acc = _product(X, W, rows, stride_x, stride_w, tile_m, tile_n, row, col, N, K, False, IEEE, BLOCK_M, BLOCK_N,
                    BLOCK_K, DESC)
@@ -160,9 +160,9 @@ def _linear_silu_kernel(X, W, B, Z0, A, rows, stride_x, stride_w, stride_z, stri
     _store_tile(A, z * tl.sigmoid(z), rows, stride_a, tile_m, tile_n, row, col, N, BLOCK_M, BLOCK_N, DESC)
 
 
-@triton.jit(do_not_specialize=["rows"])
+@triton.jit(do_not_specialize=["rows", "ROWS_BUCKET", "TMA_OK"])
 def _silu_grad_kernel(DY, W, Z0, B, DZ, DB_PART, rows, stride_dy, stride_w, stride_z, stride_dz, N: tl.constexpr,
-                      K: tl.constexpr, IEEE: tl.constexpr, ROWS_BUCKET: tl.constexpr, TMA_OK: tl.constexpr,
+                      K: tl.constexpr, IEEE: tl.constexpr, ROWS_BUCKET, TMA_OK,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
                       DESC: tl.constexpr = False):
     # The FFN's backward through proj and the SiLU in one product: da = dY W (dY (rows, K), W proj's (K, N) weight)
@@ -234,7 +234,7 @@ def _launch(x2, weight, bias, z0, a, save: bool) -> None:
     if _INTERPRET:
         bm, bn, bk = INTERPRET_TILE
         grid = (triton.cdiv(rows, bm) * triton.cdiv(width, bn),)
-        _linear_silu_kernel[grid](*args, N=width, K=depth, SAVE_Z=save, IEEE=ieee, ROWS_BUCKET=0, TMA_OK=False,
+        _linear_silu_kernel[grid](*args, N=width, K=depth, SAVE_Z=save, IEEE=ieee, ROWS_BUCKET=0, TMA_OK=0,
                                   BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP=GROUP_M,
                                   DESC=INTERPRET_DESC and _aligned(*operands))
         return
@@ -246,7 +246,8 @@ def _launch(x2, weight, bias, z0, a, save: bool) -> None:
 
         _ensure_allocator()
     grid = lambda m: (triton.cdiv(rows, m["BLOCK_M"]) * triton.cdiv(width, m["BLOCK_N"]),)  # noqa: E731
-    _tuned[grid](*args, N=width, K=depth, SAVE_Z=save, IEEE=ieee, ROWS_BUCKET=_bucket(rows), TMA_OK=tma, GROUP=GROUP_M)
+    _tuned[grid](*args, N=width, K=depth, SAVE_Z=save, IEEE=ieee, ROWS_BUCKET=_bucket(rows), TMA_OK=int(tma),
+                 GROUP=GROUP_M)
 
 
 _tuned_grad = None
@@ -268,7 +269,7 @@ def _silu_grad(dy2: torch.Tensor, w2: torch.Tensor, z0: torch.Tensor, bias: torc
     if _INTERPRET:
         bm, bn, bk = INTERPRET_TILE
         grid = (triton.cdiv(rows, bm) * triton.cdiv(width, bn),)
-        _silu_grad_kernel[grid](*args, N=width, K=depth, IEEE=ieee, ROWS_BUCKET=0, TMA_OK=False, BLOCK_M=bm,
+        _silu_grad_kernel[grid](*args, N=width, K=depth, IEEE=ieee, ROWS_BUCKET=0, TMA_OK=0, BLOCK_M=bm,
                                 BLOCK_N=bn, BLOCK_K=bk, GROUP=GROUP_M, DESC=INTERPRET_DESC and _aligned(*operands))
     elif rows:
         if _tuned_grad is None:
@@ -279,7 +280,8 @@ def _silu_grad(dy2: torch.Tensor, w2: torch.Tensor, z0: torch.Tensor, bias: torc
 
             _ensure_allocator()
         grid = lambda m: (triton.cdiv(rows, m["BLOCK_M"]) * triton.cdiv(width, m["BLOCK_N"]),)  # noqa: E731
-        _tuned_grad[grid](*args, N=width, K=depth, IEEE=ieee, ROWS_BUCKET=_bucket(rows), TMA_OK=tma, GROUP=GROUP_M)
+        _tuned_grad[grid](*args, N=width, K=depth, IEEE=ieee, ROWS_BUCKET=_bucket(rows), TMA_OK=int(tma),
+                          GROUP=GROUP_M)
     return dz, part.sum(0).to(bias.dtype)
 
 
