@@ -22,12 +22,12 @@ Exit status 1 if any check fails.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
-
-import os
 
 from . import bias_silu as K
 from . import ffn_gemm as G
@@ -74,21 +74,9 @@ def _three_way(report: dict, names, got, low, exact) -> None:
         report["ok"] &= ok
 
 
-class _gemm:
-    """Inside: MEGASTRIDE_FFN_GEMM=1 (``on``), else 0."""
-
-    def __init__(self, on: bool):
-        self.on = on
-
-    def __enter__(self):
-        self.before = os.environ.get("MEGASTRIDE_FFN_GEMM")
-        os.environ["MEGASTRIDE_FFN_GEMM"] = "1" if self.on else "0"
-
-    def __exit__(self, *exc):
-        if self.before is None:
-            os.environ.pop("MEGASTRIDE_FFN_GEMM", None)
-        else:
-            os.environ["MEGASTRIDE_FFN_GEMM"] = self.before
+def _gemm(on: bool):
+    """Inside: MEGASTRIDE_FFN_GEMM=1 (``on``), else 0; the environment as it was after."""
+    return mock.patch.dict(os.environ, {"MEGASTRIDE_FFN_GEMM": "1" if on else "0"})
 
 
 def _gemm_ours(x, w, b):

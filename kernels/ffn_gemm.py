@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .blocksparse import _bucket, _ensure_allocator  # rows bucketed as the attention's lengths; Triton's scratch
 from .layernorm import as_rows, new_buffer
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): Triton's Hopper matmul tutorial's bf16 tiles and two around them
@@ -181,30 +182,23 @@ def _silu_grad_kernel(DY, W, Z0, B, DZ, DB_PART, rows, stride_dy, stride_w, stri
     tl.store(DB_PART + tile_m.to(tl.int64) * N + col, tl.sum(dz, 0), mask=live_col)
 
 
-def _bucket(rows: int) -> int:
-    """Rows in factors of 4 from 8,192 (as the attention kernels' lengths): one tuning per bucket."""
-    bucket, top = 0, 8192
-    while rows > top:
-        bucket, top = bucket + 1, top * 4
-    return bucket
-
-
 def _prune(configs, named_args, **kwargs):
     """The TMA-descriptor configs only where the launch can take them (``tma_ok``)."""
     return [c for c in configs if kwargs["TMA_OK"] or not c.kwargs["DESC"]]
 
 
-def _autotuned(kernel=None):
-    tiles = [(t, desc) for t in (TILES if kernel is None else GRAD_TILES) for desc in (False, True)]
-    tiles += [] if kernel is None else [(t, True) for t in GRAD_TMA_TILES]
+def _autotuned(kernel):
+    """``kernel`` autotuned over its tiles (``TILES`` for the forward; ``GRAD_TILES``, and with TMA ``GRAD_TMA_TILES``,
+    for dz), each by pointers and by TMA descriptors, the latter pruned where the launch cannot take them. The dz
+    kernel's column sums go to a zeroed buffer, which the tuner's repeated launches only overwrite."""
+    forward = kernel is _linear_silu_kernel
+    tiles = [(t, desc) for t in (TILES if forward else GRAD_TILES) for desc in (False, True)]
+    tiles += [] if forward else [(t, True) for t in GRAD_TMA_TILES]
     configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "DESC": desc}, num_warps=w, num_stages=s)
                for (m, n, k, w, s), desc in tiles]
-    if kernel is None:
-        return triton.autotune(configs, key=["N", "K", "SAVE_Z", "ROWS_BUCKET", "TMA_OK"],
-                               prune_configs_by={"early_config_prune": _prune}, cache_results=True)(_linear_silu_kernel)
-    # the backward's: its column sums go to a zeroed buffer, which the tuner's repeated launches only overwrite
-    return triton.autotune(configs, key=["N", "K", "ROWS_BUCKET", "TMA_OK"],
-                           prune_configs_by={"early_config_prune": _prune}, cache_results=True)(kernel)
+    key = ["N", "K", "SAVE_Z", "ROWS_BUCKET", "TMA_OK"] if forward else ["N", "K", "ROWS_BUCKET", "TMA_OK"]
+    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _prune},
+                           cache_results=True)(kernel)
 
 
 def _aligned(*tensors: torch.Tensor) -> bool:
@@ -220,68 +214,52 @@ def tma_ok(*tensors: torch.Tensor) -> bool:
             and torch.cuda.get_device_capability(first.device)[0] >= 9 and _aligned(*tensors))
 
 
-_tuned = None
+_TUNED: dict = {}  # kernel -> its autotuner, made at its first launch
 
 
-def _launch(x2, weight, bias, z0, a, save: bool) -> None:
-    global _tuned
-    rows, depth = x2.shape
-    width = weight.shape[0]
-    args = (x2, weight, bias, z0 if save else a, a, rows, x2.stride(0), weight.stride(0),
-            (z0 if save else a).stride(0), a.stride(0))
-    ieee = x2.dtype == torch.float32
-    operands = (x2, weight, a, z0) if save else (x2, weight, a)  # what the TMA descriptors would address
+def _run(kernel, args, rows: int, width: int, operands, **consts) -> None:
+    """One launch of ``kernel`` over (rows, width) output tiles: under the interpreter at ``INTERPRET_TILE`` (TMA
+    descriptors with ``INTERPRET_DESC`` where ``operands`` are aligned for them), else autotuned, TMA configs only
+    where ``tma_ok(*operands)``."""
     if _INTERPRET:
         bm, bn, bk = INTERPRET_TILE
         grid = (triton.cdiv(rows, bm) * triton.cdiv(width, bn),)
-        _linear_silu_kernel[grid](*args, N=width, K=depth, SAVE_Z=save, IEEE=ieee, ROWS_BUCKET=0, TMA_OK=0,
-                                  BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP=GROUP_M,
-                                  DESC=INTERPRET_DESC and _aligned(*operands))
+        kernel[grid](*args, **consts, ROWS_BUCKET=0, TMA_OK=0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP=GROUP_M,
+                     DESC=INTERPRET_DESC and _aligned(*operands))
         return
-    if _tuned is None:
-        _tuned = _autotuned()
+    if kernel not in _TUNED:
+        _TUNED[kernel] = _autotuned(kernel)
     tma = tma_ok(*operands)
     if tma:
-        from .blocksparse import _ensure_allocator  # the descriptors are built on the device: Triton's scratch
-
-        _ensure_allocator()
+        _ensure_allocator()  # the descriptors are built on the device: Triton's global scratch
     grid = lambda m: (triton.cdiv(rows, m["BLOCK_M"]) * triton.cdiv(width, m["BLOCK_N"]),)  # noqa: E731
-    _tuned[grid](*args, N=width, K=depth, SAVE_Z=save, IEEE=ieee, ROWS_BUCKET=_bucket(rows), TMA_OK=int(tma),
-                 GROUP=GROUP_M)
+    _TUNED[kernel][grid](*args, **consts, ROWS_BUCKET=_bucket(rows), TMA_OK=int(tma), GROUP=GROUP_M)
 
 
-_tuned_grad = None
+def _launch(x2, weight, bias, z0, a, save: bool) -> None:
+    rows, depth = x2.shape
+    width = weight.shape[0]
+    z = z0 if save else a  # not written without SAVE_Z
+    args = (x2, weight, bias, z, a, rows, x2.stride(0), weight.stride(0), z.stride(0), a.stride(0))
+    operands = (x2, weight, a, z0) if save else (x2, weight, a)  # what the TMA descriptors would address
+    _run(_linear_silu_kernel, args, rows, width, operands, N=width, K=depth, SAVE_Z=save,
+         IEEE=x2.dtype == torch.float32)
 
 
 def _silu_grad(dy2: torch.Tensor, w2: torch.Tensor, z0: torch.Tensor, bias: torch.Tensor):
     """(dz in z0's dtype, the bias's gradient in its dtype) of a = silu(z0 + bias) and y = a w2^T + ...: dz =
     (dy2 w2) * silu'(z0 + bias), the product never stored (``_silu_grad_kernel``)."""
-    global _tuned_grad
     rows, depth = dy2.shape
     width = w2.shape[1]
     z2 = as_rows(z0, width)
     dz = new_buffer(z0.shape, z0.dtype, z0.device, POISON)
     smallest_m = INTERPRET_TILE[0] if _INTERPRET else min(t[0] for t in GRAD_TILES + GRAD_TMA_TILES)
     part = torch.zeros((triton.cdiv(rows, smallest_m), width), dtype=torch.float32, device=z0.device)
-    args = (dy2, w2, z2, bias, dz.view(-1, width), part, rows, dy2.stride(0), w2.stride(0), z2.stride(0), width)
-    ieee = dy2.dtype == torch.float32
-    operands = (dy2, w2, z2, dz.view(-1, width))  # what the TMA descriptors would address
-    if _INTERPRET:
-        bm, bn, bk = INTERPRET_TILE
-        grid = (triton.cdiv(rows, bm) * triton.cdiv(width, bn),)
-        _silu_grad_kernel[grid](*args, N=width, K=depth, IEEE=ieee, ROWS_BUCKET=0, TMA_OK=0, BLOCK_M=bm,
-                                BLOCK_N=bn, BLOCK_K=bk, GROUP=GROUP_M, DESC=INTERPRET_DESC and _aligned(*operands))
-    elif rows:
-        if _tuned_grad is None:
-            _tuned_grad = _autotuned(_silu_grad_kernel)
-        tma = tma_ok(*operands)
-        if tma:
-            from .blocksparse import _ensure_allocator
-
-            _ensure_allocator()
-        grid = lambda m: (triton.cdiv(rows, m["BLOCK_M"]) * triton.cdiv(width, m["BLOCK_N"]),)  # noqa: E731
-        _tuned_grad[grid](*args, N=width, K=depth, IEEE=ieee, ROWS_BUCKET=_bucket(rows), TMA_OK=int(tma),
-                          GROUP=GROUP_M)
+    dz2 = dz.view(-1, width)
+    if rows:
+        args = (dy2, w2, z2, bias, dz2, part, rows, dy2.stride(0), w2.stride(0), z2.stride(0), width)
+        _run(_silu_grad_kernel, args, rows, width, (dy2, w2, z2, dz2), N=width, K=depth,
+             IEEE=dy2.dtype == torch.float32)
     return dz, part.sum(0).to(bias.dtype)
 
 
@@ -388,7 +366,7 @@ def chosen() -> dict[str, str]:
     """The autotuners' choices so far: the kernel and its key (width, depth, z0 stored, rows bucket, ...) -> the
     config."""
     out = {}
-    for name, tuner in (("forward", _tuned), ("backward", _tuned_grad)):
-        if tuner is not None:
-            out.update({f"{name} {key}": str(config) for key, config in getattr(tuner, "cache", {}).items()})
+    for kernel, tuner in _TUNED.items():
+        name = "forward" if kernel is _linear_silu_kernel else "backward"
+        out.update({f"{name} {key}": str(config) for key, config in getattr(tuner, "cache", {}).items()})
     return out
