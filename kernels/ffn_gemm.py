@@ -190,7 +190,9 @@ def _prune(configs, named_args, **kwargs):
 def _autotuned(kernel):
     """``kernel`` autotuned over its tiles (``TILES`` for the forward; ``GRAD_TILES``, and with TMA ``GRAD_TMA_TILES``,
     for dz), each by pointers and by TMA descriptors, the latter pruned where the launch cannot take them. The dz
-    kernel's column sums go to a zeroed buffer, which the tuner's repeated launches only overwrite."""
+    kernel's column sums go to a zeroed buffer, ``DB_PART``, which the tuner zeroes again before each trial and
+    after its last: a trial with fewer rows per tile writes more of its rows than the chosen config then
+    overwrites, and the bias's gradient sums them all."""
     forward = kernel is _linear_silu_kernel
     tiles = [(t, desc) for t in (TILES if forward else GRAD_TILES) for desc in (False, True)]
     tiles += [] if forward else [(t, True) for t in GRAD_TMA_TILES]
@@ -198,7 +200,7 @@ def _autotuned(kernel):
                for (m, n, k, w, s), desc in tiles]
     key = ["N", "K", "SAVE_Z", "ROWS_BUCKET", "TMA_OK"] if forward else ["N", "K", "ROWS_BUCKET", "TMA_OK"]
     return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _prune},
-                           cache_results=True)(kernel)
+                           reset_to_zero=None if forward else ["DB_PART"], cache_results=True)(kernel)
 
 
 def _aligned(*tensors: torch.Tensor) -> bool:
