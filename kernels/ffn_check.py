@@ -207,7 +207,9 @@ def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> 
     """(line, ok) per tile: the one-product layer's forward compiled for ``arch`` at (rows, depth) -> width in bf16
     at each of ``ffn_gemm.TILES``, with z0 stored (a recompute) and without, and its backward's dz kernel (width's
     gradient from dy of depth) at each of ``ffn_gemm.GRAD_TILES``, each by pointers and by TMA descriptors (operands
-    and the epilogue's tiles), and at each of ``GRAD_TMA_TILES`` by TMA; ok without spills and with wgmma."""
+    and the epilogue's tiles), and at each of ``GRAD_TMA_TILES`` by TMA; the persistent programs (TMA) at each of
+    ``PERSIST_TILES`` (z0 stored and not) and ``GRAD_PERSIST_TILES``; ok without spills, with wgmma and within
+    sm_90's 227 KB of shared memory a block."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -216,19 +218,22 @@ def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> 
 
     types = {"X": "bf16", "W": "bf16", "B": "fp32", "Z0": "bf16", "A": "bf16", "DY": "bf16", "DZ": "bf16",
              "DB_PART": "fp32"}
-    variants = [(tile, G._linear_silu_kernel, "forward", {"SAVE_Z": save}, save, desc) for tile in G.TILES
+    variants = [(tile + (0,), G._linear_silu_kernel, "forward", {"SAVE_Z": save}, save, desc) for tile in G.TILES
                 for save, desc in ((False, False), (True, False), (False, True), (True, True))]
-    variants += [(tile, G._silu_grad_kernel, "backward (dz)", {}, False, desc) for tile in G.GRAD_TILES
+    variants += [(tile + (0,), G._silu_grad_kernel, "backward (dz)", {}, False, desc) for tile in G.GRAD_TILES
                  for desc in (False, True)]
-    variants += [(tile, G._silu_grad_kernel, "backward (dz)", {}, False, True) for tile in G.GRAD_TMA_TILES]
+    variants += [(tile + (0,), G._silu_grad_kernel, "backward (dz)", {}, False, True) for tile in G.GRAD_TMA_TILES]
+    variants += [(tile, G._linear_silu_kernel, "forward", {"SAVE_Z": save}, save, True) for tile in G.PERSIST_TILES
+                 for save in (False, True)]
+    variants += [(tile, G._silu_grad_kernel, "backward (dz)", {}, False, True) for tile in G.GRAD_PERSIST_TILES]
     out = []
-    for (m, n, k, warps, stages), kernel, what, extra, save, desc in variants:
+    for (m, n, k, warps, stages, occ), kernel, what, extra, save, desc in variants:
         sig = {p.name: "constexpr" if p.is_constexpr else f"*{types[p.name]}" if p.name in types
                else "i64" if p.name.startswith("stride") else "i32" for p in kernel.params}
         consts = {"N": width, "K": depth, **extra, "IEEE": False, "BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k,
-                  "GROUP": G.GROUP_M, "DESC": desc}
+                  "GROUP": G.GROUP_M, "DESC": desc, "PERSIST": occ > 0, "OCC": max(occ, 1)}
         name = (f"ffn_gemm {what} {m}x{n}x{k} w{warps} s{stages}{', TMA' if desc else ''}"
-                f"{', z0 stored' if save else ''}")
+                f"{f', persistent {occ}/SM' if occ else ''}{', z0 stored' if save else ''}")
         try:
             c = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=launch_attrs(kernel)),
                                target=GPUTarget("cuda", arch, 32),
@@ -238,7 +243,7 @@ def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> 
             continue
         u = ptxas_usage(c, arch)
         wgmma = "wgmma" in c.asm["ptx"]
-        ok = u["spill_stores"] == 0 and u["spill_loads"] == 0 and wgmma
+        ok = u["spill_stores"] == 0 and u["spill_loads"] == 0 and wgmma and c.metadata.shared <= 232448
         out.append((f"{'ok  ' if ok else 'FAIL'} {name}: {u['registers']} registers, spills {u['spill_stores']}/"
                     f"{u['spill_loads']} B stored/loaded, shared {c.metadata.shared} B, wgmma {wgmma}", ok))
     return out

@@ -42,8 +42,15 @@ GRAD_TILES = [(64, 128, 64, 4, 4), (64, 128, 64, 4, 3), (64, 256, 64, 8, 4), (12
 # ... and these with TMA descriptors only, whose epilogue holds far fewer registers (z0's tile arrives as a box):
 # spill-free there, 8-1,436 B of spills by pointers
 GRAD_TMA_TILES = [(128, 128, 64, 8, 4), (128, 128, 64, 8, 3), (128, 256, 64, 8, 3)]
+# persistent programs (TMA only; ``PERSIST_TILES`` forward, ``GRAD_PERSIST_TILES`` dz), (BLOCK_M, BLOCK_N, BLOCK_K,
+# warps, stages, programs per SM): each program walks tiles a grid's width apart in one loop flattened with the depth
+# loop (``tl.range(..., flatten=True)``), so the next tile's loads are in flight during this one's epilogue; at depth
+# 512 a tile is 8 steps of its product and then an epilogue that reads and writes as much as the product's operands
+PERSIST_TILES = [(128, 256, 64, 8, 3, 1), (128, 128, 64, 8, 4, 1), (128, 128, 64, 4, 2, 2)]
+GRAD_PERSIST_TILES = [(128, 128, 64, 8, 3, 1), (128, 128, 64, 8, 4, 1), (64, 128, 64, 4, 3, 2)]
 INTERPRET_TILE = (32, 32, 32)  # under the interpreter: small, several tiles each way in the tests' shapes
 INTERPRET_DESC = False  # under the interpreter: pointers (tests set True: TMA descriptors where ``_aligned``)
+INTERPRET_PERSIST = 0  # under the interpreter: >0 (tests) that many persistent programs, TMA descriptors, as on sm_90
 GROUP_M = 8  # row tiles a group walks before the next column tile (L2 reuse of W's tiles)
 POISON = False  # tests: fill every output buffer with NaN first, so an element no program writes shows
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -60,9 +67,14 @@ def enabled() -> bool:
 
 @triton.jit
 def _tile(rows, N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
-    """This program's (row tile, column tile), GROUP row tiles a column tile before the next (grouped order: the
+    """This program's (row tile, column tile) and the tile's row (int64) and column offsets (``_tile_at``)."""
+    return _tile_at(tl.program_id(0), rows, N, BLOCK_M, BLOCK_N, GROUP)
+
+
+@triton.jit
+def _tile_at(pid, rows, N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
+    """Tile ``pid``'s (row tile, column tile), GROUP row tiles a column tile before the next (grouped order: the
     weight's tiles reused from L2), and the tile's row (int64) and column offsets."""
-    pid = tl.program_id(0)
     tiles_m = tl.cdiv(rows, BLOCK_M)
     tiles_n: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
     per_group = GROUP * tiles_n
@@ -94,10 +106,7 @@ def _product(X, W, rows, stride_x, stride_w, tile_m, tile_n, row, col, N: tl.con
                 w = w_desc.load([k, tile_n * BLOCK_N])
             else:
                 w = w_desc.load([tile_n * BLOCK_N, k]).T
-            if IEEE:
-                acc = tl.dot(x, w, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(x, w, acc)
+            acc = _dot(x, w, acc, IEEE)
     else:
         ks = tl.arange(0, BLOCK_K)
         live_row, live_col = row < rows, col < N
@@ -111,13 +120,19 @@ def _product(X, W, rows, stride_x, stride_w, tile_m, tile_n, row, col, N: tl.con
         for k in range(0, K, BLOCK_K):
             x = tl.load(x_ptrs, mask=live_row[:, None] & (k + ks < K)[None, :], other=0.0)
             w = tl.load(w_ptrs, mask=(k + ks < K)[:, None] & live_col[None, :], other=0.0)
-            if IEEE:
-                acc = tl.dot(x, w, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(x, w, acc)
+            acc = _dot(x, w, acc, IEEE)
             x_ptrs += BLOCK_K
             w_ptrs += w_step
     return acc
+
+
+@triton.jit
+def _dot(x, w, acc, IEEE: tl.constexpr):
+    """acc + x w, in fp32 at full precision where IEEE (fp32 operands), else on the tensor cores."""
+    if IEEE:
+        return tl.dot(x, w, acc, input_precision="ieee")
+    else:
+        return tl.dot(x, w, acc)
 
 
 @triton.jit
@@ -148,9 +163,31 @@ def _load_tile(P, rows, stride, tile_m, tile_n, row, col, N: tl.constexpr, BLOCK
 def _linear_silu_kernel(X, W, B, Z0, A, rows, stride_x, stride_w, stride_z, stride_a, N: tl.constexpr,
                         K: tl.constexpr, SAVE_Z: tl.constexpr, IEEE: tl.constexpr, ROWS_BUCKET,
                         TMA_OK, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        GROUP: tl.constexpr, DESC: tl.constexpr = False):
+                        GROUP: tl.constexpr, DESC: tl.constexpr = False, PERSIST: tl.constexpr = False,
+                        OCC: tl.constexpr = 1):
     # a = silu(X W^T + B) for a (BLOCK_M, BLOCK_N) tile (and z0 = X W^T where SAVE_Z). ROWS_BUCKET and TMA_OK: the
-    # autotuner's key and pruning only (``_bucket``, ``_prune``), plain ints so that no value compiles a kernel again
+    # autotuner's key and pruning only (``_bucket``, ``_prune``), plain ints so that no value compiles a kernel again.
+    # PERSIST (TMA descriptors only): every tile a grid's width apart, in one loop flattened with the depth loop; OCC
+    # (programs per SM) sizes the grid only
+    if PERSIST:
+        x_desc = tl.make_tensor_descriptor(X, shape=[rows, K], strides=[stride_x, 1], block_shape=[BLOCK_M, BLOCK_K])
+        w_desc = tl.make_tensor_descriptor(W, shape=[N, K], strides=[stride_w, 1], block_shape=[BLOCK_N, BLOCK_K])
+        a_desc = tl.make_tensor_descriptor(A, shape=[rows, N], strides=[stride_a, 1], block_shape=[BLOCK_M, BLOCK_N])
+        if SAVE_Z:
+            z_desc = tl.make_tensor_descriptor(Z0, shape=[rows, N], strides=[stride_z, 1],
+                                               block_shape=[BLOCK_M, BLOCK_N])
+        tiles = tl.cdiv(rows, BLOCK_M) * ((N + BLOCK_N - 1) // BLOCK_N)
+        for t in tl.range(tl.program_id(0), tiles, tl.num_programs(0), flatten=True):
+            tile_m, tile_n, row, col = _tile_at(t, rows, N, BLOCK_M, BLOCK_N, GROUP)
+            acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            for k in range(0, K, BLOCK_K):
+                acc = _dot(x_desc.load([tile_m * BLOCK_M, k]), w_desc.load([tile_n * BLOCK_N, k]).T, acc, IEEE)
+            z0 = acc.to(A.dtype.element_ty)
+            if SAVE_Z:
+                z_desc.store([tile_m * BLOCK_M, tile_n * BLOCK_N], z0)
+            z = z0.to(tl.float32) + tl.load(B + col, mask=col < N, other=0.0).to(tl.float32)[None, :]
+            a_desc.store([tile_m * BLOCK_M, tile_n * BLOCK_N], (z * tl.sigmoid(z)).to(A.dtype.element_ty))
+        return
     tile_m, tile_n, row, col = _tile(rows, N, BLOCK_M, BLOCK_N, GROUP)
     acc = _product(X, W, rows, stride_x, stride_w, tile_m, tile_n, row, col, N, K, False, IEEE, BLOCK_M, BLOCK_N,
                    BLOCK_K, DESC)
@@ -165,10 +202,33 @@ def _linear_silu_kernel(X, W, B, Z0, A, rows, stride_x, stride_w, stride_z, stri
 def _silu_grad_kernel(DY, W, Z0, B, DZ, DB_PART, rows, stride_dy, stride_w, stride_z, stride_dz, N: tl.constexpr,
                       K: tl.constexpr, IEEE: tl.constexpr, ROWS_BUCKET, TMA_OK,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
-                      DESC: tl.constexpr = False):
+                      DESC: tl.constexpr = False, PERSIST: tl.constexpr = False, OCC: tl.constexpr = 1):
     # The FFN's backward through proj and the SiLU in one product: da = dY W (dY (rows, K), W proj's (K, N) weight)
     # stays in registers, dz = da * silu'(z0 + b) is stored, and each tile's fp32 column sums of dz go to its row
-    # of DB_PART (tiles_m, N): the bias's gradient once summed over them (no atomics)
+    # of DB_PART (tiles_m, N): the bias's gradient once summed over them (no atomics). PERSIST and OCC: as the
+    # forward's
+    if PERSIST:
+        dy_desc = tl.make_tensor_descriptor(DY, shape=[rows, K], strides=[stride_dy, 1],
+                                            block_shape=[BLOCK_M, BLOCK_K])
+        w_desc = tl.make_tensor_descriptor(W, shape=[K, N], strides=[stride_w, 1], block_shape=[BLOCK_K, BLOCK_N])
+        z_desc = tl.make_tensor_descriptor(Z0, shape=[rows, N], strides=[stride_z, 1], block_shape=[BLOCK_M, BLOCK_N])
+        dz_desc = tl.make_tensor_descriptor(DZ, shape=[rows, N], strides=[stride_dz, 1],
+                                            block_shape=[BLOCK_M, BLOCK_N])
+        tiles = tl.cdiv(rows, BLOCK_M) * ((N + BLOCK_N - 1) // BLOCK_N)
+        for t in tl.range(tl.program_id(0), tiles, tl.num_programs(0), flatten=True):
+            tile_m, tile_n, row, col = _tile_at(t, rows, N, BLOCK_M, BLOCK_N, GROUP)
+            acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            for k in range(0, K, BLOCK_K):
+                acc = _dot(dy_desc.load([tile_m * BLOCK_M, k]), w_desc.load([k, tile_n * BLOCK_N]), acc, IEEE)
+            live_col = col < N
+            live = (row < rows)[:, None] & live_col[None, :]
+            z = z_desc.load([tile_m * BLOCK_M, tile_n * BLOCK_N]).to(tl.float32)
+            z += tl.load(B + col, mask=live_col, other=0.0).to(tl.float32)[None, :]
+            sg = tl.sigmoid(z)
+            dz = tl.where(live, acc * sg * (1.0 + z * (1.0 - sg)), 0.0)
+            dz_desc.store([tile_m * BLOCK_M, tile_n * BLOCK_N], dz.to(DZ.dtype.element_ty))
+            tl.store(DB_PART + tile_m.to(tl.int64) * N + col, tl.sum(dz, 0), mask=live_col)
+        return
     tile_m, tile_n, row, col = _tile(rows, N, BLOCK_M, BLOCK_N, GROUP)
     acc = _product(DY, W, rows, stride_dy, stride_w, tile_m, tile_n, row, col, N, K, True, IEEE, BLOCK_M, BLOCK_N,
                    BLOCK_K, DESC)
@@ -183,7 +243,8 @@ def _silu_grad_kernel(DY, W, Z0, B, DZ, DB_PART, rows, stride_dy, stride_w, stri
 
 
 def _prune(configs, named_args, **kwargs):
-    """The TMA-descriptor configs only where the launch can take them (``tma_ok``)."""
+    """The TMA-descriptor configs (the persistent ones among them) only where the launch can take them
+    (``tma_ok``)."""
     return [c for c in configs if kwargs["TMA_OK"] or not c.kwargs["DESC"]]
 
 
@@ -194,10 +255,12 @@ def _autotuned(kernel):
     after its last: a trial with fewer rows per tile writes more of its rows than the chosen config then
     overwrites, and the bias's gradient sums them all."""
     forward = kernel is _linear_silu_kernel
-    tiles = [(t, desc) for t in (TILES if forward else GRAD_TILES) for desc in (False, True)]
-    tiles += [] if forward else [(t, True) for t in GRAD_TMA_TILES]
-    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "DESC": desc}, num_warps=w, num_stages=s)
-               for (m, n, k, w, s), desc in tiles]
+    tiles = [(t + (1,), desc, False) for t in (TILES if forward else GRAD_TILES) for desc in (False, True)]
+    tiles += [] if forward else [(t + (1,), True, False) for t in GRAD_TMA_TILES]
+    tiles += [(t, True, True) for t in (PERSIST_TILES if forward else GRAD_PERSIST_TILES)]
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "DESC": desc, "PERSIST": persist,
+                              "OCC": occ}, num_warps=w, num_stages=s)
+               for (m, n, k, w, s, occ), desc, persist in tiles]
     key = ["N", "K", "SAVE_Z", "ROWS_BUCKET", "TMA_OK"] if forward else ["N", "K", "ROWS_BUCKET", "TMA_OK"]
     return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _prune},
                            reset_to_zero=None if forward else ["DB_PART"], cache_results=True)(kernel)
@@ -217,6 +280,14 @@ def tma_ok(*tensors: torch.Tensor) -> bool:
 
 
 _TUNED: dict = {}  # kernel -> its autotuner, made at its first launch
+_SMS: dict = {}  # device index -> its multiprocessors
+
+
+def _sms(device: torch.device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SMS:
+        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SMS[index]
 
 
 def _run(kernel, args, rows: int, width: int, operands, **consts) -> None:
@@ -225,16 +296,22 @@ def _run(kernel, args, rows: int, width: int, operands, **consts) -> None:
     where ``tma_ok(*operands)``."""
     if _INTERPRET:
         bm, bn, bk = INTERPRET_TILE
-        grid = (triton.cdiv(rows, bm) * triton.cdiv(width, bn),)
-        kernel[grid](*args, **consts, ROWS_BUCKET=0, TMA_OK=0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP=GROUP_M,
-                     DESC=INTERPRET_DESC and _aligned(*operands))
+        tiles = triton.cdiv(rows, bm) * triton.cdiv(width, bn)
+        persist = INTERPRET_PERSIST > 0 and _aligned(*operands)
+        kernel[(min(tiles, INTERPRET_PERSIST) if persist else tiles,)](
+            *args, **consts, ROWS_BUCKET=0, TMA_OK=0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP=GROUP_M,
+            DESC=persist or (INTERPRET_DESC and _aligned(*operands)), PERSIST=persist)
         return
     if kernel not in _TUNED:
         _TUNED[kernel] = _autotuned(kernel)
     tma = tma_ok(*operands)
     if tma:
         _ensure_allocator()  # the descriptors are built on the device: Triton's global scratch
-    grid = lambda m: (triton.cdiv(rows, m["BLOCK_M"]) * triton.cdiv(width, m["BLOCK_N"]),)  # noqa: E731
+    sms = _sms(operands[0].device)
+
+    def grid(m):
+        tiles = triton.cdiv(rows, m["BLOCK_M"]) * triton.cdiv(width, m["BLOCK_N"])
+        return (min(tiles, sms * m["OCC"]) if m["PERSIST"] else tiles,)
     _TUNED[kernel][grid](*args, **consts, ROWS_BUCKET=_bucket(rows), TMA_OK=int(tma), GROUP=GROUP_M)
 
 

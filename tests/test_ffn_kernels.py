@@ -37,6 +37,13 @@ def _kernel(monkeypatch):
     monkeypatch.setattr(ffn_gemm, "POISON", True)
 
 
+def _mode(monkeypatch, mode: str) -> None:
+    """ffn_gemm's interpreter launches by ``mode``: "pointers", "tma" (descriptors where the operands are aligned
+    for them) or "persistent" (three programs walking every tile, descriptors; where not aligned, pointers)."""
+    monkeypatch.setattr(ffn_gemm, "INTERPRET_DESC", mode == "tma")
+    monkeypatch.setattr(ffn_gemm, "INTERPRET_PERSIST", 3 if mode == "persistent" else 0)
+
+
 def _grads(fn, z0, b, da):
     leaves = [t.detach().clone().requires_grad_() for t in (z0, b)]
     a = fn(*leaves)
@@ -137,12 +144,13 @@ def _layer_grads(fn, x, w, b, da):
     ((1, 45, 64), 100, torch.float16),  # fp32 bias on fp16 x and weight
     ((3, 20, 96), 64, torch.float32),  # three steps of the depth loop
 ])
-@pytest.mark.parametrize("desc", [False, True])
-def test_gemm_epilogue_matches_torch(shape, width, dtype, desc, monkeypatch):
-    """ffn_gemm.linear_bias_silu (the product, the bias and the SiLU in one kernel; its tiles loaded by pointers
-    or by TMA descriptors) gives torch's ``F.silu(F.linear(x, w, b))`` and its gradients, three ways against
-    float64; a in x's dtype; without gradients the same a, with only a's buffer written."""
-    monkeypatch.setattr(ffn_gemm, "INTERPRET_DESC", desc)
+@pytest.mark.parametrize("mode", ["pointers", "tma", "persistent"])
+def test_gemm_epilogue_matches_torch(shape, width, dtype, mode, monkeypatch):
+    """ffn_gemm.linear_bias_silu (the product, the bias and the SiLU in one kernel; its tiles loaded by pointers,
+    by TMA descriptors, or by three persistent programs walking the tiles) gives torch's ``F.silu(F.linear(x, w,
+    b))`` and its gradients, three ways against float64; a in x's dtype; without gradients the same a, with only
+    a's buffer written."""
+    _mode(monkeypatch, mode)
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(shape, generator=gen).to(dtype)
     w = (torch.randn(width, shape[-1], generator=gen) * shape[-1] ** -0.5).to(dtype)
@@ -191,14 +199,15 @@ def test_gemm_dispatch_and_errors(monkeypatch):
         real(x, w.half(), b)
 
 
-@pytest.mark.parametrize("desc", [False, True])
-@pytest.mark.parametrize("shape, width, dtype", [((2, 37, 48), 80, torch.float32), ((1, 45, 64), 100, torch.float16)])
-def test_feed_forward_in_one_product_each_way_matches_torch(shape, width, dtype, desc, monkeypatch):
+@pytest.mark.parametrize("mode", ["pointers", "tma", "persistent"])
+@pytest.mark.parametrize("shape, width, dtype", [((2, 37, 48), 80, torch.float32), ((1, 45, 64), 100, torch.float16),
+                                                 ((1, 70, 32), 96, torch.float16)])
+def test_feed_forward_in_one_product_each_way_matches_torch(shape, width, dtype, mode, monkeypatch):
     """ffn_gemm.feed_forward (the first layer's bias and SiLU in its product's epilogue, dz from dy and proj's
-    weight in one product, da never stored) gives torch's ``F.linear(F.silu(F.linear(x, w1, b1)), w2, b2)`` and
-    the gradients of all five, three ways against float64; ``unread`` leaves y uncomputed and the gradients the
-    same bits; without gradients the same y."""
-    monkeypatch.setattr(ffn_gemm, "INTERPRET_DESC", desc)
+    weight in one product, da never stored; pointers, TMA descriptors, or persistent programs) gives torch's
+    ``F.linear(F.silu(F.linear(x, w1, b1)), w2, b2)`` and the gradients of all five, three ways against float64;
+    ``unread`` leaves y uncomputed and the gradients the same bits; without gradients the same y."""
+    _mode(monkeypatch, mode)
     gen = torch.Generator().manual_seed(7)
     d = shape[-1]
     x = torch.randn(shape, generator=gen).to(dtype)
@@ -298,8 +307,12 @@ def test_kernels_compile_for_sm90():
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     tma_only = len(ffn_gemm.GRAD_TMA_TILES)
-    gemm_lines = 4 * len(ffn_gemm.TILES) + 2 * len(ffn_gemm.GRAD_TILES) + tma_only
+    persistent = 2 * len(ffn_gemm.PERSIST_TILES) + len(ffn_gemm.GRAD_PERSIST_TILES)  # all by TMA
+    gemm_lines = 4 * len(ffn_gemm.TILES) + 2 * len(ffn_gemm.GRAD_TILES) + tma_only + persistent
     assert sum(line.startswith("ok ") for line in proc.stdout.splitlines()) == 6 + gemm_lines, proc.stdout
     gemm = [line for line in proc.stdout.splitlines() if line.startswith("ok   ffn_gemm ") and "wgmma True" in line]
-    assert len(gemm) == gemm_lines and sum(", TMA" in line for line in gemm) == (gemm_lines + tma_only) // 2
-    assert sum(" backward (dz) " in line for line in gemm) == 2 * len(ffn_gemm.GRAD_TILES) + tma_only
+    tma = 2 * len(ffn_gemm.TILES) + len(ffn_gemm.GRAD_TILES) + tma_only + persistent
+    assert len(gemm) == gemm_lines and sum(", TMA" in line for line in gemm) == tma
+    assert sum(", persistent " in line for line in gemm) == persistent
+    assert sum(" backward (dz) " in line for line in gemm) == (2 * len(ffn_gemm.GRAD_TILES) + tma_only
+                                                              + len(ffn_gemm.GRAD_PERSIST_TILES))
