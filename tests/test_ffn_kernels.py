@@ -191,7 +191,7 @@ def test_gemm_dispatch_and_errors(monkeypatch):
         m.setenv("MEGASTRIDE_FFN", "torch")
         assert torch.equal(ffn.linear_silu(x, w, b), want) and len(calls) == 2
     monkeypatch.setenv("MEGASTRIDE_FFN_GEMM", "yes")
-    with pytest.raises(ValueError, match=r"^MEGASTRIDE_FFN_GEMM must be unset, '0' or '1'; got 'yes'$"):
+    with pytest.raises(ValueError, match=r"^MEGASTRIDE_FFN_GEMM must be unset, '0', '1' or 'nograd'; got 'yes'$"):
         ffn.linear_silu(x, w, b)
     with pytest.raises(ValueError, match=r"needs weight \(N, 16\) and bias \(N,\); got weight \(40, 8\)"):
         real(x, w[:, :8], b)
@@ -255,6 +255,34 @@ def test_the_models_ffn_takes_the_one_product_layer(monkeypatch):
     monkeypatch.setenv("MEGASTRIDE_FFN", "torch")
     module(x)
     assert len(calls) == 2
+
+
+def test_nograd_takes_the_one_product_layer_only_where_no_gradient_is_recorded(monkeypatch):
+    """MEGASTRIDE_FFN_GEMM=nograd: the model's FFN through ffn_gemm.feed_forward under torch.no_grad (a recomputed
+    block's first forward) and on inputs and parameters that need no gradient, giving the default path's output;
+    where a gradient is recorded, the default path (the SiLU kernel after cuBLAS's product)."""
+    gemm, silu = [], []
+    real_ff, real_silu = ffn_gemm.feed_forward, bias_silu.triton_bias_silu
+    monkeypatch.setattr(ffn_gemm, "feed_forward", lambda *a: gemm.append(1) or real_ff(*a))
+    monkeypatch.setattr(bias_silu, "triton_bias_silu", lambda *a: silu.append(1) or real_silu(*a))
+    module = _tiny_model().blocks[0].ffn
+    x = torch.randn(2, 24, 32, generator=torch.Generator().manual_seed(8))
+    want = module(x)  # MEGASTRIDE_FFN_GEMM unset: the default path, recording
+    assert (len(gemm), len(silu)) == (0, 1)
+    monkeypatch.setenv("MEGASTRIDE_FFN_GEMM", "nograd")
+    with torch.no_grad():
+        got = module(x)
+    assert (len(gemm), len(silu)) == (1, 1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    y = module(x.requires_grad_())
+    assert (len(gemm), len(silu)) == (1, 2) and y.requires_grad
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-6)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    module(x.detach())
+    assert (len(gemm), len(silu)) == (2, 2)
+    assert torch.equal(ffn.linear_silu(x.detach(), module.fc.weight, module.fc.bias),
+                       ffn_gemm.linear_bias_silu(x.detach(), module.fc.weight, module.fc.bias))
 
 
 def _tiny_model():
