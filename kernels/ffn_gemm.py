@@ -104,21 +104,15 @@ def _product(X, W, rows, stride_x, stride_w, tile_m, tile_n, row, col, N: tl.con
     """The fp32 (BLOCK_M, BLOCK_N) tile of X W^T (W (N, K) rows: fc's weight) or, with W_KN, of X W (W (K, N):
     proj's weight), X (rows, K). DESC: the operands' tiles loaded by TMA descriptors (rows past the end come back
     as zeros), else by pointer loads under masks."""
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     if DESC:
         x_desc = tl.make_tensor_descriptor(X, shape=[rows, K], strides=[stride_x, 1], block_shape=[BLOCK_M, BLOCK_K])
         if W_KN:
             w_desc = tl.make_tensor_descriptor(W, shape=[K, N], strides=[stride_w, 1], block_shape=[BLOCK_K, BLOCK_N])
         else:
             w_desc = tl.make_tensor_descriptor(W, shape=[N, K], strides=[stride_w, 1], block_shape=[BLOCK_N, BLOCK_K])
-        for k in range(0, K, BLOCK_K):
-            x = x_desc.load([tile_m * BLOCK_M, k])
-            if W_KN:
-                w = w_desc.load([k, tile_n * BLOCK_N])
-            else:
-                w = w_desc.load([tile_n * BLOCK_N, k]).T
-            acc = _dot(x, w, acc, IEEE)
+        acc = _desc_product(x_desc, w_desc, tile_m, tile_n, K, W_KN, IEEE, BLOCK_M, BLOCK_N, BLOCK_K)
     else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         ks = tl.arange(0, BLOCK_K)
         live_row, live_col = row < rows, col < N
         x_ptrs = X + row[:, None] * stride_x + ks[None, :]
@@ -144,6 +138,28 @@ def _dot(x, w, acc, IEEE: tl.constexpr):
         return tl.dot(x, w, acc, input_precision="ieee")
     else:
         return tl.dot(x, w, acc)
+
+
+@triton.jit
+def _tiles(rows, N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """How many (BLOCK_M, BLOCK_N) tiles cover (rows, N)."""
+    return tl.cdiv(rows, BLOCK_M) * ((N + BLOCK_N - 1) // BLOCK_N)
+
+
+@triton.jit
+def _desc_product(x_desc, w_desc, tile_m, tile_n, K: tl.constexpr, W_KN: tl.constexpr, IEEE: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The fp32 (BLOCK_M, BLOCK_N) tile (tile_m, tile_n) of X W^T (w_desc over W (N, K)) or, with W_KN, of X W
+    (w_desc over W (K, N)), X's and W's tiles by descriptors made once (the persistent programs')."""
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k in range(0, K, BLOCK_K):
+        x = x_desc.load([tile_m * BLOCK_M, k])
+        if W_KN:
+            w = w_desc.load([k, tile_n * BLOCK_N])
+        else:
+            w = w_desc.load([tile_n * BLOCK_N, k]).T
+        acc = _dot(x, w, acc, IEEE)
+    return acc
 
 
 @triton.jit
@@ -187,12 +203,9 @@ def _linear_silu_kernel(X, W, B, Z0, A, rows, stride_x, stride_w, stride_z, stri
         if SAVE_Z:
             z_desc = tl.make_tensor_descriptor(Z0, shape=[rows, N], strides=[stride_z, 1],
                                                block_shape=[BLOCK_M, BLOCK_N])
-        tiles = tl.cdiv(rows, BLOCK_M) * ((N + BLOCK_N - 1) // BLOCK_N)
-        for t in tl.range(tl.program_id(0), tiles, tl.num_programs(0), flatten=True):
+        for t in tl.range(tl.program_id(0), _tiles(rows, N, BLOCK_M, BLOCK_N), tl.num_programs(0), flatten=True):
             tile_m, tile_n, row, col = _tile_at(t, rows, N, BLOCK_M, BLOCK_N, GROUP)
-            acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-            for k in range(0, K, BLOCK_K):
-                acc = _dot(x_desc.load([tile_m * BLOCK_M, k]), w_desc.load([tile_n * BLOCK_N, k]).T, acc, IEEE)
+            acc = _desc_product(x_desc, w_desc, tile_m, tile_n, K, False, IEEE, BLOCK_M, BLOCK_N, BLOCK_K)
             z0 = acc.to(A.dtype.element_ty)
             if SAVE_Z:
                 z_desc.store([tile_m * BLOCK_M, tile_n * BLOCK_N], z0)
@@ -225,12 +238,9 @@ def _silu_grad_kernel(DY, W, Z0, B, DZ, DB_PART, rows, stride_dy, stride_w, stri
         z_desc = tl.make_tensor_descriptor(Z0, shape=[rows, N], strides=[stride_z, 1], block_shape=[BLOCK_M, BLOCK_N])
         dz_desc = tl.make_tensor_descriptor(DZ, shape=[rows, N], strides=[stride_dz, 1],
                                             block_shape=[BLOCK_M, BLOCK_N])
-        tiles = tl.cdiv(rows, BLOCK_M) * ((N + BLOCK_N - 1) // BLOCK_N)
-        for t in tl.range(tl.program_id(0), tiles, tl.num_programs(0), flatten=True):
+        for t in tl.range(tl.program_id(0), _tiles(rows, N, BLOCK_M, BLOCK_N), tl.num_programs(0), flatten=True):
             tile_m, tile_n, row, col = _tile_at(t, rows, N, BLOCK_M, BLOCK_N, GROUP)
-            acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-            for k in range(0, K, BLOCK_K):
-                acc = _dot(dy_desc.load([tile_m * BLOCK_M, k]), w_desc.load([k, tile_n * BLOCK_N]), acc, IEEE)
+            acc = _desc_product(dy_desc, w_desc, tile_m, tile_n, K, True, IEEE, BLOCK_M, BLOCK_N, BLOCK_K)
             live_col = col < N
             live = (row < rows)[:, None] & live_col[None, :]
             z = z_desc.load([tile_m * BLOCK_M, tile_n * BLOCK_N]).to(tl.float32)
