@@ -23,7 +23,8 @@ path's). Tiles: autotuned per (width, depth, bucketed rows) over ``TILES`` (forw
 each by pointer loads and stores and, where TMA can take the operands and outputs (``tma_ok``), by TMA descriptors
 (the products' tiles and the epilogues'; the dz kernel also at ``GRAD_TMA_TILES``), and as persistent programs
 (``PERSIST_TILES``, ``GRAD_PERSIST_TILES``: TMA, the H100's choice at 1M rows); under the interpreter (CPU tests)
-one small fixed tile, by pointers, descriptors or three persistent programs. Row offsets are int64 (T x width passes 2**31 elements at 1M tokens).
+one small fixed tile, by pointers, descriptors or three persistent programs. Row offsets are int64 (T x width
+passes 2**31 elements at 1M tokens).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .blocksparse import _bucket, _ensure_allocator  # rows bucketed as the attention's lengths; Triton's scratch
+from .blocksparse import _bucket, _ensure_allocator, gpu_sms  # rows bucketed as the attention's lengths; Triton's
+# scratch; the GPU's multiprocessors
 from .layernorm import as_rows, new_buffer
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): Triton's Hopper matmul tutorial's bf16 tiles and two around them
@@ -301,14 +303,6 @@ def tma_ok(*tensors: torch.Tensor) -> bool:
 
 
 _TUNED: dict = {}  # kernel -> its autotuner, made at its first launch
-_SMS: dict = {}  # device index -> its multiprocessors
-
-
-def _sms(device: torch.device) -> int:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SMS:
-        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SMS[index]
 
 
 def _run(kernel, args, rows: int, width: int, operands, **consts) -> None:
@@ -328,7 +322,7 @@ def _run(kernel, args, rows: int, width: int, operands, **consts) -> None:
     tma = tma_ok(*operands)
     if tma:
         _ensure_allocator()  # the descriptors are built on the device: Triton's global scratch
-    sms = _sms(operands[0].device)
+    sms = gpu_sms(operands[0])
 
     def grid(m):
         tiles = triton.cdiv(rows, m["BLOCK_M"]) * triton.cdiv(width, m["BLOCK_N"])
