@@ -260,7 +260,8 @@ def test_the_models_ffn_takes_the_one_product_layer(monkeypatch):
 def test_nograd_takes_the_one_product_layer_only_where_no_gradient_is_recorded(monkeypatch):
     """MEGASTRIDE_FFN_GEMM=nograd: the model's FFN through ffn_gemm.feed_forward under torch.no_grad (a recomputed
     block's first forward) and on inputs and parameters that need no gradient, giving the default path's output;
-    where a gradient is recorded, the default path (the SiLU kernel after cuBLAS's product)."""
+    where a gradient is recorded (of x, or of a parameter, the bias alone included), the default path (the SiLU
+    kernel after cuBLAS's product); the first layer alone (``ffn.linear_silu``) alike."""
     gemm, silu = [], []
     real_ff, real_silu = ffn_gemm.feed_forward, bias_silu.triton_bias_silu
     monkeypatch.setattr(ffn_gemm, "feed_forward", lambda *a: gemm.append(1) or real_ff(*a))
@@ -281,8 +282,16 @@ def test_nograd_takes_the_one_product_layer_only_where_no_gradient_is_recorded(m
         p.requires_grad_(False)
     module(x.detach())
     assert (len(gemm), len(silu)) == (2, 2)
-    assert torch.equal(ffn.linear_silu(x.detach(), module.fc.weight, module.fc.bias),
-                       ffn_gemm.linear_bias_silu(x.detach(), module.fc.weight, module.fc.bias))
+    layer = []  # the first layer alone (ffn.linear_silu) dispatches alike
+    real_layer = ffn_gemm.linear_bias_silu
+    monkeypatch.setattr(ffn_gemm, "linear_bias_silu", lambda *a: layer.append(1) or real_layer(*a))
+    ffn.linear_silu(x.detach(), module.fc.weight, module.fc.bias)
+    assert (layer, len(silu)) == ([1], 2)
+    ffn.linear_silu(x.detach().requires_grad_(), module.fc.weight, module.fc.bias)
+    assert (layer, len(silu)) == ([1], 3)
+    module.fc.bias.requires_grad_(True)  # a bias alone needing its gradient records one
+    module(x.detach())
+    assert (len(gemm), len(silu)) == (2, 4)
 
 
 def _tiny_model():
