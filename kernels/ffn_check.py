@@ -13,6 +13,9 @@
 the SiLU in one Triton kernel) the same way and times it beside the default (cuBLAS, then the bias + SiLU kernel)
 and torch's, forward with and without gradients and forward+backward, alternated in rounds.
 
+``--every-config`` checks only the one-kernel FFN, with each config of its two autotuning lists forced in turn (the
+autotuner's choice is one of them, and may differ by length and machine).
+
 ``--compile`` (no GPU needed) compiles both kernels for sm_90 at width 2048 and reports registers, spills
 and the width of their global accesses (a spill, or a scalar access, is a failure), and the one-kernel
 layer's product at each of its tiles (registers, spills, shared memory, whether its products are wgmma).
@@ -180,6 +183,28 @@ def check_ffn(rows: int = 65536) -> dict:
     return report
 
 
+def check_every_config(rows: int = 8195) -> list[dict]:
+    """``check_ffn`` with each config of the one-product layer's two autotuning lists forced in turn
+    (``ffn_gemm.FORCED``; the forward's and dz's paired by index, the shorter list repeated), the autotuner's
+    choice only ever one of them; at ``rows`` that no tile divides. Each report names its two configs."""
+    fwd, dz = G.configs(G._linear_silu_kernel), G.configs(G._silu_grad_kernel)
+    reports = []
+    for i in range(max(len(fwd), len(dz))):
+        pair = {G._linear_silu_kernel: fwd[i % len(fwd)], G._silu_grad_kernel: dz[i % len(dz)]}
+        with mock.patch.dict(G.FORCED, pair):
+            r = check_ffn(rows)
+        r["name"] += f" forward [{pair[G._linear_silu_kernel]}] dz [{pair[G._silu_grad_kernel]}]"
+        reports.append(r)
+    return reports
+
+
+def _print_ffn(r: dict) -> None:
+    parts = [f"{k} max err {r[k]['max_err']:.3g}{'' if r[k]['ok'] else ' FAIL'}"
+             for k in ("y", "dx", "dw1", "db1", "dw2", "db2")]
+    print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['name']}: {', '.join(parts)}, no_grad equal {r['no_grad_equal']}, "
+          f"deterministic {r['deterministic']}", flush=True)
+
+
 def time_gemm(rows: int, rounds: int = 3) -> dict:
     """ms medians over ``rounds`` alternated rounds of the whole FFN (fc, SiLU, proj; bf16 autocast): the model's
     default (cuBLAS, bias_silu, cuBLAS), the one-product layer (``ffn_gemm.feed_forward``) and torch's layers, each
@@ -208,8 +233,9 @@ def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> 
     at each of ``ffn_gemm.TILES``, with z0 stored (a recompute) and without, and its backward's dz kernel (width's
     gradient from dy of depth) at each of ``ffn_gemm.GRAD_TILES``, each by pointers and by TMA descriptors (operands
     and the epilogue's tiles), and at each of ``GRAD_TMA_TILES`` by TMA; the persistent programs (TMA) at each of
-    ``PERSIST_TILES`` (z0 stored and not) and ``GRAD_PERSIST_TILES``; ok without spills, with wgmma and within
-    sm_90's 227 KB of shared memory a block."""
+    ``PERSIST_TILES`` (z0 stored and not) and ``GRAD_PERSIST_TILES``, and warp-specialised at ``WS_TILES`` and
+    ``GRAD_WS_TILES``; ok without spills, with wgmma, within sm_90's 227 KB of shared memory a block, and (the
+    last) with the loop partitioned into warp groups."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -226,14 +252,20 @@ def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> 
     variants += [(tile, G._linear_silu_kernel, "forward", {"SAVE_Z": save}, save, True) for tile in G.PERSIST_TILES
                  for save in (False, True)]
     variants += [(tile, G._silu_grad_kernel, "backward (dz)", {}, False, True) for tile in G.GRAD_PERSIST_TILES]
+    variants += [(tile + (1,), G._linear_silu_kernel, "forward", {"SAVE_Z": save, "WS": True}, save, True)
+                 for tile in G.WS_TILES for save in (False, True)]
+    variants += [(tile + (1,), G._silu_grad_kernel, "backward (dz)", {"WS": True}, False, True)
+                 for tile in G.GRAD_WS_TILES]
     out = []
     for (m, n, k, warps, stages, occ), kernel, what, extra, save, desc in variants:
         sig = {p.name: "constexpr" if p.is_constexpr else f"*{types[p.name]}" if p.name in types
                else "i64" if p.name.startswith("stride") else "i32" for p in kernel.params}
         consts = {"N": width, "K": depth, **extra, "IEEE": False, "BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k,
                   "GROUP": G.GROUP_M, "DESC": desc, "PERSIST": occ > 0, "OCC": max(occ, 1)}
+        ws = extra.get("WS", False)
         name = (f"ffn_gemm {what} {m}x{n}x{k} w{warps} s{stages}{', TMA' if desc else ''}"
-                f"{f', persistent {occ}/SM' if occ else ''}{', z0 stored' if save else ''}")
+                f"{f', persistent {occ}/SM' if occ else ''}{', warp-specialised' if ws else ''}"
+                f"{', z0 stored' if save else ''}")
         try:
             c = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=launch_attrs(kernel)),
                                target=GPUTarget("cuda", arch, 32),
@@ -243,9 +275,12 @@ def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> 
             continue
         u = ptxas_usage(c, arch)
         wgmma = "wgmma" in c.asm["ptx"]
-        ok = u["spill_stores"] == 0 and u["spill_loads"] == 0 and wgmma and c.metadata.shared <= 232448
+        parted = "ttg.warp_specialize" in c.asm["ttgir"]
+        ok = (u["spill_stores"] == 0 and u["spill_loads"] == 0 and wgmma and c.metadata.shared <= 232448
+              and parted == ws)
         out.append((f"{'ok  ' if ok else 'FAIL'} {name}: {u['registers']} registers, spills {u['spill_stores']}/"
-                    f"{u['spill_loads']} B stored/loaded, shared {c.metadata.shared} B, wgmma {wgmma}", ok))
+                    f"{u['spill_loads']} B stored/loaded, shared {c.metadata.shared} B, wgmma {wgmma}"
+                    f"{f', {c.metadata.num_warps} warps in groups {parted}' if ws else ''}", ok))
     return out
 
 
@@ -273,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m megastride.kernels.ffn_check", description=__doc__.splitlines()[0])
     p.add_argument("--compile", action="store_true", help="only compile the kernels for sm_90 (no GPU needed)")
     p.add_argument("--gemm", action="store_true", help="also check and time the one-kernel layer (ffn_gemm)")
+    p.add_argument("--every-config", action="store_true",
+                   help="only check the one-kernel FFN with each of its autotuning configs forced in turn")
     args = p.parse_args(argv)
     if args.compile:
         from .compile_check import print_report
@@ -281,6 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("ffn_check needs a CUDA GPU (--compile runs without one)", file=sys.stderr)
         return 2
+    if args.every_config:
+        reports = check_every_config()
+        for r in reports:
+            _print_ffn(r)
+        failed = sum(not r["ok"] for r in reports)
+        print(f"ffn_check: {f'FAILED {failed} of {len(reports)}' if failed else f'all {len(reports)} configs passed'}")
+        return 1 if failed else 0
     failed = 0
     for gemm in (False, True) if args.gemm else (False,):
         r = check(gemm=gemm)
@@ -292,10 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.gemm:
         r = check_ffn()
         failed += not r["ok"]
-        parts = [f"{k} max err {r[k]['max_err']:.3g}{'' if r[k]['ok'] else ' FAIL'}"
-                 for k in ("y", "dx", "dw1", "db1", "dw2", "db2")]
-        print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['name']}: {', '.join(parts)}, no_grad equal {r['no_grad_equal']}, "
-              f"deterministic {r['deterministic']}", flush=True)
+        _print_ffn(r)
     for rows in (65536, 1 << 20):
         t = time_case(rows)
         print(f"{t['name']}: fwd+bwd ours {t['ours_fwdbwd_ms']:.3f} ms, torch {t['torch_fwdbwd_ms']:.3f} ms, speedup "

@@ -53,9 +53,15 @@ GRAD_TMA_TILES = [(128, 128, 64, 8, 4), (128, 128, 64, 8, 3), (128, 256, 64, 8, 
 # 512 a tile is 8 steps of its product and then an epilogue that reads and writes as much as the product's operands
 PERSIST_TILES = [(128, 256, 64, 8, 3, 1), (128, 128, 64, 8, 4, 1), (128, 128, 64, 4, 2, 2)]
 GRAD_PERSIST_TILES = [(128, 128, 64, 8, 3, 1), (128, 128, 64, 8, 4, 1), (64, 128, 64, 4, 3, 2)]
+# persistent and warp-specialised by Triton (``tl.range(..., warp_specialize=True)``: a loading warp group and two
+# computing ones, 12 warps, one program an SM), (BLOCK_M, BLOCK_N, BLOCK_K, warps of a group, stages): the tiles
+# Triton 3.6 partitions on sm_90 without spills (``ffn_check --compile``; the dz kernel's 128-row tiles fail there)
+WS_TILES = [(128, 128, 64, 4, 3), (128, 128, 64, 4, 2), (64, 128, 64, 4, 4)]
+GRAD_WS_TILES = [(64, 128, 64, 4, 3), (64, 128, 64, 4, 4)]
 INTERPRET_TILE = (32, 32, 32)  # under the interpreter: small, several tiles each way in the tests' shapes
 INTERPRET_DESC = False  # under the interpreter: pointers (tests set True: TMA descriptors where ``_aligned``)
 INTERPRET_PERSIST = 0  # under the interpreter: >0 (tests) that many persistent programs, TMA descriptors, as on sm_90
+INTERPRET_WS = False  # ... their loop marked for warp specialisation (the interpreter runs it as written)
 GROUP_M = 8  # row tiles a group walks before the next column tile (L2 reuse of W's tiles)
 POISON = False  # tests: fill every output buffer with NaN first, so an element no program writes shows
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -193,11 +199,12 @@ def _linear_silu_kernel(X, W, B, Z0, A, rows, stride_x, stride_w, stride_z, stri
                         K: tl.constexpr, SAVE_Z: tl.constexpr, IEEE: tl.constexpr, ROWS_BUCKET,
                         TMA_OK, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         GROUP: tl.constexpr, DESC: tl.constexpr = False, PERSIST: tl.constexpr = False,
-                        OCC: tl.constexpr = 1):
+                        OCC: tl.constexpr = 1, WS: tl.constexpr = False):
     # a = silu(X W^T + B) for a (BLOCK_M, BLOCK_N) tile (and z0 = X W^T where SAVE_Z). ROWS_BUCKET and TMA_OK: the
     # autotuner's key and pruning only (``_bucket``, ``_prune``), plain ints so that no value compiles a kernel again.
-    # PERSIST (TMA descriptors only): every tile a grid's width apart, in one loop flattened with the depth loop; OCC
-    # (programs per SM) sizes the grid only
+    # PERSIST (TMA descriptors only): every tile a grid's width apart, in one loop flattened with the depth loop, or
+    # with WS warp-specialised by Triton instead (a loading warp group and two computing ones taking turns, so one's
+    # epilogue runs under the other's products); OCC (programs per SM) sizes the grid only
     if PERSIST:
         x_desc = tl.make_tensor_descriptor(X, shape=[rows, K], strides=[stride_x, 1], block_shape=[BLOCK_M, BLOCK_K])
         w_desc = tl.make_tensor_descriptor(W, shape=[N, K], strides=[stride_w, 1], block_shape=[BLOCK_N, BLOCK_K])
@@ -205,7 +212,8 @@ def _linear_silu_kernel(X, W, B, Z0, A, rows, stride_x, stride_w, stride_z, stri
         if SAVE_Z:
             z_desc = tl.make_tensor_descriptor(Z0, shape=[rows, N], strides=[stride_z, 1],
                                                block_shape=[BLOCK_M, BLOCK_N])
-        for t in tl.range(tl.program_id(0), _tiles(rows, N, BLOCK_M, BLOCK_N), tl.num_programs(0), flatten=True):
+        for t in tl.range(tl.program_id(0), _tiles(rows, N, BLOCK_M, BLOCK_N), tl.num_programs(0), flatten=not WS,
+                          warp_specialize=WS):
             tile_m, tile_n, row, col = _tile_at(t, rows, N, BLOCK_M, BLOCK_N, GROUP)
             acc = _desc_product(x_desc, w_desc, tile_m, tile_n, K, False, IEEE, BLOCK_M, BLOCK_N, BLOCK_K)
             z0 = acc.to(A.dtype.element_ty)
@@ -228,10 +236,11 @@ def _linear_silu_kernel(X, W, B, Z0, A, rows, stride_x, stride_w, stride_z, stri
 def _silu_grad_kernel(DY, W, Z0, B, DZ, DB_PART, rows, stride_dy, stride_w, stride_z, stride_dz, N: tl.constexpr,
                       K: tl.constexpr, IEEE: tl.constexpr, ROWS_BUCKET, TMA_OK,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
-                      DESC: tl.constexpr = False, PERSIST: tl.constexpr = False, OCC: tl.constexpr = 1):
+                      DESC: tl.constexpr = False, PERSIST: tl.constexpr = False, OCC: tl.constexpr = 1,
+                      WS: tl.constexpr = False):
     # The FFN's backward through proj and the SiLU in one product: da = dY W (dY (rows, K), W proj's (K, N) weight)
     # stays in registers, dz = da * silu'(z0 + b) is stored, and each tile's fp32 column sums of dz go to its row
-    # of DB_PART (tiles_m, N): the bias's gradient once summed over them (no atomics). PERSIST and OCC: as the
+    # of DB_PART (tiles_m, N): the bias's gradient once summed over them (no atomics). PERSIST, OCC and WS: as the
     # forward's
     if PERSIST:
         dy_desc = tl.make_tensor_descriptor(DY, shape=[rows, K], strides=[stride_dy, 1],
@@ -240,7 +249,8 @@ def _silu_grad_kernel(DY, W, Z0, B, DZ, DB_PART, rows, stride_dy, stride_w, stri
         z_desc = tl.make_tensor_descriptor(Z0, shape=[rows, N], strides=[stride_z, 1], block_shape=[BLOCK_M, BLOCK_N])
         dz_desc = tl.make_tensor_descriptor(DZ, shape=[rows, N], strides=[stride_dz, 1],
                                             block_shape=[BLOCK_M, BLOCK_N])
-        for t in tl.range(tl.program_id(0), _tiles(rows, N, BLOCK_M, BLOCK_N), tl.num_programs(0), flatten=True):
+        for t in tl.range(tl.program_id(0), _tiles(rows, N, BLOCK_M, BLOCK_N), tl.num_programs(0), flatten=not WS,
+                          warp_specialize=WS):
             tile_m, tile_n, row, col = _tile_at(t, rows, N, BLOCK_M, BLOCK_N, GROUP)
             acc = _desc_product(dy_desc, w_desc, tile_m, tile_n, K, True, IEEE, BLOCK_M, BLOCK_N, BLOCK_K)
             live_col = col < N
@@ -271,21 +281,28 @@ def _prune(configs, named_args, **kwargs):
     return [c for c in configs if kwargs["TMA_OK"] or not c.kwargs["DESC"]]
 
 
+def configs(kernel) -> list:
+    """``kernel``'s autotuning list (``triton.Config``): ``TILES`` for the forward (``GRAD_TILES``, and with TMA
+    only ``GRAD_TMA_TILES``, for dz), each by pointers and by TMA descriptors; then the persistent programs
+    (``PERSIST_TILES``, ``GRAD_PERSIST_TILES``) and the warp-specialised ones (``WS_TILES``, ``GRAD_WS_TILES``)."""
+    forward = kernel is _linear_silu_kernel
+    tiles = [(t + (1,), desc, False, False) for t in (TILES if forward else GRAD_TILES) for desc in (False, True)]
+    tiles += [] if forward else [(t + (1,), True, False, False) for t in GRAD_TMA_TILES]
+    tiles += [(t, True, True, False) for t in (PERSIST_TILES if forward else GRAD_PERSIST_TILES)]
+    tiles += [(t + (1,), True, True, True) for t in (WS_TILES if forward else GRAD_WS_TILES)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "DESC": desc, "PERSIST": persist, "OCC": occ,
+                           "WS": ws}, num_warps=w, num_stages=s)
+            for (m, n, k, w, s, occ), desc, persist, ws in tiles]
+
+
 def _autotuned(kernel):
-    """``kernel`` autotuned over its tiles (``TILES`` for the forward; ``GRAD_TILES``, and with TMA ``GRAD_TMA_TILES``,
-    for dz), each by pointers and by TMA descriptors, the latter pruned where the launch cannot take them. The dz
-    kernel's column sums go to a zeroed buffer, ``DB_PART``, which the tuner zeroes again before each trial and
+    """``kernel`` autotuned over ``configs(kernel)``, the TMA ones pruned where the launch cannot take them. The
+    dz kernel's column sums go to a zeroed buffer, ``DB_PART``, which the tuner zeroes again before each trial and
     after its last: a trial with fewer rows per tile writes more of its rows than the chosen config then
     overwrites, and the bias's gradient sums them all."""
     forward = kernel is _linear_silu_kernel
-    tiles = [(t + (1,), desc, False) for t in (TILES if forward else GRAD_TILES) for desc in (False, True)]
-    tiles += [] if forward else [(t + (1,), True, False) for t in GRAD_TMA_TILES]
-    tiles += [(t, True, True) for t in (PERSIST_TILES if forward else GRAD_PERSIST_TILES)]
-    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "DESC": desc, "PERSIST": persist,
-                              "OCC": occ}, num_warps=w, num_stages=s)
-               for (m, n, k, w, s, occ), desc, persist in tiles]
     key = ["N", "K", "SAVE_Z", "ROWS_BUCKET", "TMA_OK"] if forward else ["N", "K", "ROWS_BUCKET", "TMA_OK"]
-    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _prune},
+    return triton.autotune(configs(kernel), key=key, prune_configs_by={"early_config_prune": _prune},
                            reset_to_zero=None if forward else ["DB_PART"], cache_results=True)(kernel)
 
 
@@ -303,6 +320,7 @@ def tma_ok(*tensors: torch.Tensor) -> bool:
 
 
 _TUNED: dict = {}  # kernel -> its autotuner, made at its first launch
+FORCED: dict = {}  # kernel -> a config of ``configs(kernel)`` its launches take instead of the autotuner's (tests)
 
 
 def _run(kernel, args, rows: int, width: int, operands, **consts) -> None:
@@ -315,7 +333,7 @@ def _run(kernel, args, rows: int, width: int, operands, **consts) -> None:
         persist = INTERPRET_PERSIST > 0 and _aligned(*operands)
         kernel[(min(tiles, INTERPRET_PERSIST) if persist else tiles,)](
             *args, **consts, ROWS_BUCKET=0, TMA_OK=0, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP=GROUP_M,
-            DESC=persist or (INTERPRET_DESC and _aligned(*operands)), PERSIST=persist)
+            DESC=persist or (INTERPRET_DESC and _aligned(*operands)), PERSIST=persist, WS=persist and INTERPRET_WS)
         return
     if kernel not in _TUNED:
         _TUNED[kernel] = _autotuned(kernel)
@@ -327,6 +345,14 @@ def _run(kernel, args, rows: int, width: int, operands, **consts) -> None:
     def grid(m):
         tiles = triton.cdiv(rows, m["BLOCK_M"]) * triton.cdiv(width, m["BLOCK_N"])
         return (min(tiles, sms * m["OCC"]) if m["PERSIST"] else tiles,)
+    forced = FORCED.get(kernel)
+    if forced is not None:
+        if forced.kwargs["DESC"] and not tma:
+            raise ValueError(f"ffn_gemm: the forced config {forced} needs TMA descriptors, which this launch "
+                             f"cannot take")
+        kernel[grid(forced.kwargs)](*args, **consts, ROWS_BUCKET=_bucket(rows), TMA_OK=int(tma), GROUP=GROUP_M,
+                                    **forced.all_kwargs())
+        return
     _TUNED[kernel][grid](*args, **consts, ROWS_BUCKET=_bucket(rows), TMA_OK=int(tma), GROUP=GROUP_M)
 
 

@@ -39,9 +39,11 @@ def _kernel(monkeypatch):
 
 def _mode(monkeypatch, mode: str) -> None:
     """ffn_gemm's interpreter launches by ``mode``: "pointers", "tma" (descriptors where the operands are aligned
-    for them) or "persistent" (three programs walking every tile, descriptors; where not aligned, pointers)."""
+    for them), "persistent" (three programs walking every tile, descriptors; where not aligned, pointers) or
+    "warp-specialised" (those programs' loop marked for warp specialisation, as the GPU's WS configs)."""
     monkeypatch.setattr(ffn_gemm, "INTERPRET_DESC", mode == "tma")
-    monkeypatch.setattr(ffn_gemm, "INTERPRET_PERSIST", 3 if mode == "persistent" else 0)
+    monkeypatch.setattr(ffn_gemm, "INTERPRET_PERSIST", 3 if mode in ("persistent", "warp-specialised") else 0)
+    monkeypatch.setattr(ffn_gemm, "INTERPRET_WS", mode == "warp-specialised")
 
 
 def _grads(fn, z0, b, da):
@@ -144,7 +146,7 @@ def _layer_grads(fn, x, w, b, da):
     ((1, 45, 64), 100, torch.float16),  # fp32 bias on fp16 x and weight
     ((3, 20, 96), 64, torch.float32),  # three steps of the depth loop
 ])
-@pytest.mark.parametrize("mode", ["pointers", "tma", "persistent"])
+@pytest.mark.parametrize("mode", ["pointers", "tma", "persistent", "warp-specialised"])
 def test_gemm_epilogue_matches_torch(shape, width, dtype, mode, monkeypatch):
     """ffn_gemm.linear_bias_silu (the product, the bias and the SiLU in one kernel; its tiles loaded by pointers,
     by TMA descriptors, or by three persistent programs walking the tiles) gives torch's ``F.silu(F.linear(x, w,
@@ -199,7 +201,7 @@ def test_gemm_dispatch_and_errors(monkeypatch):
         real(x, w.half(), b)
 
 
-@pytest.mark.parametrize("mode", ["pointers", "tma", "persistent"])
+@pytest.mark.parametrize("mode", ["pointers", "tma", "persistent", "warp-specialised"])
 @pytest.mark.parametrize("shape, width, dtype", [((2, 37, 48), 80, torch.float32), ((1, 45, 64), 100, torch.float16),
                                                  ((1, 70, 32), 96, torch.float16)])
 def test_feed_forward_in_one_product_each_way_matches_torch(shape, width, dtype, mode, monkeypatch):
@@ -344,12 +346,15 @@ def test_kernels_compile_for_sm90():
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     tma_only = len(ffn_gemm.GRAD_TMA_TILES)
-    persistent = 2 * len(ffn_gemm.PERSIST_TILES) + len(ffn_gemm.GRAD_PERSIST_TILES)  # all by TMA
+    ws = 2 * len(ffn_gemm.WS_TILES) + len(ffn_gemm.GRAD_WS_TILES)
+    persistent = 2 * len(ffn_gemm.PERSIST_TILES) + len(ffn_gemm.GRAD_PERSIST_TILES) + ws  # all by TMA
     gemm_lines = 4 * len(ffn_gemm.TILES) + 2 * len(ffn_gemm.GRAD_TILES) + tma_only + persistent
     assert sum(line.startswith("ok ") for line in proc.stdout.splitlines()) == 6 + gemm_lines, proc.stdout
     gemm = [line for line in proc.stdout.splitlines() if line.startswith("ok   ffn_gemm ") and "wgmma True" in line]
     tma = 2 * len(ffn_gemm.TILES) + len(ffn_gemm.GRAD_TILES) + tma_only + persistent
     assert len(gemm) == gemm_lines and sum(", TMA" in line for line in gemm) == tma
     assert sum(", persistent " in line for line in gemm) == persistent
+    assert sum(", warp-specialised" in line and "12 warps in groups True" in line for line in gemm) == ws
     assert sum(" backward (dz) " in line for line in gemm) == (2 * len(ffn_gemm.GRAD_TILES) + tma_only
-                                                              + len(ffn_gemm.GRAD_PERSIST_TILES))
+                                                              + len(ffn_gemm.GRAD_PERSIST_TILES)
+                                                              + len(ffn_gemm.GRAD_WS_TILES))

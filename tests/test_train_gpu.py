@@ -325,3 +325,23 @@ def test_ffn_in_one_product_each_way_is_as_exact_as_torchs_on_the_gpu(recompute,
     monkeypatch.setattr(ffn_gemm, "feed_forward", lambda *a: calls.append(1) or real(*a))
     _ffn_as_exact_as_torchs(monkeypatch, {"MEGASTRIDE_FFN": "", "MEGASTRIDE_FFN_GEMM": "1"}, recompute, proj_bias=True)
     assert len(calls) == (4 if recompute else 2)  # each block's FFN, and again in its recompute
+
+
+def test_every_config_of_the_one_product_ffn_is_as_exact_as_torchs_on_the_gpu(monkeypatch):
+    """Each config the one-product FFN's two autotuners can choose (by pointers, TMA, persistent and
+    warp-specialised programs; ``ffn_gemm.configs``), forced in turn (``ffn_check.check_every_config``): y and the
+    five gradients within twice torch's bf16 error from float64 (plus bf16's atol), the same y without gradients
+    to the rounding, the backward bitwise the same twice, at 8,195 rows, which no tile divides, every output buffer
+    filled with NaN first (``ffn_gemm.POISON``), so an element no program writes shows."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from megastride.kernels import ffn_check, ffn_gemm
+
+    monkeypatch.setattr(ffn_gemm, "POISON", True)
+    reports = ffn_check.check_every_config()
+    assert len(reports) == max(len(ffn_gemm.configs(ffn_gemm._linear_silu_kernel)),
+                               len(ffn_gemm.configs(ffn_gemm._silu_grad_kernel)))
+    failed = [r["name"] for r in reports if not r["ok"]]
+    assert not failed, failed

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The next H200 call (planned 2026-12-05, session BD; about 500 s; no H200 could be started in sessions BC and BD):
+# An H200 call after callBE3.sh (planned 2026-12-05, session BD; about 500 s; no H200 came in sessions BC and BD):
 # the fixed 1M step under 60 GB (the 8 s line) without, with and without MEGASTRIDE_FFN_GEMM=nograd (the
 # one-product FFN forward for the 28 recomputed blocks' first forwards: 8% faster than the default FFN without
 # gradients on an H100, about 24 ms a step expected), alternated on one card; the LayerNorm backward's loads a step
