@@ -113,11 +113,11 @@ def _product(X, W, rows, stride_x, stride_w, tile_m, tile_n, row, col, N: tl.con
     proj's weight), X (rows, K). DESC: the operands' tiles loaded by TMA descriptors (rows past the end come back
     as zeros), else by pointer loads under masks."""
     if DESC:
-        x_desc = tl.make_tensor_descriptor(X, shape=[rows, K], strides=[stride_x, 1], block_shape=[BLOCK_M, BLOCK_K])
+        x_desc = _boxes(X, rows, K, stride_x, BLOCK_M, BLOCK_K)
         if W_KN:
-            w_desc = tl.make_tensor_descriptor(W, shape=[K, N], strides=[stride_w, 1], block_shape=[BLOCK_K, BLOCK_N])
+            w_desc = _boxes(W, K, N, stride_w, BLOCK_K, BLOCK_N)
         else:
-            w_desc = tl.make_tensor_descriptor(W, shape=[N, K], strides=[stride_w, 1], block_shape=[BLOCK_N, BLOCK_K])
+            w_desc = _boxes(W, N, K, stride_w, BLOCK_N, BLOCK_K)
         acc = _desc_product(x_desc, w_desc, tile_m, tile_n, K, W_KN, IEEE, BLOCK_M, BLOCK_N, BLOCK_K)
     else:
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
@@ -137,6 +137,12 @@ def _product(X, W, rows, stride_x, stride_w, tile_m, tile_n, row, col, N: tl.con
             x_ptrs += BLOCK_K
             w_ptrs += w_step
     return acc
+
+
+@triton.jit
+def _boxes(P, rows, cols, stride, BOX_R: tl.constexpr, BOX_C: tl.constexpr):
+    """A TMA descriptor of P's (rows, cols) rows ``stride`` elements apart, in (BOX_R, BOX_C) boxes."""
+    return tl.make_tensor_descriptor(P, shape=[rows, cols], strides=[stride, 1], block_shape=[BOX_R, BOX_C])
 
 
 @triton.jit
@@ -175,7 +181,7 @@ def _store_tile(P, value, rows, stride, tile_m, tile_n, row, col, N: tl.constexp
                 BLOCK_N: tl.constexpr, DESC: tl.constexpr):
     """value into P's (rows, N) tile: a TMA box store with DESC (rows past the end dropped), else masked stores."""
     if DESC:
-        desc = tl.make_tensor_descriptor(P, shape=[rows, N], strides=[stride, 1], block_shape=[BLOCK_M, BLOCK_N])
+        desc = _boxes(P, rows, N, stride, BLOCK_M, BLOCK_N)
         desc.store([tile_m * BLOCK_M, tile_n * BLOCK_N], value.to(P.dtype.element_ty))
     else:
         live = (row < rows)[:, None] & (col < N)[None, :]
@@ -187,7 +193,7 @@ def _load_tile(P, rows, stride, tile_m, tile_n, row, col, N: tl.constexpr, BLOCK
                BLOCK_N: tl.constexpr, DESC: tl.constexpr):
     """P's (rows, N) tile: a TMA box load with DESC (rows past the end read as zeros), else masked loads."""
     if DESC:
-        desc = tl.make_tensor_descriptor(P, shape=[rows, N], strides=[stride, 1], block_shape=[BLOCK_M, BLOCK_N])
+        desc = _boxes(P, rows, N, stride, BLOCK_M, BLOCK_N)
         return desc.load([tile_m * BLOCK_M, tile_n * BLOCK_N])
     else:
         live = (row < rows)[:, None] & (col < N)[None, :]
@@ -206,12 +212,11 @@ def _linear_silu_kernel(X, W, B, Z0, A, rows, stride_x, stride_w, stride_z, stri
     # with WS warp-specialised by Triton instead (a loading warp group and two computing ones taking turns, so one's
     # epilogue runs under the other's products); OCC (programs per SM) sizes the grid only
     if PERSIST:
-        x_desc = tl.make_tensor_descriptor(X, shape=[rows, K], strides=[stride_x, 1], block_shape=[BLOCK_M, BLOCK_K])
-        w_desc = tl.make_tensor_descriptor(W, shape=[N, K], strides=[stride_w, 1], block_shape=[BLOCK_N, BLOCK_K])
-        a_desc = tl.make_tensor_descriptor(A, shape=[rows, N], strides=[stride_a, 1], block_shape=[BLOCK_M, BLOCK_N])
+        x_desc = _boxes(X, rows, K, stride_x, BLOCK_M, BLOCK_K)
+        w_desc = _boxes(W, N, K, stride_w, BLOCK_N, BLOCK_K)
+        a_desc = _boxes(A, rows, N, stride_a, BLOCK_M, BLOCK_N)
         if SAVE_Z:
-            z_desc = tl.make_tensor_descriptor(Z0, shape=[rows, N], strides=[stride_z, 1],
-                                               block_shape=[BLOCK_M, BLOCK_N])
+            z_desc = _boxes(Z0, rows, N, stride_z, BLOCK_M, BLOCK_N)
         for t in tl.range(tl.program_id(0), _tiles(rows, N, BLOCK_M, BLOCK_N), tl.num_programs(0), flatten=not WS,
                           warp_specialize=WS):
             tile_m, tile_n, row, col = _tile_at(t, rows, N, BLOCK_M, BLOCK_N, GROUP)
@@ -243,12 +248,10 @@ def _silu_grad_kernel(DY, W, Z0, B, DZ, DB_PART, rows, stride_dy, stride_w, stri
     # of DB_PART (tiles_m, N): the bias's gradient once summed over them (no atomics). PERSIST, OCC and WS: as the
     # forward's
     if PERSIST:
-        dy_desc = tl.make_tensor_descriptor(DY, shape=[rows, K], strides=[stride_dy, 1],
-                                            block_shape=[BLOCK_M, BLOCK_K])
-        w_desc = tl.make_tensor_descriptor(W, shape=[K, N], strides=[stride_w, 1], block_shape=[BLOCK_K, BLOCK_N])
-        z_desc = tl.make_tensor_descriptor(Z0, shape=[rows, N], strides=[stride_z, 1], block_shape=[BLOCK_M, BLOCK_N])
-        dz_desc = tl.make_tensor_descriptor(DZ, shape=[rows, N], strides=[stride_dz, 1],
-                                            block_shape=[BLOCK_M, BLOCK_N])
+        dy_desc = _boxes(DY, rows, K, stride_dy, BLOCK_M, BLOCK_K)
+        w_desc = _boxes(W, K, N, stride_w, BLOCK_K, BLOCK_N)
+        z_desc = _boxes(Z0, rows, N, stride_z, BLOCK_M, BLOCK_N)
+        dz_desc = _boxes(DZ, rows, N, stride_dz, BLOCK_M, BLOCK_N)
         for t in tl.range(tl.program_id(0), _tiles(rows, N, BLOCK_M, BLOCK_N), tl.num_programs(0), flatten=not WS,
                           warp_specialize=WS):
             tile_m, tile_n, row, col = _tile_at(t, rows, N, BLOCK_M, BLOCK_N, GROUP)
