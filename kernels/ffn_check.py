@@ -198,9 +198,9 @@ def check_every_config(rows: int = 8195) -> list[dict]:
     return reports
 
 
-def _print_ffn(r: dict) -> None:
-    parts = [f"{k} max err {r[k]['max_err']:.3g}{'' if r[k]['ok'] else ' FAIL'}"
-             for k in ("y", "dx", "dw1", "db1", "dw2", "db2")]
+def _print_check(r: dict, names=("y", "dx", "dw1", "db1", "dw2", "db2")) -> None:
+    """One line of a ``check`` or ``check_ffn`` report: each of ``names``' error, no_grad and determinism."""
+    parts = [f"{k} max err {r[k]['max_err']:.3g}{'' if r[k]['ok'] else ' FAIL'}" for k in names]
     print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['name']}: {', '.join(parts)}, no_grad equal {r['no_grad_equal']}, "
           f"deterministic {r['deterministic']}", flush=True)
 
@@ -229,13 +229,12 @@ def time_gemm(rows: int, rounds: int = 3) -> dict:
 
 
 def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> list[tuple[str, bool]]:
-    """(line, ok) per tile: the one-product layer's forward compiled for ``arch`` at (rows, depth) -> width in bf16
-    at each of ``ffn_gemm.TILES``, with z0 stored (a recompute) and without, and its backward's dz kernel (width's
-    gradient from dy of depth) at each of ``ffn_gemm.GRAD_TILES``, each by pointers and by TMA descriptors (operands
-    and the epilogue's tiles), and at each of ``GRAD_TMA_TILES`` by TMA; the persistent programs (TMA) at each of
-    ``PERSIST_TILES`` (z0 stored and not) and ``GRAD_PERSIST_TILES``, and warp-specialised at ``WS_TILES`` and
-    ``GRAD_WS_TILES``; ok without spills, with wgmma, within sm_90's 227 KB of shared memory a block, and (the
-    last) with the loop partitioned into warp groups."""
+    """(line, ok) per config: the one-product layer's forward compiled for ``arch`` at (rows, depth) -> width in bf16
+    at each config of its autotuning list (``ffn_gemm.configs``: tiles by pointers and by TMA descriptors, the
+    persistent programs and the warp-specialised ones), with z0 stored (a recompute) and without, and its
+    backward's dz kernel (width's gradient from dy of depth) at each of its list's; ok without spills, with wgmma,
+    within sm_90's 227 KB of shared memory a block, and the warp-specialised ones with the loop partitioned into
+    warp groups."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -244,32 +243,25 @@ def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> 
 
     types = {"X": "bf16", "W": "bf16", "B": "fp32", "Z0": "bf16", "A": "bf16", "DY": "bf16", "DZ": "bf16",
              "DB_PART": "fp32"}
-    variants = [(tile + (0,), G._linear_silu_kernel, "forward", {"SAVE_Z": save}, save, desc) for tile in G.TILES
-                for save, desc in ((False, False), (True, False), (False, True), (True, True))]
-    variants += [(tile + (0,), G._silu_grad_kernel, "backward (dz)", {}, False, desc) for tile in G.GRAD_TILES
-                 for desc in (False, True)]
-    variants += [(tile + (0,), G._silu_grad_kernel, "backward (dz)", {}, False, True) for tile in G.GRAD_TMA_TILES]
-    variants += [(tile, G._linear_silu_kernel, "forward", {"SAVE_Z": save}, save, True) for tile in G.PERSIST_TILES
-                 for save in (False, True)]
-    variants += [(tile, G._silu_grad_kernel, "backward (dz)", {}, False, True) for tile in G.GRAD_PERSIST_TILES]
-    variants += [(tile + (1,), G._linear_silu_kernel, "forward", {"SAVE_Z": save, "WS": True}, save, True)
-                 for tile in G.WS_TILES for save in (False, True)]
-    variants += [(tile + (1,), G._silu_grad_kernel, "backward (dz)", {"WS": True}, False, True)
-                 for tile in G.GRAD_WS_TILES]
+    # every config of both autotuning lists (``ffn_gemm.configs``), the forward's with z0 stored and without
+    variants = [(config, G._linear_silu_kernel, "forward", save) for config in G.configs(G._linear_silu_kernel)
+                for save in (False, True)]
+    variants += [(config, G._silu_grad_kernel, "backward (dz)", None) for config in G.configs(G._silu_grad_kernel)]
     out = []
-    for (m, n, k, warps, stages, occ), kernel, what, extra, save, desc in variants:
+    for config, kernel, what, save in variants:
+        t = config.kwargs
         sig = {p.name: "constexpr" if p.is_constexpr else f"*{types[p.name]}" if p.name in types
                else "i64" if p.name.startswith("stride") else "i32" for p in kernel.params}
-        consts = {"N": width, "K": depth, **extra, "IEEE": False, "BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k,
-                  "GROUP": G.GROUP_M, "DESC": desc, "PERSIST": occ > 0, "OCC": max(occ, 1)}
-        ws = extra.get("WS", False)
-        name = (f"ffn_gemm {what} {m}x{n}x{k} w{warps} s{stages}{', TMA' if desc else ''}"
-                f"{f', persistent {occ}/SM' if occ else ''}{', warp-specialised' if ws else ''}"
-                f"{', z0 stored' if save else ''}")
+        consts = {"N": width, "K": depth, **({} if save is None else {"SAVE_Z": save}), "IEEE": False,
+                  "GROUP": G.GROUP_M, **t}
+        ws, occ = t["WS"], t["OCC"]
+        name = (f"ffn_gemm {what} {t['BLOCK_M']}x{t['BLOCK_N']}x{t['BLOCK_K']} w{config.num_warps} "
+                f"s{config.num_stages}{', TMA' if t['DESC'] else ''}{f', persistent {occ}/SM' if t['PERSIST'] else ''}"
+                f"{', warp-specialised' if ws else ''}{', z0 stored' if save else ''}")
         try:
             c = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=launch_attrs(kernel)),
                                target=GPUTarget("cuda", arch, 32),
-                               options={"num_warps": warps, "num_stages": stages})
+                               options={"num_warps": config.num_warps, "num_stages": config.num_stages})
         except Exception as err:  # report every tile, then fail
             out.append((f"FAIL {name}: {type(err).__name__}: {str(err).splitlines()[0][:300]}", False))
             continue
@@ -321,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.every_config:
         reports = check_every_config()
         for r in reports:
-            _print_ffn(r)
+            _print_check(r)
         failed = sum(not r["ok"] for r in reports)
         print(f"ffn_check: {f'FAILED {failed} of {len(reports)}' if failed else f'all {len(reports)} configs passed'}")
         return 1 if failed else 0
@@ -329,14 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     for gemm in (False, True) if args.gemm else (False,):
         r = check(gemm=gemm)
         failed += not r["ok"]
-        parts = [f"{k} max err {r[k]['max_err']:.3g}{'' if r[k]['ok'] else ' FAIL'}"
-                 for k in ("a", "dx", "dweight", "dbias")]
-        print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['name']}: {', '.join(parts)}, no_grad equal {r['no_grad_equal']}, "
-              f"deterministic {r['deterministic']}", flush=True)
+        _print_check(r, ("a", "dx", "dweight", "dbias"))
     if args.gemm:
         r = check_ffn()
         failed += not r["ok"]
-        _print_ffn(r)
+        _print_check(r)
     for rows in (65536, 1 << 20):
         t = time_case(rows)
         print(f"{t['name']}: fwd+bwd ours {t['ours_fwdbwd_ms']:.3f} ms, torch {t['torch_fwdbwd_ms']:.3f} ms, speedup "

@@ -29,6 +29,7 @@ passes 2**31 elements at 1M tokens).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -298,6 +299,12 @@ def configs(kernel) -> list:
             for (m, n, k, w, s, occ), desc, persist, ws in tiles]
 
 
+@functools.cache
+def _smallest_block_m(kernel) -> int:
+    """The fewest rows a tile of ``kernel``'s autotuning list has (the most row tiles a launch may write)."""
+    return min(c.kwargs["BLOCK_M"] for c in configs(kernel))
+
+
 def _autotuned(kernel):
     """``kernel`` autotuned over ``configs(kernel)``, the TMA ones pruned where the launch cannot take them. The
     dz kernel's column sums go to a zeroed buffer, ``DB_PART``, which the tuner zeroes again before each trial and
@@ -376,7 +383,7 @@ def _silu_grad(dy2: torch.Tensor, w2: torch.Tensor, z0: torch.Tensor, bias: torc
     width = w2.shape[1]
     z2 = as_rows(z0, width)
     dz = new_buffer(z0.shape, z0.dtype, z0.device, POISON)
-    smallest_m = INTERPRET_TILE[0] if _INTERPRET else min(t[0] for t in GRAD_TILES + GRAD_TMA_TILES)
+    smallest_m = INTERPRET_TILE[0] if _INTERPRET else _smallest_block_m(_silu_grad_kernel)
     part = torch.zeros((triton.cdiv(rows, smallest_m), width), dtype=torch.float32, device=z0.device)
     dz2 = dz.view(-1, width)
     if rows:

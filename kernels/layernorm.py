@@ -50,7 +50,7 @@ MAX_WIDTH = 8192  # widest row one tile holds; ``megastride.kernels.layer_norm``
 # empty wave is short; the (programs, D) fp32 partials stay ~1% of the pass's traffic at D = 512
 BWD_PROGRAMS_PER_SM = 8
 # the backward issues each tile's loads a step ahead (``_layer_norm_bwd_kernel``'s PREFETCH): bitwise the same
-# gradients; at the 1M step's shape the model's two backwards 9-12% faster in three sweeps on H100s
+# gradients; at the 1M step's shape the model's two backwards 9-12% faster in five sweeps on H100s
 # (``python -m megastride.kernels.ln_check --sweep-long-only``, docs/scaling.md); not yet timed on an H200
 BWD_PREFETCH = True
 BWD_PREFETCH_MAX_WIDTH = 4096  # wider rows spill with the next tile held (16 warps, 128 registers; ``ln_check --compile``)

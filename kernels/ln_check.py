@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -257,19 +258,18 @@ def check_prefetch(rows: int = 65536 + 37, width: int = 512) -> dict:
     cases = {"plain": lambda: _with_grads(_ours, x, w, b, dy),
              "add+ln": lambda: _add_grads(_fused, x, r, w, b, ds, dy),
              "keep": lambda: _keep_grads(_kept, x, w, b, ds, dy)}
-    saved = L.BWD_PREFETCH
     report = {"name": f"check loads a step ahead (1, {rows}, {width})", "ok": L.prefetch_fits(width)}
-    try:
-        for name, run in cases.items():
-            L.BWD_PREFETCH = False
-            off = run()
-            L.BWD_PREFETCH = True
-            on = run()
-            report[name] = all(torch.equal(a, c) for a, c in zip(off, on))
-            report["ok"] &= report[name]
-    finally:
-        L.BWD_PREFETCH = saved
+    for name, run in cases.items():
+        off, on = (_with_setting(prefetch, run) for prefetch in (False, True))
+        report[name] = all(torch.equal(a, c) for a, c in zip(off, on))
+        report["ok"] &= report[name]
     return report
+
+
+def _with_setting(prefetch: bool, run):
+    """``run()`` with ``layernorm.BWD_PREFETCH`` set to ``prefetch``, the setting as it was after."""
+    with mock.patch.object(L, "BWD_PREFETCH", prefetch):
+        return run()
 
 
 def time_keep(rows: int, width: int = 512) -> dict:
