@@ -1,8 +1,9 @@
 #!/bin/bash
-# The next device call, before callBE1.sh (planned 2026-12-05, session BD; about 450 s; any H100 or H200): the
-# one-product FFN's autotuning lists now hold Triton-warp-specialised persistent programs (ffn_gemm.WS_TILES,
-# GRAD_WS_TILES: a loading warp group and two computing ones taking turns, so one's epilogue runs under the other's
-# products; sm_90 compiles clean, never run on a GPU). (1) Every config of both lists forced in turn against torch
+# The next device call, before callBE1.sh (since replaced by callBF1.sh; planned 2026-12-05, session BD; about
+# 450 s; any H100 or H200): the one-product FFN's autotuning lists now hold Triton-warp-specialised persistent
+# programs (ffn_gemm.WS_TILES, GRAD_WS_TILES: a loading warp group and two computing ones taking turns, so one's
+# epilogue runs under the other's products; sm_90 compiles clean, never run on a GPU). (1) Every config of both
+# lists forced in turn against torch
 # and float64 (ffn_check --every-config, and its GPU test); (2) ffn_check --gemm: the three FFNs timed in alternated
 # rounds at 65,536 and 1M rows, the tuners' choices printed (call BD5, before them: forward without gradients -8.1%,
 # forward+backward +0.7% against the default).

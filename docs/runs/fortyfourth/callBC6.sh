@@ -3,7 +3,7 @@
 # which now also forces block 64's configs on the strided pattern (the 64x64 backward tiles listed at block 64 and
 # head dim 64 after call BC4, not yet run on a GPU); (2) the strided pattern beside the fixed one at 3,072 and
 # 12,288 tokens again (call BC4: strided -17% at 12,288), so the autotuner can take those tiles.
-# PARTS (default both: "listed short") runs some of them only (docs/runs/fortyfifth/callBE2.sh).
+# PARTS (default both: "listed short") runs some of them only (docs/runs/fortyfifth/callBF1.sh).
 part() { [[ " ${PARTS:-listed short} " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv
 date -u >> $OUT/times.txt
