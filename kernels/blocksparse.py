@@ -1522,14 +1522,92 @@ class _Plan:
         if self.allocator:
             _ensure_allocator()
         stream = _current_stream(_current_device()) if self.cuda else None
-        for target, grid, values, where, kwargs in self.launches:
-            params = values.copy()
-            for pos, i in where:
-                params[pos] = slots[i]
-            if kwargs is None:
-                target.run(*grid, stream, target.function, target.packed_metadata, None, None, None, *params)
-            else:
-                target[grid](*params, **kwargs)
+        away = 0  # "side" switches not yet switched back ("streams" backward): undone if a launch raises
+        try:
+            for target, grid, values, where, kwargs in self.launches:
+                if type(target) is str:  # a stream switch (_stream_step), then the launches on that stream
+                    _cuda_stream_step(target)
+                    away += {"side": 1, "main": -1}.get(target, 0)
+                    stream = _current_stream(_current_device()) if self.cuda else None
+                    continue
+                params = values.copy()
+                for pos, i in where:
+                    params[pos] = slots[i]
+                if kwargs is None:
+                    target.run(*grid, stream, target.function, target.packed_metadata, None, None, None, *params)
+                else:
+                    target[grid](*params, **kwargs)
+        finally:
+            for _ in range(away):
+                _cuda_stream_step("main")
+
+
+# --- dQ beside dK/dV on a second stream (the dQ mode "streams") ----------------------------------------------
+# At short lengths neither backward kernel fills the GPU: the dK/dV launch waits on its longest columns (the
+# fixed pattern's summary columns) while SMs idle, and the dQ launch's rows are short. With the delta kernel
+# first, dQ needs nothing of dK/dV's, so it runs on a second stream beside it. Each switch is recorded in a
+# call's launches, so a launch plan replays it too.
+
+_SIDE_STREAMS: dict = {}  # CUDA device index -> its side stream
+_CALLERS = threading.local()  # the streams "side" switched away from (innermost last)
+
+
+def side_stream(device: int) -> "torch.cuda.Stream":
+    """The second stream of CUDA device ``device`` (an index) that dQ runs on beside dK/dV (made once)."""
+    stream = _SIDE_STREAMS.get(device)
+    if stream is None:
+        stream = _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    return stream
+
+
+def _cuda_stream_step(kind: str) -> None:
+    """One stream switch of the "streams" backward on the current CUDA device: "side", the side stream waits for
+    the caller's stream's work so far and becomes the current stream; "main", the caller's stream current again;
+    "join", the caller's stream waits for the side stream's work so far (also inside a CUDA graph capture: a
+    fork and a join of the captured stream)."""
+    device = _current_device()
+    if kind == "side":
+        caller = torch.cuda.current_stream(device)
+        side = side_stream(device)
+        side.wait_stream(caller)
+        if not hasattr(_CALLERS, "stack"):
+            _CALLERS.stack = []
+        _CALLERS.stack.append(caller)
+        torch.cuda.set_stream(side)
+    elif kind == "main":
+        torch.cuda.set_stream(_CALLERS.stack.pop())
+    elif kind == "join":
+        torch.cuda.current_stream(device).wait_stream(side_stream(device))
+    else:
+        raise ValueError(f"unknown stream switch {kind!r}")
+
+
+def _stream_step(kind: str) -> None:
+    """``_cuda_stream_step(kind)``, recorded in the launches of the call being recorded (its plan replays it)."""
+    record = getattr(_RECORDING, "record", None)
+    if record is not None:
+        record.launches.append((kind, None, [], None))
+    _cuda_stream_step(kind)
+
+
+@contextlib.contextmanager
+def _on_side_stream(active: bool):
+    """The block's launches on the device's side stream, after the caller's stream's work so far, where
+    ``active`` (else on the caller's stream); the caller's stream current again after it."""
+    if not active:
+        yield
+        return
+    _stream_step("side")
+    try:
+        yield
+    finally:
+        _stream_step("main")
+
+
+def streams_here(mode: str, q: torch.Tensor) -> bool:
+    """Whether a backward in dQ mode ``mode`` on q's device switches streams: the mode "streams" on a CUDA GPU
+    (compiled kernels; elsewhere the mode runs its launches in the same order on one stream)."""
+    return mode == "streams" and q.is_cuda and not _INTERPRET
 
 
 # module settings a call's launches depend on (the environment's MEGASTRIDE_ variables are read as well)
@@ -1752,7 +1830,7 @@ def _cast_rest(layout: Layout, acc: torch.Tensor, out: torch.Tensor, heads: list
         out[:, rest] = acc[:, rest].to(out.dtype)
 
 
-DQ_MODES = ("auto", "separate", "atomic", "merged", "flat")
+DQ_MODES = ("auto", "separate", "atomic", "merged", "flat", "streams")
 
 
 def dq_mode() -> str:
@@ -1763,7 +1841,10 @@ def dq_mode() -> str:
     "merged" (the separate dQ programs and the dK/dV programs in one launch: deterministic too), "flat"
     ("separate" with both kernels as flattened tiles, kernels/flat.py: as ``use_flat_dq`` and
     ``use_flat_dkdv`` on; slower than "separate" and "merged" at 3,072 and 12,288 tokens on an H100, docs/benchmarks.md
-    "Forty-third run", so not in ``AUTO_MODES``) or
+    "Forty-third run", so not in ``AUTO_MODES``), "streams" ("separate" with the delta kernel first, then the
+    dQ kernel on a second stream of the device beside the dK/dV kernel on the caller's, joined before the
+    backward returns: for short sequences, where neither kernel fills the GPU and the dK/dV launch waits on its
+    longest columns; ``_on_side_stream``; not yet timed on a GPU, so not in ``AUTO_MODES``) or
     "auto" (whichever of ``AUTO_MODES`` ran faster, timed on the first backward of each layout and shape:
     merged wins at short lengths, where one launch fills the GPU better, separate at 1M tokens; on an
     H200 on 2026-11-30 by 1-23% either way, docs/benchmarks.md). ``MEGASTRIDE_BLOCKSPARSE_DQ``
@@ -2314,7 +2395,8 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
     # kernels read it too); so does its form as one loop over each program's flattened tiles (kernels/flat.py)
     flat_dq = (mode == "flat" or use_flat_dq()) and not (fused or merged)
     flat_dkdv = (mode == "flat" or use_flat_dkdv()) and not (fused or merged)
-    delta_here = delta_in_dq() and not (fused or merged or gluon)
+    delta_here = delta_in_dq() and not (fused or merged or gluon or mode == "streams")
+    streams = streams_here(mode, q)  # dQ on a second stream beside dK/dV, joined below
     if gluon:
         _ensure_allocator()  # their TMA descriptors
     fused_dq = maxes = None
@@ -2386,19 +2468,23 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
         common = (len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E, scale)
         row_runs, col_runs = _runs_table(part, meta, "row"), _runs_table(part, meta, "col")
         flat_here = False
-        if flat_dq:
-            from . import flat
+        # "streams": this part's dQ on the side stream, after everything launched so far (the delta kernel, an
+        # earlier part's launches and zeroed sums), beside its dK/dV below
+        with _on_side_stream(streams and not (fused or merged)):
+            if flat_dq:
+                from . import flat
 
-            flat_here = flat.dq_part(q, k, v, do, lse, delta, out, delta_here, dq, dq_sum, meta, layout, scale,
-                                     load_prev)
-        if not (fused or merged or flat_here):
-            args = (q, k, v, do, dq, dq_sum, lse, delta, out, meta.heads, meta.head_csr, meta.min_off, meta.codes,
-                    lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
-                    _side_order(meta, "row"), lists["row_full_idx"] if row_runs is None else row_runs,
-                    *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *_strides(out), *common)
-            grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
-            _launch(_dq_tuned, _bwd_dq_kernel, grid, args,
-                    {**consts, "RUNS": row_runs is not None, "DELTA_HERE": delta_here}, name="dq")
+                flat_here = flat.dq_part(q, k, v, do, lse, delta, out, delta_here, dq, dq_sum, meta, layout, scale,
+                                         load_prev)
+            if not (fused or merged or flat_here):
+                args = (q, k, v, do, dq, dq_sum, lse, delta, out, meta.heads, meta.head_csr, meta.min_off,
+                        meta.codes, lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"],
+                        lists["row_part_idx"], _side_order(meta, "row"),
+                        lists["row_full_idx"] if row_runs is None else row_runs,
+                        *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *_strides(out), *common)
+                grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
+                _launch(_dq_tuned, _bwd_dq_kernel, grid, args,
+                        {**consts, "RUNS": row_runs is not None, "DELTA_HERE": delta_here}, name="dq")
         if flat_dkdv:  # as flattened key tiles, long columns cut into pieces of its own (kernels/flat.py)
             from . import flat
 
@@ -2441,6 +2527,8 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
             _ensure_allocator()
         _launch(_dkdv_tuned, _bwd_dkdv_kernel, grid, (*columns, *strides), {**consts, "FUSED_DQ": fused_kind},
                 name="dkdv")
+    if streams:  # the caller's stream waits for the dQ launches before anything reads dQ (or frees its inputs)
+        _stream_step("join")
     for i, (final, g, a) in enumerate(zip(finals, (dq_sum, dk_sum, dv_sum), atomic)):
         if i == 0 and fused_dq:  # the sums unscaled (exact: a power of two), in dQ's dtype and strides
             finish_dq(dq_acc, final, inverse)

@@ -73,7 +73,7 @@ from triton.experimental.gluon.language._core import builtin
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                                warpgroup_mma_init, warpgroup_mma_wait)
 
-from .blocksparse import _switch
+from .blocksparse import _switch, side_stream
 
 # (tile of the program, tile a step, ring slots, warps) per head dim: the probe's fastest on the H200
 # (docs/benchmarks.md "Sixteenth run": 64 keys x 64 queries on one warpgroup, s2 at D=128, s3 at D=64);
@@ -1339,15 +1339,10 @@ def _cap(kernel: str, head_dim: int) -> dict:
     return {} if cap is None else {"maxnreg": cap}
 
 
-_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
-
-
 def _side_stream(device: torch.device) -> torch.cuda.Stream:
-    """The stream dQ runs on beside dK/dV (one per device, made once)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SIDE_STREAMS:
-        _SIDE_STREAMS[index] = torch.cuda.Stream(index)
-    return _SIDE_STREAMS[index]
+    """The stream dQ runs on beside dK/dV: the device's ``blocksparse.side_stream`` (the Triton backward's
+    "streams" mode uses it too)."""
+    return side_stream(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def use_streams() -> bool:

@@ -11,6 +11,10 @@ OUR_VARIANTS = {
     "nosplit": {"MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "0"},  # whole columns everywhere (dkdv_split's "auto" off)
     "atomic_split": {"MEGASTRIDE_BLOCKSPARSE_DQ": "atomic", "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "8"},
     "merged": {"MEGASTRIDE_BLOCKSPARSE_DQ": "merged"},
+    # dQ on a second stream beside dK/dV, the delta kernel first (blocksparse.streams_here); and the same launches
+    # on one stream, to tell the overlap from the delta kernel's cost
+    "streams": {"MEGASTRIDE_BLOCKSPARSE_DQ": "streams"},
+    "deltakernel": {"MEGASTRIDE_BLOCKSPARSE_DQ": "separate", "MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ": "0"},
     "runs": {"MEGASTRIDE_BLOCKSPARSE_RUNS": "1"},  # full block lists walked as arithmetic runs (use_runs)
     "lpt": {"MEGASTRIDE_BLOCKSPARSE_ORDER": "lpt"},  # blocks taken longest first (block_order)
     # a two-launch head's first part adds into fp32 sums beside the outputs (the default writes into the outputs)

@@ -333,7 +333,7 @@ def test_split_columns_last_finish_matches_the_cast_finish_eager_and_replayed(he
     assert peaks["last"] <= peaks["cast"] - 0.9 * 8 * n * heads * dim, peaks
 
 
-@pytest.mark.parametrize("mode", ["separate", "merged"])
+@pytest.mark.parametrize("mode", ["separate", "merged", "streams"])
 def test_direct_launches_give_triton_launches_bits(monkeypatch, mode):
     """MEGASTRIDE_BLOCKSPARSE_DIRECT=1 (the default) on the GPU: the launches after a specialisation's
     first go straight to the compiled kernel's launcher, and the forward and backward give exactly the
@@ -370,7 +370,7 @@ def test_direct_launches_give_triton_launches_bits(monkeypatch, mode):
         assert len(direct) > before, f"{pattern.name}: no launch went direct"
 
 
-@pytest.mark.parametrize("mode", ["separate", "merged"])
+@pytest.mark.parametrize("mode", ["separate", "merged", "streams"])
 def test_launch_plans_give_the_full_paths_bits(monkeypatch, mode):
     """Launch plans on the GPU (MEGASTRIDE_BLOCKSPARSE_PLANS "auto", the default there): from the third call
     of a key the forward and backward replay the launches two calls agreed on, and give exactly the full
@@ -441,6 +441,68 @@ def test_launch_plans_give_the_full_paths_bits(monkeypatch, mode):
         monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PLANS", "auto")
         for name, g, w in zip(["out", "dq", "dk", "dv"], captured, want):
             assert torch.equal(g, w), f"{pattern.name} n={n}, graph replay: {name} differs from the full path's"
+
+
+@pytest.mark.parametrize("heads, dim, n", [(8, 64, 3072), (2, 128, 12288), (8, 64, 12288)])
+def test_dq_on_a_second_stream_gives_the_one_stream_bits_eager_and_replayed(heads, dim, n, monkeypatch):
+    """The dQ mode "streams" on the GPU (dQ on the side stream beside dK/dV, joined before the backward returns):
+    the output and dQ in exactly the bits of the same launches on one stream (the separate mode with the delta
+    kernel first), dK and dV near them (split columns add in any order) and all four within the reference's
+    bound, bf16, the bench's fixed pattern at its short lengths (with its split dK/dV columns), in eager calls
+    (from the third, replaying a launch plan with its stream switches) and replayed from a CUDA graph on new
+    values; and the switches were made."""
+    B = _blocksparse()
+    Bn = importlib.import_module("megastride.kernels.bench")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", "0")
+    pattern, _, block, _ = Bn.case_pattern(Bn.Case("fixed", n, heads, dim))
+    layout = P.build_layout(pattern, n, block, device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(5)
+
+    def inputs():
+        return tuple(torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
+
+    def call(x, mode):
+        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", mode)
+        q, k, v, do = x
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = B.blocksparse_attention(*leaves, layout)
+        return [out, *torch.autograd.grad(out, leaves, do)]
+
+    steps, real = [], B._cuda_stream_step
+    monkeypatch.setattr(B, "_cuda_stream_step", lambda kind: (steps.append(kind), real(kind)))
+    for i in range(4):
+        x = inputs()
+        want = call(x, "separate")
+        got = call(x, "streams")
+        _same_as_one_stream(got, want, f"call {i}: ")
+    assert steps.count("side") >= 4 and steps.count("join") == 4, steps
+    _assert_near(got, _grads(lambda *t: reference_attention(*(a.float() for a in t), layout), *x[:3], x[3]))
+
+    static = inputs()  # captured as the bench captures (kernels.bench._graphed: a warm-up on a side stream first)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        call(static, "streams")
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = call(static, "streams")
+    assert steps[-1] == "join", "the captured backward did not switch streams"
+    for t, value in zip(static, inputs()):
+        t.copy_(value)
+    graph.replay()
+    want = call(tuple(t.clone() for t in static), "separate")
+    _same_as_one_stream(captured, want, "graph replay: ")
+
+
+def _same_as_one_stream(got: list, want: list, label: str) -> None:
+    """out and dQ bit for bit, dK and dV within bf16 rounding of their largest value (split columns' atomics)."""
+    for name, g, w in zip(["out", "dq", "dk", "dv"], got, want):
+        if name in ("out", "dq"):
+            assert torch.equal(g, w), f"{label}{name} differs from the one-stream launches'"
+        else:
+            err = (g.float() - w.float()).abs().max().item()
+            assert err <= 1e-2 * max(1.0, w.float().abs().max().item()), f"{label}{name}: {err:.3g} from one stream's"
 
 
 def _head_view_grads(batch, n, heads, dim, dtype, seed):

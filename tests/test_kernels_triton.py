@@ -390,6 +390,97 @@ def test_delta_kernel_stays_where_dk_dv_programs_start_first(monkeypatch):
         assert launched, f"{mode}: no delta kernel"
 
 
+@pytest.mark.parametrize("name", ["fixed_block128", "merged_fixed_strided"])
+def test_streams_mode_runs_the_delta_kernel_first_and_matches_reference(name, monkeypatch):
+    """The dQ mode "streams" (on the CPU its launches in order on one stream): the delta kernel runs first,
+    even with DELTA_IN_DQ on (dQ cannot make delta for a dK/dV launch it runs beside), and the output and the
+    three gradients match the reference, over a summary-first part and a merged head of two launches."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "streams")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", "1")
+    launched = []
+    monkeypatch.setattr(blocksparse, "_delta_kernel", _Recorder(blocksparse._delta_kernel, launched))
+    _run_case(CASES[name], monkeypatch, seed=14)
+    assert launched, "no delta kernel: dQ would be computing delta beside the dK/dV launch that reads it"
+
+
+class _Tagged:
+    """A kernel whose launches append ``tag`` to ``events`` (``fail``: the launch raises instead)."""
+
+    def __init__(self, kernel, tag, events, fail=False):
+        self.kernel, self.tag, self.events, self.fail = kernel, tag, events, fail
+
+    def __getitem__(self, grid):
+        self.events.append(self.tag)
+        if self.fail:
+            raise RuntimeError(f"{self.tag} launch failed")
+        return self.kernel[grid]
+
+
+def _watch_streams(monkeypatch, events, fail_dq=False):
+    """The "streams" backward's switches as if on a GPU (``streams_here`` true, each switch appended to
+    ``events`` instead of done), and the delta, dQ and dK/dV launches tagged in the same list."""
+    monkeypatch.setattr(blocksparse, "streams_here", lambda mode, q: mode == "streams")
+    monkeypatch.setattr(blocksparse, "_cuda_stream_step", lambda kind: events.append(kind))
+    for attr, tag in (("_delta_kernel", "delta"), ("_bwd_dq_kernel", "dq"), ("_bwd_dkdv_kernel", "dkdv")):
+        monkeypatch.setattr(blocksparse, attr, _Tagged(getattr(blocksparse, attr), tag, events, tag == "dq" and fail_dq))
+
+
+@pytest.mark.parametrize("name, parts", [("local", 1), ("fixed_block128", 2)])  # fixed: summary-first, then the rest
+def test_streams_mode_puts_each_dq_launch_on_the_side_stream_and_plans_replay_the_switches(name, parts, monkeypatch):
+    """Where the mode "streams" switches streams (a GPU; here the switches recorded): delta on the caller's
+    stream, then per part the side stream forked (after everything so far) for its dQ launch and the caller's
+    stream back for its dK/dV launch, and one join before the backward returns; the third call replays a plan
+    with the same switches in the same places; and the gradients are the bits of the separate mode with the
+    delta kernel (the same launches on one stream)."""
+    make, n, block, heads, dim, dtype, batch = CASES[name]
+    layout = P.build_layout(P.same_for_all_heads(make(heads), heads), n, block)
+    assert len(layout.parts) == parts
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", "0")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
+    q, k, v, do = _inputs(batch, heads, n, dim, dtype, 15)
+    want = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
+    events, replays = [], []
+    _watch_streams(monkeypatch, events)
+    replay = blocksparse._Plan.replay
+    monkeypatch.setattr(blocksparse._Plan, "replay", lambda self, slots: (replays.append(len(slots)), replay(self, slots)))
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "streams")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PLANS", "1")
+    expected = ["delta", *["side", "dq", "main", "dkdv"] * parts, "join"]
+    for call in range(3):
+        events.clear()
+        got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
+        assert events == expected, (call, events)
+        assert all(torch.equal(g, w) for g, w in zip(got, want)), call
+    assert replays == [5, 10], replays  # the third call's forward and backward replayed their plans
+
+
+def test_streams_mode_switches_back_to_the_callers_stream_when_a_dq_launch_fails(monkeypatch):
+    """A dQ launch that raises on the side stream leaves the caller's stream current again (the error
+    passes on)."""
+    events = []
+    _watch_streams(monkeypatch, events, fail_dq=True)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "streams")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PLANS", "0")
+    make, n, block, heads, dim, dtype, batch = CASES["fixed_block128"]
+    layout = P.build_layout(P.same_for_all_heads(make(heads), heads), n, block)
+    with pytest.raises(RuntimeError, match="dq launch failed"):
+        _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), *_inputs(1, heads, n, dim, dtype, 16))
+    assert events == ["delta", "side", "dq", "main"], events
+
+
+def test_a_plan_replay_switches_back_when_a_launch_fails_on_the_side_stream(monkeypatch):
+    """A replayed plan that raises between a "side" switch and its "main" switches back before the error
+    passes on."""
+    events = []
+    monkeypatch.setattr(blocksparse, "_cuda_stream_step", lambda kind: events.append(kind))
+    failing = _Tagged(None, "dq", events, fail=True)
+    plan = blocksparse._Plan([("side", None, [], (), None), (failing, (1, 1, 1), [], (), {}),
+                              ("main", None, [], (), None)], False, False)
+    with pytest.raises(RuntimeError, match="dq launch failed"):
+        plan.replay(())
+    assert events == ["side", "dq", "main"], events
+
+
 def test_spec_key_tells_apart_what_triton_specialises_on():
     """_spec_key (the direct launch's cache key) differs wherever Triton's specialisation can: a tensor's
     dtype or 16-byte alignment, an int of 1, divisible by 16, or past 32 bits; it is equal for arguments
