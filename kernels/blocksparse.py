@@ -1561,19 +1561,18 @@ def side_stream(device: int) -> "torch.cuda.Stream":
 
 
 def _cuda_stream_step(kind: str) -> None:
-    """One stream switch of the "streams" backward on the current CUDA device: "side", the side stream waits for
-    the caller's stream's work so far and becomes the current stream; "main", the caller's stream current again;
-    "join", the caller's stream waits for the side stream's work so far (also inside a CUDA graph capture: a
-    fork and a join of the captured stream)."""
+    """One stream switch of the "streams" backward on the current CUDA device: "fork", the side stream waits for
+    the current (caller's) stream's work so far; "side", the side stream becomes the current stream; "main", the
+    caller's stream current again; "join", the caller's stream waits for the side stream's work so far (also
+    inside a CUDA graph capture: a fork and a join of the captured stream)."""
     device = _current_device()
-    if kind == "side":
-        caller = torch.cuda.current_stream(device)
-        side = side_stream(device)
-        side.wait_stream(caller)
+    if kind == "fork":
+        side_stream(device).wait_stream(torch.cuda.current_stream(device))
+    elif kind == "side":
         if not hasattr(_CALLERS, "stack"):
             _CALLERS.stack = []
-        _CALLERS.stack.append(caller)
-        torch.cuda.set_stream(side)
+        _CALLERS.stack.append(torch.cuda.current_stream(device))
+        torch.cuda.set_stream(side_stream(device))
     elif kind == "main":
         torch.cuda.set_stream(_CALLERS.stack.pop())
     elif kind == "join":
@@ -1591,12 +1590,15 @@ def _stream_step(kind: str) -> None:
 
 
 @contextlib.contextmanager
-def _on_side_stream(active: bool):
-    """The block's launches on the device's side stream, after the caller's stream's work so far, where
-    ``active`` (else on the caller's stream); the caller's stream current again after it."""
+def _on_side_stream(active: bool, fork: bool):
+    """The block's launches on the device's side stream where ``active`` (else on the caller's stream), after the
+    caller's stream's work so far where ``fork`` (else after the side stream's own); the caller's stream current
+    again after it."""
     if not active:
         yield
         return
+    if fork:
+        _stream_step("fork")
     _stream_step("side")
     try:
         yield
@@ -2434,6 +2436,7 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
         return g.zero_() if atomic[i] else g.fill_(float("nan")) if POISON else g
 
     dq_sum, dk_sum, dv_sum = (sums(i) for i in range(3))
+    forked = False  # "streams": whether the side stream has waited for the caller's stream yet
     for part, load_prev, fresh, last in _schedule(layout):
         meta = _part_meta(part, seq_len, q.device)
         if load_prev and fresh:
@@ -2441,6 +2444,7 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
             for g in [t for i, (t, a) in enumerate(zip((dq_sum, dk_sum, dv_sum), atomic))
                       if not a and not (i == 0 and fused_dq)]:
                 g[:, fresh] = 0.0
+            forked = False  # zeroed on the caller's stream: this part's dQ waits for it
         # what this launch writes: the final gradients in the last launch, else the sums
         dq, dk, dv = (finals[i] if last and not atomic[i] else g for i, g in enumerate((dq_sum, dk_sum, dv_sum)))
         lists = meta.lists
@@ -2468,9 +2472,12 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
         common = (len(part.heads), batch * len(part.heads), layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E, scale)
         row_runs, col_runs = _runs_table(part, meta, "row"), _runs_table(part, meta, "col")
         flat_here = False
-        # "streams": this part's dQ on the side stream, after everything launched so far (the delta kernel, an
-        # earlier part's launches and zeroed sums), beside its dK/dV below
-        with _on_side_stream(streams and not (fused or merged)):
+        # "streams": the parts' dQ launches one after another on the side stream, beside the dK/dV launches on the
+        # caller's; the side stream waits for the caller's before the first (the delta kernel, the sums' fills) and
+        # again where a part's sums were zeroed on the caller's (nothing else there is read by a dQ launch)
+        side = streams and not (fused or merged)
+        with _on_side_stream(side, fork=not forked):
+            forked = side
             if flat_dq:
                 from . import flat
 

@@ -428,10 +428,11 @@ def _watch_streams(monkeypatch, events, fail_dq=False):
 @pytest.mark.parametrize("name, parts", [("local", 1), ("fixed_block128", 2)])  # fixed: summary-first, then the rest
 def test_streams_mode_puts_each_dq_launch_on_the_side_stream_and_plans_replay_the_switches(name, parts, monkeypatch):
     """Where the mode "streams" switches streams (a GPU; here the switches recorded): delta on the caller's
-    stream, then per part the side stream forked (after everything so far) for its dQ launch and the caller's
-    stream back for its dK/dV launch, and one join before the backward returns; the third call replays a plan
-    with the same switches in the same places; and the gradients are the bits of the separate mode with the
-    delta kernel (the same launches on one stream)."""
+    stream, the side stream forked after it, then per part the side stream for its dQ launch and the caller's
+    stream back for its dK/dV launch (the parts' dQ launches follow each other on the side stream, so the
+    dK/dV launches do not hold them up), and one join before the backward returns; the third call replays a
+    plan with the same switches in the same places; and the gradients are the bits of the separate mode with
+    the delta kernel (the same launches on one stream)."""
     make, n, block, heads, dim, dtype, batch = CASES[name]
     layout = P.build_layout(P.same_for_all_heads(make(heads), heads), n, block)
     assert len(layout.parts) == parts
@@ -445,7 +446,7 @@ def test_streams_mode_puts_each_dq_launch_on_the_side_stream_and_plans_replay_th
     monkeypatch.setattr(blocksparse._Plan, "replay", lambda self, slots: (replays.append(len(slots)), replay(self, slots)))
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "streams")
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PLANS", "1")
-    expected = ["delta", *["side", "dq", "main", "dkdv"] * parts, "join"]
+    expected = ["delta", "fork", *["side", "dq", "main", "dkdv"] * parts, "join"]  # one fork: no sums zeroed
     for call in range(3):
         events.clear()
         got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
@@ -465,7 +466,27 @@ def test_streams_mode_switches_back_to_the_callers_stream_when_a_dq_launch_fails
     layout = P.build_layout(P.same_for_all_heads(make(heads), heads), n, block)
     with pytest.raises(RuntimeError, match="dq launch failed"):
         _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), *_inputs(1, heads, n, dim, dtype, 16))
-    assert events == ["delta", "side", "dq", "main"], events
+    assert events == ["delta", "fork", "side", "dq", "main"], events
+
+
+def test_streams_mode_forks_again_after_sums_zeroed_on_the_callers_stream(monkeypatch):
+    """Per-head layouts whose later part meets heads for the first time zero those heads' sums on the caller's
+    stream: that part's dQ launch waits for it (a second fork before it), and the gradients match the
+    reference."""
+    events = []
+    _watch_streams(monkeypatch, events)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "streams")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PARTIALS", "fp32")  # the strided head's first part into fp32 sums
+    case = SPLIT_CASES["multi_head_full"]
+    make, n, block, heads = case[:4]
+    layout = P.build_layout(make(heads), n, block)
+    zeroing = [i for i, (_, load_prev, fresh, _) in enumerate(blocksparse._schedule(layout)) if load_prev and fresh]
+    assert zeroing, "no part zeroes sums: the case does not test the second fork"
+    _run_case(case, monkeypatch, seed=17)
+    dq_at = [i for i, e in enumerate(events) if e == "dq"]
+    assert len(dq_at) == len(layout.parts) and events[-1] == "join", events
+    for part in zeroing:  # a fork after the previous dQ launch, before this part's
+        assert "fork" in events[dq_at[part - 1]:dq_at[part]], (part, events)
 
 
 def test_a_plan_replay_switches_back_when_a_launch_fails_on_the_side_stream(monkeypatch):
