@@ -269,6 +269,40 @@ def _program_tile(pid, HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch
     return batch, head, csr, block, first, tl.load(MIN_OFF + hp), CODES + hp * (NCOMP * 4), slot
 
 
+@triton.jit
+def _dependent_start(GDC: tl.constexpr):
+    """A kernel's first statement where it may be launched as a programmatic dependent launch (GDC: ``use_pdl``):
+    wait for the launch before it on the stream to complete, its writes visible (before any load or store here,
+    so neither a result it writes nor memory the allocator gave back can be touched early), then let the launch
+    after this one start its programs once every program of this one has begun. Only the launches' own start and
+    their programs' dispatch overlap; without GDC, nothing."""
+    if GDC:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+# Programmatic dependent launch (Hopper and later): the Triton attention kernels launched so each may start its
+# programs while the launch before it on the stream finishes (use_pdl; each waits for it first, _dependent_start).
+# For the short lengths, where a forward+backward is a few launches of tens of microseconds each. Off by default:
+# not yet timed on a GPU
+PDL = False
+
+
+def use_pdl(q: torch.Tensor) -> bool:
+    """Whether the Triton attention kernels on q's device go out as programmatic dependent launches: ``PDL``
+    (``MEGASTRIDE_BLOCKSPARSE_PDL`` "0" or "1" overrides it) on a CUDA GPU of compute capability 9.0 or later,
+    compiled (the interpreter has no such launch)."""
+    if not _switch("MEGASTRIDE_BLOCKSPARSE_PDL", PDL) or not q.is_cuda or _INTERPRET:
+        return False
+    return torch.cuda.get_device_capability(q.device)[0] >= 9
+
+
+def _pdl_consts(q: torch.Tensor) -> dict:
+    """The constexpr and launch option of a programmatic dependent launch (``use_pdl``): GDC always given (the
+    direct launch passes every parameter), ``launch_pdl`` only where on (else the keys of before)."""
+    return {"GDC": True, "launch_pdl": True} if use_pdl(q) else {"GDC": False}
+
+
 _NO_SPECIALIZE = ["part_heads", "batch_heads", "num_blocks", "order_len", "perm_g", "perm_l", "BUCKET", "ws_cols"]
 
 
@@ -279,8 +313,10 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
                 part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale,
                 BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr,
                 NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
-                RUNS: tl.constexpr, DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                RUNS: tl.constexpr, DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                GDC: tl.constexpr = False):
     # one program per (query tile, batch x head)
+    _dependent_start(GDC)
     batch, head, csr, row_block, first_row, min_off, codes, _ = _program_tile(
         tl.program_id(0), HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_M, NCOMP)
     Q += batch * stride_qb + head * stride_qh
@@ -355,12 +391,13 @@ def _store_rows(O, O_PREV, LSE, acc, l_i, m_i, batch, head, rows, offs_d, stride
 def _delta_kernel(O, DO, DELTA, K, V, SUMS, MAXES, stride_ob, stride_oh, stride_ot, stride_db, stride_dh, stride_dt,
                   stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt, stride_sb, stride_sh, stride_st,
                   stride_lb, stride_lh, heads, seq_len, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr,
-                  ZERO: tl.constexpr, MAXIMA: tl.constexpr):
+                  ZERO: tl.constexpr, MAXIMA: tl.constexpr, GDC: tl.constexpr = False):
     """delta = rowsum(dO * O) in fp32, the softmax backward's per-row constant. For the fused dQ (``_bwd_prep``),
     over the same rows: ZERO writes zeros into the sums SUMS ((B, H, T, D) at their strides), MAXIMA raises
     MAXES[0:3] (fp32, zeroed by the caller) to max|dO|, max|V| and max|K| by atomic maxima, skipped where a
     program's own maximum is not above the value it reads there first (never above the true one: the
     maxima only grow), so few of the programs' atomics reach the three addresses."""
+    _dependent_start(GDC)
     batch = (tl.program_id(1) // heads).to(tl.int64)
     head = (tl.program_id(1) % heads).to(tl.int64)
     offs_t = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -508,8 +545,9 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, MIN
                    BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr,
                    NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                    RUNS: tl.constexpr, DESC: tl.constexpr, DELTA_HERE: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_N: tl.constexpr):
+                   BLOCK_N: tl.constexpr, GDC: tl.constexpr = False):
     # one program per (query tile, batch x head)
+    _dependent_start(GDC)
     _dq_program(tl.program_id(0), Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, MIN_OFF, CODES,
                 FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, FULL_RUNS,
                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
@@ -682,7 +720,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEAD
                      BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr,
                      NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                      FUSED_DQ: tl.constexpr, SPLIT: tl.constexpr, RUNS: tl.constexpr, DESC: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GDC: tl.constexpr = False):
+    _dependent_start(GDC)
     _dkdv_program(tl.program_id(0), Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, LSE, DELTA, HEADS, HEAD_CSR, MIN_OFF, CODES,
                   FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, SEG_LO, SEG_HI, SEG_FIRST,
                   SEG_COUNT, SEG_CIDX, WS, WS_CNT, ws_cols, order_len, FULL_RUNS,
@@ -706,10 +745,11 @@ def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, DQ_PREV, LSE, 
                        BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr,
                        NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                        SPLIT: tl.constexpr, RUNS: tl.constexpr, DESC: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr, DQ_M: tl.constexpr, DQ_N: tl.constexpr):
+                       BLOCK_N: tl.constexpr, DQ_M: tl.constexpr, DQ_N: tl.constexpr, GDC: tl.constexpr = False):
     # DQ_MODE "merged": the dK/dV programs (key tiles over the column lists, heaviest columns first)
     # and then the dQ programs (query tiles of DQ_M rows over the row lists) in one launch, so the dQ
     # programs fill the GPU beside the long dK/dV columns instead of after them, and one launch fewer
+    _dependent_start(GDC)
     pid = tl.program_id(0)
     dkdv_programs = order_len * (BLOCK // BLOCK_N) * batch_heads
     if pid < dkdv_programs:
@@ -1616,7 +1656,7 @@ def streams_here(mode: str, q: torch.Tensor) -> bool:
 _PLAN_SETTINGS = ("POISON", "FLAT", "FLAT_DQ", "FLAT_DKDV", "DQ_MODE", "AUTO_MODES", "DKDV_SPLIT", "SPLIT_SEGMENT", "SPLIT_RATIO", "DELTA_IN_DQ",
                   "DIRECT_LAUNCH", "SPLIT_FINISH", "PARTIALS", "RUNS", "ORDER", "TMA_LOADS", "TMA_MIN_BLOCKS",
                   "GLUON_BWD", "GLUON_AUTO_DIMS", "GLUON_SPLIT", "GLUON_SPLIT_RATIO", "GLUON_MIN_LENGTH", "GLUON_FWD",
-                  "GLUON_FWD_AUTO_DIMS", "ORDER_CHUNK", "PLANS", "PLAN_TRIES")
+                  "GLUON_FWD_AUTO_DIMS", "ORDER_CHUNK", "PLANS", "PLAN_TRIES", "PDL")
 
 
 def _environment_key() -> tuple:
@@ -1703,7 +1743,7 @@ def _desc_loads(meta: _PartMeta, *tensors: torch.Tensor) -> bool:
 def _common(layout: Layout, meta: _PartMeta, q: torch.Tensor, load_prev: bool) -> dict:
     return dict(BUCKET=_bucket(layout.seq_len), BLOCK=layout.block, HEAD_DIM=q.shape[-1], PERMUTED=meta.perm_mode, RUN=meta.perm_run,
                 NCOMP=meta.ncomp, KINDS=meta.kinds, LOAD_PREV=load_prev,
-                DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
+                DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", **_pdl_consts(q))
 
 
 def _check_inputs(q, k, v, layout: Layout) -> None:
@@ -2123,7 +2163,7 @@ def _bwd_prep(out: torch.Tensor, do: torch.Tensor, delta: torch.Tensor, k: torch
     _launch_chosen(_delta_kernel, lambda m: (triton.cdiv(seq_len, block_t), batch * heads),
                    (out, do, delta, k, v, sums, maxes if maxima else delta, *_strides(out, do, k, v, sums),
                     delta.stride(0), delta.stride(1), heads, seq_len),
-                   {"HEAD_DIM": head_dim, "BLOCK_T": block_t, "ZERO": zero, "MAXIMA": maxima})
+                   {"HEAD_DIM": head_dim, "BLOCK_T": block_t, "ZERO": zero, "MAXIMA": maxima, **_pdl_consts(do)})
 
 
 def _dq_multiplier(maxes: torch.Tensor | None, head_dim: int, scale: float, dtype: torch.dtype,

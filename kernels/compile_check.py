@@ -145,7 +145,21 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
                                    f"{m}x{n}+{qm}x{qn} w{w} s{st}",
                                    bs._bwd_merged_kernel, dict(common, SPLIT=split, BLOCK_M=m, BLOCK_N=n, DQ_M=qm, DQ_N=qn),
                                    fp32, w, st))
+    # the delta kernel (the backward's first launch where dQ does not compute delta: the "streams" mode, the atomic
+    # and merged modes)
+    out.append(Variant("delta", bs._delta_kernel, dict(HEAD_DIM=head_dim, BLOCK_T=64, ZERO=False, MAXIMA=False)))
     return out
+
+
+# the kernels that can go out as programmatic dependent launches (blocksparse.use_pdl): their GDC constexpr
+PDL_KERNELS = ("_fwd_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel", "_bwd_merged_kernel", "_delta_kernel")
+
+
+def dependent(v: Variant) -> Variant | None:
+    """``v`` compiled as a programmatic dependent launch compiles it (GDC on), or None for a kernel without one."""
+    if getattr(v.kernel, "__name__", "") not in PDL_KERNELS:
+        return None
+    return Variant(v.name, v.kernel, {**v.constexprs, "GDC": True}, v.fp32, v.num_warps, v.num_stages)
 
 
 def launch_attrs(kernel) -> dict:
@@ -294,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loop", action="store_true",
                    help="also report the first tensor-core loop's instructions per iteration (SASS): total, HGMMA, "
                         "MUFU, LDL/STL spills")
+    p.add_argument("--pdl", action="store_true",
+                   help="the kernels as programmatic dependent launches compile them (blocksparse.use_pdl: GDC on; "
+                        "the kernels without one are left out), checked to wait for the launch before them first")
     p.add_argument("--only", action="append", default=[],
                    help="compile only variants whose name contains this text (repeatable)")
     args = p.parse_args(argv)
@@ -304,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         args.desc = bs.use_tma_loads()
     failed = 0
     chosen = [v for v in variants(args.block, args.head_dim, args.all, args.kinds, args.runs, args.desc) if not only or any(x in v.name for x in only)]
+    if args.pdl:
+        chosen = [d for d in map(dependent, chosen) if d is not None]
     if not chosen:
         print(f"compile_check: no variant matches --only {only!r}", file=sys.stderr)
         return 2
@@ -316,9 +335,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAIL {v.name}: {type(err).__name__}: {str(err).splitlines()[0][:300]}", flush=True)
             continue
         usage = ""
+        if args.pdl:
+            ptx = k.asm["ptx"]
+            wait, release = ptx.find("griddepcontrol.wait"), ptx.find("griddepcontrol.launch_dependents")
+            first_access = min((i for i in (ptx.find("ld.global"), ptx.find("st.global"), ptx.find("cp.async"))
+                                if i >= 0), default=len(ptx))
+            if not 0 <= wait < first_access or release < 0:
+                failed += 1
+                print(f"FAIL {v.name}: the dependent launch's wait is missing or after a global access "
+                      f"(wait at {wait}, first access at {first_access}, launch_dependents at {release})", flush=True)
+                continue
+            usage += ", waits first (dependent launch)"
         if args.ptxas:
             u = ptxas_usage(k, args.arch)
-            usage = f", {u['registers']} registers, spills {u['spill_stores']}/{u['spill_loads']} B stored/loaded"
+            usage += f", {u['registers']} registers, spills {u['spill_stores']}/{u['spill_loads']} B stored/loaded"
             if any("serialized" in w for w in u["warnings"]):
                 usage += ", wgmma serialised by ptxas"
         if args.waits:

@@ -634,7 +634,8 @@ def _programs(q: torch.Tensor, per_sm: int) -> int:
 
 def _consts(layout, meta, q, load_prev, entry) -> dict:
     block_m, block_n, warps, stages, _ = entry
-    consts = {key: value for key, value in bs._common(layout, meta, q, load_prev).items() if key != "BUCKET"}
+    consts = {key: value for key, value in bs._common(layout, meta, q, load_prev).items()
+              if key not in ("BUCKET", "GDC", "launch_pdl")}  # the flat kernels: no dependent launch
     return {**consts, "BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}
 
 

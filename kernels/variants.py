@@ -15,6 +15,9 @@ OUR_VARIANTS = {
     # on one stream, to tell the overlap from the delta kernel's cost
     "streams": {"MEGASTRIDE_BLOCKSPARSE_DQ": "streams"},
     "deltakernel": {"MEGASTRIDE_BLOCKSPARSE_DQ": "separate", "MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ": "0"},
+    # the Triton kernels as programmatic dependent launches (blocksparse.use_pdl), alone and with dQ beside dK/dV
+    "pdl": {"MEGASTRIDE_BLOCKSPARSE_PDL": "1"},
+    "pdlstreams": {"MEGASTRIDE_BLOCKSPARSE_PDL": "1", "MEGASTRIDE_BLOCKSPARSE_DQ": "streams"},
     "runs": {"MEGASTRIDE_BLOCKSPARSE_RUNS": "1"},  # full block lists walked as arithmetic runs (use_runs)
     "lpt": {"MEGASTRIDE_BLOCKSPARSE_ORDER": "lpt"},  # blocks taken longest first (block_order)
     # a two-launch head's first part adds into fp32 sums beside the outputs (the default writes into the outputs)

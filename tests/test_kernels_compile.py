@@ -240,3 +240,21 @@ def test_the_flat_kernels_listed_tiles_compile_without_spills_or_serialised_prod
         and any(" dK/dV " in line for line in lines), proc.stdout
     for line in lines:
         assert "spills 0/0 B" in line and "serialised" not in line, line
+
+
+def test_dependent_launch_variants_compile_and_wait_before_any_global_access():
+    """compile_check --pdl: the forward, dQ, dK/dV, merged and delta kernels as programmatic dependent launches
+    (blocksparse.use_pdl) compile for sm_90, each with its griddepcontrol.wait before its first global load,
+    store or asynchronous copy in the PTX and a launch_dependents after it (compile_check fails a variant
+    otherwise)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    only = ["forward natural", "dQ natural, delta here", "dK/dV natural, dQ separate, split, last finish columns",
+            "merged natural, whole columns", "delta"]
+    proc = subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", "--pdl", "--kinds", "24",
+                           *(f"--only={o}" for o in only)], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    compiled = [line for line in proc.stdout.splitlines() if line.startswith("ok ") and "waits first" in line]
+    for pattern in only:  # each asked-for kernel among them ("delta" also names dQ variants: the delta kernel's own line)
+        assert any(pattern in line for line in compiled), (pattern, proc.stdout)
+    assert any(line.startswith("ok   delta:") for line in compiled), proc.stdout
+    assert proc.stdout.strip().endswith("all compiled"), proc.stdout

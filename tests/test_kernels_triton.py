@@ -502,6 +502,18 @@ def test_a_plan_replay_switches_back_when_a_launch_fails_on_the_side_stream(monk
     assert events == ["side", "dq", "main"], events
 
 
+def test_dependent_launches_only_on_a_hopper_gpu_and_the_switch_takes_0_or_1(monkeypatch):
+    """MEGASTRIDE_BLOCKSPARSE_PDL=1 on a CPU (the interpreter): no dependent launch (GDC off, no launch option) and
+    the reference's gradients; a value other than 0 or 1 is a one-line error naming the variable."""
+    q = torch.zeros(1, 1, 64, 16)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PDL", "1")
+    assert blocksparse._pdl_consts(q) == {"GDC": False} and not blocksparse.use_pdl(q)
+    _run_case(CASES["local"], monkeypatch, seed=18)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PDL", "yes")
+    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_PDL must be 0 or 1, got 'yes'"):
+        blocksparse.use_pdl(q)
+
+
 def test_spec_key_tells_apart_what_triton_specialises_on():
     """_spec_key (the direct launch's cache key) differs wherever Triton's specialisation can: a tensor's
     dtype or 16-byte alignment, an int of 1, divisible by 16, or past 32 bits; it is equal for arguments
@@ -1175,7 +1187,7 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DIRECT", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_PLANS", raising=False)
     for name in ("GLUON", "GLUON_DKDV_LAUNCHES", "GLUON_STREAMS", "GLUON_SPLIT", "GLUON_FWD", "GLUON_FWD_LAUNCHES",
-                 "GLUON_DQ", "GLUON_AHEAD", "GLUON_WS", "GLUON_HALVES_SPLIT", "FLAT", "FLAT_DQ", "FLAT_DKDV"):
+                 "GLUON_DQ", "GLUON_AHEAD", "GLUON_WS", "GLUON_HALVES_SPLIT", "FLAT", "FLAT_DQ", "FLAT_DKDV", "PDL"):
         monkeypatch.delenv(f"MEGASTRIDE_BLOCKSPARSE_{name}", raising=False)
     from megastride.kernels import gluon_bwd, gluon_fwd
 
@@ -1191,7 +1203,8 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
                         gluon_bwd.warp_specialized(128, 128, torch.zeros(1, 1, 256), torch.zeros(1, 1, 256)),
                         gluon_bwd.halves_split(64), gluon_bwd.halves_split(128),
                         os.environ.get("MEGASTRIDE_BLOCKSPARSE_PLANS", blocksparse.PLANS), blocksparse.flat_setting(),
-                        blocksparse.use_flat_dq(), blocksparse.use_flat_dkdv())
+                        blocksparse.use_flat_dq(), blocksparse.use_flat_dkdv(),
+                        blocksparse._switch("MEGASTRIDE_BLOCKSPARSE_PDL", blocksparse.PDL))  # use_pdl: off on a CPU
     ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():
         with monkeypatch.context() as m:
