@@ -421,21 +421,11 @@ def test_launch_plans_give_the_full_paths_bits(monkeypatch, mode):
                 assert torch.equal(g, w), f"{pattern.name} n={n} call {i}: {name} differs from the full path's"
         assert replays.count(5) >= 1 and replays.count(10) >= 1, f"{pattern.name}: no call replayed a plan"
 
-        static = inputs()  # a replaying call captured in a CUDA graph, replayed on new values
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            call(static)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
+        static, x = inputs(), inputs()  # a replaying call captured in a CUDA graph, replayed on new values
         before = len(replays)
-        with torch.cuda.graph(graph):
-            captured = call(static)
-        assert len(replays) > before, f"{pattern.name}: the captured call did not replay a plan"
-        x = inputs()
-        for t, value in zip(static, x):
-            t.copy_(value)
-        graph.replay()
+        captured = _replayed(call, static, x)
+        # the warm-up and the captured call each replayed the forward's plan and the backward's
+        assert len(replays) - before == 4, f"{pattern.name}: the captured call did not replay its plans"
         monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PLANS", "0")
         want = call(x)
         monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PLANS", "auto")
@@ -452,21 +442,8 @@ def test_dq_on_a_second_stream_gives_the_one_stream_bits_eager_and_replayed(head
     (from the third, replaying a launch plan with its stream switches) and replayed from a CUDA graph on new
     values; and the switches were made."""
     B = _blocksparse()
-    Bn = importlib.import_module("megastride.kernels.bench")
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", "0")
-    pattern, _, block, _ = Bn.case_pattern(Bn.Case("fixed", n, heads, dim))
-    layout = P.build_layout(pattern, n, block, device="cuda")
-    gen = torch.Generator(device="cuda").manual_seed(5)
-
-    def inputs():
-        return tuple(torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
-
-    def call(x, mode):
-        monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", mode)
-        q, k, v, do = x
-        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        out = B.blocksparse_attention(*leaves, layout)
-        return [out, *torch.autograd.grad(out, leaves, do)]
+    layout, inputs, call = _bench_case("fixed", n, heads, dim, "MEGASTRIDE_BLOCKSPARSE_DQ", monkeypatch, seed=5)
 
     steps, real = [], B._cuda_stream_step
     monkeypatch.setattr(B, "_cuda_stream_step", lambda kind: (steps.append(kind), real(kind)))
@@ -478,21 +455,52 @@ def test_dq_on_a_second_stream_gives_the_one_stream_bits_eager_and_replayed(head
     assert steps.count("side") >= 4 and steps.count("join") == 4, steps
     _assert_near(got, _grads(lambda *t: reference_attention(*(a.float() for a in t), layout), *x[:3], x[3]))
 
-    static = inputs()  # captured as the bench captures (kernels.bench._graphed: a warm-up on a side stream first)
+    static = inputs()
+    before = len(steps)
+    captured = _replayed(lambda x: call(x, "streams"), static, inputs())
+    assert steps[before:].count("join") == 2, "the captured backward did not switch streams"  # warm-up, capture
+    want = call(tuple(t.clone() for t in static), "separate")
+    _same_as_one_stream(captured, want, "graph replay: ")
+
+
+def _bench_case(pattern_name: str, n: int, heads: int, dim: int, switch: str, monkeypatch, seed: int):
+    """(layout, inputs, call) for the bench's ``pattern_name`` pattern (kernels.bench.case_pattern) on the GPU:
+    ``inputs()`` new random bf16 (q, k, v, dO) of (1, heads, n, dim) each call; ``call(x, value)`` the output and
+    three gradients of our attention on x with the environment variable ``switch`` set to ``value``."""
+    B = _blocksparse()
+    Bn = importlib.import_module("megastride.kernels.bench")
+    pattern, _, block, _ = Bn.case_pattern(Bn.Case(pattern_name, n, heads, dim))
+    layout = P.build_layout(pattern, n, block, device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+
+    def inputs():
+        return tuple(torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
+
+    def call(x, value):
+        monkeypatch.setenv(switch, value)
+        q, k, v, do = x
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = B.blocksparse_attention(*leaves, layout)
+        return [out, *torch.autograd.grad(out, leaves, do)]
+
+    return layout, inputs, call
+
+
+def _replayed(call, static: tuple, fresh: tuple) -> list:
+    """``call(static)`` captured in a CUDA graph as the bench captures it (kernels.bench._graphed: a warm-up on a
+    side stream first), ``static`` then overwritten with ``fresh`` and the graph replayed: the captured outputs."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        call(static, "streams")
+        call(static)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        captured = call(static, "streams")
-    assert steps[-1] == "join", "the captured backward did not switch streams"
-    for t, value in zip(static, inputs()):
+        captured = call(static)
+    for t, value in zip(static, fresh):
         t.copy_(value)
     graph.replay()
-    want = call(tuple(t.clone() for t in static), "separate")
-    _same_as_one_stream(captured, want, "graph replay: ")
+    return captured
 
 
 @pytest.mark.parametrize("mode", ["separate", "merged", "streams"])
@@ -504,25 +512,10 @@ def test_dependent_launches_give_the_same_bits_eager_and_replayed(mode, monkeypa
     graph on new values; and the kernels went out as dependent launches. Whole dK/dV columns: no atomics to
     reorder sums."""
     B = _blocksparse()
-    Bn = importlib.import_module("megastride.kernels.bench")
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", mode)
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", "0")
     for pattern_name, n, heads, dim in (("fixed", 3072, 8, 64), ("strided", 12288, 2, 128)):
-        pattern, _, block, _ = Bn.case_pattern(Bn.Case(pattern_name, n, heads, dim))
-        layout = P.build_layout(pattern, n, block, device="cuda")
-        gen = torch.Generator(device="cuda").manual_seed(7)
-
-        def inputs():
-            return tuple(torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, generator=gen)
-                         for _ in range(4))
-
-        def call(x, pdl):
-            monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_PDL", pdl)
-            q, k, v, do = x
-            leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-            out = B.blocksparse_attention(*leaves, layout)
-            return [out, *torch.autograd.grad(out, leaves, do)]
-
+        _, inputs, call = _bench_case(pattern_name, n, heads, dim, "MEGASTRIDE_BLOCKSPARSE_PDL", monkeypatch, seed=7)
         for i in range(4):
             x = inputs()
             want, got = call(x, "0"), call(x, "1")
@@ -531,18 +524,8 @@ def test_dependent_launches_give_the_same_bits_eager_and_replayed(mode, monkeypa
         dependent = [c for c in B._DIRECT.values() if getattr(c.metadata, "launch_pdl", False)]
         assert dependent, f"{pattern_name}: no kernel went out as a dependent launch"
 
-        static = inputs()  # captured as the bench captures, then replayed on new values
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            call(static, "1")
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            captured = call(static, "1")
-        for t, value in zip(static, inputs()):
-            t.copy_(value)
-        graph.replay()
+        static = inputs()
+        captured = _replayed(lambda x: call(x, "1"), static, inputs())
         want = call(tuple(t.clone() for t in static), "0")
         for name, g, w in zip(["out", "dq", "dk", "dv"], captured, want):
             assert torch.equal(g, w), f"{pattern_name} graph replay: {name} differs with dependent launches"
