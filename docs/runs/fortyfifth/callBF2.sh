@@ -15,6 +15,9 @@
 # docs/kernels.md either way.
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv
 python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+# the image's setuptools (pyproject's license table is deprecated from setuptools 77, gone after 2027-02-18; the
+# device's editable install builds without isolation, with this one)
+python3 -c "import setuptools; print('setuptools', setuptools.__version__)"
 date -u > $OUT/times.txt
 timeout 220 python3 -m pytest -q -m gpu tests/test_kernels_gpu.py -p no:cacheprovider \
   -k "second_stream or dependent_launches or (launch_plans and streams) or (direct_launches and streams)" \
