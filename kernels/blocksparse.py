@@ -303,22 +303,28 @@ def _pdl_consts(q: torch.Tensor) -> dict:
     return {"GDC": True, "launch_pdl": True} if use_pdl(q) else {"GDC": False}
 
 
-_NO_SPECIALIZE = ["part_heads", "batch_heads", "num_blocks", "order_len", "perm_g", "perm_l", "BUCKET", "ws_cols"]
+_NO_SPECIALIZE = ["part_heads", "batch_heads", "num_blocks", "order_len", "perm_g", "perm_l", "BUCKET", "ws_cols",
+                  "seg_len"]
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, FULL_RUNS,
+                SEG_LO, SEG_HI, SEG_FIRST, SEG_COUNT, SEG_CIDX, WS, WS_ML, WS_CNT,
                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                 stride_ob, stride_oh, stride_ot, stride_lb, stride_lh,
-                part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale,
+                part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, order_len, ws_cols, seg_len,
                 BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr,
                 NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                 RUNS: tl.constexpr, DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                GDC: tl.constexpr = False):
-    # one program per (query tile, batch x head)
+                GDC: tl.constexpr = False, SPLIT: tl.constexpr = False):
+    # one program per (query tile, batch x head); SPLIT (``_row_split``): per (row segment, tile, batch x head),
+    # ORDER the segments' row blocks (order_len a CSR), each program the full entries [SEG_LO, SEG_HI) of its row
+    # (and its partial entries where SEG_FIRST); a row of SEG_COUNT > 1 segments stores each segment's softmax
+    # state (unnormalised output, max, sum) in its slot of WS / WS_ML, counts itself in WS_CNT, and the segment
+    # that counts last merges the slots and writes the rows, then zeroes the counter for the next launch
     _dependent_start(GDC)
-    batch, head, csr, row_block, first_row, min_off, codes, _ = _program_tile(
-        tl.program_id(0), HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_M, NCOMP)
+    batch, head, csr, row_block, first_row, min_off, codes, slot = _program_tile(
+        tl.program_id(0), HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len, BLOCK, BLOCK_M, NCOMP)
     Q += batch * stride_qb + head * stride_qh
     K += batch * stride_kb + head * stride_kh
     V += batch * stride_vb + head * stride_vh
@@ -334,8 +340,15 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
     ptr = csr.to(tl.int64) * (num_blocks + 1) + row_block
 
     full_lo = tl.load(FULL_PTR + ptr)
+    if SPLIT:  # this segment's full entries; the partial ones only in the row's first segment
+        seg_lo, seg_hi = tl.load(SEG_LO + slot), tl.load(SEG_HI + slot)
+        part_lo, part_hi = tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)
+        part_hi = tl.where(tl.load(SEG_FIRST + slot) != 0, part_hi, part_lo)
+    else:
+        seg_lo, seg_hi = full_lo, tl.load(FULL_PTR + ptr + 1)
+        part_lo, part_hi = tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, row_block, num_blocks, RUNS)
-    for t in range(full_lo * (BLOCK // BLOCK_N), tl.load(FULL_PTR + ptr + 1) * (BLOCK // BLOCK_N)):
+    for t in range(seg_lo * (BLOCK // BLOCK_N), seg_hi * (BLOCK // BLOCK_N)):
         start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED, RUN,
                                   num_blocks * BLOCK)
         k, v = _key_tile(K, V, k_desc, v_desc, start, cols, offs_d, stride_kt, stride_vt, DESC)
@@ -347,7 +360,7 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
     # the fixed pattern's mask kinds and 1,304 B under local+stride+summary, with 64-key masked tiles 0 and
     # 408 B; 128x128 w8 went from 255 registers to 211-233, without spills)
     MASK_N: tl.constexpr = 64 if BLOCK_N > 64 else BLOCK_N
-    for e in range(tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)):
+    for e in range(part_lo, part_hi):
         col_block = tl.load(PART_IDX + e)
         for s in tl.static_range(BLOCK // MASK_N):
             first_col = col_block * BLOCK + s * MASK_N
@@ -358,8 +371,57 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
                 ok = _allowed(offs_m[:, None], offs_n[None, :], codes, min_off, NCOMP, KINDS)
                 acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k, v, qk_scale, ok, True, DOT_PREC)
 
-    _store_rows(O, O_PREV, LSE, acc, l_i, m_i, batch, head, rows, offs_d, stride_ob, stride_oh, stride_ot, stride_lb,
-                stride_lh, LOAD_PREV)
+    if SPLIT:
+        segments = tl.load(SEG_COUNT + slot)  # 0: a padding slot, which writes nothing
+        if segments == 1:
+            _store_rows(O, O_PREV, LSE, acc, l_i, m_i, batch, head, rows, offs_d, stride_ob, stride_oh, stride_ot,
+                        stride_lb, stride_lh, LOAD_PREV)
+        elif segments > 1:
+            acc, l_i, m_i, last = _merge_row_segments(WS, WS_ML, WS_CNT, acc, l_i, m_i, seg_lo, full_lo, seg_len,
+                                                      segments, tl.load(SEG_CIDX + slot), ws_cols, batch_heads,
+                                                      first_row - row_block * BLOCK, offs_d, BLOCK, BLOCK_M, HEAD_DIM)
+            if last:
+                _store_rows(O, O_PREV, LSE, acc, l_i, m_i, batch, head, rows, offs_d, stride_ob, stride_oh,
+                            stride_ot, stride_lb, stride_lh, LOAD_PREV)
+    else:
+        _store_rows(O, O_PREV, LSE, acc, l_i, m_i, batch, head, rows, offs_d, stride_ob, stride_oh, stride_ot,
+                    stride_lb, stride_lh, LOAD_PREV)
+
+
+@triton.jit
+def _merge_row_segments(WS, WS_ML, WS_CNT, acc, l_i, m_i, seg_lo, full_lo, seg_len, segments, cidx, ws_cols,
+                        batch_heads, row_in_block, offs_d, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr,
+                        HEAD_DIM: tl.constexpr):
+    """A row segment's finish (``_fwd_kernel`` with SPLIT): store its softmax state in its slot (segment j of its
+    row: full entries from ``full_lo + j * seg_len``), count itself at the tile's first row; the segment that
+    counts last gets (acc, l, m) merged over every slot (in slot order, so the bits do not depend on which
+    segment came last), and True, and zeroes the count; the others get False."""
+    j = (seg_lo - full_lo) // seg_len
+    bh = tl.program_id(0) % batch_heads
+    total = batch_heads.to(tl.int64) * ws_cols * BLOCK  # rows of one slot
+    rows = (bh.to(tl.int64) * ws_cols + cidx) * BLOCK + row_in_block + tl.arange(0, BLOCK_M)
+    tl.store(WS + (j * total + rows)[:, None] * HEAD_DIM + offs_d[None, :], acc)
+    tl.store(WS_ML + (j * total + rows) * 2, m_i)
+    tl.store(WS_ML + (j * total + rows) * 2 + 1, l_i)
+    tl.debug_barrier()  # every thread's slot stored before the count
+    counter = WS_CNT + (bh.to(tl.int64) * ws_cols + cidx) * BLOCK + row_in_block
+    last = tl.atomic_add(counter, 1, sem="acq_rel") == segments - 1
+    if last:  # every other segment's slot is in; read them from L2
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        for s in range(0, segments):
+            m_s = tl.load(WS_ML + (s * total + rows) * 2, cache_modifier=".cg")
+            l_s = tl.load(WS_ML + (s * total + rows) * 2 + 1, cache_modifier=".cg")
+            acc_s = tl.load(WS + (s * total + rows)[:, None] * HEAD_DIM + offs_d[None, :], cache_modifier=".cg")
+            m_new = tl.maximum(m_i, m_s)
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key in either yet: no NaN
+            alpha, beta = tl.math.exp2(m_i - m_use), tl.math.exp2(m_s - m_use)
+            l_i = l_i * alpha + l_s * beta
+            acc = acc * alpha[:, None] + acc_s * beta[:, None]
+            m_i = m_new
+        tl.store(counter, 0)
+    return acc, l_i, m_i, last
 
 
 @triton.jit
@@ -1190,8 +1252,9 @@ def _runs_table(part: LayoutPart, meta: "_PartMeta", side: str) -> torch.Tensor 
 
 
 def _column_segments(lists: dict[str, torch.Tensor], num_blocks: int, seg_len: int,
-                     mode: str = "lpt") -> dict[str, torch.Tensor]:
-    """The dK/dV work split into column segments of at most ``seg_len`` full entries, per CSR:
+                     mode: str = "lpt", side: str = "col") -> dict[str, torch.Tensor]:
+    """The dK/dV work split into column segments of at most ``seg_len`` full entries, per CSR (``side`` "row":
+    the forward's rows the same way, ``_row_split``):
     (ncsr, S) arrays of each segment's column, full-entry range and whether it also takes the
     column's partial entries (its first segment does), in ``mode``'s order (``_work_order`` by their
     columns: "lpt" longest first); rows shorter than S padded with empty segments (column 0, empty
@@ -1199,8 +1262,8 @@ def _column_segments(lists: dict[str, torch.Tensor], num_blocks: int, seg_len: i
     segment's column's number of segments (``seg_count``; 0 in the padding) and, where that is more than
     one, the column's index among such columns of its CSR (``seg_cidx``), and ``ws_cols`` (one element:
     the most such columns in a CSR, the workspace's columns per batch x head)."""
-    full_ptr = lists["col_full_ptr"].long().view(-1, num_blocks + 1)
-    part_n = lists["col_part_ptr"].long().view(-1, num_blocks + 1).diff(dim=1)
+    full_ptr = lists[f"{side}_full_ptr"].long().view(-1, num_blocks + 1)
+    part_n = lists[f"{side}_part_ptr"].long().view(-1, num_blocks + 1).diff(dim=1)
     rows = []
     for ptr, parts in zip(full_ptr, part_n):
         full_n = ptr.diff()
@@ -1225,12 +1288,12 @@ def _column_segments(lists: dict[str, torch.Tensor], num_blocks: int, seg_len: i
     return out
 
 
-def _segments(meta: "_PartMeta", seg_len: int) -> tuple[tuple, dict[str, torch.Tensor]]:
-    """(key, tables) of the part's column segments of at most ``seg_len`` full entries in ``block_order()``'s
-    order (``_column_segments``), built once per length, order and device."""
-    key = ("segments", seg_len, block_order(), ORDER_CHUNK)
+def _segments(meta: "_PartMeta", seg_len: int, side: str = "col") -> tuple[tuple, dict[str, torch.Tensor]]:
+    """(key, tables) of the part's column segments (``side`` "row": row segments) of at most ``seg_len`` full
+    entries in ``block_order()``'s order (``_column_segments``), built once per length, order and device."""
+    key = ("segments", seg_len, block_order(), ORDER_CHUNK) + (() if side == "col" else (side,))
     if key not in meta.extra:
-        meta.extra[key] = _column_segments(meta.lists, meta.num_blocks, seg_len, block_order())
+        meta.extra[key] = _column_segments(meta.lists, meta.num_blocks, seg_len, block_order(), side)
     return key, meta.extra[key]
 
 
@@ -1656,7 +1719,7 @@ def streams_here(mode: str, q: torch.Tensor) -> bool:
 _PLAN_SETTINGS = ("POISON", "FLAT", "FLAT_DQ", "FLAT_DKDV", "DQ_MODE", "AUTO_MODES", "DKDV_SPLIT", "SPLIT_SEGMENT", "SPLIT_RATIO", "DELTA_IN_DQ",
                   "DIRECT_LAUNCH", "SPLIT_FINISH", "PARTIALS", "RUNS", "ORDER", "TMA_LOADS", "TMA_MIN_BLOCKS",
                   "GLUON_BWD", "GLUON_AUTO_DIMS", "GLUON_SPLIT", "GLUON_SPLIT_RATIO", "GLUON_MIN_LENGTH", "GLUON_FWD",
-                  "GLUON_FWD_AUTO_DIMS", "ORDER_CHUNK", "PLANS", "PLAN_TRIES", "PDL")
+                  "GLUON_FWD_AUTO_DIMS", "ORDER_CHUNK", "PLANS", "PLAN_TRIES", "PDL", "FWD_SPLIT", "FWD_SPLIT_MAX_BYTES")
 
 
 def _environment_key() -> tuple:
@@ -1841,21 +1904,74 @@ def _forward_launches(q, k, v, out, lse, layout: Layout, scale: float):
 
 
 def _fwd_part_launch(q, k, v, target, prev, lse, *, part: LayoutPart, meta: _PartMeta, layout: Layout, scale: float, load_prev: bool):
-    """One part's forward by the default kernel (a program a query tile): its output into ``target`` (merged with
-    ``prev``'s through ``lse`` where ``load_prev``)."""
-    batch, _, seq_len, _ = q.shape
+    """One part's forward by the default kernel (a program a query tile, or a row segment of one: ``fwd_split``):
+    its output into ``target`` (merged with ``prev``'s through ``lse`` where ``load_prev``)."""
+    batch, _, seq_len, head_dim = q.shape
     lists = meta.lists
     runs = _runs_table(part, meta, "row")
     heads = len(part.heads)
+    split = fwd_split()
+    if split:  # programs over the rows' segments (row blocks heaviest first), merged by each row's last one
+        key, seg = _segments(meta, split, "row")
+        order = seg["seg_col"]
+        ws, ws_ml, counts, cols = _row_split_workspace(meta, key, batch, head_dim, layout.block, q.device)
+        tables = (seg["seg_lo"], seg["seg_hi"], seg["seg_first"], seg["seg_count"], seg["seg_cidx"], ws, ws_ml, counts)
+    else:
+        order, cols = _side_order(meta, "row"), 0
+        tables = (order,) * 5 + (lse, lse, order)  # not read
+    order_len = order.shape[1]
     args = (q, k, v, target, prev, lse, meta.heads, meta.head_csr, meta.min_off, meta.codes,
             lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
-            _side_order(meta, "row"), lists["row_full_idx"] if runs is None else runs,
+            order, lists["row_full_idx"] if runs is None else runs, *tables,
             *_strides(q, k, v, target), lse.stride(0), lse.stride(1),
-            heads, batch * heads, layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E)
-    grid = lambda m: (seq_len // m["BLOCK_M"] * batch * heads,)  # noqa: E731
+            heads, batch * heads, layout.num_blocks, meta.perm_g, meta.perm_l, scale * LOG2E, order_len, cols,
+            max(split, 1))
+    grid = lambda m: (order_len * (layout.block // m["BLOCK_M"]) * batch * heads,)  # noqa: E731
     _launch(_fwd_tuned, _fwd_kernel, grid, args,
-            {**_common(layout, meta, q, load_prev), "RUNS": runs is not None, "DESC": _desc_loads(meta, q, k, v)},
-            name="fwd")
+            {**_common(layout, meta, q, load_prev), "RUNS": runs is not None, "DESC": _desc_loads(meta, q, k, v),
+             "SPLIT": bool(split)}, name="fwd")
+
+
+# the forward's programs take at most this many full entries of a row ("0": whole rows); an integer as a string
+FWD_SPLIT = "0"
+# the most bytes the row segments' slots may take (fp32 outputs and their max and sum, a slot per segment)
+FWD_SPLIT_MAX_BYTES = 1 << 30
+
+
+def fwd_split() -> int:
+    """Most full entries a forward program takes of a row: 0 for whole rows (the default), else rows are cut
+    into segments of that many, each its own program, and each row's last segment to finish merges them through
+    their softmax states (``_merge_row_segments``): more programs, and shorter ones, where a launch has fewer
+    query tiles than the GPU has room for (short sequences, few heads). ``FWD_SPLIT``;
+    ``MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT`` (an integer >= 0) overrides it."""
+    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT", FWD_SPLIT)
+    if not raw.isdigit():
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT must be an integer >= 0 (full entries a forward "
+                         f"program takes of a row; 0: whole rows), got {raw!r}")
+    return int(raw)
+
+
+def _row_split_workspace(meta: _PartMeta, key: tuple, batch: int, head_dim: int, block: int,
+                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(slots, max and sum slots, counters, rows of more than one segment a batch x head) for the forward's row
+    segments ``key``: per segment index (up to the longest row's count) and row of such a row block, its fp32
+    output sums and its max and sum; one int32 counter a row (a query tile's first row counts its segments),
+    zeroed once and kept zero by the launches. Refused in one line past ``FWD_SPLIT_MAX_BYTES``."""
+    tables = meta.extra[key]
+    cols, most = int(tables["ws_cols"][0]), int(tables["seg_count"].max())
+    wkey = (key, batch, head_dim, "fwd")
+    if wkey not in meta.workspaces:
+        rows = batch * meta.heads.numel() * max(cols, 1) * block
+        need = most * rows * (head_dim + 2) * 4
+        if need > FWD_SPLIT_MAX_BYTES:
+            raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT={fwd_split()}: the row segments' slots would take "
+                             f"{need / 2**20:,.0f} MiB (at most {FWD_SPLIT_MAX_BYTES / 2**20:,.0f}); take longer "
+                             "segments or 0 (whole rows) at this length")
+        meta.workspaces[wkey] = (torch.empty(most * rows * head_dim, dtype=torch.float32, device=device),
+                                 torch.empty(most * rows * 2, dtype=torch.float32, device=device),
+                                 torch.zeros(rows, dtype=torch.int32, device=device))
+    ws, ws_ml, counts = meta.workspaces[wkey]
+    return ws, ws_ml, counts, cols
 
 
 def _cast_rest(layout: Layout, acc: torch.Tensor, out: torch.Tensor, heads: list[int] | None = None) -> None:

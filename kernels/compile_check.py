@@ -34,7 +34,7 @@ _INDEX_ARRAYS = {"HEADS", "HEAD_CSR", "MIN_OFF", "CODES", "FULL_PTR", "FULL_IDX"
                  "SEG_LO", "SEG_HI", "SEG_FIRST", "SEG_COUNT", "SEG_CIDX", "WS_CNT", "ROW_FULL_PTR", "ROW_FULL_IDX", "ROW_PART_PTR", "ROW_PART_IDX",
                  "ROW_ORDER", "FULL_RUNS", "ROW_FULL_RUNS", "PROG_PTR", "TILE_ITEM", "TILE_STEP", "TILE_BH", "TILE_SEG",
                  "UNIT_SLOT", "UNIT_PIECES", "UNIT_FIRST", "UNIT_BH"}
-_FP32_ARRAYS = {"LSE", "DELTA", "WS"}
+_FP32_ARRAYS = {"LSE", "DELTA", "WS", "WS_ML"}
 _FLOATS = {"qk_scale", "sm_scale"}
 
 
@@ -105,6 +105,9 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
         for m, n, w, st in tiles(bs._FWD_TILES):
             out.append(Variant(f"forward {tag} {m}x{n} w{w} s{st}", bs._fwd_kernel,
                                dict(common, BLOCK_M=m, BLOCK_N=n), acc & {"O_PREV"}, w, st))
+            # rows cut into segments, each row's last segment merging them (blocksparse.fwd_split)
+            out.append(Variant(f"forward in row segments, {tag} {m}x{n} w{w} s{st}", bs._fwd_kernel,
+                               dict(common, BLOCK_M=m, BLOCK_N=n, SPLIT=True), acc & {"O_PREV"}, w, st))
         flat_tiles = flat.FLAT_TILES.get((block, head_dim)) or flat.candidates(block, head_dim)
         for m, n, w, st, per_sm in flat_tiles if every_config else flat_tiles[:1]:  # the forward as flattened tiles
             out.append(Variant(f"flat {tag} forward {m}x{n} w{w} s{st}", flat._fwd_flat_kernel,

@@ -18,6 +18,9 @@ OUR_VARIANTS = {
     # the Triton kernels as programmatic dependent launches (blocksparse.use_pdl), alone and with dQ beside dK/dV
     "pdl": {"MEGASTRIDE_BLOCKSPARSE_PDL": "1"},
     "pdlstreams": {"MEGASTRIDE_BLOCKSPARSE_PDL": "1", "MEGASTRIDE_BLOCKSPARSE_DQ": "streams"},
+    # the forward's rows in segments of 2 or 4 full entries, merged by each row's last (blocksparse.fwd_split)
+    "fwdsplit2": {"MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT": "2"},
+    "fwdsplit4": {"MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT": "4"},
     "runs": {"MEGASTRIDE_BLOCKSPARSE_RUNS": "1"},  # full block lists walked as arithmetic runs (use_runs)
     "lpt": {"MEGASTRIDE_BLOCKSPARSE_ORDER": "lpt"},  # blocks taken longest first (block_order)
     # a two-launch head's first part adds into fp32 sums beside the outputs (the default writes into the outputs)

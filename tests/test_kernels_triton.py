@@ -514,6 +514,57 @@ def test_dependent_launches_only_on_a_hopper_gpu_and_the_switch_takes_0_or_1(mon
         blocksparse.use_pdl(q)
 
 
+ROW_SPLIT_CASES = {  # rows of several full entries: dense over a batch of 2 (3 a row), a permuted part (3), a
+    # natural part merging into a permuted one (5), per-head CSRs (up to 9), summary columns of whole blocks (8)
+    "dense": CASES["dense"],
+    "strided_permuted_long_rows": (lambda h: P.strided(8), 512, 16, 2, 32, torch.float16, 1),
+    "merged_local_strided": SPLIT_CASES["merged_local_strided"],
+    "multi_head_full": SPLIT_CASES["multi_head_full"],
+    "fixed_full_summary": SPLIT_CASES["fixed_full_summary"],
+}
+
+
+@pytest.mark.parametrize("name, seg_len", [("dense", 1), ("strided_permuted_long_rows", 2), ("merged_local_strided", 2),
+                                           ("multi_head_full", 4), SLOW("fixed_full_summary", 3)])
+def test_forward_row_segments_match_reference_twice_and_leave_their_counters_zero(name, seg_len, monkeypatch):
+    """MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT: the forward's rows cut into segments of seg_len full entries, a program
+    each, each row's last segment merging the others' softmax states: the reference's output and gradients
+    (poisoned outputs: every row written once) over a batch of two, a permuted part, a natural part merging with
+    the permuted one before it, per-head CSRs; twice on one layout (the counters the launches reset are
+    reused), the counters zero after each; and some row did take several segments."""
+    make, n, block, heads, head_dim, dtype, batch = ROW_SPLIT_CASES[name]
+    pattern = P.same_for_all_heads(p, heads) if isinstance(p := make(heads), P.HeadPattern) else p
+    layout = P.build_layout(pattern, n, block)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT", str(seg_len))
+    monkeypatch.setattr(blocksparse, "POISON", True)
+    for seed in (19, 20):
+        q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, seed)
+        got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
+        low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)
+        exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))
+        _check_three_way(got, low, exact, dtype, f"{name} forward rows in segments of {seg_len}, pass {seed - 18}")
+        spaces = [w for part in layout.parts for meta in part.kernel_cache.values()
+                  for key, w in meta.workspaces.items() if key[-1] == "fwd"]
+        assert spaces and all(not counts.any() for _, _, counts in spaces), "a counter was left set"
+    tables = [meta.extra[key] for part in layout.parts for meta in part.kernel_cache.values() for key in meta.extra
+              if key[0] == "segments" and key[-1] == "row"]
+    assert any(int(t["seg_count"].max()) > 1 for t in tables), "no row had more than one segment"
+
+
+def test_forward_row_segments_refuse_a_workspace_past_the_bound_and_bad_values(monkeypatch):
+    """A FWD_SPLIT whose slots would pass FWD_SPLIT_MAX_BYTES is refused in one line naming the variable, before
+    any launch; a value that is not an integer >= 0 too."""
+    layout = P.build_layout(P.same_for_all_heads(P.dense(), 2), 256, 64)
+    q, k, v, _ = _inputs(1, 2, 256, 32, torch.float32, 21)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT", "1")
+    monkeypatch.setattr(blocksparse, "FWD_SPLIT_MAX_BYTES", 1000)
+    with pytest.raises(ValueError, match=r"MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT=1: the row segments' slots would take"):
+        blocksparse.blocksparse_attention(q, k, v, layout)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT", "-1")
+    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT must be an integer >= 0"):
+        blocksparse.blocksparse_attention(q, k, v, layout)
+
+
 def test_spec_key_tells_apart_what_triton_specialises_on():
     """_spec_key (the direct launch's cache key) differs wherever Triton's specialisation can: a tensor's
     dtype or 16-byte alignment, an int of 1, divisible by 16, or past 32 bits; it is equal for arguments
@@ -1187,7 +1238,8 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_DIRECT", raising=False)
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_PLANS", raising=False)
     for name in ("GLUON", "GLUON_DKDV_LAUNCHES", "GLUON_STREAMS", "GLUON_SPLIT", "GLUON_FWD", "GLUON_FWD_LAUNCHES",
-                 "GLUON_DQ", "GLUON_AHEAD", "GLUON_WS", "GLUON_HALVES_SPLIT", "FLAT", "FLAT_DQ", "FLAT_DKDV", "PDL"):
+                 "GLUON_DQ", "GLUON_AHEAD", "GLUON_WS", "GLUON_HALVES_SPLIT", "FLAT", "FLAT_DQ", "FLAT_DKDV", "PDL",
+                 "FWD_SPLIT"):
         monkeypatch.delenv(f"MEGASTRIDE_BLOCKSPARSE_{name}", raising=False)
     from megastride.kernels import gluon_bwd, gluon_fwd
 
@@ -1204,7 +1256,8 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
                         gluon_bwd.halves_split(64), gluon_bwd.halves_split(128),
                         os.environ.get("MEGASTRIDE_BLOCKSPARSE_PLANS", blocksparse.PLANS), blocksparse.flat_setting(),
                         blocksparse.use_flat_dq(), blocksparse.use_flat_dkdv(),
-                        blocksparse._switch("MEGASTRIDE_BLOCKSPARSE_PDL", blocksparse.PDL))  # use_pdl: off on a CPU
+                        blocksparse._switch("MEGASTRIDE_BLOCKSPARSE_PDL", blocksparse.PDL),  # use_pdl: off on a CPU
+                        blocksparse.fwd_split())
     ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():
         with monkeypatch.context() as m:
