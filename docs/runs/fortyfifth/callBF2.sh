@@ -24,5 +24,5 @@ timeout 230 python3 -m pytest -q -m gpu tests/test_kernels_gpu.py -p no:cachepro
   > $OUT/levers_tests.log 2>&1
 echo "levers tests rc $?" >> $OUT/levers_tests.log; tail -4 $OUT/levers_tests.log
 date -u >> $OUT/times.txt
-PEERS=flex,streams,deltakernel,pdl,pdlstreams,fwdsplit2,fwdsplit4 CONFIG=2x128 LIMIT=220 \
+PEERS=flex,streams,pdl,fwdsplit2,fwdsplit4,split4,shortlevers CONFIG=2x128 LIMIT=220 \
   bash docs/runs/fortyfifth/short_levers.sh
