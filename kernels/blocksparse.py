@@ -539,18 +539,23 @@ def _dq_step(dq, q, do, k, v, lse, delta, qk_scale, ok, MASKED: tl.constexpr, DO
 @triton.jit
 def _dq_program(pid, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, MIN_OFF, CODES,
                 FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, FULL_RUNS,
+                SEG_LO, SEG_HI, SEG_FIRST, SEG_COUNT, SEG_CIDX, WS, WS_CNT,
                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                 stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                 stride_ob, stride_oh, stride_ot,
-                part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
+                part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale, order_len, ws_cols, seg_len,
                 BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr, NCOMP: tl.constexpr,
                 KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr, RUNS: tl.constexpr,
-                DESC: tl.constexpr, DELTA_HERE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                DESC: tl.constexpr, DELTA_HERE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                ROW_SPLIT: tl.constexpr):
     """dQ of one (query tile, batch x head): program ``pid`` of the dQ kernel or of the merged one.
     DELTA_HERE: the program computes its rows' delta = rowsum(dO * O) from the output O itself and stores
-    it for the dK/dV launch that follows (no delta kernel before it)."""
-    batch, head, csr, row_block, first_row, min_off, codes, _ = _program_tile(
-        pid, HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, num_blocks, BLOCK, BLOCK_M, NCOMP)
+    it for the dK/dV launch that follows (no delta kernel before it). ROW_SPLIT (``dq_split``): one row segment of
+    the tile, as the forward's (``_fwd_kernel`` with SPLIT; ORDER the segments' row blocks, order_len a CSR); a
+    row of several segments sums their dQ in slot order through WS (``_sum_row_segments``); every segment computes
+    and stores its rows' delta, the same bits."""
+    batch, head, csr, row_block, first_row, min_off, codes, slot = _program_tile(
+        pid, HEADS, HEAD_CSR, MIN_OFF, CODES, ORDER, part_heads, batch_heads, order_len, BLOCK, BLOCK_M, NCOMP)
     K += batch * stride_kb + head * stride_kh
     V += batch * stride_vb + head * stride_vh
     k_desc, v_desc = _tile_descs(K, V, stride_kt, stride_vt, num_blocks * BLOCK, BLOCK_N, HEAD_DIM, DESC)
@@ -571,15 +576,22 @@ def _dq_program(pid, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, M
     ptr = csr.to(tl.int64) * (num_blocks + 1) + row_block
 
     full_lo = tl.load(FULL_PTR + ptr)
+    if ROW_SPLIT:  # this segment's full entries; the partial ones only in the row's first segment
+        seg_lo, seg_hi = tl.load(SEG_LO + slot), tl.load(SEG_HI + slot)
+        part_lo, part_hi = tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)
+        part_hi = tl.where(tl.load(SEG_FIRST + slot) != 0, part_hi, part_lo)
+    else:
+        seg_lo, seg_hi = full_lo, tl.load(FULL_PTR + ptr + 1)
+        part_lo, part_hi = tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, row_block, num_blocks, RUNS)
-    for t in range(full_lo * (BLOCK // BLOCK_N), tl.load(FULL_PTR + ptr + 1) * (BLOCK // BLOCK_N)):
+    for t in range(seg_lo * (BLOCK // BLOCK_N), seg_hi * (BLOCK // BLOCK_N)):
         start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED, RUN,
                                   num_blocks * BLOCK)
         k, v = _key_tile(K, V, k_desc, v_desc, start, cols, offs_d, stride_kt, stride_vt, DESC)
         dq = _dq_step(dq, q, do, k, v, lse, delta, qk_scale, 0, False, DOT_PREC)
 
     last_row = first_row + BLOCK_M - 1
-    for e in range(tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)):
+    for e in range(part_lo, part_hi):
         col_block = tl.load(PART_IDX + e)
         for s in tl.static_range(BLOCK // BLOCK_N):
             first_col = col_block * BLOCK + s * BLOCK_N
@@ -591,33 +603,74 @@ def _dq_program(pid, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, M
                 dq = _dq_step(dq, q, do, k, v, lse, delta, qk_scale, ok, True, DOT_PREC)
 
     dq_offs = batch * stride_dqb + head * stride_dqh + rows[:, None] * stride_dqt + offs_d[None, :]
+    if ROW_SPLIT:
+        segments = tl.load(SEG_COUNT + slot)  # 0: a padding slot, which writes nothing
+        if segments == 1:
+            _store_dq(DQ, DQ_PREV, dq, dq_offs, sm_scale, LOAD_PREV)
+        elif segments > 1:
+            dq, last = _sum_row_segments(WS, WS_CNT, dq, seg_lo, full_lo, seg_len, segments, tl.load(SEG_CIDX + slot),
+                                         ws_cols, pid % batch_heads, batch_heads, first_row - row_block * BLOCK, offs_d,
+                                         BLOCK, BLOCK_M, HEAD_DIM)
+            if last:
+                _store_dq(DQ, DQ_PREV, dq, dq_offs, sm_scale, LOAD_PREV)
+    else:
+        _store_dq(DQ, DQ_PREV, dq, dq_offs, sm_scale, LOAD_PREV)
+
+
+@triton.jit
+def _store_dq(DQ, DQ_PREV, dq, dq_offs, sm_scale, LOAD_PREV: tl.constexpr):
+    """A dQ program's finished rows: dq x sm_scale, plus the earlier parts' sum where LOAD_PREV (DQ_PREV: DQ
+    itself, or fp32 beside a last part's final DQ), in DQ's dtype."""
     dq = dq * sm_scale
-    if LOAD_PREV:  # the earlier parts' sum (DQ_PREV: DQ itself, or fp32 beside a last part's final DQ)
+    if LOAD_PREV:
         dq += tl.load(DQ_PREV + dq_offs).to(tl.float32)
     tl.store(DQ + dq_offs, dq.to(DQ.dtype.element_ty))
+
+
+@triton.jit
+def _sum_row_segments(WS, WS_CNT, dq, seg_lo, full_lo, seg_len, segments, cidx, ws_cols, bh, batch_heads,
+                      row_in_block, offs_d, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """A dQ row segment's finish (``_dq_program`` with ROW_SPLIT), as ``_merge_row_segments``: its sums in its slot,
+    a count at the tile's first row; the segment that counts last gets the slots' sum (in slot order) and True,
+    and zeroes the count."""
+    j = (seg_lo - full_lo) // seg_len
+    total = batch_heads.to(tl.int64) * ws_cols * BLOCK  # rows of one slot
+    rows = (bh.to(tl.int64) * ws_cols + cidx) * BLOCK + row_in_block + tl.arange(0, BLOCK_M)
+    tl.store(WS + (j * total + rows)[:, None] * HEAD_DIM + offs_d[None, :], dq)
+    tl.debug_barrier()  # every thread's slot stored before the count
+    counter = WS_CNT + (bh.to(tl.int64) * ws_cols + cidx) * BLOCK + row_in_block
+    last = tl.atomic_add(counter, 1, sem="acq_rel") == segments - 1
+    if last:  # every other segment's slot is in; read them from L2
+        dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        for s in range(0, segments):
+            dq += tl.load(WS + (s * total + rows)[:, None] * HEAD_DIM + offs_d[None, :], cache_modifier=".cg")
+        tl.store(counter, 0)
+    return dq, last
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _bwd_dq_kernel(Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, MIN_OFF, CODES,
                    FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, FULL_RUNS,
+                   SEG_LO, SEG_HI, SEG_FIRST, SEG_COUNT, SEG_CIDX, WS, WS_CNT,
                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                    stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                    stride_ob, stride_oh, stride_ot,
-                   part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
+                   part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale, order_len, ws_cols, seg_len,
                    BUCKET, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, PERMUTED: tl.constexpr, RUN: tl.constexpr,
                    NCOMP: tl.constexpr, KINDS: tl.constexpr, LOAD_PREV: tl.constexpr, DOT_PREC: tl.constexpr,
                    RUNS: tl.constexpr, DESC: tl.constexpr, DELTA_HERE: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_N: tl.constexpr, GDC: tl.constexpr = False):
-    # one program per (query tile, batch x head)
+                   BLOCK_N: tl.constexpr, GDC: tl.constexpr = False, SPLIT: tl.constexpr = False):
+    # one program per (query tile, batch x head); SPLIT: per (row segment, tile, batch x head) (``dq_split``)
     _dependent_start(GDC)
     _dq_program(tl.program_id(0), Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, MIN_OFF, CODES,
                 FULL_PTR, FULL_IDX, PART_PTR, PART_IDX, ORDER, FULL_RUNS,
+                SEG_LO, SEG_HI, SEG_FIRST, SEG_COUNT, SEG_CIDX, WS, WS_CNT,
                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                 stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                 stride_ob, stride_oh, stride_ot,
-                part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
+                part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale, order_len, ws_cols, seg_len,
                 BLOCK, HEAD_DIM, PERMUTED, RUN, NCOMP, KINDS, LOAD_PREV, DOT_PREC, RUNS, DESC, DELTA_HERE, BLOCK_M,
-                BLOCK_N)
+                BLOCK_N, SPLIT)
 
 
 @triton.jit
@@ -827,11 +880,13 @@ def _bwd_merged_kernel(Q, K, V, DO, DK, DV, DK_PREV, DV_PREV, DQ, DQ_PREV, LSE, 
     else:
         _dq_program(pid - dkdv_programs, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, Q, HEADS, HEAD_CSR, MIN_OFF, CODES,
                     ROW_FULL_PTR, ROW_FULL_IDX, ROW_PART_PTR, ROW_PART_IDX, ROW_ORDER, ROW_FULL_RUNS,
+                    ROW_ORDER, ROW_ORDER, ROW_ORDER, ROW_ORDER, ROW_ORDER, LSE, ROW_ORDER,  # no row segments: not read
                     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                     stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt, stride_lb, stride_lh,
                     stride_qb, stride_qh, stride_qt,  # O: not read (delta comes from the delta kernel)
-                    part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale,
-                    BLOCK, HEAD_DIM, PERMUTED, RUN, NCOMP, KINDS, LOAD_PREV, DOT_PREC, RUNS, DESC, False, DQ_M, DQ_N)
+                    part_heads, batch_heads, num_blocks, perm_g, perm_l, qk_scale, sm_scale, num_blocks, 0, 1,
+                    BLOCK, HEAD_DIM, PERMUTED, RUN, NCOMP, KINDS, LOAD_PREV, DOT_PREC, RUNS, DESC, False, DQ_M, DQ_N,
+                    False)
 
 
 # --- autotuning: configs declared once per kernel, pruned to the layout's block and head dim ------
@@ -1719,7 +1774,7 @@ def streams_here(mode: str, q: torch.Tensor) -> bool:
 _PLAN_SETTINGS = ("POISON", "FLAT", "FLAT_DQ", "FLAT_DKDV", "DQ_MODE", "AUTO_MODES", "DKDV_SPLIT", "SPLIT_SEGMENT", "SPLIT_RATIO", "DELTA_IN_DQ",
                   "DIRECT_LAUNCH", "SPLIT_FINISH", "PARTIALS", "RUNS", "ORDER", "TMA_LOADS", "TMA_MIN_BLOCKS",
                   "GLUON_BWD", "GLUON_AUTO_DIMS", "GLUON_SPLIT", "GLUON_SPLIT_RATIO", "GLUON_MIN_LENGTH", "GLUON_FWD",
-                  "GLUON_FWD_AUTO_DIMS", "ORDER_CHUNK", "PLANS", "PLAN_TRIES", "PDL", "FWD_SPLIT", "FWD_SPLIT_MAX_BYTES")
+                  "GLUON_FWD_AUTO_DIMS", "ORDER_CHUNK", "PLANS", "PLAN_TRIES", "PDL", "FWD_SPLIT", "FWD_SPLIT_MAX_BYTES", "DQ_SPLIT")
 
 
 def _environment_key() -> tuple:
@@ -1911,14 +1966,8 @@ def _fwd_part_launch(q, k, v, target, prev, lse, *, part: LayoutPart, meta: _Par
     runs = _runs_table(part, meta, "row")
     heads = len(part.heads)
     split = fwd_split()
-    if split:  # programs over the rows' segments (row blocks heaviest first), merged by each row's last one
-        key, seg = _segments(meta, split, "row")
-        order = seg["seg_col"]
-        ws, ws_ml, counts, cols = _row_split_workspace(meta, key, batch, head_dim, layout.block, q.device)
-        tables = (seg["seg_lo"], seg["seg_hi"], seg["seg_first"], seg["seg_count"], seg["seg_cidx"], ws, ws_ml, counts)
-    else:
-        order, cols = _side_order(meta, "row"), 0
-        tables = (order,) * 5 + (lse, lse, order)  # not read
+    # programs over the rows' segments (row blocks heaviest first), merged by each row's last one; or whole rows
+    order, tables, cols = _row_split_args(meta, split, batch, head_dim, layout.block, q.device, "fwd", lse)
     order_len = order.shape[1]
     args = (q, k, v, target, prev, lse, meta.heads, meta.head_csr, meta.min_off, meta.codes,
             lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"], lists["row_part_idx"],
@@ -1951,27 +2000,58 @@ def fwd_split() -> int:
     return int(raw)
 
 
+def dq_split() -> int:
+    """Most full entries a separate dQ program takes of a row (``fwd_split``'s cut for the dQ kernel: its rows'
+    segments sum their dQ in slot order; not the merged kernel's dQ programs): 0, whole rows, by default.
+    ``DQ_SPLIT``; ``MEGASTRIDE_BLOCKSPARSE_DQ_SPLIT`` (an integer >= 0) overrides it."""
+    raw = os.environ.get("MEGASTRIDE_BLOCKSPARSE_DQ_SPLIT", DQ_SPLIT)
+    if not raw.isdigit():
+        raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_DQ_SPLIT must be an integer >= 0 (full entries a dQ program takes "
+                         f"of a row; 0: whole rows), got {raw!r}")
+    return int(raw)
+
+
+DQ_SPLIT = "0"
+
+
+def _row_split_args(meta: _PartMeta, split: int, batch: int, head_dim: int, block: int, device: torch.device,
+                    kind: str, spare: torch.Tensor) -> tuple[torch.Tensor, tuple, int]:
+    """(order, tables, rows of more than one segment a batch x head) of a ``kind`` ("fwd" or "dq") launch over the
+    part's rows in segments of ``split`` full entries (``_row_split_workspace``): the segments' row blocks, then
+    their ranges, first flags, counts, column indices, slots (and for "fwd" the max and sum slots) and
+    counters; with ``split`` 0 the row order and tensors that are not read (``spare``: an fp32 one)."""
+    if not split:
+        order = _side_order(meta, "row")
+        return order, (order,) * 5 + ((spare, spare) if kind == "fwd" else (spare,)) + (order,), 0
+    key, seg = _segments(meta, split, "row")
+    slots, cols = _row_split_workspace(meta, key, batch, head_dim, block, device, kind)
+    return seg["seg_col"], (seg["seg_lo"], seg["seg_hi"], seg["seg_first"], seg["seg_count"], seg["seg_cidx"],
+                            *slots), cols
+
+
 def _row_split_workspace(meta: _PartMeta, key: tuple, batch: int, head_dim: int, block: int,
-                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """(slots, max and sum slots, counters, rows of more than one segment a batch x head) for the forward's row
-    segments ``key``: per segment index (up to the longest row's count) and row of such a row block, its fp32
-    output sums and its max and sum; one int32 counter a row (a query tile's first row counts its segments),
-    zeroed once and kept zero by the launches. Refused in one line past ``FWD_SPLIT_MAX_BYTES``."""
+                         device: torch.device, kind: str) -> tuple[tuple, int]:
+    """((slots, [max and sum slots,] counters), rows of more than one segment a batch x head) for a ``kind`` launch
+    ("fwd" or "dq") over row segments ``key``: per segment index (up to the longest row's count) and row of such a
+    row block, its fp32 sums (the forward's also its max and sum); one int32 counter a row (a query tile's first
+    row counts its segments), zeroed once and kept zero by the launches. Refused in one line past
+    ``FWD_SPLIT_MAX_BYTES``."""
     tables = meta.extra[key]
     cols, most = int(tables["ws_cols"][0]), int(tables["seg_count"].max())
-    wkey = (key, batch, head_dim, "fwd")
+    wkey = (key, batch, head_dim, kind)
     if wkey not in meta.workspaces:
         rows = batch * meta.heads.numel() * max(cols, 1) * block
-        need = most * rows * (head_dim + 2) * 4
+        need = most * rows * (head_dim + (2 if kind == "fwd" else 0)) * 4
         if need > FWD_SPLIT_MAX_BYTES:
-            raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT={fwd_split()}: the row segments' slots would take "
+            name, value = (("FWD_SPLIT", fwd_split()) if kind == "fwd" else ("DQ_SPLIT", dq_split()))
+            raise ValueError(f"MEGASTRIDE_BLOCKSPARSE_{name}={value}: the row segments' slots would take "
                              f"{need / 2**20:,.0f} MiB (at most {FWD_SPLIT_MAX_BYTES / 2**20:,.0f}); take longer "
                              "segments or 0 (whole rows) at this length")
-        meta.workspaces[wkey] = (torch.empty(most * rows * head_dim, dtype=torch.float32, device=device),
-                                 torch.empty(most * rows * 2, dtype=torch.float32, device=device),
-                                 torch.zeros(rows, dtype=torch.int32, device=device))
-    ws, ws_ml, counts = meta.workspaces[wkey]
-    return ws, ws_ml, counts, cols
+        slots = (torch.empty(most * rows * head_dim, dtype=torch.float32, device=device),)
+        if kind == "fwd":
+            slots += (torch.empty(most * rows * 2, dtype=torch.float32, device=device),)
+        meta.workspaces[wkey] = slots + (torch.zeros(rows, dtype=torch.int32, device=device),)
+    return meta.workspaces[wkey], cols
 
 
 def _cast_rest(layout: Layout, acc: torch.Tensor, out: torch.Tensor, heads: list[int] | None = None) -> None:
@@ -2640,14 +2720,18 @@ def _backward_launches(do, q, k, v, out, lse, delta, finals, layout: Layout, sca
                 flat_here = flat.dq_part(q, k, v, do, lse, delta, out, delta_here, dq, dq_sum, meta, layout, scale,
                                          load_prev)
             if not (fused or merged or flat_here):
+                row_split = dq_split()
+                row_order, row_tables, row_cols = _row_split_args(meta, row_split, batch, head_dim, layout.block,
+                                                                  q.device, "dq", lse)
                 args = (q, k, v, do, dq, dq_sum, lse, delta, out, meta.heads, meta.head_csr, meta.min_off,
                         meta.codes, lists["row_full_ptr"], lists["row_full_idx"], lists["row_part_ptr"],
-                        lists["row_part_idx"], _side_order(meta, "row"),
-                        lists["row_full_idx"] if row_runs is None else row_runs,
-                        *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *_strides(out), *common)
-                grid = lambda m: (seq_len // m["BLOCK_M"] * batch * len(part.heads),)  # noqa: E731
+                        lists["row_part_idx"], row_order, lists["row_full_idx"] if row_runs is None else row_runs,
+                        *row_tables, *_strides(q, k, v, do, dq), lse.stride(0), lse.stride(1), *_strides(out),
+                        *common, row_order.shape[1], row_cols, max(row_split, 1))
+                grid = lambda m: (row_order.shape[1] * (layout.block // m["BLOCK_M"]) * batch * len(part.heads),)  # noqa: E731
                 _launch(_dq_tuned, _bwd_dq_kernel, grid, args,
-                        {**consts, "RUNS": row_runs is not None, "DELTA_HERE": delta_here}, name="dq")
+                        {**consts, "RUNS": row_runs is not None, "DELTA_HERE": delta_here, "SPLIT": bool(row_split)},
+                        name="dq")
         if flat_dkdv:  # as flattened key tiles, long columns cut into pieces of its own (kernels/flat.py)
             from . import flat
 

@@ -131,6 +131,10 @@ def variants(block: int = 128, head_dim: int = 64, every_config: bool = False,
         for (m, n, w, st), here in itertools.product(tiles(bs._DQ_TILES), (False, True)):  # delta loaded / computed
             out.append(Variant(f"dQ {tag}, delta {'here' if here else 'loaded'} {m}x{n} w{w} s{st}", bs._bwd_dq_kernel,
                                dict(common, DELTA_HERE=here, BLOCK_M=m, BLOCK_N=n), acc & {"DQ_PREV"}, w, st))
+            # rows cut into segments, each row's last segment summing them (blocksparse.dq_split)
+            out.append(Variant(f"dQ in row segments, {tag}, delta {'here' if here else 'loaded'} {m}x{n} w{w} s{st}",
+                               bs._bwd_dq_kernel, dict(common, DELTA_HERE=here, BLOCK_M=m, BLOCK_N=n, SPLIT=True),
+                               acc & {"DQ_PREV"}, w, st))
         # dQ separate (0), atomic: one atomic per element (1) or one TMA reduce per tile (2, natural order only)
         # columns whole (0), split with the "cast" finish (1) or the "last" one (2)
         for split, fused in itertools.product((0, 1, 2), (0, 1) if permuted else (0, 1, 2)):

@@ -23,9 +23,16 @@ OUR_VARIANTS = {
     "fwdsplit4": {"MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT": "4"},
     # dK/dV columns in segments of 4 query blocks everywhere ("split": 8, dkdv_split's "auto" length at 3,072 tokens)
     "split4": {"MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "4"},
+    # the separate dQ kernel's rows in segments of 2 too (blocksparse.dq_split), on its own stream beside dK/dV
+    "dqsplit2": {"MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT": "2", "MEGASTRIDE_BLOCKSPARSE_DQ_SPLIT": "2",
+                 "MEGASTRIDE_BLOCKSPARSE_DQ": "streams"},
     # the short-length levers together: rows of 2 full entries, columns of 4 query blocks, dependent launches
     "shortlevers": {"MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT": "2", "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "4",
                     "MEGASTRIDE_BLOCKSPARSE_PDL": "1"},
+    # and with the dQ rows in segments of 2 beside dK/dV on a second stream
+    "shortstreams": {"MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT": "2", "MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT": "4",
+                     "MEGASTRIDE_BLOCKSPARSE_PDL": "1", "MEGASTRIDE_BLOCKSPARSE_DQ_SPLIT": "2",
+                     "MEGASTRIDE_BLOCKSPARSE_DQ": "streams"},
     "runs": {"MEGASTRIDE_BLOCKSPARSE_RUNS": "1"},  # full block lists walked as arithmetic runs (use_runs)
     "lpt": {"MEGASTRIDE_BLOCKSPARSE_ORDER": "lpt"},  # blocks taken longest first (block_order)
     # a two-launch head's first part adds into fp32 sums beside the outputs (the default writes into the outputs)

@@ -26,8 +26,8 @@ def test_kernels_compile_for_sm90():
     release/acquire count and L2 reads) in dK/dV and merged; the dQ kernel computing delta itself; the
     summary-first part's forward and dK/dV (its ordering and mask kind: the interpreter checks the arithmetic,
     not that the GPU compiler takes it), with runs of 32 (tiles mapped from their start) and of 16 (32-row tiles
-    crossing a run end); the forward in row segments (blocksparse.fwd_split: its slots, count and merge), natural
-    and permuted merging."""
+    crossing a run end); the forward and dQ in row segments (blocksparse.fwd_split, dq_split: their slots, count and
+    merge), natural and permuted merging."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     only = ["forward natural", "dQ natural, delta loaded", "dK/dV natural, dQ separate, whole columns",
             "dK/dV permuted, merging, dQ atomic, split columns", "dK/dV natural, dQ atomic TMA, whole columns",
@@ -36,7 +36,8 @@ def test_kernels_compile_for_sm90():
             "dQ permuted, merging, delta here", "forward summary-first",
             "dK/dV summary-first, dQ separate, split, last finish columns",
             "dK/dV 16-run summary-first, dQ separate, whole columns",
-            "forward in row segments, natural", "forward in row segments, permuted, merging"]
+            "forward in row segments, natural", "forward in row segments, permuted, merging",
+            "dQ in row segments, natural, delta here", "dQ in row segments, permuted, merging, delta loaded"]
     proc = subprocess.run([sys.executable, "-m", "megastride.kernels.compile_check", *(f"--only={o}" for o in only)],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

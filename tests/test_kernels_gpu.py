@@ -465,13 +465,14 @@ def test_dq_on_a_second_stream_gives_the_one_stream_bits_eager_and_replayed(head
 
 @pytest.mark.parametrize("pattern_name, n, heads, dim", [("fixed", 3072, 2, 128), ("fixed", 12288, 8, 64),
                                                           ("strided", 3072, 8, 64)])
-def test_forward_row_segments_match_the_reference_and_keep_their_bits(pattern_name, n, heads, dim, monkeypatch):
-    """MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT=2 on the GPU (the forward's rows in segments of two full entries, merged by
-    each row's last segment through L2, with acquire/release counts): bf16 output and gradients within the
-    reference's bound at the bench's short points (the strided one: a permuted part, then the local part merging
-    with it), the output and dQ in the same bits in every eager call and the output replayed from a CUDA graph
-    (the merge runs in slot order), and the counters zero after each."""
-    B = _blocksparse()
+def test_row_segments_match_the_reference_and_keep_their_bits(pattern_name, n, heads, dim, monkeypatch):
+    """MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT=2 and _DQ_SPLIT=2 on the GPU (the forward's and the dQ kernel's rows in
+    segments of two full entries, merged by each row's last segment through L2, with acquire/release counts):
+    bf16 output and gradients within the reference's bound at the bench's short points (the strided one: a
+    permuted part, then the local part merging with it), the output and dQ in the same bits in every eager call
+    and the output replayed from a CUDA graph (the merges run in slot order), and the counters zero after each."""
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ_SPLIT", "2")
     layout, inputs, call = _bench_case(pattern_name, n, heads, dim, "MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT", monkeypatch,
                                        seed=9)
     x = inputs()
@@ -482,8 +483,8 @@ def test_forward_row_segments_match_the_reference_and_keep_their_bits(pattern_na
         again = call(x, "2")
         for name, g, w in zip(["out", "dq"], again, first):  # dK and dV: split columns add in any order
             assert torch.equal(g, w), f"call {i}: {name} differs between calls"
-    counters = [w[2] for part in layout.parts for meta in part.kernel_cache.values()
-                for key, w in meta.workspaces.items() if key[-1] == "fwd"]
+    counters = [w[-1] for part in layout.parts for meta in part.kernel_cache.values()
+                for key, w in meta.workspaces.items() if key[-1] in ("fwd", "dq")]
     assert counters and all(not c.any() for c in counters), "a row segment counter was left set"
     captured = _replayed(lambda t: call(t, "2"), inputs(), x)  # captured on other values, replayed on x
     assert torch.equal(captured[0], first[0]), "graph replay: the output differs from the eager call's"

@@ -524,34 +524,43 @@ ROW_SPLIT_CASES = {  # rows of several full entries: dense over a batch of 2 (3 
 }
 
 
-@pytest.mark.parametrize("name, seg_len", [("dense", 1), ("strided_permuted_long_rows", 2), ("merged_local_strided", 2),
-                                           ("multi_head_full", 4), SLOW("fixed_full_summary", 3)])
-def test_forward_row_segments_match_reference_twice_and_leave_their_counters_zero(name, seg_len, monkeypatch):
-    """MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT: the forward's rows cut into segments of seg_len full entries, a program
-    each, each row's last segment merging the others' softmax states: the reference's output and gradients
-    (poisoned outputs: every row written once) over a batch of two, a permuted part, a natural part merging with
-    the permuted one before it, per-head CSRs; twice on one layout (the counters the launches reset are
-    reused), the counters zero after each; and some row did take several segments."""
+@pytest.mark.parametrize("name, seg_len, kinds, delta_in_dq", [
+    ("dense", 1, ("fwd",), "1"), ("strided_permuted_long_rows", 2, ("fwd", "dq"), "1"),
+    ("merged_local_strided", 2, ("fwd",), "1"), ("multi_head_full", 4, ("dq",), "1"), ("dense", 2, ("dq",), "0"),
+    SLOW("merged_local_strided", 3, ("dq",), "0"), SLOW("fixed_full_summary", 3, ("fwd", "dq"), "1")])
+def test_row_segments_match_reference_twice_and_leave_their_counters_zero(name, seg_len, kinds, delta_in_dq,
+                                                                          monkeypatch):
+    """MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT / _DQ_SPLIT: the forward's (dQ kernel's) rows cut into segments of seg_len
+    full entries, a program each, each row's last segment merging the others' softmax states (summing their dQ):
+    the reference's output and gradients (poisoned outputs: every row written once) over a batch of two, a
+    permuted part, a natural part merging with the permuted one before it, per-head CSRs, delta computed in the
+    dQ segments or by the delta kernel; twice on one layout (the counters the launches reset are reused), the
+    counters zero after each; and some row did take several segments."""
     make, n, block, heads, head_dim, dtype, batch = ROW_SPLIT_CASES[name]
     pattern = P.same_for_all_heads(p, heads) if isinstance(p := make(heads), P.HeadPattern) else p
     layout = P.build_layout(pattern, n, block)
-    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT", str(seg_len))
+    for kind in kinds:
+        monkeypatch.setenv(f"MEGASTRIDE_BLOCKSPARSE_{kind.upper()}_SPLIT", str(seg_len))
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", delta_in_dq)
     monkeypatch.setattr(blocksparse, "POISON", True)
     for seed in (19, 20):
         q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, seed)
         got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
         low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)
         exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))
-        _check_three_way(got, low, exact, dtype, f"{name} forward rows in segments of {seg_len}, pass {seed - 18}")
+        _check_three_way(got, low, exact, dtype, f"{name} {kinds} rows in segments of {seg_len}, pass {seed - 18}")
         spaces = [w for part in layout.parts for meta in part.kernel_cache.values()
-                  for key, w in meta.workspaces.items() if key[-1] == "fwd"]
-        assert spaces and all(not counts.any() for _, _, counts in spaces), "a counter was left set"
+                  for key, w in meta.workspaces.items() if key[-1] in kinds]
+        assert {key[-1] for part in layout.parts for meta in part.kernel_cache.values()
+                for key in meta.workspaces if key[-1] in ("fwd", "dq")} == set(kinds)
+        assert all(not w[-1].any() for w in spaces), "a counter was left set"
     tables = [meta.extra[key] for part in layout.parts for meta in part.kernel_cache.values() for key in meta.extra
               if key[0] == "segments" and key[-1] == "row"]
     assert any(int(t["seg_count"].max()) > 1 for t in tables), "no row had more than one segment"
 
 
-def test_forward_row_segments_refuse_a_workspace_past_the_bound_and_bad_values(monkeypatch):
+def test_row_segments_refuse_a_workspace_past_the_bound_and_bad_values(monkeypatch):
     """A FWD_SPLIT whose slots would pass FWD_SPLIT_MAX_BYTES is refused in one line naming the variable, before
     any launch; a value that is not an integer >= 0 too."""
     layout = P.build_layout(P.same_for_all_heads(P.dense(), 2), 256, 64)
@@ -563,6 +572,16 @@ def test_forward_row_segments_refuse_a_workspace_past_the_bound_and_bad_values(m
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT", "-1")
     with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT must be an integer >= 0"):
         blocksparse.blocksparse_attention(q, k, v, layout)
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT", "0")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ_SPLIT", "1")
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = blocksparse.blocksparse_attention(*leaves, layout)  # the forward is not split: it runs
+    with pytest.raises(ValueError, match=r"MEGASTRIDE_BLOCKSPARSE_DQ_SPLIT=1: the row segments' slots would take"):
+        out.sum().backward()
+    monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ_SPLIT", "x")
+    with pytest.raises(ValueError, match="MEGASTRIDE_BLOCKSPARSE_DQ_SPLIT must be an integer >= 0"):
+        blocksparse.dq_split()
 
 
 def test_spec_key_tells_apart_what_triton_specialises_on():
@@ -1239,7 +1258,7 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
     monkeypatch.delenv("MEGASTRIDE_BLOCKSPARSE_PLANS", raising=False)
     for name in ("GLUON", "GLUON_DKDV_LAUNCHES", "GLUON_STREAMS", "GLUON_SPLIT", "GLUON_FWD", "GLUON_FWD_LAUNCHES",
                  "GLUON_DQ", "GLUON_AHEAD", "GLUON_WS", "GLUON_HALVES_SPLIT", "FLAT", "FLAT_DQ", "FLAT_DKDV", "PDL",
-                 "FWD_SPLIT"):
+                 "FWD_SPLIT", "DQ_SPLIT"):
         monkeypatch.delenv(f"MEGASTRIDE_BLOCKSPARSE_{name}", raising=False)
     from megastride.kernels import gluon_bwd, gluon_fwd
 
@@ -1257,7 +1276,7 @@ def test_bench_variants_are_valid_modes_and_get_columns(monkeypatch):
                         os.environ.get("MEGASTRIDE_BLOCKSPARSE_PLANS", blocksparse.PLANS), blocksparse.flat_setting(),
                         blocksparse.use_flat_dq(), blocksparse.use_flat_dkdv(),
                         blocksparse._switch("MEGASTRIDE_BLOCKSPARSE_PDL", blocksparse.PDL),  # use_pdl: off on a CPU
-                        blocksparse.fwd_split())
+                        blocksparse.fwd_split(), blocksparse.dq_split())
     ours = switches()  # what the bench's "ours" runs
     for env in OUR_VARIANTS.values():
         with monkeypatch.context() as m:

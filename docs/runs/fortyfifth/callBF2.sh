@@ -2,10 +2,10 @@
 # A device call planned 2026-12-05, session BF (no device lent that session), for issue 3's >= 2x Flex at <= 12,288
 # tokens: three levers built in session BF and checked only on the CPU so far (the interpreter; sm_90 compiles):
 # the dQ mode "streams" (dQ on a second stream beside dK/dV, the delta kernel first), MEGASTRIDE_BLOCKSPARSE_PDL=1
-# (the Triton kernels as programmatic dependent launches) and MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT (the forward's rows in
-# segments, merged by each row's last: more programs where a launch has fewer query tiles than the GPU has room
-# for). About 450 s, one GPU; callBF3.sh times the 8x64 points. In order, so a call cut at its limit keeps the parts
-# before the cut:
+# (the Triton kernels as programmatic dependent launches) and MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT / _DQ_SPLIT (the
+# forward's and the dQ kernel's rows in segments, merged by each row's last: more programs where a launch has fewer
+# query tiles than the GPU has room for); beside them dK/dV columns of 4 (split4). About 500 s, one GPU; callBF3.sh
+# times the 8x64 points. In order, so a call cut at its limit keeps the parts before the cut:
 # (1) their GPU tests: the bits of the launches without them (or the reference's bound and stable bits for the row
 #     segments), eager, from launch plans and replayed from a CUDA graph;
 # (2) the bench at the 2x128 short points (3,072, where the forward has 48-96 query tiles for 132 SMs, and 12,288),
@@ -24,5 +24,5 @@ timeout 230 python3 -m pytest -q -m gpu tests/test_kernels_gpu.py -p no:cachepro
   > $OUT/levers_tests.log 2>&1
 echo "levers tests rc $?" >> $OUT/levers_tests.log; tail -4 $OUT/levers_tests.log
 date -u >> $OUT/times.txt
-PEERS=flex,streams,pdl,fwdsplit2,fwdsplit4,split4,shortlevers CONFIG=2x128 LIMIT=220 \
+PEERS=flex,streams,pdl,fwdsplit2,fwdsplit4,split4,dqsplit2,shortlevers,shortstreams CONFIG=2x128 LIMIT=250 \
   bash docs/runs/fortyfifth/short_levers.sh
