@@ -303,6 +303,21 @@ def _pdl_consts(q: torch.Tensor) -> dict:
     return {"GDC": True, "launch_pdl": True} if use_pdl(q) else {"GDC": False}
 
 
+@triton.jit
+def _row_range(FULL_PTR, PART_PTR, ptr, SEG_LO, SEG_HI, SEG_FIRST, slot, SPLIT: tl.constexpr):
+    """(first full entry of the row, this program's full entries [lo, hi), its partial entries [lo, hi)) for row
+    ``ptr`` of a CSR: the whole row, or (SPLIT) row segment ``slot``'s full entries, and the partial ones only
+    in the row's first segment."""
+    full_lo = tl.load(FULL_PTR + ptr)
+    part_lo, part_hi = tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)
+    if SPLIT:
+        seg_lo, seg_hi = tl.load(SEG_LO + slot), tl.load(SEG_HI + slot)
+        part_hi = tl.where(tl.load(SEG_FIRST + slot) != 0, part_hi, part_lo)
+    else:
+        seg_lo, seg_hi = full_lo, tl.load(FULL_PTR + ptr + 1)
+    return full_lo, seg_lo, seg_hi, part_lo, part_hi
+
+
 _NO_SPECIALIZE = ["part_heads", "batch_heads", "num_blocks", "order_len", "perm_g", "perm_l", "BUCKET", "ws_cols",
                   "seg_len"]
 
@@ -339,14 +354,8 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     ptr = csr.to(tl.int64) * (num_blocks + 1) + row_block
 
-    full_lo = tl.load(FULL_PTR + ptr)
-    if SPLIT:  # this segment's full entries; the partial ones only in the row's first segment
-        seg_lo, seg_hi = tl.load(SEG_LO + slot), tl.load(SEG_HI + slot)
-        part_lo, part_hi = tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)
-        part_hi = tl.where(tl.load(SEG_FIRST + slot) != 0, part_hi, part_lo)
-    else:
-        seg_lo, seg_hi = full_lo, tl.load(FULL_PTR + ptr + 1)
-        part_lo, part_hi = tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)
+    full_lo, seg_lo, seg_hi, part_lo, part_hi = _row_range(FULL_PTR, PART_PTR, ptr, SEG_LO, SEG_HI, SEG_FIRST, slot,
+                                                           SPLIT)
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, row_block, num_blocks, RUNS)
     for t in range(seg_lo * (BLOCK // BLOCK_N), seg_hi * (BLOCK // BLOCK_N)):
         start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED, RUN,
@@ -575,14 +584,8 @@ def _dq_program(pid, Q, K, V, DO, DQ, DQ_PREV, LSE, DELTA, O, HEADS, HEAD_CSR, M
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     ptr = csr.to(tl.int64) * (num_blocks + 1) + row_block
 
-    full_lo = tl.load(FULL_PTR + ptr)
-    if ROW_SPLIT:  # this segment's full entries; the partial ones only in the row's first segment
-        seg_lo, seg_hi = tl.load(SEG_LO + slot), tl.load(SEG_HI + slot)
-        part_lo, part_hi = tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)
-        part_hi = tl.where(tl.load(SEG_FIRST + slot) != 0, part_hi, part_lo)
-    else:
-        seg_lo, seg_hi = full_lo, tl.load(FULL_PTR + ptr + 1)
-        part_lo, part_hi = tl.load(PART_PTR + ptr), tl.load(PART_PTR + ptr + 1)
+    full_lo, seg_lo, seg_hi, part_lo, part_hi = _row_range(FULL_PTR, PART_PTR, ptr, SEG_LO, SEG_HI, SEG_FIRST, slot,
+                                                           ROW_SPLIT)
     r0, c0, st0, r1, st1 = _runs_of(FULL_RUNS, csr, row_block, num_blocks, RUNS)
     for t in range(seg_lo * (BLOCK // BLOCK_N), seg_hi * (BLOCK // BLOCK_N)):
         start, cols = _list_tile(t, full_lo, FULL_IDX, r0, c0, st0, r1, st1, perm_g, perm_l, BLOCK, BLOCK_N, RUNS, PERMUTED, RUN,

@@ -93,16 +93,31 @@ def _check_three_way(got, low, exact, dtype, what):
             f"at flat index {worst.item()}")
 
 
+def _case_layout(case):
+    """The layout of a test case (make, n, block, heads, ...): ``make(heads)`` for every head where it gives one
+    head's pattern."""
+    make, n, block, heads = case[:4]
+    pattern = P.same_for_all_heads(p, heads) if isinstance(p := make(heads), P.HeadPattern) else p
+    return P.build_layout(pattern, n, block)
+
+
+def _check_layout(layout, inputs, dtype, what):
+    """Our output and gradients on ``inputs`` (q, k, v, dO) under ``layout`` within the three-way tolerance of the
+    reference in the inputs' dtype and in float64."""
+    q, k, v, do = inputs
+    got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
+    low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)
+    exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))
+    _check_three_way(got, low, exact, dtype, what)
+
+
 def _run_case(case, monkeypatch, seed=0):
     make, n, block, heads, head_dim, dtype, batch = case
     pattern = P.same_for_all_heads(p, heads) if isinstance(p := make(heads), P.HeadPattern) else p
     layout = P.build_layout(pattern, n, block)
     monkeypatch.setattr(blocksparse, "POISON", True)
-    q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, seed)
-    got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
-    low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)
-    exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))
-    _check_three_way(got, low, exact, dtype, f"{pattern.heads[0].name} n={n} block={block} D={head_dim} {dtype}")
+    _check_layout(layout, _inputs(batch, heads, n, head_dim, dtype, seed), dtype,
+                  f"{pattern.heads[0].name} n={n} block={block} D={head_dim} {dtype}")
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -344,19 +359,14 @@ def test_split_columns_last_finish_matches_reference_twice_and_leaves_its_worksp
     """The "last" finish: columns of one segment written whole, longer ones summed in the workspace and
     written by their last segment, which zeroes its share: the reference's gradients on two backward
     passes of one layout (the second reuses the workspace), the workspace zero after each."""
-    make, n, block, heads, head_dim, dtype, batch = SPLIT_CASES[name]
-    pattern = P.same_for_all_heads(p, heads) if isinstance(p := make(heads), P.HeadPattern) else p
-    layout = P.build_layout(pattern, n, block)
+    layout, (_, n, _, heads, head_dim, dtype, batch) = _case_layout(SPLIT_CASES[name]), SPLIT_CASES[name]
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DKDV_SPLIT", str(split))
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_SPLIT_FINISH", "last")
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", dq)
     monkeypatch.setattr(blocksparse, "POISON", True)
     for seed in (3, 4):
-        q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, seed)
-        got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
-        low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)
-        exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))
-        _check_three_way(got, low, exact, dtype, f"{name} split {split} last finish, pass {seed - 2}")
+        _check_layout(layout, _inputs(batch, heads, n, head_dim, dtype, seed), dtype,
+                      f"{name} split {split} last finish, pass {seed - 2}")
         spaces = [w for part in layout.parts for meta in part.kernel_cache.values() for w in meta.workspaces.values()]
         assert spaces, "no workspace: no column had more than one segment"
         assert all(not ws.any() and not counts.any() for ws, counts in spaces)
@@ -536,20 +546,15 @@ def test_row_segments_match_reference_twice_and_leave_their_counters_zero(name, 
     permuted part, a natural part merging with the permuted one before it, per-head CSRs, delta computed in the
     dQ segments or by the delta kernel; twice on one layout (the counters the launches reset are reused), the
     counters zero after each; and some row did take several segments."""
-    make, n, block, heads, head_dim, dtype, batch = ROW_SPLIT_CASES[name]
-    pattern = P.same_for_all_heads(p, heads) if isinstance(p := make(heads), P.HeadPattern) else p
-    layout = P.build_layout(pattern, n, block)
+    layout, (_, n, _, heads, head_dim, dtype, batch) = _case_layout(ROW_SPLIT_CASES[name]), ROW_SPLIT_CASES[name]
     for kind in kinds:
         monkeypatch.setenv(f"MEGASTRIDE_BLOCKSPARSE_{kind.upper()}_SPLIT", str(seg_len))
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DQ", "separate")
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_DELTA_IN_DQ", delta_in_dq)
     monkeypatch.setattr(blocksparse, "POISON", True)
     for seed in (19, 20):
-        q, k, v, do = _inputs(batch, heads, n, head_dim, dtype, seed)
-        got = _attention_and_grads(lambda *x: blocksparse.blocksparse_attention(*x, layout), q, k, v, do)
-        low = _attention_and_grads(lambda *x: reference_attention(*x, layout), q, k, v, do)
-        exact = _attention_and_grads(lambda *x: reference_attention(*x, layout), *(t.double() for t in (q, k, v, do)))
-        _check_three_way(got, low, exact, dtype, f"{name} {kinds} rows in segments of {seg_len}, pass {seed - 18}")
+        _check_layout(layout, _inputs(batch, heads, n, head_dim, dtype, seed), dtype,
+                      f"{name} {kinds} rows in segments of {seg_len}, pass {seed - 18}")
         spaces = [w for part in layout.parts for meta in part.kernel_cache.values()
                   for key, w in meta.workspaces.items() if key[-1] in kinds]
         assert {key[-1] for part in layout.parts for meta in part.kernel_cache.values()
