@@ -6,16 +6,7 @@
 # 6 GB is available, so the call returns what it saw instead of losing the machine.
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv
 free -m | head -2
-( while true; do
-    avail=$(awk '/MemAvailable/ {print int($2/1024)}' /proc/meminfo)
-    echo "$(date -u +%T) available_MB $avail $(awk '/^(Committed_AS|Mlocked|Shmem):/ {printf "%s %d ", $1, $2/1024}' /proc/meminfo)" >> $OUT/mem.txt
-    if [ "$avail" -lt 6000 ]; then
-      echo "$(date -u +%T) available ${avail} MB: stopping the step" >> $OUT/mem.txt
-      pkill -f "megastride bench scaling"
-    fi
-    sleep 2
-  done ) &
-WATCH=$!
+source docs/runs/fortyfifth/memwatch.sh  # WATCH: the memory watch loop
 date -u > $OUT/times.txt
 source docs/runs/fortyfourth/step1m.sh
 STEP_TIMEOUT=170 MEGASTRIDE_FFN_GEMM=0 step off1; date -u >> $OUT/times.txt
