@@ -1,15 +1,4 @@
 #!/bin/bash
-# Session BF's last device call (2026-12-05, on the warm H100 of call BF6): callBF4.sh's first step only (off),
-# with a host-memory watch. The machine running this step was lost twice (session BE's second call, and call BF1
-# this session: "taken back" mid-call, nothing returned), where session BE had seen about 91 GB of pinned host memory
-# on a 128 GiB host. So a loop logs the host's memory every 2 s into $OUT/mem.txt, and stops the step if less than
-# 6 GB is available, so the call returns what it saw instead of losing the machine.
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv
-free -m | head -2
-source docs/runs/fortyfifth/memwatch.sh  # WATCH: the memory watch loop
-date -u > $OUT/times.txt
-source docs/runs/fortyfourth/step1m.sh
-STEP_TIMEOUT=170 MEGASTRIDE_FFN_GEMM=0 step off1; date -u >> $OUT/times.txt
-
-kill $WATCH
-sort -k3 -n $OUT/mem.txt | head -3
+# Session BF's last device call (2026-12-05, 22:29-22:31 UTC, on the warm H100 of call BF6): callBF4.sh's first step
+# only (off), with its host-memory watch (memwatch.sh).
+ONLY_OFF=1 bash docs/runs/fortyfifth/callBF4.sh
