@@ -1,4 +1,6 @@
 #!/bin/bash
+# (Session BF: this call lost its machine in the 1M step, as did callBF4.sh; run callBF4.sh, the same step with a host-
+# memory watch, first, and this call's parts (2) and (3) after it.)
 # The next device call (planned 2026-12-05, session BE; replaces callBE1.sh and callBE2.sh, which session BE could
 # not run: its second call's machine stopped answering, later starts failed, then lending paused). One call of
 # about 520 s on an H200 (on an H100 it is still a same-card A/B, not set against the H200's steps), in order of

@@ -4,7 +4,7 @@
 # the dQ mode "streams" (dQ on a second stream beside dK/dV, the delta kernel first), MEGASTRIDE_BLOCKSPARSE_PDL=1
 # (the Triton kernels as programmatic dependent launches) and MEGASTRIDE_BLOCKSPARSE_FWD_SPLIT / _DQ_SPLIT (the
 # forward's and the dQ kernel's rows in segments, merged by each row's last: more programs where a launch has fewer
-# query tiles than the GPU has room for); beside them dK/dV columns of 4 (split4). About 500 s, one GPU; callBF3.sh
+# query tiles than the GPU has room for); beside them dK/dV columns of 4 (split4). About 500 s, one GPU; callBF6.sh
 # times the 8x64 points. In order, so a call cut at its limit keeps the parts before the cut:
 # (1) their GPU tests: the bits of the launches without them (or the reference's bound and stable bits for the row
 #     segments), eager, from launch plans and replayed from a CUDA graph;
