@@ -398,6 +398,18 @@ def _fwd_kernel(Q, K, V, O, O_PREV, LSE, HEADS, HEAD_CSR, MIN_OFF, CODES, FULL_P
 
 
 @triton.jit
+def _segment_slot(seg_lo, full_lo, seg_len, cidx, ws_cols, bh, batch_heads, row_in_block, BLOCK: tl.constexpr,
+                  BLOCK_M: tl.constexpr):
+    """Where a row segment's tile goes in the row-segment slots (``_row_split_workspace``): (its segment index j
+    in its row, the rows of one slot, the tile's rows within a slot, the tile's first row: its counter's index).
+    Row index (bh x ws_cols + cidx) x BLOCK + the row within its block; slot j starts at j x that total."""
+    j = (seg_lo - full_lo) // seg_len
+    total = batch_heads.to(tl.int64) * ws_cols * BLOCK
+    first = (bh.to(tl.int64) * ws_cols + cidx) * BLOCK + row_in_block
+    return j, total, first + tl.arange(0, BLOCK_M), first
+
+
+@triton.jit
 def _merge_row_segments(WS, WS_ML, WS_CNT, acc, l_i, m_i, seg_lo, full_lo, seg_len, segments, cidx, ws_cols,
                         batch_heads, row_in_block, offs_d, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr,
                         HEAD_DIM: tl.constexpr):
@@ -405,15 +417,13 @@ def _merge_row_segments(WS, WS_ML, WS_CNT, acc, l_i, m_i, seg_lo, full_lo, seg_l
     row: full entries from ``full_lo + j * seg_len``), count itself at the tile's first row; the segment that
     counts last gets (acc, l, m) merged over every slot (in slot order, so the bits do not depend on which
     segment came last), and True, and zeroes the count; the others get False."""
-    j = (seg_lo - full_lo) // seg_len
-    bh = tl.program_id(0) % batch_heads
-    total = batch_heads.to(tl.int64) * ws_cols * BLOCK  # rows of one slot
-    rows = (bh.to(tl.int64) * ws_cols + cidx) * BLOCK + row_in_block + tl.arange(0, BLOCK_M)
+    j, total, rows, first = _segment_slot(seg_lo, full_lo, seg_len, cidx, ws_cols, tl.program_id(0) % batch_heads,
+                                          batch_heads, row_in_block, BLOCK, BLOCK_M)
     tl.store(WS + (j * total + rows)[:, None] * HEAD_DIM + offs_d[None, :], acc)
     tl.store(WS_ML + (j * total + rows) * 2, m_i)
     tl.store(WS_ML + (j * total + rows) * 2 + 1, l_i)
     tl.debug_barrier()  # every thread's slot stored before the count
-    counter = WS_CNT + (bh.to(tl.int64) * ws_cols + cidx) * BLOCK + row_in_block
+    counter = WS_CNT + first
     last = tl.atomic_add(counter, 1, sem="acq_rel") == segments - 1
     if last:  # every other segment's slot is in; read them from L2
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -636,12 +646,11 @@ def _sum_row_segments(WS, WS_CNT, dq, seg_lo, full_lo, seg_len, segments, cidx, 
     """A dQ row segment's finish (``_dq_program`` with ROW_SPLIT), as ``_merge_row_segments``: its sums in its slot,
     a count at the tile's first row; the segment that counts last gets the slots' sum (in slot order) and True,
     and zeroes the count."""
-    j = (seg_lo - full_lo) // seg_len
-    total = batch_heads.to(tl.int64) * ws_cols * BLOCK  # rows of one slot
-    rows = (bh.to(tl.int64) * ws_cols + cidx) * BLOCK + row_in_block + tl.arange(0, BLOCK_M)
+    j, total, rows, first = _segment_slot(seg_lo, full_lo, seg_len, cidx, ws_cols, bh, batch_heads, row_in_block,
+                                          BLOCK, BLOCK_M)
     tl.store(WS + (j * total + rows)[:, None] * HEAD_DIM + offs_d[None, :], dq)
     tl.debug_barrier()  # every thread's slot stored before the count
-    counter = WS_CNT + (bh.to(tl.int64) * ws_cols + cidx) * BLOCK + row_in_block
+    counter = WS_CNT + first
     last = tl.atomic_add(counter, 1, sem="acq_rel") == segments - 1
     if last:  # every other segment's slot is in; read them from L2
         dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -1984,8 +1993,10 @@ def _fwd_part_launch(q, k, v, target, prev, lse, *, part: LayoutPart, meta: _Par
              "SPLIT": bool(split)}, name="fwd")
 
 
-# the forward's programs take at most this many full entries of a row ("0": whole rows); an integer as a string
+# the forward's (dQ kernel's) programs take at most this many full entries of a row ("0": whole rows); an integer
+# as a string
 FWD_SPLIT = "0"
+DQ_SPLIT = "0"
 # the most bytes the row segments' slots may take (fp32 outputs and their max and sum, a slot per segment)
 FWD_SPLIT_MAX_BYTES = 1 << 30
 
@@ -2013,8 +2024,6 @@ def dq_split() -> int:
                          f"of a row; 0: whole rows), got {raw!r}")
     return int(raw)
 
-
-DQ_SPLIT = "0"
 
 
 def _row_split_args(meta: _PartMeta, split: int, batch: int, head_dim: int, block: int, device: torch.device,
