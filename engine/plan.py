@@ -833,14 +833,74 @@ def physical_memory_bytes() -> float:
         return 0.0
 
 
+# A cgroup limit at or above this is "no limit" (cgroup v1 writes 2^63 rounded down to a page)
+_NO_CGROUP_LIMIT = 2.0 ** 62
+
+
+def cgroup_memory_limit_bytes(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> float | None:
+    """The tightest memory limit of this process's cgroup and the cgroups above it (v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``): what a container or a Slurm job's ``--mem`` lets it use, whatever RAM the
+    machine has. None where no limit is set or none can be read. Where the cgroup's own folder is not mounted
+    (a container that sees only its own cgroup, at the root) the root's limit is read."""
+    try:
+        with open(proc_cgroup) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    candidates = []  # (limit file's folder under root, the path of this process's cgroup below it)
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            candidates.append(("", "memory.max", path))
+        elif "memory" in controllers.split(","):
+            candidates.append(("memory", "memory.limit_in_bytes", path))
+    limits = []
+    for mount, name, path in candidates:
+        base = os.path.join(root, mount)
+        parts = [p for p in path.split("/") if p]
+        for depth in range(len(parts), -1, -1):  # this cgroup, then each one above it up to the root
+            value = _read_limit(os.path.join(base, *parts[:depth], name))
+            if value is not None:
+                limits.append(value)
+    finite = [v for v in limits if v < _NO_CGROUP_LIMIT]
+    return min(finite) if finite else None
+
+
+def _read_limit(path: str) -> float | None:
+    """A cgroup memory limit file's value in bytes, inf for "max", None where it cannot be read."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    if text == "max":
+        return math.inf
+    try:
+        return float(int(text))
+    except ValueError:
+        return None
+
+
+def host_memory_bytes() -> float:
+    """The host memory this process may use: the machine's RAM, or its cgroup's limit where that is lower
+    (``cgroup_memory_limit_bytes``); 0 where neither is known."""
+    ram, limit = physical_memory_bytes(), cgroup_memory_limit_bytes()
+    if limit is None:
+        return ram
+    return min(ram, limit) if ram else limit
+
+
 # Share of the RAM that pinned buffers may take: the OS, the Python processes and the page cache need the rest
 HOST_USABLE_FRACTION = 0.85
 
 
 def host_share_bytes(ranks_per_node: int, node_bytes: float | None = None) -> float | None:
-    """Host memory one rank may pin: the usable share of the node's RAM (this machine's unless
-    ``node_bytes`` is given); None where the RAM is unknown."""
-    node_bytes = physical_memory_bytes() if node_bytes is None else node_bytes
+    """Host memory one rank may pin: the usable share of the node's RAM (this machine's, within its cgroup's
+    limit, ``host_memory_bytes``, unless ``node_bytes`` is given); None where the RAM is unknown."""
+    node_bytes = host_memory_bytes() if node_bytes is None else node_bytes
     return HOST_USABLE_FRACTION * node_bytes / ranks_per_node if node_bytes else None
 
 
@@ -850,9 +910,11 @@ def check_host_memory(p: Plan, ranks_per_node: int, host_bytes: float | None = N
     if share is None or p.host_bytes <= share:
         return None
     node = share * ranks_per_node / HOST_USABLE_FRACTION
+    limited = host_bytes is None and node < physical_memory_bytes()  # the cgroup's limit, not the RAM
+    whose = "this job's cgroup limit of" if limited else "this node's"
     items = ", ".join(f"{k} {v / GB:.1f} GB" for k, v in p.cpu.items() if v)
     return (f"host memory: {ranks_per_node} rank(s) x {p.host_bytes / GB:.1f} GB ({items}) = "
-            f"{p.host_bytes * ranks_per_node / GB:.1f} GB exceeds {HOST_USABLE_FRACTION:.0%} of this node's "
+            f"{p.host_bytes * ranks_per_node / GB:.1f} GB exceeds {HOST_USABLE_FRACTION:.0%} of {whose} "
             f"{node / GB:.0f} GB; use train.checkpoint_group to keep fewer block inputs, or fewer ranks per node")
 
 

@@ -28,7 +28,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--world-size", type=int, default=1, help="data-parallel GPUs (ZeRO shards over them)")
     p.add_argument("--gpu-memory-gb", type=float, default=141.0, help="memory of one GPU (H200: 141)")
     p.add_argument("--host-memory-gb", type=float, default=None,
-                   help="RAM of one node (default: this machine's); host offload shares it among its ranks")
+                   help="RAM of one node (default: this machine's, or its cgroup's limit where lower); host offload shares "
+                        "it among its ranks")
     p.add_argument("--gpus-per-node", type=int, default=None,
                    help="ranks sharing one node's RAM (default: the world size, at most 8)")
     p.add_argument("--runtime", choices=["deepspeed", "torch"], default=None,

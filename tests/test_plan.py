@@ -234,7 +234,8 @@ def test_trainer_refuses_host_offload_beyond_the_ram(monkeypatch):
 
     cfg = config(cpu_checkpointing=True)
     monkeypatch.setattr(planner, "physical_memory_bytes", lambda: 1000.0)
-    with pytest.raises(ConfigError, match="host memory: 1 rank"):
+    monkeypatch.setattr(planner, "cgroup_memory_limit_bytes", lambda: None)
+    with pytest.raises(ConfigError, match="host memory: 1 rank.* of this node's"):
         trainer.check_host_memory(cfg, 1)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     with pytest.raises(ConfigError, match="host memory: 4 rank"):
@@ -242,6 +243,51 @@ def test_trainer_refuses_host_offload_beyond_the_ram(monkeypatch):
     monkeypatch.setattr(planner, "physical_memory_bytes", lambda: 1e12)
     trainer.check_host_memory(cfg, 4)
     trainer.check_host_memory(config(), 1)  # no offload: nothing to check
+    # a container's or a Slurm job's cgroup lets the process use less than the machine's RAM: that is the room
+    monkeypatch.setattr(planner, "cgroup_memory_limit_bytes", lambda: 1000.0)
+    with pytest.raises(ConfigError, match="host memory: 4 rank.* of this job's cgroup limit of 0 GB"):
+        trainer.check_host_memory(cfg, 4)
+
+
+def _cgroup_tree(tmp_path, proc: str, limits: dict[str, str]) -> tuple[str, str]:
+    """A /proc/self/cgroup text and a /sys/fs/cgroup stand-in holding ``limits`` (file path under it: text)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "cgroup").write_text(proc)
+    for rel, text in limits.items():
+        f = tmp_path / "sys" / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text + "\n")
+    return str(tmp_path / "cgroup"), str(tmp_path / "sys")
+
+
+def test_the_host_memory_a_process_may_use_is_its_cgroups_tightest_limit(tmp_path, monkeypatch):
+    from megastride.engine import plan as planner
+
+    limit = planner.cgroup_memory_limit_bytes
+    # cgroup v2: the job's limit is tighter than the root's "max" and its step's; the tightest one above counts
+    proc, root = _cgroup_tree(tmp_path / "v2", "0::/job/step\n", {"memory.max": "max", "job/memory.max": "8589934592",
+                                                                 "job/step/memory.max": "max"})
+    assert limit(proc, root) == 8589934592
+    # cgroup v1 seen from a container: its own folder is not mounted, the root's limit is its own
+    proc, root = _cgroup_tree(tmp_path / "v1", "4:memory:/slurm/uid_0/job_7\n3:cpu,cpuacct:/x\n",
+                              {"memory/memory.limit_in_bytes": "4294967296"})
+    assert limit(proc, root) == 4294967296
+    # no limit: v1's 2^63 rounded to a page, v2's "max"; unreadable or garbled files and no file at all
+    proc, root = _cgroup_tree(tmp_path / "none", "4:memory:/\n0::/\n", {"memory/memory.limit_in_bytes": "9223372036854771712",
+                                                                        "memory.max": "max"})
+    assert limit(proc, root) is None
+    proc, root = _cgroup_tree(tmp_path / "bad", "0::/a\n", {"a/memory.max": "lots"})
+    assert limit(proc, root) is None
+    assert limit(str(tmp_path / "missing"), root) is None
+    # the RAM or the limit, whichever is less; the limit alone where the RAM is unknown
+    monkeypatch.setattr(planner, "physical_memory_bytes", lambda: 100e9)
+    monkeypatch.setattr(planner, "cgroup_memory_limit_bytes", lambda: 60e9)
+    assert planner.host_memory_bytes() == 60e9
+    assert planner.host_share_bytes(2) == pytest.approx(planner.HOST_USABLE_FRACTION * 30e9)
+    monkeypatch.setattr(planner, "cgroup_memory_limit_bytes", lambda: 200e9)
+    assert planner.host_memory_bytes() == 100e9
+    monkeypatch.setattr(planner, "physical_memory_bytes", lambda: 0.0)
+    assert planner.host_memory_bytes() == 200e9
 
 
 def test_training_start_notes_the_plan_and_warns_past_the_gpu():

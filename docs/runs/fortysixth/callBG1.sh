@@ -8,7 +8,7 @@
 # pattern beside the fixed one at 3,072 and 12,288 tokens (issue 3; not yet on an H200 at these lengths).
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv
 free -m | head -2; grep -E "MemTotal|MemAvailable|Hugetlb|CommitLimit" /proc/meminfo
-cat /sys/fs/cgroup/memory.max 2>/dev/null; ulimit -l
+python3 -c "from megastride.engine import plan as P; print('cgroup limit', P.cgroup_memory_limit_bytes(), 'RAM', P.physical_memory_bytes())"; ulimit -l
 free -m > $OUT/free.txt; cat /proc/meminfo > $OUT/meminfo_start.txt
 avail0=$(awk '/MemAvailable/ {print int($2/1024)}' /proc/meminfo)
 source docs/runs/fortysixth/memwatch.sh
