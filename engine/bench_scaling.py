@@ -30,6 +30,7 @@ from . import plan as planner
 from megastride.kernels.profiling import gpu_state, profile_calls, summary
 
 from .config import Config, ConfigError, config_from_dict, graph_problem, load_config
+from .hostmem import HostMemoryLow, HostWatch
 from .loglog import plot_loglog, tail_slope
 from .memtrace import allocator_counts
 from .model import SparseTransformer
@@ -80,6 +81,9 @@ class Options:
     # a folder: record the allocator's history over each point's measured steps (CUDA) and write there what
     # its peak was made of (engine.memtrace; the recording slows the steps: their times are not comparable)
     memory_trace: str | None = None
+    # a point is stopped ("stopped (host memory)") where the host's available memory falls below this many bytes
+    # (engine.hostmem.HostWatch; None: 3% of its memory, at least 2 GB; 0: never)
+    host_floor_bytes: float | None = None
 
 
 @dataclass
@@ -90,7 +94,7 @@ class Row:
     pattern: str
     seq_len: int
     batch: int
-    status: str  # ok | oom | skipped (memory) | skipped (host memory) | skipped (time)
+    status: str  # ok | oom | stopped (host memory) | skipped (memory) | skipped (host memory) | skipped (time)
     step_s: float | None = None
     tokens_per_s: float | None = None
     peak_gb: float | None = None
@@ -122,6 +126,12 @@ class Row:
     alloc_retries: float | None = None
     device_mallocs: float | None = None
     device_frees: float | None = None
+    # host memory: the planner's pinned bytes (block inputs, host-kept attention outputs), torch's pinned
+    # allocator's peak over the point (CUDA; its blocks rounded up to powers of two, cached ones included), and
+    # the machine's memory in use at its fullest while the point ran (MemTotal less the least MemAvailable)
+    host_plan_gb: float | None = None
+    host_pinned_gb: float | None = None
+    host_peak_gb: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,10 +273,25 @@ def timed_calls(call: Callable[[], object], device: torch.device, steps: int, wa
     return statistics.median(times), peak
 
 
+def _pinned_stats(reset: bool = False) -> float | None:
+    """torch's pinned host allocator: its peak bytes (cached blocks included) since the last reset (``reset``:
+    reset it); None where this torch has no such statistics (before 2.7, or built without CUDA)."""
+    try:
+        if reset:
+            torch.cuda.reset_peak_host_memory_stats()
+            return None
+        return float(torch.cuda.host_memory_stats().get("allocated_bytes.peak", 0))
+    except (AttributeError, RuntimeError, AssertionError):
+        return None
+
+
 def _free(device: torch.device) -> None:
+    """Between points: the GPU's cached blocks and torch's cached pinned host blocks given back (a sweep's
+    shorter points would otherwise leave pinned blocks of their sizes cached beside the longer points' own)."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+        getattr(torch._C, "_host_emptyCache", lambda: None)()
         torch.cuda.reset_peak_memory_stats(device)
 
 
@@ -325,10 +350,18 @@ def _timed_row(kind: str, cfg: Config, batch: int, p: planner.Plan, label: str, 
     prof = {} if opts.profile else None
     trace = trace_path(opts, label or kind, cfg.model.seq_len)
     alloc: dict = {}
+    cuda = torch.device(opts.device).type == "cuda"
+    if cuda:
+        _pinned_stats(reset=True)
+    watch = HostWatch(opts.host_floor_bytes)
     try:
-        step_s, peak = timer(prof, trace, alloc)
+        with watch:
+            step_s, peak = timer(prof, trace, alloc)
     except torch.cuda.OutOfMemoryError:
         row = _row(kind, cfg, batch, "oom", p, label)
+    except HostMemoryLow as err:
+        opts.log(f"{label or kind:>8} n={cfg.model.seq_len:>9,} stopped: {err}")
+        row = _row(kind, cfg, batch, "stopped (host memory)", p, label)
     else:
         row = replace(_finish(_row(kind, cfg, batch, "ok", p, label), p, step_s, peak), **alloc)
         if torch.device(opts.device).type == "cuda":
@@ -340,6 +373,13 @@ def _timed_row(kind: str, cfg: Config, batch: int, p: planner.Plan, label: str, 
         if trace is not None:
             opts.log(f"{row.label:>8} n={row.seq_len:>9,} memory at the peak (times slowed by the recording): "
                      + "; ".join(trace.with_suffix(".txt").read_text().splitlines()[:4]))
+    if row.plan_gb is not None:  # a baseline row has no plan
+        row.host_plan_gb = p.host_bytes / planner.GB
+    pinned = _pinned_stats() if cuda else None
+    if pinned is not None:
+        row.host_pinned_gb = pinned / planner.GB
+    if watch.used_peak_bytes is not None:
+        row.host_peak_gb = watch.used_peak_bytes / planner.GB
     _free(torch.device(opts.device))
     return row
 
@@ -409,7 +449,7 @@ def run_series(base: Config, kind: str, spec: str, lengths: list[int], opts: Opt
         row = measure(kind, cfg, opts)
         rows.append(row)
         opts.log(describe(row))
-        if row.status in ("oom", "skipped (memory)", "skipped (host memory)"):
+        if row.status in ("oom", "stopped (host memory)", "skipped (memory)", "skipped (host memory)"):
             break
     return rows
 
@@ -434,8 +474,13 @@ def describe(row: Row) -> str:
         if row.alloc_retries or row.device_mallocs:
             alloc += (f", allocator per step: {row.alloc_retries:g} cache flushes, {row.device_mallocs:g} cudaMalloc, "
                       f"{row.device_frees:g} cudaFree")
+    host = ""
+    if row.host_pinned_gb or row.host_plan_gb:
+        host = f", host pinned {row.host_pinned_gb or 0:.1f} GB (plan {row.host_plan_gb or 0:.1f})"
+    if row.host_peak_gb is not None:
+        host += f", host in use at most {row.host_peak_gb:.1f} GB"
     return (f"{head}: {row.step_s:.4f} s/step, {row.tokens_per_s:,.0f} tok/s, MFU {row.mfu:.3f}, "
-            f"{peak}" + ("" if row.plan_gb is None else f"plan {plan_gb} GB{err}")).rstrip(", ") + how + alloc
+            f"{peak}" + ("" if row.plan_gb is None else f"plan {plan_gb} GB{err}")).rstrip(", ") + host + how + alloc
 
 
 def sweep(base: Config, kinds: list[str], lengths: list[int], opts: Options) -> list[Row]:

@@ -37,6 +37,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=100.0, help="wall seconds per sweep series")
     p.add_argument("--memory-fraction", type=float, default=0.95,
                    help="skip points the planner puts above this share of GPU memory")
+    p.add_argument("--host-floor-gb", type=float, default=None,
+                   help="stop a point (status 'stopped (host memory)') where the host's available memory falls below "
+                        "this (default: 3%% of its memory, at least 2 GB; 0: never), before the machine runs out")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--out", default="runs/scaling", help="output folder")
     p.add_argument("--quick", action="store_true", help="two short lengths, one timed step: a smoke test")
@@ -90,6 +93,7 @@ def _check(args: argparse.Namespace) -> None:
 
     check_number(args.memory_fraction, "--memory-fraction", 0, 1, low_open=True)
     check_number(args.budget_s, "--budget-s", 0, low_open=True)
+    check_number(args.host_floor_gb, "--host-floor-gb", 0)
     check_output(args.out, "--out", "folder")  # before the sweep, not after it has run
 
 
@@ -124,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = B.Options(device=args.device, steps=1 if args.quick else args.steps, warmup=args.warmup,
                          budget_s=args.budget_s, memory_fraction=args.memory_fraction, batch=args.batch,
                          profile=args.profile,
+                         host_floor_bytes=None if args.host_floor_gb is None else args.host_floor_gb * 1e9,
                          memory_trace=str(Path(args.out) / "memory") if args.memory_trace else None)
         meta = B.environment() | {"config": str(args.config), "overrides": args.overrides, "device": args.device,
                                   "steps": opts.steps, "warmup": opts.warmup}

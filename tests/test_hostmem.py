@@ -1,0 +1,112 @@
+"""The host-memory watch of `megastride bench scaling` (engine.hostmem): /proc/meminfo read, the least
+available memory recorded, and a point stopped with a one-line error before the machine runs out."""
+
+import _thread
+
+import pytest
+
+from megastride.engine import hostmem
+from megastride.engine.hostmem import HostMemoryLow, HostWatch, wait_out
+
+GIB = 1024**3
+
+
+def _meminfo(path, total_gib: float, avail_gib: float) -> None:
+    path.write_text(f"MemTotal:       {int(total_gib * GIB / 1024)} kB\nMemFree:        1 kB\n"
+                    f"MemAvailable:   {int(avail_gib * GIB / 1024)} kB\nHugePages_Total:       0\n")
+
+
+def test_meminfo_reads_bytes_and_an_unreadable_file_is_empty(tmp_path):
+    f = tmp_path / "meminfo"
+    _meminfo(f, 128, 100)
+    info = hostmem.meminfo(str(f))
+    assert info["MemTotal"] == 128 * GIB and info["MemAvailable"] == 100 * GIB and info["HugePages_Total"] == 0
+    assert hostmem.meminfo(str(tmp_path / "none")) == {}
+    assert hostmem.default_floor(128 * GIB) == pytest.approx(0.03 * 128 * GIB)
+    assert hostmem.default_floor(16 * GIB) == hostmem.FLOOR_MIN_BYTES
+
+
+def test_the_watch_records_the_fullest_the_host_got(tmp_path):
+    f = tmp_path / "meminfo"
+    _meminfo(f, 128, 100)
+    with HostWatch(interval=0.01, path=str(f)) as w:
+        wait_out(0.05)
+        _meminfo(f, 128, 40)  # the step pins 60 GB
+        wait_out(0.1)
+        _meminfo(f, 128, 90)  # and lets most of it go
+        wait_out(0.1)
+    assert w.used_peak_bytes == pytest.approx(88 * GIB)
+    assert w.floor == pytest.approx(0.03 * 128 * GIB) and w.tripped is None
+
+
+def test_the_watch_stops_a_call_below_its_floor_with_one_line(tmp_path):
+    f = tmp_path / "meminfo"
+    _meminfo(f, 128, 100)
+    reached = []
+    with pytest.raises(HostMemoryLow, match=r"^host memory: 1\.1 GB available of 137 GB, below the 4\.1 GB floor"):
+        with HostWatch(interval=0.01, path=str(f)):
+            _meminfo(f, 128, 1)
+            wait_out(5.0)  # interrupted long before this ends
+            reached.append("the end")
+    assert not reached
+    # floor 0: never stops; no /proc/meminfo: nothing recorded, nothing stopped
+    with HostWatch(0, interval=0.01, path=str(f)) as w:
+        wait_out(0.05)
+    assert w.used_peak_bytes == pytest.approx(127 * GIB)
+    with HostWatch(interval=0.01, path=str(tmp_path / "none")) as w:
+        wait_out(0.05)
+    assert w.used_peak_bytes is None and w._thread is None
+
+
+def test_an_interrupt_still_pending_at_the_end_is_taken_in_and_other_errors_pass(tmp_path):
+    """The watch's interrupt may land after the block's last statement: it becomes HostMemoryLow there, not a
+    stray KeyboardInterrupt after the block; another error of the block propagates as itself."""
+    f = tmp_path / "meminfo"
+    _meminfo(f, 128, 100)
+    with pytest.raises(HostMemoryLow):
+        with HostWatch(0, path=str(f)) as w:
+            w.tripped, w.floor = 1.0 * GIB, 4.0 * GIB
+            _thread.interrupt_main()  # as the thread does, at the block's very end
+    with pytest.raises(ValueError, match="its own"):
+        with HostWatch(0, path=str(f)) as w:
+            w.tripped, w.floor = 1.0 * GIB, 4.0 * GIB
+            try:
+                _thread.interrupt_main()
+                wait_out(1.0)
+            except KeyboardInterrupt:
+                pass  # the block swallowed it (torch code may): its own error still comes out
+            raise ValueError("its own")
+    with pytest.raises(KeyboardInterrupt):  # a user's Ctrl-C is theirs
+        with HostWatch(0, path=str(f)):
+            raise KeyboardInterrupt
+
+
+def test_a_bench_point_that_fills_the_host_is_stopped_and_its_series_ends(tmp_path, monkeypatch):
+    from megastride.engine import bench_scaling as B
+    from megastride.engine.config import config_from_dict
+
+    f = tmp_path / "meminfo"
+    _meminfo(f, 128, 100)
+    monkeypatch.setattr(hostmem, "MEMINFO", str(f))
+
+    def fake(cfg, device, batch, steps, warmup, profile=None, trace=None, allocator=None):
+        if cfg.model.seq_len >= 128 and cfg.model.attention.layers[0] == "dense":
+            _meminfo(f, 128, 0.5)  # pinning past the floor
+            wait_out(5.0)
+        _meminfo(f, 128, 100 - cfg.model.seq_len / 64)
+        wait_out(0.3)
+        return 0.001 * cfg.model.seq_len, None
+
+    monkeypatch.setattr(B, "time_steps", fake)
+    lines = []
+    base = config_from_dict({"model": {"seq_len": 128, "d_model": 32, "n_layers": 1, "n_heads": 2,
+                                       "attention": {"block": 32, "layers": ["fixed(64,16)"]}}})
+    rows = B.sweep(base, ["dense", "fixed"], [64, 128, 256], B.Options(device="cpu", steps=1, warmup=1, log=lines.append))
+    assert [(r.kind, r.seq_len, r.status) for r in rows] == [
+        ("dense", 64, "ok"), ("dense", 128, "stopped (host memory)"), ("fixed", 64, "ok"), ("fixed", 128, "ok"),
+        ("fixed", 256, "ok")]
+    assert any("stopped: host memory: 0.5 GB available of 137 GB" in line for line in lines)
+    assert rows[1].host_peak_gb == pytest.approx(127.5 * GIB / 1e9)
+    assert rows[4].host_peak_gb == pytest.approx(32 * GIB / 1e9)  # the fullest the point saw: 96 of 128 available
+    assert rows[0].host_plan_gb == 0.0 and rows[0].host_pinned_gb is None  # nothing pinned; no CUDA here
+    assert "host in use at most" in B.describe(rows[4])
