@@ -30,7 +30,7 @@ from . import plan as planner
 from megastride.kernels.profiling import gpu_state, profile_calls, summary
 
 from .config import Config, ConfigError, config_from_dict, graph_problem, load_config
-from .hostmem import HostMemoryLow, HostWatch
+from .hostmem import HostMemoryLow, HostWatch, room_bytes
 from .loglog import plot_loglog, tail_slope
 from .memtrace import allocator_counts
 from .model import SparseTransformer
@@ -330,6 +330,12 @@ def measure(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
         if p.first_step_peak_bytes > opts.memory_fraction * total:  # the warm-up steps autotune
             return _base_row(kind, cfg, batch, "skipped (memory)", p, label)
         if planner.check_host_memory(p, ranks_per_node=1):  # pinned block inputs beyond the RAM
+            return _base_row(kind, cfg, batch, "skipped (host memory)", p, label)
+        room = room_bytes(opts.host_floor_bytes)
+        if room is not None and p.host_bytes > room:
+            # within the RAM, but not within what is available now above the watch's floor (it would stop the point)
+            opts.log(f"{label or kind:>8} n={cfg.model.seq_len:>9,}: skipped, the plan pins {p.host_bytes / 1e9:.1f} GB "
+                     f"of host memory and {room / 1e9:.1f} GB is available above the watch's floor")
             return _base_row(kind, cfg, batch, "skipped (host memory)", p, label)
     return _timed_row(kind, cfg, batch, p, label, opts,
                       lambda prof, trace, alloc: time_steps(cfg, device, batch, opts.steps, opts.warmup, prof, trace,

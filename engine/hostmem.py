@@ -47,6 +47,21 @@ def meminfo(path: str = MEMINFO) -> dict[str, float]:
     return out
 
 
+def available_bytes(path: str | None = None) -> float | None:
+    """The host's available memory now (MemAvailable: free memory and what the kernel can reclaim), None where
+    /proc/meminfo cannot say."""
+    return meminfo(path or MEMINFO).get("MemAvailable")
+
+
+def room_bytes(floor_bytes: float | None = None, path: str | None = None) -> float | None:
+    """What a watch with ``floor_bytes`` (None: ``default_floor``) would let a call pin from now: the available
+    memory less the floor; None where /proc/meminfo cannot say."""
+    info = meminfo(path or MEMINFO)
+    if "MemAvailable" not in info or "MemTotal" not in info:
+        return None
+    return info["MemAvailable"] - (default_floor(info["MemTotal"]) if floor_bytes is None else floor_bytes)
+
+
 def default_floor(total_bytes: float) -> float:
     """The floor a watch stops at unless told: FLOOR_FRACTION of the machine's memory, at least FLOOR_MIN_BYTES."""
     return max(FLOOR_MIN_BYTES, FLOOR_FRACTION * total_bytes)

@@ -131,9 +131,17 @@ def check_host_memory(cfg: Config, world: int, p=None) -> None:
         return
     from . import plan as planner
 
-    problem = planner.check_host_memory(p or planner.plan(cfg, world_size=world), ranks_per_node(world))
+    p = p or planner.plan(cfg, world_size=world)
+    problem = planner.check_host_memory(p, ranks_per_node(world))
     if problem:
         raise ConfigError(problem)
+    from .hostmem import available_bytes
+
+    need, avail = p.host_bytes * ranks_per_node(world), available_bytes()
+    if avail is not None and need > avail and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        # the RAM holds it, but other processes hold memory now: the run may be killed when it pins the rest
+        print(f"warning: host memory: this node's ranks plan {need / 1e9:.1f} GB of pinned host memory and "
+              f"{avail / 1e9:.1f} GB is available now (other processes hold the rest)", file=sys.stderr, flush=True)
 
 
 def plan_note(cfg: Config, world: int, gpu_bytes: float, p=None) -> str:

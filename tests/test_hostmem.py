@@ -110,3 +110,56 @@ def test_a_bench_point_that_fills_the_host_is_stopped_and_its_series_ends(tmp_pa
     assert rows[4].host_peak_gb == pytest.approx(32 * GIB / 1e9)  # the fullest the point saw: 96 of 128 available
     assert rows[0].host_plan_gb == 0.0 and rows[0].host_pinned_gb is None  # nothing pinned; no CUDA here
     assert "host in use at most" in B.describe(rows[4])
+
+
+def _offload_config():
+    from megastride.engine.config import config_from_dict
+
+    return config_from_dict({"model": {"seq_len": 512, "d_model": 64, "n_layers": 3, "n_heads": 4,
+                                       "attention": {"block": 32, "layers": ["fixed(64,16)"]}},
+                             "train": {"precision": "bf16", "cpu_checkpointing": True}})
+
+
+def test_a_point_is_skipped_where_its_pinned_memory_exceeds_what_is_available_above_the_floor(tmp_path, monkeypatch):
+    """Within the RAM but not within what other processes leave available now: skipped before it runs."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from megastride.engine import bench_scaling as B
+    from megastride.engine import plan as planner
+
+    cfg = _offload_config()
+    need = B.predicted(cfg, 1).host_bytes
+    assert need > 0
+    f = tmp_path / "meminfo"
+    monkeypatch.setattr(hostmem, "MEMINFO", str(f))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=1e12))
+    monkeypatch.setattr(B, "time_steps", lambda cfg, *a, **k: (1.0, None))
+    monkeypatch.setattr(B, "_free", lambda device: None)
+    monkeypatch.setattr(planner, "physical_memory_bytes", lambda: 1e12)  # the RAM would hold it
+    lines = []
+    opts = B.Options(device="cuda", steps=1, warmup=1, log=lines.append, host_floor_bytes=1e6)
+    f.write_text(f"MemTotal: {int(1e12 / 1024)} kB\nMemAvailable: {int((need + 0.5e6) / 1024)} kB\n")
+    assert B.measure("fixed", cfg, opts).status == "skipped (host memory)"
+    assert "skipped, the plan pins" in lines[-1]
+    f.write_text(f"MemTotal: {int(1e12 / 1024)} kB\nMemAvailable: {int((need + 2e6) / 1024)} kB\n")
+    assert B.measure("fixed", cfg, opts).status == "ok"
+
+
+def test_the_trainer_warns_where_other_processes_leave_too_little_host_memory(tmp_path, monkeypatch, capsys):
+    from megastride.engine import plan as planner
+    from megastride.engine import trainer
+
+    cfg = _offload_config()
+    need = planner.plan(cfg).host_bytes
+    f = tmp_path / "meminfo"
+    monkeypatch.setattr(hostmem, "MEMINFO", str(f))
+    monkeypatch.setattr(planner, "physical_memory_bytes", lambda: 1e12)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    f.write_text(f"MemTotal: {int(1e12 / 1024)} kB\nMemAvailable: {int(1.5 * need / 1024)} kB\n")
+    trainer.check_host_memory(cfg, 2)
+    assert "warning: host memory: this node's ranks plan" in capsys.readouterr().err  # two ranks: 2x the need
+    f.write_text(f"MemTotal: {int(1e12 / 1024)} kB\nMemAvailable: {int(2.5 * need / 1024)} kB\n")
+    trainer.check_host_memory(cfg, 2)
+    assert "warning" not in capsys.readouterr().err
