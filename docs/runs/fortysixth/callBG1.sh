@@ -25,6 +25,7 @@ stepx() {  # NAME [--set ...]: the command of docs/runs/fortyfourth/step1m.sh wi
   date -u >> $OUT/times.txt
 }
 MEGASTRIDE_FFN_GEMM=nograd stepx gpukept_nograd --set train.offload_attention=false
+[ -n "$ONLY_FIRST" ] && { kill $WATCH; exit 0; }  # ONLY_FIRST=1: this step alone (a call with little device time)
 if [ "$avail0" -gt 105000 ]; then
   MEGASTRIDE_FFN_GEMM=nograd STEP_TIMEOUT=150 stepx hostkept_nograd
 else
