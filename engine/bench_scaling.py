@@ -370,7 +370,7 @@ def _timed_row(kind: str, cfg: Config, batch: int, p: planner.Plan, label: str, 
         row = _row(kind, cfg, batch, "stopped (host memory)", p, label)
     else:
         row = replace(_finish(_row(kind, cfg, batch, "ok", p, label), p, step_s, peak), **alloc)
-        if torch.device(opts.device).type == "cuda":
+        if cuda:
             state = gpu_state()
             row.sm_mhz, row.power_w, row.capped = state.get("sm_mhz"), state.get("power_w"), state.get("capped")
         if prof:

@@ -131,9 +131,3 @@ class HostWatch:
                                 f"below the {self.floor / GB:.1f} GB floor; stopped before the machine ran out") from None
         return False
 
-
-def wait_out(seconds: float) -> None:
-    """Sleep in short slices, so an interrupt from a watch lands promptly (tests)."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        time.sleep(0.01)
