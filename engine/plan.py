@@ -506,8 +506,9 @@ class Plan:
                    first_step_peak_bytes=self.first_step_peak_bytes)
         return out
 
-    def table(self, gpu_bytes: float | None = None, host_bytes: float | None = None) -> str:
-        """Human-readable summary: the peak's items, the other phases, host bytes, FLOPs."""
+    def table(self, gpu_bytes: float | None = None, host_bytes: float | None = None, host_basis: str = "") -> str:
+        """Human-readable summary: the peak's items, the other phases, host bytes, FLOPs; ``host_basis`` says
+        where ``host_bytes`` comes from (``host_basis_words``)."""
         head = (f"plan: n={self.seq_len:,} x {self.micro_batch} seq/micro-batch x {self.grad_accum} accum, "
                 f"world {self.world_size}, {self.runtime} {self.precision}, ZeRO {self.zero_stage}, "
                 f"recompute {self.recompute}"
@@ -534,7 +535,7 @@ class Plan:
         if host_bytes and self.host_bytes:
             verdict = "fits" if self.host_bytes <= host_bytes else "does NOT fit"
             lines.append(f"host memory {verdict} in this rank's {host_bytes / GB:.0f} GB "
-                         f"({self.host_bytes / host_bytes:.0%} used)")
+                         f"({self.host_bytes / host_bytes:.0%} used{'; ' + host_basis if host_basis else ''})")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -895,6 +896,19 @@ def host_memory_bytes() -> float:
 
 # Share of the RAM that pinned buffers may take: the OS, the Python processes and the page cache need the rest
 HOST_USABLE_FRACTION = 0.85
+
+
+def host_basis_words(ranks_per_node: int, node_bytes: float | None = None) -> str:
+    """Where ``host_share_bytes`` takes a rank's share from, in words: "85% of this machine's 135 GB of RAM",
+    "... of this process's cgroup limit of 64 GB" where that limit is lower, "... of the node's 256 GB" where
+    ``node_bytes`` is given; over how many ranks."""
+    over = f" over {ranks_per_node} ranks" if ranks_per_node > 1 else ""
+    if node_bytes is not None:
+        return f"{HOST_USABLE_FRACTION:.0%} of the node's {node_bytes / GB:.0f} GB{over}"
+    ram, usable = physical_memory_bytes(), host_memory_bytes()
+    if usable and usable < ram:
+        return f"{HOST_USABLE_FRACTION:.0%} of this process's cgroup limit of {usable / GB:.0f} GB{over}"
+    return f"{HOST_USABLE_FRACTION:.0%} of this machine's {ram / GB:.0f} GB of RAM{over}"
 
 
 def host_share_bytes(ranks_per_node: int, node_bytes: float | None = None) -> float | None:

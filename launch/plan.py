@@ -54,11 +54,12 @@ def main(argv: list[str] | None = None) -> int:
                               "positive (and finite)")
         cfg = load_config(args.config, args.overrides)
         check_zero_options(cfg)
-        from megastride.engine.plan import host_share_bytes
+        from megastride.engine.plan import host_basis_words, host_share_bytes
 
         gpu_bytes = args.gpu_memory_gb * 1e9
         node_bytes = args.host_memory_gb * 1e9 if args.host_memory_gb is not None else None
-        host_bytes = host_share_bytes(args.gpus_per_node or min(args.world_size, 8), node_bytes)
+        ranks = args.gpus_per_node or min(args.world_size, 8)
+        host_bytes = host_share_bytes(ranks, node_bytes)
         try:  # checkpoint_blocks / keep_attention "auto": the least recompute work that fits --gpu-memory-gb
             # (offload_attention "auto" with them, within the rank's share of the node's RAM)
             result = plan(cfg, args.seq_len, args.world_size, runtime=args.runtime or cfg.train.runtime,
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(str(err).splitlines()[0]) from None
     budget = cfg.train.memory_budget_gb  # a job held to less than the GPU: judged against that
     limit = min(gpu_bytes, budget * 1e9) if budget is not None else gpu_bytes
-    print(result.json() if args.json else result.table(limit, host_bytes))
+    print(result.json() if args.json else result.table(limit, host_bytes, host_basis_words(ranks, node_bytes)))
     return 0 if result.fits(limit, host_bytes) else 1
 
 

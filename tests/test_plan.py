@@ -572,3 +572,19 @@ def test_the_fused_backwards_dq_sums_are_planned_where_they_run(monkeypatch):
         assert planner.fused_dq_bytes(fixed, planner.precision_of("deepspeed", "fp32"), 512) == 0.0
     monkeypatch.setenv("MEGASTRIDE_BLOCKSPARSE_GLUON_DQ", "0")
     assert planner.fused_dq_bytes(fixed, prec, 1 << 20) == 0.0
+
+
+def test_the_plan_says_where_a_ranks_host_share_comes_from(monkeypatch):
+    """`megastride plan` names the basis of the host verdict: the RAM, the cgroup's lower limit, or --host-memory-gb."""
+    from megastride.engine import plan as planner
+
+    monkeypatch.setattr(planner, "physical_memory_bytes", lambda: 128e9)
+    monkeypatch.setattr(planner, "cgroup_memory_limit_bytes", lambda: None)
+    assert planner.host_basis_words(1) == "85% of this machine's 128 GB of RAM"
+    monkeypatch.setattr(planner, "cgroup_memory_limit_bytes", lambda: 64e9)
+    assert planner.host_basis_words(2) == "85% of this process's cgroup limit of 64 GB over 2 ranks"
+    assert planner.host_share_bytes(2) == pytest.approx(0.85 * 32e9)
+    assert planner.host_basis_words(8, 512e9) == "85% of the node's 512 GB over 8 ranks"
+    p = plan(config(cpu_checkpointing=True))
+    assert "host memory fits in this rank's 1000 GB (0% used; 85% of the node's 512 GB)" in \
+        p.table(None, 1e12, "85% of the node's 512 GB")
