@@ -72,7 +72,7 @@ class HostWatch:
     thread. ``used_peak_bytes``: MemTotal less the least MemAvailable seen (the machine's memory in use at its
     fullest, every process counted; None where /proc/meminfo cannot be read). Where MemAvailable falls below
     ``floor_bytes`` (None: ``default_floor``; 0: never) the main thread is interrupted and the block raises
-    ``HostMemoryLow`` naming what was left. Must be entered on the main thread."""
+    ``HostMemoryLow`` naming what was left. Entered off the main thread, it records and never stops."""
 
     def __init__(self, floor_bytes: float | None = None, interval: float = 0.2, path: str | None = None):
         self.interval, self.path = interval, path or MEMINFO
@@ -106,6 +106,8 @@ class HostWatch:
                 return
 
     def __enter__(self) -> HostWatch:
+        if threading.current_thread() is not threading.main_thread():
+            self.floor = 0  # the interrupt reaches the main thread only: off it, the watch records, never stops
         if self._sample():
             if self.floor is None:
                 self.floor = default_floor(self.total)

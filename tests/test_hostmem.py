@@ -66,6 +66,25 @@ def test_the_watch_stops_a_call_below_its_floor_with_one_line(tmp_path):
     assert w.used_peak_bytes is None and w._thread is None
 
 
+def test_off_the_main_thread_the_watch_records_and_never_stops(tmp_path):
+    import threading
+
+    f = tmp_path / "meminfo"
+    _meminfo(f, 128, 100)
+    seen = {}
+
+    def work():
+        with HostWatch(interval=0.01, path=str(f)) as w:
+            _meminfo(f, 128, 1)
+            wait_out(0.1)
+        seen["peak"], seen["floor"] = w.used_peak_bytes, w.floor
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert seen == {"peak": 127 * GIB, "floor": 0}
+
+
 def test_an_interrupt_still_pending_at_the_end_is_taken_in_and_other_errors_pass(tmp_path):
     """The watch's interrupt may land after the block's last statement: it becomes HostMemoryLow there, not a
     stray KeyboardInterrupt after the block; another error of the block propagates as itself."""
