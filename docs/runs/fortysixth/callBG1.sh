@@ -9,7 +9,7 @@
 # pattern beside the fixed one at 3,072 and 12,288 tokens (issue 3; not yet on an H200 at these lengths).
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv
 free -m | head -2; grep -E "MemTotal|MemAvailable|Hugetlb|CommitLimit" /proc/meminfo
-python3 -c "from megastride.engine import plan as P; print('cgroup limit', P.cgroup_memory_limit_bytes(), 'RAM', P.physical_memory_bytes())"; ulimit -l
+python3 -c "from megastride.engine import plan as P; print('cgroup limit', P.cgroup_memory_limit_bytes(), 'RAM', P.physical_memory_bytes(), '-', P.host_basis_words(1))"; ulimit -l
 free -m > $OUT/free.txt; cat /proc/meminfo > $OUT/meminfo_start.txt
 avail0=$(awk '/MemAvailable/ {print int($2/1024)}' /proc/meminfo)
 source docs/runs/fortysixth/memwatch.sh
@@ -20,7 +20,7 @@ stepx() {  # NAME [--set ...]: the command of docs/runs/fortyfourth/step1m.sh wi
     --lengths 1048576 --warmup 1 --steps 3 --kinds fixed --set train.cpu_checkpointing=true \
     --set train.offload_overlap=true --set train.checkpoint_blocks=auto --set train.keep_attention=auto \
     --set train.memory_budget_gb=60 "$@" --out $OUT/$name > $OUT/$name.log 2>&1
-  echo "$name rc $?" >> $OUT/$name.log; grep -E "s/step|rc " $OUT/$name.log | grep -v "^|" | cut -c1-400
+  echo "$name rc $?" >> $OUT/$name.log; grep -E "s/step|rc |stopped|skipped" $OUT/$name.log | grep -v "^|" | cut -c1-600
   cp $OUT/$name/*.csv $OUT/$name.csv 2>/dev/null; rm -rf $OUT/$name
   date -u >> $OUT/times.txt
 }
