@@ -13,6 +13,7 @@ import torch
 
 from megastride.kernels import patterns as P
 from megastride.kernels import reference_attention
+from layout_workspaces import layout_workspaces
 
 pytestmark = pytest.mark.gpu
 
@@ -310,7 +311,7 @@ def test_split_columns_last_finish_matches_the_cast_finish_eager_and_replayed(he
         step()  # autotuning, the dQ mode's timing
         peaks[finish] = _peak_of(step)
         results[finish] = [g.clone() for g in step()]
-    spaces = [w for part in layout.parts for meta in part.kernel_cache.values() for w in meta.workspaces.values()]
+    spaces = [w for _, w in layout_workspaces(layout)]
     assert spaces and all(not ws.any() and not c.any() for ws, c in spaces)
     eps = torch.finfo(torch.bfloat16).eps
     for name, a, b in zip(["dq", "dk", "dv"], results["cast"], results["last"]):
@@ -483,8 +484,7 @@ def test_row_segments_match_the_reference_and_keep_their_bits(pattern_name, n, h
         again = call(x, "2")
         for name, g, w in zip(["out", "dq"], again, first):  # dK and dV: split columns add in any order
             assert torch.equal(g, w), f"call {i}: {name} differs between calls"
-    counters = [w[-1] for part in layout.parts for meta in part.kernel_cache.values()
-                for key, w in meta.workspaces.items() if key[-1] in ("fwd", "dq")]
+    counters = [w[-1] for _, w in layout_workspaces(layout, ("fwd", "dq"))]
     assert counters and all(not c.any() for c in counters), "a row segment counter was left set"
     captured = _replayed(lambda t: call(t, "2"), inputs(), x)  # captured on other values, replayed on x
     assert torch.equal(captured[0], first[0]), "graph replay: the output differs from the eager call's"

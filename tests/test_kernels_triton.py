@@ -31,6 +31,7 @@ from megastride.kernels import blocksparse  # noqa: E402
 from megastride.kernels.blocksparse import _natural_tile  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from layout_workspaces import layout_workspaces  # noqa: E402 - the kernels' tests' shared reader
 
 ATOL = {torch.float32: 2e-5, torch.float16: 2e-3}
 
@@ -367,7 +368,7 @@ def test_split_columns_last_finish_matches_reference_twice_and_leaves_its_worksp
     for seed in (3, 4):
         _check_layout(layout, _inputs(batch, heads, n, head_dim, dtype, seed), dtype,
                       f"{name} split {split} last finish, pass {seed - 2}")
-        spaces = [w for part in layout.parts for meta in part.kernel_cache.values() for w in meta.workspaces.values()]
+        spaces = [w for _, w in layout_workspaces(layout)]
         assert spaces, "no workspace: no column had more than one segment"
         assert all(not ws.any() and not counts.any() for ws, counts in spaces)
 
@@ -555,10 +556,8 @@ def test_row_segments_match_reference_twice_and_leave_their_counters_zero(name, 
     for seed in (19, 20):
         _check_layout(layout, _inputs(batch, heads, n, head_dim, dtype, seed), dtype,
                       f"{name} {kinds} rows in segments of {seg_len}, pass {seed - 18}")
-        spaces = [w for part in layout.parts for meta in part.kernel_cache.values()
-                  for key, w in meta.workspaces.items() if key[-1] in kinds]
-        assert {key[-1] for part in layout.parts for meta in part.kernel_cache.values()
-                for key in meta.workspaces if key[-1] in ("fwd", "dq")} == set(kinds)
+        spaces = [w for _, w in layout_workspaces(layout, kinds)]
+        assert {key[-1] for key, _ in layout_workspaces(layout, ("fwd", "dq"))} == set(kinds)
         assert all(not w[-1].any() for w in spaces), "a counter was left set"
     tables = [meta.extra[key] for part in layout.parts for meta in part.kernel_cache.values() for key in meta.extra
               if key[0] == "segments" and key[-1] == "row"]
