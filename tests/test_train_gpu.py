@@ -327,6 +327,24 @@ def test_ffn_in_one_product_each_way_is_as_exact_as_torchs_on_the_gpu(recompute,
     assert len(calls) == (4 if recompute else 2)  # each block's FFN, and again in its recompute
 
 
+def test_ffn_in_one_product_without_gradients_trains_as_exactly_as_torchs_on_the_gpu(monkeypatch):
+    """MEGASTRIDE_FFN_GEMM=nograd on CUDA under bf16 autocast, every block recomputed: each block's first forward
+    (no gradients recorded) goes through ``ffn_gemm.feed_forward`` and feeds the next block, the recompute and the
+    backward through the default path; the loss and every parameter's gradient at most twice as far from the same
+    model in fp32 as torch's path's, plus a ten-thousandth of the largest gradient's norm."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from megastride.kernels import ffn_gemm
+
+    calls = []
+    real = ffn_gemm.feed_forward
+    monkeypatch.setattr(ffn_gemm, "feed_forward", lambda *a: calls.append(torch.is_grad_enabled()) or real(*a))
+    _ffn_as_exact_as_torchs(monkeypatch, {"MEGASTRIDE_FFN": "", "MEGASTRIDE_FFN_GEMM": "nograd"}, True, proj_bias=True)
+    assert calls == [False, False]  # each block's first forward only, never where a gradient is recorded
+
+
 def test_every_config_of_the_one_product_ffn_is_as_exact_as_torchs_on_the_gpu(monkeypatch):
     """Each config the one-product FFN's two autotuners can choose (by pointers, TMA, persistent and
     warp-specialised programs; ``ffn_gemm.configs``), forced in turn (``ffn_check.check_every_config``): y and the
