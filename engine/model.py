@@ -100,8 +100,9 @@ class FeedForward(nn.Module):
         s = GELU_SCALE
         w1, b1 = self.fc.weight * s, self.fc.bias * s
         weight, bias = self.proj.weight * (1.0 / s), self.proj.bias
-        # with MEGASTRIDE_FFN_GEMM=1 where the kernels run, the first layer is one Triton product each way, its bias
-        # and SiLU in the forward's epilogue and proj's product with dy in the backward's (kernels.ffn_gemm)
+        # where the kernels run and no gradient is recorded (by default; everywhere with MEGASTRIDE_FFN_GEMM=1), the
+        # first layer is one Triton product, its bias and SiLU in the forward's epilogue (with =1 also proj's
+        # product with dy in the backward's; kernels.ffn_gemm)
         y = feed_forward(x, w1, b1, weight, bias, unread)
         if y is not None:
             return y

@@ -93,7 +93,9 @@ def test_bias_gradient_over_row_groups(groups, monkeypatch):
 def test_dispatch(monkeypatch):
     """linear_silu takes the kernels on CPU only under the interpreter with MEGASTRIDE_FFN=triton, and torch's
     silu of the biased product otherwise (MEGASTRIDE_FFN=torch, no bias, under torch.compile); a mistyped
-    MEGASTRIDE_FFN is a one-line error naming it."""
+    MEGASTRIDE_FFN is a one-line error naming it. (MEGASTRIDE_FFN_GEMM=0: no gradient is recorded here, where the
+    default, nograd, would take the one-product layer instead: ``test_nograd_...``.)"""
+    monkeypatch.setenv("MEGASTRIDE_FFN_GEMM", "0")
     calls = []
     real = bias_silu.triton_bias_silu
     monkeypatch.setattr(bias_silu, "triton_bias_silu", lambda *a: calls.append(1) or real(*a))
@@ -260,7 +262,7 @@ def test_the_models_ffn_takes_the_one_product_layer(monkeypatch):
 
 
 def test_nograd_takes_the_one_product_layer_only_where_no_gradient_is_recorded(monkeypatch):
-    """MEGASTRIDE_FFN_GEMM=nograd: the model's FFN through ffn_gemm.feed_forward under torch.no_grad (a recomputed
+    """MEGASTRIDE_FFN_GEMM=nograd (the default; 0 turns it off): the model's FFN through ffn_gemm.feed_forward under torch.no_grad (a recomputed
     block's first forward) and on inputs and parameters that need no gradient, giving the default path's output;
     where a gradient is recorded (of x, or of a parameter, the bias alone included), the default path (the SiLU
     kernel after cuBLAS's product); the first layer alone (``ffn.linear_silu``) alike."""
@@ -270,7 +272,7 @@ def test_nograd_takes_the_one_product_layer_only_where_no_gradient_is_recorded(m
     monkeypatch.setattr(bias_silu, "triton_bias_silu", lambda *a: silu.append(1) or real_silu(*a))
     module = _tiny_model().blocks[0].ffn
     x = torch.randn(2, 24, 32, generator=torch.Generator().manual_seed(8))
-    want = module(x)  # MEGASTRIDE_FFN_GEMM unset: the default path, recording
+    want = module(x)  # MEGASTRIDE_FFN_GEMM unset (nograd), a gradient recorded: the default path
     assert (len(gemm), len(silu)) == (0, 1)
     monkeypatch.setenv("MEGASTRIDE_FFN_GEMM", "nograd")
     with torch.no_grad():
@@ -294,6 +296,16 @@ def test_nograd_takes_the_one_product_layer_only_where_no_gradient_is_recorded(m
     module.fc.bias.requires_grad_(True)  # a bias alone needing its gradient records one
     module(x.detach())
     assert (len(gemm), len(silu)) == (2, 4)
+    monkeypatch.delenv("MEGASTRIDE_FFN_GEMM")  # nograd is the default
+    assert ffn_gemm.mode() == "nograd"
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), want, rtol=1e-5, atol=1e-6)
+    module(x)
+    assert (len(gemm), len(silu)) == (3, 5)
+    monkeypatch.setenv("MEGASTRIDE_FFN_GEMM", "0")  # and 0 turns it off
+    with torch.no_grad():
+        module(x)
+    assert (len(gemm), len(silu)) == (3, 6)
 
 
 def _tiny_model():
