@@ -29,8 +29,8 @@ def _use_triton(x: torch.Tensor) -> bool:
 
 def _gemm_dtype(x: torch.Tensor, weights, others=()) -> torch.dtype | None:
     """The dtype the one-kernel layer computes in (F.linear's: the autocast dtype under autocast, else x's, which
-    the weights must share), or None where it does not run: MEGASTRIDE_FFN_GEMM=0 (or "nograd", the default, where a gradient
-    of x, the weights or ``others`` is recorded), the kernels not reaching x, a dtype they do not take."""
+    the weights must share), or None where it does not run: MEGASTRIDE_FFN_GEMM=0 (or "nograd", the default, where
+    a gradient of x, the weights or ``others`` is recorded), the kernels not reaching x, a dtype they do not take."""
     if not _use_triton(x):
         return None
     from . import ffn_gemm  # imported lazily: needs triton

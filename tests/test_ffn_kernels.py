@@ -262,10 +262,11 @@ def test_the_models_ffn_takes_the_one_product_layer(monkeypatch):
 
 
 def test_nograd_takes_the_one_product_layer_only_where_no_gradient_is_recorded(monkeypatch):
-    """MEGASTRIDE_FFN_GEMM=nograd (the default; 0 turns it off): the model's FFN through ffn_gemm.feed_forward under torch.no_grad (a recomputed
-    block's first forward) and on inputs and parameters that need no gradient, giving the default path's output;
-    where a gradient is recorded (of x, or of a parameter, the bias alone included), the default path (the SiLU
-    kernel after cuBLAS's product); the first layer alone (``ffn.linear_silu``) alike."""
+    """MEGASTRIDE_FFN_GEMM=nograd (the default; 0 turns it off): the model's FFN through ffn_gemm.feed_forward
+    under torch.no_grad (a recomputed block's first forward) and on inputs and parameters that need no gradient,
+    giving the default path's output; where a gradient is recorded (of x, or of a parameter, the bias alone
+    included), the default path (the SiLU kernel after cuBLAS's product); the first layer alone
+    (``ffn.linear_silu``) alike."""
     gemm, silu = [], []
     real_ff, real_silu = ffn_gemm.feed_forward, bias_silu.triton_bias_silu
     monkeypatch.setattr(ffn_gemm, "feed_forward", lambda *a: gemm.append(1) or real_ff(*a))
