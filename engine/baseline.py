@@ -193,12 +193,13 @@ def train_step(model: BaselineTransformer, optimizer, batch: torch.Tensor, autoc
 
 
 def time_steps(cfg: Config, attention: str, device: torch.device, batch: int, steps: int, warmup: int,
-               profile: dict | None = None, trace=None, allocator: dict | None = None) -> tuple[float, float | None]:
+               profile: dict | None = None, trace=None, allocator: dict | None = None, alternate=None,
+               medians: dict | None = None) -> tuple[float, float | None]:
     """(median step seconds, peak allocated bytes over the timed steps or None off CUDA) of the baseline
     at ``cfg``'s shapes and length: ``warmup`` untimed steps (compilation, optimizer states), then
     ``steps`` synchronised timed ones; with a ``profile`` dict on CUDA, ``profile_calls`` of 2 more; with a
     ``trace`` path, what the peak was made of; an ``allocator`` dict gets the allocator's counts over the timed
-    steps (``bench_scaling.timed_calls``)."""
+    steps; ``alternate`` and ``medians`` as ``bench_scaling.timed_calls``'s."""
     if attention == "flex" and device.type != "cuda":
         raise ValueError("FlexAttention has no backward pass on the CPU: time the flex baseline on CUDA")
     if cfg.train.precision == "fp16":
@@ -219,4 +220,4 @@ def time_steps(cfg: Config, attention: str, device: torch.device, batch: int, st
     from .bench_scaling import timed_calls  # imported here: bench_scaling imports this module
 
     return timed_calls(lambda: train_step(model, optimizer, data, autocast), device, steps, warmup, profile,
-                       trace=trace, allocator=allocator)
+                       trace=trace, allocator=allocator, alternate=alternate, medians=medians)

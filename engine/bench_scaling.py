@@ -17,8 +17,11 @@ import csv
 import gc
 import json
 import math
+import os
+import re
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -84,6 +87,10 @@ class Options:
     # a point is stopped ("stopped (host memory)") where the host's available memory falls below this many bytes
     # (engine.hostmem.HostWatch; None: 3% of its memory, at least 2 GB; 0: never)
     host_floor_bytes: float | None = None
+    # (an environment variable, two or more values): each point's timed steps alternate the variable's values in
+    # rotated order, one row a value (``timed_calls``), so an A/B of a switch read at call time shares one process,
+    # one warm-up and one machine's drift (``parse_alternate``)
+    alternate: tuple[str, tuple[str, ...]] | None = None
 
 
 @dataclass
@@ -132,6 +139,7 @@ class Row:
     host_plan_gb: float | None = None
     host_pinned_gb: float | None = None
     host_peak_gb: float | None = None
+    variant: str = ""  # NAME=VALUE: this row's value of Options.alternate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +200,33 @@ def step_runner(cfg: Config, model, optimizer, autocast, warmup: int) -> Callabl
     return eager
 
 
+def parse_alternate(text: str) -> tuple[str, tuple[str, ...]]:
+    """``NAME=V1,V2[,...]`` (an environment variable and two or more distinct values) as (NAME, values)."""
+    name, _, values = text.partition("=")
+    parts = tuple(v.strip() for v in values.split(","))
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or len(parts) < 2 or len(set(parts)) != len(parts):
+        raise ConfigError(f"--alternate must be NAME=VALUE,VALUE[,...] (an environment variable and two or more "
+                          f"distinct values); got {text!r}")
+    return name, parts
+
+
+@contextmanager
+def _env(name: str, value: str | None):
+    """``name`` set to ``value`` inside (None: left as it is), restored (or unset again) after."""
+    if value is None:
+        yield
+        return
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -199,11 +234,12 @@ def _sync(device: torch.device) -> None:
 
 def time_steps(cfg: Config, device: torch.device, batch: int, steps: int, warmup: int,
                profile: dict | None = None, trace: Path | None = None,
-               allocator: dict | None = None) -> tuple[float, float | None]:
+               allocator: dict | None = None, alternate: tuple[str, tuple[str, ...]] | None = None,
+               medians: dict | None = None) -> tuple[float, float | None]:
     """(median step seconds, peak allocated bytes over the timed steps or None off CUDA); with a
     ``profile`` dict on CUDA, also where 2 more steps spend their time (``profile_calls``) into it;
     with a ``trace`` path, what the peak was made of; an ``allocator`` dict gets the allocator's
-    counts over the timed steps (``timed_calls``)."""
+    counts over the timed steps; ``alternate`` and ``medians`` as ``timed_calls``'s."""
     torch.manual_seed(cfg.run.seed)
     model = SparseTransformer(cfg.model).to(device)
     apply_activation_checkpointing(model, cfg.train)
@@ -214,7 +250,7 @@ def time_steps(cfg: Config, device: torch.device, batch: int, steps: int, warmup
     run = step_runner(cfg, model, optimizer, _autocast(cfg, device), warmup)
     # with a graph, the capture follows the warm-up: its memory pool holds the step's peak (replays allocate nothing)
     return timed_calls(lambda: run(data), device, steps, warmup, profile, settle=int(cfg.train.cuda_graph),
-                       trace=trace, allocator=allocator)
+                       trace=trace, allocator=allocator, alternate=alternate, medians=medians)
 
 
 def allocator_window(before: dict[str, int], after: dict[str, int], steps: int, reserved_peak: int) -> dict:
@@ -228,16 +264,29 @@ def allocator_window(before: dict[str, int], after: dict[str, int], steps: int, 
 
 def timed_calls(call: Callable[[], object], device: torch.device, steps: int, warmup: int,
                 profile: dict | None = None, settle: int = 0, trace: Path | None = None,
-                allocator: dict | None = None) -> tuple[float, float | None]:
+                allocator: dict | None = None, alternate: tuple[str, tuple[str, ...]] | None = None,
+                medians: dict | None = None) -> tuple[float, float | None]:
     """The bench's timing protocol (our kinds and the baseline alike): ``warmup`` untimed calls, the
     allocator's peak reset, ``settle`` more untimed calls, then ``steps`` synchronised timed ones.
     (median seconds, peak allocated bytes since the reset or None off CUDA); with a ``profile`` dict
     on CUDA, ``profile_calls`` of 2 more calls into it; with a ``trace`` path on CUDA, the allocator's
     history from the reset to the last timed call, and what its peak was made of, written there
     (``engine.memtrace.Recorder``); with an ``allocator`` dict on CUDA, ``allocator_window`` over the timed
-    calls into it (the reserved peak from the reset)."""
-    for _ in range(warmup):
-        call()
+    calls into it (the reserved peak from the reset). With ``alternate`` (NAME, values), every untimed call and
+    every timed one is made once for each value, the environment variable set to it around the call (and
+    restored after): ``steps`` rounds, each round's order rotated by one (so no value always follows the same
+    one), and ``medians`` gets each value's median; the median returned (and the profile's calls) the first
+    value's; the peak and the allocator's counts over all the timed calls."""
+    values = alternate[1] if alternate else (None,)
+    name = alternate[0] if alternate else ""
+
+    def each(rounds: int) -> None:
+        for _ in range(rounds):
+            for value in values:
+                with _env(name, value):
+                    call()
+
+    each(warmup)
     _sync(device)
     recorder = None
     if device.type == "cuda":
@@ -248,19 +297,21 @@ def timed_calls(call: Callable[[], object], device: torch.device, steps: int, wa
             recorder = Recorder(device)
             recorder.start()
     try:
-        for _ in range(settle):
-            call()
+        each(settle)
         _sync(device)
         counts = allocator_counts(device)
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            call()
-            _sync(device)
-            times.append(time.perf_counter() - start)
+        times: dict = {value: [] for value in values}
+        for r in range(steps):
+            for j in range(len(values)):
+                value = values[(r + j) % len(values)]
+                with _env(name, value):
+                    start = time.perf_counter()
+                    call()
+                    _sync(device)
+                    times[value].append(time.perf_counter() - start)
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         if allocator is not None and device.type == "cuda":
-            allocator.update(allocator_window(counts, allocator_counts(device), steps,
+            allocator.update(allocator_window(counts, allocator_counts(device), steps * len(values),
                                               torch.cuda.max_memory_reserved(device)))
         if recorder is not None:
             recorder.stop(trace, peak)
@@ -269,8 +320,11 @@ def timed_calls(call: Callable[[], object], device: torch.device, steps: int, wa
         if recorder is not None:  # an error (out of memory) while recording: stop, keep what was recorded
             recorder.abandon(trace)
     if profile is not None and device.type == "cuda":
-        profile.update(profile_calls(call, iters=2, top=16))
-    return statistics.median(times), peak
+        with _env(name, values[0]):
+            profile.update(profile_calls(call, iters=2, top=16))
+    if medians is not None and alternate:
+        medians.update({value: statistics.median(t) for value, t in times.items()})
+    return statistics.median(times[values[0]]), peak
 
 
 def _pinned_stats(reset: bool = False) -> float | None:
@@ -311,7 +365,18 @@ def _base_row(kind: str, cfg: Config, batch: int, status: str, p: planner.Plan, 
 
 
 def measure(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
-    """Time one (kind, length) configuration; out-of-memory and plan-says-no become statuses."""
+    """Time one (kind, length) configuration; out-of-memory and plan-says-no become statuses (with
+    ``opts.alternate``, the first value's row: ``measure_rows`` gives them all)."""
+    return measure_rows(kind, cfg, opts, label)[0]
+
+
+def _alternating(opts: Options, medians: dict) -> dict:
+    """The timer's keyword arguments for ``opts.alternate`` (none without it)."""
+    return {"alternate": opts.alternate, "medians": medians} if opts.alternate else {}
+
+
+def measure_rows(kind: str, cfg: Config, opts: Options, label: str = "") -> list[Row]:
+    """``measure``'s row, or with ``opts.alternate`` one row a value (their ``variant``) where the point ran."""
     if kind in BASELINE_KINDS:
         return measure_baseline(kind, cfg, opts, label)
     device = torch.device(opts.device)
@@ -328,18 +393,19 @@ def measure(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
     p = predicted(cfg, batch)
     if total:
         if p.first_step_peak_bytes > opts.memory_fraction * total:  # the warm-up steps autotune
-            return _base_row(kind, cfg, batch, "skipped (memory)", p, label)
+            return [_base_row(kind, cfg, batch, "skipped (memory)", p, label)]
         if planner.check_host_memory(p, ranks_per_node=1):  # pinned block inputs beyond the RAM
-            return _base_row(kind, cfg, batch, "skipped (host memory)", p, label)
+            return [_base_row(kind, cfg, batch, "skipped (host memory)", p, label)]
         room = room_bytes(opts.host_floor_bytes)
         if room is not None and p.host_bytes > room:
             # within the RAM, but not within what is available now above the watch's floor (it would stop the point)
             opts.log(f"{label or kind:>8} n={cfg.model.seq_len:>9,}: skipped, the plan pins {p.host_bytes / 1e9:.1f} GB "
                      f"of host memory and {room / 1e9:.1f} GB is available above the watch's floor")
-            return _base_row(kind, cfg, batch, "skipped (host memory)", p, label)
-    return _timed_row(kind, cfg, batch, p, label, opts,
-                      lambda prof, trace, alloc: time_steps(cfg, device, batch, opts.steps, opts.warmup, prof, trace,
-                                                            alloc))
+            return [_base_row(kind, cfg, batch, "skipped (host memory)", p, label)]
+    return _timed_rows(kind, cfg, batch, p, label, opts,
+                       lambda prof, trace, alloc, medians: time_steps(
+                           cfg, device, batch, opts.steps, opts.warmup, prof, trace, alloc,
+                           **_alternating(opts, medians)))
 
 
 def trace_path(opts: Options, label: str, seq_len: int) -> Path | None:
@@ -350,19 +416,22 @@ def trace_path(opts: Options, label: str, seq_len: int) -> Path | None:
     return Path(opts.memory_trace) / f"memory_{slug}_n{seq_len}"
 
 
-def _timed_row(kind: str, cfg: Config, batch: int, p: planner.Plan, label: str, opts: Options, timer) -> Row:
-    """The row of ``timer(profile, trace, allocator) -> (step s, peak bytes)``: ok (its profile kept and logged,
-    the allocator's counts in its columns) or oom."""
+def _timed_rows(kind: str, cfg: Config, batch: int, p: planner.Plan, label: str, opts: Options,
+                timer) -> list[Row]:
+    """The row of ``timer(profile, trace, allocator, medians) -> (step s, peak bytes)``: ok (its profile kept and
+    logged, the allocator's counts in its columns) or oom; with ``opts.alternate`` and the point run, one row a
+    value, each its own median (``medians``), labelled and ``variant`` NAME=VALUE, the rest shared."""
     prof = {} if opts.profile else None
     trace = trace_path(opts, label or kind, cfg.model.seq_len)
     alloc: dict = {}
+    medians: dict = {}
     cuda = torch.device(opts.device).type == "cuda"
     if cuda:
         _pinned_stats(reset=True)
     watch = HostWatch(opts.host_floor_bytes)
     try:
         with watch:
-            step_s, peak = timer(prof, trace, alloc)
+            step_s, peak = timer(prof, trace, alloc, medians)
     except torch.cuda.OutOfMemoryError:
         row = _row(kind, cfg, batch, "oom", p, label)
     except HostMemoryLow as err:
@@ -387,7 +456,13 @@ def _timed_row(kind: str, cfg: Config, batch: int, p: planner.Plan, label: str, 
     if watch.used_peak_bytes is not None:
         row.host_peak_gb = watch.used_peak_bytes / planner.GB
     _free(torch.device(opts.device))
-    return row
+    if not medians:
+        if opts.alternate:
+            row.variant = f"{opts.alternate[0]}={','.join(opts.alternate[1])}"
+        return [row]
+    name = opts.alternate[0]
+    return [_finish(replace(row, label=f"{row.label} {name}={value}", variant=f"{name}={value}"), p, step_s, peak)
+            for value, step_s in medians.items()]
 
 
 def _finish(row: Row, p: planner.Plan, step_s: float, peak: float | None) -> Row:
@@ -411,7 +486,7 @@ def _row(kind: str, cfg: Config, batch: int, status: str, p: planner.Plan, label
     return row
 
 
-def measure_baseline(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
+def measure_baseline(kind: str, cfg: Config, opts: Options, label: str = "") -> list[Row]:
     """Time issue 5's baseline (``engine.baseline``) as ``measure`` times ours: same steps, MFU from the
     planner's FLOPs of the same shape and pattern; no memory plan. Flex has no CPU backward: skipped."""
     device = torch.device(opts.device)
@@ -419,10 +494,11 @@ def measure_baseline(kind: str, cfg: Config, opts: Options, label: str = "") -> 
     p = predicted(cfg, batch)
     attention = "flex" if kind == "baseline-flex" else "dense"
     if attention == "flex" and device.type != "cuda":
-        return _row(kind, cfg, batch, "skipped (flex: no backward on CPU)", p, label)
-    return _timed_row(kind, cfg, batch, p, label, opts,
-                      lambda prof, trace, alloc: baseline.time_steps(cfg, attention, device, batch, opts.steps,
-                                                                     opts.warmup, prof, trace, alloc))
+        return [_row(kind, cfg, batch, "skipped (flex: no backward on CPU)", p, label)]
+    return _timed_rows(kind, cfg, batch, p, label, opts,
+                       lambda prof, trace, alloc, medians: baseline.time_steps(
+                           cfg, attention, device, batch, opts.steps, opts.warmup, prof, trace, alloc,
+                           **_alternating(opts, medians)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,10 +528,11 @@ def run_series(base: Config, kind: str, spec: str, lengths: list[int], opts: Opt
             rows.append(_row(kind, cfg, batch, "skipped (time)", predicted(cfg, batch)))
             opts.log(f"{kind:>8} n={n:>9,}: skipped, ~{guess:.1f} s/step would exceed the series budget")
             continue
-        row = measure(kind, cfg, opts)
-        rows.append(row)
-        opts.log(describe(row))
-        if row.status in ("oom", "stopped (host memory)", "skipped (memory)", "skipped (host memory)"):
+        new = measure_rows(kind, cfg, opts)
+        rows += new
+        for row in new:
+            opts.log(describe(row))
+        if new[0].status in ("oom", "stopped (host memory)", "skipped (memory)", "skipped (host memory)"):
             break
     return rows
 
@@ -539,12 +616,18 @@ def validate_plan(base: Config, opts: Options, lengths: list[int] = VALIDATION_L
 # ---------------------------------------------------------------------------------------------
 
 
+def _series(row: Row) -> str:
+    """The series a row belongs to: its kind, and its variant where the steps alternated (``Options.alternate``)."""
+    return f"{row.kind} {row.variant}" if row.variant and "," not in row.variant else row.kind
+
+
 def slopes(rows: list[Row], min_len: int = SLOPE_FROM) -> dict[str, float | None]:
-    """Fitted log-log slope of step time vs length per kind (over lengths >= min_len if >= 2)."""
+    """Fitted log-log slope of step time vs length per series (kind, and variant where alternated; over lengths
+    >= min_len if >= 2)."""
     out = {}
-    for kind in dict.fromkeys(r.kind for r in rows):
-        ok = [r for r in rows if r.kind == kind and r.status == "ok"]
-        out[kind] = tail_slope([r.seq_len for r in ok], [r.step_s for r in ok], min_len) if len(ok) > 1 else None
+    for series in dict.fromkeys(_series(r) for r in rows):
+        ok = [r for r in rows if _series(r) == series and r.status == "ok"]
+        out[series] = tail_slope([r.seq_len for r in ok], [r.step_s for r in ok], min_len) if len(ok) > 1 else None
     return out
 
 
@@ -577,7 +660,7 @@ def plot(rows: list[Row], path: Path) -> str:
     fitted = slopes(rows)
     series = {}
     for kind, slope in fitted.items():
-        ok = [r for r in rows if r.kind == kind and r.status == "ok"]
+        ok = [r for r in rows if _series(r) == kind and r.status == "ok"]
         label = f"{kind} (slope {slope:.2f})" if slope is not None else kind
         series[label] = ([r.seq_len for r in ok], [r.step_s for r in ok])
     return plot_loglog(series, str(path), "training step time vs sequence length",

@@ -6,6 +6,7 @@
     megastride bench scaling --device cuda --validate-plan --out runs/scaling
     megastride bench scaling --device cuda --validate-plan --case "fixed, kept attention" --out runs/scaling
     megastride bench scaling --device cpu --quick --set model.n_layers=2 --set model.d_model=64
+    megastride bench scaling --device cuda --kinds fixed --lengths 1048576 --alternate MEGASTRIDE_FFN_GEMM=nograd,0
 
 Writes scaling.csv/.json/.png (sweep), table2.csv/.json (--table2), plan_check.csv/.json
 (--validate-plan) and TensorBoard scalars under OUT/tensorboard. docs/scaling.md explains the method.
@@ -58,6 +59,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "was made of (by call site and memory pool) to OUT/memory/ (.txt, .json, and the .pickle "
                         "snapshot for pytorch.org/memory_viz); the recording slows the steps")
     p.add_argument("--all", action="store_true", help="sweep, --table2 and --validate-plan in one run")
+    p.add_argument("--alternate", default=None, metavar="NAME=V1,V2",
+                   help="an environment variable read at call time and two or more values: each point's warm-up "
+                        "and timed steps alternate them (rotated order each round), one row a value (column "
+                        "variant), in one process: an A/B without two set-ups or two machines' drift (sweeps only; "
+                        "not with CUDA graphs, --profile or --memory-trace)")
     p.add_argument("--baseline", action="store_true",
                    help="add issue 5's baseline to the sweep, the plain PyTorch script (engine.baseline): series "
                         "baseline-dense (SDPA) and baseline-flex (compiled FlexAttention, fixed pattern; CUDA only)")
@@ -95,6 +101,15 @@ def _check(args: argparse.Namespace) -> None:
     check_number(args.budget_s, "--budget-s", 0, low_open=True)
     check_number(args.host_floor_gb, "--host-floor-gb", 0)
     check_output(args.out, "--out", "folder")  # before the sweep, not after it has run
+    if args.alternate is not None:
+        from megastride.engine.bench_scaling import parse_alternate
+
+        parse_alternate(args.alternate)
+        clash = [flag for flag, on in (("--table2", args.table2), ("--validate-plan", args.validate_plan or args.cases),
+                                       ("--all", args.all), ("--profile", args.profile),
+                                       ("--memory-trace", args.memory_trace)) if on]
+        if clash:
+            raise ConfigError(f"--alternate times a sweep's steps only: drop {clash[0]}")
 
 
 def _check_device(args: argparse.Namespace) -> None:
@@ -111,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     with user_errors(PROG):
         from megastride.engine import bench_scaling as B
-        from megastride.engine.config import load_config
+        from megastride.engine.config import ConfigError, load_config
 
         _check(args)
         base = load_config(args.config or B.CONFIGS / "enwik8.yaml", args.overrides)
@@ -124,14 +139,19 @@ def main(argv: list[str] | None = None) -> int:
             # shorter lengths' points have run and been lost with the error
             for n in sweep_lengths if kind in B.KINDS else []:
                 B.config_for(base, B.KINDS[kind], n)
+        alternate = B.parse_alternate(args.alternate) if args.alternate else None
+        if alternate and base.train.cuda_graph:
+            raise ConfigError("--alternate switches a variable between steps, and a CUDA graph replays one path: "
+                              "set train.cuda_graph=false")
         _check_device(args)
         opts = B.Options(device=args.device, steps=1 if args.quick else args.steps, warmup=args.warmup,
                          budget_s=args.budget_s, memory_fraction=args.memory_fraction, batch=args.batch,
                          profile=args.profile,
                          host_floor_bytes=None if args.host_floor_gb is None else args.host_floor_gb * 1e9,
-                         memory_trace=str(Path(args.out) / "memory") if args.memory_trace else None)
+                         memory_trace=str(Path(args.out) / "memory") if args.memory_trace else None,
+                         alternate=alternate)
         meta = B.environment() | {"config": str(args.config), "overrides": args.overrides, "device": args.device,
-                                  "steps": opts.steps, "warmup": opts.warmup}
+                                  "steps": opts.steps, "warmup": opts.warmup, "alternate": args.alternate}
         out = Path(args.out)
         if sweep:
             _report(B, B.sweep(base, _kinds(args, B), sweep_lengths, opts), out, "scaling", meta, True)

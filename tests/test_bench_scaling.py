@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 from dataclasses import replace
 
 import pytest
@@ -370,3 +371,90 @@ def test_kernel_groups_sort_a_steps_kernels_by_kind():
     assert sum(groups.values()) == pytest.approx(sum(kernels.values()))
     line = summary({"wall_ms": 1.0, "host_ms": 1.0, "gpu_ms": 1.0, "kernels_ms": kernels, "groups_ms": groups})
     assert "; by kind attention 6465.700, copies 3293.600, products 394.500" in line
+
+
+@pytest.mark.parametrize("before", [None, "set"])
+def test_timed_calls_alternate_a_variables_values_in_rotated_rounds(before, monkeypatch):
+    """--alternate's protocol: each warm-up and settle round calls once per value, each timed round too with its
+    order rotated by one; the variable is set around each call and left as it was after (unset, or its value);
+    each value's median comes back in ``medians``, and the first value's is the one returned."""
+    import time
+
+    if before is None:
+        monkeypatch.delenv("MEGASTRIDE_TEST_AB", raising=False)
+    else:
+        monkeypatch.setenv("MEGASTRIDE_TEST_AB", before)
+    seen = []
+
+    def call():
+        value = os.environ.get("MEGASTRIDE_TEST_AB")
+        seen.append(value)
+        time.sleep({"a": 0.001, "b": 0.02, "c": 0.005}[value])
+
+    medians = {}
+    median, peak = B.timed_calls(call, torch.device("cpu"), steps=3, warmup=1, settle=1,
+                                 alternate=("MEGASTRIDE_TEST_AB", ("a", "b", "c")), medians=medians)
+    assert seen == ["a", "b", "c"] * 2 + ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert os.environ.get("MEGASTRIDE_TEST_AB") == before
+    assert set(medians) == {"a", "b", "c"} and median == medians["a"] and peak is None
+    assert medians["a"] < medians["c"] < medians["b"]
+
+
+def test_alternate_gives_a_row_per_value_with_its_own_median(monkeypatch, tmp_path):
+    """With --alternate each point's timer gets the variable and its values, and the sweep writes one row per
+    value: its median, the shared peak and plan, the label and variant naming the value, a series (slope) each."""
+    calls = []
+
+    def fake(cfg, device, batch, steps, warmup, profile=None, trace=None, allocator=None, alternate=None,
+             medians=None):
+        calls.append(alternate)
+        medians.update({"x": 0.002 * cfg.model.seq_len, "y": 0.001 * cfg.model.seq_len})
+        return medians["x"], None
+
+    monkeypatch.setattr(B, "time_steps", fake)
+    rows = B.sweep(tiny_base(), ["fixed"], [64, 128], quiet(alternate=("MEGASTRIDE_TEST_AB", ("x", "y"))))
+    assert calls == [("MEGASTRIDE_TEST_AB", ("x", "y"))] * 2
+    assert [(r.seq_len, r.variant, r.label, r.step_s) for r in rows] == [
+        (64, "MEGASTRIDE_TEST_AB=x", "fixed MEGASTRIDE_TEST_AB=x", 0.128),
+        (64, "MEGASTRIDE_TEST_AB=y", "fixed MEGASTRIDE_TEST_AB=y", 0.064),
+        (128, "MEGASTRIDE_TEST_AB=x", "fixed MEGASTRIDE_TEST_AB=x", 0.256),
+        (128, "MEGASTRIDE_TEST_AB=y", "fixed MEGASTRIDE_TEST_AB=y", 0.128)]
+    assert rows[0].plan_gb == rows[1].plan_gb and rows[1].tokens_per_s == pytest.approx(64 / 0.064)
+    assert rows[1].mfu == pytest.approx(2 * rows[0].mfu)
+    assert B.slopes(rows, min_len=64) == pytest.approx({"fixed MEGASTRIDE_TEST_AB=x": 1.0,
+                                                        "fixed MEGASTRIDE_TEST_AB=y": 1.0})
+    B.write_csv(rows, tmp_path / "s.csv")
+    assert [r["variant"] for r in csv.DictReader(open(tmp_path / "s.csv"))] == [rows[i].variant for i in range(4)]
+
+
+def test_alternate_on_the_cpu_end_to_end(tmp_path):
+    """A tiny CPU sweep with --alternate: two rows a length, both timed, the variable left as it was."""
+    out = tmp_path / "ab"
+    args = ["--device", "cpu", "--kinds", "fixed", "--lengths", "64", "--steps", "2", "--out", str(out),
+            "--alternate", "MEGASTRIDE_TEST_AB=p,q"]
+    assert bench_main(args + [x for s in TINY for x in ("--set", s)]) == 0
+    rows = list(csv.DictReader(open(out / "scaling.csv")))
+    assert [(r["variant"], r["status"]) for r in rows] == [("MEGASTRIDE_TEST_AB=p", "ok"),
+                                                           ("MEGASTRIDE_TEST_AB=q", "ok")]
+    assert all(float(r["step_s"]) > 0 for r in rows) and "MEGASTRIDE_TEST_AB" not in os.environ
+    assert json.loads((out / "scaling.json").read_text())["meta"]["alternate"] == "MEGASTRIDE_TEST_AB=p,q"
+
+
+@pytest.mark.parametrize("extra,named", [
+    (["--alternate", "MEGASTRIDE_FFN_GEMM"], "--alternate must be NAME=VALUE,VALUE"),
+    (["--alternate", "MEGASTRIDE_FFN_GEMM=0"], "two or more"),
+    (["--alternate", "MEGASTRIDE_FFN_GEMM=0,0"], "distinct values); got 'MEGASTRIDE_FFN_GEMM=0,0'"),
+    (["--alternate", "A-B=1,2"], "--alternate must be NAME=VALUE,VALUE"),
+    (["--alternate", "X=1,2", "--table2"], "drop --table2"),
+    (["--alternate", "X=1,2", "--profile"], "drop --profile"),
+    (["--alternate", "X=1,2", "--set", "train.cuda_graph=true"], "set train.cuda_graph=false"),
+])
+def test_alternate_user_errors_are_one_line(extra, named, capsys, tmp_path):
+    """A malformed --alternate, or one beside what it cannot time, is one line naming the problem; nothing runs."""
+    with pytest.raises(SystemExit) as exit_:
+        bench_main(["--device", "cpu", "--kinds", "fixed", "--lengths", "64", "--out", str(tmp_path / "o"), *extra]
+                   + [x for s in TINY for x in ("--set", s)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("megastride bench scaling: error: ") and "\n" not in err and named in err, err
+    assert not (tmp_path / "o").exists()
