@@ -456,9 +456,7 @@ def _timed_rows(kind: str, cfg: Config, batch: int, p: planner.Plan, label: str,
     if watch.used_peak_bytes is not None:
         row.host_peak_gb = watch.used_peak_bytes / planner.GB
     _free(torch.device(opts.device))
-    if not medians:
-        if opts.alternate:
-            row.variant = f"{opts.alternate[0]}={','.join(opts.alternate[1])}"
+    if not medians:  # not run (oom, stopped), or nothing alternated: one row, no variant
         return [row]
     name = opts.alternate[0]
     return [_finish(replace(row, label=f"{row.label} {name}={value}", variant=f"{name}={value}"), p, step_s, peak)
@@ -618,7 +616,7 @@ def validate_plan(base: Config, opts: Options, lengths: list[int] = VALIDATION_L
 
 def _series(row: Row) -> str:
     """The series a row belongs to: its kind, and its variant where the steps alternated (``Options.alternate``)."""
-    return f"{row.kind} {row.variant}" if row.variant and "," not in row.variant else row.kind
+    return f"{row.kind} {row.variant}" if row.variant else row.kind
 
 
 def slopes(rows: list[Row], min_len: int = SLOPE_FROM) -> dict[str, float | None]:
