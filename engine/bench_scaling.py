@@ -505,12 +505,17 @@ def measure_baseline(kind: str, cfg: Config, opts: Options, label: str = "") -> 
 
 
 def _predict_step(done: list[Row], seq_len: int, kind: str) -> float | None:
-    ok = [r for r in done if r.status == "ok"]
-    if not ok:
+    slowest: dict[int, float] = {}  # a length's step time (where alternated values gave several, the slowest)
+    for r in done:
+        if r.status == "ok":
+            slowest[r.seq_len] = max(slowest.get(r.seq_len, 0.0), r.step_s)
+    if not slowest:
         return None
-    slope = tail_slope([r.seq_len for r in ok], [r.step_s for r in ok], SLOPE_FROM) if len(ok) > 1 else None
+    lengths = sorted(slowest)
+    times = [slowest[n] for n in lengths]
+    slope = tail_slope(lengths, times, SLOPE_FROM) if len(lengths) > 1 else None
     exponent = max(1.0, slope if slope is not None else (2.0 if kind in ("dense", "baseline-dense") else 1.5))
-    return ok[-1].step_s * (seq_len / ok[-1].seq_len) ** exponent
+    return times[-1] * (seq_len / lengths[-1]) ** exponent
 
 
 def run_series(base: Config, kind: str, spec: str, lengths: list[int], opts: Options) -> list[Row]:
@@ -521,7 +526,8 @@ def run_series(base: Config, kind: str, spec: str, lengths: list[int], opts: Opt
         cfg = config_for(base, spec, n)
         guess = _predict_step(rows, n, kind)
         left = opts.budget_s - (time.perf_counter() - start)
-        if guess is not None and guess * (opts.steps + opts.warmup) > left:
+        calls = (opts.steps + opts.warmup) * (len(opts.alternate[1]) if opts.alternate else 1)  # a step a value
+        if guess is not None and guess * calls > left:
             batch = opts.batch or cfg.train.micro_batch_size
             rows.append(_row(kind, cfg, batch, "skipped (time)", predicted(cfg, batch)))
             opts.log(f"{kind:>8} n={n:>9,}: skipped, ~{guess:.1f} s/step would exceed the series budget")

@@ -124,6 +124,14 @@ def test_time_budget_skips_lengths_it_cannot_afford(monkeypatch):
     assert [r.status for r in rows] == ["ok", "ok", "skipped (time)"]  # 2 steps x 4 s fit; 2 x 16 s do not
     assert B.slopes(rows)["dense"] == pytest.approx(2.0)
 
+    def alternated(cfg, *a, medians=None, **kw):
+        medians.update({"x": 1.0 * (cfg.model.seq_len / 64) ** 2, "y": 0.5})
+        return medians["x"], None
+
+    monkeypatch.setattr(B, "time_steps", alternated)  # alternated, each round makes a step a value: 2 x 2 x 4 s
+    rows = B.run_series(tiny_base(), "dense", "dense", [64, 128], quiet(budget_s=10.0, alternate=("V", ("x", "y"))))
+    assert [(r.status, r.variant) for r in rows] == [("ok", "V=x"), ("ok", "V=y"), ("skipped (time)", "")]
+
 
 def test_table2_builds_each_datasets_config_and_pattern(monkeypatch):
     """Table 2 times enwik8 at 12,288 and CIFAR-10 at 3,072 under dense, fixed and strided."""
