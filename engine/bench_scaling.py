@@ -370,11 +370,6 @@ def measure(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
     return measure_rows(kind, cfg, opts, label)[0]
 
 
-def _alternating(opts: Options, medians: dict) -> dict:
-    """The timer's keyword arguments for ``opts.alternate`` (none without it)."""
-    return {"alternate": opts.alternate, "medians": medians} if opts.alternate else {}
-
-
 def measure_rows(kind: str, cfg: Config, opts: Options, label: str = "") -> list[Row]:
     """``measure``'s row, or with ``opts.alternate`` one row a value (their ``variant``) where the point ran."""
     if kind in BASELINE_KINDS:
@@ -404,8 +399,7 @@ def measure_rows(kind: str, cfg: Config, opts: Options, label: str = "") -> list
             return [_base_row(kind, cfg, batch, "skipped (host memory)", p, label)]
     return _timed_rows(kind, cfg, batch, p, label, opts,
                        lambda prof, trace, alloc, medians: time_steps(
-                           cfg, device, batch, opts.steps, opts.warmup, prof, trace, alloc,
-                           **_alternating(opts, medians)))
+                           cfg, device, batch, opts.steps, opts.warmup, prof, trace, alloc, opts.alternate, medians))
 
 
 def trace_path(opts: Options, label: str, seq_len: int) -> Path | None:
@@ -496,7 +490,7 @@ def measure_baseline(kind: str, cfg: Config, opts: Options, label: str = "") -> 
     return _timed_rows(kind, cfg, batch, p, label, opts,
                        lambda prof, trace, alloc, medians: baseline.time_steps(
                            cfg, attention, device, batch, opts.steps, opts.warmup, prof, trace, alloc,
-                           **_alternating(opts, medians)))
+                           opts.alternate, medians))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -131,13 +131,13 @@ def check_host_memory(cfg: Config, world: int, p=None) -> None:
         return
     from . import plan as planner
 
-    p = p or planner.plan(cfg, world_size=world)
-    problem = planner.check_host_memory(p, ranks_per_node(world))
+    p, ranks = p or planner.plan(cfg, world_size=world), ranks_per_node(world)
+    problem = planner.check_host_memory(p, ranks)
     if problem:
         raise ConfigError(problem)
     from .hostmem import available_bytes
 
-    need, avail = p.host_bytes * ranks_per_node(world), available_bytes()
+    need, avail = p.host_bytes * ranks, available_bytes()
     if avail is not None and need > avail and int(os.environ.get("LOCAL_RANK", "0")) == 0:
         # the RAM holds it, but other processes hold memory now: the run may be killed when it pins the rest
         print(f"warning: host memory: this node's ranks plan {need / 1e9:.1f} GB of pinned host memory and "

@@ -70,7 +70,8 @@ def test_sweep_writes_csv_json_png_and_tensorboard(tmp_path, capsys):
 
 def test_series_stops_at_oom_and_the_next_series_runs(monkeypatch):
     """An out-of-memory error ends its series only; the row records it."""
-    def fake(cfg, device, batch, steps, warmup, profile=None, trace=None, allocator=None):
+    def fake(cfg, device, batch, steps, warmup, profile=None, trace=None, allocator=None, alternate=None,
+             medians=None):
         if cfg.model.seq_len >= 128 and cfg.model.attention.layers[0] == "dense":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         return 0.001 * cfg.model.seq_len, None
@@ -124,7 +125,8 @@ def test_time_budget_skips_lengths_it_cannot_afford(monkeypatch):
     assert [r.status for r in rows] == ["ok", "ok", "skipped (time)"]  # 2 steps x 4 s fit; 2 x 16 s do not
     assert B.slopes(rows)["dense"] == pytest.approx(2.0)
 
-    def alternated(cfg, *a, medians=None, **kw):
+    def alternated(cfg, *a):
+        medians = a[-1]
         medians.update({"x": 1.0 * (cfg.model.seq_len / 64) ** 2, "y": 0.5})
         return medians["x"], None
 

@@ -148,7 +148,8 @@ def test_a_bench_point_that_fills_the_host_is_stopped_and_its_series_ends(tmp_pa
     _meminfo(f, 128, 100)
     monkeypatch.setattr(hostmem, "MEMINFO", str(f))
 
-    def fake(cfg, device, batch, steps, warmup, profile=None, trace=None, allocator=None):
+    def fake(cfg, device, batch, steps, warmup, profile=None, trace=None, allocator=None, alternate=None,
+             medians=None):
         if cfg.model.seq_len >= 128 and cfg.model.attention.layers[0] == "dense":
             try:
                 _meminfo(f, 128, 0.5)  # pinning past the floor
