@@ -4,8 +4,8 @@
 # FILES: the test files to run (default both); LIMIT: seconds for pytest (default 520).
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv
 date -u > $OUT/times.txt
-timeout ${LIMIT:-520} python3 -m pytest -m gpu -q -p no:cacheprovider -rA --durations=0 --junitxml=$OUT/gpu_tests.xml \
+timeout ${LIMIT:-520} python3 -m pytest -m gpu -v -p no:cacheprovider -rfE --durations=0 --junitxml=$OUT/gpu_tests.xml \
   ${FILES:-tests/test_kernels_gpu.py tests/test_train_gpu.py} ${EXTRA} > $OUT/gpu_tests.log 2>&1
 echo "pytest rc $?" >> $OUT/gpu_tests.log
-grep -E "^(PASSED|FAILED|ERROR)|passed|failed|rc " $OUT/gpu_tests.log | cut -c1-200 | tail -60
+grep -E " (PASSED|FAILED|ERROR|SKIPPED)|passed|failed|rc " $OUT/gpu_tests.log | cut -c1-200 | tail -60
 date -u >> $OUT/times.txt
