@@ -1,6 +1,7 @@
 #!/bin/bash
 # Session BI (2026-12-06): the GPU test files on the tree of this session, on whatever card comes (H100 or H200);
-# each test's outcome and duration into a JUnit file, so a later call can run the ones this one's limit cut off.
+# each test's outcome as it ends (-v), and a JUnit file when pytest finishes, so a later call can run the ones this
+# one's limit cut off.
 # FILES: the test files to run (default both); LIMIT: seconds for pytest (default 520).
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv
 date -u > $OUT/times.txt
