@@ -158,8 +158,8 @@ def test_forward_backward_replays_from_a_cuda_graph_at_262k_tokens_with_two_head
     dQ kernel (MEGASTRIDE_BLOCKSPARSE_GLUON_DQ=0): the default since b26e6fb at head dim 128 from 65,536 tokens
     has no dQ kernel, the halves kernel adding each step's dQ into fp16 sums in no fixed order (``gluon_dq_sums``),
     so the "default" case, every switch as shipped, asks dK and dV within the fp32 sums' rounding (bits where
-    its columns are whole) and dQ within 2^-6 of its largest value (two bf16 units there; the sums' order moves
-    an element by about a fifth of that): a replay that left the sums unzeroed or unfinished differs by whole values."""
+    its columns are whole) and dQ within 2^-6 of its largest value (two bf16 units there): a replay that left the
+    sums unzeroed or unfinished differs by whole values."""
     if mode == "default":
         for name in ("DQ", "GLUON", "GLUON_SPLIT", "GLUON_DQ"):
             monkeypatch.delenv(f"MEGASTRIDE_BLOCKSPARSE_{name}", raising=False)
