@@ -40,22 +40,21 @@ def test_every_relative_link_resolves(page: Path):
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_every_command_named_is_a_subcommand(page: Path):
     text = page.read_text(encoding="utf-8")
-    names = set(COMMAND.findall(text)) - {"megastride"}
-    # prose such as "megastride is ..." or "megastride and ..." is not a command: only words that read as one
-    unknown = sorted(n for n in names if n not in SUBCOMMANDS and n in _command_like(text, n))
+    # prose such as "megastride is ..." is not a command: only a word after it in code is
+    unknown = sorted(n for n in set(COMMAND.findall(text)) if n not in SUBCOMMANDS and _named_as_command(text, n))
     assert not unknown, f"{page.relative_to(ROOT)} names commands the console command lacks: {unknown}"
 
 
-def _command_like(text: str, name: str) -> set[str]:
-    """``{name}`` where it appears as a command: in a code span or block, after ``megastride``."""
+def _named_as_command(text: str, name: str) -> bool:
+    """Whether ``megastride NAME`` appears in a code span or block of the text."""
     spans = re.findall(r"`[^`\n]*`", text) + re.findall(r"```.*?```", text, flags=re.S)
-    return {name} if any(re.search(rf"(?<![\w/.-])megastride {re.escape(name)}\b", s) for s in spans) else set()
+    return any(re.search(rf"(?<![\w/.-])megastride {re.escape(name)}\b", s) for s in spans)
 
 
 def test_the_command_check_would_catch_an_unknown_subcommand():
     text = "Run `megastride trian configs/tiny.yaml` first; megastride is a system."
-    assert "trian" in _command_like(text, "trian") and "trian" not in SUBCOMMANDS
-    assert not _command_like(text, "is")
+    assert _named_as_command(text, "trian") and "trian" not in SUBCOMMANDS
+    assert not _named_as_command(text, "is")
 
 
 def test_every_switch_the_reference_pages_document_is_read_by_the_package():
