@@ -1,0 +1,64 @@
+# Compiled kernels carried between fresh GPU machines (source this file; bash).
+#
+# A lent GPU machine starts bare, so every call compiles each Triton and Gluon kernel variant again (and
+# TorchInductor's FlexAttention kernels): most of a GPU test call's time. A test that took 2.9 s on a warm machine
+# was one of 14 that took 380 s on a fresh one (docs/benchmarks.md, forty-eighth run). These two functions keep
+# Triton's and TorchInductor's caches under one fixed root, so the absolute paths Triton records in its cache
+# entries hold on the next machine too, and pack them into parts small enough to come back from the device tool
+# and travel in its carry.
+#
+#   source launch/kernel_cache.sh
+#   kernel_cache_restore [DIR]        # before any kernel runs; DIR defaults to .kernel_cache (the carried parts)
+#   kernel_cache_save OUTDIR [MAX_MB] # after; writes OUTDIR/kernels.tgz.part-aa, -ab, ... (15 MiB each)
+#
+# Autotuning results (*.autotune.json) are never packed: the autotuner times its configs again on each machine
+# (an H100's choice is not an H200's), and a test of first-call autotuning still autotunes. A pack made under a
+# different Triton, torch or GPU architecture is not restored (Triton would not use its entries anyway).
+
+KERNEL_CACHE_ROOT=${KERNEL_CACHE_ROOT:-/tmp/megastride-kernel-cache}
+export TRITON_CACHE_DIR=$KERNEL_CACHE_ROOT/triton TORCHINDUCTOR_CACHE_DIR=$KERNEL_CACHE_ROOT/inductor
+
+kernel_cache_stamp() {
+  python3 -c "import torch, triton; c = torch.cuda.get_device_capability() if torch.cuda.is_available() else 'cpu'; print('triton', triton.__version__, 'torch', torch.__version__, 'sm', c)"
+}
+
+kernel_cache_restore() {
+  local dir=${1:-.kernel_cache} want have
+  mkdir -p "$TRITON_CACHE_DIR" "$TORCHINDUCTOR_CACHE_DIR"
+  if ! compgen -G "$dir/kernels.tgz.part-*" > /dev/null; then
+    echo "kernel cache: no parts in $dir, compiling from scratch"; return 0
+  fi
+  if ! want=$(kernel_cache_stamp); then echo "kernel cache: not restored, python3 could not name torch and triton"; return 0; fi
+  have=$(cat "$dir/kernels.tgz.part-"* | tar -xzOf - ./STAMP 2>/dev/null)
+  if [ "$have" != "$want" ]; then
+    echo "kernel cache: not restored, made under '$have', this machine is '$want'"; return 0
+  fi
+  if ! cat "$dir/kernels.tgz.part-"* | tar -xzf - -C "$KERNEL_CACHE_ROOT"; then
+    echo "kernel cache: the parts in $dir do not unpack (a part missing or cut short?); compiling from scratch"
+    rm -rf "$TRITON_CACHE_DIR" "$TORCHINDUCTOR_CACHE_DIR" "$KERNEL_CACHE_ROOT/STAMP"; mkdir -p "$TRITON_CACHE_DIR" "$TORCHINDUCTOR_CACHE_DIR"
+    return 0
+  fi
+  echo "kernel cache: restored $(find "$TRITON_CACHE_DIR" -name '__grp__*' | wc -l) Triton kernels," \
+    "$(du -sh "$TORCHINDUCTOR_CACHE_DIR" | cut -f1) of TorchInductor's cache, from $(cat "$dir/kernels.tgz.part-"* | wc -c) bytes"
+}
+
+kernel_cache_save() {
+  local out=${1:?usage: kernel_cache_save OUTDIR [MAX_MB]} max=${2:-45} tgz mb keep
+  tgz=$(mktemp /tmp/kernels.XXXXXX.tgz)
+  if ! kernel_cache_stamp > "$KERNEL_CACHE_ROOT/STAMP"; then echo "kernel cache: not saved, python3 could not name torch and triton"; return 0; fi
+  # TorchInductor's cache goes first when both do not fit: a Triton kernel of ours is the most often compiled.
+  for keep in "STAMP triton inductor" "STAMP triton"; do
+    (cd "$KERNEL_CACHE_ROOT" && tar -czf "$tgz" --exclude='*.autotune.json' --exclude='lock' --exclude='tmp.*' \
+      $(for p in $keep; do [ -e "$p" ] && echo "./$p"; done))
+    mb=$(( ($(stat -c %s "$tgz") + 1048575) / 1048576 ))
+    [ "$mb" -le "$max" ] && break
+    echo "kernel cache: $keep packs to $mb MiB, over $max"
+  done
+  if [ "$mb" -gt "$max" ]; then
+    echo "kernel cache: not saved ($mb MiB packed, over $max)"; rm -f "$tgz"; return 0
+  fi
+  mkdir -p "$out" && rm -f "$out/kernels.tgz.part-"* && split -b 15M "$tgz" "$out/kernels.tgz.part-"
+  echo "kernel cache: saved $(find "$TRITON_CACHE_DIR" -name '__grp__*' | wc -l) Triton kernels ($keep) as" \
+    "$(ls "$out"/kernels.tgz.part-* | wc -l) parts, $mb MiB, in $out"
+  rm -f "$tgz"
+}
