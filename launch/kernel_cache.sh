@@ -11,6 +11,9 @@
 #   kernel_cache_restore [DIR]        # before any kernel runs; DIR defaults to .kernel_cache (the carried parts)
 #   kernel_cache_save OUTDIR [MAX_MB] # after; writes OUTDIR/kernels.tgz.part-aa, -ab, ... (15 MiB each)
 #
+# A Triton kernel keeps its binary, metadata, PTX and TTGIR (what a loaded kernel's `asm` is read for here: the
+# FFN check asks its PTX and TTGIR); the earlier stages (.source, .ttir, .llir), the bulk of an entry, stay behind:
+# Triton loads an entry from the files its group still finds.
 # Autotuning results (*.autotune.json) are never packed: the autotuner times its configs again on each machine
 # (an H100's choice is not an H200's), and a test of first-call autotuning still autotunes. A pack made under a
 # different Triton, torch or GPU architecture is not restored (Triton would not use its entries anyway).
@@ -49,6 +52,7 @@ kernel_cache_save() {
   # TorchInductor's cache goes first when both do not fit: a Triton kernel of ours is the most often compiled.
   for keep in "STAMP triton inductor" "STAMP triton"; do
     (cd "$KERNEL_CACHE_ROOT" && tar -czf "$tgz" --exclude='*.autotune.json' --exclude='lock' --exclude='tmp.*' \
+      --exclude='*.source' --exclude='*.ttir' --exclude='*.llir' \
       $(for p in $keep; do [ -e "$p" ] && echo "./$p"; done))
     mb=$(( ($(stat -c %s "$tgz") + 1048575) / 1048576 ))
     [ "$mb" -le "$max" ] && break

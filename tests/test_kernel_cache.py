@@ -1,6 +1,7 @@
 """launch/kernel_cache.sh: compiled kernels packed on one GPU machine and restored on the next.
 
-Run on the CPU with stand-in cache entries: the round trip keeps every kernel file and drops autotuning results, and
+Run on the CPU with stand-in cache entries: the round trip keeps what a loaded kernel reads and drops the earlier
+stages and autotuning results, and
 a pack made under another Triton/torch/GPU, one cut short, or one over the size cap is refused without leaving
 half a cache behind.
 """
@@ -26,11 +27,14 @@ def bash(script: str, root: Path, cwd: Path) -> str:
 
 
 def fill(root: Path, inductor_bytes: int = 1000) -> dict:
-    """Stand-in entries: a Triton kernel's group, its binary and an autotuning result; an Inductor artifact."""
+    """Stand-in entries: a Triton kernel's group, binary, metadata, PTX and TTGIR (packed), its earlier stages and an
+    autotuning result (not packed); an Inductor artifact. Returns the packed ones."""
     files = {
         "triton/KEY1/__grp__k.json": b'{"child_paths": {}}',
         "triton/KEY1/k.cubin": os.urandom(3000),
         "triton/KEY1/k.ptx": b".version 8.7\n" * 200,
+        "triton/KEY1/k.ttgir": b"#blocked = #ttg.blocked<{}>\n" * 100,
+        "triton/KEY1/k.json": b'{"name": "k"}',
         "inductor/fxgraph/ab/entry": os.urandom(inductor_bytes),
     }
     for name, data in files.items():
@@ -38,6 +42,8 @@ def fill(root: Path, inductor_bytes: int = 1000) -> dict:
         (root / name).write_bytes(data)
     (root / "triton/KEY1/kernel.autotune.json").write_text('{"configs_timings": []}')
     (root / "triton/KEY1/lock").write_text("")
+    for stage in ("source", "ttir", "llir"):  # compiled once, never read from a loaded kernel: not packed
+        (root / f"triton/KEY1/k.{stage}").write_text(f"{stage} text\n" * 100)
     return files
 
 
@@ -45,7 +51,7 @@ def tree(root: Path) -> set:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
-def test_the_round_trip_restores_every_kernel_file_and_no_autotuning_result(tmp_path):
+def test_the_round_trip_restores_each_kernels_binary_ptx_and_ttgir_and_no_autotuning_result(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     files = fill(first)
     out = bash(f"kernel_cache_save {tmp_path}/out", first, tmp_path)
