@@ -1,9 +1,8 @@
 """launch/kernel_cache.sh: compiled kernels packed on one GPU machine and restored on the next.
 
 Run on the CPU with stand-in cache entries: the round trip keeps what a loaded kernel reads and drops the earlier
-stages and autotuning results, and
-a pack made under another Triton/torch/GPU, one cut short, or one over the size cap is refused without leaving
-half a cache behind.
+stages and autotuning results, and a pack made under another Triton/torch/GPU, one cut short, or one over the size
+cap is refused without leaving half a cache behind.
 """
 import os
 import subprocess
