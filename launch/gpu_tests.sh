@@ -7,6 +7,8 @@
 #   K          a pytest -k expression
 #   SKIP_FILE  node ids to deselect, one a line (an earlier call's passed.txt, or several concatenated)
 #   LIMIT      seconds for pytest (default 500); the cache is packed after it, so leave the call 60 s more
+#   WORKERS    pytest-xdist workers sharing the GPU (default 1): compiling, most of a fresh machine's time, then runs
+#              on that many CPU cores; the tests that time kernels (autotuning, `auto`) see each other's load
 #   CACHE      the carried parts of launch/kernel_cache.sh (default .kernel_cache); CACHE_MB its cap (default 45)
 # At most 8 files come back from the device tool: this writes times.txt, gpu_tests.log, passed.txt and up to
 # three 15 MiB parts under OUT/kernel_cache. Copy that folder to .kernel_cache/ (git-ignored) and name it in the
@@ -24,9 +26,10 @@ if [ -n "${SKIP_FILE:-}" ]; then
 fi
 files=${FILES:-tests}
 timeout "${LIMIT:-500}" python3 -m pytest -m gpu -v -p no:cacheprovider -rfE --durations=30 --continue-on-collection-errors $files \
-  ${K:+-k "$K"} "${skip[@]}" > "$OUT/gpu_tests.log" 2>&1
+  ${K:+-k "$K"} "${skip[@]}" $([ "${WORKERS:-1}" -gt 1 ] && echo "-n $WORKERS") > "$OUT/gpu_tests.log" 2>&1
 echo "pytest rc $? (124: stopped at LIMIT=${LIMIT:-500} s)" >> "$OUT/gpu_tests.log"
-grep " PASSED" "$OUT/gpu_tests.log" | awk '{print $1}' > "$OUT/passed.txt"
+# -v prints "tests/x.py::name PASSED", and with workers "[gw0] [ 1%] PASSED tests/x.py::name"
+grep -E "(^| )PASSED( |$)" "$OUT/gpu_tests.log" | grep -oE "tests/[^ ]+::[^ ]+" | sort -u > "$OUT/passed.txt"
 date -u >> "$OUT/times.txt"
 kernel_cache_save "$OUT/kernel_cache" "${CACHE_MB:-45}" | tee -a "$OUT/times.txt"
 date -u >> "$OUT/times.txt"
