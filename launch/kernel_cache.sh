@@ -17,6 +17,8 @@
 # Autotuning results (*.autotune.json) are never packed: the autotuner times its configs again on each machine
 # (an H100's choice is not an H200's), and a test of first-call autotuning still autotunes. A pack made under a
 # different Triton, torch or GPU architecture is not restored (Triton would not use its entries anyway).
+# launch/h200_checks.sh carries the other share, the autotuning results alone (its .autotune_cache/), for runs that
+# should keep an earlier machine's choices; it puts them into the TRITON_CACHE_DIR set here when both are used.
 
 KERNEL_CACHE_ROOT=${KERNEL_CACHE_ROOT:-/tmp/megastride-kernel-cache}
 export TRITON_CACHE_DIR=$KERNEL_CACHE_ROOT/triton TORCHINDUCTOR_CACHE_DIR=$KERNEL_CACHE_ROOT/inductor
@@ -47,8 +49,9 @@ kernel_cache_restore() {
 
 kernel_cache_save() {
   local out=${1:?usage: kernel_cache_save OUTDIR [MAX_MB]} max=${2:-45} tgz mb keep
-  tgz=$(mktemp /tmp/kernels.XXXXXX.tgz)
+  mkdir -p "$KERNEL_CACHE_ROOT"
   if ! kernel_cache_stamp > "$KERNEL_CACHE_ROOT/STAMP"; then echo "kernel cache: not saved, python3 could not name torch and triton"; return 0; fi
+  tgz=$(mktemp /tmp/kernels.XXXXXX.tgz)
   # TorchInductor's cache goes first when both do not fit: a Triton kernel of ours is the most often compiled.
   for keep in "STAMP triton inductor" "STAMP triton"; do
     (cd "$KERNEL_CACHE_ROOT" && tar -czf "$tgz" --exclude='*.autotune.json' --exclude='lock' --exclude='tmp.*' \
