@@ -228,13 +228,16 @@ def time_gemm(rows: int, rounds: int = 3) -> dict:
     return out
 
 
-def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> list[tuple[str, bool]]:
+def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90, select=None,
+                        compiled_only: bool = False) -> list[tuple[str, bool]]:
     """(line, ok) per config: the one-product layer's forward compiled for ``arch`` at (rows, depth) -> width in bf16
     at each config of its autotuning list (``ffn_gemm.configs``: tiles by pointers and by TMA descriptors, the
     persistent programs and the warp-specialised ones), with z0 stored (a recompute) and without, and its
     backward's dz kernel (width's gradient from dy of depth) at each of its list's; ok without spills, with wgmma,
     within sm_90's 227 KB of shared memory a block, and the warp-specialised ones with the loop partitioned into
-    warp groups."""
+    warp groups. Only the configs the autotuner keeps at ``depth`` (``ffn_gemm.compiles_at``), and of those the
+    ones ``select(config)`` takes; ``compiled_only``: ok once it compiles (spills and the rest not asked, as at
+    a small model's depth, where they cost nothing that matters)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -247,6 +250,7 @@ def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> 
     variants = [(config, G._linear_silu_kernel, "forward", save) for config in G.configs(G._linear_silu_kernel)
                 for save in (False, True)]
     variants += [(config, G._silu_grad_kernel, "backward (dz)", None) for config in G.configs(G._silu_grad_kernel)]
+    variants = [v for v in variants if G.compiles_at(v[0], depth) and (select is None or select(v[0]))]
     out = []
     for config, kernel, what, save in variants:
         t = config.kwargs
@@ -268,8 +272,8 @@ def gemm_compile_report(width: int = 2048, depth: int = 512, arch: int = 90) -> 
         u = ptxas_usage(c, arch)
         wgmma = "wgmma" in c.asm["ptx"]
         parted = "ttg.warp_specialize" in c.asm["ttgir"]
-        ok = (u["spill_stores"] == 0 and u["spill_loads"] == 0 and wgmma and c.metadata.shared <= 232448
-              and parted == ws)
+        ok = compiled_only or (u["spill_stores"] == 0 and u["spill_loads"] == 0 and wgmma
+                               and c.metadata.shared <= 232448 and parted == ws)
         out.append((f"{'ok  ' if ok else 'FAIL'} {name}: {u['registers']} registers, spills {u['spill_stores']}/"
                     f"{u['spill_loads']} B stored/loaded, shared {c.metadata.shared} B, wgmma {wgmma}"
                     f"{f', {c.metadata.num_warps} warps in groups {parted}' if ws else ''}", ok))

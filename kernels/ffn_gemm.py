@@ -279,10 +279,18 @@ def _silu_grad_kernel(DY, W, Z0, B, DZ, DB_PART, rows, stride_dy, stride_w, stri
     tl.store(DB_PART + tile_m.to(tl.int64) * N + col, tl.sum(dz, 0), mask=live_col)
 
 
+def compiles_at(config, depth: int) -> bool:
+    """Whether ``config`` compiles at this depth (K): a warp-specialised one needs a depth loop of two steps or
+    more. At one step (K <= BLOCK_K, a model of d_model 64 or less for the forward) the loop folds away and
+    Triton 3.6's warp-specialisation pass aborts the compile on sm_90 ("operation destroyed but still has
+    uses"; found by ``ffn_check --compile`` at depth 32 and 64 and by the GPU tests of 2026-12-06)."""
+    return not (config.kwargs["WS"] and depth <= config.kwargs["BLOCK_K"])
+
+
 def _prune(configs, named_args, **kwargs):
     """The TMA-descriptor configs (the persistent ones among them) only where the launch can take them
-    (``tma_ok``)."""
-    return [c for c in configs if kwargs["TMA_OK"] or not c.kwargs["DESC"]]
+    (``tma_ok``), and only those that compile at the launch's depth (``compiles_at``)."""
+    return [c for c in configs if (kwargs["TMA_OK"] or not c.kwargs["DESC"]) and compiles_at(c, kwargs["K"])]
 
 
 def configs(kernel) -> list:
@@ -360,6 +368,9 @@ def _run(kernel, args, rows: int, width: int, operands, **consts) -> None:
         if forced.kwargs["DESC"] and not tma:
             raise ValueError(f"ffn_gemm: the forced config {forced} needs TMA descriptors, which this launch "
                              f"cannot take")
+        if not compiles_at(forced, consts["K"]):
+            raise ValueError(f"ffn_gemm: the forced config {forced} is warp-specialised, which needs a depth of "
+                             f"more than its BLOCK_K; this launch's is {consts['K']}")
         kernel[grid(forced.kwargs)](*args, **consts, ROWS_BUCKET=_bucket(rows), TMA_OK=int(tma), GROUP=GROUP_M,
                                     **forced.all_kwargs())
         return

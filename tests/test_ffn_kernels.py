@@ -371,3 +371,37 @@ def test_kernels_compile_for_sm90():
     assert sum(" backward (dz) " in line for line in gemm) == (2 * len(ffn_gemm.GRAD_TILES) + tma_only
                                                               + len(ffn_gemm.GRAD_PERSIST_TILES)
                                                               + len(ffn_gemm.GRAD_WS_TILES))
+
+
+def test_the_autotuner_keeps_warp_specialised_configs_only_at_two_depth_steps_or_more():
+    """At a depth of one BLOCK_K step or less (a small model's d_model) the pruner drops every warp-specialised
+    config and keeps the rest; from two steps it keeps them all, and a forced one at one step is a clear error."""
+    for kernel in (ffn_gemm._linear_silu_kernel, ffn_gemm._silu_grad_kernel):
+        every = ffn_gemm.configs(kernel)
+        ws = [c for c in every if c.kwargs["WS"]]
+        assert ws and all(c.kwargs["BLOCK_K"] == 64 for c in ws)
+        for depth, dropped in ((32, ws), (64, ws), (65, []), (128, [])):
+            kept = ffn_gemm._prune(every, {}, TMA_OK=1, K=depth)
+            assert kept == [c for c in every if c not in dropped], depth
+        assert ffn_gemm._prune(every, {}, TMA_OK=0, K=128) == [c for c in every if not c.kwargs["DESC"]]
+
+
+def test_warp_specialised_configs_the_autotuner_keeps_compile_for_sm90_at_small_depths():
+    """Every warp-specialised config the pruner keeps compiles for sm_90 (no GPU needed) at a model of d_model 64
+    (one depth step, where Triton 3.6's partitioning pass aborts the 128-row forward: none kept) and 128 (two
+    steps: all kept and compiled, groups and all), FFN width 128. Before the pruner knew the depth, the GPU
+    tests' tiny models failed to compile here (2026-12-06)."""
+    code = ("from megastride.kernels import ffn_check as C\n"
+            "for depth in (64, 128):\n"
+            "    for line, ok in C.gemm_compile_report(width=128, depth=depth, select=lambda c: c.kwargs['WS'],"
+            " compiled_only=True):\n"
+            "        print(depth, line)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    lines = proc.stdout.splitlines()
+    ws = 2 * len(ffn_gemm.WS_TILES) + len(ffn_gemm.GRAD_WS_TILES)
+    assert not [line for line in lines if line.startswith("64 ")], proc.stdout
+    assert len(lines) == ws and all(line.startswith("128 ok ") and "warp-specialised" in line for line in lines), \
+        proc.stdout
+    assert sum("12 warps in groups True" in line for line in lines) == ws, proc.stdout
