@@ -3,7 +3,8 @@
 # ids of those that passed in OUT/passed.txt, and the compiled kernels packed for the next call.
 #   bash launch/gpu_tests.sh OUT
 # Environment:
-#   FILES      test files or folders (default: tests, where 97 tests are marked gpu on 2026-12-06)
+#   FILES      test files or folders (default: tests, where 97 tests are marked gpu on 2026-12-06; all passed in one
+#              call, WORKERS=4, 364 s on an H100: docs/benchmarks.md, fiftieth run)
 #   K          a pytest -k expression
 #   SKIP_FILE  node ids to deselect, one a line (an earlier call's passed.txt, or several concatenated)
 #   LIMIT      seconds for pytest (default 500); the cache is packed after it, so leave the call 60 s more

@@ -103,3 +103,25 @@ def test_a_pack_over_the_cap_drops_inductors_cache_then_everything(tmp_path, cap
     bash(f"kernel_cache_restore {tmp_path}/out", second, tmp_path)
     assert not (second / "inductor").exists() or tree(second / "inductor") == set()
     assert (second / "triton/KEY1/k.cubin").read_bytes() == (first / "triton/KEY1/k.cubin").read_bytes()
+
+
+def test_a_triton_cache_over_the_cap_packs_its_smallest_kernels_whole(tmp_path):
+    """When even Triton's share does not fit, the smallest kernels go, each with all its packed files, as many as
+    the cap holds; the next machine restores exactly those."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    fill(first, inductor_bytes=1000)
+    sizes = {"K1MB": 1, "K2MB": 2, "K3MB": 3, "K4MB": 4}  # random bytes do not compress
+    for key, mib in sizes.items():
+        (first / "triton" / key).mkdir(parents=True)
+        (first / "triton" / key / f"__grp__{key}.json").write_text('{"child_paths": {}}')
+        (first / "triton" / key / f"{key}.cubin").write_bytes(os.urandom(mib << 20))
+        (first / "triton" / key / f"{key}.ttir").write_bytes(os.urandom(3 << 20))  # not packed, not counted
+    out = bash(f"kernel_cache_save {tmp_path}/out 7", first, tmp_path)
+    assert "STAMP triton packs to 11 MiB, over 7" in out, out
+    assert "saved 4 Triton kernels (STAMP, 4 of 5 Triton kernels, the smallest) as 1 parts, 7 MiB" in out, out
+    out = bash(f"kernel_cache_restore {tmp_path}/out", second, tmp_path)
+    assert "restored 4 Triton kernels" in out, out
+    assert tree(second) == {"STAMP", "triton/KEY1/__grp__k.json", "triton/KEY1/k.cubin", "triton/KEY1/k.ptx",
+                            "triton/KEY1/k.ttgir", "triton/KEY1/k.json"} | {
+        f"triton/{key}/{name}" for key in ("K1MB", "K2MB", "K3MB") for name in (f"__grp__{key}.json", f"{key}.cubin")}
+    assert (second / "triton/K3MB/K3MB.cubin").read_bytes() == (first / "triton/K3MB/K3MB.cubin").read_bytes()
