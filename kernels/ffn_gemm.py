@@ -281,9 +281,9 @@ def _silu_grad_kernel(DY, W, Z0, B, DZ, DB_PART, rows, stride_dy, stride_w, stri
 
 def compiles_at(config, depth: int) -> bool:
     """Whether ``config`` compiles at this depth (K): a warp-specialised one needs a depth loop of two steps or
-    more. At one step (K <= BLOCK_K, a model of d_model 64 or less for the forward) the loop folds away and
-    Triton 3.6's warp-specialisation pass aborts the compile on sm_90 ("operation destroyed but still has
-    uses"; found by ``ffn_check --compile`` at depth 32 and 64 and by the GPU tests of 2026-12-06)."""
+    more. At one step (K <= BLOCK_K: a model of d_model 64 or less) the loop folds away and Triton 3.6's
+    warp-specialisation pass aborts the 128-row forward's compile on sm_90 ("operation destroyed but still has
+    uses"; found by the GPU tests of 2026-12-06, and by ``ffn_check.gemm_compile_report`` at depths 32 and 64)."""
     return not (config.kwargs["WS"] and depth <= config.kwargs["BLOCK_K"])
 
 

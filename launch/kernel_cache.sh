@@ -22,6 +22,9 @@
 # should keep an earlier machine's choices; it puts them into the TRITON_CACHE_DIR set here when both are used.
 
 KERNEL_CACHE_ROOT=${KERNEL_CACHE_ROOT:-/tmp/megastride-kernel-cache}
+# what never travels (see above), for tar and du alike
+KERNEL_CACHE_LEFT_OUT=(--exclude='*.autotune.json' --exclude='lock' --exclude='tmp.*' --exclude='*.source'
+  --exclude='*.ttir' --exclude='*.llir')
 export TRITON_CACHE_DIR=$KERNEL_CACHE_ROOT/triton TORCHINDUCTOR_CACHE_DIR=$KERNEL_CACHE_ROOT/inductor
 
 kernel_cache_stamp() {
@@ -55,8 +58,7 @@ kernel_cache_save() {
   tgz=$(mktemp /tmp/kernels.XXXXXX.tgz)
   # TorchInductor's cache goes first when both do not fit: a Triton kernel of ours is the most often compiled.
   for keep in "STAMP triton inductor" "STAMP triton"; do
-    (cd "$KERNEL_CACHE_ROOT" && tar -czf "$tgz" --exclude='*.autotune.json' --exclude='lock' --exclude='tmp.*' \
-      --exclude='*.source' --exclude='*.ttir' --exclude='*.llir' \
+    (cd "$KERNEL_CACHE_ROOT" && tar -czf "$tgz" "${KERNEL_CACHE_LEFT_OUT[@]}" \
       $(for p in $keep; do [ -e "$p" ] && echo "./$p"; done))
     mb=$(( ($(stat -c %s "$tgz") + 1048575) / 1048576 ))
     [ "$mb" -le "$max" ] && break
@@ -85,16 +87,15 @@ kernel_cache_save() {
 kernel_cache_subset() {
   local tgz=$1 max=$2 all=$3 list raw budget n try
   list=$(mktemp /tmp/kernels.XXXXXX.list)
-  raw=$(cd "$KERNEL_CACHE_ROOT" && du -sb --exclude='*.source' --exclude='*.ttir' --exclude='*.llir' triton | cut -f1)
+  raw=$(cd "$KERNEL_CACHE_ROOT" && du -sb "${KERNEL_CACHE_LEFT_OUT[@]}" triton | cut -f1)
   budget=$(( raw * max / all ))  # the raw bytes the cap holds at the whole pack's ratio
   for try in 1 2 3 4 5 6; do
     (cd "$KERNEL_CACHE_ROOT" && for d in triton/*/; do
-       echo "$(du -sb --exclude='*.source' --exclude='*.ttir' --exclude='*.llir' "$d" | cut -f1) ./${d%/}"; done |
+       echo "$(du -sb "${KERNEL_CACHE_LEFT_OUT[@]}" "$d" | cut -f1) ./${d%/}"; done |
      sort -n | awk -v b="$budget" '{ t += $1; if (t > b) exit; print $2 }') > "$list"
     n=$(grep -c . "$list")
     [ "$n" -eq 0 ] && break
-    (cd "$KERNEL_CACHE_ROOT" && tar -czf "$tgz" --exclude='*.autotune.json' --exclude='lock' --exclude='tmp.*' \
-      --exclude='*.source' --exclude='*.ttir' --exclude='*.llir' ./STAMP -T "$list")
+    (cd "$KERNEL_CACHE_ROOT" && tar -czf "$tgz" "${KERNEL_CACHE_LEFT_OUT[@]}" ./STAMP -T "$list")
     if [ $(( ($(stat -c %s "$tgz") + 1048575) / 1048576 )) -le "$max" ]; then
       (cd "$KERNEL_CACHE_ROOT" && while read -r d; do compgen -G "$d/__grp__*"; done < "$list") | wc -l
       rm -f "$list"; return 0
