@@ -27,6 +27,9 @@ KERNEL_CACHE_LEFT_OUT=(--exclude='*.autotune.json' --exclude='lock' --exclude='t
   --exclude='*.ttir' --exclude='*.llir')
 export TRITON_CACHE_DIR=$KERNEL_CACHE_ROOT/triton TORCHINDUCTOR_CACHE_DIR=$KERNEL_CACHE_ROOT/inductor
 
+_kernel_cache_mib() { echo $(( ($(stat -c %s "$1") + 1048575) / 1048576 )); }  # FILE's size, MiB rounded up
+_kernel_cache_count() { find "$TRITON_CACHE_DIR" -name '__grp__*' | wc -l; }        # Triton kernels cached here
+
 kernel_cache_stamp() {
   python3 -c "import torch, triton; c = torch.cuda.get_device_capability() if torch.cuda.is_available() else 'cpu'; print('triton', triton.__version__, 'torch', torch.__version__, 'sm', c)"
 }
@@ -47,7 +50,7 @@ kernel_cache_restore() {
     rm -rf "$TRITON_CACHE_DIR" "$TORCHINDUCTOR_CACHE_DIR" "$KERNEL_CACHE_ROOT/STAMP"; mkdir -p "$TRITON_CACHE_DIR" "$TORCHINDUCTOR_CACHE_DIR"
     return 0
   fi
-  echo "kernel cache: restored $(find "$TRITON_CACHE_DIR" -name '__grp__*' | wc -l) Triton kernels," \
+  echo "kernel cache: restored $(_kernel_cache_count) Triton kernels," \
     "$(du -sh "$TORCHINDUCTOR_CACHE_DIR" | cut -f1) of TorchInductor's cache, from $(cat "$dir/kernels.tgz.part-"* | wc -c) bytes"
 }
 
@@ -60,20 +63,20 @@ kernel_cache_save() {
   for keep in "STAMP triton inductor" "STAMP triton"; do
     (cd "$KERNEL_CACHE_ROOT" && tar -czf "$tgz" "${KERNEL_CACHE_LEFT_OUT[@]}" \
       $(for p in $keep; do [ -e "$p" ] && echo "./$p"; done))
-    mb=$(( ($(stat -c %s "$tgz") + 1048575) / 1048576 ))
+    mb=$(_kernel_cache_mib "$tgz")
     [ "$mb" -le "$max" ] && break
     echo "kernel cache: $keep packs to $mb MiB, over $max"
   done
   local count
-  count=$(find "$TRITON_CACHE_DIR" -name '__grp__*' | wc -l)
+  count=$(_kernel_cache_count)
   if [ "$mb" -gt "$max" ]; then
     # Every Triton kernel does not fit (the whole GPU suite's packed to 98 MiB, fiftieth run): the smallest
     # kernels first, as many as fit, so the next call compiles only the rest.
     if ! count=$(kernel_cache_subset "$tgz" "$max" "$mb"); then
       echo "kernel cache: not saved ($mb MiB packed, over $max)"; rm -f "$tgz"; return 0
     fi
-    mb=$(( ($(stat -c %s "$tgz") + 1048575) / 1048576 ))
-    keep="STAMP, $count of $(find "$TRITON_CACHE_DIR" -name '__grp__*' | wc -l) Triton kernels, the smallest"
+    mb=$(_kernel_cache_mib "$tgz")
+    keep="STAMP, $count of $(_kernel_cache_count) Triton kernels, the smallest"
   fi
   mkdir -p "$out" && rm -f "$out/kernels.tgz.part-"* && split -b 15M "$tgz" "$out/kernels.tgz.part-"
   echo "kernel cache: saved $count Triton kernels ($keep) as" \
@@ -85,22 +88,22 @@ kernel_cache_save() {
 # whose pack fits MAX MiB, from ALL (the MiB of every entry's pack); prints how many kernels (group files) it
 # packed, or fails when not even one entry fits.
 kernel_cache_subset() {
-  local tgz=$1 max=$2 all=$3 list raw budget n try
-  list=$(mktemp /tmp/kernels.XXXXXX.list)
-  raw=$(cd "$KERNEL_CACHE_ROOT" && du -sb "${KERNEL_CACHE_LEFT_OUT[@]}" triton | cut -f1)
+  local tgz=$1 max=$2 all=$3 sizes list raw budget try
+  sizes=$(mktemp /tmp/kernels.XXXXXX.sizes) list=$(mktemp /tmp/kernels.XXXXXX.list)
+  # each entry's packed files' bytes, smallest first, measured once
+  (cd "$KERNEL_CACHE_ROOT" && for d in triton/*/; do
+     echo "$(du -sb "${KERNEL_CACHE_LEFT_OUT[@]}" "$d" | cut -f1) ./${d%/}"; done | sort -n) > "$sizes"
+  raw=$(awk '{ t += $1 } END { print t + 0 }' "$sizes")
   budget=$(( raw * max / all ))  # the raw bytes the cap holds at the whole pack's ratio
   for try in 1 2 3 4 5 6; do
-    (cd "$KERNEL_CACHE_ROOT" && for d in triton/*/; do
-       echo "$(du -sb "${KERNEL_CACHE_LEFT_OUT[@]}" "$d" | cut -f1) ./${d%/}"; done |
-     sort -n | awk -v b="$budget" '{ t += $1; if (t > b) exit; print $2 }') > "$list"
-    n=$(grep -c . "$list")
-    [ "$n" -eq 0 ] && break
+    awk -v b="$budget" '{ t += $1; if (t > b) exit; print $2 }' "$sizes" > "$list"
+    [ -s "$list" ] || break
     (cd "$KERNEL_CACHE_ROOT" && tar -czf "$tgz" "${KERNEL_CACHE_LEFT_OUT[@]}" ./STAMP -T "$list")
-    if [ $(( ($(stat -c %s "$tgz") + 1048575) / 1048576 )) -le "$max" ]; then
+    if [ "$(_kernel_cache_mib "$tgz")" -le "$max" ]; then
       (cd "$KERNEL_CACHE_ROOT" && while read -r d; do compgen -G "$d/__grp__*"; done < "$list") | wc -l
-      rm -f "$list"; return 0
+      rm -f "$sizes" "$list"; return 0
     fi
     budget=$(( budget * 4 / 5 ))
   done
-  rm -f "$list"; return 1
+  rm -f "$sizes" "$list"; return 1
 }
