@@ -370,30 +370,6 @@ def measure(kind: str, cfg: Config, opts: Options, label: str = "") -> Row:
     return measure_rows(kind, cfg, opts, label)[0]
 
 
-OFFLOAD_SETS = ("train.cpu_checkpointing=true", "train.offload_overlap=true")
-
-
-def offload_hint(cfg: Config, batch: int, total_bytes: float, fraction: float,
-                 host_bytes: float | None = None) -> str | None:
-    """For a point skipped for GPU memory: whether the block inputs on the host (``OFFLOAD_SETS``, recompute fitted
-    again where it is ``auto``) would fit ``fraction`` of the GPU and the node's RAM, as one line naming the
-    overrides and the plan; None where they are already set or would not fit either."""
-    if cfg.train.cpu_checkpointing:
-        return None
-    tree = cfg.model_dump()
-    tree["train"].update(cpu_checkpointing=True, offload_overlap=True)
-    alt = config_from_dict(tree, source="bench config with host offload")
-    if "auto" in (alt.train.checkpoint_blocks, alt.train.keep_attention):
-        alt = planner.with_resolved(alt, planner.plan(alt, alt.model.seq_len, 1, runtime="torch", micro_batch=batch,
-                                                      gpu_bytes=total_bytes))
-    p = predicted(alt, batch)
-    if p.first_step_peak_bytes > fraction * total_bytes or planner.check_host_memory(p, 1, host_bytes):
-        return None
-    return (f"would fit with " + " ".join(f"--set {s}" for s in OFFLOAD_SETS)
-            + f": plan {p.first_step_peak_bytes / planner.GB:.1f} GB on the GPU, {p.host_bytes / planner.GB:.1f} GB "
-            f"of host memory")
-
-
 def measure_rows(kind: str, cfg: Config, opts: Options, label: str = "") -> list[Row]:
     """``measure``'s row, or with ``opts.alternate`` one row a value (their ``variant``) where the point ran."""
     if kind in BASELINE_KINDS:
@@ -413,7 +389,8 @@ def measure_rows(kind: str, cfg: Config, opts: Options, label: str = "") -> list
     p = predicted(cfg, batch)
     if total:
         if p.first_step_peak_bytes > opts.memory_fraction * total:  # the warm-up steps autotune
-            hint = offload_hint(asked, batch, total, opts.memory_fraction)
+            hint = planner.offload_hint(asked, asked.model.seq_len, 1, "torch", batch, gpu_bytes=total,
+                                        limit_bytes=opts.memory_fraction * total, host_bytes=planner.host_share_bytes(1))
             if hint:
                 opts.log(f"{label or kind:>8} n={cfg.model.seq_len:>9,}: {hint}")
             return [_base_row(kind, cfg, batch, "skipped (memory)", p, label)]

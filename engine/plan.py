@@ -932,6 +932,35 @@ def check_host_memory(p: Plan, ranks_per_node: int, host_bytes: float | None = N
             f"{node / GB:.0f} GB; use train.checkpoint_group to keep fewer block inputs, or fewer ranks per node")
 
 
+HOST_OFFLOAD_SETS = ("train.cpu_checkpointing=true", "train.offload_overlap=true")
+
+
+def offload_hint(cfg: Config, seq_len: int | None = None, world_size: int = 1, runtime: str = "deepspeed",
+                 micro_batch: int | None = None, *, gpu_bytes: float, limit_bytes: float,
+                 host_bytes: float | None = None) -> str | None:
+    """For a config whose planned peak does not fit: whether its block inputs in host memory
+    (``HOST_OFFLOAD_SETS``; the recompute's "auto"s fitted again to ``gpu_bytes``) would plan a first-step peak
+    within ``limit_bytes`` and host memory within ``host_bytes`` (the rank's share of the node's RAM; default this
+    machine's, ``host_share_bytes``), as one line naming the overrides and the plan; None where they are set
+    already, the blocks are not recomputed, or it would not fit either."""
+    t = cfg.train
+    if t.cpu_checkpointing or not t.checkpoint_activations:
+        return None
+    tree = cfg.model_dump()
+    tree["train"].update(cpu_checkpointing=True, offload_overlap=True)
+    try:
+        alt = config_from_dict(tree, source="the config with host offload")
+        p = plan(alt, seq_len, world_size, runtime, micro_batch, gpu_bytes=gpu_bytes, host_bytes=host_bytes)
+    except (ConfigError, ValueError):
+        return None
+    share = host_bytes if host_bytes is not None else host_share_bytes(world_size)
+    if p.first_step_peak_bytes > limit_bytes or (share is not None and p.host_bytes > share):
+        return None
+    return ("would fit with " + " ".join(f"--set {s}" for s in HOST_OFFLOAD_SETS)
+            + f": plan {p.first_step_peak_bytes / GB:.1f} GB on the GPU, {p.host_bytes / GB:.1f} GB of host memory"
+            + (" a rank" if world_size > 1 else ""))
+
+
 def _at_length(cfg: Config, seq_len: int | None) -> Config:
     """The config with model.seq_len = seq_len (image embeddings become 1-D windows off their size)."""
     if not seq_len or seq_len == cfg.model.seq_len:

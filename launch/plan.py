@@ -69,7 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     budget = cfg.train.memory_budget_gb  # a job held to less than the GPU: judged against that
     limit = min(gpu_bytes, budget * 1e9) if budget is not None else gpu_bytes
     print(result.json() if args.json else result.table(limit, host_bytes, host_basis_words(ranks, node_bytes)))
-    return 0 if result.fits(limit, host_bytes) else 1
+    fits = result.fits(limit, host_bytes)
+    if not fits and not args.json:
+        from megastride.engine.plan import offload_hint
+
+        hint = offload_hint(cfg, args.seq_len, args.world_size, args.runtime or cfg.train.runtime,
+                            gpu_bytes=gpu_bytes, limit_bytes=limit, host_bytes=host_bytes)
+        if hint:
+            print(f"hint: {hint}")
+    return 0 if fits else 1
 
 
 if __name__ == "__main__":

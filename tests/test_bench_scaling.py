@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -482,7 +483,8 @@ def test_a_point_skipped_for_gpu_memory_names_the_host_offload_that_fits(monkeyp
     monkeypatch.setattr(B, "room_bytes", lambda floor=None: 120e9)
     lines = []
     opts = B.Options(device="cuda", steps=1, warmup=1, log=lines.append)
-    base = B.load_config("configs/enwik8.yaml", ["model.dropout=0", "train.checkpoint_blocks=auto"])
+    base = B.load_config(Path(__file__).resolve().parents[1] / "configs" / "enwik8.yaml",
+                         ["model.dropout=0", "train.checkpoint_blocks=auto"])
     cfg = B.config_for(base, B.KINDS["fixed"], 1_048_576)
     row = B.measure("fixed", cfg, opts)
     assert row.status == "skipped (memory)" and row.plan_gb > 0.95 * total / 1e9 and not timed
@@ -492,11 +494,16 @@ def test_a_point_skipped_for_gpu_memory_names_the_host_offload_that_fits(monkeyp
     gpu_gb, host_gb = (float(x) for x in re.findall(r"([\d.]+) GB", hint[0]))
     assert gpu_gb <= 0.95 * total / 1e9 and host_gb > 10, hint
 
-    offloaded = B.config_for(base, B.KINDS["fixed"], 1_048_576, list(B.OFFLOAD_SETS))
+    offloaded = B.config_for(base, B.KINDS["fixed"], 1_048_576, list(B.planner.HOST_OFFLOAD_SETS))
     row = B.measure("fixed", offloaded, opts)
     assert row.status == "ok" and len(timed) == 1 and timed[0].train.cpu_checkpointing
     assert row.plan_gb == pytest.approx(gpu_gb, abs=0.05), (hint, row)
 
-    assert B.offload_hint(offloaded, 1, total, 0.95) is None  # already on the host
-    assert B.offload_hint(cfg, 1, total, 0.95, host_bytes=32 * 2**30) is None  # the inputs outgrow a 32 GiB node
-    assert B.offload_hint(B.config_for(base, B.KINDS["fixed"], 4_194_304), 1, total, 0.95, host_bytes=2**40) is None
+    def hint_for(c, host_bytes=None):
+        return B.planner.offload_hint(c, None, 1, "torch", 1, gpu_bytes=total, limit_bytes=0.95 * total,
+                                      host_bytes=host_bytes)
+
+    assert hint_for(cfg) == hint[0].split(": ", 1)[1]
+    assert hint_for(offloaded) is None  # already on the host
+    assert hint_for(cfg, host_bytes=32e9) is None  # the inputs outgrow a rank's 32 GB
+    assert hint_for(B.config_for(base, B.KINDS["fixed"], 4_194_304), host_bytes=1e12) is None  # the GPU still full

@@ -11,6 +11,7 @@ from megastride.engine.model import SparseTransformer
 from megastride.engine.plan import (
     CUBLAS_WORKSPACE_BYTES,
     GB,
+    HOST_OFFLOAD_SETS,
     closed_form_pairs,
     count_params,
     layer_pairs,
@@ -588,3 +589,26 @@ def test_the_plan_says_where_a_ranks_host_share_comes_from(monkeypatch):
     p = plan(config(cpu_checkpointing=True))
     assert "host memory fits in this rank's 1000 GB (0% used; 85% of the node's 512 GB)" in \
         p.table(None, 1e12, "85% of the node's 512 GB")
+
+
+def test_plan_cli_names_the_host_offload_that_would_fit(capsys):
+    """A config that does not fit gets one `hint:` line naming the host-offload overrides and their plan, and those
+    overrides do fit (exit 0, the same first-step peak); no hint where the config fits, where the node's RAM cannot
+    hold the inputs, or in JSON."""
+    at_1m = [str(ROOT / "configs" / "enwik8.yaml"), "--seq-len", "1048576", "--gpu-memory-gb", "80", "--runtime", "torch",
+             "--set", "train.checkpoint_blocks=auto"]
+    assert plan_main([*at_1m, "--host-memory-gb", "128"]) == 1
+    hints = [line for line in capsys.readouterr().out.splitlines() if line.startswith("hint: ")]
+    assert len(hints) == 1 and "--set train.cpu_checkpointing=true --set train.offload_overlap=true: plan" in hints[0]
+    gpu_gb = float(hints[0].split("plan ")[1].split(" GB")[0])
+    assert gpu_gb <= 0.9 * 80
+    sets = [arg for s in HOST_OFFLOAD_SETS for arg in ("--set", s)]
+    assert plan_main([*at_1m, "--host-memory-gb", "128", *sets, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["first_step_peak_bytes"] / GB == pytest.approx(gpu_gb, abs=0.05)
+    assert plan_main([*at_1m, "--host-memory-gb", "64"]) == 1  # 91 GB of inputs and outputs outgrow 85% of 64
+    assert "hint:" not in capsys.readouterr().out
+    assert plan_main([*at_1m, "--host-memory-gb", "128", "--json"]) == 1
+    assert "hint:" not in capsys.readouterr().out
+    assert plan_main([*at_1m[:3], "--gpu-memory-gb", "141", "--runtime", "torch", "--host-memory-gb", "128",
+                      "--set", "train.checkpoint_blocks=auto"]) == 0  # an H200 holds it: nothing to hint
+    assert "hint:" not in capsys.readouterr().out
