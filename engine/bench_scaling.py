@@ -390,7 +390,7 @@ def measure_rows(kind: str, cfg: Config, opts: Options, label: str = "") -> list
     if total:
         if p.first_step_peak_bytes > opts.memory_fraction * total:  # the warm-up steps autotune
             hint = planner.offload_hint(asked, asked.model.seq_len, 1, "torch", batch, gpu_bytes=total,
-                                        limit_bytes=opts.memory_fraction * total, host_bytes=planner.host_share_bytes(1))
+                                        limit_bytes=opts.memory_fraction * total)
             if hint:
                 opts.log(f"{label or kind:>8} n={cfg.model.seq_len:>9,}: {hint}")
             return [_base_row(kind, cfg, batch, "skipped (memory)", p, label)]

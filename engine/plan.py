@@ -33,7 +33,8 @@ from functools import lru_cache
 
 from megastride.kernels.patterns import closed_form_pairs
 
-from .config import Config, ConfigError, ModelConfig, TrainConfig, config_from_dict, keep_attention_conflict
+from .config import (Config, ConfigError, ModelConfig, TrainConfig, apply_overrides, config_from_dict,
+                     keep_attention_conflict)
 
 H200_PEAK_FLOPS = 790e12  # measured bf16 matrix rate of one H200 (SPEC section 3)
 PLAN_SMS = 132  # streaming multiprocessors the plan assumes (an H200's): where the kernels split dK/dV columns
@@ -946,15 +947,12 @@ def offload_hint(cfg: Config, seq_len: int | None = None, world_size: int = 1, r
     t = cfg.train
     if t.cpu_checkpointing or not t.checkpoint_activations:
         return None
-    tree = cfg.model_dump()
-    tree["train"].update(cpu_checkpointing=True, offload_overlap=True)
     try:
-        alt = config_from_dict(tree, source="the config with host offload")
+        alt = config_from_dict(apply_overrides(cfg.model_dump(), list(HOST_OFFLOAD_SETS)), "the config with host offload")
         p = plan(alt, seq_len, world_size, runtime, micro_batch, gpu_bytes=gpu_bytes, host_bytes=host_bytes)
     except (ConfigError, ValueError):
         return None
-    share = host_bytes if host_bytes is not None else host_share_bytes(world_size)
-    if p.first_step_peak_bytes > limit_bytes or (share is not None and p.host_bytes > share):
+    if not p.fits(limit_bytes, host_bytes if host_bytes is not None else host_share_bytes(world_size)):
         return None
     return ("would fit with " + " ".join(f"--set {s}" for s in HOST_OFFLOAD_SETS)
             + f": plan {p.first_step_peak_bytes / GB:.1f} GB on the GPU, {p.host_bytes / GB:.1f} GB of host memory"
