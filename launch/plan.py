@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                               "positive (and finite)")
         cfg = load_config(args.config, args.overrides)
         check_zero_options(cfg)
-        from megastride.engine.plan import host_basis_words, host_share_bytes
+        from megastride.engine.plan import host_basis_words, host_share_bytes, offload_hint
 
         gpu_bytes = args.gpu_memory_gb * 1e9
         node_bytes = args.host_memory_gb * 1e9 if args.host_memory_gb is not None else None
@@ -71,8 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     print(result.json() if args.json else result.table(limit, host_bytes, host_basis_words(ranks, node_bytes)))
     fits = result.fits(limit, host_bytes)
     if not fits and not args.json:
-        from megastride.engine.plan import offload_hint
-
         hint = offload_hint(cfg, args.seq_len, args.world_size, args.runtime or cfg.train.runtime,
                             gpu_bytes=gpu_bytes, limit_bytes=limit, host_bytes=host_bytes)
         if hint:

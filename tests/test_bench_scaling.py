@@ -5,8 +5,8 @@ import json
 import math
 import os
 import re
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
