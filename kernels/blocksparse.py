@@ -284,7 +284,7 @@ def _dependent_start(GDC: tl.constexpr):
 # Programmatic dependent launch (Hopper and later): the Triton attention kernels launched so each may start its
 # programs while the launch before it on the stream finishes (use_pdl; each waits for it first, _dependent_start).
 # For the short lengths, where a forward+backward is a few launches of tens of microseconds each. Off by default:
-# not yet timed on a GPU
+# timed in docs/benchmarks.md's forty-sixth run, 1-2.5% off at 2x128 and nothing measurable at 8x64
 PDL = False
 
 
@@ -942,7 +942,8 @@ _DKDV_TILES = {128: [(32, 128, 4, 5), (64, 128, 8, 3), (32, 128, 8, 3), (64, 64,
                # block 64 at head dim 64 (the strided pattern's block at short lengths, kernels.bench.strided_block,
                # where it ran 17% under the fixed pattern's TFLOP/s at 12,288 tokens on an H100, forty-fourth run):
                # the 64x64 w4 s5 tiles that the fixed pattern's short lengths chose at block 128, listed beside the
-               # single block-64 config here and in dQ and merged; not yet timed. sm_90 with the strided pattern's
+               # single block-64 config here and in dQ and merged; timed in docs/benchmarks.md's forty-fifth run (the strided
+               # pattern then within 10% of the fixed one at 12,288 tokens). sm_90 with the strided pattern's
                # masks (compile_check --block 64 --head-dim 64 --kinds 22 --ptxas): dQ no spills, dK/dV and merged
                # 44-140 B (the block-128 lists' spill 80-832 B with the same masks). At head dim 128 they spill
                # hundreds of bytes and ptxas serialises the atomic dQ's products: not listed there.
@@ -2094,7 +2095,9 @@ def dq_mode() -> str:
     "Forty-third run", so not in ``AUTO_MODES``), "streams" ("separate" with the delta kernel first, then the
     dQ kernel on a second stream of the device beside the dK/dV kernel on the caller's, joined before the
     backward returns: for short sequences, where neither kernel fills the GPU and the dK/dV launch waits on its
-    longest columns; ``_on_side_stream``; not yet timed on a GPU, so not in ``AUTO_MODES``) or
+    longest columns; ``_on_side_stream``; replayed from a CUDA graph it was 2.7-6.4% faster at two short points and
+    3-9% slower at two others, and eager calls pay its fork and join on the host, docs/benchmarks.md "Forty-sixth
+    run", so not in ``AUTO_MODES``) or
     "auto" (whichever of ``AUTO_MODES`` ran faster, timed on the first backward of each layout and shape:
     merged wins at short lengths, where one launch fills the GPU better, separate at 1M tokens; on an
     H200 on 2026-11-30 by 1-23% either way, docs/benchmarks.md). ``MEGASTRIDE_BLOCKSPARSE_DQ``
