@@ -7,6 +7,7 @@ into every run directory.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: every float setting is finite (an lr of .inf or .nan trained to the end on nan losses)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,27 +48,70 @@ def parse_head_pattern(spec: str, seq_len: int, block: int, head: int = 0) -> P.
         m = _TERM.match(term)
         if not m or m.group(1) not in _FACTORIES:
             raise ValueError(f"unknown attention pattern {term.strip()!r} (known: {', '.join(_FACTORIES)})")
-        name, raw = m.group(1), [a.strip() for a in (m.group(2) or "").split(",") if a.strip()]
+        text, name = term.strip(), m.group(1)
+        raw = [a.strip() for a in (m.group(2) or "").split(",") if a.strip()]
         factory, nargs = _FACTORIES[name]
-        kwargs = dict(a.split("=", 1) for a in raw if "=" in a)
         args = [a for a in raw if "=" not in a]
-        if len(args) != nargs or set(kwargs) - {"per_head"} or (kwargs and name != "fixed"):
-            raise ValueError(f"attention pattern {term.strip()!r} takes {nargs} argument(s)")
-        ints = [_stride_arg(a, name, seq_len, block, args) for a in args]
-        if name == "fixed" and "per_head" in kwargs:
-            ints.append(head % int(kwargs["per_head"]))
+        if len(args) != nargs:
+            raise ValueError(f"attention pattern {text!r} takes {nargs} argument(s)")
+        per_head = _per_head(text, name, [a for a in raw if "=" in a])
+        values = [None if a == "auto" else _pattern_int(text, a) for a in args]
+        ints = [v if v is not None else _auto_stride(name, values, seq_len, block) for v in values]
+        if per_head is not None:
+            _check_slot(text, per_head, head, *ints)
+            ints.append(head % per_head)
         terms.append(factory(*ints))
     return terms[0] if len(terms) == 1 else P.merged(*terms)
 
 
-def _stride_arg(arg: str, name: str, seq_len: int, block: int, args: list[str]) -> int:
-    if arg == "auto":
-        width = int(args[1]) if name in ("fixed", "summary") and len(args) > 1 and args[1] != "auto" else 1
-        return P.optimal_stride(seq_len, "fixed" if name in ("fixed", "summary", "window") else "strided", width, block)
-    try:
-        return int(arg)
-    except ValueError:
-        raise ValueError(f"attention pattern argument {arg!r} is not an integer or 'auto'") from None
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _pattern_int(term: str, arg: str, key: str = "") -> int:
+    """``arg`` of pattern ``term`` as an int (ASCII digits), else a ValueError naming ``key`` (or the argument).
+    Positional arguments below 1 are left to ``HeadPattern.validate``, which names the component."""
+    if not _INTEGER.fullmatch(arg):
+        what = f"{key}={arg!r}" if key else f"argument {arg!r}"
+        raise ValueError(f"attention pattern {term!r}: {what} is not an integer" + ("" if key else " or 'auto'"))
+    # the length first: int() of thousands of digits is slow, past 4,300 refused
+    if len(arg.lstrip("-").lstrip("0")) > len(str(P.MAX_PARAMETER)) or int(arg) > P.MAX_PARAMETER:
+        what = f"{key}={arg}" if key else f"argument {arg}"
+        bound = "is too large" if key else "is beyond any sequence length"
+        raise ValueError(f"attention pattern {term!r}: {what} " + ("must be positive" if arg.startswith("-") else
+                         f"{bound} (at most {P.MAX_PARAMETER:,})"))
+    return int(arg)
+
+
+def _per_head(term: str, name: str, pairs: list[str]) -> int | None:
+    """The ``per_head=k`` keyword of a fixed pattern (None without it): an integer k >= 1."""
+    keys = [pair.split("=", 1)[0].strip() for pair in pairs]
+    for key in keys:
+        if key != "per_head" or name != "fixed":
+            raise ValueError(f"attention pattern {term!r}: unknown keyword {key!r} (only fixed takes one, per_head)")
+    if len(keys) > 1:
+        raise ValueError(f"attention pattern {term!r} names per_head {len(keys)} times")
+    if not keys:
+        return None
+    k = _pattern_int(term, pairs[0].split("=", 1)[1].strip(), "per_head")
+    if k < 1:
+        raise ValueError(f"attention pattern {term!r}: per_head={k} must be at least 1 (the number of summary "
+                         "slots the heads take in turn)")
+    return k
+
+
+def _auto_stride(name: str, values: list[int | None], seq_len: int, block: int) -> int:
+    """The paper's stride for an ``auto`` argument; a width that is no width yet (``auto``, or below 1, which
+    ``HeadPattern.validate`` then names) counts as 1."""
+    width = values[1] if name in ("fixed", "summary") and values[1] is not None and values[1] >= 1 else 1
+    return P.optimal_stride(seq_len, "fixed" if name in ("fixed", "summary", "window") else "strided", width, block)
+
+
+def _check_slot(term: str, per_head: int, head: int, stride: int, width: int) -> None:
+    """Head ``head``'s summary slot ``head % per_head`` fits in a window of ``stride`` (slots of ``width``)."""
+    slot = head % per_head
+    if stride >= 1 and width >= 1 and (slot + 1) * width > stride:
+        raise ValueError(f"attention pattern {term!r}: per_head={per_head} gives head {head} summary slot {slot}, "
+                         f"but a window of {stride} holds {stride // width} slot(s) of width {width}")
 
 
 def layer_pattern(spec: str, num_heads: int, seq_len: int, block: int) -> P.AttentionPattern:
@@ -99,6 +144,20 @@ class EmbeddingConfig(_Strict):
     window: int | Literal["auto"] = "auto"  # 1-D: window-index + offset embeddings; auto = first layer's stride
     image_shape: tuple[int, int, int] | None = None  # (H, W, C) for kind=image
 
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> Any:
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError(f"expected a window of at least 1 position, or auto, got {value!r}")
+
+    @field_validator("image_shape")
+    @classmethod
+    def _image_shape(cls, value: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        if value is not None and min(value) < 1:
+            raise ValueError(f"expected (H, W, C), each at least 1, got {list(value)}")
+        return value
+
 
 class ModelConfig(_Strict):
     seq_len: int = Field(1024, gt=0)
@@ -109,17 +168,33 @@ class ModelConfig(_Strict):
     qk_mult: float = Field(1.0, gt=0)  # query-key width = qk_mult * d (half / quarter in the paper)
     dropout: float = Field(0.0, ge=0, lt=1)
     init_std: float = Field(0.02, gt=0)
-    vocab_size: int = Field(256, gt=0)
+    vocab_size: int = 256  # at least the 256 byte values the data holds (uint8 stores)
     attention: AttentionConfig = AttentionConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
     loss_chunk: int = Field(8192, gt=0)  # positions per chunk of the output layer + loss
     ffn_chunk: int = Field(0, ge=0)  # positions per recomputed FFN chunk in training; 0 = whole sequence
+
+    @field_validator("vocab_size")
+    @classmethod
+    def _vocab_size(cls, value: int) -> int:
+        # every store holds bytes (data_shards: uint8 arrays), fed to the model as they are: a smaller vocabulary
+        # fails at the first byte value past it (an IndexError in the embedding, mid-step)
+        if value < 256:
+            raise ValueError(f"expected at least 256 (the model reads raw bytes, 0 to 255), got {value}")
+        return value
 
     @model_validator(mode="after")
     def _shapes(self) -> "ModelConfig":
         d, h = self.d_model, self.n_heads
         if d % h:
             raise ValueError(f"n_heads={h} does not divide d_model={d}")
+        for key, what in (("qk_mult", "a query-key"), ("ffn_mult", "an FFN")):
+            mult = getattr(self, key)
+            width = d * mult
+            if not math.isfinite(width) or round(width) < 1:
+                shown = round(width) if math.isfinite(width) else width
+                raise ValueError(f"{key}={mult:g} gives {what} width of {shown} (d_model={d} * {key}, rounded): "
+                                 "it must be at least 1 and finite")
         qk = self.qk_width
         if qk % h:
             raise ValueError(f"n_heads={h} does not divide the query-key width {qk} (d_model * qk_mult)")
@@ -187,7 +262,7 @@ class TrainConfig(_Strict):
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine decays to lr * min_lr_ratio
     weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW's, each in [0, 1)
     eps: float = Field(1e-8, gt=0)
     grad_clip: float = Field(1.0, ge=0)
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
@@ -235,6 +310,13 @@ class TrainConfig(_Strict):
     # and replay it: no host launch cost (short sequences); plain one-GPU loops only (engine.graphs):
     # bench scaling, and megastride train with runtime torch
     cuda_graph: bool = False
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError(f"expected two numbers in [0, 1) (AdamW's beta1, beta2), got {list(value)}")
+        return value
 
     @field_validator("checkpoint_blocks", mode="before")
     @classmethod
@@ -289,7 +371,7 @@ def keep_attention_conflict(train: TrainConfig) -> str | None:
 
 class RunConfig(_Strict):
     dir: str = "runs/default"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # the data's shuffle takes no negative seed
     resume: Literal["auto", "never"] = "auto"  # auto: continue from the newest checkpoint in dir
     # steps this job runs before it checkpoints and exits (0 = until train.steps); for time-sliced
     # cluster jobs: the schedule still follows train.steps, and the next job resumes exactly

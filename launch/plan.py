@@ -42,9 +42,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     with user_errors(PROG):
-        from megastride.engine.config import ConfigError, load_config
+        from megastride.engine.config import ConfigError, graph_problem, load_config
         from megastride.engine.deepspeed_config import check_zero_options
         from megastride.engine.plan import plan
+        from megastride.engine.trainer import check_runtime
 
         finite = all(math.isfinite(x) for x in (args.gpu_memory_gb, args.host_memory_gb or 1.0))
         if (not finite or args.world_size < 1 or (args.seq_len is not None and args.seq_len < 1) or args.gpu_memory_gb <= 0
@@ -53,8 +54,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--seq-len, --world-size, --gpu-memory-gb, --host-memory-gb and --gpus-per-node must be "
                               "positive (and finite)")
         cfg = load_config(args.config, args.overrides)
+        runtime = args.runtime or cfg.train.runtime
+        # what `megastride train` refuses, refused alike; CUDA assumed: plan runs anywhere for the GPUs it plans.
+        # --runtime torch on a DeepSpeed config plans the plain loop as `bench scaling` runs it, ZeRO left out (the
+        # plan's note says so); a config that itself says train.runtime=torch keeps its zero_stage, refused as in train
+        as_run = {"runtime": runtime} | ({"zero_stage": 0} if runtime != cfg.train.runtime == "deepspeed" else {})
+        check_runtime(cfg.model_copy(update={"train": cfg.train.model_copy(update=as_run)}), args.world_size, cuda=True)
         check_zero_options(cfg)
-        from megastride.engine.plan import host_basis_words, host_share_bytes, offload_hint
+        from megastride.engine.plan import host_basis_words, host_share_bytes, offload_hint, with_resolved
 
         gpu_bytes = args.gpu_memory_gb * 1e9
         node_bytes = args.host_memory_gb * 1e9 if args.host_memory_gb is not None else None
@@ -62,16 +69,19 @@ def main(argv: list[str] | None = None) -> int:
         host_bytes = host_share_bytes(ranks, node_bytes)
         try:  # checkpoint_blocks / keep_attention "auto": the least recompute work that fits --gpu-memory-gb
             # (offload_attention "auto" with them, within the rank's share of the node's RAM)
-            result = plan(cfg, args.seq_len, args.world_size, runtime=args.runtime or cfg.train.runtime,
+            result = plan(cfg, args.seq_len, args.world_size, runtime=runtime,
                           gpu_bytes=gpu_bytes, host_bytes=host_bytes)
         except ValueError as err:  # e.g. a length the block size does not divide
             raise ConfigError(str(err).splitlines()[0]) from None
+        problem = graph_problem(with_resolved(cfg, result))  # as train: checkpoint_blocks "auto" resolved first
+        if problem:
+            raise ConfigError(problem)
     budget = cfg.train.memory_budget_gb  # a job held to less than the GPU: judged against that
     limit = min(gpu_bytes, budget * 1e9) if budget is not None else gpu_bytes
     print(result.json() if args.json else result.table(limit, host_bytes, host_basis_words(ranks, node_bytes)))
     fits = result.fits(limit, host_bytes)
     if not fits and not args.json:
-        hint = offload_hint(cfg, args.seq_len, args.world_size, args.runtime or cfg.train.runtime,
+        hint = offload_hint(cfg, args.seq_len, args.world_size, runtime,
                             gpu_bytes=gpu_bytes, limit_bytes=limit, host_bytes=host_bytes)
         if hint:
             print(f"hint: {hint}")
