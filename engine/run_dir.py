@@ -31,7 +31,7 @@ def check_run_dir(cfg: Config) -> None:
     """Refuse, before anything is written there, a ``run.dir`` where training would lose or mix up work: a
     path through a file; a folder of other files (not a run: its files would be overwritten); a run with
     checkpoints under ``run.resume: never`` (its metrics and ``latest`` would be overwritten by a new start);
-    or one to resume whose weights do not fit this config's model (named by the first model key that differs).
+    or one to resume that would not load or not go on as trained (``check_resume``).
     A new or empty folder, or a run that saved no checkpoint yet, is fine."""
     from . import checkpoint as ckpt
 
@@ -49,18 +49,92 @@ def check_run_dir(cfg: Config) -> None:
     checkpoints = root / "checkpoints"
     if not ckpt.has_checkpoint(checkpoints):
         return
-    latest = (checkpoints / "latest").read_text().strip()
     if cfg.run.resume == "never":
+        latest = (checkpoints / "latest").read_text(errors="replace").strip() or "latest"
         raise ConfigError(f"run.dir {root} already holds a run (checkpoint {latest}) and run.resume is never: "
                           "resume it (run.resume=auto) or pick a new run.dir")
+    check_resume(cfg, root, ckpt.check_latest(checkpoints))
+
+
+def check_resume(cfg: Config, root: Path, tag: str) -> None:
+    """Refuse to resume ``root``'s checkpoint ``tag`` with ``cfg`` where its weights do not fit the model
+    (named by the first model key that differs), where a setting the checkpoint fixes has changed
+    (``resume_mismatch``), or where it is already at ``train.steps``."""
+    from .checkpoint import step_of
+
     try:
         saved = load_config(root / "config.yaml")
     except ConfigError:  # no readable config beside the checkpoint: the checkpoint load itself will tell
-        return
-    problem = weights_mismatch(saved, cfg)
-    if problem:
-        raise ConfigError(f"run.dir {root} holds a checkpoint ({latest}) of another model: {problem}; "
-                          "resume it with its own model settings or pick a new run.dir")
+        saved = None
+    if saved is not None:
+        problem = weights_mismatch(saved, cfg)
+        if problem:
+            raise ConfigError(f"run.dir {root} holds a checkpoint ({tag}) of another model: {problem}; "
+                              "resume it with its own model settings or pick a new run.dir")
+        problem = resume_mismatch(saved, cfg)
+        if problem:
+            raise ConfigError(f"run.dir {root} holds a checkpoint ({tag}) trained with {problem}: use a new "
+                              "run.dir, or the same value to resume")
+    step = step_of(tag)
+    if step is not None and step >= cfg.train.steps:
+        raise ConfigError(f"run.dir {root} is already at step {step} >= train.steps={cfg.train.steps}: nothing to "
+                          "train (raise train.steps to continue)")
+
+
+_OVERRIDDEN = "the checkpoint's optimizer state would silently override it"
+# settings a checkpoint fixes, and why: resumed with another value, its load fails or the run goes on other than
+# asked. Everything else may change on resume: train.steps and the schedule's shape, the log, evaluation and
+# save cadence, batch and accumulation sizes (the data position is kept for any), memory settings, data.path
+# (a store moved or copied; one of another size is refused when the data position loads)
+KEPT_ON_RESUME = {
+    "run.seed": "the data order and random streams go on from it",
+    "data.train_split": "the data position is in it",
+    "data.valid_split": "the validation curve so far was measured on it",
+    "train.lr": _OVERRIDDEN,
+    "train.betas": _OVERRIDDEN,
+    "train.eps": _OVERRIDDEN,
+    "train.weight_decay": _OVERRIDDEN,
+    "train.precision": "the checkpoint's optimizer state is laid out for it",
+    "train.zero_stage": "ZeRO stages 0, 1-2 and 3 save different files",
+}
+# model settings that may change on resume: the weights compute the same function (dropout acts in training only)
+MODEL_FREE_ON_RESUME = ("dropout", "init_std", "loss_chunk", "ffn_chunk")
+
+
+def resume_mismatch(saved: Config, cfg: Config) -> str | None:
+    """The first setting that ``saved``'s checkpoint fixes and ``cfg`` changes, as
+    "run.seed=0; this config has run.seed=1 (why)", or None. Every model setting but those in
+    ``MODEL_FREE_ON_RESUME`` counts: the weights were trained for them."""
+    old, new = _flat(saved.model_dump()), _flat(cfg.model_dump())
+    keys = list(KEPT_ON_RESUME) + [k for k in old if k.startswith("model.")
+                                   and k.split(".")[1] not in MODEL_FREE_ON_RESUME]
+    for key in keys:
+        same = (_zero_layout(old[key]) == _zero_layout(new[key]) if key == "train.zero_stage"
+                else old[key] == new[key])
+        if not same:
+            why = KEPT_ON_RESUME.get(key, "the weights were trained for it")
+            return f"{key}={_show(old[key])}; this config has {key}={_show(new[key])} ({why})"
+    return None
+
+
+def _zero_layout(stage: int) -> str:
+    return {0: "0", 1: "1-2", 2: "1-2"}.get(stage, str(stage))
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _show(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return str(value)
 
 
 def weights_mismatch(saved: Config, cfg: Config) -> str | None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +177,45 @@ def plan_note(cfg: Config, world: int, gpu_bytes: float, p=None) -> str:
     return note
 
 
+class Interrupted(SystemExit):
+    """Training stopped by SIGINT or SIGTERM at a step boundary, its checkpoint saved. The exit status is
+    128 + the signal's number (130, 143), the shell's convention for a process a signal ended."""
+
+
+class StopSignals:
+    """While training: SIGINT (Ctrl-C) and SIGTERM (Slurm's preemption, `kill`) set ``signum`` for the loop to
+    read at its next step boundary instead of ending the process mid-step. The first of each gives that
+    signal back its previous handler, so a second Ctrl-C still ends the process (the deepspeed launcher's
+    SIGTERM after a Ctrl-C does not: the save goes on); all are restored on exit. Installs nothing outside
+    the main thread (signal handlers live there) nor for a signal ignored when training starts (a job started
+    under nohup or with & in a script: it stays ignored)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = 0
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signum = self.signum or signum
+        signal.signal(signum, self._restored(signum))
+
+    def _restored(self, sig: int):
+        previous = self._previous[sig]
+        return signal.SIG_DFL if previous is None else previous  # None: a handler not set from Python
+
+    def __exit__(self, *exc) -> None:
+        for sig in self._previous:
+            signal.signal(sig, self._restored(sig))
+
+
 class Trainer:
     """Owns the engine, the loaders and the run directory for one training run."""
 
@@ -206,9 +247,6 @@ class Trainer:
             if self.rank == 0 and on_gpu:
                 print(plan_note(cfg, self.world, total, p), file=sys.stderr, flush=True)
         self.ds_config = deepspeed_config(cfg, self.world) if cfg.train.runtime == "deepspeed" else None
-        if self.rank == 0:
-            prepare_run_dir(cfg, self.ds_config)
-        barrier()
         self.engine = self._build_engine()
         self.loader = build_loader(
             cfg.data.path, split=cfg.data.train_split, seq_len=cfg.model.seq_len,
@@ -222,8 +260,11 @@ class Trainer:
         self._flushes = allocator_counts(self.device).get("num_alloc_retries", 0)  # at the last log line
         self.ckpt_root = checkpoint_dir(cfg)
         if cfg.run.resume == "auto" and ckpt.has_checkpoint(self.ckpt_root):
-            self._resume()
-        self.metrics = MetricsWriter(Path(cfg.run.dir), tensorboard_dir(cfg), enabled=self.rank == 0)
+            self._resume()  # before the run dir is written: a checkpoint that does not load leaves it as it was
+        if self.rank == 0:
+            prepare_run_dir(cfg, self.ds_config)
+        barrier()
+        self.metrics = MetricsWriter(Path(cfg.run.dir), tensorboard_dir(cfg), enabled=self.rank == 0, step=self.step)
 
     def _build_engine(self):
         """DeepSpeed's engine, or with train.runtime=torch the plain loop's (``engine.torch_engine``)."""
@@ -251,7 +292,11 @@ class Trainer:
     def _resume(self) -> None:
         state = ckpt.load_checkpoint(self.engine, self.ckpt_root, self.rank)
         self.step = int(state["step"])
-        self.loader.load_state_dict(state["data"])
+        try:
+            self.loader.load_state_dict(state["data"])
+        except ValueError as err:  # e.g. data.path now a store of another size
+            raise ConfigError(f"the checkpoint in {self.ckpt_root} does not go on in this data "
+                              f"({self.cfg.data.path}): {err}") from None
 
     # -- one optimizer step -------------------------------------------------------------------
 
@@ -320,6 +365,12 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
+        """Train to train.steps (or run.stop_after steps), saving as configured. On SIGINT or SIGTERM: save at
+        the next step boundary and raise ``Interrupted`` (rerunning the same command resumes there)."""
+        with StopSignals() as stop:
+            return self._fit(stop)
+
+    def _fit(self, stop: StopSignals) -> TrainResult:
         cfg, t = self.cfg, self.cfg.train
         progress = Progress(t.steps, self.step, enabled=self.rank == 0 and cfg.run.progress)
         batches = self._batches()
@@ -340,11 +391,35 @@ class Trainer:
                 valid_bpb = self.evaluate()
                 self.metrics.scalars(self.step, {"valid/bits_per_byte": valid_bpb})
                 progress.write(f"step {self.step}: valid {valid_bpb:.4f} bits/byte")
-            if (t.save_every and self.step % t.save_every == 0) or self.step == last:
+            saved = bool(t.save_every and self.step % t.save_every == 0) or self.step == last
+            if saved:
                 self.save()
+            signum = self._agreed_signal(stop.signum) if self.step < last else 0  # a finished run just ends
+            if signum:
+                self._stop(signum, saved, progress)
         progress.close()
         self.metrics.close()
         return TrainResult(self.step, train_bpb, valid_bpb, Path(cfg.run.dir), tensorboard_dir(cfg))
+
+    def _agreed_signal(self, signum: int) -> int:
+        """The stop signal any rank has seen (0: none), the same on every rank: each then stops, and saves,
+        at the same step, and none waits in a collective the others never reach. One tiny all_reduce per
+        step where there are several ranks."""
+        if self.world == 1:
+            return signum
+        flag = torch.tensor([signum], dtype=torch.int32, device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item())
+
+    def _stop(self, signum: int, saved: bool, progress: Progress) -> None:
+        """Save (unless this step just was), close the metrics, say where to resume from, raise Interrupted."""
+        path = self.ckpt_root / ckpt.tag_for(self.step) if saved else self.save()
+        progress.close()
+        self.metrics.close()
+        if self.rank == 0:
+            print(f"interrupted by {signal.Signals(signum).name} at step {self.step}: checkpoint saved to {path}; "
+                  "run the same command to resume", file=sys.stderr, flush=True)
+        raise Interrupted(128 + signum)
 
     def _log_train(self, bpb: float, elapsed: float, wait: float, tokens: int) -> None:
         scale = self._loss_scale() if self.cfg.train.precision == "fp16" else None

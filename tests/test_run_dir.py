@@ -9,7 +9,7 @@ from megastride.engine import checkpoint as ckpt
 from megastride.engine.config import dump_config, load_config
 from megastride.engine.inference import load_run
 from megastride.engine.model import SparseTransformer
-from megastride.engine.run_dir import check_run_dir, weights_mismatch
+from megastride.engine.run_dir import check_run_dir, resume_mismatch, weights_mismatch
 from megastride.launch.train import main as train_main
 
 
@@ -37,8 +37,8 @@ def test_a_new_or_empty_folder_or_a_resumable_run_is_fine(tiny_config, tmp_path)
     check_run_dir(cfg)  # does not exist yet
     (tmp_path / "run").mkdir()
     check_run_dir(cfg)  # empty
-    fake_run(tmp_path / "run", cfg)
-    check_run_dir(cfg)  # the same model: resume
+    fake_run(tmp_path / "run", cfg, step=2)
+    check_run_dir(cfg)  # the same model, steps left to train: resume
     dropout = load_config(tiny_config(model={"seq_len": 128, "d_model": 32, "n_layers": 2, "n_heads": 2,
                                              "dropout": 0.3, "attention": {"block": 32,
                                                                            "layers": ["fixed(32,8)", "strided(32)"]}}))
@@ -106,6 +106,29 @@ def test_weights_mismatch_names_the_first_model_key_that_differs(tiny_config):
     deeper = cfg.model_copy(update={"model": cfg.model.model_copy(update={"n_layers": 3})})
     assert weights_mismatch(cfg, deeper) == "model.n_layers was 2, now 3"
     assert weights_mismatch(cfg, cfg) is None
+
+
+def test_resume_mismatch_names_what_a_checkpoint_fixes_and_lets_the_rest_change(tiny_config):
+    """resume_mismatch: the seed, the splits, the optimizer's settings, the precision, the ZeRO layout and what the
+    model computes are fixed by a checkpoint; steps, cadence, batch, dropout, data.path and ZeRO 1 <-> 2 are not."""
+    cfg = load_config(tiny_config(train={"zero_stage": 1}))
+
+    def changed(**sections):
+        return cfg.model_copy(update={k: getattr(cfg, k).model_copy(update=v) for k, v in sections.items()})
+
+    free = changed(train={"steps": 99, "log_every": 3, "eval_every": 5, "save_every": 7, "micro_batch_size": 1,
+                          "grad_accum": 2, "warmup_steps": 3, "zero_stage": 2},
+                   model={"dropout": 0.2, "loss_chunk": 64}, data={"path": "elsewhere.zarr"})
+    assert resume_mismatch(cfg, free) is None
+    assert resume_mismatch(cfg, changed(run={"seed": 7})) == (
+        "run.seed=1; this config has run.seed=7 (the data order and random streams go on from it)")
+    assert resume_mismatch(cfg, changed(train={"betas": (0.9, 0.99)})).startswith(
+        "train.betas=[0.9, 0.95]; this config has train.betas=[0.9, 0.99] (the checkpoint's optimizer state")
+    assert resume_mismatch(cfg, changed(train={"zero_stage": 3})).startswith("train.zero_stage=1; this config has "
+                                                                             "train.zero_stage=3")
+    attention = cfg.model.attention.model_copy(update={"layers": ("strided(32)",)})
+    assert resume_mismatch(cfg, changed(model={"attention": attention})).startswith(
+        "model.attention.layers=[fixed(32,8), strided(32)]; this config has model.attention.layers=[strided(32)]")
 
 
 def test_a_store_whose_split_cannot_be_opened_is_named_before_the_run_starts(tiny_config, text_store, tmp_path,
