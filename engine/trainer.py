@@ -45,6 +45,12 @@ def check_data(cfg: Config) -> None:
         raise ConfigError(f"data store {cfg.data.path} holds {store.modality} data but model.embedding.kind is image")
     if not want and store.modality == "image":
         raise ConfigError(f"data store {cfg.data.path} holds images: set model.embedding.kind=image and its image_shape")
+    shape = cfg.model.embedding.image_shape
+    if want and store.sample_shape and tuple(store.sample_shape) != tuple(shape):
+        # the same bytes in another (H, W, C) train silently with every row and column position wrong
+        raise ConfigError(f"data store {cfg.data.path} holds {'x'.join(map(str, store.sample_shape))} images but "
+                          f"model.embedding.image_shape is {'x'.join(map(str, shape))}: set it to "
+                          f"{list(store.sample_shape)}")
     for split in (cfg.data.train_split, cfg.data.valid_split):
         if split not in store.split_sizes:
             raise ConfigError(f"data store {cfg.data.path} has no split {split!r} (has {sorted(store.split_sizes)})")

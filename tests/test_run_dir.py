@@ -147,3 +147,23 @@ def test_a_store_whose_split_cannot_be_opened_is_named_before_the_run_starts(tin
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"megastride train: error: {broken}: cannot open array 'train'") and "\n" not in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_image_store_of_another_shape_is_named_before_the_run_starts(tiny_config, tmp_path, capsys):
+    """32x32x3 images under a model whose image_shape is 16x64x3 (the same 3,072 bytes) trained silently with
+    every row and column position wrong; now a one-line error naming both shapes, and no run folder."""
+    import numpy as np
+
+    from megastride.data_shards import write_image_store
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8))
+    store = write_image_store([str(tmp_path / "x.npy")], tmp_path / "i.zarr", valid_fraction=0.25, progress=False)
+    image = ["--set", f"data.path={store}", "--set", "model.embedding.kind=image", "--set", "model.seq_len=3072",
+             "--set", "model.attention.block=64", "--set", 'model.attention.layers=["strided(64)"]']
+    with pytest.raises(SystemExit) as exit_:
+        train_main([str(tiny_config()), *image, "--set", "model.embedding.image_shape=[16,64,3]"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"megastride train: error: data store {store} holds 32x32x3 images but "
+                   "model.embedding.image_shape is 16x64x3: set it to [32, 32, 3]"), err
+    assert not (tmp_path / "run").exists()
