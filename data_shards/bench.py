@@ -121,11 +121,14 @@ def run_bench(workdir: str, size_mb: float = 256, lengths=(65_536, 1_048_576), k
             readers["loader local"] = ld_read
             if server is not None:
                 readers["store http loopback"] = BatchReader(open_store(f"{base}/bench.zarr"), "train", L, 0).read
-            for name, read in readers.items():
-                row = {"reader": name, "seq_len": L, "batch": batch, **_timed(read, batch, seconds)}
-                result["rows"].append(row)
-                log(f"{name:<20} L={L:>9,} B={batch:<4} {row['windows_per_s']:>10.1f} windows/s {row['MB_per_s']:>9.1f} MB/s")
-            ld.close()
+            try:
+                for name, read in readers.items():
+                    row = {"reader": name, "seq_len": L, "batch": batch, **_timed(read, batch, seconds)}
+                    result["rows"].append(row)
+                    log(f"{name:<20} L={L:>9,} B={batch:<4} {row['windows_per_s']:>10.1f} windows/s "
+                        f"{row['MB_per_s']:>9.1f} MB/s")
+            finally:  # its prefetch thread ended before the next length, or the error, is reached
+                ld.close()
     finally:
         if server is not None:
             server.shutdown()

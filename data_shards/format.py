@@ -119,8 +119,15 @@ class Store:
     def array(self, name: str) -> zarr.Array:
         if name not in self._arrays:
             self.split(name)
+            meta = f"{self.url.rstrip('/')}/{name}/zarr.json"
             try:
                 self._arrays[name] = self.group[name]
+            except KeyError:  # zarr's word for a node without metadata
+                raise StoreError(f"{self.url}: cannot open array {name!r}: its metadata {meta} is missing "
+                                 "(a damaged or partly copied store: prepare it again)") from None
+            except ValueError as e:  # JSON cut off or not zarr's
+                raise StoreError(f"{self.url}: cannot open array {name!r}: its metadata {meta} is corrupt "
+                                 f"({_one_line(e)})") from None
             except Exception as e:  # noqa: BLE001 - any failure to open is a store problem
                 raise StoreError(f"{self.url}: cannot open array {name!r}: {_one_line(e)}") from None
         return self._arrays[name]

@@ -123,25 +123,34 @@ def _mp_context():
 class _ThreadPrefetcher:
     """Runs an iterator in a daemon thread, ``depth`` items ahead."""
 
+    JOIN_S = 60.0  # close() waits this long for the batch in flight (a hung remote read is left behind)
+
     def __init__(self, it, depth: int):
         self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(it,), daemon=True, name="megastride-prefetch")
         self._thread.start()
 
+    def _put(self, item) -> bool:
+        """Queue ``item`` unless stopped first; False once stopped (no consumer is left to take it)."""
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _run(self, it):
         try:
             for x in it:
-                while not self._stop.is_set():
-                    try:
-                        self._q.put((x, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not self._put((x, None)):
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
-            self._q.put((None, e))
+            self._put((None, e))
+        finally:  # the iterator's own read threads end here, not at interpreter exit
+            if hasattr(it, "close"):
+                it.close()
 
     def __next__(self):
         x, err = self._q.get()
@@ -150,7 +159,12 @@ class _ThreadPrefetcher:
         return x
 
     def close(self):
+        """Stop, and wait for the thread to end. A daemon thread still holding a batch at interpreter exit
+        frees its tensor there (torch.from_numpy's deleter takes the GIL), which aborts the process:
+        "terminate called without an active exception"."""
         self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(self.JOIN_S)
 
 
 class ShardLoader:

@@ -82,6 +82,10 @@ def resolve_sources(specs: Iterable[str], suffixes: tuple[str, ...] | None = Non
             out += [(split, p, p) for p in hits]
         elif os.path.isfile(spec):
             out.append((split, spec, spec))
+        elif os.path.exists(spec):  # reading a FIFO would wait for a writer, a device would never end
+            raise PrepareError(f"source {spec!r} is not a regular file or folder (a FIFO, socket or device)")
+        elif os.path.islink(spec):
+            raise PrepareError(f"source {spec!r} is a symbolic link to nothing")
         else:
             raise PrepareError(f"source {spec!r} does not exist")
     if not out:
@@ -94,8 +98,11 @@ def _walk(root: str, suffixes: tuple[str, ...] | None) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]
         for name in filenames:
-            if not name.startswith(".") and (suffixes is None or name.lower().endswith(suffixes)):
-                hits.append(os.path.join(dirpath, name))
+            path = os.path.join(dirpath, name)
+            # regular files only: a FIFO in the folder would hang the read
+            if not name.startswith(".") and (suffixes is None or name.lower().endswith(suffixes)) \
+                    and os.path.isfile(path):
+                hits.append(path)
     return sorted(hits)
 
 
@@ -157,6 +164,10 @@ def plan_splits(parts: list[Part], valid_fraction: float, test_fraction: float) 
     if pool and pool - carve["valid"] - carve["test"] <= 0:
         raise PrepareError(f"valid/test fractions leave no training data ({pool} elements in all)")
     if sizes["train"] <= 0:
+        routed = sorted({p.split for p in parts if p.split and p.count})
+        if routed:  # every source tagged valid= or test=: not that they are empty
+            raise PrepareError(f"no training data: the train split would be empty, every source is tagged "
+                               f"{' or '.join(f'{s}=' for s in routed)} (leave some untagged, or tag them train=)")
         raise PrepareError("no training data: the sources are empty")
     return {s: n for s, n in sizes.items() if n > 0}
 

@@ -375,7 +375,7 @@ def measure_rows(kind: str, cfg: Config, opts: Options, label: str = "") -> list
     if kind in BASELINE_KINDS:
         return measure_baseline(kind, cfg, opts, label)
     device = torch.device(opts.device)
-    batch = opts.batch or cfg.train.micro_batch_size
+    batch = cfg.train.micro_batch_size if opts.batch is None else opts.batch
     total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
     asked = cfg  # before the autos are resolved: a hint fits them again
     if "auto" in (cfg.train.checkpoint_blocks, cfg.train.keep_attention):
@@ -487,7 +487,7 @@ def measure_baseline(kind: str, cfg: Config, opts: Options, label: str = "") -> 
     """Time issue 5's baseline (``engine.baseline``) as ``measure`` times ours: same steps, MFU from the
     planner's FLOPs of the same shape and pattern; no memory plan. Flex has no CPU backward: skipped."""
     device = torch.device(opts.device)
-    batch = opts.batch or cfg.train.micro_batch_size
+    batch = cfg.train.micro_batch_size if opts.batch is None else opts.batch
     p = predicted(cfg, batch)
     attention = "flex" if kind == "baseline-flex" else "dense"
     if attention == "flex" and device.type != "cuda":
@@ -527,7 +527,7 @@ def run_series(base: Config, kind: str, spec: str, lengths: list[int], opts: Opt
         left = opts.budget_s - (time.perf_counter() - start)
         calls = (opts.steps + opts.warmup) * (len(opts.alternate[1]) if opts.alternate else 1)  # a step a value
         if guess is not None and guess * calls > left:
-            batch = opts.batch or cfg.train.micro_batch_size
+            batch = cfg.train.micro_batch_size if opts.batch is None else opts.batch
             rows.append(_row(kind, cfg, batch, "skipped (time)", predicted(cfg, batch)))
             opts.log(f"{kind:>8} n={n:>9,}: skipped, ~{guess:.1f} s/step would exceed the series budget")
             continue

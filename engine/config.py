@@ -472,6 +472,28 @@ def config_from_dict(tree: dict, source: str = "config") -> Config:
         raise ConfigError(_format_error(err, source)) from None
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key given twice in one mapping (safe_load keeps the last silently: a
+    second ``train:`` section replaced the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        if any(key_node.tag == "tag:yaml.org,2002:merge" for key_node, _ in node.value):
+            return super().construct_mapping(node, deep=deep)  # "<<:" merges: later keys override by design
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise _DuplicateKey(f"{line}: key {key!r} given twice (first on line {seen[key]})")
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Load a YAML config and apply dotted overrides."""
     path = Path(path)
@@ -480,7 +502,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except _DuplicateKey as err:
+        raise ConfigError(f"{path}:{err}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text (a YAML config is expected)") from None
     except yaml.YAMLError as err:

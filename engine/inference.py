@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from megastride.data_shards import open_store
+
 from . import checkpoint as ckpt
 from .config import Config, ConfigError, load_config
 from .metrics import bits_per_byte
@@ -28,6 +30,30 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[C
         raise ckpt.CheckpointError(f"{run_dir}: its checkpoint does not fit the model of its config.yaml "
                                    f"({lines[-1] if lines else type(err).__name__})") from None
     return cfg, model.to(device).eval()
+
+
+def check_eval_data(cfg: Config, url: str, split: str) -> None:
+    """One-line errors where the run's model cannot read ``split`` of the store at ``url``, as training checks
+    its own store (engine.trainer.check_data): images for a byte model or the reverse, images of another shape,
+    a split the store lacks or whose array metadata is unreadable, or a split shorter than one window."""
+    store = open_store(url)
+    embedding = cfg.model.embedding
+    if embedding.kind == "image" and store.modality != "image":
+        raise ConfigError(f"data store {url} holds {store.modality} data but the run's model reads images "
+                          "(model.embedding.kind=image)")
+    if embedding.kind != "image" and store.modality == "image":
+        raise ConfigError(f"data store {url} holds images but the run's model reads bytes "
+                          f"(model.embedding.kind={embedding.kind}): give a store of bytes or audio")
+    if embedding.kind == "image" and tuple(store.sample_shape) != tuple(embedding.image_shape):
+        raise ConfigError(f"data store {url} holds {'x'.join(map(str, store.sample_shape))} images but the run's "
+                          f"model reads {'x'.join(map(str, embedding.image_shape))} (model.embedding.image_shape)")
+    if split not in store.split_sizes:
+        raise ConfigError(f"data store {url} has no split {split!r} (has {sorted(store.split_sizes)})")
+    store.array(split)  # its metadata readable (a StoreError names it)
+    size = store.split_sizes[split]
+    if embedding.kind != "image" and cfg.model.seq_len + 1 > size:
+        raise ConfigError(f"split {split!r} of {url} has {size:,} bytes, fewer than one window of the run's "
+                          f"model.seq_len+1 = {cfg.model.seq_len + 1:,}")
 
 
 @torch.no_grad()
@@ -64,7 +90,10 @@ def sample(model: SparseTransformer, prompt: bytes, length: int, temperature: fl
 def _draw(logits: torch.Tensor, temperature: float, top_k: int, generator) -> int:
     if temperature <= 0:
         return int(logits.argmax())
-    logits = logits / temperature
+    # in float64 (float32 rounds a temperature under ~1e-45 to 0, and x / 0 to nan), the largest logit first
+    # going to 0: dividing by a tiny temperature then sends the others to -inf, never inf - inf = nan, so
+    # the draw tends to the most likely byte as the temperature tends to 0
+    logits = (logits.double() - logits.max()) / temperature
     if top_k:
         kth = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))

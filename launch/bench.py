@@ -13,10 +13,20 @@ BENCHES = {
 }
 
 
+def _usage() -> str:
+    lines = ["usage: megastride bench <what> [args...]", ""]
+    return "\n".join(lines + [f"  {name:<10} {help_}" for name, (_, help_) in BENCHES.items()])
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHES:
-        lines = ["usage: megastride bench <what> [args...]", ""]
-        lines += [f"  {name:<10} {help_}" for name, (_, help_) in BENCHES.items()]
-        print("\n".join(lines), file=sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv and argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if not argv:  # as the top-level command: what there is to run, on stderr, and a failing status
+        print(f"megastride bench: error: no bench kind given\n\n{_usage()}", file=sys.stderr)
+        return 2
+    if argv[0] not in BENCHES:
+        print(f"megastride bench: error: unknown bench kind {argv[0]!r} (choose from {', '.join(BENCHES)})",
+              file=sys.stderr)
+        return 2
     return int(importlib.import_module(BENCHES[argv[0]][0]).main(argv[1:]) or 0)

@@ -79,6 +79,21 @@ def cases_from(patterns: str, configs: str, lengths: str, block: int | None = No
     return cases
 
 
+def out_unwritable(prog: str, out: str | None) -> bool:
+    """True (after a one-line error naming ``prog``) where the folder ``out`` cannot be made: checked before the
+    GPU is, so that the results are not lost at the end of a run for want of somewhere to write them."""
+    from megastride.engine.config import ConfigError
+    from megastride.launch.errors import check_output
+
+    try:
+        if out is not None:
+            check_output(out, "--out", "folder")
+    except ConfigError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return True
+    return False
+
+
 def gpu_missing(prog: str) -> bool:
     """True (after a one-line error naming ``prog``) where no CUDA GPU is there to bench on."""
     import torch
@@ -120,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 0:
         print(f"{PROG}: error: --rounds must be 0 or more, got {args.rounds}", file=sys.stderr)
         return 2
-    if gpu_missing(PROG):
+    if out_unwritable(PROG, args.out) or gpu_missing(PROG):
         return 2
     from megastride.kernels.bench import run_bench, table
     results = run_bench(cases, peers, out_dir=args.out, dense_max=args.dense_max,

@@ -11,6 +11,7 @@ import tempfile
 from megastride.launch.errors import ArgumentParser, user_errors
 
 PROG = "megastride bench data"
+BENCH_FILES = ("bench.raw", "bench.zarr")  # what run_bench writes into --workdir
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +51,22 @@ def _check(args, lengths: list[int]) -> None:
         check_output(args.out, "--out", "file")
     if args.workdir:
         check_output(args.workdir, "--workdir", "folder")
+        _check_workdir(args.workdir)
+
+
+def _check_workdir(path: str) -> None:
+    """The bench writes (and replaces) bench.raw and bench.zarr in --workdir: a new or empty folder, or a
+    previous bench's, never one holding other things (a store, a user's files) it would write into."""
+    from megastride.engine.config import ConfigError
+
+    if not os.path.isdir(path):
+        return
+    other = sorted(set(os.listdir(path)) - set(BENCH_FILES))
+    if "zarr.json" in other:
+        raise ConfigError(f"--workdir {path} is a zarr store: give a new or empty folder")
+    if other:
+        raise ConfigError(f"--workdir {path} holds other files than a previous bench's ({other[0]}"
+                          f"{f' and {len(other) - 1} more' if len(other) > 1 else ''}): give a new or empty folder")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,6 +97,7 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("--memory-trace records the CUDA allocator: it needs --device cuda")
     from megastride.launch.errors import check_number, check_output
 
+    check_number(args.batch, "--batch", 1)  # left out: the config's micro-batch; 0 is no batch, not that
     check_number(args.memory_fraction, "--memory-fraction", 0, 1, low_open=True)
     check_number(args.budget_s, "--budget-s", 0, low_open=True)
     check_number(args.host_floor_gb, "--host-floor-gb", 0)

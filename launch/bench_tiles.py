@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from megastride.kernels import tile_sweep as S
-    from megastride.launch.bench_attention import cases_from, gpu_missing
+    from megastride.launch.bench_attention import cases_from, gpu_missing, out_unwritable
 
     try:
         if args.kernel not in S.KERNELS:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    if gpu_missing(PROG):
+    if out_unwritable(PROG, args.out) or gpu_missing(PROG):
         return 2
     if args.runs:
         os.environ["MEGASTRIDE_BLOCKSPARSE_RUNS"] = "1"

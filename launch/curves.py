@@ -10,6 +10,7 @@ step time and peak memory, and with --out draws every run's curve into one PNG.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from megastride.launch.errors import ArgumentParser
@@ -20,11 +21,12 @@ PROG = "megastride curves"
 def _line(raw: str) -> tuple[str, float]:
     label, sep, value = raw.rpartition("=")
     try:
-        if not sep or not label:
+        if not sep or not label or not math.isfinite(float(value)):  # inf, nan: no height to draw a line at
             raise ValueError
         return label, float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LABEL=BITS, e.g. histogram=7.48, got {raw!r}") from None
+        raise argparse.ArgumentTypeError(f"expected LABEL=BITS with BITS a finite number, e.g. histogram=7.48, "
+                                         f"got {raw!r}") from None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -61,6 +61,18 @@ def check_output(path, flag: str, kind: str = "folder", suffixes: tuple[str, ...
         raise ConfigError(f"{flag} {path}: the file name must end in {' or '.join(suffixes)}")
 
 
+def check_new_file(path, flag: str, force: bool) -> None:
+    """``check_output`` for a file, and one that exists already is kept unless ``force`` (the command's
+    --force): a one-line ConfigError naming it, before any work."""
+    import os
+
+    from megastride.engine.config import ConfigError
+
+    check_output(path, flag, "file")
+    if os.path.lexists(path) and not force:
+        raise ConfigError(f"{flag} {os.fspath(path)} exists: pass --force to replace it")
+
+
 def check_number(value, flag: str, low: float | None = None, high: float | None = None,
                  low_open: bool = False) -> None:
     """``flag``'s ``value`` is a finite number within [low, high] (``low_open``: above low), else a one-line
@@ -71,13 +83,15 @@ def check_number(value, flag: str, low: float | None = None, high: float | None 
 
     if value is None:
         return
-    bad = not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low)) \
+    finite = isinstance(value, int) or math.isfinite(value)  # an int of any size (math.isfinite cannot take 10**400)
+    bad = not finite or (low is not None and (value <= low if low_open else value < low)) \
         or (high is not None and value > high)
     if bad:
         bounds = (f"above {low:g}" if low_open else f"at least {low:g}") if low is not None else ""
         if high is not None:
             bounds += (" and " if bounds else "") + f"at most {high:g}"
-        raise ConfigError(f"{flag} must be a finite number {bounds}, got {value:g}")
+        got = value if isinstance(value, int) else f"{value:g}"
+        raise ConfigError(f"{flag} must be a finite number {bounds}, got {got}")
 
 
 def check_device(name: str, flag: str) -> None:

@@ -14,17 +14,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     args = parser.parse_args(argv)
     with user_errors("megastride eval"):
+        from megastride.engine.config import ConfigError
         from megastride.launch.errors import check_device, check_number
 
         check_number(args.windows, "--windows", 1)
+        for flag, value in (("--split", args.split), ("--data", args.data)):
+            if value is not None and not value.strip():  # not the config's, silently
+                raise ConfigError(f"{flag} is empty: name one, or leave {flag} out for the run's own")
         check_device(args.device, "--device")
         from megastride.data_shards import eval_windows
-        from megastride.engine.inference import evaluate_bpb, load_run
+        from megastride.engine.inference import check_eval_data, evaluate_bpb, load_run
 
         cfg, model = load_run(args.run_dir, args.device)
-        split = args.split or cfg.data.valid_split
-        windows = eval_windows(args.data or cfg.data.path, split=split, seq_len=cfg.model.seq_len,
-                               max_windows=args.windows)
+        split = cfg.data.valid_split if args.split is None else args.split
+        data = cfg.data.path if args.data is None else args.data
+        check_eval_data(cfg, data, split)  # a store the model cannot read: named, as train names it
+        windows = eval_windows(data, split=split, seq_len=cfg.model.seq_len, max_windows=args.windows)
         bpb, count = evaluate_bpb(model, windows, args.device)
     print(f"{split}: {bpb:.4f} bits per byte over {count:,} bytes")
     return 0

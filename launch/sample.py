@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from megastride.launch.errors import ArgumentParser, user_errors
@@ -10,21 +11,25 @@ from megastride.launch.errors import ArgumentParser, user_errors
 def main(argv: list[str]) -> int:
     parser = ArgumentParser(prog="megastride sample", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
-    parser.add_argument("--prompt", default="", help="text to continue (UTF-8)")
+    parser.add_argument("--prompt", default="", help="text to continue (its bytes as given, any encoding)")
     parser.add_argument("--bytes", type=int, default=256, dest="length")
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="0: the most likely byte every time (a tiny temperature acts the same)")
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write raw bytes here instead of printing text")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
+    # the model reads bytes: the prompt's own bytes, also where the shell passed some that are not UTF-8
+    prompt = os.fsencode(args.prompt)
     with user_errors("megastride sample"):
-        from megastride.launch.errors import check_number, check_output
+        from megastride.launch.errors import check_new_file, check_number
 
         check_number(args.length, "--bytes", 1)
-        check_number(args.temperature, "--temperature", 0)  # 0: the most likely byte every time
+        check_number(args.temperature, "--temperature", 0)
         check_number(args.top_k, "--top-k", 0)  # 0: no cut
         if args.out:
-            check_output(args.out, "--out", "file")
+            check_new_file(args.out, "--out", args.force)
         import torch
 
         from megastride.engine.inference import load_run, sample
@@ -33,11 +38,11 @@ def main(argv: list[str]) -> int:
         cfg, model = load_run(args.run_dir, device)
         check_number(args.top_k, "--top-k", 0, cfg.model.vocab_size)  # at most the vocabulary (256 bytes)
         gen = torch.Generator().manual_seed(args.seed)
-        data = sample(model, args.prompt.encode(), args.length, args.temperature, args.top_k, gen, device)
+        data = sample(model, prompt, args.length, args.temperature, args.top_k, gen, device)
     if args.out:
         with open(args.out, "wb") as f:
             f.write(data)
         print(f"wrote {len(data)} bytes to {args.out}")
     else:
-        sys.stdout.write(args.prompt + data.decode("utf-8", errors="replace") + "\n")
+        sys.stdout.write((prompt + data).decode("utf-8", errors="replace") + "\n")
     return 0

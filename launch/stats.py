@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         from megastride.launch.errors import check_number
 
         check_number(args.seq_len, "--seq-len", 1)
+        check_number(args.seed, "--seed", 0)  # numpy's generator takes no negative seed
         store = open_store(args.store)
         if args.split not in store.split_sizes:
             raise StoreError(f"{args.store}: no split {args.split!r} (has {sorted(store.split_sizes)})")
