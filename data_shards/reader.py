@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import multiprocessing as mp
 import queue
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +114,15 @@ class WindowDataset(IterableDataset):
             finally:  # closed early (the loader stopped, or a read failed): drop what is queued
                 for f in pending:
                     f.cancel()
+
+
+def _quiet_worker(_worker_id: int) -> None:
+    """A data worker process leaves SIGINT and SIGTERM to the training process: Ctrl-C in a terminal (and a
+    scheduler's SIGTERM to the job) reaches every process of the group, and a worker killed by it fails the
+    batch the trainer is about to take, where the trainer stops at the step's end and saves. The worker
+    ends with its parent (torch's watchdog) either way."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _mp_context():
@@ -237,7 +247,8 @@ class ShardLoader:
         if self.num_workers == 0:
             return _ThreadPrefetcher(iter(ds), self.prefetch)
         dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, prefetch_factor=max(1, self.prefetch),
-                        multiprocessing_context=_mp_context(), pin_memory=self.pin_memory, persistent_workers=False)
+                        multiprocessing_context=_mp_context(), pin_memory=self.pin_memory, persistent_workers=False,
+                        worker_init_fn=_quiet_worker)
         return iter(dl)
 
     def close(self) -> None:

@@ -136,6 +136,27 @@ def test_two_spawned_workers_give_the_same_stream(text_store):
     assert with_workers == reference and state["position"] == 20
 
 
+def test_worker_processes_outlive_a_ctrl_c_to_the_group(text_store):
+    """Ctrl-C in a terminal reaches the data workers too; they leave it to the trainer (which stops at the
+    step's end and saves), so the batches after it still come, the same as without the signal."""
+    import os
+    import signal as sig
+
+    out, _ = text_store
+    reference, _ = _sequence(out, world=1, batch=2, steps=4)
+    ld = build_loader(out, seq_len=L, micro_batch_size=2, seed=11, num_workers=1)
+    got = [r.numpy().tobytes() for r in next(ld)]
+    workers = ld._it._workers
+    assert workers and all(w.is_alive() for w in workers)
+    for w in workers:
+        os.kill(w.pid, sig.SIGINT)
+        os.kill(w.pid, sig.SIGTERM)
+    got += [r.numpy().tobytes() for _ in range(3) for r in next(ld)]
+    assert all(w.is_alive() for w in workers)
+    ld.close()
+    assert got == reference
+
+
 def test_eval_windows_are_contiguous_and_rank_independent(text_store):
     """Eval windows are [kL, kL+L+1) of the valid split; any world size reads the same set."""
     out, _ = text_store
