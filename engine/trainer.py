@@ -388,7 +388,12 @@ class Trainer:
             loss, wait = self.train_step(batches)
             elapsed = time.perf_counter() - start
             self.step += 1
-            mean_loss, mean_wait = (v / self.world for v in all_reduce_sum([loss, wait], self.device))
+            # with the step's loss, whether any rank has seen a stop signal: every rank then stops, and saves, at
+            # the same step, and none waits in a collective the others never reach
+            total_loss, total_wait, ints, terms = all_reduce_sum(
+                [loss, wait, stop.signum == signal.SIGINT, stop.signum == signal.SIGTERM], self.device)
+            mean_loss, mean_wait = total_loss / self.world, total_wait / self.world
+            signum = signal.SIGINT if ints else signal.SIGTERM if terms else 0
             train_bpb = bits_per_byte(mean_loss)
             progress.update({"bpb": f"{train_bpb:.3f}", "tok/s": f"{tokens_per_step / elapsed:,.0f}"})
             if self.step % t.log_every == 0 or self.step == t.steps:
@@ -400,22 +405,11 @@ class Trainer:
             saved = bool(t.save_every and self.step % t.save_every == 0) or self.step == last
             if saved:
                 self.save()
-            signum = self._agreed_signal(stop.signum) if self.step < last else 0  # a finished run just ends
-            if signum:
+            if signum and self.step < last:  # a finished run just ends
                 self._stop(signum, saved, progress)
         progress.close()
         self.metrics.close()
         return TrainResult(self.step, train_bpb, valid_bpb, Path(cfg.run.dir), tensorboard_dir(cfg))
-
-    def _agreed_signal(self, signum: int) -> int:
-        """The stop signal any rank has seen (0: none), the same on every rank: each then stops, and saves,
-        at the same step, and none waits in a collective the others never reach. One tiny all_reduce per
-        step where there are several ranks."""
-        if self.world == 1:
-            return signum
-        flag = torch.tensor([signum], dtype=torch.int32, device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return int(flag.item())
 
     def _stop(self, signum: int, saved: bool, progress: Progress) -> None:
         """Save (unless this step just was), close the metrics, say where to resume from, raise Interrupted."""
