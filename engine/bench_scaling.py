@@ -349,6 +349,11 @@ def _free(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def batch_of(cfg: Config, opts: Options) -> int:
+    """Sequences a step: ``opts.batch`` (--batch), or the config's micro-batch where it is not given."""
+    return cfg.train.micro_batch_size if opts.batch is None else opts.batch
+
+
 def predicted(cfg: Config, batch: int) -> planner.Plan:
     """The planner's view of one bench step (plain torch loop, one GPU)."""
     return planner.plan(cfg, cfg.model.seq_len, 1, runtime="torch", micro_batch=batch)
@@ -375,7 +380,7 @@ def measure_rows(kind: str, cfg: Config, opts: Options, label: str = "") -> list
     if kind in BASELINE_KINDS:
         return measure_baseline(kind, cfg, opts, label)
     device = torch.device(opts.device)
-    batch = cfg.train.micro_batch_size if opts.batch is None else opts.batch
+    batch = batch_of(cfg, opts)
     total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
     asked = cfg  # before the autos are resolved: a hint fits them again
     if "auto" in (cfg.train.checkpoint_blocks, cfg.train.keep_attention):
@@ -487,7 +492,7 @@ def measure_baseline(kind: str, cfg: Config, opts: Options, label: str = "") -> 
     """Time issue 5's baseline (``engine.baseline``) as ``measure`` times ours: same steps, MFU from the
     planner's FLOPs of the same shape and pattern; no memory plan. Flex has no CPU backward: skipped."""
     device = torch.device(opts.device)
-    batch = cfg.train.micro_batch_size if opts.batch is None else opts.batch
+    batch = batch_of(cfg, opts)
     p = predicted(cfg, batch)
     attention = "flex" if kind == "baseline-flex" else "dense"
     if attention == "flex" and device.type != "cuda":
@@ -527,7 +532,7 @@ def run_series(base: Config, kind: str, spec: str, lengths: list[int], opts: Opt
         left = opts.budget_s - (time.perf_counter() - start)
         calls = (opts.steps + opts.warmup) * (len(opts.alternate[1]) if opts.alternate else 1)  # a step a value
         if guess is not None and guess * calls > left:
-            batch = cfg.train.micro_batch_size if opts.batch is None else opts.batch
+            batch = batch_of(cfg, opts)
             rows.append(_row(kind, cfg, batch, "skipped (time)", predicted(cfg, batch)))
             opts.log(f"{kind:>8} n={n:>9,}: skipped, ~{guess:.1f} s/step would exceed the series budget")
             continue

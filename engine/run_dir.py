@@ -159,14 +159,10 @@ def weights_mismatch(saved: Config, cfg: Config) -> str | None:
     return f"parameter {name} was {old.get(name)}, now {new.get(name)}"
 
 
-def _first_difference(old, new, path: str) -> str | None:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in list(old) + [k for k in new if k not in old]:
-            found = _first_difference(old.get(key), new.get(key), f"{path}.{key}")
-            if found:
-                return found
-        return None
-    return None if old == new else f"{path} was {old!r}, now {new!r}"
+def _first_difference(old: dict, new: dict, path: str) -> str | None:
+    a, b = _flat(old, f"{path}."), _flat(new, f"{path}.")
+    key = next((k for k in list(a) + [k for k in b if k not in a] if a.get(k) != b.get(k)), None)
+    return None if key is None else f"{key} was {a.get(key)!r}, now {b.get(key)!r}"
 
 
 def prepare_run_dir(cfg: Config, ds_config: dict | None) -> Path:
