@@ -231,7 +231,10 @@ def metrics_steps_tolerant(metrics: Path) -> list[int]:
 
 def interrupt(cmd: list[str], metrics: Path, after: int, sig: int) -> tuple[int, str]:
     """Start ``cmd``, send ``sig`` once it logs a step past ``after``; (exit status, stderr)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    # A shell that starts pytest in the background hands SIGINT down ignored, and the trainer rightly leaves an
+    # ignored signal alone; the child starts with the default disposition, as from an interactive shell.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_for_step(metrics, after, proc)
         proc.send_signal(sig)
@@ -274,6 +277,14 @@ def test_stop_signals_flag_the_first_signal_and_give_back_the_handlers():
     """StopSignals: the first SIGINT only sets the flag, a second one is the previous handler's (Ctrl-C twice
     still ends the process); SIGTERM likewise; every handler is restored on exit; nothing is installed outside
     the main thread or over an ignored signal."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # not SIG_IGN, however pytest was started
+    try:
+        _check_stop_signals()
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+
+
+def _check_stop_signals():
     before = {s: signal.getsignal(s) for s in StopSignals.SIGNALS}
     with StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGINT)
