@@ -231,10 +231,7 @@ def metrics_steps_tolerant(metrics: Path) -> list[int]:
 
 def interrupt(cmd: list[str], metrics: Path, after: int, sig: int) -> tuple[int, str]:
     """Start ``cmd``, send ``sig`` once it logs a step past ``after``; (exit status, stderr)."""
-    # A shell that starts pytest in the background hands SIGINT down ignored, and the trainer rightly leaves an
-    # ignored signal alone; the child starts with the default disposition, as from an interactive shell.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
         wait_for_step(metrics, after, proc)
         proc.send_signal(sig)
@@ -245,6 +242,17 @@ def interrupt(cmd: list[str], metrics: Path, after: int, sig: int) -> tuple[int,
     return proc.returncode, err
 
 
+@pytest.fixture
+def sigint_handled():
+    """SIGINT handled, not ignored, in this process and the processes it starts (an exec resets a handler to the
+    default but keeps an ignored signal ignored): a shell that starts pytest in the background hands SIGINT down
+    ignored, and StopSignals rightly leaves an ignored signal alone."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, inherited)
+
+
+@pytest.mark.usefixtures("sigint_handled")
 def test_sigint_and_sigterm_save_a_checkpoint_that_the_same_command_resumes_exactly(text_store, tmp_path):
     """Ctrl-C (SIGINT) mid-run saves a checkpoint at the next step boundary, says so in one line and exits 130;
     the same command resumes from it, and SIGTERM (a preemption) does the same with 143; resumed to the end,
@@ -273,18 +281,11 @@ def test_sigint_and_sigterm_save_a_checkpoint_that_the_same_command_resumes_exac
     assert b == a
 
 
+@pytest.mark.usefixtures("sigint_handled")
 def test_stop_signals_flag_the_first_signal_and_give_back_the_handlers():
     """StopSignals: the first SIGINT only sets the flag, a second one is the previous handler's (Ctrl-C twice
     still ends the process); SIGTERM likewise; every handler is restored on exit; nothing is installed outside
     the main thread or over an ignored signal."""
-    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # not SIG_IGN, however pytest was started
-    try:
-        _check_stop_signals()
-    finally:
-        signal.signal(signal.SIGINT, inherited)
-
-
-def _check_stop_signals():
     before = {s: signal.getsignal(s) for s in StopSignals.SIGNALS}
     with StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGINT)
