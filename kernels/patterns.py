@@ -755,6 +755,14 @@ def check_strides(pattern: "AttentionPattern | HeadPattern", n: int, b: int) -> 
                 warnings.warn(f"{what}, about {b} of {b * b} pairs used per tile{advice}", stacklevel=2)
 
 
+def check_tiling(seq_len: int, block: int) -> None:
+    """Raises ValueError unless ``seq_len`` tokens split into whole ``block``-token tiles."""
+    if block <= 0 or seq_len <= 0:
+        raise ValueError(f"sequence length {seq_len} and block size {block} must be positive")
+    if seq_len % block:
+        raise ValueError(f"sequence length {seq_len} is not divisible by the attention block size {block}")
+
+
 def build_layout(pattern: AttentionPattern | HeadPattern, seq_len: int, block: int = 128,
                  num_heads: int | None = None, device: torch.device | str = "cpu") -> Layout:
     """Compress ``pattern`` for ``seq_len`` tokens in ``block``-sized tiles.
@@ -764,10 +772,7 @@ def build_layout(pattern: AttentionPattern | HeadPattern, seq_len: int, block: i
     """
     if isinstance(pattern, HeadPattern):
         pattern = same_for_all_heads(pattern, num_heads or 1)
-    if block <= 0 or seq_len <= 0:
-        raise ValueError(f"sequence length {seq_len} and block size {block} must be positive")
-    if seq_len % block:
-        raise ValueError(f"sequence length {seq_len} is not divisible by the attention block size {block}")
+    check_tiling(seq_len, block)
     for head in pattern.heads:
         head.validate(seq_len)
     advice = "a shorter sequence, larger blocks or a sparser pattern"

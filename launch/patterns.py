@@ -60,17 +60,18 @@ def main(argv: list[str]) -> int:
     with user_errors("megastride patterns"):
         from megastride.engine.config import ConfigError, layer_pattern
         from megastride.kernels import build_layout
+        from megastride.kernels.patterns import check_tiling
 
         if args.heads < 1:
             raise ConfigError(f"--heads must be at least 1, got {args.heads}")
         try:
+            check_tiling(args.seq_len, args.block)
             pattern = layer_pattern(args.spec, args.heads, args.seq_len, args.block)
-            layout = build_layout(pattern, args.seq_len, args.block)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         if not 0 <= args.head < args.heads:
             raise ConfigError(f"--head {args.head} is not one of the {args.heads} heads")
-        if args.action == "draw":
+        if args.action == "draw":  # checked before the layout, which can take half a minute on a CPU at 1M tokens
             from megastride.launch.errors import check_output
 
             check_output(args.out, "--out", "file", IMAGE_SUFFIXES)
@@ -79,6 +80,10 @@ def main(argv: list[str]) -> int:
                 raise ConfigError(f"--scale {args.scale}: the picture would be {side * args.scale:,} pixels a side "
                                   f"(at most {MAX_PIXELS:,}; 0 fits it to about 768)" if args.scale > 0 else
                                   f"--scale must be 0 (fit) or a positive number of pixels a token, got {args.scale}")
+        try:
+            layout = build_layout(pattern, args.seq_len, args.block)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if args.action == "show":
         print(layout.describe())
         if args.seq_len <= 65536:

@@ -138,6 +138,8 @@ def test_eval(argv, message, trained, capsys):
     (["draw", "fixed(32,8)", "--scale", "-1", "--out", "{dir}/p.png"], "--scale must be 0 (fit) or a positive number"),
     (["draw", "fixed(128,32)", "--seq-len", "1048576", "--block", "64", "--scale", "10", "--out", "{dir}/p.png"],
      "--scale 10: the picture would be 163,840 pixels a side (at most 16,384"),
+    (["draw", "fixed(32,8)", "--seq-len", "8192", "--block", "0", "--out", "{dir}/p.png"],
+     "sequence length 8192 and block size 0 must be positive"),  # checked before the picture's size
     (["show", "local(64)", "--heads", "0"], "--heads must be at least 1, got 0"),
     (["show", "local(64)|dense"], "names 2 head patterns for 1 head: the extra ones would never run"),
     (["show", "local(64)|", "--heads", "2"], "unknown attention pattern ''"),
