@@ -22,6 +22,49 @@ if "TRITON_INTERPRET" not in os.environ:
         os.environ["TRITON_INTERPRET"] = "1"
 
 
+def _patch_the_language_once_a_launch():
+    """Triton 3.6's interpreter patches ``triton.language`` (``inspect.getmembers`` over it and its tensor,
+    ~1.5 ms) at each launch, and again at every call of a ``@triton.jit`` helper inside the kernel, though
+    the launch's patch is still in place: the repeats, which change nothing, are a quarter of an interpreter
+    test's time. Here a helper's call skips the repeat where the running launch has patched every language
+    module the helper sees; the launch's own patch (and its restore) is Triton's, unchanged."""
+    import inspect
+
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    patch, launch = interpreter._patch_lang, interpreter.GridExecutor.__call__
+    running: list = []  # per running launch: the language modules its kernel's patch covered (None: not yet)
+
+    seen: dict = {}  # function -> the language modules in its globals (as Triton's patch finds them)
+
+    def langs(fn) -> frozenset:
+        if fn not in seen:
+            seen[fn] = frozenset(id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core))
+        return seen[fn]
+
+    def patch_lang(fn):
+        if running and running[-1] is None:  # the launch's own patch
+            running[-1] = langs(fn)
+            return patch(fn)
+        if running and langs(fn) <= running[-1]:
+            return interpreter._LangPatchScope()  # nothing to restore: the launch's patch covers it
+        return patch(fn)
+
+    def launch_once(self, *args, **kwargs):
+        running.append(None)
+        try:
+            return launch(self, *args, **kwargs)
+        finally:
+            running.pop()
+
+    interpreter._patch_lang, interpreter.GridExecutor.__call__ = patch_lang, launch_once
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _patch_the_language_once_a_launch()
+
+
 def slow_tests_wanted(config) -> bool:
     """Slow tests (``@pytest.mark.slow``: the rarer variants of a check the suite also makes faster) run
     with MEGASTRIDE_SLOW_TESTS=1 or when ``-m`` names them; the default suite stays under 20 minutes on
