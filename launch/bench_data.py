@@ -20,14 +20,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", choices=["stdlib", "random"], default="stdlib",
                    help="stdlib: Python's sources repeated (real text); random: incompressible bytes")
     p.add_argument("--lengths", default="65536,1048576", help="comma-separated window lengths L")
-    p.add_argument("--compressor", default="zstd", choices=["zstd", "zstd1", "lz4", "none"])
+    p.add_argument("--compressor", default="zstd", choices=["zstd", "zstd1", "lz4", "none"],
+                   help="chunk codec of the written store: zstd level 3 (default), zstd level 1, blosc lz4, none")
     p.add_argument("--seconds", type=float, default=3.0, help="time per reader and length")
     p.add_argument("--batch-mb", type=float, default=8.0, help="bytes per micro-batch; B = this // L")
     p.add_argument("--threads", type=int, default=None, help="decode threads (default: all cores)")
     p.add_argument("--no-remote", action="store_true", help="skip the loopback HTTP store")
     p.add_argument("--workdir", default=None, help="where to write the data (default: a temp folder)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
 

@@ -41,7 +41,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--host-floor-gb", type=float, default=None,
                    help="stop a point (status 'stopped (host memory)') where the host's available memory falls below "
                         "this (default: 3%% of its memory, at least 2 GB; 0: never), before the machine runs out")
-    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="where to time the steps (default cuda)")
     p.add_argument("--out", default="runs/scaling", help="output folder")
     p.add_argument("--quick", action="store_true", help="two short lengths, one timed step: a smoke test")
     p.add_argument("--table2", action="store_true", help="the paper's Table 2 (enwik8 at 12,288, CIFAR-10 at 3,072)")

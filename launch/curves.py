@@ -37,7 +37,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="PNG to draw the curves into")
     p.add_argument("--line", type=_line, action="append", default=[], metavar="LABEL=BITS",
                    help="a horizontal reference line, e.g. --line histogram=7.48 (repeatable)")
-    p.add_argument("--title", default="bits per byte")
+    p.add_argument("--title", default="bits per byte", help="the PNG's title (default 'bits per byte')")
     args = p.parse_args(argv)
     for name in ("every", "smooth"):
         if getattr(args, name) < 1:

@@ -7,11 +7,12 @@ from megastride.launch.errors import ArgumentParser, user_errors
 
 def main(argv: list[str]) -> int:
     parser = ArgumentParser(prog="megastride eval", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir")
+    parser.add_argument("run_dir", help="a run directory of `megastride train` (its newest checkpoint is read)")
     parser.add_argument("--split", default=None, help="default: the config's valid split")
     parser.add_argument("--windows", type=int, default=None, help="default: every window of the split")
     parser.add_argument("--data", default=None, help="another store than the run's")
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu",
+                        help="cuda or cpu (default: cuda where torch sees a GPU)")
     args = parser.parse_args(argv)
     with user_errors("megastride eval"):
         from megastride.engine.config import ConfigError

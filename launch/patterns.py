@@ -13,13 +13,16 @@ from megastride.launch.errors import ArgumentParser, user_errors
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = ArgumentParser(prog="megastride patterns", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["show", "draw"])
-    parser.add_argument("spec", help="layer pattern, e.g. 'fixed(128,32)', 'strided(auto)', 'local(64)|strided_half(64)'")
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--block", type=int, default=16)
-    parser.add_argument("--heads", type=int, default=1)
+    parser.add_argument("action", choices=["show", "draw"],
+                        help="show: print the compressed layout; draw: write a PNG of one head")
+    parser.add_argument("spec",
+                        help="layer pattern, e.g. 'fixed(128,32)', 'strided(auto)', 'local(64)|strided_half(64)'")
+    parser.add_argument("--seq-len", type=int, default=256, help="sequence length in tokens (default 256)")
+    parser.add_argument("--block", type=int, default=16,
+                        help="attention block size; must divide --seq-len (default 16)")
+    parser.add_argument("--heads", type=int, default=1, help="attention heads of the layer (default 1)")
     parser.add_argument("--head", type=int, default=0, help="head to draw")
-    parser.add_argument("--out", default="pattern.png")
+    parser.add_argument("--out", default="pattern.png", help="PNG to write (draw; default pattern.png)")
     parser.add_argument("--scale", type=int, default=0, help="pixels per token (draw; 0 = fit to ~768 px)")
     return parser.parse_args(argv)
 

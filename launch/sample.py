@@ -10,13 +10,16 @@ from megastride.launch.errors import ArgumentParser, user_errors
 
 def main(argv: list[str]) -> int:
     parser = ArgumentParser(prog="megastride sample", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir")
+    parser.add_argument("run_dir", help="a run directory of `megastride train` (its newest checkpoint is read)")
     parser.add_argument("--prompt", default="", help="text to continue (its bytes as given, any encoding)")
-    parser.add_argument("--bytes", type=int, default=256, dest="length")
+    parser.add_argument("--bytes", type=int, default=256, dest="length",
+                        help="bytes to generate after the prompt (default 256)")
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="0: the most likely byte every time (a tiny temperature acts the same)")
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--top-k", type=int, default=0,
+                        help="draw from the k most likely bytes only (0, the default: from all 256)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random draws (default 0)")
     parser.add_argument("--out", default=None, help="write raw bytes here instead of printing text")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)

@@ -19,11 +19,11 @@ PROG = "megastride stats"
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("store", help="path or URL of a store written by `megastride prepare`")
-    p.add_argument("--split", default="train")
+    p.add_argument("--split", default="train", help="split of the store to read (default train)")
     p.add_argument("--seq-len", type=int, default=65536, help="window length (the model's context)")
     p.add_argument("--windows", type=int, default=16, help="random windows to average over")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of the windows' random starts (default 0)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
     return p.parse_args(argv)
 
 

@@ -120,3 +120,28 @@ def test_mpirun_two_ranks_match_one_process(tiny_config, tmp_path):
     a, b = metrics(tmp_path / "one"), metrics(tmp_path / "mpi")
     for step in (1, 2, 3):
         assert b[step]["train/bits_per_byte"] == pytest.approx(a[step]["train/bits_per_byte"], rel=1e-5)
+
+
+def test_every_option_of_every_command_says_what_it_does(monkeypatch):
+    """`--help` of each command (and each bench and prepare kind) gives every argument a line of help."""
+    import argparse
+
+    from megastride.launch import cli as C
+
+    parsers = []
+    monkeypatch.setattr(argparse.ArgumentParser, "print_help", lambda self, file=None: parsers.append(self))
+    commands = [[name] for name in C.SUBCOMMANDS]
+    commands += [["bench", kind] for kind in ("attention", "tiles", "data", "scaling")]
+    commands += [["prepare", kind] for kind in ("text", "images", "audio")]
+    for argv in commands:
+        try:
+            code = C.main([*argv, "--help"])  # `bench --help` lists the benchmarks itself
+        except SystemExit as done:
+            code = done.code
+        assert code == 0, argv
+    progs = {p.prog for p in parsers}
+    assert {f"megastride {' '.join(argv)}" for argv in commands if argv != ["bench"]} <= progs, progs
+    silent = {p.prog: [a.option_strings[0] if a.option_strings else a.dest for a in p._actions
+                       if not a.help and not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
+              for p in parsers}
+    assert not {prog: names for prog, names in silent.items() if names}, silent
