@@ -132,7 +132,7 @@ def test_every_option_of_every_command_says_what_it_does(monkeypatch):
     monkeypatch.setattr(argparse.ArgumentParser, "print_help", lambda self, file=None: parsers.append(self))
     commands = [[name] for name in C.SUBCOMMANDS]
     commands += [["bench", kind] for kind in ("attention", "tiles", "data", "scaling")]
-    commands += [["prepare", kind] for kind in ("text", "images", "audio")]
+    commands += [["prepare", kind] for kind in ("text", "images", "audio", "info")]
     for argv in commands:
         try:
             code = C.main([*argv, "--help"])  # `bench --help` lists the benchmarks itself
