@@ -63,7 +63,9 @@ def resolve_sources(specs: Iterable[str], suffixes: tuple[str, ...] | None = Non
     """Expand files, directories (recursively) and globs into (split, path, display) in a fixed order.
 
     Directories and globs are sorted, so the same inputs always give the same store; ``suffixes``
-    filters files found inside directories (explicitly named files are always taken).
+    filters files found inside directories (explicitly named files are always taken). A walk leaves out
+    hidden folders, ``__pycache__`` and zarr stores (a folder with a zarr.json, such as an earlier output
+    of `megastride prepare`: compressed chunks, not input); a store named as a source is an error.
     """
     out = []
     for spec in specs:
@@ -76,6 +78,9 @@ def resolve_sources(specs: Iterable[str], suffixes: tuple[str, ...] | None = Non
                 raise PrepareError(f"glob {spec!r} matches no files")
             out += [(split, p, p) for p in hits]
         elif os.path.isdir(spec):
+            if _is_zarr_store(spec):
+                raise PrepareError(f"source {spec!r} is a zarr store (compressed chunks, not input files): name its "
+                                   "sources, or train on it as data.path")
             hits = _walk(spec, suffixes)
             if not hits:
                 raise PrepareError(f"directory {spec!r} has no input files" + (f" ({', '.join(suffixes)})" if suffixes else ""))
@@ -93,10 +98,15 @@ def resolve_sources(specs: Iterable[str], suffixes: tuple[str, ...] | None = Non
     return out
 
 
+def _is_zarr_store(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "zarr.json"))
+
+
 def _walk(root: str, suffixes: tuple[str, ...] | None) -> list[str]:
     hits = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"
+                       and not _is_zarr_store(os.path.join(dirpath, d))]
         for name in filenames:
             path = os.path.join(dirpath, name)
             # regular files only: a FIFO in the folder would hang the read

@@ -57,6 +57,21 @@ def test_text_from_glob_and_files_and_tagged_split(tmp_path):
     assert segs == [[0, 0, len(files["a.txt"])], [1, len(files["a.txt"]), len(files["b.txt"])]]
 
 
+def test_a_walk_leaves_out_stores_and_a_store_named_as_a_source_is_refused(tmp_path):
+    """A folder holding an earlier store (its zstd chunks) gives only its own files' bytes, also when the new
+    store is written inside it; the store named as a source is a one-line error, and nothing is written."""
+    files = _text_tree(tmp_path / "src")
+    write_bytes_store([str(tmp_path / "src" / "a.txt")], tmp_path / "src" / "sub" / "old.zarr", progress=False)
+    out = write_bytes_store([str(tmp_path / "src")], tmp_path / "src" / "new.zarr", valid_fraction=0, progress=False)
+    assert _all(open_store(out), "train").tobytes() == b"".join(files[k] for k in sorted(files))
+    again = write_bytes_store([str(tmp_path / "src")], tmp_path / "src" / "new.zarr", valid_fraction=0, progress=False,
+                              force=True)  # the store being replaced is not read either
+    assert _all(open_store(again), "train").tobytes() == b"".join(files[k] for k in sorted(files))
+    with pytest.raises(PrepareError, match=r"old.zarr' is a zarr store \(compressed chunks, not input files\)"):
+        write_bytes_store([str(tmp_path / "src" / "sub" / "old.zarr")], tmp_path / "x.zarr", progress=False)
+    assert not (tmp_path / "x.zarr").exists()
+
+
 def test_stdlib_source_is_real_python_text(tmp_path):
     """@stdlib lists the running Python's own .py files in a fixed order, without site-packages."""
     files = stdlib_files()
