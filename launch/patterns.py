@@ -67,23 +67,21 @@ def main(argv: list[str]) -> int:
 
         if args.heads < 1:
             raise ConfigError(f"--heads must be at least 1, got {args.heads}")
-        try:
+        try:  # the pattern's ValueErrors as one-line user errors (ConfigError is one too)
             check_tiling(args.seq_len, args.block)
             pattern = layer_pattern(args.spec, args.heads, args.seq_len, args.block)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-        if not 0 <= args.head < args.heads:
-            raise ConfigError(f"--head {args.head} is not one of the {args.heads} heads")
-        if args.action == "draw":  # checked before the layout, which can take half a minute on a CPU at 1M tokens
-            from megastride.launch.errors import check_output
+            if not 0 <= args.head < args.heads:
+                raise ConfigError(f"--head {args.head} is not one of the {args.heads} heads")
+            if args.action == "draw":  # checked before the layout, which can take half a minute on a CPU at 1M
+                from megastride.launch.errors import check_output
 
-            check_output(args.out, "--out", "file", IMAGE_SUFFIXES)
-            side = args.seq_len if args.seq_len <= 4096 else args.seq_len // args.block
-            if args.scale < 0 or side * (args.scale or 1) > MAX_PIXELS:
-                raise ConfigError(f"--scale {args.scale}: the picture would be {side * args.scale:,} pixels a side "
-                                  f"(at most {MAX_PIXELS:,}; 0 fits it to about 768)" if args.scale > 0 else
-                                  f"--scale must be 0 (fit) or a positive number of pixels a token, got {args.scale}")
-        try:
+                check_output(args.out, "--out", "file", IMAGE_SUFFIXES)
+                side = args.seq_len if args.seq_len <= 4096 else args.seq_len // args.block
+                if args.scale < 0 or side * (args.scale or 1) > MAX_PIXELS:
+                    raise ConfigError(f"--scale {args.scale}: the picture would be {side * args.scale:,} pixels a "
+                                      f"side (at most {MAX_PIXELS:,}; 0 fits it to about 768)" if args.scale > 0 else
+                                      "--scale must be 0 (fit) or a positive number of pixels a token, "
+                                      f"got {args.scale}")
             layout = build_layout(pattern, args.seq_len, args.block)
         except ValueError as err:
             raise ConfigError(str(err)) from None

@@ -126,13 +126,19 @@ def test_every_option_of_every_command_says_what_it_does(monkeypatch):
     """`--help` of each command (and each bench and prepare kind) gives every argument a line of help."""
     import argparse
 
+    from megastride.launch import bench
     from megastride.launch import cli as C
+    from megastride.launch import prepare
 
     parsers = []
     monkeypatch.setattr(argparse.ArgumentParser, "print_help", lambda self, file=None: parsers.append(self))
-    commands = [[name] for name in C.SUBCOMMANDS]
-    commands += [["bench", kind] for kind in ("attention", "tiles", "data", "scaling")]
-    commands += [["prepare", kind] for kind in ("text", "images", "audio", "info")]
+    commands = [[name] for name in C.SUBCOMMANDS] + [["bench", kind] for kind in bench.BENCHES]
+    with pytest.raises(SystemExit):
+        prepare.main(["--help"])
+    choices = [a for a in parsers.pop()._actions if isinstance(a, argparse._SubParsersAction)][0].choices
+    kinds = [name for name, sub in choices.items() if sub.prog.endswith(f" {name}")]  # not aliases (bytes: text)
+    commands += [["prepare", kind] for kind in kinds]
+    assert {"text", "images", "audio", "info"} <= set(kinds), kinds
     for argv in commands:
         try:
             code = C.main([*argv, "--help"])  # `bench --help` lists the benchmarks itself
