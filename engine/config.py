@@ -7,6 +7,7 @@ into every run directory.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from pathlib import Path
@@ -417,12 +418,27 @@ def graph_problem(cfg: Config) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys the config section at `loc` (the path above an unknown key) accepts; [] if it is not a section."""
+    section: Any = Config
+    for part in loc:
+        field = section.model_fields.get(part) if isinstance(part, str) else None
+        section = field.annotation if field is not None else None
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            return []
+    return list(section.model_fields)
+
+
 def _format_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+        loc = first["loc"]
+        close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc[:-1]), n=1) if loc else []
+        if close:
+            msg += f" (did you mean {'.'.join(str(p) for p in loc[:-1]) + '.' if len(loc) > 1 else ''}{close[0]}?)"
     msg = msg.removeprefix("Value error, ")
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     return f"{source}: {key}: {msg}{more}"

@@ -61,6 +61,23 @@ def test_errors_name_the_key(tree, message):
     assert message in text and text.startswith("cfg.yaml: ") and "\n" not in text
 
 
+@pytest.mark.parametrize("tree,message", [
+    ({"model": {"n_layer": 3}}, "cfg.yaml: model.n_layer: unknown key (did you mean model.n_layers?)"),
+    ({"trian": {"steps": 3}}, "cfg.yaml: trian: unknown key (did you mean train?)"),
+    ({"model": {"attention": {"blok": 64}}},
+     "cfg.yaml: model.attention.blok: unknown key (did you mean model.attention.block?)"),
+    ({"train": {"loss_scale": {"windw": 9}}},
+     "cfg.yaml: train.loss_scale.windw: unknown key (did you mean train.loss_scale.window?)"),
+    ({"bogus": {}}, "cfg.yaml: bogus: unknown key"),  # nothing close: no guess
+    ({"model": {"xyzzy": 1}}, "cfg.yaml: model.xyzzy: unknown key"),
+])
+def test_unknown_keys_suggest_the_closest_known_one(tree, message):
+    """A misspelt key names its section's nearest real key, and only when one is close."""
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(tree, "cfg.yaml")
+    assert str(err.value) == message
+
+
 def test_keep_attention_is_true_false_auto_or_a_count(tmp_path):
     """train.keep_attention defaults to auto (the planner decides on a GPU); true and false stay bools and a
     count stays an int (in YAML, --set and the dumped config); auto and a count of 0 pass beside the settings
