@@ -12,7 +12,7 @@ SUBCOMMANDS = {
     "train": ("megastride.launch.train", "train a model from a YAML config"),
     "eval": ("megastride.launch.evaluate", "evaluate a checkpoint in bits per byte"),
     "sample": ("megastride.launch.sample", "sample bytes from a checkpoint"),
-    "bench": ("megastride.launch.bench", "benchmarks: attention, data, scaling"),
+    "bench": ("megastride.launch.bench", "benchmarks: attention, tiles, data, scaling"),
     "plan": ("megastride.launch.plan", "predict memory and FLOPs of a config before queuing it"),
     "curves": ("megastride.launch.curves", "a run's loss curve from its metrics.jsonl: table and PNG"),
     "stats": ("megastride.launch.stats", "bits-per-byte baselines of a store's windows"),

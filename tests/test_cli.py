@@ -34,6 +34,14 @@ def test_help_lists_subcommands():
     assert bare.stderr.startswith("megastride: error: no command given") and "prepare" in bare.stderr
 
 
+def test_top_level_help_names_every_bench_kind():
+    """The one line `megastride --help` gives bench lists every kind `megastride bench` runs."""
+    from megastride.launch import bench, cli as top
+
+    listed = top.SUBCOMMANDS["bench"][1].removeprefix("benchmarks: ").split(", ")
+    assert listed == list(bench.BENCHES)
+
+
 def test_eval_and_sample_load_the_trained_run(tiny_config, tmp_path):
     """eval reproduces the trainer's validation bits/byte; sample is deterministic per seed."""
     proc = train(tiny_config(train={"steps": 4, "eval_every": 4, "eval_windows": 4}))
