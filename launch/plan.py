@@ -47,12 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         from megastride.engine.plan import plan
         from megastride.engine.trainer import check_runtime
 
-        finite = all(math.isfinite(x) for x in (args.gpu_memory_gb, args.host_memory_gb or 1.0))
-        if (not finite or args.world_size < 1 or (args.seq_len is not None and args.seq_len < 1) or args.gpu_memory_gb <= 0
-                or (args.host_memory_gb is not None and args.host_memory_gb <= 0)
-                or (args.gpus_per_node is not None and args.gpus_per_node < 1)):
-            raise ConfigError("--seq-len, --world-size, --gpu-memory-gb, --host-memory-gb and --gpus-per-node must be "
-                              "positive (and finite)")
+        for option, value in (("--seq-len", args.seq_len), ("--world-size", args.world_size),
+                              ("--gpu-memory-gb", args.gpu_memory_gb), ("--host-memory-gb", args.host_memory_gb),
+                              ("--gpus-per-node", args.gpus_per_node)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{option} must be a positive finite number, got {value}")
         cfg = load_config(args.config, args.overrides)
         runtime = args.runtime or cfg.train.runtime
         # what `megastride train` refuses, refused alike; CUDA assumed: plan runs anywhere for the GPUs it plans.

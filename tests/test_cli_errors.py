@@ -153,9 +153,16 @@ def test_patterns(argv, message, files, capsys):
 
 @pytest.mark.parametrize("flag", ["--gpu-memory-gb", "--host-memory-gb"])
 def test_plan_refuses_memory_that_is_not_a_finite_size(flag, capsys):
-    for value in ("nan", "inf"):
+    for value in ("nan", "inf", "-1", "0"):
         code, err = run("plan", [str(CONFIGS / "tiny.yaml"), flag, value], capsys)
-        one_line(code, err, "plan", "must be positive (and finite)")
+        one_line(code, err, "plan", f"{flag} must be a positive finite number, got {float(value)}")
+
+
+@pytest.mark.parametrize("flag", ["--seq-len", "--world-size", "--gpus-per-node"])
+def test_plan_names_the_count_that_is_not_positive(flag, capsys):
+    for value in ("0", "-64"):
+        code, err = run("plan", [str(CONFIGS / "tiny.yaml"), flag, value], capsys)
+        one_line(code, err, "plan", f"{flag} must be a positive finite number, got {value}")
 
 
 @pytest.mark.parametrize("argv, message", [
