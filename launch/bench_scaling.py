@@ -91,8 +91,10 @@ def _check(args: argparse.Namespace) -> None:
     unknown = [k for k in args.kinds.split(",") if k not in known]
     if unknown:
         raise ConfigError(f"--kinds: unknown kind {unknown[0]!r} (known: {', '.join(known)})")
-    if args.steps < 1 or args.warmup < 0:
-        raise ConfigError("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {args.steps}")
+    if args.warmup < 0:
+        raise ConfigError(f"--warmup must be 0 or more, got {args.warmup}")
     if args.memory_trace and args.device != "cuda":
         raise ConfigError("--memory-trace records the CUDA allocator: it needs --device cuda")
     from megastride.launch.errors import check_number, check_output

@@ -60,6 +60,8 @@ def test_bench_data(argv, message, files, capsys):
     (["--out", "{file}/sub"], "--out {file}/sub: {file} is a file, not a folder"),
     (["--memory-fraction", "2"], "--memory-fraction must be a finite number above 0 and at most 1, got 2"),
     (["--budget-s", "-1"], "--budget-s must be a finite number above 0, got -1"),
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--warmup", "-1"], "--warmup must be 0 or more, got -1"),
 ])
 def test_bench_scaling_checks_its_output_before_the_sweep(argv, message, files, capsys):
     fill = lambda x: x.format(file=files / "file.txt")  # noqa: E731
