@@ -243,6 +243,12 @@ def read_attrs(url: str, storage_options: dict | None = None) -> tuple[dict, Any
     try:
         raw = fs.cat_file(f"{root}/zarr.json")
     except (FileNotFoundError, OSError) as e:
+        try:
+            absent = isinstance(e, FileNotFoundError) and not fs.exists(root)
+        except Exception:  # noqa: BLE001 - a remote filesystem that cannot answer: report the first error
+            absent = False
+        if absent:
+            raise StoreError(f"{url}: no store here (nothing at this path; `megastride prepare` writes one)") from None
         raise StoreError(f"{url}: no store here (missing zarr.json: {_one_line(e) or 'not found'})") from None
     try:
         meta = json.loads(raw)["attributes"][ATTRS_KEY]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -117,7 +118,10 @@ def test_wrong_format_version_and_incomplete_store(store):
 def test_modality_mismatch_and_non_stores(store, tmp_path):
     """A modality other than the model's, a plain zarr group or no store at all: clear errors."""
     _one_line_error(lambda: open_store(store, modality="audio"), "modality is 'bytes' but the model config expects 'audio'")
-    _one_line_error(lambda: open_store(tmp_path / "nothing"), "no store here")
+    _one_line_error(lambda: open_store(tmp_path / "nothing"),
+                    re.escape("no store here (nothing at this path; `megastride prepare` writes one)"))
+    (tmp_path / "empty").mkdir()  # a folder without zarr.json is not "nothing here"
+    _one_line_error(lambda: open_store(tmp_path / "empty"), re.escape("no store here (missing zarr.json"))
     import zarr
     zarr.open_group(tmp_path / "plain.zarr", mode="w")
     _one_line_error(lambda: open_store(tmp_path / "plain.zarr"), "not a megastride store")
