@@ -28,7 +28,11 @@ def test_help_lists_subcommands():
     out = cli("--help")
     for name in ("prepare", "train", "eval", "sample", "bench", "plan", "patterns"):
         assert name in out.stdout
-    assert cli("nonsense").returncode == 2
+    wrong = cli("nonsense")
+    assert wrong.returncode == 2 and wrong.stderr.startswith("megastride: error: unknown command 'nonsense'\n")
+    typo = cli("trian")  # a near miss names the command meant
+    assert typo.returncode == 2
+    assert typo.stderr.startswith("megastride: error: unknown command 'trian' (did you mean 'train'?)\n")
     bare = cli()  # no command is a mistake too: the commands on stderr, status 2
     assert bare.returncode == 2 and bare.stdout == ""
     assert bare.stderr.startswith("megastride: error: no command given") and "prepare" in bare.stderr
