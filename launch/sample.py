@@ -1,4 +1,4 @@
-"""`megastride sample RUN_DIR [--prompt TEXT] [--bytes N]`: generate bytes from a checkpoint."""
+"""`megastride sample RUN_DIR [--prompt TEXT | --prompt-file PATH] [--bytes N]`: generate bytes from a checkpoint."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ from megastride.launch.errors import ArgumentParser, user_errors
 def main(argv: list[str]) -> int:
     parser = ArgumentParser(prog="megastride sample", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a run directory of `megastride train` (its newest checkpoint is read)")
-    parser.add_argument("--prompt", default="", help="text to continue (its bytes as given, any encoding)")
+    given = parser.add_mutually_exclusive_group()
+    given.add_argument("--prompt", default="", help="text to continue (its bytes as given, any encoding)")
+    given.add_argument("--prompt-file", default=None, metavar="PATH",
+                       help="continue this file's raw bytes (e.g. an image's top rows or an audio clip); only the "
+                            "continuation is printed or written, not the file")
     parser.add_argument("--bytes", type=int, default=256, dest="length",
                         help="bytes to generate after the prompt (default 256)")
     parser.add_argument("--temperature", type=float, default=1.0,
@@ -28,6 +32,8 @@ def main(argv: list[str]) -> int:
     with user_errors("megastride sample"):
         from megastride.launch.errors import check_new_file, check_number
 
+        if args.prompt_file is not None:
+            prompt = _read_prompt(args.prompt_file)
         check_number(args.length, "--bytes", 1)
         check_number(args.temperature, "--temperature", 0)
         check_number(args.top_k, "--top-k", 0)  # 0: no cut
@@ -47,5 +53,22 @@ def main(argv: list[str]) -> int:
             f.write(data)
         print(f"wrote {len(data)} bytes to {args.out}")
     else:
-        sys.stdout.write((prompt + data).decode("utf-8", errors="replace") + "\n")
+        shown = data if args.prompt_file is not None else prompt + data  # a file's bytes are not echoed
+        sys.stdout.write(shown.decode("utf-8", errors="replace") + "\n")
     return 0
+
+
+def _read_prompt(path: str) -> bytes:
+    """The raw bytes of --prompt-file; a missing, unreadable or empty file is a one-line error."""
+    from megastride.engine.config import ConfigError
+
+    if os.path.isdir(path):
+        raise ConfigError(f"--prompt-file {path} is a folder, not a file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"--prompt-file {path}: {e.strerror or e}") from None
+    if not data:
+        raise ConfigError(f"--prompt-file {path} is empty (leave the option out to sample from nothing)")
+    return data

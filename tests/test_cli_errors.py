@@ -111,10 +111,15 @@ def trained(tiny_config, tmp_path):
     (["--top-k", "-3"], "--top-k must be a finite number at least 0, got -3"),
     (["--top-k", "1000"], "--top-k must be a finite number at least 0 and at most 256, got 1000"),
     (["--out", "{run}"], "is a folder, not a file"),
+    (["--prompt-file", "{run}/nothing.bin"], "--prompt-file {run}/nothing.bin: No such file or directory"),
+    (["--prompt-file", "{run}"], "--prompt-file {run} is a folder, not a file"),
+    (["--prompt-file", "{run}/empty.bin"], "--prompt-file {run}/empty.bin is empty"),
+    (["--prompt", "ab", "--prompt-file", "{run}/empty.bin"], "argument --prompt-file: not allowed with argument --prompt"),
 ])
 def test_sample(argv, message, trained, capsys):
+    (trained / "empty.bin").write_bytes(b"")
     code, err = run("sample", [str(trained), *[a.format(run=trained) for a in argv]], capsys)
-    one_line(code, err, "sample", message)
+    one_line(code, err, "sample", message.format(run=trained))
 
 
 def test_sample_runs_with_good_arguments(trained, capsys):

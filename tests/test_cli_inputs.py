@@ -79,6 +79,27 @@ def test_sample_takes_a_prompt_that_is_not_utf8(trained, capsys):  # noqa: F811
     assert capsys.readouterr().out.startswith("caf\ufffd")  # printed as UTF-8 text, the byte replaced
 
 
+def test_sample_continues_a_prompt_files_raw_bytes(trained, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """--prompt-file hands the model the file's bytes, all 256 values as they are; the continuation alone is
+    printed (the file is not echoed) and it is the one --prompt with the same bytes gives."""
+    from megastride.engine import inference
+    from megastride.launch.sample import main
+
+    seen, real = [], inference.sample
+    monkeypatch.setattr(inference, "sample", lambda model, prompt, *a: seen.append(prompt) or real(model, prompt, *a))
+    raw = bytes(range(256)) + b"\x00\xff"
+    (tmp_path / "p.bin").write_bytes(raw)
+    assert main([str(trained), "--bytes", "5", "--seed", "2", "--prompt-file", str(tmp_path / "p.bin")]) == 0
+    from_file = capsys.readouterr().out
+    assert seen == [raw] and len(from_file) <= 6  # 5 bytes and a newline, not the file's 258
+    text = b"caf\xe9 au lait"
+    (tmp_path / "t.bin").write_bytes(text)
+    assert main([str(trained), "--bytes", "5", "--seed", "2", "--prompt-file", str(tmp_path / "t.bin")]) == 0
+    assert main([str(trained), "--bytes", "5", "--seed", "2", "--prompt", os.fsdecode(text)]) == 0
+    file_out, prompt_out = capsys.readouterr().out.splitlines()
+    assert seen[1:] == [text, text] and prompt_out == "caf\ufffd au lait" + file_out
+
+
 def test_sample_keeps_an_existing_out_file(trained, tmp_path, capsys):  # noqa: F811
     """--out of an existing file is refused, the file kept, unless --force."""
     keep = tmp_path / "keep.yaml"
