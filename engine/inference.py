@@ -72,10 +72,20 @@ def sample(model: SparseTransformer, prompt: bytes, length: int, temperature: fl
            top_k: int = 0, generator: torch.Generator | None = None, device="cpu") -> bytes:
     """Generate ``length`` bytes after ``prompt``, one at a time (full recompute over the context).
 
-    The context is right-padded to a block multiple; causality makes the padding invisible.
+    The context is right-padded to a block multiple; causality makes the padding invisible. Byte models read
+    windows cut anywhere in the stream: the prompt is the context as it is (a 0 byte where there is none), and a
+    context longer than ``seq_len`` keeps its last ``seq_len`` bytes. Image models read a 0 byte and then the
+    image's bytes in raster order, as the loader feeds them: the prompt (the image's first bytes) follows that
+    0 byte, and prompt and continuation together are at most one image.
     """
     cfg = model.cfg
-    out = list(prompt) or [0]
+    image = cfg.embedding.kind == "image"
+    if image and len(prompt) + length > cfg.seq_len:
+        h, w, c = cfg.embedding.image_shape
+        raise ConfigError(f"an image of {h}x{w}x{c} holds {cfg.seq_len:,} bytes: the prompt's {len(prompt):,} and "
+                          f"{length:,} more do not fit (at most {cfg.seq_len - len(prompt):,} more)")
+    start = [0] if image or not prompt else []
+    out = start + list(prompt)
     block = cfg.attention.block
     for _ in range(length):
         ctx = out[-cfg.seq_len :]
@@ -84,7 +94,7 @@ def sample(model: SparseTransformer, prompt: bytes, length: int, temperature: fl
         idx[0, : len(ctx)] = torch.tensor(ctx, device=device)
         logits = model.head(model.hidden(idx)[0, len(ctx) - 1]).float()
         out.append(_draw(logits, temperature, top_k, generator))
-    return bytes(out[len(prompt) or 1 :])
+    return bytes(out[len(start) + len(prompt) :])
 
 
 def _draw(logits: torch.Tensor, temperature: float, top_k: int, generator) -> int:

@@ -16,25 +16,30 @@ def main(argv: list[str]) -> int:
     given.add_argument("--prompt-file", default=None, metavar="PATH",
                        help="continue this file's raw bytes (e.g. an image's top rows or an audio clip); only the "
                             "continuation is printed or written, not the file")
-    parser.add_argument("--bytes", type=int, default=256, dest="length",
-                        help="bytes to generate after the prompt (default 256)")
+    parser.add_argument("--bytes", type=int, default=None, dest="length",
+                        help="bytes to generate after the prompt (default 256; for an image model, the rest of "
+                             "the image)")
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="0: the most likely byte every time (a tiny temperature acts the same)")
     parser.add_argument("--top-k", type=int, default=0,
                         help="draw from the k most likely bytes only (0, the default: from all 256)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random draws (default 0)")
-    parser.add_argument("--out", default=None, help="write raw bytes here instead of printing text")
+    parser.add_argument("--out", default=None,
+                        help="write raw bytes here instead of printing text; for an image model a name ending in "
+                             ".png writes the whole image, prompt and continuation, as a picture")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
     # the model reads bytes: the prompt's own bytes, also where the shell passed some that are not UTF-8
     prompt = os.fsencode(args.prompt)
     with user_errors("megastride sample"):
+        from megastride.engine.config import ConfigError
         from megastride.launch.errors import check_new_file, check_number
 
         if args.prompt_file is not None:
             prompt = _read_prompt(args.prompt_file)
-        check_number(args.length, "--bytes", 1)
+        if args.length is not None:
+            check_number(args.length, "--bytes", 1)
         check_number(args.temperature, "--temperature", 0)
         check_number(args.top_k, "--top-k", 0)  # 0: no cut
         if args.out:
@@ -46,9 +51,25 @@ def main(argv: list[str]) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         cfg, model = load_run(args.run_dir, device)
         check_number(args.top_k, "--top-k", 0, cfg.model.vocab_size)  # at most the vocabulary (256 bytes)
+        shape = cfg.model.embedding.image_shape if cfg.model.embedding.kind == "image" else None
+        if shape and args.length is None and len(prompt) >= cfg.model.seq_len:
+            raise ConfigError(f"the prompt's {len(prompt):,} bytes already fill the model's {cfg.model.seq_len:,}-byte "
+                              "image: nothing is left to sample")
+        length = args.length if args.length is not None else cfg.model.seq_len - len(prompt) if shape else 256
+        picture = bool(args.out) and args.out.lower().endswith(".png")
+        if picture:
+            _check_picture(shape, len(prompt), length, cfg.model.seq_len)
         gen = torch.Generator().manual_seed(args.seed)
-        data = sample(model, prompt, args.length, args.temperature, args.top_k, gen, device)
-    if args.out:
+        data = sample(model, prompt, length, args.temperature, args.top_k, gen, device)
+    if picture:
+        import numpy as np
+        from PIL import Image
+
+        pixels = np.frombuffer(prompt + data, dtype=np.uint8).reshape(shape)
+        Image.fromarray(pixels[..., 0] if shape[2] == 1 else pixels).save(args.out)
+        print(f"wrote a {shape[0]}x{shape[1]}x{shape[2]} image to {args.out} ({len(prompt):,} bytes of prompt, "
+              f"{len(data):,} sampled)")
+    elif args.out:
         with open(args.out, "wb") as f:
             f.write(data)
         print(f"wrote {len(data)} bytes to {args.out}")
@@ -72,3 +93,18 @@ def _read_prompt(path: str) -> bytes:
     if not data:
         raise ConfigError(f"--prompt-file {path} is empty (leave the option out to sample from nothing)")
     return data
+
+
+def _check_picture(shape, prompt: int, length: int, seq_len: int) -> None:
+    """A .png --out needs an image model, a channel count a PNG holds, and the whole image sampled."""
+    from megastride.engine.config import ConfigError
+
+    if shape is None:
+        raise ConfigError("--out *.png writes an image model's samples; this run's model reads bytes "
+                          "(give another name for the raw bytes)")
+    if shape[2] not in (1, 3, 4):
+        raise ConfigError(f"--out *.png: images of {shape[2]} channels are not a PNG (1, 3 or 4); give another "
+                          "name for the raw bytes")
+    if prompt + length != seq_len:
+        raise ConfigError(f"--out *.png needs the whole image: the prompt's {prompt:,} bytes and --bytes {length:,} "
+                          f"make {prompt + length:,} of {seq_len:,} (leave --bytes out for the rest of the image)")

@@ -94,10 +94,10 @@ def test_sample_continues_a_prompt_files_raw_bytes(trained, tmp_path, monkeypatc
     assert seen == [raw] and len(from_file) <= 6  # 5 bytes and a newline, not the file's 258
     text = b"caf\xe9 au lait"
     (tmp_path / "t.bin").write_bytes(text)
-    assert main([str(trained), "--bytes", "5", "--seed", "2", "--prompt-file", str(tmp_path / "t.bin")]) == 0
-    assert main([str(trained), "--bytes", "5", "--seed", "2", "--prompt", os.fsdecode(text)]) == 0
-    file_out, prompt_out = capsys.readouterr().out.splitlines()
-    assert seen[1:] == [text, text] and prompt_out == "caf\ufffd au lait" + file_out
+    common = [str(trained), "--bytes", "5", "--seed", "2"]
+    assert main([*common, "--prompt-file", str(tmp_path / "t.bin"), "--out", str(tmp_path / "f.out")]) == 0
+    assert main([*common, "--prompt", os.fsdecode(text), "--out", str(tmp_path / "p.out")]) == 0
+    assert seen[1:] == [text, text] and (tmp_path / "f.out").read_bytes() == (tmp_path / "p.out").read_bytes()
 
 
 def test_sample_keeps_an_existing_out_file(trained, tmp_path, capsys):  # noqa: F811
