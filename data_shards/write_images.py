@@ -41,7 +41,8 @@ def read_idx_header(path: str) -> tuple[int, tuple[int, int, int], int]:
     return dims[0], shape, 4 + 4 * ndim
 
 
-def _image_array(path: str, mode: str | None = None) -> np.ndarray:
+def read_image_array(path: str, mode: str | None = None) -> np.ndarray:
+    """An image file as (H, W, C) uint8: grey (C = 1) or RGB (C = 3), or the given PIL mode; PrepareError if unreadable."""
     from PIL import Image
 
     try:
@@ -56,7 +57,7 @@ def _image_array(path: str, mode: str | None = None) -> np.ndarray:
 def _probe(path: str, split, display) -> tuple[Part, tuple[int, int, int]]:
     low = path.lower()
     if low.endswith(IMAGE_SUFFIXES):
-        shape = _image_array(path).shape
+        shape = read_image_array(path).shape
         return Part(path, 1, split, display, {"kind": "image"}), shape
     if low.endswith(".npy"):
         arr = np.load(path, mmap_mode="r")
@@ -71,7 +72,7 @@ def _probe(path: str, split, display) -> tuple[Part, tuple[int, int, int]]:
 def _stream(part: Part, shape: tuple[int, int, int]) -> Iterator[np.ndarray]:
     kind = part.extra["kind"]
     if kind == "image":
-        yield _image_array(part.path, "L" if shape[2] == 1 else "RGB")[None]
+        yield read_image_array(part.path, "L" if shape[2] == 1 else "RGB")[None]
     elif kind == "npy":
         arr = np.load(part.path, mmap_mode="r")
         for i in range(0, len(arr), BLOCK_SAMPLES):

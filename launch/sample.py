@@ -7,6 +7,8 @@ import sys
 
 from megastride.launch.errors import ArgumentParser, user_errors
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # a --prompt-file an image model reads as a picture
+
 
 def main(argv: list[str]) -> int:
     parser = ArgumentParser(prog="megastride sample", description=__doc__.splitlines()[0])
@@ -14,8 +16,12 @@ def main(argv: list[str]) -> int:
     given = parser.add_mutually_exclusive_group()
     given.add_argument("--prompt", default="", help="text to continue (its bytes as given, any encoding)")
     given.add_argument("--prompt-file", default=None, metavar="PATH",
-                       help="continue this file's raw bytes (e.g. an image's top rows or an audio clip); only the "
-                            "continuation is printed or written, not the file")
+                       help="continue this file's raw bytes (e.g. an audio clip); for an image model a .png or .jpg "
+                            "of its shape gives its top rows (--prompt-rows); only the continuation is printed or "
+                            "written, not the file")
+    parser.add_argument("--prompt-rows", type=int, default=None, metavar="R",
+                        help="for an image model given a .png/.jpg --prompt-file of its shape: continue the picture's "
+                             "top R rows (default: half of them)")
     parser.add_argument("--bytes", type=int, default=None, dest="length",
                         help="bytes to generate after the prompt (default 256; for an image model, the rest of "
                              "the image)")
@@ -52,6 +58,9 @@ def main(argv: list[str]) -> int:
         cfg, model = load_run(args.run_dir, device)
         check_number(args.top_k, "--top-k", 0, cfg.model.vocab_size)  # at most the vocabulary (256 bytes)
         shape = cfg.model.embedding.image_shape if cfg.model.embedding.kind == "image" else None
+        if args.prompt_rows is not None or (shape and args.prompt_file
+                                            and args.prompt_file.lower().endswith(IMAGE_SUFFIXES)):
+            prompt = _picture_prompt(args.prompt_file, args.prompt_rows, shape)
         if shape and args.length is None and len(prompt) >= cfg.model.seq_len:
             raise ConfigError(f"the prompt's {len(prompt):,} bytes already fill the model's {cfg.model.seq_len:,}-byte "
                               "image: nothing is left to sample")
@@ -108,3 +117,25 @@ def _check_picture(shape, prompt: int, length: int, seq_len: int) -> None:
     if prompt + length != seq_len:
         raise ConfigError(f"--out *.png needs the whole image: the prompt's {prompt:,} bytes and --bytes {length:,} "
                           f"make {prompt + length:,} of {seq_len:,} (leave --bytes out for the rest of the image)")
+
+
+def _picture_prompt(path: str | None, rows: int | None, shape) -> bytes:
+    """The top ``rows`` rows (default half) of the picture at ``path``, which must have the model's shape."""
+    from megastride.data_shards.write_images import read_image_array
+    from megastride.engine.config import ConfigError
+
+    if shape is None:
+        raise ConfigError("--prompt-rows is for an image model; this run's model reads bytes")
+    if path is None or not path.lower().endswith(IMAGE_SUFFIXES):
+        raise ConfigError(f"--prompt-rows takes the top rows of a --prompt-file picture ({', '.join(IMAGE_SUFFIXES)})")
+    h, w, c = shape
+    if c not in (1, 3):
+        raise ConfigError(f"a picture prompt is grey or RGB; this model's images have {c} channels (give raw bytes)")
+    pixels = read_image_array(path, "L" if c == 1 else "RGB")
+    if pixels.shape != (h, w, c):
+        raise ConfigError(f"--prompt-file {path} is {'x'.join(map(str, pixels.shape))}; the model reads {h}x{w}x{c} "
+                          "images (model.embedding.image_shape)")
+    rows = h // 2 if rows is None else rows
+    if not 1 <= rows < h:
+        raise ConfigError(f"--prompt-rows must be from 1 to {h - 1} (the picture has {h} rows), got {rows}")
+    return pixels[:rows].tobytes()

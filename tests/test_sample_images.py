@@ -94,6 +94,24 @@ def test_sample_writes_the_completed_image_as_a_png(image_run, tmp_path, capsys)
     assert (tmp_path / "rest.bin").read_bytes() == picture[3:].tobytes()  # 80 bytes: the rest of the image
 
 
+def test_a_picture_prompt_gives_its_top_rows(image_run, tmp_path, capsys):
+    """A .png of the model's shape as --prompt-file: its top rows (half by default, or --prompt-rows) are the
+    prompt, as the same rows given as raw bytes are, and the PNG out keeps them."""
+    run_dir = image_run()
+    picture = np.random.default_rng(3).integers(0, 256, SHAPE[:2], dtype=np.uint8)
+    Image.fromarray(picture).save(tmp_path / "in.png")
+    (tmp_path / "top3.bin").write_bytes(picture[:3].tobytes())
+    outs = {}
+    for name, argv in (("half", ["--prompt-file", str(tmp_path / "in.png")]),
+                       ("rows3", ["--prompt-file", str(tmp_path / "in.png"), "--prompt-rows", "3"]),
+                       ("raw3", ["--prompt-file", str(tmp_path / "top3.bin")])):
+        code, err = run("sample", [str(run_dir), *argv, "--seed", "5", "--out", str(tmp_path / f"{name}.png")], capsys)
+        assert code == 0, err
+        outs[name] = np.array(Image.open(tmp_path / f"{name}.png"))
+    assert np.array_equal(outs["half"][:4], picture[:4]) and not np.array_equal(outs["half"][4:], picture[4:])
+    assert np.array_equal(outs["rows3"], outs["raw3"]) and np.array_equal(outs["rows3"][:3], picture[:3])
+
+
 @pytest.mark.parametrize("shape, argv, message", [
     (SHAPE, ["--bytes", "10", "--out", "{dir}/a.png"],
      "--out *.png needs the whole image: the prompt's 0 bytes and --bytes 10 make 10 of 128 (leave --bytes out"),
@@ -101,15 +119,31 @@ def test_sample_writes_the_completed_image_as_a_png(image_run, tmp_path, capsys)
     (SHAPE, ["--prompt-file", "{dir}/full.bin", "--bytes", "1"],
      "an image of 8x16x1 holds 128 bytes: the prompt's 128 and 1 more do not fit (at most 0 more)"),
     ((8, 8, 2), ["--out", "{dir}/a.png"], "--out *.png: images of 2 channels are not a PNG (1, 3 or 4)"),
+    (SHAPE, ["--prompt-file", "{dir}/wide.png"], "--prompt-file {dir}/wide.png is 8x32x1; the model reads 8x16x1"),
+    (SHAPE, ["--prompt-file", "{dir}/pic.png", "--prompt-rows", "8"], "--prompt-rows must be from 1 to 7 (the picture "
+                                                                      "has 8 rows), got 8"),
+    (SHAPE, ["--prompt-file", "{dir}/full.bin", "--prompt-rows", "2"], "--prompt-rows takes the top rows of a"),
+    (SHAPE, ["--prompt-file", "{dir}/broken.png"], "{dir}/broken.png: not a readable image"),
+    ((8, 8, 2), ["--prompt-file", "{dir}/pic.png"], "a picture prompt is grey or RGB; this model's images have 2"),
 ])
 def test_sample_image_errors(shape, argv, message, image_run, tmp_path, capsys):
     (tmp_path / "full.bin").write_bytes(bytes(128))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    Image.fromarray(np.zeros((8, 32), np.uint8)).save(tmp_path / "wide.png")
+    Image.fromarray(np.zeros((8, 16), np.uint8)).save(tmp_path / "pic.png")
     code, err = run("sample", [str(image_run(shape)), *[a.format(dir=tmp_path) for a in argv]], capsys)
-    one_line(code, err, "sample", message)
+    one_line(code, err, "sample", message.format(dir=tmp_path))
     assert not (tmp_path / "a.png").exists()
 
 
-def test_a_png_is_refused_for_a_byte_model(trained, tmp_path, capsys):
+def test_pictures_are_for_image_models(trained, tmp_path, capsys):
+    """A byte model: a .png --out is refused, --prompt-rows too, and a .png --prompt-file is its raw bytes."""
     code, err = run("sample", [str(trained), "--out", str(tmp_path / "a.png")], capsys)
     one_line(code, err, "sample", "--out *.png writes an image model's samples; this run's model reads bytes")
     assert not (tmp_path / "a.png").exists()
+    Image.fromarray(np.zeros((8, 16), np.uint8)).save(tmp_path / "pic.png")
+    code, err = run("sample", [str(trained), "--prompt-file", str(tmp_path / "pic.png"), "--prompt-rows", "2"], capsys)
+    one_line(code, err, "sample", "--prompt-rows is for an image model; this run's model reads bytes")
+    code, err = run("sample", [str(trained), "--prompt-file", str(tmp_path / "pic.png"), "--bytes", "3",
+                               "--out", str(tmp_path / "a.bin")], capsys)
+    assert code == 0 and len((tmp_path / "a.bin").read_bytes()) == 3, err
