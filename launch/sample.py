@@ -7,8 +7,6 @@ import sys
 
 from megastride.launch.errors import ArgumentParser, user_errors
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # a --prompt-file an image model reads as a picture
-
 
 def main(argv: list[str]) -> int:
     parser = ArgumentParser(prog="megastride sample", description=__doc__.splitlines()[0])
@@ -16,13 +14,13 @@ def main(argv: list[str]) -> int:
     given = parser.add_mutually_exclusive_group()
     given.add_argument("--prompt", default="", help="text to continue (its bytes as given, any encoding)")
     given.add_argument("--prompt-file", default=None, metavar="PATH",
-                       help="continue this file's raw bytes (e.g. an audio clip); for an image model a .png or .jpg "
-                            "of its shape gives its top rows (--prompt-rows); only the continuation is printed or "
-                            "written, not the file")
+                       help="continue this file's raw bytes; for an image model a .png or .jpg of its shape gives its "
+                            "top rows (--prompt-rows), for an audio model a .wav/.flac/.ogg its mu-law codes at the "
+                            "model's sample rate; only the continuation is printed, not the file")
     parser.add_argument("--prompt-rows", type=int, default=None, metavar="R",
                         help="for an image model given a .png/.jpg --prompt-file of its shape: continue the picture's "
                              "top R rows (default: half of them)")
-    parser.add_argument("--bytes", type=int, default=None, dest="length",
+    parser.add_argument("--bytes", type=int, default=None, dest="length", metavar="N",
                         help="bytes to generate after the prompt (default 256; for an image model, the rest of "
                              "the image)")
     parser.add_argument("--temperature", type=float, default=1.0,
@@ -32,20 +30,25 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random draws (default 0)")
     parser.add_argument("--out", default=None,
-                        help="write raw bytes here instead of printing text; for an image model a name ending in "
-                             ".png writes the whole image, prompt and continuation, as a picture")
+                        help="write raw bytes here instead of printing text; a name ending in .png (an image model) "
+                             "or .wav (an audio model) writes the prompt and its continuation as a picture or sound")
+    parser.add_argument("--sample-rate", type=int, default=None, metavar="HZ",
+                        help="an audio model's sample rate, for .wav prompts and --out (default: its store's)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
     # the model reads bytes: the prompt's own bytes, also where the shell passed some that are not UTF-8
     prompt = os.fsencode(args.prompt)
     with user_errors("megastride sample"):
         from megastride.engine.config import ConfigError
+        from megastride.launch import sample_media as media
         from megastride.launch.errors import check_new_file, check_number
 
         if args.prompt_file is not None:
             prompt = _read_prompt(args.prompt_file)
         if args.length is not None:
             check_number(args.length, "--bytes", 1)
+        if args.sample_rate is not None:
+            check_number(args.sample_rate, "--sample-rate", 1)
         check_number(args.temperature, "--temperature", 0)
         check_number(args.top_k, "--top-k", 0)  # 0: no cut
         if args.out:
@@ -58,26 +61,36 @@ def main(argv: list[str]) -> int:
         cfg, model = load_run(args.run_dir, device)
         check_number(args.top_k, "--top-k", 0, cfg.model.vocab_size)  # at most the vocabulary (256 bytes)
         shape = cfg.model.embedding.image_shape if cfg.model.embedding.kind == "image" else None
-        if args.prompt_rows is not None or (shape and args.prompt_file
-                                            and args.prompt_file.lower().endswith(IMAGE_SUFFIXES)):
-            prompt = _picture_prompt(args.prompt_file, args.prompt_rows, shape)
+        in_file = (args.prompt_file or "").lower()
+        out_file = (args.out or "").lower()
+        if args.prompt_rows is not None or (shape and in_file.endswith(media.IMAGE_SUFFIXES)):
+            prompt = media.picture_prompt(args.prompt_file, args.prompt_rows, shape)
+        rate, sound_in = None, in_file.endswith(media.AUDIO_SUFFIXES)
+        if out_file.endswith(".wav") or args.sample_rate is not None or (sound_in and not shape):
+            # --out *.wav and --sample-rate need an audio model; a sound file alone is raw bytes to a byte model
+            need = "--out *.wav" if out_file.endswith(".wav") else "--sample-rate" if args.sample_rate else None
+            if shape:
+                raise ConfigError(f"{need} is for an audio model; this run's model reads images")
+            rate = media.audio_rate(cfg.data.path, args.sample_rate, need or f"--prompt-file {args.prompt_file}",
+                                    required=need is not None)
+            if sound_in and rate is not None:
+                prompt = media.audio_prompt(args.prompt_file, rate)
         if shape and args.length is None and len(prompt) >= cfg.model.seq_len:
             raise ConfigError(f"the prompt's {len(prompt):,} bytes already fill the model's {cfg.model.seq_len:,}-byte "
                               "image: nothing is left to sample")
         length = args.length if args.length is not None else cfg.model.seq_len - len(prompt) if shape else 256
-        picture = bool(args.out) and args.out.lower().endswith(".png")
-        if picture:
-            _check_picture(shape, len(prompt), length, cfg.model.seq_len)
+        if out_file.endswith(".png"):
+            media.check_picture(shape, len(prompt), length, cfg.model.seq_len)
         gen = torch.Generator().manual_seed(args.seed)
         data = sample(model, prompt, length, args.temperature, args.top_k, gen, device)
-    if picture:
-        import numpy as np
-        from PIL import Image
-
-        pixels = np.frombuffer(prompt + data, dtype=np.uint8).reshape(shape)
-        Image.fromarray(pixels[..., 0] if shape[2] == 1 else pixels).save(args.out)
+    if out_file.endswith(".png"):
+        media.write_picture(args.out, prompt + data, shape)
         print(f"wrote a {shape[0]}x{shape[1]}x{shape[2]} image to {args.out} ({len(prompt):,} bytes of prompt, "
               f"{len(data):,} sampled)")
+    elif out_file.endswith(".wav"):
+        media.write_wav(args.out, prompt + data, rate)
+        print(f"wrote {(len(prompt) + len(data)) / rate:.2f} s of sound at {rate:,} Hz to {args.out} "
+              f"({len(prompt):,} samples of prompt, {len(data):,} sampled)")
     elif args.out:
         with open(args.out, "wb") as f:
             f.write(data)
@@ -102,40 +115,3 @@ def _read_prompt(path: str) -> bytes:
     if not data:
         raise ConfigError(f"--prompt-file {path} is empty (leave the option out to sample from nothing)")
     return data
-
-
-def _check_picture(shape, prompt: int, length: int, seq_len: int) -> None:
-    """A .png --out needs an image model, a channel count a PNG holds, and the whole image sampled."""
-    from megastride.engine.config import ConfigError
-
-    if shape is None:
-        raise ConfigError("--out *.png writes an image model's samples; this run's model reads bytes "
-                          "(give another name for the raw bytes)")
-    if shape[2] not in (1, 3, 4):
-        raise ConfigError(f"--out *.png: images of {shape[2]} channels are not a PNG (1, 3 or 4); give another "
-                          "name for the raw bytes")
-    if prompt + length != seq_len:
-        raise ConfigError(f"--out *.png needs the whole image: the prompt's {prompt:,} bytes and --bytes {length:,} "
-                          f"make {prompt + length:,} of {seq_len:,} (leave --bytes out for the rest of the image)")
-
-
-def _picture_prompt(path: str | None, rows: int | None, shape) -> bytes:
-    """The top ``rows`` rows (default half) of the picture at ``path``, which must have the model's shape."""
-    from megastride.data_shards.write_images import read_image_array
-    from megastride.engine.config import ConfigError
-
-    if shape is None:
-        raise ConfigError("--prompt-rows is for an image model; this run's model reads bytes")
-    if path is None or not path.lower().endswith(IMAGE_SUFFIXES):
-        raise ConfigError(f"--prompt-rows takes the top rows of a --prompt-file picture ({', '.join(IMAGE_SUFFIXES)})")
-    h, w, c = shape
-    if c not in (1, 3):
-        raise ConfigError(f"a picture prompt is grey or RGB; this model's images have {c} channels (give raw bytes)")
-    pixels = read_image_array(path, "L" if c == 1 else "RGB")
-    if pixels.shape != (h, w, c):
-        raise ConfigError(f"--prompt-file {path} is {'x'.join(map(str, pixels.shape))}; the model reads {h}x{w}x{c} "
-                          "images (model.embedding.image_shape)")
-    rows = h // 2 if rows is None else rows
-    if not 1 <= rows < h:
-        raise ConfigError(f"--prompt-rows must be from 1 to {h - 1} (the picture has {h} rows), got {rows}")
-    return pixels[:rows].tobytes()
