@@ -5,28 +5,16 @@ import wave
 
 import numpy as np
 import pytest
-import torch
 
 from megastride.data_shards import open_store, write_audio_store
 from megastride.data_shards.mulaw import mulaw_decode
-from megastride.engine import checkpoint as ckpt
-from megastride.engine.config import dump_config, load_config
-from megastride.engine.model import SparseTransformer
+from megastride.engine.config import load_config
 
 from test_cli_errors import one_line, run, trained  # noqa: F401 - trained: a fixture used here
+from test_run_dir import fake_run
 
 sf = pytest.importorskip("soundfile")
 RATE = 8000  # the store's; the file is at 11,025 Hz
-
-
-def _run_folder(root, cfg):
-    tag = ckpt.tag_for(2)
-    (root / "checkpoints" / tag).mkdir(parents=True)
-    (root / "checkpoints" / "latest").write_text(tag)
-    torch.manual_seed(0)
-    torch.save({"module": SparseTransformer(cfg.model).state_dict()}, root / "checkpoints" / tag / "mp_rank_00_model_states.pt")
-    (root / "config.yaml").write_text(dump_config(cfg))
-    return root
 
 
 @pytest.fixture
@@ -38,7 +26,7 @@ def audio(tiny_config, tmp_path):
     store = write_audio_store([str(tmp_path / "tone.wav")], tmp_path / "m.zarr", sample_rate=RATE,
                               valid_fraction=0.0, progress=False)
     cfg = load_config(tiny_config(data={"path": str(store)}))
-    return _run_folder(tmp_path / "run", cfg), tmp_path / "tone.wav", store
+    return fake_run(tmp_path / "run", cfg), tmp_path / "tone.wav", store
 
 
 def test_a_sound_prompt_is_the_stores_codes_and_the_wav_holds_them_then_the_continuation(audio, tmp_path, capsys):
@@ -90,7 +78,7 @@ def test_sound_is_for_audio_models(trained, tiny_config, tmp_path, capsys):
     code, err = run("sample", [str(trained), "--prompt-file", str(tmp_path / "x.wav"), "--bytes", "2"], capsys)
     assert code == 0, err
     image = load_config(tiny_config(model={"embedding": {"kind": "image", "image_shape": [8, 16, 1]}}))
-    image_run = _run_folder(tmp_path / "image_run", image)
+    image_run = fake_run(tmp_path / "image_run", image)
     code, err = run("sample", [str(image_run), "--out", str(tmp_path / "o.wav")], capsys)
     one_line(code, err, "sample", "--out *.wav is for an audio model; this run's model reads images")
 

@@ -7,12 +7,12 @@ import torch
 from PIL import Image
 
 from megastride.data_shards import eval_windows, write_image_store
-from megastride.engine import checkpoint as ckpt
-from megastride.engine.config import ConfigError, dump_config, load_config
+from megastride.engine.config import ConfigError, load_config
 from megastride.engine.inference import sample
 from megastride.engine.model import SparseTransformer
 
 from test_cli_errors import one_line, run, trained  # noqa: F401 - trained: a fixture used here
+from test_run_dir import fake_run
 
 SHAPE = (8, 16, 1)  # 128 bytes: tiny_config's seq_len
 
@@ -64,15 +64,7 @@ def image_run(tiny_config, tmp_path):
 
     def make(shape=SHAPE):
         cfg = load_config(tiny_config(model={"embedding": {"kind": "image", "image_shape": list(shape)}}))
-        root = tmp_path / f"run{'x'.join(map(str, shape))}"
-        tag = ckpt.tag_for(2)
-        (root / "checkpoints" / tag).mkdir(parents=True)
-        (root / "checkpoints" / "latest").write_text(tag)
-        torch.manual_seed(0)
-        torch.save({"module": SparseTransformer(cfg.model).state_dict()},
-                   root / "checkpoints" / tag / "mp_rank_00_model_states.pt")
-        (root / "config.yaml").write_text(dump_config(cfg))
-        return root
+        return fake_run(tmp_path / f"run{'x'.join(map(str, shape))}", cfg)
 
     return make
 
